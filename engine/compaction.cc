@@ -1,0 +1,323 @@
+// Compaction (rewrite immutable segments without their dead records), hint
+// files, and the TTL sweeper.
+//
+// Compaction copies live records in batches under the shard's exclusive lock,
+// so the liveness check, the copy and the index update are one step that no
+// writer can interleave; between batches readers and writers run freely and
+// the copy is paced to compaction_bytes_per_second. Crash safety: outputs are
+// written as *.compacting, synced, renamed to *.log and given hint files
+// before any old segment is removed; a crash at any point leaves either the
+// old segments or both (recovery keeps one copy of each event).
+#include <algorithm>
+#include <cassert>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/hint_file.h"
+#include "engine/shard.h"
+
+namespace logkv::engine {
+
+using format::RecordType;
+
+namespace {
+
+constexpr size_t kCompactionBatchRecords = 256;
+constexpr uint64_t kCompactionBatchBytes = 1 << 20;
+
+bool IsVictim(const Segment& segment, const Options& options, bool force) {
+  const uint64_t data = segment.size() - format::kSegmentHeaderBytes;
+  if (force || segment.damaged || data == 0) return true;
+  return segment.dead_bytes >= options.compaction_dead_bytes ||
+         static_cast<double>(segment.dead_bytes) >=
+             options.compaction_dead_fraction * static_cast<double>(data);
+}
+
+}  // namespace
+
+absl::Status Shard::WriteHint(const std::shared_ptr<Segment>& segment) {
+  HintWriter writer(segment->id());
+  uint64_t offset = format::kSegmentHeaderBytes;
+  while (offset < segment->size()) {
+    auto bytes = segment->ReadToEnd(offset);
+    if (!bytes.ok()) return bytes.status();
+    DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+    if (decoded.outcome != DecodeOutcome::kRecord) {
+      return absl::DataLossError(
+          absl::StrCat(segment->path(), " at offset ", offset, ": ", decoded.error));
+    }
+    writer.Add(decoded.record, static_cast<uint32_t>(offset),
+               static_cast<uint32_t>(decoded.record_bytes));
+    offset += decoded.record_bytes;
+  }
+  if (absl::Status status =
+          writer.Finish(context_.fs, PathOf(HintFileName(segment->id())), segment->size());
+      !status.ok()) {
+    return status;
+  }
+  absl::MutexLock lock(&mu_);
+  segment->has_hint = true;
+  return absl::OkStatus();
+}
+
+std::vector<std::shared_ptr<Segment>> Shard::PickCompactionVictims(bool force) {
+  std::vector<std::shared_ptr<Segment>> victims;
+  std::vector<std::shared_ptr<Segment>> small;
+  for (const auto& [id, segment] : segments_) {
+    if (segment == active_ || segment->writable()) continue;
+    if (IsVictim(*segment, options_, force)) {
+      victims.push_back(segment);
+    } else if (segment->size() < options_.segment_bytes / 4) {
+      small.push_back(segment);
+    }
+  }
+  if (small.size() >= std::max<uint32_t>(2, options_.compaction_small_segments)) {
+    victims.insert(victims.end(), small.begin(), small.end());
+  }
+  std::sort(victims.begin(), victims.end(),
+            [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  return victims;
+}
+
+bool Shard::NeedsCompaction() {
+  absl::ReaderMutexLock lock(&mu_);
+  return !PickCompactionVictims(false).empty();
+}
+
+absl::Status Shard::Compact(bool force) {
+  absl::MutexLock compaction_lock(&compaction_mu_);
+  std::vector<std::shared_ptr<Segment>> victims;
+  // A tombstone (or expired record) may be dropped only if no older record
+  // of its key can exist outside the segments being compacted: every record
+  // of a segment outside the set has a sequence >= that segment's minimum.
+  uint64_t min_sequence_outside;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (closed_) return absl::OkStatus();
+    victims = PickCompactionVictims(force);
+    if (victims.empty()) return absl::OkStatus();
+    min_sequence_outside = next_sequence_;
+    for (const auto& [id, segment] : segments_) {
+      if (std::find(victims.begin(), victims.end(), segment) == victims.end()) {
+        min_sequence_outside = std::min(min_sequence_outside, segment->min_sequence);
+      }
+    }
+  }
+
+  uint64_t total_bytes = 0;
+  for (const auto& victim : victims) total_bytes += victim->size();
+  counters_.compaction_running.store(true);
+  counters_.compaction_total_bytes.store(total_bytes);
+  counters_.compaction_progress_bytes.store(0);
+  const int64_t start_ns = absl::GetCurrentTimeNanos();
+  const int64_t now = context_.clock->NowUnixMs();
+  const bool keep_history = options_.versions_kept > 1;
+
+  std::vector<std::shared_ptr<Segment>> outputs;
+  std::vector<HintWriter> hints;
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  uint64_t dropped = 0;
+  std::string rewritten;
+
+  auto fail = [&](absl::Status status) {
+    counters_.compaction_running.store(false);
+    context_.Log(LogLevel::kError, absl::StrCat("compaction of shard ", shard_id_,
+                                                " stopped: ", status.message()));
+    return status;
+  };
+
+  for (const std::shared_ptr<Segment>& victim : victims) {
+    uint64_t offset = format::kSegmentHeaderBytes;
+    while (offset < victim->size()) {
+      {
+        absl::MutexLock lock(&mu_);
+        size_t records = 0;
+        const uint64_t batch_start = offset;
+        while (offset < victim->size() && records < kCompactionBatchRecords &&
+               offset - batch_start < kCompactionBatchBytes) {
+          auto bytes = victim->ReadToEnd(offset);
+          if (!bytes.ok()) return fail(bytes.status());
+          DecodeResult decoded =
+              DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+          if (decoded.outcome != DecodeOutcome::kRecord) {
+            if (!victim->damaged) {
+              return fail(absl::DataLossError(absl::StrCat(victim->path(), " at offset ", offset,
+                                                           ": ", decoded.error)));
+            }
+            // Repair: skip to the next record that verifies (8-byte steps).
+            offset += format::kRecordAlignment;
+            continue;
+          }
+          ++records;
+          const LogRecord& record = decoded.record;
+          const RecordLocation old_location{victim->id(), static_cast<uint32_t>(offset),
+                                            static_cast<uint32_t>(decoded.record_bytes)};
+          absl::string_view raw = bytes->substr(0, decoded.record_bytes);
+          offset += decoded.record_bytes;
+
+          const uint32_t id = index_.Find(KeyRef{record.key, HashKey(record.key)});
+          if (id == KeyIndex::kNoEntry) continue;
+          IndexEntry& entry = index_.at(id);
+          const bool is_current = entry.location() == old_location;
+          HistoryItem* history_item = nullptr;
+          if (!is_current && keep_history) {
+            if (auto it = history_.find(id); it != history_.end()) {
+              for (HistoryItem& item : it->second) {
+                if (item.location == old_location) history_item = &item;
+              }
+            }
+          }
+          if (!is_current && history_item == nullptr) continue;  // dead
+
+          LogRecord copy = record;
+          if (is_current && !entry.present()) {
+            const bool tombstone = (entry.flags & kEntryTombstone) != 0;
+            const int64_t gone_since_ms = tombstone ? HybridClock::PhysicalMs(entry.timestamp)
+                                                    : entry.expiry_unix_ms;
+            if (record.sequence < min_sequence_outside &&
+                now - gone_since_ms >= options_.tombstone_grace_ms) {
+              RemoveEntry(id);
+              ++dropped;
+              continue;
+            }
+            if (!tombstone && !record.value.empty()) {
+              // Keep an expired record only as a shadow of older ones: same
+              // event, no value.
+              copy.value = {};
+              rewritten.clear();
+              EncodeRecord(copy, &rewritten);
+              raw = rewritten;
+            }
+          }
+
+          if (outputs.empty() || outputs.back()->remaining() < raw.size()) {
+            const uint32_t output_id = next_segment_id_;
+            auto output = NewSegment(
+                format::kSegmentFlagCompacted,
+                std::max<uint64_t>(options_.segment_bytes, raw.size() + format::kSegmentHeaderBytes),
+                PathOf(SegmentFileName(output_id) + ".compacting"));
+            if (!output.ok()) return fail(output.status());
+            outputs.push_back(*output);
+            hints.emplace_back(output_id);
+          }
+          Segment& output = *outputs.back();
+          auto new_offset = output.Append(raw);
+          if (!new_offset.ok()) return fail(new_offset.status());
+          output.min_sequence = std::min(output.min_sequence, copy.sequence);
+          output.max_sequence = std::max(output.max_sequence, copy.sequence);
+          hints.back().Add(copy, *new_offset, static_cast<uint32_t>(raw.size()));
+          const RecordLocation new_location{output.id(), *new_offset,
+                                            static_cast<uint32_t>(raw.size())};
+          bytes_written += raw.size();
+          if (is_current) {
+            entry.set_location(new_location);
+            entry.flags &= static_cast<uint8_t>(~kEntryShadowCounted);
+          } else {
+            history_item->location = new_location;
+          }
+        }
+        bytes_read += offset - batch_start;
+      }
+      counters_.compaction_progress_bytes.store(bytes_read);
+      // Pace the copy: sleep off any lead over the configured rate.
+      if (options_.compaction_bytes_per_second > 0) {
+        const int64_t due_ns = static_cast<int64_t>(
+            static_cast<double>(bytes_read) * 1e9 /
+            static_cast<double>(options_.compaction_bytes_per_second));
+        const int64_t lead_ns = due_ns - (absl::GetCurrentTimeNanos() - start_ns);
+        if (lead_ns > 0) absl::SleepFor(absl::Nanoseconds(std::min<int64_t>(lead_ns, 100'000'000)));
+      }
+    }
+  }
+
+  // Make the outputs durable and final before any old segment goes.
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const std::shared_ptr<Segment>& output = outputs[i];
+    if (absl::Status status = output->Sync(); !status.ok()) return fail(status);
+    {
+      absl::MutexLock lock(&mu_);
+      if (absl::Status status = output->Seal(context_.fs); !status.ok()) return fail(status);
+      if (absl::Status status =
+              output->Rename(context_.fs, PathOf(SegmentFileName(output->id())));
+          !status.ok()) {
+        return fail(status);
+      }
+    }
+    if (absl::Status status = hints[i].Finish(context_.fs, PathOf(HintFileName(output->id())),
+                                              output->size());
+        !status.ok()) {
+      return fail(status);
+    }
+    absl::MutexLock lock(&mu_);
+    output->has_hint = true;
+  }
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return fail(status);
+
+  uint64_t reclaimed = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::shared_ptr<Segment>& victim : victims) {
+      reclaimed += victim->size();
+      segments_.erase(victim->id());
+      auto it = std::find(original_ids_.begin(), original_ids_.end(), victim->id());
+      if (it != original_ids_.end()) {
+        original_ids_.erase(it);
+        const uint64_t last = victim->max_sequence > 0 ? victim->max_sequence
+                                                       : victim->header().base_sequence - 1;
+        compacted_through_sequence_ = std::max(compacted_through_sequence_, last);
+      }
+    }
+    for (const auto& output : outputs) reclaimed -= std::min(reclaimed, output->size());
+  }
+  for (const std::shared_ptr<Segment>& victim : victims) {
+    if (absl::Status status = context_.fs->RemoveFile(victim->path()); !status.ok()) {
+      return fail(status);
+    }
+    const std::string hint_path = PathOf(HintFileName(victim->id()));
+    if (context_.fs->FileExists(hint_path)) {
+      if (absl::Status status = context_.fs->RemoveFile(hint_path); !status.ok()) {
+        return fail(status);
+      }
+    }
+  }
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return fail(status);
+
+  counters_.compactions.fetch_add(1);
+  counters_.compaction_bytes_read.fetch_add(bytes_read);
+  counters_.compaction_bytes_written.fetch_add(bytes_written);
+  counters_.compaction_bytes_reclaimed.fetch_add(reclaimed);
+  counters_.tombstones_dropped.fetch_add(dropped);
+  counters_.compaction_running.store(false);
+  context_.Log(LogLevel::kInfo,
+               absl::StrCat("compacted shard ", shard_id_, ": ", victims.size(), " segments, ",
+                            bytes_read, " bytes read, ", bytes_written, " written, ", dropped,
+                            " tombstones dropped, in ",
+                            (absl::GetCurrentTimeNanos() - start_ns) / 1'000'000, " ms"));
+  return absl::OkStatus();
+}
+
+uint64_t Shard::SweepExpired() {
+  const int64_t now = context_.clock->NowUnixMs();
+  uint64_t swept = 0;
+  absl::MutexLock lock(&mu_);
+  // Only items whose time has come are touched: O(expired), not O(keys).
+  while (!ttl_heap_.empty() && ttl_heap_.top().expiry_unix_ms <= now) {
+    const TtlItem item = ttl_heap_.top();
+    ttl_heap_.pop();
+    if (!index_.contains_id(item.entry_id)) continue;
+    IndexEntry& entry = index_.at(item.entry_id);
+    // Stale item: the key was overwritten, deleted or removed since.
+    if (!entry.present() || entry.expiry_unix_ms != item.expiry_unix_ms) continue;
+    entry.flags |= kEntryExpired | kEntryShadowCounted;
+    MarkDead(entry.location());
+    DropHistory(item.entry_id);
+    --live_keys_;
+    ++swept;
+  }
+  counters_.expired_swept.fetch_add(swept, std::memory_order_relaxed);
+  return swept;
+}
+
+}  // namespace logkv::engine

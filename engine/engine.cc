@@ -1,0 +1,545 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstdio>
+#include <queue>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/file_system.h"
+#include "engine/hlc.h"
+#include "engine/log_format.h"
+#include "engine/log_record.h"
+#include "engine/manifest.h"
+#include "engine/merkle.h"
+#include "engine/shard.h"
+
+namespace logkv::engine {
+
+namespace {
+
+class RealClock final : public Clock {
+ public:
+  int64_t NowUnixMs() override { return absl::ToUnixMillis(absl::Now()); }
+};
+
+void LogToStderr(LogLevel level, absl::string_view message) {
+  static constexpr const char* kNames[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+  const std::string line =
+      absl::StrFormat("%s %s engine: %s\n", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                                            absl::UTCTimeZone()),
+                      kNames[static_cast<int>(level)], message);
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+absl::Status ValidateOptions(const Options& o) {
+  auto bad = [](absl::string_view what) { return absl::InvalidArgumentError(what); };
+  if (o.data_dir.empty()) return bad("data_dir is empty");
+  if (o.shard_count == 0 || o.shard_count > 4096) return bad("shard_count must be in [1, 4096]");
+  if (o.segment_bytes < (64u << 10) || o.segment_bytes > (1ull << 30)) {
+    return bad("segment_bytes must be in [64 KiB, 1 GiB]");
+  }
+  if (o.max_key_bytes == 0 || o.max_key_bytes > format::kMaxKeyBytes) {
+    return bad(absl::StrCat("max_key_bytes must be in [1, ", format::kMaxKeyBytes, "]"));
+  }
+  if (o.max_value_bytes > format::kHardMaxValueBytes) {
+    return bad(absl::StrCat("max_value_bytes must be at most ", format::kHardMaxValueBytes));
+  }
+  if (o.fsync_interval_ms <= 0) return bad("fsync_interval_ms must be positive");
+  if (o.versions_kept == 0 || o.versions_kept > 1000) {
+    return bad("versions_kept must be in [1, 1000]");
+  }
+  if (!(o.compaction_dead_fraction > 0 && o.compaction_dead_fraction <= 1)) {
+    return bad("compaction_dead_fraction must be in (0, 1]");
+  }
+  if (o.ttl_sweep_interval_ms <= 0 || o.compaction_check_interval_ms <= 0) {
+    return bad("sweep and compaction check intervals must be positive");
+  }
+  if (o.tombstone_grace_ms < 0) return bad("tombstone_grace_ms must not be negative");
+  if (!std::has_single_bit(o.merkle_partitions) || !std::has_single_bit(o.merkle_leaves) ||
+      std::countr_zero(o.merkle_partitions) + std::countr_zero(o.merkle_leaves) > 24) {
+    return bad("merkle_partitions and merkle_leaves must be powers of two, product <= 2^24");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CreateDirs(FileSystem* fs, const std::string& path) {
+  // Every prefix ending at a '/' and then the whole path.
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    if (absl::Status status = fs->CreateDir(path.substr(0, slash)); !status.ok()) return status;
+  }
+  return fs->CreateDir(path);
+}
+
+std::string ShardDirectory(const std::string& data_dir, uint32_t shard) {
+  return absl::StrFormat("%s/shard-%03u", data_dir, shard);
+}
+
+}  // namespace
+
+Clock* SystemClock() {
+  static RealClock* clock = new RealClock();
+  return clock;
+}
+
+void ShardContext::Log(LogLevel level, absl::string_view message) const {
+  if (options->log) {
+    options->log(level, message);
+  } else {
+    LogToStderr(level, message);
+  }
+}
+
+struct Engine::State {
+  Options options;
+  FileSystem* fs = nullptr;
+  Clock* clock = nullptr;
+  std::unique_ptr<HybridClock> hlc;
+  std::unique_ptr<MerkleForest> merkle;
+  std::unique_ptr<FileSystem::Lock> lock;
+  std::vector<std::unique_ptr<Shard>> shards;
+  uint64_t recovery_ms = 0;
+  std::atomic<bool> closed{false};
+
+  absl::Mutex mu;
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  bool sync_requested ABSL_GUARDED_BY(mu) = false;
+  absl::CondVar cv;
+  std::thread durability_thread;
+  std::thread maintenance_thread;
+
+  Shard& ShardFor(uint64_t key_hash) { return *shards[key_hash % shards.size()]; }
+};
+
+Engine::Engine(const Options& options) : state_(std::make_unique<State>()) {
+  state_->options = options;
+  state_->fs = options.file_system != nullptr ? options.file_system : DefaultFileSystem();
+  state_->clock = options.clock != nullptr ? options.clock : SystemClock();
+  state_->hlc = std::make_unique<HybridClock>(state_->clock);
+  state_->merkle = std::make_unique<MerkleForest>(options.merkle_partitions, options.merkle_leaves);
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const Options& options) {
+  if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
+  std::unique_ptr<Engine> engine(new Engine(options));
+  if (absl::Status status = engine->OpenFiles(); !status.ok()) {
+    engine->state_->closed.store(true);  // nothing to flush: it never opened
+    return status;
+  }
+  return engine;
+}
+
+absl::Status Engine::OpenFiles() {
+  State& s = *state_;
+  const int64_t start_ns = absl::GetCurrentTimeNanos();
+  const std::string& dir = s.options.data_dir;
+  if (absl::Status status = CreateDirs(s.fs, dir); !status.ok()) return status;
+  auto lock = s.fs->LockFile(absl::StrCat(dir, "/", format::kLockName));
+  if (!lock.ok()) return lock.status();
+  s.lock = std::move(*lock);
+
+  Manifest manifest;
+  if (s.fs->FileExists(absl::StrCat(dir, "/", format::kManifestName))) {
+    auto read = ReadManifest(s.fs, dir);
+    if (!read.ok()) return read.status();
+    manifest = *read;
+  } else {
+    if (s.fs->FileExists(ShardDirectory(dir, 0))) {
+      return absl::DataLossError(absl::StrCat(dir, " has shard directories but no ",
+                                              format::kManifestName));
+    }
+    manifest.format_version = format::kFormatVersion;
+    manifest.shard_count = s.options.shard_count;
+    for (uint32_t i = 0; i < manifest.shard_count; ++i) {
+      if (absl::Status status = s.fs->CreateDir(ShardDirectory(dir, i)); !status.ok()) {
+        return status;
+      }
+    }
+    if (absl::Status status = WriteManifest(s.fs, dir, manifest); !status.ok()) return status;
+  }
+
+  ShardContext context;
+  context.options = &s.options;
+  context.fs = s.fs;
+  context.clock = s.clock;
+  context.hlc = s.hlc.get();
+  context.merkle = s.merkle.get();
+  context.request_sync = [state = state_.get()] {
+    absl::MutexLock lock(&state->mu);
+    state->sync_requested = true;
+    state->cv.Signal();
+  };
+  for (uint32_t i = 0; i < manifest.shard_count; ++i) {
+    s.shards.push_back(std::make_unique<Shard>(context, i, ShardDirectory(dir, i)));
+  }
+
+  // Shards recover independently: one thread per core pulls the next shard.
+  std::atomic<uint32_t> next{0};
+  std::vector<absl::Status> results(s.shards.size());
+  auto work = [&] {
+    for (uint32_t i = next++; i < s.shards.size(); i = next++) results[i] = s.shards[i]->Open();
+  };
+  const uint32_t workers = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1,
+                                                static_cast<uint32_t>(s.shards.size()));
+  std::vector<std::thread> threads;
+  for (uint32_t i = 1; i < workers; ++i) threads.emplace_back(work);
+  work();
+  for (std::thread& thread : threads) thread.join();
+  for (const absl::Status& status : results) {
+    if (!status.ok()) return status;
+  }
+  s.recovery_ms = static_cast<uint64_t>((absl::GetCurrentTimeNanos() - start_ns) / 1'000'000);
+
+  if (s.options.repair) {
+    // Rewrite the segments recovery salvaged, so the next open is clean.
+    for (auto& shard : s.shards) {
+      if (absl::Status status = shard->Compact(/*force=*/false); !status.ok()) return status;
+    }
+  }
+  if (s.options.background_threads) {
+    s.durability_thread = std::thread([this] { DurabilityLoop(); });
+    s.maintenance_thread = std::thread([this] { MaintenanceLoop(); });
+  }
+  return absl::OkStatus();
+}
+
+void Engine::DurabilityLoop() {
+  State& s = *state_;
+  const bool periodic = s.options.fsync == FsyncPolicy::kInterval;
+  while (true) {
+    {
+      absl::MutexLock lock(&s.mu);
+      const absl::Time deadline = periodic
+                                      ? absl::Now() + absl::Milliseconds(s.options.fsync_interval_ms)
+                                      : absl::InfiniteFuture();
+      while (!s.stop && !s.sync_requested) {
+        if (s.cv.WaitWithDeadline(&s.mu, deadline)) break;
+      }
+      if (s.stop) return;
+      s.sync_requested = false;
+    }
+    for (auto& shard : s.shards) {
+      // A failure is recorded in the shard, which then refuses writes.
+      (void)shard->SyncNow();
+    }
+  }
+}
+
+void Engine::MaintenanceLoop() {
+  State& s = *state_;
+  absl::Time next_sweep = absl::Now() + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
+  absl::Time next_compaction =
+      absl::Now() + absl::Milliseconds(s.options.compaction_check_interval_ms);
+  while (true) {
+    {
+      absl::MutexLock lock(&s.mu);
+      const absl::Time deadline = std::min(next_sweep, next_compaction);
+      while (!s.stop && absl::Now() < deadline) s.cv.WaitWithDeadline(&s.mu, deadline);
+      if (s.stop) return;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= next_sweep) {
+      for (auto& shard : s.shards) shard->SweepExpired();
+      next_sweep = now + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
+    }
+    if (now >= next_compaction) {
+      for (auto& shard : s.shards) {
+        if (shard->NeedsCompaction()) (void)shard->Compact(/*force=*/false);  // logs failures
+        absl::MutexLock lock(&s.mu);
+        if (s.stop) return;
+      }
+      next_compaction = absl::Now() + absl::Milliseconds(s.options.compaction_check_interval_ms);
+    }
+  }
+}
+
+Engine::~Engine() {
+  if (state_->closed.load()) return;
+  if (absl::Status status = Close(); !status.ok()) {
+    ShardContext context{&state_->options, nullptr, nullptr, nullptr, nullptr, nullptr};
+    context.Log(LogLevel::kError, absl::StrCat("close failed: ", status.message()));
+  }
+}
+
+absl::Status Engine::Close() {
+  State& s = *state_;
+  if (s.closed.exchange(true)) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&s.mu);
+    s.stop = true;
+    s.cv.SignalAll();
+  }
+  if (s.durability_thread.joinable()) s.durability_thread.join();
+  if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
+  absl::Status result;
+  for (auto& shard : s.shards) {
+    absl::Status status = shard->Close();
+    if (result.ok() && !status.ok()) result = status;
+  }
+  s.lock.reset();
+  return result;
+}
+
+namespace {
+
+absl::Status CheckKey(absl::string_view key, const Options& options) {
+  if (key.empty()) return absl::InvalidArgumentError("key is empty");
+  if (key.size() > options.max_key_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("key of ", key.size(),
+                                                   " bytes exceeds max_key_bytes (",
+                                                   options.max_key_bytes, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckValue(absl::string_view value, const Options& options) {
+  if (value.size() > options.max_value_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("value of ", value.size(),
+                                                   " bytes exceeds max_value_bytes (",
+                                                   options.max_value_bytes, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Closed() { return absl::FailedPreconditionError("the engine is closed"); }
+
+}  // namespace
+
+absl::Status Engine::Get(absl::string_view key, std::string* value_out, ValueMeta* meta) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  const KeyRef ref{key, HashKey(key)};
+  return state_->ShardFor(ref.hash).Get(ref, value_out, meta);
+}
+
+absl::StatusOr<Record> Engine::Get(absl::string_view key) {
+  Record record;
+  if (absl::Status status = Get(key, &record.value, &record.meta); !status.ok()) return status;
+  return record;
+}
+
+absl::StatusOr<Record> Engine::GetVersion(absl::string_view key, uint64_t version) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  const KeyRef ref{key, HashKey(key)};
+  return state_->ShardFor(ref.hash).GetVersion(ref, version);
+}
+
+absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view value,
+                                        const WriteOptions& options) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  if (absl::Status status = CheckValue(value, state_->options); !status.ok()) return status;
+  if (options.ttl_ms < 0) return absl::InvalidArgumentError("ttl_ms must not be negative");
+  const KeyRef ref{key, HashKey(key)};
+  Shard& shard = state_->ShardFor(ref.hash);
+  auto result = shard.Write(format::RecordType::kPut, ref, value, options);
+  if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
+    if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
+  }
+  return result;
+}
+
+absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOptions& options) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  const KeyRef ref{key, HashKey(key)};
+  Shard& shard = state_->ShardFor(ref.hash);
+  auto result = shard.Write(format::RecordType::kDelete, ref, {}, options);
+  if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
+    if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
+  }
+  return result;
+}
+
+namespace {
+
+void FinishAsync(Shard& shard, FsyncPolicy policy, absl::StatusOr<WriteResult> result,
+                 Engine::WriteCallback done) {
+  if (!result.ok() || !result->applied || policy != FsyncPolicy::kAlways) {
+    done(std::move(result));
+    return;
+  }
+  const uint64_t sequence = result->sequence;
+  shard.NotifyWhenDurable(sequence, [result = *result, done = std::move(done)](absl::Status s) {
+    if (s.ok()) {
+      done(result);
+    } else {
+      done(s);
+    }
+  });
+}
+
+}  // namespace
+
+void Engine::PutAsync(absl::string_view key, absl::string_view value, const WriteOptions& options,
+                      WriteCallback done) {
+  if (state_->closed.load(std::memory_order_relaxed)) return done(Closed());
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return done(status);
+  if (absl::Status status = CheckValue(value, state_->options); !status.ok()) return done(status);
+  const KeyRef ref{key, HashKey(key)};
+  Shard& shard = state_->ShardFor(ref.hash);
+  FinishAsync(shard, state_->options.fsync,
+              shard.Write(format::RecordType::kPut, ref, value, options), std::move(done));
+}
+
+void Engine::DeleteAsync(absl::string_view key, const WriteOptions& options, WriteCallback done) {
+  if (state_->closed.load(std::memory_order_relaxed)) return done(Closed());
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return done(status);
+  const KeyRef ref{key, HashKey(key)};
+  Shard& shard = state_->ShardFor(ref.hash);
+  FinishAsync(shard, state_->options.fsync,
+              shard.Write(format::RecordType::kDelete, ref, {}, options), std::move(done));
+}
+
+absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (options.limit == 0 || options.limit > kMaxScanLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scan limit must be in [1, ", kMaxScanLimit, "], got ", options.limit));
+  }
+  // The index is a hash table: a page is the `limit` smallest matching keys
+  // after the cursor, found in one pass over every shard with a bounded heap.
+  // One more than the page tells whether anything follows.
+  std::priority_queue<std::string> heap;
+  for (auto& shard : state_->shards) shard->CollectScanKeys(options, options.limit + 1, &heap);
+  std::vector<std::string> keys;
+  keys.reserve(heap.size());
+  while (!heap.empty()) {
+    keys.push_back(heap.top());
+    heap.pop();
+  }
+  std::reverse(keys.begin(), keys.end());
+  ScanResult result;
+  const bool more = keys.size() > options.limit;
+  if (more) keys.resize(options.limit);
+  for (std::string& key : keys) {
+    ScanItem item;
+    if (!options.keys_only) {
+      absl::Status status = Get(key, &item.value, &item.meta);
+      if (absl::IsNotFound(status)) continue;  // deleted since the pass
+      if (!status.ok()) return status;
+    }
+    item.key = std::move(key);
+    result.items.push_back(std::move(item));
+  }
+  if (more) result.next_cursor = keys.back();
+  return result;
+}
+
+absl::StatusOr<std::vector<Event>> Engine::ReadEvents(uint32_t shard, uint64_t after_sequence,
+                                                      uint32_t limit) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (shard >= state_->shards.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard ", shard, " does not exist (", state_->shards.size(), " shards)"));
+  }
+  if (limit == 0 || limit > kMaxScanLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("event limit must be in [1, ", kMaxScanLimit, "], got ", limit));
+  }
+  return state_->shards[shard]->ReadEvents(after_sequence, limit);
+}
+
+uint64_t Engine::LastSequence(uint32_t shard) {
+  return shard < state_->shards.size() ? state_->shards[shard]->LastSequence() : 0;
+}
+
+uint32_t Engine::ShardCount() const { return static_cast<uint32_t>(state_->shards.size()); }
+
+uint32_t Engine::ShardOf(absl::string_view key) const {
+  return static_cast<uint32_t>(HashKey(key) % state_->shards.size());
+}
+
+uint32_t Engine::MerklePartitionCount() const { return state_->merkle->partitions(); }
+uint32_t Engine::MerkleLeafCount() const { return state_->merkle->leaves(); }
+uint32_t Engine::MerklePartitionOf(absl::string_view key) const {
+  return state_->merkle->PartitionOf(HashKey(key));
+}
+
+uint64_t Engine::MerkleNodeHash(uint32_t partition, uint32_t node) const {
+  const MerkleForest& merkle = *state_->merkle;
+  if (partition >= merkle.partitions() || node == 0 || node >= 2 * merkle.leaves()) return 0;
+  return merkle.NodeHash(partition, node);
+}
+
+absl::StatusOr<std::vector<Engine::LeafKey>> Engine::MerkleLeafKeys(uint32_t partition,
+                                                                    uint32_t leaf_node) {
+  const MerkleForest& merkle = *state_->merkle;
+  if (partition >= merkle.partitions() || leaf_node < merkle.leaves() ||
+      leaf_node >= 2 * merkle.leaves()) {
+    return absl::InvalidArgumentError(absl::StrCat("no leaf node ", leaf_node, " in partition ",
+                                                   partition));
+  }
+  std::vector<LeafKey> keys;
+  for (auto& shard : state_->shards) shard->CollectLeafKeys(partition, leaf_node, &keys);
+  std::sort(keys.begin(), keys.end(),
+            [](const LeafKey& a, const LeafKey& b) { return a.key < b.key; });
+  return keys;
+}
+
+Stats Engine::GetStats() {
+  Stats stats;
+  stats.shard_count = static_cast<uint32_t>(state_->shards.size());
+  stats.recovery_ms = state_->recovery_ms;
+  for (auto& shard : state_->shards) {
+    shard->AddStats(&stats);
+    const ShardCounters& c = shard->counters();
+    stats.puts += c.puts.load();
+    stats.deletes += c.deletes.load();
+    stats.gets += c.gets.load();
+    stats.fsyncs += c.fsyncs.load();
+    stats.fsync_total_us += c.fsync_total_us.load();
+    stats.compactions += c.compactions.load();
+    stats.compaction_bytes_read += c.compaction_bytes_read.load();
+    stats.compaction_bytes_written += c.compaction_bytes_written.load();
+    stats.compaction_bytes_reclaimed += c.compaction_bytes_reclaimed.load();
+    if (c.compaction_running.load()) {
+      stats.compaction_running = true;
+      stats.compaction_progress_bytes += c.compaction_progress_bytes.load();
+      stats.compaction_total_bytes += c.compaction_total_bytes.load();
+    }
+    stats.expired_swept += c.expired_swept.load();
+    stats.tombstones_dropped += c.tombstones_dropped.load();
+    stats.recovered_from_hints += c.recovered_from_hints.load();
+    stats.recovered_by_scan += c.recovered_by_scan.load();
+    stats.torn_bytes_truncated += c.torn_bytes_truncated.load();
+    stats.repaired_bytes_skipped += c.repaired_bytes_skipped.load();
+  }
+  stats.index_bytes += state_->merkle->memory_bytes();
+  return stats;
+}
+
+absl::Status Engine::Sync() {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  absl::Status result;
+  for (auto& shard : state_->shards) {
+    absl::Status status = shard->SyncNow();
+    if (result.ok() && !status.ok()) result = status;
+  }
+  return result;
+}
+
+absl::Status Engine::CompactNow(bool force) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  for (auto& shard : state_->shards) {
+    if (absl::Status status = shard->Compact(force); !status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Engine::SweepExpiredNow() {
+  if (state_->closed.load(std::memory_order_relaxed)) return 0;
+  uint64_t swept = 0;
+  for (auto& shard : state_->shards) swept += shard->SweepExpired();
+  return swept;
+}
+
+}  // namespace logkv::engine

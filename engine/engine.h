@@ -1,0 +1,272 @@
+// logkv's storage engine: a Bitcask-style store. Every mutation is an event
+// appended to a per-shard segmented log; an in-memory hash index points at the
+// newest record of each key; compaction rewrites old segments; a sweeper
+// expires TTLs; per-partition Merkle trees summarise the contents for
+// anti-entropy between replicas. The engine knows nothing of networking.
+//
+// Thread-safety: every method of Engine may be called from any thread at once.
+// Shards never contend with each other; within a shard, reads share a lock and
+// writes take it exclusively for the few hundred nanoseconds of an append.
+#ifndef LOGKV_ENGINE_ENGINE_H_
+#define LOGKV_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include "absl/strings/string_view.h"
+#include <string>
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace logkv::engine {
+
+class FileSystem;
+class Shard;
+class MerkleForest;
+class HybridClock;
+
+enum class FsyncPolicy {
+  kNever,     // the operating system writes back when it likes
+  kInterval,  // a background thread syncs every fsync_interval_ms (default)
+  kAlways,    // a write is acknowledged only after fdatasync (group commit)
+};
+
+enum class LogLevel { kDebug, kInfo, kWarning, kError };
+
+// The engine's sense of wall-clock time, replaceable in tests.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual int64_t NowUnixMs() = 0;
+};
+Clock* SystemClock();
+
+struct Options {
+  std::string data_dir = "./data";
+  // Only used when the data directory is created; afterwards the MANIFEST rules.
+  uint32_t shard_count = 8;
+
+  uint64_t segment_bytes = 64ull << 20;
+  uint32_t max_key_bytes = 4096;           // hard ceiling: 65535
+  uint32_t max_value_bytes = 16u << 20;    // hard ceiling: 512 MiB
+
+  FsyncPolicy fsync = FsyncPolicy::kInterval;
+  int64_t fsync_interval_ms = 1000;
+
+  // How many versions of each key stay readable through GetVersion (>= 1).
+  uint32_t versions_kept = 1;
+
+  // Compaction rewrites an immutable segment once its dead bytes reach this
+  // fraction of it or this many bytes, whichever comes first (Bitcask's
+  // fragmentation and dead-bytes triggers).
+  double compaction_dead_fraction = 0.5;
+  uint64_t compaction_dead_bytes = 32ull << 20;
+  // Small immutable segments (under segment_bytes / 4, left by restarts) are
+  // merged once at least this many have accumulated.
+  uint32_t compaction_small_segments = 4;
+  uint64_t compaction_bytes_per_second = 128ull << 20;  // 0 = unlimited
+  int64_t compaction_check_interval_ms = 10'000;
+
+  int64_t ttl_sweep_interval_ms = 1000;
+  // Tombstones (and swept expired records) are kept at least this long before
+  // compaction may drop them, so replicas learn of the deletion first.
+  int64_t tombstone_grace_ms = 24ll * 3600 * 1000;
+
+  // Merkle summary: partitions over the XXH3 key-hash space, each a fixed tree
+  // with merkle_leaves leaves. Both powers of two.
+  uint32_t merkle_partitions = 64;
+  uint32_t merkle_leaves = 1024;
+
+  // How many recent events per shard the change feed can locate without
+  // scanning a segment from its start.
+  uint32_t feed_recent_events = 4096;
+
+  // Salvage what verifies instead of refusing to open a damaged log; damaged
+  // segments are rewritten without the bad bytes.
+  bool repair = false;
+  // Run the durability, compaction and sweeper threads. Tests that drive these
+  // by hand (CompactNow, SweepExpiredNow) turn them off.
+  bool background_threads = true;
+
+  FileSystem* file_system = nullptr;  // default: DefaultFileSystem(); must outlive the Engine
+  Clock* clock = nullptr;             // default: SystemClock(); must outlive the Engine
+  std::function<void(LogLevel, absl::string_view)> log;  // default: stderr
+};
+
+struct WriteOptions {
+  int64_t ttl_ms = 0;  // 0 = no expiry
+  // Compare-and-set: the write happens only if the key is at this version now
+  // (0 = the key must be absent). Otherwise FailedPrecondition.
+  std::optional<uint64_t> if_version;
+  // Replication: apply with this timestamp instead of stamping a new one, and
+  // only if it is newer than what the key has (last write wins). 0 = stamp.
+  uint64_t timestamp = 0;
+  // Absolute expiry for replicated writes (overrides ttl_ms when non-zero).
+  int64_t expiry_unix_ms = 0;
+};
+
+struct WriteResult {
+  uint64_t version = 0;
+  uint64_t timestamp = 0;
+  uint64_t sequence = 0;
+  uint32_t shard = 0;
+  bool applied = true;  // false when a replicated write lost to a newer one
+};
+
+struct ValueMeta {
+  uint64_t version = 0;
+  uint64_t timestamp = 0;
+  int64_t expiry_unix_ms = 0;
+};
+
+struct Record {
+  std::string value;
+  ValueMeta meta;
+};
+
+struct ScanOptions {
+  std::string prefix;     // only keys starting with it
+  std::string start_key;  // inclusive lower bound ("" = none)
+  std::string end_key;    // exclusive upper bound ("" = none)
+  std::string after_key;  // cursor: the last key of the previous page
+  uint32_t limit = 1000;  // at most kMaxScanLimit
+  bool keys_only = false;
+};
+inline constexpr uint32_t kMaxScanLimit = 10'000;
+
+struct ScanItem {
+  std::string key;
+  std::string value;
+  ValueMeta meta;
+};
+
+struct ScanResult {
+  std::vector<ScanItem> items;  // in key order
+  std::string next_cursor;      // empty when there is nothing more
+};
+
+enum class EventType { kPut, kDelete };
+
+struct Event {
+  uint64_t sequence = 0;
+  EventType type = EventType::kPut;
+  std::string key;
+  std::string value;
+  ValueMeta meta;
+};
+
+// Everything the engine can tell about itself, summed over shards.
+struct Stats {
+  uint64_t keys = 0;             // live keys (not deleted, not yet swept)
+  uint64_t tombstones = 0;       // deleted or expired keys still indexed
+  uint64_t segments = 0;
+  uint64_t log_bytes = 0;        // bytes in all segments
+  uint64_t dead_bytes = 0;       // bytes compaction could reclaim
+  uint64_t key_bytes = 0;        // bytes of live keys in the index arena
+  uint64_t index_bytes = 0;      // memory of the index beyond key bytes
+  uint64_t puts = 0, deletes = 0, gets = 0;
+  uint64_t fsyncs = 0;
+  uint64_t fsync_total_us = 0;
+  uint64_t compactions = 0;
+  uint64_t compaction_bytes_read = 0;
+  uint64_t compaction_bytes_written = 0;
+  uint64_t compaction_bytes_reclaimed = 0;
+  bool compaction_running = false;
+  uint64_t compaction_progress_bytes = 0;  // of the running compaction
+  uint64_t compaction_total_bytes = 0;     // of the running compaction
+  uint64_t expired_swept = 0;
+  uint64_t tombstones_dropped = 0;
+  uint64_t recovery_ms = 0;
+  uint64_t recovered_from_hints = 0;  // segments loaded from hint files at open
+  uint64_t recovered_by_scan = 0;     // segments scanned at open
+  uint64_t torn_bytes_truncated = 0;
+  uint64_t repaired_bytes_skipped = 0;
+  uint32_t shard_count = 0;
+};
+
+class Engine {
+ public:
+  // Opens or creates the store at options.data_dir.
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(const Options& options);
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  // Closes if Close was not called, logging any error.
+  ~Engine();
+
+  [[nodiscard]] absl::StatusOr<Record> Get(absl::string_view key);
+  // The allocation-free form for hot paths: value_out is reused.
+  [[nodiscard]] absl::Status Get(absl::string_view key, std::string* value_out, ValueMeta* meta);
+  // Version n of key, if it is still kept (Options::versions_kept).
+  [[nodiscard]] absl::StatusOr<Record> GetVersion(absl::string_view key, uint64_t version);
+
+  // Returns once the write is durable per Options::fsync: for kAlways after
+  // fdatasync; otherwise after the bytes are in the operating system's hands.
+  [[nodiscard]] absl::StatusOr<WriteResult> Put(absl::string_view key, absl::string_view value,
+                                                const WriteOptions& options = {});
+  [[nodiscard]] absl::StatusOr<WriteResult> Delete(absl::string_view key,
+                                                   const WriteOptions& options = {});
+
+  // Asynchronous forms: done runs once the write is durable per the policy,
+  // inline for kNever/kInterval and on the engine's sync thread for kAlways.
+  // The caller never blocks on a disk sync.
+  using WriteCallback = std::function<void(absl::StatusOr<WriteResult>)>;
+  void PutAsync(absl::string_view key, absl::string_view value, const WriteOptions& options,
+                WriteCallback done);
+  void DeleteAsync(absl::string_view key, const WriteOptions& options, WriteCallback done);
+
+  [[nodiscard]] absl::StatusOr<ScanResult> Scan(const ScanOptions& options);
+
+  // Change feed: events of one shard with sequence > after_sequence, in order,
+  // at most limit. OutOfRange ("compacted") when compaction already removed
+  // some of them.
+  [[nodiscard]] absl::StatusOr<std::vector<Event>> ReadEvents(uint32_t shard,
+                                                              uint64_t after_sequence,
+                                                              uint32_t limit);
+  uint64_t LastSequence(uint32_t shard);
+  uint32_t ShardCount() const;
+  uint32_t ShardOf(absl::string_view key) const;
+
+  // Merkle summary. Node 1 is a partition's root; node i has children 2i and
+  // 2i+1; leaves are nodes [leaves, 2 * leaves).
+  uint32_t MerklePartitionCount() const;
+  uint32_t MerkleLeafCount() const;
+  uint32_t MerklePartitionOf(absl::string_view key) const;
+  uint64_t MerkleNodeHash(uint32_t partition, uint32_t node) const;
+  // Keys (live and tombstoned) whose hashes fall in the given leaf (a node index
+  // in [leaves, 2 * leaves)), with their timestamps and tombstone bits.
+  struct LeafKey {
+    std::string key;
+    uint64_t timestamp;
+    bool tombstone;
+  };
+  [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> MerkleLeafKeys(uint32_t partition,
+                                                                    uint32_t leaf_node);
+
+  Stats GetStats();
+  // Syncs every shard's unsynced appends now.
+  [[nodiscard]] absl::Status Sync();
+  // Compacts every shard's eligible segments now (force: every immutable one).
+  [[nodiscard]] absl::Status CompactNow(bool force = false);
+  // Removes expired keys from the index; returns how many.
+  uint64_t SweepExpiredNow();
+  // Stops background work, syncs, writes hint files, closes files.
+  [[nodiscard]] absl::Status Close();
+
+ private:
+  explicit Engine(const Options& options);
+  [[nodiscard]] absl::Status OpenFiles();
+  void DurabilityLoop();
+  void MaintenanceLoop();
+
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace logkv::engine
+
+#endif  // LOGKV_ENGINE_ENGINE_H_

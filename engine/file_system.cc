@@ -1,0 +1,302 @@
+#include "engine/file_system.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace logkv::engine {
+namespace {
+
+absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int error) {
+  std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(error));
+  switch (error) {
+    case ENOENT:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(message);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+// A file descriptor closed on destruction.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("write", path, errno);
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
+}
+
+// The active segment: a preallocated file mapped shared and writable. Appends
+// are memcpys into the page cache; nothing is lost if the process dies, and
+// fdatasync on the descriptor writes the dirtied pages back.
+class PosixWritableFile final : public WritableFile {
+ public:
+  PosixWritableFile(std::string path, int fd, char* base, uint64_t capacity)
+      : path_(std::move(path)), fd_(fd), base_(base), capacity_(capacity) {}
+  ~PosixWritableFile() override { (void)Close(); }
+
+  absl::Status Append(absl::string_view data) override {
+    if (base_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(path_, " is closed"));
+    if (data.size() > capacity_ - size_) {
+      return absl::ResourceExhaustedError(absl::StrCat("append of ", data.size(), " bytes to ",
+                                                       path_, " exceeds its capacity of ",
+                                                       capacity_, " bytes"));
+    }
+    std::memcpy(base_ + size_, data.data(), data.size());
+    size_ += data.size();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n, char*) const override {
+    if (base_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(path_, " is closed"));
+    if (offset > capacity_ || n > capacity_ - offset) {
+      return absl::OutOfRangeError(
+          absl::StrCat("read of ", n, " bytes at ", offset, " past the end of ", path_));
+    }
+    return absl::string_view(base_ + offset, n);
+  }
+
+  absl::Status Sync() override {
+    if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is closed"));
+    if (::fdatasync(fd_) != 0) return ErrnoStatus("fdatasync", path_, errno);
+    return absl::OkStatus();
+  }
+
+  void StartWriteback() override {
+    if (fd_ >= 0) ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+  }
+
+  absl::Status Close() override {
+    if (fd_ < 0) return absl::OkStatus();
+    absl::Status status;
+    if (::munmap(base_, capacity_) != 0) status = ErrnoStatus("munmap", path_, errno);
+    base_ = nullptr;
+    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 && status.ok()) {
+      status = ErrnoStatus("ftruncate", path_, errno);
+    }
+    ::close(fd_);
+    fd_ = -1;
+    return status;
+  }
+
+  uint64_t Size() const override { return size_; }
+  uint64_t Capacity() const override { return capacity_; }
+
+ private:
+  const std::string path_;
+  int fd_;
+  char* base_;
+  const uint64_t capacity_;
+  uint64_t size_ = 0;
+};
+
+// An immutable file mapped read-only; reads are views into the mapping.
+class PosixReadableFile final : public ReadableFile {
+ public:
+  PosixReadableFile(std::string path, const char* base, uint64_t size)
+      : path_(std::move(path)), base_(base), size_(size) {}
+  ~PosixReadableFile() override {
+    if (base_ != nullptr) ::munmap(const_cast<char*>(base_), size_);
+  }
+
+  absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n, char*) const override {
+    if (offset > size_ || n > size_ - offset) {
+      return absl::OutOfRangeError(absl::StrCat("read of ", n, " bytes at ", offset,
+                                                " past the end of ", path_, " (", size_,
+                                                " bytes)"));
+    }
+    return absl::string_view(base_ + offset, n);
+  }
+  uint64_t Size() const override { return size_; }
+
+ private:
+  const std::string path_;
+  const char* base_;  // null for an empty file
+  const uint64_t size_;
+};
+
+class PosixLock final : public FileSystem::Lock {
+ public:
+  explicit PosixLock(int fd) : fd_(fd) {}
+  ~PosixLock() override {
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+class PosixFileSystem final : public FileSystem {
+ public:
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
+      const std::string& path, uint64_t capacity_bytes) override {
+    if (capacity_bytes == 0) return absl::InvalidArgumentError("capacity must be positive");
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    // Real blocks up front: appends never extend the file, so fdatasync does
+    // not have to write size metadata, and a full disk fails here, not in a
+    // page fault. Fall back to a sparse file where fallocate is unsupported.
+    int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(capacity_bytes));
+    if (rc == ENOSPC) return ErrnoStatus("fallocate", path, rc);
+    if (rc != 0 && ::ftruncate(fd.get(), static_cast<off_t>(capacity_bytes)) != 0) {
+      return ErrnoStatus("ftruncate", path, errno);
+    }
+    void* base =
+        ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (base == MAP_FAILED) return ErrnoStatus("mmap", path, errno);
+    return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
+                                               capacity_bytes);
+  }
+
+  absl::StatusOr<std::unique_ptr<ReadableFile>> NewReadableFile(const std::string& path) override {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat", path, errno);
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    const char* base = nullptr;
+    if (size > 0) {
+      void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+      if (mapping == MAP_FAILED) return ErrnoStatus("mmap", path, errno);
+      base = static_cast<const char*>(mapping);
+    }
+    return std::make_unique<PosixReadableFile>(path, base, size);
+  }
+
+  absl::Status WriteFile(const std::string& path, absl::string_view data, bool sync) override {
+    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    if (absl::Status s = WriteAll(fd.get(), data, path); !s.ok()) return s;
+    if (sync && ::fdatasync(fd.get()) != 0) return ErrnoStatus("fdatasync", path, errno);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    std::string out;
+    char buffer[1 << 16];
+    while (true) {
+      ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus("read", path, errno);
+      }
+      if (n == 0) break;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+    return out;
+  }
+
+  absl::Status CreateDir(const std::string& path) override {
+    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+      return ErrnoStatus("mkdir", path, errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
+    DIR* dir = ::opendir(path.c_str());
+    if (dir == nullptr) return ErrnoStatus("opendir", path, errno);
+    std::vector<std::string> names;
+    while (struct dirent* entry = ::readdir(dir)) {
+      absl::string_view name = entry->d_name;
+      if (name != "." && name != "..") names.emplace_back(name);
+    }
+    ::closedir(dir);
+    return names;
+  }
+
+  absl::Status RemoveFile(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return ErrnoStatus("unlink", path, errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status RenameFile(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) return ErrnoStatus("rename", from, errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status TruncateFile(const std::string& path, uint64_t size) override {
+    if (::truncate(path.c_str(), static_cast<off_t>(size)) != 0) {
+      return ErrnoStatus("truncate", path, errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> FileSize(const std::string& path) override {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return ErrnoStatus("stat", path, errno);
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  bool FileExists(const std::string& path) override { return ::access(path.c_str(), F_OK) == 0; }
+
+  absl::Status SyncDir(const std::string& path) override {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    if (::fsync(fd.get()) != 0) return ErrnoStatus("fsync", path, errno);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<Lock>> LockFile(const std::string& path) override {
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(path, " is locked: another logkv process uses this data directory"));
+      }
+      return ErrnoStatus("flock", path, errno);
+    }
+    return std::make_unique<PosixLock>(fd.release());
+  }
+};
+
+}  // namespace
+
+FileSystem* DefaultFileSystem() {
+  static PosixFileSystem* file_system = new PosixFileSystem();
+  return file_system;
+}
+
+}  // namespace logkv::engine

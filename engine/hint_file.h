@@ -1,0 +1,41 @@
+// Hint files: one entry per record of a segment (the record's header fields,
+// location and key, no value), so start-up builds the index without reading
+// values. Layout in log_format.h and docs/format.md.
+#ifndef LOGKV_ENGINE_HINT_FILE_H_
+#define LOGKV_ENGINE_HINT_FILE_H_
+
+#include <cstdint>
+#include <string>
+
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "engine/file_system.h"
+#include "engine/log_record.h"
+
+namespace logkv::engine {
+
+// Accumulates entries, then writes the file in one piece.
+class HintWriter {
+ public:
+  explicit HintWriter(uint32_t segment_id);
+  void Add(const LogRecord& record, uint32_t offset, uint32_t record_bytes);
+  // Writes and syncs path; segment_bytes is the size of the finished segment.
+  absl::Status Finish(FileSystem* fs, const std::string& path, uint64_t segment_bytes);
+
+ private:
+  uint32_t segment_id_;
+  uint64_t count_ = 0;
+  std::string buffer_;
+};
+
+// Calls visit(record, offset, record_bytes) for every entry (the record's value
+// is empty). Fails with DataLoss if the file is damaged, truncated, or does not
+// describe a segment of segment_bytes bytes; the caller then scans the segment.
+absl::Status ReadHintFile(
+    FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
+    absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit);
+
+}  // namespace logkv::engine
+
+#endif  // LOGKV_ENGINE_HINT_FILE_H_

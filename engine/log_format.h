@@ -1,0 +1,125 @@
+// The on-disk layout of segments, records and hint files. The grammar is
+// written down in docs/format.md; this header is its single source in code.
+// All integers are little-endian. Persisted values marked "never change" are
+// part of the format: add new values, never renumber old ones.
+#ifndef LOGKV_ENGINE_LOG_FORMAT_H_
+#define LOGKV_ENGINE_LOG_FORMAT_H_
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+namespace logkv::engine::format {
+
+static_assert(std::endian::native == std::endian::little,
+              "the on-disk format is little-endian and is read by casting");
+
+// Bumped only with a migration path; a segment or hint of another version is
+// refused with a clear error.
+inline constexpr uint32_t kFormatVersion = 1;
+
+// ---- Segment file: <12-digit id>.log --------------------------------------
+inline constexpr char kSegmentMagic[8] = {'L', 'O', 'G', 'K', 'V', 'S', 'E', 'G'};
+
+// Segment flags (never change).
+inline constexpr uint32_t kSegmentFlagCompacted = 1u << 0;  // written by compaction
+
+struct SegmentHeader {
+  char magic[8];           // kSegmentMagic
+  uint32_t format_version;  // kFormatVersion
+  uint32_t flags;           // kSegmentFlag*
+  uint32_t shard_id;
+  uint32_t segment_id;
+  uint64_t base_sequence;   // the shard's next sequence number when the segment was made
+  int64_t created_unix_ms;
+  uint64_t checksum;        // XXH3-64 of the 40 bytes before it
+};
+static_assert(sizeof(SegmentHeader) == 48);
+inline constexpr size_t kSegmentHeaderBytes = sizeof(SegmentHeader);
+
+// ---- Record ----------------------------------------------------------------
+// A record starts at an 8-byte aligned offset; zero bytes pad it to the next one.
+inline constexpr size_t kRecordAlignment = 8;
+
+// Record types (never change). 0 is never written: an all-zero header marks
+// the unwritten, preallocated end of an active segment.
+enum class RecordType : uint8_t {
+  kPut = 1,
+  kDelete = 2,  // tombstone
+};
+inline constexpr uint8_t kMaxKnownRecordType = 2;
+
+// Record flags (never change). No flag is defined yet; a record with an unknown
+// flag bit is refused as corrupt.
+inline constexpr uint8_t kKnownRecordFlags = 0;
+
+struct RecordHeader {
+  uint64_t checksum;    // XXH3-64 over bytes [8, 48 + key_size + value_size)
+  uint8_t type;         // RecordType
+  uint8_t flags;        // kRecordFlag*
+  uint16_t key_size;
+  uint32_t value_size;  // 0 for a tombstone
+  uint64_t timestamp;   // hybrid logical clock: (unix ms << 16) | logical counter
+  int64_t expiry_unix_ms;  // 0 = never expires
+  uint64_t sequence;       // per-shard event number, from 1
+  uint64_t version;        // per-key version, 1 for the first put after absence
+};
+static_assert(sizeof(RecordHeader) == 48);
+static_assert(offsetof(RecordHeader, type) == 8);
+static_assert(offsetof(RecordHeader, timestamp) == 16);
+static_assert(offsetof(RecordHeader, version) == 40);
+inline constexpr size_t kRecordHeaderBytes = sizeof(RecordHeader);
+inline constexpr size_t kChecksumBytes = sizeof(uint64_t);
+
+inline constexpr uint32_t kMaxKeyBytes = UINT16_MAX;  // key_size is 16 bits
+// Offsets and record sizes are 32-bit in the index and hint files.
+inline constexpr uint32_t kHardMaxValueBytes = 512u << 20;
+
+constexpr uint64_t AlignRecord(uint64_t n) {
+  return (n + kRecordAlignment - 1) & ~uint64_t{kRecordAlignment - 1};
+}
+constexpr uint64_t RecordBytes(uint64_t key_size, uint64_t value_size) {
+  return AlignRecord(kRecordHeaderBytes + key_size + value_size);
+}
+static_assert(kSegmentHeaderBytes % kRecordAlignment == 0);
+
+// ---- Hint file: <12-digit id>.hint -------------------------------------------
+// One entry per record of its segment (live or not), so that start-up can build
+// the index without reading values. Written by compaction and on clean close.
+inline constexpr char kHintMagic[8] = {'L', 'O', 'G', 'K', 'V', 'H', 'N', 'T'};
+
+struct HintHeader {
+  char magic[8];            // kHintMagic
+  uint32_t format_version;  // kFormatVersion
+  uint32_t segment_id;
+  uint64_t segment_bytes;   // size of the segment the hint describes
+  uint64_t entry_count;
+};
+static_assert(sizeof(HintHeader) == 32);
+
+struct HintEntry {  // followed by key_size bytes of key
+  uint32_t offset;
+  uint32_t record_bytes;
+  uint16_t key_size;
+  uint8_t type;
+  uint8_t flags;
+  uint32_t value_size;
+  uint64_t timestamp;
+  int64_t expiry_unix_ms;
+  uint64_t sequence;
+  uint64_t version;
+};
+static_assert(sizeof(HintEntry) == 48);
+// The file ends with XXH3-64 of everything before it.
+inline constexpr size_t kHintTrailerBytes = sizeof(uint64_t);
+
+// ---- MANIFEST ------------------------------------------------------------------
+// A text file at the top of the data directory:
+//   logkv-manifest <format version>\n shards <count>\n checksum <16 hex digits>\n
+// where the checksum is XXH3-64 of the lines before it.
+inline constexpr char kManifestName[] = "MANIFEST";
+inline constexpr char kLockName[] = "LOCK";
+
+}  // namespace logkv::engine::format
+
+#endif  // LOGKV_ENGINE_LOG_FORMAT_H_

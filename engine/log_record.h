@@ -1,0 +1,61 @@
+// Encoding and verified decoding of log records (layout in log_format.h and
+// docs/format.md). Decoding checks every field before any of it is trusted.
+#ifndef LOGKV_ENGINE_LOG_RECORD_H_
+#define LOGKV_ENGINE_LOG_RECORD_H_
+
+#include <cstdint>
+#include "absl/strings/string_view.h"
+#include <string>
+
+
+#include "absl/status/status.h"
+#include "engine/log_format.h"
+
+namespace logkv::engine {
+
+// A record's fields; key and value are views whose lifetime the caller manages.
+struct LogRecord {
+  format::RecordType type = format::RecordType::kPut;
+  uint64_t timestamp = 0;
+  int64_t expiry_unix_ms = 0;
+  uint64_t sequence = 0;
+  uint64_t version = 0;
+  absl::string_view key;
+  absl::string_view value;
+
+  bool is_tombstone() const { return type == format::RecordType::kDelete; }
+};
+
+// Appends the encoded record, padded to the record alignment, to out.
+// REQUIRES: key.size() <= format::kMaxKeyBytes.
+void EncodeRecord(const LogRecord& record, std::string* out);
+
+// Outcome of looking at the bytes where a record should start.
+enum class DecodeOutcome {
+  kRecord,     // a verified record
+  kEnd,        // an all-zero header: the unwritten end of an active segment
+  kTruncated,  // fewer bytes than the header or the sizes it announces
+  kCorrupt,    // checksum mismatch, unknown type or flags, impossible sizes
+};
+
+struct DecodeResult {
+  DecodeOutcome outcome;
+  LogRecord record;        // valid for kRecord; views into the input bytes
+  uint64_t record_bytes;   // aligned size, valid for kRecord
+  std::string error;       // why, for kCorrupt and kTruncated
+};
+
+// Decodes the record at the start of bytes, which holds everything from the
+// record's offset to the end of the segment's data.
+DecodeResult DecodeRecord(absl::string_view bytes, uint32_t max_key_bytes,
+                          uint32_t max_value_bytes);
+
+// Reads just the header fields of an encoded record without verifying it.
+// REQUIRES: bytes.size() >= format::kRecordHeaderBytes.
+format::RecordHeader PeekHeader(absl::string_view bytes);
+
+uint64_t HashKey(absl::string_view key);
+
+}  // namespace logkv::engine
+
+#endif  // LOGKV_ENGINE_LOG_RECORD_H_

@@ -1,0 +1,341 @@
+// Shard start-up: rebuild the index from hint files or by scanning segments,
+// truncate a torn tail, refuse (or, in repair mode, salvage) corruption.
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/hint_file.h"
+#include "engine/shard.h"
+
+namespace logkv::engine {
+
+using format::RecordType;
+
+// What start-up tracks beyond the index itself; dropped once the shard is open.
+class Shard::RecoveryState {
+ public:
+  // Sequence number of each entry's current record, by entry id.
+  std::vector<uint64_t> sequence_of;
+  // versions_kept > 1: candidates for each key's history.
+  struct Candidates {
+    uint64_t newest_tombstone_sequence = 0;
+    std::vector<std::pair<uint64_t, HistoryItem>> puts;  // (sequence, item)
+  };
+  absl::flat_hash_map<uint32_t, Candidates> candidates;
+  uint64_t max_sequence = 0;
+  uint64_t max_timestamp = 0;
+  uint64_t max_base_sequence = 0;
+  absl::flat_hash_map<uint32_t, bool> hint_ids;  // segment id -> hint file present
+};
+
+namespace {
+
+bool AllZero(absl::string_view bytes) {
+  return std::all_of(bytes.begin(), bytes.end(), [](char c) { return c == 0; });
+}
+
+// The next 8-aligned offset after `from` where a record verifies, or 0.
+uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
+  const uint64_t size = segment.size();
+  for (uint64_t offset = format::AlignRecord(from + 1); offset + format::kRecordHeaderBytes <= size;
+       offset += format::kRecordAlignment) {
+    auto bytes = segment.ReadToEnd(offset);
+    if (!bytes.ok()) return 0;
+    DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+    if (decoded.outcome == DecodeOutcome::kRecord) return offset;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& location,
+                           Segment* segment, RecoveryState* state) {
+  segment->min_sequence = std::min(segment->min_sequence, record.sequence);
+  segment->max_sequence = std::max(segment->max_sequence, record.sequence);
+  state->max_sequence = std::max(state->max_sequence, record.sequence);
+  state->max_timestamp = std::max(state->max_timestamp, record.timestamp);
+
+  const KeyRef ref{record.key, HashKey(record.key)};
+  uint32_t id = index_.Find(ref);
+  const bool keep_history = options_.versions_kept > 1;
+  // Remembers a record that is not (or no longer) the key's newest.
+  auto retire = [&](uint32_t entry_id, uint64_t sequence, bool tombstone,
+                    const HistoryItem& item) {
+    if (!keep_history) {
+      MarkDead(item.location);
+      return;
+    }
+    RecoveryState::Candidates& c = state->candidates[entry_id];
+    if (tombstone) {
+      c.newest_tombstone_sequence = std::max(c.newest_tombstone_sequence, sequence);
+      MarkDead(item.location);
+    } else {
+      c.puts.emplace_back(sequence, item);
+    }
+  };
+  auto assign = [&](IndexEntry& entry) {
+    entry.set_location(location);
+    entry.flags = record.is_tombstone() ? kEntryTombstone : 0;
+    entry.timestamp = record.timestamp;
+    entry.version = record.version;
+    entry.expiry_unix_ms = record.expiry_unix_ms;
+  };
+
+  if (id == KeyIndex::kNoEntry) {
+    id = index_.Insert(ref);
+    if (state->sequence_of.size() <= id) state->sequence_of.resize(id + 1, 0);
+    assign(index_.at(id));
+    state->sequence_of[id] = record.sequence;
+    return;
+  }
+  IndexEntry& entry = index_.at(id);
+  const uint64_t current = state->sequence_of[id];
+  if (record.sequence == current) {
+    // The same event twice: compaction copied it and crashed before removing
+    // the original. Either copy serves; this one is dead.
+    MarkDead(location);
+    return;
+  }
+  if (record.sequence > current) {
+    retire(id, current, (entry.flags & kEntryTombstone) != 0,
+           HistoryItem{entry.location(), entry.version, entry.timestamp});
+    assign(entry);
+    state->sequence_of[id] = record.sequence;
+  } else {
+    retire(id, record.sequence, record.is_tombstone(),
+           HistoryItem{location, record.version, record.timestamp});
+  }
+}
+
+absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
+                                RecoveryState* state) {
+  counters_.recovered_by_scan.fetch_add(1, std::memory_order_relaxed);
+  uint64_t offset = format::kSegmentHeaderBytes;
+  while (offset < segment->size()) {
+    auto bytes = segment->ReadToEnd(offset);
+    if (!bytes.ok()) return bytes.status();
+    DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+    if (decoded.outcome == DecodeOutcome::kRecord) {
+      ApplyRecovered(decoded.record,
+                     RecordLocation{segment->id(), static_cast<uint32_t>(offset),
+                                    static_cast<uint32_t>(decoded.record_bytes)},
+                     segment.get(), state);
+      offset += decoded.record_bytes;
+      continue;
+    }
+    if (decoded.outcome == DecodeOutcome::kEnd && AllZero(*bytes)) {
+      // Preallocated space never written: the segment was not closed cleanly.
+      return segment->TruncateTo(context_.fs, offset);
+    }
+    const std::string reason = decoded.outcome == DecodeOutcome::kEnd
+                                   ? std::string("zero bytes where a record should start")
+                                   : decoded.error;
+    const uint64_t next_valid = FindNextValidRecord(*segment, offset);
+    if (newest_original && next_valid == 0) {
+      // The last append was cut short by a crash; it was never acknowledged
+      // as durable (a sync covers whole records), so dropping it is correct.
+      const uint64_t dropped = segment->size() - offset;
+      context_.Log(LogLevel::kWarning,
+                   absl::StrCat("torn tail in ", segment->path(), " at offset ", offset,
+                                ": dropped ", dropped, " bytes (", reason, ")"));
+      counters_.torn_bytes_truncated.fetch_add(dropped, std::memory_order_relaxed);
+      return segment->TruncateTo(context_.fs, offset);
+    }
+    if (!options_.repair) {
+      return absl::DataLossError(absl::StrCat(
+          segment->path(), " at offset ", offset, ": ", reason,
+          next_valid != 0 ? absl::StrCat("; valid records follow at offset ", next_valid)
+                          : std::string("; the segment is not the newest, so this is no torn tail"),
+          ". Open with repair to salvage the records that verify."));
+    }
+    segment->damaged = true;
+    const uint64_t skipped = (next_valid != 0 ? next_valid : segment->size()) - offset;
+    counters_.repaired_bytes_skipped.fetch_add(skipped, std::memory_order_relaxed);
+    context_.Log(LogLevel::kWarning, absl::StrCat("repair: skipped ", skipped, " bytes of ",
+                                                  segment->path(), " at offset ", offset, " (",
+                                                  reason, ")"));
+    if (next_valid == 0) break;
+    offset = next_valid;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
+                                RecoveryState* state) {
+  const std::string hint_path = PathOf(HintFileName(segment->id()));
+  if (state->hint_ids.contains(segment->id())) {
+    // ReadHintFile validates the whole file before it visits any entry, so a
+    // damaged hint leaves no trace in the index before the scan below.
+    absl::Status status = ReadHintFile(
+        context_.fs, hint_path, segment->id(), segment->size(),
+        [&](const LogRecord& record, uint32_t offset, uint32_t record_bytes) {
+          ApplyRecovered(record, RecordLocation{segment->id(), offset, record_bytes},
+                         segment.get(), state);
+        });
+    if (status.ok()) {
+      segment->has_hint = true;
+      counters_.recovered_from_hints.fetch_add(1, std::memory_order_relaxed);
+      return absl::OkStatus();
+    }
+    context_.Log(LogLevel::kWarning, absl::StrCat("hint file unusable, scanning the segment: ",
+                                                  status.message()));
+    if (absl::Status removed = context_.fs->RemoveFile(hint_path); !removed.ok()) return removed;
+  }
+  return ScanSegment(segment, newest_original, state);
+}
+
+void Shard::FinishRecovery(RecoveryState* state) {
+  const int64_t now = context_.clock->NowUnixMs();
+  if (options_.versions_kept > 1) {
+    for (auto& [id, candidates] : state->candidates) {
+      IndexEntry& entry = index_.at(id);
+      std::vector<std::pair<uint64_t, HistoryItem>>& puts = candidates.puts;
+      std::sort(puts.begin(), puts.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::vector<HistoryItem> kept;
+      for (auto it = puts.rbegin(); it != puts.rend(); ++it) {
+        const bool usable = (entry.flags & kEntryTombstone) == 0 &&
+                            it->first > candidates.newest_tombstone_sequence &&
+                            kept.size() + 1 < options_.versions_kept;
+        if (usable) {
+          kept.push_back(it->second);
+        } else {
+          MarkDead(it->second.location);
+        }
+      }
+      if (!kept.empty()) {
+        std::reverse(kept.begin(), kept.end());
+        history_[id] = std::move(kept);
+      }
+    }
+  }
+  index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+    context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
+    if (entry.present()) ++live_keys_;
+    if (entry.expiry_unix_ms != 0) {
+      ++entries_with_expiry_;
+      if (entry.present()) ttl_heap_.push(TtlItem{entry.expiry_unix_ms, id});
+    }
+  });
+  (void)now;
+  next_sequence_ = std::max(state->max_sequence + 1, state->max_base_sequence);
+  next_sequence_ = std::max<uint64_t>(next_sequence_, 1);
+  context_.hlc->Observe(state->max_timestamp);
+}
+
+void Shard::ComputeFeedStart() {
+  // Sequence numbers run without gaps through the original segments, so a
+  // gap (or a first segment that does not start at 1) marks events that
+  // compaction removed; the feed cannot serve anything up to the last gap.
+  compacted_through_sequence_ = 0;
+  uint64_t covered_through = 0;
+  for (uint32_t id : original_ids_) {
+    const Segment& segment = *segments_.at(id);
+    const uint64_t base = segment.header().base_sequence;
+    if (base > covered_through + 1) compacted_through_sequence_ = base - 1;
+    covered_through = std::max(covered_through, segment.max_sequence > 0 ? segment.max_sequence
+                                                                        : base - 1);
+  }
+}
+
+absl::Status Shard::Open() {
+  if (absl::Status status = context_.fs->CreateDir(directory_); !status.ok()) return status;
+  auto names = context_.fs->ListDir(directory_);
+  if (!names.ok()) return names.status();
+
+  RecoveryState state;
+  std::vector<uint32_t> segment_ids;
+  for (const std::string& name : *names) {
+    uint32_t id;
+    if (ParseSegmentFileName(name, ".log", &id)) {
+      segment_ids.push_back(id);
+    } else if (ParseSegmentFileName(name, ".hint", &id)) {
+      state.hint_ids[id] = true;
+    } else if (absl::EndsWith(name, ".compacting")) {
+      // An unfinished compaction's output: the segments it was copying from
+      // are all still here.
+      context_.Log(LogLevel::kInfo, absl::StrCat("removing unfinished compaction output ",
+                                                 PathOf(name)));
+      if (absl::Status status = context_.fs->RemoveFile(PathOf(name)); !status.ok()) {
+        return status;
+      }
+    }
+  }
+  std::sort(segment_ids.begin(), segment_ids.end());
+
+  absl::MutexLock lock(&mu_);
+  for (uint32_t id : segment_ids) {
+    auto segment = Segment::Open(context_.fs, PathOf(SegmentFileName(id)), shard_id_, id);
+    if (!segment.ok()) {
+      if (!options_.repair || segment.status().code() != absl::StatusCode::kDataLoss) {
+        return segment.status();
+      }
+      const std::string from = PathOf(SegmentFileName(id));
+      context_.Log(LogLevel::kWarning, absl::StrCat("repair: setting aside ", from, ": ",
+                                                    segment.status().message()));
+      if (absl::Status status = context_.fs->RenameFile(from, from + ".damaged"); !status.ok()) {
+        return status;
+      }
+      continue;
+    }
+    std::shared_ptr<Segment> shared = std::move(*segment);
+    state.max_base_sequence = std::max(state.max_base_sequence, shared->header().base_sequence);
+    if (!shared->compacted()) original_ids_.push_back(id);
+    segments_[id] = shared;
+    next_segment_id_ = std::max(next_segment_id_, id + 1);
+  }
+  const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
+  for (uint32_t id : segment_ids) {
+    auto it = segments_.find(id);
+    if (it == segments_.end()) continue;
+    if (absl::Status status = LoadSegment(it->second, id == newest_original, &state);
+        !status.ok()) {
+      return status;
+    }
+  }
+  for (const auto& [id, present] : state.hint_ids) {
+    if (!segments_.contains(id) && context_.fs->FileExists(PathOf(HintFileName(id)))) {
+      (void)context_.fs->RemoveFile(PathOf(HintFileName(id)));  // orphan of a removed segment
+    }
+  }
+  FinishRecovery(&state);
+  ComputeFeedStart();
+  appended_sequence_ = next_sequence_ - 1;
+  {
+    absl::MutexLock sync_lock(&sync_mu_);
+    durable_sequence_ = appended_sequence_;
+  }
+  return RollActive(0);
+}
+
+absl::Status Shard::Close() {
+  std::vector<std::shared_ptr<Segment>> need_hints;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return absl::OkStatus();
+    closed_ = true;
+    if (active_ != nullptr) {
+      if (absl::Status status = active_->Seal(context_.fs); !status.ok()) return status;
+      if (active_->size() == format::kSegmentHeaderBytes && segments_.size() > 1) {
+        // Nothing was written since start-up: drop the empty segment rather
+        // than leave one per restart.
+        const std::string path = active_->path();
+        segments_.erase(active_->id());
+        original_ids_.pop_back();
+        active_.reset();
+        if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
+      }
+    }
+    for (const auto& [id, segment] : segments_) {
+      if (!segment->has_hint && !segment->damaged) need_hints.push_back(segment);
+    }
+  }
+  for (const std::shared_ptr<Segment>& segment : need_hints) {
+    if (absl::Status status = WriteHint(segment); !status.ok()) return status;
+  }
+  return context_.fs->SyncDir(directory_);
+}
+
+}  // namespace logkv::engine

@@ -1,0 +1,536 @@
+#include "engine/shard.h"
+
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace logkv::engine {
+
+using format::RecordType;
+
+namespace {
+
+// Keys may be binary and long: quote a printable, bounded form in messages.
+std::string KeyForMessage(absl::string_view key) {
+  constexpr size_t kMaxShown = 64;
+  std::string shown = absl::CHexEscape(key.substr(0, kMaxShown));
+  if (key.size() > kMaxShown) absl::StrAppend(&shown, "...");
+  return absl::StrCat("\"", shown, "\"");
+}
+
+}  // namespace
+
+Shard::Shard(const ShardContext& context, uint32_t shard_id, std::string directory)
+    : context_(context),
+      options_(*context.options),
+      shard_id_(shard_id),
+      directory_(std::move(directory)) {
+  recent_events_.assign(std::max<uint32_t>(1, options_.feed_recent_events), FeedMark{0, 0, 0});
+}
+
+Shard::~Shard() = default;
+
+absl::Status Shard::health() {
+  if (!failed_flag_.load(std::memory_order_acquire)) return absl::OkStatus();
+  absl::MutexLock lock(&sync_mu_);
+  return failed_;
+}
+
+void Shard::SetFailed(const absl::Status& status) {
+  std::deque<DurableWaiter> waiters;
+  absl::Status failed;
+  {
+    absl::MutexLock lock(&sync_mu_);
+    if (failed_.ok()) {
+      failed_ = absl::Status(status.code(),
+                             absl::StrCat("shard ", shard_id_,
+                                          " refuses writes after a failed sync (restart to "
+                                          "recover from the log): ",
+                                          status.message()));
+    }
+    failed_flag_.store(true, std::memory_order_release);
+    failed = failed_;
+    waiters.swap(durable_waiters_);
+    durable_cv_.SignalAll();
+  }
+  context_.Log(LogLevel::kError, failed.message());
+  for (DurableWaiter& waiter : waiters) waiter.done(failed);
+}
+
+absl::StatusOr<LogRecord> Shard::ReadRecord(const RecordLocation& location,
+                                            absl::string_view key) const {
+  auto it = segments_.find(location.segment_id);
+  if (it == segments_.end()) {
+    return absl::DataLossError(absl::StrCat("shard ", shard_id_, ": index points at segment ",
+                                            location.segment_id, ", which does not exist"));
+  }
+  const Segment& segment = *it->second;
+  const uint64_t available = segment.size() > location.offset ? segment.size() - location.offset : 0;
+  auto bytes = segment.Read(location.offset, std::min<uint64_t>(location.record_bytes, available));
+  if (!bytes.ok()) return bytes.status();
+  DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+  if (decoded.outcome != DecodeOutcome::kRecord) {
+    return absl::DataLossError(absl::StrCat(segment.path(), " at offset ", location.offset, ": ",
+                                            decoded.outcome == DecodeOutcome::kEnd
+                                                ? "no record where the index points"
+                                                : decoded.error));
+  }
+  if (decoded.record.key != key) {
+    return absl::DataLossError(absl::StrCat(segment.path(), " at offset ", location.offset,
+                                            ": record holds key ",
+                                            KeyForMessage(decoded.record.key), ", index expected ",
+                                            KeyForMessage(key)));
+  }
+  return decoded.record;
+}
+
+absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* meta) {
+  counters_.gets.fetch_add(1, std::memory_order_relaxed);
+  absl::ReaderMutexLock lock(&mu_);
+  const uint32_t id = index_.Find(key);
+  if (id == KeyIndex::kNoEntry) return absl::NotFoundError("key not found");
+  const IndexEntry& entry = index_.at(id);
+  if (!entry.present()) return absl::NotFoundError("key not found");
+  if (entry.expiry_unix_ms != 0 && Expired(entry, context_.clock->NowUnixMs())) {
+    return absl::NotFoundError("key not found (expired)");
+  }
+  auto record = ReadRecord(entry.location(), key.key);
+  if (!record.ok()) return record.status();
+  value_out->assign(record->value.data(), record->value.size());
+  if (meta != nullptr) {
+    meta->version = entry.version;
+    meta->timestamp = entry.timestamp;
+    meta->expiry_unix_ms = entry.expiry_unix_ms;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
+  counters_.gets.fetch_add(1, std::memory_order_relaxed);
+  absl::ReaderMutexLock lock(&mu_);
+  const uint32_t id = index_.Find(key);
+  const int64_t now = context_.clock->NowUnixMs();
+  if (id == KeyIndex::kNoEntry) return absl::NotFoundError("key not found");
+  const IndexEntry& entry = index_.at(id);
+  if (!entry.present() || Expired(entry, now)) return absl::NotFoundError("key not found");
+  RecordLocation location;
+  ValueMeta meta{version, 0, entry.expiry_unix_ms};
+  if (entry.version == version) {
+    location = entry.location();
+    meta.timestamp = entry.timestamp;
+  } else {
+    bool found = false;
+    if (auto it = history_.find(id); it != history_.end()) {
+      for (const HistoryItem& item : it->second) {
+        if (item.version == version) {
+          location = item.location;
+          meta.timestamp = item.timestamp;
+          found = true;
+        }
+      }
+    }
+    if (!found) {
+      return absl::NotFoundError(absl::StrCat("version ", version, " of key ",
+                                              KeyForMessage(key.key), " is not kept (current ",
+                                              entry.version, ", versions_kept ",
+                                              options_.versions_kept, ")"));
+    }
+  }
+  auto record = ReadRecord(location, key.key);
+  if (!record.ok()) return record.status();
+  meta.expiry_unix_ms = record->expiry_unix_ms;
+  return Record{std::string(record->value), meta};
+}
+
+void Shard::MarkDead(const RecordLocation& location) {
+  auto it = segments_.find(location.segment_id);
+  assert(it != segments_.end());
+  if (it != segments_.end()) it->second->dead_bytes += location.record_bytes;
+}
+
+void Shard::DropHistory(uint32_t entry_id) {
+  if (options_.versions_kept <= 1) return;
+  auto it = history_.find(entry_id);
+  if (it == history_.end()) return;
+  for (const HistoryItem& item : it->second) MarkDead(item.location);
+  history_.erase(it);
+}
+
+void Shard::PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) {
+  ttl_heap_.push(TtlItem{expiry_unix_ms, entry_id});
+  // Overwritten keys leave stale heap items behind until their time comes.
+  // Rebuild from the index when they dominate, so the heap tracks the keys
+  // that have an expiry, not every TTL write ever made.
+  if (ttl_heap_.size() > 2 * entries_with_expiry_ + 1024) {
+    std::vector<TtlItem> items;
+    items.reserve(entries_with_expiry_);
+    index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+      if (entry.expiry_unix_ms != 0 && entry.present()) {
+        items.push_back(TtlItem{entry.expiry_unix_ms, id});
+      }
+    });
+    ttl_heap_ = decltype(ttl_heap_)(std::greater<TtlItem>(), std::move(items));
+  }
+}
+
+void Shard::ReleaseCurrentRecord(const IndexEntry& entry) {
+  if ((entry.flags & kEntryShadowCounted) == 0) MarkDead(entry.location());
+}
+
+void Shard::RemoveEntry(uint32_t entry_id) {
+  IndexEntry& entry = index_.at(entry_id);
+  assert(!entry.present());
+  context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
+  ReleaseCurrentRecord(entry);
+  DropHistory(entry_id);
+  if (entry.expiry_unix_ms != 0) --entries_with_expiry_;
+  index_.Remove(entry_id);
+}
+
+absl::StatusOr<std::shared_ptr<Segment>> Shard::NewSegment(uint32_t flags,
+                                                           uint64_t capacity_bytes,
+                                                           const std::string& path) {
+  const uint32_t id = next_segment_id_++;
+  const format::SegmentHeader header =
+      MakeSegmentHeader(shard_id_, id, flags, next_sequence_, context_.clock->NowUnixMs());
+  auto segment = Segment::Create(context_.fs, path.empty() ? PathOf(SegmentFileName(id)) : path,
+                                 header, capacity_bytes);
+  if (!segment.ok()) return segment.status();
+  std::shared_ptr<Segment> shared = std::move(*segment);
+  segments_[id] = shared;
+  return shared;
+}
+
+absl::Status Shard::RollActive(uint64_t needed_bytes) {
+  // Sealing syncs the old segment before the new one takes writes, so only
+  // the newest segment can ever hold a torn tail after a crash; recovery
+  // relies on that to tell a torn tail from corruption.
+  if (active_ != nullptr) {
+    if (absl::Status status = active_->Seal(context_.fs); !status.ok()) {
+      SetFailed(status);
+      return status;
+    }
+  }
+  const uint64_t capacity =
+      std::max<uint64_t>(options_.segment_bytes, needed_bytes + format::kSegmentHeaderBytes);
+  auto segment = NewSegment(/*flags=*/0, capacity, "");
+  if (!segment.ok()) return segment.status();
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  active_ = *segment;
+  original_ids_.push_back(active_->id());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
+                                         absl::string_view value, const WriteOptions& options) {
+  if (absl::Status status = health(); !status.ok()) return status;
+  const int64_t now = context_.clock->NowUnixMs();
+  absl::MutexLock lock(&mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  uint32_t id = index_.Find(key);
+  IndexEntry* entry = id == KeyIndex::kNoEntry ? nullptr : &index_.at(id);
+  const bool was_present = entry != nullptr && entry->present();
+  const bool visible = was_present && !Expired(*entry, now);
+  const uint64_t current_version = visible ? entry->version : 0;
+  if (options.if_version.has_value() && *options.if_version != current_version) {
+    return absl::FailedPreconditionError(absl::StrCat("key ", KeyForMessage(key.key),
+                                                      " is at version ", current_version,
+                                                      ", not ", *options.if_version));
+  }
+
+  uint64_t timestamp;
+  if (options.timestamp != 0) {
+    // A replicated write: last write wins, and replays are harmless.
+    if (entry != nullptr && entry->timestamp >= options.timestamp) {
+      WriteResult ignored;
+      ignored.version = entry->version;
+      ignored.timestamp = entry->timestamp;
+      ignored.shard = shard_id_;
+      ignored.applied = false;
+      return ignored;
+    }
+    timestamp = options.timestamp;
+    context_.hlc->Observe(timestamp);
+  } else {
+    if (type == RecordType::kDelete && !visible) {
+      return absl::NotFoundError("key not found");
+    }
+    timestamp = context_.hlc->Now();
+    if (entry != nullptr && timestamp <= entry->timestamp) {
+      // A replica stamped this key ahead of our clock; stay monotonic per key.
+      timestamp = entry->timestamp + 1;
+      context_.hlc->Observe(timestamp);
+    }
+  }
+
+  int64_t expiry = 0;
+  if (type == RecordType::kPut) {
+    if (options.expiry_unix_ms != 0) {
+      expiry = options.expiry_unix_ms;
+    } else if (options.ttl_ms > 0) {
+      expiry = now + options.ttl_ms;
+    }
+  }
+  // Every mutation bumps the version; a delete ends the key's life, so the
+  // next put after it starts again at 1.
+  const uint64_t version = current_version + 1;
+  const uint64_t sequence = next_sequence_;
+
+  LogRecord record;
+  record.type = type;
+  record.timestamp = timestamp;
+  record.expiry_unix_ms = expiry;
+  record.sequence = sequence;
+  record.version = version;
+  record.key = key.key;
+  record.value = value;
+  encode_buffer_.clear();
+  EncodeRecord(record, &encode_buffer_);
+  const uint64_t record_bytes = encode_buffer_.size();
+  if (record_bytes > active_->remaining()) {
+    if (absl::Status status = RollActive(record_bytes); !status.ok()) return status;
+  }
+  auto offset = active_->Append(encode_buffer_);
+  if (!offset.ok()) return offset.status();
+  ++next_sequence_;
+  active_->min_sequence = std::min(active_->min_sequence, sequence);
+  active_->max_sequence = sequence;
+  const RecordLocation location{active_->id(), *offset, static_cast<uint32_t>(record_bytes)};
+
+  if (entry != nullptr) {
+    context_.merkle->Update(key.hash, LeafHashOf(*entry));  // XOR the old state out
+    if (options_.versions_kept > 1 && type == RecordType::kPut && visible) {
+      std::vector<HistoryItem>& items = history_[id];
+      items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp});
+      while (items.size() > options_.versions_kept - 1) {
+        MarkDead(items.front().location);
+        items.erase(items.begin());
+      }
+    } else {
+      ReleaseCurrentRecord(*entry);
+      DropHistory(id);
+    }
+    if (entry->expiry_unix_ms != 0) --entries_with_expiry_;
+  } else {
+    id = index_.Insert(key);
+    entry = &index_.at(id);
+  }
+  entry->set_location(location);
+  entry->flags = type == RecordType::kDelete ? kEntryTombstone : 0;
+  entry->timestamp = timestamp;
+  entry->version = version;
+  entry->expiry_unix_ms = expiry;
+  context_.merkle->Update(key.hash, LeafHashOf(*entry));
+  if (type == RecordType::kPut && !was_present) ++live_keys_;
+  if (type == RecordType::kDelete && was_present) --live_keys_;
+  if (expiry != 0) {
+    ++entries_with_expiry_;
+    PushTtl(expiry, id);
+  }
+  recent_events_[sequence % recent_events_.size()] = FeedMark{sequence, location.segment_id,
+                                                              location.offset};
+  appended_sequence_ = sequence;
+  (type == RecordType::kPut ? counters_.puts : counters_.deletes)
+      .fetch_add(1, std::memory_order_relaxed);
+
+  WriteResult result;
+  result.version = version;
+  result.timestamp = timestamp;
+  result.sequence = sequence;
+  result.shard = shard_id_;
+  return result;
+}
+
+absl::Status Shard::WaitDurable(uint64_t sequence) {
+  absl::MutexLock lock(&sync_mu_);
+  if (durable_sequence_ >= sequence || !failed_.ok()) return failed_;
+  context_.request_sync();
+  while (durable_sequence_ < sequence && failed_.ok()) durable_cv_.Wait(&sync_mu_);
+  return failed_;
+}
+
+void Shard::NotifyWhenDurable(uint64_t sequence, std::function<void(absl::Status)> done) {
+  absl::Status status;
+  {
+    absl::MutexLock lock(&sync_mu_);
+    if (durable_sequence_ < sequence && failed_.ok()) {
+      durable_waiters_.push_back(DurableWaiter{sequence, std::move(done)});
+      context_.request_sync();
+      return;
+    }
+    status = failed_;
+  }
+  done(status);
+}
+
+absl::Status Shard::SyncNow() {
+  std::shared_ptr<Segment> segment;
+  uint64_t target;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    segment = active_;
+    target = appended_sequence_;
+  }
+  {
+    absl::MutexLock lock(&sync_mu_);
+    if (!failed_.ok()) return failed_;
+    if (target <= durable_sequence_) return absl::OkStatus();
+  }
+  // Writers keep appending while we sync: whoever arrives now is served by
+  // the next round, and everyone already waiting shares this fdatasync.
+  const int64_t start_ns = absl::GetCurrentTimeNanos();
+  absl::Status status = segment != nullptr ? segment->Sync() : absl::OkStatus();
+  counters_.fsyncs.fetch_add(1, std::memory_order_relaxed);
+  counters_.fsync_total_us.fetch_add(
+      static_cast<uint64_t>((absl::GetCurrentTimeNanos() - start_ns) / 1000),
+      std::memory_order_relaxed);
+  if (!status.ok()) {
+    SetFailed(status);
+    return status;
+  }
+  std::vector<DurableWaiter> ready;
+  {
+    absl::MutexLock lock(&sync_mu_);
+    durable_sequence_ = std::max(durable_sequence_, target);
+    while (!durable_waiters_.empty() && durable_waiters_.front().sequence <= durable_sequence_) {
+      ready.push_back(std::move(durable_waiters_.front()));
+      durable_waiters_.pop_front();
+    }
+    durable_cv_.SignalAll();
+  }
+  for (DurableWaiter& waiter : ready) waiter.done(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+void Shard::StartWriteback() {
+  std::shared_ptr<Segment> segment;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    segment = active_;
+  }
+  if (segment != nullptr) segment->StartWriteback();
+}
+
+void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
+                            std::priority_queue<std::string>* heap) {
+  const int64_t now = context_.clock->NowUnixMs();
+  absl::ReaderMutexLock lock(&mu_);
+  index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+    if (!entry.present() || Expired(entry, now)) return;
+    const absl::string_view key = entry.key();
+    if (!absl::StartsWith(key, options.prefix)) return;
+    if (!options.start_key.empty() && key < options.start_key) return;
+    if (!options.end_key.empty() && key >= options.end_key) return;
+    if (!options.after_key.empty() && key <= options.after_key) return;
+    if (heap->size() < keep) {
+      heap->emplace(key);
+    } else if (key < heap->top()) {
+      heap->pop();
+      heap->emplace(key);
+    }
+  });
+}
+
+uint64_t Shard::LastSequence() {
+  absl::ReaderMutexLock lock(&mu_);
+  return next_sequence_ - 1;
+}
+
+absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, uint32_t limit) {
+  std::vector<Event> events;
+  absl::ReaderMutexLock lock(&mu_);
+  if (after_sequence < compacted_through_sequence_) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "compacted: events of shard ", shard_id_, " up to sequence ", compacted_through_sequence_,
+        " are gone; the oldest readable start is after_sequence=", compacted_through_sequence_));
+  }
+  if (after_sequence + 1 >= next_sequence_ || limit == 0) return events;
+  const uint64_t first = after_sequence + 1;
+
+  // Where to start: the recent-events ring knows the exact record; otherwise
+  // the original segment whose range holds `first`, from its beginning.
+  size_t segment_index = 0;
+  uint64_t offset = format::kSegmentHeaderBytes;
+  const FeedMark& mark = recent_events_[first % recent_events_.size()];
+  bool located = false;
+  if (mark.sequence == first) {
+    for (size_t i = 0; i < original_ids_.size(); ++i) {
+      if (original_ids_[i] == mark.segment_id) {
+        segment_index = i;
+        offset = mark.offset;
+        located = true;
+        break;
+      }
+    }
+  }
+  if (!located) {
+    for (size_t i = 0; i < original_ids_.size(); ++i) {
+      if (segments_.at(original_ids_[i])->header().base_sequence <= first) segment_index = i;
+    }
+  }
+
+  for (; segment_index < original_ids_.size(); ++segment_index) {
+    const Segment& segment = *segments_.at(original_ids_[segment_index]);
+    while (offset < segment.size()) {
+      auto bytes = segment.ReadToEnd(offset);
+      if (!bytes.ok()) return bytes.status();
+      DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+      if (decoded.outcome == DecodeOutcome::kEnd) break;
+      if (decoded.outcome != DecodeOutcome::kRecord) {
+        return absl::DataLossError(
+            absl::StrCat(segment.path(), " at offset ", offset, ": ", decoded.error));
+      }
+      const LogRecord& record = decoded.record;
+      if (record.sequence >= first) {
+        Event event;
+        event.sequence = record.sequence;
+        event.type = record.is_tombstone() ? EventType::kDelete : EventType::kPut;
+        event.key.assign(record.key.data(), record.key.size());
+        event.value.assign(record.value.data(), record.value.size());
+        event.meta = ValueMeta{record.version, record.timestamp, record.expiry_unix_ms};
+        events.push_back(std::move(event));
+        if (events.size() >= limit) return events;
+      }
+      offset += decoded.record_bytes;
+    }
+    offset = format::kSegmentHeaderBytes;
+  }
+  return events;
+}
+
+void Shard::CollectLeafKeys(uint32_t partition, uint32_t leaf_node,
+                            std::vector<Engine::LeafKey>* out) {
+  absl::ReaderMutexLock lock(&mu_);
+  index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+    const uint64_t hash = HashKey(entry.key());
+    if (context_.merkle->PartitionOf(hash) != partition ||
+        context_.merkle->LeafNodeOf(hash) != leaf_node) {
+      return;
+    }
+    out->push_back(Engine::LeafKey{std::string(entry.key()), entry.timestamp,
+                                   (entry.flags & kEntryTombstone) != 0});
+  });
+}
+
+void Shard::AddStats(Stats* stats) {
+  absl::ReaderMutexLock lock(&mu_);
+  stats->keys += live_keys_;
+  stats->tombstones += index_.size() - live_keys_;
+  stats->segments += segments_.size();
+  for (const auto& [id, segment] : segments_) {
+    stats->log_bytes += segment->size();
+    stats->dead_bytes += segment->dead_bytes;
+  }
+  stats->key_bytes += index_.key_bytes();
+  size_t history_bytes = history_.capacity() * (sizeof(uint32_t) + sizeof(void*) * 3 + 1);
+  for (const auto& [id, items] : history_) history_bytes += items.capacity() * sizeof(HistoryItem);
+  stats->index_bytes += index_.overhead_bytes() + history_bytes +
+                        ttl_heap_.size() * sizeof(TtlItem) +
+                        recent_events_.size() * sizeof(FeedMark);
+}
+
+}  // namespace logkv::engine

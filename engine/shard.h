@@ -1,0 +1,219 @@
+// One shard of the engine: its own segmented log, index and lock, so shards
+// never contend. Split across files by concern: shard.cc (reads, writes,
+// durability, change feed, scan), recovery.cc (start-up), compaction.cc
+// (compaction, hint files, TTL sweeping).
+//
+// Thread-safety: every public method may be called from any thread.
+// Reads take mu_ shared; writes, rolls, sweeps and compaction's copy batches
+// take it exclusively. sync_mu_ guards the durability bookkeeping so waiting
+// writers never hold mu_. compaction_mu_ lets one compaction run at a time.
+#ifndef LOGKV_ENGINE_SHARD_H_
+#define LOGKV_ENGINE_SHARD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <queue>
+#include "absl/strings/string_view.h"
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "engine/hlc.h"
+#include "engine/key_index.h"
+#include "engine/log_record.h"
+#include "engine/merkle.h"
+#include "engine/segment.h"
+
+namespace logkv::engine {
+
+// What every shard shares; owned by the Engine, which outlives its shards.
+struct ShardContext {
+  const Options* options;
+  FileSystem* fs;
+  Clock* clock;
+  HybridClock* hlc;
+  MerkleForest* merkle;
+  // Wakes the engine's sync thread: a writer waits for durability.
+  std::function<void()> request_sync;
+  void Log(LogLevel level, absl::string_view message) const;
+};
+
+// Counters read by Stats; relaxed atomics, written under various locks.
+struct ShardCounters {
+  std::atomic<uint64_t> puts{0}, deletes{0}, gets{0};
+  std::atomic<uint64_t> fsyncs{0}, fsync_total_us{0};
+  std::atomic<uint64_t> compactions{0}, compaction_bytes_read{0}, compaction_bytes_written{0},
+      compaction_bytes_reclaimed{0};
+  std::atomic<bool> compaction_running{false};
+  std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
+  std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0};
+  std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
+  std::atomic<uint64_t> torn_bytes_truncated{0}, repaired_bytes_skipped{0};
+};
+
+class Shard {
+ public:
+  Shard(const ShardContext& context, uint32_t shard_id, std::string directory);
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+  ~Shard();
+
+  // Loads the shard from disk and starts a fresh active segment.
+  absl::Status Open();
+  // Seals the active segment and writes missing hint files. No writes after.
+  absl::Status Close();
+
+  absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
+  absl::StatusOr<Record> GetVersion(const KeyRef& key, uint64_t version);
+
+  // Appends a Put or Delete. On success *durable_after is the sequence number
+  // that must be synced before the write may be acknowledged under kAlways.
+  absl::StatusOr<WriteResult> Write(format::RecordType type, const KeyRef& key,
+                                    absl::string_view value, const WriteOptions& options);
+
+  // Durability (kAlways): block until sequence is synced, or register a
+  // callback run by the sync thread once it is.
+  absl::Status WaitDurable(uint64_t sequence);
+  void NotifyWhenDurable(uint64_t sequence, std::function<void(absl::Status)> done);
+  // Syncs what was appended and not yet synced. Called by the sync thread and
+  // by Engine::Sync. Returns whether there were waiters or unsynced appends.
+  absl::Status SyncNow();
+  bool HasUnsyncedWaiters();
+  // Kicks off write-back of the active segment without waiting.
+  void StartWriteback();
+
+  // Appends the live items of this shard that match options to candidates,
+  // keeping only the `keep` smallest keys (a bounded max-heap).
+  void CollectScanKeys(const ScanOptions& options, size_t keep,
+                       std::priority_queue<std::string>* heap);
+
+  absl::StatusOr<std::vector<Event>> ReadEvents(uint64_t after_sequence, uint32_t limit);
+  uint64_t LastSequence();
+
+  void CollectLeafKeys(uint32_t partition, uint32_t leaf_node,
+                       std::vector<Engine::LeafKey>* out);
+
+  // Rewrites eligible immutable segments (every immutable one when force).
+  absl::Status Compact(bool force);
+  bool NeedsCompaction();
+  // Turns expired keys into expired tombstones; O(expired). Returns how many.
+  uint64_t SweepExpired();
+
+  void AddStats(Stats* stats);
+  const ShardCounters& counters() const { return counters_; }
+
+  // After a failed fsync the state of the file is unknown (the kernel may have
+  // dropped the dirty pages): the shard refuses writes from then on.
+  absl::Status health();
+
+ private:
+  struct HistoryItem {  // an older version kept readable (versions_kept > 1)
+    RecordLocation location;
+    uint64_t version;
+    uint64_t timestamp;
+  };
+  struct FeedMark {  // where a recent event's record is
+    uint64_t sequence;
+    uint32_t segment_id;
+    uint32_t offset;
+  };
+  struct TtlItem {
+    int64_t expiry_unix_ms;
+    uint32_t entry_id;
+    bool operator>(const TtlItem& other) const { return expiry_unix_ms > other.expiry_unix_ms; }
+  };
+  struct DurableWaiter {
+    uint64_t sequence;
+    std::function<void(absl::Status)> done;
+  };
+  class RecoveryState;
+
+  std::string PathOf(const std::string& file_name) const { return directory_ + "/" + file_name; }
+  bool Expired(const IndexEntry& entry, int64_t now_unix_ms) const {
+    return entry.expiry_unix_ms != 0 && entry.expiry_unix_ms <= now_unix_ms;
+  }
+  absl::StatusOr<LogRecord> ReadRecord(const RecordLocation& location, absl::string_view key) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status RollActive(uint64_t needed_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::shared_ptr<Segment>> NewSegment(uint32_t flags, uint64_t capacity_bytes,
+                                                      const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkDead(const RecordLocation& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropHistory(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveEntry(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts the entry's current record as dead unless the sweeper already did.
+  void ReleaseCurrentRecord(const IndexEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t LeafHashOf(const IndexEntry& entry) const {
+    return MerkleForest::LeafHash(entry.key(), entry.timestamp,
+                                  (entry.flags & kEntryTombstone) != 0);
+  }
+  void SetFailed(const absl::Status& status);
+
+  // Recovery (recovery.cc).
+  absl::Status LoadSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
+                           RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ScanSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
+                           RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyRecovered(const LogRecord& record, const RecordLocation& location,
+                      Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ComputeFeedStart() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Compaction (compaction.cc).
+  absl::Status WriteHint(const std::shared_ptr<Segment>& segment);
+  std::vector<std::shared_ptr<Segment>> PickCompactionVictims(bool force)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // ---- Constant after construction ----
+  const ShardContext context_;
+  const Options& options_;
+  const uint32_t shard_id_;
+  const std::string directory_;
+
+  mutable absl::Mutex mu_;
+  KeyIndex index_ ABSL_GUARDED_BY(mu_);
+  // Every segment by id; the active one is also active_.
+  absl::flat_hash_map<uint32_t, std::shared_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(mu_);
+  // Ids of the original (appended, not compacted) segments, ascending; the
+  // change feed reads these. Their sequence ranges are increasing.
+  std::vector<uint32_t> original_ids_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
+  uint32_t next_segment_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Events with sequence <= this are gone from the log (compacted).
+  uint64_t compacted_through_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uint32_t, std::vector<HistoryItem>> history_ ABSL_GUARDED_BY(mu_);
+  std::priority_queue<TtlItem, std::vector<TtlItem>, std::greater<TtlItem>> ttl_heap_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t entries_with_expiry_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<FeedMark> recent_events_ ABSL_GUARDED_BY(mu_);  // ring
+  uint64_t live_keys_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t appended_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::string encode_buffer_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  uint64_t durable_sequence_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  std::deque<DurableWaiter> durable_waiters_ ABSL_GUARDED_BY(sync_mu_);
+  uint64_t blocked_waiters_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  absl::Status failed_ ABSL_GUARDED_BY(sync_mu_);
+  absl::CondVar durable_cv_;
+  std::atomic<bool> failed_flag_{false};  // failed_ is set; lets writers skip sync_mu_
+
+  absl::Mutex compaction_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+
+  ShardCounters counters_;
+};
+
+}  // namespace logkv::engine
+
+#endif  // LOGKV_ENGINE_SHARD_H_

@@ -1,0 +1,952 @@
+// Behaviour of the public Engine API, one feature per test: reads and writes,
+// limits, compare-and-set, versions, TTL, scans, the change feed, reopening,
+// asynchronous writes, statistics, Merkle summaries and the directory lock.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/log_format.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_macros.h"
+#include "tests/engine/test_util.h"
+
+namespace logkv::engine {
+namespace {
+
+using test::GetOrStatus;
+using test::LogCapture;
+using test::ManualClock;
+using test::ScanAll;
+using test::ScopedTempDir;
+using test::TestOptions;
+
+// The message of a status, as a std::string (absl::string_view here is not
+// std::string_view, so conversions are spelt out).
+std::string MessageOf(const absl::Status& status) { return std::string(status.message()); }
+
+// A hybrid logical clock timestamp for replicated writes in tests.
+uint64_t Timestamp(int64_t unix_ms, uint16_t logical = 0) {
+  return (static_cast<uint64_t>(unix_ms) << 16) | logical;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { options_ = TestOptions(dir_.Subdir("db"), &clock_, &log_); }
+
+  void TearDown() override {
+    if (engine_ != nullptr) {
+      EXPECT_OK(engine_->Close());
+    }
+  }
+
+  absl::Status Open() {
+    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options_);
+    if (!engine.ok()) return engine.status();
+    engine_ = std::move(engine).value();
+    return absl::OkStatus();
+  }
+
+  // Closes cleanly (writing hint files) and opens again with options_.
+  absl::Status Reopen() {
+    if (absl::Status status = engine_->Close(); !status.ok()) return status;
+    engine_.reset();
+    return Open();
+  }
+
+  std::string Get(std::string_view key) { return GetOrStatus(engine_.get(), key); }
+
+  // Keys named prefix0, prefix1, ... that the engine puts in shard, count of
+  // them, in name order.
+  std::vector<std::string> KeysInShard(std::string_view prefix, uint32_t shard, size_t count) {
+    std::vector<std::string> keys;
+    for (int i = 0; keys.size() < count && i < 100'000; ++i) {
+      std::string key = absl::StrCat(absl::string_view(prefix.data(), prefix.size()), i);
+      if (engine_->ShardOf(key) == shard) keys.push_back(std::move(key));
+    }
+    return keys;
+  }
+
+  ScopedTempDir dir_;
+  ManualClock clock_;
+  LogCapture log_;
+  Options options_;
+  std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
+};
+
+// ---- Reads and writes ------------------------------------------------------------
+
+TEST_F(EngineTest, PutGetOverwriteDelete) {
+  ASSERT_OK(Open());
+
+  ASSERT_OK_AND_ASSIGN(WriteResult first, engine_->Put("alpha", "one"));
+  EXPECT_EQ(first.version, 1u);
+  EXPECT_TRUE(first.applied);
+  EXPECT_GT(first.timestamp, 0u);
+  EXPECT_GT(first.sequence, 0u);
+  EXPECT_EQ(first.shard, engine_->ShardOf("alpha"));
+
+  ASSERT_OK_AND_ASSIGN(Record record, engine_->Get("alpha"));
+  EXPECT_EQ(record.value, "one");
+  EXPECT_EQ(record.meta.version, 1u);
+  EXPECT_EQ(record.meta.timestamp, first.timestamp);
+  EXPECT_EQ(record.meta.expiry_unix_ms, 0);
+
+  ASSERT_OK_AND_ASSIGN(WriteResult second, engine_->Put("alpha", "two"));
+  EXPECT_EQ(second.version, 2u);
+  EXPECT_GT(second.timestamp, first.timestamp);
+  EXPECT_GT(second.sequence, first.sequence);
+  EXPECT_EQ(Get("alpha"), "two");
+
+  // The allocation-free form reuses the caller's string.
+  std::string value = "stale contents that must be replaced";
+  ValueMeta meta;
+  ASSERT_OK(engine_->Get("alpha", &value, &meta));
+  EXPECT_EQ(value, "two");
+  EXPECT_EQ(meta.version, 2u);
+  EXPECT_EQ(meta.timestamp, second.timestamp);
+
+  ASSERT_OK_AND_ASSIGN(WriteResult deleted, engine_->Delete("alpha"));
+  EXPECT_TRUE(deleted.applied);
+  EXPECT_GT(deleted.sequence, second.sequence);
+  EXPECT_EQ(Get("alpha"), "NOT_FOUND");
+  EXPECT_STATUS_CODE(engine_->Get("alpha", &value, &meta), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Get("never-written"), "NOT_FOUND");
+}
+
+TEST_F(EngineTest, EmptyValuesAndBinaryBytesRoundTrip) {
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("empty", ""));
+  const std::string binary_key("k\0e\xffy", 5);
+  const std::string binary_value("\0\x01\x02\xfe\xff\0", 6);
+  ASSERT_OK(engine_->Put(binary_key, binary_value));
+
+  ASSERT_OK_AND_ASSIGN(Record empty, engine_->Get("empty"));
+  EXPECT_EQ(empty.value, "");
+  EXPECT_EQ(Get(binary_key), binary_value);
+  // A key that is a prefix of the binary key is a different key.
+  EXPECT_EQ(Get(std::string("k\0e", 3)), "NOT_FOUND");
+
+  ASSERT_OK(Reopen());
+  EXPECT_EQ(Get("empty"), "");
+  EXPECT_EQ(Get(binary_key), binary_value);
+}
+
+TEST_F(EngineTest, KeyAndValueLimitsAreEnforcedWithTheLimitNamed) {
+  options_.max_key_bytes = 40;
+  options_.max_value_bytes = 1000;
+  ASSERT_OK(Open());
+
+  EXPECT_STATUS_CODE(engine_->Put("", "value"), absl::StatusCode::kInvalidArgument);
+  EXPECT_STATUS_CODE(engine_->Delete(""), absl::StatusCode::kInvalidArgument);
+
+  const std::string longest_key(40, 'k');
+  const std::string too_long_key(41, 'k');
+  EXPECT_OK(engine_->Put(longest_key, "fits"));
+  absl::Status key_status = engine_->Put(too_long_key, "value").status();
+  EXPECT_EQ(key_status.code(), absl::StatusCode::kInvalidArgument) << key_status;
+  EXPECT_TRUE(absl::StrContains(key_status.message(), "max_key_bytes") ||
+              absl::StrContains(key_status.message(), "40"))
+      << "the error should name the key limit: " << key_status;
+  EXPECT_STATUS_CODE(engine_->Delete(too_long_key), absl::StatusCode::kInvalidArgument);
+
+  const std::string largest_value(1000, 'v');
+  const std::string too_large_value(1001, 'v');
+  EXPECT_OK(engine_->Put("big", largest_value));
+  absl::Status value_status = engine_->Put("bigger", too_large_value).status();
+  EXPECT_EQ(value_status.code(), absl::StatusCode::kInvalidArgument) << value_status;
+  EXPECT_TRUE(absl::StrContains(value_status.message(), "max_value_bytes") ||
+              absl::StrContains(value_status.message(), "1000"))
+      << "the error should name the value limit: " << value_status;
+
+  // Refused writes leave nothing behind.
+  EXPECT_EQ(Get(longest_key), "fits");
+  EXPECT_EQ(Get("big"), largest_value);
+  EXPECT_EQ(Get("bigger"), "NOT_FOUND");
+}
+
+TEST_F(EngineTest, OpenRefusesOptionsBeyondHardLimits) {
+  // Each case breaks one documented constraint of Options.
+  struct Case {
+    const char* what;
+    void (*apply)(Options&);
+  };
+  const Case cases[] = {
+      {"max_key_bytes above 65535", [](Options& o) { o.max_key_bytes = 65536; }},
+      {"max_value_bytes above 512 MiB", [](Options& o) { o.max_value_bytes = (512u << 20) + 1; }},
+      {"versions_kept of 0", [](Options& o) { o.versions_kept = 0; }},
+      {"merkle_leaves not a power of two", [](Options& o) { o.merkle_leaves = 12; }},
+      {"merkle_partitions not a power of two", [](Options& o) { o.merkle_partitions = 6; }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Options options = options_;
+    c.apply(options);
+    EXPECT_STATUS_CODE(Engine::Open(options), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+// ---- Compare-and-set ----------------------------------------------------------------
+
+TEST_F(EngineTest, IfVersionIsCompareAndSet) {
+  ASSERT_OK(Open());
+  WriteOptions absent;
+  absent.if_version = 0;
+  WriteOptions at_one;
+  at_one.if_version = 1;
+  WriteOptions at_two;
+  at_two.if_version = 2;
+
+  ASSERT_OK_AND_ASSIGN(WriteResult created, engine_->Put("cas", "first", absent));
+  EXPECT_EQ(created.version, 1u);
+  EXPECT_STATUS_CODE(engine_->Put("cas", "second", absent), absl::StatusCode::kFailedPrecondition);
+  EXPECT_STATUS_CODE(engine_->Put("cas", "second", at_two), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Get("cas"), "first") << "a refused compare-and-set must not write";
+
+  ASSERT_OK_AND_ASSIGN(WriteResult updated, engine_->Put("cas", "second", at_one));
+  EXPECT_EQ(updated.version, 2u);
+  EXPECT_EQ(Get("cas"), "second");
+
+  EXPECT_STATUS_CODE(engine_->Delete("cas", at_one), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Get("cas"), "second");
+  EXPECT_OK(engine_->Delete("cas", at_two));
+  EXPECT_EQ(Get("cas"), "NOT_FOUND");
+
+  // After a delete the key is absent again: version 0 is what matches.
+  EXPECT_STATUS_CODE(engine_->Put("cas", "third", at_one), absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK_AND_ASSIGN(WriteResult recreated, engine_->Put("cas", "third", absent));
+  EXPECT_EQ(recreated.version, 1u);
+}
+
+// ---- Versions ---------------------------------------------------------------------------
+
+TEST_F(EngineTest, GetVersionReadsTheLastVersionsKept) {
+  options_.versions_kept = 3;
+  ASSERT_OK(Open());
+  for (int v = 1; v <= 5; ++v) {
+    ASSERT_OK_AND_ASSIGN(WriteResult result, engine_->Put("history", absl::StrCat("value-", v)));
+    ASSERT_EQ(result.version, static_cast<uint64_t>(v));
+  }
+  for (uint64_t v = 3; v <= 5; ++v) {
+    SCOPED_TRACE(absl::StrCat("version ", v));
+    ASSERT_OK_AND_ASSIGN(Record record, engine_->GetVersion("history", v));
+    EXPECT_EQ(record.value, absl::StrCat("value-", v));
+    EXPECT_EQ(record.meta.version, v);
+  }
+  EXPECT_STATUS_CODE(engine_->GetVersion("history", 2), absl::StatusCode::kNotFound);
+  EXPECT_STATUS_CODE(engine_->GetVersion("history", 1), absl::StatusCode::kNotFound);
+  EXPECT_STATUS_CODE(engine_->GetVersion("history", 6), absl::StatusCode::kNotFound);
+  EXPECT_STATUS_CODE(engine_->GetVersion("never-written", 1), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Get("history"), "value-5");
+
+  // A delete ends the key's life; the next put starts again at version 1.
+  ASSERT_OK(engine_->Delete("history"));
+  EXPECT_EQ(Get("history"), "NOT_FOUND");
+  ASSERT_OK_AND_ASSIGN(WriteResult reborn, engine_->Put("history", "reborn"));
+  EXPECT_EQ(reborn.version, 1u);
+  ASSERT_OK_AND_ASSIGN(Record first, engine_->GetVersion("history", 1));
+  EXPECT_EQ(first.value, "reborn");
+}
+
+TEST_F(EngineTest, KeptVersionsSurviveReopenAndCompaction) {
+  options_.versions_kept = 3;
+  options_.shard_count = 1;
+  ASSERT_OK(Open());
+  // Filler between the versions spreads them over several segments, so that
+  // compaction has old segments to rewrite.
+  const std::string filler(2000, 'f');
+  for (int v = 1; v <= 5; ++v) {
+    ASSERT_OK(engine_->Put("history", absl::StrCat("value-", v)));
+    for (int i = 0; i < 20; ++i) ASSERT_OK(engine_->Put(absl::StrCat("filler-", v, "-", i), filler));
+  }
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    for (uint64_t v = 3; v <= 5; ++v) {
+      absl::StatusOr<Record> record = engine_->GetVersion("history", v);
+      ASSERT_OK(record);
+      EXPECT_EQ(record->value, absl::StrCat("value-", v));
+    }
+    EXPECT_STATUS_CODE(engine_->GetVersion("history", 2), absl::StatusCode::kNotFound);
+  };
+  check("before reopen");
+  ASSERT_OK(Reopen());
+  check("after reopen with hints");
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  check("after forced compaction");
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  test::RemoveAllHintFiles(options_.data_dir);
+  ASSERT_OK(Open());
+  check("after reopen by scanning");
+}
+
+// ---- TTL ------------------------------------------------------------------------------------
+
+TEST_F(EngineTest, TtlKeysVanishAtExpiryAndAreSwept) {
+  ASSERT_OK(Open());
+  const int64_t start_ms = clock_.NowUnixMs();
+  WriteOptions one_second;
+  one_second.ttl_ms = 1000;
+  ASSERT_OK(engine_->Put("ephemeral", "soon gone", one_second));
+  ASSERT_OK(engine_->Put("durable", "stays"));
+
+  ASSERT_OK_AND_ASSIGN(Record record, engine_->Get("ephemeral"));
+  EXPECT_EQ(record.meta.expiry_unix_ms, start_ms + 1000);
+  EXPECT_EQ(engine_->GetStats().keys, 2u);
+
+  clock_.AdvanceMs(999);
+  EXPECT_EQ(Get("ephemeral"), "soon gone");
+  // Past the expiry (the exact millisecond of expiry is left to the engine).
+  clock_.AdvanceMs(2);
+  EXPECT_EQ(Get("ephemeral"), "NOT_FOUND") << "expired keys are invisible before any sweep";
+  EXPECT_EQ(Get("durable"), "stays");
+  ASSERT_OK_AND_ASSIGN(std::vector<ScanItem> items, ScanAll(engine_.get(), ScanOptions{}));
+  ASSERT_EQ(items.size(), 1u);
+  EXPECT_EQ(items[0].key, "durable");
+
+  EXPECT_EQ(engine_->SweepExpiredNow(), 1u);
+  Stats stats = engine_->GetStats();
+  EXPECT_EQ(stats.expired_swept, 1u);
+  EXPECT_EQ(stats.keys, 1u);
+  EXPECT_EQ(engine_->SweepExpiredNow(), 0u) << "a swept key is not swept twice";
+  EXPECT_EQ(Get("ephemeral"), "NOT_FOUND");
+
+  // An expired key is absent: it can be created again from version 1.
+  WriteOptions create;
+  create.if_version = 0;
+  ASSERT_OK_AND_ASSIGN(WriteResult recreated, engine_->Put("ephemeral", "again", create));
+  EXPECT_EQ(recreated.version, 1u);
+}
+
+TEST_F(EngineTest, ExpiryIsKeptAcrossReopenAndAbsoluteExpiryIsHonoured) {
+  ASSERT_OK(Open());
+  const int64_t start_ms = clock_.NowUnixMs();
+  WriteOptions short_ttl;
+  short_ttl.ttl_ms = 500;
+  WriteOptions long_ttl;
+  long_ttl.ttl_ms = 60'000;
+  WriteOptions absolute;
+  absolute.expiry_unix_ms = start_ms + 5000;
+  absolute.ttl_ms = 10;  // overridden by expiry_unix_ms
+  ASSERT_OK(engine_->Put("short", "s", short_ttl));
+  ASSERT_OK(engine_->Put("long", "l", long_ttl));
+  ASSERT_OK(engine_->Put("absolute", "a", absolute));
+  ASSERT_OK_AND_ASSIGN(Record record, engine_->Get("absolute"));
+  EXPECT_EQ(record.meta.expiry_unix_ms, start_ms + 5000);
+
+  clock_.AdvanceMs(501);
+  ASSERT_OK(Reopen());
+  EXPECT_EQ(Get("short"), "NOT_FOUND") << "recovery must not resurrect an expired key";
+  ASSERT_OK_AND_ASSIGN(Record long_record, engine_->Get("long"));
+  EXPECT_EQ(long_record.meta.expiry_unix_ms, start_ms + 60'000);
+  EXPECT_EQ(Get("absolute"), "a");
+
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  test::RemoveAllHintFiles(options_.data_dir);
+  clock_.AdvanceMs(5000);
+  ASSERT_OK(Open());
+  EXPECT_EQ(Get("absolute"), "NOT_FOUND");
+  EXPECT_EQ(Get("long"), "l");
+}
+
+// ---- Scan --------------------------------------------------------------------------------------
+
+class ScanTest : public EngineTest {
+ protected:
+  void SetUp() override {
+    EngineTest::SetUp();
+    ASSERT_OK(Open());
+    for (int i = 0; i < 60; ++i) Add(absl::StrFormat("user/%03d", i));
+    for (int i = 0; i < 25; ++i) Add(absl::StrFormat("item/%03d", i));
+    Add("zebra");
+    ASSERT_OK(engine_->Delete("user/010"));
+    live_.erase("user/010");
+  }
+
+  void Add(const std::string& key) {
+    ASSERT_OK(engine_->Put(key, "v-" + key));
+    live_.insert(key);
+  }
+
+  // The live keys that satisfy the filters, in order.
+  std::vector<std::string> Expected(std::string_view prefix, std::string_view start,
+                                    std::string_view end) const {
+    std::vector<std::string> keys;
+    for (const std::string& key : live_) {
+      if (!key.starts_with(prefix)) continue;
+      if (!start.empty() && key < start) continue;
+      if (!end.empty() && key >= end) continue;
+      keys.push_back(key);
+    }
+    return keys;
+  }
+
+  static std::vector<std::string> KeysOf(const std::vector<ScanItem>& items) {
+    std::vector<std::string> keys;
+    for (const ScanItem& item : items) keys.push_back(item.key);
+    return keys;
+  }
+
+  std::set<std::string> live_;
+};
+
+TEST_F(ScanTest, PrefixReturnsMatchingKeysInOrder) {
+  ScanOptions options;
+  options.prefix = "item/";
+  ASSERT_OK_AND_ASSIGN(ScanResult result, engine_->Scan(options));
+  EXPECT_EQ(KeysOf(result.items), Expected("item/", "", ""));
+  EXPECT_TRUE(result.next_cursor.empty()) << "everything fit in one page";
+  for (const ScanItem& item : result.items) {
+    EXPECT_EQ(item.value, "v-" + item.key);
+    EXPECT_EQ(item.meta.version, 1u);
+  }
+}
+
+TEST_F(ScanTest, RangeIsStartInclusiveEndExclusive) {
+  ScanOptions options;
+  options.start_key = "user/005";
+  options.end_key = "user/015";
+  ASSERT_OK_AND_ASSIGN(ScanResult result, engine_->Scan(options));
+  const std::vector<std::string> expected = Expected("", "user/005", "user/015");
+  ASSERT_EQ(expected.size(), 9u) << "user/010 is deleted";
+  EXPECT_EQ(KeysOf(result.items), expected);
+}
+
+TEST_F(ScanTest, CursorPagingReturnsEveryKeyOnceInOrder) {
+  for (uint32_t limit : {1u, 7u, 85u, 1000u}) {
+    SCOPED_TRACE(absl::StrCat("limit ", limit));
+    ScanOptions options;
+    options.limit = limit;
+    std::vector<std::string> seen;
+    size_t pages = 0;
+    while (true) {
+      ASSERT_LT(pages, 200u) << "the cursor does not advance";
+      ASSERT_OK_AND_ASSIGN(ScanResult page, engine_->Scan(options));
+      ++pages;
+      EXPECT_LE(page.items.size(), limit);
+      for (const ScanItem& item : page.items) seen.push_back(item.key);
+      if (page.next_cursor.empty()) break;
+      options.after_key = page.next_cursor;
+    }
+    EXPECT_EQ(seen, Expected("", "", "")) << "in order, each key once, none missing";
+    if (limit == 7) {
+      EXPECT_GE(pages, 13u) << "85 keys need at least 13 pages of 7";
+    }
+  }
+}
+
+TEST_F(ScanTest, CursorPagingWithinPrefixAndRange) {
+  ScanOptions options;
+  options.prefix = "user/";
+  options.start_key = "user/020";
+  options.limit = 6;
+  ASSERT_OK_AND_ASSIGN(std::vector<ScanItem> items, ScanAll(engine_.get(), options));
+  EXPECT_EQ(KeysOf(items), Expected("user/", "user/020", ""));
+}
+
+TEST_F(ScanTest, KeysOnlyLeavesValuesEmpty) {
+  ScanOptions options;
+  options.prefix = "item/";
+  options.keys_only = true;
+  ASSERT_OK_AND_ASSIGN(ScanResult result, engine_->Scan(options));
+  EXPECT_EQ(KeysOf(result.items), Expected("item/", "", ""));
+  for (const ScanItem& item : result.items) {
+    EXPECT_TRUE(item.value.empty()) << item.key;
+    EXPECT_EQ(item.meta.version, 1u) << item.key;
+  }
+}
+
+// ---- Change feed ------------------------------------------------------------------------------
+
+TEST_F(EngineTest, ReadEventsReturnsAShardsEventsInOrder) {
+  ASSERT_OK(Open());
+  const std::vector<std::string> keys = KeysInShard("feed-", 0, 3);
+  ASSERT_EQ(keys.size(), 3u);
+
+  struct Expected {
+    EventType type;
+    std::string key;
+    std::string value;
+    WriteResult result;
+  };
+  std::vector<Expected> expected;
+  auto put = [&](const std::string& key, const std::string& value) {
+    absl::StatusOr<WriteResult> result = engine_->Put(key, value);
+    ASSERT_OK(result);
+    expected.push_back({EventType::kPut, key, value, *result});
+  };
+  put(keys[0], "a");
+  put(keys[1], "b");
+  {
+    absl::StatusOr<WriteResult> result = engine_->Delete(keys[0]);
+    ASSERT_OK(result);
+    expected.push_back({EventType::kDelete, keys[0], "", *result});
+  }
+  put(keys[2], "c");
+  put(keys[1], "d");
+
+  auto check_events = [&](const std::vector<Event>& events, size_t first) {
+    ASSERT_EQ(events.size(), expected.size() - first);
+    for (size_t i = 0; i < events.size(); ++i) {
+      SCOPED_TRACE(absl::StrCat("event ", first + i));
+      const Expected& want = expected[first + i];
+      EXPECT_EQ(events[i].sequence, want.result.sequence);
+      EXPECT_EQ(events[i].type, want.type);
+      EXPECT_EQ(events[i].key, want.key);
+      EXPECT_EQ(events[i].value, want.value);
+      EXPECT_EQ(events[i].meta.timestamp, want.result.timestamp);
+      if (want.type == EventType::kPut) {
+        EXPECT_EQ(events[i].meta.version, want.result.version);
+      }
+      if (i > 0) {
+        EXPECT_GT(events[i].sequence, events[i - 1].sequence);
+      }
+    }
+  };
+
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> all, engine_->ReadEvents(0, 0, 100));
+  check_events(all, 0);
+  EXPECT_EQ(engine_->LastSequence(0), expected.back().result.sequence);
+
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> after_second,
+                       engine_->ReadEvents(0, expected[1].result.sequence, 100));
+  check_events(after_second, 2);
+
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> limited, engine_->ReadEvents(0, 0, 2));
+  ASSERT_EQ(limited.size(), 2u);
+  EXPECT_EQ(limited[0].sequence, expected[0].result.sequence);
+  EXPECT_EQ(limited[1].sequence, expected[1].result.sequence);
+
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> none,
+                       engine_->ReadEvents(0, expected.back().result.sequence, 100));
+  EXPECT_TRUE(none.empty());
+
+  // The other shard saw none of these writes.
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> other, engine_->ReadEvents(1, 0, 100));
+  EXPECT_TRUE(other.empty());
+
+  // After a restart the events come from the log rather than from memory.
+  ASSERT_OK(Reopen());
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> reopened, engine_->ReadEvents(0, 0, 100));
+  check_events(reopened, 0);
+  EXPECT_EQ(engine_->LastSequence(0), expected.back().result.sequence);
+}
+
+TEST_F(EngineTest, ReadEventsIsOutOfRangeOnceCompactionRemovedEvents) {
+  options_.shard_count = 1;
+  // A short in-memory window, so the early events can only come from the log.
+  options_.feed_recent_events = 16;
+  ASSERT_OK(Open());
+  const std::string value(1000, 'x');
+  for (int i = 0; i < 300; ++i) ASSERT_OK(engine_->Put("hot", absl::StrCat(i, value)));
+  ASSERT_GT(test::ListSegmentFiles(options_.data_dir, 0).size(), 2u)
+      << "the test needs several segments";
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> before, engine_->ReadEvents(0, 0, 10));
+  EXPECT_EQ(before.size(), 10u);
+
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  EXPECT_GT(engine_->GetStats().compactions, 0u);
+
+  absl::StatusOr<std::vector<Event>> gone = engine_->ReadEvents(0, 0, 10);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kOutOfRange) << gone.status();
+  const uint64_t last = engine_->LastSequence(0);
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> latest, engine_->ReadEvents(0, last - 1, 10));
+  ASSERT_EQ(latest.size(), 1u);
+  EXPECT_EQ(latest[0].sequence, last);
+  EXPECT_EQ(latest[0].value, absl::StrCat(299, value));
+}
+
+// ---- Reopen -----------------------------------------------------------------------------------
+
+TEST_F(EngineTest, ReopenKeepsEverythingWithAndWithoutHints) {
+  ASSERT_OK(Open());
+  std::map<std::string, std::string> expected;
+  std::set<std::string> deleted;
+  for (int i = 0; i < 300; ++i) {
+    const std::string key = absl::StrFormat("key-%04d", i);
+    const std::string value = absl::StrCat(key, ":", std::string(100 + (i * 37) % 900, 'a' + i % 26));
+    ASSERT_OK(engine_->Put(key, value));
+    expected[key] = value;
+  }
+  for (int i = 0; i < 300; i += 3) {
+    const std::string key = absl::StrFormat("key-%04d", i);
+    ASSERT_OK(engine_->Put(key, "overwritten"));
+    expected[key] = "overwritten";
+  }
+  for (int i = 1; i < 300; i += 6) {
+    const std::string key = absl::StrFormat("key-%04d", i);
+    ASSERT_OK(engine_->Delete(key));
+    expected.erase(key);
+    deleted.insert(key);
+  }
+  std::vector<uint64_t> last_sequences;
+  for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+    last_sequences.push_back(engine_->LastSequence(shard));
+  }
+
+  auto check = [&] {
+    for (const auto& [key, value] : expected) EXPECT_EQ(Get(key), value) << key;
+    for (const std::string& key : deleted) EXPECT_EQ(Get(key), "NOT_FOUND") << key;
+    EXPECT_EQ(engine_->GetStats().keys, expected.size());
+    for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+      EXPECT_EQ(engine_->LastSequence(shard), last_sequences[shard]) << "shard " << shard;
+    }
+  };
+
+  ASSERT_OK(Reopen());
+  EXPECT_FALSE(test::ListAllHintFiles(options_.data_dir).empty()) << "Close writes hint files";
+  {
+    SCOPED_TRACE("reopened with hint files");
+    check();
+    EXPECT_GT(engine_->GetStats().recovered_from_hints, 0u);
+  }
+
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_GT(test::RemoveAllHintFiles(options_.data_dir), 0u);
+  ASSERT_OK(Open());
+  {
+    SCOPED_TRACE("reopened by scanning segments");
+    check();
+    Stats stats = engine_->GetStats();
+    EXPECT_GT(stats.recovered_by_scan, 0u);
+    EXPECT_EQ(stats.recovered_from_hints, 0u);
+  }
+
+  // Numbering continues where it stopped.
+  ASSERT_OK_AND_ASSIGN(WriteResult next, engine_->Put("key-0000", "after reopen"));
+  EXPECT_EQ(next.version, 3u) << "put, overwrite, then this put";
+  EXPECT_GT(next.sequence, last_sequences[next.shard]);
+}
+
+// ---- Asynchronous writes ----------------------------------------------------------------------
+
+class AsyncWriteTest : public EngineTest, public ::testing::WithParamInterface<FsyncPolicy> {};
+
+TEST_P(AsyncWriteTest, CallbacksFireOnceForEveryWrite) {
+  options_.fsync = GetParam();
+  options_.fsync_interval_ms = 20;
+  // kAlways completes writes on the engine's sync thread.
+  options_.background_threads = true;
+  ASSERT_OK(Open());
+
+  constexpr int kPuts = 40;
+  constexpr int kDeletes = 10;
+  absl::Mutex mu;
+  int completed = 0;
+  std::vector<absl::StatusOr<WriteResult>> results(kPuts + kDeletes,
+                                                   absl::UnknownError("callback not run"));
+  auto callback_for = [&](int index) {
+    return [&, index](absl::StatusOr<WriteResult> result) {
+      absl::MutexLock lock(&mu);
+      results[index] = std::move(result);
+      ++completed;
+    };
+  };
+  const bool inline_completion = GetParam() != FsyncPolicy::kAlways;
+  for (int i = 0; i < kPuts; ++i) {
+    engine_->PutAsync(absl::StrCat("async-", i), absl::StrCat("value-", i), WriteOptions{},
+                      callback_for(i));
+    if (inline_completion) {
+      absl::MutexLock lock(&mu);
+      EXPECT_EQ(completed, i + 1) << "kNever and kInterval complete inline";
+    }
+  }
+  for (int i = 0; i < kDeletes; ++i) {
+    engine_->DeleteAsync(absl::StrCat("async-", i), WriteOptions{}, callback_for(kPuts + i));
+  }
+  bool all_done = false;
+  {
+    absl::MutexLock lock(&mu);
+    all_done = mu.AwaitWithTimeout(
+        absl::Condition(+[](int* done) { return *done == kPuts + kDeletes; }, &completed),
+        absl::Seconds(30));
+  }
+  if (!all_done) {
+    // Close first: late callbacks must not outlive the variables they capture.
+    EXPECT_OK(engine_->Close());
+    engine_.reset();
+    absl::MutexLock lock(&mu);
+    FAIL() << "after 30 s only " << completed << " of " << kPuts + kDeletes << " callbacks ran";
+  }
+  for (int i = 0; i < kPuts + kDeletes; ++i) {
+    absl::MutexLock lock(&mu);
+    ASSERT_OK(results[i]);
+    if (i < kPuts) {
+      EXPECT_EQ(results[i]->version, 1u) << i;
+    }
+  }
+  for (int i = 0; i < kPuts; ++i) {
+    const std::string key = absl::StrCat("async-", i);
+    EXPECT_EQ(Get(key), i < kDeletes ? "NOT_FOUND" : absl::StrCat("value-", i)) << key;
+  }
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(completed, kPuts + kDeletes) << "no callback runs twice";
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPolicies, AsyncWriteTest,
+                         ::testing::Values(FsyncPolicy::kNever, FsyncPolicy::kInterval,
+                                           FsyncPolicy::kAlways),
+                         [](const ::testing::TestParamInfo<FsyncPolicy>& info) {
+                           switch (info.param) {
+                             case FsyncPolicy::kNever:
+                               return "Never";
+                             case FsyncPolicy::kInterval:
+                               return "Interval";
+                             case FsyncPolicy::kAlways:
+                               return "Always";
+                           }
+                           return "Unknown";
+                         });
+
+// ---- Stats --------------------------------------------------------------------------------------
+
+TEST_F(EngineTest, StatsFollowTheWrites) {
+  ASSERT_OK(Open());
+  const Stats empty = engine_->GetStats();
+  EXPECT_EQ(empty.shard_count, 2u);
+  EXPECT_EQ(empty.keys, 0u);
+  EXPECT_EQ(empty.puts, 0u);
+
+  uint64_t record_bytes = 0;
+  uint64_t live_key_bytes = 0;
+  for (int i = 0; i < 10; ++i) {
+    const std::string key = absl::StrCat("stat-", i);
+    const std::string value(50 + i, 'v');
+    ASSERT_OK(engine_->Put(key, value));
+    record_bytes += format::RecordBytes(key.size(), value.size());
+    if (i != 9) live_key_bytes += key.size();
+  }
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_OK(engine_->Put(absl::StrCat("stat-", i), "new"));
+    record_bytes += format::RecordBytes(6, 3);
+  }
+  ASSERT_OK(engine_->Delete("stat-9"));
+  record_bytes += format::RecordBytes(6, 0);
+  for (int i = 0; i < 5; ++i) EXPECT_NE(Get(absl::StrCat("stat-", i)), "NOT_FOUND");
+
+  const Stats stats = engine_->GetStats();
+  EXPECT_EQ(stats.keys, 9u);
+  EXPECT_EQ(stats.tombstones, 1u);
+  EXPECT_EQ(stats.puts, 12u);
+  EXPECT_EQ(stats.deletes, 1u);
+  EXPECT_EQ(stats.gets, 5u);
+  EXPECT_GE(stats.segments, 1u);
+  EXPECT_GE(stats.log_bytes, record_bytes) << "every record is in some segment";
+  EXPECT_GT(stats.dead_bytes, 0u) << "overwritten and deleted records are dead";
+  EXPECT_GE(stats.key_bytes, live_key_bytes);
+  EXPECT_GT(stats.index_bytes, 0u);
+}
+
+// ---- Merkle summaries ---------------------------------------------------------------------------
+
+class MerkleTest : public EngineTest {
+ protected:
+  void SetUp() override {
+    EngineTest::SetUp();
+    ASSERT_OK(Open());
+    Options other = options_;
+    other.data_dir = dir_.Subdir("other");
+    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(other);
+    ASSERT_OK(engine);
+    other_ = std::move(engine).value();
+    base_ms_ = clock_.NowUnixMs() - 100'000;
+  }
+
+  void TearDown() override {
+    if (other_ != nullptr) {
+      EXPECT_OK(other_->Close());
+    }
+    EngineTest::TearDown();
+  }
+
+  // The same replicated writes on both engines.
+  void PutOnBoth(const std::string& key, uint64_t timestamp) {
+    WriteOptions options;
+    options.timestamp = timestamp;
+    ASSERT_OK(engine_->Put(key, "value of " + key, options));
+    ASSERT_OK(other_->Put(key, "value of " + key, options));
+  }
+
+  // Partitions whose roots differ between the engines.
+  std::vector<uint32_t> DifferingPartitions() const {
+    std::vector<uint32_t> partitions;
+    for (uint32_t p = 0; p < engine_->MerklePartitionCount(); ++p) {
+      if (engine_->MerkleNodeHash(p, 1) != other_->MerkleNodeHash(p, 1)) partitions.push_back(p);
+    }
+    return partitions;
+  }
+
+  std::unique_ptr<Engine> other_;
+  int64_t base_ms_ = 0;
+};
+
+TEST_F(MerkleTest, IdenticalWritesGiveIdenticalTrees) {
+  EXPECT_EQ(engine_->MerklePartitionCount(), 8u);
+  EXPECT_EQ(engine_->MerkleLeafCount(), 16u);
+  for (int i = 0; i < 200; ++i) PutOnBoth(absl::StrCat("merkle-", i), Timestamp(base_ms_ + i));
+
+  bool any_nonzero = false;
+  for (uint32_t p = 0; p < engine_->MerklePartitionCount(); ++p) {
+    for (uint32_t node = 1; node < 2 * engine_->MerkleLeafCount(); ++node) {
+      EXPECT_EQ(engine_->MerkleNodeHash(p, node), other_->MerkleNodeHash(p, node))
+          << "partition " << p << " node " << node;
+    }
+    any_nonzero |= engine_->MerkleNodeHash(p, 1) != 0;
+  }
+  EXPECT_TRUE(any_nonzero) << "200 keys must leave a mark on some partition";
+}
+
+TEST_F(MerkleTest, ADifferingKeyChangesOnlyItsPathAndIsListedInItsLeaf) {
+  for (int i = 0; i < 200; ++i) PutOnBoth(absl::StrCat("merkle-", i), Timestamp(base_ms_ + i));
+  ASSERT_TRUE(DifferingPartitions().empty());
+
+  const std::string extra = "only-in-the-first";
+  const uint64_t extra_timestamp = Timestamp(base_ms_ + 500, 3);
+  WriteOptions options;
+  options.timestamp = extra_timestamp;
+  ASSERT_OK(engine_->Put(extra, "x", options));
+
+  const uint32_t partition = engine_->MerklePartitionOf(extra);
+  EXPECT_EQ(other_->MerklePartitionOf(extra), partition);
+  EXPECT_EQ(DifferingPartitions(), std::vector<uint32_t>{partition});
+
+  // Walk down from the root: exactly one child of a differing node differs.
+  const uint32_t leaves = engine_->MerkleLeafCount();
+  std::set<uint32_t> path = {1};
+  uint32_t node = 1;
+  while (node < leaves) {
+    const bool left = engine_->MerkleNodeHash(partition, 2 * node) !=
+                      other_->MerkleNodeHash(partition, 2 * node);
+    const bool right = engine_->MerkleNodeHash(partition, 2 * node + 1) !=
+                       other_->MerkleNodeHash(partition, 2 * node + 1);
+    ASSERT_NE(left, right) << "below node " << node << " exactly one child must differ";
+    node = left ? 2 * node : 2 * node + 1;
+    path.insert(node);
+  }
+  for (uint32_t n = 1; n < 2 * leaves; ++n) {
+    EXPECT_EQ(path.count(n) == 1,
+              engine_->MerkleNodeHash(partition, n) != other_->MerkleNodeHash(partition, n))
+        << "node " << n;
+  }
+
+  ASSERT_OK_AND_ASSIGN(std::vector<Engine::LeafKey> listed, engine_->MerkleLeafKeys(partition, node));
+  auto it = std::find_if(listed.begin(), listed.end(),
+                         [&](const Engine::LeafKey& k) { return k.key == extra; });
+  ASSERT_NE(it, listed.end()) << "the differing leaf lists the key";
+  EXPECT_EQ(it->timestamp, extra_timestamp);
+  EXPECT_FALSE(it->tombstone);
+  for (const Engine::LeafKey& k : listed) EXPECT_EQ(engine_->MerklePartitionOf(k.key), partition);
+  ASSERT_OK_AND_ASSIGN(std::vector<Engine::LeafKey> other_listed,
+                       other_->MerkleLeafKeys(partition, node));
+  EXPECT_EQ(other_listed.size() + 1, listed.size());
+
+  // Copying the record over (what anti-entropy does) makes the trees agree.
+  ASSERT_OK(other_->Put(extra, "x", options));
+  EXPECT_TRUE(DifferingPartitions().empty());
+}
+
+TEST_F(MerkleTest, HashDependsOnlyOnTheFinalKeyTimestampAndTombstone) {
+  for (int i = 0; i < 20; ++i) PutOnBoth(absl::StrCat("base-", i), Timestamp(base_ms_ + i));
+  const std::string key = "churn";
+  WriteOptions first;
+  first.timestamp = Timestamp(base_ms_ + 100);
+  WriteOptions second;
+  second.timestamp = Timestamp(base_ms_ + 200);
+  WriteOptions third;
+  third.timestamp = Timestamp(base_ms_ + 300);
+
+  ASSERT_OK(engine_->Put(key, "one", first));
+  ASSERT_OK(engine_->Delete(key, second));
+  ASSERT_OK(engine_->Put(key, "three", third));
+  // The other engine only ever sees the final state; the value is not hashed.
+  ASSERT_OK(other_->Put(key, "a different value", third));
+
+  EXPECT_TRUE(DifferingPartitions().empty());
+  const uint32_t partition = engine_->MerklePartitionOf(key);
+  for (uint32_t node = 1; node < 2 * engine_->MerkleLeafCount(); ++node) {
+    EXPECT_EQ(engine_->MerkleNodeHash(partition, node), other_->MerkleNodeHash(partition, node))
+        << "node " << node;
+  }
+}
+
+TEST_F(MerkleTest, ADeleteMatchesAReplicatedTombstone) {
+  for (int i = 0; i < 20; ++i) PutOnBoth(absl::StrCat("base-", i), Timestamp(base_ms_ + i));
+  const std::string key = "doomed";
+  WriteOptions put;
+  put.timestamp = Timestamp(base_ms_ + 100);
+  WriteOptions del;
+  del.timestamp = Timestamp(base_ms_ + 200);
+  ASSERT_OK(engine_->Put(key, "v", put));
+  ASSERT_OK(engine_->Delete(key, del));
+  // A replica that never saw the put still records the tombstone, so that
+  // anti-entropy converges.
+  ASSERT_OK(other_->Delete(key, del));
+
+  EXPECT_TRUE(DifferingPartitions().empty());
+  const uint32_t partition = engine_->MerklePartitionOf(key);
+  // Find the key's leaf by listing all leaves of its partition.
+  bool found = false;
+  for (uint32_t leaf = engine_->MerkleLeafCount(); leaf < 2 * engine_->MerkleLeafCount(); ++leaf) {
+    ASSERT_OK_AND_ASSIGN(std::vector<Engine::LeafKey> listed,
+                         engine_->MerkleLeafKeys(partition, leaf));
+    for (const Engine::LeafKey& k : listed) {
+      if (k.key != key) continue;
+      EXPECT_FALSE(found) << "a key is listed in one leaf only";
+      found = true;
+      EXPECT_TRUE(k.tombstone);
+      EXPECT_EQ(k.timestamp, del.timestamp);
+    }
+  }
+  EXPECT_TRUE(found) << "tombstones are listed";
+}
+
+TEST_F(MerkleTest, ReplicatedWritesAreLastWriterWins) {
+  WriteOptions newer;
+  newer.timestamp = Timestamp(base_ms_ + 100);
+  WriteOptions older;
+  older.timestamp = Timestamp(base_ms_ + 50);
+  ASSERT_OK_AND_ASSIGN(WriteResult applied, engine_->Put("lww", "newer", newer));
+  EXPECT_TRUE(applied.applied);
+  EXPECT_EQ(applied.timestamp, newer.timestamp);
+
+  ASSERT_OK_AND_ASSIGN(WriteResult lost, engine_->Put("lww", "older", older));
+  EXPECT_FALSE(lost.applied);
+  ASSERT_OK_AND_ASSIGN(WriteResult lost_delete, engine_->Delete("lww", older));
+  EXPECT_FALSE(lost_delete.applied);
+
+  ASSERT_OK_AND_ASSIGN(Record record, engine_->Get("lww"));
+  EXPECT_EQ(record.value, "newer");
+  EXPECT_EQ(record.meta.timestamp, newer.timestamp);
+}
+
+// ---- Directory lock --------------------------------------------------------------------------------
+
+TEST_F(EngineTest, SecondOpenOfAnOpenDirectoryFails) {
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("k", "v"));
+  absl::StatusOr<std::unique_ptr<Engine>> second = Engine::Open(options_);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
+
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK(Open()) << "the lock is released by Close";
+  EXPECT_EQ(Get("k"), "v");
+}
+
+}  // namespace
+}  // namespace logkv::engine
