@@ -48,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
 #include "engine/engine.h"
 
@@ -1066,6 +1067,11 @@ bool CloseStores() {
 // Exits 0 when every benchmark and measurement ran without error. Missed targets do not change
 // the exit status: throughput depends on the machine, and CI runs a smoke version.
 int Main(int argc, char** argv) {
+  // Debian's Abseil is built without NDEBUG, so absl::Mutex checks every
+  // acquisition for lock-order cycles under a global lock. Production binaries
+  // (logkvd, the tools) turn that off, and so does the benchmark; the tests
+  // keep it on. See docs/performance.md for what it costs.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   Flags flags;
   if (const std::string error = ParseFlags(&argc, argv, &flags); !error.empty()) {
     std::fprintf(stderr, "engine_bench: %s\n\n", error.c_str());

@@ -254,6 +254,11 @@ absl::Status Shard::Compact(bool force) {
     output->has_hint = true;
   }
   if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return fail(status);
+  // A record compaction left behind is dead because a newer one superseded
+  // it, and that newer one may still be unsynced in the active segment (under
+  // kNever or kInterval). Sync it before the old one is deleted, or a machine
+  // crash would lose both.
+  if (absl::Status status = SyncNow(); !status.ok()) return fail(status);
 
   uint64_t reclaimed = 0;
   {

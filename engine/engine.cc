@@ -111,7 +111,8 @@ struct Engine::State {
   absl::Mutex mu;
   bool stop ABSL_GUARDED_BY(mu) = false;
   bool sync_requested ABSL_GUARDED_BY(mu) = false;
-  absl::CondVar cv;
+  absl::CondVar sync_cv;         // wakes the sync thread
+  absl::CondVar maintenance_cv;  // wakes the maintenance thread (only to stop)
   std::thread durability_thread;
   std::thread maintenance_thread;
 
@@ -174,7 +175,7 @@ absl::Status Engine::OpenFiles() {
   context.request_sync = [state = state_.get()] {
     absl::MutexLock lock(&state->mu);
     state->sync_requested = true;
-    state->cv.Signal();
+    state->sync_cv.Signal();
   };
   for (uint32_t i = 0; i < manifest.shard_count; ++i) {
     s.shards.push_back(std::make_unique<Shard>(context, i, ShardDirectory(dir, i)));
@@ -203,8 +204,12 @@ absl::Status Engine::OpenFiles() {
       if (absl::Status status = shard->Compact(/*force=*/false); !status.ok()) return status;
     }
   }
-  if (s.options.background_threads) {
+  // kAlways writers wait for the sync thread, so it runs even when tests turn
+  // the other background work off.
+  if (s.options.background_threads || s.options.fsync == FsyncPolicy::kAlways) {
     s.durability_thread = std::thread([this] { DurabilityLoop(); });
+  }
+  if (s.options.background_threads) {
     s.maintenance_thread = std::thread([this] { MaintenanceLoop(); });
   }
   return absl::OkStatus();
@@ -220,7 +225,7 @@ void Engine::DurabilityLoop() {
                                       ? absl::Now() + absl::Milliseconds(s.options.fsync_interval_ms)
                                       : absl::InfiniteFuture();
       while (!s.stop && !s.sync_requested) {
-        if (s.cv.WaitWithDeadline(&s.mu, deadline)) break;
+        if (s.sync_cv.WaitWithDeadline(&s.mu, deadline)) break;
       }
       if (s.stop) return;
       s.sync_requested = false;
@@ -241,7 +246,7 @@ void Engine::MaintenanceLoop() {
     {
       absl::MutexLock lock(&s.mu);
       const absl::Time deadline = std::min(next_sweep, next_compaction);
-      while (!s.stop && absl::Now() < deadline) s.cv.WaitWithDeadline(&s.mu, deadline);
+      while (!s.stop && absl::Now() < deadline) s.maintenance_cv.WaitWithDeadline(&s.mu, deadline);
       if (s.stop) return;
     }
     const absl::Time now = absl::Now();
@@ -274,7 +279,8 @@ absl::Status Engine::Close() {
   {
     absl::MutexLock lock(&s.mu);
     s.stop = true;
-    s.cv.SignalAll();
+    s.sync_cv.SignalAll();
+    s.maintenance_cv.SignalAll();
   }
   if (s.durability_thread.joinable()) s.durability_thread.join();
   if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
@@ -419,7 +425,10 @@ absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
   std::reverse(keys.begin(), keys.end());
   ScanResult result;
   const bool more = keys.size() > options.limit;
-  if (more) keys.resize(options.limit);
+  if (more) {
+    keys.resize(options.limit);
+    result.next_cursor = keys.back();
+  }
   for (std::string& key : keys) {
     ScanItem item;
     if (!options.keys_only) {
@@ -430,7 +439,6 @@ absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
     item.key = std::move(key);
     result.items.push_back(std::move(item));
   }
-  if (more) result.next_cursor = keys.back();
   return result;
 }
 

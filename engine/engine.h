@@ -134,7 +134,7 @@ struct ScanOptions {
   std::string end_key;    // exclusive upper bound ("" = none)
   std::string after_key;  // cursor: the last key of the previous page
   uint32_t limit = 1000;  // at most kMaxScanLimit
-  bool keys_only = false;
+  bool keys_only = false;  // items carry keys only: no value, meta left zero
 };
 inline constexpr uint32_t kMaxScanLimit = 10'000;
 

@@ -12,12 +12,12 @@ MerkleForest::MerkleForest(uint32_t partitions, uint32_t leaves)
       leaves_(leaves),
       partition_bits_(std::countr_zero(partitions)),
       leaf_bits_(std::countr_zero(leaves)),
-      nodes_(new std::atomic<uint64_t>[size_t{partitions} * 2 * leaves]) {
+      leaf_hashes_(new std::atomic<uint64_t>[size_t{partitions} * leaves]) {
   assert(std::has_single_bit(partitions));
   assert(std::has_single_bit(leaves));
   assert(partition_bits_ + leaf_bits_ <= 32);
-  for (size_t i = 0; i < size_t{partitions_} * 2 * leaves_; ++i) {
-    nodes_[i].store(0, std::memory_order_relaxed);
+  for (size_t i = 0; i < size_t{partitions_} * leaves_; ++i) {
+    leaf_hashes_[i].store(0, std::memory_order_relaxed);
   }
 }
 
@@ -36,16 +36,22 @@ uint32_t MerkleForest::LeafNodeOf(uint64_t key_hash) const {
 }
 
 void MerkleForest::Update(uint64_t key_hash, uint64_t leaf_hash) {
-  std::atomic<uint64_t>* tree = &nodes_[size_t{PartitionOf(key_hash)} * 2 * leaves_];
-  for (uint32_t node = LeafNodeOf(key_hash); node >= 1; node >>= 1) {
-    tree[node].fetch_xor(leaf_hash, std::memory_order_relaxed);
-  }
+  const size_t leaf = size_t{PartitionOf(key_hash)} * leaves_ + (LeafNodeOf(key_hash) - leaves_);
+  leaf_hashes_[leaf].fetch_xor(leaf_hash, std::memory_order_relaxed);
 }
 
 uint64_t MerkleForest::NodeHash(uint32_t partition, uint32_t node) const {
   assert(partition < partitions_);
   assert(node >= 1 && node < 2 * leaves_);
-  return nodes_[size_t{partition} * 2 * leaves_ + node].load(std::memory_order_relaxed);
+  // The leaves below node: shift node down to the leaf level on both ends.
+  const int depth = std::bit_width(node) - 1;
+  const int levels_below = leaf_bits_ - depth;
+  const uint32_t first = (node << levels_below) - leaves_;
+  const uint32_t last = ((node + 1) << levels_below) - leaves_;
+  const std::atomic<uint64_t>* tree = &leaf_hashes_[size_t{partition} * leaves_];
+  uint64_t hash = 0;
+  for (uint32_t i = first; i < last; ++i) hash ^= tree[i].load(std::memory_order_relaxed);
+  return hash;
 }
 
 }  // namespace logkv::engine

@@ -17,12 +17,9 @@ class Shard::RecoveryState {
  public:
   // Sequence number of each entry's current record, by entry id.
   std::vector<uint64_t> sequence_of;
-  // versions_kept > 1: candidates for each key's history.
-  struct Candidates {
-    uint64_t newest_tombstone_sequence = 0;
-    std::vector<std::pair<uint64_t, HistoryItem>> puts;  // (sequence, item)
-  };
-  absl::flat_hash_map<uint32_t, Candidates> candidates;
+  // versions_kept > 1: older puts of each key, (sequence, item), from which
+  // FinishRecovery picks the key's history.
+  absl::flat_hash_map<uint32_t, std::vector<std::pair<uint64_t, HistoryItem>>> older_puts;
   uint64_t max_sequence = 0;
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
@@ -63,16 +60,10 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   // Remembers a record that is not (or no longer) the key's newest.
   auto retire = [&](uint32_t entry_id, uint64_t sequence, bool tombstone,
                     const HistoryItem& item) {
-    if (!keep_history) {
-      MarkDead(item.location);
-      return;
-    }
-    RecoveryState::Candidates& c = state->candidates[entry_id];
-    if (tombstone) {
-      c.newest_tombstone_sequence = std::max(c.newest_tombstone_sequence, sequence);
-      MarkDead(item.location);
+    if (keep_history && !tombstone) {
+      state->older_puts[entry_id].emplace_back(sequence, item);
     } else {
-      c.puts.emplace_back(sequence, item);
+      MarkDead(item.location);
     }
   };
   auto assign = [&](IndexEntry& entry) {
@@ -100,12 +91,12 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   }
   if (record.sequence > current) {
     retire(id, current, (entry.flags & kEntryTombstone) != 0,
-           HistoryItem{entry.location(), entry.version, entry.timestamp});
+           HistoryItem{entry.location(), entry.version, entry.timestamp, entry.expiry_unix_ms});
     assign(entry);
     state->sequence_of[id] = record.sequence;
   } else {
     retire(id, record.sequence, record.is_tombstone(),
-           HistoryItem{location, record.version, record.timestamp});
+           HistoryItem{location, record.version, record.timestamp, record.expiry_unix_ms});
   }
 }
 
@@ -187,22 +178,25 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
 }
 
 void Shard::FinishRecovery(RecoveryState* state) {
-  const int64_t now = context_.clock->NowUnixMs();
   if (options_.versions_kept > 1) {
-    for (auto& [id, candidates] : state->candidates) {
-      IndexEntry& entry = index_.at(id);
-      std::vector<std::pair<uint64_t, HistoryItem>>& puts = candidates.puts;
+    // A key's history is the run of puts just before its current record whose
+    // versions count down by one; a version 1 began the key's current life (a
+    // delete or an expiry ended the one before), so the run stops there. Puts
+    // of earlier lives may linger on disk, and are dead.
+    for (auto& [id, puts] : state->older_puts) {
+      const IndexEntry& entry = index_.at(id);
       std::sort(puts.begin(), puts.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
+                [](const auto& a, const auto& b) { return a.first > b.first; });
       std::vector<HistoryItem> kept;
-      for (auto it = puts.rbegin(); it != puts.rend(); ++it) {
-        const bool usable = (entry.flags & kEntryTombstone) == 0 &&
-                            it->first > candidates.newest_tombstone_sequence &&
-                            kept.size() + 1 < options_.versions_kept;
-        if (usable) {
-          kept.push_back(it->second);
+      uint64_t next_version = (entry.flags & kEntryTombstone) != 0 ? 1 : entry.version;
+      for (const auto& [sequence, item] : puts) {
+        if (next_version > 1 && item.version == next_version - 1 &&
+            kept.size() + 1 < options_.versions_kept) {
+          kept.push_back(item);
+          next_version = item.version;
         } else {
-          MarkDead(it->second.location);
+          next_version = 1;  // the run is broken: nothing older belongs to it
+          MarkDead(item.location);
         }
       }
       if (!kept.empty()) {
@@ -219,7 +213,6 @@ void Shard::FinishRecovery(RecoveryState* state) {
       if (entry.present()) ttl_heap_.push(TtlItem{entry.expiry_unix_ms, id});
     }
   });
-  (void)now;
   next_sequence_ = std::max(state->max_sequence + 1, state->max_base_sequence);
   next_sequence_ = std::max<uint64_t>(next_sequence_, 1);
   context_.hlc->Observe(state->max_timestamp);

@@ -305,7 +305,8 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
     context_.merkle->Update(key.hash, LeafHashOf(*entry));  // XOR the old state out
     if (options_.versions_kept > 1 && type == RecordType::kPut && visible) {
       std::vector<HistoryItem>& items = history_[id];
-      items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp});
+      items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp,
+                                  entry->expiry_unix_ms});
       while (items.size() > options_.versions_kept - 1) {
         MarkDead(items.front().location);
         items.erase(items.begin());

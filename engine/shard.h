@@ -119,6 +119,7 @@ class Shard {
     RecordLocation location;
     uint64_t version;
     uint64_t timestamp;
+    int64_t expiry_unix_ms;
   };
   struct FeedMark {  // where a recent event's record is
     uint64_t sequence;

@@ -36,7 +36,7 @@ class FaultInjectionFileSystem::FaultInjectionWritableFile final : public engine
     }
   }
 
-  absl::Status Append(std::string_view data) override {
+  absl::Status Append(absl::string_view data) override {
     absl::ReaderMutexLock active_lock(&fs_->active_mu_);
     if (!fs_->active_) {
       // The engine must keep seeing a file that grows, or it would trip over
@@ -56,7 +56,7 @@ class FaultInjectionFileSystem::FaultInjectionWritableFile final : public engine
     return status;
   }
 
-  absl::StatusOr<std::string_view> Read(uint64_t offset, size_t n, char* scratch) const override {
+  absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n, char* scratch) const override {
     if (base_ == nullptr) {
       return absl::UnavailableError(
           absl::StrCat(path_, " was created while the file system was inactive"));
@@ -272,7 +272,7 @@ absl::StatusOr<std::unique_ptr<engine::ReadableFile>> FaultInjectionFileSystem::
   return base_->NewReadableFile(path);
 }
 
-absl::Status FaultInjectionFileSystem::WriteFile(const std::string& path, std::string_view data,
+absl::Status FaultInjectionFileSystem::WriteFile(const std::string& path, absl::string_view data,
                                                  bool sync) {
   absl::ReaderMutexLock active_lock(&active_mu_);
   if (!active_) return absl::OkStatus();

@@ -45,12 +45,12 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/file_system.h"
 
@@ -61,11 +61,11 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   // What the wrapper knows about one file written through it. Shared between
   // the file system's table and open writers so a rename while open is safe.
   struct FileState {
-    uint64_t size_bytes = 0;         // bytes that reached the base file system
-    uint64_t synced_bytes = 0;       // of those, bytes known to be durable
-    bool ever_synced = false;        // a sync (possibly of 0 bytes) completed
-    bool entry_durable = false;      // the directory entry survives a crash
-    int open_writers = 0;            // WritableFiles not yet closed
+    uint64_t size_bytes = 0;     // bytes that reached the base file system
+    uint64_t synced_bytes = 0;   // of those, bytes known to be durable
+    bool ever_synced = false;    // a sync (possibly of 0 bytes) completed
+    bool entry_durable = false;  // the directory entry survives a crash
+    int open_writers = 0;        // WritableFiles not yet closed
   };
 
   // base must outlive this object.
@@ -99,11 +99,11 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
 
   // ---- Observation -------------------------------------------------------------
 
-  uint64_t append_count() const;      // successful WritableFile::Append calls
-  uint64_t sync_count() const;        // successful WritableFile::Sync calls
-  uint64_t file_sync_count() const;   // successful WriteFile calls with sync = true
-  uint64_t dir_sync_count() const;    // successful SyncDir calls
-  uint64_t injected_failures() const; // calls failed by FailWritesAfter
+  uint64_t append_count() const;       // successful WritableFile::Append calls
+  uint64_t sync_count() const;         // successful WritableFile::Sync calls
+  uint64_t file_sync_count() const;    // successful WriteFile calls with sync = true
+  uint64_t dir_sync_count() const;     // successful SyncDir calls
+  uint64_t injected_failures() const;  // calls failed by FailWritesAfter
   void ResetCounters();
 
   // The tracked state of path (normalised), if the wrapper has seen it written.
@@ -113,11 +113,11 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
 
   // ---- FileSystem ----------------------------------------------------------------
 
-  absl::StatusOr<std::unique_ptr<engine::WritableFile>> NewWritableFile(const std::string& path,
-                                                                uint64_t capacity_bytes) override;
+  absl::StatusOr<std::unique_ptr<engine::WritableFile>> NewWritableFile(
+      const std::string& path, uint64_t capacity_bytes) override;
   absl::StatusOr<std::unique_ptr<engine::ReadableFile>> NewReadableFile(
       const std::string& path) override;
-  absl::Status WriteFile(const std::string& path, std::string_view data, bool sync) override;
+  absl::Status WriteFile(const std::string& path, absl::string_view data, bool sync) override;
   absl::StatusOr<std::string> ReadFile(const std::string& path) override;
   absl::Status CreateDir(const std::string& path) override;
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override;

@@ -49,9 +49,9 @@ template <typename S>
 // from the void function) if it is not OK.
 #define ASSERT_OK_AND_ASSIGN(lhs, expression) \
   ASSERT_OK_AND_ASSIGN_IMPL(LOGKV_TEST_CONCAT(status_or_, __LINE__), lhs, expression)
-#define ASSERT_OK_AND_ASSIGN_IMPL(status_or, lhs, expression)                    \
-  auto status_or = (expression);                                                 \
-  ASSERT_TRUE(status_or.ok()) << #expression << " is " << status_or.status();    \
+#define ASSERT_OK_AND_ASSIGN_IMPL(status_or, lhs, expression)                 \
+  auto status_or = (expression);                                              \
+  ASSERT_TRUE(status_or.ok()) << #expression << " is " << status_or.status(); \
   lhs = std::move(status_or).value()
 
 #endif  // LOGKV_TESTS_ENGINE_TEST_MACROS_H_

@@ -24,13 +24,13 @@ namespace fs = std::filesystem;
   std::abort();
 }
 
-bool IsIdFileName(const std::string& name, std::string_view suffix) {
+bool IsIdFileName(const std::string& name, absl::string_view suffix) {
   if (name.size() != 12 + suffix.size()) return false;
-  if (!absl::EndsWith(name, absl::string_view(suffix.data(), suffix.size()))) return false;
+  if (!absl::EndsWith(name, suffix)) return false;
   return std::all_of(name.begin(), name.begin() + 12, [](char c) { return c >= '0' && c <= '9'; });
 }
 
-std::vector<std::string> ListIdFiles(const std::string& dir, std::string_view suffix) {
+std::vector<std::string> ListIdFiles(const std::string& dir, absl::string_view suffix) {
   std::vector<std::string> paths;
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, error)) {
@@ -66,8 +66,8 @@ std::vector<uint32_t> ShardsPresent(const std::string& data_dir) {
 
 ScopedTempDir::ScopedTempDir() {
   const char* root = std::getenv("TEST_TMPDIR");
-  std::string pattern = absl::StrCat(root != nullptr && *root != '\0' ? root : "/tmp",
-                                     "/logkv-test-XXXXXX");
+  std::string pattern =
+      absl::StrCat(root != nullptr && *root != '\0' ? root : "/tmp", "/logkv-test-XXXXXX");
   if (::mkdtemp(pattern.data()) == nullptr) Die(absl::StrCat("mkdtemp ", pattern, " failed"));
   path_ = pattern;
 }
@@ -77,8 +77,8 @@ ScopedTempDir::~ScopedTempDir() {
   fs::remove_all(path_, error);
 }
 
-std::string ScopedTempDir::Subdir(std::string_view name) const {
-  return absl::StrCat(path_, "/", absl::string_view(name.data(), name.size()));
+std::string ScopedTempDir::Subdir(absl::string_view name) const {
+  return absl::StrCat(path_, "/", name);
 }
 
 // ---- LogCapture ------------------------------------------------------------------------
@@ -99,8 +99,8 @@ const char* LogLevelName(engine::LogLevel level) {
 
 LogCapture::LogCapture() : echo_(std::getenv("LOGKV_TEST_VERBOSE") != nullptr) {}
 
-std::function<void(engine::LogLevel, std::string_view)> LogCapture::Callback() {
-  return [this](engine::LogLevel level, std::string_view message) {
+std::function<void(engine::LogLevel, absl::string_view)> LogCapture::Callback() {
+  return [this](engine::LogLevel level, absl::string_view message) {
     if (echo_) {
       std::fprintf(stderr, "[engine %s] %.*s\n", LogLevelName(level),
                    static_cast<int>(message.size()), message.data());
@@ -115,18 +115,17 @@ std::vector<LogCapture::Line> LogCapture::Lines() const {
   return lines_;
 }
 
-bool LogCapture::Contains(engine::LogLevel min_level, std::string_view substring) const {
+bool LogCapture::Contains(engine::LogLevel min_level, absl::string_view substring) const {
   absl::MutexLock lock(&mu_);
   return std::any_of(lines_.begin(), lines_.end(), [&](const Line& line) {
-    return line.level >= min_level && line.message.find(substring) != std::string::npos;
+    return line.level >= min_level && absl::StrContains(line.message, substring);
   });
 }
 
 size_t LogCapture::Count(engine::LogLevel min_level) const {
   absl::MutexLock lock(&mu_);
-  return static_cast<size_t>(std::count_if(lines_.begin(), lines_.end(), [&](const Line& line) {
-    return line.level >= min_level;
-  }));
+  return static_cast<size_t>(std::count_if(
+      lines_.begin(), lines_.end(), [&](const Line& line) { return line.level >= min_level; }));
 }
 
 void LogCapture::Clear() {
@@ -137,7 +136,8 @@ void LogCapture::Clear() {
 std::string LogCapture::Dump() const {
   absl::MutexLock lock(&mu_);
   std::string out;
-  for (const Line& line : lines_) absl::StrAppend(&out, LogLevelName(line.level), ": ", line.message, "\n");
+  for (const Line& line : lines_)
+    absl::StrAppend(&out, LogLevelName(line.level), ": ", line.message, "\n");
   return out;
 }
 
@@ -200,7 +200,7 @@ std::string ReadFileBytes(const std::string& path) {
   return bytes;
 }
 
-void WriteFileBytes(const std::string& path, std::string_view bytes) {
+void WriteFileBytes(const std::string& path, absl::string_view bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) Die(absl::StrCat("cannot open ", path, " for writing"));
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -230,7 +230,7 @@ void CopyDirectory(const std::string& from, const std::string& to) {
 
 // ---- Reading a store ------------------------------------------------------------------
 
-std::string GetOrStatus(engine::Engine* engine, std::string_view key) {
+std::string GetOrStatus(engine::Engine* engine, absl::string_view key) {
   absl::StatusOr<engine::Record> record = engine->Get(key);
   if (absl::IsNotFound(record.status())) return "NOT_FOUND";
   if (!record.ok()) return absl::StrCat("ERROR(", record.status().ToString(), ")");
@@ -244,8 +244,8 @@ absl::StatusOr<std::vector<engine::ScanItem>> ScanAll(engine::Engine* engine,
   // (plus the empty last one) means the cursor does not advance.
   for (size_t pages = 0;; ++pages) {
     if (pages > items.size() + 1) {
-      return absl::InternalError(absl::StrCat("scan did not end after ", pages, " pages and ",
-                                              items.size(), " items"));
+      return absl::InternalError(
+          absl::StrCat("scan did not end after ", pages, " pages and ", items.size(), " items"));
     }
     absl::StatusOr<engine::ScanResult> page = engine->Scan(options);
     if (!page.ok()) return page.status();

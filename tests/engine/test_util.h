@@ -9,11 +9,11 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 
@@ -31,7 +31,7 @@ class ScopedTempDir {
 
   const std::string& path() const { return path_; }
   // path()/name, not created.
-  std::string Subdir(std::string_view name) const;
+  std::string Subdir(absl::string_view name) const;
 
  private:
   std::string path_;
@@ -70,11 +70,11 @@ class LogCapture {
   LogCapture(const LogCapture&) = delete;
   LogCapture& operator=(const LogCapture&) = delete;
 
-  std::function<void(engine::LogLevel, std::string_view)> Callback();
+  std::function<void(engine::LogLevel, absl::string_view)> Callback();
 
   std::vector<Line> Lines() const;
   // Whether a line at min_level or above contains substring.
-  bool Contains(engine::LogLevel min_level, std::string_view substring) const;
+  bool Contains(engine::LogLevel min_level, absl::string_view substring) const;
   size_t Count(engine::LogLevel min_level) const;
   void Clear();
   // Every line, one per row, for failure messages.
@@ -111,7 +111,7 @@ std::string BaseName(const std::string& path);
 // These abort on I/O errors: a test that cannot set up its damage is broken.
 
 std::string ReadFileBytes(const std::string& path);
-void WriteFileBytes(const std::string& path, std::string_view bytes);
+void WriteFileBytes(const std::string& path, absl::string_view bytes);
 void TruncateFileTo(const std::string& path, uint64_t size);
 uint64_t FileSizeOf(const std::string& path);
 // Replaces to with a recursive copy of from.
@@ -121,7 +121,7 @@ void CopyDirectory(const std::string& from, const std::string& to);
 
 // The value of key, "NOT_FOUND", or "ERROR(<status>)": one string a test can
 // compare, in the manner of leveldb's DBTest::Get.
-std::string GetOrStatus(engine::Engine* engine, std::string_view key);
+std::string GetOrStatus(engine::Engine* engine, absl::string_view key);
 
 // Every item Scan returns for options, following next_cursor page by page
 // (options.limit items a page). Fails if Scan fails or the pages do not end.

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything logkv needs to build, test and benchmark, from Debian's
+# packages only. Idempotent: when every package is already installed it does
+# nothing (no apt-get update, no network). Uses sudo only when not root.
+set -euo pipefail
+
+packages=(
+  # toolchain and scripts
+  g++ make cmake pkg-config python3 curl git ca-certificates procps
+  # libraries named in docs/design (DESIGN.md)
+  libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
+  libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # side-by-side comparisons in bench/
+  librocksdb-dev libleveldb-dev redis-server redis-tools wrk
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "setup-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  as_root=(sudo)
+fi
+
+echo "setup-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -q
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian machine: installs dependencies, builds, and
+# runs every test.
+#   tools/test.sh             the whole suite (build/), plus a small run of the benchmark
+#   tools/test.sh --sanitize  the engine suites under AddressSanitizer and UBSan (build-sanitize/)
+# Environment: LOGKV_TEST_SEED fixes the seed of the randomised tests.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/tools/setup-deps.sh"
+
+mode=${1:-all}
+case "$mode" in
+  all)
+    "$root/tools/build.sh" "$root/build"
+    cd "$root/build"
+    ctest --output-on-failure -j 2 --timeout 900
+    ;;
+  --sanitize)
+    LOGKV_BUILD_TYPE=Debug "$root/tools/build.sh" "$root/build-sanitize" \
+      -DLOGKV_SANITIZE=ON -DLOGKV_BUILD_BENCH=OFF
+    cd "$root/build-sanitize"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      ctest --output-on-failure -j 2 --timeout 1200 -L engine
+    ;;
+  *)
+    echo "usage: tools/test.sh [--sanitize]" >&2
+    exit 2
+    ;;
+esac
