@@ -1,0 +1,100 @@
+// Framing of the binary protocol (docs/protocol.md): a frame is a 4-byte
+// little-endian length N followed by N bytes of FlatBuffer; together they are
+// one size-prefixed FlatBuffer. Every incoming frame is checked against the
+// limits first, then by the FlatBuffers Verifier on its exact bounds, before
+// any field is read. The protocol library knows nothing of the engine.
+#ifndef LOGKV_PROTOCOL_FRAME_H_
+#define LOGKV_PROTOCOL_FRAME_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "protocol/logkv_generated.h"
+
+namespace logkv::protocol {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kFrameLengthBytes = 4;
+
+struct Limits {
+  uint32_t max_frame_bytes = 64u << 20;
+  uint32_t max_key_bytes = 4096;
+  uint32_t max_value_bytes = 16u << 20;
+  uint32_t max_batch_items = 10'000;
+  uint32_t max_scan_limit = 10'000;
+};
+
+// Turns a byte stream into frames. Buffers only what has arrived: a length
+// announcing more than max_frame_bytes is refused at once, and the announced
+// size is never allocated up front.
+//
+// Thread-safety: none; one decoder per connection.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(uint32_t max_frame_bytes) : max_frame_bytes_(max_frame_bytes) {}
+  FrameDecoder(const FrameDecoder&) = delete;
+  FrameDecoder& operator=(const FrameDecoder&) = delete;
+
+  // Space to receive into (at least min_bytes), to be committed with Commit.
+  char* WritableSpace(size_t min_bytes, size_t* available);
+  void Commit(size_t bytes) { end_ += bytes; }
+  void Append(absl::string_view bytes);
+
+  // The next complete frame, length prefix included, 8-byte aligned; valid
+  // until the next call to any method. nullopt: more bytes are needed.
+  // ResourceExhausted: the announced length exceeds the limit (the stream
+  // cannot be resynchronised; close it). InvalidArgument: length zero.
+  absl::StatusOr<std::optional<absl::string_view>> Next();
+
+  size_t buffered_bytes() const { return end_ - begin_; }
+
+ private:
+  const uint32_t max_frame_bytes_;
+  // Storage of uint64_t so frames copied to the front are 8-byte aligned.
+  std::vector<uint64_t> storage_;
+  size_t begin_ = 0;  // first unconsumed byte
+  size_t end_ = 0;    // one past the last received byte
+  std::vector<uint64_t> aligned_;  // a misaligned frame is copied here
+  char* data() { return reinterpret_cast<char*>(storage_.data()); }
+};
+
+// Verifies a frame (length prefix included) as a Request: exact bounds,
+// FlatBuffers Verifier, then the limits on keys, values and batches.
+absl::StatusOr<const Request*> VerifyRequest(absl::string_view frame, const Limits& limits);
+// Verifies a frame as a Response.
+absl::StatusOr<const Response*> VerifyResponse(absl::string_view frame, uint32_t max_frame_bytes);
+
+// Bytes of a FlatBuffers vector as a string_view (empty for a missing vector).
+inline absl::string_view View(const flatbuffers::Vector<uint8_t>* bytes) {
+  if (bytes == nullptr) return {};
+  return absl::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size());
+}
+inline absl::string_view View(const flatbuffers::String* text) {
+  if (text == nullptr) return {};
+  return absl::string_view(text->data(), text->size());
+}
+
+// Mapping between absl status codes and the wire's StatusCode.
+StatusCode ToWire(absl::StatusCode code);
+absl::StatusCode FromWire(StatusCode code);
+absl::Status StatusFromResponse(const Response& response);
+
+// The frame bytes of a finished size-prefixed builder.
+inline absl::string_view FrameOf(const flatbuffers::FlatBufferBuilder& builder) {
+  return absl::string_view(reinterpret_cast<const char*>(builder.GetBufferPointer()),
+                           builder.GetSize());
+}
+
+// Builds a Response with only a status (errors, and results-less answers).
+void BuildStatusResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
+                         const absl::Status& status);
+
+}  // namespace logkv::protocol
+
+#endif  // LOGKV_PROTOCOL_FRAME_H_
