@@ -347,6 +347,9 @@ absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kPut, ref, value, options);
+  if (result.ok() && result->applied && state_->options.on_event) {
+    state_->options.on_event(result->shard, result->sequence);
+  }
   if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
     if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
   }
@@ -359,6 +362,9 @@ absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOpt
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kDelete, ref, {}, options);
+  if (result.ok() && result->applied && state_->options.on_event) {
+    state_->options.on_event(result->shard, result->sequence);
+  }
   if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
     if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
   }
@@ -367,9 +373,12 @@ absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOpt
 
 namespace {
 
-void FinishAsync(Shard& shard, FsyncPolicy policy, absl::StatusOr<WriteResult> result,
+void FinishAsync(Shard& shard, const Options& options, absl::StatusOr<WriteResult> result,
                  Engine::WriteCallback done) {
-  if (!result.ok() || !result->applied || policy != FsyncPolicy::kAlways) {
+  if (result.ok() && result->applied && options.on_event) {
+    options.on_event(result->shard, result->sequence);
+  }
+  if (!result.ok() || !result->applied || options.fsync != FsyncPolicy::kAlways) {
     done(std::move(result));
     return;
   }
@@ -392,7 +401,7 @@ void Engine::PutAsync(absl::string_view key, absl::string_view value, const Writ
   if (absl::Status status = CheckValue(value, state_->options); !status.ok()) return done(status);
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
-  FinishAsync(shard, state_->options.fsync,
+  FinishAsync(shard, state_->options,
               shard.Write(format::RecordType::kPut, ref, value, options), std::move(done));
 }
 
@@ -401,7 +410,7 @@ void Engine::DeleteAsync(absl::string_view key, const WriteOptions& options, Wri
   if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return done(status);
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
-  FinishAsync(shard, state_->options.fsync,
+  FinishAsync(shard, state_->options,
               shard.Write(format::RecordType::kDelete, ref, {}, options), std::move(done));
 }
 

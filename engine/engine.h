@@ -95,6 +95,10 @@ struct Options {
   FileSystem* file_system = nullptr;  // default: DefaultFileSystem(); must outlive the Engine
   Clock* clock = nullptr;             // default: SystemClock(); must outlive the Engine
   std::function<void(LogLevel, absl::string_view)> log;  // default: stderr
+  // Called after every applied write with its shard and sequence number, on
+  // the writing thread, outside the engine's locks (for change-feed watchers:
+  // it should only note the news and wake someone). May be empty.
+  std::function<void(uint32_t shard, uint64_t sequence)> on_event;
 };
 
 struct WriteOptions {

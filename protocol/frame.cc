@@ -107,7 +107,13 @@ absl::Status CheckValue(const flatbuffers::Vector<uint8_t>* value, const Limits&
   return absl::OkStatus();
 }
 
-absl::Status CheckLimits(const Request& request, const Limits& limits) {
+}  // namespace
+
+absl::Status CheckRequest(const Request& request, const Limits& limits) {
+  if (static_cast<uint8_t>(request.operation_type()) > static_cast<uint8_t>(Operation::MAX)) {
+    return absl::UnimplementedError(
+        absl::StrCat("unknown operation ", static_cast<int>(request.operation_type())));
+  }
   switch (request.operation_type()) {
     case Operation::Get:
       return CheckKey(request.operation_as_Get()->key(), limits);
@@ -150,8 +156,6 @@ absl::Status CheckLimits(const Request& request, const Limits& limits) {
   }
 }
 
-}  // namespace
-
 absl::StatusOr<const Request*> VerifyRequest(absl::string_view frame, const Limits& limits) {
   if (absl::Status s = CheckFrameBounds(frame, limits.max_frame_bytes); !s.ok()) return s;
   const auto* bytes = reinterpret_cast<const uint8_t*>(frame.data());
@@ -159,14 +163,7 @@ absl::StatusOr<const Request*> VerifyRequest(absl::string_view frame, const Limi
   if (!verifier.VerifySizePrefixedBuffer<Request>(nullptr)) {
     return absl::InvalidArgumentError("frame is not a valid Request (FlatBuffers verifier)");
   }
-  const Request* request = flatbuffers::GetSizePrefixedRoot<Request>(bytes);
-  if (static_cast<uint8_t>(request->operation_type()) >
-      static_cast<uint8_t>(Operation::MAX)) {
-    return absl::UnimplementedError(
-        absl::StrCat("unknown operation ", static_cast<int>(request->operation_type())));
-  }
-  if (absl::Status s = CheckLimits(*request, limits); !s.ok()) return s;
-  return request;
+  return flatbuffers::GetSizePrefixedRoot<Request>(bytes);
 }
 
 absl::StatusOr<const Response*> VerifyResponse(absl::string_view frame, uint32_t max_frame_bytes) {

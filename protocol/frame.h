@@ -64,9 +64,14 @@ class FrameDecoder {
   char* data() { return reinterpret_cast<char*>(storage_.data()); }
 };
 
-// Verifies a frame (length prefix included) as a Request: exact bounds,
-// FlatBuffers Verifier, then the limits on keys, values and batches.
+// Verifies a frame (length prefix included) as a Request: exact bounds and
+// the FlatBuffers Verifier. A failure means the peer does not speak the
+// protocol: answer and close the connection.
 absl::StatusOr<const Request*> VerifyRequest(absl::string_view frame, const Limits& limits);
+// Checks a verified request against the limits on keys, values, batches and
+// scans, and that its operation is one this build knows. A failure is the
+// request's answer; the connection goes on.
+absl::Status CheckRequest(const Request& request, const Limits& limits);
 // Verifies a frame as a Response.
 absl::StatusOr<const Response*> VerifyResponse(absl::string_view frame, uint32_t max_frame_bytes);
 

@@ -1,0 +1,244 @@
+// logkvd: the logkv server. Flags are also read from LOGKV_<NAME> environment
+// variables (a flag on the command line wins); dashed spellings such as
+// --data-dir are accepted for every flag.
+#include <mimalloc.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "engine/engine.h"
+#include "server/log.h"
+#include "server/server.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, data_dir, "./data", "Data directory (created if missing).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "Binary protocol address, host:port.");
+ABSL_FLAG(std::string, node_id, "", "This node's id (default: the listen address).");
+ABSL_FLAG(std::string, fsync, "interval",
+          "never | interval | always. always answers writes only after fdatasync "
+          "(group commit); interval syncs every --fsync_interval_ms.");
+ABSL_FLAG(int64_t, fsync_interval_ms, 1000, "Sync period for --fsync=interval.");
+ABSL_FLAG(int, threads, 0, "I/O loop threads (0 = one per core).");
+ABSL_FLAG(int, shards, 8, "Engine shards; used only when the data directory is created.");
+ABSL_FLAG(uint64_t, segment_bytes, 64ull << 20, "Log segment size.");
+ABSL_FLAG(uint32_t, max_key_bytes, 4096, "Largest key accepted.");
+ABSL_FLAG(uint32_t, max_value_bytes, 16u << 20, "Largest value accepted.");
+ABSL_FLAG(uint32_t, max_frame_bytes, 64u << 20, "Largest protocol frame accepted.");
+ABSL_FLAG(uint32_t, max_batch_items, 10000, "Most operations in one Batch.");
+ABSL_FLAG(uint32_t, versions, 1, "Versions of each key kept readable.");
+ABSL_FLAG(bool, read_only, false, "Refuse every write with PermissionDenied.");
+ABSL_FLAG(std::string, auth, "off", "off | on. Authentication of clients (on: not yet).");
+ABSL_FLAG(bool, insecure, false,
+          "Allow listening on a non-loopback address with --auth=off.");
+ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+
+namespace logkv::server {
+namespace {
+
+// Flags named here are also read from LOGKV_<NAME>.
+constexpr const char* kFlagNames[] = {
+    "data_dir",      "listen",        "node_id",         "fsync",     "fsync_interval_ms",
+    "threads",       "shards",        "segment_bytes",   "max_key_bytes", "max_value_bytes",
+    "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
+    "insecure",      "log_level",
+};
+
+// Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
+// on the command line in front of it (so the command line wins).
+std::vector<std::string> NormalizeArguments(int argc, char** argv) {
+  std::vector<std::string> args;
+  args.emplace_back(argv[0]);
+  std::vector<std::string> given;
+  std::vector<std::string> rest;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+      std::string name = arg.substr(2, end - 2);
+      if (absl::StartsWith(name, "no")) given.push_back(name.substr(2));
+      given.push_back(std::move(name));
+    }
+    rest.push_back(std::move(arg));
+  }
+  for (const char* name : kFlagNames) {
+    const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
+    const char* value = std::getenv(variable.c_str());
+    if (value == nullptr) continue;
+    if (std::find(given.begin(), given.end(), name) != given.end()) continue;
+    args.push_back(absl::StrCat("--", name, "=", value));
+  }
+  args.insert(args.end(), rest.begin(), rest.end());
+  return args;
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1";
+}
+
+absl::Status SplitHostPort(const std::string& address, std::string* host, int* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), port) ||
+      *port < 0 || *port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not host:port"));
+  }
+  *host = address.substr(0, colon);
+  if (host->empty()) *host = "0.0.0.0";
+  if (*host == "localhost") *host = "127.0.0.1";
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& status) {
+  Log(Level::kError, "%s", status.message());
+  return 1;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("logkvd --data_dir=DIR --listen=127.0.0.1:7070 [flags]");
+  std::vector<std::string> normalized = NormalizeArguments(argc, argv);
+  std::vector<char*> pointers;
+  for (std::string& arg : normalized) pointers.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(pointers.size()), pointers.data());
+
+  // Debian's Abseil is built without NDEBUG, which leaves per-acquisition
+  // deadlock detection on (a global lock): a server cannot pay for it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+
+  Level level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    return Fail(absl::InvalidArgumentError("--log_level must be debug, info, warning or error"));
+  }
+  SetLogLevel(level);
+
+  std::string host;
+  int port = 0;
+  if (absl::Status status = SplitHostPort(absl::GetFlag(FLAGS_listen), &host, &port);
+      !status.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--listen: ", status.message())));
+  }
+  const std::string auth = absl::GetFlag(FLAGS_auth);
+  if (auth != "off" && auth != "on") {
+    return Fail(absl::InvalidArgumentError("--auth must be off or on"));
+  }
+  if (auth == "on") {
+    return Fail(absl::UnimplementedError(
+        "--auth=on needs the accounts service, which this build does not have yet"));
+  }
+  if (!IsLoopback(host) && !absl::GetFlag(FLAGS_insecure)) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "refusing to listen on ", host, " with --auth=off: anyone who can reach it could read "
+        "and write everything. Bind a loopback address, or pass --insecure to accept that.")));
+  }
+
+  engine::Options options;
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.shard_count = static_cast<uint32_t>(std::max(1, absl::GetFlag(FLAGS_shards)));
+  options.segment_bytes = absl::GetFlag(FLAGS_segment_bytes);
+  options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
+  options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
+  options.versions_kept = absl::GetFlag(FLAGS_versions);
+  options.fsync_interval_ms = absl::GetFlag(FLAGS_fsync_interval_ms);
+  const std::string fsync = absl::GetFlag(FLAGS_fsync);
+  if (fsync == "never") {
+    options.fsync = engine::FsyncPolicy::kNever;
+  } else if (fsync == "interval") {
+    options.fsync = engine::FsyncPolicy::kInterval;
+  } else if (fsync == "always") {
+    options.fsync = engine::FsyncPolicy::kAlways;
+  } else {
+    return Fail(absl::InvalidArgumentError("--fsync must be never, interval or always"));
+  }
+  options.log = [](engine::LogLevel engine_level, absl::string_view message) {
+    const Level mapped = engine_level == engine::LogLevel::kError     ? Level::kError
+                         : engine_level == engine::LogLevel::kWarning ? Level::kWarning
+                         : engine_level == engine::LogLevel::kInfo    ? Level::kInfo
+                                                                      : Level::kDebug;
+    if (LogEnabled(mapped)) LogLine(mapped, message);
+  };
+  std::atomic<Server*> server_for_events{nullptr};
+  options.on_event = [&server_for_events](uint32_t, uint64_t) {
+    if (Server* server = server_for_events.load(std::memory_order_acquire)) server->NotifyEvents();
+  };
+
+  // Signals are taken by this thread with sigwait; every other thread
+  // (engine, loops) inherits the blocked mask. SIGPIPE is ignored: a closed
+  // socket is an error return, not a death.
+  ::signal(SIGPIPE, SIG_IGN);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Log(Level::kInfo, "opening %s (fsync=%s, mimalloc %d)", options.data_dir, fsync, mi_version());
+  absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Open(options);
+  if (!engine.ok()) return Fail(engine.status());
+  const engine::Stats stats = (*engine)->GetStats();
+  Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", options.data_dir,
+      stats.keys, stats.segments, stats.recovery_ms);
+
+  ServerCounters counters;
+  counters.start_unix_ms = absl::ToUnixMillis(absl::Now());
+  ServiceConfig service_config;
+  service_config.node_id = absl::GetFlag(FLAGS_node_id).empty() ? absl::GetFlag(FLAGS_listen)
+                                                                : absl::GetFlag(FLAGS_node_id);
+  service_config.read_only = absl::GetFlag(FLAGS_read_only);
+  service_config.fsync_always = options.fsync == engine::FsyncPolicy::kAlways;
+  service_config.limits.max_frame_bytes = absl::GetFlag(FLAGS_max_frame_bytes);
+  service_config.limits.max_key_bytes = options.max_key_bytes;
+  service_config.limits.max_value_bytes = options.max_value_bytes;
+  service_config.limits.max_batch_items = absl::GetFlag(FLAGS_max_batch_items);
+  if (service_config.limits.max_frame_bytes < service_config.limits.max_value_bytes + 4096) {
+    return Fail(absl::InvalidArgumentError(
+        "--max_frame_bytes must exceed --max_value_bytes by at least 4096 bytes (a frame "
+        "carries the value plus its key and envelope)"));
+  }
+  Service service(engine->get(), service_config, &counters);
+
+  ServerConfig server_config;
+  server_config.host = host;
+  server_config.port = port;
+  const int threads = absl::GetFlag(FLAGS_threads);
+  server_config.threads =
+      threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  Server server(&service, server_config);
+  if (absl::Status status = server.Start(); !status.ok()) {
+    (void)(*engine)->Close();
+    return Fail(status);
+  }
+  server_for_events.store(&server, std::memory_order_release);
+  Log(Level::kInfo, "listening on %s:%d (binary protocol, %d threads)", host, server.port(),
+      server_config.threads);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log(Level::kInfo, "%s: finishing requests in flight, then stopping",
+      signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  server.RequestShutdown();
+  server.Wait();
+  server_for_events.store(nullptr, std::memory_order_release);
+  if (absl::Status status = (*engine)->Close(); !status.ok()) return Fail(status);
+  Log(Level::kInfo, "stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+}  // namespace logkv::server
+
+int main(int argc, char** argv) { return logkv::server::Main(argc, argv); }

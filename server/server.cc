@@ -1,0 +1,648 @@
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/log.h"
+
+namespace logkv::server {
+
+namespace p = ::logkv::protocol;
+
+// One client connection, owned by its loop; freed in the close callback.
+struct Server::Connection {
+  uv_tcp_t handle;  // handle.data points back here
+  Loop* loop = nullptr;
+  uint64_t id = 0;
+  p::FrameDecoder decoder;
+  flatbuffers::FlatBufferBuilder builder{1024};
+  std::string out;             // answers not yet handed to libuv
+  size_t in_flight_bytes = 0;  // handed to uv_write, not yet written
+  bool reading = false;
+  bool closing = false;        // close once everything owed is written
+  bool closed = false;         // uv_close called
+  int pending = 0;             // deferred answers still to come
+  struct Watch {
+    uint64_t request_id;
+    std::string prefix;
+    std::vector<uint64_t> after;  // per shard: last sequence sent
+  };
+  std::vector<Watch> watches;
+
+  explicit Connection(uint32_t max_frame_bytes) : decoder(max_frame_bytes) {}
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
+  size_t owed_bytes() const { return out.size() + in_flight_bytes; }
+};
+
+class Server::Loop {
+ public:
+  Loop(Server* server, int index) : server_(server), index_(index) {}
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // On the owner's thread, before Run.
+  absl::Status Init(const sockaddr_in& address);
+  void Run();
+
+  // The port the listener is bound to.
+  int BoundPort() {
+    sockaddr_in bound;
+    int length = sizeof(bound);
+    std::memset(&bound, 0, sizeof(bound));
+    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&bound), &length);
+    return ntohs(bound.sin_port);
+  }
+
+  // Any thread: run task on this loop's thread.
+  void Post(std::function<void(Loop&)> task);
+  // Any thread: there may be news for this loop's watchers.
+  void WakeWatchers() {
+    if (watch_count_.load(std::memory_order_relaxed) > 0) uv_async_send(&events_async_);
+  }
+
+ private:
+  static Loop& Of(uv_handle_t* handle) { return *static_cast<Loop*>(handle->data); }
+  static Connection& ConnectionOf(uv_handle_t* handle) {
+    return *static_cast<Connection*>(handle->data);
+  }
+
+  void OnConnection(int status);
+  void OnRead(Connection& c, ssize_t nread);
+  void ProcessFrames(Connection& c);
+  void Dispatch(Connection& c, const p::Request& request);
+  void Append(Connection& c, absl::string_view frame) { c.out.append(frame.data(), frame.size()); }
+  void AppendStatus(Connection& c, uint64_t request_id, const absl::Status& status);
+  void Flush(Connection& c);
+  void OnWritten(Connection& c, int status);
+  void ApplyBackpressure(Connection& c);
+  void StartReading(Connection& c);
+  void StopReading(Connection& c);
+  void FinishIfDone(Connection& c);
+  void Close(Connection& c);
+
+  void AddWatch(Connection& c, uint64_t request_id, const p::Watch& watch);
+  void RemoveWatch(Connection& c, uint64_t watch_request_id, const absl::Status& final_status);
+  void PumpWatches();
+
+  void DrainTasks();
+  void MaybeFinishShutdown();
+
+ public:
+  void BeginShutdown();
+
+ private:
+
+  Server* const server_;
+  const int index_;
+  uv_loop_t loop_;
+  uv_tcp_t listener_;
+  uv_async_t tasks_async_;
+  uv_async_t events_async_;
+  uv_timer_t shutdown_timer_;
+
+  absl::Mutex tasks_mu_;
+  std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+
+  // Loop-thread state.
+  absl::flat_hash_map<uint64_t, Connection*> connections_;
+  uint64_t next_connection_id_ = 1;
+  bool stopping_ = false;
+  bool handles_closed_ = false;
+  std::atomic<int> watch_count_{0};
+};
+
+namespace {
+
+std::string UvError(int code) { return absl::StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
+
+// A socket bound with SO_REUSEPORT so every loop can listen on the same port.
+absl::StatusOr<int> BindReusePort(const sockaddr_in& address) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // libuv 1.44 has no flag for SO_REUSEPORT: set it on the fd before bind.
+  if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      ::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int error = errno;
+    ::close(fd);
+    char host[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof(host));
+    return absl::UnavailableError(absl::StrCat("cannot bind ", host, ":",
+                                               ntohs(address.sin_port), ": ",
+                                               std::strerror(error)));
+  }
+  return fd;
+}
+
+// Sockets with SO_REUSEPORT share a port with any other such socket of the
+// same user, so a second logkvd would silently split the traffic. A plain
+// bind first proves the port is free.
+absl::Status CheckPortFree(const sockaddr_in& address) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const int rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+  const int error = errno;
+  ::close(fd);
+  if (rc != 0) {
+    char host[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof(host));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":",
+                                               ntohs(address.sin_port), ": ",
+                                               std::strerror(error),
+                                               error == EADDRINUSE ? " (port in use)" : ""));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Server::Loop::Init(const sockaddr_in& address) {
+  if (int rc = uv_loop_init(&loop_); rc != 0) return absl::InternalError(UvError(rc));
+  auto fd = BindReusePort(address);
+  if (!fd.ok()) return fd.status();
+  uv_tcp_init(&loop_, &listener_);
+  listener_.data = this;
+  if (int rc = uv_tcp_open(&listener_, *fd); rc != 0) {
+    ::close(*fd);
+    return absl::InternalError(absl::StrCat("uv_tcp_open: ", UvError(rc)));
+  }
+  int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 1024,
+                     [](uv_stream_t* server, int status) {
+                       Of(reinterpret_cast<uv_handle_t*>(server)).OnConnection(status);
+                     });
+  if (rc != 0) return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
+  uv_async_init(&loop_, &tasks_async_,
+                [](uv_async_t* async) { Of(reinterpret_cast<uv_handle_t*>(async)).DrainTasks(); });
+  tasks_async_.data = this;
+  uv_async_init(&loop_, &events_async_, [](uv_async_t* async) {
+    Of(reinterpret_cast<uv_handle_t*>(async)).PumpWatches();
+  });
+  events_async_.data = this;
+  uv_timer_init(&loop_, &shutdown_timer_);
+  shutdown_timer_.data = this;
+  return absl::OkStatus();
+}
+
+void Server::Loop::Run() {
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // Every handle is closed by now; let their close callbacks run, then free.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop_) != 0) Log(Level::kWarning, "loop %d closed with handles open", index_);
+}
+
+void Server::Loop::Post(std::function<void(Loop&)> task) {
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    tasks_.push_back(std::move(task));
+  }
+  uv_async_send(&tasks_async_);
+}
+
+void Server::Loop::DrainTasks() {
+  std::vector<std::function<void(Loop&)>> tasks;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    tasks.swap(tasks_);
+  }
+  for (auto& task : tasks) task(*this);
+}
+
+void Server::Loop::OnConnection(int status) {
+  if (status < 0) {
+    Log(Level::kWarning, "accept failed: %s", UvError(status));
+    return;
+  }
+  auto* c = new Connection(server_->service_->config().limits.max_frame_bytes);
+  c->loop = this;
+  c->id = next_connection_id_++;
+  uv_tcp_init(&loop_, &c->handle);
+  c->handle.data = c;
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), c->stream()) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->handle),
+             [](uv_handle_t* handle) { delete &ConnectionOf(handle); });
+    return;
+  }
+  uv_tcp_nodelay(&c->handle, 1);
+  connections_[c->id] = c;
+  server_->counters()->connections.fetch_add(1, std::memory_order_relaxed);
+  StartReading(*c);
+}
+
+void Server::Loop::StartReading(Connection& c) {
+  if (c.reading || c.closing) return;
+  c.reading = true;
+  uv_read_start(
+      c.stream(),
+      [](uv_handle_t* handle, size_t suggested, uv_buf_t* buf) {
+        Connection& conn = ConnectionOf(handle);
+        size_t available;
+        char* space = conn.decoder.WritableSpace(
+            std::max(suggested, conn.loop->server_->config_.read_chunk_bytes), &available);
+        *buf = uv_buf_init(space, static_cast<unsigned int>(available));
+      },
+      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+        Connection& conn = ConnectionOf(reinterpret_cast<uv_handle_t*>(stream));
+        conn.loop->OnRead(conn, nread);
+      });
+}
+
+void Server::Loop::StopReading(Connection& c) {
+  if (!c.reading) return;
+  c.reading = false;
+  uv_read_stop(c.stream());
+}
+
+void Server::Loop::OnRead(Connection& c, ssize_t nread) {
+  if (nread == 0) return;  // EAGAIN: nothing to do
+  if (nread < 0) {
+    // The client went away (or half-closed): answers still owed to it are
+    // written if possible, then the connection closes.
+    StopReading(c);
+    c.closing = true;
+    if (nread != UV_EOF) {
+      Log(Level::kDebug, "connection %d: read error %s", c.id, UvError(static_cast<int>(nread)));
+      c.out.clear();
+    }
+    FinishIfDone(c);
+    return;
+  }
+  c.decoder.Commit(static_cast<size_t>(nread));
+  ProcessFrames(c);
+  Flush(c);
+  ApplyBackpressure(c);
+  FinishIfDone(c);
+}
+
+void Server::Loop::AppendStatus(Connection& c, uint64_t request_id, const absl::Status& status) {
+  p::BuildStatusResponse(&c.builder, request_id, status);
+  Append(c, p::FrameOf(c.builder));
+}
+
+void Server::Loop::ProcessFrames(Connection& c) {
+  const p::Limits& limits = server_->service_->config().limits;
+  while (!c.closing) {
+    absl::StatusOr<std::optional<absl::string_view>> frame = c.decoder.Next();
+    if (!frame.ok()) {
+      // The stream cannot be resynchronised: answer, then close.
+      Log(Level::kWarning, "connection %d: %s; closing it", c.id, frame.status().message());
+      AppendStatus(c, 0, frame.status());
+      StopReading(c);
+      c.closing = true;
+      return;
+    }
+    if (!frame->has_value()) return;
+    absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, limits);
+    if (!request.ok()) {
+      Log(Level::kWarning, "connection %d: %s; closing it", c.id, request.status().message());
+      AppendStatus(c, 0, request.status());
+      StopReading(c);
+      c.closing = true;
+      return;
+    }
+    if (absl::Status status = p::CheckRequest(**request, limits); !status.ok()) {
+      AppendStatus(c, (*request)->request_id(), status);
+      continue;
+    }
+    Dispatch(c, **request);
+  }
+}
+
+void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
+  switch (request.operation_type()) {
+    case p::Operation::Watch:
+      AddWatch(c, request.request_id(), *request.operation_as_Watch());
+      return;
+    case p::Operation::Unwatch:
+      RemoveWatch(c, request.operation_as_Unwatch()->watch_request_id(), absl::OkStatus());
+      AppendStatus(c, request.request_id(), absl::OkStatus());
+      return;
+    default:
+      break;
+  }
+  Loop* loop = this;
+  const uint64_t connection_id = c.id;
+  Service::Outcome outcome =
+      server_->service_->Handle(request, &c.builder, [&]() -> Service::Completion {
+        ++c.pending;
+        return [loop, connection_id](std::string frame) {
+          loop->Post([connection_id, frame = std::move(frame)](Loop& l) {
+            auto it = l.connections_.find(connection_id);
+            if (it == l.connections_.end()) return;  // the client is gone
+            Connection& conn = *it->second;
+            --conn.pending;
+            l.Append(conn, frame);
+            l.Flush(conn);
+            l.ApplyBackpressure(conn);
+            l.FinishIfDone(conn);
+          });
+        };
+      });
+  if (outcome == Service::Outcome::kAnswered) Append(c, p::FrameOf(c.builder));
+}
+
+void Server::Loop::Flush(Connection& c) {
+  if (c.closed || c.in_flight_bytes > 0 || c.out.empty()) return;
+  uv_buf_t buf = uv_buf_init(c.out.data(), static_cast<unsigned int>(c.out.size()));
+  const int written = uv_try_write(c.stream(), &buf, 1);
+  if (written < 0 && written != UV_EAGAIN) {
+    Log(Level::kDebug, "connection %d: write error %s", c.id, UvError(written));
+    c.out.clear();
+    c.closing = true;
+    FinishIfDone(c);
+    return;
+  }
+  if (written > 0) c.out.erase(0, static_cast<size_t>(written));
+  if (c.out.empty()) return;
+  // The socket is full: hand the rest to libuv, which owns it until written.
+  struct WriteRequest {
+    uv_write_t request;
+    std::string data;
+  };
+  auto* write = new WriteRequest;
+  write->data.swap(c.out);
+  write->request.data = &c;
+  c.in_flight_bytes = write->data.size();
+  uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
+  uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {
+    auto* write = reinterpret_cast<WriteRequest*>(request);
+    Connection& conn = *static_cast<Connection*>(request->data);
+    delete write;
+    conn.loop->OnWritten(conn, status);
+  });
+}
+
+void Server::Loop::OnWritten(Connection& c, int status) {
+  c.in_flight_bytes = 0;
+  if (status < 0) {
+    c.out.clear();
+    c.closing = true;
+  } else {
+    Flush(c);
+  }
+  ApplyBackpressure(c);
+  FinishIfDone(c);
+}
+
+void Server::Loop::ApplyBackpressure(Connection& c) {
+  const size_t limit = server_->config_.max_output_bytes;
+  if (c.reading && c.owed_bytes() > limit) {
+    StopReading(c);
+  } else if (!c.reading && !c.closing && c.owed_bytes() <= limit / 2) {
+    StartReading(c);
+  }
+}
+
+void Server::Loop::FinishIfDone(Connection& c) {
+  if (!c.closing || c.closed) return;
+  if (c.pending > 0 || c.in_flight_bytes > 0) return;
+  if (!c.out.empty()) {
+    Flush(c);
+    if (!c.out.empty() || c.in_flight_bytes > 0) return;
+  }
+  Close(c);
+}
+
+void Server::Loop::Close(Connection& c) {
+  if (c.closed) return;
+  c.closed = true;
+  StopReading(c);
+  watch_count_.fetch_sub(static_cast<int>(c.watches.size()), std::memory_order_relaxed);
+  c.watches.clear();
+  connections_.erase(c.id);
+  server_->counters()->connections.fetch_sub(1, std::memory_order_relaxed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c.handle), [](uv_handle_t* handle) {
+    Connection* conn = &ConnectionOf(handle);
+    Loop* loop = conn->loop;
+    delete conn;
+    loop->MaybeFinishShutdown();
+  });
+}
+
+// ---- Watches ------------------------------------------------------------------
+
+void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& watch) {
+  engine::Engine* engine = server_->service_->engine();
+  const uint32_t shards = engine->ShardCount();
+  Connection::Watch w;
+  w.request_id = request_id;
+  w.prefix = std::string(p::View(watch.prefix()));
+  if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
+    if (watch.after_sequences()->size() != shards) {
+      AppendStatus(c, request_id,
+                   absl::InvalidArgumentError(absl::StrCat(
+                       "after_sequences has ", watch.after_sequences()->size(),
+                       " entries; this node has ", shards, " shards")));
+      return;
+    }
+    w.after.assign(watch.after_sequences()->begin(), watch.after_sequences()->end());
+  } else {
+    for (uint32_t shard = 0; shard < shards; ++shard) w.after.push_back(engine->LastSequence(shard));
+  }
+  for (const auto& existing : c.watches) {
+    if (existing.request_id == request_id) {
+      AppendStatus(c, request_id, absl::InvalidArgumentError("request_id already watching"));
+      return;
+    }
+  }
+  // Acknowledge with an empty batch, so the client knows events from now on
+  // will reach it; then catch up from the resume points.
+  c.builder.Clear();
+  auto events = c.builder.CreateVector(std::vector<flatbuffers::Offset<p::Event>>{});
+  auto batch = p::CreateWatchEvents(c.builder, events);
+  p::ResponseBuilder response(c.builder);
+  response.add_request_id(request_id);
+  response.add_result_type(p::Result::WatchEvents);
+  response.add_result(batch.Union());
+  c.builder.FinishSizePrefixed(response.Finish());
+  Append(c, p::FrameOf(c.builder));
+  c.watches.push_back(std::move(w));
+  watch_count_.fetch_add(1, std::memory_order_relaxed);
+  uv_async_send(&events_async_);
+}
+
+void Server::Loop::RemoveWatch(Connection& c, uint64_t watch_request_id,
+                               const absl::Status& final_status) {
+  for (auto it = c.watches.begin(); it != c.watches.end(); ++it) {
+    if (it->request_id != watch_request_id) continue;
+    c.watches.erase(it);
+    watch_count_.fetch_sub(1, std::memory_order_relaxed);
+    AppendStatus(c, watch_request_id, final_status);
+    return;
+  }
+}
+
+void Server::Loop::PumpWatches() {
+  engine::Engine* engine = server_->service_->engine();
+  const uint32_t batch_events = server_->config_.watch_batch_events;
+  bool more = false;
+  std::vector<Connection*> connections;
+  for (auto& [id, c] : connections_) {
+    if (!c->watches.empty() && !c->closing) connections.push_back(c);
+  }
+  for (Connection* c : connections) {
+    std::vector<std::pair<uint64_t, absl::Status>> ended;
+    for (Connection::Watch& w : c->watches) {
+      if (c->owed_bytes() > server_->config_.max_output_bytes) {
+        // A watcher that does not read is dropped, not buffered without end.
+        ended.emplace_back(w.request_id,
+                           absl::AbortedError(absl::StrCat(
+                               "watch dropped: the client fell more than ",
+                               server_->config_.max_output_bytes,
+                               " bytes behind; resume from the last sequences it saw")));
+        continue;
+      }
+      for (uint32_t shard = 0; shard < w.after.size(); ++shard) {
+        if (engine->LastSequence(shard) <= w.after[shard]) continue;
+        absl::StatusOr<std::vector<engine::Event>> events =
+            engine->ReadEvents(shard, w.after[shard], batch_events);
+        if (!events.ok()) {
+          ended.emplace_back(w.request_id, events.status());
+          break;
+        }
+        if (events->empty()) continue;
+        w.after[shard] = events->back().sequence;
+        if (events->size() == batch_events) more = true;
+        c->builder.Clear();
+        std::vector<flatbuffers::Offset<p::Event>> matching;
+        for (const engine::Event& event : *events) {
+          if (!absl::StartsWith(event.key, w.prefix)) continue;
+          auto key = c->builder.CreateVector(reinterpret_cast<const uint8_t*>(event.key.data()),
+                                             event.key.size());
+          auto value = c->builder.CreateVector(
+              reinterpret_cast<const uint8_t*>(event.value.data()), event.value.size());
+          matching.push_back(p::CreateEvent(
+              c->builder, shard, event.sequence,
+              event.type == engine::EventType::kPut ? p::EventType::Put : p::EventType::Delete,
+              key, value, event.meta.version, event.meta.timestamp));
+        }
+        if (matching.empty()) continue;
+        auto vector = c->builder.CreateVector(matching);
+        auto batch = p::CreateWatchEvents(c->builder, vector);
+        p::ResponseBuilder response(c->builder);
+        response.add_request_id(w.request_id);
+        response.add_result_type(p::Result::WatchEvents);
+        response.add_result(batch.Union());
+        c->builder.FinishSizePrefixed(response.Finish());
+        Append(*c, p::FrameOf(c->builder));
+      }
+    }
+    for (const auto& [request_id, status] : ended) RemoveWatch(*c, request_id, status);
+    Flush(*c);
+    ApplyBackpressure(*c);
+  }
+  // Yield to other work between batches; come back for the rest.
+  if (more) uv_async_send(&events_async_);
+}
+
+// ---- Shutdown -------------------------------------------------------------------
+
+void Server::Loop::BeginShutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  std::vector<Connection*> connections;
+  for (auto& [id, c] : connections_) connections.push_back(c);
+  for (Connection* c : connections) {
+    // Requests already read are answered; nothing new is read.
+    StopReading(*c);
+    c->closing = true;
+    FinishIfDone(*c);
+  }
+  const uint64_t grace_ms =
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(server_->config_.shutdown_grace));
+  uv_timer_start(
+      &shutdown_timer_,
+      [](uv_timer_t* timer) {
+        Loop& loop = Of(reinterpret_cast<uv_handle_t*>(timer));
+        std::vector<Connection*> left;
+        for (auto& [id, c] : loop.connections_) left.push_back(c);
+        if (!left.empty()) {
+          Log(Level::kWarning, "closing %d connections that did not finish in time",
+              static_cast<int>(left.size()));
+        }
+        for (Connection* c : left) {
+          c->pending = 0;
+          c->out.clear();
+          loop.Close(*c);
+        }
+        loop.MaybeFinishShutdown();
+      },
+      grace_ms, 0);
+  MaybeFinishShutdown();
+}
+
+void Server::Loop::MaybeFinishShutdown() {
+  if (!stopping_ || handles_closed_ || !connections_.empty()) return;
+  handles_closed_ = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&tasks_async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&events_async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+}
+
+// ---- Server ---------------------------------------------------------------------
+
+Server::Server(Service* service, const ServerConfig& config)
+    : service_(service), config_(config) {}
+
+Server::~Server() {
+  RequestShutdown();
+  Wait();
+}
+
+absl::Status Server::Start() {
+  sockaddr_in address;
+  if (int rc = uv_ip4_addr(config_.host.c_str(), config_.port, &address); rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot listen on '", config_.host, "': not an IPv4 address"));
+  }
+  if (config_.port != 0) {
+    if (absl::Status status = CheckPortFree(address); !status.ok()) return status;
+  }
+  for (int i = 0; i < std::max(1, config_.threads); ++i) {
+    auto loop = std::make_unique<Loop>(this, i);
+    if (absl::Status status = loop->Init(address); !status.ok()) return status;
+    if (i == 0 && config_.port == 0) {
+      // Every other loop joins the port the kernel picked for the first.
+      address.sin_port = htons(static_cast<uint16_t>(loop->BoundPort()));
+    }
+    loops_.push_back(std::move(loop));
+  }
+  port_ = ntohs(address.sin_port);
+  for (auto& loop : loops_) {
+    threads_.emplace_back([loop = loop.get()] { loop->Run(); });
+  }
+  return absl::OkStatus();
+}
+
+void Server::RequestShutdown() {
+  if (shutdown_requested_.exchange(true)) return;
+  for (auto& loop : loops_) loop->Post([](Loop& l) { l.BeginShutdown(); });
+}
+
+void Server::Wait() {
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
+}
+
+void Server::NotifyEvents() {
+  for (auto& loop : loops_) loop->WakeWatchers();
+}
+
+}  // namespace logkv::server

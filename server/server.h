@@ -1,0 +1,78 @@
+// logkvd's network layer for the binary protocol: one libuv loop per thread,
+// each with its own SO_REUSEPORT listener, so the kernel spreads connections
+// over the loops and no lock is shared between them on the request path.
+//
+// Thread-safety: Start, RequestShutdown and Wait are called by the owner
+// (main); NotifyEvents from any thread. Everything else happens on the loop
+// threads, each of which touches only its own loop (libuv's rule), and
+// crosses threads only through uv_async_send plus a mutex-guarded queue.
+#ifndef LOGKV_SERVER_SERVER_H_
+#define LOGKV_SERVER_SERVER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "server/service.h"
+
+namespace logkv::server {
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  int port = 7070;  // 0 = any free port (see Server::port)
+  int threads = 1;
+  // A connection whose unsent answers pass this stops being read until they
+  // drain below half of it: a client that does not read cannot grow our memory.
+  size_t max_output_bytes = 8u << 20;
+  // Bytes written per loop turn per connection before yielding to others.
+  size_t read_chunk_bytes = 64u << 10;
+  // Events per shard read for a watcher per wake-up, and per frame sent.
+  uint32_t watch_batch_events = 512;
+  absl::Duration shutdown_grace = absl::Seconds(10);
+};
+
+class Server {
+ public:
+  // service must outlive the Server.
+  Server(Service* service, const ServerConfig& config);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  ~Server();
+
+  // Binds every loop's listener and starts the loop threads. Fails with a
+  // clear message when the port is taken or the address cannot be bound.
+  absl::Status Start();
+  int port() const { return port_; }
+
+  // Stops accepting, finishes requests in flight (bounded by
+  // shutdown_grace), closes connections; returns at once.
+  void RequestShutdown();
+  // Returns when every loop thread has finished.
+  void Wait();
+
+  // New events were appended to the engine: wake the loops that have watchers.
+  void NotifyEvents();
+
+ private:
+  class Loop;
+  struct Connection;
+
+  ServerCounters* counters() { return service_->counters(); }
+
+  Service* const service_;
+  const ServerConfig config_;
+  int port_ = 0;
+  std::atomic<bool> shutdown_requested_{false};
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace logkv::server
+
+#endif  // LOGKV_SERVER_SERVER_H_

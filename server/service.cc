@@ -1,0 +1,300 @@
+#include "server/service.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+
+namespace logkv::server {
+
+namespace p = ::logkv::protocol;
+using engine::FsyncPolicy;
+
+namespace {
+
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder* b,
+                                                        absl::string_view bytes) {
+  return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+void FinishResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id, p::Result type,
+                    flatbuffers::Offset<void> result) {
+  p::ResponseBuilder response(*b);
+  response.add_request_id(id);
+  response.add_status(p::StatusCode::Ok);
+  response.add_result_type(type);
+  response.add_result(result);
+  b->FinishSizePrefixed(response.Finish());
+}
+
+std::string FrameCopy(const flatbuffers::FlatBufferBuilder& b) {
+  return std::string(p::FrameOf(b));
+}
+
+}  // namespace
+
+void BuildWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t request_id,
+                        const absl::StatusOr<engine::WriteResult>& result) {
+  if (!result.ok()) {
+    p::BuildStatusResponse(b, request_id, result.status());
+    return;
+  }
+  b->Clear();
+  auto written = p::CreateWriteResult(*b, result->version, result->timestamp, result->sequence,
+                                      result->shard);
+  FinishResponse(b, request_id, p::Result::WriteResult, written.Union());
+}
+
+Service::Service(engine::Engine* engine, const ServiceConfig& config, ServerCounters* counters)
+    : engine_(engine),
+      config_(config),
+      counters_(counters),
+      always_sync_(config.fsync_always) {}
+
+Service::Outcome Service::Handle(const p::Request& request, flatbuffers::FlatBufferBuilder* b,
+                                 absl::FunctionRef<Completion()> defer) {
+  counters_->requests.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t id = request.request_id();
+  switch (request.operation_type()) {
+    case p::Operation::Hello: {
+      b->Clear();
+      auto node = b->CreateString(config_.node_id);
+      auto hello = p::CreateHelloResult(*b, p::kProtocolVersion, node, engine_->ShardCount(),
+                                        config_.limits.max_frame_bytes,
+                                        config_.limits.max_key_bytes,
+                                        config_.limits.max_value_bytes,
+                                        config_.limits.max_batch_items);
+      FinishResponse(b, id, p::Result::HelloResult, hello.Union());
+      return Outcome::kAnswered;
+    }
+    case p::Operation::Ping: {
+      const p::Ping* ping = request.operation_as_Ping();
+      b->Clear();
+      auto payload = Bytes(b, p::View(ping->payload()));
+      auto result = p::CreatePingResult(*b, payload);
+      FinishResponse(b, id, p::Result::PingResult, result.Union());
+      return Outcome::kAnswered;
+    }
+    case p::Operation::Get:
+      return HandleGet(id, *request.operation_as_Get(), b);
+    case p::Operation::GetVersion: {
+      const p::GetVersion* get = request.operation_as_GetVersion();
+      absl::StatusOr<engine::Record> record =
+          engine_->GetVersion(p::View(get->key()), get->version());
+      if (!record.ok()) {
+        p::BuildStatusResponse(b, id, record.status());
+        return Outcome::kAnswered;
+      }
+      b->Clear();
+      auto value = Bytes(b, record->value);
+      auto result = p::CreateValueResult(*b, value, record->meta.version, record->meta.timestamp,
+                                         record->meta.expiry_unix_ms);
+      FinishResponse(b, id, p::Result::ValueResult, result.Union());
+      return Outcome::kAnswered;
+    }
+    case p::Operation::Put:
+    case p::Operation::Delete:
+      return HandleWrite(id, request, b, defer);
+    case p::Operation::Batch:
+      return HandleBatch(id, *request.operation_as_Batch(), b, defer);
+    case p::Operation::Scan: {
+      const p::Scan* scan = request.operation_as_Scan();
+      engine::ScanOptions options;
+      options.prefix = std::string(p::View(scan->prefix()));
+      options.start_key = std::string(p::View(scan->start_key()));
+      options.end_key = std::string(p::View(scan->end_key()));
+      options.after_key = std::string(p::View(scan->after_key()));
+      options.limit = scan->limit() == 0 ? 1000 : scan->limit();
+      options.keys_only = scan->keys_only();
+      absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
+      if (!page.ok()) {
+        p::BuildStatusResponse(b, id, page.status());
+        return Outcome::kAnswered;
+      }
+      b->Clear();
+      std::vector<flatbuffers::Offset<p::ScanItem>> items;
+      items.reserve(page->items.size());
+      for (const engine::ScanItem& item : page->items) {
+        auto key = Bytes(b, item.key);
+        auto value = options.keys_only ? 0 : Bytes(b, item.value);
+        items.push_back(p::CreateScanItem(*b, key, value, item.meta.version, item.meta.timestamp,
+                                          item.meta.expiry_unix_ms));
+      }
+      auto vector = b->CreateVector(items);
+      auto cursor = Bytes(b, page->next_cursor);
+      auto result = p::CreateScanResult(*b, vector, cursor);
+      FinishResponse(b, id, p::Result::ScanResult, result.Union());
+      return Outcome::kAnswered;
+    }
+    case p::Operation::Stats:
+      BuildStats(id, b);
+      return Outcome::kAnswered;
+    default:
+      p::BuildStatusResponse(
+          b, id,
+          absl::UnimplementedError(absl::StrCat(
+              "operation ", p::EnumNameOperation(request.operation_type()),
+              " is not handled here")));
+      return Outcome::kAnswered;
+  }
+}
+
+Service::Outcome Service::HandleGet(uint64_t id, const p::Get& get,
+                                    flatbuffers::FlatBufferBuilder* b) {
+  // The value is copied once, from the engine's mapping straight into the
+  // response; the scratch string is reused by this thread.
+  thread_local std::string value;
+  engine::ValueMeta meta;
+  absl::Status status = engine_->Get(p::View(get.key()), &value, &meta);
+  if (!status.ok()) {
+    p::BuildStatusResponse(b, id, status);
+    return Outcome::kAnswered;
+  }
+  b->Clear();
+  auto bytes = Bytes(b, value);
+  auto result =
+      p::CreateValueResult(*b, bytes, meta.version, meta.timestamp, meta.expiry_unix_ms);
+  FinishResponse(b, id, p::Result::ValueResult, result.Union());
+  return Outcome::kAnswered;
+}
+
+Service::Outcome Service::HandleWrite(uint64_t id, const p::Request& request,
+                                      flatbuffers::FlatBufferBuilder* b,
+                                      absl::FunctionRef<Completion()> defer) {
+  if (config_.read_only) {
+    p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+    return Outcome::kAnswered;
+  }
+  engine::WriteOptions options;
+  absl::string_view key;
+  absl::string_view value;
+  const bool is_put = request.operation_type() == p::Operation::Put;
+  if (is_put) {
+    const p::Put* put = request.operation_as_Put();
+    key = p::View(put->key());
+    value = p::View(put->value());
+    options.ttl_ms = put->ttl_ms();
+    if (put->has_if_version()) options.if_version = put->if_version();
+  } else {
+    const p::Delete* del = request.operation_as_Delete();
+    key = p::View(del->key());
+    if (del->has_if_version()) options.if_version = del->if_version();
+  }
+  if (always_sync_) {
+    // The answer waits for the group commit's fdatasync, which completes on
+    // the engine's sync thread; the loop goes on serving others meanwhile.
+    Completion done = defer();
+    auto callback = [id, done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
+      flatbuffers::FlatBufferBuilder builder(256);
+      BuildWriteResponse(&builder, id, result);
+      done(FrameCopy(builder));
+    };
+    if (is_put) {
+      engine_->PutAsync(key, value, options, std::move(callback));
+    } else {
+      engine_->DeleteAsync(key, options, std::move(callback));
+    }
+    return Outcome::kDeferred;
+  }
+  BuildWriteResponse(b, id, is_put ? engine_->Put(key, value, options)
+                                   : engine_->Delete(key, options));
+  return Outcome::kAnswered;
+}
+
+Service::Outcome Service::HandleBatch(uint64_t id, const p::Batch& batch,
+                                      flatbuffers::FlatBufferBuilder* b,
+                                      absl::FunctionRef<Completion()> defer) {
+  if (config_.read_only) {
+    p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+    return Outcome::kAnswered;
+  }
+  const auto& items = *batch.items();
+  // Results are gathered here; the answer goes out when the last write is
+  // durable (at once unless --fsync=always).
+  struct Gather {
+    absl::Mutex mu;
+    std::vector<absl::StatusOr<engine::WriteResult>> results;
+    size_t remaining;
+  };
+  auto gather = std::make_shared<Gather>();
+  gather->results.assign(items.size(), absl::UnknownError("not applied"));
+  gather->remaining = items.size();
+  auto build = [id](flatbuffers::FlatBufferBuilder* builder, const Gather& g) {
+    builder->Clear();
+    std::vector<flatbuffers::Offset<p::BatchItemResult>> results;
+    for (const auto& result : g.results) {
+      auto message = result.ok() ? 0
+                                 : builder->CreateString(result.status().message().data(),
+                                                         result.status().message().size());
+      results.push_back(p::CreateBatchItemResult(
+          *builder, p::ToWire(result.status().code()), message, result.ok() ? result->version : 0));
+    }
+    auto vector = builder->CreateVector(results);
+    auto result = p::CreateBatchResult(*builder, vector);
+    FinishResponse(builder, id, p::Result::BatchResult, result.Union());
+  };
+  const bool deferred = always_sync_;
+  Completion done = deferred ? defer() : Completion();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const p::BatchItem* item = items.Get(i);
+    engine::WriteOptions options;
+    options.ttl_ms = item->ttl_ms();
+    auto record = [gather, i, done, build](absl::StatusOr<engine::WriteResult> result) {
+      bool last;
+      {
+        absl::MutexLock lock(&gather->mu);
+        gather->results[i] = std::move(result);
+        last = --gather->remaining == 0;
+      }
+      if (last && done) {
+        flatbuffers::FlatBufferBuilder builder(1024);
+        build(&builder, *gather);
+        done(FrameCopy(builder));
+      }
+    };
+    if (item->delete_()) {
+      engine_->DeleteAsync(p::View(item->key()), options, record);
+    } else {
+      engine_->PutAsync(p::View(item->key()), p::View(item->value()), options, record);
+    }
+  }
+  if (deferred) return Outcome::kDeferred;
+  build(b, *gather);
+  return Outcome::kAnswered;
+}
+
+void Service::BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b) {
+  const engine::Stats stats = engine_->GetStats();
+  std::vector<uint64_t> last_sequences;
+  for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+    last_sequences.push_back(engine_->LastSequence(shard));
+  }
+  b->Clear();
+  auto sequences = b->CreateVector(last_sequences);
+  p::StatsResultBuilder result(*b);
+  result.add_keys(stats.keys);
+  result.add_tombstones(stats.tombstones);
+  result.add_segments(stats.segments);
+  result.add_log_bytes(stats.log_bytes);
+  result.add_dead_bytes(stats.dead_bytes);
+  result.add_index_bytes(stats.index_bytes);
+  result.add_puts(stats.puts);
+  result.add_deletes(stats.deletes);
+  result.add_gets(stats.gets);
+  result.add_fsyncs(stats.fsyncs);
+  result.add_compactions(stats.compactions);
+  result.add_expired_swept(stats.expired_swept);
+  result.add_connections(counters_->connections.load());
+  result.add_requests(counters_->requests.load());
+  result.add_uptime_ms(static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()) -
+                                             counters_->start_unix_ms));
+  result.add_shard_count(engine_->ShardCount());
+  result.add_last_sequences(sequences);
+  auto offset = result.Finish();
+  FinishResponse(b, id, p::Result::StatsResult, offset.Union());
+}
+
+}  // namespace logkv::server

@@ -1,0 +1,80 @@
+// Turns verified protocol requests into engine operations and builds the
+// responses. It is the single place where the data logic of a request lives;
+// the network layers (binary protocol here, HTTP later) only adapt to it.
+// On a single node it is also the coordinator; the cluster takes that role
+// over later.
+//
+// Thread-safety: Handle may be called from every I/O loop at once.
+#ifndef LOGKV_SERVER_SERVICE_H_
+#define LOGKV_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/functional/function_ref.h"
+#include "engine/engine.h"
+#include "protocol/frame.h"
+
+namespace logkv::server {
+
+// Counters the service reports in Stats; owned by the server.
+struct ServerCounters {
+  std::atomic<uint64_t> connections{0};  // open now
+  std::atomic<uint64_t> requests{0};     // handled since start
+  int64_t start_unix_ms = 0;
+};
+
+struct ServiceConfig {
+  std::string node_id;
+  bool read_only = false;
+  bool fsync_always = false;  // writes answer only after the group commit's fdatasync
+  protocol::Limits limits;
+};
+
+class Service {
+ public:
+  // engine and counters must outlive the Service.
+  Service(engine::Engine* engine, const ServiceConfig& config, ServerCounters* counters);
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  enum class Outcome {
+    kAnswered,  // the response frame is finished in the builder
+    kDeferred,  // the completion will be called later, from another thread
+  };
+  // Called at most once, from any thread, with a finished response frame.
+  using Completion = std::function<void(std::string frame)>;
+
+  // Handles every operation except Watch and Unwatch (the connection owns
+  // those). defer is called only when the answer must wait (a write under
+  // --fsync=always), so the common path allocates nothing.
+  Outcome Handle(const protocol::Request& request, flatbuffers::FlatBufferBuilder* builder,
+                 absl::FunctionRef<Completion()> defer);
+
+  engine::Engine* engine() const { return engine_; }
+  ServerCounters* counters() const { return counters_; }
+  const ServiceConfig& config() const { return config_; }
+
+ private:
+  Outcome HandleGet(uint64_t id, const protocol::Get& get, flatbuffers::FlatBufferBuilder* b);
+  Outcome HandleWrite(uint64_t id, const protocol::Request& request,
+                      flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
+  Outcome HandleBatch(uint64_t id, const protocol::Batch& batch,
+                      flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
+  void BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b);
+
+  engine::Engine* const engine_;
+  const ServiceConfig config_;
+  ServerCounters* const counters_;
+  const bool always_sync_;
+};
+
+// A finished response frame for a write result (used on the sync thread too).
+void BuildWriteResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
+                        const absl::StatusOr<engine::WriteResult>& result);
+
+}  // namespace logkv::server
+
+#endif  // LOGKV_SERVER_SERVICE_H_
