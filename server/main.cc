@@ -223,8 +223,9 @@ int Main(int argc, char** argv) {
     return Fail(status);
   }
   server_for_events.store(&server, std::memory_order_release);
-  Log(Level::kInfo, "listening on %s:%d (binary protocol, %d threads)", host, server.port(),
-      server_config.threads);
+  // Always printed, whatever --log_level: scripts and tests wait for it.
+  LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (binary protocol, %d threads)", host,
+                                        server.port(), server_config.threads));
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

@@ -1,0 +1,506 @@
+// Integration tests of logkvd over the binary protocol: the real binary runs
+// as a child process on a kernel-chosen loopback port, with its data in a
+// temporary directory, and is always stopped at the end.
+#include <signal.h>
+
+#include <atomic>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_util.h"
+#include "tests/server/logkvd_process.h"
+
+namespace logkv::test {
+namespace {
+
+namespace p = ::logkv::protocol;
+
+class ServerTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<LogkvdProcess> StartServer(std::vector<std::string> extra = {},
+                                             const std::string& data_dir = "") {
+    std::vector<std::string> args = {"--data_dir=" + (data_dir.empty() ? DataDir() : data_dir),
+                                     "--threads=2", "--log_level=warning"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto server = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
+    absl::Status status = server->Start();
+    EXPECT_TRUE(status.ok()) << status;
+    return server;
+  }
+  std::string DataDir() { return dir_.path() + "/data"; }
+
+  RawConnection Connect(int port) {
+    absl::StatusOr<RawConnection> connection = RawConnection::Connect(port);
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    return std::move(*connection);
+  }
+
+  // Sends one request frame and returns its response, checking the id.
+  std::string Call(RawConnection& c, const std::string& frame, uint64_t id) {
+    EXPECT_TRUE(c.SendBytes(frame).ok());
+    absl::StatusOr<std::string> response = c.ReadFrame();
+    EXPECT_TRUE(response.ok()) << response.status();
+    if (!response.ok()) return "";
+    const p::Response* r = AsResponse(*response);
+    EXPECT_NE(r, nullptr);
+    if (r != nullptr) {
+      EXPECT_EQ(r->request_id(), id);
+    }
+    return *response;
+  }
+
+  static p::StatusCode CodeOf(const std::string& frame) {
+    const p::Response* r = AsResponse(frame);
+    return r == nullptr ? p::StatusCode::Internal : r->status();
+  }
+  static std::string ValueOf(const std::string& frame) {
+    const p::Response* r = AsResponse(frame);
+    if (r == nullptr || r->status() != p::StatusCode::Ok) return "<error>";
+    return std::string(p::View(r->result_as_ValueResult()->value()));
+  }
+  // The value of key, or "NOT_FOUND".
+  std::string GetValue(RawConnection& c, absl::string_view key, uint64_t id) {
+    const std::string frame = Call(c, GetFrame(id, key), id);
+    if (CodeOf(frame) == p::StatusCode::NotFound) return "NOT_FOUND";
+    return ValueOf(frame);
+  }
+
+  static std::string Build(uint64_t id, p::Operation type,
+                           const std::function<flatbuffers::Offset<void>(
+                               flatbuffers::FlatBufferBuilder&)>& make) {
+    flatbuffers::FlatBufferBuilder b;
+    auto operation = make(b);
+    p::RequestBuilder request(b);
+    request.add_request_id(id);
+    request.add_operation_type(type);
+    request.add_operation(operation);
+    b.FinishSizePrefixed(request.Finish());
+    return std::string(p::FrameOf(b));
+  }
+  static flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder& b,
+                                                                 absl::string_view s) {
+    return b.CreateVector(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  }
+
+  ScopedTempDir dir_;
+};
+
+TEST_F(ServerTest, EveryOperation) {
+  auto server = StartServer({"--versions=3"});
+  RawConnection c = Connect(server->port());
+
+  std::string hello = Call(c, Build(1, p::Operation::Hello, [](auto& b) {
+                             auto name = b.CreateString("test");
+                             return p::CreateHello(b, p::kProtocolVersion, 0, name).Union();
+                           }), 1);
+  ASSERT_EQ(CodeOf(hello), p::StatusCode::Ok);
+  EXPECT_EQ(AsResponse(hello)->result_as_HelloResult()->shard_count(), 8u);
+
+  std::string ping = Call(c, Build(2, p::Operation::Ping, [](auto& b) {
+                            return p::CreatePing(b, Bytes(b, "echo")).Union();
+                          }), 2);
+  EXPECT_EQ(p::View(AsResponse(ping)->result_as_PingResult()->payload()), "echo");
+
+  std::string put = Call(c, PutFrame(3, "user/1", "ada"), 3);
+  ASSERT_EQ(CodeOf(put), p::StatusCode::Ok);
+  EXPECT_EQ(AsResponse(put)->result_as_WriteResult()->version(), 1u);
+  ASSERT_EQ(CodeOf(Call(c, PutFrame(4, "user/1", "grace"), 4)), p::StatusCode::Ok);
+  EXPECT_EQ(GetValue(c, "user/1", 5), "grace");
+
+  std::string old = Call(c, Build(6, p::Operation::GetVersion, [](auto& b) {
+                           return p::CreateGetVersion(b, Bytes(b, "user/1"), 1).Union();
+                         }), 6);
+  EXPECT_EQ(ValueOf(old), "ada");
+
+  // Compare-and-set: a stale version is refused.
+  std::string cas = Call(c, Build(7, p::Operation::Put, [](auto& b) {
+                           auto k = Bytes(b, "user/1");
+                           auto v = Bytes(b, "stale");
+                           return p::CreatePut(b, k, v, 0, true, 1).Union();
+                         }), 7);
+  EXPECT_EQ(CodeOf(cas), p::StatusCode::FailedPrecondition);
+
+  std::string batch = Call(c, Build(8, p::Operation::Batch, [](auto& b) {
+                             std::vector<flatbuffers::Offset<p::BatchItem>> items = {
+                                 p::CreateBatchItem(b, false, Bytes(b, "user/2"), Bytes(b, "b")),
+                                 p::CreateBatchItem(b, false, Bytes(b, "user/3"), Bytes(b, "c")),
+                                 p::CreateBatchItem(b, true, Bytes(b, "missing")),
+                             };
+                             return p::CreateBatch(b, b.CreateVector(items)).Union();
+                           }), 8);
+  ASSERT_EQ(CodeOf(batch), p::StatusCode::Ok);
+  const auto* results = AsResponse(batch)->result_as_BatchResult()->items();
+  ASSERT_EQ(results->size(), 3u);
+  EXPECT_EQ(results->Get(0)->status(), p::StatusCode::Ok);
+  EXPECT_EQ(results->Get(1)->status(), p::StatusCode::Ok);
+  EXPECT_EQ(results->Get(2)->status(), p::StatusCode::NotFound);
+
+  std::string scan = Call(c, Build(9, p::Operation::Scan, [](auto& b) {
+                            return p::CreateScan(b, Bytes(b, "user/"), 0, 0, 0, 2).Union();
+                          }), 9);
+  const p::ScanResult* page = AsResponse(scan)->result_as_ScanResult();
+  ASSERT_NE(page, nullptr);
+  ASSERT_EQ(page->items()->size(), 2u);
+  EXPECT_EQ(p::View(page->items()->Get(0)->key()), "user/1");
+  EXPECT_EQ(p::View(page->items()->Get(1)->key()), "user/2");
+  EXPECT_EQ(p::View(page->next_cursor()), "user/2");
+
+  ASSERT_EQ(CodeOf(Call(c, DeleteFrame(10, "user/1"), 10)), p::StatusCode::Ok);
+  EXPECT_EQ(GetValue(c, "user/1", 11), "NOT_FOUND");
+  EXPECT_EQ(CodeOf(Call(c, DeleteFrame(12, "user/1"), 12)), p::StatusCode::NotFound);
+
+  std::string stats = Call(c, Build(13, p::Operation::Stats, [](auto& b) {
+                             return p::CreateStats(b).Union();
+                           }), 13);
+  const p::StatsResult* s = AsResponse(stats)->result_as_StatsResult();
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->keys(), 2u);
+  EXPECT_GE(s->puts(), 4u);
+  EXPECT_EQ(s->connections(), 1u);
+  EXPECT_EQ(s->last_sequences()->size(), 8u);
+
+  // Limits are checked per request: the answer names the limit, and the
+  // connection goes on.
+  std::string big_key = Call(c, PutFrame(14, std::string(5000, 'k'), "v"), 14);
+  EXPECT_EQ(CodeOf(big_key), p::StatusCode::InvalidArgument);
+  EXPECT_NE(p::View(AsResponse(big_key)->message()).find("max_key_bytes"), absl::string_view::npos);
+  EXPECT_EQ(GetValue(c, "user/2", 15), "b");
+}
+
+TEST_F(ServerTest, PipelinedRequestsAreAllAnswered) {
+  auto server = StartServer();
+  RawConnection c = Connect(server->port());
+  constexpr int kRequests = 3000;
+  std::string frames;
+  for (int i = 0; i < kRequests; ++i) {
+    frames += PutFrame(i + 1, absl::StrCat("pipe/", i), absl::StrCat("value-", i));
+  }
+  ASSERT_TRUE(c.SendBytes(frames).ok());
+  std::set<uint64_t> answered;
+  for (int i = 0; i < kRequests; ++i) {
+    absl::StatusOr<std::string> frame = c.ReadFrame();
+    ASSERT_TRUE(frame.ok()) << frame.status() << " after " << i << " answers";
+    const p::Response* r = AsResponse(*frame);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->status(), p::StatusCode::Ok);
+    EXPECT_TRUE(answered.insert(r->request_id()).second) << "answered twice: " << r->request_id();
+  }
+  EXPECT_EQ(answered.size(), static_cast<size_t>(kRequests));
+  frames.clear();
+  for (int i = 0; i < kRequests; ++i) frames += GetFrame(100000 + i, absl::StrCat("pipe/", i));
+  ASSERT_TRUE(c.SendBytes(frames).ok());
+  for (int i = 0; i < kRequests; ++i) {
+    absl::StatusOr<std::string> frame = c.ReadFrame();
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    const p::Response* r = AsResponse(*frame);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(ValueOf(*frame), absl::StrCat("value-", r->request_id() - 100000));
+  }
+}
+
+TEST_F(ServerTest, HundredConcurrentClients) {
+  auto server = StartServer();
+  const int port = server->port();
+  std::atomic<int> failures{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 100; ++t) {
+    clients.emplace_back([&, t] {
+      absl::StatusOr<RawConnection> c = RawConnection::Connect(port);
+      if (!c.ok()) {
+        ++failures;
+        return;
+      }
+      for (int i = 0; i < 30; ++i) {
+        const std::string key = absl::StrCat("c", t, "/", i);
+        const std::string value = absl::StrCat("v", t, ".", i);
+        if (!c->SendBytes(PutFrame(2 * i + 1, key, value)).ok()) ++failures;
+        absl::StatusOr<std::string> put = c->ReadFrame();
+        if (!put.ok() || CodeOf(*put) != p::StatusCode::Ok) ++failures;
+        if (!c->SendBytes(GetFrame(2 * i + 2, key)).ok()) ++failures;
+        absl::StatusOr<std::string> get = c->ReadFrame();
+        if (!get.ok() || ValueOf(*get) != value) ++failures;
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(ServerTest, WatchStreamsMatchingEvents) {
+  auto server = StartServer();
+  RawConnection watcher = Connect(server->port());
+  RawConnection writer = Connect(server->port());
+  std::string ack = Call(watcher, Build(1, p::Operation::Watch, [](auto& b) {
+                           return p::CreateWatch(b, Bytes(b, "w/")).Union();
+                         }), 1);
+  ASSERT_EQ(CodeOf(ack), p::StatusCode::Ok);
+  ASSERT_EQ(CodeOf(Call(writer, PutFrame(1, "w/a", "1"), 1)), p::StatusCode::Ok);
+  ASSERT_EQ(CodeOf(Call(writer, PutFrame(2, "x/a", "ignored"), 2)), p::StatusCode::Ok);
+  ASSERT_EQ(CodeOf(Call(writer, DeleteFrame(3, "w/a"), 3)), p::StatusCode::Ok);
+
+  std::vector<std::pair<p::EventType, std::string>> seen;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (seen.size() < 2 && absl::Now() < deadline) {
+    absl::StatusOr<std::string> frame = watcher.ReadFrame(absl::Seconds(5));
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    const p::Response* r = AsResponse(*frame);
+    ASSERT_EQ(r->request_id(), 1u);
+    ASSERT_EQ(r->status(), p::StatusCode::Ok);
+    for (const p::Event* event : *r->result_as_WatchEvents()->events()) {
+      seen.emplace_back(event->type(), std::string(p::View(event->key())));
+    }
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], std::make_pair(p::EventType::Put, std::string("w/a")));
+  EXPECT_EQ(seen[1], std::make_pair(p::EventType::Delete, std::string("w/a")));
+
+  // Unwatch ends the stream with a final status for the watch.
+  ASSERT_TRUE(watcher.SendBytes(Build(2, p::Operation::Unwatch, [](auto& b) {
+                                  return p::CreateUnwatch(b, 1).Union();
+                                })).ok());
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<std::string> frame = watcher.ReadFrame();
+    ASSERT_TRUE(frame.ok());
+    ids.insert(AsResponse(*frame)->request_id());
+  }
+  EXPECT_EQ(ids, (std::set<uint64_t>{1, 2}));
+}
+
+TEST_F(ServerTest, TtlExpiryIsSeenByClients) {
+  auto server = StartServer();
+  RawConnection c = Connect(server->port());
+  ASSERT_EQ(CodeOf(Call(c, PutFrame(1, "session", "token", /*ttl_ms=*/300), 1)),
+            p::StatusCode::Ok);
+  EXPECT_EQ(GetValue(c, "session", 2), "token");
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  uint64_t id = 3;
+  while (GetValue(c, "session", id) != "NOT_FOUND" && absl::Now() < deadline) {
+    ++id;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(GetValue(c, "session", id + 1), "NOT_FOUND");
+}
+
+TEST_F(ServerTest, RestartKeepsData) {
+  {
+    auto server = StartServer({"--log_level=info"});
+    RawConnection c = Connect(server->port());
+    for (int i = 0; i < 200; ++i) {
+      ASSERT_EQ(CodeOf(Call(c, PutFrame(i + 1, absl::StrCat("k", i), absl::StrCat("v", i)), i + 1)),
+                p::StatusCode::Ok);
+    }
+    EXPECT_EQ(WEXITSTATUS(server->Stop()), 0) << server->Output();
+    EXPECT_NE(server->Output().find("stopped cleanly"), std::string::npos) << server->Output();
+  }
+  auto server = StartServer();
+  RawConnection c = Connect(server->port());
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ(GetValue(c, absl::StrCat("k", i), i + 1), absl::StrCat("v", i));
+  }
+}
+
+// Writers on several connections; the server is killed with SIGKILL while
+// writes are in flight. After a restart every acknowledged write is there:
+// a key holds its last acknowledged value, or a later one that was sent but
+// not yet acknowledged when the server died.
+class KillTest : public ServerTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(KillTest, KillNineLosesNoAcknowledgedWrite) {
+  const uint64_t seed = TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  auto server = StartServer({absl::StrCat("--fsync=", GetParam())});
+  const int port = server->port();
+  constexpr int kWriters = 4;
+  constexpr int kKeysPerWriter = 40;
+  struct KeyState {
+    std::string acknowledged;      // empty: none yet
+    std::vector<std::string> sent_after;  // sent, not acknowledged
+  };
+  std::vector<std::map<std::string, KeyState>> states(kWriters);
+  std::atomic<bool> stop{false};
+  std::atomic<int> acknowledged{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      std::mt19937_64 random(seed + w);
+      absl::StatusOr<RawConnection> c = RawConnection::Connect(port);
+      if (!c.ok()) return;
+      for (uint64_t i = 1; !stop.load() && i < 1'000'000; ++i) {
+        const std::string key = absl::StrCat("w", w, "/", random() % kKeysPerWriter);
+        const std::string value = absl::StrCat(key, "=", i, ":", std::string(random() % 300, 'x'));
+        KeyState& state = states[w][key];
+        state.sent_after.push_back(value);
+        if (!c->SendBytes(PutFrame(i, key, value)).ok()) return;
+        absl::StatusOr<std::string> answer = c->ReadFrame(absl::Seconds(10));
+        if (!answer.ok()) return;  // the server died
+        if (CodeOf(*answer) != p::StatusCode::Ok) return;
+        state.acknowledged = value;
+        state.sent_after.clear();
+        ++acknowledged;
+      }
+    });
+  }
+  // Let the load run, then kill the server in the middle of it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (acknowledged.load() < 3000 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  server->Kill();
+  stop = true;
+  for (std::thread& writer : writers) writer.join();
+  ASSERT_GT(acknowledged.load(), 100) << "the load never got going";
+
+  auto restarted = StartServer({absl::StrCat("--fsync=", GetParam())});
+  RawConnection c = Connect(restarted->port());
+  uint64_t id = 1;
+  int checked = 0;
+  for (int w = 0; w < kWriters; ++w) {
+    for (const auto& [key, state] : states[w]) {
+      const std::string value = GetValue(c, key, id++);
+      std::set<std::string> allowed(state.sent_after.begin(), state.sent_after.end());
+      if (!state.acknowledged.empty()) allowed.insert(state.acknowledged);
+      if (state.acknowledged.empty()) allowed.insert("NOT_FOUND");
+      EXPECT_EQ(allowed.count(value), 1u)
+          << key << " holds " << value.substr(0, 40) << ", acknowledged was "
+          << state.acknowledged.substr(0, 40);
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(FsyncPolicies, KillTest, ::testing::Values("always", "interval"));
+
+TEST_F(ServerTest, BadInputLeavesTheServerServingOthers) {
+  auto server = StartServer();
+  const int port = server->port();
+  RawConnection good = Connect(port);
+  uint64_t id = 1;
+  auto still_serving = [&] {
+    const std::string key = absl::StrCat("alive/", id);
+    EXPECT_EQ(CodeOf(Call(good, PutFrame(id, key, "yes"), id)), p::StatusCode::Ok);
+    ++id;
+    EXPECT_EQ(GetValue(good, key, id), "yes");
+    ++id;
+  };
+
+  {  // A length beyond max_frame_bytes: error answer, then close.
+    RawConnection bad = Connect(port);
+    const uint32_t huge = 1u << 30;
+    ASSERT_TRUE(bad.SendBytes(absl::string_view(reinterpret_cast<const char*>(&huge), 4)).ok());
+    absl::StatusOr<std::string> answer = bad.ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(CodeOf(*answer), p::StatusCode::ResourceExhausted);
+    EXPECT_TRUE(bad.WaitClosed(absl::Seconds(5)));
+  }
+  still_serving();
+  {  // Random bytes.
+    RawConnection bad = Connect(port);
+    std::mt19937 random(7);
+    std::string garbage(4096, '\0');
+    for (char& ch : garbage) ch = static_cast<char>(random());
+    ASSERT_TRUE(bad.SendBytes(garbage).ok());
+    EXPECT_TRUE(bad.WaitClosed(absl::Seconds(5)));
+  }
+  still_serving();
+  {  // A well-framed message that is not a Request.
+    RawConnection bad = Connect(port);
+    std::string frame = std::string("\x10\x00\x00\x00", 4) + std::string(16, '\x7f');
+    ASSERT_TRUE(bad.SendBytes(frame).ok());
+    absl::StatusOr<std::string> answer = bad.ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(CodeOf(*answer), p::StatusCode::InvalidArgument);
+    EXPECT_TRUE(bad.WaitClosed(absl::Seconds(5)));
+  }
+  still_serving();
+  {  // Half a frame, then the client disconnects.
+    RawConnection bad = Connect(port);
+    const std::string frame = PutFrame(1, "half", std::string(1000, 'h'));
+    ASSERT_TRUE(bad.SendBytes(frame.substr(0, frame.size() / 2)).ok());
+    bad.Close();
+  }
+  still_serving();
+  {  // An operation this build does not know: answered, the connection lives.
+    RawConnection newer = Connect(port);
+    std::string frame = Build(77, static_cast<p::Operation>(200), [](auto& b) {
+      return p::CreatePing(b).Union();
+    });
+    std::string answer = Call(newer, frame, 77);
+    EXPECT_EQ(CodeOf(answer), p::StatusCode::Unimplemented);
+    EXPECT_EQ(GetValue(newer, "alive/1", 78), "yes");
+  }
+  still_serving();
+}
+
+TEST_F(ServerTest, ReadOnlyRefusesWrites) {
+  auto server = StartServer({"--read_only"});
+  RawConnection c = Connect(server->port());
+  EXPECT_EQ(CodeOf(Call(c, PutFrame(1, "k", "v"), 1)), p::StatusCode::PermissionDenied);
+  EXPECT_EQ(CodeOf(Call(c, GetFrame(2, "k"), 2)), p::StatusCode::NotFound);
+}
+
+TEST_F(ServerTest, StartupErrorsAreClear) {
+  auto server = StartServer();
+  {  // The port is taken.
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/other",
+                                       absl::StrCat("--listen=127.0.0.1:", server->port())});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find("port in use"), std::string::npos) << second.Output();
+  }
+  {  // The data directory belongs to the running server.
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + DataDir()});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find("locked"), std::string::npos) << second.Output();
+  }
+  {  // A public address with auth off is refused.
+    LogkvdProcess second(LOGKVD_PATH,
+                         {"--data_dir=" + dir_.path() + "/third", "--listen=0.0.0.0:0"});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find("--insecure"), std::string::npos) << second.Output();
+  }
+  {  // Flags also come from the environment.
+    ::setenv("LOGKV_FSYNC", "sometimes", 1);
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/fourth"});
+    EXPECT_FALSE(second.Start().ok());
+    ::unsetenv("LOGKV_FSYNC");
+    EXPECT_NE(second.Output().find("--fsync must be"), std::string::npos) << second.Output();
+  }
+}
+
+TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
+  auto server = StartServer({"--fsync=always"});
+  RawConnection c = Connect(server->port());
+  std::string frames;
+  for (int i = 0; i < 500; ++i) frames += PutFrame(i + 1, absl::StrCat("s/", i), "v");
+  ASSERT_TRUE(c.SendBytes(frames).ok());
+  // Wait for the first answer so the server is surely mid-batch, then stop it.
+  absl::StatusOr<std::string> first = c.ReadFrame();
+  ASSERT_TRUE(first.ok());
+  std::set<uint64_t> acknowledged = {AsResponse(*first)->request_id()};
+  ::kill(server->pid(), SIGTERM);
+  while (true) {
+    absl::StatusOr<std::string> frame = c.ReadFrame(absl::Seconds(15));
+    if (!frame.ok()) break;
+    const p::Response* r = AsResponse(*frame);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->status(), p::StatusCode::Ok);
+    acknowledged.insert(r->request_id());
+  }
+  EXPECT_EQ(WEXITSTATUS(server->WaitExit(absl::Seconds(20))), 0) << server->Output();
+  auto restarted = StartServer();
+  RawConnection check = Connect(restarted->port());
+  uint64_t id = 1000;
+  for (uint64_t request : acknowledged) {
+    EXPECT_EQ(GetValue(check, absl::StrCat("s/", request - 1), id++), "v") << request;
+  }
+}
+
+}  // namespace
+}  // namespace logkv::test
