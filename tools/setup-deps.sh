@@ -10,8 +10,8 @@ packages=(
   # libraries named in docs/design (DESIGN.md)
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks; clang and its runtime for the libFuzzer targets
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   # side-by-side comparisons in bench/
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk
 )

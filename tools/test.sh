@@ -3,6 +3,7 @@
 # runs every test.
 #   tools/test.sh             the whole suite (build/), plus a small run of the benchmark
 #   tools/test.sh --sanitize  the engine suites under AddressSanitizer and UBSan (build-sanitize/)
+#   tools/test.sh --fuzz      a bounded libFuzzer run of the frame decoder (build-fuzz/, clang)
 # Environment: LOGKV_TEST_SEED fixes the seed of the randomised tests.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,8 +23,19 @@ case "$mode" in
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --output-on-failure -j 2 --timeout 1200 -L engine
     ;;
+  --fuzz)
+    # libFuzzer smoke run of the decoders of untrusted bytes, bounded in
+    # inputs and time. LOGKV_FUZZ_RUNS raises the count for a longer session.
+    CC=clang CXX=clang++ LOGKV_BUILD_TYPE=RelWithDebInfo "$root/tools/build.sh" "$root/build-fuzz" \
+      -DLOGKV_FUZZ=ON -DLOGKV_BUILD_TESTS=OFF -DLOGKV_BUILD_BENCH=OFF
+    corpus=$(mktemp -d)
+    trap 'rm -rf "$corpus"' EXIT
+    "$root/build-fuzz/bin/frame_fuzzer" -runs="${LOGKV_FUZZ_RUNS:-200000}" -max_total_time=120 \
+      -max_len=4096 "$corpus"
+    echo "1 passed, 0 failed: frame_fuzzer"
+    ;;
   *)
-    echo "usage: tools/test.sh [--sanitize]" >&2
+    echo "usage: tools/test.sh [--sanitize|--fuzz]" >&2
     exit 2
     ;;
 esac
