@@ -11,7 +11,7 @@ packages=(
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
   # tests and benchmarks; clang and its runtime for the libFuzzer targets
-  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
   # side-by-side comparisons in bench/
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk
 )
