@@ -275,6 +275,37 @@ TEST_F(ServerTest, WatchStreamsMatchingEvents) {
   EXPECT_EQ(ids, (std::set<uint64_t>{1, 2}));
 }
 
+// A watcher that never reads is dropped with Aborted once it owes more than
+// the output limit, instead of growing the server's memory.
+TEST_F(ServerTest, SlowWatcherIsDropped) {
+  auto server = StartServer();
+  RawConnection watcher = Connect(server->port());
+  RawConnection writer = Connect(server->port());
+  ASSERT_EQ(CodeOf(Call(watcher, Build(1, p::Operation::Watch, [](auto& b) {
+                          return p::CreateWatch(b, Bytes(b, "")).Union();
+                        }), 1)),
+            p::StatusCode::Ok);
+  // 40 MiB of events while the watcher reads nothing.
+  const std::string value(64 << 10, 'x');
+  constexpr int kPuts = 640;
+  std::string frames;
+  for (int i = 0; i < kPuts; ++i) frames += PutFrame(i + 1, absl::StrCat("big/", i % 50), value);
+  ASSERT_TRUE(writer.SendBytes(frames).ok());
+  for (int i = 0; i < kPuts; ++i) ASSERT_TRUE(writer.ReadFrame().ok());
+  // Now read what the watcher was sent: events, then the verdict.
+  absl::StatusOr<std::string> frame;
+  p::StatusCode last = p::StatusCode::Ok;
+  int frames_read = 0;
+  while ((frame = watcher.ReadFrame(absl::Seconds(5))).ok()) {
+    ++frames_read;
+    last = CodeOf(*frame);
+    if (last != p::StatusCode::Ok) break;
+  }
+  EXPECT_EQ(last, p::StatusCode::Aborted) << "after " << frames_read << " frames";
+  // The server is fine and the connection still answers.
+  EXPECT_EQ(GetValue(watcher, "big/1", 99), value);
+}
+
 TEST_F(ServerTest, TtlExpiryIsSeenByClients) {
   auto server = StartServer();
   RawConnection c = Connect(server->port());
