@@ -23,11 +23,10 @@ namespace logkv::tools {
 class LatencyHistogram {
  public:
   static constexpr int kSubBucketBits = 8;
-  static constexpr uint64_t kSubBucketCount = uint64_t{1} << kSubBucketBits;    // exact range
-  static constexpr uint64_t kSubBucketHalf = kSubBucketCount / 2;               // per octave
+  static constexpr uint64_t kSubBucketCount = uint64_t{1} << kSubBucketBits;  // exact range
+  static constexpr uint64_t kSubBucketHalf = kSubBucketCount / 2;             // per octave
   // Values >= kSubBucketCount have their top bit at 8..63: 56 octaves above the exact range.
-  static constexpr size_t kBucketCount =
-      kSubBucketCount + (64 - kSubBucketBits) * kSubBucketHalf;
+  static constexpr size_t kBucketCount = kSubBucketCount + (64 - kSubBucketBits) * kSubBucketHalf;
   static_assert(kSubBucketBits >= 2 && kSubBucketBits < 32);
 
   void Record(uint64_t value) {
@@ -74,7 +73,7 @@ class LatencyHistogram {
     if (value < kSubBucketCount) return static_cast<size_t>(value);
     const int top_bit = std::bit_width(value) - 1;  // >= kSubBucketBits
     const int shift = top_bit - (kSubBucketBits - 1);
-    const uint64_t sub_bucket = value >> shift;     // in [kSubBucketHalf, kSubBucketCount)
+    const uint64_t sub_bucket = value >> shift;  // in [kSubBucketHalf, kSubBucketCount)
     return static_cast<size_t>(kSubBucketCount + (shift - 1) * kSubBucketHalf +
                                (sub_bucket - kSubBucketHalf));
   }

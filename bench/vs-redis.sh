@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# logkvd against redis-server on this machine, under the same load: redis-benchmark
+# and logkv-bench run with identical parameters, and one table compares them.
+#
+#   bench/vs-redis.sh              # 1,000,000 requests per test (the figures of record)
+#   N=20000 bench/vs-redis.sh      # a quick run
+#
+# Workloads, each as SET then GET, 50 connections, 100-byte values, 100,000 random keys:
+#   P1  interval   no pipelining; redis --appendfsync everysec, logkvd --fsync=interval
+#   P16 interval   16 requests in flight per connection; same durability
+#   P1  always     no pipelining; redis --appendfsync always, logkvd --fsync=always
+# Each server starts with an empty data directory in a temporary folder, listens on a free
+# loopback port and is stopped before the other one runs, so they never share the CPU.
+#
+# Environment: N (requests per test), LOGKVD (server binary, default build-release/bin/logkvd),
+# LOGKV_BENCH (load tool, default build-release/bin/logkv-bench), LOGKVD_ARGS (extra server
+# flags, e.g. "--threads=1"). Missing default binaries are built (Release, build-release/).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+requests=${N:-1000000}
+logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
+bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
+read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS:-}"
+clients=50
+value_bytes=100
+keyspace=100000
+
+die() {
+  echo "vs-redis: $*" >&2
+  exit 1
+}
+
+for tool in redis-server redis-benchmark redis-cli ss; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install redis-server redis-tools iproute2)"
+done
+[[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
+
+if [[ ! -x $logkvd || ! -x $bench ]]; then
+  echo "vs-redis: building the Release binaries into build-release/ ..." >&2
+  (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release -DLOGKV_BUILD_TESTS=OFF) >&2
+fi
+[[ -x $logkvd ]] || die "no logkvd at $logkvd"
+[[ -x $bench ]] || die "no logkv-bench at $bench"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-vs-redis.XXXXXX")
+server_pid=""
+
+stop_server() {
+  [[ -n $server_pid ]] || return 0
+  kill -TERM "$server_pid" 2>/dev/null || true
+  # Both servers flush and sync on SIGTERM; give them time before insisting.
+  for _ in $(seq 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+cleanup() {
+  stop_server
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# Turn an interrupt into a normal exit so the EXIT trap stops the servers.
+trap 'exit 130' INT TERM
+
+# A loopback port that nothing uses at the moment (the server binds it right after).
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$(shuf -i 20000-60999 -n 1)
+    if [[ -z $(ss -Htan "sport = :$port") ]]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# Waits until $1 (a command) succeeds while the server lives; $2 = log to show on failure.
+wait_ready() {
+  local check=$1 log=$2
+  for _ in $(seq 300); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      die "the server exited during start-up (log: above)"
+    fi
+    if eval "$check"; then return 0; fi
+    sleep 0.1
+  done
+  tail -n 20 "$log" >&2
+  die "the server was not ready after 30 s"
+}
+
+start_redis() {  # $1: appendfsync policy
+  local dir=$work/redis-$1
+  mkdir -p "$dir"
+  port=$(free_port) || exit 1
+  redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --save '' \
+    --appendonly yes --appendfsync "$1" --dir "$dir" --daemonize no \
+    --logfile "$dir/redis.log" &
+  server_pid=$!
+  wait_ready "[[ \$(redis-cli -h 127.0.0.1 -p $port ping 2>/dev/null) == PONG ]]" "$dir/redis.log"
+}
+
+start_logkvd() {  # $1: fsync mode
+  local dir=$work/logkvd-$1
+  mkdir -p "$dir/data"
+  port=$(free_port) || exit 1
+  "$logkvd" --listen="127.0.0.1:$port" --data_dir="$dir/data" --fsync="$1" \
+    "${logkvd_extra_args[@]}" 2>"$dir/logkvd.log" &
+  server_pid=$!
+  wait_ready "grep -q 'listening on' '$dir/logkvd.log'" "$dir/logkvd.log"
+}
+
+# Appends "mode,system,test,rps,p50,p99" rows to $work/results.csv; failures become a row of
+# "failed" so the table still shows everything else.
+failures=0
+run() {  # $1: mode label, $2: system (redis|logkv), $3: pipeline, $4: fsync label
+  local mode=$1 system=$2 pipeline=$3 out=$work/$2-${1// /_}
+  local args=(-h 127.0.0.1 -p "$port" -c "$clients" -n "$requests" -d "$value_bytes"
+    -r "$keyspace" -t set,get -P "$pipeline" --csv)
+  echo "vs-redis: $system, $mode ..." >&2
+  local rc=0
+  if [[ $system == redis ]]; then
+    redis-benchmark "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
+  else
+    "$bench" "${args[@]}" --fsync-mode "$4" >"$out.csv" 2>"$out.err" || rc=$?
+  fi
+  if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
+    echo "vs-redis: $system ($mode) failed with status $rc:" >&2
+    cat "$out.err" >&2
+    failures=$((failures + 1))
+    printf '%s,%s,SET,failed,-,-\n%s,%s,GET,failed,-,-\n' "$mode" "$system" "$mode" "$system" \
+      >>"$work/results.csv"
+    return 0
+  fi
+  # Columns of redis-benchmark's CSV: test, rps, avg, min, p50, p95, p99, max (all quoted).
+  tr -d '"' <"$out.csv" | awk -F, -v mode="$mode" -v server="$system" \
+    'NR > 1 && NF >= 8 { print mode "," server "," $1 "," $2 "," $5 "," $7 }' >>"$work/results.csv"
+}
+
+: >"$work/results.csv"
+
+start_redis everysec
+run "P1 interval" redis 1
+run "P16 interval" redis 16
+stop_server
+start_logkvd interval
+run "P1 interval" logkv 1 interval
+run "P16 interval" logkv 16 interval
+stop_server
+
+start_redis always
+run "P1 always" redis 1
+stop_server
+start_logkvd always
+run "P1 always" logkv 1 always
+stop_server
+
+echo
+echo "logkvd vs redis-server: -c $clients -n $requests -d $value_bytes -r $keyspace -t set,get," \
+  "$(nproc) cores, $(redis-server --version | awk '{print $3}')"
+echo "interval = redis appendfsync everysec / logkvd --fsync=interval;" \
+  "always = appendfsync always / --fsync=always; latencies in ms"
+echo
+awk -F, '
+  { key = $1 SUBSEP $3
+    if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
+    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6 }
+  END {
+    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s\n", "mode", "test", "redis rps", "logkv rps",
+           "logkv/redis", "redis p50", "redis p99", "logkv p50", "logkv p99"
+    for (i = 1; i <= rows; i++) {
+      k = order[i]
+      r = rps[k, "redis"]; l = rps[k, "logkv"]
+      ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
+      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
+             p50[k, "redis"], p99[k, "redis"], p50[k, "logkv"], p99[k, "logkv"]
+    }
+  }' "$work/results.csv"
+
+[[ $failures -eq 0 ]] || die "$failures run(s) failed (see above)"
