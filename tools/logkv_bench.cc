@@ -12,8 +12,9 @@
 // [0, N), uniformly or, with --zipf THETA, zipf-distributed (key 0 hottest).
 //
 // Each of --threads threads runs a libuv loop with its share of the -c
-// connections. A connection keeps -P requests in flight: it sends P frames,
-// then one more for every answer, until -n requests have been issued across
+// connections. A connection works in batches of -P requests, as
+// redis-benchmark does: it sends P frames in one write, waits for all P
+// answers, then sends the next P, until -n requests have been issued across
 // all connections (or --duration has passed). Latency is measured per request
 // from the moment its frame is handed to the socket until its answer is read.
 #include <signal.h>
@@ -841,8 +842,9 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
     if (!frame->has_value()) break;
     if (!self->HandleFrame(**frame, now)) return;
   }
-  // Replacements for all the answers just read go out in one write.
-  self->FillPipeline();
+  // Like redis-benchmark -P: a connection sends P requests, waits for all P
+  // answers, then sends the next P, so the two tools' figures compare.
+  if (self->in_flight_ == 0) self->FillPipeline();
   self->CloseIfDone();
 }
 
