@@ -286,7 +286,11 @@ absl::Status Engine::Close() {
   if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
   absl::Status result;
   for (auto& shard : s.shards) {
-    absl::Status status = shard->Close();
+    // A last sync completes every kAlways writer still waiting, so no
+    // callback is left hanging.
+    absl::Status status = shard->SyncNow();
+    if (result.ok() && !status.ok()) result = status;
+    status = shard->Close();
     if (result.ok() && !status.ok()) result = status;
   }
   s.lock.reset();

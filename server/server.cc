@@ -70,7 +70,9 @@ class Server::Loop {
   void Post(std::function<void(Loop&)> task);
   // Any thread: there may be news for this loop's watchers.
   void WakeWatchers() {
-    if (watch_count_.load(std::memory_order_relaxed) > 0) uv_async_send(&events_async_);
+    if (watch_count_.load(std::memory_order_relaxed) == 0) return;
+    absl::MutexLock lock(&tasks_mu_);
+    if (!handles_closing_) uv_async_send(&events_async_);
   }
 
  private:
@@ -115,6 +117,7 @@ class Server::Loop {
 
   absl::Mutex tasks_mu_;
   std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+  bool handles_closing_ ABSL_GUARDED_BY(tasks_mu_) = false;
 
   // Loop-thread state.
   absl::flat_hash_map<uint64_t, Connection*> connections_;
@@ -207,10 +210,10 @@ void Server::Loop::Run() {
 }
 
 void Server::Loop::Post(std::function<void(Loop&)> task) {
-  {
-    absl::MutexLock lock(&tasks_mu_);
-    tasks_.push_back(std::move(task));
-  }
+  absl::MutexLock lock(&tasks_mu_);
+  // After shutdown nobody is left to answer: late completions are dropped.
+  if (handles_closing_) return;
+  tasks_.push_back(std::move(task));
   uv_async_send(&tasks_async_);
 }
 
@@ -590,6 +593,10 @@ void Server::Loop::BeginShutdown() {
 void Server::Loop::MaybeFinishShutdown() {
   if (!stopping_ || handles_closed_ || !connections_.empty()) return;
   handles_closed_ = true;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    handles_closing_ = true;
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&tasks_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&events_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
