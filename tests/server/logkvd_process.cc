@@ -12,8 +12,8 @@
 
 #include <cerrno>
 #include <cstring>
-#include <regex>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -56,12 +56,14 @@ absl::Status LogkvdProcess::Start(absl::Duration timeout) {
   stderr_fd_ = pipe_fds[0];
   ::fcntl(stderr_fd_, F_SETFL, O_NONBLOCK);
   const absl::Time deadline = absl::Now() + timeout;
-  static const std::regex kListening("listening on [0-9.]+:([0-9]+)");
   while (absl::Now() < deadline) {
     DrainOutput(absl::Milliseconds(50));
-    std::smatch match;
-    if (std::regex_search(output_, match, kListening)) {
-      port_ = std::stoi(match[1]);
+    // The ready line: "listening on <host>:<port> (...".
+    const size_t line = output_.find("listening on ");
+    const size_t colon = line == std::string::npos ? line : output_.find(':', line + 13);
+    const size_t end = colon == std::string::npos ? colon : output_.find(' ', colon);
+    if (end != std::string::npos &&
+        absl::SimpleAtoi(output_.substr(colon + 1, end - colon - 1), &port_)) {
       return absl::OkStatus();
     }
     int status;

@@ -1,0 +1,525 @@
+// logkv: the command-line client, in the manner of redis-cli and etcdctl.
+//
+//   logkv [flags] put KEY VALUE      logkv put --key=KEY --value=VALUE
+//   logkv [flags] get KEY            logkv get --key=KEY
+//   logkv [flags] del KEY            logkv del --key=KEY
+//   logkv [flags] scan [PREFIX]      --prefix --limit --keys_only --after
+//   logkv [flags] watch [PREFIX]     --count=N stops after N events
+//   logkv [flags] stats
+//   logkv [flags] nodes
+//   logkv [flags] ping
+//
+// Flags may stand before or after the command, as --name=value or --name
+// value, with dashes or underscores (--keys-only = --keys_only). The node is
+// --target (default $LOGKV_TARGET, else 127.0.0.1:7070), or the first live
+// node of --nodes=a:p,b:p.
+//
+// Output: get prints the value alone followed by a newline (bytes as stored,
+// like redis-cli --raw); --json prints one JSON object per line, with
+// strings that are not valid UTF-8 C-escaped (\xNN).
+//
+// Exit codes: 0 success, 1 key not found, 2 any other error (message on stderr).
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "logkv/client.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, target, "",
+          "Node to talk to, host:port (default $LOGKV_TARGET, else 127.0.0.1:7070).");
+ABSL_FLAG(std::vector<std::string>, nodes, {},
+          "Comma-separated host:port list; the first live one is used.");
+ABSL_FLAG(bool, json, false, "Print results as JSON, one object per line.");
+ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(), "put: expire the key after this (e.g. 10s).");
+ABSL_FLAG(std::string, if_version, "",
+          "put/del: only if the key's version is this (0 = the key must be absent).");
+ABSL_FLAG(std::string, key, "", "The key (instead of the positional argument).");
+ABSL_FLAG(std::string, value, "", "put: the value (instead of the positional argument).");
+ABSL_FLAG(std::string, prefix, "", "scan/watch: only keys with this prefix.");
+ABSL_FLAG(uint32_t, limit, 1000, "scan: most keys printed.");
+ABSL_FLAG(bool, keys_only, false, "scan: print keys without values.");
+ABSL_FLAG(std::string, after, "", "scan: continue after this key (the cursor a scan printed).");
+ABSL_FLAG(int64_t, count, 0, "watch: stop after this many events (0 = run until interrupted).");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Connect and request timeout.");
+ABSL_FLAG(std::string, token, "", "Auth token sent in Hello (default $LOGKV_TOKEN).");
+
+namespace logkv::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitNotFound = 1;
+constexpr int kExitError = 2;
+
+constexpr char kUsage[] =
+    "usage: logkv [flags] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  put KEY VALUE     (or --key=KEY --value=VALUE)  [--ttl=10s] [--if_version=N]\n"
+    "  get KEY           (or --key=KEY)  prints the value and a newline\n"
+    "  del KEY           (or --key=KEY)  [--if_version=N]\n"
+    "  scan [PREFIX]     [--prefix=P] [--limit=N] [--keys_only] [--after=CURSOR]\n"
+    "  watch [PREFIX]    [--count=N]  prints events until interrupted\n"
+    "  stats             the node's counters\n"
+    "  nodes             the node in use\n"
+    "  ping              checks that the node answers\n"
+    "\n"
+    "flags (before or after the command; dashes or underscores):\n"
+    "  --target=HOST:PORT   default $LOGKV_TARGET, else 127.0.0.1:7070\n"
+    "  --nodes=A:P,B:P      use the first live node\n"
+    "  --json               JSON output, one object per line\n"
+    "  --timeout=5s         connect and request timeout\n"
+    "  --token=T            auth token (default $LOGKV_TOKEN)\n"
+    "\n"
+    "exit codes: 0 ok, 1 key not found, 2 error\n";
+
+int Fail(absl::string_view message) {
+  std::fprintf(stderr, "logkv: %.*s\n", static_cast<int>(message.size()), message.data());
+  return kExitError;
+}
+
+int FailStatus(const absl::Status& status) {
+  std::fprintf(stderr, "logkv: %s\n", status.ToString().c_str());
+  return absl::IsNotFound(status) ? kExitNotFound : kExitError;
+}
+
+// A JSON string of bytes: as they are when they are UTF-8 (nlohmann refuses
+// anything else when dumping), C-escaped otherwise.
+nlohmann::json JsonBytes(absl::string_view bytes) {
+  nlohmann::json text = std::string(bytes.data(), bytes.size());
+  try {
+    (void)text.dump();
+    return text;
+  } catch (const nlohmann::json::type_error&) {
+    return std::string(absl::CHexEscape(bytes));
+  }
+}
+
+void PrintJson(const nlohmann::json& object) {
+  std::fputs(object.dump().c_str(), stdout);
+  std::fputc('\n', stdout);
+}
+
+void PrintRaw(absl::string_view bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); }
+
+// The command line once flags are set: the command and its arguments, and
+// the names of the flags given (so an empty --value= still counts).
+struct Arguments {
+  std::vector<std::string> positionals;
+  absl::flat_hash_set<std::string> given;
+  bool help = false;
+};
+
+// Splits argv into flags (set through Abseil's flag registry) and positional
+// arguments, so flags may stand anywhere. Abseil's ParseCommandLine would
+// exit with status 1 on a bad flag, which here means "not found".
+absl::Status ParseArguments(int argc, char** argv, Arguments* arguments) {
+  bool only_positionals = false;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    // "-5" is a value, not a flag: only "--x" and "-x" with a letter are flags.
+    const bool is_flag = !only_positionals && arg.size() > 1 && arg[0] == '-' &&
+                         (arg[1] == '-' || absl::ascii_isalpha(static_cast<unsigned char>(arg[1])));
+    if (!is_flag) {
+      arguments->positionals.emplace_back(arg.data(), arg.size());
+      continue;
+    }
+    if (arg == "--") {
+      only_positionals = true;
+      continue;
+    }
+    absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
+    const size_t equals = body.find('=');
+    std::string name(body.substr(0, equals));
+    for (char& c : name) {
+      if (c == '-') c = '_';
+    }
+    if (name == "help" || name == "h") {
+      arguments->help = true;
+      continue;
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    bool negated = false;
+    if (flag == nullptr && absl::StartsWith(name, "no")) {
+      flag = absl::FindCommandLineFlag(name.substr(2));
+      negated = flag != nullptr && flag->IsOfType<bool>();
+      if (!negated) flag = nullptr;
+    }
+    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    std::string value;
+    if (equals != absl::string_view::npos) {
+      if (negated) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+      value = std::string(body.substr(equals + 1));
+    } else if (flag->IsOfType<bool>()) {
+      value = negated ? "false" : "true";
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, "=", value, ": ", error));
+    }
+    arguments->given.insert(std::string(flag->Name()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
+  ClientOptions options;
+  options.nodes = absl::GetFlag(FLAGS_nodes);
+  if (options.nodes.empty()) {
+    std::string target = absl::GetFlag(FLAGS_target);
+    if (target.empty()) {
+      const char* from_environment = std::getenv("LOGKV_TARGET");
+      target = from_environment != nullptr && *from_environment != '\0' ? from_environment
+                                                                        : "127.0.0.1:7070";
+    }
+    options.nodes.push_back(target);
+  }
+  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--timeout must be positive");
+  }
+  options.connect_timeout = timeout;
+  options.request_timeout = timeout;
+  options.auth_token = absl::GetFlag(FLAGS_token);
+  if (options.auth_token.empty()) {
+    if (const char* token = std::getenv("LOGKV_TOKEN"); token != nullptr) {
+      options.auth_token = token;
+    }
+  }
+  options.client_name = "logkv-cli";
+  return Client::Connect(options);
+}
+
+// Hands out a command's arguments in order: each is taken from its flag
+// when given (--key, --value: the seed's form), else from the next
+// positional argument.
+class ArgumentReader {
+ public:
+  ArgumentReader(const Arguments& arguments, absl::string_view command)
+      : arguments_(arguments), command_(command) {}
+
+  absl::StatusOr<std::string> Next(absl::string_view name, const absl::Flag<std::string>& flag,
+                                   absl::string_view usage) {
+    if (arguments_.given.contains(name)) return absl::GetFlag(flag);
+    if (next_ < arguments_.positionals.size()) return arguments_.positionals[next_++];
+    return absl::InvalidArgumentError(absl::StrCat(command_, " needs a ", name, ": logkv ", usage));
+  }
+  // Optional arguments: the flag's value (maybe its default) when absent.
+  std::string NextOr(absl::string_view name, const absl::Flag<std::string>& flag) {
+    if (arguments_.given.contains(name)) return absl::GetFlag(flag);
+    if (next_ < arguments_.positionals.size()) return arguments_.positionals[next_++];
+    return absl::GetFlag(flag);
+  }
+  absl::Status CheckAllUsed() const {
+    if (next_ >= arguments_.positionals.size()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", arguments_.positionals[next_], "\" for ", command_));
+  }
+
+ private:
+  const Arguments& arguments_;
+  const std::string command_;
+  size_t next_ = 1;  // positionals[0] is the command
+};
+
+absl::StatusOr<std::optional<uint64_t>> IfVersion() {
+  const std::string text = absl::GetFlag(FLAGS_if_version);
+  if (text.empty()) return std::optional<uint64_t>();
+  uint64_t version = 0;
+  if (!absl::SimpleAtoi(text, &version)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--if_version=", text, " is not a version number"));
+  }
+  return std::optional<uint64_t>(version);
+}
+
+int Put(const Arguments& arguments) {
+  ArgumentReader reader(arguments, "put");
+  absl::StatusOr<std::string> key =
+      reader.Next("key", FLAGS_key, "put KEY VALUE (or --key=K --value=V)");
+  if (!key.ok()) return Fail(key.status().message());
+  absl::StatusOr<std::string> value =
+      reader.Next("value", FLAGS_value, "put KEY VALUE (or --key=K --value=V)");
+  if (!value.ok()) return Fail(value.status().message());
+  if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  PutOptions options;
+  const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
+  if (ttl < absl::ZeroDuration()) return Fail("--ttl must not be negative");
+  if (ttl > absl::ZeroDuration()) {
+    // A positive TTL under a millisecond still expires, rather than meaning "no expiry".
+    options.ttl_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(ttl));
+  }
+  absl::StatusOr<std::optional<uint64_t>> if_version = IfVersion();
+  if (!if_version.ok()) return Fail(if_version.status().message());
+  options.if_version = *if_version;
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::StatusOr<WriteResult> written = client.Put(*key, *value, options);
+  if (!written.ok()) return FailStatus(written.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"ok", true},
+               {"key", JsonBytes(*key)},
+               {"version", written->version},
+               {"timestamp", written->timestamp},
+               {"sequence", written->sequence},
+               {"shard", written->shard}});
+  } else {
+    std::printf("OK version=%llu\n", static_cast<unsigned long long>(written->version));
+  }
+  return kExitOk;
+}
+
+int Get(const Arguments& arguments) {
+  ArgumentReader reader(arguments, "get");
+  absl::StatusOr<std::string> key = reader.Next("key", FLAGS_key, "get KEY (or --key=K)");
+  if (!key.ok()) return Fail(key.status().message());
+  if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::StatusOr<Value> value = client.Get(*key);
+  if (!value.ok()) return FailStatus(value.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"key", JsonBytes(*key)},
+               {"value", JsonBytes(value->value)},
+               {"version", value->version},
+               {"timestamp", value->timestamp},
+               {"expiry_unix_ms", value->expiry_unix_ms}});
+  } else {
+    PrintRaw(value->value);
+    std::fputc('\n', stdout);
+  }
+  return kExitOk;
+}
+
+int Delete(const Arguments& arguments) {
+  ArgumentReader reader(arguments, "del");
+  absl::StatusOr<std::string> key = reader.Next("key", FLAGS_key, "del KEY (or --key=K)");
+  if (!key.ok()) return Fail(key.status().message());
+  if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  DeleteOptions options;
+  absl::StatusOr<std::optional<uint64_t>> if_version = IfVersion();
+  if (!if_version.ok()) return Fail(if_version.status().message());
+  options.if_version = *if_version;
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::StatusOr<WriteResult> written = client.Delete(*key, options);
+  if (!written.ok()) return FailStatus(written.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"ok", true}, {"key", JsonBytes(*key)}, {"version", written->version}});
+  } else {
+    std::printf("OK\n");
+  }
+  return kExitOk;
+}
+
+int Scan(const Arguments& arguments) {
+  ArgumentReader reader(arguments, "scan");
+  ScanOptions options;
+  options.prefix = reader.NextOr("prefix", FLAGS_prefix);
+  if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  options.limit = absl::GetFlag(FLAGS_limit);
+  options.keys_only = absl::GetFlag(FLAGS_keys_only);
+  std::string error;
+  // The cursor is printed C-escaped (it is a key, maybe binary): undo that.
+  if (!absl::CUnescape(absl::GetFlag(FLAGS_after), &options.after_key, &error)) {
+    return Fail(absl::StrCat("--after: ", error));
+  }
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::StatusOr<ScanPage> page = client.Scan(options);
+  if (!page.ok()) return FailStatus(page.status());
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (json) {
+    nlohmann::json items = nlohmann::json::array();
+    for (const ScanItem& item : page->items) {
+      nlohmann::json entry = {{"key", JsonBytes(item.key)}, {"version", item.value.version}};
+      if (!options.keys_only) entry["value"] = JsonBytes(item.value.value);
+      items.push_back(std::move(entry));
+    }
+    PrintJson({{"items", std::move(items)}, {"next_cursor", JsonBytes(page->next_cursor)}});
+    return kExitOk;
+  }
+  for (const ScanItem& item : page->items) {
+    PrintRaw(item.key);
+    if (!options.keys_only) {
+      std::fputc('\t', stdout);
+      PrintRaw(item.value.value);
+    }
+    std::fputc('\n', stdout);
+  }
+  if (!page->next_cursor.empty()) {
+    // On stderr, so a pipe of keys stays clean.
+    std::fprintf(stderr, "(more keys: continue with --after=%s)\n",
+                 absl::CHexEscape(page->next_cursor).c_str());
+  }
+  return kExitOk;
+}
+
+int Watch(const Arguments& arguments) {
+  ArgumentReader reader(arguments, "watch");
+  const std::string prefix = reader.NextOr("prefix", FLAGS_prefix);
+  if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  const int64_t count = absl::GetFlag(FLAGS_count);
+  const bool json = absl::GetFlag(FLAGS_json);
+  int64_t seen = 0;
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::Status status = client.Watch(prefix, {}, [&](const Event& event) {
+    const bool is_put = event.type == Event::Type::kPut;
+    if (json) {
+      nlohmann::json object = {{"type", is_put ? "put" : "delete"},
+                               {"key", JsonBytes(event.key)},
+                               {"version", event.version},
+                               {"shard", event.shard},
+                               {"sequence", event.sequence}};
+      if (is_put) object["value"] = JsonBytes(event.value);
+      PrintJson(object);
+    } else {
+      std::fputs(is_put ? "PUT " : "DEL ", stdout);
+      PrintRaw(event.key);
+      if (is_put) {
+        std::fputc(' ', stdout);
+        PrintRaw(event.value);
+      }
+      std::fputc('\n', stdout);
+    }
+    // Someone reading a pipe wants each event as it happens.
+    std::fflush(stdout);
+    ++seen;
+    return count <= 0 || seen < count;
+  });
+  if (!status.ok()) return FailStatus(status);
+  return kExitOk;
+}
+
+int Stats() {
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  absl::StatusOr<ServerStats> stats = client.Stats();
+  if (!stats.ok()) return FailStatus(stats.status());
+  const std::vector<std::pair<const char*, uint64_t>> counters = {
+      {"keys", stats->keys},
+      {"tombstones", stats->tombstones},
+      {"segments", stats->segments},
+      {"log_bytes", stats->log_bytes},
+      {"dead_bytes", stats->dead_bytes},
+      {"index_bytes", stats->index_bytes},
+      {"puts", stats->puts},
+      {"deletes", stats->deletes},
+      {"gets", stats->gets},
+      {"fsyncs", stats->fsyncs},
+      {"compactions", stats->compactions},
+      {"expired_swept", stats->expired_swept},
+      {"connections", stats->connections},
+      {"requests", stats->requests},
+      {"uptime_ms", stats->uptime_ms},
+      {"shard_count", stats->shard_count},
+  };
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json object = nlohmann::json::object();
+    object["node"] = client.connected_node();
+    for (const auto& [name, number] : counters) object[name] = number;
+    object["last_sequences"] = stats->last_sequences;
+    PrintJson(object);
+    return kExitOk;
+  }
+  std::printf("node: %s\n", client.connected_node().c_str());
+  for (const auto& [name, number] : counters) {
+    std::printf("%s: %llu\n", name, static_cast<unsigned long long>(number));
+  }
+  return kExitOk;
+}
+
+int Nodes() {
+  // Until cluster membership is exposed, the node list is the node in use.
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  const std::string node = client.connected_node();
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"nodes", nlohmann::json::array({{{"address", node}, {"status", "up"}}})}});
+  } else {
+    std::printf("%s\n", node.c_str());
+  }
+  return kExitOk;
+}
+
+int Ping() {
+  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  Client& client = **connected;
+  if (absl::Status status = client.Ping(); !status.ok()) return FailStatus(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"ok", true}, {"node", client.connected_node()}});
+  } else {
+    std::printf("PONG\n");
+  }
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  Arguments arguments;
+  if (absl::Status parsed = ParseArguments(argc, argv, &arguments); !parsed.ok()) {
+    std::fprintf(stderr, "logkv: %s\n\n%s", std::string(parsed.message()).c_str(), kUsage);
+    return kExitError;
+  }
+  if (arguments.help) {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
+  }
+  if (arguments.positionals.empty()) {
+    std::fputs(kUsage, stderr);
+    return kExitError;
+  }
+  const std::string command = arguments.positionals[0];
+  static constexpr const char* kCommands[] = {"put",   "get",   "del",   "delete", "scan",
+                                              "watch", "stats", "nodes", "ping"};
+  if (std::find(std::begin(kCommands), std::end(kCommands), command) == std::end(kCommands)) {
+    std::fprintf(stderr, "logkv: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+    return kExitError;
+  }
+  // Each command checks its arguments before it connects, so a usage error
+  // is reported as such whatever the state of the nodes.
+  if (command == "put") return Put(arguments);
+  if (command == "get") return Get(arguments);
+  if (command == "del" || command == "delete") return Delete(arguments);
+  if (command == "scan") return Scan(arguments);
+  if (command == "watch") return Watch(arguments);
+  if (arguments.positionals.size() > 1) {
+    return Fail(
+        absl::StrCat("unexpected argument \"", arguments.positionals[1], "\" for ", command));
+  }
+  if (command == "stats") return Stats();
+  if (command == "nodes") return Nodes();
+  return Ping();
+}
+
+}  // namespace
+}  // namespace logkv::cli
+
+int main(int argc, char** argv) { return logkv::cli::Main(argc, argv); }
