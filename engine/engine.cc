@@ -110,10 +110,8 @@ struct Engine::State {
 
   absl::Mutex mu;
   bool stop ABSL_GUARDED_BY(mu) = false;
-  bool sync_requested ABSL_GUARDED_BY(mu) = false;
-  absl::CondVar sync_cv;         // wakes the sync thread
   absl::CondVar maintenance_cv;  // wakes the maintenance thread (only to stop)
-  std::thread durability_thread;
+  std::vector<std::thread> sync_threads;  // one per shard
   std::thread maintenance_thread;
 
   Shard& ShardFor(uint64_t key_hash) { return *shards[key_hash % shards.size()]; }
@@ -172,11 +170,6 @@ absl::Status Engine::OpenFiles() {
   context.clock = s.clock;
   context.hlc = s.hlc.get();
   context.merkle = s.merkle.get();
-  context.request_sync = [state = state_.get()] {
-    absl::MutexLock lock(&state->mu);
-    state->sync_requested = true;
-    state->sync_cv.Signal();
-  };
   for (uint32_t i = 0; i < manifest.shard_count; ++i) {
     s.shards.push_back(std::make_unique<Shard>(context, i, ShardDirectory(dir, i)));
   }
@@ -204,37 +197,17 @@ absl::Status Engine::OpenFiles() {
       if (absl::Status status = shard->Compact(/*force=*/false); !status.ok()) return status;
     }
   }
-  // kAlways writers wait for the sync thread, so it runs even when tests turn
-  // the other background work off.
+  // kAlways writers wait for the sync threads, so they run even when tests
+  // turn the other background work off.
   if (s.options.background_threads || s.options.fsync == FsyncPolicy::kAlways) {
-    s.durability_thread = std::thread([this] { DurabilityLoop(); });
+    for (auto& shard : s.shards) {
+      s.sync_threads.emplace_back([shard = shard.get()] { shard->SyncLoop(); });
+    }
   }
   if (s.options.background_threads) {
     s.maintenance_thread = std::thread([this] { MaintenanceLoop(); });
   }
   return absl::OkStatus();
-}
-
-void Engine::DurabilityLoop() {
-  State& s = *state_;
-  const bool periodic = s.options.fsync == FsyncPolicy::kInterval;
-  while (true) {
-    {
-      absl::MutexLock lock(&s.mu);
-      const absl::Time deadline = periodic
-                                      ? absl::Now() + absl::Milliseconds(s.options.fsync_interval_ms)
-                                      : absl::InfiniteFuture();
-      while (!s.stop && !s.sync_requested) {
-        if (s.sync_cv.WaitWithDeadline(&s.mu, deadline)) break;
-      }
-      if (s.stop) return;
-      s.sync_requested = false;
-    }
-    for (auto& shard : s.shards) {
-      // A failure is recorded in the shard, which then refuses writes.
-      (void)shard->SyncNow();
-    }
-  }
 }
 
 void Engine::MaintenanceLoop() {
@@ -268,7 +241,7 @@ void Engine::MaintenanceLoop() {
 Engine::~Engine() {
   if (state_->closed.load()) return;
   if (absl::Status status = Close(); !status.ok()) {
-    ShardContext context{&state_->options, nullptr, nullptr, nullptr, nullptr, nullptr};
+    ShardContext context{&state_->options, nullptr, nullptr, nullptr, nullptr};
     context.Log(LogLevel::kError, absl::StrCat("close failed: ", status.message()));
   }
 }
@@ -279,10 +252,10 @@ absl::Status Engine::Close() {
   {
     absl::MutexLock lock(&s.mu);
     s.stop = true;
-    s.sync_cv.SignalAll();
     s.maintenance_cv.SignalAll();
   }
-  if (s.durability_thread.joinable()) s.durability_thread.join();
+  for (auto& shard : s.shards) shard->StopSyncLoop();
+  for (std::thread& thread : s.sync_threads) thread.join();
   if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
   absl::Status result;
   for (auto& shard : s.shards) {

@@ -216,7 +216,7 @@ class Engine {
                                                    const WriteOptions& options = {});
 
   // Asynchronous forms: done runs once the write is durable per the policy,
-  // inline for kNever/kInterval and on the engine's sync thread for kAlways.
+  // inline for kNever/kInterval and on the shard's sync thread for kAlways.
   // The caller never blocks on a disk sync.
   using WriteCallback = std::function<void(absl::StatusOr<WriteResult>)>;
   void PutAsync(absl::string_view key, absl::string_view value, const WriteOptions& options,
@@ -264,7 +264,6 @@ class Engine {
  private:
   explicit Engine(const Options& options);
   [[nodiscard]] absl::Status OpenFiles();
-  void DurabilityLoop();
   void MaintenanceLoop();
 
   struct State;

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace logkv::engine {
 
@@ -349,7 +350,7 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
 absl::Status Shard::WaitDurable(uint64_t sequence) {
   absl::MutexLock lock(&sync_mu_);
   if (durable_sequence_ >= sequence || !failed_.ok()) return failed_;
-  context_.request_sync();
+  RequestSync();
   while (durable_sequence_ < sequence && failed_.ok()) durable_cv_.Wait(&sync_mu_);
   return failed_;
 }
@@ -360,7 +361,7 @@ void Shard::NotifyWhenDurable(uint64_t sequence, std::function<void(absl::Status
     absl::MutexLock lock(&sync_mu_);
     if (durable_sequence_ < sequence && failed_.ok()) {
       durable_waiters_.push_back(DurableWaiter{sequence, std::move(done)});
-      context_.request_sync();
+      RequestSync();
       return;
     }
     status = failed_;
@@ -405,6 +406,38 @@ absl::Status Shard::SyncNow() {
   }
   for (DurableWaiter& waiter : ready) waiter.done(absl::OkStatus());
   return absl::OkStatus();
+}
+
+void Shard::RequestSync() {
+  absl::MutexLock lock(&sync_request_mu_);
+  sync_requested_ = true;
+  sync_request_cv_.Signal();
+}
+
+void Shard::SyncLoop() {
+  const bool periodic = options_.fsync == FsyncPolicy::kInterval;
+  while (true) {
+    {
+      absl::MutexLock lock(&sync_request_mu_);
+      const absl::Time deadline = periodic
+                                      ? absl::Now() + absl::Milliseconds(options_.fsync_interval_ms)
+                                      : absl::InfiniteFuture();
+      while (!sync_stop_ && !sync_requested_) {
+        if (sync_request_cv_.WaitWithDeadline(&sync_request_mu_, deadline)) break;
+      }
+      if (sync_stop_) return;
+      sync_requested_ = false;
+    }
+    // A failure is recorded (the shard then refuses writes) and reported to
+    // the writers waiting; the loop goes on for Close.
+    (void)SyncNow();
+  }
+}
+
+void Shard::StopSyncLoop() {
+  absl::MutexLock lock(&sync_request_mu_);
+  sync_stop_ = true;
+  sync_request_cv_.Signal();
 }
 
 void Shard::StartWriteback() {

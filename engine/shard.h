@@ -41,8 +41,6 @@ struct ShardContext {
   Clock* clock;
   HybridClock* hlc;
   MerkleForest* merkle;
-  // Wakes the engine's sync thread: a writer waits for durability.
-  std::function<void()> request_sync;
   void Log(LogLevel level, absl::string_view message) const;
 };
 
@@ -86,7 +84,12 @@ class Shard {
   // Syncs what was appended and not yet synced. Called by the sync thread and
   // by Engine::Sync. Returns whether there were waiters or unsynced appends.
   absl::Status SyncNow();
-  bool HasUnsyncedWaiters();
+  // The shard's sync thread: syncs when a writer waits (kAlways) and every
+  // interval (kInterval), until StopSyncLoop. Each shard syncs on its own
+  // thread, so one shard's fdatasync never delays another's writers, and the
+  // file system can merge concurrent syncs into one journal commit.
+  void SyncLoop();
+  void StopSyncLoop();
   // Kicks off write-back of the active segment without waiting.
   void StartWriteback();
 
@@ -209,6 +212,13 @@ class Shard {
   absl::Status failed_ ABSL_GUARDED_BY(sync_mu_);
   absl::CondVar durable_cv_;
   std::atomic<bool> failed_flag_{false};  // failed_ is set; lets writers skip sync_mu_
+
+  // Wakes the sync thread. Taken after sync_mu_ by waiting writers.
+  void RequestSync();
+  absl::Mutex sync_request_mu_ ABSL_ACQUIRED_AFTER(sync_mu_);
+  bool sync_requested_ ABSL_GUARDED_BY(sync_request_mu_) = false;
+  bool sync_stop_ ABSL_GUARDED_BY(sync_request_mu_) = false;
+  absl::CondVar sync_request_cv_;
 
   absl::Mutex compaction_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 

@@ -25,6 +25,7 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_macros.h"
+#include "tests/engine/engine_fixture.h"
 #include "tests/engine/test_util.h"
 
 namespace logkv::engine {
@@ -73,29 +74,7 @@ std::optional<uint64_t> CounterOf(int writer, int key, const std::string& value)
   return counter;
 }
 
-class ConcurrencyTest : public ::testing::Test {
- protected:
-  void SetUp() override { options_ = TestOptions(dir_.Subdir("db"), &clock_, &log_); }
-
-  void TearDown() override {
-    if (engine_ != nullptr) {
-      EXPECT_OK(engine_->Close());
-    }
-  }
-
-  absl::Status Open() {
-    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options_);
-    if (!engine.ok()) return engine.status();
-    engine_ = std::move(engine).value();
-    return absl::OkStatus();
-  }
-
-  ScopedTempDir dir_;
-  ManualClock clock_;
-  LogCapture log_;
-  Options options_;
-  std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
-};
+using ConcurrencyTest = test::EngineFixture<>;
 
 TEST_F(ConcurrencyTest, WritersReadersAndCompactionAgree) {
   const uint64_t seed = test::TestSeed();

@@ -20,6 +20,7 @@
 #include "engine/log_format.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_macros.h"
+#include "tests/engine/engine_fixture.h"
 #include "tests/engine/test_util.h"
 
 namespace logkv::engine {
@@ -37,30 +38,8 @@ uint64_t Timestamp(int64_t unix_ms, uint16_t logical = 0) {
   return (static_cast<uint64_t>(unix_ms) << 16) | logical;
 }
 
-class EngineTest : public ::testing::Test {
+class EngineTest : public test::EngineFixture<> {
  protected:
-  void SetUp() override { options_ = TestOptions(dir_.Subdir("db"), &clock_, &log_); }
-
-  void TearDown() override {
-    if (engine_ != nullptr) {
-      EXPECT_OK(engine_->Close());
-    }
-  }
-
-  absl::Status Open() {
-    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options_);
-    if (!engine.ok()) return engine.status();
-    engine_ = std::move(engine).value();
-    return absl::OkStatus();
-  }
-
-  // Closes cleanly (writing hint files) and opens again with options_.
-  absl::Status Reopen() {
-    if (absl::Status status = engine_->Close(); !status.ok()) return status;
-    engine_.reset();
-    return Open();
-  }
-
   std::string Get(absl::string_view key) { return GetOrStatus(engine_.get(), key); }
 
   // Keys named prefix0, prefix1, ... that the engine puts in shard, count of
@@ -74,11 +53,6 @@ class EngineTest : public ::testing::Test {
     return keys;
   }
 
-  ScopedTempDir dir_;
-  ManualClock clock_;
-  LogCapture log_;
-  Options options_;
-  std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
 };
 
 // ---- Reads and writes ------------------------------------------------------------

@@ -27,6 +27,7 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_macros.h"
+#include "tests/engine/engine_fixture.h"
 #include "tests/engine/test_util.h"
 
 namespace logkv::engine {
@@ -64,14 +65,14 @@ struct Entry {
   std::vector<Version> history;
 };
 
-class ModelTest : public ::testing::TestWithParam<ModelConfig> {
+class ModelTest : public test::EngineFixture<::testing::TestWithParam<ModelConfig>> {
  protected:
   static constexpr int kKeys = 300;
 
   void SetUp() override {
     // An even start keeps "now" even; see the file comment.
     clock_.SetUnixMs(ManualClock::kDefaultStartUnixMs);
-    options_ = TestOptions(dir_.Subdir("db"), &clock_, &log_);
+    EngineFixture::SetUp();
     options_.shard_count = GetParam().shard_count;
     options_.versions_kept = GetParam().versions_kept;
     // The engine's smallest segment (64 KiB): the run writes megabytes, so
@@ -80,19 +81,6 @@ class ModelTest : public ::testing::TestWithParam<ModelConfig> {
     // Short enough that compaction drops tombstones during the run, which is
     // where resurrection bugs live.
     options_.tombstone_grace_ms = 60'000;
-  }
-
-  void TearDown() override {
-    if (engine_ != nullptr) {
-      EXPECT_OK(engine_->Close());
-    }
-  }
-
-  absl::Status Open() {
-    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options_);
-    if (!engine.ok()) return engine.status();
-    engine_ = std::move(engine).value();
-    return absl::OkStatus();
   }
 
   static std::string KeyName(uint64_t i) { return absl::StrFormat("k%03d", i); }
@@ -304,10 +292,6 @@ class ModelTest : public ::testing::TestWithParam<ModelConfig> {
     ASSERT_OK(Open());
   }
 
-  ScopedTempDir dir_;
-  ManualClock clock_;
-  LogCapture log_;
-  Options options_;
   std::map<std::string, Entry> oracle_;
   // Keys absent for readers whose next put's version the test cannot predict.
   std::set<std::string> version_unknown_;
@@ -317,7 +301,6 @@ class ModelTest : public ::testing::TestWithParam<ModelConfig> {
   uint64_t last_timestamp_ = 0;
   Random* random_ = nullptr;
   int step_ = 0;
-  std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
 };
 
 TEST_P(ModelTest, RandomOperationsMatchTheOracle) {
