@@ -28,7 +28,7 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<LogkvdProcess> StartServer(std::vector<std::string> extra = {},
                                              const std::string& data_dir = "") {
     std::vector<std::string> args = {"--data_dir=" + (data_dir.empty() ? DataDir() : data_dir),
-                                     "--threads=2", "--log_level=warning"};
+                                     "--threads=2", "--shards=4", "--log_level=warning"};
     args.insert(args.end(), extra.begin(), extra.end());
     auto server = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
     absl::Status status = server->Start();
@@ -102,7 +102,7 @@ TEST_F(ServerTest, EveryOperation) {
                              return p::CreateHello(b, p::kProtocolVersion, 0, name).Union();
                            }), 1);
   ASSERT_EQ(CodeOf(hello), p::StatusCode::Ok);
-  EXPECT_EQ(AsResponse(hello)->result_as_HelloResult()->shard_count(), 8u);
+  EXPECT_EQ(AsResponse(hello)->result_as_HelloResult()->shard_count(), 4u);
 
   std::string ping = Call(c, Build(2, p::Operation::Ping, [](auto& b) {
                             return p::CreatePing(b, Bytes(b, "echo")).Union();
@@ -165,7 +165,7 @@ TEST_F(ServerTest, EveryOperation) {
   EXPECT_EQ(s->keys(), 2u);
   EXPECT_GE(s->puts(), 4u);
   EXPECT_EQ(s->connections(), 1u);
-  EXPECT_EQ(s->last_sequences()->size(), 8u);
+  EXPECT_EQ(s->last_sequences()->size(), 4u);
 
   // Limits are checked per request: the answer names the limit, and the
   // connection goes on.
