@@ -26,6 +26,7 @@ char* FrameDecoder::WritableSpace(size_t min_bytes, size_t* available) {
 }
 
 void FrameDecoder::Append(absl::string_view bytes) {
+  if (bytes.empty()) return;
   size_t available;
   char* space = WritableSpace(bytes.size(), &available);
   std::memcpy(space, bytes.data(), bytes.size());
@@ -113,6 +114,13 @@ absl::Status CheckRequest(const Request& request, const Limits& limits) {
   if (static_cast<uint8_t>(request.operation_type()) > static_cast<uint8_t>(Operation::MAX)) {
     return absl::UnimplementedError(
         absl::StrCat("unknown operation ", static_cast<int>(request.operation_type())));
+  }
+  // The verifier accepts a union type whose value is absent; nothing below
+  // may read the operation before this check (found by frame_fuzzer).
+  if (request.operation_type() != Operation::NONE && request.operation() == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request names operation ", EnumNameOperation(request.operation_type()),
+        " but carries none"));
   }
   switch (request.operation_type()) {
     case Operation::Get:

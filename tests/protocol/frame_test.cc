@@ -115,6 +115,34 @@ TEST(VerifyRequestTest, EveryTruncationIsRefused) {
   }
 }
 
+// Found by frame_fuzzer: a union type without its value passes the
+// verifier, and reading the operation then dereferenced null.
+TEST(CheckRequestTest, OperationTypeWithoutOperationIsRefused) {
+  Limits limits;
+  for (Operation type : {Operation::Put, Operation::Get, Operation::Delete, Operation::Batch,
+                         Operation::Scan, Operation::Watch, Operation::Unwatch,
+                         Operation::GetVersion, Operation::Hello, Operation::Ping,
+                         Operation::Stats}) {
+    flatbuffers::FlatBufferBuilder builder;
+    RequestBuilder request(builder);
+    request.add_request_id(3);
+    request.add_operation_type(type);
+    builder.FinishSizePrefixed(request.Finish());
+    auto verified = VerifyRequest(FrameOf(builder), limits);
+    ASSERT_TRUE(verified.ok()) << verified.status();
+    absl::Status status = CheckRequest(**verified, limits);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << EnumNameOperation(type);
+  }
+}
+
+TEST(FrameDecoderTest, AppendingNothingIsHarmless) {
+  FrameDecoder decoder(1024);
+  decoder.Append("");
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame.ok());
+  EXPECT_FALSE(frame->has_value());
+}
+
 TEST(CheckRequestTest, EnforcesLimits) {
   Limits limits;
   limits.max_key_bytes = 8;

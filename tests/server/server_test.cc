@@ -458,6 +458,17 @@ TEST_F(ServerTest, BadInputLeavesTheServerServingOthers) {
     bad.Close();
   }
   still_serving();
+  {  // A Put without its body (the verifier lets an absent union value through).
+    RawConnection bad = Connect(port);
+    flatbuffers::FlatBufferBuilder b;
+    p::RequestBuilder request(b);
+    request.add_request_id(55);
+    request.add_operation_type(p::Operation::Put);
+    b.FinishSizePrefixed(request.Finish());
+    std::string answer = Call(bad, std::string(p::FrameOf(b)), 55);
+    EXPECT_EQ(CodeOf(answer), p::StatusCode::InvalidArgument);
+  }
+  still_serving();
   {  // An operation this build does not know: answered, the connection lives.
     RawConnection newer = Connect(port);
     std::string frame = Build(77, static_cast<p::Operation>(200), [](auto& b) {
