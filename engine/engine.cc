@@ -320,7 +320,10 @@ absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view
   if (state_->closed.load(std::memory_order_relaxed)) return Closed();
   if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
   if (absl::Status status = CheckValue(value, state_->options); !status.ok()) return status;
-  if (options.ttl_ms < 0) return absl::InvalidArgumentError("ttl_ms must not be negative");
+  // 100 years at most: now + ttl_ms must not overflow.
+  if (options.ttl_ms < 0 || options.ttl_ms > int64_t{100} * 365 * 24 * 3600 * 1000) {
+    return absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]");
+  }
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kPut, ref, value, options);

@@ -132,7 +132,10 @@ absl::Status CheckRequest(const Request& request, const Limits& limits) {
     case Operation::Put: {
       const Put* put = request.operation_as_Put();
       if (absl::Status s = CheckKey(put->key(), limits); !s.ok()) return s;
-      if (put->ttl_ms() < 0) return absl::InvalidArgumentError("ttl_ms is negative");
+      if (put->ttl_ms() < 0 || put->ttl_ms() > kMaxTtlMs) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ttl_ms ", put->ttl_ms(), " outside [0, ", kMaxTtlMs, "]"));
+      }
       return CheckValue(put->value(), limits);
     }
     case Operation::Batch: {
@@ -147,7 +150,10 @@ absl::Status CheckRequest(const Request& request, const Limits& limits) {
       for (const BatchItem* item : *items) {
         if (absl::Status s = CheckKey(item->key(), limits); !s.ok()) return s;
         if (absl::Status s = CheckValue(item->value(), limits); !s.ok()) return s;
-        if (item->ttl_ms() < 0) return absl::InvalidArgumentError("ttl_ms is negative");
+        if (item->ttl_ms() < 0 || item->ttl_ms() > kMaxTtlMs) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("ttl_ms ", item->ttl_ms(), " outside [0, ", kMaxTtlMs, "]"));
+        }
       }
       return absl::OkStatus();
     }

@@ -21,6 +21,8 @@ namespace logkv::protocol {
 
 inline constexpr uint32_t kProtocolVersion = 1;
 inline constexpr size_t kFrameLengthBytes = 4;
+// Longest TTL accepted: 100 years, far from overflowing now + ttl in ms.
+inline constexpr int64_t kMaxTtlMs = int64_t{100} * 365 * 24 * 3600 * 1000;
 
 struct Limits {
   uint32_t max_frame_bytes = 64u << 20;

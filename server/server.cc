@@ -299,7 +299,9 @@ void Server::Loop::AppendStatus(Connection& c, uint64_t request_id, const absl::
 
 void Server::Loop::ProcessFrames(Connection& c) {
   const p::Limits& limits = server_->service_->config().limits;
-  while (!c.closing) {
+  // Stop answering once the answers owed pass the limit: the rest of the
+  // frames wait in the decoder until the client reads (ApplyBackpressure).
+  while (!c.closing && c.owed_bytes() <= server_->config_.max_output_bytes) {
     absl::StatusOr<std::optional<absl::string_view>> frame = c.decoder.Next();
     if (!frame.ok()) {
       // The stream cannot be resynchronised: answer, then close.
@@ -382,12 +384,20 @@ void Server::Loop::Flush(Connection& c) {
   write->request.data = &c;
   c.in_flight_bytes = write->data.size();
   uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
-  uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {
-    auto* write = reinterpret_cast<WriteRequest*>(request);
-    Connection& conn = *static_cast<Connection*>(request->data);
+  const int rc =
+      uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {
+        auto* write = reinterpret_cast<WriteRequest*>(request);
+        Connection& conn = *static_cast<Connection*>(request->data);
+        delete write;
+        conn.loop->OnWritten(conn, status);
+      });
+  if (rc != 0) {
+    // No callback will come: release the buffer and give the connection up.
     delete write;
-    conn.loop->OnWritten(conn, status);
-  });
+    c.in_flight_bytes = 0;
+    c.closing = true;
+    FinishIfDone(c);
+  }
 }
 
 void Server::Loop::OnWritten(Connection& c, int status) {
@@ -406,8 +416,17 @@ void Server::Loop::ApplyBackpressure(Connection& c) {
   const size_t limit = server_->config_.max_output_bytes;
   if (c.reading && c.owed_bytes() > limit) {
     StopReading(c);
-  } else if (!c.reading && !c.closing && c.owed_bytes() <= limit / 2) {
-    StartReading(c);
+  } else if (!c.closing && c.owed_bytes() <= limit / 2) {
+    // Frames held back by the limit are answered first, for as long as the
+    // socket takes the answers at once and whole frames are waiting.
+    while (!c.closing && c.owed_bytes() <= limit / 2) {
+      const size_t buffered = c.decoder.buffered_bytes();
+      if (buffered < p::kFrameLengthBytes) break;
+      ProcessFrames(c);
+      Flush(c);
+      if (c.decoder.buffered_bytes() == buffered) break;  // only part of a frame is here
+    }
+    if (!c.reading && !c.closing && c.owed_bytes() <= limit) StartReading(c);
   }
 }
 

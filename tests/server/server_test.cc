@@ -206,6 +206,26 @@ TEST_F(ServerTest, PipelinedRequestsAreAllAnswered) {
   }
 }
 
+// 200 pipelined reads of a 1 MiB value owe far more than the 8 MiB output
+// limit: the server holds the rest of the frames until the client reads, and
+// then answers every one of them.
+TEST_F(ServerTest, PipelinedLargeAnswersAreThrottledNotLost) {
+  auto server = StartServer();
+  RawConnection c = Connect(server->port());
+  const std::string value(1 << 20, 'L');
+  ASSERT_EQ(CodeOf(Call(c, PutFrame(1, "large", value), 1)), p::StatusCode::Ok);
+  std::string frames;
+  for (int i = 0; i < 200; ++i) frames += GetFrame(100 + i, "large");
+  ASSERT_TRUE(c.SendBytes(frames).ok());
+  absl::SleepFor(absl::Milliseconds(300));  // let the server fill its limit
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<std::string> frame = c.ReadFrame(absl::Seconds(30));
+    ASSERT_TRUE(frame.ok()) << frame.status() << " after " << i;
+    EXPECT_EQ(AsResponse(*frame)->request_id(), static_cast<uint64_t>(100 + i));
+    EXPECT_EQ(ValueOf(*frame).size(), value.size());
+  }
+}
+
 TEST_F(ServerTest, HundredConcurrentClients) {
   auto server = StartServer();
   const int port = server->port();
