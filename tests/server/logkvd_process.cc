@@ -221,15 +221,13 @@ const p::Response* AsResponse(const std::string& frame) {
   return response.ok() ? *response : nullptr;
 }
 
-namespace {
-
 flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder& b,
                                                         absl::string_view s) {
   return b.CreateVector(reinterpret_cast<const uint8_t*>(s.data()), s.size());
 }
 
-std::string Finish(flatbuffers::FlatBufferBuilder& b, uint64_t id, p::Operation type,
-                   flatbuffers::Offset<void> operation) {
+std::string FinishRequest(flatbuffers::FlatBufferBuilder& b, uint64_t id, p::Operation type,
+                          flatbuffers::Offset<void> operation) {
   p::RequestBuilder request(b);
   request.add_request_id(id);
   request.add_operation_type(type);
@@ -238,7 +236,6 @@ std::string Finish(flatbuffers::FlatBufferBuilder& b, uint64_t id, p::Operation 
   return std::string(p::FrameOf(b));
 }
 
-}  // namespace
 
 std::string PutFrame(uint64_t id, absl::string_view key, absl::string_view value,
                      int64_t ttl_ms) {
@@ -250,21 +247,21 @@ std::string PutFrame(uint64_t id, absl::string_view key, absl::string_view value
   put.add_value(v);
   put.add_ttl_ms(ttl_ms);
   auto offset = put.Finish();
-  return Finish(b, id, p::Operation::Put, offset.Union());
+  return FinishRequest(b, id, p::Operation::Put, offset.Union());
 }
 
 std::string GetFrame(uint64_t id, absl::string_view key) {
   flatbuffers::FlatBufferBuilder b;
   auto k = Bytes(b, key);
   auto offset = p::CreateGet(b, k);
-  return Finish(b, id, p::Operation::Get, offset.Union());
+  return FinishRequest(b, id, p::Operation::Get, offset.Union());
 }
 
 std::string DeleteFrame(uint64_t id, absl::string_view key) {
   flatbuffers::FlatBufferBuilder b;
   auto k = Bytes(b, key);
   auto offset = p::CreateDelete(b, k);
-  return Finish(b, id, p::Operation::Delete, offset.Union());
+  return FinishRequest(b, id, p::Operation::Delete, offset.Union());
 }
 
 int PickFreePort() {

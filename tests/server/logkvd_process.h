@@ -79,6 +79,13 @@ class RawConnection {
 // Reads the response out of a frame returned by ReadFrame.
 const protocol::Response* AsResponse(const std::string& frame);
 
+// Bytes as a FlatBuffers vector, and a finished Request frame around an
+// operation built in b.
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder& b,
+                                                        absl::string_view s);
+std::string FinishRequest(flatbuffers::FlatBufferBuilder& b, uint64_t id,
+                          protocol::Operation type, flatbuffers::Offset<void> operation);
+
 // Frames of common requests.
 std::string PutFrame(uint64_t id, absl::string_view key, absl::string_view value,
                      int64_t ttl_ms = 0);

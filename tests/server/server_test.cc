@@ -78,16 +78,7 @@ class ServerTest : public ::testing::Test {
                                flatbuffers::FlatBufferBuilder&)>& make) {
     flatbuffers::FlatBufferBuilder b;
     auto operation = make(b);
-    p::RequestBuilder request(b);
-    request.add_request_id(id);
-    request.add_operation_type(type);
-    request.add_operation(operation);
-    b.FinishSizePrefixed(request.Finish());
-    return std::string(p::FrameOf(b));
-  }
-  static flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder& b,
-                                                                 absl::string_view s) {
-    return b.CreateVector(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    return FinishRequest(b, id, type, operation);
   }
 
   ScopedTempDir dir_;
