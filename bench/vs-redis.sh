@@ -114,7 +114,7 @@ start_logkvd() {  # $1: fsync mode
   local dir=$work/logkvd-$1
   mkdir -p "$dir/data"
   port=$(free_port) || exit 1
-  "$logkvd" --listen="127.0.0.1:$port" --data_dir="$dir/data" --fsync="$1" \
+  "$logkvd" --listen="127.0.0.1:$port" --http= --data_dir="$dir/data" --fsync="$1" \
     "${logkvd_extra_args[@]}" 2>"$dir/logkvd.log" &
   server_pid=$!
   wait_ready "grep -q 'listening on' '$dir/logkvd.log'" "$dir/logkvd.log"

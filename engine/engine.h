@@ -99,6 +99,9 @@ struct Options {
   // the writing thread, outside the engine's locks (for change-feed watchers:
   // it should only note the news and wake someone). May be empty.
   std::function<void(uint32_t shard, uint64_t sequence)> on_event;
+  // Called after every fdatasync of a log segment with its duration, on the
+  // syncing thread (for latency histograms). May be empty.
+  std::function<void(int64_t duration_ns)> on_fsync;
 };
 
 struct WriteOptions {

@@ -386,10 +386,11 @@ absl::Status Shard::SyncNow() {
   // the next round, and everyone already waiting shares this fdatasync.
   const int64_t start_ns = absl::GetCurrentTimeNanos();
   absl::Status status = segment != nullptr ? segment->Sync() : absl::OkStatus();
+  const int64_t duration_ns = absl::GetCurrentTimeNanos() - start_ns;
   counters_.fsyncs.fetch_add(1, std::memory_order_relaxed);
-  counters_.fsync_total_us.fetch_add(
-      static_cast<uint64_t>((absl::GetCurrentTimeNanos() - start_ns) / 1000),
-      std::memory_order_relaxed);
+  counters_.fsync_total_us.fetch_add(static_cast<uint64_t>(duration_ns / 1000),
+                                     std::memory_order_relaxed);
+  if (options_.on_fsync) options_.on_fsync(duration_ns);
   if (!status.ok()) {
     SetFailed(status);
     return status;

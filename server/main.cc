@@ -19,9 +19,19 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/auth/auth_store.h"
+#include "server/auth/rate_limiter.h"
+#include "server/auth/worker_pool.h"
+#include "server/http/account_routes.h"
+#include "server/http/data_routes.h"
+#include "server/http/router.h"
 #include "server/log.h"
+#include "server/metrics.h"
+#include "server/namespaces.h"
 #include "server/server.h"
 #include "server/service.h"
 
@@ -42,9 +52,25 @@ ABSL_FLAG(uint32_t, max_key_bytes, 4096, "Largest key accepted.");
 ABSL_FLAG(uint32_t, max_value_bytes, 16u << 20, "Largest value accepted.");
 ABSL_FLAG(uint32_t, max_frame_bytes, 64u << 20, "Largest protocol frame accepted.");
 ABSL_FLAG(uint32_t, max_batch_items, 10000, "Most operations in one Batch.");
-ABSL_FLAG(uint32_t, versions, 1, "Versions of each key kept readable.");
-ABSL_FLAG(bool, read_only, false, "Refuse every write with PermissionDenied.");
-ABSL_FLAG(std::string, auth, "off", "off | on. Authentication of clients (on: not yet).");
+ABSL_FLAG(std::string, http, "127.0.0.1:8080",
+          "HTTP (REST) addresses, comma-separated host:port list; empty: no HTTP.");
+ABSL_FLAG(uint32_t, versions, 3,
+          "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
+ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
+ABSL_FLAG(std::string, auth, "off",
+          "off | on. on: accounts, API keys (X-API-Key, Hello auth_token) and one key "
+          "namespace per user.");
+ABSL_FLAG(std::string, jwt_secret, "",
+          "HS256 secret for session tokens (also JWT_SECRET). Empty: generated once and kept "
+          "in the data directory.");
+ABSL_FLAG(std::string, jwt_expiration, "1h",
+          "Lifetime of access tokens (also JWT_EXPIRATION), a duration such as 1h or 30m.");
+ABSL_FLAG(double, rate_limit, 100,
+          "Requests per minute per user with --auth=on (token bucket); 0 turns it off.");
+ABSL_FLAG(double, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
+ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
+ABSL_FLAG(uint32_t, http_max_header_bytes, 16u << 10,
+          "Largest HTTP header section (431 beyond).");
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
@@ -57,7 +83,8 @@ constexpr const char* kFlagNames[] = {
     "data_dir",      "listen",        "node_id",         "fsync",     "fsync_interval_ms",
     "threads",       "shards",        "segment_bytes",   "max_key_bytes", "max_value_bytes",
     "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
-    "insecure",      "log_level",
+    "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
+    "rate_limit",    "rate_limit_burst", "max_document_bytes", "http_max_header_bytes",
 };
 
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
@@ -83,6 +110,11 @@ std::vector<std::string> NormalizeArguments(int argc, char** argv) {
   for (const char* name : kFlagNames) {
     const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
     const char* value = std::getenv(variable.c_str());
+    // The seed's own variables for the session tokens.
+    if (value == nullptr && std::string(name) == "jwt_secret") value = std::getenv("JWT_SECRET");
+    if (value == nullptr && std::string(name) == "jwt_expiration") {
+      value = std::getenv("JWT_EXPIRATION");
+    }
     if (value == nullptr) continue;
     if (std::find(given.begin(), given.end(), name) != given.end()) continue;
     args.push_back(absl::StrCat("--", name, "=", value));
@@ -139,16 +171,39 @@ int Main(int argc, char** argv) {
   if (auth != "off" && auth != "on") {
     return Fail(absl::InvalidArgumentError("--auth must be off or on"));
   }
-  if (auth == "on") {
-    return Fail(absl::UnimplementedError(
-        "--auth=on needs the accounts service, which this build does not have yet"));
+  const bool auth_on = auth == "on";
+  std::vector<HttpAddress> http_addresses;
+  for (absl::string_view part :
+       absl::StrSplit(absl::GetFlag(FLAGS_http), ',', absl::SkipWhitespace())) {
+    HttpAddress address;
+    if (absl::Status status = SplitHostPort(std::string(absl::StripAsciiWhitespace(part)),
+                                            &address.host, &address.port);
+        !status.ok()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--http: ", status.message())));
+    }
+    http_addresses.push_back(std::move(address));
   }
-  if (!IsLoopback(host) && !absl::GetFlag(FLAGS_insecure)) {
-    return Fail(absl::FailedPreconditionError(absl::StrCat(
-        "refusing to listen on ", host, " with --auth=off: anyone who can reach it could read "
-        "and write everything. Bind a loopback address, or pass --insecure to accept that.")));
+  if (!auth_on && !absl::GetFlag(FLAGS_insecure)) {
+    std::vector<std::string> hosts = {host};
+    for (const HttpAddress& address : http_addresses) hosts.push_back(address.host);
+    for (const std::string& bound : hosts) {
+      if (IsLoopback(bound)) continue;
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "refusing to listen on ", bound, " with --auth=off: anyone who can reach it could "
+          "read and write everything. Bind a loopback address, use --auth=on, or pass "
+          "--insecure to accept that.")));
+    }
+  }
+  absl::Duration jwt_expiration;
+  if (!absl::ParseDuration(absl::GetFlag(FLAGS_jwt_expiration), &jwt_expiration) ||
+      jwt_expiration < absl::Seconds(1)) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--jwt_expiration '", absl::GetFlag(FLAGS_jwt_expiration),
+        "' is not a duration of at least one second (such as 1h or 30m)")));
   }
 
+  // Declared before the engine, so it outlives every engine callback.
+  ServerMetrics metrics;
   engine::Options options;
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   const int shards = absl::GetFlag(FLAGS_shards);
@@ -175,6 +230,9 @@ int Main(int argc, char** argv) {
                          : engine_level == engine::LogLevel::kInfo    ? Level::kInfo
                                                                       : Level::kDebug;
     if (LogEnabled(mapped)) LogLine(mapped, message);
+  };
+  options.on_fsync = [histogram = metrics.fsync_duration()](int64_t duration_ns) {
+    histogram->Observe(static_cast<double>(duration_ns) * 1e-9);
   };
   std::atomic<Server*> server_for_events{nullptr};
   options.on_event = [&server_for_events](uint32_t, uint64_t) {
@@ -216,12 +274,114 @@ int Main(int argc, char** argv) {
   }
   Service service(engine->get(), service_config, &counters);
 
+  // Accounts and API keys live in the engine itself (server/namespaces.h).
+  std::unique_ptr<auth::AuthStore> auth_store;
+  std::unique_ptr<auth::RateLimiter> rate_limiter;
+  std::unique_ptr<auth::WorkerPool> password_workers;
+  if (auth_on) {
+    auth::AuthConfig auth_config;
+    auth_config.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
+    auth_config.access_token_ttl_s = absl::ToInt64Seconds(jwt_expiration);
+    auth_config.log = [](absl::string_view message) { Log(Level::kWarning, "%s", message); };
+    auth_store = std::make_unique<auth::AuthStore>(engine->get(), auth_config);
+    if (absl::Status status = auth_store->Load(); !status.ok()) {
+      (void)(*engine)->Close();
+      return Fail(status);
+    }
+    if (absl::GetFlag(FLAGS_rate_limit) > 0) {
+      auth::RateLimitConfig limit;
+      limit.requests_per_minute = absl::GetFlag(FLAGS_rate_limit);
+      limit.burst = absl::GetFlag(FLAGS_rate_limit_burst);
+      rate_limiter = std::make_unique<auth::RateLimiter>(limit);
+    }
+    // Password hashing (argon2id) takes tens of milliseconds and 64 MiB:
+    // it runs here, never on a network loop, a few at a time.
+    password_workers = std::make_unique<auth::WorkerPool>(2, 256);
+  }
+
+  metrics.keys()->SetCallback([&engine] {
+    return static_cast<double>((*engine)->GetStats().keys);
+  });
+  metrics.log_bytes()->SetCallback([&engine] {
+    return static_cast<double>((*engine)->GetStats().log_bytes);
+  });
+  metrics.dead_bytes()->SetCallback([&engine] {
+    return static_cast<double>((*engine)->GetStats().dead_bytes);
+  });
+  metrics.compactions()->SetCallback([&engine] { return (*engine)->GetStats().compactions; });
+
+  metrics.http_connections()->SetCallback(
+      [&counters] { return static_cast<double>(counters.http_connections.load()); });
+  metrics.binary_connections()->SetCallback([&counters] {
+    return static_cast<double>(counters.connections.load() - counters.http_connections.load());
+  });
+
+  http::Router router;
+  http::DataRoutesConfig routes_config;
+  routes_config.node_id = service_config.node_id;
+  if (!http_addresses.empty()) {
+    const HttpAddress& first = http_addresses.front();
+    routes_config.node_url = absl::StrCat(
+        "http://", first.host == "0.0.0.0" ? "127.0.0.1" : first.host, ":", first.port);
+  }
+  routes_config.mode = service_config.read_only ? "read-only" : "normal";
+  routes_config.max_document_bytes = absl::GetFlag(FLAGS_max_document_bytes);
+  http::DataRoutesDependencies routes_dependencies;
+  routes_dependencies.service = &service;
+  routes_dependencies.auth_store = auth_store.get();
+  routes_dependencies.rate_limiter = rate_limiter.get();
+  routes_dependencies.metrics = &metrics;
+  http::DataRoutes data_routes(routes_config, routes_dependencies);
+  data_routes.AddTo(&router);
+  if (auth_on) {
+    http::AddAccountRoutes(&router, auth_store.get(), password_workers.get());
+  } else {
+    auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
+      responder.Send(http::HttpResponse::Error(
+          404, "accounts are off on this node: start logkvd with --auth=on"));
+    };
+    for (const char* pattern : {"/signup", "/login", "/refresh", "/apikeys"}) {
+      router.Add(http::Method::kPost, pattern, accounts_off);
+    }
+    router.Add(http::Method::kGet, "/apikeys", accounts_off);
+  }
+  // One metrics handle per route, found by the route's index at answer time.
+  std::vector<HttpRouteMetrics*> route_metrics;
+  for (const auto& route : router.routes()) {
+    route_metrics.push_back(metrics.HttpRoute(route->pattern, http::MethodName(route->method)));
+  }
+  HttpRouteMetrics* unrouted_metrics = metrics.HttpRoute("unmatched", "ANY");
+
   ServerConfig server_config;
   server_config.host = host;
   server_config.port = port;
   const int threads = absl::GetFlag(FLAGS_threads);
   server_config.threads =
       threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  server_config.http_addresses = http_addresses;
+  server_config.router = &router;
+  server_config.http_limits.max_header_bytes = absl::GetFlag(FLAGS_http_max_header_bytes);
+  // A body carries a value, base64 or JSON around it: room for base64's 4/3.
+  server_config.http_limits.max_body_bytes =
+      static_cast<size_t>(options.max_value_bytes) / 3 * 4 + (64u << 10);
+  server_config.http_observer = [&route_metrics, unrouted_metrics](
+                                    const http::Route* route, int status, int64_t duration_ns) {
+    HttpRouteMetrics* handle =
+        route == nullptr ? unrouted_metrics : route_metrics[route->metrics_index];
+    handle->Record(status, static_cast<double>(duration_ns) * 1e-9);
+  };
+  if (auth_on) {
+    server_config.authenticate =
+        [store = auth_store.get()](absl::string_view token) -> absl::StatusOr<RequestContext> {
+      absl::StatusOr<auth::Principal> principal = store->AuthenticateApiKey(token);
+      if (!principal.ok()) return principal.status();
+      RequestContext context;
+      context.key_prefix = TenantPrefix(principal->user_id);
+      context.may_read = principal->can_read;
+      context.may_write = principal->can_write;
+      return context;
+    };
+  }
   Server server(&service, server_config);
   if (absl::Status status = server.Start(); !status.ok()) {
     (void)(*engine)->Close();
@@ -231,6 +391,23 @@ int Main(int argc, char** argv) {
   // Always printed, whatever --log_level: scripts and tests wait for it.
   LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (binary protocol, %d threads)", host,
                                         server.port(), server_config.threads));
+  for (size_t i = 0; i < http_addresses.size(); ++i) {
+    LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (HTTP, auth %s)",
+                                          http_addresses[i].host, server.http_ports()[i], auth));
+  }
+
+  // Last-use times of API keys are noted in memory and written in batches.
+  absl::Notification stop_flusher;
+  std::thread flusher;
+  if (auth_store) {
+    flusher = std::thread([&stop_flusher, store = auth_store.get()] {
+      while (!stop_flusher.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+        if (absl::StatusOr<size_t> flushed = store->FlushLastUsed(); !flushed.ok()) {
+          Log(Level::kWarning, "writing API key last-use times: %s", flushed.status().message());
+        }
+      }
+    });
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
@@ -239,6 +416,16 @@ int Main(int argc, char** argv) {
   server.RequestShutdown();
   server.Wait();
   server_for_events.store(nullptr, std::memory_order_release);
+  password_workers.reset();
+  if (flusher.joinable()) {
+    stop_flusher.Notify();
+    flusher.join();
+  }
+  if (auth_store) {
+    if (absl::StatusOr<size_t> flushed = auth_store->FlushLastUsed(); !flushed.ok()) {
+      Log(Level::kWarning, "writing API key last-use times: %s", flushed.status().message());
+    }
+  }
   if (absl::Status status = (*engine)->Close(); !status.ok()) return Fail(status);
   Log(Level::kInfo, "stopped cleanly");
   return 0;

@@ -10,23 +10,75 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <functional>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "server/log.h"
+#include "server/namespaces.h"
 
 namespace logkv::server {
 
 namespace p = ::logkv::protocol;
+
+// The HTTP side of a connection: parser, unparsed input and the answers owed
+// in request order (HTTP/1.1 answers pipelined requests in order).
+struct HttpSession {
+  explicit HttpSession(const http::HttpLimits& limits) : parser(limits) {}
+
+  http::HttpParser parser;
+  // Received bytes [begin, end) not yet given to the parser.
+  std::unique_ptr<char[]> input;
+  size_t capacity = 0, begin = 0, end = 0;
+  bool stop_parsing = false;  // after a request that ends the connection, or an error
+
+  struct Owed {
+    uint64_t sequence;
+    bool ready = false;
+    bool keep_alive = true;
+    bool head = false;
+    const http::Route* route = nullptr;  // null: refused before routing
+    int64_t start_ns = 0;
+    std::string bytes;  // the serialised answer, once ready
+  };
+  std::deque<Owed> owed;  // answers not yet in the output, oldest first
+  uint64_t next_sequence = 0;
+
+  char* WritableSpace(size_t min_bytes, size_t* available) {
+    if (begin == end) begin = end = 0;
+    if (capacity - end < min_bytes) {
+      if (begin > 0) {
+        std::memmove(input.get(), input.get() + begin, end - begin);
+        end -= begin;
+        begin = 0;
+      }
+      if (capacity - end < min_bytes) {
+        const size_t grown = std::max(capacity * 2, end + min_bytes);
+        auto bigger = std::make_unique<char[]>(grown);
+        if (end > 0) std::memcpy(bigger.get(), input.get(), end);
+        input = std::move(bigger);
+        capacity = grown;
+      }
+    }
+    *available = capacity - end;
+    return input.get() + end;
+  }
+};
 
 // One client connection, owned by its loop; freed in the close callback.
 struct Server::Connection {
   uv_tcp_t handle;  // handle.data points back here
   Loop* loop = nullptr;
   uint64_t id = 0;
+  std::unique_ptr<HttpSession> http;  // set for HTTP connections
+  RequestContext context;             // whose keys this connection sees
+  bool authenticated = false;         // binary protocol with auth on: Hello done
   p::FrameDecoder decoder;
   flatbuffers::FlatBufferBuilder builder{1024};
   std::string out;             // answers not yet handed to libuv
@@ -45,26 +97,33 @@ struct Server::Connection {
   explicit Connection(uint32_t max_frame_bytes) : decoder(max_frame_bytes) {}
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
   size_t owed_bytes() const { return out.size() + in_flight_bytes; }
+  size_t buffered_input() const {
+    return http ? http->end - http->begin : decoder.buffered_bytes();
+  }
 };
 
-class Server::Loop {
+class Server::Loop : public http::ResponseSink {
  public:
   Loop(Server* server, int index) : server_(server), index_(index) {}
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
-  // On the owner's thread, before Run.
-  absl::Status Init(const sockaddr_in& address);
+  // On the owner's thread, before Run. http_addresses: one listener each.
+  absl::Status Init(const sockaddr_in& address, const std::vector<sockaddr_in>& http_addresses);
   void Run();
 
-  // The port the listener is bound to.
-  int BoundPort() {
+  // The port a listener is bound to: -1 the binary one, else that HTTP one.
+  int BoundPort(int http_index = -1) {
+    uv_tcp_t* listener = http_index < 0 ? &listener_ : &http_listeners_[http_index]->handle;
     sockaddr_in bound;
     int length = sizeof(bound);
     std::memset(&bound, 0, sizeof(bound));
-    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&bound), &length);
+    uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &length);
     return ntohs(bound.sin_port);
   }
+
+  // http::ResponseSink: any thread.
+  void Deliver(uint64_t connection_id, uint64_t sequence, http::HttpResponse response) override;
 
   // Any thread: run task on this loop's thread.
   void Post(std::function<void(Loop&)> task);
@@ -81,9 +140,28 @@ class Server::Loop {
     return *static_cast<Connection*>(handle->data);
   }
 
-  void OnConnection(int status);
+  void OnConnection(uv_stream_t* listener, int status, bool is_http);
   void OnRead(Connection& c, ssize_t nread);
+  void ProcessInput(Connection& c) {
+    if (c.http) {
+      ProcessHttp(c);
+    } else {
+      ProcessFrames(c);
+    }
+  }
   void ProcessFrames(Connection& c);
+  bool HandleHello(Connection& c, const p::Request& request);
+
+  // HTTP.
+  void ProcessHttp(Connection& c);
+  void DispatchHttp(Connection& c, http::HttpRequest& request);
+  // Serialises response into *out (HEAD: without the body).
+  void SerializeHttp(const http::HttpResponse& response, bool keep_alive, bool head,
+                     std::string* out);
+  // The answer for sequence is ready: emit every ready answer in order.
+  void CompleteHttp(Connection& c, uint64_t sequence, std::string bytes);
+  void EmitReadyHttp(Connection& c);
+  void RefuseHttp(Connection& c, int status, absl::string_view message);
   void Dispatch(Connection& c, const p::Request& request);
   void Append(Connection& c, absl::string_view frame) { c.out.append(frame.data(), frame.size()); }
   void AppendStatus(Connection& c, uint64_t request_id, const absl::Status& status);
@@ -111,6 +189,20 @@ class Server::Loop {
   const int index_;
   uv_loop_t loop_;
   uv_tcp_t listener_;
+  struct HttpListener {
+    uv_tcp_t handle;
+    Loop* loop;
+  };
+  std::vector<std::unique_ptr<HttpListener>> http_listeners_;
+  std::thread::id thread_id_;
+  // While a handler runs on this loop: where an answer given at once goes.
+  struct InlineAnswer {
+    uint64_t connection_id = 0;
+    uint64_t sequence = 0;
+    bool answered = false;
+    http::HttpResponse response;
+  };
+  InlineAnswer* inline_answer_ = nullptr;
   uv_async_t tasks_async_;
   uv_async_t events_async_;
   uv_timer_t shutdown_timer_;
@@ -175,21 +267,53 @@ absl::Status CheckPortFree(const sockaddr_in& address) {
 
 }  // namespace
 
-absl::Status Server::Loop::Init(const sockaddr_in& address) {
-  if (int rc = uv_loop_init(&loop_); rc != 0) return absl::InternalError(UvError(rc));
+namespace {
+
+absl::Status Listen(uv_loop_t* loop, uv_tcp_t* listener, const sockaddr_in& address,
+                    uv_connection_cb on_connection) {
   auto fd = BindReusePort(address);
   if (!fd.ok()) return fd.status();
-  uv_tcp_init(&loop_, &listener_);
-  listener_.data = this;
-  if (int rc = uv_tcp_open(&listener_, *fd); rc != 0) {
+  uv_tcp_init(loop, listener);
+  if (int rc = uv_tcp_open(listener, *fd); rc != 0) {
     ::close(*fd);
     return absl::InternalError(absl::StrCat("uv_tcp_open: ", UvError(rc)));
   }
-  int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 1024,
-                     [](uv_stream_t* server, int status) {
-                       Of(reinterpret_cast<uv_handle_t*>(server)).OnConnection(status);
-                     });
-  if (rc != 0) return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
+  if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), 1024, on_connection);
+      rc != 0) {
+    return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Server::Loop::Init(const sockaddr_in& address,
+                                const std::vector<sockaddr_in>& http_addresses) {
+  if (int rc = uv_loop_init(&loop_); rc != 0) return absl::InternalError(UvError(rc));
+  listener_.data = this;
+  if (absl::Status status =
+          Listen(&loop_, &listener_, address,
+                 [](uv_stream_t* server, int status) {
+                   Of(reinterpret_cast<uv_handle_t*>(server)).OnConnection(server, status, false);
+                 });
+      !status.ok()) {
+    return status;
+  }
+  listener_.data = this;
+  for (const sockaddr_in& http_address : http_addresses) {
+    auto listener = std::make_unique<HttpListener>();
+    listener->loop = this;
+    if (absl::Status status = Listen(&loop_, &listener->handle, http_address,
+                                     [](uv_stream_t* server, int status) {
+                                       auto* l = static_cast<HttpListener*>(server->data);
+                                       l->loop->OnConnection(server, status, true);
+                                     });
+        !status.ok()) {
+      return status;
+    }
+    listener->handle.data = listener.get();
+    http_listeners_.push_back(std::move(listener));
+  }
   uv_async_init(&loop_, &tasks_async_,
                 [](uv_async_t* async) { Of(reinterpret_cast<uv_handle_t*>(async)).DrainTasks(); });
   tasks_async_.data = this;
@@ -203,6 +327,7 @@ absl::Status Server::Loop::Init(const sockaddr_in& address) {
 }
 
 void Server::Loop::Run() {
+  thread_id_ = std::this_thread::get_id();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run, then free.
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -226,7 +351,7 @@ void Server::Loop::DrainTasks() {
   for (auto& task : tasks) task(*this);
 }
 
-void Server::Loop::OnConnection(int status) {
+void Server::Loop::OnConnection(uv_stream_t* listener, int status, bool is_http) {
   if (status < 0) {
     Log(Level::kWarning, "accept failed: %s", UvError(status));
     return;
@@ -234,9 +359,10 @@ void Server::Loop::OnConnection(int status) {
   auto* c = new Connection(server_->service_->config().limits.max_frame_bytes);
   c->loop = this;
   c->id = next_connection_id_++;
+  if (is_http) c->http = std::make_unique<HttpSession>(server_->config_.http_limits);
   uv_tcp_init(&loop_, &c->handle);
   c->handle.data = c;
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener_), c->stream()) != 0) {
+  if (uv_accept(listener, c->stream()) != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&c->handle),
              [](uv_handle_t* handle) { delete &ConnectionOf(handle); });
     return;
@@ -244,6 +370,7 @@ void Server::Loop::OnConnection(int status) {
   uv_tcp_nodelay(&c->handle, 1);
   connections_[c->id] = c;
   server_->counters()->connections.fetch_add(1, std::memory_order_relaxed);
+  if (is_http) server_->counters()->http_connections.fetch_add(1, std::memory_order_relaxed);
   StartReading(*c);
 }
 
@@ -255,8 +382,9 @@ void Server::Loop::StartReading(Connection& c) {
       [](uv_handle_t* handle, size_t suggested, uv_buf_t* buf) {
         Connection& conn = ConnectionOf(handle);
         size_t available;
-        char* space = conn.decoder.WritableSpace(
-            std::max(suggested, conn.loop->server_->config_.read_chunk_bytes), &available);
+        const size_t chunk = std::max(suggested, conn.loop->server_->config_.read_chunk_bytes);
+        char* space = conn.http ? conn.http->WritableSpace(chunk, &available)
+                                : conn.decoder.WritableSpace(chunk, &available);
         *buf = uv_buf_init(space, static_cast<unsigned int>(available));
       },
       [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
@@ -285,8 +413,12 @@ void Server::Loop::OnRead(Connection& c, ssize_t nread) {
     FinishIfDone(c);
     return;
   }
-  c.decoder.Commit(static_cast<size_t>(nread));
-  ProcessFrames(c);
+  if (c.http) {
+    c.http->end += static_cast<size_t>(nread);
+  } else {
+    c.decoder.Commit(static_cast<size_t>(nread));
+  }
+  ProcessInput(c);
   Flush(c);
   ApplyBackpressure(c);
   FinishIfDone(c);
@@ -328,7 +460,35 @@ void Server::Loop::ProcessFrames(Connection& c) {
   }
 }
 
+// With auth on, Hello's auth_token (an API key) decides whose keys the
+// connection sees. Returns true when the request was answered here.
+bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
+  const auto& authenticate = server_->config_.authenticate;
+  if (!authenticate) return false;
+  const p::Operation operation = request.operation_type();
+  if (operation == p::Operation::Hello) {
+    const absl::string_view token = p::View(request.operation_as_Hello()->auth_token());
+    if (token.empty()) return false;  // a plain Hello: answered by the service
+    absl::StatusOr<RequestContext> context = authenticate(token);
+    if (!context.ok()) {
+      AppendStatus(c, request.request_id(), context.status());
+      return true;
+    }
+    c.context = *std::move(context);
+    c.authenticated = true;
+    return false;
+  }
+  if (c.authenticated || operation == p::Operation::Ping || operation == p::Operation::Stats) {
+    return false;
+  }
+  AppendStatus(c, request.request_id(),
+               absl::UnauthenticatedError(
+                   "this node requires authentication: send Hello with an API key first"));
+  return true;
+}
+
 void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
+  if (HandleHello(c, request)) return;
   switch (request.operation_type()) {
     case p::Operation::Watch:
       AddWatch(c, request.request_id(), *request.operation_as_Watch());
@@ -343,7 +503,7 @@ void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
   Loop* loop = this;
   const uint64_t connection_id = c.id;
   Service::Outcome outcome =
-      server_->service_->Handle(request, &c.builder, [&]() -> Service::Completion {
+      server_->service_->Handle(c.context, request, &c.builder, [&]() -> Service::Completion {
         ++c.pending;
         return [loop, connection_id](std::string frame) {
           loop->Post([connection_id, frame = std::move(frame)](Loop& l) {
@@ -420,13 +580,16 @@ void Server::Loop::ApplyBackpressure(Connection& c) {
     // Frames held back by the limit are answered first, for as long as the
     // socket takes the answers at once and whole frames are waiting.
     while (!c.closing && c.owed_bytes() <= limit / 2) {
-      const size_t buffered = c.decoder.buffered_bytes();
-      if (buffered < p::kFrameLengthBytes) break;
-      ProcessFrames(c);
+      const size_t buffered = c.buffered_input();
+      if (buffered == 0 || (!c.http && buffered < p::kFrameLengthBytes)) break;
+      ProcessInput(c);
       Flush(c);
-      if (c.decoder.buffered_bytes() == buffered) break;  // only part of a frame is here
+      if (c.buffered_input() == buffered) break;  // only part of a request is here
     }
-    if (!c.reading && !c.closing && c.owed_bytes() <= limit) StartReading(c);
+    const bool http_may_read =
+        !c.http || (!c.http->stop_parsing &&
+                    c.http->owed.size() < server_->config_.max_pipelined_requests);
+    if (!c.reading && !c.closing && c.owed_bytes() <= limit && http_may_read) StartReading(c);
   }
 }
 
@@ -448,12 +611,186 @@ void Server::Loop::Close(Connection& c) {
   c.watches.clear();
   connections_.erase(c.id);
   server_->counters()->connections.fetch_sub(1, std::memory_order_relaxed);
+  if (c.http) server_->counters()->http_connections.fetch_sub(1, std::memory_order_relaxed);
   uv_close(reinterpret_cast<uv_handle_t*>(&c.handle), [](uv_handle_t* handle) {
     Connection* conn = &ConnectionOf(handle);
     Loop* loop = conn->loop;
     delete conn;
     loop->MaybeFinishShutdown();
   });
+}
+
+// ---- HTTP ---------------------------------------------------------------------
+
+void Server::Loop::ProcessHttp(Connection& c) {
+  HttpSession& h = *c.http;
+  while (!c.closing && !h.stop_parsing && c.owed_bytes() <= server_->config_.max_output_bytes) {
+    if (h.owed.size() >= server_->config_.max_pipelined_requests) {
+      // Answers owed pile up: read no more until they go out.
+      StopReading(c);
+      return;
+    }
+    size_t consumed = 0;
+    const http::HttpParser::Result result =
+        h.parser.Parse(absl::string_view(h.input.get() + h.begin, h.end - h.begin), &consumed);
+    h.begin += consumed;
+    switch (result) {
+      case http::HttpParser::Result::kNeedMore:
+        if (h.parser.expects_continue() && h.owed.empty()) {
+          // The client waits for leave to send its body (Expect: 100-continue).
+          c.out.append("HTTP/1.1 100 Continue\r\n\r\n");
+          h.parser.set_continue_sent();
+        }
+        return;
+      case http::HttpParser::Result::kError:
+        RefuseHttp(c, h.parser.error_status(), h.parser.error_message());
+        return;
+      case http::HttpParser::Result::kRequest:
+        DispatchHttp(c, h.parser.request());
+        break;
+    }
+  }
+}
+
+// A request that cannot be parsed ends the connection: its answer goes out
+// after the answers owed before it, then the connection closes.
+void Server::Loop::RefuseHttp(Connection& c, int status, absl::string_view message) {
+  HttpSession& h = *c.http;
+  Log(Level::kDebug, "connection %d: HTTP %d: %s; closing it", c.id, status, message);
+  h.stop_parsing = true;
+  StopReading(c);
+  HttpSession::Owed owed;
+  owed.sequence = h.next_sequence++;
+  owed.keep_alive = false;
+  owed.start_ns = absl::GetCurrentTimeNanos();
+  h.owed.push_back(std::move(owed));
+  SerializeHttp(http::HttpResponse::Error(status, message), false, false, &h.owed.back().bytes);
+  h.owed.back().ready = true;
+  EmitReadyHttp(c);
+}
+
+void Server::Loop::DispatchHttp(Connection& c, http::HttpRequest& request) {
+  HttpSession& h = *c.http;
+  const uint64_t sequence = h.next_sequence++;
+  const int64_t start_ns = absl::GetCurrentTimeNanos();
+  const bool keep_alive = request.keep_alive && !stopping_;
+  const bool head = request.method == http::Method::kHead;
+  if (!keep_alive) {
+    // Requests after one that closes the connection are not read.
+    h.stop_parsing = true;
+    StopReading(c);
+  }
+  const http::Router::Match match =
+      server_->config_.router->Find(request.method, request.path, &request.params);
+  InlineAnswer answer;
+  answer.connection_id = c.id;
+  answer.sequence = sequence;
+  if (match.route == nullptr) {
+    answer.answered = true;
+    if (match.status == 405) {
+      answer.response = http::HttpResponse::Error(
+          405, absl::StrCat("method ", request.method_name, " is not allowed here; use ",
+                            match.allow));
+      answer.response.headers.emplace_back("Allow", match.allow);
+    } else if (match.status == 400) {
+      answer.response = http::HttpResponse::Error(400, "malformed percent-encoding in the path");
+    } else {
+      answer.response = http::HttpResponse::Error(
+          404, absl::StrCat("no route for ", request.method_name, " ", request.path));
+    }
+  } else {
+    inline_answer_ = &answer;
+    match.route->handler(request, http::Responder(this, c.id, sequence));
+    inline_answer_ = nullptr;
+  }
+  if (answer.answered) {
+    if (server_->config_.http_observer) {
+      server_->config_.http_observer(match.route, answer.response.status,
+                                     absl::GetCurrentTimeNanos() - start_ns);
+    }
+    if (h.owed.empty()) {
+      // The common case: nothing is owed before it, so it goes straight out.
+      SerializeHttp(answer.response, keep_alive, head, &c.out);
+      if (!keep_alive) c.closing = true;
+      return;
+    }
+    HttpSession::Owed owed;
+    owed.sequence = sequence;
+    owed.ready = true;
+    owed.keep_alive = keep_alive;
+    SerializeHttp(answer.response, keep_alive, head, &owed.bytes);
+    h.owed.push_back(std::move(owed));
+    return;
+  }
+  // Answered later, from another thread (fsync waits, password hashing).
+  HttpSession::Owed owed;
+  owed.sequence = sequence;
+  owed.keep_alive = keep_alive;
+  owed.head = head;
+  owed.route = match.route;
+  owed.start_ns = start_ns;
+  h.owed.push_back(std::move(owed));
+  ++c.pending;
+}
+
+void Server::Loop::Deliver(uint64_t connection_id, uint64_t sequence,
+                           http::HttpResponse response) {
+  if (inline_answer_ != nullptr && inline_answer_->connection_id == connection_id &&
+      inline_answer_->sequence == sequence && std::this_thread::get_id() == thread_id_) {
+    inline_answer_->answered = true;
+    inline_answer_->response = std::move(response);
+    return;
+  }
+  Post([connection_id, sequence, response = std::move(response)](Loop& l) {
+    auto it = l.connections_.find(connection_id);
+    if (it == l.connections_.end()) return;  // the client is gone
+    Connection& c = *it->second;
+    if (!c.http) return;
+    for (HttpSession::Owed& owed : c.http->owed) {
+      if (owed.sequence != sequence || owed.ready) continue;
+      if (l.server_->config_.http_observer) {
+        l.server_->config_.http_observer(owed.route, response.status,
+                                         absl::GetCurrentTimeNanos() - owed.start_ns);
+      }
+      l.SerializeHttp(response, owed.keep_alive, owed.head, &owed.bytes);
+      owed.ready = true;
+      --c.pending;
+      break;
+    }
+    l.EmitReadyHttp(c);
+    l.Flush(c);
+    l.ApplyBackpressure(c);
+    l.FinishIfDone(c);
+  });
+}
+
+void Server::Loop::EmitReadyHttp(Connection& c) {
+  HttpSession& h = *c.http;
+  while (!h.owed.empty() && h.owed.front().ready) {
+    HttpSession::Owed& owed = h.owed.front();
+    c.out.append(owed.bytes);
+    const bool close = !owed.keep_alive;
+    h.owed.pop_front();
+    if (close) {
+      c.closing = true;
+      // Nothing after it is sent; answers still owed were for requests the
+      // client sent after asking to close.
+      break;
+    }
+  }
+}
+
+void Server::Loop::SerializeHttp(const http::HttpResponse& response, bool keep_alive, bool head,
+                                 std::string* out) {
+  absl::StrAppend(out, "HTTP/1.1 ", response.status, " ", http::ReasonPhrase(response.status),
+                  "\r\nContent-Type: ", response.content_type, "\r\nContent-Length: ",
+                  response.body.size(), "\r\n");
+  for (const auto& [name, value] : response.headers) {
+    absl::StrAppend(out, name, ": ", value, "\r\n");
+  }
+  if (!keep_alive) out->append("Connection: close\r\n");
+  out->append("\r\n");
+  if (!head) out->append(response.body);
 }
 
 // ---- Watches ------------------------------------------------------------------
@@ -463,7 +800,13 @@ void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& 
   const uint32_t shards = engine->ShardCount();
   Connection::Watch w;
   w.request_id = request_id;
-  w.prefix = std::string(p::View(watch.prefix()));
+  if (!c.context.may_read) {
+    AppendStatus(c, request_id,
+                 absl::PermissionDeniedError("this API key may not read (missing scope)"));
+    return;
+  }
+  // The watch sees the connection's namespace only; keys go out without it.
+  w.prefix = absl::StrCat(c.context.key_prefix, p::View(watch.prefix()));
   if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
     if (watch.after_sequences()->size() != shards) {
       AppendStatus(c, request_id,
@@ -542,10 +885,13 @@ void Server::Loop::PumpWatches() {
         if (events->size() == batch_events) more = true;
         c->builder.Clear();
         std::vector<flatbuffers::Offset<p::Event>> matching;
+        const size_t namespace_bytes = c->context.key_prefix.size();
         for (const engine::Event& event : *events) {
           if (!absl::StartsWith(event.key, w.prefix)) continue;
-          auto key = c->builder.CreateVector(reinterpret_cast<const uint8_t*>(event.key.data()),
-                                             event.key.size());
+          if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
+          auto key = c->builder.CreateVector(
+              reinterpret_cast<const uint8_t*>(event.key.data()) + namespace_bytes,
+              event.key.size() - namespace_bytes);
           auto value = c->builder.CreateVector(
               reinterpret_cast<const uint8_t*>(event.value.data()), event.value.size());
           matching.push_back(p::CreateEvent(
@@ -578,6 +924,9 @@ void Server::Loop::BeginShutdown() {
   if (stopping_) return;
   stopping_ = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  for (auto& listener : http_listeners_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener->handle), nullptr);
+  }
   std::vector<Connection*> connections;
   for (auto& [id, c] : connections_) connections.push_back(c);
   for (Connection* c : connections) {
@@ -640,16 +989,40 @@ absl::Status Server::Start() {
   if (config_.port != 0) {
     if (absl::Status status = CheckPortFree(address); !status.ok()) return status;
   }
+  if (!config_.http_addresses.empty() && config_.router == nullptr) {
+    return absl::InvalidArgumentError("HTTP addresses given without a route table");
+  }
+  std::vector<sockaddr_in> http_addresses;
+  for (const HttpAddress& http : config_.http_addresses) {
+    sockaddr_in http_address;
+    if (int rc = uv_ip4_addr(http.host.c_str(), http.port, &http_address); rc != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot serve HTTP on '", http.host, "': not an IPv4 address"));
+    }
+    if (http.port != 0) {
+      if (absl::Status status = CheckPortFree(http_address); !status.ok()) return status;
+    }
+    http_addresses.push_back(http_address);
+  }
   for (int i = 0; i < std::max(1, config_.threads); ++i) {
     auto loop = std::make_unique<Loop>(this, i);
-    if (absl::Status status = loop->Init(address); !status.ok()) return status;
-    if (i == 0 && config_.port == 0) {
-      // Every other loop joins the port the kernel picked for the first.
-      address.sin_port = htons(static_cast<uint16_t>(loop->BoundPort()));
+    if (absl::Status status = loop->Init(address, http_addresses); !status.ok()) return status;
+    if (i == 0) {
+      // Every other loop joins the ports the kernel picked for the first.
+      if (config_.port == 0) address.sin_port = htons(static_cast<uint16_t>(loop->BoundPort()));
+      for (size_t j = 0; j < http_addresses.size(); ++j) {
+        if (config_.http_addresses[j].port == 0) {
+          http_addresses[j].sin_port =
+              htons(static_cast<uint16_t>(loop->BoundPort(static_cast<int>(j))));
+        }
+      }
     }
     loops_.push_back(std::move(loop));
   }
   port_ = ntohs(address.sin_port);
+  for (const sockaddr_in& http_address : http_addresses) {
+    http_ports_.push_back(ntohs(http_address.sin_port));
+  }
   for (auto& loop : loops_) {
     threads_.emplace_back([loop = loop.get()] { loop->Run(); });
   }

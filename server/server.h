@@ -18,15 +18,38 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/http/http_parser.h"
+#include "server/http/router.h"
 #include "server/service.h"
 
 namespace logkv::server {
+
+struct HttpAddress {
+  std::string host;
+  int port = 0;  // 0 = any free port (see Server::http_ports)
+};
 
 struct ServerConfig {
   std::string host = "127.0.0.1";
   int port = 7070;  // 0 = any free port (see Server::port)
   int threads = 1;
+
+  // The HTTP adapter: every address is served by every loop. router must
+  // outlive the Server; no addresses, no HTTP.
+  std::vector<HttpAddress> http_addresses;
+  const http::Router* router = nullptr;
+  http::HttpLimits http_limits;
+  // Requests read ahead of their answers on one HTTP connection (pipelining).
+  size_t max_pipelined_requests = 256;
+  // Called on the loop thread for every HTTP answer sent (metrics).
+  std::function<void(const http::Route* route, int status, int64_t duration_ns)> http_observer;
+
+  // With auth on: maps the binary protocol's Hello auth_token (an API key) to
+  // the caller's context; until a Hello succeeds only Hello, Ping and Stats
+  // are served. Null: auth is off and every connection is global.
+  std::function<absl::StatusOr<RequestContext>(absl::string_view token)> authenticate;
   // A connection whose unsent answers pass this stops being read until they
   // drain below half of it: a client that does not read cannot grow our memory.
   size_t max_output_bytes = 8u << 20;
@@ -49,6 +72,8 @@ class Server {
   // clear message when the port is taken or the address cannot be bound.
   absl::Status Start();
   int port() const { return port_; }
+  // The bound port of each of config.http_addresses, in order.
+  const std::vector<int>& http_ports() const { return http_ports_; }
 
   // Stops accepting, finishes requests in flight (bounded by
   // shutdown_grace), closes connections; returns at once.
@@ -68,6 +93,7 @@ class Server {
   Service* const service_;
   const ServerConfig config_;
   int port_ = 0;
+  std::vector<int> http_ports_;
   std::atomic<bool> shutdown_requested_{false};
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<std::thread> threads_;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/namespaces.h"
 
 namespace logkv::server {
 
@@ -34,7 +35,25 @@ std::string FrameCopy(const flatbuffers::FlatBufferBuilder& b) {
   return std::string(p::FrameOf(b));
 }
 
+absl::Status ReservedKeyError() {
+  return absl::InvalidArgumentError("keys beginning with byte 0x00 are reserved for the server");
+}
+
+absl::Status NotPermitted(absl::string_view what) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("this API key may not ", what, " (missing scope)"));
+}
+
 }  // namespace
+
+absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
+                                            std::string* scratch) {
+  if (IsReservedKey(key)) return ReservedKeyError();
+  if (context.key_prefix.empty()) return key;
+  scratch->assign(context.key_prefix);
+  scratch->append(key.data(), key.size());
+  return absl::string_view(*scratch);
+}
 
 void BuildWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t request_id,
                         const absl::StatusOr<engine::WriteResult>& result) {
@@ -54,7 +73,8 @@ Service::Service(engine::Engine* engine, const ServiceConfig& config, ServerCoun
       counters_(counters),
       always_sync_(config.fsync_always) {}
 
-Service::Outcome Service::Handle(const p::Request& request, flatbuffers::FlatBufferBuilder* b,
+Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
+                                 flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {
   counters_->requests.fetch_add(1, std::memory_order_relaxed);
   const uint64_t id = request.request_id();
@@ -79,11 +99,20 @@ Service::Outcome Service::Handle(const p::Request& request, flatbuffers::FlatBuf
       return Outcome::kAnswered;
     }
     case p::Operation::Get:
-      return HandleGet(id, *request.operation_as_Get(), b);
+      return HandleGet(context, id, *request.operation_as_Get(), b);
     case p::Operation::GetVersion: {
       const p::GetVersion* get = request.operation_as_GetVersion();
-      absl::StatusOr<engine::Record> record =
-          engine_->GetVersion(p::View(get->key()), get->version());
+      if (!context.may_read) {
+        p::BuildStatusResponse(b, id, NotPermitted("read"));
+        return Outcome::kAnswered;
+      }
+      std::string scratch;
+      absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(get->key()), &scratch);
+      if (!key.ok()) {
+        p::BuildStatusResponse(b, id, key.status());
+        return Outcome::kAnswered;
+      }
+      absl::StatusOr<engine::Record> record = engine_->GetVersion(*key, get->version());
       if (!record.ok()) {
         p::BuildStatusResponse(b, id, record.status());
         return Outcome::kAnswered;
@@ -97,38 +126,11 @@ Service::Outcome Service::Handle(const p::Request& request, flatbuffers::FlatBuf
     }
     case p::Operation::Put:
     case p::Operation::Delete:
-      return HandleWrite(id, request, b, defer);
+      return HandleWrite(context, id, request, b, defer);
     case p::Operation::Batch:
-      return HandleBatch(id, *request.operation_as_Batch(), b, defer);
-    case p::Operation::Scan: {
-      const p::Scan* scan = request.operation_as_Scan();
-      engine::ScanOptions options;
-      options.prefix = std::string(p::View(scan->prefix()));
-      options.start_key = std::string(p::View(scan->start_key()));
-      options.end_key = std::string(p::View(scan->end_key()));
-      options.after_key = std::string(p::View(scan->after_key()));
-      options.limit = scan->limit() == 0 ? 1000 : scan->limit();
-      options.keys_only = scan->keys_only();
-      absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
-      if (!page.ok()) {
-        p::BuildStatusResponse(b, id, page.status());
-        return Outcome::kAnswered;
-      }
-      b->Clear();
-      std::vector<flatbuffers::Offset<p::ScanItem>> items;
-      items.reserve(page->items.size());
-      for (const engine::ScanItem& item : page->items) {
-        auto key = Bytes(b, item.key);
-        auto value = options.keys_only ? 0 : Bytes(b, item.value);
-        items.push_back(p::CreateScanItem(*b, key, value, item.meta.version, item.meta.timestamp,
-                                          item.meta.expiry_unix_ms));
-      }
-      auto vector = b->CreateVector(items);
-      auto cursor = Bytes(b, page->next_cursor);
-      auto result = p::CreateScanResult(*b, vector, cursor);
-      FinishResponse(b, id, p::Result::ScanResult, result.Union());
-      return Outcome::kAnswered;
-    }
+      return HandleBatch(context, id, *request.operation_as_Batch(), b, defer);
+    case p::Operation::Scan:
+      return HandleScan(context, id, *request.operation_as_Scan(), b);
     case p::Operation::Stats:
       BuildStats(id, b);
       return Outcome::kAnswered;
@@ -142,13 +144,67 @@ Service::Outcome Service::Handle(const p::Request& request, flatbuffers::FlatBuf
   }
 }
 
-Service::Outcome Service::HandleGet(uint64_t id, const p::Get& get,
+Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
+                                     const p::Scan& scan, flatbuffers::FlatBufferBuilder* b) {
+  if (!context.may_read) {
+    p::BuildStatusResponse(b, id, NotPermitted("read"));
+    return Outcome::kAnswered;
+  }
+  // Every bound moves into the client's namespace; without one, the scan
+  // starts after the reserved namespace (byte 0x00 sorts first).
+  const std::string& ns = context.key_prefix;
+  auto bound = [&ns](absl::string_view key) {
+    return key.empty() ? std::string() : absl::StrCat(ns, key);
+  };
+  engine::ScanOptions options;
+  options.prefix = absl::StrCat(ns, p::View(scan.prefix()));
+  options.start_key = bound(p::View(scan.start_key()));
+  options.end_key = bound(p::View(scan.end_key()));
+  options.after_key = bound(p::View(scan.after_key()));
+  if (ns.empty() && (options.start_key.empty() || IsReservedKey(options.start_key))) {
+    options.start_key.assign(1, '\x01');
+  }
+  options.limit = scan.limit() == 0 ? 1000 : scan.limit();
+  options.keys_only = scan.keys_only();
+  absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
+  if (!page.ok()) {
+    p::BuildStatusResponse(b, id, page.status());
+    return Outcome::kAnswered;
+  }
+  auto strip = [&ns](absl::string_view key) { return key.substr(std::min(ns.size(), key.size())); };
+  b->Clear();
+  std::vector<flatbuffers::Offset<p::ScanItem>> items;
+  items.reserve(page->items.size());
+  for (const engine::ScanItem& item : page->items) {
+    auto key = Bytes(b, strip(item.key));
+    auto value = options.keys_only ? 0 : Bytes(b, item.value);
+    items.push_back(p::CreateScanItem(*b, key, value, item.meta.version, item.meta.timestamp,
+                                      item.meta.expiry_unix_ms));
+  }
+  auto vector = b->CreateVector(items);
+  auto cursor = Bytes(b, strip(page->next_cursor));
+  auto result = p::CreateScanResult(*b, vector, cursor);
+  FinishResponse(b, id, p::Result::ScanResult, result.Union());
+  return Outcome::kAnswered;
+}
+
+Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, const p::Get& get,
                                     flatbuffers::FlatBufferBuilder* b) {
+  if (!context.may_read) {
+    p::BuildStatusResponse(b, id, NotPermitted("read"));
+    return Outcome::kAnswered;
+  }
   // The value is copied once, from the engine's mapping straight into the
-  // response; the scratch string is reused by this thread.
+  // response; the scratch strings are reused by this thread.
   thread_local std::string value;
+  thread_local std::string scratch;
+  absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(get.key()), &scratch);
+  if (!key.ok()) {
+    p::BuildStatusResponse(b, id, key.status());
+    return Outcome::kAnswered;
+  }
   engine::ValueMeta meta;
-  absl::Status status = engine_->Get(p::View(get.key()), &value, &meta);
+  absl::Status status = engine_->Get(*key, &value, &meta);
   if (!status.ok()) {
     p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
@@ -161,11 +217,16 @@ Service::Outcome Service::HandleGet(uint64_t id, const p::Get& get,
   return Outcome::kAnswered;
 }
 
-Service::Outcome Service::HandleWrite(uint64_t id, const p::Request& request,
+Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id,
+                                      const p::Request& request,
                                       flatbuffers::FlatBufferBuilder* b,
                                       absl::FunctionRef<Completion()> defer) {
   if (config_.read_only) {
     p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+    return Outcome::kAnswered;
+  }
+  if (!context.may_write) {
+    p::BuildStatusResponse(b, id, NotPermitted("write"));
     return Outcome::kAnswered;
   }
   engine::WriteOptions options;
@@ -183,6 +244,13 @@ Service::Outcome Service::HandleWrite(uint64_t id, const p::Request& request,
     key = p::View(del->key());
     if (del->has_if_version()) options.if_version = del->if_version();
   }
+  thread_local std::string scratch;
+  absl::StatusOr<absl::string_view> engine_key = EngineKey(context, key, &scratch);
+  if (!engine_key.ok()) {
+    p::BuildStatusResponse(b, id, engine_key.status());
+    return Outcome::kAnswered;
+  }
+  key = *engine_key;
   if (always_sync_) {
     // The answer waits for the group commit's fdatasync, which completes on
     // the engine's sync thread; the loop goes on serving others meanwhile.
@@ -204,11 +272,15 @@ Service::Outcome Service::HandleWrite(uint64_t id, const p::Request& request,
   return Outcome::kAnswered;
 }
 
-Service::Outcome Service::HandleBatch(uint64_t id, const p::Batch& batch,
-                                      flatbuffers::FlatBufferBuilder* b,
+Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id,
+                                      const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
                                       absl::FunctionRef<Completion()> defer) {
   if (config_.read_only) {
     p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+    return Outcome::kAnswered;
+  }
+  if (!context.may_write) {
+    p::BuildStatusResponse(b, id, NotPermitted("write"));
     return Outcome::kAnswered;
   }
   const auto& items = *batch.items();
@@ -242,6 +314,23 @@ Service::Outcome Service::HandleBatch(uint64_t id, const p::Batch& batch,
     const p::BatchItem* item = items.Get(i);
     engine::WriteOptions options;
     options.ttl_ms = item->ttl_ms();
+    std::string scratch;
+    absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(item->key()), &scratch);
+    if (!key.ok()) {
+      // Refused before the engine: whoever counts the last item answers.
+      bool last;
+      {
+        absl::MutexLock lock(&gather->mu);
+        gather->results[i] = key.status();
+        last = --gather->remaining == 0;
+      }
+      if (last && done) {
+        flatbuffers::FlatBufferBuilder builder(1024);
+        build(&builder, *gather);
+        done(FrameCopy(builder));
+      }
+      continue;
+    }
     auto record = [gather, i, done, build](absl::StatusOr<engine::WriteResult> result) {
       bool last;
       {
@@ -256,9 +345,9 @@ Service::Outcome Service::HandleBatch(uint64_t id, const p::Batch& batch,
       }
     };
     if (item->delete_()) {
-      engine_->DeleteAsync(p::View(item->key()), options, record);
+      engine_->DeleteAsync(*key, options, record);
     } else {
-      engine_->PutAsync(p::View(item->key()), p::View(item->value()), options, record);
+      engine_->PutAsync(*key, p::View(item->value()), options, record);
     }
   }
   if (deferred) return Outcome::kDeferred;

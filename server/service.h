@@ -21,7 +21,8 @@ namespace logkv::server {
 
 // Counters the service reports in Stats; owned by the server.
 struct ServerCounters {
-  std::atomic<uint64_t> connections{0};  // open now
+  std::atomic<uint64_t> connections{0};       // open now, both protocols
+  std::atomic<uint64_t> http_connections{0};  // of which HTTP
   std::atomic<uint64_t> requests{0};     // handled since start
   int64_t start_unix_ms = 0;
 };
@@ -31,6 +32,15 @@ struct ServiceConfig {
   bool read_only = false;
   bool fsync_always = false;  // writes answer only after the group commit's fdatasync
   protocol::Limits limits;
+};
+
+// Who is asking, as far as the data logic cares. Client keys are mapped into
+// key_prefix's namespace (a tenant's, when auth is on) and may not begin
+// with the reserved byte; scans and answers see the client's own keys only.
+struct RequestContext {
+  std::string key_prefix;  // empty: the global namespace
+  bool may_read = true;
+  bool may_write = true;
 };
 
 class Service {
@@ -50,19 +60,23 @@ class Service {
   // Handles every operation except Watch and Unwatch (the connection owns
   // those). defer is called only when the answer must wait (a write under
   // --fsync=always), so the common path allocates nothing.
-  Outcome Handle(const protocol::Request& request, flatbuffers::FlatBufferBuilder* builder,
-                 absl::FunctionRef<Completion()> defer);
+  Outcome Handle(const RequestContext& context, const protocol::Request& request,
+                 flatbuffers::FlatBufferBuilder* builder, absl::FunctionRef<Completion()> defer);
 
   engine::Engine* engine() const { return engine_; }
   ServerCounters* counters() const { return counters_; }
   const ServiceConfig& config() const { return config_; }
 
  private:
-  Outcome HandleGet(uint64_t id, const protocol::Get& get, flatbuffers::FlatBufferBuilder* b);
-  Outcome HandleWrite(uint64_t id, const protocol::Request& request,
+  Outcome HandleGet(const RequestContext& context, uint64_t id, const protocol::Get& get,
+                    flatbuffers::FlatBufferBuilder* b);
+  Outcome HandleWrite(const RequestContext& context, uint64_t id,
+                      const protocol::Request& request, flatbuffers::FlatBufferBuilder* b,
+                      absl::FunctionRef<Completion()> defer);
+  Outcome HandleBatch(const RequestContext& context, uint64_t id, const protocol::Batch& batch,
                       flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
-  Outcome HandleBatch(uint64_t id, const protocol::Batch& batch,
-                      flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
+  Outcome HandleScan(const RequestContext& context, uint64_t id, const protocol::Scan& scan,
+                     flatbuffers::FlatBufferBuilder* b);
   void BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b);
 
   engine::Engine* const engine_;
@@ -70,6 +84,11 @@ class Service {
   ServerCounters* const counters_;
   const bool always_sync_;
 };
+
+// The engine key of a client's key in context's namespace, built in *scratch
+// when a prefix applies. InvalidArgument for a key in the reserved namespace.
+absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
+                                            std::string* scratch);
 
 // A finished response frame for a write result (used on the sync thread too).
 void BuildWriteResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,

@@ -13,7 +13,9 @@ packages=(
   # tests and benchmarks; clang and its runtime for the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
   # side-by-side comparisons in bench/
-  librocksdb-dev libleveldb-dev redis-server redis-tools wrk
+  librocksdb-dev libleveldb-dev redis-server redis-tools wrk nginx-light
+  # HTTP client for the REST tests
+  libcurl4-openssl-dev
 )
 
 missing=()

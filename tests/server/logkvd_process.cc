@@ -34,16 +34,23 @@ absl::Status LogkvdProcess::Start(absl::Duration timeout) {
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   std::vector<std::string> argv_storage = {binary_};
   bool has_listen = false;
+  bool has_http = false;
   for (const std::string& arg : args_) {
     if (arg.rfind("--listen", 0) == 0) has_listen = true;
+    if (arg.rfind("--http=", 0) == 0) has_http = true;
     argv_storage.push_back(arg);
   }
   if (!has_listen) argv_storage.push_back("--listen=127.0.0.1:0");
+  if (!has_http) argv_storage.push_back("--http=127.0.0.1:0");
+  // An explicit empty --http= means no HTTP address: no line to wait for.
+  const bool expect_http = !has_http || std::find(args_.begin(), args_.end(),
+                                                  std::string("--http=")) == args_.end();
   std::vector<char*> argv;
   for (std::string& arg : argv_storage) argv.push_back(arg.data());
   argv.push_back(nullptr);
   output_.clear();
   port_ = 0;
+  http_port_ = 0;
   pid_ = ::fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
   if (pid_ == 0) {
@@ -58,12 +65,21 @@ absl::Status LogkvdProcess::Start(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     DrainOutput(absl::Milliseconds(50));
-    // The ready line: "listening on <host>:<port> (...".
-    const size_t line = output_.find("listening on ");
-    const size_t colon = line == std::string::npos ? line : output_.find(':', line + 13);
-    const size_t end = colon == std::string::npos ? colon : output_.find(' ', colon);
-    if (end != std::string::npos &&
-        absl::SimpleAtoi(output_.substr(colon + 1, end - colon - 1), &port_)) {
+    // The ready lines: "listening on <host>:<port> (binary protocol..." and
+    // then "listening on <host>:<port> (HTTP..." for the first HTTP address.
+    auto port_of = [this](absl::string_view kind, int* port) {
+      size_t line = 0;
+      while ((line = output_.find("listening on ", line)) != std::string::npos) {
+        const size_t colon = output_.find(':', line + 13);
+        const size_t end = colon == std::string::npos ? colon : output_.find(' ', colon);
+        line += 13;
+        if (end == std::string::npos) return false;
+        if (output_.compare(end + 1, kind.size() + 1, absl::StrCat("(", kind)) != 0) continue;
+        return absl::SimpleAtoi(output_.substr(colon + 1, end - colon - 1), port);
+      }
+      return false;
+    };
+    if (port_of("binary", &port_) && (!expect_http || port_of("HTTP", &http_port_))) {
       return absl::OkStatus();
     }
     int status;

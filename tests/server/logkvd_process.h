@@ -37,6 +37,8 @@ class LogkvdProcess {
   int WaitExit(absl::Duration timeout);
 
   int port() const { return port_; }
+  // The first HTTP address's port (0 when started with --http=).
+  int http_port() const { return http_port_; }
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0; }
   // Everything the process wrote to stderr so far (read as it comes).
@@ -50,6 +52,7 @@ class LogkvdProcess {
   pid_t pid_ = -1;
   int stderr_fd_ = -1;
   int port_ = 0;
+  int http_port_ = 0;
   std::string output_;
 };
 

@@ -12,7 +12,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-"$logkvd" --data_dir="$work/data" --listen=127.0.0.1:0 --threads=1 2>"$work/logkvd.log" &
+"$logkvd" --data_dir="$work/data" --listen=127.0.0.1:0 --http=127.0.0.1:0 --threads=1 2>"$work/logkvd.log" &
 server_pid=$!
 port=""
 for _ in $(seq 1 200); do

@@ -126,7 +126,7 @@ def main():
         if args.logkvd:
             server = subprocess.Popen(
                 [args.logkvd, "--data_dir=" + os.path.join(work, "data"),
-                 "--listen=127.0.0.1:0", "--threads=1"],
+                 "--listen=127.0.0.1:0", "--http=127.0.0.1:0", "--threads=1"],
                 stderr=subprocess.PIPE, text=True)
             for line in server.stderr:
                 match = re.search(r"listening on ([0-9.]+):([0-9]+)", line)

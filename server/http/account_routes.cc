@@ -1,0 +1,295 @@
+#include "server/http/account_routes.h"
+
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "server/auth/status_http.h"
+
+namespace logkv::server::http {
+namespace {
+
+using Json = nlohmann::json;
+
+// ---- Request bodies --------------------------------------------------------------
+// Every reader answers InvalidArgument naming the field, never an exception:
+// nlohmann's throwing accessors are avoided, and the parse does not throw.
+
+absl::StatusOr<Json> ParseBody(absl::string_view body) {
+  Json json = Json::parse(body.begin(), body.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
+  if (!json.is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
+  return json;
+}
+
+absl::Status RequiredString(const Json& body, const char* name, std::string* out) {
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) {
+    return absl::InvalidArgumentError(absl::StrCat("missing field \"", name, "\""));
+  }
+  if (!it->is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat("field \"", name, "\" must be a string"));
+  }
+  *out = it->get<std::string>();
+  return absl::OkStatus();
+}
+
+// Absent or null leaves *out as it is.
+absl::Status OptionalInteger(const Json& body, const char* name, int64_t* out) {
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat("field \"", name, "\" must be an integer"));
+  }
+  if (it->is_number_unsigned() &&
+      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat("field \"", name, "\" is out of range"));
+  }
+  *out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
+absl::Status RequiredStringArray(const Json& body, const char* name,
+                                 std::vector<std::string>* out) {
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) {
+    return absl::InvalidArgumentError(absl::StrCat("missing field \"", name, "\""));
+  }
+  if (!it->is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field \"", name, "\" must be an array of strings"));
+  }
+  for (const Json& element : *it) {
+    if (!element.is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field \"", name, "\" must be an array of strings"));
+    }
+    out->push_back(element.get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
+// The body as a JSON object, or the answer to send instead.
+absl::StatusOr<Json> ReadBody(const HttpRequest& request) {
+  if (request.body.size() > kMaxAccountBodyBytes) {
+    return absl::OutOfRangeError(
+        absl::StrCat("request body exceeds ", kMaxAccountBodyBytes, " bytes"));
+  }
+  return ParseBody(request.body);
+}
+
+HttpResponse BodyError(const absl::Status& status) {
+  if (absl::IsOutOfRange(status)) return HttpResponse::Error(413, status.message());
+  return StatusResponse(status);
+}
+
+HttpResponse JsonResponse(int status, const Json& json) {
+  return HttpResponse::Json(status, auth::SerializeJson(json));
+}
+
+// ---- Running handlers ----------------------------------------------------------
+
+HttpResponse InternalError(const std::exception& error) {
+  return HttpResponse::Error(500, absl::StrCat("internal error: ", error.what()));
+}
+
+// Runs work on the pool and sends what it returns. The request is gone by
+// then: work must own copies of everything it reads.
+void RunOnPool(auth::WorkerPool* pool, Responder responder, std::function<HttpResponse()> work) {
+  // A Responder is move-only and a pool task must be copyable.
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  const bool queued = pool->Submit([shared, work = std::move(work)]() {
+    HttpResponse response;
+    try {
+      response = work();
+    } catch (const std::exception& error) {
+      response = InternalError(error);
+    }
+    shared->Send(std::move(response));
+  });
+  if (!queued) {
+    HttpResponse busy =
+        HttpResponse::Error(503, "too many account requests in progress; retry shortly");
+    busy.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
+    shared->Send(std::move(busy));
+  }
+}
+
+// A handler whose exceptions (bad_alloc, a nlohmann bug) become a 500 rather
+// than escaping into the loop.
+Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler) {
+  return [handler = std::move(handler)](HttpRequest& request, Responder responder) {
+    try {
+      handler(request, responder);
+    } catch (const std::exception& error) {
+      if (!responder.answered()) responder.Send(InternalError(error));
+    }
+  };
+}
+
+// The user behind the request's bearer token, or the 401 to send.
+absl::StatusOr<auth::User> Authenticate(auth::AuthStore* store, const HttpRequest& request) {
+  std::optional<absl::string_view> authorization = request.Header("Authorization");
+  if (!authorization.has_value()) {
+    return absl::UnauthenticatedError("missing Authorization header (Bearer <token>)");
+  }
+  return store->AuthenticateBearer(*authorization);
+}
+
+// ---- Routes --------------------------------------------------------------------
+
+void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
+            Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request);
+  if (!body.ok()) return responder.Send(BodyError(body.status()));
+  std::string email, username, password;
+  for (auto [name, out] : {std::pair{"email", &email}, std::pair{"username", &username},
+                           std::pair{"password", &password}}) {
+    if (absl::Status status = RequiredString(*body, name, out); !status.ok()) {
+      return responder.Send(StatusResponse(status));
+    }
+  }
+  RunOnPool(pool, std::move(responder),
+            [store, email = std::move(email), username = std::move(username),
+             password = std::move(password)]() {
+              absl::StatusOr<auth::User> user = store->SignUp(email, username, password);
+              if (!user.ok()) return StatusResponse(user.status());
+              return JsonResponse(201, auth::UserJson(*user));
+            });
+}
+
+void Login(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
+           Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request);
+  if (!body.ok()) return responder.Send(BodyError(body.status()));
+  std::string email, password;
+  for (auto [name, out] : {std::pair{"email", &email}, std::pair{"password", &password}}) {
+    if (absl::Status status = RequiredString(*body, name, out); !status.ok()) {
+      return responder.Send(StatusResponse(status));
+    }
+  }
+  RunOnPool(pool, std::move(responder),
+            [store, email = std::move(email), password = std::move(password)]() {
+              absl::StatusOr<auth::Tokens> tokens = store->Login(email, password);
+              if (!tokens.ok()) return StatusResponse(tokens.status());
+              return JsonResponse(200, auth::TokensJson(*tokens));
+            });
+}
+
+void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
+             Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request);
+  if (!body.ok()) return responder.Send(BodyError(body.status()));
+  std::string refresh_token;
+  if (absl::Status status = RequiredString(*body, "refresh_token", &refresh_token); !status.ok()) {
+    return responder.Send(StatusResponse(status));
+  }
+  RunOnPool(pool, std::move(responder), [store, refresh_token = std::move(refresh_token)]() {
+    absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
+    if (!tokens.ok()) return StatusResponse(tokens.status());
+    return JsonResponse(200, auth::TokensJson(*tokens));
+  });
+}
+
+void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
+                  Responder& responder) {
+  absl::StatusOr<auth::User> user = Authenticate(store, request);
+  if (!user.ok()) return responder.Send(StatusResponse(user.status()));
+  absl::StatusOr<Json> body = ReadBody(request);
+  if (!body.ok()) return responder.Send(BodyError(body.status()));
+  std::string name;
+  std::vector<std::string> scopes;
+  int64_t expires_in_days = 0;
+  absl::Status status = RequiredString(*body, "name", &name);
+  if (status.ok()) status = RequiredStringArray(*body, "scopes", &scopes);
+  if (status.ok()) status = OptionalInteger(*body, "expires_in_days", &expires_in_days);
+  if (!status.ok()) return responder.Send(StatusResponse(status));
+  RunOnPool(pool, std::move(responder),
+            [store, user_id = user->id, name = std::move(name), scopes = std::move(scopes),
+             expires_in_days]() {
+              absl::StatusOr<auth::CreatedApiKey> created =
+                  store->CreateApiKey(user_id, name, scopes, expires_in_days);
+              if (!created.ok()) return StatusResponse(created.status());
+              return JsonResponse(201, auth::CreatedApiKeyJson(*created));
+            });
+}
+
+void ListApiKeys(auth::AuthStore* store, HttpRequest& request, Responder& responder) {
+  absl::StatusOr<auth::User> user = Authenticate(store, request);
+  if (!user.ok()) return responder.Send(StatusResponse(user.status()));
+  const std::vector<auth::ApiKeyInfo> keys = store->ListApiKeys(user->id);
+  Json list = Json::array();
+  for (const auth::ApiKeyInfo& key : keys) list.push_back(auth::ApiKeyJson(key));
+  responder.Send(JsonResponse(200, Json{{"api_keys", std::move(list)}, {"count", keys.size()}}));
+}
+
+void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
+                  Responder& responder) {
+  absl::StatusOr<auth::User> user = Authenticate(store, request);
+  if (!user.ok()) return responder.Send(StatusResponse(user.status()));
+  uint64_t key_id = 0;
+  if (request.params.size() != 1 || !absl::SimpleAtoi(request.params[0], &key_id) || key_id == 0) {
+    return responder.Send(HttpResponse::Error(400, "API key id must be a positive integer"));
+  }
+  RunOnPool(pool, std::move(responder), [store, user_id = user->id, key_id]() {
+    if (absl::Status status = store->RevokeApiKey(user_id, key_id); !status.ok()) {
+      return StatusResponse(status);
+    }
+    return JsonResponse(200, Json{{"success", true}, {"id", key_id}});
+  });
+}
+
+}  // namespace
+
+HttpResponse StatusResponse(const absl::Status& status) {
+  const int http_status = auth::HttpStatusOf(status);
+  HttpResponse response = HttpResponse::Error(http_status, status.message());
+  if (http_status == 401) response.headers.emplace_back("WWW-Authenticate", "Bearer");
+  if (http_status == 503) {
+    response.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
+  }
+  return response;
+}
+
+void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool) {
+  // Routes that write the engine are refused under --read-only; login only reads.
+  router->Add(Method::kPost, "/signup",
+              Guarded([store, pool](HttpRequest& request, Responder& responder) {
+                SignUp(store, pool, request, responder);
+              }),
+              /*is_write=*/true);
+  router->Add(Method::kPost, "/login",
+              Guarded([store, pool](HttpRequest& request, Responder& responder) {
+                Login(store, pool, request, responder);
+              }));
+  router->Add(Method::kPost, "/refresh",
+              Guarded([store, pool](HttpRequest& request, Responder& responder) {
+                Refresh(store, pool, request, responder);
+              }),
+              /*is_write=*/true);
+  router->Add(Method::kPost, "/apikeys",
+              Guarded([store, pool](HttpRequest& request, Responder& responder) {
+                CreateApiKey(store, pool, request, responder);
+              }),
+              /*is_write=*/true);
+  router->Add(Method::kGet, "/apikeys",
+              Guarded([store](HttpRequest& request, Responder& responder) {
+                ListApiKeys(store, request, responder);
+              }));
+  router->Add(Method::kDelete, "/apikeys/{id}",
+              Guarded([store, pool](HttpRequest& request, Responder& responder) {
+                RevokeApiKey(store, pool, request, responder);
+              }),
+              /*is_write=*/true);
+}
+
+}  // namespace logkv::server::http

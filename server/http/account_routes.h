@@ -1,0 +1,36 @@
+// The account routes of REST.md section 1 ("Accounts"): POST /signup,
+// POST /login, POST /refresh, POST /apikeys, GET /apikeys and
+// DELETE /apikeys/{id}, adapting HTTP to auth::AuthStore.
+//
+// Anything that hashes a password or writes the engine (every route but
+// GET /apikeys) runs on the worker pool, so a network loop never waits for
+// argon2id or an fsync; when the pool's queue is full the answer is 503 with
+// Retry-After. Bearer tokens are checked on the loop before any work is queued.
+#ifndef LOGKV_SERVER_HTTP_ACCOUNT_ROUTES_H_
+#define LOGKV_SERVER_HTTP_ACCOUNT_ROUTES_H_
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "server/auth/auth_store.h"
+#include "server/auth/worker_pool.h"
+#include "server/http/http_message.h"
+#include "server/http/router.h"
+
+namespace logkv::server::http {
+
+// Account request bodies are a few small fields; anything bigger is refused with 413.
+inline constexpr size_t kMaxAccountBodyBytes = 64 << 10;
+// What a client is told to wait when the pool is full or the store unavailable.
+inline constexpr int kRetryAfterSeconds = 1;
+
+// store and pool must outlive router (the handlers keep the pointers).
+void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool);
+
+// {"error": status.message()} with auth::HttpStatusOf(status); 401s carry
+// WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().
+HttpResponse StatusResponse(const absl::Status& status);
+
+}  // namespace logkv::server::http
+
+#endif  // LOGKV_SERVER_HTTP_ACCOUNT_ROUTES_H_

@@ -1,0 +1,723 @@
+#include "server/http/data_routes.h"
+
+#include <sodium.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/hlc.h"
+#include "nlohmann/json.hpp"
+#include "protocol/frame.h"
+#include "server/auth/status_http.h"
+#include "server/namespaces.h"
+
+namespace logkv::server::http {
+
+namespace p = ::logkv::protocol;
+using nlohmann::json;
+
+namespace {
+
+constexpr absl::string_view kOctetStream = "application/octet-stream";
+constexpr absl::string_view kJsonType = "application/json";
+
+std::string Dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder* b,
+                                                        absl::string_view bytes) {
+  return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+// Requests are built in a builder reused by the loop thread.
+flatbuffers::FlatBufferBuilder& RequestBuilder() {
+  thread_local flatbuffers::FlatBufferBuilder builder(1024);
+  builder.Clear();
+  return builder;
+}
+
+template <typename Operation>
+void FinishRequest(flatbuffers::FlatBufferBuilder* b, p::Operation type,
+                   flatbuffers::Offset<Operation> operation) {
+  p::RequestBuilder request(*b);
+  request.add_request_id(0);
+  request.add_operation_type(type);
+  request.add_operation(operation.Union());
+  b->FinishSizePrefixed(request.Finish());
+}
+
+void BuildGet(flatbuffers::FlatBufferBuilder* b, absl::string_view key) {
+  auto k = Bytes(b, key);
+  FinishRequest(b, p::Operation::Get, p::CreateGet(*b, k));
+}
+
+void BuildPut(flatbuffers::FlatBufferBuilder* b, absl::string_view key, absl::string_view value,
+              int64_t ttl_ms, p::Consistency consistency) {
+  auto k = Bytes(b, key);
+  auto v = Bytes(b, value);
+  FinishRequest(b, p::Operation::Put,
+                p::CreatePut(*b, k, v, ttl_ms, false, 0, consistency));
+}
+
+void BuildDelete(flatbuffers::FlatBufferBuilder* b, absl::string_view key,
+                 p::Consistency consistency) {
+  auto k = Bytes(b, key);
+  FinishRequest(b, p::Operation::Delete, p::CreateDelete(*b, k, false, 0, consistency));
+}
+
+// The HTTP status of a data operation's failure. Limits on keys and values
+// are 413 here (the accounts' ResourceExhausted is a rate limit).
+int DataStatusOf(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kResourceExhausted: return 413;
+    case absl::StatusCode::kFailedPrecondition: return 409;
+    default: return auth::HttpStatusOf(status);
+  }
+}
+
+HttpResponse ErrorFromStatus(const absl::Status& status) {
+  HttpResponse response = HttpResponse::Error(DataStatusOf(status), status.message());
+  if (response.status == 503) response.headers.emplace_back("Retry-After", "1");
+  return response;
+}
+
+// The wall-clock milliseconds of an engine timestamp (hybrid logical clock).
+int64_t TimestampMs(uint64_t timestamp) { return engine::HybridClock::PhysicalMs(timestamp); }
+
+std::string Rfc3339(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(unix_ms),
+                          absl::UTCTimeZone());
+}
+
+// ?ttl=: a Go-style duration (1h, 30m, 1h30m, 500ms) or bare seconds.
+absl::StatusOr<int64_t> ParseTtlMs(const HttpRequest& request) {
+  std::optional<std::string> ttl = request.QueryParam("ttl");
+  if (!ttl || ttl->empty()) return 0;
+  int64_t seconds = 0;
+  absl::Duration duration;
+  if (absl::SimpleAtoi(*ttl, &seconds)) {
+    duration = absl::Seconds(seconds);
+  } else if (!absl::ParseDuration(*ttl, &duration)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid ttl '", *ttl, "': use a duration such as 30s, 1h30m or 500ms, or seconds"));
+  }
+  if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("ttl '", *ttl, "' must be positive"));
+  }
+  const int64_t ms = absl::ToInt64Milliseconds(duration);
+  if (ms <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ttl '", *ttl, "' is under a millisecond"));
+  }
+  if (ms > p::kMaxTtlMs) return absl::InvalidArgumentError("ttl is longer than 100 years");
+  return ms;
+}
+
+absl::StatusOr<p::Consistency> ParseConsistency(const HttpRequest& request) {
+  std::optional<absl::string_view> header = request.Header("x-consistency");
+  if (!header || header->empty()) return p::Consistency::Default;
+  if (absl::EqualsIgnoreCase(*header, "eventual")) return p::Consistency::Eventual;
+  if (absl::EqualsIgnoreCase(*header, "strong")) return p::Consistency::Strong;
+  return absl::InvalidArgumentError(
+      absl::StrCat("X-Consistency must be eventual or strong, not '", *header, "'"));
+}
+
+std::optional<std::string> DecodeBase64(absl::string_view text) {
+  std::string out(text.size() * 3 / 4 + 3, '\0');
+  size_t length = 0;
+  const char* end = nullptr;
+  if (sodium_base642bin(reinterpret_cast<unsigned char*>(out.data()), out.size(), text.data(),
+                        text.size(), nullptr, &length, &end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      end != text.data() + text.size()) {
+    return std::nullopt;
+  }
+  out.resize(length);
+  return out;
+}
+
+std::string EncodeBase64(absl::string_view bytes) {
+  std::string out(sodium_base64_ENCODED_LEN(bytes.size(), sodium_base64_VARIANT_ORIGINAL), '\0');
+  sodium_bin2base64(out.data(), out.size(), reinterpret_cast<const unsigned char*>(bytes.data()),
+                    bytes.size(), sodium_base64_VARIANT_ORIGINAL);
+  out.resize(out.size() - 1);  // the terminating NUL
+  return out;
+}
+
+std::string RandomUuid() {
+  unsigned char bytes[16];
+  randombytes_buf(bytes, sizeof(bytes));
+  bytes[6] = static_cast<unsigned char>((bytes[6] & 0x0f) | 0x40);  // version 4
+  bytes[8] = static_cast<unsigned char>((bytes[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  return absl::StrFormat("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                         bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6],
+                         bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13],
+                         bytes[14], bytes[15]);
+}
+
+// Runs the request finished in request_builder through the service and
+// answers with convert(response). Answers at once, or later from the thread
+// that completes a deferred write (then convert is copied along).
+template <typename Convert>
+void Run(Service* service, const RequestContext& context,
+         flatbuffers::FlatBufferBuilder* request_builder, Responder& responder,
+         Convert convert) {
+  const p::Request* request =
+      flatbuffers::GetSizePrefixedRoot<p::Request>(request_builder->GetBufferPointer());
+  if (absl::Status status = p::CheckRequest(*request, service->config().limits); !status.ok()) {
+    responder.Send(ErrorFromStatus(status));
+    return;
+  }
+  thread_local flatbuffers::FlatBufferBuilder response_builder(1024);
+  const Service::Outcome outcome = service->Handle(
+      context, *request, &response_builder, [&]() -> Service::Completion {
+        auto shared = std::make_shared<Responder>(std::move(responder));
+        return [shared, convert](std::string frame) {
+          const p::Response* response = flatbuffers::GetSizePrefixedRoot<p::Response>(
+              reinterpret_cast<const uint8_t*>(frame.data()));
+          shared->Send(convert(*response));
+        };
+      });
+  if (outcome == Service::Outcome::kAnswered) {
+    responder.Send(convert(
+        *flatbuffers::GetSizePrefixedRoot<p::Response>(response_builder.GetBufferPointer())));
+  }
+}
+
+absl::Status StatusOf(const p::Response& response) { return p::StatusFromResponse(response); }
+
+// The answer of seed 000's writes: {"success","key","primary_node","replicas"}.
+std::string WriteAnswer(absl::string_view key, absl::string_view node_url) {
+  json body = {{"success", true},
+               {"key", std::string(key)},
+               {"primary_node", std::string(node_url)},
+               {"replicas", 0}};
+  return Dump(body);
+}
+
+}  // namespace
+
+DataRoutes::DataRoutes(const DataRoutesConfig& config, const DataRoutesDependencies& dependencies)
+    : config_(config),
+      deps_(dependencies),
+      joined_unix_ms_(absl::ToUnixMillis(absl::Now())) {
+  if (sodium_init() < 0) std::abort();
+}
+
+absl::StatusOr<RequestContext> DataRoutes::Authorize(const HttpRequest& request,
+                                                     HttpResponse* refusal) {
+  RequestContext context;
+  if (deps_.auth_store == nullptr) return context;
+  std::optional<absl::string_view> key = request.Header("x-api-key");
+  if (!key || key->empty()) {
+    *refusal = HttpResponse::Error(401, "missing X-API-Key header");
+    return absl::UnauthenticatedError("missing X-API-Key header");
+  }
+  absl::StatusOr<auth::Principal> principal = deps_.auth_store->AuthenticateApiKey(*key);
+  if (!principal.ok()) {
+    deps_.metrics->auth_failures()->Inc();
+    *refusal = HttpResponse::Error(401, principal.status().message());
+    return principal.status();
+  }
+  if (deps_.rate_limiter != nullptr) {
+    int64_t retry_after_ms = 0;
+    if (!deps_.rate_limiter->Allow(principal->user_id, absl::ToUnixMillis(absl::Now()),
+                                   &retry_after_ms)) {
+      deps_.metrics->rate_limited()->Inc();
+      *refusal = HttpResponse::Error(429, "rate limit exceeded");
+      refusal->headers.emplace_back("Retry-After",
+                                    absl::StrCat(std::max<int64_t>(1, (retry_after_ms + 999) / 1000)));
+      return absl::ResourceExhaustedError("rate limit exceeded");
+    }
+  }
+  context.key_prefix = TenantPrefix(principal->user_id);
+  context.may_read = principal->can_read;
+  context.may_write = principal->can_write;
+  return context;
+}
+
+#define LOGKV_AUTHORIZE(context, request, responder)                 \
+  HttpResponse refusal_;                                             \
+  absl::StatusOr<RequestContext> context = Authorize(request, &refusal_); \
+  if (!context.ok()) {                                               \
+    responder.Send(std::move(refusal_));                             \
+    return;                                                          \
+  }
+
+// ---- Seed 000: /v1/kv/{key} --------------------------------------------------------
+
+void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& key = request.params[0];
+  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
+  if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
+  absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
+  if (!consistency.ok()) {
+    return responder.Send(HttpResponse::Error(400, consistency.status().message()));
+  }
+  auto& b = RequestBuilder();
+  BuildPut(&b, key, request.body, *ttl_ms, *consistency);
+  Run(deps_.service, *context, &b, responder,
+      [key, url = config_.node_url](const p::Response& response) {
+        absl::Status status = StatusOf(response);
+        if (!status.ok()) return ErrorFromStatus(status);
+        return HttpResponse::Json(200, WriteAnswer(key, url));
+      });
+}
+
+void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_only) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& key = request.params[0];
+  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
+  if (!consistency.ok()) {
+    return responder.Send(HttpResponse::Error(400, consistency.status().message()));
+  }
+  // On a single node every read is local; the cluster makes /store differ.
+  (void)local_only;
+  auto& b = RequestBuilder();
+  BuildGet(&b, key);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (status.code() == absl::StatusCode::kNotFound) {
+      return HttpResponse::Error(404, "Key not found");
+    }
+    if (!status.ok()) return ErrorFromStatus(status);
+    HttpResponse answer;
+    answer.content_type = kOctetStream;
+    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
+    return answer;
+  });
+}
+
+void DataRoutes::DeleteKv(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& key = request.params[0];
+  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
+  if (!consistency.ok()) {
+    return responder.Send(HttpResponse::Error(400, consistency.status().message()));
+  }
+  auto& b = RequestBuilder();
+  BuildDelete(&b, key, *consistency);
+  Run(deps_.service, *context, &b, responder,
+      [key, url = config_.node_url](const p::Response& response) {
+        absl::Status status = StatusOf(response);
+        // Deleting what is not there succeeds: the key is gone either way.
+        if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
+          return ErrorFromStatus(status);
+        }
+        return HttpResponse::Json(200, WriteAnswer(key, url));
+      });
+}
+
+// ---- Seed 001: /kv?key=K ---------------------------------------------------------------
+
+namespace {
+
+std::optional<std::string> QueryKey(const HttpRequest& request, Responder& responder) {
+  std::optional<std::string> key = request.QueryParam("key");
+  if (!key || key->empty()) {
+    responder.Send(HttpResponse::Error(400, "missing query parameter 'key'"));
+    return std::nullopt;
+  }
+  return key;
+}
+
+}  // namespace
+
+void DataRoutes::PutQuery(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  std::optional<std::string> key = QueryKey(request, responder);
+  if (!key) return;
+  absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
+  if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
+  auto& b = RequestBuilder();
+  BuildPut(&b, *key, request.body, *ttl_ms, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (!status.ok()) return ErrorFromStatus(status);
+    const p::WriteResult* written = response.result_as_WriteResult();
+    return HttpResponse::Json(200, Dump({{"success", true}, {"version", written->version()}}));
+  });
+}
+
+void DataRoutes::GetQuery(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  std::optional<std::string> key = QueryKey(request, responder);
+  if (!key) return;
+  auto& b = RequestBuilder();
+  BuildGet(&b, *key);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (status.code() == absl::StatusCode::kNotFound) {
+      return HttpResponse::Error(404, "Key not found");
+    }
+    if (!status.ok()) return ErrorFromStatus(status);
+    HttpResponse answer;
+    answer.content_type = kOctetStream;
+    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
+    return answer;
+  });
+}
+
+void DataRoutes::DeleteQuery(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  std::optional<std::string> key = QueryKey(request, responder);
+  if (!key) return;
+  auto& b = RequestBuilder();
+  BuildDelete(&b, *key, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
+      return ErrorFromStatus(status);
+    }
+    return HttpResponse::Json(200, Dump({{"success", true}}));
+  });
+}
+
+// ---- Seed 002: /v0/kv (base64) -----------------------------------------------------
+
+void DataRoutes::PostBase64(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) {
+    return responder.Send(HttpResponse::Error(400, "body must be a JSON object {\"key\",\"value\"}"));
+  }
+  auto key_field = body.find("key");
+  auto value_field = body.find("value");
+  if (key_field == body.end() || !key_field->is_string() || value_field == body.end() ||
+      !value_field->is_string()) {
+    return responder.Send(
+        HttpResponse::Error(400, "\"key\" and \"value\" must be base64 strings"));
+  }
+  std::optional<std::string> key = DecodeBase64(key_field->get_ref<const std::string&>());
+  std::optional<std::string> value = DecodeBase64(value_field->get_ref<const std::string&>());
+  if (!key || !value) return responder.Send(HttpResponse::Error(400, "invalid base64"));
+  if (key->empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  auto& b = RequestBuilder();
+  BuildPut(&b, *key, *value, 0, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (!status.ok()) return ErrorFromStatus(status);
+    return HttpResponse::Json(200, "{}");
+  });
+}
+
+void DataRoutes::GetBase64(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  std::optional<std::string> key = DecodeBase64(request.params[0]);
+  if (!key) return responder.Send(HttpResponse::Error(400, "invalid base64 key"));
+  if (key->empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  auto& b = RequestBuilder();
+  BuildGet(&b, *key);
+  Run(deps_.service, *context, &b, responder,
+      [encoded = request.params[0]](const p::Response& response) {
+        absl::Status status = StatusOf(response);
+        if (status.code() == absl::StatusCode::kNotFound) {
+          return HttpResponse::Error(404, "key not found");
+        }
+        if (!status.ok()) return ErrorFromStatus(status);
+        const absl::string_view value = p::View(response.result_as_ValueResult()->value());
+        return HttpResponse::Json(200, Dump({{"key", encoded}, {"value", EncodeBase64(value)}}));
+      });
+}
+
+// ---- Seed 003: /put/{key}, /get/{key}?version=N ----------------------------------------
+
+namespace {
+
+// The stored bytes are the JSON text of the value; bytes written by another
+// dialect that are not JSON come back as a string.
+json ValueAsJson(absl::string_view stored) {
+  json value = json::parse(stored.begin(), stored.end(), nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) return json(std::string(stored));
+  return value;
+}
+
+json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t version,
+                     uint64_t timestamp) {
+  return {{"key", std::string(key)},
+          {"value", ValueAsJson(stored)},
+          {"version", version},
+          {"timestamp", Rfc3339(TimestampMs(timestamp))}};
+}
+
+}  // namespace
+
+void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& key = request.params[0];
+  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object() || !body.contains("value")) {
+    return responder.Send(HttpResponse::Error(400, "body must be JSON {\"value\": ...}"));
+  }
+  std::string stored = Dump(body["value"]);
+  auto& b = RequestBuilder();
+  BuildPut(&b, key, stored, 0, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder,
+      [key, stored = std::move(stored)](const p::Response& response) {
+        absl::Status status = StatusOf(response);
+        if (!status.ok()) return ErrorFromStatus(status);
+        const p::WriteResult* written = response.result_as_WriteResult();
+        return HttpResponse::Json(
+            200, Dump(VersionedAnswer(key, stored, written->version(), written->timestamp())));
+      });
+}
+
+void DataRoutes::GetVersioned(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& key = request.params[0];
+  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  auto& b = RequestBuilder();
+  if (std::optional<std::string> version_text = request.QueryParam("version")) {
+    uint64_t version = 0;
+    if (!absl::SimpleAtoi(*version_text, &version) || version == 0) {
+      return responder.Send(HttpResponse::Error(
+          400, absl::StrCat("version must be a positive integer, not '", *version_text, "'")));
+    }
+    auto k = Bytes(&b, key);
+    FinishRequest(&b, p::Operation::GetVersion, p::CreateGetVersion(b, k, version));
+  } else {
+    BuildGet(&b, key);
+  }
+  Run(deps_.service, *context, &b, responder, [key](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (status.code() == absl::StatusCode::kNotFound) {
+      return HttpResponse::Error(404, absl::StrCat("Key '", key, "' not found"));
+    }
+    if (!status.ok()) return ErrorFromStatus(status);
+    const p::ValueResult* value = response.result_as_ValueResult();
+    return HttpResponse::Json(200, Dump(VersionedAnswer(key, p::View(value->value()),
+                                                        value->version(), value->timestamp())));
+  });
+}
+
+// ---- Seed 004: /kv/{path} JSON documents -----------------------------------------------
+
+void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& path = request.params[0];
+  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
+  if (request.body.size() > config_.max_document_bytes) {
+    return responder.Send(HttpResponse::Error(
+        413, absl::StrCat("document of ", request.body.size(), " bytes is larger than the limit of ",
+                          config_.max_document_bytes, " bytes")));
+  }
+  // Validated without building a tree: the document is stored as sent.
+  if (!json::accept(request.body)) {
+    return responder.Send(HttpResponse::Error(400, "body must be a JSON document"));
+  }
+  auto& b = RequestBuilder();
+  BuildPut(&b, path, request.body, 0, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (!status.ok()) return ErrorFromStatus(status);
+    const p::WriteResult* written = response.result_as_WriteResult();
+    return HttpResponse::Json(
+        200, Dump({{"uuid", RandomUuid()}, {"timestamp", TimestampMs(written->timestamp())}}));
+  });
+}
+
+void DataRoutes::GetDocument(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& path = request.params[0];
+  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
+  auto& b = RequestBuilder();
+  BuildGet(&b, path);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (status.code() == absl::StatusCode::kNotFound) {
+      return HttpResponse::Error(404, "not found");
+    }
+    if (!status.ok()) return ErrorFromStatus(status);
+    HttpResponse answer;
+    answer.content_type = kJsonType;
+    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
+    return answer;
+  });
+}
+
+void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
+  LOGKV_AUTHORIZE(context, request, responder);
+  const std::string& path = request.params[0];
+  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
+  auto& b = RequestBuilder();
+  BuildDelete(&b, path, p::Consistency::Default);
+  Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
+    absl::Status status = StatusOf(response);
+    if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
+      return ErrorFromStatus(status);
+    }
+    HttpResponse answer;
+    answer.status = 204;
+    return answer;
+  });
+}
+
+#undef LOGKV_AUTHORIZE
+
+// ---- Node routes -------------------------------------------------------------------------
+
+void DataRoutes::Health(HttpRequest&, Responder responder) {
+  json body = {{"status", "healthy"},
+               {"node_id", config_.node_id},
+               {"mode", config_.mode},
+               {"member_count", 1},
+               {"uptime_ms", absl::ToUnixMillis(absl::Now()) -
+                                 deps_.service->counters()->start_unix_ms}};
+  responder.Send(HttpResponse::Json(200, Dump(body)));
+}
+
+void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
+  std::optional<absl::string_view> accept = request.Header("accept");
+  std::optional<std::string> format = request.QueryParam("format");
+  const bool prometheus = (format && *format == "prometheus") ||
+                          (accept && absl::StrContains(*accept, "text/plain"));
+  if (prometheus) {
+    HttpResponse answer;
+    answer.content_type = kPrometheusContentType;
+    answer.body = deps_.metrics->RenderPrometheus();
+    return responder.Send(std::move(answer));
+  }
+  const engine::Stats stats = deps_.service->engine()->GetStats();
+  const ReplicatorFigures replicator = ReadReplicatorFigures(*deps_.metrics);
+  ServerCounters* counters = deps_.service->counters();
+  json body = {
+      {"node_id", config_.node_id},
+      {"key_count", stats.keys},
+      {"wal_size", stats.log_bytes},
+      {"timestamp", absl::ToUnixMillis(absl::Now())},
+      {"total_replications", replicator.total_replications},
+      {"successful_replicas", replicator.successful_replicas},
+      {"failed_replicas", replicator.failed_replicas},
+      {"queue_size", replicator.queue_size},
+      {"average_ack_time_ms", replicator.average_ack_time_ms},
+      {"max_replication_lag_ms", replicator.max_replication_lag_ms},
+      {"retries_in_progress", replicator.retries_in_progress},
+      {"tombstones", stats.tombstones},
+      {"segments", stats.segments},
+      {"dead_bytes", stats.dead_bytes},
+      {"index_bytes", stats.index_bytes + stats.key_bytes},
+      {"puts", stats.puts},
+      {"deletes", stats.deletes},
+      {"gets", stats.gets},
+      {"fsyncs", stats.fsyncs},
+      {"compactions", stats.compactions},
+      {"expired_swept", stats.expired_swept},
+      {"connections", counters->connections.load()},
+      {"requests", counters->requests.load()},
+      {"uptime_ms", absl::ToUnixMillis(absl::Now()) - counters->start_unix_ms},
+  };
+  responder.Send(HttpResponse::Json(200, Dump(body)));
+}
+
+void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
+  std::optional<std::string> server = request.QueryParam("server");
+  if (server && !server->empty() && *server != config_.node_id) {
+    return responder.Send(HttpResponse::Error(
+        404, absl::StrCat("unknown server '", *server, "'; this node is '", config_.node_id, "'")));
+  }
+  // Values are read straight from the mapped log (the page cache is the
+  // cache): there is no separate value cache to fill, so it is never full.
+  const engine::Stats stats = deps_.service->engine()->GetStats();
+  json body = {{"size", stats.keys}, {"max_size", 0}, {"is_full", false}};
+  responder.Send(HttpResponse::Json(200, Dump(body)));
+}
+
+void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
+  std::optional<std::string> server = request.QueryParam("server");
+  if (server && !server->empty() && *server != config_.node_id) {
+    return responder.Send(HttpResponse::Error(
+        404, absl::StrCat("unknown server '", *server, "'; this node is '", config_.node_id, "'")));
+  }
+  const engine::Stats stats = deps_.service->engine()->GetStats();
+  json body = {{"total_keys", stats.keys},
+               {"total_versions", stats.puts + stats.deletes},
+               {"file_size", stats.log_bytes}};
+  responder.Send(HttpResponse::Json(200, Dump(body)));
+}
+
+void DataRoutes::Nodes(HttpRequest&, Responder responder) {
+  json node = {{"id", config_.node_id},
+               {"address", config_.node_url},
+               {"alive", true},
+               {"last_seen", Rfc3339(absl::ToUnixMillis(absl::Now()))}};
+  responder.Send(HttpResponse::Json(200, Dump(json::array({node}))));
+}
+
+void DataRoutes::Members(HttpRequest&, Responder responder) {
+  json member = {{"id", config_.node_id},
+                 {"address", config_.node_url},
+                 {"last_seen", absl::ToUnixMillis(absl::Now())},
+                 {"joined_timestamp", joined_unix_ms_}};
+  responder.Send(HttpResponse::Json(200, Dump(json::array({member}))));
+}
+
+void DataRoutes::AddTo(Router* router) {
+  using M = Method;
+  // The busiest routes first: the table is searched in order.
+  router->Add(M::kGet, "/v1/kv/{key...}",
+              [this](HttpRequest& r, Responder s) { GetKv(r, std::move(s), false); });
+  router->Add(M::kPut, "/v1/kv/{key...}",
+              [this](HttpRequest& r, Responder s) { PutKv(r, std::move(s)); }, true);
+  router->Add(M::kDelete, "/v1/kv/{key...}",
+              [this](HttpRequest& r, Responder s) { DeleteKv(r, std::move(s)); }, true);
+  router->Add(M::kGet, "/store/{key...}",
+              [this](HttpRequest& r, Responder s) { GetKv(r, std::move(s), true); });
+  router->Add(M::kGet, "/kv", [this](HttpRequest& r, Responder s) { GetQuery(r, std::move(s)); });
+  router->Add(M::kPut, "/kv", [this](HttpRequest& r, Responder s) { PutQuery(r, std::move(s)); },
+              true);
+  router->Add(M::kDelete, "/kv",
+              [this](HttpRequest& r, Responder s) { DeleteQuery(r, std::move(s)); }, true);
+  router->Add(M::kPost, "/v0/kv",
+              [this](HttpRequest& r, Responder s) { PostBase64(r, std::move(s)); }, true);
+  router->Add(M::kGet, "/v0/kv/key/{key...}",
+              [this](HttpRequest& r, Responder s) { GetBase64(r, std::move(s)); });
+  router->Add(M::kPut, "/put/{key...}",
+              [this](HttpRequest& r, Responder s) { PutVersioned(r, std::move(s)); }, true);
+  router->Add(M::kPost, "/put/{key...}",
+              [this](HttpRequest& r, Responder s) { PutVersioned(r, std::move(s)); }, true);
+  router->Add(M::kGet, "/get/{key...}",
+              [this](HttpRequest& r, Responder s) { GetVersioned(r, std::move(s)); });
+  router->Add(M::kPut, "/kv/{path...}",
+              [this](HttpRequest& r, Responder s) { PutDocument(r, std::move(s)); }, true);
+  router->Add(M::kGet, "/kv/{path...}",
+              [this](HttpRequest& r, Responder s) { GetDocument(r, std::move(s)); });
+  router->Add(M::kDelete, "/kv/{path...}",
+              [this](HttpRequest& r, Responder s) { DeleteDocument(r, std::move(s)); }, true);
+  router->Add(M::kGet, "/health", [this](HttpRequest& r, Responder s) { Health(r, std::move(s)); });
+  router->Add(M::kGet, "/metrics",
+              [this](HttpRequest& r, Responder s) { MetricsRoute(r, std::move(s)); });
+  router->Add(M::kGet, "/cache/stats",
+              [this](HttpRequest& r, Responder s) { CacheStats(r, std::move(s)); });
+  router->Add(M::kGet, "/db/stats", [this](HttpRequest& r, Responder s) { DbStats(r, std::move(s)); });
+  router->Add(M::kGet, "/nodes", [this](HttpRequest& r, Responder s) { Nodes(r, std::move(s)); });
+  router->Add(M::kGet, "/servers", [this](HttpRequest&, Responder s) {
+    s.Send(HttpResponse::Json(200, Dump(json::array({config_.node_url}))));
+  });
+  router->Add(M::kGet, "/members/",
+              [this](HttpRequest& r, Responder s) { Members(r, std::move(s)); });
+  router->Add(M::kGet, "/internal/ping", [](HttpRequest&, Responder s) {
+    s.Send(HttpResponse::Json(200, R"({"status":"ok"})"));
+  });
+  auto no_cluster = [](HttpRequest&, Responder s) {
+    s.Send(HttpResponse::Error(
+        501, "cluster membership is not available yet: this node runs alone"));
+  };
+  router->Add(M::kPost, "/join", no_cluster);
+  router->Add(M::kPost, "/members/join", no_cluster);
+  router->Add(M::kPost, "/members/leave", no_cluster);
+}
+
+}  // namespace logkv::server::http

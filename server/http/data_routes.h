@@ -1,0 +1,81 @@
+// The data routes of every REST dialect (REST.md sections 1-5) and the node
+// routes (/health, /metrics, /store, ...). Each handler turns its request
+// into the binary protocol's operation and runs it through the Service, the
+// one place the data logic lives; only the shapes of requests and answers
+// differ between dialects.
+//
+// Thread-safety: handlers run on every loop at once; DataRoutes holds only
+// constant state and thread-safe dependencies.
+#ifndef LOGKV_SERVER_HTTP_DATA_ROUTES_H_
+#define LOGKV_SERVER_HTTP_DATA_ROUTES_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/auth/auth_store.h"
+#include "server/auth/rate_limiter.h"
+#include "server/http/router.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+namespace logkv::server::http {
+
+struct DataRoutesConfig {
+  std::string node_id;
+  std::string node_url;  // "http://host:port" of this node's first HTTP address
+  std::string mode = "normal";  // normal | read-only
+  size_t max_document_bytes = 1u << 20;  // seed 004's JSON documents
+};
+
+struct DataRoutesDependencies {
+  Service* service = nullptr;               // required
+  auth::AuthStore* auth_store = nullptr;    // null: auth is off
+  auth::RateLimiter* rate_limiter = nullptr;  // null: no limit
+  ServerMetrics* metrics = nullptr;         // required
+};
+
+class DataRoutes {
+ public:
+  // Every dependency must outlive the router's use of the routes.
+  DataRoutes(const DataRoutesConfig& config, const DataRoutesDependencies& dependencies);
+  DataRoutes(const DataRoutes&) = delete;
+  DataRoutes& operator=(const DataRoutes&) = delete;
+
+  void AddTo(Router* router);
+
+  // The caller's namespace and scopes (auth on: from X-API-Key), or the
+  // answer refusing the request (401, 429). Exposed for tests.
+  absl::StatusOr<RequestContext> Authorize(const HttpRequest& request, HttpResponse* refusal);
+
+ private:
+  // Each takes the request and its Responder; see data_routes.cc.
+  void PutKv(HttpRequest& request, Responder responder);
+  void GetKv(HttpRequest& request, Responder responder, bool local_only);
+  void DeleteKv(HttpRequest& request, Responder responder);
+  void PutQuery(HttpRequest& request, Responder responder);
+  void GetQuery(HttpRequest& request, Responder responder);
+  void DeleteQuery(HttpRequest& request, Responder responder);
+  void PostBase64(HttpRequest& request, Responder responder);
+  void GetBase64(HttpRequest& request, Responder responder);
+  void PutVersioned(HttpRequest& request, Responder responder);
+  void GetVersioned(HttpRequest& request, Responder responder);
+  void PutDocument(HttpRequest& request, Responder responder);
+  void GetDocument(HttpRequest& request, Responder responder);
+  void DeleteDocument(HttpRequest& request, Responder responder);
+  void Health(HttpRequest& request, Responder responder);
+  void MetricsRoute(HttpRequest& request, Responder responder);
+  void CacheStats(HttpRequest& request, Responder responder);
+  void DbStats(HttpRequest& request, Responder responder);
+  void Nodes(HttpRequest& request, Responder responder);
+  void Members(HttpRequest& request, Responder responder);
+
+  const DataRoutesConfig config_;
+  const DataRoutesDependencies deps_;
+  const int64_t joined_unix_ms_;
+};
+
+}  // namespace logkv::server::http
+
+#endif  // LOGKV_SERVER_HTTP_DATA_ROUTES_H_

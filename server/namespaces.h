@@ -1,0 +1,40 @@
+// How logkvd divides the engine's single key space. Every key that begins
+// with byte 0x00 is reserved for the server itself: clients of every protocol
+// are refused such keys, so nothing they send can reach these namespaces.
+//
+//   "\0auth/..."               accounts, API keys and counters (server/auth)
+//   "\0t" + 8-byte user id     a tenant's keys when --auth=on: the client's key
+//                              follows the big-endian user id
+//
+// These prefixes are persisted in data directories: they never change.
+#ifndef LOGKV_SERVER_NAMESPACES_H_
+#define LOGKV_SERVER_NAMESPACES_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace logkv::server {
+
+inline constexpr char kReservedByte = '\0';
+inline constexpr absl::string_view kAuthPrefix{"\0auth/", 6};
+inline constexpr absl::string_view kTenantPrefix{"\0t", 2};
+inline constexpr size_t kTenantPrefixBytes = 2 + 8;
+
+inline bool IsReservedKey(absl::string_view key) {
+  return !key.empty() && key.front() == kReservedByte;
+}
+
+// The prefix under which user_id's keys live.
+inline std::string TenantPrefix(uint64_t user_id) {
+  std::string prefix(kTenantPrefix);
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    prefix.push_back(static_cast<char>((user_id >> shift) & 0xff));
+  }
+  return prefix;
+}
+
+}  // namespace logkv::server
+
+#endif  // LOGKV_SERVER_NAMESPACES_H_
