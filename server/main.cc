@@ -71,6 +71,8 @@ ABSL_FLAG(double, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
 ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
 ABSL_FLAG(uint32_t, http_max_header_bytes, 16u << 10,
           "Largest HTTP header section (431 beyond).");
+ABSL_FLAG(int64_t, http_idle_timeout_ms, 60'000,
+          "Close an HTTP connection idle this long, or whose request takes longer to arrive.");
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
@@ -85,6 +87,7 @@ constexpr const char* kFlagNames[] = {
     "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
     "rate_limit",    "rate_limit_burst", "max_document_bytes", "http_max_header_bytes",
+    "http_idle_timeout_ms",
 };
 
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
@@ -361,6 +364,8 @@ int Main(int argc, char** argv) {
   server_config.http_addresses = http_addresses;
   server_config.router = &router;
   server_config.http_limits.max_header_bytes = absl::GetFlag(FLAGS_http_max_header_bytes);
+  server_config.http_idle_timeout =
+      absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_http_idle_timeout_ms)));
   // A body carries a value, base64 or JSON around it: room for base64's 4/3.
   server_config.http_limits.max_body_bytes =
       static_cast<size_t>(options.max_value_bytes) / 3 * 4 + (64u << 10);

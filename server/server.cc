@@ -37,6 +37,8 @@ struct HttpSession {
   std::unique_ptr<char[]> input;
   size_t capacity = 0, begin = 0, end = 0;
   bool stop_parsing = false;  // after a request that ends the connection, or an error
+  int64_t last_read_ms = 0;      // loop time of the last bytes received
+  int64_t request_began_ms = -1;  // loop time the unfinished request began, -1: none
 
   struct Owed {
     uint64_t sequence;
@@ -206,6 +208,8 @@ class Server::Loop : public http::ResponseSink {
   uv_async_t tasks_async_;
   uv_async_t events_async_;
   uv_timer_t shutdown_timer_;
+  uv_timer_t idle_timer_;  // closes idle HTTP connections
+  void CloseIdleHttp();
 
   absl::Mutex tasks_mu_;
   std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
@@ -323,6 +327,16 @@ absl::Status Server::Loop::Init(const sockaddr_in& address,
   events_async_.data = this;
   uv_timer_init(&loop_, &shutdown_timer_);
   shutdown_timer_.data = this;
+  uv_timer_init(&loop_, &idle_timer_);
+  idle_timer_.data = this;
+  if (!http_addresses.empty()) {
+    const uint64_t period_ms = static_cast<uint64_t>(std::max<int64_t>(
+        100, absl::ToInt64Milliseconds(server_->config_.http_idle_timeout) / 4));
+    uv_timer_start(
+        &idle_timer_,
+        [](uv_timer_t* timer) { Of(reinterpret_cast<uv_handle_t*>(timer)).CloseIdleHttp(); },
+        period_ms, period_ms);
+  }
   return absl::OkStatus();
 }
 
@@ -359,7 +373,10 @@ void Server::Loop::OnConnection(uv_stream_t* listener, int status, bool is_http)
   auto* c = new Connection(server_->service_->config().limits.max_frame_bytes);
   c->loop = this;
   c->id = next_connection_id_++;
-  if (is_http) c->http = std::make_unique<HttpSession>(server_->config_.http_limits);
+  if (is_http) {
+    c->http = std::make_unique<HttpSession>(server_->config_.http_limits);
+    c->http->last_read_ms = static_cast<int64_t>(uv_now(&loop_));
+  }
   uv_tcp_init(&loop_, &c->handle);
   c->handle.data = c;
   if (uv_accept(listener, c->stream()) != 0) {
@@ -415,6 +432,7 @@ void Server::Loop::OnRead(Connection& c, ssize_t nread) {
   }
   if (c.http) {
     c.http->end += static_cast<size_t>(nread);
+    c.http->last_read_ms = static_cast<int64_t>(uv_now(&loop_));
   } else {
     c.decoder.Commit(static_cast<size_t>(nread));
   }
@@ -634,6 +652,12 @@ void Server::Loop::ProcessHttp(Connection& c) {
     const http::HttpParser::Result result =
         h.parser.Parse(absl::string_view(h.input.get() + h.begin, h.end - h.begin), &consumed);
     h.begin += consumed;
+    const int64_t now_ms = static_cast<int64_t>(uv_now(&loop_));
+    if (result == http::HttpParser::Result::kRequest) {
+      h.request_began_ms = -1;
+    } else if (h.parser.in_request() && h.request_began_ms < 0) {
+      h.request_began_ms = now_ms;
+    }
     switch (result) {
       case http::HttpParser::Result::kNeedMore:
         if (h.parser.expects_continue() && h.owed.empty()) {
@@ -648,6 +672,28 @@ void Server::Loop::ProcessHttp(Connection& c) {
       case http::HttpParser::Result::kRequest:
         DispatchHttp(c, h.parser.request());
         break;
+    }
+  }
+}
+
+void Server::Loop::CloseIdleHttp() {
+  const int64_t now_ms = static_cast<int64_t>(uv_now(&loop_));
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(server_->config_.http_idle_timeout);
+  std::vector<Connection*> idle;
+  for (auto& [id, c] : connections_) {
+    if (!c->http || c->closing || c->pending > 0 || c->owed_bytes() > 0) continue;
+    const HttpSession& h = *c->http;
+    const bool slow_request = h.request_began_ms >= 0 && now_ms - h.request_began_ms > timeout_ms;
+    const bool idle_too_long = now_ms - h.last_read_ms > timeout_ms;
+    if (slow_request || idle_too_long) idle.push_back(c);
+  }
+  for (Connection* c : idle) {
+    if (c->http->request_began_ms >= 0) {
+      RefuseHttp(*c, 408, "the request did not arrive in time");
+      Flush(*c);
+      FinishIfDone(*c);
+    } else {
+      Close(*c);
     }
   }
 }
@@ -968,6 +1014,7 @@ void Server::Loop::MaybeFinishShutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&tasks_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&events_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&idle_timer_), nullptr);
 }
 
 // ---- Server ---------------------------------------------------------------------

@@ -43,6 +43,10 @@ struct ServerConfig {
   http::HttpLimits http_limits;
   // Requests read ahead of their answers on one HTTP connection (pipelining).
   size_t max_pipelined_requests = 256;
+  // An HTTP connection with nothing owed that reads nothing for this long is
+  // closed; so is one whose request takes longer than this to arrive
+  // (a client trickling bytes cannot hold a connection for ever).
+  absl::Duration http_idle_timeout = absl::Seconds(60);
   // Called on the loop thread for every HTTP answer sent (metrics).
   std::function<void(const http::Route* route, int status, int64_t duration_ns)> http_observer;
 

@@ -828,9 +828,10 @@ absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id) {
 }
 
 absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
-  const absl::Status invalid = absl::UnauthenticatedError("invalid API key");
+  // Made only when needed: a Status with a message allocates.
+  auto invalid = [] { return absl::UnauthenticatedError("invalid API key"); };
   // Only the shape of our keys is worth a hash; anything else cannot match.
-  if (key.size() != kApiKeyBytes || !absl::StartsWith(key, kApiKeyMarker)) return invalid;
+  if (key.size() != kApiKeyBytes || !absl::StartsWith(key, kApiKeyMarker)) return invalid();
   unsigned char hash[kKeyHashBytes];
   crypto_generichash(hash, sizeof(hash), reinterpret_cast<const unsigned char*>(key.data()),
                      key.size(), /*key=*/nullptr, 0);
@@ -841,11 +842,11 @@ absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = api_key_by_hash_.find(hash_view);
-    if (it == api_key_by_hash_.end()) return invalid;
+    if (it == api_key_by_hash_.end()) return invalid();
     ApiKeyEntry& entry = *it->second;
     // The table lookup already matched, but the comparison the decision rests
     // on is the constant-time one.
-    if (sodium_memcmp(entry.key_hash.data(), hash, sizeof(hash)) != 0) return invalid;
+    if (sodium_memcmp(entry.key_hash.data(), hash, sizeof(hash)) != 0) return invalid();
     if (!entry.info.is_active) return absl::UnauthenticatedError("API key revoked");
     if (entry.info.expires_at_ms != 0 && now_ms >= entry.info.expires_at_ms) {
       return absl::UnauthenticatedError("API key expired");

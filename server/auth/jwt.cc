@@ -176,7 +176,9 @@ absl::StatusOr<JwtClaims> VerifyJwt(absl::string_view secret, absl::string_view 
   claims.issued_at_s = *issued_at;
   claims.expires_at_s = *expires_at;
   std::optional<std::string> jti = StringField(*payload, "jti");
-  if (!jti.has_value() || jti->empty()) return Unauthenticated("token has no jti claim");
+  if (!jti.has_value() || jti->empty() || jti->size() > kMaxJwtIdBytes) {
+    return Unauthenticated("token has no valid jti claim");
+  }
   claims.jti = std::move(*jti);
 
   if (now_s >= claims.expires_at_s) return Unauthenticated("token expired");

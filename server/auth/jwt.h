@@ -28,6 +28,8 @@ namespace logkv::server::auth {
 // Longer tokens are refused before any decoding, bounding the work an
 // attacker can cause per request.
 inline constexpr size_t kMaxJwtBytes = 4096;
+// A jti names a revocation record in the engine, so it must stay a short key.
+inline constexpr size_t kMaxJwtIdBytes = 128;
 
 enum class TokenType { kAccess, kRefresh };
 

@@ -219,6 +219,8 @@ TEST(JwtTest, MalformedTokensAreRefused) {
   float_exp["exp"] = 1.5e12;
   Json no_jti = ClaimsJson(Claims());
   no_jti.erase("jti");
+  Json long_jti = ClaimsJson(Claims());
+  long_jti["jti"] = std::string(kMaxJwtIdBytes + 1, 'j');
   Json bad_typ = ClaimsJson(Claims());
   bad_typ["typ"] = "admin";
   const std::vector<std::string> tokens = {
@@ -232,6 +234,7 @@ TEST(JwtTest, MalformedTokensAreRefused) {
       ForgeToken(kSecret, header, numeric_sub),
       ForgeToken(kSecret, header, float_exp),
       ForgeToken(kSecret, header, no_jti),
+      ForgeToken(kSecret, header, long_jti),
       ForgeToken(kSecret, header, bad_typ),
       ForgeToken(kSecret, header, Json::array({1, 2})),
       ForgeToken(kSecret, Json::array(), ClaimsJson(Claims())),
