@@ -418,21 +418,29 @@ absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
     keys.resize(options.limit);
     result.next_cursor = keys.back();
   }
-  for (std::string& key : keys) {
+  uint64_t page_bytes = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
     ScanItem item;
     if (!options.keys_only) {
-      absl::Status status = Get(key, &item.value, &item.meta);
+      absl::Status status = Get(keys[i], &item.value, &item.meta);
       if (absl::IsNotFound(status)) continue;  // deleted since the pass
       if (!status.ok()) return status;
     }
-    item.key = std::move(key);
+    page_bytes += keys[i].size() + item.value.size();
+    if (options.max_bytes > 0 && page_bytes > options.max_bytes && !result.items.empty()) {
+      // Over the byte budget: the page ends before this item, which the
+      // next page starts with.
+      result.next_cursor = result.items.back().key;
+      break;
+    }
+    item.key = std::move(keys[i]);
     result.items.push_back(std::move(item));
   }
   return result;
 }
 
 absl::StatusOr<std::vector<Event>> Engine::ReadEvents(uint32_t shard, uint64_t after_sequence,
-                                                      uint32_t limit) {
+                                                      uint32_t limit, uint64_t max_bytes) {
   if (state_->closed.load(std::memory_order_relaxed)) return Closed();
   if (shard >= state_->shards.size()) {
     return absl::InvalidArgumentError(
@@ -442,7 +450,7 @@ absl::StatusOr<std::vector<Event>> Engine::ReadEvents(uint32_t shard, uint64_t a
     return absl::InvalidArgumentError(
         absl::StrCat("event limit must be in [1, ", kMaxScanLimit, "], got ", limit));
   }
-  return state_->shards[shard]->ReadEvents(after_sequence, limit);
+  return state_->shards[shard]->ReadEvents(after_sequence, limit, max_bytes);
 }
 
 uint64_t Engine::LastSequence(uint32_t shard) {

@@ -142,6 +142,9 @@ struct ScanOptions {
   std::string after_key;  // cursor: the last key of the previous page
   uint32_t limit = 1000;  // at most kMaxScanLimit
   bool keys_only = false;  // items carry keys only: no value, meta left zero
+  // A page ends early, with a cursor, once its keys and values pass this many
+  // bytes (at least one item is always returned). 0 = no byte budget.
+  uint64_t max_bytes = 0;
 };
 inline constexpr uint32_t kMaxScanLimit = 10'000;
 
@@ -229,11 +232,13 @@ class Engine {
   [[nodiscard]] absl::StatusOr<ScanResult> Scan(const ScanOptions& options);
 
   // Change feed: events of one shard with sequence > after_sequence, in order,
-  // at most limit. OutOfRange ("compacted") when compaction already removed
+  // at most limit, and no more than max_bytes of keys and values (but always at
+  // least one event; 0 = no byte budget). OutOfRange ("compacted") when compaction already removed
   // some of them.
   [[nodiscard]] absl::StatusOr<std::vector<Event>> ReadEvents(uint32_t shard,
                                                               uint64_t after_sequence,
-                                                              uint32_t limit);
+                                                              uint32_t limit,
+                                                              uint64_t max_bytes = 0);
   uint64_t LastSequence(uint32_t shard);
   uint32_t ShardCount() const;
   uint32_t ShardOf(absl::string_view key) const;

@@ -475,8 +475,10 @@ uint64_t Shard::LastSequence() {
   return next_sequence_ - 1;
 }
 
-absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, uint32_t limit) {
+absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, uint32_t limit,
+                                                     uint64_t max_bytes) {
   std::vector<Event> events;
+  uint64_t read_bytes = 0;
   absl::ReaderMutexLock lock(&mu_);
   if (after_sequence < compacted_through_sequence_) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -521,6 +523,9 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       }
       const LogRecord& record = decoded.record;
       if (record.sequence >= first) {
+        read_bytes += record.key.size() + record.value.size();
+        // Over the byte budget: stop before this event (never before the first).
+        if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) return events;
         Event event;
         event.sequence = record.sequence;
         event.type = record.is_tombstone() ? EventType::kDelete : EventType::kPut;

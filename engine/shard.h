@@ -98,7 +98,8 @@ class Shard {
   void CollectScanKeys(const ScanOptions& options, size_t keep,
                        std::priority_queue<std::string>* heap);
 
-  absl::StatusOr<std::vector<Event>> ReadEvents(uint64_t after_sequence, uint32_t limit);
+  absl::StatusOr<std::vector<Event>> ReadEvents(uint64_t after_sequence, uint32_t limit,
+                                                uint64_t max_bytes);
   uint64_t LastSequence();
 
   void CollectLeafKeys(uint32_t partition, uint32_t leaf_node,

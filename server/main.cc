@@ -65,9 +65,9 @@ ABSL_FLAG(std::string, jwt_secret, "",
           "in the data directory.");
 ABSL_FLAG(std::string, jwt_expiration, "1h",
           "Lifetime of access tokens (also JWT_EXPIRATION), a duration such as 1h or 30m.");
-ABSL_FLAG(double, rate_limit, 100,
+ABSL_FLAG(int64_t, rate_limit, 100,
           "Requests per minute per user with --auth=on (token bucket); 0 turns it off.");
-ABSL_FLAG(double, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
+ABSL_FLAG(int64_t, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
 ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
 ABSL_FLAG(uint32_t, http_max_header_bytes, 16u << 10,
           "Largest HTTP header section (431 beyond).");
@@ -393,6 +393,13 @@ int Main(int argc, char** argv) {
     return Fail(status);
   }
   server_for_events.store(&server, std::memory_order_release);
+  if (!http_addresses.empty() && http_addresses.front().port == 0) {
+    // The kernel chose the port: the node's URL (/servers, primary_node) names it.
+    const HttpAddress& first = http_addresses.front();
+    data_routes.SetNodeUrl(absl::StrCat("http://",
+                                        first.host == "0.0.0.0" ? "127.0.0.1" : first.host, ":",
+                                        server.http_ports().front()));
+  }
   // Always printed, whatever --log_level: scripts and tests wait for it.
   LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (binary protocol, %d threads)", host,
                                         server.port(), server_config.threads));

@@ -744,6 +744,11 @@ void Server::Loop::DispatchHttp(Connection& c, http::HttpRequest& request) {
       answer.response = http::HttpResponse::Error(
           404, absl::StrCat("no route for ", request.method_name, " ", request.path));
     }
+  } else if (match.route->is_write && server_->service_->config().read_only) {
+    // Account routes write the engine directly, not through the Service,
+    // so --read-only is enforced for every writing route here.
+    answer.answered = true;
+    answer.response = http::HttpResponse::Error(403, "this node is read-only");
   } else {
     inline_answer_ = &answer;
     match.route->handler(request, http::Responder(this, c.id, sequence));
@@ -920,15 +925,17 @@ void Server::Loop::PumpWatches() {
       }
       for (uint32_t shard = 0; shard < w.after.size(); ++shard) {
         if (engine->LastSequence(shard) <= w.after[shard]) continue;
-        absl::StatusOr<std::vector<engine::Event>> events =
-            engine->ReadEvents(shard, w.after[shard], batch_events);
+        // Half a frame of keys and values leaves room for the envelope, so
+        // one batch always fits in one frame.
+        absl::StatusOr<std::vector<engine::Event>> events = engine->ReadEvents(
+            shard, w.after[shard], batch_events, server_->service_->config().limits.max_frame_bytes / 2);
         if (!events.ok()) {
           ended.emplace_back(w.request_id, events.status());
           break;
         }
         if (events->empty()) continue;
         w.after[shard] = events->back().sequence;
-        if (events->size() == batch_events) more = true;
+        if (engine->LastSequence(shard) > w.after[shard]) more = true;
         c->builder.Clear();
         std::vector<flatbuffers::Offset<p::Event>> matching;
         const size_t namespace_bytes = c->context.key_prefix.size();

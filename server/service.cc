@@ -166,6 +166,9 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   }
   options.limit = scan.limit() == 0 ? 1000 : scan.limit();
   options.keys_only = scan.keys_only();
+  // The answer must fit in a frame: half of one leaves room for the envelope
+  // (the vectors' length fields and each item's table).
+  options.max_bytes = config_.limits.max_frame_bytes / 2;
   absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
   if (!page.ok()) {
     p::BuildStatusResponse(b, id, page.status());

@@ -3,7 +3,8 @@
 # runs every test.
 #   tools/test.sh             the whole suite (build/), plus a small run of the benchmark
 #   tools/test.sh --sanitize  the engine suites under AddressSanitizer and UBSan (build-sanitize/)
-#   tools/test.sh --fuzz      a bounded libFuzzer run of the frame decoder (build-fuzz/, clang)
+#   tools/test.sh --fuzz      bounded libFuzzer runs of the frame decoder and the HTTP parser
+#                             (build-fuzz/, clang)
 # Environment: LOGKV_TEST_SEED fixes the seed of the randomised tests.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,9 +31,14 @@ case "$mode" in
       -DLOGKV_FUZZ=ON -DLOGKV_BUILD_TESTS=OFF -DLOGKV_BUILD_BENCH=OFF
     corpus=$(mktemp -d)
     trap 'rm -rf "$corpus"' EXIT
+    mkdir -p "$corpus/frame" "$corpus/http"
     "$root/build-fuzz/bin/frame_fuzzer" -runs="${LOGKV_FUZZ_RUNS:-200000}" -max_total_time=120 \
-      -max_len=4096 "$corpus"
-    echo "1 passed, 0 failed: frame_fuzzer"
+      -max_len=4096 "$corpus/frame"
+    # New inputs go to the first directory; the committed seeds (a GET, a PUT
+    # with a body, a chunked POST, a pipeline) are only read.
+    "$root/build-fuzz/bin/http_fuzzer" -runs="${LOGKV_FUZZ_RUNS:-200000}" -max_total_time=120 \
+      -max_len=4096 -dict="$root/tests/fuzz/http.dict" "$corpus/http" "$root/tests/fuzz/http_corpus"
+    echo "2 passed, 0 failed: frame_fuzzer http_fuzzer"
     ;;
   *)
     echo "usage: tools/test.sh [--sanitize|--fuzz]" >&2

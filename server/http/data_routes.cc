@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/hlc.h"
@@ -98,9 +99,27 @@ std::string Rfc3339(int64_t unix_ms) {
                           absl::UTCTimeZone());
 }
 
+// request.QueryParam(name), except that a parameter present with malformed
+// percent-encoding is an error rather than absent: a TTL or version the
+// client sent must not be dropped silently.
+absl::StatusOr<std::optional<std::string>> StrictQueryParam(const HttpRequest& request,
+                                                            absl::string_view name) {
+  std::optional<std::string> value = request.QueryParam(name);
+  if (value) return value;
+  for (absl::string_view pair : absl::StrSplit(request.query, '&')) {
+    if (pair.substr(0, pair.find('=')) == name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query parameter '", name, "' is not valid percent-encoding"));
+    }
+  }
+  return std::nullopt;
+}
+
 // ?ttl=: a Go-style duration (1h, 30m, 1h30m, 500ms) or bare seconds.
 absl::StatusOr<int64_t> ParseTtlMs(const HttpRequest& request) {
-  std::optional<std::string> ttl = request.QueryParam("ttl");
+  absl::StatusOr<std::optional<std::string>> parameter = StrictQueryParam(request, "ttl");
+  if (!parameter.ok()) return parameter.status();
+  const std::optional<std::string>& ttl = *parameter;
   if (!ttl || ttl->empty()) return 0;
   int64_t seconds = 0;
   absl::Duration duration;
@@ -172,8 +191,14 @@ void Run(Service* service, const RequestContext& context,
          Convert convert) {
   const p::Request* request =
       flatbuffers::GetSizePrefixedRoot<p::Request>(request_builder->GetBufferPointer());
-  if (absl::Status status = p::CheckRequest(*request, service->config().limits); !status.ok()) {
-    responder.Send(ErrorFromStatus(status));
+  const p::Limits& limits = service->config().limits;
+  if (absl::Status status = p::CheckRequest(*request, limits); !status.ok()) {
+    // The protocol calls an over-limit value InvalidArgument; HTTP's word is 413.
+    const p::Put* put = request->operation_as_Put();
+    const bool value_too_large =
+        put != nullptr && put->value() != nullptr && put->value()->size() > limits.max_value_bytes;
+    responder.Send(value_too_large ? HttpResponse::Error(413, status.message())
+                                   : ErrorFromStatus(status));
     return;
   }
   thread_local flatbuffers::FlatBufferBuilder response_builder(1024);
@@ -208,8 +233,19 @@ std::string WriteAnswer(absl::string_view key, absl::string_view node_url) {
 DataRoutes::DataRoutes(const DataRoutesConfig& config, const DataRoutesDependencies& dependencies)
     : config_(config),
       deps_(dependencies),
-      joined_unix_ms_(absl::ToUnixMillis(absl::Now())) {
+      joined_unix_ms_(absl::ToUnixMillis(absl::Now())),
+      node_url_(config.node_url) {
   if (sodium_init() < 0) std::abort();
+}
+
+void DataRoutes::SetNodeUrl(std::string node_url) {
+  absl::MutexLock lock(&node_url_mu_);
+  node_url_ = std::move(node_url);
+}
+
+std::string DataRoutes::NodeUrl() const {
+  absl::ReaderMutexLock lock(&node_url_mu_);
+  return node_url_;
 }
 
 absl::StatusOr<RequestContext> DataRoutes::Authorize(const HttpRequest& request,
@@ -267,7 +303,7 @@ void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildPut(&b, key, request.body, *ttl_ms, *consistency);
   Run(deps_.service, *context, &b, responder,
-      [key, url = config_.node_url](const p::Response& response) {
+      [key, url = NodeUrl()](const p::Response& response) {
         absl::Status status = StatusOf(response);
         if (!status.ok()) return ErrorFromStatus(status);
         return HttpResponse::Json(200, WriteAnswer(key, url));
@@ -310,7 +346,7 @@ void DataRoutes::DeleteKv(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildDelete(&b, key, *consistency);
   Run(deps_.service, *context, &b, responder,
-      [key, url = config_.node_url](const p::Response& response) {
+      [key, url = NodeUrl()](const p::Response& response) {
         absl::Status status = StatusOf(response);
         // Deleting what is not there succeeds: the key is gone either way.
         if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
@@ -479,8 +515,13 @@ void DataRoutes::GetVersioned(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
   if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
+  absl::StatusOr<std::optional<std::string>> version_parameter =
+      StrictQueryParam(request, "version");
+  if (!version_parameter.ok()) {
+    return responder.Send(HttpResponse::Error(400, version_parameter.status().message()));
+  }
   auto& b = RequestBuilder();
-  if (std::optional<std::string> version_text = request.QueryParam("version")) {
+  if (const std::optional<std::string>& version_text = *version_parameter) {
     uint64_t version = 0;
     if (!absl::SimpleAtoi(*version_text, &version) || version == 0) {
       return responder.Send(HttpResponse::Error(
@@ -650,7 +691,7 @@ void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
 
 void DataRoutes::Nodes(HttpRequest&, Responder responder) {
   json node = {{"id", config_.node_id},
-               {"address", config_.node_url},
+               {"address", NodeUrl()},
                {"alive", true},
                {"last_seen", Rfc3339(absl::ToUnixMillis(absl::Now()))}};
   responder.Send(HttpResponse::Json(200, Dump(json::array({node}))));
@@ -658,7 +699,7 @@ void DataRoutes::Nodes(HttpRequest&, Responder responder) {
 
 void DataRoutes::Members(HttpRequest&, Responder responder) {
   json member = {{"id", config_.node_id},
-                 {"address", config_.node_url},
+                 {"address", NodeUrl()},
                  {"last_seen", absl::ToUnixMillis(absl::Now())},
                  {"joined_timestamp", joined_unix_ms_}};
   responder.Send(HttpResponse::Json(200, Dump(json::array({member}))));
@@ -704,7 +745,7 @@ void DataRoutes::AddTo(Router* router) {
   router->Add(M::kGet, "/db/stats", [this](HttpRequest& r, Responder s) { DbStats(r, std::move(s)); });
   router->Add(M::kGet, "/nodes", [this](HttpRequest& r, Responder s) { Nodes(r, std::move(s)); });
   router->Add(M::kGet, "/servers", [this](HttpRequest&, Responder s) {
-    s.Send(HttpResponse::Json(200, Dump(json::array({config_.node_url}))));
+    s.Send(HttpResponse::Json(200, Dump(json::array({NodeUrl()}))));
   });
   router->Add(M::kGet, "/members/",
               [this](HttpRequest& r, Responder s) { Members(r, std::move(s)); });

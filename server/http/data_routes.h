@@ -13,7 +13,9 @@
 #include <functional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "server/auth/auth_store.h"
 #include "server/auth/rate_limiter.h"
 #include "server/http/router.h"
@@ -49,6 +51,10 @@ class DataRoutes {
   // answer refusing the request (401, 429). Exposed for tests.
   absl::StatusOr<RequestContext> Authorize(const HttpRequest& request, HttpResponse* refusal);
 
+  // Replaces config.node_url once the first HTTP address's port is known
+  // (configured as 0, it is bound by the server). Any thread.
+  void SetNodeUrl(std::string node_url) ABSL_LOCKS_EXCLUDED(node_url_mu_);
+
  private:
   // Each takes the request and its Responder; see data_routes.cc.
   void PutKv(HttpRequest& request, Responder responder);
@@ -74,6 +80,10 @@ class DataRoutes {
   const DataRoutesConfig config_;
   const DataRoutesDependencies deps_;
   const int64_t joined_unix_ms_;
+
+  std::string NodeUrl() const ABSL_LOCKS_EXCLUDED(node_url_mu_);
+  mutable absl::Mutex node_url_mu_;
+  std::string node_url_ ABSL_GUARDED_BY(node_url_mu_);
 };
 
 }  // namespace logkv::server::http

@@ -48,6 +48,8 @@ int HttpParser::OnMessageBegin(llhttp_t* parser) {
   self.header_bytes_.clear();
   self.header_spans_.clear();
   self.in_header_value_ = false;
+  self.headers_complete_ = false;
+  self.trailer_bytes_ = 0;
   self.body_.clear();
   self.in_request_ = true;
   self.expects_continue_ = false;
@@ -67,6 +69,7 @@ int HttpParser::OnUrl(llhttp_t* parser, const char* at, size_t length) {
 
 int HttpParser::OnHeaderField(llhttp_t* parser, const char* at, size_t length) {
   HttpParser& self = Of(parser);
+  if (self.headers_complete_) return self.SkipTrailer(length);
   if (self.header_bytes_.size() + length > self.limits_.max_header_bytes) {
     return self.Fail(431, absl::StrCat("request headers larger than ",
                                        self.limits_.max_header_bytes, " bytes"));
@@ -88,6 +91,7 @@ int HttpParser::OnHeaderField(llhttp_t* parser, const char* at, size_t length) {
 
 int HttpParser::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
   HttpParser& self = Of(parser);
+  if (self.headers_complete_) return self.SkipTrailer(length);
   if (self.header_bytes_.size() + length > self.limits_.max_header_bytes) {
     return self.Fail(431, absl::StrCat("request headers larger than ",
                                        self.limits_.max_header_bytes, " bytes"));
@@ -112,6 +116,7 @@ int HttpParser::OnHeadersComplete(llhttp_t* parser) {
     return self.Fail(411, "PUT and POST need a Content-Length or a chunked body");
   }
   self.BuildRequest();
+  self.headers_complete_ = true;
   if (std::optional<absl::string_view> expect = self.request_.Header("expect")) {
     if (absl::EqualsIgnoreCase(*expect, "100-continue")) {
       self.expects_continue_ = true;
@@ -120,6 +125,19 @@ int HttpParser::OnHeadersComplete(llhttp_t* parser) {
     }
   }
   if (has_length) self.body_.reserve(parser->content_length);
+  // Upgrade is not supported, so it is ignored (RFC 9110 7.8): the request
+  // is an ordinary one and the connection goes on speaking HTTP/1.1, instead
+  // of llhttp handing the bytes after it to another protocol. CONNECT too.
+  parser->upgrade = 0;
+  return 0;
+}
+
+int HttpParser::SkipTrailer(size_t length) {
+  trailer_bytes_ += length;
+  if (header_bytes_.size() + trailer_bytes_ > limits_.max_header_bytes) {
+    return Fail(431, absl::StrCat("request headers and trailers larger than ",
+                                  limits_.max_header_bytes, " bytes"));
+  }
   return 0;
 }
 
@@ -129,6 +147,8 @@ int HttpParser::OnBody(llhttp_t* parser, const char* at, size_t length) {
     return self.Fail(413, absl::StrCat("request body larger than the limit of ",
                                        self.limits_.max_body_bytes, " bytes"));
   }
+  // The body is on its way: a "100 Continue" would come too late.
+  if (length > 0) self.expects_continue_ = false;
   self.body_.append(at, length);
   return 0;
 }
@@ -137,6 +157,7 @@ int HttpParser::OnMessageComplete(llhttp_t* parser) {
   HttpParser& self = Of(parser);
   self.complete_ = true;
   self.in_request_ = false;
+  self.expects_continue_ = false;
   // Stop after this request: the caller answers it before the next is read.
   return HPE_PAUSED;
 }

@@ -43,8 +43,8 @@ class HttpParser {
   // Valid after kRequest until the next Parse.
   HttpRequest& request() { return request_; }
   // The client sent "Expect: 100-continue" and waits for leave to send the
-  // body; the flag stays set until the request completes. The caller answers
-  // "100 Continue" once (continue_sent).
+  // body; the flag stays set until the body begins to arrive or the request
+  // completes. The caller answers "100 Continue" once (continue_sent).
   bool expects_continue() const { return expects_continue_ && !continue_sent_; }
   void set_continue_sent() { continue_sent_ = true; }
   // True between the first byte of a request and its completion.
@@ -63,6 +63,7 @@ class HttpParser {
   static int OnMessageComplete(llhttp_t* parser);
   static HttpParser& Of(llhttp_t* parser) { return *static_cast<HttpParser*>(parser->data); }
   int Fail(int status, std::string message);
+  int SkipTrailer(size_t length);
   void BuildRequest();
 
   const HttpLimits limits_;
@@ -77,6 +78,10 @@ class HttpParser {
   };
   std::vector<HeaderSpan> header_spans_;
   bool in_header_value_ = false;
+  // Set once request_ is built: its headers point into header_bytes_, which
+  // must not grow after that. Trailer fields are only counted.
+  bool headers_complete_ = false;
+  size_t trailer_bytes_ = 0;
   std::string body_;
 
   HttpRequest request_;

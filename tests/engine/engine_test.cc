@@ -427,6 +427,26 @@ TEST_F(ScanTest, CursorPagingWithinPrefixAndRange) {
   EXPECT_EQ(KeysOf(items), Expected("user/", "user/020", ""));
 }
 
+TEST_F(ScanTest, ByteBudgetEndsPagesEarlyWithoutLosingKeys) {
+  ScanOptions options;
+  options.limit = 1000;
+  // Smaller than any key plus value: every page holds exactly one item.
+  options.max_bytes = 1;
+  std::vector<std::string> seen;
+  size_t pages = 0;
+  while (true) {
+    ASSERT_LT(pages, 1000u) << "the cursor does not advance";
+    ASSERT_OK_AND_ASSIGN(ScanResult page, engine_->Scan(options));
+    ++pages;
+    ASSERT_EQ(page.items.size(), 1u) << "a page always carries at least one item";
+    seen.push_back(page.items[0].key);
+    if (page.next_cursor.empty()) break;
+    EXPECT_EQ(page.next_cursor, page.items[0].key);
+    options.after_key = page.next_cursor;
+  }
+  EXPECT_EQ(seen, Expected("", "", ""));
+}
+
 TEST_F(ScanTest, KeysOnlyLeavesValuesEmpty) {
   ScanOptions options;
   options.prefix = "item/";

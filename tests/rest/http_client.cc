@@ -88,6 +88,13 @@ void HttpConnection::Close() {
   fd_ = -1;
 }
 
+void HttpConnection::Reset() {
+  if (fd_ < 0) return;
+  linger option{1, 0};
+  ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &option, sizeof(option));
+  Close();
+}
+
 void HttpConnection::ShutdownWrite() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
@@ -146,8 +153,9 @@ absl::StatusOr<HttpAnswer> HttpConnection::Read(bool head, absl::Duration timeou
     if (colon == absl::string_view::npos) {
       return absl::DataLossError(absl::StrCat("bad header line '", lines[i], "'"));
     }
-    answer.headers.emplace_back(absl::AsciiStrToLower(lines[i].substr(0, colon)),
-                                std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1))));
+    answer.headers.emplace_back(
+        absl::AsciiStrToLower(lines[i].substr(0, colon)),
+        std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1))));
   }
   input_.erase(0, header_end + 4);
   const bool no_body = head || (answer.status >= 100 && answer.status < 200) ||

@@ -62,6 +62,8 @@ class HttpConnection {
   // No more bytes from us (the server sees end of stream).
   void ShutdownWrite();
   void Close();
+  // Closes with a reset (SO_LINGER 0) instead of an orderly end of stream.
+  void Reset();
 
  private:
   explicit HttpConnection(int fd) : fd_(fd) {}

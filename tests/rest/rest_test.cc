@@ -1,0 +1,1530 @@
+// Integration tests of the HTTP contract (docs: /work/shared/REST.md, every
+// table row) against real logkvd processes. Each suite shares one server
+// started in SetUpTestSuite, with its data in a temporary directory; tests
+// use their own keys (or their own accounts when auth is on). Waiting is
+// always a bounded poll, never an assertion about how long something took.
+//
+// Suites:
+//   RestTest          auth off, --max-value-bytes=1024, --max-document-bytes=512:
+//                     every dialect, node routes, methods, HTTP mechanics
+//   RestReadOnlyTest  data written, then the node restarted with --read-only
+//   RestAuthTest      --auth=on --rate-limit=0: accounts, keys, scopes, tenancy
+//   RestRateLimitTest --auth=on --rate-limit=60 --rate-limit-burst=3
+//   RestJwtExpiryTest --auth=on --jwt-expiration=1s
+//   RestReadOnlyAuthTest  accounts made, then the node restarted with --read-only
+// The Quick Start of seed 000 is run with curl by quickstart.sh.
+#include <sys/socket.h>
+
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/test_util.h"
+#include "tests/rest/http_client.h"
+#include "tests/server/logkvd_process.h"
+
+namespace logkv::test {
+namespace {
+
+namespace p = ::logkv::protocol;
+using nlohmann::json;
+
+// Long enough for anything a healthy server does; short enough that a hang
+// fails the test well inside the suite's timeout.
+constexpr absl::Duration kPollLimit = absl::Seconds(15);
+constexpr absl::Duration kPollInterval = absl::Milliseconds(50);
+
+std::unique_ptr<LogkvdProcess> StartLogkvd(const std::string& data_dir,
+                                           const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"--data-dir=" + data_dir, "--threads=2", "--shards=2",
+                                   "--log-level=warning"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto process = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
+  if (absl::Status status = process->Start(); !status.ok()) {
+    ADD_FAILURE() << "logkvd did not start: " << status;
+    return nullptr;
+  }
+  return process;
+}
+
+// A server shared by the tests of one suite.
+struct SharedServer {
+  explicit SharedServer(const std::vector<std::string>& flags)
+      : process(StartLogkvd(dir.path() + "/data", flags)) {}
+  ScopedTempDir dir;
+  std::unique_ptr<LogkvdProcess> process;
+};
+
+std::string TestName() { return ::testing::UnitTest::GetInstance()->current_test_info()->name(); }
+
+// Checks the shape of every error answer: {"error": "<message>"} as JSON.
+void ExpectError(const HttpAnswer& answer, int status, absl::string_view context = "") {
+  EXPECT_EQ(answer.status, status) << context << ": " << answer.status_line << " " << answer.body;
+  EXPECT_EQ(answer.Header("content-type").value_or(""), "application/json") << context;
+  const json body = answer.Json();
+  ASSERT_TRUE(body.is_object()) << context << ": " << answer.body;
+  ASSERT_TRUE(body.contains("error")) << context << ": " << answer.body;
+  EXPECT_TRUE(body["error"].is_string()) << context;
+  EXPECT_FALSE(body["error"].get<std::string>().empty()) << context;
+}
+
+// The base of every suite: requests against port().
+class RestTestBase : public ::testing::Test {
+ protected:
+  virtual LogkvdProcess* server() const = 0;
+  int port() const { return server()->http_port(); }
+
+  void SetUp() override { ASSERT_NE(server(), nullptr) << "the suite's logkvd did not start"; }
+
+  // One request on a fresh connection; status 0 (and a failure) if it got no answer.
+  HttpAnswer Call(absl::string_view method, absl::string_view target,
+                  const HttpHeaders& headers = {}, absl::string_view body = "") {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port(), method, target, headers, body);
+    if (!answer.ok()) {
+      ADD_FAILURE() << method << " " << target << ": " << answer.status();
+      return HttpAnswer();
+    }
+    return *std::move(answer);
+  }
+
+  HttpConnection Connect() {
+    absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(port());
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    return std::move(*connection);
+  }
+
+  // Polls GET target until it answers status (bounded); true if it did.
+  bool PollUntilStatus(absl::string_view target, int status, const HttpHeaders& headers = {}) {
+    const absl::Time deadline = absl::Now() + kPollLimit;
+    while (absl::Now() < deadline) {
+      if (Call("GET", target, headers).status == status) return true;
+      absl::SleepFor(kPollInterval);
+    }
+    return false;
+  }
+
+  // The node still answers on a new connection.
+  void ExpectServing() {
+    const HttpAnswer health = Call("GET", "/health");
+    EXPECT_EQ(health.status, 200) << health.body;
+  }
+};
+
+// ==== Auth off ====================================================================
+
+class RestTest : public RestTestBase {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new SharedServer({"--max-value-bytes=1024", "--max-document-bytes=512"});
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+
+  // Sends bytes that the server must refuse with status and then close the
+  // connection; then checks the node goes on serving.
+  void ExpectRefused(absl::string_view bytes, int status) {
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send(bytes).ok());
+    absl::StatusOr<HttpAnswer> answer = connection.Read();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    ExpectError(*answer, status, absl::StrCat("refusing ", bytes.substr(0, 60)));
+    EXPECT_EQ(answer->Header("connection").value_or(""), "close");
+    EXPECT_TRUE(connection.WaitClosed()) << "the connection stayed open after " << status;
+    ExpectServing();
+  }
+
+  static SharedServer* shared_;
+};
+
+SharedServer* RestTest::shared_ = nullptr;
+
+// ---- Seed 000: /v1/kv/{key} ---------------------------------------------------
+
+void ExpectWriteAnswer(const HttpAnswer& answer, absl::string_view key) {
+  EXPECT_EQ(answer.status, 200) << answer.body;
+  EXPECT_EQ(answer.Header("content-type").value_or(""), "application/json");
+  const json body = answer.Json();
+  ASSERT_TRUE(body.is_object()) << answer.body;
+  ASSERT_TRUE(body["success"].is_boolean()) << answer.body;
+  EXPECT_TRUE(body["success"].get<bool>());
+  ASSERT_TRUE(body["key"].is_string()) << answer.body;
+  EXPECT_EQ(body["key"].get<std::string>(), key);
+  ASSERT_TRUE(body["primary_node"].is_string()) << answer.body;
+  EXPECT_TRUE(absl::StartsWith(body["primary_node"].get<std::string>(), "http://")) << answer.body;
+  ASSERT_TRUE(body["replicas"].is_number_integer()) << answer.body;
+  EXPECT_EQ(body["replicas"].get<int>(), 0);  // one node: no other owners
+}
+
+TEST_F(RestTest, V1KvPutGetDelete) {
+  const std::string key = TestName();
+  const std::string target = "/v1/kv/" + key;
+  ExpectWriteAnswer(Call("PUT", target, {{"Content-Type", "text/plain"}}, "hello"), key);
+
+  const HttpAnswer get = Call("GET", target);
+  EXPECT_EQ(get.status, 200);
+  EXPECT_EQ(get.body, "hello");
+  EXPECT_EQ(get.Header("content-type").value_or(""), "application/octet-stream");
+  EXPECT_EQ(get.Header("content-length").value_or(""), "5");
+
+  ExpectWriteAnswer(Call("PUT", target, {}, "again"), key);
+  EXPECT_EQ(Call("GET", target).body, "again");
+
+  // DELETE is idempotent: the key is gone either way.
+  ExpectWriteAnswer(Call("DELETE", target), key);
+  ExpectWriteAnswer(Call("DELETE", target), key);
+
+  const HttpAnswer missing = Call("GET", target);
+  ExpectError(missing, 404);
+  EXPECT_EQ(missing.Json(), json({{"error", "Key not found"}}));
+  ExpectError(Call("GET", "/v1/kv/" + key + "-never-written"), 404);
+}
+
+TEST_F(RestTest, V1KvBinaryValuesAndEmptyValue) {
+  std::string value;
+  for (int i = 0; i < 256; ++i) value.push_back(static_cast<char>(i));
+  value += std::string("\0\0tail\0", 7);
+  const std::string target = "/v1/kv/" + TestName();
+  ExpectWriteAnswer(Call("PUT", target, {}, value), TestName());
+  const HttpAnswer get = Call("GET", target);
+  EXPECT_EQ(get.status, 200);
+  EXPECT_EQ(get.body, value);
+
+  ExpectWriteAnswer(Call("PUT", target + "-empty", {}, ""), TestName() + "-empty");
+  const HttpAnswer empty = Call("GET", target + "-empty");
+  EXPECT_EQ(empty.status, 200);
+  EXPECT_EQ(empty.body, "");
+}
+
+TEST_F(RestTest, V1KvPercentEncodedAndSlashedKeys) {
+  const std::string name = TestName();
+  // a%2Fb%20c is the key "a/b c", the same key as the path a/b%20c.
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + name + "-a%2Fb%20c", {}, "one"), name + "-a/b c");
+  EXPECT_EQ(Call("GET", "/v1/kv/" + name + "-a/b%20c").body, "one");
+  EXPECT_EQ(Call("GET", "/store/" + name + "-a%2Fb%20c").body, "one");
+
+  // Slashes in the path belong to the key.
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + name + "/users/1/profile", {}, "two"),
+                    name + "/users/1/profile");
+  EXPECT_EQ(Call("GET", "/v1/kv/" + name + "%2Fusers%2F1%2Fprofile").body, "two");
+  ExpectError(Call("GET", "/v1/kv/" + name + "/users/1"), 404);
+
+  // Any bytes, UTF-8 included.
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + name + "-%C3%A9t%C3%A9%3F%26%23", {}, "three"),
+                    name + "-\xC3\xA9t\xC3\xA9?&#");
+  EXPECT_EQ(Call("GET", "/v1/kv/" + name + "-%c3%a9t%c3%a9%3f%26%23").body, "three");
+
+  // Bad input is a 400, never a 500: a broken escape, a reserved first byte.
+  ExpectError(Call("GET", "/v1/kv/" + name + "%zz"), 400);
+  ExpectError(Call("PUT", "/v1/kv/" + name + "%4", {}, "x"), 400);
+  ExpectError(Call("PUT", "/v1/kv/%00" + name, {}, "x"), 400);
+  ExpectError(Call("GET", "/v1/kv/%00" + name), 400);
+}
+
+TEST_F(RestTest, V1KvEmptyKeyIsBadRequest) {
+  ExpectError(Call("PUT", "/v1/kv/", {}, "x"), 400);
+  ExpectError(Call("GET", "/v1/kv/"), 400);
+  ExpectError(Call("DELETE", "/v1/kv/"), 400);
+  ExpectError(Call("GET", "/store/"), 400);
+}
+
+TEST_F(RestTest, V1KvTtlExpires) {
+  for (const std::string ttl : {"1", "500ms"}) {
+    const std::string target = "/v1/kv/" + TestName() + "-" + ttl;
+    ExpectWriteAnswer(Call("PUT", target + "?ttl=" + ttl, {}, "short-lived"),
+                      TestName() + "-" + ttl);
+    EXPECT_TRUE(PollUntilStatus(target, 404)) << "a value with ttl=" << ttl << " never expired";
+    ExpectError(Call("GET", target), 404);
+  }
+}
+
+TEST_F(RestTest, V1KvTtlFormats) {
+  const std::string base = "/v1/kv/" + TestName();
+  for (const std::string ttl : {"1h30m", "1h", "30m", "24h", "3600"}) {
+    const std::string target = base + "-" + ttl;
+    ExpectWriteAnswer(Call("PUT", target + "?ttl=" + ttl, {}, "kept"), TestName() + "-" + ttl);
+    const HttpAnswer get = Call("GET", target);
+    EXPECT_EQ(get.status, 200) << "ttl=" << ttl;
+    EXPECT_EQ(get.body, "kept");
+  }
+  for (const std::string ttl :
+       {"abc", "-5s", "0", "0s", "-1", "5x", "1.5.5h", "999999999h", "%zz", "1h%"}) {
+    const std::string target = base + "-bad";
+    ExpectError(Call("PUT", target + "?ttl=" + ttl, {}, "never"), 400, "ttl=" + ttl);
+  }
+  ExpectError(Call("GET", base + "-bad"), 404);
+}
+
+TEST_F(RestTest, V1KvConsistencyHeader) {
+  const std::string target = "/v1/kv/" + TestName();
+  for (const std::string level : {"strong", "eventual", "STRONG", "Eventual"}) {
+    const HttpHeaders headers = {{"X-Consistency", level}};
+    ExpectWriteAnswer(Call("PUT", target, headers, level), TestName());
+    const HttpAnswer get = Call("GET", target, headers);
+    EXPECT_EQ(get.status, 200) << level;
+    EXPECT_EQ(get.body, level);
+  }
+  ExpectWriteAnswer(Call("DELETE", target, {{"X-Consistency", "strong"}}), TestName());
+  const HttpHeaders bogus = {{"X-Consistency", "bogus"}};
+  ExpectError(Call("PUT", target, bogus, "x"), 400);
+  ExpectError(Call("GET", target, bogus), 400);
+  ExpectError(Call("DELETE", target, bogus), 400);
+  ExpectError(Call("GET", target), 404);  // the refused PUT wrote nothing
+}
+
+TEST_F(RestTest, V1KvValueOverLimitIs413) {
+  const std::string target = "/v1/kv/" + TestName();
+  ExpectWriteAnswer(Call("PUT", target, {}, std::string(1024, 'v')), TestName());
+  ExpectError(Call("PUT", target, {}, std::string(1025, 'w')), 413);
+  ExpectError(Call("PUT", "/kv?key=" + TestName(), {}, std::string(4000, 'w')), 413);
+  EXPECT_EQ(Call("GET", target).body, std::string(1024, 'v'));
+}
+
+// ---- Node routes ------------------------------------------------------------------
+
+TEST_F(RestTest, StoreIsTheLocalCopy) {
+  const std::string key = TestName();
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + key, {}, std::string("lo\0cal", 6)), key);
+  const HttpAnswer local = Call("GET", "/store/" + key);
+  EXPECT_EQ(local.status, 200);
+  EXPECT_EQ(local.body, std::string("lo\0cal", 6));
+  EXPECT_EQ(local.Header("content-type").value_or(""), "application/octet-stream");
+  ExpectError(Call("GET", "/store/" + key + "-missing"), 404);
+}
+
+TEST_F(RestTest, Health) {
+  const HttpAnswer health = Call("GET", "/health");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(health.Header("content-type").value_or(""), "application/json");
+  const json body = health.Json();
+  ASSERT_TRUE(body.is_object()) << health.body;
+  EXPECT_EQ(body.value("status", ""), "healthy");
+  ASSERT_TRUE(body["node_id"].is_string());
+  EXPECT_FALSE(body["node_id"].get<std::string>().empty());
+  EXPECT_EQ(body.value("mode", ""), "normal");
+  ASSERT_TRUE(body["member_count"].is_number_integer());
+  EXPECT_GE(body["member_count"].get<int>(), 1);
+}
+
+TEST_F(RestTest, MetricsJson) {
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + TestName(), {}, "counted"), TestName());
+  const HttpAnswer metrics = Call("GET", "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_EQ(metrics.Header("content-type").value_or(""), "application/json");
+  const json body = metrics.Json();
+  ASSERT_TRUE(body.is_object()) << metrics.body;
+  ASSERT_TRUE(body["node_id"].is_string()) << metrics.body;
+  for (const char* field :
+       {"key_count", "wal_size", "timestamp", "total_replications", "successful_replicas",
+        "failed_replicas", "queue_size", "retries_in_progress"}) {
+    ASSERT_TRUE(body.contains(field)) << field << " missing: " << metrics.body;
+    EXPECT_TRUE(body[field].is_number_integer()) << field << ": " << body[field];
+  }
+  for (const char* field : {"average_ack_time_ms", "max_replication_lag_ms"}) {
+    ASSERT_TRUE(body.contains(field)) << field << " missing: " << metrics.body;
+    EXPECT_TRUE(body[field].is_number()) << field << ": " << body[field];
+  }
+  EXPECT_GE(body["key_count"].get<int64_t>(), 1);
+  EXPECT_GT(body["wal_size"].get<int64_t>(), 0);
+  EXPECT_GT(body["timestamp"].get<int64_t>(), 1'000'000'000'000);  // Unix ms, not seconds
+}
+
+TEST_F(RestTest, MetricsPrometheus) {
+  ASSERT_EQ(Call("GET", "/health").status, 200);  // so /health has a request counted
+  for (const auto& [target, headers] : std::vector<std::pair<std::string, HttpHeaders>>{
+           {"/metrics?format=prometheus", {}},
+           {"/metrics", {{"Accept", "text/plain"}}},
+           {"/metrics", {{"Accept", "text/plain;version=0.0.4;q=0.9, */*;q=0.1"}}}}) {
+    const HttpAnswer metrics = Call("GET", target, headers);
+    EXPECT_EQ(metrics.status, 200);
+    EXPECT_TRUE(
+        absl::StartsWith(metrics.Header("content-type").value_or(""), "text/plain; version=0.0.4"))
+        << metrics.Header("content-type").value_or("<none>");
+    for (const char* needle : {"logkv_http_requests_total{", "route=\"/health\"",
+                               "logkv_http_request_duration_seconds_bucket", "logkv_keys",
+                               "logkv_log_bytes", "logkv_fsync_duration_seconds",
+                               "logkv_connections", "# TYPE logkv_http_requests_total counter"}) {
+      EXPECT_TRUE(absl::StrContains(metrics.body, needle)) << needle << " missing";
+    }
+  }
+}
+
+TEST_F(RestTest, ClusterRoutes) {
+  const HttpAnswer nodes = Call("GET", "/nodes");
+  EXPECT_EQ(nodes.status, 200);
+  json body = nodes.Json();
+  ASSERT_TRUE(body.is_array()) << nodes.body;
+  ASSERT_EQ(body.size(), 1u);
+  EXPECT_TRUE(body[0]["address"].is_string());
+  EXPECT_TRUE(body[0]["alive"].is_boolean());
+  EXPECT_TRUE(body[0].contains("last_seen"));
+
+  const HttpAnswer servers = Call("GET", "/servers");
+  EXPECT_EQ(servers.status, 200);
+  body = servers.Json();
+  ASSERT_TRUE(body.is_array()) << servers.body;
+  ASSERT_EQ(body.size(), 1u);
+  ASSERT_TRUE(body[0].is_string());
+  EXPECT_EQ(body[0].get<std::string>(), absl::StrCat("http://127.0.0.1:", port()));
+
+  const HttpAnswer members = Call("GET", "/members/");
+  EXPECT_EQ(members.status, 200);
+  body = members.Json();
+  ASSERT_TRUE(body.is_array()) << members.body;
+  ASSERT_EQ(body.size(), 1u);
+  for (const char* field : {"id", "address"}) EXPECT_TRUE(body[0][field].is_string()) << field;
+  for (const char* field : {"last_seen", "joined_timestamp"}) {
+    EXPECT_TRUE(body[0][field].is_number_integer()) << field;
+  }
+
+  EXPECT_EQ(Call("GET", "/internal/ping").status, 200);
+  ExpectError(Call("POST", "/join", {}, "127.0.0.1:9999"), 501);
+  ExpectError(Call("POST", "/members/join", {}, "{}"), 501);
+  ExpectError(Call("POST", "/members/leave", {}, "{}"), 501);
+}
+
+// ---- Seed 001: /kv?key=K ----------------------------------------------------------
+
+TEST_F(RestTest, Seed001QueryKeys) {
+  const std::string key = TestName();
+  const HttpAnswer put = Call("PUT", "/kv?key=" + key, {}, std::string("q\0v", 3));
+  EXPECT_EQ(put.status, 200) << put.body;
+  EXPECT_TRUE(put.Json().is_object()) << put.body;
+  const HttpAnswer get = Call("GET", "/kv?key=" + key);
+  EXPECT_EQ(get.status, 200);
+  EXPECT_EQ(get.body, std::string("q\0v", 3));
+  EXPECT_EQ(get.Header("content-type").value_or(""), "application/octet-stream");
+  // The same engine key as every other dialect's.
+  EXPECT_EQ(Call("GET", "/v1/kv/" + key).body, std::string("q\0v", 3));
+
+  // Query values are percent-decoded, '+' as a space.
+  EXPECT_EQ(Call("PUT", "/kv?key=" + key + "+a%2Fb&other=1", {}, "spaced").status, 200);
+  EXPECT_EQ(Call("GET", "/v1/kv/" + key + "%20a%2Fb").body, "spaced");
+  EXPECT_EQ(Call("GET", "/kv?other=1&key=" + key + "%20a/b").body, "spaced");
+
+  ExpectError(Call("GET", "/kv?key=" + key + "-missing"), 404);
+  ExpectError(Call("GET", "/kv"), 400);
+  ExpectError(Call("GET", "/kv?key="), 400);
+  ExpectError(Call("GET", "/kv?name=" + key), 400);
+  ExpectError(Call("PUT", "/kv", {}, "x"), 400);
+  ExpectError(Call("PUT", "/kv?key=", {}, "x"), 400);
+  ExpectError(Call("GET", "/kv?key=%zz"), 400);
+
+  EXPECT_EQ(Call("DELETE", "/kv?key=" + key).status, 200);
+  ExpectError(Call("GET", "/kv?key=" + key), 404);
+}
+
+// ---- Seed 002: /v0/kv base64 --------------------------------------------------------
+
+TEST_F(RestTest, Seed002Base64) {
+  // A key whose base64 holds '+' and '/', and a binary value.
+  const std::string key = TestName() + std::string("\xfb\xff\x00\xfe", 4);
+  const std::string value = std::string("\x00\x01\xff binary", 10);
+  const std::string key64 = Base64Encode(key);
+  ASSERT_TRUE(absl::StrContains(key64, "+") || absl::StrContains(key64, "/")) << key64;
+  const HttpAnswer post = Call("POST", "/v0/kv", {{"Content-Type", "application/json"}},
+                               json({{"key", key64}, {"value", Base64Encode(value)}}).dump());
+  EXPECT_EQ(post.status, 200) << post.body;
+  EXPECT_EQ(post.Json(), json::object());
+
+  for (const std::string& path : {key64, std::string(absl::StrReplaceAll(
+                                             key64, {{"+", "%2B"}, {"/", "%2F"}, {"=", "%3D"}}))}) {
+    const HttpAnswer get = Call("GET", "/v0/kv/key/" + path);
+    EXPECT_EQ(get.status, 200) << path << ": " << get.body;
+    const json body = get.Json();
+    ASSERT_TRUE(body.is_object()) << get.body;
+    ASSERT_TRUE(body["key"].is_string());
+    ASSERT_TRUE(body["value"].is_string());
+    EXPECT_EQ(body["key"].get<std::string>(), key64);
+    EXPECT_EQ(body["value"].get<std::string>(), Base64Encode(value));
+  }
+  // The same key through seed 000's dialect.
+  EXPECT_EQ(Call("GET", "/v1/kv/" + TestName() + "%FB%FF%00%FE").body, value);
+
+  ExpectError(Call("GET", "/v0/kv/key/" + Base64Encode(TestName() + "-missing")), 404);
+  ExpectError(Call("GET", "/v0/kv/key/!!!notbase64"), 400);
+  ExpectError(Call("GET", "/v0/kv/key/"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, R"({"key":"***","value":"aGk="})"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, json({{"key", key64}, {"value", "@@"}}).dump()), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, "{not json"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, "[1,2]"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, R"({"key":"aGk="})"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, R"({"key":42,"value":"aGk="})"), 400);
+  ExpectError(Call("POST", "/v0/kv", {}, R"({"key":"","value":"aGk="})"), 400);
+}
+
+// ---- Seed 003: /put, /get, versions -------------------------------------------------
+
+void ExpectVersioned(const HttpAnswer& answer, absl::string_view key, const json& value,
+                     uint64_t version) {
+  EXPECT_EQ(answer.status, 200) << answer.body;
+  const json body = answer.Json();
+  ASSERT_TRUE(body.is_object()) << answer.body;
+  EXPECT_EQ(body.value("key", ""), key);
+  EXPECT_EQ(body["value"], value) << answer.body;
+  ASSERT_TRUE(body["version"].is_number_unsigned()) << answer.body;
+  EXPECT_EQ(body["version"].get<uint64_t>(), version);
+  ASSERT_TRUE(body["timestamp"].is_string()) << answer.body;
+  // RFC 3339 UTC.
+  EXPECT_TRUE(std::regex_match(body["timestamp"].get<std::string>(),
+                               std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z)")))
+      << body["timestamp"];
+}
+
+TEST_F(RestTest, Seed003Versions) {
+  const std::string key = TestName();
+  ExpectVersioned(Call("PUT", "/put/" + key, {}, R"({"value":"v1"})"), key, "v1", 1);
+  ExpectVersioned(Call("POST", "/put/" + key, {}, R"({"value":"v2"})"), key, "v2", 2);
+  ExpectVersioned(Call("PUT", "/put/" + key, {}, R"({"value":{"n":3,"list":[1,2]}})"), key,
+                  json({{"n", 3}, {"list", {1, 2}}}), 3);
+
+  ExpectVersioned(Call("GET", "/get/" + key), key, json({{"n", 3}, {"list", {1, 2}}}), 3);
+  ExpectVersioned(Call("GET", "/get/" + key + "?version=1"), key, "v1", 1);
+  ExpectVersioned(Call("GET", "/get/" + key + "?version=2"), key, "v2", 2);
+  ExpectVersioned(Call("GET", "/get/" + key + "?version=3"), key,
+                  json({{"n", 3}, {"list", {1, 2}}}), 3);
+
+  ExpectError(Call("GET", "/get/" + key + "?version=4"), 404);
+  ExpectError(Call("GET", "/get/" + key + "?version=abc"), 400);
+  ExpectError(Call("GET", "/get/" + key + "?version=0"), 400);
+  ExpectError(Call("GET", "/get/" + key + "?version=-1"), 400);
+  ExpectError(Call("GET", "/get/" + key + "?version=%zz"), 400);
+  ExpectError(Call("GET", "/get/" + key + "-missing"), 404);
+  ExpectError(Call("GET", "/get/"), 400);
+
+  ExpectError(Call("PUT", "/put/" + key, {}, "not json"), 400);
+  ExpectError(Call("PUT", "/put/" + key, {}, R"({"other":1})"), 400);
+  ExpectError(Call("PUT", "/put/" + key, {}, R"(["value"])"), 400);
+  ExpectError(Call("PUT", "/put/", {}, R"({"value":1})"), 400);
+  // Refused writes made no versions.
+  ExpectVersioned(Call("GET", "/get/" + key), key, json({{"n", 3}, {"list", {1, 2}}}), 3);
+
+  // A value written by another dialect reads back as a string when it is not JSON.
+  ASSERT_EQ(Call("PUT", "/v1/kv/" + key + "-raw", {}, "plain text").status, 200);
+  ExpectVersioned(Call("GET", "/get/" + key + "-raw"), key + "-raw", "plain text", 1);
+}
+
+TEST_F(RestTest, Seed003OldVersionsAreNotRetainedForever) {
+  const std::string key = TestName();
+  for (int i = 1; i <= 5; ++i) {
+    ExpectVersioned(Call("PUT", "/put/" + key, {}, json({{"value", i}}).dump()), key, i, i);
+  }
+  // --versions=3 (the default) keeps the newest three.
+  ExpectError(Call("GET", "/get/" + key + "?version=1"), 404);
+  for (int i = 3; i <= 5; ++i) {
+    ExpectVersioned(Call("GET", absl::StrCat("/get/", key, "?version=", i)), key, i, i);
+  }
+}
+
+TEST_F(RestTest, Seed003Stats) {
+  const std::string node_id = Call("GET", "/health").Json().value("node_id", "");
+  ASSERT_FALSE(node_id.empty());
+  for (const std::string& query : {std::string(), "?server=" + node_id}) {
+    const HttpAnswer cache = Call("GET", "/cache/stats" + query);
+    EXPECT_EQ(cache.status, 200);
+    json body = cache.Json();
+    ASSERT_TRUE(body.is_object()) << cache.body;
+    EXPECT_TRUE(body["size"].is_number_integer()) << cache.body;
+    EXPECT_TRUE(body["max_size"].is_number_integer()) << cache.body;
+    EXPECT_TRUE(body["is_full"].is_boolean()) << cache.body;
+
+    const HttpAnswer db = Call("GET", "/db/stats" + query);
+    EXPECT_EQ(db.status, 200);
+    body = db.Json();
+    ASSERT_TRUE(body.is_object()) << db.body;
+    for (const char* field : {"total_keys", "total_versions", "file_size"}) {
+      EXPECT_TRUE(body[field].is_number_integer()) << field << ": " << db.body;
+    }
+  }
+  ExpectError(Call("GET", "/cache/stats?server=unknown:1"), 404);
+  ExpectError(Call("GET", "/db/stats?server=unknown:1"), 404);
+}
+
+// ---- Seed 004: /kv/{path} JSON documents ----------------------------------------------
+
+TEST_F(RestTest, Seed004Documents) {
+  const std::string path = "/kv/" + TestName() + "/a/b/c";
+  const std::string document = R"({"name": "logkv",  "tags": ["a", "b"], "n": 1.5})";
+  const HttpAnswer put = Call("PUT", path, {{"Content-Type", "application/json"}}, document);
+  EXPECT_EQ(put.status, 200) << put.body;
+  const json body = put.Json();
+  ASSERT_TRUE(body.is_object()) << put.body;
+  ASSERT_TRUE(body["uuid"].is_string());
+  EXPECT_TRUE(
+      std::regex_match(body["uuid"].get<std::string>(),
+                       std::regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")))
+      << body["uuid"];
+  EXPECT_EQ(body["uuid"].get<std::string>().size(), 36u);
+  ASSERT_TRUE(body["timestamp"].is_number_integer());
+  EXPECT_GT(body["timestamp"].get<int64_t>(), 1'000'000'000'000);  // Unix ms, not seconds
+
+  const HttpAnswer get = Call("GET", path);
+  EXPECT_EQ(get.status, 200);
+  EXPECT_EQ(get.body, document);  // as stored, byte for byte
+  EXPECT_EQ(get.Header("content-type").value_or(""), "application/json");
+  // A second PUT gets a new uuid.
+  const HttpAnswer again = Call("PUT", path, {}, "[1,2,3]");
+  EXPECT_EQ(again.status, 200);
+  EXPECT_NE(again.Json().value("uuid", ""), body["uuid"].get<std::string>());
+  EXPECT_EQ(Call("GET", path).body, "[1,2,3]");
+
+  const HttpAnswer deleted = Call("DELETE", path);
+  EXPECT_EQ(deleted.status, 204);
+  EXPECT_EQ(deleted.body, "");
+  ExpectError(Call("GET", path), 404);
+  EXPECT_EQ(Call("DELETE", path).status, 204);
+
+  ExpectError(Call("PUT", path, {}, "not json"), 400);
+  ExpectError(Call("PUT", path, {}, R"({"open": )"), 400);
+  ExpectError(Call("PUT", path, {}, ""), 400);
+  ExpectError(Call("PUT", "/kv/", {}, "{}"), 400);
+  // Over --max-document-bytes=512 (but under the value limit: the document limit answers).
+  ExpectError(Call("PUT", path, {}, json({{"big", std::string(600, 'x')}}).dump()), 413);
+  ExpectError(Call("GET", path), 404);
+}
+
+// ---- Methods and unknown routes ------------------------------------------------------
+
+TEST_F(RestTest, WrongMethodIs405WithAllow) {
+  struct Case {
+    const char* method;
+    std::string target;
+    std::vector<std::string> allowed;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/v1/kv/" + TestName(), {"GET", "PUT", "DELETE"}},
+      {"PATCH", "/v1/kv/" + TestName(), {"GET", "PUT", "DELETE"}},
+      {"DELETE", "/health", {"GET"}},
+      {"PUT", "/metrics", {"GET"}},
+      {"GET", "/v0/kv", {"POST"}},
+      {"DELETE", "/put/" + TestName(), {"PUT", "POST"}},
+      {"POST", "/get/" + TestName(), {"GET"}},
+      {"POST", "/kv/" + TestName() + "/doc", {"PUT", "GET", "DELETE"}},
+      {"GET", "/join", {"POST"}},
+  };
+  for (const Case& c : cases) {
+    const HttpAnswer answer = Call(c.method, c.target);
+    const std::string context = absl::StrCat(c.method, " ", c.target);
+    ExpectError(answer, 405, context);
+    const std::string allow = answer.Header("allow").value_or("");
+    for (const std::string& method : c.allowed) {
+      EXPECT_TRUE(absl::StrContains(allow, method)) << context << ": Allow: " << allow;
+    }
+    EXPECT_FALSE(absl::StrContains(allow, c.method)) << context << ": Allow: " << allow;
+  }
+}
+
+TEST_F(RestTest, UnknownRouteIs404Json) {
+  for (const char* target : {"/nope", "/v2/kv/x", "/v1", "/v1/kv", "/healthz", "/members"}) {
+    ExpectError(Call("GET", target), 404, target);
+  }
+  ExpectError(Call("PUT", "/nope/deeper", {}, "x"), 404);
+}
+
+// ---- HTTP mechanics over raw sockets ------------------------------------------------
+
+TEST_F(RestTest, KeepAliveServesManyRequestsOnOneConnection) {
+  HttpConnection connection = Connect();
+  const std::string target = "/v1/kv/" + TestName();
+  for (int i = 0; i < 5; ++i) {
+    const std::string value = absl::StrCat("value-", i);
+    ASSERT_TRUE(connection.Send(BuildRequest("PUT", target, {}, value)).ok());
+    absl::StatusOr<HttpAnswer> put = connection.Read();
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->status, 200);
+    EXPECT_FALSE(put->Header("connection").has_value());
+    ASSERT_TRUE(connection.Send(BuildRequest("GET", target)).ok());
+    absl::StatusOr<HttpAnswer> get = connection.Read();
+    ASSERT_TRUE(get.ok()) << get.status();
+    EXPECT_EQ(get->body, value);
+  }
+  // Errors answered by a route do not end the connection either.
+  ASSERT_TRUE(connection.Send(BuildRequest("GET", target + "-missing")).ok());
+  absl::StatusOr<HttpAnswer> missing = connection.Read();
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(missing->status, 404);
+  ASSERT_TRUE(connection.Send(BuildRequest("GET", "/health")).ok());
+  absl::StatusOr<HttpAnswer> health = connection.Read();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST_F(RestTest, PipelinedRequestsAreAnsweredInOrder) {
+  const std::string target = "/v1/kv/" + TestName() + "-";
+  std::string batch;
+  for (int i = 0; i < 10; ++i) {
+    batch += BuildRequest("PUT", absl::StrCat(target, i), {}, absl::StrCat("pipelined-", i));
+  }
+  for (int i = 0; i < 10; ++i) batch += BuildRequest("GET", absl::StrCat(target, i));
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send(batch).ok());  // all 20 in one write
+  for (int i = 0; i < 10; ++i) {
+    absl::StatusOr<HttpAnswer> put = connection.Read();
+    ASSERT_TRUE(put.ok()) << "answer " << i << ": " << put.status();
+    ExpectWriteAnswer(*put, absl::StrCat(TestName(), "-", i));
+  }
+  for (int i = 0; i < 10; ++i) {
+    absl::StatusOr<HttpAnswer> get = connection.Read();
+    ASSERT_TRUE(get.ok()) << "answer " << 10 + i << ": " << get.status();
+    EXPECT_EQ(get->status, 200);
+    EXPECT_EQ(get->body, absl::StrCat("pipelined-", i));
+  }
+  EXPECT_TRUE(connection.buffered().empty());
+}
+
+TEST_F(RestTest, ChunkedRequestBody) {
+  const std::string target = "/v1/kv/" + TestName();
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection
+                  .Send("PUT " + target +
+                        " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "5\r\nhello\r\n"
+                        "7;ext=1\r\n, world\r\n" +
+                        std::string("3\r\n\0\0!\r\n", 8) + "0\r\n\r\n")
+                  .ok());
+  absl::StatusOr<HttpAnswer> put = connection.Read();
+  ASSERT_TRUE(put.ok()) << put.status();
+  ExpectWriteAnswer(*put, TestName());
+  // Chunks sent in separate writes, on the same connection.
+  ASSERT_TRUE(connection
+                  .Send("PUT " + target +
+                        "-split HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+                  .ok());
+  ASSERT_TRUE(connection.Send("cd\r\n2\r\nef\r\n0").ok());
+  ASSERT_TRUE(connection.Send("\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> split = connection.Read();
+  ASSERT_TRUE(split.ok()) << split.status();
+  EXPECT_EQ(split->status, 200);
+
+  EXPECT_EQ(Call("GET", target).body, std::string("hello, world\0\0!", 15));
+  EXPECT_EQ(Call("GET", target + "-split").body, "abcdef");
+}
+
+TEST_F(RestTest, ExpectContinue) {
+  const std::string target = "/v1/kv/" + TestName();
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection
+                  .Send("PUT " + target +
+                        " HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n")
+                  .ok());
+  absl::StatusOr<HttpAnswer> go_on = connection.Read();
+  ASSERT_TRUE(go_on.ok()) << go_on.status();
+  EXPECT_EQ(go_on->status, 100);
+  EXPECT_EQ(go_on->status_line, "HTTP/1.1 100 Continue");
+  ASSERT_TRUE(connection.Send("continued").ok());
+  absl::StatusOr<HttpAnswer> put = connection.Read();
+  ASSERT_TRUE(put.ok()) << put.status();
+  ExpectWriteAnswer(*put, TestName());
+  EXPECT_EQ(Call("GET", target).body, "continued");
+
+  // A client that sends the body anyway, at once, still gets its answer.
+  ASSERT_TRUE(
+      connection
+          .Send("PUT " + target +
+                " HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\nnow")
+          .ok());
+  absl::StatusOr<HttpAnswer> answer = connection.Read();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  if (answer->status == 100) answer = connection.Read();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 200);
+  EXPECT_EQ(Call("GET", target).body, "now");
+}
+
+TEST_F(RestTest, HeadOnGetRoutes) {
+  const std::string target = "/v1/kv/" + TestName();
+  ASSERT_EQ(Call("PUT", target, {}, "twelve bytes").status, 200);
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send(BuildRequest("HEAD", target)).ok());
+  absl::StatusOr<HttpAnswer> head = connection.Read(/*head=*/true);
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(head->Header("content-length").value_or(""), "12");
+  EXPECT_EQ(head->Header("content-type").value_or(""), "application/octet-stream");
+  // No body followed: the next answer on the connection starts right away.
+  ASSERT_TRUE(connection.Send(BuildRequest("HEAD", "/health")).ok());
+  absl::StatusOr<HttpAnswer> health = connection.Read(/*head=*/true);
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->status, 200);
+  EXPECT_NE(health->Header("content-length").value_or("0"), "0");
+  ASSERT_TRUE(connection.Send(BuildRequest("HEAD", target + "-missing")).ok());
+  absl::StatusOr<HttpAnswer> missing = connection.Read(/*head=*/true);
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(missing->status, 404);
+  ASSERT_TRUE(connection.Send(BuildRequest("GET", target)).ok());
+  absl::StatusOr<HttpAnswer> get = connection.Read();
+  ASSERT_TRUE(get.ok()) << get.status();
+  EXPECT_EQ(get->body, "twelve bytes");
+  EXPECT_TRUE(connection.buffered().empty());
+}
+
+TEST_F(RestTest, ConnectionCloseIsHonoured) {
+  HttpConnection connection = Connect();
+  // The request after the one asking to close is never answered.
+  ASSERT_TRUE(connection
+                  .Send(BuildRequest("GET", "/health", {{"Connection", "close"}}) +
+                        BuildRequest("GET", "/health"))
+                  .ok());
+  absl::StatusOr<HttpAnswer> answer = connection.Read();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 200);
+  EXPECT_EQ(answer->Header("connection").value_or(""), "close");
+  EXPECT_TRUE(connection.WaitClosed());
+  EXPECT_TRUE(connection.buffered().empty()) << connection.buffered();
+}
+
+TEST_F(RestTest, Http10Request) {
+  const std::string target = "/v1/kv/" + TestName();
+  ASSERT_EQ(Call("PUT", target, {}, "old client").status, 200);
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send("GET " + target + " HTTP/1.0\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> answer = connection.Read();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 200);
+  EXPECT_EQ(answer->body, "old client");
+  // HTTP/1.0 without keep-alive: the server closes after answering.
+  EXPECT_TRUE(connection.WaitClosed());
+
+  // An HTTP/1.0 PUT with a Content-Length works too.
+  HttpConnection writer = Connect();
+  ASSERT_TRUE(writer.Send("PUT " + target + " HTTP/1.0\r\nContent-Length: 3\r\n\r\nv10").ok());
+  absl::StatusOr<HttpAnswer> put = writer.Read();
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->status, 200);
+  EXPECT_EQ(Call("GET", target).body, "v10");
+}
+
+TEST_F(RestTest, MalformedRequestsAre400AndClose) {
+  ExpectRefused("NOT A REQUEST\r\n\r\n", 400);
+  ExpectRefused("GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n", 400);
+  ExpectRefused("GET /health HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400);
+  ExpectRefused("PUT /v1/kv/x HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400);
+  ExpectRefused(
+      "PUT /v1/kv/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400);
+  // Both framings at once (request smuggling) are refused.
+  ExpectRefused(
+      "PUT /v1/kv/x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\n\r\n",
+      400);
+  // An answer owed before the bad request still goes out first, in order.
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send(BuildRequest("GET", "/health") + "BROKEN\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> first = connection.Read();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->status, 200);
+  absl::StatusOr<HttpAnswer> second = connection.Read();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->status, 400);
+  EXPECT_TRUE(connection.WaitClosed());
+  ExpectServing();
+}
+
+TEST_F(RestTest, OversizedHeadersAre431) {
+  ExpectRefused("GET /health HTTP/1.1\r\nX-Big: " + std::string(17 << 10, 'h') + "\r\n\r\n", 431);
+  std::string many = "GET /health HTTP/1.1\r\n";
+  for (int i = 0; i < 101; ++i) absl::StrAppend(&many, "X-H", i, ": v\r\n");
+  ExpectRefused(many + "\r\n", 431);
+  // Just under the limits is fine.
+  HttpHeaders fine = {{"X-Big", std::string(15 << 10, 'h')}};
+  EXPECT_EQ(Call("GET", "/health", fine).status, 200);
+}
+
+TEST_F(RestTest, LongTargetIs414) {
+  ExpectRefused("GET /v1/kv/" + std::string(9 << 10, 'k') + " HTTP/1.1\r\n\r\n", 414);
+  ExpectRefused("GET /health?" + std::string(9 << 10, 'q') + " HTTP/1.1\r\n\r\n", 414);
+}
+
+TEST_F(RestTest, BodyOverTheLimitIs413BeforeItIsSent) {
+  // Only the headers are sent: the answer must not wait for the body.
+  ExpectRefused("PUT /v1/kv/" + TestName() + " HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n", 413);
+  ExpectRefused("POST /v0/kv HTTP/1.1\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
+                413);
+  // A chunked body has no length up front: it is refused once it passes the
+  // limit (--max-value-bytes=1024 makes that 1024 / 3 * 4 + 64 KiB = 66900 bytes).
+  const std::string chunk(70000, 'c');
+  ExpectRefused(
+      absl::StrCat("PUT /v1/kv/", TestName(), " HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                   absl::Hex(chunk.size()), "\r\n", chunk, "\r\n0\r\n\r\n"),
+      413);
+  ExpectError(Call("GET", "/v1/kv/" + TestName()), 404);
+}
+
+TEST_F(RestTest, MissingLengthIs411) {
+  ExpectRefused("PUT /v1/kv/" + TestName() + " HTTP/1.1\r\nHost: x\r\n\r\n", 411);
+  ExpectRefused("POST /v0/kv HTTP/1.1\r\nHost: x\r\n\r\n", 411);
+}
+
+TEST_F(RestTest, UnknownExpectationIs417) {
+  ExpectRefused("PUT /v1/kv/" + TestName() +
+                    " HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\nx",
+                417);
+  ExpectError(Call("GET", "/v1/kv/" + TestName()), 404);
+}
+
+TEST_F(RestTest, ClientsThatVanishDoNotHurtTheServer) {
+  const std::string target = "/v1/kv/" + TestName();
+  {  // Half a request line.
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send("GET /hea").ok());
+  }
+  {  // Headers done, half the body.
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection
+                    .Send("PUT " + target +
+                          " HTTP/1.1\r\nContent-Length: 100\r\n\r\n"
+                          "only part")
+                    .ok());
+  }
+  {  // Headers only, with end of stream from the client.
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send("PUT " + target + " HTTP/1.1\r\nContent-Length: 10\r\n\r\n").ok());
+    connection.ShutdownWrite();
+    EXPECT_TRUE(connection.WaitClosed());
+  }
+  {  // Many requests, and gone before reading a single answer.
+    std::string burst;
+    for (int i = 0; i < 200; ++i) {
+      burst += BuildRequest("PUT", absl::StrCat(target, "-", i), {}, std::string(512, 'b'));
+    }
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send(burst).ok());
+  }
+  {  // A reset instead of a close, with answers owed and half a request read.
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send(BuildRequest("GET", "/metrics") + "GET /heal").ok());
+    connection.Reset();
+  }
+  ExpectServing();
+  ExpectError(Call("GET", target), 404);  // the half-sent PUTs wrote nothing
+  ASSERT_EQ(Call("PUT", target, {}, "alive").status, 200);
+  EXPECT_EQ(Call("GET", target).body, "alive");
+}
+
+// ==== --read-only ====================================================================
+
+class RestReadOnlyTest : public RestTestBase {
+ protected:
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {}  // each test starts its own node
+
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestReadOnlyTest, WritesAre403ReadsWork) {
+  const std::string data = dir_.path() + "/data";
+  process_ = StartLogkvd(data, {});
+  ASSERT_NE(process_, nullptr);
+  ASSERT_EQ(Call("PUT", "/v1/kv/k000", {}, "v000").status, 200);
+  ASSERT_EQ(Call("PUT", "/kv?key=k001", {}, "v001").status, 200);
+  ASSERT_EQ(Call("POST", "/v0/kv", {},
+                 json({{"key", Base64Encode("k002")}, {"value", Base64Encode("v002")}}).dump())
+                .status,
+            200);
+  ASSERT_EQ(Call("PUT", "/put/k003", {}, R"({"value":"v003"})").status, 200);
+  ASSERT_EQ(Call("PUT", "/kv/k004/doc", {}, R"({"v":"004"})").status, 200);
+  ASSERT_EQ(process_->Stop(), 0);
+
+  process_ = StartLogkvd(data, {"--read-only"});
+  ASSERT_NE(process_, nullptr);
+  const HttpAnswer health = Call("GET", "/health");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(health.Json().value("mode", ""), "read-only");
+
+  // Reads work in every dialect.
+  EXPECT_EQ(Call("GET", "/v1/kv/k000").body, "v000");
+  EXPECT_EQ(Call("GET", "/store/k000").body, "v000");
+  EXPECT_EQ(Call("GET", "/kv?key=k001").body, "v001");
+  EXPECT_EQ(Call("GET", "/v0/kv/key/" + Base64Encode("k002")).Json().value("value", ""),
+            Base64Encode("v002"));
+  EXPECT_EQ(Call("GET", "/get/k003").Json().value("value", ""), "v003");
+  EXPECT_EQ(Call("GET", "/get/k003?version=1").Json().value("value", ""), "v003");
+  EXPECT_EQ(Call("GET", "/kv/k004/doc").body, R"({"v":"004"})");
+  EXPECT_EQ(Call("GET", "/metrics").status, 200);
+
+  // Writes are refused in every dialect, to existing and new keys alike.
+  ExpectError(Call("PUT", "/v1/kv/k000", {}, "x"), 403, "PUT /v1/kv");
+  ExpectError(Call("PUT", "/v1/kv/new?ttl=1h", {}, "x"), 403, "PUT /v1/kv new");
+  ExpectError(Call("DELETE", "/v1/kv/k000"), 403, "DELETE /v1/kv");
+  ExpectError(Call("PUT", "/kv?key=k001", {}, "x"), 403, "PUT /kv?key");
+  ExpectError(Call("DELETE", "/kv?key=k001"), 403, "DELETE /kv?key");
+  ExpectError(Call("POST", "/v0/kv", {},
+                   json({{"key", Base64Encode("k002")}, {"value", Base64Encode("x")}}).dump()),
+              403, "POST /v0/kv");
+  ExpectError(Call("PUT", "/put/k003", {}, R"({"value":"x"})"), 403, "PUT /put");
+  ExpectError(Call("POST", "/put/k003", {}, R"({"value":"x"})"), 403, "POST /put");
+  ExpectError(Call("PUT", "/kv/k004/doc", {}, R"({"v":"x"})"), 403, "PUT /kv/path");
+  ExpectError(Call("DELETE", "/kv/k004/doc"), 403, "DELETE /kv/path");
+
+  // Nothing changed.
+  EXPECT_EQ(Call("GET", "/v1/kv/k000").body, "v000");
+  EXPECT_EQ(Call("GET", "/kv?key=k001").body, "v001");
+  EXPECT_EQ(Call("GET", "/get/k003").Json().value("version", 0), 1);
+  EXPECT_EQ(Call("GET", "/kv/k004/doc").body, R"({"v":"004"})");
+  ExpectError(Call("GET", "/v1/kv/new"), 404);
+}
+
+// ==== Accounts, API keys, scopes and tenants ===========================================
+
+struct Account {
+  uint64_t id = 0;
+  std::string email;
+  std::string username;
+  std::string password;
+  std::string access_token;
+  std::string refresh_token;
+  std::string api_key;
+  uint64_t api_key_id = 0;
+};
+
+class RestAccountsBase : public RestTestBase {
+ protected:
+  HttpHeaders Bearer(const std::string& token) { return {{"Authorization", "Bearer " + token}}; }
+  static HttpHeaders KeyHeader(const std::string& key) { return {{"X-API-Key", key}}; }
+
+  HttpAnswer SignUp(const std::string& email, const std::string& username,
+                    const std::string& password) {
+    return Call("POST", "/signup", {{"Content-Type", "application/json"}},
+                json({{"email", email}, {"username", username}, {"password", password}}).dump());
+  }
+  HttpAnswer Login(const std::string& email, const std::string& password) {
+    return Call("POST", "/login", {{"Content-Type", "application/json"}},
+                json({{"email", email}, {"password", password}}).dump());
+  }
+  HttpAnswer CreateKey(const std::string& token, const json& scopes,
+                       const std::string& name = "test key") {
+    return Call("POST", "/apikeys", Bearer(token),
+                json({{"name", name}, {"scopes", scopes}, {"expires_in_days", 90}}).dump());
+  }
+
+  // A new user, logged in, with one API key of those scopes. Names are unique per test.
+  Account NewAccount(const std::string& tag, const json& scopes = json::array({"read", "write"})) {
+    Account account;
+    const std::string name = TestName() + "-" + tag;
+    account.email = name + "@example.com";
+    account.username = name;
+    account.password = "securepass123";
+    const HttpAnswer signup = SignUp(account.email, account.username, account.password);
+    EXPECT_EQ(signup.status, 201) << signup.body;
+    account.id = signup.Json().value("id", uint64_t{0});
+    const HttpAnswer login = Login(account.email, account.password);
+    EXPECT_EQ(login.status, 200) << login.body;
+    account.access_token = login.Json().value("access_token", "");
+    account.refresh_token = login.Json().value("refresh_token", "");
+    const HttpAnswer key = CreateKey(account.access_token, scopes);
+    EXPECT_EQ(key.status, 201) << key.body;
+    account.api_key = key.Json().value("key", "");
+    account.api_key_id = key.Json().value("id", uint64_t{0});
+    return account;
+  }
+};
+
+class RestAuthTest : public RestAccountsBase {
+ protected:
+  static void SetUpTestSuite() { shared_ = new SharedServer({"--auth=on", "--rate-limit=0"}); }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+  static SharedServer* shared_;
+};
+
+SharedServer* RestAuthTest::shared_ = nullptr;
+
+bool IsRfc3339(const json& value) {
+  return value.is_string() &&
+         std::regex_match(value.get<std::string>(),
+                          std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z)"));
+}
+
+TEST_F(RestAuthTest, SignUpLoginAndApiKeys) {
+  const std::string email = TestName() + "@example.com";
+  const std::string username = TestName();
+  const HttpAnswer signup = SignUp(email, username, "securepass123");
+  EXPECT_EQ(signup.status, 201) << signup.body;
+  EXPECT_EQ(signup.Header("content-type").value_or(""), "application/json");
+  json user = signup.Json();
+  ASSERT_TRUE(user.is_object()) << signup.body;
+  EXPECT_TRUE(user["id"].is_number_integer());
+  EXPECT_EQ(user.value("email", ""), email);
+  EXPECT_EQ(user.value("username", ""), username);
+  ASSERT_TRUE(user["is_active"].is_boolean());
+  EXPECT_TRUE(user["is_active"].get<bool>());
+  EXPECT_TRUE(IsRfc3339(user["created_at"])) << user["created_at"];
+  EXPECT_FALSE(user.contains("password"));
+  EXPECT_FALSE(user.contains("password_hash"));
+
+  // Taken names, and bad input.
+  ExpectError(SignUp(email, username + "-other", "securepass123"), 409, "same email");
+  ExpectError(SignUp(absl::AsciiStrToUpper(email), username + "-x", "securepass123"), 409,
+              "same email in capitals");
+  ExpectError(SignUp(username + "-y@example.com", username, "securepass123"), 409, "same username");
+  ExpectError(SignUp("not-an-email", username + "-z", "securepass123"), 400, "invalid email");
+  ExpectError(SignUp(username + "-s@example.com", username + "-s", "short"), 400, "short password");
+  ExpectError(Call("POST", "/signup", {}, "{not json"), 400, "bad JSON");
+  ExpectError(Call("POST", "/signup", {}, R"({"email":"a@example.com"})"), 400, "missing fields");
+  ExpectError(Call("POST", "/signup", {}, R"({"email":1,"username":"u","password":"p"})"), 400,
+              "wrong types");
+
+  const HttpAnswer login = Login(email, "securepass123");
+  EXPECT_EQ(login.status, 200) << login.body;
+  const json tokens = login.Json();
+  ASSERT_TRUE(tokens.is_object()) << login.body;
+  ASSERT_TRUE(tokens["access_token"].is_string());
+  ASSERT_TRUE(tokens["refresh_token"].is_string());
+  EXPECT_NE(tokens["access_token"], tokens["refresh_token"]);
+  EXPECT_EQ(tokens.value("token_type", ""), "Bearer");
+  ASSERT_TRUE(tokens["expires_in"].is_number_integer());
+  EXPECT_EQ(tokens["expires_in"].get<int>(), 3600);
+  ASSERT_TRUE(tokens["user"].is_object());
+  EXPECT_EQ(tokens["user"].value("email", ""), email);
+  EXPECT_EQ(tokens["user"].value("username", ""), username);
+  EXPECT_EQ(tokens["user"]["id"], user["id"]);
+  const std::string access = tokens["access_token"].get<std::string>();
+
+  ExpectError(Login(email, "wrongpassword"), 401, "bad password");
+  ExpectError(Login("nobody-" + email, "securepass123"), 401, "unknown email");
+  ExpectError(Call("POST", "/login", {}, "nope"), 400, "bad JSON");
+
+  const HttpAnswer created =
+      CreateKey(access, json::array({"read", "write"}), "My Application Key");
+  EXPECT_EQ(created.status, 201) << created.body;
+  const json key = created.Json();
+  ASSERT_TRUE(key.is_object()) << created.body;
+  ASSERT_TRUE(key["id"].is_number_integer());
+  EXPECT_EQ(key.value("name", ""), "My Application Key");
+  ASSERT_TRUE(key["key"].is_string());
+  const std::string api_key = key["key"].get<std::string>();
+  EXPECT_TRUE(absl::StartsWith(api_key, "ydht_")) << api_key;
+  EXPECT_EQ(api_key.size(), 45u);
+  EXPECT_EQ(key.value("key_prefix", ""), api_key.substr(0, 8));
+  EXPECT_EQ(key["scopes"], json::array({"read", "write"}));
+  EXPECT_EQ(key.value("is_active", false), true);
+  EXPECT_TRUE(IsRfc3339(key["expires_at"])) << key["expires_at"];
+  EXPECT_TRUE(IsRfc3339(key["created_at"])) << key["created_at"];
+
+  // A second key, that never expires.
+  const HttpAnswer second =
+      Call("POST", "/apikeys", Bearer(access), R"({"name":"forever","scopes":["read"]})");
+  EXPECT_EQ(second.status, 201) << second.body;
+  EXPECT_TRUE(second.Json()["expires_at"].is_null()) << second.body;
+  ExpectError(Call("POST", "/apikeys", Bearer(access), "{bad"), 400, "apikeys bad JSON");
+  ExpectError(CreateKey(access, json::array({"admin"})), 400, "unknown scope");
+  ExpectError(CreateKey(access, json::array()), 400, "no scope");
+
+  const HttpAnswer list = Call("GET", "/apikeys", Bearer(access));
+  EXPECT_EQ(list.status, 200) << list.body;
+  const json listed = list.Json();
+  ASSERT_TRUE(listed.is_object()) << list.body;
+  ASSERT_TRUE(listed["api_keys"].is_array());
+  ASSERT_TRUE(listed["count"].is_number_integer());
+  EXPECT_EQ(listed["count"].get<int>(), 2);
+  ASSERT_EQ(listed["api_keys"].size(), 2u);
+  const json& first = listed["api_keys"][0];
+  EXPECT_EQ(first["id"], key["id"]);
+  EXPECT_EQ(first.value("key_prefix", ""), api_key.substr(0, 8));
+  EXPECT_FALSE(first.contains("key")) << "a listing shows the full key: " << list.body;
+  EXPECT_FALSE(absl::StrContains(list.body, api_key)) << list.body;
+  for (const char* field :
+       {"name", "scopes", "is_active", "last_used_at", "expires_at", "created_at"}) {
+    EXPECT_TRUE(first.contains(field)) << field << ": " << list.body;
+  }
+
+  // The key works on the data routes.
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/user:123", KeyHeader(api_key), R"({"name":"John"})"),
+                    "user:123");
+  const HttpAnswer get = Call("GET", "/v1/kv/user:123", KeyHeader(api_key));
+  EXPECT_EQ(get.status, 200);
+  EXPECT_EQ(get.body, R"({"name":"John"})");
+}
+
+TEST_F(RestAuthTest, RevokedKeysAre401) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  ASSERT_EQ(Call("PUT", "/v1/kv/k", KeyHeader(a.api_key), "v").status, 200);
+
+  // Another user cannot revoke a's key; a bad id is 400; an unknown one 404.
+  ExpectError(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(b.access_token)), 404);
+  ExpectError(Call("DELETE", "/apikeys/abc", Bearer(a.access_token)), 400);
+  ExpectError(Call("DELETE", "/apikeys/99999999", Bearer(a.access_token)), 404);
+  ExpectError(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id)), 401);
+  EXPECT_EQ(Call("GET", "/v1/kv/k", KeyHeader(a.api_key)).status, 200);
+
+  const HttpAnswer revoked =
+      Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token));
+  EXPECT_EQ(revoked.status, 200) << revoked.body;
+  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
+           {"GET", "/v1/kv/k"}, {"PUT", "/v1/kv/k"}, {"DELETE", "/v1/kv/k"}}) {
+    ExpectError(Call(method, target, KeyHeader(a.api_key), method == "PUT" ? "x" : ""), 401,
+                method + " with a revoked key");
+  }
+  const json listed = Call("GET", "/apikeys", Bearer(a.access_token)).Json();
+  ASSERT_TRUE(listed["api_keys"].is_array());
+  ASSERT_EQ(listed["api_keys"].size(), 1u);
+  EXPECT_EQ(listed["api_keys"][0].value("is_active", true), false);
+  // Revoking twice is fine.
+  EXPECT_EQ(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token)).status,
+            200);
+  // b's key is untouched.
+  EXPECT_EQ(Call("GET", "/v1/kv/k", KeyHeader(b.api_key)).status, 404);
+}
+
+TEST_F(RestAuthTest, MissingOrInvalidCredentialsAre401) {
+  Account a = NewAccount("a");
+  const std::vector<std::pair<std::string, std::string>> routes = {
+      {"GET", "/v1/kv/k"},   {"PUT", "/v1/kv/k"},        {"DELETE", "/v1/kv/k"},
+      {"GET", "/store/k"},   {"GET", "/kv?key=k"},       {"PUT", "/kv?key=k"},
+      {"POST", "/v0/kv"},    {"GET", "/v0/kv/key/aGk="}, {"PUT", "/put/k"},
+      {"GET", "/get/k"},     {"PUT", "/kv/a/b"},         {"GET", "/kv/a/b"},
+      {"DELETE", "/kv/a/b"},
+  };
+  const std::string fake_key = "ydht_" + std::string(40, 'A');
+  for (const auto& [method, target] : routes) {
+    const std::string body = method == "GET" || method == "DELETE" ? "" : "{}";
+    const std::string context = method + " " + target;
+    ExpectError(Call(method, target, {}, body), 401, context + " without a key");
+    ExpectError(Call(method, target, KeyHeader("bogus"), body), 401, context + " bogus key");
+    ExpectError(Call(method, target, KeyHeader(fake_key), body), 401, context + " fake key");
+    // A session token is not an API key.
+    ExpectError(Call(method, target, KeyHeader(a.access_token), body), 401, context + " jwt");
+  }
+  // Node routes need no key.
+  EXPECT_EQ(Call("GET", "/health").status, 200);
+  EXPECT_EQ(Call("GET", "/metrics").status, 200);
+
+  // Bearer routes.
+  ExpectError(Call("GET", "/apikeys"), 401, "no Authorization");
+  EXPECT_TRUE(Call("GET", "/apikeys").Header("www-authenticate").has_value());
+  ExpectError(Call("GET", "/apikeys", Bearer("garbage")), 401, "garbage bearer");
+  ExpectError(Call("GET", "/apikeys", {{"Authorization", "Basic dXNlcjpwYXNz"}}), 401, "basic");
+  ExpectError(Call("GET", "/apikeys", {{"Authorization", "Bearer"}}), 401, "empty bearer");
+  ExpectError(Call("GET", "/apikeys", Bearer(a.refresh_token)), 401, "refresh as access");
+  ExpectError(Call("GET", "/apikeys", Bearer(a.api_key)), 401, "API key as bearer");
+  std::string tampered = a.access_token;
+  tampered.back() = tampered.back() == 'A' ? 'B' : 'A';
+  ExpectError(Call("GET", "/apikeys", Bearer(tampered)), 401, "tampered signature");
+  ExpectError(CreateKey("garbage", json::array({"read"})), 401, "create with a garbage bearer");
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(a.access_token)).status, 200);
+}
+
+TEST_F(RestAuthTest, RefreshRotatesTokens) {
+  Account a = NewAccount("a");
+  const HttpAnswer refreshed =
+      Call("POST", "/refresh", {}, json({{"refresh_token", a.refresh_token}}).dump());
+  EXPECT_EQ(refreshed.status, 200) << refreshed.body;
+  const json tokens = refreshed.Json();
+  ASSERT_TRUE(tokens["access_token"].is_string()) << refreshed.body;
+  ASSERT_TRUE(tokens["refresh_token"].is_string()) << refreshed.body;
+  EXPECT_EQ(tokens.value("token_type", ""), "Bearer");
+  EXPECT_EQ(tokens.value("expires_in", 0), 3600);
+  const std::string new_refresh = tokens["refresh_token"].get<std::string>();
+  EXPECT_NE(new_refresh, a.refresh_token);
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(tokens["access_token"].get<std::string>())).status, 200);
+
+  // The old refresh token worked once.
+  ExpectError(Call("POST", "/refresh", {}, json({{"refresh_token", a.refresh_token}}).dump()), 401);
+  // An access token is not a refresh token.
+  ExpectError(Call("POST", "/refresh", {}, json({{"refresh_token", a.access_token}}).dump()), 401);
+  ExpectError(Call("POST", "/refresh", {}, "{bad"), 400);
+  ExpectError(Call("POST", "/refresh", {}, "{}"), 400);
+  // The new one works, once.
+  EXPECT_EQ(Call("POST", "/refresh", {}, json({{"refresh_token", new_refresh}}).dump()).status,
+            200);
+  ExpectError(Call("POST", "/refresh", {}, json({{"refresh_token", new_refresh}}).dump()), 401);
+}
+
+TEST_F(RestAuthTest, ScopesLimitWhatAKeyMayDo) {
+  Account owner = NewAccount("owner");
+  const HttpAnswer read_key = CreateKey(owner.access_token, json::array({"read"}), "reader");
+  const HttpAnswer write_key = CreateKey(owner.access_token, json::array({"write"}), "writer");
+  ASSERT_EQ(read_key.status, 201);
+  ASSERT_EQ(write_key.status, 201);
+  const HttpHeaders reader = KeyHeader(read_key.Json().value("key", ""));
+  const HttpHeaders writer = KeyHeader(write_key.Json().value("key", ""));
+  EXPECT_EQ(read_key.Json()["scopes"], json::array({"read"}));
+  EXPECT_EQ(write_key.Json()["scopes"], json::array({"write"}));
+
+  ExpectError(Call("PUT", "/v1/kv/scoped", reader, "r"), 403, "reader PUT");
+  ExpectError(Call("DELETE", "/v1/kv/scoped", reader), 403, "reader DELETE");
+  ExpectError(Call("PUT", "/put/scoped", reader, R"({"value":1})"), 403, "reader /put");
+  ExpectError(Call("PUT", "/kv/scoped/doc", reader, "{}"), 403, "reader /kv/path");
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/scoped", writer, "w"), "scoped");
+  ExpectError(Call("GET", "/v1/kv/scoped", writer), 403, "writer GET");
+  ExpectError(Call("GET", "/kv?key=scoped", writer), 403, "writer GET /kv?key");
+  ExpectError(Call("GET", "/get/scoped", writer), 403, "writer /get");
+  ExpectError(Call("GET", "/store/scoped", writer), 403, "writer /store");
+
+  const HttpAnswer got = Call("GET", "/v1/kv/scoped", reader);
+  EXPECT_EQ(got.status, 200);
+  EXPECT_EQ(got.body, "w");
+  ExpectWriteAnswer(Call("DELETE", "/v1/kv/scoped", writer), "scoped");
+  ExpectError(Call("GET", "/v1/kv/scoped", reader), 404, "reader after delete");
+}
+
+// Raw binary-protocol helpers for the tenancy test.
+std::string HelloFrame(uint64_t id, absl::string_view token) {
+  flatbuffers::FlatBufferBuilder b;
+  auto auth = token.empty() ? flatbuffers::Offset<flatbuffers::String>()
+                            : b.CreateString(token.data(), token.size());
+  auto name = b.CreateString("rest_test");
+  return FinishRequest(b, id, p::Operation::Hello,
+                       p::CreateHello(b, p::kProtocolVersion, auth, name).Union());
+}
+
+p::StatusCode CallFrame(RawConnection& connection, const std::string& frame,
+                        std::string* value = nullptr) {
+  if (!connection.SendBytes(frame).ok()) return p::StatusCode::Internal;
+  absl::StatusOr<std::string> answer = connection.ReadFrame();
+  if (!answer.ok()) {
+    ADD_FAILURE() << answer.status();
+    return p::StatusCode::Internal;
+  }
+  const p::Response* response = AsResponse(*answer);
+  if (response == nullptr) return p::StatusCode::Internal;
+  if (value != nullptr && response->status() == p::StatusCode::Ok &&
+      response->result_type() == p::Result::ValueResult) {
+    *value = std::string(p::View(response->result_as_ValueResult()->value()));
+  }
+  return response->status();
+}
+
+TEST_F(RestAuthTest, TenantsNeverSeeEachOthersKeys) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  const HttpHeaders as_a = KeyHeader(a.api_key);
+  const HttpHeaders as_b = KeyHeader(b.api_key);
+
+  {  // Seed 000.
+    ASSERT_EQ(Call("PUT", "/v1/kv/shared", as_a, "a-value").status, 200);
+    ExpectError(Call("GET", "/v1/kv/shared", as_b), 404, "B reads A's key");
+    ExpectError(Call("GET", "/store/shared", as_b), 404, "B reads A's local copy");
+    ASSERT_EQ(Call("PUT", "/v1/kv/shared", as_b, "b-value").status, 200);
+    EXPECT_EQ(Call("GET", "/v1/kv/shared", as_a).body, "a-value");
+    EXPECT_EQ(Call("GET", "/store/shared", as_a).body, "a-value");
+    EXPECT_EQ(Call("GET", "/v1/kv/shared", as_b).body, "b-value");
+    ASSERT_EQ(Call("DELETE", "/v1/kv/shared", as_b).status, 200);
+    EXPECT_EQ(Call("GET", "/v1/kv/shared", as_a).body, "a-value");
+    ExpectError(Call("GET", "/v1/kv/shared", as_b), 404, "B after its delete");
+  }
+  {  // Seed 001.
+    ASSERT_EQ(Call("PUT", "/kv?key=shared-q", as_a, "a-q").status, 200);
+    ExpectError(Call("GET", "/kv?key=shared-q", as_b), 404, "seed 001");
+    ASSERT_EQ(Call("PUT", "/kv?key=shared-q", as_b, "b-q").status, 200);
+    EXPECT_EQ(Call("GET", "/kv?key=shared-q", as_a).body, "a-q");
+    ASSERT_EQ(Call("DELETE", "/kv?key=shared-q", as_b).status, 200);
+    EXPECT_EQ(Call("GET", "/kv?key=shared-q", as_a).body, "a-q");
+  }
+  {  // Seed 002.
+    const std::string key64 = Base64Encode("shared-b64");
+    ASSERT_EQ(Call("POST", "/v0/kv", as_a,
+                   json({{"key", key64}, {"value", Base64Encode("a-b64")}}).dump())
+                  .status,
+              200);
+    ExpectError(Call("GET", "/v0/kv/key/" + key64, as_b), 404, "seed 002");
+    ASSERT_EQ(Call("POST", "/v0/kv", as_b,
+                   json({{"key", key64}, {"value", Base64Encode("b-b64")}}).dump())
+                  .status,
+              200);
+    EXPECT_EQ(Call("GET", "/v0/kv/key/" + key64, as_a).Json().value("value", ""),
+              Base64Encode("a-b64"));
+    EXPECT_EQ(Call("GET", "/v0/kv/key/" + key64, as_b).Json().value("value", ""),
+              Base64Encode("b-b64"));
+  }
+  {  // Seed 003: versions count per tenant.
+    EXPECT_EQ(Call("PUT", "/put/shared-v", as_a, R"({"value":"a1"})").Json().value("version", 0),
+              1);
+    EXPECT_EQ(Call("PUT", "/put/shared-v", as_a, R"({"value":"a2"})").Json().value("version", 0),
+              2);
+    ExpectError(Call("GET", "/get/shared-v", as_b), 404, "seed 003");
+    ExpectError(Call("GET", "/get/shared-v?version=1", as_b), 404, "seed 003 version");
+    EXPECT_EQ(Call("PUT", "/put/shared-v", as_b, R"({"value":"b1"})").Json().value("version", 0),
+              1);
+    const json a_latest = Call("GET", "/get/shared-v", as_a).Json();
+    EXPECT_EQ(a_latest.value("value", ""), "a2");
+    EXPECT_EQ(a_latest.value("version", 0), 2);
+  }
+  {  // Seed 004.
+    ASSERT_EQ(Call("PUT", "/kv/shared/doc", as_a, R"({"owner":"a"})").status, 200);
+    ExpectError(Call("GET", "/kv/shared/doc", as_b), 404, "seed 004");
+    ASSERT_EQ(Call("PUT", "/kv/shared/doc", as_b, R"({"owner":"b"})").status, 200);
+    EXPECT_EQ(Call("DELETE", "/kv/shared/doc", as_b).status, 204);
+    EXPECT_EQ(Call("GET", "/kv/shared/doc", as_a).body, R"({"owner":"a"})");
+    ExpectError(Call("GET", "/kv/shared/doc", as_b), 404, "seed 004 after delete");
+  }
+  {  // The binary protocol: Hello's auth_token picks the namespace.
+    absl::StatusOr<RawConnection> anonymous = RawConnection::Connect(server()->port());
+    ASSERT_TRUE(anonymous.ok()) << anonymous.status();
+    EXPECT_EQ(CallFrame(*anonymous, GetFrame(1, "shared")), p::StatusCode::Unauthenticated);
+    EXPECT_EQ(CallFrame(*anonymous, PutFrame(2, "shared", "anonymous")),
+              p::StatusCode::Unauthenticated);
+    EXPECT_EQ(CallFrame(*anonymous, HelloFrame(3, "ydht_bogus")), p::StatusCode::Unauthenticated);
+    EXPECT_EQ(CallFrame(*anonymous, GetFrame(4, "shared")), p::StatusCode::Unauthenticated);
+
+    absl::StatusOr<RawConnection> as_a_binary = RawConnection::Connect(server()->port());
+    ASSERT_TRUE(as_a_binary.ok()) << as_a_binary.status();
+    ASSERT_EQ(CallFrame(*as_a_binary, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+    std::string value;
+    ASSERT_EQ(CallFrame(*as_a_binary, GetFrame(2, "shared"), &value), p::StatusCode::Ok);
+    EXPECT_EQ(value, "a-value");
+    ASSERT_EQ(CallFrame(*as_a_binary, PutFrame(3, "from-binary", "a-bin")), p::StatusCode::Ok);
+    EXPECT_EQ(Call("GET", "/v1/kv/from-binary", as_a).body, "a-bin");
+    ExpectError(Call("GET", "/v1/kv/from-binary", as_b), 404, "binary write seen by B");
+
+    absl::StatusOr<RawConnection> as_b_binary = RawConnection::Connect(server()->port());
+    ASSERT_TRUE(as_b_binary.ok()) << as_b_binary.status();
+    ASSERT_EQ(CallFrame(*as_b_binary, HelloFrame(1, b.api_key)), p::StatusCode::Ok);
+    EXPECT_EQ(CallFrame(*as_b_binary, GetFrame(2, "shared")), p::StatusCode::NotFound);
+    EXPECT_EQ(CallFrame(*as_b_binary, GetFrame(3, "from-binary")), p::StatusCode::NotFound);
+    // Nothing in the reserved namespaces is reachable either.
+    EXPECT_EQ(CallFrame(*as_b_binary, GetFrame(4, std::string("\0auth/secret", 12))),
+              p::StatusCode::InvalidArgument);
+  }
+}
+
+// ==== Rate limiting ===================================================================
+
+class RestRateLimitTest : public RestAccountsBase {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new SharedServer({"--auth=on", "--rate-limit=60", "--rate-limit-burst=3"});
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+  static SharedServer* shared_;
+};
+
+SharedServer* RestRateLimitTest::shared_ = nullptr;
+
+TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  // The bucket starts full: the burst of 3 always passes.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Call("GET", "/v1/kv/limited", KeyHeader(a.api_key)).status, 404) << "request " << i;
+  }
+  // The 4th is refused unless a second went by meanwhile (60/minute refills
+  // one a second): keep asking, bounded, until the refusal comes.
+  HttpAnswer refused;
+  for (int i = 0; i < 20 && refused.status != 429; ++i) {
+    refused = Call("GET", "/v1/kv/limited", KeyHeader(a.api_key));
+  }
+  ExpectError(refused, 429);
+  const std::string retry_after = refused.Header("retry-after").value_or("");
+  int seconds = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(retry_after, &seconds)) << "Retry-After: '" << retry_after << "'";
+  EXPECT_GE(seconds, 1);
+
+  // Other users have buckets of their own.
+  EXPECT_EQ(Call("GET", "/v1/kv/limited", KeyHeader(b.api_key)).status, 404);
+  EXPECT_EQ(Call("PUT", "/v1/kv/limited", KeyHeader(b.api_key), "b").status, 200);
+  // Node routes are not limited.
+  EXPECT_EQ(Call("GET", "/health").status, 200);
+  // And a's bucket refills (bounded wait).
+  EXPECT_TRUE(PollUntilStatus("/v1/kv/limited", 404, KeyHeader(a.api_key)));
+}
+
+// ==== Session token expiry ============================================================
+
+class RestJwtExpiryTest : public RestAccountsBase {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new SharedServer({"--auth=on", "--rate-limit=0", "--jwt-expiration=1s"});
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+  static SharedServer* shared_;
+};
+
+SharedServer* RestJwtExpiryTest::shared_ = nullptr;
+
+TEST_F(RestJwtExpiryTest, ExpiredAccessTokensAre401) {
+  const std::string email = TestName() + "@example.com";
+  ASSERT_EQ(SignUp(email, TestName(), "securepass123").status, 201);
+  const HttpAnswer login = Login(email, "securepass123");
+  ASSERT_EQ(login.status, 200) << login.body;
+  EXPECT_EQ(login.Json().value("expires_in", 0), 1);
+  const std::string access = login.Json().value("access_token", "");
+  const std::string refresh = login.Json().value("refresh_token", "");
+
+  bool expired = false;
+  const absl::Time deadline = absl::Now() + kPollLimit;
+  while (!expired && absl::Now() < deadline) {
+    const HttpAnswer list = Call("GET", "/apikeys", Bearer(access));
+    if (list.status == 401) {
+      ExpectError(list, 401);
+      expired = true;
+    } else {
+      EXPECT_EQ(list.status, 200) << list.body;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  EXPECT_TRUE(expired) << "the 1s access token was never refused";
+  ExpectError(CreateKey(access, json::array({"read"})), 401, "create a key with an expired token");
+
+  // The refresh token outlives it and gives a fresh access token.
+  const HttpAnswer refreshed =
+      Call("POST", "/refresh", {}, json({{"refresh_token", refresh}}).dump());
+  ASSERT_EQ(refreshed.status, 200) << refreshed.body;
+  EXPECT_EQ(refreshed.Json().value("expires_in", 0), 1);
+}
+
+// ==== --read-only with accounts =========================================================
+
+class RestReadOnlyAuthTest : public RestAccountsBase {
+ protected:
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {}
+
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestReadOnlyAuthTest, AccountWritesAre403) {
+  const std::string data = dir_.path() + "/data";
+  process_ = StartLogkvd(data, {"--auth=on", "--rate-limit=0"});
+  ASSERT_NE(process_, nullptr);
+  Account a = NewAccount("a");
+  ASSERT_EQ(Call("PUT", "/v1/kv/k", KeyHeader(a.api_key), "v").status, 200);
+  ASSERT_EQ(process_->Stop(), 0);
+
+  process_ = StartLogkvd(data, {"--auth=on", "--rate-limit=0", "--read-only"});
+  ASSERT_NE(process_, nullptr);
+  // Accounts, keys and data survived the restart; reads work.
+  EXPECT_EQ(Call("GET", "/v1/kv/k", KeyHeader(a.api_key)).body, "v");
+  const HttpAnswer login = Login(a.email, a.password);
+  ASSERT_EQ(login.status, 200) << login.body;
+  const std::string access = login.Json().value("access_token", "");
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(access)).status, 200);
+
+  ExpectError(Call("PUT", "/v1/kv/k", KeyHeader(a.api_key), "x"), 403, "data write");
+  ExpectError(SignUp("new-" + a.email, "new-" + a.username, "securepass123"), 403, "signup");
+  ExpectError(CreateKey(access, json::array({"read"})), 403, "create key");
+  ExpectError(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(access)), 403,
+              "revoke key");
+  ExpectError(Call("POST", "/refresh", {}, json({{"refresh_token", a.refresh_token}}).dump()), 403,
+              "refresh");
+  // Nothing was revoked or created.
+  EXPECT_EQ(Call("GET", "/v1/kv/k", KeyHeader(a.api_key)).status, 200);
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(access)).Json().value("count", 0), 1);
+}
+
+}  // namespace
+}  // namespace logkv::test
