@@ -302,6 +302,13 @@ absl::Status Engine::Get(absl::string_view key, std::string* value_out, ValueMet
   return state_->ShardFor(ref.hash).Get(ref, value_out, meta);
 }
 
+absl::StatusOr<KeyRecord> Engine::GetRecord(absl::string_view key, bool with_value) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  const KeyRef ref{key, HashKey(key)};
+  return state_->ShardFor(ref.hash).GetRecord(ref, with_value);
+}
+
 absl::StatusOr<Record> Engine::Get(absl::string_view key) {
   Record record;
   if (absl::Status status = Get(key, &record.value, &record.meta); !status.ok()) return status;

@@ -135,6 +135,17 @@ struct Record {
   ValueMeta meta;
 };
 
+// A key's newest record as the index knows it, tombstones included: what a
+// replica compares and copies (last write wins on timestamp).
+struct KeyRecord {
+  bool found = false;      // false: the engine knows nothing of the key
+  bool tombstone = false;  // deleted (or expired: an expired key reads as deleted)
+  uint64_t timestamp = 0;
+  int64_t expiry_unix_ms = 0;
+  uint64_t version = 0;
+  std::string value;  // empty for tombstones, and when the value was not asked for
+};
+
 struct ScanOptions {
   std::string prefix;     // only keys starting with it
   std::string start_key;  // inclusive lower bound ("" = none)
@@ -211,6 +222,8 @@ class Engine {
   [[nodiscard]] absl::StatusOr<Record> Get(absl::string_view key);
   // The allocation-free form for hot paths: value_out is reused.
   [[nodiscard]] absl::Status Get(absl::string_view key, std::string* value_out, ValueMeta* meta);
+  // The key's newest record, tombstones included (for replication and repair).
+  [[nodiscard]] absl::StatusOr<KeyRecord> GetRecord(absl::string_view key, bool with_value);
   // Version n of key, if it is still kept (Options::versions_kept).
   [[nodiscard]] absl::StatusOr<Record> GetVersion(absl::string_view key, uint64_t version);
 

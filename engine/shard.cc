@@ -110,6 +110,25 @@ absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* me
   return absl::OkStatus();
 }
 
+absl::StatusOr<KeyRecord> Shard::GetRecord(const KeyRef& key, bool with_value) {
+  counters_.gets.fetch_add(1, std::memory_order_relaxed);
+  KeyRecord out;
+  absl::ReaderMutexLock lock(&mu_);
+  const uint32_t id = index_.Find(key);
+  if (id == KeyIndex::kNoEntry) return out;
+  const IndexEntry& entry = index_.at(id);
+  out.found = true;
+  out.timestamp = entry.timestamp;
+  out.version = entry.version;
+  out.expiry_unix_ms = entry.expiry_unix_ms;
+  out.tombstone = !entry.present() || Expired(entry, context_.clock->NowUnixMs());
+  if (out.tombstone || !with_value) return out;
+  auto record = ReadRecord(entry.location(), key.key);
+  if (!record.ok()) return record.status();
+  out.value.assign(record->value.data(), record->value.size());
+  return out;
+}
+
 absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   counters_.gets.fetch_add(1, std::memory_order_relaxed);
   absl::ReaderMutexLock lock(&mu_);

@@ -70,6 +70,7 @@ class Shard {
   absl::Status Close();
 
   absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
+  absl::StatusOr<KeyRecord> GetRecord(const KeyRef& key, bool with_value);
   absl::StatusOr<Record> GetVersion(const KeyRef& key, uint64_t version);
 
   // Appends a Put or Delete. On success *durable_after is the sequence number

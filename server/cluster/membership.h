@@ -1,0 +1,90 @@
+// Cluster membership by gossip (SWIM-like). Every interval the node pings a
+// random live peer with a Gossip carrying its whole member list; the peer
+// answers with its own; both merge (higher incarnation wins; at equal
+// incarnation Dead > Suspect > Alive, Left is final). A peer that misses
+// suspect_after_missed pings in a row becomes Suspect, and Dead after
+// dead_after without an answer; a member that hears it is suspected bumps
+// its incarnation and gossips Alive (refutation). A node joins by gossiping
+// with any seed; it leaves by gossiping Left.
+//
+// Thread-safety: every public method may be called from any thread.
+#ifndef LOGKV_SERVER_CLUSTER_MEMBERSHIP_H_
+#define LOGKV_SERVER_CLUSTER_MEMBERSHIP_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "protocol/frame.h"
+#include "server/cluster/ring.h"
+
+namespace logkv::server::cluster {
+
+class PeerTransport;
+
+enum class MemberState { kAlive = 0, kSuspect = 1, kDead = 2, kLeft = 3 };
+
+struct Member {
+  std::string node_id;
+  std::string address;       // advertised binary-protocol host:port
+  std::string http_address;  // advertised HTTP host:port, "" = none
+  MemberState state = MemberState::kAlive;
+  uint64_t incarnation = 0;
+  int64_t joined_unix_ms = 0;
+  int64_t last_seen_unix_ms = 0;  // last direct answer or gossip about it being alive
+};
+
+struct MembershipOptions {
+  Member self;                       // this node (state Alive)
+  std::vector<std::string> seeds;    // host:port of peers to join through
+  absl::Duration gossip_interval = absl::Milliseconds(500);
+  int suspect_after_missed = 3;      // pings without answer before Suspect
+  absl::Duration dead_after = absl::Seconds(10);  // Suspect this long -> Dead
+  absl::Duration ping_timeout = absl::Milliseconds(500);
+};
+
+class Membership {
+ public:
+  // transport must outlive the Membership.
+  Membership(const MembershipOptions& options, PeerTransport* transport);
+  Membership(const Membership&) = delete;
+  Membership& operator=(const Membership&) = delete;
+  ~Membership();
+
+  // Starts gossiping (and joining through the seeds) on a thread of its own.
+  absl::Status Start();
+  // Gossips Left to a few peers (bounded wait), then stops.
+  void Leave(absl::Duration wait);
+  void Stop();
+
+  // Every member known, this node included, sorted by node id.
+  std::vector<Member> Members() const;
+  // Members that own data: Alive or Suspect (not Dead, not Left).
+  std::vector<Member> LiveMembers() const;
+  // The ring of members that own data (Alive, Suspect and Dead ones: a
+  // dead member keeps its place so its keys wait in hinted handoff rather
+  // than move; Left members are removed). Rebuilt on every change.
+  std::shared_ptr<const Ring> ring() const;
+  // A member by node id; false when unknown.
+  bool Find(const std::string& node_id, Member* member) const;
+  bool IsAlive(const std::string& node_id) const;
+  const Member& self() const;
+
+  // Handles a peer's Gossip request: merges, and builds the GossipResult.
+  void HandleGossip(const protocol::Gossip& gossip, flatbuffers::FlatBufferBuilder* builder,
+                    uint64_t request_id);
+  // Joins through address now (POST /join, /members/join); waits (bounded)
+  // for the answer.
+  absl::Status JoinThrough(const std::string& address, absl::Duration timeout);
+
+  // Called (from the membership thread) after every change of membership.
+  void OnChange(std::function<void()> callback);
+};
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_MEMBERSHIP_H_

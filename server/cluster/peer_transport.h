@@ -1,0 +1,71 @@
+// Node-to-node requests over the binary protocol. One libuv loop on its own
+// thread owns a pipelined connection to each peer; every connection starts
+// with ClusterHello (carrying --cluster-secret). Requests may be sent from
+// any thread; answers (or failures) come back through callbacks.
+//
+// Thread-safety: Send, SetDropped and Stop may be called from any thread.
+// Callbacks run on the transport's thread: they must not block (hand work
+// elsewhere, or finish quickly).
+#ifndef LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
+#define LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace logkv::server::cluster {
+
+struct PeerTransportOptions {
+  std::string node_id;         // sent in ClusterHello
+  std::string cluster_secret;  // sent in ClusterHello ("" = none)
+  absl::Duration connect_timeout = absl::Seconds(1);
+  // Bytes queued for one peer before Send fails at once with Unavailable
+  // (a dead peer cannot make us buffer without end).
+  size_t max_queued_bytes_per_peer = 64u << 20;
+  uint32_t max_frame_bytes = 64u << 20;
+  // Test builds only (LOGKV_FAULT_INJECTION): honour SetDropped.
+  bool allow_fault_injection = false;
+};
+
+class PeerTransport {
+ public:
+  explicit PeerTransport(const PeerTransportOptions& options);
+  PeerTransport(const PeerTransport&) = delete;
+  PeerTransport& operator=(const PeerTransport&) = delete;
+  // Stops the thread; callbacks still pending get Unavailable first.
+  ~PeerTransport();
+
+  absl::Status Start();
+  void Stop();
+
+  // The answer to a request: the verified Response frame (length prefix
+  // included; read it with flatbuffers::GetSizePrefixedRoot<Response>), or
+  // Unavailable (cannot connect, connection lost, dropped by fault
+  // injection), DeadlineExceeded (no answer within timeout).
+  using Callback = std::function<void(absl::StatusOr<std::string> response_frame)>;
+
+  // Sends a finished size-prefixed Request frame (its request_id is
+  // rewritten) to the peer at address (host:port). done is called exactly
+  // once.
+  void Send(const std::string& address, std::string request_frame, absl::Duration timeout,
+            Callback done);
+
+  // Fault injection (tests): messages to these addresses are dropped (done
+  // gets Unavailable at once), as if the network between us were cut.
+  // Ignored unless options.allow_fault_injection.
+  void SetDropped(std::vector<std::string> addresses);
+  bool IsDropped(const std::string& address) const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
