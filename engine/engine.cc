@@ -484,14 +484,27 @@ uint64_t Engine::MerkleNodeHash(uint32_t partition, uint32_t node) const {
 
 absl::StatusOr<std::vector<Engine::LeafKey>> Engine::MerkleLeafKeys(uint32_t partition,
                                                                     uint32_t leaf_node) {
+  return MerkleLeafKeys(partition, absl::Span<const uint32_t>(&leaf_node, 1));
+}
+
+absl::StatusOr<std::vector<Engine::LeafKey>> Engine::MerkleLeafKeys(
+    uint32_t partition, absl::Span<const uint32_t> leaf_nodes) {
   const MerkleForest& merkle = *state_->merkle;
-  if (partition >= merkle.partitions() || leaf_node < merkle.leaves() ||
-      leaf_node >= 2 * merkle.leaves()) {
-    return absl::InvalidArgumentError(absl::StrCat("no leaf node ", leaf_node, " in partition ",
-                                                   partition));
+  if (partition >= merkle.partitions()) {
+    return absl::InvalidArgumentError(absl::StrCat("no Merkle partition ", partition));
+  }
+  // wanted[leaf_node - leaves]: whether that leaf was asked for.
+  std::vector<bool> wanted(merkle.leaves(), false);
+  for (const uint32_t leaf_node : leaf_nodes) {
+    if (leaf_node < merkle.leaves() || leaf_node >= 2 * merkle.leaves()) {
+      return absl::InvalidArgumentError(absl::StrCat("no leaf node ", leaf_node,
+                                                     " in partition ", partition));
+    }
+    wanted[leaf_node - merkle.leaves()] = true;
   }
   std::vector<LeafKey> keys;
-  for (auto& shard : state_->shards) shard->CollectLeafKeys(partition, leaf_node, &keys);
+  if (leaf_nodes.empty()) return keys;
+  for (auto& shard : state_->shards) shard->CollectLeafKeys(partition, wanted, &keys);
   std::sort(keys.begin(), keys.end(),
             [](const LeafKey& a, const LeafKey& b) { return a.key < b.key; });
   return keys;

@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace logkv::engine {
 
@@ -271,6 +272,10 @@ class Engine {
   };
   [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> MerkleLeafKeys(uint32_t partition,
                                                                     uint32_t leaf_node);
+  // The keys of several leaves of one partition, in key order, in one pass
+  // over the index (anti-entropy asks for every differing leaf at once).
+  [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> MerkleLeafKeys(
+      uint32_t partition, absl::Span<const uint32_t> leaf_nodes);
 
   Stats GetStats();
   // Syncs every shard's unsynced appends now.

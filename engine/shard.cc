@@ -561,13 +561,14 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
   return events;
 }
 
-void Shard::CollectLeafKeys(uint32_t partition, uint32_t leaf_node,
+void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
                             std::vector<Engine::LeafKey>* out) {
+  const uint32_t leaves = context_.merkle->leaves();
   absl::ReaderMutexLock lock(&mu_);
   index_.ForEach([&](uint32_t, const IndexEntry& entry) {
     const uint64_t hash = HashKey(entry.key());
     if (context_.merkle->PartitionOf(hash) != partition ||
-        context_.merkle->LeafNodeOf(hash) != leaf_node) {
+        !wanted[context_.merkle->LeafNodeOf(hash) - leaves]) {
       return;
     }
     out->push_back(Engine::LeafKey{std::string(entry.key()), entry.timestamp,

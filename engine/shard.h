@@ -103,7 +103,9 @@ class Shard {
                                                 uint64_t max_bytes);
   uint64_t LastSequence();
 
-  void CollectLeafKeys(uint32_t partition, uint32_t leaf_node,
+  // Appends the keys of partition whose leaf is wanted (indexed by leaf node
+  // minus the leaf count).
+  void CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
                        std::vector<Engine::LeafKey>* out);
 
   // Rewrites eligible immutable segments (every immutable one when force).

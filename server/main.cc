@@ -26,6 +26,11 @@
 #include "server/auth/auth_store.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
+#include "server/cluster/anti_entropy.h"
+#include "server/cluster/cluster_node.h"
+#include "server/cluster/hinted_handoff.h"
+#include "server/cluster/replica.h"
+#include "server/cluster/replica_coordinator.h"
 #include "server/http/account_routes.h"
 #include "server/http/data_routes.h"
 #include "server/http/router.h"
@@ -76,6 +81,31 @@ ABSL_FLAG(int64_t, http_idle_timeout_ms, 60'000,
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+ABSL_FLAG(std::string, advertise, "",
+          "Binary-protocol host:port peers reach this node at (default: the --listen address, "
+          "with the bound port when it is 0).");
+ABSL_FLAG(std::string, http_advertise, "",
+          "HTTP host:port advertised to the cluster (default: the first --http address).");
+ABSL_FLAG(std::string, seeds, "",
+          "Comma-separated host:port (binary protocol) of cluster members to join through.");
+ABSL_FLAG(std::string, cluster_secret, "",
+          "Shared secret every peer sends in ClusterHello (also LOGKV_CLUSTER_SECRET); empty: "
+          "peers are not authenticated.");
+ABSL_FLAG(int64_t, anti_entropy_interval_ms, 30'000,
+          "Time between anti-entropy passes over every live peer (Merkle comparison).");
+ABSL_FLAG(uint64_t, anti_entropy_bytes_per_second, 8u << 20,
+          "Bytes per second anti-entropy may send and receive (0 = unlimited).");
+ABSL_FLAG(int, replicas, 3, "Copies of each key (N), capped at the cluster's size.");
+ABSL_FLAG(int, w, 0, "Write acknowledgements awaited (W); 0 = by consistency level.");
+ABSL_FLAG(int, r, 0, "Replicas read (R); 0 = by consistency level.");
+ABSL_FLAG(int64_t, write_wait_ms, 3000,
+          "How long a write waits for W acknowledgements before 503 / Unavailable.");
+ABSL_FLAG(int64_t, gossip_interval_ms, 500, "Gossip period: one random peer pinged per period.");
+ABSL_FLAG(int64_t, dead_after_ms, 10000,
+          "A member suspected (3 missed pings) this long is declared dead.");
+ABSL_FLAG(bool, fault_injection, false,
+          "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
+          "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
 
 namespace logkv::server {
 namespace {
@@ -87,7 +117,10 @@ constexpr const char* kFlagNames[] = {
     "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
     "rate_limit",    "rate_limit_burst", "max_document_bytes", "http_max_header_bytes",
-    "http_idle_timeout_ms",
+    "http_idle_timeout_ms", "advertise", "http_advertise", "seeds", "cluster_secret",
+    "anti_entropy_interval_ms", "anti_entropy_bytes_per_second",
+    "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
+    "dead_after_ms", "fault_injection",
 };
 
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
@@ -205,6 +238,50 @@ int Main(int argc, char** argv) {
         "' is not a duration of at least one second (such as 1h or 30m)")));
   }
 
+  // Cluster flags. A node always runs as a cluster member: alone it is a
+  // cluster of one, and joins others through --seeds or POST /join.
+#ifndef LOGKV_FAULT_INJECTION
+  if (absl::GetFlag(FLAGS_fault_injection)) {
+    return Fail(absl::FailedPreconditionError(
+        "--fault-injection is for tests: this logkvd was built without it (configure with "
+        "-DLOGKV_FAULT_INJECTION=ON, the default when tests are built)"));
+  }
+#endif
+  if (absl::GetFlag(FLAGS_replicas) < 1) {
+    return Fail(absl::InvalidArgumentError("--replicas must be at least 1"));
+  }
+  if (absl::GetFlag(FLAGS_w) < 0 || absl::GetFlag(FLAGS_r) < 0) {
+    return Fail(absl::InvalidArgumentError("--w and --r must be 0 (by consistency) or more"));
+  }
+  if (absl::GetFlag(FLAGS_gossip_interval_ms) < 10 || absl::GetFlag(FLAGS_dead_after_ms) < 1 ||
+      absl::GetFlag(FLAGS_write_wait_ms) < 1) {
+    return Fail(absl::InvalidArgumentError(
+        "--gossip_interval_ms must be at least 10; --dead_after_ms and --write_wait_ms positive"));
+  }
+  std::vector<std::string> seeds;
+  for (absl::string_view part :
+       absl::StrSplit(absl::GetFlag(FLAGS_seeds), ',', absl::SkipWhitespace())) {
+    std::string seed(absl::StripAsciiWhitespace(part));
+    std::string seed_host;
+    int seed_port = 0;
+    if (absl::Status status = SplitHostPort(seed, &seed_host, &seed_port);
+        !status.ok() || seed_port == 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--seeds: '", seed, "' is not host:port (the binary-protocol address)")));
+    }
+    seeds.push_back(absl::StrCat(seed_host, ":", seed_port));
+  }
+  const std::string advertise_flag = absl::GetFlag(FLAGS_advertise);
+  if (!advertise_flag.empty()) {
+    std::string advertise_host;
+    int advertise_port = 0;
+    if (absl::Status status = SplitHostPort(advertise_flag, &advertise_host, &advertise_port);
+        !status.ok() || advertise_port == 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--advertise: '", advertise_flag, "' is not host:port")));
+    }
+  }
+
   // Declared before the engine, so it outlives every engine callback.
   ServerMetrics metrics;
   engine::Options options;
@@ -262,8 +339,9 @@ int Main(int argc, char** argv) {
   ServerCounters counters;
   counters.start_unix_ms = absl::ToUnixMillis(absl::Now());
   ServiceConfig service_config;
-  service_config.node_id = absl::GetFlag(FLAGS_node_id).empty() ? absl::GetFlag(FLAGS_listen)
-                                                                : absl::GetFlag(FLAGS_node_id);
+  service_config.node_id = !absl::GetFlag(FLAGS_node_id).empty() ? absl::GetFlag(FLAGS_node_id)
+                           : !advertise_flag.empty()              ? advertise_flag
+                                                                  : absl::GetFlag(FLAGS_listen);
   service_config.read_only = absl::GetFlag(FLAGS_read_only);
   service_config.fsync_always = options.fsync == engine::FsyncPolicy::kAlways;
   service_config.limits.max_frame_bytes = absl::GetFlag(FLAGS_max_frame_bytes);
@@ -319,6 +397,92 @@ int Main(int argc, char** argv) {
     return static_cast<double>(counters.connections.load() - counters.http_connections.load());
   });
 
+  // The cluster member. Declared before the server, which hands it peer
+  // connections, so it outlives the server. Its advertised addresses are
+  // completed once the server has bound its ports.
+  cluster::ClusterNodeOptions cluster_options;
+  // With --listen port 0 and no --node-id, the id is the advertised address
+  // with the port the kernel chose (set in SetAdvertise below).
+  const bool node_id_from_bound_port = absl::GetFlag(FLAGS_node_id).empty() &&
+                                       advertise_flag.empty() && port == 0;
+  cluster_options.node_id = node_id_from_bound_port ? "" : service_config.node_id;
+  cluster_options.seeds = seeds;
+  cluster_options.cluster_secret = absl::GetFlag(FLAGS_cluster_secret);
+  cluster_options.replicas = absl::GetFlag(FLAGS_replicas);
+  cluster_options.write_quorum = absl::GetFlag(FLAGS_w);
+  cluster_options.read_quorum = absl::GetFlag(FLAGS_r);
+  cluster_options.write_wait = absl::Milliseconds(absl::GetFlag(FLAGS_write_wait_ms));
+  cluster_options.gossip_interval = absl::Milliseconds(absl::GetFlag(FLAGS_gossip_interval_ms));
+  cluster_options.dead_after = absl::Milliseconds(absl::GetFlag(FLAGS_dead_after_ms));
+  // A ping waits at most one interval (and at least 100 ms) for its answer.
+  cluster_options.ping_timeout =
+      std::max(absl::Milliseconds(100), cluster_options.gossip_interval);
+  cluster_options.allow_fault_injection = absl::GetFlag(FLAGS_fault_injection);
+  cluster_options.max_frame_bytes = service_config.limits.max_frame_bytes;
+  cluster::ClusterNode cluster_node(cluster_options);
+  engine::Engine* const engine_ptr = engine->get();
+  namespace p = ::logkv::protocol;
+  // Peers' operations on this node's engine.
+  cluster_node.AddPeerOperationHandler(
+      p::Operation::Replicate,
+      [engine_ptr, fsync_always = service_config.fsync_always](
+          const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+          absl::FunctionRef<Service::Completion()> defer) {
+        return cluster::HandleReplicate(engine_ptr, fsync_always, request, builder, defer);
+      });
+  cluster_node.AddPeerOperationHandler(
+      p::Operation::ReadRecords,
+      [engine_ptr](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+                   absl::FunctionRef<Service::Completion()>) {
+        return cluster::HandleReadRecords(engine_ptr, request, builder);
+      });
+  cluster_node.AddPeerOperationHandler(
+      p::Operation::MerkleHashes,
+      [engine_ptr](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+                   absl::FunctionRef<Service::Completion()>) {
+        cluster::HandleMerkleHashes(engine_ptr, request, builder);
+        return Service::Outcome::kAnswered;
+      });
+  cluster_node.AddPeerOperationHandler(
+      p::Operation::MerkleLeaf,
+      [engine_ptr, max_frame_bytes = service_config.limits.max_frame_bytes](
+          const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+          absl::FunctionRef<Service::Completion()>) {
+        cluster::HandleMerkleLeaf(engine_ptr, request, max_frame_bytes, builder);
+        return Service::Outcome::kAnswered;
+      });
+
+  // Writes for owners that cannot be reached wait here, in the engine's log.
+  cluster::HintedHandoff handoff(engine_ptr, {}, &metrics);
+  if (absl::Status status = handoff.Load(); !status.ok()) {
+    (void)(*engine)->Close();
+    return Fail(status);
+  }
+  auto ring_of = [&cluster_node]() -> std::shared_ptr<const cluster::Ring> {
+    return cluster_node.membership() != nullptr ? cluster_node.membership()->ring() : nullptr;
+  };
+  auto lookup = [&cluster_node](const std::string& node_id, cluster::PeerInfo* info) {
+    cluster::Member member;
+    if (cluster_node.membership() == nullptr ||
+        !cluster_node.membership()->Find(node_id, &member)) {
+      return false;
+    }
+    info->address = member.address;
+    info->http_address = member.http_address;
+    info->alive = member.state == cluster::MemberState::kAlive ||
+                  member.state == cluster::MemberState::kSuspect;
+    return true;
+  };
+  cluster::ReplicaCoordinatorOptions coordinator_options;
+  coordinator_options.replicas = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_replicas)));
+  coordinator_options.write_acks = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_w)));
+  coordinator_options.read_acks = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_r)));
+  coordinator_options.write_wait = cluster_options.write_wait;
+  cluster::ReplicaCoordinator coordinator(engine_ptr, cluster_node.transport(), ring_of, lookup,
+                                          cluster_options.node_id, &metrics, &handoff,
+                                          coordinator_options);
+  service.set_coordinator(&coordinator);
+
   http::Router router;
   http::DataRoutesConfig routes_config;
   routes_config.node_id = service_config.node_id;
@@ -334,6 +498,8 @@ int Main(int argc, char** argv) {
   routes_dependencies.auth_store = auth_store.get();
   routes_dependencies.rate_limiter = rate_limiter.get();
   routes_dependencies.metrics = &metrics;
+  routes_dependencies.cluster = &cluster_node;
+  routes_dependencies.coordinator = &coordinator;
   http::DataRoutes data_routes(routes_config, routes_dependencies);
   data_routes.AddTo(&router);
   if (auth_on) {
@@ -387,6 +553,7 @@ int Main(int argc, char** argv) {
       return context;
     };
   }
+  server_config.peer_handler = &cluster_node;
   Server server(&service, server_config);
   if (absl::Status status = server.Start(); !status.ok()) {
     (void)(*engine)->Close();
@@ -399,6 +566,68 @@ int Main(int argc, char** argv) {
     data_routes.SetNodeUrl(absl::StrCat("http://",
                                         first.host == "0.0.0.0" ? "127.0.0.1" : first.host, ":",
                                         server.http_ports().front()));
+  }
+  {
+    // The advertised addresses: the flags, else the bound ones (a wildcard
+    // host is advertised as loopback; peers elsewhere need --advertise).
+    std::string advertise = advertise_flag;
+    if (advertise.empty()) {
+      if (host == "0.0.0.0") {
+        Log(Level::kWarning,
+            "listening on 0.0.0.0 without --advertise: advertising 127.0.0.1, which only "
+            "peers on this machine can reach");
+      }
+      advertise = absl::StrCat(host == "0.0.0.0" ? "127.0.0.1" : host, ":", server.port());
+    }
+    std::string http_advertise = absl::GetFlag(FLAGS_http_advertise);
+    if (http_advertise.empty() && !http_addresses.empty()) {
+      const HttpAddress& first = http_addresses.front();
+      http_advertise = absl::StrCat(first.host == "0.0.0.0" ? "127.0.0.1" : first.host, ":",
+                                    server.http_ports().front());
+    }
+    cluster_node.SetAdvertise(advertise, http_advertise);
+    coordinator.set_self_node_id(cluster_node.node_id());
+    service.SetNodeId(cluster_node.node_id());
+    if (absl::Status status = cluster_node.Start(); !status.ok()) {
+      server.RequestShutdown();
+      server.Wait();
+      (void)(*engine)->Close();
+      return Fail(status);
+    }
+  }
+  handoff.Start(
+      [&cluster_node](const std::string& target, std::string frame, absl::Duration timeout,
+                      std::function<void(absl::StatusOr<std::string>)> done) {
+        cluster::Member member;
+        if (!cluster_node.membership()->Find(target, &member)) {
+          done(absl::UnavailableError(absl::StrCat("unknown member ", target)));
+          return;
+        }
+        cluster_node.transport()->Send(member.address, std::move(frame), timeout,
+                                       std::move(done));
+      },
+      [&cluster_node](const std::string& target) {
+        cluster::Member member;
+        if (!cluster_node.membership()->Find(target, &member)) {
+          return cluster::TargetState::kUnreachable;
+        }
+        if (member.state == cluster::MemberState::kLeft) return cluster::TargetState::kGone;
+        return member.state == cluster::MemberState::kAlive ? cluster::TargetState::kAlive
+                                                            : cluster::TargetState::kUnreachable;
+      });
+  cluster::AntiEntropyOptions anti_entropy_options;
+  anti_entropy_options.replicas = coordinator_options.replicas;
+  anti_entropy_options.max_frame_bytes = service_config.limits.max_frame_bytes;
+  anti_entropy_options.interval =
+      absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_anti_entropy_interval_ms)));
+  anti_entropy_options.bytes_per_second = absl::GetFlag(FLAGS_anti_entropy_bytes_per_second);
+  cluster::AntiEntropy anti_entropy(
+      engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
+      [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
+      cluster_node.node_id(), &metrics, anti_entropy_options);
+  cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
+  if (absl::Status status = anti_entropy.Start(); !status.ok()) {
+    Log(Level::kError, "anti-entropy did not start: %s", status.message());
   }
   // Always printed, whatever --log_level: scripts and tests wait for it.
   LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (binary protocol, %d threads)", host,
@@ -425,8 +654,14 @@ int Main(int argc, char** argv) {
   sigwait(&signals, &signal_number);
   Log(Level::kInfo, "%s: finishing requests in flight, then stopping",
       signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  // Tell the cluster first (bounded), so peers stop counting on this node
+  // at once instead of waiting for its failure to be detected.
+  cluster_node.Leave(absl::Seconds(2));
   server.RequestShutdown();
   server.Wait();
+  anti_entropy.Stop();
+  handoff.Stop();
+  cluster_node.Stop();
   server_for_events.store(nullptr, std::memory_order_release);
   password_workers.reset();
   if (flusher.joinable()) {

@@ -5,6 +5,9 @@
 //   "\0auth/..."               accounts, API keys and counters (server/auth)
 //   "\0t" + 8-byte user id     a tenant's keys when --auth=on: the client's key
 //                              follows the big-endian user id
+//   "\0hint/" + node id + "/"  hinted handoff: writes waiting for an unreachable
+//     + 8-byte sequence        owner (server/cluster/hinted_handoff.h); local to a
+//                              node, never replicated
 //
 // These prefixes are persisted in data directories: they never change.
 #ifndef LOGKV_SERVER_NAMESPACES_H_
@@ -20,10 +23,18 @@ namespace logkv::server {
 inline constexpr char kReservedByte = '\0';
 inline constexpr absl::string_view kAuthPrefix{"\0auth/", 6};
 inline constexpr absl::string_view kTenantPrefix{"\0t", 2};
+inline constexpr absl::string_view kHintPrefix{"\0hint/", 6};
 inline constexpr size_t kTenantPrefixBytes = 2 + 8;
 
 inline bool IsReservedKey(absl::string_view key) {
   return !key.empty() && key.front() == kReservedByte;
+}
+
+// Keys that belong to this node alone and never replicate: hints (addressed
+// to one owner) and, for now, accounts (each node keeps its own).
+inline bool IsNodeLocalKey(absl::string_view key) {
+  return key.substr(0, kAuthPrefix.size()) == kAuthPrefix ||
+         key.substr(0, kHintPrefix.size()) == kHintPrefix;
 }
 
 // The prefix under which user_id's keys live.

@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/cluster/peer_handler.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 
@@ -81,6 +82,7 @@ struct Server::Connection {
   std::unique_ptr<HttpSession> http;  // set for HTTP connections
   RequestContext context;             // whose keys this connection sees
   bool authenticated = false;         // binary protocol with auth on: Hello done
+  bool is_peer = false;               // a cluster peer (ClusterHello accepted)
   p::FrameDecoder decoder;
   flatbuffers::FlatBufferBuilder builder{1024};
   std::string out;             // answers not yet handed to libuv
@@ -153,6 +155,10 @@ class Server::Loop : public http::ResponseSink {
   }
   void ProcessFrames(Connection& c);
   bool HandleHello(Connection& c, const p::Request& request);
+  // Cluster-internal operations: ClusterHello, and the rest on peer connections.
+  void DispatchPeer(Connection& c, const p::Request& request);
+  // The completion of an answer deferred on c (Service::Handle's contract).
+  Service::Completion DeferOn(Connection& c);
 
   // HTTP.
   void ProcessHttp(Connection& c);
@@ -505,8 +511,83 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
   return true;
 }
 
+namespace {
+
+bool IsClusterOperation(p::Operation operation) {
+  switch (operation) {
+    case p::Operation::ClusterHello:
+    case p::Operation::Gossip:
+    case p::Operation::Replicate:
+    case p::Operation::ReadRecords:
+    case p::Operation::MerkleHashes:
+    case p::Operation::MerkleLeaf:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+Service::Completion Server::Loop::DeferOn(Connection& c) {
+  ++c.pending;
+  Loop* loop = this;
+  const uint64_t connection_id = c.id;
+  return [loop, connection_id](std::string frame) {
+    loop->Post([connection_id, frame = std::move(frame)](Loop& l) {
+      auto it = l.connections_.find(connection_id);
+      if (it == l.connections_.end()) return;  // the client is gone
+      Connection& conn = *it->second;
+      --conn.pending;
+      l.Append(conn, frame);
+      l.Flush(conn);
+      l.ApplyBackpressure(conn);
+      l.FinishIfDone(conn);
+    });
+  };
+}
+
+void Server::Loop::DispatchPeer(Connection& c, const p::Request& request) {
+  cluster::PeerHandler* handler = server_->config_.peer_handler;
+  const p::Operation operation = request.operation_type();
+  if (operation == p::Operation::ClusterHello) {
+    const p::ClusterHello* hello = request.operation_as_ClusterHello();
+    if (handler == nullptr) {
+      AppendStatus(c, request.request_id(),
+                   absl::PermissionDeniedError("this node does not accept cluster peers"));
+      return;
+    }
+    if (!handler->AcceptPeer(p::View(hello->secret()), p::View(hello->node_id()))) {
+      // Nothing more is read from a peer that cannot prove it belongs.
+      AppendStatus(c, request.request_id(),
+                   absl::UnauthenticatedError("ClusterHello refused: wrong cluster secret"));
+      StopReading(c);
+      c.closing = true;
+      return;
+    }
+    c.is_peer = true;
+    AppendStatus(c, request.request_id(), absl::OkStatus());
+    return;
+  }
+  if (!c.is_peer || handler == nullptr) {
+    AppendStatus(c, request.request_id(),
+                 absl::PermissionDeniedError(absl::StrCat(
+                     "operation ", p::EnumNameOperation(operation),
+                     " is cluster-internal: only peers that sent ClusterHello may use it")));
+    return;
+  }
+  Service::Outcome outcome = handler->HandlePeer(request, &c.builder,
+                                                 [&]() -> Service::Completion { return DeferOn(c); });
+  if (outcome == Service::Outcome::kAnswered) Append(c, p::FrameOf(c.builder));
+}
+
 void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
-  if (HandleHello(c, request)) return;
+  if (IsClusterOperation(request.operation_type())) {
+    DispatchPeer(c, request);
+    return;
+  }
+  // Peers are authenticated by the cluster secret, not by an API key.
+  if (!c.is_peer && HandleHello(c, request)) return;
   switch (request.operation_type()) {
     case p::Operation::Watch:
       AddWatch(c, request.request_id(), *request.operation_as_Watch());
@@ -518,24 +599,8 @@ void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
     default:
       break;
   }
-  Loop* loop = this;
-  const uint64_t connection_id = c.id;
-  Service::Outcome outcome =
-      server_->service_->Handle(c.context, request, &c.builder, [&]() -> Service::Completion {
-        ++c.pending;
-        return [loop, connection_id](std::string frame) {
-          loop->Post([connection_id, frame = std::move(frame)](Loop& l) {
-            auto it = l.connections_.find(connection_id);
-            if (it == l.connections_.end()) return;  // the client is gone
-            Connection& conn = *it->second;
-            --conn.pending;
-            l.Append(conn, frame);
-            l.Flush(conn);
-            l.ApplyBackpressure(conn);
-            l.FinishIfDone(conn);
-          });
-        };
-      });
+  Service::Outcome outcome = server_->service_->Handle(
+      c.context, request, &c.builder, [&]() -> Service::Completion { return DeferOn(c); });
   if (outcome == Service::Outcome::kAnswered) Append(c, p::FrameOf(c.builder));
 }
 

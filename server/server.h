@@ -26,6 +26,10 @@
 
 namespace logkv::server {
 
+namespace cluster {
+class PeerHandler;
+}  // namespace cluster
+
 struct HttpAddress {
   std::string host;
   int port = 0;  // 0 = any free port (see Server::http_ports)
@@ -62,6 +66,12 @@ struct ServerConfig {
   // Events per shard read for a watcher per wake-up, and per frame sent.
   uint32_t watch_batch_events = 512;
   absl::Duration shutdown_grace = absl::Seconds(10);
+  // Cluster-internal operations: a connection becomes a peer connection with
+  // a ClusterHello the handler accepts; only then are Gossip, Replicate, ...
+  // accepted on it (PermissionDenied otherwise), and it needs no API key.
+  // Null: this node answers ClusterHello with PermissionDenied. Must outlive
+  // the Server.
+  cluster::PeerHandler* peer_handler = nullptr;
 };
 
 class Server {

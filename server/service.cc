@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/cluster/coordinator.h"
 #include "server/namespaces.h"
 
 namespace logkv::server {
@@ -44,6 +45,67 @@ absl::Status NotPermitted(absl::string_view what) {
       absl::StrCat("this API key may not ", what, " (missing scope)"));
 }
 
+// Runs a cluster operation whose answer may come inline (the local engine
+// alone answered) or later from another thread. start(finish) begins it;
+// finish(result) is called exactly once. An inline result is built straight
+// into b (kAnswered); a later one into a frame for the deferred completion.
+template <typename Result, typename Build, typename Start>
+Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
+                            absl::FunctionRef<Service::Completion()> defer, Build build,
+                            Start start) {
+  struct Pending {
+    absl::Mutex mu;
+    bool returned ABSL_GUARDED_BY(mu) = false;  // Handle has returned kDeferred
+    std::optional<Result> result ABSL_GUARDED_BY(mu);
+    Service::Completion completion ABSL_GUARDED_BY(mu);
+  };
+  auto pending = std::make_shared<Pending>();
+  start([pending, build, id](Result result) {
+    Service::Completion completion;
+    {
+      absl::MutexLock lock(&pending->mu);
+      if (!pending->returned) {
+        pending->result.emplace(std::move(result));
+        return;
+      }
+      completion = std::move(pending->completion);
+    }
+    flatbuffers::FlatBufferBuilder builder(256);
+    build(&builder, id, result);
+    completion(FrameCopy(builder));
+  });
+  absl::MutexLock lock(&pending->mu);
+  if (pending->result.has_value()) {
+    build(b, id, *pending->result);
+    return Service::Outcome::kAnswered;
+  }
+  pending->completion = defer();
+  pending->returned = true;
+  return Service::Outcome::kDeferred;
+}
+
+void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
+                       const absl::StatusOr<cluster::Coordinator::ReadResult>& read) {
+  if (!read.ok()) return p::BuildStatusResponse(b, id, read.status());
+  if (!read->found) return p::BuildStatusResponse(b, id, absl::NotFoundError("key not found"));
+  b->Clear();
+  auto bytes = Bytes(b, read->value);
+  auto result = p::CreateValueResult(*b, bytes, read->version, read->timestamp,
+                                     read->expiry_unix_ms);
+  FinishResponse(b, id, p::Result::ValueResult, result.Union());
+}
+
+void BuildClusterWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
+                               const absl::StatusOr<cluster::Coordinator::WriteOutcome>& write) {
+  if (!write.ok()) return p::BuildStatusResponse(b, id, write.status());
+  BuildWriteResponse(b, id, write->result);
+}
+
+absl::Status CompareAndSetError() {
+  return absl::FailedPreconditionError(
+      "compare-and-set (if_version) is not supported with replicas > 1: it needs consensus");
+}
+
 }  // namespace
 
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
@@ -73,6 +135,16 @@ Service::Service(engine::Engine* engine, const ServiceConfig& config, ServerCoun
       counters_(counters),
       always_sync_(config.fsync_always) {}
 
+void Service::SetNodeId(std::string node_id) {
+  absl::MutexLock lock(&node_id_mu_);
+  node_id_ = std::move(node_id);
+}
+
+std::string Service::NodeId() const {
+  absl::MutexLock lock(&node_id_mu_);
+  return node_id_.empty() ? config_.node_id : node_id_;
+}
+
 Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
                                  flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {
@@ -81,7 +153,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
   switch (request.operation_type()) {
     case p::Operation::Hello: {
       b->Clear();
-      auto node = b->CreateString(config_.node_id);
+      auto node = b->CreateString(NodeId());
       auto hello = p::CreateHelloResult(*b, p::kProtocolVersion, node, engine_->ShardCount(),
                                         config_.limits.max_frame_bytes,
                                         config_.limits.max_key_bytes,
@@ -99,7 +171,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
       return Outcome::kAnswered;
     }
     case p::Operation::Get:
-      return HandleGet(context, id, *request.operation_as_Get(), b);
+      return HandleGet(context, id, *request.operation_as_Get(), b, defer);
     case p::Operation::GetVersion: {
       const p::GetVersion* get = request.operation_as_GetVersion();
       if (!context.may_read) {
@@ -191,8 +263,15 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   return Outcome::kAnswered;
 }
 
+cluster::Coordinator* Service::ClusterFor(const RequestContext& context) const {
+  cluster::Coordinator* coordinator = coordinator_.load(std::memory_order_acquire);
+  if (coordinator == nullptr || context.local_only || !coordinator->Active()) return nullptr;
+  return coordinator;
+}
+
 Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, const p::Get& get,
-                                    flatbuffers::FlatBufferBuilder* b) {
+                                    flatbuffers::FlatBufferBuilder* b,
+                                    absl::FunctionRef<Completion()> defer) {
   if (!context.may_read) {
     p::BuildStatusResponse(b, id, NotPermitted("read"));
     return Outcome::kAnswered;
@@ -205,6 +284,14 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   if (!key.ok()) {
     p::BuildStatusResponse(b, id, key.status());
     return Outcome::kAnswered;
+  }
+  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+    using Read = absl::StatusOr<cluster::Coordinator::ReadResult>;
+    return RunCluster<Read>(id, b, defer, BuildReadResponse,
+                            [&](std::function<void(Read)> finish) {
+                              coordinator->Get(std::string(*key), get.consistency(),
+                                               std::move(finish));
+                            });
   }
   engine::ValueMeta meta;
   absl::Status status = engine_->Get(*key, &value, &meta);
@@ -235,6 +322,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
   engine::WriteOptions options;
   absl::string_view key;
   absl::string_view value;
+  p::Consistency consistency;
   const bool is_put = request.operation_type() == p::Operation::Put;
   if (is_put) {
     const p::Put* put = request.operation_as_Put();
@@ -242,10 +330,12 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     value = p::View(put->value());
     options.ttl_ms = put->ttl_ms();
     if (put->has_if_version()) options.if_version = put->if_version();
+    consistency = put->consistency();
   } else {
     const p::Delete* del = request.operation_as_Delete();
     key = p::View(del->key());
     if (del->has_if_version()) options.if_version = del->if_version();
+    consistency = del->consistency();
   }
   thread_local std::string scratch;
   absl::StatusOr<absl::string_view> engine_key = EngineKey(context, key, &scratch);
@@ -254,6 +344,24 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   key = *engine_key;
+  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+    if (options.if_version.has_value()) {
+      p::BuildStatusResponse(b, id, CompareAndSetError());
+      return Outcome::kAnswered;
+    }
+    if (options.ttl_ms < 0 || options.ttl_ms > p::kMaxTtlMs) {
+      p::BuildStatusResponse(b, id, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
+      return Outcome::kAnswered;
+    }
+    using Written = absl::StatusOr<cluster::Coordinator::WriteOutcome>;
+    return RunCluster<Written>(
+        id, b, defer, BuildClusterWriteResponse, [&](std::function<void(Written)> finish) {
+          coordinator->Write(std::string(key),
+                             is_put ? std::optional<std::string>(std::string(value))
+                                    : std::nullopt,
+                             options.ttl_ms, consistency, std::move(finish));
+        });
+  }
   if (always_sync_) {
     // The answer waits for the group commit's fdatasync, which completes on
     // the engine's sync thread; the loop goes on serving others meanwhile.
@@ -285,6 +393,9 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
   if (!context.may_write) {
     p::BuildStatusResponse(b, id, NotPermitted("write"));
     return Outcome::kAnswered;
+  }
+  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+    return ClusterBatch(coordinator, context, id, batch, b, defer);
   }
   const auto& items = *batch.items();
   // Results are gathered here; the answer goes out when the last write is
@@ -356,6 +467,78 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
   if (deferred) return Outcome::kDeferred;
   build(b, *gather);
   return Outcome::kAnswered;
+}
+
+Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
+                                       const RequestContext& context, uint64_t id,
+                                       const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
+                                       absl::FunctionRef<Completion()> defer) {
+  using Results = std::vector<absl::StatusOr<engine::WriteResult>>;
+  auto build = [](flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
+                  const Results& results) {
+    builder->Clear();
+    std::vector<flatbuffers::Offset<p::BatchItemResult>> items;
+    items.reserve(results.size());
+    for (const auto& result : results) {
+      auto message = result.ok() ? 0
+                                 : builder->CreateString(result.status().message().data(),
+                                                         result.status().message().size());
+      items.push_back(p::CreateBatchItemResult(*builder, p::ToWire(result.status().code()),
+                                               message, result.ok() ? result->version : 0));
+    }
+    auto vector = builder->CreateVector(items);
+    auto result = p::CreateBatchResult(*builder, vector);
+    FinishResponse(builder, request_id, p::Result::BatchResult, result.Union());
+  };
+  return RunCluster<Results>(id, b, defer, build, [&](std::function<void(Results)> finish) {
+    // Each item goes through the coordinator on its own; whoever records the
+    // last result finishes.
+    struct Gather {
+      absl::Mutex mu;
+      Results results ABSL_GUARDED_BY(mu);
+      size_t remaining ABSL_GUARDED_BY(mu);
+      std::function<void(Results)> finish;
+    };
+    const auto& items = *batch.items();
+    auto gather = std::make_shared<Gather>();
+    {
+      absl::MutexLock lock(&gather->mu);
+      gather->results.assign(items.size(), absl::UnknownError("not applied"));
+      gather->remaining = items.size();
+    }
+    gather->finish = std::move(finish);
+    auto record = [gather](size_t i, absl::StatusOr<engine::WriteResult> result) {
+      Results done;
+      {
+        absl::MutexLock lock(&gather->mu);
+        gather->results[i] = std::move(result);
+        if (--gather->remaining != 0) return;
+        done = std::move(gather->results);
+      }
+      gather->finish(std::move(done));
+    };
+    if (items.size() == 0) return gather->finish(Results());
+    for (size_t i = 0; i < items.size(); ++i) {
+      const p::BatchItem* item = items.Get(i);
+      std::string scratch;
+      absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(item->key()), &scratch);
+      if (!key.ok()) {
+        record(i, key.status());
+        continue;
+      }
+      if (item->ttl_ms() < 0 || item->ttl_ms() > p::kMaxTtlMs) {
+        record(i, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
+        continue;
+      }
+      std::optional<std::string> value;
+      if (!item->delete_()) value.emplace(p::View(item->value()));
+      coordinator->Write(std::string(*key), std::move(value), item->ttl_ms(), batch.consistency(),
+                         [record, i](absl::StatusOr<cluster::Coordinator::WriteOutcome> written) {
+                           if (!written.ok()) return record(i, written.status());
+                           record(i, written->result);
+                         });
+    }
+  });
 }
 
 void Service::BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b) {

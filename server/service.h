@@ -1,8 +1,26 @@
 // Turns verified protocol requests into engine operations and builds the
 // responses. It is the single place where the data logic of a request lives;
 // the network layers (binary protocol here, HTTP later) only adapt to it.
-// On a single node it is also the coordinator; the cluster takes that role
-// over later.
+// On a single node it is also the coordinator. In a cluster (a Coordinator
+// set and active) single-key operations go through the coordinator instead:
+//
+//   Get, Put, Delete  the coordinator (owners, consistency, repair); the
+//                     answer is deferred unless the local engine alone
+//                     answered at once. Consistency Default means the
+//                     node's configured W and R (eventual unless --w/--r).
+//   Put/Delete with if_version
+//                     FailedPrecondition: compare-and-set needs consensus
+//                     once there are replicas (DESIGN.md, Cluster).
+//   Batch             each item through the coordinator with the batch's
+//                     consistency, one status per item (not atomic, as on
+//                     one node).
+//   Scan, Watch, GetVersion, Stats
+//                     this node's engine only: a scan sees the keys this
+//                     node owns or holds, not the cluster's.
+//
+// RequestContext::local_only keeps a request on this node's engine (GET
+// /store/{key}). With no coordinator, or an inactive one, the single-node
+// path runs exactly as before (no allocation added).
 //
 // Thread-safety: Handle may be called from every I/O loop at once.
 #ifndef LOGKV_SERVER_SERVICE_H_
@@ -14,10 +32,15 @@
 #include <string>
 
 #include "absl/functional/function_ref.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
 
 namespace logkv::server {
+
+namespace cluster {
+class Coordinator;
+}  // namespace cluster
 
 // Counters the service reports in Stats; owned by the server.
 struct ServerCounters {
@@ -41,6 +64,7 @@ struct RequestContext {
   std::string key_prefix;  // empty: the global namespace
   bool may_read = true;
   bool may_write = true;
+  bool local_only = false;  // read this node's engine even in a cluster
 };
 
 class Service {
@@ -63,13 +87,27 @@ class Service {
   Outcome Handle(const RequestContext& context, const protocol::Request& request,
                  flatbuffers::FlatBufferBuilder* builder, absl::FunctionRef<Completion()> defer);
 
+  // The cluster's coordinator (null: a single node). It must outlive the
+  // Service's use of it; set it before the first request or between them.
+  void set_coordinator(cluster::Coordinator* coordinator) {
+    coordinator_.store(coordinator, std::memory_order_release);
+  }
+  cluster::Coordinator* coordinator() const {
+    return coordinator_.load(std::memory_order_acquire);
+  }
+
+  // This node's id as Hello answers it: config.node_id until set (the
+  // cluster member's id is known only once the port is bound).
+  void SetNodeId(std::string node_id) ABSL_LOCKS_EXCLUDED(node_id_mu_);
+  std::string NodeId() const ABSL_LOCKS_EXCLUDED(node_id_mu_);
+
   engine::Engine* engine() const { return engine_; }
   ServerCounters* counters() const { return counters_; }
   const ServiceConfig& config() const { return config_; }
 
  private:
   Outcome HandleGet(const RequestContext& context, uint64_t id, const protocol::Get& get,
-                    flatbuffers::FlatBufferBuilder* b);
+                    flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
   Outcome HandleWrite(const RequestContext& context, uint64_t id,
                       const protocol::Request& request, flatbuffers::FlatBufferBuilder* b,
                       absl::FunctionRef<Completion()> defer);
@@ -78,11 +116,19 @@ class Service {
   Outcome HandleScan(const RequestContext& context, uint64_t id, const protocol::Scan& scan,
                      flatbuffers::FlatBufferBuilder* b);
   void BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b);
+  // The coordinator when the request goes through the cluster, else null.
+  cluster::Coordinator* ClusterFor(const RequestContext& context) const;
+  Outcome ClusterBatch(cluster::Coordinator* coordinator, const RequestContext& context,
+                       uint64_t id, const protocol::Batch& batch,
+                       flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
 
   engine::Engine* const engine_;
   const ServiceConfig config_;
   ServerCounters* const counters_;
   const bool always_sync_;
+  mutable absl::Mutex node_id_mu_;
+  std::string node_id_ ABSL_GUARDED_BY(node_id_mu_);
+  std::atomic<cluster::Coordinator*> coordinator_{nullptr};
 };
 
 // The engine key of a client's key in context's namespace, built in *scratch

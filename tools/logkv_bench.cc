@@ -108,6 +108,8 @@ struct Config {
   double zipf_theta = 0;                           // 0: uniform
   absl::Duration duration = absl::ZeroDuration();  // zero: run -n requests
   std::string fsync_mode;  // a label for the record, printed with the results
+  // Sent in every Get and Put (a cluster's eventual or strong path).
+  protocol::Consistency consistency = protocol::Consistency::Default;
 };
 
 constexpr absl::string_view kUsage = R"(Usage: logkv-bench [OPTIONS]
@@ -132,6 +134,8 @@ Load generator for logkvd with redis-benchmark's flags and output.
  --duration <time>  Run each test for this long instead of -n (e.g. 30s, 2m)
  --fsync-mode <label>  Recorded with the results (e.g. interval); adds a
                     trailing "fsync_mode" CSV column
+ --consistency <level>  default, eventual or strong: the consistency level sent
+                    with every request (a cluster's W/R; default: the node's)
  --help             Output this help and exit
 )";
 
@@ -272,6 +276,17 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
       }
     } else if (flag == "--fsync-mode") {
       config.fsync_mode = std::string(value);
+    } else if (flag == "--consistency") {
+      if (value == "default") {
+        config.consistency = protocol::Consistency::Default;
+      } else if (value == "eventual") {
+        config.consistency = protocol::Consistency::Eventual;
+      } else if (value == "strong") {
+        config.consistency = protocol::Consistency::Strong;
+      } else {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "invalid --consistency '", value, "': want default, eventual or strong"));
+      }
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown option ", flag, " (see --help)"));
     }
@@ -421,10 +436,12 @@ absl::StatusOr<RequestTemplate> BuildTemplate(Operation operation, const Config&
     const auto value_vector =
         builder.CreateUninitializedVector<uint8_t>(config.value_bytes, &value_bytes);
     if (config.value_bytes > 0) std::memset(value_bytes, 'x', config.value_bytes);
-    body = protocol::CreatePut(builder, key_vector, value_vector).Union();
+    body = protocol::CreatePut(builder, key_vector, value_vector, /*ttl_ms=*/0,
+                               /*has_if_version=*/false, /*if_version=*/0, config.consistency)
+               .Union();
     type = protocol::Operation::Put;
   } else {
-    body = protocol::CreateGet(builder, key_vector).Union();
+    body = protocol::CreateGet(builder, key_vector, config.consistency).Union();
     type = protocol::Operation::Get;
   }
   builder.FinishSizePrefixed(protocol::CreateRequest(builder, kPlaceholderRequestId, type, body));
@@ -1049,6 +1066,9 @@ void PrintHuman(const Config& config, const TestResult& result) {
   }
   absl::PrintF("  keyspace: %s\n", KeyspaceDescription(config));
   if (!config.fsync_mode.empty()) absl::PrintF("  fsync mode: %s\n", config.fsync_mode);
+  if (config.consistency != protocol::Consistency::Default) {
+    absl::PrintF("  consistency: %s\n", protocol::EnumNameConsistency(config.consistency));
+  }
   absl::PrintF("  errors: %d", result.errors);
   if (result.workload != Workload::kSet) absl::PrintF(", get misses: %d", result.misses);
   absl::PrintF("\n\n");

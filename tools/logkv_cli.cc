@@ -6,7 +6,8 @@
 //   logkv [flags] scan [PREFIX]      --prefix --limit --keys_only --after
 //   logkv [flags] watch [PREFIX]     --count=N stops after N events
 //   logkv [flags] stats
-//   logkv [flags] nodes
+//   logkv [flags] nodes              the cluster's members (HTTP GET /nodes)
+//   logkv [flags] leave              the node leaves the cluster (POST /members/leave)
 //   logkv [flags] ping
 //
 // Flags may stand before or after the command, as --name=value or --name
@@ -19,6 +20,11 @@
 // strings that are not valid UTF-8 C-escaped (\xNN).
 //
 // Exit codes: 0 success, 1 key not found, 2 any other error (message on stderr).
+
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -58,6 +64,9 @@ ABSL_FLAG(std::string, after, "", "scan: continue after this key (the cursor a s
 ABSL_FLAG(int64_t, count, 0, "watch: stop after this many events (0 = run until interrupted).");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Connect and request timeout.");
 ABSL_FLAG(std::string, token, "", "Auth token sent in Hello (default $LOGKV_TOKEN).");
+ABSL_FLAG(std::string, http_target, "",
+          "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
+          "127.0.0.1:8080).");
 
 namespace logkv::cli {
 namespace {
@@ -76,7 +85,8 @@ constexpr char kUsage[] =
     "  scan [PREFIX]     [--prefix=P] [--limit=N] [--keys_only] [--after=CURSOR]\n"
     "  watch [PREFIX]    [--count=N]  prints events until interrupted\n"
     "  stats             the node's counters\n"
-    "  nodes             the node in use\n"
+    "  nodes             the cluster's members, as the node at --http_target sees them\n"
+    "  leave             the node at --http_target leaves the cluster gracefully\n"
     "  ping              checks that the node answers\n"
     "\n"
     "flags (before or after the command; dashes or underscores):\n"
@@ -85,6 +95,8 @@ constexpr char kUsage[] =
     "  --json               JSON output, one object per line\n"
     "  --timeout=5s         connect and request timeout\n"
     "  --token=T            auth token (default $LOGKV_TOKEN)\n"
+    "  --http_target=H:P    nodes/leave: HTTP address (default $LOGKV_HTTP_TARGET, else\n"
+    "                       127.0.0.1:8080)\n"
     "\n"
     "exit codes: 0 ok, 1 key not found, 2 error\n";
 
@@ -455,16 +467,127 @@ int Stats() {
   return kExitOk;
 }
 
+// One HTTP/1.1 request over a plain socket (membership is served over HTTP,
+// not the binary protocol); the answer's status and body.
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+
+absl::StatusOr<HttpResult> HttpCall(absl::string_view method, absl::string_view path,
+                                    absl::string_view body) {
+  std::string target = absl::GetFlag(FLAGS_http_target);
+  if (target.empty()) {
+    const char* from_env = std::getenv("LOGKV_HTTP_TARGET");
+    target = from_env != nullptr ? from_env : "127.0.0.1:8080";
+  }
+  const size_t colon = target.rfind(':');
+  if (colon == std::string::npos || colon + 1 == target.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("--http_target '", target, "' is not host:port"));
+  }
+  const std::string host = colon == 0 ? "127.0.0.1" : target.substr(0, colon);
+  const std::string port = target.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* addresses = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &addresses); rc != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(rc)));
+  }
+  int fd = -1;
+  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  timeval limit = absl::ToTimeval(timeout);
+  for (addrinfo* a = addresses; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  ::freeaddrinfo(addresses);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot connect to ", target, " (HTTP)"));
+  const std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", target,
+                                           "\r\nConnection: close\r\nContent-Length: ",
+                                           body.size(), "\r\n\r\n", body);
+  for (size_t sent = 0; sent < request.size();) {
+    const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) {
+      ::close(fd);
+      return absl::UnavailableError(absl::StrCat("sending to ", target, " failed"));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  std::string answer;
+  char buffer[16384];
+  while (true) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n == 0) break;
+    if (n < 0) {
+      ::close(fd);
+      return absl::DeadlineExceededError(absl::StrCat("no complete answer from ", target));
+    }
+    answer.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  HttpResult result;
+  const size_t end_of_headers = answer.find("\r\n\r\n");
+  if (!absl::StartsWith(answer, "HTTP/1.") || end_of_headers == std::string::npos ||
+      answer.size() < 12 || !absl::SimpleAtoi(answer.substr(9, 3), &result.status)) {
+    return absl::UnavailableError(absl::StrCat(target, " did not answer HTTP"));
+  }
+  result.body = answer.substr(end_of_headers + 4);
+  return result;
+}
+
+// The error message of a non-2xx JSON answer ({"error": ...}), else the body.
+std::string HttpError(const HttpResult& result) {
+  nlohmann::json body = nlohmann::json::parse(result.body, nullptr, false);
+  if (body.is_object() && body.contains("error") && body["error"].is_string()) {
+    return absl::StrCat("HTTP ", result.status, ": ", body["error"].get<std::string>());
+  }
+  return absl::StrCat("HTTP ", result.status, ": ", result.body);
+}
+
 int Nodes() {
-  // Until cluster membership is exposed, the node list is the node in use.
-  absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
-  if (!connected.ok()) return Fail(connected.status().ToString());
-  Client& client = **connected;
-  const std::string node = client.connected_node();
+  absl::StatusOr<HttpResult> result = HttpCall("GET", "/nodes", "");
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status != 200) return Fail(HttpError(*result));
+  nlohmann::json nodes = nlohmann::json::parse(result->body, nullptr, false);
+  if (!nodes.is_array()) return Fail(absl::StrCat("GET /nodes answered ", result->body));
   if (absl::GetFlag(FLAGS_json)) {
-    PrintJson({{"nodes", nlohmann::json::array({{{"address", node}, {"status", "up"}}})}});
+    PrintJson({{"nodes", nodes}});
+    return kExitOk;
+  }
+  auto text = [](const nlohmann::json& node, const char* field) -> std::string {
+    if (!node.contains(field)) return "-";
+    const nlohmann::json& value = node[field];
+    if (value.is_string()) return value.get<std::string>().empty() ? "-" : value.get<std::string>();
+    if (value.is_boolean()) return value.get<bool>() ? "alive" : "down";
+    if (value.is_null()) return "-";
+    return value.dump();
+  };
+  std::printf("%-20s %-22s %-22s %-8s %s\n", "ID", "ADDRESS", "HTTP", "STATE", "LAST SEEN");
+  for (const nlohmann::json& node : nodes) {
+    const std::string state = node.contains("state") ? text(node, "state") : text(node, "alive");
+    std::printf("%-20s %-22s %-22s %-8s %s\n", text(node, "id").c_str(),
+                text(node, "address").c_str(), text(node, "http_address").c_str(), state.c_str(),
+                text(node, "last_seen").c_str());
+  }
+  return kExitOk;
+}
+
+int Leave() {
+  absl::StatusOr<HttpResult> result = HttpCall("POST", "/members/leave", "{}");
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status != 200) return Fail(HttpError(*result));
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json body = nlohmann::json::parse(result->body, nullptr, false);
+    PrintJson(body.is_discarded() ? nlohmann::json{{"left", true}} : body);
   } else {
-    std::printf("%s\n", node.c_str());
+    std::printf("left the cluster\n");
   }
   return kExitOk;
 }
@@ -498,7 +621,7 @@ int Main(int argc, char** argv) {
   }
   const std::string command = arguments.positionals[0];
   static constexpr const char* kCommands[] = {"put",   "get",   "del",   "delete", "scan",
-                                              "watch", "stats", "nodes", "ping"};
+                                              "watch", "stats", "nodes", "leave",  "ping"};
   if (std::find(std::begin(kCommands), std::end(kCommands), command) == std::end(kCommands)) {
     std::fprintf(stderr, "logkv: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return kExitError;
@@ -516,6 +639,7 @@ int Main(int argc, char** argv) {
   }
   if (command == "stats") return Stats();
   if (command == "nodes") return Nodes();
+  if (command == "leave") return Leave();
   return Ping();
 }
 

@@ -38,6 +38,20 @@ struct Member {
   int64_t last_seen_unix_ms = 0;  // last direct answer or gossip about it being alive
 };
 
+const char* MemberStateName(MemberState state);  // "alive", "suspect", "dead", "left"
+
+// The merge rules, pure so they can be tested alone. Whether news about a
+// member (same node id) replaces what is known: the higher incarnation wins;
+// at equal incarnation the later state in Alive < Suspect < Dead < Left
+// wins, so Left is final for that incarnation.
+bool Supersedes(const Member& news, const Member& known);
+// What this node must do when it hears about itself: the incarnation to
+// take to refute a rumour that it is Suspect, Dead or Left (news'
+// incarnation + 1), or 0 when there is nothing to refute (the news is Alive,
+// or older than the node's own incarnation). leaving: the node is leaving,
+// so a Left rumour is true and not refuted.
+uint64_t RefutingIncarnation(const Member& self, const Member& news, bool leaving);
+
 struct MembershipOptions {
   Member self;                       // this node (state Alive)
   std::vector<std::string> seeds;    // host:port of peers to join through
@@ -72,6 +86,8 @@ class Membership {
   // A member by node id; false when unknown.
   bool Find(const std::string& node_id, Member* member) const;
   bool IsAlive(const std::string& node_id) const;
+  // This node as configured (its id, addresses and join time never change;
+  // for its current state and incarnation use Find(self().node_id)).
   const Member& self() const;
 
   // Handles a peer's Gossip request: merges, and builds the GossipResult.
@@ -80,9 +96,24 @@ class Membership {
   // Joins through address now (POST /join, /members/join); waits (bounded)
   // for the answer.
   absl::Status JoinThrough(const std::string& address, absl::Duration timeout);
+  // The same without waiting: done is called once (on the transport's
+  // thread, or at once on a usage error). A node that had left rejoins
+  // with a higher incarnation.
+  void JoinThroughAsync(const std::string& address, absl::Duration timeout,
+                        std::function<void(absl::Status)> done);
+  // Leave without stopping: this node becomes Left and gossips it to every
+  // live peer; done is called once all of them answered or failed (each
+  // bounded by ping_timeout). Gossip then pauses until a join.
+  void LeaveAsync(std::function<void()> done);
+  // True once this node has left (and not joined again).
+  bool HasLeft() const;
 
   // Called (from the membership thread) after every change of membership.
   void OnChange(std::function<void()> callback);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace logkv::server::cluster

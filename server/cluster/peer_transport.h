@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "protocol/frame.h"
 
 namespace logkv::server::cluster {
 
@@ -51,7 +52,9 @@ class PeerTransport {
 
   // Sends a finished size-prefixed Request frame (its request_id is
   // rewritten) to the peer at address (host:port). done is called exactly
-  // once.
+  // once. REQUIRES: the frame's request_id field is present (a nonzero id,
+  // or a builder with ForceDefaults(true)): FinishPeerRequest builds such
+  // frames. A frame without it fails with InvalidArgument.
   void Send(const std::string& address, std::string request_frame, absl::Duration timeout,
             Callback done);
 
@@ -61,10 +64,19 @@ class PeerTransport {
   void SetDropped(std::vector<std::string> addresses);
   bool IsDropped(const std::string& address) const;
 
+  // Requests sent and failed since start (metrics, tests).
+  uint64_t requests_sent() const;
+  uint64_t requests_failed() const;
+
  private:
   class Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Finishes a size-prefixed Request frame around an operation built in
+// builder, with a request_id field Send can rewrite; returns its bytes.
+std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Operation type,
+                              flatbuffers::Offset<void> operation);
 
 }  // namespace logkv::server::cluster
 

@@ -18,6 +18,8 @@
 #include "nlohmann/json.hpp"
 #include "protocol/frame.h"
 #include "server/auth/status_http.h"
+#include "server/cluster/cluster_node.h"
+#include "server/cluster/coordinator.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::http {
@@ -56,9 +58,10 @@ void FinishRequest(flatbuffers::FlatBufferBuilder* b, p::Operation type,
   b->FinishSizePrefixed(request.Finish());
 }
 
-void BuildGet(flatbuffers::FlatBufferBuilder* b, absl::string_view key) {
+void BuildGet(flatbuffers::FlatBufferBuilder* b, absl::string_view key,
+              p::Consistency consistency = p::Consistency::Default) {
   auto k = Bytes(b, key);
-  FinishRequest(b, p::Operation::Get, p::CreateGet(*b, k));
+  FinishRequest(b, p::Operation::Get, p::CreateGet(*b, k, consistency));
 }
 
 void BuildPut(flatbuffers::FlatBufferBuilder* b, absl::string_view key, absl::string_view value,
@@ -220,12 +223,38 @@ void Run(Service* service, const RequestContext& context,
 absl::Status StatusOf(const p::Response& response) { return p::StatusFromResponse(response); }
 
 // The answer of seed 000's writes: {"success","key","primary_node","replicas"}.
-std::string WriteAnswer(absl::string_view key, absl::string_view node_url) {
+std::string WriteAnswer(absl::string_view key, absl::string_view primary_node, size_t replicas) {
   json body = {{"success", true},
                {"key", std::string(key)},
-               {"primary_node", std::string(node_url)},
-               {"replicas", 0}};
+               {"primary_node", std::string(primary_node)},
+               {"replicas", replicas}};
   return Dump(body);
+}
+
+// Where a write of key went: its primary owner (an HTTP address when the
+// member advertises one, else its node id) and the number of other owners.
+// A single node, or a cluster of one, is its own primary without replicas.
+struct Placement {
+  std::string primary_node;
+  size_t replicas = 0;
+};
+Placement WritePlacement(const DataRoutesDependencies& deps, std::string node_url,
+                         const RequestContext& context, absl::string_view key) {
+  if (deps.coordinator == nullptr || !deps.coordinator->Active()) return {std::move(node_url), 0};
+  std::string scratch;
+  absl::StatusOr<absl::string_view> engine_key = EngineKey(context, key, &scratch);
+  if (!engine_key.ok()) return {std::move(node_url), 0};
+  std::vector<std::string> owners = deps.coordinator->Owners(*engine_key);
+  if (owners.empty()) return {std::move(node_url), 0};
+  Placement placement{owners.front(), owners.size() - 1};
+  cluster::Membership* membership =
+      deps.cluster != nullptr ? deps.cluster->membership() : nullptr;
+  cluster::Member member;
+  if (membership != nullptr && membership->Find(owners.front(), &member) &&
+      !member.http_address.empty()) {
+    placement.primary_node = absl::StrCat("http://", member.http_address);
+  }
+  return placement;
 }
 
 }  // namespace
@@ -241,6 +270,15 @@ DataRoutes::DataRoutes(const DataRoutesConfig& config, const DataRoutesDependenc
 void DataRoutes::SetNodeUrl(std::string node_url) {
   absl::MutexLock lock(&node_url_mu_);
   node_url_ = std::move(node_url);
+}
+
+std::string DataRoutes::NodeId() const {
+  // The cluster's id is final once it runs (with --listen port 0 it names
+  // the bound port, which the configured id could not).
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    return deps_.cluster->node_id();
+  }
+  return config_.node_id;
 }
 
 std::string DataRoutes::NodeUrl() const {
@@ -303,10 +341,12 @@ void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildPut(&b, key, request.body, *ttl_ms, *consistency);
   Run(deps_.service, *context, &b, responder,
-      [key, url = NodeUrl()](const p::Response& response) {
+      [key, placement = WritePlacement(deps_, NodeUrl(), *context, key)](
+          const p::Response& response) {
         absl::Status status = StatusOf(response);
         if (!status.ok()) return ErrorFromStatus(status);
-        return HttpResponse::Json(200, WriteAnswer(key, url));
+        return HttpResponse::Json(
+            200, WriteAnswer(key, placement.primary_node, placement.replicas));
       });
 }
 
@@ -318,10 +358,10 @@ void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_onl
   if (!consistency.ok()) {
     return responder.Send(HttpResponse::Error(400, consistency.status().message()));
   }
-  // On a single node every read is local; the cluster makes /store differ.
-  (void)local_only;
+  // /store/{key} reads this node's engine only, even in a cluster.
+  context->local_only = local_only;
   auto& b = RequestBuilder();
-  BuildGet(&b, key);
+  BuildGet(&b, key, *consistency);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
     absl::Status status = StatusOf(response);
     if (status.code() == absl::StatusCode::kNotFound) {
@@ -346,13 +386,15 @@ void DataRoutes::DeleteKv(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildDelete(&b, key, *consistency);
   Run(deps_.service, *context, &b, responder,
-      [key, url = NodeUrl()](const p::Response& response) {
+      [key, placement = WritePlacement(deps_, NodeUrl(), *context, key)](
+          const p::Response& response) {
         absl::Status status = StatusOf(response);
         // Deleting what is not there succeeds: the key is gone either way.
         if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
           return ErrorFromStatus(status);
         }
-        return HttpResponse::Json(200, WriteAnswer(key, url));
+        return HttpResponse::Json(
+            200, WriteAnswer(key, placement.primary_node, placement.replicas));
       });
 }
 
@@ -612,9 +654,11 @@ void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
 
 void DataRoutes::Health(HttpRequest&, Responder responder) {
   json body = {{"status", "healthy"},
-               {"node_id", config_.node_id},
+               {"node_id", NodeId()},
                {"mode", config_.mode},
-               {"member_count", 1},
+               {"member_count", deps_.cluster == nullptr
+                                    ? size_t{1}
+                                    : deps_.cluster->LiveMemberCount()},
                {"uptime_ms", absl::ToUnixMillis(absl::Now()) -
                                  deps_.service->counters()->start_unix_ms}};
   responder.Send(HttpResponse::Json(200, Dump(body)));
@@ -635,7 +679,7 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
   const ReplicatorFigures replicator = ReadReplicatorFigures(*deps_.metrics);
   ServerCounters* counters = deps_.service->counters();
   json body = {
-      {"node_id", config_.node_id},
+      {"node_id", NodeId()},
       {"key_count", stats.keys},
       {"wal_size", stats.log_bytes},
       {"timestamp", absl::ToUnixMillis(absl::Now())},
@@ -665,9 +709,9 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
 
 void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
   std::optional<std::string> server = request.QueryParam("server");
-  if (server && !server->empty() && *server != config_.node_id) {
+  if (server && !server->empty() && *server != NodeId()) {
     return responder.Send(HttpResponse::Error(
-        404, absl::StrCat("unknown server '", *server, "'; this node is '", config_.node_id, "'")));
+        404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'")));
   }
   // Values are read straight from the mapped log (the page cache is the
   // cache): there is no separate value cache to fill, so it is never full.
@@ -678,9 +722,9 @@ void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
 
 void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
   std::optional<std::string> server = request.QueryParam("server");
-  if (server && !server->empty() && *server != config_.node_id) {
+  if (server && !server->empty() && *server != NodeId()) {
     return responder.Send(HttpResponse::Error(
-        404, absl::StrCat("unknown server '", *server, "'; this node is '", config_.node_id, "'")));
+        404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'")));
   }
   const engine::Stats stats = deps_.service->engine()->GetStats();
   json body = {{"total_keys", stats.keys},
@@ -689,20 +733,180 @@ void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
+namespace {
+
+// The members of a cluster as /nodes and POST /join list them.
+json NodesJson(const std::vector<cluster::Member>& members, const std::string& self_id) {
+  json nodes = json::array();
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  for (const cluster::Member& member : members) {
+    const int64_t last_seen = member.node_id == self_id ? now_ms : member.last_seen_unix_ms;
+    nodes.push_back({{"id", member.node_id},
+                     {"address", member.address},
+                     {"http_address", member.http_address},
+                     {"alive", member.state == cluster::MemberState::kAlive},
+                     {"state", cluster::MemberStateName(member.state)},
+                     {"incarnation", member.incarnation},
+                     {"last_seen", last_seen > 0 ? json(Rfc3339(last_seen)) : json(nullptr)}});
+  }
+  return nodes;
+}
+
+std::vector<cluster::Member> MembersOf(cluster::ClusterNode* node) {
+  const cluster::Membership* membership = node->membership();
+  return membership == nullptr ? std::vector<cluster::Member>{} : membership->Members();
+}
+
+// A join target from a request body: host:port of the binary protocol.
+// Quotes and whitespace around it are ignored; a URL is an HTTP address,
+// which gossip cannot use.
+absl::StatusOr<std::string> JoinAddress(absl::string_view text) {
+  text = absl::StripAsciiWhitespace(text);
+  if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
+    text = absl::StripAsciiWhitespace(text.substr(1, text.size() - 2));
+  }
+  if (absl::StartsWith(text, "http://") || absl::StartsWith(text, "https://")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", text, "' is an HTTP URL; join needs a member's binary-protocol address, host:port "
+        "(its --listen / --advertise address, e.g. 127.0.0.1:7070), not its HTTP address"));
+  }
+  const size_t colon = text.rfind(':');
+  int port = 0;
+  if (text.empty() || colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(text.substr(colon + 1), &port) || port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", text, "' is not host:port: name a member's binary-protocol address "
+        "(its --listen / --advertise address, e.g. 127.0.0.1:7070)"));
+  }
+  std::string host(text.substr(0, colon));
+  if (host == "localhost") host = "127.0.0.1";
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
 void DataRoutes::Nodes(HttpRequest&, Responder responder) {
-  json node = {{"id", config_.node_id},
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    return responder.Send(HttpResponse::Json(
+        200, Dump(NodesJson(MembersOf(deps_.cluster), deps_.cluster->node_id()))));
+  }
+  json node = {{"id", NodeId()},
                {"address", NodeUrl()},
                {"alive", true},
                {"last_seen", Rfc3339(absl::ToUnixMillis(absl::Now()))}};
   responder.Send(HttpResponse::Json(200, Dump(json::array({node}))));
 }
 
+void DataRoutes::Servers(HttpRequest&, Responder responder) {
+  if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
+    return responder.Send(HttpResponse::Json(200, Dump(json::array({NodeUrl()}))));
+  }
+  // The members that serve: Alive or Suspect, with an HTTP address.
+  json servers = json::array();
+  for (const cluster::Member& member : MembersOf(deps_.cluster)) {
+    if (member.http_address.empty()) continue;
+    if (member.state != cluster::MemberState::kAlive &&
+        member.state != cluster::MemberState::kSuspect) {
+      continue;
+    }
+    servers.push_back(absl::StrCat("http://", member.http_address));
+  }
+  responder.Send(HttpResponse::Json(200, Dump(servers)));
+}
+
 void DataRoutes::Members(HttpRequest&, Responder responder) {
-  json member = {{"id", config_.node_id},
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    json members = json::array();
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+    for (const cluster::Member& member : MembersOf(deps_.cluster)) {
+      if (member.state == cluster::MemberState::kLeft) continue;
+      members.push_back(
+          {{"id", member.node_id},
+           {"address", member.address},
+           {"http_address", member.http_address},
+           {"state", cluster::MemberStateName(member.state)},
+           {"last_seen",
+            member.node_id == deps_.cluster->node_id() ? now_ms : member.last_seen_unix_ms},
+           {"joined_timestamp", member.joined_unix_ms}});
+    }
+    return responder.Send(HttpResponse::Json(200, Dump(members)));
+  }
+  json member = {{"id", NodeId()},
                  {"address", NodeUrl()},
                  {"last_seen", absl::ToUnixMillis(absl::Now())},
                  {"joined_timestamp", joined_unix_ms_}};
   responder.Send(HttpResponse::Json(200, Dump(json::array({member}))));
+}
+
+void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body) {
+  if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
+    return responder.Send(
+        HttpResponse::Error(501, "cluster membership is not running on this node"));
+  }
+  std::string text(request.body);
+  if (json_body) {
+    // {"address": "host:port"}
+    json body = json::parse(request.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || !body.contains("address") ||
+        !body["address"].is_string()) {
+      return responder.Send(HttpResponse::Error(
+          400, "body must be {\"address\": \"host:port\"} naming a member's binary-protocol "
+               "address"));
+    }
+    text = body["address"].get<std::string>();
+  }
+  absl::StatusOr<std::string> address = JoinAddress(text);
+  if (!address.ok()) return responder.Send(HttpResponse::Error(400, address.status().message()));
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  cluster::ClusterNode* node = deps_.cluster;
+  node->membership()->JoinThroughAsync(
+      *address, absl::Seconds(3),
+      [shared, node, address = *address](absl::Status status) {
+        if (!status.ok()) {
+          const int code = status.code() == absl::StatusCode::kInvalidArgument ? 400 : 503;
+          HttpResponse answer = HttpResponse::Error(
+              code, absl::StrCat("cannot join through ", address, ": ", status.message()));
+          if (code == 503) answer.headers.emplace_back("Retry-After", "1");
+          return shared->Send(std::move(answer));
+        }
+        json body = {{"members", NodesJson(MembersOf(node), node->node_id())}};
+        shared->Send(HttpResponse::Json(200, Dump(body)));
+      });
+}
+
+void DataRoutes::Leave(HttpRequest&, Responder responder) {
+  if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
+    return responder.Send(
+        HttpResponse::Error(501, "cluster membership is not running on this node"));
+  }
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  cluster::ClusterNode* node = deps_.cluster;
+  // The node stays up (serving its local data) but owns nothing in the
+  // cluster any more; POST /members/join brings it back.
+  node->membership()->LeaveAsync([shared, node] {
+    json body = {{"left", true}, {"node_id", node->node_id()}};
+    shared->Send(HttpResponse::Json(200, Dump(body)));
+  });
+}
+
+void DataRoutes::Fault(HttpRequest& request, Responder responder) {
+  json body = json::parse(request.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object() || !body.contains("drop") ||
+      !body["drop"].is_array()) {
+    return responder.Send(HttpResponse::Error(
+        400, "body must be {\"drop\": [\"host:port\", ...]} (an empty list heals)"));
+  }
+  std::vector<std::string> dropped;
+  for (const json& item : body["drop"]) {
+    if (!item.is_string()) {
+      return responder.Send(HttpResponse::Error(400, "\"drop\" must list host:port strings"));
+    }
+    dropped.push_back(item.get<std::string>());
+  }
+  if (absl::Status status = deps_.cluster->SetDropped(dropped); !status.ok()) {
+    return responder.Send(HttpResponse::Error(403, status.message()));
+  }
+  responder.Send(HttpResponse::Json(200, Dump(json{{"dropped", dropped}})));
 }
 
 void DataRoutes::AddTo(Router* router) {
@@ -744,21 +948,24 @@ void DataRoutes::AddTo(Router* router) {
               [this](HttpRequest& r, Responder s) { CacheStats(r, std::move(s)); });
   router->Add(M::kGet, "/db/stats", [this](HttpRequest& r, Responder s) { DbStats(r, std::move(s)); });
   router->Add(M::kGet, "/nodes", [this](HttpRequest& r, Responder s) { Nodes(r, std::move(s)); });
-  router->Add(M::kGet, "/servers", [this](HttpRequest&, Responder s) {
-    s.Send(HttpResponse::Json(200, Dump(json::array({NodeUrl()}))));
-  });
+  router->Add(M::kGet, "/servers",
+              [this](HttpRequest& r, Responder s) { Servers(r, std::move(s)); });
   router->Add(M::kGet, "/members/",
               [this](HttpRequest& r, Responder s) { Members(r, std::move(s)); });
   router->Add(M::kGet, "/internal/ping", [](HttpRequest&, Responder s) {
     s.Send(HttpResponse::Json(200, R"({"status":"ok"})"));
   });
-  auto no_cluster = [](HttpRequest&, Responder s) {
-    s.Send(HttpResponse::Error(
-        501, "cluster membership is not available yet: this node runs alone"));
-  };
-  router->Add(M::kPost, "/join", no_cluster);
-  router->Add(M::kPost, "/members/join", no_cluster);
-  router->Add(M::kPost, "/members/leave", no_cluster);
+  router->Add(M::kPost, "/join",
+              [this](HttpRequest& r, Responder s) { Join(r, std::move(s), false); });
+  router->Add(M::kPost, "/members/join",
+              [this](HttpRequest& r, Responder s) { Join(r, std::move(s), true); });
+  router->Add(M::kPost, "/members/leave",
+              [this](HttpRequest& r, Responder s) { Leave(r, std::move(s)); });
+  if (deps_.cluster != nullptr && deps_.cluster->fault_injection_enabled()) {
+    // Tests only (a LOGKV_FAULT_INJECTION build run with --fault-injection).
+    router->Add(M::kPost, "/internal/fault",
+                [this](HttpRequest& r, Responder s) { Fault(r, std::move(s)); });
+  }
 }
 
 }  // namespace logkv::server::http

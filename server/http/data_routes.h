@@ -22,6 +22,11 @@
 #include "server/metrics.h"
 #include "server/service.h"
 
+namespace logkv::server::cluster {
+class ClusterNode;
+class Coordinator;
+}  // namespace logkv::server::cluster
+
 namespace logkv::server::http {
 
 struct DataRoutesConfig {
@@ -36,6 +41,12 @@ struct DataRoutesDependencies {
   auth::AuthStore* auth_store = nullptr;    // null: auth is off
   auth::RateLimiter* rate_limiter = nullptr;  // null: no limit
   ServerMetrics* metrics = nullptr;         // required
+  // The membership behind /nodes, /servers, /members/, /join, /health's
+  // member_count; null: a single node on its own (and /join answers 501).
+  cluster::ClusterNode* cluster = nullptr;
+  // The key's owners behind the writes' primary_node and replicas; null: a
+  // single node (this node, no replicas).
+  cluster::Coordinator* coordinator = nullptr;
 };
 
 class DataRoutes {
@@ -76,12 +87,19 @@ class DataRoutes {
   void DbStats(HttpRequest& request, Responder responder);
   void Nodes(HttpRequest& request, Responder responder);
   void Members(HttpRequest& request, Responder responder);
+  void Servers(HttpRequest& request, Responder responder);
+  // POST /join (body host:port) and POST /members/join ({"address"}).
+  void Join(HttpRequest& request, Responder responder, bool json_body);
+  void Leave(HttpRequest& request, Responder responder);
+  void Fault(HttpRequest& request, Responder responder);
 
   const DataRoutesConfig config_;
   const DataRoutesDependencies deps_;
   const int64_t joined_unix_ms_;
 
   std::string NodeUrl() const ABSL_LOCKS_EXCLUDED(node_url_mu_);
+  // This node's id: the cluster member's once it runs, else config.node_id.
+  std::string NodeId() const;
   mutable absl::Mutex node_url_mu_;
   std::string node_url_ ABSL_GUARDED_BY(node_url_mu_);
 };

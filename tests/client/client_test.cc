@@ -805,9 +805,14 @@ TEST_F(CliTest, CommandsOutputAndExitCodes) {
   EXPECT_GE(counters["puts"].get<uint64_t>(), 2u);
   EXPECT_EQ(counters["node"], Address(server->port()));
 
-  CliResult nodes = Run({"nodes", target});
+  // Membership is read over HTTP (GET /nodes): a table with this node.
+  CliResult nodes = Run({"nodes", "--http_target=" + Address(server->http_port())});
   EXPECT_EQ(nodes.exit_code, 0) << nodes.err;
-  EXPECT_EQ(nodes.out, Address(server->port()) + "\n");
+  EXPECT_TRUE(absl::StrContains(nodes.out, Address(server->port()))) << nodes.out;
+  EXPECT_TRUE(absl::StrContains(nodes.out, "alive")) << nodes.out;
+  CliResult nodes_json = Run({"nodes", "--json", "--http_target=" + Address(server->http_port())});
+  ASSERT_EQ(nodes_json.exit_code, 0) << nodes_json.err;
+  EXPECT_EQ(nlohmann::json::parse(nodes_json.out)["nodes"].size(), 1u) << nodes_json.out;
 
   CliResult del = Run({target, "del", "greeting"});
   EXPECT_EQ(del.exit_code, 0) << del.err;
@@ -821,8 +826,8 @@ TEST_F(CliTest, NodesFlagPicksTheFirstLiveNode) {
   const std::string dead = Address(PickFreePort());
   CliResult put = Run({"--nodes=" + dead + "," + Address(server->port()), "put", "k", "v"});
   EXPECT_EQ(put.exit_code, 0) << put.err;
-  CliResult nodes = Run({"nodes", "--nodes", dead + "," + Address(server->port())});
-  EXPECT_EQ(nodes.out, Address(server->port()) + "\n");
+  CliResult get = Run({"get", "k", "--nodes", dead + "," + Address(server->port())});
+  EXPECT_EQ(get.out, "v\n");
 }
 
 TEST_F(CliTest, WatchPrintsEvents) {

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,9 +52,16 @@ absl::Status LogkvdProcess::Start(absl::Duration timeout) {
   output_.clear();
   port_ = 0;
   http_port_ = 0;
+  const pid_t parent = ::getpid();
   pid_ = ::fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
   if (pid_ == 0) {
+    // A test binary killed by ctest's timeout cannot run its destructors:
+    // the server dies with it instead of holding its ports and a core.
+    // (The signal follows the thread that forked: tests start servers from
+    // their main thread.)
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     ::dup2(pipe_fds[1], STDERR_FILENO);
     ::execv(binary_.c_str(), argv.data());
     ::_exit(127);

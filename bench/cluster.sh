@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# A 3-node logkvd cluster (N = 3) on this machine against a single logkvd, under the same
+# load, in one run; then the anti-entropy repair rate of a node that missed 100,000 writes.
+#
+#   bench/cluster.sh                 # 200,000 requests per test
+#   N=20000 REPAIR_KEYS=20000 bench/cluster.sh   # a quick run
+#
+# Workloads (logkv-bench, binary protocol, 50 connections, 100-byte values, 100,000 random
+# keys, SET then GET, each without pipelining (P1) and with 16 requests in flight (P16)):
+#   single    one logkvd, no cluster
+#   eventual  the cluster through node 0, --consistency=eventual (W = R = 1)
+#   strong    the cluster through node 0, --consistency=strong (W = R = 2 of 3, ABD)
+# Repair: node 2 is stopped, REPAIR_KEYS writes of new keys go to node 0, node 2 is wiped
+# and restarted; the time until its /metrics key_count reaches node 0's gives keys/s. (A
+# wiped node misses everything, so it also pulls the keys of the load above; the figure
+# is keys repaired over the time to repair them. Hints queued for node 2 while it was down
+# are delivered at the same time; the anti-entropy counters are printed beside.)
+#
+# Environment: N (requests per test), REPAIR_KEYS (default 100000), LOGKVD (default
+# build-release/bin/logkvd), LOGKV_BENCH (default build-release/bin/logkv-bench),
+# LOGKVD_ARGS (flags of every server, default "--threads=1"), REPAIR_TIMEOUT_S (default 600).
+# Missing default binaries are built (Release, build-release/).
+#
+# Every server runs one event-loop thread: three nodes and the load generator share two
+# cores, and more loops would measure the scheduler. Everything started is stopped on exit.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+requests=${N:-200000}
+repair_keys=${REPAIR_KEYS:-100000}
+repair_timeout_s=${REPAIR_TIMEOUT_S:-600}
+logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
+bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
+read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS---threads=1}"
+clients=50
+value_bytes=100
+keyspace=100000
+nodes=3
+
+die() {
+  echo "cluster-bench: $*" >&2
+  exit 1
+}
+
+for tool in curl jq ss shuf; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+[[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
+[[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
+
+if [[ ! -x $logkvd || ! -x $bench ]]; then
+  echo "cluster-bench: building the Release binaries into build-release/ ..." >&2
+  (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release -DLOGKV_BUILD_TESTS=OFF) >&2
+fi
+[[ -x $logkvd ]] || die "no logkvd at $logkvd"
+[[ -x $bench ]] || die "no logkv-bench at $bench"
+"$bench" --help 2>&1 | grep -q -- --consistency ||
+  die "$bench has no --consistency flag: rebuild it (tools/logkv_bench.cc)"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-cluster-bench.XXXXXX")
+declare -A pids=()   # name -> pid of every server started
+declare -A ports=()  # name -> binary port
+declare -A https=()  # name -> HTTP port
+
+stop_server() {  # $1: name
+  local pid=${pids[$1]:-}
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "pids[$1]"
+}
+
+cleanup() {
+  local rc=$? name
+  for name in "${!pids[@]}"; do stop_server "$name"; done
+  if [[ $rc -ne 0 ]]; then
+    for name in "$work"/*.log; do
+      [[ -f $name ]] || continue
+      echo "---- last lines of $(basename "$name")" >&2
+      tail -n 15 "$name" >&2
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# Turn an interrupt into a normal exit so the EXIT trap stops the servers.
+trap 'exit 130' INT TERM
+
+# A loopback port that nothing uses at the moment (the server binds it right after; a
+# process that takes it in between makes the start fail, and the run says so).
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$(shuf -i 20000-60999 -n 1)
+    if [[ -z $(ss -Htan "sport = :$port") ]]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# Starts logkvd as $1 with data directory $2 and extra flags; waits for both ports.
+start_server() {
+  local name=$1 dir=$2
+  shift 2
+  mkdir -p "$dir"
+  if [[ -z ${ports[$name]:-} ]]; then
+    ports[$name]=$(free_port)
+    https[$name]=$(free_port)
+  fi
+  "$logkvd" --listen="127.0.0.1:${ports[$name]}" --http="127.0.0.1:${https[$name]}" \
+    --data_dir="$dir" "${logkvd_extra_args[@]}" "$@" 2>>"$work/$name.log" &
+  pids[$name]=$!
+  for _ in $(seq 300); do
+    if ! kill -0 "${pids[$name]}" 2>/dev/null; then
+      tail -n 20 "$work/$name.log" >&2
+      die "$name exited during start-up (log: above)"
+    fi
+    if curl -fs "http://127.0.0.1:${https[$name]}/health" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  tail -n 20 "$work/$name.log" >&2
+  die "$name was not ready after 30 s"
+}
+
+start_node() {  # $1: index
+  local i=$1 seeds=()
+  [[ -n ${ports[n$i]:-} ]] || { ports[n$i]=$(free_port); https[n$i]=$(free_port); }
+  if [[ $i -ne 0 ]]; then seeds=(--seeds="127.0.0.1:${ports[n0]}"); fi
+  start_server "n$i" "$work/n$i" --node-id="n$i" --advertise="127.0.0.1:${ports[n$i]}" \
+    --cluster-secret=cluster-bench --replicas=3 "${seeds[@]}"
+}
+
+# Waits until every node's GET /nodes lists all $nodes alive.
+wait_members() {
+  local i alive ok
+  for _ in $(seq 300); do
+    ok=1
+    for i in $(seq 0 $((nodes - 1))); do
+      alive=$(curl -fs "http://127.0.0.1:${https[n$i]}/nodes" 2>/dev/null |
+        jq '[.[] | select(.alive == true or .state == "alive")] | length' 2>/dev/null || echo 0)
+      [[ ${alive:-0} -ge $nodes ]] || ok=0
+    done
+    [[ $ok -eq 1 ]] && return 0
+    sleep 0.1
+  done
+  die "the cluster's membership did not converge in 30 s"
+}
+
+key_count() {  # $1: name; empty when the node does not answer
+  { curl -fs "http://127.0.0.1:${https[$1]}/metrics" || true; } | jq -r '.key_count // empty' || true
+}
+
+# Sum of the Prometheus samples of node $1 whose metric name matches $2 (a regex).
+prometheus_sum() {
+  { curl -fs "http://127.0.0.1:${https[$1]}/metrics?format=prometheus" || true; } |
+    awk -v pattern="$2" '$1 !~ /^#/ { name = $1; sub(/\{.*/, "", name)
+                                      if (name ~ pattern) { sum += $NF; found = 1 } }
+                         END { if (found) printf "%.0f", sum; else printf "-" }'
+}
+
+# Appends "target,pipeline,test,rps,p50,p99" rows to $work/results.csv.
+failures=0
+run() {  # $1: target label, $2: server name, $3: pipeline, $4...: extra logkv-bench flags
+  local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3
+  shift 3
+  echo "cluster-bench: $target, P$pipeline ..." >&2
+  local rc=0
+  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "$requests" -d "$value_bytes" \
+    -r "$keyspace" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
+  if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
+    echo "cluster-bench: $target P$pipeline failed with status $rc:" >&2
+    cat "$out.err" >&2
+    failures=$((failures + 1))
+    printf '%s,P%s,SET,failed,-,-\n%s,P%s,GET,failed,-,-\n' "$target" "$pipeline" "$target" \
+      "$pipeline" >>"$work/results.csv"
+    return 0
+  fi
+  # redis-benchmark's CSV columns: test, rps, avg, min, p50, p95, p99, max (all quoted).
+  tr -d '"' <"$out.csv" | awk -F, -v target="$target" -v p="P$pipeline" \
+    'NR > 1 && NF >= 8 { print target "," p "," $1 "," $2 "," $5 "," $7 }' >>"$work/results.csv"
+}
+
+: >"$work/results.csv"
+
+# ---- Single node ----
+start_server single "$work/single"
+run single single 1
+run single single 16
+stop_server single
+
+# ---- Cluster ----
+for i in $(seq 0 $((nodes - 1))); do start_node "$i"; done
+wait_members
+for consistency in eventual strong; do
+  run "$consistency" n0 1 --consistency="$consistency"
+  run "$consistency" n0 16 --consistency="$consistency"
+done
+
+# ---- Anti-entropy repair of a node that missed the writes ----
+echo "cluster-bench: repair: n2 stopped, $repair_keys writes to n0, n2 wiped and restarted ..." >&2
+stop_server n2
+repair_out=$work/bench-repair
+"$bench" -h 127.0.0.1 -p "${ports[n0]}" -c "$clients" -n "$repair_keys" -d "$value_bytes" \
+  -r 1000000000 -t set -P 16 --consistency=eventual --csv >"$repair_out.csv" 2>"$repair_out.err" ||
+  { cat "$repair_out.err" >&2; die "the repair load failed"; }
+rm -rf "$work/n2"
+target=$(key_count n0)
+[[ -n $target ]] || die "no key_count in n0's /metrics"
+start=$(date +%s.%N)
+start_node 2
+repair_seconds=""
+have=0
+deadline=$(($(date +%s) + repair_timeout_s))
+while [[ $(date +%s) -lt $deadline ]]; do
+  have=$(key_count n2 || echo 0)
+  if [[ -n $have && $have -ge $target ]]; then
+    repair_seconds=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.3f", a - b }')
+    break
+  fi
+  sleep 0.2
+done
+ae_keys=0
+ae_bytes=0
+for i in $(seq 0 $((nodes - 1))); do
+  k=$(prometheus_sum "n$i" '^logkv_anti_entropy_keys_repaired_total$')
+  b=$(prometheus_sum "n$i" '^logkv_anti_entropy_bytes_total$')
+  [[ $k == - ]] || ae_keys=$((ae_keys + k))
+  [[ $b == - ]] || ae_bytes=$((ae_bytes + b))
+done
+own_rate=$(prometheus_sum n2 '^logkv_anti_entropy_repair_keys_per_second$')
+
+# ---- Report ----
+echo
+echo "logkvd cluster ($nodes nodes, N=3, through n0) vs one logkvd, same run: -c $clients" \
+  "-n $requests -d $value_bytes -r $keyspace -t set,get, $(nproc) cores," \
+  "server flags: ${logkvd_extra_args[*]}; latencies in ms"
+echo
+awk -F, '
+  { key = $2 SUBSEP $3
+    if (!(key in seen)) { seen[key] = 1; order[++rows] = key; pipe[key] = $2; test[key] = $3 }
+    rps[key, $1] = $4; p50[key, $1] = $5; p99[key, $1] = $6 }
+  END {
+    printf "%-4s %-4s | %10s %7s %7s | %10s %7s %7s %6s | %10s %7s %7s %6s\n", "", "test",
+           "single rps", "p50", "p99", "event. rps", "p50", "p99", "/1", "strong rps", "p50",
+           "p99", "/1"
+    for (i = 1; i <= rows; i++) {
+      k = order[i]; s = rps[k, "single"]; e = rps[k, "eventual"]; g = rps[k, "strong"]
+      re = (s + 0 > 0 && e + 0 > 0) ? sprintf("%.2f", e / s) : "-"
+      rg = (s + 0 > 0 && g + 0 > 0) ? sprintf("%.2f", g / s) : "-"
+      printf "%-4s %-4s | %10s %7s %7s | %10s %7s %7s %6s | %10s %7s %7s %6s\n", pipe[k], test[k],
+             s, p50[k, "single"], p99[k, "single"], e, p50[k, "eventual"], p99[k, "eventual"], re,
+             g, p50[k, "strong"], p99[k, "strong"], rg
+    }
+  }' "$work/results.csv"
+echo "(/1: the cluster's rps over the single node's)"
+echo
+if [[ -n $repair_seconds ]]; then
+  printf 'repair: n2 (wiped after missing %s writes) reached %s keys in %.2f s = %.0f keys/s\n' \
+    "$repair_keys" "$target" "$repair_seconds" \
+    "$(awk -v k="$target" -v s="$repair_seconds" 'BEGIN { printf "%.0f", s > 0 ? k / s : 0 }')"
+else
+  failures=$((failures + 1))
+  echo "repair: n2 had $have of $target keys after ${repair_timeout_s} s (not repaired)"
+fi
+echo "        anti-entropy over all nodes: $ae_keys keys repaired, $ae_bytes bytes;" \
+  "n2's own last-round rate: $own_rate keys/s"
+
+[[ $failures -eq 0 ]] || die "$failures run(s) failed (see above)"

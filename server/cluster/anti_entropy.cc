@@ -1,0 +1,718 @@
+#include "server/cluster/anti_entropy.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "server/cluster/replica.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/namespaces.h"
+
+namespace logkv::server::cluster {
+
+namespace {
+
+using protocol::View;
+
+// Hashes asked for per MerkleHashes request: 128 KiB of answer.
+constexpr size_t kHashesPerRequest = 16384;
+// Keys waiting to be pushed before their records are read and sent.
+constexpr size_t kPushKeysPerFlush = 1024;
+// What a listed key costs in a LeafKeysResult beyond its bytes: the LeafKey
+// table (vtable offset, three fields, padding), the vector's length and the
+// offset to it.
+constexpr size_t kLeafKeyOverheadBytes = 40;
+// Extra wait for an answer beyond the request timeout, in case the sender
+// never calls back (it must, but a round must not hang on it).
+constexpr absl::Duration kCallGrace = absl::Seconds(5);
+// The token bucket lends this much time's worth of bytes after idleness.
+constexpr double kBurstSeconds = 0.25;
+
+// A finished size-prefixed Request frame whose request_id field is present
+// (the transport rewrites it in place).
+std::string FinishRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Operation type,
+                          flatbuffers::Offset<void> operation) {
+  builder->ForceDefaults(true);
+  protocol::RequestBuilder request(*builder);
+  request.add_request_id(0);
+  request.add_operation_type(type);
+  request.add_operation(operation);
+  builder->FinishSizePrefixed(request.Finish());
+  return std::string(protocol::FrameOf(*builder));
+}
+
+void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
+                    protocol::Result type, flatbuffers::Offset<void> result) {
+  protocol::ResponseBuilder response(*builder);
+  response.add_request_id(request_id);
+  response.add_status(protocol::StatusCode::Ok);
+  response.add_result_type(type);
+  response.add_result(result);
+  builder->FinishSizePrefixed(response.Finish());
+}
+
+// An expired value reads as deleted (engine::KeyRecord), but its leaf hash
+// is a value's: moving it as a tombstone would leave the two replicas'
+// leaves different for ever. It moves as what it is, a value whose absolute
+// expiry has passed (invisible at once on arrival).
+void KeepExpiredAsValue(VersionedRecord* record) {
+  if (record->found && record->tombstone && record->expiry_unix_ms != 0) {
+    record->tombstone = false;
+    record->value.clear();
+  }
+}
+
+}  // namespace
+
+// ---- Handlers ---------------------------------------------------------------
+
+void HandleMerkleHashes(engine::Engine* engine, const protocol::Request& request,
+                        flatbuffers::FlatBufferBuilder* builder) {
+  const uint64_t id = request.request_id();
+  const protocol::MerkleHashes* ask = request.operation_as_MerkleHashes();
+  if (ask == nullptr) {
+    protocol::BuildStatusResponse(builder, id,
+                                  absl::InvalidArgumentError("request is not MerkleHashes"));
+    return;
+  }
+  const uint32_t partitions = engine->MerklePartitionCount();
+  const uint32_t leaves = engine->MerkleLeafCount();
+  const auto* nodes = ask->nodes();
+  const auto* node_partitions = ask->node_partitions();
+  const size_t count = nodes == nullptr ? 0 : nodes->size();
+  if (count > kMaxMerkleNodesPerRequest) {
+    protocol::BuildStatusResponse(
+        builder, id,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "MerkleHashes asks for ", count, " nodes; the limit is ", kMaxMerkleNodesPerRequest)));
+    return;
+  }
+  if (node_partitions != nullptr && node_partitions->size() != count) {
+    protocol::BuildStatusResponse(
+        builder, id,
+        absl::InvalidArgumentError(absl::StrCat("MerkleHashes has ", count, " nodes but ",
+                                                node_partitions->size(), " node_partitions")));
+    return;
+  }
+  std::vector<uint64_t> hashes(count);
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t partition = node_partitions != nullptr
+                                   ? node_partitions->Get(static_cast<flatbuffers::uoffset_t>(i))
+                                   : ask->partition();
+    const uint32_t node = nodes->Get(static_cast<flatbuffers::uoffset_t>(i));
+    if (partition >= partitions || node == 0 || node >= 2 * leaves) {
+      protocol::BuildStatusResponse(builder, id,
+                                    absl::InvalidArgumentError(absl::StrCat(
+                                        "no Merkle node ", node, " in partition ", partition, " (",
+                                        partitions, " partitions of ", leaves, " leaves)")));
+      return;
+    }
+    hashes[i] = engine->MerkleNodeHash(partition, node);
+  }
+  builder->Clear();
+  const auto hash_vector = builder->CreateVector(hashes);
+  protocol::MerkleHashesResultBuilder result(*builder);
+  result.add_hashes(hash_vector);
+  result.add_leaf_count(leaves);
+  result.add_partition_count(partitions);
+  FinishResponse(builder, id, protocol::Result::MerkleHashesResult, result.Finish().Union());
+}
+
+void HandleMerkleLeaf(engine::Engine* engine, const protocol::Request& request,
+                      uint32_t max_frame_bytes, flatbuffers::FlatBufferBuilder* builder) {
+  const uint64_t id = request.request_id();
+  const protocol::MerkleLeaf* ask = request.operation_as_MerkleLeaf();
+  if (ask == nullptr) {
+    protocol::BuildStatusResponse(builder, id,
+                                  absl::InvalidArgumentError("request is not MerkleLeaf"));
+    return;
+  }
+  std::vector<uint32_t> leaf_nodes;
+  if (ask->leaf_nodes() != nullptr && ask->leaf_nodes()->size() > 0) {
+    if (ask->leaf_nodes()->size() > engine->MerkleLeafCount()) {
+      protocol::BuildStatusResponse(builder, id,
+                                    absl::InvalidArgumentError(absl::StrCat(
+                                        "MerkleLeaf asks for ", ask->leaf_nodes()->size(),
+                                        " leaves; a partition has ", engine->MerkleLeafCount())));
+      return;
+    }
+    leaf_nodes.assign(ask->leaf_nodes()->begin(), ask->leaf_nodes()->end());
+  } else {
+    leaf_nodes.push_back(ask->leaf_node());
+  }
+  absl::StatusOr<std::vector<engine::Engine::LeafKey>> keys =
+      engine->MerkleLeafKeys(ask->partition(), leaf_nodes);
+  if (!keys.ok()) {
+    protocol::BuildStatusResponse(builder, id, keys.status());
+    return;
+  }
+  const absl::string_view after_key = View(ask->after_key());
+  // Keys come sorted: the first one after the cursor starts the page.
+  auto first = keys->begin();
+  if (!after_key.empty()) {
+    first = std::upper_bound(keys->begin(), keys->end(), after_key,
+                             [](absl::string_view cursor, const engine::Engine::LeafKey& key) {
+                               return cursor < absl::string_view(key.key);
+                             });
+  }
+  const size_t budget_bytes = max_frame_bytes / 2;
+  builder->Clear();
+  std::vector<flatbuffers::Offset<protocol::LeafKey>> items;
+  size_t used_bytes = 0;
+  bool truncated = false;
+  for (auto it = first; it != keys->end(); ++it) {
+    const size_t cost = it->key.size() + kLeafKeyOverheadBytes;
+    if (!items.empty() && used_bytes + cost > budget_bytes) {
+      truncated = true;
+      break;
+    }
+    used_bytes += cost;
+    const auto key_bytes =
+        builder->CreateVector(reinterpret_cast<const uint8_t*>(it->key.data()), it->key.size());
+    items.push_back(protocol::CreateLeafKey(*builder, key_bytes, it->timestamp, it->tombstone));
+  }
+  const auto item_vector = builder->CreateVector(items);
+  protocol::LeafKeysResultBuilder result(*builder);
+  result.add_keys(item_vector);
+  result.add_truncated(truncated);
+  FinishResponse(builder, id, protocol::Result::LeafKeysResult, result.Finish().Union());
+}
+
+// ---- Figures ----------------------------------------------------------------
+
+void AntiEntropyFigures::Add(const AntiEntropyFigures& round) {
+  rounds += round.rounds;
+  failed_rounds += round.failed_rounds;
+  requests += round.requests;
+  partitions_compared += round.partitions_compared;
+  partitions_differing += round.partitions_differing;
+  leaves_differing += round.leaves_differing;
+  keys_compared += round.keys_compared;
+  keys_not_owned += round.keys_not_owned;
+  keys_pushed += round.keys_pushed;
+  keys_pulled += round.keys_pulled;
+  bytes_sent += round.bytes_sent;
+  bytes_received += round.bytes_received;
+  last_round_seconds = round.last_round_seconds;
+  if (round.keys_pushed + round.keys_pulled > 0) {
+    repair_keys_per_second = round.repair_keys_per_second;
+  }
+}
+
+// ---- Rounds -----------------------------------------------------------------
+
+// One exchange with one peer. Owned by the thread running it.
+struct AntiEntropy::Round {
+  std::string peer_id;
+  std::string address;
+  std::shared_ptr<const Ring> ring;  // null: every key is owned by both sides
+  uint32_t partitions = 0;
+  uint32_t leaves = 0;
+  AntiEntropyFigures figures;
+  std::vector<std::string> push_keys;  // newer here, owned by the peer
+  std::vector<std::string> pull_keys;  // newer there, owned here
+};
+
+AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunction ring,
+                         MembersFunction live_members, std::string self_node_id,
+                         ServerMetrics* metrics, const AntiEntropyOptions& options)
+    : engine_(engine),
+      send_(std::move(send)),
+      ring_(std::move(ring)),
+      live_members_(std::move(live_members)),
+      self_(std::move(self_node_id)),
+      options_(options) {
+  if (metrics == nullptr) return;
+  MetricsRegistry* registry = metrics->registry();
+  rounds_counter_ =
+      registry->AddCounter("logkv_anti_entropy_rounds_total",
+                           "Anti-entropy exchanges with one peer, finished or failed.");
+  failed_rounds_counter_ = registry->AddCounter("logkv_anti_entropy_failed_rounds_total",
+                                                "Anti-entropy exchanges that failed.");
+  CounterFamily* repaired = registry->AddCounterFamily(
+      "logkv_anti_entropy_keys_repaired_total",
+      "Records copied by anti-entropy: push = to a peer, pull = from a peer.", {"direction"});
+  pushed_counter_ = repaired->WithLabelValues({"push"});
+  pulled_counter_ = repaired->WithLabelValues({"pull"});
+  CounterFamily* bytes = registry->AddCounterFamily(
+      "logkv_anti_entropy_bytes_total", "Frame bytes of anti-entropy requests and answers.",
+      {"direction"});
+  sent_counter_ = bytes->WithLabelValues({"sent"});
+  received_counter_ = bytes->WithLabelValues({"received"});
+  not_owned_counter_ = registry->AddCounter(
+      "logkv_anti_entropy_keys_not_owned_total",
+      "Keys of differing Merkle leaves that the ring does not place on the other side.");
+  last_round_gauge_ = registry->AddGauge("logkv_anti_entropy_last_round_seconds",
+                                         "Duration of the last anti-entropy exchange.");
+  repair_rate_gauge_ = registry->AddGauge(
+      "logkv_anti_entropy_repair_keys_per_second",
+      "Records copied per second by the last anti-entropy exchange that copied any.");
+}
+
+AntiEntropy::~AntiEntropy() { Stop(); }
+
+absl::Status AntiEntropy::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return absl::FailedPreconditionError("anti-entropy already started");
+  if (stopping_) return absl::FailedPreconditionError("anti-entropy was stopped");
+  started_ = true;
+  next_pass_ = absl::Now() + options_.initial_delay;
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void AntiEntropy::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    wake_.SignalAll();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void AntiEntropy::NotifyRingChanged() {
+  absl::MutexLock lock(&mu_);
+  caught_up_.store(false, std::memory_order_release);
+  ring_changed_ = true;
+  next_pass_ = std::min(next_pass_, absl::Now() + options_.initial_delay);
+  wake_.SignalAll();
+}
+
+void AntiEntropy::Loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && absl::Now() < next_pass_) wake_.WaitWithDeadline(&mu_, next_pass_);
+      if (stopping_) return;
+      ring_changed_ = false;
+      next_pass_ = absl::Now() + options_.interval;
+    }
+    const bool all_ok = Pass();
+    absl::MutexLock lock(&mu_);
+    // A ring change during the pass calls for another one before catching up.
+    if (all_ok && !ring_changed_) caught_up_.store(true, std::memory_order_release);
+  }
+}
+
+bool AntiEntropy::Pass() {
+  bool all_ok = true;
+  for (const Member& member : live_members_()) {
+    if (member.node_id == self_ || member.state != MemberState::kAlive) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return false;
+    }
+    absl::StatusOr<AntiEntropyFigures> round;
+    {
+      absl::MutexLock lock(&round_mu_);
+      round = RunRound(member.node_id, member.address);
+    }
+    if (!round.ok()) {
+      all_ok = false;
+      Log(Level::kWarning, "anti-entropy with %s (%s) failed: %s", member.node_id, member.address,
+          round.status().ToString());
+    } else if (round->keys_pushed + round->keys_pulled > 0) {
+      Log(Level::kInfo,
+          "anti-entropy with %s: %d partitions differ, %d keys pushed, %d pulled, %d bytes "
+          "sent, %d received in %.3f s",
+          member.node_id, round->partitions_differing, round->keys_pushed, round->keys_pulled,
+          round->bytes_sent, round->bytes_received, round->last_round_seconds);
+    }
+  }
+  return all_ok;
+}
+
+absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunOnce(const std::string& peer_node_id) {
+  if (peer_node_id == self_) {
+    return absl::InvalidArgumentError("anti-entropy with oneself: " + peer_node_id);
+  }
+  for (const Member& member : live_members_()) {
+    if (member.node_id != peer_node_id) continue;
+    absl::MutexLock lock(&round_mu_);
+    return RunRound(member.node_id, member.address);
+  }
+  return absl::NotFoundError(absl::StrCat("no live member ", peer_node_id));
+}
+
+AntiEntropyFigures AntiEntropy::Figures() const {
+  absl::MutexLock lock(&mu_);
+  return totals_;
+}
+
+absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer_id,
+                                                         const std::string& address) {
+  Round round;
+  round.peer_id = peer_id;
+  round.address = address;
+  round.ring = ring_ ? ring_() : nullptr;
+  round.partitions = engine_->MerklePartitionCount();
+  round.leaves = engine_->MerkleLeafCount();
+  const absl::Time start = absl::Now();
+  absl::Status status = CompareTrees(&round);
+  if (status.ok()) status = FlushPushes(&round);
+  if (status.ok()) status = FlushPulls(&round);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  round.figures.rounds = 1;
+  round.figures.failed_rounds = status.ok() ? 0 : 1;
+  round.figures.last_round_seconds = seconds;
+  const uint64_t repaired = round.figures.keys_pushed + round.figures.keys_pulled;
+  round.figures.repair_keys_per_second = seconds > 0 ? static_cast<double>(repaired) / seconds : 0;
+  Account(round.figures);
+  if (!status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("anti-entropy with ", peer_id, " at ", address,
+                                                    ": ", status.message()));
+  }
+  return round.figures;
+}
+
+void AntiEntropy::Account(const AntiEntropyFigures& round) {
+  {
+    absl::MutexLock lock(&mu_);
+    totals_.Add(round);
+  }
+  if (rounds_counter_ == nullptr) return;
+  rounds_counter_->Inc(round.rounds);
+  failed_rounds_counter_->Inc(round.failed_rounds);
+  pushed_counter_->Inc(round.keys_pushed);
+  pulled_counter_->Inc(round.keys_pulled);
+  sent_counter_->Inc(round.bytes_sent);
+  received_counter_->Inc(round.bytes_received);
+  not_owned_counter_->Inc(round.keys_not_owned);
+  last_round_gauge_->Set(round.last_round_seconds);
+  if (round.keys_pushed + round.keys_pulled > 0) {
+    repair_rate_gauge_->Set(round.repair_keys_per_second);
+  }
+}
+
+absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_frame) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::CancelledError("anti-entropy is stopping");
+  }
+  const uint64_t sent_bytes = request_frame.size();
+  round->figures.requests += 1;
+  round->figures.bytes_sent += sent_bytes;
+  struct Answer {
+    absl::Notification done;
+    absl::StatusOr<std::string> frame;
+  };
+  // Shared with the callback, which may outlive this call if it gives up.
+  auto answer = std::make_shared<Answer>();
+  send_(round->address, std::move(request_frame), options_.request_timeout,
+        [answer](absl::StatusOr<std::string> frame) {
+          answer->frame = std::move(frame);
+          answer->done.Notify();
+        });
+  if (!answer->done.WaitForNotificationWithTimeout(options_.request_timeout + kCallGrace)) {
+    return absl::DeadlineExceededError("no answer from the peer transport");
+  }
+  if (!answer->frame.ok()) {
+    Throttle(sent_bytes);
+    return answer->frame.status();
+  }
+  std::string frame = *std::move(answer->frame);
+  round->figures.bytes_received += frame.size();
+  if (!Throttle(sent_bytes + frame.size())) return absl::CancelledError("anti-entropy is stopping");
+  absl::StatusOr<const protocol::Response*> response =
+      protocol::VerifyResponse(frame, options_.max_frame_bytes);
+  if (!response.ok()) return response.status();
+  if (absl::Status status = protocol::StatusFromResponse(**response); !status.ok()) return status;
+  return frame;
+}
+
+bool AntiEntropy::Throttle(uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  if (options_.bytes_per_second == 0) return !stopping_;
+  const absl::Time now = absl::Now();
+  const absl::Duration cost =
+      absl::Seconds(static_cast<double>(bytes) / static_cast<double>(options_.bytes_per_second));
+  bucket_paid_until_ = std::max(bucket_paid_until_, now - absl::Seconds(kBurstSeconds)) + cost;
+  while (!stopping_ && absl::Now() < bucket_paid_until_) {
+    wake_.WaitWithDeadline(&mu_, bucket_paid_until_);
+  }
+  return !stopping_;
+}
+
+absl::Status AntiEntropy::CompareTrees(Round* round) {
+  // The frontier: nodes of one depth, every partition's at once, that differ.
+  struct Node {
+    uint32_t partition;
+    uint32_t node;
+  };
+  std::vector<Node> frontier;
+  frontier.reserve(round->partitions);
+  for (uint32_t partition = 0; partition < round->partitions; ++partition) {
+    frontier.push_back(Node{partition, 1});
+  }
+  round->figures.partitions_compared = round->partitions;
+  bool roots = true;
+  for (;;) {
+    std::vector<Node> differing;
+    for (size_t begin = 0; begin < frontier.size(); begin += kHashesPerRequest) {
+      const size_t end = std::min(frontier.size(), begin + kHashesPerRequest);
+      flatbuffers::FlatBufferBuilder builder(64 + (end - begin) * 8);
+      std::vector<uint32_t> nodes;
+      std::vector<uint32_t> partitions;
+      nodes.reserve(end - begin);
+      partitions.reserve(end - begin);
+      for (size_t i = begin; i < end; ++i) {
+        nodes.push_back(frontier[i].node);
+        partitions.push_back(frontier[i].partition);
+      }
+      const auto node_vector = builder.CreateVector(nodes);
+      const auto partition_vector = builder.CreateVector(partitions);
+      protocol::MerkleHashesBuilder ask(builder);
+      ask.add_nodes(node_vector);
+      ask.add_node_partitions(partition_vector);
+      const auto offset = ask.Finish().Union();
+      absl::StatusOr<std::string> frame =
+          Call(round, FinishRequest(&builder, protocol::Operation::MerkleHashes, offset));
+      if (!frame.ok()) return frame.status();
+      const auto* result = flatbuffers::GetSizePrefixedRoot<protocol::Response>(frame->data())
+                               ->result_as_MerkleHashesResult();
+      if (result == nullptr || result->hashes() == nullptr ||
+          result->hashes()->size() != end - begin) {
+        return absl::InvalidArgumentError(
+            "MerkleHashes answer is not MerkleHashesResult "
+            "with one hash per node asked for");
+      }
+      if (result->leaf_count() != round->leaves || result->partition_count() != round->partitions) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Merkle forests differ in shape: here ", round->partitions, " partitions of ",
+            round->leaves, " leaves, there ", result->partition_count(), " of ",
+            result->leaf_count(), " (engine options merkle_partitions, merkle_leaves)"));
+      }
+      for (size_t i = begin; i < end; ++i) {
+        const uint64_t theirs =
+            result->hashes()->Get(static_cast<flatbuffers::uoffset_t>(i - begin));
+        if (engine_->MerkleNodeHash(frontier[i].partition, frontier[i].node) != theirs) {
+          differing.push_back(frontier[i]);
+        }
+      }
+    }
+    if (roots) {
+      round->figures.partitions_differing = differing.size();
+      roots = false;
+    }
+    if (differing.empty()) return absl::OkStatus();
+    if (differing.front().node >= round->leaves) {
+      // Leaves: compare their keys, partition by partition (the frontier
+      // stays in partition order).
+      round->figures.leaves_differing = differing.size();
+      size_t begin = 0;
+      while (begin < differing.size()) {
+        const uint32_t partition = differing[begin].partition;
+        std::vector<uint32_t> leaves;
+        size_t end = begin;
+        for (; end < differing.size() && differing[end].partition == partition; ++end) {
+          leaves.push_back(differing[end].node);
+        }
+        if (absl::Status status = ComparePartition(round, partition, leaves); !status.ok()) {
+          return status;
+        }
+        begin = end;
+      }
+      return absl::OkStatus();
+    }
+    frontier.clear();
+    frontier.reserve(differing.size() * 2);
+    for (const Node& node : differing) {
+      frontier.push_back(Node{node.partition, node.node * 2});
+      frontier.push_back(Node{node.partition, node.node * 2 + 1});
+    }
+  }
+}
+
+absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
+                                           const std::vector<uint32_t>& leaves) {
+  absl::StatusOr<std::vector<engine::Engine::LeafKey>> local =
+      engine_->MerkleLeafKeys(partition, leaves);
+  if (!local.ok()) return local.status();
+
+  // Decides one key present on either side (null: absent there).
+  auto decide = [&](absl::string_view key, const engine::Engine::LeafKey* mine,
+                    const protocol::LeafKey* theirs) {
+    // Hints and accounts are this node's own business.
+    if (IsNodeLocalKey(key)) return;
+    round->figures.keys_compared += 1;
+    const bool newer_here =
+        mine != nullptr && (theirs == nullptr || mine->timestamp > theirs->timestamp());
+    const bool newer_there =
+        theirs != nullptr && (mine == nullptr || theirs->timestamp() > mine->timestamp);
+    if (!newer_here && !newer_there) return;
+    bool peer_owns = true;
+    bool self_owns = true;
+    if (round->ring != nullptr) {
+      const std::vector<std::string> owners = round->ring->PreferenceList(key, options_.replicas);
+      peer_owns = std::find(owners.begin(), owners.end(), round->peer_id) != owners.end();
+      self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();
+    }
+    if (newer_here) {
+      if (peer_owns) {
+        round->push_keys.emplace_back(key);
+      } else {
+        round->figures.keys_not_owned += 1;
+      }
+    } else if (self_owns) {
+      round->pull_keys.emplace_back(key);
+    } else {
+      round->figures.keys_not_owned += 1;
+    }
+  };
+
+  size_t mine = 0;  // next local key to compare
+  std::string after_key;
+  for (;;) {
+    flatbuffers::FlatBufferBuilder builder(128 + leaves.size() * 4 + after_key.size());
+    const auto leaf_vector = builder.CreateVector(leaves);
+    const auto after_vector =
+        builder.CreateVector(reinterpret_cast<const uint8_t*>(after_key.data()), after_key.size());
+    protocol::MerkleLeafBuilder ask(builder);
+    ask.add_partition(partition);
+    ask.add_leaf_node(leaves.front());
+    ask.add_leaf_nodes(leaf_vector);
+    ask.add_after_key(after_vector);
+    const auto offset = ask.Finish().Union();
+    absl::StatusOr<std::string> frame =
+        Call(round, FinishRequest(&builder, protocol::Operation::MerkleLeaf, offset));
+    if (!frame.ok()) return frame.status();
+    const auto* result = flatbuffers::GetSizePrefixedRoot<protocol::Response>(frame->data())
+                             ->result_as_LeafKeysResult();
+    if (result == nullptr)
+      return absl::InvalidArgumentError("MerkleLeaf answer is not LeafKeysResult");
+    const auto* theirs = result->keys();
+    const size_t count = theirs == nullptr ? 0 : theirs->size();
+    const bool truncated = result->truncated() && count > 0;
+    // A truncated page speaks only for keys up to its last one.
+    const absl::string_view page_end =
+        truncated ? View(theirs->Get(static_cast<flatbuffers::uoffset_t>(count - 1))->key())
+                  : absl::string_view();
+    absl::string_view previous;
+    for (size_t i = 0; i < count; ++i) {
+      const protocol::LeafKey* item = theirs->Get(static_cast<flatbuffers::uoffset_t>(i));
+      const absl::string_view key = View(item->key());
+      if ((i > 0 && key <= previous) || (!after_key.empty() && key <= after_key)) {
+        return absl::InvalidArgumentError("MerkleLeaf answer is not in key order");
+      }
+      previous = key;
+      while (mine < local->size() && absl::string_view((*local)[mine].key) < key) {
+        decide((*local)[mine].key, &(*local)[mine], nullptr);
+        ++mine;
+      }
+      if (mine < local->size() && absl::string_view((*local)[mine].key) == key) {
+        decide(key, &(*local)[mine], item);
+        ++mine;
+      } else {
+        decide(key, nullptr, item);
+      }
+      if (round->push_keys.size() >= kPushKeysPerFlush) {
+        if (absl::Status status = FlushPushes(round); !status.ok()) return status;
+      }
+      if (round->pull_keys.size() >= options_.pull_batch_keys) {
+        if (absl::Status status = FlushPulls(round); !status.ok()) return status;
+      }
+    }
+    if (!truncated) break;
+    after_key.assign(page_end.data(), page_end.size());
+  }
+  for (; mine < local->size(); ++mine) decide((*local)[mine].key, &(*local)[mine], nullptr);
+  if (round->push_keys.size() >= kPushKeysPerFlush) return FlushPushes(round);
+  return absl::OkStatus();
+}
+
+absl::Status AntiEntropy::FlushPushes(Round* round) {
+  std::vector<std::string> keys;
+  keys.swap(round->push_keys);
+  const size_t budget_bytes = std::max<size_t>(
+      1, std::min<size_t>(options_.push_batch_bytes, options_.max_frame_bytes / 2));
+  std::vector<VersionedRecord> batch;
+  size_t batch_bytes = 0;
+  auto send = [&]() -> absl::Status {
+    if (batch.empty()) return absl::OkStatus();
+    absl::StatusOr<std::string> frame = Call(round, ReplicateRequestFrame(batch, false));
+    if (!frame.ok()) return frame.status();
+    absl::StatusOr<std::vector<bool>> applied = ParseReplicateResult(*frame, batch.size());
+    if (!applied.ok()) return applied.status();
+    for (const bool ok : *applied) round->figures.keys_pushed += ok ? 1 : 0;
+    batch.clear();
+    batch_bytes = 0;
+    return absl::OkStatus();
+  };
+  for (const std::string& key : keys) {
+    absl::StatusOr<engine::KeyRecord> record = engine_->GetRecord(key, /*with_value=*/true);
+    if (!record.ok()) return record.status();
+    if (!record->found) continue;  // a tombstone compaction dropped meanwhile
+    VersionedRecord item = FromKeyRecord(key, *std::move(record));
+    KeepExpiredAsValue(&item);
+    const size_t cost = item.key.size() + item.value.size() + 64;
+    if (!batch.empty() && batch_bytes + cost > budget_bytes) {
+      if (absl::Status status = send(); !status.ok()) return status;
+    }
+    batch_bytes += cost;
+    batch.push_back(std::move(item));
+  }
+  return send();
+}
+
+absl::Status AntiEntropy::FlushPulls(Round* round) {
+  std::vector<std::string> keys;
+  keys.swap(round->pull_keys);
+  for (size_t begin = 0; begin < keys.size(); begin += options_.pull_batch_keys) {
+    const size_t end = std::min(keys.size(), begin + options_.pull_batch_keys);
+    const absl::Span<const std::string> some(keys.data() + begin, end - begin);
+    absl::Status status = Pull(round, some);
+    if (status.code() == absl::StatusCode::kResourceExhausted && some.size() > 1) {
+      // The values did not fit in one answer: one key per request.
+      for (size_t i = 0; i < some.size() && status.code() != absl::StatusCode::kCancelled; ++i) {
+        status = Pull(round, some.subspan(i, 1));
+        if (!status.ok()) return status;
+      }
+    }
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys) {
+  absl::StatusOr<std::string> frame = Call(round, ReadRecordsRequestFrame(keys, false));
+  if (!frame.ok()) return frame.status();
+  absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*frame, keys.size());
+  if (!records.ok()) return records.status();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if ((*records)[i].key != keys[i]) {
+      return absl::InvalidArgumentError(absl::StrCat("ReadRecords answered record ", i,
+                                                     " with another key than the one asked for"));
+    }
+  }
+  struct Pending {
+    absl::Mutex mu;
+    size_t remaining ABSL_GUARDED_BY(mu) = 0;
+    size_t applied ABSL_GUARDED_BY(mu) = 0;
+    absl::Status error ABSL_GUARDED_BY(mu);
+  };
+  auto pending = std::make_shared<Pending>();
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->remaining = records->size();
+  }
+  for (VersionedRecord& record : *records) {
+    KeepExpiredAsValue(&record);
+    const bool counts = record.found;  // gone there meanwhile: nothing to apply
+    // Inline, or on the engine's sync thread under fsync=always.
+    ApplyLocally(engine_, record, [pending, counts](absl::Status status) {
+      absl::MutexLock lock(&pending->mu);
+      if (!status.ok() && pending->error.ok()) pending->error = status;
+      if (status.ok() && counts) pending->applied += 1;
+      pending->remaining -= 1;
+    });
+  }
+  absl::MutexLock lock(&pending->mu);
+  pending->mu.Await(absl::Condition(
+      +[](Pending* p) ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->remaining == 0; }, pending.get()));
+  round->figures.keys_pulled += pending->applied;
+  return pending->error;
+}
+
+}  // namespace logkv::server::cluster

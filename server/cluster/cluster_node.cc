@@ -1,0 +1,170 @@
+#include "server/cluster/cluster_node.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+
+namespace logkv::server::cluster {
+
+namespace p = ::logkv::protocol;
+
+namespace {
+
+PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
+  PeerTransportOptions transport;
+  // The id is informational in ClusterHello; a node whose id defaults to an
+  // address chosen at bind time sends its configured one ("" at worst).
+  transport.node_id = options.node_id.empty() ? options.advertise : options.node_id;
+  transport.cluster_secret = options.cluster_secret;
+  transport.connect_timeout = std::max(options.ping_timeout, absl::Milliseconds(100));
+  transport.max_frame_bytes = options.max_frame_bytes;
+  transport.allow_fault_injection = options.allow_fault_injection;
+  return transport;
+}
+
+}  // namespace
+
+ClusterNode::ClusterNode(const ClusterNodeOptions& options)
+    : options_(options), transport_(TransportOptions(options)) {}
+
+ClusterNode::~ClusterNode() { Stop(); }
+
+void ClusterNode::SetAdvertise(const std::string& advertise, const std::string& http_advertise) {
+  if (started_.load()) return;
+  if (!advertise.empty()) options_.advertise = advertise;
+  if (!http_advertise.empty()) options_.http_advertise = http_advertise;
+}
+
+absl::Status ClusterNode::Start() {
+  if (started_.exchange(true)) return absl::FailedPreconditionError("cluster node already started");
+  if (options_.advertise.empty()) {
+    return absl::InvalidArgumentError("the cluster node needs an advertised address (--advertise)");
+  }
+  if (options_.node_id.empty()) options_.node_id = options_.advertise;
+  if (options_.replicas < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replicas must be at least 1 (got ", options_.replicas, ")"));
+  }
+  if (absl::Status status = transport_.Start(); !status.ok()) return status;
+  MembershipOptions membership;
+  membership.self.node_id = options_.node_id;
+  membership.self.address = options_.advertise;
+  membership.self.http_address = options_.http_advertise;
+  for (const std::string& seed : options_.seeds) {
+    if (seed != options_.advertise) membership.seeds.push_back(seed);
+  }
+  membership.gossip_interval = options_.gossip_interval;
+  membership.suspect_after_missed = options_.suspect_after_missed;
+  membership.dead_after = options_.dead_after;
+  membership.ping_timeout = options_.ping_timeout;
+  owned_membership_ = std::make_unique<Membership>(membership, &transport_);
+  if (absl::Status status = owned_membership_->Start(); !status.ok()) {
+    transport_.Stop();
+    return status;
+  }
+  membership_.store(owned_membership_.get(), std::memory_order_release);
+  Log(Level::kInfo, "cluster node %s advertising %s (HTTP %s), %d seed(s), replicas %d",
+      options_.node_id, options_.advertise,
+      options_.http_advertise.empty() ? "none" : options_.http_advertise,
+      static_cast<int>(membership.seeds.size()), options_.replicas);
+  return absl::OkStatus();
+}
+
+void ClusterNode::Leave(absl::Duration wait) {
+  if (Membership* membership = this->membership(); membership != nullptr) {
+    membership->Leave(wait);
+  }
+  Stop();
+}
+
+void ClusterNode::Stop() {
+  if (Membership* membership = this->membership(); membership != nullptr) membership->Stop();
+  // Answers still pending get Unavailable; membership is kept (stopped) for
+  // readers such as the HTTP routes until the node is destroyed.
+  transport_.Stop();
+}
+
+void ClusterNode::AddPeerOperationHandler(p::Operation operation, PeerOperationHandler handler) {
+  absl::MutexLock lock(&handlers_mu_);
+  handlers_[static_cast<uint8_t>(operation)] = std::move(handler);
+}
+
+bool ClusterNode::AcceptPeer(absl::string_view secret, absl::string_view node_id) {
+  const std::string& expected = options_.cluster_secret;
+  if (expected.empty()) return true;
+  // Constant time in the secret's contents; the length is not a secret.
+  const bool accepted =
+      secret.size() == expected.size() &&
+      sodium_memcmp(secret.data(), expected.data(), expected.size()) == 0;
+  if (!accepted) {
+    Log(Level::kWarning, "refused a peer connection from node '%s': wrong cluster secret",
+        std::string(node_id));
+  }
+  return accepted;
+}
+
+Service::Outcome ClusterNode::HandlePeer(const p::Request& request,
+                                         flatbuffers::FlatBufferBuilder* builder,
+                                         absl::FunctionRef<Service::Completion()> defer) {
+  const uint64_t id = request.request_id();
+  if (request.operation_type() == p::Operation::Gossip) {
+    Membership* membership = this->membership();
+    if (membership == nullptr) {
+      p::BuildStatusResponse(builder, id,
+                             absl::UnavailableError("this node's membership is not running yet"));
+      return Service::Outcome::kAnswered;
+    }
+    const p::Gossip* gossip = request.operation_as_Gossip();
+    if (options_.allow_fault_injection && gossip->from() != nullptr &&
+        transport_.IsDropped(std::string(p::View(gossip->from()->address())))) {
+      // A cut link drops traffic both ways: the sender hears nothing back.
+      p::BuildStatusResponse(builder, id,
+                             absl::UnavailableError("dropped by fault injection"));
+      return Service::Outcome::kAnswered;
+    }
+    membership->HandleGossip(*gossip, builder, id);
+    return Service::Outcome::kAnswered;
+  }
+  {
+    absl::ReaderMutexLock lock(&handlers_mu_);
+    auto it = handlers_.find(static_cast<uint8_t>(request.operation_type()));
+    if (it != handlers_.end()) return it->second(request, builder, defer);
+  }
+  p::BuildStatusResponse(builder, id,
+                         absl::UnimplementedError(absl::StrCat(
+                             "cluster operation ", p::EnumNameOperation(request.operation_type()),
+                             " is not handled by this node")));
+  return Service::Outcome::kAnswered;
+}
+
+size_t ClusterNode::EffectiveReplicas() const {
+  const Membership* membership = this->membership();
+  const size_t owners = membership == nullptr ? 1 : membership->ring()->size();
+  return std::min(static_cast<size_t>(std::max(1, options_.replicas)), std::max<size_t>(1, owners));
+}
+
+size_t ClusterNode::MemberCount() const {
+  const Membership* membership = this->membership();
+  return membership == nullptr ? 1 : membership->Members().size();
+}
+
+size_t ClusterNode::LiveMemberCount() const {
+  const Membership* membership = this->membership();
+  return membership == nullptr ? 1 : membership->LiveMembers().size();
+}
+
+absl::Status ClusterNode::SetDropped(std::vector<std::string> addresses) {
+  if (!options_.allow_fault_injection) {
+    return absl::FailedPreconditionError(
+        "fault injection is off: start a test build of logkvd with --fault-injection");
+  }
+  Log(Level::kWarning, "fault injection: dropping traffic to %d address(es)",
+      static_cast<int>(addresses.size()));
+  transport_.SetDropped(std::move(addresses));
+  return absl::OkStatus();
+}
+
+}  // namespace logkv::server::cluster

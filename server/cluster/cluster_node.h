@@ -1,0 +1,125 @@
+// One node's part in the cluster: owns the node-to-node transport and the
+// membership, answers cluster-internal operations arriving on peer
+// connections (PeerHandler), and is where the coordinator, hinted handoff
+// and anti-entropy plug in: their owners register the peer operations they
+// answer with AddPeerOperationHandler and reach the transport and the
+// membership through the accessors.
+//
+// Lifetime: construct before the Server (it is the ServerConfig's
+// peer_handler), Start once the server listens (the advertised port is then
+// known), Stop before the server stops.
+//
+// Thread-safety: AcceptPeer and HandlePeer run on every I/O loop at once;
+// the other methods may be called from any thread. Handlers are registered
+// before Start.
+#ifndef LOGKV_SERVER_CLUSTER_CLUSTER_NODE_H_
+#define LOGKV_SERVER_CLUSTER_CLUSTER_NODE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/cluster/membership.h"
+#include "server/cluster/peer_handler.h"
+#include "server/cluster/peer_transport.h"
+#include "server/service.h"
+
+namespace logkv::server::cluster {
+
+struct ClusterNodeOptions {
+  std::string node_id;          // "" = the advertised address
+  std::string advertise;        // binary-protocol host:port peers reach this node at
+  std::string http_advertise;   // HTTP host:port, "" = none
+  std::vector<std::string> seeds;  // host:port of peers to join through
+  std::string cluster_secret;   // "" = peers are not authenticated
+  int replicas = 3;             // N, capped at the cluster's size
+  int write_quorum = 0;         // W, 0 = by consistency level (--w)
+  int read_quorum = 0;          // R, 0 = by consistency level (--r)
+  absl::Duration write_wait = absl::Milliseconds(3000);
+  absl::Duration gossip_interval = absl::Milliseconds(500);
+  int suspect_after_missed = 3;
+  absl::Duration dead_after = absl::Seconds(10);
+  absl::Duration ping_timeout = absl::Milliseconds(500);
+  // Test builds only (LOGKV_FAULT_INJECTION) with --fault-injection.
+  bool allow_fault_injection = false;
+  uint32_t max_frame_bytes = 64u << 20;
+};
+
+class ClusterNode : public PeerHandler {
+ public:
+  // The handler of one cluster-internal operation: the contract of
+  // Service::Handle (answer in builder, or defer and complete later).
+  using PeerOperationHandler = std::function<Service::Outcome(
+      const protocol::Request&, flatbuffers::FlatBufferBuilder*,
+      absl::FunctionRef<Service::Completion()>)>;
+
+  explicit ClusterNode(const ClusterNodeOptions& options);
+  ClusterNode(const ClusterNode&) = delete;
+  ClusterNode& operator=(const ClusterNode&) = delete;
+  ~ClusterNode() override;
+
+  // The advertised addresses and node id once the server's ports are known
+  // (an empty argument keeps the option). REQUIRES: before Start.
+  void SetAdvertise(const std::string& advertise, const std::string& http_advertise);
+  // Starts the transport and the membership (joining through the seeds).
+  absl::Status Start();
+  // Gossips Left to the live peers (waiting at most wait for them), then stops.
+  void Leave(absl::Duration wait);
+  void Stop();
+
+  // REQUIRES: before Start. Replicate, ReadRecords, MerkleHashes, MerkleLeaf
+  // are registered by their owners; Gossip is answered here.
+  void AddPeerOperationHandler(protocol::Operation operation, PeerOperationHandler handler);
+
+  // PeerHandler.
+  bool AcceptPeer(absl::string_view secret, absl::string_view node_id) override;
+  Service::Outcome HandlePeer(const protocol::Request& request,
+                              flatbuffers::FlatBufferBuilder* builder,
+                              absl::FunctionRef<Service::Completion()> defer) override;
+
+  const ClusterNodeOptions& options() const { return options_; }
+  const std::string& node_id() const { return options_.node_id; }
+  PeerTransport* transport() { return &transport_; }
+  // Null before Start.
+  Membership* membership() { return membership_.load(std::memory_order_acquire); }
+  const Membership* membership() const { return membership_.load(std::memory_order_acquire); }
+
+  // The replication factor in force: --replicas capped at the members that
+  // own data (Alive, Suspect or Dead; not Left).
+  size_t EffectiveReplicas() const;
+  // Members known (this node included) and of them Alive or Suspect; 1 and
+  // 1 before Start.
+  size_t MemberCount() const;
+  size_t LiveMemberCount() const;
+
+  // Fault injection (tests): false when the build or the flags do not allow it.
+  bool fault_injection_enabled() const { return options_.allow_fault_injection; }
+  absl::Status SetDropped(std::vector<std::string> addresses);
+
+  // The coordinator, hinted handoff and anti-entropy objects are created by
+  // main next to this node (they take transport() and membership()) and
+  // register their peer operations above.
+
+ private:
+  ClusterNodeOptions options_;  // constant after Start
+  PeerTransport transport_;
+  std::unique_ptr<Membership> owned_membership_;
+  std::atomic<Membership*> membership_{nullptr};
+  std::atomic<bool> started_{false};
+
+  mutable absl::Mutex handlers_mu_;
+  absl::flat_hash_map<uint8_t, PeerOperationHandler> handlers_ ABSL_GUARDED_BY(handlers_mu_);
+};
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_CLUSTER_NODE_H_

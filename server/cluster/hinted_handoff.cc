@@ -1,0 +1,382 @@
+#include "server/cluster/hinted_handoff.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "engine/hlc.h"
+#include "server/log.h"
+#include "server/namespaces.h"
+
+namespace logkv::server::cluster {
+
+namespace {
+
+constexpr size_t kSequenceBytes = 8;
+// Scan pages while loading: items and bytes.
+constexpr uint32_t kLoadPageItems = 10'000;
+constexpr uint64_t kLoadPageBytes = 16ull << 20;
+// Extra wait for a send's callback beyond its own timeout before giving up
+// on it (the transport promises a callback, this guards against a broken one).
+constexpr absl::Duration kCallbackGrace = absl::Seconds(2);
+
+void IgnoreWrite(absl::StatusOr<engine::WriteResult> result) {
+  if (!result.ok() && !absl::IsNotFound(result.status())) {
+    Log(Level::kWarning, "hinted handoff: removing a hint failed: %s",
+        result.status().ToString());
+  }
+}
+
+}  // namespace
+
+std::string HintKey(absl::string_view target_node_id, uint64_t sequence) {
+  std::string key = absl::StrCat(kHintPrefix, target_node_id, "/");
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    key.push_back(static_cast<char>((sequence >> shift) & 0xff));
+  }
+  return key;
+}
+
+bool ParseHintKey(absl::string_view key, std::string* target_node_id, uint64_t* sequence) {
+  if (key.size() < kHintPrefix.size() + 1 + kSequenceBytes) return false;
+  if (key.substr(0, kHintPrefix.size()) != kHintPrefix) return false;
+  const size_t slash = key.size() - kSequenceBytes - 1;
+  if (key[slash] != '/') return false;
+  *target_node_id = std::string(key.substr(kHintPrefix.size(), slash - kHintPrefix.size()));
+  uint64_t value = 0;
+  for (size_t i = slash + 1; i < key.size(); ++i) {
+    value = (value << 8) | static_cast<uint8_t>(key[i]);
+  }
+  *sequence = value;
+  return true;
+}
+
+HintedHandoff::HintedHandoff(engine::Engine* engine, const HintedHandoffOptions& options,
+                             ServerMetrics* metrics)
+    : engine_(engine), options_(options), metrics_(metrics) {
+  if (metrics_ != nullptr) {
+    metrics_->replication_queue_size()->SetCallback(
+        [this] { return static_cast<double>(GetFigures().queued); });
+    metrics_->replication_retries_in_progress()->SetCallback(
+        [this] { return static_cast<double>(GetFigures().targets_retrying); });
+    metrics_->replication_lag_max_seconds()->SetCallback(
+        [this] { return GetFigures().max_lag_seconds; });
+  }
+}
+
+HintedHandoff::~HintedHandoff() {
+  Stop();
+  if (metrics_ != nullptr) {
+    // After these return no callback runs, so `this` may go.
+    metrics_->replication_queue_size()->SetCallback(nullptr);
+    metrics_->replication_retries_in_progress()->SetCallback(nullptr);
+    metrics_->replication_lag_max_seconds()->SetCallback(nullptr);
+  }
+}
+
+absl::Status HintedHandoff::Load() {
+  engine::ScanOptions scan;
+  scan.prefix = std::string(kHintPrefix);
+  scan.limit = kLoadPageItems;
+  scan.max_bytes = kLoadPageBytes;
+  size_t loaded = 0;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    absl::StatusOr<engine::ScanResult> page = engine_->Scan(scan);
+    if (!page.ok()) return page.status();
+    for (const engine::ScanItem& item : page->items) {
+      std::string target;
+      uint64_t sequence = 0;
+      if (!ParseHintKey(item.key, &target, &sequence)) {
+        Log(Level::kWarning, "hinted handoff: ignoring a malformed hint key of %d bytes",
+            item.key.size());
+        continue;
+      }
+      Target& t = targets_[target];
+      t.hints.push_back(Hint{sequence, engine::HybridClock::PhysicalMs(item.meta.timestamp),
+                             static_cast<uint32_t>(item.value.size())});
+      t.bytes += item.value.size();
+      ++queued_;
+      ++loaded;
+      next_sequence_ = std::max(next_sequence_, sequence + 1);
+    }
+    if (page->next_cursor.empty()) break;
+    scan.after_key = page->next_cursor;
+  }
+  // The scan visits keys in order, so each target's hints are already by
+  // sequence (big-endian numbers sort as bytes do).
+  if (loaded > 0) {
+    Log(Level::kInfo, "hinted handoff: %d hints for %d nodes loaded", loaded, targets_.size());
+  }
+  return absl::OkStatus();
+}
+
+void HintedHandoff::Start(SendFunction send, StateFunction state_of) {
+  {
+    absl::MutexLock lock(&mu_);
+    send_ = std::move(send);
+    state_of_ = std::move(state_of);
+    stopping_ = false;
+  }
+  if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+}
+
+void HintedHandoff::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status HintedHandoff::Enqueue(const std::string& target_node_id,
+                                    const VersionedRecord& record) {
+  const std::string value = EncodeRecord(record);
+  // The engine reports a refused write inline (limits, closed engine); a
+  // write it accepted is in the log when PutAsync returns, whatever the
+  // fsync policy, so the hint cannot be lost by a process crash.
+  struct Inline {
+    std::atomic<bool> called{false};
+    absl::Status status;
+  };
+  auto result = std::make_shared<Inline>();
+  absl::MutexLock lock(&mu_);
+  const uint64_t sequence = next_sequence_++;
+  const std::string key = HintKey(target_node_id, sequence);
+  engine_->PutAsync(key, value, engine::WriteOptions{},
+                    [result](absl::StatusOr<engine::WriteResult> written) {
+                      if (result->called.load(std::memory_order_acquire)) return;
+                      result->status = written.status();
+                      result->called.store(true, std::memory_order_release);
+                    });
+  if (result->called.load(std::memory_order_acquire) && !result->status.ok()) {
+    if (metrics_ != nullptr) metrics_->replica_acks_failed()->Inc();
+    return absl::Status(result->status.code(),
+                        absl::StrCat("hint for node ", target_node_id,
+                                     " not stored (anti-entropy will repair): ",
+                                     result->status.message()));
+  }
+  Target& target = targets_[target_node_id];
+  target.hints.push_back(
+      Hint{sequence, absl::ToUnixMillis(absl::Now()), static_cast<uint32_t>(value.size())});
+  target.bytes += value.size();
+  ++queued_;
+  while (target.hints.size() > 1 && (target.hints.size() > options_.max_hints_per_target ||
+                                     target.bytes > options_.max_bytes_per_target)) {
+    DropOldest(target_node_id, &target, /*overflow=*/true);
+  }
+  return absl::OkStatus();
+}
+
+void HintedHandoff::DropOldest(const std::string& target_id, Target* target, bool overflow) {
+  const Hint oldest = target->hints.front();
+  target->hints.pop_front();
+  target->bytes -= oldest.bytes;
+  --queued_;
+  engine_->DeleteAsync(HintKey(target_id, oldest.sequence), engine::WriteOptions{}, IgnoreWrite);
+  if (metrics_ != nullptr) metrics_->replica_acks_failed()->Inc();
+  if (overflow && target->dropped++ % 10'000 == 0) {
+    Log(Level::kWarning,
+        "hinted handoff: queue for node %s is full (%d hints, %d bytes; limits %d, %d): "
+        "dropping its oldest hints, anti-entropy will repair them (%d dropped so far)",
+        target_id, target->hints.size(), target->bytes, options_.max_hints_per_target,
+        options_.max_bytes_per_target, target->dropped);
+  }
+}
+
+void HintedHandoff::DropAll(const std::string& target_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = targets_.find(target_id);
+  if (it == targets_.end()) return;
+  const size_t count = it->second.hints.size();
+  while (!it->second.hints.empty()) DropOldest(target_id, &it->second, /*overflow=*/false);
+  targets_.erase(it);
+  Log(Level::kInfo, "hinted handoff: node %s left the cluster: %d hints dropped", target_id,
+      count);
+}
+
+HintedHandoff::Figures HintedHandoff::GetFigures() const {
+  Figures figures;
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  absl::MutexLock lock(&mu_);
+  figures.queued = queued_;
+  for (const auto& [id, target] : targets_) {
+    if (target.hints.empty()) continue;
+    if (target.backoff > absl::ZeroDuration()) ++figures.targets_retrying;
+    const double age = static_cast<double>(now_ms - target.hints.front().enqueued_unix_ms) / 1e3;
+    figures.max_lag_seconds = std::max(figures.max_lag_seconds, age);
+  }
+  return figures;
+}
+
+size_t HintedHandoff::Pending(const std::string& target_node_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = targets_.find(target_node_id);
+  return it == targets_.end() ? 0 : it->second.hints.size();
+}
+
+size_t HintedHandoff::DeliverOnce(const SendFunction& send, const StateFunction& state_of) {
+  std::vector<std::string> due;
+  {
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&mu_);
+    for (auto it = targets_.begin(); it != targets_.end();) {
+      if (it->second.hints.empty()) {
+        it = targets_.erase(it);
+        continue;
+      }
+      if (it->second.next_attempt <= now) due.push_back(it->first);
+      ++it;
+    }
+  }
+  size_t delivered = 0;
+  for (const std::string& target : due) {
+    switch (state_of(target)) {
+      case TargetState::kGone:
+        DropAll(target);
+        continue;
+      case TargetState::kUnreachable:
+        // Not an attempt: the hints wait for the member to come back.
+        continue;
+      case TargetState::kAlive:
+        break;
+    }
+    for (size_t batch = 0; batch < options_.batches_per_pass; ++batch) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return delivered;
+      }
+      if (!DeliverBatch(target, send, &delivered)) break;
+    }
+  }
+  return delivered;
+}
+
+bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& send,
+                                 size_t* delivered) {
+  std::vector<uint64_t> sequences;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = targets_.find(target);
+    if (it == targets_.end() || it->second.hints.empty()) return false;
+    uint64_t bytes = 0;
+    for (const Hint& hint : it->second.hints) {
+      if (sequences.size() >= options_.batch_records) break;
+      if (!sequences.empty() && bytes + hint.bytes > options_.batch_bytes) break;
+      sequences.push_back(hint.sequence);
+      bytes += hint.bytes;
+    }
+  }
+  std::vector<VersionedRecord> records;
+  records.reserve(sequences.size());
+  std::string value;
+  for (uint64_t sequence : sequences) {
+    const std::string key = HintKey(target, sequence);
+    absl::Status status = engine_->Get(key, &value, nullptr);
+    if (absl::IsNotFound(status)) continue;  // dropped meanwhile
+    if (!status.ok()) {
+      Log(Level::kWarning, "hinted handoff: reading a hint for node %s failed: %s", target,
+          status.ToString());
+      return false;
+    }
+    absl::StatusOr<VersionedRecord> record = DecodeRecord(value);
+    if (!record.ok()) {
+      // Undeliverable: removed below with the rest of the batch.
+      Log(Level::kError, "hinted handoff: hint %d for node %s: %s", sequence, target,
+          record.status().ToString());
+      continue;
+    }
+    records.push_back(*std::move(record));
+  }
+
+  bool ok = true;
+  if (!records.empty()) {
+    struct Answer {
+      absl::Notification done;
+      absl::StatusOr<std::string> frame;
+    };
+    auto answer = std::make_shared<Answer>();
+    const absl::Time sent = absl::Now();
+    send(target, ReplicateRequestFrame(records, /*hinted=*/true), options_.send_timeout,
+         [answer](absl::StatusOr<std::string> frame) {
+           answer->frame = std::move(frame);
+           answer->done.Notify();
+         });
+    absl::Status status;
+    if (!answer->done.WaitForNotificationWithTimeout(options_.send_timeout + kCallbackGrace)) {
+      status = absl::DeadlineExceededError("no answer from the peer transport");
+    } else if (!answer->frame.ok()) {
+      status = answer->frame.status();
+    } else {
+      absl::StatusOr<std::vector<bool>> applied =
+          ParseReplicateResult(*answer->frame, records.size());
+      if (!applied.ok()) {
+        status = applied.status();
+      } else if (std::find(applied->begin(), applied->end(), false) != applied->end()) {
+        status = absl::UnavailableError("the replica could not apply every record");
+      }
+    }
+    if (!status.ok()) {
+      ok = false;
+      absl::MutexLock lock(&mu_);
+      auto it = targets_.find(target);
+      if (it != targets_.end()) {
+        Target& t = it->second;
+        t.backoff = t.backoff == absl::ZeroDuration()
+                        ? options_.initial_backoff
+                        : std::min(t.backoff * 2, options_.max_backoff);
+        t.next_attempt = absl::Now() + t.backoff;
+        Log(Level::kDebug, "hinted handoff: delivery to node %s failed (%s); retry in %s",
+            target, status.ToString(), absl::FormatDuration(t.backoff));
+      }
+      return false;
+    }
+    if (metrics_ != nullptr) {
+      metrics_->replica_acks_ok()->Inc(records.size());
+      metrics_->replication_ack_seconds()->Observe(absl::ToDoubleSeconds(absl::Now() - sent));
+    }
+    *delivered += records.size();
+  }
+
+  // Delivered (or undeliverable): remove from the engine and the queue. The
+  // batch was the front of the queue; drops may have taken some meanwhile.
+  absl::flat_hash_set<uint64_t> done(sequences.begin(), sequences.end());
+  absl::MutexLock lock(&mu_);
+  auto it = targets_.find(target);
+  if (it == targets_.end()) return ok;
+  Target& t = it->second;
+  while (!t.hints.empty() && done.contains(t.hints.front().sequence)) {
+    const Hint hint = t.hints.front();
+    t.hints.pop_front();
+    t.bytes -= hint.bytes;
+    --queued_;
+    engine_->DeleteAsync(HintKey(target, hint.sequence), engine::WriteOptions{}, IgnoreWrite);
+  }
+  t.backoff = absl::ZeroDuration();
+  t.next_attempt = absl::InfinitePast();
+  return ok && !t.hints.empty();
+}
+
+void HintedHandoff::Run() {
+  while (true) {
+    SendFunction send;
+    StateFunction state_of;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      send = send_;
+      state_of = state_of_;
+    }
+    DeliverOnce(send, state_of);
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.poll_interval);
+  }
+}
+
+}  // namespace logkv::server::cluster

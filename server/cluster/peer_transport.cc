@@ -1,0 +1,609 @@
+#include "server/cluster/peer_transport.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+
+namespace logkv::server::cluster {
+
+namespace p = ::logkv::protocol;
+
+namespace {
+
+std::string UvError(int code) { return absl::StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
+
+// A failed connection attempt makes the peer wait this long (doubling up to
+// the maximum) before the next one; requests meanwhile fail at once.
+constexpr int64_t kFirstBackoffMs = 100;
+constexpr int64_t kMaxBackoffMs = 1000;
+constexpr size_t kReadChunkBytes = 64u << 10;
+// Request id 0 is the ClusterHello's; requests get ids from 1.
+constexpr uint64_t kHelloRequestId = 0;
+
+absl::Status ResolveAddress(const std::string& address, sockaddr_storage* resolved) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("peer address '", address, "' is not host:port"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.empty() || host == "localhost") host = "127.0.0.1";
+  std::memset(resolved, 0, sizeof(*resolved));
+  if (uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(resolved)) == 0) {
+    return absl::OkStatus();
+  }
+  // A host name: resolved synchronously (peers are few, and named once per
+  // connection attempt).
+  addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* result = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &result); rc != 0 || result == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve peer host '", host,
+                                               "': ", ::gai_strerror(rc)));
+  }
+  std::memcpy(resolved, result->ai_addr, result->ai_addrlen);
+  reinterpret_cast<sockaddr_in*>(resolved)->sin_port = htons(static_cast<uint16_t>(port));
+  ::freeaddrinfo(result);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, p::Operation type,
+                              flatbuffers::Offset<void> operation) {
+  p::RequestBuilder request(*builder);
+  // Not the default, so the field is stored and PeerTransport can rewrite it.
+  request.add_request_id(~uint64_t{0});
+  request.add_operation_type(type);
+  request.add_operation(operation);
+  builder->FinishSizePrefixed(request.Finish());
+  return std::string(p::FrameOf(*builder));
+}
+
+// Everything below runs on the transport's loop thread, except Send,
+// SetDropped, IsDropped, Start and Stop, which only touch the mutex-guarded
+// inbox and uv_async_send.
+class PeerTransport::Impl {
+ public:
+  explicit Impl(const PeerTransportOptions& options) : options_(options) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() { Stop(); }
+
+  absl::Status Start();
+  void Stop();
+  void Send(const std::string& address, std::string frame, absl::Duration timeout, Callback done);
+  void SetDropped(std::vector<std::string> addresses);
+  bool IsDropped(const std::string& address) const;
+
+  std::atomic<uint64_t> requests_sent{0};
+  std::atomic<uint64_t> requests_failed{0};
+
+ private:
+  struct Peer;
+  struct Connection;
+
+  // A request waiting for its answer; freed in its timer's close callback.
+  struct Pending {
+    Impl* impl = nullptr;
+    Peer* peer = nullptr;
+    uint64_t id = 0;
+    Callback done;
+    uv_timer_t timer;
+  };
+
+  struct Peer {
+    std::string address;
+    Connection* connection = nullptr;  // null: none open
+    std::string out;                   // frames not yet handed to libuv
+    size_t in_flight_bytes = 0;        // handed to uv_write, not yet written
+    absl::flat_hash_map<uint64_t, Pending*> pending;
+    int64_t next_attempt_ms = 0;       // loop time before which no connect is tried
+    int64_t backoff_ms = 0;
+  };
+
+  // One TCP connection to a peer; freed once both its handles are closed.
+  struct Connection {
+    explicit Connection(uint32_t max_frame_bytes) : decoder(max_frame_bytes) {}
+    Impl* impl = nullptr;
+    Peer* peer = nullptr;  // null once detached (closing)
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_timer_t connect_timer;
+    p::FrameDecoder decoder;
+    bool connected = false;
+    int open_handles = 0;
+  };
+
+  struct Outgoing {
+    std::string address;
+    std::string frame;
+    absl::Duration timeout;
+    Callback done;
+  };
+
+  struct WriteRequest {
+    uv_write_t request;
+    std::string data;
+    Peer* peer;  // may have been detached from its connection; peers live until Stop
+    Connection* connection;
+  };
+
+  void Run();
+  void DrainInbox();
+  void Dispatch(Outgoing outgoing);
+  void StartConnection(Peer& peer);
+  void OnConnected(Connection* connection, int status);
+  void OnRead(Connection* connection, ssize_t nread);
+  void Flush(Peer& peer);
+  // Closes the peer's connection; every pending request gets status.
+  void CloseConnection(Peer& peer, const absl::Status& status, bool failed_attempt);
+  void ReleaseConnection(Connection* connection);
+  void Complete(Pending* pending, absl::StatusOr<std::string> answer);
+  void FailAll(Peer& peer, const absl::Status& status);
+  void ShutDownLoop();
+  int64_t Now() { return static_cast<int64_t>(uv_now(&loop_)); }
+
+  const PeerTransportOptions options_;
+
+  uv_loop_t loop_;
+  uv_async_t async_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  std::deque<Outgoing> inbox_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  bool drop_changed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_set<std::string> dropped_ ABSL_GUARDED_BY(mu_);
+
+  // Loop-thread state.
+  absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
+  uint64_t next_request_id_ = 1;
+  bool loop_closing_ = false;
+};
+
+absl::Status PeerTransport::Impl::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return absl::FailedPreconditionError("peer transport already started");
+  if (int rc = uv_loop_init(&loop_); rc != 0) {
+    return absl::InternalError(absl::StrCat("peer transport loop: ", UvError(rc)));
+  }
+  uv_async_init(&loop_, &async_, [](uv_async_t* async) {
+    static_cast<Impl*>(async->data)->DrainInbox();
+  });
+  async_.data = this;
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+void PeerTransport::Impl::Run() {
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // Every handle is closed by now; let their close callbacks run.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+void PeerTransport::Impl::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!started_) {
+      stopped_ = true;
+      for (Outgoing& outgoing : inbox_) {
+        if (outgoing.done) outgoing.done(absl::UnavailableError("peer transport stopped"));
+      }
+      inbox_.clear();
+      return;
+    }
+    if (!stopping_) {
+      stopping_ = true;
+      uv_async_send(&async_);
+    }
+  }
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void PeerTransport::Impl::Send(const std::string& address, std::string frame,
+                               absl::Duration timeout, Callback done) {
+  requests_sent.fetch_add(1, std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && !stopped_) {
+      inbox_.push_back(Outgoing{address, std::move(frame), timeout, std::move(done)});
+      if (started_) uv_async_send(&async_);
+      return;
+    }
+  }
+  // Stopped: nobody is left to call back on the transport's thread.
+  requests_failed.fetch_add(1, std::memory_order_relaxed);
+  done(absl::UnavailableError(absl::StrCat("peer transport stopped; not sent to ", address)));
+}
+
+void PeerTransport::Impl::SetDropped(std::vector<std::string> addresses) {
+  absl::MutexLock lock(&mu_);
+  if (!options_.allow_fault_injection) return;
+  dropped_.clear();
+  dropped_.insert(addresses.begin(), addresses.end());
+  drop_changed_ = true;
+  if (started_ && !stopping_) uv_async_send(&async_);
+}
+
+bool PeerTransport::Impl::IsDropped(const std::string& address) const {
+  absl::MutexLock lock(&mu_);
+  return dropped_.contains(address);
+}
+
+void PeerTransport::Impl::DrainInbox() {
+  std::deque<Outgoing> inbox;
+  bool stopping;
+  bool drop_changed;
+  absl::flat_hash_set<std::string> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    inbox.swap(inbox_);
+    stopping = stopping_;
+    drop_changed = drop_changed_;
+    drop_changed_ = false;
+    if (drop_changed) dropped = dropped_;
+  }
+  if (loop_closing_) return;
+  if (drop_changed) {
+    // Requests in flight to a peer now cut off are lost with the link.
+    for (auto& [address, peer] : peers_) {
+      if (dropped.contains(address) && (peer->connection != nullptr || !peer->pending.empty())) {
+        CloseConnection(*peer,
+                        absl::UnavailableError(absl::StrCat(
+                            "dropped by fault injection: traffic to ", address, " is cut")),
+                        false);
+      }
+    }
+  }
+  for (Outgoing& outgoing : inbox) {
+    if (stopping) {
+      requests_failed.fetch_add(1, std::memory_order_relaxed);
+      outgoing.done(absl::UnavailableError(
+          absl::StrCat("peer transport stopped; not sent to ", outgoing.address)));
+      continue;
+    }
+    Dispatch(std::move(outgoing));
+  }
+  for (auto& [address, peer] : peers_) Flush(*peer);
+  if (stopping) ShutDownLoop();
+}
+
+void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
+  auto fail = [this, &outgoing](absl::Status status) {
+    requests_failed.fetch_add(1, std::memory_order_relaxed);
+    outgoing.done(std::move(status));
+  };
+  if (IsDropped(outgoing.address)) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "dropped by fault injection: traffic to ", outgoing.address, " is cut")));
+  }
+  std::string& frame = outgoing.frame;
+  if (frame.size() < p::kFrameLengthBytes + 8 ||
+      reinterpret_cast<uintptr_t>(frame.data()) % alignof(uint32_t) != 0) {
+    return fail(absl::InvalidArgumentError("peer request frame is too short to be a Request"));
+  }
+  std::unique_ptr<Peer>& slot = peers_[outgoing.address];
+  if (slot == nullptr) {
+    slot = std::make_unique<Peer>();
+    slot->address = outgoing.address;
+  }
+  Peer& peer = *slot;
+  if (peer.out.size() + peer.in_flight_bytes + frame.size() > options_.max_queued_bytes_per_peer) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "queue to peer ", peer.address, " is full (", peer.out.size() + peer.in_flight_bytes,
+        " bytes; max_queued_bytes_per_peer ", options_.max_queued_bytes_per_peer, ")")));
+  }
+  if (peer.connection == nullptr) {
+    if (Now() < peer.next_attempt_ms) {
+      return fail(absl::UnavailableError(absl::StrCat(
+          "peer ", peer.address, " unreachable (last connection attempt failed; retrying in ",
+          peer.next_attempt_ms - Now(), " ms)")));
+    }
+    StartConnection(peer);
+    if (peer.connection == nullptr) {
+      return fail(absl::UnavailableError(
+          absl::StrCat("cannot connect to peer ", peer.address)));
+    }
+  }
+  const uint64_t id = next_request_id_++;
+  // The request id is rewritten in place: the field is present (a
+  // FinishPeerRequest frame), so no byte moves.
+  auto* table = flatbuffers::GetMutableRoot<flatbuffers::Table>(frame.data() + p::kFrameLengthBytes);
+  if (!table->SetField<uint64_t>(p::Request::VT_REQUEST_ID, id)) {
+    return fail(absl::InvalidArgumentError(
+        "peer request frame has no request_id field to rewrite: build it with "
+        "FinishPeerRequest (or a nonzero request_id)"));
+  }
+  auto* pending = new Pending;
+  pending->impl = this;
+  pending->peer = &peer;
+  pending->id = id;
+  pending->done = std::move(outgoing.done);
+  uv_timer_init(&loop_, &pending->timer);
+  pending->timer.data = pending;
+  const int64_t timeout_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(outgoing.timeout));
+  uv_timer_start(
+      &pending->timer,
+      [](uv_timer_t* timer) {
+        auto* pending = static_cast<Pending*>(timer->data);
+        Impl* impl = pending->impl;
+        pending->peer->pending.erase(pending->id);
+        impl->Complete(pending, absl::DeadlineExceededError(absl::StrCat(
+                                    "no answer from peer ", pending->peer->address,
+                                    " within the request timeout")));
+      },
+      static_cast<uint64_t>(timeout_ms), 0);
+  peer.pending.emplace(id, pending);
+  peer.out.append(frame);
+}
+
+void PeerTransport::Impl::Complete(Pending* pending, absl::StatusOr<std::string> answer) {
+  if (!answer.ok()) requests_failed.fetch_add(1, std::memory_order_relaxed);
+  uv_timer_stop(&pending->timer);
+  Callback done = std::move(pending->done);
+  uv_close(reinterpret_cast<uv_handle_t*>(&pending->timer),
+           [](uv_handle_t* handle) { delete static_cast<Pending*>(handle->data); });
+  if (done) done(std::move(answer));
+}
+
+void PeerTransport::Impl::FailAll(Peer& peer, const absl::Status& status) {
+  absl::flat_hash_map<uint64_t, Pending*> pending;
+  pending.swap(peer.pending);
+  for (auto& [id, request] : pending) Complete(request, status);
+}
+
+void PeerTransport::Impl::StartConnection(Peer& peer) {
+  sockaddr_storage address;
+  if (absl::Status status = ResolveAddress(peer.address, &address); !status.ok()) {
+    peer.backoff_ms = kMaxBackoffMs;
+    peer.next_attempt_ms = Now() + peer.backoff_ms;
+    return;
+  }
+  auto* connection = new Connection(options_.max_frame_bytes);
+  connection->impl = this;
+  connection->peer = &peer;
+  uv_tcp_init(&loop_, &connection->tcp);
+  connection->tcp.data = connection;
+  uv_timer_init(&loop_, &connection->connect_timer);
+  connection->connect_timer.data = connection;
+  connection->open_handles = 2;
+  connection->connect.data = connection;
+  const int rc = uv_tcp_connect(&connection->connect, &connection->tcp,
+                                reinterpret_cast<const sockaddr*>(&address),
+                                [](uv_connect_t* request, int status) {
+                                  auto* c = static_cast<Connection*>(request->data);
+                                  c->impl->OnConnected(c, status);
+                                });
+  peer.connection = connection;
+  if (rc != 0) {
+    CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                              "cannot connect to peer ", peer.address, ": ", UvError(rc))),
+                    true);
+    return;
+  }
+  uv_timer_start(
+      &connection->connect_timer,
+      [](uv_timer_t* timer) {
+        auto* c = static_cast<Connection*>(timer->data);
+        if (c->peer == nullptr || c->connected) return;
+        c->impl->CloseConnection(*c->peer,
+                                 absl::UnavailableError(absl::StrCat(
+                                     "cannot connect to peer ", c->peer->address,
+                                     ": no answer within the connect timeout")),
+                                 true);
+      },
+      static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))),
+      0);
+  // The ClusterHello goes first; requests are pipelined behind it.
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto secret = builder.CreateString(options_.cluster_secret);
+  auto node_id = builder.CreateString(options_.node_id);
+  auto hello = p::CreateClusterHello(builder, secret, node_id);
+  p::RequestBuilder request(builder);
+  request.add_request_id(kHelloRequestId);
+  request.add_operation_type(p::Operation::ClusterHello);
+  request.add_operation(hello.Union());
+  builder.FinishSizePrefixed(request.Finish());
+  peer.out.insert(0, std::string(p::FrameOf(builder)));
+}
+
+void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
+  if (connection->peer == nullptr) return;  // closed meanwhile (UV_ECANCELED)
+  Peer& peer = *connection->peer;
+  if (status != 0) {
+    CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                              "cannot connect to peer ", peer.address, ": ", UvError(status))),
+                    true);
+    return;
+  }
+  connection->connected = true;
+  uv_timer_stop(&connection->connect_timer);
+  uv_tcp_nodelay(&connection->tcp, 1);
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&connection->tcp),
+      [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+        auto* c = static_cast<Connection*>(handle->data);
+        size_t available;
+        char* space = c->decoder.WritableSpace(kReadChunkBytes, &available);
+        *buf = uv_buf_init(space, static_cast<unsigned int>(available));
+      },
+      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+        auto* c = static_cast<Connection*>(stream->data);
+        c->impl->OnRead(c, nread);
+      });
+  Flush(peer);
+}
+
+void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
+  if (connection->peer == nullptr || nread == 0) return;
+  Peer& peer = *connection->peer;
+  if (nread < 0) {
+    CloseConnection(peer,
+                    absl::UnavailableError(absl::StrCat(
+                        "connection to peer ", peer.address, " lost: ",
+                        UvError(static_cast<int>(nread)))),
+                    false);
+    return;
+  }
+  connection->decoder.Commit(static_cast<size_t>(nread));
+  while (connection->peer != nullptr) {
+    absl::StatusOr<std::optional<absl::string_view>> frame = connection->decoder.Next();
+    if (!frame.ok()) {
+      CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                                "bad frame from peer ", peer.address, ": ", frame.status().message())),
+                      false);
+      return;
+    }
+    if (!frame->has_value()) return;
+    absl::StatusOr<const p::Response*> response =
+        p::VerifyResponse(**frame, options_.max_frame_bytes);
+    if (!response.ok()) {
+      CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                                "bad response from peer ", peer.address, ": ",
+                                response.status().message())),
+                      false);
+      return;
+    }
+    const uint64_t id = (*response)->request_id();
+    if (id == kHelloRequestId) {
+      absl::Status hello = p::StatusFromResponse(**response);
+      if (!hello.ok()) {
+        // Refused (wrong secret): the peer closes; everything queued fails
+        // with its reason rather than a bare "connection lost".
+        CloseConnection(peer, absl::Status(hello.code(), absl::StrCat(
+                                  "peer ", peer.address, " refused ClusterHello: ",
+                                  hello.message())),
+                        true);
+        return;
+      }
+      peer.backoff_ms = 0;
+      continue;
+    }
+    auto it = peer.pending.find(id);
+    if (it == peer.pending.end()) continue;  // timed out already
+    Pending* pending = it->second;
+    peer.pending.erase(it);
+    Complete(pending, std::string(**frame));
+  }
+}
+
+void PeerTransport::Impl::Flush(Peer& peer) {
+  Connection* connection = peer.connection;
+  if (connection == nullptr || !connection->connected || peer.out.empty()) return;
+  auto* write = new WriteRequest;
+  write->data.swap(peer.out);
+  write->peer = &peer;
+  write->connection = connection;
+  write->request.data = write;
+  peer.in_flight_bytes += write->data.size();
+  uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
+  const int rc = uv_write(&write->request, reinterpret_cast<uv_stream_t*>(&connection->tcp), &buf,
+                          1, [](uv_write_t* request, int status) {
+                            auto* write = static_cast<WriteRequest*>(request->data);
+                            Peer* peer = write->peer;
+                            Connection* c = write->connection;
+                            peer->in_flight_bytes -= write->data.size();
+                            delete write;
+                            if (status != 0 && c->peer == peer) {
+                              c->impl->CloseConnection(
+                                  *peer,
+                                  absl::UnavailableError(absl::StrCat(
+                                      "write to peer ", peer->address, " failed: ",
+                                      UvError(status))),
+                                  false);
+                            }
+                          });
+  if (rc != 0) {
+    peer.in_flight_bytes -= write->data.size();
+    delete write;
+    CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                              "write to peer ", peer.address, " failed: ", UvError(rc))),
+                    false);
+  }
+}
+
+void PeerTransport::Impl::CloseConnection(Peer& peer, const absl::Status& status,
+                                          bool failed_attempt) {
+  if (failed_attempt) {
+    peer.backoff_ms =
+        peer.backoff_ms == 0 ? kFirstBackoffMs : std::min(kMaxBackoffMs, peer.backoff_ms * 2);
+    peer.next_attempt_ms = Now() + peer.backoff_ms;
+  }
+  peer.out.clear();
+  if (Connection* connection = peer.connection; connection != nullptr) {
+    peer.connection = nullptr;
+    connection->peer = nullptr;
+    ReleaseConnection(connection);
+  }
+  FailAll(peer, status);
+}
+
+void PeerTransport::Impl::ReleaseConnection(Connection* connection) {
+  auto on_close = [](uv_handle_t* handle) {
+    auto* c = static_cast<Connection*>(handle->data);
+    if (--c->open_handles == 0) delete c;
+  };
+  uv_timer_stop(&connection->connect_timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(&connection->connect_timer), on_close);
+  uv_close(reinterpret_cast<uv_handle_t*>(&connection->tcp), on_close);
+}
+
+void PeerTransport::Impl::ShutDownLoop() {
+  if (loop_closing_) return;
+  loop_closing_ = true;
+  for (auto& [address, peer] : peers_) {
+    CloseConnection(*peer, absl::UnavailableError(absl::StrCat(
+                               "peer transport stopped before ", address, " answered")),
+                    false);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+  }
+  // Write callbacks (with ECANCELED) still name their peer: peers are freed
+  // with the Impl, after the loop has finished.
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+}
+
+PeerTransport::PeerTransport(const PeerTransportOptions& options)
+    : impl_(std::make_unique<Impl>(options)) {}
+PeerTransport::~PeerTransport() { impl_->Stop(); }
+absl::Status PeerTransport::Start() { return impl_->Start(); }
+void PeerTransport::Stop() { impl_->Stop(); }
+void PeerTransport::Send(const std::string& address, std::string request_frame,
+                         absl::Duration timeout, Callback done) {
+  impl_->Send(address, std::move(request_frame), timeout, std::move(done));
+}
+void PeerTransport::SetDropped(std::vector<std::string> addresses) {
+  impl_->SetDropped(std::move(addresses));
+}
+bool PeerTransport::IsDropped(const std::string& address) const {
+  return impl_->IsDropped(address);
+}
+uint64_t PeerTransport::requests_sent() const { return impl_->requests_sent.load(); }
+uint64_t PeerTransport::requests_failed() const { return impl_->requests_failed.load(); }
+
+}  // namespace logkv::server::cluster

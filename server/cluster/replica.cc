@@ -1,0 +1,292 @@
+#include "server/cluster/replica.h"
+
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace logkv::server::cluster {
+
+namespace p = ::logkv::protocol;
+
+namespace {
+
+// Answers reach us already verified by the PeerTransport; they are verified
+// again (cheap next to a network round trip) so that helpers are safe on any
+// bytes, fakes' included. Their size is bounded by the transport's limit.
+constexpr uint32_t kMaxAnswerBytes = std::numeric_limits<int32_t>::max();
+
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder* b,
+                                                        absl::string_view bytes) {
+  return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+flatbuffers::Offset<p::ReplicaRecord> BuildRecord(flatbuffers::FlatBufferBuilder* b,
+                                                  const VersionedRecord& record) {
+  auto key = Bytes(b, record.key);
+  auto value = record.tombstone || !record.found ? 0 : Bytes(b, record.value);
+  return p::CreateReplicaRecord(*b, key, value, record.timestamp, record.expiry_unix_ms,
+                                record.tombstone, record.found);
+}
+
+VersionedRecord RecordOf(const p::ReplicaRecord& record) {
+  VersionedRecord out;
+  out.key = std::string(p::View(record.key()));
+  out.value = std::string(p::View(record.value()));
+  out.timestamp = record.timestamp();
+  out.expiry_unix_ms = record.expiry_unix_ms();
+  out.tombstone = record.tombstone();
+  out.found = record.found();
+  return out;
+}
+
+template <typename Operation>
+std::string FinishRequestFrame(flatbuffers::FlatBufferBuilder* b, p::Operation type,
+                               flatbuffers::Offset<Operation> operation) {
+  p::RequestBuilder request(*b);
+  // Non-zero, so the field is present: the transport rewrites it in place.
+  request.add_request_id(~uint64_t{0});
+  request.add_operation_type(type);
+  request.add_operation(operation.Union());
+  b->FinishSizePrefixed(request.Finish());
+  return std::string(p::FrameOf(*b));
+}
+
+void FinishResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id, p::Result type,
+                    flatbuffers::Offset<void> result) {
+  p::ResponseBuilder response(*b);
+  response.add_request_id(id);
+  response.add_status(p::StatusCode::Ok);
+  response.add_result_type(type);
+  response.add_result(result);
+  b->FinishSizePrefixed(response.Finish());
+}
+
+void BuildReplicateResult(flatbuffers::FlatBufferBuilder* b, uint64_t id,
+                          const std::vector<bool>& applied) {
+  b->Clear();
+  std::vector<uint8_t> flags(applied.begin(), applied.end());
+  // Vectors of bool are vectors of bytes on the wire.
+  auto result = p::CreateReplicateResult(*b, b->CreateVector(flags));
+  FinishResponse(b, id, p::Result::ReplicateResult, result.Union());
+}
+
+// The Response of a verified frame, or why there is none.
+absl::StatusOr<const p::Response*> AnswerOf(absl::string_view frame, p::Result expected) {
+  absl::StatusOr<const p::Response*> response = p::VerifyResponse(frame, kMaxAnswerBytes);
+  if (!response.ok()) return response.status();
+  if (absl::Status status = p::StatusFromResponse(**response); !status.ok()) return status;
+  if ((*response)->result_type() != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer answered ", p::EnumNameResult((*response)->result_type()),
+                     " where ", p::EnumNameResult(expected), " was expected"));
+  }
+  return response;
+}
+
+}  // namespace
+
+VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record) {
+  VersionedRecord out;
+  out.key = std::string(key);
+  out.found = record.found;
+  out.tombstone = record.tombstone;
+  out.timestamp = record.timestamp;
+  out.expiry_unix_ms = record.expiry_unix_ms;
+  out.version = record.version;
+  if (!record.tombstone) out.value = std::move(record.value);
+  return out;
+}
+
+void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
+                  std::function<void(absl::Status)> done) {
+  if (!record.found) return done(absl::OkStatus());
+  if (record.timestamp == 0) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("replicated record of a ", record.key.size(),
+                     "-byte key has timestamp 0 (replicated writes must carry one)")));
+  }
+  engine::WriteOptions options;
+  options.timestamp = record.timestamp;
+  // A replicated expiry is absolute, so every replica expires the key at
+  // the same moment; an expired record still beats older versions.
+  options.expiry_unix_ms = record.tombstone ? 0 : record.expiry_unix_ms;
+  auto callback = [done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
+    // applied == false means the engine already holds something at least
+    // as new: for the sender that is as good as applied.
+    done(result.status());
+  };
+  if (record.tombstone) {
+    engine->DeleteAsync(record.key, options, std::move(callback));
+  } else {
+    engine->PutAsync(record.key, record.value, options, std::move(callback));
+  }
+}
+
+Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
+                                 const p::Request& request, flatbuffers::FlatBufferBuilder* b,
+                                 absl::FunctionRef<Service::Completion()> defer) {
+  const uint64_t id = request.request_id();
+  const p::Replicate* replicate = request.operation_as_Replicate();
+  if (replicate == nullptr) {
+    p::BuildStatusResponse(b, id, absl::InvalidArgumentError("not a Replicate request"));
+    return Service::Outcome::kAnswered;
+  }
+  const size_t count = replicate->records() == nullptr ? 0 : replicate->records()->size();
+  // Flags are gathered here; whoever records the last one answers (inline
+  // unless --fsync=always makes the engine finish on its sync thread).
+  struct Gather {
+    absl::Mutex mu;
+    std::vector<bool> applied ABSL_GUARDED_BY(mu);
+    size_t remaining ABSL_GUARDED_BY(mu) = 0;
+    Service::Completion done;  // set before the first write when deferred
+  };
+  auto gather = std::make_shared<Gather>();
+  {
+    absl::MutexLock lock(&gather->mu);
+    gather->applied.assign(count, false);
+    gather->remaining = count;
+  }
+  if (fsync_always && count > 0) gather->done = defer();
+  for (size_t i = 0; i < count; ++i) {
+    VersionedRecord record = RecordOf(*replicate->records()->Get(i));
+    ApplyLocally(engine, record, [gather, i, id](absl::Status status) {
+      bool last;
+      {
+        absl::MutexLock lock(&gather->mu);
+        gather->applied[i] = status.ok();
+        last = --gather->remaining == 0;
+      }
+      if (last && gather->done) {
+        flatbuffers::FlatBufferBuilder builder(256);
+        std::vector<bool> applied;
+        {
+          absl::MutexLock lock(&gather->mu);
+          applied = gather->applied;
+        }
+        BuildReplicateResult(&builder, id, applied);
+        gather->done(std::string(p::FrameOf(builder)));
+      }
+    });
+  }
+  if (gather->done) return Service::Outcome::kDeferred;
+  std::vector<bool> applied;
+  {
+    absl::MutexLock lock(&gather->mu);
+    applied = gather->applied;
+  }
+  BuildReplicateResult(b, id, applied);
+  return Service::Outcome::kAnswered;
+}
+
+Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
+                                   flatbuffers::FlatBufferBuilder* b) {
+  const uint64_t id = request.request_id();
+  const p::ReadRecords* read = request.operation_as_ReadRecords();
+  if (read == nullptr) {
+    p::BuildStatusResponse(b, id, absl::InvalidArgumentError("not a ReadRecords request"));
+    return Service::Outcome::kAnswered;
+  }
+  const size_t count = read->keys() == nullptr ? 0 : read->keys()->size();
+  std::vector<VersionedRecord> records;
+  records.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const absl::string_view key = p::View(read->keys()->Get(i)->key());
+    absl::StatusOr<engine::KeyRecord> record = engine->GetRecord(key, !read->meta_only());
+    if (!record.ok()) {
+      // One unreadable key fails the whole answer: a reader must not take a
+      // damaged record for a missing one and "repair" it with an older one.
+      p::BuildStatusResponse(b, id, record.status());
+      return Service::Outcome::kAnswered;
+    }
+    records.push_back(FromKeyRecord(key, *std::move(record)));
+  }
+  b->Clear();
+  std::vector<flatbuffers::Offset<p::ReplicaRecord>> offsets;
+  offsets.reserve(records.size());
+  for (const VersionedRecord& record : records) offsets.push_back(BuildRecord(b, record));
+  auto vector = b->CreateVector(offsets);
+  auto result = p::CreateRecordsResult(*b, vector);
+  FinishResponse(b, id, p::Result::RecordsResult, result.Union());
+  return Service::Outcome::kAnswered;
+}
+
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted) {
+  size_t bytes = 256;
+  for (const VersionedRecord& record : records) {
+    bytes += record.key.size() + record.value.size() + 64;
+  }
+  flatbuffers::FlatBufferBuilder b(bytes);
+  std::vector<flatbuffers::Offset<p::ReplicaRecord>> offsets;
+  offsets.reserve(records.size());
+  for (const VersionedRecord& record : records) offsets.push_back(BuildRecord(&b, record));
+  auto vector = b.CreateVector(offsets);
+  return FinishRequestFrame(&b, p::Operation::Replicate, p::CreateReplicate(b, vector, hinted));
+}
+
+std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only) {
+  size_t bytes = 256;
+  for (const std::string& key : keys) bytes += key.size() + 32;
+  flatbuffers::FlatBufferBuilder b(bytes);
+  std::vector<flatbuffers::Offset<p::KeyItem>> items;
+  items.reserve(keys.size());
+  for (const std::string& key : keys) items.push_back(p::CreateKeyItem(b, Bytes(&b, key)));
+  auto vector = b.CreateVector(items);
+  return FinishRequestFrame(&b, p::Operation::ReadRecords,
+                            p::CreateReadRecords(b, vector, meta_only));
+}
+
+absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view frame,
+                                                       size_t expected_count) {
+  absl::StatusOr<const p::Response*> response = AnswerOf(frame, p::Result::ReplicateResult);
+  if (!response.ok()) return response.status();
+  const auto* flags = (*response)->result_as_ReplicateResult()->applied();
+  const size_t count = flags == nullptr ? 0 : flags->size();
+  if (count != expected_count) {
+    return absl::InvalidArgumentError(absl::StrCat("ReplicateResult has ", count,
+                                                   " flags for ", expected_count, " records"));
+  }
+  std::vector<bool> applied(count);
+  for (size_t i = 0; i < count; ++i) applied[i] = flags->Get(i);
+  return applied;
+}
+
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(absl::string_view frame,
+                                                               size_t expected_count) {
+  absl::StatusOr<const p::Response*> response = AnswerOf(frame, p::Result::RecordsResult);
+  if (!response.ok()) return response.status();
+  const auto* records = (*response)->result_as_RecordsResult()->records();
+  const size_t count = records == nullptr ? 0 : records->size();
+  if (count != expected_count) {
+    return absl::InvalidArgumentError(absl::StrCat("RecordsResult has ", count,
+                                                   " records for ", expected_count, " keys"));
+  }
+  std::vector<VersionedRecord> out;
+  out.reserve(count);
+  for (size_t i = 0; i < count; ++i) out.push_back(RecordOf(*records->Get(i)));
+  return out;
+}
+
+std::string EncodeRecord(const VersionedRecord& record) {
+  flatbuffers::FlatBufferBuilder b(record.key.size() + record.value.size() + 96);
+  b.Finish(BuildRecord(&b, record));
+  return std::string(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+}
+
+absl::StatusOr<VersionedRecord> DecodeRecord(absl::string_view bytes) {
+  // The verifier insists on aligned tables: copy into 8-byte aligned storage.
+  std::vector<uint64_t> aligned((bytes.size() + 7) / 8);
+  if (!bytes.empty()) memcpy(aligned.data(), bytes.data(), bytes.size());
+  const auto* data = reinterpret_cast<const uint8_t*>(aligned.data());
+  flatbuffers::Verifier verifier(data, bytes.size());
+  if (!verifier.VerifyBuffer<p::ReplicaRecord>(nullptr)) {
+    return absl::DataLossError(
+        absl::StrCat("a ", bytes.size(), "-byte hint does not verify as a ReplicaRecord"));
+  }
+  return RecordOf(*flatbuffers::GetRoot<p::ReplicaRecord>(data));
+}
+
+}  // namespace logkv::server::cluster

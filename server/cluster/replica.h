@@ -1,0 +1,108 @@
+// The replica side of replication: how a node applies the records peers send
+// it (Replicate) and answers what it holds of some keys (ReadRecords), and
+// the helpers that build those requests and read their answers for the
+// coordinator, the hinted-handoff queue and anti-entropy.
+//
+// A record is applied with last write wins on its hybrid-logical-clock
+// timestamp (engine::WriteOptions::timestamp): a replica keeps whichever
+// version of a key has the highest timestamp, so applying records is
+// idempotent and the order of delivery does not matter. A tombstone is a
+// record like any other: a delete newer than a value hides it, an older one
+// is ignored.
+//
+// Thread-safety: the functions are stateless; HandleReplicate and
+// HandleReadRecords may be called from every I/O loop at once.
+#ifndef LOGKV_SERVER_CLUSTER_REPLICA_H_
+#define LOGKV_SERVER_CLUSTER_REPLICA_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "engine/engine.h"
+#include "protocol/frame.h"
+#include "server/service.h"
+
+namespace logkv::server::cluster {
+
+// One key's record as replication moves it: the ReplicaRecord of the wire.
+struct VersionedRecord {
+  std::string key;
+  std::string value;  // empty for tombstones and meta-only reads
+  uint64_t timestamp = 0;
+  int64_t expiry_unix_ms = 0;
+  bool tombstone = false;
+  bool found = false;  // false: the replica knows nothing of the key (timestamp 0)
+  // The local engine's version counter of the key; not on the wire (versions
+  // are per replica), 0 when unknown.
+  uint64_t version = 0;
+};
+
+// Whether a holds a newer version of the key than b. A record that was not
+// found is older than every record that was.
+inline bool NewerThan(const VersionedRecord& a, const VersionedRecord& b) {
+  if (a.found != b.found) return a.found;
+  return a.timestamp > b.timestamp;
+}
+
+// key's record as the engine's GetRecord reports it.
+VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record);
+
+// Applies record to the local engine with last write wins (a Put with its
+// timestamp and absolute expiry, or a Delete for a tombstone). done runs
+// once the write is durable per the engine's fsync policy (on the engine's
+// sync thread under --fsync=always, inline otherwise) with true when the
+// engine now holds this version or a newer one. A record that was not found
+// is nothing to apply: done(true) at once.
+void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
+                  std::function<void(absl::Status)> done);
+
+// ---- The replica's handlers (registered for peer connections) -----------
+
+// Replicate: applies every record (ApplyLocally) and answers ReplicateResult
+// with one flag per record, true when the engine holds that version or a
+// newer one. With fsync_always the answer waits, through defer, for the
+// group commit's fdatasync (the contract of Service::Handle). engine must
+// outlive every deferred completion.
+Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
+                                 const protocol::Request& request,
+                                 flatbuffers::FlatBufferBuilder* builder,
+                                 absl::FunctionRef<Service::Completion()> defer);
+
+// ReadRecords: the engine's record of every key (tombstones included; no
+// values when meta_only) as a RecordsResult, in the order of the keys.
+// Always answered at once.
+Service::Outcome HandleReadRecords(engine::Engine* engine, const protocol::Request& request,
+                                   flatbuffers::FlatBufferBuilder* builder);
+
+// ---- Requests to peers, and their answers ---------------------------------
+// Frames are size-prefixed Request FlatBuffers with request_id 0 (the
+// PeerTransport numbers them).
+
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted);
+std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only);
+
+// The applied flags of a Replicate answer (a verified Response frame, length
+// prefix included). The status of the answer when it is not Ok;
+// InvalidArgument when its result is not a ReplicateResult of expected_count
+// flags.
+absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view response_frame,
+                                                       size_t expected_count);
+// The records of a ReadRecords answer, likewise.
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(absl::string_view response_frame,
+                                                               size_t expected_count);
+
+// ---- A record as bytes (the hinted-handoff queue's values) ----------------
+// The encoding is a FlatBuffer whose root is a protocol ReplicaRecord (not
+// size-prefixed): the wire's own grammar, so docs/protocol.md describes it.
+std::string EncodeRecord(const VersionedRecord& record);
+// DataLoss when bytes do not verify as a ReplicaRecord.
+absl::StatusOr<VersionedRecord> DecodeRecord(absl::string_view bytes);
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_REPLICA_H_

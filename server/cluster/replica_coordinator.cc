@@ -1,0 +1,587 @@
+#include "server/cluster/replica_coordinator.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "engine/hlc.h"
+#include "server/log.h"
+
+namespace logkv::server::cluster {
+
+namespace p = ::logkv::protocol;
+
+namespace {
+
+// The shortest timeout handed to the transport: an operation whose write
+// wait is spent still gets one quick chance rather than none.
+constexpr absl::Duration kMinSendTimeout = absl::Milliseconds(1);
+
+absl::Duration Remaining(absl::Time deadline) {
+  return std::max(deadline - absl::Now(), kMinSendTimeout);
+}
+
+// A key for messages: printable, and short even when the key is not.
+std::string KeyForMessage(absl::string_view key) {
+  constexpr size_t kMaxShown = 64;
+  std::string shown = absl::CHexEscape(key.substr(0, kMaxShown));
+  if (key.size() > kMaxShown) absl::StrAppend(&shown, "...");
+  return absl::StrCat("'", shown, "'");
+}
+
+size_t Majority(size_t n) { return n / 2 + 1; }
+
+}  // namespace
+
+// ---- Cluster timestamps --------------------------------------------------------
+
+uint8_t HashNodeTag(absl::string_view node_id) {
+  return static_cast<uint8_t>(XXH3_64bits(node_id.data(), node_id.size()) & kNodeTagMask);
+}
+
+uint8_t AssignNodeTag(absl::string_view self, absl::Span<const std::string> members) {
+  constexpr size_t kTags = size_t{1} << kNodeTagBits;
+  std::vector<std::pair<uint8_t, absl::string_view>> order;
+  order.reserve(members.size());
+  for (const std::string& member : members) order.emplace_back(HashNodeTag(member), member);
+  std::sort(order.begin(), order.end());
+  order.erase(std::unique(order.begin(), order.end()), order.end());
+  if (order.size() > kTags) return HashNodeTag(self);  // more members than tags
+  std::array<bool, kTags> used{};
+  for (const auto& [hash, member] : order) {
+    size_t tag = hash;
+    while (used[tag]) tag = (tag + 1) % kTags;
+    used[tag] = true;
+    if (member == self) return static_cast<uint8_t>(tag);
+  }
+  return HashNodeTag(self);
+}
+
+uint64_t ClusterClock::Now() {
+  const uint64_t physical = engine::HybridClock::FromPhysicalMs(clock_->NowUnixMs());
+  const uint64_t tag = tag_.load(std::memory_order_relaxed);
+  uint64_t last = last_.load(std::memory_order_relaxed);
+  while (true) {
+    // The next logical step above everything seen, or now if that is later;
+    // either has zero low bits, which the tag fills.
+    const uint64_t base = std::max(physical, (last & ~kNodeTagMask) + (kNodeTagMask + 1));
+    const uint64_t next = base | tag;
+    if (last_.compare_exchange_weak(last, next, std::memory_order_relaxed)) return next;
+  }
+}
+
+void ClusterClock::Observe(uint64_t timestamp) {
+  uint64_t last = last_.load(std::memory_order_relaxed);
+  while (timestamp > last &&
+         !last_.compare_exchange_weak(last, timestamp, std::memory_order_relaxed)) {
+  }
+}
+
+// ---- Operation states ------------------------------------------------------------
+
+struct ReplicaCoordinator::ReadState {
+  std::string key;
+  bool with_value = false;
+  size_t need = 0;
+  absl::Time deadline;
+  ReadDone done;
+
+  absl::Mutex mu;
+  std::vector<std::string> candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
+  size_t next ABSL_GUARDED_BY(mu) = 0;                      // the next candidate to ask
+  size_t in_flight ABSL_GUARDED_BY(mu) = 0;
+  std::vector<Reply> replies ABSL_GUARDED_BY(mu);
+  std::vector<std::string> failures ABSL_GUARDED_BY(mu);
+  bool finished ABSL_GUARDED_BY(mu) = false;
+};
+
+struct ReplicaCoordinator::SendState {
+  std::shared_ptr<const VersionedRecord> record;
+  std::string frame;  // the Replicate request, built once for every peer
+  size_t need = 0;
+  size_t total = 0;
+  bool hint = false;
+  absl::Time deadline;
+  SendDone done;
+
+  absl::Mutex mu;
+  size_t answered ABSL_GUARDED_BY(mu) = 0;
+  std::vector<std::string> applied ABSL_GUARDED_BY(mu);
+  std::vector<std::string> failures ABSL_GUARDED_BY(mu);
+  std::optional<engine::WriteResult> local ABSL_GUARDED_BY(mu);
+  bool finished ABSL_GUARDED_BY(mu) = false;
+};
+
+// ---- The coordinator -----------------------------------------------------------------
+
+ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
+                                       RingFunction ring, PeerLookup lookup,
+                                       std::string self_node_id, ServerMetrics* metrics,
+                                       HintedHandoff* handoff,
+                                       const ReplicaCoordinatorOptions& options)
+    : local_(local),
+      send_(std::move(send)),
+      ring_(std::move(ring)),
+      lookup_(std::move(lookup)),
+      self_(std::move(self_node_id)),
+      metrics_(metrics),
+      handoff_(handoff),
+      options_(options),
+      clock_(options.clock != nullptr ? options.clock : engine::SystemClock(),
+             HashNodeTag(self_)) {}
+
+void ReplicaCoordinator::set_self_node_id(std::string node_id) {
+  self_ = std::move(node_id);
+  clock_.set_tag(HashNodeTag(self_));
+}
+
+bool ReplicaCoordinator::Active() const {
+  std::shared_ptr<const Ring> ring = ring_();
+  return ring != nullptr && ring->size() > 1;
+}
+
+std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
+                                                      absl::string_view key) const {
+  return ring.PreferenceList(key, std::min(std::max<size_t>(options_.replicas, 1), ring.size()));
+}
+
+std::vector<std::string> ReplicaCoordinator::Owners(absl::string_view key) const {
+  std::shared_ptr<const Ring> ring = ring_();
+  if (ring == nullptr || ring->size() == 0) return {self_};
+  return OwnersOf(*ring, key);
+}
+
+std::string ReplicaCoordinator::HttpAddressOf(const std::string& node_id) const {
+  PeerInfo info;
+  if (lookup_(node_id, &info) && !info.http_address.empty()) return info.http_address;
+  return node_id;
+}
+
+void ReplicaCoordinator::RefreshTag(const std::shared_ptr<const Ring>& ring) {
+  absl::MutexLock lock(&tag_mu_);
+  if (ring == tagged_ring_) return;
+  tagged_ring_ = ring;
+  const uint8_t tag = AssignNodeTag(self_, ring->members());
+  if (tag != clock_.tag()) {
+    Log(Level::kInfo, "cluster: node %s stamps writes with tag %d (hash tag %d)", self_, tag,
+        HashNodeTag(self_));
+  }
+  clock_.set_tag(tag);
+}
+
+uint64_t ReplicaCoordinator::NewTimestamp() {
+  std::shared_ptr<const Ring> ring = ring_();
+  if (ring != nullptr) RefreshTag(ring);
+  return clock_.Now();
+}
+
+size_t ReplicaCoordinator::WriteAcks(p::Consistency consistency, size_t owners) const {
+  switch (consistency) {
+    case p::Consistency::Strong: return Majority(owners);
+    case p::Consistency::Eventual: return 1;
+    default: return std::clamp<size_t>(options_.write_acks, 1, owners);
+  }
+}
+
+size_t ReplicaCoordinator::ReadAcks(p::Consistency consistency, size_t owners) const {
+  switch (consistency) {
+    case p::Consistency::Strong: return Majority(owners);
+    case p::Consistency::Eventual: return 1;
+    default: return std::clamp<size_t>(options_.read_acks, 1, owners);
+  }
+}
+
+// ---- Writes -----------------------------------------------------------------------------
+
+void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
+                               p::Consistency consistency,
+                               std::function<void(absl::StatusOr<WriteOutcome>)> done) {
+  std::shared_ptr<const Ring> ring = ring_();
+  if (ring == nullptr || ring->size() == 0) {
+    return done(absl::UnavailableError("the cluster has no members yet"));
+  }
+  RefreshTag(ring);
+  std::vector<std::string> owners = OwnersOf(*ring, key);
+  const size_t need = WriteAcks(consistency, owners.size());
+  const absl::Time deadline = absl::Now() + options_.write_wait;
+  auto record = std::make_shared<VersionedRecord>();
+  record->found = true;
+  record->tombstone = !value.has_value();
+  if (value.has_value()) record->value = *std::move(value);
+  if (!record->tombstone && ttl_ms > 0) {
+    engine::Clock* clock = options_.clock != nullptr ? options_.clock : engine::SystemClock();
+    record->expiry_unix_ms = clock->NowUnixMs() + ttl_ms;
+  }
+  record->key = std::move(key);
+  if (metrics_ != nullptr && owners.size() > 1) metrics_->replications()->Inc();
+
+  if (consistency != p::Consistency::Strong) {
+    record->timestamp = clock_.Now();
+    return WriteStamped(std::move(owners), std::move(record), need, deadline, std::move(done));
+  }
+  // ABD, phase 1: learn the key's highest timestamp from a majority, so the
+  // write is stamped above every write that completed before it began.
+  const std::string& read_key = record->key;
+  ReadQuorum(owners, read_key, /*with_value=*/false, Majority(owners.size()), deadline,
+             [this, owners, record, need, deadline,
+              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
+               if (!replies.ok()) {
+                 return done(absl::UnavailableError(absl::StrCat(
+                     "strong write of key ", KeyForMessage(record->key),
+                     " not attempted: a majority of its owners could not be read within the "
+                     "write wait (",
+                     replies.status().message(), ")")));
+               }
+               for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
+               record->timestamp = clock_.Now();
+               WriteStamped(std::move(owners), std::move(record), need, deadline,
+                            std::move(done));
+             });
+}
+
+void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
+                                      std::shared_ptr<VersionedRecord> record, size_t need,
+                                      absl::Time deadline,
+                                      std::function<void(absl::StatusOr<WriteOutcome>)> done) {
+  const uint64_t timestamp = record->timestamp;
+  const size_t owner_count = owners.size();
+  SendToOwners(
+      owners, record, need, deadline, /*hint=*/true,
+      [owners, need, timestamp, owner_count, key = record->key, wait = options_.write_wait,
+       done = std::move(done)](bool reached, std::vector<std::string> applied,
+                               std::vector<std::string> failures,
+                               std::optional<engine::WriteResult> local) {
+        if (!reached) {
+          return done(absl::UnavailableError(absl::StrCat(
+              "write of key ", KeyForMessage(key), " reached ", applied.size(), " of ",
+              owner_count, " owners, ", need, " needed, within ", absl::FormatDuration(wait),
+              "; applied on [", absl::StrJoin(applied, ", "), "] (kept there, not rolled back)",
+              "; not on [", absl::StrJoin(failures, "; "),
+              "] (queued for hinted handoff)")));
+        }
+        WriteOutcome outcome;
+        if (local.has_value()) {
+          outcome.result = *local;
+        }
+        outcome.result.timestamp = timestamp;
+        outcome.result.applied = true;
+        outcome.owners = owners;
+        outcome.acknowledged = applied.size();
+        done(std::move(outcome));
+      });
+}
+
+void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
+                                      std::shared_ptr<const VersionedRecord> record, size_t need,
+                                      absl::Time deadline, bool hint, SendDone done) {
+  auto state = std::make_shared<SendState>();
+  state->record = std::move(record);
+  state->need = need;
+  state->total = targets.size();
+  state->hint = hint;
+  state->deadline = deadline;
+  state->done = std::move(done);
+  if (targets.empty()) {
+    state->done(need == 0, {}, {}, std::nullopt);
+    return;
+  }
+  for (const std::string& node : targets) {
+    if (node == self_) {
+      engine::WriteOptions options;
+      options.timestamp = state->record->timestamp;
+      options.expiry_unix_ms = state->record->tombstone ? 0 : state->record->expiry_unix_ms;
+      auto callback = [this, state, node](absl::StatusOr<engine::WriteResult> result) {
+        OnSent(state, node, result.status(),
+               result.ok() ? std::optional<engine::WriteResult>(*result) : std::nullopt);
+      };
+      if (state->record->tombstone) {
+        local_->DeleteAsync(state->record->key, options, std::move(callback));
+      } else {
+        local_->PutAsync(state->record->key, state->record->value, options, std::move(callback));
+      }
+      continue;
+    }
+    PeerInfo info;
+    if (!lookup_(node, &info)) {
+      OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt);
+      continue;
+    }
+    if (!info.alive) {
+      // Known dead: not even tried, straight to hinted handoff.
+      OnSent(state, node, absl::UnavailableError("down"), std::nullopt);
+      continue;
+    }
+    if (state->frame.empty()) state->frame = ReplicateRequestFrame({*state->record}, false);
+    const absl::Time sent = absl::Now();
+    send_(info.address, state->frame, Remaining(deadline),
+          [this, state, node, sent](absl::StatusOr<std::string> answer) {
+            absl::Status status = answer.status();
+            if (status.ok()) {
+              absl::StatusOr<std::vector<bool>> applied = ParseReplicateResult(*answer, 1);
+              if (!applied.ok()) {
+                status = applied.status();
+              } else if (!(*applied)[0]) {
+                status = absl::UnavailableError("the replica could not apply it");
+              }
+            }
+            if (status.ok() && metrics_ != nullptr) {
+              metrics_->replica_acks_ok()->Inc();
+              metrics_->replication_ack_seconds()->Observe(
+                  absl::ToDoubleSeconds(absl::Now() - sent));
+            }
+            OnSent(state, node, status, std::nullopt);
+          });
+  }
+}
+
+void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
+                                const absl::Status& status,
+                                std::optional<engine::WriteResult> local) {
+  if (!status.ok() && node != self_) {
+    if (state->hint && handoff_ != nullptr) {
+      if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {
+        Log(Level::kWarning, "cluster: %s", queued.ToString());
+      }
+    } else if (metrics_ != nullptr) {
+      metrics_->replica_acks_failed()->Inc();
+    }
+  } else if (!status.ok()) {
+    Log(Level::kWarning, "cluster: local write of key %s failed: %s",
+        KeyForMessage(state->record->key), status.ToString());
+  }
+  bool finish = false;
+  bool reached = false;
+  std::vector<std::string> applied;
+  std::vector<std::string> failures;
+  std::optional<engine::WriteResult> local_result;
+  {
+    absl::MutexLock lock(&state->mu);
+    ++state->answered;
+    if (status.ok()) {
+      state->applied.push_back(node);
+    } else {
+      state->failures.push_back(absl::StrCat(node, ": ", status.message()));
+    }
+    if (local.has_value()) state->local = local;
+    if (!state->finished) {
+      if (state->applied.size() >= state->need) {
+        finish = reached = true;
+      } else if (state->answered == state->total) {
+        finish = true;
+      }
+      if (finish) {
+        state->finished = true;
+        applied = state->applied;
+        failures = state->failures;
+        local_result = state->local;
+      }
+    }
+  }
+  if (finish) state->done(reached, std::move(applied), std::move(failures), local_result);
+}
+
+// ---- Reads ------------------------------------------------------------------------------
+
+void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
+                             std::function<void(absl::StatusOr<ReadResult>)> done) {
+  std::shared_ptr<const Ring> ring = ring_();
+  if (ring == nullptr || ring->size() == 0) {
+    return done(absl::UnavailableError("the cluster has no members yet"));
+  }
+  std::vector<std::string> owners = OwnersOf(*ring, key);
+  const size_t need = ReadAcks(consistency, owners.size());
+  const bool strong = consistency == p::Consistency::Strong;
+  const absl::Time deadline = absl::Now() + options_.write_wait;
+  ReadQuorum(owners, key, /*with_value=*/true, need, deadline,
+             [this, owners, strong, deadline, key,
+              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
+               if (!replies.ok()) {
+                 return done(absl::UnavailableError(
+                     absl::StrCat("read of key ", KeyForMessage(key), " failed: ",
+                                  replies.status().message())));
+               }
+               FinishRead(std::move(owners), *std::move(replies), strong, deadline,
+                          std::move(done));
+             });
+}
+
+void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector<Reply> replies,
+                                    bool strong, absl::Time deadline,
+                                    std::function<void(absl::StatusOr<ReadResult>)> done) {
+  size_t newest_index = 0;
+  for (size_t i = 1; i < replies.size(); ++i) {
+    if (NewerThan(replies[i].record, replies[newest_index].record)) newest_index = i;
+  }
+  auto newest = std::make_shared<VersionedRecord>(replies[newest_index].record);
+  clock_.Observe(newest->timestamp);
+  ReadResult result;
+  result.found = newest->found && !newest->tombstone;
+  if (result.found) {
+    result.value = newest->value;
+    result.timestamp = newest->timestamp;
+    result.expiry_unix_ms = newest->expiry_unix_ms;
+    // Versions are per replica: the local one when it holds the newest.
+    for (const Reply& reply : replies) {
+      if (reply.node_id == self_ && reply.record.timestamp == newest->timestamp) {
+        result.version = reply.record.version;
+      }
+    }
+  }
+  // Owners asked that hold something older, and (strong) how many hold the newest.
+  std::vector<std::string> stale;
+  size_t holders = 0;
+  for (const Reply& reply : replies) {
+    if (NewerThan(*newest, reply.record)) {
+      stale.push_back(reply.node_id);
+    } else {
+      ++holders;
+    }
+  }
+  if (!newest->found) return done(std::move(result));  // nobody knows the key: nothing to repair
+
+  if (!strong) {
+    if (!stale.empty()) {
+      // Background repair: the answer does not wait for it.
+      SendToOwners(stale, newest, /*need=*/stale.size(), deadline, /*hint=*/false,
+                   [](bool, std::vector<std::string>, std::vector<std::string>,
+                      std::optional<engine::WriteResult>) {});
+    }
+    return done(std::move(result));
+  }
+  // ABD, the read's write-back: answer only once a majority holds the newest
+  // record, so no later read can return anything older.
+  const size_t majority = Majority(owners.size());
+  if (holders >= majority) return done(std::move(result));
+  std::vector<std::string> targets;
+  for (const std::string& owner : owners) {
+    bool holds = false;
+    for (const Reply& reply : replies) {
+      if (reply.node_id == owner && !NewerThan(*newest, reply.record)) holds = true;
+    }
+    if (!holds) targets.push_back(owner);
+  }
+  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false,
+               [result = std::move(result), key = newest->key, majority, holders,
+                done = std::move(done)](bool reached, std::vector<std::string> applied,
+                                        std::vector<std::string> failures,
+                                        std::optional<engine::WriteResult>) mutable {
+                 if (!reached) {
+                   return done(absl::UnavailableError(absl::StrCat(
+                       "strong read of key ", KeyForMessage(key), ": the newest record is on ",
+                       holders + applied.size(), " owners, ", majority,
+                       " needed, within the write wait; not on [", absl::StrJoin(failures, "; "),
+                       "]")));
+                 }
+                 done(std::move(result));
+               });
+}
+
+void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
+                                    const std::string& key, bool with_value, size_t need,
+                                    absl::Time deadline, ReadDone done) {
+  auto state = std::make_shared<ReadState>();
+  state->key = key;
+  state->with_value = with_value;
+  state->need = need;
+  state->deadline = deadline;
+  state->done = std::move(done);
+  // The local engine first (no network), then live owners in preference
+  // order; owners known dead are not asked. (The membership is asked
+  // before taking the state's lock: no foreign lock is taken under it.)
+  std::vector<std::string> candidates;
+  std::vector<std::string> failures;
+  for (const std::string& owner : owners) {
+    if (owner == self_) candidates.push_back(owner);
+  }
+  for (const std::string& owner : owners) {
+    PeerInfo info;
+    if (owner != self_ && lookup_(owner, &info) && info.alive) {
+      candidates.push_back(owner);
+    } else if (owner != self_) {
+      failures.push_back(absl::StrCat(owner, ": down"));
+    }
+  }
+  std::optional<std::string> unreachable;
+  {
+    absl::MutexLock lock(&state->mu);
+    state->candidates = std::move(candidates);
+    state->failures = std::move(failures);
+    if (state->candidates.size() < need) {
+      state->finished = true;
+      unreachable = absl::StrCat(need, " of ", owners.size(), " owners needed, ",
+                                 state->candidates.size(), " reachable; [",
+                                 absl::StrJoin(state->failures, "; "), "]");
+    }
+  }
+  if (unreachable.has_value()) return state->done(absl::UnavailableError(*unreachable));
+  for (size_t i = 0; i < need; ++i) ReadNext(state);
+}
+
+void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
+  std::string node;
+  {
+    absl::MutexLock lock(&state->mu);
+    if (state->finished || state->next >= state->candidates.size()) return;
+    node = state->candidates[state->next++];
+    ++state->in_flight;
+  }
+  if (node == self_) {
+    absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(state->key, state->with_value);
+    if (!record.ok()) return OnRead(state, node, record.status());
+    return OnRead(state, node, FromKeyRecord(state->key, *std::move(record)));
+  }
+  PeerInfo info;
+  if (!lookup_(node, &info)) {
+    return OnRead(state, node, absl::UnavailableError("not a known member"));
+  }
+  const std::string keys[] = {state->key};
+  send_(info.address, ReadRecordsRequestFrame(keys, !state->with_value),
+        Remaining(state->deadline), [this, state, node](absl::StatusOr<std::string> answer) {
+          if (!answer.ok()) return OnRead(state, node, answer.status());
+          absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*answer, 1);
+          if (!records.ok()) return OnRead(state, node, records.status());
+          VersionedRecord record = std::move((*records)[0]);
+          record.version = 0;  // a peer's counter means nothing here
+          OnRead(state, node, std::move(record));
+        });
+}
+
+void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
+                                absl::StatusOr<VersionedRecord> record) {
+  bool ask_next = false;
+  std::optional<absl::StatusOr<std::vector<Reply>>> finish;
+  {
+    absl::MutexLock lock(&state->mu);
+    --state->in_flight;
+    if (state->finished) return;
+    if (record.ok()) {
+      state->replies.push_back(Reply{node, *std::move(record)});
+      if (state->replies.size() >= state->need) {
+        state->finished = true;
+        finish = std::move(state->replies);
+      }
+    } else {
+      state->failures.push_back(absl::StrCat(node, ": ", record.status().message()));
+      const size_t possible =
+          state->replies.size() + state->in_flight + (state->candidates.size() - state->next);
+      if (possible < state->need) {
+        state->finished = true;
+        finish = absl::UnavailableError(absl::StrCat(
+            state->replies.size(), " of ", state->need, " owners answered within the write wait; [",
+            absl::StrJoin(state->failures, "; "), "]"));
+      } else {
+        ask_next = true;
+      }
+    }
+  }
+  if (finish.has_value()) return state->done(*std::move(finish));
+  if (ask_next) ReadNext(state);
+}
+
+}  // namespace logkv::server::cluster

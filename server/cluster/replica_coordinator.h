@@ -1,0 +1,251 @@
+// The coordinator of client operations over N replicas (server/cluster/
+// coordinator.h has the contract): any node coordinates any key.
+//
+// Placement: a key's owners are the first min(--replicas, members) distinct
+// members of the ring clockwise from it (Ring::PreferenceList); the first is
+// its primary. The local engine is written and read directly when this node
+// is an owner; other owners through the PeerTransport (Replicate,
+// ReadRecords; server/cluster/replica.h has the replica side).
+//
+// Acknowledgements asked for, per request:
+//   Eventual              W = 1, R = 1
+//   Strong                W = R = majority of N, with ABD (below)
+//   Default               W = --w, R = --r (0: 1), capped at N; no ABD
+//
+// Writes are stamped by the coordinator with a cluster timestamp
+// (ClusterClock); replicas keep the newest (last write wins). A write
+// answers once W owners applied it; when W is not reached within
+// write_wait it answers Unavailable, naming the owners that did apply it
+// (nothing is rolled back: they keep it, and the others get it from hinted
+// handoff). Owners that fail, time out, or are known dead (not even tried)
+// get a hint.
+//
+// Reads ask R owners (the local engine first when it is one, then live
+// owners in preference order, the next one when one fails) and answer the
+// newest record; a tombstone newer than a value means not found. Stale
+// owners among those asked are repaired with Replicate: in the background
+// for Eventual and Default, before answering for Strong.
+//
+// Strong is linearizable for single-key get, put and delete (ABD): a
+// strong write first reads the key's timestamps from a majority of owners
+// (meta only) and stamps above the highest it saw, then waits for a
+// majority to apply it; a strong read reads a majority and, unless a
+// majority already holds the newest record, writes it back until one does
+// before answering.
+//
+// Lifetimes: engine, the send function's transport, the ring and lookup
+// functions' membership, metrics and handoff must outlive the coordinator,
+// and every operation must have finished (the transport stopped: it fails
+// what is pending) before it is destroyed.
+//
+// Thread-safety: every method may be called from any thread at once;
+// callbacks run on the thread that completes the operation (the caller's
+// for answers from the local engine alone, else the transport's or the
+// engine's sync thread). No call blocks: each operation keeps a small state
+// object with its own mutex, and the write wait is the transport's
+// per-request timeout.
+#ifndef LOGKV_SERVER_CLUSTER_REPLICA_COORDINATOR_H_
+#define LOGKV_SERVER_CLUSTER_REPLICA_COORDINATOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "engine/engine.h"
+#include "server/cluster/coordinator.h"
+#include "server/cluster/hinted_handoff.h"
+#include "server/cluster/peer_transport.h"
+#include "server/cluster/replica.h"
+#include "server/cluster/ring.h"
+#include "server/metrics.h"
+
+namespace logkv::server::cluster {
+
+// ---- Cluster timestamps ----------------------------------------------------
+//
+// A cluster timestamp is the engine's hybrid-logical-clock form, (unix ms <<
+// 16) | logical, whose low 8 bits are the stamping coordinator's node tag:
+//
+//   bits 63..16  unix milliseconds    bits 15..8  logical counter    bits 7..0  node tag
+//
+// Two coordinators with different tags never produce the same timestamp, so
+// "last write wins" never has to choose between two different writes with
+// equal timestamps (the node id tie-break of DESIGN.md, folded into the
+// number: the engine compares plain integers). Tags are assigned from the
+// ring's members (AssignNodeTag): each member's tag is XXH3-64(node id) &
+// 0xff, and members whose hashes collide take the next free tag in order of
+// (hash, node id). Residual risk: two nodes that collide and transiently
+// hold different views of the membership (one knows a member the other
+// does not yet) can share a tag for that window, and clusters of more than
+// 256 members share tags; a duplicate timestamp then also needs both to
+// stamp the same key in the same millisecond with the same logical count.
+inline constexpr int kNodeTagBits = 8;
+inline constexpr uint64_t kNodeTagMask = (uint64_t{1} << kNodeTagBits) - 1;
+
+// XXH3-64(node_id) & 0xff.
+uint8_t HashNodeTag(absl::string_view node_id);
+// self's tag among members (see above); HashNodeTag(self) when self is not
+// a member.
+uint8_t AssignNodeTag(absl::string_view self, absl::Span<const std::string> members);
+
+// Issues cluster timestamps: monotonic (each greater than every one issued
+// or observed before), following wall-clock time, low bits = the node tag.
+//
+// Thread-safety: every method may be called from any thread at once.
+class ClusterClock {
+ public:
+  // clock must outlive this ClusterClock.
+  ClusterClock(engine::Clock* clock, uint8_t tag) : clock_(clock), tag_(tag) {}
+  ClusterClock(const ClusterClock&) = delete;
+  ClusterClock& operator=(const ClusterClock&) = delete;
+
+  uint64_t Now();
+  // Moves the clock past a timestamp seen elsewhere.
+  void Observe(uint64_t timestamp);
+  void set_tag(uint8_t tag) { tag_.store(tag, std::memory_order_relaxed); }
+  uint8_t tag() const { return tag_.load(std::memory_order_relaxed); }
+
+ private:
+  engine::Clock* const clock_;
+  std::atomic<uint8_t> tag_;
+  std::atomic<uint64_t> last_{0};
+};
+
+// ---- The coordinator ---------------------------------------------------------
+
+struct ReplicaCoordinatorOptions {
+  size_t replicas = 3;      // N (--replicas), capped at the ring's size
+  size_t write_acks = 0;    // W of Consistency::Default (--w); 0 = 1
+  size_t read_acks = 0;     // R of Consistency::Default (--r); 0 = 1
+  absl::Duration write_wait = absl::Seconds(3);  // --write-wait
+  engine::Clock* clock = nullptr;  // default engine::SystemClock(); must outlive
+};
+
+// What the coordinator needs to know of a member.
+struct PeerInfo {
+  std::string address;       // binary-protocol host:port
+  std::string http_address;  // "" = none
+  bool alive = false;        // Alive or Suspect
+};
+
+class ReplicaCoordinator final : public Coordinator {
+ public:
+  // The current ring (never null once the node runs; Membership::ring).
+  using RingFunction = std::function<std::shared_ptr<const Ring>()>;
+  // A member by node id; false when unknown.
+  using PeerLookup = std::function<bool(const std::string& node_id, PeerInfo* info)>;
+  // PeerTransport::Send's contract: done is called exactly once.
+  using SendFunction = std::function<void(const std::string& address, std::string request_frame,
+                                          absl::Duration timeout, PeerTransport::Callback done)>;
+
+  // Sends through transport (which must outlive the coordinator's use).
+  static SendFunction SendThrough(PeerTransport* transport) {
+    return [transport](const std::string& address, std::string frame, absl::Duration timeout,
+                       PeerTransport::Callback done) {
+      transport->Send(address, std::move(frame), timeout, std::move(done));
+    };
+  }
+
+  // handoff and metrics may be null (no hints, no figures).
+  ReplicaCoordinator(engine::Engine* local, SendFunction send, RingFunction ring,
+                     PeerLookup lookup, std::string self_node_id, ServerMetrics* metrics,
+                     HintedHandoff* handoff, const ReplicaCoordinatorOptions& options);
+  ReplicaCoordinator(engine::Engine* local, PeerTransport* transport, RingFunction ring,
+                     PeerLookup lookup, std::string self_node_id, ServerMetrics* metrics,
+                     HintedHandoff* handoff, const ReplicaCoordinatorOptions& options)
+      : ReplicaCoordinator(local, SendThrough(transport), std::move(ring), std::move(lookup),
+                           std::move(self_node_id), metrics, handoff, options) {}
+  ReplicaCoordinator(const ReplicaCoordinator&) = delete;
+  ReplicaCoordinator& operator=(const ReplicaCoordinator&) = delete;
+  ~ReplicaCoordinator() override = default;
+
+  bool Active() const override;
+  void Get(std::string key, protocol::Consistency consistency,
+           std::function<void(absl::StatusOr<ReadResult>)> done) override;
+  void Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
+             protocol::Consistency consistency,
+             std::function<void(absl::StatusOr<WriteOutcome>)> done) override;
+  std::vector<std::string> Owners(absl::string_view key) const override;
+
+  // Replaces the node id given at construction, for a node whose id is
+  // known only once its port is bound. REQUIRES: before any operation and
+  // before the ring first has a member (in main: before ClusterNode::Start,
+  // which publishes the membership the ring function reads).
+  void set_self_node_id(std::string node_id);
+
+  // A member's HTTP address when it advertises one, else its node id (for
+  // answers such as primary_node).
+  std::string HttpAddressOf(const std::string& node_id) const;
+
+  // A new cluster timestamp, with the tag of the current ring (tests).
+  uint64_t NewTimestamp();
+  ClusterClock* clock() { return &clock_; }
+
+ private:
+  struct Reply {
+    std::string node_id;
+    VersionedRecord record;
+  };
+  struct ReadState;
+  struct SendState;
+  using ReadDone = std::function<void(absl::StatusOr<std::vector<Reply>>)>;
+  // reached: need acks arrived; applied: the owners that applied (so far);
+  // failures: "node: why" of those that did not (so far).
+  using SendDone = std::function<void(bool reached, std::vector<std::string> applied,
+                                      std::vector<std::string> failures,
+                                      std::optional<engine::WriteResult> local)>;
+
+  std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
+  void RefreshTag(const std::shared_ptr<const Ring>& ring);
+  size_t WriteAcks(protocol::Consistency consistency, size_t owners) const;
+  size_t ReadAcks(protocol::Consistency consistency, size_t owners) const;
+
+  // Reads key from need owners (candidates in order, the next on failure).
+  void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
+                  bool with_value, size_t need, absl::Time deadline, ReadDone done);
+  void ReadNext(const std::shared_ptr<ReadState>& state);
+  void OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
+              absl::StatusOr<VersionedRecord> record);
+
+  // Sends record to targets; done once need of them applied it, or all
+  // answered without. hint: failed owners get a hint.
+  void SendToOwners(const std::vector<std::string>& targets,
+                    std::shared_ptr<const VersionedRecord> record, size_t need,
+                    absl::Time deadline, bool hint, SendDone done);
+  void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
+              const absl::Status& status, std::optional<engine::WriteResult> local);
+
+  void WriteStamped(std::vector<std::string> owners, std::shared_ptr<VersionedRecord> record,
+                    size_t need, absl::Time deadline,
+                    std::function<void(absl::StatusOr<WriteOutcome>)> done);
+  void FinishRead(std::vector<std::string> owners, std::vector<Reply> replies, bool strong,
+                  absl::Time deadline, std::function<void(absl::StatusOr<ReadResult>)> done);
+
+  // Constant after construction.
+  engine::Engine* const local_;
+  const SendFunction send_;
+  const RingFunction ring_;
+  const PeerLookup lookup_;
+  std::string self_;  // constant once operations begin (set_self_node_id)
+  ServerMetrics* const metrics_;
+  HintedHandoff* const handoff_;
+  const ReplicaCoordinatorOptions options_;
+
+  ClusterClock clock_;
+  absl::Mutex tag_mu_;
+  std::shared_ptr<const Ring> tagged_ring_ ABSL_GUARDED_BY(tag_mu_);
+};
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_REPLICA_COORDINATOR_H_

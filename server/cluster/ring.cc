@@ -1,0 +1,53 @@
+#include "server/cluster/ring.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/str_cat.h"
+
+namespace logkv::server::cluster {
+
+Ring::Ring(std::vector<std::string> members, int virtual_nodes) : members_(std::move(members)) {
+  assert(virtual_nodes > 0);
+  std::sort(members_.begin(), members_.end());
+  members_.erase(std::unique(members_.begin(), members_.end()), members_.end());
+  points_.reserve(members_.size() * static_cast<size_t>(virtual_nodes));
+  for (uint32_t member = 0; member < members_.size(); ++member) {
+    for (int i = 0; i < virtual_nodes; ++i) {
+      const std::string name = absl::StrCat(members_[member], "#", i);
+      points_.push_back(Point{XXH3_64bits(name.data(), name.size()), member});
+    }
+  }
+  // Ties between positions (astronomically rare) are broken by member, so
+  // every node builds the same ring from the same members.
+  std::sort(points_.begin(), points_.end(), [](const Point& a, const Point& b) {
+    return a.position != b.position ? a.position < b.position : a.member < b.member;
+  });
+}
+
+std::vector<std::string> Ring::PreferenceList(absl::string_view key, size_t n) const {
+  return PreferenceListOfHash(XXH3_64bits(key.data(), key.size()), n);
+}
+
+std::vector<std::string> Ring::PreferenceListOfHash(uint64_t key_hash, size_t n) const {
+  std::vector<std::string> owners;
+  const size_t wanted = std::min(n, members_.size());
+  if (wanted == 0 || points_.empty()) return owners;
+  owners.reserve(wanted);
+  // The first point at or after the key's position, wrapping around.
+  auto start = std::lower_bound(points_.begin(), points_.end(), key_hash,
+                                [](const Point& point, uint64_t hash) { return point.position < hash; });
+  size_t index = static_cast<size_t>(start - points_.begin());
+  std::vector<bool> taken(members_.size(), false);
+  for (size_t step = 0; step < points_.size() && owners.size() < wanted; ++step) {
+    const Point& point = points_[(index + step) % points_.size()];
+    if (taken[point.member]) continue;
+    taken[point.member] = true;
+    owners.push_back(members_[point.member]);
+  }
+  return owners;
+}
+
+}  // namespace logkv::server::cluster

@@ -1,0 +1,941 @@
+// Cluster tests against real logkvd processes on loopback ports, 3 to 5
+// nodes started, killed, wiped and partitioned by the tests (see
+// cluster_process.h). What they check, in the words of DESIGN.md's Cluster
+// section:
+//
+//   ReplicationTest        a write is visible in every owner's local copy
+//                          (/store), on the eventual and the strong paths; a
+//                          5-node cluster keeps each key on exactly N owners.
+//   QuorumTest             strong writes need a majority of owners (503
+//                          without), eventual ones do not; what the absent
+//                          owners missed reaches them when they return.
+//   CrashTest              kill -9 of a node under a W=majority write load
+//                          loses no acknowledged write; every key converges
+//                          on every owner (hinted handoff + anti-entropy).
+//   AntiEntropyTest        a wiped node, and a node rolled back to an older
+//                          copy, are repaired; the bytes moved are reported
+//                          and follow what was missing.
+//   MembershipTest         a 4th node joins under load and takes keys; a node
+//                          leaves gracefully; no acknowledged key is lost.
+//   PartitionTest          under a seeded nemesis that partitions and heals,
+//                          strong single-key histories are linearizable
+//                          (tests/cluster/linearizability.h) and eventual
+//                          writes converge after healing.
+//
+// Every wait is a bounded polling loop; no test asserts on wall-clock time.
+// Measured times (to converge, to repair) are printed and recorded as test
+// properties. Randomized schedules print their seed (LOGKV_TEST_SEED replays).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "tests/cluster/cluster_process.h"
+#include "tests/cluster/linearizability.h"
+#include "tests/engine/test_macros.h"
+
+namespace logkv::test {
+namespace {
+
+namespace lin = ::logkv::test::linearizability;
+
+constexpr absl::Duration kRequestTimeout = absl::Seconds(3);
+constexpr absl::Duration kMembershipTimeout = absl::Seconds(30);
+constexpr absl::Duration kConvergeTimeout = absl::Seconds(60);
+constexpr absl::Duration kStorePollInterval = absl::Milliseconds(200);
+constexpr int kMaxReadFailures = 20;
+constexpr size_t kMaxHistoryLines = 300;
+// Pause of a load writer after each write: a few hundred keys per second in
+// all, enough to overlap crashes and joins, few enough to verify key by key.
+constexpr auto kWritePause = std::chrono::milliseconds(10);
+
+int64_t MonotonicNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Describe(const absl::StatusOr<HttpAnswer>& answer) {
+  if (!answer.ok()) return answer.status().ToString();
+  return absl::StrCat(answer->status, " ", answer->body.substr(0, 300));
+}
+
+bool IsOk200(const absl::StatusOr<HttpAnswer>& answer) {
+  return answer.ok() && answer->status == 200;
+}
+
+// Prints a measured figure and records it with the test's results.
+void Report(const std::string& name, const std::string& value) {
+  std::cout << "[ MEASURED ] " << name << " = " << value << std::endl;
+  ::testing::Test::RecordProperty(name, value);
+}
+
+std::string Ms(absl::Duration duration) {
+  return absl::StrFormat("%.0f ms", absl::ToDoubleMilliseconds(duration));
+}
+
+// Polls GET /store on every node given until each key has its expected
+// value there (nullopt: absent). The time it took, or what is still wrong.
+absl::StatusOr<absl::Duration> WaitStoresMatch(
+    const ClusterProcess& cluster, const std::vector<int>& nodes,
+    const std::map<std::string, std::optional<std::string>>& expected,
+    absl::Duration timeout = kConvergeTimeout) {
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + timeout;
+  std::vector<std::pair<int, const std::string*>> pending;
+  for (int node : nodes) {
+    for (const auto& [key, value] : expected) pending.emplace_back(node, &key);
+  }
+  std::string example;
+  while (true) {
+    std::vector<std::pair<int, const std::string*>> still;
+    example.clear();
+    for (const auto& [node, key] : pending) {
+      // A node that answers slowly must not stretch a round past the deadline.
+      if (absl::Now() >= deadline) {
+        still.emplace_back(node, key);
+        continue;
+      }
+      absl::StatusOr<std::optional<std::string>> got = cluster.StoreValue(node, *key);
+      const std::optional<std::string>& want = expected.at(*key);
+      if (got.ok() && *got == want) continue;
+      still.emplace_back(node, key);
+      if (still.size() <= 5) {
+        absl::StrAppend(&example, "\n  ", cluster.node_id(node), " /store/", *key, ": want ",
+                        want ? absl::StrCat("\"", want->substr(0, 40), "\"") : "absent", ", got ",
+                        !got.ok() ? got.status().ToString()
+                        : *got    ? absl::StrCat("\"", (*got)->substr(0, 40), "\"")
+                                  : "absent");
+      }
+    }
+    pending = std::move(still);
+    if (pending.empty()) return absl::Now() - start;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(pending.size(), " (node, key) pairs still differ after ",
+                       absl::FormatDuration(timeout), ", e.g.:", example));
+    }
+    absl::SleepFor(kStorePollInterval);
+  }
+}
+
+// Nodes whose local copy of key is value.
+int CountHolders(const ClusterProcess& cluster, const std::string& key,
+                 const std::optional<std::string>& value) {
+  int holders = 0;
+  for (int node : cluster.RunningNodes()) {
+    absl::StatusOr<std::optional<std::string>> got = cluster.StoreValue(node, key);
+    if (got.ok() && *got == value) ++holders;
+  }
+  return holders;
+}
+
+// Polls /metrics key_count of node until it is at least count.
+absl::StatusOr<absl::Duration> WaitKeyCount(const ClusterProcess& cluster, int node, int64_t count,
+                                            absl::Duration timeout = kConvergeTimeout) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<int64_t> last = absl::UnknownError("not polled");
+  while (true) {
+    last = cluster.KeyCount(node);
+    if (last.ok() && *last >= count) return absl::Now() - start;
+    if (absl::Now() - start >= timeout) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(cluster.node_id(node), " key_count is ",
+                       last.ok() ? absl::StrCat(*last) : last.status().ToString(), ", want ", count,
+                       " after ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(kStorePollInterval);
+  }
+}
+
+// The sum of the anti-entropy byte counters a node reports: Prometheus
+// samples (or JSON /metrics fields) whose name has both "anti_entropy" and
+// "bytes" (bytes sent and received by the exchanges it started).
+absl::StatusOr<double> AntiEntropyBytes(const ClusterProcess& cluster, int node) {
+  double sum = 0;
+  bool found = false;
+  if (absl::StatusOr<std::string> text = cluster.MetricsText(node); text.ok()) {
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+      if (line.front() == '#') continue;
+      const size_t name_end = line.find_first_of("{ ");
+      const size_t value_start = line.rfind(' ');
+      if (name_end == absl::string_view::npos || value_start == absl::string_view::npos) continue;
+      const absl::string_view name = line.substr(0, name_end);
+      if (name.find("anti_entropy") == absl::string_view::npos ||
+          name.find("bytes") == absl::string_view::npos) {
+        continue;
+      }
+      double value;
+      if (absl::SimpleAtod(line.substr(value_start + 1), &value)) {
+        sum += value;
+        found = true;
+      }
+    }
+  }
+  if (!found) {
+    absl::StatusOr<nlohmann::json> metrics = cluster.MetricsJson(node);
+    if (!metrics.ok()) return metrics.status();
+    for (const auto& [name, value] : metrics->items()) {
+      if (name.find("anti_entropy") != std::string::npos &&
+          name.find("bytes") != std::string::npos && value.is_number()) {
+        sum += value.get<double>();
+        found = true;
+      }
+    }
+  }
+  if (!found) {
+    return absl::NotFoundError(
+        absl::StrCat(cluster.node_id(node),
+                     " reports no anti-entropy byte counter in /metrics (a sample or "
+                     "field whose name has \"anti_entropy\" and \"bytes\")"));
+  }
+  return sum;
+}
+
+// Writes sequential keys "<prefix>-<thread>-<i>" from a few threads until
+// Stop, to nodes chosen at random among `targets`, and keeps the
+// acknowledged ones. Errors are ambiguous: not counted either way.
+class WriteLoad {
+ public:
+  WriteLoad(const ClusterProcess* cluster, std::string prefix, Consistency consistency,
+            uint64_t seed, int threads = 2)
+      : cluster_(cluster), prefix_(std::move(prefix)), consistency_(consistency) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, t, seed] { Run(t, seed + t); });
+    }
+  }
+  ~WriteLoad() { Stop(); }
+
+  void SetTargets(std::vector<int> targets) {
+    std::lock_guard<std::mutex> lock(mu_);
+    targets_ = std::move(targets);
+  }
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+  std::map<std::string, std::optional<std::string>> Acknowledged() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return acknowledged_;
+  }
+  int64_t attempts() const { return attempts_.load(); }
+  int64_t errors() const { return errors_.load(); }
+
+ private:
+  void Run(int thread, uint64_t seed) {
+    std::mt19937_64 random(seed);
+    for (int i = 0; !stop_.load(); ++i) {
+      int target;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (targets_.empty()) {
+          target = -1;
+        } else {
+          target = targets_[std::uniform_int_distribution<size_t>(0, targets_.size() - 1)(random)];
+        }
+      }
+      if (target < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        continue;
+      }
+      const std::string key = absl::StrCat(prefix_, "-", thread, "-", i);
+      const std::string value = absl::StrCat("value-", key, "-", seed);
+      ++attempts_;
+      absl::StatusOr<HttpAnswer> answer =
+          cluster_->Put(target, key, value, consistency_, kRequestTimeout);
+      if (IsOk200(answer)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        acknowledged_[key] = value;
+        std::this_thread::sleep_for(kWritePause);
+      } else {
+        ++errors_;
+        // A node that is down refuses at once: do not spin on it.
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  }
+
+  const ClusterProcess* const cluster_;
+  const std::string prefix_;
+  const Consistency consistency_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> attempts_{0};
+  std::atomic<int64_t> errors_{0};
+  mutable std::mutex mu_;
+  std::vector<int> targets_;
+  std::map<std::string, std::optional<std::string>> acknowledged_;
+  std::vector<std::thread> threads_;
+};
+
+// Every acknowledged key reads back through the cluster (strong) with its
+// value, asking the given nodes in turn.
+void ExpectAllReadable(const ClusterProcess& cluster, const std::vector<int>& nodes,
+                       const std::map<std::string, std::optional<std::string>>& acknowledged) {
+  int lost = 0;
+  size_t turn = 0;
+  for (const auto& [key, value] : acknowledged) {
+    const int node = nodes[turn++ % nodes.size()];
+    absl::StatusOr<HttpAnswer> answer = cluster.Get(node, key, Consistency::kStrong);
+    if (IsOk200(answer) && answer->body == *value) continue;
+    if (++lost <= 5) {
+      ADD_FAILURE() << "acknowledged write lost or unreadable: " << key << " via "
+                    << cluster.node_id(node) << ": " << Describe(answer);
+    }
+    // Each failure may cost a request timeout: enough evidence, stop.
+    if (lost >= kMaxReadFailures) {
+      ADD_FAILURE() << "stopped reading after " << lost << " failures";
+      break;
+    }
+  }
+  EXPECT_EQ(lost, 0) << "of " << acknowledged.size() << " acknowledged writes";
+}
+
+// Whether a primary_node answer names this node: its id, its HTTP URL or
+// address, or its binary address.
+bool NamesNode(const ClusterProcess& cluster, int node, const std::string& name) {
+  const std::string http = absl::StrCat("127.0.0.1:", cluster.http_port(node));
+  return name == cluster.node_id(node) || name == http || name == "http://" + http ||
+         name == cluster.address(node);
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  // Starts a cluster and waits until every node sees every other alive.
+  absl::Status StartCluster(int nodes, int replicas,
+                            const std::function<void(ClusterOptions&)>& adjust = nullptr) {
+    ClusterOptions options;
+    options.logkvd_binary = LOGKVD_PATH;
+    options.nodes = nodes;
+    options.replicas = replicas;
+    options.write_wait_ms = 1000;
+    if (adjust) adjust(options);
+    cluster_ = std::make_unique<ClusterProcess>(options);
+    if (absl::Status status = cluster_->Start(); !status.ok()) return status;
+    return cluster_->WaitAllAlive(kMembershipTimeout);
+  }
+
+  void TearDown() override {
+    if (HasFailure() && cluster_ != nullptr) std::cout << cluster_->Describe(25) << std::endl;
+    cluster_.reset();
+  }
+
+  std::unique_ptr<ClusterProcess> cluster_;
+};
+
+// ---- Harness ----------------------------------------------------------------
+
+TEST(ClusterHarnessTest, StartUpErrorsFailFastWithTheNodeOutput) {
+  // A node that rejects its command line must fail the test at once with
+  // its own words, not after a membership timeout.
+  ClusterOptions options;
+  options.logkvd_binary = LOGKVD_PATH;
+  options.nodes = 2;
+  options.extra_flags = {"--no_such_flag_for_the_harness_test=1"};
+  ClusterProcess cluster(options);
+  const absl::Time start = absl::Now();
+  const absl::Status status = cluster.Start();
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("no_such_flag_for_the_harness_test"), absl::string_view::npos)
+      << status;
+  EXPECT_NE(status.message().find("nknown command line flag"), absl::string_view::npos) << status;
+  Report("startup_failure_detected_after", Ms(absl::Now() - start));
+}
+
+// ---- Replication ------------------------------------------------------------
+
+TEST_F(ClusterTest, ReplicationIsVisibleOnEveryOwner) {
+  ASSERT_OK(StartCluster(3, 3));
+  const std::vector<int> all = {0, 1, 2};
+
+  // Eventual: acknowledged by one owner, then on all three.
+  absl::StatusOr<HttpAnswer> put = cluster_->Put(0, "eventual-key", "e1", Consistency::kEventual);
+  ASSERT_TRUE(IsOk200(put)) << Describe(put);
+  const nlohmann::json body = put->Json();
+  EXPECT_EQ(body.value("success", false), true) << put->body;
+  EXPECT_EQ(body.value("replicas", -1), 2) << put->body;
+  absl::StatusOr<absl::Duration> took =
+      WaitStoresMatch(*cluster_, all, {{"eventual-key", "e1"}}, absl::Seconds(20));
+  ASSERT_OK(took);
+  Report("eventual_replication_to_3_owners", Ms(*took));
+
+  // Strong: a majority holds it when the answer comes, then all of them.
+  put = cluster_->Put(1, "strong-key", "s1", Consistency::kStrong);
+  ASSERT_TRUE(IsOk200(put)) << Describe(put);
+  EXPECT_GE(CountHolders(*cluster_, "strong-key", "s1"), 2);
+  took = WaitStoresMatch(*cluster_, all, {{"strong-key", "s1"}}, absl::Seconds(20));
+  ASSERT_OK(took);
+  Report("strong_replication_to_3_owners", Ms(*took));
+  for (int node : all) {
+    absl::StatusOr<HttpAnswer> get = cluster_->Get(node, "strong-key", Consistency::kStrong);
+    EXPECT_TRUE(IsOk200(get) && get->body == "s1")
+        << cluster_->node_id(node) << ": " << Describe(get);
+    get = cluster_->Get(node, "eventual-key", Consistency::kEventual);
+    EXPECT_TRUE(IsOk200(get) && get->body == "e1")
+        << cluster_->node_id(node) << ": " << Describe(get);
+  }
+
+  // A strong overwrite is read by a strong read anywhere at once.
+  put = cluster_->Put(2, "strong-key", "s2", Consistency::kStrong);
+  ASSERT_TRUE(IsOk200(put)) << Describe(put);
+  for (int node : all) {
+    absl::StatusOr<HttpAnswer> get = cluster_->Get(node, "strong-key", Consistency::kStrong);
+    EXPECT_TRUE(IsOk200(get) && get->body == "s2")
+        << cluster_->node_id(node) << ": " << Describe(get);
+  }
+
+  // Deletes are replicated the same way.
+  absl::StatusOr<HttpAnswer> removed = cluster_->Delete(2, "strong-key", Consistency::kStrong);
+  ASSERT_TRUE(IsOk200(removed)) << Describe(removed);
+  EXPECT_GE(CountHolders(*cluster_, "strong-key", std::nullopt), 2);
+  absl::StatusOr<HttpAnswer> get = cluster_->Get(0, "strong-key", Consistency::kStrong);
+  EXPECT_TRUE(get.ok() && get->status == 404) << Describe(get);
+  removed = cluster_->Delete(0, "eventual-key", Consistency::kEventual);
+  ASSERT_TRUE(IsOk200(removed)) << Describe(removed);
+  ASSERT_OK(WaitStoresMatch(*cluster_, all,
+                            {{"strong-key", std::nullopt}, {"eventual-key", std::nullopt}},
+                            absl::Seconds(20)));
+}
+
+TEST_F(ClusterTest, FiveNodesKeepEachKeyOnExactlyNOwners) {
+  ASSERT_OK(StartCluster(5, 3));
+  constexpr int kKeys = 30;
+  std::map<std::string, std::string> primaries;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = absl::StrCat("placed-", i);
+    absl::StatusOr<HttpAnswer> put =
+        cluster_->Put(i % 5, key, absl::StrCat("p", i), Consistency::kEventual);
+    ASSERT_TRUE(IsOk200(put)) << key << ": " << Describe(put);
+    const nlohmann::json body = put->Json();
+    if (i == 0) {
+      EXPECT_EQ(body.value("replicas", -1), 2) << put->body;
+    }
+    primaries[key] = body.value("primary_node", std::string());
+  }
+  // Every key ends up on exactly three of the five nodes, its primary among
+  // them; the owner sets differ from key to key and every node owns some.
+  std::map<std::string, std::set<int>> holders;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  const absl::Time start = absl::Now();
+  while (true) {
+    holders.clear();
+    bool settled = true;
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = absl::StrCat("placed-", i);
+      for (int node = 0; node < 5; ++node) {
+        absl::StatusOr<std::optional<std::string>> got = cluster_->StoreValue(node, key);
+        if (got.ok() && *got == absl::StrCat("p", i)) holders[key].insert(node);
+      }
+      if (holders[key].size() != 3) settled = false;
+    }
+    if (settled || absl::Now() >= deadline) break;
+    absl::SleepFor(kStorePollInterval);
+  }
+  Report("placement_settled_after", Ms(absl::Now() - start));
+  std::set<std::set<int>> owner_sets;
+  std::vector<int> owned(5, 0);
+  for (const auto& [key, nodes] : holders) {
+    EXPECT_EQ(nodes.size(), 3u) << key << " is held by " << nodes.size() << " nodes";
+    bool primary_holds = false;
+    for (int node : nodes) {
+      ++owned[node];
+      if (NamesNode(*cluster_, node, primaries[key])) primary_holds = true;
+    }
+    EXPECT_TRUE(primary_holds) << key << ": primary_node \"" << primaries[key]
+                               << "\" does not hold it";
+    owner_sets.insert(nodes);
+  }
+  EXPECT_GT(owner_sets.size(), 1u);
+  for (int node = 0; node < 5; ++node) EXPECT_GT(owned[node], 0) << cluster_->node_id(node);
+
+  // A node that owns none of a key's copies still serves it, strongly.
+  const std::string key = "placed-0";
+  int outsider = -1;
+  for (int node = 0; node < 5; ++node) {
+    if (!holders[key].contains(node)) outsider = node;
+  }
+  ASSERT_GE(outsider, 0);
+  absl::StatusOr<HttpAnswer> put =
+      cluster_->Put(outsider, key, "through-outsider", Consistency::kStrong);
+  ASSERT_TRUE(IsOk200(put)) << Describe(put);
+  for (int node = 0; node < 5; ++node) {
+    absl::StatusOr<HttpAnswer> get = cluster_->Get(node, key, Consistency::kStrong);
+    EXPECT_TRUE(IsOk200(get) && get->body == "through-outsider")
+        << cluster_->node_id(node) << ": " << Describe(get);
+  }
+}
+
+// ---- Quorum -----------------------------------------------------------------
+
+TEST_F(ClusterTest, StrongNeedsAMajorityEventualDoesNot) {
+  ASSERT_OK(StartCluster(3, 3));
+  absl::StatusOr<HttpAnswer> put = cluster_->Put(0, "before", "b", Consistency::kStrong);
+  ASSERT_TRUE(IsOk200(put)) << Describe(put);
+
+  // One owner of three down: a majority remains.
+  cluster_->Kill(2);
+  put = cluster_->Put(0, "minority-down", "m", Consistency::kStrong, absl::Seconds(10));
+  EXPECT_TRUE(IsOk200(put)) << Describe(put);
+  absl::StatusOr<HttpAnswer> get = cluster_->Get(1, "minority-down", Consistency::kStrong);
+  EXPECT_TRUE(IsOk200(get) && get->body == "m") << Describe(get);
+
+  // Two of three down: strong operations are refused with 503, eventual
+  // ones still succeed on the surviving owner.
+  cluster_->Kill(1);
+  put = cluster_->Put(0, "majority-down", "strong", Consistency::kStrong, absl::Seconds(10));
+  ASSERT_TRUE(put.ok()) << Describe(put);
+  EXPECT_EQ(put->status, 503) << put->body;
+  get = cluster_->Get(0, "before", Consistency::kStrong, absl::Seconds(10));
+  ASSERT_TRUE(get.ok()) << Describe(get);
+  EXPECT_EQ(get->status, 503) << get->body;
+  put = cluster_->Put(0, "majority-down", "eventual", Consistency::kEventual, absl::Seconds(10));
+  EXPECT_TRUE(IsOk200(put)) << Describe(put);
+  get = cluster_->Get(0, "majority-down", Consistency::kEventual);
+  EXPECT_TRUE(IsOk200(get) && get->body == "eventual") << Describe(get);
+
+  // The owners come back and receive what they missed.
+  const absl::Time restart = absl::Now();
+  ASSERT_OK(cluster_->Restart(1));
+  ASSERT_OK(cluster_->Restart(2));
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  absl::StatusOr<absl::Duration> took = WaitStoresMatch(
+      *cluster_, {0, 1, 2}, {{"majority-down", "eventual"}, {"minority-down", "m"}});
+  ASSERT_OK(took);
+  Report("missed_writes_delivered_after_restart", Ms(absl::Now() - restart));
+  get = cluster_->Get(2, "majority-down", Consistency::kStrong);
+  EXPECT_TRUE(IsOk200(get) && get->body == "eventual") << Describe(get);
+}
+
+// ---- Crash under load -------------------------------------------------------
+
+TEST_F(ClusterTest, KillNineUnderWriteLoadLosesNoAcknowledgedWrite) {
+  const uint64_t seed = TestSeedFromEnvironment("KillNineUnderWriteLoadLosesNoAcknowledgedWrite");
+  RecordProperty("seed", std::to_string(seed));
+  std::mt19937_64 random(seed);
+  ASSERT_OK(StartCluster(3, 3));
+  const int victim = static_cast<int>(random() % 3);
+  const auto before_kill = std::chrono::milliseconds(500 + random() % 1000);
+  std::cout << "victim " << cluster_->node_id(victim) << ", killed after " << before_kill.count()
+            << " ms of load" << std::endl;
+
+  WriteLoad load(cluster_.get(), "crash", Consistency::kStrong, seed, 3);
+  load.SetTargets({0, 1, 2});
+  std::this_thread::sleep_for(before_kill);
+  cluster_->Kill(victim);
+  std::vector<int> survivors;
+  for (int node = 0; node < 3; ++node) {
+    if (node != victim) survivors.push_back(node);
+  }
+  load.SetTargets(survivors);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  load.Stop();
+  const auto acknowledged = load.Acknowledged();
+  std::cout << load.attempts() << " writes, " << acknowledged.size() << " acknowledged, "
+            << load.errors() << " failed (ambiguous)" << std::endl;
+  ASSERT_GT(acknowledged.size(), 0u);
+
+  // Nothing acknowledged is lost while the victim is down...
+  ExpectAllReadable(*cluster_, survivors, acknowledged);
+  // ...nor after it comes back; and every owner converges.
+  const absl::Time restart = absl::Now();
+  ASSERT_OK(cluster_->Restart(victim));
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  absl::StatusOr<absl::Duration> took = WaitStoresMatch(*cluster_, {0, 1, 2}, acknowledged);
+  ASSERT_OK(took);
+  Report("kill9_converged_on_all_owners_after_restart", Ms(absl::Now() - restart));
+  Report("kill9_acknowledged_writes", absl::StrCat(acknowledged.size()));
+  ExpectAllReadable(*cluster_, {0, 1, 2}, acknowledged);
+}
+
+// ---- Anti-entropy -----------------------------------------------------------
+
+// Writes keys [first, first + count) with values of value_bytes, from two
+// threads, through nodes 0 and 1; fails the test on any error.
+void WriteKeys(const ClusterProcess& cluster, const std::string& prefix, int first, int count,
+               int value_bytes) {
+  std::atomic<int> failures{0};
+  auto writer = [&](int parity) {
+    for (int i = first + parity; i < first + count; i += 2) {
+      const std::string key = absl::StrFormat("%s-%06d", prefix, i);
+      std::string value = absl::StrCat(key, "-");
+      value.resize(static_cast<size_t>(value_bytes), 'v');
+      absl::StatusOr<HttpAnswer> put = cluster.Put(parity, key, value, Consistency::kStrong);
+      if (!IsOk200(put) && failures.fetch_add(1) < 3) {
+        ADD_FAILURE() << "put " << key << ": " << Describe(put);
+      }
+    }
+  };
+  std::thread even(writer, 0);
+  std::thread odd(writer, 1);
+  even.join();
+  odd.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+struct Repair {
+  absl::Duration took;
+  double bytes = 0;
+};
+
+// Restarts `node` (stopped, its data directory prepared by the caller) and
+// waits until its key_count reaches `keys`; the time and the anti-entropy
+// bytes every node reports having moved meanwhile.
+absl::StatusOr<Repair> RestartAndRepair(ClusterProcess& cluster, int node, int64_t keys) {
+  std::map<int, double> before;
+  for (int other : cluster.RunningNodes()) {
+    absl::StatusOr<double> bytes = AntiEntropyBytes(cluster, other);
+    before[other] = bytes.ok() ? *bytes : 0;
+  }
+  if (absl::Status status = cluster.Restart(node); !status.ok()) return status;
+  absl::StatusOr<absl::Duration> took = WaitKeyCount(cluster, node, keys);
+  if (!took.ok()) return took.status();
+  // Counters settle once the round that repaired the keys has finished.
+  absl::SleepFor(absl::Milliseconds(500));
+  Repair repair;
+  repair.took = *took;
+  absl::Status missing = absl::OkStatus();
+  bool any = false;
+  for (int other : cluster.RunningNodes()) {
+    absl::StatusOr<double> bytes = AntiEntropyBytes(cluster, other);
+    if (!bytes.ok()) {
+      missing = bytes.status();
+      continue;
+    }
+    any = true;
+    repair.bytes += *bytes - (other == node ? 0 : before[other]);
+  }
+  if (!any) return missing;
+  return repair;
+}
+
+TEST_F(ClusterTest, WipedNodeIsRepairedByAntiEntropy) {
+  ASSERT_OK(StartCluster(3, 3));
+  constexpr int kKeys = 2000;
+  constexpr int kValueBytes = 512;
+  const int repaired = 2;
+
+  // The first half everywhere; a copy of the node that will be repaired.
+  constexpr absl::Duration kReplicated = absl::Seconds(20);
+  WriteKeys(*cluster_, "ae", 0, kKeys / 2, kValueBytes);
+  for (int node = 0; node < 3; ++node) {
+    ASSERT_OK(WaitKeyCount(*cluster_, node, kKeys / 2, kReplicated));
+  }
+  ASSERT_EQ(cluster_->Stop(repaired), 0);
+  ScopedTempDir snapshot;
+  std::error_code error;
+  std::filesystem::copy(cluster_->data_dir(repaired), snapshot.path(),
+                        std::filesystem::copy_options::recursive, error);
+  ASSERT_FALSE(error) << error.message();
+  ASSERT_OK(cluster_->Restart(repaired));
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  // The second half everywhere.
+  WriteKeys(*cluster_, "ae", kKeys / 2, kKeys / 2, kValueBytes);
+  for (int node = 0; node < 3; ++node) ASSERT_OK(WaitKeyCount(*cluster_, node, kKeys, kReplicated));
+
+  // Wiped: every key is missing.
+  ASSERT_EQ(cluster_->Stop(repaired), 0);
+  ASSERT_OK(cluster_->Wipe(repaired));
+  absl::StatusOr<Repair> wiped = RestartAndRepair(*cluster_, repaired, kKeys);
+  ASSERT_OK(wiped);
+  Report("anti_entropy_wiped_node_keys", absl::StrCat(kKeys));
+  Report("anti_entropy_wiped_node_repair_time", Ms(wiped->took));
+  Report("anti_entropy_wiped_node_keys_per_second",
+         absl::StrFormat("%.0f", kKeys / absl::ToDoubleSeconds(wiped->took)));
+  Report("anti_entropy_wiped_node_bytes", absl::StrFormat("%.0f", wiped->bytes));
+
+  // Rolled back to the copy: half of the keys are missing.
+  ASSERT_EQ(cluster_->Stop(repaired), 0);
+  ASSERT_OK(cluster_->Wipe(repaired));
+  std::filesystem::copy(snapshot.path(), cluster_->data_dir(repaired),
+                        std::filesystem::copy_options::recursive, error);
+  ASSERT_FALSE(error) << error.message();
+  absl::StatusOr<Repair> half = RestartAndRepair(*cluster_, repaired, kKeys);
+  ASSERT_OK(half);
+  Report("anti_entropy_half_missing_repair_time", Ms(half->took));
+  Report("anti_entropy_half_missing_bytes", absl::StrFormat("%.0f", half->bytes));
+
+  // Bytes follow what was missing: at least the missing values, and about
+  // half as much for half the keys (tree and key-list exchanges add a part
+  // that does not shrink with the difference).
+  EXPECT_GE(wiped->bytes, double{kKeys} * kValueBytes);
+  EXPECT_GE(half->bytes, double{kKeys / 2} * kValueBytes);
+  // Pushes from the old owners and pulls by the new copy may overlap, so
+  // the bounds leave room for a key moving more than once.
+  EXPECT_LE(wiped->bytes, 6.0 * kKeys * kValueBytes) << "far more bytes than what was missing";
+  EXPECT_GT(half->bytes, 0.2 * wiped->bytes);
+  EXPECT_LT(half->bytes, 0.9 * wiped->bytes) << "as many bytes for half the keys";
+
+  // The repaired copy is the real one, key by key.
+  std::map<std::string, std::optional<std::string>> expected;
+  for (int i = 0; i < kKeys; i += 37) {
+    const std::string key = absl::StrFormat("ae-%06d", i);
+    std::string value = absl::StrCat(key, "-");
+    value.resize(kValueBytes, 'v');
+    expected[key] = value;
+  }
+  ASSERT_OK(WaitStoresMatch(*cluster_, {repaired}, expected, absl::Seconds(5)));
+}
+
+// ---- Membership changes -----------------------------------------------------
+
+TEST_F(ClusterTest, JoinUnderLoadAndGracefulLeaveLoseNoKey) {
+  const uint64_t seed = TestSeedFromEnvironment("JoinUnderLoadAndGracefulLeaveLoseNoKey");
+  RecordProperty("seed", std::to_string(seed));
+  ASSERT_OK(StartCluster(3, 3));
+  const int leaving = 1;
+  WriteLoad load(cluster_.get(), "member", Consistency::kStrong, seed, 2);
+  load.SetTargets({0, 2});
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+
+  // A fourth node joins while writes go on, and takes a share of the keys.
+  const absl::Time join = absl::Now();
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_OK(joined);
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  Report("join_membership_converged_after", Ms(absl::Now() - join));
+  absl::StatusOr<absl::Duration> filled = WaitKeyCount(*cluster_, *joined, 1);
+  ASSERT_OK(filled);
+  Report("join_first_keys_on_new_node_after", Ms(absl::Now() - join));
+  load.SetTargets({0, 2, *joined});
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+
+  // Node 1 leaves gracefully: the others see it go, then it stops.
+  const absl::Time leave = absl::Now();
+  absl::StatusOr<HttpAnswer> answer = HttpExchange(cluster_->http_port(leaving), "POST",
+                                                   "/members/leave", {}, "", absl::Seconds(10));
+  ASSERT_TRUE(IsOk200(answer)) << Describe(answer);
+  ASSERT_OK(cluster_->WaitNotAlive({0, 2, *joined}, leaving, kMembershipTimeout));
+  Report("leave_noticed_after", Ms(absl::Now() - leave));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  load.Stop();
+  EXPECT_EQ(cluster_->Stop(leaving), 0);
+
+  const auto acknowledged = load.Acknowledged();
+  std::cout << load.attempts() << " writes, " << acknowledged.size() << " acknowledged, "
+            << load.errors() << " failed (ambiguous)" << std::endl;
+  ASSERT_GT(acknowledged.size(), 0u);
+  const std::vector<int> remaining = {0, 2, *joined};
+  ExpectAllReadable(*cluster_, remaining, acknowledged);
+  // Three nodes remain with N = 3: each owns every key now, the new node
+  // included (ownership moved from the node that left).
+  absl::StatusOr<absl::Duration> took = WaitStoresMatch(*cluster_, remaining, acknowledged);
+  ASSERT_OK(took);
+  Report("leave_keys_on_remaining_owners_after", Ms(absl::Now() - leave));
+}
+
+// ---- Partitions -------------------------------------------------------------
+
+// One client's view of one key: the operations in the order it made them.
+struct Recorded {
+  std::string key;
+  lin::Operation operation;
+};
+
+lin::Outcome WriteOutcome(const absl::StatusOr<HttpAnswer>& answer) {
+  if (!answer.ok()) return lin::Outcome::kAmbiguous;  // timeout, reset
+  if (answer->status == 200) return lin::Outcome::kOk;
+  // 4xx: refused before anything was applied; 5xx (503): maybe applied.
+  if (answer->status >= 400 && answer->status < 500 && answer->status != 408) {
+    return lin::Outcome::kFailed;
+  }
+  return lin::Outcome::kAmbiguous;
+}
+
+TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
+  const uint64_t seed =
+      TestSeedFromEnvironment("StrongIsLinearizableAndEventualConvergesUnderPartitions");
+  RecordProperty("seed", std::to_string(seed));
+  constexpr int kNodes = 5;
+  ASSERT_OK(StartCluster(kNodes, 3));
+  const std::vector<std::string> strong_keys = {"lin-a", "lin-b", "lin-c"};
+  const std::vector<std::string> eventual_keys = {"ev-a", "ev-b", "ev-c", "ev-d"};
+  constexpr int kStrongClients = 4;
+  constexpr auto kLoadFor = std::chrono::milliseconds(6000);
+
+  std::atomic<bool> stop{false};
+  std::vector<std::vector<Recorded>> records(kStrongClients);
+  std::vector<std::thread> clients;
+  for (int client = 0; client < kStrongClients; ++client) {
+    clients.emplace_back([&, client] {
+      std::mt19937_64 random(seed * 31 + client);
+      for (int n = 0; !stop.load(); ++n) {
+        Recorded record;
+        record.key = strong_keys[random() % strong_keys.size()];
+        const int node = static_cast<int>(random() % kNodes);
+        lin::Operation& operation = record.operation;
+        operation.client = client;
+        const int choice = static_cast<int>(random() % 100);
+        operation.invoke_ns = MonotonicNs();
+        if (choice < 45) {
+          operation.kind = lin::OperationKind::kPut;
+          operation.value = absl::StrCat("c", client, "-", n);
+          const auto answer = cluster_->Put(node, record.key, operation.value, Consistency::kStrong,
+                                            kRequestTimeout);
+          operation.outcome = WriteOutcome(answer);
+        } else if (choice < 85) {
+          operation.kind = lin::OperationKind::kGet;
+          const auto answer =
+              cluster_->Get(node, record.key, Consistency::kStrong, kRequestTimeout);
+          if (answer.ok() && (answer->status == 200 || answer->status == 404)) {
+            operation.outcome = lin::Outcome::kOk;
+            operation.found = answer->status == 200;
+            if (operation.found) operation.value = answer->body;
+          } else {
+            operation.outcome = lin::Outcome::kAmbiguous;
+          }
+        } else {
+          operation.kind = lin::OperationKind::kDelete;
+          const auto answer =
+              cluster_->Delete(node, record.key, Consistency::kStrong, kRequestTimeout);
+          operation.outcome = WriteOutcome(answer);
+        }
+        operation.complete_ns = MonotonicNs();
+        records[client].push_back(std::move(record));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  // Eventual writes to other keys through every side of the partitions.
+  std::atomic<int> eventual_acknowledged{0};
+  std::mutex eventual_mu;
+  std::set<std::string> eventual_written;  // keys with an acknowledged write
+  std::thread eventual([&] {
+    std::mt19937_64 random(seed * 31 + 1000);
+    for (int n = 0; !stop.load(); ++n) {
+      const std::string& key = eventual_keys[random() % eventual_keys.size()];
+      const auto answer =
+          cluster_->Put(static_cast<int>(random() % kNodes), key, absl::StrCat("e", n),
+                        Consistency::kEventual, kRequestTimeout);
+      if (IsOk200(answer)) {
+        ++eventual_acknowledged;
+        std::lock_guard<std::mutex> lock(eventual_mu);
+        eventual_written.insert(key);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+
+  // The nemesis: a new fault every 0.5 to 1.1 s, healing in between.
+  std::mt19937_64 nemesis(seed);
+  std::vector<std::string> schedule;
+  const auto end = std::chrono::steady_clock::now() + kLoadFor;
+  while (std::chrono::steady_clock::now() < end) {
+    std::vector<int> order(kNodes);
+    for (int i = 0; i < kNodes; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), nemesis);
+    absl::Status status;
+    std::string what;
+    switch (nemesis() % 4) {
+      case 0:
+        what = "heal";
+        status = cluster_->Heal();
+        break;
+      case 1:
+        what = absl::StrCat("isolate n", order[0]);
+        status = cluster_->Partition({{order[0]}, {order[1], order[2], order[3], order[4]}});
+        break;
+      case 2:
+        what = absl::StrCat("split n", order[0], ",n", order[1], " | rest");
+        status = cluster_->Partition({{order[0], order[1]}, {order[2], order[3], order[4]}});
+        break;
+      default:
+        what = absl::StrCat("one-way: n", order[0], " drops to n", order[1], ",n", order[2]);
+        status = cluster_->Heal();
+        if (status.ok()) status = cluster_->SetDropped(order[0], {order[1], order[2]});
+        break;
+    }
+    schedule.push_back(what);
+    if (!status.ok()) {
+      ADD_FAILURE() << "nemesis step '" << what << "' failed: " << status;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 + nemesis() % 600));
+  }
+  EXPECT_OK(cluster_->Heal());
+  schedule.push_back("heal");
+  std::cout << "nemesis schedule: " << absl::StrJoin(schedule, "; ") << std::endl;
+  // A little load after healing, so the histories end on a connected cluster.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  stop.store(true);
+  for (std::thread& client : clients) client.join();
+  eventual.join();
+
+  // Linearizability, key by key.
+  std::map<std::string, std::vector<lin::Operation>> histories;
+  int completed = 0;
+  for (const std::vector<Recorded>& client_records : records) {
+    for (const Recorded& record : client_records) {
+      histories[record.key].push_back(record.operation);
+      if (record.operation.outcome == lin::Outcome::kOk) ++completed;
+    }
+  }
+  std::cout << completed << " strong operations completed, " << eventual_acknowledged.load()
+            << " eventual writes acknowledged" << std::endl;
+  EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
+  for (const auto& [key, history] : histories) {
+    const lin::CheckResult result = lin::Check(history);
+    std::cout << key << ": " << history.size() << " operations, "
+              << lin::VerdictName(result.verdict) << " (" << result.steps << " steps)" << std::endl;
+    Report(absl::StrCat("linearizability_", key), lin::VerdictName(result.verdict));
+    EXPECT_NE(result.verdict, lin::Verdict::kNotLinearizable)
+        << "key " << key << " (LOGKV_TEST_SEED=" << seed << ")\n"
+        << result.explanation << "history (the first " << kMaxHistoryLines << " operations):\n"
+        << lin::FormatHistory(history, kMaxHistoryLines);
+  }
+
+  // Eventual: after healing, every key's copies agree on at least N nodes,
+  // and every node answers that value.
+  const absl::Time healed = absl::Now();
+  for (const std::string& key : eventual_written) {
+    std::map<std::string, int> copies;
+    while (true) {
+      copies.clear();
+      for (int node = 0; node < kNodes; ++node) {
+        absl::StatusOr<std::optional<std::string>> got = cluster_->StoreValue(node, key);
+        if (got.ok() && got->has_value()) ++copies[**got];
+      }
+      if (copies.size() == 1 && copies.begin()->second >= 3) break;
+      if (absl::Now() - healed > kConvergeTimeout) break;
+      absl::SleepFor(kStorePollInterval);
+    }
+    if (copies.size() != 1 || copies.begin()->second < 3) {
+      std::string seen;
+      for (const auto& [value, count] : copies) absl::StrAppend(&seen, " ", value, "x", count);
+      ADD_FAILURE() << key << " did not converge after healing; copies:" << seen;
+      continue;
+    }
+    for (int node = 0; node < kNodes; ++node) {
+      absl::StatusOr<HttpAnswer> get = cluster_->Get(node, key, Consistency::kEventual);
+      EXPECT_TRUE(IsOk200(get) && get->body == copies.begin()->first)
+          << key << " via " << cluster_->node_id(node) << ": " << Describe(get);
+    }
+  }
+  Report("eventual_converged_after_heal", Ms(absl::Now() - healed));
+}
+
+}  // namespace
+}  // namespace logkv::test

@@ -1,0 +1,229 @@
+// Three real logkvd processes on loopback: they find each other through a
+// seed, detect a killed member (suspect, then dead), take it back when it
+// restarts, and handle graceful leave and join over HTTP (GET /nodes,
+// POST /members/leave, POST /join). Every wait is a bounded poll.
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/test_util.h"
+#include "tests/rest/http_client.h"
+#include "tests/server/logkvd_process.h"
+
+namespace logkv::test {
+namespace {
+
+using nlohmann::json;
+
+// Polls for this long at most; well above what gossip needs on a loaded machine.
+constexpr absl::Duration kPatience = absl::Seconds(60);
+
+absl::StatusOr<HttpAnswer> Call(int http_port, absl::string_view method, absl::string_view target,
+                                absl::string_view body = "") {
+  absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(http_port);
+  if (!connection.ok()) return connection.status();
+  HttpHeaders headers;
+  if (!body.empty()) headers.emplace_back("Content-Type", "application/json");
+  if (absl::Status sent = connection->Send(BuildRequest(method, target, headers, body));
+      !sent.ok()) {
+    return sent;
+  }
+  return connection->Read();
+}
+
+// node id -> state, as GET /nodes on that node says; empty when it does not answer.
+std::map<std::string, std::string> States(int http_port) {
+  std::map<std::string, std::string> states;
+  absl::StatusOr<HttpAnswer> answer = Call(http_port, "GET", "/nodes");
+  if (!answer.ok() || answer->status != 200) return states;
+  json nodes = answer->Json();
+  if (!nodes.is_array()) return states;
+  for (const json& node : nodes) {
+    states[node.value("id", "")] = node.value("state", "");
+  }
+  return states;
+}
+
+class MembershipSmokeTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (auto& node : nodes_) {
+      if (node != nullptr && node->running()) node->Stop();
+    }
+  }
+
+  // Starts node index (n1, n2, ...) seeded through seed_port (0: no seeds).
+  void StartNode(size_t index, int seed_port) {
+    std::vector<std::string> args = {
+        absl::StrCat("--data_dir=", dir_.path(), "/n", index + 1),
+        absl::StrCat("--node_id=n", index + 1),
+        "--threads=1",
+        "--shards=1",
+        "--gossip_interval_ms=200",
+        "--dead_after_ms=2000",
+        "--cluster_secret=smoke",
+    };
+    if (seed_port != 0) args.push_back(absl::StrCat("--seeds=127.0.0.1:", seed_port));
+    if (nodes_.size() <= index) nodes_.resize(index + 1);
+    nodes_[index] = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
+    absl::Status started = nodes_[index]->Start();
+    ASSERT_TRUE(started.ok()) << started << "\n" << nodes_[index]->Output();
+  }
+
+  // Waits until every node in `on` reports `who` in `state`. Returns
+  // whether it happened; with seen_on_the_way, also whether that state was
+  // observed at some poll before (to see Suspect before Dead).
+  bool WaitForState(const std::vector<size_t>& on, const std::string& who,
+                    const std::string& state,
+                    std::map<size_t, bool>* seen_suspect = nullptr) {
+    const absl::Time deadline = absl::Now() + kPatience;
+    while (absl::Now() < deadline) {
+      bool all = true;
+      for (size_t node : on) {
+        const auto states = States(nodes_[node]->http_port());
+        auto it = states.find(who);
+        const std::string now = it == states.end() ? "" : it->second;
+        if (seen_suspect != nullptr && now == "suspect") (*seen_suspect)[node] = true;
+        if (now != state) all = false;
+      }
+      if (all) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  bool WaitForAllAlive(const std::vector<size_t>& on, size_t members) {
+    const absl::Time deadline = absl::Now() + kPatience;
+    while (absl::Now() < deadline) {
+      bool all = true;
+      for (size_t node : on) {
+        const auto states = States(nodes_[node]->http_port());
+        size_t alive = 0;
+        for (const auto& [id, state] : states) alive += state == "alive";
+        if (alive != members || states.size() != members) all = false;
+      }
+      if (all) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  }
+
+  std::string Dump() {
+    std::string out;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (nodes_[i] == nullptr || !nodes_[i]->running()) continue;
+      absl::StrAppend(&out, "n", i + 1, ": ");
+      for (const auto& [id, state] : States(nodes_[i]->http_port())) {
+        absl::StrAppend(&out, id, "=", state, " ");
+      }
+      absl::StrAppend(&out, "\n");
+    }
+    return out;
+  }
+
+  ScopedTempDir dir_;
+  std::vector<std::unique_ptr<LogkvdProcess>> nodes_;
+};
+
+TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
+  StartNode(0, 0);
+  const int seed = nodes_[0]->port();
+  StartNode(1, seed);
+  StartNode(2, seed);
+  ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
+
+  absl::StatusOr<HttpAnswer> health = Call(nodes_[1]->http_port(), "GET", "/health");
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->Json()["member_count"], 3) << health->body;
+  absl::StatusOr<HttpAnswer> servers = Call(nodes_[1]->http_port(), "GET", "/servers");
+  ASSERT_TRUE(servers.ok());
+  EXPECT_EQ(servers->Json().size(), 3u) << servers->body;
+  absl::StatusOr<HttpAnswer> members = Call(nodes_[2]->http_port(), "GET", "/members/");
+  ASSERT_TRUE(members.ok());
+  ASSERT_EQ(members->Json().size(), 3u) << members->body;
+  for (const json& member : members->Json()) {
+    EXPECT_TRUE(member["joined_timestamp"].is_number_integer()) << member.dump();
+    EXPECT_TRUE(member["last_seen"].is_number_integer()) << member.dump();
+  }
+
+  // A crash: the others suspect n3, then declare it dead.
+  nodes_[2]->Kill();
+  std::map<size_t, bool> seen_suspect;
+  ASSERT_TRUE(WaitForState({0, 1}, "n3", "dead", &seen_suspect)) << Dump();
+  EXPECT_TRUE(seen_suspect[0] || seen_suspect[1]) << "n3 went dead without being suspected";
+
+  // Restarted (same id and data, a new port), it is taken back as alive.
+  StartNode(2, seed);
+  ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
+
+  // Graceful leave: the others learn at once, with no suspicion.
+  absl::StatusOr<HttpAnswer> left = Call(nodes_[2]->http_port(), "POST", "/members/leave", "{}");
+  ASSERT_TRUE(left.ok());
+  EXPECT_EQ(left->status, 200) << left->body;
+  ASSERT_TRUE(WaitForState({0, 1}, "n3", "left")) << Dump();
+
+  // And joins again through n1 (POST /join, seed 001's form).
+  absl::StatusOr<HttpAnswer> joined =
+      Call(nodes_[2]->http_port(), "POST", "/join", absl::StrCat("127.0.0.1:", seed));
+  ASSERT_TRUE(joined.ok());
+  ASSERT_EQ(joined->status, 200) << joined->body;
+  EXPECT_GE(joined->Json()["members"].size(), 3u) << joined->body;
+  ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
+
+  // An HTTP URL is not a gossip address: a clear 400.
+  absl::StatusOr<HttpAnswer> url = Call(nodes_[2]->http_port(), "POST", "/join",
+                                        absl::StrCat("http://127.0.0.1:", nodes_[0]->http_port()));
+  ASSERT_TRUE(url.ok());
+  EXPECT_EQ(url->status, 400);
+  EXPECT_TRUE(absl::StrContains(url->body, "binary-protocol")) << url->body;
+  absl::StatusOr<HttpAnswer> bad = Call(nodes_[2]->http_port(), "POST", "/members/join", "{}");
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(bad->status, 400);
+
+  // SIGTERM leaves gracefully too.
+  EXPECT_EQ(nodes_[1]->Stop(), 0);
+  ASSERT_TRUE(WaitForState({0, 2}, "n2", "left")) << Dump();
+}
+
+TEST_F(MembershipSmokeTest, WrongClusterSecretKeepsANodeOut) {
+  StartNode(0, 0);
+  std::vector<std::string> args = {absl::StrCat("--data_dir=", dir_.path(), "/intruder"),
+                                   "--node_id=intruder", "--threads=1", "--shards=1",
+                                   "--gossip_interval_ms=200", "--cluster_secret=wrong",
+                                   absl::StrCat("--seeds=127.0.0.1:", nodes_[0]->port())};
+  LogkvdProcess intruder(LOGKVD_PATH, args);
+  ASSERT_TRUE(intruder.Start().ok()) << intruder.Output();
+  // Several gossip rounds pass; nobody lets the other in.
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(States(nodes_[0]->http_port()).count("intruder"), 0u) << Dump();
+  EXPECT_EQ(States(intruder.http_port()).count("n1"), 0u);
+  intruder.Stop();
+}
+
+TEST_F(MembershipSmokeTest, FaultInjectionRouteOnlyWithTheFlag) {
+  StartNode(0, 0);
+  absl::StatusOr<HttpAnswer> off =
+      Call(nodes_[0]->http_port(), "POST", "/internal/fault", R"({"drop":[]})");
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off->status, 404);
+#ifdef LOGKV_FAULT_INJECTION
+  LogkvdProcess faulty(LOGKVD_PATH, {absl::StrCat("--data_dir=", dir_.path(), "/faulty"),
+                                     "--node_id=faulty", "--threads=1", "--shards=1",
+                                     "--fault_injection"});
+  ASSERT_TRUE(faulty.Start().ok()) << faulty.Output();
+  absl::StatusOr<HttpAnswer> on =
+      Call(faulty.http_port(), "POST", "/internal/fault", R"({"drop":["127.0.0.1:1"]})");
+  ASSERT_TRUE(on.ok());
+  EXPECT_EQ(on->status, 200) << on->body;
+  faulty.Stop();
+#endif
+}
+
+}  // namespace
+}  // namespace logkv::test

@@ -1,0 +1,319 @@
+// The node-to-node transport (server/cluster/peer_transport.h) against real
+// logkvd processes and small in-test listeners: peer requests, the cluster
+// secret, timeouts, connection loss, reconnection, Stop and fault injection.
+// Also the server's side: cluster operations need a peer connection.
+#include "server/cluster/peer_transport.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_util.h"
+#include "tests/server/logkvd_process.h"
+
+namespace logkv::server::cluster {
+namespace {
+
+namespace p = ::logkv::protocol;
+using ::logkv::test::LogkvdProcess;
+
+constexpr char kSecret[] = "s3cret-for-tests";
+
+std::string PingFrame(absl::string_view payload) {
+  flatbuffers::FlatBufferBuilder b;
+  auto bytes = b.CreateVector(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+  auto ping = p::CreatePing(b, bytes);
+  return FinishPeerRequest(&b, p::Operation::Ping, ping.Union());
+}
+
+std::string GossipFrame() {
+  flatbuffers::FlatBufferBuilder b;
+  // A member that is not listening: the server learns of it and finds it dead.
+  auto from = p::CreateMemberInfo(b, b.CreateString("transport-test"),
+                                  b.CreateString("127.0.0.1:1"), b.CreateString(""),
+                                  p::MemberState::Alive, 1, 0);
+  auto members = b.CreateVector(std::vector<flatbuffers::Offset<p::MemberInfo>>{from});
+  auto gossip = p::CreateGossip(b, from, members);
+  return FinishPeerRequest(&b, p::Operation::Gossip, gossip.Union());
+}
+
+// Sends and waits (bounded) for the callback.
+absl::StatusOr<std::string> SendAndWait(PeerTransport& transport, const std::string& address,
+                                        std::string frame,
+                                        absl::Duration timeout = absl::Seconds(5)) {
+  struct Outcome {
+    absl::Notification done;
+    absl::StatusOr<std::string> answer;
+  };
+  auto outcome = std::make_shared<Outcome>();
+  transport.Send(address, std::move(frame), timeout,
+                 [outcome](absl::StatusOr<std::string> answer) {
+                   outcome->answer = std::move(answer);
+                   outcome->done.Notify();
+                 });
+  if (!outcome->done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10))) {
+    return absl::InternalError("the transport never called back");
+  }
+  return outcome->answer;
+}
+
+const p::Response* Response(const std::string& frame) {
+  return flatbuffers::GetSizePrefixedRoot<p::Response>(frame.data());
+}
+
+PeerTransportOptions Options(std::string secret = kSecret) {
+  PeerTransportOptions options;
+  options.node_id = "transport-test";
+  options.cluster_secret = std::move(secret);
+  options.connect_timeout = absl::Seconds(2);
+  return options;
+}
+
+// A socket that listens but never accepts: connections complete (the
+// kernel's backlog) and nothing is ever answered.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = 0;
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    EXPECT_EQ(::listen(fd_, 16), 0);
+    socklen_t length = sizeof(address);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+  }
+  ~SilentListener() { ::close(fd_); }
+  int fd() const { return fd_; }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+class PeerTransportTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<LogkvdProcess> StartServer(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        absl::StrCat("--data_dir=", dir_.path(), "/node", servers_++), "--threads=1", "--shards=1",
+        "--node_id=server-node", absl::StrCat("--cluster_secret=", kSecret)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto process = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
+    absl::Status started = process->Start();
+    EXPECT_TRUE(started.ok()) << started << "\n" << process->Output();
+    return process;
+  }
+
+  test::ScopedTempDir dir_;
+  int servers_ = 0;
+};
+
+TEST_F(PeerTransportTest, PingAndGossipOverAPeerConnection) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+
+  absl::StatusOr<std::string> pong = SendAndWait(transport, address, PingFrame("hello"));
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  ASSERT_EQ(Response(*pong)->status(), p::StatusCode::Ok);
+  ASSERT_NE(Response(*pong)->result_as_PingResult(), nullptr);
+  EXPECT_EQ(p::View(Response(*pong)->result_as_PingResult()->payload()), "hello");
+
+  absl::StatusOr<std::string> gossip = SendAndWait(transport, address, GossipFrame());
+  ASSERT_TRUE(gossip.ok()) << gossip.status();
+  const p::GossipResult* result = Response(*gossip)->result_as_GossipResult();
+  ASSERT_NE(result, nullptr) << p::EnumNameStatusCode(Response(*gossip)->status());
+  bool saw_server = false, saw_us = false;
+  for (const p::MemberInfo* member : *result->members()) {
+    saw_server |= p::View(member->node_id()) == "server-node";
+    saw_us |= p::View(member->node_id()) == "transport-test";
+  }
+  EXPECT_TRUE(saw_server);
+  EXPECT_TRUE(saw_us) << "the server merged the gossip before answering";
+
+  // Pipelined: many requests in flight on the one connection.
+  std::vector<std::shared_ptr<absl::Notification>> done;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 100; ++i) {
+    auto notification = std::make_shared<absl::Notification>();
+    done.push_back(notification);
+    transport.Send(address, PingFrame(absl::StrCat("p", i)), absl::Seconds(10),
+                   [notification, &ok, i](absl::StatusOr<std::string> answer) {
+                     if (answer.ok() &&
+                         p::View(Response(*answer)->result_as_PingResult()->payload()) ==
+                             absl::StrCat("p", i)) {
+                       ok.fetch_add(1);
+                     }
+                     notification->Notify();
+                   });
+  }
+  for (auto& notification : done) {
+    ASSERT_TRUE(notification->WaitForNotificationWithTimeout(absl::Seconds(20)));
+  }
+  EXPECT_EQ(ok.load(), 100);
+  transport.Stop();
+}
+
+TEST_F(PeerTransportTest, WrongSecretIsUnauthenticated) {
+  auto server = StartServer();
+  PeerTransport transport(Options("not-the-secret"));
+  ASSERT_TRUE(transport.Start().ok());
+  absl::StatusOr<std::string> answer =
+      SendAndWait(transport, absl::StrCat("127.0.0.1:", server->port()), PingFrame("x"));
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kUnauthenticated) << answer.status();
+}
+
+TEST_F(PeerTransportTest, ClusterOperationsNeedAPeerConnection) {
+  auto server = StartServer();
+  absl::StatusOr<test::RawConnection> connection = test::RawConnection::Connect(server->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE(connection->SendBytes(GossipFrame()).ok());
+  absl::StatusOr<std::string> frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::PermissionDenied);
+
+  // A ClusterHello with the wrong secret is refused and the connection closed.
+  flatbuffers::FlatBufferBuilder b;
+  auto hello = p::CreateClusterHello(b, b.CreateString("wrong"), b.CreateString("intruder"));
+  ASSERT_TRUE(connection->SendBytes(FinishPeerRequest(&b, p::Operation::ClusterHello,
+                                                      hello.Union()))
+                  .ok());
+  frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::Unauthenticated);
+  EXPECT_TRUE(connection->WaitClosed(absl::Seconds(10)));
+}
+
+TEST_F(PeerTransportTest, NobodyListeningIsUnavailable) {
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  const std::string address = absl::StrCat("127.0.0.1:", test::PickFreePort());
+  absl::StatusOr<std::string> first = SendAndWait(transport, address, PingFrame("x"));
+  ASSERT_FALSE(first.ok());
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable) << first.status();
+  // Within the backoff the next attempt fails at once, without connecting.
+  absl::StatusOr<std::string> second = SendAndWait(transport, address, PingFrame("x"));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+TEST_F(PeerTransportTest, SilentPeerTimesOut) {
+  SilentListener silent;
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  absl::StatusOr<std::string> answer =
+      SendAndWait(transport, silent.address(), PingFrame("x"), absl::Milliseconds(200));
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kDeadlineExceeded) << answer.status();
+}
+
+TEST_F(PeerTransportTest, StopFailsWhatIsPending) {
+  SilentListener silent;
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  struct Outcome {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto outcome = std::make_shared<Outcome>();
+  transport.Send(silent.address(), PingFrame("x"), absl::Seconds(60),
+                 [outcome](absl::StatusOr<std::string> answer) {
+                   outcome->status = answer.status();
+                   outcome->done.Notify();
+                 });
+  transport.Stop();
+  ASSERT_TRUE(outcome->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(outcome->status.code(), absl::StatusCode::kUnavailable) << outcome->status;
+  // After Stop every Send fails at once.
+  absl::StatusOr<std::string> late = SendAndWait(transport, silent.address(), PingFrame("x"));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(PeerTransportTest, ConnectionLossFailsPendingAndTheNextSendReconnects) {
+  // A peer that accepts, reads the first bytes and hangs up.
+  SilentListener listener;
+  std::thread hang_up([&listener] {
+    const int fd = ::accept(listener.fd(), nullptr, nullptr);
+    if (fd < 0) return;
+    char buffer[64];
+    (void)::read(fd, buffer, sizeof(buffer));
+    ::close(fd);
+  });
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  absl::StatusOr<std::string> lost =
+      SendAndWait(transport, listener.address(), PingFrame("x"), absl::Seconds(30));
+  hang_up.join();
+  ASSERT_FALSE(lost.ok());
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable) << lost.status();
+
+  // A real node that goes away and comes back on the same port.
+  const int port = test::PickFreePort();
+  auto server = StartServer({absl::StrCat("--listen=127.0.0.1:", port)});
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  ASSERT_TRUE(SendAndWait(transport, address, PingFrame("before")).ok());
+  server->Kill();
+  absl::StatusOr<std::string> down = SendAndWait(transport, address, PingFrame("down"));
+  EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable) << down.status();
+  server = StartServer({absl::StrCat("--listen=127.0.0.1:", port)});
+  bool reconnected = false;
+  for (int attempt = 0; attempt < 100 && !reconnected; ++attempt) {
+    reconnected = SendAndWait(transport, address, PingFrame("after")).ok();
+    if (!reconnected) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(reconnected);
+}
+
+TEST_F(PeerTransportTest, FaultInjectionDropsTrafficOnlyWhenAllowed) {
+  auto server = StartServer();
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+
+  PeerTransportOptions allowed = Options();
+  allowed.allow_fault_injection = true;
+  PeerTransport transport(allowed);
+  ASSERT_TRUE(transport.Start().ok());
+  ASSERT_TRUE(SendAndWait(transport, address, PingFrame("x")).ok());
+  transport.SetDropped({address});
+  EXPECT_TRUE(transport.IsDropped(address));
+  absl::StatusOr<std::string> dropped = SendAndWait(transport, address, PingFrame("x"));
+  EXPECT_EQ(dropped.status().code(), absl::StatusCode::kUnavailable) << dropped.status();
+  transport.SetDropped({});
+  EXPECT_TRUE(SendAndWait(transport, address, PingFrame("x")).ok());
+
+  PeerTransport production(Options());
+  ASSERT_TRUE(production.Start().ok());
+  production.SetDropped({address});
+  EXPECT_FALSE(production.IsDropped(address));
+  EXPECT_TRUE(SendAndWait(production, address, PingFrame("x")).ok());
+}
+
+TEST_F(PeerTransportTest, FrameWithoutRequestIdFieldIsRefused) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  flatbuffers::FlatBufferBuilder b;
+  auto ping = p::CreatePing(b);
+  p::RequestBuilder request(b);
+  request.add_request_id(0);  // the default: not stored, so it cannot be rewritten
+  request.add_operation_type(p::Operation::Ping);
+  request.add_operation(ping.Union());
+  b.FinishSizePrefixed(request.Finish());
+  absl::StatusOr<std::string> answer = SendAndWait(
+      transport, absl::StrCat("127.0.0.1:", server->port()), std::string(p::FrameOf(b)));
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kInvalidArgument) << answer.status();
+}
+
+}  // namespace
+}  // namespace logkv::server::cluster

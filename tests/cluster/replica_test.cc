@@ -1,0 +1,970 @@
+// The replica side of replication (HandleReplicate, HandleReadRecords), the
+// cluster timestamps, the hinted-handoff queue and the ReplicaCoordinator,
+// each against real engines in temporary directories. The coordinator runs
+// over an in-process fake transport that hands every request to the
+// target node's replica handlers, so quorum, hinting and repair are tested
+// without sockets; the cluster tests run the real thing.
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "engine/engine.h"
+#include "engine/hlc.h"
+#include "gtest/gtest.h"
+#include "protocol/frame.h"
+#include "server/cluster/hinted_handoff.h"
+#include "server/cluster/replica.h"
+#include "server/cluster/replica_coordinator.h"
+#include "server/cluster/ring.h"
+#include "server/metrics.h"
+#include "server/namespaces.h"
+#include "server/service.h"
+#include "tests/engine/test_macros.h"
+#include "tests/engine/test_util.h"
+
+namespace logkv::server::cluster {
+namespace {
+
+namespace p = ::logkv::protocol;
+using test::ManualClock;
+using test::ScopedTempDir;
+
+constexpr int64_t kMs = 1'700'000'000'000;
+
+uint64_t Stamp(int64_t ms, uint64_t logical = 0) {
+  return engine::HybridClock::FromPhysicalMs(ms) | logical;
+}
+
+VersionedRecord Put(std::string key, std::string value, uint64_t timestamp) {
+  VersionedRecord record;
+  record.key = std::move(key);
+  record.value = std::move(value);
+  record.timestamp = timestamp;
+  record.found = true;
+  return record;
+}
+
+VersionedRecord Tombstone(std::string key, uint64_t timestamp) {
+  VersionedRecord record;
+  record.key = std::move(key);
+  record.timestamp = timestamp;
+  record.tombstone = true;
+  record.found = true;
+  return record;
+}
+
+// Runs a request frame through a replica handler, as a peer connection
+// would; returns the answer frame.
+std::string Dispatch(engine::Engine* engine, bool fsync_always, const std::string& frame) {
+  const auto* request =
+      flatbuffers::GetSizePrefixedRoot<p::Request>(reinterpret_cast<const uint8_t*>(frame.data()));
+  flatbuffers::FlatBufferBuilder builder(256);
+  absl::Notification answered;
+  std::string deferred;
+  auto defer = [&]() -> Service::Completion {
+    return [&](std::string answer) {
+      deferred = std::move(answer);
+      answered.Notify();
+    };
+  };
+  Service::Outcome outcome;
+  if (request->operation_type() == p::Operation::Replicate) {
+    outcome = HandleReplicate(engine, fsync_always, *request, &builder, defer);
+  } else {
+    outcome = HandleReadRecords(engine, *request, &builder);
+  }
+  if (outcome == Service::Outcome::kAnswered) return std::string(p::FrameOf(builder));
+  answered.WaitForNotification();
+  return deferred;
+}
+
+class Node {
+ public:
+  explicit Node(const std::string& path, engine::Clock* clock,
+                engine::FsyncPolicy fsync = engine::FsyncPolicy::kNever) {
+    options_ = test::TestOptions(path, clock, &log_);
+    options_.fsync = fsync;
+    options_.background_threads = fsync == engine::FsyncPolicy::kAlways;
+    Open();
+  }
+  ~Node() {
+    if (engine_ != nullptr) {
+      EXPECT_OK(engine_->Close());
+    }
+  }
+  void Open() {
+    auto engine = engine::Engine::Open(options_);
+    ASSERT_OK(engine);
+    engine_ = *std::move(engine);
+  }
+  void Reopen() {
+    ASSERT_OK(engine_->Close());
+    engine_.reset();
+    Open();
+  }
+  engine::Engine* engine() { return engine_.get(); }
+
+  std::vector<bool> Replicate(std::vector<VersionedRecord> records, bool fsync_always = false) {
+    const std::string answer =
+        Dispatch(engine(), fsync_always, ReplicateRequestFrame(records, false));
+    absl::StatusOr<std::vector<bool>> applied = ParseReplicateResult(answer, records.size());
+    EXPECT_OK(applied);
+    return applied.ok() ? *applied : std::vector<bool>();
+  }
+  VersionedRecord Read(const std::string& key, bool meta_only = false) {
+    const std::string keys[] = {key};
+    const std::string answer = Dispatch(engine(), false, ReadRecordsRequestFrame(keys, meta_only));
+    absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(answer, 1);
+    EXPECT_OK(records);
+    return records.ok() ? (*records)[0] : VersionedRecord();
+  }
+
+ private:
+  test::LogCapture log_;
+  engine::Options options_;
+  std::unique_ptr<engine::Engine> engine_;
+};
+
+// ---- The replica's handlers -------------------------------------------------------
+
+class ReplicaTest : public ::testing::Test {
+ protected:
+  ScopedTempDir dir_;
+  ManualClock clock_{kMs};
+};
+
+TEST_F(ReplicaTest, NewerWinsOlderIsIgnoredButAcknowledged) {
+  Node node(dir_.Subdir("a"), &clock_);
+  EXPECT_EQ(node.Replicate({Put("k", "v2", Stamp(kMs, 2))}), std::vector<bool>{true});
+  // Older: not applied, yet acknowledged (the replica is at least this new).
+  EXPECT_EQ(node.Replicate({Put("k", "v1", Stamp(kMs, 1))}), std::vector<bool>{true});
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "v2");
+  VersionedRecord read = node.Read("k");
+  EXPECT_TRUE(read.found);
+  EXPECT_FALSE(read.tombstone);
+  EXPECT_EQ(read.value, "v2");
+  EXPECT_EQ(read.timestamp, Stamp(kMs, 2));
+  EXPECT_EQ(node.Replicate({Put("k", "v3", Stamp(kMs, 3))}), std::vector<bool>{true});
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "v3");
+}
+
+TEST_F(ReplicaTest, ReplayIsIdempotent) {
+  Node node(dir_.Subdir("a"), &clock_);
+  std::vector<VersionedRecord> batch = {Put("a", "1", Stamp(kMs, 1)),
+                                        Put("b", "2", Stamp(kMs, 2)),
+                                        Tombstone("a", Stamp(kMs, 3))};
+  EXPECT_EQ(node.Replicate(batch), std::vector<bool>({true, true, true}));
+  const engine::Stats before = node.engine()->GetStats();
+  EXPECT_EQ(node.Replicate(batch), std::vector<bool>({true, true, true}));
+  const engine::Stats after = node.engine()->GetStats();
+  EXPECT_EQ(after.puts, before.puts);  // nothing written twice
+  EXPECT_EQ(after.deletes, before.deletes);
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "a"), "NOT_FOUND");
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "b"), "2");
+}
+
+TEST_F(ReplicaTest, OutOfOrderDeliveryConverges) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  test::Random random(seed);
+  // A history of writes to a few keys, delivered in two different orders to
+  // two replicas: both end with the newest record of every key.
+  std::vector<VersionedRecord> history;
+  for (uint64_t i = 1; i <= 200; ++i) {
+    const std::string key = absl::StrCat("key", random.Uniform(8));
+    history.push_back(random.Percent(20) ? Tombstone(key, Stamp(kMs, i))
+                                         : Put(key, absl::StrCat("v", i), Stamp(kMs, i)));
+  }
+  Node a(dir_.Subdir("a"), &clock_);
+  Node b(dir_.Subdir("b"), &clock_);
+  std::vector<VersionedRecord> shuffled = history;
+  for (size_t i = shuffled.size(); i > 1; --i) std::swap(shuffled[i - 1], shuffled[random.Uniform(i)]);
+  for (const VersionedRecord& record : history) a.Replicate({record});
+  b.Replicate(shuffled);
+  std::map<std::string, VersionedRecord> newest;
+  for (const VersionedRecord& record : history) newest[record.key] = record;
+  for (const auto& [key, record] : newest) {
+    const std::string expected = record.tombstone ? "NOT_FOUND" : record.value;
+    EXPECT_EQ(test::GetOrStatus(a.engine(), key), expected) << key;
+    EXPECT_EQ(test::GetOrStatus(b.engine(), key), expected) << key;
+    EXPECT_EQ(a.Read(key, true).timestamp, record.timestamp);
+    EXPECT_EQ(b.Read(key, true).timestamp, record.timestamp);
+  }
+}
+
+TEST_F(ReplicaTest, TombstonesWinOnlyWhenNewer) {
+  Node node(dir_.Subdir("a"), &clock_);
+  node.Replicate({Put("k", "v", Stamp(kMs, 5))});
+  node.Replicate({Tombstone("k", Stamp(kMs, 4))});  // older delete: ignored
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "v");
+  node.Replicate({Tombstone("k", Stamp(kMs, 6))});
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "NOT_FOUND");
+  node.Replicate({Put("k", "late", Stamp(kMs, 5))});  // a put older than the delete
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "NOT_FOUND");
+  VersionedRecord read = node.Read("k");
+  EXPECT_TRUE(read.found);
+  EXPECT_TRUE(read.tombstone);
+  EXPECT_EQ(read.timestamp, Stamp(kMs, 6));
+  // A delete of a key never seen still leaves a tombstone, so an older put
+  // arriving later cannot resurrect it.
+  node.Replicate({Tombstone("fresh", Stamp(kMs, 9))});
+  node.Replicate({Put("fresh", "zombie", Stamp(kMs, 8))});
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "fresh"), "NOT_FOUND");
+}
+
+TEST_F(ReplicaTest, ReadRecordsOfUnknownKeysAndMetaOnly) {
+  Node node(dir_.Subdir("a"), &clock_);
+  VersionedRecord unknown = node.Read("nothing");
+  EXPECT_FALSE(unknown.found);
+  EXPECT_EQ(unknown.timestamp, 0u);
+  node.Replicate({Put("k", "value", Stamp(kMs, 1))});
+  VersionedRecord meta = node.Read("k", /*meta_only=*/true);
+  EXPECT_TRUE(meta.found);
+  EXPECT_EQ(meta.value, "");
+  EXPECT_EQ(meta.timestamp, Stamp(kMs, 1));
+}
+
+TEST_F(ReplicaTest, ReplicatedExpiryIsAbsolute) {
+  Node node(dir_.Subdir("a"), &clock_);
+  VersionedRecord record = Put("k", "v", Stamp(kMs, 1));
+  record.expiry_unix_ms = kMs + 1000;
+  node.Replicate({record});
+  EXPECT_EQ(node.Read("k").expiry_unix_ms, kMs + 1000);
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "v");
+  clock_.AdvanceMs(1001);
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "k"), "NOT_FOUND");
+  EXPECT_TRUE(node.Read("k").tombstone);
+}
+
+TEST_F(ReplicaTest, FsyncAlwaysAnswersAfterTheSync) {
+  Node node(dir_.Subdir("a"), &clock_, engine::FsyncPolicy::kAlways);
+  EXPECT_EQ(node.Replicate({Put("a", "1", Stamp(kMs, 1)), Tombstone("b", Stamp(kMs, 2))},
+                           /*fsync_always=*/true),
+            std::vector<bool>({true, true}));
+  EXPECT_EQ(test::GetOrStatus(node.engine(), "a"), "1");
+}
+
+TEST_F(ReplicaTest, RecordEncodingRoundTripsAndRejectsGarbage) {
+  VersionedRecord record = Put(std::string("k\0ey", 4), std::string(1000, 'x'), Stamp(kMs, 7));
+  record.expiry_unix_ms = 12345;
+  absl::StatusOr<VersionedRecord> decoded = DecodeRecord(EncodeRecord(record));
+  ASSERT_OK(decoded);
+  EXPECT_EQ(decoded->key, record.key);
+  EXPECT_EQ(decoded->value, record.value);
+  EXPECT_EQ(decoded->timestamp, record.timestamp);
+  EXPECT_EQ(decoded->expiry_unix_ms, 12345);
+  EXPECT_TRUE(decoded->found);
+  EXPECT_FALSE(decoded->tombstone);
+  EXPECT_STATUS_CODE(DecodeRecord("not a flatbuffer"), absl::StatusCode::kDataLoss);
+  EXPECT_STATUS_CODE(DecodeRecord(""), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(ReplicaTest, ParseRejectsMismatchedAnswers) {
+  flatbuffers::FlatBufferBuilder b;
+  p::BuildStatusResponse(&b, 0, absl::UnavailableError("shutting down"));
+  EXPECT_STATUS_CODE(ParseReplicateResult(std::string(p::FrameOf(b)), 1),
+                     absl::StatusCode::kUnavailable);
+  Node node(dir_.Subdir("a"), &clock_);
+  const std::string keys[] = {"a", "b"};
+  const std::string records =
+      Dispatch(node.engine(), false, ReadRecordsRequestFrame(keys, false));
+  EXPECT_STATUS_CODE(ParseRecordsResult(records, 1), absl::StatusCode::kInvalidArgument);
+  EXPECT_STATUS_CODE(ParseReplicateResult(records, 2), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Cluster timestamps -------------------------------------------------------------------
+
+TEST(ClusterClockTest, MonotonicAndTagged) {
+  ManualClock clock(kMs);
+  ClusterClock stamps(&clock, 0x2a);
+  uint64_t last = 0;
+  for (int i = 0; i < 1000; ++i) {  // many within one millisecond: the logical part grows
+    const uint64_t now = stamps.Now();
+    EXPECT_GT(now, last);
+    EXPECT_EQ(now & kNodeTagMask, 0x2au);
+    last = now;
+  }
+  clock.AdvanceMs(5);
+  EXPECT_EQ(engine::HybridClock::PhysicalMs(stamps.Now()), kMs + 5);
+  // A timestamp observed from elsewhere, even far ahead, is passed.
+  const uint64_t ahead = Stamp(kMs + 60'000, 0x1234);
+  stamps.Observe(ahead);
+  const uint64_t next = stamps.Now();
+  EXPECT_GT(next, ahead);
+  EXPECT_EQ(next & kNodeTagMask, 0x2au);
+  // The clock standing still or going back never makes it go back.
+  clock.SetUnixMs(kMs - 1000);
+  EXPECT_GT(stamps.Now(), next);
+}
+
+TEST(ClusterClockTest, TwoCoordinatorsInOneMillisecondNeverCollide) {
+  ManualClock clock(kMs);
+  const std::vector<std::string> members = {"node-a", "node-b"};
+  ClusterClock a(&clock, AssignNodeTag("node-a", members));
+  ClusterClock b(&clock, AssignNodeTag("node-b", members));
+  ASSERT_NE(a.tag(), b.tag());
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 2000; ++i) {
+    EXPECT_TRUE(seen.insert(a.Now()).second);
+    EXPECT_TRUE(seen.insert(b.Now()).second);
+  }
+}
+
+TEST(ClusterClockTest, TagsAreUniqueAmongMembersEvenWhenHashesCollide) {
+  // Find two node ids whose hash tags collide.
+  std::map<uint8_t, std::string> by_tag;
+  std::vector<std::string> members;
+  for (int i = 0; members.size() < 2; ++i) {
+    const std::string id = absl::StrCat("n", i);
+    auto [it, inserted] = by_tag.emplace(HashNodeTag(id), id);
+    if (!inserted) members = {it->second, id};
+  }
+  ASSERT_EQ(HashNodeTag(members[0]), HashNodeTag(members[1]));
+  for (int i = 0; i < 40; ++i) members.push_back(absl::StrCat("other-", i));
+  std::set<uint8_t> tags;
+  for (const std::string& member : members) tags.insert(AssignNodeTag(member, members));
+  EXPECT_EQ(tags.size(), members.size());
+  // Without collisions a node's tag is its hash tag, whatever the others.
+  EXPECT_EQ(AssignNodeTag("lonely", {"lonely"}), HashNodeTag("lonely"));
+}
+
+// ---- Hinted handoff ---------------------------------------------------------------------
+
+class HintedHandoffTest : public ::testing::Test {
+ protected:
+  HintedHandoffOptions Options() {
+    HintedHandoffOptions options;
+    options.initial_backoff = absl::Milliseconds(100);
+    options.max_backoff = absl::Seconds(10);
+    options.send_timeout = absl::Seconds(1);
+    return options;
+  }
+
+  // A sender that applies requests on target's engine, unless it is down.
+  HintedHandoff::SendFunction SendTo(std::map<std::string, Node*> nodes) {
+    return [this, nodes](const std::string& target, std::string frame, absl::Duration,
+                         std::function<void(absl::StatusOr<std::string>)> done) {
+      ++sends_;
+      auto it = nodes.find(target);
+      if (down_.contains(target) || it == nodes.end()) {
+        return done(absl::UnavailableError("connection refused"));
+      }
+      done(Dispatch(it->second->engine(), false, frame));
+    };
+  }
+  HintedHandoff::StateFunction StateOf() {
+    return [this](const std::string& target) {
+      if (gone_.contains(target)) return TargetState::kGone;
+      if (unreachable_.contains(target)) return TargetState::kUnreachable;
+      return TargetState::kAlive;
+    };
+  }
+
+  ScopedTempDir dir_;
+  ManualClock clock_{kMs};
+  std::set<std::string> down_, unreachable_, gone_;
+  int sends_ = 0;
+};
+
+TEST_F(HintedHandoffTest, KeyLayout) {
+  const std::string key = HintKey("node/1", 0x0102030405060708ull);
+  EXPECT_TRUE(absl::StartsWith(key, kHintPrefix));
+  EXPECT_TRUE(IsReservedKey(key));
+  std::string target;
+  uint64_t sequence = 0;
+  ASSERT_TRUE(ParseHintKey(key, &target, &sequence));
+  EXPECT_EQ(target, "node/1");
+  EXPECT_EQ(sequence, 0x0102030405060708ull);
+  EXPECT_FALSE(ParseHintKey("plain", &target, &sequence));
+  EXPECT_LT(HintKey("n", 255), HintKey("n", 256));  // big-endian: keys sort by sequence
+}
+
+TEST_F(HintedHandoffTest, SurvivesReopenAndIsDeliveredWhenTheTargetIsBack) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  ServerMetrics metrics;
+  {
+    HintedHandoff handoff(local.engine(), Options(), &metrics);
+    ASSERT_OK(handoff.Load());
+    ASSERT_OK(handoff.Enqueue("remote", Put("a", "1", Stamp(kMs, 1))));
+    ASSERT_OK(handoff.Enqueue("remote", Put("b", "2", Stamp(kMs, 2))));
+    ASSERT_OK(handoff.Enqueue("remote", Tombstone("a", Stamp(kMs, 3))));
+    ASSERT_OK(handoff.Enqueue("other", Put("c", "3", Stamp(kMs, 4))));
+    EXPECT_EQ(handoff.Pending("remote"), 3u);
+    EXPECT_EQ(metrics.replication_queue_size()->Value(), 4.0);
+  }
+  EXPECT_EQ(metrics.replication_queue_size()->Value(), 0.0);  // callback gone with the queue
+  local.Reopen();
+
+  HintedHandoff handoff(local.engine(), Options(), &metrics);
+  ASSERT_OK(handoff.Load());
+  EXPECT_EQ(handoff.Pending("remote"), 3u);
+  EXPECT_EQ(handoff.Pending("other"), 1u);
+  EXPECT_EQ(handoff.GetFigures().queued, 4u);
+
+  unreachable_ = {"other"};
+  EXPECT_EQ(handoff.DeliverOnce(SendTo({{"remote", &remote}}), StateOf()), 3u);
+  EXPECT_EQ(handoff.Pending("remote"), 0u);
+  EXPECT_EQ(handoff.Pending("other"), 1u);
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "a"), "NOT_FOUND");  // the tombstone won
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "b"), "2");
+  EXPECT_EQ(metrics.replica_acks_ok()->Value(), 3u);
+  // Delivered hints are gone from the engine too: a reload finds only "other".
+  EXPECT_EQ(test::GetOrStatus(local.engine(), HintKey("remote", 1)), "NOT_FOUND");
+  local.Reopen();
+  HintedHandoff reloaded(local.engine(), Options(), nullptr);
+  ASSERT_OK(reloaded.Load());
+  EXPECT_EQ(reloaded.Pending("remote"), 0u);
+  EXPECT_EQ(reloaded.Pending("other"), 1u);
+  // New hints continue the sequence instead of overwriting old ones.
+  ASSERT_OK(reloaded.Enqueue("other", Put("d", "4", Stamp(kMs, 5))));
+  EXPECT_EQ(reloaded.Pending("other"), 2u);
+}
+
+TEST_F(HintedHandoffTest, BacksOffExponentiallyWhileTheTargetFails) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  HintedHandoff handoff(local.engine(), Options(), nullptr);
+  ASSERT_OK(handoff.Load());
+  ASSERT_OK(handoff.Enqueue("remote", Put("k", "v", Stamp(kMs, 1))));
+  down_ = {"remote"};
+  auto send = SendTo({{"remote", &remote}});
+  EXPECT_EQ(handoff.DeliverOnce(send, StateOf()), 0u);
+  EXPECT_EQ(sends_, 1);
+  EXPECT_EQ(handoff.GetFigures().targets_retrying, 1u);
+  // Within the backoff nothing is sent.
+  EXPECT_EQ(handoff.DeliverOnce(send, StateOf()), 0u);
+  EXPECT_EQ(sends_, 1);
+  absl::SleepFor(absl::Milliseconds(120));
+  EXPECT_EQ(handoff.DeliverOnce(send, StateOf()), 0u);
+  EXPECT_EQ(sends_, 2);
+  // The second wait is twice the first: 120 ms is not enough.
+  absl::SleepFor(absl::Milliseconds(120));
+  EXPECT_EQ(handoff.DeliverOnce(send, StateOf()), 0u);
+  EXPECT_EQ(sends_, 2);
+  down_.clear();
+  absl::SleepFor(absl::Milliseconds(120));
+  EXPECT_EQ(handoff.DeliverOnce(send, StateOf()), 1u);
+  EXPECT_EQ(handoff.GetFigures().targets_retrying, 0u);
+  EXPECT_EQ(handoff.GetFigures().queued, 0u);
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k"), "v");
+}
+
+TEST_F(HintedHandoffTest, BoundedQueueDropsTheOldest) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  ServerMetrics metrics;
+  HintedHandoffOptions options = Options();
+  options.max_hints_per_target = 3;
+  HintedHandoff handoff(local.engine(), options, &metrics);
+  ASSERT_OK(handoff.Load());
+  for (uint64_t i = 1; i <= 5; ++i) {
+    ASSERT_OK(handoff.Enqueue("remote", Put(absl::StrCat("k", i), "v", Stamp(kMs, i))));
+  }
+  EXPECT_EQ(handoff.Pending("remote"), 3u);
+  EXPECT_EQ(metrics.replica_acks_failed()->Value(), 2u);
+  EXPECT_EQ(handoff.DeliverOnce(SendTo({{"remote", &remote}}), StateOf()), 3u);
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k1"), "NOT_FOUND");
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k2"), "NOT_FOUND");
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k5"), "v");
+}
+
+TEST_F(HintedHandoffTest, HintsOfAMemberThatLeftAreDropped) {
+  Node local(dir_.Subdir("local"), &clock_);
+  HintedHandoff handoff(local.engine(), Options(), nullptr);
+  ASSERT_OK(handoff.Load());
+  ASSERT_OK(handoff.Enqueue("gone", Put("k", "v", Stamp(kMs, 1))));
+  gone_ = {"gone"};
+  EXPECT_EQ(handoff.DeliverOnce(SendTo({}), StateOf()), 0u);
+  EXPECT_EQ(sends_, 0);
+  EXPECT_EQ(handoff.Pending("gone"), 0u);
+  EXPECT_EQ(test::GetOrStatus(local.engine(), HintKey("gone", 1)), "NOT_FOUND");
+}
+
+TEST_F(HintedHandoffTest, DeliveryThreadDeliversInBatches) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  HintedHandoffOptions options = Options();
+  options.batch_records = 7;
+  options.poll_interval = absl::Milliseconds(10);
+  HintedHandoff handoff(local.engine(), options, nullptr);
+  ASSERT_OK(handoff.Load());
+  for (uint64_t i = 1; i <= 100; ++i) {
+    ASSERT_OK(handoff.Enqueue("remote", Put(absl::StrCat("k", i), "v", Stamp(kMs, i))));
+  }
+  handoff.Start(SendTo({{"remote", &remote}}), StateOf());
+  for (int i = 0; i < 500 && handoff.Pending("remote") > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  handoff.Stop();
+  EXPECT_EQ(handoff.Pending("remote"), 0u);
+  EXPECT_EQ(sends_, 15);  // ceil(100 / 7)
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k100"), "v");
+}
+
+// ---- The coordinator over an in-process transport ---------------------------------------
+
+// Three (or more) nodes, each an engine with a coordinator; the transport
+// hands a request to the target's replica handlers on the calling thread,
+// or fails it when the target is down (as the PeerTransport would).
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  struct Member {
+    std::string id;
+    std::unique_ptr<Node> node;
+    std::unique_ptr<HintedHandoff> handoff;
+    std::unique_ptr<ReplicaCoordinator> coordinator;
+  };
+
+  void Start(int count, size_t replicas = 3) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < count; ++i) ids.push_back(absl::StrCat("node-", i));
+    ring_ = std::make_shared<const Ring>(ids);
+    for (const std::string& id : ids) {
+      Member& member = members_[id];
+      member.id = id;
+      member.node = std::make_unique<Node>(dir_.Subdir(id), &clock_);
+      member.handoff = std::make_unique<HintedHandoff>(member.node->engine(),
+                                                       HintedHandoffOptions(), nullptr);
+      ASSERT_OK(member.handoff->Load());
+      ReplicaCoordinatorOptions options;
+      options.replicas = replicas;
+      options.write_wait = absl::Milliseconds(500);
+      options.clock = &clock_;
+      member.coordinator = std::make_unique<ReplicaCoordinator>(
+          member.node->engine(), Send(), [this] { return ring_; }, Lookup(), id, &metrics_,
+          member.handoff.get(), options);
+    }
+  }
+
+  ReplicaCoordinator::SendFunction Send() {
+    return [this](const std::string& address, std::string frame, absl::Duration,
+                  PeerTransport::Callback done) {
+      bool down;
+      {
+        absl::MutexLock lock(&mu_);
+        ++sends_;
+        down = down_.contains(address);
+      }
+      if (down) return done(absl::UnavailableError("connection refused"));
+      done(Dispatch(members_.at(address).node->engine(), false, frame));
+    };
+  }
+  ReplicaCoordinator::PeerLookup Lookup() {
+    return [this](const std::string& id, PeerInfo* info) {
+      if (!members_.contains(id)) return false;
+      absl::MutexLock lock(&mu_);
+      info->address = id;  // the fake transport addresses nodes by id
+      info->http_address = absl::StrCat(id, ":8080");
+      info->alive = !dead_.contains(id);
+      return true;
+    };
+  }
+
+  absl::StatusOr<Coordinator::WriteOutcome> Write(const std::string& via, const std::string& key,
+                                                  std::optional<std::string> value,
+                                                  p::Consistency consistency) {
+    absl::Notification done;
+    absl::StatusOr<Coordinator::WriteOutcome> out = absl::UnknownError("no answer");
+    members_.at(via).coordinator->Write(key, std::move(value), 0, consistency,
+                                        [&](absl::StatusOr<Coordinator::WriteOutcome> result) {
+                                          out = std::move(result);
+                                          done.Notify();
+                                        });
+    done.WaitForNotification();
+    return out;
+  }
+  absl::StatusOr<Coordinator::ReadResult> Read(const std::string& via, const std::string& key,
+                                               p::Consistency consistency) {
+    absl::Notification done;
+    absl::StatusOr<Coordinator::ReadResult> out = absl::UnknownError("no answer");
+    members_.at(via).coordinator->Get(key, consistency,
+                                      [&](absl::StatusOr<Coordinator::ReadResult> result) {
+                                        out = std::move(result);
+                                        done.Notify();
+                                      });
+    done.WaitForNotification();
+    return out;
+  }
+  std::string Local(const std::string& id, const std::string& key) {
+    return test::GetOrStatus(members_.at(id).node->engine(), key);
+  }
+  // Marks a node down (requests to it fail) and, if dead, known dead to all.
+  void Kill(const std::string& id, bool known_dead) {
+    absl::MutexLock lock(&mu_);
+    down_.insert(id);
+    if (known_dead) dead_.insert(id);
+  }
+  void Revive(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    down_.erase(id);
+    dead_.erase(id);
+  }
+
+  ScopedTempDir dir_;
+  ManualClock clock_{kMs};
+  ServerMetrics metrics_;
+  std::shared_ptr<const Ring> ring_;
+  std::map<std::string, Member> members_;
+  absl::Mutex mu_;
+  std::set<std::string> down_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dead_ ABSL_GUARDED_BY(mu_);
+  int sends_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST_F(CoordinatorTest, EventualWriteReachesEveryOwner) {
+  Start(3);
+  auto written = Write("node-0", "k", "v", p::Consistency::Eventual);
+  ASSERT_OK(written);
+  EXPECT_EQ(written->owners.size(), 3u);
+  EXPECT_GE(written->acknowledged, 1u);
+  EXPECT_EQ(written->result.timestamp & kNodeTagMask,
+            members_.at("node-0").coordinator->clock()->tag());
+  for (const auto& [id, member] : members_) EXPECT_EQ(Local(id, "k"), "v") << id;
+  EXPECT_TRUE(members_.at("node-1").coordinator->Active());
+  EXPECT_EQ(members_.at("node-1").coordinator->Owners("k"), written->owners);
+  EXPECT_EQ(members_.at("node-1").coordinator->HttpAddressOf(written->owners[0]),
+            absl::StrCat(written->owners[0], ":8080"));
+  EXPECT_GE(metrics_.replica_acks_ok()->Value(), 2u);
+  EXPECT_EQ(metrics_.replications()->Value(), 1u);
+  for (const auto& [id, member] : members_) {
+    auto read = Read(id, "k", p::Consistency::Eventual);
+    ASSERT_OK(read);
+    EXPECT_TRUE(read->found);
+    EXPECT_EQ(read->value, "v");
+  }
+  ASSERT_OK(Write("node-2", "k", std::nullopt, p::Consistency::Eventual));
+  auto read = Read("node-1", "k", p::Consistency::Strong);
+  ASSERT_OK(read);
+  EXPECT_FALSE(read->found);
+}
+
+TEST_F(CoordinatorTest, StrongWriteSucceedsWithAMajorityAndHintsTheRest) {
+  Start(3);
+  Kill("node-2", /*known_dead=*/false);  // fails when tried
+  auto written = Write("node-0", "k", "v", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_EQ(written->acknowledged, 2u);
+  EXPECT_EQ(Local("node-2", "k"), "NOT_FOUND");
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), 1u);
+  // The node comes back; its hint is delivered.
+  Revive("node-2");
+  auto send = [this](const std::string& target, std::string frame, absl::Duration timeout,
+                     std::function<void(absl::StatusOr<std::string>)> done) {
+    Send()(target, std::move(frame), timeout, std::move(done));
+  };
+  EXPECT_EQ(members_.at("node-0").handoff->DeliverOnce(
+                send, [](const std::string&) { return TargetState::kAlive; }),
+            1u);
+  EXPECT_EQ(Local("node-2", "k"), "v");
+}
+
+TEST_F(CoordinatorTest, WithTwoOfThreeDownStrongFailsAndEventualSucceeds) {
+  Start(3);
+  Kill("node-1", /*known_dead=*/true);  // not even tried
+  Kill("node-2", /*known_dead=*/false);
+  auto strong = Write("node-0", "k", "strong", p::Consistency::Strong);
+  EXPECT_STATUS_CODE(strong, absl::StatusCode::kUnavailable);
+  auto eventual = Write("node-0", "k", "eventual", p::Consistency::Eventual);
+  ASSERT_OK(eventual);
+  EXPECT_EQ(Local("node-0", "k"), "eventual");
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-1"), 1u);
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), 1u);
+  EXPECT_STATUS_CODE(Read("node-0", "k", p::Consistency::Strong), absl::StatusCode::kUnavailable);
+  auto read = Read("node-0", "k", p::Consistency::Eventual);
+  ASSERT_OK(read);
+  EXPECT_EQ(read->value, "eventual");
+}
+
+TEST_F(CoordinatorTest, WriteThatMissesItsQuorumNamesWhoApplied) {
+  Start(3);
+  Kill("node-1", true);
+  Kill("node-2", true);
+  absl::StatusOr<Coordinator::WriteOutcome> written =
+      Write("node-0", "k", "v", p::Consistency::Strong);
+  // Phase 1 cannot read a majority: nothing is written at all.
+  EXPECT_STATUS_CODE(written, absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Local("node-0", "k"), "NOT_FOUND");
+  // Two of three acknowledgements asked for by default (--w=2): the local
+  // apply is kept and reported.
+  ReplicaCoordinatorOptions options;
+  options.write_acks = 2;
+  options.clock = &clock_;
+  ReplicaCoordinator coordinator(members_.at("node-0").node->engine(), Send(),
+                                 [this] { return ring_; }, Lookup(), "node-0", nullptr, nullptr,
+                                 options);
+  absl::Notification done;
+  coordinator.Write("k", "v", 0, p::Consistency::Default,
+                    [&](absl::StatusOr<Coordinator::WriteOutcome> result) {
+                      written = std::move(result);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  EXPECT_STATUS_CODE(written, absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(written.status().message(), "applied on [node-0]"))
+      << written.status();
+  EXPECT_EQ(Local("node-0", "k"), "v");
+}
+
+TEST_F(CoordinatorTest, ReadsAnswerTheNewestAndRepairStaleOwners) {
+  Start(3);
+  // Plant an old version on two owners and a newer one on a third, as if
+  // writes had been missed.
+  const std::vector<std::string> owners = members_.at("node-0").coordinator->Owners("k");
+  members_.at(owners[0]).node->Replicate({Put("k", "old", Stamp(kMs, 1))});
+  members_.at(owners[1]).node->Replicate({Put("k", "old", Stamp(kMs, 1))});
+  members_.at(owners[2]).node->Replicate({Put("k", "new", Stamp(kMs, 2))});
+  // A strong read asks a majority; it may not see the newest if that one is
+  // not among them, but what it answers is then on a majority.
+  auto strong = Read(owners[2], "k", p::Consistency::Strong);
+  ASSERT_OK(strong);
+  EXPECT_EQ(strong->value, "new");  // the local engine is asked first
+  int holders = 0;
+  for (const std::string& owner : owners) holders += Local(owner, "k") == "new";
+  EXPECT_GE(holders, 2);  // written back to a majority before answering
+  // A read with every owner (R=3) repairs the rest in the background.
+  ReplicaCoordinatorOptions options;
+  options.read_acks = 3;
+  options.clock = &clock_;
+  ReplicaCoordinator all(members_.at(owners[0]).node->engine(), Send(), [this] { return ring_; },
+                         Lookup(), owners[0], nullptr, nullptr, options);
+  absl::Notification done;
+  all.Get("k", p::Consistency::Default, [&](absl::StatusOr<Coordinator::ReadResult> result) {
+    ASSERT_OK(result);
+    EXPECT_EQ(result->value, "new");
+    done.Notify();
+  });
+  done.WaitForNotification();
+  for (const std::string& owner : owners) EXPECT_EQ(Local(owner, "k"), "new") << owner;
+}
+
+TEST_F(CoordinatorTest, StrongWriteStampsAboveAFastClock) {
+  Start(3);
+  // A write stamped far in the future by some coordinator with a fast clock.
+  const uint64_t future = Stamp(kMs + 3'600'000, 0x100);
+  for (const auto& [id, member] : members_) member.node->Replicate({Put("k", "future", future)});
+  // An eventual write from a coordinator with a correct clock loses (LWW)...
+  ASSERT_OK(Write("node-1", "k", "eventual", p::Consistency::Eventual));
+  EXPECT_EQ(Local("node-1", "k"), "future");
+  // ...but a strong one reads the highest timestamp first and wins.
+  auto written = Write("node-1", "k", "strong", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_GT(written->result.timestamp, future);
+  auto read = Read("node-2", "k", p::Consistency::Strong);
+  ASSERT_OK(read);
+  EXPECT_EQ(read->value, "strong");
+}
+
+TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
+  Start(2, /*replicas=*/5);
+  auto written = Write("node-0", "k", "v", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_EQ(written->owners.size(), 2u);
+  EXPECT_EQ(written->acknowledged, 2u);
+  ring_ = std::make_shared<const Ring>(std::vector<std::string>{"node-0"});
+  EXPECT_FALSE(members_.at("node-0").coordinator->Active());
+}
+
+// ---- The Service in front of a coordinator ------------------------------------------------
+
+// Answers from a script: inline, or later from another thread.
+class FakeCoordinator final : public Coordinator {
+ public:
+  bool Active() const override { return active; }
+  void Get(std::string key, p::Consistency consistency,
+           std::function<void(absl::StatusOr<ReadResult>)> done) override {
+    last_key = key;
+    last_consistency = consistency;
+    ReadResult result;
+    result.found = key != "missing";
+    result.value = "clustered";
+    result.timestamp = 42;
+    Answer([done, result] { done(result); });
+  }
+  void Write(std::string key, std::optional<std::string> value, int64_t,
+             p::Consistency consistency,
+             std::function<void(absl::StatusOr<WriteOutcome>)> done) override {
+    last_key = key;
+    last_consistency = consistency;
+    ++writes;
+    WriteOutcome outcome;
+    outcome.result.timestamp = 7;
+    outcome.result.version = value.has_value() ? 1 : 2;
+    Answer([done, outcome, unavailable = this->unavailable] {
+      if (unavailable) return done(absl::UnavailableError("reached 1 of 3 owners"));
+      done(outcome);
+    });
+  }
+  std::vector<std::string> Owners(absl::string_view) const override { return {"a", "b"}; }
+  ~FakeCoordinator() override {
+    for (std::thread& thread : threads) thread.join();
+  }
+
+  void Answer(std::function<void()> answer) {
+    if (inline_answers) return answer();
+    threads.emplace_back(std::move(answer));
+  }
+
+  bool active = true;
+  bool inline_answers = true;
+  bool unavailable = false;
+  std::string last_key;
+  p::Consistency last_consistency = p::Consistency::Default;
+  int writes = 0;
+  std::vector<std::thread> threads;
+};
+
+class ServiceClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    node_ = std::make_unique<Node>(dir_.Subdir("db"), &clock_);
+    ServiceConfig config;
+    config.node_id = "node-a";
+    service_ = std::make_unique<Service>(node_->engine(), config, &counters_);
+    service_->set_coordinator(&coordinator_);
+  }
+
+  // Runs a request; returns the answer's status and fills *response_frame.
+  absl::Status Run(const std::string& request_frame, const RequestContext& context = {},
+                   bool* deferred = nullptr, std::string* response_frame = nullptr) {
+    const auto* request = flatbuffers::GetSizePrefixedRoot<p::Request>(
+        reinterpret_cast<const uint8_t*>(request_frame.data()));
+    flatbuffers::FlatBufferBuilder builder(256);
+    absl::Notification answered;
+    std::string later;
+    Service::Outcome outcome = service_->Handle(context, *request, &builder,
+                                                [&]() -> Service::Completion {
+                                                  return [&](std::string frame) {
+                                                    later = std::move(frame);
+                                                    answered.Notify();
+                                                  };
+                                                });
+    std::string frame;
+    if (outcome == Service::Outcome::kAnswered) {
+      frame = std::string(p::FrameOf(builder));
+    } else {
+      answered.WaitForNotification();
+      frame = later;
+    }
+    if (deferred != nullptr) *deferred = outcome == Service::Outcome::kDeferred;
+    if (response_frame != nullptr) *response_frame = frame;
+    absl::StatusOr<const p::Response*> response = p::VerifyResponse(frame, 1u << 30);
+    if (!response.ok()) return response.status();
+    return p::StatusFromResponse(**response);
+  }
+
+  static std::string GetFrame(const std::string& key, p::Consistency consistency) {
+    flatbuffers::FlatBufferBuilder b;
+    auto get = p::CreateGet(b, b.CreateVector(reinterpret_cast<const uint8_t*>(key.data()),
+                                              key.size()),
+                            consistency);
+    b.FinishSizePrefixed(p::CreateRequest(b, 1, p::Operation::Get, get.Union()));
+    return std::string(p::FrameOf(b));
+  }
+  static std::string PutFrame(const std::string& key, bool conditional) {
+    flatbuffers::FlatBufferBuilder b;
+    auto k = b.CreateVector(reinterpret_cast<const uint8_t*>(key.data()), key.size());
+    auto v = b.CreateString("value");
+    auto put = p::CreatePut(b, k, flatbuffers::Offset<flatbuffers::Vector<uint8_t>>(v.o), 0,
+                            conditional, 0, p::Consistency::Strong);
+    b.FinishSizePrefixed(p::CreateRequest(b, 1, p::Operation::Put, put.Union()));
+    return std::string(p::FrameOf(b));
+  }
+
+  ScopedTempDir dir_;
+  ManualClock clock_{kMs};
+  std::unique_ptr<Node> node_;
+  ServerCounters counters_;
+  FakeCoordinator coordinator_;
+  std::unique_ptr<Service> service_;
+};
+
+TEST_F(ServiceClusterTest, GetAndPutGoThroughTheCoordinator) {
+  bool deferred = true;
+  std::string frame;
+  ASSERT_OK(Run(GetFrame("k", p::Consistency::Strong), {}, &deferred, &frame));
+  EXPECT_FALSE(deferred);  // answered inline: built straight into the builder
+  EXPECT_EQ(coordinator_.last_consistency, p::Consistency::Strong);
+  const auto* response =
+      flatbuffers::GetSizePrefixedRoot<p::Response>(reinterpret_cast<const uint8_t*>(frame.data()));
+  EXPECT_EQ(p::View(response->result_as_ValueResult()->value()), "clustered");
+  EXPECT_STATUS_CODE(Run(GetFrame("missing", p::Consistency::Default)),
+                     absl::StatusCode::kNotFound);
+  // Tenants' keys reach the coordinator as engine keys.
+  RequestContext tenant;
+  tenant.key_prefix = TenantPrefix(7);
+  ASSERT_OK(Run(PutFrame("k", false), tenant));
+  EXPECT_EQ(coordinator_.last_key, TenantPrefix(7) + "k");
+  EXPECT_EQ(coordinator_.last_consistency, p::Consistency::Strong);
+  EXPECT_EQ(test::GetOrStatus(node_->engine(), "k"), "NOT_FOUND");  // not written locally
+}
+
+TEST_F(ServiceClusterTest, AnswersFromAnotherThreadAreDeferred) {
+  coordinator_.inline_answers = false;
+  bool deferred = false;
+  ASSERT_OK(Run(GetFrame("k", p::Consistency::Eventual), {}, &deferred));
+  EXPECT_TRUE(deferred);
+  ASSERT_OK(Run(PutFrame("k", false), {}, &deferred));
+  EXPECT_TRUE(deferred);
+  coordinator_.unavailable = true;
+  EXPECT_STATUS_CODE(Run(PutFrame("k", false)), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ServiceClusterTest, CompareAndSetIsRefusedWithReplicas) {
+  absl::Status status = Run(PutFrame("k", /*conditional=*/true));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "not supported with replicas > 1")) << status;
+  EXPECT_EQ(coordinator_.writes, 0);
+}
+
+TEST_F(ServiceClusterTest, InactiveCoordinatorAndLocalOnlyStayOnTheEngine) {
+  ASSERT_OK(node_->engine()->Put("k", "local"));
+  RequestContext local;
+  local.local_only = true;
+  std::string frame;
+  ASSERT_OK(Run(GetFrame("k", p::Consistency::Default), local, nullptr, &frame));
+  const auto* response =
+      flatbuffers::GetSizePrefixedRoot<p::Response>(reinterpret_cast<const uint8_t*>(frame.data()));
+  EXPECT_EQ(p::View(response->result_as_ValueResult()->value()), "local");
+  coordinator_.active = false;
+  ASSERT_OK(Run(PutFrame("j", /*conditional=*/false)));
+  EXPECT_EQ(coordinator_.writes, 0);
+  EXPECT_EQ(test::GetOrStatus(node_->engine(), "j"), "value");
+}
+
+TEST_F(ServiceClusterTest, BatchItemsGoThroughTheCoordinator) {
+  flatbuffers::FlatBufferBuilder b;
+  std::vector<flatbuffers::Offset<p::BatchItem>> items;
+  for (const char* key : {"a", "b"}) {
+    auto k = b.CreateVector(reinterpret_cast<const uint8_t*>(key), 1);
+    items.push_back(p::CreateBatchItem(b, /*delete_=*/key[0] == 'b', k));
+  }
+  auto reserved = b.CreateVector(reinterpret_cast<const uint8_t*>("\0x"), 2);
+  items.push_back(p::CreateBatchItem(b, false, reserved));
+  auto batch = p::CreateBatch(b, b.CreateVector(items), p::Consistency::Eventual);
+  b.FinishSizePrefixed(p::CreateRequest(b, 1, p::Operation::Batch, batch.Union()));
+  coordinator_.inline_answers = false;
+  std::string frame;
+  ASSERT_OK(Run(std::string(p::FrameOf(b)), {}, nullptr, &frame));
+  const auto* response =
+      flatbuffers::GetSizePrefixedRoot<p::Response>(reinterpret_cast<const uint8_t*>(frame.data()));
+  const auto* results = response->result_as_BatchResult()->items();
+  ASSERT_EQ(results->size(), 3u);
+  EXPECT_EQ(results->Get(0)->status(), p::StatusCode::Ok);
+  EXPECT_EQ(results->Get(0)->version(), 1u);
+  EXPECT_EQ(results->Get(1)->version(), 2u);
+  EXPECT_EQ(results->Get(2)->status(), p::StatusCode::InvalidArgument);  // reserved key
+  EXPECT_EQ(coordinator_.writes, 2);
+}
+
+}  // namespace
+}  // namespace logkv::server::cluster
