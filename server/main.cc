@@ -621,6 +621,9 @@ int Main(int argc, char** argv) {
   anti_entropy_options.interval =
       absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_anti_entropy_interval_ms)));
   anti_entropy_options.bytes_per_second = absl::GetFlag(FLAGS_anti_entropy_bytes_per_second);
+  // Every node runs rounds, so each pulls what it lacks; pushing as well
+  // would send a wiped node its data once per peer.
+  anti_entropy_options.push = false;
   cluster::AntiEntropy anti_entropy(
       engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
       [&cluster_node] { return cluster_node.membership()->LiveMembers(); },

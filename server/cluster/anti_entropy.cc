@@ -550,10 +550,10 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
       self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();
     }
     if (newer_here) {
-      if (peer_owns) {
-        round->push_keys.emplace_back(key);
-      } else {
+      if (!peer_owns) {
         round->figures.keys_not_owned += 1;
+      } else if (options_.push) {
+        round->push_keys.emplace_back(key);
       }
     } else if (self_owns) {
       round->pull_keys.emplace_back(key);

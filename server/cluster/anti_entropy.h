@@ -83,6 +83,11 @@ struct AntiEntropyOptions {
   uint32_t push_batch_bytes = 1u << 20;
   // Keys per ReadRecords request (their values come back in one frame).
   uint32_t pull_batch_keys = 128;
+  // Whether a round also pushes records that are newer here. When every
+  // node runs rounds (logkvd), pulling alone converges, and a node that
+  // lost its data is filled once (by its own pulls, one peer after the
+  // other) instead of by every peer at the same time.
+  bool push = true;
 };
 
 // What the exchanges did: per round (RunOnce) or summed since start (Figures).
