@@ -100,6 +100,10 @@ struct Options {
   // the writing thread, outside the engine's locks (for change-feed watchers:
   // it should only note the news and wake someone). May be empty.
   std::function<void(uint32_t shard, uint64_t sequence)> on_event;
+  // Keys starting with one of these are left out of the Merkle summary (and
+  // of MerkleLeafKeys): data that belongs to this store alone and must not
+  // make replicas' trees differ.
+  std::vector<std::string> merkle_excluded_prefixes;
   // Called after every fdatasync of a log segment with its duration, on the
   // syncing thread (for latency histograms). May be empty.
   std::function<void(int64_t duration_ns)> on_fsync;

@@ -206,7 +206,7 @@ void Shard::FinishRecovery(RecoveryState* state) {
     }
   }
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
-    context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
+    if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
     if (entry.present()) ++live_keys_;
     if (entry.expiry_unix_ms != 0) {
       ++entries_with_expiry_;

@@ -204,7 +204,7 @@ void Shard::ReleaseCurrentRecord(const IndexEntry& entry) {
 void Shard::RemoveEntry(uint32_t entry_id) {
   IndexEntry& entry = index_.at(entry_id);
   assert(!entry.present());
-  context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
+  if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
   ReleaseCurrentRecord(entry);
   DropHistory(entry_id);
   if (entry.expiry_unix_ms != 0) --entries_with_expiry_;
@@ -322,7 +322,8 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   const RecordLocation location{active_->id(), *offset, static_cast<uint32_t>(record_bytes)};
 
   if (entry != nullptr) {
-    context_.merkle->Update(key.hash, LeafHashOf(*entry));  // XOR the old state out
+    // XOR the old state out.
+    if (Summarised(key.key)) context_.merkle->Update(key.hash, LeafHashOf(*entry));
     if (options_.versions_kept > 1 && type == RecordType::kPut && visible) {
       std::vector<HistoryItem>& items = history_[id];
       items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp,
@@ -345,7 +346,7 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   entry->timestamp = timestamp;
   entry->version = version;
   entry->expiry_unix_ms = expiry;
-  context_.merkle->Update(key.hash, LeafHashOf(*entry));
+  if (Summarised(key.key)) context_.merkle->Update(key.hash, LeafHashOf(*entry));
   if (type == RecordType::kPut && !was_present) ++live_keys_;
   if (type == RecordType::kDelete && was_present) --live_keys_;
   if (expiry != 0) {
@@ -566,6 +567,7 @@ void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
   const uint32_t leaves = context_.merkle->leaves();
   absl::ReaderMutexLock lock(&mu_);
   index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+    if (!Summarised(entry.key())) return;
     const uint64_t hash = HashKey(entry.key());
     if (context_.merkle->PartitionOf(hash) != partition ||
         !wanted[context_.merkle->LeafNodeOf(hash) - leaves]) {

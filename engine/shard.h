@@ -71,6 +71,13 @@ class Shard {
 
   absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
   absl::StatusOr<KeyRecord> GetRecord(const KeyRef& key, bool with_value);
+  // Whether the key is part of the Merkle summary (Options::merkle_excluded_prefixes).
+  bool Summarised(absl::string_view key) const {
+    for (const std::string& prefix : options_.merkle_excluded_prefixes) {
+      if (key.substr(0, prefix.size()) == prefix) return false;
+    }
+    return true;
+  }
   absl::StatusOr<Record> GetVersion(const KeyRef& key, uint64_t version);
 
   // Appends a Put or Delete. On success *durable_after is the sequence number

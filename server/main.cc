@@ -271,6 +271,13 @@ int Main(int argc, char** argv) {
     }
     seeds.push_back(absl::StrCat(seed_host, ":", seed_port));
   }
+  if (auth_on && !seeds.empty()) {
+    // Accounts are kept per node and tenant namespaces are built from user
+    // ids, which two nodes would hand out twice (docs/cluster.md).
+    return Fail(absl::FailedPreconditionError(
+        "--auth=on with --seeds is not supported yet: accounts are not replicated, so two "
+        "nodes would give different users the same namespace"));
+  }
   const std::string advertise_flag = absl::GetFlag(FLAGS_advertise);
   if (!advertise_flag.empty()) {
     std::string advertise_host;
@@ -311,6 +318,9 @@ int Main(int argc, char** argv) {
                                                                       : Level::kDebug;
     if (LogEnabled(mapped)) LogLine(mapped, message);
   };
+  // Hints and accounts are this node's own: they stay out of the Merkle
+  // summary that replicas compare.
+  options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix)};
   options.on_fsync = [histogram = metrics.fsync_duration()](int64_t duration_ns) {
     histogram->Observe(static_cast<double>(duration_ns) * 1e-9);
   };
@@ -418,6 +428,7 @@ int Main(int argc, char** argv) {
   cluster_options.ping_timeout =
       std::max(absl::Milliseconds(100), cluster_options.gossip_interval);
   cluster_options.allow_fault_injection = absl::GetFlag(FLAGS_fault_injection);
+  cluster_options.require_secret = auth_on || !IsLoopback(host);
   cluster_options.max_frame_bytes = service_config.limits.max_frame_bytes;
   cluster::ClusterNode cluster_node(cluster_options);
   engine::Engine* const engine_ptr = engine->get();
@@ -659,7 +670,8 @@ int Main(int argc, char** argv) {
       signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   // Tell the cluster first (bounded), so peers stop counting on this node
   // at once instead of waiting for its failure to be detected.
-  cluster_node.Leave(absl::Seconds(2));
+  // Only gossip stops here: requests in flight still need the transport.
+  if (cluster_node.membership() != nullptr) cluster_node.membership()->Leave(absl::Seconds(2));
   server.RequestShutdown();
   server.Wait();
   anti_entropy.Stop();

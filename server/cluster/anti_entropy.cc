@@ -53,17 +53,6 @@ void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id
   builder->FinishSizePrefixed(response.Finish());
 }
 
-// An expired value reads as deleted (engine::KeyRecord), but its leaf hash
-// is a value's: moving it as a tombstone would leave the two replicas'
-// leaves different for ever. It moves as what it is, a value whose absolute
-// expiry has passed (invisible at once on arrival).
-void KeepExpiredAsValue(VersionedRecord* record) {
-  if (record->found && record->tombstone && record->expiry_unix_ms != 0) {
-    record->tombstone = false;
-    record->value.clear();
-  }
-}
-
 }  // namespace
 
 // ---- Handlers ---------------------------------------------------------------

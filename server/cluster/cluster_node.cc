@@ -94,7 +94,14 @@ void ClusterNode::AddPeerOperationHandler(p::Operation operation, PeerOperationH
 
 bool ClusterNode::AcceptPeer(absl::string_view secret, absl::string_view node_id) {
   const std::string& expected = options_.cluster_secret;
-  if (expected.empty()) return true;
+  if (expected.empty()) {
+    if (!options_.require_secret) return true;
+    Log(Level::kWarning,
+        "refused a peer connection from node '%s': this node accepts peers only with "
+        "--cluster-secret (it runs with --auth=on or on a non-loopback address)",
+        std::string(node_id));
+    return false;
+  }
   // Constant time in the secret's contents; the length is not a secret.
   const bool accepted =
       secret.size() == expected.size() &&

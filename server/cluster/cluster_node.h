@@ -52,6 +52,9 @@ struct ClusterNodeOptions {
   // Test builds only (LOGKV_FAULT_INJECTION) with --fault-injection.
   bool allow_fault_injection = false;
   uint32_t max_frame_bytes = 64u << 20;
+  // Refuse peers when no cluster_secret is set (auth on, or a non-loopback
+  // address): peers see every tenant's keys.
+  bool require_secret = false;
 };
 
 class ClusterNode : public PeerHandler {

@@ -281,9 +281,11 @@ bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& 
     absl::Status status = engine_->Get(key, &value, nullptr);
     if (absl::IsNotFound(status)) continue;  // dropped meanwhile
     if (!status.ok()) {
-      Log(Level::kWarning, "hinted handoff: reading a hint for node %s failed: %s", target,
-          status.ToString());
-      return false;
+      // An unreadable hint must not stop the rest of the queue: it is
+      // dropped below with the batch, and anti-entropy repairs its key.
+      Log(Level::kError, "hinted handoff: hint %d for node %s is unreadable, dropping it: %s",
+          sequence, target, status.ToString());
+      continue;
     }
     absl::StatusOr<VersionedRecord> record = DecodeRecord(value);
     if (!record.ok()) {

@@ -416,7 +416,11 @@ void Membership::Impl::Tick() {
       if (entry.member.address == options_.self.address) continue;
       if (entry.member.state == MemberState::kAlive || entry.member.state == MemberState::kSuspect) {
         live.push_back(&entry);
-      } else if (entry.member.state == MemberState::kDead) {
+      } else if (entry.member.state == MemberState::kDead ||
+                 entry.member.state == MemberState::kLeft) {
+        // A member that left may come back (a restart after SIGTERM leaves
+        // first): it is probed like a dead one, and its new incarnation
+        // outranks the Left remembered here.
         dead.push_back(&entry);
       }
     }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/namespaces.h"
 
 namespace logkv::server::cluster {
 
@@ -126,6 +127,9 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   }
 }
 
+// Half of the default 64 MiB frame.
+constexpr uint64_t kMaxRecordsAnswerBytes = 32ull << 20;
+
 Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const p::Request& request, flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Service::Completion()> defer) {
@@ -153,6 +157,25 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   if (fsync_always && count > 0) gather->done = defer();
   for (size_t i = 0; i < count; ++i) {
     VersionedRecord record = RecordOf(*replicate->records()->Get(i));
+    if (IsNodeLocalKey(record.key)) {
+      // Hints and accounts are each node's own: a peer may not write them.
+      bool last;
+      {
+        absl::MutexLock lock(&gather->mu);
+        last = --gather->remaining == 0;
+      }
+      if (last && gather->done) {
+        flatbuffers::FlatBufferBuilder builder(256);
+        std::vector<bool> applied;
+        {
+          absl::MutexLock lock(&gather->mu);
+          applied = gather->applied;
+        }
+        BuildReplicateResult(&builder, id, applied);
+        gather->done(std::string(p::FrameOf(builder)));
+      }
+      continue;
+    }
     ApplyLocally(engine, record, [gather, i, id](absl::Status status) {
       bool last;
       {
@@ -193,9 +216,20 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
   const size_t count = read->keys() == nullptr ? 0 : read->keys()->size();
   std::vector<VersionedRecord> records;
   records.reserve(count);
+  // The answer must fit in a frame: once the values pass half of one, the
+  // remaining keys are answered as unknown (the asker reads them again).
+  const uint64_t budget_bytes = kMaxRecordsAnswerBytes;
+  uint64_t answer_bytes = 0;
   for (size_t i = 0; i < count; ++i) {
     const absl::string_view key = p::View(read->keys()->Get(i)->key());
+    if (IsNodeLocalKey(key) || (answer_bytes > budget_bytes && !records.empty())) {
+      VersionedRecord unknown;
+      unknown.key = std::string(key);
+      records.push_back(std::move(unknown));
+      continue;
+    }
     absl::StatusOr<engine::KeyRecord> record = engine->GetRecord(key, !read->meta_only());
+    if (record.ok()) answer_bytes += key.size() + record->value.size();
     if (!record.ok()) {
       // One unreadable key fails the whole answer: a reader must not take a
       // damaged record for a missing one and "repair" it with an older one.

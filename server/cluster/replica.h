@@ -42,6 +42,18 @@ struct VersionedRecord {
   uint64_t version = 0;
 };
 
+// An expired value reads as deleted (engine::KeyRecord), but its Merkle leaf
+// hash is a value's: moving it as a tombstone would leave two replicas'
+// leaves different for ever. It moves as what it is, a value whose absolute
+// expiry has passed (invisible at once on arrival).
+inline void KeepExpiredAsValue(VersionedRecord* record) {
+  if (record->found && record->tombstone && record->expiry_unix_ms != 0) {
+    record->tombstone = false;
+    record->value.clear();
+  }
+}
+
+
 // Whether a holds a newer version of the key than b. A record that was not
 // found is older than every record that was.
 inline bool NewerThan(const VersionedRecord& a, const VersionedRecord& b) {

@@ -422,6 +422,8 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
   clock_.Observe(newest->timestamp);
   ReadResult result;
   result.found = newest->found && !newest->tombstone;
+  // Repairs move an expired value as a value, as anti-entropy does.
+  KeepExpiredAsValue(newest.get());
   if (result.found) {
     result.value = newest->value;
     result.timestamp = newest->timestamp;

@@ -839,6 +839,13 @@ void DataRoutes::Members(HttpRequest&, Responder responder) {
 }
 
 void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body) {
+  if (deps_.auth_store != nullptr) {
+    // Accounts are per node: a cluster of nodes with --auth=on would give
+    // two users the same namespace (docs/cluster.md).
+    return responder.Send(HttpResponse::Error(
+        409, "joining a cluster with --auth=on is not supported yet: accounts are not "
+             "replicated"));
+  }
   if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
     return responder.Send(
         HttpResponse::Error(501, "cluster membership is not running on this node"));
