@@ -264,7 +264,7 @@ echo
 if [[ -n $repair_seconds ]]; then
   printf 'repair: n2 (wiped after missing %s writes) reached %s keys in %.2f s = %.0f keys/s\n' \
     "$repair_keys" "$target" "$repair_seconds" \
-    "$(awk -v k="$target" -v s="$repair_seconds" 'BEGIN { printf "%.0f", s > 0 ? k / s : 0 }')"
+    "$(awk -v k="$target" -v s="$repair_seconds" 'BEGIN { printf "%.0f", (s > 0 ? k / s : 0) }')"
 else
   failures=$((failures + 1))
   echo "repair: n2 had $have of $target keys after ${repair_timeout_s} s (not repaired)"
