@@ -157,43 +157,32 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   if (fsync_always && count > 0) gather->done = defer();
   for (size_t i = 0; i < count; ++i) {
     VersionedRecord record = RecordOf(*replicate->records()->Get(i));
+    // Records one flag; whoever records the last one answers a deferred request.
+    auto record_flag = [gather, i, id](bool applied_here) {
+      bool last;
+      {
+        absl::MutexLock lock(&gather->mu);
+        gather->applied[i] = applied_here;
+        last = --gather->remaining == 0;
+      }
+      if (last && gather->done) {
+        flatbuffers::FlatBufferBuilder builder(256);
+        std::vector<bool> applied;
+        {
+          absl::MutexLock lock(&gather->mu);
+          applied = gather->applied;
+        }
+        BuildReplicateResult(&builder, id, applied);
+        gather->done(std::string(p::FrameOf(builder)));
+      }
+    };
     if (IsNodeLocalKey(record.key)) {
       // Hints and accounts are each node's own: a peer may not write them.
-      bool last;
-      {
-        absl::MutexLock lock(&gather->mu);
-        last = --gather->remaining == 0;
-      }
-      if (last && gather->done) {
-        flatbuffers::FlatBufferBuilder builder(256);
-        std::vector<bool> applied;
-        {
-          absl::MutexLock lock(&gather->mu);
-          applied = gather->applied;
-        }
-        BuildReplicateResult(&builder, id, applied);
-        gather->done(std::string(p::FrameOf(builder)));
-      }
+      record_flag(false);
       continue;
     }
-    ApplyLocally(engine, record, [gather, i, id](absl::Status status) {
-      bool last;
-      {
-        absl::MutexLock lock(&gather->mu);
-        gather->applied[i] = status.ok();
-        last = --gather->remaining == 0;
-      }
-      if (last && gather->done) {
-        flatbuffers::FlatBufferBuilder builder(256);
-        std::vector<bool> applied;
-        {
-          absl::MutexLock lock(&gather->mu);
-          applied = gather->applied;
-        }
-        BuildReplicateResult(&builder, id, applied);
-        gather->done(std::string(p::FrameOf(builder)));
-      }
-    });
+    ApplyLocally(engine, record,
+                 [record_flag](absl::Status status) { record_flag(status.ok()); });
   }
   if (gather->done) return Service::Outcome::kDeferred;
   std::vector<bool> applied;

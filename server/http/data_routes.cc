@@ -222,6 +222,19 @@ void Run(Service* service, const RequestContext& context,
 
 absl::Status StatusOf(const p::Response& response) { return p::StatusFromResponse(response); }
 
+// The answer of a Get: the value's bytes as content_type, or 404 with
+// not_found (content_type must be a literal: HttpResponse keeps a view).
+HttpResponse ValueAnswer(const p::Response& response, absl::string_view content_type,
+                         absl::string_view not_found) {
+  absl::Status status = StatusOf(response);
+  if (status.code() == absl::StatusCode::kNotFound) return HttpResponse::Error(404, not_found);
+  if (!status.ok()) return ErrorFromStatus(status);
+  HttpResponse answer;
+  answer.content_type = content_type;
+  answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
+  return answer;
+}
+
 // The answer of seed 000's writes: {"success","key","primary_node","replicas"}.
 std::string WriteAnswer(absl::string_view key, absl::string_view primary_node, size_t replicas) {
   json body = {{"success", true},
@@ -363,15 +376,7 @@ void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_onl
   auto& b = RequestBuilder();
   BuildGet(&b, key, *consistency);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
-    absl::Status status = StatusOf(response);
-    if (status.code() == absl::StatusCode::kNotFound) {
-      return HttpResponse::Error(404, "Key not found");
-    }
-    if (!status.ok()) return ErrorFromStatus(status);
-    HttpResponse answer;
-    answer.content_type = kOctetStream;
-    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
-    return answer;
+    return ValueAnswer(response, kOctetStream, "Key not found");
   });
 }
 
@@ -436,15 +441,7 @@ void DataRoutes::GetQuery(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildGet(&b, *key);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
-    absl::Status status = StatusOf(response);
-    if (status.code() == absl::StatusCode::kNotFound) {
-      return HttpResponse::Error(404, "Key not found");
-    }
-    if (!status.ok()) return ErrorFromStatus(status);
-    HttpResponse answer;
-    answer.content_type = kOctetStream;
-    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
-    return answer;
+    return ValueAnswer(response, kOctetStream, "Key not found");
   });
 }
 
@@ -619,15 +616,7 @@ void DataRoutes::GetDocument(HttpRequest& request, Responder responder) {
   auto& b = RequestBuilder();
   BuildGet(&b, path);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
-    absl::Status status = StatusOf(response);
-    if (status.code() == absl::StatusCode::kNotFound) {
-      return HttpResponse::Error(404, "not found");
-    }
-    if (!status.ok()) return ErrorFromStatus(status);
-    HttpResponse answer;
-    answer.content_type = kJsonType;
-    answer.body = std::string(p::View(response.result_as_ValueResult()->value()));
-    return answer;
+    return ValueAnswer(response, kJsonType, "not found");
   });
 }
 
