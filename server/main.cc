@@ -640,6 +640,7 @@ int Main(int argc, char** argv) {
       [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
       cluster_node.node_id(), &metrics, anti_entropy_options);
   cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
+  coordinator.set_caught_up([&anti_entropy] { return anti_entropy.caught_up(); });
   if (absl::Status status = anti_entropy.Start(); !status.ok()) {
     Log(Level::kError, "anti-entropy did not start: %s", status.message());
   }
@@ -674,6 +675,7 @@ int Main(int argc, char** argv) {
   if (cluster_node.membership() != nullptr) cluster_node.membership()->Leave(absl::Seconds(2));
   server.RequestShutdown();
   server.Wait();
+  coordinator.set_caught_up(nullptr);
   anti_entropy.Stop();
   handoff.Stop();
   cluster_node.Stop();

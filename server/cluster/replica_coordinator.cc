@@ -136,6 +136,11 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
       clock_(options.clock != nullptr ? options.clock : engine::SystemClock(),
              HashNodeTag(self_)) {}
 
+void ReplicaCoordinator::set_caught_up(std::function<bool()> caught_up) {
+  absl::MutexLock lock(&caught_up_mu_);
+  caught_up_ = std::move(caught_up);
+}
+
 void ReplicaCoordinator::set_self_node_id(std::string node_id) {
   self_ = std::move(node_id);
   clock_.set_tag(HashNodeTag(self_));
@@ -496,11 +501,15 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   // The local engine first (no network), then live owners in preference
   // order; owners known dead are not asked. (The membership is asked
   // before taking the state's lock: no foreign lock is taken under it.)
+  bool complete = true;
+  {
+    absl::ReaderMutexLock lock(&caught_up_mu_);
+    if (caught_up_) complete = caught_up_();
+  }
   std::vector<std::string> candidates;
   std::vector<std::string> failures;
-  for (const std::string& owner : owners) {
-    if (owner == self_) candidates.push_back(owner);
-  }
+  const bool self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();
+  if (self_owns && complete) candidates.push_back(self_);
   for (const std::string& owner : owners) {
     PeerInfo info;
     if (owner != self_ && lookup_(owner, &info) && info.alive) {
@@ -509,6 +518,8 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
       failures.push_back(absl::StrCat(owner, ": down"));
     }
   }
+  // Still filling up: asked last, when the others are not enough.
+  if (self_owns && !complete) candidates.push_back(self_);
   std::optional<std::string> unreachable;
   {
     absl::MutexLock lock(&state->mu);

@@ -183,6 +183,13 @@ class ReplicaCoordinator final : public Coordinator {
   // which publishes the membership the ring function reads).
   void set_self_node_id(std::string node_id);
 
+  // Whether this node's copy is complete (anti-entropy caught up since the
+  // last membership change). While it is not, reads ask the other owners
+  // first and this node's engine only when they are not enough, so a node
+  // that is still filling up does not answer "not found" for what it lacks.
+  // Unset: always complete.
+  void set_caught_up(std::function<bool()> caught_up) ABSL_LOCKS_EXCLUDED(caught_up_mu_);
+
   // A member's HTTP address when it advertises one, else its node id (for
   // answers such as primary_node).
   std::string HttpAddressOf(const std::string& node_id) const;
@@ -237,6 +244,8 @@ class ReplicaCoordinator final : public Coordinator {
   const RingFunction ring_;
   const PeerLookup lookup_;
   std::string self_;  // constant once operations begin (set_self_node_id)
+  mutable absl::Mutex caught_up_mu_;
+  std::function<bool()> caught_up_ ABSL_GUARDED_BY(caught_up_mu_);
   ServerMetrics* const metrics_;
   HintedHandoff* const handoff_;
   const ReplicaCoordinatorOptions options_;
