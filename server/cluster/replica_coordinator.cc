@@ -227,6 +227,13 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   if (metrics_ != nullptr && owners.size() > 1) metrics_->replications()->Inc();
 
   if (consistency != p::Consistency::Strong) {
+    // Stamp above what this node holds for the key (a write replicated here
+    // from another coordinator may be ahead of our clock), so a write that
+    // follows it is not lost to last-write-wins.
+    if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
+      absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
+      if (local.ok() && local->found) clock_.Observe(local->timestamp);
+    }
     record->timestamp = clock_.Now();
     return WriteStamped(std::move(owners), std::move(record), need, deadline, std::move(done));
   }
