@@ -606,6 +606,18 @@ int Main(int argc, char** argv) {
       return Fail(status);
     }
   }
+  if (!seeds.empty()) {
+    // Until the first gossip answer this node's ring holds only itself, and
+    // it would serve alone what belongs to the cluster: wait (bounded) for
+    // the cluster before announcing the node ready.
+    const absl::Time give_up = absl::Now() + absl::Seconds(5);
+    while (cluster_node.membership()->Members().size() < 2 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (cluster_node.membership()->Members().size() < 2) {
+      Log(Level::kWarning, "no seed answered within 5 s: serving alone until one does");
+    }
+  }
   handoff.Start(
       [&cluster_node](const std::string& target, std::string frame, absl::Duration timeout,
                       std::function<void(absl::StatusOr<std::string>)> done) {
