@@ -89,6 +89,7 @@ struct Server::Connection {
   size_t in_flight_bytes = 0;  // handed to uv_write, not yet written
   bool reading = false;
   bool closing = false;        // close once everything owed is written
+  bool eof = false;            // the client half-closed: nothing more will arrive
   bool closed = false;         // uv_close called
   int pending = 0;             // deferred answers still to come
   struct Watch {
@@ -179,6 +180,15 @@ class Server::Loop : public http::ResponseSink {
   void StartReading(Connection& c);
   void StopReading(Connection& c);
   void FinishIfDone(Connection& c);
+  // After a half-close: closing once no complete request waits in the input
+  // any more (only the output limits can hold one back).
+  void CloseAfterEofIfDone(Connection& c) {
+    if (!c.eof || c.closing) return;
+    const bool held_back =
+        c.owed_bytes() > server_->config_.max_output_bytes ||
+        (c.http && c.http->owed.size() >= server_->config_.max_pipelined_requests);
+    if (!held_back) c.closing = true;
+  }
   void Close(Connection& c);
 
   void AddWatch(Connection& c, uint64_t request_id, const p::Watch& watch);
@@ -425,14 +435,21 @@ void Server::Loop::StopReading(Connection& c) {
 void Server::Loop::OnRead(Connection& c, ssize_t nread) {
   if (nread == 0) return;  // EAGAIN: nothing to do
   if (nread < 0) {
-    // The client went away (or half-closed): answers still owed to it are
-    // written if possible, then the connection closes.
     StopReading(c);
-    c.closing = true;
     if (nread != UV_EOF) {
+      // The client is gone: nothing owed to it can be delivered.
       Log(Level::kDebug, "connection %d: read error %s", c.id, UvError(static_cast<int>(nread)));
       c.out.clear();
+      c.closing = true;
+      FinishIfDone(c);
+      return;
     }
+    // A half-close: requests already received are still answered (those
+    // held back by the output limits too), then the connection closes.
+    c.eof = true;
+    ProcessInput(c);
+    Flush(c);
+    CloseAfterEofIfDone(c);
     FinishIfDone(c);
     return;
   }
@@ -672,7 +689,10 @@ void Server::Loop::ApplyBackpressure(Connection& c) {
     const bool http_may_read =
         !c.http || (!c.http->stop_parsing &&
                     c.http->owed.size() < server_->config_.max_pipelined_requests);
-    if (!c.reading && !c.closing && c.owed_bytes() <= limit && http_may_read) StartReading(c);
+    if (!c.reading && !c.closing && !c.eof && c.owed_bytes() <= limit && http_may_read) {
+      StartReading(c);
+    }
+    CloseAfterEofIfDone(c);
   }
 }
 

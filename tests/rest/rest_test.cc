@@ -686,6 +686,34 @@ TEST_F(RestTest, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_TRUE(connection.buffered().empty());
 }
 
+// Answers held back by the output limit (8 MiB owed) are still given after
+// the client half-closes: 10,000 pipelined GETs of a 1000-byte value (about
+// 11 MB of answers), then EOF.
+TEST_F(RestTest, HalfCloseStillAnswersRequestsHeldBackByTheOutputLimit) {
+  const std::string target = "/v1/kv/" + TestName();
+  const std::string value(1000, 'h');
+  {
+    HttpConnection connection = Connect();
+    ASSERT_TRUE(connection.Send(BuildRequest("PUT", target, {}, value)).ok());
+    absl::StatusOr<HttpAnswer> put = connection.Read();
+    ASSERT_TRUE(put.ok()) << put.status();
+    ASSERT_EQ(put->status, 200);
+  }
+  constexpr int kGets = 10'000;
+  std::string batch;
+  for (int i = 0; i < kGets; ++i) batch += BuildRequest("GET", target);
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send(batch).ok());
+  connection.ShutdownWrite();
+  for (int i = 0; i < kGets; ++i) {
+    absl::StatusOr<HttpAnswer> get = connection.Read();
+    ASSERT_TRUE(get.ok()) << "answer " << i << ": " << get.status();
+    EXPECT_EQ(get->status, 200);
+    EXPECT_EQ(get->body.size(), value.size()) << "answer " << i;
+  }
+  EXPECT_TRUE(connection.WaitClosed()) << "the server closes once everything is answered";
+}
+
 TEST_F(RestTest, ChunkedRequestBody) {
   const std::string target = "/v1/kv/" + TestName();
   HttpConnection connection = Connect();
