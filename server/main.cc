@@ -653,6 +653,20 @@ int Main(int argc, char** argv) {
       cluster_node.node_id(), &metrics, anti_entropy_options);
   cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
   coordinator.set_caught_up([&anti_entropy] { return anti_entropy.caught_up(); });
+  // A graceful leave first pushes what only this node may hold to the
+  // owners that remain (bounded), on a thread of its own: never on a loop.
+  absl::Mutex hand_off_mu;
+  std::vector<std::thread> hand_off_threads;
+  data_routes.SetHandOff([&](std::function<void()> then) {
+    absl::MutexLock lock(&hand_off_mu);
+    hand_off_threads.emplace_back([&anti_entropy, then = std::move(then)] {
+      if (absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(30));
+          !status.ok()) {
+        Log(Level::kWarning, "hand-off before leaving: %s", status.message());
+      }
+      then();
+    });
+  });
   if (absl::Status status = anti_entropy.Start(); !status.ok()) {
     Log(Level::kError, "anti-entropy did not start: %s", status.message());
   }
@@ -683,11 +697,20 @@ int Main(int argc, char** argv) {
       signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   // Tell the cluster first (bounded), so peers stop counting on this node
   // at once instead of waiting for its failure to be detected.
-  // Only gossip stops here: requests in flight still need the transport.
+  // Hand the records over, then tell the cluster. Only gossip stops here:
+  // requests in flight still need the transport.
+  if (absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(10)); !status.ok()) {
+    Log(Level::kWarning, "hand-off before leaving: %s", status.message());
+  }
   if (cluster_node.membership() != nullptr) cluster_node.membership()->Leave(absl::Seconds(2));
   server.RequestShutdown();
   server.Wait();
   coordinator.set_caught_up(nullptr);
+  data_routes.SetHandOff(nullptr);
+  {
+    absl::MutexLock lock(&hand_off_mu);
+    for (std::thread& thread : hand_off_threads) thread.join();
+  }
   anti_entropy.Stop();
   handoff.Stop();
   cluster_node.Stop();

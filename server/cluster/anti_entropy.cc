@@ -197,6 +197,7 @@ struct AntiEntropy::Round {
   std::string peer_id;
   std::string address;
   std::shared_ptr<const Ring> ring;  // null: every key is owned by both sides
+  bool hand_off = false;  // pushes only (this node is leaving; ring is without it)
   uint32_t partitions = 0;
   uint32_t leaves = 0;
   AntiEntropyFigures figures;
@@ -330,12 +331,44 @@ AntiEntropyFigures AntiEntropy::Figures() const {
   return totals_;
 }
 
+absl::Status AntiEntropy::HandOff(absl::Time deadline) {
+  std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
+  if (ring == nullptr) return absl::OkStatus();
+  std::vector<std::string> remaining;
+  for (const std::string& member : ring->members()) {
+    if (member != self_) remaining.push_back(member);
+  }
+  if (remaining.empty()) return absl::OkStatus();
+  // Ownership as it will be once this node is gone.
+  auto after = std::make_shared<const Ring>(remaining);
+  absl::Status all = absl::OkStatus();
+  for (const Member& member : live_members_()) {
+    if (member.node_id == self_) continue;
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("hand-off did not reach every peer in time");
+    }
+    absl::MutexLock lock(&round_mu_);
+    absl::StatusOr<AntiEntropyFigures> figures =
+        RunRound(member.node_id, member.address, after, /*hand_off=*/true);
+    if (!figures.ok()) {
+      all.Update(figures.status());
+    } else {
+      Log(Level::kInfo, "hand-off to %s: %d keys pushed", member.node_id,
+          figures->keys_pushed);
+    }
+  }
+  return all;
+}
+
 absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer_id,
-                                                         const std::string& address) {
+                                                         const std::string& address,
+                                                         std::shared_ptr<const Ring> ring,
+                                                         bool hand_off) {
   Round round;
   round.peer_id = peer_id;
   round.address = address;
-  round.ring = ring_ ? ring_() : nullptr;
+  round.ring = ring != nullptr ? std::move(ring) : (ring_ ? ring_() : nullptr);
+  round.hand_off = hand_off;
   round.partitions = engine_->MerklePartitionCount();
   round.leaves = engine_->MerkleLeafCount();
   const absl::Time start = absl::Now();
@@ -541,7 +574,7 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
     if (newer_here) {
       if (!peer_owns) {
         round->figures.keys_not_owned += 1;
-      } else if (options_.push) {
+      } else if (options_.push || round->hand_off) {
         round->push_keys.emplace_back(key);
       }
     } else if (self_owns) {

@@ -168,14 +168,22 @@ class AntiEntropy {
   // node that is not caught up.
   bool caught_up() const { return caught_up_.load(std::memory_order_acquire); }
 
+  // Before a graceful leave: pushes to every live peer the records it will
+  // own once this node is gone (ownership from the ring without this node),
+  // so a write only this node holds is not lost with it. Stops at deadline.
+  absl::Status HandOff(absl::Time deadline);
+
  private:
   struct Round;
 
   void Loop();
   // A pass over every live peer; true when every round succeeded.
   bool Pass();
+  // ring: ownership to use (null: the current ring); hand_off: push only.
   absl::StatusOr<AntiEntropyFigures> RunRound(const std::string& peer_id,
-                                              const std::string& address);
+                                              const std::string& address,
+                                              std::shared_ptr<const Ring> ring = nullptr,
+                                              bool hand_off = false);
   absl::Status CompareTrees(Round* round);
   absl::Status ComparePartition(Round* round, uint32_t partition,
                                 const std::vector<uint32_t>& leaves);

@@ -879,10 +879,24 @@ void DataRoutes::Leave(HttpRequest&, Responder responder) {
   cluster::ClusterNode* node = deps_.cluster;
   // The node stays up (serving its local data) but owns nothing in the
   // cluster any more; POST /members/join brings it back.
-  node->membership()->LeaveAsync([shared, node] {
-    json body = {{"left", true}, {"node_id", node->node_id()}};
-    shared->Send(HttpResponse::Json(200, Dump(body)));
-  });
+  auto leave = [shared, node] {
+    node->membership()->LeaveAsync([shared, node] {
+      json body = {{"left", true}, {"node_id", node->node_id()}};
+      shared->Send(HttpResponse::Json(200, Dump(body)));
+    });
+  };
+  HandOffFunction hand_off;
+  {
+    absl::MutexLock lock(&hand_off_mu_);
+    hand_off = hand_off_;
+  }
+  if (hand_off) return hand_off(std::move(leave));
+  leave();
+}
+
+void DataRoutes::SetHandOff(HandOffFunction hand_off) {
+  absl::MutexLock lock(&hand_off_mu_);
+  hand_off_ = std::move(hand_off);
 }
 
 void DataRoutes::Fault(HttpRequest& request, Responder responder) {

@@ -65,6 +65,10 @@ class DataRoutes {
   // Replaces config.node_url once the first HTTP address's port is known
   // (configured as 0, it is bound by the server). Any thread.
   void SetNodeUrl(std::string node_url) ABSL_LOCKS_EXCLUDED(node_url_mu_);
+  // Before a graceful leave (POST /members/leave): hands this node's records
+  // to their next owners off the loop, then calls then. Null: leave at once.
+  using HandOffFunction = std::function<void(std::function<void()> then)>;
+  void SetHandOff(HandOffFunction hand_off) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
 
  private:
   // Each takes the request and its Responder; see data_routes.cc.
@@ -100,6 +104,8 @@ class DataRoutes {
   std::string NodeUrl() const ABSL_LOCKS_EXCLUDED(node_url_mu_);
   // This node's id: the cluster member's once it runs, else config.node_id.
   std::string NodeId() const;
+  mutable absl::Mutex hand_off_mu_;
+  HandOffFunction hand_off_ ABSL_GUARDED_BY(hand_off_mu_);
   mutable absl::Mutex node_url_mu_;
   std::string node_url_ ABSL_GUARDED_BY(node_url_mu_);
 };

@@ -611,6 +611,31 @@ TEST_F(AntiEntropyTest, OnlyKeysTheRingPlacesOnTheReceiverMove) {
       static_cast<unsigned long long>(again.keys_compared));
 }
 
+TEST_F(AntiEntropyTest, HandOffPushesWhatThePeerWillOwnOnceThisNodeIsGone) {
+  // Two members, N = 1: a holds keys only it owns. Pull-only rounds never
+  // move them; before a leaves, HandOff pushes them to b, which owns
+  // everything once a is gone.
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  AntiEntropyOptions options = TestOptions();
+  options.replicas = 1;
+  options.push = false;
+  ae_a_ = Make(a_.get(), options, ring);
+  constexpr int kKeys = 1000;
+  uint64_t only_on_a = 0;
+  for (int i = 0; i < kKeys; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    if (ring->PreferenceList(Key(i), 1).front() == "a") ++only_on_a;
+  }
+  ASSERT_GT(only_on_a, 0u);
+  const AntiEntropyFigures pull_only = Run(AeA(), "b");
+  EXPECT_EQ(pull_only.keys_pushed, 0u) << "a pull-only round pushes nothing";
+  const absl::Status handed = AeA()->HandOff(absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(handed.ok()) << handed;
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_TRUE(Record(b_.get(), Key(i)).found) << Key(i) << " was not handed off";
+  }
+}
+
 TEST_F(AntiEntropyTest, RateLimitPacesTheBytes) {
   for (int i = 0; i < 2000; ++i) Put(a_.get(), Key(i), Value(i));
   AntiEntropyOptions options = TestOptions();
