@@ -653,6 +653,9 @@ int Main(int argc, char** argv) {
       cluster_node.node_id(), &metrics, anti_entropy_options);
   cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
   coordinator.set_caught_up([&anti_entropy] { return anti_entropy.caught_up(); });
+  data_routes.SetSyncing([&anti_entropy, &cluster_node] {
+    return cluster_node.LiveMemberCount() > 1 && !anti_entropy.caught_up();
+  });
   // A graceful leave first pushes what only this node may hold to the
   // owners that remain (bounded), on a thread of its own: never on a loop.
   absl::Mutex hand_off_mu;
@@ -707,6 +710,7 @@ int Main(int argc, char** argv) {
   server.Wait();
   coordinator.set_caught_up(nullptr);
   data_routes.SetHandOff(nullptr);
+  data_routes.SetSyncing(nullptr);
   {
     absl::MutexLock lock(&hand_off_mu);
     for (std::thread& thread : hand_off_threads) thread.join();

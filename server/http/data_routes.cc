@@ -642,9 +642,14 @@ void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
 // ---- Node routes -------------------------------------------------------------------------
 
 void DataRoutes::Health(HttpRequest&, Responder responder) {
+  std::string mode = config_.mode;
+  {
+    absl::MutexLock lock(&hand_off_mu_);
+    if (mode == "normal" && syncing_ && syncing_()) mode = "syncing";
+  }
   json body = {{"status", "healthy"},
                {"node_id", NodeId()},
-               {"mode", config_.mode},
+               {"mode", mode},
                {"member_count", deps_.cluster == nullptr
                                     ? size_t{1}
                                     : deps_.cluster->LiveMemberCount()},
@@ -892,6 +897,11 @@ void DataRoutes::Leave(HttpRequest&, Responder responder) {
   }
   if (hand_off) return hand_off(std::move(leave));
   leave();
+}
+
+void DataRoutes::SetSyncing(std::function<bool()> syncing) {
+  absl::MutexLock lock(&hand_off_mu_);
+  syncing_ = std::move(syncing);
 }
 
 void DataRoutes::SetHandOff(HandOffFunction hand_off) {

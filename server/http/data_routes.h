@@ -69,6 +69,9 @@ class DataRoutes {
   // to their next owners off the loop, then calls then. Null: leave at once.
   using HandOffFunction = std::function<void(std::function<void()> then)>;
   void SetHandOff(HandOffFunction hand_off) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
+  // Whether the node is still filling up after joining (anti-entropy not
+  // caught up): /health says mode "syncing" then. Null: never.
+  void SetSyncing(std::function<bool()> syncing) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
 
  private:
   // Each takes the request and its Responder; see data_routes.cc.
@@ -106,6 +109,7 @@ class DataRoutes {
   std::string NodeId() const;
   mutable absl::Mutex hand_off_mu_;
   HandOffFunction hand_off_ ABSL_GUARDED_BY(hand_off_mu_);
+  std::function<bool()> syncing_ ABSL_GUARDED_BY(hand_off_mu_);
   mutable absl::Mutex node_url_mu_;
   std::string node_url_ ABSL_GUARDED_BY(node_url_mu_);
 };

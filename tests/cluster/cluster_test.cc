@@ -372,6 +372,26 @@ TEST_F(ClusterTest, ReplicationIsVisibleOnEveryOwner) {
   ASSERT_OK(StartCluster(3, 3));
   const std::vector<int> all = {0, 1, 2};
 
+  // /health: three members, and mode "normal" once anti-entropy caught up
+  // ("syncing" before: a new node is still filling up).
+  for (int node : all) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    nlohmann::json health;
+    while (absl::Now() < give_up) {
+      absl::StatusOr<HttpAnswer> answer = HttpExchange(cluster_->http_port(node), "GET",
+                                                       "/health", {}, "", absl::Seconds(5));
+      if (answer.ok() && answer->status == 200) {
+        health = answer->Json();
+        if (health.value("mode", "") == "normal" && health.value("member_count", 0) == 3) break;
+        ASSERT_TRUE(health.value("mode", "") == "syncing" || health.value("mode", "") == "normal")
+            << answer->body;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_EQ(health.value("mode", ""), "normal") << cluster_->node_id(node) << ": " << health;
+    EXPECT_EQ(health.value("member_count", 0), 3) << cluster_->node_id(node) << ": " << health;
+  }
+
   // Eventual: acknowledged by one owner, then on all three.
   absl::StatusOr<HttpAnswer> put = cluster_->Put(0, "eventual-key", "e1", Consistency::kEventual);
   ASSERT_TRUE(IsOk200(put)) << Describe(put);
