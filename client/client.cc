@@ -43,6 +43,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "protocol/frame.h"
+#include "server/cluster/ring.h"
 
 namespace logkv {
 
@@ -358,6 +359,12 @@ class Client::Impl {
     return connected_ ? options_.nodes[node_index_] : std::string();
   }
 
+  // Cluster-aware routing: the connection to use for key, a connection to its
+  // first owner when the cluster's members are known (from Hello) and that
+  // owner can be reached, else this one. Connections to owners are made on
+  // first use and kept; the ring is rebuilt from every new Hello.
+  Impl* RouteFor(absl::string_view key) ABSL_LOCKS_EXCLUDED(route_mu_);
+
  private:
   struct Pending {
     Handler handler;
@@ -370,6 +377,8 @@ class Client::Impl {
     int fd;
     std::unique_ptr<p::FrameDecoder> decoder;  // holds any bytes read past the Hello answer
     uint32_t max_frame_bytes;
+    // The cluster's members as the node listed them (node id, address).
+    std::vector<std::pair<std::string, std::string>> members;
   };
 
   absl::StatusOr<Handshake> Dial(size_t node_index);
@@ -389,6 +398,17 @@ class Client::Impl {
   // Held while a frame is sent, so frames never interleave and fd_ is not
   // closed under a sender.
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  void SetMembers(std::vector<std::pair<std::string, std::string>> members)
+      ABSL_LOCKS_EXCLUDED(route_mu_);
+
+  // Routing state (see RouteFor). Lock order: route_mu_ before an owner
+  // Impl's own locks; never taken under mu_.
+  mutable absl::Mutex route_mu_;
+  std::unique_ptr<const server::cluster::Ring> ring_ ABSL_GUARDED_BY(route_mu_);
+  absl::flat_hash_map<std::string, std::string> member_address_ ABSL_GUARDED_BY(route_mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<Impl>> owners_ ABSL_GUARDED_BY(route_mu_);
+  bool is_owner_connection_ = false;  // constant: an Impl made by RouteFor does not route
+
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_) = -1;             // -1: no socket (the reader has torn it down)
   bool connected_ ABSL_GUARDED_BY(mu_) = false;  // fd_ works and the reader reads it
@@ -448,7 +468,14 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Tim
             absl::StrCat("node speaks protocol version ", result->protocol_version(),
                          ", this client speaks ", p::kProtocolVersion));
       }
-      return Handshake{fd, std::move(decoder), result->max_frame_bytes()};
+      Handshake handshake{fd, std::move(decoder), result->max_frame_bytes(), {}};
+      if (result->members() != nullptr) {
+        for (const p::MemberInfo* member : *result->members()) {
+          if (member->node_id() == nullptr || member->address() == nullptr) continue;
+          handshake.members.emplace_back(member->node_id()->str(), member->address()->str());
+        }
+      }
+      return handshake;
     }
     pollfd poll_fd{fd, POLLIN, 0};
     const int ready = ::poll(&poll_fd, 1, RemainingMs(deadline));
@@ -548,6 +575,7 @@ absl::Status Client::Impl::EnsureConnected() {
       node_index_ = index;
       server_max_frame_bytes_ = handshake->max_frame_bytes;
       handover_decoder_ = std::move(handshake->decoder);
+      SetMembers(std::move(handshake->members));
       return absl::OkStatus();
     }
     const absl::Status& status = handshake.status();
@@ -872,6 +900,52 @@ void Client::Impl::Teardown(int fd, const absl::Status& reason, const std::strin
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
+void Client::Impl::SetMembers(std::vector<std::pair<std::string, std::string>> members) {
+  if (is_owner_connection_) return;
+  absl::MutexLock lock(&route_mu_);
+  if (members.size() < 2 || !options_.route_to_owners) {
+    ring_.reset();
+    return;
+  }
+  std::vector<std::string> ids;
+  member_address_.clear();
+  for (auto& [id, address] : members) {
+    ids.push_back(id);
+    member_address_[id] = std::move(address);
+  }
+  ring_ = std::make_unique<const server::cluster::Ring>(std::move(ids));
+}
+
+Client::Impl* Client::Impl::RouteFor(absl::string_view key) {
+  std::string address;
+  {
+    absl::MutexLock lock(&route_mu_);
+    if (ring_ == nullptr) return this;
+    const std::vector<std::string> owners = ring_->PreferenceList(key, 1);
+    if (owners.empty()) return this;
+    auto it = member_address_.find(owners.front());
+    if (it == member_address_.end()) return this;
+    address = it->second;
+  }
+  if (address == connected_node()) return this;
+  Impl* owner;
+  {
+    absl::MutexLock lock(&route_mu_);
+    std::unique_ptr<Impl>& slot = owners_[address];
+    if (slot == nullptr) {
+      ClientOptions options = options_;
+      options.nodes = {address};
+      options.retries = 0;
+      slot = std::make_unique<Impl>(options);
+      slot->is_owner_connection_ = true;
+    }
+    owner = slot.get();
+  }
+  // An owner that cannot be reached now: this connection coordinates.
+  if (!owner->EnsureConnected().ok()) return this;
+  return owner;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.nodes.empty()) {
     return absl::InvalidArgumentError("ClientOptions::nodes is empty: give at least one host:port");
@@ -939,8 +1013,8 @@ auto DeleteBuilder(absl::string_view key, const DeleteOptions& options) {
 }  // namespace
 
 absl::StatusOr<Value> Client::Get(absl::string_view key, Consistency consistency) {
-  return impl_->CallSyncRead<Value>(absl::StrCat("get ", Quoted(key)), GetBuilder(key, consistency),
-                                    &ToValue);
+  return impl_->RouteFor(key)->CallSyncRead<Value>(absl::StrCat("get ", Quoted(key)),
+                                                   GetBuilder(key, consistency), &ToValue);
 }
 
 absl::StatusOr<Value> Client::GetVersion(absl::string_view key, uint64_t version) {
@@ -956,13 +1030,13 @@ absl::StatusOr<Value> Client::GetVersion(absl::string_view key, uint64_t version
 
 absl::StatusOr<WriteResult> Client::Put(absl::string_view key, absl::string_view value,
                                         const PutOptions& options) {
-  return impl_->CallSync<WriteResult>(absl::StrCat("put ", Quoted(key)),
-                                      PutBuilder(key, value, options), &ToWriteResult);
+  return impl_->RouteFor(key)->CallSync<WriteResult>(
+      absl::StrCat("put ", Quoted(key)), PutBuilder(key, value, options), &ToWriteResult);
 }
 
 absl::StatusOr<WriteResult> Client::Delete(absl::string_view key, const DeleteOptions& options) {
-  return impl_->CallSync<WriteResult>(absl::StrCat("delete ", Quoted(key)),
-                                      DeleteBuilder(key, options), &ToWriteResult);
+  return impl_->RouteFor(key)->CallSync<WriteResult>(
+      absl::StrCat("delete ", Quoted(key)), DeleteBuilder(key, options), &ToWriteResult);
 }
 
 absl::StatusOr<std::vector<absl::Status>> Client::Batch(
@@ -1017,19 +1091,22 @@ absl::Status Client::Watch(absl::string_view prefix, const std::vector<uint64_t>
 }
 
 void Client::GetAsync(absl::string_view key, std::function<void(absl::StatusOr<Value>)> done) {
-  impl_->CallAsync<Value>(absl::StrCat("get ", Quoted(key)), GetBuilder(key, Consistency::kDefault),
+  impl_->RouteFor(key)->CallAsync<Value>(absl::StrCat("get ", Quoted(key)),
+                                         GetBuilder(key, Consistency::kDefault),
                           &ToValue, std::move(done));
 }
 
 void Client::PutAsync(absl::string_view key, absl::string_view value, const PutOptions& options,
                       std::function<void(absl::StatusOr<WriteResult>)> done) {
-  impl_->CallAsync<WriteResult>(absl::StrCat("put ", Quoted(key)), PutBuilder(key, value, options),
+  impl_->RouteFor(key)->CallAsync<WriteResult>(absl::StrCat("put ", Quoted(key)),
+                                               PutBuilder(key, value, options),
                                 &ToWriteResult, std::move(done));
 }
 
 void Client::DeleteAsync(absl::string_view key, const DeleteOptions& options,
                          std::function<void(absl::StatusOr<WriteResult>)> done) {
-  impl_->CallAsync<WriteResult>(absl::StrCat("delete ", Quoted(key)), DeleteBuilder(key, options),
+  impl_->RouteFor(key)->CallAsync<WriteResult>(absl::StrCat("delete ", Quoted(key)),
+                                               DeleteBuilder(key, options),
                                 &ToWriteResult, std::move(done));
 }
 

@@ -653,6 +653,14 @@ int Main(int argc, char** argv) {
       cluster_node.node_id(), &metrics, anti_entropy_options);
   cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
   coordinator.set_caught_up([&anti_entropy] { return anti_entropy.caught_up(); });
+  service.SetMembersSource([&cluster_node] {
+    std::vector<std::pair<std::string, std::string>> members;
+    if (cluster_node.LiveMemberCount() < 2) return members;  // a single node: nothing to route
+    for (const cluster::Member& member : cluster_node.membership()->LiveMembers()) {
+      members.emplace_back(member.node_id, member.address);
+    }
+    return members;
+  });
   data_routes.SetSyncing([&anti_entropy, &cluster_node] {
     return cluster_node.LiveMemberCount() > 1 && !anti_entropy.caught_up();
   });
@@ -711,6 +719,7 @@ int Main(int argc, char** argv) {
   coordinator.set_caught_up(nullptr);
   data_routes.SetHandOff(nullptr);
   data_routes.SetSyncing(nullptr);
+  service.SetMembersSource(nullptr);
   {
     absl::MutexLock lock(&hand_off_mu);
     for (std::thread& thread : hand_off_threads) thread.join();

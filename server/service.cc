@@ -140,6 +140,11 @@ void Service::SetNodeId(std::string node_id) {
   node_id_ = std::move(node_id);
 }
 
+void Service::SetMembersSource(MembersFunction members) {
+  absl::MutexLock lock(&node_id_mu_);
+  members_ = std::move(members);
+}
+
 std::string Service::NodeId() const {
   absl::MutexLock lock(&node_id_mu_);
   return node_id_.empty() ? config_.node_id : node_id_;
@@ -152,13 +157,27 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
   const uint64_t id = request.request_id();
   switch (request.operation_type()) {
     case p::Operation::Hello: {
+      MembersFunction members_source;
+      {
+        absl::MutexLock lock(&node_id_mu_);
+        members_source = members_;
+      }
       b->Clear();
+      std::vector<flatbuffers::Offset<p::MemberInfo>> members;
+      if (members_source) {
+        for (const auto& [member_id, address] : members_source()) {
+          auto member_node = b->CreateString(member_id);
+          auto member_address = b->CreateString(address);
+          members.push_back(p::CreateMemberInfo(*b, member_node, member_address));
+        }
+      }
+      auto member_vector = b->CreateVector(members);
       auto node = b->CreateString(NodeId());
       auto hello = p::CreateHelloResult(*b, p::kProtocolVersion, node, engine_->ShardCount(),
                                         config_.limits.max_frame_bytes,
                                         config_.limits.max_key_bytes,
                                         config_.limits.max_value_bytes,
-                                        config_.limits.max_batch_items);
+                                        config_.limits.max_batch_items, member_vector);
       FinishResponse(b, id, p::Result::HelloResult, hello.Union());
       return Outcome::kAnswered;
     }

@@ -30,6 +30,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
@@ -99,6 +101,10 @@ class Service {
   // This node's id as Hello answers it: config.node_id until set (the
   // cluster member's id is known only once the port is bound).
   void SetNodeId(std::string node_id) ABSL_LOCKS_EXCLUDED(node_id_mu_);
+  // The members Hello lists (node id, binary-protocol address) for clients
+  // that route keys to owners. Null: none (a single node).
+  using MembersFunction = std::function<std::vector<std::pair<std::string, std::string>>()>;
+  void SetMembersSource(MembersFunction members) ABSL_LOCKS_EXCLUDED(node_id_mu_);
   std::string NodeId() const ABSL_LOCKS_EXCLUDED(node_id_mu_);
 
   engine::Engine* engine() const { return engine_; }
@@ -128,6 +134,7 @@ class Service {
   const bool always_sync_;
   mutable absl::Mutex node_id_mu_;
   std::string node_id_ ABSL_GUARDED_BY(node_id_mu_);
+  MembersFunction members_ ABSL_GUARDED_BY(node_id_mu_);
   std::atomic<cluster::Coordinator*> coordinator_{nullptr};
 };
 

@@ -46,6 +46,10 @@ struct ClientOptions {
   std::string auth_token;          // sent in Hello when not empty
   std::string client_name = "logkv-cpp";
   uint32_t max_frame_bytes = 64u << 20;
+  // In a cluster, send each key's Get/Put/Delete to its first owner (the
+  // members come with Hello), saving the coordinator a hop; a node that
+  // cannot be reached falls back to the connected node, which coordinates.
+  bool route_to_owners = true;
 };
 
 struct Value {

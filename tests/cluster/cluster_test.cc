@@ -53,6 +53,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "logkv/client.h"
 #include "tests/cluster/cluster_process.h"
 #include "tests/cluster/linearizability.h"
 #include "tests/engine/test_macros.h"
@@ -61,6 +62,9 @@ namespace logkv::test {
 namespace {
 
 namespace lin = ::logkv::test::linearizability;
+using ::logkv::Client;
+using ::logkv::ClientOptions;
+using ::logkv::Value;
 
 constexpr absl::Duration kRequestTimeout = absl::Seconds(3);
 constexpr absl::Duration kMembershipTimeout = absl::Seconds(30);
@@ -169,6 +173,19 @@ absl::StatusOr<absl::Duration> WaitKeyCount(const ClusterProcess& cluster, int n
     }
     absl::SleepFor(kStorePollInterval);
   }
+}
+
+// The value of one unlabelled Prometheus sample a node reports.
+absl::StatusOr<double> MetricValue(const ClusterProcess& cluster, int node,
+                                   absl::string_view name) {
+  absl::StatusOr<std::string> text = cluster.MetricsText(node);
+  if (!text.ok()) return text.status();
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    if (!absl::ConsumePrefix(&line, name) || !absl::ConsumePrefix(&line, " ")) continue;
+    double value;
+    if (absl::SimpleAtod(line, &value)) return value;
+  }
+  return absl::NotFoundError(absl::StrCat("no sample ", name));
 }
 
 // The sum of the anti-entropy byte counters a node reports: Prometheus
@@ -955,6 +972,37 @@ TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
     }
   }
   Report("eventual_converged_after_heal", Ms(absl::Now() - healed));
+}
+
+TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {
+  ASSERT_OK(StartCluster(3, 3));
+  std::vector<double> before;
+  for (int node = 0; node < 3; ++node) {
+    absl::StatusOr<double> value = MetricValue(*cluster_, node, "logkv_replications_total");
+    ASSERT_OK(value);
+    before.push_back(*value);
+  }
+  // Connected to node 0 only; the members come with Hello.
+  ClientOptions options;
+  options.nodes = {absl::StrCat("127.0.0.1:", cluster_->port(0))};
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  ASSERT_OK(client);
+  constexpr int kKeys = 300;
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_OK((*client)->Put(absl::StrCat("routed-", i), absl::StrCat("v", i)).status());
+  }
+  for (int i = 0; i < kKeys; ++i) {
+    absl::StatusOr<Value> value = (*client)->Get(absl::StrCat("routed-", i));
+    ASSERT_OK(value);
+    EXPECT_EQ(value->value, absl::StrCat("v", i));
+  }
+  // Each write was coordinated by its key's first owner: every node
+  // coordinated some (through node 0 alone, only node 0 would have).
+  for (int node = 0; node < 3; ++node) {
+    absl::StatusOr<double> value = MetricValue(*cluster_, node, "logkv_replications_total");
+    ASSERT_OK(value);
+    EXPECT_GT(*value - before[node], 0) << cluster_->node_id(node) << " coordinated no write";
+  }
 }
 
 }  // namespace
