@@ -459,7 +459,11 @@ int Main(int argc, char** argv) {
       [engine_ptr, max_frame_bytes = service_config.limits.max_frame_bytes](
           const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
           absl::FunctionRef<Service::Completion()>) {
-        cluster::HandleMerkleLeaf(engine_ptr, request, max_frame_bytes, builder);
+        // Leaf key lists go out in pages of at most 1 MiB (half the frame
+        // size given): gossip and replication share the peer connection and
+        // must not queue behind one huge answer.
+        cluster::HandleMerkleLeaf(engine_ptr, request, std::min<uint32_t>(max_frame_bytes, 2u << 20),
+                                  builder);
         return Service::Outcome::kAnswered;
       });
 

@@ -730,11 +730,23 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
       pending->remaining -= 1;
     });
   }
-  absl::MutexLock lock(&pending->mu);
-  pending->mu.Await(absl::Condition(
-      +[](Pending* p) ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->remaining == 0; }, pending.get()));
-  round->figures.keys_pulled += pending->applied;
-  return pending->error;
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->mu.Await(absl::Condition(
+        +[](Pending* p) ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->remaining == 0; },
+        pending.get()));
+    round->figures.keys_pulled += pending->applied;
+    if (!pending->error.ok()) return pending->error;
+  }
+  // The peer answers at most a few MiB of values and the rest as unknown
+  // (the first key is always answered): ask again for the keys after the
+  // last one it knew. (Keys really gone are asked once more, then answered.)
+  size_t answered = 0;
+  for (size_t i = 0; i < records->size(); ++i) {
+    if ((*records)[i].found) answered = i + 1;
+  }
+  if (answered > 0 && answered < keys.size()) return Pull(round, keys.subspan(answered));
+  return absl::OkStatus();
 }
 
 }  // namespace logkv::server::cluster

@@ -127,8 +127,11 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   }
 }
 
-// Half of the default 64 MiB frame.
-constexpr uint64_t kMaxRecordsAnswerBytes = 32ull << 20;
+// Values in one RecordsResult before the rest are answered as unknown (the
+// asker reads them again): far below the 64 MiB frame, because gossip and
+// replication share the peer connection and must not queue behind one huge
+// answer. A single record is always answered, whatever its size.
+constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
 
 Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const p::Request& request, flatbuffers::FlatBufferBuilder* b,
@@ -205,8 +208,8 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
   const size_t count = read->keys() == nullptr ? 0 : read->keys()->size();
   std::vector<VersionedRecord> records;
   records.reserve(count);
-  // The answer must fit in a frame: once the values pass half of one, the
-  // remaining keys are answered as unknown (the asker reads them again).
+  // Once the values pass the budget, the remaining keys are answered as
+  // unknown (the asker reads them again).
   const uint64_t budget_bytes = kMaxRecordsAnswerBytes;
   uint64_t answer_bytes = 0;
   for (size_t i = 0; i < count; ++i) {

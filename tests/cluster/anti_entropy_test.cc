@@ -351,6 +351,22 @@ TEST_F(AntiEntropyTest, PullFillsAWipedNode) {
   EXPECT_GT(totals.repair_keys_per_second, 0);
 }
 
+TEST_F(AntiEntropyTest, LargeValuesArePulledAcrossSeveralAnswers) {
+  // 200 values of 100 KB: 20 MB, far over what one ReadRecords answer
+  // carries (a few MiB); the rest come from further requests in the round.
+  constexpr int kKeys = 200;
+  const std::string big(100 * 1000, 'b');
+  std::vector<std::string> keys;
+  for (int i = 0; i < kKeys; ++i) {
+    keys.push_back(Key(i));
+    Put(a_.get(), Key(i), big + std::to_string(i));
+  }
+  const AntiEntropyFigures round = Run(AeB(), "a");
+  EXPECT_EQ(round.keys_pulled, static_cast<uint64_t>(kKeys));
+  ExpectSame(keys);
+  ExpectRootsEqual();
+}
+
 TEST_F(AntiEntropyTest, BytesAreProportionalToWhatIsMissing) {
   constexpr int kKeys = 10'000;
   constexpr int kMissing = 100;
