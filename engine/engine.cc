@@ -334,7 +334,8 @@ absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kPut, ref, value, options);
-  if (result.ok() && result->applied && state_->options.on_event) {
+  if (result.ok() && result->applied && state_->options.on_event &&
+      state_->options.fsync != FsyncPolicy::kAlways) {
     state_->options.on_event(result->shard, result->sequence);
   }
   if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
@@ -349,7 +350,8 @@ absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOpt
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kDelete, ref, {}, options);
-  if (result.ok() && result->applied && state_->options.on_event) {
+  if (result.ok() && result->applied && state_->options.on_event &&
+      state_->options.fsync != FsyncPolicy::kAlways) {
     state_->options.on_event(result->shard, result->sequence);
   }
   if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
@@ -362,7 +364,8 @@ namespace {
 
 void FinishAsync(Shard& shard, const Options& options, absl::StatusOr<WriteResult> result,
                  Engine::WriteCallback done) {
-  if (result.ok() && result->applied && options.on_event) {
+  // Under kAlways the event is announced once it is durable (Shard's sync).
+  if (result.ok() && result->applied && options.on_event && options.fsync != FsyncPolicy::kAlways) {
     options.on_event(result->shard, result->sequence);
   }
   if (!result.ok() || !result->applied || options.fsync != FsyncPolicy::kAlways) {

@@ -416,9 +416,13 @@ absl::Status Shard::SyncNow() {
     return status;
   }
   std::vector<DurableWaiter> ready;
+  uint64_t durable;
+  bool advanced;
   {
     absl::MutexLock lock(&sync_mu_);
+    advanced = target > durable_sequence_;
     durable_sequence_ = std::max(durable_sequence_, target);
+    durable = durable_sequence_;
     while (!durable_waiters_.empty() && durable_waiters_.front().sequence <= durable_sequence_) {
       ready.push_back(std::move(durable_waiters_.front()));
       durable_waiters_.pop_front();
@@ -426,6 +430,11 @@ absl::Status Shard::SyncNow() {
     durable_cv_.SignalAll();
   }
   for (DurableWaiter& waiter : ready) waiter.done(absl::OkStatus());
+  // Under kAlways watchers learn of events only once they are durable, so a
+  // sequence number they saw is never reused after a machine crash.
+  if (advanced && options_.fsync == FsyncPolicy::kAlways && options_.on_event) {
+    options_.on_event(shard_id_, durable);
+  }
   return absl::OkStatus();
 }
 
@@ -491,14 +500,23 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
 }
 
 uint64_t Shard::LastSequence() {
+  const uint64_t readable = ReadableThrough();
   absl::ReaderMutexLock lock(&mu_);
-  return next_sequence_ - 1;
+  return std::min(next_sequence_ - 1, readable);
+}
+
+uint64_t Shard::ReadableThrough() {
+  if (options_.fsync != FsyncPolicy::kAlways) return UINT64_MAX;
+  absl::MutexLock lock(&sync_mu_);
+  return durable_sequence_;
 }
 
 absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, uint32_t limit,
                                                      uint64_t max_bytes) {
   std::vector<Event> events;
   uint64_t read_bytes = 0;
+  // Under kAlways only durable events are readable (see LastSequence).
+  const uint64_t readable = ReadableThrough();
   absl::ReaderMutexLock lock(&mu_);
   if (after_sequence < compacted_through_sequence_) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -542,6 +560,7 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
             absl::StrCat(segment.path(), " at offset ", offset, ": ", decoded.error));
       }
       const LogRecord& record = decoded.record;
+      if (record.sequence > readable) return events;
       if (record.sequence >= first) {
         read_bytes += record.key.size() + record.value.size();
         // Over the byte budget: stop before this event (never before the first).

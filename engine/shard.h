@@ -71,6 +71,9 @@ class Shard {
 
   absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
   absl::StatusOr<KeyRecord> GetRecord(const KeyRef& key, bool with_value);
+  // The last sequence a change-feed reader may see: the durable one under
+  // FsyncPolicy::kAlways, else every appended one (UINT64_MAX).
+  uint64_t ReadableThrough() ABSL_LOCKS_EXCLUDED(sync_mu_);
   // Whether the key is part of the Merkle summary (Options::merkle_excluded_prefixes).
   bool Summarised(absl::string_view key) const {
     for (const std::string& prefix : options_.merkle_excluded_prefixes) {

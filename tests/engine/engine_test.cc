@@ -688,6 +688,44 @@ TEST_P(AsyncWriteTest, CallbacksFireOnceForEveryWrite) {
   EXPECT_EQ(completed, kPuts + kDeletes) << "no callback runs twice";
 }
 
+// The change feed announces and shows events: at once, except under
+// kAlways, where only durable events are announced and readable (a sequence
+// a watcher saw must survive a machine crash).
+TEST_P(AsyncWriteTest, ChangeFeedAnnouncesEventsAndNeverShowsMoreThanLastSequence) {
+  options_.fsync = GetParam();
+  options_.fsync_interval_ms = 20;
+  options_.background_threads = true;
+  absl::Mutex mu;
+  std::vector<uint64_t> announced(options_.shard_count, 0);
+  options_.on_event = [&](uint32_t shard, uint64_t sequence) {
+    absl::MutexLock lock(&mu);
+    announced[shard] = std::max(announced[shard], sequence);
+  };
+  ASSERT_OK(Open());
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_OK_AND_ASSIGN(WriteResult written,
+                         engine_->Put(absl::StrCat("feed-", i), absl::StrCat("v", i)));
+    // Put returns once the write is as durable as the policy asks: its
+    // event is readable by then, and announced (under kAlways by the sync
+    // thread, just after the write's durability is known).
+    EXPECT_GE(engine_->LastSequence(written.shard), written.sequence) << i;
+    {
+      absl::MutexLock lock(&mu);
+      auto reached = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return announced[written.shard] >= written.sequence;
+      };
+      EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(10))) << i;
+    }
+    for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+      ASSERT_OK_AND_ASSIGN(std::vector<Event> events, engine_->ReadEvents(shard, 0, 10'000));
+      const uint64_t last = engine_->LastSequence(shard);
+      for (const Event& event : events) EXPECT_LE(event.sequence, last) << "shard " << shard;
+    }
+  }
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+}
+
 INSTANTIATE_TEST_SUITE_P(AllPolicies, AsyncWriteTest,
                          ::testing::Values(FsyncPolicy::kNever, FsyncPolicy::kInterval,
                                            FsyncPolicy::kAlways),
