@@ -529,6 +529,13 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::Dial(size_t node_index) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  // Data the node never acknowledges fails the connection after the request
+  // timeout rather than after TCP's retransmission limit (~15 minutes).
+  if (options_.request_timeout < absl::InfiniteDuration()) {
+    const unsigned int user_timeout_ms = static_cast<unsigned int>(std::min<int64_t>(
+        absl::ToInt64Milliseconds(options_.request_timeout), int64_t{1} << 30));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+  }
   // A node that stops reading must not block a sender forever.
   if (options_.request_timeout < absl::InfiniteDuration()) {
     const timeval timeout =
@@ -666,6 +673,8 @@ absl::StatusOr<T> Client::Impl::CallSync(const std::string& what, BuildFn build,
       absl::MutexLock lock(&mu_);
       removed = pending_.erase(*request_id) > 0;
       if (connected_) node = options_.nodes[node_index_];
+      // As in FailExpired: a node silent this long is given up.
+      if (removed && fd_ >= 0 && connected_) ::shutdown(fd_, SHUT_RDWR);
     }
     if (removed) {
       return absl::DeadlineExceededError(
@@ -869,6 +878,12 @@ void Client::Impl::FailExpired(absl::string_view node) {
       absl::StrCat("no answer from ", node, " within ",
                    absl::FormatDuration(options_.request_timeout), " (request_timeout)"));
   for (Handler& handler : expired) handler(Reply{nullptr, failure, node});
+  // A node that does not answer in time may be gone without a word (a
+  // crashed machine, a cut cable): give the connection up, so the next call
+  // connects again, to the next node when this one stays silent, instead of
+  // waiting on TCP for minutes.
+  absl::MutexLock lock(&mu_);
+  if (fd_ >= 0 && connected_) ::shutdown(fd_, SHUT_RDWR);
 }
 
 void Client::Impl::Teardown(int fd, const absl::Status& reason, const std::string& node) {

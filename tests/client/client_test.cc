@@ -11,12 +11,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <string>
@@ -552,6 +554,37 @@ TEST_F(ClientTest, FailsOverToTheNextNode) {
   EXPECT_EQ(value->value, "on-second");
 }
 
+// A node that goes silent (stopped, not dead: its socket stays open) is
+// given up after a request times out, and the next call fails over.
+TEST_F(ClientTest, ATimeoutGivesUpASilentNodeAndTheNextCallFailsOver) {
+  LogkvdProcess* first = StartServer("first");
+  LogkvdProcess* second = StartServer("second");
+  const std::string second_address = Address(second->port());
+  ClientOptions options = OptionsFor({Address(first->port()), second_address});
+  options.request_timeout = absl::Milliseconds(300);
+  Client* client = Connect(options);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Put("k", "on-first").ok());
+  ASSERT_EQ(::kill(first->pid(), SIGSTOP), 0);
+  // Bounded wait until the kernel shows the process stopped ("T" in /proc).
+  for (int i = 0; i < 500; ++i) {
+    std::ifstream stat(absl::StrCat("/proc/", first->pid(), "/stat"));
+    std::string pid_field, name, state;
+    stat >> pid_field >> name >> state;
+    if (state == "T") break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::Status put = client->Put("k", "while-silent").status();
+  EXPECT_TRUE(absl::IsDeadlineExceeded(put) || absl::IsUnavailable(put)) << put;
+  // Bounded: the first calls may still meet the old connection.
+  for (int attempt = 0; attempt < 5 && client->connected_node() != second_address; ++attempt) {
+    put = client->Put("k", "on-second").status();
+  }
+  EXPECT_TRUE(put.ok()) << put;
+  EXPECT_EQ(client->connected_node(), second_address);
+  ASSERT_EQ(::kill(first->pid(), SIGCONT), 0);
+}
+
 TEST_F(ClientTest, ReadsAreRetriedAfterTransportFailureWhenAsked) {
   LogkvdProcess* first = StartServer("first");
   LogkvdProcess* second = StartServer("second");
@@ -623,7 +656,7 @@ class FakeNode {
  private:
   void Serve() {
     int connection = -1;
-    p::FrameDecoder decoder(1u << 20);
+    auto decoder = std::make_unique<p::FrameDecoder>(1u << 20);
     bool greeted = false;
     while (!stop_.load()) {
       if (connection < 0) {
@@ -634,11 +667,18 @@ class FakeNode {
       pollfd readable{connection, POLLIN, 0};
       if (::poll(&readable, 1, 20) <= 0) continue;
       size_t available;
-      char* space = decoder.WritableSpace(4096, &available);
+      char* space = decoder->WritableSpace(4096, &available);
       const ssize_t received = ::recv(connection, space, available, 0);
-      if (received <= 0) break;
-      decoder.Commit(static_cast<size_t>(received));
-      absl::StatusOr<std::optional<absl::string_view>> frame = decoder.Next();
+      if (received <= 0) {
+        // The client gave the connection up: serve the next one the same way.
+        ::close(connection);
+        connection = -1;
+        decoder = std::make_unique<p::FrameDecoder>(1u << 20);
+        greeted = false;
+        continue;
+      }
+      decoder->Commit(static_cast<size_t>(received));
+      absl::StatusOr<std::optional<absl::string_view>> frame = decoder->Next();
       if (!frame.ok() || !frame->has_value() || greeted || !answer_hello_) continue;
       absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, p::Limits());
       if (!request.ok()) break;
@@ -680,14 +720,19 @@ TEST_F(ClientTest, UnansweredCallsTimeOut) {
   EXPECT_TRUE(absl::StrContains(put.status().message(), "request_timeout")) << put.status();
   EXPECT_TRUE(absl::StrContains(put.status().message(), "\"k\"")) << put.status();
 
-  // Async calls time out too, through the reader's sweep.
-  absl::Notification done;
+  // Async calls time out too, through the reader's sweep, on a new
+  // connection: the timeout above gave the silent one up, and a call sent
+  // while it was being torn down fails as unavailable (bounded retries).
   absl::Status async_status;
-  (*client)->GetAsync("k", [&](absl::StatusOr<Value> value) {
-    async_status = value.status();
-    done.Notify();
-  });
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    absl::Notification done;
+    (*client)->GetAsync("k", [&](absl::StatusOr<Value> value) {
+      async_status = value.status();
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    if (!absl::IsUnavailable(async_status)) break;
+  }
   EXPECT_TRUE(absl::IsDeadlineExceeded(async_status)) << async_status;
 }
 
