@@ -26,6 +26,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+bench_name=cluster-bench
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 requests=${N:-200000}
 repair_keys=${REPAIR_KEYS:-100000}
 repair_timeout_s=${REPAIR_TIMEOUT_S:-600}
@@ -37,10 +40,6 @@ value_bytes=100
 keyspace=100000
 nodes=3
 
-die() {
-  echo "cluster-bench: $*" >&2
-  exit 1
-}
 
 for tool in curl jq ss shuf; do
   command -v "$tool" >/dev/null || die "$tool not found"
@@ -63,15 +62,7 @@ declare -A ports=()  # name -> binary port
 declare -A https=()  # name -> HTTP port
 
 stop_server() {  # $1: name
-  local pid=${pids[$1]:-}
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_pid "${pids[$1]:-}"
   unset "pids[$1]"
 }
 
@@ -90,20 +81,6 @@ cleanup() {
 trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
-
-# A loopback port that nothing uses at the moment (the server binds it right after; a
-# process that takes it in between makes the start fail, and the run says so).
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$(shuf -i 20000-60999 -n 1)
-    if [[ -z $(ss -Htan "sport = :$port") ]]; then
-      echo "$port"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # Starts logkvd as $1 with data directory $2 and extra flags; waits for both ports.
 start_server() {

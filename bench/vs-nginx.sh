@@ -28,6 +28,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+bench_name=vs-nginx
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 duration=${DURATION:-10}
 keys=${KEYS:-10000}
 nginx=${NGINX:-/usr/sbin/nginx}
@@ -39,10 +42,6 @@ wrk_connections=50
 value_bytes=100
 nginx_only=false
 
-die() {
-  echo "vs-nginx: $*" >&2
-  exit 1
-}
 
 for arg in "$@"; do
   case $arg in
@@ -78,15 +77,8 @@ server_pid=""
 wrk_pid=""
 
 stop_server() {
-  [[ -n $server_pid ]] || return 0
   # nginx's master stops its workers on SIGTERM; logkvd flushes and syncs.
-  kill -TERM "$server_pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  stop_pid "$server_pid"
   server_pid=""
 }
 
@@ -101,15 +93,6 @@ cleanup() {
 trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
-
-# A loopback port the kernel has just handed out; the server binds it right after.
-free_port() {
-  python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
 
 # Waits until $1 (a command) succeeds while the server lives; $2 = log to show on failure.
 wait_ready() {

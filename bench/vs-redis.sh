@@ -22,6 +22,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+bench_name=vs-redis
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 requests=${N:-1000000}
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
@@ -30,10 +33,6 @@ clients=50
 value_bytes=100
 keyspace=100000
 
-die() {
-  echo "vs-redis: $*" >&2
-  exit 1
-}
 
 for tool in redis-server redis-benchmark redis-cli ss; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install redis-server redis-tools iproute2)"
@@ -51,15 +50,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-vs-redis.XXXXXX")
 server_pid=""
 
 stop_server() {
-  [[ -n $server_pid ]] || return 0
-  kill -TERM "$server_pid" 2>/dev/null || true
-  # Both servers flush and sync on SIGTERM; give them time before insisting.
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  # Both servers flush and sync on SIGTERM.
+  stop_pid "$server_pid"
   server_pid=""
 }
 
@@ -70,19 +62,6 @@ cleanup() {
 trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
-
-# A loopback port that nothing uses at the moment (the server binds it right after).
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$(shuf -i 20000-60999 -n 1)
-    if [[ -z $(ss -Htan "sport = :$port") ]]; then
-      echo "$port"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # Waits until $1 (a command) succeeds while the server lives; $2 = log to show on failure.
 wait_ready() {

@@ -261,6 +261,16 @@ absl::Status StatusFromResponse(const Response& response) {
   return absl::Status(FromWire(response.status()), View(response.message()));
 }
 
+void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id, Result type,
+                    flatbuffers::Offset<void> result) {
+  ResponseBuilder response(*builder);
+  response.add_request_id(request_id);
+  response.add_status(StatusCode::Ok);
+  response.add_result_type(type);
+  response.add_result(result);
+  builder->FinishSizePrefixed(response.Finish());
+}
+
 void BuildStatusResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
                          const absl::Status& status) {
   builder->Clear();

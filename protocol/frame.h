@@ -98,6 +98,10 @@ inline absl::string_view FrameOf(const flatbuffers::FlatBufferBuilder& builder) 
                            builder.GetSize());
 }
 
+// Finishes a size-prefixed Response with status Ok carrying result.
+void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id, Result type,
+                    flatbuffers::Offset<void> result);
+
 // Builds a Response with only a status (errors, and results-less answers).
 void BuildStatusResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
                          const absl::Status& status);

@@ -22,16 +22,6 @@ flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferB
   return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
 
-void FinishResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id, p::Result type,
-                    flatbuffers::Offset<void> result) {
-  p::ResponseBuilder response(*b);
-  response.add_request_id(id);
-  response.add_status(p::StatusCode::Ok);
-  response.add_result_type(type);
-  response.add_result(result);
-  b->FinishSizePrefixed(response.Finish());
-}
-
 std::string FrameCopy(const flatbuffers::FlatBufferBuilder& b) {
   return std::string(p::FrameOf(b));
 }
@@ -92,7 +82,7 @@ void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
   auto bytes = Bytes(b, read->value);
   auto result = p::CreateValueResult(*b, bytes, read->version, read->timestamp,
                                      read->expiry_unix_ms);
-  FinishResponse(b, id, p::Result::ValueResult, result.Union());
+  p::FinishResponse(b, id, p::Result::ValueResult, result.Union());
 }
 
 void BuildClusterWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
@@ -126,7 +116,7 @@ void BuildWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t request_id,
   b->Clear();
   auto written = p::CreateWriteResult(*b, result->version, result->timestamp, result->sequence,
                                       result->shard);
-  FinishResponse(b, request_id, p::Result::WriteResult, written.Union());
+  p::FinishResponse(b, request_id, p::Result::WriteResult, written.Union());
 }
 
 Service::Service(engine::Engine* engine, const ServiceConfig& config, ServerCounters* counters)
@@ -178,7 +168,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
                                         config_.limits.max_key_bytes,
                                         config_.limits.max_value_bytes,
                                         config_.limits.max_batch_items, member_vector);
-      FinishResponse(b, id, p::Result::HelloResult, hello.Union());
+      p::FinishResponse(b, id, p::Result::HelloResult, hello.Union());
       return Outcome::kAnswered;
     }
     case p::Operation::Ping: {
@@ -186,7 +176,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
       b->Clear();
       auto payload = Bytes(b, p::View(ping->payload()));
       auto result = p::CreatePingResult(*b, payload);
-      FinishResponse(b, id, p::Result::PingResult, result.Union());
+      p::FinishResponse(b, id, p::Result::PingResult, result.Union());
       return Outcome::kAnswered;
     }
     case p::Operation::Get:
@@ -212,7 +202,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
       auto value = Bytes(b, record->value);
       auto result = p::CreateValueResult(*b, value, record->meta.version, record->meta.timestamp,
                                          record->meta.expiry_unix_ms);
-      FinishResponse(b, id, p::Result::ValueResult, result.Union());
+      p::FinishResponse(b, id, p::Result::ValueResult, result.Union());
       return Outcome::kAnswered;
     }
     case p::Operation::Put:
@@ -278,7 +268,7 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   auto vector = b->CreateVector(items);
   auto cursor = Bytes(b, strip(page->next_cursor));
   auto result = p::CreateScanResult(*b, vector, cursor);
-  FinishResponse(b, id, p::Result::ScanResult, result.Union());
+  p::FinishResponse(b, id, p::Result::ScanResult, result.Union());
   return Outcome::kAnswered;
 }
 
@@ -322,7 +312,7 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   auto bytes = Bytes(b, value);
   auto result =
       p::CreateValueResult(*b, bytes, meta.version, meta.timestamp, meta.expiry_unix_ms);
-  FinishResponse(b, id, p::Result::ValueResult, result.Union());
+  p::FinishResponse(b, id, p::Result::ValueResult, result.Union());
   return Outcome::kAnswered;
 }
 
@@ -439,7 +429,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     }
     auto vector = builder->CreateVector(results);
     auto result = p::CreateBatchResult(*builder, vector);
-    FinishResponse(builder, id, p::Result::BatchResult, result.Union());
+    p::FinishResponse(builder, id, p::Result::BatchResult, result.Union());
   };
   const bool deferred = always_sync_;
   Completion done = deferred ? defer() : Completion();
@@ -507,7 +497,7 @@ Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
     }
     auto vector = builder->CreateVector(items);
     auto result = p::CreateBatchResult(*builder, vector);
-    FinishResponse(builder, request_id, p::Result::BatchResult, result.Union());
+    p::FinishResponse(builder, request_id, p::Result::BatchResult, result.Union());
   };
   return RunCluster<Results>(id, b, defer, build, [&](std::function<void(Results)> finish) {
     // Each item goes through the coordinator on its own; whoever records the
@@ -588,7 +578,7 @@ void Service::BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b) {
   result.add_shard_count(engine_->ShardCount());
   result.add_last_sequences(sequences);
   auto offset = result.Finish();
-  FinishResponse(b, id, p::Result::StatsResult, offset.Union());
+  p::FinishResponse(b, id, p::Result::StatsResult, offset.Union());
 }
 
 }  // namespace logkv::server

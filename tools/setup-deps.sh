@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   # toolchain and scripts
-  g++ make cmake pkg-config python3 curl jq git ca-certificates procps
+  g++ make cmake pkg-config python3 curl jq git ca-certificates procps iproute2
   # libraries named in docs/design (DESIGN.md)
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev

@@ -43,16 +43,6 @@ std::string FinishRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Ope
   return std::string(protocol::FrameOf(*builder));
 }
 
-void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
-                    protocol::Result type, flatbuffers::Offset<void> result) {
-  protocol::ResponseBuilder response(*builder);
-  response.add_request_id(request_id);
-  response.add_status(protocol::StatusCode::Ok);
-  response.add_result_type(type);
-  response.add_result(result);
-  builder->FinishSizePrefixed(response.Finish());
-}
-
 }  // namespace
 
 // ---- Handlers ---------------------------------------------------------------
@@ -106,7 +96,7 @@ void HandleMerkleHashes(engine::Engine* engine, const protocol::Request& request
   result.add_hashes(hash_vector);
   result.add_leaf_count(leaves);
   result.add_partition_count(partitions);
-  FinishResponse(builder, id, protocol::Result::MerkleHashesResult, result.Finish().Union());
+  protocol::FinishResponse(builder, id, protocol::Result::MerkleHashesResult, result.Finish().Union());
 }
 
 void HandleMerkleLeaf(engine::Engine* engine, const protocol::Request& request,
@@ -166,7 +156,7 @@ void HandleMerkleLeaf(engine::Engine* engine, const protocol::Request& request,
   protocol::LeafKeysResultBuilder result(*builder);
   result.add_keys(item_vector);
   result.add_truncated(truncated);
-  FinishResponse(builder, id, protocol::Result::LeafKeysResult, result.Finish().Union());
+  protocol::FinishResponse(builder, id, protocol::Result::LeafKeysResult, result.Finish().Union());
 }
 
 // ---- Figures ----------------------------------------------------------------

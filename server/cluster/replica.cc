@@ -56,23 +56,13 @@ std::string FinishRequestFrame(flatbuffers::FlatBufferBuilder* b, p::Operation t
   return std::string(p::FrameOf(*b));
 }
 
-void FinishResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id, p::Result type,
-                    flatbuffers::Offset<void> result) {
-  p::ResponseBuilder response(*b);
-  response.add_request_id(id);
-  response.add_status(p::StatusCode::Ok);
-  response.add_result_type(type);
-  response.add_result(result);
-  b->FinishSizePrefixed(response.Finish());
-}
-
 void BuildReplicateResult(flatbuffers::FlatBufferBuilder* b, uint64_t id,
                           const std::vector<bool>& applied) {
   b->Clear();
   std::vector<uint8_t> flags(applied.begin(), applied.end());
   // Vectors of bool are vectors of bytes on the wire.
   auto result = p::CreateReplicateResult(*b, b->CreateVector(flags));
-  FinishResponse(b, id, p::Result::ReplicateResult, result.Union());
+  p::FinishResponse(b, id, p::Result::ReplicateResult, result.Union());
 }
 
 // The Response of a verified frame, or why there is none.
@@ -236,7 +226,7 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
   for (const VersionedRecord& record : records) offsets.push_back(BuildRecord(b, record));
   auto vector = b->CreateVector(offsets);
   auto result = p::CreateRecordsResult(*b, vector);
-  FinishResponse(b, id, p::Result::RecordsResult, result.Union());
+  p::FinishResponse(b, id, p::Result::RecordsResult, result.Union());
   return Service::Outcome::kAnswered;
 }
 

@@ -701,11 +701,18 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
-void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
+// Seed 003's ?server= names the node whose figures are wanted: this one (or
+// none). The refusal, when it names another.
+std::optional<HttpResponse> DataRoutes::OtherServer(const HttpRequest& request) const {
   std::optional<std::string> server = request.QueryParam("server");
-  if (server && !server->empty() && *server != NodeId()) {
-    return responder.Send(HttpResponse::Error(
-        404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'")));
+  if (!server || server->empty() || *server == NodeId()) return std::nullopt;
+  return HttpResponse::Error(
+      404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'"));
+}
+
+void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
+  if (std::optional<HttpResponse> refusal = OtherServer(request)) {
+    return responder.Send(*std::move(refusal));
   }
   // Values are read straight from the mapped log (the page cache is the
   // cache): there is no separate value cache to fill, so it is never full.
@@ -715,10 +722,8 @@ void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
 }
 
 void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
-  std::optional<std::string> server = request.QueryParam("server");
-  if (server && !server->empty() && *server != NodeId()) {
-    return responder.Send(HttpResponse::Error(
-        404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'")));
+  if (std::optional<HttpResponse> refusal = OtherServer(request)) {
+    return responder.Send(*std::move(refusal));
   }
   const engine::Stats stats = deps_.service->engine()->GetStats();
   json body = {{"total_keys", stats.keys},

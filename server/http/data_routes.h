@@ -90,6 +90,7 @@ class DataRoutes {
   void DeleteDocument(HttpRequest& request, Responder responder);
   void Health(HttpRequest& request, Responder responder);
   void MetricsRoute(HttpRequest& request, Responder responder);
+  std::optional<HttpResponse> OtherServer(const HttpRequest& request) const;
   void CacheStats(HttpRequest& request, Responder responder);
   void DbStats(HttpRequest& request, Responder responder);
   void Nodes(HttpRequest& request, Responder responder);
