@@ -491,12 +491,15 @@ void Membership::Impl::JoinThroughAsync(const std::string& address, absl::Durati
     return;
   }
   std::string frame;
+  bool running;
   {
     absl::MutexLock lock(&mu_);
-    if (!started_ || stop_) {
-      done(absl::UnavailableError("membership is not running on this node"));
-      return;
-    }
+    running = started_ && !stop_;
+  }
+  // Outside the lock: done may call back into the membership.
+  if (!running) return done(absl::UnavailableError("membership is not running on this node"));
+  {
+    absl::MutexLock lock(&mu_);
     if (left_) {
       // Rejoining after a leave: a new incarnation outranks our Left.
       left_ = false;

@@ -205,16 +205,25 @@ void PeerTransport::Impl::Run() {
 }
 
 void PeerTransport::Impl::Stop() {
+  std::deque<Outgoing> never_started;
+  bool not_started = false;
   {
     absl::MutexLock lock(&mu_);
     if (!started_) {
       stopped_ = true;
-      for (Outgoing& outgoing : inbox_) {
-        if (outgoing.done) outgoing.done(absl::UnavailableError("peer transport stopped"));
-      }
-      inbox_.clear();
-      return;
+      not_started = true;
+      never_started.swap(inbox_);
     }
+  }
+  if (not_started) {
+    // Callbacks run outside the lock: one may send again (and be refused).
+    for (Outgoing& outgoing : never_started) {
+      if (outgoing.done) outgoing.done(absl::UnavailableError("peer transport stopped"));
+    }
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
     if (!stopping_) {
       stopping_ = true;
       uv_async_send(&async_);
