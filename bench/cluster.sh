@@ -47,12 +47,7 @@ done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 [[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
 
-if [[ ! -x $logkvd || ! -x $bench ]]; then
-  echo "cluster-bench: building the Release binaries into build-release/ ..." >&2
-  (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release -DLOGKV_BUILD_TESTS=OFF) >&2
-fi
-[[ -x $logkvd ]] || die "no logkvd at $logkvd"
-[[ -x $bench ]] || die "no logkv-bench at $bench"
+ensure_release_binaries "$logkvd" "$bench"
 "$bench" --help 2>&1 | grep -q -- --consistency ||
   die "$bench has no --consistency flag: rebuild it (tools/logkv_bench.cc)"
 

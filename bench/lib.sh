@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the comparison scripts in bench/ (sourced, not run).
-# The sourcing script sets bench_name (its name in messages) first.
+# The sourcing script sets bench_name (its name in messages) and root (the
+# checkout) first.
 
 die() {
   echo "${bench_name:-bench}: $*" >&2
@@ -21,6 +22,20 @@ free_port() {
   die "no free port found"
 }
 
+# Builds the Release tree build-release/ (as tools/run.sh does) when one of
+# the binaries given is missing, then insists that all exist.
+ensure_release_binaries() {
+  local binary missing=false
+  : "${root:?the sourcing script sets root}"
+  for binary in "$@"; do [[ -x $binary ]] || missing=true; done
+  if $missing; then
+    echo "$bench_name: building the Release binaries into build-release/ ..." >&2
+    (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release \
+      -DLOGKV_BUILD_TESTS=OFF -DLOGKV_FAULT_INJECTION=OFF) >&2
+  fi
+  for binary in "$@"; do [[ -x $binary ]] || die "no $(basename "$binary") at $binary"; done
+}
+
 # Stops process $1: SIGTERM (servers flush and sync), then SIGKILL after 10 s.
 stop_pid() {
   local pid=$1
@@ -32,4 +47,20 @@ stop_pid() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+}
+
+# Waits (at most 30 s) until command $2 succeeds while process $1 lives; $3 =
+# the log to show when it does not.
+wait_ready() {
+  local pid=$1 check=$2 log=$3
+  for _ in $(seq 300); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      die "the server exited during start-up (log: above)"
+    fi
+    if eval "$check"; then return 0; fi
+    sleep 0.1
+  done
+  tail -n 20 "$log" >&2
+  die "the server was not ready after 30 s"
 }

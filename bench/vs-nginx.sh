@@ -63,14 +63,7 @@ if [[ ! $keys =~ ^[1-9][0-9]*$ ]] || ((keys < wrk_threads)); then
   die "KEYS must be an integer >= $wrk_threads, not '$keys'"
 fi
 
-if ! $nginx_only; then
-  if [[ ! -x $logkvd && -z ${LOGKVD:-} ]]; then
-    echo "vs-nginx: building the Release logkvd into build-release/ ..." >&2
-    (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release \
-      -DLOGKV_BUILD_TESTS=OFF -DLOGKV_BUILD_BENCH=OFF) >&2
-  fi
-  [[ -x $logkvd ]] || die "no logkvd at $logkvd"
-fi
+$nginx_only || ensure_release_binaries "$logkvd"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-vs-nginx.XXXXXX")
 server_pid=""
@@ -93,21 +86,6 @@ cleanup() {
 trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
-
-# Waits until $1 (a command) succeeds while the server lives; $2 = log to show on failure.
-wait_ready() {
-  local check=$1 log=$2
-  for _ in $(seq 300); do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      tail -n 20 "$log" >&2
-      die "the server exited during start-up (log: above)"
-    fi
-    if eval "$check"; then return 0; fi
-    sleep 0.1
-  done
-  tail -n 20 "$log" >&2
-  die "the server was not ready after 30 s"
-}
 
 value=$(head -c "$value_bytes" /dev/zero | tr '\0' 'v')
 
@@ -149,7 +127,7 @@ http {
 EOF
   "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/nginx.stderr" &
   server_pid=$!
-  wait_ready "curl -sf -o /dev/null http://127.0.0.1:$http_port/v1/kv/probe" "$dir/nginx.stderr"
+  wait_ready "$server_pid" "curl -sf -o /dev/null http://127.0.0.1:$http_port/v1/kv/probe" "$dir/nginx.stderr"
   local body
   body=$(curl -sf "http://127.0.0.1:$http_port/v1/kv/key:0")
   [[ ${#body} -eq $value_bytes ]] || die "nginx answered ${#body} bytes, not $value_bytes"
@@ -167,7 +145,7 @@ start_logkvd() {  # $1: label (a folder name), then extra flags
     2>"$dir/logkvd.log" &
   server_pid=$!
   # Any HTTP answer (even an error status) means the adapter is up.
-  wait_ready "curl -s -o /dev/null http://127.0.0.1:$http_port/health" "$dir/logkvd.log"
+  wait_ready "$server_pid" "curl -s -o /dev/null http://127.0.0.1:$http_port/health" "$dir/logkvd.log"
 }
 
 # Makes a user and an API key on the running logkvd; prints the key.

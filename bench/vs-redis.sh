@@ -39,12 +39,7 @@ for tool in redis-server redis-benchmark redis-cli ss; do
 done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 
-if [[ ! -x $logkvd || ! -x $bench ]]; then
-  echo "vs-redis: building the Release binaries into build-release/ ..." >&2
-  (cd "$root" && LOGKV_BUILD_TYPE=Release tools/build.sh build-release -DLOGKV_BUILD_TESTS=OFF) >&2
-fi
-[[ -x $logkvd ]] || die "no logkvd at $logkvd"
-[[ -x $bench ]] || die "no logkv-bench at $bench"
+ensure_release_binaries "$logkvd" "$bench"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-vs-redis.XXXXXX")
 server_pid=""
@@ -63,21 +58,6 @@ trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
 
-# Waits until $1 (a command) succeeds while the server lives; $2 = log to show on failure.
-wait_ready() {
-  local check=$1 log=$2
-  for _ in $(seq 300); do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      tail -n 20 "$log" >&2
-      die "the server exited during start-up (log: above)"
-    fi
-    if eval "$check"; then return 0; fi
-    sleep 0.1
-  done
-  tail -n 20 "$log" >&2
-  die "the server was not ready after 30 s"
-}
-
 start_redis() {  # $1: appendfsync policy
   local dir=$work/redis-$1
   mkdir -p "$dir"
@@ -86,7 +66,7 @@ start_redis() {  # $1: appendfsync policy
     --appendonly yes --appendfsync "$1" --dir "$dir" --daemonize no \
     --logfile "$dir/redis.log" &
   server_pid=$!
-  wait_ready "[[ \$(redis-cli -h 127.0.0.1 -p $port ping 2>/dev/null) == PONG ]]" "$dir/redis.log"
+  wait_ready "$server_pid" "[[ \$(redis-cli -h 127.0.0.1 -p $port ping 2>/dev/null) == PONG ]]" "$dir/redis.log"
 }
 
 start_logkvd() {  # $1: fsync mode
@@ -96,7 +76,7 @@ start_logkvd() {  # $1: fsync mode
   "$logkvd" --listen="127.0.0.1:$port" --http= --data_dir="$dir/data" --fsync="$1" \
     "${logkvd_extra_args[@]}" 2>"$dir/logkvd.log" &
   server_pid=$!
-  wait_ready "grep -q 'listening on' '$dir/logkvd.log'" "$dir/logkvd.log"
+  wait_ready "$server_pid" "grep -q 'listening on' '$dir/logkvd.log'" "$dir/logkvd.log"
 }
 
 # Appends "mode,system,test,rps,p50,p99" rows to $work/results.csv; failures become a row of

@@ -344,7 +344,6 @@ absl::StatusOr<RequestContext> DataRoutes::Authorize(const HttpRequest& request,
 void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
-  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
   if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
   absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
@@ -366,7 +365,6 @@ void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
 void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_only) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
-  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
   if (!consistency.ok()) {
     return responder.Send(HttpResponse::Error(400, consistency.status().message()));
@@ -383,7 +381,6 @@ void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_onl
 void DataRoutes::DeleteKv(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
-  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
   if (!consistency.ok()) {
     return responder.Send(HttpResponse::Error(400, consistency.status().message()));
@@ -478,7 +475,6 @@ void DataRoutes::PostBase64(HttpRequest& request, Responder responder) {
   std::optional<std::string> key = DecodeBase64(key_field->get_ref<const std::string&>());
   std::optional<std::string> value = DecodeBase64(value_field->get_ref<const std::string&>());
   if (!key || !value) return responder.Send(HttpResponse::Error(400, "invalid base64"));
-  if (key->empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   auto& b = RequestBuilder();
   BuildPut(&b, *key, *value, 0, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
@@ -492,7 +488,6 @@ void DataRoutes::GetBase64(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   std::optional<std::string> key = DecodeBase64(request.params[0]);
   if (!key) return responder.Send(HttpResponse::Error(400, "invalid base64 key"));
-  if (key->empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   auto& b = RequestBuilder();
   BuildGet(&b, *key);
   Run(deps_.service, *context, &b, responder,
@@ -532,7 +527,6 @@ json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t v
 void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
-  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object() || !body.contains("value")) {
     return responder.Send(HttpResponse::Error(400, "body must be JSON {\"value\": ...}"));
@@ -553,7 +547,6 @@ void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
 void DataRoutes::GetVersioned(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& key = request.params[0];
-  if (key.empty()) return responder.Send(HttpResponse::Error(400, "empty key"));
   absl::StatusOr<std::optional<std::string>> version_parameter =
       StrictQueryParam(request, "version");
   if (!version_parameter.ok()) {
@@ -588,7 +581,6 @@ void DataRoutes::GetVersioned(HttpRequest& request, Responder responder) {
 void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& path = request.params[0];
-  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
   if (request.body.size() > config_.max_document_bytes) {
     return responder.Send(HttpResponse::Error(
         413, absl::StrCat("document of ", request.body.size(), " bytes is larger than the limit of ",
@@ -612,7 +604,6 @@ void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
 void DataRoutes::GetDocument(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& path = request.params[0];
-  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
   auto& b = RequestBuilder();
   BuildGet(&b, path);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
@@ -623,7 +614,6 @@ void DataRoutes::GetDocument(HttpRequest& request, Responder responder) {
 void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE(context, request, responder);
   const std::string& path = request.params[0];
-  if (path.empty()) return responder.Send(HttpResponse::Error(400, "empty path"));
   auto& b = RequestBuilder();
   BuildDelete(&b, path, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
