@@ -128,6 +128,30 @@ absl::Status Shard::Compact(bool force) {
     return status;
   };
 
+  // Copies a record into the current output segment (a new one when it is
+  // full). Called with mu_ held.
+  auto append_output = [&](absl::string_view raw,
+                           const LogRecord& copy) -> absl::StatusOr<RecordLocation> {
+    if (outputs.empty() || outputs.back()->remaining() < raw.size()) {
+      const uint32_t output_id = next_segment_id_;
+      auto output = NewSegment(
+          format::kSegmentFlagCompacted,
+          std::max<uint64_t>(options_.segment_bytes, raw.size() + format::kSegmentHeaderBytes),
+          PathOf(SegmentFileName(output_id) + ".compacting"));
+      if (!output.ok()) return output.status();
+      outputs.push_back(*output);
+      hints.emplace_back(output_id);
+    }
+    Segment& output = *outputs.back();
+    auto new_offset = output.Append(raw);
+    if (!new_offset.ok()) return new_offset.status();
+    output.min_sequence = std::min(output.min_sequence, copy.sequence);
+    output.max_sequence = std::max(output.max_sequence, copy.sequence);
+    hints.back().Add(copy, *new_offset, static_cast<uint32_t>(raw.size()));
+    bytes_written += raw.size();
+    return RecordLocation{output.id(), *new_offset, static_cast<uint32_t>(raw.size())};
+  };
+
   for (const std::shared_ptr<Segment>& victim : victims) {
     uint64_t offset = format::kSegmentHeaderBytes;
     while (offset < victim->size()) {
@@ -158,6 +182,15 @@ absl::Status Shard::Compact(bool force) {
           offset += decoded.record_bytes;
 
           const uint32_t id = index_.Find(KeyRef{record.key, HashKey(record.key)});
+          if (record.is_forget()) {
+            // A Forget is kept while an older record of its key may remain
+            // outside the victims (it would revive the key at start-up);
+            // once the key was written again it has no work left.
+            if (id != KeyIndex::kNoEntry || record.sequence < min_sequence_outside) continue;
+            auto location = append_output(raw, record);
+            if (!location.ok()) return fail(location.status());
+            continue;
+          }
           if (id == KeyIndex::kNoEntry) continue;
           IndexEntry& entry = index_.at(id);
           const bool is_current = entry.location() == old_location;
@@ -177,6 +210,7 @@ absl::Status Shard::Compact(bool force) {
             const int64_t gone_since_ms = tombstone ? HybridClock::PhysicalMs(entry.timestamp)
                                                     : entry.expiry_unix_ms;
             if (record.sequence < min_sequence_outside &&
+                (!tombstone || options_.collect_tombstones) &&
                 now - gone_since_ms >= options_.tombstone_grace_ms) {
               RemoveEntry(id);
               ++dropped;
@@ -192,30 +226,13 @@ absl::Status Shard::Compact(bool force) {
             }
           }
 
-          if (outputs.empty() || outputs.back()->remaining() < raw.size()) {
-            const uint32_t output_id = next_segment_id_;
-            auto output = NewSegment(
-                format::kSegmentFlagCompacted,
-                std::max<uint64_t>(options_.segment_bytes, raw.size() + format::kSegmentHeaderBytes),
-                PathOf(SegmentFileName(output_id) + ".compacting"));
-            if (!output.ok()) return fail(output.status());
-            outputs.push_back(*output);
-            hints.emplace_back(output_id);
-          }
-          Segment& output = *outputs.back();
-          auto new_offset = output.Append(raw);
-          if (!new_offset.ok()) return fail(new_offset.status());
-          output.min_sequence = std::min(output.min_sequence, copy.sequence);
-          output.max_sequence = std::max(output.max_sequence, copy.sequence);
-          hints.back().Add(copy, *new_offset, static_cast<uint32_t>(raw.size()));
-          const RecordLocation new_location{output.id(), *new_offset,
-                                            static_cast<uint32_t>(raw.size())};
-          bytes_written += raw.size();
+          auto new_location = append_output(raw, copy);
+          if (!new_location.ok()) return fail(new_location.status());
           if (is_current) {
-            entry.set_location(new_location);
+            entry.set_location(*new_location);
             entry.flags &= static_cast<uint8_t>(~kEntryShadowCounted);
           } else {
-            history_item->location = new_location;
+            history_item->location = *new_location;
           }
         }
         bytes_read += offset - batch_start;

@@ -485,6 +485,34 @@ uint64_t Engine::MerkleNodeHash(uint32_t partition, uint32_t node) const {
   return merkle.NodeHash(partition, node);
 }
 
+absl::StatusOr<bool> Engine::Forget(absl::string_view key, uint64_t timestamp) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
+  const KeyRef ref{key, HashKey(key)};
+  return state_->ShardFor(ref.hash).Forget(ref, timestamp);
+}
+
+absl::StatusOr<std::vector<Engine::LeafKey>> Engine::ListKeys(KeyCursor* cursor, uint32_t limit) {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  std::vector<LeafKey> keys;
+  limit = std::max<uint32_t>(limit, 1);
+  while (!cursor->done && keys.size() < limit) {
+    if (cursor->shard >= state_->shards.size()) {
+      cursor->done = true;
+      break;
+    }
+    const uint32_t next = state_->shards[cursor->shard]->ListKeys(cursor->entry,
+                                                                  limit - keys.size(), &keys);
+    if (next == KeyIndex::kNoEntry) {
+      ++cursor->shard;
+      cursor->entry = 0;
+    } else {
+      cursor->entry = next;
+    }
+  }
+  return keys;
+}
+
 absl::StatusOr<std::vector<Engine::LeafKey>> Engine::MerkleLeafKeys(uint32_t partition,
                                                                     uint32_t leaf_node) {
   return MerkleLeafKeys(partition, absl::Span<const uint32_t>(&leaf_node, 1));
@@ -536,6 +564,7 @@ Stats Engine::GetStats() {
     }
     stats.expired_swept += c.expired_swept.load();
     stats.tombstones_dropped += c.tombstones_dropped.load();
+    stats.forgotten += c.forgotten.load();
     stats.recovered_from_hints += c.recovered_from_hints.load();
     stats.recovered_by_scan += c.recovered_by_scan.load();
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();

@@ -76,6 +76,10 @@ struct Options {
   // Tombstones (and swept expired records) are kept at least this long before
   // compaction may drop them, so replicas learn of the deletion first.
   int64_t tombstone_grace_ms = 24ll * 3600 * 1000;
+  // false: compaction keeps Delete tombstones whatever their age, until
+  // Forget drops them (a cluster collects a tombstone once every owner holds
+  // it; docs/cluster.md). Expired records still go after tombstone_grace_ms.
+  bool collect_tombstones = true;
 
   // Merkle summary: partitions over the XXH3 key-hash space, each a fixed tree
   // with merkle_leaves leaves. Both powers of two.
@@ -206,6 +210,7 @@ struct Stats {
   uint64_t compaction_total_bytes = 0;     // of the running compaction
   uint64_t expired_swept = 0;
   uint64_t tombstones_dropped = 0;
+  uint64_t forgotten = 0;  // keys dropped by Forget
   uint64_t recovery_ms = 0;
   uint64_t recovered_from_hints = 0;  // segments loaded from hint files at open
   uint64_t recovered_by_scan = 0;     // segments scanned at open
@@ -247,6 +252,15 @@ class Engine {
                 WriteCallback done);
   void DeleteAsync(absl::string_view key, const WriteOptions& options, WriteCallback done);
 
+  // Drops the key from this store, as if it had never been written here, if
+  // its newest record (tombstone or not) still has this timestamp; returns
+  // whether it did. For a replica that no longer owns the key, or a
+  // tombstone every owner holds: the key leaves the index, the Merkle
+  // summary and the counts, its records become garbage, and no change-feed
+  // event is produced. A Forget record on disk keeps it gone after a
+  // restart, and a later write (replicated or not) starts the key afresh.
+  [[nodiscard]] absl::StatusOr<bool> Forget(absl::string_view key, uint64_t timestamp);
+
   [[nodiscard]] absl::StatusOr<ScanResult> Scan(const ScanOptions& options);
 
   // Change feed: events of one shard with sequence > after_sequence, in order,
@@ -280,6 +294,18 @@ class Engine {
   // over the index (anti-entropy asks for every differing leaf at once).
   [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> MerkleLeafKeys(
       uint32_t partition, absl::Span<const uint32_t> leaf_nodes);
+
+  // Every key the index holds (tombstones included, keys of
+  // merkle_excluded_prefixes left out), shard by shard in pages of at most
+  // limit keys, in no particular order: pass the cursor back in (start with
+  // {}) until cursor->done. Keys written or removed meanwhile may be missed
+  // or listed twice.
+  struct KeyCursor {
+    uint32_t shard = 0;
+    uint32_t entry = 0;
+    bool done = false;
+  };
+  [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> ListKeys(KeyCursor* cursor, uint32_t limit);
 
   Stats GetStats();
   // Syncs every shard's unsynced appends now.

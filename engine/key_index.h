@@ -37,6 +37,9 @@ inline constexpr uint8_t kEntryExpired = 1 << 1;    // newest record is a Put th
 // The expired record's bytes are already counted dead in its segment (set by
 // the sweeper, cleared when compaction rewrites the record).
 inline constexpr uint8_t kEntryShadowCounted = 1 << 2;
+// Recovery only: the newest record is a Forget; the entry is removed once
+// every segment is loaded (an older record read later must not revive it).
+inline constexpr uint8_t kEntryForgotten = 1 << 3;
 
 struct IndexEntry {
   const char* key_data;  // in the arena; key_size bytes
@@ -88,6 +91,8 @@ class KeyIndex {
   const IndexEntry& at(uint32_t id) const { return chunks_[id >> kChunkShift][id & kChunkMask]; }
 
   size_t size() const { return table_.size(); }
+  // Every id handed out so far is below it.
+  uint32_t id_limit() const { return next_id_; }
   // Calls f(id, entry) for every entry.
   template <typename F>
   void ForEach(F&& f) const {

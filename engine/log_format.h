@@ -46,8 +46,13 @@ inline constexpr size_t kRecordAlignment = 8;
 enum class RecordType : uint8_t {
   kPut = 1,
   kDelete = 2,  // tombstone
+  // This store no longer keeps the key (a replica that stopped owning it, or a
+  // tombstone every owner has): the key leaves the index as if it had never
+  // been written. Not a client event and not replicated; it stays on disk as
+  // long as an older record of its key may. No value.
+  kForget = 3,
 };
-inline constexpr uint8_t kMaxKnownRecordType = 2;
+inline constexpr uint8_t kMaxKnownRecordType = 3;
 
 // Record flags (never change). No flag is defined yet; a record with an unknown
 // flag bit is refused as corrupt.

@@ -120,8 +120,9 @@ DecodeResult DecodeRecord(absl::string_view bytes, uint32_t max_key_bytes,
     return result;
   }
   const auto type = static_cast<format::RecordType>(header.type);
-  if (type == format::RecordType::kDelete && header.value_size != 0) {
-    result.error = "tombstone with a value";
+  if (type != format::RecordType::kPut && header.value_size != 0) {
+    result.error = type == format::RecordType::kDelete ? "tombstone with a value"
+                                                        : "forget record with a value";
     return result;
   }
   if (header.sequence == 0) {

@@ -24,6 +24,7 @@ struct LogRecord {
   absl::string_view value;
 
   bool is_tombstone() const { return type == format::RecordType::kDelete; }
+  bool is_forget() const { return type == format::RecordType::kForget; }
 };
 
 // Appends the encoded record, padded to the record alignment, to out.

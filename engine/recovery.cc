@@ -68,7 +68,9 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   };
   auto assign = [&](IndexEntry& entry) {
     entry.set_location(location);
-    entry.flags = record.is_tombstone() ? kEntryTombstone : 0;
+    entry.flags = record.is_tombstone() ? kEntryTombstone
+                  : record.is_forget()  ? (kEntryTombstone | kEntryForgotten)
+                                        : 0;
     entry.timestamp = record.timestamp;
     entry.version = record.version;
     entry.expiry_unix_ms = record.expiry_unix_ms;
@@ -95,7 +97,7 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
     assign(entry);
     state->sequence_of[id] = record.sequence;
   } else {
-    retire(id, record.sequence, record.is_tombstone(),
+    retire(id, record.sequence, record.type != format::RecordType::kPut,
            HistoryItem{location, record.version, record.timestamp, record.expiry_unix_ms});
   }
 }
@@ -205,6 +207,13 @@ void Shard::FinishRecovery(RecoveryState* state) {
       }
     }
   }
+  // Keys whose newest record is a Forget leave the index now that no older
+  // record can turn up; the Forget records stay on disk, not counted dead.
+  std::vector<uint32_t> forgotten;
+  index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+    if ((entry.flags & kEntryForgotten) != 0) forgotten.push_back(id);
+  });
+  for (const uint32_t id : forgotten) index_.Remove(id);
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
     if (entry.present()) ++live_keys_;

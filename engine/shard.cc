@@ -203,7 +203,7 @@ void Shard::ReleaseCurrentRecord(const IndexEntry& entry) {
 
 void Shard::RemoveEntry(uint32_t entry_id) {
   IndexEntry& entry = index_.at(entry_id);
-  assert(!entry.present());
+  if (entry.present()) --live_keys_;
   if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
   ReleaseCurrentRecord(entry);
   DropHistory(entry_id);
@@ -365,6 +365,58 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   result.sequence = sequence;
   result.shard = shard_id_;
   return result;
+}
+
+absl::StatusOr<bool> Shard::Forget(const KeyRef& key, uint64_t timestamp) {
+  if (absl::Status status = health(); !status.ok()) return status;
+  absl::MutexLock lock(&mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  const uint32_t id = index_.Find(key);
+  if (id == KeyIndex::kNoEntry) return false;
+  IndexEntry& entry = index_.at(id);
+  if (entry.timestamp != timestamp) return false;  // written again since it was checked
+
+  const uint64_t sequence = next_sequence_;
+  LogRecord record;
+  record.type = RecordType::kForget;
+  record.timestamp = entry.timestamp;
+  record.sequence = sequence;
+  record.version = entry.version;
+  record.key = key.key;
+  encode_buffer_.clear();
+  EncodeRecord(record, &encode_buffer_);
+  if (encode_buffer_.size() > active_->remaining()) {
+    if (absl::Status status = RollActive(encode_buffer_.size()); !status.ok()) return status;
+  }
+  auto offset = active_->Append(encode_buffer_);
+  if (!offset.ok()) return offset.status();
+  ++next_sequence_;
+  active_->min_sequence = std::min(active_->min_sequence, sequence);
+  active_->max_sequence = sequence;
+  recent_events_[sequence % recent_events_.size()] =
+      FeedMark{sequence, active_->id(), *offset};
+  appended_sequence_ = sequence;
+
+  // The Forget record itself is never counted dead: compaction keeps it
+  // while an older record of the key may remain outside its segments.
+  RemoveEntry(id);
+  counters_.forgotten.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+uint32_t Shard::ListKeys(uint32_t from_id, size_t limit, std::vector<Engine::LeafKey>* out) {
+  absl::ReaderMutexLock lock(&mu_);
+  const uint32_t end = index_.id_limit();
+  uint32_t id = from_id;
+  for (size_t listed = 0; id < end && listed < limit; ++id) {
+    if (!index_.contains_id(id)) continue;
+    const IndexEntry& entry = index_.at(id);
+    if (!Summarised(entry.key())) continue;
+    out->push_back(Engine::LeafKey{std::string(entry.key()), entry.timestamp,
+                                   (entry.flags & kEntryTombstone) != 0});
+    ++listed;
+  }
+  return id < end ? id : KeyIndex::kNoEntry;
 }
 
 absl::Status Shard::WaitDurable(uint64_t sequence) {
@@ -561,7 +613,7 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       }
       const LogRecord& record = decoded.record;
       if (record.sequence > readable) return events;
-      if (record.sequence >= first) {
+      if (record.sequence >= first && !record.is_forget()) {  // a forget is no client event
         read_bytes += record.key.size() + record.value.size();
         // Over the byte budget: stop before this event (never before the first).
         if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) return events;

@@ -52,7 +52,7 @@ struct ShardCounters {
       compaction_bytes_reclaimed{0};
   std::atomic<bool> compaction_running{false};
   std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
-  std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0};
+  std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
   std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
   std::atomic<uint64_t> torn_bytes_truncated{0}, repaired_bytes_skipped{0};
 };
@@ -87,6 +87,18 @@ class Shard {
   // that must be synced before the write may be acknowledged under kAlways.
   absl::StatusOr<WriteResult> Write(format::RecordType type, const KeyRef& key,
                                     absl::string_view value, const WriteOptions& options);
+
+  // Drops the key from this store if its newest record still has this
+  // timestamp: appends a Forget record and removes the index entry. Returns
+  // whether it did. Not a change-feed event, and not waited on for
+  // durability (a forget lost in a crash is only asked for again).
+  absl::StatusOr<bool> Forget(const KeyRef& key, uint64_t timestamp);
+
+  // Appends at most limit records (live and tombstoned, Summarised keys only)
+  // to out, starting at entry id from_id; returns the id to continue from,
+  // or KeyIndex::kNoEntry when the index is done. Entries added or removed
+  // meanwhile may be missed or listed twice.
+  uint32_t ListKeys(uint32_t from_id, size_t limit, std::vector<Engine::LeafKey>* out);
 
   // Durability (kAlways): block until sequence is synced, or register a
   // callback run by the sync thread once it is.
@@ -167,6 +179,8 @@ class Shard {
   void MarkDead(const RecordLocation& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropHistory(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the key out of the index, the Merkle summary and the counts; its
+  // current record and history count as dead.
   void RemoveEntry(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts the entry's current record as dead unless the sweeper already did.
   void ReleaseCurrentRecord(const IndexEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -27,6 +27,7 @@
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
 #include "server/cluster/anti_entropy.h"
+#include "server/cluster/purger.h"
 #include "server/cluster/cluster_node.h"
 #include "server/cluster/hinted_handoff.h"
 #include "server/cluster/replica.h"
@@ -95,6 +96,14 @@ ABSL_FLAG(int64_t, anti_entropy_interval_ms, 30'000,
           "Time between anti-entropy passes over every live peer (Merkle comparison).");
 ABSL_FLAG(uint64_t, anti_entropy_bytes_per_second, 8u << 20,
           "Bytes per second anti-entropy may send and receive (0 = unlimited).");
+ABSL_FLAG(int64_t, purge_interval_ms, 60'000,
+          "Time between purger sweeps: records this node no longer owns, and tombstones past "
+          "--tombstone-grace-ms, are dropped once every owner confirms them.");
+ABSL_FLAG(int64_t, purge_ring_stable_ms, 60'000,
+          "The purger drops nothing until the ring has not changed for this long.");
+ABSL_FLAG(int64_t, tombstone_grace_ms, 24ll * 3600 * 1000,
+          "Age before a tombstone may be collected (once every owner holds it) and an expired "
+          "record may be dropped. A replica away longer than this may bring deleted keys back.");
 ABSL_FLAG(int, replicas, 3, "Copies of each key (N), capped at the cluster's size.");
 ABSL_FLAG(int, w, 0, "Write acknowledgements awaited (W); 0 = by consistency level.");
 ABSL_FLAG(int, r, 0, "Replicas read (R); 0 = by consistency level.");
@@ -118,7 +127,8 @@ constexpr const char* kFlagNames[] = {
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
     "rate_limit",    "rate_limit_burst", "max_document_bytes", "http_max_header_bytes",
     "http_idle_timeout_ms", "advertise", "http_advertise", "seeds", "cluster_secret",
-    "anti_entropy_interval_ms", "anti_entropy_bytes_per_second",
+    "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
+    "purge_ring_stable_ms", "tombstone_grace_ms",
     "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
     "dead_after_ms", "fault_injection",
 };
@@ -321,6 +331,10 @@ int Main(int argc, char** argv) {
   // Hints and accounts are this node's own: they stay out of the Merkle
   // summary that replicas compare.
   options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix)};
+  // Tombstones are collected by the purger once every owner holds them (a
+  // single node's ring has no other owner to ask), never by compaction alone.
+  options.tombstone_grace_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_tombstone_grace_ms));
+  options.collect_tombstones = false;
   options.on_fsync = [histogram = metrics.fsync_duration()](int64_t duration_ns) {
     histogram->Observe(static_cast<double>(duration_ns) * 1e-9);
   };
@@ -655,7 +669,20 @@ int Main(int argc, char** argv) {
       engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
       [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
       cluster_node.node_id(), &metrics, anti_entropy_options);
-  cluster_node.membership()->OnChange([&anti_entropy] { anti_entropy.NotifyRingChanged(); });
+  cluster::PurgerOptions purger_options;
+  purger_options.replicas = coordinator_options.replicas;
+  purger_options.interval =
+      absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_purge_interval_ms)));
+  purger_options.ring_stable_for =
+      absl::Milliseconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_purge_ring_stable_ms)));
+  purger_options.tombstone_grace = absl::Milliseconds(options.tombstone_grace_ms);
+  cluster::Purger purger(engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
+                         [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
+                         cluster_node.node_id(), &metrics, purger_options);
+  cluster_node.membership()->OnChange([&anti_entropy, &purger] {
+    anti_entropy.NotifyRingChanged();
+    purger.NotifyRingChanged();
+  });
   coordinator.set_caught_up([&anti_entropy] { return anti_entropy.caught_up(); });
   service.SetMembersSource([&cluster_node] {
     std::vector<std::pair<std::string, std::string>> members;
@@ -684,6 +711,9 @@ int Main(int argc, char** argv) {
   });
   if (absl::Status status = anti_entropy.Start(); !status.ok()) {
     Log(Level::kError, "anti-entropy did not start: %s", status.message());
+  }
+  if (absl::Status status = purger.Start(); !status.ok()) {
+    Log(Level::kError, "the purger did not start: %s", status.message());
   }
   // Always printed, whatever --log_level: scripts and tests wait for it.
   LogLine(Level::kInfo, absl::StrFormat("listening on %s:%d (binary protocol, %d threads)", host,
@@ -728,6 +758,7 @@ int Main(int argc, char** argv) {
     absl::MutexLock lock(&hand_off_mu);
     for (std::thread& thread : hand_off_threads) thread.join();
   }
+  purger.Stop();
   anti_entropy.Stop();
   handoff.Stop();
   cluster_node.Stop();

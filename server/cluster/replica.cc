@@ -117,12 +117,6 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   }
 }
 
-// Values in one RecordsResult before the rest are answered as unknown (the
-// asker reads them again): far below the 64 MiB frame, because gossip and
-// replication share the peer connection and must not queue behind one huge
-// answer. A single record is always answered, whatever its size.
-constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
-
 Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const p::Request& request, flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Service::Completion()> defer) {

@@ -75,6 +75,13 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
 
 // ---- The replica's handlers (registered for peer connections) -----------
 
+// A ReadRecords answer stops adding keys and values once they pass this
+// many bytes and answers the remaining keys as unknown (the asker reads them
+// again): far below the 64 MiB frame, because gossip and replication share
+// the peer connection and must not queue behind one huge answer. A single
+// record is always answered, whatever its size.
+inline constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
+
 // Replicate: applies every record (ApplyLocally) and answers ReplicateResult
 // with one flag per record, true when the engine holds that version or a
 // newer one. With fsync_always the answer waits, through defer, for the

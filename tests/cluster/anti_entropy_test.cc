@@ -1,8 +1,9 @@
-// Anti-entropy between two real engines in one process: a fake transport
-// hands each request to the other side's handlers directly, so the tests
-// exercise the Merkle descent, the key comparison, the pushes and pulls and
-// the byte accounting without a network.
+// Anti-entropy and the purger between real engines in one process: a fake
+// transport hands each request to the other side's handlers directly, so the
+// tests exercise the Merkle descent, the key comparison, the pushes and
+// pulls, the byte accounting and what the purger may drop without a network.
 #include "server/cluster/anti_entropy.h"
+#include "server/cluster/purger.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
+#include "engine/hlc.h"
 #include "protocol/frame.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/ring.h"
@@ -650,6 +652,200 @@ TEST_F(AntiEntropyTest, HandOffPushesWhatThePeerWillOwnOnceThisNodeIsGone) {
   for (int i = 0; i < kKeys; ++i) {
     ASSERT_TRUE(Record(b_.get(), Key(i)).found) << Key(i) << " was not handed off";
   }
+}
+
+// ---- The purger ---------------------------------------------------------------
+
+PurgerOptions PurgeOptions(size_t replicas) {
+  PurgerOptions options;
+  options.interval = absl::Hours(1);
+  options.ring_stable_for = absl::ZeroDuration();
+  options.tombstone_grace = absl::Hours(1);
+  options.replicas = replicas;
+  options.page_keys = 100;  // several pages and several requests per sweep
+  options.keys_per_request = 64;
+  return options;
+}
+
+class PurgerTest : public AntiEntropyTest {
+ protected:
+  std::unique_ptr<Purger> MakePurger(Node* node, std::shared_ptr<const Ring> ring,
+                                     const PurgerOptions& options,
+                                     ServerMetrics* metrics = nullptr) {
+    return std::make_unique<Purger>(node->engine.get(), network_.Sender(),
+                                    [ring] { return ring; }, [this] { return Members(); },
+                                    node->id, metrics, options);
+  }
+  static PurgerFigures Sweep(Purger* purger) {
+    absl::StatusOr<PurgerFigures> figures = purger->RunOnce();
+    EXPECT_TRUE(figures.ok()) << figures.status();
+    return figures.ok() ? *figures : PurgerFigures{};
+  }
+  static bool Owns(const Ring& ring, const std::string& node, const std::string& key,
+                   size_t replicas) {
+    const std::vector<std::string> owners = ring.PreferenceList(key, replicas);
+    return std::find(owners.begin(), owners.end(), node) != owners.end();
+  }
+  // A hybrid-logical-clock timestamp this long ago.
+  static uint64_t Ago(absl::Duration age) {
+    return engine::HybridClock::FromPhysicalMs(absl::ToUnixMillis(absl::Now() - age));
+  }
+};
+
+TEST_F(PurgerTest, KeysThisNodeNoLongerOwnsGoOnceTheOwnerHasThem) {
+  // a held every key; b joined and owns about half (N = 1). b has pulled
+  // only some of them yet: a drops exactly those, keeps what b lacks, and
+  // drops the rest once b's anti-entropy pulled them.
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  constexpr int kKeys = 1000;
+  std::vector<std::string> keys;
+  int owned_by_b = 0;
+  int copied = 0;
+  for (int i = 0; i < kKeys; ++i) {
+    keys.push_back(Key(i));
+    Put(a_.get(), Key(i), Value(i));
+    if (!Owns(*ring, "b", Key(i), 1)) continue;
+    ++owned_by_b;
+    if (i % 3 == 0) continue;  // not there yet
+    Copy(a_.get(), b_.get(), Key(i));
+    ++copied;
+  }
+  // One key b holds in an older version: a's newer one must stay.
+  int stale = -1;
+  for (int i = 1; i < kKeys && stale < 0; ++i) {
+    if (Owns(*ring, "b", Key(i), 1) && i % 3 != 0) stale = i;
+  }
+  ASSERT_GE(stale, 0);
+  const uint64_t newer = Ago(absl::ZeroDuration()) + 1000;
+  Put(a_.get(), Key(stale), "newer on a", newer);
+  --copied;
+
+  auto purger = MakePurger(a_.get(), ring, PurgeOptions(1));
+  const PurgerFigures first = Sweep(purger.get());
+  EXPECT_EQ(first.sweeps, 1u);
+  EXPECT_EQ(first.keys_listed, static_cast<uint64_t>(kKeys));
+  EXPECT_EQ(first.candidates, static_cast<uint64_t>(owned_by_b));
+  EXPECT_EQ(first.forgotten_not_owned, static_cast<uint64_t>(copied));
+  EXPECT_EQ(first.waiting, static_cast<uint64_t>(owned_by_b - copied));
+  EXPECT_GT(first.requests, 1u);
+  for (int i = 0; i < kKeys; ++i) {
+    const bool b_owns = Owns(*ring, "b", Key(i), 1);
+    const bool b_has_it = b_owns && i % 3 != 0 && i != stale;
+    ASSERT_EQ(Record(a_.get(), Key(i)).found, !b_has_it) << Key(i);
+    if (b_owns) {
+      ASSERT_EQ(Record(b_.get(), Key(i)).found, i % 3 != 0) << Key(i);
+    }
+  }
+  EXPECT_EQ(Record(a_.get(), Key(stale)).value, "newer on a");
+
+  // b's own rounds pull what it lacks from a; the next sweep drops it on a.
+  AntiEntropyOptions pull_only = TestOptions();
+  pull_only.replicas = 1;
+  pull_only.push = false;
+  ae_b_ = Make(b_.get(), pull_only, ring);
+  Run(AeB(), "a");
+  const PurgerFigures second = Sweep(purger.get());
+  EXPECT_EQ(second.forgotten_not_owned, static_cast<uint64_t>(owned_by_b - copied));
+  EXPECT_EQ(second.waiting, 0u);
+  for (int i = 0; i < kKeys; ++i) {
+    const bool b_owns = Owns(*ring, "b", Key(i), 1);
+    ASSERT_EQ(Record(a_.get(), Key(i)).found, !b_owns) << Key(i);
+    ASSERT_EQ(Record(b_.get(), Key(i)).found, b_owns) << Key(i);
+  }
+  EXPECT_EQ(Record(b_.get(), Key(stale)).value, "newer on a");
+  // Nothing is left to move: trees of the owned keys agree, rounds copy nothing.
+  EXPECT_EQ(Run(AeB(), "a").keys_pulled, 0u);
+  EXPECT_EQ(Sweep(purger.get()).candidates, 0u);
+}
+
+TEST_F(PurgerTest, TombstonesAreCollectedOnceEveryOwnerHasThemAndTheGraceHasPassed) {
+  // Both own everything (N = 2).
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  const uint64_t old_put = Ago(absl::Hours(3));
+  const uint64_t old_delete = Ago(absl::Hours(2));
+  const uint64_t recent_delete = Ago(absl::Minutes(1));
+  for (Node* node : {a_.get(), b_.get()}) {
+    Put(node, "both-old", "v", old_put);
+    Delete(node, "both-old", old_delete);
+    Put(node, "both-recent", "v", old_put);
+    Delete(node, "both-recent", recent_delete);
+    Put(node, "live", "v", old_put);
+    Put(node, "only-a-deleted", "v", old_put);
+  }
+  Delete(a_.get(), "only-a-deleted", old_delete);  // b still holds the value
+
+  auto purge_a = MakePurger(a_.get(), ring, PurgeOptions(2));
+  auto purge_b = MakePurger(b_.get(), ring, PurgeOptions(2));
+  const PurgerFigures first = Sweep(purge_a.get());
+  EXPECT_EQ(first.candidates, 2u) << "tombstones past their grace: both-old, only-a-deleted";
+  EXPECT_EQ(first.tombstones_collected, 1u);
+  EXPECT_EQ(first.waiting, 1u);
+  EXPECT_FALSE(Record(a_.get(), "both-old").found);
+  EXPECT_TRUE(Record(a_.get(), "both-recent").tombstone) << "within its grace";
+  EXPECT_TRUE(Record(a_.get(), "only-a-deleted").tombstone) << "b does not have it yet";
+  EXPECT_TRUE(Record(a_.get(), "live").found);
+
+  // b holds the old tombstone; a holds nothing any more: b may collect too.
+  EXPECT_EQ(Sweep(purge_b.get()).tombstones_collected, 1u);
+  EXPECT_FALSE(Record(b_.get(), "both-old").found);
+
+  // Once b has the delete, both collect it, and nothing comes back.
+  Copy(a_.get(), b_.get(), "only-a-deleted");
+  EXPECT_EQ(Sweep(purge_a.get()).tombstones_collected, 1u);
+  EXPECT_EQ(Sweep(purge_b.get()).tombstones_collected, 1u);
+  for (Node* node : {a_.get(), b_.get()}) {
+    EXPECT_FALSE(Record(node, "only-a-deleted").found) << node->id;
+    EXPECT_TRUE(Record(node, "both-recent").found) << node->id;
+    EXPECT_EQ(Record(node, "live").value, "v") << node->id;
+  }
+  ae_a_ = Make(a_.get(), TestOptions(), ring);
+  EXPECT_EQ(Run(AeA(), "b").keys_pulled, 0u);
+  ExpectRootsEqual();
+}
+
+TEST_F(PurgerTest, AnOwnerThatCannotBeAskedConfirmsNothing) {
+  // c owns keys with b (N = 2) but is not a live member: a keeps its copies.
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b", "c"});
+  int kept = 0;
+  for (int i = 0; i < 300; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    Copy(a_.get(), b_.get(), Key(i));
+    if (Owns(*ring, "a", Key(i), 2)) continue;
+    ++kept;  // owned by b and c
+  }
+  ASSERT_GT(kept, 0);
+  auto purger = MakePurger(a_.get(), ring, PurgeOptions(2));
+  const PurgerFigures sweep = Sweep(purger.get());
+  EXPECT_EQ(sweep.forgotten_not_owned, 0u);
+  EXPECT_EQ(sweep.waiting, static_cast<uint64_t>(kept));
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(Record(a_.get(), Key(i)).found) << Key(i);
+}
+
+TEST_F(PurgerTest, SweepsWaitUntilTheRingHasSettled) {
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  for (int i = 0; i < 100; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    Copy(a_.get(), b_.get(), Key(i));
+  }
+  PurgerOptions options = PurgeOptions(1);
+  options.ring_stable_for = absl::Milliseconds(300);
+  ServerMetrics metrics;
+  auto purger = MakePurger(a_.get(), ring, options, &metrics);
+  EXPECT_EQ(Sweep(purger.get()).sweeps_skipped, 1u) << "the ring has only just been seen";
+  absl::SleepFor(absl::Milliseconds(350));
+  purger->NotifyRingChanged();
+  EXPECT_EQ(Sweep(purger.get()).sweeps_skipped, 1u) << "it changed again";
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(Record(a_.get(), Key(i)).found);
+  absl::SleepFor(absl::Milliseconds(350));
+  const PurgerFigures settled = Sweep(purger.get());
+  EXPECT_EQ(settled.sweeps, 1u);
+  EXPECT_GT(settled.forgotten_not_owned, 0u);
+  const std::string text = metrics.RenderPrometheus();
+  EXPECT_NE(text.find(absl::StrCat("logkv_purge_keys_forgotten_total{reason=\"not_owned\"} ",
+                                   settled.forgotten_not_owned)),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(purger->Figures().sweeps_skipped, 2u);
 }
 
 TEST_F(AntiEntropyTest, RateLimitPacesTheBytes) {

@@ -62,6 +62,9 @@ struct ClusterOptions {
   int dead_after_ms = 2000;
   // --write-wait-ms; 0 leaves the server's default.
   int write_wait_ms = 0;
+  // The purger: short, so ownership changes in tests settle in seconds.
+  int purge_interval_ms = 300;
+  int purge_ring_stable_ms = 1000;
   // Flags added to every node's command line (e.g. "--w=2").
   std::vector<std::string> extra_flags;
   absl::Duration start_timeout = absl::Seconds(20);

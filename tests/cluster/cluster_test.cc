@@ -784,6 +784,82 @@ TEST_F(ClusterTest, JoinUnderLoadAndGracefulLeaveLoseNoKey) {
   Report("leave_keys_on_remaining_owners_after", Ms(absl::Now() - leave));
 }
 
+// A fourth node takes a share of the keys; the owner it displaces keeps no
+// copy once the new node has it (the purger), so each key stays on N nodes.
+TEST_F(ClusterTest, AJoinMovesKeysAndOldOwnersDropWhatTheyNoLongerOwn) {
+  constexpr int kReplicas = 2;
+  ASSERT_OK(StartCluster(3, kReplicas));
+  constexpr int kKeys = 120;
+  std::map<std::string, std::optional<std::string>> written;
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = absl::StrCat("moving-", i);
+    const std::string value = absl::StrCat("m", i);
+    absl::StatusOr<HttpAnswer> put = cluster_->Put(i % 3, key, value, Consistency::kStrong);
+    ASSERT_TRUE(IsOk200(put)) << key << ": " << Describe(put);
+    written[key] = value;
+  }
+  auto placement = [&](int* on_new_node, int new_node) {
+    int misplaced = 0;
+    *on_new_node = 0;
+    for (const auto& [key, value] : written) {
+      if (CountHolders(*cluster_, key, value) != kReplicas) ++misplaced;
+      if (new_node >= 0) {
+        absl::StatusOr<std::optional<std::string>> got = cluster_->StoreValue(new_node, key);
+        if (got.ok() && *got == value) ++*on_new_node;
+      }
+    }
+    return misplaced;
+  };
+  int unused = 0;
+  const absl::Time placed_deadline = absl::Now() + kConvergeTimeout;
+  while (placement(&unused, -1) != 0 && absl::Now() < placed_deadline) {
+    absl::SleepFor(kStorePollInterval);
+  }
+  ASSERT_EQ(placement(&unused, -1), 0) << "every key on exactly N nodes before the join";
+
+  const absl::Time join = absl::Now();
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_OK(joined);
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  int on_new_node = 0;
+  int misplaced = 0;
+  const absl::Time deadline = absl::Now() + kConvergeTimeout;
+  while (true) {
+    misplaced = placement(&on_new_node, *joined);
+    if ((misplaced == 0 && on_new_node > 0) || absl::Now() >= deadline) break;
+    absl::SleepFor(kStorePollInterval);
+  }
+  Report("join_keys_moved_and_dropped_after", Ms(absl::Now() - join));
+  EXPECT_EQ(misplaced, 0) << "keys not on exactly " << kReplicas << " nodes";
+  EXPECT_GT(on_new_node, 0) << "the new node took no keys";
+  std::cout << on_new_node << " of " << kKeys << " keys moved to the new node" << std::endl;
+  // Each moved key displaced one old owner, which dropped it (not as a
+  // tombstone: the key is simply no longer there).
+  double dropped = 0;
+  for (int node = 0; node < 3; ++node) {
+    absl::StatusOr<double> forgotten = MetricValue(
+        *cluster_, node, "logkv_purge_keys_forgotten_total{reason=\"not_owned\"}");
+    ASSERT_OK(forgotten);
+    dropped += *forgotten;
+  }
+  EXPECT_EQ(dropped, on_new_node);
+  int64_t stored = 0;
+  for (int node = 0; node < 4; ++node) {
+    absl::StatusOr<int64_t> keys = cluster_->KeyCount(node);
+    ASSERT_OK(keys);
+    stored += *keys;
+  }
+  EXPECT_EQ(stored, kKeys * kReplicas) << "key_count over the nodes: no copies beyond N";
+  // Every node still serves every key, strongly.
+  for (int node = 0; node < 4; ++node) {
+    for (const auto& [key, value] : written) {
+      absl::StatusOr<HttpAnswer> get = cluster_->Get(node, key, Consistency::kStrong);
+      ASSERT_TRUE(IsOk200(get) && get->body == *value)
+          << cluster_->node_id(node) << " " << key << ": " << Describe(get);
+    }
+  }
+}
+
 // ---- Partitions -------------------------------------------------------------
 
 // One client's view of one key: the operations in the order it made them.

@@ -556,6 +556,133 @@ TEST_F(EngineTest, ReadEventsIsOutOfRangeOnceCompactionRemovedEvents) {
   EXPECT_EQ(latest[0].value, absl::StrCat(299, value));
 }
 
+// ---- Forget ----------------------------------------------------------------------------------
+
+TEST_F(EngineTest, ForgetDropsTheKeyOnlyAtTheTimestampAskedFor) {
+  ASSERT_OK(Open());
+  ASSERT_OK_AND_ASSIGN(WriteResult first, engine_->Put("gone", "v1"));
+  ASSERT_OK(engine_->Put("stays", "s"));
+  ASSERT_OK_AND_ASSIGN(WriteResult second, engine_->Put("gone", "v2"));
+  ASSERT_OK_AND_ASSIGN(bool stale, engine_->Forget("gone", first.timestamp));
+  EXPECT_FALSE(stale) << "a newer record than the one checked must stay";
+  EXPECT_EQ(Get("gone"), "v2");
+  ASSERT_OK_AND_ASSIGN(bool unknown, engine_->Forget("never-written", 1));
+  EXPECT_FALSE(unknown);
+
+  const uint64_t last_sequence = engine_->LastSequence(engine_->ShardOf("gone"));
+  ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget("gone", second.timestamp));
+  EXPECT_TRUE(forgot);
+  ASSERT_OK_AND_ASSIGN(KeyRecord record, engine_->GetRecord("gone", /*with_value=*/true));
+  EXPECT_FALSE(record.found) << "not even a tombstone is left";
+  EXPECT_EQ(Get("gone"), "NOT_FOUND");
+  Stats stats = engine_->GetStats();
+  EXPECT_EQ(stats.keys, 1u);
+  EXPECT_EQ(stats.tombstones, 0u);
+  EXPECT_EQ(stats.forgotten, 1u);
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> events,
+                       engine_->ReadEvents(engine_->ShardOf("gone"), last_sequence, 10));
+  EXPECT_TRUE(events.empty()) << "a forget is no change-feed event";
+
+  // A later write starts the key afresh, even an older replicated one.
+  WriteOptions replicated;
+  replicated.timestamp = first.timestamp;
+  ASSERT_OK_AND_ASSIGN(WriteResult again, engine_->Put("gone", "back", replicated));
+  EXPECT_TRUE(again.applied);
+  EXPECT_EQ(again.version, 1u);
+  EXPECT_EQ(Get("gone"), "back");
+}
+
+TEST_F(EngineTest, ForgetDropsTombstonesToo) {
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("deleted", "v"));
+  ASSERT_OK_AND_ASSIGN(WriteResult tombstone, engine_->Delete("deleted"));
+  ASSERT_EQ(engine_->GetStats().tombstones, 1u);
+  ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget("deleted", tombstone.timestamp));
+  EXPECT_TRUE(forgot);
+  EXPECT_EQ(engine_->GetStats().tombstones, 0u);
+  ASSERT_OK_AND_ASSIGN(KeyRecord record, engine_->GetRecord("deleted", false));
+  EXPECT_FALSE(record.found);
+}
+
+// Compaction drops a tombstone once its grace has passed and nothing older
+// of its key remains, unless tombstones are left to Forget (a cluster's
+// owners collect them together); expired records go either way.
+TEST_F(EngineTest, CompactionCollectsTombstonesOnlyWhenAllowed) {
+  for (const bool collect : {true, false}) {
+    SCOPED_TRACE(collect ? "collect_tombstones" : "tombstones left to Forget");
+    if (engine_ != nullptr) {
+      ASSERT_OK(engine_->Close());
+      engine_.reset();
+    }
+    options_.data_dir = dir_.Subdir(collect ? "collect" : "keep");
+    options_.shard_count = 1;
+    options_.tombstone_grace_ms = 60'000;
+    options_.collect_tombstones = collect;
+    ASSERT_OK(Open());
+    ASSERT_OK(engine_->Put("deleted", "v"));
+    ASSERT_OK(engine_->Delete("deleted"));
+    WriteOptions ttl;
+    ttl.ttl_ms = 1000;
+    ASSERT_OK(engine_->Put("expiring", "v", ttl));
+    const std::string filler(2000, 'f');
+    for (int i = 0; i < 80; ++i) ASSERT_OK(engine_->Put("churn", filler));
+    clock_.AdvanceMs(120'000);
+    engine_->SweepExpiredNow();
+    ASSERT_OK(engine_->CompactNow(/*force=*/true));
+    ASSERT_OK_AND_ASSIGN(KeyRecord deleted, engine_->GetRecord("deleted", false));
+    EXPECT_EQ(deleted.found, !collect);
+    ASSERT_OK_AND_ASSIGN(KeyRecord expired, engine_->GetRecord("expiring", false));
+    EXPECT_FALSE(expired.found) << "expired records are dropped after the grace either way";
+  }
+}
+
+// The Forget record must outlive every older record of its key: compaction
+// of the Forget's segment alone keeps it, and a restart (with or without
+// hint files) does not bring the key back.
+TEST_F(EngineTest, AForgottenKeyStaysGoneThroughCompactionAndRestarts) {
+  options_.shard_count = 1;
+  ASSERT_OK(Open());
+  const std::string filler(2000, 'f');
+  ASSERT_OK(engine_->Put("old", "the old value"));
+  ASSERT_OK_AND_ASSIGN(WriteResult doomed, engine_->Put("doomed", "v"));
+  // Live filler: the first segments are never compaction victims.
+  for (int i = 0; i < 40; ++i) ASSERT_OK(engine_->Put(absl::StrCat("live-", i), filler));
+  ASSERT_OK_AND_ASSIGN(KeyRecord old_record, engine_->GetRecord("old", false));
+  ASSERT_OK_AND_ASSIGN(bool forgot_old, engine_->Forget("old", old_record.timestamp));
+  ASSERT_TRUE(forgot_old);
+  // Overwritten filler after the Forget: its segments are mostly dead.
+  for (int i = 0; i < 80; ++i) ASSERT_OK(engine_->Put("churn", filler));
+  ASSERT_OK_AND_ASSIGN(bool forgot_doomed, engine_->Forget("doomed", doomed.timestamp));
+  ASSERT_TRUE(forgot_doomed);
+  for (int i = 0; i < 80; ++i) ASSERT_OK(engine_->Put("churn", filler));
+  ASSERT_GT(test::ListSegmentFiles(options_.data_dir, 0).size(), 3u)
+      << "the test needs several segments";
+
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    for (const char* key : {"old", "doomed"}) {
+      ASSERT_OK_AND_ASSIGN(KeyRecord record, engine_->GetRecord(key, false));
+      EXPECT_FALSE(record.found) << key;
+    }
+    EXPECT_EQ(Get("live-7"), filler);
+    EXPECT_EQ(engine_->GetStats().keys, 41u);
+  };
+  ASSERT_OK(engine_->CompactNow(/*force=*/false));
+  EXPECT_GT(engine_->GetStats().compactions, 0u);
+  check("after compacting the dead segments");
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  test::RemoveAllHintFiles(options_.data_dir);
+  ASSERT_OK(Open());
+  check("after a reopen by scanning");
+  ASSERT_OK(Reopen());
+  check("after a reopen with hints");
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  check("after compacting everything");
+  ASSERT_OK(Reopen());
+  check("after the last reopen");
+}
+
 // ---- Reopen -----------------------------------------------------------------------------------
 
 TEST_F(EngineTest, ReopenKeepsEverythingWithAndWithoutHints) {
@@ -942,6 +1069,26 @@ TEST_F(MerkleTest, ADeleteMatchesAReplicatedTombstone) {
     }
   }
   EXPECT_TRUE(found) << "tombstones are listed";
+}
+
+TEST_F(MerkleTest, AForgottenKeyLeavesTheTreeAsIfNeverWritten) {
+  for (int i = 0; i < 200; ++i) PutOnBoth(absl::StrCat("merkle-", i), Timestamp(base_ms_ + i));
+  WriteOptions options;
+  options.timestamp = Timestamp(base_ms_ + 500);
+  ASSERT_OK(engine_->Put("only-here", "x", options));
+  ASSERT_FALSE(DifferingPartitions().empty());
+  ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget("only-here", options.timestamp));
+  ASSERT_TRUE(forgot);
+  EXPECT_TRUE(DifferingPartitions().empty());
+  Engine::KeyCursor cursor;
+  size_t listed = 0;
+  while (!cursor.done) {
+    ASSERT_OK_AND_ASSIGN(std::vector<Engine::LeafKey> keys, engine_->ListKeys(&cursor, 7));
+    EXPECT_LE(keys.size(), 7u);
+    for (const Engine::LeafKey& key : keys) EXPECT_NE(key.key, "only-here");
+    listed += keys.size();
+  }
+  EXPECT_EQ(listed, 200u) << "ListKeys pages through every key once";
 }
 
 TEST_F(MerkleTest, ReplicatedWritesAreLastWriterWins) {

@@ -1,6 +1,6 @@
 // A randomised model test: a long run of random operations (puts, deletes,
-// TTL puts, compare-and-set, reads, scans, clock jumps, compaction, sweeping,
-// restarts with and without hint files) on a small-segment store, each checked
+// TTL puts, compare-and-set, forgets, reads, scans, clock jumps, compaction,
+// sweeping, restarts with and without hint files) on a small-segment store, each checked
 // against an in-memory oracle.
 //
 // The seed comes from LOGKV_TEST_SEED or is drawn at random; it is printed on
@@ -126,6 +126,7 @@ class ModelTest : public test::EngineFixture<::testing::TestWithParam<ModelConfi
     }
     version_unknown_.erase(key);
     swept_.erase(key);
+    forgotten_.erase(key);
     Entry& entry = oracle_[key];
     const bool continues_life =
         expected_version.has_value() && *expected_version > 1 && !entry.history.empty();
@@ -202,6 +203,31 @@ class ModelTest : public test::EngineFixture<::testing::TestWithParam<ModelConfi
     }
   }
 
+  // Forget drops whatever the index holds of the key (value, tombstone or
+  // expired record) when asked with its current timestamp, and nothing else.
+  void DoForget(const std::string& key) {
+    absl::StatusOr<KeyRecord> record = engine_->GetRecord(key, /*with_value=*/false);
+    ASSERT_OK(record);
+    if (!record->found) {
+      ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget(key, 12345));
+      EXPECT_FALSE(forgot) << key;
+      return;
+    }
+    if (random_->Percent(20)) {
+      ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget(key, record->timestamp - 1));
+      EXPECT_FALSE(forgot) << "a record written since the check must stay: " << key;
+      return;
+    }
+    ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget(key, record->timestamp));
+    EXPECT_TRUE(forgot) << key;
+    oracle_.erase(key);
+    version_unknown_.erase(key);  // absent altogether: the next put is version 1
+    swept_.erase(key);
+    forgotten_.insert(key);
+    ASSERT_OK_AND_ASSIGN(KeyRecord after, engine_->GetRecord(key, /*with_value=*/false));
+    EXPECT_FALSE(after.found) << key;
+  }
+
   void CheckGet(const std::string& key) {
     const Entry* entry = VisibleEntry(key);
     absl::StatusOr<Record> record = engine_->Get(key);
@@ -258,6 +284,11 @@ class ModelTest : public test::EngineFixture<::testing::TestWithParam<ModelConfi
     size_t visible = 0;
     for (const auto& [key, entry] : oracle_) visible += Visible(entry) ? 1 : 0;
     EXPECT_EQ(items->size(), visible);
+    // Neither a restart nor compaction brings a forgotten key back.
+    for (const std::string& key : forgotten_) {
+      ASSERT_OK_AND_ASSIGN(KeyRecord record, engine_->GetRecord(key, /*with_value=*/false));
+      EXPECT_FALSE(record.found) << key << " was forgotten";
+    }
   }
 
   void DoSweep() {
@@ -297,6 +328,8 @@ class ModelTest : public test::EngineFixture<::testing::TestWithParam<ModelConfi
   std::set<std::string> version_unknown_;
   // Keys swept and not written since.
   std::set<std::string> swept_;
+  // Keys forgotten and not written since.
+  std::set<std::string> forgotten_;
   std::map<uint32_t, uint64_t> last_sequence_;
   uint64_t last_timestamp_ = 0;
   Random* random_ = nullptr;
@@ -340,6 +373,8 @@ TEST_P(ModelTest, RandomOperationsMatchTheOracle) {
     } else if (dice < 984) {
       ASSERT_NO_FATAL_FAILURE(DoReopen());
       ASSERT_NO_FATAL_FAILURE(CheckEverything("after reopen"));
+    } else if (dice < 994) {
+      ASSERT_NO_FATAL_FAILURE(DoForget(key));
     } else {
       ASSERT_NO_FATAL_FAILURE(CheckGet(key));
     }

@@ -1,0 +1,316 @@
+#include "server/cluster/purger.h"
+
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "engine/hlc.h"
+#include "protocol/frame.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+namespace logkv::server::cluster {
+
+namespace {
+
+// Extra wait for an answer beyond the request timeout, in case the sender
+// never calls back (it must, but a sweep must not hang on it).
+constexpr absl::Duration kCallGrace = absl::Seconds(5);
+// Key bytes per meta-only ReadRecords: well under the answer budget, so no
+// key is ever answered as unknown for want of room (an unknown answer would
+// read as "this owner holds nothing", which confirms a tombstone).
+constexpr uint64_t kRequestKeyBytes = kMaxRecordsAnswerBytes / 4;
+
+}  // namespace
+
+void PurgerFigures::Add(const PurgerFigures& sweep) {
+  sweeps += sweep.sweeps;
+  sweeps_skipped += sweep.sweeps_skipped;
+  keys_listed += sweep.keys_listed;
+  candidates += sweep.candidates;
+  forgotten_not_owned += sweep.forgotten_not_owned;
+  tombstones_collected += sweep.tombstones_collected;
+  waiting = sweep.waiting;
+  requests += sweep.requests;
+  failed_requests += sweep.failed_requests;
+  if (sweep.sweeps > 0) last_sweep_seconds = sweep.last_sweep_seconds;
+}
+
+Purger::Purger(engine::Engine* engine, PeerSendFunction send, RingFunction ring,
+               MembersFunction members, std::string self_node_id, ServerMetrics* metrics,
+               const PurgerOptions& options)
+    : engine_(engine),
+      send_(std::move(send)),
+      ring_(std::move(ring)),
+      members_(std::move(members)),
+      self_(std::move(self_node_id)),
+      options_(options),
+      ring_changed_at_(absl::Now()) {
+  if (metrics == nullptr) return;
+  MetricsRegistry* registry = metrics->registry();
+  sweeps_counter_ = registry->AddCounter("logkv_purge_sweeps_total",
+                                         "Purger sweeps over the index that ran to the end.");
+  CounterFamily* forgotten = registry->AddCounterFamily(
+      "logkv_purge_keys_forgotten_total",
+      "Keys dropped from this node once every owner confirmed them: not_owned = the ring "
+      "no longer places the key here, tombstone = a tombstone past its grace.",
+      {"reason"});
+  not_owned_counter_ = forgotten->WithLabelValues({"not_owned"});
+  tombstones_counter_ = forgotten->WithLabelValues({"tombstone"});
+  waiting_gauge_ = registry->AddGauge(
+      "logkv_purge_keys_waiting",
+      "Keys the last sweep would drop but some owner did not confirm (yet).");
+  last_sweep_gauge_ =
+      registry->AddGauge("logkv_purge_last_sweep_seconds", "Duration of the last purger sweep.");
+}
+
+Purger::~Purger() { Stop(); }
+
+absl::Status Purger::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return absl::FailedPreconditionError("the purger already started");
+  if (stopping_) return absl::FailedPreconditionError("the purger was stopped");
+  started_ = true;
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void Purger::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    wake_.SignalAll();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Purger::NotifyRingChanged() {
+  absl::MutexLock lock(&mu_);
+  ring_changed_at_ = absl::Now();
+}
+
+bool Purger::stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+PurgerFigures Purger::Figures() const {
+  absl::MutexLock lock(&mu_);
+  return totals_;
+}
+
+void Purger::Loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time next = absl::Now() + options_.interval;
+      while (!stopping_ && absl::Now() < next) wake_.WaitWithDeadline(&mu_, next);
+      if (stopping_) return;
+    }
+    absl::StatusOr<PurgerFigures> sweep = RunOnce();
+    if (!sweep.ok()) {
+      Log(Level::kWarning, "purger sweep failed: %s", sweep.status().ToString());
+    } else if (sweep->forgotten_not_owned + sweep->tombstones_collected > 0) {
+      Log(Level::kInfo,
+          "purger: %d keys this node no longer owns and %d tombstones dropped, %d waiting for "
+          "their owners, in %.3f s",
+          sweep->forgotten_not_owned, sweep->tombstones_collected, sweep->waiting,
+          sweep->last_sweep_seconds);
+    }
+  }
+}
+
+absl::StatusOr<PurgerFigures> Purger::RunOnce() {
+  absl::MutexLock sweep_lock(&sweep_mu_);
+  absl::StatusOr<PurgerFigures> sweep = Sweep();
+  if (!sweep.ok()) return sweep;
+  {
+    absl::MutexLock lock(&mu_);
+    totals_.Add(*sweep);
+  }
+  if (sweep->sweeps > 0) {
+    if (sweeps_counter_ != nullptr) sweeps_counter_->Inc();
+    if (not_owned_counter_ != nullptr) not_owned_counter_->Inc(sweep->forgotten_not_owned);
+    if (tombstones_counter_ != nullptr) tombstones_counter_->Inc(sweep->tombstones_collected);
+    if (waiting_gauge_ != nullptr) waiting_gauge_->Set(static_cast<double>(sweep->waiting));
+    if (last_sweep_gauge_ != nullptr) last_sweep_gauge_->Set(sweep->last_sweep_seconds);
+  }
+  return sweep;
+}
+
+absl::StatusOr<PurgerFigures> Purger::Sweep() {
+  PurgerFigures figures;
+  const absl::Time start = absl::Now();
+  const std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (ring == nullptr || start - ring_changed_at_ < options_.ring_stable_for) {
+      figures.sweeps_skipped = 1;
+      return figures;
+    }
+  }
+  const int64_t grace_ms = absl::ToInt64Milliseconds(options_.tombstone_grace);
+  const int64_t now_ms = absl::ToUnixMillis(start);
+
+  engine::Engine::KeyCursor cursor;
+  std::vector<Candidate> candidates;
+  while (!cursor.done) {
+    if (stopping()) return absl::CancelledError("the purger is stopping");
+    absl::StatusOr<std::vector<engine::Engine::LeafKey>> page =
+        engine_->ListKeys(&cursor, options_.page_keys);
+    if (!page.ok()) return page.status();
+    figures.keys_listed += page->size();
+    // With no more members than replicas every member owns every key: only
+    // tombstones can be candidates.
+    const bool owns_all = ring->size() <= options_.replicas &&
+                          std::find(ring->members().begin(), ring->members().end(), self_) !=
+                              ring->members().end();
+    for (engine::Engine::LeafKey& key : *page) {
+      if (owns_all && !key.tombstone) continue;
+      std::vector<std::string> owners = ring->PreferenceList(key.key, options_.replicas);
+      auto self = std::find(owners.begin(), owners.end(), self_);
+      const bool owned = self != owners.end();
+      const bool grace_passed =
+          key.tombstone &&
+          now_ms - engine::HybridClock::PhysicalMs(key.timestamp) >= grace_ms;
+      if (owned && !grace_passed) continue;
+      if (owned) owners.erase(self);
+      Candidate candidate;
+      candidate.key = std::move(key.key);
+      candidate.timestamp = key.timestamp;
+      candidate.tombstone = key.tombstone;
+      candidate.owned = owned;
+      candidate.grace_passed = grace_passed;
+      candidate.owners = std::move(owners);
+      candidates.push_back(std::move(candidate));
+    }
+    if (candidates.size() >= options_.page_keys || (cursor.done && !candidates.empty())) {
+      figures.candidates += candidates.size();
+      Settle(&candidates, &figures);
+      candidates.clear();
+    }
+  }
+  figures.sweeps = 1;
+  figures.last_sweep_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return figures;
+}
+
+void Purger::Settle(std::vector<Candidate>* candidates, PurgerFigures* figures) {
+  // Who is reachable now: only Alive members are asked.
+  std::map<std::string, std::string> address_of;
+  for (const Member& member : members_()) {
+    if (member.state == MemberState::kAlive) address_of[member.node_id] = member.address;
+  }
+  // The candidates each owner is asked about, by index.
+  std::map<std::string, std::vector<size_t>> asked;
+  for (size_t i = 0; i < candidates->size(); ++i) {
+    Candidate& candidate = (*candidates)[i];
+    for (const std::string& owner : candidate.owners) {
+      if (!address_of.contains(owner)) {
+        candidate.refused = true;  // an owner that cannot be asked confirms nothing
+        continue;
+      }
+      asked[owner].push_back(i);
+    }
+  }
+  for (const auto& [owner, indexes] : asked) {
+    size_t begin = 0;
+    while (begin < indexes.size()) {
+      if (stopping()) return;
+      // A request ends at keys_per_request keys or kRequestKeyBytes of keys.
+      std::vector<std::string> keys;
+      uint64_t key_bytes = 0;
+      size_t end = begin;
+      while (end < indexes.size() && keys.size() < options_.keys_per_request) {
+        const std::string& key = (*candidates)[indexes[end]].key;
+        if (!keys.empty() && key_bytes + key.size() > kRequestKeyBytes) break;
+        key_bytes += key.size();
+        keys.push_back(key);
+        ++end;
+      }
+      absl::StatusOr<std::vector<VersionedRecord>> records =
+          ReadMeta(address_of[owner], keys, figures);
+      for (size_t j = begin; j < end; ++j) {
+        Candidate& candidate = (*candidates)[indexes[j]];
+        if (!records.ok()) {
+          candidate.refused = true;
+          continue;
+        }
+        const VersionedRecord& theirs = (*records)[j - begin];
+        // The owner holds this version or a newer one; or it holds nothing
+        // of a tombstone past its grace (it collected the tombstone itself,
+        // or never had the key).
+        const bool confirms = (theirs.found && theirs.timestamp >= candidate.timestamp) ||
+                              (!theirs.found && candidate.tombstone && candidate.grace_passed);
+        if (confirms) {
+          candidate.confirmations += 1;
+        } else {
+          candidate.refused = true;
+        }
+      }
+      begin = end;
+    }
+  }
+  for (const Candidate& candidate : *candidates) {
+    if (candidate.refused || candidate.confirmations != candidate.owners.size()) {
+      figures->waiting += 1;
+      continue;
+    }
+    // Forget checks the timestamp again under the shard's lock: a write that
+    // arrived since the listing keeps the key.
+    absl::StatusOr<bool> forgot = engine_->Forget(candidate.key, candidate.timestamp);
+    if (!forgot.ok()) {
+      Log(Level::kWarning, "purger could not drop a key: %s", forgot.status().ToString());
+      figures->waiting += 1;
+      continue;
+    }
+    if (!*forgot) continue;
+    if (candidate.owned) {
+      figures->tombstones_collected += 1;
+    } else {
+      figures->forgotten_not_owned += 1;
+    }
+  }
+}
+
+absl::StatusOr<std::vector<VersionedRecord>> Purger::ReadMeta(const std::string& address,
+                                                              const std::vector<std::string>& keys,
+                                                              PurgerFigures* figures) {
+  figures->requests += 1;
+  struct Answer {
+    absl::Notification done;
+    absl::StatusOr<std::string> frame;
+  };
+  // Shared with the callback, which may outlive this call if it gives up.
+  auto answer = std::make_shared<Answer>();
+  send_(address, ReadRecordsRequestFrame(keys, /*meta_only=*/true), options_.request_timeout,
+        [answer](absl::StatusOr<std::string> frame) {
+          answer->frame = std::move(frame);
+          answer->done.Notify();
+        });
+  absl::StatusOr<std::vector<VersionedRecord>> records =
+      absl::DeadlineExceededError("no answer from the peer transport");
+  if (answer->done.WaitForNotificationWithTimeout(options_.request_timeout + kCallGrace)) {
+    records = answer->frame.ok() ? ParseRecordsResult(*answer->frame, keys.size())
+                                 : absl::StatusOr<std::vector<VersionedRecord>>(
+                                       answer->frame.status());
+  }
+  if (records.ok()) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if ((*records)[i].key != keys[i]) {
+        records = absl::InvalidArgumentError("ReadRecords answered another key than asked for");
+        break;
+      }
+    }
+  }
+  if (!records.ok()) {
+    figures->failed_requests += 1;
+    Log(Level::kDebug, "purger: ReadRecords to %s failed: %s", address,
+        records.status().ToString());
+  }
+  return records;
+}
+
+}  // namespace logkv::server::cluster
