@@ -35,33 +35,15 @@ constexpr size_t kReadChunkBytes = 64u << 10;
 // Request id 0 is the ClusterHello's; requests get ids from 1.
 constexpr uint64_t kHelloRequestId = 0;
 
-absl::Status ResolveAddress(const std::string& address, sockaddr_storage* resolved) {
+// Splits host:port; an empty host means loopback.
+absl::Status SplitAddress(const std::string& address, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port <= 0 || port > 65535) {
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), port) ||
+      *port <= 0 || *port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("peer address '", address, "' is not host:port"));
   }
-  std::string host = address.substr(0, colon);
-  if (host.empty() || host == "localhost") host = "127.0.0.1";
-  std::memset(resolved, 0, sizeof(*resolved));
-  if (uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(resolved)) == 0) {
-    return absl::OkStatus();
-  }
-  // A host name: resolved synchronously (peers are few, and named once per
-  // connection attempt).
-  addrinfo hints;
-  std::memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* result = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &result); rc != 0 || result == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve peer host '", host,
-                                               "': ", ::gai_strerror(rc)));
-  }
-  std::memcpy(resolved, result->ai_addr, result->ai_addrlen);
-  reinterpret_cast<sockaddr_in*>(resolved)->sin_port = htons(static_cast<uint16_t>(port));
-  ::freeaddrinfo(result);
+  *host = address.substr(0, colon);
+  if (host->empty()) *host = "127.0.0.1";
   return absl::OkStatus();
 }
 
@@ -118,6 +100,16 @@ class PeerTransport::Impl {
     absl::flat_hash_map<uint64_t, Pending*> pending;
     int64_t next_attempt_ms = 0;       // loop time before which no connect is tried
     int64_t backoff_ms = 0;
+    bool resolving = false;            // a host-name lookup runs on libuv's thread pool
+  };
+
+  // A host-name lookup in flight (uv_getaddrinfo on libuv's thread pool, so
+  // a slow resolver never stalls this loop); freed by its callback.
+  struct Resolve {
+    uv_getaddrinfo_t request;
+    Impl* impl;
+    std::string address;  // the peer's key in peers_
+    int port;
   };
 
   // One TCP connection to a peer; freed once both its handles are closed.
@@ -150,7 +142,10 @@ class PeerTransport::Impl {
   void Run();
   void DrainInbox();
   void Dispatch(Outgoing outgoing);
+  // Connects (an IPv4 literal at once, a host name after its lookup).
   void StartConnection(Peer& peer);
+  void OnResolved(Resolve* resolve, int status, addrinfo* result);
+  void Connect(Peer& peer, const sockaddr_storage& address);
   void OnConnected(Connection* connection, int status);
   void OnRead(Connection* connection, ssize_t nread);
   void Flush(Peer& peer);
@@ -178,6 +173,7 @@ class PeerTransport::Impl {
 
   // Loop-thread state.
   absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
+  absl::flat_hash_set<Resolve*> resolves_;  // lookups in flight (cancelled on shutdown)
   uint64_t next_request_id_ = 1;
   bool loop_closing_ = false;
 };
@@ -325,14 +321,14 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
         "queue to peer ", peer.address, " is full (", peer.out.size() + peer.in_flight_bytes,
         " bytes; max_queued_bytes_per_peer ", options_.max_queued_bytes_per_peer, ")")));
   }
-  if (peer.connection == nullptr) {
+  if (peer.connection == nullptr && !peer.resolving) {
     if (Now() < peer.next_attempt_ms) {
       return fail(absl::UnavailableError(absl::StrCat(
           "peer ", peer.address, " unreachable (last connection attempt failed; retrying in ",
           peer.next_attempt_ms - Now(), " ms)")));
     }
     StartConnection(peer);
-    if (peer.connection == nullptr) {
+    if (peer.connection == nullptr && !peer.resolving) {
       return fail(absl::UnavailableError(
           absl::StrCat("cannot connect to peer ", peer.address)));
     }
@@ -385,12 +381,75 @@ void PeerTransport::Impl::FailAll(Peer& peer, const absl::Status& status) {
 }
 
 void PeerTransport::Impl::StartConnection(Peer& peer) {
-  sockaddr_storage address;
-  if (absl::Status status = ResolveAddress(peer.address, &address); !status.ok()) {
+  std::string host;
+  int port = 0;
+  if (absl::Status status = SplitAddress(peer.address, &host, &port); !status.ok()) {
     peer.backoff_ms = kMaxBackoffMs;
     peer.next_attempt_ms = Now() + peer.backoff_ms;
     return;
   }
+  sockaddr_storage address;
+  std::memset(&address, 0, sizeof(address));
+  if (uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(&address)) == 0) {
+    Connect(peer, address);
+    return;
+  }
+  auto* resolve = new Resolve;
+  resolve->impl = this;
+  resolve->address = peer.address;
+  resolve->port = port;
+  resolve->request.data = resolve;
+  addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  const int rc = uv_getaddrinfo(
+      &loop_, &resolve->request,
+      [](uv_getaddrinfo_t* request, int status, addrinfo* result) {
+        auto* r = static_cast<Resolve*>(request->data);
+        r->impl->OnResolved(r, status, result);
+      },
+      host.c_str(), nullptr, &hints);
+  if (rc != 0) {
+    delete resolve;
+    peer.backoff_ms = kMaxBackoffMs;
+    peer.next_attempt_ms = Now() + peer.backoff_ms;
+    return;
+  }
+  resolves_.insert(resolve);
+  peer.resolving = true;
+}
+
+void PeerTransport::Impl::OnResolved(Resolve* resolve, int status, addrinfo* result) {
+  std::unique_ptr<Resolve> owned(resolve);
+  resolves_.erase(resolve);
+  sockaddr_storage address;
+  std::memset(&address, 0, sizeof(address));
+  if (status == 0 && result != nullptr && result->ai_addrlen <= sizeof(address)) {
+    std::memcpy(&address, result->ai_addr, result->ai_addrlen);
+    reinterpret_cast<sockaddr_in*>(&address)->sin_port =
+        htons(static_cast<uint16_t>(resolve->port));
+  } else if (status == 0) {
+    status = UV_EAI_NONAME;
+  }
+  uv_freeaddrinfo(result);
+  auto it = peers_.find(resolve->address);
+  if (it == peers_.end() || loop_closing_) return;  // shutting down: requests failed already
+  Peer& peer = *it->second;
+  peer.resolving = false;
+  if (status != 0) {
+    // Requests queued behind the lookup fail now, and new ones at once
+    // until the backoff ends.
+    CloseConnection(peer,
+                    absl::UnavailableError(absl::StrCat("cannot resolve peer host of ",
+                                                        peer.address, ": ", UvError(status))),
+                    true);
+    return;
+  }
+  Connect(peer, address);
+}
+
+void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
   auto* connection = new Connection(options_.max_frame_bytes);
   connection->impl = this;
   connection->peer = &peer;
@@ -583,6 +642,9 @@ void PeerTransport::Impl::ReleaseConnection(Connection* connection) {
 void PeerTransport::Impl::ShutDownLoop() {
   if (loop_closing_) return;
   loop_closing_ = true;
+  // Lookups in flight end with UV_ECANCELED (or finish first); either way
+  // their callbacks free them before the loop ends.
+  for (Resolve* resolve : resolves_) uv_cancel(reinterpret_cast<uv_req_t*>(&resolve->request));
   for (auto& [address, peer] : peers_) {
     CloseConnection(*peer, absl::UnavailableError(absl::StrCat(
                                "peer transport stopped before ", address, " answered")),

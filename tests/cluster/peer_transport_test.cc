@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -163,6 +164,41 @@ TEST_F(PeerTransportTest, PingAndGossipOverAPeerConnection) {
     ASSERT_TRUE(notification->WaitForNotificationWithTimeout(absl::Seconds(20)));
   }
   EXPECT_EQ(ok.load(), 100);
+  transport.Stop();
+}
+
+// Host names are looked up on libuv's thread pool: "localhost" connects
+// through the lookup, and a name that does not resolve fails its requests
+// (Unavailable, naming the lookup) while other peers are served meanwhile.
+TEST_F(PeerTransportTest, HostNamesAreResolvedOffTheTransportLoop) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  struct Outcome {
+    absl::Notification done;
+    absl::StatusOr<std::string> answer;
+  };
+  auto unresolved = std::make_shared<Outcome>();
+  transport.Send(absl::StrCat("no-such-peer.invalid:", server->port()), PingFrame("lost"),
+                 absl::Seconds(20), [unresolved](absl::StatusOr<std::string> answer) {
+                   unresolved->answer = std::move(answer);
+                   unresolved->done.Notify();
+                 });
+  absl::StatusOr<std::string> by_name =
+      SendAndWait(transport, absl::StrCat("localhost:", server->port()), PingFrame("named"));
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_EQ(p::View(Response(*by_name)->result_as_PingResult()->payload()), "named");
+  absl::StatusOr<std::string> by_number =
+      SendAndWait(transport, absl::StrCat("127.0.0.1:", server->port()), PingFrame("numeric"));
+  ASSERT_TRUE(by_number.ok()) << by_number.status();
+
+  ASSERT_TRUE(unresolved->done.WaitForNotificationWithTimeout(absl::Seconds(40)));
+  ASSERT_FALSE(unresolved->answer.ok());
+  const absl::Status& status = unresolved->answer.status();
+  EXPECT_TRUE(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) << status;
+  if (absl::IsUnavailable(status)) {
+    EXPECT_TRUE(absl::StrContains(status.message(), "cannot resolve")) << status;
+  }
   transport.Stop();
 }
 
