@@ -713,7 +713,8 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
     KeepExpiredAsValue(&record);
     const bool counts = record.found;  // gone there meanwhile: nothing to apply
     // Inline, or on the engine's sync thread under fsync=always.
-    ApplyLocally(engine_, record, [pending, counts](absl::Status status) {
+    ApplyLocally(engine_, record, [pending, counts](absl::StatusOr<uint64_t> held) {
+      const absl::Status status = held.status();
       absl::MutexLock lock(&pending->mu);
       if (!status.ok() && pending->error.ok()) pending->error = status;
       if (status.ok() && counts) pending->applied += 1;

@@ -57,11 +57,14 @@ std::string FinishRequestFrame(flatbuffers::FlatBufferBuilder* b, p::Operation t
 }
 
 void BuildReplicateResult(flatbuffers::FlatBufferBuilder* b, uint64_t id,
+                          const std::vector<uint64_t>& held_timestamps,
                           const std::vector<bool>& applied) {
   b->Clear();
   std::vector<uint8_t> flags(applied.begin(), applied.end());
   // Vectors of bool are vectors of bytes on the wire.
-  auto result = p::CreateReplicateResult(*b, b->CreateVector(flags));
+  const auto flag_vector = b->CreateVector(flags);
+  const auto held_vector = b->CreateVector(held_timestamps);
+  auto result = p::CreateReplicateResult(*b, flag_vector, held_vector);
   p::FinishResponse(b, id, p::Result::ReplicateResult, result.Union());
 }
 
@@ -93,8 +96,8 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record) {
 }
 
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
-                  std::function<void(absl::Status)> done) {
-  if (!record.found) return done(absl::OkStatus());
+                  std::function<void(absl::StatusOr<uint64_t>)> done) {
+  if (!record.found) return done(uint64_t{0});
   if (record.timestamp == 0) {
     return done(absl::InvalidArgumentError(
         absl::StrCat("replicated record of a ", record.key.size(),
@@ -107,8 +110,9 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   options.expiry_unix_ms = record.tombstone ? 0 : record.expiry_unix_ms;
   auto callback = [done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
     // applied == false means the engine already holds something at least
-    // as new: for the sender that is as good as applied.
-    done(result.status());
+    // as new, whose timestamp the result carries.
+    if (!result.ok()) return done(result.status());
+    done(result->timestamp);
   };
   if (record.tombstone) {
     engine->DeleteAsync(record.key, options, std::move(callback));
@@ -132,6 +136,7 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   struct Gather {
     absl::Mutex mu;
     std::vector<bool> applied ABSL_GUARDED_BY(mu);
+    std::vector<uint64_t> held ABSL_GUARDED_BY(mu);
     size_t remaining ABSL_GUARDED_BY(mu) = 0;
     Service::Completion done;  // set before the first write when deferred
   };
@@ -139,45 +144,42 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   {
     absl::MutexLock lock(&gather->mu);
     gather->applied.assign(count, false);
+    gather->held.assign(count, 0);
     gather->remaining = count;
   }
   if (fsync_always && count > 0) gather->done = defer();
   for (size_t i = 0; i < count; ++i) {
     VersionedRecord record = RecordOf(*replicate->records()->Get(i));
     // Records one flag; whoever records the last one answers a deferred request.
-    auto record_flag = [gather, i, id](bool applied_here) {
+    auto record_flag = [gather, i, id](bool applied_here, uint64_t held) {
       bool last;
       {
         absl::MutexLock lock(&gather->mu);
         gather->applied[i] = applied_here;
+        gather->held[i] = held;
         last = --gather->remaining == 0;
       }
       if (last && gather->done) {
         flatbuffers::FlatBufferBuilder builder(256);
-        std::vector<bool> applied;
         {
           absl::MutexLock lock(&gather->mu);
-          applied = gather->applied;
+          BuildReplicateResult(&builder, id, gather->held, gather->applied);
         }
-        BuildReplicateResult(&builder, id, applied);
         gather->done(std::string(p::FrameOf(builder)));
       }
     };
     if (IsNodeLocalKey(record.key)) {
       // Hints and accounts are each node's own: a peer may not write them.
-      record_flag(false);
+      record_flag(false, 0);
       continue;
     }
-    ApplyLocally(engine, record,
-                 [record_flag](absl::Status status) { record_flag(status.ok()); });
+    ApplyLocally(engine, record, [record_flag](absl::StatusOr<uint64_t> held) {
+      record_flag(held.ok(), held.ok() ? *held : 0);
+    });
   }
   if (gather->done) return Service::Outcome::kDeferred;
-  std::vector<bool> applied;
-  {
-    absl::MutexLock lock(&gather->mu);
-    applied = gather->applied;
-  }
-  BuildReplicateResult(b, id, applied);
+  absl::MutexLock lock(&gather->mu);
+  BuildReplicateResult(b, id, gather->held, gather->applied);
   return Service::Outcome::kAnswered;
 }
 
@@ -249,19 +251,34 @@ std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool met
                             p::CreateReadRecords(b, vector, meta_only));
 }
 
-absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view frame,
-                                                       size_t expected_count) {
+absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
+                                                     size_t expected_count) {
   absl::StatusOr<const p::Response*> response = AnswerOf(frame, p::Result::ReplicateResult);
   if (!response.ok()) return response.status();
   const auto* flags = (*response)->result_as_ReplicateResult()->applied();
+  const auto* held = (*response)->result_as_ReplicateResult()->held_timestamps();
   const size_t count = flags == nullptr ? 0 : flags->size();
-  if (count != expected_count) {
-    return absl::InvalidArgumentError(absl::StrCat("ReplicateResult has ", count,
-                                                   " flags for ", expected_count, " records"));
+  const size_t held_count = held == nullptr ? 0 : held->size();
+  if (count != expected_count || held_count != expected_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReplicateResult has ", count, " flags and ", held_count,
+                     " held timestamps for ", expected_count, " records"));
   }
-  std::vector<bool> applied(count);
-  for (size_t i = 0; i < count; ++i) applied[i] = flags->Get(i);
-  return applied;
+  ReplicateAnswer answer;
+  answer.applied.resize(count);
+  answer.held_timestamps.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    answer.applied[i] = flags->Get(i);
+    answer.held_timestamps[i] = held->Get(i);
+  }
+  return answer;
+}
+
+absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view frame,
+                                                       size_t expected_count) {
+  absl::StatusOr<ReplicateAnswer> answer = ParseReplicateAnswer(frame, expected_count);
+  if (!answer.ok()) return answer.status();
+  return std::move(answer->applied);
 }
 
 absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(absl::string_view frame,

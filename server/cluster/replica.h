@@ -67,11 +67,12 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record);
 // Applies record to the local engine with last write wins (a Put with its
 // timestamp and absolute expiry, or a Delete for a tombstone). done runs
 // once the write is durable per the engine's fsync policy (on the engine's
-// sync thread under --fsync=always, inline otherwise) with true when the
-// engine now holds this version or a newer one. A record that was not found
-// is nothing to apply: done(true) at once.
+// sync thread under --fsync=always, inline otherwise) with the timestamp the
+// engine now holds for the key: the record's own when it was applied (or
+// was already there), a newer one when the engine holds a newer write. A
+// record that was not found is nothing to apply: done(0) at once.
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
-                  std::function<void(absl::Status)> done);
+                  std::function<void(absl::StatusOr<uint64_t> held_timestamp)> done);
 
 // ---- The replica's handlers (registered for peer connections) -----------
 
@@ -105,10 +106,19 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const protocol::Reque
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted);
 std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only);
 
-// The applied flags of a Replicate answer (a verified Response frame, length
+// A Replicate answer: per record, whether the replica holds that version or
+// a newer one, and the timestamp it holds (0: nothing).
+struct ReplicateAnswer {
+  std::vector<bool> applied;
+  std::vector<uint64_t> held_timestamps;
+};
+// The answer to a Replicate request (a verified Response frame, length
 // prefix included). The status of the answer when it is not Ok;
 // InvalidArgument when its result is not a ReplicateResult of expected_count
-// flags.
+// flags and timestamps.
+absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view response_frame,
+                                                     size_t expected_count);
+// Its applied flags alone.
 absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view response_frame,
                                                        size_t expected_count);
 // The records of a ReadRecords answer, likewise.

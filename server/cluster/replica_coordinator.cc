@@ -37,6 +37,11 @@ std::string KeyForMessage(absl::string_view key) {
 
 size_t Majority(size_t n) { return n / 2 + 1; }
 
+// A strong write that keeps losing to newer writes (a key written by many
+// coordinators at once) gives up after this many stampings, or at its
+// deadline, whichever comes first.
+constexpr int kMaxStrongWriteAttempts = 16;
+
 }  // namespace
 
 // ---- Cluster timestamps --------------------------------------------------------
@@ -107,14 +112,13 @@ struct ReplicaCoordinator::SendState {
   size_t need = 0;
   size_t total = 0;
   bool hint = false;
+  bool exact = false;
   absl::Time deadline;
   SendDone done;
 
   absl::Mutex mu;
   size_t answered ABSL_GUARDED_BY(mu) = 0;
-  std::vector<std::string> applied ABSL_GUARDED_BY(mu);
-  std::vector<std::string> failures ABSL_GUARDED_BY(mu);
-  std::optional<engine::WriteResult> local ABSL_GUARDED_BY(mu);
+  SendOutcome outcome ABSL_GUARDED_BY(mu);
   bool finished ABSL_GUARDED_BY(mu) = false;
 };
 
@@ -226,81 +230,81 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   record->key = std::move(key);
   if (metrics_ != nullptr && owners.size() > 1) metrics_->replications()->Inc();
 
-  if (consistency != p::Consistency::Strong) {
-    // Stamp above what this node holds for the key (a write replicated here
-    // from another coordinator may be ahead of our clock), so a write that
-    // follows it is not lost to last-write-wins.
-    if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
-      absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
-      if (local.ok() && local->found) clock_.Observe(local->timestamp);
-    }
-    record->timestamp = clock_.Now();
-    return WriteStamped(std::move(owners), std::move(record), need, deadline, std::move(done));
+  // Stamp above what this node holds for the key (a write replicated here
+  // from another coordinator may be ahead of our clock), so a write that
+  // follows it is not lost to last-write-wins.
+  if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
+    absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
+    if (local.ok() && local->found) clock_.Observe(local->timestamp);
   }
-  // ABD, phase 1: learn the key's highest timestamp from a majority, so the
-  // write is stamped above every write that completed before it began.
-  const std::string& read_key = record->key;
-  ReadQuorum(owners, read_key, /*with_value=*/false, Majority(owners.size()), deadline,
-             [this, owners, record, need, deadline,
-              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
-               if (!replies.ok()) {
-                 return done(absl::UnavailableError(absl::StrCat(
-                     "strong write of key ", KeyForMessage(record->key),
-                     " not attempted: a majority of its owners could not be read within the "
-                     "write wait (",
-                     replies.status().message(), ")")));
-               }
-               for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
-               record->timestamp = clock_.Now();
-               WriteStamped(std::move(owners), std::move(record), need, deadline,
-                            std::move(done));
-             });
+  record->timestamp = clock_.Now();
+  // A strong write needs no read phase: an owner counts only if it now
+  // holds exactly this timestamp, and a majority of owners cannot all hold
+  // it while one of them holds a newer completed write (majorities
+  // intersect), so an acknowledged strong write is above every write that
+  // completed before it began. One that lost to a newer write somewhere is
+  // stamped again above it (WriteStamped).
+  WriteStamped(std::move(owners), std::move(record), need, deadline,
+               consistency == p::Consistency::Strong, /*attempt=*/1, std::move(done));
 }
 
 void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
                                       std::shared_ptr<VersionedRecord> record, size_t need,
-                                      absl::Time deadline,
+                                      absl::Time deadline, bool strong, int attempt,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
   const size_t owner_count = owners.size();
   SendToOwners(
-      owners, record, need, deadline, /*hint=*/true,
-      [owners, need, timestamp, owner_count, key = record->key, wait = options_.write_wait,
-       done = std::move(done)](bool reached, std::vector<std::string> applied,
-                               std::vector<std::string> failures,
-                               std::optional<engine::WriteResult> local) {
-        if (!reached) {
+      owners, record, need, deadline, /*hint=*/true, /*exact=*/strong,
+      [this, owners, record, need, deadline, strong, attempt, timestamp, owner_count,
+       done = std::move(done)](SendOutcome sent) mutable {
+        if (!sent.reached && strong && sent.newest_conflict > timestamp &&
+            absl::Now() < deadline && attempt < kMaxStrongWriteAttempts) {
+          // Some owners hold a newer write: stamp above it and try again
+          // (a fresh record: the last attempt's may still be in flight).
+          clock_.Observe(sent.newest_conflict);
+          auto again = std::make_shared<VersionedRecord>(*record);
+          again->timestamp = clock_.Now();
+          if (metrics_ != nullptr) metrics_->strong_write_retries()->Inc();
+          return WriteStamped(std::move(owners), std::move(again), need, deadline, strong,
+                              attempt + 1, std::move(done));
+        }
+        if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
-              "write of key ", KeyForMessage(key), " reached ", applied.size(), " of ",
-              owner_count, " owners, ", need, " needed, within ", absl::FormatDuration(wait),
-              "; applied on [", absl::StrJoin(applied, ", "), "] (kept there, not rolled back)",
-              "; not on [", absl::StrJoin(failures, "; "),
-              "] (queued for hinted handoff)")));
+              "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
+              " of ", owner_count, " owners, ", need, " needed, within ",
+              absl::FormatDuration(options_.write_wait), "; applied on [",
+              absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
+              absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
         }
         WriteOutcome outcome;
-        if (local.has_value()) {
-          outcome.result = *local;
+        if (sent.local.has_value()) {
+          outcome.result = *sent.local;
         }
         outcome.result.timestamp = timestamp;
         outcome.result.applied = true;
         outcome.owners = owners;
-        outcome.acknowledged = applied.size();
+        outcome.acknowledged = sent.applied.size();
         done(std::move(outcome));
       });
 }
 
 void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
                                       std::shared_ptr<const VersionedRecord> record, size_t need,
-                                      absl::Time deadline, bool hint, SendDone done) {
+                                      absl::Time deadline, bool hint, bool exact,
+                                      SendDone done) {
   auto state = std::make_shared<SendState>();
   state->record = std::move(record);
   state->need = need;
   state->total = targets.size();
   state->hint = hint;
+  state->exact = exact;
   state->deadline = deadline;
   state->done = std::move(done);
   if (targets.empty()) {
-    state->done(need == 0, {}, {}, std::nullopt);
+    SendOutcome outcome;
+    outcome.reached = need == 0;
+    state->done(std::move(outcome));
     return;
   }
   for (const std::string& node : targets) {
@@ -310,7 +314,8 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
       options.expiry_unix_ms = state->record->tombstone ? 0 : state->record->expiry_unix_ms;
       auto callback = [this, state, node](absl::StatusOr<engine::WriteResult> result) {
         OnSent(state, node, result.status(),
-               result.ok() ? std::optional<engine::WriteResult>(*result) : std::nullopt);
+               result.ok() ? std::optional<engine::WriteResult>(*result) : std::nullopt,
+               result.ok() ? result->timestamp : 0);
       };
       if (state->record->tombstone) {
         local_->DeleteAsync(state->record->key, options, std::move(callback));
@@ -321,12 +326,12 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
     }
     PeerInfo info;
     if (!lookup_(node, &info)) {
-      OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt);
+      OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt, 0);
       continue;
     }
     if (!info.alive) {
       // Known dead: not even tried, straight to hinted handoff.
-      OnSent(state, node, absl::UnavailableError("down"), std::nullopt);
+      OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
       continue;
     }
     if (state->frame.empty()) state->frame = ReplicateRequestFrame({*state->record}, false);
@@ -334,12 +339,15 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
     send_(info.address, state->frame, Remaining(deadline),
           [this, state, node, sent](absl::StatusOr<std::string> answer) {
             absl::Status status = answer.status();
+            uint64_t held = 0;
             if (status.ok()) {
-              absl::StatusOr<std::vector<bool>> applied = ParseReplicateResult(*answer, 1);
-              if (!applied.ok()) {
-                status = applied.status();
-              } else if (!(*applied)[0]) {
+              absl::StatusOr<ReplicateAnswer> parsed = ParseReplicateAnswer(*answer, 1);
+              if (!parsed.ok()) {
+                status = parsed.status();
+              } else if (!parsed->applied[0]) {
                 status = absl::UnavailableError("the replica could not apply it");
+              } else {
+                held = parsed->held_timestamps[0];
               }
             }
             if (status.ok() && metrics_ != nullptr) {
@@ -347,14 +355,19 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
               metrics_->replication_ack_seconds()->Observe(
                   absl::ToDoubleSeconds(absl::Now() - sent));
             }
-            OnSent(state, node, status, std::nullopt);
+            OnSent(state, node, status, std::nullopt, held);
           });
   }
 }
 
 void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
                                 const absl::Status& status,
-                                std::optional<engine::WriteResult> local) {
+                                std::optional<engine::WriteResult> local,
+                                uint64_t held_timestamp) {
+  // An exact send counts an owner only if it holds this very write; one that
+  // holds a newer write is a conflict, and needs no hint.
+  const bool conflict =
+      status.ok() && state->exact && held_timestamp > state->record->timestamp;
   if (!status.ok() && node != self_) {
     if (state->hint && handoff_ != nullptr) {
       if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {
@@ -367,35 +380,31 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     Log(Level::kWarning, "cluster: local write of key %s failed: %s",
         KeyForMessage(state->record->key), status.ToString());
   }
-  bool finish = false;
-  bool reached = false;
-  std::vector<std::string> applied;
-  std::vector<std::string> failures;
-  std::optional<engine::WriteResult> local_result;
+  std::optional<SendOutcome> finished;
   {
     absl::MutexLock lock(&state->mu);
+    SendOutcome& outcome = state->outcome;
     ++state->answered;
-    if (status.ok()) {
-      state->applied.push_back(node);
+    if (conflict) {
+      outcome.failures.push_back(absl::StrCat(node, ": holds a newer write"));
+      outcome.newest_conflict = std::max(outcome.newest_conflict, held_timestamp);
+    } else if (status.ok()) {
+      outcome.applied.push_back(node);
     } else {
-      state->failures.push_back(absl::StrCat(node, ": ", status.message()));
+      outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
     }
-    if (local.has_value()) state->local = local;
+    if (local.has_value()) outcome.local = local;
     if (!state->finished) {
-      if (state->applied.size() >= state->need) {
-        finish = reached = true;
-      } else if (state->answered == state->total) {
-        finish = true;
-      }
-      if (finish) {
+      if (outcome.applied.size() >= state->need) {
+        outcome.reached = true;
         state->finished = true;
-        applied = state->applied;
-        failures = state->failures;
-        local_result = state->local;
+      } else if (state->answered == state->total) {
+        state->finished = true;
       }
+      if (state->finished) finished = outcome;
     }
   }
-  if (finish) state->done(reached, std::move(applied), std::move(failures), local_result);
+  if (finished.has_value()) state->done(*std::move(finished));
 }
 
 // ---- Reads ------------------------------------------------------------------------------
@@ -463,8 +472,7 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
     if (!stale.empty()) {
       // Background repair: the answer does not wait for it.
       SendToOwners(stale, newest, /*need=*/stale.size(), deadline, /*hint=*/false,
-                   [](bool, std::vector<std::string>, std::vector<std::string>,
-                      std::optional<engine::WriteResult>) {});
+                   /*exact=*/false, [](SendOutcome) {});
     }
     return done(std::move(result));
   }
@@ -480,17 +488,15 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
     }
     if (!holds) targets.push_back(owner);
   }
-  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false,
+  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false, /*exact=*/false,
                [result = std::move(result), key = newest->key, majority, holders,
-                done = std::move(done)](bool reached, std::vector<std::string> applied,
-                                        std::vector<std::string> failures,
-                                        std::optional<engine::WriteResult>) mutable {
-                 if (!reached) {
+                done = std::move(done)](SendOutcome sent) mutable {
+                 if (!sent.reached) {
                    return done(absl::UnavailableError(absl::StrCat(
                        "strong read of key ", KeyForMessage(key), ": the newest record is on ",
-                       holders + applied.size(), " owners, ", majority,
-                       " needed, within the write wait; not on [", absl::StrJoin(failures, "; "),
-                       "]")));
+                       holders + sent.applied.size(), " owners, ", majority,
+                       " needed, within the write wait; not on [",
+                       absl::StrJoin(sent.failures, "; "), "]")));
                  }
                  done(std::move(result));
                });

@@ -206,11 +206,19 @@ class ReplicaCoordinator final : public Coordinator {
   struct ReadState;
   struct SendState;
   using ReadDone = std::function<void(absl::StatusOr<std::vector<Reply>>)>;
-  // reached: need acks arrived; applied: the owners that applied (so far);
-  // failures: "node: why" of those that did not (so far).
-  using SendDone = std::function<void(bool reached, std::vector<std::string> applied,
-                                      std::vector<std::string> failures,
-                                      std::optional<engine::WriteResult> local)>;
+  // What a send to owners came to. reached: need acks arrived; applied: the
+  // owners that applied (so far); failures: "node: why" of those that did
+  // not (so far); local: this node's write, when it was a target;
+  // newest_conflict: (exact sends) the highest timestamp an owner holds
+  // above the record's, 0 when none did.
+  struct SendOutcome {
+    bool reached = false;
+    std::vector<std::string> applied;
+    std::vector<std::string> failures;
+    std::optional<engine::WriteResult> local;
+    uint64_t newest_conflict = 0;
+  };
+  using SendDone = std::function<void(SendOutcome outcome)>;
 
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
   void RefreshTag(const std::shared_ptr<const Ring>& ring);
@@ -225,15 +233,23 @@ class ReplicaCoordinator final : public Coordinator {
               absl::StatusOr<VersionedRecord> record);
 
   // Sends record to targets; done once need of them applied it, or all
-  // answered without. hint: failed owners get a hint.
+  // answered without. hint: failed owners get a hint. exact: an owner counts
+  // only if it now holds exactly the record's timestamp; one holding a newer
+  // write is a conflict (no hint) and its timestamp is reported.
   void SendToOwners(const std::vector<std::string>& targets,
                     std::shared_ptr<const VersionedRecord> record, size_t need,
-                    absl::Time deadline, bool hint, SendDone done);
+                    absl::Time deadline, bool hint, bool exact, SendDone done);
+  // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
-              const absl::Status& status, std::optional<engine::WriteResult> local);
+              const absl::Status& status, std::optional<engine::WriteResult> local,
+              uint64_t held_timestamp);
 
+  // Sends a stamped write to its owners and answers once need hold it.
+  // strong: exact acknowledgements, and a write that lost to a newer one on
+  // some owners is stamped again above it and sent again (docs/cluster.md,
+  // "Strong writes").
   void WriteStamped(std::vector<std::string> owners, std::shared_ptr<VersionedRecord> record,
-                    size_t need, absl::Time deadline,
+                    size_t need, absl::Time deadline, bool strong, int attempt,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
   void FinishRead(std::vector<std::string> owners, std::vector<Reply> replies, bool strong,
                   absl::Time deadline, std::function<void(absl::StatusOr<ReadResult>)> done);
