@@ -583,6 +583,15 @@ int Main(int argc, char** argv) {
     };
   }
   server_config.peer_handler = &cluster_node;
+  // Peer requests made while a loop handles a turn go to the transport
+  // together, with one wake-up of its thread.
+  server_config.loop_started = [&cluster_node] {
+    cluster_node.transport()->HoldSendsOnThisThread();
+  };
+  server_config.loop_turn = [&cluster_node] { cluster_node.transport()->FlushHeldSends(); };
+  server_config.loop_ending = [&cluster_node] {
+    cluster_node.transport()->StopHoldingOnThisThread();
+  };
   Server server(&service, server_config);
   if (absl::Status status = server.Start(); !status.ok()) {
     (void)(*engine)->Close();

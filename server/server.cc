@@ -225,6 +225,9 @@ class Server::Loop : public http::ResponseSink {
   uv_async_t events_async_;
   uv_timer_t shutdown_timer_;
   uv_timer_t idle_timer_;  // closes idle HTTP connections
+  // Run ServerConfig::loop_turn before the loop blocks and after I/O.
+  uv_prepare_t turn_prepare_;
+  uv_check_t turn_check_;
   void CloseIdleHttp();
 
   absl::Mutex tasks_mu_;
@@ -345,6 +348,18 @@ absl::Status Server::Loop::Init(const sockaddr_in& address,
   shutdown_timer_.data = this;
   uv_timer_init(&loop_, &idle_timer_);
   idle_timer_.data = this;
+  uv_prepare_init(&loop_, &turn_prepare_);
+  turn_prepare_.data = this;
+  uv_check_init(&loop_, &turn_check_);
+  turn_check_.data = this;
+  if (server_->config_.loop_turn) {
+    uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
+      Of(reinterpret_cast<uv_handle_t*>(prepare)).server_->config_.loop_turn();
+    });
+    uv_check_start(&turn_check_, [](uv_check_t* check) {
+      Of(reinterpret_cast<uv_handle_t*>(check)).server_->config_.loop_turn();
+    });
+  }
   if (!http_addresses.empty()) {
     const uint64_t period_ms = static_cast<uint64_t>(std::max<int64_t>(
         100, absl::ToInt64Milliseconds(server_->config_.http_idle_timeout) / 4));
@@ -358,6 +373,7 @@ absl::Status Server::Loop::Init(const sockaddr_in& address,
 
 void Server::Loop::Run() {
   thread_id_ = std::this_thread::get_id();
+  if (server_->config_.loop_started) server_->config_.loop_started();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run, then free.
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -1103,10 +1119,13 @@ void Server::Loop::MaybeFinishShutdown() {
     absl::MutexLock lock(&tasks_mu_);
     handles_closing_ = true;
   }
+  if (server_->config_.loop_ending) server_->config_.loop_ending();
   uv_close(reinterpret_cast<uv_handle_t*>(&tasks_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&events_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&idle_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_prepare_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_check_), nullptr);
 }
 
 // ---- Server ---------------------------------------------------------------------

@@ -72,6 +72,14 @@ struct ServerConfig {
   // Null: this node answers ClusterHello with PermissionDenied. Must outlive
   // the Server.
   cluster::PeerHandler* peer_handler = nullptr;
+  // Hooks run on every loop's thread: loop_started once before the loop
+  // runs; loop_turn on every turn, before the loop waits for I/O and after
+  // it handled what came; loop_ending when the loop closes its handles.
+  // logkvd uses them to hand a turn's peer requests to the peer transport at
+  // once (PeerTransport::HoldSendsOnThisThread). Each may be empty.
+  std::function<void()> loop_started;
+  std::function<void()> loop_turn;
+  std::function<void()> loop_ending;
 };
 
 class Server {

@@ -73,8 +73,26 @@ class PeerTransport::Impl {
   absl::Status Start();
   void Stop();
   void Send(const std::string& address, std::string frame, absl::Duration timeout, Callback done);
+  void HoldSendsOnThisThread();
+  void FlushHeldSends();
+  void StopHoldingOnThisThread();
   void SetDropped(std::vector<std::string> addresses);
   bool IsDropped(const std::string& address) const;
+
+  struct Outgoing {
+    std::string address;
+    std::string frame;
+    absl::Duration timeout;
+    Callback done;
+  };
+
+  // The requests a holding thread queued (HoldSendsOnThisThread), and the
+  // transport they are for.
+  struct HeldSends {
+    Impl* impl = nullptr;
+    std::vector<Outgoing> items;
+  };
+  static thread_local HeldSends held_sends;
 
   std::atomic<uint64_t> requests_sent{0};
   std::atomic<uint64_t> requests_failed{0};
@@ -125,12 +143,6 @@ class PeerTransport::Impl {
     int open_handles = 0;
   };
 
-  struct Outgoing {
-    std::string address;
-    std::string frame;
-    absl::Duration timeout;
-    Callback done;
-  };
 
   struct WriteRequest {
     uv_write_t request;
@@ -140,6 +152,8 @@ class PeerTransport::Impl {
   };
 
   void Run();
+  // Hands requests to the transport's thread (or fails them once stopped).
+  void Enqueue(std::vector<Outgoing> items);
   void DrainInbox();
   void Dispatch(Outgoing outgoing);
   // Connects (an IPv4 literal at once, a host name after its lookup).
@@ -177,6 +191,8 @@ class PeerTransport::Impl {
   uint64_t next_request_id_ = 1;
   bool loop_closing_ = false;
 };
+
+thread_local PeerTransport::Impl::HeldSends PeerTransport::Impl::held_sends;
 
 absl::Status PeerTransport::Impl::Start() {
   absl::MutexLock lock(&mu_);
@@ -231,17 +247,49 @@ void PeerTransport::Impl::Stop() {
 void PeerTransport::Impl::Send(const std::string& address, std::string frame,
                                absl::Duration timeout, Callback done) {
   requests_sent.fetch_add(1, std::memory_order_relaxed);
+  if (held_sends.impl == this) {
+    held_sends.items.push_back(Outgoing{address, std::move(frame), timeout, std::move(done)});
+    return;
+  }
+  std::vector<Outgoing> one;
+  one.push_back(Outgoing{address, std::move(frame), timeout, std::move(done)});
+  Enqueue(std::move(one));
+}
+
+void PeerTransport::Impl::Enqueue(std::vector<Outgoing> items) {
+  if (items.empty()) return;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_ && !stopped_) {
-      inbox_.push_back(Outgoing{address, std::move(frame), timeout, std::move(done)});
+      for (Outgoing& item : items) inbox_.push_back(std::move(item));
       if (started_) uv_async_send(&async_);
       return;
     }
   }
   // Stopped: nobody is left to call back on the transport's thread.
-  requests_failed.fetch_add(1, std::memory_order_relaxed);
-  done(absl::UnavailableError(absl::StrCat("peer transport stopped; not sent to ", address)));
+  for (Outgoing& item : items) {
+    requests_failed.fetch_add(1, std::memory_order_relaxed);
+    item.done(absl::UnavailableError(
+        absl::StrCat("peer transport stopped; not sent to ", item.address)));
+  }
+}
+
+void PeerTransport::Impl::HoldSendsOnThisThread() {
+  FlushHeldSends();
+  held_sends.impl = this;
+}
+
+void PeerTransport::Impl::FlushHeldSends() {
+  if (held_sends.items.empty()) return;
+  std::vector<Outgoing> items;
+  items.swap(held_sends.items);
+  held_sends.impl->Enqueue(std::move(items));
+}
+
+void PeerTransport::Impl::StopHoldingOnThisThread() {
+  if (held_sends.impl != this) return;
+  FlushHeldSends();
+  held_sends.impl = nullptr;
 }
 
 void PeerTransport::Impl::SetDropped(std::vector<std::string> addresses) {
@@ -668,6 +716,9 @@ void PeerTransport::Send(const std::string& address, std::string request_frame,
                          absl::Duration timeout, Callback done) {
   impl_->Send(address, std::move(request_frame), timeout, std::move(done));
 }
+void PeerTransport::HoldSendsOnThisThread() { impl_->HoldSendsOnThisThread(); }
+void PeerTransport::FlushHeldSends() { impl_->FlushHeldSends(); }
+void PeerTransport::StopHoldingOnThisThread() { impl_->StopHoldingOnThisThread(); }
 void PeerTransport::SetDropped(std::vector<std::string> addresses) {
   impl_->SetDropped(std::move(addresses));
 }

@@ -58,6 +58,16 @@ class PeerTransport {
   void Send(const std::string& address, std::string request_frame, absl::Duration timeout,
             Callback done);
 
+  // Batching for a thread that runs an event loop of its own (a server
+  // loop): once it holds, Send from that thread only queues, and
+  // FlushHeldSends hands everything queued to the transport's thread at once
+  // (one wake-up per loop turn instead of one per request). Such a thread
+  // must flush before it blocks; StopHoldingOnThisThread flushes and returns
+  // the thread to immediate sends.
+  void HoldSendsOnThisThread();
+  void FlushHeldSends();
+  void StopHoldingOnThisThread();
+
   // Fault injection (tests): messages to these addresses are dropped (done
   // gets Unavailable at once), as if the network between us were cut.
   // Ignored unless options.allow_fault_injection.
