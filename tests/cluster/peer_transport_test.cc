@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -199,6 +200,51 @@ TEST_F(PeerTransportTest, HostNamesAreResolvedOffTheTransportLoop) {
   if (absl::IsUnavailable(status)) {
     EXPECT_TRUE(absl::StrContains(status.message(), "cannot resolve")) << status;
   }
+  transport.Stop();
+}
+
+// A thread that holds its sends (a server loop) queues them until it
+// flushes; another thread's sends go at once; stopping holds flushes.
+TEST_F(PeerTransportTest, HeldSendsGoOnlyWhenTheHoldingThreadFlushes) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+  ASSERT_TRUE(SendAndWait(transport, address, PingFrame("warm-up")).ok());
+
+  transport.HoldSendsOnThisThread();
+  std::vector<std::shared_ptr<absl::Notification>> held;
+  for (int i = 0; i < 3; ++i) {
+    auto answered = std::make_shared<absl::Notification>();
+    held.push_back(answered);
+    transport.Send(address, PingFrame(absl::StrCat("held-", i)), absl::Seconds(10),
+                   [answered](absl::StatusOr<std::string> answer) {
+                     EXPECT_TRUE(answer.ok()) << answer.status();
+                     answered->Notify();
+                   });
+  }
+  // Another thread is not held back.
+  absl::StatusOr<std::string> other;
+  std::thread([&] { other = SendAndWait(transport, address, PingFrame("other")); }).join();
+  ASSERT_TRUE(other.ok()) << other.status();
+  for (const auto& answered : held) {
+    EXPECT_FALSE(answered->HasBeenNotified()) << "sent before the holding thread flushed";
+  }
+  transport.FlushHeldSends();
+  for (const auto& answered : held) {
+    ASSERT_TRUE(answered->WaitForNotificationWithTimeout(absl::Seconds(10)));
+  }
+
+  auto last = std::make_shared<absl::Notification>();
+  transport.Send(address, PingFrame("last"), absl::Seconds(10),
+                 [last](absl::StatusOr<std::string> answer) {
+                   EXPECT_TRUE(answer.ok()) << answer.status();
+                   last->Notify();
+                 });
+  transport.StopHoldingOnThisThread();  // flushes
+  ASSERT_TRUE(last->WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // No longer held: this one goes at once.
+  ASSERT_TRUE(SendAndWait(transport, address, PingFrame("direct")).ok());
   transport.Stop();
 }
 
