@@ -259,7 +259,9 @@ absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
   const auto* held = (*response)->result_as_ReplicateResult()->held_timestamps();
   const size_t count = flags == nullptr ? 0 : flags->size();
   const size_t held_count = held == nullptr ? 0 : held->size();
-  if (count != expected_count || held_count != expected_count) {
+  // held_timestamps came later than applied: an answer without them is
+  // read as "unknown" (0), which a strong write does not count.
+  if (count != expected_count || (held_count != expected_count && held_count != 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("ReplicateResult has ", count, " flags and ", held_count,
                      " held timestamps for ", expected_count, " records"));
@@ -269,7 +271,7 @@ absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
   answer.held_timestamps.resize(count);
   for (size_t i = 0; i < count; ++i) {
     answer.applied[i] = flags->Get(i);
-    answer.held_timestamps[i] = held->Get(i);
+    answer.held_timestamps[i] = held_count == 0 ? 0 : held->Get(i);
   }
   return answer;
 }

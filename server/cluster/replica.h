@@ -107,7 +107,7 @@ std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, boo
 std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only);
 
 // A Replicate answer: per record, whether the replica holds that version or
-// a newer one, and the timestamp it holds (0: nothing).
+// a newer one, and the timestamp it holds (0: nothing, or not told).
 struct ReplicateAnswer {
   std::vector<bool> applied;
   std::vector<uint64_t> held_timestamps;

@@ -368,6 +368,8 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
   // holds a newer write is a conflict, and needs no hint.
   const bool conflict =
       status.ok() && state->exact && held_timestamp > state->record->timestamp;
+  // An owner that did not say what it holds cannot count for an exact send.
+  const bool untold = status.ok() && state->exact && held_timestamp == 0;
   if (!status.ok() && node != self_) {
     if (state->hint && handoff_ != nullptr) {
       if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {
@@ -388,6 +390,8 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     if (conflict) {
       outcome.failures.push_back(absl::StrCat(node, ": holds a newer write"));
       outcome.newest_conflict = std::max(outcome.newest_conflict, held_timestamp);
+    } else if (untold) {
+      outcome.failures.push_back(absl::StrCat(node, ": did not say which write it holds"));
     } else if (status.ok()) {
       outcome.applied.push_back(node);
     } else {

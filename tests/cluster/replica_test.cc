@@ -281,6 +281,30 @@ TEST_F(ReplicaTest, ParseRejectsMismatchedAnswers) {
   EXPECT_STATUS_CODE(ParseReplicateResult(records, 2), absl::StatusCode::kInvalidArgument);
 }
 
+// The held timestamps: the record's own when applied or already there, the
+// newer one a replica holds otherwise; an answer without them (an older
+// peer) reads as 0, "not told".
+TEST_F(ReplicaTest, ReplicateAnswersTheTimestampEachReplicaHolds) {
+  Node node(dir_.Subdir("a"), &clock_);
+  ASSERT_EQ(node.Replicate({Put("newer", "n", Stamp(kMs, 9))}), std::vector<bool>{true});
+  const std::vector<VersionedRecord> batch = {Put("fresh", "f", Stamp(kMs, 5)),
+                                              Put("newer", "old", Stamp(kMs, 3))};
+  const std::string answer =
+      Dispatch(node.engine(), false, ReplicateRequestFrame(batch, false));
+  absl::StatusOr<ReplicateAnswer> parsed = ParseReplicateAnswer(answer, 2);
+  ASSERT_OK(parsed);
+  EXPECT_EQ(parsed->applied, (std::vector<bool>{true, true}));
+  EXPECT_EQ(parsed->held_timestamps, (std::vector<uint64_t>{Stamp(kMs, 5), Stamp(kMs, 9)}));
+
+  flatbuffers::FlatBufferBuilder b;
+  const std::vector<uint8_t> flags = {1};
+  auto result = p::CreateReplicateResult(b, b.CreateVector(flags));
+  p::FinishResponse(&b, 7, p::Result::ReplicateResult, result.Union());
+  absl::StatusOr<ReplicateAnswer> untold = ParseReplicateAnswer(std::string(p::FrameOf(b)), 1);
+  ASSERT_OK(untold);
+  EXPECT_EQ(untold->held_timestamps, std::vector<uint64_t>{0});
+}
+
 // ---- Cluster timestamps -------------------------------------------------------------------
 
 TEST(ClusterClockTest, MonotonicAndTagged) {
