@@ -159,6 +159,24 @@ void HandleMerkleLeaf(engine::Engine* engine, const protocol::Request& request,
   protocol::FinishResponse(builder, id, protocol::Result::LeafKeysResult, result.Finish().Union());
 }
 
+absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
+                                        std::string request_frame, absl::Duration timeout) {
+  struct Answer {
+    absl::Notification done;
+    absl::StatusOr<std::string> frame;
+  };
+  // Shared with the callback, which may outlive this call if it gives up.
+  auto answer = std::make_shared<Answer>();
+  send(address, std::move(request_frame), timeout, [answer](absl::StatusOr<std::string> frame) {
+    answer->frame = std::move(frame);
+    answer->done.Notify();
+  });
+  if (!answer->done.WaitForNotificationWithTimeout(timeout + kCallGrace)) {
+    return absl::DeadlineExceededError("no answer from the peer transport");
+  }
+  return std::move(answer->frame);
+}
+
 // ---- Figures ----------------------------------------------------------------
 
 void AntiEntropyFigures::Add(const AntiEntropyFigures& round) {
@@ -406,25 +424,13 @@ absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_
   const uint64_t sent_bytes = request_frame.size();
   round->figures.requests += 1;
   round->figures.bytes_sent += sent_bytes;
-  struct Answer {
-    absl::Notification done;
-    absl::StatusOr<std::string> frame;
-  };
-  // Shared with the callback, which may outlive this call if it gives up.
-  auto answer = std::make_shared<Answer>();
-  send_(round->address, std::move(request_frame), options_.request_timeout,
-        [answer](absl::StatusOr<std::string> frame) {
-          answer->frame = std::move(frame);
-          answer->done.Notify();
-        });
-  if (!answer->done.WaitForNotificationWithTimeout(options_.request_timeout + kCallGrace)) {
-    return absl::DeadlineExceededError("no answer from the peer transport");
-  }
-  if (!answer->frame.ok()) {
+  absl::StatusOr<std::string> answer =
+      SendAndWait(send_, round->address, std::move(request_frame), options_.request_timeout);
+  if (!answer.ok()) {
     Throttle(sent_bytes);
-    return answer->frame.status();
+    return answer.status();
   }
-  std::string frame = *std::move(answer->frame);
+  std::string frame = *std::move(answer);
   round->figures.bytes_received += frame.size();
   if (!Throttle(sent_bytes + frame.size())) return absl::CancelledError("anti-entropy is stopping");
   absl::StatusOr<const protocol::Response*> response =

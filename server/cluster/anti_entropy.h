@@ -126,6 +126,13 @@ inline PeerSendFunction SendThrough(PeerTransport* transport) {
   };
 }
 
+// Sends request_frame through send and blocks until the answer: the
+// response frame, or why there is none. A sender that never calls back is
+// given up on a few seconds after timeout (DeadlineExceeded). Not for I/O
+// loops: for the threads of anti-entropy and the purger.
+absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
+                                        std::string request_frame, absl::Duration timeout);
+
 class AntiEntropy {
  public:
   using RingFunction = std::function<std::shared_ptr<const Ring>()>;

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "engine/hlc.h"
 #include "protocol/frame.h"
 #include "server/log.h"
@@ -15,9 +14,6 @@ namespace logkv::server::cluster {
 
 namespace {
 
-// Extra wait for an answer beyond the request timeout, in case the sender
-// never calls back (it must, but a sweep must not hang on it).
-constexpr absl::Duration kCallGrace = absl::Seconds(5);
 // Key bytes per meta-only ReadRecords: well under the answer budget, so no
 // key is ever answered as unknown for want of room (an unknown answer would
 // read as "this owner holds nothing", which confirms a tombstone).
@@ -279,24 +275,12 @@ absl::StatusOr<std::vector<VersionedRecord>> Purger::ReadMeta(const std::string&
                                                               const std::vector<std::string>& keys,
                                                               PurgerFigures* figures) {
   figures->requests += 1;
-  struct Answer {
-    absl::Notification done;
-    absl::StatusOr<std::string> frame;
-  };
-  // Shared with the callback, which may outlive this call if it gives up.
-  auto answer = std::make_shared<Answer>();
-  send_(address, ReadRecordsRequestFrame(keys, /*meta_only=*/true), options_.request_timeout,
-        [answer](absl::StatusOr<std::string> frame) {
-          answer->frame = std::move(frame);
-          answer->done.Notify();
-        });
+  const absl::StatusOr<std::string> answer =
+      SendAndWait(send_, address, ReadRecordsRequestFrame(keys, /*meta_only=*/true),
+                  options_.request_timeout);
   absl::StatusOr<std::vector<VersionedRecord>> records =
-      absl::DeadlineExceededError("no answer from the peer transport");
-  if (answer->done.WaitForNotificationWithTimeout(options_.request_timeout + kCallGrace)) {
-    records = answer->frame.ok() ? ParseRecordsResult(*answer->frame, keys.size())
-                                 : absl::StatusOr<std::vector<VersionedRecord>>(
-                                       answer->frame.status());
-  }
+      answer.ok() ? ParseRecordsResult(*answer, keys.size())
+                  : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
   if (records.ok()) {
     for (size_t i = 0; i < keys.size(); ++i) {
       if ((*records)[i].key != keys[i]) {
