@@ -9,8 +9,8 @@
 //
 // Acknowledgements asked for, per request:
 //   Eventual              W = 1, R = 1
-//   Strong                W = R = majority of N, with ABD (below)
-//   Default               W = --w, R = --r (0: 1), capped at N; no ABD
+//   Strong                W = R = majority of N, linearizable (below)
+//   Default               W = --w, R = --r (0: 1), capped at N
 //
 // Writes are stamped by the coordinator with a cluster timestamp
 // (ClusterClock); replicas keep the newest (last write wins). A write
@@ -26,12 +26,13 @@
 // owners among those asked are repaired with Replicate: in the background
 // for Eventual and Default, before answering for Strong.
 //
-// Strong is linearizable for single-key get, put and delete (ABD): a
-// strong write first reads the key's timestamps from a majority of owners
-// (meta only) and stamps above the highest it saw, then waits for a
-// majority to apply it; a strong read reads a majority and, unless a
-// majority already holds the newest record, writes it back until one does
-// before answering.
+// Strong is linearizable for single-key get, put and delete: a strong
+// write is stamped above what this node holds and sent to every owner; only
+// owners that now hold exactly its timestamp count towards the majority,
+// and one that lost to a newer write is stamped again above it and sent
+// again (one round trip unless it lost; docs/cluster.md, "Strong writes").
+// A strong read (ABD's) reads a majority and, unless a majority already
+// holds the newest record, writes it back until one does before answering.
 //
 // Lifetimes: engine, the send function's transport, the ring and lookup
 // functions' membership, metrics and handoff must outlive the coordinator,
