@@ -210,7 +210,7 @@ absl::Status Shard::Compact(bool force) {
             const int64_t gone_since_ms = tombstone ? HybridClock::PhysicalMs(entry.timestamp)
                                                     : entry.expiry_unix_ms;
             if (record.sequence < min_sequence_outside &&
-                (!tombstone || options_.collect_tombstones) &&
+                (!tombstone || options_.collect_tombstones || !Summarised(record.key)) &&
                 now - gone_since_ms >= options_.tombstone_grace_ms) {
               RemoveEntry(id);
               ++dropped;

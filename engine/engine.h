@@ -76,9 +76,11 @@ struct Options {
   // Tombstones (and swept expired records) are kept at least this long before
   // compaction may drop them, so replicas learn of the deletion first.
   int64_t tombstone_grace_ms = 24ll * 3600 * 1000;
-  // false: compaction keeps Delete tombstones whatever their age, until
-  // Forget drops them (a cluster collects a tombstone once every owner holds
-  // it; docs/cluster.md). Expired records still go after tombstone_grace_ms.
+  // false: compaction keeps Delete tombstones of summarised keys whatever
+  // their age, until Forget drops them (a cluster collects a tombstone once
+  // every owner holds it; docs/cluster.md). Tombstones of
+  // merkle_excluded_prefixes keys (this store's own) and expired records
+  // still go after tombstone_grace_ms.
   bool collect_tombstones = true;
 
   // Merkle summary: partitions over the XXH3 key-hash space, each a fixed tree

@@ -606,7 +606,8 @@ TEST_F(EngineTest, ForgetDropsTombstonesToo) {
 
 // Compaction drops a tombstone once its grace has passed and nothing older
 // of its key remains, unless tombstones are left to Forget (a cluster's
-// owners collect them together); expired records go either way.
+// owners collect them together); expired records, and tombstones of keys
+// outside the Merkle summary, go either way.
 TEST_F(EngineTest, CompactionCollectsTombstonesOnlyWhenAllowed) {
   for (const bool collect : {true, false}) {
     SCOPED_TRACE(collect ? "collect_tombstones" : "tombstones left to Forget");
@@ -618,9 +619,12 @@ TEST_F(EngineTest, CompactionCollectsTombstonesOnlyWhenAllowed) {
     options_.shard_count = 1;
     options_.tombstone_grace_ms = 60'000;
     options_.collect_tombstones = collect;
+    options_.merkle_excluded_prefixes = {"own/"};
     ASSERT_OK(Open());
     ASSERT_OK(engine_->Put("deleted", "v"));
     ASSERT_OK(engine_->Delete("deleted"));
+    ASSERT_OK(engine_->Put("own/deleted", "v"));
+    ASSERT_OK(engine_->Delete("own/deleted"));
     WriteOptions ttl;
     ttl.ttl_ms = 1000;
     ASSERT_OK(engine_->Put("expiring", "v", ttl));
@@ -633,6 +637,8 @@ TEST_F(EngineTest, CompactionCollectsTombstonesOnlyWhenAllowed) {
     EXPECT_EQ(deleted.found, !collect);
     ASSERT_OK_AND_ASSIGN(KeyRecord expired, engine_->GetRecord("expiring", false));
     EXPECT_FALSE(expired.found) << "expired records are dropped after the grace either way";
+    ASSERT_OK_AND_ASSIGN(KeyRecord own, engine_->GetRecord("own/deleted", false));
+    EXPECT_FALSE(own.found) << "so are tombstones of keys only this store holds";
   }
 }
 
