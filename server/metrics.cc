@@ -457,10 +457,7 @@ ServerMetrics::ServerMetrics()
       replication_lag_max_seconds_(registry_.AddGauge("logkv_replication_lag_max_seconds",
                                                       "Replication lag of the slowest replica.")),
       replication_retries_in_progress_(registry_.AddGauge("logkv_replication_retries_in_progress",
-                                                          "Replica sends being retried now.")),
-      strong_write_retries_(registry_.AddCounter(
-          "logkv_strong_write_retries_total",
-          "Strong writes stamped again because an owner held a newer write.")) {}
+                                                          "Replica sends being retried now.")) {}
 
 HttpRouteMetrics* ServerMetrics::HttpRoute(absl::string_view route, absl::string_view method) {
   std::pair<std::string, std::string> key{std::string(route), std::string(method)};

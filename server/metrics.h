@@ -394,9 +394,6 @@ class ServerMetrics {
   Histogram* replication_ack_seconds() const { return replication_ack_seconds_; }
   Gauge* replication_lag_max_seconds() const { return replication_lag_max_seconds_; }
   Gauge* replication_retries_in_progress() const { return replication_retries_in_progress_; }
-  // logkv_strong_write_retries_total: strong writes stamped again because an
-  // owner held a newer write.
-  Counter* strong_write_retries() const { return strong_write_retries_; }
 
  private:
   MetricsRegistry registry_;
@@ -423,7 +420,6 @@ class ServerMetrics {
   Histogram* const replication_ack_seconds_;
   Gauge* const replication_lag_max_seconds_;
   Gauge* const replication_retries_in_progress_;
-  Counter* const strong_write_retries_;
 
   absl::Mutex routes_mu_;
   // Keyed by (route, method).

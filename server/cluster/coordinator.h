@@ -4,10 +4,10 @@
 // consistency level asked for, and answers.
 //
 //   eventual: W = 1, R = 1 (the --w / --r flags override the defaults)
-//   strong:   W = R = majority of N, linearizable: a strong write counts only
-//             owners that hold exactly its timestamp (stamped again above a
-//             newer write it lost to); a strong read writes the newest
-//             record back to a majority of owners before answering.
+//   strong:   W = R = majority of N, linearizable (ABD): a strong write is
+//             stamped above the timestamps a majority of owners hold; a
+//             strong read writes the newest record back to a majority of
+//             owners before answering.
 //
 // Writes are stamped with a hybrid-logical-clock timestamp at the coordinator
 // whose low bits carry a tag of the coordinator's node id, so two coordinators

@@ -37,11 +37,6 @@ std::string KeyForMessage(absl::string_view key) {
 
 size_t Majority(size_t n) { return n / 2 + 1; }
 
-// A strong write that keeps losing to newer writes (a key written by many
-// coordinators at once) gives up after this many stampings, or at its
-// deadline, whichever comes first.
-constexpr int kMaxStrongWriteAttempts = 16;
-
 }  // namespace
 
 // ---- Cluster timestamps --------------------------------------------------------
@@ -112,7 +107,6 @@ struct ReplicaCoordinator::SendState {
   size_t need = 0;
   size_t total = 0;
   bool hint = false;
-  bool exact = false;
   absl::Time deadline;
   SendDone done;
 
@@ -230,45 +224,48 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   record->key = std::move(key);
   if (metrics_ != nullptr && owners.size() > 1) metrics_->replications()->Inc();
 
-  // Stamp above what this node holds for the key (a write replicated here
-  // from another coordinator may be ahead of our clock), so a write that
-  // follows it is not lost to last-write-wins.
-  if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
-    absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
-    if (local.ok() && local->found) clock_.Observe(local->timestamp);
+  if (consistency != p::Consistency::Strong) {
+    // Stamp above what this node holds for the key (a write replicated here
+    // from another coordinator may be ahead of our clock), so a write that
+    // follows it is not lost to last-write-wins.
+    if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
+      absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
+      if (local.ok() && local->found) clock_.Observe(local->timestamp);
+    }
+    record->timestamp = clock_.Now();
+    return WriteStamped(std::move(owners), std::move(record), need, deadline, std::move(done));
   }
-  record->timestamp = clock_.Now();
-  // A strong write needs no read phase: an owner counts only if it now
-  // holds exactly this timestamp, and a majority of owners cannot all hold
-  // it while one of them holds a newer completed write (majorities
-  // intersect), so an acknowledged strong write is above every write that
-  // completed before it began. One that lost to a newer write somewhere is
-  // stamped again above it (WriteStamped).
-  WriteStamped(std::move(owners), std::move(record), need, deadline,
-               consistency == p::Consistency::Strong, /*attempt=*/1, std::move(done));
+  // ABD, phase 1: learn the key's highest timestamp from a majority, so the
+  // write is stamped above every write that completed before it began
+  // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
+  const std::string& read_key = record->key;
+  ReadQuorum(owners, read_key, /*with_value=*/false, Majority(owners.size()), deadline,
+             [this, owners, record, need, deadline,
+              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
+               if (!replies.ok()) {
+                 return done(absl::UnavailableError(absl::StrCat(
+                     "strong write of key ", KeyForMessage(record->key),
+                     " not attempted: a majority of its owners could not be read within the "
+                     "write wait (",
+                     replies.status().message(), ")")));
+               }
+               for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
+               record->timestamp = clock_.Now();
+               WriteStamped(std::move(owners), std::move(record), need, deadline,
+                            std::move(done));
+             });
 }
 
 void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
                                       std::shared_ptr<VersionedRecord> record, size_t need,
-                                      absl::Time deadline, bool strong, int attempt,
+                                      absl::Time deadline,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
   const size_t owner_count = owners.size();
   SendToOwners(
-      owners, record, need, deadline, /*hint=*/true, /*exact=*/strong,
-      [this, owners, record, need, deadline, strong, attempt, timestamp, owner_count,
+      owners, record, need, deadline, /*hint=*/true,
+      [this, owners, record, need, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
-        if (!sent.reached && strong && sent.newest_conflict > timestamp &&
-            absl::Now() < deadline && attempt < kMaxStrongWriteAttempts) {
-          // Some owners hold a newer write: stamp above it and try again
-          // (a fresh record: the last attempt's may still be in flight).
-          clock_.Observe(sent.newest_conflict);
-          auto again = std::make_shared<VersionedRecord>(*record);
-          again->timestamp = clock_.Now();
-          if (metrics_ != nullptr) metrics_->strong_write_retries()->Inc();
-          return WriteStamped(std::move(owners), std::move(again), need, deadline, strong,
-                              attempt + 1, std::move(done));
-        }
         if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
               "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
@@ -291,14 +288,12 @@ void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
 
 void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
                                       std::shared_ptr<const VersionedRecord> record, size_t need,
-                                      absl::Time deadline, bool hint, bool exact,
-                                      SendDone done) {
+                                      absl::Time deadline, bool hint, SendDone done) {
   auto state = std::make_shared<SendState>();
   state->record = std::move(record);
   state->need = need;
   state->total = targets.size();
   state->hint = hint;
-  state->exact = exact;
   state->deadline = deadline;
   state->done = std::move(done);
   if (targets.empty()) {
@@ -364,12 +359,10 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
                                 const absl::Status& status,
                                 std::optional<engine::WriteResult> local,
                                 uint64_t held_timestamp) {
-  // An exact send counts an owner only if it holds this very write; one that
-  // holds a newer write is a conflict, and needs no hint.
-  const bool conflict =
-      status.ok() && state->exact && held_timestamp > state->record->timestamp;
-  // An owner that did not say what it holds cannot count for an exact send.
-  const bool untold = status.ok() && state->exact && held_timestamp == 0;
+  // An owner that holds a newer write counts (the record is superseded
+  // there, as last-write-wins orders it); its timestamp moves this node's
+  // clock so the next write it coordinates is stamped above.
+  if (held_timestamp > state->record->timestamp) clock_.Observe(held_timestamp);
   if (!status.ok() && node != self_) {
     if (state->hint && handoff_ != nullptr) {
       if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {
@@ -387,12 +380,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     absl::MutexLock lock(&state->mu);
     SendOutcome& outcome = state->outcome;
     ++state->answered;
-    if (conflict) {
-      outcome.failures.push_back(absl::StrCat(node, ": holds a newer write"));
-      outcome.newest_conflict = std::max(outcome.newest_conflict, held_timestamp);
-    } else if (untold) {
-      outcome.failures.push_back(absl::StrCat(node, ": did not say which write it holds"));
-    } else if (status.ok()) {
+    if (status.ok()) {
       outcome.applied.push_back(node);
     } else {
       outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
@@ -476,7 +464,7 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
     if (!stale.empty()) {
       // Background repair: the answer does not wait for it.
       SendToOwners(stale, newest, /*need=*/stale.size(), deadline, /*hint=*/false,
-                   /*exact=*/false, [](SendOutcome) {});
+                   [](SendOutcome) {});
     }
     return done(std::move(result));
   }
@@ -492,7 +480,7 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
     }
     if (!holds) targets.push_back(owner);
   }
-  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false, /*exact=*/false,
+  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false,
                [result = std::move(result), key = newest->key, majority, holders,
                 done = std::move(done)](SendOutcome sent) mutable {
                  if (!sent.reached) {

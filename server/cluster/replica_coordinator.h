@@ -26,13 +26,12 @@
 // owners among those asked are repaired with Replicate: in the background
 // for Eventual and Default, before answering for Strong.
 //
-// Strong is linearizable for single-key get, put and delete: a strong
-// write is stamped above what this node holds and sent to every owner; only
-// owners that now hold exactly its timestamp count towards the majority,
-// and one that lost to a newer write is stamped again above it and sent
-// again (one round trip unless it lost; docs/cluster.md, "Strong writes").
-// A strong read (ABD's) reads a majority and, unless a majority already
-// holds the newest record, writes it back until one does before answering.
+// Strong is linearizable for single-key get, put and delete (ABD): a
+// strong write first reads the key's timestamps from a majority and is
+// stamped above them, then sent to every owner and acknowledged by a
+// majority; a strong read reads a majority and, unless a majority already
+// holds the newest record, writes it back until one does before answering
+// (docs/cluster.md, "Strong writes").
 //
 // Lifetimes: engine, the send function's transport, the ring and lookup
 // functions' membership, metrics and handoff must outlive the coordinator,
@@ -209,15 +208,12 @@ class ReplicaCoordinator final : public Coordinator {
   using ReadDone = std::function<void(absl::StatusOr<std::vector<Reply>>)>;
   // What a send to owners came to. reached: need acks arrived; applied: the
   // owners that applied (so far); failures: "node: why" of those that did
-  // not (so far); local: this node's write, when it was a target;
-  // newest_conflict: (exact sends) the highest timestamp an owner holds
-  // above the record's, 0 when none did.
+  // not (so far); local: this node's write, when it was a target.
   struct SendOutcome {
     bool reached = false;
     std::vector<std::string> applied;
     std::vector<std::string> failures;
     std::optional<engine::WriteResult> local;
-    uint64_t newest_conflict = 0;
   };
   using SendDone = std::function<void(SendOutcome outcome)>;
 
@@ -234,23 +230,19 @@ class ReplicaCoordinator final : public Coordinator {
               absl::StatusOr<VersionedRecord> record);
 
   // Sends record to targets; done once need of them applied it, or all
-  // answered without. hint: failed owners get a hint. exact: an owner counts
-  // only if it now holds exactly the record's timestamp; one holding a newer
-  // write is a conflict (no hint) and its timestamp is reported.
+  // answered without. hint: failed owners get a hint. An owner holding a
+  // newer write counts as having applied it (last write wins orders it).
   void SendToOwners(const std::vector<std::string>& targets,
                     std::shared_ptr<const VersionedRecord> record, size_t need,
-                    absl::Time deadline, bool hint, bool exact, SendDone done);
+                    absl::Time deadline, bool hint, SendDone done);
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
               const absl::Status& status, std::optional<engine::WriteResult> local,
               uint64_t held_timestamp);
 
-  // Sends a stamped write to its owners and answers once need hold it.
-  // strong: exact acknowledgements, and a write that lost to a newer one on
-  // some owners is stamped again above it and sent again (docs/cluster.md,
-  // "Strong writes").
+  // Sends a stamped write to its owners and answers once need applied it.
   void WriteStamped(std::vector<std::string> owners, std::shared_ptr<VersionedRecord> record,
-                    size_t need, absl::Time deadline, bool strong, int attempt,
+                    size_t need, absl::Time deadline,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
   void FinishRead(std::vector<std::string> owners, std::vector<Reply> replies, bool strong,
                   absl::Time deadline, std::function<void(absl::StatusOr<ReadResult>)> done);
