@@ -685,6 +685,7 @@ int Main(int argc, char** argv) {
   purger_options.ring_stable_for =
       absl::Milliseconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_purge_ring_stable_ms)));
   purger_options.tombstone_grace = absl::Milliseconds(options.tombstone_grace_ms);
+  purger_options.peers_expected = !cluster_options.seeds.empty();
   cluster::Purger purger(engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
                          [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
                          cluster_node.node_id(), &metrics, purger_options);

@@ -24,6 +24,7 @@ constexpr uint64_t kRequestKeyBytes = kMaxRecordsAnswerBytes / 4;
 void PurgerFigures::Add(const PurgerFigures& sweep) {
   sweeps += sweep.sweeps;
   sweeps_skipped += sweep.sweeps_skipped;
+  sweeps_cut_short += sweep.sweeps_cut_short;
   keys_listed += sweep.keys_listed;
   candidates += sweep.candidates;
   forgotten_not_owned += sweep.forgotten_not_owned;
@@ -136,10 +137,25 @@ absl::StatusOr<PurgerFigures> Purger::RunOnce() {
   return sweep;
 }
 
+bool Purger::RingUnchangedSince(const std::shared_ptr<const Ring>& ring,
+                                absl::Time start) const {
+  // By members, not by pointer: a ring not yet published is built anew on
+  // every call.
+  const std::shared_ptr<const Ring> now = ring_();
+  if (now == nullptr || now->members() != ring->members()) return false;
+  absl::MutexLock lock(&mu_);
+  return ring_changed_at_ <= start;
+}
+
 absl::StatusOr<PurgerFigures> Purger::Sweep() {
   PurgerFigures figures;
   const absl::Time start = absl::Now();
   const std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
+  if (ring != nullptr && ring->size() > 1) saw_peers_ = true;
+  if (ring != nullptr && ring->size() <= 1 && options_.peers_expected && !saw_peers_) {
+    figures.sweeps_skipped = 1;  // not joined yet: nobody to confirm with
+    return figures;
+  }
   {
     absl::MutexLock lock(&mu_);
     if (ring == nullptr || start - ring_changed_at_ < options_.ring_stable_for) {
@@ -184,7 +200,11 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
     }
     if (candidates.size() >= options_.page_keys || (cursor.done && !candidates.empty())) {
       figures.candidates += candidates.size();
-      Settle(&candidates, &figures);
+      if (!Settle(&candidates, ring, start, &figures)) {
+        figures.sweeps_cut_short = 1;
+        figures.last_sweep_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+        return figures;
+      }
       candidates.clear();
     }
   }
@@ -193,7 +213,8 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
   return figures;
 }
 
-void Purger::Settle(std::vector<Candidate>* candidates, PurgerFigures* figures) {
+bool Purger::Settle(std::vector<Candidate>* candidates, const std::shared_ptr<const Ring>& ring,
+                    absl::Time start, PurgerFigures* figures) {
   // Who is reachable now: only Alive members are asked.
   std::map<std::string, std::string> address_of;
   for (const Member& member : members_()) {
@@ -214,7 +235,7 @@ void Purger::Settle(std::vector<Candidate>* candidates, PurgerFigures* figures) 
   for (const auto& [owner, indexes] : asked) {
     size_t begin = 0;
     while (begin < indexes.size()) {
-      if (stopping()) return;
+      if (stopping()) return true;
       // A request ends at keys_per_request keys or kRequestKeyBytes of keys.
       std::vector<std::string> keys;
       uint64_t key_bytes = 0;
@@ -249,6 +270,13 @@ void Purger::Settle(std::vector<Candidate>* candidates, PurgerFigures* figures) 
       begin = end;
     }
   }
+  // The confirmations were asked of this ring's owners: if it changed
+  // meanwhile (a member joined, or one left after handing its records
+  // off), who must hold a key is no longer known here.
+  if (!RingUnchangedSince(ring, start)) {
+    figures->waiting += candidates->size();
+    return false;
+  }
   for (const Candidate& candidate : *candidates) {
     if (candidate.refused || candidate.confirmations != candidate.owners.size()) {
       figures->waiting += 1;
@@ -269,6 +297,7 @@ void Purger::Settle(std::vector<Candidate>* candidates, PurgerFigures* figures) 
       figures->forgotten_not_owned += 1;
     }
   }
+  return true;
 }
 
 absl::StatusOr<std::vector<VersionedRecord>> Purger::ReadMeta(const std::string& address,

@@ -13,7 +13,10 @@
 // against every owner with a meta-only ReadRecords, and a candidate whose
 // owner cannot be asked waits for a later sweep. Sweeps run only once the
 // ring has not changed for ring_stable_for, so ownership read from a ring
-// still settling does not move data twice. Records that owners lack are not
+// still settling does not move data twice, and a sweep during which the
+// ring changes forgets nothing more: its owners were the old ring's. A node
+// that expects peers (started with seeds) and has not seen one yet does not
+// sweep: alone, it would confirm its tombstones with nobody. Records that owners lack are not
 // sent from here: their anti-entropy rounds pull them (or a graceful leave
 // pushes them), and the next sweep finds them confirmed.
 //
@@ -62,12 +65,16 @@ struct PurgerOptions {
   uint32_t page_keys = 4096;
   uint32_t keys_per_request = 1024;
   absl::Duration request_timeout = absl::Seconds(10);
+  // The node was started to join a cluster (--seeds): with a ring of itself
+  // alone it does not sweep until it has seen another member.
+  bool peers_expected = false;
 };
 
 // What sweeps did: per sweep (RunOnce) or summed since start (Figures).
 struct PurgerFigures {
   uint64_t sweeps = 0;
-  uint64_t sweeps_skipped = 0;  // the ring had changed too recently
+  uint64_t sweeps_skipped = 0;  // the ring had changed too recently, or no peer seen yet
+  uint64_t sweeps_cut_short = 0;  // the ring changed during the sweep
   uint64_t keys_listed = 0;     // index entries looked at
   uint64_t candidates = 0;      // not owned here, or tombstones past their grace
   uint64_t forgotten_not_owned = 0;
@@ -122,9 +129,13 @@ class Purger {
   };
 
   void Loop();
-  absl::StatusOr<PurgerFigures> Sweep();
-  // Asks the owners about the candidates and forgets the confirmed ones.
-  void Settle(std::vector<Candidate>* candidates, PurgerFigures* figures);
+  absl::StatusOr<PurgerFigures> Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sweep_mu_);
+  // Asks the owners about the candidates and forgets the confirmed ones,
+  // unless the ring is no longer `ring` or changed after `start`: then it
+  // forgets nothing and returns false.
+  bool Settle(std::vector<Candidate>* candidates, const std::shared_ptr<const Ring>& ring,
+              absl::Time start, PurgerFigures* figures);
+  bool RingUnchangedSince(const std::shared_ptr<const Ring>& ring, absl::Time start) const;
   // One meta-only ReadRecords to address; the records in key order.
   absl::StatusOr<std::vector<VersionedRecord>> ReadMeta(const std::string& address,
                                                         const std::vector<std::string>& keys,
@@ -144,6 +155,7 @@ class Purger {
   Gauge* last_sweep_gauge_ = nullptr;
 
   absl::Mutex sweep_mu_;  // held for the length of a sweep
+  bool saw_peers_ ABSL_GUARDED_BY(sweep_mu_) = false;  // a ring of more than this node
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_;

@@ -848,6 +848,72 @@ TEST_F(PurgerTest, SweepsWaitUntilTheRingHasSettled) {
   EXPECT_EQ(purger->Figures().sweeps_skipped, 2u);
 }
 
+// The ring changes while a sweep asks the owners (here b leaves after
+// handing off, and a owns everything again): what the old ring's owners
+// confirmed no longer says who must hold a key, so nothing is forgotten.
+TEST_F(PurgerTest, ASweepDuringWhichTheRingChangesForgetsNothing) {
+  auto two = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  auto one = std::make_shared<const Ring>(std::vector<std::string>{"a"});
+  int owned_by_b = 0;
+  for (int i = 0; i < 300; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    Copy(a_.get(), b_.get(), Key(i));
+    owned_by_b += Owns(*two, "b", Key(i), 1);
+  }
+  ASSERT_GT(owned_by_b, 0);
+  absl::Mutex mu;
+  std::shared_ptr<const Ring> current = two;
+  Purger* purger_ptr = nullptr;
+  PeerSendFunction sender = network_.Sender();
+  // The first request of the sweep changes the ring under it.
+  PeerSendFunction changing = [&](const std::string& address, std::string frame,
+                                  absl::Duration timeout, PeerTransport::Callback done) {
+    {
+      absl::MutexLock lock(&mu);
+      if (current != one) {
+        current = one;
+        purger_ptr->NotifyRingChanged();
+      }
+    }
+    sender(address, std::move(frame), timeout, std::move(done));
+  };
+  Purger purger(a_->engine.get(), changing,
+                [&] {
+                  absl::MutexLock lock(&mu);
+                  return current;
+                },
+                [this] { return Members(); }, "a", nullptr, PurgeOptions(1));
+  purger_ptr = &purger;
+  const PurgerFigures sweep = Sweep(&purger);
+  EXPECT_EQ(sweep.sweeps_cut_short, 1u);
+  EXPECT_EQ(sweep.sweeps, 0u);
+  EXPECT_EQ(sweep.forgotten_not_owned, 0u);
+  EXPECT_GT(sweep.waiting, 0u);
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(Record(a_.get(), Key(i)).found) << Key(i);
+  // With a alone, it owns every key: nothing is a candidate.
+  const PurgerFigures after = Sweep(&purger);
+  EXPECT_EQ(after.sweeps, 1u);
+  EXPECT_EQ(after.candidates, 0u);
+  EXPECT_EQ(purger.Figures().sweeps_cut_short, 1u);
+}
+
+// A node started to join a cluster that has not seen a peer yet has nobody
+// to confirm its tombstones with, so it does not sweep; one that runs alone
+// by design (no seeds) collects them.
+TEST_F(PurgerTest, ANodeWaitingForItsClusterCollectsNoTombstones) {
+  auto alone = std::make_shared<const Ring>(std::vector<std::string>{"a"});
+  Put(a_.get(), "k", "v", Ago(absl::Hours(3)));
+  Delete(a_.get(), "k", Ago(absl::Hours(2)));
+  PurgerOptions options = PurgeOptions(3);
+  options.peers_expected = true;
+  auto waiting = MakePurger(a_.get(), alone, options);
+  EXPECT_EQ(Sweep(waiting.get()).sweeps_skipped, 1u);
+  EXPECT_TRUE(Record(a_.get(), "k").tombstone);
+  auto single = MakePurger(a_.get(), alone, PurgeOptions(3));
+  EXPECT_EQ(Sweep(single.get()).tombstones_collected, 1u);
+  EXPECT_FALSE(Record(a_.get(), "k").found);
+}
+
 TEST_F(AntiEntropyTest, RateLimitPacesTheBytes) {
   for (int i = 0; i < 2000; ++i) Put(a_.get(), Key(i), Value(i));
   AntiEntropyOptions options = TestOptions();
