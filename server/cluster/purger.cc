@@ -270,17 +270,18 @@ bool Purger::Settle(std::vector<Candidate>* candidates, const std::shared_ptr<co
       begin = end;
     }
   }
-  // The confirmations were asked of this ring's owners: if it changed
-  // meanwhile (a member joined, or one left after handing its records
-  // off), who must hold a key is no longer known here.
-  if (!RingUnchangedSince(ring, start)) {
-    figures->waiting += candidates->size();
-    return false;
-  }
-  for (const Candidate& candidate : *candidates) {
+  for (size_t i = 0; i < candidates->size(); ++i) {
+    const Candidate& candidate = (*candidates)[i];
     if (candidate.refused || candidate.confirmations != candidate.owners.size()) {
       figures->waiting += 1;
       continue;
+    }
+    // The confirmations were asked of this ring's owners: if it changed
+    // meanwhile (a member joined, or one left after handing its records
+    // off), who must hold a key is no longer known here.
+    if (!RingUnchangedSince(ring, start)) {
+      figures->waiting += candidates->size() - i;
+      return false;
     }
     // Forget checks the timestamp again under the shard's lock: a write that
     // arrived since the listing keeps the key.

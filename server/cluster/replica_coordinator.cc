@@ -245,8 +245,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                if (!replies.ok()) {
                  return done(absl::UnavailableError(absl::StrCat(
                      "strong write of key ", KeyForMessage(record->key),
-                     " not attempted: a majority of its owners could not be read within the "
-                     "write wait (",
+                     " not attempted: a majority of its owners could not be read (",
                      replies.status().message(), ")")));
                }
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
@@ -543,11 +542,13 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
 
 void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
   std::string node;
+  bool spare;  // another owner could be asked if this one fails
   {
     absl::MutexLock lock(&state->mu);
     if (state->finished || state->next >= state->candidates.size()) return;
     node = state->candidates[state->next++];
     ++state->in_flight;
+    spare = state->next < state->candidates.size();
   }
   if (node == self_) {
     absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(state->key, state->with_value);
@@ -558,9 +559,14 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
   if (!lookup_(node, &info)) {
     return OnRead(state, node, absl::UnavailableError("not a known member"));
   }
+  // An owner that is alive but does not answer must not use up the whole
+  // wait while another could still be asked: it gets half of what is left
+  // (a strong write's second phase has the same deadline).
+  const absl::Duration remaining = Remaining(state->deadline);
   const std::string keys[] = {state->key};
   send_(info.address, ReadRecordsRequestFrame(keys, !state->with_value),
-        Remaining(state->deadline), [this, state, node](absl::StatusOr<std::string> answer) {
+        spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
+        [this, state, node](absl::StatusOr<std::string> answer) {
           if (!answer.ok()) return OnRead(state, node, answer.status());
           absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*answer, 1);
           if (!records.ok()) return OnRead(state, node, records.status());

@@ -897,6 +897,35 @@ TEST_F(PurgerTest, ASweepDuringWhichTheRingChangesForgetsNothing) {
   EXPECT_EQ(purger.Figures().sweeps_cut_short, 1u);
 }
 
+// The same when the members stay but a change was notified during the sweep
+// (a member's state moved): nothing is forgotten in that sweep, and the next
+// one, with the ring settled, drops what b owns.
+TEST_F(PurgerTest, AChangeNotifiedDuringASweepAlsoCutsItShort) {
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  for (int i = 0; i < 300; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    Copy(a_.get(), b_.get(), Key(i));
+  }
+  std::atomic<bool> notify{true};
+  Purger* purger_ptr = nullptr;
+  PeerSendFunction sender = network_.Sender();
+  PeerSendFunction notifying = [&](const std::string& address, std::string frame,
+                                   absl::Duration timeout, PeerTransport::Callback done) {
+    if (notify.exchange(false)) purger_ptr->NotifyRingChanged();
+    sender(address, std::move(frame), timeout, std::move(done));
+  };
+  Purger purger(a_->engine.get(), notifying, [ring] { return ring; },
+                [this] { return Members(); }, "a", nullptr, PurgeOptions(1));
+  purger_ptr = &purger;
+  const PurgerFigures sweep = Sweep(&purger);
+  EXPECT_EQ(sweep.sweeps_cut_short, 1u);
+  EXPECT_EQ(sweep.forgotten_not_owned, 0u);
+  EXPECT_EQ(a_->engine->GetStats().keys, 300u);
+  const PurgerFigures next = Sweep(&purger);
+  EXPECT_EQ(next.sweeps, 1u);
+  EXPECT_GT(next.forgotten_not_owned, 0u);
+}
+
 // A node started to join a cluster that has not seen a peer yet has nobody
 // to confirm its tombstones with, so it does not sweep; one that runs alone
 // by design (no seeds) collects them.
@@ -912,6 +941,22 @@ TEST_F(PurgerTest, ANodeWaitingForItsClusterCollectsNoTombstones) {
   auto single = MakePurger(a_.get(), alone, PurgeOptions(3));
   EXPECT_EQ(Sweep(single.get()).tombstones_collected, 1u);
   EXPECT_FALSE(Record(a_.get(), "k").found);
+  // Once it has seen a peer, a seeded node sweeps, and when every other
+  // member has left it collects alone.
+  Put(a_.get(), "k2", "v", Ago(absl::Hours(3)));
+  Delete(a_.get(), "k2", Ago(absl::Hours(2)));
+  Put(b_.get(), "k2", "v", Ago(absl::Hours(3)));
+  Delete(b_.get(), "k2", Ago(absl::Hours(2)));
+  std::shared_ptr<const Ring> current =
+      std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  Purger joined(a_->engine.get(), network_.Sender(), [&current] { return current; },
+                [this] { return Members(); }, "a", nullptr, options);
+  EXPECT_EQ(Sweep(&joined).tombstones_collected, 1u) << "b holds the tombstone";
+  Put(a_.get(), "k3", "v", Ago(absl::Hours(3)));
+  Delete(a_.get(), "k3", Ago(absl::Hours(2)));
+  current = alone;
+  EXPECT_EQ(Sweep(&joined).tombstones_collected, 1u);
+  EXPECT_FALSE(Record(a_.get(), "k3").found);
 }
 
 TEST_F(AntiEntropyTest, RateLimitPacesTheBytes) {

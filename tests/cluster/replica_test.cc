@@ -570,16 +570,32 @@ class CoordinatorTest : public ::testing::Test {
     }
   }
 
+  ~CoordinatorTest() override {
+    for (std::thread& thread : hung_threads_) thread.join();
+  }
+
   ReplicaCoordinator::SendFunction Send() {
-    return [this](const std::string& address, std::string frame, absl::Duration,
+    return [this](const std::string& address, std::string frame, absl::Duration timeout,
                   PeerTransport::Callback done) {
       bool down;
+      bool hung;
       {
         absl::MutexLock lock(&mu_);
         ++sends_;
         down = down_.contains(address);
+        hung = hung_.contains(address);
+        if (hung) hung_timeouts_.push_back(timeout);
       }
       if (down) return done(absl::UnavailableError("connection refused"));
+      if (hung) {
+        // Alive, but no answer: the request times out, as the transport's would.
+        absl::MutexLock lock(&mu_);
+        hung_threads_.emplace_back([timeout, done = std::move(done)] {
+          absl::SleepFor(timeout);
+          done(absl::DeadlineExceededError("no answer"));
+        });
+        return;
+      }
       done(Dispatch(members_.at(address).node->engine(), false, frame));
     };
   }
@@ -642,6 +658,9 @@ class CoordinatorTest : public ::testing::Test {
   absl::Mutex mu_;
   std::set<std::string> down_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dead_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> hung_ ABSL_GUARDED_BY(mu_);  // alive, never answering
+  std::vector<absl::Duration> hung_timeouts_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> hung_threads_ ABSL_GUARDED_BY(mu_);
   int sends_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -829,6 +848,33 @@ TEST_F(CoordinatorTest, AStrongWriteIsStampedAboveACompletedWriteItHadNotSeen) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_GT(coordinator->clock()->Now(), further);
+}
+
+// An owner that is alive but never answers gets half of the wait in a
+// strong write's first phase, so the other owner is still asked in time and
+// the write reaches its majority.
+TEST_F(CoordinatorTest, AnOwnerThatHangsDoesNotUseUpAStrongWritesWait) {
+  Start(3);
+  const std::vector<std::string> owners = members_.at("node-0").coordinator->Owners("k");
+  // The first peer node-0 asks in the first phase (owners in preference order).
+  std::string first_peer;
+  for (const std::string& owner : owners) {
+    if (owner != "node-0") {
+      first_peer = owner;
+      break;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    hung_.insert(first_peer);
+  }
+  auto written = Write("node-0", "k", "v", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_EQ(written->acknowledged, 2u);
+  absl::MutexLock lock(&mu_);
+  ASSERT_FALSE(hung_timeouts_.empty());
+  // write_wait is 500 ms: the first-phase request had at most half.
+  EXPECT_LE(hung_timeouts_.front(), absl::Milliseconds(250));
 }
 
 TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
