@@ -583,15 +583,26 @@ int Main(int argc, char** argv) {
     };
   }
   server_config.peer_handler = &cluster_node;
-  // Peer requests made while a loop handles a turn go to the transport
-  // together, with one wake-up of its thread.
-  server_config.loop_started = [&cluster_node] {
+  // Peer requests made while a loop handles a turn go out together: the
+  // coordinator's Replicate and ReadRecords of a turn as one request per
+  // peer and kind, and all of them to the transport with one wake-up of its
+  // thread. The transport's own loop batches what its callbacks send.
+  cluster::ReplicaBatcher* batcher = coordinator.batcher();
+  server_config.loop_started = [&cluster_node, batcher] {
+    batcher->HoldOnThisThread();
     cluster_node.transport()->HoldSendsOnThisThread();
   };
-  server_config.loop_turn = [&cluster_node] { cluster_node.transport()->FlushHeldSends(); };
-  server_config.loop_ending = [&cluster_node] {
+  server_config.loop_turn = [&cluster_node, batcher] {
+    batcher->Flush();
+    cluster_node.transport()->FlushHeldSends();
+  };
+  server_config.loop_ending = [&cluster_node, batcher] {
+    batcher->StopHoldingOnThisThread();
     cluster_node.transport()->StopHoldingOnThisThread();
   };
+  cluster_node.transport()->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
+                                          [batcher] { batcher->Flush(); },
+                                          [batcher] { batcher->StopHoldingOnThisThread(); }});
   Server server(&service, server_config);
   if (absl::Status status = server.Start(); !status.ok()) {
     (void)(*engine)->Close();

@@ -457,7 +457,13 @@ ServerMetrics::ServerMetrics()
       replication_lag_max_seconds_(registry_.AddGauge("logkv_replication_lag_max_seconds",
                                                       "Replication lag of the slowest replica.")),
       replication_retries_in_progress_(registry_.AddGauge("logkv_replication_retries_in_progress",
-                                                          "Replica sends being retried now.")) {}
+                                                          "Replica sends being retried now.")),
+      peer_batched_requests_(registry_.AddCounter(
+          "logkv_peer_batched_requests_total",
+          "Replicate and ReadRecords requests the coordinator sent to peers.")),
+      peer_batched_items_(registry_.AddCounter(
+          "logkv_peer_batched_items_total",
+          "Records and keys those requests carried (one batch per peer and loop turn).")) {}
 
 HttpRouteMetrics* ServerMetrics::HttpRoute(absl::string_view route, absl::string_view method) {
   std::pair<std::string, std::string> key{std::string(route), std::string(method)};

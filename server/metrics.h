@@ -394,6 +394,11 @@ class ServerMetrics {
   Histogram* replication_ack_seconds() const { return replication_ack_seconds_; }
   Gauge* replication_lag_max_seconds() const { return replication_lag_max_seconds_; }
   Gauge* replication_retries_in_progress() const { return replication_retries_in_progress_; }
+  // logkv_peer_batched_requests_total / logkv_peer_batched_items_total: the
+  // coordinator's Replicate and ReadRecords requests, and the records or
+  // keys they carried (items / requests = the batch size; ReplicaBatcher).
+  Counter* peer_batched_requests() const { return peer_batched_requests_; }
+  Counter* peer_batched_items() const { return peer_batched_items_; }
 
  private:
   MetricsRegistry registry_;
@@ -420,6 +425,8 @@ class ServerMetrics {
   Histogram* const replication_ack_seconds_;
   Gauge* const replication_lag_max_seconds_;
   Gauge* const replication_retries_in_progress_;
+  Counter* const peer_batched_requests_;
+  Counter* const peer_batched_items_;
 
   absl::Mutex routes_mu_;
   // Keyed by (route, method).

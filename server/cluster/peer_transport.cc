@@ -76,6 +76,7 @@ class PeerTransport::Impl {
   void HoldSendsOnThisThread();
   void FlushHeldSends();
   void StopHoldingOnThisThread();
+  void SetLoopHooks(LoopHooks hooks) { hooks_ = std::move(hooks); }
   void SetDropped(std::vector<std::string> addresses);
   bool IsDropped(const std::string& address) const;
 
@@ -175,6 +176,9 @@ class PeerTransport::Impl {
 
   uv_loop_t loop_;
   uv_async_t async_;
+  uv_prepare_t turn_prepare_;
+  uv_check_t turn_check_;
+  LoopHooks hooks_;  // set before Start
   std::thread thread_;
 
   mutable absl::Mutex mu_;
@@ -204,15 +208,30 @@ absl::Status PeerTransport::Impl::Start() {
     static_cast<Impl*>(async->data)->DrainInbox();
   });
   async_.data = this;
+  uv_prepare_init(&loop_, &turn_prepare_);
+  turn_prepare_.data = this;
+  uv_check_init(&loop_, &turn_check_);
+  turn_check_.data = this;
+  if (hooks_.loop_turn) {
+    uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
+      static_cast<Impl*>(prepare->data)->hooks_.loop_turn();
+    });
+    uv_check_start(&turn_check_, [](uv_check_t* check) {
+      static_cast<Impl*>(check->data)->hooks_.loop_turn();
+    });
+  }
   started_ = true;
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
 }
 
 void PeerTransport::Impl::Run() {
+  if (hooks_.loop_started) hooks_.loop_started();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run.
   uv_run(&loop_, UV_RUN_DEFAULT);
+  // Sends from the hook fail at once now (the transport stopped).
+  if (hooks_.loop_ending) hooks_.loop_ending();
   uv_loop_close(&loop_);
 }
 
@@ -705,6 +724,8 @@ void PeerTransport::Impl::ShutDownLoop() {
   // Write callbacks (with ECANCELED) still name their peer: peers are freed
   // with the Impl, after the loop has finished.
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_prepare_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_check_), nullptr);
 }
 
 PeerTransport::PeerTransport(const PeerTransportOptions& options)
@@ -718,6 +739,7 @@ void PeerTransport::Send(const std::string& address, std::string request_frame,
 }
 void PeerTransport::HoldSendsOnThisThread() { impl_->HoldSendsOnThisThread(); }
 void PeerTransport::FlushHeldSends() { impl_->FlushHeldSends(); }
+void PeerTransport::SetLoopHooks(LoopHooks hooks) { impl_->SetLoopHooks(std::move(hooks)); }
 void PeerTransport::StopHoldingOnThisThread() { impl_->StopHoldingOnThisThread(); }
 void PeerTransport::SetDropped(std::vector<std::string> addresses) {
   impl_->SetDropped(std::move(addresses));

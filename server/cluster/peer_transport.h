@@ -68,6 +68,18 @@ class PeerTransport {
   void FlushHeldSends();
   void StopHoldingOnThisThread();
 
+  // Hooks run on the transport's own thread: loop_started once before its
+  // loop runs, loop_turn before the loop waits for I/O and after it handled
+  // what came (callbacks included), loop_ending once after the loop ended.
+  // Callbacks that send to peers can so batch what they send per turn
+  // (ReplicaBatcher). REQUIRES: before Start.
+  struct LoopHooks {
+    std::function<void()> loop_started;
+    std::function<void()> loop_turn;
+    std::function<void()> loop_ending;
+  };
+  void SetLoopHooks(LoopHooks hooks);
+
   // Fault injection (tests): messages to these addresses are dropped (done
   // gets Unavailable at once), as if the network between us were cut.
   // Ignored unless options.allow_fault_injection.

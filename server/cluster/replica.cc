@@ -226,17 +226,25 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
   return Service::Outcome::kAnswered;
 }
 
-std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted) {
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records,
+                                  bool hinted) {
   size_t bytes = 256;
-  for (const VersionedRecord& record : records) {
-    bytes += record.key.size() + record.value.size() + 64;
+  for (const VersionedRecord* record : records) {
+    bytes += record->key.size() + record->value.size() + 64;
   }
   flatbuffers::FlatBufferBuilder b(bytes);
   std::vector<flatbuffers::Offset<p::ReplicaRecord>> offsets;
   offsets.reserve(records.size());
-  for (const VersionedRecord& record : records) offsets.push_back(BuildRecord(&b, record));
+  for (const VersionedRecord* record : records) offsets.push_back(BuildRecord(&b, *record));
   auto vector = b.CreateVector(offsets);
   return FinishRequestFrame(&b, p::Operation::Replicate, p::CreateReplicate(b, vector, hinted));
+}
+
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted) {
+  std::vector<const VersionedRecord*> pointers;
+  pointers.reserve(records.size());
+  for (const VersionedRecord& record : records) pointers.push_back(&record);
+  return ReplicateRequestFrame(absl::MakeConstSpan(pointers), hinted);
 }
 
 std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only) {

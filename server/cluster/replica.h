@@ -104,6 +104,7 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const protocol::Reque
 // PeerTransport numbers them).
 
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted);
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records, bool hinted);
 std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only);
 
 // A Replicate answer: per record, whether the replica holds that version or

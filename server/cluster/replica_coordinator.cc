@@ -103,7 +103,6 @@ struct ReplicaCoordinator::ReadState {
 
 struct ReplicaCoordinator::SendState {
   std::shared_ptr<const VersionedRecord> record;
-  std::string frame;  // the Replicate request, built once for every peer
   size_t need = 0;
   size_t total = 0;
   bool hint = false;
@@ -124,7 +123,7 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
                                        HintedHandoff* handoff,
                                        const ReplicaCoordinatorOptions& options)
     : local_(local),
-      send_(std::move(send)),
+      batcher_(std::move(send)),
       ring_(std::move(ring)),
       lookup_(std::move(lookup)),
       self_(std::move(self_node_id)),
@@ -132,7 +131,11 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
       handoff_(handoff),
       options_(options),
       clock_(options.clock != nullptr ? options.clock : engine::SystemClock(),
-             HashNodeTag(self_)) {}
+             HashNodeTag(self_)) {
+  if (metrics_ != nullptr) {
+    batcher_.set_counters(metrics_->peer_batched_requests(), metrics_->peer_batched_items());
+  }
+}
 
 void ReplicaCoordinator::set_caught_up(std::function<bool()> caught_up) {
   absl::MutexLock lock(&caught_up_mu_);
@@ -328,21 +331,16 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
       OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
       continue;
     }
-    if (state->frame.empty()) state->frame = ReplicateRequestFrame({*state->record}, false);
     const absl::Time sent = absl::Now();
-    send_(info.address, state->frame, Remaining(deadline),
-          [this, state, node, sent](absl::StatusOr<std::string> answer) {
-            absl::Status status = answer.status();
+    batcher_.Replicate(
+        info.address, state->record, Remaining(deadline),
+        [this, state, node, sent](absl::StatusOr<ReplicaBatcher::Applied> applied) {
+            absl::Status status = applied.status();
             uint64_t held = 0;
-            if (status.ok()) {
-              absl::StatusOr<ReplicateAnswer> parsed = ParseReplicateAnswer(*answer, 1);
-              if (!parsed.ok()) {
-                status = parsed.status();
-              } else if (!parsed->applied[0]) {
-                status = absl::UnavailableError("the replica could not apply it");
-              } else {
-                held = parsed->held_timestamps[0];
-              }
+            if (status.ok() && !applied->applied) {
+              status = absl::UnavailableError("the replica could not apply it");
+            } else if (status.ok()) {
+              held = applied->held_timestamp;
             }
             if (status.ok() && metrics_ != nullptr) {
               metrics_->replica_acks_ok()->Inc();
@@ -563,17 +561,12 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
   // wait while another could still be asked: it gets half of what is left
   // (a strong write's second phase has the same deadline).
   const absl::Duration remaining = Remaining(state->deadline);
-  const std::string keys[] = {state->key};
-  send_(info.address, ReadRecordsRequestFrame(keys, !state->with_value),
-        spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
-        [this, state, node](absl::StatusOr<std::string> answer) {
-          if (!answer.ok()) return OnRead(state, node, answer.status());
-          absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*answer, 1);
-          if (!records.ok()) return OnRead(state, node, records.status());
-          VersionedRecord record = std::move((*records)[0]);
-          record.version = 0;  // a peer's counter means nothing here
-          OnRead(state, node, std::move(record));
-        });
+  batcher_.Read(info.address, state->key, !state->with_value,
+                spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
+                [this, state, node](absl::StatusOr<VersionedRecord> record) {
+                  if (record.ok()) record->version = 0;  // a peer's counter means nothing here
+                  OnRead(state, node, std::move(record));
+                });
 }
 
 void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,

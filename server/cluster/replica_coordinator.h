@@ -66,6 +66,7 @@
 #include "server/cluster/hinted_handoff.h"
 #include "server/cluster/peer_transport.h"
 #include "server/cluster/replica.h"
+#include "server/cluster/replica_batcher.h"
 #include "server/cluster/ring.h"
 #include "server/metrics.h"
 
@@ -194,6 +195,10 @@ class ReplicaCoordinator final : public Coordinator {
   // answers such as primary_node).
   std::string HttpAddressOf(const std::string& node_id) const;
 
+  // Batches the peer requests of a loop turn: a thread that runs an event
+  // loop holds (ReplicaBatcher::HoldOnThisThread) and flushes every turn.
+  ReplicaBatcher* batcher() { return &batcher_; }
+
   // A new cluster timestamp, with the tag of the current ring (tests).
   uint64_t NewTimestamp();
   ClusterClock* clock() { return &clock_; }
@@ -249,7 +254,7 @@ class ReplicaCoordinator final : public Coordinator {
 
   // Constant after construction.
   engine::Engine* const local_;
-  const SendFunction send_;
+  ReplicaBatcher batcher_;  // every peer request goes through it
   const RingFunction ring_;
   const PeerLookup lookup_;
   std::string self_;  // constant once operations begin (set_self_node_id)

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -246,6 +247,46 @@ TEST_F(PeerTransportTest, HeldSendsGoOnlyWhenTheHoldingThreadFlushes) {
   // No longer held: this one goes at once.
   ASSERT_TRUE(SendAndWait(transport, address, PingFrame("direct")).ok());
   transport.Stop();
+}
+
+// The loop hooks run on the transport's own thread, the one callbacks run
+// on: loop_started first, loop_turn as it goes, loop_ending after the loop
+// ended (a ReplicaBatcher held there flushes what callbacks sent).
+TEST_F(PeerTransportTest, LoopHooksRunOnTheTransportsThread) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  static thread_local bool started_here = false;
+  std::atomic<int> started{0};
+  std::atomic<int> turns{0};
+  std::atomic<int> turns_elsewhere{0};
+  std::atomic<int> ended{0};
+  transport.SetLoopHooks({[&] {
+                            started_here = true;
+                            started.fetch_add(1);
+                          },
+                          [&] {
+                            turns.fetch_add(1);
+                            if (!started_here) turns_elsewhere.fetch_add(1);
+                          },
+                          [&] { ended.fetch_add(started_here ? 1 : 100); }});
+  ASSERT_TRUE(transport.Start().ok());
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+  auto answered = std::make_shared<absl::Notification>();
+  bool callback_on_hooked_thread = false;
+  transport.Send(address, PingFrame("hooked"), absl::Seconds(10),
+                 [&, answered](absl::StatusOr<std::string> answer) {
+                   EXPECT_TRUE(answer.ok()) << answer.status();
+                   callback_on_hooked_thread = started_here;
+                   answered->Notify();
+                 });
+  ASSERT_TRUE(answered->WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(callback_on_hooked_thread);
+  EXPECT_FALSE(started_here) << "not on the test's thread";
+  transport.Stop();
+  EXPECT_EQ(started.load(), 1);
+  EXPECT_GT(turns.load(), 0);
+  EXPECT_EQ(turns_elsewhere.load(), 0);
+  EXPECT_EQ(ended.load(), 1);
 }
 
 TEST_F(PeerTransportTest, WrongSecretIsUnauthenticated) {

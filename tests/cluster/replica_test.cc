@@ -23,6 +23,7 @@
 #include "protocol/frame.h"
 #include "server/cluster/hinted_handoff.h"
 #include "server/cluster/replica.h"
+#include "server/cluster/replica_batcher.h"
 #include "server/cluster/replica_coordinator.h"
 #include "server/cluster/ring.h"
 #include "server/metrics.h"
@@ -533,6 +534,157 @@ TEST_F(HintedHandoffTest, DeliveryThreadDeliversInBatches) {
   EXPECT_EQ(handoff.Pending("remote"), 0u);
   EXPECT_EQ(sends_, 15);  // ceil(100 / 7)
   EXPECT_EQ(test::GetOrStatus(remote.engine(), "k100"), "v");
+}
+
+// ---- Batching of peer requests -----------------------------------------------------------
+
+// Two replicas behind a fake send function that counts the requests it
+// carries; "down" fails every request to it.
+class ReplicaBatcherTest : public ::testing::Test {
+ protected:
+  ReplicaBatcherTest()
+      : one_(dir_.Subdir("one"), &clock_), two_(dir_.Subdir("two"), &clock_) {}
+
+  ReplicaBatcher::SendFunction Send() {
+    return [this](const std::string& address, std::string frame, absl::Duration timeout,
+                  PeerTransport::Callback done) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++requests_[address];
+        timeouts_.push_back(timeout);
+      }
+      if (address == "down") return done(absl::UnavailableError("connection refused"));
+      done(Dispatch(address == "one" ? one_.engine() : two_.engine(), false, frame));
+    };
+  }
+  int Requests(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    return requests_[address];
+  }
+  static std::string Key(int i) { return absl::StrCat("key-", i); }
+
+  ScopedTempDir dir_;
+  ManualClock clock_{kMs};
+  Node one_;
+  Node two_;
+  absl::Mutex mu_;
+  std::map<std::string, int> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Duration> timeouts_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(ReplicaBatcherTest, AHoldingThreadSendsOneRequestPerPeerAndKindPerFlush) {
+  ReplicaBatcher batcher(Send());
+  one_.Replicate({Put("held", "already", Stamp(kMs, 9))});
+  batcher.HoldOnThisThread();
+  std::vector<absl::StatusOr<ReplicaBatcher::Applied>> applied(8, absl::UnknownError("none"));
+  for (int i = 0; i < 5; ++i) {
+    batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
+                      absl::Seconds(2), [&applied, i](auto result) { applied[i] = result; });
+  }
+  // Older than what "one" holds: acknowledged, with the newer timestamp.
+  batcher.Replicate("one", std::make_shared<VersionedRecord>(Put("held", "old", Stamp(kMs, 1))),
+                    absl::Seconds(1), [&applied](auto result) { applied[5] = result; });
+  for (int i = 6; i < 8; ++i) {
+    batcher.Replicate("two", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
+                      absl::Seconds(2), [&applied, i](auto result) { applied[i] = result; });
+  }
+  std::vector<absl::StatusOr<VersionedRecord>> read(3, absl::UnknownError("none"));
+  for (int i = 0; i < 2; ++i) {
+    batcher.Read("one", i == 0 ? std::string("held") : Key(99), /*meta_only=*/true,
+                 absl::Seconds(2), [&read, i](auto result) { read[i] = std::move(result); });
+  }
+  // A read with its value goes at once, alone (its answer is budgeted by bytes).
+  batcher.Read("one", "held", /*meta_only=*/false, absl::Seconds(2),
+               [&read](auto result) { read[2] = std::move(result); });
+  EXPECT_EQ(Requests("one"), 1);
+  EXPECT_EQ(Requests("two"), 0);
+  ASSERT_OK(read[2]);
+  EXPECT_EQ(read[2]->value, "already");
+  EXPECT_STATUS_CODE(applied[0], absl::StatusCode::kUnknown) << "held until the flush";
+
+  batcher.Flush();
+  EXPECT_EQ(Requests("one"), 3) << "the value read, one ReadRecords, one Replicate";
+  EXPECT_EQ(Requests("two"), 1);
+  EXPECT_EQ(batcher.requests_sent(), 4u);
+  EXPECT_EQ(batcher.items_sent(), 11u);
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_OK(applied[i]) << i;
+    EXPECT_TRUE(applied[i]->applied) << i;
+    EXPECT_EQ(applied[i]->held_timestamp, i == 5 ? Stamp(kMs, 9) : Stamp(kMs, 1)) << i;
+  }
+  EXPECT_EQ(test::GetOrStatus(one_.engine(), Key(4)), "v");
+  EXPECT_EQ(test::GetOrStatus(two_.engine(), Key(7)), "v");
+  ASSERT_OK(read[0]);
+  EXPECT_EQ(read[0]->timestamp, Stamp(kMs, 9));
+  EXPECT_TRUE(read[0]->value.empty()) << "meta-only";
+  ASSERT_OK(read[1]);
+  EXPECT_FALSE(read[1]->found);
+  {
+    absl::MutexLock lock(&mu_);
+    // A batch's timeout is its shortest item's: only the Replicate to "one"
+    // carried the 1 s item.
+    ASSERT_EQ(timeouts_.size(), 4u);
+    EXPECT_EQ(std::count(timeouts_.begin(), timeouts_.end(), absl::Seconds(1)), 1);
+    EXPECT_EQ(std::count(timeouts_.begin(), timeouts_.end(), absl::Seconds(2)), 3);
+  }
+  batcher.StopHoldingOnThisThread();
+  // Not holding: at once.
+  absl::StatusOr<ReplicaBatcher::Applied> now = absl::UnknownError("none");
+  batcher.Replicate("two", std::make_shared<VersionedRecord>(Put("now", "v", Stamp(kMs, 1))),
+                    absl::Seconds(1), [&now](auto result) { now = result; });
+  ASSERT_OK(now);
+  EXPECT_EQ(Requests("two"), 2);
+}
+
+TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
+  ReplicaBatcher::Limits limits;
+  limits.max_items = 2;
+  limits.max_bytes = 1000;
+  ReplicaBatcher batcher(Send(), limits);
+  batcher.HoldOnThisThread();
+  int ok = 0;
+  for (int i = 0; i < 5; ++i) {
+    batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
+                      absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
+  }
+  // Larger than max_bytes: alone.
+  auto big = std::make_shared<VersionedRecord>(Put("big", std::string(5000, 'x'), Stamp(kMs, 1)));
+  batcher.Replicate("two", big, absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
+  batcher.Replicate("two", std::make_shared<VersionedRecord>(Put("small", "v", Stamp(kMs, 1))),
+                    absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
+  std::vector<absl::Status> failed;
+  for (int i = 0; i < 3; ++i) {
+    batcher.Read("down", Key(i), true, absl::Seconds(1),
+                 [&failed](auto result) { failed.push_back(result.status()); });
+  }
+  batcher.Flush();
+  EXPECT_EQ(ok, 7);
+  EXPECT_EQ(Requests("one"), 3) << "5 records, 2 per request";
+  EXPECT_EQ(Requests("two"), 2) << "the big record alone";
+  EXPECT_EQ(Requests("down"), 2);
+  ASSERT_EQ(failed.size(), 3u);
+  for (const absl::Status& status : failed) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  }
+  batcher.StopHoldingOnThisThread();
+}
+
+// A callback run during a flush (a failure answered at once) that sends
+// again is sent by the same flush: nothing waits while the loop blocks.
+TEST_F(ReplicaBatcherTest, WhatCallbacksSendDuringAFlushGoesInTheSameFlush) {
+  ReplicaBatcher batcher(Send());
+  batcher.HoldOnThisThread();
+  absl::StatusOr<VersionedRecord> second = absl::UnknownError("none");
+  one_.Replicate({Put("k", "v", Stamp(kMs, 3))});
+  batcher.Read("down", "k", true, absl::Seconds(1), [&](absl::StatusOr<VersionedRecord> first) {
+    EXPECT_FALSE(first.ok());
+    batcher.Read("one", "k", true, absl::Seconds(1),
+                 [&second](auto result) { second = std::move(result); });
+  });
+  batcher.Flush();
+  ASSERT_OK(second);
+  EXPECT_EQ(second->timestamp, Stamp(kMs, 3));
+  batcher.StopHoldingOnThisThread();
 }
 
 // ---- The coordinator over an in-process transport ---------------------------------------

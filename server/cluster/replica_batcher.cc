@@ -1,0 +1,168 @@
+#include "server/cluster/replica_batcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+
+namespace logkv::server::cluster {
+
+namespace {
+
+// Splits items into runs of at most limits' items and bytes (a single item
+// over the byte limit is a run of its own) and calls send on each run.
+template <typename Item, typename BytesOf, typename SendRun>
+void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, BytesOf bytes_of,
+            SendRun send_run) {
+  std::vector<Item> run;
+  uint64_t run_bytes = 0;
+  for (Item& item : items) {
+    const uint64_t bytes = bytes_of(item);
+    if (!run.empty() && (run.size() >= limits.max_items || run_bytes + bytes > limits.max_bytes)) {
+      send_run(std::move(run));
+      run = {};
+      run_bytes = 0;
+    }
+    run_bytes += bytes;
+    run.push_back(std::move(item));
+  }
+  if (!run.empty()) send_run(std::move(run));
+}
+
+template <typename Item>
+absl::Duration ShortestTimeout(const std::vector<Item>& items) {
+  absl::Duration shortest = absl::InfiniteDuration();
+  for (const Item& item : items) shortest = std::min(shortest, item.timeout);
+  return shortest;
+}
+
+}  // namespace
+
+thread_local ReplicaBatcher::Held ReplicaBatcher::held_;
+
+ReplicaBatcher::ReplicaBatcher(SendFunction send, Limits limits)
+    : send_(std::move(send)), limits_{std::max<size_t>(limits.max_items, 1), limits.max_bytes} {}
+
+void ReplicaBatcher::Replicate(const std::string& address,
+                               std::shared_ptr<const VersionedRecord> record,
+                               absl::Duration timeout, ReplicateDone done) {
+  ReplicateItem item{std::move(record), timeout, std::move(done)};
+  if (Holding()) {
+    held_.pending[address].replicates.push_back(std::move(item));
+    return;
+  }
+  std::vector<ReplicateItem> one;
+  one.push_back(std::move(item));
+  SendReplicates(address, std::move(one));
+}
+
+void ReplicaBatcher::Read(const std::string& address, std::string key, bool meta_only,
+                          absl::Duration timeout, ReadDone done) {
+  ReadItem item{std::move(key), timeout, std::move(done)};
+  if (meta_only && Holding()) {
+    held_.pending[address].reads.push_back(std::move(item));
+    return;
+  }
+  std::vector<ReadItem> one;
+  one.push_back(std::move(item));
+  SendReads(address, std::move(one), meta_only);
+}
+
+void ReplicaBatcher::HoldOnThisThread() {
+  if (held_.owner != nullptr && held_.owner != this) held_.owner->StopHoldingOnThisThread();
+  held_.owner = this;
+}
+
+void ReplicaBatcher::Flush() {
+  if (!Holding()) return;
+  // Callbacks run by a send (a failure answered at once) may queue more:
+  // go round until nothing is left, so nothing waits while the loop blocks.
+  while (!held_.pending.empty()) {
+    PendingByAddress pending;
+    pending.swap(held_.pending);
+    for (auto& [address, requests] : pending) {
+      if (!requests.reads.empty()) SendReads(address, std::move(requests.reads), true);
+      if (!requests.replicates.empty()) SendReplicates(address, std::move(requests.replicates));
+    }
+  }
+}
+
+void ReplicaBatcher::StopHoldingOnThisThread() {
+  if (!Holding()) return;
+  Flush();
+  held_.owner = nullptr;
+}
+
+void ReplicaBatcher::Count(size_t items) {
+  requests_sent_.fetch_add(1, std::memory_order_relaxed);
+  items_sent_.fetch_add(items, std::memory_order_relaxed);
+  if (requests_counter_ != nullptr) requests_counter_->Inc();
+  if (items_counter_ != nullptr) items_counter_->Inc(items);
+}
+
+void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<ReplicateItem> items) {
+  InRuns(
+      std::move(items), limits_,
+      [](const ReplicateItem& item) {
+        return static_cast<uint64_t>(item.record->key.size() + item.record->value.size());
+      },
+      [this, &address](std::vector<ReplicateItem> run) {
+        std::vector<const VersionedRecord*> records;
+        records.reserve(run.size());
+        for (const ReplicateItem& item : run) records.push_back(item.record.get());
+        std::string frame = ReplicateRequestFrame(absl::MakeConstSpan(records), false);
+        const absl::Duration timeout = ShortestTimeout(run);
+        Count(run.size());
+        auto shared = std::make_shared<std::vector<ReplicateItem>>(std::move(run));
+        send_(address, std::move(frame), timeout,
+              [shared](absl::StatusOr<std::string> answer) {
+                std::vector<ReplicateItem>& items = *shared;
+                absl::StatusOr<ReplicateAnswer> parsed =
+                    answer.ok() ? ParseReplicateAnswer(*answer, items.size())
+                                : absl::StatusOr<ReplicateAnswer>(answer.status());
+                for (size_t i = 0; i < items.size(); ++i) {
+                  if (!parsed.ok()) {
+                    items[i].done(parsed.status());
+                    continue;
+                  }
+                  items[i].done(Applied{parsed->applied[i], parsed->held_timestamps[i]});
+                }
+              });
+      });
+}
+
+void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem> items,
+                               bool meta_only) {
+  InRuns(
+      std::move(items), limits_,
+      [](const ReadItem& item) { return static_cast<uint64_t>(item.key.size()); },
+      [this, &address, meta_only](std::vector<ReadItem> run) {
+        std::vector<std::string> keys;
+        keys.reserve(run.size());
+        for (const ReadItem& item : run) keys.push_back(item.key);
+        std::string frame = ReadRecordsRequestFrame(keys, meta_only);
+        const absl::Duration timeout = ShortestTimeout(run);
+        Count(run.size());
+        auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));
+        send_(address, std::move(frame), timeout, [shared](absl::StatusOr<std::string> answer) {
+          std::vector<ReadItem>& items = *shared;
+          absl::StatusOr<std::vector<VersionedRecord>> records =
+              answer.ok() ? ParseRecordsResult(*answer, items.size())
+                          : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
+          for (size_t i = 0; i < items.size(); ++i) {
+            if (!records.ok()) {
+              items[i].done(records.status());
+            } else if ((*records)[i].key != items[i].key) {
+              items[i].done(
+                  absl::InvalidArgumentError("ReadRecords answered another key than asked for"));
+            } else {
+              items[i].done(std::move((*records)[i]));
+            }
+          }
+        });
+      });
+}
+
+}  // namespace logkv::server::cluster

@@ -1,0 +1,127 @@
+// Batching of the coordinator's peer requests: the Replicate and meta-only
+// ReadRecords requests a thread makes to one peer during one turn of its
+// event loop go out as one request each, carrying every record (or key), and
+// the answer is handed back record by record. A strong write under load is
+// a meta-only read and two Replicates per write; batched, a turn of 20
+// writes costs each peer one request of each kind instead of 20.
+//
+// Only a thread that flushes before it blocks may hold (a server loop, at
+// the end of each turn; the peer transport's loop likewise): requests from
+// any other thread, and reads with values (whose answers are budgeted by
+// bytes: docs/cluster.md), are sent at once, alone. A batch ends at
+// Limits::max_items items or Limits::max_bytes of keys and values (a single
+// larger record goes alone), and its timeout is the shortest of its items'.
+// A failed request fails each of its items with its status.
+//
+// Thread-safety: every method may be called from any thread. The held
+// requests are per thread (and per batcher); callbacks run where the send
+// function calls back (the transport's thread).
+#ifndef LOGKV_SERVER_CLUSTER_REPLICA_BATCHER_H_
+#define LOGKV_SERVER_CLUSTER_REPLICA_BATCHER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/cluster/peer_transport.h"
+#include "server/cluster/replica.h"
+#include "server/metrics.h"
+
+namespace logkv::server::cluster {
+
+class ReplicaBatcher {
+ public:
+  using SendFunction = std::function<void(const std::string& address, std::string request_frame,
+                                          absl::Duration timeout, PeerTransport::Callback done)>;
+  // A replica's answer for one record: whether it holds that version or a
+  // newer one, and the timestamp it holds (0: not told).
+  struct Applied {
+    bool applied = false;
+    uint64_t held_timestamp = 0;
+  };
+  using ReplicateDone = std::function<void(absl::StatusOr<Applied>)>;
+  using ReadDone = std::function<void(absl::StatusOr<VersionedRecord>)>;
+  struct Limits {
+    size_t max_items = 256;
+    // Keys and values per request; a quarter of a ReadRecords answer's
+    // budget, so no key of a meta-only batch is answered as unknown.
+    uint64_t max_bytes = kMaxRecordsAnswerBytes / 4;
+  };
+
+  explicit ReplicaBatcher(SendFunction send) : ReplicaBatcher(std::move(send), Limits{}) {}
+  ReplicaBatcher(SendFunction send, Limits limits);
+  ReplicaBatcher(const ReplicaBatcher&) = delete;
+  ReplicaBatcher& operator=(const ReplicaBatcher&) = delete;
+  // REQUIRES: no thread holds requests for it (StopHoldingOnThisThread).
+  ~ReplicaBatcher() = default;
+
+  // Replicates record to the peer at address; done is called exactly once.
+  void Replicate(const std::string& address, std::shared_ptr<const VersionedRecord> record,
+                 absl::Duration timeout, ReplicateDone done);
+  // Reads key's record from the peer (its value too unless meta_only).
+  void Read(const std::string& address, std::string key, bool meta_only, absl::Duration timeout,
+            ReadDone done);
+
+  // From now on this thread's requests wait for Flush (or the end of
+  // holding). The thread must call Flush before it blocks.
+  void HoldOnThisThread();
+  // Sends what this thread holds for this batcher, again until nothing is
+  // left (a callback run during the flush may add more).
+  void Flush();
+  // Flushes and returns the thread to immediate sends.
+  void StopHoldingOnThisThread();
+
+  // Requests sent and items carried (figures, tests).
+  uint64_t requests_sent() const { return requests_sent_.load(std::memory_order_relaxed); }
+  uint64_t items_sent() const { return items_sent_.load(std::memory_order_relaxed); }
+  // Counters (/metrics) to add the same figures to; null: none. REQUIRES:
+  // before the first request.
+  void set_counters(Counter* requests, Counter* items) {
+    requests_counter_ = requests;
+    items_counter_ = items;
+  }
+
+ private:
+  struct ReplicateItem {
+    std::shared_ptr<const VersionedRecord> record;
+    absl::Duration timeout;
+    ReplicateDone done;
+  };
+  struct ReadItem {
+    std::string key;
+    absl::Duration timeout;
+    ReadDone done;
+  };
+  struct Pending {
+    std::vector<ReplicateItem> replicates;
+    std::vector<ReadItem> reads;  // meta-only
+  };
+  using PendingByAddress = absl::flat_hash_map<std::string, Pending>;
+  struct Held {
+    ReplicaBatcher* owner = nullptr;
+    PendingByAddress pending;
+  };
+  static thread_local Held held_;
+
+  bool Holding() const { return held_.owner == this; }
+  void Count(size_t items);
+  void SendReplicates(const std::string& address, std::vector<ReplicateItem> items);
+  void SendReads(const std::string& address, std::vector<ReadItem> items, bool meta_only);
+
+  const SendFunction send_;
+  const Limits limits_;
+  std::atomic<uint64_t> requests_sent_{0};
+  std::atomic<uint64_t> items_sent_{0};
+  Counter* requests_counter_ = nullptr;
+  Counter* items_counter_ = nullptr;
+};
+
+}  // namespace logkv::server::cluster
+
+#endif  // LOGKV_SERVER_CLUSTER_REPLICA_BATCHER_H_
