@@ -507,6 +507,7 @@ int Main(int argc, char** argv) {
   coordinator_options.write_acks = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_w)));
   coordinator_options.read_acks = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_r)));
   coordinator_options.write_wait = cluster_options.write_wait;
+  coordinator_options.max_frame_bytes = service_config.limits.max_frame_bytes;
   cluster::ReplicaCoordinator coordinator(engine_ptr, cluster_node.transport(), ring_of, lookup,
                                           cluster_options.node_id, &metrics, &handoff,
                                           coordinator_options);

@@ -13,14 +13,19 @@ namespace {
 
 // Splits items into runs of at most limits' items and bytes (a single item
 // over the byte limit is a run of its own) and calls send on each run.
+// Items are taken longest timeout first, and a run also ends before an item
+// whose timeout is under half of the run's first (its longest).
 template <typename Item, typename BytesOf, typename SendRun>
 void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, BytesOf bytes_of,
             SendRun send_run) {
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& a, const Item& b) { return a.timeout > b.timeout; });
   std::vector<Item> run;
   uint64_t run_bytes = 0;
   for (Item& item : items) {
     const uint64_t bytes = bytes_of(item);
-    if (!run.empty() && (run.size() >= limits.max_items || run_bytes + bytes > limits.max_bytes)) {
+    if (!run.empty() && (run.size() >= limits.max_items || run_bytes + bytes > limits.max_bytes ||
+                         item.timeout * 2 < run.front().timeout)) {
       send_run(std::move(run));
       run = {};
       run_bytes = 0;
@@ -69,6 +74,8 @@ void ReplicaBatcher::Read(const std::string& address, std::string key, bool meta
   one.push_back(std::move(item));
   SendReads(address, std::move(one), meta_only);
 }
+
+ReplicaBatcher::~ReplicaBatcher() { StopHoldingOnThisThread(); }
 
 void ReplicaBatcher::HoldOnThisThread() {
   if (held_.owner != nullptr && held_.owner != this) held_.owner->StopHoldingOnThisThread();

@@ -10,7 +10,10 @@
 // any other thread, and reads with values (whose answers are budgeted by
 // bytes: docs/cluster.md), are sent at once, alone. A batch ends at
 // Limits::max_items items or Limits::max_bytes of keys and values (a single
-// larger record goes alone), and its timeout is the shortest of its items'.
+// larger record goes alone), and its timeout is the shortest of its items';
+// items are grouped by timeout first (longest first, a new batch when one
+// is under half the batch's longest), so an item close to its deadline
+// cannot cut short the wait of items with plenty of time.
 // A failed request fails each of its items with its status.
 //
 // Thread-safety: every method may be called from any thread. The held
@@ -58,8 +61,9 @@ class ReplicaBatcher {
   ReplicaBatcher(SendFunction send, Limits limits);
   ReplicaBatcher(const ReplicaBatcher&) = delete;
   ReplicaBatcher& operator=(const ReplicaBatcher&) = delete;
-  // REQUIRES: no thread holds requests for it (StopHoldingOnThisThread).
-  ~ReplicaBatcher() = default;
+  // Sends what the destroying thread still holds for it. REQUIRES: no other
+  // thread holds requests for it (StopHoldingOnThisThread).
+  ~ReplicaBatcher();
 
   // Replicates record to the peer at address; done is called exactly once.
   void Replicate(const std::string& address, std::shared_ptr<const VersionedRecord> record,
@@ -69,7 +73,9 @@ class ReplicaBatcher {
             ReadDone done);
 
   // From now on this thread's requests wait for Flush (or the end of
-  // holding). The thread must call Flush before it blocks.
+  // holding). The thread must call Flush before it blocks. A thread holds
+  // for one batcher at a time: holding for this one ends (and flushes) its
+  // holding for another.
   void HoldOnThisThread();
   // Sends what this thread holds for this batcher, again until nothing is
   // left (a callback run during the flush may add more).

@@ -37,6 +37,12 @@ std::string KeyForMessage(absl::string_view key) {
 
 size_t Majority(size_t n) { return n / 2 + 1; }
 
+ReplicaBatcher::Limits BatchLimits(const ReplicaCoordinatorOptions& options) {
+  ReplicaBatcher::Limits limits;
+  limits.max_bytes = std::min<uint64_t>(limits.max_bytes, options.max_frame_bytes / 2);
+  return limits;
+}
+
 }  // namespace
 
 // ---- Cluster timestamps --------------------------------------------------------
@@ -123,7 +129,7 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
                                        HintedHandoff* handoff,
                                        const ReplicaCoordinatorOptions& options)
     : local_(local),
-      batcher_(std::move(send)),
+      batcher_(std::move(send), BatchLimits(options)),
       ring_(std::move(ring)),
       lookup_(std::move(lookup)),
       self_(std::move(self_node_id)),

@@ -130,6 +130,9 @@ struct ReplicaCoordinatorOptions {
   size_t read_acks = 0;     // R of Consistency::Default (--r); 0 = 1
   absl::Duration write_wait = absl::Seconds(3);  // --write-wait
   engine::Clock* clock = nullptr;  // default engine::SystemClock(); must outlive
+  // The peers' frame limit (--max-frame-bytes): batched peer requests stay
+  // under half of it.
+  uint32_t max_frame_bytes = 64u << 20;
 };
 
 // What the coordinator needs to know of a member.

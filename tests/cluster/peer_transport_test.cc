@@ -260,6 +260,9 @@ TEST_F(PeerTransportTest, LoopHooksRunOnTheTransportsThread) {
   std::atomic<int> turns{0};
   std::atomic<int> turns_elsewhere{0};
   std::atomic<int> ended{0};
+  // What a callback queues here is sent by the next turn hook, as a
+  // ReplicaBatcher held on this thread would be.
+  std::vector<std::function<void()>> queued;  // the transport's thread only
   transport.SetLoopHooks({[&] {
                             started_here = true;
                             started.fetch_add(1);
@@ -267,6 +270,9 @@ TEST_F(PeerTransportTest, LoopHooksRunOnTheTransportsThread) {
                           [&] {
                             turns.fetch_add(1);
                             if (!started_here) turns_elsewhere.fetch_add(1);
+                            std::vector<std::function<void()>> now;
+                            now.swap(queued);
+                            for (auto& send : now) send();
                           },
                           [&] { ended.fetch_add(started_here ? 1 : 100); }});
   ASSERT_TRUE(transport.Start().ok());
@@ -277,9 +283,16 @@ TEST_F(PeerTransportTest, LoopHooksRunOnTheTransportsThread) {
                  [&, answered](absl::StatusOr<std::string> answer) {
                    EXPECT_TRUE(answer.ok()) << answer.status();
                    callback_on_hooked_thread = started_here;
-                   answered->Notify();
+                   queued.push_back([&, answered] {
+                     transport.Send(address, PingFrame("from the turn hook"), absl::Seconds(10),
+                                    [answered](absl::StatusOr<std::string> second) {
+                                      EXPECT_TRUE(second.ok()) << second.status();
+                                      answered->Notify();
+                                    });
+                   });
                  });
-  ASSERT_TRUE(answered->WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(answered->WaitForNotificationWithTimeout(absl::Seconds(10)))
+      << "the turn hook did not run after the callback";
   EXPECT_TRUE(callback_on_hooked_thread);
   EXPECT_FALSE(started_here) << "not on the test's thread";
   transport.Stop();

@@ -573,10 +573,12 @@ class ReplicaBatcherTest : public ::testing::Test {
 };
 
 TEST_F(ReplicaBatcherTest, AHoldingThreadSendsOneRequestPerPeerAndKindPerFlush) {
+  // Declared before the batcher, which flushes what is held when destroyed.
+  std::vector<absl::StatusOr<ReplicaBatcher::Applied>> applied(8, absl::UnknownError("none"));
+  std::vector<absl::StatusOr<VersionedRecord>> read(3, absl::UnknownError("none"));
   ReplicaBatcher batcher(Send());
   one_.Replicate({Put("held", "already", Stamp(kMs, 9))});
   batcher.HoldOnThisThread();
-  std::vector<absl::StatusOr<ReplicaBatcher::Applied>> applied(8, absl::UnknownError("none"));
   for (int i = 0; i < 5; ++i) {
     batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
                       absl::Seconds(2), [&applied, i](auto result) { applied[i] = result; });
@@ -588,7 +590,6 @@ TEST_F(ReplicaBatcherTest, AHoldingThreadSendsOneRequestPerPeerAndKindPerFlush) 
     batcher.Replicate("two", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
                       absl::Seconds(2), [&applied, i](auto result) { applied[i] = result; });
   }
-  std::vector<absl::StatusOr<VersionedRecord>> read(3, absl::UnknownError("none"));
   for (int i = 0; i < 2; ++i) {
     batcher.Read("one", i == 0 ? std::string("held") : Key(99), /*meta_only=*/true,
                  absl::Seconds(2), [&read, i](auto result) { read[i] = std::move(result); });
@@ -637,12 +638,13 @@ TEST_F(ReplicaBatcherTest, AHoldingThreadSendsOneRequestPerPeerAndKindPerFlush) 
 }
 
 TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
+  int ok = 0;
+  std::vector<absl::Status> failed;
   ReplicaBatcher::Limits limits;
   limits.max_items = 2;
   limits.max_bytes = 1000;
   ReplicaBatcher batcher(Send(), limits);
   batcher.HoldOnThisThread();
-  int ok = 0;
   for (int i = 0; i < 5; ++i) {
     batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
                       absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
@@ -652,7 +654,6 @@ TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
   batcher.Replicate("two", big, absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
   batcher.Replicate("two", std::make_shared<VersionedRecord>(Put("small", "v", Stamp(kMs, 1))),
                     absl::Seconds(1), [&ok](auto result) { ok += result.ok(); });
-  std::vector<absl::Status> failed;
   for (int i = 0; i < 3; ++i) {
     batcher.Read("down", Key(i), true, absl::Seconds(1),
                  [&failed](auto result) { failed.push_back(result.status()); });
@@ -669,12 +670,33 @@ TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
   batcher.StopHoldingOnThisThread();
 }
 
+// An item close to its deadline does not share a request with items that
+// have far longer: its short timeout would fail them all.
+TEST_F(ReplicaBatcherTest, ItemsWithFarShorterTimeoutsGoInABatchOfTheirOwn) {
+  int ok = 0;
+  ReplicaBatcher batcher(Send());
+  batcher.HoldOnThisThread();
+  const absl::Duration timeouts[] = {absl::Seconds(3), absl::Milliseconds(5), absl::Seconds(2),
+                                     absl::Milliseconds(4)};
+  for (int i = 0; i < 4; ++i) {
+    batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
+                      timeouts[i], [&ok](auto result) { ok += result.ok(); });
+  }
+  batcher.Flush();
+  EXPECT_EQ(ok, 4);
+  EXPECT_EQ(Requests("one"), 2);
+  absl::MutexLock lock(&mu_);
+  ASSERT_EQ(timeouts_.size(), 2u);
+  EXPECT_EQ(timeouts_[0], absl::Seconds(2)) << "the 3 s and 2 s items together";
+  EXPECT_EQ(timeouts_[1], absl::Milliseconds(4));
+}
+
 // A callback run during a flush (a failure answered at once) that sends
 // again is sent by the same flush: nothing waits while the loop blocks.
 TEST_F(ReplicaBatcherTest, WhatCallbacksSendDuringAFlushGoesInTheSameFlush) {
+  absl::StatusOr<VersionedRecord> second = absl::UnknownError("none");
   ReplicaBatcher batcher(Send());
   batcher.HoldOnThisThread();
-  absl::StatusOr<VersionedRecord> second = absl::UnknownError("none");
   one_.Replicate({Put("k", "v", Stamp(kMs, 3))});
   batcher.Read("down", "k", true, absl::Seconds(1), [&](absl::StatusOr<VersionedRecord> first) {
     EXPECT_FALSE(first.ok());
@@ -1027,6 +1049,38 @@ TEST_F(CoordinatorTest, AnOwnerThatHangsDoesNotUseUpAStrongWritesWait) {
   ASSERT_FALSE(hung_timeouts_.empty());
   // write_wait is 500 ms: the first-phase request had at most half.
   EXPECT_LE(hung_timeouts_.front(), absl::Milliseconds(250));
+}
+
+// Strong writes coordinated while the thread holds (as a server loop does)
+// wait for the flush, and their peer requests go in batches: per peer, one
+// ReadRecords for every first phase and one Replicate for every second.
+TEST_F(CoordinatorTest, StrongWritesMadeWhileHoldingGoInBatches) {
+  Start(3);
+  constexpr int kWrites = 10;
+  std::vector<absl::StatusOr<Coordinator::WriteOutcome>> written(kWrites,
+                                                                  absl::UnknownError("none"));
+  ReplicaCoordinator* coordinator = members_.at("node-0").coordinator.get();
+  ReplicaBatcher* batcher = coordinator->batcher();
+  batcher->HoldOnThisThread();
+  for (int i = 0; i < kWrites; ++i) {
+    coordinator->Write(absl::StrCat("k", i), "v", 0, p::Consistency::Strong,
+                       [&written, i](auto result) { written[i] = std::move(result); });
+  }
+  for (int i = 0; i < kWrites; ++i) {
+    EXPECT_STATUS_CODE(written[i], absl::StatusCode::kUnknown) << "held until the flush";
+  }
+  batcher->Flush();
+  for (int i = 0; i < kWrites; ++i) {
+    ASSERT_OK(written[i]) << i;
+    for (const char* id : {"node-0", "node-1", "node-2"}) {
+      EXPECT_EQ(Local(id, absl::StrCat("k", i)), "v") << id;
+    }
+  }
+  // First phases: the local engine and one peer each (at most two peers);
+  // second phases: both peers.
+  EXPECT_LE(batcher->requests_sent(), 4u);
+  EXPECT_EQ(batcher->items_sent(), 3u * kWrites);
+  batcher->StopHoldingOnThisThread();
 }
 
 TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
