@@ -96,6 +96,24 @@ absl::Status CompareAndSetError() {
       "compare-and-set (if_version) is not supported with replicas > 1: it needs consensus");
 }
 
+// The BatchResult of a Batch: one item result per write, in order.
+void BuildBatchResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t id,
+                        const std::vector<absl::StatusOr<engine::WriteResult>>& results) {
+  builder->Clear();
+  std::vector<flatbuffers::Offset<p::BatchItemResult>> items;
+  items.reserve(results.size());
+  for (const auto& result : results) {
+    auto message = result.ok() ? 0
+                               : builder->CreateString(result.status().message().data(),
+                                                       result.status().message().size());
+    items.push_back(p::CreateBatchItemResult(*builder, p::ToWire(result.status().code()),
+                                             message, result.ok() ? result->version : 0));
+  }
+  auto vector = builder->CreateVector(items);
+  auto result = p::CreateBatchResult(*builder, vector);
+  p::FinishResponse(builder, id, p::Result::BatchResult, result.Union());
+}
+
 }  // namespace
 
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
@@ -417,20 +435,6 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
   auto gather = std::make_shared<Gather>();
   gather->results.assign(items.size(), absl::UnknownError("not applied"));
   gather->remaining = items.size();
-  auto build = [id](flatbuffers::FlatBufferBuilder* builder, const Gather& g) {
-    builder->Clear();
-    std::vector<flatbuffers::Offset<p::BatchItemResult>> results;
-    for (const auto& result : g.results) {
-      auto message = result.ok() ? 0
-                                 : builder->CreateString(result.status().message().data(),
-                                                         result.status().message().size());
-      results.push_back(p::CreateBatchItemResult(
-          *builder, p::ToWire(result.status().code()), message, result.ok() ? result->version : 0));
-    }
-    auto vector = builder->CreateVector(results);
-    auto result = p::CreateBatchResult(*builder, vector);
-    p::FinishResponse(builder, id, p::Result::BatchResult, result.Union());
-  };
   const bool deferred = always_sync_;
   Completion done = deferred ? defer() : Completion();
   for (size_t i = 0; i < items.size(); ++i) {
@@ -449,12 +453,12 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       }
       if (last && done) {
         flatbuffers::FlatBufferBuilder builder(1024);
-        build(&builder, *gather);
+        BuildBatchResponse(&builder, id, gather->results);
         done(FrameCopy(builder));
       }
       continue;
     }
-    auto record = [gather, i, done, build](absl::StatusOr<engine::WriteResult> result) {
+    auto record = [gather, i, done, id](absl::StatusOr<engine::WriteResult> result) {
       bool last;
       {
         absl::MutexLock lock(&gather->mu);
@@ -463,7 +467,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       }
       if (last && done) {
         flatbuffers::FlatBufferBuilder builder(1024);
-        build(&builder, *gather);
+        BuildBatchResponse(&builder, id, gather->results);
         done(FrameCopy(builder));
       }
     };
@@ -474,7 +478,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     }
   }
   if (deferred) return Outcome::kDeferred;
-  build(b, *gather);
+  BuildBatchResponse(b, id, gather->results);
   return Outcome::kAnswered;
 }
 
@@ -483,23 +487,8 @@ Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
                                        const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
                                        absl::FunctionRef<Completion()> defer) {
   using Results = std::vector<absl::StatusOr<engine::WriteResult>>;
-  auto build = [](flatbuffers::FlatBufferBuilder* builder, uint64_t request_id,
-                  const Results& results) {
-    builder->Clear();
-    std::vector<flatbuffers::Offset<p::BatchItemResult>> items;
-    items.reserve(results.size());
-    for (const auto& result : results) {
-      auto message = result.ok() ? 0
-                                 : builder->CreateString(result.status().message().data(),
-                                                         result.status().message().size());
-      items.push_back(p::CreateBatchItemResult(*builder, p::ToWire(result.status().code()),
-                                               message, result.ok() ? result->version : 0));
-    }
-    auto vector = builder->CreateVector(items);
-    auto result = p::CreateBatchResult(*builder, vector);
-    p::FinishResponse(builder, request_id, p::Result::BatchResult, result.Union());
-  };
-  return RunCluster<Results>(id, b, defer, build, [&](std::function<void(Results)> finish) {
+  return RunCluster<Results>(id, b, defer, BuildBatchResponse,
+                             [&](std::function<void(Results)> finish) {
     // Each item goes through the coordinator on its own; whoever records the
     // last result finishes.
     struct Gather {

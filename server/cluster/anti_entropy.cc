@@ -25,23 +25,8 @@ constexpr size_t kPushKeysPerFlush = 1024;
 // offset to it.
 constexpr size_t kLeafKeyOverheadBytes = 40;
 // Extra wait for an answer beyond the request timeout, in case the sender
-// never calls back (it must, but a round must not hang on it).
-constexpr absl::Duration kCallGrace = absl::Seconds(5);
 // The token bucket lends this much time's worth of bytes after idleness.
 constexpr double kBurstSeconds = 0.25;
-
-// A finished size-prefixed Request frame whose request_id field is present
-// (the transport rewrites it in place).
-std::string FinishRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Operation type,
-                          flatbuffers::Offset<void> operation) {
-  builder->ForceDefaults(true);
-  protocol::RequestBuilder request(*builder);
-  request.add_request_id(0);
-  request.add_operation_type(type);
-  request.add_operation(operation);
-  builder->FinishSizePrefixed(request.Finish());
-  return std::string(protocol::FrameOf(*builder));
-}
 
 }  // namespace
 
@@ -157,24 +142,6 @@ void HandleMerkleLeaf(engine::Engine* engine, const protocol::Request& request,
   result.add_keys(item_vector);
   result.add_truncated(truncated);
   protocol::FinishResponse(builder, id, protocol::Result::LeafKeysResult, result.Finish().Union());
-}
-
-absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
-                                        std::string request_frame, absl::Duration timeout) {
-  struct Answer {
-    absl::Notification done;
-    absl::StatusOr<std::string> frame;
-  };
-  // Shared with the callback, which may outlive this call if it gives up.
-  auto answer = std::make_shared<Answer>();
-  send(address, std::move(request_frame), timeout, [answer](absl::StatusOr<std::string> frame) {
-    answer->frame = std::move(frame);
-    answer->done.Notify();
-  });
-  if (!answer->done.WaitForNotificationWithTimeout(timeout + kCallGrace)) {
-    return absl::DeadlineExceededError("no answer from the peer transport");
-  }
-  return std::move(answer->frame);
 }
 
 // ---- Figures ----------------------------------------------------------------
@@ -486,7 +453,7 @@ absl::Status AntiEntropy::CompareTrees(Round* round) {
       ask.add_node_partitions(partition_vector);
       const auto offset = ask.Finish().Union();
       absl::StatusOr<std::string> frame =
-          Call(round, FinishRequest(&builder, protocol::Operation::MerkleHashes, offset));
+          Call(round, FinishPeerRequest(&builder, protocol::Operation::MerkleHashes, offset));
       if (!frame.ok()) return frame.status();
       const auto* result = flatbuffers::GetSizePrefixedRoot<protocol::Response>(frame->data())
                                ->result_as_MerkleHashesResult();
@@ -594,7 +561,7 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
     ask.add_after_key(after_vector);
     const auto offset = ask.Finish().Union();
     absl::StatusOr<std::string> frame =
-        Call(round, FinishRequest(&builder, protocol::Operation::MerkleLeaf, offset));
+        Call(round, FinishPeerRequest(&builder, protocol::Operation::MerkleLeaf, offset));
     if (!frame.ok()) return frame.status();
     const auto* result = flatbuffers::GetSizePrefixedRoot<protocol::Response>(frame->data())
                              ->result_as_LeafKeysResult();
@@ -696,14 +663,8 @@ absl::Status AntiEntropy::FlushPulls(Round* round) {
 absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys) {
   absl::StatusOr<std::string> frame = Call(round, ReadRecordsRequestFrame(keys, false));
   if (!frame.ok()) return frame.status();
-  absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*frame, keys.size());
+  absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*frame, keys);
   if (!records.ok()) return records.status();
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if ((*records)[i].key != keys[i]) {
-      return absl::InvalidArgumentError(absl::StrCat("ReadRecords answered record ", i,
-                                                     " with another key than the one asked for"));
-    }
-  }
   struct Pending {
     absl::Mutex mu;
     size_t remaining ABSL_GUARDED_BY(mu) = 0;
@@ -719,8 +680,8 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
     KeepExpiredAsValue(&record);
     const bool counts = record.found;  // gone there meanwhile: nothing to apply
     // Inline, or on the engine's sync thread under fsync=always.
-    ApplyLocally(engine_, record, [pending, counts](absl::StatusOr<uint64_t> held) {
-      const absl::Status status = held.status();
+    ApplyLocally(engine_, record, [pending, counts](absl::StatusOr<engine::WriteResult> written) {
+      const absl::Status& status = written.status();
       absl::MutexLock lock(&pending->mu);
       if (!status.ok() && pending->error.ok()) pending->error = status;
       if (status.ok() && counts) pending->applied += 1;

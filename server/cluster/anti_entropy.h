@@ -113,26 +113,6 @@ struct AntiEntropyFigures {
   void Add(const AntiEntropyFigures& round);
 };
 
-// Sends a finished Request frame to a peer; done is called exactly once (the
-// PeerTransport::Send contract).
-using PeerSendFunction = std::function<void(const std::string& address, std::string request_frame,
-                                            absl::Duration timeout, PeerTransport::Callback done)>;
-
-// The PeerTransport as a PeerSendFunction. transport must outlive its users.
-inline PeerSendFunction SendThrough(PeerTransport* transport) {
-  return [transport](const std::string& address, std::string request_frame, absl::Duration timeout,
-                     PeerTransport::Callback done) {
-    transport->Send(address, std::move(request_frame), timeout, std::move(done));
-  };
-}
-
-// Sends request_frame through send and blocks until the answer: the
-// response frame, or why there is none. A sender that never calls back is
-// given up on a few seconds after timeout (DeadlineExceeded). Not for I/O
-// loops: for the threads of anti-entropy and the purger.
-absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
-                                        std::string request_frame, absl::Duration timeout);
-
 class AntiEntropy {
  public:
   using RingFunction = std::function<std::shared_ptr<const Ring>()>;

@@ -22,9 +22,6 @@ constexpr size_t kSequenceBytes = 8;
 // Scan pages while loading: items and bytes.
 constexpr uint32_t kLoadPageItems = 10'000;
 constexpr uint64_t kLoadPageBytes = 16ull << 20;
-// Extra wait for a send's callback beyond its own timeout before giving up
-// on it (the transport promises a callback, this guards against a broken one).
-constexpr absl::Duration kCallbackGrace = absl::Seconds(2);
 
 void IgnoreWrite(absl::StatusOr<engine::WriteResult> result) {
   if (!result.ok() && !absl::IsNotFound(result.status())) {
@@ -151,7 +148,6 @@ absl::Status HintedHandoff::Enqueue(const std::string& target_node_id,
   const std::string key = HintKey(target_node_id, sequence);
   engine_->PutAsync(key, value, engine::WriteOptions{},
                     [result](absl::StatusOr<engine::WriteResult> written) {
-                      if (result->called.load(std::memory_order_acquire)) return;
                       result->status = written.status();
                       result->called.store(true, std::memory_order_release);
                     });
@@ -299,25 +295,14 @@ bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& 
 
   bool ok = true;
   if (!records.empty()) {
-    struct Answer {
-      absl::Notification done;
-      absl::StatusOr<std::string> frame;
-    };
-    auto answer = std::make_shared<Answer>();
     const absl::Time sent = absl::Now();
-    send(target, ReplicateRequestFrame(records, /*hinted=*/true), options_.send_timeout,
-         [answer](absl::StatusOr<std::string> frame) {
-           answer->frame = std::move(frame);
-           answer->done.Notify();
-         });
+    const absl::StatusOr<std::string> answer = SendAndWait(
+        send, target, ReplicateRequestFrame(records, /*hinted=*/true), options_.send_timeout);
     absl::Status status;
-    if (!answer->done.WaitForNotificationWithTimeout(options_.send_timeout + kCallbackGrace)) {
-      status = absl::DeadlineExceededError("no answer from the peer transport");
-    } else if (!answer->frame.ok()) {
-      status = answer->frame.status();
+    if (!answer.ok()) {
+      status = answer.status();
     } else {
-      absl::StatusOr<std::vector<bool>> applied =
-          ParseReplicateResult(*answer->frame, records.size());
+      absl::StatusOr<std::vector<bool>> applied = ParseReplicateResult(*answer, records.size());
       if (!applied.ok()) {
         status = applied.status();
       } else if (std::find(applied->begin(), applied->end(), false) != applied->end()) {

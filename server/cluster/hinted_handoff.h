@@ -58,6 +58,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/cluster/peer_transport.h"
 #include "server/cluster/replica.h"
 #include "server/metrics.h"
 
@@ -90,12 +91,10 @@ bool ParseHintKey(absl::string_view key, std::string* target_node_id, uint64_t* 
 
 class HintedHandoff {
  public:
-  // Sends a finished Request frame to the node; done is called exactly once
-  // (any thread) with the verified Response frame or why there is none.
-  using SendFunction =
-      std::function<void(const std::string& target_node_id, std::string request_frame,
-                         absl::Duration timeout,
-                         std::function<void(absl::StatusOr<std::string>)> done)>;
+  // Sends a finished Request frame to the node named by its node id; done is
+  // called exactly once (any thread) with the verified Response frame or why
+  // there is none.
+  using SendFunction = PeerSendFunction;
   using StateFunction = std::function<TargetState(const std::string& target_node_id)>;
 
   // engine (and metrics, which may be null) must outlive the HintedHandoff.

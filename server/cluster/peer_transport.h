@@ -95,6 +95,27 @@ class PeerTransport {
   std::unique_ptr<Impl> impl_;
 };
 
+// Sends a finished Request frame to a peer (an address, or whatever names
+// the target for the function); done is called exactly once (the
+// PeerTransport::Send contract). Fakes stand in for the transport in tests.
+using PeerSendFunction = std::function<void(const std::string& address, std::string request_frame,
+                                            absl::Duration timeout, PeerTransport::Callback done)>;
+
+// The PeerTransport as a PeerSendFunction. transport must outlive its users.
+inline PeerSendFunction SendThrough(PeerTransport* transport) {
+  return [transport](const std::string& address, std::string request_frame, absl::Duration timeout,
+                     PeerTransport::Callback done) {
+    transport->Send(address, std::move(request_frame), timeout, std::move(done));
+  };
+}
+
+// Sends request_frame through send and blocks until the answer: the
+// response frame, or why there is none. A sender that never calls back is
+// given up on a few seconds after timeout (DeadlineExceeded). Not for I/O
+// loops: for background threads (anti-entropy, the purger, hinted handoff).
+absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
+                                        std::string request_frame, absl::Duration timeout);
+
 // Finishes a size-prefixed Request frame around an operation built in
 // builder, with a request_id field Send can rewrite; returns its bytes.
 std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Operation type,

@@ -166,6 +166,11 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
   const int64_t grace_ms = absl::ToInt64Milliseconds(options_.tombstone_grace);
   const int64_t now_ms = absl::ToUnixMillis(start);
 
+  // With no more members than replicas every member owns every key: only
+  // tombstones can be candidates.
+  const bool owns_all =
+      ring->size() <= options_.replicas &&
+      std::find(ring->members().begin(), ring->members().end(), self_) != ring->members().end();
   engine::Engine::KeyCursor cursor;
   std::vector<Candidate> candidates;
   while (!cursor.done) {
@@ -174,11 +179,6 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
         engine_->ListKeys(&cursor, options_.page_keys);
     if (!page.ok()) return page.status();
     figures.keys_listed += page->size();
-    // With no more members than replicas every member owns every key: only
-    // tombstones can be candidates.
-    const bool owns_all = ring->size() <= options_.replicas &&
-                          std::find(ring->members().begin(), ring->members().end(), self_) !=
-                              ring->members().end();
     for (engine::Engine::LeafKey& key : *page) {
       if (owns_all && !key.tombstone) continue;
       std::vector<std::string> owners = ring->PreferenceList(key.key, options_.replicas);
@@ -309,16 +309,8 @@ absl::StatusOr<std::vector<VersionedRecord>> Purger::ReadMeta(const std::string&
       SendAndWait(send_, address, ReadRecordsRequestFrame(keys, /*meta_only=*/true),
                   options_.request_timeout);
   absl::StatusOr<std::vector<VersionedRecord>> records =
-      answer.ok() ? ParseRecordsResult(*answer, keys.size())
+      answer.ok() ? ParseRecordsResult(*answer, keys)
                   : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
-  if (records.ok()) {
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if ((*records)[i].key != keys[i]) {
-        records = absl::InvalidArgumentError("ReadRecords answered another key than asked for");
-        break;
-      }
-    }
-  }
   if (!records.ok()) {
     figures->failed_requests += 1;
     Log(Level::kDebug, "purger: ReadRecords to %s failed: %s", address,

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/cluster/peer_transport.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::cluster {
@@ -42,18 +43,6 @@ VersionedRecord RecordOf(const p::ReplicaRecord& record) {
   out.tombstone = record.tombstone();
   out.found = record.found();
   return out;
-}
-
-template <typename Operation>
-std::string FinishRequestFrame(flatbuffers::FlatBufferBuilder* b, p::Operation type,
-                               flatbuffers::Offset<Operation> operation) {
-  p::RequestBuilder request(*b);
-  // Non-zero, so the field is present: the transport rewrites it in place.
-  request.add_request_id(~uint64_t{0});
-  request.add_operation_type(type);
-  request.add_operation(operation.Union());
-  b->FinishSizePrefixed(request.Finish());
-  return std::string(p::FrameOf(*b));
 }
 
 void BuildReplicateResult(flatbuffers::FlatBufferBuilder* b, uint64_t id,
@@ -96,8 +85,8 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record) {
 }
 
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
-                  std::function<void(absl::StatusOr<uint64_t>)> done) {
-  if (!record.found) return done(uint64_t{0});
+                  std::function<void(absl::StatusOr<engine::WriteResult>)> done) {
+  if (!record.found) return done(engine::WriteResult{});
   if (record.timestamp == 0) {
     return done(absl::InvalidArgumentError(
         absl::StrCat("replicated record of a ", record.key.size(),
@@ -108,16 +97,12 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   // A replicated expiry is absolute, so every replica expires the key at
   // the same moment; an expired record still beats older versions.
   options.expiry_unix_ms = record.tombstone ? 0 : record.expiry_unix_ms;
-  auto callback = [done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
-    // applied == false means the engine already holds something at least
-    // as new, whose timestamp the result carries.
-    if (!result.ok()) return done(result.status());
-    done(result->timestamp);
-  };
+  // applied == false in the result means the engine already holds
+  // something at least as new, whose timestamp the result carries.
   if (record.tombstone) {
-    engine->DeleteAsync(record.key, options, std::move(callback));
+    engine->DeleteAsync(record.key, options, std::move(done));
   } else {
-    engine->PutAsync(record.key, record.value, options, std::move(callback));
+    engine->PutAsync(record.key, record.value, options, std::move(done));
   }
 }
 
@@ -173,8 +158,8 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
       record_flag(false, 0);
       continue;
     }
-    ApplyLocally(engine, record, [record_flag](absl::StatusOr<uint64_t> held) {
-      record_flag(held.ok(), held.ok() ? *held : 0);
+    ApplyLocally(engine, record, [record_flag](absl::StatusOr<engine::WriteResult> written) {
+      record_flag(written.ok(), written.ok() ? written->timestamp : 0);
     });
   }
   if (gather->done) return Service::Outcome::kDeferred;
@@ -237,7 +222,8 @@ std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> recor
   offsets.reserve(records.size());
   for (const VersionedRecord* record : records) offsets.push_back(BuildRecord(&b, *record));
   auto vector = b.CreateVector(offsets);
-  return FinishRequestFrame(&b, p::Operation::Replicate, p::CreateReplicate(b, vector, hinted));
+  return FinishPeerRequest(&b, p::Operation::Replicate,
+                           p::CreateReplicate(b, vector, hinted).Union());
 }
 
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted) {
@@ -255,8 +241,8 @@ std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool met
   items.reserve(keys.size());
   for (const std::string& key : keys) items.push_back(p::CreateKeyItem(b, Bytes(&b, key)));
   auto vector = b.CreateVector(items);
-  return FinishRequestFrame(&b, p::Operation::ReadRecords,
-                            p::CreateReadRecords(b, vector, meta_only));
+  return FinishPeerRequest(&b, p::Operation::ReadRecords,
+                           p::CreateReadRecords(b, vector, meta_only).Union());
 }
 
 absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
@@ -267,8 +253,8 @@ absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
   const auto* held = (*response)->result_as_ReplicateResult()->held_timestamps();
   const size_t count = flags == nullptr ? 0 : flags->size();
   const size_t held_count = held == nullptr ? 0 : held->size();
-  // held_timestamps came later than applied: an answer without them is
-  // read as "unknown" (0), which a strong write does not count.
+  // held_timestamps came later than applied: an answer without them reads
+  // as 0 ("not told"), which moves no clock.
   if (count != expected_count || (held_count != expected_count && held_count != 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("ReplicateResult has ", count, " flags and ", held_count,
@@ -291,19 +277,25 @@ absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view frame,
   return std::move(answer->applied);
 }
 
-absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(absl::string_view frame,
-                                                               size_t expected_count) {
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
+    absl::string_view frame, absl::Span<const std::string> keys) {
   absl::StatusOr<const p::Response*> response = AnswerOf(frame, p::Result::RecordsResult);
   if (!response.ok()) return response.status();
   const auto* records = (*response)->result_as_RecordsResult()->records();
   const size_t count = records == nullptr ? 0 : records->size();
-  if (count != expected_count) {
+  if (count != keys.size()) {
     return absl::InvalidArgumentError(absl::StrCat("RecordsResult has ", count,
-                                                   " records for ", expected_count, " keys"));
+                                                   " records for ", keys.size(), " keys"));
   }
   std::vector<VersionedRecord> out;
   out.reserve(count);
-  for (size_t i = 0; i < count; ++i) out.push_back(RecordOf(*records->Get(i)));
+  for (size_t i = 0; i < count; ++i) {
+    out.push_back(RecordOf(*records->Get(i)));
+    if (out.back().key != keys[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RecordsResult answered record ", i, " with another key than the one asked for"));
+    }
+  }
   return out;
 }
 

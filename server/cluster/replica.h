@@ -67,12 +67,13 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record);
 // Applies record to the local engine with last write wins (a Put with its
 // timestamp and absolute expiry, or a Delete for a tombstone). done runs
 // once the write is durable per the engine's fsync policy (on the engine's
-// sync thread under --fsync=always, inline otherwise) with the timestamp the
-// engine now holds for the key: the record's own when it was applied (or
-// was already there), a newer one when the engine holds a newer write. A
-// record that was not found is nothing to apply: done(0) at once.
+// sync thread under --fsync=always, inline otherwise) with the engine's
+// result, whose timestamp is what the engine now holds for the key: the
+// record's own when it was applied (or was already there), a newer one when
+// the engine holds a newer write (applied false). A record that was not
+// found is nothing to apply: an empty result (timestamp 0) at once.
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
-                  std::function<void(absl::StatusOr<uint64_t> held_timestamp)> done);
+                  std::function<void(absl::StatusOr<engine::WriteResult>)> done);
 
 // ---- The replica's handlers (registered for peer connections) -----------
 
@@ -122,9 +123,11 @@ absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view response_
 // Its applied flags alone.
 absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view response_frame,
                                                        size_t expected_count);
-// The records of a ReadRecords answer, likewise.
-absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(absl::string_view response_frame,
-                                                               size_t expected_count);
+// The records of a ReadRecords answer to a request for keys, in their order;
+// likewise InvalidArgument unless it holds one record per key, each of the
+// key asked for.
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
+    absl::string_view response_frame, absl::Span<const std::string> keys);
 
 // ---- A record as bytes (the hinted-handoff queue's values) ----------------
 // The encoding is a FlatBuffer whose root is a protocol ReplicaRecord (not

@@ -153,22 +153,20 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));
-        send_(address, std::move(frame), timeout, [shared](absl::StatusOr<std::string> answer) {
-          std::vector<ReadItem>& items = *shared;
-          absl::StatusOr<std::vector<VersionedRecord>> records =
-              answer.ok() ? ParseRecordsResult(*answer, items.size())
-                          : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
-          for (size_t i = 0; i < items.size(); ++i) {
-            if (!records.ok()) {
-              items[i].done(records.status());
-            } else if ((*records)[i].key != items[i].key) {
-              items[i].done(
-                  absl::InvalidArgumentError("ReadRecords answered another key than asked for"));
-            } else {
-              items[i].done(std::move((*records)[i]));
-            }
-          }
-        });
+        send_(address, std::move(frame), timeout,
+              [shared, keys = std::move(keys)](absl::StatusOr<std::string> answer) {
+                std::vector<ReadItem>& items = *shared;
+                absl::StatusOr<std::vector<VersionedRecord>> records =
+                    answer.ok() ? ParseRecordsResult(*answer, keys)
+                                : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
+                for (size_t i = 0; i < items.size(); ++i) {
+                  if (!records.ok()) {
+                    items[i].done(records.status());
+                  } else {
+                    items[i].done(std::move((*records)[i]));
+                  }
+                }
+              });
       });
 }
 

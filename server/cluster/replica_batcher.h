@@ -40,8 +40,7 @@ namespace logkv::server::cluster {
 
 class ReplicaBatcher {
  public:
-  using SendFunction = std::function<void(const std::string& address, std::string request_frame,
-                                          absl::Duration timeout, PeerTransport::Callback done)>;
+  using SendFunction = PeerSendFunction;
   // A replica's answer for one record: whether it holds that version or a
   // newer one, and the timestamp it holds (0: not told).
   struct Applied {

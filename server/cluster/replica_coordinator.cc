@@ -112,7 +112,6 @@ struct ReplicaCoordinator::SendState {
   size_t need = 0;
   size_t total = 0;
   bool hint = false;
-  absl::Time deadline;
   SendDone done;
 
   absl::Mutex mu;
@@ -185,12 +184,6 @@ void ReplicaCoordinator::RefreshTag(const std::shared_ptr<const Ring>& ring) {
         HashNodeTag(self_));
   }
   clock_.set_tag(tag);
-}
-
-uint64_t ReplicaCoordinator::NewTimestamp() {
-  std::shared_ptr<const Ring> ring = ring_();
-  if (ring != nullptr) RefreshTag(ring);
-  return clock_.Now();
 }
 
 size_t ReplicaCoordinator::WriteAcks(p::Consistency consistency, size_t owners) const {
@@ -302,7 +295,6 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
   state->need = need;
   state->total = targets.size();
   state->hint = hint;
-  state->deadline = deadline;
   state->done = std::move(done);
   if (targets.empty()) {
     SendOutcome outcome;
@@ -312,19 +304,13 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
   }
   for (const std::string& node : targets) {
     if (node == self_) {
-      engine::WriteOptions options;
-      options.timestamp = state->record->timestamp;
-      options.expiry_unix_ms = state->record->tombstone ? 0 : state->record->expiry_unix_ms;
-      auto callback = [this, state, node](absl::StatusOr<engine::WriteResult> result) {
-        OnSent(state, node, result.status(),
-               result.ok() ? std::optional<engine::WriteResult>(*result) : std::nullopt,
-               result.ok() ? result->timestamp : 0);
-      };
-      if (state->record->tombstone) {
-        local_->DeleteAsync(state->record->key, options, std::move(callback));
-      } else {
-        local_->PutAsync(state->record->key, state->record->value, options, std::move(callback));
-      }
+      ApplyLocally(local_, *state->record,
+                   [this, state, node](absl::StatusOr<engine::WriteResult> result) {
+                     OnSent(state, node, result.status(),
+                            result.ok() ? std::optional<engine::WriteResult>(*result)
+                                        : std::nullopt,
+                            result.ok() ? result->timestamp : 0);
+                   });
       continue;
     }
     PeerInfo info;

@@ -148,17 +148,7 @@ class ReplicaCoordinator final : public Coordinator {
   using RingFunction = std::function<std::shared_ptr<const Ring>()>;
   // A member by node id; false when unknown.
   using PeerLookup = std::function<bool(const std::string& node_id, PeerInfo* info)>;
-  // PeerTransport::Send's contract: done is called exactly once.
-  using SendFunction = std::function<void(const std::string& address, std::string request_frame,
-                                          absl::Duration timeout, PeerTransport::Callback done)>;
-
-  // Sends through transport (which must outlive the coordinator's use).
-  static SendFunction SendThrough(PeerTransport* transport) {
-    return [transport](const std::string& address, std::string frame, absl::Duration timeout,
-                       PeerTransport::Callback done) {
-      transport->Send(address, std::move(frame), timeout, std::move(done));
-    };
-  }
+  using SendFunction = PeerSendFunction;
 
   // handoff and metrics may be null (no hints, no figures).
   ReplicaCoordinator(engine::Engine* local, SendFunction send, RingFunction ring,
@@ -202,8 +192,6 @@ class ReplicaCoordinator final : public Coordinator {
   // loop holds (ReplicaBatcher::HoldOnThisThread) and flushes every turn.
   ReplicaBatcher* batcher() { return &batcher_; }
 
-  // A new cluster timestamp, with the tag of the current ring (tests).
-  uint64_t NewTimestamp();
   ClusterClock* clock() { return &clock_; }
 
  private:

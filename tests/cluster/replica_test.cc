@@ -124,7 +124,7 @@ class Node {
   VersionedRecord Read(const std::string& key, bool meta_only = false) {
     const std::string keys[] = {key};
     const std::string answer = Dispatch(engine(), false, ReadRecordsRequestFrame(keys, meta_only));
-    absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(answer, 1);
+    absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(answer, keys);
     EXPECT_OK(records);
     return records.ok() ? (*records)[0] : VersionedRecord();
   }
@@ -278,7 +278,11 @@ TEST_F(ReplicaTest, ParseRejectsMismatchedAnswers) {
   const std::string keys[] = {"a", "b"};
   const std::string records =
       Dispatch(node.engine(), false, ReadRecordsRequestFrame(keys, false));
-  EXPECT_STATUS_CODE(ParseRecordsResult(records, 1), absl::StatusCode::kInvalidArgument);
+  const std::string one_key[] = {"a"};
+  EXPECT_STATUS_CODE(ParseRecordsResult(records, one_key), absl::StatusCode::kInvalidArgument);
+  const std::string other_keys[] = {"a", "c"};
+  EXPECT_STATUS_CODE(ParseRecordsResult(records, other_keys), absl::StatusCode::kInvalidArgument);
+  ASSERT_OK(ParseRecordsResult(records, keys));
   EXPECT_STATUS_CODE(ParseReplicateResult(records, 2), absl::StatusCode::kInvalidArgument);
 }
 
