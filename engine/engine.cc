@@ -322,6 +322,23 @@ absl::StatusOr<Record> Engine::GetVersion(absl::string_view key, uint64_t versio
   return state_->ShardFor(ref.hash).GetVersion(ref, version);
 }
 
+namespace {
+
+// Announces an applied write to the change feed, or under kAlways waits
+// until it is durable (the shard's sync thread announces it then).
+absl::StatusOr<WriteResult> FinishSync(Shard& shard, const Options& options,
+                                       absl::StatusOr<WriteResult> result) {
+  if (!result.ok() || !result->applied) return result;
+  if (options.fsync != FsyncPolicy::kAlways) {
+    if (options.on_event) options.on_event(result->shard, result->sequence);
+    return result;
+  }
+  if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
+  return result;
+}
+
+}  // namespace
+
 absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view value,
                                         const WriteOptions& options) {
   if (state_->closed.load(std::memory_order_relaxed)) return Closed();
@@ -334,14 +351,7 @@ absl::StatusOr<WriteResult> Engine::Put(absl::string_view key, absl::string_view
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kPut, ref, value, options);
-  if (result.ok() && result->applied && state_->options.on_event &&
-      state_->options.fsync != FsyncPolicy::kAlways) {
-    state_->options.on_event(result->shard, result->sequence);
-  }
-  if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
-    if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
-  }
-  return result;
+  return FinishSync(shard, state_->options, std::move(result));
 }
 
 absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOptions& options) {
@@ -350,14 +360,7 @@ absl::StatusOr<WriteResult> Engine::Delete(absl::string_view key, const WriteOpt
   const KeyRef ref{key, HashKey(key)};
   Shard& shard = state_->ShardFor(ref.hash);
   auto result = shard.Write(format::RecordType::kDelete, ref, {}, options);
-  if (result.ok() && result->applied && state_->options.on_event &&
-      state_->options.fsync != FsyncPolicy::kAlways) {
-    state_->options.on_event(result->shard, result->sequence);
-  }
-  if (result.ok() && result->applied && state_->options.fsync == FsyncPolicy::kAlways) {
-    if (absl::Status status = shard.WaitDurable(result->sequence); !status.ok()) return status;
-  }
-  return result;
+  return FinishSync(shard, state_->options, std::move(result));
 }
 
 namespace {

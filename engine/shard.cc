@@ -298,28 +298,18 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   // Every mutation bumps the version; a delete ends the key's life, so the
   // next put after it starts again at 1.
   const uint64_t version = current_version + 1;
-  const uint64_t sequence = next_sequence_;
 
   LogRecord record;
   record.type = type;
   record.timestamp = timestamp;
   record.expiry_unix_ms = expiry;
-  record.sequence = sequence;
   record.version = version;
   record.key = key.key;
   record.value = value;
-  encode_buffer_.clear();
-  EncodeRecord(record, &encode_buffer_);
-  const uint64_t record_bytes = encode_buffer_.size();
-  if (record_bytes > active_->remaining()) {
-    if (absl::Status status = RollActive(record_bytes); !status.ok()) return status;
-  }
-  auto offset = active_->Append(encode_buffer_);
-  if (!offset.ok()) return offset.status();
-  ++next_sequence_;
-  active_->min_sequence = std::min(active_->min_sequence, sequence);
-  active_->max_sequence = sequence;
-  const RecordLocation location{active_->id(), *offset, static_cast<uint32_t>(record_bytes)};
+  absl::StatusOr<RecordLocation> appended = AppendLocked(&record);
+  if (!appended.ok()) return appended.status();
+  const RecordLocation location = *appended;
+  const uint64_t sequence = record.sequence;
 
   if (entry != nullptr) {
     // XOR the old state out.
@@ -353,9 +343,6 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
     ++entries_with_expiry_;
     PushTtl(expiry, id);
   }
-  recent_events_[sequence % recent_events_.size()] = FeedMark{sequence, location.segment_id,
-                                                              location.offset};
-  appended_sequence_ = sequence;
   (type == RecordType::kPut ? counters_.puts : counters_.deletes)
       .fetch_add(1, std::memory_order_relaxed);
 
@@ -367,6 +354,26 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   return result;
 }
 
+absl::StatusOr<RecordLocation> Shard::AppendLocked(LogRecord* record) {
+  record->sequence = next_sequence_;
+  encode_buffer_.clear();
+  EncodeRecord(*record, &encode_buffer_);
+  const uint64_t record_bytes = encode_buffer_.size();
+  if (record_bytes > active_->remaining()) {
+    if (absl::Status status = RollActive(record_bytes); !status.ok()) return status;
+  }
+  auto offset = active_->Append(encode_buffer_);
+  if (!offset.ok()) return offset.status();
+  ++next_sequence_;
+  active_->min_sequence = std::min(active_->min_sequence, record->sequence);
+  active_->max_sequence = record->sequence;
+  const RecordLocation location{active_->id(), *offset, static_cast<uint32_t>(record_bytes)};
+  recent_events_[record->sequence % recent_events_.size()] =
+      FeedMark{record->sequence, location.segment_id, location.offset};
+  appended_sequence_ = record->sequence;
+  return location;
+}
+
 absl::StatusOr<bool> Shard::Forget(const KeyRef& key, uint64_t timestamp) {
   if (absl::Status status = health(); !status.ok()) return status;
   absl::MutexLock lock(&mu_);
@@ -376,26 +383,14 @@ absl::StatusOr<bool> Shard::Forget(const KeyRef& key, uint64_t timestamp) {
   IndexEntry& entry = index_.at(id);
   if (entry.timestamp != timestamp) return false;  // written again since it was checked
 
-  const uint64_t sequence = next_sequence_;
   LogRecord record;
   record.type = RecordType::kForget;
   record.timestamp = entry.timestamp;
-  record.sequence = sequence;
   record.version = entry.version;
   record.key = key.key;
-  encode_buffer_.clear();
-  EncodeRecord(record, &encode_buffer_);
-  if (encode_buffer_.size() > active_->remaining()) {
-    if (absl::Status status = RollActive(encode_buffer_.size()); !status.ok()) return status;
+  if (absl::StatusOr<RecordLocation> appended = AppendLocked(&record); !appended.ok()) {
+    return appended.status();
   }
-  auto offset = active_->Append(encode_buffer_);
-  if (!offset.ok()) return offset.status();
-  ++next_sequence_;
-  active_->min_sequence = std::min(active_->min_sequence, sequence);
-  active_->max_sequence = sequence;
-  recent_events_[sequence % recent_events_.size()] =
-      FeedMark{sequence, active_->id(), *offset};
-  appended_sequence_ = sequence;
 
   // The Forget record itself is never counted dead: compaction keeps it
   // while an older record of the key may remain outside its segments.

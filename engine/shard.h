@@ -173,6 +173,11 @@ class Shard {
   absl::StatusOr<LogRecord> ReadRecord(const RecordLocation& location, absl::string_view key) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status RollActive(uint64_t needed_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends record to the active segment (rolling it when full) with the
+  // next sequence number, which it sets in record, and marks it in the change
+  // feed; where it was written.
+  absl::StatusOr<RecordLocation> AppendLocked(LogRecord* record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Segment>> NewSegment(uint32_t flags, uint64_t capacity_bytes,
                                                       const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -677,6 +677,7 @@ int Main(int argc, char** argv) {
         return member.state == cluster::MemberState::kAlive ? cluster::TargetState::kAlive
                                                             : cluster::TargetState::kUnreachable;
       });
+  auto live_members = [&cluster_node] { return cluster_node.membership()->LiveMembers(); };
   cluster::AntiEntropyOptions anti_entropy_options;
   anti_entropy_options.replicas = coordinator_options.replicas;
   anti_entropy_options.max_frame_bytes = service_config.limits.max_frame_bytes;
@@ -688,7 +689,7 @@ int Main(int argc, char** argv) {
   anti_entropy_options.push = false;
   cluster::AntiEntropy anti_entropy(
       engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
-      [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
+      live_members,
       cluster_node.node_id(), &metrics, anti_entropy_options);
   cluster::PurgerOptions purger_options;
   purger_options.replicas = coordinator_options.replicas;
@@ -699,7 +700,7 @@ int Main(int argc, char** argv) {
   purger_options.tombstone_grace = absl::Milliseconds(options.tombstone_grace_ms);
   purger_options.peers_expected = !cluster_options.seeds.empty();
   cluster::Purger purger(engine_ptr, cluster::SendThrough(cluster_node.transport()), ring_of,
-                         [&cluster_node] { return cluster_node.membership()->LiveMembers(); },
+                         live_members,
                          cluster_node.node_id(), &metrics, purger_options);
   cluster_node.membership()->OnChange([&anti_entropy, &purger] {
     anti_entropy.NotifyRingChanged();

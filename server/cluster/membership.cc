@@ -147,6 +147,9 @@ class Membership::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string GossipFrameLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every member as MemberInfo, for Gossip and its answer.
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<p::MemberInfo>>> MemberListLocked(
+      flatbuffers::FlatBufferBuilder* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry& SelfLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return members_[options_.self.node_id]; }
   // Sends a gossip frame; done gets the merge's outcome. Counted, so Stop
   // waits for every answer before the Impl goes away.
@@ -249,11 +252,17 @@ void Membership::Impl::ChangedLocked() {
   wake_.SignalAll();
 }
 
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<p::MemberInfo>>>
+Membership::Impl::MemberListLocked(flatbuffers::FlatBufferBuilder* b) {
+  std::vector<flatbuffers::Offset<p::MemberInfo>> infos;
+  infos.reserve(members_.size());
+  for (const auto& [id, entry] : members_) infos.push_back(BuildMemberInfo(b, entry.member));
+  return b->CreateVector(infos);
+}
+
 std::string Membership::Impl::GossipFrameLocked() {
   flatbuffers::FlatBufferBuilder b(1024);
-  std::vector<flatbuffers::Offset<p::MemberInfo>> infos;
-  for (const auto& [id, entry] : members_) infos.push_back(BuildMemberInfo(&b, entry.member));
-  auto members = b.CreateVector(infos);
+  auto members = MemberListLocked(&b);
   auto from = BuildMemberInfo(&b, SelfLocked().member);
   auto gossip = p::CreateGossip(b, from, members);
   return FinishPeerRequest(&b, p::Operation::Gossip, gossip.Union());
@@ -318,15 +327,8 @@ void Membership::Impl::HandleGossip(const p::Gossip& gossip,
   }
   if (changed) ChangedLocked();
   builder->Clear();
-  std::vector<flatbuffers::Offset<p::MemberInfo>> infos;
-  for (const auto& [id, entry] : members_) infos.push_back(BuildMemberInfo(builder, entry.member));
-  auto members = builder->CreateVector(infos);
-  auto result = p::CreateGossipResult(*builder, members);
-  p::ResponseBuilder response(*builder);
-  response.add_request_id(request_id);
-  response.add_result_type(p::Result::GossipResult);
-  response.add_result(result.Union());
-  builder->FinishSizePrefixed(response.Finish());
+  auto result = p::CreateGossipResult(*builder, MemberListLocked(builder));
+  p::FinishResponse(builder, request_id, p::Result::GossipResult, result.Union());
 }
 
 absl::Status Membership::Impl::MergeAnswer(const absl::StatusOr<std::string>& answer,
