@@ -444,6 +444,9 @@ int Main(int argc, char** argv) {
   cluster_options.allow_fault_injection = absl::GetFlag(FLAGS_fault_injection);
   cluster_options.require_secret = auth_on || !IsLoopback(host);
   cluster_options.max_frame_bytes = service_config.limits.max_frame_bytes;
+  // The member list is kept beside the engine's files, so a restart knows
+  // its cluster (docs/cluster.md, "Restarts").
+  cluster_options.membership_state_path = options.data_dir + "/cluster-members.json";
   cluster::ClusterNode cluster_node(cluster_options);
   engine::Engine* const engine_ptr = engine->get();
   namespace p = ::logkv::protocol;
@@ -512,6 +515,10 @@ int Main(int argc, char** argv) {
                                           cluster_options.node_id, &metrics, &handoff,
                                           coordinator_options);
   service.set_coordinator(&coordinator);
+  coordinator.set_view_confirmed([&cluster_node] {
+    const cluster::Membership* membership = cluster_node.membership();
+    return membership != nullptr && membership->ViewConfirmed();
+  });
 
   http::Router router;
   http::DataRoutesConfig routes_config;
@@ -523,6 +530,7 @@ int Main(int argc, char** argv) {
   }
   routes_config.mode = service_config.read_only ? "read-only" : "normal";
   routes_config.max_document_bytes = absl::GetFlag(FLAGS_max_document_bytes);
+  routes_config.cluster_secret = cluster_options.cluster_secret;
   http::DataRoutesDependencies routes_dependencies;
   routes_dependencies.service = &service;
   routes_dependencies.auth_store = auth_store.get();
@@ -722,14 +730,12 @@ int Main(int argc, char** argv) {
   // owners that remain (bounded), on a thread of its own: never on a loop.
   absl::Mutex hand_off_mu;
   std::vector<std::thread> hand_off_threads;
-  data_routes.SetHandOff([&](std::function<void()> then) {
+  data_routes.SetHandOff([&](std::function<void(absl::Status)> then) {
     absl::MutexLock lock(&hand_off_mu);
     hand_off_threads.emplace_back([&anti_entropy, then = std::move(then)] {
-      if (absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(30));
-          !status.ok()) {
-        Log(Level::kWarning, "hand-off before leaving: %s", status.message());
-      }
-      then();
+      absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(30));
+      if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
+      then(std::move(status));
     });
   });
   if (absl::Status status = anti_entropy.Start(); !status.ok()) {
@@ -761,19 +767,15 @@ int Main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  // A stop is a restart, not a leave: the node keeps its place in the ring
+  // (its peers hold hints for it meanwhile). Leaving is asked for
+  // explicitly (POST /members/leave).
   Log(Level::kInfo, "%s: finishing requests in flight, then stopping",
       signal_number == SIGINT ? "SIGINT" : "SIGTERM");
-  // Tell the cluster first (bounded), so peers stop counting on this node
-  // at once instead of waiting for its failure to be detected.
-  // Hand the records over, then tell the cluster. Only gossip stops here:
-  // requests in flight still need the transport.
-  if (absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(10)); !status.ok()) {
-    Log(Level::kWarning, "hand-off before leaving: %s", status.message());
-  }
-  if (cluster_node.membership() != nullptr) cluster_node.membership()->Leave(absl::Seconds(2));
   server.RequestShutdown();
   server.Wait();
   coordinator.set_caught_up(nullptr);
+  coordinator.set_view_confirmed(nullptr);
   data_routes.SetHandOff(nullptr);
   data_routes.SetSyncing(nullptr);
   service.SetMembersSource(nullptr);

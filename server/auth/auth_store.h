@@ -121,6 +121,10 @@ struct CreatedApiKey {
 };
 
 // Who a request with a valid API key acts for.
+// The administrator: the first account signed up on a node (ids count from
+// 1). It may change the cluster's membership.
+inline constexpr uint64_t kAdministratorUserId = 1;
+
 struct Principal {
   uint64_t user_id = 0;
   uint64_t api_key_id = 0;

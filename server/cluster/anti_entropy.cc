@@ -308,17 +308,23 @@ AntiEntropyFigures AntiEntropy::Figures() const {
 
 absl::Status AntiEntropy::HandOff(absl::Time deadline) {
   std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
-  if (ring == nullptr) return absl::OkStatus();
   std::vector<std::string> remaining;
-  for (const std::string& member : ring->members()) {
-    if (member != self_) remaining.push_back(member);
+  if (ring != nullptr) {
+    for (const std::string& member : ring->members()) {
+      if (member != self_) remaining.push_back(member);
+    }
   }
-  if (remaining.empty()) return absl::OkStatus();
+  if (remaining.empty()) {
+    return absl::FailedPreconditionError(
+        "this node is the only member: there is no other member to hand its keys to");
+  }
   // Ownership as it will be once this node is gone.
   auto after = std::make_shared<const Ring>(remaining);
   absl::Status all = absl::OkStatus();
+  int reached = 0;
   for (const Member& member : live_members_()) {
     if (member.node_id == self_) continue;
+    ++reached;
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError("hand-off did not reach every peer in time");
     }
@@ -331,6 +337,10 @@ absl::Status AntiEntropy::HandOff(absl::Time deadline) {
       Log(Level::kInfo, "hand-off to %s: %d keys pushed", member.node_id,
           figures->keys_pushed);
     }
+  }
+  if (reached == 0) {
+    return absl::FailedPreconditionError(
+        "no other member is alive: there is nobody to hand this node's keys to");
   }
   return all;
 }

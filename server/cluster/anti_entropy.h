@@ -158,6 +158,8 @@ class AntiEntropy {
   // Before a graceful leave: pushes to every live peer the records it will
   // own once this node is gone (ownership from the ring without this node),
   // so a write only this node holds is not lost with it. Stops at deadline.
+  // FailedPrecondition when no other member is left to own the keys or none
+  // is alive to take them; the first failure of a peer otherwise.
   absl::Status HandOff(absl::Time deadline);
 
  private:

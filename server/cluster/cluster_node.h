@@ -52,6 +52,8 @@ struct ClusterNodeOptions {
   // Test builds only (LOGKV_FAULT_INJECTION) with --fault-injection.
   bool allow_fault_injection = false;
   uint32_t max_frame_bytes = 64u << 20;
+  // Where the member list is kept (Membership: state_path); "" = not kept.
+  std::string membership_state_path;
   // Refuse peers when no cluster_secret is set (auth on, or a non-loopback
   // address): peers see every tenant's keys.
   bool require_secret = false;

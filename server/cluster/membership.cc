@@ -1,8 +1,17 @@
 #include "server/cluster/membership.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <map>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -11,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
 #include "server/cluster/peer_transport.h"
 #include "server/log.h"
 
@@ -102,6 +112,46 @@ bool ReadMemberInfo(const p::MemberInfo* info, Member* member) {
   return true;
 }
 
+// Writes contents to path atomically: a temporary file, fsync, rename,
+// fsync of the directory.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
+  const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot create ", temporary, ": ", std::strerror(errno)));
+  }
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = errno;
+      ::close(fd);
+      ::unlink(temporary.c_str());
+      return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(error)));
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("cannot sync ", temporary, ": ", std::strerror(error)));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("cannot rename ", temporary, ": ", std::strerror(error)));
+  }
+  const size_t slash = path.rfind('/');
+  const std::string directory = slash == std::string::npos ? "." : path.substr(0, slash);
+  const int dir_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    (void)::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // Thread-safety: members_ and everything about them is guarded by mu_;
@@ -126,6 +176,7 @@ class Membership::Impl {
   std::shared_ptr<const Ring> ring() const;
   bool Find(const std::string& node_id, Member* member) const;
   bool HasLeft() const;
+  bool ViewConfirmed() const;
   void OnChange(std::function<void()> callback);
   const Member& self() const { return options_.self; }
 
@@ -146,6 +197,15 @@ class Membership::Impl {
   void SetState(Entry& entry, MemberState state, int64_t now_ms)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the kept member list into members_ (at Start).
+  void LoadStateLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The member list as kept on disk.
+  std::string StateLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the member list when it changed since it was last written.
+  void PersistState() ABSL_LOCKS_EXCLUDED(mu_);
+  // A member was heard from directly; may confirm the view.
+  void NoteHeardLocked(const std::string& node_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateConfirmedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string GossipFrameLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Every member as MemberInfo, for Gossip and its answer.
   flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<p::MemberInfo>>> MemberListLocked(
@@ -168,7 +228,14 @@ class Membership::Impl {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Members heard from directly since Start, and whether they confirmed
+  // the view (a majority of the members known, itself included).
+  std::set<std::string> heard_ ABSL_GUARDED_BY(mu_);
+  bool confirmed_ ABSL_GUARDED_BY(mu_) = false;
+  // Seeds were given or members were remembered: alone is not confirmed.
+  bool expect_peers_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::function<void()>> callbacks_ ABSL_GUARDED_BY(mu_);
+  std::string persisted_;  // membership thread only: the state last written
   std::thread thread_;
   uint64_t ticks_ = 0;  // membership thread only
   absl::BitGen random_;  // membership thread only
@@ -190,7 +257,10 @@ absl::Status Membership::Impl::Start() {
     if (self.member.incarnation == 0) self.member.incarnation = static_cast<uint64_t>(NowMs());
     if (self.member.joined_unix_ms == 0) self.member.joined_unix_ms = NowMs();
     self.member.last_seen_unix_ms = NowMs();
+    expect_peers_ = !options_.seeds.empty();
+    LoadStateLocked();
     ChangedLocked();
+    UpdateConfirmedLocked();
   }
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
@@ -202,7 +272,10 @@ void Membership::Impl::Stop() {
     stop_ = true;
     wake_.SignalAll();
   }
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    thread_.join();
+    PersistState();  // what changed after the thread's last turn
+  }
   // Answers still to come name this object: wait for them (each is bounded
   // by its request's timeout).
   absl::MutexLock lock(&mu_);
@@ -214,6 +287,7 @@ void Membership::Impl::Run() {
   absl::Time next_tick = absl::Now();
   while (true) {
     std::vector<std::function<void()>> callbacks;
+    bool changed = false;
     {
       absl::MutexLock lock(&mu_);
       while (!stop_ && !changed_ && absl::Now() < next_tick) {
@@ -222,9 +296,11 @@ void Membership::Impl::Run() {
       if (stop_) return;
       if (changed_) {
         changed_ = false;
+        changed = true;
         callbacks = callbacks_;
       }
     }
+    if (changed) PersistState();
     for (auto& callback : callbacks) callback();
     if (absl::Now() >= next_tick) {
       Tick();
@@ -250,6 +326,109 @@ void Membership::Impl::ChangedLocked() {
   ring_ = std::make_shared<const Ring>(std::move(owners));
   changed_ = true;
   wake_.SignalAll();
+}
+
+void Membership::Impl::LoadStateLocked() {
+  if (options_.state_path.empty()) return;
+  std::ifstream in(options_.state_path);
+  if (!in) {
+    if (errno != ENOENT) {
+      Log(Level::kWarning, "cannot read %s (%s): waiting for peers before serving quorum "
+          "operations", options_.state_path, std::strerror(errno));
+      expect_peers_ = true;
+    }
+    return;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json state = nlohmann::json::parse(text.str(), nullptr, false);
+  if (state.is_discarded() || !state.is_object() || !state.contains("members") ||
+      !state["members"].is_array()) {
+    // Alone is never assumed from a file that cannot be read.
+    Log(Level::kWarning, "%s is not a member list: waiting for peers before serving quorum "
+        "operations", options_.state_path);
+    expect_peers_ = true;
+    return;
+  }
+  if (state.value("left", false)) {
+    left_ = true;
+    SelfLocked().member.state = MemberState::kLeft;
+    Log(Level::kInfo, "this node had left the cluster: it owns nothing until it joins again");
+  }
+  int loaded = 0;
+  for (const nlohmann::json& item : state["members"]) {
+    if (!item.is_object()) continue;
+    Member member;
+    member.node_id = item.value("node_id", "");
+    member.address = item.value("address", "");
+    member.http_address = item.value("http_address", "");
+    if (member.node_id.empty() || member.address.empty()) continue;
+    if (member.node_id == options_.self.node_id || member.address == options_.self.address) {
+      continue;
+    }
+    // Incarnation 0: whatever the cluster says of it now outranks this.
+    member.state = MemberState::kAlive;
+    member.incarnation = 0;
+    members_[member.node_id].member = std::move(member);
+    ++loaded;
+  }
+  if (loaded > 0) expect_peers_ = true;
+  Log(Level::kInfo, "remembered %d other member(s) from %s", loaded, options_.state_path);
+}
+
+std::string Membership::Impl::StateLocked() const {
+  nlohmann::json members = nlohmann::json::array();
+  for (const auto& [id, entry] : members_) {
+    if (id == options_.self.node_id || entry.member.state == MemberState::kLeft) continue;
+    members.push_back({{"node_id", entry.member.node_id},
+                       {"address", entry.member.address},
+                       {"http_address", entry.member.http_address}});
+  }
+  return nlohmann::json{{"left", left_}, {"members", std::move(members)}}.dump();
+}
+
+void Membership::Impl::PersistState() {
+  if (options_.state_path.empty()) return;
+  std::string state;
+  {
+    absl::MutexLock lock(&mu_);
+    state = StateLocked();
+  }
+  if (state == persisted_) return;
+  if (absl::Status status = WriteFileAtomically(options_.state_path, state); !status.ok()) {
+    Log(Level::kWarning, "keeping the member list: %s", status.message());
+    return;
+  }
+  persisted_ = std::move(state);
+}
+
+void Membership::Impl::NoteHeardLocked(const std::string& node_id) {
+  if (node_id == options_.self.node_id) return;
+  if (!heard_.insert(node_id).second) return;
+  UpdateConfirmedLocked();
+}
+
+void Membership::Impl::UpdateConfirmedLocked() {
+  if (confirmed_) return;
+  size_t known = 0;
+  size_t heard = 0;
+  for (const auto& [id, entry] : members_) {
+    if (id == options_.self.node_id) continue;
+    if (entry.member.state == MemberState::kLeft) continue;
+    ++known;
+    if (heard_.contains(id)) ++heard;
+  }
+  if (known == 0 && !expect_peers_) {
+    confirmed_ = true;
+    Log(Level::kInfo, "membership view confirmed: no other member is known or expected");
+    return;
+  }
+  // A majority of the members known (this node counts as one) answered.
+  if (heard >= 1 && 2 * (heard + 1) > known + 1) {
+    confirmed_ = true;
+    Log(Level::kInfo, "membership view confirmed by %d of %d other member(s)",
+        static_cast<int>(heard), static_cast<int>(known));
+  }
 }
 
 flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<p::MemberInfo>>>
@@ -324,8 +503,10 @@ void Membership::Impl::HandleGossip(const p::Gossip& gossip,
       it->second.member.last_seen_unix_ms = NowMs();
       it->second.missed_pings = 0;
     }
+    NoteHeardLocked(from.node_id);
   }
   if (changed) ChangedLocked();
+  UpdateConfirmedLocked();
   builder->Clear();
   auto result = p::CreateGossipResult(*builder, MemberListLocked(builder));
   p::FinishResponse(builder, request_id, p::Result::GossipResult, result.Union());
@@ -360,14 +541,18 @@ absl::Status Membership::Impl::MergeAnswer(const absl::StatusOr<std::string>& an
     }
   }
   // The node that answered is up.
+  std::vector<std::string> answered;
   for (auto& [id, entry] : members_) {
     if (id == options_.self.node_id) continue;
     if (id == target || (target.empty() && entry.member.address == address)) {
       entry.member.last_seen_unix_ms = NowMs();
       entry.missed_pings = 0;
+      answered.push_back(id);
     }
   }
   if (changed) ChangedLocked();
+  for (const std::string& id : answered) NoteHeardLocked(id);
+  UpdateConfirmedLocked();
   return absl::OkStatus();
 }
 
@@ -555,6 +740,11 @@ bool Membership::Impl::HasLeft() const {
   return left_;
 }
 
+bool Membership::Impl::ViewConfirmed() const {
+  absl::MutexLock lock(&mu_);
+  return confirmed_;
+}
+
 void Membership::Impl::OnChange(std::function<void()> callback) {
   absl::MutexLock lock(&mu_);
   callbacks_.push_back(std::move(callback));
@@ -577,6 +767,7 @@ void Membership::Leave(absl::Duration wait) {
 
 void Membership::LeaveAsync(std::function<void()> done) { impl_->LeaveAsync(std::move(done)); }
 bool Membership::HasLeft() const { return impl_->HasLeft(); }
+bool Membership::ViewConfirmed() const { return impl_->ViewConfirmed(); }
 std::vector<Member> Membership::Members() const { return impl_->Members(); }
 std::vector<Member> Membership::LiveMembers() const { return impl_->LiveMembers(); }
 std::shared_ptr<const Ring> Membership::ring() const { return impl_->ring(); }

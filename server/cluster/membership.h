@@ -7,6 +7,15 @@
 // its incarnation and gossips Alive (refutation). A node joins by gossiping
 // with any seed; it leaves by gossiping Left.
 //
+// The member list is kept in a file (state_path), written whenever it
+// changes and read at Start, so a restarted node knows its cluster before
+// anyone answers it. Its view is *confirmed* once, since Start, a majority
+// of the members it knows (itself included, at least one other) have
+// answered or gossiped to it directly; a node that expects no peers (no
+// seeds, no remembered members) is confirmed at once. Until then the
+// coordinator refuses operations that need a quorum (docs/cluster.md,
+// "Restarts").
+//
 // Thread-safety: every public method may be called from any thread.
 #ifndef LOGKV_SERVER_CLUSTER_MEMBERSHIP_H_
 #define LOGKV_SERVER_CLUSTER_MEMBERSHIP_H_
@@ -59,6 +68,8 @@ struct MembershipOptions {
   int suspect_after_missed = 3;      // pings without answer before Suspect
   absl::Duration dead_after = absl::Seconds(10);  // Suspect this long -> Dead
   absl::Duration ping_timeout = absl::Milliseconds(500);
+  // The file the member list is kept in ("" = not kept: tests).
+  std::string state_path;
 };
 
 class Membership {
@@ -107,6 +118,9 @@ class Membership {
   void LeaveAsync(std::function<void()> done);
   // True once this node has left (and not joined again).
   bool HasLeft() const;
+  // Whether this node's view of the membership has been confirmed by a
+  // majority of the members it knows since it started (see above).
+  bool ViewConfirmed() const;
 
   // Called (from the membership thread) after every change of membership.
   void OnChange(std::function<void()> callback);

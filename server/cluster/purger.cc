@@ -156,6 +156,12 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
     figures.sweeps_skipped = 1;  // not joined yet: nobody to confirm with
     return figures;
   }
+  if (ring != nullptr && ring->size() == 0) {
+    // Nobody owns anything (this node left a cluster of one): there is no
+    // owner to hand a key to, so nothing may go.
+    figures.sweeps_skipped = 1;
+    return figures;
+  }
   {
     absl::MutexLock lock(&mu_);
     if (ring == nullptr || start - ring_changed_at_ < options_.ring_stable_for) {
@@ -188,6 +194,9 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
           key.tombstone &&
           now_ms - engine::HybridClock::PhysicalMs(key.timestamp) >= grace_ms;
       if (owned && !grace_passed) continue;
+      // A record is only dropped for an owner that holds it: never when no
+      // other member would keep it.
+      if (!owned && owners.empty()) continue;
       if (owned) owners.erase(self);
       Candidate candidate;
       candidate.key = std::move(key.key);

@@ -152,10 +152,45 @@ void ReplicaCoordinator::set_self_node_id(std::string node_id) {
   clock_.set_tag(HashNodeTag(self_));
 }
 
+void ReplicaCoordinator::set_view_confirmed(std::function<bool()> confirmed) {
+  absl::MutexLock lock(&caught_up_mu_);
+  view_confirmed_ = std::move(confirmed);
+  view_confirmed_seen_.store(false, std::memory_order_relaxed);
+}
+
+bool ReplicaCoordinator::ViewConfirmed() const {
+  if (view_confirmed_seen_.load(std::memory_order_relaxed)) return true;
+  absl::ReaderMutexLock lock(&caught_up_mu_);
+  const bool confirmed = !view_confirmed_ || view_confirmed_();
+  if (confirmed) view_confirmed_seen_.store(true, std::memory_order_relaxed);
+  return confirmed;
+}
+
+bool ReplicaCoordinator::NeedsQuorum(p::Consistency consistency, bool write) const {
+  switch (consistency) {
+    case p::Consistency::Strong: return true;
+    case p::Consistency::Eventual: return false;
+    default: return (write ? options_.write_acks : options_.read_acks) > 1;
+  }
+}
+
 bool ReplicaCoordinator::Active() const {
+  // An unconfirmed view may be a view of one that is not the cluster's: it
+  // still goes through the coordinator, which refuses quorum operations.
+  if (!ViewConfirmed()) return true;
   std::shared_ptr<const Ring> ring = ring_();
   return ring != nullptr && ring->size() > 1;
 }
+
+namespace {
+
+absl::Status NotConfirmedError() {
+  return absl::UnavailableError(
+      "this node has not yet confirmed the cluster's membership with a majority of its "
+      "members (it started moments ago, or cannot reach them): retry, or ask another node");
+}
+
+}  // namespace
 
 std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
                                                       absl::string_view key) const {
@@ -210,6 +245,9 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   std::shared_ptr<const Ring> ring = ring_();
   if (ring == nullptr || ring->size() == 0) {
     return done(absl::UnavailableError("the cluster has no members yet"));
+  }
+  if (NeedsQuorum(consistency, /*write=*/true) && !ViewConfirmed()) {
+    return done(NotConfirmedError());
   }
   RefreshTag(ring);
   std::vector<std::string> owners = OwnersOf(*ring, key);
@@ -395,6 +433,9 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
   std::shared_ptr<const Ring> ring = ring_();
   if (ring == nullptr || ring->size() == 0) {
     return done(absl::UnavailableError("the cluster has no members yet"));
+  }
+  if (NeedsQuorum(consistency, /*write=*/false) && !ViewConfirmed()) {
+    return done(NotConfirmedError());
   }
   std::vector<std::string> owners = OwnersOf(*ring, key);
   const size_t need = ReadAcks(consistency, owners.size());

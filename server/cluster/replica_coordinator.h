@@ -184,6 +184,13 @@ class ReplicaCoordinator final : public Coordinator {
   // Unset: always complete.
   void set_caught_up(std::function<bool()> caught_up) ABSL_LOCKS_EXCLUDED(caught_up_mu_);
 
+  // Whether this node's membership view is confirmed (Membership::
+  // ViewConfirmed). Until it is, the coordinator is Active (so nothing is
+  // served from a view of one), operations that need a quorum (Strong, or
+  // --w / --r above 1) fail with Unavailable, and the others use the view
+  // as it is. Unset: always confirmed.
+  void set_view_confirmed(std::function<bool()> confirmed) ABSL_LOCKS_EXCLUDED(caught_up_mu_);
+
   // A member's HTTP address when it advertises one, else its node id (for
   // answers such as primary_node).
   std::string HttpAddressOf(const std::string& node_id) const;
@@ -214,6 +221,10 @@ class ReplicaCoordinator final : public Coordinator {
   using SendDone = std::function<void(SendOutcome outcome)>;
 
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
+  bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
+  // Whether an operation of this consistency needs a quorum (and so a
+  // confirmed view).
+  bool NeedsQuorum(protocol::Consistency consistency, bool write) const;
   void RefreshTag(const std::shared_ptr<const Ring>& ring);
   size_t WriteAcks(protocol::Consistency consistency, size_t owners) const;
   size_t ReadAcks(protocol::Consistency consistency, size_t owners) const;
@@ -251,6 +262,9 @@ class ReplicaCoordinator final : public Coordinator {
   std::string self_;  // constant once operations begin (set_self_node_id)
   mutable absl::Mutex caught_up_mu_;
   std::function<bool()> caught_up_ ABSL_GUARDED_BY(caught_up_mu_);
+  std::function<bool()> view_confirmed_ ABSL_GUARDED_BY(caught_up_mu_);
+  // Once confirmed a view stays confirmed: no lock per request after that.
+  mutable std::atomic<bool> view_confirmed_seen_{false};
   ServerMetrics* const metrics_;
   HintedHandoff* const handoff_;
   const ReplicaCoordinatorOptions options_;

@@ -331,6 +331,46 @@ absl::StatusOr<RequestContext> DataRoutes::Authorize(const HttpRequest& request,
   return context;
 }
 
+bool DataRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal) {
+  std::optional<absl::string_view> secret = request.Header("x-cluster-secret");
+  std::optional<absl::string_view> key = request.Header("x-api-key");
+  const std::string& expected = config_.cluster_secret;
+  if (secret && !secret->empty()) {
+    // Constant time in the secret's contents; the length is not a secret.
+    if (!expected.empty() && secret->size() == expected.size() &&
+        sodium_memcmp(secret->data(), expected.data(), expected.size()) == 0) {
+      return true;
+    }
+    deps_.metrics->auth_failures()->Inc();
+    *refusal = HttpResponse::Error(403, "X-Cluster-Secret does not match this node's cluster secret");
+    return false;
+  }
+  if (deps_.auth_store == nullptr) {
+    if (expected.empty()) return true;
+    *refusal = HttpResponse::Error(
+        401, "changing the membership needs the cluster secret (X-Cluster-Secret header)");
+    return false;
+  }
+  if (!key || key->empty()) {
+    *refusal = HttpResponse::Error(
+        401, "changing the membership needs the administrator's X-API-Key or the cluster "
+             "secret (X-Cluster-Secret)");
+    return false;
+  }
+  absl::StatusOr<auth::Principal> principal = deps_.auth_store->AuthenticateApiKey(*key);
+  if (!principal.ok()) {
+    deps_.metrics->auth_failures()->Inc();
+    *refusal = HttpResponse::Error(401, principal.status().message());
+    return false;
+  }
+  if (principal->user_id != auth::kAdministratorUserId || !principal->can_write) {
+    *refusal = HttpResponse::Error(
+        403, "only the administrator (the first account) may change the membership");
+    return false;
+  }
+  return true;
+}
+
 #define LOGKV_AUTHORIZE(context, request, responder)                 \
   HttpResponse refusal_;                                             \
   absl::StatusOr<RequestContext> context = Authorize(request, &refusal_); \
@@ -828,6 +868,9 @@ void DataRoutes::Members(HttpRequest&, Responder responder) {
 }
 
 void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body) {
+  if (HttpResponse refusal; !AuthorizeAdmin(request, &refusal)) {
+    return responder.Send(std::move(refusal));
+  }
   if (deps_.auth_store != nullptr) {
     // Accounts are per node: a cluster of nodes with --auth=on would give
     // two users the same namespace (docs/cluster.md).
@@ -870,16 +913,43 @@ void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body)
       });
 }
 
-void DataRoutes::Leave(HttpRequest&, Responder responder) {
+void DataRoutes::Leave(HttpRequest& request, Responder responder) {
+  if (HttpResponse refusal; !AuthorizeAdmin(request, &refusal)) {
+    return responder.Send(std::move(refusal));
+  }
   if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
     return responder.Send(
         HttpResponse::Error(501, "cluster membership is not running on this node"));
   }
-  auto shared = std::make_shared<Responder>(std::move(responder));
   cluster::ClusterNode* node = deps_.cluster;
+  if (node->membership()->HasLeft()) {
+    return responder.Send(HttpResponse::Error(409, "this node has already left the cluster"));
+  }
+  size_t others = 0;
+  for (const cluster::Member& member : node->membership()->Members()) {
+    if (member.node_id != node->node_id() && member.state != cluster::MemberState::kLeft) {
+      ++others;
+    }
+  }
+  if (others == 0) {
+    // Its keys would have no owner left, and would be dropped as not owned.
+    return responder.Send(HttpResponse::Error(
+        409, "this node is the only member of its cluster: leaving would leave nobody to own "
+             "its keys"));
+  }
+  auto shared = std::make_shared<Responder>(std::move(responder));
   // The node stays up (serving its local data) but owns nothing in the
-  // cluster any more; POST /members/join brings it back.
-  auto leave = [shared, node] {
+  // cluster any more; POST /members/join brings it back. It leaves only
+  // once its keys were handed to the owners that remain.
+  auto leave = [shared, node](absl::Status handed_off) {
+    if (!handed_off.ok()) {
+      HttpResponse refused = HttpResponse::Error(
+          handed_off.code() == absl::StatusCode::kFailedPrecondition ? 409 : 503,
+          absl::StrCat("not leaving: this node's keys could not be handed off (",
+                       handed_off.message(), ")"));
+      if (refused.status == 503) refused.headers.emplace_back("Retry-After", "5");
+      return shared->Send(std::move(refused));
+    }
     node->membership()->LeaveAsync([shared, node] {
       json body = {{"left", true}, {"node_id", node->node_id()}};
       shared->Send(HttpResponse::Json(200, Dump(body)));
@@ -891,7 +961,7 @@ void DataRoutes::Leave(HttpRequest&, Responder responder) {
     hand_off = hand_off_;
   }
   if (hand_off) return hand_off(std::move(leave));
-  leave();
+  leave(absl::OkStatus());
 }
 
 void DataRoutes::SetSyncing(std::function<bool()> syncing) {

@@ -34,6 +34,9 @@ struct DataRoutesConfig {
   std::string node_url;  // "http://host:port" of this node's first HTTP address
   std::string mode = "normal";  // normal | read-only
   size_t max_document_bytes = 1u << 20;  // seed 004's JSON documents
+  // --cluster-secret: X-Cluster-Secret with it authorizes the routes that
+  // change membership ("" = that header authorizes nothing).
+  std::string cluster_secret;
 };
 
 struct DataRoutesDependencies {
@@ -61,13 +64,21 @@ class DataRoutes {
   // The caller's namespace and scopes (auth on: from X-API-Key), or the
   // answer refusing the request (401, 429). Exposed for tests.
   absl::StatusOr<RequestContext> Authorize(const HttpRequest& request, HttpResponse* refusal);
+  // Whether the caller may change the membership (POST /join, /members/join,
+  // /members/leave): X-Cluster-Secret equal to --cluster-secret, or, with
+  // auth on, the administrator's API key (the first account, user id 1).
+  // With auth off and no cluster secret, every caller may (the node then
+  // listens on loopback only, or was told --insecure). Else the refusal
+  // (401 without credentials, 403 with credentials that are not enough).
+  bool AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal);
 
   // Replaces config.node_url once the first HTTP address's port is known
   // (configured as 0, it is bound by the server). Any thread.
   void SetNodeUrl(std::string node_url) ABSL_LOCKS_EXCLUDED(node_url_mu_);
   // Before a graceful leave (POST /members/leave): hands this node's records
   // to their next owners off the loop, then calls then. Null: leave at once.
-  using HandOffFunction = std::function<void(std::function<void()> then)>;
+  // then gets the hand-off's outcome: the node leaves only when it is OK.
+  using HandOffFunction = std::function<void(std::function<void(absl::Status)> then)>;
   void SetHandOff(HandOffFunction hand_off) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
   // Whether the node is still filling up after joining (anti-entropy not
   // caught up): /health says mode "syncing" then. Null: never.

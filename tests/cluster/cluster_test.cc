@@ -762,8 +762,9 @@ TEST_F(ClusterTest, JoinUnderLoadAndGracefulLeaveLoseNoKey) {
 
   // Node 1 leaves gracefully: the others see it go, then it stops.
   const absl::Time leave = absl::Now();
-  absl::StatusOr<HttpAnswer> answer = HttpExchange(cluster_->http_port(leaving), "POST",
-                                                   "/members/leave", {}, "", absl::Seconds(10));
+  absl::StatusOr<HttpAnswer> answer =
+      HttpExchange(cluster_->http_port(leaving), "POST", "/members/leave",
+                   {{"X-Cluster-Secret", "cluster-test-secret"}}, "", absl::Seconds(10));
   ASSERT_TRUE(IsOk200(answer)) << Describe(answer);
   ASSERT_OK(cluster_->WaitNotAlive({0, 2, *joined}, leaving, kMembershipTimeout));
   Report("leave_noticed_after", Ms(absl::Now() - leave));

@@ -24,12 +24,16 @@ using nlohmann::json;
 // Polls for this long at most; well above what gossip needs on a loaded machine.
 constexpr absl::Duration kPatience = absl::Seconds(60);
 
+// The nodes' --cluster-secret, which authorizes membership changes.
+constexpr absl::string_view kSecret = "smoke";
+
 absl::StatusOr<HttpAnswer> Call(int http_port, absl::string_view method, absl::string_view target,
-                                absl::string_view body = "") {
+                                absl::string_view body = "", absl::string_view secret = kSecret) {
   absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(http_port);
   if (!connection.ok()) return connection.status();
   HttpHeaders headers;
   if (!body.empty()) headers.emplace_back("Content-Type", "application/json");
+  if (!secret.empty()) headers.emplace_back("X-Cluster-Secret", std::string(secret));
   if (absl::Status sent = connection->Send(BuildRequest(method, target, headers, body));
       !sent.ok()) {
     return sent;
@@ -162,6 +166,20 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   StartNode(2, seed);
   ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
 
+  // Changing the membership needs the cluster secret: refused without it
+  // (401) or with a wrong one (403), and nothing changes.
+  for (const char* target : {"/members/leave", "/join", "/members/join"}) {
+    absl::StatusOr<HttpAnswer> anonymous =
+        Call(nodes_[2]->http_port(), "POST", target, "{}", /*secret=*/"");
+    ASSERT_TRUE(anonymous.ok());
+    EXPECT_EQ(anonymous->status, 401) << target << ": " << anonymous->body;
+    absl::StatusOr<HttpAnswer> wrong =
+        Call(nodes_[2]->http_port(), "POST", target, "{}", /*secret=*/"not-the-secret");
+    ASSERT_TRUE(wrong.ok());
+    EXPECT_EQ(wrong->status, 403) << target << ": " << wrong->body;
+  }
+  EXPECT_EQ(States(nodes_[0]->http_port())["n3"], "alive") << Dump();
+
   // Graceful leave: the others learn at once, with no suspicion.
   absl::StatusOr<HttpAnswer> left = Call(nodes_[2]->http_port(), "POST", "/members/leave", "{}");
   ASSERT_TRUE(left.ok());
@@ -186,9 +204,20 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->status, 400);
 
-  // SIGTERM leaves gracefully too.
+  // SIGTERM is a restart, not a leave: the node keeps its place (suspected,
+  // then dead, never left) and comes back as itself.
   EXPECT_EQ(nodes_[1]->Stop(), 0);
-  ASSERT_TRUE(WaitForState({0, 2}, "n2", "left")) << Dump();
+  ASSERT_TRUE(WaitForState({0, 2}, "n2", "dead")) << Dump();
+  StartNode(1, 0);  // no seeds: it remembers its cluster
+  ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
+}
+
+TEST_F(MembershipSmokeTest, TheOnlyMemberRefusesToLeave) {
+  StartNode(0, 0);
+  absl::StatusOr<HttpAnswer> left = Call(nodes_[0]->http_port(), "POST", "/members/leave");
+  ASSERT_TRUE(left.ok());
+  EXPECT_EQ(left->status, 409) << left->body;
+  EXPECT_EQ(States(nodes_[0]->http_port())["n1"], "alive");
 }
 
 TEST_F(MembershipSmokeTest, WrongClusterSecretKeepsANodeOut) {
