@@ -242,6 +242,7 @@ absl::StatusOr<int> ClusterProcess::AddNode() {
     seeds.push_back(address(other));
     break;  // the first running node (node 0 while it runs) is the seed
   }
+  node->first_seeds = seeds;
   {
     std::lock_guard<std::mutex> lock(process_mu_);
     nodes_.push_back(std::move(node));
@@ -286,6 +287,13 @@ absl::Status ClusterProcess::Restart(int node) {
     if (other != node) seeds.push_back(address(other));
   }
   return StartNode(node, seeds, /*fresh=*/false);
+}
+
+absl::Status ClusterProcess::RestartAsStarted(int node) {
+  if (running(node)) {
+    return absl::FailedPreconditionError(absl::StrCat("restart of running node ", node_id(node)));
+  }
+  return StartNode(node, nodes_[node]->first_seeds, /*fresh=*/false);
 }
 
 absl::Status ClusterProcess::WaitAlive(const std::vector<int>& observers,

@@ -111,6 +111,10 @@ class ClusterProcess {
   // Starts a stopped node again on its ports and data directory, seeded
   // through every other node.
   absl::Status Restart(int node);
+  // The same with the command line it was first started with, as an
+  // operator restarts a node (node 0 without seeds, the others seeded
+  // through the node that was first then).
+  absl::Status RestartAsStarted(int node);
 
   // Polls (bounded) until the GET /nodes of every observer lists every
   // expected node alive. Defaults: all running nodes, both ways.
@@ -164,6 +168,7 @@ class ClusterProcess {
     std::string data_dir;
     std::unique_ptr<LogkvdProcess> process;
     std::string earlier_output;  // of the node's previous lives
+    std::vector<std::string> first_seeds;  // --seeds of its first start
   };
 
   // Starts node (its process object is made here) with seeds; fresh: the

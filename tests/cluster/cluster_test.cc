@@ -31,6 +31,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -879,60 +880,113 @@ lin::Outcome WriteOutcome(const absl::StatusOr<HttpAnswer>& answer) {
   return lin::Outcome::kAmbiguous;
 }
 
+// Clients doing strong gets (40%), puts (45%) and deletes (15%) on a few
+// keys through random nodes, each with its own seeded schedule, recording
+// every operation for the linearizability checker. A node that is down
+// answers with a refused connection, recorded as ambiguous.
+class StrongClients {
+ public:
+  StrongClients(const ClusterProcess* cluster, uint64_t seed, std::vector<std::string> keys,
+                int clients)
+      : cluster_(cluster), keys_(std::move(keys)), records_(clients) {
+    for (int client = 0; client < clients; ++client) {
+      threads_.emplace_back([this, seed, client] { Run(seed, client); });
+    }
+  }
+  ~StrongClients() { Stop(); }
+
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+  // Checks every key's history (REQUIRES: stopped); the count of completed
+  // operations.
+  int Check(uint64_t seed) const {
+    std::map<std::string, std::vector<lin::Operation>> histories;
+    int completed = 0;
+    for (const std::vector<Recorded>& client_records : records_) {
+      for (const Recorded& record : client_records) {
+        histories[record.key].push_back(record.operation);
+        if (record.operation.outcome == lin::Outcome::kOk) ++completed;
+      }
+    }
+    for (const auto& [key, history] : histories) {
+      const lin::CheckResult result = lin::Check(history);
+      std::cout << key << ": " << history.size() << " operations, "
+                << lin::VerdictName(result.verdict) << " (" << result.steps << " steps)"
+                << std::endl;
+      Report(absl::StrCat("linearizability_", key), lin::VerdictName(result.verdict));
+      EXPECT_NE(result.verdict, lin::Verdict::kNotLinearizable)
+          << "key " << key << " (LOGKV_TEST_SEED=" << seed << ")\n"
+          << result.explanation << "history (the first " << kMaxHistoryLines
+          << " operations):\n"
+          << lin::FormatHistory(history, kMaxHistoryLines);
+    }
+    return completed;
+  }
+
+ private:
+  void Run(uint64_t seed, int client) {
+    std::mt19937_64 random(seed * 31 + client);
+    const int nodes = cluster_->size();
+    for (int n = 0; !stop_.load(); ++n) {
+      Recorded record;
+      record.key = keys_[random() % keys_.size()];
+      const int node = static_cast<int>(random() % nodes);
+      lin::Operation& operation = record.operation;
+      operation.client = client;
+      operation.where = cluster_->node_id(node);
+      const int choice = static_cast<int>(random() % 100);
+      operation.invoke_ns = MonotonicNs();
+      if (choice < 45) {
+        operation.kind = lin::OperationKind::kPut;
+        operation.value = absl::StrCat("c", client, "-", n);
+        const auto answer = cluster_->Put(node, record.key, operation.value, Consistency::kStrong,
+                                          kRequestTimeout);
+        operation.outcome = WriteOutcome(answer);
+      } else if (choice < 85) {
+        operation.kind = lin::OperationKind::kGet;
+        const auto answer = cluster_->Get(node, record.key, Consistency::kStrong, kRequestTimeout);
+        if (answer.ok() && (answer->status == 200 || answer->status == 404)) {
+          operation.outcome = lin::Outcome::kOk;
+          operation.found = answer->status == 200;
+          if (operation.found) operation.value = answer->body;
+        } else {
+          operation.outcome = lin::Outcome::kAmbiguous;
+        }
+      } else {
+        operation.kind = lin::OperationKind::kDelete;
+        const auto answer =
+            cluster_->Delete(node, record.key, Consistency::kStrong, kRequestTimeout);
+        operation.outcome = WriteOutcome(answer);
+      }
+      operation.complete_ns = MonotonicNs();
+      records_[client].push_back(std::move(record));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  const ClusterProcess* const cluster_;
+  const std::vector<std::string> keys_;
+  std::vector<std::vector<Recorded>> records_;  // one per client, its own thread's
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
 TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
   const uint64_t seed =
       TestSeedFromEnvironment("StrongIsLinearizableAndEventualConvergesUnderPartitions");
   RecordProperty("seed", std::to_string(seed));
   constexpr int kNodes = 5;
   ASSERT_OK(StartCluster(kNodes, 3));
-  const std::vector<std::string> strong_keys = {"lin-a", "lin-b", "lin-c"};
   const std::vector<std::string> eventual_keys = {"ev-a", "ev-b", "ev-c", "ev-d"};
-  constexpr int kStrongClients = 4;
   constexpr auto kLoadFor = std::chrono::milliseconds(6000);
 
   std::atomic<bool> stop{false};
-  std::vector<std::vector<Recorded>> records(kStrongClients);
-  std::vector<std::thread> clients;
-  for (int client = 0; client < kStrongClients; ++client) {
-    clients.emplace_back([&, client] {
-      std::mt19937_64 random(seed * 31 + client);
-      for (int n = 0; !stop.load(); ++n) {
-        Recorded record;
-        record.key = strong_keys[random() % strong_keys.size()];
-        const int node = static_cast<int>(random() % kNodes);
-        lin::Operation& operation = record.operation;
-        operation.client = client;
-        const int choice = static_cast<int>(random() % 100);
-        operation.invoke_ns = MonotonicNs();
-        if (choice < 45) {
-          operation.kind = lin::OperationKind::kPut;
-          operation.value = absl::StrCat("c", client, "-", n);
-          const auto answer = cluster_->Put(node, record.key, operation.value, Consistency::kStrong,
-                                            kRequestTimeout);
-          operation.outcome = WriteOutcome(answer);
-        } else if (choice < 85) {
-          operation.kind = lin::OperationKind::kGet;
-          const auto answer =
-              cluster_->Get(node, record.key, Consistency::kStrong, kRequestTimeout);
-          if (answer.ok() && (answer->status == 200 || answer->status == 404)) {
-            operation.outcome = lin::Outcome::kOk;
-            operation.found = answer->status == 200;
-            if (operation.found) operation.value = answer->body;
-          } else {
-            operation.outcome = lin::Outcome::kAmbiguous;
-          }
-        } else {
-          operation.kind = lin::OperationKind::kDelete;
-          const auto answer =
-              cluster_->Delete(node, record.key, Consistency::kStrong, kRequestTimeout);
-          operation.outcome = WriteOutcome(answer);
-        }
-        operation.complete_ns = MonotonicNs();
-        records[client].push_back(std::move(record));
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-    });
-  }
+  StrongClients strong(cluster_.get(), seed, {"lin-a", "lin-b", "lin-c"}, /*clients=*/4);
   // Eventual writes to other keys through every side of the partitions.
   std::atomic<int> eventual_acknowledged{0};
   std::mutex eventual_mu;
@@ -995,33 +1049,15 @@ TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
   // A little load after healing, so the histories end on a connected cluster.
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   stop.store(true);
-  for (std::thread& client : clients) client.join();
+  strong.Stop();
   eventual.join();
 
-  // Linearizability, key by key.
-  std::map<std::string, std::vector<lin::Operation>> histories;
-  int completed = 0;
-  for (const std::vector<Recorded>& client_records : records) {
-    for (const Recorded& record : client_records) {
-      histories[record.key].push_back(record.operation);
-      if (record.operation.outcome == lin::Outcome::kOk) ++completed;
-    }
-  }
+  const int completed = strong.Check(seed);
   std::cout << completed << " strong operations completed, " << eventual_acknowledged.load()
             << " eventual writes acknowledged" << std::endl;
   EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
-  for (const auto& [key, history] : histories) {
-    const lin::CheckResult result = lin::Check(history);
-    std::cout << key << ": " << history.size() << " operations, "
-              << lin::VerdictName(result.verdict) << " (" << result.steps << " steps)" << std::endl;
-    Report(absl::StrCat("linearizability_", key), lin::VerdictName(result.verdict));
-    EXPECT_NE(result.verdict, lin::Verdict::kNotLinearizable)
-        << "key " << key << " (LOGKV_TEST_SEED=" << seed << ")\n"
-        << result.explanation << "history (the first " << kMaxHistoryLines << " operations):\n"
-        << lin::FormatHistory(history, kMaxHistoryLines);
-  }
 
-  // Eventual: after healing, every key's copies agree on at least N nodes,
+// Eventual: after healing, every key's copies agree on at least N nodes,
   // and every node answers that value.
   const absl::Time healed = absl::Now();
   for (const std::string& key : eventual_written) {
@@ -1049,6 +1085,76 @@ TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
     }
   }
   Report("eventual_converged_after_heal", Ms(absl::Now() - healed));
+}
+
+// ---- Crashes and restarts ------------------------------------------------------
+
+// Strong operations stay linearizable while every node in turn is killed
+// (SIGKILL) and restarted on its data directory, as coordinator and as
+// replica: clients go through every node, the one restarting included. A
+// restarted node coordinates quorum operations only once a majority of the
+// members it remembers have confirmed its view (503 until then).
+// LOGKV_SOAK=1 runs it for 45 seconds instead of ten.
+TEST_F(ClusterTest, StrongIsLinearizableWhileNodesAreKilledAndRestarted) {
+  const uint64_t seed =
+      TestSeedFromEnvironment("StrongIsLinearizableWhileNodesAreKilledAndRestarted");
+  RecordProperty("seed", std::to_string(seed));
+  const char* soak = std::getenv("LOGKV_SOAK");
+  const bool soaking = soak != nullptr && std::string(soak) == "1";
+  constexpr int kNodes = 3;
+  ASSERT_OK(StartCluster(kNodes, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--fsync=always");
+  }));
+  const auto load_for = std::chrono::seconds(soaking ? 45 : 10);
+
+  StrongClients strong(cluster_.get(), seed, {"crash-a", "crash-b", "crash-c"}, /*clients=*/6);
+  // The nemesis: every node in turn (a seeded order per round) is killed,
+  // left down for 0.1 to 0.7 s, restarted, and left up for 1 to 2 s.
+  std::mt19937_64 nemesis(seed);
+  std::vector<std::string> schedule;
+  std::vector<int> kills(kNodes, 0);
+  const int64_t nemesis_origin_ns = MonotonicNs();
+  const auto end = std::chrono::steady_clock::now() + load_for;
+  while (std::chrono::steady_clock::now() < end) {
+    std::vector<int> order(kNodes);
+    for (int i = 0; i < kNodes; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), nemesis);
+    for (int node : order) {
+      if (std::chrono::steady_clock::now() >= end) break;
+      cluster_->Kill(node);
+      ++kills[node];
+      const int down_ms = 100 + static_cast<int>(nemesis() % 600);
+      std::this_thread::sleep_for(std::chrono::milliseconds(down_ms));
+      // Restarted as an operator would, with its first command line (node 0,
+      // started without seeds, relies on what it remembers), or seeded
+      // through every other node.
+      const bool as_started = nemesis() % 4 != 0;
+      const absl::Status restarted =
+          as_started ? cluster_->RestartAsStarted(node) : cluster_->Restart(node);
+      schedule.push_back(absl::StrCat("kill n", node, " at ",
+                                      (MonotonicNs() - nemesis_origin_ns) / 1'000'000 - down_ms,
+                                      " ms for ", down_ms, " ms",
+                                      as_started ? "" : " (restarted with seeds)"));
+      if (!restarted.ok()) {
+        ADD_FAILURE() << "restarting " << cluster_->node_id(node) << ": " << restarted;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1000 + nemesis() % 1000));
+    }
+    if (HasFailure()) break;
+  }
+  std::cout << "nemesis schedule: " << absl::StrJoin(schedule, "; ") << std::endl;
+  // A little load on a whole cluster at the end.
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  strong.Stop();
+  for (int node = 0; node < kNodes; ++node) {
+    EXPECT_GT(kills[node], 0) << cluster_->node_id(node) << " was never killed";
+  }
+  const int completed = strong.Check(seed);
+  std::cout << completed << " strong operations completed" << std::endl;
+  Report("strong_operations_completed", std::to_string(completed));
+  EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
 }
 
 TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {

@@ -292,7 +292,8 @@ std::string FormatOperation(const Operation& operation, int64_t origin_ns) {
                         : operation.outcome == Outcome::kAmbiguous ? "ambiguous"
                                                                    : "failed";
   return absl::StrCat("client ", operation.client, ": ", call, " [",
-                      FormatTimeMs(operation.invoke_ns - origin_ns), " ms, ", end, " ", outcome);
+                      FormatTimeMs(operation.invoke_ns - origin_ns), " ms, ", end, " ", outcome,
+                      operation.where.empty() ? "" : " via ", operation.where);
 }
 
 std::string FormatHistory(const std::vector<Operation>& history, size_t max_operations) {

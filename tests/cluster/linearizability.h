@@ -44,6 +44,7 @@ enum class Outcome {
 
 struct Operation {
   int client = 0;  // only for messages
+  std::string where;  // only for messages: e.g. the node that was asked
   OperationKind kind = OperationKind::kGet;
   // put: the value written. get with found: the value read.
   std::string value;
