@@ -443,6 +443,7 @@ int Main(int argc, char** argv) {
       std::max(absl::Milliseconds(100), cluster_options.gossip_interval);
   cluster_options.allow_fault_injection = absl::GetFlag(FLAGS_fault_injection);
   cluster_options.require_secret = auth_on || !IsLoopback(host);
+  cluster_options.auth_on = auth_on;
   cluster_options.max_frame_bytes = service_config.limits.max_frame_bytes;
   // The member list is kept beside the engine's files, so a restart knows
   // its cluster (docs/cluster.md, "Restarts").

@@ -83,6 +83,9 @@ struct Server::Connection {
   RequestContext context;             // whose keys this connection sees
   bool authenticated = false;         // binary protocol with auth on: Hello done
   bool is_peer = false;               // a cluster peer (ClusterHello accepted)
+  // The peer handshake's nonces, once the first ClusterHello was answered.
+  std::string peer_nonce_theirs;
+  std::string peer_nonce_own;
   p::FrameDecoder decoder;
   flatbuffers::FlatBufferBuilder builder{1024};
   std::string out;             // answers not yet handed to libuv
@@ -158,6 +161,8 @@ class Server::Loop : public http::ResponseSink {
   bool HandleHello(Connection& c, const p::Request& request);
   // Cluster-internal operations: ClusterHello, and the rest on peer connections.
   void DispatchPeer(Connection& c, const p::Request& request);
+  // The peer handshake (protocol/logkv.fbs, ClusterHello), both of its steps.
+  void HandleClusterHello(Connection& c, const p::Request& request);
   // The completion of an answer deferred on c (Service::Handle's contract).
   Service::Completion DeferOn(Connection& c);
 
@@ -580,26 +585,53 @@ Service::Completion Server::Loop::DeferOn(Connection& c) {
   };
 }
 
+void Server::Loop::HandleClusterHello(Connection& c, const p::Request& request) {
+  cluster::PeerHandler* handler = server_->config_.peer_handler;
+  const p::ClusterHello* hello = request.operation_as_ClusterHello();
+  const uint64_t id = request.request_id();
+  // Nothing more is read from a peer that cannot prove it belongs.
+  auto refuse = [&](const absl::Status& status) {
+    AppendStatus(c, id, status);
+    StopReading(c);
+    c.closing = true;
+  };
+  if (handler == nullptr) {
+    return refuse(absl::PermissionDeniedError("this node does not accept cluster peers"));
+  }
+  if (c.is_peer) return refuse(absl::FailedPreconditionError("ClusterHello sent twice"));
+  const absl::string_view node_id = p::View(hello->node_id());
+  if (c.peer_nonce_own.empty()) {
+    // Step 1: challenge the connecting node, proving this node's secret.
+    absl::StatusOr<cluster::PeerHandler::Challenge> challenge =
+        handler->ChallengePeer(node_id, p::View(hello->nonce()), hello->auth());
+    if (!challenge.ok()) return refuse(challenge.status());
+    c.peer_nonce_theirs = std::string(p::View(hello->nonce()));
+    c.peer_nonce_own = challenge->nonce;
+    flatbuffers::FlatBufferBuilder& b = c.builder;
+    b.Clear();
+    auto nonce = b.CreateVector(reinterpret_cast<const uint8_t*>(challenge->nonce.data()),
+                                challenge->nonce.size());
+    auto proof = b.CreateVector(reinterpret_cast<const uint8_t*>(challenge->proof.data()),
+                                challenge->proof.size());
+    auto result = p::CreateClusterChallenge(b, nonce, proof, challenge->auth);
+    p::FinishResponse(&b, id, p::Result::ClusterChallenge, result.Union());
+    Append(c, p::FrameOf(b));
+    return;
+  }
+  // Step 3: the connecting node's proof.
+  if (!handler->AcceptPeer(node_id, c.peer_nonce_theirs, c.peer_nonce_own,
+                           p::View(hello->proof()))) {
+    return refuse(absl::UnauthenticatedError("ClusterHello refused: wrong cluster secret"));
+  }
+  c.is_peer = true;
+  AppendStatus(c, id, absl::OkStatus());
+}
+
 void Server::Loop::DispatchPeer(Connection& c, const p::Request& request) {
   cluster::PeerHandler* handler = server_->config_.peer_handler;
   const p::Operation operation = request.operation_type();
   if (operation == p::Operation::ClusterHello) {
-    const p::ClusterHello* hello = request.operation_as_ClusterHello();
-    if (handler == nullptr) {
-      AppendStatus(c, request.request_id(),
-                   absl::PermissionDeniedError("this node does not accept cluster peers"));
-      return;
-    }
-    if (!handler->AcceptPeer(p::View(hello->secret()), p::View(hello->node_id()))) {
-      // Nothing more is read from a peer that cannot prove it belongs.
-      AppendStatus(c, request.request_id(),
-                   absl::UnauthenticatedError("ClusterHello refused: wrong cluster secret"));
-      StopReading(c);
-      c.closing = true;
-      return;
-    }
-    c.is_peer = true;
-    AppendStatus(c, request.request_id(), absl::OkStatus());
+    HandleClusterHello(c, request);
     return;
   }
   if (!c.is_peer || handler == nullptr) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "server/cluster/peer_auth.h"
 #include "server/log.h"
 
 namespace logkv::server::cluster {
@@ -19,6 +20,7 @@ PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   // address chosen at bind time sends its configured one ("" at worst).
   transport.node_id = options.node_id.empty() ? options.advertise : options.node_id;
   transport.cluster_secret = options.cluster_secret;
+  transport.auth_on = options.auth_on;
   transport.connect_timeout = std::max(options.ping_timeout, absl::Milliseconds(100));
   transport.max_frame_bytes = options.max_frame_bytes;
   transport.allow_fault_injection = options.allow_fault_injection;
@@ -93,20 +95,41 @@ void ClusterNode::AddPeerOperationHandler(p::Operation operation, PeerOperationH
   handlers_[static_cast<uint8_t>(operation)] = std::move(handler);
 }
 
-bool ClusterNode::AcceptPeer(absl::string_view secret, absl::string_view node_id) {
-  const std::string& expected = options_.cluster_secret;
-  if (expected.empty()) {
-    if (!options_.require_secret) return true;
+absl::StatusOr<PeerHandler::Challenge> ClusterNode::ChallengePeer(absl::string_view node_id,
+                                                                absl::string_view their_nonce,
+                                                                bool their_auth) {
+  if (options_.cluster_secret.empty() && options_.require_secret) {
     Log(Level::kWarning,
         "refused a peer connection from node '%s': this node accepts peers only with "
         "--cluster-secret (it runs with --auth=on or on a non-loopback address)",
         std::string(node_id));
-    return false;
+    return absl::PermissionDeniedError(
+        "this node accepts peers only with --cluster-secret (it runs with --auth=on or on a "
+        "non-loopback address)");
   }
-  // Constant time in the secret's contents; the length is not a secret.
-  const bool accepted =
-      secret.size() == expected.size() &&
-      sodium_memcmp(secret.data(), expected.data(), expected.size()) == 0;
+  if (their_auth != options_.auth_on) {
+    Log(Level::kWarning, "refused a peer connection from node '%s': it runs with --auth=%s, this "
+        "node with --auth=%s", std::string(node_id), their_auth ? "on" : "off",
+        options_.auth_on ? "on" : "off");
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this node runs with --auth=", options_.auth_on ? "on" : "off",
+        ": a cluster's nodes must all have auth on or all off"));
+  }
+  if (their_nonce.size() != kPeerNonceBytes) {
+    return absl::InvalidArgumentError("ClusterHello without a nonce of 32 bytes");
+  }
+  Challenge challenge;
+  challenge.nonce = NewPeerNonce();
+  challenge.proof =
+      PeerProof(options_.cluster_secret, PeerRole::kAccepting, their_nonce, challenge.nonce);
+  challenge.auth = options_.auth_on;
+  return challenge;
+}
+
+bool ClusterNode::AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
+                             absl::string_view own_nonce, absl::string_view proof) {
+  const bool accepted = PeerProofMatches(
+      PeerProof(options_.cluster_secret, PeerRole::kConnecting, own_nonce, their_nonce), proof);
   if (!accepted) {
     Log(Level::kWarning, "refused a peer connection from node '%s': wrong cluster secret",
         std::string(node_id));

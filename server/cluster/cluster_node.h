@@ -54,6 +54,9 @@ struct ClusterNodeOptions {
   uint32_t max_frame_bytes = 64u << 20;
   // Where the member list is kept (Membership: state_path); "" = not kept.
   std::string membership_state_path;
+  // This node's --auth: peers must run with the same setting (accounts
+  // and tenant namespaces are per node until they are cluster-wide).
+  bool auth_on = false;
   // Refuse peers when no cluster_secret is set (auth on, or a non-loopback
   // address): peers see every tenant's keys.
   bool require_secret = false;
@@ -86,7 +89,11 @@ class ClusterNode : public PeerHandler {
   void AddPeerOperationHandler(protocol::Operation operation, PeerOperationHandler handler);
 
   // PeerHandler.
-  bool AcceptPeer(absl::string_view secret, absl::string_view node_id) override;
+  absl::StatusOr<Challenge> ChallengePeer(absl::string_view node_id,
+                                          absl::string_view their_nonce,
+                                          bool their_auth) override;
+  bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
+                  absl::string_view own_nonce, absl::string_view proof) override;
   Service::Outcome HandlePeer(const protocol::Request& request,
                               flatbuffers::FlatBufferBuilder* builder,
                               absl::FunctionRef<Service::Completion()> defer) override;

@@ -1,6 +1,7 @@
 // What the network layer hands cluster-internal operations to. A connection
-// becomes a peer connection with ClusterHello (checked against the cluster
-// secret); only then are Gossip, Replicate, ReadRecords, MerkleHashes and
+// becomes a peer connection through the ClusterHello handshake (both ends
+// prove they hold the cluster secret without sending it; protocol/logkv.fbs);
+// only then are Gossip, Replicate, ReadRecords, MerkleHashes and
 // MerkleLeaf accepted on it, and client operations on it see the global key
 // space (peers replicate engine keys, tenant prefixes included).
 //
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "protocol/frame.h"
 #include "server/service.h"
@@ -21,9 +23,22 @@ class PeerHandler {
  public:
   virtual ~PeerHandler() = default;
 
-  // Whether a ClusterHello may open a peer connection (constant-time
-  // comparison of the secret; any secret when none is configured).
-  virtual bool AcceptPeer(absl::string_view secret, absl::string_view node_id) = 0;
+  // Step 1 of the handshake, the first ClusterHello: refuses a peer that
+  // may not connect (its --auth setting differs from this node's, or this
+  // node requires a cluster secret and has none), else answers with this
+  // node's nonce and its proof over both nonces.
+  struct Challenge {
+    std::string nonce;
+    std::string proof;
+    bool auth = false;  // this node's --auth
+  };
+  virtual absl::StatusOr<Challenge> ChallengePeer(absl::string_view node_id,
+                                                  absl::string_view their_nonce,
+                                                  bool their_auth) = 0;
+  // Step 3, the second ClusterHello: whether the connecting node's proof
+  // over the two nonces shows it holds the secret (constant time).
+  virtual bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
+                          absl::string_view own_nonce, absl::string_view proof) = 0;
 
   // A cluster-internal operation from an accepted peer; the contract of
   // Service::Handle (answer in builder, or defer and complete later).

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "server/cluster/peer_auth.h"
 
 namespace logkv::server::cluster {
 
@@ -162,6 +163,12 @@ class PeerTransport::Impl {
     uv_timer_t connect_timer;
     p::FrameDecoder decoder;
     bool connected = false;
+    // The handshake (protocol/logkv.fbs, ClusterHello): this end's nonce,
+    // and whether the peer proved the secret. Until it has, only
+    // handshake_out is written; requests wait in the peer's out.
+    std::string nonce;
+    std::string handshake_out;
+    bool authenticated = false;
     int open_handles = 0;
   };
 
@@ -183,6 +190,9 @@ class PeerTransport::Impl {
   void OnResolved(Resolve* resolve, int status, addrinfo* result);
   void Connect(Peer& peer, const sockaddr_storage& address);
   void OnConnected(Connection* connection, int status);
+  // The accepting node's answer to the first ClusterHello: checks its proof
+  // and auth setting, then sends this node's proof and the queued requests.
+  absl::Status OnChallenge(Connection* connection, const p::Response& response);
   void OnRead(Connection* connection, ssize_t nread);
   void Flush(Peer& peer);
   // Closes the peer's connection; every pending request gets status.
@@ -575,17 +585,67 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
       },
       static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))),
       0);
-  // The ClusterHello goes first; requests are pipelined behind it.
+  // The ClusterHello goes first; requests wait until the peer proved it
+  // holds the secret (OnChallenge).
+  connection->nonce = NewPeerNonce();
   flatbuffers::FlatBufferBuilder builder(256);
-  auto secret = builder.CreateString(options_.cluster_secret);
   auto node_id = builder.CreateString(options_.node_id);
-  auto hello = p::CreateClusterHello(builder, secret, node_id);
+  auto nonce = builder.CreateVector(reinterpret_cast<const uint8_t*>(connection->nonce.data()),
+                                    connection->nonce.size());
+  p::ClusterHelloBuilder hello(builder);
+  hello.add_node_id(node_id);
+  hello.add_nonce(nonce);
+  hello.add_auth(options_.auth_on);
+  auto hello_offset = hello.Finish();
   p::RequestBuilder request(builder);
   request.add_request_id(kHelloRequestId);
   request.add_operation_type(p::Operation::ClusterHello);
-  request.add_operation(hello.Union());
+  request.add_operation(hello_offset.Union());
   builder.FinishSizePrefixed(request.Finish());
+  connection->handshake_out = std::string(p::FrameOf(builder));
+}
+
+absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::Response& response) {
+  Peer& peer = *connection->peer;
+  const p::ClusterChallenge* challenge = response.result_as_ClusterChallenge();
+  if (challenge == nullptr) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "peer ", peer.address, " answered ClusterHello without a challenge (an older logkvd?)"));
+  }
+  if (challenge->auth() != options_.auth_on) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "peer ", peer.address, " runs with --auth=", challenge->auth() ? "on" : "off",
+        ", this node with --auth=", options_.auth_on ? "on" : "off",
+        ": a cluster's nodes must all have auth on or all off"));
+  }
+  const std::string expected = PeerProof(options_.cluster_secret, PeerRole::kAccepting,
+                                         connection->nonce, p::View(challenge->nonce()));
+  if (!PeerProofMatches(expected, p::View(challenge->proof()))) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "peer ", peer.address, " could not prove it holds the cluster secret: nothing is sent "
+        "to it"));
+  }
+  const std::string proof = PeerProof(options_.cluster_secret, PeerRole::kConnecting,
+                                      p::View(challenge->nonce()), connection->nonce);
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto node_id = builder.CreateString(options_.node_id);
+  auto proof_offset =
+      builder.CreateVector(reinterpret_cast<const uint8_t*>(proof.data()), proof.size());
+  p::ClusterHelloBuilder hello(builder);
+  hello.add_node_id(node_id);
+  hello.add_proof(proof_offset);
+  hello.add_auth(options_.auth_on);
+  auto hello_offset = hello.Finish();
+  p::RequestBuilder request(builder);
+  request.add_request_id(kHelloRequestId);
+  request.add_operation_type(p::Operation::ClusterHello);
+  request.add_operation(hello_offset.Union());
+  builder.FinishSizePrefixed(request.Finish());
+  // The proof goes first, the requests queued meanwhile right behind it.
   peer.out.insert(0, std::string(p::FrameOf(builder)));
+  connection->authenticated = true;
+  Flush(peer);
+  return absl::OkStatus();
 }
 
 void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
@@ -646,6 +706,18 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
       return;
     }
     const uint64_t id = (*response)->request_id();
+    if (id == kHelloRequestId && !connection->authenticated) {
+      absl::Status hello = p::StatusFromResponse(**response);
+      if (hello.ok()) hello = OnChallenge(connection, **response);
+      if (!hello.ok()) {
+        CloseConnection(peer, absl::Status(hello.code(), absl::StrCat(
+                                  "peer ", peer.address, " refused or failed the ClusterHello "
+                                  "handshake: ", hello.message())),
+                        true);
+        return;
+      }
+      continue;
+    }
     if (id == kHelloRequestId) {
       absl::Status hello = p::StatusFromResponse(**response);
       if (!hello.ok()) {
@@ -670,9 +742,12 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
 
 void PeerTransport::Impl::Flush(Peer& peer) {
   Connection* connection = peer.connection;
-  if (connection == nullptr || !connection->connected || peer.out.empty()) return;
+  if (connection == nullptr || !connection->connected) return;
+  // Until the peer proved the secret, only the handshake goes out.
+  std::string& source = connection->authenticated ? peer.out : connection->handshake_out;
+  if (source.empty()) return;
   auto* write = new WriteRequest;
-  write->data.swap(peer.out);
+  write->data.swap(source);
   write->peer = &peer;
   write->connection = connection;
   write->request.data = write;

@@ -23,7 +23,10 @@ namespace logkv::server::cluster {
 
 struct PeerTransportOptions {
   std::string node_id;         // sent in ClusterHello
-  std::string cluster_secret;  // sent in ClusterHello ("" = none)
+  // Proves this node to its peers, and them to it, in the ClusterHello
+  // handshake (never sent; "" = none).
+  std::string cluster_secret;
+  bool auth_on = false;        // this node's --auth, checked by both ends
   absl::Duration connect_timeout = absl::Seconds(1);
   // Bytes queued for one peer before Send fails at once with Unavailable
   // (a dead peer cannot make us buffer without end).

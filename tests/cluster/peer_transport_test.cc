@@ -2,6 +2,7 @@
 // logkvd processes and small in-test listeners: peer requests, the cluster
 // secret, timeouts, connection loss, reconnection, Stop and fault injection.
 // Also the server's side: cluster operations need a peer connection.
+#include "server/cluster/peer_auth.h"
 #include "server/cluster/peer_transport.h"
 
 #include <netinet/in.h>
@@ -321,16 +322,164 @@ TEST_F(PeerTransportTest, ClusterOperationsNeedAPeerConnection) {
   ASSERT_TRUE(frame.ok()) << frame.status();
   EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::PermissionDenied);
 
-  // A ClusterHello with the wrong secret is refused and the connection closed.
+  // A ClusterHello without a nonce is refused and the connection closed.
   flatbuffers::FlatBufferBuilder b;
-  auto hello = p::CreateClusterHello(b, b.CreateString("wrong"), b.CreateString("intruder"));
+  p::ClusterHelloBuilder bare(b);
+  auto bare_hello = bare.Finish();
   ASSERT_TRUE(connection->SendBytes(FinishPeerRequest(&b, p::Operation::ClusterHello,
-                                                      hello.Union()))
+                                                      bare_hello.Union()))
                   .ok());
+  frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_NE(test::AsResponse(*frame)->status(), p::StatusCode::Ok);
+  EXPECT_TRUE(connection->WaitClosed(absl::Seconds(10)));
+}
+
+std::string HelloFrame(absl::string_view nonce, absl::string_view proof, bool auth) {
+  flatbuffers::FlatBufferBuilder b;
+  auto node_id = b.CreateString("intruder");
+  auto nonce_offset = b.CreateVector(reinterpret_cast<const uint8_t*>(nonce.data()), nonce.size());
+  auto proof_offset = b.CreateVector(reinterpret_cast<const uint8_t*>(proof.data()), proof.size());
+  p::ClusterHelloBuilder hello(b);
+  hello.add_node_id(node_id);
+  if (!nonce.empty()) hello.add_nonce(nonce_offset);
+  if (!proof.empty()) hello.add_proof(proof_offset);
+  hello.add_auth(auth);
+  auto offset = hello.Finish();
+  return FinishPeerRequest(&b, p::Operation::ClusterHello, offset.Union());
+}
+
+TEST_F(PeerTransportTest, TheHandshakeProvesTheSecretWithoutSendingIt) {
+  auto server = StartServer();
+  absl::StatusOr<test::RawConnection> connection = test::RawConnection::Connect(server->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  const std::string nonce = NewPeerNonce();
+  ASSERT_TRUE(connection->SendBytes(HelloFrame(nonce, "", false)).ok());
+  absl::StatusOr<std::string> frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  const p::ClusterChallenge* challenge = test::AsResponse(*frame)->result_as_ClusterChallenge();
+  ASSERT_NE(challenge, nullptr);
+  EXPECT_EQ(frame->find(kSecret), std::string::npos) << "the challenge carries the secret";
+  // The server's proof is the HMAC over both nonces with the secret.
+  EXPECT_TRUE(PeerProofMatches(
+      PeerProof(kSecret, PeerRole::kAccepting, nonce, p::View(challenge->nonce())),
+      p::View(challenge->proof())));
+  // A proof made with another secret is refused and the connection closed.
+  const std::string wrong =
+      PeerProof("not-the-secret", PeerRole::kConnecting, p::View(challenge->nonce()), nonce);
+  ASSERT_TRUE(connection->SendBytes(HelloFrame("", wrong, false)).ok());
   frame = connection->ReadFrame();
   ASSERT_TRUE(frame.ok()) << frame.status();
   EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::Unauthenticated);
   EXPECT_TRUE(connection->WaitClosed(absl::Seconds(10)));
+
+  // The accepting node's own proof, reflected back, is no connecting proof.
+  absl::StatusOr<test::RawConnection> second = test::RawConnection::Connect(server->port());
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(second->SendBytes(HelloFrame(nonce, "", false)).ok());
+  frame = second->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  challenge = test::AsResponse(*frame)->result_as_ClusterChallenge();
+  ASSERT_NE(challenge, nullptr);
+  ASSERT_TRUE(second->SendBytes(HelloFrame("", p::View(challenge->proof()), false)).ok());
+  frame = second->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::Unauthenticated);
+}
+
+TEST_F(PeerTransportTest, AListenerThatCannotProveTheSecretGetsNothing) {
+  // A fake node: accepts, reads what the transport sends, answers the first
+  // ClusterHello with a challenge whose proof is made without the secret.
+  SilentListener fake;
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  struct Outcome {
+    absl::Notification done;
+    absl::StatusOr<std::string> answer;
+  };
+  auto outcome = std::make_shared<Outcome>();
+  transport.Send(fake.address(), PingFrame("a request the fake must never see"), absl::Seconds(5),
+                 [outcome](absl::StatusOr<std::string> answer) {
+                   outcome->answer = std::move(answer);
+                   outcome->done.Notify();
+                 });
+  const int fd = ::accept(fake.fd(), nullptr, nullptr);
+  ASSERT_GE(fd, 0);
+  timeval timeout{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  std::string received;
+  char buffer[4096];
+  // The first frame: the ClusterHello.
+  while (received.size() < 4 ||
+         received.size() < 4 + static_cast<size_t>(flatbuffers::ReadScalar<uint32_t>(received.data()))) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    received.append(buffer, static_cast<size_t>(n));
+  }
+  ASSERT_GE(received.size(), 4u);
+  const auto* request = flatbuffers::GetSizePrefixedRoot<p::Request>(received.data());
+  ASSERT_EQ(request->operation_type(), p::Operation::ClusterHello);
+  const p::ClusterHello* hello = request->operation_as_ClusterHello();
+  const std::string their_nonce(p::View(hello->nonce()));
+  EXPECT_EQ(their_nonce.size(), kPeerNonceBytes);
+  // Answer with a proof made with a guessed secret.
+  flatbuffers::FlatBufferBuilder b;
+  const std::string own_nonce = NewPeerNonce();
+  const std::string proof = PeerProof("a guess", PeerRole::kAccepting, their_nonce, own_nonce);
+  auto nonce_offset =
+      b.CreateVector(reinterpret_cast<const uint8_t*>(own_nonce.data()), own_nonce.size());
+  auto proof_offset = b.CreateVector(reinterpret_cast<const uint8_t*>(proof.data()), proof.size());
+  auto challenge = p::CreateClusterChallenge(b, nonce_offset, proof_offset, false);
+  p::FinishResponse(&b, request->request_id(), p::Result::ClusterChallenge, challenge.Union());
+  const std::string answer(p::FrameOf(b));
+  ASSERT_EQ(::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(answer.size()));
+  // The transport gives up on the fake: the request fails, and whatever
+  // else arrives before the connection closes carries neither the secret
+  // nor the request.
+  ASSERT_TRUE(outcome->done.WaitForNotificationWithTimeout(absl::Seconds(15)));
+  ASSERT_FALSE(outcome->answer.ok());
+  EXPECT_EQ(outcome->answer.status().code(), absl::StatusCode::kUnauthenticated)
+      << outcome->answer.status();
+  while (true) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    received.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  EXPECT_EQ(received.find(kSecret), std::string::npos) << "the secret was sent";
+  EXPECT_EQ(received.find("a request the fake must never see"), std::string::npos);
+}
+
+TEST_F(PeerTransportTest, NodesWithDifferentAuthSettingsRefuseEachOther) {
+  // This side has auth on, the server off: the transport refuses the
+  // server's challenge (it says auth off) ...
+  auto server = StartServer();
+  PeerTransportOptions options = Options();
+  options.auth_on = true;
+  PeerTransport transport(options);
+  ASSERT_TRUE(transport.Start().ok());
+  absl::StatusOr<std::string> answer =
+      SendAndWait(transport, absl::StrCat("127.0.0.1:", server->port()), PingFrame("x"));
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kFailedPrecondition) << answer.status();
+  EXPECT_NE(answer.status().message().find("--auth"), absl::string_view::npos);
+  // ... and the server refuses a hello that says auth on.
+  absl::StatusOr<test::RawConnection> connection = test::RawConnection::Connect(server->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE(connection->SendBytes(HelloFrame(NewPeerNonce(), "", true)).ok());
+  absl::StatusOr<std::string> frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(test::AsResponse(*frame)->status(), p::StatusCode::FailedPrecondition);
+  EXPECT_TRUE(connection->WaitClosed(absl::Seconds(10)));
+
+  // A node with auth on refuses a peer with auth off the same way.
+  auto auth_server = StartServer({"--auth=on"});
+  PeerTransport plain(Options());
+  ASSERT_TRUE(plain.Start().ok());
+  answer = SendAndWait(plain, absl::StrCat("127.0.0.1:", auth_server->port()), PingFrame("x"));
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kFailedPrecondition) << answer.status();
 }
 
 TEST_F(PeerTransportTest, NobodyListeningIsUnavailable) {
