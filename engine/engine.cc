@@ -571,10 +571,20 @@ Stats Engine::GetStats() {
     stats.recovered_from_hints += c.recovered_from_hints.load();
     stats.recovered_by_scan += c.recovered_by_scan.load();
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();
+    stats.torn_segments_removed += c.torn_segments_removed.load();
     stats.repaired_bytes_skipped += c.repaired_bytes_skipped.load();
+    if (!shard->WriteHealth().ok()) ++stats.shards_refusing_writes;
   }
   stats.index_bytes += state_->merkle->memory_bytes();
   return stats;
+}
+
+absl::Status Engine::WriteHealth() {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  for (auto& shard : state_->shards) {
+    if (absl::Status status = shard->WriteHealth(); !status.ok()) return status;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::Sync() {

@@ -38,6 +38,13 @@ enum class FsyncPolicy {
 
 enum class LogLevel { kDebug, kInfo, kWarning, kError };
 
+// A write refused because the disk is full (ENOSPC or EDQUOT while a segment
+// or file was created): ResourceExhausted carrying a payload, so that callers
+// can tell it from a limit and answer "insufficient storage". The engine
+// keeps the payload when it adds context to the message.
+[[nodiscard]] absl::Status NoSpaceError(absl::string_view message);
+bool IsNoSpace(const absl::Status& status);
+
 // The engine's sense of wall-clock time, replaceable in tests.
 class Clock {
  public:
@@ -217,7 +224,11 @@ struct Stats {
   uint64_t recovered_from_hints = 0;  // segments loaded from hint files at open
   uint64_t recovered_by_scan = 0;     // segments scanned at open
   uint64_t torn_bytes_truncated = 0;
+  uint64_t torn_segments_removed = 0;   // header-less newest segments removed at open
   uint64_t repaired_bytes_skipped = 0;
+  // Shards refusing writes now: the last write failed for lack of disk
+  // space, or a sync failed (see WriteHealth).
+  uint32_t shards_refusing_writes = 0;
   uint32_t shard_count = 0;
 };
 
@@ -310,6 +321,10 @@ class Engine {
   [[nodiscard]] absl::StatusOr<std::vector<LeafKey>> ListKeys(KeyCursor* cursor, uint32_t limit);
 
   Stats GetStats();
+  // OK while every shard takes writes; otherwise why one does not: its last
+  // write failed for lack of disk space (NoSpace; cleared by its next write
+  // that succeeds), or a failed sync made it refuse writes until restart.
+  [[nodiscard]] absl::Status WriteHealth();
   // Syncs every shard's unsynced appends now.
   [[nodiscard]] absl::Status Sync();
   // Compacts every shard's eligible segments now (force: every immutable one).

@@ -10,9 +10,36 @@
 
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "engine/engine.h"
 
 namespace logkv::engine {
+
+namespace {
+// The payload that marks a status as NoSpaceError. Never persisted or sent.
+constexpr absl::string_view kNoSpacePayloadUrl = "logkv.engine/no-space";
+}  // namespace
+
+absl::Status NoSpaceError(absl::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(message);
+  status.SetPayload(kNoSpacePayloadUrl, absl::Cord("disk full"));
+  return status;
+}
+
+bool IsNoSpace(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) && status.GetPayload(kNoSpacePayloadUrl).has_value();
+}
+
+absl::Status WithContext(absl::string_view context, const absl::Status& status) {
+  if (status.ok()) return status;
+  absl::Status out(status.code(), absl::StrCat(context, status.message()));
+  status.ForEachPayload([&out](absl::string_view type_url, const absl::Cord& payload) {
+    out.SetPayload(type_url, payload);
+  });
+  return out;
+}
+
 namespace {
 
 absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int error) {
@@ -26,7 +53,7 @@ absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int er
       return absl::PermissionDeniedError(message);
     case ENOSPC:
     case EDQUOT:
-      return absl::ResourceExhaustedError(message);
+      return NoSpaceError(message);
     default:
       return absl::InternalError(message);
   }
@@ -172,17 +199,23 @@ class PosixFileSystem final : public FileSystem {
     if (capacity_bytes == 0) return absl::InvalidArgumentError("capacity must be positive");
     Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    // A file that cannot be made whole is removed: a full disk must not
+    // leave an empty file behind for every write it refuses.
+    auto fail = [&path](absl::Status status) {
+      ::unlink(path.c_str());
+      return status;
+    };
     // Real blocks up front: appends never extend the file, so fdatasync does
     // not have to write size metadata, and a full disk fails here, not in a
     // page fault. Fall back to a sparse file where fallocate is unsupported.
     int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(capacity_bytes));
-    if (rc == ENOSPC) return ErrnoStatus("fallocate", path, rc);
+    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
     if (rc != 0 && ::ftruncate(fd.get(), static_cast<off_t>(capacity_bytes)) != 0) {
-      return ErrnoStatus("ftruncate", path, errno);
+      return fail(ErrnoStatus("ftruncate", path, errno));
     }
     void* base =
         ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-    if (base == MAP_FAILED) return ErrnoStatus("mmap", path, errno);
+    if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
                                                capacity_bytes);
   }

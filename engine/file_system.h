@@ -67,7 +67,8 @@ class FileSystem {
  public:
   virtual ~FileSystem() = default;
 
-  // Creates (or truncates) path and reserves capacity_bytes for appends.
+  // Creates (or truncates) path and reserves capacity_bytes for appends. On
+  // failure no file is left at path. A full disk is NoSpaceError (engine.h).
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
       const std::string& path, uint64_t capacity_bytes) = 0;
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<ReadableFile>> NewReadableFile(
@@ -101,6 +102,10 @@ class FileSystem {
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<Lock>> LockFile(
       const std::string& path) = 0;
 };
+
+// status with context put in front of its message; its code and payloads
+// (the mark of NoSpaceError) are kept.
+[[nodiscard]] absl::Status WithContext(absl::string_view context, const absl::Status& status);
 
 // The real file system: segments are mmap'd (MAP_SHARED) and preallocated with
 // fallocate, so an Append is a memcpy with no system call. The returned object

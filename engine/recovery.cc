@@ -242,6 +242,39 @@ void Shard::ComputeFeedStart() {
   }
 }
 
+absl::Status Shard::RemoveTornCreations(std::vector<uint32_t>* segment_ids) {
+  // A segment is made by creating and preallocating its file, then writing
+  // its header; a crash or a full disk in between leaves the newest segment
+  // without a header (empty, short, or all zeros). Such a file never held a
+  // record, since records follow the header. Versions that did not clean up
+  // after a refused creation left a run of empty newest segments, one per
+  // refused write, so the run is removed as a whole.
+  bool removed = false;
+  while (!segment_ids->empty()) {
+    const std::string path = PathOf(SegmentFileName(segment_ids->back()));
+    auto file = context_.fs->NewReadableFile(path);
+    if (!file.ok()) return file.status();
+    const uint64_t size = (*file)->Size();
+    if (size >= format::kSegmentHeaderBytes) {
+      auto bytes = (*file)->Read(0, size, nullptr);
+      if (!bytes.ok()) return bytes.status();
+      // A preallocated file whose header never reached the disk is zeros; if
+      // anything else follows, it is no torn creation but damage.
+      if (!AllZero(*bytes)) break;
+    }
+    file->reset();
+    context_.Log(LogLevel::kWarning,
+                 absl::StrCat("removing ", path, ": ", size,
+                              " bytes and no segment header, a segment creation cut short by a "
+                              "crash or a full disk (it never held a record)"));
+    if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
+    counters_.torn_segments_removed.fetch_add(1, std::memory_order_relaxed);
+    segment_ids->pop_back();
+    removed = true;
+  }
+  return removed ? context_.fs->SyncDir(directory_) : absl::OkStatus();
+}
+
 absl::Status Shard::Open() {
   if (absl::Status status = context_.fs->CreateDir(directory_); !status.ok()) return status;
   auto names = context_.fs->ListDir(directory_);
@@ -266,6 +299,7 @@ absl::Status Shard::Open() {
     }
   }
   std::sort(segment_ids.begin(), segment_ids.end());
+  if (absl::Status status = RemoveTornCreations(&segment_ids); !status.ok()) return status;
 
   absl::MutexLock lock(&mu_);
   for (uint32_t id : segment_ids) {
@@ -309,7 +343,17 @@ absl::Status Shard::Open() {
     absl::MutexLock sync_lock(&sync_mu_);
     durable_sequence_ = appended_sequence_;
   }
-  return RollActive(0);
+  absl::Status status = RollActive(0);
+  if (IsNoSpace(status)) {
+    // A full disk need not keep the data from being read: the shard opens
+    // without an active segment and its first write tries again.
+    context_.Log(LogLevel::kWarning,
+                 absl::StrCat(status.message(), "; shard ", shard_id_,
+                              " serves reads and refuses writes until space is freed"));
+    out_of_space_ = status;
+    return absl::OkStatus();
+  }
+  return status;
 }
 
 absl::Status Shard::Close() {

@@ -63,7 +63,13 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Create(FileSystem* fs, const s
   std::unique_ptr<Segment> segment(new Segment(path, header));
   absl::Status status = (*file)->Append(
       absl::string_view(reinterpret_cast<const char*>(&header), sizeof(header)));
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    // Without its header the file is no segment: leave nothing behind. Should
+    // the removal fail as well, start-up removes a header-less newest segment.
+    file->reset();
+    (void)fs->RemoveFile(path);
+    return status;
+  }
   segment->writable_ = std::move(*file);
   segment->size_.store(format::kSegmentHeaderBytes, std::memory_order_release);
   return segment;

@@ -33,7 +33,8 @@ bool ParseSegmentFileName(absl::string_view name, absl::string_view suffix, uint
 
 class Segment {
  public:
-  // Creates a new, writable segment file at path with its header.
+  // Creates a new, writable segment file at path with its header. On
+  // failure no file is left at path.
   static absl::StatusOr<std::unique_ptr<Segment>> Create(FileSystem* fs, const std::string& path,
                                                          const format::SegmentHeader& header,
                                                          uint64_t capacity_bytes);

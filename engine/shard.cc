@@ -41,6 +41,12 @@ absl::Status Shard::health() {
   return failed_;
 }
 
+absl::Status Shard::WriteHealth() {
+  if (absl::Status status = health(); !status.ok()) return status;
+  absl::ReaderMutexLock lock(&mu_);
+  return out_of_space_;
+}
+
 void Shard::SetFailed(const absl::Status& status) {
   std::deque<DurableWaiter> waiters;
   absl::Status failed;
@@ -214,21 +220,39 @@ void Shard::RemoveEntry(uint32_t entry_id) {
 absl::StatusOr<std::shared_ptr<Segment>> Shard::NewSegment(uint32_t flags,
                                                            uint64_t capacity_bytes,
                                                            const std::string& path) {
-  const uint32_t id = next_segment_id_++;
+  // The id is taken only once the file exists, so a creation refused again
+  // and again (a full disk) neither leaves files nor skips ids.
+  const uint32_t id = next_segment_id_;
   const format::SegmentHeader header =
       MakeSegmentHeader(shard_id_, id, flags, next_sequence_, context_.clock->NowUnixMs());
   auto segment = Segment::Create(context_.fs, path.empty() ? PathOf(SegmentFileName(id)) : path,
                                  header, capacity_bytes);
   if (!segment.ok()) return segment.status();
+  ++next_segment_id_;
   std::shared_ptr<Segment> shared = std::move(*segment);
   segments_[id] = shared;
   return shared;
 }
 
+void Shard::DiscardNewSegment(std::shared_ptr<Segment> segment) {
+  assert(segment->size() == format::kSegmentHeaderBytes);
+  const std::string path = segment->path();
+  segments_.erase(segment->id());
+  if (segment->id() + 1 == next_segment_id_) --next_segment_id_;
+  segment.reset();  // unmaps and closes the file
+  if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) {
+    // Harmless: start-up removes a header-only newest segment's leftovers.
+    context_.Log(LogLevel::kWarning, absl::StrCat("could not remove the unused segment ", path,
+                                                  ": ", status.message()));
+  }
+}
+
 absl::Status Shard::RollActive(uint64_t needed_bytes) {
   // Sealing syncs the old segment before the new one takes writes, so only
   // the newest segment can ever hold a torn tail after a crash; recovery
-  // relies on that to tell a torn tail from corruption.
+  // relies on that to tell a torn tail from corruption. A sealed segment
+  // stays active_ until a new one exists: a roll that fails (a full disk) is
+  // simply tried again by the next write.
   if (active_ != nullptr) {
     if (absl::Status status = active_->Seal(context_.fs); !status.ok()) {
       SetFailed(status);
@@ -238,8 +262,16 @@ absl::Status Shard::RollActive(uint64_t needed_bytes) {
   const uint64_t capacity =
       std::max<uint64_t>(options_.segment_bytes, needed_bytes + format::kSegmentHeaderBytes);
   auto segment = NewSegment(/*flags=*/0, capacity, "");
-  if (!segment.ok()) return segment.status();
-  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  if (!segment.ok()) {
+    return WithContext(absl::StrCat("shard ", shard_id_, " cannot start a new segment: "),
+                       segment.status());
+  }
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) {
+    // Its directory entry might not survive a crash: do not write into it.
+    DiscardNewSegment(*std::move(segment));
+    return WithContext(absl::StrCat("shard ", shard_id_, " cannot start a new segment: "),
+                       status);
+  }
   active_ = *segment;
   original_ids_.push_back(active_->id());
   return absl::OkStatus();
@@ -359,11 +391,22 @@ absl::StatusOr<RecordLocation> Shard::AppendLocked(LogRecord* record) {
   encode_buffer_.clear();
   EncodeRecord(*record, &encode_buffer_);
   const uint64_t record_bytes = encode_buffer_.size();
-  if (record_bytes > active_->remaining()) {
-    if (absl::Status status = RollActive(record_bytes); !status.ok()) return status;
+  if (active_ == nullptr || record_bytes > active_->remaining()) {
+    if (absl::Status status = RollActive(record_bytes); !status.ok()) {
+      if (IsNoSpace(status) && out_of_space_.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat(status.message(), "; shard ", shard_id_,
+                                                      " refuses writes until space is freed"));
+      }
+      out_of_space_ = IsNoSpace(status) ? status : absl::OkStatus();
+      return status;
+    }
   }
   auto offset = active_->Append(encode_buffer_);
   if (!offset.ok()) return offset.status();
+  if (!out_of_space_.ok()) {
+    context_.Log(LogLevel::kInfo, absl::StrCat("shard ", shard_id_, " takes writes again"));
+    out_of_space_ = absl::OkStatus();
+  }
   ++next_sequence_;
   active_->min_sequence = std::min(active_->min_sequence, record->sequence);
   active_->max_sequence = record->sequence;

@@ -54,7 +54,8 @@ struct ShardCounters {
   std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
   std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
   std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
-  std::atomic<uint64_t> torn_bytes_truncated{0}, repaired_bytes_skipped{0};
+  std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
+  std::atomic<uint64_t> repaired_bytes_skipped{0};
 };
 
 class Shard {
@@ -142,6 +143,9 @@ class Shard {
   // After a failed fsync the state of the file is unknown (the kernel may have
   // dropped the dirty pages): the shard refuses writes from then on.
   absl::Status health();
+  // health(), else OK unless the last write failed for lack of disk space
+  // (then that NoSpace status, until a write succeeds).
+  absl::Status WriteHealth() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct HistoryItem {  // an older version kept readable (versions_kept > 1)
@@ -181,6 +185,8 @@ class Shard {
   absl::StatusOr<std::shared_ptr<Segment>> NewSegment(uint32_t flags, uint64_t capacity_bytes,
                                                       const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a segment NewSegment just made that never took a record.
+  void DiscardNewSegment(std::shared_ptr<Segment> segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDead(const RecordLocation& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropHistory(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -196,6 +202,9 @@ class Shard {
   void SetFailed(const absl::Status& status);
 
   // Recovery (recovery.cc).
+  // Removes the newest segments that have no header (torn creations) from
+  // the directory and from segment_ids (ascending).
+  absl::Status RemoveTornCreations(std::vector<uint32_t>* segment_ids);
   absl::Status LoadSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
                            RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ScanSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
@@ -220,7 +229,11 @@ class Shard {
   KeyIndex index_ ABSL_GUARDED_BY(mu_);
   // Every segment by id; the active one is also active_.
   absl::flat_hash_map<uint32_t, std::shared_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
+  // Null only when start-up could not create a segment (a full disk); the
+  // next write tries again.
   std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(mu_);
+  // NoSpace while the last append failed for lack of disk space, else OK.
+  absl::Status out_of_space_ ABSL_GUARDED_BY(mu_);
   // Ids of the original (appended, not compacted) segments, ascending; the
   // change feed reads these. Their sequence ranges are increasing.
   std::vector<uint32_t> original_ids_ ABSL_GUARDED_BY(mu_);

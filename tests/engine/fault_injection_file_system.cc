@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/engine.h"
 
 namespace logkv::test {
 
@@ -185,6 +186,11 @@ void FaultInjectionFileSystem::ClearFailures() {
   calls_before_failure_ = 0;
 }
 
+void FaultInjectionFileSystem::SetDiskFull(bool full) {
+  absl::MutexLock state_lock(&state_mu_);
+  disk_full_ = full;
+}
+
 // ---- Observation ------------------------------------------------------------------
 
 uint64_t FaultInjectionFileSystem::append_count() const {
@@ -212,6 +218,11 @@ uint64_t FaultInjectionFileSystem::injected_failures() const {
   return injected_failures_;
 }
 
+uint64_t FaultInjectionFileSystem::refused_creations() const {
+  absl::MutexLock state_lock(&state_mu_);
+  return refused_creations_;
+}
+
 void FaultInjectionFileSystem::ResetCounters() {
   absl::MutexLock state_lock(&state_mu_);
   append_count_ = 0;
@@ -219,6 +230,7 @@ void FaultInjectionFileSystem::ResetCounters() {
   file_sync_count_ = 0;
   dir_sync_count_ = 0;
   injected_failures_ = 0;
+  refused_creations_ = 0;
 }
 
 std::optional<FaultInjectionFileSystem::FileState> FaultInjectionFileSystem::GetFileState(
@@ -250,6 +262,7 @@ absl::StatusOr<std::unique_ptr<engine::WritableFile>> FaultInjectionFileSystem::
     return std::make_unique<FaultInjectionWritableFile>(this, path, nullptr, capacity_bytes,
                                                         std::move(state));
   }
+  if (absl::Status status = CheckSpace("fallocate", path); !status.ok()) return status;
   const bool existed = base_->FileExists(path);
   absl::StatusOr<std::unique_ptr<engine::WritableFile>> base_file =
       base_->NewWritableFile(path, capacity_bytes);
@@ -277,6 +290,7 @@ absl::Status FaultInjectionFileSystem::WriteFile(const std::string& path, absl::
   absl::ReaderMutexLock active_lock(&active_mu_);
   if (!active_) return absl::OkStatus();
   if (absl::Status status = MaybeInjectFailure("write of", path); !status.ok()) return status;
+  if (absl::Status status = CheckSpace("write", path); !status.ok()) return status;
   const bool existed = base_->FileExists(path);
   absl::Status status = base_->WriteFile(path, data, sync);
   auto state = std::make_shared<FileState>();
@@ -413,6 +427,15 @@ absl::Status FaultInjectionFileSystem::MaybeInjectFailure(const char* operation,
   }
   ++injected_failures_;
   return absl::InternalError(absl::StrCat("injected I/O error: ", operation, " ", path));
+}
+
+absl::Status FaultInjectionFileSystem::CheckSpace(const char* operation,
+                                                  const std::string& path) {
+  absl::MutexLock state_lock(&state_mu_);
+  if (!disk_full_) return absl::OkStatus();
+  ++refused_creations_;
+  return engine::NoSpaceError(
+      absl::StrCat(operation, " ", path, ": No space left on device (injected)"));
 }
 
 void FaultInjectionFileSystem::RecordAppend(const std::shared_ptr<FileState>& state,

@@ -97,6 +97,13 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   void FailWritesAfter(int n);
   void ClearFailures();
 
+  // true simulates a full disk (ENOSPC): NewWritableFile and WriteFile fail
+  // with engine::NoSpaceError naming the path and, like the real file system
+  // whose reservation fails, leave no file behind. Appends into space already
+  // reserved, syncs, renames and removals still succeed, as they do on a
+  // full disk. false: space was freed.
+  void SetDiskFull(bool full);
+
   // ---- Observation -------------------------------------------------------------
 
   uint64_t append_count() const;       // successful WritableFile::Append calls
@@ -104,6 +111,7 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t file_sync_count() const;    // successful WriteFile calls with sync = true
   uint64_t dir_sync_count() const;     // successful SyncDir calls
   uint64_t injected_failures() const;  // calls failed by FailWritesAfter
+  uint64_t refused_creations() const;  // NewWritableFile and WriteFile calls failed by SetDiskFull
   void ResetCounters();
 
   // The tracked state of path (normalised), if the wrapper has seen it written.
@@ -142,6 +150,9 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   // path if the call is to fail, OK otherwise.
   absl::Status MaybeInjectFailure(const char* operation, const std::string& path)
       ABSL_LOCKS_EXCLUDED(state_mu_);
+  // NoSpaceError naming operation and path while the disk is full, else OK.
+  absl::Status CheckSpace(const char* operation, const std::string& path)
+      ABSL_LOCKS_EXCLUDED(state_mu_);
 
   // Called by open writers.
   void RecordAppend(const std::shared_ptr<FileState>& state, uint64_t appended_bytes);
@@ -169,6 +180,8 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t file_sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t dir_sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t injected_failures_ ABSL_GUARDED_BY(state_mu_) = 0;
+  bool disk_full_ ABSL_GUARDED_BY(state_mu_) = false;
+  uint64_t refused_creations_ ABSL_GUARDED_BY(state_mu_) = 0;
 };
 
 }  // namespace logkv::test

@@ -10,7 +10,11 @@
 // length, an unknown record type, a damaged hint file and a bad segment
 // header. Each case parses the segment with the structs of log_format.h to
 // find the bytes to damage.
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <xxhash.h>
+
+#include <cerrno>
 
 #include <cstdint>
 #include <cstring>
@@ -421,6 +425,205 @@ TEST_F(CrashTest, WriteErrorsAreReportedAndAcknowledgedWritesSurvive) {
   EXPECT_OK(engine_->Put(KeyName(21), "after recovery"));
 }
 
+// ---- A full disk -----------------------------------------------------------------------------
+// A segment is reserved in full (fallocate) when it is created, so a full
+// disk shows when a shard rolls to a new segment. The write is refused with
+// NoSpace; nothing is left on disk for it, however often it is retried, and
+// the shard takes writes again once there is space.
+
+class DiskFullTest : public CrashTest {
+ protected:
+  void SetUp() override {
+    CrashTest::SetUp();
+    options_.shard_count = 1;
+  }
+
+  // Small writes until one is refused (a roll on the full disk); their keys
+  // are in *written. REQUIRES: the disk is full.
+  void WriteUntilRefused(std::vector<std::string>* written, absl::Status* refused) {
+    const std::string value(1000, 'v');
+    for (int i = 0; i < 1000; ++i) {
+      const std::string key = KeyName(written->size());
+      absl::Status status = engine_->Put(key, value).status();
+      if (!status.ok()) {
+        *refused = status;
+        return;
+      }
+      written->push_back(key);
+    }
+    FAIL() << "1000 writes of 1000 bytes fit in one 64 KiB segment";
+  }
+
+  std::vector<std::string> SegmentNames() const {
+    std::vector<std::string> names;
+    for (const std::string& path : test::ListSegmentFiles(options_.data_dir, 0)) {
+      names.push_back(BaseName(path));
+    }
+    return names;
+  }
+};
+
+TEST_F(DiskFullTest, ARefusedRollLeavesNoFileAndTakesNoSegmentId) {
+  ASSERT_OK(Open());
+  const std::vector<std::string> before = SegmentNames();
+  ASSERT_EQ(before, std::vector<std::string>{"000000000001.log"});
+  fs_.SetDiskFull(true);
+  std::vector<std::string> written;
+  absl::Status refused;
+  ASSERT_NO_FATAL_FAILURE(WriteUntilRefused(&written, &refused));
+  EXPECT_TRUE(IsNoSpace(refused)) << refused;
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "000000000002.log")) << refused;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    absl::Status status = engine_->Put("refused", "value").status();
+    ASSERT_TRUE(IsNoSpace(status)) << "attempt " << attempt << ": " << status;
+  }
+  EXPECT_EQ(SegmentNames(), before) << "a refused write leaves nothing behind";
+  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
+  EXPECT_EQ(engine_->GetStats().shards_refusing_writes, 1u);
+  EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "until space is freed")) << log_.Dump();
+  for (const std::string& key : written) {
+    EXPECT_EQ(GetOrStatus(engine_.get(), key), std::string(1000, 'v')) << key;
+  }
+
+  // Space is freed: the next write rolls into segment 2, not 52.
+  fs_.SetDiskFull(false);
+  ASSERT_OK(engine_->Put("after", "space was freed"));
+  EXPECT_OK(engine_->WriteHealth());
+  EXPECT_EQ(engine_->GetStats().shards_refusing_writes, 0u);
+  EXPECT_EQ(SegmentNames(), (std::vector<std::string>{"000000000001.log", "000000000002.log"}));
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK(Open());
+  for (const std::string& key : written) {
+    EXPECT_EQ(GetOrStatus(engine_.get(), key), std::string(1000, 'v')) << key;
+  }
+  EXPECT_EQ(GetOrStatus(engine_.get(), "after"), "space was freed");
+  EXPECT_EQ(GetOrStatus(engine_.get(), "refused"), "NOT_FOUND");
+}
+
+// Any failure while a segment is created, not only a full disk: the header
+// cannot be written. The file must go, or the next start-up finds a segment
+// too short for its header.
+TEST_F(DiskFullTest, ASegmentWhoseHeaderCannotBeWrittenIsRemoved) {
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("small", "value"));
+  // A value larger than a segment rolls at once. The sealing sync of the
+  // old segment succeeds; the header append of the new one fails.
+  const std::string large(options_.segment_bytes + 1, 'x');
+  fs_.FailWritesAfter(1);
+  absl::Status status = engine_->Put("large", large).status();
+  fs_.ClearFailures();
+  ASSERT_FALSE(status.ok());
+  EXPECT_TRUE(absl::StrContains(status.message(), "injected")) << status;
+  EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
+  EXPECT_FALSE(IsNoSpace(status)) << "an I/O error is no full disk: " << status;
+  EXPECT_OK(engine_->WriteHealth());
+
+  ASSERT_OK(engine_->Put("large", large));
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK(Open());
+  EXPECT_EQ(GetOrStatus(engine_.get(), "small"), "value");
+  EXPECT_EQ(GetOrStatus(engine_.get(), "large"), large);
+}
+
+// A store on a full disk still opens and serves reads; writes are refused
+// until space is freed.
+TEST_F(DiskFullTest, OpenOnAFullDiskServesReads) {
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("key", "value"));
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+
+  fs_.SetDiskFull(true);
+  ASSERT_OK(Open());
+  EXPECT_EQ(GetOrStatus(engine_.get(), "key"), "value");
+  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
+  absl::Status refused = engine_->Put("other", "value").status();
+  EXPECT_TRUE(IsNoSpace(refused)) << refused;
+  EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
+
+  fs_.SetDiskFull(false);
+  ASSERT_OK(engine_->Put("other", "value"));
+  EXPECT_OK(engine_->WriteHealth());
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK(Open());
+  EXPECT_EQ(GetOrStatus(engine_.get(), "key"), "value");
+  EXPECT_EQ(GetOrStatus(engine_.get(), "other"), "value");
+}
+
+// The same on a real file system that fills up: a small tmpfs (needs the
+// right to mount, so it is skipped elsewhere). posix_fallocate fails with
+// ENOSPC there, after open(2) created the file.
+class RealDiskFullTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mount_point_ = dir_.Subdir("tmpfs");
+    ASSERT_EQ(::mkdir(mount_point_.c_str(), 0755), 0) << std::strerror(errno);
+    if (::mount("tmpfs", mount_point_.c_str(), "tmpfs", 0, "size=1m") != 0) {
+      GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << ")";
+    }
+    mounted_ = true;
+    options_ = TestOptions(mount_point_ + "/db", &clock_, &log_);
+    options_.shard_count = 1;
+  }
+
+  void TearDown() override {
+    if (engine_ != nullptr) {
+      EXPECT_OK(engine_->Close());
+    }
+    engine_.reset();
+    if (mounted_) {
+      EXPECT_EQ(::umount2(mount_point_.c_str(), MNT_DETACH), 0) << std::strerror(errno);
+    }
+  }
+
+  ScopedTempDir dir_;
+  ManualClock clock_;
+  LogCapture log_;
+  std::string mount_point_;
+  bool mounted_ = false;
+  Options options_;
+  std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
+};
+
+TEST_F(RealDiskFullTest, RefusedWritesLeaveNoEmptySegmentsAndTheStoreReopens) {
+  // A filler that the test removes later, to free space.
+  const std::string filler = mount_point_ + "/filler";
+  test::WriteFileBytes(filler, std::string(256 << 10, 'f'));
+  ASSERT_OK_AND_ASSIGN(engine_, Engine::Open(options_));
+  const std::string value(4000, 'v');
+  std::vector<std::string> written;
+  absl::Status refused;
+  for (int i = 0; i < 1000 && refused.ok(); ++i) {
+    const std::string key = absl::StrCat("key-", i);
+    refused = engine_->Put(key, value).status();
+    if (refused.ok()) written.push_back(key);
+  }
+  ASSERT_FALSE(refused.ok()) << "4 MB do not fit in a 1 MiB tmpfs";
+  EXPECT_TRUE(IsNoSpace(refused)) << refused;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    ASSERT_TRUE(IsNoSpace(engine_->Put("refused", value).status())) << attempt;
+  }
+  const std::vector<std::string> segments = test::ListSegmentFiles(options_.data_dir, 0);
+  for (const std::string& segment : segments) {
+    EXPECT_GE(test::FileSizeOf(segment), format::kSegmentHeaderBytes) << segment;
+  }
+  EXPECT_EQ(test::FileIdOf(segments.back()), segments.size()) << "no segment id was skipped";
+  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth()));
+
+  ASSERT_EQ(::unlink(filler.c_str()), 0);
+  ASSERT_OK(engine_->Put("after", value));
+  EXPECT_OK(engine_->WriteHealth());
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK_AND_ASSIGN(engine_, Engine::Open(options_));
+  for (const std::string& key : written) EXPECT_EQ(GetOrStatus(engine_.get(), key), value) << key;
+  EXPECT_EQ(GetOrStatus(engine_.get(), "after"), value);
+}
+
 // ---- Corruption ---------------------------------------------------------------------------------
 
 class CorruptionTest : public ::testing::Test {
@@ -583,6 +786,67 @@ TEST_F(CorruptionTest, ZeroFilledTailIsUnwrittenSpace) {
   Close();
   ASSERT_OK(Open());
   ExpectAllPresentExcept({});
+}
+
+// A segment is created, preallocated, and only then given its header: a
+// crash (or, before it was handled, a full disk) in between leaves a newest
+// segment without a header. It never held a record; start-up removes it with
+// a warning instead of refusing to open.
+TEST_F(CorruptionTest, HeaderlessNewestSegmentsAreTornCreations) {
+  ASSERT_NO_FATAL_FAILURE(Build(/*generations=*/1, /*keep_hints=*/false));
+  const uint64_t newest_id = test::FileIdOf(segments_.back());
+  const std::string pristine = dir_.Subdir("pristine");
+  test::CopyDirectory(options_.data_dir, pristine);
+  const struct {
+    const char* name;
+    std::vector<std::string> contents;  // of segments newest_id + 1, + 2, ...
+  } cases[] = {
+      {"empty", {""}},
+      {"shorter than a header", {std::string(20, '\0')}},
+      {"preallocated, header never written", {std::string(64 << 10, '\0')}},
+      {"a run left by refused writes", {"", "", ""}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    test::CopyDirectory(pristine, options_.data_dir);
+    std::vector<std::string> paths;
+    for (size_t i = 0; i < c.contents.size(); ++i) {
+      paths.push_back(absl::StrFormat("%s/%012u.log", test::ShardDir(options_.data_dir, 0),
+                                      newest_id + 1 + i));
+      test::WriteFileBytes(paths.back(), c.contents[i]);
+    }
+    ASSERT_OK(Open());
+    ExpectAllPresentExcept({});
+    EXPECT_EQ(engine_->GetStats().torn_segments_removed, c.contents.size());
+    for (const std::string& path : paths) {
+      EXPECT_TRUE(log_.Contains(LogLevel::kWarning, BaseName(path))) << log_.Dump();
+    }
+    ASSERT_OK(engine_->Put("after", "value"));
+    Close();
+    ASSERT_OK(Open());
+    ExpectAllPresentExcept({});
+    EXPECT_EQ(GetOrStatus(engine_.get(), "after"), "value");
+    EXPECT_EQ(engine_->GetStats().torn_segments_removed, 0u);
+    Close();
+    if (HasFailure()) return;
+  }
+}
+
+// A zero header followed by data is no torn creation but damage, and a
+// header-less segment with a newer one after it is not the newest.
+TEST_F(CorruptionTest, HeaderlessSegmentsThatMayHoldDataAreDataLoss) {
+  ASSERT_NO_FATAL_FAILURE(Build(/*generations=*/1, /*keep_hints=*/false));
+  const uint64_t newest_id = test::FileIdOf(segments_.back());
+  const std::string zero_header =
+      absl::StrFormat("%s/%012u.log", test::ShardDir(options_.data_dir, 0), newest_id + 1);
+  test::WriteFileBytes(zero_header, std::string(format::kSegmentHeaderBytes, '\0') + "data");
+  ExpectDataLoss(zero_header);
+
+  test::WriteFileBytes(zero_header, "");
+  const std::string newer =
+      absl::StrFormat("%s/%012u.log", test::ShardDir(options_.data_dir, 0), newest_id + 2);
+  test::WriteFileBytes(newer, test::ReadFileBytes(segments_.back()));
+  ExpectDataLoss(zero_header);
 }
 
 // Damage to one record in the middle of a segment, with valid records after
