@@ -107,6 +107,7 @@ struct Engine::State {
   std::vector<std::unique_ptr<Shard>> shards;
   uint64_t recovery_ms = 0;
   std::atomic<bool> closed{false};
+  std::atomic<uint64_t> unreadable_records_skipped{0};  // by Scan
 
   absl::Mutex mu;
   bool stop ABSL_GUARDED_BY(mu) = false;
@@ -196,6 +197,18 @@ absl::Status Engine::OpenFiles() {
     for (auto& shard : s.shards) {
       if (absl::Status status = shard->Compact(/*force=*/false); !status.ok()) return status;
     }
+    // Each skip was logged with its file and offset; this is the total.
+    const Stats stats = GetStats();
+    ShardContext context{&s.options, s.fs, s.clock, nullptr, nullptr};
+    context.Log(stats.repaired_bytes_skipped + stats.repaired_segments_set_aside > 0
+                    ? LogLevel::kWarning
+                    : LogLevel::kInfo,
+                absl::StrCat("repair done: ", stats.repaired_bytes_skipped,
+                             " unreadable bytes dropped from ", stats.repaired_segments,
+                             " segment(s), rewritten without them; ",
+                             stats.repaired_segments_set_aside,
+                             " segment(s) with a damaged header set aside as *.damaged; ",
+                             stats.keys, " keys salvaged"));
   }
   // kAlways writers wait for the sync threads, so they run even when tests
   // turn the other background work off.
@@ -437,6 +450,15 @@ absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
     if (!options.keys_only) {
       absl::Status status = Get(keys[i], &item.value, &item.meta);
       if (absl::IsNotFound(status)) continue;  // deleted since the pass
+      if (absl::IsDataLoss(status)) {
+        // One damaged record must not make every scan over it fail: it is
+        // left out and counted (a Get of its key still answers DataLoss).
+        state_->unreadable_records_skipped.fetch_add(1, std::memory_order_relaxed);
+        ShardContext context{&state_->options, nullptr, nullptr, nullptr, nullptr};
+        context.Log(LogLevel::kWarning,
+                    absl::StrCat("scan skipped an unreadable record: ", status.message()));
+        continue;
+      }
       if (!status.ok()) return status;
     }
     page_bytes += keys[i].size() + item.value.size();
@@ -573,8 +595,11 @@ Stats Engine::GetStats() {
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();
     stats.torn_segments_removed += c.torn_segments_removed.load();
     stats.repaired_bytes_skipped += c.repaired_bytes_skipped.load();
+    stats.repaired_segments += c.repaired_segments.load();
+    stats.repaired_segments_set_aside += c.repaired_segments_set_aside.load();
     if (!shard->WriteHealth().ok()) ++stats.shards_refusing_writes;
   }
+  stats.unreadable_records_skipped = state_->unreadable_records_skipped.load();
   stats.index_bytes += state_->merkle->memory_bytes();
   return stats;
 }

@@ -226,6 +226,11 @@ struct Stats {
   uint64_t torn_bytes_truncated = 0;
   uint64_t torn_segments_removed = 0;   // header-less newest segments removed at open
   uint64_t repaired_bytes_skipped = 0;
+  uint64_t repaired_segments = 0;       // segments repair salvaged records from
+  uint64_t repaired_segments_set_aside = 0;  // segments with a bad header, renamed *.damaged
+  // Records a Scan met that did not verify (corrupt on disk): left out of
+  // the page and counted here; a Get of such a key answers DataLoss.
+  uint64_t unreadable_records_skipped = 0;
   // Shards refusing writes now: the last write failed for lack of disk
   // space, or a sync failed (see WriteHealth).
   uint32_t shards_refusing_writes = 0;

@@ -143,6 +143,7 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
                           : std::string("; the segment is not the newest, so this is no torn tail"),
           ". Open with repair to salvage the records that verify."));
     }
+    if (!segment->damaged) counters_.repaired_segments.fetch_add(1, std::memory_order_relaxed);
     segment->damaged = true;
     const uint64_t skipped = (next_valid != 0 ? next_valid : segment->size()) - offset;
     counters_.repaired_bytes_skipped.fetch_add(skipped, std::memory_order_relaxed);
@@ -314,6 +315,7 @@ absl::Status Shard::Open() {
       if (absl::Status status = context_.fs->RenameFile(from, from + ".damaged"); !status.ok()) {
         return status;
       }
+      counters_.repaired_segments_set_aside.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     std::shared_ptr<Segment> shared = std::move(*segment);

@@ -55,7 +55,8 @@ struct ShardCounters {
   std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
   std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
   std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
-  std::atomic<uint64_t> repaired_bytes_skipped{0};
+  std::atomic<uint64_t> repaired_bytes_skipped{0}, repaired_segments{0},
+      repaired_segments_set_aside{0};
 };
 
 class Shard {
