@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace logkv::protocol {
@@ -223,6 +224,26 @@ StatusCode ToWire(absl::StatusCode code) {
   }
 }
 
+namespace {
+// Marks InsufficientStorageError. Never sent: the wire has its own code.
+constexpr absl::string_view kInsufficientStoragePayloadUrl = "logkv.protocol/insufficient-storage";
+}  // namespace
+
+absl::Status InsufficientStorageError(absl::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(message);
+  status.SetPayload(kInsufficientStoragePayloadUrl, absl::Cord("insufficient storage"));
+  return status;
+}
+
+bool IsInsufficientStorage(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) &&
+         status.GetPayload(kInsufficientStoragePayloadUrl).has_value();
+}
+
+StatusCode ToWire(const absl::Status& status) {
+  return IsInsufficientStorage(status) ? StatusCode::InsufficientStorage : ToWire(status.code());
+}
+
 absl::StatusCode FromWire(StatusCode code) {
   switch (code) {
     case StatusCode::Ok:
@@ -251,6 +272,8 @@ absl::StatusCode FromWire(StatusCode code) {
       return absl::StatusCode::kDeadlineExceeded;
     case StatusCode::Aborted:
       return absl::StatusCode::kAborted;
+    case StatusCode::InsufficientStorage:
+      return absl::StatusCode::kResourceExhausted;
     default:
       return absl::StatusCode::kInternal;
   }
@@ -258,6 +281,9 @@ absl::StatusCode FromWire(StatusCode code) {
 
 absl::Status StatusFromResponse(const Response& response) {
   if (response.status() == StatusCode::Ok) return absl::OkStatus();
+  if (response.status() == StatusCode::InsufficientStorage) {
+    return InsufficientStorageError(View(response.message()));
+  }
   return absl::Status(FromWire(response.status()), View(response.message()));
 }
 
@@ -278,7 +304,7 @@ void BuildStatusResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t reque
                                                          status.message().size());
   ResponseBuilder response(*builder);
   response.add_request_id(request_id);
-  response.add_status(ToWire(status.code()));
+  response.add_status(ToWire(status));
   if (!status.ok()) response.add_message(message);
   builder->FinishSizePrefixed(response.Finish());
 }

@@ -87,8 +87,17 @@ inline absl::string_view View(const flatbuffers::String* text) {
   return absl::string_view(text->data(), text->size());
 }
 
-// Mapping between absl status codes and the wire's StatusCode.
+// A write refused because the server's disk is full. On the wire it is
+// StatusCode::InsufficientStorage; in absl terms ResourceExhausted with a
+// payload that tells it from a limit (IsInsufficientStorage).
+[[nodiscard]] absl::Status InsufficientStorageError(absl::string_view message);
+bool IsInsufficientStorage(const absl::Status& status);
+
+// Mapping between absl status codes and the wire's StatusCode. The form
+// taking a Status also maps InsufficientStorageError; StatusFromResponse
+// gives that back as such.
 StatusCode ToWire(absl::StatusCode code);
+StatusCode ToWire(const absl::Status& status);
 absl::StatusCode FromWire(StatusCode code);
 absl::Status StatusFromResponse(const Response& response);
 

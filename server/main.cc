@@ -359,6 +359,9 @@ int Main(int argc, char** argv) {
   const engine::Stats stats = (*engine)->GetStats();
   Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", options.data_dir,
       stats.keys, stats.segments, stats.recovery_ms);
+  if (absl::Status writes = (*engine)->WriteHealth(); !writes.ok()) {
+    Log(Level::kWarning, "serving reads only until writes succeed again: %s", writes.message());
+  }
 
   ServerCounters counters;
   counters.start_unix_ms = absl::ToUnixMillis(absl::Now());

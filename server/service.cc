@@ -74,6 +74,13 @@ Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
   return Service::Outcome::kDeferred;
 }
 
+// The status a write answers with: a full disk (engine::IsNoSpace) becomes
+// the protocol's InsufficientStorage, so that clients and HTTP (507) can tell
+// it from a limit.
+absl::Status WriteStatus(const absl::Status& status) {
+  return engine::IsNoSpace(status) ? p::InsufficientStorageError(status.message()) : status;
+}
+
 void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
                        const absl::StatusOr<cluster::Coordinator::ReadResult>& read) {
   if (!read.ok()) return p::BuildStatusResponse(b, id, read.status());
@@ -87,7 +94,7 @@ void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
 
 void BuildClusterWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
                                const absl::StatusOr<cluster::Coordinator::WriteOutcome>& write) {
-  if (!write.ok()) return p::BuildStatusResponse(b, id, write.status());
+  if (!write.ok()) return p::BuildStatusResponse(b, id, WriteStatus(write.status()));
   BuildWriteResponse(b, id, write->result);
 }
 
@@ -106,7 +113,7 @@ void BuildBatchResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t id,
     auto message = result.ok() ? 0
                                : builder->CreateString(result.status().message().data(),
                                                        result.status().message().size());
-    items.push_back(p::CreateBatchItemResult(*builder, p::ToWire(result.status().code()),
+    items.push_back(p::CreateBatchItemResult(*builder, p::ToWire(WriteStatus(result.status())),
                                              message, result.ok() ? result->version : 0));
   }
   auto vector = builder->CreateVector(items);
@@ -128,7 +135,7 @@ absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl:
 void BuildWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t request_id,
                         const absl::StatusOr<engine::WriteResult>& result) {
   if (!result.ok()) {
-    p::BuildStatusResponse(b, request_id, result.status());
+    p::BuildStatusResponse(b, request_id, WriteStatus(result.status()));
     return;
   }
   b->Clear();

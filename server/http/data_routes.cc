@@ -79,8 +79,10 @@ void BuildDelete(flatbuffers::FlatBufferBuilder* b, absl::string_view key,
 }
 
 // The HTTP status of a data operation's failure. Limits on keys and values
-// are 413 here (the accounts' ResourceExhausted is a rate limit).
+// are 413 here (the accounts' ResourceExhausted is a rate limit); a write
+// refused because the disk is full is 507.
 int DataStatusOf(const absl::Status& status) {
+  if (p::IsInsufficientStorage(status)) return 507;
   switch (status.code()) {
     case absl::StatusCode::kResourceExhausted: return 413;
     case absl::StatusCode::kFailedPrecondition: return 409;
@@ -677,7 +679,10 @@ void DataRoutes::Health(HttpRequest&, Responder responder) {
     absl::MutexLock lock(&hand_off_mu_);
     if (mode == "normal" && syncing_ && syncing_()) mode = "syncing";
   }
-  json body = {{"status", "healthy"},
+  // Degraded: this node serves reads but refuses writes (its disk is full,
+  // or a failed sync); the reason says which. Still 200, since reads work.
+  const absl::Status writes = deps_.service->engine()->WriteHealth();
+  json body = {{"status", writes.ok() ? "healthy" : "degraded"},
                {"node_id", NodeId()},
                {"mode", mode},
                {"member_count", deps_.cluster == nullptr
@@ -685,6 +690,10 @@ void DataRoutes::Health(HttpRequest&, Responder responder) {
                                     : deps_.cluster->LiveMemberCount()},
                {"uptime_ms", absl::ToUnixMillis(absl::Now()) -
                                  deps_.service->counters()->start_unix_ms}};
+  if (!writes.ok()) {
+    body["reason"] = absl::StrCat(engine::IsNoSpace(writes) ? "disk full: " : "",
+                                  "writes are refused: ", writes.message());
+  }
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
@@ -724,6 +733,8 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
       {"fsyncs", stats.fsyncs},
       {"compactions", stats.compactions},
       {"expired_swept", stats.expired_swept},
+      {"unreadable_records_skipped", stats.unreadable_records_skipped},
+      {"shards_refusing_writes", stats.shards_refusing_writes},
       {"connections", counters->connections.load()},
       {"requests", counters->requests.load()},
       {"uptime_ms", absl::ToUnixMillis(absl::Now()) - counters->start_unix_ms},

@@ -2,6 +2,11 @@
 // as a child process on a kernel-chosen loopback port, with its data in a
 // temporary directory, and is always stopped at the end.
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <atomic>
 #include <map>
@@ -16,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_util.h"
+#include "tests/rest/http_client.h"
 #include "tests/server/logkvd_process.h"
 
 namespace logkv::test {
@@ -553,6 +559,84 @@ TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
   for (uint64_t request : acknowledged) {
     EXPECT_EQ(GetValue(check, absl::StrCat("s/", request - 1), id++), "v") << request;
   }
+}
+
+// A mounted tmpfs of a given size, unmounted (lazily) on destruction.
+class ScopedTmpfs {
+ public:
+  ScopedTmpfs(const std::string& path, absl::string_view size) : path_(path) {
+    if (::mkdir(path.c_str(), 0755) != 0) {
+      error_ = std::strerror(errno);
+      return;
+    }
+    const std::string options = absl::StrCat("size=", size);
+    if (::mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) != 0) {
+      error_ = std::strerror(errno);
+      return;
+    }
+    mounted_ = true;
+  }
+  ScopedTmpfs(const ScopedTmpfs&) = delete;
+  ScopedTmpfs& operator=(const ScopedTmpfs&) = delete;
+  ~ScopedTmpfs() {
+    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string path_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
+// A data directory on a small tmpfs that fills up (needs the right to
+// mount; skipped elsewhere): writes are refused as 507 over HTTP and
+// InsufficientStorage over the protocol, /health says degraded and why, and
+// all of it clears once space is freed.
+TEST_F(ServerTest, AFullDiskIsInsufficientStorageAndHealthSaysWhy) {
+  ScopedTmpfs tmpfs(dir_.path() + "/tmpfs", "1m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
+  const std::string filler = dir_.path() + "/tmpfs/filler";
+  WriteFileBytes(filler, std::string(256 << 10, 'f'));
+  auto server = StartServer({"--shards=1", "--segment_bytes=65536"}, dir_.path() + "/tmpfs/data");
+  ASSERT_TRUE(server->running());
+
+  const std::string value(4000, 'v');
+  HttpAnswer refused;
+  for (int i = 0; i < 1000; ++i) {
+    absl::StatusOr<HttpAnswer> answer =
+        Fetch(server->http_port(), "PUT", absl::StrCat("/v1/kv/key-", i), {}, value);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    if (answer->status != 200) {
+      refused = *answer;
+      break;
+    }
+  }
+  EXPECT_EQ(refused.status, 507) << refused.status_line << " " << refused.body;
+  EXPECT_NE(refused.body.find("No space left on device"), std::string::npos) << refused.body;
+  RawConnection c = Connect(server->port());
+  const std::string put = Call(c, PutFrame(1, "binary", value), 1);
+  EXPECT_EQ(CodeOf(put), p::StatusCode::InsufficientStorage);
+  EXPECT_EQ(p::StatusFromResponse(*AsResponse(put)).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ValueOf(Call(c, GetFrame(2, "key-0"), 2)), value) << "reads go on";
+
+  absl::StatusOr<HttpAnswer> health = Fetch(server->http_port(), "GET", "/health");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->Json().value("status", ""), "degraded") << health->body;
+  EXPECT_NE(health->Json().value("reason", "").find("disk full"), std::string::npos)
+      << health->body;
+
+  ASSERT_EQ(::unlink(filler.c_str()), 0);
+  EXPECT_EQ(CodeOf(Call(c, PutFrame(3, "binary", value), 3)), p::StatusCode::Ok);
+  health = Fetch(server->http_port(), "GET", "/health");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->Json().value("status", ""), "healthy") << health->body;
+  EXPECT_FALSE(health->Json().contains("reason")) << health->body;
+  absl::StatusOr<HttpAnswer> metrics = Fetch(server->http_port(), "GET", "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->Json().value("shards_refusing_writes", -1), 0) << metrics->body;
+  EXPECT_EQ(WEXITSTATUS(server->Stop()), 0) << server->Output();
 }
 
 }  // namespace
