@@ -63,6 +63,10 @@ ABSL_FLAG(std::string, http, "127.0.0.1:8080",
 ABSL_FLAG(uint32_t, versions, 3,
           "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
+ABSL_FLAG(bool, repair, false,
+          "Open a damaged data directory by salvaging what verifies: unreadable records are "
+          "skipped, segments with a damaged header set aside as *.damaged, and what was dropped "
+          "is logged (files, offsets, totals); then serve as usual.");
 ABSL_FLAG(std::string, auth, "off",
           "off | on. on: accounts, API keys (X-API-Key, Hello auth_token) and one key "
           "namespace per user.");
@@ -130,7 +134,7 @@ constexpr const char* kFlagNames[] = {
     "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
     "purge_ring_stable_ms", "tombstone_grace_ms",
     "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
-    "dead_after_ms", "fault_injection",
+    "dead_after_ms", "fault_injection", "repair",
 };
 
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
@@ -310,6 +314,7 @@ int Main(int argc, char** argv) {
   options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   options.versions_kept = absl::GetFlag(FLAGS_versions);
+  options.repair = absl::GetFlag(FLAGS_repair);
   options.fsync_interval_ms = absl::GetFlag(FLAGS_fsync_interval_ms);
   const std::string fsync = absl::GetFlag(FLAGS_fsync);
   if (fsync == "never") {
@@ -355,7 +360,15 @@ int Main(int argc, char** argv) {
 
   Log(Level::kInfo, "opening %s (fsync=%s, mimalloc %d)", options.data_dir, fsync, mi_version());
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Open(options);
-  if (!engine.ok()) return Fail(engine.status());
+  if (!engine.ok()) {
+    const int failed = Fail(engine.status());
+    if (absl::IsDataLoss(engine.status()) && !options.repair) {
+      Log(Level::kError,
+          "the data directory is damaged: start with --repair (or LOGKV_REPAIR=1) to salvage "
+          "what verifies, with what is dropped logged");
+    }
+    return failed;
+  }
   const engine::Stats stats = (*engine)->GetStats();
   Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", options.data_dir,
       stats.keys, stats.segments, stats.recovery_ms);

@@ -639,5 +639,51 @@ TEST_F(ServerTest, AFullDiskIsInsufficientStorageAndHealthSaysWhy) {
   EXPECT_EQ(WEXITSTATUS(server->Stop()), 0) << server->Output();
 }
 
+// A damaged record stops start-up with a pointer to --repair; --repair (here
+// from LOGKV_REPAIR) salvages the rest, logs what it dropped, and serves.
+TEST_F(ServerTest, RepairSalvagesADamagedDataDirectory) {
+  auto ValueFor = [](int i) { return absl::StrCat("value-", i, "-", std::string(40, 'a' + i)); };
+  {
+    auto server = StartServer({"--shards=1"});
+    RawConnection c = Connect(server->port());
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_EQ(CodeOf(Call(c, PutFrame(i + 1, absl::StrCat("k", i), ValueFor(i)), i + 1)),
+                p::StatusCode::Ok);
+    }
+    ASSERT_EQ(WEXITSTATUS(server->Stop()), 0) << server->Output();
+  }
+  // Damage k5's value; without hint files start-up reads every record.
+  RemoveAllHintFiles(DataDir());
+  bool damaged = false;
+  for (const std::string& segment : ListSegmentFiles(DataDir(), 0)) {
+    std::string bytes = ReadFileBytes(segment);
+    const size_t at = bytes.find(ValueFor(5));
+    if (at == std::string::npos) continue;
+    bytes[at + 10] ^= 0x01;
+    WriteFileBytes(segment, bytes);
+    damaged = true;
+  }
+  ASSERT_TRUE(damaged);
+
+  {
+    LogkvdProcess plain(LOGKVD_PATH, {"--data_dir=" + DataDir()});
+    EXPECT_FALSE(plain.Start().ok());
+    EXPECT_NE(plain.Output().find("--repair"), std::string::npos) << plain.Output();
+  }
+  ::setenv("LOGKV_REPAIR", "true", 1);
+  auto server = StartServer();
+  ::unsetenv("LOGKV_REPAIR");
+  ASSERT_TRUE(server->running());
+  const std::string log = server->Output();
+  EXPECT_NE(log.find("repair: skipped"), std::string::npos) << log;
+  EXPECT_NE(log.find("repair done"), std::string::npos) << log;
+  RawConnection c = Connect(server->port());
+  uint64_t id = 100;
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(GetValue(c, absl::StrCat("k", i), id++), i == 5 ? "NOT_FOUND" : ValueFor(i)) << i;
+  }
+  EXPECT_EQ(CodeOf(Call(c, PutFrame(id, "after", "repair"), id)), p::StatusCode::Ok);
+}
+
 }  // namespace
 }  // namespace logkv::test
