@@ -55,6 +55,12 @@ class FrameDecoder {
   absl::StatusOr<std::optional<absl::string_view>> Next();
 
   size_t buffered_bytes() const { return end_ - begin_; }
+  // The bytes received and not yet taken as frames (for messages: what a
+  // peer that does not speak the protocol sent). Valid until the next call.
+  absl::string_view buffered() const {
+    return absl::string_view(reinterpret_cast<const char*>(storage_.data()) + begin_,
+                             end_ - begin_);
+  }
 
  private:
   const uint32_t max_frame_bytes_;

@@ -528,6 +528,12 @@ int Main(int argc, char** argv) {
   coordinator_options.read_acks = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_r)));
   coordinator_options.write_wait = cluster_options.write_wait;
   coordinator_options.max_frame_bytes = service_config.limits.max_frame_bytes;
+  // Seed 001's write wait: an owner that is down (maybe restarting) is asked
+  // again until the write has its acknowledgements or --write-wait-ms ends.
+  coordinator_options.run_after = [transport = cluster_node.transport()](
+                                      absl::Duration delay, std::function<void()> task) {
+    return transport->RunAfter(delay, std::move(task));
+  };
   cluster::ReplicaCoordinator coordinator(engine_ptr, cluster_node.transport(), ring_of, lookup,
                                           cluster_options.node_id, &metrics, &handoff,
                                           coordinator_options);
@@ -743,13 +749,20 @@ int Main(int argc, char** argv) {
   data_routes.SetSyncing([&anti_entropy, &cluster_node] {
     return cluster_node.LiveMemberCount() > 1 && !anti_entropy.caught_up();
   });
+  // Blocking work asked for over HTTP (a leave's hand-off, the lookup of a
+  // join target named by its URL) runs on threads of its own, never on a
+  // loop; they are joined at shutdown.
+  absl::Mutex background_mu;
+  std::vector<std::thread> background_threads;
+  auto run_in_background = [&background_mu, &background_threads](std::function<void()> work) {
+    absl::MutexLock lock(&background_mu);
+    background_threads.emplace_back(std::move(work));
+  };
+  data_routes.SetBackground(run_in_background);
   // A graceful leave first pushes what only this node may hold to the
-  // owners that remain (bounded), on a thread of its own: never on a loop.
-  absl::Mutex hand_off_mu;
-  std::vector<std::thread> hand_off_threads;
+  // owners that remain (bounded).
   data_routes.SetHandOff([&](std::function<void(absl::Status)> then) {
-    absl::MutexLock lock(&hand_off_mu);
-    hand_off_threads.emplace_back([&anti_entropy, then = std::move(then)] {
+    run_in_background([&anti_entropy, then = std::move(then)] {
       absl::Status status = anti_entropy.HandOff(absl::Now() + absl::Seconds(30));
       if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
       then(std::move(status));
@@ -794,11 +807,12 @@ int Main(int argc, char** argv) {
   coordinator.set_caught_up(nullptr);
   coordinator.set_view_confirmed(nullptr);
   data_routes.SetHandOff(nullptr);
+  data_routes.SetBackground(nullptr);
   data_routes.SetSyncing(nullptr);
   service.SetMembersSource(nullptr);
   {
-    absl::MutexLock lock(&hand_off_mu);
-    for (std::thread& thread : hand_off_threads) thread.join();
+    absl::MutexLock lock(&background_mu);
+    for (std::thread& thread : background_threads) thread.join();
   }
   purger.Stop();
   anti_entropy.Stop();

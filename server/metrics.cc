@@ -444,10 +444,12 @@ ServerMetrics::ServerMetrics()
                                          "Writes handed to the replicator for the replicas.")),
       replica_acks_(registry_.AddCounterFamily(
           "logkv_replica_acks_total",
-          "Replica sends finished, by result: ok (acknowledged) or failed (given up).",
+          "Replica sends finished, by result: ok (acknowledged), failed (given up) or retried "
+          "(sent again while the write waited for its acknowledgements).",
           {"result"})),
       replica_acks_ok_(replica_acks_->WithLabelValues({"ok"})),
       replica_acks_failed_(replica_acks_->WithLabelValues({"failed"})),
+      replica_acks_retried_(replica_acks_->WithLabelValues({"retried"})),
       replication_queue_size_(registry_.AddGauge("logkv_replication_queue_size",
                                                  "Writes waiting to be sent to replicas.")),
       replication_ack_seconds_(

@@ -383,13 +383,14 @@ class ServerMetrics {
   Counter* rate_limited() const { return rate_limited_; }    // logkv_rate_limited_requests_total
   Counter* auth_failures() const { return auth_failures_; }  // logkv_auth_failures_total
 
-  // The replicator's: logkv_replications_total, logkv_replica_acks_total{result="ok|failed"},
+  // The replicator's: logkv_replications_total, logkv_replica_acks_total{result="ok|failed|retried"},
   // logkv_replication_queue_size, logkv_replication_ack_seconds (a histogram:
   // its _sum / _count is the average of REST.md), logkv_replication_lag_max_seconds,
   // logkv_replication_retries_in_progress.
   Counter* replications() const { return replications_; }
   Counter* replica_acks_ok() const { return replica_acks_ok_; }
   Counter* replica_acks_failed() const { return replica_acks_failed_; }
+  Counter* replica_retries() const { return replica_acks_retried_; }
   Gauge* replication_queue_size() const { return replication_queue_size_; }
   Histogram* replication_ack_seconds() const { return replication_ack_seconds_; }
   Gauge* replication_lag_max_seconds() const { return replication_lag_max_seconds_; }
@@ -421,6 +422,7 @@ class ServerMetrics {
   CounterFamily* const replica_acks_;
   Counter* const replica_acks_ok_;
   Counter* const replica_acks_failed_;
+  Counter* const replica_acks_retried_;
   Gauge* const replication_queue_size_;
   Histogram* const replication_ack_seconds_;
   Gauge* const replication_lag_max_seconds_;

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -94,6 +95,7 @@ class PeerTransport::Impl {
 
   absl::Status Start();
   void Stop();
+  bool RunAfter(absl::Duration delay, std::function<void()> task);
   void Send(const std::string& address, std::string frame, absl::Duration timeout, Callback done);
   void HoldSendsOnThisThread();
   void FlushHeldSends();
@@ -201,6 +203,15 @@ class PeerTransport::Impl {
   void Complete(Pending* pending, absl::StatusOr<std::string> answer);
   void FailAll(Peer& peer, const absl::Status& status);
   void ShutDownLoop();
+  // A task of RunAfter waiting on its timer (loop thread); freed by the
+  // timer's close callback.
+  struct DelayedTask {
+    uv_timer_t timer;
+    Impl* impl = nullptr;
+    std::function<void()> task;
+  };
+  void StartDelayed(absl::Duration delay, std::function<void()> task);
+  void FinishDelayed(DelayedTask* delayed);
   int64_t Now() { return static_cast<int64_t>(uv_now(&loop_)); }
 
   const PeerTransportOptions options_;
@@ -214,6 +225,8 @@ class PeerTransport::Impl {
 
   mutable absl::Mutex mu_;
   std::deque<Outgoing> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<absl::Duration, std::function<void()>>> delayed_inbox_
+      ABSL_GUARDED_BY(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
@@ -223,6 +236,7 @@ class PeerTransport::Impl {
   // Loop-thread state.
   absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
   absl::flat_hash_set<Resolve*> resolves_;  // lookups in flight (cancelled on shutdown)
+  absl::flat_hash_set<DelayedTask*> delayed_;  // RunAfter tasks waiting (run on shutdown)
   uint64_t next_request_id_ = 1;
   bool loop_closing_ = false;
 };
@@ -358,14 +372,49 @@ bool PeerTransport::Impl::IsDropped(const std::string& address) const {
   return dropped_.contains(address);
 }
 
+bool PeerTransport::Impl::RunAfter(absl::Duration delay, std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (!started_ || stopping_ || stopped_) return false;
+  delayed_inbox_.emplace_back(delay, std::move(task));
+  uv_async_send(&async_);
+  return true;
+}
+
+void PeerTransport::Impl::StartDelayed(absl::Duration delay, std::function<void()> task) {
+  auto* delayed = new DelayedTask;
+  delayed->impl = this;
+  delayed->task = std::move(task);
+  delayed->timer.data = delayed;
+  uv_timer_init(&loop_, &delayed->timer);
+  delayed_.insert(delayed);
+  uv_timer_start(
+      &delayed->timer,
+      [](uv_timer_t* timer) {
+        auto* d = static_cast<DelayedTask*>(timer->data);
+        d->impl->FinishDelayed(d);
+      },
+      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(delay))), 0);
+}
+
+void PeerTransport::Impl::FinishDelayed(DelayedTask* delayed) {
+  delayed_.erase(delayed);
+  uv_timer_stop(&delayed->timer);
+  std::function<void()> task = std::move(delayed->task);
+  uv_close(reinterpret_cast<uv_handle_t*>(&delayed->timer),
+           [](uv_handle_t* handle) { delete static_cast<DelayedTask*>(handle->data); });
+  task();
+}
+
 void PeerTransport::Impl::DrainInbox() {
   std::deque<Outgoing> inbox;
+  std::vector<std::pair<absl::Duration, std::function<void()>>> delayed;
   bool stopping;
   bool drop_changed;
   absl::flat_hash_set<std::string> dropped;
   {
     absl::MutexLock lock(&mu_);
     inbox.swap(inbox_);
+    delayed.swap(delayed_inbox_);
     stopping = stopping_;
     drop_changed = drop_changed_;
     drop_changed_ = false;
@@ -381,6 +430,13 @@ void PeerTransport::Impl::DrainInbox() {
                             "dropped by fault injection: traffic to ", address, " is cut")),
                         false);
       }
+    }
+  }
+  for (auto& [delay, task] : delayed) {
+    if (stopping) {
+      task();
+    } else {
+      StartDelayed(delay, std::move(task));
     }
   }
   for (Outgoing& outgoing : inbox) {
@@ -688,6 +744,15 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
   }
   connection->decoder.Commit(static_cast<size_t>(nread));
   while (connection->peer != nullptr) {
+    if (absl::StartsWith(connection->decoder.buffered(), "HTTP/")) {
+      // An HTTP server answering the ClusterHello it could not parse.
+      CloseConnection(peer,
+                      absl::FailedPreconditionError(absl::StrCat(
+                          peer.address, " answered in HTTP: it is an HTTP address, not a "
+                          "member's binary-protocol address (its --listen / --advertise)")),
+                      true);
+      return;
+    }
     absl::StatusOr<std::optional<absl::string_view>> frame = connection->decoder.Next();
     if (!frame.ok()) {
       CloseConnection(peer, absl::UnavailableError(absl::StrCat(
@@ -810,6 +875,8 @@ void PeerTransport::Impl::ShutDownLoop() {
   // Lookups in flight end with UV_ECANCELED (or finish first); either way
   // their callbacks free them before the loop ends.
   for (Resolve* resolve : resolves_) uv_cancel(reinterpret_cast<uv_req_t*>(&resolve->request));
+  // Tasks still waiting run now; what they send fails (stopping).
+  while (!delayed_.empty()) FinishDelayed(*delayed_.begin());
   for (auto& [address, peer] : peers_) {
     CloseConnection(*peer, absl::UnavailableError(absl::StrCat(
                                "peer transport stopped before ", address, " answered")),
@@ -834,6 +901,9 @@ void PeerTransport::Stop() { impl_->Stop(); }
 void PeerTransport::Send(const std::string& address, std::string request_frame,
                          absl::Duration timeout, Callback done) {
   impl_->Send(address, std::move(request_frame), timeout, std::move(done));
+}
+bool PeerTransport::RunAfter(absl::Duration delay, std::function<void()> task) {
+  return impl_->RunAfter(delay, std::move(task));
 }
 void PeerTransport::HoldSendsOnThisThread() { impl_->HoldSendsOnThisThread(); }
 void PeerTransport::FlushHeldSends() { impl_->FlushHeldSends(); }

@@ -67,6 +67,12 @@ class PeerTransport {
   // (one wake-up per loop turn instead of one per request). Such a thread
   // must flush before it blocks; StopHoldingOnThisThread flushes and returns
   // the thread to immediate sends.
+  // Runs task once on the transport's thread after delay, or at its stop
+  // when it stops first (sends made by the task then fail with
+  // Unavailable). False, and task is not run, when the transport is not
+  // running (not started, stopping or stopped).
+  bool RunAfter(absl::Duration delay, std::function<void()> task);
+
   void HoldSendsOnThisThread();
   void FlushHeldSends();
   void StopHoldingOnThisThread();

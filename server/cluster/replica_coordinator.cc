@@ -111,7 +111,8 @@ struct ReplicaCoordinator::SendState {
   std::shared_ptr<const VersionedRecord> record;
   size_t need = 0;
   size_t total = 0;
-  bool hint = false;
+  bool hint = false;  // a client write: failed owners get hints (and are retried)
+  absl::Time deadline;
   SendDone done;
 
   absl::Mutex mu;
@@ -333,6 +334,7 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
   state->need = need;
   state->total = targets.size();
   state->hint = hint;
+  state->deadline = deadline;
   state->done = std::move(done);
   if (targets.empty()) {
     SendOutcome outcome;
@@ -340,46 +342,48 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
     state->done(std::move(outcome));
     return;
   }
-  for (const std::string& node : targets) {
-    if (node == self_) {
-      ApplyLocally(local_, *state->record,
-                   [this, state, node](absl::StatusOr<engine::WriteResult> result) {
-                     OnSent(state, node, result.status(),
-                            result.ok() ? std::optional<engine::WriteResult>(*result)
-                                        : std::nullopt,
-                            result.ok() ? result->timestamp : 0);
-                   });
-      continue;
-    }
-    PeerInfo info;
-    if (!lookup_(node, &info)) {
-      OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt, 0);
-      continue;
-    }
-    if (!info.alive) {
-      // Known dead: not even tried, straight to hinted handoff.
-      OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
-      continue;
-    }
-    const absl::Time sent = absl::Now();
-    batcher_.Replicate(
-        info.address, state->record, Remaining(deadline),
-        [this, state, node, sent](absl::StatusOr<ReplicaBatcher::Applied> applied) {
-            absl::Status status = applied.status();
-            uint64_t held = 0;
-            if (status.ok() && !applied->applied) {
-              status = absl::UnavailableError("the replica could not apply it");
-            } else if (status.ok()) {
-              held = applied->held_timestamp;
-            }
-            if (status.ok() && metrics_ != nullptr) {
-              metrics_->replica_acks_ok()->Inc();
-              metrics_->replication_ack_seconds()->Observe(
-                  absl::ToDoubleSeconds(absl::Now() - sent));
-            }
-            OnSent(state, node, status, std::nullopt, held);
-          });
+  for (const std::string& node : targets) SendToOwner(state, node);
+}
+
+void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
+                                     const std::string& node) {
+  if (node == self_) {
+    ApplyLocally(local_, *state->record,
+                 [this, state, node](absl::StatusOr<engine::WriteResult> result) {
+                   OnSent(state, node, result.status(),
+                          result.ok() ? std::optional<engine::WriteResult>(*result)
+                                      : std::nullopt,
+                          result.ok() ? result->timestamp : 0);
+                 });
+    return;
   }
+  PeerInfo info;
+  if (!lookup_(node, &info)) {
+    OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt, 0);
+    return;
+  }
+  if (!info.alive) {
+    // Known dead: not sent; retried while the write waits, then hinted.
+    OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
+    return;
+  }
+  const absl::Time sent = absl::Now();
+  batcher_.Replicate(
+      info.address, state->record, Remaining(state->deadline),
+      [this, state, node, sent](absl::StatusOr<ReplicaBatcher::Applied> applied) {
+        absl::Status status = applied.status();
+        uint64_t held = 0;
+        if (status.ok() && !applied->applied) {
+          status = absl::UnavailableError("the replica could not apply it");
+        } else if (status.ok()) {
+          held = applied->held_timestamp;
+        }
+        if (status.ok() && metrics_ != nullptr) {
+          metrics_->replica_acks_ok()->Inc();
+          metrics_->replication_ack_seconds()->Observe(absl::ToDoubleSeconds(absl::Now() - sent));
+        }
+        OnSent(state, node, status, std::nullopt, held);
+      });
 }
 
 void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
@@ -390,6 +394,21 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
   // there, as last-write-wins orders it); its timestamp moves this node's
   // clock so the next write it coordinates is stamped above.
   if (held_timestamp > state->record->timestamp) clock_.Observe(held_timestamp);
+  if (!status.ok() && node != self_ && state->hint && options_.run_after) {
+    // The write still waits for acknowledgements, and has time: the owner
+    // may be restarting, so it is asked again before it is given up.
+    bool waiting;
+    {
+      absl::MutexLock lock(&state->mu);
+      waiting = !state->finished && state->outcome.applied.size() < state->need;
+    }
+    if (waiting && state->deadline - absl::Now() > options_.owner_retry_delay &&
+        options_.run_after(options_.owner_retry_delay,
+                           [this, state, node] { SendToOwner(state, node); })) {
+      if (metrics_ != nullptr) metrics_->replica_retries()->Inc();
+      return;
+    }
+  }
   if (!status.ok() && node != self_) {
     if (state->hint && handoff_ != nullptr) {
       if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {

@@ -133,6 +133,13 @@ struct ReplicaCoordinatorOptions {
   // The peers' frame limit (--max-frame-bytes): batched peer requests stay
   // under half of it.
   uint32_t max_frame_bytes = 64u << 20;
+  // Runs a task after a delay (PeerTransport::RunAfter; false when it will
+  // not). With it, a client write whose W acknowledgements are not in yet
+  // sends again, every owner_retry_delay until the write wait ends, to an
+  // owner that failed or is down (it may be restarting), before giving it a
+  // hint. Unset: an owner that fails is given up at once.
+  std::function<bool(absl::Duration, std::function<void()>)> run_after;
+  absl::Duration owner_retry_delay = absl::Milliseconds(100);
 };
 
 // What the coordinator needs to know of a member.
@@ -242,6 +249,8 @@ class ReplicaCoordinator final : public Coordinator {
   void SendToOwners(const std::vector<std::string>& targets,
                     std::shared_ptr<const VersionedRecord> record, size_t need,
                     absl::Time deadline, bool hint, SendDone done);
+  // Sends state's record to one owner (the local engine for this node).
+  void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node);
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
               const absl::Status& status, std::optional<engine::WriteResult> local,

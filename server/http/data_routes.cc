@@ -20,6 +20,7 @@
 #include "server/auth/status_http.h"
 #include "server/cluster/cluster_node.h"
 #include "server/cluster/coordinator.h"
+#include "server/http/http_fetch.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::http {
@@ -797,18 +798,28 @@ std::vector<cluster::Member> MembersOf(cluster::ClusterNode* node) {
   return membership == nullptr ? std::vector<cluster::Member>{} : membership->Members();
 }
 
-// A join target from a request body: host:port of the binary protocol.
-// Quotes and whitespace around it are ignored; a URL is an HTTP address,
-// which gossip cannot use.
-absl::StatusOr<std::string> JoinAddress(absl::string_view text) {
+// A join target from a request body: host:port of a member's binary
+// protocol, or the URL of its HTTP API (http://host:port, seed 001's form).
+// Quotes and whitespace around it are ignored.
+struct JoinTarget {
+  std::string address;  // host:port
+  bool http = false;    // a URL: address is the member's HTTP address
+};
+
+absl::StatusOr<JoinTarget> ParseJoinTarget(absl::string_view text) {
   text = absl::StripAsciiWhitespace(text);
   if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
     text = absl::StripAsciiWhitespace(text.substr(1, text.size() - 2));
   }
-  if (absl::StartsWith(text, "http://") || absl::StartsWith(text, "https://")) {
+  JoinTarget target;
+  if (absl::StartsWith(text, "https://")) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "'", text, "' is an HTTP URL; join needs a member's binary-protocol address, host:port "
-        "(its --listen / --advertise address, e.g. 127.0.0.1:7070), not its HTTP address"));
+        "'", text, "': this node does not speak HTTPS to its peers; name a member's "
+        "http:// URL or its binary-protocol address, host:port"));
+  }
+  if (absl::ConsumePrefix(&text, "http://")) {
+    target.http = true;
+    text = text.substr(0, text.find('/'));
   }
   const size_t colon = text.rfind(':');
   int port = 0;
@@ -816,11 +827,44 @@ absl::StatusOr<std::string> JoinAddress(absl::string_view text) {
       !absl::SimpleAtoi(text.substr(colon + 1), &port) || port <= 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
         "'", text, "' is not host:port: name a member's binary-protocol address "
-        "(its --listen / --advertise address, e.g. 127.0.0.1:7070)"));
+        "(its --listen / --advertise address, e.g. 127.0.0.1:7070) or its HTTP URL "
+        "(http://127.0.0.1:8080)"));
   }
   std::string host(text.substr(0, colon));
   if (host == "localhost") host = "127.0.0.1";
-  return absl::StrCat(host, ":", port);
+  target.address = absl::StrCat(host, ":", port);
+  return target;
+}
+
+// The binary-protocol address of the member whose HTTP API is at
+// http_address, asked of that member (GET /nodes). Blocks.
+absl::StatusOr<std::string> BinaryAddressOf(const std::string& http_address) {
+  const size_t colon = http_address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(http_address.substr(colon + 1), &port)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", http_address, "' is not host:port"));
+  }
+  absl::StatusOr<FetchedResponse> answer =
+      HttpGet(http_address.substr(0, colon), port, "/nodes", absl::Seconds(3));
+  if (!answer.ok()) return answer.status();
+  const json nodes = json::parse(answer->body, nullptr, false);
+  if (answer->status != 200 || !nodes.is_array()) {
+    return absl::UnavailableError(absl::StrCat(
+        "http://", http_address, "/nodes answered ", answer->status,
+        " without a member list: is it a logkv node?"));
+  }
+  std::string any;
+  for (const json& node : nodes) {
+    if (!node.is_object() || !node.contains("address") || !node["address"].is_string()) continue;
+    const std::string address = node["address"].get<std::string>();
+    if (node.value("http_address", "") == http_address) return address;
+    if (any.empty() && node.value("alive", false)) any = address;
+  }
+  // The member answered for others only (it names itself by another host):
+  // any live member of its cluster will do.
+  if (!any.empty()) return any;
+  return absl::UnavailableError(absl::StrCat("http://", http_address,
+                                             "/nodes names no live member to join through"));
 }
 
 }  // namespace
@@ -905,22 +949,48 @@ void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body)
     }
     text = body["address"].get<std::string>();
   }
-  absl::StatusOr<std::string> address = JoinAddress(text);
-  if (!address.ok()) return responder.Send(HttpResponse::Error(400, address.status().message()));
+  absl::StatusOr<JoinTarget> target = ParseJoinTarget(text);
+  if (!target.ok()) return responder.Send(HttpResponse::Error(400, target.status().message()));
   auto shared = std::make_shared<Responder>(std::move(responder));
+  if (!target->http) return JoinThrough(target->address, std::move(shared));
+  BackgroundFunction background;
+  {
+    absl::MutexLock lock(&hand_off_mu_);
+    background = background_;
+  }
+  if (!background) {
+    return shared->Send(HttpResponse::Error(503, "this node is stopping"));
+  }
+  // Ask the member for its binary-protocol address, off the loop.
+  background([this, shared, http_address = target->address] {
+    absl::StatusOr<std::string> address = BinaryAddressOf(http_address);
+    if (!address.ok()) {
+      HttpResponse answer = HttpResponse::Error(
+          503, absl::StrCat("cannot join through http://", http_address, ": ",
+                            address.status().message()));
+      answer.headers.emplace_back("Retry-After", "1");
+      return shared->Send(std::move(answer));
+    }
+    JoinThrough(*address, shared);
+  });
+}
+
+void DataRoutes::JoinThrough(const std::string& address, std::shared_ptr<Responder> responder) {
   cluster::ClusterNode* node = deps_.cluster;
   node->membership()->JoinThroughAsync(
-      *address, absl::Seconds(3),
-      [shared, node, address = *address](absl::Status status) {
+      address, absl::Seconds(3),
+      [responder, node, address](absl::Status status) {
         if (!status.ok()) {
-          const int code = status.code() == absl::StatusCode::kInvalidArgument ? 400 : 503;
+          const bool wrong_address = status.code() == absl::StatusCode::kInvalidArgument ||
+                                     status.code() == absl::StatusCode::kFailedPrecondition;
+          const int code = wrong_address ? 400 : 503;
           HttpResponse answer = HttpResponse::Error(
               code, absl::StrCat("cannot join through ", address, ": ", status.message()));
           if (code == 503) answer.headers.emplace_back("Retry-After", "1");
-          return shared->Send(std::move(answer));
+          return responder->Send(std::move(answer));
         }
         json body = {{"members", NodesJson(MembersOf(node), node->node_id())}};
-        shared->Send(HttpResponse::Json(200, Dump(body)));
+        responder->Send(HttpResponse::Json(200, Dump(body)));
       });
 }
 
@@ -973,6 +1043,11 @@ void DataRoutes::Leave(HttpRequest& request, Responder responder) {
   }
   if (hand_off) return hand_off(std::move(leave));
   leave(absl::OkStatus());
+}
+
+void DataRoutes::SetBackground(BackgroundFunction background) {
+  absl::MutexLock lock(&hand_off_mu_);
+  background_ = std::move(background);
 }
 
 void DataRoutes::SetSyncing(std::function<bool()> syncing) {

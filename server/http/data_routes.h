@@ -80,6 +80,11 @@ class DataRoutes {
   // then gets the hand-off's outcome: the node leaves only when it is OK.
   using HandOffFunction = std::function<void(std::function<void(absl::Status)> then)>;
   void SetHandOff(HandOffFunction hand_off) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
+  // Runs blocking work off the network loops (on a thread the owner joins
+  // at shutdown). Null: such work is refused (POST /join naming an HTTP URL
+  // answers 503).
+  using BackgroundFunction = std::function<void(std::function<void()> work)>;
+  void SetBackground(BackgroundFunction background) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
   // Whether the node is still filling up after joining (anti-entropy not
   // caught up): /health says mode "syncing" then. Null: never.
   void SetSyncing(std::function<bool()> syncing) ABSL_LOCKS_EXCLUDED(hand_off_mu_);
@@ -109,6 +114,8 @@ class DataRoutes {
   void Servers(HttpRequest& request, Responder responder);
   // POST /join (body host:port) and POST /members/join ({"address"}).
   void Join(HttpRequest& request, Responder responder, bool json_body);
+  // Joins through a member's binary-protocol address; answers responder.
+  void JoinThrough(const std::string& address, std::shared_ptr<Responder> responder);
   void Leave(HttpRequest& request, Responder responder);
   void Fault(HttpRequest& request, Responder responder);
 
@@ -121,6 +128,7 @@ class DataRoutes {
   std::string NodeId() const;
   mutable absl::Mutex hand_off_mu_;
   HandOffFunction hand_off_ ABSL_GUARDED_BY(hand_off_mu_);
+  BackgroundFunction background_ ABSL_GUARDED_BY(hand_off_mu_);
   std::function<bool()> syncing_ ABSL_GUARDED_BY(hand_off_mu_);
   mutable absl::Mutex node_url_mu_;
   std::string node_url_ ABSL_GUARDED_BY(node_url_mu_);

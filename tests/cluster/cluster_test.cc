@@ -568,6 +568,42 @@ TEST_F(ClusterTest, StrongNeedsAMajorityEventualDoesNot) {
   EXPECT_TRUE(IsOk200(get) && get->body == "eventual") << Describe(get);
 }
 
+// Seed 001's write wait: with W = 2 and the other owner down, a write waits
+// (up to --write-wait-ms) for it to come back instead of failing at once.
+TEST_F(ClusterTest, AWriteWaitsForAnOwnerThatComesBackWithinTheWriteWait) {
+  ASSERT_OK(StartCluster(2, 2, [](ClusterOptions& options) {
+    options.write_wait_ms = 8000;
+    options.extra_flags.push_back("--w=2");
+  }));
+  ASSERT_TRUE(IsOk200(cluster_->Put(0, "before", "b", Consistency::kDefault)));
+  cluster_->Kill(1);
+  std::atomic<bool> answered{false};
+  absl::StatusOr<HttpAnswer> put;
+  std::thread writer([&] {
+    put = cluster_->Put(0, "while-down", "w", Consistency::kDefault, absl::Seconds(20));
+    answered.store(true);
+  });
+  // Down for a while: the write is still waiting (it has not failed).
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const bool answered_while_down = answered.load();
+  ASSERT_OK(cluster_->Restart(1));
+  writer.join();
+  EXPECT_FALSE(answered_while_down) << "answered before the owner came back: " << Describe(put);
+  EXPECT_TRUE(IsOk200(put)) << Describe(put);
+  absl::StatusOr<std::optional<std::string>> copy = cluster_->StoreValue(1, "while-down");
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(copy->value_or("<absent>"), "w");
+  absl::StatusOr<std::string> metrics = cluster_->MetricsText(0);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_NE(metrics->find("logkv_replica_acks_total{result=\"retried\"}"), std::string::npos);
+
+  // Down for longer than the write wait: 503 once it has passed.
+  cluster_->Kill(1);
+  put = cluster_->Put(0, "still-down", "s", Consistency::kDefault, absl::Seconds(20));
+  ASSERT_TRUE(put.ok()) << Describe(put);
+  EXPECT_EQ(put->status, 503) << put->body;
+}
+
 // ---- Crash under load -------------------------------------------------------
 
 TEST_F(ClusterTest, KillNineUnderWriteLoadLosesNoAcknowledgedWrite) {

@@ -194,12 +194,24 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   EXPECT_GE(joined->Json()["members"].size(), 3u) << joined->body;
   ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
 
-  // An HTTP URL is not a gossip address: a clear 400.
+  // Leaves again, and joins through n1's HTTP URL (seed 001's other form):
+  // the node asks n1 for its binary-protocol address.
+  left = Call(nodes_[2]->http_port(), "POST", "/members/leave", "{}");
+  ASSERT_TRUE(left.ok());
+  ASSERT_EQ(left->status, 200) << left->body;
+  ASSERT_TRUE(WaitForState({0, 1}, "n3", "left")) << Dump();
   absl::StatusOr<HttpAnswer> url = Call(nodes_[2]->http_port(), "POST", "/join",
                                         absl::StrCat("http://127.0.0.1:", nodes_[0]->http_port()));
   ASSERT_TRUE(url.ok());
-  EXPECT_EQ(url->status, 400);
-  EXPECT_TRUE(absl::StrContains(url->body, "binary-protocol")) << url->body;
+  ASSERT_EQ(url->status, 200) << url->body;
+  ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
+  // An HTTP port named as host:port answers in HTTP: a clear 400 saying so
+  // (not a frame-size error).
+  absl::StatusOr<HttpAnswer> http_port = Call(
+      nodes_[2]->http_port(), "POST", "/join", absl::StrCat("127.0.0.1:", nodes_[0]->http_port()));
+  ASSERT_TRUE(http_port.ok());
+  EXPECT_EQ(http_port->status, 400) << http_port->body;
+  EXPECT_TRUE(absl::StrContains(http_port->body, "answered in HTTP")) << http_port->body;
   absl::StatusOr<HttpAnswer> bad = Call(nodes_[2]->http_port(), "POST", "/members/join", "{}");
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->status, 400);

@@ -389,10 +389,12 @@ TEST_F(RestTest, ClusterRoutes) {
   }
 
   EXPECT_EQ(Call("GET", "/internal/ping").status, 200);
-  // Joining through an address where nobody listens: 503; a malformed
-  // target or an HTTP URL (gossip needs the binary address): 400.
+  // Joining through an address where nobody listens, by host:port or by
+  // URL: 503; a malformed target or an HTTPS URL: 400.
   ExpectError(Call("POST", "/join", {}, absl::StrCat("127.0.0.1:", PickFreePort())), 503);
-  ExpectError(Call("POST", "/join", {}, "http://127.0.0.1:8080"), 400);
+  ExpectError(Call("POST", "/join", {}, absl::StrCat("http://127.0.0.1:", PickFreePort())), 503);
+  ExpectError(Call("POST", "/join", {}, "https://127.0.0.1:8080"), 400);
+  ExpectError(Call("POST", "/join", {}, "not an address"), 400);
   ExpectError(Call("POST", "/members/join", {}, "{}"), 400);
   // (POST /members/leave is covered by tests/cluster: this node stays a member.)
 }

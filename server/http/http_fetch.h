@@ -1,0 +1,34 @@
+// A blocking HTTP/1.1 GET, for the rare control-plane call that needs one
+// (POST /join naming a member by its HTTP URL asks that member for its
+// binary-protocol address). The answer is parsed by llhttp in response
+// mode; its size and the whole exchange are bounded.
+//
+// Thread-safety: none needed (no shared state). Blocks the calling thread:
+// never call it on a network loop.
+#ifndef LOGKV_SERVER_HTTP_HTTP_FETCH_H_
+#define LOGKV_SERVER_HTTP_HTTP_FETCH_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace logkv::server::http {
+
+struct FetchedResponse {
+  int status = 0;
+  std::string body;
+};
+
+// GET http://host:port/target. Unavailable when the host cannot be reached
+// or the answer is not HTTP; DeadlineExceeded past timeout;
+// ResourceExhausted when the answer passes max_bytes.
+absl::StatusOr<FetchedResponse> HttpGet(const std::string& host, int port,
+                                        absl::string_view target, absl::Duration timeout,
+                                        size_t max_bytes = 1u << 20);
+
+}  // namespace logkv::server::http
+
+#endif  // LOGKV_SERVER_HTTP_HTTP_FETCH_H_
