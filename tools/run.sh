@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/tools/setup-deps.sh"
-LOGKV_BUILD_TYPE=Release "$root/tools/build.sh" "$root/build-release" -DLOGKV_BUILD_TESTS=OFF -DLOGKV_FAULT_INJECTION=OFF
+LOGKV_BUILD_TYPE=Release LOGKV_WERROR=OFF "$root/tools/build.sh" "$root/build-release" -DLOGKV_BUILD_TESTS=OFF -DLOGKV_FAULT_INJECTION=OFF
 data_dir=${LOGKV_DATA_DIR:-"$root/data"}
 echo "run.sh: logkvd on ${LOGKV_LISTEN:-127.0.0.1:7070}, data in $data_dir" >&2
 echo "run.sh: try  $root/build-release/bin/logkv put greeting hello" >&2
