@@ -335,7 +335,7 @@ uint64_t Shard::SweepExpired() {
     entry.flags |= kEntryExpired | kEntryShadowCounted;
     MarkDead(entry.location());
     DropHistory(item.entry_id);
-    --live_keys_;
+    --CountsOf(entry.key()).live_keys;
     ++swept;
   }
   counters_.expired_swept.fetch_add(swept, std::memory_order_relaxed);

@@ -566,6 +566,12 @@ absl::StatusOr<std::vector<Engine::LeafKey>> Engine::MerkleLeafKeys(
   return keys;
 }
 
+Engine::PrefixStats Engine::CountPrefix(absl::string_view prefix) {
+  PrefixStats stats;
+  for (auto& shard : state_->shards) shard->AddPrefixStats(prefix, &stats);
+  return stats;
+}
+
 Stats Engine::GetStats() {
   Stats stats;
   stats.shard_count = static_cast<uint32_t>(state_->shards.size());

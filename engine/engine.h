@@ -202,6 +202,14 @@ struct Event {
 struct Stats {
   uint64_t keys = 0;             // live keys (not deleted, not yet swept)
   uint64_t tombstones = 0;       // deleted or expired keys still indexed
+  // Readable versions: each live key's current one and the older ones kept
+  // for GetVersion (Options::versions_kept). Counted from the index, so
+  // they are right after a restart too.
+  uint64_t versions = 0;
+  // Of keys and versions, those of keys outside merkle_excluded_prefixes:
+  // the clients' data, without the store's own records.
+  uint64_t client_keys = 0;
+  uint64_t client_versions = 0;
   uint64_t segments = 0;
   uint64_t log_bytes = 0;        // bytes in all segments
   uint64_t dead_bytes = 0;       // bytes compaction could reclaim
@@ -330,6 +338,17 @@ class Engine {
   // write failed for lack of disk space (NoSpace; cleared by its next write
   // that succeeds), or a failed sync made it refuse writes until restart.
   [[nodiscard]] absl::Status WriteHealth();
+
+  // The live keys starting with prefix, their readable versions (as in
+  // Stats::versions) and the bytes of those versions' log records. O(keys
+  // in the store): it walks every shard's index under its read lock, so it
+  // is for occasional statistics (one tenant's share), not a request path.
+  struct PrefixStats {
+    uint64_t keys = 0;
+    uint64_t versions = 0;
+    uint64_t record_bytes = 0;
+  };
+  PrefixStats CountPrefix(absl::string_view prefix);
   // Syncs every shard's unsynced appends now.
   [[nodiscard]] absl::Status Sync();
   // Compacts every shard's eligible segments now (force: every immutable one).

@@ -217,7 +217,9 @@ void Shard::FinishRecovery(RecoveryState* state) {
   for (const uint32_t id : forgotten) index_.Remove(id);
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
-    if (entry.present()) ++live_keys_;
+    KeyCounts& counts = CountsOf(entry.key());
+    if (entry.present()) ++counts.live_keys;
+    if (auto it = history_.find(id); it != history_.end()) counts.kept_versions += it->second.size();
     if (entry.expiry_unix_ms != 0) {
       ++entries_with_expiry_;
       if (entry.present()) ttl_heap_.push(TtlItem{entry.expiry_unix_ms, id});

@@ -183,6 +183,7 @@ void Shard::DropHistory(uint32_t entry_id) {
   auto it = history_.find(entry_id);
   if (it == history_.end()) return;
   for (const HistoryItem& item : it->second) MarkDead(item.location);
+  CountsOf(index_.at(entry_id).key()).kept_versions -= it->second.size();
   history_.erase(it);
 }
 
@@ -209,7 +210,7 @@ void Shard::ReleaseCurrentRecord(const IndexEntry& entry) {
 
 void Shard::RemoveEntry(uint32_t entry_id) {
   IndexEntry& entry = index_.at(entry_id);
-  if (entry.present()) --live_keys_;
+  if (entry.present()) --CountsOf(entry.key()).live_keys;
   if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
   ReleaseCurrentRecord(entry);
   DropHistory(entry_id);
@@ -350,9 +351,11 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
       std::vector<HistoryItem>& items = history_[id];
       items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp,
                                   entry->expiry_unix_ms});
+      ++CountsOf(key.key).kept_versions;
       while (items.size() > options_.versions_kept - 1) {
         MarkDead(items.front().location);
         items.erase(items.begin());
+        --CountsOf(key.key).kept_versions;
       }
     } else {
       ReleaseCurrentRecord(*entry);
@@ -369,8 +372,8 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   entry->version = version;
   entry->expiry_unix_ms = expiry;
   if (Summarised(key.key)) context_.merkle->Update(key.hash, LeafHashOf(*entry));
-  if (type == RecordType::kPut && !was_present) ++live_keys_;
-  if (type == RecordType::kDelete && was_present) --live_keys_;
+  if (type == RecordType::kPut && !was_present) ++CountsOf(key.key).live_keys;
+  if (type == RecordType::kDelete && was_present) --CountsOf(key.key).live_keys;
   if (expiry != 0) {
     ++entries_with_expiry_;
     PushTtl(expiry, id);
@@ -689,8 +692,12 @@ void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
 
 void Shard::AddStats(Stats* stats) {
   absl::ReaderMutexLock lock(&mu_);
-  stats->keys += live_keys_;
-  stats->tombstones += index_.size() - live_keys_;
+  const uint64_t live_keys = client_counts_.live_keys + own_counts_.live_keys;
+  stats->keys += live_keys;
+  stats->tombstones += index_.size() - live_keys;
+  stats->versions += live_keys + client_counts_.kept_versions + own_counts_.kept_versions;
+  stats->client_keys += client_counts_.live_keys;
+  stats->client_versions += client_counts_.live_keys + client_counts_.kept_versions;
   stats->segments += segments_.size();
   for (const auto& [id, segment] : segments_) {
     stats->log_bytes += segment->size();
@@ -702,6 +709,20 @@ void Shard::AddStats(Stats* stats) {
   stats->index_bytes += index_.overhead_bytes() + history_bytes +
                         ttl_heap_.size() * sizeof(TtlItem) +
                         recent_events_.size() * sizeof(FeedMark);
+}
+
+void Shard::AddPrefixStats(absl::string_view prefix, Engine::PrefixStats* stats) {
+  absl::ReaderMutexLock lock(&mu_);
+  index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+    if (!entry.present() || entry.key().substr(0, prefix.size()) != prefix) return;
+    ++stats->keys;
+    ++stats->versions;
+    stats->record_bytes += entry.record_bytes;
+    if (auto it = history_.find(id); it != history_.end()) {
+      stats->versions += it->second.size();
+      for (const HistoryItem& item : it->second) stats->record_bytes += item.location.record_bytes;
+    }
+  });
 }
 
 }  // namespace logkv::engine

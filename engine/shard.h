@@ -139,6 +139,7 @@ class Shard {
   uint64_t SweepExpired();
 
   void AddStats(Stats* stats);
+  void AddPrefixStats(absl::string_view prefix, Engine::PrefixStats* stats);
   const ShardCounters& counters() const { return counters_; }
 
   // After a failed fsync the state of the file is unknown (the kernel may have
@@ -247,7 +248,17 @@ class Shard {
       ABSL_GUARDED_BY(mu_);
   uint64_t entries_with_expiry_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<FeedMark> recent_events_ ABSL_GUARDED_BY(mu_);  // ring
-  uint64_t live_keys_ ABSL_GUARDED_BY(mu_) = 0;
+  // Live keys and the older versions kept for them (history_ items),
+  // counted apart for Summarised keys (the clients') and the store's own.
+  struct KeyCounts {
+    uint64_t live_keys = 0;
+    uint64_t kept_versions = 0;
+  };
+  KeyCounts& CountsOf(absl::string_view key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return Summarised(key) ? client_counts_ : own_counts_;
+  }
+  KeyCounts client_counts_ ABSL_GUARDED_BY(mu_);
+  KeyCounts own_counts_ ABSL_GUARDED_BY(mu_);
   uint64_t appended_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::string encode_buffer_ ABSL_GUARDED_BY(mu_);

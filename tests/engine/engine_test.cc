@@ -262,6 +262,51 @@ TEST_F(EngineTest, KeptVersionsSurviveReopenAndCompaction) {
   check("after reopen by scanning");
 }
 
+// Stats::versions counts what the index holds (current versions and the
+// older ones kept), so a restart, with or without hint files, gives the same
+// figures; client_* leave out the store's own prefixes.
+TEST_F(EngineTest, VersionCountsComeFromTheIndexAndSurviveReopen) {
+  options_.versions_kept = 3;
+  options_.merkle_excluded_prefixes = {"own/"};
+  ASSERT_OK(Open());
+  for (int v = 1; v <= 5; ++v) ASSERT_OK(engine_->Put("five", absl::StrCat("v", v)));  // 3 kept
+  for (int v = 1; v <= 2; ++v) ASSERT_OK(engine_->Put("two", absl::StrCat("v", v)));   // 2 kept
+  ASSERT_OK(engine_->Put("gone", "v1"));
+  ASSERT_OK(engine_->Put("gone", "v2"));
+  ASSERT_OK(engine_->Delete("gone"));  // a delete drops every version
+  for (int v = 1; v <= 2; ++v) ASSERT_OK(engine_->Put("own/record", absl::StrCat("v", v)));
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    const Stats stats = engine_->GetStats();
+    EXPECT_EQ(stats.keys, 3u);
+    EXPECT_EQ(stats.versions, 3u + 2u + 2u);
+    EXPECT_EQ(stats.client_keys, 2u);
+    EXPECT_EQ(stats.client_versions, 3u + 2u);
+    const Engine::PrefixStats five = engine_->CountPrefix("fiv");
+    EXPECT_EQ(five.keys, 1u);
+    EXPECT_EQ(five.versions, 3u);
+    EXPECT_GT(five.record_bytes, 0u);
+    const Engine::PrefixStats all = engine_->CountPrefix("");
+    EXPECT_EQ(all.keys, stats.keys);
+    EXPECT_EQ(all.versions, stats.versions);
+    EXPECT_EQ(engine_->CountPrefix("none").keys, 0u);
+  };
+  check("as written");
+  ASSERT_OK(Reopen());
+  check("after reopen with hints");
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  test::RemoveAllHintFiles(options_.data_dir);
+  ASSERT_OK(Open());
+  check("after reopen by scanning");
+  // Overwrites keep at most versions_kept; the counts follow.
+  ASSERT_OK(engine_->Put("two", "v3"));
+  ASSERT_OK(engine_->Put("two", "v4"));
+  EXPECT_EQ(engine_->GetStats().client_versions, 3u + 3u);
+  ASSERT_OK(engine_->Delete("five"));
+  EXPECT_EQ(engine_->GetStats().client_versions, 3u);
+}
+
 // ---- TTL ------------------------------------------------------------------------------------
 
 TEST_F(EngineTest, TtlKeysVanishAtExpiryAndAreSwept) {
