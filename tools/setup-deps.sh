@@ -10,6 +10,8 @@ packages=(
   # libraries named in docs/design (DESIGN.md)
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
+  # Unicode normalisation of account names (NFKC_Casefold)
+  libicu-dev
   # tests and benchmarks; clang and its runtime for the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
   # side-by-side comparisons in bench/

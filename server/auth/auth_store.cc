@@ -1,6 +1,11 @@
 #include "server/auth/auth_store.h"
 
 #include <sodium.h>
+#include <unicode/bytestream.h>
+#include <unicode/normalizer2.h>
+#include <unicode/stringpiece.h>
+#include <unicode/uchar.h>
+#include <unicode/utf8.h>
 
 #include <algorithm>
 #include <cassert>
@@ -107,13 +112,51 @@ bool HasControlCharacter(absl::string_view text) {
   });
 }
 
+// Whether text holds a character of Unicode's general category Cc (NUL, the
+// C0 and C1 controls) or, with format, Cf: zero-width spaces and joiners,
+// bidi overrides and isolates, the byte-order mark, invisible characters
+// that make two different names look the same. REQUIRES: IsValidUtf8(text).
+bool HasCharacterOf(absl::string_view text, bool format) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+  const auto length = static_cast<int32_t>(text.size());
+  for (int32_t i = 0; i < length;) {
+    UChar32 c;
+    U8_NEXT(bytes, i, length, c);
+    if (c < 0) return true;  // not UTF-8 after all: refused too
+    const int8_t type = u_charType(c);
+    if (type == U_CONTROL_CHAR || (format && type == U_FORMAT_CHAR)) return true;
+  }
+  return false;
+}
+
+// ICU's NFKC_Casefold normaliser; null if ICU's data is missing (Load fails then).
+const icu::Normalizer2* NfkcCasefold() {
+  UErrorCode error = U_ZERO_ERROR;
+  const icu::Normalizer2* normalizer = icu::Normalizer2::getNFKCCasefoldInstance(error);
+  return U_SUCCESS(error) ? normalizer : nullptr;
+}
+
+// The form under which emails and usernames are unique: Unicode NFKC with
+// full case folding (NFKC_Casefold), so that names differing only in case,
+// in any script, or in compatibility forms (fullwidth letters, ligatures)
+// are one name. REQUIRES: IsValidUtf8(text) and Load succeeded.
+std::string IdentityKey(absl::string_view text) {
+  std::string key;
+  icu::StringByteSink<std::string> sink(&key);
+  UErrorCode error = U_ZERO_ERROR;
+  NfkcCasefold()->normalizeUTF8(0, icu::StringPiece(text.data(), static_cast<int32_t>(text.size())),
+                                sink, nullptr, error);
+  assert(U_SUCCESS(error));
+  return key;
+}
+
 absl::Status ValidateEmail(absl::string_view email) {
   if (email.empty()) return absl::InvalidArgumentError("email is required");
   if (email.size() > kMaxEmailBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("email is ", email.size(), " bytes; at most ", kMaxEmailBytes, " allowed"));
   }
-  if (!IsValidUtf8(email) || HasControlCharacter(email) ||
+  if (!IsValidUtf8(email) || HasCharacterOf(email, /*format=*/true) ||
       email.find(' ') != absl::string_view::npos) {
     return absl::InvalidArgumentError("email contains invalid characters");
   }
@@ -134,8 +177,9 @@ absl::Status ValidateEmail(absl::string_view email) {
 
 absl::Status ValidateUsername(absl::string_view username) {
   if (username.empty()) return absl::InvalidArgumentError("username is required");
-  if (!IsValidUtf8(username) || HasControlCharacter(username)) {
-    return absl::InvalidArgumentError("username contains invalid characters");
+  if (!IsValidUtf8(username) || HasCharacterOf(username, /*format=*/true)) {
+    return absl::InvalidArgumentError(
+        "username contains invalid characters (control, zero-width or direction-changing)");
   }
   if (CountCharacters(username) > kMaxUsernameCharacters) {
     return absl::InvalidArgumentError(
@@ -153,6 +197,10 @@ absl::Status ValidatePassword(absl::string_view password) {
     return absl::InvalidArgumentError(
         absl::StrCat("password is longer than ", kMaxPasswordBytes, " bytes"));
   }
+  if (!IsValidUtf8(password) || HasCharacterOf(password, /*format=*/false)) {
+    return absl::InvalidArgumentError(
+        "password must be UTF-8 text without control characters (NUL, tab, newline, ...)");
+  }
   return absl::OkStatus();
 }
 
@@ -164,14 +212,16 @@ std::string HashApiKey(absl::string_view key) {
   return hash;
 }
 
-std::string Lowercase(absl::string_view text) { return absl::AsciiStrToLower(text); }
-
 // The engine's failure while writing an account record, as the status a
 // client should see: a full or read-only disk is worth retrying (503);
-// anything else is the server's fault (500), never the request's.
-absl::Status WriteError(const absl::Status& status, absl::string_view key) {
-  const std::string message =
-      absl::StrCat("storing account record ", Printable(key), ": ", status.message());
+// anything else is the server's fault (500), never the request's. The
+// engine's message names files of the server: it is logged, not answered.
+absl::Status WriteError(const absl::Status& status, absl::string_view key,
+                        const std::function<void(absl::string_view)>& log) {
+  log(absl::StrCat("storing account record ", Printable(key), " failed: ", status.ToString()));
+  const std::string message = absl::StrCat(
+      "storing the account record failed (", absl::StatusCodeToString(status.code()),
+      "); the server log has the details");
   if (absl::IsUnavailable(status) || absl::IsResourceExhausted(status)) {
     return absl::UnavailableError(message);
   }
@@ -326,7 +376,9 @@ absl::Status AuthStore::Write(absl::string_view key, absl::string_view value, in
   engine::WriteOptions options;
   options.ttl_ms = ttl_ms;
   absl::StatusOr<engine::WriteResult> result = engine_->Put(key, value, options);
-  if (!result.ok()) return WriteError(result.status(), key);
+  if (!result.ok()) {
+    return WriteError(result.status(), key, [this](absl::string_view line) { LogLine(line); });
+  }
   return absl::OkStatus();
 }
 
@@ -370,6 +422,9 @@ absl::Status AuthStore::LoadSecret() {
 
 absl::Status AuthStore::Load() {
   if (absl::Status status = InitSodium(); !status.ok()) return status;
+  if (NfkcCasefold() == nullptr) {
+    return absl::InternalError("ICU's NFKC_Casefold normaliser is unavailable (ICU data missing?)");
+  }
   if (config_.access_token_ttl_s <= 0 || config_.refresh_token_ttl_s <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("token lifetimes must be positive: access ",
                                                    config_.access_token_ttl_s, " s, refresh ",
@@ -430,14 +485,22 @@ absl::Status AuthStore::LoadRecord(absl::string_view key, absl::string_view valu
         !ReadInteger(*record, "created_at_ms", &entry.user.created_at_ms)) {
       return Corrupt(key, "not a user record");
     }
-    // The same checks a sign-up passed, so that every loaded user could have
-    // been created by this version.
-    if (!ValidateEmail(entry.user.email).ok() || !ValidateUsername(entry.user.username).ok()) {
+    // What any version's sign-up guaranteed. Later versions refuse more
+    // (format characters, control characters in passwords): accounts made
+    // before still load.
+    if (entry.user.email.empty() || !IsValidUtf8(entry.user.email) ||
+        entry.user.username.empty() || !IsValidUtf8(entry.user.username)) {
       return Corrupt(key, "invalid email or username");
     }
-    if (!user_by_email_.emplace(Lowercase(entry.user.email), id).second ||
-        !user_by_username_.emplace(entry.user.username, id).second) {
-      return Corrupt(key, "email or username already belongs to another user");
+    // Names that only NFKC_Casefold makes equal (an earlier version compared
+    // ASCII case only) were two accounts: both stay, and the older keeps the
+    // name for sign-in.
+    if (!user_by_email_.emplace(IdentityKey(entry.user.email), id).second) {
+      LogLine(absl::StrCat("user ", id, "'s email is another user's once normalised: signing in "
+                           "with it reaches the older account"));
+    }
+    if (!user_by_username_.emplace(IdentityKey(entry.user.username), id).second) {
+      LogLine(absl::StrCat("user ", id, "'s username is another user's once normalised"));
     }
     next_user_id_ = std::max(next_user_id_, id + 1);
     users_.emplace(id, std::move(entry));
@@ -550,12 +613,13 @@ absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_vie
   if (absl::Status status = ValidateEmail(email); !status.ok()) return status;
   if (absl::Status status = ValidateUsername(username); !status.ok()) return status;
   if (absl::Status status = ValidatePassword(password); !status.ok()) return status;
-  const std::string email_key = Lowercase(email);
+  const std::string email_key = IdentityKey(email);
+  const std::string username_key = IdentityKey(username);
   auto taken = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (user_by_email_.contains(email_key)) {
       return absl::AlreadyExistsError("email is already registered");
     }
-    if (user_by_username_.contains(username)) {
+    if (user_by_username_.contains(username_key)) {
       return absl::AlreadyExistsError("username is already taken");
     }
     return absl::OkStatus();
@@ -596,7 +660,7 @@ absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_vie
   User user = entry.user;
   absl::MutexLock lock(&mu_);
   user_by_email_.emplace(email_key, user.id);
-  user_by_username_.emplace(user.username, user.id);
+  user_by_username_.emplace(username_key, user.id);
   users_.emplace(user.id, std::move(entry));
   return user;
 }
@@ -626,7 +690,7 @@ absl::StatusOr<Tokens> AuthStore::Login(absl::string_view email, absl::string_vi
   std::string hash;
   if (email.size() <= kMaxEmailBytes && password.size() <= kMaxPasswordBytes) {
     absl::ReaderMutexLock lock(&mu_);
-    auto id = user_by_email_.find(Lowercase(email));
+    auto id = IsValidUtf8(email) ? user_by_email_.find(IdentityKey(email)) : user_by_email_.end();
     if (id != user_by_email_.end()) {
       const UserEntry& entry = users_.at(id->second);
       user = entry.user;

@@ -90,7 +90,7 @@ struct AuthConfig {
 
 struct User {
   uint64_t id = 0;
-  std::string email;  // as given at sign-up; matched case-insensitively
+  std::string email;  // as given at sign-up; matched after NFKC_Casefold
   std::string username;
   bool is_active = true;
   int64_t created_at_ms = 0;
@@ -145,8 +145,11 @@ class AuthStore {
   [[nodiscard]] absl::Status Load() ABSL_LOCKS_EXCLUDED(write_mu_, mu_);
 
   // InvalidArgument for a malformed email, a username outside 1..64
-  // characters or a password shorter than 8; AlreadyExists when the email
-  // (case-insensitively) or username is taken. Slow: hashes the password.
+  // characters, an email or username with a control or format character
+  // (Unicode Cc, Cf: zero-width, bidi overrides), or a password shorter
+  // than 8 or with a control character; AlreadyExists when the email or
+  // username is taken, compared after Unicode NFKC_Casefold (case in any
+  // script, fullwidth forms). Slow: hashes the password.
   [[nodiscard]] absl::StatusOr<User> SignUp(absl::string_view email, absl::string_view username,
                                             absl::string_view password)
       ABSL_LOCKS_EXCLUDED(write_mu_, mu_);
@@ -238,7 +241,8 @@ class AuthStore {
   mutable absl::Mutex mu_ ABSL_ACQUIRED_BEFORE(dirty_mu_);
   bool loaded_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<uint64_t, UserEntry> users_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> user_by_email_ ABSL_GUARDED_BY(mu_);  // lowercased
+  // Keyed by the names' NFKC_Casefold forms (unique per user).
+  absl::flat_hash_map<std::string, uint64_t> user_by_email_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> user_by_username_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<ApiKeyEntry>> api_keys_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, ApiKeyEntry*> api_key_by_hash_ ABSL_GUARDED_BY(mu_);

@@ -523,6 +523,83 @@ TEST_F(AuthStoreTest, SignUpAssignsIdsAndRefusesDuplicates) {
   EXPECT_EQ(store_->UserCount(), 3u);
 }
 
+// Emails and usernames are one name whatever their case, in any script,
+// and whatever compatibility form they take (NFKC_Casefold).
+TEST_F(AuthStoreTest, NamesAreUniqueAfterNfkcCasefold) {
+  ASSERT_OK(store_->SignUp("\xc3\xa9lise@example.com", "\xc3\x89lise", "password123"));  // élise, Élise
+  struct Case {
+    std::string email, username, message;
+  };
+  const std::vector<Case> cases = {
+      // ÉLISE@example.com: the email in capitals, non-ASCII letter included.
+      {"\xc3\x89LISE@example.com", "other1", "email is already registered"},
+      // e + combining acute: the same email once composed.
+      {"e\xcc\x81lise@example.com", "other2", "email is already registered"},
+      // élise and ÉLISE as usernames.
+      {"other4@example.com", "\xc3\xa9lise", "username is already taken"},
+      {"other5@example.com", "\xc3\x89LISE", "username is already taken"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::CHexEscape(c.email) + " / " + absl::CHexEscape(c.username));
+    absl::StatusOr<User> user = store_->SignUp(c.email, c.username, "password123");
+    EXPECT_STATUS_CODE(user, absl::StatusCode::kAlreadyExists);
+    EXPECT_EQ(user.status().message(), c.message);
+  }
+  // Fullwidth ｂｏｂ is bob once NFKC makes it ASCII.
+  ASSERT_OK(store_->SignUp("bob@example.com", "bob", "password123"));
+  EXPECT_STATUS_CODE(
+      store_->SignUp("\xef\xbd\x82\xef\xbd\x8f\xef\xbd\x82@example.com", "bob2", "password123"),
+      absl::StatusCode::kAlreadyExists);
+  EXPECT_STATUS_CODE(
+      store_->SignUp("bob3@example.com", "\xef\xbc\xa2\xef\xbd\x8f\xef\xbd\x82", "password123"),
+      absl::StatusCode::kAlreadyExists);
+  // ß folds to ss: STRASSE and straße are one name.
+  ASSERT_OK(store_->SignUp("stra\xc3\x9f" "e@example.com", "strasse", "password123"));
+  EXPECT_STATUS_CODE(store_->SignUp("STRASSE@example.com", "x", "password123"),
+                     absl::StatusCode::kAlreadyExists);
+  // Sign-in takes any of the email's forms; the account keeps the form it was given.
+  ASSERT_OK_AND_ASSIGN(Tokens tokens, store_->Login("\xc3\x89LISE@EXAMPLE.COM", "password123"));
+  EXPECT_EQ(tokens.user.email, "\xc3\xa9lise@example.com");
+  // The index is rebuilt the same way after a restart.
+  ASSERT_OK(Restart());
+  EXPECT_STATUS_CODE(store_->SignUp("\xc3\x89LISE@example.com", "other6", "password123"),
+                     absl::StatusCode::kAlreadyExists);
+  EXPECT_OK(store_->Login("e\xcc\x81lise@example.com", "password123"));
+  EXPECT_EQ(store_->UserCount(), 3u);
+}
+
+TEST_F(AuthStoreTest, InvisibleAndControlCharactersAreRefused) {
+  struct Case {
+    std::string email, username, password, message;
+  };
+  const std::vector<Case> cases = {
+      {"zw@example.com", "ali\xe2\x80\x8b" "ce", "password123", "username contains invalid"},  // U+200B
+      {"zj@example.com", "ali\xe2\x80\x8d" "ce", "password123", "username contains invalid"},  // U+200D
+      {"ro@example.com", "\xe2\x80\xae" "ecila", "password123", "username contains invalid"},  // U+202E
+      {"ri@example.com", "\xe2\x81\xa6" "alice", "password123", "username contains invalid"},  // U+2066
+      {"bom@example.com", "\xef\xbb\xbf" "alice", "password123", "username contains invalid"},  // U+FEFF
+      {"c1@example.com", "ali\xc2\x85" "ce", "password123", "username contains invalid"},  // U+0085
+      {"ali\xe2\x80\x8b" "ce@example.com", "alice", "password123", "email contains invalid"},
+      {"alice@exa\xe2\x80\xaemple.com", "alice", "password123", "email contains invalid"},
+      {"nul@example.com", "nul", std::string(8, '\0'), "without control characters"},
+      {"nul2@example.com", "nul2", std::string("pass\0word123", 12), "without control characters"},
+      {"tab@example.com", "tab", "pass\tword123", "without control characters"},
+      {"del@example.com", "del", "password\x7f", "without control characters"},
+      {"bad@example.com", "bad", "password\xff\xfe", "without control characters"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::CHexEscape(c.email) + " / " + absl::CHexEscape(c.username) + " / " +
+                 absl::CHexEscape(c.password));
+    absl::StatusOr<User> user = store_->SignUp(c.email, c.username, c.password);
+    ASSERT_STATUS_CODE(user, absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(user.status().message(), c.message)) << user.status();
+  }
+  EXPECT_EQ(store_->UserCount(), 0u);
+  // Visible non-ASCII stays welcome, in names and passwords.
+  EXPECT_OK(store_->SignUp("\xe5\xb1\xb1\xe7\x94\xb0@example.jp", "\xe5\xb1\xb1\xe7\x94\xb0",
+                           "p\xc3\xa4ssw\xc3\xb6rd!"));
+}
+
 TEST_F(AuthStoreTest, ConcurrentSignUpsOfOneEmailMakeOneUser) {
   constexpr int kThreads = 8;
   std::atomic<int> created{0};
