@@ -421,7 +421,7 @@ int Main(int argc, char** argv) {
   }
 
   metrics.keys()->SetCallback([&engine] {
-    return static_cast<double>((*engine)->GetStats().keys);
+    return static_cast<double>((*engine)->GetStats().client_keys);
   });
   metrics.log_bytes()->SetCallback([&engine] {
     return static_cast<double>((*engine)->GetStats().log_bytes);
@@ -554,6 +554,7 @@ int Main(int argc, char** argv) {
   routes_config.mode = service_config.read_only ? "read-only" : "normal";
   routes_config.max_document_bytes = absl::GetFlag(FLAGS_max_document_bytes);
   routes_config.cluster_secret = cluster_options.cluster_secret;
+  routes_config.operator_secret = absl::GetFlag(FLAGS_cluster_secret);
   http::DataRoutesDependencies routes_dependencies;
   routes_dependencies.service = &service;
   routes_dependencies.auth_store = auth_store.get();

@@ -428,7 +428,7 @@ ServerMetrics::ServerMetrics()
                                              FsyncBucketsSeconds())),
       compactions_(
           registry_.AddCounter("logkv_compactions_total", "Log segment compactions completed.")),
-      keys_(registry_.AddGauge("logkv_keys", "Live keys in the store.")),
+      keys_(registry_.AddGauge("logkv_keys", "Live keys of clients (the server's own records left out).")),
       log_bytes_(registry_.AddGauge("logkv_log_bytes", "Bytes in all log segments.")),
       dead_bytes_(registry_.AddGauge("logkv_dead_bytes",
                                      "Bytes of the log that compaction could reclaim.")),

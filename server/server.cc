@@ -540,9 +540,7 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
     c.authenticated = true;
     return false;
   }
-  if (c.authenticated || operation == p::Operation::Ping || operation == p::Operation::Stats) {
-    return false;
-  }
+  if (c.authenticated || operation == p::Operation::Ping) return false;
   AppendStatus(c, request.request_id(),
                absl::UnauthenticatedError(
                    "this node requires authentication: send Hello with an API key first"));

@@ -238,7 +238,7 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
     case p::Operation::Scan:
       return HandleScan(context, id, *request.operation_as_Scan(), b);
     case p::Operation::Stats:
-      BuildStats(id, b);
+      BuildStats(context, id, b);
       return Outcome::kAnswered;
     default:
       p::BuildStatusResponse(
@@ -546,16 +546,32 @@ Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
   });
 }
 
-void Service::BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b) {
-  const engine::Stats stats = engine_->GetStats();
+void Service::BuildStats(const RequestContext& context, uint64_t id,
+                         flatbuffers::FlatBufferBuilder* b) {
   std::vector<uint64_t> last_sequences;
   for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
     last_sequences.push_back(engine_->LastSequence(shard));
   }
+  if (!context.key_prefix.empty()) {
+    // A tenant sees its own key count and what resuming a watch needs; the
+    // node's figures (other tenants' keys among them) are not its business.
+    const engine::Engine::PrefixStats own = engine_->CountPrefix(context.key_prefix);
+    b->Clear();
+    auto sequences = b->CreateVector(last_sequences);
+    p::StatsResultBuilder result(*b);
+    result.add_keys(own.keys);
+    result.add_shard_count(engine_->ShardCount());
+    result.add_last_sequences(sequences);
+    auto offset = result.Finish();
+    p::FinishResponse(b, id, p::Result::StatsResult, offset.Union());
+    return;
+  }
+  const engine::Stats stats = engine_->GetStats();
   b->Clear();
   auto sequences = b->CreateVector(last_sequences);
   p::StatsResultBuilder result(*b);
-  result.add_keys(stats.keys);
+  // The clients' keys: the server's own records (accounts, hints) are not counted.
+  result.add_keys(stats.client_keys);
   result.add_tombstones(stats.tombstones);
   result.add_segments(stats.segments);
   result.add_log_bytes(stats.log_bytes);

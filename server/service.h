@@ -56,6 +56,11 @@ struct ServiceConfig {
   std::string node_id;
   bool read_only = false;
   bool fsync_always = false;  // writes answer only after the group commit's fdatasync
+  // The engine's data directory, absolute. Errors whose messages name it
+  // (the engine names its files) reach clients with their code and a
+  // reference into the server log, where the message goes instead: a
+  // server's paths are not its clients' business. Empty: not checked.
+  std::string data_dir;
   protocol::Limits limits;
 };
 
@@ -121,7 +126,18 @@ class Service {
                       flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
   Outcome HandleScan(const RequestContext& context, uint64_t id, const protocol::Scan& scan,
                      flatbuffers::FlatBufferBuilder* b);
-  void BuildStats(uint64_t id, flatbuffers::FlatBufferBuilder* b);
+  // The node's figures, or with a tenant's key_prefix only its own.
+  void BuildStats(const RequestContext& context, uint64_t id, flatbuffers::FlatBufferBuilder* b);
+  Outcome HandleOperation(const RequestContext& context, const protocol::Request& request,
+                          flatbuffers::FlatBufferBuilder* b,
+                          absl::FunctionRef<Completion()> defer);
+  // status, or when its message names the data directory, the same code
+  // with a message that points to the log line holding the original.
+  absl::Status ClientStatus(const absl::Status& status) const;
+  // Applies ClientStatus to the messages of the finished response in frame
+  // (the status's and a BatchResult's items'); false when none needed it.
+  // Otherwise *out holds the response rebuilt (frame must not point into it).
+  bool ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const;
   // The coordinator when the request goes through the cluster, else null.
   cluster::Coordinator* ClusterFor(const RequestContext& context) const;
   Outcome ClusterBatch(cluster::Coordinator* coordinator, const RequestContext& context,

@@ -11,7 +11,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/hlc.h"
@@ -698,7 +700,53 @@ void DataRoutes::Health(HttpRequest&, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
+absl::StatusOr<DataRoutes::StatsCaller> DataRoutes::AuthorizeStats(const HttpRequest& request,
+                                                                   HttpResponse* refusal) {
+  if (deps_.auth_store == nullptr) return StatsCaller{};
+  if (std::optional<absl::string_view> authorization = request.Header("authorization")) {
+    absl::string_view token = absl::StripAsciiWhitespace(*authorization);
+    constexpr absl::string_view kScheme = "Bearer ";
+    const bool bearer = token.size() > kScheme.size() &&
+                        absl::EqualsIgnoreCase(token.substr(0, kScheme.size()), kScheme);
+    token = absl::StripAsciiWhitespace(token.substr(bearer ? kScheme.size() : 0));
+    const std::string& secret = config_.operator_secret;
+    // Constant time in the secret's contents; its length is not a secret.
+    if (bearer && !secret.empty() && token.size() == secret.size() &&
+        sodium_memcmp(token.data(), secret.data(), secret.size()) == 0) {
+      return StatsCaller{};
+    }
+    if (!request.Header("x-api-key")) {
+      deps_.metrics->auth_failures()->Inc();
+      *refusal = HttpResponse::Error(401, "invalid operator credential");
+      return absl::UnauthenticatedError("invalid operator credential");
+    }
+  }
+  if (!request.Header("x-api-key")) {
+    deps_.metrics->auth_failures()->Inc();
+    constexpr absl::string_view kWhy =
+        "statistics need credentials on this node: X-API-Key for your own figures, or "
+        "Authorization: Bearer <cluster secret> for the node's";
+    *refusal = HttpResponse::Error(401, kWhy);
+    return absl::UnauthenticatedError(kWhy);
+  }
+  absl::StatusOr<RequestContext> context = Authorize(request, refusal);
+  if (!context.ok()) return context.status();
+  StatsCaller caller;
+  caller.node_wide = false;
+  caller.key_prefix = std::move(context->key_prefix);
+  return caller;
+}
+
 void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
+  HttpResponse refusal;
+  absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
+  if (!caller.ok()) return responder.Send(std::move(refusal));
+  if (!caller->node_wide) {
+    // Every figure here is the node's; a tenant's own are in /db/stats.
+    return responder.Send(HttpResponse::Error(
+        403, "node metrics need the operator credential (Authorization: Bearer <cluster "
+             "secret>); an API key sees its own figures in /db/stats and /cache/stats"));
+  }
   std::optional<absl::string_view> accept = request.Header("accept");
   std::optional<std::string> format = request.QueryParam("format");
   const bool prometheus = (format && *format == "prometheus") ||
@@ -714,7 +762,8 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
   ServerCounters* counters = deps_.service->counters();
   json body = {
       {"node_id", NodeId()},
-      {"key_count", stats.keys},
+      // The clients' keys: the server's own records (accounts, hints) are not counted.
+      {"key_count", stats.client_keys},
       {"wal_size", stats.log_bytes},
       {"timestamp", absl::ToUnixMillis(absl::Now())},
       {"total_replications", replicator.total_replications},
@@ -743,34 +792,111 @@ void DataRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
-// Seed 003's ?server= names the node whose figures are wanted: this one (or
-// none). The refusal, when it names another.
+namespace {
+
+// A server's name as ?server= may give it, compared without the scheme of a
+// URL, a trailing '/', ASCII case and with localhost as 127.0.0.1:
+// "http://127.0.0.1:8080/" and "127.0.0.1:8080" name the same server.
+std::string ServerName(absl::string_view name) {
+  name = absl::StripAsciiWhitespace(name);
+  for (absl::string_view scheme : {"http://", "https://"}) {
+    if (name.size() > scheme.size() && absl::EqualsIgnoreCase(name.substr(0, scheme.size()), scheme)) {
+      name.remove_prefix(scheme.size());
+      break;
+    }
+  }
+  while (absl::ConsumeSuffix(&name, "/")) {
+  }
+  std::string normal = absl::AsciiStrToLower(name);
+  if (absl::StartsWith(normal, "localhost:")) normal.replace(0, 9, "127.0.0.1");
+  return normal;
+}
+
+std::vector<cluster::Member> MembersOf(cluster::ClusterNode* node) {
+  const cluster::Membership* membership = node->membership();
+  return membership == nullptr ? std::vector<cluster::Member>{} : membership->Members();
+}
+
+}  // namespace
+
+// Seed 003's ?server= names the node whose figures are wanted, by any name
+// /servers, /nodes or /members/ give it: a URL, an HTTP or binary host:port,
+// or a node id. Another member's figures are its own to give: the answer is
+// a redirect to the same route on that member.
 std::optional<HttpResponse> DataRoutes::OtherServer(const HttpRequest& request) const {
   std::optional<std::string> server = request.QueryParam("server");
-  if (!server || server->empty() || *server == NodeId()) return std::nullopt;
+  if (!server || server->empty()) return std::nullopt;
+  const std::string self_id = NodeId();
+  const std::string name = ServerName(*server);
+  if (*server == self_id || name == ServerName(NodeUrl())) return std::nullopt;
+  std::vector<std::string> known = {NodeUrl(), self_id};
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    for (const cluster::Member& member : MembersOf(deps_.cluster)) {
+      const bool named = *server == member.node_id || name == ServerName(member.address) ||
+                         (!member.http_address.empty() && name == ServerName(member.http_address));
+      if (named) {
+        if (member.node_id == self_id) return std::nullopt;
+        if (member.http_address.empty()) {
+          return HttpResponse::Error(
+              421, absl::StrCat("member '", member.node_id,
+                                "' serves no HTTP address; ask it over the binary protocol at ",
+                                member.address));
+        }
+        const std::string location =
+            absl::StrCat("http://", member.http_address, request.path, "?", request.query);
+        HttpResponse redirect = HttpResponse::Json(
+            307, Dump({{"node_id", member.node_id}, {"location", location}}));
+        redirect.headers.emplace_back("Location", location);
+        return redirect;
+      }
+      if (!member.http_address.empty()) known.push_back(absl::StrCat("http://", member.http_address));
+    }
+  }
   return HttpResponse::Error(
-      404, absl::StrCat("unknown server '", *server, "'; this node is '", NodeId(), "'"));
+      404, absl::StrCat("unknown server '", *server, "': name a member as /servers, /nodes or "
+                        "/members/ list it (URL, host:port or node id), e.g. ",
+                        absl::StrJoin(known, ", ")));
 }
 
 void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
-  if (std::optional<HttpResponse> refusal = OtherServer(request)) {
-    return responder.Send(*std::move(refusal));
+  if (std::optional<HttpResponse> other = OtherServer(request)) {
+    return responder.Send(*std::move(other));
   }
+  HttpResponse refusal;
+  absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
+  if (!caller.ok()) return responder.Send(std::move(refusal));
   // Values are read straight from the mapped log (the page cache is the
   // cache): there is no separate value cache to fill, so it is never full.
-  const engine::Stats stats = deps_.service->engine()->GetStats();
-  json body = {{"size", stats.keys}, {"max_size", 0}, {"is_full", false}};
+  engine::Engine* engine = deps_.service->engine();
+  const uint64_t keys = caller->node_wide ? engine->GetStats().client_keys
+                                          : engine->CountPrefix(caller->key_prefix).keys;
+  json body = {{"size", keys}, {"max_size", 0}, {"is_full", false}};
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
 void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
-  if (std::optional<HttpResponse> refusal = OtherServer(request)) {
-    return responder.Send(*std::move(refusal));
+  if (std::optional<HttpResponse> other = OtherServer(request)) {
+    return responder.Send(*std::move(other));
   }
-  const engine::Stats stats = deps_.service->engine()->GetStats();
-  json body = {{"total_keys", stats.keys},
-               {"total_versions", stats.puts + stats.deletes},
-               {"file_size", stats.log_bytes}};
+  HttpResponse refusal;
+  absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
+  if (!caller.ok()) return responder.Send(std::move(refusal));
+  engine::Engine* engine = deps_.service->engine();
+  json body;
+  if (caller->node_wide) {
+    // Counted from what the engine holds (so right after a restart), the
+    // server's own records left out.
+    const engine::Stats stats = engine->GetStats();
+    body = {{"total_keys", stats.client_keys},
+            {"total_versions", stats.client_versions},
+            {"file_size", stats.log_bytes}};
+  } else {
+    // A tenant's share: its keys, their versions and the bytes of their records.
+    const engine::Engine::PrefixStats own = engine->CountPrefix(caller->key_prefix);
+    body = {{"total_keys", own.keys},
+            {"total_versions", own.versions},
+            {"file_size", own.record_bytes}};
+  }
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
@@ -791,11 +917,6 @@ json NodesJson(const std::vector<cluster::Member>& members, const std::string& s
                      {"last_seen", last_seen > 0 ? json(Rfc3339(last_seen)) : json(nullptr)}});
   }
   return nodes;
-}
-
-std::vector<cluster::Member> MembersOf(cluster::ClusterNode* node) {
-  const cluster::Membership* membership = node->membership();
-  return membership == nullptr ? std::vector<cluster::Member>{} : membership->Members();
 }
 
 // A join target from a request body: host:port of a member's binary

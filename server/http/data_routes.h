@@ -37,6 +37,10 @@ struct DataRoutesConfig {
   // --cluster-secret: X-Cluster-Secret with it authorizes the routes that
   // change membership ("" = that header authorizes nothing).
   std::string cluster_secret;
+  // With auth on, the credential for node-wide statistics (/metrics,
+  // /db/stats, /cache/stats): "Authorization: Bearer <operator_secret>".
+  // logkvd passes its --cluster-secret. Empty: only tenants' own figures.
+  std::string operator_secret;
 };
 
 struct DataRoutesDependencies {
@@ -106,6 +110,16 @@ class DataRoutes {
   void DeleteDocument(HttpRequest& request, Responder responder);
   void Health(HttpRequest& request, Responder responder);
   void MetricsRoute(HttpRequest& request, Responder responder);
+  // Who may read node statistics, and how much: with auth off everyone
+  // the node's; with auth on the operator (the operator secret) the node's,
+  // a tenant (X-API-Key) its own, anyone else 401.
+  struct StatsCaller {
+    bool node_wide = true;
+    std::string key_prefix;  // the tenant's, when !node_wide
+  };
+  absl::StatusOr<StatsCaller> AuthorizeStats(const HttpRequest& request, HttpResponse* refusal);
+  // Seed 003's ?server=: nullopt when it names this node (or is absent),
+  // else the answer: a redirect to the member it names, or 404.
   std::optional<HttpResponse> OtherServer(const HttpRequest& request) const;
   void CacheStats(HttpRequest& request, Responder responder);
   void DbStats(HttpRequest& request, Responder responder);

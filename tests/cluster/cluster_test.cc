@@ -1224,5 +1224,41 @@ TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {
   }
 }
 
+// Seed 003's ?server= takes any name a member has (its id, its binary or
+// HTTP address, its URL): this node answers for itself and sends the client
+// on to another member, whose answer is its own.
+TEST_F(ClusterTest, StatsRoutesAnswerForEveryMemberName) {
+  ASSERT_OK(StartCluster(2, 1));
+  for (int node = 0; node < 2; ++node) {
+    const std::string http = absl::StrCat("127.0.0.1:", cluster_->http_port(node));
+    for (const std::string& name : {cluster_->node_id(node), cluster_->address(node), http,
+                                    "http://" + http}) {
+      for (const char* route : {"/db/stats", "/cache/stats"}) {
+        SCOPED_TRACE(absl::StrCat(route, "?server=", name));
+        const std::string target = absl::StrCat(route, "?server=", name);
+        absl::StatusOr<HttpAnswer> self =
+            HttpExchange(cluster_->http_port(node), "GET", target, {}, "", absl::Seconds(5));
+        ASSERT_OK(self);
+        EXPECT_EQ(self->status, 200) << self->body;
+        absl::StatusOr<HttpAnswer> other =
+            HttpExchange(cluster_->http_port(1 - node), "GET", target, {}, "", absl::Seconds(5));
+        ASSERT_OK(other);
+        EXPECT_EQ(other->status, 307) << other->body;
+        const std::string location = other->Header("location").value_or("");
+        EXPECT_EQ(location, absl::StrCat("http://", http, target));
+        absl::StatusOr<HttpAnswer> followed =
+            HttpExchange(cluster_->http_port(node), "GET", location.substr(7 + http.size()), {},
+                         "", absl::Seconds(5));
+        ASSERT_OK(followed);
+        EXPECT_EQ(followed->status, 200) << followed->body;
+      }
+    }
+  }
+  absl::StatusOr<HttpAnswer> unknown = HttpExchange(
+      cluster_->http_port(0), "GET", "/db/stats?server=nobody", {}, "", absl::Seconds(5));
+  ASSERT_OK(unknown);
+  EXPECT_EQ(unknown->status, 404) << unknown->body;
+}
+
 }  // namespace
 }  // namespace logkv::test
