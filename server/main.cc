@@ -603,6 +603,22 @@ int Main(int argc, char** argv) {
         route == nullptr ? unrouted_metrics : route_metrics[route->metrics_index];
     handle->Record(status, static_cast<double>(duration_ns) * 1e-9);
   };
+  // One metrics handle per binary-protocol operation, found by its enum
+  // value at answer time: no lock and no look-up per request.
+  std::vector<ProtocolOperationMetrics*> operation_metrics(
+      static_cast<size_t>(p::Operation::MAX) + 1);
+  for (p::Operation operation : p::EnumValuesOperation()) {
+    operation_metrics[static_cast<size_t>(operation)] =
+        metrics.ProtocolOperation(p::EnumNameOperation(operation));
+  }
+  server_config.protocol_observer = [&operation_metrics](p::Operation operation,
+                                                         absl::StatusCode status,
+                                                         int64_t duration_ns) {
+    const auto index = static_cast<size_t>(operation);
+    if (index >= operation_metrics.size() || operation_metrics[index] == nullptr) return;
+    operation_metrics[index]->Record(static_cast<int>(status),
+                                     static_cast<double>(duration_ns) * 1e-9);
+  };
   if (auth_on) {
     server_config.authenticate =
         [store = auth_store.get()](absl::string_view token) -> absl::StatusOr<RequestContext> {

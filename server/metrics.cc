@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -421,8 +423,13 @@ ServerMetrics::ServerMetrics()
           "Time from an HTTP request's arrival to its response, by route pattern.", {"route"},
           LatencyBucketsSeconds())),
       protocol_requests_(registry_.AddCounterFamily(
-          "logkv_protocol_requests_total", "Binary protocol requests handled, by operation.",
-          {"operation"})),
+          "logkv_protocol_requests_total",
+          "Binary protocol requests answered, by operation and status.",
+          {"operation", "status"})),
+      protocol_request_duration_(registry_.AddHistogramFamily(
+          "logkv_protocol_request_duration_seconds",
+          "Time from a binary protocol request's decoding to its answer, by operation.",
+          {"operation"}, LatencyBucketsSeconds())),
       fsync_duration_(registry_.AddHistogram("logkv_fsync_duration_seconds",
                                              "Duration of each fdatasync of the log.",
                                              FsyncBucketsSeconds())),
@@ -478,6 +485,37 @@ HttpRouteMetrics* ServerMetrics::HttpRoute(absl::string_view route, absl::string
       std::make_unique<HttpRouteMetrics>(http_requests_, duration, key.first, key.second);
   HttpRouteMetrics* result = metrics.get();
   routes_.emplace(std::move(key), std::move(metrics));
+  return result;
+}
+
+ProtocolOperationMetrics::ProtocolOperationMetrics(CounterFamily* requests, Histogram* duration,
+                                                   std::string operation)
+    : requests_(requests), duration_(duration), operation_(std::move(operation)) {}
+
+Counter* ProtocolOperationMetrics::RequestCounter(int status_code) {
+  const bool indexed = status_code >= 0 && status_code < kStatusCodes;
+  std::atomic<Counter*>* slot = indexed ? &by_code_[status_code] : nullptr;
+  if (slot != nullptr) {
+    if (Counter* counter = slot->load(std::memory_order_acquire)) return counter;
+  }
+  std::string status = absl::AsciiStrToLower(
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(status_code)));
+  if (status.empty()) status = "unknown";  // not one of absl's codes
+  Counter* counter = requests_->WithLabelValues({operation_, status});
+  if (slot != nullptr) slot->store(counter, std::memory_order_release);
+  return counter;
+}
+
+ProtocolOperationMetrics* ServerMetrics::ProtocolOperation(absl::string_view operation) {
+  absl::MutexLock lock(&routes_mu_);
+  auto it = operations_.find(operation);
+  if (it != operations_.end()) return it->second.get();
+  // Created now, so every operation's histogram is rendered (at zero) before its first request.
+  Histogram* duration = protocol_request_duration_->WithLabelValues({operation});
+  auto metrics = std::make_unique<ProtocolOperationMetrics>(protocol_requests_, duration,
+                                                            std::string(operation));
+  ProtocolOperationMetrics* result = metrics.get();
+  operations_.emplace(std::string(operation), std::move(metrics));
   return result;
 }
 

@@ -346,6 +346,35 @@ class HttpRouteMetrics {
   std::array<std::atomic<Counter*>, kStatusCount> by_status_{};
 };
 
+// One binary-protocol operation's handles, kept by the network layer (one
+// per operation) like HttpRouteMetrics: counters by status are created on
+// the first request with that status, then found by index.
+//
+// Thread-safety: Record may be called from any thread at once.
+class ProtocolOperationMetrics {
+ public:
+  // Status codes are absl's (0..16), labelled by their names in lower case.
+  static constexpr int kStatusCodes = 17;
+
+  // requests and duration must outlive this object.
+  ProtocolOperationMetrics(CounterFamily* requests, Histogram* duration, std::string operation);
+  ProtocolOperationMetrics(const ProtocolOperationMetrics&) = delete;
+  ProtocolOperationMetrics& operator=(const ProtocolOperationMetrics&) = delete;
+
+  void Record(int status_code, double duration_seconds) {
+    RequestCounter(status_code)->Inc();
+    duration_->Observe(duration_seconds);
+  }
+  // Locks only the first time a code is seen (or for codes outside 0..16).
+  Counter* RequestCounter(int status_code);
+
+ private:
+  CounterFamily* const requests_;
+  Histogram* const duration_;
+  const std::string operation_;
+  std::array<std::atomic<Counter*>, kStatusCodes> by_code_{};
+};
+
 // Every metric logkvd exports, registered in a fixed order under the names
 // below. On a single node the replicator's figures are zero but present.
 //
@@ -367,10 +396,11 @@ class ServerMetrics {
   CounterFamily* http_requests() const { return http_requests_; }
   HistogramFamily* http_request_duration() const { return http_request_duration_; }
 
-  // logkv_protocol_requests_total{operation}. Locks: keep the pointer.
-  Counter* ProtocolRequests(absl::string_view operation) {
-    return protocol_requests_->WithLabelValues({operation});
-  }
+  // logkv_protocol_requests_total{operation,status} and
+  // logkv_protocol_request_duration_seconds{operation}: binary-protocol
+  // requests by operation name ("Get") and status ("ok", "not_found").
+  // Locks: call once per operation and keep the pointer.
+  ProtocolOperationMetrics* ProtocolOperation(absl::string_view operation);
 
   Histogram* fsync_duration() const { return fsync_duration_; }  // logkv_fsync_duration_seconds
   Counter* compactions() const { return compactions_; }          // logkv_compactions_total
@@ -408,6 +438,7 @@ class ServerMetrics {
   CounterFamily* const http_requests_;
   HistogramFamily* const http_request_duration_;
   CounterFamily* const protocol_requests_;
+  HistogramFamily* const protocol_request_duration_;
   Histogram* const fsync_duration_;
   Counter* const compactions_;
   Gauge* const keys_;
@@ -434,6 +465,8 @@ class ServerMetrics {
   // Keyed by (route, method).
   absl::flat_hash_map<std::pair<std::string, std::string>, std::unique_ptr<HttpRouteMetrics>>
       routes_ ABSL_GUARDED_BY(routes_mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<ProtocolOperationMetrics>> operations_
+      ABSL_GUARDED_BY(routes_mu_);
 };
 
 // The replicator's current figures in REST.md's units, for the JSON /metrics.

@@ -160,11 +160,13 @@ class Server::Loop : public http::ResponseSink {
   void ProcessFrames(Connection& c);
   bool HandleHello(Connection& c, const p::Request& request);
   // Cluster-internal operations: ClusterHello, and the rest on peer connections.
-  void DispatchPeer(Connection& c, const p::Request& request);
+  // As DispatchOperation, for ClusterHello and the peers' operations.
+  bool DispatchPeer(Connection& c, const p::Request& request, int64_t start_ns);
   // The peer handshake (protocol/logkv.fbs, ClusterHello), both of its steps.
   void HandleClusterHello(Connection& c, const p::Request& request);
-  // The completion of an answer deferred on c (Service::Handle's contract).
-  Service::Completion DeferOn(Connection& c);
+  // The completion of an answer deferred on c (Service::Handle's
+  // contract); the answer is observed as operation's, begun at start_ns.
+  Service::Completion DeferOn(Connection& c, p::Operation operation, int64_t start_ns);
 
   // HTTP.
   void ProcessHttp(Connection& c);
@@ -176,7 +178,13 @@ class Server::Loop : public http::ResponseSink {
   void CompleteHttp(Connection& c, uint64_t sequence, std::string bytes);
   void EmitReadyHttp(Connection& c);
   void RefuseHttp(Connection& c, int status, absl::string_view message);
+  // Answers request; observes it (ServerConfig::protocol_observer) once answered.
   void Dispatch(Connection& c, const p::Request& request);
+  // True when the answer was built in c.builder and appended to the output
+  // (false: deferred, completed through DeferOn).
+  bool DispatchOperation(Connection& c, const p::Request& request, int64_t start_ns);
+  // Reports an answer to the protocol observer, if there is one.
+  void ObserveAnswer(p::Operation operation, absl::string_view frame, int64_t start_ns);
   void Append(Connection& c, absl::string_view frame) { c.out.append(frame.data(), frame.size()); }
   void AppendStatus(Connection& c, uint64_t request_id, const absl::Status& status);
   void Flush(Connection& c);
@@ -515,7 +523,9 @@ void Server::Loop::ProcessFrames(Connection& c) {
       return;
     }
     if (absl::Status status = p::CheckRequest(**request, limits); !status.ok()) {
+      const int64_t start_ns = server_->config_.protocol_observer ? absl::GetCurrentTimeNanos() : 0;
       AppendStatus(c, (*request)->request_id(), status);
+      ObserveAnswer((*request)->operation_type(), p::FrameOf(c.builder), start_ns);
       continue;
     }
     Dispatch(c, **request);
@@ -565,12 +575,22 @@ bool IsClusterOperation(p::Operation operation) {
 
 }  // namespace
 
-Service::Completion Server::Loop::DeferOn(Connection& c) {
+void Server::Loop::ObserveAnswer(p::Operation operation, absl::string_view frame,
+                                 int64_t start_ns) {
+  const auto& observer = server_->config_.protocol_observer;
+  if (!observer) return;
+  const p::Response* response = flatbuffers::GetSizePrefixedRoot<p::Response>(frame.data());
+  observer(operation, p::FromWire(response->status()), absl::GetCurrentTimeNanos() - start_ns);
+}
+
+Service::Completion Server::Loop::DeferOn(Connection& c, p::Operation operation,
+                                          int64_t start_ns) {
   ++c.pending;
   Loop* loop = this;
   const uint64_t connection_id = c.id;
-  return [loop, connection_id](std::string frame) {
-    loop->Post([connection_id, frame = std::move(frame)](Loop& l) {
+  return [loop, connection_id, operation, start_ns](std::string frame) {
+    loop->Post([connection_id, operation, start_ns, frame = std::move(frame)](Loop& l) {
+      l.ObserveAnswer(operation, frame, start_ns);
       auto it = l.connections_.find(connection_id);
       if (it == l.connections_.end()) return;  // the client is gone
       Connection& conn = *it->second;
@@ -625,46 +645,59 @@ void Server::Loop::HandleClusterHello(Connection& c, const p::Request& request) 
   AppendStatus(c, id, absl::OkStatus());
 }
 
-void Server::Loop::DispatchPeer(Connection& c, const p::Request& request) {
+void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
+  const int64_t start_ns = server_->config_.protocol_observer ? absl::GetCurrentTimeNanos() : 0;
+  if (DispatchOperation(c, request, start_ns)) {
+    ObserveAnswer(request.operation_type(), p::FrameOf(c.builder), start_ns);
+  }
+}
+
+bool Server::Loop::DispatchPeer(Connection& c, const p::Request& request, int64_t start_ns) {
   cluster::PeerHandler* handler = server_->config_.peer_handler;
   const p::Operation operation = request.operation_type();
   if (operation == p::Operation::ClusterHello) {
     HandleClusterHello(c, request);
-    return;
+    return true;
   }
   if (!c.is_peer || handler == nullptr) {
     AppendStatus(c, request.request_id(),
                  absl::PermissionDeniedError(absl::StrCat(
                      "operation ", p::EnumNameOperation(operation),
                      " is cluster-internal: only peers that sent ClusterHello may use it")));
-    return;
+    return true;
   }
-  Service::Outcome outcome = handler->HandlePeer(request, &c.builder,
-                                                 [&]() -> Service::Completion { return DeferOn(c); });
-  if (outcome == Service::Outcome::kAnswered) Append(c, p::FrameOf(c.builder));
+  Service::Outcome outcome =
+      handler->HandlePeer(request, &c.builder, [&]() -> Service::Completion {
+        return DeferOn(c, operation, start_ns);
+      });
+  if (outcome != Service::Outcome::kAnswered) return false;
+  Append(c, p::FrameOf(c.builder));
+  return true;
 }
 
-void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
-  if (IsClusterOperation(request.operation_type())) {
-    DispatchPeer(c, request);
-    return;
-  }
+bool Server::Loop::DispatchOperation(Connection& c, const p::Request& request,
+                                     int64_t start_ns) {
+  const p::Operation operation = request.operation_type();
+  if (IsClusterOperation(operation)) return DispatchPeer(c, request, start_ns);
   // Peers are authenticated by the cluster secret, not by an API key.
-  if (!c.is_peer && HandleHello(c, request)) return;
-  switch (request.operation_type()) {
+  if (!c.is_peer && HandleHello(c, request)) return true;
+  switch (operation) {
     case p::Operation::Watch:
       AddWatch(c, request.request_id(), *request.operation_as_Watch());
-      return;
+      return true;
     case p::Operation::Unwatch:
       RemoveWatch(c, request.operation_as_Unwatch()->watch_request_id(), absl::OkStatus());
       AppendStatus(c, request.request_id(), absl::OkStatus());
-      return;
+      return true;
     default:
       break;
   }
   Service::Outcome outcome = server_->service_->Handle(
-      c.context, request, &c.builder, [&]() -> Service::Completion { return DeferOn(c); });
-  if (outcome == Service::Outcome::kAnswered) Append(c, p::FrameOf(c.builder));
+      c.context, request, &c.builder,
+      [&]() -> Service::Completion { return DeferOn(c, operation, start_ns); });
+  if (outcome != Service::Outcome::kAnswered) return false;
+  Append(c, p::FrameOf(c.builder));
+  return true;
 }
 
 void Server::Loop::Flush(Connection& c) {

@@ -53,10 +53,17 @@ struct ServerConfig {
   absl::Duration http_idle_timeout = absl::Seconds(60);
   // Called on the loop thread for every HTTP answer sent (metrics).
   std::function<void(const http::Route* route, int status, int64_t duration_ns)> http_observer;
+  // Called on the loop thread for every binary-protocol request answered
+  // (metrics): its operation, the answer's status and the time from
+  // decoding the request to the answer. A Watch counts once, when
+  // acknowledged; the events it streams later are not requests.
+  std::function<void(protocol::Operation operation, absl::StatusCode status, int64_t duration_ns)>
+      protocol_observer;
 
   // With auth on: maps the binary protocol's Hello auth_token (an API key) to
-  // the caller's context; until a Hello succeeds only Hello, Ping and Stats
-  // are served. Null: auth is off and every connection is global.
+  // the caller's context; until a Hello succeeds only Hello and Ping are
+  // served, and a failed Hello ends an earlier one's authentication. Null:
+  // auth is off and every connection is global.
   std::function<absl::StatusOr<RequestContext>(absl::string_view token)> authenticate;
   // A connection whose unsent answers pass this stops being read until they
   // drain below half of it: a client that does not read cannot grow our memory.

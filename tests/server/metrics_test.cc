@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "gtest/gtest.h"
 
 namespace logkv::server {
@@ -388,14 +389,40 @@ TEST(ServerMetricsTest, HttpRouteCountsByStatusWithoutLookups) {
   }
 }
 
-TEST(ServerMetricsTest, ProtocolRequestsByOperation) {
+TEST(ServerMetricsTest, ProtocolRequestsByOperationAndStatusWithoutLookups) {
   ServerMetrics metrics;
-  Counter* get = metrics.ProtocolRequests("get");
-  EXPECT_EQ(metrics.ProtocolRequests("get"), get);
-  get->Inc(5);
-  EXPECT_NE(
-      metrics.RenderPrometheus().find("\nlogkv_protocol_requests_total{operation=\"get\"} 5\n"),
-      std::string::npos);
+  ProtocolOperationMetrics* get = metrics.ProtocolOperation("Get");
+  EXPECT_EQ(metrics.ProtocolOperation("Get"), get);
+  ProtocolOperationMetrics* put = metrics.ProtocolOperation("Put");
+  EXPECT_NE(put, get);
+  EXPECT_EQ(get->RequestCounter(0), get->RequestCounter(0));
+  // The histogram exists (at zero) before the first request.
+  EXPECT_NE(metrics.RenderPrometheus().find(
+                "\nlogkv_protocol_request_duration_seconds_count{operation=\"Put\"} 0\n"),
+            std::string::npos);
+
+  RunThreads(4, [&](int) {
+    for (int i = 0; i < 1000; ++i) {
+      get->Record(static_cast<int>(i % 4 == 0 ? absl::StatusCode::kNotFound : absl::StatusCode::kOk),
+                  0.0002);
+    }
+  });
+  put->Record(static_cast<int>(absl::StatusCode::kResourceExhausted), 0.02);
+  put->Record(99, 0.02);  // not an absl code: still counted, by the slow path
+  EXPECT_EQ(get->RequestCounter(0)->Value(), 3000u);
+
+  const std::string text = metrics.RenderPrometheus();
+  for (const char* line : {
+           "\nlogkv_protocol_requests_total{operation=\"Get\",status=\"ok\"} 3000\n",
+           "\nlogkv_protocol_requests_total{operation=\"Get\",status=\"not_found\"} 1000\n",
+           "\nlogkv_protocol_requests_total{operation=\"Put\",status=\"resource_exhausted\"} 1\n",
+           "\nlogkv_protocol_request_duration_seconds_bucket{operation=\"Get\",le=\"0.00025\"} "
+           "4000\n",
+           "\nlogkv_protocol_request_duration_seconds_count{operation=\"Put\"} 2\n",
+           "# TYPE logkv_protocol_request_duration_seconds histogram\n",
+       }) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\nin:\n" << text;
+  }
 }
 
 }  // namespace
