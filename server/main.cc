@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
+#include <system_error>
 #include <string>
 #include <thread>
 #include <vector>
@@ -306,12 +308,35 @@ int Main(int argc, char** argv) {
   // Declared before the engine, so it outlives every engine callback.
   ServerMetrics metrics;
   engine::Options options;
-  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  // Absolute, so that the Service can recognise the engine's messages that
+  // name its files and keep them from clients (ServiceConfig::data_dir).
+  {
+    std::error_code error;
+    const std::filesystem::path data_dir =
+        std::filesystem::absolute(absl::GetFlag(FLAGS_data_dir), error).lexically_normal();
+    if (error) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--data-dir '", absl::GetFlag(FLAGS_data_dir), "': ", error.message())));
+    }
+    options.data_dir = data_dir.string();
+    while (options.data_dir.size() > 1 && options.data_dir.back() == '/') {
+      options.data_dir.pop_back();
+    }
+  }
   const int shards = absl::GetFlag(FLAGS_shards);
   options.shard_count = static_cast<uint32_t>(
       shards > 0 ? shards : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
   options.segment_bytes = absl::GetFlag(FLAGS_segment_bytes);
-  options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
+  // Clients' keys are held to --max-key-bytes (protocol::Limits, which
+  // measures the key the client sent); the engine's limit leaves room for
+  // the tenant prefix the Service puts before it with auth on.
+  const uint32_t max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
+  constexpr uint32_t kEngineMaxKeyBytes = 65535;  // engine::Options::max_key_bytes' ceiling
+  if (max_key_bytes == 0 || max_key_bytes > kEngineMaxKeyBytes - kTenantPrefixBytes) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--max_key_bytes must be in [1, ", kEngineMaxKeyBytes - kTenantPrefixBytes, "]")));
+  }
+  options.max_key_bytes = max_key_bytes + kTenantPrefixBytes;
   options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   options.versions_kept = absl::GetFlag(FLAGS_versions);
   options.repair = absl::GetFlag(FLAGS_repair);
@@ -385,7 +410,8 @@ int Main(int argc, char** argv) {
   service_config.read_only = absl::GetFlag(FLAGS_read_only);
   service_config.fsync_always = options.fsync == engine::FsyncPolicy::kAlways;
   service_config.limits.max_frame_bytes = absl::GetFlag(FLAGS_max_frame_bytes);
-  service_config.limits.max_key_bytes = options.max_key_bytes;
+  service_config.limits.max_key_bytes = max_key_bytes;
+  service_config.data_dir = options.data_dir;
   service_config.limits.max_value_bytes = options.max_value_bytes;
   service_config.limits.max_batch_items = absl::GetFlag(FLAGS_max_batch_items);
   if (service_config.limits.max_frame_bytes < service_config.limits.max_value_bytes + 4096) {

@@ -533,7 +533,10 @@ void Server::Loop::ProcessFrames(Connection& c) {
 }
 
 // With auth on, Hello's auth_token (an API key) decides whose keys the
-// connection sees. Returns true when the request was answered here.
+// connection sees; a Hello whose key fails leaves the connection
+// unauthenticated, whatever an earlier Hello proved. Until a Hello succeeds
+// only Hello and Ping are served (Stats too shows only the caller's own
+// figures). Returns true when the request was answered here.
 bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
   const auto& authenticate = server_->config_.authenticate;
   if (!authenticate) return false;
@@ -543,6 +546,16 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
     if (token.empty()) return false;  // a plain Hello: answered by the service
     absl::StatusOr<RequestContext> context = authenticate(token);
     if (!context.ok()) {
+      c.context = RequestContext();
+      c.authenticated = false;
+      // Watches opened under the earlier key end too: they would go on
+      // showing that tenant's keys.
+      std::vector<uint64_t> watches;
+      for (const Connection::Watch& watch : c.watches) watches.push_back(watch.request_id);
+      for (uint64_t watch : watches) {
+        RemoveWatch(c, watch,
+                    absl::UnauthenticatedError("watch ended: a later Hello's API key failed"));
+      }
       AppendStatus(c, request.request_id(), context.status());
       return true;
     }

@@ -4,10 +4,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/cluster/coordinator.h"
+#include "server/log.h"
 #include "server/namespaces.h"
 
 namespace logkv::server {
@@ -168,6 +170,81 @@ std::string Service::NodeId() const {
 Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
                                  flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {
+  if (config_.data_dir.empty()) return HandleOperation(context, request, b, defer);
+  auto scrubbing_defer = [this, &defer]() -> Completion {
+    return [this, done = defer()](std::string frame) {
+      flatbuffers::FlatBufferBuilder scrubbed(256);
+      if (ScrubResponse(frame, &scrubbed)) frame = std::string(p::FrameOf(scrubbed));
+      done(std::move(frame));
+    };
+  };
+  const Outcome outcome = HandleOperation(context, request, b, scrubbing_defer);
+  if (outcome == Outcome::kAnswered) {
+    // Rare (an error naming a file): the answer is copied out and rebuilt.
+    thread_local flatbuffers::FlatBufferBuilder scrubbed(256);
+    scrubbed.Clear();
+    if (ScrubResponse(p::FrameOf(*b), &scrubbed)) {
+      const std::string frame(p::FrameOf(scrubbed));
+      b->Clear();
+      b->PushFlatBuffer(reinterpret_cast<const uint8_t*>(frame.data()), frame.size());
+    }
+  }
+  return outcome;
+}
+
+absl::Status Service::ClientStatus(const absl::Status& status) const {
+  if (status.ok() || config_.data_dir.empty() ||
+      !absl::StrContains(status.message(), config_.data_dir)) {
+    return status;
+  }
+  static std::atomic<uint64_t> next_reference{1};
+  const uint64_t reference = next_reference.fetch_add(1, std::memory_order_relaxed);
+  Log(Level::kError, "error %d answered to a client without its message: %s", reference,
+      status.ToString());
+  return absl::Status(status.code(),
+                      absl::StrCat("storage error (", absl::StatusCodeToString(status.code()),
+                                   "); the server log has the details as error ", reference));
+}
+
+bool Service::ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const {
+  const p::Response* response = flatbuffers::GetSizePrefixedRoot<p::Response>(frame.data());
+  auto names_data_dir = [this](const flatbuffers::String* message) {
+    return message != nullptr &&
+           absl::StrContains(absl::string_view(message->c_str(), message->size()),
+                             config_.data_dir);
+  };
+  if (response->status() != p::StatusCode::Ok) {
+    if (!names_data_dir(response->message())) return false;
+    p::BuildStatusResponse(out, response->request_id(),
+                           ClientStatus(p::StatusFromResponse(*response)));
+    return true;
+  }
+  const p::BatchResult* batch = response->result_as_BatchResult();
+  if (batch == nullptr || batch->items() == nullptr) return false;
+  bool named = false;
+  for (const p::BatchItemResult* item : *batch->items()) named = named || names_data_dir(item->message());
+  if (!named) return false;
+  std::vector<absl::StatusOr<engine::WriteResult>> results;
+  for (const p::BatchItemResult* item : *batch->items()) {
+    if (item->status() == p::StatusCode::Ok) {
+      engine::WriteResult written;
+      written.version = item->version();
+      results.emplace_back(written);
+    } else {
+      results.emplace_back(ClientStatus(absl::Status(
+          p::FromWire(item->status()),
+          item->message() == nullptr
+              ? absl::string_view()
+              : absl::string_view(item->message()->c_str(), item->message()->size()))));
+    }
+  }
+  BuildBatchResponse(out, response->request_id(), results);
+  return true;
+}
+
+Service::Outcome Service::HandleOperation(const RequestContext& context, const p::Request& request,
+                                          flatbuffers::FlatBufferBuilder* b,
+                                          absl::FunctionRef<Completion()> defer) {
   counters_->requests.fetch_add(1, std::memory_order_relaxed);
   const uint64_t id = request.request_id();
   switch (request.operation_type()) {

@@ -190,6 +190,17 @@ std::string RandomUuid() {
                          bytes[14], bytes[15]);
 }
 
+// The key of the single-key operations the routes build, else null.
+const flatbuffers::Vector<uint8_t>* KeyOf(const p::Request& request) {
+  switch (request.operation_type()) {
+    case p::Operation::Get: return request.operation_as_Get()->key();
+    case p::Operation::GetVersion: return request.operation_as_GetVersion()->key();
+    case p::Operation::Put: return request.operation_as_Put()->key();
+    case p::Operation::Delete: return request.operation_as_Delete()->key();
+    default: return nullptr;
+  }
+}
+
 // Runs the request finished in request_builder through the service and
 // answers with convert(response). Answers at once, or later from the thread
 // that completes a deferred write (then convert is copied along).
@@ -201,12 +212,15 @@ void Run(Service* service, const RequestContext& context,
       flatbuffers::GetSizePrefixedRoot<p::Request>(request_builder->GetBufferPointer());
   const p::Limits& limits = service->config().limits;
   if (absl::Status status = p::CheckRequest(*request, limits); !status.ok()) {
-    // The protocol calls an over-limit value InvalidArgument; HTTP's word is 413.
+    // The protocol calls an over-limit key or value InvalidArgument; HTTP's
+    // word is 413. The key measured is the client's, before any namespace.
     const p::Put* put = request->operation_as_Put();
     const bool value_too_large =
         put != nullptr && put->value() != nullptr && put->value()->size() > limits.max_value_bytes;
-    responder.Send(value_too_large ? HttpResponse::Error(413, status.message())
-                                   : ErrorFromStatus(status));
+    const flatbuffers::Vector<uint8_t>* key = KeyOf(*request);
+    const bool key_too_large = key != nullptr && key->size() > limits.max_key_bytes;
+    responder.Send(value_too_large || key_too_large ? HttpResponse::Error(413, status.message())
+                                                    : ErrorFromStatus(status));
     return;
   }
   thread_local flatbuffers::FlatBufferBuilder response_builder(1024);

@@ -15,6 +15,8 @@
 // The Quick Start of seed 000 is run with curl by quickstart.sh.
 #include <sys/socket.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <regex>
 #include <string>
@@ -556,6 +558,69 @@ TEST_F(RestTest, Seed003Stats) {
   ExpectError(Call("GET", "/db/stats?server=unknown:1"), 404);
 }
 
+// ?server= takes every name /servers, /nodes and /members/ give this node.
+TEST_F(RestTest, StatsAnswerForEveryNameOfThisNode) {
+  std::vector<std::string> names;
+  const json servers = Call("GET", "/servers").Json();
+  ASSERT_TRUE(servers.is_array() && !servers.empty()) << servers;
+  const std::string url = servers[0].get<std::string>();
+  names.push_back(url);
+  names.push_back(url + "/");
+  names.push_back(url.substr(std::string("http://").size()));  // host:port
+  names.push_back(absl::StrCat("localhost:", port()));
+  for (const char* route : {"/nodes", "/members/"}) {
+    const json members = Call("GET", route).Json();
+    ASSERT_TRUE(members.is_array() && members.size() == 1) << route << ": " << members;
+    for (const char* field : {"id", "address", "http_address"}) {
+      if (members[0].contains(field) && members[0][field].is_string() &&
+          !members[0][field].get<std::string>().empty()) {
+        names.push_back(members[0][field].get<std::string>());
+      }
+    }
+  }
+  for (const std::string& name : names) {
+    for (const char* route : {"/cache/stats", "/db/stats"}) {
+      const HttpAnswer answer = Call("GET", absl::StrCat(route, "?server=", name));
+      EXPECT_EQ(answer.status, 200) << route << "?server=" << name << ": " << answer.body;
+    }
+  }
+  const HttpAnswer unknown = Call("GET", "/db/stats?server=http://127.0.0.1:1");
+  ExpectError(unknown, 404);
+  EXPECT_TRUE(absl::StrContains(unknown.body, url)) << "the refusal names the known servers: "
+                                                    << unknown.body;
+}
+
+// Every binary-protocol request is counted by operation and status, with
+// its latency, in the Prometheus text.
+TEST_F(RestTest, ProtocolRequestsAreCountedByOperationAndStatus) {
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  const std::string key = TestName();
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(connection->SendBytes(PutFrame(id, key, "v")).ok());
+    ASSERT_TRUE(connection->ReadFrame().ok());
+  }
+  ASSERT_TRUE(connection->SendBytes(GetFrame(4, key + "-missing")).ok());
+  ASSERT_TRUE(connection->ReadFrame().ok());
+  const std::string text = Call("GET", "/metrics?format=prometheus").body;
+  auto count_of = [&](const std::string& series) -> int64_t {
+    const size_t at = text.find("\n" + series + " ");
+    if (at == std::string::npos) return -1;
+    const size_t begin = at + 1 + series.size() + 1;
+    int64_t value = -1;
+    EXPECT_TRUE(absl::SimpleAtoi(text.substr(begin, text.find('\n', begin) - begin), &value));
+    return value;
+  };
+  EXPECT_GE(count_of(R"(logkv_protocol_requests_total{operation="Put",status="ok"})"), 3) << text;
+  EXPECT_GE(count_of(R"(logkv_protocol_requests_total{operation="Get",status="not_found"})"), 1)
+      << text;
+  EXPECT_GE(count_of(R"(logkv_protocol_request_duration_seconds_count{operation="Put"})"), 3)
+      << text;
+  EXPECT_GE(count_of(R"(logkv_protocol_request_duration_seconds_bucket{operation="Get",le="+Inf"})"),
+            1)
+      << text;
+}
+
 // ---- Seed 004: /kv/{path} JSON documents ----------------------------------------------
 
 TEST_F(RestTest, Seed004Documents) {
@@ -1008,6 +1073,91 @@ TEST_F(RestReadOnlyTest, WritesAre403ReadsWork) {
   ExpectError(Call("GET", "/v1/kv/new"), 404);
 }
 
+// ==== Restarts and damaged data ========================================================
+
+class RestRestartTest : public RestTestBase {
+ protected:
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {}  // each test starts its own node
+
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+// total_versions is what the engine holds (current versions and the older
+// ones kept), not a count of writes since the node started.
+TEST_F(RestRestartTest, DbStatsCountVersionsAfterARestart) {
+  const std::string data = dir_.path() + "/data";
+  process_ = StartLogkvd(data, {"--versions=3"});
+  ASSERT_NE(process_, nullptr);
+  for (int v = 1; v <= 4; ++v) {  // three versions kept
+    ASSERT_EQ(Call("PUT", "/put/four", {}, json({{"value", v}}).dump()).status, 200);
+  }
+  ASSERT_EQ(Call("PUT", "/put/one", {}, R"({"value":1})").status, 200);
+  ASSERT_EQ(Call("PUT", "/put/gone", {}, R"({"value":1})").status, 200);
+  ASSERT_EQ(Call("DELETE", "/v1/kv/gone").status, 200);
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    const json stats = Call("GET", "/db/stats").Json();
+    EXPECT_EQ(stats.value("total_keys", -1), 2) << stats;
+    EXPECT_EQ(stats.value("total_versions", -1), 3 + 1) << stats;
+    EXPECT_EQ(Call("GET", "/get/four?version=2").Json().value("value", 0), 2);
+  };
+  check("before the restart");
+  ASSERT_EQ(process_->Stop(), 0);
+  process_ = StartLogkvd(data, {"--versions=3"});
+  ASSERT_NE(process_, nullptr);
+  check("after the restart");
+}
+
+// A failure inside the engine names its files; the answer must not.
+TEST_F(RestRestartTest, StorageErrorsDoNotShowServerPaths) {
+  const std::string data = dir_.path() + "/data";
+  process_ = StartLogkvd(data, {"--shards=1"});
+  ASSERT_NE(process_, nullptr);
+  const std::string value = "a value that will be damaged on disk";
+  ASSERT_EQ(Call("PUT", "/v1/kv/damaged", {}, value).status, 200);
+  // Flip a byte of the value in the log: the record's checksum fails on read.
+  // In place: the server maps the file.
+  bool damaged = false;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(data)) {
+    const std::string file = entry.path().string();
+    if (!absl::EndsWith(file, ".log")) continue;
+    const std::string bytes = ReadFileBytes(file);
+    const size_t at = bytes.find(value);
+    if (at == std::string::npos) continue;
+    std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
+    stream.seekp(static_cast<std::streamoff>(at));
+    stream.put(static_cast<char>(bytes[at] ^ 0x20));
+    ASSERT_TRUE(stream.good()) << file;
+    damaged = true;
+  }
+  ASSERT_TRUE(damaged) << "the value was not found in any segment";
+  const HttpAnswer answer = Call("GET", "/v1/kv/damaged");
+  ExpectError(answer, 500);
+  EXPECT_FALSE(absl::StrContains(answer.body, dir_.path())) << answer.body;
+  EXPECT_FALSE(absl::StrContains(answer.body, ".log")) << answer.body;
+  EXPECT_TRUE(absl::StrContains(answer.body, "server log")) << answer.body;
+  // The binary protocol is answered the same way.
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(process_->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE(connection->SendBytes(GetFrame(1, "damaged")).ok());
+  absl::StatusOr<std::string> frame = connection->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  const p::Response* response = AsResponse(*frame);
+  ASSERT_NE(response, nullptr);
+  EXPECT_EQ(response->status(), p::StatusCode::DataLoss);
+  ASSERT_NE(response->message(), nullptr);
+  EXPECT_FALSE(absl::StrContains(response->message()->str(), dir_.path()))
+      << response->message()->str();
+  // The log has the whole message.
+  const absl::Time give_up = absl::Now() + kPollLimit;
+  while (!absl::StrContains(process_->Output(), dir_.path()) && absl::Now() < give_up) {
+    absl::SleepFor(kPollInterval);
+  }
+  EXPECT_TRUE(absl::StrContains(process_->Output(), dir_.path())) << process_->Output();
+}
+
 // ==== Accounts, API keys, scopes and tenants ===========================================
 
 struct Account {
@@ -1233,9 +1383,9 @@ TEST_F(RestAuthTest, MissingOrInvalidCredentialsAre401) {
     // A session token is not an API key.
     ExpectError(Call(method, target, KeyHeader(a.access_token), body), 401, context + " jwt");
   }
-  // Node routes need no key.
+  // /health needs no key; statistics do (RestStatsAuthTest).
   EXPECT_EQ(Call("GET", "/health").status, 200);
-  EXPECT_EQ(Call("GET", "/metrics").status, 200);
+  ExpectError(Call("GET", "/metrics"), 401, "/metrics without a key");
 
   // Bearer routes.
   ExpectError(Call("GET", "/apikeys"), 401, "no Authorization");
@@ -1424,6 +1574,136 @@ TEST_F(RestAuthTest, TenantsNeverSeeEachOthersKeys) {
     EXPECT_EQ(CallFrame(*as_b_binary, GetFrame(4, std::string("\0auth/secret", 12))),
               p::StatusCode::InvalidArgument);
   }
+}
+
+// Limits count the key the client sent, not the tenant prefix the server
+// puts before it, and say so in the client's figures.
+TEST_F(RestAuthTest, KeyLimitCountsTheClientsKey) {
+  Account a = NewAccount("a");
+  const std::string longest(4096, 'k');
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/" + longest, KeyHeader(a.api_key), "v"), longest);
+  EXPECT_EQ(Call("GET", "/v1/kv/" + longest, KeyHeader(a.api_key)).body, "v");
+  const HttpAnswer too_long = Call("PUT", "/v1/kv/" + longest + "k", KeyHeader(a.api_key), "v");
+  ExpectError(too_long, 413);
+  EXPECT_TRUE(absl::StrContains(too_long.body, "4097")) << too_long.body;
+  EXPECT_TRUE(absl::StrContains(too_long.body, "4096")) << too_long.body;
+  EXPECT_FALSE(absl::StrContains(too_long.body, "4107")) << too_long.body;
+  // The binary protocol too.
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_EQ(CallFrame(*connection, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+  EXPECT_EQ(CallFrame(*connection, PutFrame(2, longest, "binary")), p::StatusCode::Ok);
+  EXPECT_EQ(CallFrame(*connection, PutFrame(3, longest + "k", "binary")),
+            p::StatusCode::InvalidArgument);
+}
+
+// A Hello whose key fails ends what an earlier Hello proved.
+TEST_F(RestAuthTest, FailedHelloDropsAnEarlierLogin) {
+  Account a = NewAccount("a");
+  ASSERT_EQ(Call("PUT", "/v1/kv/mine", KeyHeader(a.api_key), "a").status, 200);
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_EQ(CallFrame(*connection, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+  std::string value;
+  ASSERT_EQ(CallFrame(*connection, GetFrame(2, "mine"), &value), p::StatusCode::Ok);
+  EXPECT_EQ(value, "a");
+  EXPECT_EQ(CallFrame(*connection, HelloFrame(3, "ydht_" + std::string(40, 'x'))),
+            p::StatusCode::Unauthenticated);
+  EXPECT_EQ(CallFrame(*connection, GetFrame(4, "mine")), p::StatusCode::Unauthenticated);
+  EXPECT_EQ(CallFrame(*connection, PutFrame(5, "mine", "x")), p::StatusCode::Unauthenticated);
+  // A good key again works again.
+  ASSERT_EQ(CallFrame(*connection, HelloFrame(6, a.api_key)), p::StatusCode::Ok);
+  ASSERT_EQ(CallFrame(*connection, GetFrame(7, "mine"), &value), p::StatusCode::Ok);
+  EXPECT_EQ(value, "a");
+}
+
+// ==== Statistics with auth on ============================================================
+
+class RestStatsAuthTest : public RestAccountsBase {
+ protected:
+  static constexpr absl::string_view kOperatorSecret = "operator-secret-for-the-stats-test";
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {
+    process_ = StartLogkvd(dir_.path() + "/data",
+                           {"--auth=on", "--rate-limit=0",
+                            absl::StrCat("--cluster-secret=", kOperatorSecret)});
+    ASSERT_NE(process_, nullptr);
+  }
+  HttpHeaders Operator() {
+    return {{"Authorization", absl::StrCat("Bearer ", kOperatorSecret)}};
+  }
+
+  // Stats over the binary protocol on connection: its keys, or -1.
+  static int64_t BinaryStatsKeys(RawConnection& connection, uint64_t id,
+                                 p::StatusCode* status = nullptr) {
+    flatbuffers::FlatBufferBuilder b;
+    const std::string frame =
+        FinishRequest(b, id, p::Operation::Stats, p::CreateStats(b).Union());
+    if (!connection.SendBytes(frame).ok()) return -1;
+    absl::StatusOr<std::string> answer = connection.ReadFrame();
+    if (!answer.ok()) return -1;
+    const p::Response* response = AsResponse(*answer);
+    if (status != nullptr) *status = response->status();
+    if (response->status() != p::StatusCode::Ok) return -1;
+    return static_cast<int64_t>(response->result_as_StatsResult()->keys());
+  }
+
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestStatsAuthTest, StatisticsNeedCredentialsAndShowEachCallerItsOwn) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  for (int v = 1; v <= 2; ++v) {
+    ASSERT_EQ(Call("PUT", "/put/a1", KeyHeader(a.api_key), json({{"value", v}}).dump()).status,
+              200);
+  }
+  ASSERT_EQ(Call("PUT", "/v1/kv/a2", KeyHeader(a.api_key), "x").status, 200);
+  ASSERT_EQ(Call("PUT", "/v1/kv/b1", KeyHeader(b.api_key), "y").status, 200);
+
+  // Without credentials, or with bad ones: 401. /health stays public.
+  for (const char* target :
+       {"/metrics", "/metrics?format=prometheus", "/db/stats", "/cache/stats"}) {
+    ExpectError(Call("GET", target), 401, std::string(target) + " without credentials");
+    ExpectError(Call("GET", target, {{"Authorization", "Bearer wrong"}}), 401,
+                std::string(target) + " with a wrong secret");
+    ExpectError(Call("GET", target, KeyHeader("ydht_" + std::string(40, 'x'))), 401,
+                std::string(target) + " with a bad key");
+  }
+  EXPECT_EQ(Call("GET", "/health").status, 200);
+
+  // The operator sees the node: the tenants' keys, not the accounts' records.
+  const json node = Call("GET", "/db/stats", Operator()).Json();
+  EXPECT_EQ(node.value("total_keys", -1), 3) << node;
+  EXPECT_EQ(node.value("total_versions", -1), 4) << node;
+  EXPECT_EQ(Call("GET", "/cache/stats", Operator()).Json().value("size", -1), 3);
+  const HttpAnswer metrics = Call("GET", "/metrics", Operator());
+  EXPECT_EQ(metrics.status, 200) << metrics.body;
+  EXPECT_EQ(metrics.Json().value("key_count", -1), 3) << metrics.body;
+  const HttpAnswer prometheus = Call("GET", "/metrics?format=prometheus", Operator());
+  EXPECT_EQ(prometheus.status, 200);
+  EXPECT_TRUE(absl::StrContains(prometheus.body, "\nlogkv_keys 3\n")) << prometheus.body;
+
+  // A tenant sees its own figures only; node-wide metrics are not its.
+  const json own_a = Call("GET", "/db/stats", KeyHeader(a.api_key)).Json();
+  EXPECT_EQ(own_a.value("total_keys", -1), 2) << own_a;
+  EXPECT_EQ(own_a.value("total_versions", -1), 3) << own_a;
+  EXPECT_GT(own_a.value("file_size", 0), 0) << own_a;
+  const json own_b = Call("GET", "/db/stats", KeyHeader(b.api_key)).Json();
+  EXPECT_EQ(own_b.value("total_keys", -1), 1) << own_b;
+  EXPECT_EQ(own_b.value("total_versions", -1), 1) << own_b;
+  EXPECT_EQ(Call("GET", "/cache/stats", KeyHeader(b.api_key)).Json().value("size", -1), 1);
+  ExpectError(Call("GET", "/metrics", KeyHeader(a.api_key)), 403, "/metrics with a tenant's key");
+
+  // The binary protocol's Stats: Unauthenticated before Hello, then the tenant's own.
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  p::StatusCode status = p::StatusCode::Ok;
+  EXPECT_EQ(BinaryStatsKeys(*connection, 1, &status), -1);
+  EXPECT_EQ(status, p::StatusCode::Unauthenticated);
+  ASSERT_EQ(CallFrame(*connection, HelloFrame(2, b.api_key)), p::StatusCode::Ok);
+  EXPECT_EQ(BinaryStatsKeys(*connection, 3), 1);
 }
 
 // ==== Rate limiting ===================================================================
