@@ -201,9 +201,19 @@ absl::Status Service::ClientStatus(const absl::Status& status) const {
   const uint64_t reference = next_reference.fetch_add(1, std::memory_order_relaxed);
   Log(Level::kError, "error %d answered to a client without its message: %s", reference,
       status.ToString());
-  return absl::Status(status.code(),
-                      absl::StrCat("storage error (", absl::StatusCodeToString(status.code()),
-                                   "); the server log has the details as error ", reference));
+  // A full disk stays recognisable (507 / InsufficientStorage): the
+  // status keeps its payloads, and says so in words.
+  absl::Status scrubbed(
+      status.code(),
+      absl::StrCat(engine::IsNoSpace(status) || p::IsInsufficientStorage(status)
+                       ? "the server's disk is full (No space left on device): "
+                       : "",
+                   "storage error (", absl::StatusCodeToString(status.code()),
+                   "); the server log has the details as error ", reference));
+  status.ForEachPayload([&scrubbed](absl::string_view type_url, const absl::Cord& payload) {
+    scrubbed.SetPayload(type_url, payload);
+  });
+  return scrubbed;
 }
 
 bool Service::ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const {
