@@ -81,6 +81,9 @@ ABSL_FLAG(int64_t, rate_limit, 100,
           "Requests per minute per user with --auth=on (token bucket); 0 turns it off.");
 ABSL_FLAG(int64_t, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
 ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
+ABSL_FLAG(uint32_t, max_json_depth, logkv::server::http::kDefaultMaxJsonDepth,
+          "Deepest nesting of objects and arrays in any JSON body (400 beyond), and in a "
+          "stored value GET /get/{key} returns as JSON (deeper ones come back as a string).");
 ABSL_FLAG(uint32_t, http_max_header_bytes, 16u << 10,
           "Largest HTTP header section (431 beyond).");
 ABSL_FLAG(int64_t, http_idle_timeout_ms, 60'000,
@@ -131,7 +134,8 @@ constexpr const char* kFlagNames[] = {
     "threads",       "shards",        "segment_bytes",   "max_key_bytes", "max_value_bytes",
     "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
-    "rate_limit",    "rate_limit_burst", "max_document_bytes", "http_max_header_bytes",
+    "rate_limit",    "rate_limit_burst", "max_document_bytes", "max_json_depth",
+    "http_max_header_bytes",
     "http_idle_timeout_ms", "advertise", "http_advertise", "seeds", "cluster_secret",
     "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
     "purge_ring_stable_ms", "tombstone_grace_ms",
@@ -245,6 +249,12 @@ int Main(int argc, char** argv) {
           "read and write everything. Bind a loopback address, use --auth=on, or pass "
           "--insecure to accept that.")));
     }
+  }
+  const size_t max_json_depth = absl::GetFlag(FLAGS_max_json_depth);
+  if (max_json_depth < 1 || max_json_depth > http::kMaxJsonDepthCeiling) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max_json_depth must be between 1 and ", http::kMaxJsonDepthCeiling,
+                     " (nested objects and arrays), not ", max_json_depth)));
   }
   absl::Duration jwt_expiration;
   if (!absl::ParseDuration(absl::GetFlag(FLAGS_jwt_expiration), &jwt_expiration) ||
@@ -581,6 +591,7 @@ int Main(int argc, char** argv) {
   routes_config.max_document_bytes = absl::GetFlag(FLAGS_max_document_bytes);
   routes_config.cluster_secret = cluster_options.cluster_secret;
   routes_config.operator_secret = absl::GetFlag(FLAGS_cluster_secret);
+  routes_config.max_json_depth = max_json_depth;
   http::DataRoutesDependencies routes_dependencies;
   routes_dependencies.service = &service;
   routes_dependencies.auth_store = auth_store.get();
@@ -591,7 +602,7 @@ int Main(int argc, char** argv) {
   http::DataRoutes data_routes(routes_config, routes_dependencies);
   data_routes.AddTo(&router);
   if (auth_on) {
-    http::AddAccountRoutes(&router, auth_store.get(), password_workers.get());
+    http::AddAccountRoutes(&router, auth_store.get(), password_workers.get(), max_json_depth);
   } else {
     auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
       responder.Send(http::HttpResponse::Error(

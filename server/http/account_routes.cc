@@ -24,10 +24,12 @@ using Json = nlohmann::json;
 // Every reader answers InvalidArgument naming the field, never an exception:
 // nlohmann's throwing accessors are avoided, and the parse does not throw.
 
-absl::StatusOr<Json> ParseBody(absl::string_view body) {
-  Json json = Json::parse(body.begin(), body.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
-  if (!json.is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
+absl::StatusOr<Json> ParseBody(absl::string_view body, size_t max_json_depth) {
+  absl::StatusOr<Json> json = ParseJson(body, max_json_depth);
+  if (!json.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("request body is ", json.status().message()));
+  }
+  if (!json->is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
   return json;
 }
 
@@ -79,12 +81,12 @@ absl::Status RequiredStringArray(const Json& body, const char* name,
 }
 
 // The body as a JSON object, or the answer to send instead.
-absl::StatusOr<Json> ReadBody(const HttpRequest& request) {
+absl::StatusOr<Json> ReadBody(const HttpRequest& request, size_t max_json_depth) {
   if (request.body.size() > kMaxAccountBodyBytes) {
     return absl::OutOfRangeError(
         absl::StrCat("request body exceeds ", kMaxAccountBodyBytes, " bytes"));
   }
-  return ParseBody(request.body);
+  return ParseBody(request.body, max_json_depth);
 }
 
 HttpResponse BodyError(const absl::Status& status) {
@@ -147,9 +149,9 @@ absl::StatusOr<auth::User> Authenticate(auth::AuthStore* store, const HttpReques
 
 // ---- Routes --------------------------------------------------------------------
 
-void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
-            Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request);
+void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+            HttpRequest& request, Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string email, username, password;
   for (auto [name, out] : {std::pair{"email", &email}, std::pair{"username", &username},
@@ -167,9 +169,9 @@ void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request
             });
 }
 
-void Login(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
-           Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request);
+void Login(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+           HttpRequest& request, Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string email, password;
   for (auto [name, out] : {std::pair{"email", &email}, std::pair{"password", &password}}) {
@@ -185,9 +187,9 @@ void Login(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
             });
 }
 
-void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
-             Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request);
+void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+             HttpRequest& request, Responder& responder) {
+  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string refresh_token;
   if (absl::Status status = RequiredString(*body, "refresh_token", &refresh_token); !status.ok()) {
@@ -200,11 +202,11 @@ void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& reques
   });
 }
 
-void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
-                  Responder& responder) {
+void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+                  HttpRequest& request, Responder& responder) {
   absl::StatusOr<auth::User> user = Authenticate(store, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
-  absl::StatusOr<Json> body = ReadBody(request);
+  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string name;
   std::vector<std::string> scopes;
@@ -260,25 +262,26 @@ HttpResponse StatusResponse(const absl::Status& status) {
   return response;
 }
 
-void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool) {
+void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
+                      size_t max_json_depth) {
   // Routes that write the engine are refused under --read-only; login only reads.
   router->Add(Method::kPost, "/signup",
-              Guarded([store, pool](HttpRequest& request, Responder& responder) {
-                SignUp(store, pool, request, responder);
+              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
+                SignUp(store, pool, max_json_depth, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kPost, "/login",
-              Guarded([store, pool](HttpRequest& request, Responder& responder) {
-                Login(store, pool, request, responder);
+              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
+                Login(store, pool, max_json_depth, request, responder);
               }));
   router->Add(Method::kPost, "/refresh",
-              Guarded([store, pool](HttpRequest& request, Responder& responder) {
-                Refresh(store, pool, request, responder);
+              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
+                Refresh(store, pool, max_json_depth, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kPost, "/apikeys",
-              Guarded([store, pool](HttpRequest& request, Responder& responder) {
-                CreateApiKey(store, pool, request, responder);
+              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
+                CreateApiKey(store, pool, max_json_depth, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kGet, "/apikeys",

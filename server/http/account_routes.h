@@ -15,6 +15,7 @@
 #include "server/auth/auth_store.h"
 #include "server/auth/worker_pool.h"
 #include "server/http/http_message.h"
+#include "server/http/json_body.h"
 #include "server/http/router.h"
 
 namespace logkv::server::http {
@@ -25,7 +26,9 @@ inline constexpr size_t kMaxAccountBodyBytes = 64 << 10;
 inline constexpr int kRetryAfterSeconds = 1;
 
 // store and pool must outlive router (the handlers keep the pointers).
-void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool);
+// Bodies nested deeper than max_json_depth are refused with 400 (json_body.h).
+void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
+                      size_t max_json_depth);
 
 // {"error": status.message()} with auth::HttpStatusOf(status); 401s carry
 // WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().

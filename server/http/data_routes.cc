@@ -398,10 +398,20 @@ bool DataRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusa
     return;                                                          \
   }
 
+// As LOGKV_AUTHORIZE, and a key without the write scope is refused here,
+// before its query or body is looked at (the Service checks again; this only
+// spares parsing for a request that cannot succeed).
+#define LOGKV_AUTHORIZE_WRITE(context, request, responder)                              \
+  LOGKV_AUTHORIZE(context, request, responder);                                         \
+  if (!context->may_write) {                                                            \
+    responder.Send(HttpResponse::Error(403, "this API key may not write (missing scope)")); \
+    return;                                                                             \
+  }
+
 // ---- Seed 000: /v1/kv/{key} --------------------------------------------------------
 
 void DataRoutes::PutKv(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& key = request.params[0];
   absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
   if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
@@ -438,7 +448,7 @@ void DataRoutes::GetKv(HttpRequest& request, Responder responder, bool local_onl
 }
 
 void DataRoutes::DeleteKv(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& key = request.params[0];
   absl::StatusOr<p::Consistency> consistency = ParseConsistency(request);
   if (!consistency.ok()) {
@@ -475,7 +485,7 @@ std::optional<std::string> QueryKey(const HttpRequest& request, Responder& respo
 }  // namespace
 
 void DataRoutes::PutQuery(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   std::optional<std::string> key = QueryKey(request, responder);
   if (!key) return;
   absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
@@ -502,7 +512,7 @@ void DataRoutes::GetQuery(HttpRequest& request, Responder responder) {
 }
 
 void DataRoutes::DeleteQuery(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   std::optional<std::string> key = QueryKey(request, responder);
   if (!key) return;
   auto& b = RequestBuilder();
@@ -519,14 +529,19 @@ void DataRoutes::DeleteQuery(HttpRequest& request, Responder responder) {
 // ---- Seed 002: /v0/kv (base64) -----------------------------------------------------
 
 void DataRoutes::PostBase64(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
-  json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded() || !body.is_object()) {
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
+  absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
+  if (!body.ok()) {
+    return responder.Send(HttpResponse::Error(
+        400, absl::StrCat("body must be a JSON object {\"key\",\"value\"}: ",
+                          body.status().message())));
+  }
+  if (!body->is_object()) {
     return responder.Send(HttpResponse::Error(400, "body must be a JSON object {\"key\",\"value\"}"));
   }
-  auto key_field = body.find("key");
-  auto value_field = body.find("value");
-  if (key_field == body.end() || !key_field->is_string() || value_field == body.end() ||
+  auto key_field = body->find("key");
+  auto value_field = body->find("value");
+  if (key_field == body->end() || !key_field->is_string() || value_field == body->end() ||
       !value_field->is_string()) {
     return responder.Send(
         HttpResponse::Error(400, "\"key\" and \"value\" must be base64 strings"));
@@ -565,41 +580,49 @@ void DataRoutes::GetBase64(HttpRequest& request, Responder responder) {
 
 namespace {
 
-// The stored bytes are the JSON text of the value; bytes written by another
-// dialect that are not JSON come back as a string.
-json ValueAsJson(absl::string_view stored) {
-  json value = json::parse(stored.begin(), stored.end(), nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) return json(std::string(stored));
-  return value;
-}
-
+// {"key","value","version","timestamp"}. PUT /put stores the JSON text of
+// the value, which comes back as that JSON. Bytes written by another dialect
+// that are not JSON nested at most max_json_depth deep come back as a
+// string: deeper JSON is never built into a tree here, since serialising
+// one recurses once per level.
 json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t version,
-                     uint64_t timestamp) {
-  return {{"key", std::string(key)},
-          {"value", ValueAsJson(stored)},
-          {"version", version},
-          {"timestamp", Rfc3339(TimestampMs(timestamp))}};
+                     uint64_t timestamp, size_t max_json_depth) {
+  json answer = {{"key", std::string(key)},
+                 {"version", version},
+                 {"timestamp", Rfc3339(TimestampMs(timestamp))}};
+  if (absl::StatusOr<json> value = ParseJson(stored, max_json_depth); value.ok()) {
+    answer["value"] = *std::move(value);
+  } else {
+    answer["value"] = std::string(stored);
+  }
+  return answer;
 }
 
 }  // namespace
 
 void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& key = request.params[0];
-  json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded() || !body.is_object() || !body.contains("value")) {
+  absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
+  if (!body.ok()) {
+    return responder.Send(HttpResponse::Error(
+        400, absl::StrCat("body must be JSON {\"value\": ...}: ", body.status().message())));
+  }
+  if (!body->is_object() || !body->contains("value")) {
     return responder.Send(HttpResponse::Error(400, "body must be JSON {\"value\": ...}"));
   }
-  std::string stored = Dump(body["value"]);
+  std::string stored = Dump((*body)["value"]);
   auto& b = RequestBuilder();
   BuildPut(&b, key, stored, 0, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder,
-      [key, stored = std::move(stored)](const p::Response& response) {
+      [key, stored = std::move(stored),
+       max_json_depth = config_.max_json_depth](const p::Response& response) {
         absl::Status status = StatusOf(response);
         if (!status.ok()) return ErrorFromStatus(status);
         const p::WriteResult* written = response.result_as_WriteResult();
-        return HttpResponse::Json(
-            200, Dump(VersionedAnswer(key, stored, written->version(), written->timestamp())));
+        return HttpResponse::Json(200, Dump(VersionedAnswer(key, stored, written->version(),
+                                                            written->timestamp(),
+                                                            max_json_depth)));
       });
 }
 
@@ -623,22 +646,24 @@ void DataRoutes::GetVersioned(HttpRequest& request, Responder responder) {
   } else {
     BuildGet(&b, key);
   }
-  Run(deps_.service, *context, &b, responder, [key](const p::Response& response) {
-    absl::Status status = StatusOf(response);
-    if (status.code() == absl::StatusCode::kNotFound) {
-      return HttpResponse::Error(404, absl::StrCat("Key '", key, "' not found"));
-    }
-    if (!status.ok()) return ErrorFromStatus(status);
-    const p::ValueResult* value = response.result_as_ValueResult();
-    return HttpResponse::Json(200, Dump(VersionedAnswer(key, p::View(value->value()),
-                                                        value->version(), value->timestamp())));
-  });
+  Run(deps_.service, *context, &b, responder,
+      [key, max_json_depth = config_.max_json_depth](const p::Response& response) {
+        absl::Status status = StatusOf(response);
+        if (status.code() == absl::StatusCode::kNotFound) {
+          return HttpResponse::Error(404, absl::StrCat("Key '", key, "' not found"));
+        }
+        if (!status.ok()) return ErrorFromStatus(status);
+        const p::ValueResult* value = response.result_as_ValueResult();
+        return HttpResponse::Json(
+            200, Dump(VersionedAnswer(key, p::View(value->value()), value->version(),
+                                      value->timestamp(), max_json_depth)));
+      });
 }
 
 // ---- Seed 004: /kv/{path} JSON documents -----------------------------------------------
 
 void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& path = request.params[0];
   if (request.body.size() > config_.max_document_bytes) {
     return responder.Send(HttpResponse::Error(
@@ -646,8 +671,9 @@ void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
                           config_.max_document_bytes, " bytes")));
   }
   // Validated without building a tree: the document is stored as sent.
-  if (!json::accept(request.body)) {
-    return responder.Send(HttpResponse::Error(400, "body must be a JSON document"));
+  if (absl::Status status = CheckJson(request.body, config_.max_json_depth); !status.ok()) {
+    return responder.Send(HttpResponse::Error(
+        400, absl::StrCat("body must be a JSON document: ", status.message())));
   }
   auto& b = RequestBuilder();
   BuildPut(&b, path, request.body, 0, p::Consistency::Default);
@@ -671,7 +697,7 @@ void DataRoutes::GetDocument(HttpRequest& request, Responder responder) {
 }
 
 void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
-  LOGKV_AUTHORIZE(context, request, responder);
+  LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& path = request.params[0];
   auto& b = RequestBuilder();
   BuildDelete(&b, path, p::Consistency::Default);
@@ -686,6 +712,7 @@ void DataRoutes::DeleteDocument(HttpRequest& request, Responder responder) {
   });
 }
 
+#undef LOGKV_AUTHORIZE_WRITE
 #undef LOGKV_AUTHORIZE
 
 // ---- Node routes -------------------------------------------------------------------------
@@ -1075,14 +1102,14 @@ void DataRoutes::Join(HttpRequest& request, Responder responder, bool json_body)
   std::string text(request.body);
   if (json_body) {
     // {"address": "host:port"}
-    json body = json::parse(request.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object() || !body.contains("address") ||
-        !body["address"].is_string()) {
+    absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
+    if (!body.ok() || !body->is_object() || !body->contains("address") ||
+        !(*body)["address"].is_string()) {
       return responder.Send(HttpResponse::Error(
           400, "body must be {\"address\": \"host:port\"} naming a member's binary-protocol "
                "address"));
     }
-    text = body["address"].get<std::string>();
+    text = (*body)["address"].get<std::string>();
   }
   absl::StatusOr<JoinTarget> target = ParseJoinTarget(text);
   if (!target.ok()) return responder.Send(HttpResponse::Error(400, target.status().message()));
@@ -1196,14 +1223,14 @@ void DataRoutes::SetHandOff(HandOffFunction hand_off) {
 }
 
 void DataRoutes::Fault(HttpRequest& request, Responder responder) {
-  json body = json::parse(request.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object() || !body.contains("drop") ||
-      !body["drop"].is_array()) {
+  absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
+  if (!body.ok() || !body->is_object() || !body->contains("drop") ||
+      !(*body)["drop"].is_array()) {
     return responder.Send(HttpResponse::Error(
         400, "body must be {\"drop\": [\"host:port\", ...]} (an empty list heals)"));
   }
   std::vector<std::string> dropped;
-  for (const json& item : body["drop"]) {
+  for (const json& item : (*body)["drop"]) {
     if (!item.is_string()) {
       return responder.Send(HttpResponse::Error(400, "\"drop\" must list host:port strings"));
     }

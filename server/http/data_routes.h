@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/auth/auth_store.h"
 #include "server/auth/rate_limiter.h"
+#include "server/http/json_body.h"
 #include "server/http/router.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -41,6 +42,9 @@ struct DataRoutesConfig {
   // /db/stats, /cache/stats): "Authorization: Bearer <operator_secret>".
   // logkvd passes its --cluster-secret. Empty: only tenants' own figures.
   std::string operator_secret;
+  // Deepest nesting of any JSON body, and of a stored value seed 003's
+  // routes read back as JSON (json_body.h).
+  size_t max_json_depth = kDefaultMaxJsonDepth;
 };
 
 struct DataRoutesDependencies {

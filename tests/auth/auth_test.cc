@@ -1025,7 +1025,7 @@ class AccountRoutesTest : public AuthStoreTest {
   void SetUp() override {
     AuthStoreTest::SetUp();
     pool_ = std::make_unique<WorkerPool>(/*thread_count=*/2, /*max_queued_tasks=*/16);
-    http::AddAccountRoutes(&router_, store_.get(), pool_.get());
+    http::AddAccountRoutes(&router_, store_.get(), pool_.get(), http::kDefaultMaxJsonDepth);
   }
   void TearDown() override {
     pool_.reset();
@@ -1103,9 +1103,11 @@ TEST_F(AccountRoutesTest, SignUp) {
   EXPECT_EQ(answer.body["error"], "email is already registered");
 
   const std::vector<std::pair<std::string, std::string>> bad = {
-      {"", "request body is not valid JSON"},
-      {"{", "request body is not valid JSON"},
+      {"", "request body is not valid JSON (syntax error near byte 1)"},
+      {"{", "request body is not valid JSON (syntax error near byte 2)"},
       {"[]", "request body must be a JSON object"},
+      {absl::StrCat(R"({"email":)", std::string(64, '['), std::string(64, ']'), "}"),
+       "request body is JSON nested deeper than the limit of 64 levels (--max-json-depth)"},
       {R"({"email":"a@b.co","username":"u"})", "missing field \"password\""},
       {R"({"email":"a@b.co","username":"u","password":12345678})",
        "field \"password\" must be a string"},
@@ -1244,7 +1246,7 @@ TEST_F(AccountRoutesTest, FullPoolAnswers503) {
   started.WaitForNotification();
   ASSERT_TRUE(busy_pool.Submit([] {}));
   http::Router router;
-  http::AddAccountRoutes(&router, store_.get(), &busy_pool);
+  http::AddAccountRoutes(&router, store_.get(), &busy_pool, http::kDefaultMaxJsonDepth);
   http::HttpRequest request;
   request.method = http::Method::kPost;
   request.path = "/login";

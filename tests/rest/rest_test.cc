@@ -17,9 +17,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstdlib>
 #include <memory>
 #include <regex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -1009,6 +1011,121 @@ TEST_F(RestTest, ClientsThatVanishDoNotHurtTheServer) {
   EXPECT_EQ(Call("GET", target).body, "alive");
 }
 
+// ==== JSON nesting (--max-json-depth) ================================================
+
+// [[...[1]...]] with depth arrays.
+std::string NestedArrays(size_t depth) {
+  return absl::StrCat(std::string(depth, '['), "1", std::string(depth, ']'));
+}
+
+// Default limits (16 MiB values, 1 MiB documents, depth 64), so that bodies
+// nested 100,000 deep reach the JSON routes instead of the size limits.
+class RestJsonDepthTest : public RestTestBase {
+ protected:
+  static void SetUpTestSuite() { shared_ = new SharedServer({}); }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+
+  // Refused with 400 naming the limit of depth levels.
+  void ExpectTooDeep(const HttpAnswer& answer, size_t depth, absl::string_view context) {
+    ExpectError(answer, 400, context);
+    EXPECT_TRUE(absl::StrContains(answer.body, absl::StrCat("limit of ", depth, " levels")))
+        << context << ": " << answer.body;
+  }
+
+  static SharedServer* shared_;
+};
+
+SharedServer* RestJsonDepthTest::shared_ = nullptr;
+
+TEST_F(RestJsonDepthTest, DeepBodiesAre400NamingTheLimit) {
+  const std::string key = TestName();
+  const std::string deep = NestedArrays(100'000);  // 200 KB
+  ExpectTooDeep(Call("PUT", "/put/" + key, {}, absl::StrCat(R"({"value":)", deep, "}")), 64,
+                "PUT /put");
+  ExpectTooDeep(Call("POST", "/put/" + key, {}, absl::StrCat(R"({"value":)", deep, "}")), 64,
+                "POST /put");
+  ExpectTooDeep(Call("PUT", "/kv/" + key + "/doc", {}, deep), 64, "PUT /kv/{path}");
+  ExpectTooDeep(Call("POST", "/v0/kv", {},
+                     absl::StrCat(R"({"key":"a2V5","value":"dg==","x":)", deep, "}")),
+                64, "POST /v0/kv");
+  ExpectServing();
+  ExpectError(Call("GET", "/get/" + key), 404);
+  ExpectError(Call("GET", "/kv/" + key + "/doc"), 404);
+
+  // At the limit: the body's object is one level, its value 63 more.
+  const HttpAnswer at_limit =
+      Call("PUT", "/put/" + key, {}, absl::StrCat(R"({"value":)", NestedArrays(63), "}"));
+  EXPECT_EQ(at_limit.status, 200) << at_limit.body;
+  EXPECT_EQ(Call("GET", "/get/" + key).Json()["value"], json::parse(NestedArrays(63)));
+  ExpectTooDeep(
+      Call("PUT", "/put/" + key, {}, absl::StrCat(R"({"value":)", NestedArrays(64), "}")), 64,
+      "one level past the limit");
+  EXPECT_EQ(Call("PUT", "/kv/" + key + "/doc", {}, NestedArrays(64)).status, 200);
+  ExpectTooDeep(Call("PUT", "/kv/" + key + "/doc", {}, NestedArrays(65)), 64, "document");
+}
+
+TEST_F(RestJsonDepthTest, DeepStoredValuesReadBackAsStrings) {
+  // Bytes written raw are not checked (any bytes are a value); seed 003's
+  // GET returns JSON deeper than the limit as the string it is.
+  const std::string key = TestName();
+  const std::string deep = NestedArrays(100'000);
+  ASSERT_EQ(Call("PUT", "/v1/kv/" + key, {}, deep).status, 200);
+  for (int i = 0; i < 2; ++i) {
+    const HttpAnswer got = Call("GET", "/get/" + key);
+    ASSERT_EQ(got.status, 200) << got.body.substr(0, 200);
+    const json body = got.Json();
+    ASSERT_TRUE(body.is_object());
+    ASSERT_TRUE(body["value"].is_string());
+    EXPECT_EQ(body["value"].get<std::string>(), deep);
+  }
+  // At the limit it is JSON.
+  ASSERT_EQ(Call("PUT", "/v1/kv/" + key + "-64", {}, NestedArrays(64)).status, 200);
+  EXPECT_EQ(Call("GET", "/get/" + key + "-64").Json()["value"], json::parse(NestedArrays(64)));
+  ASSERT_EQ(Call("PUT", "/v1/kv/" + key + "-65", {}, NestedArrays(65)).status, 200);
+  EXPECT_EQ(Call("GET", "/get/" + key + "-65").Json()["value"], NestedArrays(65));
+  // The other dialects return the bytes as stored.
+  EXPECT_EQ(Call("GET", "/v1/kv/" + key).body, deep);
+  EXPECT_EQ(Call("GET", "/kv/" + key).body, deep);
+  ExpectServing();
+}
+
+TEST_F(RestJsonDepthTest, TheLimitIsAFlagAndAnEnvironmentVariable) {
+  ScopedTempDir dir;
+  {  // --max-json-depth=3: {"value":[[1]]} is 3 deep.
+    std::unique_ptr<LogkvdProcess> node =
+        StartLogkvd(dir.path() + "/flag", {"--max-json-depth=3"});
+    ASSERT_NE(node, nullptr);
+    absl::StatusOr<HttpAnswer> ok =
+        Fetch(node->http_port(), "PUT", "/put/k", {}, R"({"value":[[1]]})");
+    ASSERT_TRUE(ok.ok());
+    EXPECT_EQ(ok->status, 200) << ok->body;
+    absl::StatusOr<HttpAnswer> deep =
+        Fetch(node->http_port(), "PUT", "/put/k", {}, R"({"value":[[[1]]]})");
+    ASSERT_TRUE(deep.ok());
+    ExpectTooDeep(*deep, 3, "--max-json-depth=3");
+  }
+  {  // LOGKV_MAX_JSON_DEPTH=2
+    ASSERT_EQ(setenv("LOGKV_MAX_JSON_DEPTH", "2", 1), 0);
+    std::unique_ptr<LogkvdProcess> node = StartLogkvd(dir.path() + "/env", {});
+    ASSERT_EQ(unsetenv("LOGKV_MAX_JSON_DEPTH"), 0);
+    ASSERT_NE(node, nullptr);
+    absl::StatusOr<HttpAnswer> deep =
+        Fetch(node->http_port(), "PUT", "/put/k", {}, R"({"value":[[1]]})");
+    ASSERT_TRUE(deep.ok());
+    ExpectTooDeep(*deep, 2, "LOGKV_MAX_JSON_DEPTH=2");
+  }
+  {  // Out of range: logkvd does not start.
+    LogkvdProcess node(LOGKVD_PATH, {"--data-dir=" + dir.path() + "/zero", "--max-json-depth=0"});
+    EXPECT_FALSE(node.Start(absl::Seconds(10)).ok());
+    EXPECT_TRUE(absl::StrContains(node.Output(), "--max_json_depth must be between 1 and"))
+        << node.Output();
+  }
+}
+
 // ==== --read-only ====================================================================
 
 class RestReadOnlyTest : public RestTestBase {
@@ -1454,6 +1571,39 @@ TEST_F(RestAuthTest, ScopesLimitWhatAKeyMayDo) {
   EXPECT_EQ(got.body, "w");
   ExpectWriteAnswer(Call("DELETE", "/v1/kv/scoped", writer), "scoped");
   ExpectError(Call("GET", "/v1/kv/scoped", reader), 404, "reader after delete");
+}
+
+TEST_F(RestAuthTest, ScopeIsCheckedBeforeTheRequestIsParsed) {
+  Account owner = NewAccount("owner");
+  const HttpAnswer read_key = CreateKey(owner.access_token, json::array({"read"}), "reader");
+  ASSERT_EQ(read_key.status, 201);
+  const HttpHeaders reader = KeyHeader(read_key.Json().value("key", ""));
+  const HttpHeaders writer = KeyHeader(owner.api_key);
+  const std::string deep = absl::StrCat(R"({"value":)", NestedArrays(1000), "}");
+  // Bad input a writer is told about (400) is not even looked at for a key
+  // that may not write (403).
+  const std::vector<std::tuple<std::string, std::string, std::string>> writes = {
+      {"PUT", "/put/scoped", "not json"},
+      {"PUT", "/put/scoped", deep},
+      {"POST", "/put/scoped", deep},
+      {"PUT", "/kv/scoped/doc", "not json"},
+      {"PUT", "/kv/scoped/doc", NestedArrays(1000)},
+      {"POST", "/v0/kv", "not json"},
+      {"PUT", "/v1/kv/scoped?ttl=abc", "x"},
+      {"PUT", "/kv?key=scoped&ttl=abc", "x"},
+  };
+  for (const auto& [method, target, body] : writes) {
+    const std::string context = absl::StrCat(method, " ", target, " ", body.substr(0, 12));
+    ExpectError(Call(method, target, reader, body), 403, "reader " + context);
+    ExpectError(Call(method, target, writer, body), 400, "writer " + context);
+  }
+  // Account bodies have the same depth limit; credentials come first there too.
+  const HttpAnswer signup = Call("POST", "/signup", {}, deep);
+  ExpectError(signup, 400, "deep /signup");
+  EXPECT_TRUE(absl::StrContains(signup.body, "limit of 64 levels")) << signup.body;
+  ExpectError(Call("POST", "/apikeys", Bearer(owner.access_token), deep), 400, "deep /apikeys");
+  ExpectError(Call("POST", "/apikeys", {}, deep), 401, "deep /apikeys without a token");
+  ExpectServing();
 }
 
 // Raw binary-protocol helpers for the tenancy test.

@@ -1,0 +1,79 @@
+#include "server/http/json_body.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace logkv::server::http {
+
+namespace {
+
+using nlohmann::json;
+
+// A SAX consumer that builds nothing: it counts open containers and stops
+// the parse at the first one past max_depth.
+class DepthCheck {
+ public:
+  explicit DepthCheck(size_t max_depth) : max_depth_(max_depth) {}
+
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) { return true; }
+  bool string(json::string_t&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool key(json::string_t&) { return true; }
+  bool start_object(size_t) { return Enter(); }
+  bool start_array(size_t) { return Enter(); }
+  bool end_object() { return Leave(); }
+  bool end_array() { return Leave(); }
+  bool parse_error(size_t position, const std::string&, const json::exception&) {
+    // nlohmann's message quotes the last token, which may be most of the
+    // body: the position is enough to find the mistake.
+    status_ = absl::InvalidArgumentError(
+        absl::StrCat("not valid JSON (syntax error near byte ", position, ")"));
+    return false;
+  }
+
+  const absl::Status& status() const { return status_; }
+
+ private:
+  bool Enter() {
+    if (depth_ == max_depth_) {
+      status_ = absl::InvalidArgumentError(absl::StrCat("JSON nested deeper than the limit of ",
+                                                        max_depth_, " levels (--max-json-depth)"));
+      return false;
+    }
+    ++depth_;
+    return true;
+  }
+  bool Leave() {
+    --depth_;
+    return true;
+  }
+
+  const size_t max_depth_;
+  size_t depth_ = 0;
+  absl::Status status_;
+};
+
+}  // namespace
+
+absl::Status CheckJson(absl::string_view text, size_t max_depth) {
+  DepthCheck check(max_depth);
+  if (json::sax_parse(text.begin(), text.end(), &check)) return absl::OkStatus();
+  // sax_parse fails only through a callback returning false, and both that
+  // return false set a status; this one covers a change of that contract.
+  if (check.status().ok()) return absl::InvalidArgumentError("not valid JSON");
+  return check.status();
+}
+
+absl::StatusOr<json> ParseJson(absl::string_view text, size_t max_depth) {
+  if (absl::Status status = CheckJson(text, max_depth); !status.ok()) return status;
+  json value = json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) return absl::InvalidArgumentError("not valid JSON");
+  return value;
+}
+
+}  // namespace logkv::server::http
