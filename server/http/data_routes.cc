@@ -530,6 +530,8 @@ void DataRoutes::DeleteQuery(HttpRequest& request, Responder responder) {
 
 void DataRoutes::PostBase64(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE_WRITE(context, request, responder);
+  absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
+  if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
   absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
   if (!body.ok()) {
     return responder.Send(HttpResponse::Error(
@@ -550,7 +552,7 @@ void DataRoutes::PostBase64(HttpRequest& request, Responder responder) {
   std::optional<std::string> value = DecodeBase64(value_field->get_ref<const std::string&>());
   if (!key || !value) return responder.Send(HttpResponse::Error(400, "invalid base64"));
   auto& b = RequestBuilder();
-  BuildPut(&b, *key, *value, 0, p::Consistency::Default);
+  BuildPut(&b, *key, *value, *ttl_ms, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
     absl::Status status = StatusOf(response);
     if (!status.ok()) return ErrorFromStatus(status);
@@ -603,6 +605,8 @@ json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t v
 void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
   LOGKV_AUTHORIZE_WRITE(context, request, responder);
   const std::string& key = request.params[0];
+  absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
+  if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
   absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
   if (!body.ok()) {
     return responder.Send(HttpResponse::Error(
@@ -613,7 +617,7 @@ void DataRoutes::PutVersioned(HttpRequest& request, Responder responder) {
   }
   std::string stored = Dump((*body)["value"]);
   auto& b = RequestBuilder();
-  BuildPut(&b, key, stored, 0, p::Consistency::Default);
+  BuildPut(&b, key, stored, *ttl_ms, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder,
       [key, stored = std::move(stored),
        max_json_depth = config_.max_json_depth](const p::Response& response) {
@@ -670,13 +674,15 @@ void DataRoutes::PutDocument(HttpRequest& request, Responder responder) {
         413, absl::StrCat("document of ", request.body.size(), " bytes is larger than the limit of ",
                           config_.max_document_bytes, " bytes")));
   }
+  absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
+  if (!ttl_ms.ok()) return responder.Send(HttpResponse::Error(400, ttl_ms.status().message()));
   // Validated without building a tree: the document is stored as sent.
   if (absl::Status status = CheckJson(request.body, config_.max_json_depth); !status.ok()) {
     return responder.Send(HttpResponse::Error(
         400, absl::StrCat("body must be a JSON document: ", status.message())));
   }
   auto& b = RequestBuilder();
-  BuildPut(&b, path, request.body, 0, p::Consistency::Default);
+  BuildPut(&b, path, request.body, *ttl_ms, p::Consistency::Default);
   Run(deps_.service, *context, &b, responder, [](const p::Response& response) {
     absl::Status status = StatusOf(response);
     if (!status.ok()) return ErrorFromStatus(status);

@@ -270,6 +270,61 @@ TEST_F(RestTest, V1KvTtlFormats) {
   ExpectError(Call("GET", base + "-bad"), 404);
 }
 
+// ?ttl= on every dialect's write route: target and body of the write (the
+// parameter is added to target), and the GET that reads the value back.
+struct TtlWrite {
+  std::string method;
+  std::string target;
+  std::string body;
+  std::string read;
+};
+
+std::vector<TtlWrite> TtlWrites(const std::string& key) {
+  const std::string v0_key = Base64Encode(key + "-v0");
+  return {
+      {"PUT", "/v1/kv/" + key + "-v1", "x", "/v1/kv/" + key + "-v1"},
+      {"PUT", "/kv?key=" + key + "-query", "x", "/kv?key=" + key + "-query"},
+      {"POST", "/v0/kv", json({{"key", v0_key}, {"value", Base64Encode("x")}}).dump(),
+       "/v0/kv/key/" + v0_key},
+      {"PUT", "/put/" + key + "-put", R"({"value":"x"})", "/get/" + key + "-put"},
+      {"POST", "/put/" + key + "-post", R"({"value":"x"})", "/get/" + key + "-post"},
+      {"PUT", "/kv/" + key + "/doc", R"({"a":1})", "/kv/" + key + "/doc"},
+  };
+}
+
+std::string WithTtl(const std::string& target, absl::string_view ttl) {
+  return absl::StrCat(target, absl::StrContains(target, '?') ? "&" : "?", "ttl=", ttl);
+}
+
+TEST_F(RestTest, TtlOnEveryWriteRoute) {
+  const std::vector<TtlWrite> writes = TtlWrites(TestName());
+  for (const TtlWrite& write : writes) {
+    const HttpAnswer answer = Call(write.method, WithTtl(write.target, "1s"), {}, write.body);
+    EXPECT_EQ(answer.status, 200) << write.method << " " << write.target << ": " << answer.body;
+    EXPECT_EQ(Call("GET", write.read).status, 200) << write.read;
+  }
+  for (const TtlWrite& write : writes) {
+    EXPECT_TRUE(PollUntilStatus(write.read, 404))
+        << write.method << " " << write.target << " with ttl=1s never expired";
+  }
+  // Bare seconds are seconds; a long TTL keeps the value.
+  for (const TtlWrite& write : writes) {
+    EXPECT_EQ(Call(write.method, WithTtl(write.target, "3600"), {}, write.body).status, 200);
+    EXPECT_EQ(Call("GET", write.read).status, 200) << write.read;
+  }
+}
+
+TEST_F(RestTest, BadTtlIs400OnEveryWriteRoute) {
+  const std::vector<TtlWrite> writes = TtlWrites(TestName());
+  for (const TtlWrite& write : writes) {
+    for (const char* ttl : {"abc", "0", "-1s", "5x", "inf", "%zz"}) {
+      ExpectError(Call(write.method, WithTtl(write.target, ttl), {}, write.body), 400,
+                  absl::StrCat(write.method, " ", write.target, " ttl=", ttl));
+    }
+    ExpectError(Call("GET", write.read), 404, "after refused writes: " + write.read);
+  }
+}
+
 TEST_F(RestTest, V1KvConsistencyHeader) {
   const std::string target = "/v1/kv/" + TestName();
   for (const std::string level : {"strong", "eventual", "STRONG", "Eventual"}) {
