@@ -104,17 +104,16 @@ int HttpParser::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
 
 int HttpParser::OnHeadersComplete(llhttp_t* parser) {
   HttpParser& self = Of(parser);
-  const bool chunked = (parser->flags & F_CHUNKED) != 0;
   const bool has_length = (parser->flags & F_CONTENT_LENGTH) != 0;
   if (has_length && parser->content_length > self.limits_.max_body_bytes) {
     return self.Fail(413, absl::StrCat("request body of ", parser->content_length,
                                        " bytes is larger than the limit of ",
                                        self.limits_.max_body_bytes, " bytes"));
   }
-  const uint8_t method = parser->method;
-  if ((method == HTTP_PUT || method == HTTP_POST) && !chunked && !has_length) {
-    return self.Fail(411, "PUT and POST need a Content-Length or a chunked body");
-  }
+  // Neither Content-Length nor Transfer-Encoding: the body is empty, whatever
+  // the method (RFC 9112 6.3), and llhttp completes the request here. Framing
+  // that is wrong rather than absent (both headers, a bad length, a transfer
+  // coding other than chunked last) is llhttp's 400.
   self.BuildRequest();
   self.headers_complete_ = true;
   if (std::optional<absl::string_view> expect = self.request_.Header("expect")) {

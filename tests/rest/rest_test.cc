@@ -1015,9 +1015,46 @@ TEST_F(RestTest, BodyOverTheLimitIs413BeforeItIsSent) {
   ExpectError(Call("GET", "/v1/kv/" + TestName()), 404);
 }
 
-TEST_F(RestTest, MissingLengthIs411) {
-  ExpectRefused("PUT /v1/kv/" + TestName() + " HTTP/1.1\r\nHost: x\r\n\r\n", 411);
-  ExpectRefused("POST /v0/kv HTTP/1.1\r\nHost: x\r\n\r\n", 411);
+TEST_F(RestTest, NoLengthIsAnEmptyBody) {
+  // RFC 9112 6.3: without Content-Length or Transfer-Encoding the body is
+  // empty; the request is answered on its merits and the connection stays.
+  const std::string target = "/v1/kv/" + TestName();
+  HttpConnection connection = Connect();
+  ASSERT_TRUE(connection.Send("PUT " + target + " HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> put = connection.Read();
+  ASSERT_TRUE(put.ok()) << put.status();
+  ExpectWriteAnswer(*put, TestName());
+  ASSERT_TRUE(connection.Send("POST /v0/kv HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> post = connection.Read();
+  ASSERT_TRUE(post.ok()) << post.status();
+  ExpectError(*post, 400, "POST /v0/kv without a body");
+  EXPECT_NE(post->Header("connection").value_or(""), "close");
+  ASSERT_TRUE(connection.Send(BuildRequest("GET", target)).ok());
+  absl::StatusOr<HttpAnswer> get = connection.Read();
+  ASSERT_TRUE(get.ok()) << get.status();
+  EXPECT_EQ(get->status, 200);
+  EXPECT_EQ(get->body, "");
+  // Framing that is wrong, not absent, still ends the connection.
+  ExpectRefused("PUT " + target + " HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400);
+}
+
+TEST_F(RestTest, LeaveWithoutABody) {
+  // curl -X POST .../members/leave sends no Content-Length; a node of its own,
+  // since leaving changes what it owns.
+  ScopedTempDir dir;
+  std::unique_ptr<LogkvdProcess> node = StartLogkvd(dir.path() + "/data", {});
+  ASSERT_NE(node, nullptr);
+  absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(node->http_port());
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE(connection->Send("POST /members/leave HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  absl::StatusOr<HttpAnswer> left = connection->Read(false, absl::Seconds(40));
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_EQ(left->status, 200) << left->body;
+  EXPECT_EQ(left->Json()["left"], true) << left->body;
+  ASSERT_TRUE(connection->Send(BuildRequest("GET", "/health")).ok());
+  absl::StatusOr<HttpAnswer> health = connection->Read();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->status, 200);
 }
 
 TEST_F(RestTest, UnknownExpectationIs417) {
