@@ -30,6 +30,7 @@ HttpParser::HttpParser(const HttpLimits& limits) : limits_(limits) {
   settings_.on_header_field = &HttpParser::OnHeaderField;
   settings_.on_header_value = &HttpParser::OnHeaderValue;
   settings_.on_headers_complete = &HttpParser::OnHeadersComplete;
+  settings_.on_chunk_header = &HttpParser::OnChunkHeader;
   settings_.on_body = &HttpParser::OnBody;
   settings_.on_message_complete = &HttpParser::OnMessageComplete;
   llhttp_init(&parser_, HTTP_REQUEST, &settings_);
@@ -136,6 +137,20 @@ int HttpParser::SkipTrailer(size_t length) {
   if (header_bytes_.size() + trailer_bytes_ > limits_.max_header_bytes) {
     return Fail(431, absl::StrCat("request headers and trailers larger than ",
                                   limits_.max_header_bytes, " bytes"));
+  }
+  return 0;
+}
+
+int HttpParser::OnChunkHeader(llhttp_t* parser) {
+  HttpParser& self = Of(parser);
+  // llhttp holds the size of the chunk about to be read in content_length
+  // (up to 2^64 - 1): a chunk that would carry the body past the limit is
+  // refused now, not after the limit's worth of it has been read.
+  const uint64_t chunk_bytes = parser->content_length;
+  if (chunk_bytes > self.limits_.max_body_bytes - self.body_.size()) {
+    return self.Fail(413, absl::StrCat("request body chunk of ", chunk_bytes,
+                                       " bytes would take the body past the limit of ",
+                                       self.limits_.max_body_bytes, " bytes"));
   }
   return 0;
 }

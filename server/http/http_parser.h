@@ -2,7 +2,9 @@
 // what a request needs (target, headers, de-chunked body) into storage it
 // reuses, so bytes may arrive in any split and the receive buffer can be
 // recycled at once. Limits are enforced while parsing: a header section or
-// body over its limit stops the parse before it is buffered.
+// body over its limit stops the parse before it is buffered, and a body
+// announced over its limit (Content-Length, or a chunk's size line) stops it
+// before any of the body is read.
 //
 // Thread-safety: none; one parser per connection.
 #ifndef LOGKV_SERVER_HTTP_HTTP_PARSER_H_
@@ -59,6 +61,7 @@ class HttpParser {
   static int OnHeaderField(llhttp_t* parser, const char* at, size_t length);
   static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length);
   static int OnHeadersComplete(llhttp_t* parser);
+  static int OnChunkHeader(llhttp_t* parser);
   static int OnBody(llhttp_t* parser, const char* at, size_t length);
   static int OnMessageComplete(llhttp_t* parser);
   static HttpParser& Of(llhttp_t* parser) { return *static_cast<HttpParser*>(parser->data); }

@@ -1005,13 +1005,24 @@ TEST_F(RestTest, BodyOverTheLimitIs413BeforeItIsSent) {
   ExpectRefused("PUT /v1/kv/" + TestName() + " HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n", 413);
   ExpectRefused("POST /v0/kv HTTP/1.1\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
                 413);
-  // A chunked body has no length up front: it is refused once it passes the
-  // limit (--max-value-bytes=1024 makes that 1024 / 3 * 4 + 64 KiB = 66900 bytes).
+  // A chunked body has no length up front: it is refused at the size line of
+  // the chunk that would pass the limit (--max-value-bytes=1024 makes that
+  // 1024 / 3 * 4 + 64 KiB = 66900 bytes).
   const std::string chunk(70000, 'c');
   ExpectRefused(
       absl::StrCat("PUT /v1/kv/", TestName(), " HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
                    absl::Hex(chunk.size()), "\r\n", chunk, "\r\n0\r\n\r\n"),
       413);
+  // Only the size lines are sent: the answer must not wait for the data.
+  for (const char* size : {"ffffffffffffffff", "10555"}) {
+    ExpectRefused(absl::StrCat("PUT /v1/kv/", TestName(),
+                               " HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", size, "\r\n"),
+                  413);
+  }
+  const std::string data(0x8000, 'c');
+  ExpectRefused(absl::StrCat("POST /v0/kv HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                             "8000\r\n", data, "\r\n8000\r\n", data, "\r\n8000\r\n"),
+                413);
   ExpectError(Call("GET", "/v1/kv/" + TestName()), 404);
 }
 

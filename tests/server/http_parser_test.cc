@@ -636,8 +636,43 @@ TEST(HttpParserTest, ChunkedBodyOverTheLimitIs413) {
     const Outcome outcome = Feed(parser, {bytes.substr(0, split), bytes.substr(split)});
     EXPECT_EQ(outcome.last, Result::kError);
     EXPECT_EQ(outcome.error_status, 413);
-    EXPECT_EQ(outcome.error_message, "request body larger than the limit of 16 bytes");
+    EXPECT_EQ(outcome.error_message,
+              "request body chunk of 9 bytes would take the body past the limit of 16 bytes");
   }
+}
+
+TEST(HttpParserTest, ChunkSizeOverTheLimitIs413BeforeItsData) {
+  // Only the chunk's size line: the parser refuses without waiting for data.
+  for (const char* size : {"ffffffffffffffff", "FFFFFFFFFFFFFFFF", "1800001", "10000000"}) {
+    SCOPED_TRACE(size);
+    HttpParser parser(HttpLimits{});  // 24 MiB bodies
+    size_t consumed = 0;
+    EXPECT_EQ(parser.Parse(absl::StrCat("PUT /kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                        size, "\r\n"),
+                           &consumed),
+              Result::kError);
+    EXPECT_EQ(parser.error_status(), 413);
+    EXPECT_TRUE(absl::StrContains(parser.error_message(), "past the limit of 25165824 bytes"))
+        << parser.error_message();
+  }
+  // A chunk that fills the body to the limit exactly is taken.
+  const Outcome full = FeedOne(
+      "PUT /kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+      SmallLimits());
+  ASSERT_EQ(full.requests.size(), 1u);
+  EXPECT_EQ(full.requests[0].body.size(), 16u);
+  // One byte more, in a later chunk, is refused at that chunk's size line.
+  HttpParser parser(SmallLimits());
+  size_t consumed = 0;
+  EXPECT_EQ(parser.Parse("PUT /kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         "10\r\n0123456789abcdef\r\n1\r\n",
+                         &consumed),
+            Result::kError);
+  EXPECT_EQ(parser.error_status(), 413);
+  // A size beyond 64 bits is malformed: llhttp's 400.
+  EXPECT_EQ(FeedOne("PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n")
+                .error_status,
+            400);
 }
 
 TEST(HttpParserTest, TrailersCountAgainstTheHeaderLimit) {
