@@ -1066,6 +1066,9 @@ void DataRoutes::Servers(HttpRequest&, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(servers)));
 }
 
+// Seed 004's clients reach a member at its "address" over HTTP, so that is
+// the HTTP host:port (null for a member without one); the binary protocol's
+// is "binary_address".
 void DataRoutes::Members(HttpRequest&, Responder responder) {
   if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
     json members = json::array();
@@ -1074,7 +1077,9 @@ void DataRoutes::Members(HttpRequest&, Responder responder) {
       if (member.state == cluster::MemberState::kLeft) continue;
       members.push_back(
           {{"id", member.node_id},
-           {"address", member.address},
+           {"address",
+            member.http_address.empty() ? json(nullptr) : json(member.http_address)},
+           {"binary_address", member.address},
            {"http_address", member.http_address},
            {"state", cluster::MemberStateName(member.state)},
            {"last_seen",
@@ -1083,8 +1088,9 @@ void DataRoutes::Members(HttpRequest&, Responder responder) {
     }
     return responder.Send(HttpResponse::Json(200, Dump(members)));
   }
+  const std::string node_url = NodeUrl();
   json member = {{"id", NodeId()},
-                 {"address", NodeUrl()},
+                 {"address", std::string(absl::StripPrefix(node_url, "http://"))},
                  {"last_seen", absl::ToUnixMillis(absl::Now())},
                  {"joined_timestamp", joined_unix_ms_}};
   responder.Send(HttpResponse::Json(200, Dump(json::array({member}))));

@@ -154,6 +154,10 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   for (const json& member : members->Json()) {
     EXPECT_TRUE(member["joined_timestamp"].is_number_integer()) << member.dump();
     EXPECT_TRUE(member["last_seen"].is_number_integer()) << member.dump();
+    // Seed 004's "address" is where its clients reach the member: HTTP.
+    EXPECT_EQ(member["address"], member["http_address"]) << member.dump();
+    EXPECT_TRUE(member["binary_address"].is_string()) << member.dump();
+    EXPECT_NE(member["binary_address"], member["address"]) << member.dump();
   }
 
   // A crash: the others suspect n3, then declare it dead.

@@ -446,6 +446,10 @@ TEST_F(RestTest, ClusterRoutes) {
   for (const char* field : {"last_seen", "joined_timestamp"}) {
     EXPECT_TRUE(body[0][field].is_number_integer()) << field;
   }
+  // Seed 004's clients use "address" to reach the member's HTTP API.
+  EXPECT_EQ(body[0]["address"], absl::StrCat("127.0.0.1:", port())) << members.body;
+  EXPECT_EQ(body[0]["binary_address"], absl::StrCat("127.0.0.1:", server()->port()))
+      << members.body;
 
   EXPECT_EQ(Call("GET", "/internal/ping").status, 200);
   // Joining through an address where nobody listens, by host:port or by
