@@ -23,12 +23,14 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "server/auth/jwt.h"
+#include "server/http/json_body.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::auth {
 namespace {
 
 using Json = nlohmann::json;
+using http::IsValidUtf8;
 
 constexpr int kRecordVersion = 1;  // the "v" of every JSON record; never reuse a value
 constexpr size_t kKeyHashBytes = crypto_generichash_BYTES;
@@ -56,45 +58,6 @@ std::string Printable(absl::string_view key) { return absl::CHexEscape(key); }
 
 bool ParseId(absl::string_view text, uint64_t* id) {
   return text.size() == 20 && absl::SimpleAtoi(text, id) && *id > 0;
-}
-
-// Whether text is well-formed UTF-8 (no overlong forms, surrogates or code
-// points beyond U+10FFFF): what JSON output needs, checked before storing so
-// a record always reads back as it was written.
-bool IsValidUtf8(absl::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    size_t length;
-    uint32_t code_point;
-    if (byte < 0x80) {
-      ++i;
-      continue;
-    } else if ((byte & 0xe0) == 0xc0) {
-      length = 2;
-      code_point = byte & 0x1f;
-    } else if ((byte & 0xf0) == 0xe0) {
-      length = 3;
-      code_point = byte & 0x0f;
-    } else if ((byte & 0xf8) == 0xf0) {
-      length = 4;
-      code_point = byte & 0x07;
-    } else {
-      return false;
-    }
-    if (i + length > text.size()) return false;
-    for (size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return false;
-      code_point = (code_point << 6) | (next & 0x3f);
-    }
-    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code_point < kMinForLength[length]) return false;
-    if (code_point > 0x10ffff) return false;
-    if (code_point >= 0xd800 && code_point <= 0xdfff) return false;
-    i += length;
-  }
-  return true;
 }
 
 // Code points of text, counting each byte that does not continue a sequence;

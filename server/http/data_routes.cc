@@ -582,11 +582,13 @@ void DataRoutes::GetBase64(HttpRequest& request, Responder responder) {
 
 namespace {
 
-// {"key","value","version","timestamp"}. PUT /put stores the JSON text of
-// the value, which comes back as that JSON. Bytes written by another dialect
-// that are not JSON nested at most max_json_depth deep come back as a
-// string: deeper JSON is never built into a tree here, since serialising
-// one recurses once per level.
+// {"key","value","version","timestamp"}, and "encoding" when the value is
+// base64. PUT /put stores the JSON text of the value, which comes back as
+// that JSON. Bytes written by another dialect come back losslessly: as JSON
+// when they are JSON nested at most max_json_depth deep, else as a string
+// when they are UTF-8, else as base64 with "encoding": "base64" (a JSON
+// string cannot carry them). Deeper JSON is text here: it is never built
+// into a tree, since serialising one recurses once per level.
 json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t version,
                      uint64_t timestamp, size_t max_json_depth) {
   json answer = {{"key", std::string(key)},
@@ -594,8 +596,11 @@ json VersionedAnswer(absl::string_view key, absl::string_view stored, uint64_t v
                  {"timestamp", Rfc3339(TimestampMs(timestamp))}};
   if (absl::StatusOr<json> value = ParseJson(stored, max_json_depth); value.ok()) {
     answer["value"] = *std::move(value);
-  } else {
+  } else if (IsValidUtf8(stored)) {
     answer["value"] = std::string(stored);
+  } else {
+    answer["value"] = EncodeBase64(stored);
+    answer["encoding"] = "base64";
   }
   return answer;
 }

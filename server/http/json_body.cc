@@ -1,5 +1,6 @@
 #include "server/http/json_body.h"
 
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -74,6 +75,42 @@ absl::StatusOr<json> ParseJson(absl::string_view text, size_t max_depth) {
   json value = json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) return absl::InvalidArgumentError("not valid JSON");
   return value;
+}
+
+bool IsValidUtf8(absl::string_view bytes) {
+  size_t i = 0;
+  while (i < bytes.size()) {
+    const auto byte = static_cast<unsigned char>(bytes[i]);
+    size_t length;
+    uint32_t code_point;
+    if (byte < 0x80) {
+      ++i;
+      continue;
+    } else if ((byte & 0xe0) == 0xc0) {
+      length = 2;
+      code_point = byte & 0x1f;
+    } else if ((byte & 0xf0) == 0xe0) {
+      length = 3;
+      code_point = byte & 0x0f;
+    } else if ((byte & 0xf8) == 0xf0) {
+      length = 4;
+      code_point = byte & 0x07;
+    } else {
+      return false;
+    }
+    if (i + length > bytes.size()) return false;
+    for (size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(bytes[i + k]);
+      if ((next & 0xc0) != 0x80) return false;
+      code_point = (code_point << 6) | (next & 0x3f);
+    }
+    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code_point < kMinForLength[length]) return false;
+    if (code_point > 0x10ffff) return false;
+    if (code_point >= 0xd800 && code_point <= 0xdfff) return false;
+    i += length;
+  }
+  return true;
 }
 
 }  // namespace logkv::server::http

@@ -40,6 +40,10 @@ absl::Status CheckJson(absl::string_view text, size_t max_depth);
 // parser callback would discard the levels but still track each one).
 absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, size_t max_depth);
 
+// Whether bytes are well-formed UTF-8 (no overlong forms, surrogates or code
+// points beyond U+10FFFF): what a JSON string carries unchanged.
+bool IsValidUtf8(absl::string_view bytes);
+
 }  // namespace logkv::server::http
 
 #endif  // LOGKV_SERVER_HTTP_JSON_BODY_H_

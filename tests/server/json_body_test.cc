@@ -1,5 +1,6 @@
 // CheckJson and ParseJson: the nesting limit at its boundary, for objects,
-// arrays and both mixed; bodies far past it refused early; syntax errors.
+// arrays and both mixed; bodies far past it refused early; syntax errors;
+// and IsValidUtf8 case by case.
 #include "server/http/json_body.h"
 
 #include <string>
@@ -105,6 +106,29 @@ TEST(JsonBodyTest, ParsesOrdinaryDocuments) {
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ((*parsed)["value"]["list"], json({1, 2}));
   EXPECT_EQ((*parsed)["value"]["s"], "\xc3\xa9");
+}
+
+TEST(Utf8Test, Valid) {
+  EXPECT_TRUE(IsValidUtf8(""));
+  EXPECT_TRUE(IsValidUtf8("plain ascii"));
+  EXPECT_TRUE(IsValidUtf8("\xc3\xa9"));               // U+00E9
+  EXPECT_TRUE(IsValidUtf8("\xe2\x82\xac"));           // U+20AC
+  EXPECT_TRUE(IsValidUtf8("\xf0\x9f\x98\x80"));       // U+1F600
+  EXPECT_TRUE(IsValidUtf8("\xf4\x8f\xbf\xbf"));       // U+10FFFF
+  EXPECT_TRUE(IsValidUtf8(std::string("a\0b", 3)));  // NUL is a character
+}
+
+TEST(Utf8Test, Invalid) {
+  EXPECT_FALSE(IsValidUtf8("\xff"));
+  EXPECT_FALSE(IsValidUtf8("\x80"));              // a lone continuation byte
+  EXPECT_FALSE(IsValidUtf8("\xc3"));              // truncated
+  EXPECT_FALSE(IsValidUtf8("\xe2\x82"));          // truncated
+  EXPECT_FALSE(IsValidUtf8("\xc3\x28"));          // bad continuation
+  EXPECT_FALSE(IsValidUtf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(IsValidUtf8("\xe0\x80\xaf"));      // overlong '/'
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));      // surrogate U+D800
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // beyond U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\xf8\x88\x80\x80\x80"));
 }
 
 }  // namespace
