@@ -37,6 +37,31 @@ constexpr size_t kReadChunkBytes = 64u << 10;
 // Request id 0 is the ClusterHello's; requests get ids from 1.
 constexpr uint64_t kHelloRequestId = 0;
 
+// A ClusterHello frame of the handshake: step 1 carries the nonce, step 3
+// the proof (protocol/logkv.fbs); the other is left out.
+std::string HelloFrame(absl::string_view node_id, absl::string_view nonce,
+                       absl::string_view proof, bool auth_on) {
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto node_id_offset = builder.CreateString(node_id.data(), node_id.size());
+  auto bytes = [&builder](absl::string_view data) {
+    return builder.CreateVector(reinterpret_cast<const uint8_t*>(data.data()), data.size());
+  };
+  auto nonce_offset = nonce.empty() ? 0 : bytes(nonce);
+  auto proof_offset = proof.empty() ? 0 : bytes(proof);
+  p::ClusterHelloBuilder hello(builder);
+  hello.add_node_id(node_id_offset);
+  if (!nonce.empty()) hello.add_nonce(nonce_offset);
+  if (!proof.empty()) hello.add_proof(proof_offset);
+  hello.add_auth(auth_on);
+  auto hello_offset = hello.Finish();
+  p::RequestBuilder request(builder);
+  request.add_request_id(kHelloRequestId);
+  request.add_operation_type(p::Operation::ClusterHello);
+  request.add_operation(hello_offset.Union());
+  builder.FinishSizePrefixed(request.Finish());
+  return std::string(p::FrameOf(builder));
+}
+
 // Splits host:port; an empty host means loopback.
 absl::Status SplitAddress(const std::string& address, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
@@ -644,21 +669,7 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
   // The ClusterHello goes first; requests wait until the peer proved it
   // holds the secret (OnChallenge).
   connection->nonce = NewPeerNonce();
-  flatbuffers::FlatBufferBuilder builder(256);
-  auto node_id = builder.CreateString(options_.node_id);
-  auto nonce = builder.CreateVector(reinterpret_cast<const uint8_t*>(connection->nonce.data()),
-                                    connection->nonce.size());
-  p::ClusterHelloBuilder hello(builder);
-  hello.add_node_id(node_id);
-  hello.add_nonce(nonce);
-  hello.add_auth(options_.auth_on);
-  auto hello_offset = hello.Finish();
-  p::RequestBuilder request(builder);
-  request.add_request_id(kHelloRequestId);
-  request.add_operation_type(p::Operation::ClusterHello);
-  request.add_operation(hello_offset.Union());
-  builder.FinishSizePrefixed(request.Finish());
-  connection->handshake_out = std::string(p::FrameOf(builder));
+  connection->handshake_out = HelloFrame(options_.node_id, connection->nonce, "", options_.auth_on);
 }
 
 absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::Response& response) {
@@ -683,22 +694,8 @@ absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::R
   }
   const std::string proof = PeerProof(options_.cluster_secret, PeerRole::kConnecting,
                                       p::View(challenge->nonce()), connection->nonce);
-  flatbuffers::FlatBufferBuilder builder(256);
-  auto node_id = builder.CreateString(options_.node_id);
-  auto proof_offset =
-      builder.CreateVector(reinterpret_cast<const uint8_t*>(proof.data()), proof.size());
-  p::ClusterHelloBuilder hello(builder);
-  hello.add_node_id(node_id);
-  hello.add_proof(proof_offset);
-  hello.add_auth(options_.auth_on);
-  auto hello_offset = hello.Finish();
-  p::RequestBuilder request(builder);
-  request.add_request_id(kHelloRequestId);
-  request.add_operation_type(p::Operation::ClusterHello);
-  request.add_operation(hello_offset.Union());
-  builder.FinishSizePrefixed(request.Finish());
   // The proof goes first, the requests queued meanwhile right behind it.
-  peer.out.insert(0, std::string(p::FrameOf(builder)));
+  peer.out.insert(0, HelloFrame(options_.node_id, "", proof, options_.auth_on));
   connection->authenticated = true;
   Flush(peer);
   return absl::OkStatus();

@@ -910,13 +910,24 @@ std::optional<HttpResponse> DataRoutes::OtherServer(const HttpRequest& request) 
                         absl::StrJoin(known, ", ")));
 }
 
-void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
+std::optional<DataRoutes::StatsCaller> DataRoutes::StatsRouteCaller(const HttpRequest& request,
+                                                                    Responder& responder) {
   if (std::optional<HttpResponse> other = OtherServer(request)) {
-    return responder.Send(*std::move(other));
+    responder.Send(*std::move(other));
+    return std::nullopt;
   }
   HttpResponse refusal;
   absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
-  if (!caller.ok()) return responder.Send(std::move(refusal));
+  if (!caller.ok()) {
+    responder.Send(std::move(refusal));
+    return std::nullopt;
+  }
+  return *std::move(caller);
+}
+
+void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
+  std::optional<StatsCaller> caller = StatsRouteCaller(request, responder);
+  if (!caller) return;
   // Values are read straight from the mapped log (the page cache is the
   // cache): there is no separate value cache to fill, so it is never full.
   engine::Engine* engine = deps_.service->engine();
@@ -927,12 +938,8 @@ void DataRoutes::CacheStats(HttpRequest& request, Responder responder) {
 }
 
 void DataRoutes::DbStats(HttpRequest& request, Responder responder) {
-  if (std::optional<HttpResponse> other = OtherServer(request)) {
-    return responder.Send(*std::move(other));
-  }
-  HttpResponse refusal;
-  absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
-  if (!caller.ok()) return responder.Send(std::move(refusal));
+  std::optional<StatsCaller> caller = StatsRouteCaller(request, responder);
+  if (!caller) return;
   engine::Engine* engine = deps_.service->engine();
   json body;
   if (caller->node_wide) {

@@ -122,6 +122,9 @@ class DataRoutes {
     std::string key_prefix;  // the tenant's, when !node_wide
   };
   absl::StatusOr<StatsCaller> AuthorizeStats(const HttpRequest& request, HttpResponse* refusal);
+  // The statistics routes' first steps: ?server= naming another member, then
+  // AuthorizeStats. nullopt: responder was answered.
+  std::optional<StatsCaller> StatsRouteCaller(const HttpRequest& request, Responder& responder);
   // Seed 003's ?server=: nullopt when it names this node (or is absent),
   // else the answer: a redirect to the member it names, or 404.
   std::optional<HttpResponse> OtherServer(const HttpRequest& request) const;
