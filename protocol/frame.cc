@@ -9,6 +9,12 @@
 namespace logkv::protocol {
 
 char* FrameDecoder::WritableSpace(size_t min_bytes, size_t* available) {
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+    if (storage_.size() * sizeof(uint64_t) > std::max(kRetainedBytes, min_bytes)) {
+      storage_ = std::vector<uint64_t>();
+    }
+  }
   const size_t capacity = storage_.size() * sizeof(uint64_t);
   if (capacity - end_ < min_bytes) {
     // Move the unconsumed bytes to the front before growing.
@@ -34,7 +40,16 @@ void FrameDecoder::Append(absl::string_view bytes) {
   Commit(bytes.size());
 }
 
+std::optional<uint32_t> FrameDecoder::NextFrameBytes() const {
+  if (end_ - begin_ < kFrameLengthBytes) return std::nullopt;
+  uint32_t length;
+  std::memcpy(&length, reinterpret_cast<const char*>(storage_.data()) + begin_, sizeof(length));
+  return length;
+}
+
 absl::StatusOr<std::optional<absl::string_view>> FrameDecoder::Next() {
+  // The previous frame's copy is no longer valid: a large one is not kept.
+  if (aligned_.size() * sizeof(uint64_t) > kRetainedBytes) aligned_ = std::vector<uint64_t>();
   const size_t buffered = end_ - begin_;
   if (buffered < kFrameLengthBytes) {
     if (buffered == 0) begin_ = end_ = 0;

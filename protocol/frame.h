@@ -34,7 +34,9 @@ struct Limits {
 
 // Turns a byte stream into frames. Buffers only what has arrived: a length
 // announcing more than max_frame_bytes is refused at once, and the announced
-// size is never allocated up front.
+// size is never allocated up front. Storage grown for a large frame is given
+// back once the decoder is empty again, so a connection that sent one large
+// frame does not keep its memory.
 //
 // Thread-safety: none; one decoder per connection.
 class FrameDecoder {
@@ -61,6 +63,14 @@ class FrameDecoder {
     return absl::string_view(reinterpret_cast<const char*>(storage_.data()) + begin_,
                              end_ - begin_);
   }
+  // The length announced by the next frame's prefix (not counting the
+  // prefix), once its 4 bytes have arrived; nullopt before. Lets the caller
+  // apply its own limits (before authentication, on memory) before the
+  // frame's bytes are buffered.
+  std::optional<uint32_t> NextFrameBytes() const;
+
+  // Storage above this is freed when the decoder runs empty.
+  static constexpr size_t kRetainedBytes = 256u << 10;
 
  private:
   const uint32_t max_frame_bytes_;

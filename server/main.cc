@@ -88,6 +88,13 @@ ABSL_FLAG(uint32_t, http_max_header_bytes, 16u << 10,
           "Largest HTTP header section (431 beyond).");
 ABSL_FLAG(int64_t, http_idle_timeout_ms, 60'000,
           "Close an HTTP connection idle this long, or whose request takes longer to arrive.");
+ABSL_FLAG(int64_t, binary_idle_timeout_ms, 60'000,
+          "Close a binary-protocol connection whose frame takes longer than this to arrive, or "
+          "that sends nothing this long while nothing is owed to it and it has no watch.");
+ABSL_FLAG(uint64_t, max_buffered_bytes, 256ull << 20,
+          "Bytes all connections together may hold for requests still arriving (frames and HTTP "
+          "bodies over 64 KiB); one that would pass it is refused (ResourceExhausted / 503) and "
+          "its connection closed. 0 = no limit.");
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
@@ -135,8 +142,8 @@ constexpr const char* kFlagNames[] = {
     "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
     "rate_limit",    "rate_limit_burst", "max_document_bytes", "max_json_depth",
-    "http_max_header_bytes",
-    "http_idle_timeout_ms", "advertise", "http_advertise", "seeds", "cluster_secret",
+    "http_max_header_bytes", "http_idle_timeout_ms", "binary_idle_timeout_ms",
+    "max_buffered_bytes", "advertise", "http_advertise", "seeds", "cluster_secret",
     "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
     "purge_ring_stable_ms", "tombstone_grace_ms",
     "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
@@ -469,6 +476,9 @@ int Main(int argc, char** argv) {
 
   metrics.http_connections()->SetCallback(
       [&counters] { return static_cast<double>(counters.http_connections.load()); });
+  metrics.buffered_request_bytes()->SetCallback([&counters] {
+    return static_cast<double>(counters.buffered_request_bytes.load(std::memory_order_relaxed));
+  });
   metrics.binary_connections()->SetCallback([&counters] {
     return static_cast<double>(counters.connections.load() - counters.http_connections.load());
   });
@@ -631,6 +641,9 @@ int Main(int argc, char** argv) {
   server_config.http_limits.max_header_bytes = absl::GetFlag(FLAGS_http_max_header_bytes);
   server_config.http_idle_timeout =
       absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_http_idle_timeout_ms)));
+  server_config.binary_idle_timeout =
+      absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_binary_idle_timeout_ms)));
+  server_config.max_buffered_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_buffered_bytes));
   // A body carries a value, base64 or JSON around it: room for base64's 4/3.
   server_config.http_limits.max_body_bytes =
       static_cast<size_t>(options.max_value_bytes) / 3 * 4 + (64u << 10);

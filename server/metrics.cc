@@ -443,6 +443,9 @@ ServerMetrics::ServerMetrics()
           "logkv_connections", "Client connections open now, by protocol.", {"protocol"})),
       binary_connections_(connections_->WithLabelValues({"binary"})),
       http_connections_(connections_->WithLabelValues({"http"})),
+      buffered_request_bytes_(registry_.AddGauge(
+          "logkv_buffered_request_bytes",
+          "Bytes reserved now by requests still arriving (frames and HTTP bodies over 64 KiB).")),
       rate_limited_(registry_.AddCounter("logkv_rate_limited_requests_total",
                                          "Requests refused by the rate limiter.")),
       auth_failures_(registry_.AddCounter("logkv_auth_failures_total",

@@ -410,6 +410,8 @@ class ServerMetrics {
   // logkv_connections{protocol="binary"} and {protocol="http"}.
   Gauge* binary_connections() const { return binary_connections_; }
   Gauge* http_connections() const { return http_connections_; }
+  // logkv_buffered_request_bytes: held for requests still arriving.
+  Gauge* buffered_request_bytes() const { return buffered_request_bytes_; }
   Counter* rate_limited() const { return rate_limited_; }    // logkv_rate_limited_requests_total
   Counter* auth_failures() const { return auth_failures_; }  // logkv_auth_failures_total
 
@@ -447,6 +449,7 @@ class ServerMetrics {
   GaugeFamily* const connections_;
   Gauge* const binary_connections_;
   Gauge* const http_connections_;
+  Gauge* const buffered_request_bytes_;
   Counter* const rate_limited_;
   Counter* const auth_failures_;
   Counter* const replications_;

@@ -38,7 +38,6 @@ struct HttpSession {
   std::unique_ptr<char[]> input;
   size_t capacity = 0, begin = 0, end = 0;
   bool stop_parsing = false;  // after a request that ends the connection, or an error
-  int64_t last_read_ms = 0;      // loop time of the last bytes received
   int64_t request_began_ms = -1;  // loop time the unfinished request began, -1: none
 
   struct Owed {
@@ -95,6 +94,11 @@ struct Server::Connection {
   bool eof = false;            // the client half-closed: nothing more will arrive
   bool closed = false;         // uv_close called
   int pending = 0;             // deferred answers still to come
+  int64_t last_read_ms = 0;    // loop time of the last bytes received
+  // Binary: loop time the frame now arriving began, -1: none.
+  int64_t frame_began_ms = -1;
+  // Of ServerCounters::buffered_request_bytes, what the request now arriving holds.
+  size_t reserved_bytes = 0;
   struct Watch {
     uint64_t request_id;
     std::string prefix;
@@ -158,6 +162,17 @@ class Server::Loop : public http::ResponseSink {
     }
   }
   void ProcessFrames(Connection& c);
+  // Limits on the frame whose prefix has arrived, before its bytes are
+  // buffered: false when it was refused (the connection then closes).
+  bool AdmitFrame(Connection& c);
+  // The same for the body of the HTTP request being parsed.
+  bool AdmitHttpBody(Connection& c);
+  // Reserves server-wide buffer space so that c's request now arriving
+  // holds total_bytes; false when that would pass max_buffered_bytes.
+  bool ReserveInput(Connection& c, size_t total_bytes);
+  void ReleaseInput(Connection& c);
+  // Answers status with request id 0 and closes c: its stream is unusable.
+  void RefuseFrame(Connection& c, const absl::Status& status);
   bool HandleHello(Connection& c, const p::Request& request);
   // Cluster-internal operations: ClusterHello, and the rest on peer connections.
   // As DispatchOperation, for ClusterHello and the peers' operations.
@@ -177,7 +192,8 @@ class Server::Loop : public http::ResponseSink {
   // The answer for sequence is ready: emit every ready answer in order.
   void CompleteHttp(Connection& c, uint64_t sequence, std::string bytes);
   void EmitReadyHttp(Connection& c);
-  void RefuseHttp(Connection& c, int status, absl::string_view message);
+  // retry_after_s > 0 adds Retry-After.
+  void RefuseHttp(Connection& c, int status, absl::string_view message, int retry_after_s = 0);
   // Answers request; observes it (ServerConfig::protocol_observer) once answered.
   void Dispatch(Connection& c, const p::Request& request);
   // True when the answer was built in c.builder and appended to the output
@@ -237,11 +253,11 @@ class Server::Loop : public http::ResponseSink {
   uv_async_t tasks_async_;
   uv_async_t events_async_;
   uv_timer_t shutdown_timer_;
-  uv_timer_t idle_timer_;  // closes idle HTTP connections
+  uv_timer_t idle_timer_;  // closes idle and slow connections
   // Run ServerConfig::loop_turn before the loop blocks and after I/O.
   uv_prepare_t turn_prepare_;
   uv_check_t turn_check_;
-  void CloseIdleHttp();
+  void CloseIdleConnections();
 
   absl::Mutex tasks_mu_;
   std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
@@ -373,12 +389,17 @@ absl::Status Server::Loop::Init(const sockaddr_in& address,
       Of(reinterpret_cast<uv_handle_t*>(check)).server_->config_.loop_turn();
     });
   }
-  if (!http_addresses.empty()) {
-    const uint64_t period_ms = static_cast<uint64_t>(std::max<int64_t>(
-        100, absl::ToInt64Milliseconds(server_->config_.http_idle_timeout) / 4));
+  {
+    // A connection is closed between one and one and a quarter timeouts late.
+    const absl::Duration shortest =
+        http_addresses.empty()
+            ? server_->config_.binary_idle_timeout
+            : std::min(server_->config_.binary_idle_timeout, server_->config_.http_idle_timeout);
+    const uint64_t period_ms =
+        static_cast<uint64_t>(std::max<int64_t>(100, absl::ToInt64Milliseconds(shortest) / 4));
     uv_timer_start(
         &idle_timer_,
-        [](uv_timer_t* timer) { Of(reinterpret_cast<uv_handle_t*>(timer)).CloseIdleHttp(); },
+        [](uv_timer_t* timer) { Of(reinterpret_cast<uv_handle_t*>(timer)).CloseIdleConnections(); },
         period_ms, period_ms);
   }
   return absl::OkStatus();
@@ -418,10 +439,8 @@ void Server::Loop::OnConnection(uv_stream_t* listener, int status, bool is_http)
   auto* c = new Connection(server_->service_->config().limits.max_frame_bytes);
   c->loop = this;
   c->id = next_connection_id_++;
-  if (is_http) {
-    c->http = std::make_unique<HttpSession>(server_->config_.http_limits);
-    c->http->last_read_ms = static_cast<int64_t>(uv_now(&loop_));
-  }
+  c->last_read_ms = static_cast<int64_t>(uv_now(&loop_));
+  if (is_http) c->http = std::make_unique<HttpSession>(server_->config_.http_limits);
   uv_tcp_init(&loop_, &c->handle);
   c->handle.data = c;
   if (uv_accept(listener, c->stream()) != 0) {
@@ -482,13 +501,14 @@ void Server::Loop::OnRead(Connection& c, ssize_t nread) {
     FinishIfDone(c);
     return;
   }
+  c.last_read_ms = static_cast<int64_t>(uv_now(&loop_));
   if (c.http) {
     c.http->end += static_cast<size_t>(nread);
-    c.http->last_read_ms = static_cast<int64_t>(uv_now(&loop_));
+    ProcessInput(c);
   } else {
     c.decoder.Commit(static_cast<size_t>(nread));
+    ProcessInput(c);
   }
-  ProcessInput(c);
   Flush(c);
   ApplyBackpressure(c);
   FinishIfDone(c);
@@ -504,22 +524,25 @@ void Server::Loop::ProcessFrames(Connection& c) {
   // Stop answering once the answers owed pass the limit: the rest of the
   // frames wait in the decoder until the client reads (ApplyBackpressure).
   while (!c.closing && c.owed_bytes() <= server_->config_.max_output_bytes) {
+    if (!AdmitFrame(c)) return;
     absl::StatusOr<std::optional<absl::string_view>> frame = c.decoder.Next();
     if (!frame.ok()) {
       // The stream cannot be resynchronised: answer, then close.
-      Log(Level::kWarning, "connection %d: %s; closing it", c.id, frame.status().message());
-      AppendStatus(c, 0, frame.status());
-      StopReading(c);
-      c.closing = true;
+      RefuseFrame(c, frame.status());
       return;
     }
-    if (!frame->has_value()) return;
+    if (!frame->has_value()) {
+      // The clock of a slow frame starts when its first bytes are here.
+      if (c.decoder.buffered_bytes() > 0 && c.frame_began_ms < 0) {
+        c.frame_began_ms = static_cast<int64_t>(uv_now(&loop_));
+      }
+      return;
+    }
+    c.frame_began_ms = -1;
+    ReleaseInput(c);
     absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, limits);
     if (!request.ok()) {
-      Log(Level::kWarning, "connection %d: %s; closing it", c.id, request.status().message());
-      AppendStatus(c, 0, request.status());
-      StopReading(c);
-      c.closing = true;
+      RefuseFrame(c, request.status());
       return;
     }
     if (absl::Status status = p::CheckRequest(**request, limits); !status.ok()) {
@@ -530,6 +553,58 @@ void Server::Loop::ProcessFrames(Connection& c) {
     }
     Dispatch(c, **request);
   }
+}
+
+void Server::Loop::RefuseFrame(Connection& c, const absl::Status& status) {
+  Log(Level::kWarning, "connection %d: %s; closing it", c.id, status.message());
+  AppendStatus(c, 0, status);
+  StopReading(c);
+  c.closing = true;
+}
+
+bool Server::Loop::AdmitFrame(Connection& c) {
+  const std::optional<uint32_t> announced = c.decoder.NextFrameBytes();
+  if (!announced.has_value()) return true;
+  const ServerConfig& config = server_->config_;
+  // Beyond max_frame_bytes: the decoder's own refusal.
+  if (*announced > server_->service_->config().limits.max_frame_bytes) return true;
+  if (config.authenticate && !c.authenticated && !c.is_peer &&
+      *announced > config.max_unauthenticated_frame_bytes) {
+    RefuseFrame(c, absl::ResourceExhaustedError(absl::StrCat(
+                       "frame of ", *announced, " bytes before a successful Hello: until it "
+                       "authenticates a connection may send frames of at most ",
+                       config.max_unauthenticated_frame_bytes, " bytes")));
+    return false;
+  }
+  const bool incomplete = c.decoder.buffered_bytes() < p::kFrameLengthBytes + *announced;
+  if (incomplete && *announced > kUnreservedRequestBytes && !ReserveInput(c, *announced)) {
+    RefuseFrame(c, absl::ResourceExhaustedError(absl::StrCat(
+                       "the server holds too many bytes of requests still arriving "
+                       "(--max-buffered-bytes=", config.max_buffered_bytes, "): frame of ",
+                       *announced, " bytes refused; retry later")));
+    return false;
+  }
+  return true;
+}
+
+bool Server::Loop::ReserveInput(Connection& c, size_t total_bytes) {
+  if (total_bytes <= c.reserved_bytes) return true;
+  const size_t more = total_bytes - c.reserved_bytes;
+  const size_t limit = server_->config_.max_buffered_bytes;
+  std::atomic<uint64_t>& buffered = server_->counters()->buffered_request_bytes;
+  uint64_t now = buffered.load(std::memory_order_relaxed);
+  do {
+    if (limit != 0 && now + more > limit) return false;
+  } while (!buffered.compare_exchange_weak(now, now + more, std::memory_order_relaxed));
+  c.reserved_bytes = total_bytes;
+  return true;
+}
+
+void Server::Loop::ReleaseInput(Connection& c) {
+  if (c.reserved_bytes == 0) return;
+  server_->counters()->buffered_request_bytes.fetch_sub(c.reserved_bytes,
+                                                        std::memory_order_relaxed);
+  c.reserved_bytes = 0;
 }
 
 // With auth on, Hello's auth_token (an API key) decides whose keys the
@@ -804,6 +879,7 @@ void Server::Loop::Close(Connection& c) {
   StopReading(c);
   watch_count_.fetch_sub(static_cast<int>(c.watches.size()), std::memory_order_relaxed);
   c.watches.clear();
+  ReleaseInput(c);
   connections_.erase(c.id);
   server_->counters()->connections.fetch_sub(1, std::memory_order_relaxed);
   if (c.http) server_->counters()->http_connections.fetch_sub(1, std::memory_order_relaxed);
@@ -837,6 +913,7 @@ void Server::Loop::ProcessHttp(Connection& c) {
     }
     switch (result) {
       case http::HttpParser::Result::kNeedMore:
+        if (!AdmitHttpBody(c)) return;
         if (h.parser.expects_continue() && h.owed.empty()) {
           // The client waits for leave to send its body (Expect: 100-continue).
           c.out.append("HTTP/1.1 100 Continue\r\n\r\n");
@@ -848,24 +925,61 @@ void Server::Loop::ProcessHttp(Connection& c) {
         return;
       case http::HttpParser::Result::kRequest:
         DispatchHttp(c, h.parser.request());
+        // The handler has copied what it keeps of the body.
+        ReleaseInput(c);
+        h.parser.TrimStorage();
         break;
     }
   }
 }
 
-void Server::Loop::CloseIdleHttp() {
+bool Server::Loop::AdmitHttpBody(Connection& c) {
+  const size_t body_bytes = c.http->parser.body_bytes_expected();
+  if (body_bytes <= kUnreservedRequestBytes || ReserveInput(c, body_bytes)) return true;
+  RefuseHttp(c, 503,
+             absl::StrCat("the server holds too many bytes of requests still arriving "
+                          "(--max-buffered-bytes=",
+                          server_->config_.max_buffered_bytes, "): body of ", body_bytes,
+                          " bytes refused; retry later"),
+             /*retry_after_s=*/1);
+  return false;
+}
+
+void Server::Loop::CloseIdleConnections() {
   const int64_t now_ms = static_cast<int64_t>(uv_now(&loop_));
-  const int64_t timeout_ms = absl::ToInt64Milliseconds(server_->config_.http_idle_timeout);
+  const int64_t http_timeout_ms = absl::ToInt64Milliseconds(server_->config_.http_idle_timeout);
+  const int64_t binary_timeout_ms =
+      absl::ToInt64Milliseconds(server_->config_.binary_idle_timeout);
   std::vector<Connection*> idle;
+  std::vector<Connection*> slow_frames;
   for (auto& [id, c] : connections_) {
-    if (!c->http || c->closing || c->pending > 0 || c->owed_bytes() > 0) continue;
+    if (c->closing) continue;
+    if (!c->http) {
+      // A frame begun is the client's to finish (unless we stopped reading it).
+      if (c->reading && c->frame_began_ms >= 0 && now_ms - c->frame_began_ms > binary_timeout_ms) {
+        slow_frames.push_back(c);
+      } else if (!c->is_peer && c->watches.empty() && c->pending == 0 && c->owed_bytes() == 0 &&
+                 c->frame_began_ms < 0 && now_ms - c->last_read_ms > binary_timeout_ms) {
+        idle.push_back(c);
+      }
+      continue;
+    }
+    if (c->pending > 0 || c->owed_bytes() > 0) continue;
     const HttpSession& h = *c->http;
-    const bool slow_request = h.request_began_ms >= 0 && now_ms - h.request_began_ms > timeout_ms;
-    const bool idle_too_long = now_ms - h.last_read_ms > timeout_ms;
+    const bool slow_request =
+        h.request_began_ms >= 0 && now_ms - h.request_began_ms > http_timeout_ms;
+    const bool idle_too_long = now_ms - c->last_read_ms > http_timeout_ms;
     if (slow_request || idle_too_long) idle.push_back(c);
   }
+  for (Connection* c : slow_frames) {
+    RefuseFrame(*c, absl::DeadlineExceededError(absl::StrCat(
+                        "a frame did not arrive within ", binary_timeout_ms,
+                        " ms (--binary-idle-timeout-ms)")));
+    Flush(*c);
+    FinishIfDone(*c);
+  }
   for (Connection* c : idle) {
-    if (c->http->request_began_ms >= 0) {
+    if (c->http && c->http->request_began_ms >= 0) {
       RefuseHttp(*c, 408, "the request did not arrive in time");
       Flush(*c);
       FinishIfDone(*c);
@@ -877,7 +991,8 @@ void Server::Loop::CloseIdleHttp() {
 
 // A request that cannot be parsed ends the connection: its answer goes out
 // after the answers owed before it, then the connection closes.
-void Server::Loop::RefuseHttp(Connection& c, int status, absl::string_view message) {
+void Server::Loop::RefuseHttp(Connection& c, int status, absl::string_view message,
+                              int retry_after_s) {
   HttpSession& h = *c.http;
   Log(Level::kDebug, "connection %d: HTTP %d: %s; closing it", c.id, status, message);
   h.stop_parsing = true;
@@ -887,7 +1002,9 @@ void Server::Loop::RefuseHttp(Connection& c, int status, absl::string_view messa
   owed.keep_alive = false;
   owed.start_ns = absl::GetCurrentTimeNanos();
   h.owed.push_back(std::move(owed));
-  SerializeHttp(http::HttpResponse::Error(status, message), false, false, &h.owed.back().bytes);
+  http::HttpResponse response = http::HttpResponse::Error(status, message);
+  if (retry_after_s > 0) response.headers.emplace_back("Retry-After", absl::StrCat(retry_after_s));
+  SerializeHttp(response, false, false, &h.owed.back().bytes);
   h.owed.back().ready = true;
   EmitReadyHttp(c);
 }

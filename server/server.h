@@ -65,6 +65,22 @@ struct ServerConfig {
   // served, and a failed Hello ends an earlier one's authentication. Null:
   // auth is off and every connection is global.
   std::function<absl::StatusOr<RequestContext>(absl::string_view token)> authenticate;
+  // With authenticate set: the largest frame a connection may send before a
+  // Hello with an API key succeeds (or a peer's ClusterHello): a client
+  // nobody knows cannot make the server hold max_frame_bytes for it. Larger
+  // frames are answered ResourceExhausted and the connection is closed.
+  uint32_t max_unauthenticated_frame_bytes = 64u << 10;
+  // A binary connection whose frame takes longer than this to arrive is
+  // closed (DeadlineExceeded); so is one that sends nothing for this long
+  // while nothing is owed to it and it has no watch. Peers are never idle-closed.
+  absl::Duration binary_idle_timeout = absl::Seconds(60);
+  // Bytes all connections together may hold for requests still arriving:
+  // incomplete frames and HTTP bodies larger than kUnreservedRequestBytes
+  // reserve their announced size when they begin. One that would pass this
+  // is refused (ResourceExhausted; HTTP 503 with Retry-After) and its
+  // connection closed, so requests already admitted can finish. 0: no limit
+  // (still counted, in ServerCounters::buffered_request_bytes).
+  size_t max_buffered_bytes = 256u << 20;
   // A connection whose unsent answers pass this stops being read until they
   // drain below half of it: a client that does not read cannot grow our memory.
   size_t max_output_bytes = 8u << 20;
@@ -88,6 +104,11 @@ struct ServerConfig {
   std::function<void()> loop_turn;
   std::function<void()> loop_ending;
 };
+
+// Frames and bodies up to this size are not counted against
+// max_buffered_bytes: each connection holds at most about this much (plus one
+// read) for an unannounced or small request.
+inline constexpr size_t kUnreservedRequestBytes = 64u << 10;
 
 class Server {
  public:

@@ -49,6 +49,8 @@ struct ServerCounters {
   std::atomic<uint64_t> connections{0};       // open now, both protocols
   std::atomic<uint64_t> http_connections{0};  // of which HTTP
   std::atomic<uint64_t> requests{0};     // handled since start
+  // Reserved now by requests still arriving (ServerConfig::max_buffered_bytes).
+  std::atomic<uint64_t> buffered_request_bytes{0};
   int64_t start_unix_ms = 0;
 };
 

@@ -51,6 +51,7 @@ int HttpParser::OnMessageBegin(llhttp_t* parser) {
   self.in_header_value_ = false;
   self.headers_complete_ = false;
   self.trailer_bytes_ = 0;
+  self.announced_body_bytes_ = 0;
   self.body_.clear();
   self.in_request_ = true;
   self.expects_continue_ = false;
@@ -124,7 +125,10 @@ int HttpParser::OnHeadersComplete(llhttp_t* parser) {
       return self.Fail(417, absl::StrCat("unsupported expectation '", *expect, "'"));
     }
   }
-  if (has_length) self.body_.reserve(parser->content_length);
+  if (has_length) {
+    self.announced_body_bytes_ = static_cast<size_t>(parser->content_length);
+    self.body_.reserve(self.announced_body_bytes_);
+  }
   // Upgrade is not supported, so it is ignored (RFC 9110 7.8): the request
   // is an ordinary one and the connection goes on speaking HTTP/1.1, instead
   // of llhttp handing the bytes after it to another protocol. CONNECT too.
@@ -174,6 +178,11 @@ int HttpParser::OnMessageComplete(llhttp_t* parser) {
   self.expects_continue_ = false;
   // Stop after this request: the caller answers it before the next is read.
   return HPE_PAUSED;
+}
+
+void HttpParser::TrimStorage() {
+  if (in_request_) return;
+  if (body_.capacity() > kRetainedBodyBytes) std::string().swap(body_);
 }
 
 void HttpParser::BuildRequest() {

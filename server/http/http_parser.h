@@ -10,6 +10,7 @@
 #ifndef LOGKV_SERVER_HTTP_HTTP_PARSER_H_
 #define LOGKV_SERVER_HTTP_HTTP_PARSER_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -51,6 +52,17 @@ class HttpParser {
   void set_continue_sent() { continue_sent_ = true; }
   // True between the first byte of a request and its completion.
   bool in_request() const { return in_request_; }
+  // While a request's body arrives: its Content-Length, or for a chunked
+  // body the bytes received so far; 0 before the headers are complete and
+  // between requests. What the caller counts against its memory limits.
+  size_t body_bytes_expected() const {
+    if (!in_request_ || !headers_complete_) return 0;
+    return std::max(announced_body_bytes_, body_.size());
+  }
+  // Between requests: frees storage a large request grew, so that an idle
+  // connection does not keep it.
+  void TrimStorage();
+  static constexpr size_t kRetainedBodyBytes = 64u << 10;
 
   int error_status() const { return error_status_; }
   const std::string& error_message() const { return error_message_; }
@@ -85,6 +97,7 @@ class HttpParser {
   // must not grow after that. Trailer fields are only counted.
   bool headers_complete_ = false;
   size_t trailer_bytes_ = 0;
+  size_t announced_body_bytes_ = 0;  // Content-Length, 0 when chunked or absent
   std::string body_;
 
   HttpRequest request_;

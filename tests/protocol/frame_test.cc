@@ -66,6 +66,27 @@ TEST(FrameDecoderTest, RefusesOversizedLengthWithoutAllocatingIt) {
   EXPECT_LT(decoder.buffered_bytes(), 64u);
 }
 
+TEST(FrameDecoderTest, PeeksTheLengthAndGivesLargeStorageBack) {
+  FrameDecoder decoder(4u << 20);
+  const std::string big = test::PutFrame(1, "k", std::string(2u << 20, 'b'));
+  EXPECT_FALSE(decoder.NextFrameBytes().has_value());
+  decoder.Append(big.substr(0, 3));
+  EXPECT_FALSE(decoder.NextFrameBytes().has_value());
+  decoder.Append(big.substr(3, 1));
+  ASSERT_TRUE(decoder.NextFrameBytes().has_value());
+  EXPECT_EQ(*decoder.NextFrameBytes(), big.size() - kFrameLengthBytes);
+  decoder.Append(big.substr(4));
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame.ok());
+  ASSERT_TRUE(frame->has_value());
+  EXPECT_EQ(**frame, big);
+  // Empty again: the next read does not land in the 2 MiB grown for that frame.
+  size_t available = 0;
+  decoder.WritableSpace(64u << 10, &available);
+  EXPECT_GE(available, 64u << 10);
+  EXPECT_LE(available, FrameDecoder::kRetainedBytes);
+}
+
 TEST(FrameDecoderTest, RefusesZeroLength) {
   FrameDecoder decoder(1024);
   decoder.Append(FrameBytes(0, ""));

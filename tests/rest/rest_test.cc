@@ -8,6 +8,7 @@
 //   RestTest          auth off, --max-value-bytes=1024, --max-document-bytes=512:
 //                     every dialect, node routes, methods, HTTP mechanics
 //   RestReadOnlyTest  data written, then the node restarted with --read-only
+//   RestBufferLimitTest  --max-buffered-bytes=1048576: bodies and frames still arriving
 //   RestAuthTest      --auth=on --rate-limit=0: accounts, keys, scopes, tenancy
 //   RestRateLimitTest --auth=on --rate-limit=60 --rate-limit-burst=3
 //   RestJwtExpiryTest --auth=on --jwt-expiration=1s
@@ -1330,8 +1331,7 @@ TEST_F(RestReadOnlyTest, WritesAre403ReadsWork) {
   ExpectError(Call("GET", "/v1/kv/new"), 404);
 }
 
-// ==== Restarts and damaged data ========================================================
-
+// ==== Restarts and damaged data =================================================
 class RestRestartTest : public RestTestBase {
  protected:
   LogkvdProcess* server() const override { return process_.get(); }
@@ -1413,6 +1413,94 @@ TEST_F(RestRestartTest, StorageErrorsDoNotShowServerPaths) {
     absl::SleepFor(kPollInterval);
   }
   EXPECT_TRUE(absl::StrContains(process_->Output(), dir_.path())) << process_->Output();
+=======
+// ==== The memory held for requests still arriving ======================================
+
+class RestBufferLimitTest : public RestTestBase {
+ protected:
+  static void SetUpTestSuite() { shared_ = new SharedServer({"--max-buffered-bytes=1048576"}); }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+
+  // logkv_buffered_request_bytes as /metrics reports it; -1 if absent.
+  int64_t BufferedBytes() {
+    const HttpAnswer metrics = Call("GET", "/metrics?format=prometheus");
+    std::smatch match;
+    static const std::regex kLine(R"((^|\n)logkv_buffered_request_bytes (\S+))");
+    double value = -1;  // the exposition may spell 800000 as 8e+05
+    if (std::regex_search(metrics.body, match, kLine)) {
+      (void)absl::SimpleAtod(match[2].str(), &value);
+    }
+    return static_cast<int64_t>(value);
+  }
+  bool PollUntilBuffered(int64_t bytes) {
+    const absl::Time deadline = absl::Now() + kPollLimit;
+    while (absl::Now() < deadline) {
+      if (BufferedBytes() == bytes) return true;
+      absl::SleepFor(kPollInterval);
+    }
+    return false;
+  }
+
+  static SharedServer* shared_;
+};
+
+SharedServer* RestBufferLimitTest::shared_ = nullptr;
+
+// Bodies and frames still arriving share one budget (--max-buffered-bytes):
+// past it, new ones are refused and their connections closed, while those
+// admitted finish.
+TEST_F(RestBufferLimitTest, RequestsStillArrivingShareOneBudget) {
+  constexpr size_t kBodyBytes = 800'000;
+  constexpr size_t kSentFirst = 100'000;
+  ASSERT_TRUE(PollUntilBuffered(0));
+  const std::string body(kBodyBytes, 'a');
+  const std::string request = BuildRequest("PUT", "/v1/kv/big-a", {}, body);
+  const size_t head_bytes = request.size() - body.size();
+  HttpConnection admitted = Connect();
+  ASSERT_TRUE(admitted.Send(request.substr(0, head_bytes + kSentFirst)).ok());
+  ASSERT_TRUE(PollUntilBuffered(kBodyBytes)) << "now " << BufferedBytes();
+
+  {  // Another such body does not fit: 503, Retry-After, closed.
+    HttpConnection refused = Connect();
+    const std::string other = BuildRequest("PUT", "/v1/kv/big-b", {}, body);
+    ASSERT_TRUE(refused.Send(other.substr(0, head_bytes + 1000)).ok());
+    absl::StatusOr<HttpAnswer> answer = refused.Read();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    ExpectError(*answer, 503);
+    EXPECT_TRUE(answer->Header("retry-after").has_value());
+    EXPECT_TRUE(refused.WaitClosed());
+  }
+  {  // Nor does a frame of that size on the binary port.
+    absl::StatusOr<RawConnection> binary = RawConnection::Connect(server()->port());
+    ASSERT_TRUE(binary.ok()) << binary.status();
+    const std::string frame = PutFrame(1, "big-c", body);
+    ASSERT_TRUE(binary->SendBytes(frame.substr(0, 1000)).ok());
+    absl::StatusOr<std::string> answer = binary->ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(AsResponse(*answer)->status(), p::StatusCode::ResourceExhausted);
+    EXPECT_TRUE(binary->WaitClosed(absl::Seconds(10)));
+  }
+  // Small requests are not held back.
+  EXPECT_EQ(Call("PUT", "/v1/kv/small", {}, "v").status, 200);
+
+  // The admitted body finishes, and its reservation is given back.
+  ASSERT_TRUE(admitted.Send(request.substr(head_bytes + kSentFirst)).ok());
+  absl::StatusOr<HttpAnswer> stored = admitted.Read();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->status, 200) << stored->body;
+  EXPECT_TRUE(PollUntilBuffered(0)) << "now " << BufferedBytes();
+  // Now a large frame fits again.
+  absl::StatusOr<RawConnection> binary = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(binary.ok()) << binary.status();
+  ASSERT_TRUE(binary->SendBytes(PutFrame(2, "big-d", body)).ok());
+  absl::StatusOr<std::string> answer = binary->ReadFrame();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(AsResponse(*answer)->status(), p::StatusCode::Ok);
+  EXPECT_EQ(Call("GET", "/v1/kv/big-a").body.size(), kBodyBytes);
 }
 
 // ==== Accounts, API keys, scopes and tenants ===========================================

@@ -498,6 +498,53 @@ TEST_F(ServerTest, BadInputLeavesTheServerServingOthers) {
   still_serving();
 }
 
+// With auth on, a connection that has not said Hello may announce only small
+// frames: a large length is refused at once instead of being buffered.
+TEST_F(ServerTest, UnauthenticatedConnectionsMaySendOnlySmallFrames) {
+  auto server = StartServer({"--auth=on"});
+  RawConnection c = Connect(server->port());
+  const uint32_t announced = 64u << 20;
+  std::string bytes(reinterpret_cast<const char*>(&announced), sizeof(announced));
+  bytes += std::string(1000, 'x');
+  ASSERT_TRUE(c.SendBytes(bytes).ok());
+  absl::StatusOr<std::string> answer = c.ReadFrame();
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(CodeOf(*answer), p::StatusCode::ResourceExhausted);
+  EXPECT_NE(std::string(p::View(AsResponse(*answer)->message())).find("Hello"), std::string::npos);
+  EXPECT_TRUE(c.WaitClosed(absl::Seconds(10)));
+
+  // Small frames before Hello are served as before.
+  RawConnection other = Connect(server->port());
+  EXPECT_EQ(CodeOf(Call(other, Build(1, p::Operation::Ping, [](auto& b) {
+                          return p::CreatePing(b).Union();
+                        }), 1)),
+            p::StatusCode::Ok);
+  EXPECT_EQ(CodeOf(Call(other, GetFrame(2, "k"), 2)), p::StatusCode::Unauthenticated);
+}
+
+// A frame that does not finish arriving within --binary-idle-timeout-ms ends
+// its connection, and so does silence; a watcher is left alone.
+TEST_F(ServerTest, SlowFramesAndIdleConnectionsAreClosed) {
+  auto server = StartServer({"--binary-idle-timeout-ms=300"});
+  RawConnection watcher = Connect(server->port());
+  ASSERT_EQ(CodeOf(Call(watcher, Build(1, p::Operation::Watch, [](auto& b) {
+                          return p::CreateWatch(b, Bytes(b, "w/")).Union();
+                        }), 1)),
+            p::StatusCode::Ok);
+  RawConnection slow = Connect(server->port());
+  RawConnection idle = Connect(server->port());
+  const std::string frame = PutFrame(1, "slow", std::string(1000, 's'));
+  ASSERT_TRUE(slow.SendBytes(frame.substr(0, frame.size() / 2)).ok());
+
+  absl::StatusOr<std::string> answer = slow.ReadFrame(absl::Seconds(20));
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(CodeOf(*answer), p::StatusCode::DeadlineExceeded);
+  EXPECT_TRUE(slow.WaitClosed(absl::Seconds(10)));
+  EXPECT_TRUE(idle.WaitClosed(absl::Seconds(10)));
+  // The watcher has been silent longer than either, and is still served.
+  EXPECT_EQ(GetValue(watcher, "k", 2), "NOT_FOUND");
+}
+
 TEST_F(ServerTest, ReadOnlyRefusesWrites) {
   auto server = StartServer({"--read_only"});
   RawConnection c = Connect(server->port());
