@@ -447,6 +447,12 @@ int Main(int argc, char** argv) {
     auth_config.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
     auth_config.access_token_ttl_s = absl::ToInt64Seconds(jwt_expiration);
     auth_config.log = [](absl::string_view message) { Log(Level::kWarning, "%s", message); };
+    // Binary sessions opened with a revoked key end at once, watches included.
+    auth_config.on_revoked = [&server_for_events] {
+      if (Server* server = server_for_events.load(std::memory_order_acquire)) {
+        server->RecheckSessions();
+      }
+    };
     auth_store = std::make_unique<auth::AuthStore>(engine->get(), auth_config);
     if (absl::Status status = auth_store->Load(); !status.ok()) {
       (void)(*engine)->Close();
@@ -670,15 +676,36 @@ int Main(int argc, char** argv) {
                                      static_cast<double>(duration_ns) * 1e-9);
   };
   if (auth_on) {
-    server_config.authenticate =
-        [store = auth_store.get()](absl::string_view token) -> absl::StatusOr<RequestContext> {
+    server_config.authenticate = [store = auth_store.get(), &metrics](
+                                     absl::string_view token) -> absl::StatusOr<Session> {
       absl::StatusOr<auth::Principal> principal = store->AuthenticateApiKey(token);
-      if (!principal.ok()) return principal.status();
-      RequestContext context;
-      context.key_prefix = TenantPrefix(principal->user_id);
-      context.may_read = principal->can_read;
-      context.may_write = principal->can_write;
-      return context;
+      if (!principal.ok()) {
+        metrics.auth_failures()->Inc();
+        return principal.status();
+      }
+      Session session;
+      session.context.key_prefix = TenantPrefix(principal->user_id);
+      session.context.may_read = principal->can_read;
+      session.context.may_write = principal->can_write;
+      session.user_id = principal->user_id;
+      session.credential_id = principal->api_key_id;
+      session.expires_at_ms = principal->expires_at_ms;
+      session.generation = principal->generation;
+      return session;
+    };
+    server_config.check_session = [store = auth_store.get(), &metrics](Session* session) {
+      auth::Principal principal;
+      principal.user_id = session->user_id;
+      principal.api_key_id = session->credential_id;
+      principal.expires_at_ms = session->expires_at_ms;
+      principal.generation = session->generation;
+      absl::Status status = store->RecheckApiKey(&principal);
+      if (!status.ok()) {
+        metrics.auth_failures()->Inc();
+        return status;
+      }
+      session->generation = principal.generation;
+      return absl::OkStatus();
     };
   }
   server_config.peer_handler = &cluster_node;

@@ -79,7 +79,7 @@ struct Server::Connection {
   Loop* loop = nullptr;
   uint64_t id = 0;
   std::unique_ptr<HttpSession> http;  // set for HTTP connections
-  RequestContext context;             // whose keys this connection sees
+  Session session;                    // whose keys this connection sees
   bool authenticated = false;         // binary protocol with auth on: Hello done
   bool is_peer = false;               // a cluster peer (ClusterHello accepted)
   // The peer handshake's nonces, once the first ClusterHello was answered.
@@ -174,6 +174,10 @@ class Server::Loop : public http::ResponseSink {
   // Answers status with request id 0 and closes c: its stream is unusable.
   void RefuseFrame(Connection& c, const absl::Status& status);
   bool HandleHello(Connection& c, const p::Request& request);
+  // Whether c's session still holds (ServerConfig::check_session). When not,
+  // the session ends: every watch and request_id (0: none, the connection
+  // itself) are answered with the failure, and the connection closes.
+  bool SessionHolds(Connection& c, uint64_t request_id);
   // Cluster-internal operations: ClusterHello, and the rest on peer connections.
   // As DispatchOperation, for ClusterHello and the peers' operations.
   bool DispatchPeer(Connection& c, const p::Request& request, int64_t start_ns);
@@ -229,6 +233,8 @@ class Server::Loop : public http::ResponseSink {
 
  public:
   void BeginShutdown();
+  // SessionHolds for every authenticated connection of this loop.
+  void RecheckSessions();
 
  private:
 
@@ -619,9 +625,9 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
   if (operation == p::Operation::Hello) {
     const absl::string_view token = p::View(request.operation_as_Hello()->auth_token());
     if (token.empty()) return false;  // a plain Hello: answered by the service
-    absl::StatusOr<RequestContext> context = authenticate(token);
-    if (!context.ok()) {
-      c.context = RequestContext();
+    absl::StatusOr<Session> session = authenticate(token);
+    if (!session.ok()) {
+      c.session = Session();
       c.authenticated = false;
       // Watches opened under the earlier key end too: they would go on
       // showing that tenant's keys.
@@ -631,10 +637,10 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
         RemoveWatch(c, watch,
                     absl::UnauthenticatedError("watch ended: a later Hello's API key failed"));
       }
-      AppendStatus(c, request.request_id(), context.status());
+      AppendStatus(c, request.request_id(), session.status());
       return true;
     }
-    c.context = *std::move(context);
+    c.session = *std::move(session);
     c.authenticated = true;
     return false;
   }
@@ -643,6 +649,36 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
                absl::UnauthenticatedError(
                    "this node requires authentication: send Hello with an API key first"));
   return true;
+}
+
+bool Server::Loop::SessionHolds(Connection& c, uint64_t request_id) {
+  const auto& check = server_->config_.check_session;
+  if (!c.authenticated || !check || c.closing) return true;
+  const absl::Status status = check(&c.session);
+  if (status.ok()) return true;
+  Log(Level::kInfo, "connection %d: %s; ending its session", c.id, status.message());
+  std::vector<uint64_t> watch_ids;
+  for (const Connection::Watch& w : c.watches) watch_ids.push_back(w.request_id);
+  for (uint64_t watch_id : watch_ids) RemoveWatch(c, watch_id, status);
+  // With no request to answer, the reason goes out with request id 0.
+  AppendStatus(c, request_id, status);
+  c.authenticated = false;
+  c.session = Session();
+  StopReading(c);
+  c.closing = true;
+  return false;
+}
+
+void Server::Loop::RecheckSessions() {
+  std::vector<Connection*> sessions;
+  for (auto& [id, c] : connections_) {
+    if (c->authenticated && !c->closing) sessions.push_back(c);
+  }
+  for (Connection* c : sessions) {
+    if (SessionHolds(*c, 0)) continue;
+    Flush(*c);
+    FinishIfDone(*c);
+  }
 }
 
 namespace {
@@ -769,6 +805,10 @@ bool Server::Loop::DispatchOperation(Connection& c, const p::Request& request,
   if (IsClusterOperation(operation)) return DispatchPeer(c, request, start_ns);
   // Peers are authenticated by the cluster secret, not by an API key.
   if (!c.is_peer && HandleHello(c, request)) return true;
+  if (c.authenticated && operation != p::Operation::Hello &&
+      !SessionHolds(c, request.request_id())) {
+    return true;
+  }
   switch (operation) {
     case p::Operation::Watch:
       AddWatch(c, request.request_id(), *request.operation_as_Watch());
@@ -781,7 +821,7 @@ bool Server::Loop::DispatchOperation(Connection& c, const p::Request& request,
       break;
   }
   Service::Outcome outcome = server_->service_->Handle(
-      c.context, request, &c.builder,
+      c.session.context, request, &c.builder,
       [&]() -> Service::Completion { return DeferOn(c, operation, start_ns); });
   if (outcome != Service::Outcome::kAnswered) return false;
   Append(c, p::FrameOf(c.builder));
@@ -946,6 +986,8 @@ bool Server::Loop::AdmitHttpBody(Connection& c) {
 }
 
 void Server::Loop::CloseIdleConnections() {
+  // Expiry is noticed here for sessions that make no requests (watchers).
+  RecheckSessions();
   const int64_t now_ms = static_cast<int64_t>(uv_now(&loop_));
   const int64_t http_timeout_ms = absl::ToInt64Milliseconds(server_->config_.http_idle_timeout);
   const int64_t binary_timeout_ms =
@@ -1145,13 +1187,13 @@ void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& 
   const uint32_t shards = engine->ShardCount();
   Connection::Watch w;
   w.request_id = request_id;
-  if (!c.context.may_read) {
+  if (!c.session.context.may_read) {
     AppendStatus(c, request_id,
                  absl::PermissionDeniedError("this API key may not read (missing scope)"));
     return;
   }
   // The watch sees the connection's namespace only; keys go out without it.
-  w.prefix = absl::StrCat(c.context.key_prefix, p::View(watch.prefix()));
+  w.prefix = absl::StrCat(c.session.context.key_prefix, p::View(watch.prefix()));
   if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
     if (watch.after_sequences()->size() != shards) {
       AppendStatus(c, request_id,
@@ -1206,6 +1248,11 @@ void Server::Loop::PumpWatches() {
     if (!c->watches.empty() && !c->closing) connections.push_back(c);
   }
   for (Connection* c : connections) {
+    if (!SessionHolds(*c, 0)) {
+      Flush(*c);
+      FinishIfDone(*c);
+      continue;
+    }
     std::vector<std::pair<uint64_t, absl::Status>> ended;
     for (Connection::Watch& w : c->watches) {
       if (c->owed_bytes() > server_->config_.max_output_bytes) {
@@ -1232,7 +1279,7 @@ void Server::Loop::PumpWatches() {
         if (engine->LastSequence(shard) > w.after[shard]) more = true;
         c->builder.Clear();
         std::vector<flatbuffers::Offset<p::Event>> matching;
-        const size_t namespace_bytes = c->context.key_prefix.size();
+        const size_t namespace_bytes = c->session.context.key_prefix.size();
         for (const engine::Event& event : *events) {
           if (!absl::StartsWith(event.key, w.prefix)) continue;
           if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
@@ -1393,6 +1440,10 @@ void Server::Wait() {
 
 void Server::NotifyEvents() {
   for (auto& loop : loops_) loop->WakeWatchers();
+}
+
+void Server::RecheckSessions() {
+  for (auto& loop : loops_) loop->Post([](Loop& l) { l.RecheckSessions(); });
 }
 
 }  // namespace logkv::server

@@ -35,6 +35,18 @@ struct HttpAddress {
   int port = 0;  // 0 = any free port (see Server::http_ports)
 };
 
+// A binary connection's credentials once a Hello with an API key succeeded.
+struct Session {
+  RequestContext context;  // whose keys, which scopes
+  uint64_t user_id = 0;    // whose limits apply
+  // The authenticator's own, opaque to the server: what check_session needs
+  // to tell cheaply whether the credentials still hold (auth::Principal's
+  // key id, expiry and generation).
+  uint64_t credential_id = 0;
+  int64_t expires_at_ms = 0;
+  uint64_t generation = 0;
+};
+
 struct ServerConfig {
   std::string host = "127.0.0.1";
   int port = 7070;  // 0 = any free port (see Server::port)
@@ -61,10 +73,19 @@ struct ServerConfig {
       protocol_observer;
 
   // With auth on: maps the binary protocol's Hello auth_token (an API key) to
-  // the caller's context; until a Hello succeeds only Hello and Ping are
+  // the caller's session; until a Hello succeeds only Hello and Ping are
   // served, and a failed Hello ends an earlier one's authentication. Null:
   // auth is off and every connection is global.
-  std::function<absl::StatusOr<RequestContext>(absl::string_view token)> authenticate;
+  std::function<absl::StatusOr<Session>(absl::string_view token)> authenticate;
+  // With authenticate: whether a session's credentials still hold (a key
+  // revoked or expired since its Hello does not). Asked before each request
+  // of an authenticated connection, before its watches are sent events, on
+  // every idle-timer pass and after RecheckSessions; it may update the
+  // session's opaque fields. A failure ends the session: the request and
+  // every watch of the connection are answered with it, and the connection
+  // closes. Runs on the loops for every request: must be cheap (one atomic
+  // load, AuthStore::RecheckApiKey). Null: sessions last as long as their connection.
+  std::function<absl::Status(Session* session)> check_session;
   // With authenticate set: the largest frame a connection may send before a
   // Hello with an API key succeeds (or a peer's ClusterHello): a client
   // nobody knows cannot make the server hold max_frame_bytes for it. Larger
@@ -133,6 +154,9 @@ class Server {
 
   // New events were appended to the engine: wake the loops that have watchers.
   void NotifyEvents();
+  // Credentials were revoked: every loop rechecks its sessions now (not at
+  // their next request), so that watches of a revoked key end at once. Any thread.
+  void RecheckSessions();
 
  private:
   class Loop;

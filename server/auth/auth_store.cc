@@ -849,8 +849,31 @@ absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id) {
       !status.ok()) {
     return status;
   }
-  absl::MutexLock lock(&mu_);
-  api_keys_.at(key_id)->info.is_active = false;
+  {
+    absl::MutexLock lock(&mu_);
+    api_keys_.at(key_id)->info.is_active = false;
+  }
+  // After the key is inactive: a session that sees the new generation finds it so.
+  credentials_generation_.fetch_add(1, std::memory_order_acq_rel);
+  if (config_.on_revoked) config_.on_revoked();
+  return absl::OkStatus();
+}
+
+absl::Status AuthStore::RecheckApiKey(Principal* principal) {
+  if (principal->expires_at_ms != 0 && NowMs() >= principal->expires_at_ms) {
+    return absl::UnauthenticatedError("API key expired");
+  }
+  const uint64_t generation = credentials_generation();
+  if (generation == principal->generation) return absl::OkStatus();
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = api_keys_.find(principal->api_key_id);
+  if (it == api_keys_.end()) return absl::UnauthenticatedError("invalid API key");
+  if (!it->second->info.is_active) return absl::UnauthenticatedError("API key revoked");
+  auto user = users_.find(it->second->info.user_id);
+  if (user == users_.end() || !user->second.user.is_active) {
+    return absl::UnauthenticatedError("the API key's user is disabled");
+  }
+  principal->generation = generation;
   return absl::OkStatus();
 }
 
@@ -866,6 +889,9 @@ absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
   const int64_t now_ms = NowMs();
   bool newly_dirty = false;
   Principal principal;
+  // Read before the key is: a revocation after this point changes it, so
+  // RecheckApiKey looks again.
+  principal.generation = credentials_generation();
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = api_key_by_hash_.find(hash_view);
@@ -884,6 +910,7 @@ absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
     }
     principal.user_id = entry.info.user_id;
     principal.api_key_id = entry.info.id;
+    principal.expires_at_ms = entry.info.expires_at_ms;
     for (const std::string& scope : entry.info.scopes) {
       if (scope == "read") principal.can_read = true;
       if (scope == "write") principal.can_write = true;

@@ -86,6 +86,9 @@ struct AuthConfig {
   engine::Clock* clock = nullptr;  // default engine::SystemClock(); must outlive the store
   // Where warnings and notices go; default stderr.
   std::function<void(absl::string_view)> log;
+  // Called after an API key was revoked, on the revoking thread with no lock
+  // held, so that sessions opened with it can end at once (Server::RecheckSessions).
+  std::function<void()> on_revoked;
 };
 
 struct User {
@@ -130,6 +133,10 @@ struct Principal {
   uint64_t api_key_id = 0;
   bool can_read = false;
   bool can_write = false;
+  int64_t expires_at_ms = 0;  // of the key; 0: never
+  // AuthStore::credentials_generation() when the key was last found valid:
+  // what RecheckApiKey compares to tell cheaply that nothing was revoked since.
+  uint64_t generation = 0;
 };
 
 class AuthStore {
@@ -188,6 +195,18 @@ class AuthStore {
   // expired"). Notes the time of use in memory for FlushLastUsed.
   [[nodiscard]] absl::StatusOr<Principal> AuthenticateApiKey(absl::string_view key)
       ABSL_LOCKS_EXCLUDED(mu_, dirty_mu_);
+
+  // Whether a principal found valid earlier still is, for sessions that
+  // authenticate once and then make many requests (the binary protocol): the
+  // key's expiry is compared with the clock and, unless a revocation
+  // happened since principal->generation, nothing else is read (one atomic
+  // load, no lock). Otherwise the key is looked up under the reader lock and
+  // principal->generation updated. Unauthenticated as AuthenticateApiKey.
+  [[nodiscard]] absl::Status RecheckApiKey(Principal* principal) ABSL_LOCKS_EXCLUDED(mu_);
+  // Changes whenever a key is revoked.
+  uint64_t credentials_generation() const {
+    return credentials_generation_.load(std::memory_order_acquire);
+  }
 
   // Persists the last-use times noted since the previous flush, one record
   // write per key used (not per request). Returns how many were written. The
@@ -250,6 +269,9 @@ class AuthStore {
   // Used refresh tokens until they expire: jti -> exp (seconds).
   absl::flat_hash_map<std::string, int64_t> revoked_jtis_ ABSL_GUARDED_BY(mu_);
   size_t revoked_prune_size_ ABSL_GUARDED_BY(mu_) = 1024;
+
+  // Incremented after each revocation is in api_keys_ (RecheckApiKey).
+  std::atomic<uint64_t> credentials_generation_{0};
 
   // Ids of keys whose last use is newer than their record. A key enters once
   // per flush (when its dirty flag turns on), so this lock is rare on the hot path.

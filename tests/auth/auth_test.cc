@@ -411,6 +411,7 @@ class AuthStoreTest : public ::testing::Test {
       absl::MutexLock lock(&log_mu_);
       log_.emplace_back(line);
     };
+    config.on_revoked = on_revoked_;
     return config;
   }
 
@@ -454,6 +455,7 @@ class AuthStoreTest : public ::testing::Test {
   ScopedTempDir dir_;
   ManualClock clock_;
   std::string jwt_secret_;  // empty: generated and persisted
+  std::function<void()> on_revoked_;
   absl::Mutex log_mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
   std::unique_ptr<engine::Engine> engine_;
@@ -833,6 +835,43 @@ TEST_F(AuthStoreTest, ApiKeyRevocation) {
   ASSERT_EQ(listed.size(), 1u);
   EXPECT_FALSE(listed[0].is_active);
   EXPECT_TRUE(store_->ListApiKeys(bob.id).empty());
+}
+
+// Sessions authenticate once and recheck their principal per request: a
+// revocation or an expiry since then ends them.
+TEST_F(AuthStoreTest, RecheckSeesRevocationAndExpiry) {
+  std::atomic<int> revocations{0};
+  on_revoked_ = [&revocations] { revocations.fetch_add(1); };
+  ASSERT_OK(Restart());
+  const User user = MustSignUp("user@example.com", "user");
+  const CreatedApiKey kept = MustCreateKey(user.id, {"read"}, /*expires_in_days=*/1);
+  const CreatedApiKey revoked = MustCreateKey(user.id);
+  const CreatedApiKey other = MustCreateKey(user.id);
+  ASSERT_OK_AND_ASSIGN(Principal kept_principal, store_->AuthenticateApiKey(kept.key));
+  ASSERT_OK_AND_ASSIGN(Principal revoked_principal, store_->AuthenticateApiKey(revoked.key));
+  EXPECT_EQ(kept_principal.expires_at_ms, kept.info.expires_at_ms);
+  EXPECT_OK(store_->RecheckApiKey(&kept_principal));
+  EXPECT_OK(store_->RecheckApiKey(&revoked_principal));
+
+  const uint64_t before = store_->credentials_generation();
+  ASSERT_OK(store_->RevokeApiKey(user.id, other.info.id));
+  EXPECT_NE(store_->credentials_generation(), before);
+  EXPECT_EQ(revocations.load(), 1);
+  // Another key's revocation leaves these valid, and their generation current.
+  EXPECT_OK(store_->RecheckApiKey(&kept_principal));
+  EXPECT_EQ(kept_principal.generation, store_->credentials_generation());
+
+  ASSERT_OK(store_->RevokeApiKey(user.id, revoked.info.id));
+  EXPECT_EQ(revocations.load(), 2);
+  absl::Status status = store_->RecheckApiKey(&revoked_principal);
+  EXPECT_STATUS_CODE(status, absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(status.message(), "API key revoked");
+  EXPECT_OK(store_->RecheckApiKey(&kept_principal));
+
+  clock_.AdvanceMs(24ll * 3600 * 1000);
+  status = store_->RecheckApiKey(&kept_principal);
+  EXPECT_STATUS_CODE(status, absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(status.message(), "API key expired");
 }
 
 TEST_F(AuthStoreTest, SecretsAreStoredOnlyAsHashes) {

@@ -1995,8 +1995,7 @@ TEST_F(RestAuthTest, FailedHelloDropsAnEarlierLogin) {
   EXPECT_EQ(value, "a");
 }
 
-// ==== Statistics with auth on ============================================================
-
+// ==== Statistics with auth on =====================================================
 class RestStatsAuthTest : public RestAccountsBase {
  protected:
   static constexpr absl::string_view kOperatorSecret = "operator-secret-for-the-stats-test";
@@ -2082,6 +2081,53 @@ TEST_F(RestStatsAuthTest, StatisticsNeedCredentialsAndShowEachCallerItsOwn) {
   EXPECT_EQ(status, p::StatusCode::Unauthenticated);
   ASSERT_EQ(CallFrame(*connection, HelloFrame(2, b.api_key)), p::StatusCode::Ok);
   EXPECT_EQ(BinaryStatsKeys(*connection, 3), 1);
+=======
+// A key revoked over HTTP ends the binary sessions opened with it before: an
+// open watch ends with Unauthenticated without waiting for a request, and
+// every such connection closes.
+TEST_F(RestAuthTest, RevokingAKeyEndsItsBinarySessions) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  auto open_session = [&](const std::string& key) {
+    absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    EXPECT_EQ(CallFrame(*connection, HelloFrame(1, key)), p::StatusCode::Ok);
+    return std::move(*connection);
+  };
+  RawConnection client = open_session(a.api_key);
+  RawConnection watcher = open_session(a.api_key);
+  RawConnection other_user = open_session(b.api_key);
+  // Once authenticated, frames may be as large as values allow.
+  EXPECT_EQ(CallFrame(client, PutFrame(2, "big", std::string(200'000, 'v'))), p::StatusCode::Ok);
+  std::string value;
+  EXPECT_EQ(CallFrame(client, GetFrame(3, "big"), &value), p::StatusCode::Ok);
+  EXPECT_EQ(value.size(), 200'000u);
+  flatbuffers::FlatBufferBuilder b_watch;
+  const std::string watch = FinishRequest(b_watch, 7, p::Operation::Watch,
+                                          p::CreateWatch(b_watch, Bytes(b_watch, "w/")).Union());
+  ASSERT_EQ(CallFrame(watcher, watch), p::StatusCode::Ok);
+
+  ASSERT_EQ(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token)).status,
+            200);
+  // The watch ends with the reason, and the connection closes.
+  absl::StatusOr<std::string> ended = watcher.ReadFrame();
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(AsResponse(*ended)->request_id(), 7u);
+  EXPECT_EQ(AsResponse(*ended)->status(), p::StatusCode::Unauthenticated);
+  EXPECT_EQ(p::View(AsResponse(*ended)->message()), "API key revoked");
+  EXPECT_TRUE(watcher.WaitClosed(absl::Seconds(10)));
+  // The other connection is told too (request id 0: no request of its own
+  // was refused), and closes.
+  absl::StatusOr<std::string> refused = client.ReadFrame();
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(AsResponse(*refused)->request_id(), 0u);
+  EXPECT_EQ(AsResponse(*refused)->status(), p::StatusCode::Unauthenticated);
+  EXPECT_TRUE(client.WaitClosed(absl::Seconds(10)));
+  // A new Hello with the key is refused; another user's session goes on.
+  absl::StatusOr<RawConnection> again = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(CallFrame(*again, HelloFrame(1, a.api_key)), p::StatusCode::Unauthenticated);
+  EXPECT_EQ(CallFrame(other_user, GetFrame(2, "big")), p::StatusCode::NotFound);
 }
 
 // ==== Rate limiting ===================================================================
