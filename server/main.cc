@@ -95,6 +95,10 @@ ABSL_FLAG(uint64_t, max_buffered_bytes, 256ull << 20,
           "Bytes all connections together may hold for requests still arriving (frames and HTTP "
           "bodies over 64 KiB); one that would pass it is refused (ResourceExhausted / 503) and "
           "its connection closed. 0 = no limit.");
+ABSL_FLAG(uint64_t, max_watches_per_connection, 1024,
+          "Watches one binary connection may have open (ResourceExhausted beyond); 0 = no limit.");
+ABSL_FLAG(uint64_t, max_watches_per_user, 10'000,
+          "Watches one user may have open over all connections with --auth=on; 0 = no limit.");
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
@@ -143,7 +147,8 @@ constexpr const char* kFlagNames[] = {
     "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
     "rate_limit",    "rate_limit_burst", "max_document_bytes", "max_json_depth",
     "http_max_header_bytes", "http_idle_timeout_ms", "binary_idle_timeout_ms",
-    "max_buffered_bytes", "advertise", "http_advertise", "seeds", "cluster_secret",
+    "max_buffered_bytes", "max_watches_per_connection", "max_watches_per_user", "advertise",
+    "http_advertise", "seeds", "cluster_secret",
     "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
     "purge_ring_stable_ms", "tombstone_grace_ms",
     "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
@@ -650,6 +655,10 @@ int Main(int argc, char** argv) {
   server_config.binary_idle_timeout =
       absl::Milliseconds(std::max<int64_t>(100, absl::GetFlag(FLAGS_binary_idle_timeout_ms)));
   server_config.max_buffered_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_buffered_bytes));
+  server_config.max_watches_per_connection =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_watches_per_connection));
+  server_config.max_watches_per_user =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_watches_per_user));
   // A body carries a value, base64 or JSON around it: room for base64's 4/3.
   server_config.http_limits.max_body_bytes =
       static_cast<size_t>(options.max_value_bytes) / 3 * 4 + (64u << 10);

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
@@ -100,11 +101,12 @@ struct Server::Connection {
   // Of ServerCounters::buffered_request_bytes, what the request now arriving holds.
   size_t reserved_bytes = 0;
   struct Watch {
-    uint64_t request_id;
+    uint64_t user_id;             // whose per-user watch count it is in (0: none)
     std::string prefix;
     std::vector<uint64_t> after;  // per shard: last sequence sent
   };
-  std::vector<Watch> watches;
+  // By the Watch request's id: adding, finding and removing one is O(1).
+  absl::flat_hash_map<uint64_t, Watch> watches;
 
   explicit Connection(uint32_t max_frame_bytes) : decoder(max_frame_bytes) {}
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
@@ -274,6 +276,8 @@ class Server::Loop : public http::ResponseSink {
   uint64_t next_connection_id_ = 1;
   bool stopping_ = false;
   bool handles_closed_ = false;
+  // Connections with at least one watch: what PumpWatches visits.
+  absl::flat_hash_set<Connection*> watchers_;
   std::atomic<int> watch_count_{0};
 };
 
@@ -632,7 +636,7 @@ bool Server::Loop::HandleHello(Connection& c, const p::Request& request) {
       // Watches opened under the earlier key end too: they would go on
       // showing that tenant's keys.
       std::vector<uint64_t> watches;
-      for (const Connection::Watch& watch : c.watches) watches.push_back(watch.request_id);
+      for (const auto& [watch_id, watch] : c.watches) watches.push_back(watch_id);
       for (uint64_t watch : watches) {
         RemoveWatch(c, watch,
                     absl::UnauthenticatedError("watch ended: a later Hello's API key failed"));
@@ -658,7 +662,7 @@ bool Server::Loop::SessionHolds(Connection& c, uint64_t request_id) {
   if (status.ok()) return true;
   Log(Level::kInfo, "connection %d: %s; ending its session", c.id, status.message());
   std::vector<uint64_t> watch_ids;
-  for (const Connection::Watch& w : c.watches) watch_ids.push_back(w.request_id);
+  for (const auto& [watch_id, w] : c.watches) watch_ids.push_back(watch_id);
   for (uint64_t watch_id : watch_ids) RemoveWatch(c, watch_id, status);
   // With no request to answer, the reason goes out with request id 0.
   AppendStatus(c, request_id, status);
@@ -917,8 +921,10 @@ void Server::Loop::Close(Connection& c) {
   if (c.closed) return;
   c.closed = true;
   StopReading(c);
+  for (const auto& [watch_id, w] : c.watches) server_->ReleaseUserWatch(w.user_id);
   watch_count_.fetch_sub(static_cast<int>(c.watches.size()), std::memory_order_relaxed);
   c.watches.clear();
+  watchers_.erase(&c);
   ReleaseInput(c);
   connections_.erase(c.id);
   server_->counters()->connections.fetch_sub(1, std::memory_order_relaxed);
@@ -1185,13 +1191,24 @@ void Server::Loop::SerializeHttp(const http::HttpResponse& response, bool keep_a
 void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& watch) {
   engine::Engine* engine = server_->service_->engine();
   const uint32_t shards = engine->ShardCount();
-  Connection::Watch w;
-  w.request_id = request_id;
   if (!c.session.context.may_read) {
     AppendStatus(c, request_id,
                  absl::PermissionDeniedError("this API key may not read (missing scope)"));
     return;
   }
+  if (c.watches.contains(request_id)) {
+    AppendStatus(c, request_id, absl::InvalidArgumentError("request_id already watching"));
+    return;
+  }
+  const size_t per_connection = server_->config_.max_watches_per_connection;
+  if (per_connection != 0 && c.watches.size() >= per_connection) {
+    AppendStatus(c, request_id,
+                 absl::ResourceExhaustedError(absl::StrCat(
+                     "this connection already has ", c.watches.size(),
+                     " watches (--max-watches-per-connection); unwatch one first")));
+    return;
+  }
+  Connection::Watch w;
   // The watch sees the connection's namespace only; keys go out without it.
   w.prefix = absl::StrCat(c.session.context.key_prefix, p::View(watch.prefix()));
   if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
@@ -1206,11 +1223,13 @@ void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& 
   } else {
     for (uint32_t shard = 0; shard < shards; ++shard) w.after.push_back(engine->LastSequence(shard));
   }
-  for (const auto& existing : c.watches) {
-    if (existing.request_id == request_id) {
-      AppendStatus(c, request_id, absl::InvalidArgumentError("request_id already watching"));
-      return;
-    }
+  w.user_id = c.authenticated ? c.session.user_id : 0;
+  if (!server_->AcquireUserWatch(w.user_id)) {
+    AppendStatus(c, request_id,
+                 absl::ResourceExhaustedError(absl::StrCat(
+                     "this user already has ", server_->config_.max_watches_per_user,
+                     " watches (--max-watches-per-user); unwatch one first")));
+    return;
   }
   // Acknowledge with an empty batch, so the client knows events from now on
   // will reach it; then catch up from the resume points.
@@ -1223,29 +1242,35 @@ void Server::Loop::AddWatch(Connection& c, uint64_t request_id, const p::Watch& 
   response.add_result(batch.Union());
   c.builder.FinishSizePrefixed(response.Finish());
   Append(c, p::FrameOf(c.builder));
-  c.watches.push_back(std::move(w));
+  c.watches.emplace(request_id, std::move(w));
+  watchers_.insert(&c);
   watch_count_.fetch_add(1, std::memory_order_relaxed);
   uv_async_send(&events_async_);
 }
 
 void Server::Loop::RemoveWatch(Connection& c, uint64_t watch_request_id,
                                const absl::Status& final_status) {
-  for (auto it = c.watches.begin(); it != c.watches.end(); ++it) {
-    if (it->request_id != watch_request_id) continue;
-    c.watches.erase(it);
-    watch_count_.fetch_sub(1, std::memory_order_relaxed);
-    AppendStatus(c, watch_request_id, final_status);
-    return;
-  }
+  auto it = c.watches.find(watch_request_id);
+  if (it == c.watches.end()) return;
+  server_->ReleaseUserWatch(it->second.user_id);
+  c.watches.erase(it);
+  if (c.watches.empty()) watchers_.erase(&c);
+  watch_count_.fetch_sub(1, std::memory_order_relaxed);
+  AppendStatus(c, watch_request_id, final_status);
 }
 
 void Server::Loop::PumpWatches() {
   engine::Engine* engine = server_->service_->engine();
   const uint32_t batch_events = server_->config_.watch_batch_events;
   bool more = false;
+  // Read once per pass, not once per watch.
+  std::vector<uint64_t> last_sequences(engine->ShardCount());
+  for (uint32_t shard = 0; shard < last_sequences.size(); ++shard) {
+    last_sequences[shard] = engine->LastSequence(shard);
+  }
   std::vector<Connection*> connections;
-  for (auto& [id, c] : connections_) {
-    if (!c->watches.empty() && !c->closing) connections.push_back(c);
+  for (Connection* c : watchers_) {
+    if (!c->closing) connections.push_back(c);
   }
   for (Connection* c : connections) {
     if (!SessionHolds(*c, 0)) {
@@ -1254,10 +1279,10 @@ void Server::Loop::PumpWatches() {
       continue;
     }
     std::vector<std::pair<uint64_t, absl::Status>> ended;
-    for (Connection::Watch& w : c->watches) {
+    for (auto& [watch_id, w] : c->watches) {
       if (c->owed_bytes() > server_->config_.max_output_bytes) {
         // A watcher that does not read is dropped, not buffered without end.
-        ended.emplace_back(w.request_id,
+        ended.emplace_back(watch_id,
                            absl::AbortedError(absl::StrCat(
                                "watch dropped: the client fell more than ",
                                server_->config_.max_output_bytes,
@@ -1265,13 +1290,13 @@ void Server::Loop::PumpWatches() {
         continue;
       }
       for (uint32_t shard = 0; shard < w.after.size(); ++shard) {
-        if (engine->LastSequence(shard) <= w.after[shard]) continue;
+        if (last_sequences[shard] <= w.after[shard]) continue;
         // Half a frame of keys and values leaves room for the envelope, so
         // one batch always fits in one frame.
         absl::StatusOr<std::vector<engine::Event>> events = engine->ReadEvents(
             shard, w.after[shard], batch_events, server_->service_->config().limits.max_frame_bytes / 2);
         if (!events.ok()) {
-          ended.emplace_back(w.request_id, events.status());
+          ended.emplace_back(watch_id, events.status());
           break;
         }
         if (events->empty()) continue;
@@ -1297,7 +1322,7 @@ void Server::Loop::PumpWatches() {
         auto vector = c->builder.CreateVector(matching);
         auto batch = p::CreateWatchEvents(c->builder, vector);
         p::ResponseBuilder response(c->builder);
-        response.add_request_id(w.request_id);
+        response.add_request_id(watch_id);
         response.add_result_type(p::Result::WatchEvents);
         response.add_result(batch.Union());
         c->builder.FinishSizePrefixed(response.Finish());
@@ -1440,6 +1465,26 @@ void Server::Wait() {
 
 void Server::NotifyEvents() {
   for (auto& loop : loops_) loop->WakeWatchers();
+}
+
+bool Server::AcquireUserWatch(uint64_t user_id) {
+  if (user_id == 0) return true;
+  absl::MutexLock lock(&watches_mu_);
+  size_t& count = watches_by_user_[user_id];
+  if (config_.max_watches_per_user != 0 && count >= config_.max_watches_per_user) {
+    if (count == 0) watches_by_user_.erase(user_id);
+    return false;
+  }
+  ++count;
+  return true;
+}
+
+void Server::ReleaseUserWatch(uint64_t user_id) {
+  if (user_id == 0) return;
+  absl::MutexLock lock(&watches_mu_);
+  auto it = watches_by_user_.find(user_id);
+  if (it == watches_by_user_.end()) return;
+  if (--it->second == 0) watches_by_user_.erase(it);
 }
 
 void Server::RecheckSessions() {

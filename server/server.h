@@ -17,7 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/http/http_parser.h"
@@ -107,6 +110,10 @@ struct ServerConfig {
   size_t max_output_bytes = 8u << 20;
   // Bytes written per loop turn per connection before yielding to others.
   size_t read_chunk_bytes = 64u << 10;
+  // Watches one connection, and one user over all connections (auth on),
+  // may have open; more are answered ResourceExhausted. 0: no limit.
+  size_t max_watches_per_connection = 1024;
+  size_t max_watches_per_user = 10'000;
   // Events per shard read for a watcher per wake-up, and per frame sent.
   uint32_t watch_batch_events = 512;
   absl::Duration shutdown_grace = absl::Seconds(10);
@@ -163,6 +170,10 @@ class Server {
   struct Connection;
 
   ServerCounters* counters() { return service_->counters(); }
+  // A watch of user_id (0: no user, always allowed) is opened or closed;
+  // false when it would pass max_watches_per_user. Any loop.
+  bool AcquireUserWatch(uint64_t user_id) ABSL_LOCKS_EXCLUDED(watches_mu_);
+  void ReleaseUserWatch(uint64_t user_id) ABSL_LOCKS_EXCLUDED(watches_mu_);
 
   Service* const service_;
   const ServerConfig config_;
@@ -171,6 +182,9 @@ class Server {
   std::atomic<bool> shutdown_requested_{false};
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<std::thread> threads_;
+
+  absl::Mutex watches_mu_;  // taken only to open and close watches
+  absl::flat_hash_map<uint64_t, size_t> watches_by_user_ ABSL_GUARDED_BY(watches_mu_);
 };
 
 }  // namespace logkv::server

@@ -9,7 +9,8 @@
 //                     every dialect, node routes, methods, HTTP mechanics
 //   RestReadOnlyTest  data written, then the node restarted with --read-only
 //   RestBufferLimitTest  --max-buffered-bytes=1048576: bodies and frames still arriving
-//   RestAuthTest      --auth=on --rate-limit=0: accounts, keys, scopes, tenancy
+//   RestAuthTest      --auth=on --rate-limit=0 --max-watches-per-user=4: accounts,
+//                     keys, scopes, tenancy, binary sessions
 //   RestRateLimitTest --auth=on --rate-limit=60 --rate-limit-burst=3
 //   RestJwtExpiryTest --auth=on --jwt-expiration=1s
 //   RestReadOnlyAuthTest  accounts made, then the node restarted with --read-only
@@ -1560,7 +1561,9 @@ class RestAccountsBase : public RestTestBase {
 
 class RestAuthTest : public RestAccountsBase {
  protected:
-  static void SetUpTestSuite() { shared_ = new SharedServer({"--auth=on", "--rate-limit=0"}); }
+  static void SetUpTestSuite() {
+    shared_ = new SharedServer({"--auth=on", "--rate-limit=0", "--max-watches-per-user=4"});
+  }
   static void TearDownTestSuite() {
     delete shared_;
     shared_ = nullptr;
@@ -2128,6 +2131,47 @@ TEST_F(RestAuthTest, RevokingAKeyEndsItsBinarySessions) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(CallFrame(*again, HelloFrame(1, a.api_key)), p::StatusCode::Unauthenticated);
   EXPECT_EQ(CallFrame(other_user, GetFrame(2, "big")), p::StatusCode::NotFound);
+}
+
+// A user's watches over all connections are limited (--max-watches-per-user);
+// closing a connection gives its watches back.
+TEST_F(RestAuthTest, WatchesPerUserAreLimited) {
+  Account a = NewAccount("a");
+  Account b = NewAccount("b");
+  auto open_session = [&](const std::string& key) {
+    absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    EXPECT_EQ(CallFrame(*connection, HelloFrame(1, key)), p::StatusCode::Ok);
+    return std::move(*connection);
+  };
+  auto watch = [](uint64_t id) {
+    flatbuffers::FlatBufferBuilder b;
+    return FinishRequest(b, id, p::Operation::Watch, p::CreateWatch(b, Bytes(b, "w/")).Union());
+  };
+  RawConnection first = open_session(a.api_key);
+  RawConnection second = open_session(a.api_key);
+  for (uint64_t id = 10; id < 13; ++id) EXPECT_EQ(CallFrame(first, watch(id)), p::StatusCode::Ok);
+  EXPECT_EQ(CallFrame(second, watch(20)), p::StatusCode::Ok);
+  EXPECT_EQ(CallFrame(second, watch(21)), p::StatusCode::ResourceExhausted);
+  // Another user has a count of their own.
+  RawConnection other = open_session(b.api_key);
+  for (uint64_t id = 10; id < 14; ++id) EXPECT_EQ(CallFrame(other, watch(id)), p::StatusCode::Ok);
+
+  first.Close();
+  // Once the server has seen the close, its three watches are free again.
+  int opened = 0;
+  uint64_t id = 30;
+  const absl::Time deadline = absl::Now() + kPollLimit;
+  while (opened < 3 && absl::Now() < deadline) {
+    if (CallFrame(second, watch(id)) == p::StatusCode::Ok) {
+      ++opened;
+      ++id;
+    } else {
+      absl::SleepFor(kPollInterval);
+    }
+  }
+  EXPECT_EQ(opened, 3);
+  EXPECT_EQ(CallFrame(second, watch(id)), p::StatusCode::ResourceExhausted);
 }
 
 // ==== Rate limiting ===================================================================

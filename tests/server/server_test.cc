@@ -545,6 +545,58 @@ TEST_F(ServerTest, SlowFramesAndIdleConnectionsAreClosed) {
   EXPECT_EQ(GetValue(watcher, "k", 2), "NOT_FOUND");
 }
 
+// Watches per connection are limited (--max-watches-per-connection): the one
+// past the limit is refused, an Unwatch makes room, and every watch open
+// still streams.
+TEST_F(ServerTest, WatchesPerConnectionAreLimited) {
+  constexpr int kLimit = 2000;
+  auto server = StartServer({absl::StrCat("--max-watches-per-connection=", kLimit)});
+  RawConnection watcher = Connect(server->port());
+  auto watch_frame = [](uint64_t id) {
+    return Build(id, p::Operation::Watch, [id](auto& b) {
+      return p::CreateWatch(b, Bytes(b, absl::StrCat("w", id % 7, "/"))).Union();
+    });
+  };
+  std::string frames;
+  for (uint64_t id = 1; id <= kLimit + 1; ++id) frames += watch_frame(id);
+  ASSERT_TRUE(watcher.SendBytes(frames).ok());
+  std::map<uint64_t, p::StatusCode> answers;
+  for (int i = 0; i < kLimit + 1; ++i) {
+    absl::StatusOr<std::string> frame = watcher.ReadFrame();
+    ASSERT_TRUE(frame.ok()) << frame.status() << " after " << i << " answers";
+    answers.emplace(AsResponse(*frame)->request_id(), CodeOf(*frame));
+  }
+  ASSERT_EQ(answers.size(), static_cast<size_t>(kLimit + 1));
+  for (uint64_t id = 1; id <= kLimit; ++id) ASSERT_EQ(answers[id], p::StatusCode::Ok) << id;
+  EXPECT_EQ(answers[kLimit + 1], p::StatusCode::ResourceExhausted);
+  // The same id twice is refused as before.
+  EXPECT_EQ(CodeOf(Call(watcher, watch_frame(5), 5)), p::StatusCode::InvalidArgument);
+
+  // Unwatch frees a place.
+  ASSERT_TRUE(watcher.SendBytes(Build(kLimit + 2, p::Operation::Unwatch, [](auto& b) {
+                                  return p::CreateUnwatch(b, 3).Union();
+                                })).ok());
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(watcher.ReadFrame().ok());
+  EXPECT_EQ(CodeOf(Call(watcher, watch_frame(kLimit + 3), kLimit + 3)), p::StatusCode::Ok);
+
+  // A write reaches every watch of its prefix: w1/ is watched by ids = 1 mod 7.
+  RawConnection writer = Connect(server->port());
+  ASSERT_EQ(CodeOf(Call(writer, PutFrame(1, "w1/k", "v"), 1)), p::StatusCode::Ok);
+  std::set<uint64_t> notified;
+  std::set<uint64_t> expected;
+  for (uint64_t id = 1; id <= kLimit; ++id) {
+    if (id % 7 == 1) expected.insert(id);
+  }
+  if ((kLimit + 3) % 7 == 1) expected.insert(kLimit + 3);
+  while (notified.size() < expected.size()) {
+    absl::StatusOr<std::string> frame = watcher.ReadFrame();
+    ASSERT_TRUE(frame.ok()) << frame.status() << " with " << notified.size() << " notified";
+    ASSERT_EQ(CodeOf(*frame), p::StatusCode::Ok);
+    notified.insert(AsResponse(*frame)->request_id());
+  }
+  EXPECT_EQ(notified, expected);
+}
+
 TEST_F(ServerTest, ReadOnlyRefusesWrites) {
   auto server = StartServer({"--read_only"});
   RawConnection c = Connect(server->port());
