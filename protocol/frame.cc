@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace logkv::protocol {
@@ -294,12 +295,31 @@ absl::StatusCode FromWire(StatusCode code) {
   }
 }
 
+namespace {
+constexpr absl::string_view kRetryAfterPayload = "logkv.retry_after_ms";
+}  // namespace
+
+absl::Status WithRetryAfter(absl::Status status, int64_t retry_after_ms) {
+  if (!status.ok() && retry_after_ms > 0) {
+    status.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(retry_after_ms)));
+  }
+  return status;
+}
+
+int64_t RetryAfterMs(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t retry_after_ms = 0;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &retry_after_ms)) return 0;
+  return retry_after_ms;
+}
+
 absl::Status StatusFromResponse(const Response& response) {
   if (response.status() == StatusCode::Ok) return absl::OkStatus();
   if (response.status() == StatusCode::InsufficientStorage) {
     return InsufficientStorageError(View(response.message()));
   }
-  return absl::Status(FromWire(response.status()), View(response.message()));
+  return WithRetryAfter(absl::Status(FromWire(response.status()), View(response.message())),
+                        response.retry_after_ms());
 }
 
 void FinishResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t request_id, Result type,
@@ -321,6 +341,9 @@ void BuildStatusResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t reque
   response.add_request_id(request_id);
   response.add_status(ToWire(status));
   if (!status.ok()) response.add_message(message);
+  if (const int64_t retry_after_ms = RetryAfterMs(status); retry_after_ms > 0) {
+    response.add_retry_after_ms(retry_after_ms);
+  }
   builder->FinishSizePrefixed(response.Finish());
 }
 

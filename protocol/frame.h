@@ -115,7 +115,15 @@ bool IsInsufficientStorage(const absl::Status& status);
 StatusCode ToWire(absl::StatusCode code);
 StatusCode ToWire(const absl::Status& status);
 absl::StatusCode FromWire(StatusCode code);
+// With Response.retry_after_ms as RetryAfterMs.
 absl::Status StatusFromResponse(const Response& response);
+
+// How long a refused request should wait before it is retried (a rate
+// limit): a payload of the status, which BuildStatusResponse sends as
+// Response.retry_after_ms.
+absl::Status WithRetryAfter(absl::Status status, int64_t retry_after_ms);
+// 0 when status carries none.
+int64_t RetryAfterMs(const absl::Status& status);
 
 // The frame bytes of a finished size-prefixed builder.
 inline absl::string_view FrameOf(const flatbuffers::FlatBufferBuilder& builder) {

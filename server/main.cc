@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "server/auth/auth_store.h"
+#include "server/auth/login_throttle.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
 #include "server/cluster/anti_entropy.h"
@@ -600,6 +601,8 @@ int Main(int argc, char** argv) {
     return membership != nullptr && membership->ViewConfirmed();
   });
 
+  // Failed logins per account and client address (POST /login).
+  auth::LoginThrottle login_throttle;
   http::Router router;
   http::DataRoutesConfig routes_config;
   routes_config.node_id = service_config.node_id;
@@ -623,7 +626,13 @@ int Main(int argc, char** argv) {
   http::DataRoutes data_routes(routes_config, routes_dependencies);
   data_routes.AddTo(&router);
   if (auth_on) {
-    http::AddAccountRoutes(&router, auth_store.get(), password_workers.get(), max_json_depth);
+    http::AccountRoutesOptions account_options;
+    account_options.login_throttle = &login_throttle;
+    account_options.on_auth_failure = [&metrics] { metrics.auth_failures()->Inc(); };
+    account_options.on_throttled = [&metrics] { metrics.rate_limited()->Inc(); };
+    account_options.max_json_depth = max_json_depth;
+    http::AddAccountRoutes(&router, auth_store.get(), password_workers.get(),
+                           std::move(account_options));
   } else {
     auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
       responder.Send(http::HttpResponse::Error(
@@ -715,6 +724,23 @@ int Main(int argc, char** argv) {
       }
       session->generation = principal.generation;
       return absl::OkStatus();
+    };
+  }
+  if (rate_limiter) {
+    // Binary requests take tokens from the same per-user bucket as HTTP ones.
+    server_config.admit_request = [limiter = rate_limiter.get(), &metrics,
+                                   per_minute = absl::GetFlag(FLAGS_rate_limit)](
+                                      const Session& session) -> absl::Status {
+      int64_t retry_after_ms = 0;
+      if (limiter->Allow(session.user_id, absl::ToUnixMillis(absl::Now()), &retry_after_ms)) {
+        return absl::OkStatus();
+      }
+      metrics.rate_limited()->Inc();
+      return p::WithRetryAfter(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "rate limit exceeded (", per_minute,
+              " requests a minute per user, --rate-limit); retry after ", retry_after_ms, " ms")),
+          retry_after_ms);
     };
   }
   server_config.peer_handler = &cluster_node;

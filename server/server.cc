@@ -35,6 +35,7 @@ struct HttpSession {
   explicit HttpSession(const http::HttpLimits& limits) : parser(limits) {}
 
   http::HttpParser parser;
+  std::string remote_address;  // the client's IP address as text
   // Received bytes [begin, end) not yet given to the parser.
   std::unique_ptr<char[]> input;
   size_t capacity = 0, begin = 0, end = 0;
@@ -459,6 +460,19 @@ void Server::Loop::OnConnection(uv_stream_t* listener, int status, bool is_http)
     return;
   }
   uv_tcp_nodelay(&c->handle, 1);
+  if (is_http) {
+    sockaddr_storage peer;
+    int length = sizeof(peer);
+    char text[INET6_ADDRSTRLEN] = "";
+    if (uv_tcp_getpeername(&c->handle, reinterpret_cast<sockaddr*>(&peer), &length) == 0) {
+      if (peer.ss_family == AF_INET) {
+        uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), text, sizeof(text));
+      } else if (peer.ss_family == AF_INET6) {
+        uv_ip6_name(reinterpret_cast<const sockaddr_in6*>(&peer), text, sizeof(text));
+      }
+    }
+    c->http->remote_address = text;
+  }
   connections_[c->id] = c;
   server_->counters()->connections.fetch_add(1, std::memory_order_relaxed);
   if (is_http) server_->counters()->http_connections.fetch_add(1, std::memory_order_relaxed);
@@ -809,9 +823,15 @@ bool Server::Loop::DispatchOperation(Connection& c, const p::Request& request,
   if (IsClusterOperation(operation)) return DispatchPeer(c, request, start_ns);
   // Peers are authenticated by the cluster secret, not by an API key.
   if (!c.is_peer && HandleHello(c, request)) return true;
-  if (c.authenticated && operation != p::Operation::Hello &&
-      !SessionHolds(c, request.request_id())) {
-    return true;
+  if (c.authenticated && operation != p::Operation::Hello) {
+    if (!SessionHolds(c, request.request_id())) return true;
+    const auto& admit = server_->config_.admit_request;
+    if (admit && operation != p::Operation::Ping && operation != p::Operation::Unwatch) {
+      if (absl::Status status = admit(c.session); !status.ok()) {
+        AppendStatus(c, request.request_id(), status);
+        return true;
+      }
+    }
   }
   switch (operation) {
     case p::Operation::Watch:
@@ -1068,6 +1088,7 @@ void Server::Loop::DispatchHttp(Connection& c, http::HttpRequest& request) {
     h.stop_parsing = true;
     StopReading(c);
   }
+  request.remote_address = h.remote_address;
   const http::Router::Match match =
       server_->config_.router->Find(request.method, request.path, &request.params);
   InlineAnswer answer;

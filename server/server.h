@@ -20,8 +20,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/http/http_parser.h"
 #include "server/http/router.h"
@@ -89,6 +89,11 @@ struct ServerConfig {
   // closes. Runs on the loops for every request: must be cheap (one atomic
   // load, AuthStore::RecheckApiKey). Null: sessions last as long as their connection.
   std::function<absl::Status(Session* session)> check_session;
+  // With authenticate: asked before each request of an authenticated
+  // connection but Hello, Ping and Unwatch (the per-user rate limit). A
+  // failure (ResourceExhausted, with protocol::RetryAfterMs) is the
+  // request's answer; the connection goes on. Null: no limit.
+  std::function<absl::Status(const Session& session)> admit_request;
   // With authenticate set: the largest frame a connection may send before a
   // Hello with an API key succeeds (or a peer's ClusterHello): a client
   // nobody knows cannot make the server hold max_frame_bytes for it. Larger

@@ -1,5 +1,6 @@
 #include "server/http/account_routes.h"
 
+#include <algorithm>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -12,6 +13,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "server/auth/status_http.h"
 
@@ -138,13 +141,22 @@ Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler) {
   };
 }
 
+using Options = std::shared_ptr<const AccountRoutesOptions>;
+
+void NoteAuthFailure(const Options& options) {
+  if (options->on_auth_failure) options->on_auth_failure();
+}
+
 // The user behind the request's bearer token, or the 401 to send.
-absl::StatusOr<auth::User> Authenticate(auth::AuthStore* store, const HttpRequest& request) {
+absl::StatusOr<auth::User> Authenticate(auth::AuthStore* store, const Options& options,
+                                        const HttpRequest& request) {
   std::optional<absl::string_view> authorization = request.Header("Authorization");
-  if (!authorization.has_value()) {
-    return absl::UnauthenticatedError("missing Authorization header (Bearer <token>)");
-  }
-  return store->AuthenticateBearer(*authorization);
+  absl::StatusOr<auth::User> user =
+      authorization.has_value()
+          ? store->AuthenticateBearer(*authorization)
+          : absl::UnauthenticatedError("missing Authorization header (Bearer <token>)");
+  if (!user.ok()) NoteAuthFailure(options);
+  return user;
 }
 
 // ---- Routes --------------------------------------------------------------------
@@ -169,9 +181,9 @@ void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_dept
             });
 }
 
-void Login(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+void Login(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
            HttpRequest& request, Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
+  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string email, password;
   for (auto [name, out] : {std::pair{"email", &email}, std::pair{"password", &password}}) {
@@ -179,34 +191,61 @@ void Login(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth
       return responder.Send(StatusResponse(status));
     }
   }
+  auth::LoginThrottle* throttle = options->login_throttle;
+  if (throttle != nullptr) {
+    // Held back before any hashing: guessing costs the server nothing.
+    int64_t retry_after_ms = 0;
+    if (!throttle->Allow(email, request.remote_address, options->now_ms(), &retry_after_ms)) {
+      if (options->on_throttled) options->on_throttled();
+      HttpResponse refused = HttpResponse::Error(
+          429, "too many failed logins for this account or address; retry later");
+      refused.headers.emplace_back(
+          "Retry-After", absl::StrCat(std::max<int64_t>(1, (retry_after_ms + 999) / 1000)));
+      return responder.Send(std::move(refused));
+    }
+  }
   RunOnPool(pool, std::move(responder),
-            [store, email = std::move(email), password = std::move(password)]() {
+            [store, options, email = std::move(email), password = std::move(password),
+             address = std::string(request.remote_address)]() {
               absl::StatusOr<auth::Tokens> tokens = store->Login(email, password);
-              if (!tokens.ok()) return StatusResponse(tokens.status());
+              auth::LoginThrottle* throttle = options->login_throttle;
+              if (!tokens.ok()) {
+                if (absl::IsUnauthenticated(tokens.status())) {
+                  NoteAuthFailure(options);
+                  if (throttle != nullptr)
+                    throttle->RecordFailure(email, address, options->now_ms());
+                }
+                return StatusResponse(tokens.status());
+              }
+              if (throttle != nullptr) throttle->RecordSuccess(email);
               return JsonResponse(200, auth::TokensJson(*tokens));
             });
 }
 
-void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
              HttpRequest& request, Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
+  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string refresh_token;
   if (absl::Status status = RequiredString(*body, "refresh_token", &refresh_token); !status.ok()) {
     return responder.Send(StatusResponse(status));
   }
-  RunOnPool(pool, std::move(responder), [store, refresh_token = std::move(refresh_token)]() {
-    absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
-    if (!tokens.ok()) return StatusResponse(tokens.status());
-    return JsonResponse(200, auth::TokensJson(*tokens));
-  });
+  RunOnPool(pool, std::move(responder),
+            [store, options, refresh_token = std::move(refresh_token)]() {
+              absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
+              if (!tokens.ok()) {
+                if (absl::IsUnauthenticated(tokens.status())) NoteAuthFailure(options);
+                return StatusResponse(tokens.status());
+              }
+              return JsonResponse(200, auth::TokensJson(*tokens));
+            });
 }
 
-void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
                   HttpRequest& request, Responder& responder) {
-  absl::StatusOr<auth::User> user = Authenticate(store, request);
+  absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
-  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
+  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string name;
   std::vector<std::string> scopes;
@@ -225,8 +264,9 @@ void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_jso
             });
 }
 
-void ListApiKeys(auth::AuthStore* store, HttpRequest& request, Responder& responder) {
-  absl::StatusOr<auth::User> user = Authenticate(store, request);
+void ListApiKeys(auth::AuthStore* store, const Options& options, HttpRequest& request,
+                 Responder& responder) {
+  absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
   const std::vector<auth::ApiKeyInfo> keys = store->ListApiKeys(user->id);
   Json list = Json::array();
@@ -234,9 +274,9 @@ void ListApiKeys(auth::AuthStore* store, HttpRequest& request, Responder& respon
   responder.Send(JsonResponse(200, Json{{"api_keys", std::move(list)}, {"count", keys.size()}}));
 }
 
-void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, HttpRequest& request,
-                  Responder& responder) {
-  absl::StatusOr<auth::User> user = Authenticate(store, request);
+void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
+                  HttpRequest& request, Responder& responder) {
+  absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
   uint64_t key_id = 0;
   if (request.params.size() != 1 || !absl::SimpleAtoi(request.params[0], &key_id) || key_id == 0) {
@@ -263,34 +303,38 @@ HttpResponse StatusResponse(const absl::Status& status) {
 }
 
 void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
-                      size_t max_json_depth) {
+                      AccountRoutesOptions account_options) {
+  if (!account_options.now_ms) {
+    account_options.now_ms = [] { return absl::ToUnixMillis(absl::Now()); };
+  }
+  auto options = std::make_shared<const AccountRoutesOptions>(std::move(account_options));
   // Routes that write the engine are refused under --read-only; login only reads.
   router->Add(Method::kPost, "/signup",
-              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
-                SignUp(store, pool, max_json_depth, request, responder);
+              Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
+                SignUp(store, pool, options->max_json_depth, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kPost, "/login",
-              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
-                Login(store, pool, max_json_depth, request, responder);
+              Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
+                Login(store, pool, options, request, responder);
               }));
   router->Add(Method::kPost, "/refresh",
-              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
-                Refresh(store, pool, max_json_depth, request, responder);
+              Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
+                Refresh(store, pool, options, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kPost, "/apikeys",
-              Guarded([store, pool, max_json_depth](HttpRequest& request, Responder& responder) {
-                CreateApiKey(store, pool, max_json_depth, request, responder);
+              Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
+                CreateApiKey(store, pool, options, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kGet, "/apikeys",
-              Guarded([store](HttpRequest& request, Responder& responder) {
-                ListApiKeys(store, request, responder);
+              Guarded([store, options](HttpRequest& request, Responder& responder) {
+                ListApiKeys(store, options, request, responder);
               }));
   router->Add(Method::kDelete, "/apikeys/{id}",
-              Guarded([store, pool](HttpRequest& request, Responder& responder) {
-                RevokeApiKey(store, pool, request, responder);
+              Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
+                RevokeApiKey(store, pool, options, request, responder);
               }),
               /*is_write=*/true);
 }

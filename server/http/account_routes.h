@@ -10,9 +10,12 @@
 #define LOGKV_SERVER_HTTP_ACCOUNT_ROUTES_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "server/auth/auth_store.h"
+#include "server/auth/login_throttle.h"
 #include "server/auth/worker_pool.h"
 #include "server/http/http_message.h"
 #include "server/http/json_body.h"
@@ -25,10 +28,24 @@ inline constexpr size_t kMaxAccountBodyBytes = 64 << 10;
 // What a client is told to wait when the pool is full or the store unavailable.
 inline constexpr int kRetryAfterSeconds = 1;
 
+struct AccountRoutesOptions {
+  // Failed logins per account and client address (429 with Retry-After
+  // while one is held back); null: not throttled. Must outlive the router.
+  auth::LoginThrottle* login_throttle = nullptr;
+  // Called for every credential refused: a wrong email or password, a bad
+  // or expired bearer or refresh token. Any thread.
+  std::function<void()> on_auth_failure;
+  // Called for every login refused by the throttle. Any thread.
+  std::function<void()> on_throttled;
+  // Milliseconds for the throttle; default the wall clock.
+  std::function<int64_t()> now_ms;
+  // Bodies nested deeper are refused with 400 (json_body.h).
+  size_t max_json_depth = kDefaultMaxJsonDepth;
+};
+
 // store and pool must outlive router (the handlers keep the pointers).
-// Bodies nested deeper than max_json_depth are refused with 400 (json_body.h).
 void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
-                      size_t max_json_depth);
+                      AccountRoutesOptions options = {});
 
 // {"error": status.message()} with auth::HttpStatusOf(status); 401s carry
 // WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().

@@ -324,6 +324,7 @@ absl::StatusOr<RequestContext> DataRoutes::Authorize(const HttpRequest& request,
   if (deps_.auth_store == nullptr) return context;
   std::optional<absl::string_view> key = request.Header("x-api-key");
   if (!key || key->empty()) {
+    deps_.metrics->auth_failures()->Inc();
     *refusal = HttpResponse::Error(401, "missing X-API-Key header");
     return absl::UnauthenticatedError("missing X-API-Key header");
   }

@@ -32,6 +32,8 @@ struct HttpRequest {
   std::vector<HttpHeader> headers;
   absl::string_view body;    // de-chunked
   bool keep_alive = true;
+  // The client's IP address as text ("127.0.0.1"); empty when unknown.
+  absl::string_view remote_address;
   // Path parameters captured by the route pattern, percent-decoded, in order.
   std::vector<std::string> params;
 

@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "server/auth/auth_store.h"
 #include "server/auth/jwt.h"
+#include "server/auth/login_throttle.h"
 #include "server/auth/password.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/status_http.h"
@@ -341,6 +342,78 @@ TEST(RateLimiterTest, EvictsFullBucketsFirst) {
   EXPECT_EQ(limiter.TrackedUsers(), 2u);
   // User 1's empty bucket survived: still limited.
   EXPECT_FALSE(limiter.Allow(1, kStartMs + 60'000, nullptr));
+}
+
+// ---- Login throttle ----------------------------------------------------------------
+
+TEST(LoginThrottleTest, FreeFailuresThenDoublingDelays) {
+  LoginThrottleConfig config;
+  config.free_failures_per_account = 3;
+  config.free_failures_per_address = 100;
+  config.first_delay_ms = 1000;
+  config.max_delay_ms = 4000;
+  LoginThrottle throttle(config);
+  int64_t retry_after_ms = -1;
+  int64_t now = kStartMs;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(throttle.Allow("User@Example.com", "10.0.0.1", now, &retry_after_ms)) << i;
+    EXPECT_EQ(retry_after_ms, 0);
+    throttle.RecordFailure("user@example.com", "10.0.0.1", now);
+  }
+  // Three free failures; the fourth attempt is heard, the fifth waits 1 s.
+  EXPECT_TRUE(throttle.Allow("user@example.com", "10.0.0.2", now, nullptr));
+  throttle.RecordFailure("user@example.com", "10.0.0.2", now);
+  EXPECT_FALSE(throttle.Allow("USER@example.com", "10.0.0.3", now, &retry_after_ms));
+  EXPECT_EQ(retry_after_ms, 1000);
+  now += 1000;
+  EXPECT_TRUE(throttle.Allow("user@example.com", "10.0.0.3", now, nullptr));
+  throttle.RecordFailure("user@example.com", "10.0.0.3", now);
+  EXPECT_FALSE(throttle.Allow("user@example.com", "10.0.0.3", now + 1999, &retry_after_ms));
+  EXPECT_EQ(retry_after_ms, 1);
+  // Doubling stops at the cap.
+  for (int i = 0; i < 10; ++i) throttle.RecordFailure("user@example.com", "", now);
+  EXPECT_FALSE(throttle.Allow("user@example.com", "", now, &retry_after_ms));
+  EXPECT_EQ(retry_after_ms, 4000);
+  // Other accounts are not held back by this one.
+  EXPECT_TRUE(throttle.Allow("other@example.com", "10.0.0.9", now, nullptr));
+  // A success forgets the account's failures.
+  throttle.RecordSuccess("user@example.com");
+  EXPECT_TRUE(throttle.Allow("user@example.com", "", now, nullptr));
+}
+
+TEST(LoginThrottleTest, AddressesAreCountedAcrossAccounts) {
+  LoginThrottleConfig config;
+  config.free_failures_per_account = 100;
+  config.free_failures_per_address = 5;
+  config.forget_after_ms = 60'000;
+  LoginThrottle throttle(config);
+  int64_t now = kStartMs;
+  for (int i = 0; i < 6; ++i) {
+    const std::string account = absl::StrCat("guess", i, "@example.com");
+    ASSERT_TRUE(throttle.Allow(account, "10.0.0.1", now, nullptr)) << i;
+    throttle.RecordFailure(account, "10.0.0.1", now);
+  }
+  int64_t retry_after_ms = 0;
+  EXPECT_FALSE(throttle.Allow("new@example.com", "10.0.0.1", now, &retry_after_ms));
+  EXPECT_GT(retry_after_ms, 0);
+  // Another address is not, and a success does not reset the address.
+  EXPECT_TRUE(throttle.Allow("new@example.com", "10.0.0.2", now, nullptr));
+  throttle.RecordSuccess("guess5@example.com");
+  EXPECT_FALSE(throttle.Allow("new@example.com", "10.0.0.1", now, nullptr));
+  // After a quiet period everything is forgotten.
+  now += 60'000;
+  EXPECT_TRUE(throttle.Allow("new@example.com", "10.0.0.1", now, nullptr));
+}
+
+TEST(LoginThrottleTest, MemoryIsBounded) {
+  LoginThrottleConfig config;
+  config.max_tracked = 64;
+  LoginThrottle throttle(config);
+  for (int i = 0; i < 10'000; ++i) {
+    throttle.RecordFailure(absl::StrCat("a", i), absl::StrCat("10.0.", i / 256, ".", i % 256),
+                           kStartMs + i);
+    ASSERT_LE(throttle.Tracked(), 64u);
+  }
 }
 
 // ---- Worker pool -------------------------------------------------------------------
@@ -1064,7 +1137,15 @@ class AccountRoutesTest : public AuthStoreTest {
   void SetUp() override {
     AuthStoreTest::SetUp();
     pool_ = std::make_unique<WorkerPool>(/*thread_count=*/2, /*max_queued_tasks=*/16);
-    http::AddAccountRoutes(&router_, store_.get(), pool_.get(), http::kDefaultMaxJsonDepth);
+    LoginThrottleConfig throttle_config;
+    throttle_config.free_failures_per_account = 3;
+    throttle_ = std::make_unique<LoginThrottle>(throttle_config);
+    http::AccountRoutesOptions options;
+    options.login_throttle = throttle_.get();
+    options.on_auth_failure = [this] { auth_failures_.fetch_add(1); };
+    options.on_throttled = [this] { throttled_.fetch_add(1); };
+    options.now_ms = [this] { return clock_.NowUnixMs(); };
+    http::AddAccountRoutes(&router_, store_.get(), pool_.get(), std::move(options));
   }
   void TearDown() override {
     pool_.reset();
@@ -1122,8 +1203,42 @@ class AccountRoutesTest : public AuthStoreTest {
   }
 
   http::Router router_;
-  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<LoginThrottle> throttle_;
+  std::atomic<int> auth_failures_{0};
+  std::atomic<int> throttled_{0};
+  std::unique_ptr<WorkerPool> pool_;  // last: its threads stop before the rest goes
 };
+
+// Wrong passwords are counted, and after the free ones the account is held
+// back with 429 and Retry-After, before any hashing; bad tokens are counted.
+TEST_F(AccountRoutesTest, FailedLoginsAreCountedAndThrottled) {
+  SignUpAndLogin("user@example.com", "user");
+  const std::string wrong = R"({"email":"user@example.com","password":"password124"})";
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Call(http::Method::kPost, "/login", wrong).status, 401);
+  EXPECT_EQ(auth_failures_.load(), 3);
+  Answer held = Call(http::Method::kPost, "/login", wrong);
+  // The fourth is heard (three are free); the fifth must wait.
+  EXPECT_EQ(held.status, 401);
+  held = Call(http::Method::kPost, "/login",
+              R"({"email":"USER@example.com","password":"password123"})");
+  EXPECT_EQ(held.status, 429) << held.body;
+  EXPECT_EQ(held.Header("Retry-After"), "1");
+  EXPECT_EQ(throttled_.load(), 1);
+  EXPECT_EQ(auth_failures_.load(), 4);
+  // Once the delay is over the right password works and clears the count.
+  clock_.AdvanceMs(1000);
+  EXPECT_EQ(Call(http::Method::kPost, "/login",
+                 R"({"email":"user@example.com","password":"password123"})")
+                .status,
+            200);
+  EXPECT_EQ(Call(http::Method::kPost, "/login", wrong).status, 401);
+
+  const int before = auth_failures_.load();
+  EXPECT_EQ(Call(http::Method::kGet, "/apikeys", "", "garbage").status, 401);
+  EXPECT_EQ(Call(http::Method::kGet, "/apikeys").status, 401);
+  EXPECT_EQ(Call(http::Method::kPost, "/refresh", R"({"refresh_token":"garbage"})").status, 401);
+  EXPECT_EQ(auth_failures_.load(), before + 3);
+}
 
 TEST_F(AccountRoutesTest, SignUp) {
   Answer answer =
@@ -1285,7 +1400,7 @@ TEST_F(AccountRoutesTest, FullPoolAnswers503) {
   started.WaitForNotification();
   ASSERT_TRUE(busy_pool.Submit([] {}));
   http::Router router;
-  http::AddAccountRoutes(&router, store_.get(), &busy_pool, http::kDefaultMaxJsonDepth);
+  http::AddAccountRoutes(&router, store_.get(), &busy_pool);
   http::HttpRequest request;
   request.method = http::Method::kPost;
   request.path = "/login";

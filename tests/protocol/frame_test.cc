@@ -205,6 +205,20 @@ TEST(StatusResponseTest, CarriesCodeAndMessage) {
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(status.message(), "no such key");
   EXPECT_EQ((*response)->request_id(), 5u);
+  EXPECT_EQ((*response)->retry_after_ms(), 0);
+  EXPECT_EQ(RetryAfterMs(status), 0);
+}
+
+TEST(StatusResponseTest, CarriesTheRetryHint) {
+  flatbuffers::FlatBufferBuilder builder;
+  BuildStatusResponse(&builder, 6,
+                      WithRetryAfter(absl::ResourceExhaustedError("rate limit exceeded"), 1500));
+  auto response = VerifyResponse(FrameOf(builder), 1 << 20);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ((*response)->retry_after_ms(), 1500);
+  absl::Status status = StatusFromResponse(**response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RetryAfterMs(status), 1500);
 }
 
 }  // namespace

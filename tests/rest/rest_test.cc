@@ -2174,6 +2174,47 @@ TEST_F(RestAuthTest, WatchesPerUserAreLimited) {
   EXPECT_EQ(CallFrame(second, watch(id)), p::StatusCode::ResourceExhausted);
 }
 
+// Wrong passwords for one account are held back after a few (429 with
+// Retry-After), and every refused credential is counted.
+TEST_F(RestAuthTest, FailedLoginsAreThrottledAndCounted) {
+  Account a = NewAccount("a");
+  auto failures = [&] {
+    const HttpAnswer metrics = Call("GET", "/metrics?format=prometheus");
+    std::smatch match;
+    static const std::regex kLine(R"((^|\n)logkv_auth_failures_total (\S+))");
+    double value = -1;
+    if (std::regex_search(metrics.body, match, kLine)) {
+      (void)absl::SimpleAtod(match[2].str(), &value);
+    }
+    return static_cast<int64_t>(value);
+  };
+  const int64_t before = failures();
+  ASSERT_GE(before, 0);
+  HttpAnswer answer;
+  int wrong = 0;
+  // Five are free; doubling delays make the refusal come within a few more.
+  for (; wrong < 20 && answer.status != 429; ++wrong) answer = Login(a.email, "wrongpassword");
+  ExpectError(answer, 429);
+  int seconds = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(answer.Header("retry-after").value_or(""), &seconds));
+  EXPECT_GE(seconds, 1);
+  EXPECT_GE(wrong, 6);
+  // Held back means held back: the right password is refused too, for now.
+  EXPECT_EQ(Login(a.email, a.password).status, 429);
+  // Another account is not affected.
+  Account b = NewAccount("b");
+  EXPECT_EQ(Login(b.email, b.password).status, 200);
+
+  // Every wrong password, bad key and bad token was counted.
+  ExpectError(Call("GET", "/v1/kv/k", KeyHeader("ydht_" + std::string(40, 'B'))), 401);
+  ExpectError(Call("GET", "/v1/kv/k"), 401);
+  ExpectError(Call("GET", "/apikeys", Bearer("garbage")), 401);
+  absl::StatusOr<RawConnection> binary = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(binary.ok());
+  EXPECT_EQ(CallFrame(*binary, HelloFrame(1, "ydht_bogus")), p::StatusCode::Unauthenticated);
+  EXPECT_GE(failures() - before, (wrong - 1) + 4);
+}
+
 // ==== Rate limiting ===================================================================
 
 class RestRateLimitTest : public RestAccountsBase {
@@ -2217,6 +2258,48 @@ TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
   EXPECT_EQ(Call("GET", "/health").status, 200);
   // And a's bucket refills (bounded wait).
   EXPECT_TRUE(PollUntilStatus("/v1/kv/limited", 404, KeyHeader(a.api_key)));
+}
+
+// Binary requests take tokens from the same per-user bucket: once HTTP has
+// used the burst, binary requests are refused with ResourceExhausted and a
+// retry hint, and the connection goes on.
+TEST_F(RestRateLimitTest, BinaryRequestsShareTheUsersBucket) {
+  Account a = NewAccount("a");
+  absl::StatusOr<RawConnection> binary = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(binary.ok()) << binary.status();
+  ASSERT_EQ(CallFrame(*binary, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+  // Drain the bucket over HTTP (bounded: refills are one a second).
+  HttpAnswer refused;
+  for (int i = 0; i < 20 && refused.status != 429; ++i) {
+    refused = Call("GET", "/v1/kv/limited", KeyHeader(a.api_key));
+  }
+  ASSERT_EQ(refused.status, 429);
+  // Now binary requests are refused too, with a hint (bounded, as above).
+  const p::Response* response = nullptr;
+  std::string frame;
+  for (uint64_t id = 2; id < 22; ++id) {
+    ASSERT_TRUE(binary->SendBytes(GetFrame(id, "limited")).ok());
+    absl::StatusOr<std::string> answer = binary->ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    frame = *answer;
+    response = AsResponse(frame);
+    if (response->status() == p::StatusCode::ResourceExhausted) break;
+    EXPECT_EQ(response->status(), p::StatusCode::NotFound);
+  }
+  ASSERT_EQ(response->status(), p::StatusCode::ResourceExhausted);
+  EXPECT_GT(response->retry_after_ms(), 0);
+  EXPECT_NE(p::View(response->message()).find("rate limit"), absl::string_view::npos);
+  // The connection goes on: Ping is not limited, and the bucket refills.
+  flatbuffers::FlatBufferBuilder b;
+  EXPECT_EQ(CallFrame(*binary, FinishRequest(b, 50, p::Operation::Ping, p::CreatePing(b).Union())),
+            p::StatusCode::Ok);
+  bool served = false;
+  const absl::Time deadline = absl::Now() + kPollLimit;
+  for (uint64_t id = 100; !served && absl::Now() < deadline; ++id) {
+    served = CallFrame(*binary, GetFrame(id, "limited")) == p::StatusCode::NotFound;
+    if (!served) absl::SleepFor(kPollInterval);
+  }
+  EXPECT_TRUE(served);
 }
 
 // ==== Session token expiry ============================================================
