@@ -528,11 +528,10 @@ void Server::Loop::OnRead(Connection& c, ssize_t nread) {
   c.last_read_ms = static_cast<int64_t>(uv_now(&loop_));
   if (c.http) {
     c.http->end += static_cast<size_t>(nread);
-    ProcessInput(c);
   } else {
     c.decoder.Commit(static_cast<size_t>(nread));
-    ProcessInput(c);
   }
+  ProcessInput(c);
   Flush(c);
   ApplyBackpressure(c);
   FinishIfDone(c);

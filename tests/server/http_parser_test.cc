@@ -769,5 +769,31 @@ TEST(HttpParserTest, AnErrorIsFinal) {
   EXPECT_EQ(parser.error_message(), message);
 }
 
+// What the server counts against --max-buffered-bytes: the announced body
+// once the headers are in (a chunked body: what has arrived), nothing between
+// requests.
+TEST(HttpParserTest, BodyBytesExpected) {
+  HttpParser parser(HttpLimits{});
+  size_t consumed = 0;
+  EXPECT_EQ(parser.body_bytes_expected(), 0u);
+  EXPECT_EQ(parser.Parse("PUT /k HTTP/1.1\r\nHost: x\r\n", &consumed), Result::kNeedMore);
+  EXPECT_EQ(parser.body_bytes_expected(), 0u) << "headers not complete yet";
+  EXPECT_EQ(parser.Parse("Content-Length: 200000\r\n\r\nabc", &consumed), Result::kNeedMore);
+  EXPECT_EQ(parser.body_bytes_expected(), 200000u);
+  const std::string rest(200000 - 3, 'b');
+  ASSERT_EQ(parser.Parse(rest, &consumed), Result::kRequest);
+  EXPECT_EQ(parser.request().body.size(), 200000u);
+  EXPECT_EQ(parser.body_bytes_expected(), 0u);
+  parser.TrimStorage();
+
+  EXPECT_EQ(parser.Parse("POST /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         "5\r\nhello\r\n",
+                         &consumed),
+            Result::kNeedMore);
+  EXPECT_EQ(parser.body_bytes_expected(), 5u);
+  ASSERT_EQ(parser.Parse("0\r\n\r\n", &consumed), Result::kRequest);
+  EXPECT_EQ(parser.request().body, "hello");
+}
+
 }  // namespace
 }  // namespace logkv::server::http
