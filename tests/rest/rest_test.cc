@@ -1414,7 +1414,8 @@ TEST_F(RestRestartTest, StorageErrorsDoNotShowServerPaths) {
     absl::SleepFor(kPollInterval);
   }
   EXPECT_TRUE(absl::StrContains(process_->Output(), dir_.path())) << process_->Output();
-=======
+}
+
 // ==== The memory held for requests still arriving ======================================
 
 class RestBufferLimitTest : public RestTestBase {
@@ -1562,7 +1563,13 @@ class RestAccountsBase : public RestTestBase {
 class RestAuthTest : public RestAccountsBase {
  protected:
   static void SetUpTestSuite() {
-    shared_ = new SharedServer({"--auth=on", "--rate-limit=0", "--max-watches-per-user=4"});
+    shared_ = new SharedServer({"--auth=on", "--rate-limit=0", "--max-watches-per-user=4",
+                                absl::StrCat("--cluster-secret=", kOperatorSecret)});
+  }
+  // The node-wide statistics' credential (/metrics with auth on).
+  static constexpr absl::string_view kOperatorSecret = "operator-secret-for-the-auth-tests";
+  static HttpHeaders Operator() {
+    return {{"Authorization", absl::StrCat("Bearer ", kOperatorSecret)}};
   }
   static void TearDownTestSuite() {
     delete shared_;
@@ -2084,7 +2091,8 @@ TEST_F(RestStatsAuthTest, StatisticsNeedCredentialsAndShowEachCallerItsOwn) {
   EXPECT_EQ(status, p::StatusCode::Unauthenticated);
   ASSERT_EQ(CallFrame(*connection, HelloFrame(2, b.api_key)), p::StatusCode::Ok);
   EXPECT_EQ(BinaryStatsKeys(*connection, 3), 1);
-=======
+}
+
 // A key revoked over HTTP ends the binary sessions opened with it before: an
 // open watch ends with Unauthenticated without waiting for a request, and
 // every such connection closes.
@@ -2179,7 +2187,7 @@ TEST_F(RestAuthTest, WatchesPerUserAreLimited) {
 TEST_F(RestAuthTest, FailedLoginsAreThrottledAndCounted) {
   Account a = NewAccount("a");
   auto failures = [&] {
-    const HttpAnswer metrics = Call("GET", "/metrics?format=prometheus");
+    const HttpAnswer metrics = Call("GET", "/metrics?format=prometheus", Operator());
     std::smatch match;
     static const std::regex kLine(R"((^|\n)logkv_auth_failures_total (\S+))");
     double value = -1;
