@@ -21,11 +21,6 @@
 //
 // Exit codes: 0 success, 1 key not found, 2 any other error (message on stderr).
 
-#include <netdb.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +41,7 @@
 #include "absl/time/time.h"
 #include "logkv/client.h"
 #include "nlohmann/json.hpp"
+#include "server/http/http_fetch.h"
 
 ABSL_FLAG(std::string, target, "",
           "Node to talk to, host:port (default $LOGKV_TARGET, else 127.0.0.1:7070).");
@@ -64,6 +60,9 @@ ABSL_FLAG(std::string, after, "", "scan: continue after this key (the cursor a s
 ABSL_FLAG(int64_t, count, 0, "watch: stop after this many events (0 = run until interrupted).");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Connect and request timeout.");
 ABSL_FLAG(std::string, token, "", "Auth token sent in Hello (default $LOGKV_TOKEN).");
+ABSL_FLAG(std::string, cluster_secret, "",
+          "nodes/leave: the cluster secret, sent as X-Cluster-Secret (default "
+          "$LOGKV_CLUSTER_SECRET); leaving needs it, or --token with the administrator's key.");
 ABSL_FLAG(std::string, http_target, "",
           "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
           "127.0.0.1:8080).");
@@ -97,6 +96,8 @@ constexpr char kUsage[] =
     "  --token=T            auth token (default $LOGKV_TOKEN)\n"
     "  --http_target=H:P    nodes/leave: HTTP address (default $LOGKV_HTTP_TARGET, else\n"
     "                       127.0.0.1:8080)\n"
+    "  --cluster_secret=S   nodes/leave: sent as X-Cluster-Secret (default\n"
+    "                       $LOGKV_CLUSTER_SECRET); leave needs it or the admin's --token\n"
     "\n"
     "exit codes: 0 ok, 1 key not found, 2 error\n";
 
@@ -193,6 +194,15 @@ absl::Status ParseArguments(int argc, char** argv, Arguments* arguments) {
   return absl::OkStatus();
 }
 
+// --token, else $LOGKV_TOKEN: the API key sent in Hello (and as X-API-Key).
+std::string Token() {
+  std::string token = absl::GetFlag(FLAGS_token);
+  if (token.empty()) {
+    if (const char* from_env = std::getenv("LOGKV_TOKEN"); from_env != nullptr) token = from_env;
+  }
+  return token;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
   ClientOptions options;
   options.nodes = absl::GetFlag(FLAGS_nodes);
@@ -211,12 +221,7 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
   }
   options.connect_timeout = timeout;
   options.request_timeout = timeout;
-  options.auth_token = absl::GetFlag(FLAGS_token);
-  if (options.auth_token.empty()) {
-    if (const char* token = std::getenv("LOGKV_TOKEN"); token != nullptr) {
-      options.auth_token = token;
-    }
-  }
+  options.auth_token = Token();
   options.client_name = "logkv-cli";
   return Client::Connect(options);
 }
@@ -482,63 +487,33 @@ absl::StatusOr<HttpResult> HttpCall(absl::string_view method, absl::string_view 
     target = from_env != nullptr ? from_env : "127.0.0.1:8080";
   }
   const size_t colon = target.rfind(':');
-  if (colon == std::string::npos || colon + 1 == target.size()) {
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(target.substr(colon + 1), &port) ||
+      port <= 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("--http_target '", target, "' is not host:port"));
   }
-  const std::string host = colon == 0 ? "127.0.0.1" : target.substr(0, colon);
-  const std::string port = target.substr(colon + 1);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* addresses = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &addresses); rc != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(rc)));
+  server::http::FetchRequest request;
+  request.method = std::string(method);
+  request.target = std::string(path);
+  request.body = std::string(body);
+  request.timeout = absl::GetFlag(FLAGS_timeout);
+  if (!body.empty()) request.headers.emplace_back("Content-Type", "application/json");
+  // Credentials for the routes that need them: the cluster secret (membership
+  // changes, node-wide figures) and the API key of --token.
+  std::string secret = absl::GetFlag(FLAGS_cluster_secret);
+  if (secret.empty()) {
+    const char* from_env = std::getenv("LOGKV_CLUSTER_SECRET");
+    if (from_env != nullptr) secret = from_env;
   }
-  int fd = -1;
-  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
-  timeval limit = absl::ToTimeval(timeout);
-  for (addrinfo* a = addresses; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      ::close(fd);
-      fd = -1;
-    }
-  }
-  ::freeaddrinfo(addresses);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot connect to ", target, " (HTTP)"));
-  const std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: ", target,
-                                           "\r\nConnection: close\r\nContent-Length: ",
-                                           body.size(), "\r\n\r\n", body);
-  for (size_t sent = 0; sent < request.size();) {
-    const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      ::close(fd);
-      return absl::UnavailableError(absl::StrCat("sending to ", target, " failed"));
-    }
-    sent += static_cast<size_t>(n);
-  }
-  std::string answer;
-  char buffer[16384];
-  while (true) {
-    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      ::close(fd);
-      return absl::DeadlineExceededError(absl::StrCat("no complete answer from ", target));
-    }
-    answer.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
+  if (!secret.empty()) request.headers.emplace_back("X-Cluster-Secret", secret);
+  const std::string token = Token();
+  if (!token.empty()) request.headers.emplace_back("X-API-Key", token);
+  absl::StatusOr<server::http::FetchedResponse> answer =
+      server::http::HttpFetch(colon == 0 ? "127.0.0.1" : target.substr(0, colon), port, request);
+  if (!answer.ok()) return answer.status();
   HttpResult result;
-  const size_t end_of_headers = answer.find("\r\n\r\n");
-  if (!absl::StartsWith(answer, "HTTP/1.") || end_of_headers == std::string::npos ||
-      answer.size() < 12 || !absl::SimpleAtoi(answer.substr(9, 3), &result.status)) {
-    return absl::UnavailableError(absl::StrCat(target, " did not answer HTTP"));
-  }
-  result.body = answer.substr(end_of_headers + 4);
+  result.status = answer->status;
+  result.body = std::move(answer->body);
   return result;
 }
 

@@ -57,7 +57,18 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_vie
 absl::StatusOr<FetchedResponse> HttpGet(const std::string& host, int port,
                                         absl::string_view target, absl::Duration timeout,
                                         size_t max_bytes) {
-  const absl::Time deadline = absl::Now() + timeout;
+  FetchRequest request;
+  request.target = std::string(target);
+  request.headers.emplace_back("Accept", "application/json");
+  request.timeout = timeout;
+  request.max_bytes = max_bytes;
+  return HttpFetch(host, port, request);
+}
+
+absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
+                                          const FetchRequest& fetch) {
+  const size_t max_bytes = fetch.max_bytes;
+  const absl::Time deadline = absl::Now() + fetch.timeout;
   const std::string where = absl::StrCat(host, ":", port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -86,8 +97,11 @@ absl::StatusOr<FetchedResponse> HttpGet(const std::string& host, int port,
     return absl::UnavailableError(absl::StrCat("cannot connect to ", where, ": ",
                                                std::strerror(error)));
   }
-  const std::string request = absl::StrCat("GET ", target, " HTTP/1.1\r\nHost: ", where,
-                                           "\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+  std::string request = absl::StrCat(fetch.method, " ", fetch.target, " HTTP/1.1\r\nHost: ", where,
+                                     "\r\nConnection: close\r\nContent-Length: ",
+                                     fetch.body.size(), "\r\n");
+  for (const auto& [name, value] : fetch.headers) absl::StrAppend(&request, name, ": ", value, "\r\n");
+  absl::StrAppend(&request, "\r\n", fetch.body);
   size_t sent = 0;
   while (sent < request.size()) {
     if (absl::Status ready = WaitFor(fd.get(), POLLOUT, deadline, where); !ready.ok()) return ready;

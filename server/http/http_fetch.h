@@ -1,7 +1,7 @@
-// A blocking HTTP/1.1 GET, for the rare control-plane call that needs one
-// (POST /join naming a member by its HTTP URL asks that member for its
-// binary-protocol address). The answer is parsed by llhttp in response
-// mode; its size and the whole exchange are bounded.
+// A blocking HTTP/1.1 exchange, for the rare control-plane call that needs
+// one (POST /join naming a member by its HTTP URL asks that member for its
+// binary-protocol address; the CLI's nodes and leave). The answer is parsed
+// by llhttp in response mode; its size and the whole exchange are bounded.
 //
 // Thread-safety: none needed (no shared state). Blocks the calling thread:
 // never call it on a network loop.
@@ -10,6 +10,8 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -22,9 +24,22 @@ struct FetchedResponse {
   std::string body;
 };
 
-// GET http://host:port/target. Unavailable when the host cannot be reached
-// or the answer is not HTTP; DeadlineExceeded past timeout;
+struct FetchRequest {
+  std::string method = "GET";
+  std::string target = "/";
+  std::vector<std::pair<std::string, std::string>> headers;  // besides Host, Content-Length
+  std::string body;
+  absl::Duration timeout = absl::Seconds(5);  // the whole exchange
+  size_t max_bytes = 1u << 20;               // of the answer's body
+};
+
+// The request to http://host:port. Unavailable when the host cannot be
+// reached or the answer is not HTTP; DeadlineExceeded past the timeout;
 // ResourceExhausted when the answer passes max_bytes.
+absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
+                                          const FetchRequest& request);
+
+// GET http://host:port/target.
 absl::StatusOr<FetchedResponse> HttpGet(const std::string& host, int port,
                                         absl::string_view target, absl::Duration timeout,
                                         size_t max_bytes = 1u << 20);

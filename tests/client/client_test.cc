@@ -54,9 +54,11 @@ class ClientTest : public ::testing::Test {
 
   // Starts logkvd on data directory dir_/name; port 0 lets the kernel choose
   // (no race with other processes), a given port is reused for restarts.
-  LogkvdProcess* StartServer(const std::string& name, int port = 0) {
+  LogkvdProcess* StartServer(const std::string& name, int port = 0,
+                             const std::vector<std::string>& extra = {}) {
     std::vector<std::string> args = {"--data_dir=" + dir_.Subdir(name), "--threads=2",
                                      "--fsync=never", "--log_level=warning"};
+    args.insert(args.end(), extra.begin(), extra.end());
     if (port != 0) args.push_back("--listen=" + Address(port));
     auto server = std::make_unique<LogkvdProcess>(LOGKVD_PATH, args);
     absl::Status started = server->Start();
@@ -864,6 +866,23 @@ TEST_F(CliTest, CommandsOutputAndExitCodes) {
   EXPECT_EQ(Run({target, "get", "greeting"}).exit_code, 1);
   CliResult seed_del = Run({"del", "--key=foo", target});
   EXPECT_EQ(seed_del.exit_code, 0) << seed_del.err;
+}
+
+// logkv leave sends the cluster secret (--cluster_secret or
+// $LOGKV_CLUSTER_SECRET): refused without it, and a node alone refuses to
+// leave with it (its keys would have no owner).
+TEST_F(CliTest, LeaveSendsTheClusterSecret) {
+  LogkvdProcess* server = StartServer("node", 0, {"--cluster_secret=cli-secret"});
+  const std::string http = "--http_target=" + Address(server->http_port());
+  CliResult anonymous = Run({"leave", http});
+  EXPECT_EQ(anonymous.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(anonymous.err, "HTTP 401")) << anonymous.err;
+  CliResult wrong = Run({"leave", http, "--cluster_secret=not-it"});
+  EXPECT_TRUE(absl::StrContains(wrong.err, "HTTP 403")) << wrong.err;
+  CliResult alone = Run({"leave", http, "--cluster_secret=cli-secret"});
+  EXPECT_EQ(alone.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(alone.err, "HTTP 409")) << alone.err;
+  EXPECT_TRUE(absl::StrContains(alone.err, "only member")) << alone.err;
 }
 
 TEST_F(CliTest, NodesFlagPicksTheFirstLiveNode) {
