@@ -38,6 +38,9 @@ void ClusterNode::SetAdvertise(const std::string& advertise, const std::string& 
   if (started_.load()) return;
   if (!advertise.empty()) options_.advertise = advertise;
   if (!http_advertise.empty()) options_.http_advertise = http_advertise;
+  // The id defaults to the advertised address, known from here on (the
+  // coordinator takes it before Start).
+  if (options_.node_id.empty()) options_.node_id = options_.advertise;
 }
 
 absl::Status ClusterNode::Start() {

@@ -418,9 +418,12 @@ void Membership::Impl::UpdateConfirmedLocked() {
     ++known;
     if (heard_.contains(id)) ++heard;
   }
-  if (known == 0 && !expect_peers_) {
+  if (known == 0 && (!expect_peers_ || !heard_.empty())) {
+    // Nobody else expected; or the members it heard from (a seed, say) are
+    // all gone from the cluster (Left), whose view then holds this node alone.
     confirmed_ = true;
-    Log(Level::kInfo, "membership view confirmed: no other member is known or expected");
+    Log(Level::kInfo, "membership view confirmed: no other member %s",
+        heard_.empty() ? "is known or expected" : "is left in the cluster it heard from");
     return;
   }
   // A majority of the members known (this node counts as one) answered.

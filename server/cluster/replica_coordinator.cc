@@ -180,10 +180,20 @@ bool ReplicaCoordinator::Active() const {
   // still goes through the coordinator, which refuses quorum operations.
   if (!ViewConfirmed()) return true;
   std::shared_ptr<const Ring> ring = ring_();
-  return ring != nullptr && ring->size() > 1;
+  // Served locally only by a ring of this node alone. A node that left
+  // coordinates for the owners that remain (a gateway), and an empty ring
+  // (every member left) is refused by the coordinator: nothing is served as
+  // if alone by a node that owns nothing.
+  return ring != nullptr && (ring->size() != 1 || ring->members().front() != self_);
 }
 
 namespace {
+
+absl::Status NoOwnersError() {
+  return absl::UnavailableError(
+      "no member of this node's cluster owns keys (this node left the cluster, or has not "
+      "joined one yet): ask a member, or join this node again (POST /members/join)");
+}
 
 absl::Status NotConfirmedError() {
   return absl::UnavailableError(
@@ -245,7 +255,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                                std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   std::shared_ptr<const Ring> ring = ring_();
   if (ring == nullptr || ring->size() == 0) {
-    return done(absl::UnavailableError("the cluster has no members yet"));
+    return done(NoOwnersError());
   }
   if (NeedsQuorum(consistency, /*write=*/true) && !ViewConfirmed()) {
     return done(NotConfirmedError());
@@ -451,7 +461,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
                              std::function<void(absl::StatusOr<ReadResult>)> done) {
   std::shared_ptr<const Ring> ring = ring_();
   if (ring == nullptr || ring->size() == 0) {
-    return done(absl::UnavailableError("the cluster has no members yet"));
+    return done(NoOwnersError());
   }
   if (NeedsQuorum(consistency, /*write=*/false) && !ViewConfirmed()) {
     return done(NotConfirmedError());

@@ -747,8 +747,13 @@ void DataRoutes::Health(HttpRequest&, Responder responder) {
                {"uptime_ms", absl::ToUnixMillis(absl::Now()) -
                                  deps_.service->counters()->start_unix_ms}};
   if (!writes.ok()) {
-    body["reason"] = absl::StrCat(engine::IsNoSpace(writes) ? "disk full: " : "",
-                                  "writes are refused: ", writes.message());
+    // Public: the reason in words, without the server's paths (the log has
+    // the engine's message with its file).
+    body["reason"] = engine::IsNoSpace(writes)
+                         ? "disk full (No space left on device): writes are refused until "
+                           "space is freed"
+                         : "writes are refused after a failed sync, until the node restarts "
+                           "(the server log has the details)";
   }
   responder.Send(HttpResponse::Json(200, Dump(body)));
 }
@@ -868,6 +873,17 @@ std::string ServerName(absl::string_view name) {
 std::vector<cluster::Member> MembersOf(cluster::ClusterNode* node) {
   const cluster::Membership* membership = node->membership();
   return membership == nullptr ? std::vector<cluster::Member>{} : membership->Members();
+}
+
+// Members other than node that own keys (not Left).
+size_t OtherOwners(cluster::ClusterNode* node) {
+  size_t others = 0;
+  for (const cluster::Member& member : MembersOf(node)) {
+    if (member.node_id != node->node_id() && member.state != cluster::MemberState::kLeft) {
+      ++others;
+    }
+  }
+  return others;
 }
 
 }  // namespace
@@ -1193,13 +1209,7 @@ void DataRoutes::Leave(HttpRequest& request, Responder responder) {
   if (node->membership()->HasLeft()) {
     return responder.Send(HttpResponse::Error(409, "this node has already left the cluster"));
   }
-  size_t others = 0;
-  for (const cluster::Member& member : node->membership()->Members()) {
-    if (member.node_id != node->node_id() && member.state != cluster::MemberState::kLeft) {
-      ++others;
-    }
-  }
-  if (others == 0) {
+  if (OtherOwners(node) == 0) {
     // Its keys would have no owner left, and would be dropped as not owned.
     return responder.Send(HttpResponse::Error(
         409, "this node is the only member of its cluster: leaving would leave nobody to own "
@@ -1217,6 +1227,11 @@ void DataRoutes::Leave(HttpRequest& request, Responder responder) {
                        handed_off.message(), ")"));
       if (refused.status == 503) refused.headers.emplace_back("Retry-After", "5");
       return shared->Send(std::move(refused));
+    }
+    // Asked again after the hand-off: another member may have left meanwhile.
+    if (OtherOwners(node) == 0) {
+      return shared->Send(HttpResponse::Error(
+          409, "not leaving: no other member is left in the cluster to own this node's keys"));
     }
     node->membership()->LeaveAsync([shared, node] {
       json body = {{"left", true}, {"node_id", node->node_id()}};

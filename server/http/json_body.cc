@@ -62,6 +62,12 @@ class DepthCheck {
 }  // namespace
 
 absl::Status CheckJson(absl::string_view text, size_t max_depth) {
+  // nlohmann's lexer takes a NUL byte for the end of its input, and would
+  // read "{}\0rest" as "{}": JSON text never holds a raw NUL.
+  if (const size_t nul = text.find('\0'); nul != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not valid JSON (a NUL byte at byte ", nul + 1, ")"));
+  }
   DepthCheck check(max_depth);
   if (json::sax_parse(text.begin(), text.end(), &check)) return absl::OkStatus();
   // sax_parse fails only through a callback returning false, and both that

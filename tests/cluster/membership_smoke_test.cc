@@ -228,6 +228,51 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
 }
 
+// Once the other member left: the node that left writes nothing as if it
+// were alone (it coordinates for the owner that stayed), and the one that
+// stayed, restarted with its first command line (seeded through the node
+// that left), confirms its view from that node's answer and serves strong
+// operations; it may not leave.
+TEST_F(MembershipSmokeTest, TheMemberThatStaysServesAfterARestart) {
+  StartNode(0, 0);
+  const int seed = nodes_[0]->port();
+  StartNode(1, seed);
+  ASSERT_TRUE(WaitForAllAlive({0, 1}, 2)) << Dump();
+  absl::StatusOr<HttpAnswer> left = Call(nodes_[0]->http_port(), "POST", "/members/leave");
+  ASSERT_TRUE(left.ok());
+  ASSERT_EQ(left->status, 200) << left->body;
+  ASSERT_TRUE(WaitForState({1}, "n1", "left")) << Dump();
+  auto put = [this](size_t node, absl::string_view consistency) {
+    absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(nodes_[node]->http_port());
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    if (!connection.ok()) return 0;
+    HttpHeaders headers = {{"X-Consistency", std::string(consistency)}};
+    if (!connection->Send(BuildRequest("PUT", "/v1/kv/after-leave", headers, "v")).ok()) return 0;
+    absl::StatusOr<HttpAnswer> answer = connection->Read();
+    return answer.ok() ? answer->status : 0;
+  };
+  EXPECT_EQ(put(0, "strong"), 200);
+  absl::StatusOr<HttpAnswer> owner = Call(nodes_[1]->http_port(), "GET", "/store/after-leave");
+  ASSERT_TRUE(owner.ok());
+  EXPECT_EQ(owner->status, 200) << "not written to the owner: " << owner->body;
+  absl::StatusOr<HttpAnswer> gateway = Call(nodes_[0]->http_port(), "GET", "/store/after-leave");
+  ASSERT_TRUE(gateway.ok());
+  EXPECT_EQ(gateway->status, 404) << "the node that left kept a copy: " << gateway->body;
+
+  ASSERT_EQ(nodes_[1]->Stop(), 0);
+  StartNode(1, seed);
+  int status = 0;
+  for (const absl::Time give_up = absl::Now() + kPatience; absl::Now() < give_up;) {
+    status = put(1, "strong");
+    if (status == 200) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(status, 200) << Dump();
+  absl::StatusOr<HttpAnswer> last = Call(nodes_[1]->http_port(), "POST", "/members/leave");
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->status, 409) << last->body;
+}
+
 TEST_F(MembershipSmokeTest, TheOnlyMemberRefusesToLeave) {
   StartNode(0, 0);
   absl::StatusOr<HttpAnswer> left = Call(nodes_[0]->http_port(), "POST", "/members/leave");

@@ -87,6 +87,13 @@ TEST(JsonBodyTest, TheCeilingSerialisesSafely) {
   EXPECT_EQ(copy.dump(), text);
 }
 
+TEST(JsonBodyTest, ANulByteIsNotTheEndOfTheText) {
+  // The parser would stop at the NUL and take {"a":1} for the whole value.
+  const std::string text("{\"a\":1}\0{\"b\":2}", 15);
+  EXPECT_EQ(CheckJson(text, kDefaultMaxJsonDepth).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ParseJson(text, kDefaultMaxJsonDepth).ok());
+}
+
 TEST(JsonBodyTest, SyntaxErrorsNameTheirPosition) {
   for (const char* text :
        {"", "not json", "{", R"({"a":})", "[1,]", "1 2", R"({"a":1}x)", "\"\xff\""}) {

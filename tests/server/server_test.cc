@@ -725,6 +725,9 @@ TEST_F(ServerTest, AFullDiskIsInsufficientStorageAndHealthSaysWhy) {
   EXPECT_EQ(health->Json().value("status", ""), "degraded") << health->body;
   EXPECT_NE(health->Json().value("reason", "").find("disk full"), std::string::npos)
       << health->body;
+  // /health is public: it names no file of the server.
+  EXPECT_EQ(health->body.find(".log"), std::string::npos) << health->body;
+  EXPECT_EQ(health->body.find("shard-"), std::string::npos) << health->body;
 
   ASSERT_EQ(::unlink(filler.c_str()), 0);
   EXPECT_EQ(CodeOf(Call(c, PutFrame(3, "binary", value), 3)), p::StatusCode::Ok);
