@@ -1000,7 +1000,21 @@ void Server::Loop::ProcessHttp(Connection& c) {
 
 bool Server::Loop::AdmitHttpBody(Connection& c) {
   const size_t body_bytes = c.http->parser.body_bytes_expected();
-  if (body_bytes <= kUnreservedRequestBytes || ReserveInput(c, body_bytes)) return true;
+  if (body_bytes <= kUnreservedRequestBytes) return true;
+  if (const auto& authenticate = server_->config_.authenticate; authenticate) {
+    // With auth on, a large body is read only for a caller whose API key
+    // holds, checked from the headers before any of it: nobody unknown can
+    // make the server hold bytes for it (or wait for them).
+    std::optional<absl::string_view> key = c.http->parser.request().Header("x-api-key");
+    if (!key || key->empty() || !authenticate(*key).ok()) {
+      RefuseHttp(c, 401,
+                 absl::StrCat("a body of ", body_bytes, " bytes needs a valid X-API-Key (bodies "
+                              "over ", kUnreservedRequestBytes, " bytes are read only for "
+                              "authenticated callers)"));
+      return false;
+    }
+  }
+  if (ReserveInput(c, body_bytes)) return true;
   RefuseHttp(c, 503,
              absl::StrCat("the server holds too many bytes of requests still arriving "
                           "(--max-buffered-bytes=",

@@ -2096,6 +2096,31 @@ TEST_F(RestStatsAuthTest, StatisticsNeedCredentialsAndShowEachCallerItsOwn) {
 // A key revoked over HTTP ends the binary sessions opened with it before: an
 // open watch ends with Unauthenticated without waiting for a request, and
 // every such connection closes.
+// With auth on, a body over 64 KiB is read only for a valid API key, checked
+// from the headers: a caller without one is refused before it sends the
+// body (no 100 Continue), so nobody unknown holds the server's memory.
+TEST_F(RestAuthTest, LargeBodiesNeedAValidKeyBeforeTheyAreRead) {
+  Account a = NewAccount("a");
+  const std::string head_only = "PUT /v1/kv/large HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n";
+  for (const std::string& credentials :
+       {std::string(""), std::string("X-API-Key: ydht_not-a-key\r\n")}) {
+    for (const char* expect : {"", "Expect: 100-continue\r\n"}) {
+      SCOPED_TRACE(credentials + expect);
+      absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(server()->http_port());
+      ASSERT_TRUE(connection.ok()) << connection.status();
+      ASSERT_TRUE(connection->Send(absl::StrCat(head_only, credentials, expect, "\r\nabc")).ok());
+      absl::StatusOr<HttpAnswer> answer = connection->Read();
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      ExpectError(*answer, 401);
+      EXPECT_TRUE(connection->WaitClosed());
+    }
+  }
+  // With the key, the same body is read and stored.
+  const std::string body(200'000, 'b');
+  EXPECT_EQ(Call("PUT", "/v1/kv/large", KeyHeader(a.api_key), body).status, 200);
+  EXPECT_EQ(Call("GET", "/v1/kv/large", KeyHeader(a.api_key)).body.size(), body.size());
+}
+
 TEST_F(RestAuthTest, RevokingAKeyEndsItsBinarySessions) {
   Account a = NewAccount("a");
   Account b = NewAccount("b");
