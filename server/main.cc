@@ -381,9 +381,10 @@ int Main(int argc, char** argv) {
                                                                       : Level::kDebug;
     if (LogEnabled(mapped)) LogLine(mapped, message);
   };
-  // Hints and accounts are this node's own: they stay out of the Merkle
-  // summary that replicas compare.
-  options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix)};
+  // Hints, accounts and the member list are this node's own: they stay out
+  // of the Merkle summary that replicas compare.
+  options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix),
+                                      std::string(kClusterPrefix)};
   // Tombstones are collected by the purger once every owner holds them (a
   // single node's ring has no other owner to ask), never by compaction alone.
   options.tombstone_grace_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_tombstone_grace_ms));
@@ -519,9 +520,17 @@ int Main(int argc, char** argv) {
   cluster_options.require_secret = auth_on || !IsLoopback(host);
   cluster_options.auth_on = auth_on;
   cluster_options.max_frame_bytes = service_config.limits.max_frame_bytes;
-  // The member list is kept beside the engine's files, so a restart knows
-  // its cluster (docs/cluster.md, "Restarts").
-  cluster_options.membership_state_path = options.data_dir + "/cluster-members.json";
+  // The member list is kept in the engine itself, under a node-local key,
+  // so a restart knows its cluster (docs/cluster.md, "Restarts") and the
+  // list goes wherever the data goes.
+  cluster_options.load_membership = [engine_ptr = engine->get()]() -> absl::StatusOr<std::string> {
+    absl::StatusOr<engine::Record> kept = engine_ptr->Get(kClusterMembersKey);
+    if (!kept.ok()) return kept.status();
+    return std::move(kept->value);
+  };
+  cluster_options.save_membership = [engine_ptr = engine->get()](const std::string& state) {
+    return engine_ptr->Put(kClusterMembersKey, state).status();
+  };
   cluster::ClusterNode cluster_node(cluster_options);
   engine::Engine* const engine_ptr = engine->get();
   namespace p = ::logkv::protocol;

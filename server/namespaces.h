@@ -8,6 +8,8 @@
 //   "\0hint/" + node id + "/"  hinted handoff: writes waiting for an unreachable
 //     + 8-byte sequence        owner (server/cluster/hinted_handoff.h); local to a
 //                              node, never replicated
+//   "\0cluster/members"        the cluster's members as this node last knew them
+//                              (server/cluster/membership.h); local to a node
 //
 // These prefixes are persisted in data directories: they never change.
 #ifndef LOGKV_SERVER_NAMESPACES_H_
@@ -24,6 +26,8 @@ inline constexpr char kReservedByte = '\0';
 inline constexpr absl::string_view kAuthPrefix{"\0auth/", 6};
 inline constexpr absl::string_view kTenantPrefix{"\0t", 2};
 inline constexpr absl::string_view kHintPrefix{"\0hint/", 6};
+inline constexpr absl::string_view kClusterPrefix{"\0cluster/", 9};
+inline constexpr absl::string_view kClusterMembersKey{"\0cluster/members", 16};
 inline constexpr size_t kTenantPrefixBytes = 2 + 8;
 
 inline bool IsReservedKey(absl::string_view key) {
@@ -31,10 +35,12 @@ inline bool IsReservedKey(absl::string_view key) {
 }
 
 // Keys that belong to this node alone and never replicate: hints (addressed
-// to one owner) and, for now, accounts (each node keeps its own).
+// to one owner), its view of the cluster and, for now, accounts (each node
+// keeps its own).
 inline bool IsNodeLocalKey(absl::string_view key) {
   return key.substr(0, kAuthPrefix.size()) == kAuthPrefix ||
-         key.substr(0, kHintPrefix.size()) == kHintPrefix;
+         key.substr(0, kHintPrefix.size()) == kHintPrefix ||
+         key.substr(0, kClusterPrefix.size()) == kClusterPrefix;
 }
 
 // The prefix under which user_id's keys live.

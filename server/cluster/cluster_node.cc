@@ -65,7 +65,8 @@ absl::Status ClusterNode::Start() {
   membership.suspect_after_missed = options_.suspect_after_missed;
   membership.dead_after = options_.dead_after;
   membership.ping_timeout = options_.ping_timeout;
-  membership.state_path = options_.membership_state_path;
+  membership.load_state = options_.load_membership;
+  membership.save_state = options_.save_membership;
   owned_membership_ = std::make_unique<Membership>(membership, &transport_);
   if (absl::Status status = owned_membership_->Start(); !status.ok()) {
     transport_.Stop();

@@ -52,8 +52,10 @@ struct ClusterNodeOptions {
   // Test builds only (LOGKV_FAULT_INJECTION) with --fault-injection.
   bool allow_fault_injection = false;
   uint32_t max_frame_bytes = 64u << 20;
-  // Where the member list is kept (Membership: state_path); "" = not kept.
-  std::string membership_state_path;
+  // Where the member list is kept (MembershipOptions::load_state and
+  // save_state); unset: not kept.
+  std::function<absl::StatusOr<std::string>()> load_membership;
+  std::function<absl::Status(const std::string&)> save_membership;
   // This node's --auth: peers must run with the same setting (accounts
   // and tenant namespaces are per node until they are cluster-wide).
   bool auth_on = false;

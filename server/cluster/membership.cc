@@ -1,17 +1,9 @@
 #include "server/cluster/membership.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -110,46 +102,6 @@ bool ReadMemberInfo(const p::MemberInfo* info, Member* member) {
   member->incarnation = info->incarnation();
   member->joined_unix_ms = info->joined_unix_ms();
   return true;
-}
-
-// Writes contents to path atomically: a temporary file, fsync, rename,
-// fsync of the directory.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  const std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot create ", temporary, ": ", std::strerror(errno)));
-  }
-  size_t written = 0;
-  while (written < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int error = errno;
-      ::close(fd);
-      ::unlink(temporary.c_str());
-      return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(error)));
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int error = errno;
-    ::unlink(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot sync ", temporary, ": ", std::strerror(error)));
-  }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename ", temporary, ": ", std::strerror(error)));
-  }
-  const size_t slash = path.rfind('/');
-  const std::string directory = slash == std::string::npos ? "." : path.substr(0, slash);
-  const int dir_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    (void)::fsync(dir_fd);
-    ::close(dir_fd);
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -329,24 +281,22 @@ void Membership::Impl::ChangedLocked() {
 }
 
 void Membership::Impl::LoadStateLocked() {
-  if (options_.state_path.empty()) return;
-  std::ifstream in(options_.state_path);
-  if (!in) {
-    if (errno != ENOENT) {
-      Log(Level::kWarning, "cannot read %s (%s): waiting for peers before serving quorum "
-          "operations", options_.state_path, std::strerror(errno));
+  if (!options_.load_state) return;
+  absl::StatusOr<std::string> text = options_.load_state();
+  if (!text.ok()) {
+    if (!absl::IsNotFound(text.status())) {
+      Log(Level::kWarning, "cannot read the member list (%s): waiting for peers before serving "
+          "quorum operations", text.status().message());
       expect_peers_ = true;
     }
     return;
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  const nlohmann::json state = nlohmann::json::parse(text.str(), nullptr, false);
+  const nlohmann::json state = nlohmann::json::parse(*text, nullptr, false);
   if (state.is_discarded() || !state.is_object() || !state.contains("members") ||
       !state["members"].is_array()) {
-    // Alone is never assumed from a file that cannot be read.
-    Log(Level::kWarning, "%s is not a member list: waiting for peers before serving quorum "
-        "operations", options_.state_path);
+    // Alone is never assumed from a list that cannot be read.
+    Log(Level::kWarning, "the member list kept is damaged: waiting for peers before serving "
+        "quorum operations");
     expect_peers_ = true;
     return;
   }
@@ -373,7 +323,7 @@ void Membership::Impl::LoadStateLocked() {
     ++loaded;
   }
   if (loaded > 0) expect_peers_ = true;
-  Log(Level::kInfo, "remembered %d other member(s) from %s", loaded, options_.state_path);
+  Log(Level::kInfo, "remembered %d other member(s)", loaded);
 }
 
 std::string Membership::Impl::StateLocked() const {
@@ -388,14 +338,14 @@ std::string Membership::Impl::StateLocked() const {
 }
 
 void Membership::Impl::PersistState() {
-  if (options_.state_path.empty()) return;
+  if (!options_.save_state) return;
   std::string state;
   {
     absl::MutexLock lock(&mu_);
     state = StateLocked();
   }
   if (state == persisted_) return;
-  if (absl::Status status = WriteFileAtomically(options_.state_path, state); !status.ok()) {
+  if (absl::Status status = options_.save_state(state); !status.ok()) {
     Log(Level::kWarning, "keeping the member list: %s", status.message());
     return;
   }
@@ -615,7 +565,11 @@ void Membership::Impl::Tick() {
       }
     }
     if (changed) ChangedLocked();
-    if (!live.empty()) {
+    if (!confirmed_) {
+      // Until a majority confirmed this node's view, every live member is
+      // asked each interval, so confirmation takes one round trip.
+      for (const Entry* entry : live) targets.push_back({entry->member.node_id, entry->member.address});
+    } else if (!live.empty()) {
       const Entry* chosen = live[absl::Uniform<size_t>(random_, 0, live.size())];
       targets.push_back({chosen->member.node_id, chosen->member.address});
     }

@@ -7,9 +7,10 @@
 // its incarnation and gossips Alive (refutation). A node joins by gossiping
 // with any seed; it leaves by gossiping Left.
 //
-// The member list is kept in a file (state_path), written whenever it
-// changes and read at Start, so a restarted node knows its cluster before
-// anyone answers it. Its view is *confirmed* once, since Start, a majority
+// The member list is kept (MembershipOptions::load_state / save_state: in
+// logkvd, a node-local key of the engine, beside the node's data), written
+// whenever it changes and read at Start, so a restarted node knows its
+// cluster before anyone answers it. Its view is *confirmed* once, since Start, a majority
 // of the members it knows (itself included, at least one other) have
 // answered or gossiped to it directly; a node that expects no peers (no
 // seeds, no remembered members) is confirmed at once. Until then the
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "protocol/frame.h"
 #include "server/cluster/ring.h"
@@ -68,8 +70,11 @@ struct MembershipOptions {
   int suspect_after_missed = 3;      // pings without answer before Suspect
   absl::Duration dead_after = absl::Seconds(10);  // Suspect this long -> Dead
   absl::Duration ping_timeout = absl::Milliseconds(500);
-  // The file the member list is kept in ("" = not kept: tests).
-  std::string state_path;
+  // Where the member list is kept: load_state at Start (NotFound: never
+  // kept), save_state on every change (from the membership thread). Unset:
+  // not kept (tests).
+  std::function<absl::StatusOr<std::string>()> load_state;
+  std::function<absl::Status(const std::string&)> save_state;
 };
 
 class Membership {

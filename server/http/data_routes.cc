@@ -746,6 +746,11 @@ void DataRoutes::Health(HttpRequest&, Responder responder) {
                                     : deps_.cluster->LiveMemberCount()},
                {"uptime_ms", absl::ToUnixMillis(absl::Now()) -
                                  deps_.service->counters()->start_unix_ms}};
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    // Whether a majority of the members confirmed this node's view: until
+    // then it refuses strong operations (docs/cluster.md, "Restarts").
+    body["view_confirmed"] = deps_.cluster->membership()->ViewConfirmed();
+  }
   if (!writes.ok()) {
     // Public: the reason in words, without the server's paths (the log has
     // the engine's message with its file).

@@ -296,6 +296,26 @@ absl::Status ClusterProcess::RestartAsStarted(int node) {
   return StartNode(node, nodes_[node]->first_seeds, /*fresh=*/false);
 }
 
+absl::Status ClusterProcess::WaitViewsConfirmed(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    std::string unconfirmed;
+    for (int node : RunningNodes()) {
+      absl::StatusOr<HttpAnswer> health = HttpExchange(http_port(node), "GET", "/health", {}, "",
+                                                       absl::Seconds(2));
+      const bool confirmed = health.ok() && health->status == 200 &&
+                             health->Json().value("view_confirmed", false);
+      if (!confirmed) absl::StrAppend(&unconfirmed, unconfirmed.empty() ? "" : ", ", node_id(node));
+    }
+    if (unconfirmed.empty()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("views not confirmed on ", unconfirmed, "\n", Describe()));
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
 absl::Status ClusterProcess::WaitAlive(const std::vector<int>& observers,
                                        const std::vector<int>& expected, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;

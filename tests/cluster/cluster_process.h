@@ -121,6 +121,9 @@ class ClusterProcess {
   absl::Status WaitAlive(const std::vector<int>& observers, const std::vector<int>& expected,
                          absl::Duration timeout = absl::Seconds(30));
   absl::Status WaitAllAlive(absl::Duration timeout = absl::Seconds(30));
+  // Polls until every running node's GET /health says view_confirmed (a
+  // majority of its members confirmed its view: it serves strong operations).
+  absl::Status WaitViewsConfirmed(absl::Duration timeout = absl::Seconds(30));
   // Polls until no observer lists the node alive (dead, left or gone).
   absl::Status WaitNotAlive(const std::vector<int>& observers, int node,
                             absl::Duration timeout = absl::Seconds(30));

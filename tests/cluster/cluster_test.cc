@@ -354,7 +354,10 @@ class ClusterTest : public ::testing::Test {
     if (adjust) adjust(options);
     cluster_ = std::make_unique<ClusterProcess>(options);
     if (absl::Status status = cluster_->Start(); !status.ok()) return status;
-    return cluster_->WaitAllAlive(kMembershipTimeout);
+    if (absl::Status status = cluster_->WaitAllAlive(kMembershipTimeout); !status.ok()) {
+      return status;
+    }
+    return cluster_->WaitViewsConfirmed(kMembershipTimeout);
   }
 
   void TearDown() override {
