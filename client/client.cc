@@ -43,7 +43,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "protocol/frame.h"
-#include "server/cluster/ring.h"
+#include "protocol/placement.h"
 
 namespace logkv {
 
@@ -404,7 +404,7 @@ class Client::Impl {
   // Routing state (see RouteFor). Lock order: route_mu_ before an owner
   // Impl's own locks; never taken under mu_.
   mutable absl::Mutex route_mu_;
-  std::unique_ptr<const server::cluster::Ring> ring_ ABSL_GUARDED_BY(route_mu_);
+  std::unique_ptr<const placement::Ring> ring_ ABSL_GUARDED_BY(route_mu_);
   absl::flat_hash_map<std::string, std::string> member_address_ ABSL_GUARDED_BY(route_mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Impl>> owners_ ABSL_GUARDED_BY(route_mu_);
   bool is_owner_connection_ = false;  // constant: an Impl made by RouteFor does not route
@@ -928,7 +928,7 @@ void Client::Impl::SetMembers(std::vector<std::pair<std::string, std::string>> m
     ids.push_back(id);
     member_address_[id] = std::move(address);
   }
-  ring_ = std::make_unique<const server::cluster::Ring>(std::move(ids));
+  ring_ = std::make_unique<const placement::Ring>(std::move(ids));
 }
 
 Client::Impl* Client::Impl::RouteFor(absl::string_view key) {

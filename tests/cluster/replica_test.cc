@@ -1129,12 +1129,25 @@ class FakeCoordinator final : public Coordinator {
   }
   std::vector<std::string> Owners(absl::string_view) const override { return {"a", "b"}; }
   ~FakeCoordinator() override {
+    ReleaseAnswers();
     for (std::thread& thread : threads) thread.join();
   }
 
+  // Without inline_answers, each answer comes from a thread of its own once
+  // ReleaseAnswers is called (after Handle returned), so it is always late.
   void Answer(std::function<void()> answer) {
     if (inline_answers) return answer();
-    threads.emplace_back(std::move(answer));
+    auto gate = std::make_shared<absl::Notification>();
+    gates.push_back(gate);
+    threads.emplace_back([gate, answer = std::move(answer)] {
+      gate->WaitForNotification();
+      answer();
+    });
+  }
+  void ReleaseAnswers() {
+    for (const auto& gate : gates) {
+      if (!gate->HasBeenNotified()) gate->Notify();
+    }
   }
 
   bool active = true;
@@ -1143,6 +1156,7 @@ class FakeCoordinator final : public Coordinator {
   std::string last_key;
   p::Consistency last_consistency = p::Consistency::Default;
   int writes = 0;
+  std::vector<std::shared_ptr<absl::Notification>> gates;
   std::vector<std::thread> threads;
 };
 
@@ -1171,6 +1185,7 @@ class ServiceClusterTest : public ::testing::Test {
                                                     answered.Notify();
                                                   };
                                                 });
+    coordinator_.ReleaseAnswers();
     std::string frame;
     if (outcome == Service::Outcome::kAnswered) {
       frame = std::string(p::FrameOf(builder));

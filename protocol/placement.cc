@@ -1,4 +1,4 @@
-#include "server/cluster/ring.h"
+#include "protocol/placement.h"
 
 #include <xxhash.h>
 
@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace logkv::server::cluster {
+namespace logkv::placement {
 
 Ring::Ring(std::vector<std::string> members, int virtual_nodes) : members_(std::move(members)) {
   assert(virtual_nodes > 0);
@@ -50,4 +50,4 @@ std::vector<std::string> Ring::PreferenceListOfHash(uint64_t key_hash, size_t n)
   return owners;
 }
 
-}  // namespace logkv::server::cluster
+}  // namespace logkv::placement
