@@ -6,6 +6,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "server/auth/bounded_map.h"
 
 namespace logkv::server::auth {
 namespace {
@@ -78,19 +79,10 @@ void LoginThrottle::RecordSuccess(absl::string_view account) {
 }
 
 void LoginThrottle::EvictLocked(int64_t now_ms) {
-  // Down to three quarters, so the O(n) pass is amortised over many failures.
-  const size_t target = config_.max_tracked / 4 * 3;
-  absl::erase_if(entries_, [&](const auto& entry) {
-    return now_ms - entry.second.last_failure_ms >= config_.forget_after_ms;
-  });
-  if (entries_.size() <= target) return;
-  std::vector<std::pair<int64_t, std::string>> by_age;  // (last_failure_ms, key)
-  by_age.reserve(entries_.size());
-  for (const auto& [key, entry] : entries_) by_age.emplace_back(entry.last_failure_ms, key);
-  const size_t excess = entries_.size() - target;
-  std::nth_element(by_age.begin(), by_age.begin() + static_cast<std::ptrdiff_t>(excess),
-                   by_age.end());
-  for (size_t i = 0; i < excess; ++i) entries_.erase(by_age[i].second);
+  EvictDownToThreeQuarters(
+      entries_, config_.max_tracked,
+      [&](const Entry& entry) { return now_ms - entry.last_failure_ms >= config_.forget_after_ms; },
+      [](const Entry& entry) { return entry.last_failure_ms; });
 }
 
 size_t LoginThrottle::Tracked() const {

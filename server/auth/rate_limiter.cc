@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "server/auth/bounded_map.h"
+
 namespace logkv::server::auth {
 
 // Refilled never computes more than a full bucket plus one millisecond of refill.
@@ -48,20 +50,11 @@ bool RateLimiter::Allow(uint64_t user_id, int64_t now_ms, int64_t* retry_after_m
 }
 
 void RateLimiter::EvictLocked(int64_t now_ms) {
-  // Evicting down to three quarters of the limit makes the O(n) pass happen
-  // at most once per max_tracked_users / 4 new users: O(1) amortised.
-  const size_t target = max_tracked_users_ / 4 * 3;
-  absl::erase_if(buckets_, [&](const auto& entry) {
-    return Refilled(entry.second, now_ms) == capacity_units_;
-  });
-  if (buckets_.size() <= target) return;
-  std::vector<std::pair<int64_t, uint64_t>> by_age;  // (updated_ms, user_id)
-  by_age.reserve(buckets_.size());
-  for (const auto& [user_id, bucket] : buckets_) by_age.emplace_back(bucket.updated_ms, user_id);
-  const size_t excess = buckets_.size() - target;
-  std::nth_element(by_age.begin(), by_age.begin() + static_cast<std::ptrdiff_t>(excess),
-                   by_age.end());
-  for (size_t i = 0; i < excess; ++i) buckets_.erase(by_age[i].second);
+  // A full bucket is the same as none.
+  EvictDownToThreeQuarters(
+      buckets_, max_tracked_users_,
+      [&](const Bucket& bucket) { return Refilled(bucket, now_ms) == capacity_units_; },
+      [](const Bucket& bucket) { return bucket.updated_ms; });
 }
 
 size_t RateLimiter::TrackedUsers() const {

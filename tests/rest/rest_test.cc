@@ -2005,6 +2005,61 @@ TEST_F(RestAuthTest, FailedHelloDropsAnEarlierLogin) {
   EXPECT_EQ(value, "a");
 }
 
+// ==== Membership routes with auth on =================================================
+
+// Changing the membership needs the administrator's key (the first account)
+// with the write scope, or the cluster secret; everyone else is refused
+// before anything changes.
+class RestMembershipAuthTest : public RestAccountsBase {
+ protected:
+  static constexpr absl::string_view kSecret = "membership-secret-for-the-test";
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {
+    process_ = StartLogkvd(dir_.path() + "/data", {"--auth=on", "--rate-limit=0",
+                                                   absl::StrCat("--cluster-secret=", kSecret)});
+    ASSERT_NE(process_, nullptr);
+  }
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestMembershipAuthTest, OnlyTheAdministratorOrTheSecretMayChangeTheMembership) {
+  Account admin = NewAccount("admin");
+  ASSERT_EQ(admin.id, 1u) << "the administrator is the first account";
+  Account bob = NewAccount("bob");
+  const HttpAnswer read_only = CreateKey(admin.access_token, json::array({"read"}));
+  ASSERT_EQ(read_only.status, 201) << read_only.body;
+  const std::string admin_read_only_key = read_only.Json().value("key", "");
+  struct Caller {
+    const char* who;
+    HttpHeaders headers;
+    int status;
+  };
+  const std::vector<Caller> refused = {
+      {"nobody", {}, 401},
+      {"another user's key", KeyHeader(bob.api_key), 403},
+      {"the administrator's read-only key", KeyHeader(admin_read_only_key), 403},
+      {"the administrator's session token",
+       {{"Authorization", absl::StrCat("Bearer ", admin.access_token)}}, 401},
+      {"a wrong secret", {{"X-Cluster-Secret", "not-the-secret"}}, 403},
+      {"a revoked key", KeyHeader("ydht_" + std::string(40, 'x')), 401},
+  };
+  for (const char* route : {"/members/leave", "/join", "/members/join"}) {
+    for (const Caller& caller : refused) {
+      SCOPED_TRACE(absl::StrCat(route, " by ", caller.who));
+      const HttpAnswer answer = Call("POST", route, caller.headers, "{}");
+      ExpectError(answer, caller.status);
+    }
+  }
+  // The administrator and the secret get through to the route itself, which
+  // refuses to leave a cluster of one (409) and keeps every tenant's keys.
+  ASSERT_EQ(Call("PUT", "/v1/kv/kept", KeyHeader(bob.api_key), "v").status, 200);
+  ExpectError(Call("POST", "/members/leave", KeyHeader(admin.api_key), ""), 409);
+  ExpectError(Call("POST", "/members/leave", {{"X-Cluster-Secret", std::string(kSecret)}}, ""),
+              409);
+  EXPECT_EQ(Call("GET", "/v1/kv/kept", KeyHeader(bob.api_key)).body, "v");
+}
+
 // ==== Statistics with auth on =====================================================
 class RestStatsAuthTest : public RestAccountsBase {
  protected:
