@@ -80,13 +80,6 @@ absl::Status ClusterNode::Start() {
   return absl::OkStatus();
 }
 
-void ClusterNode::Leave(absl::Duration wait) {
-  if (Membership* membership = this->membership(); membership != nullptr) {
-    membership->Leave(wait);
-  }
-  Stop();
-}
-
 void ClusterNode::Stop() {
   if (Membership* membership = this->membership(); membership != nullptr) membership->Stop();
   // Answers still pending get Unavailable; membership is kept (stopped) for

@@ -82,8 +82,6 @@ class ClusterNode : public PeerHandler {
   void SetAdvertise(const std::string& advertise, const std::string& http_advertise);
   // Starts the transport and the membership (joining through the seeds).
   absl::Status Start();
-  // Gossips Left to the live peers (waiting at most wait for them), then stops.
-  void Leave(absl::Duration wait);
   void Stop();
 
   // REQUIRES: before Start. Replicate, ReadRecords, MerkleHashes, MerkleLeaf

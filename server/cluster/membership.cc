@@ -558,9 +558,9 @@ void Membership::Impl::Tick() {
         live.push_back(&entry);
       } else if (entry.member.state == MemberState::kDead ||
                  entry.member.state == MemberState::kLeft) {
-        // A member that left may come back (a restart after SIGTERM leaves
-        // first): it is probed like a dead one, and its new incarnation
-        // outranks the Left remembered here.
+        // A member that left may join again (POST /members/join): it is
+        // probed like a dead one, and its new incarnation outranks the Left
+        // remembered here.
         dead.push_back(&entry);
       }
     }
@@ -714,13 +714,6 @@ Membership::Membership(const MembershipOptions& options, PeerTransport* transpor
 Membership::~Membership() { impl_->Stop(); }
 absl::Status Membership::Start() { return impl_->Start(); }
 void Membership::Stop() { impl_->Stop(); }
-
-void Membership::Leave(absl::Duration wait) {
-  auto left = std::make_shared<absl::Notification>();
-  impl_->LeaveAsync([left] { left->Notify(); });
-  left->WaitForNotificationWithTimeout(wait);
-  impl_->Stop();
-}
 
 void Membership::LeaveAsync(std::function<void()> done) { impl_->LeaveAsync(std::move(done)); }
 bool Membership::HasLeft() const { return impl_->HasLeft(); }

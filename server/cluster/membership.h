@@ -87,8 +87,6 @@ class Membership {
 
   // Starts gossiping (and joining through the seeds) on a thread of its own.
   absl::Status Start();
-  // Gossips Left to a few peers (bounded wait), then stops.
-  void Leave(absl::Duration wait);
   void Stop();
 
   // Every member known, this node included, sorted by node id.
