@@ -9,13 +9,13 @@
 #include <atomic>
 #include <cstdint>
 
-namespace logkv::engine {
+#include "engine/engine.h"
 
-class Clock;
+namespace logkv::engine {
 
 class HybridClock {
  public:
-  static constexpr int kLogicalBits = 16;
+  static constexpr int kLogicalBits = kTimestampLogicalBits;
 
   // clock must outlive this HybridClock.
   explicit HybridClock(Clock* clock) : clock_(clock) {}
@@ -25,12 +25,8 @@ class HybridClock {
   // Moves the clock past a timestamp seen elsewhere (a replica's, a record's).
   void Observe(uint64_t timestamp);
 
-  static int64_t PhysicalMs(uint64_t timestamp) {
-    return static_cast<int64_t>(timestamp >> kLogicalBits);
-  }
-  static uint64_t FromPhysicalMs(int64_t unix_ms) {
-    return static_cast<uint64_t>(unix_ms) << kLogicalBits;
-  }
+  static int64_t PhysicalMs(uint64_t timestamp) { return TimestampUnixMs(timestamp); }
+  static uint64_t FromPhysicalMs(int64_t unix_ms) { return TimestampAtUnixMs(unix_ms); }
 
  private:
   Clock* const clock_;

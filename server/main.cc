@@ -25,6 +25,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
 #include "server/auth/login_throttle.h"
 #include "server/auth/rate_limiter.h"
@@ -449,6 +450,7 @@ int Main(int argc, char** argv) {
   std::unique_ptr<auth::AuthStore> auth_store;
   std::unique_ptr<auth::RateLimiter> rate_limiter;
   std::unique_ptr<auth::WorkerPool> password_workers;
+  std::unique_ptr<auth::Admission> admission;
   if (auth_on) {
     auth::AuthConfig auth_config;
     auth_config.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
@@ -471,6 +473,8 @@ int Main(int argc, char** argv) {
       limit.burst = absl::GetFlag(FLAGS_rate_limit_burst);
       rate_limiter = std::make_unique<auth::RateLimiter>(limit);
     }
+    admission = std::make_unique<auth::Admission>(
+        auth_store.get(), rate_limiter.get(), absl::GetFlag(FLAGS_rate_limit), &metrics);
     // Password hashing (argon2id) takes tens of milliseconds and 64 MiB:
     // it runs here, never on a network loop, a few at a time.
     password_workers = std::make_unique<auth::WorkerPool>(2, 256);
@@ -702,55 +706,20 @@ int Main(int argc, char** argv) {
     operation_metrics[index]->Record(static_cast<int>(status),
                                      static_cast<double>(duration_ns) * 1e-9);
   };
-  if (auth_on) {
-    server_config.authenticate = [store = auth_store.get(), &metrics](
-                                     absl::string_view token) -> absl::StatusOr<Session> {
-      absl::StatusOr<auth::Principal> principal = store->AuthenticateApiKey(token);
-      if (!principal.ok()) {
-        metrics.auth_failures()->Inc();
-        return principal.status();
-      }
-      Session session;
-      session.context.key_prefix = TenantPrefix(principal->user_id);
-      session.context.may_read = principal->can_read;
-      session.context.may_write = principal->can_write;
-      session.user_id = principal->user_id;
-      session.credential_id = principal->api_key_id;
-      session.expires_at_ms = principal->expires_at_ms;
-      session.generation = principal->generation;
-      return session;
+  // Both protocols admit requests through the same Admission (API key to
+  // session, recheck, the per-user rate limit).
+  if (admission) {
+    server_config.authenticate = [admission = admission.get()](absl::string_view token) {
+      return admission->Authenticate(token);
     };
-    server_config.check_session = [store = auth_store.get(), &metrics](Session* session) {
-      auth::Principal principal;
-      principal.user_id = session->user_id;
-      principal.api_key_id = session->credential_id;
-      principal.expires_at_ms = session->expires_at_ms;
-      principal.generation = session->generation;
-      absl::Status status = store->RecheckApiKey(&principal);
-      if (!status.ok()) {
-        metrics.auth_failures()->Inc();
-        return status;
-      }
-      session->generation = principal.generation;
-      return absl::OkStatus();
+    server_config.check_session = [admission = admission.get()](Session* session) {
+      return admission->Recheck(session);
     };
-  }
-  if (rate_limiter) {
-    // Binary requests take tokens from the same per-user bucket as HTTP ones.
-    server_config.admit_request = [limiter = rate_limiter.get(), &metrics,
-                                   per_minute = absl::GetFlag(FLAGS_rate_limit)](
-                                      const Session& session) -> absl::Status {
-      int64_t retry_after_ms = 0;
-      if (limiter->Allow(session.user_id, absl::ToUnixMillis(absl::Now()), &retry_after_ms)) {
-        return absl::OkStatus();
-      }
-      metrics.rate_limited()->Inc();
-      return p::WithRetryAfter(
-          absl::ResourceExhaustedError(absl::StrCat(
-              "rate limit exceeded (", per_minute,
-              " requests a minute per user, --rate-limit); retry after ", retry_after_ms, " ms")),
-          retry_after_ms);
-    };
+    if (rate_limiter) {
+      server_config.admit_request = [admission = admission.get()](const Session& session) {
+        return admission->Admit(session.user_id);
+      };
+    }
   }
   server_config.peer_handler = &cluster_node;
   // Peer requests made while a loop handles a turn go out together: the

@@ -17,11 +17,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "server/cluster/peer_handler.h"
+#include "server/core/peer_handler.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 
@@ -745,7 +745,7 @@ Service::Completion Server::Loop::DeferOn(Connection& c, p::Operation operation,
 }
 
 void Server::Loop::HandleClusterHello(Connection& c, const p::Request& request) {
-  cluster::PeerHandler* handler = server_->config_.peer_handler;
+  PeerHandler* handler = server_->config_.peer_handler;
   const p::ClusterHello* hello = request.operation_as_ClusterHello();
   const uint64_t id = request.request_id();
   // Nothing more is read from a peer that cannot prove it belongs.
@@ -761,7 +761,7 @@ void Server::Loop::HandleClusterHello(Connection& c, const p::Request& request) 
   const absl::string_view node_id = p::View(hello->node_id());
   if (c.peer_nonce_own.empty()) {
     // Step 1: challenge the connecting node, proving this node's secret.
-    absl::StatusOr<cluster::PeerHandler::Challenge> challenge =
+    absl::StatusOr<PeerHandler::Challenge> challenge =
         handler->ChallengePeer(node_id, p::View(hello->nonce()), hello->auth());
     if (!challenge.ok()) return refuse(challenge.status());
     c.peer_nonce_theirs = std::string(p::View(hello->nonce()));
@@ -794,7 +794,7 @@ void Server::Loop::Dispatch(Connection& c, const p::Request& request) {
 }
 
 bool Server::Loop::DispatchPeer(Connection& c, const p::Request& request, int64_t start_ns) {
-  cluster::PeerHandler* handler = server_->config_.peer_handler;
+  PeerHandler* handler = server_->config_.peer_handler;
   const p::Operation operation = request.operation_type();
   if (operation == p::Operation::ClusterHello) {
     HandleClusterHello(c, request);

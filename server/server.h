@@ -23,31 +23,17 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/core/peer_handler.h"
+#include "server/core/request_context.h"
 #include "server/http/http_parser.h"
 #include "server/http/router.h"
 #include "server/service.h"
 
 namespace logkv::server {
 
-namespace cluster {
-class PeerHandler;
-}  // namespace cluster
-
 struct HttpAddress {
   std::string host;
   int port = 0;  // 0 = any free port (see Server::http_ports)
-};
-
-// A binary connection's credentials once a Hello with an API key succeeded.
-struct Session {
-  RequestContext context;  // whose keys, which scopes
-  uint64_t user_id = 0;    // whose limits apply
-  // The authenticator's own, opaque to the server: what check_session needs
-  // to tell cheaply whether the credentials still hold (auth::Principal's
-  // key id, expiry and generation).
-  uint64_t credential_id = 0;
-  int64_t expires_at_ms = 0;
-  uint64_t generation = 0;
 };
 
 struct ServerConfig {
@@ -127,7 +113,7 @@ struct ServerConfig {
   // accepted on it (PermissionDenied otherwise), and it needs no API key.
   // Null: this node answers ClusterHello with PermissionDenied. Must outlive
   // the Server.
-  cluster::PeerHandler* peer_handler = nullptr;
+  PeerHandler* peer_handler = nullptr;
   // Hooks run on every loop's thread: loop_started once before the loop
   // runs; loop_turn on every turn, before the loop waits for I/O and after
   // it handled what came; loop_ending when the loop closes its handles.

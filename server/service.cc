@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "server/cluster/coordinator.h"
+#include "server/core/coordinator.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 
@@ -84,7 +84,7 @@ absl::Status WriteStatus(const absl::Status& status) {
 }
 
 void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
-                       const absl::StatusOr<cluster::Coordinator::ReadResult>& read) {
+                       const absl::StatusOr<Coordinator::ReadResult>& read) {
   if (!read.ok()) return p::BuildStatusResponse(b, id, read.status());
   if (!read->found) return p::BuildStatusResponse(b, id, absl::NotFoundError("key not found"));
   b->Clear();
@@ -95,7 +95,7 @@ void BuildReadResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
 }
 
 void BuildClusterWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
-                               const absl::StatusOr<cluster::Coordinator::WriteOutcome>& write) {
+                               const absl::StatusOr<Coordinator::WriteOutcome>& write) {
   if (!write.ok()) return p::BuildStatusResponse(b, id, WriteStatus(write.status()));
   BuildWriteResponse(b, id, write->result);
 }
@@ -386,8 +386,8 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   return Outcome::kAnswered;
 }
 
-cluster::Coordinator* Service::ClusterFor(const RequestContext& context) const {
-  cluster::Coordinator* coordinator = coordinator_.load(std::memory_order_acquire);
+Coordinator* Service::ClusterFor(const RequestContext& context) const {
+  Coordinator* coordinator = coordinator_.load(std::memory_order_acquire);
   if (coordinator == nullptr || context.local_only || !coordinator->Active()) return nullptr;
   return coordinator;
 }
@@ -408,8 +408,8 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
     p::BuildStatusResponse(b, id, key.status());
     return Outcome::kAnswered;
   }
-  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
-    using Read = absl::StatusOr<cluster::Coordinator::ReadResult>;
+  if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+    using Read = absl::StatusOr<Coordinator::ReadResult>;
     return RunCluster<Read>(id, b, defer, BuildReadResponse,
                             [&](std::function<void(Read)> finish) {
                               coordinator->Get(std::string(*key), get.consistency(),
@@ -467,7 +467,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   key = *engine_key;
-  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+  if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     if (options.if_version.has_value()) {
       p::BuildStatusResponse(b, id, CompareAndSetError());
       return Outcome::kAnswered;
@@ -476,7 +476,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
       p::BuildStatusResponse(b, id, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
       return Outcome::kAnswered;
     }
-    using Written = absl::StatusOr<cluster::Coordinator::WriteOutcome>;
+    using Written = absl::StatusOr<Coordinator::WriteOutcome>;
     return RunCluster<Written>(
         id, b, defer, BuildClusterWriteResponse, [&](std::function<void(Written)> finish) {
           coordinator->Write(std::string(key),
@@ -517,7 +517,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     p::BuildStatusResponse(b, id, NotPermitted("write"));
     return Outcome::kAnswered;
   }
-  if (cluster::Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
+  if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     return ClusterBatch(coordinator, context, id, batch, b, defer);
   }
   const auto& items = *batch.items();
@@ -578,7 +578,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
   return Outcome::kAnswered;
 }
 
-Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
+Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
                                        const RequestContext& context, uint64_t id,
                                        const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
                                        absl::FunctionRef<Completion()> defer) {
@@ -627,7 +627,7 @@ Service::Outcome Service::ClusterBatch(cluster::Coordinator* coordinator,
       std::optional<std::string> value;
       if (!item->delete_()) value.emplace(p::View(item->value()));
       coordinator->Write(std::string(*key), std::move(value), item->ttl_ms(), batch.consistency(),
-                         [record, i](absl::StatusOr<cluster::Coordinator::WriteOutcome> written) {
+                         [record, i](absl::StatusOr<Coordinator::WriteOutcome> written) {
                            if (!written.ok()) return record(i, written.status());
                            record(i, written->result);
                          });

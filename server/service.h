@@ -37,12 +37,11 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
+#include "server/core/coordinator.h"
+#include "server/core/outcome.h"
+#include "server/core/request_context.h"
 
 namespace logkv::server {
-
-namespace cluster {
-class Coordinator;
-}  // namespace cluster
 
 // Counters the service reports in Stats; owned by the server.
 struct ServerCounters {
@@ -66,16 +65,6 @@ struct ServiceConfig {
   protocol::Limits limits;
 };
 
-// Who is asking, as far as the data logic cares. Client keys are mapped into
-// key_prefix's namespace (a tenant's, when auth is on) and may not begin
-// with the reserved byte; scans and answers see the client's own keys only.
-struct RequestContext {
-  std::string key_prefix;  // empty: the global namespace
-  bool may_read = true;
-  bool may_write = true;
-  bool local_only = false;  // read this node's engine even in a cluster
-};
-
 class Service {
  public:
   // engine and counters must outlive the Service.
@@ -83,12 +72,9 @@ class Service {
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;
 
-  enum class Outcome {
-    kAnswered,  // the response frame is finished in the builder
-    kDeferred,  // the completion will be called later, from another thread
-  };
-  // Called at most once, from any thread, with a finished response frame.
-  using Completion = std::function<void(std::string frame)>;
+  // Outcome and Completion are every layer's (server/core/outcome.h).
+  using Outcome = server::Outcome;
+  using Completion = server::Completion;
 
   // Handles every operation except Watch and Unwatch (the connection owns
   // those). defer is called only when the answer must wait (a write under
@@ -98,10 +84,10 @@ class Service {
 
   // The cluster's coordinator (null: a single node). It must outlive the
   // Service's use of it; set it before the first request or between them.
-  void set_coordinator(cluster::Coordinator* coordinator) {
+  void set_coordinator(Coordinator* coordinator) {
     coordinator_.store(coordinator, std::memory_order_release);
   }
-  cluster::Coordinator* coordinator() const {
+  Coordinator* coordinator() const {
     return coordinator_.load(std::memory_order_acquire);
   }
 
@@ -141,8 +127,8 @@ class Service {
   // Otherwise *out holds the response rebuilt (frame must not point into it).
   bool ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const;
   // The coordinator when the request goes through the cluster, else null.
-  cluster::Coordinator* ClusterFor(const RequestContext& context) const;
-  Outcome ClusterBatch(cluster::Coordinator* coordinator, const RequestContext& context,
+  Coordinator* ClusterFor(const RequestContext& context) const;
+  Outcome ClusterBatch(Coordinator* coordinator, const RequestContext& context,
                        uint64_t id, const protocol::Batch& batch,
                        flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
 
@@ -153,7 +139,7 @@ class Service {
   mutable absl::Mutex node_id_mu_;
   std::string node_id_ ABSL_GUARDED_BY(node_id_mu_);
   MembersFunction members_ ABSL_GUARDED_BY(node_id_mu_);
-  std::atomic<cluster::Coordinator*> coordinator_{nullptr};
+  std::atomic<Coordinator*> coordinator_{nullptr};
 };
 
 // The engine key of a client's key in context's namespace, built in *scratch

@@ -134,16 +134,16 @@ bool ClusterNode::AcceptPeer(absl::string_view node_id, absl::string_view their_
   return accepted;
 }
 
-Service::Outcome ClusterNode::HandlePeer(const p::Request& request,
+Outcome ClusterNode::HandlePeer(const p::Request& request,
                                          flatbuffers::FlatBufferBuilder* builder,
-                                         absl::FunctionRef<Service::Completion()> defer) {
+                                         absl::FunctionRef<Completion()> defer) {
   const uint64_t id = request.request_id();
   if (request.operation_type() == p::Operation::Gossip) {
     Membership* membership = this->membership();
     if (membership == nullptr) {
       p::BuildStatusResponse(builder, id,
                              absl::UnavailableError("this node's membership is not running yet"));
-      return Service::Outcome::kAnswered;
+      return Outcome::kAnswered;
     }
     const p::Gossip* gossip = request.operation_as_Gossip();
     if (options_.allow_fault_injection && gossip->from() != nullptr &&
@@ -151,10 +151,10 @@ Service::Outcome ClusterNode::HandlePeer(const p::Request& request,
       // A cut link drops traffic both ways: the sender hears nothing back.
       p::BuildStatusResponse(builder, id,
                              absl::UnavailableError("dropped by fault injection"));
-      return Service::Outcome::kAnswered;
+      return Outcome::kAnswered;
     }
     membership->HandleGossip(*gossip, builder, id);
-    return Service::Outcome::kAnswered;
+    return Outcome::kAnswered;
   }
   {
     absl::ReaderMutexLock lock(&handlers_mu_);
@@ -165,7 +165,7 @@ Service::Outcome ClusterNode::HandlePeer(const p::Request& request,
                          absl::UnimplementedError(absl::StrCat(
                              "cluster operation ", p::EnumNameOperation(request.operation_type()),
                              " is not handled by this node")));
-  return Service::Outcome::kAnswered;
+  return Outcome::kAnswered;
 }
 
 size_t ClusterNode::EffectiveReplicas() const {

@@ -29,9 +29,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/cluster/membership.h"
-#include "server/cluster/peer_handler.h"
 #include "server/cluster/peer_transport.h"
-#include "server/service.h"
+#include "server/core/outcome.h"
+#include "server/core/peer_handler.h"
 
 namespace logkv::server::cluster {
 
@@ -68,9 +68,9 @@ class ClusterNode : public PeerHandler {
  public:
   // The handler of one cluster-internal operation: the contract of
   // Service::Handle (answer in builder, or defer and complete later).
-  using PeerOperationHandler = std::function<Service::Outcome(
+  using PeerOperationHandler = std::function<Outcome(
       const protocol::Request&, flatbuffers::FlatBufferBuilder*,
-      absl::FunctionRef<Service::Completion()>)>;
+      absl::FunctionRef<Completion()>)>;
 
   explicit ClusterNode(const ClusterNodeOptions& options);
   ClusterNode(const ClusterNode&) = delete;
@@ -94,9 +94,9 @@ class ClusterNode : public PeerHandler {
                                           bool their_auth) override;
   bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
                   absl::string_view own_nonce, absl::string_view proof) override;
-  Service::Outcome HandlePeer(const protocol::Request& request,
+  Outcome HandlePeer(const protocol::Request& request,
                               flatbuffers::FlatBufferBuilder* builder,
-                              absl::FunctionRef<Service::Completion()> defer) override;
+                              absl::FunctionRef<Completion()> defer) override;
 
   const ClusterNodeOptions& options() const { return options_; }
   const std::string& node_id() const { return options_.node_id; }

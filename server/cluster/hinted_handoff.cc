@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "engine/hlc.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 
@@ -96,7 +95,7 @@ absl::Status HintedHandoff::Load() {
         continue;
       }
       Target& t = targets_[target];
-      t.hints.push_back(Hint{sequence, engine::HybridClock::PhysicalMs(item.meta.timestamp),
+      t.hints.push_back(Hint{sequence, engine::TimestampUnixMs(item.meta.timestamp),
                              static_cast<uint32_t>(item.value.size())});
       t.bytes += item.value.size();
       ++queued_;

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/hlc.h"
 #include "protocol/frame.h"
 #include "server/log.h"
 #include "server/metrics.h"
@@ -192,7 +191,7 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
       const bool owned = self != owners.end();
       const bool grace_passed =
           key.tombstone &&
-          now_ms - engine::HybridClock::PhysicalMs(key.timestamp) >= grace_ms;
+          now_ms - engine::TimestampUnixMs(key.timestamp) >= grace_ms;
       if (owned && !grace_passed) continue;
       // A record is only dropped for an owner that holds it: never when no
       // other member would keep it.

@@ -106,14 +106,14 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
   }
 }
 
-Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
+Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const p::Request& request, flatbuffers::FlatBufferBuilder* b,
-                                 absl::FunctionRef<Service::Completion()> defer) {
+                                 absl::FunctionRef<Completion()> defer) {
   const uint64_t id = request.request_id();
   const p::Replicate* replicate = request.operation_as_Replicate();
   if (replicate == nullptr) {
     p::BuildStatusResponse(b, id, absl::InvalidArgumentError("not a Replicate request"));
-    return Service::Outcome::kAnswered;
+    return Outcome::kAnswered;
   }
   const size_t count = replicate->records() == nullptr ? 0 : replicate->records()->size();
   // Flags are gathered here; whoever records the last one answers (inline
@@ -123,7 +123,7 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
     std::vector<bool> applied ABSL_GUARDED_BY(mu);
     std::vector<uint64_t> held ABSL_GUARDED_BY(mu);
     size_t remaining ABSL_GUARDED_BY(mu) = 0;
-    Service::Completion done;  // set before the first write when deferred
+    Completion done;  // set before the first write when deferred
   };
   auto gather = std::make_shared<Gather>();
   {
@@ -162,19 +162,19 @@ Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
       record_flag(written.ok(), written.ok() ? written->timestamp : 0);
     });
   }
-  if (gather->done) return Service::Outcome::kDeferred;
+  if (gather->done) return Outcome::kDeferred;
   absl::MutexLock lock(&gather->mu);
   BuildReplicateResult(b, id, gather->held, gather->applied);
-  return Service::Outcome::kAnswered;
+  return Outcome::kAnswered;
 }
 
-Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
+Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
                                    flatbuffers::FlatBufferBuilder* b) {
   const uint64_t id = request.request_id();
   const p::ReadRecords* read = request.operation_as_ReadRecords();
   if (read == nullptr) {
     p::BuildStatusResponse(b, id, absl::InvalidArgumentError("not a ReadRecords request"));
-    return Service::Outcome::kAnswered;
+    return Outcome::kAnswered;
   }
   const size_t count = read->keys() == nullptr ? 0 : read->keys()->size();
   std::vector<VersionedRecord> records;
@@ -197,7 +197,7 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
       // One unreadable key fails the whole answer: a reader must not take a
       // damaged record for a missing one and "repair" it with an older one.
       p::BuildStatusResponse(b, id, record.status());
-      return Service::Outcome::kAnswered;
+      return Outcome::kAnswered;
     }
     records.push_back(FromKeyRecord(key, *std::move(record)));
   }
@@ -208,7 +208,7 @@ Service::Outcome HandleReadRecords(engine::Engine* engine, const p::Request& req
   auto vector = b->CreateVector(offsets);
   auto result = p::CreateRecordsResult(*b, vector);
   p::FinishResponse(b, id, p::Result::RecordsResult, result.Union());
-  return Service::Outcome::kAnswered;
+  return Outcome::kAnswered;
 }
 
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records,

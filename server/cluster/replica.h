@@ -25,7 +25,7 @@
 #include "absl/types/span.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
-#include "server/service.h"
+#include "server/core/outcome.h"
 
 namespace logkv::server::cluster {
 
@@ -89,15 +89,15 @@ inline constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
 // newer one. With fsync_always the answer waits, through defer, for the
 // group commit's fdatasync (the contract of Service::Handle). engine must
 // outlive every deferred completion.
-Service::Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
+Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const protocol::Request& request,
                                  flatbuffers::FlatBufferBuilder* builder,
-                                 absl::FunctionRef<Service::Completion()> defer);
+                                 absl::FunctionRef<Completion()> defer);
 
 // ReadRecords: the engine's record of every key (tombstones included; no
 // values when meta_only) as a RecordsResult, in the order of the keys.
 // Always answered at once.
-Service::Outcome HandleReadRecords(engine::Engine* engine, const protocol::Request& request,
+Outcome HandleReadRecords(engine::Engine* engine, const protocol::Request& request,
                                    flatbuffers::FlatBufferBuilder* builder);
 
 // ---- Requests to peers, and their answers ---------------------------------

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "engine/hlc.h"
 #include "server/log.h"
 
 namespace logkv::server::cluster {
@@ -70,7 +69,7 @@ uint8_t AssignNodeTag(absl::string_view self, absl::Span<const std::string> memb
 }
 
 uint64_t ClusterClock::Now() {
-  const uint64_t physical = engine::HybridClock::FromPhysicalMs(clock_->NowUnixMs());
+  const uint64_t physical = engine::TimestampAtUnixMs(clock_->NowUnixMs());
   const uint64_t tag = tag_.load(std::memory_order_relaxed);
   uint64_t last = last_.load(std::memory_order_relaxed);
   while (true) {

@@ -62,12 +62,12 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "engine/engine.h"
-#include "server/cluster/coordinator.h"
 #include "server/cluster/hinted_handoff.h"
 #include "server/cluster/peer_transport.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/replica_batcher.h"
 #include "server/cluster/ring.h"
+#include "server/core/coordinator.h"
 #include "server/metrics.h"
 
 namespace logkv::server::cluster {

@@ -16,12 +16,11 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "engine/hlc.h"
 #include "nlohmann/json.hpp"
 #include "protocol/frame.h"
 #include "server/auth/status_http.h"
 #include "server/cluster/cluster_node.h"
-#include "server/cluster/coordinator.h"
+#include "server/core/coordinator.h"
 #include "server/http/http_fetch.h"
 #include "server/namespaces.h"
 
@@ -100,7 +99,7 @@ HttpResponse ErrorFromStatus(const absl::Status& status) {
 }
 
 // The wall-clock milliseconds of an engine timestamp (hybrid logical clock).
-int64_t TimestampMs(uint64_t timestamp) { return engine::HybridClock::PhysicalMs(timestamp); }
+int64_t TimestampMs(uint64_t timestamp) { return engine::TimestampUnixMs(timestamp); }
 
 std::string Rfc3339(int64_t unix_ms) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(unix_ms),

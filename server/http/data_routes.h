@@ -57,7 +57,7 @@ struct DataRoutesDependencies {
   cluster::ClusterNode* cluster = nullptr;
   // The key's owners behind the writes' primary_node and replicas; null: a
   // single node (this node, no replicas).
-  cluster::Coordinator* coordinator = nullptr;
+  Coordinator* coordinator = nullptr;
 };
 
 class DataRoutes {

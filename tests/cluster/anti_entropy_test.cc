@@ -23,7 +23,6 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
-#include "engine/hlc.h"
 #include "protocol/frame.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/ring.h"
@@ -114,12 +113,12 @@ class FakeNetwork {
         HandleMerkleLeaf(engine, r, leaf_frame_bytes_, &builder);
         break;
       case protocol::Operation::Replicate: {
-        const Service::Outcome outcome =
-            HandleReplicate(engine, false, r, &builder, []() -> Service::Completion {
+        const Outcome outcome =
+            HandleReplicate(engine, false, r, &builder, []() -> Completion {
               ADD_FAILURE() << "Replicate deferred without fsync=always";
               return [](std::string) {};
             });
-        EXPECT_EQ(outcome, Service::Outcome::kAnswered);
+        EXPECT_EQ(outcome, Outcome::kAnswered);
         break;
       }
       case protocol::Operation::ReadRecords:
@@ -688,7 +687,7 @@ class PurgerTest : public AntiEntropyTest {
   }
   // A hybrid-logical-clock timestamp this long ago.
   static uint64_t Ago(absl::Duration age) {
-    return engine::HybridClock::FromPhysicalMs(absl::ToUnixMillis(absl::Now() - age));
+    return engine::TimestampAtUnixMs(absl::ToUnixMillis(absl::Now() - age));
   }
 };
 

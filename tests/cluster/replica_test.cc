@@ -18,7 +18,6 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
-#include "engine/hlc.h"
 #include "gtest/gtest.h"
 #include "protocol/frame.h"
 #include "server/cluster/hinted_handoff.h"
@@ -42,7 +41,7 @@ using test::ScopedTempDir;
 constexpr int64_t kMs = 1'700'000'000'000;
 
 uint64_t Stamp(int64_t ms, uint64_t logical = 0) {
-  return engine::HybridClock::FromPhysicalMs(ms) | logical;
+  return engine::TimestampAtUnixMs(ms) | logical;
 }
 
 VersionedRecord Put(std::string key, std::string value, uint64_t timestamp) {
@@ -323,7 +322,7 @@ TEST(ClusterClockTest, MonotonicAndTagged) {
     last = now;
   }
   clock.AdvanceMs(5);
-  EXPECT_EQ(engine::HybridClock::PhysicalMs(stamps.Now()), kMs + 5);
+  EXPECT_EQ(engine::TimestampUnixMs(stamps.Now()), kMs + 5);
   // A timestamp observed from elsewhere, even far ahead, is passed.
   const uint64_t ahead = Stamp(kMs + 60'000, 0x1234);
   stamps.Observe(ahead);

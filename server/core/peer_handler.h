@@ -6,8 +6,8 @@
 // space (peers replicate engine keys, tenant prefixes included).
 //
 // Thread-safety: HandlePeer is called from every I/O loop at once.
-#ifndef LOGKV_SERVER_CLUSTER_PEER_HANDLER_H_
-#define LOGKV_SERVER_CLUSTER_PEER_HANDLER_H_
+#ifndef LOGKV_SERVER_CORE_PEER_HANDLER_H_
+#define LOGKV_SERVER_CORE_PEER_HANDLER_H_
 
 #include <string>
 
@@ -15,9 +15,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "protocol/frame.h"
-#include "server/service.h"
+#include "server/core/outcome.h"
 
-namespace logkv::server::cluster {
+namespace logkv::server {
 
 class PeerHandler {
  public:
@@ -42,11 +42,11 @@ class PeerHandler {
 
   // A cluster-internal operation from an accepted peer; the contract of
   // Service::Handle (answer in builder, or defer and complete later).
-  virtual Service::Outcome HandlePeer(const protocol::Request& request,
+  virtual Outcome HandlePeer(const protocol::Request& request,
                                       flatbuffers::FlatBufferBuilder* builder,
-                                      absl::FunctionRef<Service::Completion()> defer) = 0;
+                                      absl::FunctionRef<Completion()> defer) = 0;
 };
 
-}  // namespace logkv::server::cluster
+}  // namespace logkv::server
 
-#endif  // LOGKV_SERVER_CLUSTER_PEER_HANDLER_H_
+#endif  // LOGKV_SERVER_CORE_PEER_HANDLER_H_

@@ -19,8 +19,8 @@
 //
 // Thread-safety: every method may be called from any thread; callbacks run on
 // the thread that completes the operation (an I/O loop or the transport's).
-#ifndef LOGKV_SERVER_CLUSTER_COORDINATOR_H_
-#define LOGKV_SERVER_CLUSTER_COORDINATOR_H_
+#ifndef LOGKV_SERVER_CORE_COORDINATOR_H_
+#define LOGKV_SERVER_CORE_COORDINATOR_H_
 
 #include <cstdint>
 #include <functional>
@@ -32,7 +32,7 @@
 #include "engine/engine.h"
 #include "protocol/frame.h"
 
-namespace logkv::server::cluster {
+namespace logkv::server {
 
 class Coordinator {
  public:
@@ -70,6 +70,6 @@ class Coordinator {
   virtual std::vector<std::string> Owners(absl::string_view key) const = 0;
 };
 
-}  // namespace logkv::server::cluster
+}  // namespace logkv::server
 
-#endif  // LOGKV_SERVER_CLUSTER_COORDINATOR_H_
+#endif  // LOGKV_SERVER_CORE_COORDINATOR_H_

@@ -122,6 +122,19 @@ struct Options {
   std::function<void(int64_t duration_ns)> on_fsync;
 };
 
+// Every record carries a timestamp from a hybrid logical clock: unix
+// milliseconds in the high bits, a counter in the low kTimestampLogicalBits,
+// so timestamps follow wall-clock time, never repeat and never go backwards.
+// Replicas compare them (last write wins); these convert to and from time.
+inline constexpr int kTimestampLogicalBits = 16;
+inline int64_t TimestampUnixMs(uint64_t timestamp) {
+  return static_cast<int64_t>(timestamp >> kTimestampLogicalBits);
+}
+// The smallest timestamp of the millisecond unix_ms.
+inline uint64_t TimestampAtUnixMs(int64_t unix_ms) {
+  return static_cast<uint64_t>(unix_ms) << kTimestampLogicalBits;
+}
+
 struct WriteOptions {
   int64_t ttl_ms = 0;  // 0 = no expiry
   // Compare-and-set: the write happens only if the key is at this version now

@@ -1,0 +1,62 @@
+#include "server/auth/admission.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "protocol/frame.h"
+#include "server/namespaces.h"
+
+namespace logkv::server::auth {
+
+Admission::Admission(AuthStore* store, RateLimiter* limiter, int64_t requests_per_minute,
+                     ServerMetrics* metrics)
+    : store_(store),
+      limiter_(limiter),
+      requests_per_minute_(requests_per_minute),
+      metrics_(metrics) {}
+
+absl::StatusOr<Session> Admission::Authenticate(absl::string_view api_key) const {
+  absl::StatusOr<Principal> principal = store_->AuthenticateApiKey(api_key);
+  if (!principal.ok()) {
+    metrics_->auth_failures()->Inc();
+    return principal.status();
+  }
+  Session session;
+  session.context.key_prefix = TenantPrefix(principal->user_id);
+  session.context.may_read = principal->can_read;
+  session.context.may_write = principal->can_write;
+  session.user_id = principal->user_id;
+  session.credential_id = principal->api_key_id;
+  session.expires_at_ms = principal->expires_at_ms;
+  session.generation = principal->generation;
+  return session;
+}
+
+absl::Status Admission::Recheck(Session* session) const {
+  Principal principal;
+  principal.user_id = session->user_id;
+  principal.api_key_id = session->credential_id;
+  principal.expires_at_ms = session->expires_at_ms;
+  principal.generation = session->generation;
+  if (absl::Status status = store_->RecheckApiKey(&principal); !status.ok()) {
+    metrics_->auth_failures()->Inc();
+    return status;
+  }
+  session->generation = principal.generation;
+  return absl::OkStatus();
+}
+
+absl::Status Admission::Admit(uint64_t user_id) const {
+  if (limiter_ == nullptr) return absl::OkStatus();
+  int64_t retry_after_ms = 0;
+  if (limiter_->Allow(user_id, absl::ToUnixMillis(absl::Now()), &retry_after_ms)) {
+    return absl::OkStatus();
+  }
+  metrics_->rate_limited()->Inc();
+  return protocol::WithRetryAfter(
+      absl::ResourceExhaustedError(absl::StrCat(
+          "rate limit exceeded (", requests_per_minute_,
+          " requests a minute per user, --rate-limit); retry after ", retry_after_ms, " ms")),
+      retry_after_ms);
+}
+
+}  // namespace logkv::server::auth
