@@ -1,0 +1,892 @@
+#include "server/node.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "server/auth/admission.h"
+#include "server/auth/auth_store.h"
+#include "server/auth/login_throttle.h"
+#include "server/auth/rate_limiter.h"
+#include "server/auth/worker_pool.h"
+#include "server/cluster/anti_entropy.h"
+#include "server/cluster/cluster_node.h"
+#include "server/cluster/hinted_handoff.h"
+#include "server/cluster/purger.h"
+#include "server/cluster/replica.h"
+#include "server/cluster/replica_coordinator.h"
+#include "server/http/account_routes.h"
+#include "server/http/data_routes.h"
+#include "server/http/router.h"
+#include "server/log.h"
+#include "server/namespaces.h"
+#include "server/server.h"
+
+namespace logkv::server {
+namespace {
+
+namespace p = ::logkv::protocol;
+
+// engine::Options::max_key_bytes' ceiling.
+constexpr uint32_t kEngineMaxKeyBytes = 65535;
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1";
+}
+
+// Absolute, so that the Service can recognise the engine's messages that
+// name its files and keep them from clients (ServiceConfig::data_dir).
+absl::StatusOr<std::string> AbsoluteDataDir(const std::string& data_dir) {
+  std::error_code error;
+  const std::filesystem::path path =
+      std::filesystem::absolute(data_dir, error).lexically_normal();
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--data-dir '", data_dir, "': ", error.message()));
+  }
+  std::string absolute = path.string();
+  while (absolute.size() > 1 && absolute.back() == '/') absolute.pop_back();
+  return absolute;
+}
+
+int OnePerCore(int configured) {
+  return configured > 0 ? configured
+                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+// A wildcard host is advertised (and linked to) as loopback.
+std::string Reachable(const std::string& host, int port) {
+  return absl::StrCat(host == "0.0.0.0" ? "127.0.0.1" : host, ":", port);
+}
+
+// The id the node answers Hello with until the cluster member has its own:
+// --node_id, else --advertise, else --listen.
+std::string ConfiguredNodeId(const NodeOptions& o) {
+  return !o.node_id.empty() ? o.node_id : !o.advertise.empty() ? o.advertise : o.listen.ToString();
+}
+
+// ---- Each component's options, derived from the node's ---------------------
+// The one place where a NodeOptions setting becomes a component's option:
+// settings several components share (N, W, R, the write wait, the frame
+// limit) are read here and nowhere else.
+
+engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_dir) {
+  engine::Options options;
+  options.data_dir = data_dir;
+  options.shard_count = static_cast<uint32_t>(OnePerCore(o.shards));
+  options.segment_bytes = o.segment_bytes;
+  // Clients' keys are held to max_key_bytes (protocol::Limits, which
+  // measures the key the client sent); the engine's limit leaves room for
+  // the tenant prefix the Service puts before it with auth on.
+  options.max_key_bytes = o.max_key_bytes + kTenantPrefixBytes;
+  options.max_value_bytes = o.max_value_bytes;
+  options.versions_kept = o.versions;
+  options.repair = o.repair;
+  options.fsync = o.fsync;
+  options.fsync_interval_ms = absl::ToInt64Milliseconds(o.fsync_interval);
+  // Hints, accounts and the member list are this node's own: they stay out
+  // of the Merkle summary that replicas compare.
+  options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix),
+                                      std::string(kClusterPrefix)};
+  // Tombstones are collected by the purger once every owner holds them (a
+  // single node's ring has no other owner to ask), never by compaction alone.
+  options.tombstone_grace_ms =
+      std::max<int64_t>(0, absl::ToInt64Milliseconds(o.tombstone_grace));
+  options.collect_tombstones = false;
+  return options;
+}
+
+ServiceConfig ServiceConfigFor(const NodeOptions& o, const std::string& data_dir) {
+  ServiceConfig config;
+  config.node_id = ConfiguredNodeId(o);
+  config.read_only = o.read_only;
+  config.fsync_always = o.fsync == engine::FsyncPolicy::kAlways;
+  config.data_dir = data_dir;
+  config.limits.max_frame_bytes = o.max_frame_bytes;
+  config.limits.max_key_bytes = o.max_key_bytes;
+  config.limits.max_value_bytes = o.max_value_bytes;
+  config.limits.max_batch_items = o.max_batch_items;
+  return config;
+}
+
+auth::AuthConfig AuthConfigFor(const NodeOptions& o) {
+  auth::AuthConfig config;
+  config.jwt_secret = o.jwt_secret;
+  config.access_token_ttl_s = absl::ToInt64Seconds(o.jwt_expiration);
+  config.log = [](absl::string_view message) { Log(Level::kWarning, "%s", message); };
+  return config;
+}
+
+cluster::ClusterNodeOptions ClusterOptionsFor(const NodeOptions& o) {
+  cluster::ClusterNodeOptions options;
+  // With a listen port of 0 and no node id or advertised address, the id is
+  // the advertised address with the port the kernel chose (SetAdvertise).
+  const bool node_id_from_bound_port =
+      o.node_id.empty() && o.advertise.empty() && o.listen.port == 0;
+  options.node_id = node_id_from_bound_port ? "" : ConfiguredNodeId(o);
+  for (const std::string& seed : o.seeds) {
+    // Validate checked every seed.
+    absl::StatusOr<HostPort> parsed = ParseHostPort(seed);
+    if (parsed.ok()) options.seeds.push_back(parsed->ToString());
+  }
+  options.cluster_secret = o.cluster_secret;
+  options.replicas = o.replicas;
+  options.gossip_interval = o.gossip_interval;
+  options.dead_after = o.dead_after;
+  // A ping waits at most one interval (and at least 100 ms) for its answer.
+  options.ping_timeout = std::max(absl::Milliseconds(100), o.gossip_interval);
+  options.allow_fault_injection = o.fault_injection;
+  const bool auth_on = o.auth == AuthMode::kOn;
+  options.require_secret = auth_on || !IsLoopback(o.listen.host);
+  options.auth_on = auth_on;
+  options.max_frame_bytes = o.max_frame_bytes;
+  return options;
+}
+
+cluster::ReplicaCoordinatorOptions CoordinatorOptionsFor(const NodeOptions& o) {
+  cluster::ReplicaCoordinatorOptions options;
+  options.replicas = static_cast<size_t>(std::max(1, o.replicas));
+  options.write_acks = static_cast<size_t>(std::max(0, o.write_quorum));
+  options.read_acks = static_cast<size_t>(std::max(0, o.read_quorum));
+  options.write_wait = o.write_wait;
+  options.max_frame_bytes = o.max_frame_bytes;
+  return options;
+}
+
+cluster::AntiEntropyOptions AntiEntropyOptionsFor(const NodeOptions& o) {
+  cluster::AntiEntropyOptions options;
+  options.replicas = static_cast<size_t>(std::max(1, o.replicas));
+  options.max_frame_bytes = o.max_frame_bytes;
+  options.interval = std::max(absl::Milliseconds(100), o.anti_entropy_interval);
+  options.bytes_per_second = o.anti_entropy_bytes_per_second;
+  // Every node runs rounds, so each pulls what it lacks; pushing as well
+  // would send a wiped node its data once per peer.
+  options.push = false;
+  return options;
+}
+
+cluster::PurgerOptions PurgerOptionsFor(const NodeOptions& o) {
+  cluster::PurgerOptions options;
+  options.replicas = static_cast<size_t>(std::max(1, o.replicas));
+  options.interval = std::max(absl::Milliseconds(100), o.purge_interval);
+  options.ring_stable_for = std::max(absl::ZeroDuration(), o.purge_ring_stable);
+  options.tombstone_grace = std::max(absl::ZeroDuration(), o.tombstone_grace);
+  options.peers_expected = !o.seeds.empty();
+  return options;
+}
+
+http::DataRoutesConfig RoutesConfigFor(const NodeOptions& o) {
+  http::DataRoutesConfig config;
+  config.node_id = ConfiguredNodeId(o);
+  if (!o.http.empty()) {
+    config.node_url = absl::StrCat("http://", Reachable(o.http.front().host, o.http.front().port));
+  }
+  config.mode = o.read_only ? "read-only" : "normal";
+  config.max_document_bytes = o.max_document_bytes;
+  // The cluster secret both authorizes membership changes and, with auth
+  // on, reading node-wide statistics.
+  config.cluster_secret = o.cluster_secret;
+  config.operator_secret = o.cluster_secret;
+  config.max_json_depth = o.max_json_depth;
+  return config;
+}
+
+ServerConfig ServerConfigFor(const NodeOptions& o) {
+  ServerConfig config;
+  config.host = o.listen.host;
+  config.port = o.listen.port;
+  config.threads = OnePerCore(o.threads);
+  for (const HostPort& address : o.http) {
+    config.http_addresses.push_back(HttpAddress{address.host, address.port});
+  }
+  config.http_limits.max_header_bytes = o.http_max_header_bytes;
+  // A body carries a value, base64 or JSON around it: room for base64's 4/3.
+  config.http_limits.max_body_bytes =
+      static_cast<size_t>(o.max_value_bytes) / 3 * 4 + (64u << 10);
+  config.http_idle_timeout = std::max(absl::Milliseconds(100), o.http_idle_timeout);
+  config.binary_idle_timeout = std::max(absl::Milliseconds(100), o.binary_idle_timeout);
+  config.max_buffered_bytes = static_cast<size_t>(o.max_buffered_bytes);
+  config.max_watches_per_connection = static_cast<size_t>(o.max_watches_per_connection);
+  config.max_watches_per_user = static_cast<size_t>(o.max_watches_per_user);
+  return config;
+}
+
+void LogLastUseFailure(const absl::StatusOr<size_t>& flushed) {
+  if (!flushed.ok()) {
+    Log(Level::kWarning, "writing API key last-use times: %s", flushed.status().message());
+  }
+}
+
+}  // namespace
+
+// ---- Options -----------------------------------------------------------------
+
+std::string HostPort::ToString() const { return absl::StrCat(host, ":", port); }
+
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view text) {
+  HostPort address;
+  const size_t colon = text.rfind(':');
+  if (colon == absl::string_view::npos ||
+      !absl::SimpleAtoi(text.substr(colon + 1), &address.port) || address.port < 0 ||
+      address.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not host:port"));
+  }
+  address.host = std::string(text.substr(0, colon));
+  if (address.host.empty()) address.host = "0.0.0.0";
+  if (address.host == "localhost") address.host = "127.0.0.1";
+  return address;
+}
+
+absl::StatusOr<AuthMode> ParseAuthMode(absl::string_view text) {
+  if (text == "off") return AuthMode::kOff;
+  if (text == "on") return AuthMode::kOn;
+  return absl::InvalidArgumentError("--auth must be off or on");
+}
+
+absl::StatusOr<engine::FsyncPolicy> ParseFsyncPolicy(absl::string_view text) {
+  if (text == "never") return engine::FsyncPolicy::kNever;
+  if (text == "interval") return engine::FsyncPolicy::kInterval;
+  if (text == "always") return engine::FsyncPolicy::kAlways;
+  return absl::InvalidArgumentError("--fsync must be never, interval or always");
+}
+
+const char* FsyncPolicyName(engine::FsyncPolicy policy) {
+  switch (policy) {
+    case engine::FsyncPolicy::kNever:
+      return "never";
+    case engine::FsyncPolicy::kInterval:
+      return "interval";
+    case engine::FsyncPolicy::kAlways:
+      return "always";
+  }
+  return "?";
+}
+
+absl::Status NodeOptions::Validate() const {
+  // Addresses built by hand rather than by ParseHostPort.
+  if (listen.port < 0 || listen.port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen: '", listen.ToString(), "' is not host:port"));
+  }
+  for (const HostPort& address : http) {
+    if (address.port < 0 || address.port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--http: '", address.ToString(), "' is not host:port"));
+    }
+  }
+  if (auth == AuthMode::kOff && !insecure) {
+    std::vector<std::string> hosts = {listen.host};
+    for (const HostPort& address : http) hosts.push_back(address.host);
+    for (const std::string& bound : hosts) {
+      if (IsLoopback(bound)) continue;
+      return absl::FailedPreconditionError(absl::StrCat(
+          "refusing to listen on ", bound, " with --auth=off: anyone who can reach it could "
+          "read and write everything. Bind a loopback address, use --auth=on, or pass "
+          "--insecure to accept that."));
+    }
+  }
+  if (max_json_depth < 1 || max_json_depth > http::kMaxJsonDepthCeiling) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_json_depth must be between 1 and ", http::kMaxJsonDepthCeiling,
+                     " (nested objects and arrays), not ", max_json_depth));
+  }
+  if (jwt_expiration < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--jwt_expiration '", absl::FormatDuration(jwt_expiration),
+        "' is not a duration of at least one second (such as 1h or 30m)"));
+  }
+  // Cluster settings. A node always runs as a cluster member: alone it is a
+  // cluster of one, and joins others through seeds or POST /join.
+#ifndef LOGKV_FAULT_INJECTION
+  if (fault_injection) {
+    return absl::FailedPreconditionError(
+        "--fault-injection is for tests: this logkvd was built without it (configure with "
+        "-DLOGKV_FAULT_INJECTION=ON, the default when tests are built)");
+  }
+#endif
+  if (replicas < 1) return absl::InvalidArgumentError("--replicas must be at least 1");
+  if (write_quorum < 0 || read_quorum < 0) {
+    return absl::InvalidArgumentError("--w and --r must be 0 (by consistency) or more");
+  }
+  if (gossip_interval < absl::Milliseconds(10) || dead_after <= absl::ZeroDuration() ||
+      write_wait <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--gossip_interval_ms must be at least 10; --dead_after_ms and --write_wait_ms positive");
+  }
+  for (const std::string& seed : seeds) {
+    absl::StatusOr<HostPort> parsed = ParseHostPort(seed);
+    if (!parsed.ok() || parsed->port == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--seeds: '", seed, "' is not host:port (the binary-protocol address)"));
+    }
+  }
+  if (auth == AuthMode::kOn && !seeds.empty()) {
+    // Accounts are kept per node and tenant namespaces are built from user
+    // ids, which two nodes would hand out twice (docs/cluster.md).
+    return absl::FailedPreconditionError(
+        "--auth=on with --seeds is not supported yet: accounts are not replicated, so two "
+        "nodes would give different users the same namespace");
+  }
+  if (!advertise.empty()) {
+    absl::StatusOr<HostPort> parsed = ParseHostPort(advertise);
+    if (!parsed.ok() || parsed->port == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--advertise: '", advertise, "' is not host:port"));
+    }
+  }
+  if (absl::StatusOr<std::string> absolute = AbsoluteDataDir(data_dir); !absolute.ok()) {
+    return absolute.status();
+  }
+  if (max_key_bytes == 0 || max_key_bytes > kEngineMaxKeyBytes - kTenantPrefixBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_key_bytes must be in [1, ", kEngineMaxKeyBytes - kTenantPrefixBytes, "]"));
+  }
+  if (static_cast<uint64_t>(max_frame_bytes) < static_cast<uint64_t>(max_value_bytes) + 4096) {
+    return absl::InvalidArgumentError(
+        "--max_frame_bytes must exceed --max_value_bytes by at least 4096 bytes (a frame "
+        "carries the value plus its key and envelope)");
+  }
+  return absl::OkStatus();
+}
+
+// ---- Node --------------------------------------------------------------------
+
+Node::Node(NodeOptions options) : options_(std::move(options)) {}
+
+// Stop logs a failure to close the engine; a destructor can do no more.
+Node::~Node() { (void)Stop(); }
+
+int Node::port() const { return server_->port(); }
+
+const std::vector<int>& Node::http_ports() const { return server_->http_ports(); }
+
+std::string Node::node_id() const {
+  return cluster_ != nullptr ? cluster_->node_id() : ConfiguredNodeId(options_);
+}
+
+absl::Status Node::WaitViewConfirmed(absl::Time deadline, size_t min_live_members) const {
+  while (true) {
+    const cluster::Membership* membership = cluster_ != nullptr ? cluster_->membership() : nullptr;
+    if (membership != nullptr && membership->ViewConfirmed() &&
+        cluster_->LiveMemberCount() >= min_live_members) {
+      return absl::OkStatus();
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "node ", node_id(), ": view not confirmed with ", min_live_members,
+          " live member(s) in time (", cluster_ != nullptr ? cluster_->LiveMemberCount() : 0,
+          " live)"));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+absl::Status Node::Start() {
+  if (started_.exchange(true)) {
+    return absl::FailedPreconditionError("a Node starts once: make a new one to restart");
+  }
+  absl::Status status = options_.Validate();
+  if (status.ok()) status = StartEngine();
+  if (status.ok()) status = StartAuth();
+  if (status.ok()) status = BuildCluster();
+  if (status.ok()) {
+    AddRoutes();
+    status = StartServer();
+  }
+  if (status.ok()) status = StartClusterMember();
+  if (status.ok()) {
+    StartBackgroundWork();
+    LogListening();
+    StartFlusher();
+    running_.store(true, std::memory_order_release);
+    return absl::OkStatus();
+  }
+  Log(Level::kError, "%s", status.message());
+  if (engine_ == nullptr && absl::IsDataLoss(status) && !options_.repair) {
+    Log(Level::kError,
+        "the data directory is damaged: start with --repair (or LOGKV_REPAIR=1) to salvage "
+        "what verifies, with what is dropped logged");
+  }
+  // Undone the way Stop undoes a running node; the engine's Close status is
+  // not this failure's.
+  (void)Stop();
+  return status;
+}
+
+absl::Status Node::StartEngine() {
+  absl::StatusOr<std::string> data_dir = AbsoluteDataDir(options_.data_dir);
+  if (!data_dir.ok()) return data_dir.status();
+  data_dir_ = *std::move(data_dir);
+  engine::Options options = EngineOptionsFor(options_, data_dir_);
+  options.log = [](engine::LogLevel engine_level, absl::string_view message) {
+    const Level mapped = engine_level == engine::LogLevel::kError     ? Level::kError
+                         : engine_level == engine::LogLevel::kWarning ? Level::kWarning
+                         : engine_level == engine::LogLevel::kInfo    ? Level::kInfo
+                                                                      : Level::kDebug;
+    if (LogEnabled(mapped)) LogLine(mapped, message);
+  };
+  options.on_fsync = [histogram = metrics_.fsync_duration()](int64_t duration_ns) {
+    histogram->Observe(static_cast<double>(duration_ns) * 1e-9);
+  };
+  options.on_event = [this](uint32_t, uint64_t) {
+    if (Server* server = server_for_events_.load(std::memory_order_acquire)) {
+      server->NotifyEvents();
+    }
+  };
+
+  Log(Level::kInfo, "opening %s (fsync=%s)", data_dir_, FsyncPolicyName(options_.fsync));
+  absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Open(options);
+  if (!engine.ok()) return engine.status();
+  engine_ = *std::move(engine);
+  const engine::Stats stats = engine_->GetStats();
+  Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", data_dir_,
+      stats.keys, stats.segments, stats.recovery_ms);
+  if (absl::Status writes = engine_->WriteHealth(); !writes.ok()) {
+    Log(Level::kWarning, "serving reads only until writes succeed again: %s", writes.message());
+  }
+
+  engine::Engine* const engine_ptr = engine_.get();
+  metrics_.keys()->SetCallback(
+      [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().client_keys); });
+  metrics_.log_bytes()->SetCallback(
+      [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().log_bytes); });
+  metrics_.dead_bytes()->SetCallback(
+      [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().dead_bytes); });
+  metrics_.compactions()->SetCallback([engine_ptr] { return engine_ptr->GetStats().compactions; });
+  ServerCounters* const counters = &counters_;
+  metrics_.http_connections()->SetCallback(
+      [counters] { return static_cast<double>(counters->http_connections.load()); });
+  metrics_.buffered_request_bytes()->SetCallback([counters] {
+    return static_cast<double>(counters->buffered_request_bytes.load(std::memory_order_relaxed));
+  });
+  metrics_.binary_connections()->SetCallback([counters] {
+    return static_cast<double>(counters->connections.load() - counters->http_connections.load());
+  });
+
+  counters_.start_unix_ms = absl::ToUnixMillis(absl::Now());
+  service_ = std::make_unique<Service>(engine_ptr, ServiceConfigFor(options_, data_dir_),
+                                       &counters_);
+  return absl::OkStatus();
+}
+
+absl::Status Node::StartAuth() {
+  if (options_.auth != AuthMode::kOn) return absl::OkStatus();
+  auth::AuthConfig config = AuthConfigFor(options_);
+  // Binary sessions opened with a revoked key end at once, watches included.
+  config.on_revoked = [this] {
+    if (Server* server = server_for_events_.load(std::memory_order_acquire)) {
+      server->RecheckSessions();
+    }
+  };
+  auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
+  if (absl::Status status = auth_store_->Load(); !status.ok()) return status;
+  if (options_.rate_limit > 0) {
+    auth::RateLimitConfig limit;
+    limit.requests_per_minute = options_.rate_limit;
+    limit.burst = options_.rate_limit_burst;
+    rate_limiter_ = std::make_unique<auth::RateLimiter>(limit);
+  }
+  admission_ = std::make_unique<auth::Admission>(auth_store_.get(), rate_limiter_.get(),
+                                                 options_.rate_limit, &metrics_);
+  // Password hashing (argon2id) takes tens of milliseconds and 64 MiB: it
+  // runs here, never on a network loop, a few at a time.
+  password_workers_ = std::make_unique<auth::WorkerPool>(2, 256);
+  // Failed logins per account and client address (POST /login).
+  login_throttle_ = std::make_unique<auth::LoginThrottle>();
+  return absl::OkStatus();
+}
+
+absl::Status Node::BuildCluster() {
+  engine::Engine* const engine = engine_.get();
+  cluster::ClusterNodeOptions cluster_options = ClusterOptionsFor(options_);
+  // The member list is kept in the engine itself, under a node-local key,
+  // so a restart knows its cluster (docs/cluster.md, "Restarts") and the
+  // list goes wherever the data goes.
+  cluster_options.load_membership = [engine]() -> absl::StatusOr<std::string> {
+    absl::StatusOr<engine::Record> kept = engine->Get(kClusterMembersKey);
+    if (!kept.ok()) return kept.status();
+    return std::move(kept->value);
+  };
+  cluster_options.save_membership = [engine](const std::string& state) {
+    return engine->Put(kClusterMembersKey, state).status();
+  };
+  cluster_ = std::make_unique<cluster::ClusterNode>(cluster_options);
+
+  // Peers' operations on this node's engine.
+  cluster_->AddPeerOperationHandler(
+      p::Operation::Replicate,
+      [engine, fsync_always = options_.fsync == engine::FsyncPolicy::kAlways](
+          const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+          absl::FunctionRef<Completion()> defer) {
+        return cluster::HandleReplicate(engine, fsync_always, request, builder, defer);
+      });
+  cluster_->AddPeerOperationHandler(
+      p::Operation::ReadRecords,
+      [engine](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+               absl::FunctionRef<Completion()>) {
+        return cluster::HandleReadRecords(engine, request, builder);
+      });
+  cluster_->AddPeerOperationHandler(
+      p::Operation::MerkleHashes,
+      [engine](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+               absl::FunctionRef<Completion()>) {
+        cluster::HandleMerkleHashes(engine, request, builder);
+        return Outcome::kAnswered;
+      });
+  cluster_->AddPeerOperationHandler(
+      p::Operation::MerkleLeaf,
+      [engine, max_frame_bytes = options_.max_frame_bytes](
+          const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+          absl::FunctionRef<Completion()>) {
+        // Leaf key lists go out in pages of at most 1 MiB (half the frame
+        // size given): gossip and replication share the peer connection and
+        // must not queue behind one huge answer.
+        cluster::HandleMerkleLeaf(engine, request, std::min<uint32_t>(max_frame_bytes, 2u << 20),
+                                  builder);
+        return Outcome::kAnswered;
+      });
+
+  // Writes for owners that cannot be reached wait here, in the engine's log.
+  handoff_ = std::make_unique<cluster::HintedHandoff>(engine, cluster::HintedHandoffOptions{},
+                                                      &metrics_);
+  if (absl::Status status = handoff_->Load(); !status.ok()) return status;
+
+  cluster::ClusterNode* const member = cluster_.get();
+  auto ring_of = [member]() -> std::shared_ptr<const cluster::Ring> {
+    return member->membership() != nullptr ? member->membership()->ring() : nullptr;
+  };
+  auto lookup = [member](const std::string& node_id, cluster::PeerInfo* info) {
+    cluster::Member found;
+    if (member->membership() == nullptr || !member->membership()->Find(node_id, &found)) {
+      return false;
+    }
+    info->address = found.address;
+    info->http_address = found.http_address;
+    info->alive = found.state == cluster::MemberState::kAlive ||
+                  found.state == cluster::MemberState::kSuspect;
+    return true;
+  };
+  cluster::ReplicaCoordinatorOptions coordinator_options = CoordinatorOptionsFor(options_);
+  // Seed 001's write wait: an owner that is down (maybe restarting) is asked
+  // again until the write has its acknowledgements or the write wait ends.
+  coordinator_options.run_after = [transport = member->transport()](
+                                      absl::Duration delay, std::function<void()> task) {
+    return transport->RunAfter(delay, std::move(task));
+  };
+  coordinator_ = std::make_unique<cluster::ReplicaCoordinator>(
+      engine, member->transport(), ring_of, lookup, cluster_options.node_id, &metrics_,
+      handoff_.get(), coordinator_options);
+  service_->set_coordinator(coordinator_.get());
+  coordinator_->set_view_confirmed([member] {
+    const cluster::Membership* membership = member->membership();
+    return membership != nullptr && membership->ViewConfirmed();
+  });
+  return absl::OkStatus();
+}
+
+void Node::AddRoutes() {
+  router_ = std::make_unique<http::Router>();
+  http::DataRoutesDependencies dependencies;
+  dependencies.service = service_.get();
+  dependencies.auth_store = auth_store_.get();
+  dependencies.rate_limiter = rate_limiter_.get();
+  dependencies.metrics = &metrics_;
+  dependencies.cluster = cluster_.get();
+  dependencies.coordinator = coordinator_.get();
+  data_routes_ = std::make_unique<http::DataRoutes>(RoutesConfigFor(options_), dependencies);
+  data_routes_->AddTo(router_.get());
+  if (auth_store_ != nullptr) {
+    http::AccountRoutesOptions account_options;
+    account_options.login_throttle = login_throttle_.get();
+    account_options.on_auth_failure = [this] { metrics_.auth_failures()->Inc(); };
+    account_options.on_throttled = [this] { metrics_.rate_limited()->Inc(); };
+    account_options.max_json_depth = options_.max_json_depth;
+    http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
+                           std::move(account_options));
+  } else {
+    auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
+      responder.Send(http::HttpResponse::Error(
+          404, "accounts are off on this node: start logkvd with --auth=on"));
+    };
+    for (const char* pattern : {"/signup", "/login", "/refresh", "/apikeys"}) {
+      router_->Add(http::Method::kPost, pattern, accounts_off);
+    }
+    router_->Add(http::Method::kGet, "/apikeys", accounts_off);
+  }
+  // One metrics handle per route, found by the route's index at answer time.
+  for (const auto& route : router_->routes()) {
+    route_metrics_.push_back(metrics_.HttpRoute(route->pattern, http::MethodName(route->method)));
+  }
+  unrouted_metrics_ = metrics_.HttpRoute("unmatched", "ANY");
+  // One metrics handle per binary-protocol operation, found by its enum
+  // value at answer time: no lock and no look-up per request.
+  operation_metrics_.assign(static_cast<size_t>(p::Operation::MAX) + 1, nullptr);
+  for (p::Operation operation : p::EnumValuesOperation()) {
+    operation_metrics_[static_cast<size_t>(operation)] =
+        metrics_.ProtocolOperation(p::EnumNameOperation(operation));
+  }
+}
+
+absl::Status Node::StartServer() {
+  ServerConfig config = ServerConfigFor(options_);
+  config.router = router_.get();
+  config.http_observer = [this](const http::Route* route, int status, int64_t duration_ns) {
+    HttpRouteMetrics* handle =
+        route == nullptr ? unrouted_metrics_ : route_metrics_[route->metrics_index];
+    handle->Record(status, static_cast<double>(duration_ns) * 1e-9);
+  };
+  config.protocol_observer = [this](p::Operation operation, absl::StatusCode status,
+                                    int64_t duration_ns) {
+    const auto index = static_cast<size_t>(operation);
+    if (index >= operation_metrics_.size() || operation_metrics_[index] == nullptr) return;
+    operation_metrics_[index]->Record(static_cast<int>(status),
+                                      static_cast<double>(duration_ns) * 1e-9);
+  };
+  // Both protocols admit requests through the same Admission (API key to
+  // session, recheck, the per-user rate limit).
+  if (admission_ != nullptr) {
+    config.authenticate = [this](absl::string_view token) {
+      return admission_->Authenticate(token);
+    };
+    config.check_session = [this](Session* session) { return admission_->Recheck(session); };
+    if (rate_limiter_ != nullptr) {
+      config.admit_request = [this](const Session& session) {
+        return admission_->Admit(session.user_id);
+      };
+    }
+  }
+  config.peer_handler = cluster_.get();
+  // Peer requests made while a loop handles a turn go out together: the
+  // coordinator's Replicate and ReadRecords of a turn as one request per
+  // peer and kind, and all of them to the transport with one wake-up of its
+  // thread. The transport's own loop batches what its callbacks send.
+  cluster::ReplicaBatcher* batcher = coordinator_->batcher();
+  cluster::PeerTransport* transport = cluster_->transport();
+  config.loop_started = [transport, batcher] {
+    batcher->HoldOnThisThread();
+    transport->HoldSendsOnThisThread();
+  };
+  config.loop_turn = [transport, batcher] {
+    batcher->Flush();
+    transport->FlushHeldSends();
+  };
+  config.loop_ending = [transport, batcher] {
+    batcher->StopHoldingOnThisThread();
+    transport->StopHoldingOnThisThread();
+  };
+  transport->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
+                           [batcher] { batcher->Flush(); },
+                           [batcher] { batcher->StopHoldingOnThisThread(); }});
+  server_ = std::make_unique<Server>(service_.get(), config);
+  if (absl::Status status = server_->Start(); !status.ok()) return status;
+  server_started_ = true;
+  server_for_events_.store(server_.get(), std::memory_order_release);
+  if (!options_.http.empty() && options_.http.front().port == 0) {
+    // The kernel chose the port: the node's URL (/servers, primary_node) names it.
+    data_routes_->SetNodeUrl(
+        absl::StrCat("http://", Reachable(options_.http.front().host, server_->http_ports().front())));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::StartClusterMember() {
+  // The advertised addresses: the options, else the bound ones (a wildcard
+  // host is advertised as loopback; peers elsewhere need --advertise).
+  std::string advertise = options_.advertise;
+  if (advertise.empty()) {
+    if (options_.listen.host == "0.0.0.0") {
+      Log(Level::kWarning,
+          "listening on 0.0.0.0 without --advertise: advertising 127.0.0.1, which only "
+          "peers on this machine can reach");
+    }
+    advertise = Reachable(options_.listen.host, server_->port());
+  }
+  std::string http_advertise = options_.http_advertise;
+  if (http_advertise.empty() && !options_.http.empty()) {
+    http_advertise = Reachable(options_.http.front().host, server_->http_ports().front());
+  }
+  cluster_->SetAdvertise(advertise, http_advertise);
+  coordinator_->set_self_node_id(cluster_->node_id());
+  service_->SetNodeId(cluster_->node_id());
+  if (absl::Status status = cluster_->Start(); !status.ok()) return status;
+  cluster_started_ = true;
+  if (!options_.seeds.empty()) {
+    // Until the first gossip answer this node's ring holds only itself, and
+    // it would serve alone what belongs to the cluster: wait (bounded) for
+    // the cluster before announcing the node ready.
+    const absl::Time give_up = absl::Now() + absl::Seconds(5);
+    while (cluster_->membership()->Members().size() < 2 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (cluster_->membership()->Members().size() < 2) {
+      Log(Level::kWarning, "no seed answered within 5 s: serving alone until one does");
+    }
+  }
+  cluster::ClusterNode* const member = cluster_.get();
+  handoff_->Start(
+      [member](const std::string& target, std::string frame, absl::Duration timeout,
+               std::function<void(absl::StatusOr<std::string>)> done) {
+        cluster::Member found;
+        if (!member->membership()->Find(target, &found)) {
+          done(absl::UnavailableError(absl::StrCat("unknown member ", target)));
+          return;
+        }
+        member->transport()->Send(found.address, std::move(frame), timeout, std::move(done));
+      },
+      [member](const std::string& target) {
+        cluster::Member found;
+        if (!member->membership()->Find(target, &found)) {
+          return cluster::TargetState::kUnreachable;
+        }
+        if (found.state == cluster::MemberState::kLeft) return cluster::TargetState::kGone;
+        return found.state == cluster::MemberState::kAlive ? cluster::TargetState::kAlive
+                                                           : cluster::TargetState::kUnreachable;
+      });
+  handoff_started_ = true;
+  return absl::OkStatus();
+}
+
+void Node::StartBackgroundWork() {
+  cluster::ClusterNode* const member = cluster_.get();
+  auto ring_of = [member]() -> std::shared_ptr<const cluster::Ring> {
+    return member->membership() != nullptr ? member->membership()->ring() : nullptr;
+  };
+  auto live_members = [member] { return member->membership()->LiveMembers(); };
+  anti_entropy_ = std::make_unique<cluster::AntiEntropy>(
+      engine_.get(), cluster::SendThrough(member->transport()), ring_of, live_members,
+      member->node_id(), &metrics_, AntiEntropyOptionsFor(options_));
+  purger_ = std::make_unique<cluster::Purger>(
+      engine_.get(), cluster::SendThrough(member->transport()), ring_of, live_members,
+      member->node_id(), &metrics_, PurgerOptionsFor(options_));
+  cluster::AntiEntropy* const anti_entropy = anti_entropy_.get();
+  cluster::Purger* const purger = purger_.get();
+  member->membership()->OnChange([anti_entropy, purger] {
+    anti_entropy->NotifyRingChanged();
+    purger->NotifyRingChanged();
+  });
+  coordinator_->set_caught_up([anti_entropy] { return anti_entropy->caught_up(); });
+  service_->SetMembersSource([member] {
+    std::vector<std::pair<std::string, std::string>> members;
+    if (member->LiveMemberCount() < 2) return members;  // a single node: nothing to route
+    for (const cluster::Member& live : member->membership()->LiveMembers()) {
+      members.emplace_back(live.node_id, live.address);
+    }
+    return members;
+  });
+  data_routes_->SetSyncing([anti_entropy, member] {
+    return member->LiveMemberCount() > 1 && !anti_entropy->caught_up();
+  });
+  data_routes_->SetBackground([this](std::function<void()> work) {
+    RunInBackground(std::move(work));
+  });
+  // A graceful leave first pushes what only this node may hold to the
+  // owners that remain (bounded).
+  data_routes_->SetHandOff([this, anti_entropy](std::function<void(absl::Status)> then) {
+    RunInBackground([anti_entropy, then = std::move(then)] {
+      absl::Status status = anti_entropy->HandOff(absl::Now() + absl::Seconds(30));
+      if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
+      then(std::move(status));
+    });
+  });
+  if (absl::Status status = anti_entropy_->Start(); !status.ok()) {
+    Log(Level::kError, "anti-entropy did not start: %s", status.message());
+  }
+  if (absl::Status status = purger_->Start(); !status.ok()) {
+    Log(Level::kError, "the purger did not start: %s", status.message());
+  }
+}
+
+void Node::RunInBackground(std::function<void()> work) {
+  absl::MutexLock lock(&background_mu_);
+  background_threads_.emplace_back(std::move(work));
+}
+
+void Node::LogListening() const {
+  // Always printed, whatever the log level: scripts and tests wait for it.
+  LogLine(Level::kInfo,
+          absl::StrFormat("listening on %s:%d (binary protocol, %d threads)",
+                          options_.listen.host, server_->port(), OnePerCore(options_.threads)));
+  for (size_t i = 0; i < options_.http.size(); ++i) {
+    LogLine(Level::kInfo,
+            absl::StrFormat("listening on %s:%d (HTTP, auth %s)", options_.http[i].host,
+                            server_->http_ports()[i],
+                            options_.auth == AuthMode::kOn ? "on" : "off"));
+  }
+}
+
+void Node::StartFlusher() {
+  if (auth_store_ == nullptr) return;
+  // Last-use times of API keys are noted in memory and written in batches.
+  flusher_ = std::thread([this] {
+    while (!stop_flusher_.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+      LogLastUseFailure(auth_store_->FlushLastUsed());
+    }
+  });
+}
+
+absl::Status Node::Stop() {
+  if (!started_.load(std::memory_order_acquire)) return absl::OkStatus();  // nothing to stop
+  if (stopped_) return stop_status_;
+  stopped_ = true;
+  const bool was_running = running_.exchange(false, std::memory_order_acq_rel);
+
+  // The server first: every part is reached through it, so once it no
+  // longer accepts and its requests in flight are finished (bounded by its
+  // shutdown grace), nothing new comes in while the rest stops. A stop is a
+  // restart, not a leave: the node keeps its place in the ring (its peers
+  // hold hints for it meanwhile); leaving is asked for explicitly (POST
+  // /members/leave).
+  if (server_ != nullptr) {
+    server_->RequestShutdown();
+    server_->Wait();
+  }
+  // Then the rest in the reverse order of the member list.
+  if (flusher_.joinable()) {
+    stop_flusher_.Notify();
+    flusher_.join();
+  }
+  // The hooks earlier parts hold into later ones (anti-entropy, the
+  // background threads), then the background threads.
+  if (coordinator_ != nullptr) {
+    coordinator_->set_caught_up(nullptr);
+    coordinator_->set_view_confirmed(nullptr);
+  }
+  if (data_routes_ != nullptr) {
+    data_routes_->SetHandOff(nullptr);
+    data_routes_->SetBackground(nullptr);
+    data_routes_->SetSyncing(nullptr);
+  }
+  if (service_ != nullptr) service_->SetMembersSource(nullptr);
+  {
+    absl::MutexLock lock(&background_mu_);
+    for (std::thread& thread : background_threads_) thread.join();
+    background_threads_.clear();
+  }
+  if (purger_ != nullptr) purger_->Stop();
+  if (anti_entropy_ != nullptr) anti_entropy_->Stop();
+  server_for_events_.store(nullptr, std::memory_order_release);
+  if (handoff_started_) handoff_->Stop();
+  if (cluster_started_) cluster_->Stop();
+  password_workers_.reset();
+  if (auth_store_ != nullptr) LogLastUseFailure(auth_store_->FlushLastUsed());
+  if (engine_ != nullptr) stop_status_ = engine_->Close();
+
+  if (was_running) {
+    if (stop_status_.ok()) {
+      Log(Level::kInfo, "stopped cleanly");
+    } else {
+      Log(Level::kError, "%s", stop_status_.message());
+    }
+  }
+  return stop_status_;
+}
+
+}  // namespace logkv::server

@@ -1,0 +1,252 @@
+// One logkv node, whole: the composition root that builds the engine, the
+// service, accounts (with --auth=on), the cluster member, hinted handoff,
+// the replica coordinator, the HTTP routes, the network server,
+// anti-entropy and the purger from one NodeOptions, starts them in that
+// order and stops them in the reverse one.
+//
+// logkvd is flag parsing, a Node and a sigwait (server/main.cc); tests run
+// whole nodes, and clusters of them, in one process with the same wiring.
+// A Node touches no process-wide state: no signals, no flags, no log level.
+//
+// Thread-safety: Start, Stop and the destructor are called by the owner,
+// one at a time. The accessors may be called from any thread while the node
+// runs.
+#ifndef LOGKV_SERVER_NODE_H_
+#define LOGKV_SERVER_NODE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "server/http/json_body.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+namespace logkv::server {
+
+class Server;
+namespace auth {
+class AuthStore;
+class Admission;
+class RateLimiter;
+class WorkerPool;
+class LoginThrottle;
+}  // namespace auth
+namespace cluster {
+class AntiEntropy;
+class ClusterNode;
+class HintedHandoff;
+class Purger;
+class ReplicaCoordinator;
+}  // namespace cluster
+namespace http {
+class DataRoutes;
+class Router;
+}  // namespace http
+
+enum class AuthMode { kOff, kOn };
+
+// An address as logkvd binds it.
+struct HostPort {
+  std::string host;
+  int port = 0;  // 0 = any free port
+
+  std::string ToString() const;  // "host:port"
+};
+
+// "host:port" with port in [0, 65535]; an empty host is 0.0.0.0 and
+// "localhost" is 127.0.0.1. InvalidArgument "'text' is not host:port".
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view text);
+// "off" | "on"; InvalidArgument "--auth must be off or on".
+absl::StatusOr<AuthMode> ParseAuthMode(absl::string_view text);
+// "never" | "interval" | "always"; InvalidArgument "--fsync must be ...".
+absl::StatusOr<engine::FsyncPolicy> ParseFsyncPolicy(absl::string_view text);
+const char* FsyncPolicyName(engine::FsyncPolicy policy);
+
+// Every setting of a node, typed. The defaults are logkvd's flag defaults;
+// the comments name the flag (docs/operations.md describes them). Each
+// component's own options are derived from these in one place (node.cc),
+// so a setting several components share (N, W, R, the frame limit) is
+// stated once here.
+struct NodeOptions {
+  // ---- Storage.
+  std::string data_dir = "./data";  // --data_dir, created if missing
+  engine::FsyncPolicy fsync = engine::FsyncPolicy::kInterval;  // --fsync
+  absl::Duration fsync_interval = absl::Seconds(1);            // --fsync_interval_ms
+  int shards = 0;  // --shards, when the directory is created; 0 = one per core
+  uint64_t segment_bytes = 64ull << 20;  // --segment_bytes
+  uint32_t versions = 3;                 // --versions kept readable
+  bool repair = false;                   // --repair: salvage a damaged directory
+  // Age before a tombstone may be collected (once every owner holds it).
+  absl::Duration tombstone_grace = absl::Hours(24);  // --tombstone_grace_ms
+
+  // ---- Limits.
+  uint32_t max_key_bytes = 4096;             // --max_key_bytes (as the client sends it)
+  uint32_t max_value_bytes = 16u << 20;      // --max_value_bytes
+  uint32_t max_frame_bytes = 64u << 20;      // --max_frame_bytes, clients' and peers'
+  uint32_t max_batch_items = 10000;          // --max_batch_items
+  uint32_t max_document_bytes = 1u << 20;    // --max_document_bytes
+  uint32_t max_json_depth = http::kDefaultMaxJsonDepth;  // --max_json_depth
+  uint32_t http_max_header_bytes = 16u << 10;            // --http_max_header_bytes
+  uint64_t max_buffered_bytes = 256ull << 20;            // --max_buffered_bytes; 0 = none
+  uint64_t max_watches_per_connection = 1024;            // --max_watches_per_connection
+  uint64_t max_watches_per_user = 10'000;                // --max_watches_per_user
+
+  // ---- Network.
+  HostPort listen{"127.0.0.1", 7070};  // --listen, the binary protocol
+  // --http: every address serves the REST API; empty: no HTTP.
+  std::vector<HostPort> http = {HostPort{"127.0.0.1", 8080}};
+  int threads = 0;  // --threads, I/O loops; 0 = one per core
+  absl::Duration http_idle_timeout = absl::Seconds(60);    // --http_idle_timeout_ms
+  absl::Duration binary_idle_timeout = absl::Seconds(60);  // --binary_idle_timeout_ms
+  bool insecure = false;   // --insecure: non-loopback addresses with auth off
+  bool read_only = false;  // --read_only
+
+  // ---- Accounts.
+  AuthMode auth = AuthMode::kOff;              // --auth
+  std::string jwt_secret;                      // --jwt_secret; empty: kept in the data
+  absl::Duration jwt_expiration = absl::Hours(1);  // --jwt_expiration
+  int64_t rate_limit = 100;                    // --rate_limit per user a minute; 0 = off
+  int64_t rate_limit_burst = 10;               // --rate_limit_burst
+
+  // ---- Cluster.
+  std::string node_id;         // --node_id; empty: the advertised address
+  std::string advertise;       // --advertise host:port; empty: the bound listen address
+  std::string http_advertise;  // --http_advertise; empty: the first HTTP address
+  std::vector<std::string> seeds;  // --seeds, binary-protocol host:port of members
+  std::string cluster_secret;      // --cluster_secret; empty: peers not authenticated
+  int replicas = 3;                // --replicas (N)
+  int write_quorum = 0;            // --w (W); 0 = by consistency level
+  int read_quorum = 0;             // --r (R); 0 = by consistency level
+  absl::Duration write_wait = absl::Milliseconds(3000);     // --write_wait_ms
+  absl::Duration gossip_interval = absl::Milliseconds(500); // --gossip_interval_ms
+  absl::Duration dead_after = absl::Seconds(10);            // --dead_after_ms
+  absl::Duration anti_entropy_interval = absl::Seconds(30); // --anti_entropy_interval_ms
+  uint64_t anti_entropy_bytes_per_second = 8u << 20;        // --anti_entropy_bytes_per_second
+  absl::Duration purge_interval = absl::Seconds(60);        // --purge_interval_ms
+  absl::Duration purge_ring_stable = absl::Seconds(60);     // --purge_ring_stable_ms
+  bool fault_injection = false;  // --fault_injection (test builds only)
+
+  // Every check logkvd makes of its flags before it opens anything, with
+  // logkvd's messages (they name the flags). OK when the node may start.
+  absl::Status Validate() const;
+};
+
+class Node {
+ public:
+  explicit Node(NodeOptions options);
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  ~Node();  // Stop()
+
+  // Validates the options, then opens the engine and builds and starts
+  // everything (see the member list for the order), binds the ports and
+  // logs "listening on ..." for each. On a failure it logs it, undoes what
+  // it had started (Stop's path) and returns it. A Node starts once; to
+  // restart, make a new one on the same options (data directory, ports).
+  absl::Status Start();
+  // Finishes the requests in flight and stops everything in the reverse
+  // order of Start, flushes, and closes the engine: its Close status (also
+  // logged). Idempotent; the later calls return the first one's status.
+  absl::Status Stop();
+
+  bool running() const { return running_.load(std::memory_order_acquire); }
+  const NodeOptions& options() const { return options_; }
+  // REQUIRES: Start succeeded. The bound binary-protocol port, and the bound
+  // port of each of options().http, in order.
+  int port() const;
+  const std::vector<int>& http_ports() const;
+  // The cluster member's id (known once Start bound the ports).
+  std::string node_id() const;
+  // The engine (null before Start); it stays readable after Stop until the
+  // Node is destroyed.
+  engine::Engine* engine() const { return engine_.get(); }
+  ServerMetrics* metrics() { return &metrics_; }
+  // The cluster member (null before Start).
+  cluster::ClusterNode* cluster() const { return cluster_.get(); }
+  // Returns once this node's view of the membership has been confirmed by
+  // a majority of the members it knows (Membership::ViewConfirmed) and it
+  // knows at least min_live_members live ones; DeadlineExceeded at deadline.
+  absl::Status WaitViewConfirmed(absl::Time deadline, size_t min_live_members = 1) const;
+
+ private:
+  // The steps of Start, each undone by Stop when it was reached.
+  absl::Status StartEngine();
+  absl::Status StartAuth();
+  absl::Status BuildCluster();
+  void AddRoutes();
+  absl::Status StartServer();
+  absl::Status StartClusterMember();
+  void StartBackgroundWork();
+  void StartFlusher();
+  void LogListening() const;
+  // Runs work on a thread joined by Stop (blocking work asked for over HTTP).
+  void RunInBackground(std::function<void()> work) ABSL_LOCKS_EXCLUDED(background_mu_);
+
+  const NodeOptions options_;
+  // The engine's directory, absolute (Start).
+  std::string data_dir_;
+  std::atomic<bool> started_{false};  // Start was called
+  std::atomic<bool> running_{false};  // Start succeeded and Stop has not begun
+  bool stopped_ = false;
+  absl::Status stop_status_;
+
+  // The parts of the node. They are declared in the order Start builds
+  // them, so members are destroyed in the reverse order; Stop first closes
+  // the server to requests (every part is reached through it) and then
+  // stops the others in that same reverse order, before any is destroyed.
+  // Adding a part: declare it after everything it uses and before whatever
+  // uses it, and start and stop it at the matching places.
+  ServerMetrics metrics_;  // before the engine: its callbacks count into it
+  ServerCounters counters_;
+  // The server once it runs, for the engine's and accounts' notifications.
+  std::atomic<Server*> server_for_events_{nullptr};
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<Service> service_;
+  // Accounts and API keys (auth on; live in the engine, server/namespaces.h).
+  std::unique_ptr<auth::AuthStore> auth_store_;
+  std::unique_ptr<auth::RateLimiter> rate_limiter_;
+  std::unique_ptr<auth::Admission> admission_;  // of both protocols, with auth on
+  std::unique_ptr<auth::WorkerPool> password_workers_;
+  std::unique_ptr<auth::LoginThrottle> login_throttle_;
+  // The cluster member: the server hands it peer connections.
+  std::unique_ptr<cluster::ClusterNode> cluster_;
+  bool cluster_started_ = false;
+  std::unique_ptr<cluster::HintedHandoff> handoff_;
+  bool handoff_started_ = false;
+  std::unique_ptr<cluster::ReplicaCoordinator> coordinator_;
+  std::unique_ptr<http::Router> router_;
+  std::unique_ptr<http::DataRoutes> data_routes_;
+  // Looked up once, found by index at answer time.
+  std::vector<HttpRouteMetrics*> route_metrics_;
+  HttpRouteMetrics* unrouted_metrics_ = nullptr;
+  std::vector<ProtocolOperationMetrics*> operation_metrics_;
+  std::unique_ptr<Server> server_;
+  bool server_started_ = false;
+  // Built once the server bound its port: they take the node's id.
+  std::unique_ptr<cluster::AntiEntropy> anti_entropy_;
+  std::unique_ptr<cluster::Purger> purger_;
+  // Blocking work asked for over HTTP (a leave's hand-off, the lookup of a
+  // join target named by its URL), never run on a loop.
+  absl::Mutex background_mu_;
+  std::vector<std::thread> background_threads_ ABSL_GUARDED_BY(background_mu_);
+  // Writes API keys' last-use times in batches (auth on).
+  absl::Notification stop_flusher_;
+  std::thread flusher_;
+};
+
+}  // namespace logkv::server
+
+#endif  // LOGKV_SERVER_NODE_H_
