@@ -42,9 +42,6 @@ struct ClusterNodeOptions {
   std::vector<std::string> seeds;  // host:port of peers to join through
   std::string cluster_secret;   // "" = peers are not authenticated
   int replicas = 3;             // N, capped at the cluster's size
-  int write_quorum = 0;         // W, 0 = by consistency level (--w)
-  int read_quorum = 0;          // R, 0 = by consistency level (--r)
-  absl::Duration write_wait = absl::Milliseconds(3000);
   absl::Duration gossip_interval = absl::Milliseconds(500);
   int suspect_after_missed = 3;
   absl::Duration dead_after = absl::Seconds(10);
@@ -118,7 +115,7 @@ class ClusterNode : public PeerHandler {
   absl::Status SetDropped(std::vector<std::string> addresses);
 
   // The coordinator, hinted handoff and anti-entropy objects are created by
-  // main next to this node (they take transport() and membership()) and
+  // the Node (server/node.h) next to this one (they take transport() and membership()) and
   // register their peer operations above.
 
  private:
