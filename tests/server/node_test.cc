@@ -1,0 +1,337 @@
+// Whole logkv nodes in the test's own process (server/node.h): one node
+// through the C++ client and HTTP, restarted on its data; the checks of
+// NodeOptions::Validate; a cluster of three nodes formed through seeds,
+// with a node stopped and started again; accounts on. Ports are chosen by
+// the kernel (port 0) and reused for a restart; every wait is bounded; every
+// node is stopped by its destructor.
+#include "server/node.h"
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "logkv/client.h"
+#include "server/cluster/cluster_node.h"
+#include "server/log.h"
+#include "tests/engine/test_util.h"
+#include "tests/rest/http_client.h"
+
+namespace logkv::server {
+namespace {
+
+using ::logkv::Client;
+using ::logkv::ClientOptions;
+using ::logkv::Consistency;
+using ::logkv::PutOptions;
+using ::logkv::Value;
+using ::logkv::WriteResult;
+using ::logkv::test::Fetch;
+using ::logkv::test::HttpAnswer;
+using ::logkv::test::ScopedTempDir;
+
+// Small and quiet: one loop, two shards, no fsync, fast gossip.
+NodeOptions TestOptions(const std::string& data_dir) {
+  NodeOptions options;
+  options.data_dir = data_dir;
+  options.listen = HostPort{"127.0.0.1", 0};
+  options.http = {HostPort{"127.0.0.1", 0}};
+  options.threads = 1;
+  options.shards = 2;
+  options.fsync = engine::FsyncPolicy::kNever;
+  options.gossip_interval = absl::Milliseconds(100);
+  options.dead_after = absl::Seconds(2);
+  return options;
+}
+
+std::unique_ptr<Client> Connect(int port) {
+  ClientOptions options;
+  options.nodes = {absl::StrCat("127.0.0.1:", port)};
+  // Each test chooses the node that coordinates.
+  options.route_to_owners = false;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+class NodeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetLogLevel(Level::kWarning); }
+
+  ScopedTempDir dir_;
+};
+
+TEST_F(NodeTest, ServesClientAndHttpAndKeepsDataAcrossRestart) {
+  const NodeOptions options = TestOptions(dir_.Subdir("data"));
+  {
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    EXPECT_TRUE(node.running());
+    ASSERT_NE(node.port(), 0);
+    ASSERT_EQ(node.http_ports().size(), 1u);
+    EXPECT_EQ(node.node_id(), absl::StrCat("127.0.0.1:", node.port()));
+
+    std::unique_ptr<Client> client = Connect(node.port());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Put("from-client", "one").ok());
+    absl::StatusOr<Value> got = client->Get("from-client");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->value, "one");
+
+    const int http_port = node.http_ports().front();
+    absl::StatusOr<HttpAnswer> answer = Fetch(http_port, "GET", "/health");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    EXPECT_EQ(answer->Json().value("node_id", ""), node.node_id()) << answer->body;
+    EXPECT_TRUE(answer->Json().value("view_confirmed", false)) << answer->body;
+    answer = Fetch(http_port, "GET", "/v1/kv/from-client");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    EXPECT_EQ(answer->body, "one");
+    answer = Fetch(http_port, "PUT", "/v1/kv/from-http", {}, "two");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    got = client->Get("from-http");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->value, "two");
+    EXPECT_EQ(node.engine()->GetStats().client_keys, 2u);
+
+    client.reset();
+    EXPECT_TRUE(node.Stop().ok());
+    EXPECT_FALSE(node.running());
+    EXPECT_TRUE(node.Stop().ok());  // idempotent
+    EXPECT_EQ(node.Start().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  // The same data directory, in a new Node.
+  Node again(options);
+  ASSERT_TRUE(again.Start().ok());
+  std::unique_ptr<Client> client = Connect(again.port());
+  ASSERT_NE(client, nullptr);
+  for (const auto& [key, value] : {std::pair{"from-client", "one"}, {"from-http", "two"}}) {
+    absl::StatusOr<Value> got = client->Get(key);
+    ASSERT_TRUE(got.ok()) << key << ": " << got.status();
+    EXPECT_EQ(got->value, value);
+  }
+  absl::StatusOr<HttpAnswer> answer =
+      Fetch(again.http_ports().front(), "GET", "/v1/kv/from-client");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->body, "one");
+}
+
+// A start that fails (the port is taken) undoes what it did: the data
+// directory is closed again, so another node can open it.
+TEST_F(NodeTest, FailedStartReleasesWhatItOpened) {
+  Node first(TestOptions(dir_.Subdir("first")));
+  ASSERT_TRUE(first.Start().ok());
+
+  NodeOptions clash = TestOptions(dir_.Subdir("second"));
+  clash.listen.port = first.port();
+  Node second(clash);
+  const absl::Status status = second.Start();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "port in use")) << status;
+  EXPECT_FALSE(second.running());
+  EXPECT_TRUE(second.Stop().ok());
+
+  Node third(TestOptions(dir_.Subdir("second")));
+  EXPECT_TRUE(third.Start().ok());
+}
+
+TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
+  struct Case {
+    std::string name;
+    std::function<void(NodeOptions*)> change;
+    absl::StatusCode code;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"replicas", [](NodeOptions* o) { o->replicas = 0; }, absl::StatusCode::kInvalidArgument,
+       "--replicas must be at least 1"},
+      {"quorums", [](NodeOptions* o) { o->read_quorum = -1; },
+       absl::StatusCode::kInvalidArgument, "--w and --r must be 0 (by consistency) or more"},
+      {"gossip", [](NodeOptions* o) { o->gossip_interval = absl::Milliseconds(5); },
+       absl::StatusCode::kInvalidArgument, "--gossip_interval_ms must be at least 10"},
+      {"wildcard without auth", [](NodeOptions* o) { o->listen.host = "0.0.0.0"; },
+       absl::StatusCode::kFailedPrecondition, "refusing to listen on 0.0.0.0 with --auth=off"},
+      {"http wildcard without auth", [](NodeOptions* o) { o->http = {HostPort{"10.0.0.1", 80}}; },
+       absl::StatusCode::kFailedPrecondition, "refusing to listen on 10.0.0.1"},
+      {"json depth", [](NodeOptions* o) { o->max_json_depth = 0; },
+       absl::StatusCode::kInvalidArgument, "--max_json_depth must be between 1 and"},
+      {"jwt expiration", [](NodeOptions* o) { o->jwt_expiration = absl::Milliseconds(10); },
+       absl::StatusCode::kInvalidArgument, "is not a duration of at least one second"},
+      {"seed", [](NodeOptions* o) { o->seeds = {"127.0.0.1:0"}; },
+       absl::StatusCode::kInvalidArgument,
+       "--seeds: '127.0.0.1:0' is not host:port (the binary-protocol address)"},
+      {"auth with seeds",
+       [](NodeOptions* o) {
+         o->auth = AuthMode::kOn;
+         o->seeds = {"127.0.0.1:7071"};
+       },
+       absl::StatusCode::kFailedPrecondition, "--auth=on with --seeds is not supported yet"},
+      {"advertise", [](NodeOptions* o) { o->advertise = "nowhere"; },
+       absl::StatusCode::kInvalidArgument, "--advertise: 'nowhere' is not host:port"},
+      {"key size", [](NodeOptions* o) { o->max_key_bytes = 0; },
+       absl::StatusCode::kInvalidArgument, "--max_key_bytes must be in [1, "},
+      {"frame size", [](NodeOptions* o) { o->max_frame_bytes = o->max_value_bytes; },
+       absl::StatusCode::kInvalidArgument,
+       "--max_frame_bytes must exceed --max_value_bytes by at least 4096 bytes"},
+  };
+  EXPECT_TRUE(NodeOptions().Validate().ok()) << NodeOptions().Validate();
+  for (const Case& c : cases) {
+    NodeOptions options;
+    c.change(&options);
+    const absl::Status status = options.Validate();
+    EXPECT_EQ(status.code(), c.code) << c.name << ": " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), c.message)) << c.name << ": " << status;
+  }
+  // With --insecure, a wildcard address is the operator's choice.
+  NodeOptions insecure;
+  insecure.listen.host = "0.0.0.0";
+  insecure.insecure = true;
+  EXPECT_TRUE(insecure.Validate().ok());
+}
+
+TEST(NodeOptionsTest, ParsesSettingsAsLogkvdSpellsThem) {
+  absl::StatusOr<HostPort> address = ParseHostPort("localhost:7070");
+  ASSERT_TRUE(address.ok());
+  EXPECT_EQ(address->host, "127.0.0.1");
+  EXPECT_EQ(address->port, 7070);
+  address = ParseHostPort(":0");
+  ASSERT_TRUE(address.ok());
+  EXPECT_EQ(address->ToString(), "0.0.0.0:0");
+  EXPECT_EQ(ParseHostPort("nowhere").status().message(), "'nowhere' is not host:port");
+  EXPECT_EQ(ParseHostPort("h:65536").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseFsyncPolicy("always").value(), engine::FsyncPolicy::kAlways);
+  EXPECT_EQ(ParseFsyncPolicy("sometimes").status().message(),
+            "--fsync must be never, interval or always");
+  EXPECT_EQ(ParseAuthMode("on").value(), AuthMode::kOn);
+  EXPECT_EQ(ParseAuthMode("yes").status().message(), "--auth must be off or on");
+}
+
+TEST_F(NodeTest, StartRefusesInvalidOptionsBeforeOpeningAnything) {
+  NodeOptions options = TestOptions(dir_.Subdir("never"));
+  options.replicas = 0;
+  Node node(options);
+  const absl::Status status = node.Start();
+  EXPECT_EQ(status.message(), "--replicas must be at least 1");
+  EXPECT_FALSE(std::filesystem::exists(dir_.Subdir("never")));
+  EXPECT_EQ(node.engine(), nullptr);
+}
+
+// Three nodes in one process: a cluster through seeds, strong writes and
+// reads through different nodes, and a node stopped and started again on
+// its ports and data.
+TEST_F(NodeTest, ThreeNodesFormAClusterAndOneRestarts) {
+  constexpr int kNodes = 3;
+  std::vector<NodeOptions> options;
+  std::vector<std::unique_ptr<Node>> nodes;
+  for (int i = 0; i < kNodes; ++i) {
+    NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
+    node_options.node_id = absl::StrCat("n", i);
+    node_options.cluster_secret = "node-test-secret";
+    node_options.replicas = 3;
+    if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes[0]->port())};
+    auto node = std::make_unique<Node>(node_options);
+    ASSERT_TRUE(node->Start().ok()) << "node " << i;
+    // A restart comes back on the same ports: peers know it by them.
+    node_options.listen.port = node->port();
+    node_options.http = {HostPort{"127.0.0.1", node->http_ports().front()}};
+    options.push_back(node_options);
+    nodes.push_back(std::move(node));
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (const auto& node : nodes) {
+    ASSERT_TRUE(node->WaitViewConfirmed(deadline, kNodes).ok())
+        << node->WaitViewConfirmed(deadline, kNodes);
+    EXPECT_EQ(node->cluster()->MemberCount(), static_cast<size_t>(kNodes));
+  }
+  EXPECT_EQ(nodes[2]->node_id(), "n2");
+
+  PutOptions strong_write;
+  strong_write.consistency = Consistency::kStrong;
+  {
+    std::unique_ptr<Client> writer = Connect(nodes[0]->port());
+    ASSERT_NE(writer, nullptr);
+    absl::StatusOr<WriteResult> written = writer->Put("clustered", "v1", strong_write);
+    ASSERT_TRUE(written.ok()) << written.status();
+    std::unique_ptr<Client> reader = Connect(nodes[1]->port());
+    ASSERT_NE(reader, nullptr);
+    absl::StatusOr<Value> read = reader->Get("clustered", Consistency::kStrong);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(read->value, "v1");
+  }
+
+  // Node 2 stops (a restart, not a leave) and comes back in a new Node.
+  ASSERT_TRUE(nodes[2]->Stop().ok());
+  nodes[2].reset();
+  {
+    // With two of three owners the cluster still takes strong writes.
+    std::unique_ptr<Client> writer = Connect(nodes[1]->port());
+    ASSERT_NE(writer, nullptr);
+    absl::StatusOr<WriteResult> written = writer->Put("clustered", "v2", strong_write);
+    ASSERT_TRUE(written.ok()) << written.status();
+  }
+  nodes[2] = std::make_unique<Node>(options[2]);
+  absl::Status started = nodes[2]->Start();
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);
+       !started.ok() && absl::IsUnavailable(started) && absl::Now() < give_up;) {
+    // The port may still be held for a moment after the close.
+    absl::SleepFor(absl::Milliseconds(100));
+    nodes[2] = std::make_unique<Node>(options[2]);
+    started = nodes[2]->Start();
+  }
+  ASSERT_TRUE(started.ok()) << started;
+  EXPECT_EQ(nodes[2]->node_id(), "n2");
+  const absl::Time rejoin_deadline = absl::Now() + absl::Seconds(30);
+  for (const auto& node : nodes) {
+    ASSERT_TRUE(node->WaitViewConfirmed(rejoin_deadline, kNodes).ok())
+        << node->WaitViewConfirmed(rejoin_deadline, kNodes);
+  }
+  std::unique_ptr<Client> restarted = Connect(nodes[2]->port());
+  ASSERT_NE(restarted, nullptr);
+  absl::StatusOr<Value> read = restarted->Get("clustered", Consistency::kStrong);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value, "v2");
+  absl::StatusOr<WriteResult> written = restarted->Put("clustered", "v3", strong_write);
+  ASSERT_TRUE(written.ok()) << written.status();
+  std::unique_ptr<Client> first = Connect(nodes[0]->port());
+  ASSERT_NE(first, nullptr);
+  read = first->Get("clustered", Consistency::kStrong);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value, "v3");
+}
+
+TEST_F(NodeTest, WithAuthOnUnauthenticatedRequestsAreRefused) {
+  NodeOptions options = TestOptions(dir_.Subdir("auth"));
+  options.auth = AuthMode::kOn;
+  Node node(options);
+  ASSERT_TRUE(node.Start().ok());
+
+  absl::StatusOr<HttpAnswer> answer =
+      Fetch(node.http_ports().front(), "PUT", "/v1/kv/secret", {}, "value");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 401) << answer->body;
+  answer = Fetch(node.http_ports().front(), "GET", "/v1/kv/secret");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 401) << answer->body;
+
+  // The binary protocol without an API key: no data operation is served.
+  ClientOptions client_options;
+  client_options.nodes = {absl::StrCat("127.0.0.1:", node.port())};
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options);
+  if (client.ok()) {
+    absl::StatusOr<WriteResult> written = (*client)->Put("secret", "value");
+    EXPECT_FALSE(written.ok());
+    EXPECT_FALSE((*client)->Get("secret").ok());
+  }
+  EXPECT_EQ(node.engine()->GetStats().client_keys, 0u);
+}
+
+}  // namespace
+}  // namespace logkv::server
