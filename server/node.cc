@@ -731,7 +731,7 @@ absl::Status Node::StartClusterMember() {
     }
   }
   cluster::ClusterNode* const member = cluster_.get();
-  handoff_->Start(
+  absl::Status handoff_started = handoff_->Start(
       [member](const std::string& target, std::string frame, absl::Duration timeout,
                std::function<void(absl::StatusOr<std::string>)> done) {
         cluster::Member found;
@@ -750,6 +750,7 @@ absl::Status Node::StartClusterMember() {
         return found.state == cluster::MemberState::kAlive ? cluster::TargetState::kAlive
                                                            : cluster::TargetState::kUnreachable;
       });
+  if (!handoff_started.ok()) return handoff_started;
   handoff_started_ = true;
   return absl::OkStatus();
 }

@@ -188,7 +188,11 @@ AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunc
       ring_(std::move(ring)),
       live_members_(std::move(live_members)),
       self_(std::move(self_node_id)),
-      options_(options) {
+      options_(options),
+      worker_("anti-entropy", [this] { PassTask(); },
+              PeriodicWorkerOptions{.interval = options.interval,
+                                    .initial_delay = options.initial_delay,
+                                    .interval_from_start = true}) {
   if (metrics == nullptr) return;
   MetricsRegistry* registry = metrics->registry();
   rounds_counter_ =
@@ -218,57 +222,36 @@ AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunc
 
 AntiEntropy::~AntiEntropy() { Stop(); }
 
-absl::Status AntiEntropy::Start() {
-  absl::MutexLock lock(&mu_);
-  if (started_) return absl::FailedPreconditionError("anti-entropy already started");
-  if (stopping_) return absl::FailedPreconditionError("anti-entropy was stopped");
-  started_ = true;
-  next_pass_ = absl::Now() + options_.initial_delay;
-  thread_ = std::thread([this] { Loop(); });
-  return absl::OkStatus();
-}
+absl::Status AntiEntropy::Start() { return worker_.Start(); }
 
-void AntiEntropy::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    wake_.SignalAll();
-  }
-  if (thread_.joinable()) thread_.join();
-}
+void AntiEntropy::Stop() { worker_.Stop(); }
 
 void AntiEntropy::NotifyRingChanged() {
-  absl::MutexLock lock(&mu_);
-  caught_up_.store(false, std::memory_order_release);
-  ring_changed_ = true;
-  next_pass_ = std::min(next_pass_, absl::Now() + options_.initial_delay);
-  wake_.SignalAll();
+  {
+    absl::MutexLock lock(&mu_);
+    caught_up_.store(false, std::memory_order_release);
+    ring_changed_ = true;
+  }
+  worker_.WakeAfter(options_.initial_delay);
 }
 
-void AntiEntropy::Loop() {
-  for (;;) {
-    {
-      absl::MutexLock lock(&mu_);
-      while (!stopping_ && absl::Now() < next_pass_) wake_.WaitWithDeadline(&mu_, next_pass_);
-      if (stopping_) return;
-      ring_changed_ = false;
-      next_pass_ = absl::Now() + options_.interval;
-    }
-    const bool all_ok = Pass();
+void AntiEntropy::PassTask() {
+  {
     absl::MutexLock lock(&mu_);
-    // A ring change during the pass calls for another one before catching up.
-    if (all_ok && !ring_changed_) caught_up_.store(true, std::memory_order_release);
+    ring_changed_ = false;
   }
+  const bool all_ok = Pass();
+  absl::MutexLock lock(&mu_);
+  // A ring change during the pass calls for another one before catching up
+  // (the worker runs it: the change woke it).
+  if (all_ok && !ring_changed_) caught_up_.store(true, std::memory_order_release);
 }
 
 bool AntiEntropy::Pass() {
   bool all_ok = true;
   for (const Member& member : live_members_()) {
     if (member.node_id == self_ || member.state != MemberState::kAlive) continue;
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return false;
-    }
+    if (worker_.stopping()) return false;
     absl::StatusOr<AntiEntropyFigures> round;
     {
       absl::MutexLock lock(&round_mu_);
@@ -394,10 +377,7 @@ void AntiEntropy::Account(const AntiEntropyFigures& round) {
 }
 
 absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_frame) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::CancelledError("anti-entropy is stopping");
-  }
+  if (worker_.stopping()) return absl::CancelledError("anti-entropy is stopping");
   const uint64_t sent_bytes = request_frame.size();
   round->figures.requests += 1;
   round->figures.bytes_sent += sent_bytes;
@@ -418,16 +398,18 @@ absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_
 }
 
 bool AntiEntropy::Throttle(uint64_t bytes) {
-  absl::MutexLock lock(&mu_);
-  if (options_.bytes_per_second == 0) return !stopping_;
-  const absl::Time now = absl::Now();
-  const absl::Duration cost =
-      absl::Seconds(static_cast<double>(bytes) / static_cast<double>(options_.bytes_per_second));
-  bucket_paid_until_ = std::max(bucket_paid_until_, now - absl::Seconds(kBurstSeconds)) + cost;
-  while (!stopping_ && absl::Now() < bucket_paid_until_) {
-    wake_.WaitWithDeadline(&mu_, bucket_paid_until_);
+  if (options_.bytes_per_second == 0) return !worker_.stopping();
+  absl::Time paid_until;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    const absl::Duration cost = absl::Seconds(static_cast<double>(bytes) /
+                                              static_cast<double>(options_.bytes_per_second));
+    bucket_paid_until_ = std::max(bucket_paid_until_, now - absl::Seconds(kBurstSeconds)) + cost;
+    paid_until = bucket_paid_until_;
   }
-  return !stopping_;
+  // Stop ends the wait (a Stop from any thread, for RunOnce's rounds too).
+  return worker_.SleepUntil(paid_until);
 }
 
 absl::Status AntiEntropy::CompareTrees(Round* round) {

@@ -17,7 +17,8 @@
 // Bytes sent and received pass a token bucket (bytes_per_second).
 //
 // Thread-safety: every public method may be called from any thread. Rounds
-// never overlap: the background thread's and RunOnce's take turns.
+// never overlap: the background thread's (a PeriodicWorker) and RunOnce's
+// take turns.
 #ifndef LOGKV_SERVER_CLUSTER_ANTI_ENTROPY_H_
 #define LOGKV_SERVER_CLUSTER_ANTI_ENTROPY_H_
 
@@ -26,7 +27,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -40,6 +40,7 @@
 #include "server/cluster/membership.h"
 #include "server/cluster/peer_transport.h"
 #include "server/cluster/ring.h"
+#include "server/core/periodic_worker.h"
 
 namespace logkv::server {
 class ServerMetrics;
@@ -131,14 +132,17 @@ class AntiEntropy {
   ~AntiEntropy();  // Stop()
 
   // Starts the background thread: a pass over every live peer after
-  // initial_delay, then every interval.
+  // initial_delay, then every interval. FailedPrecondition when it is
+  // already running.
   absl::Status Start();
-  // Ends a round in progress at its next request, joins the thread. Idempotent.
+  // Ends a round in progress at its next request (RunOnce's and HandOff's
+  // too: they fail with Cancelled until the next Start), joins the thread.
+  // Idempotent; Start may follow.
   void Stop();
 
   // Membership changed (Membership::OnChange): a pass over every live peer
-  // starts after initial_delay, so a new owner fills up and caught_up()
-  // waits for it.
+  // starts within initial_delay (the thread wakes for it), so a new owner
+  // fills up and caught_up() waits for it.
   void NotifyRingChanged();
 
   // One round with this peer now, from the calling thread (not an I/O loop);
@@ -165,7 +169,8 @@ class AntiEntropy {
  private:
   struct Round;
 
-  void Loop();
+  // The background thread's task: one pass, then caught_up().
+  void PassTask();
   // A pass over every live peer; true when every round succeeded.
   bool Pass();
   // ring: ownership to use (null: the current ring); hand_off: push only.
@@ -210,16 +215,14 @@ class AntiEntropy {
   absl::Mutex round_mu_;
 
   mutable absl::Mutex mu_;
-  absl::CondVar wake_;  // signalled on Stop and NotifyRingChanged
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // A ring change since the pass in progress started.
   bool ring_changed_ ABSL_GUARDED_BY(mu_) = false;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  // When the background thread starts its next pass over every live peer.
-  absl::Time next_pass_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Token bucket: the time at which the bytes accepted so far are paid for.
   absl::Time bucket_paid_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   AntiEntropyFigures totals_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+
+  // Runs PassTask; its stopping() ends rounds. Last: it stops first.
+  PeriodicWorker worker_;
 };
 
 }  // namespace logkv::server::cluster

@@ -55,7 +55,13 @@ bool ParseHintKey(absl::string_view key, std::string* target_node_id, uint64_t* 
 
 HintedHandoff::HintedHandoff(engine::Engine* engine, const HintedHandoffOptions& options,
                              ServerMetrics* metrics)
-    : engine_(engine), options_(options), metrics_(metrics) {
+    : engine_(engine),
+      options_(options),
+      metrics_(metrics),
+      worker_("hinted-handoff", [this] { DeliveryTask(); },
+              PeriodicWorkerOptions{.interval = options.poll_interval,
+                                    .initial_delay = absl::ZeroDuration(),
+                                    .interval_from_start = false}) {
   if (metrics_ != nullptr) {
     metrics_->replication_queue_size()->SetCallback(
         [this] { return static_cast<double>(GetFigures().queued); });
@@ -113,23 +119,23 @@ absl::Status HintedHandoff::Load() {
   return absl::OkStatus();
 }
 
-void HintedHandoff::Start(SendFunction send, StateFunction state_of) {
+absl::Status HintedHandoff::Start(SendFunction send, StateFunction state_of) {
+  // Checked first so that a second Start leaves the running thread's
+  // functions alone.
+  if (worker_.running()) {
+    return absl::FailedPreconditionError("hinted handoff is already running");
+  }
   {
     absl::MutexLock lock(&mu_);
     send_ = std::move(send);
     state_of_ = std::move(state_of);
-    stopping_ = false;
   }
-  if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+  return worker_.Start();
 }
 
-void HintedHandoff::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  if (thread_.joinable()) thread_.join();
-}
+void HintedHandoff::Stop() { worker_.Stop(); }
+
+void HintedHandoff::Notify() { worker_.Wake(); }
 
 absl::Status HintedHandoff::Enqueue(const std::string& target_node_id,
                                     const VersionedRecord& record) {
@@ -243,10 +249,7 @@ size_t HintedHandoff::DeliverOnce(const SendFunction& send, const StateFunction&
         break;
     }
     for (size_t batch = 0; batch < options_.batches_per_pass; ++batch) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (stopping_) return delivered;
-      }
+      if (worker_.stopping()) return delivered;
       if (!DeliverBatch(target, send, &delivered)) break;
     }
   }
@@ -349,20 +352,15 @@ bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& 
   return ok && !t.hints.empty();
 }
 
-void HintedHandoff::Run() {
-  while (true) {
-    SendFunction send;
-    StateFunction state_of;
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-      send = send_;
-      state_of = state_of_;
-    }
-    DeliverOnce(send, state_of);
+void HintedHandoff::DeliveryTask() {
+  SendFunction send;
+  StateFunction state_of;
+  {
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.poll_interval);
+    send = send_;
+    state_of = state_of_;
   }
+  DeliverOnce(send, state_of);
 }
 
 }  // namespace logkv::server::cluster

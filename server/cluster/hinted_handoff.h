@@ -18,7 +18,8 @@
 // compaction after the engine's tombstone grace). Keys of this namespace
 // are local to the node: anti-entropy must skip them.
 //
-// Delivery: one thread visits the targets with hints; for a target that is
+// Delivery: one thread (a PeriodicWorker, every poll_interval and on
+// Notify) visits the targets with hints; for a target that is
 // alive (state_of says so) it sends batches in sequence order, deletes the
 // delivered hints, and on a failure waits before trying again, with an
 // exponential backoff per target (initial_backoff doubling to max_backoff).
@@ -49,7 +50,6 @@
 #include <functional>
 #include <map>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -60,6 +60,7 @@
 #include "engine/engine.h"
 #include "server/cluster/peer_transport.h"
 #include "server/cluster/replica.h"
+#include "server/core/periodic_worker.h"
 #include "server/metrics.h"
 
 namespace logkv::server::cluster {
@@ -109,11 +110,17 @@ class HintedHandoff {
   // REQUIRES: called once, before Enqueue and Start.
   [[nodiscard]] absl::Status Load();
 
-  // Starts the delivery thread. send and state_of are called from it.
-  void Start(SendFunction send, StateFunction state_of);
+  // Starts the delivery thread: a pass at once, then every poll_interval.
+  // send and state_of are called from it. FailedPrecondition when it is
+  // already running. REQUIRES: not called at the same time as Stop.
+  [[nodiscard]] absl::Status Start(SendFunction send, StateFunction state_of);
   // Stops the delivery thread (waits for a send in flight, at most
-  // send_timeout). Hints stay stored for the next start.
+  // send_timeout). Hints stay stored for the next start. Idempotent.
   void Stop();
+  // A delivery pass now (a target may be back): wakes the delivery thread,
+  // or calls for another pass right after the one in progress. Targets in
+  // backoff stay in backoff.
+  void Notify();
 
   // Queues record for target_node_id: in the engine's log when it returns.
   // Past the bounds the target's oldest hints are dropped first.
@@ -154,7 +161,8 @@ class HintedHandoff {
   // overflow: dropped for the bounds (warned about, rate-limited).
   void DropOldest(const std::string& target_id, Target* target, bool overflow)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Run();
+  // The delivery thread's task: one DeliverOnce with the functions Start got.
+  void DeliveryTask();
 
   // Constant after construction.
   engine::Engine* const engine_;
@@ -165,11 +173,11 @@ class HintedHandoff {
   std::map<std::string, Target> targets_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SendFunction send_ ABSL_GUARDED_BY(mu_);
   StateFunction state_of_ ABSL_GUARDED_BY(mu_);
 
-  std::thread thread_;  // touched by Start and Stop only
+  // Runs DeliveryTask; its stopping() ends a pass. Last: it stops first.
+  PeriodicWorker worker_;
 };
 
 }  // namespace logkv::server::cluster

@@ -43,7 +43,11 @@ Purger::Purger(engine::Engine* engine, PeerSendFunction send, RingFunction ring,
       members_(std::move(members)),
       self_(std::move(self_node_id)),
       options_(options),
-      ring_changed_at_(absl::Now()) {
+      ring_changed_at_(absl::Now()),
+      worker_("purger", [this] { SweepTask(); },
+              PeriodicWorkerOptions{.interval = options.interval,
+                                    .initial_delay = options.interval,
+                                    .interval_from_start = false}) {
   if (metrics == nullptr) return;
   MetricsRegistry* registry = metrics->registry();
   sweeps_counter_ = registry->AddCounter("logkv_purge_sweeps_total",
@@ -64,57 +68,45 @@ Purger::Purger(engine::Engine* engine, PeerSendFunction send, RingFunction ring,
 
 Purger::~Purger() { Stop(); }
 
-absl::Status Purger::Start() {
-  absl::MutexLock lock(&mu_);
-  if (started_) return absl::FailedPreconditionError("the purger already started");
-  if (stopping_) return absl::FailedPreconditionError("the purger was stopped");
-  started_ = true;
-  thread_ = std::thread([this] { Loop(); });
-  return absl::OkStatus();
-}
+absl::Status Purger::Start() { return worker_.Start(); }
 
-void Purger::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    wake_.SignalAll();
-  }
-  if (thread_.joinable()) thread_.join();
-}
+void Purger::Stop() { worker_.Stop(); }
 
 void Purger::NotifyRingChanged() {
-  absl::MutexLock lock(&mu_);
-  ring_changed_at_ = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    ring_changed_at_ = absl::Now();
+  }
+  worker_.WakeAfter(options_.ring_stable_for);
 }
 
-bool Purger::stopping() const {
-  absl::MutexLock lock(&mu_);
-  return stopping_;
-}
+bool Purger::stopping() const { return worker_.stopping(); }
 
 PurgerFigures Purger::Figures() const {
   absl::MutexLock lock(&mu_);
   return totals_;
 }
 
-void Purger::Loop() {
-  for (;;) {
+void Purger::SweepTask() {
+  absl::StatusOr<PurgerFigures> sweep = RunOnce();
+  if (!sweep.ok()) {
+    Log(Level::kWarning, "purger sweep failed: %s", sweep.status().ToString());
+  } else if (sweep->sweeps_skipped > 0) {
+    // The ring changed too recently, maybe more than once: the next sweep
+    // once it has been stable long enough (unless it changes again).
+    absl::Time stable_at;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Time next = absl::Now() + options_.interval;
-      while (!stopping_ && absl::Now() < next) wake_.WaitWithDeadline(&mu_, next);
-      if (stopping_) return;
+      stable_at = ring_changed_at_ + options_.ring_stable_for;
     }
-    absl::StatusOr<PurgerFigures> sweep = RunOnce();
-    if (!sweep.ok()) {
-      Log(Level::kWarning, "purger sweep failed: %s", sweep.status().ToString());
-    } else if (sweep->forgotten_not_owned + sweep->tombstones_collected > 0) {
-      Log(Level::kInfo,
-          "purger: %d keys this node no longer owns and %d tombstones dropped, %d waiting for "
-          "their owners, in %.3f s",
-          sweep->forgotten_not_owned, sweep->tombstones_collected, sweep->waiting,
-          sweep->last_sweep_seconds);
-    }
+    const absl::Time now = absl::Now();
+    if (stable_at > now) worker_.WakeAfter(stable_at - now);
+  } else if (sweep->forgotten_not_owned + sweep->tombstones_collected > 0) {
+    Log(Level::kInfo,
+        "purger: %d keys this node no longer owns and %d tombstones dropped, %d waiting for "
+        "their owners, in %.3f s",
+        sweep->forgotten_not_owned, sweep->tombstones_collected, sweep->waiting,
+        sweep->last_sweep_seconds);
   }
 }
 

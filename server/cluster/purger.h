@@ -21,7 +21,7 @@
 // pushes them), and the next sweep finds them confirmed.
 //
 // Thread-safety: every public method may be called from any thread; sweeps
-// never overlap.
+// (the background thread's, a PeriodicWorker, and RunOnce's) never overlap.
 #ifndef LOGKV_SERVER_CLUSTER_PURGER_H_
 #define LOGKV_SERVER_CLUSTER_PURGER_H_
 
@@ -29,7 +29,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -41,6 +40,7 @@
 #include "server/cluster/membership.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/ring.h"
+#include "server/core/periodic_worker.h"
 
 namespace logkv::server {
 class ServerMetrics;
@@ -101,12 +101,17 @@ class Purger {
   Purger& operator=(const Purger&) = delete;
   ~Purger();  // Stop()
 
-  // Starts the background thread: a sweep every interval.
+  // Starts the background thread: a sweep every interval. FailedPrecondition
+  // when it is already running.
   absl::Status Start();
-  // Ends a sweep in progress at its next request, joins the thread. Idempotent.
+  // Ends a sweep in progress at its next request (RunOnce's too, until the
+  // next Start), joins the thread. Idempotent; Start may follow.
   void Stop();
 
-  // Membership changed: sweeps wait until the ring is stable again.
+  // Membership changed: sweeps wait until the ring is stable again, and the
+  // thread wakes for a sweep once it has been stable for ring_stable_for
+  // (sooner if one was due), so keys this node no longer owns go without
+  // waiting for the next interval.
   void NotifyRingChanged();
 
   // One sweep now, from the calling thread (not an I/O loop); waits for a
@@ -128,7 +133,8 @@ class Purger {
     bool refused = false;  // an owner lacks this version, or could not be asked
   };
 
-  void Loop();
+  // The background thread's task: one sweep.
+  void SweepTask();
   absl::StatusOr<PurgerFigures> Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sweep_mu_);
   // Asks the owners about the candidates and forgets the confirmed ones,
   // unless the ring is no longer `ring` or changed after `start`: then it
@@ -158,12 +164,11 @@ class Purger {
   bool saw_peers_ ABSL_GUARDED_BY(sweep_mu_) = false;  // a ring of more than this node
 
   mutable absl::Mutex mu_;
-  absl::CondVar wake_;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time ring_changed_at_ ABSL_GUARDED_BY(mu_);
   PurgerFigures totals_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+
+  // Runs SweepTask; its stopping() ends sweeps. Last: it stops first.
+  PeriodicWorker worker_;
 };
 
 }  // namespace logkv::server::cluster

@@ -958,6 +958,37 @@ TEST_F(PurgerTest, ANodeWaitingForItsClusterCollectsNoTombstones) {
   EXPECT_FALSE(Record(a_.get(), "k3").found);
 }
 
+// The purger's thread sweeps when the ring has settled after a change, not
+// only every interval (an hour here), and restarts after a stop.
+TEST_F(PurgerTest, ARingChangeWakesTheSweeperOnceTheRingHasSettled) {
+  auto ring = std::make_shared<const Ring>(std::vector<std::string>{"a", "b"});
+  for (int i = 0; i < 100; ++i) {
+    Put(a_.get(), Key(i), Value(i));
+    Copy(a_.get(), b_.get(), Key(i));
+  }
+  PurgerOptions options = PurgeOptions(1);
+  options.ring_stable_for = absl::Milliseconds(20);
+  auto purger = MakePurger(a_.get(), ring, options);
+  auto swept = [&purger](uint64_t sweeps) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline && purger->Figures().sweeps < sweeps) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return purger->Figures().sweeps >= sweeps;
+  };
+  ASSERT_TRUE(purger->Start().ok());
+  EXPECT_EQ(purger->Start().code(), absl::StatusCode::kFailedPrecondition);
+  purger->NotifyRingChanged();
+  ASSERT_TRUE(swept(1));
+  EXPECT_GT(purger->Figures().forgotten_not_owned, 0u);
+  purger->Stop();
+  purger->Stop();
+  ASSERT_TRUE(purger->Start().ok());
+  purger->NotifyRingChanged();
+  EXPECT_TRUE(swept(2));
+  purger->Stop();
+}
+
 TEST_F(AntiEntropyTest, RateLimitPacesTheBytes) {
   for (int i = 0; i < 2000; ++i) Put(a_.get(), Key(i), Value(i));
   AntiEntropyOptions options = TestOptions();
@@ -1004,6 +1035,35 @@ TEST_F(AntiEntropyTest, BackgroundRoundsRepairAndReportMetrics) {
                                    totals.bytes_sent)),
             std::string::npos);
   EXPECT_NE(text.find("logkv_anti_entropy_rounds_total"), std::string::npos);
+}
+
+// With an interval of an hour only a wake can start the passes after the
+// first: a ring change must really wake the thread. Start and Stop follow
+// the same rules as every background task (server/core/periodic_worker.h).
+TEST_F(AntiEntropyTest, ARingChangeWakesTheBackgroundThread) {
+  AntiEntropyOptions options = TestOptions();
+  options.initial_delay = absl::Milliseconds(10);
+  ae_a_ = Make(a_.get(), options);
+  for (int i = 0; i < 100; ++i) Put(a_.get(), Key(i), Value(i));
+  ASSERT_TRUE(ae_a_->Start().ok());
+  EXPECT_EQ(ae_a_->Start().code(), absl::StatusCode::kFailedPrecondition);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline && !ae_a_->caught_up()) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(ae_a_->caught_up());
+  ASSERT_EQ(b_->engine->GetStats().keys, 100u);
+  for (int i = 100; i < 200; ++i) Put(a_.get(), Key(i), Value(i));
+  ae_a_->NotifyRingChanged();
+  while (absl::Now() < deadline && !ae_a_->caught_up()) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(ae_a_->caught_up());
+  EXPECT_EQ(b_->engine->GetStats().keys, 200u);
+  EXPECT_EQ(ae_a_->Figures().rounds, 2u);
+  ae_a_->Stop();
+  ae_a_->Stop();
+  // A stopped exchange refuses rounds until it starts again.
+  EXPECT_EQ(ae_a_->RunOnce("b").status().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(ae_a_->Start().ok());
+  EXPECT_TRUE(ae_a_->RunOnce("b").ok());
+  ae_a_->Stop();
 }
 
 TEST_F(AntiEntropyTest, AnUnknownPeerIsNotFound) {

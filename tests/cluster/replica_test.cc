@@ -5,6 +5,7 @@
 // target node's replica handlers, so quorum, hinting and repair are tested
 // without sockets; the cluster tests run the real thing.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -529,7 +530,7 @@ TEST_F(HintedHandoffTest, DeliveryThreadDeliversInBatches) {
   for (uint64_t i = 1; i <= 100; ++i) {
     ASSERT_OK(handoff.Enqueue("remote", Put(absl::StrCat("k", i), "v", Stamp(kMs, i))));
   }
-  handoff.Start(SendTo({{"remote", &remote}}), StateOf());
+  ASSERT_OK(handoff.Start(SendTo({{"remote", &remote}}), StateOf()));
   for (int i = 0; i < 500 && handoff.Pending("remote") > 0; ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
@@ -537,6 +538,45 @@ TEST_F(HintedHandoffTest, DeliveryThreadDeliversInBatches) {
   EXPECT_EQ(handoff.Pending("remote"), 0u);
   EXPECT_EQ(sends_, 15);  // ceil(100 / 7)
   EXPECT_EQ(test::GetOrStatus(remote.engine(), "k100"), "v");
+}
+
+// With a poll interval of an hour, only Notify can start the passes after
+// the first; Start and Stop follow the rules of every background task.
+TEST_F(HintedHandoffTest, NotifyWakesTheDeliveryThread) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  HintedHandoffOptions options = Options();
+  options.poll_interval = absl::Hours(1);
+  HintedHandoff handoff(local.engine(), options, nullptr);
+  ASSERT_OK(handoff.Load());
+  ASSERT_OK(handoff.Enqueue("remote", Put("k1", "v", Stamp(kMs, 1))));
+  std::atomic<bool> back{false};
+  absl::Notification asked;  // the first pass asked after the target
+  HintedHandoff::StateFunction state_of = [&](const std::string&) {
+    if (!asked.HasBeenNotified()) asked.Notify();
+    return back.load() ? TargetState::kAlive : TargetState::kUnreachable;
+  };
+  auto delivered = [&handoff] {
+    for (int i = 0; i < 3000 && handoff.Pending("remote") > 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return handoff.Pending("remote") == 0;
+  };
+  ASSERT_OK(handoff.Start(SendTo({{"remote", &remote}}), state_of));
+  EXPECT_EQ(handoff.Start(SendTo({}), state_of).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(asked.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  back = true;
+  handoff.Notify();
+  EXPECT_TRUE(delivered());
+  handoff.Stop();
+  handoff.Stop();
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k1"), "v");
+  // Restarted, it delivers at once what was queued meanwhile.
+  ASSERT_OK(handoff.Enqueue("remote", Put("k2", "v", Stamp(kMs, 2))));
+  ASSERT_OK(handoff.Start(SendTo({{"remote", &remote}}), state_of));
+  EXPECT_TRUE(delivered());
+  handoff.Stop();
+  EXPECT_EQ(test::GetOrStatus(remote.engine(), "k2"), "v");
 }
 
 // ---- Batching of peer requests -----------------------------------------------------------
