@@ -1,6 +1,7 @@
 #include "server/cluster/anti_entropy.h"
 
 #include <algorithm>
+#include <cassert>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -332,6 +333,8 @@ absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer
                                                          const std::string& address,
                                                          std::shared_ptr<const Ring> ring,
                                                          bool hand_off) {
+  round_mu_.AssertHeld();  // rounds take turns
+  assert(peer_id != self_);
   Round round;
   round.peer_id = peer_id;
   round.address = address;
@@ -462,6 +465,8 @@ absl::Status AntiEntropy::CompareTrees(Round* round) {
             result->leaf_count(), " (engine options merkle_partitions, merkle_leaves)"));
       }
       for (size_t i = begin; i < end; ++i) {
+        // Nodes of a Merkle tree are numbered 1 (the root) to 2 * leaves - 1.
+        assert(frontier[i].node >= 1 && frontier[i].node < 2 * round->leaves);
         const uint64_t theirs =
             result->hashes()->Get(static_cast<flatbuffers::uoffset_t>(i - begin));
         if (engine_->MerkleNodeHash(frontier[i].partition, frontier[i].node) != theirs) {
@@ -481,9 +486,13 @@ absl::Status AntiEntropy::CompareTrees(Round* round) {
       size_t begin = 0;
       while (begin < differing.size()) {
         const uint32_t partition = differing[begin].partition;
+        // Partition order: each partition's leaves are compared in one go.
+        assert(begin == 0 || differing[begin - 1].partition < partition);
         std::vector<uint32_t> leaves;
         size_t end = begin;
         for (; end < differing.size() && differing[end].partition == partition; ++end) {
+          // The frontier is one depth of the trees: all leaves once one is.
+          assert(differing[end].node >= round->leaves);
           leaves.push_back(differing[end].node);
         }
         if (absl::Status status = ComparePartition(round, partition, leaves); !status.ok()) {
@@ -507,6 +516,11 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
   absl::StatusOr<std::vector<engine::Engine::LeafKey>> local =
       engine_->MerkleLeafKeys(partition, leaves);
   if (!local.ok()) return local.status();
+  // The merge below walks both sides in key order.
+  assert(std::is_sorted(local->begin(), local->end(),
+                        [](const engine::Engine::LeafKey& a, const engine::Engine::LeafKey& b) {
+                          return a.key < b.key;
+                        }));
 
   // Decides one key present on either side (null: absent there).
   auto decide = [&](absl::string_view key, const engine::Engine::LeafKey* mine,
@@ -518,6 +532,7 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
         mine != nullptr && (theirs == nullptr || mine->timestamp > theirs->timestamp());
     const bool newer_there =
         theirs != nullptr && (mine == nullptr || theirs->timestamp() > mine->timestamp);
+    assert(!(newer_here && newer_there));
     if (!newer_here && !newer_there) return;
     bool peer_owns = true;
     bool self_owns = true;
@@ -657,6 +672,7 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
   if (!frame.ok()) return frame.status();
   absl::StatusOr<std::vector<VersionedRecord>> records = ParseRecordsResult(*frame, keys);
   if (!records.ok()) return records.status();
+  assert(records->size() == keys.size());  // one record per key asked, in order
   struct Pending {
     absl::Mutex mu;
     size_t remaining ABSL_GUARDED_BY(mu) = 0;
@@ -675,6 +691,7 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
     ApplyLocally(engine_, record, [pending, counts](absl::StatusOr<engine::WriteResult> written) {
       const absl::Status& status = written.status();
       absl::MutexLock lock(&pending->mu);
+      assert(pending->remaining > 0);  // each write calls back once
       if (!status.ok() && pending->error.ok()) pending->error = status;
       if (status.ok() && counts) pending->applied += 1;
       pending->remaining -= 1;

@@ -177,7 +177,8 @@ class AntiEntropy {
   absl::StatusOr<AntiEntropyFigures> RunRound(const std::string& peer_id,
                                               const std::string& address,
                                               std::shared_ptr<const Ring> ring = nullptr,
-                                              bool hand_off = false);
+                                              bool hand_off = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(round_mu_);
   absl::Status CompareTrees(Round* round);
   absl::Status ComparePartition(Round* round, uint32_t partition,
                                 const std::vector<uint32_t>& leaves);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -101,6 +102,8 @@ absl::Status HintedHandoff::Load() {
         continue;
       }
       Target& t = targets_[target];
+      // The scan visits keys in order: a target's hints come by sequence.
+      assert(t.hints.empty() || t.hints.back().sequence < sequence);
       t.hints.push_back(Hint{sequence, engine::TimestampUnixMs(item.meta.timestamp),
                              static_cast<uint32_t>(item.value.size())});
       t.bytes += item.value.size();
@@ -164,6 +167,9 @@ absl::Status HintedHandoff::Enqueue(const std::string& target_node_id,
                                      result->status.message()));
   }
   Target& target = targets_[target_node_id];
+  // Sequences only grow (Load continues after the largest stored), so a
+  // target's queue stays in sequence order, as its keys are.
+  assert(target.hints.empty() || target.hints.back().sequence < sequence);
   target.hints.push_back(
       Hint{sequence, absl::ToUnixMillis(absl::Now()), static_cast<uint32_t>(value.size())});
   target.bytes += value.size();
@@ -176,7 +182,11 @@ absl::Status HintedHandoff::Enqueue(const std::string& target_node_id,
 }
 
 void HintedHandoff::DropOldest(const std::string& target_id, Target* target, bool overflow) {
+  mu_.AssertHeld();
+  assert(!target->hints.empty());
   const Hint oldest = target->hints.front();
+  // A target's bytes are the sum of its hints' bytes; queued_ counts every hint.
+  assert(target->bytes >= oldest.bytes && queued_ > 0);
   target->hints.pop_front();
   target->bytes -= oldest.bytes;
   --queued_;
@@ -207,12 +217,16 @@ HintedHandoff::Figures HintedHandoff::GetFigures() const {
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   absl::MutexLock lock(&mu_);
   figures.queued = queued_;
+  [[maybe_unused]] uint64_t hints = 0;
   for (const auto& [id, target] : targets_) {
+    hints += target.hints.size();
+    assert(!target.hints.empty() || target.bytes == 0);
     if (target.hints.empty()) continue;
     if (target.backoff > absl::ZeroDuration()) ++figures.targets_retrying;
     const double age = static_cast<double>(now_ms - target.hints.front().enqueued_unix_ms) / 1e3;
     figures.max_lag_seconds = std::max(figures.max_lag_seconds, age);
   }
+  assert(hints == queued_);  // queued_ counts the hints of every target
   return figures;
 }
 
@@ -270,6 +284,8 @@ bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& 
       sequences.push_back(hint.sequence);
       bytes += hint.bytes;
     }
+    // A batch is the front of the queue, in sequence order.
+    assert(std::is_sorted(sequences.begin(), sequences.end()));
   }
   std::vector<VersionedRecord> records;
   records.reserve(sequences.size());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <map>
 #include <set>
 #include <thread>
@@ -262,6 +263,10 @@ void Membership::Impl::Run() {
 }
 
 void Membership::Impl::SetState(Entry& entry, MemberState state, int64_t now_ms) {
+  mu_.AssertHeld();
+  // For the other members: this node's own state moves only by refutation,
+  // leave and join, never by what it suspects.
+  assert(entry.member.node_id != options_.self.node_id);
   if (entry.member.state == state) return;
   Log(Level::kInfo, "member %s (%s) is now %s (incarnation %d)", entry.member.node_id,
       entry.member.address, MemberStateName(state), entry.member.incarnation);
@@ -271,6 +276,7 @@ void Membership::Impl::SetState(Entry& entry, MemberState state, int64_t now_ms)
 }
 
 void Membership::Impl::ChangedLocked() {
+  mu_.AssertHeld();
   std::vector<std::string> owners;
   for (const auto& [id, entry] : members_) {
     if (entry.member.state != MemberState::kLeft) owners.push_back(id);
@@ -401,11 +407,14 @@ std::string Membership::Impl::GossipFrameLocked() {
 }
 
 bool Membership::Impl::MergeLocked(const Member& news) {
+  mu_.AssertHeld();
   const int64_t now_ms = NowMs();
   if (news.node_id == options_.self.node_id) {
     Entry& self = SelfLocked();
     const uint64_t incarnation = RefutingIncarnation(self.member, news, left_);
     if (incarnation == 0) return false;
+    // A refutation outranks both the rumour and what this node said before.
+    assert(incarnation > news.incarnation && incarnation > self.member.incarnation);
     Log(Level::kInfo, "refuting '%s' about this node (incarnation %d): now alive at %d",
         MemberStateName(news.state), news.incarnation, incarnation);
     self.member.incarnation = incarnation;
@@ -432,6 +441,8 @@ bool Membership::Impl::MergeLocked(const Member& news) {
   if (refuted && news.state == MemberState::kAlive) entry.member.last_seen_unix_ms = now_ms;
   SetState(entry, news.state, now_ms);
   if (news.state == MemberState::kAlive) entry.missed_pings = 0;
+  // What superseded is now what is known.
+  assert(entry.member.incarnation == news.incarnation && entry.member.state == news.state);
   return true;
 }
 
@@ -522,6 +533,7 @@ void Membership::Impl::SendGossip(const std::string& address, std::string frame,
                      absl::Status status = MergeAnswer(answer, target, address);
                      if (done) done(status);
                      absl::MutexLock lock(&mu_);
+                     assert(in_flight_ > 0);  // the transport calls back once per send
                      --in_flight_;
                    });
 }
@@ -544,6 +556,7 @@ void Membership::Impl::Tick() {
     std::vector<const Entry*> dead;
     for (auto& [id, entry] : members_) {
       if (id == options_.self.node_id) continue;
+      // Failure detection moves a member one step: Alive -> Suspect -> Dead.
       if (entry.member.state == MemberState::kAlive &&
           entry.missed_pings >= options_.suspect_after_missed) {
         SetState(entry, MemberState::kSuspect, now_ms);

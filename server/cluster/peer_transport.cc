@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cstring>
 #include <deque>
 #include <thread>
@@ -238,6 +239,9 @@ class PeerTransport::Impl {
   void StartDelayed(absl::Duration delay, std::function<void()> task);
   void FinishDelayed(DelayedTask* delayed);
   int64_t Now() { return static_cast<int64_t>(uv_now(&loop_)); }
+  // Whether the caller runs on the transport's thread (whose state below
+  // only it touches).
+  bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
 
   const PeerTransportOptions options_;
 
@@ -247,6 +251,7 @@ class PeerTransport::Impl {
   uv_check_t turn_check_;
   LoopHooks hooks_;  // set before Start
   std::thread thread_;
+  std::thread::id loop_thread_;  // set by the thread itself, read by it alone
 
   mutable absl::Mutex mu_;
   std::deque<Outgoing> inbox_ ABSL_GUARDED_BY(mu_);
@@ -296,6 +301,7 @@ absl::Status PeerTransport::Impl::Start() {
 }
 
 void PeerTransport::Impl::Run() {
+  loop_thread_ = std::this_thread::get_id();
   if (hooks_.loop_started) hooks_.loop_started();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run.
@@ -370,6 +376,7 @@ void PeerTransport::Impl::HoldSendsOnThisThread() {
 
 void PeerTransport::Impl::FlushHeldSends() {
   if (held_sends.items.empty()) return;
+  assert(held_sends.impl != nullptr);  // only a holding thread queues sends
   std::vector<Outgoing> items;
   items.swap(held_sends.items);
   held_sends.impl->Enqueue(std::move(items));
@@ -478,6 +485,7 @@ void PeerTransport::Impl::DrainInbox() {
 }
 
 void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
+  assert(OnLoopThread());
   auto fail = [this, &outgoing](absl::Status status) {
     requests_failed.fetch_add(1, std::memory_order_relaxed);
     outgoing.done(std::move(status));
@@ -536,17 +544,23 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
       [](uv_timer_t* timer) {
         auto* pending = static_cast<Pending*>(timer->data);
         Impl* impl = pending->impl;
-        pending->peer->pending.erase(pending->id);
+        // The timer runs only while its request is pending (Complete stops it).
+        [[maybe_unused]] const size_t erased = pending->peer->pending.erase(pending->id);
+        assert(erased == 1);
         impl->Complete(pending, absl::DeadlineExceededError(absl::StrCat(
                                     "no answer from peer ", pending->peer->address,
                                     " within the request timeout")));
       },
       static_cast<uint64_t>(timeout_ms), 0);
-  peer.pending.emplace(id, pending);
+  [[maybe_unused]] const bool inserted = peer.pending.emplace(id, pending).second;
+  assert(inserted);  // request ids are unique
   peer.out.append(frame);
 }
 
 void PeerTransport::Impl::Complete(Pending* pending, absl::StatusOr<std::string> answer) {
+  assert(OnLoopThread());
+  // Completed once: whoever completes a request has taken it out of pending.
+  assert(!pending->peer->pending.contains(pending->id));
   if (!answer.ok()) requests_failed.fetch_add(1, std::memory_order_relaxed);
   uv_timer_stop(&pending->timer);
   Callback done = std::move(pending->done);
@@ -559,9 +573,13 @@ void PeerTransport::Impl::FailAll(Peer& peer, const absl::Status& status) {
   absl::flat_hash_map<uint64_t, Pending*> pending;
   pending.swap(peer.pending);
   for (auto& [id, request] : pending) Complete(request, status);
+  // The callbacks may send again (to the transport's inbox, not to pending).
+  assert(peer.pending.empty());
 }
 
 void PeerTransport::Impl::StartConnection(Peer& peer) {
+  // One connection (or lookup) per peer at a time.
+  assert(peer.connection == nullptr && !peer.resolving);
   std::string host;
   int port = 0;
   if (absl::Status status = SplitAddress(peer.address, &host, &port); !status.ok()) {
@@ -673,6 +691,7 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
 }
 
 absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::Response& response) {
+  assert(connection->peer != nullptr && !connection->authenticated);  // one handshake
   Peer& peer = *connection->peer;
   const p::ClusterChallenge* challenge = response.result_as_ClusterChallenge();
   if (challenge == nullptr) {
@@ -803,6 +822,7 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
 }
 
 void PeerTransport::Impl::Flush(Peer& peer) {
+  assert(OnLoopThread());
   Connection* connection = peer.connection;
   if (connection == nullptr || !connection->connected) return;
   // Until the peer proved the secret, only the handshake goes out.
@@ -820,6 +840,7 @@ void PeerTransport::Impl::Flush(Peer& peer) {
                             auto* write = static_cast<WriteRequest*>(request->data);
                             Peer* peer = write->peer;
                             Connection* c = write->connection;
+                            assert(peer->in_flight_bytes >= write->data.size());
                             peer->in_flight_bytes -= write->data.size();
                             delete write;
                             if (status != 0 && c->peer == peer) {
@@ -849,6 +870,7 @@ void PeerTransport::Impl::CloseConnection(Peer& peer, const absl::Status& status
   }
   peer.out.clear();
   if (Connection* connection = peer.connection; connection != nullptr) {
+    assert(connection->peer == &peer);  // a peer's connection names it
     peer.connection = nullptr;
     connection->peer = nullptr;
     ReleaseConnection(connection);
@@ -857,8 +879,10 @@ void PeerTransport::Impl::CloseConnection(Peer& peer, const absl::Status& status
 }
 
 void PeerTransport::Impl::ReleaseConnection(Connection* connection) {
+  assert(connection->peer == nullptr);  // detached first: nothing reaches it any more
   auto on_close = [](uv_handle_t* handle) {
     auto* c = static_cast<Connection*>(handle->data);
+    assert(c->open_handles > 0);
     if (--c->open_handles == 0) delete c;
   };
   uv_timer_stop(&connection->connect_timer);

@@ -1,6 +1,7 @@
 #include "server/cluster/purger.h"
 
 #include <algorithm>
+#include <cassert>
 #include <map>
 #include <utility>
 
@@ -139,6 +140,7 @@ bool Purger::RingUnchangedSince(const std::shared_ptr<const Ring>& ring,
 }
 
 absl::StatusOr<PurgerFigures> Purger::Sweep() {
+  sweep_mu_.AssertHeld();  // sweeps never overlap
   PurgerFigures figures;
   const absl::Time start = absl::Now();
   const std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
@@ -189,6 +191,11 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
       // other member would keep it.
       if (!owned && owners.empty()) continue;
       if (owned) owners.erase(self);
+      // The owners to ask are the others, at most N - 1 of them when this
+      // node is one; a key this node does not own has an owner to keep it.
+      assert(std::find(owners.begin(), owners.end(), self_) == owners.end());
+      assert(owners.size() + (owned ? 1 : 0) <= options_.replicas);
+      assert(owned ? grace_passed : !owners.empty());
       Candidate candidate;
       candidate.key = std::move(key.key);
       candidate.timestamp = key.timestamp;
@@ -247,8 +254,10 @@ bool Purger::Settle(std::vector<Candidate>* candidates, const std::shared_ptr<co
         keys.push_back(key);
         ++end;
       }
+      assert(end > begin);  // every request carries a key at least: the loop ends
       absl::StatusOr<std::vector<VersionedRecord>> records =
           ReadMeta(address_of[owner], keys, figures);
+      assert(!records.ok() || records->size() == keys.size());  // one record per key
       for (size_t j = begin; j < end; ++j) {
         Candidate& candidate = (*candidates)[indexes[j]];
         if (!records.ok()) {
@@ -272,6 +281,8 @@ bool Purger::Settle(std::vector<Candidate>* candidates, const std::shared_ptr<co
   }
   for (size_t i = 0; i < candidates->size(); ++i) {
     const Candidate& candidate = (*candidates)[i];
+    // Each owner confirms a candidate once at most.
+    assert(candidate.confirmations <= candidate.owners.size());
     if (candidate.refused || candidate.confirmations != candidate.owners.size()) {
       figures->waiting += 1;
       continue;

@@ -1,5 +1,6 @@
 #include "server/cluster/replica.h"
 
+#include <cassert>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -142,6 +143,7 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
         absl::MutexLock lock(&gather->mu);
         gather->applied[i] = applied_here;
         gather->held[i] = held;
+        assert(gather->remaining > 0);  // every record's write calls back once
         last = --gather->remaining == 0;
       }
       if (last && gather->done) {
@@ -164,6 +166,8 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   }
   if (gather->done) return Outcome::kDeferred;
   absl::MutexLock lock(&gather->mu);
+  // Without fsync=always the engine calls back inline: every flag is in.
+  assert(gather->remaining == 0);
   BuildReplicateResult(b, id, gather->held, gather->applied);
   return Outcome::kAnswered;
 }
@@ -201,6 +205,7 @@ Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
     }
     records.push_back(FromKeyRecord(key, *std::move(record)));
   }
+  assert(records.size() == count);  // one record per key asked, in order
   b->Clear();
   std::vector<flatbuffers::Offset<p::ReplicaRecord>> offsets;
   offsets.reserve(records.size());

@@ -1,6 +1,7 @@
 #include "server/cluster/replica_batcher.h"
 
 #include <algorithm>
+#include <cassert>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -32,6 +33,9 @@ void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, Bytes
     }
     run_bytes += bytes;
     run.push_back(std::move(item));
+    // A run keeps to the limits, except a single item larger than max_bytes.
+    assert(run.size() <= limits.max_items);
+    assert(run.size() == 1 || run_bytes <= limits.max_bytes);
   }
   if (!run.empty()) send_run(std::move(run));
 }
@@ -99,6 +103,7 @@ void ReplicaBatcher::Flush() {
 void ReplicaBatcher::StopHoldingOnThisThread() {
   if (!Holding()) return;
   Flush();
+  assert(held_.pending.empty());  // Flush goes round until nothing is held
   held_.owner = nullptr;
 }
 
@@ -126,9 +131,14 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
         send_(address, std::move(frame), timeout,
               [shared](absl::StatusOr<std::string> answer) {
                 std::vector<ReplicateItem>& items = *shared;
+                // The send function calls back once: no item is answered twice
+                // (the items are cleared below).
+                assert(!items.empty());
                 absl::StatusOr<ReplicateAnswer> parsed =
                     answer.ok() ? ParseReplicateAnswer(*answer, items.size())
                                 : absl::StatusOr<ReplicateAnswer>(answer.status());
+                assert(!parsed.ok() || (parsed->applied.size() == items.size() &&
+                                        parsed->held_timestamps.size() == items.size()));
                 for (size_t i = 0; i < items.size(); ++i) {
                   if (!parsed.ok()) {
                     items[i].done(parsed.status());
@@ -136,6 +146,7 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
                   }
                   items[i].done(Applied{parsed->applied[i], parsed->held_timestamps[i]});
                 }
+                items.clear();
               });
       });
 }
@@ -156,9 +167,11 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         send_(address, std::move(frame), timeout,
               [shared, keys = std::move(keys)](absl::StatusOr<std::string> answer) {
                 std::vector<ReadItem>& items = *shared;
+                assert(!items.empty());  // called back once (cleared below)
                 absl::StatusOr<std::vector<VersionedRecord>> records =
                     answer.ok() ? ParseRecordsResult(*answer, keys)
                                 : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
+                assert(!records.ok() || records->size() == items.size());
                 for (size_t i = 0; i < items.size(); ++i) {
                   if (!records.ok()) {
                     items[i].done(records.status());
@@ -166,6 +179,7 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
                     items[i].done(std::move((*records)[i]));
                   }
                 }
+                items.clear();
               });
       });
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -35,6 +36,16 @@ std::string KeyForMessage(absl::string_view key) {
 }
 
 size_t Majority(size_t n) { return n / 2 + 1; }
+
+// Whether no node appears twice (owner lists are a few entries long).
+[[maybe_unused]] bool Distinct(const std::vector<std::string>& nodes) {
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    for (size_t j = i + 1; j < nodes.size(); ++j) {
+      if (nodes[i] == nodes[j]) return false;
+    }
+  }
+  return true;
+}
 
 ReplicaBatcher::Limits BatchLimits(const ReplicaCoordinatorOptions& options) {
   ReplicaBatcher::Limits limits;
@@ -77,6 +88,8 @@ uint64_t ClusterClock::Now() {
     // either has zero low bits, which the tag fills.
     const uint64_t base = std::max(physical, (last & ~kNodeTagMask) + (kNodeTagMask + 1));
     const uint64_t next = base | tag;
+    // The low bits carry the tag alone: two coordinators never collide.
+    assert((next & kNodeTagMask) == tag);
     if (last_.compare_exchange_weak(last, next, std::memory_order_relaxed)) return next;
   }
 }
@@ -204,7 +217,12 @@ absl::Status NotConfirmedError() {
 
 std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
                                                       absl::string_view key) const {
-  return ring.PreferenceList(key, std::min(std::max<size_t>(options_.replicas, 1), ring.size()));
+  const size_t n = std::min(std::max<size_t>(options_.replicas, 1), ring.size());
+  std::vector<std::string> owners = ring.PreferenceList(key, n);
+  // A preference list holds N distinct members (fewer only in a smaller ring).
+  assert(owners.size() == n);
+  assert(Distinct(owners));
+  return owners;
 }
 
 std::vector<std::string> ReplicaCoordinator::Owners(absl::string_view key) const {
@@ -262,6 +280,8 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   RefreshTag(ring);
   std::vector<std::string> owners = OwnersOf(*ring, key);
   const size_t need = WriteAcks(consistency, owners.size());
+  // W is within [1, N]: a write waits for an owner at least, never for more than exist.
+  assert(!owners.empty() && need >= 1 && need <= owners.size());
   const absl::Time deadline = absl::Now() + options_.write_wait;
   auto record = std::make_shared<VersionedRecord>();
   record->found = true;
@@ -298,6 +318,9 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                      " not attempted: a majority of its owners could not be read (",
                      replies.status().message(), ")")));
                }
+               // Phase 1 heard from a majority of distinct owners.
+               assert(replies->size() >= Majority(owners.size()) &&
+                      replies->size() <= owners.size());
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
                record->timestamp = clock_.Now();
                WriteStamped(std::move(owners), std::move(record), need, deadline,
@@ -310,11 +333,15 @@ void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
                                       absl::Time deadline,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
+  assert(timestamp != 0);  // stamped by the cluster clock before it is sent
   const size_t owner_count = owners.size();
   SendToOwners(
       owners, record, need, deadline, /*hint=*/true,
       [this, owners, record, need, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
+        // Acknowledgements come from distinct owners, at most one each.
+        assert(sent.applied.size() <= owner_count);
+        assert(!sent.reached || sent.applied.size() >= need);
         if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
               "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
@@ -338,6 +365,10 @@ void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
 void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
                                       std::shared_ptr<const VersionedRecord> record, size_t need,
                                       absl::Time deadline, bool hint, SendDone done) {
+  // Each target is sent to once, and no more acknowledgements are needed
+  // than there are targets.
+  assert(Distinct(targets));
+  assert(need <= targets.size());
   auto state = std::make_shared<SendState>();
   state->record = std::move(record);
   state->need = need;
@@ -434,6 +465,8 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
   {
     absl::MutexLock lock(&state->mu);
     SendOutcome& outcome = state->outcome;
+    // Every target answers once (a retried send counts only its last answer).
+    assert(state->answered < state->total);
     ++state->answered;
     if (status.ok()) {
       outcome.applied.push_back(node);
@@ -450,6 +483,8 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
       }
       if (state->finished) finished = outcome;
     }
+    // Once every target answered the send is finished: done was called.
+    assert(state->answered < state->total || state->finished);
   }
   if (finished.has_value()) state->done(*std::move(finished));
 }
@@ -485,6 +520,8 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
 void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector<Reply> replies,
                                     bool strong, absl::Time deadline,
                                     std::function<void(absl::StatusOr<ReadResult>)> done) {
+  // A read finishes with at least one reply, at most one per owner.
+  assert(!replies.empty() && replies.size() <= owners.size());
   size_t newest_index = 0;
   for (size_t i = 1; i < replies.size(); ++i) {
     if (NewerThan(replies[i].record, replies[newest_index].record)) newest_index = i;
@@ -516,6 +553,8 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
       ++holders;
     }
   }
+  // The newest record's replica holds it: every reply is a holder or stale.
+  assert(holders >= 1 && holders + stale.size() == replies.size());
   if (!newest->found) return done(std::move(result));  // nobody knows the key: nothing to repair
 
   if (!strong) {
@@ -555,6 +594,8 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
 void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
                                     const std::string& key, bool with_value, size_t need,
                                     absl::Time deadline, ReadDone done) {
+  // R (or phase 1's majority) is within [1, N].
+  assert(need >= 1 && need <= owners.size());
   auto state = std::make_shared<ReadState>();
   state->key = key;
   state->with_value = with_value;
@@ -583,6 +624,8 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   }
   // Still filling up: asked last, when the others are not enough.
   if (self_owns && !complete) candidates.push_back(self_);
+  // Each owner is asked at most once.
+  assert(Distinct(candidates) && candidates.size() <= owners.size());
   std::optional<std::string> unreachable;
   {
     absl::MutexLock lock(&state->mu);
@@ -636,8 +679,12 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
   std::optional<absl::StatusOr<std::vector<Reply>>> finish;
   {
     absl::MutexLock lock(&state->mu);
+    assert(state->in_flight > 0);  // one answer per request sent
     --state->in_flight;
     if (state->finished) return;
+    // Unfinished: fewer replies than needed, and no candidate asked twice.
+    assert(state->replies.size() < state->need);
+    assert(state->next <= state->candidates.size());
     if (record.ok()) {
       state->replies.push_back(Reply{node, *std::move(record)});
       if (state->replies.size() >= state->need) {
