@@ -23,6 +23,7 @@
 #include "server/cluster/purger.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/replica_coordinator.h"
+#include "server/core/periodic_worker.h"
 #include "server/http/account_routes.h"
 #include "server/http/data_routes.h"
 #include "server/http/router.h"
@@ -402,10 +403,10 @@ absl::Status Node::Start() {
     status = StartServer();
   }
   if (status.ok()) status = StartClusterMember();
+  if (status.ok()) status = StartBackgroundWork();
+  if (status.ok()) status = StartFlusher();
   if (status.ok()) {
-    StartBackgroundWork();
     LogListening();
-    StartFlusher();
     running_.store(true, std::memory_order_release);
     return absl::OkStatus();
   }
@@ -755,7 +756,7 @@ absl::Status Node::StartClusterMember() {
   return absl::OkStatus();
 }
 
-void Node::StartBackgroundWork() {
+absl::Status Node::StartBackgroundWork() {
   cluster::ClusterNode* const member = cluster_.get();
   auto ring_of = [member]() -> std::shared_ptr<const cluster::Ring> {
     return member->membership() != nullptr ? member->membership()->ring() : nullptr;
@@ -769,9 +770,12 @@ void Node::StartBackgroundWork() {
       member->node_id(), &metrics_, PurgerOptionsFor(options_));
   cluster::AntiEntropy* const anti_entropy = anti_entropy_.get();
   cluster::Purger* const purger = purger_.get();
-  member->membership()->OnChange([anti_entropy, purger] {
+  cluster::HintedHandoff* const handoff = handoff_.get();
+  // A member that comes back gets its hints at once, not at the next pass.
+  member->membership()->OnChange([anti_entropy, purger, handoff] {
     anti_entropy->NotifyRingChanged();
     purger->NotifyRingChanged();
+    handoff->Notify();
   });
   coordinator_->set_caught_up([anti_entropy] { return anti_entropy->caught_up(); });
   service_->SetMembersSource([member] {
@@ -797,12 +801,8 @@ void Node::StartBackgroundWork() {
       then(std::move(status));
     });
   });
-  if (absl::Status status = anti_entropy_->Start(); !status.ok()) {
-    Log(Level::kError, "anti-entropy did not start: %s", status.message());
-  }
-  if (absl::Status status = purger_->Start(); !status.ok()) {
-    Log(Level::kError, "the purger did not start: %s", status.message());
-  }
+  if (absl::Status status = anti_entropy_->Start(); !status.ok()) return status;
+  return purger_->Start();
 }
 
 void Node::RunInBackground(std::function<void()> work) {
@@ -823,14 +823,15 @@ void Node::LogListening() const {
   }
 }
 
-void Node::StartFlusher() {
-  if (auth_store_ == nullptr) return;
+absl::Status Node::StartFlusher() {
+  if (auth_store_ == nullptr) return absl::OkStatus();
   // Last-use times of API keys are noted in memory and written in batches.
-  flusher_ = std::thread([this] {
-    while (!stop_flusher_.WaitForNotificationWithTimeout(absl::Seconds(5))) {
-      LogLastUseFailure(auth_store_->FlushLastUsed());
-    }
-  });
+  PeriodicWorkerOptions every_5s;
+  every_5s.interval = absl::Seconds(5);
+  every_5s.initial_delay = absl::Seconds(5);
+  flusher_ = std::make_unique<PeriodicWorker>(
+      "key-last-use", [this] { LogLastUseFailure(auth_store_->FlushLastUsed()); }, every_5s);
+  return flusher_->Start();
 }
 
 absl::Status Node::Stop() {
@@ -850,10 +851,7 @@ absl::Status Node::Stop() {
     server_->Wait();
   }
   // Then the rest in the reverse order of the member list.
-  if (flusher_.joinable()) {
-    stop_flusher_.Notify();
-    flusher_.join();
-  }
+  if (flusher_ != nullptr) flusher_->Stop();
   // The hooks earlier parts hold into later ones (anti-entropy, the
   // background threads), then the background threads.
   if (coordinator_ != nullptr) {

@@ -28,7 +28,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "server/http/json_body.h"
@@ -37,6 +36,7 @@
 
 namespace logkv::server {
 
+class PeriodicWorker;
 class Server;
 namespace auth {
 class AuthStore;
@@ -190,8 +190,8 @@ class Node {
   void AddRoutes();
   absl::Status StartServer();
   absl::Status StartClusterMember();
-  void StartBackgroundWork();
-  void StartFlusher();
+  absl::Status StartBackgroundWork();
+  absl::Status StartFlusher();
   void LogListening() const;
   // Runs work on a thread joined by Stop (blocking work asked for over HTTP).
   void RunInBackground(std::function<void()> work) ABSL_LOCKS_EXCLUDED(background_mu_);
@@ -244,8 +244,7 @@ class Node {
   absl::Mutex background_mu_;
   std::vector<std::thread> background_threads_ ABSL_GUARDED_BY(background_mu_);
   // Writes API keys' last-use times in batches (auth on).
-  absl::Notification stop_flusher_;
-  std::thread flusher_;
+  std::unique_ptr<PeriodicWorker> flusher_;
 };
 
 }  // namespace logkv::server
