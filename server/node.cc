@@ -25,7 +25,9 @@
 #include "server/cluster/replica_coordinator.h"
 #include "server/core/periodic_worker.h"
 #include "server/http/account_routes.h"
+#include "server/http/cluster_routes.h"
 #include "server/http/data_routes.h"
+#include "server/http/route_support.h"
 #include "server/http/router.h"
 #include "server/log.h"
 #include "server/namespaces.h"
@@ -184,14 +186,21 @@ cluster::PurgerOptions PurgerOptionsFor(const NodeOptions& o) {
   return options;
 }
 
-http::DataRoutesConfig RoutesConfigFor(const NodeOptions& o) {
-  http::DataRoutesConfig config;
+// "http://host:port" of the first --http address (as configured; the bound
+// port replaces a 0 once the server runs).
+std::string FirstHttpUrl(const NodeOptions& o) {
+  if (o.http.empty()) return "";
+  return absl::StrCat("http://", Reachable(o.http.front().host, o.http.front().port));
+}
+
+http::DataRoutesConfig DataRoutesConfigFor(const NodeOptions& o) {
+  return {.max_document_bytes = o.max_document_bytes, .max_json_depth = o.max_json_depth};
+}
+
+http::ClusterRoutesConfig ClusterRoutesConfigFor(const NodeOptions& o) {
+  http::ClusterRoutesConfig config;
   config.node_id = ConfiguredNodeId(o);
-  if (!o.http.empty()) {
-    config.node_url = absl::StrCat("http://", Reachable(o.http.front().host, o.http.front().port));
-  }
   config.mode = o.read_only ? "read-only" : "normal";
-  config.max_document_bytes = o.max_document_bytes;
   // The cluster secret both authorizes membership changes and, with auth
   // on, reading node-wide statistics.
   config.cluster_secret = o.cluster_secret;
@@ -595,15 +604,23 @@ absl::Status Node::BuildCluster() {
 
 void Node::AddRoutes() {
   router_ = std::make_unique<http::Router>();
-  http::DataRoutesDependencies dependencies;
-  dependencies.service = service_.get();
-  dependencies.auth_store = auth_store_.get();
-  dependencies.rate_limiter = rate_limiter_.get();
-  dependencies.metrics = &metrics_;
-  dependencies.cluster = cluster_.get();
-  dependencies.coordinator = coordinator_.get();
-  data_routes_ = std::make_unique<http::DataRoutes>(RoutesConfigFor(options_), dependencies);
+  node_url_ = std::make_unique<http::NodeUrl>(FirstHttpUrl(options_));
+  const http::ApiKeyAuth api_key_auth{.admission = admission_.get(), .metrics = &metrics_};
+  data_routes_ = std::make_unique<http::DataRoutes>(
+      DataRoutesConfigFor(options_),
+      http::DataRoutesDependencies{.service = service_.get(),
+                                   .auth = api_key_auth,
+                                   .cluster = cluster_.get(),
+                                   .coordinator = coordinator_.get(),
+                                   .node_url = node_url_.get()});
   data_routes_->AddTo(router_.get());
+  cluster_routes_ = std::make_unique<http::ClusterRoutes>(
+      ClusterRoutesConfigFor(options_),
+      http::ClusterRoutesDependencies{.service = service_.get(),
+                                      .auth = api_key_auth,
+                                      .cluster = cluster_.get(),
+                                      .node_url = node_url_.get()});
+  cluster_routes_->AddTo(router_.get());
   if (auth_store_ != nullptr) {
     http::AccountRoutesOptions account_options;
     account_options.login_throttle = login_throttle_.get();
@@ -692,7 +709,7 @@ absl::Status Node::StartServer() {
   server_for_events_.store(server_.get(), std::memory_order_release);
   if (!options_.http.empty() && options_.http.front().port == 0) {
     // The kernel chose the port: the node's URL (/servers, primary_node) names it.
-    data_routes_->SetNodeUrl(
+    node_url_->Set(
         absl::StrCat("http://", Reachable(options_.http.front().host, server_->http_ports().front())));
   }
   return absl::OkStatus();
@@ -786,15 +803,15 @@ absl::Status Node::StartBackgroundWork() {
     }
     return members;
   });
-  data_routes_->SetSyncing([anti_entropy, member] {
+  cluster_routes_->SetSyncing([anti_entropy, member] {
     return member->LiveMemberCount() > 1 && !anti_entropy->caught_up();
   });
-  data_routes_->SetBackground([this](std::function<void()> work) {
+  cluster_routes_->SetBackground([this](std::function<void()> work) {
     RunInBackground(std::move(work));
   });
   // A graceful leave first pushes what only this node may hold to the
   // owners that remain (bounded).
-  data_routes_->SetHandOff([this, anti_entropy](std::function<void(absl::Status)> then) {
+  cluster_routes_->SetHandOff([this, anti_entropy](std::function<void(absl::Status)> then) {
     RunInBackground([anti_entropy, then = std::move(then)] {
       absl::Status status = anti_entropy->HandOff(absl::Now() + absl::Seconds(30));
       if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
@@ -858,10 +875,10 @@ absl::Status Node::Stop() {
     coordinator_->set_caught_up(nullptr);
     coordinator_->set_view_confirmed(nullptr);
   }
-  if (data_routes_ != nullptr) {
-    data_routes_->SetHandOff(nullptr);
-    data_routes_->SetBackground(nullptr);
-    data_routes_->SetSyncing(nullptr);
+  if (cluster_routes_ != nullptr) {
+    cluster_routes_->SetHandOff(nullptr);
+    cluster_routes_->SetBackground(nullptr);
+    cluster_routes_->SetSyncing(nullptr);
   }
   if (service_ != nullptr) service_->SetMembersSource(nullptr);
   {

@@ -53,7 +53,9 @@ class Purger;
 class ReplicaCoordinator;
 }  // namespace cluster
 namespace http {
+class ClusterRoutes;
 class DataRoutes;
+class NodeUrl;
 class Router;
 }  // namespace http
 
@@ -229,7 +231,9 @@ class Node {
   bool handoff_started_ = false;
   std::unique_ptr<cluster::ReplicaCoordinator> coordinator_;
   std::unique_ptr<http::Router> router_;
+  std::unique_ptr<http::NodeUrl> node_url_;  // both route sets name the node by it
   std::unique_ptr<http::DataRoutes> data_routes_;
+  std::unique_ptr<http::ClusterRoutes> cluster_routes_;
   // Looked up once, found by index at answer time.
   std::vector<HttpRouteMetrics*> route_metrics_;
   HttpRouteMetrics* unrouted_metrics_ = nullptr;
