@@ -2,6 +2,8 @@
 
 #include <sodium.h>
 
+#include <algorithm>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <span>
@@ -655,6 +657,18 @@ constexpr Dialect kDialects[] = {
     {.routes = kSeed003Routes, .not_found = "Key '{key}' not found"},
     {.routes = kSeed004Routes, .not_found = "not found"},
 };
+
+// Every route encodes its answer; a route decodes a body exactly when it
+// puts, and so does a route whose key is in the body.
+constexpr bool Complete(const Dialect& dialect) {
+  for (const DataRoute& route : dialect.routes) {
+    if (route.encode_answer == nullptr) return false;
+    if ((route.operation == Operation::kPut) != (route.decode_body != nullptr)) return false;
+    if (route.key == KeyFrom::kBody && route.decode_body == nullptr) return false;
+  }
+  return true;
+}
+static_assert(std::all_of(std::begin(kDialects), std::end(kDialects), Complete));
 
 // The one handler of every data route.
 void Serve(const DataRoutesConfig& config, const DataRoutesDependencies& deps,
