@@ -167,6 +167,16 @@ std::string Service::NodeId() const {
   return node_id_.empty() ? config_.node_id : node_id_;
 }
 
+absl::Status Service::AdmitWrite() const {
+  if (config_.read_only) return absl::PermissionDeniedError("this node is read-only");
+  return absl::OkStatus();
+}
+
+absl::Status Service::AdmitWatch(const RequestContext& context) const {
+  if (!context.may_read) return NotPermitted("read");
+  return absl::OkStatus();
+}
+
 Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
                                  flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {
@@ -434,8 +444,8 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
                                       const p::Request& request,
                                       flatbuffers::FlatBufferBuilder* b,
                                       absl::FunctionRef<Completion()> defer) {
-  if (config_.read_only) {
-    p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+  if (absl::Status status = AdmitWrite(); !status.ok()) {
+    p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
   }
   if (!context.may_write) {
@@ -509,8 +519,8 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
 Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id,
                                       const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
                                       absl::FunctionRef<Completion()> defer) {
-  if (config_.read_only) {
-    p::BuildStatusResponse(b, id, absl::PermissionDeniedError("this node is read-only"));
+  if (absl::Status status = AdmitWrite(); !status.ok()) {
+    p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
   }
   if (!context.may_write) {

@@ -82,6 +82,17 @@ class Service {
   Outcome Handle(const RequestContext& context, const protocol::Request& request,
                  flatbuffers::FlatBufferBuilder* builder, absl::FunctionRef<Completion()> defer);
 
+  // The Service's verdicts for what the network layers handle themselves,
+  // with the status to answer when refused.
+  // Writes at all: PermissionDenied on a read-only node (--read-only). HTTP
+  // asks it for every writing route, the account routes included (they
+  // write the engine without going through Handle); Handle asks it for
+  // Put, Delete and Batch.
+  absl::Status AdmitWrite() const;
+  // A Watch by context (it streams the values of the keys it matches):
+  // PermissionDenied when context may not read.
+  absl::Status AdmitWatch(const RequestContext& context) const;
+
   // The cluster's coordinator (null: a single node). It must outlive the
   // Service's use of it; set it before the first request or between them.
   void set_coordinator(Coordinator* coordinator) {

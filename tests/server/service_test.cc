@@ -1,0 +1,114 @@
+// The Service's verdicts that the network layers ask for (AdmitWrite,
+// AdmitWatch), and that Handle answers writes with the same verdict, against
+// a real engine in a temporary directory.
+#include "server/service.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "protocol/frame.h"
+#include "tests/engine/test_macros.h"
+#include "tests/engine/test_util.h"
+
+namespace logkv::server {
+namespace {
+
+namespace p = ::logkv::protocol;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void Open(bool read_only) {
+    auto engine = engine::Engine::Open(test::TestOptions(dir_.Subdir("db"), &clock_));
+    ASSERT_OK(engine);
+    engine_ = *std::move(engine);
+    ServiceConfig config;
+    config.node_id = "node";
+    config.read_only = read_only;
+    service_ = std::make_unique<Service>(engine_.get(), config, &counters_);
+  }
+  void TearDown() override {
+    service_.reset();
+    if (engine_ != nullptr) {
+      EXPECT_OK(engine_->Close());
+    }
+  }
+
+  // The status Handle answers request_frame with (never deferred here).
+  absl::Status Run(const std::string& request_frame, const RequestContext& context = {}) {
+    const auto* request = flatbuffers::GetSizePrefixedRoot<p::Request>(
+        reinterpret_cast<const uint8_t*>(request_frame.data()));
+    flatbuffers::FlatBufferBuilder builder(256);
+    const Service::Outcome outcome =
+        service_->Handle(context, *request, &builder, []() -> Service::Completion {
+          ADD_FAILURE() << "deferred";
+          return [](std::string) {};
+        });
+    EXPECT_EQ(outcome, Service::Outcome::kAnswered);
+    absl::StatusOr<const p::Response*> response = p::VerifyResponse(p::FrameOf(builder), 1u << 30);
+    if (!response.ok()) return response.status();
+    return p::StatusFromResponse(**response);
+  }
+  static std::string PutFrame(const std::string& key) {
+    flatbuffers::FlatBufferBuilder b;
+    auto k = b.CreateVector(reinterpret_cast<const uint8_t*>(key.data()), key.size());
+    auto v = b.CreateVector(reinterpret_cast<const uint8_t*>("v"), 1);
+    auto put = p::CreatePut(b, k, v);
+    b.FinishSizePrefixed(p::CreateRequest(b, 1, p::Operation::Put, put.Union()));
+    return std::string(p::FrameOf(b));
+  }
+  static std::string BatchFrame(const std::string& key) {
+    flatbuffers::FlatBufferBuilder b;
+    auto k = b.CreateVector(reinterpret_cast<const uint8_t*>(key.data()), key.size());
+    std::vector<flatbuffers::Offset<p::BatchItem>> items = {p::CreateBatchItem(b, false, k)};
+    auto batch = p::CreateBatch(b, b.CreateVector(items));
+    b.FinishSizePrefixed(p::CreateRequest(b, 1, p::Operation::Batch, batch.Union()));
+    return std::string(p::FrameOf(b));
+  }
+
+  test::ScopedTempDir dir_;
+  test::ManualClock clock_;
+  ServerCounters counters_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<Service> service_;
+};
+
+TEST_F(ServiceTest, AReadOnlyNodeRefusesWritesWithOneVerdict) {
+  Open(/*read_only=*/true);
+  const absl::Status refused = service_->AdmitWrite();
+  EXPECT_EQ(refused, absl::PermissionDeniedError("this node is read-only"));
+  // Handle answers the protocol's writes with the very same status.
+  EXPECT_EQ(Run(PutFrame("k")), refused);
+  EXPECT_EQ(Run(BatchFrame("k")), refused);
+  // Before the key's own scope: the node refuses whoever asks.
+  RequestContext no_write;
+  no_write.may_write = false;
+  EXPECT_EQ(Run(PutFrame("k"), no_write), refused);
+}
+
+TEST_F(ServiceTest, AWritableNodeAdmitsWritesAndTheScopeDecides) {
+  Open(/*read_only=*/false);
+  EXPECT_OK(service_->AdmitWrite());
+  EXPECT_OK(Run(PutFrame("k")));
+  RequestContext no_write;
+  no_write.may_write = false;
+  EXPECT_EQ(Run(PutFrame("k"), no_write),
+            absl::PermissionDeniedError("this API key may not write (missing scope)"));
+}
+
+TEST_F(ServiceTest, WatchingNeedsTheReadScope) {
+  Open(/*read_only=*/true);  // watching reads: a read-only node admits it
+  EXPECT_OK(service_->AdmitWatch(RequestContext()));
+  RequestContext tenant;
+  tenant.key_prefix = std::string("\0t", 2);
+  tenant.may_write = false;
+  EXPECT_OK(service_->AdmitWatch(tenant));
+  RequestContext no_read;
+  no_read.may_read = false;
+  EXPECT_EQ(service_->AdmitWatch(no_read),
+            absl::PermissionDeniedError("this API key may not read (missing scope)"));
+}
+
+}  // namespace
+}  // namespace logkv::server
