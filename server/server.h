@@ -1,27 +1,31 @@
-// logkvd's network layer for the binary protocol: one libuv loop per thread,
-// each with its own SO_REUSEPORT listener, so the kernel spreads connections
-// over the loops and no lock is shared between them on the request path.
+// logkvd's network layer, for the binary protocol and the HTTP adapter: one
+// libuv loop per thread, each with its own SO_REUSEPORT listeners, so the
+// kernel spreads connections over the loops and no lock is shared between
+// them on the request path. The Server binds and runs the loops; each loop
+// (net/loop.h) is the transport, and each connection it accepts speaks one
+// protocol through its session: net/binary_session.h (frames, Hello and
+// sessions, watches, cluster peers) or net/http_session.h (parsing,
+// pipelining, routing). What a request may do is the Service's to decide.
 //
 // Thread-safety: Start, RequestShutdown and Wait are called by the owner
-// (main); NotifyEvents from any thread. Everything else happens on the loop
-// threads, each of which touches only its own loop (libuv's rule), and
-// crosses threads only through uv_async_send plus a mutex-guarded queue.
+// (main); NotifyEvents and RecheckSessions from any thread. Everything else
+// happens on the loop threads, each of which touches only its own loop
+// (libuv's rule), and crosses threads only through uv_async_send plus a
+// mutex-guarded queue.
 #ifndef LOGKV_SERVER_SERVER_H_
 #define LOGKV_SERVER_SERVER_H_
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/core/peer_handler.h"
 #include "server/core/request_context.h"
@@ -30,6 +34,11 @@
 #include "server/service.h"
 
 namespace logkv::server {
+
+namespace net {
+class Loop;
+class WatchQuota;
+}  // namespace net
 
 struct HttpAddress {
   std::string host;
@@ -157,25 +166,15 @@ class Server {
   void RecheckSessions();
 
  private:
-  class Loop;
-  struct Connection;
-
-  ServerCounters* counters() { return service_->counters(); }
-  // A watch of user_id (0: no user, always allowed) is opened or closed;
-  // false when it would pass max_watches_per_user. Any loop.
-  bool AcquireUserWatch(uint64_t user_id) ABSL_LOCKS_EXCLUDED(watches_mu_);
-  void ReleaseUserWatch(uint64_t user_id) ABSL_LOCKS_EXCLUDED(watches_mu_);
-
   Service* const service_;
   const ServerConfig config_;
   int port_ = 0;
   std::vector<int> http_ports_;
   std::atomic<bool> shutdown_requested_{false};
-  std::vector<std::unique_ptr<Loop>> loops_;
+  // Shared by every loop; declared first so that it outlives them.
+  const std::unique_ptr<net::WatchQuota> watch_quota_;
+  std::vector<std::unique_ptr<net::Loop>> loops_;
   std::vector<std::thread> threads_;
-
-  absl::Mutex watches_mu_;  // taken only to open and close watches
-  absl::flat_hash_map<uint64_t, size_t> watches_by_user_ ABSL_GUARDED_BY(watches_mu_);
 };
 
 }  // namespace logkv::server

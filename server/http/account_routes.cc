@@ -16,7 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
-#include "server/auth/status_http.h"
+#include "server/http/status_http.h"
 
 namespace logkv::server::http {
 namespace {
@@ -293,7 +293,7 @@ void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options&
 }  // namespace
 
 HttpResponse StatusResponse(const absl::Status& status) {
-  const int http_status = auth::HttpStatusOf(status);
+  const int http_status = http::HttpStatusOf(status);
   HttpResponse response = HttpResponse::Error(http_status, status.message());
   if (http_status == 401) response.headers.emplace_back("WWW-Authenticate", "Bearer");
   if (http_status == 503) {

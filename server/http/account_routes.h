@@ -47,7 +47,7 @@ struct AccountRoutesOptions {
 void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
                       AccountRoutesOptions options = {});
 
-// {"error": status.message()} with auth::HttpStatusOf(status); 401s carry
+// {"error": status.message()} with http::HttpStatusOf(status); 401s carry
 // WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().
 HttpResponse StatusResponse(const absl::Status& status);
 

@@ -22,9 +22,9 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "protocol/frame.h"
-#include "server/auth/status_http.h"
 #include "server/cluster/cluster_node.h"
 #include "server/core/coordinator.h"
+#include "server/http/status_http.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::http {
@@ -377,7 +377,7 @@ int DataStatusOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kResourceExhausted: return 413;
     case absl::StatusCode::kFailedPrecondition: return 409;
-    default: return auth::HttpStatusOf(status);
+    default: return http::HttpStatusOf(status);
   }
 }
 

@@ -27,10 +27,10 @@
 #include "server/auth/login_throttle.h"
 #include "server/auth/password.h"
 #include "server/auth/rate_limiter.h"
-#include "server/auth/status_http.h"
 #include "server/auth/worker_pool.h"
 #include "server/http/account_routes.h"
 #include "server/http/router.h"
+#include "server/http/status_http.h"
 #include "server/namespaces.h"
 #include "tests/engine/test_macros.h"
 #include "tests/engine/test_util.h"
@@ -267,16 +267,16 @@ TEST(Base64UrlTest, RoundTripAndStrictness) {
 // ---- Status mapping ----------------------------------------------------------------
 
 TEST(StatusHttpTest, Mapping) {
-  EXPECT_EQ(HttpStatusOf(absl::OkStatus()), 200);
-  EXPECT_EQ(HttpStatusOf(absl::InvalidArgumentError("")), 400);
-  EXPECT_EQ(HttpStatusOf(absl::UnauthenticatedError("")), 401);
-  EXPECT_EQ(HttpStatusOf(absl::PermissionDeniedError("")), 403);
-  EXPECT_EQ(HttpStatusOf(absl::NotFoundError("")), 404);
-  EXPECT_EQ(HttpStatusOf(absl::AlreadyExistsError("")), 409);
-  EXPECT_EQ(HttpStatusOf(absl::ResourceExhaustedError("")), 429);
-  EXPECT_EQ(HttpStatusOf(absl::UnavailableError("")), 503);
-  EXPECT_EQ(HttpStatusOf(absl::InternalError("")), 500);
-  EXPECT_EQ(HttpStatusOf(absl::DataLossError("")), 500);
+  EXPECT_EQ(http::HttpStatusOf(absl::OkStatus()), 200);
+  EXPECT_EQ(http::HttpStatusOf(absl::InvalidArgumentError("")), 400);
+  EXPECT_EQ(http::HttpStatusOf(absl::UnauthenticatedError("")), 401);
+  EXPECT_EQ(http::HttpStatusOf(absl::PermissionDeniedError("")), 403);
+  EXPECT_EQ(http::HttpStatusOf(absl::NotFoundError("")), 404);
+  EXPECT_EQ(http::HttpStatusOf(absl::AlreadyExistsError("")), 409);
+  EXPECT_EQ(http::HttpStatusOf(absl::ResourceExhaustedError("")), 429);
+  EXPECT_EQ(http::HttpStatusOf(absl::UnavailableError("")), 503);
+  EXPECT_EQ(http::HttpStatusOf(absl::InternalError("")), 500);
+  EXPECT_EQ(http::HttpStatusOf(absl::DataLossError("")), 500);
 }
 
 // ---- Rate limiter ------------------------------------------------------------------

@@ -2262,6 +2262,36 @@ TEST_F(RestAuthTest, WatchesPerUserAreLimited) {
   EXPECT_EQ(CallFrame(second, watch(id)), p::StatusCode::ResourceExhausted);
 }
 
+// Watching streams the values of the keys it matches: a binary session whose
+// key may not read is refused (PermissionDenied, the Service's verdict), and
+// the connection goes on; a key that may read watches.
+TEST_F(RestAuthTest, AKeyThatMayNotReadMayNotWatch) {
+  Account owner = NewAccount("watch-scope");
+  const HttpAnswer write_key = CreateKey(owner.access_token, json::array({"write"}), "writer");
+  ASSERT_EQ(write_key.status, 201);
+  auto open_session = [&](const std::string& key) {
+    absl::StatusOr<RawConnection> connection = RawConnection::Connect(server()->port());
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    EXPECT_EQ(CallFrame(*connection, HelloFrame(1, key)), p::StatusCode::Ok);
+    return std::move(*connection);
+  };
+  flatbuffers::FlatBufferBuilder b;
+  const std::string watch =
+      FinishRequest(b, 5, p::Operation::Watch, p::CreateWatch(b, Bytes(b, "w/")).Union());
+
+  RawConnection writer = open_session(write_key.Json().value("key", ""));
+  ASSERT_TRUE(writer.SendBytes(watch).ok());
+  absl::StatusOr<std::string> refused = writer.ReadFrame();
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(AsResponse(*refused)->request_id(), 5u);
+  EXPECT_EQ(AsResponse(*refused)->status(), p::StatusCode::PermissionDenied);
+  EXPECT_EQ(p::View(AsResponse(*refused)->message()), "this API key may not read (missing scope)");
+  EXPECT_EQ(CallFrame(writer, PutFrame(6, "w/k", "v")), p::StatusCode::Ok);
+
+  RawConnection reader = open_session(owner.api_key);
+  EXPECT_EQ(CallFrame(reader, watch), p::StatusCode::Ok);
+}
+
 // Wrong passwords for one account are held back after a few (429 with
 // Retry-After), and every refused credential is counted.
 TEST_F(RestAuthTest, FailedLoginsAreThrottledAndCounted) {

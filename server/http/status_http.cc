@@ -1,6 +1,6 @@
-#include "server/auth/status_http.h"
+#include "server/http/status_http.h"
 
-namespace logkv::server::auth {
+namespace logkv::server::http {
 
 int HttpStatusOf(const absl::Status& status) {
   switch (status.code()) {
@@ -25,4 +25,4 @@ int HttpStatusOf(const absl::Status& status) {
   }
 }
 
-}  // namespace logkv::server::auth
+}  // namespace logkv::server::http

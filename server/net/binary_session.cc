@@ -1,0 +1,485 @@
+#include "server/net/binary_session.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/core/peer_handler.h"
+#include "server/log.h"
+#include "server/namespaces.h"
+
+namespace logkv::server::net {
+
+namespace p = ::logkv::protocol;
+
+namespace {
+
+bool IsClusterOperation(p::Operation operation) {
+  switch (operation) {
+    case p::Operation::ClusterHello:
+    case p::Operation::Gossip:
+    case p::Operation::Replicate:
+    case p::Operation::ReadRecords:
+    case p::Operation::MerkleHashes:
+    case p::Operation::MerkleLeaf:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Reports an answer to the protocol observer, if there is one.
+void ObserveAnswer(const ServerConfig& config, p::Operation operation, absl::string_view frame,
+                   int64_t start_ns) {
+  const auto& observer = config.protocol_observer;
+  if (!observer) return;
+  const p::Response* response = flatbuffers::GetSizePrefixedRoot<p::Response>(frame.data());
+  observer(operation, p::FromWire(response->status()), absl::GetCurrentTimeNanos() - start_ns);
+}
+
+}  // namespace
+
+// ---- WatchQuota -----------------------------------------------------------------
+
+bool WatchQuota::Acquire(uint64_t user_id) {
+  if (user_id == 0) return true;
+  absl::MutexLock lock(&mu_);
+  size_t& count = by_user_[user_id];
+  if (max_per_user_ != 0 && count >= max_per_user_) {
+    if (count == 0) by_user_.erase(user_id);
+    return false;
+  }
+  ++count;
+  return true;
+}
+
+void WatchQuota::Release(uint64_t user_id) {
+  if (user_id == 0) return;
+  absl::MutexLock lock(&mu_);
+  auto it = by_user_.find(user_id);
+  if (it == by_user_.end()) return;
+  if (--it->second == 0) by_user_.erase(it);
+}
+
+// ---- Frames ---------------------------------------------------------------------
+
+BinarySession::BinarySession(Connection& connection, WatchQuota* watch_quota)
+    : ProtocolSession(connection, p::kFrameLengthBytes),
+      watch_quota_(watch_quota),
+      decoder_(connection.loop->service()->config().limits.max_frame_bytes) {}
+
+void BinarySession::AppendStatus(uint64_t request_id, const absl::Status& status) {
+  p::BuildStatusResponse(&builder_, request_id, status);
+  Append(p::FrameOf(builder_));
+}
+
+void BinarySession::ProcessInput() {
+  Connection& c = connection();
+  const ServerConfig& config = this->config();
+  const p::Limits& limits = loop().service()->config().limits;
+  // Stop answering once the answers owed pass the limit: the rest of the
+  // frames wait in the decoder until the client reads (ApplyBackpressure).
+  while (!c.closing && c.owed_bytes() <= config.max_output_bytes) {
+    if (!AdmitFrame()) return;
+    absl::StatusOr<std::optional<absl::string_view>> frame = decoder_.Next();
+    if (!frame.ok()) {
+      // The stream cannot be resynchronised: answer, then close.
+      RefuseFrame(frame.status());
+      return;
+    }
+    if (!frame->has_value()) {
+      // The clock of a slow frame starts when its first bytes are here.
+      if (decoder_.buffered_bytes() > 0 && frame_began_ms_ < 0) frame_began_ms_ = loop().now_ms();
+      return;
+    }
+    frame_began_ms_ = -1;
+    loop().ReleaseInput(c);
+    absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, limits);
+    if (!request.ok()) {
+      RefuseFrame(request.status());
+      return;
+    }
+    if (absl::Status status = p::CheckRequest(**request, limits); !status.ok()) {
+      const int64_t start_ns = config.protocol_observer ? absl::GetCurrentTimeNanos() : 0;
+      AppendStatus((*request)->request_id(), status);
+      ObserveAnswer(config, (*request)->operation_type(), p::FrameOf(builder_), start_ns);
+      continue;
+    }
+    Dispatch(**request);
+  }
+}
+
+void BinarySession::RefuseFrame(const absl::Status& status) {
+  Connection& c = connection();
+  Log(Level::kWarning, "connection %d: %s; closing it", c.id, status.message());
+  AppendStatus(0, status);
+  loop().StopReading(c);
+  c.closing = true;
+}
+
+bool BinarySession::AdmitFrame() {
+  const std::optional<uint32_t> announced = decoder_.NextFrameBytes();
+  if (!announced.has_value()) return true;
+  const ServerConfig& config = this->config();
+  // Beyond max_frame_bytes: the decoder's own refusal.
+  if (*announced > loop().service()->config().limits.max_frame_bytes) return true;
+  if (config.authenticate && !authenticated_ && !is_peer_ &&
+      *announced > config.max_unauthenticated_frame_bytes) {
+    RefuseFrame(absl::ResourceExhaustedError(absl::StrCat(
+        "frame of ", *announced, " bytes before a successful Hello: until it "
+        "authenticates a connection may send frames of at most ",
+        config.max_unauthenticated_frame_bytes, " bytes")));
+    return false;
+  }
+  const bool incomplete = decoder_.buffered_bytes() < p::kFrameLengthBytes + *announced;
+  if (incomplete && *announced > kUnreservedRequestBytes &&
+      !loop().ReserveInput(connection(), *announced)) {
+    RefuseFrame(absl::ResourceExhaustedError(absl::StrCat(
+        "the server holds too many bytes of requests still arriving "
+        "(--max-buffered-bytes=", config.max_buffered_bytes, "): frame of ",
+        *announced, " bytes refused; retry later")));
+    return false;
+  }
+  return true;
+}
+
+ProtocolSession::Expiry BinarySession::CheckExpiry(int64_t now_ms) const {
+  const Connection& c = connection();
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(config().binary_idle_timeout);
+  // A frame begun is the client's to finish (unless we stopped reading it).
+  if (c.reading && frame_began_ms_ >= 0 && now_ms - frame_began_ms_ > timeout_ms) {
+    return Expiry::kTimedOut;
+  }
+  if (!is_peer_ && watches_.empty() && c.pending == 0 && c.owed_bytes() == 0 &&
+      frame_began_ms_ < 0 && now_ms - c.last_read_ms > timeout_ms) {
+    return Expiry::kIdle;
+  }
+  return Expiry::kNone;
+}
+
+void BinarySession::Expire() {
+  RefuseFrame(absl::DeadlineExceededError(
+      absl::StrCat("a frame did not arrive within ",
+                   absl::ToInt64Milliseconds(config().binary_idle_timeout),
+                   " ms (--binary-idle-timeout-ms)")));
+}
+
+// ---- Sessions -------------------------------------------------------------------
+
+// With auth on, Hello's auth_token (an API key) decides whose keys the
+// connection sees; a Hello whose key fails leaves the connection
+// unauthenticated, whatever an earlier Hello proved. Until a Hello succeeds
+// only Hello and Ping are served (Stats too shows only the caller's own
+// figures). Returns true when the request was answered here.
+bool BinarySession::HandleHello(const p::Request& request) {
+  const auto& authenticate = config().authenticate;
+  if (!authenticate) return false;
+  const p::Operation operation = request.operation_type();
+  if (operation == p::Operation::Hello) {
+    const absl::string_view token = p::View(request.operation_as_Hello()->auth_token());
+    if (token.empty()) return false;  // a plain Hello: answered by the service
+    absl::StatusOr<Session> session = authenticate(token);
+    if (!session.ok()) {
+      session_ = Session();
+      authenticated_ = false;
+      // Watches opened under the earlier key end too: they would go on
+      // showing that tenant's keys.
+      RemoveAllWatches(absl::UnauthenticatedError("watch ended: a later Hello's API key failed"));
+      AppendStatus(request.request_id(), session.status());
+      return true;
+    }
+    session_ = *std::move(session);
+    authenticated_ = true;
+    return false;
+  }
+  if (authenticated_ || operation == p::Operation::Ping) return false;
+  AppendStatus(request.request_id(),
+               absl::UnauthenticatedError(
+                   "this node requires authentication: send Hello with an API key first"));
+  return true;
+}
+
+bool BinarySession::SessionHolds(uint64_t request_id) {
+  Connection& c = connection();
+  const auto& check = config().check_session;
+  if (!authenticated_ || !check || c.closing) return true;
+  const absl::Status status = check(&session_);
+  if (status.ok()) return true;
+  Log(Level::kInfo, "connection %d: %s; ending its session", c.id, status.message());
+  RemoveAllWatches(status);
+  // With no request to answer, the reason goes out with request id 0.
+  AppendStatus(request_id, status);
+  authenticated_ = false;
+  session_ = Session();
+  loop().StopReading(c);
+  c.closing = true;
+  return false;
+}
+
+// ---- Requests -------------------------------------------------------------------
+
+Completion BinarySession::DeferOn(p::Operation operation, int64_t start_ns) {
+  Connection& c = connection();
+  ++c.pending;
+  Loop* loop = c.loop;
+  const uint64_t connection_id = c.id;
+  return [loop, connection_id, operation, start_ns](std::string frame) {
+    loop->Post([connection_id, operation, start_ns, frame = std::move(frame)](Loop& l) {
+      ObserveAnswer(l.config(), operation, frame, start_ns);
+      Connection* conn = l.Find(connection_id);
+      if (conn == nullptr) return;  // the client is gone
+      --conn->pending;
+      conn->out.append(frame);
+      l.Answered(*conn);
+    });
+  };
+}
+
+void BinarySession::HandleClusterHello(const p::Request& request) {
+  Connection& c = connection();
+  PeerHandler* handler = config().peer_handler;
+  const p::ClusterHello* hello = request.operation_as_ClusterHello();
+  const uint64_t id = request.request_id();
+  // Nothing more is read from a peer that cannot prove it belongs.
+  auto refuse = [&](const absl::Status& status) {
+    AppendStatus(id, status);
+    loop().StopReading(c);
+    c.closing = true;
+  };
+  if (handler == nullptr) {
+    return refuse(absl::PermissionDeniedError("this node does not accept cluster peers"));
+  }
+  if (is_peer_) return refuse(absl::FailedPreconditionError("ClusterHello sent twice"));
+  const absl::string_view node_id = p::View(hello->node_id());
+  if (peer_nonce_own_.empty()) {
+    // Step 1: challenge the connecting node, proving this node's secret.
+    absl::StatusOr<PeerHandler::Challenge> challenge =
+        handler->ChallengePeer(node_id, p::View(hello->nonce()), hello->auth());
+    if (!challenge.ok()) return refuse(challenge.status());
+    peer_nonce_theirs_ = std::string(p::View(hello->nonce()));
+    peer_nonce_own_ = challenge->nonce;
+    flatbuffers::FlatBufferBuilder& b = builder_;
+    b.Clear();
+    auto nonce = b.CreateVector(reinterpret_cast<const uint8_t*>(challenge->nonce.data()),
+                                challenge->nonce.size());
+    auto proof = b.CreateVector(reinterpret_cast<const uint8_t*>(challenge->proof.data()),
+                                challenge->proof.size());
+    auto result = p::CreateClusterChallenge(b, nonce, proof, challenge->auth);
+    p::FinishResponse(&b, id, p::Result::ClusterChallenge, result.Union());
+    Append(p::FrameOf(b));
+    return;
+  }
+  // Step 3: the connecting node's proof.
+  if (!handler->AcceptPeer(node_id, peer_nonce_theirs_, peer_nonce_own_,
+                           p::View(hello->proof()))) {
+    return refuse(absl::UnauthenticatedError("ClusterHello refused: wrong cluster secret"));
+  }
+  is_peer_ = true;
+  AppendStatus(id, absl::OkStatus());
+}
+
+void BinarySession::Dispatch(const p::Request& request) {
+  const int64_t start_ns = config().protocol_observer ? absl::GetCurrentTimeNanos() : 0;
+  if (DispatchOperation(request, start_ns)) {
+    ObserveAnswer(config(), request.operation_type(), p::FrameOf(builder_), start_ns);
+  }
+}
+
+bool BinarySession::DispatchPeer(const p::Request& request, int64_t start_ns) {
+  PeerHandler* handler = config().peer_handler;
+  const p::Operation operation = request.operation_type();
+  if (operation == p::Operation::ClusterHello) {
+    HandleClusterHello(request);
+    return true;
+  }
+  if (!is_peer_ || handler == nullptr) {
+    AppendStatus(request.request_id(),
+                 absl::PermissionDeniedError(absl::StrCat(
+                     "operation ", p::EnumNameOperation(operation),
+                     " is cluster-internal: only peers that sent ClusterHello may use it")));
+    return true;
+  }
+  Outcome outcome =
+      handler->HandlePeer(request, &builder_, [&]() -> Completion {
+        return DeferOn(operation, start_ns);
+      });
+  if (outcome != Outcome::kAnswered) return false;
+  Append(p::FrameOf(builder_));
+  return true;
+}
+
+bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_ns) {
+  const p::Operation operation = request.operation_type();
+  if (IsClusterOperation(operation)) return DispatchPeer(request, start_ns);
+  // Peers are authenticated by the cluster secret, not by an API key.
+  if (!is_peer_ && HandleHello(request)) return true;
+  if (authenticated_ && operation != p::Operation::Hello) {
+    if (!SessionHolds(request.request_id())) return true;
+    const auto& admit = config().admit_request;
+    if (admit && operation != p::Operation::Ping && operation != p::Operation::Unwatch) {
+      if (absl::Status status = admit(session_); !status.ok()) {
+        AppendStatus(request.request_id(), status);
+        return true;
+      }
+    }
+  }
+  switch (operation) {
+    case p::Operation::Watch:
+      AddWatch(request.request_id(), *request.operation_as_Watch());
+      return true;
+    case p::Operation::Unwatch:
+      RemoveWatch(request.operation_as_Unwatch()->watch_request_id(), absl::OkStatus());
+      AppendStatus(request.request_id(), absl::OkStatus());
+      return true;
+    default:
+      break;
+  }
+  Outcome outcome = loop().service()->Handle(
+      session_.context, request, &builder_,
+      [&]() -> Completion { return DeferOn(operation, start_ns); });
+  if (outcome != Outcome::kAnswered) return false;
+  Append(p::FrameOf(builder_));
+  return true;
+}
+
+// ---- Watches --------------------------------------------------------------------
+
+void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
+  Service* service = loop().service();
+  engine::Engine* engine = service->engine();
+  const uint32_t shards = engine->ShardCount();
+  if (absl::Status status = service->AdmitWatch(session_.context); !status.ok()) {
+    AppendStatus(request_id, status);
+    return;
+  }
+  if (watches_.contains(request_id)) {
+    AppendStatus(request_id, absl::InvalidArgumentError("request_id already watching"));
+    return;
+  }
+  const size_t per_connection = config().max_watches_per_connection;
+  if (per_connection != 0 && watches_.size() >= per_connection) {
+    AppendStatus(request_id, absl::ResourceExhaustedError(absl::StrCat(
+                                 "this connection already has ", watches_.size(),
+                                 " watches (--max-watches-per-connection); unwatch one first")));
+    return;
+  }
+  Watch w;
+  // The watch sees the connection's namespace only; keys go out without it.
+  w.prefix = absl::StrCat(session_.context.key_prefix, p::View(watch.prefix()));
+  if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
+    if (watch.after_sequences()->size() != shards) {
+      AppendStatus(request_id, absl::InvalidArgumentError(absl::StrCat(
+                                   "after_sequences has ", watch.after_sequences()->size(),
+                                   " entries; this node has ", shards, " shards")));
+      return;
+    }
+    w.after.assign(watch.after_sequences()->begin(), watch.after_sequences()->end());
+  } else {
+    for (uint32_t shard = 0; shard < shards; ++shard) w.after.push_back(engine->LastSequence(shard));
+  }
+  w.user_id = authenticated_ ? session_.user_id : 0;
+  if (!watch_quota_->Acquire(w.user_id)) {
+    AppendStatus(request_id, absl::ResourceExhaustedError(absl::StrCat(
+                                 "this user already has ", config().max_watches_per_user,
+                                 " watches (--max-watches-per-user); unwatch one first")));
+    return;
+  }
+  // Acknowledge with an empty batch, so the client knows events from now on
+  // will reach it; then catch up from the resume points.
+  builder_.Clear();
+  auto events = builder_.CreateVector(std::vector<flatbuffers::Offset<p::Event>>{});
+  auto batch = p::CreateWatchEvents(builder_, events);
+  p::ResponseBuilder response(builder_);
+  response.add_request_id(request_id);
+  response.add_result_type(p::Result::WatchEvents);
+  response.add_result(batch.Union());
+  builder_.FinishSizePrefixed(response.Finish());
+  Append(p::FrameOf(builder_));
+  watches_.emplace(request_id, std::move(w));
+  loop().Subscribe(connection());
+}
+
+void BinarySession::RemoveWatch(uint64_t watch_request_id, const absl::Status& final_status) {
+  auto it = watches_.find(watch_request_id);
+  if (it == watches_.end()) return;
+  watch_quota_->Release(it->second.user_id);
+  watches_.erase(it);
+  if (watches_.empty()) loop().Unsubscribe(connection());
+  AppendStatus(watch_request_id, final_status);
+}
+
+void BinarySession::RemoveAllWatches(const absl::Status& final_status) {
+  std::vector<uint64_t> watch_ids;
+  for (const auto& [watch_id, watch] : watches_) watch_ids.push_back(watch_id);
+  for (uint64_t watch_id : watch_ids) RemoveWatch(watch_id, final_status);
+}
+
+bool BinarySession::OnEvents(EventsPass& pass) {
+  if (!SessionHolds(0)) return false;
+  Connection& c = connection();
+  Service* service = loop().service();
+  engine::Engine* engine = service->engine();
+  const uint32_t batch_events = config().watch_batch_events;
+  const size_t max_output_bytes = config().max_output_bytes;
+  std::vector<std::pair<uint64_t, absl::Status>> ended;
+  for (auto& [watch_id, w] : watches_) {
+    if (c.owed_bytes() > max_output_bytes) {
+      // A watcher that does not read is dropped, not buffered without end.
+      ended.emplace_back(watch_id, absl::AbortedError(absl::StrCat(
+                                       "watch dropped: the client fell more than ",
+                                       max_output_bytes,
+                                       " bytes behind; resume from the last sequences it saw")));
+      continue;
+    }
+    for (uint32_t shard = 0; shard < w.after.size(); ++shard) {
+      if (pass.last_sequences[shard] <= w.after[shard]) continue;
+      // Half a frame of keys and values leaves room for the envelope, so
+      // one batch always fits in one frame.
+      absl::StatusOr<std::vector<engine::Event>> events = engine->ReadEvents(
+          shard, w.after[shard], batch_events, service->config().limits.max_frame_bytes / 2);
+      if (!events.ok()) {
+        ended.emplace_back(watch_id, events.status());
+        break;
+      }
+      if (events->empty()) continue;
+      w.after[shard] = events->back().sequence;
+      if (engine->LastSequence(shard) > w.after[shard]) pass.more = true;
+      builder_.Clear();
+      std::vector<flatbuffers::Offset<p::Event>> matching;
+      const size_t namespace_bytes = session_.context.key_prefix.size();
+      for (const engine::Event& event : *events) {
+        if (!absl::StartsWith(event.key, w.prefix)) continue;
+        if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
+        auto key = builder_.CreateVector(
+            reinterpret_cast<const uint8_t*>(event.key.data()) + namespace_bytes,
+            event.key.size() - namespace_bytes);
+        auto value = builder_.CreateVector(reinterpret_cast<const uint8_t*>(event.value.data()),
+                                           event.value.size());
+        matching.push_back(p::CreateEvent(
+            builder_, shard, event.sequence,
+            event.type == engine::EventType::kPut ? p::EventType::Put : p::EventType::Delete, key,
+            value, event.meta.version, event.meta.timestamp));
+      }
+      if (matching.empty()) continue;
+      auto vector = builder_.CreateVector(matching);
+      auto batch = p::CreateWatchEvents(builder_, vector);
+      p::ResponseBuilder response(builder_);
+      response.add_request_id(watch_id);
+      response.add_result_type(p::Result::WatchEvents);
+      response.add_result(batch.Union());
+      builder_.FinishSizePrefixed(response.Finish());
+      Append(p::FrameOf(builder_));
+    }
+  }
+  for (const auto& [request_id, status] : ended) RemoveWatch(request_id, status);
+  return true;
+}
+
+void BinarySession::OnClose() {
+  for (const auto& [watch_id, w] : watches_) watch_quota_->Release(w.user_id);
+  watches_.clear();
+}
+
+}  // namespace logkv::server::net

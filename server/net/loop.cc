@@ -1,0 +1,516 @@
+#include "server/net/loop.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/log.h"
+#include "server/net/binary_session.h"
+#include "server/net/http_session.h"
+
+namespace logkv::server::net {
+
+namespace {
+
+std::string UvError(int code) { return absl::StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
+
+// A socket bound with SO_REUSEPORT so every loop can listen on the same port.
+absl::StatusOr<int> BindReusePort(const sockaddr_in& address) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // libuv 1.44 has no flag for SO_REUSEPORT: set it on the fd before bind.
+  if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      ::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int error = errno;
+    ::close(fd);
+    char host[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof(host));
+    return absl::UnavailableError(absl::StrCat("cannot bind ", host, ":",
+                                               ntohs(address.sin_port), ": ",
+                                               std::strerror(error)));
+  }
+  return fd;
+}
+
+absl::Status Listen(uv_loop_t* loop, uv_tcp_t* listener, const sockaddr_in& address,
+                    uv_connection_cb on_connection) {
+  auto fd = BindReusePort(address);
+  if (!fd.ok()) return fd.status();
+  uv_tcp_init(loop, listener);
+  if (int rc = uv_tcp_open(listener, *fd); rc != 0) {
+    ::close(*fd);
+    return absl::InternalError(absl::StrCat("uv_tcp_open: ", UvError(rc)));
+  }
+  if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), 1024, on_connection);
+      rc != 0) {
+    return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
+  }
+  return absl::OkStatus();
+}
+
+// The client's IP address as text ("" when unknown).
+std::string PeerAddress(uv_tcp_t* handle) {
+  sockaddr_storage peer;
+  int length = sizeof(peer);
+  char text[INET6_ADDRSTRLEN] = "";
+  if (uv_tcp_getpeername(handle, reinterpret_cast<sockaddr*>(&peer), &length) == 0) {
+    if (peer.ss_family == AF_INET) {
+      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), text, sizeof(text));
+    } else if (peer.ss_family == AF_INET6) {
+      uv_ip6_name(reinterpret_cast<const sockaddr_in6*>(&peer), text, sizeof(text));
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+Loop::Loop(const ServerConfig& config, Service* service, WatchQuota* watch_quota, int index)
+    : config_(config), service_(service), watch_quota_(watch_quota), index_(index) {}
+
+Loop::~Loop() = default;
+
+absl::Status Loop::Init(const sockaddr_in& address,
+                        const std::vector<sockaddr_in>& http_addresses) {
+  if (int rc = uv_loop_init(&loop_); rc != 0) return absl::InternalError(UvError(rc));
+  auto on_connection = [](uv_stream_t* server, int status) {
+    auto* listener = static_cast<Listener*>(server->data);
+    listener->loop->OnConnection(*listener, status);
+  };
+  for (size_t i = 0; i <= http_addresses.size(); ++i) {
+    auto listener = std::make_unique<Listener>();
+    listener->loop = this;
+    listener->http = i > 0;
+    if (absl::Status status = Listen(&loop_, &listener->handle,
+                                     i == 0 ? address : http_addresses[i - 1], on_connection);
+        !status.ok()) {
+      return status;
+    }
+    listener->handle.data = listener.get();
+    listeners_.push_back(std::move(listener));
+  }
+  if (!http_addresses.empty()) http_answers_ = std::make_unique<HttpAnswers>(this);
+  uv_async_init(&loop_, &tasks_async_,
+                [](uv_async_t* async) { Of(reinterpret_cast<uv_handle_t*>(async)).DrainTasks(); });
+  tasks_async_.data = this;
+  uv_async_init(&loop_, &events_async_, [](uv_async_t* async) {
+    Of(reinterpret_cast<uv_handle_t*>(async)).PumpEvents();
+  });
+  events_async_.data = this;
+  uv_timer_init(&loop_, &shutdown_timer_);
+  shutdown_timer_.data = this;
+  uv_timer_init(&loop_, &idle_timer_);
+  idle_timer_.data = this;
+  uv_prepare_init(&loop_, &turn_prepare_);
+  turn_prepare_.data = this;
+  uv_check_init(&loop_, &turn_check_);
+  turn_check_.data = this;
+  if (config_.loop_turn) {
+    uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
+      Of(reinterpret_cast<uv_handle_t*>(prepare)).config_.loop_turn();
+    });
+    uv_check_start(&turn_check_, [](uv_check_t* check) {
+      Of(reinterpret_cast<uv_handle_t*>(check)).config_.loop_turn();
+    });
+  }
+  {
+    // A connection is closed between one and one and a quarter timeouts late.
+    const absl::Duration shortest =
+        http_addresses.empty() ? config_.binary_idle_timeout
+                               : std::min(config_.binary_idle_timeout, config_.http_idle_timeout);
+    const uint64_t period_ms =
+        static_cast<uint64_t>(std::max<int64_t>(100, absl::ToInt64Milliseconds(shortest) / 4));
+    uv_timer_start(
+        &idle_timer_,
+        [](uv_timer_t* timer) { Of(reinterpret_cast<uv_handle_t*>(timer)).CloseIdleConnections(); },
+        period_ms, period_ms);
+  }
+  return absl::OkStatus();
+}
+
+int Loop::BoundPort(int http_index) {
+  uv_tcp_t* listener = &listeners_[static_cast<size_t>(http_index + 1)]->handle;
+  sockaddr_in bound;
+  int length = sizeof(bound);
+  std::memset(&bound, 0, sizeof(bound));
+  uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &length);
+  return ntohs(bound.sin_port);
+}
+
+void Loop::Run() {
+  thread_id_ = std::this_thread::get_id();
+  if (config_.loop_started) config_.loop_started();
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // Every handle is closed by now; let their close callbacks run, then free.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop_) != 0) Log(Level::kWarning, "loop %d closed with handles open", index_);
+}
+
+void Loop::Post(std::function<void(Loop&)> task) {
+  absl::MutexLock lock(&tasks_mu_);
+  // After shutdown nobody is left to answer: late completions are dropped.
+  if (handles_closing_) return;
+  tasks_.push_back(std::move(task));
+  uv_async_send(&tasks_async_);
+}
+
+void Loop::DrainTasks() {
+  std::vector<std::function<void(Loop&)>> tasks;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    tasks.swap(tasks_);
+  }
+  for (auto& task : tasks) task(*this);
+}
+
+// ---- Connections ----------------------------------------------------------------
+
+void Loop::OnConnection(Listener& listener, int status) {
+  if (status < 0) {
+    Log(Level::kWarning, "accept failed: %s", UvError(status));
+    return;
+  }
+  auto* c = new Connection;
+  c->loop = this;
+  c->id = next_connection_id_++;
+  c->http = listener.http;
+  c->last_read_ms = now_ms();
+  uv_tcp_init(&loop_, &c->handle);
+  c->handle.data = c;
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener.handle), c->stream()) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->handle),
+             [](uv_handle_t* handle) { delete &ConnectionOf(handle); });
+    return;
+  }
+  uv_tcp_nodelay(&c->handle, 1);
+  if (c->http) {
+    c->session = std::make_unique<HttpSession>(*c, http_answers_.get(), PeerAddress(&c->handle));
+  } else {
+    c->session = std::make_unique<BinarySession>(*c, watch_quota_);
+  }
+  connections_[c->id] = c;
+  counters()->connections.fetch_add(1, std::memory_order_relaxed);
+  if (c->http) counters()->http_connections.fetch_add(1, std::memory_order_relaxed);
+  StartReading(*c);
+}
+
+void Loop::StartReading(Connection& c) {
+  if (c.reading || c.closing) return;
+  c.reading = true;
+  uv_read_start(
+      c.stream(),
+      [](uv_handle_t* handle, size_t suggested, uv_buf_t* buf) {
+        Connection& conn = ConnectionOf(handle);
+        size_t available;
+        const size_t chunk = std::max(suggested, conn.loop->config_.read_chunk_bytes);
+        char* space = conn.session->ReadSpace(chunk, &available);
+        *buf = uv_buf_init(space, static_cast<unsigned int>(available));
+      },
+      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+        Connection& conn = ConnectionOf(reinterpret_cast<uv_handle_t*>(stream));
+        conn.loop->OnRead(conn, nread);
+      });
+}
+
+void Loop::StopReading(Connection& c) {
+  if (!c.reading) return;
+  c.reading = false;
+  uv_read_stop(c.stream());
+}
+
+void Loop::OnRead(Connection& c, ssize_t nread) {
+  if (nread == 0) return;  // EAGAIN: nothing to do
+  if (nread < 0) {
+    StopReading(c);
+    if (nread != UV_EOF) {
+      // The client is gone: nothing owed to it can be delivered.
+      Log(Level::kDebug, "connection %d: read error %s", c.id, UvError(static_cast<int>(nread)));
+      c.out.clear();
+      c.closing = true;
+      FinishIfDone(c);
+      return;
+    }
+    // A half-close: requests already received are still answered (those
+    // held back by the output limits too), then the connection closes.
+    c.eof = true;
+    c.session->ProcessInput();
+    Flush(c);
+    CloseAfterEofIfDone(c);
+    FinishIfDone(c);
+    return;
+  }
+  c.last_read_ms = now_ms();
+  c.session->Received(static_cast<size_t>(nread));
+  Flush(c);
+  ApplyBackpressure(c);
+  FinishIfDone(c);
+}
+
+bool Loop::ReserveInput(Connection& c, size_t total_bytes) {
+  if (total_bytes <= c.reserved_bytes) return true;
+  const size_t more = total_bytes - c.reserved_bytes;
+  const size_t limit = config_.max_buffered_bytes;
+  std::atomic<uint64_t>& buffered = counters()->buffered_request_bytes;
+  uint64_t now = buffered.load(std::memory_order_relaxed);
+  do {
+    if (limit != 0 && now + more > limit) return false;
+  } while (!buffered.compare_exchange_weak(now, now + more, std::memory_order_relaxed));
+  c.reserved_bytes = total_bytes;
+  return true;
+}
+
+void Loop::ReleaseInput(Connection& c) {
+  if (c.reserved_bytes == 0) return;
+  counters()->buffered_request_bytes.fetch_sub(c.reserved_bytes, std::memory_order_relaxed);
+  c.reserved_bytes = 0;
+}
+
+void Loop::Flush(Connection& c) {
+  if (c.closed || c.in_flight_bytes > 0 || c.out.empty()) return;
+  uv_buf_t buf = uv_buf_init(c.out.data(), static_cast<unsigned int>(c.out.size()));
+  const int written = uv_try_write(c.stream(), &buf, 1);
+  if (written < 0 && written != UV_EAGAIN) {
+    Log(Level::kDebug, "connection %d: write error %s", c.id, UvError(written));
+    c.out.clear();
+    c.closing = true;
+    FinishIfDone(c);
+    return;
+  }
+  if (written > 0) c.out.erase(0, static_cast<size_t>(written));
+  if (c.out.empty()) return;
+  // The socket is full: hand the rest to libuv, which owns it until written.
+  struct WriteRequest {
+    uv_write_t request;
+    std::string data;
+  };
+  auto* write = new WriteRequest;
+  write->data.swap(c.out);
+  write->request.data = &c;
+  c.in_flight_bytes = write->data.size();
+  uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
+  const int rc =
+      uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {
+        auto* write = reinterpret_cast<WriteRequest*>(request);
+        Connection& conn = *static_cast<Connection*>(request->data);
+        delete write;
+        conn.loop->OnWritten(conn, status);
+      });
+  if (rc != 0) {
+    // No callback will come: release the buffer and give the connection up.
+    delete write;
+    c.in_flight_bytes = 0;
+    c.closing = true;
+    FinishIfDone(c);
+  }
+}
+
+void Loop::OnWritten(Connection& c, int status) {
+  c.in_flight_bytes = 0;
+  if (status < 0) {
+    c.out.clear();
+    c.closing = true;
+  } else {
+    Flush(c);
+  }
+  ApplyBackpressure(c);
+  FinishIfDone(c);
+}
+
+void Loop::ApplyBackpressure(Connection& c) {
+  const size_t limit = config_.max_output_bytes;
+  if (c.reading && c.owed_bytes() > limit) {
+    StopReading(c);
+  } else if (!c.closing && c.owed_bytes() <= limit / 2) {
+    ProtocolSession& session = *c.session;
+    // Requests held back by the limit are answered first, for as long as the
+    // socket takes the answers at once and whole requests are waiting.
+    while (!c.closing && c.owed_bytes() <= limit / 2) {
+      const size_t buffered = session.buffered_input();
+      if (buffered < session.min_request_bytes()) break;
+      session.ProcessInput();
+      Flush(c);
+      if (session.buffered_input() == buffered) break;  // only part of a request is here
+    }
+    if (!c.reading && !c.closing && !c.eof && c.owed_bytes() <= limit && session.WantsInput()) {
+      StartReading(c);
+    }
+    CloseAfterEofIfDone(c);
+  }
+}
+
+void Loop::CloseAfterEofIfDone(Connection& c) {
+  if (!c.eof || c.closing) return;
+  const bool held_back = c.owed_bytes() > config_.max_output_bytes || c.session->HoldsBackInput();
+  if (!held_back) c.closing = true;
+}
+
+void Loop::FinishIfDone(Connection& c) {
+  if (!c.closing || c.closed) return;
+  if (c.pending > 0 || c.in_flight_bytes > 0) return;
+  if (!c.out.empty()) {
+    Flush(c);
+    if (!c.out.empty() || c.in_flight_bytes > 0) return;
+  }
+  Close(c);
+}
+
+void Loop::Close(Connection& c) {
+  if (c.closed) return;
+  c.closed = true;
+  StopReading(c);
+  c.session->OnClose();
+  Unsubscribe(c);
+  ReleaseInput(c);
+  connections_.erase(c.id);
+  counters()->connections.fetch_sub(1, std::memory_order_relaxed);
+  if (c.http) counters()->http_connections.fetch_sub(1, std::memory_order_relaxed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c.handle), [](uv_handle_t* handle) {
+    Connection* conn = &ConnectionOf(handle);
+    Loop* loop = conn->loop;
+    delete conn;
+    loop->MaybeFinishShutdown();
+  });
+}
+
+void Loop::RecheckSessions() {
+  std::vector<Connection*> open;
+  for (auto& [id, c] : connections_) {
+    if (!c->closing) open.push_back(c);
+  }
+  for (Connection* c : open) {
+    if (c->session->CredentialsHold()) continue;
+    Flush(*c);
+    FinishIfDone(*c);
+  }
+}
+
+void Loop::CloseIdleConnections() {
+  // Expiry is noticed here for sessions that make no requests (watchers).
+  RecheckSessions();
+  const int64_t now = now_ms();
+  std::vector<Connection*> timed_out;
+  std::vector<Connection*> idle;
+  for (auto& [id, c] : connections_) {
+    if (c->closing) continue;
+    switch (c->session->CheckExpiry(now)) {
+      case ProtocolSession::Expiry::kNone:
+        break;
+      case ProtocolSession::Expiry::kTimedOut:
+        timed_out.push_back(c);
+        break;
+      case ProtocolSession::Expiry::kIdle:
+        idle.push_back(c);
+        break;
+    }
+  }
+  for (Connection* c : timed_out) {
+    c->session->Expire();
+    Flush(*c);
+    FinishIfDone(*c);
+  }
+  for (Connection* c : idle) Close(*c);
+}
+
+// ---- Engine events --------------------------------------------------------------
+
+void Loop::Subscribe(Connection& c) {
+  if (subscribers_.insert(&c).second) {
+    subscriber_count_.fetch_add(1, std::memory_order_relaxed);
+  }
+  uv_async_send(&events_async_);
+}
+
+void Loop::Unsubscribe(Connection& c) {
+  if (subscribers_.erase(&c) > 0) subscriber_count_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Loop::PumpEvents() {
+  engine::Engine* engine = service_->engine();
+  EventsPass pass;
+  // Read once per pass, not once per subscriber.
+  pass.last_sequences.resize(engine->ShardCount());
+  for (uint32_t shard = 0; shard < pass.last_sequences.size(); ++shard) {
+    pass.last_sequences[shard] = engine->LastSequence(shard);
+  }
+  std::vector<Connection*> connections;
+  for (Connection* c : subscribers_) {
+    if (!c->closing) connections.push_back(c);
+  }
+  for (Connection* c : connections) {
+    if (!c->session->OnEvents(pass)) {
+      Flush(*c);
+      FinishIfDone(*c);
+      continue;
+    }
+    Flush(*c);
+    ApplyBackpressure(*c);
+  }
+  // Yield to other work between batches; come back for the rest.
+  if (pass.more) uv_async_send(&events_async_);
+}
+
+// ---- Shutdown -------------------------------------------------------------------
+
+void Loop::BeginShutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& listener : listeners_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener->handle), nullptr);
+  }
+  std::vector<Connection*> connections;
+  for (auto& [id, c] : connections_) connections.push_back(c);
+  for (Connection* c : connections) {
+    // Requests already read are answered; nothing new is read.
+    StopReading(*c);
+    c->closing = true;
+    FinishIfDone(*c);
+  }
+  const uint64_t grace_ms = static_cast<uint64_t>(absl::ToInt64Milliseconds(config_.shutdown_grace));
+  uv_timer_start(
+      &shutdown_timer_,
+      [](uv_timer_t* timer) {
+        Loop& loop = Of(reinterpret_cast<uv_handle_t*>(timer));
+        std::vector<Connection*> left;
+        for (auto& [id, c] : loop.connections_) left.push_back(c);
+        if (!left.empty()) {
+          Log(Level::kWarning, "closing %d connections that did not finish in time",
+              static_cast<int>(left.size()));
+        }
+        for (Connection* c : left) {
+          c->pending = 0;
+          c->out.clear();
+          loop.Close(*c);
+        }
+        loop.MaybeFinishShutdown();
+      },
+      grace_ms, 0);
+  MaybeFinishShutdown();
+}
+
+void Loop::MaybeFinishShutdown() {
+  if (!stopping_ || handles_closed_ || !connections_.empty()) return;
+  handles_closed_ = true;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    handles_closing_ = true;
+  }
+  if (config_.loop_ending) config_.loop_ending();
+  uv_close(reinterpret_cast<uv_handle_t*>(&tasks_async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&events_async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&idle_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_prepare_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_check_), nullptr);
+}
+
+}  // namespace logkv::server::net

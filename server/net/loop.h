@@ -1,0 +1,169 @@
+// The network layer's transport: one libuv loop on its own thread, with its
+// listeners (SO_REUSEPORT, so every loop listens on the same ports and the
+// kernel spreads connections over them) and the connections they accepted.
+// It owns what is the same whatever a connection speaks: accepting, reading
+// into the session's buffer, writing answers (at once when the socket takes
+// them, else through libuv), backpressure on both, the server-wide budget of
+// bytes for requests still arriving, the idle timer, wake-ups from other
+// threads and the shutdown with its grace period. What the bytes mean is the
+// business of each connection's ProtocolSession: the listener that accepted
+// it decides which (net/binary_session.h, net/http_session.h).
+//
+// Thread-safety: Post and WakeSubscribers from any thread; Init before Run
+// on the owner's thread; everything else on the loop's thread (libuv's
+// rule), which crosses threads only through uv_async_send plus a
+// mutex-guarded queue.
+#ifndef LOGKV_SERVER_NET_LOOP_H_
+#define LOGKV_SERVER_NET_LOOP_H_
+
+#include <netinet/in.h>
+#include <uv.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "server/net/connection.h"
+#include "server/server.h"
+#include "server/service.h"
+
+namespace logkv::server::net {
+
+class HttpAnswers;
+class WatchQuota;
+
+class Loop {
+ public:
+  // config, service and watch_quota must outlive the Loop.
+  Loop(const ServerConfig& config, Service* service, WatchQuota* watch_quota, int index);
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+  ~Loop();
+
+  // On the owner's thread, before Run: binds the binary protocol's listener
+  // at address and one HTTP listener at each of http_addresses.
+  absl::Status Init(const sockaddr_in& address, const std::vector<sockaddr_in>& http_addresses);
+  void Run();
+  // The port a listener is bound to: -1 the binary one, else that HTTP one.
+  int BoundPort(int http_index = -1);
+
+  // Any thread: run task on this loop's thread.
+  void Post(std::function<void(Loop&)> task);
+  // Any thread: engine events were appended; wake the subscribers.
+  void WakeSubscribers() {
+    if (subscriber_count_.load(std::memory_order_relaxed) == 0) return;
+    absl::MutexLock lock(&tasks_mu_);
+    if (!handles_closing_) uv_async_send(&events_async_);
+  }
+  // Stops accepting, answers what was read, closes (bounded by shutdown_grace).
+  void BeginShutdown();
+  // Every connection's session checks its credentials now.
+  void RecheckSessions();
+
+  // ---- For the protocol sessions (loop thread) ----
+
+  const ServerConfig& config() const { return config_; }
+  Service* service() const { return service_; }
+  ServerCounters* counters() const { return service_->counters(); }
+  int64_t now_ms() const { return static_cast<int64_t>(uv_now(&loop_)); }
+  bool stopping() const { return stopping_; }
+  bool on_loop_thread() const { return std::this_thread::get_id() == thread_id_; }
+  // The open connection with that id, null once it is gone.
+  Connection* Find(uint64_t connection_id) {
+    auto it = connections_.find(connection_id);
+    return it == connections_.end() ? nullptr : it->second;
+  }
+
+  void StopReading(Connection& c);
+  // Hands c's output to the socket (what it does not take, to libuv).
+  void Flush(Connection& c);
+  // Stops reading c while its unsent answers pass max_output_bytes; once they
+  // drain below half, answers the requests held back and reads again.
+  void ApplyBackpressure(Connection& c);
+  // Closes c if it is closing and everything owed to it is written.
+  void FinishIfDone(Connection& c);
+  // Answers were appended to c's output outside a read (a deferred answer):
+  // send them, then as after a read.
+  void Answered(Connection& c) {
+    Flush(c);
+    ApplyBackpressure(c);
+    FinishIfDone(c);
+  }
+  // Reserves server-wide buffer space so that c's request now arriving
+  // holds total_bytes; false when that would pass max_buffered_bytes.
+  bool ReserveInput(Connection& c, size_t total_bytes);
+  void ReleaseInput(Connection& c);
+
+  // c's session is woken (ProtocolSession::OnEvents) on engine events until
+  // Unsubscribe or its close; a pass is scheduled at once, to catch up.
+  void Subscribe(Connection& c);
+  void Unsubscribe(Connection& c);
+
+ private:
+  struct Listener {
+    uv_tcp_t handle;  // handle.data points here
+    Loop* loop;
+    bool http;
+  };
+  static Loop& Of(uv_handle_t* handle) { return *static_cast<Loop*>(handle->data); }
+  static Connection& ConnectionOf(uv_handle_t* handle) {
+    return *static_cast<Connection*>(handle->data);
+  }
+
+  void OnConnection(Listener& listener, int status);
+  void StartReading(Connection& c);
+  void OnRead(Connection& c, ssize_t nread);
+  void OnWritten(Connection& c, int status);
+  // After a half-close: closing once no complete request waits in the input
+  // any more (only the output limits can hold one back).
+  void CloseAfterEofIfDone(Connection& c);
+  void Close(Connection& c);
+  void CloseIdleConnections();
+  void PumpEvents();
+  void DrainTasks();
+  void MaybeFinishShutdown();
+
+  const ServerConfig& config_;
+  Service* const service_;
+  WatchQuota* const watch_quota_;
+  const int index_;
+  uv_loop_t loop_;
+  // The binary protocol's first, then the HTTP ones in order.
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  // Where the HTTP connections' Responders answer; null without HTTP.
+  std::unique_ptr<HttpAnswers> http_answers_;
+  std::thread::id thread_id_;
+  uv_async_t tasks_async_;
+  uv_async_t events_async_;
+  uv_timer_t shutdown_timer_;
+  uv_timer_t idle_timer_;  // closes idle and slow connections
+  // Run ServerConfig::loop_turn before the loop blocks and after I/O.
+  uv_prepare_t turn_prepare_;
+  uv_check_t turn_check_;
+
+  absl::Mutex tasks_mu_;
+  std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+  bool handles_closing_ ABSL_GUARDED_BY(tasks_mu_) = false;
+
+  // Loop-thread state.
+  absl::flat_hash_map<uint64_t, Connection*> connections_;
+  uint64_t next_connection_id_ = 1;
+  bool stopping_ = false;
+  bool handles_closed_ = false;
+  // Connections woken on engine events (those with watches).
+  absl::flat_hash_set<Connection*> subscribers_;
+  std::atomic<int> subscriber_count_{0};
+};
+
+}  // namespace logkv::server::net
+
+#endif  // LOGKV_SERVER_NET_LOOP_H_
