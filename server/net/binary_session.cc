@@ -389,16 +389,22 @@ void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
   // Acknowledge with an empty batch, so the client knows events from now on
   // will reach it; then catch up from the resume points.
   builder_.Clear();
-  auto events = builder_.CreateVector(std::vector<flatbuffers::Offset<p::Event>>{});
+  AppendWatchEvents(request_id,
+                    builder_.CreateVector(std::vector<flatbuffers::Offset<p::Event>>{}));
+  watches_.emplace(request_id, std::move(w));
+  loop().Subscribe(connection());
+}
+
+void BinarySession::AppendWatchEvents(
+    uint64_t watch_id,
+    flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<p::Event>>> events) {
   auto batch = p::CreateWatchEvents(builder_, events);
   p::ResponseBuilder response(builder_);
-  response.add_request_id(request_id);
+  response.add_request_id(watch_id);
   response.add_result_type(p::Result::WatchEvents);
   response.add_result(batch.Union());
   builder_.FinishSizePrefixed(response.Finish());
   Append(p::FrameOf(builder_));
-  watches_.emplace(request_id, std::move(w));
-  loop().Subscribe(connection());
 }
 
 void BinarySession::RemoveWatch(uint64_t watch_request_id, const absl::Status& final_status) {
@@ -463,14 +469,7 @@ bool BinarySession::OnEvents(EventsPass& pass) {
             value, event.meta.version, event.meta.timestamp));
       }
       if (matching.empty()) continue;
-      auto vector = builder_.CreateVector(matching);
-      auto batch = p::CreateWatchEvents(builder_, vector);
-      p::ResponseBuilder response(builder_);
-      response.add_request_id(watch_id);
-      response.add_result_type(p::Result::WatchEvents);
-      response.add_result(batch.Union());
-      builder_.FinishSizePrefixed(response.Finish());
-      Append(p::FrameOf(builder_));
+      AppendWatchEvents(watch_id, builder_.CreateVector(matching));
     }
   }
   for (const auto& [request_id, status] : ended) RemoveWatch(request_id, status);

@@ -101,6 +101,11 @@ class BinarySession final : public ProtocolSession {
   void AppendStatus(uint64_t request_id, const absl::Status& status);
 
   void AddWatch(uint64_t request_id, const protocol::Watch& watch);
+  // Finishes in builder_ the WatchEvents answer of watch_id around events
+  // (built in builder_ since its Clear), and appends it.
+  void AppendWatchEvents(
+      uint64_t watch_id,
+      flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<protocol::Event>>> events);
   void RemoveWatch(uint64_t watch_request_id, const absl::Status& final_status);
   // Every watch ends with final_status.
   void RemoveAllWatches(const absl::Status& final_status);
