@@ -129,9 +129,9 @@ absl::Status Shard::Compact(bool force) {
   };
 
   // Copies a record into the current output segment (a new one when it is
-  // full). Called with mu_ held.
-  auto append_output = [&](absl::string_view raw,
-                           const LogRecord& copy) -> absl::StatusOr<RecordLocation> {
+  // full).
+  auto append_output = [&](absl::string_view raw, const LogRecord& copy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::StatusOr<RecordLocation> {
     if (outputs.empty() || outputs.back()->remaining() < raw.size()) {
       const uint32_t output_id = next_segment_id_;
       auto output = NewSegment(

@@ -59,7 +59,7 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   const bool keep_history = options_.versions_kept > 1;
   // Remembers a record that is not (or no longer) the key's newest.
   auto retire = [&](uint32_t entry_id, uint64_t sequence, bool tombstone,
-                    const HistoryItem& item) {
+                    const HistoryItem& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (keep_history && !tombstone) {
       state->older_puts[entry_id].emplace_back(sequence, item);
     } else {
@@ -165,6 +165,7 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
     absl::Status status = ReadHintFile(
         context_.fs, hint_path, segment->id(), segment->size(),
         [&](const LogRecord& record, uint32_t offset, uint32_t record_bytes) {
+          mu_.AssertHeld();  // ReadHintFile calls back before it returns
           ApplyRecovered(record, RecordLocation{segment->id(), offset, record_bytes},
                          segment.get(), state);
         });
@@ -216,6 +217,7 @@ void Shard::FinishRecovery(RecoveryState* state) {
   });
   for (const uint32_t id : forgotten) index_.Remove(id);
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+    mu_.AssertHeld();  // ForEach calls back before it returns
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
     KeyCounts& counts = CountsOf(entry.key());
     if (entry.present()) ++counts.live_keys;

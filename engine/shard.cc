@@ -714,6 +714,7 @@ void Shard::AddStats(Stats* stats) {
 void Shard::AddPrefixStats(absl::string_view prefix, Engine::PrefixStats* stats) {
   absl::ReaderMutexLock lock(&mu_);
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+    mu_.AssertReaderHeld();  // ForEach calls back before it returns
     if (!entry.present() || entry.key().substr(0, prefix.size()) != prefix) return;
     ++stats->keys;
     ++stats->versions;

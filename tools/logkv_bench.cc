@@ -969,7 +969,13 @@ void PrintProgress(const Config& config, Workload workload, uint64_t done, doubl
   }
   // On a terminal the line rewrites itself, as redis-benchmark's does; in a
   // log each second gets its own line.
-  absl::FPrintF(stderr, terminal ? "\r%-78s" : "%s\n", line);
+  // Two calls, not one with a chosen format: with clang, absl::FPrintF takes
+  // only a constant format string (it checks it at compile time).
+  if (terminal) {
+    absl::FPrintF(stderr, "\r%-78s", line);
+  } else {
+    absl::FPrintF(stderr, "%s\n", line);
+  }
   fflush(stderr);
 }
 

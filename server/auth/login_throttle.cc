@@ -63,7 +63,7 @@ void LoginThrottle::RecordFailure(absl::string_view account, absl::string_view a
                                   int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   if (entries_.size() + 2 > config_.max_tracked) EvictLocked(now_ms);
-  auto note = [&](std::string key) {
+  auto note = [&](std::string key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Entry& entry = entries_[std::move(key)];
     if (now_ms - entry.last_failure_ms >= config_.forget_after_ms) entry.failures = 0;
     ++entry.failures;
