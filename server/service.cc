@@ -535,14 +535,30 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
   // durable (at once unless --fsync=always).
   struct Gather {
     absl::Mutex mu;
-    std::vector<absl::StatusOr<engine::WriteResult>> results;
-    size_t remaining;
+    std::vector<absl::StatusOr<engine::WriteResult>> results ABSL_GUARDED_BY(mu);
+    size_t remaining ABSL_GUARDED_BY(mu);
   };
   auto gather = std::make_shared<Gather>();
-  gather->results.assign(items.size(), absl::UnknownError("not applied"));
-  gather->remaining = items.size();
+  {
+    absl::MutexLock lock(&gather->mu);
+    gather->results.assign(items.size(), absl::UnknownError("not applied"));
+    gather->remaining = items.size();
+  }
   const bool deferred = always_sync_;
   Completion done = deferred ? defer() : Completion();
+  // Whoever records the last result answers (when the answer is deferred).
+  auto record = [gather, done, id](size_t i, absl::StatusOr<engine::WriteResult> result) {
+    std::vector<absl::StatusOr<engine::WriteResult>> results;
+    {
+      absl::MutexLock lock(&gather->mu);
+      gather->results[i] = std::move(result);
+      if (--gather->remaining != 0 || !done) return;
+      results = std::move(gather->results);
+    }
+    flatbuffers::FlatBufferBuilder builder(1024);
+    BuildBatchResponse(&builder, id, results);
+    done(FrameCopy(builder));
+  };
   for (size_t i = 0; i < items.size(); ++i) {
     const p::BatchItem* item = items.Get(i);
     engine::WriteOptions options;
@@ -550,40 +566,21 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     std::string scratch;
     absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(item->key()), &scratch);
     if (!key.ok()) {
-      // Refused before the engine: whoever counts the last item answers.
-      bool last;
-      {
-        absl::MutexLock lock(&gather->mu);
-        gather->results[i] = key.status();
-        last = --gather->remaining == 0;
-      }
-      if (last && done) {
-        flatbuffers::FlatBufferBuilder builder(1024);
-        BuildBatchResponse(&builder, id, gather->results);
-        done(FrameCopy(builder));
-      }
+      record(i, key.status());  // refused before the engine
       continue;
     }
-    auto record = [gather, i, done, id](absl::StatusOr<engine::WriteResult> result) {
-      bool last;
-      {
-        absl::MutexLock lock(&gather->mu);
-        gather->results[i] = std::move(result);
-        last = --gather->remaining == 0;
-      }
-      if (last && done) {
-        flatbuffers::FlatBufferBuilder builder(1024);
-        BuildBatchResponse(&builder, id, gather->results);
-        done(FrameCopy(builder));
-      }
+    auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
+      record(i, std::move(result));
     };
     if (item->delete_()) {
-      engine_->DeleteAsync(*key, options, record);
+      engine_->DeleteAsync(*key, options, write_done);
     } else {
-      engine_->PutAsync(*key, p::View(item->value()), options, record);
+      engine_->PutAsync(*key, p::View(item->value()), options, write_done);
     }
   }
   if (deferred) return Outcome::kDeferred;
+  // Not deferred: the engine called every write's callback before returning.
+  absl::MutexLock lock(&gather->mu);
   BuildBatchResponse(b, id, gather->results);
   return Outcome::kAnswered;
 }

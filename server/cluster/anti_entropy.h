@@ -188,10 +188,11 @@ class AntiEntropy {
   absl::Status Pull(Round* round, absl::Span<const std::string> keys);
   // Sends one request and waits for its verified answer (whose status is Ok);
   // counts and rate-limits the bytes.
-  absl::StatusOr<std::string> Call(Round* round, std::string request_frame);
+  absl::StatusOr<std::string> Call(Round* round, std::string request_frame)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Sleeps as long as the token bucket asks for bytes; false when stopping.
-  bool Throttle(uint64_t bytes);
-  void Account(const AntiEntropyFigures& round);
+  bool Throttle(uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  void Account(const AntiEntropyFigures& round) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Constant after construction.
   engine::Engine* const engine_;
@@ -213,7 +214,7 @@ class AntiEntropy {
   std::atomic<bool> caught_up_{false};
 
   // Held for the length of a round: rounds take turns.
-  absl::Mutex round_mu_;
+  absl::Mutex round_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   mutable absl::Mutex mu_;
   // A ring change since the pass in progress started.

@@ -156,8 +156,9 @@ class HintedHandoff {
   };
 
   // Sends one batch of target's oldest hints; true when it was delivered.
-  bool DeliverBatch(const std::string& target, const SendFunction& send, size_t* delivered);
-  void DropAll(const std::string& target);
+  bool DeliverBatch(const std::string& target, const SendFunction& send, size_t* delivered)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void DropAll(const std::string& target) ABSL_LOCKS_EXCLUDED(mu_);
   // overflow: dropped for the bounds (warned about, rate-limited).
   void DropOldest(const std::string& target_id, Target* target, bool overflow)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

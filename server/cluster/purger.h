@@ -141,12 +141,13 @@ class Purger {
   // forgets nothing and returns false.
   bool Settle(std::vector<Candidate>* candidates, const std::shared_ptr<const Ring>& ring,
               absl::Time start, PurgerFigures* figures);
-  bool RingUnchangedSince(const std::shared_ptr<const Ring>& ring, absl::Time start) const;
+  bool RingUnchangedSince(const std::shared_ptr<const Ring>& ring, absl::Time start) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // One meta-only ReadRecords to address; the records in key order.
   absl::StatusOr<std::vector<VersionedRecord>> ReadMeta(const std::string& address,
                                                         const std::vector<std::string>& keys,
                                                         PurgerFigures* figures);
-  bool stopping() const;
+  bool stopping() const ABSL_LOCKS_EXCLUDED(mu_);
 
   engine::Engine* const engine_;
   const PeerSendFunction send_;
@@ -160,7 +161,7 @@ class Purger {
   Gauge* waiting_gauge_ = nullptr;
   Gauge* last_sweep_gauge_ = nullptr;
 
-  absl::Mutex sweep_mu_;  // held for the length of a sweep
+  absl::Mutex sweep_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // held for the length of a sweep
   bool saw_peers_ ABSL_GUARDED_BY(sweep_mu_) = false;  // a ring of more than this node
 
   mutable absl::Mutex mu_;
