@@ -12,7 +12,8 @@ packages=(
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
   # Unicode normalisation of account names (NFKC_Casefold)
   libicu-dev
-  # tests and benchmarks; clang and its runtime for the libFuzzer targets
+  # tests and benchmarks; clang for the thread-safety check
+  # (tools/check-thread-safety.sh) and, with its runtime, the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
   # side-by-side comparisons in bench/
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk nginx-light

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian machine: installs dependencies, builds, and
 # runs every test.
-#   tools/test.sh             the whole suite (build/), plus a small run of the benchmark
+#   tools/test.sh             the whole suite (build/), plus a small run of the benchmark,
+#                             after clang's check of the thread-safety annotations
+#                             (tools/check-thread-safety.sh)
 #   tools/test.sh --sanitize  every suite under AddressSanitizer and UBSan (build-sanitize/), but
 #                             the benchmark smoke run and the install check (a consumer built
 #                             without the sanitizers cannot link the sanitized library)
@@ -16,6 +18,7 @@ mode=${1:-all}
 case "$mode" in
   all)
     "$root/tools/build.sh" "$root/build"
+    "$root/tools/check-thread-safety.sh" "$root/build"
     cd "$root/build"
     ctest --output-on-failure -j 2 --timeout 900
     ;;
