@@ -699,6 +699,8 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
   }
   {
     absl::MutexLock lock(&pending->mu);
+    // Await evaluates the condition with pending->mu held, possibly on the
+    // thread that releases it: the analysis cannot see that lock.
     pending->mu.Await(absl::Condition(
         +[](Pending* p) ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->remaining == 0; },
         pending.get()));
