@@ -12,6 +12,8 @@ packages=(
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
   # Unicode normalisation of account names (NFKC_Casefold)
   libicu-dev
+  # Raft consensus for the control plane (server/control/)
+  libraft-dev
   # tests and benchmarks; clang for the thread-safety check
   # (tools/check-thread-safety.sh) and, with its runtime, the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers

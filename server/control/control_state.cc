@@ -1,0 +1,537 @@
+#include "server/control/control_state.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "flatbuffers/flatbuffers.h"
+#include "server/control/control_generated.h"
+
+namespace logkv::server::control {
+
+namespace {
+
+constexpr uint32_t kSnapshotFormatVersion = 1;
+
+// FlatBuffers reads scalars in place and the verifier refuses misaligned
+// ones, but Raft hands over log entries and snapshots at whatever address
+// they were read to: copy them into 8-byte-aligned storage first (commands
+// and snapshots are small, and bounded before this).
+class AlignedBytes {
+ public:
+  explicit AlignedBytes(absl::string_view bytes)
+      : storage_((bytes.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t)), size_(bytes.size()) {
+    if (size_ > 0) std::memcpy(storage_.data(), bytes.data(), size_);
+  }
+  const uint8_t* data() const { return reinterpret_cast<const uint8_t*>(storage_.data()); }
+  size_t size() const { return size_; }
+
+ private:
+  std::vector<uint64_t> storage_;
+  size_t size_;
+};
+
+flatbuffers::Verifier::Options VerifierOptions(size_t bytes) {
+  flatbuffers::Verifier::Options options;
+  options.max_depth = 8;
+  // Bounds the verifier's work: no buffer can hold more tables than bytes / 4.
+  options.max_tables = std::max<size_t>(16, bytes / 4);
+  options.check_alignment = true;
+  return options;
+}
+
+std::string Finish(flatbuffers::FlatBufferBuilder& builder) {
+  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
+}
+
+std::string Quoted(absl::string_view text) { return absl::StrCat("\"", absl::CHexEscape(text), "\""); }
+
+absl::string_view View(const flatbuffers::String* s) {
+  return s == nullptr ? absl::string_view() : absl::string_view(s->data(), s->size());
+}
+
+// Node ids and addresses are printable ASCII without spaces: they appear in
+// ring positions, URLs, logs and JSON.
+bool Printable(absl::string_view text) {
+  return std::all_of(text.begin(), text.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+absl::Status CheckNodeId(absl::string_view node_id) {
+  if (node_id.empty()) return absl::InvalidArgumentError("node id is empty");
+  if (node_id.size() > kMaxNodeIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node id of ", node_id.size(), " bytes is over the limit of ", kMaxNodeIdBytes));
+  }
+  if (!Printable(node_id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node id ", Quoted(node_id), " is not printable ASCII without spaces"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAddress(absl::string_view what, absl::string_view address, bool may_be_empty) {
+  if (address.empty()) {
+    if (may_be_empty) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
+  }
+  if (address.size() > kMaxAddressBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " of ", address.size(),
+                                                   " bytes is over the limit of ", kMaxAddressBytes));
+  }
+  if (!Printable(address)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " ", Quoted(address), " is not printable ASCII without spaces"));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<Role> RoleOf(fb::Role role) {
+  switch (role) {
+    case fb::Role::Voter:
+      return Role::kVoter;
+    case fb::Role::Standby:
+      return Role::kStandby;
+    case fb::Role::Spare:
+      return Role::kSpare;
+  }
+  return std::nullopt;
+}
+
+std::optional<MemberState> StateOf(fb::MemberState state) {
+  switch (state) {
+    case fb::MemberState::Joining:
+      return MemberState::kJoining;
+    case fb::MemberState::Active:
+      return MemberState::kActive;
+    case fb::MemberState::Leaving:
+      return MemberState::kLeaving;
+    case fb::MemberState::Removed:
+      return MemberState::kRemoved;
+  }
+  return std::nullopt;
+}
+
+absl::Status CheckReplicasRange(uint32_t replicas) {
+  if (replicas < 1 || replicas > kMaxReplicas) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicas ", replicas, " is not in [1, ", kMaxReplicas, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckVnodesRange(uint32_t vnodes) {
+  if (vnodes < 1 || vnodes > kMaxVnodesPerMember) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vnodes per member ", vnodes, " is not in [1, ", kMaxVnodesPerMember, "]"));
+  }
+  return absl::OkStatus();
+}
+
+// What a member asks for, checked alone (not against the others).
+absl::Status CheckMemberFields(const Member& member) {
+  if (member.raft_id == 0) return absl::InvalidArgumentError("raft id 0 is reserved");
+  if (absl::Status s = CheckNodeId(member.node_id); !s.ok()) return s;
+  if (absl::Status s = CheckAddress("binary address", member.binary_address, false); !s.ok()) {
+    return s;
+  }
+  return CheckAddress("http address", member.http_address, true);
+}
+
+// The one invariant between N and the members: the active members can hold
+// N replicas (N = 1 always can, an empty cluster included).
+bool CanHold(uint32_t replicas, size_t active) { return replicas == 1 || replicas <= active; }
+
+std::string EncodeCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
+                          flatbuffers::Offset<void> body, const CommandOptions& options) {
+  fb::CommandBuilder command(builder);
+  command.add_body_type(type);
+  command.add_body(body);
+  if (options.if_epoch.has_value()) command.add_if_epoch(*options.if_epoch);
+  builder.Finish(command.Finish(), fb::CommandIdentifier());
+  return Finish(builder);
+}
+
+std::string EncodeNodeIdCommand(absl::string_view node_id, fb::CommandBody type,
+                                const CommandOptions& options) {
+  flatbuffers::FlatBufferBuilder builder(128);
+  auto id = builder.CreateString(node_id.data(), node_id.size());
+  flatbuffers::Offset<void> body;
+  switch (type) {
+    case fb::CommandBody::ActivateMember:
+      body = fb::CreateActivateMember(builder, id).Union();
+      break;
+    case fb::CommandBody::BeginLeave:
+      body = fb::CreateBeginLeave(builder, id).Union();
+      break;
+    default:
+      body = fb::CreateRemoveMember(builder, id).Union();
+      break;
+  }
+  return EncodeCommand(builder, type, body, options);
+}
+
+// The commands, on a state already locked. Each checks everything before it
+// changes anything, so a refused command leaves the state as it was.
+
+absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMember& add) {
+  Member member;
+  member.raft_id = add.raft_id();
+  member.node_id = std::string(View(add.node_id()));
+  member.binary_address = std::string(View(add.binary_address()));
+  member.http_address = std::string(View(add.http_address()));
+  std::optional<Role> role = RoleOf(add.role());
+  if (!role.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown role ", static_cast<int>(add.role())));
+  }
+  member.role = *role;
+  if (absl::Status s = CheckMemberFields(member); !s.ok()) return s;
+  if (config.members.size() >= kMaxMembers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the cluster has the most members it may have (", kMaxMembers,
+                     ", removed ones included)"));
+  }
+  for (const auto& [id, other] : config.members) {
+    if (id == member.node_id) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "node id ", Quoted(id), " is taken (", MemberStateName(other.state), ")"));
+    }
+    if (other.raft_id == member.raft_id) {
+      return absl::AlreadyExistsError(absl::StrCat("raft id ", member.raft_id, " is taken by ",
+                                                   Quoted(id), " (",
+                                                   MemberStateName(other.state), ")"));
+    }
+    if (other.state == MemberState::kRemoved) continue;  // its addresses are free again
+    for (const std::string* address : {&member.binary_address, &member.http_address}) {
+      if (address->empty()) continue;
+      if (*address == other.binary_address || *address == other.http_address) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
+      }
+    }
+  }
+  if (member.binary_address == member.http_address) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("binary and http address are both ", Quoted(member.binary_address)));
+  }
+  member.state = MemberState::kJoining;
+  member.since_epoch = ++config.epoch;
+  config.members.emplace(member.node_id, std::move(member));
+  return config.epoch;
+}
+
+// The member named by a command, which must be in state `from`.
+absl::StatusOr<Member*> MemberIn(ClusterConfig& config, const flatbuffers::String* node_id,
+                                 std::initializer_list<MemberState> from, absl::string_view verb) {
+  absl::string_view id = View(node_id);
+  if (absl::Status s = CheckNodeId(id); !s.ok()) return s;
+  auto it = config.members.find(std::string(id));
+  if (it == config.members.end()) {
+    return absl::NotFoundError(absl::StrCat("no member ", Quoted(id)));
+  }
+  Member& member = it->second;
+  if (std::find(from.begin(), from.end(), member.state) == from.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot ", verb, " ", Quoted(id), ": it is ",
+                                                      MemberStateName(member.state)));
+  }
+  return &member;
+}
+
+uint64_t Transition(ClusterConfig& config, Member& member, MemberState to) {
+  member.state = to;
+  member.since_epoch = ++config.epoch;
+  return config.epoch;
+}
+
+absl::StatusOr<uint64_t> ApplyActivate(ClusterConfig& config, const fb::ActivateMember& cmd) {
+  absl::StatusOr<Member*> member =
+      MemberIn(config, cmd.node_id(), {MemberState::kJoining}, "activate");
+  if (!member.ok()) return member.status();
+  return Transition(config, **member, MemberState::kActive);
+}
+
+absl::StatusOr<uint64_t> ApplyBeginLeave(ClusterConfig& config, const fb::BeginLeave& cmd) {
+  absl::StatusOr<Member*> member =
+      MemberIn(config, cmd.node_id(), {MemberState::kActive}, "begin the leave of");
+  if (!member.ok()) return member.status();
+  size_t active_after = config.CountInState(MemberState::kActive) - 1;
+  if (active_after == 0 || !CanHold(config.replicas, active_after)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot begin the leave of ", Quoted((*member)->node_id), ": ", active_after,
+        " active members would remain for ", config.replicas, " replicas"));
+  }
+  return Transition(config, **member, MemberState::kLeaving);
+}
+
+absl::StatusOr<uint64_t> ApplyRemove(ClusterConfig& config, const fb::RemoveMember& cmd) {
+  absl::StatusOr<Member*> member = MemberIn(
+      config, cmd.node_id(), {MemberState::kJoining, MemberState::kLeaving}, "remove");
+  if (!member.ok()) return member.status();
+  return Transition(config, **member, MemberState::kRemoved);
+}
+
+absl::StatusOr<uint64_t> ApplySetReplicas(ClusterConfig& config, const fb::SetReplicas& cmd) {
+  uint32_t replicas = cmd.replicas();
+  if (absl::Status s = CheckReplicasRange(replicas); !s.ok()) return s;
+  if (replicas == config.replicas) return config.epoch;  // no change, no new epoch
+  size_t active = config.CountInState(MemberState::kActive);
+  if (!CanHold(replicas, active)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("replicas ", replicas, " needs as many active members; there are ", active));
+  }
+  config.replicas = replicas;
+  return ++config.epoch;
+}
+
+absl::StatusOr<uint64_t> ApplySetVnodes(ClusterConfig& config, const fb::SetVnodes& cmd) {
+  uint32_t vnodes = cmd.vnodes_per_member();
+  if (absl::Status s = CheckVnodesRange(vnodes); !s.ok()) return s;
+  if (vnodes == config.vnodes_per_member) return config.epoch;  // no change, no new epoch
+  // Changing it moves nearly every key: only before any data is placed.
+  for (const auto& [id, member] : config.members) {
+    if (member.state == MemberState::kActive || member.state == MemberState::kLeaving) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("vnodes per member can only change before any member is active (",
+                       Quoted(id), " is ", MemberStateName(member.state), ")"));
+    }
+  }
+  config.vnodes_per_member = vnodes;
+  return ++config.epoch;
+}
+
+}  // namespace
+
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kVoter:
+      return "voter";
+    case Role::kStandby:
+      return "standby";
+    case Role::kSpare:
+      return "spare";
+  }
+  return "unknown";
+}
+
+const char* MemberStateName(MemberState state) {
+  switch (state) {
+    case MemberState::kJoining:
+      return "joining";
+    case MemberState::kActive:
+      return "active";
+    case MemberState::kLeaving:
+      return "leaving";
+    case MemberState::kRemoved:
+      return "removed";
+  }
+  return "unknown";
+}
+
+const Member* ClusterConfig::Find(absl::string_view node_id) const {
+  auto it = members.find(std::string(node_id));
+  return it == members.end() ? nullptr : &it->second;
+}
+
+size_t ClusterConfig::CountInState(MemberState state) const {
+  return std::count_if(members.begin(), members.end(),
+                       [state](const auto& entry) { return entry.second.state == state; });
+}
+
+std::string EncodeAddMember(const Member& member, CommandOptions options) {
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto node_id = builder.CreateString(member.node_id);
+  auto binary_address = builder.CreateString(member.binary_address);
+  auto http_address = builder.CreateString(member.http_address);
+  auto body = fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
+                                  static_cast<fb::Role>(member.role));
+  return EncodeCommand(builder, fb::CommandBody::AddMember, body.Union(), options);
+}
+
+std::string EncodeActivateMember(absl::string_view node_id, CommandOptions options) {
+  return EncodeNodeIdCommand(node_id, fb::CommandBody::ActivateMember, options);
+}
+
+std::string EncodeBeginLeave(absl::string_view node_id, CommandOptions options) {
+  return EncodeNodeIdCommand(node_id, fb::CommandBody::BeginLeave, options);
+}
+
+std::string EncodeRemoveMember(absl::string_view node_id, CommandOptions options) {
+  return EncodeNodeIdCommand(node_id, fb::CommandBody::RemoveMember, options);
+}
+
+std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options) {
+  flatbuffers::FlatBufferBuilder builder(64);
+  auto body = fb::CreateSetReplicas(builder, replicas);
+  return EncodeCommand(builder, fb::CommandBody::SetReplicas, body.Union(), options);
+}
+
+std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options) {
+  flatbuffers::FlatBufferBuilder builder(64);
+  auto body = fb::CreateSetVnodes(builder, vnodes_per_member);
+  return EncodeCommand(builder, fb::CommandBody::SetVnodes, body.Union(), options);
+}
+
+absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
+  if (command.size() > kMaxCommandBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("command of ", command.size(),
+                                                   " bytes is over the limit of ", kMaxCommandBytes));
+  }
+  AlignedBytes bytes(command);
+  flatbuffers::Verifier verifier(bytes.data(), bytes.size(), VerifierOptions(bytes.size()));
+  if (!fb::VerifyCommandBuffer(verifier)) {
+    return absl::InvalidArgumentError("malformed command");
+  }
+  const fb::Command* cmd = fb::GetCommand(bytes.data());
+
+  absl::MutexLock lock(&mu_);
+  if (cmd->if_epoch().has_value() && *cmd->if_epoch() != config_.epoch) {
+    return absl::AbortedError(absl::StrCat("the command is for epoch ", *cmd->if_epoch(),
+                                           "; the epoch is ", config_.epoch));
+  }
+  // The verifier accepts a union whose type is set and whose value is
+  // absent (and unknown types, from newer writers): refuse both here.
+  if (cmd->body_type() == fb::CommandBody::NONE || cmd->body() == nullptr) {
+    return absl::InvalidArgumentError("command has no body");
+  }
+  switch (cmd->body_type()) {
+    case fb::CommandBody::AddMember:
+      return ApplyAddMember(config_, *cmd->body_as_AddMember());
+    case fb::CommandBody::ActivateMember:
+      return ApplyActivate(config_, *cmd->body_as_ActivateMember());
+    case fb::CommandBody::BeginLeave:
+      return ApplyBeginLeave(config_, *cmd->body_as_BeginLeave());
+    case fb::CommandBody::RemoveMember:
+      return ApplyRemove(config_, *cmd->body_as_RemoveMember());
+    case fb::CommandBody::SetReplicas:
+      return ApplySetReplicas(config_, *cmd->body_as_SetReplicas());
+    case fb::CommandBody::SetVnodes:
+      return ApplySetVnodes(config_, *cmd->body_as_SetVnodes());
+    case fb::CommandBody::NONE:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown command type ", static_cast<int>(cmd->body_type())));
+}
+
+std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
+  flatbuffers::FlatBufferBuilder builder(256 + 128 * config.members.size());
+  std::vector<flatbuffers::Offset<fb::Member>> members;
+  members.reserve(config.members.size());
+  for (const auto& [id, member] : config.members) {
+    members.push_back(fb::CreateMember(
+        builder, member.raft_id, builder.CreateString(member.node_id),
+        builder.CreateString(member.binary_address), builder.CreateString(member.http_address),
+        static_cast<fb::Role>(member.role), static_cast<fb::MemberState>(member.state),
+        member.since_epoch));
+  }
+  auto vector = builder.CreateVector(members);
+  auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
+                                     config.replicas, config.vnodes_per_member, vector);
+  builder.Finish(snapshot, fb::CommandIdentifier());
+  return Finish(builder);
+}
+
+absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view snapshot) {
+  if (snapshot.size() > kMaxSnapshotBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "snapshot of ", snapshot.size(), " bytes is over the limit of ", kMaxSnapshotBytes));
+  }
+  AlignedBytes bytes(snapshot);
+  flatbuffers::Verifier verifier(bytes.data(), bytes.size(), VerifierOptions(bytes.size()));
+  if (!verifier.VerifyBuffer<fb::Snapshot>(fb::CommandIdentifier())) {
+    return absl::InvalidArgumentError("malformed snapshot");
+  }
+  const fb::Snapshot* root = flatbuffers::GetRoot<fb::Snapshot>(bytes.data());
+  if (root->format_version() != kSnapshotFormatVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot format version ", root->format_version(), " is not ",
+                     kSnapshotFormatVersion));
+  }
+  ClusterConfig config;
+  config.epoch = root->epoch();
+  config.replicas = root->replicas();
+  config.vnodes_per_member = root->vnodes_per_member();
+  if (absl::Status s = CheckReplicasRange(config.replicas); !s.ok()) return s;
+  if (absl::Status s = CheckVnodesRange(config.vnodes_per_member); !s.ok()) return s;
+  if (root->members() != nullptr) {
+    if (root->members()->size() > kMaxMembers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snapshot has ", root->members()->size(), " members, over the limit of ", kMaxMembers));
+    }
+    std::set<uint64_t> raft_ids;
+    std::set<std::string> addresses;  // of members not removed
+    for (const fb::Member* in : *root->members()) {
+      Member member;
+      member.raft_id = in->raft_id();
+      member.node_id = std::string(View(in->node_id()));
+      member.binary_address = std::string(View(in->binary_address()));
+      member.http_address = std::string(View(in->http_address()));
+      std::optional<Role> role = RoleOf(in->role());
+      std::optional<MemberState> state = StateOf(in->state());
+      if (!role.has_value() || !state.has_value()) {
+        return absl::InvalidArgumentError("snapshot has a member of unknown role or state");
+      }
+      member.role = *role;
+      member.state = *state;
+      member.since_epoch = in->since_epoch();
+      if (absl::Status s = CheckMemberFields(member); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot: ", s.message()));
+      }
+      if (member.since_epoch == 0 || member.since_epoch > config.epoch) {
+        return absl::InvalidArgumentError(absl::StrCat("snapshot: member ", Quoted(member.node_id),
+                                                       " changed at epoch ", member.since_epoch,
+                                                       ", not in [1, ", config.epoch, "]"));
+      }
+      if (!config.members.empty() && config.members.rbegin()->first >= member.node_id) {
+        return absl::InvalidArgumentError("snapshot: members are not sorted and distinct");
+      }
+      if (!raft_ids.insert(member.raft_id).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("snapshot: raft id ", member.raft_id, " appears twice"));
+      }
+      if (member.state != MemberState::kRemoved) {
+        for (const std::string* address : {&member.binary_address, &member.http_address}) {
+          if (!address->empty() && !addresses.insert(*address).second) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("snapshot: address ", Quoted(*address), " appears twice"));
+          }
+        }
+      }
+      config.members.emplace_hint(config.members.end(), member.node_id, std::move(member));
+    }
+  }
+  if (!CanHold(config.replicas, config.CountInState(MemberState::kActive))) {
+    return absl::InvalidArgumentError(absl::StrCat("snapshot: replicas ", config.replicas,
+                                                   " with fewer active members"));
+  }
+  return config;
+}
+
+std::string ControlState::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return EncodeSnapshot(config_);
+}
+
+absl::Status ControlState::Restore(absl::string_view snapshot) {
+  absl::StatusOr<ClusterConfig> config = DecodeSnapshot(snapshot);
+  if (!config.ok()) return config.status();
+  absl::MutexLock lock(&mu_);
+  config_ = *std::move(config);
+  return absl::OkStatus();
+}
+
+ClusterConfig ControlState::Current() const {
+  absl::MutexLock lock(&mu_);
+  return config_;
+}
+
+uint64_t ControlState::epoch() const {
+  absl::MutexLock lock(&mu_);
+  return config_.epoch;
+}
+
+}  // namespace logkv::server::control
