@@ -1,6 +1,6 @@
 // Turns verified protocol requests into engine operations and builds the
 // responses. It is the single place where the data logic of a request lives;
-// the network layers (binary protocol here, HTTP later) only adapt to it.
+// the network layers (the binary protocol and HTTP) only adapt to it.
 // On a single node it is also the coordinator. In a cluster (a Coordinator
 // set and active) single-key operations go through the coordinator instead:
 //
