@@ -1,5 +1,6 @@
 #include "server/service.h"
 
+#include <cassert>
 #include <memory>
 #include <string>
 #include <vector>
@@ -551,6 +552,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     std::vector<absl::StatusOr<engine::WriteResult>> results;
     {
       absl::MutexLock lock(&gather->mu);
+      assert(i < gather->results.size() && gather->remaining > 0);  // each item once
       gather->results[i] = std::move(result);
       if (--gather->remaining != 0 || !done) return;
       results = std::move(gather->results);
@@ -613,6 +615,7 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
       {
         absl::MutexLock lock(&gather->mu);
         gather->results[i] = std::move(result);
+        assert(gather->remaining > 0);  // each item's outcome arrives once
         if (--gather->remaining != 0) return;
         done = std::move(gather->results);
       }

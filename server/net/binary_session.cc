@@ -1,5 +1,6 @@
 #include "server/net/binary_session.h"
 
+#include <cassert>
 #include <optional>
 #include <utility>
 
@@ -230,6 +231,7 @@ Completion BinarySession::DeferOn(p::Operation operation, int64_t start_ns) {
       ObserveAnswer(l.config(), operation, frame, start_ns);
       Connection* conn = l.Find(connection_id);
       if (conn == nullptr) return;  // the client is gone
+      assert(conn->pending > 0);  // each deferred answer completes once
       --conn->pending;
       conn->out.append(frame);
       l.Answered(*conn);

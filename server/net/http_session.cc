@@ -1,6 +1,7 @@
 #include "server/net/http_session.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -237,6 +238,8 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
   owed.head = head;
   owed.route = match.route;
   owed.start_ns = start_ns;
+  // Answers are owed in the order their requests came (pipelining).
+  assert(owed_.empty() || owed_.back().sequence < sequence);
   owed_.push_back(std::move(owed));
   ++c.pending;
 }
@@ -251,6 +254,8 @@ void HttpSession::Complete(uint64_t sequence, http::HttpResponse response) {
     }
     Serialize(response, owed.keep_alive, owed.head, &owed.bytes);
     owed.ready = true;
+    // Every deferred answer was counted when it was owed, and comes once.
+    assert(connection().pending > 0);
     --connection().pending;
     break;
   }

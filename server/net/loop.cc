@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -266,11 +267,15 @@ bool Loop::ReserveInput(Connection& c, size_t total_bytes) {
     if (limit != 0 && now + more > limit) return false;
   } while (!buffered.compare_exchange_weak(now, now + more, std::memory_order_relaxed));
   c.reserved_bytes = total_bytes;
+  // A reservation grows only while the connection is open (Close releases it).
+  assert(!c.closed);
   return true;
 }
 
 void Loop::ReleaseInput(Connection& c) {
   if (c.reserved_bytes == 0) return;
+  // What a connection gives back was counted when it was reserved.
+  assert(counters()->buffered_request_bytes.load(std::memory_order_relaxed) >= c.reserved_bytes);
   counters()->buffered_request_bytes.fetch_sub(c.reserved_bytes, std::memory_order_relaxed);
   c.reserved_bytes = 0;
 }
@@ -371,7 +376,10 @@ void Loop::Close(Connection& c) {
   c.session->OnClose();
   Unsubscribe(c);
   ReleaseInput(c);
-  connections_.erase(c.id);
+  [[maybe_unused]] const size_t erased = connections_.erase(c.id);
+  assert(erased == 1);  // every open connection is in the table, once
+  assert(c.reserved_bytes == 0);
+  assert(counters()->connections.load(std::memory_order_relaxed) > 0);
   counters()->connections.fetch_sub(1, std::memory_order_relaxed);
   if (c.http) counters()->http_connections.fetch_sub(1, std::memory_order_relaxed);
   uv_close(reinterpret_cast<uv_handle_t*>(&c.handle), [](uv_handle_t* handle) {
