@@ -178,6 +178,60 @@ absl::Status Service::AdmitWatch(const RequestContext& context) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Service::WatchCursor> Service::OpenWatch(const RequestContext& context,
+                                                        const p::Watch& watch) const {
+  if (absl::Status status = AdmitWatch(context); !status.ok()) return status;
+  const uint32_t shards = engine_->ShardCount();
+  WatchCursor cursor;
+  // The watch sees the caller's namespace only; keys go out without it.
+  cursor.prefix = absl::StrCat(context.key_prefix, p::View(watch.prefix()));
+  if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
+    if (watch.after_sequences()->size() != shards) {
+      return absl::InvalidArgumentError(absl::StrCat("after_sequences has ",
+                                                     watch.after_sequences()->size(),
+                                                     " entries; this node has ", shards,
+                                                     " shards"));
+    }
+    cursor.after.assign(watch.after_sequences()->begin(), watch.after_sequences()->end());
+  } else {
+    for (uint32_t shard = 0; shard < shards; ++shard) {
+      cursor.after.push_back(engine_->LastSequence(shard));
+    }
+  }
+  return cursor;
+}
+
+absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> Service::ReadWatchEvents(
+    const RequestContext& context, uint32_t shard, uint32_t max_events, WatchCursor* cursor,
+    flatbuffers::FlatBufferBuilder* builder, bool* more) const {
+  assert(shard < cursor->after.size());
+  std::vector<flatbuffers::Offset<p::Event>> matching;
+  // Half a frame of keys and values leaves room for the envelope, so one
+  // batch always fits in one frame.
+  absl::StatusOr<std::vector<engine::Event>> events = engine_->ReadEvents(
+      shard, cursor->after[shard], max_events, config_.limits.max_frame_bytes / 2);
+  if (!events.ok()) return events.status();
+  if (events->empty()) return matching;
+  assert(events->back().sequence > cursor->after[shard]);  // the feed moves forward
+  cursor->after[shard] = events->back().sequence;
+  if (engine_->LastSequence(shard) > cursor->after[shard]) *more = true;
+  const size_t namespace_bytes = context.key_prefix.size();
+  for (const engine::Event& event : *events) {
+    if (!absl::StartsWith(event.key, cursor->prefix)) continue;
+    if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
+    auto key = builder->CreateVector(
+        reinterpret_cast<const uint8_t*>(event.key.data()) + namespace_bytes,
+        event.key.size() - namespace_bytes);
+    auto value = builder->CreateVector(reinterpret_cast<const uint8_t*>(event.value.data()),
+                                       event.value.size());
+    matching.push_back(p::CreateEvent(
+        *builder, shard, event.sequence,
+        event.type == engine::EventType::kPut ? p::EventType::Put : p::EventType::Delete, key,
+        value, event.meta.version, event.meta.timestamp));
+  }
+  return matching;
+}
+
 Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
                                  flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {

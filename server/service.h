@@ -93,6 +93,25 @@ class Service {
   // PermissionDenied when context may not read.
   absl::Status AdmitWatch(const RequestContext& context) const;
 
+  // Where a watch stands: the engine keys it sees (the caller's namespace
+  // included) and, per shard, the last event sequence it was sent.
+  struct WatchCursor {
+    std::string prefix;
+    std::vector<uint64_t> after;
+  };
+  // A watch by context from now on, or from the Watch's after_sequences (one
+  // per shard: InvalidArgument otherwise). AdmitWatch's refusal first.
+  absl::StatusOr<WatchCursor> OpenWatch(const RequestContext& context,
+                                        const protocol::Watch& watch) const;
+  // The next events of shard after cursor->after[shard], at most max_events
+  // and half a frame of keys and values, built in *builder as the watch's
+  // caller sees them: only keys under its prefix, without its namespace, and
+  // never the reserved ones. Advances the cursor past every event read
+  // (matching or not); *more is set when the shard holds events beyond.
+  absl::StatusOr<std::vector<flatbuffers::Offset<protocol::Event>>> ReadWatchEvents(
+      const RequestContext& context, uint32_t shard, uint32_t max_events, WatchCursor* cursor,
+      flatbuffers::FlatBufferBuilder* builder, bool* more) const;
+
   // The cluster's coordinator (null: a single node). It must outlive the
   // Service's use of it; set it before the first request or between them.
   void set_coordinator(Coordinator* coordinator) {

@@ -4,12 +4,10 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/core/peer_handler.h"
 #include "server/log.h"
-#include "server/namespaces.h"
 
 namespace logkv::server::net {
 
@@ -350,8 +348,6 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
 
 void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
   Service* service = loop().service();
-  engine::Engine* engine = service->engine();
-  const uint32_t shards = engine->ShardCount();
   if (absl::Status status = service->AdmitWatch(session_.context); !status.ok()) {
     AppendStatus(request_id, status);
     return;
@@ -367,20 +363,13 @@ void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
                                  " watches (--max-watches-per-connection); unwatch one first")));
     return;
   }
-  Watch w;
-  // The watch sees the connection's namespace only; keys go out without it.
-  w.prefix = absl::StrCat(session_.context.key_prefix, p::View(watch.prefix()));
-  if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
-    if (watch.after_sequences()->size() != shards) {
-      AppendStatus(request_id, absl::InvalidArgumentError(absl::StrCat(
-                                   "after_sequences has ", watch.after_sequences()->size(),
-                                   " entries; this node has ", shards, " shards")));
-      return;
-    }
-    w.after.assign(watch.after_sequences()->begin(), watch.after_sequences()->end());
-  } else {
-    for (uint32_t shard = 0; shard < shards; ++shard) w.after.push_back(engine->LastSequence(shard));
+  absl::StatusOr<Service::WatchCursor> cursor = service->OpenWatch(session_.context, watch);
+  if (!cursor.ok()) {
+    AppendStatus(request_id, cursor.status());
+    return;
   }
+  Watch w;
+  w.cursor = *std::move(cursor);
   w.user_id = authenticated_ ? session_.user_id : 0;
   if (!watch_quota_->Acquire(w.user_id)) {
     AppendStatus(request_id, absl::ResourceExhaustedError(absl::StrCat(
@@ -428,7 +417,6 @@ bool BinarySession::OnEvents(EventsPass& pass) {
   if (!SessionHolds(0)) return false;
   Connection& c = connection();
   Service* service = loop().service();
-  engine::Engine* engine = service->engine();
   const uint32_t batch_events = config().watch_batch_events;
   const size_t max_output_bytes = config().max_output_bytes;
   std::vector<std::pair<uint64_t, absl::Status>> ended;
@@ -441,37 +429,18 @@ bool BinarySession::OnEvents(EventsPass& pass) {
                                        " bytes behind; resume from the last sequences it saw")));
       continue;
     }
-    for (uint32_t shard = 0; shard < w.after.size(); ++shard) {
-      if (pass.last_sequences[shard] <= w.after[shard]) continue;
-      // Half a frame of keys and values leaves room for the envelope, so
-      // one batch always fits in one frame.
-      absl::StatusOr<std::vector<engine::Event>> events = engine->ReadEvents(
-          shard, w.after[shard], batch_events, service->config().limits.max_frame_bytes / 2);
-      if (!events.ok()) {
-        ended.emplace_back(watch_id, events.status());
+    for (uint32_t shard = 0; shard < w.cursor.after.size(); ++shard) {
+      if (pass.last_sequences[shard] <= w.cursor.after[shard]) continue;
+      builder_.Clear();
+      absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> matching =
+          service->ReadWatchEvents(session_.context, shard, batch_events, &w.cursor, &builder_,
+                                   &pass.more);
+      if (!matching.ok()) {
+        ended.emplace_back(watch_id, matching.status());
         break;
       }
-      if (events->empty()) continue;
-      w.after[shard] = events->back().sequence;
-      if (engine->LastSequence(shard) > w.after[shard]) pass.more = true;
-      builder_.Clear();
-      std::vector<flatbuffers::Offset<p::Event>> matching;
-      const size_t namespace_bytes = session_.context.key_prefix.size();
-      for (const engine::Event& event : *events) {
-        if (!absl::StartsWith(event.key, w.prefix)) continue;
-        if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
-        auto key = builder_.CreateVector(
-            reinterpret_cast<const uint8_t*>(event.key.data()) + namespace_bytes,
-            event.key.size() - namespace_bytes);
-        auto value = builder_.CreateVector(reinterpret_cast<const uint8_t*>(event.value.data()),
-                                           event.value.size());
-        matching.push_back(p::CreateEvent(
-            builder_, shard, event.sequence,
-            event.type == engine::EventType::kPut ? p::EventType::Put : p::EventType::Delete, key,
-            value, event.meta.version, event.meta.timestamp));
-      }
-      if (matching.empty()) continue;
-      AppendWatchEvents(watch_id, builder_.CreateVector(matching));
+      if (matching->empty()) continue;
+      AppendWatchEvents(watch_id, builder_.CreateVector(*matching));
     }
   }
   for (const auto& [request_id, status] : ended) RemoveWatch(request_id, status);

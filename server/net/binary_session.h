@@ -69,8 +69,7 @@ class BinarySession final : public ProtocolSession {
  private:
   struct Watch {
     uint64_t user_id;             // whose per-user watch count it is in (0: none)
-    std::string prefix;
-    std::vector<uint64_t> after;  // per shard: last sequence sent
+    Service::WatchCursor cursor;  // its keys, and per shard the last sequence sent
   };
 
   Loop& loop() { return *connection().loop; }

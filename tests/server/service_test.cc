@@ -1,14 +1,17 @@
 // The Service's verdicts that the network layers ask for (AdmitWrite,
-// AdmitWatch), and that Handle answers writes with the same verdict, against
-// a real engine in a temporary directory.
+// AdmitWatch), that Handle answers writes with the same verdict, and a
+// watch's events as the Service reads them for the net layer, against a real
+// engine in a temporary directory.
 #include "server/service.h"
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "protocol/frame.h"
+#include "server/namespaces.h"
 #include "tests/engine/test_macros.h"
 #include "tests/engine/test_util.h"
 
@@ -108,6 +111,80 @@ TEST_F(ServiceTest, WatchingNeedsTheReadScope) {
   no_read.may_read = false;
   EXPECT_EQ(service_->AdmitWatch(no_read),
             absl::PermissionDeniedError("this API key may not read (missing scope)"));
+}
+
+// A watch's events as its caller sees them: its namespace only, keys without
+// it, the reserved keys never, and the cursor past everything read.
+TEST_F(ServiceTest, AWatchSeesItsOwnNamespaceFromItsCursor) {
+  Open(/*read_only=*/false);
+  const std::string tenant_prefix = TenantPrefix(7);
+  ASSERT_OK(engine_->Put("global", "g").status());
+  ASSERT_OK(engine_->Put(tenant_prefix + "room/a", "1").status());
+  ASSERT_OK(engine_->Put(TenantPrefix(8) + "room/b", "other tenant").status());
+  ASSERT_OK(engine_->Put(std::string(kAuthPrefix) + "user", "secret").status());
+  ASSERT_OK(engine_->Put(tenant_prefix + "hall/c", "not under the prefix").status());
+
+  flatbuffers::FlatBufferBuilder request;
+  const std::vector<uint64_t> from_start(engine_->ShardCount(), 0);
+  request.Finish(p::CreateWatch(request, request.CreateVector(
+                                             reinterpret_cast<const uint8_t*>("room/"), 5),
+                                request.CreateVector(from_start)));
+  const auto* watch = flatbuffers::GetRoot<p::Watch>(request.GetBufferPointer());
+
+  RequestContext tenant;
+  tenant.key_prefix = tenant_prefix;
+  absl::StatusOr<Service::WatchCursor> cursor = service_->OpenWatch(tenant, *watch);
+  ASSERT_OK(cursor);
+  EXPECT_EQ(cursor->prefix, tenant_prefix + "room/");
+  std::vector<std::string> keys;
+  for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+    flatbuffers::FlatBufferBuilder builder;
+    bool more = false;
+    auto events = service_->ReadWatchEvents(tenant, shard, 100, &*cursor, &builder, &more);
+    ASSERT_OK(events);
+    EXPECT_FALSE(more);
+    EXPECT_EQ(cursor->after[shard], engine_->LastSequence(shard));
+    if (events->empty()) continue;
+    builder.Finish(builder.CreateVector(*events));
+    const auto* list = flatbuffers::GetRoot<flatbuffers::Vector<flatbuffers::Offset<p::Event>>>(
+        builder.GetBufferPointer());
+    for (const p::Event* event : *list) keys.emplace_back(p::View(event->key()));
+  }
+  EXPECT_EQ(keys, std::vector<std::string>{"room/a"});
+
+  // The global namespace sees its own keys, never the reserved namespace
+  // (tenants' keys and accounts both begin with the reserved byte).
+  flatbuffers::FlatBufferBuilder everything;
+  everything.Finish(p::CreateWatch(everything, 0, everything.CreateVector(from_start)));
+  cursor = service_->OpenWatch(RequestContext(), *flatbuffers::GetRoot<p::Watch>(
+                                                      everything.GetBufferPointer()));
+  ASSERT_OK(cursor);
+  size_t seen = 0;
+  for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+    flatbuffers::FlatBufferBuilder builder;
+    bool more = false;
+    auto events =
+        service_->ReadWatchEvents(RequestContext(), shard, 100, &*cursor, &builder, &more);
+    ASSERT_OK(events);
+    seen += events->size();
+  }
+  EXPECT_EQ(seen, 1u);  // "global"
+
+  // A resume point must name every shard.
+  flatbuffers::FlatBufferBuilder short_resume;
+  short_resume.Finish(p::CreateWatch(short_resume, 0,
+                                     short_resume.CreateVector(std::vector<uint64_t>{0})));
+  if (engine_->ShardCount() != 1) {
+    EXPECT_EQ(service_->OpenWatch(RequestContext(), *flatbuffers::GetRoot<p::Watch>(
+                                                        short_resume.GetBufferPointer()))
+                  .status()
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  RequestContext no_read;
+  no_read.may_read = false;
+  EXPECT_EQ(service_->OpenWatch(no_read, *watch).status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 }  // namespace
