@@ -189,6 +189,14 @@ bool BinarySession::HandleHello(const p::Request& request) {
       AppendStatus(request.request_id(), session.status());
       return true;
     }
+    if (authenticated_ && !watches_.empty() &&
+        (session->user_id != session_.user_id ||
+         session->credential_id != session_.credential_id)) {
+      // Watches opened under the earlier key end: they show that key's
+      // namespace, and its revocation is no longer checked on this connection.
+      RemoveAllWatches(
+          absl::UnauthenticatedError("watch ended: a later Hello changed the connection's API key"));
+    }
     session_ = *std::move(session);
     authenticated_ = true;
     return false;

@@ -273,8 +273,14 @@ void HttpSession::EmitReady() {
       c.closing = true;
       // Nothing after it is sent; answers still owed were for requests the
       // client sent after asking to close.
-      break;
+      return;
     }
+  }
+  // A request whose headers came while earlier answers were owed waits for
+  // its "100 Continue" until they are out: now, or it would wait for ever.
+  if (owed_.empty() && !stop_parsing_ && parser_.in_request() && parser_.expects_continue()) {
+    c.out.append("HTTP/1.1 100 Continue\r\n\r\n");
+    parser_.set_continue_sent();
   }
 }
 

@@ -2292,6 +2292,44 @@ TEST_F(RestAuthTest, AKeyThatMayNotReadMayNotWatch) {
   EXPECT_EQ(CallFrame(reader, watch), p::StatusCode::Ok);
 }
 
+// A Hello with another API key ends the watches opened under the earlier
+// one (they show its namespace, and its revocation would no longer be
+// checked); a Hello with the same key keeps them.
+TEST_F(RestAuthTest, AHelloWithAnotherKeyEndsTheEarlierKeysWatches) {
+  Account a = NewAccount("hello-a");
+  Account b = NewAccount("hello-b");
+  flatbuffers::FlatBufferBuilder builder;
+  const std::string watch = FinishRequest(builder, 5, p::Operation::Watch,
+                                          p::CreateWatch(builder, Bytes(builder, "w/")).Union());
+
+  absl::StatusOr<RawConnection> switched = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(switched.ok()) << switched.status();
+  ASSERT_EQ(CallFrame(*switched, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+  ASSERT_EQ(CallFrame(*switched, watch), p::StatusCode::Ok);
+  ASSERT_TRUE(switched->SendBytes(HelloFrame(6, b.api_key)).ok());
+  absl::StatusOr<std::string> ended = switched->ReadFrame();
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(AsResponse(*ended)->request_id(), 5u);
+  EXPECT_EQ(AsResponse(*ended)->status(), p::StatusCode::Unauthenticated);
+  EXPECT_EQ(p::View(AsResponse(*ended)->message()),
+            "watch ended: a later Hello changed the connection's API key");
+  absl::StatusOr<std::string> hello = switched->ReadFrame();
+  ASSERT_TRUE(hello.ok()) << hello.status();
+  EXPECT_EQ(AsResponse(*hello)->request_id(), 6u);
+  EXPECT_EQ(AsResponse(*hello)->status(), p::StatusCode::Ok);
+
+  absl::StatusOr<RawConnection> same = RawConnection::Connect(server()->port());
+  ASSERT_TRUE(same.ok()) << same.status();
+  ASSERT_EQ(CallFrame(*same, HelloFrame(1, a.api_key)), p::StatusCode::Ok);
+  ASSERT_EQ(CallFrame(*same, watch), p::StatusCode::Ok);
+  ASSERT_EQ(CallFrame(*same, HelloFrame(6, a.api_key)), p::StatusCode::Ok);
+  ASSERT_EQ(Call("PUT", "/v1/kv/w/still", KeyHeader(a.api_key), "v").status, 200);
+  absl::StatusOr<std::string> event = same->ReadFrame();
+  ASSERT_TRUE(event.ok()) << event.status();
+  EXPECT_EQ(AsResponse(*event)->request_id(), 5u);
+  EXPECT_EQ(AsResponse(*event)->result_type(), p::Result::WatchEvents);
+}
+
 // Wrong passwords for one account are held back after a few (429 with
 // Retry-After), and every refused credential is counted.
 TEST_F(RestAuthTest, FailedLoginsAreThrottledAndCounted) {

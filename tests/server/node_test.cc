@@ -333,5 +333,38 @@ TEST_F(NodeTest, WithAuthOnUnauthenticatedRequestsAreRefused) {
   EXPECT_EQ(node.engine()->GetStats().client_keys, 0u);
 }
 
+// A request whose headers arrive while an earlier answer is still owed
+// (pipelined behind a write that waits for its fdatasync) gets its
+// "100 Continue" once that answer is out, not a 408 after the idle timeout.
+TEST_F(NodeTest, ContinueComesOnceEarlierAnswersAreOut) {
+  NodeOptions options = TestOptions(dir_.Subdir("data"));
+  options.fsync = engine::FsyncPolicy::kAlways;
+  options.http_idle_timeout = absl::Seconds(30);
+  Node node(options);
+  ASSERT_TRUE(node.Start().ok());
+  absl::StatusOr<test::HttpConnection> connection =
+      test::HttpConnection::Connect(node.http_ports()[0]);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE(connection
+                  ->Send("PUT /v1/kv/first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA"
+                         "PUT /v1/kv/second HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                         "Content-Length: 5\r\n\r\n")
+                  .ok());
+  absl::StatusOr<HttpAnswer> first = connection->Read();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->status, 200) << first->body;
+  absl::StatusOr<HttpAnswer> go_on = connection->Read();
+  ASSERT_TRUE(go_on.ok()) << go_on.status();
+  EXPECT_EQ(go_on->status, 100);
+  ASSERT_TRUE(connection->Send("hello").ok());
+  absl::StatusOr<HttpAnswer> second = connection->Read();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->status, 200) << second->body;
+  absl::StatusOr<HttpAnswer> read =
+      Fetch(node.http_ports()[0], "GET", "/v1/kv/second", {}, "");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->body, "hello");
+}
+
 }  // namespace
 }  // namespace logkv::server
