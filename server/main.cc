@@ -15,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -26,6 +27,7 @@
 #include "engine/engine.h"
 #include "server/http/json_body.h"
 #include "server/log.h"
+#include "protocol/version.h"
 #include "server/node.h"
 
 ABSL_FLAG(std::string, data_dir, "./data", "Data directory (created if missing).");
@@ -271,6 +273,13 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage("logkvd --data_dir=DIR --listen=127.0.0.1:7070 [flags]");
+  // --version names this build (Abseil's default would call every build a
+  // debug one: Debian builds Abseil without NDEBUG).
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] {
+    return absl::StrCat("logkvd ", BuildVersion(), " (", BuildType(), " build)\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   std::vector<std::string> normalized = NormalizeArguments(argc, argv);
   std::vector<char*> pointers;
   for (std::string& arg : normalized) pointers.push_back(arg.data());

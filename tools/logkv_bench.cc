@@ -53,6 +53,7 @@
 #include "absl/time/time.h"
 #include "protocol/frame.h"
 #include "protocol/logkv_generated.h"
+#include "protocol/version.h"
 #include "tools/latency_histogram.h"
 
 namespace logkv::tools {
@@ -92,6 +93,7 @@ const char* WorkloadName(Workload workload) {
 // ---- Command line --------------------------------------------------------
 
 struct Config {
+  bool version = false;  // --version: print it and exit
   std::string host = "127.0.0.1";
   int port = 7070;
   int clients = 50;
@@ -137,6 +139,7 @@ Load generator for logkvd with redis-benchmark's flags and output.
  --consistency <level>  default, eventual or strong: the consistency level sent
                     with every request (a cluster's W/R; default: the node's)
  --help             Output this help and exit
+ --version          Output the version and exit
 )";
 
 absl::Status ParseInt(absl::string_view flag, absl::string_view text, int64_t min_value,
@@ -210,6 +213,10 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
 
     if (flag == "--help") {
       *help = true;
+      return config;
+    }
+    if (flag == "--version") {
+      config.version = true;
       return config;
     }
     if (flag == "-q" || flag == "--csv") {
@@ -1146,6 +1153,10 @@ int Main(int argc, char** argv) {
   }
   if (help) {
     absl::PrintF("%s", kUsage);
+    return 0;
+  }
+  if (parsed->version) {
+    absl::PrintF("logkv-bench %s (%s build)\n", BuildVersion(), BuildType());
     return 0;
   }
   const Config& config = *parsed;

@@ -40,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "logkv/client.h"
+#include "protocol/version.h"
 #include "nlohmann/json.hpp"
 #include "server/http/http_fetch.h"
 
@@ -98,6 +99,7 @@ constexpr char kUsage[] =
     "                       127.0.0.1:8080)\n"
     "  --cluster_secret=S   nodes/leave: sent as X-Cluster-Secret (default\n"
     "                       $LOGKV_CLUSTER_SECRET); leave needs it or the admin's --token\n"
+    "  --version            print the version and exit\n"
     "\n"
     "exit codes: 0 ok, 1 key not found, 2 error\n";
 
@@ -136,6 +138,7 @@ struct Arguments {
   std::vector<std::string> positionals;
   absl::flat_hash_set<std::string> given;
   bool help = false;
+  bool version = false;  // --version
 };
 
 // Splits argv into flags (set through Abseil's flag registry) and positional
@@ -164,6 +167,10 @@ absl::Status ParseArguments(int argc, char** argv, Arguments* arguments) {
     }
     if (name == "help" || name == "h") {
       arguments->help = true;
+      continue;
+    }
+    if (name == "version") {
+      arguments->version = true;
       continue;
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -585,6 +592,10 @@ int Main(int argc, char** argv) {
   if (absl::Status parsed = ParseArguments(argc, argv, &arguments); !parsed.ok()) {
     std::fprintf(stderr, "logkv: %s\n\n%s", std::string(parsed.message()).c_str(), kUsage);
     return kExitError;
+  }
+  if (arguments.version) {
+    std::printf("logkv %s (%s build)\n", BuildVersion(), BuildType());
+    return 0;
   }
   if (arguments.help) {
     std::fputs(kUsage, stdout);

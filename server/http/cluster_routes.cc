@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "protocol/version.h"
 #include "server/cluster/cluster_node.h"
 #include "server/http/http_fetch.h"
 
@@ -228,6 +229,7 @@ void ClusterRoutes::Health(HttpRequest&, Responder responder) {
   // or a failed sync); the reason says which. Still 200, since reads work.
   const absl::Status writes = deps_.service->engine()->WriteHealth();
   json body = {{"status", writes.ok() ? "healthy" : "degraded"},
+               {"version", BuildVersion()},
                {"node_id", NodeId()},
                {"mode", mode},
                {"member_count", deps_.cluster == nullptr

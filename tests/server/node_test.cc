@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "logkv/client.h"
+#include "protocol/version.h"
 #include "server/cluster/cluster_node.h"
 #include "server/log.h"
 #include "tests/engine/test_util.h"
@@ -90,6 +91,7 @@ TEST_F(NodeTest, ServesClientAndHttpAndKeepsDataAcrossRestart) {
     EXPECT_EQ(answer->status, 200) << answer->body;
     EXPECT_EQ(answer->Json().value("node_id", ""), node.node_id()) << answer->body;
     EXPECT_TRUE(answer->Json().value("view_confirmed", false)) << answer->body;
+    EXPECT_EQ(answer->Json().value("version", ""), BuildVersion()) << answer->body;
     answer = Fetch(http_port, "GET", "/v1/kv/from-client");
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_EQ(answer->status, 200) << answer->body;
