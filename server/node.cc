@@ -17,6 +17,7 @@
 #include "server/auth/login_throttle.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
+#include "protocol/version.h"
 #include "server/cluster/anti_entropy.h"
 #include "server/cluster/cluster_node.h"
 #include "server/cluster/hinted_handoff.h"
@@ -110,6 +111,7 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
 ServiceConfig ServiceConfigFor(const NodeOptions& o, const std::string& data_dir) {
   ServiceConfig config;
   config.node_id = ConfiguredNodeId(o);
+  config.server_version = BuildVersion();
   config.read_only = o.read_only;
   config.fsync_always = o.fsync == engine::FsyncPolicy::kAlways;
   config.data_dir = data_dir;
@@ -463,6 +465,13 @@ absl::Status Node::StartEngine() {
     Log(Level::kWarning, "serving reads only until writes succeed again: %s", writes.message());
   }
 
+  // Which build answers, as Prometheus' *_build_info convention has it: a
+  // gauge of 1 whose labels carry the facts.
+  metrics_.registry()
+      ->AddGaugeFamily("logkv_build_info", "The build of this logkvd (always 1).",
+                       {"version", "build_type"})
+      ->WithLabelValues({BuildVersion(), BuildType()})
+      ->Set(1);
   engine::Engine* const engine_ptr = engine_.get();
   metrics_.keys()->SetCallback(
       [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().client_keys); });

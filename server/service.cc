@@ -342,11 +342,14 @@ Service::Outcome Service::HandleOperation(const RequestContext& context, const p
       }
       auto member_vector = b->CreateVector(members);
       auto node = b->CreateString(NodeId());
+      auto server_version =
+          config_.server_version.empty() ? 0 : b->CreateString(config_.server_version);
       auto hello = p::CreateHelloResult(*b, p::kProtocolVersion, node, engine_->ShardCount(),
                                         config_.limits.max_frame_bytes,
                                         config_.limits.max_key_bytes,
                                         config_.limits.max_value_bytes,
-                                        config_.limits.max_batch_items, member_vector);
+                                        config_.limits.max_batch_items, member_vector,
+                                        server_version);
       p::FinishResponse(b, id, p::Result::HelloResult, hello.Union());
       return Outcome::kAnswered;
     }

@@ -55,6 +55,7 @@ struct ServerCounters {
 
 struct ServiceConfig {
   std::string node_id;
+  std::string server_version;  // what Hello answers as the server's build; empty: none
   bool read_only = false;
   bool fsync_always = false;  // writes answer only after the group commit's fdatasync
   // The engine's data directory, absolute. Errors whose messages name it

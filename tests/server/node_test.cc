@@ -92,6 +92,12 @@ TEST_F(NodeTest, ServesClientAndHttpAndKeepsDataAcrossRestart) {
     EXPECT_EQ(answer->Json().value("node_id", ""), node.node_id()) << answer->body;
     EXPECT_TRUE(answer->Json().value("view_confirmed", false)) << answer->body;
     EXPECT_EQ(answer->Json().value("version", ""), BuildVersion()) << answer->body;
+    answer = Fetch(http_port, "GET", "/metrics?format=prometheus");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_TRUE(absl::StrContains(
+        answer->body, absl::StrCat("logkv_build_info{version=\"", BuildVersion(),
+                                   "\",build_type=\"", BuildType(), "\"} 1")))
+        << answer->body;
     answer = Fetch(http_port, "GET", "/v1/kv/from-client");
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_EQ(answer->status, 200) << answer->body;

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "protocol/version.h"
 #include "tests/engine/test_util.h"
 #include "tests/rest/http_client.h"
 #include "tests/server/logkvd_process.h"
@@ -100,6 +101,10 @@ TEST_F(ServerTest, EveryOperation) {
                            }), 1);
   ASSERT_EQ(CodeOf(hello), p::StatusCode::Ok);
   EXPECT_EQ(AsResponse(hello)->result_as_HelloResult()->shard_count(), 4u);
+  const flatbuffers::String* server_version =
+      AsResponse(hello)->result_as_HelloResult()->server_version();
+  ASSERT_NE(server_version, nullptr);
+  EXPECT_EQ(server_version->str(), BuildVersion());  // logkvd was built with this test
 
   std::string ping = Call(c, Build(2, p::Operation::Ping, [](auto& b) {
                             return p::CreatePing(b, Bytes(b, "echo")).Union();
