@@ -7,13 +7,16 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
@@ -141,6 +144,67 @@ constexpr const char* kFlagNames[] = {
     "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
     "dead_after_ms", "fault_injection", "repair",
 };
+
+// logkvd --help: its own flags, grouped, each with its default and meaning
+// (Abseil's --help would list Abseil's own flags, or none). --helpfull still
+// lists everything.
+struct FlagGroup {
+  const char* title;
+  std::vector<const char*> names;
+};
+const std::vector<FlagGroup>& FlagGroups() {
+  static const auto* groups = new std::vector<FlagGroup>{
+      {"Storage",
+       {"data_dir", "fsync", "fsync_interval_ms", "shards", "segment_bytes", "versions",
+        "tombstone_grace_ms", "repair"}},
+      {"Network",
+       {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
+        "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
+      {"Limits",
+       {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
+        "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
+        "max_watches_per_connection", "max_watches_per_user"}},
+      {"Accounts and access",
+       {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst", "read_only"}},
+      {"Cluster",
+       {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
+        "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
+        "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms"}},
+      {"Operation", {"log_level", "fault_injection"}},
+  };
+  return *groups;
+}
+
+void PrintHelp() {
+  std::string out =
+      "usage: logkvd [flags]   (flags also from LOGKV_<NAME> environment variables;\n"
+      "                          the command line wins; --flag-name or --flag_name)\n";
+  std::vector<std::string> listed;
+  auto print = [&out, &listed](const char* name) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) return;
+    listed.emplace_back(name);
+    std::string dashed(name);
+    std::replace(dashed.begin(), dashed.end(), '_', '-');
+    absl::StrAppend(&out, "  --", dashed, "  (default: ",
+                    flag->DefaultValue().empty() ? "\"\"" : flag->DefaultValue(), ")\n      ",
+                    flag->Help(), "\n");
+  };
+  for (const FlagGroup& group : FlagGroups()) {
+    absl::StrAppend(&out, "\n", group.title, ":\n");
+    for (const char* name : group.names) print(name);
+  }
+  // A flag added to kFlagNames but to no group still shows.
+  bool other = false;
+  for (const char* name : kFlagNames) {
+    if (std::find(listed.begin(), listed.end(), name) != listed.end()) continue;
+    if (!other) absl::StrAppend(&out, "\nOther:\n");
+    other = true;
+    print(name);
+  }
+  absl::StrAppend(&out, "\n  --version  print the version and exit\n");
+  std::fputs(out.c_str(), stdout);
+}
 
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
 // on the command line in front of it (so the command line wins).
@@ -280,6 +344,13 @@ int Main(int argc, char** argv) {
     return absl::StrCat("logkvd ", BuildVersion(), " (", BuildType(), " build)\n");
   };
   absl::SetFlagsUsageConfig(usage);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-help") {
+      PrintHelp();
+      return 0;
+    }
+  }
   std::vector<std::string> normalized = NormalizeArguments(argc, argv);
   std::vector<char*> pointers;
   for (std::string& arg : normalized) pointers.push_back(arg.data());
