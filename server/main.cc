@@ -129,22 +129,6 @@ ABSL_FLAG(bool, fault_injection, false,
 namespace logkv::server {
 namespace {
 
-// Flags named here are also read from LOGKV_<NAME>.
-constexpr const char* kFlagNames[] = {
-    "data_dir",      "listen",        "node_id",         "fsync",     "fsync_interval_ms",
-    "threads",       "shards",        "segment_bytes",   "max_key_bytes", "max_value_bytes",
-    "max_frame_bytes", "max_batch_items", "versions",    "read_only", "auth",
-    "insecure",      "log_level",     "http",            "jwt_secret", "jwt_expiration",
-    "rate_limit",    "rate_limit_burst", "max_document_bytes", "max_json_depth",
-    "http_max_header_bytes", "http_idle_timeout_ms", "binary_idle_timeout_ms",
-    "max_buffered_bytes", "max_watches_per_connection", "max_watches_per_user", "advertise",
-    "http_advertise", "seeds", "cluster_secret",
-    "anti_entropy_interval_ms", "anti_entropy_bytes_per_second", "purge_interval_ms",
-    "purge_ring_stable_ms", "tombstone_grace_ms",
-    "replicas",      "w",             "r",               "write_wait_ms", "gossip_interval_ms",
-    "dead_after_ms", "fault_injection", "repair",
-};
-
 // logkvd --help: its own flags, grouped, each with its default and meaning
 // (Abseil's --help would list Abseil's own flags, or none). --helpfull still
 // lists everything.
@@ -194,13 +178,14 @@ void PrintHelp() {
     absl::StrAppend(&out, "\n", group.title, ":\n");
     for (const char* name : group.names) print(name);
   }
-  // A flag added to kFlagNames but to no group still shows.
+  // A flag of logkvd's in no group still shows (and the help test fails).
   bool other = false;
-  for (const char* name : kFlagNames) {
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (!absl::EndsWith(flag->Filename(), "server/main.cc")) continue;
     if (std::find(listed.begin(), listed.end(), name) != listed.end()) continue;
     if (!other) absl::StrAppend(&out, "\nOther:\n");
     other = true;
-    print(name);
+    print(flag->Name().data());
   }
   absl::StrAppend(&out, "\n  --version  print the version and exit\n");
   std::fputs(out.c_str(), stdout);
@@ -226,17 +211,20 @@ std::vector<std::string> NormalizeArguments(int argc, char** argv) {
     }
     rest.push_back(std::move(arg));
   }
-  for (const char* name : kFlagNames) {
-    const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
-    const char* value = std::getenv(variable.c_str());
-    // The seed's own variables for the session tokens.
-    if (value == nullptr && std::string(name) == "jwt_secret") value = std::getenv("JWT_SECRET");
-    if (value == nullptr && std::string(name) == "jwt_expiration") {
-      value = std::getenv("JWT_EXPIRATION");
+  // Every flag --help lists may also come from LOGKV_<NAME>.
+  for (const FlagGroup& group : FlagGroups()) {
+    for (const char* name : group.names) {
+      const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
+      const char* value = std::getenv(variable.c_str());
+      // The seed's own variables for the session tokens.
+      if (value == nullptr && std::string(name) == "jwt_secret") value = std::getenv("JWT_SECRET");
+      if (value == nullptr && std::string(name) == "jwt_expiration") {
+        value = std::getenv("JWT_EXPIRATION");
+      }
+      if (value == nullptr) continue;
+      if (std::find(given.begin(), given.end(), name) != given.end()) continue;
+      args.push_back(absl::StrCat("--", name, "=", value));
     }
-    if (value == nullptr) continue;
-    if (std::find(given.begin(), given.end(), name) != given.end()) continue;
-    args.push_back(absl::StrCat("--", name, "=", value));
   }
   args.insert(args.end(), rest.begin(), rest.end());
   return args;

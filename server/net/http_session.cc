@@ -94,11 +94,7 @@ void HttpSession::ProcessInput() {
     switch (result) {
       case http::HttpParser::Result::kNeedMore:
         if (!AdmitBody()) return;
-        if (parser_.expects_continue() && owed_.empty()) {
-          // The client waits for leave to send its body (Expect: 100-continue).
-          c.out.append("HTTP/1.1 100 Continue\r\n\r\n");
-          parser_.set_continue_sent();
-        }
+        SendContinueIfDue();
         return;
       case http::HttpParser::Result::kError:
         Refuse(parser_.error_status(), parser_.error_message());
@@ -278,10 +274,17 @@ void HttpSession::EmitReady() {
   }
   // A request whose headers came while earlier answers were owed waits for
   // its "100 Continue" until they are out: now, or it would wait for ever.
-  if (owed_.empty() && !stop_parsing_ && parser_.in_request() && parser_.expects_continue()) {
-    c.out.append("HTTP/1.1 100 Continue\r\n\r\n");
-    parser_.set_continue_sent();
+  SendContinueIfDue();
+}
+
+void HttpSession::SendContinueIfDue() {
+  // The client waits for leave to send its body (Expect: 100-continue); it
+  // goes out after every answer owed before it.
+  if (!owed_.empty() || stop_parsing_ || !parser_.in_request() || !parser_.expects_continue()) {
+    return;
   }
+  connection().out.append("HTTP/1.1 100 Continue\r\n\r\n");
+  parser_.set_continue_sent();
 }
 
 }  // namespace logkv::server::net

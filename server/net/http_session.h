@@ -90,6 +90,8 @@ class HttpSession final : public ProtocolSession {
   void Dispatch(http::HttpRequest& request);
   // Emits every ready answer in request order.
   void EmitReady();
+  // "100 Continue" for the request being read, once nothing is owed before it.
+  void SendContinueIfDue();
   // Answers status and closes once the answers owed before it are out;
   // retry_after_s > 0 adds Retry-After.
   void Refuse(int status, absl::string_view message, int retry_after_s = 0);
