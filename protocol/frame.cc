@@ -235,6 +235,8 @@ StatusCode ToWire(absl::StatusCode code) {
       return StatusCode::DeadlineExceeded;
     case absl::StatusCode::kAborted:
       return StatusCode::Aborted;
+    case absl::StatusCode::kAlreadyExists:
+      return StatusCode::AlreadyExists;
     default:
       return StatusCode::Internal;
   }
@@ -288,6 +290,8 @@ absl::StatusCode FromWire(StatusCode code) {
       return absl::StatusCode::kDeadlineExceeded;
     case StatusCode::Aborted:
       return absl::StatusCode::kAborted;
+    case StatusCode::AlreadyExists:
+      return absl::StatusCode::kAlreadyExists;
     case StatusCode::InsufficientStorage:
       return absl::StatusCode::kResourceExhausted;
     default:

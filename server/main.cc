@@ -122,6 +122,14 @@ ABSL_FLAG(int64_t, write_wait_ms, 3000,
 ABSL_FLAG(int64_t, gossip_interval_ms, 500, "Gossip period: one random peer pinged per period.");
 ABSL_FLAG(int64_t, dead_after_ms, 10000,
           "A member suspected (3 missed pings) this long is declared dead.");
+ABSL_FLAG(int32_t, control_port, 0,
+          "Port of the control plane's Raft transport (on the --listen host). 0: chosen at the "
+          "node's first start and kept in the data directory (the cluster knows the node by it)");
+ABSL_FLAG(int32_t, control_voters, 3,
+          "Members that vote in the control plane (1, 3 or 5); the others receive its log as "
+          "standbys");
+ABSL_FLAG(int64_t, join_timeout_ms, 60'000,
+          "How long a new node tries to join through --seeds before it gives up and exits");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -153,7 +161,8 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Cluster",
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
-        "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms"}},
+        "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
+        "control_port", "control_voters", "join_timeout_ms"}},
       {"Operation", {"log_level", "fault_injection"}},
   };
   return *groups;
@@ -320,6 +329,9 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.purge_interval = absl::Milliseconds(absl::GetFlag(FLAGS_purge_interval_ms));
   options.purge_ring_stable = absl::Milliseconds(absl::GetFlag(FLAGS_purge_ring_stable_ms));
   options.fault_injection = absl::GetFlag(FLAGS_fault_injection);
+  options.control_port = absl::GetFlag(FLAGS_control_port);
+  options.control_voters = absl::GetFlag(FLAGS_control_voters);
+  options.join_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_join_timeout_ms));
   return options;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <system_error>
 #include <utility>
@@ -11,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
@@ -24,6 +26,7 @@
 #include "server/cluster/purger.h"
 #include "server/cluster/replica.h"
 #include "server/cluster/replica_coordinator.h"
+#include "server/control/control_plane.h"
 #include "server/core/periodic_worker.h"
 #include "server/http/account_routes.h"
 #include "server/http/cluster_routes.h"
@@ -75,6 +78,139 @@ std::string Reachable(const std::string& host, int port) {
 // --node_id, else --advertise, else --listen.
 std::string ConfiguredNodeId(const NodeOptions& o) {
   return !o.node_id.empty() ? o.node_id : !o.advertise.empty() ? o.advertise : o.listen.ToString();
+}
+
+// ---- The control plane over the peer connections ------------------------------
+
+// Sends a control-plane command to the node at address (its binary
+// protocol): it proposes it (forwarded: it must lead) or passes it to its
+// leader. done with the epoch after the command, or why not.
+void SendControlCommand(cluster::PeerTransport* transport, const std::string& address,
+                        absl::string_view command, bool forwarded, absl::Duration timeout,
+                        std::function<void(absl::StatusOr<uint64_t>)> done) {
+  flatbuffers::FlatBufferBuilder builder(command.size() + 128);
+  auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(command.data()),
+                                    command.size());
+  auto propose = p::CreateControlPropose(builder, bytes, forwarded);
+  std::string frame =
+      cluster::FinishPeerRequest(&builder, p::Operation::ControlPropose, propose.Union());
+  transport->Send(address, std::move(frame), timeout,
+                  [done = std::move(done)](absl::StatusOr<std::string> answer) {
+                    if (!answer.ok()) return done(answer.status());
+                    absl::StatusOr<const p::Response*> response =
+                        p::VerifyResponse(*answer, 1u << 20);
+                    if (!response.ok()) return done(response.status());
+                    if (absl::Status status = p::StatusFromResponse(**response); !status.ok()) {
+                      return done(status);
+                    }
+                    const p::ControlResult* result = (*response)->result_as_ControlResult();
+                    if (result == nullptr) {
+                      return done(absl::InternalError("a ControlPropose answered without a result"));
+                    }
+                    done(result->epoch());
+                  });
+}
+
+absl::StatusOr<uint64_t> SendControlCommandAndWait(cluster::PeerTransport* transport,
+                                                   const std::string& address,
+                                                   absl::string_view command,
+                                                   absl::Duration timeout) {
+  struct Answer {
+    absl::Notification done;
+    absl::StatusOr<uint64_t> result = absl::UnknownError("no answer");
+  };
+  auto answer = std::make_shared<Answer>();
+  SendControlCommand(transport, address, command, /*forwarded=*/false, timeout,
+                     [answer](absl::StatusOr<uint64_t> result) {
+                       answer->result = std::move(result);
+                       answer->done.Notify();
+                     });
+  // The transport answers every request within its timeout; the margin
+  // covers its thread's scheduling.
+  if (!answer->done.WaitForNotificationWithTimeout(timeout + absl::Seconds(5))) {
+    return absl::DeadlineExceededError(absl::StrCat(address, " did not answer in time"));
+  }
+  return answer->result;
+}
+
+// Answers a ControlPropose: proposed here when forwarded (this node should
+// lead), else submitted to whoever leads.
+Outcome HandleControlPropose(control::ControlPlane* control, const p::Request& request,
+                             flatbuffers::FlatBufferBuilder* builder,
+                             absl::FunctionRef<Completion()> defer) {
+  const uint64_t id = request.request_id();
+  const p::ControlPropose* propose = request.operation_as_ControlPropose();
+  if (propose == nullptr || propose->command() == nullptr) {
+    p::BuildStatusResponse(builder, id, absl::InvalidArgumentError("a ControlPropose names no command"));
+    return Outcome::kAnswered;
+  }
+  if (control == nullptr) {
+    p::BuildStatusResponse(builder, id,
+                           absl::UnavailableError("this node's control plane is not running"));
+    return Outcome::kAnswered;
+  }
+  std::string command(p::View(propose->command()));
+  Completion completion = defer();
+  auto answer = [id, completion = std::move(completion)](absl::StatusOr<uint64_t> result) {
+    flatbuffers::FlatBufferBuilder out(128);
+    if (result.ok()) {
+      p::FinishResponse(&out, id, p::Result::ControlResult,
+                        p::CreateControlResult(out, *result).Union());
+    } else {
+      p::BuildStatusResponse(&out, id, result.status());
+    }
+    completion(std::string(p::FrameOf(out)));
+  };
+  if (propose->forwarded()) {
+    control->ProposeLocal(std::move(command), std::move(answer));
+  } else {
+    control->Submit(std::move(command), std::move(answer));
+  }
+  return Outcome::kDeferred;
+}
+
+// Submits a command until the leader answers (bounded): a change of leader
+// or a leader not yet known is asked again. The answer, or the last error.
+absl::StatusOr<uint64_t> SubmitUntilAnswered(control::ControlPlane* control,
+                                             const std::string& command, absl::Time deadline) {
+  while (true) {
+    absl::StatusOr<uint64_t> epoch = control->SubmitAndWait(command, absl::Seconds(10));
+    if (epoch.ok() || (!absl::IsUnavailable(epoch.status()) &&
+                       !absl::IsDeadlineExceeded(epoch.status())) ||
+        absl::Now() >= deadline) {
+      return epoch;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+}
+
+// This node leaves the committed configuration: BeginLeave, then
+// RemoveMember. A command an earlier attempt got through is refused as
+// already done (the member is leaving, or removed), which counts as done.
+absl::Status LeaveControlPlane(control::ControlPlane* control) {
+  const std::string node_id = control->self().node_id;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  const control::Member* held = control->config()->Find(node_id);
+  if (held == nullptr || held->raft_id != control->self().raft_id ||
+      held->state == control::MemberState::kRemoved) {
+    return absl::OkStatus();
+  }
+  if (held->state == control::MemberState::kActive) {
+    absl::StatusOr<uint64_t> begun =
+        SubmitUntilAnswered(control, control::EncodeBeginLeave(node_id), deadline);
+    if (!begun.ok() && !absl::StrContains(begun.status().message(), "it is leaving")) {
+      return absl::Status(begun.status().code(), absl::StrCat("the control plane refused the leave: ",
+                                                              begun.status().message()));
+    }
+  }
+  absl::StatusOr<uint64_t> removed =
+      SubmitUntilAnswered(control, control::EncodeRemoveMember(node_id), deadline);
+  if (!removed.ok() && !absl::StrContains(removed.status().message(), "it is removed")) {
+    return absl::Status(removed.status().code(),
+                        absl::StrCat("the control plane did not remove this node: ",
+                                     removed.status().message()));
+  }
+  return absl::OkStatus();
 }
 
 // ---- Each component's options, derived from the node's ---------------------
@@ -325,6 +461,15 @@ absl::Status NodeOptions::Validate() const {
   }
 #endif
   if (replicas < 1) return absl::InvalidArgumentError("--replicas must be at least 1");
+  if (control_voters != 1 && control_voters != 3 && control_voters != 5) {
+    return absl::InvalidArgumentError("--control_voters must be 1, 3 or 5");
+  }
+  if (control_port < 0 || control_port > 65535) {
+    return absl::InvalidArgumentError("--control_port must be in [0, 65535]");
+  }
+  if (join_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--join_timeout_ms must be positive");
+  }
   if (write_quorum < 0 || read_quorum < 0) {
     return absl::InvalidArgumentError("--w and --r must be 0 (by consistency) or more");
   }
@@ -578,19 +723,37 @@ absl::Status Node::BuildCluster() {
                                                       &metrics_);
   if (absl::Status status = handoff_->Load(); !status.ok()) return status;
 
+  // Commands for the control plane's leader, from members that do not lead
+  // and from nodes joining.
+  cluster_->AddPeerOperationHandler(
+      p::Operation::ControlPropose,
+      [this](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+             absl::FunctionRef<Completion()> defer) {
+        return HandleControlPropose(control_plane(), request, builder, defer);
+      });
+
   cluster::ClusterNode* const member = cluster_.get();
-  auto ring_of = [member]() -> std::shared_ptr<const cluster::Ring> {
-    return member->membership() != nullptr ? member->membership()->ring() : nullptr;
-  };
-  auto lookup = [member](const std::string& node_id, cluster::PeerInfo* info) {
+  // Owners come from the committed configuration; addresses and liveness
+  // from gossip (fresher: a restarted member may come back on another
+  // port), else from the configuration.
+  auto ring_of = [this]() -> std::shared_ptr<const cluster::Ring> { return CommittedRing(); };
+  auto lookup = [this, member](const std::string& node_id, cluster::PeerInfo* info) {
     cluster::Member found;
-    if (member->membership() == nullptr || !member->membership()->Find(node_id, &found)) {
-      return false;
+    if (member->membership() != nullptr && member->membership()->Find(node_id, &found)) {
+      info->address = found.address;
+      info->http_address = found.http_address;
+      info->alive = found.state == cluster::MemberState::kAlive ||
+                    found.state == cluster::MemberState::kSuspect;
+      return true;
     }
-    info->address = found.address;
-    info->http_address = found.http_address;
-    info->alive = found.state == cluster::MemberState::kAlive ||
-                  found.state == cluster::MemberState::kSuspect;
+    control::ControlPlane* control = control_plane();
+    if (control == nullptr) return false;
+    std::shared_ptr<const control::ClusterConfig> config = control->config();
+    const control::Member* committed = config->Find(node_id);
+    if (committed == nullptr) return false;
+    info->address = committed->binary_address;
+    info->http_address = committed->http_address;
+    info->alive = true;  // not heard of yet: the transport tells
     return true;
   };
   cluster::ReplicaCoordinatorOptions coordinator_options = CoordinatorOptionsFor(options_);
@@ -740,11 +903,43 @@ absl::Status Node::StartClusterMember() {
   if (http_advertise.empty() && !options_.http.empty()) {
     http_advertise = Reachable(options_.http.front().host, server_->http_ports().front());
   }
+  // The node id is kept with the data: a node restarted on other ports
+  // (its id defaulting to its address) is still the member it was.
+  const std::filesystem::path node_id_file =
+      std::filesystem::path(data_dir_) / "control" / "node_id";
+  std::string kept_node_id;
+  {
+    std::ifstream in(node_id_file);
+    if (in) std::getline(in, kept_node_id);
+  }
+  if (!kept_node_id.empty()) {
+    if (!options_.node_id.empty() && options_.node_id != kept_node_id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--node_id=", options_.node_id, ", but this data directory is node ", kept_node_id,
+          "'s (", node_id_file.string(), "): start it as --node_id=", kept_node_id,
+          ", or use another data directory for a new node"));
+    }
+    cluster_->SetNodeId(kept_node_id);
+  }
   cluster_->SetAdvertise(advertise, http_advertise);
+  if (kept_node_id.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(node_id_file.parent_path(), error);
+    if (error) {
+      return absl::InternalError(absl::StrCat("creating ", node_id_file.parent_path().string(),
+                                              ": ", error.message()));
+    }
+    if (absl::Status status = control::WriteFileAtomically(node_id_file.string(),
+                                                           cluster_->node_id() + "\n");
+        !status.ok()) {
+      return status;
+    }
+  }
   coordinator_->set_self_node_id(cluster_->node_id());
   service_->SetNodeId(cluster_->node_id());
   if (absl::Status status = cluster_->Start(); !status.ok()) return status;
   cluster_started_ = true;
+  if (absl::Status status = StartControlPlane(); !status.ok()) return status;
   if (!options_.seeds.empty()) {
     // Until the first gossip answer this node's ring holds only itself, and
     // it would serve alone what belongs to the cluster: wait (bounded) for
@@ -782,11 +977,145 @@ absl::Status Node::StartClusterMember() {
   return absl::OkStatus();
 }
 
+absl::Status Node::StartControlPlane() {
+  control::ControlPlaneOptions options;
+  options.dir = (std::filesystem::path(data_dir_) / "control").string();
+  const std::string listen_host = options_.listen.host == "0.0.0.0" ? "0.0.0.0" : options_.listen.host;
+  options.listen_host = listen_host == "localhost" ? "127.0.0.1" : listen_host;
+  options.port = options_.control_port;
+  {
+    absl::StatusOr<HostPort> advertised = ParseHostPort(cluster_->options().advertise);
+    options.advertise_host = advertised.ok() ? advertised->host : "";
+    if (options.advertise_host == "0.0.0.0") options.advertise_host = "127.0.0.1";
+  }
+  if (options.listen_host == "0.0.0.0" && options.advertise_host.empty()) {
+    options.advertise_host = "127.0.0.1";
+  }
+  options.cluster_secret = options_.cluster_secret;
+  options.self.node_id = cluster_->node_id();
+  options.self.binary_address = cluster_->options().advertise;
+  options.self.http_address = cluster_->options().http_advertise;
+  options.bootstrap = options_.seeds.empty();
+  options.max_voters = options_.control_voters;
+  cluster::ClusterNode* const member = cluster_.get();
+  options.is_alive = [member](const std::string& node_id) {
+    return member->membership() != nullptr && member->membership()->IsAlive(node_id);
+  };
+  options.forward = [member](const std::string& address, std::string command,
+                             std::function<void(absl::StatusOr<uint64_t>)> done) {
+    SendControlCommand(member->transport(), address, command, /*forwarded=*/true,
+                       absl::Seconds(5), std::move(done));
+  };
+  options.on_change = [this] {
+    std::function<void()> listener;
+    {
+      absl::MutexLock lock(&control_listener_mu_);
+      listener = control_listener_;
+    }
+    if (listener) listener();
+  };
+  control_ = std::make_unique<control::ControlPlane>(std::move(options));
+  if (absl::Status status = control_->Start(); !status.ok()) return status;
+  control_ptr_.store(control_.get(), std::memory_order_release);
+  return JoinControlPlane();
+}
+
+absl::Status Node::JoinControlPlane() {
+  const control::Member self = control_->self();
+  {
+    const control::Member* held = control_->config()->Find(self.node_id);
+    if (held != nullptr && held->raft_id == self.raft_id &&
+        held->state != control::MemberState::kRemoved) {
+      return absl::OkStatus();  // a restart: the node holds its configuration
+    }
+  }
+  if (options_.seeds.empty()) return absl::OkStatus();  // the first node: it adds itself
+  const absl::Time deadline = absl::Now() + options_.join_timeout;
+  absl::Status last = absl::UnavailableError("no seed answered");
+  std::string command = control::EncodeAddMember(self);
+  bool replacing = false;
+  while (absl::Now() < deadline) {
+    for (const std::string& seed : options_.seeds) {
+      absl::StatusOr<uint64_t> epoch =
+          SendControlCommandAndWait(cluster_->transport(), seed, command, absl::Seconds(5));
+      if (epoch.ok()) {
+        last = absl::OkStatus();
+        break;
+      }
+      last = epoch.status();
+      if (absl::IsAlreadyExists(last) && absl::StrContains(last.message(), "already has raft id")) {
+        last = absl::OkStatus();  // an earlier attempt got through
+        break;
+      }
+      if (absl::IsAlreadyExists(last) && !replacing &&
+          absl::StrContains(last.message(), "node id")) {
+        // The node id is a member's and this node has no control-plane
+        // state: it lost its data, and takes that member's place.
+        Log(Level::kWarning,
+            "node id %s is a member of the cluster and this node has no control-plane state: "
+            "taking its place (its data is refilled by anti-entropy)",
+            self.node_id);
+        command = control::EncodeReplaceMember(self);
+        replacing = true;
+        last = absl::UnavailableError("replacing");
+        break;
+      }
+      if (absl::IsPermissionDenied(last) || absl::IsUnauthenticated(last) ||
+          absl::IsInvalidArgument(last)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot join the cluster through ", seed, ": ", last.message()));
+      }
+    }
+    if (last.ok()) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  if (!last.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("could not join the cluster through --seeds within ",
+                     absl::FormatDuration(options_.join_timeout), ": ", last.message()));
+  }
+  // Added: wait until this node has applied its own activation (the leader
+  // adds it to Raft first, which sends it the log).
+  absl::Status active = control_->WaitForSelf({control::MemberState::kActive}, deadline);
+  if (!active.ok()) {
+    return absl::UnavailableError(absl::StrCat("joined, but not active within ",
+                                               absl::FormatDuration(options_.join_timeout),
+                                               ": ", active.message()));
+  }
+  Log(Level::kInfo, "joined the cluster's control plane at epoch %d",
+      static_cast<int64_t>(control_->config()->epoch));
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const cluster::Ring> Node::CommittedRing() {
+  control::ControlPlane* control = control_plane();
+  std::shared_ptr<const control::ClusterConfig> config =
+      control != nullptr ? control->config() : nullptr;
+  const uint64_t epoch = config != nullptr ? config->epoch : 0;
+  absl::MutexLock lock(&ring_mu_);
+  if (ring_ != nullptr && ring_epoch_ == epoch) return ring_;
+  std::vector<std::string> owners;
+  int vnodes = cluster::kVirtualNodesPerMember;
+  if (config != nullptr) {
+    vnodes = static_cast<int>(config->vnodes_per_member);
+    for (const auto& [id, member] : config->members) {
+      if (member.state == control::MemberState::kActive ||
+          member.state == control::MemberState::kLeaving) {
+        owners.push_back(id);
+      }
+    }
+  }
+  // Before any configuration (a new cluster's first moments) the node is
+  // alone.
+  if (owners.empty()) owners.push_back(cluster_->node_id());
+  ring_ = std::make_shared<const cluster::Ring>(std::move(owners), vnodes);
+  ring_epoch_ = epoch;
+  return ring_;
+}
+
 absl::Status Node::StartBackgroundWork() {
   cluster::ClusterNode* const member = cluster_.get();
-  auto ring_of = [member]() -> std::shared_ptr<const cluster::Ring> {
-    return member->membership() != nullptr ? member->membership()->ring() : nullptr;
-  };
+  auto ring_of = [this]() -> std::shared_ptr<const cluster::Ring> { return CommittedRing(); };
   auto live_members = [member] { return member->membership()->LiveMembers(); };
   anti_entropy_ = std::make_unique<cluster::AntiEntropy>(
       engine_.get(), cluster::SendThrough(member->transport()), ring_of, live_members,
@@ -803,6 +1132,15 @@ absl::Status Node::StartBackgroundWork() {
     purger->NotifyRingChanged();
     handoff->Notify();
   });
+  {
+    // A committed change of the ring, the same.
+    absl::MutexLock lock(&control_listener_mu_);
+    control_listener_ = [anti_entropy, purger, handoff] {
+      anti_entropy->NotifyRingChanged();
+      purger->NotifyRingChanged();
+      handoff->Notify();
+    };
+  }
   coordinator_->set_caught_up([anti_entropy] { return anti_entropy->caught_up(); });
   service_->SetMembersSource([member] {
     std::vector<std::pair<std::string, std::string>> members;
@@ -815,15 +1153,43 @@ absl::Status Node::StartBackgroundWork() {
   cluster_routes_->SetSyncing([anti_entropy, member] {
     return member->LiveMemberCount() > 1 && !anti_entropy->caught_up();
   });
+  cluster_routes_->SetControlStatus([control = control_.get()] {
+    const control::ControlStatus status = control->Status();
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    nlohmann::json members = nlohmann::json::object();
+    for (const auto& [id, member] : config->members) {
+      std::string role = "none";
+      for (const auto& [raft_id, raft_role] : status.roles) {
+        if (raft_id == member.raft_id) role = raft_role;
+      }
+      members[id] = {{"role", role},
+                     {"state", control::MemberStateName(member.state)},
+                     {"raft_id", member.raft_id}};
+    }
+    return nlohmann::json{{"raft_state", status.raft_state},
+                          {"role", status.role},
+                          {"term", status.term},
+                          {"commit_index", status.commit_index},
+                          {"applied_index", status.applied_index},
+                          {"epoch", status.epoch},
+                          {"leader", status.leader_node_id},
+                          {"voters", status.voters},
+                          {"leader_changes", status.leader_changes},
+                          {"members", std::move(members)}};
+  });
   cluster_routes_->SetBackground([this](std::function<void()> work) {
     RunInBackground(std::move(work));
   });
   // A graceful leave first pushes what only this node may hold to the
   // owners that remain (bounded).
-  cluster_routes_->SetHandOff([this, anti_entropy](std::function<void(absl::Status)> then) {
-    RunInBackground([anti_entropy, then = std::move(then)] {
+  // Then it leaves the committed configuration: BeginLeave and RemoveMember
+  // in the control plane (the ring without it), before gossip says so.
+  control::ControlPlane* const control = control_.get();
+  cluster_routes_->SetHandOff([this, anti_entropy, control](std::function<void(absl::Status)> then) {
+    RunInBackground([anti_entropy, control, then = std::move(then)] {
       absl::Status status = anti_entropy->HandOff(absl::Now() + absl::Seconds(30));
       if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
+      if (status.ok()) status = LeaveControlPlane(control);
       then(std::move(status));
     });
   });
@@ -849,7 +1215,43 @@ void Node::LogListening() const {
   }
 }
 
+void Node::RejoinIfLeft() {
+  control::ControlPlane* control = control_plane();
+  cluster::Membership* membership = cluster_->membership();
+  if (control == nullptr || membership == nullptr || membership->HasLeft()) return;
+  const control::Member self = control->self();
+  const control::Member* held = control->config()->Find(self.node_id);
+  // Removed, or leaving as far as this node applied: a removed node may not
+  // hear of its own removal (the leader stops sending it the log).
+  if (held == nullptr || held->raft_id != self.raft_id ||
+      (held->state != control::MemberState::kRemoved &&
+       held->state != control::MemberState::kLeaving)) {
+    return;
+  }
+  // Through any live member: it passes the command to its leader.
+  for (const cluster::Member& member : membership->LiveMembers()) {
+    if (member.node_id == self.node_id) continue;
+    absl::StatusOr<uint64_t> epoch = SendControlCommandAndWait(
+        cluster_->transport(), member.address, control::EncodeAddMember(self), absl::Seconds(5));
+    if (epoch.ok()) {
+      Log(Level::kInfo, "joined the control plane again through %s", member.node_id);
+      return;
+    }
+    if (absl::IsAlreadyExists(epoch.status())) return;  // not removed yet: next time
+    Log(Level::kWarning, "joining the control plane again through %s: %s", member.node_id,
+        epoch.status().message());
+  }
+}
+
 absl::Status Node::StartFlusher() {
+  {
+    PeriodicWorkerOptions every_second;
+    every_second.interval = absl::Seconds(1);
+    every_second.initial_delay = absl::Seconds(1);
+    rejoin_worker_ =
+        std::make_unique<PeriodicWorker>("control-rejoin", [this] { RejoinIfLeft(); }, every_second);
+    if (absl::Status status = rejoin_worker_->Start(); !status.ok()) return status;
+  }
   if (auth_store_ == nullptr) return absl::OkStatus();
   // Last-use times of API keys are noted in memory and written in batches.
   PeriodicWorkerOptions every_5s;
@@ -878,6 +1280,7 @@ absl::Status Node::Stop() {
   }
   // Then the rest in the reverse order of the member list.
   if (flusher_ != nullptr) flusher_->Stop();
+  if (rejoin_worker_ != nullptr) rejoin_worker_->Stop();
   // The hooks earlier parts hold into later ones (anti-entropy, the
   // background threads), then the background threads.
   if (coordinator_ != nullptr) {
@@ -885,6 +1288,7 @@ absl::Status Node::Stop() {
     coordinator_->set_view_confirmed(nullptr);
   }
   if (cluster_routes_ != nullptr) {
+    cluster_routes_->SetControlStatus(nullptr);
     cluster_routes_->SetHandOff(nullptr);
     cluster_routes_->SetBackground(nullptr);
     cluster_routes_->SetSyncing(nullptr);
@@ -895,8 +1299,14 @@ absl::Status Node::Stop() {
     for (std::thread& thread : background_threads_) thread.join();
     background_threads_.clear();
   }
+  {
+    absl::MutexLock lock(&control_listener_mu_);
+    control_listener_ = nullptr;
+  }
   if (purger_ != nullptr) purger_->Stop();
   if (anti_entropy_ != nullptr) anti_entropy_->Stop();
+  // Before the transport it forwards through.
+  if (control_ != nullptr) control_->Stop();
   server_for_events_.store(nullptr, std::memory_order_release);
   if (handoff_started_) handoff_->Stop();
   if (cluster_started_) cluster_->Stop();

@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "server/http/json_body.h"
+#include "server/cluster/ring.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -45,6 +46,9 @@ class RateLimiter;
 class WorkerPool;
 class LoginThrottle;
 }  // namespace auth
+namespace control {
+class ControlPlane;
+}  // namespace control
 namespace cluster {
 class AntiEntropy;
 class ClusterNode;
@@ -141,6 +145,11 @@ struct NodeOptions {
   absl::Duration purge_interval = absl::Seconds(60);        // --purge_interval_ms
   absl::Duration purge_ring_stable = absl::Seconds(60);     // --purge_ring_stable_ms
   bool fault_injection = false;  // --fault_injection (test builds only)
+  // The control plane's Raft transport: its port (0: chosen at the first
+  // start and kept in the data directory) and how many members vote.
+  int control_port = 0;    // --control_port
+  int control_voters = 3;  // --control_voters: 1, 3 or 5
+  absl::Duration join_timeout = absl::Seconds(60);  // --join_timeout_ms
 
   // Every check logkvd makes of its flags before it opens anything, with
   // logkvd's messages (they name the flags). OK when the node may start.
@@ -183,6 +192,10 @@ class Node {
   // a majority of the members it knows (Membership::ViewConfirmed) and it
   // knows at least min_live_members live ones; DeadlineExceeded at deadline.
   absl::Status WaitViewConfirmed(absl::Time deadline, size_t min_live_members = 1) const;
+  // The control plane (null before Start).
+  control::ControlPlane* control_plane() const {
+    return control_ptr_.load(std::memory_order_acquire);
+  }
 
  private:
   // The steps of Start, each undone by Stop when it was reached.
@@ -194,6 +207,16 @@ class Node {
   absl::Status StartClusterMember();
   absl::Status StartBackgroundWork();
   absl::Status StartFlusher();
+  absl::Status StartControlPlane();
+  // Adds this node to the cluster's control plane through its seeds (a new
+  // node), or takes the place of its member (a node that lost its data).
+  absl::Status JoinControlPlane();
+  // A node that left and was asked to join again (gossip joined) is added
+  // to the committed configuration again (the rejoin worker's task).
+  void RejoinIfLeft();
+  // The ring of the committed configuration (cached per epoch): active and
+  // leaving members; this node alone before any configuration.
+  std::shared_ptr<const cluster::Ring> CommittedRing() ABSL_LOCKS_EXCLUDED(ring_mu_);
   void LogListening() const;
   // Runs work on a thread joined by Stop (blocking work asked for over HTTP).
   void RunInBackground(std::function<void()> work) ABSL_LOCKS_EXCLUDED(background_mu_);
@@ -240,6 +263,16 @@ class Node {
   std::vector<ProtocolOperationMetrics*> operation_metrics_;
   std::unique_ptr<Server> server_;
   bool server_started_ = false;
+  // The control plane (Raft): started once the server bound its ports.
+  std::unique_ptr<control::ControlPlane> control_;
+  std::atomic<control::ControlPlane*> control_ptr_{nullptr};
+  absl::Mutex ring_mu_;
+  uint64_t ring_epoch_ ABSL_GUARDED_BY(ring_mu_) = ~uint64_t{0};
+  std::shared_ptr<const cluster::Ring> ring_ ABSL_GUARDED_BY(ring_mu_);
+  // Told of every committed change (anti-entropy, purger, hand-off), from
+  // the control plane's thread; set once they run, cleared by Stop.
+  absl::Mutex control_listener_mu_;
+  std::function<void()> control_listener_ ABSL_GUARDED_BY(control_listener_mu_);
   // Built once the server bound its port: they take the node's id.
   std::unique_ptr<cluster::AntiEntropy> anti_entropy_;
   std::unique_ptr<cluster::Purger> purger_;
@@ -249,6 +282,8 @@ class Node {
   std::vector<std::thread> background_threads_ ABSL_GUARDED_BY(background_mu_);
   // Writes API keys' last-use times in batches (auth on).
   std::unique_ptr<PeriodicWorker> flusher_;
+  // Re-adds this node to the control plane after a leave and a join.
+  std::unique_ptr<PeriodicWorker> rejoin_worker_;
 };
 
 }  // namespace logkv::server

@@ -43,6 +43,11 @@ void ClusterNode::SetAdvertise(const std::string& advertise, const std::string& 
   if (options_.node_id.empty()) options_.node_id = options_.advertise;
 }
 
+void ClusterNode::SetNodeId(const std::string& node_id) {
+  if (started_.load()) return;
+  options_.node_id = node_id;
+}
+
 absl::Status ClusterNode::Start() {
   if (started_.exchange(true)) return absl::FailedPreconditionError("cluster node already started");
   if (options_.advertise.empty()) {

@@ -77,6 +77,9 @@ class ClusterNode : public PeerHandler {
   // The advertised addresses and node id once the server's ports are known
   // (an empty argument keeps the option). REQUIRES: before Start.
   void SetAdvertise(const std::string& advertise, const std::string& http_advertise);
+  // The node id, when the options had none (a node id kept in the data
+  // directory). REQUIRES: before SetAdvertise and Start.
+  void SetNodeId(const std::string& node_id);
   // Starts the transport and the membership (joining through the seeds).
   absl::Status Start();
   void Stop();

@@ -138,7 +138,10 @@ absl::Status CheckMemberFields(const Member& member) {
   if (absl::Status s = CheckAddress("binary address", member.binary_address, false); !s.ok()) {
     return s;
   }
-  return CheckAddress("http address", member.http_address, true);
+  if (absl::Status s = CheckAddress("http address", member.http_address, true); !s.ok()) {
+    return s;
+  }
+  return CheckAddress("control address", member.control_address, true);
 }
 
 // The one invariant between N and the members: the active members can hold
@@ -183,6 +186,7 @@ absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMemb
   member.node_id = std::string(View(add.node_id()));
   member.binary_address = std::string(View(add.binary_address()));
   member.http_address = std::string(View(add.http_address()));
+  member.control_address = std::string(View(add.control_address()));
   std::optional<Role> role = RoleOf(add.role());
   if (!role.has_value()) {
     return absl::InvalidArgumentError(
@@ -197,6 +201,9 @@ absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMemb
   }
   for (const auto& [id, other] : config.members) {
     if (id == member.node_id) {
+      // A removed member's node id may join again (a node that left comes
+      // back); any other is taken.
+      if (other.state == MemberState::kRemoved) continue;
       return absl::AlreadyExistsError(absl::StrCat(
           "node id ", Quoted(id), " is taken (", MemberStateName(other.state), ")"));
     }
@@ -206,21 +213,77 @@ absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMemb
                                                    MemberStateName(other.state), ")"));
     }
     if (other.state == MemberState::kRemoved) continue;  // its addresses are free again
-    for (const std::string* address : {&member.binary_address, &member.http_address}) {
+    for (const std::string* address :
+         {&member.binary_address, &member.http_address, &member.control_address}) {
       if (address->empty()) continue;
-      if (*address == other.binary_address || *address == other.http_address) {
+      if (*address == other.binary_address || *address == other.http_address ||
+          *address == other.control_address) {
         return absl::AlreadyExistsError(
             absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
       }
     }
   }
-  if (member.binary_address == member.http_address) {
+  if (member.binary_address == member.http_address ||
+      member.binary_address == member.control_address) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the binary address ", Quoted(member.binary_address), " is given twice"));
+  }
+  if (!member.http_address.empty() && member.http_address == member.control_address) {
     return absl::InvalidArgumentError(
-        absl::StrCat("binary and http address are both ", Quoted(member.binary_address)));
+        absl::StrCat("http and control address are both ", Quoted(member.http_address)));
   }
   member.state = MemberState::kJoining;
   member.since_epoch = ++config.epoch;
-  config.members.emplace(member.node_id, std::move(member));
+  config.members.insert_or_assign(member.node_id, std::move(member));
+  return config.epoch;
+}
+
+absl::StatusOr<uint64_t> ApplyReplaceMember(ClusterConfig& config, const fb::ReplaceMember& cmd) {
+  if (cmd.member() == nullptr) return absl::InvalidArgumentError("replace names no member");
+  const fb::AddMember& add = *cmd.member();
+  Member member;
+  member.raft_id = add.raft_id();
+  member.node_id = std::string(View(add.node_id()));
+  member.binary_address = std::string(View(add.binary_address()));
+  member.http_address = std::string(View(add.http_address()));
+  member.control_address = std::string(View(add.control_address()));
+  if (absl::Status s = CheckMemberFields(member); !s.ok()) return s;
+  auto it = config.members.find(member.node_id);
+  if (it == config.members.end()) {
+    return absl::NotFoundError(absl::StrCat("no member ", Quoted(member.node_id)));
+  }
+  Member& current = it->second;
+  if (current.state != MemberState::kJoining && current.state != MemberState::kActive) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot replace ", Quoted(member.node_id),
+                                                      ": it is ",
+                                                      MemberStateName(current.state)));
+  }
+  if (current.raft_id == member.raft_id) {
+    return absl::AlreadyExistsError(absl::StrCat(Quoted(member.node_id), " already has raft id ",
+                                                 member.raft_id));
+  }
+  for (const auto& [id, other] : config.members) {
+    if (id == member.node_id) continue;
+    if (other.raft_id == member.raft_id) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("raft id ", member.raft_id, " is taken by ", Quoted(id)));
+    }
+    if (other.state == MemberState::kRemoved) continue;
+    for (const std::string* address :
+         {&member.binary_address, &member.http_address, &member.control_address}) {
+      if (address->empty()) continue;
+      if (*address == other.binary_address || *address == other.http_address ||
+          *address == other.control_address) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
+      }
+    }
+  }
+  current.raft_id = member.raft_id;
+  current.binary_address = std::move(member.binary_address);
+  current.http_address = std::move(member.http_address);
+  current.control_address = std::move(member.control_address);
+  current.since_epoch = ++config.epoch;
   return config.epoch;
 }
 
@@ -346,9 +409,22 @@ std::string EncodeAddMember(const Member& member, CommandOptions options) {
   auto node_id = builder.CreateString(member.node_id);
   auto binary_address = builder.CreateString(member.binary_address);
   auto http_address = builder.CreateString(member.http_address);
+  auto control_address = builder.CreateString(member.control_address);
   auto body = fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
-                                  static_cast<fb::Role>(member.role));
+                                  static_cast<fb::Role>(member.role), control_address);
   return EncodeCommand(builder, fb::CommandBody::AddMember, body.Union(), options);
+}
+
+std::string EncodeReplaceMember(const Member& member, CommandOptions options) {
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto node_id = builder.CreateString(member.node_id);
+  auto binary_address = builder.CreateString(member.binary_address);
+  auto http_address = builder.CreateString(member.http_address);
+  auto control_address = builder.CreateString(member.control_address);
+  auto add = fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
+                                 static_cast<fb::Role>(member.role), control_address);
+  auto body = fb::CreateReplaceMember(builder, add);
+  return EncodeCommand(builder, fb::CommandBody::ReplaceMember, body.Union(), options);
 }
 
 std::string EncodeActivateMember(absl::string_view node_id, CommandOptions options) {
@@ -410,6 +486,8 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
       return ApplySetReplicas(config_, *cmd->body_as_SetReplicas());
     case fb::CommandBody::SetVnodes:
       return ApplySetVnodes(config_, *cmd->body_as_SetVnodes());
+    case fb::CommandBody::ReplaceMember:
+      return ApplyReplaceMember(config_, *cmd->body_as_ReplaceMember());
     case fb::CommandBody::NONE:
       break;
   }
@@ -426,7 +504,7 @@ std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
         builder, member.raft_id, builder.CreateString(member.node_id),
         builder.CreateString(member.binary_address), builder.CreateString(member.http_address),
         static_cast<fb::Role>(member.role), static_cast<fb::MemberState>(member.state),
-        member.since_epoch));
+        member.since_epoch, builder.CreateString(member.control_address)));
   }
   auto vector = builder.CreateVector(members);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
@@ -470,6 +548,7 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
       member.node_id = std::string(View(in->node_id()));
       member.binary_address = std::string(View(in->binary_address()));
       member.http_address = std::string(View(in->http_address()));
+      member.control_address = std::string(View(in->control_address()));
       std::optional<Role> role = RoleOf(in->role());
       std::optional<MemberState> state = StateOf(in->state());
       if (!role.has_value() || !state.has_value()) {
@@ -494,7 +573,8 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
             absl::StrCat("snapshot: raft id ", member.raft_id, " appears twice"));
       }
       if (member.state != MemberState::kRemoved) {
-        for (const std::string* address : {&member.binary_address, &member.http_address}) {
+        for (const std::string* address :
+             {&member.binary_address, &member.http_address, &member.control_address}) {
           if (!address->empty() && !addresses.insert(*address).second) {
             return absl::InvalidArgumentError(
                 absl::StrCat("snapshot: address ", Quoted(*address), " appears twice"));

@@ -13,8 +13,10 @@
 // A member's life: AddMember (joining) -> ActivateMember (active, once its
 // data has been handed to it) -> BeginLeave (leaving) -> RemoveMember
 // (removed). A joining member may also be removed directly. Removed members
-// stay as tombstones: their node id and Raft id are never reused, so a node
-// that was removed cannot come back under its old identity with stale data.
+// stay as tombstones until a node of the same node id joins again (a node
+// that left and comes back: AddMember). A node that lost its data takes the
+// place of its member with ReplaceMember (a new raft id, the same ring
+// position).
 //
 // Commands and snapshots are FlatBuffers (server/control/control.fbs); input
 // from the log or from a snapshot is checked with the FlatBuffers verifier
@@ -51,6 +53,7 @@ struct Member {
   std::string node_id;
   std::string binary_address;
   std::string http_address;  // "" = none
+  std::string control_address;  // host:port of its Raft transport, "" = none
   Role role = Role::kVoter;
   MemberState state = MemberState::kJoining;
   uint64_t since_epoch = 0;  // the epoch its state last changed at
@@ -92,6 +95,9 @@ struct CommandOptions {
   std::optional<uint64_t> if_epoch;
 };
 std::string EncodeAddMember(const Member& member, CommandOptions options = {});  // id, addresses, role
+// The member of member.node_id (joining or active) gets member's raft id and
+// addresses; its state and ring position stay.
+std::string EncodeReplaceMember(const Member& member, CommandOptions options = {});
 std::string EncodeActivateMember(absl::string_view node_id, CommandOptions options = {});
 std::string EncodeBeginLeave(absl::string_view node_id, CommandOptions options = {});
 std::string EncodeRemoveMember(absl::string_view node_id, CommandOptions options = {});

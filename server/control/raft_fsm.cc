@@ -1,5 +1,6 @@
 #include "server/control/raft_fsm.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
@@ -35,7 +36,18 @@ int RaftFsm::Apply(struct raft_fsm* fsm, const struct raft_buffer* buf, void** r
   }
   ++self->commands_applied_;
   *result = &self->last_result_;
+  self->NotifyApplied();
   return 0;
+}
+
+void RaftFsm::NotifyApplied() {
+  if (!on_applied_) return;
+  try {
+    on_applied_();
+  } catch (...) {
+    // Nothing may cross into libraft; the hook only publishes a copy of
+    // the state, which the next apply publishes again.
+  }
 }
 
 int RaftFsm::Snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[], unsigned* n_bufs) {
@@ -73,16 +85,22 @@ int RaftFsm::Restore(struct raft_fsm* fsm, struct raft_buffer* buf) {
   if (!status.ok()) return RAFT_MALFORMED;
   raft_free(buf->base);
   ++self->snapshots_restored_;
+  self->NotifyApplied();
   return 0;
 }
 
 int ProposeCommand(struct raft* raft, struct raft_apply* req, absl::string_view command,
                    raft_apply_cb cb) {
+  // libraft's disk backend (0.15) writes an entry padded to a multiple of
+  // 8 bytes but reads it back at its stated length, so an entry of another
+  // length makes the closed segment unreadable at the next start. Commands
+  // are padded here with zeros, which the FlatBuffers verifier ignores.
   struct raft_buffer buf;
-  buf.len = command.size();
-  buf.base = raft_malloc(buf.len == 0 ? 1 : buf.len);
+  buf.len = std::max<size_t>(8, (command.size() + 7) / 8 * 8);
+  buf.base = raft_malloc(buf.len);
   if (buf.base == nullptr) return RAFT_NOMEM;
-  if (buf.len > 0) std::memcpy(buf.base, command.data(), buf.len);
+  std::memset(buf.base, 0, buf.len);
+  if (!command.empty()) std::memcpy(buf.base, command.data(), command.size());
   int rv = raft_apply(raft, req, &buf, 1, cb);
   if (rv != 0) raft_free(buf.base);
   return rv;

@@ -25,6 +25,8 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -43,6 +45,10 @@ class RaftFsm {
   struct raft_fsm* fsm() { return &fsm_; }
   ControlState& state() { return *state_; }
 
+  // Called on the loop thread after every command applied and snapshot
+  // restored (it must not call into libraft). REQUIRES: before raft_start.
+  void set_on_applied(std::function<void()> on_applied) { on_applied_ = std::move(on_applied); }
+
   // The command result behind raft_apply_cb's `result`.
   static const absl::StatusOr<uint64_t>& ResultOf(const void* result);
 
@@ -55,10 +61,12 @@ class RaftFsm {
   static int Apply(struct raft_fsm* fsm, const struct raft_buffer* buf, void** result);
   static int Snapshot(struct raft_fsm* fsm, struct raft_buffer* bufs[], unsigned* n_bufs);
   static int Restore(struct raft_fsm* fsm, struct raft_buffer* buf);
+  void NotifyApplied();
 
   ControlState* state_;
   struct raft_fsm fsm_ {};
   absl::StatusOr<uint64_t> last_result_;
+  std::function<void()> on_applied_;
   uint64_t commands_applied_ = 0;
   uint64_t snapshots_taken_ = 0;
   uint64_t snapshots_restored_ = 0;

@@ -219,6 +219,20 @@ void ClusterRoutes::SetHandOff(HandOffFunction hand_off) {
 
 // ---- Health and statistics -----------------------------------------------------------
 
+void ClusterRoutes::SetControlStatus(std::function<json()> status) {
+  absl::MutexLock lock(&hooks_mu_);
+  control_status_ = std::move(status);
+}
+
+json ClusterRoutes::ControlStatus() {
+  std::function<json()> status;
+  {
+    absl::MutexLock lock(&hooks_mu_);
+    status = control_status_;
+  }
+  return status ? status() : json(nullptr);
+}
+
 void ClusterRoutes::Health(HttpRequest&, Responder responder) {
   std::string mode = config_.mode;
   {
@@ -241,6 +255,10 @@ void ClusterRoutes::Health(HttpRequest&, Responder responder) {
     // Whether a majority of the members confirmed this node's view: until
     // then it refuses strong operations (docs/cluster.md, "Restarts").
     body["view_confirmed"] = deps_.cluster->membership()->ViewConfirmed();
+  }
+  if (json control = ControlStatus(); control.is_object()) {
+    control.erase("members");
+    body["control"] = std::move(control);
   }
   if (!writes.ok()) {
     // Public: the reason in words, without the server's paths (the log has
@@ -477,18 +495,34 @@ void ClusterRoutes::Members(HttpRequest&, Responder responder) {
   if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
     json members = json::array();
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+    const json control = ControlStatus();
     for (const cluster::Member& member : MembersOf(deps_.cluster)) {
       if (member.state == cluster::MemberState::kLeft) continue;
-      members.push_back(
-          {{"id", member.node_id},
-           {"address",
-            member.http_address.empty() ? json(nullptr) : json(member.http_address)},
-           {"binary_address", member.address},
-           {"http_address", member.http_address},
-           {"state", cluster::MemberStateName(member.state)},
-           {"last_seen",
-            member.node_id == deps_.cluster->node_id() ? now_ms : member.last_seen_unix_ms},
-           {"joined_timestamp", member.joined_unix_ms}});
+      json entry = {
+          {"id", member.node_id},
+          {"address", member.http_address.empty() ? json(nullptr) : json(member.http_address)},
+          {"binary_address", member.address},
+          {"http_address", member.http_address},
+          {"state", cluster::MemberStateName(member.state)},
+          {"last_seen",
+           member.node_id == deps_.cluster->node_id() ? now_ms : member.last_seen_unix_ms},
+          {"joined_timestamp", member.joined_unix_ms}};
+      // The committed view: its role in Raft and its state in the
+      // configuration (joining, active, leaving, removed).
+      if (control.is_object() && control.contains("members") &&
+          control["members"].contains(member.node_id)) {
+        const json& committed = control["members"][member.node_id];
+        entry["role"] = committed.value("role", "none");
+        entry["member_state"] = committed.value("state", "");
+        entry["raft_id"] = committed.value("raft_id", uint64_t{0});
+        entry["leader"] = control.value("leader", "") == member.node_id;
+      }
+      if (member.node_id == deps_.cluster->node_id() && control.is_object()) {
+        entry["raft_term"] = control.value("term", uint64_t{0});
+        entry["commit_index"] = control.value("commit_index", uint64_t{0});
+        entry["applied_epoch"] = control.value("epoch", uint64_t{0});
+      }
+      members.push_back(std::move(entry));
     }
     return responder.Send(HttpResponse::Json(200, Dump(members)));
   }

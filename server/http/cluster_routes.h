@@ -85,6 +85,10 @@ class ClusterRoutes {
   // Whether the node is still filling up after joining (anti-entropy not
   // caught up): /health says mode "syncing" then. Null: never.
   void SetSyncing(std::function<bool()> syncing) ABSL_LOCKS_EXCLUDED(hooks_mu_);
+  // The control plane's state as JSON: {"raft_state", "term", "commit_index",
+  // "applied_index", "epoch", "leader", "voters", "members": {node id:
+  // {"role", "state", "raft_id"}}}; shown by /health and /members/.
+  void SetControlStatus(std::function<nlohmann::json()> status) ABSL_LOCKS_EXCLUDED(hooks_mu_);
 
  private:
   // Each takes the request and its Responder; see cluster_routes.cc.
@@ -131,6 +135,8 @@ class ClusterRoutes {
   HandOffFunction hand_off_ ABSL_GUARDED_BY(hooks_mu_);
   BackgroundFunction background_ ABSL_GUARDED_BY(hooks_mu_);
   std::function<bool()> syncing_ ABSL_GUARDED_BY(hooks_mu_);
+  std::function<nlohmann::json()> control_status_ ABSL_GUARDED_BY(hooks_mu_);
+  nlohmann::json ControlStatus() ABSL_LOCKS_EXCLUDED(hooks_mu_);
 };
 
 }  // namespace logkv::server::http

@@ -23,6 +23,7 @@ bool IsClusterOperation(p::Operation operation) {
     case p::Operation::ReadRecords:
     case p::Operation::MerkleHashes:
     case p::Operation::MerkleLeaf:
+    case p::Operation::ControlPropose:
       return true;
     default:
       return false;

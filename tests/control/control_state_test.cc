@@ -159,20 +159,71 @@ TEST(ControlStateTest, AddMemberValidatesItsFields) {
   EXPECT_TRUE(state.Apply(EncodeAddMember(no_http)).ok());
 }
 
-TEST(ControlStateTest, RemovedMemberFreesItsAddressesButNotItsIds) {
+TEST(ControlStateTest, RemovedMemberFreesItsAddressesAndMayJoinAgain) {
   ControlState state;
   ASSERT_TRUE(state.Apply(EncodeAddMember(NewMember(1, "a"))).ok());
   ASSERT_TRUE(state.Apply(EncodeRemoveMember("a")).ok());
-  Member same_id = NewMember(2, "a");
-  EXPECT_EQ(CodeOf(state.Apply(EncodeAddMember(same_id))), absl::StatusCode::kAlreadyExists);
+  // Its raft id stays taken by the tombstone.
   Member same_raft_id = NewMember(1, "b");
   same_raft_id.binary_address = "elsewhere:1";
   same_raft_id.http_address = "";
   EXPECT_EQ(CodeOf(state.Apply(EncodeAddMember(same_raft_id))), absl::StatusCode::kAlreadyExists);
+  // Its addresses are free.
   Member same_addresses = NewMember(2, "b");
   same_addresses.binary_address = "10.0.0.1:7000";
   same_addresses.http_address = "10.0.0.1:8000";
   EXPECT_EQ(*state.Apply(EncodeAddMember(same_addresses)), 3u);
+  // The node that left comes back under its node id (here with a new raft
+  // id and addresses): joining again, at a new epoch.
+  Member again = NewMember(3, "a");
+  again.binary_address = "10.0.0.3:7000";
+  again.http_address = "";
+  EXPECT_EQ(*state.Apply(EncodeAddMember(again)), 4u);
+  EXPECT_EQ(state.Current().Find("a")->state, MemberState::kJoining);
+  EXPECT_EQ(state.Current().Find("a")->raft_id, 3u);
+  // A node id that is not removed stays taken.
+  Member taken = NewMember(4, "a");
+  taken.binary_address = "10.0.0.4:7000";
+  taken.http_address = "";
+  EXPECT_EQ(CodeOf(state.Apply(EncodeAddMember(taken))), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(ControlStateTest, ReplaceMemberKeepsThePlaceWithANewRaftId) {
+  ControlState state;
+  AddActive(state, 3);
+  const ClusterConfig before = state.Current();
+  const Member* n2 = before.Find("n2");
+  ASSERT_NE(n2, nullptr);
+  Member replacement = *n2;
+  replacement.raft_id = 99;
+  replacement.binary_address = "10.9.9.9:7000";
+  replacement.http_address = "";
+  replacement.control_address = "10.9.9.9:7100";
+  absl::StatusOr<uint64_t> replaced = state.Apply(EncodeReplaceMember(replacement));
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_EQ(*replaced, before.epoch + 1);
+  const Member* after = state.Current().Find("n2");
+  EXPECT_EQ(after->raft_id, 99u);
+  EXPECT_EQ(after->state, MemberState::kActive);
+  EXPECT_EQ(after->binary_address, "10.9.9.9:7000");
+  EXPECT_EQ(after->control_address, "10.9.9.9:7100");
+  // The same raft id again, a raft id of another member, an unknown or a
+  // removed member: refused, nothing changes.
+  EXPECT_EQ(CodeOf(state.Apply(EncodeReplaceMember(replacement))),
+            absl::StatusCode::kAlreadyExists);
+  Member other_id = replacement;
+  other_id.raft_id = before.Find("n1")->raft_id;
+  EXPECT_EQ(CodeOf(state.Apply(EncodeReplaceMember(other_id))), absl::StatusCode::kAlreadyExists);
+  Member unknown = replacement;
+  unknown.node_id = "nobody";
+  unknown.raft_id = 100;
+  EXPECT_EQ(CodeOf(state.Apply(EncodeReplaceMember(unknown))), absl::StatusCode::kNotFound);
+  Member stolen_address = replacement;
+  stolen_address.raft_id = 101;
+  stolen_address.binary_address = before.Find("n1")->binary_address;
+  EXPECT_EQ(CodeOf(state.Apply(EncodeReplaceMember(stolen_address))),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(state.epoch(), before.epoch + 1);
 }
 
 TEST(ControlStateTest, SetReplicasIsBoundedByActiveMembers) {

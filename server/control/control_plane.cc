@@ -1,0 +1,798 @@
+#include "server/control/control_plane.h"
+
+extern "C" {
+#include <raft.h>
+#include <raft/uv.h>
+}
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "server/control/raft_fsm.h"
+#include "server/control/raft_transport.h"
+
+namespace logkv::server::control {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Without --cluster-secret (allowed only on loopback without accounts) the
+// transport still runs its handshake, keyed with this public constant: it
+// keeps one code path, and authenticates nothing.
+constexpr char kPublicSecret[] = "logkv: no cluster secret";
+constexpr uint64_t kTickMs = 100;
+// How long a submission waits for a leader to be known (a node that just
+// started hears from it within a heartbeat or an election).
+constexpr absl::Duration kLeaderWait = absl::Seconds(5);
+
+const char* RaftStateName(int state) {
+  switch (state) {
+    case RAFT_LEADER:
+      return "leader";
+    case RAFT_FOLLOWER:
+      return "follower";
+    case RAFT_CANDIDATE:
+      return "candidate";
+    default:
+      return "unavailable";
+  }
+}
+
+const char* RaftRoleName(int role) {
+  switch (role) {
+    case RAFT_VOTER:
+      return "voter";
+    case RAFT_STANDBY:
+      return "standby";
+    case RAFT_SPARE:
+      return "spare";
+    default:
+      return "none";
+  }
+}
+
+absl::StatusOr<std::string> ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), " does not exist"));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) return absl::InternalError(absl::StrCat("reading ", path.string(), " failed"));
+  return contents.str();
+}
+
+// A port the kernel chooses for host (IPv4), free when asked. The control
+// transport binds it a moment later; the port is then kept in the identity
+// file, so the rare race is met once, at a node's first start, as a clear
+// bind error.
+absl::StatusOr<int> PickFreePort(const std::string& host) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  if (inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("control plane: '", host, "' is not an IPv4 address"));
+  }
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  socklen_t length = sizeof(address);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return absl::InternalError(
+        absl::StrCat("choosing a control-plane port on ", host, ": ", strerror(error)));
+  }
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+struct Identity {
+  uint64_t raft_id = 0;
+  int port = 0;
+};
+
+// identity: "raft_id <id>\nport <port>\n".
+absl::StatusOr<Identity> ParseIdentity(absl::string_view text, const std::string& where) {
+  Identity identity;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
+    if (fields.size() != 2) continue;
+    if (fields[0] == "raft_id") (void)absl::SimpleAtoi(fields[1], &identity.raft_id);
+    if (fields[0] == "port") (void)absl::SimpleAtoi(fields[1], &identity.port);
+  }
+  if (identity.raft_id == 0 || identity.port <= 0 || identity.port > 65535) {
+    return absl::DataLossError(absl::StrCat(where, " is damaged: it names no raft id or port"));
+  }
+  return identity;
+}
+
+}  // namespace
+
+// Writes a small file so that a crash leaves the old contents or the new,
+// never a part: a temporary file, fsync, rename, fsync of the directory.
+absl::Status WriteFileAtomically(const std::string& file, absl::string_view contents) {
+  const fs::path path(file);
+  const fs::path temporary = path.string() + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("open ", temporary.string(), ": ", strerror(errno)));
+  }
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = errno;
+      ::close(fd);
+      return absl::InternalError(absl::StrCat("write ", temporary.string(), ": ", strerror(error)));
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return absl::InternalError(absl::StrCat("fsync ", temporary.string(), ": ", strerror(error)));
+  }
+  ::close(fd);
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("rename ", temporary.string(), ": ", strerror(errno)));
+  }
+  const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return absl::OkStatus();
+}
+
+class ControlPlane::Impl {
+ public:
+  Impl(ControlPlaneOptions options, Member* self) : options_(std::move(options)), self_(self) {}
+
+  absl::Status Start();
+  void Stop();
+
+  std::shared_ptr<const ClusterConfig> config() const {
+    absl::MutexLock lock(&config_mu_);
+    return published_;
+  }
+  ControlStatus Status() const {
+    absl::MutexLock lock(&status_mu_);
+    ControlStatus status = status_;
+    status.epoch = config()->epoch;
+    return status;
+  }
+
+  // Runs task on the control thread.
+  void Post(std::function<void()> task) {
+    {
+      absl::MutexLock lock(&tasks_mu_);
+      tasks_.push_back(std::move(task));
+    }
+    uv_async_send(&wake_);
+  }
+
+  void Submit(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
+  void ProposeLocal(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
+
+ private:
+  struct Waiting {
+    std::string command;
+    std::function<void(absl::StatusOr<uint64_t>)> done;
+    absl::Time deadline;
+  };
+  void Route(Waiting submission);
+  std::vector<Waiting> waiting_;  // control thread: submissions awaiting a leader
+
+  struct Proposal {
+    struct raft_apply req {};
+    std::function<void(absl::StatusOr<uint64_t>)> done;
+    absl::Time started;
+    Impl* impl = nullptr;
+    bool from_reconciler = false;
+  };
+
+  // Control thread only, below.
+  void RunTasks();
+  void Propose(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done,
+               bool from_reconciler);
+  void OnApplied();
+  void Tick();
+  void Reconcile();
+  bool StartChange(const char* what, int rv);
+  void TransferLeadership();
+  void UpdateStatus();
+  const raft_server* RaftServer(uint64_t raft_id) const;
+  bool Alive(const Member& member) const {
+    return member.raft_id == raft_.id || !options_.is_alive || options_.is_alive(member.node_id);
+  }
+
+  ControlPlaneOptions options_;
+  Member* self_;
+  fs::path dir_;
+
+  uv_loop_t loop_{};
+  uv_async_t wake_{};
+  uv_timer_t tick_{};
+  std::thread thread_;
+  bool loop_ready_ = false;
+  bool started_ = false;
+
+  absl::Mutex tasks_mu_;
+  std::vector<std::function<void()>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+
+  ControlState state_;
+  RaftFsm fsm_{&state_};
+  std::unique_ptr<AuthenticatedTransport> transport_;
+  struct raft_io io_ {};
+  struct raft raft_ {};
+  bool raft_initialized_ = false;
+  bool closing_ = false;  // control thread
+
+  mutable absl::Mutex config_mu_;
+  std::shared_ptr<const ClusterConfig> published_ ABSL_GUARDED_BY(config_mu_);
+
+  mutable absl::Mutex status_mu_;
+  ControlStatus status_ ABSL_GUARDED_BY(status_mu_);
+
+  // The reconciler's one change or command in flight (control thread).
+  struct raft_change change_ {};
+  struct raft_transfer transfer_ {};
+  bool change_pending_ = false;
+  bool transfer_pending_ = false;
+  bool command_pending_ = false;
+  uint64_t last_leader_ = 0;
+  uint64_t leader_changes_ = 0;
+  uint64_t proposals_ = 0;
+  uint64_t proposals_failed_ = 0;
+  double apply_seconds_sum_ = 0;
+};
+
+absl::Status ControlPlane::Impl::Start() {
+  dir_ = options_.dir;
+  std::error_code error;
+  fs::create_directories(dir_ / "raft", error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("control plane: creating ", (dir_ / "raft").string(), ": ", error.message()));
+  }
+  // The identity: made once, kept.
+  const fs::path identity_path = dir_ / "identity";
+  Identity identity;
+  absl::StatusOr<std::string> identity_text = ReadFile(identity_path);
+  if (identity_text.ok()) {
+    absl::StatusOr<Identity> parsed = ParseIdentity(*identity_text, identity_path.string());
+    if (!parsed.ok()) return parsed.status();
+    identity = *parsed;
+    if (options_.port != 0 && options_.port != identity.port) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "control plane: this node's Raft address has port ", identity.port, " (",
+          identity_path.string(), "), not ", options_.port,
+          ": the cluster knows it by that port; start with --control-port=", identity.port));
+    }
+  } else if (absl::IsNotFound(identity_text.status())) {
+    if (sodium_init() < 0) return absl::InternalError("libsodium failed to initialise");
+    while (identity.raft_id == 0) randombytes_buf(&identity.raft_id, sizeof(identity.raft_id));
+    identity.port = options_.port;
+    if (identity.port == 0) {
+      absl::StatusOr<int> port = PickFreePort(options_.listen_host);
+      if (!port.ok()) return port.status();
+      identity.port = *port;
+    }
+    if (absl::Status s = WriteFileAtomically(
+            identity_path.string(),
+            absl::StrCat("raft_id ", identity.raft_id, "\nport ", identity.port, "\n"));
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    return identity_text.status();
+  }
+  const std::string host =
+      options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host;
+  self_->raft_id = identity.raft_id;
+  self_->control_address = absl::StrCat(host, ":", identity.port);
+
+  // What was applied before the last stop.
+  std::shared_ptr<const ClusterConfig> applied = std::make_shared<ClusterConfig>();
+  absl::StatusOr<std::string> applied_bytes = ReadFile(dir_ / "applied");
+  if (applied_bytes.ok()) {
+    absl::StatusOr<ClusterConfig> decoded = ControlState::DecodeSnapshot(*applied_bytes);
+    if (!decoded.ok()) {
+      return absl::DataLossError(absl::StrCat("control plane: ", (dir_ / "applied").string(),
+                                              ": ", decoded.status().message()));
+    }
+    applied = std::make_shared<ClusterConfig>(std::move(*decoded));
+  }
+  {
+    absl::MutexLock lock(&config_mu_);
+    published_ = std::move(applied);
+  }
+
+  if (int rv = uv_loop_init(&loop_); rv != 0) {
+    return absl::InternalError(absl::StrCat("control plane: uv_loop_init: ", uv_strerror(rv)));
+  }
+  loop_ready_ = true;
+  wake_.data = this;
+  uv_async_init(&loop_, &wake_, [](uv_async_t* handle) {
+    static_cast<Impl*>(handle->data)->RunTasks();
+  });
+  tick_.data = this;
+  uv_timer_init(&loop_, &tick_);
+
+  transport_ = std::make_unique<AuthenticatedTransport>(
+      &loop_, TransportOptions{.cluster_secret = options_.cluster_secret.empty()
+                                                     ? std::string(kPublicSecret)
+                                                     : options_.cluster_secret});
+  const std::string raft_dir = (dir_ / "raft").string();
+  if (int rv = raft_uv_init(&io_, &loop_, raft_dir.c_str(), transport_->transport()); rv != 0) {
+    return absl::InternalError(absl::StrCat("control plane: ", io_.errmsg));
+  }
+  const std::string listen_address = absl::StrCat(options_.listen_host, ":", identity.port);
+  (void)listen_address;
+  fsm_.set_on_applied([this] { OnApplied(); });
+  if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), identity.raft_id,
+                         self_->control_address.c_str());
+      rv != 0) {
+    std::string message = raft_errmsg(&raft_);
+    raft_uv_close(&io_);
+    return absl::InternalError(absl::StrCat("control plane: raft_init: ", message));
+  }
+  raft_initialized_ = true;
+  raft_.data = this;
+  raft_set_election_timeout(&raft_, options_.election_timeout_ms);
+  raft_set_heartbeat_timeout(&raft_, options_.heartbeat_timeout_ms);
+  raft_set_snapshot_threshold(&raft_, options_.snapshot_threshold);
+  raft_set_snapshot_trailing(&raft_, options_.snapshot_trailing);
+  raft_set_pre_vote(&raft_, true);
+  if (options_.bootstrap) {
+    struct raft_configuration configuration;
+    raft_configuration_init(&configuration);
+    int rv = raft_configuration_add(&configuration, identity.raft_id,
+                                    self_->control_address.c_str(), RAFT_VOTER);
+    if (rv == 0) rv = raft_bootstrap(&raft_, &configuration);
+    raft_configuration_close(&configuration);
+    if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) {  // CANTBOOTSTRAP: state exists, a restart
+      return absl::InternalError(
+          absl::StrCat("control plane: bootstrap: ", raft_strerror(rv)));
+    }
+  }
+  if (int rv = raft_start(&raft_); rv != 0) {
+    return absl::InternalError(absl::StrCat("control plane: raft_start: ", raft_errmsg(&raft_)));
+  }
+  uv_timer_start(&tick_, [](uv_timer_t* timer) { static_cast<Impl*>(timer->data)->Tick(); },
+                 kTickMs, kTickMs);
+  UpdateStatus();
+  started_ = true;
+  thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+  return absl::OkStatus();
+}
+
+void ControlPlane::Impl::Stop() {
+  if (!loop_ready_) return;
+  if (started_) {
+    Post([this] {
+      closing_ = true;
+      uv_timer_stop(&tick_);
+      std::vector<Waiting> waiting;
+      waiting.swap(waiting_);
+      for (Waiting& submission : waiting) {
+        submission.done(absl::UnavailableError("the control plane is stopping"));
+      }
+      raft_close(&raft_, [](struct raft* raft) {
+        auto* self = static_cast<Impl*>(raft->data);
+        raft_uv_close(&self->io_);
+        uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&self->wake_), nullptr);
+      });
+    });
+    thread_.join();
+    started_ = false;
+  } else {
+    // Start failed part way: close what it opened on this thread.
+    if (raft_initialized_) {
+      bool closed = false;
+      raft_.data = &closed;
+      raft_close(&raft_, [](struct raft* raft) { *static_cast<bool*>(raft->data) = true; });
+      while (!closed) uv_run(&loop_, UV_RUN_ONCE);
+      raft_uv_close(&io_);
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  }
+  // Work posted while closing fails fast rather than waiting forever.
+  closing_ = true;
+  RunTasks();
+  uv_loop_close(&loop_);
+  loop_ready_ = false;
+}
+
+void ControlPlane::Impl::RunTasks() {
+  std::vector<std::function<void()>> tasks;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    tasks.swap(tasks_);
+  }
+  for (auto& task : tasks) task();
+}
+
+void ControlPlane::Impl::Submit(std::string command,
+                                std::function<void(absl::StatusOr<uint64_t>)> done) {
+  Post([this, command = std::move(command), done = std::move(done)]() mutable {
+    Route(Waiting{std::move(command), std::move(done), absl::Now() + kLeaderWait});
+  });
+}
+
+// To the leader: proposed here when this node leads, forwarded when another
+// does, and held (re-tried every tick) while none is known, as after a
+// restart, until a leader is heard of or the wait ends.
+void ControlPlane::Impl::Route(Waiting submission) {
+  if (closing_) {
+    submission.done(absl::UnavailableError("the control plane is stopping"));
+    return;
+  }
+  if (raft_state(&raft_) == RAFT_LEADER) {
+    Propose(std::move(submission.command), std::move(submission.done),
+            /*from_reconciler=*/false);
+    return;
+  }
+  raft_id leader = 0;
+  const char* leader_address = nullptr;
+  raft_leader(&raft_, &leader, &leader_address);
+  std::string binary_address;
+  if (leader != 0) {
+    for (const auto& [id, member] : config()->members) {
+      if (member.raft_id == leader) binary_address = member.binary_address;
+    }
+  }
+  if (!binary_address.empty() && options_.forward) {
+    options_.forward(binary_address, std::move(submission.command), std::move(submission.done));
+    return;
+  }
+  if (absl::Now() < submission.deadline) {
+    waiting_.push_back(std::move(submission));
+    return;
+  }
+  submission.done(absl::UnavailableError(
+      leader == 0 ? "the control plane has no leader at the moment: try again"
+                  : "the control plane's leader is not reachable from this node"));
+}
+
+void ControlPlane::Impl::ProposeLocal(std::string command,
+                                      std::function<void(absl::StatusOr<uint64_t>)> done) {
+  Post([this, command = std::move(command), done = std::move(done)]() mutable {
+    if (closing_) {
+      done(absl::UnavailableError("the control plane is stopping"));
+      return;
+    }
+    Propose(std::move(command), std::move(done), /*from_reconciler=*/false);
+  });
+}
+
+void ControlPlane::Impl::Propose(std::string command,
+                                 std::function<void(absl::StatusOr<uint64_t>)> done,
+                                 bool from_reconciler) {
+  if (raft_state(&raft_) != RAFT_LEADER) {
+    done(absl::UnavailableError("this node does not lead the control plane"));
+    return;
+  }
+  auto* proposal = new Proposal;
+  proposal->req.data = proposal;
+  proposal->done = std::move(done);
+  proposal->started = absl::Now();
+  proposal->impl = this;
+  proposal->from_reconciler = from_reconciler;
+  const int rv = ProposeCommand(&raft_, &proposal->req, command,
+                                [](struct raft_apply* req, int status, void* result) {
+                                  std::unique_ptr<Proposal> proposal(
+                                      static_cast<Proposal*>(req->data));
+                                  Impl* impl = proposal->impl;
+                                  absl::StatusOr<uint64_t> answer =
+                                      status == 0 ? RaftFsm::ResultOf(result)
+                                                  : absl::StatusOr<uint64_t>(absl::UnavailableError(
+                                                        absl::StrCat("the control plane: ",
+                                                                     raft_strerror(status))));
+                                  if (status == 0) {
+                                    impl->apply_seconds_sum_ +=
+                                        absl::ToDoubleSeconds(absl::Now() - proposal->started);
+                                  } else {
+                                    ++impl->proposals_failed_;
+                                  }
+                                  if (proposal->from_reconciler) impl->command_pending_ = false;
+                                  proposal->done(std::move(answer));
+                                });
+  if (rv != 0) {
+    std::unique_ptr<Proposal> failed(proposal);
+    ++proposals_failed_;
+    failed->done(absl::UnavailableError(absl::StrCat("the control plane: ", raft_strerror(rv))));
+    return;
+  }
+  ++proposals_;
+}
+
+void ControlPlane::Impl::OnApplied() {
+  ClusterConfig current = state_.Current();
+  {
+    absl::MutexLock lock(&config_mu_);
+    if (current.epoch <= published_->epoch) return;  // a replay of what was published
+  }
+  const std::string bytes = ControlState::EncodeSnapshot(current);
+  {
+    absl::MutexLock lock(&config_mu_);
+    published_ = std::make_shared<ClusterConfig>(std::move(current));
+  }
+  // Kept before anyone acts on it, so that a restart finds at least this
+  // epoch. A failure to keep it is logged by the caller's hook (the
+  // configuration is still replayed from the Raft log at the next start).
+  (void)WriteFileAtomically((dir_ / "applied").string(), bytes);
+  if (options_.on_change) options_.on_change();
+}
+
+void ControlPlane::Impl::Tick() {
+  if (closing_) return;
+  UpdateStatus();
+  std::vector<Waiting> waiting;
+  waiting.swap(waiting_);
+  for (Waiting& submission : waiting) Route(std::move(submission));
+  Reconcile();
+}
+
+const raft_server* ControlPlane::Impl::RaftServer(uint64_t raft_id) const {
+  for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+    if (raft_.configuration.servers[i].id == raft_id) return &raft_.configuration.servers[i];
+  }
+  return nullptr;
+}
+
+bool ControlPlane::Impl::StartChange(const char* what, int rv) {
+  if (rv == 0) {
+    change_pending_ = true;
+    return true;
+  }
+  // RAFT_CANTCHANGE (a change not yet committed) and the like: the next
+  // tick tries again.
+  (void)what;
+  return false;
+}
+
+// The leader's reconciler: one step per call, read from the committed state.
+void ControlPlane::Impl::Reconcile() {
+  if (raft_state(&raft_) != RAFT_LEADER || change_pending_ || command_pending_) return;
+  // A change of configuration is in flight until Raft commits it.
+  if (raft_.configuration_uncommitted_index != 0) return;
+  const ClusterConfig config = state_.Current();
+  auto run = [this](std::string command) {
+    command_pending_ = true;
+    Propose(std::move(command), [](absl::StatusOr<uint64_t>) {}, /*from_reconciler=*/true);
+  };
+  // The first node of a new cluster adds itself.
+  if (config.Find(self_->node_id) == nullptr) {
+    bool taken = false;
+    for (const auto& [id, member] : config.members) taken |= member.raft_id == raft_.id;
+    if (!taken) run(EncodeAddMember(*self_));
+    return;
+  }
+  auto change_done = [](struct raft_change* req, int status) {
+    auto* impl = static_cast<Impl*>(req->data);
+    impl->change_pending_ = false;
+    (void)status;  // a failed change is retried from the state at the next tick
+  };
+  change_.data = this;
+  const Member* self_member = nullptr;
+  for (const auto& [id, member] : config.members) {
+    if (member.raft_id == raft_.id) self_member = &member;
+  }
+  // Servers Raft holds that are no longer members (or never were).
+  for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+    const raft_server& server = raft_.configuration.servers[i];
+    const Member* member = nullptr;
+    for (const auto& [id, candidate] : config.members) {
+      if (candidate.raft_id == server.id) member = &candidate;
+    }
+    if (member != nullptr && member->state != MemberState::kRemoved) continue;
+    if (member == nullptr && server.id == raft_.id) continue;  // a bootstrapped leader
+    if (server.id == raft_.id) {
+      // The leader itself was removed: another voter takes over and
+      // removes it.
+      TransferLeadership();
+      return;
+    }
+    StartChange("remove", raft_remove(&raft_, &change_, server.id, change_done));
+    return;
+  }
+  // Members Raft does not hold yet.
+  for (const auto& [id, member] : config.members) {
+    if (member.state == MemberState::kRemoved || member.control_address.empty()) continue;
+    if (RaftServer(member.raft_id) != nullptr) continue;
+    StartChange("add", raft_add(&raft_, &change_, member.raft_id, member.control_address.c_str(),
+                                change_done));
+    return;
+  }
+  // Voters: the current ones that may stay, then live members by node id,
+  // up to max_voters. Leaving and removed members do not vote.
+  std::vector<const Member*> wanted;
+  auto eligible = [&](const Member& member) {
+    return (member.state == MemberState::kActive || member.state == MemberState::kJoining) &&
+           RaftServer(member.raft_id) != nullptr;
+  };
+  for (const auto& [id, member] : config.members) {
+    const raft_server* server = RaftServer(member.raft_id);
+    if (eligible(member) && server->role == RAFT_VOTER) wanted.push_back(&member);
+  }
+  for (const auto& [id, member] : config.members) {
+    const raft_server* server = RaftServer(member.raft_id);
+    if (eligible(member) && server->role != RAFT_VOTER && Alive(member)) wanted.push_back(&member);
+  }
+  const size_t voters = std::min<size_t>(std::max(options_.max_voters, 1), wanted.size());
+  wanted.resize(voters);
+  auto is_wanted = [&](uint64_t raft_id) {
+    return std::any_of(wanted.begin(), wanted.end(),
+                       [raft_id](const Member* m) { return m->raft_id == raft_id; });
+  };
+  for (const Member* member : wanted) {
+    if (RaftServer(member->raft_id)->role == RAFT_VOTER) continue;
+    StartChange("promote",
+                raft_assign(&raft_, &change_, member->raft_id, RAFT_VOTER, change_done));
+    return;
+  }
+  for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+    const raft_server& server = raft_.configuration.servers[i];
+    if (is_wanted(server.id) || server.role == RAFT_STANDBY) continue;
+    if (server.role == RAFT_VOTER && wanted.empty()) continue;  // never the last voter
+    if (server.id == raft_.id && server.role == RAFT_VOTER) {
+      TransferLeadership();
+      return;
+    }
+    // Not a voter: a standby, so that it still receives the log.
+    StartChange("demote", raft_assign(&raft_, &change_, server.id, RAFT_STANDBY, change_done));
+    return;
+  }
+  (void)self_member;
+  // Joining members Raft holds: active.
+  for (const auto& [id, member] : config.members) {
+    if (member.state != MemberState::kJoining) continue;
+    const raft_server* server = RaftServer(member.raft_id);
+    if (server == nullptr && !member.control_address.empty()) continue;
+    run(EncodeActivateMember(member.node_id));
+    return;
+  }
+}
+
+// Hands leadership to another voter (libraft picks the most up to date).
+void ControlPlane::Impl::TransferLeadership() {
+  if (transfer_pending_) return;
+  transfer_.data = this;
+  const int rv = raft_transfer(&raft_, &transfer_, 0, [](struct raft_transfer* req) {
+    static_cast<Impl*>(req->data)->transfer_pending_ = false;
+  });
+  transfer_pending_ = rv == 0;
+}
+
+void ControlPlane::Impl::UpdateStatus() {
+  raft_id leader = 0;
+  const char* leader_address = nullptr;
+  raft_leader(&raft_, &leader, &leader_address);
+  if (leader != 0 && leader != last_leader_) {
+    ++leader_changes_;
+  }
+  if (leader != 0) last_leader_ = leader;
+  ControlStatus status;
+  status.raft_id = raft_.id;
+  status.address = self_->control_address;
+  status.raft_state = RaftStateName(raft_state(&raft_));
+  const raft_server* self_server = RaftServer(raft_.id);
+  status.role = self_server == nullptr ? "none" : RaftRoleName(self_server->role);
+  status.term = raft_.current_term;
+  status.commit_index = raft_.commit_index;
+  status.applied_index = raft_last_applied(&raft_);
+  status.last_index = raft_last_index(&raft_);
+  status.leader_raft_id = leader;
+  for (const auto& [id, member] : config()->members) {
+    if (leader != 0 && member.raft_id == leader) status.leader_node_id = member.node_id;
+  }
+  for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+    const raft_server& server = raft_.configuration.servers[i];
+    if (server.role == RAFT_VOTER) ++status.voters;
+    status.roles.emplace_back(server.id, RaftRoleName(server.role));
+  }
+  status.leader_changes = leader_changes_;
+  status.commands_applied = fsm_.commands_applied();
+  status.snapshots_taken = fsm_.snapshots_taken();
+  status.snapshots_restored = fsm_.snapshots_restored();
+  status.proposals = proposals_;
+  status.proposals_failed = proposals_failed_;
+  status.apply_seconds_sum = apply_seconds_sum_;
+  absl::MutexLock lock(&status_mu_);
+  status_ = std::move(status);
+}
+
+// ---- ControlPlane ----------------------------------------------------------
+
+ControlPlane::ControlPlane(ControlPlaneOptions options) {
+  self_ = options.self;
+  impl_ = std::make_unique<Impl>(std::move(options), &self_);
+}
+
+ControlPlane::~ControlPlane() { Stop(); }
+
+absl::Status ControlPlane::Start() {
+  absl::Status status = impl_->Start();
+  if (!status.ok()) impl_->Stop();
+  return status;
+}
+
+void ControlPlane::Stop() { impl_->Stop(); }
+
+std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
+
+ControlStatus ControlPlane::Status() const { return impl_->Status(); }
+
+void ControlPlane::Submit(std::string command,
+                          std::function<void(absl::StatusOr<uint64_t>)> done) {
+  impl_->Submit(std::move(command), std::move(done));
+}
+
+void ControlPlane::ProposeLocal(std::string command,
+                                std::function<void(absl::StatusOr<uint64_t>)> done) {
+  impl_->ProposeLocal(std::move(command), std::move(done));
+}
+
+absl::StatusOr<uint64_t> ControlPlane::SubmitAndWait(std::string command, absl::Duration timeout) {
+  struct Answer {
+    absl::Notification done;
+    absl::StatusOr<uint64_t> result = absl::UnknownError("no answer");
+  };
+  auto answer = std::make_shared<Answer>();
+  Submit(std::move(command), [answer](absl::StatusOr<uint64_t> result) {
+    answer->result = std::move(result);
+    answer->done.Notify();
+  });
+  if (!answer->done.WaitForNotificationWithTimeout(timeout)) {
+    return absl::DeadlineExceededError("the control plane did not answer in time");
+  }
+  return answer->result;
+}
+
+absl::Status ControlPlane::WaitForSelf(std::initializer_list<MemberState> states,
+                                       absl::Time deadline) const {
+  while (true) {
+    std::shared_ptr<const ClusterConfig> config = impl_->config();
+    const Member* member = config->Find(self_.node_id);
+    if (member != nullptr && member->raft_id == self_.raft_id &&
+        std::find(states.begin(), states.end(), member->state) != states.end()) {
+      return absl::OkStatus();
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "this node (", self_.node_id, ") is not ",
+          member == nullptr ? "a member" : "in the state awaited", " of the control plane yet"));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+}  // namespace logkv::server::control
