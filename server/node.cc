@@ -767,9 +767,13 @@ absl::Status Node::BuildCluster() {
       engine, member->transport(), ring_of, lookup, cluster_options.node_id, &metrics_,
       handoff_.get(), coordinator_options);
   service_->set_coordinator(coordinator_.get());
-  coordinator_->set_view_confirmed([member] {
+  // Quorum operations wait for both views: gossip's (a majority of the
+  // members answered since the start) and the control plane's (this node
+  // holds a committed configuration with itself as a member). Until then
+  // the ring may be a view of one.
+  coordinator_->set_view_confirmed([this, member] {
     const cluster::Membership* membership = member->membership();
-    return membership != nullptr && membership->ViewConfirmed();
+    return membership != nullptr && membership->ViewConfirmed() && CommittedRing() != nullptr;
   });
   return absl::OkStatus();
 }
@@ -1088,28 +1092,29 @@ absl::Status Node::JoinControlPlane() {
 }
 
 std::shared_ptr<const cluster::Ring> Node::CommittedRing() {
+  // No ring (the coordinator refuses what needs owners) until the control
+  // plane runs: a ring made up meanwhile would be a view of one.
   control::ControlPlane* control = control_plane();
-  std::shared_ptr<const control::ClusterConfig> config =
-      control != nullptr ? control->config() : nullptr;
-  const uint64_t epoch = config != nullptr ? config->epoch : 0;
+  if (control == nullptr) return nullptr;
+  std::shared_ptr<const control::ClusterConfig> config = control->config();
   absl::MutexLock lock(&ring_mu_);
-  if (ring_ != nullptr && ring_epoch_ == epoch) return ring_;
+  if (ring_epoch_ == config->epoch) return ring_;
   std::vector<std::string> owners;
-  int vnodes = cluster::kVirtualNodesPerMember;
-  if (config != nullptr) {
-    vnodes = static_cast<int>(config->vnodes_per_member);
-    for (const auto& [id, member] : config->members) {
-      if (member.state == control::MemberState::kActive ||
-          member.state == control::MemberState::kLeaving) {
-        owners.push_back(id);
-      }
+  for (const auto& [id, member] : config->members) {
+    if (member.state == control::MemberState::kActive ||
+        member.state == control::MemberState::kLeaving) {
+      owners.push_back(id);
     }
   }
-  // Before any configuration (a new cluster's first moments) the node is
-  // alone.
-  if (owners.empty()) owners.push_back(cluster_->node_id());
-  ring_ = std::make_shared<const cluster::Ring>(std::move(owners), vnodes);
-  ring_epoch_ = epoch;
+  // A new cluster's first node, before its own activation is applied: it
+  // is alone. A node joining has no ring until its configuration arrives.
+  if (owners.empty() && config->epoch <= 1 && options_.seeds.empty()) {
+    owners.push_back(cluster_->node_id());
+  }
+  ring_ = owners.empty() ? nullptr
+                         : std::make_shared<const cluster::Ring>(
+                               std::move(owners), static_cast<int>(config->vnodes_per_member));
+  ring_epoch_ = config->epoch;
   return ring_;
 }
 
