@@ -6,11 +6,21 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <system_error>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace logkv::server {
 namespace {
@@ -275,14 +285,35 @@ void Family<Metric>::AppendPrometheus(std::string* out) const {
   }
 }
 
+std::vector<CollectedSample> CollectedFamily::Collect() const {
+  std::vector<CollectedSample> samples;
+  (void)collector_.Read(&samples);
+  return samples;
+}
+
+void CollectedFamily::AppendPrometheus(std::string* out) const {
+  absl::StrAppend(out, "# HELP ", name(), " ");
+  AppendEscaped(help(), /*escape_quote=*/false, out);
+  absl::StrAppend(out, "\n# TYPE ", name(), " ", TypeName(type()), "\n");
+  for (const CollectedSample& sample : Collect()) {
+    if (sample.label_values.size() != label_names().size()) {
+      Fatal(absl::StrCat(name(), " has ", label_names().size(), " labels, a sample ",
+                         sample.label_values.size(), " values"));
+    }
+    AppendSeries(name(), "", RenderLabels(label_names(), sample.label_values), out);
+    AppendDouble(sample.value, out);
+    out->push_back('\n');
+  }
+}
+
 template class Family<Counter>;
 template class Family<Gauge>;
 template class Family<Histogram>;
 
-template <typename Metric>
-Family<Metric>* MetricsRegistry::AddFamily(absl::string_view name, absl::string_view help,
-                                           MetricType type, std::vector<std::string> label_names,
-                                           std::vector<double> bucket_bounds) {
+template <typename F>
+F* MetricsRegistry::AddFamily(absl::string_view name, absl::string_view help, MetricType type,
+                             std::vector<std::string> label_names,
+                             std::vector<double> bucket_bounds) {
   if (!IsValidMetricName(name)) Fatal(absl::StrCat("invalid metric name '", name, "'"));
   for (size_t i = 0; i < label_names.size(); ++i) {
     const std::string& label = label_names[i];
@@ -310,17 +341,22 @@ Family<Metric>* MetricsRegistry::AddFamily(absl::string_view name, absl::string_
   auto it = by_name_.find(name);
   if (it != by_name_.end()) {
     MetricFamily* existing = it->second;
-    if (existing->type() != type || existing->label_names() != label_names ||
-        existing->bucket_bounds() != bucket_bounds) {
+    F* same_kind = dynamic_cast<F*>(existing);
+    if (same_kind == nullptr || existing->type() != type ||
+        existing->label_names() != label_names || existing->bucket_bounds() != bucket_bounds) {
       Fatal(absl::StrCat(name, " registered twice with a different type, labels or buckets"));
     }
-    return static_cast<Family<Metric>*>(existing);
+    return same_kind;
   }
   // The constructor is private to the registry, so make_unique cannot call it.
-  std::unique_ptr<Family<Metric>> family(new Family<Metric>(std::string(name), std::string(help),
-                                                            type, std::move(label_names),
-                                                            std::move(bucket_bounds)));
-  Family<Metric>* result = family.get();
+  std::unique_ptr<F> family;
+  if constexpr (std::is_same_v<F, CollectedFamily>) {
+    family.reset(new F(std::string(name), std::string(help), type, std::move(label_names)));
+  } else {
+    family.reset(new F(std::string(name), std::string(help), type, std::move(label_names),
+                       std::move(bucket_bounds)));
+  }
+  F* result = family.get();
   by_name_.emplace(std::string(name), result);
   families_.push_back(std::move(family));
   return result;
@@ -328,19 +364,28 @@ Family<Metric>* MetricsRegistry::AddFamily(absl::string_view name, absl::string_
 
 CounterFamily* MetricsRegistry::AddCounterFamily(absl::string_view name, absl::string_view help,
                                                  std::vector<std::string> label_names) {
-  return AddFamily<Counter>(name, help, TypeOf<Counter>(), std::move(label_names), {});
+  return AddFamily<CounterFamily>(name, help, TypeOf<Counter>(), std::move(label_names), {});
 }
 
 GaugeFamily* MetricsRegistry::AddGaugeFamily(absl::string_view name, absl::string_view help,
                                              std::vector<std::string> label_names) {
-  return AddFamily<Gauge>(name, help, TypeOf<Gauge>(), std::move(label_names), {});
+  return AddFamily<GaugeFamily>(name, help, TypeOf<Gauge>(), std::move(label_names), {});
 }
 
 HistogramFamily* MetricsRegistry::AddHistogramFamily(absl::string_view name, absl::string_view help,
                                                      std::vector<std::string> label_names,
                                                      std::vector<double> bucket_bounds) {
-  return AddFamily<Histogram>(name, help, TypeOf<Histogram>(), std::move(label_names),
+  return AddFamily<HistogramFamily>(name, help, TypeOf<Histogram>(), std::move(label_names),
                               std::move(bucket_bounds));
+}
+
+CollectedFamily* MetricsRegistry::AddCollectedFamily(absl::string_view name,
+                                                     absl::string_view help, MetricType type,
+                                                     std::vector<std::string> label_names) {
+  if (type == MetricType::kHistogram) {
+    Fatal(absl::StrCat(name, ": a collected family is a counter or a gauge"));
+  }
+  return AddFamily<CollectedFamily>(name, help, type, std::move(label_names), {});
 }
 
 Counter* MetricsRegistry::AddCounter(absl::string_view name, absl::string_view help) {
@@ -475,7 +520,9 @@ ServerMetrics::ServerMetrics()
           "Replicate and ReadRecords requests the coordinator sent to peers.")),
       peer_batched_items_(registry_.AddCounter(
           "logkv_peer_batched_items_total",
-          "Records and keys those requests carried (one batch per peer and loop turn).")) {}
+          "Records and keys those requests carried (one batch per peer and loop turn).")) {
+  AddProcessMetrics(&registry_);
+}
 
 HttpRouteMetrics* ServerMetrics::HttpRoute(absl::string_view route, absl::string_view method) {
   std::pair<std::string, std::string> key{std::string(route), std::string(method)};
@@ -520,6 +567,116 @@ ProtocolOperationMetrics* ServerMetrics::ProtocolOperation(absl::string_view ope
   ProtocolOperationMetrics* result = metrics.get();
   operations_.emplace(std::string(operation), std::move(metrics));
   return result;
+}
+
+namespace {
+
+// The whole of a small file such as /proc/self/stat; empty when unreadable.
+std::string ReadSmallFile(const char* path) {
+  std::ifstream file(path);
+  std::ostringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
+
+// The fields of /proc/self/stat after the command name (which may hold
+// spaces and parentheses, so the split starts after the last ')'): index 0
+// is field 3 of proc(5), "state".
+std::vector<std::string> ProcSelfStatFields() {
+  const std::string stat = ReadSmallFile("/proc/self/stat");
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return {};
+  return absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
+}
+
+// proc(5)'s field number (1-based) of /proc/self/stat as a number; false when absent.
+bool StatField(const std::vector<std::string>& fields, size_t number, double* value) {
+  const size_t index = number - 3;
+  if (number < 3 || index >= fields.size()) return false;
+  return absl::SimpleAtod(fields[index], value);
+}
+
+std::vector<CollectedSample> One(double value) { return {CollectedSample{{}, value}}; }
+
+double ClockTicksPerSecond() {
+  const long ticks = ::sysconf(_SC_CLK_TCK);
+  return ticks > 0 ? static_cast<double>(ticks) : 100.0;
+}
+
+// The boot time in unix seconds (/proc/stat's btime); 0 when unknown.
+double BootTimeSeconds() {
+  const std::string stat = ReadSmallFile("/proc/stat");
+  for (absl::string_view line : absl::StrSplit(stat, '\n')) {
+    if (!absl::ConsumePrefix(&line, "btime ")) continue;
+    double seconds = 0;
+    if (absl::SimpleAtod(line, &seconds)) return seconds;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddProcessMetrics(MetricsRegistry* registry) {
+  registry
+      ->AddCollectedFamily("process_cpu_seconds_total",
+                           "Total user and system CPU time spent in seconds.",
+                           MetricType::kCounter, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        const std::vector<std::string> fields = ProcSelfStatFields();
+        double user = 0, system = 0;
+        if (!StatField(fields, 14, &user) || !StatField(fields, 15, &system)) return {};
+        return One((user + system) / ClockTicksPerSecond());
+      });
+  registry
+      ->AddCollectedFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
+                           MetricType::kGauge, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        double pages = 0;
+        if (!StatField(ProcSelfStatFields(), 24, &pages)) return {};
+        return One(pages * static_cast<double>(::sysconf(_SC_PAGESIZE)));
+      });
+  registry
+      ->AddCollectedFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                           MetricType::kGauge, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        double bytes = 0;
+        if (!StatField(ProcSelfStatFields(), 23, &bytes)) return {};
+        return One(bytes);
+      });
+  registry
+      ->AddCollectedFamily("process_open_fds", "Number of open file descriptors.",
+                           MetricType::kGauge, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        std::error_code error;
+        std::filesystem::directory_iterator it("/proc/self/fd", error);
+        if (error) return {};
+        double count = 0;
+        for (; it != std::filesystem::directory_iterator(); it.increment(error)) {
+          if (error) return {};
+          ++count;
+        }
+        // The iterator's own descriptor on /proc/self/fd is one of them.
+        return One(std::max(0.0, count - 1));
+      });
+  registry
+      ->AddCollectedFamily("process_max_fds", "Maximum number of open file descriptors.",
+                           MetricType::kGauge, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        struct rlimit limit;
+        if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return {};
+        return One(limit.rlim_cur == RLIM_INFINITY ? std::numeric_limits<double>::infinity()
+                                                   : static_cast<double>(limit.rlim_cur));
+      });
+  registry
+      ->AddCollectedFamily("process_start_time_seconds",
+                           "Start time of the process since unix epoch in seconds.",
+                           MetricType::kGauge, {})
+      ->SetCollector([]() -> std::vector<CollectedSample> {
+        double ticks_after_boot = 0;
+        const double boot = BootTimeSeconds();
+        if (boot <= 0 || !StatField(ProcSelfStatFields(), 22, &ticks_after_boot)) return {};
+        return One(boot + ticks_after_boot / ClockTicksPerSecond());
+      });
 }
 
 ReplicatorFigures ReadReplicatorFigures(const ServerMetrics& metrics) {

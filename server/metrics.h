@@ -241,6 +241,40 @@ class Family final : public MetricFamily {
   std::map<std::vector<std::string>, Child> children_ ABSL_GUARDED_BY(mu_);
 };
 
+// A family whose samples are computed when it is read, for figures kept
+// elsewhere whose label values come and go (a backlog per peer) or that are
+// not whole numbers (CPU seconds): the collector returns every sample, each
+// with values for the family's labels in order. Rendered as the type given
+// (a counter's collector must never go back). Without a collector the
+// family renders its HELP and TYPE lines only.
+//
+// Thread-safety: every method may be called from any thread at once.
+struct CollectedSample {
+  std::vector<std::string> label_values;
+  double value = 0.0;
+};
+class CollectedFamily final : public MetricFamily {
+ public:
+  using Collector = std::function<std::vector<CollectedSample>()>;
+  // Empty clears. After SetCollector returns the previous collector is not
+  // running and will not be called again, so its captures may be destroyed.
+  // It runs on the reading thread under a lock of this family and a reader
+  // lock of the registry: it must not add families.
+  void SetCollector(Collector collector) { collector_.Set(std::move(collector)); }
+  // The samples now, in the collector's order (none without one).
+  std::vector<CollectedSample> Collect() const;
+
+  void AppendPrometheus(std::string* out) const override;
+
+ private:
+  friend class MetricsRegistry;
+  CollectedFamily(std::string name, std::string help, MetricType type,
+                  std::vector<std::string> label_names)
+      : MetricFamily(std::move(name), std::move(help), type, std::move(label_names), {}) {}
+
+  metrics_internal::Callback<std::vector<CollectedSample>> collector_;
+};
+
 using CounterFamily = Family<Counter>;
 using GaugeFamily = Family<Gauge>;
 using HistogramFamily = Family<Histogram>;
@@ -270,6 +304,10 @@ class MetricsRegistry {
                                       std::vector<std::string> label_names,
                                       std::vector<double> bucket_bounds);
 
+  // type: kCounter or kGauge.
+  CollectedFamily* AddCollectedFamily(absl::string_view name, absl::string_view help,
+                                      MetricType type, std::vector<std::string> label_names);
+
   // Families without labels, and their one child.
   Counter* AddCounter(absl::string_view name, absl::string_view help);
   Gauge* AddGauge(absl::string_view name, absl::string_view help);
@@ -284,10 +322,10 @@ class MetricsRegistry {
   void AppendPrometheus(std::string* out) const;
 
  private:
-  template <typename Metric>
-  Family<Metric>* AddFamily(absl::string_view name, absl::string_view help, MetricType type,
-                            std::vector<std::string> label_names,
-                            std::vector<double> bucket_bounds);
+  // F is Family<Metric> or CollectedFamily.
+  template <typename F>
+  F* AddFamily(absl::string_view name, absl::string_view help, MetricType type,
+               std::vector<std::string> label_names, std::vector<double> bucket_bounds);
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<MetricFamily>> families_ ABSL_GUARDED_BY(mu_);
@@ -300,6 +338,12 @@ std::vector<double> ExponentialBuckets(double start, double factor, size_t count
 std::vector<double> LatencyBucketsSeconds();
 // 50 us .. 2.5 s in 1-2.5-5 steps: fdatasync on anything from NVMe to a busy disk.
 std::vector<double> FsyncBucketsSeconds();
+
+// The Prometheus client libraries' process metrics, read from /proc/self when
+// scraped: process_cpu_seconds_total, process_resident_memory_bytes,
+// process_virtual_memory_bytes, process_open_fds, process_max_fds and
+// process_start_time_seconds. On a system without /proc they have no samples.
+void AddProcessMetrics(MetricsRegistry* registry);
 
 // The replicator's figures of REST.md's JSON /metrics, in its units.
 struct ReplicatorFigures {
