@@ -33,6 +33,7 @@
 #include "server/http/data_routes.h"
 #include "server/http/route_support.h"
 #include "server/http/router.h"
+#include "server/engine_metrics.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 #include "server/server.h"
@@ -625,6 +626,7 @@ absl::Status Node::StartEngine() {
   metrics_.dead_bytes()->SetCallback(
       [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().dead_bytes); });
   metrics_.compactions()->SetCallback([engine_ptr] { return engine_ptr->GetStats().compactions; });
+  AddEngineMetrics(engine_ptr, data_dir_, &metrics_);
   ServerCounters* const counters = &counters_;
   metrics_.http_connections()->SetCallback(
       [counters] { return static_cast<double>(counters->http_connections.load()); });

@@ -219,9 +219,46 @@ AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunc
   repair_rate_gauge_ = registry->AddGauge(
       "logkv_anti_entropy_repair_keys_per_second",
       "Records copied per second by the last anti-entropy exchange that copied any.");
+  using Field = std::function<double(const PeerRound&)>;
+  const std::pair<CollectedFamily*, Field> peer_families[] = {
+      {registry->AddCollectedFamily(
+           "logkv_anti_entropy_peer_differing_leaves",
+           "Merkle leaves that differed from a peer's at the last finished exchange, by peer.",
+           MetricType::kGauge, {"peer"}),
+       [](const PeerRound& r) { return static_cast<double>(r.leaves_differing); }},
+      {registry->AddCollectedFamily(
+           "logkv_anti_entropy_peer_keys_repaired",
+           "Records copied either way at the last finished exchange with a peer, by peer.",
+           MetricType::kGauge, {"peer"}),
+       [](const PeerRound& r) { return static_cast<double>(r.keys_repaired); }},
+      {registry->AddCollectedFamily(
+           "logkv_anti_entropy_peer_last_round_timestamp_seconds",
+           "Unix time the last finished anti-entropy exchange with a peer ended, by peer.",
+           MetricType::kGauge, {"peer"}),
+       [](const PeerRound& r) { return static_cast<double>(r.finished_unix_ms) / 1e3; }},
+  };
+  for (const auto& [family, field] : peer_families) {
+    family->SetCollector([this, field = field] {
+      std::vector<CollectedSample> samples;
+      for (const auto& [peer, round] : PeerRounds()) {
+        samples.push_back(CollectedSample{{peer}, field(round)});
+      }
+      return samples;
+    });
+    peer_families_.push_back(family);
+  }
 }
 
-AntiEntropy::~AntiEntropy() { Stop(); }
+AntiEntropy::~AntiEntropy() {
+  Stop();
+  // After these return no collector runs, so `this` may go.
+  for (CollectedFamily* family : peer_families_) family->SetCollector(nullptr);
+}
+
+std::map<std::string, AntiEntropy::PeerRound> AntiEntropy::PeerRounds() const {
+  absl::MutexLock lock(&mu_);
+  return peer_rounds_;
+}
 
 absl::Status AntiEntropy::Start() { return worker_.Start(); }
 
@@ -353,6 +390,11 @@ absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer
   const uint64_t repaired = round.figures.keys_pushed + round.figures.keys_pulled;
   round.figures.repair_keys_per_second = seconds > 0 ? static_cast<double>(repaired) / seconds : 0;
   Account(round.figures);
+  if (status.ok() && !hand_off) {
+    absl::MutexLock lock(&mu_);
+    peer_rounds_[peer_id] = PeerRound{round.figures.leaves_differing, repaired,
+                                      absl::ToUnixMillis(absl::Now())};
+  }
   if (!status.ok()) {
     return absl::Status(status.code(), absl::StrCat("anti-entropy with ", peer_id, " at ", address,
                                                     ": ", status.message()));

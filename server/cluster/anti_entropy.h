@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,7 @@ namespace logkv::server {
 class ServerMetrics;
 class Counter;
 class Gauge;
+class CollectedFamily;
 }  // namespace logkv::server
 
 namespace logkv::server::cluster {
@@ -153,6 +155,17 @@ class AntiEntropy {
   // Summed since construction.
   AntiEntropyFigures Figures() const;
 
+  // The last finished (not failed) round with one peer: how far the two
+  // copies had drifted apart, per peer (Prometheus, label peer:
+  // logkv_anti_entropy_peer_differing_leaves, _keys_repaired and
+  // _last_round_timestamp_seconds).
+  struct PeerRound {
+    uint64_t leaves_differing = 0;
+    uint64_t keys_repaired = 0;  // pushed plus pulled
+    int64_t finished_unix_ms = 0;
+  };
+  std::map<std::string, PeerRound> PeerRounds() const;
+
   // Whether a round with every live peer finished without error since the
   // last ring change (or since start): the node then holds what its peers
   // held of its keys at those rounds. A coordinator may proxy reads of a
@@ -210,6 +223,7 @@ class AntiEntropy {
   Counter* not_owned_counter_ = nullptr;
   Gauge* last_round_gauge_ = nullptr;
   Gauge* repair_rate_gauge_ = nullptr;
+  std::vector<CollectedFamily*> peer_families_;  // their collectors read peer_rounds_
 
   std::atomic<bool> caught_up_{false};
 
@@ -222,6 +236,7 @@ class AntiEntropy {
   // Token bucket: the time at which the bytes accepted so far are paid for.
   absl::Time bucket_paid_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   AntiEntropyFigures totals_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, PeerRound> peer_rounds_ ABSL_GUARDED_BY(mu_);
 
   // Runs PassTask; its stopping() ends rounds. Last: it stops first.
   PeriodicWorker worker_;

@@ -70,6 +70,34 @@ HintedHandoff::HintedHandoff(engine::Engine* engine, const HintedHandoffOptions&
         [this] { return static_cast<double>(GetFigures().targets_retrying); });
     metrics_->replication_lag_max_seconds()->SetCallback(
         [this] { return GetFigures().max_lag_seconds; });
+    MetricsRegistry* registry = metrics_->registry();
+    using Field = std::function<double(const TargetFigures&)>;
+    const std::pair<CollectedFamily*, Field> families[] = {
+        {registry->AddCollectedFamily("logkv_hinted_handoff_hints",
+                                      "Writes queued for a peer that has not received them, by "
+                                      "peer (node id).",
+                                      MetricType::kGauge, {"peer"}),
+         [](const TargetFigures& t) { return static_cast<double>(t.hints); }},
+        {registry->AddCollectedFamily("logkv_hinted_handoff_bytes",
+                                      "Bytes of the writes queued for a peer, by peer.",
+                                      MetricType::kGauge, {"peer"}),
+         [](const TargetFigures& t) { return static_cast<double>(t.bytes); }},
+        {registry->AddCollectedFamily("logkv_replication_lag_seconds",
+                                      "Age of the oldest write a peer has not received yet (its "
+                                      "oldest queued hint), by peer.",
+                                      MetricType::kGauge, {"peer"}),
+         [](const TargetFigures& t) { return t.lag_seconds; }},
+    };
+    for (const auto& [family, field] : families) {
+      family->SetCollector([this, field = field] {
+        std::vector<CollectedSample> samples;
+        for (const TargetFigures& target : GetTargetFigures()) {
+          samples.push_back(CollectedSample{{target.target}, field(target)});
+        }
+        return samples;
+      });
+      target_families_.push_back(family);
+    }
   }
 }
 
@@ -80,6 +108,7 @@ HintedHandoff::~HintedHandoff() {
     metrics_->replication_queue_size()->SetCallback(nullptr);
     metrics_->replication_retries_in_progress()->SetCallback(nullptr);
     metrics_->replication_lag_max_seconds()->SetCallback(nullptr);
+    for (CollectedFamily* family : target_families_) family->SetCollector(nullptr);
   }
 }
 
@@ -227,6 +256,19 @@ HintedHandoff::Figures HintedHandoff::GetFigures() const {
     figures.max_lag_seconds = std::max(figures.max_lag_seconds, age);
   }
   assert(hints == queued_);  // queued_ counts the hints of every target
+  return figures;
+}
+
+std::vector<HintedHandoff::TargetFigures> HintedHandoff::GetTargetFigures() const {
+  std::vector<TargetFigures> figures;
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, target] : targets_) {
+    if (target.hints.empty()) continue;
+    figures.push_back(TargetFigures{
+        id, target.hints.size(), target.bytes,
+        std::max(0.0, static_cast<double>(now_ms - target.hints.front().enqueued_unix_ms) / 1e3)});
+  }
   return figures;
 }
 

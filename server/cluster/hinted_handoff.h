@@ -39,7 +39,10 @@
 // queued; logkv_replication_retries_in_progress = targets with hints whose
 // last delivery failed (in backoff); logkv_replication_lag_max_seconds = age
 // of the oldest hint; logkv_replica_acks_total{ok} += hints delivered,
-// {failed} += hints dropped.
+// {failed} += hints dropped. Per target (label peer, the node id; a target
+// is listed while hints wait for it): logkv_hinted_handoff_hints,
+// logkv_hinted_handoff_bytes and logkv_replication_lag_seconds (the age of
+// its oldest hint).
 //
 // Thread-safety: every public method may be called from any thread.
 #ifndef LOGKV_SERVER_CLUSTER_HINTED_HANDOFF_H_
@@ -50,6 +53,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -138,6 +142,16 @@ class HintedHandoff {
     double max_lag_seconds = 0.0;   // age of the oldest hint
   };
   Figures GetFigures() const;
+  // One target's backlog: what it has not received of the writes this node
+  // accepted for it, the per-peer replication lag of docs/operations.md.
+  struct TargetFigures {
+    std::string target;  // node id
+    uint64_t hints = 0;
+    uint64_t bytes = 0;          // of encoded hints
+    double lag_seconds = 0.0;    // age of its oldest hint
+  };
+  // Every target with hints queued, by node id.
+  std::vector<TargetFigures> GetTargetFigures() const;
   // Hints queued for one target.
   size_t Pending(const std::string& target_node_id) const;
 
@@ -169,6 +183,8 @@ class HintedHandoff {
   engine::Engine* const engine_;
   const HintedHandoffOptions options_;
   ServerMetrics* const metrics_;
+  // The per-target families (null without metrics); their collectors read this object.
+  std::vector<CollectedFamily*> target_families_;
 
   mutable absl::Mutex mu_;
   std::map<std::string, Target> targets_ ABSL_GUARDED_BY(mu_);
