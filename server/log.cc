@@ -7,6 +7,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
@@ -34,7 +35,9 @@ void AppendTextField(const LogField& field, std::string* line) {
   if (const auto* text = std::get_if<std::string>(&field.value)) {
     const bool quote = text->empty() || text->find_first_of(" \"=") != std::string::npos;
     if (quote) {
-      absl::StrAppend(line, "\"", absl::CEscape(*text), "\"");
+      // Values are printable already (PrintableBytes escapes quotes too):
+      // only a quote the caller left would end the value early.
+      absl::StrAppend(line, "\"", absl::StrReplaceAll(*text, {{"\"", "\\\""}}), "\"");
     } else {
       line->append(*text);
     }
@@ -84,17 +87,17 @@ void LogLine(Level level, absl::string_view message) { LogLine(level, message, {
 void LogLine(Level level, absl::string_view message, std::initializer_list<LogField> fields) {
   const int index = static_cast<int>(level);
   if (g_format.load(std::memory_order_relaxed) == static_cast<int>(LogFormat::kJson)) {
-    nlohmann::json object = {{"ts", Now()},
+    nlohmann::ordered_json object = {{"ts", Now()},
                              {"level", kJsonNames[index]},
                              {"logger", "logkvd"},
                              {"msg", std::string(message)}};
     for (const LogField& field : fields) {
-      nlohmann::json& member = object[std::string(field.name)];
+      nlohmann::ordered_json& member = object[std::string(field.name)];
       std::visit([&member](const auto& value) { member = value; }, field.value);
     }
     // Messages may quote bytes from the outside (paths, names): replace
     // what is not UTF-8 rather than throw, so the line is still JSON.
-    std::string line = object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::string line = object.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
     line.push_back('\n');
     WriteLine(line);
     return;
@@ -107,8 +110,7 @@ void LogLine(Level level, absl::string_view message, std::initializer_list<LogFi
 
 std::string PrintableBytes(absl::string_view bytes, size_t max_bytes) {
   if (bytes.size() <= max_bytes) return absl::CHexEscape(bytes);
-  return absl::StrCat(absl::CHexEscape(bytes.substr(0, max_bytes)), "...(", bytes.size(),
-                      " bytes)");
+  return absl::StrCat(absl::CHexEscape(bytes.substr(0, max_bytes)), "...");
 }
 
 }  // namespace logkv::server

@@ -40,8 +40,8 @@ struct LogField {
 void LogLine(Level level, absl::string_view message, std::initializer_list<LogField> fields);
 
 // bytes made printable for a log line: C-escaped (\n, \x01, \\), and cut
-// after max_bytes of input with "..." and the full length appended, so a
-// binary or huge key neither breaks the line nor floods the log.
+// after max_bytes of input with "..." appended, so a binary or huge key
+// neither breaks the line nor floods the log.
 std::string PrintableBytes(absl::string_view bytes, size_t max_bytes = 64);
 
 template <typename... Args>

@@ -92,6 +92,12 @@ ABSL_FLAG(uint64_t, max_watches_per_user, 10'000,
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+ABSL_FLAG(std::string, log_format, "text",
+          "text | json. json: one JSON object per line (ts, level, logger, msg and the line's "
+          "fields), for log collectors.");
+ABSL_FLAG(absl::Duration, slow_request_threshold, absl::ZeroDuration(),
+          "Log every request answered after at least this long (such as 100ms), with its "
+          "operation, key or path, duration and status, as a warning; 0 = off.");
 ABSL_FLAG(std::string, advertise, "",
           "Binary-protocol host:port peers reach this node at (default: the --listen address, "
           "with the bound port when it is 0).");
@@ -163,7 +169,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
         "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
         "control_port", "control_voters", "join_timeout_ms"}},
-      {"Operation", {"log_level", "fault_injection"}},
+      {"Operation", {"log_level", "log_format", "slow_request_threshold", "fault_injection"}},
   };
   return *groups;
 }
@@ -332,6 +338,10 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.control_port = absl::GetFlag(FLAGS_control_port);
   options.control_voters = absl::GetFlag(FLAGS_control_voters);
   options.join_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_join_timeout_ms));
+  options.slow_request_threshold = absl::GetFlag(FLAGS_slow_request_threshold);
+  if (options.slow_request_threshold < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--slow_request_threshold must not be negative");
+  }
   return options;
 }
 
@@ -365,6 +375,11 @@ int Main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--log_level must be debug, info, warning or error"));
   }
   SetLogLevel(level);
+  LogFormat format;
+  if (!ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    return Fail(absl::InvalidArgumentError("--log_format must be text or json"));
+  }
+  SetLogFormat(format);
 
   absl::StatusOr<NodeOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());

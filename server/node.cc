@@ -831,20 +831,52 @@ void Node::AddRoutes() {
   }
 }
 
+namespace {
+
+// One line of the slow-request log (--slow_request_threshold), a warning:
+// "slow request operation=Get key=user/42 duration_ms=12.5 status=ok".
+// subject_name is "key" (binary protocol) or "path" (HTTP).
+void LogSlowRequest(absl::string_view operation, absl::string_view subject_name,
+                    absl::string_view subject, int64_t duration_ns, std::string status) {
+  if (!LogEnabled(Level::kWarning)) return;
+  LogLine(Level::kWarning, "slow request",
+          {{"operation", std::string(operation)},
+           {subject_name, PrintableBytes(subject)},
+           {"duration_ms", static_cast<double>(duration_ns) / 1e6},
+           {"status", std::move(status)}});
+}
+
+}  // namespace
+
 absl::Status Node::StartServer() {
   ServerConfig config = ServerConfigFor(options_);
   config.router = router_.get();
-  config.http_observer = [this](const http::Route* route, int status, int64_t duration_ns) {
+  // Zero turns the slow-request log off (and with it the copies of keys it needs).
+  const int64_t slow_ns = absl::ToInt64Nanoseconds(options_.slow_request_threshold);
+  config.observe_subjects = slow_ns > 0;
+  config.http_observer = [this, slow_ns](const http::Route* route, int status,
+                                         int64_t duration_ns, absl::string_view path) {
     HttpRouteMetrics* handle =
         route == nullptr ? unrouted_metrics_ : route_metrics_[route->metrics_index];
     handle->Record(status, static_cast<double>(duration_ns) * 1e-9);
+    if (slow_ns > 0 && duration_ns >= slow_ns) {
+      LogSlowRequest(route == nullptr
+                         ? std::string("HTTP unmatched")
+                         : absl::StrCat("HTTP ", http::MethodName(route->method), " ",
+                                        route->pattern),
+                     "path", path, duration_ns, absl::StrCat(status));
+    }
   };
-  config.protocol_observer = [this](p::Operation operation, absl::StatusCode status,
-                                    int64_t duration_ns) {
+  config.protocol_observer = [this, slow_ns](p::Operation operation, absl::StatusCode status,
+                                             int64_t duration_ns, absl::string_view key) {
     const auto index = static_cast<size_t>(operation);
     if (index >= operation_metrics_.size() || operation_metrics_[index] == nullptr) return;
     operation_metrics_[index]->Record(static_cast<int>(status),
                                       static_cast<double>(duration_ns) * 1e-9);
+    if (slow_ns > 0 && duration_ns >= slow_ns) {
+      LogSlowRequest(p::EnumNameOperation(operation), "key", key, duration_ns,
+                     absl::AsciiStrToLower(absl::StatusCodeToString(status)));
+    }
   };
   // Both protocols admit requests through the same Admission (API key to
   // session, recheck, the per-user rate limit).

@@ -120,6 +120,9 @@ struct NodeOptions {
   absl::Duration binary_idle_timeout = absl::Seconds(60);  // --binary_idle_timeout_ms
   bool insecure = false;   // --insecure: non-loopback addresses with auth off
   bool read_only = false;  // --read_only
+  // --slow_request_threshold: requests answered after at least this long
+  // are logged (operation, key or path, duration, status); zero: none.
+  absl::Duration slow_request_threshold = absl::ZeroDuration();
 
   // ---- Accounts.
   AuthMode auth = AuthMode::kOff;              // --auth

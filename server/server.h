@@ -45,6 +45,9 @@ struct HttpAddress {
   int port = 0;  // 0 = any free port (see Server::http_ports)
 };
 
+// The longest subject (key, path) given to the observers, in bytes.
+inline constexpr size_t kObservedSubjectBytes = 128;
+
 struct ServerConfig {
   std::string host = "127.0.0.1";
   int port = 7070;  // 0 = any free port (see Server::port)
@@ -61,14 +64,26 @@ struct ServerConfig {
   // closed; so is one whose request takes longer than this to arrive
   // (a client trickling bytes cannot hold a connection for ever).
   absl::Duration http_idle_timeout = absl::Seconds(60);
-  // Called on the loop thread for every HTTP answer sent (metrics).
-  std::function<void(const http::Route* route, int status, int64_t duration_ns)> http_observer;
+  // Called on the loop thread for every HTTP answer sent (metrics, the
+  // slow-request log). subject: the request's path (without the query),
+  // when observe_subjects.
+  std::function<void(const http::Route* route, int status, int64_t duration_ns,
+                     absl::string_view subject)>
+      http_observer;
   // Called on the loop thread for every binary-protocol request answered
-  // (metrics): its operation, the answer's status and the time from
-  // decoding the request to the answer. A Watch counts once, when
-  // acknowledged; the events it streams later are not requests.
-  std::function<void(protocol::Operation operation, absl::StatusCode status, int64_t duration_ns)>
+  // (metrics, the slow-request log): its operation, the answer's status and
+  // the time from decoding the request to the answer. A Watch counts once,
+  // when acknowledged; the events it streams later are not requests.
+  // subject, when observe_subjects: the key of a Get, Put, Delete or
+  // GetVersion, the first key of a Batch, the prefix of a Scan or Watch;
+  // empty for other operations.
+  std::function<void(protocol::Operation operation, absl::StatusCode status, int64_t duration_ns,
+                     absl::string_view subject)>
       protocol_observer;
+  // Whether the observers are given subjects (cut to kObservedSubjectBytes).
+  // An answer given later (a replicated write, a fsync wait) then keeps a
+  // copy of its subject until it is observed: off unless wanted.
+  bool observe_subjects = false;
 
   // With auth on: maps the binary protocol's Hello auth_token (an API key) to
   // the caller's session; until a Hello succeeds only Hello and Ping are

@@ -30,13 +30,49 @@ bool IsClusterOperation(p::Operation operation) {
   }
 }
 
+// What the observers name a request by (ServerConfig::protocol_observer):
+// its key, or its prefix, cut to kObservedSubjectBytes; empty unless asked for.
+absl::string_view RequestSubject(const ServerConfig& config, const p::Request& request) {
+  if (!config.observe_subjects) return {};
+  absl::string_view subject;
+  switch (request.operation_type()) {
+    case p::Operation::Get:
+      subject = p::View(request.operation_as_Get()->key());
+      break;
+    case p::Operation::Put:
+      subject = p::View(request.operation_as_Put()->key());
+      break;
+    case p::Operation::Delete:
+      subject = p::View(request.operation_as_Delete()->key());
+      break;
+    case p::Operation::GetVersion:
+      subject = p::View(request.operation_as_GetVersion()->key());
+      break;
+    case p::Operation::Batch: {
+      const auto* items = request.operation_as_Batch()->items();
+      if (items != nullptr && items->size() > 0) subject = p::View(items->Get(0)->key());
+      break;
+    }
+    case p::Operation::Scan:
+      subject = p::View(request.operation_as_Scan()->prefix());
+      break;
+    case p::Operation::Watch:
+      subject = p::View(request.operation_as_Watch()->prefix());
+      break;
+    default:
+      break;
+  }
+  return subject.substr(0, kObservedSubjectBytes);
+}
+
 // Reports an answer to the protocol observer, if there is one.
 void ObserveAnswer(const ServerConfig& config, p::Operation operation, absl::string_view frame,
-                   int64_t start_ns) {
+                   int64_t start_ns, absl::string_view subject) {
   const auto& observer = config.protocol_observer;
   if (!observer) return;
   const p::Response* response = flatbuffers::GetSizePrefixedRoot<p::Response>(frame.data());
-  observer(operation, p::FromWire(response->status()), absl::GetCurrentTimeNanos() - start_ns);
+  observer(operation, p::FromWire(response->status()), absl::GetCurrentTimeNanos() - start_ns,
+           subject);
 }
 
 }  // namespace
@@ -104,7 +140,8 @@ void BinarySession::ProcessInput() {
     if (absl::Status status = p::CheckRequest(**request, limits); !status.ok()) {
       const int64_t start_ns = config.protocol_observer ? absl::GetCurrentTimeNanos() : 0;
       AppendStatus((*request)->request_id(), status);
-      ObserveAnswer(config, (*request)->operation_type(), p::FrameOf(builder_), start_ns);
+      ObserveAnswer(config, (*request)->operation_type(), p::FrameOf(builder_), start_ns,
+                    RequestSubject(config, **request));
       continue;
     }
     Dispatch(**request);
@@ -228,14 +265,17 @@ bool BinarySession::SessionHolds(uint64_t request_id) {
 
 // ---- Requests -------------------------------------------------------------------
 
-Completion BinarySession::DeferOn(p::Operation operation, int64_t start_ns) {
+Completion BinarySession::DeferOn(p::Operation operation, int64_t start_ns,
+                                  absl::string_view subject) {
   Connection& c = connection();
   ++c.pending;
   Loop* loop = c.loop;
   const uint64_t connection_id = c.id;
-  return [loop, connection_id, operation, start_ns](std::string frame) {
-    loop->Post([connection_id, operation, start_ns, frame = std::move(frame)](Loop& l) {
-      ObserveAnswer(l.config(), operation, frame, start_ns);
+  return [loop, connection_id, operation, start_ns,
+          subject = std::string(subject)](std::string frame) {
+    loop->Post([connection_id, operation, start_ns, subject = std::move(subject),
+                frame = std::move(frame)](Loop& l) {
+      ObserveAnswer(l.config(), operation, frame, start_ns, subject);
       Connection* conn = l.Find(connection_id);
       if (conn == nullptr) return;  // the client is gone
       assert(conn->pending > 0);  // each deferred answer completes once
@@ -292,7 +332,8 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
 void BinarySession::Dispatch(const p::Request& request) {
   const int64_t start_ns = config().protocol_observer ? absl::GetCurrentTimeNanos() : 0;
   if (DispatchOperation(request, start_ns)) {
-    ObserveAnswer(config(), request.operation_type(), p::FrameOf(builder_), start_ns);
+    ObserveAnswer(config(), request.operation_type(), p::FrameOf(builder_), start_ns,
+                  RequestSubject(config(), request));
   }
 }
 
@@ -312,7 +353,7 @@ bool BinarySession::DispatchPeer(const p::Request& request, int64_t start_ns) {
   }
   Outcome outcome =
       handler->HandlePeer(request, &builder_, [&]() -> Completion {
-        return DeferOn(operation, start_ns);
+        return DeferOn(operation, start_ns, RequestSubject(config(), request));
       });
   if (outcome != Outcome::kAnswered) return false;
   Append(p::FrameOf(builder_));
@@ -347,7 +388,7 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
   }
   Outcome outcome = loop().service()->Handle(
       session_.context, request, &builder_,
-      [&]() -> Completion { return DeferOn(operation, start_ns); });
+      [&]() -> Completion { return DeferOn(operation, start_ns, RequestSubject(config(), request)); });
   if (outcome != Outcome::kAnswered) return false;
   Append(p::FrameOf(builder_));
   return true;

@@ -94,8 +94,10 @@ class BinarySession final : public ProtocolSession {
   // The peer handshake (protocol/logkv.fbs, ClusterHello), both of its steps.
   void HandleClusterHello(const protocol::Request& request);
   // The completion of an answer deferred on this connection (Service::Handle's
-  // contract); the answer is observed as operation's, begun at start_ns.
-  Service::Completion DeferOn(protocol::Operation operation, int64_t start_ns);
+  // contract); the answer is observed as operation's, begun at start_ns,
+  // with subject (copied).
+  Service::Completion DeferOn(protocol::Operation operation, int64_t start_ns,
+                              absl::string_view subject);
   void Append(absl::string_view frame) { connection().out.append(frame.data(), frame.size()); }
   void AppendStatus(uint64_t request_id, const absl::Status& status);
 

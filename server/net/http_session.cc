@@ -211,7 +211,10 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
   if (answer.answered) {
     if (config.http_observer) {
       config.http_observer(match.route, answer.response.status,
-                           absl::GetCurrentTimeNanos() - start_ns);
+                           absl::GetCurrentTimeNanos() - start_ns,
+                           config.observe_subjects
+                               ? request.path.substr(0, kObservedSubjectBytes)
+                               : absl::string_view());
     }
     if (owed_.empty()) {
       // The common case: nothing is owed before it, so it goes straight out.
@@ -234,6 +237,9 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
   owed.head = head;
   owed.route = match.route;
   owed.start_ns = start_ns;
+  if (config.observe_subjects) {
+    owed.subject = std::string(request.path.substr(0, kObservedSubjectBytes));
+  }
   // Answers are owed in the order their requests came (pipelining).
   assert(owed_.empty() || owed_.back().sequence < sequence);
   owed_.push_back(std::move(owed));
@@ -246,7 +252,7 @@ void HttpSession::Complete(uint64_t sequence, http::HttpResponse response) {
     if (owed.sequence != sequence || owed.ready) continue;
     if (config.http_observer) {
       config.http_observer(owed.route, response.status,
-                           absl::GetCurrentTimeNanos() - owed.start_ns);
+                           absl::GetCurrentTimeNanos() - owed.start_ns, owed.subject);
     }
     Serialize(response, owed.keep_alive, owed.head, &owed.bytes);
     owed.ready = true;

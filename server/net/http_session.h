@@ -78,7 +78,8 @@ class HttpSession final : public ProtocolSession {
     bool head = false;
     const http::Route* route = nullptr;  // null: refused before routing
     int64_t start_ns = 0;
-    std::string bytes;  // the serialised answer, once ready
+    std::string subject;  // the request's path, for the observer (observe_subjects)
+    std::string bytes;    // the serialised answer, once ready
   };
 
   Loop& loop() { return *connection().loop; }
