@@ -1,6 +1,7 @@
 // logkv: the command-line client, in the manner of redis-cli and etcdctl.
 //
 //   logkv [flags] put KEY VALUE      logkv put --key=KEY --value=VALUE
+//   logkv [flags] put KEY -          the value is read from standard input
 //   logkv [flags] get KEY            logkv get --key=KEY
 //   logkv [flags] del KEY            logkv del --key=KEY
 //   logkv [flags] scan [PREFIX]      --prefix --limit --keys_only --after
@@ -16,8 +17,14 @@
 // node of --nodes=a:p,b:p.
 //
 // Output: get prints the value alone followed by a newline (bytes as stored,
-// like redis-cli --raw); --json prints one JSON object per line, with
-// strings that are not valid UTF-8 C-escaped (\xNN).
+// like redis-cli --raw). scan and watch print one line per item; a key or
+// value holding a control character (a newline, a tab), starting with a
+// double quote or not UTF-8 is printed in double quotes, C-escaped
+// ("a\nb", "\x00\xff"), so every item stays on its line. --json prints one JSON object per line; each key
+// and value comes with an encoding field, as etcdctl's JSON does:
+// "value_encoding": "utf-8" when the bytes are UTF-8 text (given as they
+// are), "base64" otherwise (standard base64 of the bytes). get --json of a
+// missing key prints {"key": ..., "found": false, "error": ...}.
 //
 // Exit codes: 0 success, 1 key not found, 2 any other error (message on stderr).
 
@@ -80,6 +87,7 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  put KEY VALUE     (or --key=KEY --value=VALUE)  [--ttl=10s] [--if_version=N]\n"
+    "  put KEY -         the value is read from standard input (bytes as they come)\n"
     "  get KEY           (or --key=KEY)  prints the value and a newline\n"
     "  del KEY           (or --key=KEY)  [--if_version=N]\n"
     "  scan [PREFIX]     [--prefix=P] [--limit=N] [--keys_only] [--after=CURSOR]\n"
@@ -92,7 +100,8 @@ constexpr char kUsage[] =
     "flags (before or after the command; dashes or underscores):\n"
     "  --target=HOST:PORT   default $LOGKV_TARGET, else 127.0.0.1:7070\n"
     "  --nodes=A:P,B:P      use the first live node\n"
-    "  --json               JSON output, one object per line\n"
+    "  --json               JSON output, one object per line; keys and values with\n"
+    "                       key_encoding/value_encoding: utf-8, or base64 for binary\n"
     "  --timeout=5s         connect and request timeout\n"
     "  --token=T            auth token (default $LOGKV_TOKEN)\n"
     "  --http_target=H:P    nodes/leave: HTTP address (default $LOGKV_HTTP_TARGET, else\n"
@@ -113,16 +122,51 @@ int FailStatus(const absl::Status& status) {
   return absl::IsNotFound(status) ? kExitNotFound : kExitError;
 }
 
-// A JSON string of bytes: as they are when they are UTF-8 (nlohmann refuses
-// anything else when dumping), C-escaped otherwise.
-nlohmann::json JsonBytes(absl::string_view bytes) {
-  nlohmann::json text = std::string(bytes.data(), bytes.size());
+// Whether bytes are valid UTF-8 (nlohmann refuses anything else when dumping).
+bool IsUtf8(absl::string_view bytes) {
   try {
-    (void)text.dump();
-    return text;
+    (void)nlohmann::json(std::string(bytes)).dump();
+    return true;
   } catch (const nlohmann::json::type_error&) {
-    return std::string(absl::CHexEscape(bytes));
+    return false;
   }
+}
+
+// A JSON string of bytes: as they are when they are UTF-8, C-escaped
+// otherwise (the cursor's form, which --after takes back).
+nlohmann::json JsonBytes(absl::string_view bytes) {
+  if (IsUtf8(bytes)) return std::string(bytes);
+  return std::string(absl::CHexEscape(bytes));
+}
+
+// Sets object[name] to bytes and object[name + "_encoding"] to how they are
+// given: "utf-8" text as it is, or "base64" (RFC 4648, padded) for anything
+// else, so binary keys and values survive JSON (as etcdctl's output does).
+void SetBytes(nlohmann::json* object, const std::string& name, absl::string_view bytes) {
+  if (IsUtf8(bytes)) {
+    (*object)[name] = std::string(bytes);
+    (*object)[name + "_encoding"] = "utf-8";
+  } else {
+    (*object)[name] = absl::Base64Escape(bytes);
+    (*object)[name + "_encoding"] = "base64";
+  }
+}
+
+// A key or value on a line of scan or watch: as it is, unless a control
+// character (newline, tab, ...) would break the line, a leading double
+// quote would make it look quoted, or it is not UTF-8 text; then
+// double-quoted and C-escaped, as --after and CUnescape read it back
+// (UTF-8 text beyond ASCII stays as it is, other bytes become \xNN).
+std::string LineField(absl::string_view bytes) {
+  const bool utf8 = IsUtf8(bytes);
+  const bool plain =
+      utf8 && (bytes.empty() || bytes.front() != '"') &&
+      std::none_of(bytes.begin(), bytes.end(), [](char c) {
+        const auto byte = static_cast<unsigned char>(c);
+        return byte < 0x20 || byte == 0x7f;
+      });
+  if (plain) return std::string(bytes);
+  return absl::StrCat("\"", utf8 ? absl::Utf8SafeCEscape(bytes) : absl::CHexEscape(bytes), "\"");
 }
 
 void PrintJson(const nlohmann::json& object) {
@@ -276,6 +320,19 @@ absl::StatusOr<std::optional<uint64_t>> IfVersion() {
   return std::optional<uint64_t>(version);
 }
 
+// Every byte of standard input, up to its end.
+absl::StatusOr<std::string> ReadStandardInput() {
+  std::string bytes;
+  char buffer[65536];
+  while (true) {
+    const size_t n = std::fread(buffer, 1, sizeof(buffer), stdin);
+    bytes.append(buffer, n);
+    if (n < sizeof(buffer)) break;
+  }
+  if (std::ferror(stdin)) return absl::UnavailableError("reading the value from standard input failed");
+  return bytes;
+}
+
 int Put(const Arguments& arguments) {
   ArgumentReader reader(arguments, "put");
   absl::StatusOr<std::string> key =
@@ -285,6 +342,13 @@ int Put(const Arguments& arguments) {
       reader.Next("value", FLAGS_value, "put KEY VALUE (or --key=K --value=V)");
   if (!value.ok()) return Fail(value.status().message());
   if (absl::Status all = reader.CheckAllUsed(); !all.ok()) return Fail(all.message());
+  // "-" as the positional value (not --value=-, which stores a dash): the
+  // value is standard input, every byte of it, like etcdctl put KEY < file.
+  if (*value == "-" && !arguments.given.contains("value")) {
+    absl::StatusOr<std::string> from_stdin = ReadStandardInput();
+    if (!from_stdin.ok()) return Fail(from_stdin.status().ToString());
+    value = *std::move(from_stdin);
+  }
   PutOptions options;
   const absl::Duration ttl = absl::GetFlag(FLAGS_ttl);
   if (ttl < absl::ZeroDuration()) return Fail("--ttl must not be negative");
@@ -301,12 +365,13 @@ int Put(const Arguments& arguments) {
   absl::StatusOr<WriteResult> written = client.Put(*key, *value, options);
   if (!written.ok()) return FailStatus(written.status());
   if (absl::GetFlag(FLAGS_json)) {
-    PrintJson({{"ok", true},
-               {"key", JsonBytes(*key)},
-               {"version", written->version},
-               {"timestamp", written->timestamp},
-               {"sequence", written->sequence},
-               {"shard", written->shard}});
+    nlohmann::json object = {{"ok", true}};
+    SetBytes(&object, "key", *key);
+    object["version"] = written->version;
+    object["timestamp"] = written->timestamp;
+    object["sequence"] = written->sequence;
+    object["shard"] = written->shard;
+    PrintJson(object);
   } else {
     std::printf("OK version=%llu\n", static_cast<unsigned long long>(written->version));
   }
@@ -322,13 +387,27 @@ int Get(const Arguments& arguments) {
   if (!connected.ok()) return Fail(connected.status().ToString());
   Client& client = **connected;
   absl::StatusOr<Value> value = client.Get(*key);
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (json && absl::IsNotFound(value.status())) {
+    // An answer a script can parse as well as an exit code (1) to test.
+    nlohmann::json object = nlohmann::json::object();
+    SetBytes(&object, "key", *key);
+    object["found"] = false;
+    object["error"] = std::string(value.status().message());
+    PrintJson(object);
+    std::fprintf(stderr, "logkv: %s\n", value.status().ToString().c_str());
+    return kExitNotFound;
+  }
   if (!value.ok()) return FailStatus(value.status());
-  if (absl::GetFlag(FLAGS_json)) {
-    PrintJson({{"key", JsonBytes(*key)},
-               {"value", JsonBytes(value->value)},
-               {"version", value->version},
-               {"timestamp", value->timestamp},
-               {"expiry_unix_ms", value->expiry_unix_ms}});
+  if (json) {
+    nlohmann::json object = nlohmann::json::object();
+    SetBytes(&object, "key", *key);
+    object["found"] = true;
+    SetBytes(&object, "value", value->value);
+    object["version"] = value->version;
+    object["timestamp"] = value->timestamp;
+    object["expiry_unix_ms"] = value->expiry_unix_ms;
+    PrintJson(object);
   } else {
     PrintRaw(value->value);
     std::fputc('\n', stdout);
@@ -351,7 +430,10 @@ int Delete(const Arguments& arguments) {
   absl::StatusOr<WriteResult> written = client.Delete(*key, options);
   if (!written.ok()) return FailStatus(written.status());
   if (absl::GetFlag(FLAGS_json)) {
-    PrintJson({{"ok", true}, {"key", JsonBytes(*key)}, {"version", written->version}});
+    nlohmann::json object = {{"ok", true}};
+    SetBytes(&object, "key", *key);
+    object["version"] = written->version;
+    PrintJson(object);
   } else {
     std::printf("OK\n");
   }
@@ -379,18 +461,20 @@ int Scan(const Arguments& arguments) {
   if (json) {
     nlohmann::json items = nlohmann::json::array();
     for (const ScanItem& item : page->items) {
-      nlohmann::json entry = {{"key", JsonBytes(item.key)}, {"version", item.value.version}};
-      if (!options.keys_only) entry["value"] = JsonBytes(item.value.value);
+      nlohmann::json entry = nlohmann::json::object();
+      SetBytes(&entry, "key", item.key);
+      entry["version"] = item.value.version;
+      if (!options.keys_only) SetBytes(&entry, "value", item.value.value);
       items.push_back(std::move(entry));
     }
     PrintJson({{"items", std::move(items)}, {"next_cursor", JsonBytes(page->next_cursor)}});
     return kExitOk;
   }
   for (const ScanItem& item : page->items) {
-    PrintRaw(item.key);
+    PrintRaw(LineField(item.key));
     if (!options.keys_only) {
       std::fputc('\t', stdout);
-      PrintRaw(item.value.value);
+      PrintRaw(LineField(item.value.value));
     }
     std::fputc('\n', stdout);
   }
@@ -415,19 +499,19 @@ int Watch(const Arguments& arguments) {
   absl::Status status = client.Watch(prefix, {}, [&](const Event& event) {
     const bool is_put = event.type == Event::Type::kPut;
     if (json) {
-      nlohmann::json object = {{"type", is_put ? "put" : "delete"},
-                               {"key", JsonBytes(event.key)},
-                               {"version", event.version},
-                               {"shard", event.shard},
-                               {"sequence", event.sequence}};
-      if (is_put) object["value"] = JsonBytes(event.value);
+      nlohmann::json object = {{"type", is_put ? "put" : "delete"}};
+      SetBytes(&object, "key", event.key);
+      object["version"] = event.version;
+      object["shard"] = event.shard;
+      object["sequence"] = event.sequence;
+      if (is_put) SetBytes(&object, "value", event.value);
       PrintJson(object);
     } else {
       std::fputs(is_put ? "PUT " : "DEL ", stdout);
-      PrintRaw(event.key);
+      PrintRaw(LineField(event.key));
       if (is_put) {
         std::fputc(' ', stdout);
-        PrintRaw(event.value);
+        PrintRaw(LineField(event.value));
       }
       std::fputc('\n', stdout);
     }

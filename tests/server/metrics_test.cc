@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <string>
@@ -12,6 +13,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace logkv::server {
@@ -423,6 +426,77 @@ TEST(ServerMetricsTest, ProtocolRequestsByOperationAndStatusWithoutLookups) {
        }) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\nin:\n" << text;
   }
+}
+
+TEST(CollectedFamilyTest, SamplesComeFromTheCollectorWhenRendered) {
+  MetricsRegistry registry;
+  CollectedFamily* family =
+      registry.AddCollectedFamily("test_backlog", "Backlog per peer.", MetricType::kGauge, {"peer"});
+  EXPECT_EQ(registry.AddCollectedFamily("test_backlog", "Backlog per peer.", MetricType::kGauge,
+                                        {"peer"}),
+            family);
+  // Without a collector: the HELP and TYPE lines alone.
+  EXPECT_EQ(registry.RenderPrometheus(),
+            "# HELP test_backlog Backlog per peer.\n# TYPE test_backlog gauge\n");
+  std::vector<CollectedSample> samples = {{{"n1"}, 3}, {{"n\"2"}, 0.5}};
+  family->SetCollector([&samples] { return samples; });
+  EXPECT_EQ(registry.RenderPrometheus(),
+            "# HELP test_backlog Backlog per peer.\n# TYPE test_backlog gauge\n"
+            "test_backlog{peer=\"n1\"} 3\ntest_backlog{peer=\"n\\\"2\"} 0.5\n");
+  // Label values come and go with the collector's answer.
+  samples = {{{"n3"}, 1}};
+  EXPECT_EQ(family->Collect().size(), 1u);
+  EXPECT_NE(registry.RenderPrometheus().find("test_backlog{peer=\"n3\"} 1\n"), std::string::npos);
+  family->SetCollector(nullptr);
+  EXPECT_TRUE(family->Collect().empty());
+
+  CollectedFamily* cpu =
+      registry.AddCollectedFamily("test_seconds_total", "Seconds.", MetricType::kCounter, {});
+  cpu->SetCollector([] { return std::vector<CollectedSample>{{{}, 1.25}}; });
+  EXPECT_NE(registry.RenderPrometheus().find("# TYPE test_seconds_total counter\n"
+                                             "test_seconds_total 1.25\n"),
+            std::string::npos);
+}
+
+TEST(CollectedFamilyDeathTest, ClashesWithOtherKindsAbort) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  MetricsRegistry registry;
+  registry.AddGaugeFamily("test_gauge", "Help.", {"a"});
+  EXPECT_DEATH(registry.AddCollectedFamily("test_gauge", "Help.", MetricType::kGauge, {"a"}),
+               "registered twice");
+  EXPECT_DEATH(registry.AddCollectedFamily("test_h", "Help.", MetricType::kHistogram, {}),
+               "counter or a gauge");
+}
+
+// The process_* metrics of the Prometheus client libraries, read from /proc.
+TEST(ProcessMetricsTest, PresentWithPlausibleValues) {
+  ServerMetrics metrics;
+  auto value = [&metrics](const char* name) {
+    const auto* family = dynamic_cast<const CollectedFamily*>(metrics.registry()->Find(name));
+    EXPECT_NE(family, nullptr) << name;
+    if (family == nullptr) return -1.0;
+    const std::vector<CollectedSample> samples = family->Collect();
+    EXPECT_EQ(samples.size(), 1u) << name;
+    return samples.empty() ? -1.0 : samples[0].value;
+  };
+  EXPECT_GE(value("process_cpu_seconds_total"), 0.0);
+  EXPECT_GT(value("process_resident_memory_bytes"), 0.0);
+  EXPECT_GE(value("process_virtual_memory_bytes"), value("process_resident_memory_bytes"));
+  const double open_fds = value("process_open_fds");
+  EXPECT_GE(open_fds, 3.0);  // stdin, stdout and stderr at least
+  EXPECT_GE(value("process_max_fds"), open_fds);
+  // Started before now, and after the machine booted.
+  const double start = value("process_start_time_seconds");
+  EXPECT_GT(start, 0.0);
+  EXPECT_LE(start, absl::ToUnixSeconds(absl::Now()) + 1.0);
+  // A new file descriptor shows.
+  FILE* file = std::fopen("/proc/self/stat", "r");
+  ASSERT_NE(file, nullptr);
+  EXPECT_EQ(value("process_open_fds"), open_fds + 1);
+  std::fclose(file);
+  const std::string text = metrics.RenderPrometheus();
+  EXPECT_NE(text.find("# TYPE process_cpu_seconds_total counter\n"), std::string::npos);
+  EXPECT_NE(text.find("\nprocess_resident_memory_bytes "), std::string::npos);
 }
 
 }  // namespace
