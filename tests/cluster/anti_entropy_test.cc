@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -323,6 +324,35 @@ TEST_F(AntiEntropyTest, PushFillsAnEmptyPeer) {
   const AntiEntropyFigures again = Run(AeA(), "b");
   EXPECT_EQ(again.partitions_differing, 0u);
   EXPECT_EQ(again.keys_pushed + again.keys_pulled, 0u);
+}
+
+// How far a peer's copy had drifted at the last finished round, per peer.
+TEST_F(AntiEntropyTest, DivergencePerPeerIsInThePrometheusOutput) {
+  ServerMetrics metrics;
+  ae_a_ = Make(a_.get(), TestOptions(), nullptr, &metrics);
+  EXPECT_TRUE(ae_a_->PeerRounds().empty());
+  for (int i = 0; i < 10; ++i) Put(a_.get(), Key(i), Value(i));
+  Run(ae_a_.get(), "b");
+  std::map<std::string, AntiEntropy::PeerRound> rounds = ae_a_->PeerRounds();
+  ASSERT_EQ(rounds.size(), 1u);
+  EXPECT_EQ(rounds["b"].keys_repaired, 10u);
+  EXPECT_GT(rounds["b"].leaves_differing, 0u);
+  EXPECT_GT(rounds["b"].finished_unix_ms, 0);
+  std::string text = metrics.RenderPrometheus();
+  EXPECT_TRUE(absl::StrContains(text, "logkv_anti_entropy_peer_keys_repaired{peer=\"b\"} 10\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "logkv_anti_entropy_peer_last_round_timestamp_seconds{peer=\"b\"} "))
+      << text;
+
+  // Converged: the next round finds nothing apart.
+  Run(ae_a_.get(), "b");
+  text = metrics.RenderPrometheus();
+  EXPECT_TRUE(absl::StrContains(text, "logkv_anti_entropy_peer_keys_repaired{peer=\"b\"} 0\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "logkv_anti_entropy_peer_differing_leaves{peer=\"b\"} 0\n"))
+      << text;
+  ae_a_.reset();
+  EXPECT_FALSE(absl::StrContains(metrics.RenderPrometheus(), "{peer=\"b\"}"));
 }
 
 TEST_F(AntiEntropyTest, PullFillsAWipedNode) {

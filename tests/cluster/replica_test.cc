@@ -459,6 +459,42 @@ TEST_F(HintedHandoffTest, SurvivesReopenAndIsDeliveredWhenTheTargetIsBack) {
   EXPECT_EQ(reloaded.Pending("other"), 2u);
 }
 
+// The backlog per peer, the replication lag docs/operations.md describes:
+// one sample per target with hints, gone once they are delivered.
+TEST_F(HintedHandoffTest, BacklogPerPeerIsInThePrometheusOutput) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  ServerMetrics metrics;
+  {
+    HintedHandoff handoff(local.engine(), Options(), &metrics);
+    ASSERT_OK(handoff.Load());
+    ASSERT_OK(handoff.Enqueue("remote", Put("a", "1", Stamp(kMs, 1))));
+    ASSERT_OK(handoff.Enqueue("remote", Put("b", "2", Stamp(kMs, 2))));
+    ASSERT_OK(handoff.Enqueue("other", Put("c", "3", Stamp(kMs, 3))));
+    const std::vector<HintedHandoff::TargetFigures> targets = handoff.GetTargetFigures();
+    ASSERT_EQ(targets.size(), 2u);
+    EXPECT_EQ(targets[0].target, "other");
+    EXPECT_EQ(targets[0].hints, 1u);
+    EXPECT_EQ(targets[1].target, "remote");
+    EXPECT_EQ(targets[1].hints, 2u);
+    EXPECT_GT(targets[1].bytes, targets[0].bytes);
+    EXPECT_GE(targets[1].lag_seconds, 0.0);
+    std::string text = metrics.RenderPrometheus();
+    EXPECT_TRUE(absl::StrContains(text, "logkv_hinted_handoff_hints{peer=\"remote\"} 2\n")) << text;
+    EXPECT_TRUE(absl::StrContains(text, "logkv_hinted_handoff_hints{peer=\"other\"} 1\n")) << text;
+    EXPECT_TRUE(absl::StrContains(text, "logkv_hinted_handoff_bytes{peer=\"remote\"} ")) << text;
+    EXPECT_TRUE(absl::StrContains(text, "logkv_replication_lag_seconds{peer=\"remote\"} ")) << text;
+
+    unreachable_ = {"other"};
+    EXPECT_EQ(handoff.DeliverOnce(SendTo({{"remote", &remote}}), StateOf()), 2u);
+    text = metrics.RenderPrometheus();
+    EXPECT_FALSE(absl::StrContains(text, "{peer=\"remote\"}")) << text;
+    EXPECT_TRUE(absl::StrContains(text, "logkv_hinted_handoff_hints{peer=\"other\"} 1\n")) << text;
+  }
+  // The collectors went with the queue.
+  EXPECT_FALSE(absl::StrContains(metrics.RenderPrometheus(), "{peer=")) << metrics.RenderPrometheus();
+}
+
 TEST_F(HintedHandoffTest, BacksOffExponentiallyWhileTheTargetFails) {
   Node local(dir_.Subdir("local"), &clock_);
   Node remote(dir_.Subdir("remote"), &clock_);
