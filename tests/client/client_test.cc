@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -779,12 +780,25 @@ std::string ShellQuote(absl::string_view arg) {
 
 class CliTest : public ClientTest {
  protected:
-  CliResult Run(const std::vector<std::string>& args) {
+  CliResult Run(const std::vector<std::string>& args) { return RunWithInput(args, ""); }
+
+  // As Run, with input as the CLI's standard input.
+  CliResult RunWithInput(const std::vector<std::string>& args, absl::string_view input) {
+    const std::string in_path = dir_.Subdir("cli.stdin");
+    {
+      std::FILE* in = std::fopen(in_path.c_str(), "wb");
+      if (in == nullptr) {
+        ADD_FAILURE() << "cannot write " << in_path;
+        return CliResult();
+      }
+      std::fwrite(input.data(), 1, input.size(), in);
+      std::fclose(in);
+    }
     const std::string err_path = dir_.Subdir("cli.stderr");
     // timeout(1) bounds a CLI that would otherwise wait forever (a watch).
     std::string command = absl::StrCat("timeout -s KILL 60 ", ShellQuote(LOGKV_CLI_PATH));
     for (const std::string& arg : args) absl::StrAppend(&command, " ", ShellQuote(arg));
-    absl::StrAppend(&command, " 2>", ShellQuote(err_path), " </dev/null");
+    absl::StrAppend(&command, " 2>", ShellQuote(err_path), " <", ShellQuote(in_path));
     CliResult result;
     FILE* pipe = ::popen(command.c_str(), "r");
     if (pipe == nullptr) {
@@ -866,6 +880,93 @@ TEST_F(CliTest, CommandsOutputAndExitCodes) {
   EXPECT_EQ(Run({target, "get", "greeting"}).exit_code, 1);
   CliResult seed_del = Run({"del", "--key=foo", target});
   EXPECT_EQ(seed_del.exit_code, 0) << seed_del.err;
+}
+
+// Binary keys and values in --json come as base64 with an encoding field
+// (as etcdctl's JSON), text as it is; "put KEY -" reads the value from
+// standard input, every byte of it.
+TEST_F(CliTest, JsonEncodingsAndValuesFromStandardInput) {
+  LogkvdProcess* server = StartServer("node");
+  const std::string target = "--target=" + Address(server->port());
+  const std::string binary("\x00\xff\x01\n\x80", 5);
+  CliResult put = RunWithInput({target, "put", "bin", "-"}, binary);
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  CliResult text_put = RunWithInput({target, "put", "text", "-", "--json"}, "line 1\nline 2\n");
+  ASSERT_EQ(text_put.exit_code, 0) << text_put.err;
+  nlohmann::json written = nlohmann::json::parse(text_put.out);
+  EXPECT_EQ(written["key"], "text");
+  EXPECT_EQ(written["key_encoding"], "utf-8");
+  // --value=- is a dash, not standard input.
+  ASSERT_EQ(RunWithInput({target, "put", "--key=dash", "--value=-"}, "ignored").exit_code, 0);
+  EXPECT_EQ(Run({target, "get", "dash"}).out, "-\n");
+
+  CliResult get = Run({target, "get", "bin", "--json"});
+  ASSERT_EQ(get.exit_code, 0) << get.err;
+  nlohmann::json object = nlohmann::json::parse(get.out);
+  EXPECT_EQ(object["found"], true);
+  EXPECT_EQ(object["value_encoding"], "base64");
+  std::string decoded;
+  ASSERT_TRUE(absl::Base64Unescape(object["value"].get<std::string>(), &decoded)) << get.out;
+  EXPECT_EQ(decoded, binary);
+  EXPECT_EQ(object["key"], "bin");
+  EXPECT_EQ(object["key_encoding"], "utf-8");
+  // The raw form prints the bytes as stored.
+  EXPECT_EQ(Run({target, "get", "bin"}).out, binary + "\n");
+
+  nlohmann::json text = nlohmann::json::parse(Run({target, "get", "text", "--json"}).out);
+  EXPECT_EQ(text["value"], "line 1\nline 2\n");
+  EXPECT_EQ(text["value_encoding"], "utf-8");
+
+  CliResult scan = Run({target, "scan", "--json"});
+  ASSERT_EQ(scan.exit_code, 0) << scan.err;
+  nlohmann::json items = nlohmann::json::parse(scan.out)["items"];
+  ASSERT_EQ(items.size(), 3u) << scan.out;
+  EXPECT_EQ(items[0]["key"], "bin");
+  EXPECT_EQ(items[0]["value_encoding"], "base64");
+  EXPECT_EQ(items[2]["value_encoding"], "utf-8");
+}
+
+// get --json of a missing key: a JSON answer on standard output, exit 1.
+TEST_F(CliTest, GetJsonOfAMissingKeyIsJson) {
+  LogkvdProcess* server = StartServer("node");
+  CliResult missing = Run({"--target=" + Address(server->port()), "get", "nope", "--json"});
+  EXPECT_EQ(missing.exit_code, 1);
+  nlohmann::json object = nlohmann::json::parse(missing.out, nullptr, false);
+  ASSERT_TRUE(object.is_object()) << missing.out;
+  EXPECT_EQ(object["key"], "nope");
+  EXPECT_EQ(object["found"], false);
+  EXPECT_TRUE(object["error"].is_string());
+  EXPECT_TRUE(absl::StrContains(missing.err, "NOT_FOUND")) << missing.err;
+}
+
+// Keys and values that would break scan's lines (a newline, a tab, bytes
+// that are not text, a leading quote) are quoted and C-escaped; plain ones
+// are printed as they are. One item, one line.
+TEST_F(CliTest, ScanKeepsOneItemPerLine) {
+  LogkvdProcess* server = StartServer("node");
+  const std::string target = "--target=" + Address(server->port());
+  ASSERT_EQ(Run({target, "put", "a-plain", "just text"}).exit_code, 0);
+  ASSERT_EQ(RunWithInput({target, "put", "b-lines", "-"}, "one\ntwo\tthree").exit_code, 0);
+  ASSERT_EQ(Run({target, "put", "c-key\nwith-newline", "v"}).exit_code, 0);
+  ASSERT_EQ(RunWithInput({target, "put", "d-binary", "-"}, std::string("\x00\xfe", 2)).exit_code,
+            0);
+  ASSERT_EQ(Run({target, "put", "e-quote", "\"quoted\""}).exit_code, 0);
+  ASSERT_EQ(Run({target, "put", "f-utf8", "caf\xc3\xa9"}).exit_code, 0);
+  CliResult scan = Run({target, "scan"});
+  ASSERT_EQ(scan.exit_code, 0) << scan.err;
+  EXPECT_EQ(scan.out,
+            "a-plain\tjust text\n"
+            "b-lines\t\"one\\ntwo\\tthree\"\n"
+            "\"c-key\\nwith-newline\"\tv\n"
+            "d-binary\t\"\\x00\\xfe\"\n"
+            "e-quote\t\"\\\"quoted\\\"\"\n"
+            "f-utf8\tcaf\xc3\xa9\n");
+  // What is printed quoted reads back with C unescaping.
+  std::string value;
+  ASSERT_TRUE(absl::CUnescape("one\\ntwo\\tthree", &value));
+  EXPECT_EQ(value, "one\ntwo\tthree");
+  CliResult keys = Run({target, "scan", "--keys_only", "c-"});
+  EXPECT_EQ(keys.out, "\"c-key\\nwith-newline\"\n");
 }
 
 // logkv leave sends the cluster secret (--cluster_secret or
