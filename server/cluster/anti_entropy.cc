@@ -238,26 +238,24 @@ AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunc
        [](const PeerRound& r) { return static_cast<double>(r.finished_unix_ms) / 1e3; }},
   };
   for (const auto& [family, field] : peer_families) {
-    family->SetCollector([this, field = field] {
+    family->SetCollector([box = std::weak_ptr<PeerRoundsBox>(peer_rounds_), field = field] {
       std::vector<CollectedSample> samples;
-      for (const auto& [peer, round] : PeerRounds()) {
+      const std::shared_ptr<PeerRoundsBox> rounds = box.lock();
+      if (rounds == nullptr) return samples;  // this AntiEntropy is gone
+      absl::MutexLock lock(&rounds->mu);
+      for (const auto& [peer, round] : rounds->rounds) {
         samples.push_back(CollectedSample{{peer}, field(round)});
       }
       return samples;
     });
-    peer_families_.push_back(family);
   }
 }
 
-AntiEntropy::~AntiEntropy() {
-  Stop();
-  // After these return no collector runs, so `this` may go.
-  for (CollectedFamily* family : peer_families_) family->SetCollector(nullptr);
-}
+AntiEntropy::~AntiEntropy() { Stop(); }
 
 std::map<std::string, AntiEntropy::PeerRound> AntiEntropy::PeerRounds() const {
-  absl::MutexLock lock(&mu_);
-  return peer_rounds_;
+  absl::MutexLock lock(&peer_rounds_->mu);
+  return peer_rounds_->rounds;
 }
 
 absl::Status AntiEntropy::Start() { return worker_.Start(); }
@@ -391,8 +389,8 @@ absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer
   round.figures.repair_keys_per_second = seconds > 0 ? static_cast<double>(repaired) / seconds : 0;
   Account(round.figures);
   if (status.ok() && !hand_off) {
-    absl::MutexLock lock(&mu_);
-    peer_rounds_[peer_id] = PeerRound{round.figures.leaves_differing, repaired,
+    absl::MutexLock lock(&peer_rounds_->mu);
+    peer_rounds_->rounds[peer_id] = PeerRound{round.figures.leaves_differing, repaired,
                                       absl::ToUnixMillis(absl::Now())};
   }
   if (!status.ok()) {

@@ -47,7 +47,6 @@ namespace logkv::server {
 class ServerMetrics;
 class Counter;
 class Gauge;
-class CollectedFamily;
 }  // namespace logkv::server
 
 namespace logkv::server::cluster {
@@ -223,7 +222,14 @@ class AntiEntropy {
   Counter* not_owned_counter_ = nullptr;
   Gauge* last_round_gauge_ = nullptr;
   Gauge* repair_rate_gauge_ = nullptr;
-  std::vector<CollectedFamily*> peer_families_;  // their collectors read peer_rounds_
+  // The last round with each peer. Shared with the metrics' collectors,
+  // which hold it weakly: once this object is gone they report nothing,
+  // and it may go before the registry does.
+  struct PeerRoundsBox {
+    mutable absl::Mutex mu;
+    std::map<std::string, PeerRound> rounds ABSL_GUARDED_BY(mu);
+  };
+  const std::shared_ptr<PeerRoundsBox> peer_rounds_ = std::make_shared<PeerRoundsBox>();
 
   std::atomic<bool> caught_up_{false};
 
@@ -236,7 +242,6 @@ class AntiEntropy {
   // Token bucket: the time at which the bytes accepted so far are paid for.
   absl::Time bucket_paid_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   AntiEntropyFigures totals_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, PeerRound> peer_rounds_ ABSL_GUARDED_BY(mu_);
 
   // Runs PassTask; its stopping() ends rounds. Last: it stops first.
   PeriodicWorker worker_;
