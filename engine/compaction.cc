@@ -220,6 +220,7 @@ absl::Status Shard::Compact(bool force) {
               // Keep an expired record only as a shadow of older ones: same
               // event, no value.
               copy.value = {};
+              copy.flags = 0;
               rewritten.clear();
               EncodeRecord(copy, &rewritten);
               raw = rewritten;

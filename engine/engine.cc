@@ -51,6 +51,16 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.max_value_bytes > format::kHardMaxValueBytes) {
     return bad(absl::StrCat("max_value_bytes must be at most ", format::kHardMaxValueBytes));
   }
+  if (o.compression != Compression::kNone && o.compression != Compression::kZstd) {
+    return bad("compression must be none or zstd");
+  }
+  if (o.compression_level < kMinCompressionLevel || o.compression_level > kMaxCompressionLevel) {
+    return bad(absl::StrCat("compression_level must be in [", kMinCompressionLevel, ", ",
+                            kMaxCompressionLevel, "], not ", o.compression_level));
+  }
+  if (o.compression_min_bytes > format::kHardMaxValueBytes) {
+    return bad(absl::StrCat("compression_min_bytes must be at most ", format::kHardMaxValueBytes));
+  }
   if (o.fsync_interval_ms <= 0) return bad("fsync_interval_ms must be positive");
   if (o.versions_kept == 0 || o.versions_kept > 1000) {
     return bad("versions_kept must be in [1, 1000]");
@@ -603,6 +613,13 @@ Stats Engine::GetStats() {
     stats.repaired_bytes_skipped += c.repaired_bytes_skipped.load();
     stats.repaired_segments += c.repaired_segments.load();
     stats.repaired_segments_set_aside += c.repaired_segments_set_aside.load();
+    stats.value_bytes_in += c.value_bytes_in.load();
+    stats.value_bytes_stored += c.value_bytes_stored.load();
+    stats.values_compressed += c.values_compressed.load();
+    stats.values_compression_skipped += c.values_compression_skipped.load();
+    stats.values_decompressed += c.values_decompressed.load();
+    stats.compress_cpu_ns += c.compress_cpu_ns.load();
+    stats.decompress_cpu_ns += c.decompress_cpu_ns.load();
     if (!shard->WriteHealth().ok()) ++stats.shards_refusing_writes;
   }
   stats.unreadable_records_skipped = state_->unreadable_records_skipped.load();

@@ -22,6 +22,7 @@ void HintWriter::Add(const LogRecord& record, uint32_t offset, uint32_t record_b
   entry.record_bytes = record_bytes;
   entry.key_size = static_cast<uint16_t>(record.key.size());
   entry.type = static_cast<uint8_t>(record.type);
+  entry.flags = record.flags;
   entry.value_size = static_cast<uint32_t>(record.value.size());
   entry.timestamp = record.timestamp;
   entry.expiry_unix_ms = record.expiry_unix_ms;
@@ -92,6 +93,7 @@ absl::Status ReadHintFile(
       if (!validating) {
         LogRecord record;
         record.type = static_cast<format::RecordType>(entry.type);
+        record.flags = entry.flags;
         record.timestamp = entry.timestamp;
         record.expiry_unix_ms = entry.expiry_unix_ms;
         record.sequence = entry.sequence;

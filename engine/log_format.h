@@ -54,16 +54,23 @@ enum class RecordType : uint8_t {
 };
 inline constexpr uint8_t kMaxKnownRecordType = 3;
 
-// Record flags (never change). No flag is defined yet; a record with an unknown
-// flag bit is refused as corrupt.
-inline constexpr uint8_t kKnownRecordFlags = 0;
+// Record flags (never change). A record with an unknown flag bit is refused as
+// corrupt.
+//
+// kRecordFlagZstd: a Put whose value is stored compressed. Its value_size
+// bytes are the plain value's size (u32, at most kHardMaxValueBytes) followed
+// by one zstd frame that decompresses to exactly that many bytes. Readers get
+// the plain value; the flag never appears on a Delete or Forget.
+inline constexpr uint8_t kRecordFlagZstd = 1u << 0;
+inline constexpr uint8_t kKnownRecordFlags = kRecordFlagZstd;
+inline constexpr size_t kCompressedSizeBytes = sizeof(uint32_t);  // the plain-size prefix
 
 struct RecordHeader {
   uint64_t checksum;    // XXH3-64 over bytes [8, 48 + key_size + value_size)
   uint8_t type;         // RecordType
   uint8_t flags;        // kRecordFlag*
   uint16_t key_size;
-  uint32_t value_size;  // 0 for a tombstone
+  uint32_t value_size;  // stored value bytes; 0 for a tombstone
   uint64_t timestamp;   // hybrid logical clock: (unix ms << 16) | logical counter
   int64_t expiry_unix_ms;  // 0 = never expires
   uint64_t sequence;       // per-shard event number, from 1
@@ -107,8 +114,8 @@ struct HintEntry {  // followed by key_size bytes of key
   uint32_t record_bytes;
   uint16_t key_size;
   uint8_t type;
-  uint8_t flags;
-  uint32_t value_size;
+  uint8_t flags;        // the record's flags
+  uint32_t value_size;  // the record's (stored) value_size
   uint64_t timestamp;
   int64_t expiry_unix_ms;
   uint64_t sequence;

@@ -17,6 +17,9 @@ uint64_t HashKey(absl::string_view key) { return XXH3_64bits(key.data(), key.siz
 void EncodeRecord(const LogRecord& record, std::string* out) {
   assert(record.key.size() <= format::kMaxKeyBytes);
   assert(!record.is_tombstone() || record.value.empty());
+  assert(!record.compressed() ||
+         (record.type == format::RecordType::kPut &&
+          record.value.size() > format::kCompressedSizeBytes));
   const size_t start = out->size();
   const uint64_t total = format::RecordBytes(record.key.size(), record.value.size());
   out->resize(start + total);
@@ -24,7 +27,7 @@ void EncodeRecord(const LogRecord& record, std::string* out) {
 
   RecordHeader header{};
   header.type = static_cast<uint8_t>(record.type);
-  header.flags = 0;
+  header.flags = record.flags;
   header.key_size = static_cast<uint16_t>(record.key.size());
   header.value_size = static_cast<uint32_t>(record.value.size());
   header.timestamp = record.timestamp;
@@ -129,14 +132,34 @@ DecodeResult DecodeRecord(absl::string_view bytes, uint32_t max_key_bytes,
     result.error = "sequence number 0";
     return result;
   }
+  const absl::string_view value =
+      bytes.substr(kRecordHeaderBytes + header.key_size, header.value_size);
+  if ((header.flags & format::kRecordFlagZstd) != 0) {
+    if (type != format::RecordType::kPut) {
+      result.error = "compressed flag on a record without a value";
+      return result;
+    }
+    if (value.size() <= format::kCompressedSizeBytes) {
+      result.error = absl::StrCat("compressed value of only ", value.size(), " bytes");
+      return result;
+    }
+    uint32_t plain_size;
+    std::memcpy(&plain_size, value.data(), sizeof(plain_size));
+    if (plain_size > max_value_bytes) {
+      result.error = absl::StrCat("compressed value of ", plain_size,
+                                  " plain bytes exceeds the limit ", max_value_bytes);
+      return result;
+    }
+  }
   result.outcome = DecodeOutcome::kRecord;
   result.record.type = type;
   result.record.timestamp = header.timestamp;
   result.record.expiry_unix_ms = header.expiry_unix_ms;
   result.record.sequence = header.sequence;
   result.record.version = header.version;
+  result.record.flags = header.flags;
   result.record.key = bytes.substr(kRecordHeaderBytes, header.key_size);
-  result.record.value = bytes.substr(kRecordHeaderBytes + header.key_size, header.value_size);
+  result.record.value = value;
   result.record_bytes = format::AlignRecord(payload);
   return result;
 }

@@ -20,15 +20,20 @@ struct LogRecord {
   int64_t expiry_unix_ms = 0;
   uint64_t sequence = 0;
   uint64_t version = 0;
+  uint8_t flags = 0;  // format::kRecordFlag*
   absl::string_view key;
+  // The value bytes as stored: with kRecordFlagZstd the plain size and a zstd
+  // frame (see value_codec.h for the plain value), else the value itself.
   absl::string_view value;
 
   bool is_tombstone() const { return type == format::RecordType::kDelete; }
   bool is_forget() const { return type == format::RecordType::kForget; }
+  bool compressed() const { return (flags & format::kRecordFlagZstd) != 0; }
 };
 
 // Appends the encoded record, padded to the record alignment, to out.
-// REQUIRES: key.size() <= format::kMaxKeyBytes.
+// REQUIRES: key.size() <= format::kMaxKeyBytes; a compressed record's value is
+// a well-formed stored form (value_codec.h).
 void EncodeRecord(const LogRecord& record, std::string* out);
 
 // Outcome of looking at the bytes where a record should start.
@@ -47,7 +52,9 @@ struct DecodeResult {
 };
 
 // Decodes the record at the start of bytes, which holds everything from the
-// record's offset to the end of the segment's data.
+// record's offset to the end of the segment's data. A compressed record's
+// plain size is checked against max_value_bytes here; its frame is checked
+// when it is decompressed.
 DecodeResult DecodeRecord(absl::string_view bytes, uint32_t max_key_bytes,
                           uint32_t max_value_bytes);
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/value_codec.h"
 
 namespace logkv::engine {
 
@@ -95,6 +96,24 @@ absl::StatusOr<LogRecord> Shard::ReadRecord(const RecordLocation& location,
   return decoded.record;
 }
 
+absl::Status Shard::ValueOf(const LogRecord& record, std::string* out) {
+  if (!record.compressed()) {
+    out->assign(record.value.data(), record.value.size());
+    return absl::OkStatus();
+  }
+  const int64_t start_ns = ThreadCpuNanos();
+  absl::Status status = DecodeValue(record, format::kHardMaxValueBytes, out);
+  counters_.decompress_cpu_ns.fetch_add(static_cast<uint64_t>(ThreadCpuNanos() - start_ns),
+                                        std::memory_order_relaxed);
+  if (!status.ok()) {
+    return absl::DataLossError(absl::StrCat("shard ", shard_id_, ", key ",
+                                            KeyForMessage(record.key), ", sequence ",
+                                            record.sequence, ": ", status.message()));
+  }
+  counters_.values_decompressed.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
 absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* meta) {
   counters_.gets.fetch_add(1, std::memory_order_relaxed);
   absl::ReaderMutexLock lock(&mu_);
@@ -107,7 +126,7 @@ absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* me
   }
   auto record = ReadRecord(entry.location(), key.key);
   if (!record.ok()) return record.status();
-  value_out->assign(record->value.data(), record->value.size());
+  if (absl::Status status = ValueOf(*record, value_out); !status.ok()) return status;
   if (meta != nullptr) {
     meta->version = entry.version;
     meta->timestamp = entry.timestamp;
@@ -131,7 +150,7 @@ absl::StatusOr<KeyRecord> Shard::GetRecord(const KeyRef& key, bool with_value) {
   if (out.tombstone || !with_value) return out;
   auto record = ReadRecord(entry.location(), key.key);
   if (!record.ok()) return record.status();
-  out.value.assign(record->value.data(), record->value.size());
+  if (absl::Status status = ValueOf(*record, &out.value); !status.ok()) return status;
   return out;
 }
 
@@ -169,7 +188,9 @@ absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   auto record = ReadRecord(location, key.key);
   if (!record.ok()) return record.status();
   meta.expiry_unix_ms = record->expiry_unix_ms;
-  return Record{std::string(record->value), meta};
+  Record out{std::string(), meta};
+  if (absl::Status status = ValueOf(*record, &out.value); !status.ok()) return status;
+  return out;
 }
 
 void Shard::MarkDead(const RecordLocation& location) {
@@ -281,6 +302,22 @@ absl::Status Shard::RollActive(uint64_t needed_bytes) {
 absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
                                          absl::string_view value, const WriteOptions& options) {
   if (absl::Status status = health(); !status.ok()) return status;
+  // Compress before taking the lock: writers of a shard serialise on it, and
+  // compression is the costliest step of a write.
+  std::string compressed;
+  const bool compress = type == RecordType::kPut &&
+                        options_.compression == Compression::kZstd &&
+                        value.size() >= options_.compression_min_bytes;
+  if (compress) {
+    const int64_t start_ns = ThreadCpuNanos();
+    const bool paid = CompressValue(value, options_.compression_level, &compressed);
+    counters_.compress_cpu_ns.fetch_add(static_cast<uint64_t>(ThreadCpuNanos() - start_ns),
+                                        std::memory_order_relaxed);
+    (paid ? counters_.values_compressed : counters_.values_compression_skipped)
+        .fetch_add(1, std::memory_order_relaxed);
+    if (!paid) compressed.clear();
+  }
+  const bool stored_compressed = compress && !compressed.empty();
   const int64_t now = context_.clock->NowUnixMs();
   absl::MutexLock lock(&mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
@@ -338,7 +375,8 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   record.expiry_unix_ms = expiry;
   record.version = version;
   record.key = key.key;
-  record.value = value;
+  record.value = stored_compressed ? absl::string_view(compressed) : value;
+  record.flags = stored_compressed ? format::kRecordFlagZstd : 0;
   absl::StatusOr<RecordLocation> appended = AppendLocked(&record);
   if (!appended.ok()) return appended.status();
   const RecordLocation location = *appended;
@@ -380,6 +418,10 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   }
   (type == RecordType::kPut ? counters_.puts : counters_.deletes)
       .fetch_add(1, std::memory_order_relaxed);
+  if (type == RecordType::kPut) {
+    counters_.value_bytes_in.fetch_add(value.size(), std::memory_order_relaxed);
+    counters_.value_bytes_stored.fetch_add(record.value.size(), std::memory_order_relaxed);
+  }
 
   WriteResult result;
   result.version = version;
@@ -655,14 +697,16 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       const LogRecord& record = decoded.record;
       if (record.sequence > readable) return events;
       if (record.sequence >= first && !record.is_forget()) {  // a forget is no client event
-        read_bytes += record.key.size() + record.value.size();
+        read_bytes += record.key.size() + PlainValueSize(record);
         // Over the byte budget: stop before this event (never before the first).
         if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) return events;
         Event event;
         event.sequence = record.sequence;
         event.type = record.is_tombstone() ? EventType::kDelete : EventType::kPut;
         event.key.assign(record.key.data(), record.key.size());
-        event.value.assign(record.value.data(), record.value.size());
+        if (absl::Status status = ValueOf(record, &event.value); !status.ok()) {
+          return WithContext(absl::StrCat(segment.path(), " at offset ", offset, ": "), status);
+        }
         event.meta = ValueMeta{record.version, record.timestamp, record.expiry_unix_ms};
         events.push_back(std::move(event));
         if (events.size() >= limit) return events;

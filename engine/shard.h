@@ -57,6 +57,9 @@ struct ShardCounters {
   std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
   std::atomic<uint64_t> repaired_bytes_skipped{0}, repaired_segments{0},
       repaired_segments_set_aside{0};
+  std::atomic<uint64_t> value_bytes_in{0}, value_bytes_stored{0}, values_compressed{0},
+      values_compression_skipped{0}, values_decompressed{0}, compress_cpu_ns{0},
+      decompress_cpu_ns{0};
 };
 
 class Shard {
@@ -178,6 +181,8 @@ class Shard {
   }
   absl::StatusOr<LogRecord> ReadRecord(const RecordLocation& location, absl::string_view key) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The plain value of a record ReadRecord returned (decompressed if need be).
+  absl::Status ValueOf(const LogRecord& record, std::string* out);
   absl::Status RollActive(uint64_t needed_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends record to the active segment (rolling it when full) with the
   // next sequence number, which it sets in record, and marks it in the change

@@ -53,6 +53,15 @@ class Clock {
 };
 Clock* SystemClock();
 
+// How Put values are stored (docs/format.md, "Compressed values").
+enum class Compression {
+  kNone,  // every value as it is
+  kZstd,  // values of at least compression_min_bytes zstd-compressed when it pays
+};
+
+inline constexpr int kMinCompressionLevel = 1;
+inline constexpr int kMaxCompressionLevel = 19;
+
 struct Options {
   std::string data_dir = "./data";
   // Only used when the data directory is created; afterwards the MANIFEST rules.
@@ -61,6 +70,18 @@ struct Options {
   uint64_t segment_bytes = 64ull << 20;
   uint32_t max_key_bytes = 4096;           // hard ceiling: 65535
   uint32_t max_value_bytes = 16u << 20;    // hard ceiling: 512 MiB
+
+  // Value compression. With kZstd a Put value of at least
+  // compression_min_bytes is compressed at compression_level (1..19) and
+  // stored so when that saves at least an eighth of it; otherwise, and for
+  // replicated values alike, it is stored as it is. Reads always return the
+  // plain value whatever the setting, so a directory may mix both kinds of
+  // record and the setting may change between runs. Off by default: a binary
+  // from before compression refuses compressed records as corrupt, so turning
+  // it on is a choice not to downgrade (docs/format.md).
+  Compression compression = Compression::kNone;
+  int compression_level = 3;
+  uint32_t compression_min_bytes = 128;
 
   FsyncPolicy fsync = FsyncPolicy::kInterval;
   int64_t fsync_interval_ms = 1000;
@@ -252,6 +273,18 @@ struct Stats {
   // Records a Scan met that did not verify (corrupt on disk): left out of
   // the page and counted here; a Get of such a key answers DataLoss.
   uint64_t unreadable_records_skipped = 0;
+  // Value compression, since open: the plain bytes of the Put values written
+  // and the bytes they took in their records (compressed or not), so their
+  // ratio is the compression ratio; how many values were stored compressed,
+  // how many were tried and stored plain because it did not pay, and the
+  // CPU time spent compressing and decompressing.
+  uint64_t value_bytes_in = 0;
+  uint64_t value_bytes_stored = 0;
+  uint64_t values_compressed = 0;
+  uint64_t values_compression_skipped = 0;
+  uint64_t values_decompressed = 0;
+  uint64_t compress_cpu_ns = 0;
+  uint64_t decompress_cpu_ns = 0;
   // Shards refusing writes now: the last write failed for lack of disk
   // space, or a sync failed (see WriteHealth).
   uint32_t shards_refusing_writes = 0;
