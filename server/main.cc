@@ -46,6 +46,14 @@ ABSL_FLAG(int, shards, 0,
           "Each shard syncs its own file, so under --fsync=always more shards mean more "
           "fdatasyncs per group commit.");
 ABSL_FLAG(uint64_t, segment_bytes, 64ull << 20, "Log segment size.");
+ABSL_FLAG(std::string, compression, "none",
+          "none | zstd. zstd stores each value of at least --compression_min_bytes "
+          "compressed when that saves at least an eighth of it; reads always return the plain "
+          "value, so the setting may change between runs. Off by default: logkvd releases "
+          "without compression cannot read compressed records (docs/format.md).");
+ABSL_FLAG(int, compression_level, 3, "zstd level for --compression=zstd, 1 (fastest) to 19.");
+ABSL_FLAG(uint32_t, compression_min_bytes, 128,
+          "Values shorter than this are never compressed (--compression=zstd).");
 ABSL_FLAG(uint32_t, max_key_bytes, 4096, "Largest key accepted.");
 ABSL_FLAG(uint32_t, max_value_bytes, 16u << 20, "Largest value accepted.");
 ABSL_FLAG(uint32_t, max_frame_bytes, 64u << 20, "Largest protocol frame accepted.");
@@ -154,7 +162,8 @@ const std::vector<FlagGroup>& FlagGroups() {
   static const auto* groups = new std::vector<FlagGroup>{
       {"Storage",
        {"data_dir", "fsync", "fsync_interval_ms", "shards", "segment_bytes", "versions",
-        "tombstone_grace_ms", "repair"}},
+        "tombstone_grace_ms", "repair", "compression", "compression_level",
+        "compression_min_bytes"}},
       {"Network",
        {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
@@ -285,6 +294,12 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   absl::StatusOr<engine::FsyncPolicy> fsync = ParseFsyncPolicy(absl::GetFlag(FLAGS_fsync));
   if (!fsync.ok()) return fsync.status();
   options.fsync = *fsync;
+  absl::StatusOr<engine::Compression> compression =
+      ParseCompression(absl::GetFlag(FLAGS_compression));
+  if (!compression.ok()) return compression.status();
+  options.compression = *compression;
+  options.compression_level = absl::GetFlag(FLAGS_compression_level);
+  options.compression_min_bytes = absl::GetFlag(FLAGS_compression_min_bytes);
 
   options.node_id = absl::GetFlag(FLAGS_node_id);
   options.advertise = absl::GetFlag(FLAGS_advertise);

@@ -484,6 +484,26 @@ ServerMetrics::ServerMetrics()
       log_bytes_(registry_.AddGauge("logkv_log_bytes", "Bytes in all log segments.")),
       dead_bytes_(registry_.AddGauge("logkv_dead_bytes",
                                      "Bytes of the log that compaction could reclaim.")),
+      value_bytes_in_(registry_.AddCounter(
+          "logkv_value_bytes_in_total", "Plain bytes of the values written since start.")),
+      value_bytes_stored_(registry_.AddCounter(
+          "logkv_value_bytes_stored_total",
+          "Bytes those values take in their log records, compressed or not.")),
+      value_compression_ratio_(registry_.AddGauge(
+          "logkv_value_compression_ratio",
+          "Value bytes written / value bytes stored since start (1 when nothing is compressed).")),
+      values_compressed_(registry_.AddCounter("logkv_values_compressed_total",
+                                              "Values stored zstd-compressed.")),
+      values_compression_skipped_(registry_.AddCounter(
+          "logkv_values_compression_skipped_total",
+          "Values compressed and stored plain because compression did not save an eighth.")),
+      values_decompressed_(registry_.AddCounter("logkv_values_decompressed_total",
+                                                "Compressed values decompressed for a reader.")),
+      compression_cpu_seconds_(registry_.AddGaugeFamily(
+          "logkv_value_compression_cpu_seconds",
+          "CPU time spent on value compression since start, by operation.", {"operation"})),
+      compress_cpu_seconds_(compression_cpu_seconds_->WithLabelValues({"compress"})),
+      decompress_cpu_seconds_(compression_cpu_seconds_->WithLabelValues({"decompress"})),
       connections_(registry_.AddGaugeFamily(
           "logkv_connections", "Client connections open now, by protocol.", {"protocol"})),
       binary_connections_(connections_->WithLabelValues({"binary"})),

@@ -451,6 +451,19 @@ class ServerMetrics {
   Gauge* keys() const { return keys_; }                          // logkv_keys
   Gauge* log_bytes() const { return log_bytes_; }                // logkv_log_bytes
   Gauge* dead_bytes() const { return dead_bytes_; }              // logkv_dead_bytes
+  // Value compression (the engine's, set by callbacks): plain bytes of the
+  // values written and the bytes they take stored (their ratio is
+  // logkv_value_compression_ratio), values stored compressed, tried and
+  // stored plain because it did not pay, and read back decompressed, and
+  // logkv_value_compression_cpu_seconds{operation="compress|decompress"}.
+  Counter* value_bytes_in() const { return value_bytes_in_; }  // logkv_value_bytes_in_total
+  Counter* value_bytes_stored() const { return value_bytes_stored_; }
+  Gauge* value_compression_ratio() const { return value_compression_ratio_; }
+  Counter* values_compressed() const { return values_compressed_; }
+  Counter* values_compression_skipped() const { return values_compression_skipped_; }
+  Counter* values_decompressed() const { return values_decompressed_; }
+  Gauge* compress_cpu_seconds() const { return compress_cpu_seconds_; }
+  Gauge* decompress_cpu_seconds() const { return decompress_cpu_seconds_; }
   // logkv_connections{protocol="binary"} and {protocol="http"}.
   Gauge* binary_connections() const { return binary_connections_; }
   Gauge* http_connections() const { return http_connections_; }
@@ -490,6 +503,15 @@ class ServerMetrics {
   Gauge* const keys_;
   Gauge* const log_bytes_;
   Gauge* const dead_bytes_;
+  Counter* const value_bytes_in_;
+  Counter* const value_bytes_stored_;
+  Gauge* const value_compression_ratio_;
+  Counter* const values_compressed_;
+  Counter* const values_compression_skipped_;
+  Counter* const values_decompressed_;
+  GaugeFamily* const compression_cpu_seconds_;
+  Gauge* const compress_cpu_seconds_;
+  Gauge* const decompress_cpu_seconds_;
   GaugeFamily* const connections_;
   Gauge* const binary_connections_;
   Gauge* const http_connections_;

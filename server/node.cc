@@ -233,6 +233,9 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
   options.repair = o.repair;
   options.fsync = o.fsync;
   options.fsync_interval_ms = absl::ToInt64Milliseconds(o.fsync_interval);
+  options.compression = o.compression;
+  options.compression_level = o.compression_level;
+  options.compression_min_bytes = o.compression_min_bytes;
   // Hints, accounts and the member list are this node's own: they stay out
   // of the Merkle summary that replicas compare.
   options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix),
@@ -407,6 +410,17 @@ absl::StatusOr<engine::FsyncPolicy> ParseFsyncPolicy(absl::string_view text) {
   return absl::InvalidArgumentError("--fsync must be never, interval or always");
 }
 
+absl::StatusOr<engine::Compression> ParseCompression(absl::string_view text) {
+  if (text == "none") return engine::Compression::kNone;
+  if (text == "zstd") return engine::Compression::kZstd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--compression must be none or zstd, not '", text, "'"));
+}
+
+const char* CompressionName(engine::Compression compression) {
+  return compression == engine::Compression::kZstd ? "zstd" : "none";
+}
+
 const char* FsyncPolicyName(engine::FsyncPolicy policy) {
   switch (policy) {
     case engine::FsyncPolicy::kNever:
@@ -446,6 +460,17 @@ absl::Status NodeOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_json_depth must be between 1 and ", http::kMaxJsonDepthCeiling,
                      " (nested objects and arrays), not ", max_json_depth));
+  }
+  if (compression_level < engine::kMinCompressionLevel ||
+      compression_level > engine::kMaxCompressionLevel) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--compression_level must be between ", engine::kMinCompressionLevel, " and ",
+        engine::kMaxCompressionLevel, " (zstd levels), not ", compression_level));
+  }
+  if (compression_min_bytes > max_value_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--compression_min_bytes must be at most --max_value_bytes (",
+                     max_value_bytes, "), not ", compression_min_bytes));
   }
   if (jwt_expiration < absl::Seconds(1)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -600,7 +625,8 @@ absl::Status Node::StartEngine() {
     }
   };
 
-  Log(Level::kInfo, "opening %s (fsync=%s)", data_dir_, FsyncPolicyName(options_.fsync));
+  Log(Level::kInfo, "opening %s (fsync=%s, compression=%s)", data_dir_,
+      FsyncPolicyName(options_.fsync), CompressionName(options_.compression));
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Open(options);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
@@ -627,6 +653,28 @@ absl::Status Node::StartEngine() {
       [engine_ptr] { return static_cast<double>(engine_ptr->GetStats().dead_bytes); });
   metrics_.compactions()->SetCallback([engine_ptr] { return engine_ptr->GetStats().compactions; });
   AddEngineMetrics(engine_ptr, data_dir_, &metrics_);
+  metrics_.value_bytes_in()->SetCallback(
+      [engine_ptr] { return engine_ptr->GetStats().value_bytes_in; });
+  metrics_.value_bytes_stored()->SetCallback(
+      [engine_ptr] { return engine_ptr->GetStats().value_bytes_stored; });
+  metrics_.value_compression_ratio()->SetCallback([engine_ptr] {
+    const engine::Stats stats = engine_ptr->GetStats();
+    return stats.value_bytes_stored == 0 ? 1.0
+                                         : static_cast<double>(stats.value_bytes_in) /
+                                               static_cast<double>(stats.value_bytes_stored);
+  });
+  metrics_.values_compressed()->SetCallback(
+      [engine_ptr] { return engine_ptr->GetStats().values_compressed; });
+  metrics_.values_compression_skipped()->SetCallback(
+      [engine_ptr] { return engine_ptr->GetStats().values_compression_skipped; });
+  metrics_.values_decompressed()->SetCallback(
+      [engine_ptr] { return engine_ptr->GetStats().values_decompressed; });
+  metrics_.compress_cpu_seconds()->SetCallback([engine_ptr] {
+    return static_cast<double>(engine_ptr->GetStats().compress_cpu_ns) / 1e9;
+  });
+  metrics_.decompress_cpu_seconds()->SetCallback([engine_ptr] {
+    return static_cast<double>(engine_ptr->GetStats().decompress_cpu_ns) / 1e9;
+  });
   ServerCounters* const counters = &counters_;
   metrics_.http_connections()->SetCallback(
       [counters] { return static_cast<double>(counters->http_connections.load()); });

@@ -81,6 +81,9 @@ absl::StatusOr<AuthMode> ParseAuthMode(absl::string_view text);
 // "never" | "interval" | "always"; InvalidArgument "--fsync must be ...".
 absl::StatusOr<engine::FsyncPolicy> ParseFsyncPolicy(absl::string_view text);
 const char* FsyncPolicyName(engine::FsyncPolicy policy);
+// "none" | "zstd"; InvalidArgument "--compression must be none or zstd".
+absl::StatusOr<engine::Compression> ParseCompression(absl::string_view text);
+const char* CompressionName(engine::Compression compression);
 
 // Every setting of a node, typed. The defaults are logkvd's flag defaults;
 // the comments name the flag (docs/operations.md describes them). Each
@@ -98,6 +101,10 @@ struct NodeOptions {
   bool repair = false;                   // --repair: salvage a damaged directory
   // Age before a tombstone may be collected (once every owner holds it).
   absl::Duration tombstone_grace = absl::Hours(24);  // --tombstone_grace_ms
+  // Value compression (engine::Options::compression; docs/format.md).
+  engine::Compression compression = engine::Compression::kNone;  // --compression
+  int compression_level = 3;             // --compression_level, 1..19
+  uint32_t compression_min_bytes = 128;  // --compression_min_bytes
 
   // ---- Limits.
   uint32_t max_key_bytes = 4096;             // --max_key_bytes (as the client sends it)

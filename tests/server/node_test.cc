@@ -132,6 +132,114 @@ TEST_F(NodeTest, ServesClientAndHttpAndKeepsDataAcrossRestart) {
   EXPECT_EQ(answer->body, "one");
 }
 
+// Text that compresses well, as JSON documents do.
+std::string Document(size_t bytes) {
+  std::string out;
+  for (int i = 0; out.size() < bytes; ++i) {
+    absl::StrAppend(&out, "{\"id\":", i, ",\"name\":\"user-", i % 13, "\",\"ok\":true},");
+  }
+  out.resize(bytes);
+  return out;
+}
+
+// --compression=zstd: clients read what they wrote, through either protocol
+// and after a restart with compression off, and /metrics shows the ratio.
+TEST_F(NodeTest, CompressedValuesReadBackAndShowInMetrics) {
+  NodeOptions options = TestOptions(dir_.Subdir("data"));
+  options.compression = engine::Compression::kZstd;
+  options.compression_level = 5;
+  options.compression_min_bytes = 64;
+  const std::string document = Document(20'000);
+  {
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    std::unique_ptr<Client> client = Connect(node.port());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Put("doc", document).ok());
+    ASSERT_TRUE(client->Put("small", "tiny").ok());
+    absl::StatusOr<Value> got = client->Get("doc");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->value, document);
+    absl::StatusOr<HttpAnswer> answer = Fetch(node.http_ports().front(), "GET", "/v1/kv/doc");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->body, document);
+
+    const engine::Stats stats = node.engine()->GetStats();
+    EXPECT_EQ(stats.values_compressed, 1u);
+    EXPECT_LT(stats.value_bytes_stored * 4, stats.value_bytes_in);
+    answer = Fetch(node.http_ports().front(), "GET", "/metrics?format=prometheus");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_TRUE(absl::StrContains(answer->body, "\nlogkv_values_compressed_total 1\n"))
+        << answer->body;
+    EXPECT_TRUE(absl::StrContains(
+        answer->body, absl::StrCat("\nlogkv_value_bytes_in_total ", stats.value_bytes_in, "\n")))
+        << answer->body;
+    EXPECT_FALSE(absl::StrContains(answer->body, "\nlogkv_value_compression_ratio 1\n"))
+        << answer->body;
+    client.reset();
+    ASSERT_TRUE(node.Stop().ok());
+  }
+  options.compression = engine::Compression::kNone;
+  Node again(options);
+  ASSERT_TRUE(again.Start().ok());
+  std::unique_ptr<Client> client = Connect(again.port());
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<Value> got = client->Get("doc");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->value, document);
+}
+
+// Replicas get plain values and compress by their own setting: a
+// compressing and a plain node hold the same data and the same Merkle
+// summary, which hashes keys and timestamps, never stored bytes.
+TEST_F(NodeTest, ReplicasWithDifferentCompressionAgree) {
+  std::vector<std::unique_ptr<Node>> nodes;
+  for (int i = 0; i < 2; ++i) {
+    NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
+    node_options.node_id = absl::StrCat("n", i);
+    node_options.cluster_secret = "node-test-secret";
+    node_options.replicas = 2;
+    node_options.compression = i == 0 ? engine::Compression::kZstd : engine::Compression::kNone;
+    if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes[0]->port())};
+    auto node = std::make_unique<Node>(node_options);
+    ASSERT_TRUE(node->Start().ok()) << "node " << i;
+    nodes.push_back(std::move(node));
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (const auto& node : nodes) {
+    ASSERT_TRUE(node->WaitViewConfirmed(deadline, 2).ok()) << node->WaitViewConfirmed(deadline, 2);
+  }
+  PutOptions strong_write;
+  strong_write.consistency = Consistency::kStrong;
+  const std::string document = Document(30'000);
+  for (int i = 0; i < 2; ++i) {
+    std::unique_ptr<Client> writer = Connect(nodes[i]->port());
+    ASSERT_NE(writer, nullptr);
+    absl::StatusOr<WriteResult> written =
+        writer->Put(absl::StrCat("doc-", i), document, strong_write);
+    ASSERT_TRUE(written.ok()) << written.status();
+  }
+  for (int i = 0; i < 2; ++i) {
+    std::unique_ptr<Client> reader = Connect(nodes[i]->port());
+    ASSERT_NE(reader, nullptr);
+    for (int key = 0; key < 2; ++key) {
+      absl::StatusOr<Value> read = reader->Get(absl::StrCat("doc-", key), Consistency::kStrong);
+      ASSERT_TRUE(read.ok()) << read.status();
+      EXPECT_EQ(read->value, document);
+    }
+  }
+  const engine::Stats zstd = nodes[0]->engine()->GetStats();
+  const engine::Stats plain = nodes[1]->engine()->GetStats();
+  EXPECT_EQ(zstd.values_compressed, 2u) << "its own write and the replicated one";
+  EXPECT_EQ(plain.values_compressed, 0u);
+  EXPECT_GE(plain.value_bytes_stored, 2 * document.size()) << "plain values reached it";
+  engine::Engine* a = nodes[0]->engine();
+  engine::Engine* b = nodes[1]->engine();
+  for (uint32_t partition = 0; partition < a->MerklePartitionCount(); ++partition) {
+    EXPECT_EQ(a->MerkleNodeHash(partition, 1), b->MerkleNodeHash(partition, 1)) << partition;
+  }
+}
+
 // A start that fails (the port is taken) undoes what it did: the data
 // directory is closed again, so another node can open it.
 TEST_F(NodeTest, FailedStartReleasesWhatItOpened) {
@@ -186,6 +294,15 @@ TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
        absl::StatusCode::kInvalidArgument, "--advertise: 'nowhere' is not host:port"},
       {"key size", [](NodeOptions* o) { o->max_key_bytes = 0; },
        absl::StatusCode::kInvalidArgument, "--max_key_bytes must be in [1, "},
+      {"compression level 0", [](NodeOptions* o) { o->compression_level = 0; },
+       absl::StatusCode::kInvalidArgument,
+       "--compression_level must be between 1 and 19 (zstd levels), not 0"},
+      {"compression level 20", [](NodeOptions* o) { o->compression_level = 20; },
+       absl::StatusCode::kInvalidArgument,
+       "--compression_level must be between 1 and 19 (zstd levels), not 20"},
+      {"compression threshold",
+       [](NodeOptions* o) { o->compression_min_bytes = o->max_value_bytes + 1; },
+       absl::StatusCode::kInvalidArgument, "--compression_min_bytes must be at most"},
       {"frame size", [](NodeOptions* o) { o->max_frame_bytes = o->max_value_bytes; },
        absl::StatusCode::kInvalidArgument,
        "--max_frame_bytes must exceed --max_value_bytes by at least 4096 bytes"},
@@ -218,6 +335,10 @@ TEST(NodeOptionsTest, ParsesSettingsAsLogkvdSpellsThem) {
   EXPECT_EQ(ParseFsyncPolicy("always").value(), engine::FsyncPolicy::kAlways);
   EXPECT_EQ(ParseFsyncPolicy("sometimes").status().message(),
             "--fsync must be never, interval or always");
+  EXPECT_EQ(ParseCompression("zstd").value(), engine::Compression::kZstd);
+  EXPECT_EQ(ParseCompression("none").value(), engine::Compression::kNone);
+  EXPECT_EQ(ParseCompression("lz4").status().message(),
+            "--compression must be none or zstd, not 'lz4'");
   EXPECT_EQ(ParseAuthMode("on").value(), AuthMode::kOn);
   EXPECT_EQ(ParseAuthMode("yes").status().message(), "--auth must be off or on");
 }
