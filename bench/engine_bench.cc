@@ -15,7 +15,16 @@
 // prints a table of all engines side by side and checks the targets: logkv puts and reads at
 // least 5x RocksDB's, and at most 64 bytes of index per key.
 //
+// With --compression it runs, instead, logkv alone with value compression off and on
+// (Options::compression) side by side: JSON-like text and random bytes at 100 B, 4 KiB and 64 KiB,
+// each store filled with --compression_mib MiB of values by one thread, then every key read back
+// once. It reports puts and gets per second and the bytes of the segment files after a clean
+// close, with zstd's figures as ratios to none's. Each pair runs --compression_rounds times,
+// none and zstd alternating, and the best round of each counts, so that other load on the machine
+// weighs on both alike.
+//
 // Usage: engine_bench [--keys=N] [--seed=N] [Google Benchmark flags, e.g. --benchmark_filter=]
+//        engine_bench --compression [--compression_mib=N] [--compression_rounds=N] [--seed=N]
 //   --keys defaults to $LOGKV_BENCH_KEYS, else 1,000,000; CI runs a smoke version with 20000.
 //   Stores live in a fresh directory under $TMPDIR (default /tmp) that is removed at exit.
 
@@ -986,11 +995,188 @@ void PrintSummary(const RecordingReporter& reporter,
 struct Flags {
   uint64_t key_count = kDefaultKeyCount;
   uint64_t seed = kDefaultSeed;
+  bool compression = false;
+  uint64_t compression_mib = 64;
+  uint64_t compression_rounds = 3;
 };
+
+// ---- Value compression: none vs zstd ------------------------------------------------------
+
+// Distinct values per store; key i gets value i % kCompressionPoolValues. Each record is
+// compressed on its own, so repeating values across keys does not flatter zstd.
+constexpr size_t kCompressionPoolValues = 256;
+
+// JSON-like documents of exactly n bytes: field names repeat, values vary.
+std::string JsonLikeValue(size_t n, std::mt19937_64& random) {
+  static constexpr const char* kNames[] = {"alice", "bob",   "carol", "dave",
+                                           "erin",  "frank", "grace", "heidi"};
+  static constexpr const char* kCities[] = {"Lisbon", "Oslo", "Kyoto", "Lima", "Austin"};
+  std::string out;
+  while (out.size() < n) {
+    const uint64_t r = random();
+    out += "{\"id\":" + std::to_string(r % 10'000'000) + ",\"name\":\"" + kNames[r % 8] +
+           "\",\"city\":\"" + kCities[(r >> 8) % 5] + "\",\"age\":" +
+           std::to_string(18 + (r >> 16) % 70) + ",\"score\":" +
+           std::to_string((r >> 24) % 100'000) + ",\"active\":" +
+           ((r >> 40) % 2 ? "true" : "false") + ",\"tags\":[\"t" +
+           std::to_string((r >> 44) % 32) + "\",\"t" + std::to_string((r >> 50) % 32) + "\"]},";
+  }
+  out.resize(n);
+  return out;
+}
+
+std::string RandomValue(size_t n, std::mt19937_64& random) {
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    const uint64_t word = random();
+    std::memcpy(out.data() + i, &word, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
+
+struct CompressionCase {
+  const char* kind;  // "text" or "random"
+  size_t value_bytes;
+  uint32_t min_bytes;  // Options::compression_min_bytes
+};
+
+struct CompressionRun {
+  double puts_per_second = 0;
+  double gets_per_second = 0;
+  uint64_t disk_bytes = 0;
+  uint64_t values_compressed = 0;
+  double compress_cpu_us_per_put = 0;
+  double decompress_cpu_us_per_get = 0;
+};
+
+uint64_t SegmentBytes(const std::filesystem::path& dir) {
+  uint64_t bytes = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".log") bytes += entry.file_size();
+  }
+  return bytes;
+}
+
+absl::StatusOr<CompressionRun> RunCompressionCase(const CompressionCase& c, bool zstd,
+                                                  const std::vector<std::string>& pool,
+                                                  uint64_t count, const std::string& dir) {
+  logkv::engine::Options options;
+  options.data_dir = dir;
+  options.shard_count = 2;
+  options.max_value_bytes = 1 << 20;
+  options.compression =
+      zstd ? logkv::engine::Compression::kZstd : logkv::engine::Compression::kNone;
+  options.compression_min_bytes = c.min_bytes;
+  CompressionRun run;
+  {
+    absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options);
+    if (!engine.ok()) return engine.status();
+    char key[kKeyBytes + 1];
+    const auto start = std::chrono::steady_clock::now();
+    for (uint64_t i = 0; i < count; ++i) {
+      std::snprintf(key, sizeof(key), "%016" PRIx64, i);
+      absl::StatusOr<logkv::engine::WriteResult> written =
+          (*engine)->Put(absl::string_view(key, kKeyBytes), pool[i % pool.size()]);
+      if (!written.ok()) return written.status();
+    }
+    const auto filled = std::chrono::steady_clock::now();
+    std::string value;
+    for (uint64_t i = 0; i < count; ++i) {
+      std::snprintf(key, sizeof(key), "%016" PRIx64, i);
+      absl::Status status = (*engine)->Get(absl::string_view(key, kKeyBytes), &value, nullptr);
+      if (!status.ok()) return status;
+      if (value.size() != c.value_bytes) return absl::InternalError("a value read back wrong");
+    }
+    const auto read = std::chrono::steady_clock::now();
+    const logkv::engine::Stats stats = (*engine)->GetStats();
+    run.puts_per_second = count / std::chrono::duration<double>(filled - start).count();
+    run.gets_per_second = count / std::chrono::duration<double>(read - filled).count();
+    run.values_compressed = stats.values_compressed;
+    run.compress_cpu_us_per_put = stats.compress_cpu_ns / 1e3 / count;
+    run.decompress_cpu_us_per_get = stats.decompress_cpu_ns / 1e3 / count;
+    if (absl::Status closed = (*engine)->Close(); !closed.ok()) return closed;
+  }
+  run.disk_bytes = SegmentBytes(dir);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  return run;
+}
+
+std::string MiB(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f", bytes / 1048576.0);
+  return text;
+}
+
+// Returns whether every case ran.
+bool RunCompressionComparison(const Flags& flags) {
+  const std::vector<CompressionCase> cases = {
+      {"text", 100, 128},  {"text", 100, 64},  {"text", 4096, 128},  {"text", 65536, 128},
+      {"random", 100, 128}, {"random", 4096, 128}, {"random", 65536, 128},
+  };
+  std::printf("engine_bench --compression: %" PRIu64 " MiB of values per store, best of %" PRIu64
+              " rounds, seed %" PRIu64 ", stores under %s\n\n",
+              flags.compression_mib, flags.compression_rounds, flags.seed, g_root.c_str());
+  std::printf("%-7s %7s %5s | %12s %12s %9s | %12s %12s %9s | %6s %6s %6s | %8s %8s\n", "values",
+              "bytes", "min", "none put/s", "none get/s", "none MiB", "zstd put/s", "zstd get/s",
+              "zstd MiB", "put x", "get x", "disk x", "cpu/put", "cpu/get");
+  bool ok = true;
+  for (const CompressionCase& c : cases) {
+    std::mt19937_64 random(flags.seed + c.value_bytes);
+    std::vector<std::string> pool;
+    for (size_t i = 0; i < kCompressionPoolValues; ++i) {
+      pool.push_back(std::string(c.kind) == "text" ? JsonLikeValue(c.value_bytes, random)
+                                                    : RandomValue(c.value_bytes, random));
+    }
+    const uint64_t count = std::max<uint64_t>(
+        kCompressionPoolValues, (flags.compression_mib << 20) / c.value_bytes);
+    CompressionRun best[2];
+    for (uint64_t round = 0; round < flags.compression_rounds && ok; ++round) {
+      for (int zstd = 0; zstd < 2; ++zstd) {
+        absl::StatusOr<CompressionRun> run =
+            RunCompressionCase(c, zstd == 1, pool, count,
+                               (g_root / ("compression-" + std::to_string(zstd))).string());
+        if (!run.ok()) {
+          std::fprintf(stderr, "engine_bench: %s %zu B %s: %s\n", c.kind, c.value_bytes,
+                       zstd ? "zstd" : "none", run.status().ToString().c_str());
+          ok = false;
+          break;
+        }
+        CompressionRun& b = best[zstd];
+        b.puts_per_second = std::max(b.puts_per_second, run->puts_per_second);
+        b.gets_per_second = std::max(b.gets_per_second, run->gets_per_second);
+        b.disk_bytes = run->disk_bytes;
+        b.values_compressed = run->values_compressed;
+        b.compress_cpu_us_per_put = run->compress_cpu_us_per_put;
+        b.decompress_cpu_us_per_get = run->decompress_cpu_us_per_get;
+      }
+    }
+    if (!ok) break;
+    const CompressionRun& none = best[0];
+    const CompressionRun& zstd = best[1];
+    std::printf("%-7s %7zu %5u | %12s %12s %9s | %12s %12s %9s | %6.2f %6.2f %6.2f | %6.1fus %6.1fus\n",
+                c.kind, c.value_bytes, c.min_bytes, WithThousands(none.puts_per_second).c_str(),
+                WithThousands(none.gets_per_second).c_str(), MiB(none.disk_bytes).c_str(),
+                WithThousands(zstd.puts_per_second).c_str(),
+                WithThousands(zstd.gets_per_second).c_str(), MiB(zstd.disk_bytes).c_str(),
+                zstd.puts_per_second / none.puts_per_second,
+                zstd.gets_per_second / none.gets_per_second,
+                static_cast<double>(zstd.disk_bytes) / static_cast<double>(none.disk_bytes),
+                zstd.compress_cpu_us_per_put, zstd.decompress_cpu_us_per_get);
+    std::fflush(stdout);
+  }
+  std::printf("\nput x, get x: zstd's rate / none's; disk x: zstd's segment bytes / none's; cpu/put, "
+              "cpu/get: zstd's CPU time compressing per put and decompressing per get.\n");
+  return ok;
+}
 
 void PrintUsage() {
   std::printf(
       "engine_bench [--keys=N] [--seed=N] [benchmark flags]\n"
+      "engine_bench --compression [--compression_mib=N] [--compression_rounds=N] [--seed=N]\n"
+      "  --compression  compare logkv with value compression off and on (zstd) instead\n"
+      "  --compression_mib=N  MiB of values per store (default 64)\n"
+      "  --compression_rounds=N  rounds per case, the best counting (default 3)\n"
       "  --keys=N  keys per store (default $LOGKV_BENCH_KEYS, else %" PRIu64
       ")\n"
       "  --seed=N  seed of the fill order and the random keys (default %" PRIu64
@@ -1022,6 +1208,17 @@ std::string ParseFlags(int* argc, char** argv, Flags* flags) {
       if (!ParseNumber(arg.substr(7), &flags->key_count)) return "bad " + std::string(arg);
     } else if (absl::StartsWith(arg, "--seed=")) {
       if (!ParseNumber(arg.substr(7), &flags->seed)) return "bad " + std::string(arg);
+    } else if (arg == "--compression") {
+      flags->compression = true;
+    } else if (absl::StartsWith(arg, "--compression_mib=")) {
+      if (!ParseNumber(arg.substr(18), &flags->compression_mib) || flags->compression_mib == 0) {
+        return "bad " + std::string(arg);
+      }
+    } else if (absl::StartsWith(arg, "--compression_rounds=")) {
+      if (!ParseNumber(arg.substr(21), &flags->compression_rounds) ||
+          flags->compression_rounds == 0) {
+        return "bad " + std::string(arg);
+      }
     } else {
       argv[kept++] = argv[i];
     }
@@ -1087,6 +1284,13 @@ int Main(int argc, char** argv) {
     return 1;
   }
   g_root = *root;
+  if (flags.compression) {
+    const bool compared = RunCompressionComparison(flags);
+    std::error_code error;
+    std::filesystem::remove_all(g_root, error);
+    benchmark::Shutdown();
+    return compared ? 0 : 1;
+  }
   const Dataset dataset(flags.key_count, flags.seed);
   g_dataset = &dataset;
 
