@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -304,20 +305,24 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   if (absl::Status status = health(); !status.ok()) return status;
   // Compress before taking the lock: writers of a shard serialise on it, and
   // compression is the costliest step of a write.
-  std::string compressed;
+  // A view of this thread's compression buffer, used until the append.
+  absl::string_view compressed;
   const bool compress = type == RecordType::kPut &&
                         options_.compression == Compression::kZstd &&
                         value.size() >= options_.compression_min_bytes;
   if (compress) {
     const int64_t start_ns = ThreadCpuNanos();
-    const bool paid = CompressValue(value, options_.compression_level, &compressed);
+    compressed = CompressValue(value, options_.compression_level);
     counters_.compress_cpu_ns.fetch_add(static_cast<uint64_t>(ThreadCpuNanos() - start_ns),
                                         std::memory_order_relaxed);
-    (paid ? counters_.values_compressed : counters_.values_compression_skipped)
+    (compressed.empty() ? counters_.values_compression_skipped : counters_.values_compressed)
         .fetch_add(1, std::memory_order_relaxed);
-    if (!paid) compressed.clear();
   }
-  const bool stored_compressed = compress && !compressed.empty();
+  const bool stored_compressed = !compressed.empty();
+  // Whatever the outcome, a large buffer goes once the record is written.
+  absl::Cleanup release_buffer = [stored_compressed] {
+    if (stored_compressed) ReleaseCompressionBuffer();
+  };
   const int64_t now = context_.clock->NowUnixMs();
   absl::MutexLock lock(&mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
@@ -375,7 +380,7 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   record.expiry_unix_ms = expiry;
   record.version = version;
   record.key = key.key;
-  record.value = stored_compressed ? absl::string_view(compressed) : value;
+  record.value = stored_compressed ? compressed : value;
   record.flags = stored_compressed ? format::kRecordFlagZstd : 0;
   absl::StatusOr<RecordLocation> appended = AppendLocked(&record);
   if (!appended.ok()) return appended.status();

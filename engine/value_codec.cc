@@ -13,9 +13,13 @@ namespace logkv::engine {
 namespace {
 
 // One pair per thread, made on first use and freed when the thread ends.
+// Larger compression buffers are freed after use rather than kept.
+constexpr size_t kMaxKeptOutputBytes = 1 << 20;
+
 struct ZstdContexts {
   ZSTD_CCtx* compress = nullptr;
   ZSTD_DCtx* decompress = nullptr;
+  std::string output;  // CompressValue's result
   ZstdContexts() = default;
   ZstdContexts(const ZstdContexts&) = delete;
   ZstdContexts& operator=(const ZstdContexts&) = delete;
@@ -32,36 +36,45 @@ ZstdContexts& ThreadContexts() {
 
 }  // namespace
 
-bool CompressValue(absl::string_view value, int level, std::string* stored) {
+absl::string_view CompressValue(absl::string_view value, int level) {
   // Records are padded to 8 bytes, so a smaller saving may be no saving; and
   // a small one is not worth a decompression on every read.
   const size_t saving = std::max<size_t>(value.size() / 8, format::kRecordAlignment);
-  if (value.size() <= saving + format::kCompressedSizeBytes) return false;
+  if (value.size() <= saving + format::kCompressedSizeBytes) return {};
   const size_t capacity = value.size() - saving - format::kCompressedSizeBytes;
   ZstdContexts& contexts = ThreadContexts();
   if (contexts.compress == nullptr) {
     contexts.compress = ZSTD_createCCtx();
-    if (contexts.compress == nullptr) return false;
+    if (contexts.compress == nullptr) return {};
   }
   if (ZSTD_isError(ZSTD_CCtx_setParameter(contexts.compress, ZSTD_c_compressionLevel, level))) {
-    return false;
+    return {};
   }
-  stored->resize(format::kCompressedSizeBytes + capacity);
+  // The buffer only grows (a string zero-fills what it grows by, which would
+  // cost as much as compressing a large value), up to a bound past which a
+  // large value's buffer is not kept for the thread's life.
+  std::string& buffer = contexts.output;
+  const size_t needed = format::kCompressedSizeBytes + capacity;
+  if (buffer.size() < needed) buffer.resize(needed);
   const uint32_t plain_size = static_cast<uint32_t>(value.size());
-  std::memcpy(stored->data(), &plain_size, sizeof(plain_size));
+  std::memcpy(buffer.data(), &plain_size, sizeof(plain_size));
   // The output is capped at what would pay: zstd fails with dstSize_tooSmall
   // when it does not fit, and the value is stored plain.
   const size_t written =
-      ZSTD_compress2(contexts.compress, stored->data() + format::kCompressedSizeBytes, capacity,
+      ZSTD_compress2(contexts.compress, buffer.data() + format::kCompressedSizeBytes, capacity,
                      value.data(), value.size());
   if (ZSTD_isError(written)) {
     // A failed call can leave the context mid-frame; the next one starts anew.
     ZSTD_CCtx_reset(contexts.compress, ZSTD_reset_session_only);
-    stored->clear();
-    return false;
+    if (buffer.size() > kMaxKeptOutputBytes) std::string().swap(buffer);
+    return {};
   }
-  stored->resize(format::kCompressedSizeBytes + written);
-  return true;
+  return absl::string_view(buffer.data(), format::kCompressedSizeBytes + written);
+}
+
+void ReleaseCompressionBuffer() {
+  std::string& buffer = ThreadContexts().output;
+  if (buffer.size() > kMaxKeptOutputBytes) std::string().swap(buffer);
 }
 
 uint32_t PlainValueSize(const LogRecord& record) {

@@ -14,11 +14,17 @@
 
 namespace logkv::engine {
 
-// Compresses value at level (1..19) into *stored, the stored form of a
+// Compresses value at level (1..19) into the stored form of a
 // kRecordFlagZstd record's value (plain size, then a zstd frame), if that
 // saves at least an eighth of the value and at least one record alignment
-// unit; otherwise returns false and the value is to be stored plain.
-bool CompressValue(absl::string_view value, int level, std::string* stored);
+// unit, and returns a view of it; otherwise returns an empty view and the
+// value is to be stored plain. The view is of a buffer of the calling
+// thread's, valid until its next call.
+absl::string_view CompressValue(absl::string_view value, int level);
+
+// Frees the calling thread's compression buffer if it is large (call once
+// the view CompressValue returned is no longer used).
+void ReleaseCompressionBuffer();
 
 // The plain value of a decoded Put record into *out: a copy, or the
 // decompressed frame of a compressed record. A frame that does not
