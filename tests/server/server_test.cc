@@ -364,13 +364,25 @@ TEST_F(ServerTest, RestartKeepsData) {
 // Writers on several connections; the server is killed with SIGKILL while
 // writes are in flight. After a restart every acknowledged write is there:
 // a key holds its last acknowledged value, or a later one that was sent but
-// not yet acknowledged when the server died.
-class KillTest : public ServerTest, public ::testing::WithParamInterface<const char*> {};
+// not yet acknowledged when the server died. Run per fsync policy, and with
+// value compression on (the values, runs of 'x', compress).
+struct KillSettings {
+  const char* fsync;
+  const char* compression;
+};
+class KillTest : public ServerTest, public ::testing::WithParamInterface<KillSettings> {
+ protected:
+  std::vector<std::string> Flags() const {
+    return {absl::StrCat("--fsync=", GetParam().fsync),
+            absl::StrCat("--compression=", GetParam().compression),
+            "--compression_min_bytes=64"};
+  }
+};
 
 TEST_P(KillTest, KillNineLosesNoAcknowledgedWrite) {
   const uint64_t seed = TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
-  auto server = StartServer({absl::StrCat("--fsync=", GetParam())});
+  auto server = StartServer(Flags());
   const int port = server->port();
   constexpr int kWriters = 4;
   constexpr int kKeysPerWriter = 40;
@@ -410,7 +422,7 @@ TEST_P(KillTest, KillNineLosesNoAcknowledgedWrite) {
   for (std::thread& writer : writers) writer.join();
   ASSERT_GT(acknowledged.load(), 100) << "the load never got going";
 
-  auto restarted = StartServer({absl::StrCat("--fsync=", GetParam())});
+  auto restarted = StartServer(Flags());
   RawConnection c = Connect(restarted->port());
   uint64_t id = 1;
   int checked = 0;
@@ -429,7 +441,13 @@ TEST_P(KillTest, KillNineLosesNoAcknowledgedWrite) {
   EXPECT_GT(checked, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(FsyncPolicies, KillTest, ::testing::Values("always", "interval"));
+INSTANTIATE_TEST_SUITE_P(FsyncPolicies, KillTest,
+                         ::testing::Values(KillSettings{"always", "none"},
+                                           KillSettings{"interval", "none"},
+                                           KillSettings{"always", "zstd"}),
+                         [](const ::testing::TestParamInfo<KillSettings>& info) {
+                           return absl::StrCat(info.param.fsync, "_", info.param.compression);
+                         });
 
 TEST_F(ServerTest, BadInputLeavesTheServerServingOthers) {
   auto server = StartServer();
@@ -634,6 +652,21 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     EXPECT_FALSE(second.Start().ok());
     ::unsetenv("LOGKV_FSYNC");
     EXPECT_NE(second.Output().find("--fsync must be"), std::string::npos) << second.Output();
+  }
+  {  // Compression settings out of range, spelled either way.
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/fifth",
+                                       "--compression=zstd", "--compression-level=20"});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find("--compression_level must be between 1 and 19"),
+              std::string::npos)
+        << second.Output();
+  }
+  {
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/sixth",
+                                       "--compression=lz4"});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find("--compression must be none or zstd"), std::string::npos)
+        << second.Output();
   }
 }
 
