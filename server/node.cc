@@ -1093,6 +1093,8 @@ absl::Status Node::StartControlPlane() {
                        absl::Seconds(5), std::move(done));
   };
   options.on_change = [this] {
+    control::ControlPlane* control = control_plane();
+    if (control != nullptr) cluster_->transport()->SetEpoch(control->config()->epoch);
     std::function<void()> listener;
     {
       absl::MutexLock lock(&control_listener_mu_);
@@ -1103,6 +1105,7 @@ absl::Status Node::StartControlPlane() {
   control_ = std::make_unique<control::ControlPlane>(std::move(options));
   if (absl::Status status = control_->Start(); !status.ok()) return status;
   control_ptr_.store(control_.get(), std::memory_order_release);
+  cluster_->transport()->SetEpoch(control_->config()->epoch);
   return JoinControlPlane();
 }
 

@@ -161,6 +161,24 @@ Outcome ClusterNode::HandlePeer(const p::Request& request,
     membership->HandleGossip(*gossip, builder, id);
     return Outcome::kAnswered;
   }
+  // Fencing: a peer whose committed configuration is older than this
+  // node's places keys on a stale ring; its data operations are refused
+  // (it retries once it applied the newer one). Hinted writes are data
+  // held for this node whatever the ring, and pass.
+  if (const uint64_t local = transport_.epoch(); local != 0 && request.epoch() != 0 &&
+                                                 request.epoch() < local) {
+    const bool hinted = request.operation_type() == p::Operation::Replicate &&
+                        request.operation_as_Replicate()->hinted();
+    if (!hinted && (request.operation_type() == p::Operation::Replicate ||
+                    request.operation_type() == p::Operation::ReadRecords)) {
+      fenced_.fetch_add(1, std::memory_order_relaxed);
+      p::BuildStatusResponse(
+          builder, id,
+          absl::UnavailableError(absl::StrCat("stale configuration: the request is for epoch ",
+                                              request.epoch(), ", this node holds epoch ", local)));
+      return Outcome::kAnswered;
+    }
+  }
   {
     absl::ReaderMutexLock lock(&handlers_mu_);
     auto it = handlers_.find(static_cast<uint8_t>(request.operation_type()));

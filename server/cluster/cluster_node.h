@@ -113,6 +113,9 @@ class ClusterNode : public PeerHandler {
   size_t MemberCount() const;
   size_t LiveMemberCount() const;
 
+  // Data operations refused because the sender's epoch was older.
+  uint64_t fenced() const { return fenced_.load(std::memory_order_relaxed); }
+
   // Fault injection (tests): false when the build or the flags do not allow it.
   bool fault_injection_enabled() const { return options_.allow_fault_injection; }
   absl::Status SetDropped(std::vector<std::string> addresses);
@@ -127,6 +130,7 @@ class ClusterNode : public PeerHandler {
   std::unique_ptr<Membership> owned_membership_;
   std::atomic<Membership*> membership_{nullptr};
   std::atomic<bool> started_{false};
+  std::atomic<uint64_t> fenced_{0};
 
   mutable absl::Mutex handlers_mu_;
   absl::flat_hash_map<uint8_t, PeerOperationHandler> handlers_ ABSL_GUARDED_BY(handlers_mu_);

@@ -82,6 +82,8 @@ std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, p::Operat
   p::RequestBuilder request(*builder);
   // Not the default, so the field is stored and PeerTransport can rewrite it.
   request.add_request_id(~uint64_t{0});
+  // The same: PeerTransport writes the sender's epoch into it.
+  request.add_epoch(~uint64_t{0});
   request.add_operation_type(type);
   request.add_operation(operation);
   builder->FinishSizePrefixed(request.Finish());
@@ -114,7 +116,8 @@ absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std:
 // inbox and uv_async_send.
 class PeerTransport::Impl {
  public:
-  explicit Impl(const PeerTransportOptions& options) : options_(options) {}
+  Impl(const PeerTransportOptions& options, const std::atomic<uint64_t>* epoch)
+      : options_(options), epoch_(epoch) {}
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() { Stop(); }
@@ -244,6 +247,7 @@ class PeerTransport::Impl {
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
 
   const PeerTransportOptions options_;
+  const std::atomic<uint64_t>* const epoch_;  // PeerTransport's
 
   uv_loop_t loop_;
   uv_async_t async_;
@@ -531,6 +535,8 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
         "peer request frame has no request_id field to rewrite: build it with "
         "FinishPeerRequest (or a nonzero request_id)"));
   }
+  // Frames built elsewhere may lack the field: they carry no epoch.
+  (void)table->SetField<uint64_t>(p::Request::VT_EPOCH, epoch_->load(std::memory_order_acquire));
   auto* pending = new Pending;
   pending->impl = this;
   pending->peer = &peer;
@@ -915,7 +921,7 @@ void PeerTransport::Impl::ShutDownLoop() {
 }
 
 PeerTransport::PeerTransport(const PeerTransportOptions& options)
-    : impl_(std::make_unique<Impl>(options)) {}
+    : impl_(std::make_unique<Impl>(options, &epoch_)) {}
 PeerTransport::~PeerTransport() { impl_->Stop(); }
 absl::Status PeerTransport::Start() { return impl_->Start(); }
 void PeerTransport::Stop() { impl_->Stop(); }

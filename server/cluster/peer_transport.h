@@ -9,6 +9,7 @@
 #ifndef LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
 #define LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -89,6 +90,12 @@ class PeerTransport {
   };
   void SetLoopHooks(LoopHooks hooks);
 
+  // The epoch of this node's committed configuration, written into every
+  // request sent from now on (Request.epoch); peers fence data operations
+  // by it. 0 = none.
+  void SetEpoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_release); }
+  uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
+
   // Fault injection (tests): messages to these addresses are dropped (done
   // gets Unavailable at once), as if the network between us were cut.
   // Ignored unless options.allow_fault_injection.
@@ -101,6 +108,7 @@ class PeerTransport {
 
  private:
   class Impl;
+  std::atomic<uint64_t> epoch_{0};  // before impl_, which reads it
   std::unique_ptr<Impl> impl_;
 };
 
