@@ -1,17 +1,27 @@
-// logkvd: the logkv server. Flags are also read from LOGKV_<NAME> environment
-// variables (a flag on the command line wins); dashed spellings such as
-// --data-dir are accepted for every flag. The node itself is a Node
-// (server/node.h); what is the process's, not the node's, stays here: flags,
-// the log level, the mutex deadlock mode and the signals.
+// logkvd: the logkv server. A setting comes from, lowest first: the flag's
+// default, the config file (--config=FILE, TOML, server/config_file.h), a
+// LOGKV_<NAME> environment variable, the command line. Dashed spellings such
+// as --data-dir are accepted for every flag. The node itself is a Node
+// (server/node.h); what is the process's, not the node's, stays here:
+// settings, the log level, the mutex deadlock mode, the signals (SIGHUP
+// reloads the config file) and systemd's notifications.
 #include <mimalloc.h>
 #include <signal.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 
 #include "absl/flags/flag.h"
 #include "absl/flags/commandlineflag.h"
@@ -23,11 +33,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/config_file.h"
 #include "server/http/json_body.h"
 #include "server/log.h"
 #include "protocol/version.h"
@@ -76,8 +89,10 @@ ABSL_FLAG(std::string, jwt_secret, "",
 ABSL_FLAG(std::string, jwt_expiration, "1h",
           "Lifetime of access tokens (also JWT_EXPIRATION), a duration such as 1h or 30m.");
 ABSL_FLAG(int64_t, rate_limit, 100,
-          "Requests per minute per user with --auth=on (token bucket); 0 turns it off.");
-ABSL_FLAG(int64_t, rate_limit_burst, 10, "Token bucket size of --rate_limit.");
+          "Requests per minute per user with --auth=on (token bucket); 0 turns it off. SIGHUP "
+          "applies a new value from the config file.");
+ABSL_FLAG(int64_t, rate_limit_burst, 10,
+          "Token bucket size of --rate_limit. SIGHUP applies a new value from the config file.");
 ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
 ABSL_FLAG(uint32_t, max_json_depth, logkv::server::http::kDefaultMaxJsonDepth,
           "Deepest nesting of objects and arrays in any JSON body (400 beyond), and in a "
@@ -99,13 +114,21 @@ ABSL_FLAG(uint64_t, max_watches_per_user, 10'000,
           "Watches one user may have open over all connections with --auth=on; 0 = no limit.");
 ABSL_FLAG(bool, insecure, false,
           "Allow listening on a non-loopback address with --auth=off.");
-ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error");
+ABSL_FLAG(std::string, log_level, "info",
+          "debug | info | warning | error. SIGHUP applies a new value from the config file.");
 ABSL_FLAG(std::string, log_format, "text",
           "text | json. json: one JSON object per line (ts, level, logger, msg and the line's "
           "fields), for log collectors.");
 ABSL_FLAG(absl::Duration, slow_request_threshold, absl::ZeroDuration(),
           "Log every request answered after at least this long (such as 100ms), with its "
           "operation, key or path, duration and status, as a warning; 0 = off.");
+ABSL_FLAG(std::string, config, "",
+          "TOML file of settings: its keys are these flags' names (data-dir = \"/var/lib/logkv\"), "
+          "and the environment and the command line override it. SIGHUP reads it again and "
+          "applies what can change at run time (--log-level, --rate-limit, --rate-limit-burst).");
+ABSL_FLAG(bool, print_config, false,
+          "Print the settings in effect (defaults, config file, environment, flags) as a config "
+          "file, each with where it came from, and exit.");
 ABSL_FLAG(std::string, advertise, "",
           "Binary-protocol host:port peers reach this node at (default: the --listen address, "
           "with the bound port when it is 0).");
@@ -178,15 +201,22 @@ const std::vector<FlagGroup>& FlagGroups() {
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
         "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
         "control_port", "control_voters", "join_timeout_ms"}},
-      {"Operation", {"log_level", "log_format", "slow_request_threshold", "fault_injection"}},
+      {"Operation",
+       {"config", "print_config", "log_level", "log_format", "slow_request_threshold",
+        "fault_injection"}},
   };
   return *groups;
 }
 
 void PrintHelp() {
   std::string out =
-      "usage: logkvd [flags]   (flags also from LOGKV_<NAME> environment variables;\n"
-      "                          the command line wins; --flag-name or --flag_name)\n";
+      "usage: logkvd [flags]\n"
+      "\n"
+      "Each setting comes from, lowest first: its default, the config file (--config=FILE,\n"
+      "TOML, keys named as the flags: data-dir = \"/var/lib/logkv\"), a LOGKV_<NAME>\n"
+      "environment variable (LOGKV_DATA_DIR), the command line (--data-dir or --data_dir).\n"
+      "SIGHUP reads the config file again and applies --log-level, --rate-limit and\n"
+      "--rate-limit-burst; other changes are logged as needing a restart.\n";
   std::vector<std::string> listed;
   auto print = [&out, &listed](const char* name) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -215,10 +245,40 @@ void PrintHelp() {
   std::fputs(out.c_str(), stdout);
 }
 
+// Where the value of a setting in effect came from.
+enum class Source { kDefault, kFile, kEnvironment, kCommandLine };
+
+const char* SourceName(Source source) {
+  switch (source) {
+    case Source::kDefault:
+      return "default";
+    case Source::kFile:
+      return "config file";
+    case Source::kEnvironment:
+      return "environment";
+    case Source::kCommandLine:
+      return "command line";
+  }
+  return "?";
+}
+
+std::string Dashed(absl::string_view name) {
+  std::string dashed(name);
+  std::replace(dashed.begin(), dashed.end(), '_', '-');
+  return dashed;
+}
+
+// The arguments for Abseil's parser, and where each setting given came from.
+struct Arguments {
+  std::vector<std::string> args;
+  absl::flat_hash_map<std::string, Source> sources;  // flags given by environment or command line
+};
+
 // Rewrites --data-dir=x to --data_dir=x, and puts LOGKV_* values of flags not
 // on the command line in front of it (so the command line wins).
-std::vector<std::string> NormalizeArguments(int argc, char** argv) {
-  std::vector<std::string> args;
+Arguments NormalizeArguments(int argc, char** argv) {
+  Arguments result;
+  std::vector<std::string>& args = result.args;
   args.emplace_back(argv[0]);
   std::vector<std::string> given;
   std::vector<std::string> rest;
@@ -238,6 +298,10 @@ std::vector<std::string> NormalizeArguments(int argc, char** argv) {
   // Every flag --help lists may also come from LOGKV_<NAME>.
   for (const FlagGroup& group : FlagGroups()) {
     for (const char* name : group.names) {
+      if (std::find(given.begin(), given.end(), name) != given.end()) {
+        result.sources[name] = Source::kCommandLine;
+        continue;
+      }
       const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
       const char* value = std::getenv(variable.c_str());
       // The seed's own variables for the session tokens.
@@ -246,12 +310,211 @@ std::vector<std::string> NormalizeArguments(int argc, char** argv) {
         value = std::getenv("JWT_EXPIRATION");
       }
       if (value == nullptr) continue;
-      if (std::find(given.begin(), given.end(), name) != given.end()) continue;
+      result.sources[name] = Source::kEnvironment;
       args.push_back(absl::StrCat("--", name, "=", value));
     }
   }
   args.insert(args.end(), rest.begin(), rest.end());
-  return args;
+  return result;
+}
+
+// What a config file may set: every flag --help lists but --config and
+// --print-config, with the type of its value.
+std::optional<SettingType> FlagSettingType(absl::string_view name) {
+  if (name == "config" || name == "print_config") return std::nullopt;
+  bool listed = false;
+  for (const FlagGroup& group : FlagGroups()) {
+    for (const char* listed_name : group.names) listed = listed || name == listed_name;
+  }
+  if (!listed) return std::nullopt;
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr) return std::nullopt;
+  if (flag->IsOfType<std::string>()) {
+    return name == "http" || name == "seeds" ? SettingType::kList : SettingType::kString;
+  }
+  if (flag->IsOfType<bool>()) return SettingType::kBool;
+  if (flag->IsOfType<int>()) return SettingType::kInt32;
+  if (flag->IsOfType<int64_t>()) return SettingType::kInt64;
+  if (flag->IsOfType<uint32_t>()) return SettingType::kUint32;
+  if (flag->IsOfType<uint64_t>()) return SettingType::kUint64;
+  return std::nullopt;
+}
+
+// Settings whose value a reload (SIGHUP) applies to the running node.
+bool Reloadable(absl::string_view name) {
+  return name == "log_level" || name == "rate_limit" || name == "rate_limit_burst";
+}
+
+bool Secret(absl::string_view name) { return name == "jwt_secret" || name == "cluster_secret"; }
+
+// The process's settings: the config file's path, where each setting came
+// from and the value in effect (as flag text), for --print-config and reloads.
+struct Settings {
+  std::string config_path;
+  absl::flat_hash_map<std::string, Source> sources;
+  absl::flat_hash_map<std::string, std::string> in_effect;
+
+  Source SourceOf(const std::string& name) const {
+    auto it = sources.find(name);
+    return it == sources.end() ? Source::kDefault : it->second;
+  }
+};
+
+// Applies the config file to the flags not set by the environment or the
+// command line (those were parsed already, and win).
+absl::Status ApplyConfigFile(Settings* settings) {
+  absl::StatusOr<std::vector<ConfigSetting>> file =
+      ReadConfigFile(settings->config_path, FlagSettingType);
+  if (!file.ok()) return file.status();
+  for (const ConfigSetting& setting : *file) {
+    if (settings->SourceOf(setting.name) != Source::kDefault) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(setting.name);
+    std::string error;
+    if (flag == nullptr || !flag->ParseFrom(setting.value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat(settings->config_path, ":", setting.line,
+                                                     ": ", Dashed(setting.name), ": ", error));
+    }
+    settings->sources[setting.name] = Source::kFile;
+  }
+  return absl::OkStatus();
+}
+
+// Every setting a file may hold, in --help's order.
+std::vector<std::string> SettingNames() {
+  std::vector<std::string> names;
+  for (const FlagGroup& group : FlagGroups()) {
+    for (const char* name : group.names) {
+      if (FlagSettingType(name).has_value()) names.emplace_back(name);
+    }
+  }
+  return names;
+}
+
+// --print-config: a config file of the settings in effect. Secrets are not
+// printed, only whether they are set.
+void PrintConfig(const Settings& settings) {
+  std::string out = "# logkvd settings in effect; after each, where it came from.\n";
+  for (const FlagGroup& group : FlagGroups()) {
+    absl::StrAppend(&out, "\n# ", group.title, "\n");
+    for (const char* name : group.names) {
+      std::optional<SettingType> type = FlagSettingType(name);
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      if (!type.has_value() || flag == nullptr) continue;
+      const char* source = SourceName(settings.SourceOf(name));
+      const std::string value = flag->CurrentValue();
+      if (Secret(name) && !value.empty()) {
+        absl::StrAppend(&out, "# ", Dashed(name), " = (hidden)  # ", source, "\n");
+        continue;
+      }
+      absl::StrAppend(&out, Dashed(name), " = ", TomlValue(*type, value), "  # ", source, "\n");
+    }
+  }
+  std::fputs(out.c_str(), stdout);
+}
+
+// SIGHUP: reads the config file again, applies the changes that can be made
+// at run time and logs those that need a restart. A file that does not read
+// or check changes nothing.
+void Reload(Settings* settings, Node* node) {
+  if (settings->config_path.empty()) {
+    LogLine(Level::kInfo, "SIGHUP: no --config file: nothing to reload");
+    return;
+  }
+  absl::StatusOr<std::vector<ConfigSetting>> file =
+      ReadConfigFile(settings->config_path, FlagSettingType);
+  if (!file.ok()) {
+    Log(Level::kError, "SIGHUP: %s; the settings in effect are kept", file.status().message());
+    return;
+  }
+  absl::flat_hash_map<std::string, std::string> from_file;
+  for (const ConfigSetting& setting : *file) from_file[setting.name] = setting.value;
+
+  std::vector<std::pair<std::string, std::string>> reloads;  // name, new value
+  std::vector<std::string> restart;
+  std::vector<std::string> overridden;
+  for (const std::string& name : SettingNames()) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    const std::string& current = settings->in_effect[name];
+    auto in_file = from_file.find(name);
+    const Source source = settings->SourceOf(name);
+    if (source == Source::kEnvironment || source == Source::kCommandLine) {
+      if (in_file != from_file.end() && in_file->second != current) {
+        overridden.push_back(absl::StrCat(Dashed(name), " (", SourceName(source), ")"));
+      }
+      continue;
+    }
+    const std::string wanted = in_file != from_file.end() ? in_file->second : flag->DefaultValue();
+    if (wanted == current) continue;
+    if (Reloadable(name)) {
+      reloads.emplace_back(name, wanted);
+    } else {
+      restart.push_back(Secret(name) ? Dashed(name)
+                                     : absl::StrCat(Dashed(name), " (", current, " -> ", wanted,
+                                                    ")"));
+    }
+  }
+
+  // The new values, checked together before any is applied.
+  std::string log_level = settings->in_effect["log_level"];
+  int64_t rate_limit = 0;
+  int64_t rate_limit_burst = 0;
+  std::string rate_limit_text = settings->in_effect["rate_limit"];
+  std::string rate_limit_burst_text = settings->in_effect["rate_limit_burst"];
+  for (const auto& [name, value] : reloads) {
+    if (name == "log_level") log_level = value;
+    if (name == "rate_limit") rate_limit_text = value;
+    if (name == "rate_limit_burst") rate_limit_burst_text = value;
+  }
+  Level level;
+  if (!ParseLogLevel(log_level, &level)) {
+    Log(Level::kError,
+        "SIGHUP: %s: log-level must be debug, info, warning or error, not '%s'; the settings in "
+        "effect are kept",
+        settings->config_path, log_level);
+    return;
+  }
+  if (!absl::SimpleAtoi(rate_limit_text, &rate_limit) ||
+      !absl::SimpleAtoi(rate_limit_burst_text, &rate_limit_burst)) {
+    Log(Level::kError, "SIGHUP: %s: rate-limit and rate-limit-burst must be integers",
+        settings->config_path);
+    return;
+  }
+
+  std::vector<std::string> applied;
+  bool rate_changed = false;
+  for (const auto& [name, value] : reloads) {
+    applied.push_back(
+        absl::StrCat(Dashed(name), " ", settings->in_effect[name], " -> ", value));
+    rate_changed = rate_changed || name != "log_level";
+    settings->in_effect[name] = value;
+    settings->sources[name] = from_file.contains(name) ? Source::kFile : Source::kDefault;
+    std::string error;
+    absl::FindCommandLineFlag(name)->ParseFrom(value, &error);
+  }
+  SetLogLevel(level);
+  std::string rate_note;
+  if (rate_changed) {
+    if (absl::Status status = node->SetRateLimit(rate_limit, rate_limit_burst); !status.ok()) {
+      rate_note = absl::StrCat(" (the rate limit is kept for later: ", status.message(), ")");
+    }
+  }
+  // Written whatever the log level, as the one record of what changed.
+  LogLine(Level::kInfo,
+          absl::StrCat("SIGHUP: reloaded ", settings->config_path, ": ",
+                       applied.empty() ? "nothing that can change at run time changed"
+                                       : absl::StrJoin(applied, ", "),
+                       rate_note));
+  if (!restart.empty()) {
+    LogLine(Level::kWarning, absl::StrCat("SIGHUP: changed in ", settings->config_path,
+                                          " but applied only by a restart: ",
+                                          absl::StrJoin(restart, ", ")));
+  }
+  if (!overridden.empty()) {
+    LogLine(Level::kInfo,
+            absl::StrCat("SIGHUP: the file's value is not used, the setting being given "
+                         "elsewhere: ",
+                         absl::StrJoin(overridden, ", ")));
+  }
 }
 
 int Fail(const absl::Status& status) {
@@ -376,10 +639,31 @@ int Main(int argc, char** argv) {
       return 0;
     }
   }
-  std::vector<std::string> normalized = NormalizeArguments(argc, argv);
+  Arguments arguments = NormalizeArguments(argc, argv);
   std::vector<char*> pointers;
-  for (std::string& arg : normalized) pointers.push_back(arg.data());
+  for (std::string& arg : arguments.args) pointers.push_back(arg.data());
   absl::ParseCommandLine(static_cast<int>(pointers.size()), pointers.data());
+
+  // The config file fills in what the environment and the command line did not set.
+  Settings settings;
+  settings.sources = std::move(arguments.sources);
+  settings.config_path = absl::GetFlag(FLAGS_config);
+  if (!settings.config_path.empty()) {
+    if (absl::Status status = ApplyConfigFile(&settings); !status.ok()) {
+      // One line per problem, so each names its file, line and key.
+      for (absl::string_view line : absl::StrSplit(status.message(), '\n')) {
+        Log(Level::kError, "%s", line);
+      }
+      return 1;
+    }
+  }
+  for (const std::string& name : SettingNames()) {
+    settings.in_effect[name] = absl::FindCommandLineFlag(name)->CurrentValue();
+  }
+  if (absl::GetFlag(FLAGS_print_config)) {
+    PrintConfig(settings);
+    return 0;
+  }
 
   // Debian's Abseil is built without NDEBUG, which leaves per-acquisition
   // deadlock detection on (a global lock): a server cannot pay for it.
@@ -400,23 +684,51 @@ int Main(int argc, char** argv) {
   if (!options.ok()) return Fail(options.status());
   if (absl::Status status = options->Validate(); !status.ok()) return Fail(status);
 
-  // Signals are taken by this thread with sigwait; every other thread
-  // (engine, loops) inherits the blocked mask. SIGPIPE is ignored: a closed
-  // socket is an error return, not a death.
+  // Signals are taken by this thread with sigwait (no handler runs, so
+  // nothing needs to be async-signal-safe); every other thread (engine,
+  // loops) inherits the blocked mask. SIGPIPE is ignored: a closed socket is
+  // an error return, not a death.
   ::signal(SIGPIPE, SIG_IGN);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   Log(Level::kInfo, "logkvd with mimalloc %d", mi_version());
+  if (!settings.config_path.empty()) Log(Level::kInfo, "config file %s", settings.config_path);
   Node node(*std::move(options));
   // Start and Stop log their failures themselves.
   if (!node.Start().ok()) return 1;
 
+  // systemd (Type=notify): ready once the ports are bound. Without
+  // NOTIFY_SOCKET in the environment sd_notify does nothing.
+  sd_notifyf(0, "READY=1\nSTATUS=serving, protocol port %d", node.port());
+  // With WatchdogSec= in the unit, this thread says it is alive at half the
+  // period; a process stuck past it is restarted.
+  uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (true) {
+    if (watchdog) {
+      const uint64_t half = watchdog_usec / 2;
+      const timespec period = {static_cast<time_t>(half / 1'000'000),
+                               static_cast<long>(half % 1'000'000 * 1000)};
+      signal_number = sigtimedwait(&signals, nullptr, &period);
+      if (signal_number < 0) {
+        if (errno == EAGAIN && node.running()) sd_notify(0, "WATCHDOG=1");
+        continue;
+      }
+    } else if (sigwait(&signals, &signal_number) != 0) {
+      continue;
+    }
+    if (signal_number != SIGHUP) break;
+    sd_notify(0, "RELOADING=1");
+    Reload(&settings, &node);
+    sd_notify(0, "READY=1");
+  }
+  sd_notify(0, "STOPPING=1");
   Log(Level::kInfo, "%s: finishing requests in flight, then stopping",
       signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   return node.Stop().ok() ? 0 : 1;

@@ -547,6 +547,15 @@ Node::Node(NodeOptions options) : options_(std::move(options)) {}
 // Stop logs a failure to close the engine; a destructor can do no more.
 Node::~Node() { (void)Stop(); }
 
+absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
+  if (!running()) return absl::FailedPreconditionError("the node is not running");
+  if (rate_limiter_ == nullptr) {
+    return absl::FailedPreconditionError("the rate limit applies only with --auth=on");
+  }
+  rate_limiter_->Reconfigure(requests_per_minute, burst);
+  return absl::OkStatus();
+}
+
 int Node::port() const { return server_->port(); }
 
 const std::vector<int>& Node::http_ports() const { return server_->http_ports(); }
@@ -702,14 +711,14 @@ absl::Status Node::StartAuth() {
   };
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
   if (absl::Status status = auth_store_->Load(); !status.ok()) return status;
-  if (options_.rate_limit > 0) {
-    auth::RateLimitConfig limit;
-    limit.requests_per_minute = options_.rate_limit;
-    limit.burst = options_.rate_limit_burst;
-    rate_limiter_ = std::make_unique<auth::RateLimiter>(limit);
-  }
-  admission_ = std::make_unique<auth::Admission>(auth_store_.get(), rate_limiter_.get(),
-                                                 options_.rate_limit, &metrics_);
+  // The limiter exists even when --rate-limit is 0 (then it admits
+  // everything without a lock), so a reload can turn it on (SetRateLimit).
+  auth::RateLimitConfig limit;
+  limit.requests_per_minute = options_.rate_limit;
+  limit.burst = options_.rate_limit_burst;
+  rate_limiter_ = std::make_unique<auth::RateLimiter>(limit);
+  admission_ =
+      std::make_unique<auth::Admission>(auth_store_.get(), rate_limiter_.get(), &metrics_);
   // Password hashing (argon2id) takes tens of milliseconds and 64 MiB: it
   // runs here, never on a network loop, a few at a time.
   password_workers_ = std::make_unique<auth::WorkerPool>(2, 256);
@@ -933,11 +942,9 @@ absl::Status Node::StartServer() {
       return admission_->Authenticate(token);
     };
     config.check_session = [this](Session* session) { return admission_->Recheck(session); };
-    if (rate_limiter_ != nullptr) {
-      config.admit_request = [this](const Session& session) {
-        return admission_->Admit(session.user_id);
-      };
-    }
+    config.admit_request = [this](const Session& session) {
+      return admission_->Admit(session.user_id);
+    };
   }
   config.peer_handler = cluster_.get();
   // Peer requests made while a loop handles a turn go out together: the

@@ -184,6 +184,11 @@ class Node {
   // logged). Idempotent; the later calls return the first one's status.
   absl::Status Stop();
 
+  // Changes the per-user rate limit (--rate-limit, --rate-limit-burst) of a
+  // running node, as logkvd does on SIGHUP. FailedPrecondition when the node
+  // is not running or accounts are off (there are no users to limit).
+  absl::Status SetRateLimit(int64_t requests_per_minute, int64_t burst);
+
   bool running() const { return running_.load(std::memory_order_acquire); }
   const NodeOptions& options() const { return options_; }
   // REQUIRES: Start succeeded. The bound binary-protocol port, and the bound

@@ -7,12 +7,8 @@
 
 namespace logkv::server::auth {
 
-Admission::Admission(AuthStore* store, RateLimiter* limiter, int64_t requests_per_minute,
-                     ServerMetrics* metrics)
-    : store_(store),
-      limiter_(limiter),
-      requests_per_minute_(requests_per_minute),
-      metrics_(metrics) {}
+Admission::Admission(AuthStore* store, RateLimiter* limiter, ServerMetrics* metrics)
+    : store_(store), limiter_(limiter), metrics_(metrics) {}
 
 absl::StatusOr<Session> Admission::Authenticate(absl::string_view api_key) const {
   absl::StatusOr<Principal> principal = store_->AuthenticateApiKey(api_key);
@@ -54,7 +50,7 @@ absl::Status Admission::Admit(uint64_t user_id) const {
   metrics_->rate_limited()->Inc();
   return protocol::WithRetryAfter(
       absl::ResourceExhaustedError(absl::StrCat(
-          "rate limit exceeded (", requests_per_minute_,
+          "rate limit exceeded (", limiter_->requests_per_minute(),
           " requests a minute per user, --rate-limit); retry after ", retry_after_ms, " ms")),
       retry_after_ms);
 }

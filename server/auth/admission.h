@@ -24,10 +24,9 @@ namespace logkv::server::auth {
 
 class Admission {
  public:
-  // store and metrics must outlive the Admission. limiter null: no rate
-  // limit; requests_per_minute is what its refusals say the limit is.
-  Admission(AuthStore* store, RateLimiter* limiter, int64_t requests_per_minute,
-            ServerMetrics* metrics);
+  // store, limiter and metrics must outlive the Admission. limiter null: no
+  // rate limit.
+  Admission(AuthStore* store, RateLimiter* limiter, ServerMetrics* metrics);
 
   // The session of an API key: Unauthenticated for an unknown, revoked or
   // expired key (counted as an authentication failure).
@@ -41,7 +40,6 @@ class Admission {
  private:
   AuthStore* const store_;
   RateLimiter* const limiter_;
-  const int64_t requests_per_minute_;
   ServerMetrics* const metrics_;
 };
 

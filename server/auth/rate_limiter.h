@@ -10,11 +10,15 @@
 // if that frees too little, the buckets idle longest go too, which at worst
 // gives those users a fresh burst.
 //
-// Thread-safety: Allow may be called from any thread at once. Time comes from
+// The rates may change at run time (Reconfigure, on logkvd's SIGHUP):
+// buckets keep their tokens, cut to the new burst.
+//
+// Thread-safety: Allow and Reconfigure may be called from any thread at once. Time comes from
 // the caller, so tests need no clock and loops can reuse the time they have.
 #ifndef LOGKV_SERVER_AUTH_RATE_LIMITER_H_
 #define LOGKV_SERVER_AUTH_RATE_LIMITER_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -46,6 +50,11 @@ class RateLimiter {
   // at least 1; when yes it is set to 0.
   bool Allow(uint64_t user_id, int64_t now_ms, int64_t* retry_after_ms);
 
+  // New rates from now on (max_tracked_users is kept as constructed).
+  void Reconfigure(int64_t requests_per_minute, int64_t burst);
+  // The rate in force, 0 when off.
+  int64_t requests_per_minute() const;
+
   // Buckets held now (for metrics and tests).
   size_t TrackedUsers() const;
 
@@ -59,16 +68,23 @@ class RateLimiter {
     int64_t updated_ms = 0;
   };
 
+  struct Rates {
+    int64_t units_per_ms = 0;  // requests_per_minute; 0 when the limiter is off
+    int64_t capacity_units = 0;
+  };
+  static Rates RatesFor(int64_t requests_per_minute, int64_t burst);
+
   // Units of bucket after refilling it up to now_ms.
-  int64_t Refilled(const Bucket& bucket, int64_t now_ms) const;
+  static int64_t Refilled(const Rates& rates, const Bucket& bucket, int64_t now_ms);
   void EvictLocked(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Constant after construction.
-  const int64_t units_per_ms_;  // requests_per_minute; 0 when the limiter is off
-  const int64_t capacity_units_;
   const size_t max_tracked_users_;
+  // rates_.units_per_ms, read without the lock so that a limiter that is off
+  // costs no lock per request.
+  std::atomic<int64_t> units_per_ms_;
 
   mutable absl::Mutex mu_;
+  Rates rates_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
 };
 
