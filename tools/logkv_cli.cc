@@ -10,6 +10,7 @@
 //   logkv [flags] nodes              the cluster's members (HTTP GET /nodes)
 //   logkv [flags] leave              the node leaves the cluster (POST /members/leave)
 //   logkv [flags] ping
+//   logkv help [COMMAND]             also logkv COMMAND --help
 //
 // Flags may stand before or after the command, as --name=value or --name
 // value, with dashes or underscores (--keys-only = --keys_only). The node is
@@ -44,6 +45,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "logkv/client.h"
@@ -55,7 +57,9 @@ ABSL_FLAG(std::string, target, "",
           "Node to talk to, host:port (default $LOGKV_TARGET, else 127.0.0.1:7070).");
 ABSL_FLAG(std::vector<std::string>, nodes, {},
           "Comma-separated host:port list; the first live one is used.");
-ABSL_FLAG(bool, json, false, "Print results as JSON, one object per line.");
+ABSL_FLAG(bool, json, false,
+          "Print results as JSON, one object per line; keys and values carry key_encoding and "
+          "value_encoding: utf-8, or base64 for binary.");
 ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(), "put: expire the key after this (e.g. 10s).");
 ABSL_FLAG(std::string, if_version, "",
           "put/del: only if the key's version is this (0 = the key must be absent).");
@@ -82,35 +86,131 @@ constexpr int kExitOk = 0;
 constexpr int kExitNotFound = 1;
 constexpr int kExitError = 2;
 
-constexpr char kUsage[] =
-    "usage: logkv [flags] COMMAND [ARGS]\n"
-    "\n"
-    "commands:\n"
-    "  put KEY VALUE     (or --key=KEY --value=VALUE)  [--ttl=10s] [--if_version=N]\n"
-    "  put KEY -         the value is read from standard input (bytes as they come)\n"
-    "  get KEY           (or --key=KEY)  prints the value and a newline\n"
-    "  del KEY           (or --key=KEY)  [--if_version=N]\n"
-    "  scan [PREFIX]     [--prefix=P] [--limit=N] [--keys_only] [--after=CURSOR]\n"
-    "  watch [PREFIX]    [--count=N]  prints events until interrupted\n"
-    "  stats             the node's counters\n"
-    "  nodes             the cluster's members, as the node at --http_target sees them\n"
-    "  leave             the node at --http_target leaves the cluster gracefully\n"
-    "  ping              checks that the node answers\n"
-    "\n"
-    "flags (before or after the command; dashes or underscores):\n"
-    "  --target=HOST:PORT   default $LOGKV_TARGET, else 127.0.0.1:7070\n"
-    "  --nodes=A:P,B:P      use the first live node\n"
-    "  --json               JSON output, one object per line; keys and values with\n"
-    "                       key_encoding/value_encoding: utf-8, or base64 for binary\n"
-    "  --timeout=5s         connect and request timeout\n"
-    "  --token=T            auth token (default $LOGKV_TOKEN)\n"
-    "  --http_target=H:P    nodes/leave: HTTP address (default $LOGKV_HTTP_TARGET, else\n"
-    "                       127.0.0.1:8080)\n"
-    "  --cluster_secret=S   nodes/leave: sent as X-Cluster-Secret (default\n"
-    "                       $LOGKV_CLUSTER_SECRET); leave needs it or the admin's --token\n"
-    "  --version            print the version and exit\n"
-    "\n"
-    "exit codes: 0 ok, 1 key not found, 2 error\n";
+// Each command's help: logkv help CMD, logkv CMD --help. The flags' texts
+// and defaults come from the flag registry, so they are written once.
+struct CommandHelp {
+  const char* name;
+  const char* alias;     // another name of the same command, or null
+  const char* synopsis;  // after "logkv "
+  const char* summary;   // one line, for the list of commands
+  const char* description;
+  std::vector<const char*> flags;  // the command's own flags
+  bool connects;                   // talks the binary protocol (--target, --nodes, --token)
+  bool http;                       // talks HTTP (--http-target, --cluster-secret)
+  const char* example;
+};
+
+const std::vector<CommandHelp>& Commands() {
+  static const auto* commands = new std::vector<CommandHelp>{
+      {"put", nullptr, "put KEY VALUE  (or --key=KEY --value=VALUE)", "stores a value",
+       "Stores VALUE under KEY and prints the new version (OK version=N). A VALUE of - reads "
+       "the value from standard input, bytes as they come.",
+       {"key", "value", "ttl", "if_version"}, true, false,
+       "logkv put session:42 '{\"user\":7}' --ttl=30m"},
+      {"get", nullptr, "get KEY  (or --key=KEY)", "prints a value",
+       "Prints the value of KEY as stored, followed by a newline. Exit code 1 when the key is "
+       "absent.",
+       {"key"}, true, false, "logkv get session:42"},
+      {"del", "delete", "del KEY  (or --key=KEY)", "deletes a key",
+       "Deletes KEY (a tombstone is written; the key is absent from then on).",
+       {"key", "if_version"}, true, false, "logkv del session:42 --if-version=3"},
+      {"scan", nullptr, "scan [PREFIX]", "lists keys in order",
+       "Prints the keys with PREFIX in key order, each with its value after a tab. When more "
+       "keys remain, the cursor to continue from is printed on stderr.",
+       {"prefix", "limit", "keys_only", "after"}, true, false,
+       "logkv scan user: --limit=100 --keys-only"},
+      {"watch", nullptr, "watch [PREFIX]", "prints changes as they happen",
+       "Prints each put (PUT KEY VALUE) and delete (DEL KEY) of keys with PREFIX as it "
+       "happens, until interrupted or --count events.",
+       {"prefix", "count"}, true, false, "logkv watch config/ --count=10 --json"},
+      {"stats", nullptr, "stats", "prints the node's counters",
+       "Prints the node's counters: keys, segments, bytes, operations, connections, uptime.",
+       {}, true, false, "logkv stats --target=10.0.0.5:7070"},
+      {"nodes", nullptr, "nodes", "lists the cluster's members",
+       "Lists the cluster's members as the node at --http-target sees them (GET /nodes).",
+       {}, false, true, "logkv nodes --http-target=10.0.0.5:8080"},
+      {"leave", nullptr, "leave", "the node leaves the cluster",
+       "The node at --http-target leaves the cluster gracefully (POST /members/leave); its "
+       "keys are handed to the others. Needs --cluster-secret, or --token with the "
+       "administrator's key.",
+       {}, false, true, "logkv leave --http-target=10.0.0.5:8080 --cluster-secret=S"},
+      {"ping", nullptr, "ping", "checks that the node answers",
+       "Connects and pings the node; prints PONG.", {}, true, false, "logkv ping"},
+      {"help", nullptr, "help [COMMAND]", "prints this list, or a command's help",
+       "Prints the list of commands, or the usage, flags and an example of COMMAND (also "
+       "logkv COMMAND --help).",
+       {}, false, false, "logkv help scan"},
+  };
+  return *commands;
+}
+
+const CommandHelp* FindCommand(absl::string_view name) {
+  for (const CommandHelp& command : Commands()) {
+    if (name == command.name || (command.alias != nullptr && name == command.alias)) {
+      return &command;
+    }
+  }
+  return nullptr;
+}
+
+void AppendFlag(std::string* out, const char* name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  if (flag == nullptr) return;
+  std::string dashed(name);
+  std::replace(dashed.begin(), dashed.end(), '_', '-');
+  const std::string value = flag->DefaultValue();
+  absl::StrAppend(out, "  --", dashed);
+  if (!flag->IsOfType<bool>() && !value.empty()) absl::StrAppend(out, "  (default: ", value, ")");
+  absl::StrAppend(out, "\n      ", flag->Help(), "\n");
+}
+
+std::string Usage() {
+  std::string out =
+      "usage: logkv [flags] COMMAND [ARGS]\n"
+      "\n"
+      "commands:\n";
+  for (const CommandHelp& command : Commands()) {
+    absl::StrAppend(&out, "  ", absl::StrFormat("%-8s", command.name), command.summary, "\n");
+  }
+  absl::StrAppend(&out,
+                  "\n"
+                  "logkv help COMMAND (or logkv COMMAND --help) shows a command's arguments, "
+                  "flags and an example.\n"
+                  "\n"
+                  "flags of every command (before or after the command; dashes or underscores):\n");
+  for (const char* name : {"target", "nodes", "json", "timeout", "token"}) AppendFlag(&out, name);
+  absl::StrAppend(&out,
+                  "  --version\n      Print the version and exit.\n"
+                  "\n"
+                  "exit codes: 0 ok, 1 key not found, 2 error\n");
+  return out;
+}
+
+std::string CommandUsage(const CommandHelp& command) {
+  std::string out = absl::StrCat("usage: logkv [flags] ", command.synopsis, "\n");
+  if (command.alias != nullptr) absl::StrAppend(&out, "  (also: logkv ", command.alias, ")\n");
+  absl::StrAppend(&out, "\n", command.description, "\n");
+  if (!command.flags.empty()) {
+    absl::StrAppend(&out, "\nflags:\n");
+    for (const char* name : command.flags) AppendFlag(&out, name);
+  }
+  if (command.connects) {
+    absl::StrAppend(&out, "\nconnection flags:\n");
+    for (const char* name : {"target", "nodes", "timeout", "token"}) AppendFlag(&out, name);
+  }
+  if (command.http) {
+    absl::StrAppend(&out, "\nconnection flags:\n");
+    for (const char* name : {"http_target", "cluster_secret", "token", "timeout"}) {
+      AppendFlag(&out, name);
+    }
+  }
+  if (command.connects || command.http) {
+    absl::StrAppend(&out, "\noutput:\n");
+    AppendFlag(&out, "json");
+  }
+  absl::StrAppend(&out, "\nexample:\n  ", command.example, "\n");
+  return out;
+}
 
 int Fail(absl::string_view message) {
   std::fprintf(stderr, "logkv: %.*s\n", static_cast<int>(message.size()), message.data());
@@ -674,26 +774,43 @@ int Ping() {
 int Main(int argc, char** argv) {
   Arguments arguments;
   if (absl::Status parsed = ParseArguments(argc, argv, &arguments); !parsed.ok()) {
-    std::fprintf(stderr, "logkv: %s\n\n%s", std::string(parsed.message()).c_str(), kUsage);
+    std::fprintf(stderr, "logkv: %s\n\n%s", std::string(parsed.message()).c_str(),
+                 Usage().c_str());
     return kExitError;
   }
   if (arguments.version) {
     std::printf("logkv %s (%s build)\n", BuildVersion(), BuildType());
     return 0;
   }
-  if (arguments.help) {
-    std::fputs(kUsage, stdout);
+  // logkv help [CMD], logkv CMD --help, logkv --help [CMD].
+  const bool help_command = !arguments.positionals.empty() && arguments.positionals[0] == "help";
+  if (arguments.help || help_command) {
+    const size_t topic = help_command ? 1 : 0;
+    if (arguments.positionals.size() <= topic) {
+      std::fputs(Usage().c_str(), stdout);
+      return kExitOk;
+    }
+    if (arguments.positionals.size() > topic + 1) {
+      return Fail(absl::StrCat("help takes one command, not \"",
+                               arguments.positionals[topic + 1], "\" too"));
+    }
+    const CommandHelp* command = FindCommand(arguments.positionals[topic]);
+    if (command == nullptr) {
+      std::fprintf(stderr, "logkv: no command \"%s\"\n\n%s",
+                   arguments.positionals[topic].c_str(), Usage().c_str());
+      return kExitError;
+    }
+    std::fputs(CommandUsage(*command).c_str(), stdout);
     return kExitOk;
   }
   if (arguments.positionals.empty()) {
-    std::fputs(kUsage, stderr);
+    std::fputs(Usage().c_str(), stderr);
     return kExitError;
   }
   const std::string command = arguments.positionals[0];
-  static constexpr const char* kCommands[] = {"put",   "get",   "del",   "delete", "scan",
-                                              "watch", "stats", "nodes", "leave",  "ping"};
-  if (std::find(std::begin(kCommands), std::end(kCommands), command) == std::end(kCommands)) {
-    std::fprintf(stderr, "logkv: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+  if (FindCommand(command) == nullptr) {
+    std::fprintf(stderr, "logkv: unknown command \"%s\"\n\n%s", command.c_str(),
+                 Usage().c_str());
     return kExitError;
   }
   // Each command checks its arguments before it connects, so a usage error
