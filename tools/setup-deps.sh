@@ -14,6 +14,10 @@ packages=(
   libicu-dev
   # Raft consensus for the control plane (server/control/)
   libraft-dev
+  # logkvd's config file (TOML) and systemd notifications (sd_notify)
+  libtomlplusplus-dev libsystemd-dev
+  # the Debian package: man pages from --help, library dependencies (dpkg-shlibdeps)
+  help2man dpkg-dev
   # tests and benchmarks; clang for the thread-safety check
   # (tools/check-thread-safety.sh) and, with its runtime, the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
