@@ -785,7 +785,8 @@ int Main(int argc, char** argv) {
   // logkv help [CMD], logkv CMD --help, logkv --help [CMD].
   const bool help_command = !arguments.positionals.empty() && arguments.positionals[0] == "help";
   if (arguments.help || help_command) {
-    const size_t topic = help_command ? 1 : 0;
+    // With --help the command is the topic (logkv help --help: help's own help).
+    const size_t topic = arguments.help ? 0 : 1;
     if (arguments.positionals.size() <= topic) {
       std::fputs(Usage().c_str(), stdout);
       return kExitOk;
