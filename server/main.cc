@@ -495,7 +495,7 @@ void Reload(Settings* settings, Node* node) {
   std::string rate_note;
   if (rate_changed) {
     if (absl::Status status = node->SetRateLimit(rate_limit, rate_limit_burst); !status.ok()) {
-      rate_note = absl::StrCat(" (the rate limit is kept for later: ", status.message(), ")");
+      rate_note = absl::StrCat(" (not in force: ", status.message(), ")");
     }
   }
   // Written whatever the log level, as the one record of what changed.

@@ -27,7 +27,7 @@ case "$mode" in
       -DLOGKV_SANITIZE=ON -DLOGKV_BUILD_BENCH=OFF
     cd "$root/build-sanitize"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-      ctest --output-on-failure -j 2 --timeout 1200 -LE bench -E client_install_check
+      ctest --output-on-failure -j 2 --timeout 1200 -LE bench -E 'client_install_check|package_check'
     ;;
   --fuzz)
     # libFuzzer smoke run of the decoders of untrusted bytes, bounded in

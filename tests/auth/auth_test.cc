@@ -319,6 +319,31 @@ TEST(RateLimiterTest, DisabledAllowsEverything) {
   EXPECT_EQ(limiter.TrackedUsers(), 0u);
 }
 
+TEST(RateLimiterTest, ReconfigureChangesRatesAndKeepsTokens) {
+  // Off at first (logkvd --rate-limit=0), turned on by a reload.
+  RateLimiter limiter({/*requests_per_minute=*/0, /*burst=*/1, /*max_tracked_users=*/100});
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(limiter.Allow(1, kStartMs, nullptr));
+  limiter.Reconfigure(/*requests_per_minute=*/60, /*burst=*/3);
+  EXPECT_EQ(limiter.requests_per_minute(), 60);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(limiter.Allow(1, kStartMs, nullptr)) << i;
+  int64_t retry_after_ms = 0;
+  EXPECT_FALSE(limiter.Allow(1, kStartMs, &retry_after_ms));
+  EXPECT_EQ(retry_after_ms, 1000);
+  // A smaller burst cuts full buckets down to it.
+  EXPECT_TRUE(limiter.Allow(2, kStartMs, nullptr));  // user 2 now holds 2 tokens
+  limiter.Reconfigure(/*requests_per_minute=*/60, /*burst=*/1);
+  EXPECT_TRUE(limiter.Allow(2, kStartMs, nullptr));
+  EXPECT_FALSE(limiter.Allow(2, kStartMs, nullptr));
+  // A faster rate refills faster: 600 a minute is one token in 100 ms.
+  limiter.Reconfigure(/*requests_per_minute=*/600, /*burst=*/1);
+  EXPECT_FALSE(limiter.Allow(2, kStartMs + 99, nullptr));
+  EXPECT_TRUE(limiter.Allow(2, kStartMs + 200, nullptr));
+  // Off again: everything passes.
+  limiter.Reconfigure(/*requests_per_minute=*/0, /*burst=*/1);
+  EXPECT_EQ(limiter.requests_per_minute(), 0);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(limiter.Allow(2, kStartMs + 200, nullptr));
+}
+
 TEST(RateLimiterTest, MemoryIsBounded) {
   constexpr size_t kMax = 64;
   RateLimiter limiter({/*requests_per_minute=*/60, /*burst=*/2, /*max_tracked_users=*/kMax});
