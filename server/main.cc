@@ -705,8 +705,9 @@ int Main(int argc, char** argv) {
   // systemd (Type=notify): ready once the ports are bound. Without
   // NOTIFY_SOCKET in the environment sd_notify does nothing.
   sd_notifyf(0, "READY=1\nSTATUS=serving, protocol port %d", node.port());
-  // With WatchdogSec= in the unit, this thread says it is alive at half the
-  // period; a process stuck past it is restarted.
+  // With WatchdogSec= in the unit, logkvd says it is alive every half
+  // period, when every network loop has answered within a quarter of it;
+  // a process stuck past the period is restarted.
   uint64_t watchdog_usec = 0;
   const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
   int signal_number = 0;
@@ -717,7 +718,13 @@ int Main(int argc, char** argv) {
                                static_cast<long>(half % 1'000'000 * 1000)};
       signal_number = sigtimedwait(&signals, nullptr, &period);
       if (signal_number < 0) {
-        if (errno == EAGAIN && node.running()) sd_notify(0, "WATCHDOG=1");
+        if (errno != EAGAIN) continue;
+        if (node.Responsive(absl::Microseconds(half / 2))) {
+          sd_notify(0, "WATCHDOG=1");
+        } else {
+          Log(Level::kWarning, "watchdog: a network loop did not answer within %s",
+              absl::FormatDuration(absl::Microseconds(half / 2)));
+        }
         continue;
       }
     } else if (sigwait(&signals, &signal_number) != 0) {

@@ -556,6 +556,10 @@ absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
   return absl::OkStatus();
 }
 
+bool Node::Responsive(absl::Duration timeout) const {
+  return running() && server_ != nullptr && server_->LoopsRespond(timeout);
+}
+
 int Node::port() const { return server_->port(); }
 
 const std::vector<int>& Node::http_ports() const { return server_->http_ports(); }

@@ -189,6 +189,10 @@ class Node {
   // is not running or accounts are off (there are no users to limit).
   absl::Status SetRateLimit(int64_t requests_per_minute, int64_t burst);
 
+  // Whether the node runs and each of its network loops answered within
+  // timeout (logkvd's systemd watchdog). From the thread that calls Stop.
+  bool Responsive(absl::Duration timeout) const;
+
   bool running() const { return running_.load(std::memory_order_acquire); }
   const NodeOptions& options() const { return options_; }
   // REQUIRES: Start succeeded. The bound binary-protocol port, and the bound

@@ -7,10 +7,13 @@
 #include <uv.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "server/net/binary_session.h"
 #include "server/net/loop.h"
 
@@ -118,6 +121,24 @@ void Server::NotifyEvents() {
 
 void Server::RecheckSessions() {
   for (auto& loop : loops_) loop->Post([](net::Loop& l) { l.RecheckSessions(); });
+}
+
+bool Server::LoopsRespond(absl::Duration timeout) {
+  if (loops_.empty()) return false;
+  // Shared with the tasks, which may run (or be dropped by a closing loop)
+  // after this returns.
+  struct Pending {
+    std::atomic<size_t> left;
+    absl::Notification answered;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left.store(loops_.size());
+  for (auto& loop : loops_) {
+    loop->Post([pending](net::Loop&) {
+      if (pending->left.fetch_sub(1) == 1) pending->answered.Notify();
+    });
+  }
+  return pending->answered.WaitForNotificationWithTimeout(timeout);
 }
 
 }  // namespace logkv::server

@@ -179,6 +179,10 @@ class Server {
   // Credentials were revoked: every loop rechecks its sessions now (not at
   // their next request), so that watches of a revoked key end at once. Any thread.
   void RecheckSessions();
+  // Whether every loop ran a task posted to it within timeout: no when a
+  // loop is stuck in a callback or its thread has ended. Any thread but a
+  // loop's (logkvd's systemd watchdog asks).
+  bool LoopsRespond(absl::Duration timeout);
 
  private:
   Service* const service_;
