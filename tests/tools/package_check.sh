@@ -7,7 +7,8 @@
 #     and whose unit's ExecStart (paths moved into that root) starts logkvd
 #     with the packaged config file, without systemd: the environment moves
 #     its data directory and ports (LOGKV_* overrides the file), it logs
-#     "listening on" within a bounded wait and stops on SIGTERM;
+#     "listening on" within a bounded wait and stops on SIGTERM; and
+#     systemd-analyze verify (where installed) accepts the unit;
 #  4. cmake --install --prefix puts logkvd, logkv, logkv-bench, the unit
 #     (naming the installed logkvd) and the config file under the prefix.
 #   tests/tools/package_check.sh BUILD_DIR
@@ -59,6 +60,13 @@ unit=$root/usr/lib/systemd/system/logkvd.service
 grep -qx 'Type=notify' "$unit" || fail "the unit is not Type=notify"
 exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
 [ "$exec_start" = "/usr/bin/logkvd --config=/etc/logkv/logkvd.toml" ] || fail "ExecStart is '$exec_start'"
+# systemd's own check of the unit, where systemd-analyze is installed (it
+# needs no running systemd): the unit with its paths moved into the root.
+if command -v systemd-analyze >/dev/null 2>&1; then
+  sed "s#/usr/bin/#$root/usr/bin/#; s#=/etc/#=$root/etc/#" "$unit" >"$tmp/logkvd.service"
+  systemd-analyze verify --man=no "$tmp/logkvd.service" || fail "systemd-analyze verify failed"
+  echo "package_check: systemd-analyze verify accepts the unit"
+fi
 read -r -a command <<<"${exec_start//\/usr\/bin\//$root/usr/bin/}"
 command=("${command[@]//=\/etc\//=$root/etc/}")
 env -u NOTIFY_SOCKET LOGKV_DATA_DIR="$tmp/data" LOGKV_LISTEN=127.0.0.1:0 LOGKV_HTTP=127.0.0.1:0 \
