@@ -295,13 +295,16 @@ Arguments NormalizeArguments(int argc, char** argv) {
     }
     rest.push_back(std::move(arg));
   }
-  // Every flag --help lists may also come from LOGKV_<NAME>.
+  // Every flag --help lists may also come from LOGKV_<NAME>, but for
+  // --print-config: a variable left in a service's environment would make
+  // every start print and exit.
   for (const FlagGroup& group : FlagGroups()) {
     for (const char* name : group.names) {
       if (std::find(given.begin(), given.end(), name) != given.end()) {
         result.sources[name] = Source::kCommandLine;
         continue;
       }
+      if (std::string(name) == "print_config") continue;
       const std::string variable = absl::StrCat("LOGKV_", absl::AsciiStrToUpper(name));
       const char* value = std::getenv(variable.c_str());
       // The seed's own variables for the session tokens.
