@@ -21,8 +21,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
-
 #include "absl/flags/flag.h"
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
