@@ -1,0 +1,389 @@
+"""Requests and answers of the binary protocol (docs/protocol.md).
+
+Encodes requests with the classes flatc generates from protocol/logkv.fbs
+(logkv_generated, produced at build time), decodes answers into the plain
+types of logkv.types, and splits a byte stream into frames. Shared by the
+sync and the asyncio clients; holds no I/O.
+"""
+import struct
+
+import flatbuffers
+from flatbuffers import number_types, table
+
+from . import errors
+from .types import (BatchItemResult, Event, HelloInfo, Member, ScanItem, ScanPage, Stats, Value,
+                    WriteResult)
+
+try:
+    from . import logkv_generated as g
+except ImportError as error:  # pragma: no cover - a checkout used without building
+    raise ImportError(
+        "logkv.logkv_generated is missing: it is generated from protocol/logkv.fbs at build "
+        "time (pip install client/python, or the CMake build; see client/python/README.md)"
+    ) from error
+
+PROTOCOL_VERSION = 1
+FRAME_HEADER = struct.Struct("<I")
+CONSISTENCY = {None: 0, "default": 0, "eventual": 1, "strong": 2}
+_MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
+
+
+def _key(key):
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError("keys and values are bytes or str, not %s" % type(key).__name__)
+
+
+as_bytes = _key
+
+
+def _consistency(value):
+    try:
+        return CONSISTENCY[value]
+    except KeyError:
+        raise ValueError("consistency is 'eventual', 'strong' or None, not %r" % (value,))
+
+
+def _finish(builder, request_id, operation_type, operation):
+    g.RequestStart(builder)
+    g.RequestAddRequestId(builder, request_id)
+    g.RequestAddOperationType(builder, operation_type)
+    g.RequestAddOperation(builder, operation)
+    builder.FinishSizePrefixed(g.RequestEnd(builder))
+    return builder.Output()
+
+
+def hello(request_id, auth_token, client_name):
+    b = flatbuffers.Builder(128)
+    token = b.CreateString(auth_token) if auth_token else None
+    name = b.CreateString(client_name)
+    g.HelloStart(b)
+    g.HelloAddProtocolVersion(b, PROTOCOL_VERSION)
+    if token is not None:
+        g.HelloAddAuthToken(b, token)
+    g.HelloAddClientName(b, name)
+    return _finish(b, request_id, g.Operation.Hello, g.HelloEnd(b))
+
+
+def ping(request_id, payload=b""):
+    b = flatbuffers.Builder(64)
+    data = b.CreateByteVector(payload)
+    g.PingStart(b)
+    g.PingAddPayload(b, data)
+    return _finish(b, request_id, g.Operation.Ping, g.PingEnd(b))
+
+
+def get(request_id, key, consistency=None):
+    key = _key(key)
+    b = flatbuffers.Builder(len(key) + 64)
+    k = b.CreateByteVector(key)
+    g.GetStart(b)
+    g.GetAddKey(b, k)
+    c = _consistency(consistency)
+    if c:
+        g.GetAddConsistency(b, c)
+    return _finish(b, request_id, g.Operation.Get, g.GetEnd(b))
+
+
+def get_version(request_id, key, version):
+    key = _key(key)
+    b = flatbuffers.Builder(len(key) + 64)
+    k = b.CreateByteVector(key)
+    g.GetVersionStart(b)
+    g.GetVersionAddKey(b, k)
+    g.GetVersionAddVersion(b, version)
+    return _finish(b, request_id, g.Operation.GetVersion, g.GetVersionEnd(b))
+
+
+def _check_ttl(ttl_ms):
+    if ttl_ms < 0 or ttl_ms > _MAX_TTL_MS:
+        raise ValueError("ttl_ms must be in [0, 100 years], not %r" % (ttl_ms,))
+
+
+def put(request_id, key, value, ttl_ms=0, if_version=None, consistency=None):
+    key, value = _key(key), _key(value)
+    _check_ttl(ttl_ms)
+    b = flatbuffers.Builder(len(key) + len(value) + 96)
+    v = b.CreateByteVector(value)
+    k = b.CreateByteVector(key)
+    g.PutStart(b)
+    g.PutAddKey(b, k)
+    g.PutAddValue(b, v)
+    if ttl_ms:
+        g.PutAddTtlMs(b, ttl_ms)
+    if if_version is not None:
+        g.PutAddHasIfVersion(b, True)
+        g.PutAddIfVersion(b, if_version)
+    c = _consistency(consistency)
+    if c:
+        g.PutAddConsistency(b, c)
+    return _finish(b, request_id, g.Operation.Put, g.PutEnd(b))
+
+
+def delete(request_id, key, if_version=None, consistency=None):
+    key = _key(key)
+    b = flatbuffers.Builder(len(key) + 64)
+    k = b.CreateByteVector(key)
+    g.DeleteStart(b)
+    g.DeleteAddKey(b, k)
+    if if_version is not None:
+        g.DeleteAddHasIfVersion(b, True)
+        g.DeleteAddIfVersion(b, if_version)
+    c = _consistency(consistency)
+    if c:
+        g.DeleteAddConsistency(b, c)
+    return _finish(b, request_id, g.Operation.Delete, g.DeleteEnd(b))
+
+
+def batch(request_id, operations, consistency=None):
+    """operations: BatchOp items (or (key, value) / (key, None) tuples)."""
+    b = flatbuffers.Builder(1024)
+    items = []
+    for op in operations:
+        if isinstance(op, tuple):
+            from .types import BatchOp
+            op = BatchOp(op[0], op[1])
+        _check_ttl(op.ttl_ms)
+        k = b.CreateByteVector(_key(op.key))
+        v = None if op.value is None else b.CreateByteVector(_key(op.value))
+        g.BatchItemStart(b)
+        if op.value is None:
+            g.BatchItemAddDelete(b, True)
+        g.BatchItemAddKey(b, k)
+        if v is not None:
+            g.BatchItemAddValue(b, v)
+        if op.ttl_ms:
+            g.BatchItemAddTtlMs(b, op.ttl_ms)
+        items.append(g.BatchItemEnd(b))
+    g.BatchStartItemsVector(b, len(items))
+    for item in reversed(items):
+        b.PrependUOffsetTRelative(item)
+    vector = b.EndVector()
+    g.BatchStart(b)
+    g.BatchAddItems(b, vector)
+    c = _consistency(consistency)
+    if c:
+        g.BatchAddConsistency(b, c)
+    return _finish(b, request_id, g.Operation.Batch, g.BatchEnd(b))
+
+
+def scan(request_id, prefix=b"", start_key=b"", end_key=b"", after_key=b"", limit=0,
+         keys_only=False):
+    b = flatbuffers.Builder(256)
+    fields = [b.CreateByteVector(_key(x)) if x else None
+              for x in (prefix, start_key, end_key, after_key)]
+    g.ScanStart(b)
+    for add, field in zip((g.ScanAddPrefix, g.ScanAddStartKey, g.ScanAddEndKey,
+                           g.ScanAddAfterKey), fields):
+        if field is not None:
+            add(b, field)
+    if limit:
+        g.ScanAddLimit(b, limit)
+    if keys_only:
+        g.ScanAddKeysOnly(b, True)
+    return _finish(b, request_id, g.Operation.Scan, g.ScanEnd(b))
+
+
+def watch(request_id, prefix=b"", after_sequences=()):
+    b = flatbuffers.Builder(256)
+    p = b.CreateByteVector(_key(prefix)) if prefix else None
+    seqs = None
+    if after_sequences:
+        g.WatchStartAfterSequencesVector(b, len(after_sequences))
+        for sequence in reversed(after_sequences):
+            b.PrependUint64(sequence)
+        seqs = b.EndVector()
+    g.WatchStart(b)
+    if p is not None:
+        g.WatchAddPrefix(b, p)
+    if seqs is not None:
+        g.WatchAddAfterSequences(b, seqs)
+    return _finish(b, request_id, g.Operation.Watch, g.WatchEnd(b))
+
+
+def unwatch(request_id, watch_request_id):
+    b = flatbuffers.Builder(64)
+    g.UnwatchStart(b)
+    g.UnwatchAddWatchRequestId(b, watch_request_id)
+    return _finish(b, request_id, g.Operation.Unwatch, g.UnwatchEnd(b))
+
+
+def stats(request_id):
+    b = flatbuffers.Builder(64)
+    g.StatsStart(b)
+    return _finish(b, request_id, g.Operation.Stats, g.StatsEnd(b))
+
+
+# ---- Answers ----------------------------------------------------------------
+
+class Answer:
+    """One decoded Response frame: request_id, status, message and its result table."""
+
+    __slots__ = ("request_id", "status", "message", "result_type", "result", "retry_after_ms")
+
+    def error(self, what=""):
+        message = self.message
+        if what:
+            message = "%s: %s" % (what, message) if message else what
+        return errors.error_for(self.status, message, self.retry_after_ms)
+
+
+def decode(frame):
+    """Decodes one frame (length prefix included) as a Response.
+
+    Raises ProtocolError when the bytes are not a Response: the caller drops
+    the connection, as the stream cannot be trusted any more.
+    """
+    try:
+        response = g.Response.GetRootAs(frame, 4)
+        answer = Answer()
+        answer.request_id = response.RequestId()
+        answer.status = response.Status()
+        message = response.Message()
+        answer.message = message.decode("utf-8", "replace") if message else ""
+        answer.result_type = response.ResultType()
+        answer.result = response.Result() if answer.result_type else None
+        answer.retry_after_ms = response.RetryAfterMs()
+        return answer
+    except (IndexError, struct.error, ValueError, TypeError) as error:
+        raise errors.ProtocolError("the server sent a frame that is not a Response (%s)" % error)
+
+
+def _bytes(tab, field_id):
+    """A [ubyte] field as bytes: one slice of the frame, no per-byte calls."""
+    o = number_types.UOffsetTFlags.py_type(tab.Offset(4 + 2 * field_id))
+    if o == 0:
+        return b""
+    start = tab.Vector(o)
+    return bytes(tab.Bytes[start:start + tab.VectorLen(o)])
+
+
+def _expect(answer, result_type, what):
+    if answer.result_type != result_type or answer.result is None:
+        raise errors.ProtocolError("%s: the answer carries no %s" % (what, _RESULT_NAMES.get(
+            result_type, result_type)))
+    return answer.result
+
+
+_RESULT_NAMES = {v: k for k, v in vars(g.Result).items() if not k.startswith("_")}
+
+
+def _init(cls, tab):
+    obj = cls()
+    obj.Init(tab.Bytes, tab.Pos)
+    return obj
+
+
+def to_value(answer, what="get"):
+    tab = _expect(answer, g.Result.ValueResult, what)
+    r = _init(g.ValueResult, tab)
+    return Value(_bytes(r._tab, 0), r.Version(), r.Timestamp(), r.ExpiryUnixMs())
+
+
+def to_write(answer, what="put"):
+    tab = _expect(answer, g.Result.WriteResult, what)
+    r = _init(g.WriteResult, tab)
+    return WriteResult(r.Version(), r.Timestamp(), r.Sequence(), r.Shard())
+
+
+def to_batch(answer):
+    r = _init(g.BatchResult, _expect(answer, g.Result.BatchResult, "batch"))
+    out = []
+    for i in range(r.ItemsLength()):
+        item = r.Items(i)
+        message = item.Message()
+        out.append(BatchItemResult(item.Status(), message.decode("utf-8", "replace")
+                                   if message else "", item.Version()))
+    return out
+
+
+def to_scan(answer):
+    r = _init(g.ScanResult, _expect(answer, g.Result.ScanResult, "scan"))
+    items = []
+    for i in range(r.ItemsLength()):
+        item = r.Items(i)
+        items.append(ScanItem(_bytes(item._tab, 0), Value(_bytes(item._tab, 1), item.Version(),
+                                                           item.Timestamp(),
+                                                           item.ExpiryUnixMs())))
+    return ScanPage(items, _bytes(r._tab, 1))
+
+
+def to_events(answer):
+    r = _init(g.WatchEvents, _expect(answer, g.Result.WatchEvents, "watch"))
+    out = []
+    for i in range(r.EventsLength()):
+        e = r.Events(i)
+        out.append(Event("delete" if e.Type() == g.EventType.Delete else "put", e.Shard(),
+                         e.Sequence(), _bytes(e._tab, 3), _bytes(e._tab, 4), e.Version(),
+                         e.Timestamp()))
+    return out
+
+
+def to_stats(answer):
+    r = _init(g.StatsResult, _expect(answer, g.Result.StatsResult, "stats"))
+    return Stats(keys=r.Keys(), tombstones=r.Tombstones(), segments=r.Segments(),
+                 log_bytes=r.LogBytes(), dead_bytes=r.DeadBytes(), index_bytes=r.IndexBytes(),
+                 puts=r.Puts(), deletes=r.Deletes(), gets=r.Gets(), fsyncs=r.Fsyncs(),
+                 compactions=r.Compactions(), expired_swept=r.ExpiredSwept(),
+                 connections=r.Connections(), requests=r.Requests(), uptime_ms=r.UptimeMs(),
+                 shard_count=r.ShardCount(),
+                 last_sequences=[r.LastSequences(i) for i in range(r.LastSequencesLength())])
+
+
+def to_hello(answer):
+    r = _init(g.HelloResult, _expect(answer, g.Result.HelloResult, "hello"))
+    members = []
+    for i in range(r.MembersLength()):
+        m = r.Members(i)
+        members.append(Member((m.NodeId() or b"").decode(), (m.Address() or b"").decode()))
+    version = r.ServerVersion()
+    return HelloInfo(protocol_version=r.ProtocolVersion(),
+                     node_id=(r.NodeId() or b"").decode(), shard_count=r.ShardCount(),
+                     max_frame_bytes=r.MaxFrameBytes(), max_key_bytes=r.MaxKeyBytes(),
+                     max_value_bytes=r.MaxValueBytes(), max_batch_items=r.MaxBatchItems(),
+                     members=members, server_version=version.decode() if version else "")
+
+
+def to_none(answer):
+    return None
+
+
+class FrameBuffer:
+    """Splits received bytes into frames without quadratic copying.
+
+    Bytes are appended to one bytearray (amortised growth); complete frames
+    are cut out by offset, and consumed bytes are dropped once per feed. A
+    length of 0 or above max_frame_bytes raises ProtocolError at once, before
+    anything of that size is buffered.
+    """
+
+    def __init__(self, max_frame_bytes=64 << 20):
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data):
+        """Appends data; returns the complete frames (bytes, prefix included)."""
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        offset = 0
+        end = len(buffer)
+        with memoryview(buffer) as view:
+            while end - offset >= 4:
+                (length,) = FRAME_HEADER.unpack_from(buffer, offset)
+                if length == 0 or length > self.max_frame_bytes:
+                    raise errors.ProtocolError(
+                        "the server announced a frame of %d bytes (limit %d): not the logkv "
+                        "protocol" % (length, self.max_frame_bytes))
+                if end - offset < 4 + length:
+                    break
+                frames.append(bytes(view[offset:offset + 4 + length]))
+                offset += 4 + length
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    def pending_bytes(self):
+        return len(self._buffer)

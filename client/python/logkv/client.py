@@ -1,0 +1,437 @@
+"""The synchronous client: a pool of connections per node, each pipelined.
+
+One call takes an idle connection of the node it goes to (or opens one),
+sends its frame and reads until its answer comes (matched by request_id).
+A Pipeline sends many frames at once and reads their answers while it is
+still sending, so neither side's buffers fill up. A Client may be shared by
+threads: each call holds its own connection while it runs.
+"""
+import itertools
+import selectors
+import socket
+import threading
+import time
+
+from . import _codec as codec
+from . import errors
+from ._common import Options, Router, is_transport, transport_error
+from .types import BatchOp
+
+_RECV_BYTES = 256 << 10
+
+
+class Connection:
+    """One TCP connection that said Hello. Not thread-safe: the pool lends it to one caller."""
+
+    def __init__(self, address, options, deadline):
+        self.address = address
+        self._options = options
+        self._ids = itertools.count(1)
+        self._frames = codec.FrameBuffer(options.max_frame_bytes)
+        self._ready = []  # answers read but not yet asked for (a watch's events)
+        self.closed = False
+        timeout = max(0.001, deadline - time.monotonic())
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+        except socket.timeout:
+            raise transport_error("connect to %s:%d timed out" % address, sent=False)
+        except OSError as error:
+            raise transport_error("connect to %s:%d: %s" % (address + (error.strerror or error,)),
+                                  sent=False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if options.ssl is not None:
+            sock = options.ssl.wrap_socket(sock, server_hostname=address[0])
+        sock.setblocking(False)
+        self.sock = sock
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ)
+        try:
+            rid = self.next_id()
+            answer = self.exchange([codec.hello(rid, options.api_key, options.client_name)],
+                                   [rid], deadline)[rid]
+        except errors.LogkvError:
+            self.close()
+            raise
+        if answer.status != 0:
+            self.close()
+            raise answer.error("hello refused by %s:%d" % address)
+        self.hello = codec.to_hello(answer)
+
+    def next_id(self):
+        return next(self._ids)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self._selector.close()
+                self.sock.close()
+            except OSError:
+                pass
+
+    def looks_alive(self):
+        """False when the peer has closed (checked without blocking before reuse)."""
+        if self.closed:
+            return False
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        # Bytes waiting on an idle connection are a late answer; keep it.
+        return bool(data)
+
+    def _fail(self, message, sent):
+        self.close()
+        return transport_error("%s:%d: %s" % (self.address + (message,)), sent)
+
+    def exchange(self, frames, ids, deadline, on_frame=None):
+        """Sends frames and returns {request_id: Answer} for ids.
+
+        Reads while writing, so a long pipeline never deadlocks against the
+        server's backpressure. Answers to other ids are passed to on_frame
+        (or dropped: a late answer of a call that timed out). Raises a
+        transport UnavailableError (the connection is closed), a
+        DeadlineExceededError, or the server's connection-level error
+        (request id 0).
+        """
+        out = memoryview(b"".join(frames)) if len(frames) != 1 else memoryview(frames[0])
+        sent = 0
+        wanted = set(ids)
+        answers = {}
+        sock = self.sock
+        selector = self._selector
+        writing = False
+        while True:
+            if sent < len(out):
+                try:
+                    sent += sock.send(out[sent:])
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as error:
+                    raise self._fail("send: %s" % (error.strerror or error), sent > 0)
+                want_write = sent < len(out)
+                if want_write != writing:
+                    selector.modify(sock, selectors.EVENT_READ | (
+                        selectors.EVENT_WRITE if want_write else 0))
+                    writing = want_write
+            if not wanted:
+                return answers
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()
+                raise errors.DeadlineExceededError(
+                    "no answer from %s:%d within the request timeout" % self.address)
+            events = selector.select(remaining)
+            for _, mask in events:
+                if not mask & selectors.EVENT_READ:
+                    continue
+                try:
+                    data = sock.recv(_RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as error:
+                    raise self._fail("recv: %s" % (error.strerror or error), True)
+                if not data:
+                    raise self._fail("the node closed the connection", sent > 0)
+                try:
+                    frames_in = self._frames.feed(data)
+                except errors.ProtocolError as error:
+                    raise self._fail(error.message, True)
+                for frame in frames_in:
+                    try:
+                        answer = codec.decode(frame)
+                    except errors.ProtocolError as error:
+                        raise self._fail(error.message, True)
+                    if answer.request_id in wanted:
+                        wanted.discard(answer.request_id)
+                        answers[answer.request_id] = answer
+                    elif answer.request_id == 0 and answer.status != 0:
+                        # The server refuses the stream itself and closes it.
+                        self.close()
+                        raise answer.error("%s:%d closed the connection" % self.address)
+                    elif on_frame is not None:
+                        on_frame(answer)
+
+
+    def read_some(self, timeout, on_frame):
+        """Waits up to timeout for bytes and passes each complete answer to on_frame."""
+        if not self._selector.select(timeout):
+            return
+        try:
+            data = self.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            raise self._fail("recv: %s" % (error.strerror or error), True)
+        if not data:
+            raise self._fail("the node closed the connection", True)
+        try:
+            for frame in self._frames.feed(data):
+                on_frame(codec.decode(frame))
+        except errors.ProtocolError as error:
+            raise self._fail(error.message, True)
+
+
+class Pipeline:
+    """Queues calls and sends them together: client.pipeline() as p; p.put(...); p.execute().
+
+    execute() returns one result per call, in order; a failed call's entry is
+    its exception (with raise_on_error=False) or the first failure is raised.
+    Calls go to one connection of the first node (no per-key routing): a
+    pipeline is about round trips, and any node coordinates any key.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._calls = []  # (encode(request_id), convert, what)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._calls = []
+
+    def __len__(self):
+        return len(self._calls)
+
+    def get(self, key, consistency=None):
+        self._calls.append((lambda rid: codec.get(rid, key, consistency), _value_or_none, "get"))
+        return self
+
+    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
+        self._calls.append((lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
+                                                  consistency), codec.to_write, "put"))
+        return self
+
+    def delete(self, key, if_version=None, consistency=None):
+        self._calls.append((lambda rid: codec.delete(rid, key, if_version, consistency),
+                            _write_or_none, "delete"))
+        return self
+
+    def execute(self, raise_on_error=True):
+        calls, self._calls = self._calls, []
+        if not calls:
+            return []
+        client = self._client
+        address = client._router.candidates()[0]
+        conn = client._acquire(address)
+        try:
+            ids = [conn.next_id() for _ in calls]
+            frames = [encode(rid) for (encode, _, _), rid in zip(calls, ids)]
+            deadline = time.monotonic() + client._options.request_timeout * max(
+                1, len(calls) / 1000)
+            answers = conn.exchange(frames, ids, deadline)
+        finally:
+            client._release(conn)
+        results = []
+        for (_, convert, what), rid in zip(calls, ids):
+            try:
+                results.append(_convert(answers[rid], convert, what))
+            except errors.LogkvError as error:
+                if raise_on_error:
+                    raise
+                results.append(error)
+        return results
+
+
+def _value_or_none(answer):
+    return codec.to_value(answer)
+
+
+def _write_or_none(answer):
+    return codec.to_write(answer, "delete")
+
+
+def _convert(answer, convert, what):
+    if answer.status == 1 and convert in (_value_or_none, _write_or_none):
+        return None
+    if answer.status != 0:
+        raise answer.error(what)
+    return convert(answer)
+
+
+class Client:
+    """Synchronous logkv client. Keyword arguments: see logkv.Options.
+
+        with logkv.Client("127.0.0.1:7070") as kv:
+            kv.put(b"k", b"v")
+            print(kv.get(b"k").value)
+    """
+
+    def __init__(self, nodes="127.0.0.1:7070", **kwargs):
+        self._options = nodes if isinstance(nodes, Options) else Options(nodes, **kwargs)
+        self._router = Router(self._options)
+        self._lock = threading.Lock()
+        self._idle = {}  # address -> [Connection]
+        self._closed = False
+        self.hello_info = None
+        # Connect now, as the C++ client does: a wrong address or key fails here.
+        conn = self._acquire(None)
+        self._release(conn)
+
+    # ---- pool ----
+
+    def _acquire(self, address):
+        """An idle connection to address (None: the first seed that answers), or a new one."""
+        if self._closed:
+            raise errors.UnavailableError("the client is closed")
+        addresses = [address] if address is not None else self._router.candidates()
+        failures = []
+        for addr in addresses:
+            with self._lock:
+                idle = self._idle.get(addr)
+                while idle:
+                    conn = idle.pop()
+                    if conn.looks_alive():
+                        return conn
+                    conn.close()
+            deadline = time.monotonic() + self._options.connect_timeout
+            try:
+                conn = Connection(addr, self._options, deadline)
+            except errors.LogkvError as error:
+                if not is_transport(error) and not isinstance(error, errors.DeadlineExceededError):
+                    raise
+                failures.append(str(error))
+                continue
+            self.hello_info = conn.hello
+            self._router.update(conn.hello.members)
+            return conn
+        raise transport_error("no node reachable (%s)" % "; ".join(failures), sent=False)
+
+    def _release(self, conn):
+        if conn.closed:
+            return
+        with self._lock:
+            idle = self._idle.setdefault(conn.address, [])
+            if len(idle) < self._options.pool_size and not self._closed:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- calls ----
+
+    def _call(self, what, encode, convert, key=None, read=False, timeout=None):
+        timeout = self._options.request_timeout if timeout is None else timeout
+        attempts_left = 1 + (self._options.read_retries if read else 0)
+        last = None
+        for address in self._router.candidates(key):
+            try:
+                conn = self._acquire(address)
+            except errors.UnavailableError as error:
+                last = error
+                continue  # not sent: the next node is safe for any operation
+            try:
+                rid = conn.next_id()
+                answer = conn.exchange([encode(rid)], [rid], time.monotonic() + timeout)[rid]
+            except errors.UnavailableError as error:
+                if not is_transport(error):
+                    raise
+                last = error
+                if error.sent:
+                    attempts_left -= 1
+                    if attempts_left <= 0:
+                        raise errors.UnavailableError("%s: %s" % (what, error.message))
+                continue
+            finally:
+                self._release(conn)
+            if address in self._options.nodes:
+                self._router.answered(address)
+            return _convert(answer, convert, what)
+        raise errors.UnavailableError("%s: %s" % (what, last.message if last else "no node"))
+
+    def ping(self, payload=b""):
+        self._call("ping", lambda rid: codec.ping(rid, payload), codec.to_none, read=True)
+
+    def hello(self):
+        """HelloInfo of a node (version, limits, cluster members)."""
+        conn = self._acquire(None)
+        self._release(conn)
+        return conn.hello
+
+    def auth(self, api_key):
+        """Uses api_key from now on: pooled connections are dropped, a new one says Hello
+        with it (raises UnauthenticatedError when the key is refused)."""
+        self._options.api_key = api_key
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            conn.close()
+        return self.hello()
+
+    def get(self, key, consistency=None, timeout=None):
+        """The key's Value, or None when it is absent."""
+        key = codec.as_bytes(key)
+        return self._call("get", lambda rid: codec.get(rid, key, consistency), _value_or_none,
+                          key=key, read=True, timeout=timeout)
+
+    def get_version(self, key, version, timeout=None):
+        """That version's Value if the server keeps it (--versions), else None."""
+        key = codec.as_bytes(key)
+        return self._call("get_version", lambda rid: codec.get_version(rid, key, version),
+                          _value_or_none, key=key, read=True, timeout=timeout)
+
+    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None, timeout=None):
+        """Writes; with if_version a compare-and-set (0 = must be absent), which raises
+        FailedPreconditionError on mismatch. Returns a WriteResult."""
+        key = codec.as_bytes(key)
+        return self._call("put", lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
+                                                       consistency), codec.to_write, key=key,
+                          timeout=timeout)
+
+    def delete(self, key, if_version=None, consistency=None, timeout=None):
+        """Deletes; returns the WriteResult, or None when the key was absent."""
+        key = codec.as_bytes(key)
+        return self._call("delete", lambda rid: codec.delete(rid, key, if_version, consistency),
+                          _write_or_none, key=key, timeout=timeout)
+
+    def batch(self, operations, consistency=None, timeout=None):
+        """Applies BatchOp items in order (not atomic); one BatchItemResult each."""
+        operations = [op if isinstance(op, BatchOp) else BatchOp(*op) for op in operations]
+        return self._call("batch", lambda rid: codec.batch(rid, operations, consistency),
+                          codec.to_batch, timeout=timeout)
+
+    def scan_page(self, prefix=b"", start_key=b"", end_key=b"", after_key=b"", limit=0,
+                  keys_only=False, timeout=None):
+        """One page of keys in order; page.next_cursor continues it (b"" at the end)."""
+        return self._call("scan", lambda rid: codec.scan(rid, prefix, start_key, end_key,
+                                                         after_key, limit, keys_only),
+                          codec.to_scan, read=True, timeout=timeout)
+
+    def scan(self, prefix=b"", start_key=b"", end_key=b"", limit=0, keys_only=False):
+        """Iterates over pages (ScanPage) until the range is exhausted."""
+        after = b""
+        while True:
+            page = self.scan_page(prefix, start_key, end_key, after, limit, keys_only)
+            if page.items or not page.next_cursor:
+                yield page
+            if not page.next_cursor:
+                return
+            after = page.next_cursor
+
+    def stats(self, timeout=None):
+        return self._call("stats", codec.stats, codec.to_stats, read=True, timeout=timeout)
+
+    def pipeline(self):
+        return Pipeline(self)
+
+    def watch(self, prefix=b"", after_sequences=None):
+        """A Watch: iterate it for Events; it resumes after a reconnect."""
+        from .watch import Watch
+        return Watch(self, prefix, after_sequences)
