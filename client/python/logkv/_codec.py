@@ -251,6 +251,25 @@ def decode(frame):
         raise errors.ProtocolError("the server sent a frame that is not a Response (%s)" % error)
 
 
+def stray(answer, last_id, address):
+    """The error an answer to no request of the connection means, or None.
+
+    Request id 0 with an error is the server refusing the stream (it closes
+    it); id 0 with Ok, or an id never sent, is not the protocol (Python's
+    FlatBuffers has no verifier; this catches most garbage that decodes).
+    Answers to ids that were sent but are no longer awaited (timed out) are
+    None: dropped.
+    """
+    if answer.request_id == 0:
+        if answer.status != 0:
+            return answer.error("%s:%d closed the connection" % address)
+        return errors.ProtocolError("%s:%d sent an answer without request id" % address)
+    if answer.request_id > last_id:
+        return errors.ProtocolError("%s:%d answered request %d, never sent" % (
+            address + (answer.request_id,)))
+    return None
+
+
 def _bytes(tab, field_id):
     """A [ubyte] field as bytes: one slice of the frame, no per-byte calls."""
     o = number_types.UOffsetTFlags.py_type(tab.Offset(4 + 2 * field_id))

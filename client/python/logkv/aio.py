@@ -40,6 +40,7 @@ class AsyncConnection:
         self.address = address
         self._options = options
         self._ids = itertools.count(1)
+        self.last_id = 0
         self._frames = codec.FrameBuffer(options.max_frame_bytes)
         self._pending = {}  # request_id -> (future, deadline)
         self._streams = {}  # request_id -> callback(answer) for watches
@@ -86,7 +87,7 @@ class AsyncConnection:
         """A future of the Answer to encode(request_id)."""
         if self.closed:
             raise transport_error("%s:%d: not connected" % self.address, sent=False)
-        rid = next(self._ids)
+        rid = self.last_id = next(self._ids)
         frame = encode(rid)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -100,7 +101,7 @@ class AsyncConnection:
 
     def stream(self, encode, on_answer):
         """Sends a streaming request (watch); on_answer gets every frame of it."""
-        rid = next(self._ids)
+        rid = self.last_id = next(self._ids)
         self._streams[rid] = on_answer
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -108,7 +109,7 @@ class AsyncConnection:
         return rid
 
     def send_only(self, encode):
-        rid = next(self._ids)
+        rid = self.last_id = next(self._ids)
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(encode(rid))
@@ -153,8 +154,12 @@ class AsyncConnection:
                     if answer.status != 0 or answer.result_type == 0:
                         del self._streams[answer.request_id]
                     stream(answer)
-                elif answer.request_id == 0 and answer.status != 0:
-                    self._fail_all(answer.error("%s:%d closed the connection" % self.address))
+                    continue
+                error = codec.stray(answer, self.last_id, self.address)
+                if isinstance(error, errors.ProtocolError):
+                    raise error
+                if error is not None:
+                    self._fail_all(error)
                     return
         except errors.ProtocolError as error:
             self._fail_all(transport_error("%s:%d: %s" % (self.address + (error.message,)),

@@ -27,6 +27,7 @@ class Connection:
         self.address = address
         self._options = options
         self._ids = itertools.count(1)
+        self.last_id = 0
         self._frames = codec.FrameBuffer(options.max_frame_bytes)
         self._ready = []  # answers read but not yet asked for (a watch's events)
         self.closed = False
@@ -58,7 +59,8 @@ class Connection:
         self.hello = codec.to_hello(answer)
 
     def next_id(self):
-        return next(self._ids)
+        self.last_id = next(self._ids)
+        return self.last_id
 
     def close(self):
         if not self.closed:
@@ -147,11 +149,14 @@ class Connection:
                     if answer.request_id in wanted:
                         wanted.discard(answer.request_id)
                         answers[answer.request_id] = answer
-                    elif answer.request_id == 0 and answer.status != 0:
-                        # The server refuses the stream itself and closes it.
+                        continue
+                    error = codec.stray(answer, self.last_id, self.address)
+                    if error is not None:
                         self.close()
-                        raise answer.error("%s:%d closed the connection" % self.address)
-                    elif on_frame is not None:
+                        if isinstance(error, errors.ProtocolError):
+                            error = self._fail(error.message, True)
+                        raise error
+                    if on_frame is not None:
                         on_frame(answer)
 
 

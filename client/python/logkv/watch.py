@@ -43,9 +43,12 @@ class Watch:
                             raise answer.error("watch")
                         self.positions = codec.to_stats(answer).last_sequences
                     rid = conn.next_id()
+                    # Catch-up events may come in the same read as the first answer.
+                    self._rid = rid
                     answer = conn.exchange([codec.watch(rid, self.prefix, self.positions)],
                                            [rid], time.monotonic() +
-                                           client._options.request_timeout)[rid]
+                                           client._options.request_timeout,
+                                           on_frame=self._on_frame)[rid]
                 except errors.LogkvError as error:
                     if not is_transport(error):
                         raise
@@ -54,7 +57,7 @@ class Watch:
                 if answer.status != 0:
                     conn.close()
                     raise answer.error("watch")
-                self._conn, self._rid = conn, rid
+                self._conn = conn
                 self._deliver(codec.to_events(answer))
                 return
             if time.monotonic() >= deadline:

@@ -54,13 +54,16 @@ class Server:
         ready = threading.Event()
 
         def pump(process=self.process, output=self.output):
-            for line in process.stdout:
-                output.append(line)
-                m = _LISTEN.search(line)
-                if m and m.group(3) not in found:
-                    found[m.group(3)] = int(m.group(2))
-                    if len(found) == 2:
-                        ready.set()
+            try:
+                for line in process.stdout:
+                    output.append(line)
+                    m = _LISTEN.search(line)
+                    if m and m.group(3) not in found:
+                        found[m.group(3)] = int(m.group(2))
+                        if len(found) == 2:
+                            ready.set()
+            except (ValueError, OSError):
+                pass  # closed by stop()
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -80,6 +83,7 @@ class Server:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+        process.stdout.close()
         _LIVE.discard(self)
 
     def restart(self, timeout=30.0):
@@ -109,6 +113,18 @@ class Server:
                                                   **(headers or {})})
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read() or b"null")
+
+    def protocol_requests(self, operation):
+        """logkv_protocol_requests_total of an operation (all statuses), from /metrics."""
+        url = "http://127.0.0.1:%d/metrics?format=prometheus" % self.http_port
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        total = 0
+        pattern = re.compile(r'^logkv_protocol_requests_total\{([^}]*)\} (\S+)$', re.M)
+        for labels, value in pattern.findall(text):
+            if 'operation="%s"' % operation in labels:
+                total += float(value)
+        return int(total)
 
     def api_key(self, email="client@example.com", username="clienttest",
                 password="client-test-pass-1"):
@@ -143,8 +159,8 @@ class Cluster:
             ok = 0
             for node in self.nodes:
                 try:
-                    alive = [m for m in node.http("GET", "/nodes").get("nodes", [])
-                             if m.get("state", "alive") == "alive"]
+                    alive = [m for m in node.http("GET", "/nodes")
+                             if m.get("state") == "alive"]
                     ok += len(alive) >= size
                 except OSError:
                     pass

@@ -1,0 +1,135 @@
+"""The asyncio AsyncClient against a real logkvd."""
+import asyncio
+import time
+import unittest
+
+import harness
+import logkv
+
+
+class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = harness.Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.close()
+
+    async def asyncSetUp(self):
+        # unittest runs the loop in debug mode; 10,000 calls in one gather are not "slow".
+        asyncio.get_running_loop().slow_callback_duration = 60
+        self.kv = await logkv.AsyncClient(self.server.address, request_timeout=30).connect()
+
+    async def asyncTearDown(self):
+        await self.kv.close()
+
+    async def test_operations(self):
+        kv = self.kv
+        written = await kv.put(b"a/1", b"one", ttl_ms=3_600_000)
+        value = await kv.get(b"a/1")
+        self.assertEqual((value.value, value.version), (b"one", written.version))
+        self.assertGreater(value.expiry_unix_ms, 0)
+        self.assertIsNone(await kv.get(b"a/absent"))
+        with self.assertRaises(logkv.FailedPreconditionError):
+            await kv.put(b"a/1", b"two", if_version=written.version + 5)
+        second = await kv.put(b"a/1", b"two", if_version=written.version)
+        self.assertEqual((await kv.get_version(b"a/1", written.version)).value, b"one")
+        self.assertIsNotNone(await kv.delete(b"a/1", if_version=second.version))
+        self.assertIsNone(await kv.delete(b"a/1"))
+        results = await kv.batch([(b"a/b1", b"x"), (b"a/b2", None)])
+        self.assertEqual([r.status for r in results], [0, 1])
+        stats = await kv.stats()
+        self.assertEqual(len(stats.last_sequences), stats.shard_count)
+        self.assertEqual((await kv.hello()).protocol_version, 1)
+        await kv.ping()
+        with self.assertRaises(logkv.InvalidArgumentError):
+            await kv.put(b"", b"v")
+
+    async def test_scan_async_iterator(self):
+        await asyncio.gather(*(self.kv.put(b"as/%02d" % i, b"v") for i in range(23)))
+        sizes, keys = [], []
+        async for page in self.kv.scan(prefix=b"as/", limit=10):
+            sizes.append(len(page.items))
+            keys += [item.key for item in page.items]
+        self.assertEqual(sizes, [10, 10, 3])
+        self.assertEqual(keys, [b"as/%02d" % i for i in range(23)])
+
+    async def test_10000_pipelined(self):
+        kv = self.kv
+        writes = await asyncio.gather(*(kv.put(b"ap/%05d" % i, b"v%d" % i)
+                                        for i in range(10_000)))
+        self.assertEqual(len({(w.shard, w.sequence) for w in writes}), 10_000)
+        values = await asyncio.gather(*(kv.get(b"ap/%05d" % i) for i in range(10_000)))
+        self.assertEqual([v.value for v in values], [b"v%d" % i for i in range(10_000)])
+
+    async def test_large_value(self):
+        value = bytes(range(256)) * 4096
+        await self.kv.put(b"a/large", value)
+        self.assertEqual((await self.kv.get(b"a/large")).value, value)
+
+    async def test_watch(self):
+        watch = self.kv.watch(b"aw/")
+        await watch.start()
+        await self.kv.put(b"aw/x", b"1")
+        await self.kv.delete(b"aw/x")
+        events = await take(watch, 2)
+        self.assertEqual([(e.type, e.key) for e in events], [("put", b"aw/x"),
+                                                            ("delete", b"aw/x")])
+        await watch.close()
+
+
+async def take(watch, count, timeout=30.0):
+    events = []
+
+    async def run():
+        async for event in watch:
+            events.append(event)
+            if len(events) == count:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return events
+
+
+class AsyncRestartTest(unittest.IsolatedAsyncioTestCase):
+    async def test_reconnect_and_watch_resume(self):
+        server = harness.Server()
+        try:
+            kv = await logkv.AsyncClient(server.address, connect_timeout=1).connect()
+            watch = await kv.watch(b"ar/").start()
+            iterator = watch.__aiter__()
+            await kv.put(b"ar/1", b"before")
+            first = await asyncio.wait_for(iterator.__anext__(), 30)
+            self.assertEqual(first.key, b"ar/1")
+            await asyncio.get_running_loop().run_in_executor(None, server.restart)
+            self.assertEqual((await kv.get(b"ar/1")).value, b"before")
+            await kv.put(b"ar/2", b"after")
+            second = await asyncio.wait_for(iterator.__anext__(), 30)
+            self.assertEqual((second.key, second.value), (b"ar/2", b"after"))
+            self.assertEqual(watch.reconnects, 1)
+            await watch.close()
+            await kv.close()
+        finally:
+            server.close()
+
+    async def test_timeout_on_a_silent_server(self):
+        hello_then_silence = harness.FakeServer(fake_hello_then_silence)
+        try:
+            kv = await logkv.AsyncClient(hello_then_silence.address,
+                                         request_timeout=0.3).connect()
+            with self.assertRaises(logkv.DeadlineExceededError):
+                await kv.get(b"k")
+            await kv.close()
+        finally:
+            hello_then_silence.close()
+
+
+def fake_hello_then_silence(sock):
+    import fakes
+    fakes.answer_hello(sock)
+    time.sleep(3)
+
+
+if __name__ == "__main__":
+    unittest.main()
