@@ -1,0 +1,78 @@
+// A 3-node cluster: keys go to their owners (the servers' placement), and
+// calls fail over to the other nodes when one is down.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { Client, Ring } from '../src/index.js';
+import { Cluster } from './harness.js';
+
+let cluster: Cluster;
+
+before(async () => {
+  cluster = await Cluster.start(3);
+});
+
+after(async () => {
+  await cluster?.close();
+});
+
+async function counts(operation: string) {
+  const out: Record<string, number> = {};
+  for (const node of cluster.nodes) out[node.nodeId!] = await node.protocolRequests(operation);
+  return out;
+}
+
+test('hello lists the members', async () => {
+  const kv = await Client.connect({ nodes: [cluster.nodes[0].address] });
+  const members = (await kv.hello()).members;
+  assert.deepEqual(members.map((m) => m.nodeId).sort(), ['n0', 'n1', 'n2']);
+  assert.deepEqual(new Set(members.map((m) => m.address)),
+                   new Set(cluster.nodes.map((n) => n.address)));
+  await kv.close();
+});
+
+test('keys go to their first owner', async () => {
+  const ring = new Ring(['n0', 'n1', 'n2']);
+  const keys = Array.from({ length: 60 }, (_, i) => `route/${i}`);
+  const expected: Record<string, number> = { n0: 0, n1: 0, n2: 0 };
+  for (const key of keys) expected[ring.preferenceList(Buffer.from(key), 1)[0]]++;
+  assert.ok(Object.values(expected).every((n) => n > 0));
+  let before = await counts('Put');
+  const kv = await Client.connect({ nodes: [cluster.nodes[0].address] });
+  await Promise.all(keys.map((k) => kv.put(k, 'v')));
+  let now = await counts('Put');
+  assert.deepEqual(Object.fromEntries(Object.keys(now).map((k) => [k, now[k] - before[k]])), expected);
+  before = await counts('Get');
+  const values = await Promise.all(keys.map((k) => kv.get(k)));
+  assert.ok(values.every((v) => v?.value.toString() === 'v'));
+  now = await counts('Get');
+  assert.deepEqual(Object.fromEntries(Object.keys(now).map((k) => [k, now[k] - before[k]])), expected);
+  await kv.close();
+  // Without routing everything goes to the node the client knows.
+  before = await counts('Put');
+  const plain = await Client.connect({ nodes: [cluster.nodes[1].address], routeToOwners: false });
+  await Promise.all(keys.map((k) => plain.put(k, 'w')));
+  now = await counts('Put');
+  assert.deepEqual(Object.fromEntries(Object.keys(now).map((k) => [k, now[k] - before[k]])),
+                   { n0: 0, n1: keys.length, n2: 0 });
+  await plain.close();
+});
+
+test('a dead node is skipped', async () => {
+  const own = await Cluster.start(3);
+  try {
+    const ring = new Ring(['n0', 'n1', 'n2']);
+    const keys = Array.from({ length: 40 }, (_, i) => `fo/${i}`);
+    const kv = await Client.connect({ nodes: own.nodes.map((n) => n.address),
+                                      connectTimeoutMs: 1000 });
+    await Promise.all(keys.map((k) => kv.put(k, 'v1')));
+    await own.nodes[1].stop('SIGKILL');
+    assert.ok(keys.some((k) => ring.preferenceList(Buffer.from(k), 1)[0] === 'n1'));
+    for (const key of keys) await kv.put(key, 'v2');
+    const values = await Promise.all(keys.map((k) => kv.get(k)));
+    assert.ok(values.every((v) => v?.value.toString() === 'v2'));
+    await kv.close();
+  } finally {
+    await own.close();
+  }
+});
