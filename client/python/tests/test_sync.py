@@ -156,6 +156,24 @@ def collect(watch, count, timeout=30.0):
     return events
 
 
+class ExamplesTest(unittest.TestCase):
+    def test_examples_run(self):
+        import os
+        import subprocess
+        import sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        server = harness.Server()
+        try:
+            for name in ("quickstart.py", "async_quickstart.py"):
+                done = subprocess.run([sys.executable, os.path.join(here, "..", "examples", name),
+                                       server.address], capture_output=True, text=True,
+                                      timeout=120)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertIn("event delete", done.stdout)
+        finally:
+            server.close()
+
+
 class RestartTest(unittest.TestCase):
     """A server restarted on the same port and data: calls and watches go on."""
 

@@ -175,6 +175,17 @@ test('reconnect and watch resume after a restart', async () => {
   }
 });
 
+test('the example runs', async () => {
+  const { execFile } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const example = fileURLToPath(new URL('../examples/quickstart.js', import.meta.url));
+  const stdout = await new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, [example, server.address], { timeout: 60000 },
+             (error, out, err) => (error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out)));
+  });
+  assert.match(stdout, /event delete items\/7/);
+});
+
 test('connect refused', async () => {
   const own = await Server.start();
   const address = own.address;
