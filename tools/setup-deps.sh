@@ -25,6 +25,9 @@ packages=(
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk nginx-light
   # HTTP client for the REST tests
   libcurl4-openssl-dev
+  # the Python and TypeScript clients (client/python, client/typescript), their
+  # tests and benchmarks: placement hash, Redis client to compare with, Node.js
+  python3-xxhash python3-redis python3-venv python3-wheel nodejs
 )
 
 missing=()
@@ -33,6 +36,11 @@ for package in "${packages[@]}"; do
     missing+=("$package")
   fi
 done
+# npm: Debian's package, unless the installed Node.js brings its own (a
+# Node.js build that bundles npm conflicts with Debian's npm package).
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
