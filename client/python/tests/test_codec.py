@@ -7,6 +7,7 @@ import unittest
 import flatbuffers
 
 import logkv
+import logkv.logkv_generated
 from logkv import _codec as codec
 from logkv import errors
 from logkv.logkv_generated import (Response, ResponseAddRequestId, ResponseAddResult,
@@ -77,6 +78,32 @@ class FrameBufferTest(unittest.TestCase):
     def test_missing_result_is_a_protocol_error(self):
         with self.assertRaises(errors.ProtocolError):
             codec.to_value(codec.decode(status_answer(4, 0)))
+
+
+class TemplateTest(unittest.TestCase):
+    """The re-filled request frames are byte for byte what the builder makes."""
+
+    def test_same_bytes_as_the_builder(self):
+        for key_length in (1, 2, 3, 4, 5, 8, 13, 100, 4000):
+            for value_length in (0, 1, 7, 100, 96):
+                key = os.urandom(key_length)
+                value = os.urandom(value_length)
+                for request_id in (1, 77, 1 << 40):
+                    self.assertEqual(bytes(codec.put(request_id, key, value)),
+                                     bytes(codec._put(request_id, key, value)))
+                    self.assertEqual(bytes(codec.get(request_id, key)),
+                                     bytes(codec._get(request_id, key)))
+                    self.assertEqual(bytes(codec.delete(request_id, key)),
+                                     bytes(codec._delete(request_id, key)))
+
+    def test_other_shapes_use_the_builder(self):
+        frame = codec.put(5, b"k", b"v", ttl_ms=10, if_version=0, consistency="strong")
+        request = logkv.logkv_generated.Request.GetRootAs(frame, 4)
+        put = logkv.logkv_generated.Put()
+        union = request.Operation()
+        put.Init(union.Bytes, union.Pos)
+        self.assertEqual((request.RequestId(), put.TtlMs(), put.HasIfVersion(), put.IfVersion(),
+                          put.Consistency()), (5, 10, True, 0, 2))
 
 
 class ErrorTest(unittest.TestCase):
