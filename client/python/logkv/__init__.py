@@ -26,7 +26,7 @@ from .types import (BatchItemResult, BatchOp, Event, HelloInfo, Member, ScanItem
                     Stats, Value, WriteResult)
 from ._common import Options
 from .client import Client, Pipeline
-from .aio import AsyncClient, AsyncWatch
+from .aio import AsyncClient, AsyncPipeline, AsyncWatch
 from .watch import Watch
 
 __version__ = "0.1.0"

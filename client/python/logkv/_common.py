@@ -85,6 +85,10 @@ class Router:
             self._address_of = {m.node_id: parse_node(m.address) for m in members if m.address}
             self._members_key = key
 
+    @property
+    def routing(self):
+        return self._ring is not None
+
     def candidates(self, key=None):
         nodes = self._options.nodes
         seeds = nodes[self.preferred:] + nodes[:self.preferred]

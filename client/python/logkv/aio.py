@@ -272,8 +272,31 @@ class AsyncClient:
                 return conn
         raise transport_error("no node reachable (%s)" % "; ".join(failures), sent=False)
 
+    def _ready(self, address):
+        """An open pooled connection to address when the pool is full (no await)."""
+        pool = self._pools.get(address)
+        if not pool or len(pool) < self._options.pool_size:
+            return None
+        conn = pool[0] if len(pool) == 1 else pool[next(self._next) % len(pool)]
+        return None if conn.closed else conn
+
     async def _call(self, what, encode, convert, key=None, read=False, timeout=None):
         timeout = self._options.request_timeout if timeout is None else timeout
+        if key is None or not self._router.routing:
+            # The common case: one node (or no ring yet), its connections open.
+            conn = self._ready(self._options.nodes[self._router.preferred])
+            if conn is not None:
+                try:
+                    return _convert(await conn.call(encode, timeout), convert, what)
+                except errors.UnavailableError as error:
+                    if not is_transport(error):
+                        raise
+                    if error.sent and not read:
+                        # A write that may have reached the node is not sent again.
+                        raise errors.UnavailableError("%s: %s" % (what, error.message))
+        return await self._call_slow(what, encode, convert, key, read, timeout)
+
+    async def _call_slow(self, what, encode, convert, key, read, timeout):
         attempts_left = 1 + (self._options.read_retries if read else 0)
         last = None
         for address in self._router.candidates(key):
@@ -361,9 +384,67 @@ class AsyncClient:
         return await self._call("stats", codec.stats, codec.to_stats, read=True,
                                 timeout=timeout)
 
+    def pipeline(self):
+        """An AsyncPipeline: queue calls, then `await p.execute()` sends them together."""
+        return AsyncPipeline(self)
+
     def watch(self, prefix=b"", after_sequences=None):
         """An AsyncWatch: `async for event in kv.watch(b"p/")`; resumes after reconnects."""
         return AsyncWatch(self, prefix, after_sequences)
+
+
+class AsyncPipeline:
+    """Queued calls sent in one write on one connection, their answers awaited together.
+
+    The same as gathering the calls, without a task per call. Results come in
+    order; a failed call's entry is its exception (raise_on_error=False) or
+    the first failure is raised. No per-key routing, as for the sync Pipeline.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._calls = []
+
+    def __len__(self):
+        return len(self._calls)
+
+    def get(self, key, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append((lambda rid: codec.get(rid, key, consistency), _value_or_none, "get"))
+        return self
+
+    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append((lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
+                                                  consistency), codec.to_write, "put"))
+        return self
+
+    def delete(self, key, if_version=None, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append((lambda rid: codec.delete(rid, key, if_version, consistency),
+                            _write_or_none, "delete"))
+        return self
+
+    async def execute(self, raise_on_error=True):
+        calls, self._calls = self._calls, []
+        if not calls:
+            return []
+        client = self._client
+        conn = await client._connection(client._router.candidates()[0])
+        timeout = client._options.request_timeout * max(1, len(calls) / 1000)
+        futures = [conn.call(encode, timeout) for encode, _, _ in calls]
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        results = []
+        for (_, convert, what), answer in zip(calls, answers):
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                results.append(_convert(answer, convert, what))
+            except errors.LogkvError as error:
+                if raise_on_error:
+                    raise
+                results.append(error)
+        return results
 
 
 class AsyncWatch:

@@ -63,6 +63,22 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         values = await asyncio.gather(*(kv.get(b"ap/%05d" % i) for i in range(10_000)))
         self.assertEqual([v.value for v in values], [b"v%d" % i for i in range(10_000)])
 
+    async def test_pipeline(self):
+        p = self.kv.pipeline()
+        for i in range(10_000):
+            p.put(b"apl/%05d" % i, b"v%d" % i)
+        self.assertEqual(len(await p.execute()), 10_000)
+        for i in range(10_000):
+            p.get(b"apl/%05d" % i)
+        p.get(b"apl/absent")
+        values = await p.execute()
+        self.assertEqual([v.value for v in values[:-1]], [b"v%d" % i for i in range(10_000)])
+        self.assertIsNone(values[-1])
+        p.put(b"", b"bad").delete(b"apl/00001")
+        mixed = await p.execute(raise_on_error=False)
+        self.assertIsInstance(mixed[0], logkv.InvalidArgumentError)
+        self.assertIsInstance(mixed[1], logkv.WriteResult)
+
     async def test_large_value(self):
         value = bytes(range(256)) * 4096
         await self.kv.put(b"a/large", value)

@@ -106,6 +106,63 @@ class TemplateTest(unittest.TestCase):
                           put.Consistency()), (5, 10, True, 0, 2))
 
 
+class FastReadTest(unittest.TestCase):
+    """The direct reads of Response, ValueResult and WriteResult agree with the
+    generated accessors, whichever fields are present."""
+
+    def test_value_results(self):
+        from logkv import logkv_generated as g
+        for value in (b"", b"x", os.urandom(1000)):
+            for version, timestamp, expiry in ((0, 0, 0), (1, 2, 3), (1 << 63, 1 << 60, -1)):
+                for request_id, status in ((0, 0), (5, 0), (1 << 50, 1)):
+                    b = flatbuffers.Builder(64)
+                    v = b.CreateByteVector(value) if value else None
+                    g.ValueResultStart(b)
+                    if v is not None:
+                        g.ValueResultAddValue(b, v)
+                    g.ValueResultAddVersion(b, version)
+                    g.ValueResultAddTimestamp(b, timestamp)
+                    g.ValueResultAddExpiryUnixMs(b, expiry)
+                    result = g.ValueResultEnd(b)
+                    g.ResponseStart(b)
+                    g.ResponseAddRequestId(b, request_id)
+                    g.ResponseAddStatus(b, status)
+                    g.ResponseAddResultType(b, g.Result.ValueResult)
+                    g.ResponseAddResult(b, result)
+                    b.FinishSizePrefixed(g.ResponseEnd(b))
+                    frame = bytes(b.Output())
+                    answer = codec.decode(frame)
+                    response = g.Response.GetRootAs(frame, 4)
+                    self.assertEqual((answer.request_id, answer.status),
+                                     (response.RequestId(), response.Status()))
+                    r = g.ValueResult()
+                    r.Init(response.Result().Bytes, response.Result().Pos)
+                    self.assertEqual(codec.to_value(answer),
+                                     (codec._bytes(r._tab, 0), r.Version(), r.Timestamp(),
+                                      r.ExpiryUnixMs()))
+
+    def test_write_results(self):
+        from logkv import logkv_generated as g
+        for fields in ((0, 0, 0, 0), (1, 2, 3, 4), (1 << 63, 1, 1 << 40, 7)):
+            b = flatbuffers.Builder(64)
+            g.WriteResultStart(b)
+            g.WriteResultAddVersion(b, fields[0])
+            g.WriteResultAddTimestamp(b, fields[1])
+            g.WriteResultAddSequence(b, fields[2])
+            g.WriteResultAddShard(b, fields[3])
+            result = g.WriteResultEnd(b)
+            g.ResponseStart(b)
+            g.ResponseAddRequestId(b, 9)
+            g.ResponseAddResultType(b, g.Result.WriteResult)
+            g.ResponseAddResult(b, result)
+            b.FinishSizePrefixed(g.ResponseEnd(b))
+            self.assertEqual(tuple(codec.to_write(codec.decode(bytes(b.Output())))), fields)
+
+    def test_wrong_result_type(self):
+        with self.assertRaises(errors.ProtocolError):
+            codec.to_write(codec.decode(value_answer(1, b"v")))
+
+
 class ErrorTest(unittest.TestCase):
     def test_every_code_has_a_type(self):
         names = {1: logkv.NotFoundError, 2: logkv.InvalidArgumentError,

@@ -299,6 +299,10 @@ class Router {
 
   constructor(private readonly options: Resolved) {}
 
+  get routing(): boolean {
+    return this.ring !== null;
+  }
+
   update(members: Member[]): void {
     if (!this.options.routeToOwners || members.length < 2) return;
     const key = members.map((m) => `${m.nodeId}=${m.address}`).sort().join(',');
@@ -425,9 +429,48 @@ export class Client {
     throw transportError(`no node reachable (${failures.join('; ')})`, false);
   }
 
-  private async call<T>(what: string, encode: (conn: Connection, id: number) => Buffer,
-                        convert: Convert<T>, o: { key?: Uint8Array; read?: boolean;
-                                                  timeoutMs?: number } = {}): Promise<T> {
+  /** A pooled open connection to address, when the pool is full (no await needed). */
+  private ready(address: string): Connection | undefined {
+    const pool = this.pools.get(address);
+    if (pool === undefined || pool.length < this.options.poolSize) return undefined;
+    const conn = pool.length === 1 ? pool[0] : pool[this.turn++ % pool.length];
+    return conn.closed ? undefined : conn;
+  }
+
+  private finish<T>(what: string, answer: Answer, convert: Convert<T>): T {
+    if (answer.status !== 0 && !(answer.status === 1 && (convert === valueOrNull as unknown ||
+                                                          convert === writeOrNull as unknown))) {
+      throw answer.error(what);
+    }
+    return convert(answer);
+  }
+
+  private call<T>(what: string, encode: (conn: Connection, id: number) => Buffer,
+                  convert: Convert<T>, o: { key?: Uint8Array; read?: boolean;
+                                            timeoutMs?: number } = {}): Promise<T> {
+    // The common case, kept free of awaits and arrays: one node (or no ring
+    // yet), its connections open.
+    if (o.key === undefined || !this.router.routing) {
+      const address = this.options.nodes[this.router.preferred];
+      const conn = this.ready(address);
+      if (conn !== undefined) {
+        const timeout = o.timeoutMs ?? this.options.requestTimeoutMs;
+        return conn.call((id) => encode(conn, id), timeout).then(
+          (answer) => this.finish(what, answer, convert),
+          (error) => {
+            if (!isTransport(error)) throw error;
+            // A write that may have reached the node is not sent again.
+            if (error.sent && !o.read) throw new UnavailableError(`${what}: ${error.message}`);
+            return this.callSlow(what, encode, convert, o);
+          });
+      }
+    }
+    return this.callSlow(what, encode, convert, o);
+  }
+
+  private async callSlow<T>(what: string, encode: (conn: Connection, id: number) => Buffer,
+                            convert: Convert<T>, o: { key?: Uint8Array; read?: boolean;
+                                                      timeoutMs?: number } = {}): Promise<T> {
     const timeout = o.timeoutMs ?? this.options.requestTimeoutMs;
     let attemptsLeft = 1 + (o.read ? this.options.readRetries : 0);
     let last: UnavailableError | null = null;
@@ -445,11 +488,7 @@ export class Client {
         continue;
       }
       this.router.answered(address);
-      if (answer.status !== 0 && !(answer.status === 1 && (convert === valueOrNull as unknown ||
-                                                            convert === writeOrNull as unknown))) {
-        throw answer.error(what);
-      }
-      return convert(answer);
+      return this.finish(what, answer, convert);
     }
     throw new UnavailableError(`${what}: ${last?.message ?? 'no node'}`);
   }
