@@ -255,7 +255,7 @@ class AsyncClient:
             lock = self._opening.setdefault(addr, asyncio.Lock())
             async with lock:
                 pool[:] = [c for c in pool if not c.closed]
-                if len(pool) >= self._options.pool_size or (pool and lock._waiters):
+                if len(pool) >= self._options.pool_size:
                     return pool[next(self._next) % len(pool)]
                 try:
                     conn = await AsyncConnection.open(addr, self._options)
@@ -455,6 +455,7 @@ class AsyncWatch:
         self.prefix = codec.as_bytes(prefix)
         self.positions = list(after_sequences) if after_sequences else None
         self.reconnects = 0
+        self.address = None  # the node the watch follows
         self._queue = asyncio.Queue()
         self._conn = None
         self._rid = 0
@@ -467,7 +468,9 @@ class AsyncWatch:
         deadline = time.monotonic() + options.watch_reconnect_timeout
         last = None
         while True:
-            for address in client._router.candidates():
+            # Sequences are a node's own: a watch resumes on the node it started on.
+            addresses = [self.address] if self.address else client._router.candidates()
+            for address in addresses:
                 try:
                     # A connection of its own, so a watch never shares the fate of calls.
                     conn = await AsyncConnection.open(address, options)
@@ -504,6 +507,7 @@ class AsyncWatch:
                     conn.close()
                     raise answer.error("watch")
                 self._conn = conn
+                self.address = address
                 self._queue.put_nowait(answer)
                 return
             if time.monotonic() >= deadline:

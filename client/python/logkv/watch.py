@@ -1,9 +1,9 @@
 """The synchronous watch: a change feed that survives reconnects.
 
 A watch has a connection of its own. It remembers the last sequence it
-delivered per shard and, when the connection breaks, connects again (to any
-node of the client, within watch_reconnect_timeout) and asks to resume after
-those sequences, so no event is lost or repeated. Started "from now", it
+delivered per shard and, when the connection breaks, connects again to the
+same node (sequences are a node's own), within watch_reconnect_timeout, and
+asks to resume after those sequences, so no event is lost or repeated. Started "from now", it
 first reads the shards' last sequences (Stats) so that it can resume even
 before its first event.
 """
@@ -20,6 +20,7 @@ class Watch:
         self.prefix = codec.as_bytes(prefix)
         self.positions = list(after_sequences) if after_sequences else None
         self.reconnects = 0
+        self.address = None  # the node the watch follows
         self._conn = None
         self._rid = 0
         self._queue = []
@@ -30,7 +31,9 @@ class Watch:
         client = self._client
         last = None
         while True:
-            for address in client._router.candidates():
+            # Sequences are a node's own: a watch resumes on the node it started on.
+            addresses = [self.address] if self.address else client._router.candidates()
+            for address in addresses:
                 try:
                     conn = client._acquire(address)
                     if self.positions is None:
@@ -58,6 +61,7 @@ class Watch:
                     conn.close()
                     raise answer.error("watch")
                 self._conn = conn
+                self.address = address
                 self._deliver(codec.to_events(answer))
                 return
             if time.monotonic() >= deadline:

@@ -580,14 +580,16 @@ export class Client {
 
 /**
  * A change feed that survives reconnects: it remembers the last sequence
- * delivered per shard and, when its connection breaks, connects again
- * (within watchReconnectTimeoutMs) and resumes after them, so no event is
- * lost or repeated. Started "from now", it first reads the shards' last
+ * delivered per shard and, when its connection breaks, connects again to the
+ * same node (sequences are a node's own), within watchReconnectTimeoutMs,
+ * and resumes after them, so no event is lost or repeated. Started "from now", it first reads the shards' last
  * sequences (Stats), so it can resume even before its first event.
  */
 export class Watch implements AsyncIterable<Event> {
   positions: bigint[] | null;
   reconnects = 0;
+  /** The node the watch follows ("host:port"), once subscribed. */
+  address: string | null = null;
   private conn: Connection | null = null;
   private id = 0;
   private readonly queue: Array<Answer | Error> = [];
@@ -620,7 +622,9 @@ export class Watch implements AsyncIterable<Event> {
     const deadline = Date.now() + this.options.watchReconnectTimeoutMs;
     let last: Error | null = null;
     for (;;) {
-      for (const address of this.router.candidates()) {
+      // Sequences are a node's own: a watch resumes on the node it started on.
+      const addresses = this.address !== null ? [this.address] : this.router.candidates();
+      for (const address of addresses) {
         let conn: Connection;
         try {
           conn = await Connection.open(address, this.options);
@@ -666,6 +670,7 @@ export class Watch implements AsyncIterable<Event> {
           throw first.error('watch');
         }
         this.conn = conn;
+        this.address = address;
         this.push(first);
         return;
       }
