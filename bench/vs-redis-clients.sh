@@ -6,8 +6,8 @@
 # Prints each client's rate and the ratio logkv/Redis per language, plus the
 # median time of reading one 1 MiB value.
 #
-#   bench/vs-redis-clients.sh                 # N=100000, P=100
-#   N=20000 P=50 bench/vs-redis-clients.sh    # a quick run
+#   bench/vs-redis-clients.sh                 # N=100000, P=100, R=3 rounds
+#   N=20000 R=1 bench/vs-redis-clients.sh     # a quick run
 #
 # Environment: N, P, LOGKVD (default build-release/bin/logkvd, built when
 # missing), LOGKV_TS_DIR (a built TypeScript client, default: built here with
@@ -23,6 +23,7 @@ bench_name=vs-redis-clients
 source "$root/bench/lib.sh"
 requests=${N:-100000}
 pipeline=${P:-100}
+rounds=${R:-3}
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 for tool in redis-server redis-cli ss flatc node npm /usr/bin/python3; do
   command -v "$tool" >/dev/null || die "$tool not found (tools/setup-deps.sh)"
@@ -63,7 +64,7 @@ cp "$work/py/flatc/logkv_generated.py" "$work/py/logkv/"
 echo "$bench_name: Python, N=$requests P=$pipeline ..." >&2
 PYTHONPATH="$root/client/python:$work/py" /usr/bin/python3 "$root/bench/clients/python_bench.py" \
   --logkv "127.0.0.1:$logkvd_port" --redis "127.0.0.1:$redis_port" -n "$requests" \
-  -P "$pipeline" >"$work/python.csv"
+  -P "$pipeline" -R "$rounds" >"$work/python.csv"
 
 # TypeScript: a build of the package (npm install into a temporary copy).
 ts_dir=${LOGKV_TS_DIR:-}
@@ -75,10 +76,10 @@ fi
 echo "$bench_name: TypeScript, N=$requests P=$pipeline ..." >&2
 node "$root/bench/clients/typescript_bench.mjs" --ts-dir "$ts_dir" \
   --logkv "127.0.0.1:$logkvd_port" --redis "127.0.0.1:$redis_port" -n "$requests" \
-  -P "$pipeline" >"$work/typescript.csv"
+  -P "$pipeline" -R "$rounds" >"$work/typescript.csv"
 
-echo "N=$requests keys, P=$pipeline per round trip, 100-byte values, $(nproc) cores"
-printf '%-42s %-4s %12s\n' "client" "op" "ops/s | ratio | ms"
+echo "N=$requests keys, P=$pipeline per round trip, 100-byte values, medians of $rounds rounds, $(nproc) cores"
+printf '%-45s %-4s %10s\n' "client" "op" "value"
 for file in "$work/python.csv" "$work/typescript.csv"; do
-  tail -n +2 "$file" | awk -F, '{ printf "%-42s %-4s %12s\n", $1, $2, $3 }'
+  tail -n +2 "$file" | awk -F, '{ printf "%-45s %-4s %10s\n", $1, $2, $3 }'
 done

@@ -7,9 +7,9 @@
 #
 #   typescript_build.sh SOURCE_DIR BUILD_DIR SCHEMA
 set -euo pipefail
-source_dir=$1
-build_dir=$2
-schema=$3
+source_dir=$(realpath "$1")
+build_dir=$(realpath -m "$2")
+schema=$(realpath "$3")
 
 mkdir -p "$build_dir"
 rm -f "$build_dir/.built"
