@@ -11,8 +11,8 @@ import flatbuffers
 from flatbuffers import number_types, table
 
 from . import errors
-from .types import (BatchItemResult, Event, HelloInfo, Member, ScanItem, ScanPage, Stats, Value,
-                    WriteResult)
+from .types import (BatchItemResult, BatchOp, Event, HelloInfo, Member, ScanItem, ScanPage, Stats,
+                    Value, WriteResult)
 
 try:
     from . import logkv_generated as g
@@ -219,9 +219,8 @@ def batch(request_id, operations, consistency=None):
     b = flatbuffers.Builder(1024)
     items = []
     for op in operations:
-        if isinstance(op, tuple):
-            from .types import BatchOp
-            op = BatchOp(op[0], op[1])
+        if not isinstance(op, BatchOp):
+            op = BatchOp(*op)
         _check_ttl(op.ttl_ms)
         k = b.CreateByteVector(_key(op.key))
         v = None if op.value is None else b.CreateByteVector(_key(op.value))
