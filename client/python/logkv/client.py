@@ -9,6 +9,7 @@ threads: each call holds its own connection while it runs.
 import itertools
 import selectors
 import socket
+import ssl
 import threading
 import time
 
@@ -18,6 +19,16 @@ from ._common import Options, Router, is_transport, transport_error
 from .types import BatchOp
 
 _RECV_BYTES = 256 << 10
+# "Try again later" from a non-blocking socket, plain or TLS.
+_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def _recv(sock):
+    data = sock.recv(_RECV_BYTES)
+    # TLS keeps decrypted bytes of a record that select() does not report.
+    while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        data += sock.recv(sock.pending())
+    return data
 
 
 class Connection:
@@ -75,6 +86,8 @@ class Connection:
         """False when the peer has closed (checked without blocking before reuse)."""
         if self.closed:
             return False
+        if isinstance(self.sock, ssl.SSLSocket):
+            return True  # TLS cannot peek; a dead connection fails its next call
         try:
             data = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -109,7 +122,7 @@ class Connection:
             if sent < len(out):
                 try:
                     sent += sock.send(out[sent:])
-                except (BlockingIOError, InterruptedError):
+                except _AGAIN:
                     pass
                 except OSError as error:
                     raise self._fail("send: %s" % (error.strerror or error), sent > 0)
@@ -130,8 +143,8 @@ class Connection:
                 if not mask & selectors.EVENT_READ:
                     continue
                 try:
-                    data = sock.recv(_RECV_BYTES)
-                except (BlockingIOError, InterruptedError):
+                    data = _recv(sock)
+                except _AGAIN:
                     continue
                 except OSError as error:
                     raise self._fail("recv: %s" % (error.strerror or error), True)
@@ -165,8 +178,8 @@ class Connection:
         if not self._selector.select(timeout):
             return
         try:
-            data = self.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            data = _recv(self.sock)
+        except _AGAIN:
             return
         except OSError as error:
             raise self._fail("recv: %s" % (error.strerror or error), True)
