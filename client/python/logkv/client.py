@@ -52,7 +52,11 @@ class Connection:
                                   sent=False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if options.ssl is not None:
-            sock = options.ssl.wrap_socket(sock, server_hostname=address[0])
+            try:
+                sock = options.ssl.wrap_socket(sock, server_hostname=address[0])
+            except OSError as error:  # ssl.SSLError included: a refused certificate
+                sock.close()
+                raise transport_error("TLS with %s:%d: %s" % (address + (error,)), sent=False)
         sock.setblocking(False)
         self.sock = sock
         self._selector = selectors.DefaultSelector()

@@ -217,3 +217,60 @@ class FakeServer:
 def _stop_all():
     for server in list(_LIVE):
         server.stop(kill=True)
+
+
+class TlsProxy:
+    """A TLS-terminating proxy on loopback in front of a logkvd (which has no TLS
+    yet), with a self-signed certificate made by openssl: .address, .ca_file."""
+
+    def __init__(self, target_port):
+        import ssl
+        self._dir = tempfile.mkdtemp(prefix="logkv-tls-")
+        self.ca_file = os.path.join(self._dir, "cert.pem")
+        key_file = os.path.join(self._dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key_file, "-out", self.ca_file],
+                       check=True, capture_output=True, timeout=60)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.ca_file, key_file)
+        self._target_port = target_port
+
+        def handler(sock):
+            try:
+                tls = context.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=10)
+
+            def pump(source, sink):
+                try:
+                    while True:
+                        data = source.recv(65536)
+                        if not data:
+                            break
+                        sink.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    for s in (source, sink):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+            tls.settimeout(None)
+            upstream.settimeout(None)
+            back = threading.Thread(target=pump, args=(upstream, tls), daemon=True)
+            back.start()
+            pump(tls, upstream)
+            back.join(10)
+            upstream.close()
+            tls.close()
+
+        self._server = FakeServer(handler)
+        self.address = self._server.address
+
+    def close(self):
+        self._server.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

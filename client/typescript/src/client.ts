@@ -131,7 +131,8 @@ export class Connection {
     const { host, port } = parseNode(this.address);
     return new Promise((resolve, reject) => {
       const socket = this.options.tls
-        ? tls.connect({ ...this.options.tls, host, port, servername: host })
+        ? tls.connect({ ...this.options.tls, host, port,
+                        servername: net.isIP(host) ? undefined : host })
         : net.connect({ host, port });
       this.socket = socket;
       socket.setNoDelay(true);
