@@ -27,7 +27,7 @@ packages=(
   libcurl4-openssl-dev
   # the Python and TypeScript clients (client/python, client/typescript), their
   # tests and benchmarks: placement hash, Redis client to compare with, Node.js
-  python3-xxhash python3-redis python3-venv python3-wheel nodejs
+  python3-xxhash python3-redis python3-venv python3-wheel nodejs openssl
 )
 
 missing=()
