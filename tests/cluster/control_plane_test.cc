@@ -1,0 +1,241 @@
+// The control plane in real logkvd processes (server/control/, docs/
+// control-plane.md): the committed configuration is the one authority on
+// who the members are. A SIGTERM or a crash changes nothing in it; a leave
+// is a committed change that hands the node's keys over first; a node that
+// lost its data takes its place again; the control plane keeps working
+// when its leader is killed. Waits are bounded; nothing is asserted about
+// durations.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/cluster/cluster_process.h"
+
+namespace logkv::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr absl::Duration kPatience = absl::Seconds(30);
+
+#define ASSERT_OK(expression)                           \
+  do {                                                  \
+    const absl::Status status_ = (expression);          \
+    ASSERT_TRUE(status_.ok()) << status_;               \
+  } while (false)
+
+// A node's view of the control plane (/health's "control").
+json ControlOf(const ClusterProcess& cluster, int node) {
+  absl::StatusOr<HttpAnswer> answer =
+      HttpExchange(cluster.http_port(node), "GET", "/health", {}, "", absl::Seconds(5));
+  if (!answer.ok() || answer->status != 200) return json();
+  json body = json::parse(answer->body, nullptr, false);
+  return body.is_object() && body.contains("control") ? body["control"] : json();
+}
+
+// Each member's committed state and Raft role, as /members/ on node shows
+// them: id -> {"member_state", "role", "raft_id"}.
+std::map<std::string, json> CommittedMembers(const ClusterProcess& cluster, int node) {
+  std::map<std::string, json> members;
+  absl::StatusOr<HttpAnswer> answer =
+      HttpExchange(cluster.http_port(node), "GET", "/members/", {}, "", absl::Seconds(5));
+  if (!answer.ok() || answer->status != 200) return members;
+  json list = json::parse(answer->body, nullptr, false);
+  if (!list.is_array()) return members;
+  for (const json& member : list) {
+    if (member.contains("member_state")) members[member.value("id", "")] = member;
+  }
+  return members;
+}
+
+class ControlPlaneTest : public ::testing::Test {
+ protected:
+  absl::Status StartCluster(int nodes) {
+    ClusterOptions options;
+    options.logkvd_binary = LOGKVD_PATH;
+    options.nodes = nodes;
+    options.replicas = 3;
+    cluster_ = std::make_unique<ClusterProcess>(options);
+    if (absl::Status status = cluster_->Start(); !status.ok()) return status;
+    return WaitAllActive(cluster_->RunningNodes(), nodes);
+  }
+
+  // Until every observer holds `members` active members, all at the same
+  // epoch, and knows a leader.
+  absl::Status WaitAllActive(const std::vector<int>& observers, size_t members) {
+    const absl::Time deadline = absl::Now() + kPatience;
+    std::string last;
+    while (absl::Now() < deadline) {
+      bool all = true;
+      std::optional<uint64_t> epoch;
+      for (int node : observers) {
+        size_t active = 0;
+        for (const auto& [id, member] : CommittedMembers(*cluster_, node)) {
+          if (member.value("member_state", "") == "active") ++active;
+        }
+        const json control = ControlOf(*cluster_, node);
+        const uint64_t node_epoch = control.is_object() ? control.value("epoch", uint64_t{0}) : 0;
+        if (active != members || !control.is_object() || control.value("leader", "").empty() ||
+            (epoch.has_value() && *epoch != node_epoch)) {
+          all = false;
+          last = absl::StrCat(cluster_->node_id(node), ": ", active, " active, ",
+                              control.dump());
+        }
+        epoch = node_epoch;
+      }
+      if (all) return absl::OkStatus();
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("members not all active: ", last));
+  }
+
+  uint64_t Epoch(int node) {
+    const json control = ControlOf(*cluster_, node);
+    return control.is_object() ? control.value("epoch", uint64_t{0}) : 0;
+  }
+
+  std::unique_ptr<ClusterProcess> cluster_;
+};
+
+// SIGTERM and SIGKILL of each node in turn, each restarted on its data: the
+// committed configuration is the same epoch with the same members
+// throughout; stops and crashes are not membership changes.
+TEST_F(ControlPlaneTest, StopsAndCrashesDoNotChangeTheRing) {
+  ASSERT_OK(StartCluster(3));
+  const uint64_t epoch = Epoch(0);
+  ASSERT_GT(epoch, 0u);
+  std::map<std::string, json> before = CommittedMembers(*cluster_, 0);
+  ASSERT_EQ(before.size(), 3u);
+  for (int node = 0; node < 3; ++node) {
+    for (bool crash : {false, true}) {
+      SCOPED_TRACE(absl::StrCat(cluster_->node_id(node), crash ? " killed" : " stopped"));
+      if (crash) {
+        cluster_->Kill(node);
+      } else {
+        ASSERT_EQ(cluster_->Stop(node), 0);
+      }
+      // The others still hold all three members, at the same epoch.
+      for (int other : cluster_->RunningNodes()) {
+        EXPECT_EQ(Epoch(other), epoch);
+        EXPECT_EQ(CommittedMembers(*cluster_, other).size(), 3u);
+      }
+      ASSERT_OK(cluster_->RestartAsStarted(node));
+      ASSERT_OK(WaitAllActive({0, 1, 2}, 3));
+      EXPECT_EQ(Epoch(node), epoch);
+      // The same members with the same Raft ids: nobody was replaced.
+      std::map<std::string, json> after = CommittedMembers(*cluster_, node);
+      for (const auto& [id, member] : before) {
+        ASSERT_EQ(after.count(id), 1u) << id;
+        EXPECT_EQ(after[id].value("raft_id", ""), member.value("raft_id", "")) << id;
+      }
+    }
+  }
+}
+
+// A decommission: the node's keys are handed over before the committed
+// configuration drops it, and no acknowledged key is lost; the node that
+// left no longer owns anything.
+TEST_F(ControlPlaneTest, DecommissionHandsDataOffAndLosesNoKey) {
+  ASSERT_OK(StartCluster(4));
+  constexpr int kKeys = 300;
+  for (int i = 0; i < kKeys; ++i) {
+    absl::StatusOr<HttpAnswer> put = cluster_->Put(i % 4, absl::StrCat("d-", i),
+                                                   absl::StrCat("v", i), Consistency::kStrong);
+    ASSERT_TRUE(put.ok() && put->status == 200) << i;
+  }
+  const uint64_t before = Epoch(0);
+  const int leaving = 3;
+  absl::StatusOr<HttpAnswer> left =
+      HttpExchange(cluster_->http_port(leaving), "POST", "/members/leave",
+                   {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
+  ASSERT_TRUE(left.ok()) << left.status();
+  ASSERT_EQ(left->status, 200) << left->body;
+  ASSERT_OK(WaitAllActive({0, 1, 2}, 3));
+  // Two committed changes: leaving, then removed.
+  EXPECT_EQ(Epoch(0), before + 2);
+  for (int node = 0; node < 3; ++node) {
+    EXPECT_EQ(CommittedMembers(*cluster_, node).count(cluster_->node_id(leaving)), 0u);
+  }
+  // Every key, read with a quorum through every node that stays.
+  for (int i = 0; i < kKeys; ++i) {
+    absl::StatusOr<HttpAnswer> got =
+        cluster_->Get(i % 3, absl::StrCat("d-", i), Consistency::kStrong);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->status, 200) << "d-" << i << ": " << got->body;
+    EXPECT_EQ(got->body, absl::StrCat("v", i));
+  }
+}
+
+// A node whose data directory was wiped starts under its node id again: it
+// takes its member's place (a new Raft id, the same ring position) and
+// serves; the others' configuration names it with its new Raft id.
+TEST_F(ControlPlaneTest, AWipedNodeTakesItsPlaceAgain) {
+  ASSERT_OK(StartCluster(3));
+  const int wiped = 2;
+  const std::string id = cluster_->node_id(wiped);
+  const std::string old_raft_id = CommittedMembers(*cluster_, 0)[id].value("raft_id", "");
+  ASSERT_FALSE(old_raft_id.empty());
+  ASSERT_EQ(cluster_->Stop(wiped), 0);
+  ASSERT_OK(cluster_->Wipe(wiped));
+  ASSERT_OK(cluster_->Restart(wiped));
+  ASSERT_OK(WaitAllActive({0, 1, 2}, 3));
+  for (int node = 0; node < 3; ++node) {
+    const std::string raft_id = CommittedMembers(*cluster_, node)[id].value("raft_id", "");
+    EXPECT_NE(raft_id, old_raft_id) << cluster_->node_id(node);
+    EXPECT_FALSE(raft_id.empty());
+  }
+  absl::StatusOr<HttpAnswer> put = cluster_->Put(wiped, "after-wipe", "v", Consistency::kStrong);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->status, 200) << put->body;
+}
+
+// The control plane's leader is killed: the others elect another, and the
+// cluster still takes membership changes (a new node joins through a
+// survivor); the old leader comes back as a follower.
+TEST_F(ControlPlaneTest, KillingTheLeaderKeepsTheControlPlaneWorking) {
+  ASSERT_OK(StartCluster(3));
+  const std::string leader_id = ControlOf(*cluster_, 0).value("leader", "");
+  int leader = -1;
+  for (int node = 0; node < 3; ++node) {
+    if (cluster_->node_id(node) == leader_id) leader = node;
+  }
+  ASSERT_GE(leader, 0) << leader_id;
+  cluster_->Kill(leader);
+  std::vector<int> survivors;
+  for (int node = 0; node < 3; ++node) {
+    if (node != leader) survivors.push_back(node);
+  }
+  // A new leader among the survivors.
+  std::string new_leader;
+  for (const absl::Time deadline = absl::Now() + kPatience; absl::Now() < deadline;) {
+    new_leader = ControlOf(*cluster_, survivors[0]).value("leader", "");
+    if (!new_leader.empty() && new_leader != leader_id) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_FALSE(new_leader.empty());
+  ASSERT_NE(new_leader, leader_id);
+  // A join is a committed change: it needs the new leader.
+  absl::StatusOr<int> added = cluster_->AddNode();
+  ASSERT_TRUE(added.ok()) << added.status() << "\n" << cluster_->Describe();
+  ASSERT_OK(cluster_->RestartAsStarted(leader));
+  ASSERT_OK(WaitAllActive({0, 1, 2, *added}, 4));
+  const json control = ControlOf(*cluster_, leader);
+  EXPECT_NE(control.value("leader", ""), "");
+  // Three voters at most; the fourth member is a standby that receives the log.
+  std::map<std::string, int> roles;
+  for (const auto& [id, member] : CommittedMembers(*cluster_, leader)) {
+    ++roles[member.value("role", "")];
+  }
+  EXPECT_EQ(roles["voter"], 3) << control.dump();
+  EXPECT_EQ(roles["standby"], 1) << control.dump();
+}
+
+}  // namespace
+}  // namespace logkv::test
