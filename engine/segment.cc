@@ -137,6 +137,14 @@ absl::StatusOr<absl::string_view> Segment::ReadToEnd(uint64_t offset) const {
   return Read(offset, offset <= end ? end - offset : 0);
 }
 
+absl::Status Segment::CopyOut(uint64_t offset, size_t n, std::string* out) {
+  absl::MutexLock lock(&file_mu_);
+  auto bytes = Read(offset, n);
+  if (!bytes.ok()) return bytes.status();
+  out->assign(bytes->data(), bytes->size());
+  return absl::OkStatus();
+}
+
 absl::Status Segment::Sync() {
   absl::MutexLock lock(&file_mu_);
   if (writable_ == nullptr) return absl::OkStatus();

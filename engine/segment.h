@@ -54,6 +54,12 @@ class Segment {
   // Everything from offset to the end of the data.
   absl::StatusOr<absl::string_view> ReadToEnd(uint64_t offset) const;
 
+  // Copies n bytes at offset into out (replacing it), without the shard
+  // mutex: file_mu_ keeps Seal from swapping the file meanwhile. For an
+  // online backup reading a segment that writers keep appending to.
+  // REQUIRES: offset + n <= size().
+  absl::Status CopyOut(uint64_t offset, size_t n, std::string* out) ABSL_LOCKS_EXCLUDED(file_mu_);
+
   // fdatasync. A sealed segment was synced when sealed: OK at once.
   absl::Status Sync();
   void StartWriteback();

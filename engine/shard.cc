@@ -739,6 +739,27 @@ void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
   });
 }
 
+absl::Status Shard::CutForBackup(std::vector<BackupSegment>* segments,
+                                 uint64_t* last_sequence) {
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  for (const auto& [id, segment] : segments_) {
+    // Writable and not active: a compaction output still being written
+    // (*.compacting); recovery would remove it, and its victims are here.
+    if (segment != active_ && segment->writable()) continue;
+    BackupSegment cut;
+    cut.segment = segment;
+    cut.bytes = segment->size();
+    if (segment->has_hint && segment != active_) cut.hint_path = PathOf(HintFileName(id));
+    segments->push_back(std::move(cut));
+  }
+  std::sort(segments->begin(), segments->end(),
+            [](const BackupSegment& a, const BackupSegment& b) {
+              return a.segment->id() < b.segment->id();
+            });
+  *last_sequence = next_sequence_ - 1;
+  return absl::OkStatus();
+}
+
 void Shard::AddStats(Stats* stats) {
   absl::ReaderMutexLock lock(&mu_);
   const uint64_t live_keys = client_counts_.live_keys + own_counts_.live_keys;

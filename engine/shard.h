@@ -141,6 +141,23 @@ class Shard {
   // Turns expired keys into expired tombstones; O(expired). Returns how many.
   uint64_t SweepExpired();
 
+  // Online backup (Engine::Backup). The engine holds every shard's mu_
+  // shared at once (LockForBackup) while it takes each one's cut, so the
+  // cut is one moment of the whole store.
+  struct BackupSegment {
+    std::shared_ptr<Segment> segment;  // kept open: compaction may remove the file
+    uint64_t bytes = 0;                // the data the cut holds
+    std::string hint_path;             // empty: no hint file to copy
+  };
+  void LockForBackup() ABSL_SHARED_LOCK_FUNCTION(mu_) { mu_.ReaderLock(); }
+  void UnlockForBackup() ABSL_UNLOCK_FUNCTION(mu_) { mu_.ReaderUnlock(); }
+  // The segments of the cut, by id, and the last sequence number they hold.
+  // A compaction's unfinished output is left out: the segments it copies
+  // from are all still in the cut (as after a crash, docs/engine.md).
+  absl::Status CutForBackup(std::vector<BackupSegment>* segments, uint64_t* last_sequence)
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint32_t id() const { return shard_id_; }
+
   void AddStats(Stats* stats);
   void AddPrefixStats(absl::string_view prefix, Engine::PrefixStats* stats);
   const ShardCounters& counters() const { return counters_; }

@@ -10,6 +10,7 @@
 #ifndef LOGKV_ENGINE_ENGINE_H_
 #define LOGKV_ENGINE_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -291,6 +292,41 @@ struct Stats {
   uint32_t shard_count = 0;
 };
 
+// Online backup (Engine::Backup). The engine hands a consistent cut of its
+// files to a sink, one file after another; the sink decides where the bytes
+// go (a directory, an archive) and checksums them. Paths are relative to the
+// data directory: "MANIFEST", "shard-000/000000000001.log", "...hint".
+class BackupSink {
+ public:
+  virtual ~BackupSink() = default;
+  // A file of exactly `bytes` bytes follows in Write calls, then EndFile.
+  [[nodiscard]] virtual absl::Status BeginFile(const std::string& relative_path,
+                                               uint64_t bytes) = 0;
+  [[nodiscard]] virtual absl::Status Write(absl::string_view data) = 0;
+  [[nodiscard]] virtual absl::Status EndFile() = 0;
+};
+
+struct BackupOptions {
+  // Pace of the copy, so that foreground requests keep their latency
+  // (0 = as fast as the disk goes).
+  uint64_t bytes_per_second = 0;
+  // Called after every chunk copied, on the backup's thread. May be empty.
+  std::function<void(uint64_t bytes_done, uint64_t bytes_total)> progress;
+  // Checked between chunks: when it becomes true the backup stops with
+  // Cancelled. May be null.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// What a backup holds: the cut every shard was copied at.
+struct BackupCut {
+  int64_t unix_ms = 0;  // when the cut was taken
+  // Per shard, the last sequence number the copy holds: every write the
+  // store acknowledged before the cut, none after it.
+  std::vector<uint64_t> shard_sequences;
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+};
+
 class Engine {
  public:
   // Opens or creates the store at options.data_dir.
@@ -395,6 +431,21 @@ class Engine {
     uint64_t record_bytes = 0;
   };
   PrefixStats CountPrefix(absl::string_view prefix);
+  // Copies a point-in-time image of the store to sink while writes go on.
+  // Every shard's lock is held (shared) at once for an instant to record the
+  // cut: each segment and the length of its data (the active segment's
+  // current end), so the image is one moment of the whole store, and a
+  // write is in it if and only if it had been applied before that moment.
+  // The bytes are copied afterwards, outside the locks, from the segments
+  // themselves (kept open, so compaction removing one meanwhile does no
+  // harm), paced to options.bytes_per_second. Sealed segments' hint files
+  // are copied when present; the active segment gets none (a restore scans
+  // it). Restoring the image is opening the engine on it: recovery treats it
+  // as a store whose process stopped at the cut. One backup at a time is
+  // the caller's business; several at once are correct, only slower.
+  [[nodiscard]] absl::StatusOr<BackupCut> Backup(BackupSink* sink,
+                                                 const BackupOptions& options = {});
+
   // Syncs every shard's unsynced appends now.
   [[nodiscard]] absl::Status Sync();
   // Compacts every shard's eligible segments now (force: every immutable one).
