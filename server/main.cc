@@ -165,6 +165,18 @@ ABSL_FLAG(int32_t, control_voters, 3,
           "standbys");
 ABSL_FLAG(int64_t, join_timeout_ms, 60'000,
           "How long a new node tries to join through --seeds before it gives up and exits");
+ABSL_FLAG(std::string, backup_dir, "",
+          "Directory for backups (POST /api/backup, --backup-schedule); empty: backups off.");
+ABSL_FLAG(std::string, backup_schedule, "",
+          "When to take backups, in cron syntax (5 fields: minute hour day-of-month month "
+          "day-of-week, UTC), e.g. \"0 3 * * *\"; empty: only on request.");
+ABSL_FLAG(uint64_t, backup_retention, 0,
+          "How many of the newest backups to keep in --backup-dir; 0 = all.");
+ABSL_FLAG(uint64_t, backup_rate_limit, 32ull << 20,
+          "Bytes per second a backup reads and writes at most, so that requests keep their "
+          "latency; 0 = unlimited.");
+ABSL_FLAG(std::string, backup_format, "archive",
+          "archive (NAME.tar.zst) | directory (NAME/, the files as they are).");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -199,6 +211,9 @@ const std::vector<FlagGroup>& FlagGroups() {
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
         "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
         "control_port", "control_voters", "join_timeout_ms"}},
+      {"Backups",
+       {"backup_dir", "backup_schedule", "backup_retention", "backup_rate_limit",
+        "backup_format"}},
       {"Operation",
        {"config", "print_config", "log_level", "log_format", "slow_request_threshold",
         "fault_injection"}},
@@ -621,6 +636,11 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   if (options.slow_request_threshold < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_request_threshold must not be negative");
   }
+  options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
+  options.backup_schedule = absl::GetFlag(FLAGS_backup_schedule);
+  options.backup_retention = absl::GetFlag(FLAGS_backup_retention);
+  options.backup_rate_limit = absl::GetFlag(FLAGS_backup_rate_limit);
+  options.backup_format = absl::GetFlag(FLAGS_backup_format);
   return options;
 }
 

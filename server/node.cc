@@ -20,6 +20,7 @@
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
 #include "protocol/version.h"
+#include "server/backup/backup_manager.h"
 #include "server/cluster/anti_entropy.h"
 #include "server/cluster/cluster_node.h"
 #include "server/cluster/hinted_handoff.h"
@@ -29,6 +30,7 @@
 #include "server/control/control_plane.h"
 #include "server/core/periodic_worker.h"
 #include "server/http/account_routes.h"
+#include "server/http/backup_routes.h"
 #include "server/http/cluster_routes.h"
 #include "server/http/data_routes.h"
 #include "server/http/route_support.h"
@@ -433,7 +435,30 @@ const char* FsyncPolicyName(engine::FsyncPolicy policy) {
   return "?";
 }
 
+namespace {
+
+// The backup manager's options; the format was checked by Validate.
+backup::BackupManagerOptions BackupOptionsFor(const NodeOptions& options) {
+  backup::BackupManagerOptions out;
+  out.dir = options.backup_dir;
+  out.schedule = options.backup_schedule;
+  out.retention = options.backup_retention;
+  out.bytes_per_second = options.backup_rate_limit;
+  out.format = backup::ParseBackupFormat(options.backup_format).value_or(
+      backup::BackupFormat::kArchive);
+  out.node_id = options.node_id;
+  // The control plane's snapshot belongs in every backup once nodes run
+  // the control plane (server/control); until then there is none, and
+  // out.control_plane_snapshot stays null.
+  return out;
+}
+
+}  // namespace
+
 absl::Status NodeOptions::Validate() const {
+  if (absl::Status status = backup::ValidateBackupOptions(BackupOptionsFor(*this)); !status.ok()) {
+    return status;
+  }
   // Addresses built by hand rather than by ParseHostPort.
   if (listen.port < 0 || listen.port > 65535) {
     return absl::InvalidArgumentError(
@@ -455,6 +480,10 @@ absl::Status NodeOptions::Validate() const {
           "read and write everything. Bind a loopback address, use --auth=on, or pass "
           "--insecure to accept that."));
     }
+  }
+  if (absl::StatusOr<backup::BackupFormat> format = backup::ParseBackupFormat(backup_format);
+      !format.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--backup_format: ", format.status().message()));
   }
   if (max_json_depth < 1 || max_json_depth > http::kMaxJsonDepthCeiling) {
     return absl::InvalidArgumentError(
@@ -701,6 +730,7 @@ absl::Status Node::StartEngine() {
   counters_.start_unix_ms = absl::ToUnixMillis(absl::Now());
   service_ = std::make_unique<Service>(engine_ptr, ServiceConfigFor(options_, data_dir_),
                                        &counters_);
+  backup_manager_ = std::make_unique<backup::BackupManager>(engine_ptr, BackupOptionsFor(options_));
   return absl::OkStatus();
 }
 
@@ -860,6 +890,13 @@ void Node::AddRoutes() {
                                       .cluster = cluster_.get(),
                                       .node_url = node_url_.get()});
   cluster_routes_->AddTo(router_.get());
+  http::ClusterRoutes* const admin = cluster_routes_.get();
+  backup_routes_ = std::make_unique<http::BackupRoutes>(http::BackupRoutesDependencies{
+      .manager = backup_manager_.get(),
+      .authorize_admin = [admin](const http::HttpRequest& request, http::HttpResponse* refusal) {
+        return admin->AuthorizeAdmin(request, refusal, "backups", "take or inspect backups");
+      }});
+  backup_routes_->AddTo(router_.get());
   if (auth_store_ != nullptr) {
     http::AccountRoutesOptions account_options;
     account_options.login_throttle = login_throttle_.get();
@@ -1295,7 +1332,8 @@ absl::Status Node::StartBackgroundWork() {
     });
   });
   if (absl::Status status = anti_entropy_->Start(); !status.ok()) return status;
-  return purger_->Start();
+  if (absl::Status status = purger_->Start(); !status.ok()) return status;
+  return backup_manager_->Start(member->node_id());
 }
 
 void Node::RunInBackground(std::function<void()> work) {
@@ -1404,6 +1442,8 @@ absl::Status Node::Stop() {
     absl::MutexLock lock(&control_listener_mu_);
     control_listener_ = nullptr;
   }
+  // A backup in progress is cancelled (it leaves nothing behind).
+  if (backup_manager_ != nullptr) backup_manager_->Stop();
   if (purger_ != nullptr) purger_->Stop();
   if (anti_entropy_ != nullptr) anti_entropy_->Stop();
   // Before the transport it forwards through.

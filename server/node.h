@@ -56,7 +56,11 @@ class HintedHandoff;
 class Purger;
 class ReplicaCoordinator;
 }  // namespace cluster
+namespace backup {
+class BackupManager;
+}  // namespace backup
 namespace http {
+class BackupRoutes;
 class ClusterRoutes;
 class DataRoutes;
 class NodeUrl;
@@ -161,6 +165,13 @@ struct NodeOptions {
   int control_voters = 3;  // --control_voters: 1, 3 or 5
   absl::Duration join_timeout = absl::Seconds(60);  // --join_timeout_ms
 
+  // ---- Backups (docs/operations.md, "Backups").
+  std::string backup_dir;       // --backup_dir; empty: backups off
+  std::string backup_schedule;  // --backup_schedule, cron (5 fields, UTC); empty: on request
+  size_t backup_retention = 0;  // --backup_retention: newest kept; 0 = all
+  uint64_t backup_rate_limit = 32ull << 20;  // --backup_rate_limit, bytes/s; 0 = unlimited
+  std::string backup_format = "archive";     // --backup_format: archive | directory
+
   // Every check logkvd makes of its flags before it opens anything, with
   // logkvd's messages (they name the flags). OK when the node may start.
   absl::Status Validate() const;
@@ -260,6 +271,8 @@ class Node {
   std::atomic<Server*> server_for_events_{nullptr};
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<Service> service_;
+  // Backups of the engine, on request and on a schedule.
+  std::unique_ptr<backup::BackupManager> backup_manager_;
   // Accounts and API keys (auth on; live in the engine, server/namespaces.h).
   std::unique_ptr<auth::AuthStore> auth_store_;
   std::unique_ptr<auth::RateLimiter> rate_limiter_;
@@ -276,6 +289,7 @@ class Node {
   std::unique_ptr<http::NodeUrl> node_url_;  // both route sets name the node by it
   std::unique_ptr<http::DataRoutes> data_routes_;
   std::unique_ptr<http::ClusterRoutes> cluster_routes_;
+  std::unique_ptr<http::BackupRoutes> backup_routes_;
   // Looked up once, found by index at answer time.
   std::vector<HttpRouteMetrics*> route_metrics_;
   HttpRouteMetrics* unrouted_metrics_ = nullptr;

@@ -11,6 +11,11 @@
 //   logkv [flags] leave              the node leaves the cluster (POST /members/leave)
 //   logkv [flags] ping
 //   logkv help [COMMAND]             also logkv COMMAND --help
+//   logkv [flags] backup create      the node at --http_target takes a backup (POST /api/backup)
+//   logkv [flags] backup status      GET /api/backup/status
+//   logkv backup list DIR            the backups in DIR (no node needed)
+//   logkv backup verify PATH         reads every byte, checks every checksum
+//   logkv backup restore PATH DIR    into an empty or new data directory
 //
 // Flags may stand before or after the command, as --name=value or --name
 // value, with dashes or underscores (--keys-only = --keys_only). The node is
@@ -47,10 +52,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "logkv/client.h"
 #include "protocol/version.h"
 #include "nlohmann/json.hpp"
+#include "server/backup/backup.h"
 #include "server/http/http_fetch.h"
 
 ABSL_FLAG(std::string, target, "",
@@ -75,6 +82,9 @@ ABSL_FLAG(std::string, token, "", "Auth token sent in Hello (default $LOGKV_TOKE
 ABSL_FLAG(std::string, cluster_secret, "",
           "nodes/leave: the cluster secret, sent as X-Cluster-Secret (default "
           "$LOGKV_CLUSTER_SECRET); leaving needs it, or --token with the administrator's key.");
+ABSL_FLAG(bool, wait, true,
+          "backup create: wait until the backup is finished and print it (--nowait: print its "
+          "name and return).");
 ABSL_FLAG(std::string, http_target, "",
           "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
           "127.0.0.1:8080).");
@@ -134,6 +144,16 @@ const std::vector<CommandHelp>& Commands() {
        "keys are handed to the others. Needs --cluster-secret, or --token with the "
        "administrator's key.",
        {}, false, true, "logkv leave --http-target=10.0.0.5:8080 --cluster-secret=S"},
+      {"backup", nullptr,
+       "backup create | status | list DIR | verify PATH | restore PATH DATA_DIR",
+       "takes, lists, checks and restores backups",
+       "create: the node at --http-target takes a backup now (POST /api/backup). status: its "
+       "last success, duration, size, next run and failures (GET /api/backup/status). list "
+       "DIR: the backups in DIR, complete or not (local, no node needed). verify PATH: checks "
+       "every file against the backup's checksums. restore PATH DATA_DIR: into an empty or new "
+       "directory, then start logkvd --data-dir=DATA_DIR. create and status need "
+       "--cluster-secret, or --token with the administrator's key.",
+       {"wait"}, false, true, "logkv backup verify /var/backups/logkv/NAME.tar.zst"},
       {"ping", nullptr, "ping", "checks that the node answers",
        "Connects and pings the node; prints PONG.", {}, true, false, "logkv ping"},
       {"help", nullptr, "help [COMMAND]", "prints this list, or a command's help",
@@ -758,6 +778,193 @@ int Leave() {
   return kExitOk;
 }
 
+// The backups: create and status ask the node over HTTP (the
+// administrator's: --cluster_secret or the admin's --token); list, verify
+// and restore work on the files here, without a node.
+std::string Size(uint64_t bytes) {
+  if (bytes >= (1ull << 30)) return absl::StrFormat("%.1f GiB", bytes / double(1ull << 30));
+  if (bytes >= (1ull << 20)) return absl::StrFormat("%.1f MiB", bytes / double(1ull << 20));
+  if (bytes >= (1ull << 10)) return absl::StrFormat("%.1f KiB", bytes / double(1ull << 10));
+  return absl::StrCat(bytes, " B");
+}
+
+std::string UtcTime(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(unix_ms),
+                          absl::UTCTimeZone());
+}
+
+absl::StatusOr<nlohmann::json> BackupStatusJson() {
+  absl::StatusOr<HttpResult> result = HttpCall("GET", "/api/backup/status", "");
+  if (!result.ok()) return result.status();
+  if (result->status != 200) return absl::UnavailableError(HttpError(*result));
+  nlohmann::json body = nlohmann::json::parse(result->body, nullptr, false);
+  if (!body.is_object()) {
+    return absl::UnavailableError(absl::StrCat("GET /api/backup/status answered ", result->body));
+  }
+  return body;
+}
+
+int BackupCreate() {
+  absl::StatusOr<HttpResult> result = HttpCall("POST", "/api/backup", "");
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status != 202) return Fail(HttpError(*result));
+  nlohmann::json started = nlohmann::json::parse(result->body, nullptr, false);
+  const std::string name =
+      started.is_object() && started.contains("name") && started["name"].is_string()
+          ? started["name"].get<std::string>()
+          : "";
+  if (!absl::GetFlag(FLAGS_wait)) {
+    if (absl::GetFlag(FLAGS_json)) {
+      PrintJson(started);
+    } else {
+      std::printf("started %s\n", name.c_str());
+    }
+    return kExitOk;
+  }
+  // Until the status shows it finished: as the last success, or as a failure.
+  const uint64_t failures_before = [] {
+    absl::StatusOr<nlohmann::json> status = BackupStatusJson();
+    return status.ok() ? status->value("failures", uint64_t{0}) : uint64_t{0};
+  }();
+  while (true) {
+    absl::SleepFor(absl::Milliseconds(200));
+    absl::StatusOr<nlohmann::json> status = BackupStatusJson();
+    if (!status.ok()) return Fail(status.status().message());
+    const nlohmann::json& last = (*status)["last_success"];
+    if (last.is_object() && last.value("name", "") == name) {
+      if (absl::GetFlag(FLAGS_json)) {
+        PrintJson(last);
+      } else {
+        std::printf("%s: %s (%s stored, %llu files) in %lld ms\n",
+                    last.value("path", "").c_str(), Size(last.value("bytes", uint64_t{0})).c_str(),
+                    Size(last.value("stored_bytes", uint64_t{0})).c_str(),
+                    static_cast<unsigned long long>(last.value("files", uint64_t{0})),
+                    static_cast<long long>(last.value("duration_ms", int64_t{0})));
+      }
+      return kExitOk;
+    }
+    if (!status->value("running", false) && status->value("failures", uint64_t{0}) > failures_before) {
+      const nlohmann::json& failure = (*status)["last_failure"];
+      return Fail(absl::StrCat("backup ", name, " failed: ",
+                               failure.is_object() ? failure.value("error", "") : ""));
+    }
+  }
+}
+
+int BackupStatus() {
+  absl::StatusOr<nlohmann::json> status = BackupStatusJson();
+  if (!status.ok()) return Fail(status.status().message());
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(*status);
+    return kExitOk;
+  }
+  std::printf("%s\n", status->dump(2).c_str());
+  return kExitOk;
+}
+
+int BackupList(const std::string& dir) {
+  absl::StatusOr<std::vector<server::backup::ListedBackup>> backups =
+      server::backup::ListBackups(dir);
+  if (!backups.ok()) return Fail(backups.status().message());
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (!json) {
+    std::printf("%-36s %-9s %-24s %10s %10s %s\n", "NAME", "FORMAT", "CREATED", "SIZE", "STORED",
+                "STATE");
+  }
+  for (const server::backup::ListedBackup& backup : *backups) {
+    const char* format = server::backup::BackupFormatName(backup.format);
+    if (json) {
+      nlohmann::json line = {{"name", backup.name},
+                             {"path", backup.path},
+                             {"format", format},
+                             {"complete", backup.complete},
+                             {"stored_bytes", backup.stored_bytes}};
+      if (backup.complete) {
+        line["created_at"] = UtcTime(backup.manifest.created_unix_ms);
+        line["bytes"] = backup.manifest.bytes;
+        line["files"] = backup.manifest.files.size();
+        line["node_id"] = backup.manifest.node_id;
+      } else {
+        line["error"] = backup.error;
+      }
+      PrintJson(line);
+      continue;
+    }
+    std::printf("%-36s %-9s %-24s %10s %10s %s\n", backup.name.c_str(), format,
+                backup.complete ? UtcTime(backup.manifest.created_unix_ms).c_str() : "-",
+                backup.complete ? Size(backup.manifest.bytes).c_str() : "-",
+                Size(backup.stored_bytes).c_str(),
+                backup.complete ? "complete" : backup.error.c_str());
+  }
+  return kExitOk;
+}
+
+int BackupVerify(const std::string& path) {
+  absl::StatusOr<server::backup::BackupManifest> manifest = server::backup::VerifyBackup(path);
+  if (!manifest.ok()) {
+    if (absl::GetFlag(FLAGS_json)) {
+      PrintJson({{"path", path}, {"ok", false}, {"error", manifest.status().message()}});
+    }
+    return Fail(manifest.status().message());
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"path", path},
+               {"ok", true},
+               {"name", manifest->name},
+               {"files", manifest->files.size()},
+               {"bytes", manifest->bytes}});
+  } else {
+    std::printf("%s: OK, %zu files, %s, every checksum matches\n", path.c_str(),
+                manifest->files.size(), Size(manifest->bytes).c_str());
+  }
+  return kExitOk;
+}
+
+int BackupRestore(const std::string& path, const std::string& data_dir) {
+  absl::StatusOr<server::backup::BackupManifest> manifest =
+      server::backup::RestoreBackup(path, data_dir);
+  if (!manifest.ok()) return Fail(manifest.status().message());
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson({{"restored", path},
+               {"data_dir", data_dir},
+               {"name", manifest->name},
+               {"node_id", manifest->node_id},
+               {"created_at", UtcTime(manifest->created_unix_ms)},
+               {"files", manifest->files.size()},
+               {"bytes", manifest->bytes}});
+  } else {
+    std::printf("restored %s (node %s, taken %s) into %s; start logkvd --data_dir=%s\n",
+                manifest->name.c_str(), manifest->node_id.c_str(),
+                UtcTime(manifest->created_unix_ms).c_str(), data_dir.c_str(), data_dir.c_str());
+  }
+  return kExitOk;
+}
+
+int Backup(const Arguments& arguments) {
+  const std::vector<std::string>& args = arguments.positionals;
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  const size_t wanted = sub == "create" || sub == "status" ? 2
+                        : sub == "list" || sub == "verify" ? 3
+                        : sub == "restore"                 ? 4
+                                                           : 0;
+  if (wanted == 0) {
+    return Fail("backup needs create, status, list DIR, verify PATH or restore PATH DATA_DIR");
+  }
+  if (args.size() != wanted) {
+    return Fail(absl::StrCat("backup ", sub, " takes ", wanted - 2, " argument(s): logkv backup ",
+                             sub,
+                             sub == "list"      ? " DIR"
+                             : sub == "verify"  ? " PATH"
+                             : sub == "restore" ? " PATH DATA_DIR"
+                                                : ""));
+  }
+  if (sub == "create") return BackupCreate();
+  if (sub == "status") return BackupStatus();
+  if (sub == "list") return BackupList(args[2]);
+  if (sub == "verify") return BackupVerify(args[2]);
+  return BackupRestore(args[2], args[3]);
+}
+
 int Ping() {
   absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
   if (!connected.ok()) return Fail(connected.status().ToString());
@@ -821,6 +1028,7 @@ int Main(int argc, char** argv) {
   if (command == "del" || command == "delete") return Delete(arguments);
   if (command == "scan") return Scan(arguments);
   if (command == "watch") return Watch(arguments);
+  if (command == "backup") return Backup(arguments);
   if (arguments.positionals.size() > 1) {
     return Fail(
         absl::StrCat("unexpected argument \"", arguments.positionals[1], "\" for ", command));

@@ -51,7 +51,7 @@ BackupManager::BackupManager(engine::Engine* engine, BackupManagerOptions option
 
 BackupManager::~BackupManager() { Stop(); }
 
-absl::Status BackupManager::Start() {
+absl::Status BackupManager::Start(std::string node_id) {
   if (absl::Status status = ValidateBackupOptions(options_); !status.ok()) return status;
   if (!options_.dir.empty()) {
     auto removed = RemoveIncompleteBackups(options_.dir);
@@ -64,6 +64,7 @@ absl::Status BackupManager::Start() {
   if (started_) return absl::FailedPreconditionError("the backup manager runs already");
   started_ = true;
   stop_ = false;
+  node_id_ = node_id.empty() ? options_.node_id : std::move(node_id);
   if (schedule_.has_value()) status_.next_run = schedule_->Next(absl::Now());
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
@@ -137,7 +138,10 @@ void BackupManager::RunOne(const std::string& name) {
   create.format = options_.format;
   create.zstd_level = options_.zstd_level;
   create.bytes_per_second = options_.bytes_per_second;
-  create.node_id = options_.node_id;
+  {
+    absl::MutexLock lock(&mu_);
+    create.node_id = node_id_;
+  }
   create.cancel = &cancel_;
   create.progress = [this](uint64_t done, uint64_t total) {
     absl::MutexLock lock(&mu_);

@@ -86,8 +86,10 @@ class BackupManager {
   ~BackupManager();  // Stop()
 
   // Removes leftovers of backups cut short in dir (a crash while one was
-  // written) and starts the thread. The options must be valid.
-  absl::Status Start() ABSL_LOCKS_EXCLUDED(mu_);
+  // written) and starts the thread. The options must be valid. node_id,
+  // when not empty, replaces options.node_id in the manifests (a node
+  // knows its id once it has bound its port).
+  absl::Status Start(std::string node_id = "") ABSL_LOCKS_EXCLUDED(mu_);
   // Cancels a backup in progress (its temporary output is removed) and
   // joins the thread. Idempotent.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
@@ -116,6 +118,7 @@ class BackupManager {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string requested_ ABSL_GUARDED_BY(mu_);  // name of a requested backup, or empty
   BackupStatus status_ ABSL_GUARDED_BY(mu_);
+  std::string node_id_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace logkv::server::backup

@@ -163,7 +163,8 @@ std::string ClusterRoutes::NodeId() const {
   return config_.node_id;
 }
 
-bool ClusterRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal) {
+bool ClusterRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal,
+                                   absl::string_view asked, absl::string_view may) {
   std::optional<absl::string_view> secret = request.Header("x-cluster-secret");
   std::optional<absl::string_view> key = request.Header("x-api-key");
   const std::string& expected = config_.cluster_secret;
@@ -180,13 +181,13 @@ bool ClusterRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* ref
   if (!deps_.auth.on()) {
     if (expected.empty()) return true;
     *refusal = HttpResponse::Error(
-        401, "changing the membership needs the cluster secret (X-Cluster-Secret header)");
+        401, absl::StrCat(asked, " needs the cluster secret (X-Cluster-Secret header)"));
     return false;
   }
   if (!key || key->empty()) {
     *refusal = HttpResponse::Error(
-        401, "changing the membership needs the administrator's X-API-Key or the cluster "
-             "secret (X-Cluster-Secret)");
+        401, absl::StrCat(asked, " needs the administrator's X-API-Key or the cluster secret "
+                                 "(X-Cluster-Secret)"));
     return false;
   }
   absl::StatusOr<Session> session = AuthenticateKey(deps_.auth, request);
@@ -196,7 +197,7 @@ bool ClusterRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* ref
   }
   if (session->user_id != auth::kAdministratorUserId || !session->context.may_write) {
     *refusal = HttpResponse::Error(
-        403, "only the administrator (the first account) may change the membership");
+        403, absl::StrCat("only the administrator (the first account) may ", may));
     return false;
   }
   return true;

@@ -70,7 +70,12 @@ class ClusterRoutes {
   // With auth off and no cluster secret, every caller may (the node then
   // listens on loopback only, or was told --insecure). Else the refusal
   // (401 without credentials, 403 with credentials that are not enough).
-  bool AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal);
+  // The refusals name what was asked: `asked` ("changing the membership")
+  // and, for a caller who is not the administrator, `may` ("change the
+  // membership"). The backup routes use the same check.
+  bool AuthorizeAdmin(const HttpRequest& request, HttpResponse* refusal,
+                      absl::string_view asked = "changing the membership",
+                      absl::string_view may = "change the membership");
 
   // Before a graceful leave (POST /members/leave): hands this node's records
   // to their next owners off the loop, then calls then. Null: leave at once.
