@@ -9,8 +9,9 @@
 # log), then runs SET then GET (50 connections, 100-byte values, 100,000 random
 # keys, DURATION each, default 10s) ROUNDS times (default 3) in two phases:
 # alone, and while a loop asks for a new backup (POST /api/backup) whenever
-# none is running. The table gives each phase's median over the rounds (the
-# machine may be shared: alternating the phases spreads other load over both).
+# none is running, the two in alternating order. The table gives each phase's
+# median over the rounds (on a shared machine alternating spreads the other
+# load over both).
 # Backups are zstd archives (--backup-format), --backup-retention=1, paced to
 # RATE bytes per second (default 33554432, logkvd's default --backup-rate-limit).
 #
@@ -75,19 +76,33 @@ backup_loop() {
 alone=""
 during=""
 successes_before=$(status | jq '.successes')
-for round in $(seq "$rounds"); do
-  echo "$bench_name: round $round: alone" >&2
+measure_alone() {
+  echo "$bench_name: round $1: alone" >&2
   alone+=$(measure)$'\n'
+}
+measure_during() {
   backup_loop &
   loop_pid=$!
   sleep 0.5
-  echo "$bench_name: round $round: with backups running" >&2
+  echo "$bench_name: round $1: with backups running" >&2
   during+=$(measure)$'\n'
   kill "$loop_pid"
   wait "$loop_pid" 2>/dev/null || true
   loop_pid=""
-  # The backup in progress is left to finish, so the next "alone" is alone.
+  # The backup in progress is left to finish, so that "alone" is alone.
   while status | jq -e '.running == true' >/dev/null; do sleep 0.2; done
+}
+# The phases alternate in order (alone first in odd rounds, last in even
+# ones), so that whatever follows a phase (compaction of what SET
+# overwrote, write-back) does not always land in the same one.
+for round in $(seq "$rounds"); do
+  if (( round % 2 )); then
+    measure_alone "$round"
+    measure_during "$round"
+  else
+    measure_during "$round"
+    measure_alone "$round"
+  fi
 done
 final=$(status)
 

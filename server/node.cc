@@ -894,7 +894,8 @@ void Node::AddRoutes() {
   backup_routes_ = std::make_unique<http::BackupRoutes>(http::BackupRoutesDependencies{
       .manager = backup_manager_.get(),
       .authorize_admin = [admin](const http::HttpRequest& request, http::HttpResponse* refusal) {
-        return admin->AuthorizeAdmin(request, refusal, "backups", "take or inspect backups");
+        return admin->AuthorizeAdmin(request, refusal, "taking or inspecting backups",
+                                     "take or inspect backups");
       }});
   backup_routes_->AddTo(router_.get());
   if (auth_store_ != nullptr) {

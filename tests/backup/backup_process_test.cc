@@ -4,7 +4,10 @@
 // logkvd killed (SIGKILL) in the middle of a backup leaves nothing that
 // looks complete, and cleans up at its next start; the backup routes with
 // auth on refuse callers without the administrator's credentials.
+#include <sys/wait.h>
+
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -321,6 +324,80 @@ TEST(BackupProcessTest, WithoutABackupDirectoryRequestsAreRefused) {
   EXPECT_EQ(status->status, 200);
   EXPECT_FALSE(status->Json().value("enabled", true));
   EXPECT_EQ(server->Stop(), 0);
+}
+
+// Runs the logkv CLI; its exit code and standard output.
+std::pair<int, std::string> RunCli(const std::string& arguments) {
+  const std::string command = absl::StrCat(LOGKV_CLI_PATH, " ", arguments, " 2>&1");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return {-1, ""};
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(BackupProcessTest, CliCreatesListsVerifiesAndRestores) {
+  ScopedTempDir dir;
+  const std::string backups = dir.Subdir("backups");
+  auto server = StartLogkvd(dir.Subdir("data"), {"--backup_dir=" + backups,
+                                                 "--cluster_secret=s3cret",
+                                                 "--backup_format=directory"});
+  ASSERT_TRUE(server->running());
+  {
+    absl::StatusOr<RawConnection> c = RawConnection::Connect(server->port());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->SendBytes(PutFrame(1, "hello", "world")).ok());
+    ASSERT_TRUE(c->ReadFrame().ok());
+  }
+  const std::string target = absl::StrCat("--http_target=127.0.0.1:", server->http_port());
+  auto [denied, denied_out] = RunCli(absl::StrCat(target, " backup create"));
+  EXPECT_EQ(denied, 2) << denied_out;
+  EXPECT_NE(denied_out.find("401"), std::string::npos) << denied_out;
+  auto [created, created_out] =
+      RunCli(absl::StrCat(target, " --cluster_secret=s3cret backup create --json"));
+  ASSERT_EQ(created, 0) << created_out;
+  const std::string path = nlohmann::json::parse(created_out).value("path", "");
+  ASSERT_FALSE(path.empty()) << created_out;
+  auto [listed, listed_out] = RunCli(absl::StrCat("backup list ", backups));
+  EXPECT_EQ(listed, 0) << listed_out;
+  EXPECT_NE(listed_out.find("complete"), std::string::npos) << listed_out;
+  auto [verified, verified_out] = RunCli(absl::StrCat("backup verify ", path));
+  EXPECT_EQ(verified, 0) << verified_out;
+  const std::string restored = dir.Subdir("restored");
+  auto [done, done_out] = RunCli(absl::StrCat("backup restore ", path, " ", restored));
+  EXPECT_EQ(done, 0) << done_out;
+  auto [again, again_out] = RunCli(absl::StrCat("backup restore ", path, " ", restored));
+  EXPECT_EQ(again, 2) << again_out;
+  EXPECT_NE(again_out.find("not empty"), std::string::npos) << again_out;
+  // A flipped byte in a segment: verify fails and names the file.
+  std::string segment;
+  for (const auto& entry : fs::recursive_directory_iterator(path)) {
+    if (entry.path().extension() == ".log" && entry.file_size() > 100) segment = entry.path();
+  }
+  ASSERT_FALSE(segment.empty());
+  std::string bytes = ReadFileBytes(segment);
+  bytes[bytes.size() - 10] ^= 1;
+  WriteFileBytes(segment, bytes);
+  auto [damaged, damaged_out] = RunCli(absl::StrCat("backup verify ", path));
+  EXPECT_EQ(damaged, 2) << damaged_out;
+  EXPECT_NE(damaged_out.find("checksum"), std::string::npos) << damaged_out;
+  EXPECT_EQ(server->Stop(), 0);
+
+  auto copy = StartLogkvd(restored, {});
+  ASSERT_TRUE(copy->running());
+  absl::StatusOr<RawConnection> c = RawConnection::Connect(copy->port());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->SendBytes(GetFrame(1, "hello")).ok());
+  absl::StatusOr<std::string> frame = c->ReadFrame();
+  ASSERT_TRUE(frame.ok());
+  const p::Response* r = AsResponse(*frame);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->status(), p::StatusCode::Ok);
+  EXPECT_EQ(std::string(p::View(r->result_as_ValueResult()->value())), "world");
+  EXPECT_EQ(copy->Stop(), 0);
 }
 
 TEST(BackupProcessTest, BadScheduleIsRefusedAtStart) {
