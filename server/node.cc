@@ -731,6 +731,35 @@ absl::Status Node::StartEngine() {
   service_ = std::make_unique<Service>(engine_ptr, ServiceConfigFor(options_, data_dir_),
                                        &counters_);
   backup_manager_ = std::make_unique<backup::BackupManager>(engine_ptr, BackupOptionsFor(options_));
+  // Backups in the Prometheus output, to alert on failures or on a last
+  // success that is too old (GET /api/backup/status has the details).
+  backup::BackupManager* const backups = backup_manager_.get();
+  MetricsRegistry* const registry = metrics_.registry();
+  registry->AddCounter("logkv_backup_successes_total", "Backups finished since start.")
+      ->SetCallback([backups] { return backups->Status().successes; });
+  registry->AddCounter("logkv_backup_failures_total", "Backups failed since start.")
+      ->SetCallback([backups] { return backups->Status().failures; });
+  registry->AddGauge("logkv_backup_running", "1 while a backup is being written.")
+      ->SetCallback([backups] { return backups->Status().running ? 1.0 : 0.0; });
+  registry
+      ->AddGauge("logkv_backup_last_success_timestamp_seconds",
+                 "When the last successful backup finished (Unix time; 0: none yet).")
+      ->SetCallback([backups] {
+        const backup::BackupStatus status = backups->Status();
+        return status.last_success ? absl::ToDoubleSeconds(status.last_success->finished -
+                                                           absl::UnixEpoch())
+                                   : 0.0;
+      });
+  registry->AddGauge("logkv_backup_last_duration_seconds", "How long the last successful backup took.")
+      ->SetCallback([backups] {
+        const backup::BackupStatus status = backups->Status();
+        return status.last_success ? absl::ToDoubleSeconds(status.last_success->duration) : 0.0;
+      });
+  registry->AddGauge("logkv_backup_last_size_bytes", "What the last successful backup takes on disk.")
+      ->SetCallback([backups] {
+        const backup::BackupStatus status = backups->Status();
+        return status.last_success ? static_cast<double>(status.last_success->stored_bytes) : 0.0;
+      });
   return absl::OkStatus();
 }
 

@@ -309,6 +309,16 @@ TEST(BackupProcessTest, RoutesNeedTheAdministratorWithAuthOn) {
     return s["last_success"].is_object();
   });
   EXPECT_EQ(status.value("successes", 0), 1);
+  // And in the Prometheus output (the operator's credential with auth on).
+  absl::StatusOr<HttpAnswer> metrics = Fetch(server->http_port(), "GET",
+                                             "/metrics?format=prometheus",
+                                             {{"Authorization", "Bearer s3cret"}});
+  ASSERT_TRUE(metrics.ok());
+  ASSERT_EQ(metrics->status, 200) << metrics->body;
+  EXPECT_NE(metrics->body.find("logkv_backup_successes_total 1"), std::string::npos);
+  EXPECT_NE(metrics->body.find("logkv_backup_failures_total 0"), std::string::npos);
+  EXPECT_NE(metrics->body.find("logkv_backup_last_success_timestamp_seconds "), std::string::npos);
+  EXPECT_NE(metrics->body.find("logkv_backup_running 0"), std::string::npos);
   EXPECT_EQ(server->Stop(), 0);
 }
 
