@@ -216,6 +216,9 @@ class Node {
   // Node is destroyed.
   engine::Engine* engine() const { return engine_.get(); }
   ServerMetrics* metrics() { return &metrics_; }
+  // The backups (null before Start): a configuration reload (SIGHUP) changes
+  // their schedule, retention and rate through BackupManager::Reconfigure.
+  backup::BackupManager* backup_manager() const { return backup_manager_.get(); }
   // The cluster member (null before Start).
   cluster::ClusterNode* cluster() const { return cluster_.get(); }
   // Returns once this node's view of the membership has been confirmed by

@@ -35,12 +35,12 @@ absl::Status ValidateBackupOptions(const BackupManagerOptions& options) {
 
 BackupManager::BackupManager(engine::Engine* engine, BackupManagerOptions options)
     : engine_(engine), options_(std::move(options)) {
+  absl::MutexLock lock(&mu_);
   if (!options_.schedule.empty()) {
     if (auto schedule = CronSchedule::Parse(options_.schedule); schedule.ok()) {
       schedule_ = *std::move(schedule);
     }
   }
-  absl::MutexLock lock(&mu_);
   status_.enabled = !options_.dir.empty();
   status_.dir = options_.dir;
   status_.schedule = options_.schedule;
@@ -98,6 +98,23 @@ absl::StatusOr<std::string> BackupManager::RequestBackup() {
   return requested_;
 }
 
+absl::Status BackupManager::Reconfigure(const std::string& schedule, size_t retention,
+                                        uint64_t bytes_per_second) {
+  BackupManagerOptions changed = options_;
+  changed.schedule = schedule;
+  if (absl::Status status = ValidateBackupOptions(changed); !status.ok()) return status;
+  std::optional<CronSchedule> parsed;
+  if (!schedule.empty()) parsed = *CronSchedule::Parse(schedule);
+  absl::MutexLock lock(&mu_);
+  schedule_ = std::move(parsed);
+  status_.schedule = schedule;
+  status_.retention = retention;
+  status_.bytes_per_second = bytes_per_second;
+  status_.next_run = schedule_.has_value() ? schedule_->Next(absl::Now()) : absl::InfiniteFuture();
+  wake_.Signal();  // the thread waits for the new next run
+  return absl::OkStatus();
+}
+
 BackupStatus BackupManager::Status() const {
   absl::MutexLock lock(&mu_);
   return status_;
@@ -137,10 +154,12 @@ void BackupManager::RunOne(const std::string& name) {
   create.name = name;
   create.format = options_.format;
   create.zstd_level = options_.zstd_level;
-  create.bytes_per_second = options_.bytes_per_second;
+  size_t retention = 0;
   {
     absl::MutexLock lock(&mu_);
     create.node_id = node_id_;
+    create.bytes_per_second = status_.bytes_per_second;
+    retention = status_.retention;
   }
   create.cancel = &cancel_;
   create.progress = [this](uint64_t done, uint64_t total) {
@@ -167,8 +186,8 @@ void BackupManager::RunOne(const std::string& name) {
   }
   std::vector<std::string> pruned;
   absl::Status prune_status;
-  if (created.ok() && options_.retention > 0) {
-    auto removed = PruneBackups(options_.dir, options_.retention);
+  if (created.ok() && retention > 0) {
+    auto removed = PruneBackups(options_.dir, retention);
     if (removed.ok()) {
       pruned = *std::move(removed);
     } else {

@@ -101,6 +101,14 @@ class BackupManager {
 
   BackupStatus Status() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // What may change while the node runs (a configuration reload): the
+  // schedule (the next run is computed anew; empty: only on request), the
+  // retention and the rate, from the next backup on. InvalidArgument, and
+  // nothing changes, when the schedule does not parse or needs a directory
+  // the node has not.
+  absl::Status Reconfigure(const std::string& schedule, size_t retention,
+                           uint64_t bytes_per_second) ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   // Runs one backup named name and records its outcome.
@@ -108,7 +116,6 @@ class BackupManager {
 
   engine::Engine* const engine_;
   const BackupManagerOptions options_;
-  std::optional<CronSchedule> schedule_;
   std::atomic<bool> cancel_{false};
   std::thread thread_;
 
@@ -117,7 +124,10 @@ class BackupManager {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string requested_ ABSL_GUARDED_BY(mu_);  // name of a requested backup, or empty
+  // status_.schedule, .retention and .bytes_per_second are the settings in
+  // force (Reconfigure changes them); schedule_ is status_.schedule parsed.
   BackupStatus status_ ABSL_GUARDED_BY(mu_);
+  std::optional<CronSchedule> schedule_ ABSL_GUARDED_BY(mu_);
   std::string node_id_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -465,6 +465,32 @@ TEST(BackupManagerTest, ASecondRequestWhileOneRunsIsRefused) {
   EXPECT_TRUE(fs::is_empty(options.dir));
 }
 
+TEST(BackupManagerTest, ReconfigureChangesScheduleRetentionAndRate) {
+  ScopedTempDir dir;
+  std::unique_ptr<engine::Engine> engine = OpenEngine(dir.Subdir("data"));
+  ASSERT_NE(engine, nullptr);
+  BackupManagerOptions options;
+  options.dir = dir.Subdir("backups");
+  BackupManager manager(engine.get(), options);
+  ASSERT_TRUE(manager.Start().ok());
+  EXPECT_EQ(manager.Status().next_run, absl::InfiniteFuture());
+  ASSERT_TRUE(manager.Reconfigure("0 3 * * *", 5, 1 << 20).ok());
+  BackupStatus status = manager.Status();
+  EXPECT_EQ(status.schedule, "0 3 * * *");
+  EXPECT_EQ(status.retention, 5u);
+  EXPECT_EQ(status.bytes_per_second, 1u << 20);
+  const absl::CivilMinute next = absl::ToCivilMinute(status.next_run, absl::UTCTimeZone());
+  EXPECT_EQ(next.hour(), 3);
+  EXPECT_EQ(next.minute(), 0);
+  // A schedule that does not parse changes nothing.
+  EXPECT_TRUE(absl::IsInvalidArgument(manager.Reconfigure("0 3 * *", 1, 0)));
+  EXPECT_EQ(manager.Status().schedule, "0 3 * * *");
+  EXPECT_EQ(manager.Status().retention, 5u);
+  ASSERT_TRUE(manager.Reconfigure("", 0, 0).ok());
+  EXPECT_EQ(manager.Status().next_run, absl::InfiniteFuture());
+  manager.Stop();
+}
+
 TEST(BackupManagerTest, ValidatesItsOptions) {
   BackupManagerOptions options;
   options.schedule = "0 3 * * *";
