@@ -741,7 +741,10 @@ absl::StatusOr<BackupCut> Engine::Backup(BackupSink* sink, const BackupOptions& 
     for (const Shard::BackupSegment& segment : segments[i]) {
       const std::string path =
           absl::StrFormat("shard-%03u/%s", i, SegmentFileName(segment.segment->id()));
-      if (absl::Status status = sink->BeginFile(path, segment.bytes); !status.ok()) return status;
+      absl::Status begun = segment.sealed_path.empty()
+                               ? sink->BeginFile(path, segment.bytes)
+                               : sink->BeginSealedFile(path, segment.bytes, segment.sealed_path);
+      if (!begun.ok()) return begun;
       for (uint64_t offset = 0; offset < segment.bytes;) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(kBackupChunkBytes,
                                                                 segment.bytes - offset));

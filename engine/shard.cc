@@ -750,6 +750,7 @@ absl::Status Shard::CutForBackup(std::vector<BackupSegment>* segments,
     cut.segment = segment;
     cut.bytes = segment->size();
     if (segment->has_hint && segment != active_) cut.hint_path = PathOf(HintFileName(id));
+    if (segment != active_) cut.sealed_path = segment->path();
     segments->push_back(std::move(cut));
   }
   std::sort(segments->begin(), segments->end(),

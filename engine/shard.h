@@ -148,6 +148,7 @@ class Shard {
     std::shared_ptr<Segment> segment;  // kept open: compaction may remove the file
     uint64_t bytes = 0;                // the data the cut holds
     std::string hint_path;             // empty: no hint file to copy
+    std::string sealed_path;           // the file of a sealed segment; empty: active
   };
   void LockForBackup() ABSL_SHARED_LOCK_FUNCTION(mu_) { mu_.ReaderLock(); }
   void UnlockForBackup() ABSL_UNLOCK_FUNCTION(mu_) { mu_.ReaderUnlock(); }

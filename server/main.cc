@@ -177,6 +177,10 @@ ABSL_FLAG(uint64_t, backup_rate_limit, 32ull << 20,
           "latency; 0 = unlimited.");
 ABSL_FLAG(std::string, backup_format, "archive",
           "archive (NAME.tar.zst) | directory (NAME/, the files as they are).");
+ABSL_FLAG(bool, backup_hard_links, false,
+          "With --backup-format=directory: hard-link sealed log segments into the backup "
+          "instead of copying them (same file system only; the backup then shares their "
+          "blocks with the data).");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -213,7 +217,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "control_port", "control_voters", "join_timeout_ms"}},
       {"Backups",
        {"backup_dir", "backup_schedule", "backup_retention", "backup_rate_limit",
-        "backup_format"}},
+        "backup_format", "backup_hard_links"}},
       {"Operation",
        {"config", "print_config", "log_level", "log_format", "slow_request_threshold",
         "fault_injection"}},
@@ -641,6 +645,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.backup_retention = absl::GetFlag(FLAGS_backup_retention);
   options.backup_rate_limit = absl::GetFlag(FLAGS_backup_rate_limit);
   options.backup_format = absl::GetFlag(FLAGS_backup_format);
+  options.backup_hard_links = absl::GetFlag(FLAGS_backup_hard_links);
   return options;
 }
 

@@ -446,6 +446,7 @@ backup::BackupManagerOptions BackupOptionsFor(const NodeOptions& options) {
   out.bytes_per_second = options.backup_rate_limit;
   out.format = backup::ParseBackupFormat(options.backup_format).value_or(
       backup::BackupFormat::kArchive);
+  out.hard_links = options.backup_hard_links;
   out.node_id = options.node_id;
   // The control plane's snapshot belongs in every backup once nodes run
   // the control plane (server/control); until then there is none, and

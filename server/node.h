@@ -171,6 +171,7 @@ struct NodeOptions {
   size_t backup_retention = 0;  // --backup_retention: newest kept; 0 = all
   uint64_t backup_rate_limit = 32ull << 20;  // --backup_rate_limit, bytes/s; 0 = unlimited
   std::string backup_format = "archive";     // --backup_format: archive | directory
+  bool backup_hard_links = false;            // --backup_hard_links (directory format)
 
   // Every check logkvd makes of its flags before it opens anything, with
   // logkvd's messages (they name the flags). OK when the node may start.

@@ -177,6 +177,16 @@ class ChecksummingSink : public engine::BackupSink {
     XXH3_64bits_reset(state_);
     return DoBegin(relative_path, bytes);
   }
+  absl::Status BeginSealedFile(const std::string& relative_path, uint64_t bytes,
+                               const std::string& source_path) override {
+    if (!SafeRelativePath(relative_path)) {
+      return absl::InternalError(absl::StrCat("bad path in a backup: ", relative_path));
+    }
+    current_ = BackupFile{relative_path, bytes, 0};
+    written_ = 0;
+    XXH3_64bits_reset(state_);
+    return DoBeginSealed(relative_path, bytes, source_path);
+  }
   absl::Status Write(absl::string_view data) override {
     if (written_ + data.size() > current_.bytes) {
       return absl::InternalError(absl::StrCat(current_.path, ": more bytes than announced"));
@@ -210,6 +220,10 @@ class ChecksummingSink : public engine::BackupSink {
 
  protected:
   virtual absl::Status DoBegin(const std::string& relative_path, uint64_t bytes) = 0;
+  virtual absl::Status DoBeginSealed(const std::string& relative_path, uint64_t bytes,
+                                     const std::string&) {
+    return DoBegin(relative_path, bytes);
+  }
   virtual absl::Status DoWrite(absl::string_view data) = 0;
   virtual absl::Status DoEnd() = 0;
 
@@ -222,7 +236,10 @@ class ChecksummingSink : public engine::BackupSink {
 
 class DirectorySink final : public ChecksummingSink {
  public:
-  explicit DirectorySink(std::string root) : root_(std::move(root)) {}
+  DirectorySink(std::string root, bool hard_links)
+      : root_(std::move(root)), hard_links_(hard_links) {}
+
+  uint64_t linked_files() const { return linked_files_; }
   ~DirectorySink() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -251,20 +268,40 @@ class DirectorySink final : public ChecksummingSink {
  protected:
   absl::Status DoBegin(const std::string& relative_path, uint64_t) override {
     path_ = absl::StrCat(root_, "/", relative_path);
-    const std::string parent = fs::path(path_).parent_path().string();
-    if (std::find(directories_.begin(), directories_.end(), parent) == directories_.end()) {
-      std::error_code error;
-      fs::create_directories(parent, error);
-      if (error) return absl::InternalError(absl::StrCat("cannot create ", parent, ": ",
-                                                         error.message()));
-      directories_.push_back(parent);
-    }
+    if (absl::Status status = MakeParent(); !status.ok()) return status;
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0) return ErrnoError("cannot create", path_);
     return absl::OkStatus();
   }
-  absl::Status DoWrite(absl::string_view data) override { return WriteAll(fd_, data, path_); }
+  absl::Status DoBeginSealed(const std::string& relative_path, uint64_t bytes,
+                             const std::string& source_path) override {
+    linked_ = false;
+    if (!hard_links_) return DoBegin(relative_path, bytes);
+    path_ = absl::StrCat(root_, "/", relative_path);
+    if (absl::Status status = MakeParent(); !status.ok()) return status;
+    // A segment compaction removed meanwhile (ENOENT), or another file
+    // system (EXDEV): copied instead. A link to a file of another size is
+    // no link to the segment of the cut.
+    struct stat info;
+    if (::link(source_path.c_str(), path_.c_str()) == 0) {
+      if (::stat(path_.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) == bytes) {
+        linked_ = true;
+        ++linked_files_;
+        return absl::OkStatus();
+      }
+      ::unlink(path_.c_str());
+    }
+    return DoBegin(relative_path, bytes);
+  }
+  absl::Status DoWrite(absl::string_view data) override {
+    if (linked_) return absl::OkStatus();  // checksummed only
+    return WriteAll(fd_, data, path_);
+  }
   absl::Status DoEnd() override {
+    if (linked_) {
+      linked_ = false;
+      return absl::OkStatus();  // the segment was synced when it was sealed
+    }
     absl::Status status = ::fsync(fd_) == 0 ? absl::OkStatus() : ErrnoError("cannot sync", path_);
     ::close(fd_);
     fd_ = -1;
@@ -272,7 +309,24 @@ class DirectorySink final : public ChecksummingSink {
   }
 
  private:
+  absl::Status MakeParent() {
+    const std::string parent = fs::path(path_).parent_path().string();
+    if (std::find(directories_.begin(), directories_.end(), parent) != directories_.end()) {
+      return absl::OkStatus();
+    }
+    std::error_code error;
+    fs::create_directories(parent, error);
+    if (error) {
+      return absl::InternalError(absl::StrCat("cannot create ", parent, ": ", error.message()));
+    }
+    directories_.push_back(parent);
+    return absl::OkStatus();
+  }
+
   const std::string root_;
+  const bool hard_links_;
+  bool linked_ = false;
+  uint64_t linked_files_ = 0;
   std::vector<std::string> directories_;
   std::string path_;
   int fd_ = -1;
@@ -737,6 +791,9 @@ absl::StatusOr<CreatedBackup> CreateBackup(engine::Engine* engine, const CreateO
     return absl::InternalError(absl::StrCat("cannot create ", options.dir, ": ", error.message()));
   }
   const bool archive = options.format == BackupFormat::kArchive;
+  if (archive && options.hard_links) {
+    return absl::InvalidArgumentError("hard links need the directory format");
+  }
   const std::string final_path =
       absl::StrCat(options.dir, "/", name, archive ? kArchiveSuffix : "");
   const std::string temporary = final_path + kTemporarySuffix;
@@ -754,7 +811,7 @@ absl::StatusOr<CreatedBackup> CreateBackup(engine::Engine* engine, const CreateO
       return status;
     }
   } else {
-    auto directory_sink = std::make_unique<DirectorySink>(temporary);
+    auto directory_sink = std::make_unique<DirectorySink>(temporary, options.hard_links);
     if (absl::Status status = directory_sink->Open(); !status.ok()) return status;
     sink = std::move(directory_sink);
   }

@@ -80,6 +80,11 @@ struct CreateOptions {
   BackupFormat format = BackupFormat::kArchive;
   int zstd_level = 3;             // archives: 1-19
   uint64_t bytes_per_second = 0;  // pace of the copy; 0 = unlimited
+  // Directories only: hard-link sealed segments (immutable) instead of
+  // writing them, when the backup is on the data's file system (else they
+  // are copied). Fast and small, but the backup then shares those files'
+  // blocks with the data: it guards against mistakes, not a lost disk.
+  bool hard_links = false;
   std::string node_id;
   std::vector<ExtraFile> extra_files;
   std::string control_plane_snapshot;  // one of extra_files' paths, or empty

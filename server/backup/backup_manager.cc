@@ -27,6 +27,9 @@ absl::Status ValidateBackupOptions(const BackupManagerOptions& options) {
       return absl::InvalidArgumentError("--backup_schedule needs --backup_dir");
     }
   }
+  if (options.hard_links && options.format != BackupFormat::kDirectory) {
+    return absl::InvalidArgumentError("--backup_hard_links needs --backup_format=directory");
+  }
   if (options.zstd_level < 1 || options.zstd_level > 19) {
     return absl::InvalidArgumentError("the backup zstd level must be in [1, 19]");
   }
@@ -153,6 +156,7 @@ void BackupManager::RunOne(const std::string& name) {
   create.dir = options_.dir;
   create.name = name;
   create.format = options_.format;
+  create.hard_links = options_.hard_links;
   create.zstd_level = options_.zstd_level;
   size_t retention = 0;
   {

@@ -33,6 +33,7 @@ struct BackupManagerOptions {
   size_t retention = 0;     // --backup_retention: newest kept; 0 = all
   uint64_t bytes_per_second = 0;  // --backup_rate_limit; 0 = unlimited
   BackupFormat format = BackupFormat::kArchive;  // --backup_format
+  bool hard_links = false;  // --backup_hard_links (directory format only)
   int zstd_level = 3;
   std::string node_id;
   // The control plane's snapshot, to be stored beside the engine's files.

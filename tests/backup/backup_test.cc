@@ -295,6 +295,42 @@ TEST_P(BackupFormatTest, CancelledBackupLeavesNothing) {
 }
 
 
+TEST(BackupTest, HardLinkedDirectoryBackupSharesSealedSegments) {
+  ScopedTempDir dir;
+  const std::string data = dir.Subdir("data");
+  std::unique_ptr<engine::Engine> engine = OpenEngine(data);
+  ASSERT_NE(engine, nullptr);
+  for (int i = 0; i < 3000; ++i) {
+    ASSERT_TRUE(engine->Put(absl::StrCat("k", i), std::string(100, 'a' + i % 26)).ok());
+  }
+  CreateOptions create;
+  create.dir = dir.Subdir("backups");
+  create.format = BackupFormat::kArchive;
+  create.hard_links = true;
+  EXPECT_TRUE(absl::IsInvalidArgument(CreateBackup(engine.get(), create).status()));
+  create.format = BackupFormat::kDirectory;
+  absl::StatusOr<CreatedBackup> created = CreateBackup(engine.get(), create);
+  ASSERT_TRUE(created.ok()) << created.status();
+  size_t linked = 0;
+  size_t copied = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(created->path)) {
+    if (entry.path().extension() != ".log") continue;
+    (fs::hard_link_count(entry.path()) > 1 ? linked : copied) += 1;
+  }
+  EXPECT_GT(linked, 0u);   // the sealed segments
+  EXPECT_EQ(copied, engine->ShardCount());  // each shard's active segment
+  // Compaction removes the live files; the backup keeps its links.
+  ASSERT_TRUE(engine->CompactNow(/*force=*/true).ok());
+  ASSERT_TRUE(VerifyBackup(created->path).ok());
+  const std::string restored = dir.Subdir("restored");
+  ASSERT_TRUE(RestoreBackup(created->path, restored).ok());
+  engine.reset();
+  std::unique_ptr<engine::Engine> copy = OpenEngine(restored);
+  ASSERT_NE(copy, nullptr);
+  EXPECT_EQ(copy->GetStats().keys, 3000u);
+  EXPECT_EQ(test::GetOrStatus(copy.get(), "k7"), std::string(100, 'h'));
+}
+
 TEST(BackupTest, ListRetentionAndLeftovers) {
   ScopedTempDir dir;
   std::unique_ptr<engine::Engine> engine = OpenEngine(dir.Subdir("data"));

@@ -304,6 +304,14 @@ class BackupSink {
                                                uint64_t bytes) = 0;
   [[nodiscard]] virtual absl::Status Write(absl::string_view data) = 0;
   [[nodiscard]] virtual absl::Status EndFile() = 0;
+  // BeginFile for a sealed segment, which never changes again, whose file
+  // is source_path: a sink that can may hard-link it instead of writing it
+  // (its bytes still follow in Write calls, for the sink's checksum).
+  [[nodiscard]] virtual absl::Status BeginSealedFile(const std::string& relative_path,
+                                                     uint64_t bytes,
+                                                     const std::string& /*source_path*/) {
+    return BeginFile(relative_path, bytes);
+  }
 };
 
 struct BackupOptions {
