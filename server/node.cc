@@ -1333,7 +1333,8 @@ absl::Status Node::StartBackgroundWork() {
       }
       members[id] = {{"role", role},
                      {"state", control::MemberStateName(member.state)},
-                     {"raft_id", member.raft_id}};
+                     // A string: 64-bit ids do not fit a JSON number's exact range.
+                     {"raft_id", std::to_string(member.raft_id)}};
     }
     return nlohmann::json{{"raft_state", status.raft_state},
                           {"role", status.role},

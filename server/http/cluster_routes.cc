@@ -515,7 +515,7 @@ void ClusterRoutes::Members(HttpRequest&, Responder responder) {
         const json& committed = control["members"][member.node_id];
         entry["role"] = committed.value("role", "none");
         entry["member_state"] = committed.value("state", "");
-        entry["raft_id"] = committed.value("raft_id", uint64_t{0});
+        entry["raft_id"] = committed.value("raft_id", "");
         entry["leader"] = control.value("leader", "") == member.node_id;
       }
       if (member.node_id == deps_.cluster->node_id() && control.is_object()) {
