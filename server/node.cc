@@ -448,9 +448,8 @@ backup::BackupManagerOptions BackupOptionsFor(const NodeOptions& options) {
       backup::BackupFormat::kArchive);
   out.hard_links = options.backup_hard_links;
   out.node_id = options.node_id;
-  // The control plane's snapshot belongs in every backup once nodes run
-  // the control plane (server/control); until then there is none, and
-  // out.control_plane_snapshot stays null.
+  // out.control_plane_snapshot is set by the Node, which runs the control
+  // plane.
   return out;
 }
 
@@ -731,7 +730,21 @@ absl::Status Node::StartEngine() {
   counters_.start_unix_ms = absl::ToUnixMillis(absl::Now());
   service_ = std::make_unique<Service>(engine_ptr, ServiceConfigFor(options_, data_dir_),
                                        &counters_);
-  backup_manager_ = std::make_unique<backup::BackupManager>(engine_ptr, BackupOptionsFor(options_));
+  backup::BackupManagerOptions backup_options = BackupOptionsFor(options_);
+  // The committed configuration this node held when the backup was taken
+  // (ControlState's snapshot encoding): who the members were, with their
+  // Raft ids and addresses, for restoring a cluster. A restored node does
+  // not read it: it starts without control-plane state and joins (or takes
+  // its member's place) through --seeds, or starts a new cluster.
+  backup_options.control_plane_snapshot = [this]() -> absl::StatusOr<backup::ExtraFile> {
+    control::ControlPlane* control = control_plane();
+    if (control == nullptr) {
+      return absl::UnavailableError("the control plane is not running yet");
+    }
+    return backup::ExtraFile{"control/configuration-at-backup",
+                             control::ControlState::EncodeSnapshot(*control->config())};
+  };
+  backup_manager_ = std::make_unique<backup::BackupManager>(engine_ptr, std::move(backup_options));
   // Backups in the Prometheus output, to alert on failures or on a last
   // success that is too old (GET /api/backup/status has the details).
   backup::BackupManager* const backups = backup_manager_.get();
@@ -1185,7 +1198,60 @@ absl::Status Node::StartControlPlane() {
   if (absl::Status status = control_->Start(); !status.ok()) return status;
   control_ptr_.store(control_.get(), std::memory_order_release);
   cluster_->transport()->SetEpoch(control_->config()->epoch);
+  AddControlMetrics();
   return JoinControlPlane();
+}
+
+void Node::AddControlMetrics() {
+  MetricsRegistry* registry = metrics_.registry();
+  control::ControlPlane* const control = control_.get();
+  auto status_gauge = [registry, control](const char* name, const char* help, auto read) {
+    registry->AddGauge(name, help)->SetCallback(
+        [control, read] { return static_cast<double>(read(control->Status())); });
+  };
+  auto status_counter = [registry, control](const char* name, const char* help, auto read) {
+    registry->AddCounter(name, help)->SetCallback(
+        [control, read] { return static_cast<double>(read(control->Status())); });
+  };
+  using S = control::ControlStatus;
+  status_gauge("logkv_control_epoch", "Epoch of the committed configuration this node holds.",
+               [](const S& s) { return s.epoch; });
+  status_gauge("logkv_control_leader", "1 while this node leads the control plane's Raft group.",
+               [](const S& s) { return s.raft_state == "leader" ? 1 : 0; });
+  status_gauge("logkv_control_term", "The control plane's Raft term as this node knows it.",
+               [](const S& s) { return s.term; });
+  status_gauge("logkv_control_commit_index", "Highest Raft log index known committed.",
+               [](const S& s) { return s.commit_index; });
+  status_gauge("logkv_control_applied_index", "Highest Raft log index applied here.",
+               [](const S& s) { return s.applied_index; });
+  status_gauge("logkv_control_log_last_index",
+               "Last index of this node's Raft log (log size since the last snapshot, with "
+               "logkv_control_snapshots_total).",
+               [](const S& s) { return s.last_index; });
+  status_gauge("logkv_control_voters", "Voters in the Raft configuration.",
+               [](const S& s) { return s.voters; });
+  status_counter("logkv_control_leader_changes_total", "New leaders this node has seen.",
+                 [](const S& s) { return s.leader_changes; });
+  status_counter("logkv_control_commands_applied_total",
+                 "Control-plane commands applied to the state machine here.",
+                 [](const S& s) { return s.commands_applied; });
+  status_counter("logkv_control_snapshots_total",
+                 "Snapshots of the state machine taken here (log compaction).",
+                 [](const S& s) { return s.snapshots_taken; });
+  status_counter("logkv_control_proposals_total", "Commands proposed on this node as leader.",
+                 [](const S& s) { return s.proposals; });
+  status_counter("logkv_control_proposals_failed_total",
+                 "Proposals that failed (leadership lost, stopping) on this node as leader.",
+                 [](const S& s) { return s.proposals_failed; });
+  status_gauge("logkv_control_apply_seconds_sum",
+               "Seconds from proposal to applied, summed over this leader's proposals "
+               "(divide by logkv_control_proposals_total for the mean).",
+               [](const S& s) { return s.apply_seconds_sum; });
+  cluster::ClusterNode* const member = cluster_.get();
+  registry->AddCounter("logkv_fenced_requests_total",
+                       "Peers' data operations refused because the peer's committed "
+                       "configuration was older than this node's.")
+      ->SetCallback([member] { return static_cast<double>(member->fenced()); });
 }
 
 absl::Status Node::JoinControlPlane() {

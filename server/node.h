@@ -242,6 +242,8 @@ class Node {
   absl::Status StartBackgroundWork();
   absl::Status StartFlusher();
   absl::Status StartControlPlane();
+  // The control plane's figures in the Prometheus output.
+  void AddControlMetrics();
   // Adds this node to the cluster's control plane through its seeds (a new
   // node), or takes the place of its member (a node that lost its data).
   absl::Status JoinControlPlane();

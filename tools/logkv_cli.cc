@@ -755,12 +755,22 @@ int Nodes() {
     if (value.is_null()) return "-";
     return value.dump();
   };
-  std::printf("%-20s %-22s %-22s %-8s %s\n", "ID", "ADDRESS", "HTTP", "STATE", "LAST SEEN");
+  // STATE is the failure detector's (alive, suspect, dead, left); MEMBER the
+  // committed configuration's (joining, active, leaving, removed); ROLE the
+  // node's part in the control plane's Raft group, "*" marking its leader.
+  std::printf("%-20s %-22s %-22s %-8s %-8s %-8s %s\n", "ID", "ADDRESS", "HTTP", "STATE",
+              "MEMBER", "ROLE", "LAST SEEN");
   for (const nlohmann::json& node : nodes) {
     const std::string state = node.contains("state") ? text(node, "state") : text(node, "alive");
-    std::printf("%-20s %-22s %-22s %-8s %s\n", text(node, "id").c_str(),
+    std::string role = text(node, "role");
+    if (node.value("leader", false)) role += "*";
+    std::printf("%-20s %-22s %-22s %-8s %-8s %-8s %s\n", text(node, "id").c_str(),
                 text(node, "address").c_str(), text(node, "http_address").c_str(), state.c_str(),
-                text(node, "last_seen").c_str());
+                text(node, "member_state").c_str(), role.c_str(), text(node, "last_seen").c_str());
+    if (node.contains("raft_term")) {
+      std::printf("%-20s term %s, commit index %s, epoch %s\n", "", text(node, "raft_term").c_str(),
+                  text(node, "commit_index").c_str(), text(node, "applied_epoch").c_str());
+    }
   }
   return kExitOk;
 }

@@ -36,9 +36,8 @@ struct BackupManagerOptions {
   bool hard_links = false;  // --backup_hard_links (directory format only)
   int zstd_level = 3;
   std::string node_id;
-  // The control plane's snapshot, to be stored beside the engine's files.
-  // Nodes do not run the control plane yet (server/control): null until
-  // they do; then it returns the snapshot (ExtraFile, "control/snapshot").
+  // The control plane's snapshot, stored beside the engine's files (the
+  // Node gives "control/configuration-at-backup"); null: none.
   std::function<absl::StatusOr<ExtraFile>()> control_plane_snapshot;
 };
 

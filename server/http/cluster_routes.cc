@@ -462,8 +462,26 @@ void ClusterRoutes::Ping(HttpRequest&, Responder responder) {
 
 void ClusterRoutes::Nodes(HttpRequest&, Responder responder) {
   if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
-    return responder.Send(HttpResponse::Json(
-        200, Dump(NodesJson(MembersOf(deps_.cluster), deps_.cluster->node_id()))));
+    json nodes = NodesJson(MembersOf(deps_.cluster), deps_.cluster->node_id());
+    // With the committed view: each member's Raft role and committed state,
+    // the leader, and this node's term, commit index and epoch.
+    const json control = ControlStatus();
+    if (control.is_object() && control.contains("members")) {
+      for (json& node : nodes) {
+        const std::string id = node.value("id", "");
+        if (!control["members"].contains(id)) continue;
+        const json& committed = control["members"][id];
+        node["role"] = committed.value("role", "none");
+        node["member_state"] = committed.value("state", "");
+        node["leader"] = control.value("leader", "") == id;
+        if (id == deps_.cluster->node_id()) {
+          node["raft_term"] = control.value("term", uint64_t{0});
+          node["commit_index"] = control.value("commit_index", uint64_t{0});
+          node["applied_epoch"] = control.value("epoch", uint64_t{0});
+        }
+      }
+    }
+    return responder.Send(HttpResponse::Json(200, Dump(nodes)));
   }
   json node = {{"id", NodeId()},
                {"address", deps_.node_url->Get()},
