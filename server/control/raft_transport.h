@@ -2,7 +2,7 @@
 // connections are authenticated with the cluster secret before libraft sees
 // them. libraft's stock TCP transport accepts anyone who can reach the port;
 // this one lets a connection through only when both ends prove they know
-// the secret. Prototype: not used by logkvd yet (docs/control-plane.md).
+// the secret. Every logkvd runs its control plane on it (control_plane.h).
 //
 // The handshake, on a fresh TCP connection (the connector is the server
 // that sends Raft messages, the listener the one that receives them):
