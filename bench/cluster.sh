@@ -101,12 +101,13 @@ start_server() {
   die "$name was not ready after 30 s"
 }
 
-start_node() {  # $1: index
+start_node() {  # $1: index, then extra flags
   local i=$1 seeds=()
+  shift
   [[ -n ${ports[n$i]:-} ]] || { ports[n$i]=$(free_port); https[n$i]=$(free_port); }
   if [[ $i -ne 0 ]]; then seeds=(--seeds="127.0.0.1:${ports[n0]}"); fi
   start_server "n$i" "$work/n$i" --node-id="n$i" --advertise="127.0.0.1:${ports[n$i]}" \
-    --cluster-secret=cluster-bench --replicas=3 "${seeds[@]}"
+    --cluster-secret=cluster-bench --replicas=3 "${seeds[@]}" "$@"
 }
 
 # Waits until every node's GET /nodes lists all $nodes alive.
@@ -186,7 +187,11 @@ rm -rf "$work/n2"
 target=$(key_count n0)
 [[ -n $target ]] || die "no key_count in n0's /metrics"
 start=$(date +%s.%N)
-start_node 2
+# A node that lost its data takes its member's place with --replace (builds
+# without a control plane have no such flag and need none).
+replace_flag=()
+"$logkvd" --help 2>&1 | grep -q -- '--replace' && replace_flag=(--replace)
+start_node 2 "${replace_flag[@]}"
 repair_seconds=""
 have=0
 deadline=$(($(date +%s) + repair_timeout_s))

@@ -163,6 +163,10 @@ ABSL_FLAG(int32_t, control_port, 0,
 ABSL_FLAG(int32_t, control_voters, 3,
           "Members that vote in the control plane (1, 3 or 5); the others receive its log as "
           "standbys");
+ABSL_FLAG(bool, replace, false,
+          "This node lost its data and takes the place of the member of its --node-id (the "
+          "same ring position; anti-entropy refills it). Without it, a node that finds its "
+          "node id taken does not start.");
 ABSL_FLAG(int64_t, join_timeout_ms, 60'000,
           "How long a new node tries to join through --seeds before it gives up and exits");
 ABSL_FLAG(std::string, backup_dir, "",
@@ -214,7 +218,7 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
         "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
-        "control_port", "control_voters", "join_timeout_ms"}},
+        "control_port", "control_voters", "join_timeout_ms", "replace"}},
       {"Backups",
        {"backup_dir", "backup_schedule", "backup_retention", "backup_rate_limit",
         "backup_format", "backup_hard_links"}},
@@ -636,6 +640,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.control_port = absl::GetFlag(FLAGS_control_port);
   options.control_voters = absl::GetFlag(FLAGS_control_voters);
   options.join_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_join_timeout_ms));
+  options.replace = absl::GetFlag(FLAGS_replace);
   options.slow_request_threshold = absl::GetFlag(FLAGS_slow_request_threshold);
   if (options.slow_request_threshold < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_request_threshold must not be negative");

@@ -193,7 +193,8 @@ absl::StatusOr<uint64_t> SubmitUntilAnswered(control::ControlPlane* control,
 absl::Status LeaveControlPlane(control::ControlPlane* control) {
   const std::string node_id = control->self().node_id;
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  const control::Member* held = control->config()->Find(node_id);
+  const std::shared_ptr<const control::ClusterConfig> config = control->config();
+  const control::Member* held = config->Find(node_id);
   if (held == nullptr || held->raft_id != control->self().raft_id ||
       held->state == control::MemberState::kRemoved) {
     return absl::OkStatus();
@@ -1257,7 +1258,8 @@ void Node::AddControlMetrics() {
 absl::Status Node::JoinControlPlane() {
   const control::Member self = control_->self();
   {
-    const control::Member* held = control_->config()->Find(self.node_id);
+    const std::shared_ptr<const control::ClusterConfig> config = control_->config();
+    const control::Member* held = config->Find(self.node_id);
     if (held != nullptr && held->raft_id == self.raft_id &&
         held->state != control::MemberState::kRemoved) {
       return absl::OkStatus();  // a restart: the node holds its configuration
@@ -1283,11 +1285,15 @@ absl::Status Node::JoinControlPlane() {
       }
       if (absl::IsAlreadyExists(last) && !replacing &&
           absl::StrContains(last.message(), "node id")) {
-        // The node id is a member's and this node has no control-plane
-        // state: it lost its data, and takes that member's place.
+        if (!options_.replace) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "node id ", self.node_id, " is already a member of the cluster (", last.message(),
+              "). If this node is that member and lost its data, start it with --replace to "
+              "take its place; otherwise give it another --node_id"));
+        }
+        // --replace: this node lost its data and takes that member's place.
         Log(Level::kWarning,
-            "node id %s is a member of the cluster and this node has no control-plane state: "
-            "taking its place (its data is refilled by anti-entropy)",
+            "--replace: taking the place of member %s (its data is refilled by anti-entropy)",
             self.node_id);
         command = control::EncodeReplaceMember(self);
         replacing = true;
@@ -1422,11 +1428,17 @@ absl::Status Node::StartBackgroundWork() {
   // in the control plane (the ring without it), before gossip says so.
   control::ControlPlane* const control = control_.get();
   cluster_routes_->SetHandOff([this, anti_entropy, control](std::function<void(absl::Status)> then) {
-    RunInBackground([anti_entropy, control, then = std::move(then)] {
+    leaving_.store(true);
+    RunInBackground([this, anti_entropy, control, then = std::move(then)] {
       absl::Status status = anti_entropy->HandOff(absl::Now() + absl::Seconds(30));
       if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
       if (status.ok()) status = LeaveControlPlane(control);
+      // then() gossips Left (HasLeft, which the rejoin worker also waits
+      // for) or refuses the leave: either way the leave is over when it
+      // returns, and a node that did not leave stays (or becomes again) a
+      // member.
       then(std::move(status));
+      leaving_.store(false);
     });
   });
   if (absl::Status status = anti_entropy_->Start(); !status.ok()) return status;
@@ -1455,9 +1467,11 @@ void Node::LogListening() const {
 void Node::RejoinIfLeft() {
   control::ControlPlane* control = control_plane();
   cluster::Membership* membership = cluster_->membership();
-  if (control == nullptr || membership == nullptr || membership->HasLeft()) return;
+  if (control == nullptr || membership == nullptr) return;
+  if (membership->HasLeft() || leaving_.load()) return;
   const control::Member self = control->self();
-  const control::Member* held = control->config()->Find(self.node_id);
+  const std::shared_ptr<const control::ClusterConfig> config = control->config();
+  const control::Member* held = config->Find(self.node_id);
   // Removed, or leaving as far as this node applied: a removed node may not
   // hear of its own removal (the leader stops sending it the log).
   if (held == nullptr || held->raft_id != self.raft_id ||

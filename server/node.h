@@ -164,6 +164,11 @@ struct NodeOptions {
   int control_port = 0;    // --control_port
   int control_voters = 3;  // --control_voters: 1, 3 or 5
   absl::Duration join_timeout = absl::Seconds(60);  // --join_timeout_ms
+  // --replace: this node, started without control-plane state under the
+  // node id of a member, takes that member's place (its data was lost).
+  // Without it such a start is refused: a duplicated --node_id must not
+  // evict a live member.
+  bool replace = false;
 
   // ---- Backups (docs/operations.md, "Backups").
   std::string backup_dir;       // --backup_dir; empty: backups off
@@ -323,6 +328,9 @@ class Node {
   std::unique_ptr<PeriodicWorker> flusher_;
   // Re-adds this node to the control plane after a leave and a join.
   std::unique_ptr<PeriodicWorker> rejoin_worker_;
+  // A leave is under way: the rejoin worker waits (it would otherwise add
+  // back a node whose RemoveMember committed before gossip says it left).
+  std::atomic<bool> leaving_{false};
 };
 
 }  // namespace logkv::server

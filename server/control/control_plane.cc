@@ -187,12 +187,18 @@ class ControlPlane::Impl {
   }
 
   // Runs task on the control thread.
+  // Runs task on the control thread; once the loop is closed, at once
+  // here (each task then finds closing_ set and fails fast).
   void Post(std::function<void()> task) {
     {
       absl::MutexLock lock(&tasks_mu_);
-      tasks_.push_back(std::move(task));
+      if (!loop_closed_) {
+        tasks_.push_back(std::move(task));
+        uv_async_send(&wake_);
+        return;
+      }
     }
-    uv_async_send(&wake_);
+    task();
   }
 
   void Submit(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
@@ -243,6 +249,9 @@ class ControlPlane::Impl {
 
   absl::Mutex tasks_mu_;
   std::vector<std::function<void()>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+  // Set once the loop no longer runs (before Start, after Stop): Post runs
+  // tasks inline instead of waking a closed handle.
+  bool loop_closed_ ABSL_GUARDED_BY(tasks_mu_) = true;
 
   ControlState state_;
   RaftFsm fsm_{&state_};
@@ -250,7 +259,7 @@ class ControlPlane::Impl {
   struct raft_io io_ {};
   struct raft raft_ {};
   bool raft_initialized_ = false;
-  bool closing_ = false;  // control thread
+  std::atomic<bool> closing_{false};  // set on the control thread; read by inline tasks
 
   mutable absl::Mutex config_mu_;
   std::shared_ptr<const ClusterConfig> published_ ABSL_GUARDED_BY(config_mu_);
@@ -387,6 +396,10 @@ absl::Status ControlPlane::Impl::Start() {
                  kTickMs, kTickMs);
   UpdateStatus();
   started_ = true;
+  {
+    absl::MutexLock lock(&tasks_mu_);
+    loop_closed_ = false;
+  }
   thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
   return absl::OkStatus();
 }
@@ -406,6 +419,11 @@ void ControlPlane::Impl::Stop() {
         auto* self = static_cast<Impl*>(raft->data);
         raft_uv_close(&self->io_);
         uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
+        {
+          // From here tasks run where they are posted (and fail fast).
+          absl::MutexLock lock(&self->tasks_mu_);
+          self->loop_closed_ = true;
+        }
         uv_close(reinterpret_cast<uv_handle_t*>(&self->wake_), nullptr);
       });
     });
@@ -497,6 +515,7 @@ void ControlPlane::Impl::Propose(std::string command,
                                  std::function<void(absl::StatusOr<uint64_t>)> done,
                                  bool from_reconciler) {
   if (raft_state(&raft_) != RAFT_LEADER) {
+    if (from_reconciler) command_pending_ = false;
     done(absl::UnavailableError("this node does not lead the control plane"));
     return;
   }
@@ -527,6 +546,7 @@ void ControlPlane::Impl::Propose(std::string command,
                                 });
   if (rv != 0) {
     std::unique_ptr<Proposal> failed(proposal);
+    if (from_reconciler) command_pending_ = false;
     ++proposals_failed_;
     failed->done(absl::UnavailableError(absl::StrCat("the control plane: ", raft_strerror(rv))));
     return;
@@ -581,7 +601,10 @@ bool ControlPlane::Impl::StartChange(const char* what, int rv) {
 
 // The leader's reconciler: one step per call, read from the committed state.
 void ControlPlane::Impl::Reconcile() {
-  if (raft_state(&raft_) != RAFT_LEADER || change_pending_ || command_pending_) return;
+  if (raft_state(&raft_) != RAFT_LEADER || change_pending_ || command_pending_ ||
+      transfer_pending_) {
+    return;
+  }
   // A change of configuration is in flight until Raft commits it.
   if (raft_.configuration_uncommitted_index != 0) return;
   const ClusterConfig config = state_.Current();
@@ -606,7 +629,28 @@ void ControlPlane::Impl::Reconcile() {
   for (const auto& [id, member] : config.members) {
     if (member.raft_id == raft_.id) self_member = &member;
   }
-  // Servers Raft holds that are no longer members (or never were).
+  auto other_voters = [this] {
+    unsigned count = 0;
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      const raft_server& server = raft_.configuration.servers[i];
+      if (server.role == RAFT_VOTER && server.id != raft_.id) ++count;
+    }
+    return count;
+  };
+  // A member that may vote and does not: the replacement of a voter that goes.
+  auto replacement = [&]() -> const Member* {
+    for (const auto& [id, member] : config.members) {
+      const raft_server* server = RaftServer(member.raft_id);
+      if ((member.state == MemberState::kActive || member.state == MemberState::kJoining) &&
+          server != nullptr && server->role != RAFT_VOTER && Alive(member)) {
+        return &member;
+      }
+    }
+    return nullptr;
+  };
+  // Servers Raft holds that are no longer members (or never were). A voter
+  // goes in steps that keep a quorum: a replacement is promoted first, then
+  // it is demoted, then removed; the leader hands over leadership first.
   for (unsigned i = 0; i < raft_.configuration.n; ++i) {
     const raft_server& server = raft_.configuration.servers[i];
     const Member* member = nullptr;
@@ -617,8 +661,21 @@ void ControlPlane::Impl::Reconcile() {
     if (member == nullptr && server.id == raft_.id) continue;  // a bootstrapped leader
     if (server.id == raft_.id) {
       // The leader itself was removed: another voter takes over and
-      // removes it.
-      TransferLeadership();
+      // removes it. With no other voter, one is promoted first (below).
+      if (other_voters() > 0) {
+        TransferLeadership();
+        return;
+      }
+      continue;
+    }
+    if (server.role == RAFT_VOTER) {
+      if (const Member* next = replacement(); next != nullptr) {
+        StartChange("promote",
+                    raft_assign(&raft_, &change_, next->raft_id, RAFT_VOTER, change_done));
+      } else {
+        StartChange("demote",
+                    raft_assign(&raft_, &change_, server.id, RAFT_STANDBY, change_done));
+      }
       return;
     }
     StartChange("remove", raft_remove(&raft_, &change_, server.id, change_done));
@@ -664,7 +721,7 @@ void ControlPlane::Impl::Reconcile() {
     if (is_wanted(server.id) || server.role == RAFT_STANDBY) continue;
     if (server.role == RAFT_VOTER && wanted.empty()) continue;  // never the last voter
     if (server.id == raft_.id && server.role == RAFT_VOTER) {
-      TransferLeadership();
+      if (other_voters() > 0) TransferLeadership();
       return;
     }
     // Not a voter: a standby, so that it still receives the log.

@@ -184,6 +184,8 @@ std::vector<std::string> ClusterProcess::Flags(const Node& node,
   if (options_.write_wait_ms > 0) {
     flags.push_back(absl::StrCat("--write-wait-ms=", options_.write_wait_ms));
   }
+  // A wiped node takes its own place again (it lost its data).
+  if (node.wiped) flags.push_back("--replace");
   for (const std::string& flag : options_.extra_flags) flags.push_back(flag);
   return flags;
 }
@@ -275,6 +277,7 @@ absl::Status ClusterProcess::Wipe(int node) {
     return absl::InternalError(
         absl::StrCat("wipe ", nodes_[node]->data_dir, ": ", error.message()));
   }
+  nodes_[node]->wiped = true;
   return absl::OkStatus();
 }
 

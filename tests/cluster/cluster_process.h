@@ -168,6 +168,7 @@ class ClusterProcess {
     std::string node_id;
     int port = 0;
     int http_port = 0;
+    bool wiped = false;  // Wipe was called: restarts with --replace
     std::string data_dir;
     std::unique_ptr<LogkvdProcess> process;
     std::string earlier_output;  // of the node's previous lives

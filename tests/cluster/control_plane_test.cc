@@ -17,6 +17,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_process.h"
+#include "tests/engine/test_util.h"
+#include "tests/server/logkvd_process.h"
 
 namespace logkv::test {
 namespace {
@@ -192,6 +194,31 @@ TEST_F(ControlPlaneTest, AWipedNodeTakesItsPlaceAgain) {
     EXPECT_FALSE(raft_id.empty());
   }
   absl::StatusOr<HttpAnswer> put = cluster_->Put(wiped, "after-wipe", "v", Consistency::kStrong);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->status, 200) << put->body;
+}
+
+// A second process under a live member's node id (a duplicated --node-id)
+// does not start: without --replace it may not take the member's place, and
+// the member keeps its Raft id.
+TEST_F(ControlPlaneTest, ADuplicateNodeIdDoesNotEvictAMember) {
+  ASSERT_OK(StartCluster(3));
+  const std::string id = cluster_->node_id(1);
+  const std::string raft_id = CommittedMembers(*cluster_, 0)[id].value("raft_id", "");
+  ScopedTempDir dir;
+  LogkvdProcess duplicate(LOGKVD_PATH,
+                          {absl::StrCat("--data_dir=", dir.path(), "/dup"),
+                           absl::StrCat("--node_id=", id), "--threads=1", "--shards=1",
+                           "--listen=127.0.0.1:0", "--http=127.0.0.1:0",
+                           "--cluster_secret=cluster-test-secret", "--join_timeout_ms=5000",
+                           absl::StrCat("--seeds=", cluster_->address(0))});
+  EXPECT_FALSE(duplicate.Start().ok()) << duplicate.Output();
+  EXPECT_NE(duplicate.Output().find("--replace"), std::string::npos) << duplicate.Output();
+  duplicate.Stop();
+  for (int node = 0; node < 3; ++node) {
+    EXPECT_EQ(CommittedMembers(*cluster_, node)[id].value("raft_id", ""), raft_id);
+  }
+  absl::StatusOr<HttpAnswer> put = cluster_->Put(1, "still-a-member", "v", Consistency::kStrong);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->status, 200) << put->body;
 }
