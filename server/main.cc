@@ -38,6 +38,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/backup/backup_manager.h"
 #include "server/config_file.h"
 #include "server/http/json_body.h"
 #include "server/log.h"
@@ -366,7 +367,8 @@ std::optional<SettingType> FlagSettingType(absl::string_view name) {
 
 // Settings whose value a reload (SIGHUP) applies to the running node.
 bool Reloadable(absl::string_view name) {
-  return name == "log_level" || name == "rate_limit" || name == "rate_limit_burst";
+  return name == "log_level" || name == "rate_limit" || name == "rate_limit_burst" ||
+         name == "backup_schedule" || name == "backup_retention" || name == "backup_rate_limit";
 }
 
 bool Secret(absl::string_view name) { return name == "jwt_secret" || name == "cluster_secret"; }
@@ -489,6 +491,26 @@ void Reload(Settings* settings, Node* node) {
     if (name == "rate_limit") rate_limit_text = value;
     if (name == "rate_limit_burst") rate_limit_burst_text = value;
   }
+  std::string backup_schedule = settings->in_effect["backup_schedule"];
+  std::string backup_retention_text = settings->in_effect["backup_retention"];
+  std::string backup_rate_text = settings->in_effect["backup_rate_limit"];
+  bool backup_changed = false;
+  for (const auto& [name, value] : reloads) {
+    if (name == "backup_schedule") backup_schedule = value;
+    if (name == "backup_retention") backup_retention_text = value;
+    if (name == "backup_rate_limit") backup_rate_text = value;
+    backup_changed = backup_changed || absl::StartsWith(name, "backup_");
+  }
+  uint64_t backup_retention = 0;
+  uint64_t backup_rate = 0;
+  if (!absl::SimpleAtoi(backup_retention_text, &backup_retention) ||
+      !absl::SimpleAtoi(backup_rate_text, &backup_rate)) {
+    Log(Level::kError,
+        "SIGHUP: %s: backup-retention and backup-rate-limit must be integers; the settings in "
+        "effect are kept",
+        settings->config_path);
+    return;
+  }
   Level level;
   if (!ParseLogLevel(log_level, &level)) {
     Log(Level::kError,
@@ -504,12 +526,27 @@ void Reload(Settings* settings, Node* node) {
     return;
   }
 
+  // The backup settings first: a schedule that does not parse changes
+  // nothing at all.
+  if (backup_changed) {
+    backup::BackupManager* backups = node->backup_manager();
+    absl::Status status =
+        backups == nullptr
+            ? absl::FailedPreconditionError("backups are not running")
+            : backups->Reconfigure(backup_schedule, static_cast<size_t>(backup_retention),
+                                   backup_rate);
+    if (!status.ok()) {
+      Log(Level::kError, "SIGHUP: %s: %s; the settings in effect are kept",
+          settings->config_path, status.message());
+      return;
+    }
+  }
   std::vector<std::string> applied;
   bool rate_changed = false;
   for (const auto& [name, value] : reloads) {
     applied.push_back(
         absl::StrCat(Dashed(name), " ", settings->in_effect[name], " -> ", value));
-    rate_changed = rate_changed || name != "log_level";
+    rate_changed = rate_changed || absl::StartsWith(name, "rate_limit");
     settings->in_effect[name] = value;
     settings->sources[name] = from_file.contains(name) ? Source::kFile : Source::kDefault;
     std::string error;

@@ -426,6 +426,40 @@ TEST(LogkvdReloadTest, FlagsStillWinAfterAReload) {
   EXPECT_EQ(process.Stop(), 0);
 }
 
+TEST(LogkvdReloadTest, SighupChangesTheBackupSchedule) {
+  ScopedTempDir dir;
+  const std::string config = dir.Subdir("logkvd.toml");
+  const std::string backups = dir.Subdir("backups");
+  WriteFile(config, absl::StrCat("backup-dir = \"", backups, "\"\nthreads = 1\n"));
+  LogkvdProcess process(LOGKVD_PATH, {"--config=" + config, "--data-dir=" + dir.Subdir("data"),
+                                      "--cluster-secret=ops-secret"});
+  ASSERT_TRUE(process.Start().ok()) << process.Output();
+  const int http = process.http_port();
+  const HttpHeaders admin = {{"X-Cluster-Secret", "ops-secret"}};
+  auto status = [&] { return Call(http, "GET", "/api/backup/status", admin).Json(); };
+  EXPECT_TRUE(status()["schedule"].is_null()) << status().dump();
+  EXPECT_TRUE(status()["next_run"].is_null()) << status().dump();
+
+  // A schedule, a retention and a rate, applied by SIGHUP.
+  WriteFile(config, absl::StrCat("backup-dir = \"", backups,
+                                 "\"\nthreads = 1\nbackup-schedule = \"30 3 * * *\"\n"
+                                 "backup-retention = 2\nbackup-rate-limit = 1048576\n"));
+  ASSERT_EQ(::kill(process.pid(), SIGHUP), 0);
+  ASSERT_TRUE(WaitForOutput(process, "SIGHUP: reloaded")) << process.Output();
+  EXPECT_TRUE(absl::StrContains(process.Output(), "backup-schedule  -> 30 3 * * *"))
+      << process.Output();
+  EXPECT_EQ(status()["schedule"], "30 3 * * *") << status().dump();
+  EXPECT_FALSE(status()["next_run"].is_null()) << status().dump();
+
+  // A schedule that does not parse changes nothing.
+  WriteFile(config, absl::StrCat("backup-dir = \"", backups,
+                                 "\"\nthreads = 1\nbackup-schedule = \"at noon\"\n"));
+  ASSERT_EQ(::kill(process.pid(), SIGHUP), 0);
+  ASSERT_TRUE(WaitForOutput(process, "settings in effect are kept")) << process.Output();
+  EXPECT_EQ(status()["schedule"], "30 3 * * *") << status().dump();
+  EXPECT_EQ(process.Stop(), 0);
+}
+
 // ==== systemd's notifications ==========================================================
 
 // A unix datagram socket standing in for systemd's NOTIFY_SOCKET.
