@@ -80,15 +80,18 @@ read -r one_rps one_p50 one_p99 < <(load -c 1 -n "$((requests / 10))" -r 1 -t se
 read -r many_rps many_p50 many_p99 < <(load -c 50 -n "$requests" -r 100000 -t set --consistency=strong)
 
 echo "control-plane-bench: two nodes join under load ..." >&2
-"$bench" -h 127.0.0.1 -p "${ports[n0]}" -c 50 -n "$requests" -d 100 -r 100000 -t set -P 16 \
+# Ten times the requests, so that the load outlasts both joins.
+join_requests=$((requests * 10))
+"$bench" -h 127.0.0.1 -p "${ports[n0]}" -c 50 -n "$join_requests" -d 100 -r 100000 -t set -P 16 \
   --consistency=eventual --csv >"$work/join-load.csv" 2>"$work/join-load.err" &
 load_pid=$!
 sleep 0.5
 start=$(now); start_node 3; join3=$(since "$start")
 start=$(now); start_node 4; join4=$(since "$start")
+load_running_at_join=$(kill -0 "$load_pid" 2>/dev/null && echo yes || echo no)
 wait "$load_pid" || die "the load during the joins failed: $(cat "$work/join-load.err")"
 join_rps=$(tr -d '"' <"$work/join-load.csv" | awk -F, 'NR == 2 { print $2 }')
-read -r settled_rps _ _ < <(load -c 50 -n "$requests" -r 100000 -t set -P 16 --consistency=eventual)
+read -r settled_rps _ _ < <(load -c 50 -n "$join_requests" -r 100000 -t set -P 16 --consistency=eventual)
 
 leader=""
 for i in 0 1 2 3 4; do
@@ -96,12 +99,13 @@ for i in 0 1 2 3 4; do
 done
 [[ -n $leader ]] || die "no node says it leads the control plane"
 apply_sum=$(metric "$leader" logkv_control_apply_seconds_sum)
+[[ -n $apply_sum ]] || die "no logkv_control_apply_seconds_sum on $leader"
 proposals=$(metric "$leader" logkv_control_proposals_total)
 epoch=$(metric n0 logkv_control_epoch)
 
 echo
 echo "strong SET, 3 nodes, 1 client, 1 key:      ${one_rps} req/s, p50 ${one_p50} ms, p99 ${one_p99} ms"
 echo "strong SET, 3 nodes, 50 clients:           ${many_rps} req/s, p50 ${many_p50} ms, p99 ${many_p99} ms"
-echo "join under load (eventual SET -P 16):      n3 ready in ${join3} s, n4 in ${join4} s"
+echo "join under load (eventual SET -P 16):      n3 ready in ${join3} s, n4 in ${join4} s (load still running after both: ${load_running_at_join})"
 echo "load throughput while joining / settled:   ${join_rps} / ${settled_rps} req/s ($(awk -v a="$join_rps" -v b="$settled_rps" 'BEGIN { printf "%.2f", a / b }')x)"
 echo "control plane on the leader ($leader):        ${proposals} proposals, mean apply $(awk -v s="$apply_sum" -v n="$proposals" 'BEGIN { printf "%.2f", n > 0 ? 1000 * s / n : 0 }') ms; epoch ${epoch}"

@@ -148,6 +148,45 @@ absl::Status CheckMemberFields(const Member& member) {
 // N replicas (N = 1 always can, an empty cluster included).
 bool CanHold(uint32_t replicas, size_t active) { return replicas == 1 || replicas <= active; }
 
+flatbuffers::Offset<fb::AddMember> BuildAddMember(flatbuffers::FlatBufferBuilder& builder,
+                                                  const Member& member) {
+  auto node_id = builder.CreateString(member.node_id);
+  auto binary_address = builder.CreateString(member.binary_address);
+  auto http_address = builder.CreateString(member.http_address);
+  auto control_address = builder.CreateString(member.control_address);
+  return fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
+                             static_cast<fb::Role>(member.role), control_address);
+}
+
+// The member an AddMember table describes (role not checked here).
+Member MemberFrom(const fb::AddMember& add) {
+  Member member;
+  member.raft_id = add.raft_id();
+  member.node_id = std::string(View(add.node_id()));
+  member.binary_address = std::string(View(add.binary_address()));
+  member.http_address = std::string(View(add.http_address()));
+  member.control_address = std::string(View(add.control_address()));
+  return member;
+}
+
+// AlreadyExists when one of member's addresses is another member's (a
+// removed member's addresses are free again).
+absl::Status CheckAddressesFree(const ClusterConfig& config, const Member& member) {
+  for (const auto& [id, other] : config.members) {
+    if (id == member.node_id || other.state == MemberState::kRemoved) continue;
+    for (const std::string* address :
+         {&member.binary_address, &member.http_address, &member.control_address}) {
+      if (address->empty()) continue;
+      if (*address == other.binary_address || *address == other.http_address ||
+          *address == other.control_address) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string EncodeCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
                           flatbuffers::Offset<void> body, const CommandOptions& options) {
   fb::CommandBuilder command(builder);
@@ -181,12 +220,7 @@ std::string EncodeNodeIdCommand(absl::string_view node_id, fb::CommandBody type,
 // changes anything, so a refused command leaves the state as it was.
 
 absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMember& add) {
-  Member member;
-  member.raft_id = add.raft_id();
-  member.node_id = std::string(View(add.node_id()));
-  member.binary_address = std::string(View(add.binary_address()));
-  member.http_address = std::string(View(add.http_address()));
-  member.control_address = std::string(View(add.control_address()));
+  Member member = MemberFrom(add);
   std::optional<Role> role = RoleOf(add.role());
   if (!role.has_value()) {
     return absl::InvalidArgumentError(
@@ -212,17 +246,8 @@ absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMemb
                                                    Quoted(id), " (",
                                                    MemberStateName(other.state), ")"));
     }
-    if (other.state == MemberState::kRemoved) continue;  // its addresses are free again
-    for (const std::string* address :
-         {&member.binary_address, &member.http_address, &member.control_address}) {
-      if (address->empty()) continue;
-      if (*address == other.binary_address || *address == other.http_address ||
-          *address == other.control_address) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
-      }
-    }
   }
+  if (absl::Status s = CheckAddressesFree(config, member); !s.ok()) return s;
   if (member.binary_address == member.http_address ||
       member.binary_address == member.control_address) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -240,13 +265,7 @@ absl::StatusOr<uint64_t> ApplyAddMember(ClusterConfig& config, const fb::AddMemb
 
 absl::StatusOr<uint64_t> ApplyReplaceMember(ClusterConfig& config, const fb::ReplaceMember& cmd) {
   if (cmd.member() == nullptr) return absl::InvalidArgumentError("replace names no member");
-  const fb::AddMember& add = *cmd.member();
-  Member member;
-  member.raft_id = add.raft_id();
-  member.node_id = std::string(View(add.node_id()));
-  member.binary_address = std::string(View(add.binary_address()));
-  member.http_address = std::string(View(add.http_address()));
-  member.control_address = std::string(View(add.control_address()));
+  Member member = MemberFrom(*cmd.member());
   if (absl::Status s = CheckMemberFields(member); !s.ok()) return s;
   auto it = config.members.find(member.node_id);
   if (it == config.members.end()) {
@@ -263,22 +282,12 @@ absl::StatusOr<uint64_t> ApplyReplaceMember(ClusterConfig& config, const fb::Rep
                                                  member.raft_id));
   }
   for (const auto& [id, other] : config.members) {
-    if (id == member.node_id) continue;
-    if (other.raft_id == member.raft_id) {
+    if (id != member.node_id && other.raft_id == member.raft_id) {
       return absl::AlreadyExistsError(
           absl::StrCat("raft id ", member.raft_id, " is taken by ", Quoted(id)));
     }
-    if (other.state == MemberState::kRemoved) continue;
-    for (const std::string* address :
-         {&member.binary_address, &member.http_address, &member.control_address}) {
-      if (address->empty()) continue;
-      if (*address == other.binary_address || *address == other.http_address ||
-          *address == other.control_address) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("address ", Quoted(*address), " is taken by ", Quoted(id)));
-      }
-    }
   }
+  if (absl::Status s = CheckAddressesFree(config, member); !s.ok()) return s;
   current.raft_id = member.raft_id;
   current.binary_address = std::move(member.binary_address);
   current.http_address = std::move(member.http_address);
@@ -406,24 +415,13 @@ size_t ClusterConfig::CountInState(MemberState state) const {
 
 std::string EncodeAddMember(const Member& member, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(256);
-  auto node_id = builder.CreateString(member.node_id);
-  auto binary_address = builder.CreateString(member.binary_address);
-  auto http_address = builder.CreateString(member.http_address);
-  auto control_address = builder.CreateString(member.control_address);
-  auto body = fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
-                                  static_cast<fb::Role>(member.role), control_address);
+  auto body = BuildAddMember(builder, member);
   return EncodeCommand(builder, fb::CommandBody::AddMember, body.Union(), options);
 }
 
 std::string EncodeReplaceMember(const Member& member, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(256);
-  auto node_id = builder.CreateString(member.node_id);
-  auto binary_address = builder.CreateString(member.binary_address);
-  auto http_address = builder.CreateString(member.http_address);
-  auto control_address = builder.CreateString(member.control_address);
-  auto add = fb::CreateAddMember(builder, member.raft_id, node_id, binary_address, http_address,
-                                 static_cast<fb::Role>(member.role), control_address);
-  auto body = fb::CreateReplaceMember(builder, add);
+  auto body = fb::CreateReplaceMember(builder, BuildAddMember(builder, member));
   return EncodeCommand(builder, fb::CommandBody::ReplaceMember, body.Union(), options);
 }
 
