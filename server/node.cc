@@ -1383,12 +1383,25 @@ absl::Status Node::StartBackgroundWork() {
     };
   }
   coordinator_->set_caught_up([anti_entropy] { return anti_entropy->caught_up(); });
-  service_->SetMembersSource([member] {
+  // Clients route to the committed ring's members that answer: a node
+  // still joining (not active) owns nothing yet.
+  service_->SetMembersSource([member, control = control_.get()] {
     std::vector<std::pair<std::string, std::string>> members;
-    if (member->LiveMemberCount() < 2) return members;  // a single node: nothing to route
-    for (const cluster::Member& live : member->membership()->LiveMembers()) {
-      members.emplace_back(live.node_id, live.address);
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    for (const auto& [id, committed] : config->members) {
+      if (committed.state != control::MemberState::kActive) continue;
+      cluster::Member found;
+      if (member->membership()->Find(id, &found)) {
+        if (found.state != cluster::MemberState::kAlive &&
+            found.state != cluster::MemberState::kSuspect) {
+          continue;
+        }
+        members.emplace_back(id, found.address);
+      } else {
+        members.emplace_back(id, committed.binary_address);
+      }
     }
+    if (members.size() < 2) members.clear();  // a single node: nothing to route
     return members;
   });
   cluster_routes_->SetSyncing([anti_entropy, member] {

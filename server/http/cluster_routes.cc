@@ -235,6 +235,21 @@ json ClusterRoutes::ControlStatus() {
 }
 
 void ClusterRoutes::Health(HttpRequest&, Responder responder) {
+  if (deps_.cluster != nullptr) {
+    bool started;
+    {
+      absl::MutexLock lock(&hooks_mu_);
+      started = static_cast<bool>(control_status_);
+    }
+    if (!started) {
+      // Ports are open before the node is a member of its cluster (a node
+      // joining waits for its activation): not ready yet.
+      HttpResponse starting = HttpResponse::Json(
+          503, Dump(json{{"status", "starting"}, {"version", BuildVersion()}, {"node_id", NodeId()}}));
+      starting.headers.emplace_back("Retry-After", "1");
+      return responder.Send(std::move(starting));
+    }
+  }
   std::string mode = config_.mode;
   {
     absl::MutexLock lock(&hooks_mu_);
