@@ -108,4 +108,4 @@ echo "strong SET, 3 nodes, 1 client, 1 key:      ${one_rps} req/s, p50 ${one_p50
 echo "strong SET, 3 nodes, 50 clients:           ${many_rps} req/s, p50 ${many_p50} ms, p99 ${many_p99} ms"
 echo "join under load (eventual SET -P 16):      n3 ready in ${join3} s, n4 in ${join4} s (load still running after both: ${load_running_at_join})"
 echo "load throughput while joining / settled:   ${join_rps} / ${settled_rps} req/s ($(awk -v a="$join_rps" -v b="$settled_rps" 'BEGIN { printf "%.2f", a / b }')x)"
-echo "control plane on the leader ($leader):        ${proposals} proposals, mean apply $(awk -v s="$apply_sum" -v n="$proposals" 'BEGIN { printf "%.2f", n > 0 ? 1000 * s / n : 0 }') ms; epoch ${epoch}"
+echo "control plane on the leader ($leader):        ${proposals} proposals, mean apply $(awk -v s="$apply_sum" -v n="$proposals" 'BEGIN { printf "%.2f", (n > 0 ? 1000 * s / n : 0) }') ms; epoch ${epoch}"
