@@ -202,7 +202,8 @@ TEST(ControlStateTest, ReplaceMemberKeepsThePlaceWithANewRaftId) {
   absl::StatusOr<uint64_t> replaced = state.Apply(EncodeReplaceMember(replacement));
   ASSERT_TRUE(replaced.ok()) << replaced.status();
   EXPECT_EQ(*replaced, before.epoch + 1);
-  const Member* after = state.Current().Find("n2");
+  const ClusterConfig current = state.Current();  // held: Find points into it
+  const Member* after = current.Find("n2");
   EXPECT_EQ(after->raft_id, 99u);
   EXPECT_EQ(after->state, MemberState::kActive);
   EXPECT_EQ(after->binary_address, "10.9.9.9:7000");
