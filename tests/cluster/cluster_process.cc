@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <random>
+#include <set>
 #include <system_error>
 
 #include "absl/container/flat_hash_set.h"
@@ -303,13 +304,22 @@ absl::Status ClusterProcess::WaitViewsConfirmed(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (true) {
     std::string unconfirmed;
+    // And every node holds the same committed configuration: until the last
+    // membership change has reached every node, coordinators may place keys
+    // on two rings (strong operations are linearizable once it has).
+    std::set<uint64_t> epochs;
     for (int node : RunningNodes()) {
       absl::StatusOr<HttpAnswer> health = HttpExchange(http_port(node), "GET", "/health", {}, "",
                                                        absl::Seconds(2));
       const bool confirmed = health.ok() && health->status == 200 &&
                              health->Json().value("view_confirmed", false);
       if (!confirmed) absl::StrAppend(&unconfirmed, unconfirmed.empty() ? "" : ", ", node_id(node));
+      if (confirmed) {
+        const nlohmann::json control = health->Json().value("control", nlohmann::json::object());
+        epochs.insert(control.value("epoch", uint64_t{0}));
+      }
     }
+    if (unconfirmed.empty() && epochs.size() > 1) unconfirmed = "(epochs differ)";
     if (unconfirmed.empty()) return absl::OkStatus();
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(
