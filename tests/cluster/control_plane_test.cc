@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "protocol/frame.h"
 #include "tests/cluster/cluster_process.h"
 #include "tests/engine/test_util.h"
 #include "tests/server/logkvd_process.h"
@@ -221,6 +222,38 @@ TEST_F(ControlPlaneTest, ADuplicateNodeIdDoesNotEvictAMember) {
   absl::StatusOr<HttpAnswer> put = cluster_->Put(1, "still-a-member", "v", Consistency::kStrong);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->status, 200) << put->body;
+}
+
+// A client connection (no ClusterHello with the cluster secret) that sends
+// a control-plane command is refused and nothing changes: ControlPropose is
+// a cluster-internal operation.
+TEST_F(ControlPlaneTest, AClientCannotProposeControlCommands) {
+  ASSERT_OK(StartCluster(3));
+  const uint64_t epoch = Epoch(0);
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(cluster_->port(0));
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  // The command's bytes do not matter: the refusal comes before they are
+  // read (the control plane's schema is not a client's to see).
+  const std::string command(64, 'x');
+  for (bool forwarded : {false, true}) {
+    flatbuffers::FlatBufferBuilder builder(256);
+    auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(command.data()),
+                                      command.size());
+    auto propose = protocol::CreateControlPropose(builder, bytes, forwarded);
+    protocol::RequestBuilder request(builder);
+    request.add_request_id(7);
+    request.add_operation_type(protocol::Operation::ControlPropose);
+    request.add_operation(propose.Union());
+    builder.FinishSizePrefixed(request.Finish());
+    ASSERT_TRUE(connection->SendBytes(protocol::FrameOf(builder)).ok());
+    absl::StatusOr<std::string> answer = connection->ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    const protocol::Response* response =
+        flatbuffers::GetSizePrefixedRoot<protocol::Response>(answer->data());
+    EXPECT_EQ(response->status(), protocol::StatusCode::PermissionDenied);
+  }
+  EXPECT_EQ(Epoch(0), epoch);
+  EXPECT_EQ(CommittedMembers(*cluster_, 0).size(), 3u);
 }
 
 // The control plane's leader is killed: the others elect another, and the
