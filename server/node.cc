@@ -12,7 +12,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
@@ -85,32 +84,35 @@ std::string ConfiguredNodeId(const NodeOptions& o) {
 
 // ---- The control plane over the peer connections ------------------------------
 
+// A ControlPropose request frame carrying a control-plane command.
+std::string ControlProposeFrame(absl::string_view command, bool forwarded) {
+  flatbuffers::FlatBufferBuilder builder(command.size() + 128);
+  auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(command.data()),
+                                    command.size());
+  auto propose = p::CreateControlPropose(builder, bytes, forwarded);
+  return cluster::FinishPeerRequest(&builder, p::Operation::ControlPropose, propose.Union());
+}
+
+// The epoch a ControlPropose was answered with, or why not.
+absl::StatusOr<uint64_t> ControlProposeAnswer(absl::StatusOr<std::string> answer) {
+  if (!answer.ok()) return answer.status();
+  absl::StatusOr<const p::Response*> response = p::VerifyResponse(*answer, 1u << 20);
+  if (!response.ok()) return response.status();
+  if (absl::Status status = p::StatusFromResponse(**response); !status.ok()) return status;
+  const p::ControlResult* result = (*response)->result_as_ControlResult();
+  if (result == nullptr) return absl::InternalError("a ControlPropose answered without a result");
+  return result->epoch();
+}
+
 // Sends a control-plane command to the node at address (its binary
 // protocol): it proposes it (forwarded: it must lead) or passes it to its
 // leader. done with the epoch after the command, or why not.
 void SendControlCommand(cluster::PeerTransport* transport, const std::string& address,
                         absl::string_view command, bool forwarded, absl::Duration timeout,
                         std::function<void(absl::StatusOr<uint64_t>)> done) {
-  flatbuffers::FlatBufferBuilder builder(command.size() + 128);
-  auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(command.data()),
-                                    command.size());
-  auto propose = p::CreateControlPropose(builder, bytes, forwarded);
-  std::string frame =
-      cluster::FinishPeerRequest(&builder, p::Operation::ControlPropose, propose.Union());
-  transport->Send(address, std::move(frame), timeout,
+  transport->Send(address, ControlProposeFrame(command, forwarded), timeout,
                   [done = std::move(done)](absl::StatusOr<std::string> answer) {
-                    if (!answer.ok()) return done(answer.status());
-                    absl::StatusOr<const p::Response*> response =
-                        p::VerifyResponse(*answer, 1u << 20);
-                    if (!response.ok()) return done(response.status());
-                    if (absl::Status status = p::StatusFromResponse(**response); !status.ok()) {
-                      return done(status);
-                    }
-                    const p::ControlResult* result = (*response)->result_as_ControlResult();
-                    if (result == nullptr) {
-                      return done(absl::InternalError("a ControlPropose answered without a result"));
-                    }
-                    done(result->epoch());
+                    done(ControlProposeAnswer(std::move(answer)));
                   });
 }
 
@@ -118,22 +120,8 @@ absl::StatusOr<uint64_t> SendControlCommandAndWait(cluster::PeerTransport* trans
                                                    const std::string& address,
                                                    absl::string_view command,
                                                    absl::Duration timeout) {
-  struct Answer {
-    absl::Notification done;
-    absl::StatusOr<uint64_t> result = absl::UnknownError("no answer");
-  };
-  auto answer = std::make_shared<Answer>();
-  SendControlCommand(transport, address, command, /*forwarded=*/false, timeout,
-                     [answer](absl::StatusOr<uint64_t> result) {
-                       answer->result = std::move(result);
-                       answer->done.Notify();
-                     });
-  // The transport answers every request within its timeout; the margin
-  // covers its thread's scheduling.
-  if (!answer->done.WaitForNotificationWithTimeout(timeout + absl::Seconds(5))) {
-    return absl::DeadlineExceededError(absl::StrCat(address, " did not answer in time"));
-  }
-  return answer->result;
+  return ControlProposeAnswer(cluster::SendAndWait(cluster::SendThrough(transport), address,
+                                                   ControlProposeFrame(command, false), timeout));
 }
 
 // Answers a ControlPropose: proposed here when forwarded (this node should
