@@ -1,6 +1,7 @@
 #include "server/node.h"
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
@@ -173,36 +175,6 @@ absl::StatusOr<uint64_t> SubmitUntilAnswered(control::ControlPlane* control,
     }
     absl::SleepFor(absl::Milliseconds(200));
   }
-}
-
-// This node leaves the committed configuration: BeginLeave, then
-// RemoveMember. A command an earlier attempt got through is refused as
-// already done (the member is leaving, or removed), which counts as done.
-absl::Status LeaveControlPlane(control::ControlPlane* control) {
-  const std::string node_id = control->self().node_id;
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  const std::shared_ptr<const control::ClusterConfig> config = control->config();
-  const control::Member* held = config->Find(node_id);
-  if (held == nullptr || held->raft_id != control->self().raft_id ||
-      held->state == control::MemberState::kRemoved) {
-    return absl::OkStatus();
-  }
-  if (held->state == control::MemberState::kActive) {
-    absl::StatusOr<uint64_t> begun =
-        SubmitUntilAnswered(control, control::EncodeBeginLeave(node_id), deadline);
-    if (!begun.ok() && !absl::StrContains(begun.status().message(), "it is leaving")) {
-      return absl::Status(begun.status().code(), absl::StrCat("the control plane refused the leave: ",
-                                                              begun.status().message()));
-    }
-  }
-  absl::StatusOr<uint64_t> removed =
-      SubmitUntilAnswered(control, control::EncodeRemoveMember(node_id), deadline);
-  if (!removed.ok() && !absl::StrContains(removed.status().message(), "it is removed")) {
-    return absl::Status(removed.status().code(),
-                        absl::StrCat("the control plane did not remove this node: ",
-                                     removed.status().message()));
-  }
-  return absl::OkStatus();
 }
 
 // ---- Each component's options, derived from the node's ---------------------
@@ -590,6 +562,7 @@ absl::Status Node::WaitViewConfirmed(absl::Time deadline, size_t min_live_member
   while (true) {
     const cluster::Membership* membership = cluster_ != nullptr ? cluster_->membership() : nullptr;
     if (membership != nullptr && membership->ViewConfirmed() &&
+        control_caught_up_.load(std::memory_order_acquire) &&
         cluster_->LiveMemberCount() >= min_live_members) {
       return absl::OkStatus();
     }
@@ -607,6 +580,10 @@ absl::Status Node::Start() {
   if (started_.exchange(true)) {
     return absl::FailedPreconditionError("a Node starts once: make a new one to restart");
   }
+  // Writes to a peer that closed its socket must fail with EPIPE, not end
+  // the process (libuv writes with plain writev): as logkvd's main does,
+  // for a node run inside another program (tests, tools).
+  ::signal(SIGPIPE, SIG_IGN);
   absl::Status status = options_.Validate();
   if (status.ok()) status = StartEngine();
   if (status.ok()) status = StartAuth();
@@ -617,6 +594,31 @@ absl::Status Node::Start() {
   }
   if (status.ok()) status = StartClusterMember();
   if (status.ok()) status = StartBackgroundWork();
+  if (status.ok()) {
+    RunInBackground([this] { CatchUpWithControlPlane(); });
+    // A node that joins (or was joining when it stopped) owns keys once it
+    // is filled with them and active.
+    if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
+      // A new cluster's first node: ready once it is a member, or at once
+      // if its control plane cannot write (it serves alone meanwhile).
+      if (absl::Status added = control_->WaitForSelf(
+              {control::MemberState::kActive},
+              absl::Now() + std::min(options_.join_timeout, absl::Seconds(5)));
+          !added.ok()) {
+        Log(Level::kWarning, "the control plane has not made this node a member yet: %s",
+            added.message());
+      }
+    }
+    const std::shared_ptr<const control::ClusterConfig> config = control_->config();
+    const control::Member* held = config->Find(cluster_->node_id());
+    if (status.ok() && held != nullptr && held->state == control::MemberState::kJoining) {
+      status = FinishJoin(absl::Now() + options_.join_timeout);
+      if (status.ok()) {
+        Log(Level::kInfo, "active in the cluster at epoch %d",
+            static_cast<int64_t>(control_->config()->epoch));
+      }
+    }
+  }
   if (status.ok()) status = StartFlusher();
   if (status.ok()) {
     LogListening();
@@ -856,6 +858,25 @@ absl::Status Node::BuildCluster() {
              absl::FunctionRef<Completion()> defer) {
         return HandleControlPropose(control_plane(), request, builder, defer);
       });
+  // A member changing the membership asks each member whether it holds the
+  // change's epoch (and runs nothing placed under an older one).
+  cluster_->AddPeerOperationHandler(
+      p::Operation::EpochBarrier,
+      [this](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+             absl::FunctionRef<Completion()>) {
+        const p::EpochBarrier* barrier = request.operation_as_EpochBarrier();
+        absl::Status status = barrier == nullptr
+                                  ? absl::InvalidArgumentError("an EpochBarrier names no epoch")
+                                  : LocalEpochBarrier(barrier->epoch());
+        if (status.ok()) {
+          p::FinishResponse(builder, request.request_id(), p::Result::ControlResult,
+                            p::CreateControlResult(*builder, control_plane()->config()->epoch)
+                                .Union());
+        } else {
+          p::BuildStatusResponse(builder, request.request_id(), status);
+        }
+        return Outcome::kAnswered;
+      });
 
   cluster::ClusterNode* const member = cluster_.get();
   // Owners come from the committed configuration; addresses and liveness
@@ -896,9 +917,11 @@ absl::Status Node::BuildCluster() {
   // members answered since the start) and the control plane's (this node
   // holds a committed configuration with itself as a member). Until then
   // the ring may be a view of one.
+  coordinator_->set_placement([this] { return CommittedPlacement(); });
   coordinator_->set_view_confirmed([this, member] {
     const cluster::Membership* membership = member->membership();
-    return membership != nullptr && membership->ViewConfirmed() && CommittedRing() != nullptr;
+    return membership != nullptr && membership->ViewConfirmed() &&
+           control_caught_up_.load(std::memory_order_acquire) && CommittedRing() != nullptr;
   });
   return absl::OkStatus();
 }
@@ -1168,10 +1191,22 @@ absl::Status Node::StartControlPlane() {
   options.is_alive = [member](const std::string& node_id) {
     return member->membership() != nullptr && member->membership()->IsAlive(node_id);
   };
-  options.forward = [member](const std::string& address, std::string command,
-                             std::function<void(absl::StatusOr<uint64_t>)> done) {
-    SendControlCommand(member->transport(), address, command, /*forwarded=*/true,
-                       absl::Seconds(5), std::move(done));
+  options.forward = [this, member](const std::string& address, std::string command,
+                                   std::function<void(absl::StatusOr<uint64_t>)> done) {
+    // The configuration has the address the leader joined with; gossip has
+    // the one it runs on now (a restarted node may listen on another port).
+    std::string to = address;
+    if (control::ControlPlane* control = control_plane(); control != nullptr) {
+      for (const auto& [id, committed] : control->config()->members) {
+        cluster::Member found;
+        if (committed.binary_address == address && member->membership() != nullptr &&
+            member->membership()->Find(id, &found) && !found.address.empty()) {
+          to = found.address;
+        }
+      }
+    }
+    SendControlCommand(member->transport(), to, command, /*forwarded=*/true, absl::Seconds(5),
+                       std::move(done));
   };
   options.on_change = [this] {
     control::ControlPlane* control = control_plane();
@@ -1302,44 +1337,63 @@ absl::Status Node::JoinControlPlane() {
         absl::StrCat("could not join the cluster through --seeds within ",
                      absl::FormatDuration(options_.join_timeout), ": ", last.message()));
   }
-  // Added: wait until this node has applied its own activation (the leader
-  // adds it to Raft first, which sends it the log).
-  absl::Status active = control_->WaitForSelf({control::MemberState::kActive}, deadline);
-  if (!active.ok()) {
-    return absl::UnavailableError(absl::StrCat("joined, but not active within ",
+  // Added: wait until this node has applied its own addition (the leader
+  // adds it to Raft first, which sends it the log). It becomes active once
+  // it is filled with its keys (FinishJoin, when the node runs).
+  absl::Status added = control_->WaitForSelf(
+      {control::MemberState::kJoining, control::MemberState::kActive}, deadline);
+  if (!added.ok()) {
+    return absl::UnavailableError(absl::StrCat("joined, but the configuration did not arrive "
+                                               "within ",
                                                absl::FormatDuration(options_.join_timeout),
-                                               ": ", active.message()));
+                                               ": ", added.message()));
   }
   Log(Level::kInfo, "joined the cluster's control plane at epoch %d",
       static_cast<int64_t>(control_->config()->epoch));
   return absl::OkStatus();
 }
 
-std::shared_ptr<const cluster::Ring> Node::CommittedRing() {
+cluster::Placement Node::CommittedPlacement() {
   // No ring (the coordinator refuses what needs owners) until the control
   // plane runs: a ring made up meanwhile would be a view of one.
   control::ControlPlane* control = control_plane();
-  if (control == nullptr) return nullptr;
+  if (control == nullptr) return {};
   std::shared_ptr<const control::ClusterConfig> config = control->config();
   absl::MutexLock lock(&ring_mu_);
-  if (ring_epoch_ == config->epoch) return ring_;
-  std::vector<std::string> owners;
+  if (ring_epoch_ == config->epoch) return placement_;
+  // Owners before a membership change (active and leaving members) and
+  // after it (active and joining ones).
+  std::vector<std::string> before;
+  std::vector<std::string> after;
   for (const auto& [id, member] : config->members) {
     if (member.state == control::MemberState::kActive ||
         member.state == control::MemberState::kLeaving) {
-      owners.push_back(id);
+      before.push_back(id);
+    }
+    if (member.state == control::MemberState::kActive ||
+        member.state == control::MemberState::kJoining) {
+      after.push_back(id);
     }
   }
   // A new cluster's first node, before its own activation is applied: it
   // is alone. A node joining has no ring until its configuration arrives.
-  if (owners.empty() && config->epoch <= 1 && options_.seeds.empty()) {
-    owners.push_back(cluster_->node_id());
+  if (before.empty() && config->epoch <= 1 && options_.seeds.empty()) {
+    before.push_back(cluster_->node_id());
+    after = before;
   }
-  ring_ = owners.empty() ? nullptr
-                         : std::make_shared<const cluster::Ring>(
-                               std::move(owners), static_cast<int>(config->vnodes_per_member));
+  const int vnodes = static_cast<int>(config->vnodes_per_member);
+  placement_.epoch = config->epoch;
+  placement_.ring =
+      before.empty() ? nullptr : std::make_shared<const cluster::Ring>(before, vnodes);
+  placement_.next = nullptr;
+  if (before != after && !before.empty() && !after.empty()) {
+    placement_.next = std::make_shared<const cluster::Ring>(std::move(after), vnodes);
+  }
   ring_epoch_ = config->epoch;
-  return ring_;
+  // Requests placed under this configuration carry its epoch (the control
+  // plane's hook may not have run yet).
+  cluster_->transport()->SetEpoch(config->epoch);
+  return placement_;
 }
 
 absl::Status Node::StartBackgroundWork() {
@@ -1349,8 +1403,15 @@ absl::Status Node::StartBackgroundWork() {
   anti_entropy_ = std::make_unique<cluster::AntiEntropy>(
       engine_.get(), cluster::SendThrough(member->transport()), ring_of, live_members,
       member->node_id(), &metrics_, AntiEntropyOptionsFor(options_));
+  // The purger keeps everything while the membership changes: a key owned
+  // under either ring is kept (a joining member owns nothing under the
+  // first, yet is being filled).
+  auto settled_ring = [this]() -> std::shared_ptr<const cluster::Ring> {
+    cluster::Placement placement = CommittedPlacement();
+    return placement.next != nullptr ? nullptr : placement.ring;
+  };
   purger_ = std::make_unique<cluster::Purger>(
-      engine_.get(), cluster::SendThrough(member->transport()), ring_of, live_members,
+      engine_.get(), cluster::SendThrough(member->transport()), settled_ring, live_members,
       member->node_id(), &metrics_, PurgerOptionsFor(options_));
   cluster::AntiEntropy* const anti_entropy = anti_entropy_.get();
   cluster::Purger* const purger = purger_.get();
@@ -1395,7 +1456,7 @@ absl::Status Node::StartBackgroundWork() {
   cluster_routes_->SetSyncing([anti_entropy, member] {
     return member->LiveMemberCount() > 1 && !anti_entropy->caught_up();
   });
-  cluster_routes_->SetControlStatus([control = control_.get()] {
+  cluster_routes_->SetControlStatus([this, control = control_.get()] {
     const control::ControlStatus status = control->Status();
     const std::shared_ptr<const control::ClusterConfig> config = control->config();
     nlohmann::json members = nlohmann::json::object();
@@ -1418,22 +1479,19 @@ absl::Status Node::StartBackgroundWork() {
                           {"leader", status.leader_node_id},
                           {"voters", status.voters},
                           {"leader_changes", status.leader_changes},
+                          {"caught_up", control_caught_up_.load()},
                           {"members", std::move(members)}};
   });
   cluster_routes_->SetBackground([this](std::function<void()> work) {
     RunInBackground(std::move(work));
   });
-  // A graceful leave first pushes what only this node may hold to the
-  // owners that remain (bounded).
-  // Then it leaves the committed configuration: BeginLeave and RemoveMember
-  // in the control plane (the ring without it), before gossip says so.
-  control::ControlPlane* const control = control_.get();
-  cluster_routes_->SetHandOff([this, anti_entropy, control](std::function<void(absl::Status)> then) {
+  // A graceful leave (Leave, bounded) commits the change in the control
+  // plane before gossip says so.
+  cluster_routes_->SetHandOff([this](std::function<void(absl::Status)> then) {
     leaving_.store(true);
-    RunInBackground([this, anti_entropy, control, then = std::move(then)] {
-      absl::Status status = anti_entropy->HandOff(absl::Now() + absl::Seconds(30));
-      if (!status.ok()) Log(Level::kWarning, "hand-off before leaving: %s", status.message());
-      if (status.ok()) status = LeaveControlPlane(control);
+    RunInBackground([this, then = std::move(then)] {
+      absl::Status status = Leave(absl::Now() + absl::Seconds(40));
+      if (!status.ok()) Log(Level::kWarning, "leaving: %s", status.message());
       // then() gossips Left (HasLeft, which the rejoin worker also waits
       // for) or refuses the leave: either way the leave is over when it
       // returns, and a node that did not leave stays (or becomes again) a
@@ -1445,6 +1503,258 @@ absl::Status Node::StartBackgroundWork() {
   if (absl::Status status = anti_entropy_->Start(); !status.ok()) return status;
   if (absl::Status status = purger_->Start(); !status.ok()) return status;
   return backup_manager_->Start(member->node_id());
+}
+
+absl::Status Node::LocalEpochBarrier(uint64_t epoch) {
+  control::ControlPlane* control = control_plane();
+  if (control == nullptr) return absl::UnavailableError("the control plane is not running");
+  if (const uint64_t held = control->config()->epoch; held < epoch) {
+    return absl::UnavailableError(
+        absl::StrCat("this node holds epoch ", held, ", not yet ", epoch));
+  }
+  if (const size_t running = coordinator_->InFlightBefore(epoch); running > 0) {
+    return absl::UnavailableError(absl::StrCat(
+        running, " strong operation(s) placed under an epoch before ", epoch, " still run"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::AwaitEpochBarrier(uint64_t epoch, absl::Time deadline) {
+  control::ControlPlane* control = control_plane();
+  cluster::Membership* membership = cluster_->membership();
+  const std::string self = cluster_->node_id();
+  // Every member of the configuration that is alive. One that is down
+  // coordinates nothing, and when it comes back it first catches up with
+  // the control plane (CatchUpWithControlPlane); replicas holding a later
+  // epoch refuse what it sends meanwhile (fencing).
+  std::vector<std::string> waiting;
+  for (const auto& [id, member] : control->config()->members) {
+    if (member.state != control::MemberState::kRemoved) waiting.push_back(id);
+  }
+  absl::Status last = absl::OkStatus();
+  while (!waiting.empty()) {
+    std::vector<std::string> still;
+    for (const std::string& id : waiting) {
+      absl::Status status;
+      cluster::Member found;
+      if (id == self) {
+        status = LocalEpochBarrier(epoch);
+      } else if (membership == nullptr || !membership->Find(id, &found) ||
+                 !membership->IsAlive(id)) {
+        continue;  // down: see above
+      } else {
+        flatbuffers::FlatBufferBuilder builder(64);
+        auto barrier = p::CreateEpochBarrier(builder, epoch);
+        std::string frame =
+            cluster::FinishPeerRequest(&builder, p::Operation::EpochBarrier, barrier.Union());
+        status = ControlProposeAnswer(cluster::SendAndWait(
+                                          cluster::SendThrough(cluster_->transport()),
+                                          found.address, std::move(frame), absl::Seconds(2)))
+                     .status();
+      }
+      if (!status.ok()) {
+        last = absl::Status(status.code(), absl::StrCat(id, ": ", status.message()));
+        still.push_back(id);
+      }
+    }
+    waiting = std::move(still);
+    if (waiting.empty()) break;
+    if (absl::Now() >= deadline || stopping_.load()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "members did not reach epoch ", epoch, " in time: ", last.message()));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::FinishJoin(absl::Time deadline) {
+  control::ControlPlane* control = control_plane();
+  const control::Member self = control->self();
+  absl::Status last = absl::OkStatus();
+  while (true) {
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    const control::Member* held = config->Find(self.node_id);
+    if (held == nullptr || held->raft_id != self.raft_id ||
+        held->state == control::MemberState::kRemoved) {
+      return absl::FailedPreconditionError("this node is not a member of the cluster");
+    }
+    if (held->state != control::MemberState::kJoining) return absl::OkStatus();
+    if (absl::Now() >= deadline || stopping_.load()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the join did not finish in time: ", last.message()));
+    }
+    const uint64_t epoch = config->epoch;
+    // 1. From here on no member runs a strong operation placed under a
+    //    configuration without this node; replicas refuse older epochs.
+    last = AwaitEpochBarrier(epoch, deadline);
+    // 2. The keys this node owns after the change, from every owner before
+    //    it: it then holds what any quorum of them held.
+    const cluster::Placement placement = CommittedPlacement();
+    if (last.ok() && placement.epoch == epoch && placement.ring != nullptr) {
+      // A member that is down is skipped while every key keeps a majority
+      // of its owners to fill from: at most (N - 1) / 2 of them.
+      std::vector<std::string> owners;
+      std::vector<std::string> down;
+      cluster::Membership* membership = cluster_->membership();
+      for (const std::string& member : placement.ring->members()) {
+        if (member == self.node_id) continue;
+        if (membership != nullptr && membership->IsAlive(member)) {
+          owners.push_back(member);
+        } else {
+          down.push_back(member);
+        }
+      }
+      const size_t n = std::min<size_t>(std::max(options_.replicas, 1), placement.ring->size());
+      if (down.size() > (n - 1) / 2) {
+        last = absl::UnavailableError(absl::StrCat(
+            "cannot fill from a majority of every key's owners: ", absl::StrJoin(down, ", "),
+            " down"));
+      } else {
+        last = anti_entropy_->Fill(placement.next != nullptr ? placement.next : placement.ring,
+                                   owners, deadline);
+      }
+    }
+    // 3. Active, if nothing changed meanwhile (else again, at the new epoch).
+    if (last.ok()) {
+      control::CommandOptions at;
+      at.if_epoch = epoch;
+      absl::StatusOr<uint64_t> activated = SubmitUntilAnswered(
+          control, control::EncodeActivateMember(self.node_id, at), deadline);
+      if (activated.ok()) {
+        return control->WaitForSelf({control::MemberState::kActive}, deadline);
+      }
+      last = activated.status();
+    }
+    Log(Level::kInfo, "joining: %s; trying again", last.message());
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+absl::Status Node::Leave(absl::Time deadline) {
+  control::ControlPlane* control = control_plane();
+  const control::Member self = control->self();
+  cluster::Membership* membership = cluster_->membership();
+  {
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    const control::Member* held = config->Find(self.node_id);
+    if (held == nullptr || held->raft_id != self.raft_id ||
+        held->state == control::MemberState::kRemoved) {
+      return absl::OkStatus();
+    }
+    if (held->state != control::MemberState::kLeaving) {
+      bool other = false;
+      for (const auto& [id, member] : config->members) {
+        if (id != self.node_id && member.state == control::MemberState::kActive &&
+            membership != nullptr && membership->IsAlive(id)) {
+          other = true;
+        }
+      }
+      if (!other) {
+        return absl::FailedPreconditionError(
+            "no other active member is alive: there is nobody to hand this node's keys to");
+      }
+      absl::StatusOr<uint64_t> begun =
+          SubmitUntilAnswered(control, control::EncodeBeginLeave(self.node_id), deadline);
+      if (!begun.ok() && !absl::StrContains(begun.status().message(), "it is leaving")) {
+        return absl::Status(begun.status().code(),
+                            absl::StrCat("the control plane refused the leave: ",
+                                         begun.status().message()));
+      }
+      if (absl::Status seen = control->WaitForSelf(
+              {control::MemberState::kLeaving, control::MemberState::kRemoved}, deadline);
+          !seen.ok()) {
+        return seen;
+      }
+    }
+  }
+  absl::Status last = absl::OkStatus();
+  while (true) {
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    const control::Member* held = config->Find(self.node_id);
+    if (held == nullptr || held->state == control::MemberState::kRemoved) {
+      return absl::OkStatus();
+    }
+    if (absl::Now() >= deadline || stopping_.load()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the leave did not finish in time: ", last.message()));
+    }
+    const uint64_t epoch = config->epoch;
+    // 1. No member runs a strong operation placed under a configuration
+    //    where this node is not leaving.
+    last = AwaitEpochBarrier(epoch, deadline);
+    // 2. Every owner after the change gets this node's keys it owns then
+    //    (each must be alive: one that missed them would miss writes).
+    const cluster::Placement placement = CommittedPlacement();
+    if (last.ok() && (placement.epoch != epoch || placement.next == nullptr)) {
+      last = absl::UnavailableError("the configuration changed during the leave");
+    }
+    if (last.ok()) {
+      for (const std::string& member : placement.next->members()) {
+        if (membership == nullptr || !membership->IsAlive(member)) {
+          last = absl::UnavailableError(
+              absl::StrCat("cannot hand keys off to ", member, ": it is not alive"));
+        }
+      }
+    }
+    if (last.ok()) last = anti_entropy_->HandOff(deadline, placement.next);
+    // 3. Removed, if nothing changed meanwhile.
+    if (last.ok()) {
+      control::CommandOptions at;
+      at.if_epoch = epoch;
+      absl::StatusOr<uint64_t> removed =
+          SubmitUntilAnswered(control, control::EncodeRemoveMember(self.node_id, at), deadline);
+      if (removed.ok() || absl::StrContains(removed.status().message(), "it is removed")) {
+        // This node keeps coordinating as a gateway: under the configuration
+        // without it (its removal reaches it before Raft lets it go).
+        if (absl::Status seen = control->WaitForSelf({control::MemberState::kRemoved},
+                                                     absl::Now() + absl::Seconds(5));
+            !seen.ok()) {
+          Log(Level::kWarning, "left, but the removal has not reached this node yet: %s",
+              seen.message());
+        }
+        return absl::OkStatus();
+      }
+      last = removed.status();
+    }
+    Log(Level::kInfo, "leaving: %s; trying again", last.message());
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+void Node::CatchUpWithControlPlane() {
+  control::ControlPlane* control = control_plane();
+  {
+    // Alone in its configuration (a single node): nobody holds a newer one.
+    bool others = false;
+    for (const auto& [id, member] : control->config()->members) {
+      if (id != cluster_->node_id() && member.state != control::MemberState::kRemoved) {
+        others = true;
+      }
+    }
+    if (!others && options_.seeds.empty()) {
+      control_caught_up_.store(true, std::memory_order_release);
+      return;
+    }
+  }
+  while (!stopping_.load()) {
+    absl::StatusOr<uint64_t> committed =
+        control->SubmitAndWait(control::EncodeBarrier(), absl::Seconds(1));
+    if (committed.ok()) {
+      const absl::Time give_up = absl::Now() + absl::Seconds(5);
+      while (control->config()->epoch < *committed && absl::Now() < give_up &&
+             !stopping_.load()) {
+        absl::SleepFor(absl::Milliseconds(5));
+      }
+      if (control->config()->epoch >= *committed) {
+        control_caught_up_.store(true, std::memory_order_release);
+        Log(Level::kInfo, "caught up with the control plane at epoch %d",
+            static_cast<int64_t>(*committed));
+        return;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
 }
 
 void Node::RunInBackground(std::function<void()> work) {
@@ -1473,6 +1783,14 @@ void Node::RejoinIfLeft() {
   const control::Member self = control->self();
   const std::shared_ptr<const control::ClusterConfig> config = control->config();
   const control::Member* held = config->Find(self.node_id);
+  if (held != nullptr && held->raft_id == self.raft_id &&
+      held->state == control::MemberState::kJoining) {
+    // Added again (below, at an earlier turn): filled, then active.
+    if (absl::Status joined = FinishJoin(absl::Now() + absl::Seconds(30)); !joined.ok()) {
+      Log(Level::kWarning, "joining the cluster again: %s", joined.message());
+    }
+    return;
+  }
   // Removed, or leaving as far as this node applied: a removed node may not
   // hear of its own removal (the leader stops sending it the log).
   if (held == nullptr || held->raft_id != self.raft_id ||
@@ -1518,6 +1836,7 @@ absl::Status Node::Stop() {
   if (!started_.load(std::memory_order_acquire)) return absl::OkStatus();  // nothing to stop
   if (stopped_) return stop_status_;
   stopped_ = true;
+  stopping_.store(true);
   const bool was_running = running_.exchange(false, std::memory_order_acq_rel);
 
   // The server first: every part is reached through it, so once it no

@@ -255,9 +255,28 @@ class Node {
   // A node that left and was asked to join again (gossip joined) is added
   // to the committed configuration again (the rejoin worker's task).
   void RejoinIfLeft();
-  // The ring of the committed configuration (cached per epoch): active and
-  // leaving members; this node alone before any configuration.
-  std::shared_ptr<const cluster::Ring> CommittedRing() ABSL_LOCKS_EXCLUDED(ring_mu_);
+  // A joining member (this node) becomes active (docs/cluster.md,
+  // "Membership changes"): the epoch barrier, the fill from the owners, then
+  // ActivateMember. Returns once this node applied its activation.
+  absl::Status FinishJoin(absl::Time deadline);
+  // Leaves the committed configuration: BeginLeave, the epoch barrier, the
+  // hand-off of this node's keys to the owners after it, RemoveMember.
+  absl::Status Leave(absl::Time deadline);
+  // Returns once every live member holds epoch (or a later one) and has no
+  // strong operation placed under an older epoch running (EpochBarrier).
+  absl::Status AwaitEpochBarrier(uint64_t epoch, absl::Time deadline);
+  // This node's answer to EpochBarrier: OK when it holds epoch and no strong
+  // operation placed under an older one runs here.
+  absl::Status LocalEpochBarrier(uint64_t epoch);
+  // A restarted or new node learns the epoch committed when it asks
+  // (a Barrier command) and waits until it applied it: until then it
+  // coordinates no quorum operation (its configuration may be stale).
+  void CatchUpWithControlPlane();
+  // The placement of the committed configuration (cached per epoch): the
+  // ring of active and leaving members, and during a change the ring of
+  // active and joining members; this node alone before any configuration.
+  cluster::Placement CommittedPlacement() ABSL_LOCKS_EXCLUDED(ring_mu_);
+  std::shared_ptr<const cluster::Ring> CommittedRing() { return CommittedPlacement().ring; }
   void LogListening() const;
   // Runs work on a thread joined by Stop (blocking work asked for over HTTP).
   void RunInBackground(std::function<void()> work) ABSL_LOCKS_EXCLUDED(background_mu_);
@@ -312,7 +331,10 @@ class Node {
   std::atomic<control::ControlPlane*> control_ptr_{nullptr};
   absl::Mutex ring_mu_;
   uint64_t ring_epoch_ ABSL_GUARDED_BY(ring_mu_) = ~uint64_t{0};
-  std::shared_ptr<const cluster::Ring> ring_ ABSL_GUARDED_BY(ring_mu_);
+  cluster::Placement placement_ ABSL_GUARDED_BY(ring_mu_);
+  // CatchUpWithControlPlane finished (then stays true).
+  std::atomic<bool> control_caught_up_{false};
+  std::atomic<bool> stopping_{false};  // Stop has begun
   // Told of every committed change (anti-entropy, purger, hand-off), from
   // the control plane's thread; set once they run, cleared by Stop.
   absl::Mutex control_listener_mu_;

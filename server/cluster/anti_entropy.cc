@@ -325,20 +325,22 @@ AntiEntropyFigures AntiEntropy::Figures() const {
   return totals_;
 }
 
-absl::Status AntiEntropy::HandOff(absl::Time deadline) {
-  std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
-  std::vector<std::string> remaining;
-  if (ring != nullptr) {
-    for (const std::string& member : ring->members()) {
-      if (member != self_) remaining.push_back(member);
+absl::Status AntiEntropy::HandOff(absl::Time deadline, std::shared_ptr<const Ring> after) {
+  if (after == nullptr) {
+    std::shared_ptr<const Ring> ring = ring_ ? ring_() : nullptr;
+    std::vector<std::string> remaining;
+    if (ring != nullptr) {
+      for (const std::string& member : ring->members()) {
+        if (member != self_) remaining.push_back(member);
+      }
     }
+    if (!remaining.empty()) after = std::make_shared<const Ring>(remaining);
   }
-  if (remaining.empty()) {
+  if (after == nullptr || after->size() == 0) {
     return absl::FailedPreconditionError(
         "this node is the only member: there is no other member to hand its keys to");
   }
   // Ownership as it will be once this node is gone.
-  auto after = std::make_shared<const Ring>(remaining);
   absl::Status all = absl::OkStatus();
   int reached = 0;
   for (const Member& member : live_members_()) {
@@ -362,6 +364,30 @@ absl::Status AntiEntropy::HandOff(absl::Time deadline) {
         "no other member is alive: there is nobody to hand this node's keys to");
   }
   return all;
+}
+
+absl::Status AntiEntropy::Fill(std::shared_ptr<const Ring> ring,
+                               const std::vector<std::string>& peers, absl::Time deadline) {
+  std::map<std::string, std::string> live;  // node id -> address
+  for (const Member& member : live_members_()) live[member.node_id] = member.address;
+  uint64_t pulled = 0;
+  for (const std::string& peer : peers) {
+    if (peer == self_) continue;
+    auto it = live.find(peer);
+    if (it == live.end()) {
+      return absl::UnavailableError(absl::StrCat("cannot fill from ", peer, ": it is not alive"));
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("the fill did not reach every owner in time");
+    }
+    absl::MutexLock lock(&round_mu_);
+    absl::StatusOr<AntiEntropyFigures> figures = RunRound(peer, it->second, ring);
+    if (!figures.ok()) return figures.status();
+    pulled += figures->keys_pulled;
+  }
+  Log(Level::kInfo, "filled from %d members: %d keys pulled", static_cast<int64_t>(peers.size()),
+      static_cast<int64_t>(pulled));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer_id,

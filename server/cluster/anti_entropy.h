@@ -176,7 +176,16 @@ class AntiEntropy {
   // so a write only this node holds is not lost with it. Stops at deadline.
   // FailedPrecondition when no other member is left to own the keys or none
   // is alive to take them; the first failure of a peer otherwise.
-  absl::Status HandOff(absl::Time deadline);
+  // after: the ring without this node, as the committed configuration has
+  // it (null: made from the current ring's other members).
+  absl::Status HandOff(absl::Time deadline, std::shared_ptr<const Ring> after = nullptr);
+
+  // Before a joining member is activated: pulls from each of peers (every
+  // one must answer) the records this node owns under ring, the ring after
+  // the change, so that it holds the newest record any of them held (and
+  // so what a quorum of the old owners held). Stops at deadline.
+  absl::Status Fill(std::shared_ptr<const Ring> ring, const std::vector<std::string>& peers,
+                    absl::Time deadline);
 
  private:
   struct Round;

@@ -93,7 +93,13 @@ class PeerTransport {
   // The epoch of this node's committed configuration, written into every
   // request sent from now on (Request.epoch); peers fence data operations
   // by it. 0 = none.
-  void SetEpoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_release); }
+  // Only ever raises it: callers that learn of a configuration at different
+  // moments (the control plane's hook, the placement) may race.
+  void SetEpoch(uint64_t epoch) {
+    uint64_t held = epoch_.load(std::memory_order_acquire);
+    while (held < epoch && !epoch_.compare_exchange_weak(held, epoch, std::memory_order_acq_rel)) {
+    }
+  }
   uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
 
   // Fault injection (tests): messages to these addresses are dropped (done

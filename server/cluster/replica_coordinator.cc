@@ -106,7 +106,7 @@ void ClusterClock::Observe(uint64_t timestamp) {
 struct ReplicaCoordinator::ReadState {
   std::string key;
   bool with_value = false;
-  size_t need = 0;
+  Need need;
   absl::Time deadline;
   ReadDone done;
 
@@ -114,6 +114,7 @@ struct ReplicaCoordinator::ReadState {
   std::vector<std::string> candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
   size_t next ABSL_GUARDED_BY(mu) = 0;                      // the next candidate to ask
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;
+  std::vector<std::string> asked ABSL_GUARDED_BY(mu);  // in flight
   std::vector<Reply> replies ABSL_GUARDED_BY(mu);
   std::vector<std::string> failures ABSL_GUARDED_BY(mu);
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -121,7 +122,7 @@ struct ReplicaCoordinator::ReadState {
 
 struct ReplicaCoordinator::SendState {
   std::shared_ptr<const VersionedRecord> record;
-  size_t need = 0;
+  Need need;
   size_t total = 0;
   bool hint = false;  // a client write: failed owners get hints (and are retried)
   absl::Time deadline;
@@ -132,6 +133,45 @@ struct ReplicaCoordinator::SendState {
   SendOutcome outcome ABSL_GUARDED_BY(mu);
   bool finished ABSL_GUARDED_BY(mu) = false;
 };
+
+// ---- Quorums over one or two owner sets -----------------------------------------------
+
+ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(std::vector<std::string> members,
+                                                      size_t count) {
+  Need need;
+  need.groups.push_back(Group{std::move(members), count});
+  return need;
+}
+
+bool ReplicaCoordinator::Need::MetBy(const std::vector<std::string>& nodes) const {
+  for (const Group& group : groups) {
+    size_t in_group = 0;
+    for (const std::string& node : nodes) {
+      if (std::find(group.members.begin(), group.members.end(), node) != group.members.end()) {
+        ++in_group;
+      }
+    }
+    if (in_group < group.count) return false;
+  }
+  return true;
+}
+
+std::string ReplicaCoordinator::Need::Describe() const {
+  std::vector<std::string> parts;
+  for (const Group& group : groups) {
+    parts.push_back(
+        absl::StrCat(group.count, " of [", absl::StrJoin(group.members, ", "), "]"));
+  }
+  return absl::StrJoin(parts, " and ");
+}
+
+ReplicaCoordinator::Need ReplicaCoordinator::Majorities(const KeyOwners& owners) {
+  Need need;
+  for (const std::vector<std::string>& group : owners.groups) {
+    need.groups.push_back(Need::Group{group, Majority(group.size())});
+  }
+  return need;
+}
 
 // ---- The coordinator -----------------------------------------------------------------
 
@@ -153,6 +193,41 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
   if (metrics_ != nullptr) {
     batcher_.set_counters(metrics_->peer_batched_requests(), metrics_->peer_batched_items());
   }
+}
+
+void ReplicaCoordinator::set_placement(PlacementFunction placement) {
+  placement_ = std::move(placement);
+}
+
+Placement ReplicaCoordinator::CurrentPlacement() const {
+  if (placement_) return placement_();
+  Placement placement;
+  placement.ring = ring_();
+  return placement;
+}
+
+size_t ReplicaCoordinator::InFlightBefore(uint64_t epoch) const {
+  absl::MutexLock lock(&in_flight_mu_);
+  size_t count = 0;
+  for (auto it = in_flight_.begin(); it != in_flight_.end() && it->first < epoch; ++it) {
+    count += it->second;
+  }
+  return count;
+}
+
+std::shared_ptr<void> ReplicaCoordinator::Track(uint64_t epoch) {
+  {
+    absl::MutexLock lock(&in_flight_mu_);
+    ++in_flight_[epoch];
+  }
+  // Released when the operation answers (the callback that holds it runs or
+  // is destroyed).
+  return std::shared_ptr<void>(nullptr, [this, epoch](void*) {
+    absl::MutexLock lock(&in_flight_mu_);
+    auto it = in_flight_.find(epoch);
+    assert(it != in_flight_.end() && it->second > 0);
+    if (--it->second == 0) in_flight_.erase(it);
+  });
 }
 
 void ReplicaCoordinator::set_caught_up(std::function<bool()> caught_up) {
@@ -225,6 +300,25 @@ std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
   return owners;
 }
 
+ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& placement,
+                                                          absl::string_view key) const {
+  KeyOwners owners;
+  owners.all = OwnersOf(*placement.ring, key);
+  owners.groups.push_back(owners.all);
+  if (placement.next != nullptr && placement.next->size() > 0) {
+    std::vector<std::string> next = OwnersOf(*placement.next, key);
+    if (next != owners.all) {
+      for (const std::string& node : next) {
+        if (std::find(owners.all.begin(), owners.all.end(), node) == owners.all.end()) {
+          owners.all.push_back(node);
+        }
+      }
+      owners.groups.push_back(std::move(next));
+    }
+  }
+  return owners;
+}
+
 std::vector<std::string> ReplicaCoordinator::Owners(absl::string_view key) const {
   std::shared_ptr<const Ring> ring = ring_();
   if (ring == nullptr || ring->size() == 0) return {self_};
@@ -270,18 +364,33 @@ size_t ReplicaCoordinator::ReadAcks(p::Consistency consistency, size_t owners) c
 void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
                                p::Consistency consistency,
                                std::function<void(absl::StatusOr<WriteOutcome>)> done) {
-  std::shared_ptr<const Ring> ring = ring_();
-  if (ring == nullptr || ring->size() == 0) {
+  const Placement placement = CurrentPlacement();
+  if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
   }
-  if (NeedsQuorum(consistency, /*write=*/true) && !ViewConfirmed()) {
+  const bool quorum = NeedsQuorum(consistency, /*write=*/true);
+  if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
   }
-  RefreshTag(ring);
-  std::vector<std::string> owners = OwnersOf(*ring, key);
-  const size_t need = WriteAcks(consistency, owners.size());
+  if (quorum) {
+    done = [done = std::move(done), ticket = Track(placement.epoch)](
+               absl::StatusOr<WriteOutcome> outcome) mutable {
+      ticket.reset();
+      done(std::move(outcome));
+    };
+  }
+  RefreshTag(placement.ring);
+  KeyOwners key_owners = OwnersOf(placement, key);
+  // Every owner, before and after a membership change, is sent the write;
+  // strong writes need a majority of each set, the others W of the current.
+  Need need = consistency == p::Consistency::Strong
+                  ? Majorities(key_owners)
+                  : Need::Of(key_owners.groups.front(),
+                             WriteAcks(consistency, key_owners.groups.front().size()));
+  std::vector<std::string> owners = key_owners.all;
   // W is within [1, N]: a write waits for an owner at least, never for more than exist.
-  assert(!owners.empty() && need >= 1 && need <= owners.size());
+  assert(!owners.empty() && need.groups.front().count >= 1 &&
+         need.groups.front().count <= need.groups.front().members.size());
   const absl::Time deadline = absl::Now() + options_.write_wait;
   auto record = std::make_shared<VersionedRecord>();
   record->found = true;
@@ -303,13 +412,14 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
       if (local.ok() && local->found) clock_.Observe(local->timestamp);
     }
     record->timestamp = clock_.Now();
-    return WriteStamped(std::move(owners), std::move(record), need, deadline, std::move(done));
+    return WriteStamped(std::move(owners), std::move(record), std::move(need), deadline,
+                        std::move(done));
   }
   // ABD, phase 1: learn the key's highest timestamp from a majority, so the
   // write is stamped above every write that completed before it began
   // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
   const std::string& read_key = record->key;
-  ReadQuorum(owners, read_key, /*with_value=*/false, Majority(owners.size()), deadline,
+  ReadQuorum(owners, read_key, /*with_value=*/false, need, deadline,
              [this, owners, record, need, deadline,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
@@ -318,9 +428,8 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                      " not attempted: a majority of its owners could not be read (",
                      replies.status().message(), ")")));
                }
-               // Phase 1 heard from a majority of distinct owners.
-               assert(replies->size() >= Majority(owners.size()) &&
-                      replies->size() <= owners.size());
+               // Phase 1 heard from a majority of each owner set.
+               assert(replies->size() <= owners.size());
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
                record->timestamp = clock_.Now();
                WriteStamped(std::move(owners), std::move(record), need, deadline,
@@ -329,23 +438,23 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
 }
 
 void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
-                                      std::shared_ptr<VersionedRecord> record, size_t need,
+                                      std::shared_ptr<VersionedRecord> record, Need need,
                                       absl::Time deadline,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
   assert(timestamp != 0);  // stamped by the cluster clock before it is sent
   const size_t owner_count = owners.size();
+  const std::string needed = need.Describe();
   SendToOwners(
       owners, record, need, deadline, /*hint=*/true,
-      [this, owners, record, need, timestamp, owner_count,
+      [this, owners, record, needed, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
-        assert(!sent.reached || sent.applied.size() >= need);
         if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
               "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
-              " of ", owner_count, " owners, ", need, " needed, within ",
+              " of ", owner_count, " owners, ", needed, " needed, within ",
               absl::FormatDuration(options_.write_wait), "; applied on [",
               absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
               absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
@@ -363,22 +472,20 @@ void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
 }
 
 void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
-                                      std::shared_ptr<const VersionedRecord> record, size_t need,
+                                      std::shared_ptr<const VersionedRecord> record, Need need,
                                       absl::Time deadline, bool hint, SendDone done) {
-  // Each target is sent to once, and no more acknowledgements are needed
-  // than there are targets.
+  // Each target is sent to once.
   assert(Distinct(targets));
-  assert(need <= targets.size());
   auto state = std::make_shared<SendState>();
   state->record = std::move(record);
-  state->need = need;
+  state->need = std::move(need);
   state->total = targets.size();
   state->hint = hint;
   state->deadline = deadline;
   state->done = std::move(done);
   if (targets.empty()) {
     SendOutcome outcome;
-    outcome.reached = need == 0;
+    outcome.reached = state->need.MetBy({});
     state->done(std::move(outcome));
     return;
   }
@@ -440,7 +547,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     bool waiting;
     {
       absl::MutexLock lock(&state->mu);
-      waiting = !state->finished && state->outcome.applied.size() < state->need;
+      waiting = !state->finished && !state->need.MetBy(state->outcome.applied);
     }
     if (waiting && state->deadline - absl::Now() > options_.owner_retry_delay &&
         options_.run_after(options_.owner_retry_delay,
@@ -475,7 +582,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     }
     if (local.has_value()) outcome.local = local;
     if (!state->finished) {
-      if (outcome.applied.size() >= state->need) {
+      if (state->need.MetBy(outcome.applied)) {
         outcome.reached = true;
         state->finished = true;
       } else if (state->answered == state->total) {
@@ -493,18 +600,33 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
 
 void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
                              std::function<void(absl::StatusOr<ReadResult>)> done) {
-  std::shared_ptr<const Ring> ring = ring_();
-  if (ring == nullptr || ring->size() == 0) {
+  const Placement placement = CurrentPlacement();
+  if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
   }
-  if (NeedsQuorum(consistency, /*write=*/false) && !ViewConfirmed()) {
+  const bool quorum = NeedsQuorum(consistency, /*write=*/false);
+  if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
   }
-  std::vector<std::string> owners = OwnersOf(*ring, key);
-  const size_t need = ReadAcks(consistency, owners.size());
+  if (quorum) {
+    done = [done = std::move(done), ticket = Track(placement.epoch)](
+               absl::StatusOr<ReadResult> result) mutable {
+      ticket.reset();
+      done(std::move(result));
+    };
+  }
   const bool strong = consistency == p::Consistency::Strong;
+  KeyOwners owners = OwnersOf(placement, key);
+  if (!strong) {
+    // Only strong reads need both owner sets of a membership change.
+    owners.groups.resize(1);
+    owners.all = owners.groups.front();
+  }
+  Need need = strong ? Majorities(owners)
+                     : Need::Of(owners.all, ReadAcks(consistency, owners.all.size()));
   const absl::Time deadline = absl::Now() + options_.write_wait;
-  ReadQuorum(owners, key, /*with_value=*/true, need, deadline,
+  const std::vector<std::string> asked = owners.all;
+  ReadQuorum(asked, key, /*with_value=*/true, std::move(need), deadline,
              [this, owners, strong, deadline, key,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
@@ -517,11 +639,11 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
              });
 }
 
-void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector<Reply> replies,
+void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies,
                                     bool strong, absl::Time deadline,
                                     std::function<void(absl::StatusOr<ReadResult>)> done) {
   // A read finishes with at least one reply, at most one per owner.
-  assert(!replies.empty() && replies.size() <= owners.size());
+  assert(!replies.empty() && replies.size() <= owners.all.size());
   size_t newest_index = 0;
   for (size_t i = 1; i < replies.size(); ++i) {
     if (NewerThan(replies[i].record, replies[newest_index].record)) newest_index = i;
@@ -560,30 +682,42 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
   if (!strong) {
     if (!stale.empty()) {
       // Background repair: the answer does not wait for it.
-      SendToOwners(stale, newest, /*need=*/stale.size(), deadline, /*hint=*/false,
+      SendToOwners(stale, newest, Need::Of(stale, stale.size()), deadline, /*hint=*/false,
                    [](SendOutcome) {});
     }
     return done(std::move(result));
   }
-  // ABD, the read's write-back: answer only once a majority holds the newest
-  // record, so no later read can return anything older.
-  const size_t majority = Majority(owners.size());
-  if (holders >= majority) return done(std::move(result));
+  // ABD, the read's write-back: answer only once a majority (of each owner
+  // set, during a membership change) holds the newest record, so no later
+  // read can return anything older.
+  std::vector<std::string> holding;
   std::vector<std::string> targets;
-  for (const std::string& owner : owners) {
+  for (const std::string& owner : owners.all) {
     bool holds = false;
     for (const Reply& reply : replies) {
       if (reply.node_id == owner && !NewerThan(*newest, reply.record)) holds = true;
     }
-    if (!holds) targets.push_back(owner);
+    (holds ? holding : targets).push_back(owner);
   }
-  SendToOwners(targets, newest, majority - holders, deadline, /*hint=*/false,
-               [result = std::move(result), key = newest->key, majority, holders,
+  Need need = Majorities(owners);
+  if (need.MetBy(holding)) return done(std::move(result));
+  const std::string needed = need.Describe();
+  for (Need::Group& group : need.groups) {
+    size_t held = 0;
+    for (const std::string& node : holding) {
+      if (std::find(group.members.begin(), group.members.end(), node) != group.members.end()) {
+        ++held;
+      }
+    }
+    group.count -= std::min(group.count, held);
+  }
+  SendToOwners(targets, newest, std::move(need), deadline, /*hint=*/false,
+               [result = std::move(result), key = newest->key, needed, holders,
                 done = std::move(done)](SendOutcome sent) mutable {
                  if (!sent.reached) {
                    return done(absl::UnavailableError(absl::StrCat(
                        "strong read of key ", KeyForMessage(key), ": the newest record is on ",
-                       holders + sent.applied.size(), " owners, ", majority,
+                       holders + sent.applied.size(), " owners, ", needed,
                        " needed, within the write wait; not on [",
                        absl::StrJoin(sent.failures, "; "), "]")));
                  }
@@ -592,14 +726,17 @@ void ReplicaCoordinator::FinishRead(std::vector<std::string> owners, std::vector
 }
 
 void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
-                                    const std::string& key, bool with_value, size_t need,
+                                    const std::string& key, bool with_value, Need need,
                                     absl::Time deadline, ReadDone done) {
   // R (or phase 1's majority) is within [1, N].
-  assert(need >= 1 && need <= owners.size());
+  assert(need.groups.front().count >= 1 && need.groups.front().count <= owners.size());
+  // One owner set: R owners are asked, the next one when one fails. Two
+  // (a membership change): every owner at once.
+  const size_t first_asks = need.groups.size() == 1 ? need.groups.front().count : owners.size();
   auto state = std::make_shared<ReadState>();
   state->key = key;
   state->with_value = with_value;
-  state->need = need;
+  state->need = std::move(need);
   state->deadline = deadline;
   state->done = std::move(done);
   // The local engine first (no network), then live owners in preference
@@ -631,15 +768,15 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
     absl::MutexLock lock(&state->mu);
     state->candidates = std::move(candidates);
     state->failures = std::move(failures);
-    if (state->candidates.size() < need) {
+    if (!state->need.MetBy(state->candidates)) {
       state->finished = true;
-      unreachable = absl::StrCat(need, " of ", owners.size(), " owners needed, ",
+      unreachable = absl::StrCat(state->need.Describe(), " owners needed, ",
                                  state->candidates.size(), " reachable; [",
                                  absl::StrJoin(state->failures, "; "), "]");
     }
   }
   if (unreachable.has_value()) return state->done(absl::UnavailableError(*unreachable));
-  for (size_t i = 0; i < need; ++i) ReadNext(state);
+  for (size_t i = 0; i < first_asks; ++i) ReadNext(state);
 }
 
 void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
@@ -650,6 +787,7 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
     if (state->finished || state->next >= state->candidates.size()) return;
     node = state->candidates[state->next++];
     ++state->in_flight;
+    state->asked.push_back(node);
     spare = state->next < state->candidates.size();
   }
   if (node == self_) {
@@ -681,25 +819,37 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
     absl::MutexLock lock(&state->mu);
     assert(state->in_flight > 0);  // one answer per request sent
     --state->in_flight;
+    if (auto it = std::find(state->asked.begin(), state->asked.end(), node);
+        it != state->asked.end()) {
+      state->asked.erase(it);
+    }
     if (state->finished) return;
-    // Unfinished: fewer replies than needed, and no candidate asked twice.
-    assert(state->replies.size() < state->need);
+    // Unfinished: no candidate asked twice.
     assert(state->next <= state->candidates.size());
+    auto replied = [&state] {
+      std::vector<std::string> nodes;
+      for (const Reply& reply : state->replies) nodes.push_back(reply.node_id);
+      return nodes;
+    };
     if (record.ok()) {
       state->replies.push_back(Reply{node, *std::move(record)});
-      if (state->replies.size() >= state->need) {
+      if (state->need.MetBy(replied())) {
         state->finished = true;
         finish = std::move(state->replies);
       }
     } else {
       state->failures.push_back(absl::StrCat(node, ": ", record.status().message()));
-      const size_t possible =
-          state->replies.size() + state->in_flight + (state->candidates.size() - state->next);
-      if (possible < state->need) {
+      // Whether the replies, the owners still asked and those not asked yet
+      // could still make the quorum.
+      std::vector<std::string> possible = replied();
+      possible.insert(possible.end(), state->asked.begin(), state->asked.end());
+      possible.insert(possible.end(), state->candidates.begin() + state->next,
+                      state->candidates.end());
+      if (!state->need.MetBy(possible)) {
         state->finished = true;
         finish = absl::UnavailableError(absl::StrCat(
-            state->replies.size(), " of ", state->need, " owners answered within the write wait; [",
-            absl::StrJoin(state->failures, "; "), "]"));
+            state->replies.size(), " owners answered, ", state->need.Describe(),
+            " needed, within the write wait; [", absl::StrJoin(state->failures, "; "), "]"));
       } else {
         ask_next = true;
       }

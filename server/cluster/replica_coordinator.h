@@ -26,6 +26,16 @@
 // owners among those asked are repaired with Replicate: in the background
 // for Eventual and Default, before answering for Strong.
 //
+// While the membership changes (a Placement with a next ring: a member
+// joins or leaves), a key has two owner sets, before and after the change.
+// A strong operation then needs a majority of each (joint quorums, as Raft's
+// joint consensus); writes of every consistency go to both sets' owners.
+// With the fill of new owners and the epoch barrier (docs/cluster.md,
+// "Membership changes") this keeps strong operations linearizable through
+// joins and decommissions. Each strong operation is counted under the
+// epoch of the placement it used until it answers (InFlightBefore), so a
+// barrier can wait until none placed under an older epoch is left.
+//
 // Strong is linearizable for single-key get, put and delete (ABD): a
 // strong write first reads the key's timestamps from a majority and is
 // stamped above them, then sent to every owner and acknowledged by a
@@ -50,6 +60,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -153,6 +164,8 @@ class ReplicaCoordinator final : public Coordinator {
  public:
   // The current ring (never null once the node runs; Membership::ring).
   using RingFunction = std::function<std::shared_ptr<const Ring>()>;
+  // The placement of the committed configuration (ring.h).
+  using PlacementFunction = std::function<Placement()>;
   // A member by node id; false when unknown.
   using PeerLookup = std::function<bool(const std::string& node_id, PeerInfo* info)>;
   using SendFunction = PeerSendFunction;
@@ -198,6 +211,15 @@ class ReplicaCoordinator final : public Coordinator {
   // as it is. Unset: always confirmed.
   void set_view_confirmed(std::function<bool()> confirmed) ABSL_LOCKS_EXCLUDED(caught_up_mu_);
 
+  // Where Get and Write place keys: the committed configuration's rings
+  // (two during a membership change) and its epoch. Unset: the ring
+  // function's ring alone, at epoch 0. REQUIRES: before any operation.
+  void set_placement(PlacementFunction placement);
+
+  // Strong (quorum) operations placed under an epoch below this one that
+  // have not answered yet.
+  size_t InFlightBefore(uint64_t epoch) const ABSL_LOCKS_EXCLUDED(in_flight_mu_);
+
   // A member's HTTP address when it advertises one, else its node id (for
   // answers such as primary_node).
   std::string HttpAddressOf(const std::string& node_id) const;
@@ -227,7 +249,33 @@ class ReplicaCoordinator final : public Coordinator {
   };
   using SendDone = std::function<void(SendOutcome outcome)>;
 
+  // The acknowledgements an operation needs: count of the members of each
+  // group (one group; two, before and after, during a membership change).
+  struct Need {
+    struct Group {
+      std::vector<std::string> members;
+      size_t count = 0;
+    };
+    std::vector<Group> groups;
+
+    static Need Of(std::vector<std::string> members, size_t count);
+    bool MetBy(const std::vector<std::string>& nodes) const;
+    std::string Describe() const;  // "2 of [a, b, c] and 2 of [a, b, d]"
+  };
+  // A key's owners under a placement: every owner once (the current ring's
+  // first, in preference order), and each ring's owners.
+  struct KeyOwners {
+    std::vector<std::string> all;
+    std::vector<std::vector<std::string>> groups;  // one, or two during a change
+  };
+
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
+  KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
+  Placement CurrentPlacement() const;
+  // A majority of each group.
+  static Need Majorities(const KeyOwners& owners);
+  // Counts an operation under epoch until the returned ticket is released.
+  std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
   // Whether an operation of this consistency needs a quorum (and so a
   // confirmed view).
@@ -238,7 +286,7 @@ class ReplicaCoordinator final : public Coordinator {
 
   // Reads key from need owners (candidates in order, the next on failure).
   void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
-                  bool with_value, size_t need, absl::Time deadline, ReadDone done);
+                  bool with_value, Need need, absl::Time deadline, ReadDone done);
   void ReadNext(const std::shared_ptr<ReadState>& state);
   void OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
               absl::StatusOr<VersionedRecord> record);
@@ -247,7 +295,7 @@ class ReplicaCoordinator final : public Coordinator {
   // answered without. hint: failed owners get a hint. An owner holding a
   // newer write counts as having applied it (last write wins orders it).
   void SendToOwners(const std::vector<std::string>& targets,
-                    std::shared_ptr<const VersionedRecord> record, size_t need,
+                    std::shared_ptr<const VersionedRecord> record, Need need,
                     absl::Time deadline, bool hint, SendDone done);
   // Sends state's record to one owner (the local engine for this node).
   void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node);
@@ -258,9 +306,9 @@ class ReplicaCoordinator final : public Coordinator {
 
   // Sends a stamped write to its owners and answers once need applied it.
   void WriteStamped(std::vector<std::string> owners, std::shared_ptr<VersionedRecord> record,
-                    size_t need, absl::Time deadline,
+                    Need need, absl::Time deadline,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
-  void FinishRead(std::vector<std::string> owners, std::vector<Reply> replies, bool strong,
+  void FinishRead(KeyOwners owners, std::vector<Reply> replies, bool strong,
                   absl::Time deadline, std::function<void(absl::StatusOr<ReadResult>)> done);
 
   // Constant after construction.
@@ -277,6 +325,11 @@ class ReplicaCoordinator final : public Coordinator {
   ServerMetrics* const metrics_;
   HintedHandoff* const handoff_;
   const ReplicaCoordinatorOptions options_;
+
+  PlacementFunction placement_;  // set before operations begin
+
+  mutable absl::Mutex in_flight_mu_;
+  std::map<uint64_t, size_t> in_flight_ ABSL_GUARDED_BY(in_flight_mu_);  // by epoch
 
   ClusterClock clock_;
   absl::Mutex tag_mu_;

@@ -48,6 +48,9 @@ constexpr uint64_t kTickMs = 100;
 // How long a submission waits for a leader to be known (a node that just
 // started hears from it within a heartbeat or an election).
 constexpr absl::Duration kLeaderWait = absl::Seconds(5);
+// How long a removed member stays in the Raft configuration (as a standby),
+// so that the commit of its removal reaches it.
+constexpr absl::Duration kRemovalGrace = absl::Seconds(2);
 
 const char* RaftStateName(int state) {
   switch (state) {
@@ -272,6 +275,11 @@ class ControlPlane::Impl {
   struct raft_transfer transfer_ {};
   bool change_pending_ = false;
   bool transfer_pending_ = false;
+  // Raft servers whose member is removed, and when this leader first saw
+  // it: a removed server stays in Raft a little (kRemovalGrace), so that
+  // the commit of its removal reaches it and it stops coordinating under
+  // the configuration before (a node that left stays a gateway).
+  std::map<raft_id, absl::Time> removed_seen_;
   bool command_pending_ = false;
   uint64_t last_leader_ = 0;
   uint64_t leader_changes_ = 0;
@@ -678,6 +686,9 @@ void ControlPlane::Impl::Reconcile() {
       }
       return;
     }
+    auto [seen, inserted] = removed_seen_.emplace(server.id, absl::Now());
+    if (absl::Now() - seen->second < kRemovalGrace) continue;
+    removed_seen_.erase(seen);
     StartChange("remove", raft_remove(&raft_, &change_, server.id, change_done));
     return;
   }
@@ -729,7 +740,13 @@ void ControlPlane::Impl::Reconcile() {
     return;
   }
   (void)self_member;
-  // Joining members Raft holds: active.
+  // A joining member becomes active by its own ActivateMember, once it is
+  // filled with its keys (docs/cluster.md, "Membership changes"); only the
+  // first member of a new cluster, with nobody to fill it, is activated here.
+  if (config.CountInState(MemberState::kActive) > 0 ||
+      config.CountInState(MemberState::kLeaving) > 0) {
+    return;
+  }
   for (const auto& [id, member] : config.members) {
     if (member.state != MemberState::kJoining) continue;
     const raft_server* server = RaftServer(member.raft_id);

@@ -16,8 +16,9 @@
 //   - The leader keeps the Raft configuration in step with the members the
 //     state machine holds (the reconciler): a member added by AddMember is
 //     added to Raft, made a voter while there are fewer than max_voters
-//     voters and a standby otherwise, and activated once Raft holds it; a
-//     removed member is removed from Raft; a voter that is leaving or
+//     voters and a standby otherwise (it activates itself once filled; the
+//     reconciler activates only a new cluster's first member); a removed
+//     member is removed from Raft after a short grace; a voter leaving or
 //     removed is replaced by another member. One Raft configuration change
 //     at a time, as Raft requires; after a leader change the new leader
 //     picks up where the old one stopped, since what to do next is read

@@ -449,6 +449,12 @@ std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options) 
   return EncodeCommand(builder, fb::CommandBody::SetVnodes, body.Union(), options);
 }
 
+std::string EncodeBarrier() {
+  flatbuffers::FlatBufferBuilder builder(64);
+  fb::BarrierBuilder barrier(builder);
+  return EncodeCommand(builder, fb::CommandBody::Barrier, barrier.Finish().Union(), {});
+}
+
 absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
   if (command.size() > kMaxCommandBytes) {
     return absl::InvalidArgumentError(absl::StrCat("command of ", command.size(),
@@ -486,6 +492,8 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
       return ApplySetVnodes(config_, *cmd->body_as_SetVnodes());
     case fb::CommandBody::ReplaceMember:
       return ApplyReplaceMember(config_, *cmd->body_as_ReplaceMember());
+    case fb::CommandBody::Barrier:
+      return config_.epoch;
     case fb::CommandBody::NONE:
       break;
   }

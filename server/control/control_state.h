@@ -103,6 +103,8 @@ std::string EncodeBeginLeave(absl::string_view node_id, CommandOptions options =
 std::string EncodeRemoveMember(absl::string_view node_id, CommandOptions options = {});
 std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options = {});
 std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options = {});
+// Changes nothing; answered with the epoch where the log applies it.
+std::string EncodeBarrier();
 
 class ControlState {
  public:

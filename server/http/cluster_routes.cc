@@ -274,6 +274,9 @@ void ClusterRoutes::Health(HttpRequest&, Responder responder) {
   }
   if (json control = ControlStatus(); control.is_object()) {
     control.erase("members");
+    // Until it caught up with the control plane a node refuses strong
+    // operations too (it may hold a stale configuration).
+    if (control.value("caught_up", true) == false) body["view_confirmed"] = false;
     body["control"] = std::move(control);
   }
   if (!writes.ok()) {

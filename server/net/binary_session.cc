@@ -24,6 +24,7 @@ bool IsClusterOperation(p::Operation operation) {
     case p::Operation::MerkleHashes:
     case p::Operation::MerkleLeaf:
     case p::Operation::ControlPropose:
+    case p::Operation::EpochBarrier:
       return true;
     default:
       return false;

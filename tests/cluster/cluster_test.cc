@@ -1196,6 +1196,35 @@ TEST_F(ClusterTest, StrongIsLinearizableWhileNodesAreKilledAndRestarted) {
   EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
 }
 
+// Strong operations stay linearizable while the membership changes: a node
+// joins (the ring grows from three to four members, and the new one owns
+// keys it has to be filled with), then another is decommissioned (its keys
+// are handed off, then the committed configuration drops it), with clients
+// on the three first nodes throughout.
+TEST_F(ClusterTest, StrongIsLinearizableThroughAJoinAndADecommission) {
+  const uint64_t seed =
+      TestSeedFromEnvironment("StrongIsLinearizableThroughAJoinAndADecommission");
+  RecordProperty("seed", std::to_string(seed));
+  ASSERT_OK(StartCluster(3, 3));
+  StrongClients strong(cluster_.get(), seed, {"member-a", "member-b", "member-c", "member-d"},
+                       /*clients=*/6);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  const int leaving = 1;
+  absl::StatusOr<HttpAnswer> left = HttpExchange(
+      cluster_->http_port(leaving), "POST", "/members/leave",
+      {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_EQ(left->status, 200) << left->body;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  strong.Stop();
+  const int completed = strong.Check(seed);
+  std::cout << completed << " strong operations completed" << std::endl;
+  EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
+}
+
 TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {
   ASSERT_OK(StartCluster(3, 3));
   std::vector<double> before;

@@ -194,6 +194,7 @@ TEST_F(ControlPlaneTest, AWipedNodeTakesItsPlaceAgain) {
     EXPECT_NE(raft_id, old_raft_id) << cluster_->node_id(node);
     EXPECT_FALSE(raft_id.empty());
   }
+  ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
   absl::StatusOr<HttpAnswer> put = cluster_->Put(wiped, "after-wipe", "v", Consistency::kStrong);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->status, 200) << put->body;

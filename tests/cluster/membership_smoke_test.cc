@@ -264,7 +264,8 @@ TEST_F(MembershipSmokeTest, JoinDetectFailureRejoinLeave) {
   StartNode(1, 0);  // no seeds: it remembers its cluster
   ASSERT_TRUE(WaitForAllAlive({0, 1, 2}, 3)) << Dump();
   for (const char* who : {"n1", "n2", "n3"}) {
-    ASSERT_TRUE(WaitForCommitted({0, 1, 2}, who, "active")) << who << "\n" << Dump();
+    ASSERT_TRUE(WaitForCommitted({0, 1, 2}, who, "active"))
+        << who << "\n" << Dump() << nodes_[2]->Output();
   }
 }
 
@@ -282,16 +283,18 @@ TEST_F(MembershipSmokeTest, TheMemberThatStaysServesAfterARestart) {
   ASSERT_TRUE(left.ok());
   ASSERT_EQ(left->status, 200) << left->body;
   ASSERT_TRUE(WaitForState({1}, "n1", "left")) << Dump();
-  auto put = [this](size_t node, absl::string_view consistency) {
+  std::string body;  // of the last answer
+  auto put = [this, &body](size_t node, absl::string_view consistency) {
     absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(nodes_[node]->http_port());
     EXPECT_TRUE(connection.ok()) << connection.status();
     if (!connection.ok()) return 0;
     HttpHeaders headers = {{"X-Consistency", std::string(consistency)}};
     if (!connection->Send(BuildRequest("PUT", "/v1/kv/after-leave", headers, "v")).ok()) return 0;
     absl::StatusOr<HttpAnswer> answer = connection->Read();
+    body = answer.ok() ? answer->body : "";
     return answer.ok() ? answer->status : 0;
   };
-  EXPECT_EQ(put(0, "strong"), 200);
+  EXPECT_EQ(put(0, "strong"), 200) << body << "\n" << Dump();
   absl::StatusOr<HttpAnswer> owner = Call(nodes_[1]->http_port(), "GET", "/store/after-leave");
   ASSERT_TRUE(owner.ok());
   EXPECT_EQ(owner->status, 200) << "not written to the owner: " << owner->body;
@@ -307,7 +310,7 @@ TEST_F(MembershipSmokeTest, TheMemberThatStaysServesAfterARestart) {
     if (status == 200) break;
     absl::SleepFor(absl::Milliseconds(100));
   }
-  EXPECT_EQ(status, 200) << Dump();
+  EXPECT_EQ(status, 200) << body << "\n" << Dump();
   absl::StatusOr<HttpAnswer> last = Call(nodes_[1]->http_port(), "POST", "/members/leave");
   ASSERT_TRUE(last.ok());
   EXPECT_EQ(last->status, 409) << last->body;

@@ -83,6 +83,38 @@ TEST(ControlStateTest, MemberLifeAdvancesTheEpochByOneEachStep) {
   EXPECT_EQ(state.epoch(), 8u);
 }
 
+// A Barrier changes nothing and is answered with the epoch where it applies
+// (a restarted node waits until it holds that epoch); the snapshot stays
+// byte-identical.
+TEST(ControlStateTest, BarrierAnswersTheEpochAndChangesNothing) {
+  ControlState state;
+  EXPECT_EQ(*state.Apply(EncodeBarrier()), 0u);
+  AddActive(state, 2);
+  const std::string before = state.Snapshot();
+  EXPECT_EQ(*state.Apply(EncodeBarrier()), 4u);
+  EXPECT_EQ(*state.Apply(EncodeBarrier()), 4u);
+  EXPECT_EQ(state.epoch(), 4u);
+  EXPECT_EQ(state.Snapshot(), before);
+}
+
+// The last step of a membership change names the epoch its barrier and fill
+// ran under: a change committed meanwhile makes it fail (Aborted), so the
+// member starts the step again at the new epoch.
+TEST(ControlStateTest, ActivationAtAnOlderEpochIsAborted) {
+  ControlState state;
+  AddActive(state, 2);
+  ASSERT_EQ(*state.Apply(EncodeAddMember(NewMember(3, "n3"))), 5u);
+  ASSERT_EQ(*state.Apply(EncodeAddMember(NewMember(4, "n4"))), 6u);
+  CommandOptions at_five;
+  at_five.if_epoch = 5;
+  EXPECT_EQ(CodeOf(state.Apply(EncodeActivateMember("n3", at_five))),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(state.Current().Find("n3")->state, MemberState::kJoining);
+  CommandOptions at_six;
+  at_six.if_epoch = 6;
+  EXPECT_EQ(*state.Apply(EncodeActivateMember("n3", at_six)), 7u);
+}
+
 TEST(ControlStateTest, JoiningMemberMayBeRemovedWithoutLeaving) {
   ControlState state;
   ASSERT_TRUE(state.Apply(EncodeAddMember(NewMember(1, "a"))).ok());
