@@ -5,6 +5,8 @@ Encodes requests with the classes flatc generates from protocol/logkv.fbs
 types of logkv.types, and splits a byte stream into frames. Shared by the
 sync and the asyncio clients; holds no I/O.
 """
+import functools
+import operator
 import struct
 
 import flatbuffers
@@ -82,59 +84,68 @@ class _Template:
     and by which fields differ from their defaults, never by the bytes in
     them. So a frame built with placeholder bytes of the same lengths (and a
     non-zero request id, as 0 would be left out) differs from the real one
-    only in those bytes: a copy with the id, key and value written in is the
-    frame the builder would make, for a fraction of its cost in Python. The
-    positions come from reading the frame back with the generated classes.
+    only in those bytes: the id, key and value joined between the frame's
+    other bytes are the frame the builder would make, for a fraction of its
+    cost in Python. The positions come from reading the frame back with the
+    generated classes; the builder writes the request table before the key
+    and the key before the value, and a layout that does not is not used.
     """
 
-    __slots__ = ("frame", "id_at", "key_at", "value_at")
+    __slots__ = ("parts",)
 
     def __init__(self, build, operation_class, key_length, value_length=None):
         placeholder_id = 0xFFFFFFFFFFFFFFFF
-        frame = build(placeholder_id, b"\0" * key_length,
-                      None if value_length is None else b"\0" * value_length)
+        frame = bytes(build(placeholder_id, b"\0" * key_length,
+                            None if value_length is None else b"\0" * value_length))
         request = g.Request.GetRootAs(frame, 4)
         tab = request._tab
-        self.id_at = tab.Pos + tab.Offset(4)
+        id_at = tab.Pos + tab.Offset(4)
         operation = operation_class()
         union = request.Operation()
         operation.Init(union.Bytes, union.Pos)
         op_tab = operation._tab
-        self.key_at = op_tab.Vector(op_tab.Offset(4))
-        self.value_at = (None if value_length is None
-                         else op_tab.Vector(op_tab.Offset(6)))
-        assert request.RequestId() == placeholder_id
-        self.frame = bytes(frame)
-
-    def fill(self, request_id, key, value=None):
-        frame = bytearray(self.frame)
-        struct.pack_into("<Q", frame, self.id_at, request_id)
-        frame[self.key_at:self.key_at + len(key)] = key
-        if value is not None:
-            frame[self.value_at:self.value_at + len(value)] = value
-        return frame
+        key_at = op_tab.Vector(op_tab.Offset(4))
+        if request.RequestId() != placeholder_id or not id_at + 8 <= key_at:
+            raise ValueError("unexpected request layout")
+        if value_length is None:
+            self.parts = (frame[:id_at], frame[id_at + 8:key_at], frame[key_at + key_length:])
+            return
+        value_at = op_tab.Vector(op_tab.Offset(6))
+        if not key_at + key_length <= value_at:
+            raise ValueError("unexpected request layout")
+        self.parts = (frame[:id_at], frame[id_at + 8:key_at],
+                      frame[key_at + key_length:value_at], frame[value_at + value_length:])
 
 
-_templates = {}
+_pack_id = struct.Struct("<Q").pack
+_get_templates = {}  # key length -> parts
+_delete_templates = {}
+_put_templates = {}  # (key length, value length) -> parts
 _MAX_TEMPLATES = 256
 _TEMPLATE_MAX_BYTES = 4096  # larger requests: the builder's cost is in the copy anyway
 
 
-def _templated(kind, build, operation_class, key, value=None):
-    shape = (kind, len(key), None if value is None else len(value))
-    template = _templates.get(shape)
-    if template is None:
-        if len(_templates) >= _MAX_TEMPLATES:
-            _templates.clear()
-        template = _templates[shape] = _Template(build, operation_class, len(key),
-                                                 None if value is None else len(value))
-    return template
+def _template(cache, shape, build, operation_class, key_length, value_length=None):
+    if len(cache) >= _MAX_TEMPLATES:
+        cache.clear()
+    try:
+        parts = _Template(build, operation_class, key_length, value_length).parts
+    except ValueError:  # pragma: no cover - a FlatBuffers runtime that lays out otherwise
+        parts = None
+    cache[shape] = parts
+    return parts
 
 
 def get(request_id, key, consistency=None):
-    key = _key(key)
+    if type(key) is not bytes:
+        key = _key(key)
     if not consistency and len(key) <= _TEMPLATE_MAX_BYTES:
-        return _templated("get", lambda rid, k, v: _get(rid, k), g.Get, key).fill(request_id, key)
+        parts = _get_templates.get(len(key), False)
+        if parts is False:
+            parts = _template(_get_templates, len(key), lambda rid, k, v: _get(rid, k), g.Get,
+                              len(key))
+        if parts is not None:
+            return b"".join((parts[0], _pack_id(request_id), parts[1], key, parts[2]))
     return _get(request_id, key, consistency)
 
 
@@ -165,11 +176,20 @@ def _check_ttl(ttl_ms):
 
 
 def put(request_id, key, value, ttl_ms=0, if_version=None, consistency=None):
-    key, value = _key(key), _key(value)
+    if type(key) is not bytes:
+        key = _key(key)
+    if type(value) is not bytes:
+        value = _key(value)
     if (not ttl_ms and if_version is None and not consistency
             and len(key) + len(value) <= _TEMPLATE_MAX_BYTES):
-        return _templated("put", lambda rid, k, v: _put(rid, k, v), g.Put, key,
-                          value).fill(request_id, key, value)
+        shape = (len(key), len(value))
+        parts = _put_templates.get(shape, False)
+        if parts is False:
+            parts = _template(_put_templates, shape, lambda rid, k, v: _put(rid, k, v), g.Put,
+                              len(key), len(value))
+        if parts is not None:
+            return b"".join((parts[0], _pack_id(request_id), parts[1], key, parts[2], value,
+                             parts[3]))
     return _put(request_id, key, value, ttl_ms, if_version, consistency)
 
 
@@ -193,10 +213,15 @@ def _put(request_id, key, value, ttl_ms=0, if_version=None, consistency=None):
 
 
 def delete(request_id, key, if_version=None, consistency=None):
-    key = _key(key)
+    if type(key) is not bytes:
+        key = _key(key)
     if if_version is None and not consistency and len(key) <= _TEMPLATE_MAX_BYTES:
-        return _templated("delete", lambda rid, k, v: _delete(rid, k), g.Delete,
-                          key).fill(request_id, key)
+        parts = _delete_templates.get(len(key), False)
+        if parts is False:
+            parts = _template(_delete_templates, len(key), lambda rid, k, v: _delete(rid, k),
+                              g.Delete, len(key))
+        if parts is not None:
+            return b"".join((parts[0], _pack_id(request_id), parts[1], key, parts[2]))
     return _delete(request_id, key, if_version, consistency)
 
 
@@ -297,55 +322,90 @@ def stats(request_id):
 # ---- Reading the answers every call reads -------------------------------------
 # Response, ValueResult and WriteResult fields are read here by the FlatBuffers
 # rules (a table's vtable gives each field's offset; absent fields have their
-# default) with one struct call per step: Python's generated accessors do the
-# same through several layers of calls per field, which dominated a pipelined
-# client's time. Everything else uses the generated classes; tests check that
-# both read the same values from the same frames.
-_u8 = struct.Struct("<B").unpack_from
-_u16 = struct.Struct("<H").unpack_from
+# default): Python's generated accessors go through several layers of calls
+# per field, which dominated a pipelined client's time. A vtable is a handful
+# of bytes that the server's builder repeats for every answer of a kind, so
+# each distinct vtable is compiled once into one struct format reading all of
+# a table's scalar fields in a single call. Everything else uses the
+# generated classes; tests check that both read the same values.
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
-_u64 = struct.Struct("<Q").unpack_from
-_i64 = struct.Struct("<q").unpack_from
+_u16 = struct.Struct("<H").unpack_from
+_SIZES = {"B": 1, "H": 2, "I": 4, "i": 4, "Q": 8, "q": 8}
 
 
-def _slot(buf, table, field_id):
-    """The position of a table's field, or 0 when the field is absent."""
-    vtable = table - _i32(buf, table)[0]
-    if vtable < 0:
-        raise ValueError("vtable before the buffer")
-    slot = 4 + 2 * field_id
-    if slot >= _u16(buf, vtable)[0]:
-        return 0
-    offset = _u16(buf, vtable + slot)[0]
-    return table + offset if offset else 0
+class _TableReader:
+    """Reads one kind of table: codes[i] is the struct code of field id i
+    ("I" for an offset to a string, vector or table)."""
+
+    _MAX_LAYOUTS = 64  # a server has a few; more are garbage, and start over
+
+    def __init__(self, codes):
+        self._codes = codes
+        self._zeros = (0,) * len(codes)
+        self._layouts = {}
+
+    def read(self, frame, table):
+        """(values by field id, field offsets by field id) of the table at table.
+
+        Absent fields read 0 with offset 0; an offset field's value is
+        relative to its own position, table + offset. Raises ValueError or
+        struct.error when the bytes do not hold such a table.
+        """
+        vtable = table - _i32(frame, table)[0]
+        if vtable < 0:
+            raise ValueError("vtable before the frame")
+        key = frame[vtable:vtable + _u16(frame, vtable)[0]]
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._compile(key)
+        unpack, pick, offsets = layout
+        return pick(unpack(frame, table) + self._zeros), offsets
+
+    def _compile(self, vtable):
+        if len(vtable) < 4 or len(vtable) % 2 or _u16(vtable, 0)[0] != len(vtable):
+            raise ValueError("a vtable of %d bytes" % len(vtable))
+        count = (len(vtable) - 4) // 2
+        object_size = _u16(vtable, 2)[0]
+        offsets = [(_u16(vtable, 4 + 2 * i)[0] if i < count else 0)
+                   for i in range(len(self._codes))]
+        present = sorted((offset, i) for i, offset in enumerate(offsets) if offset)
+        fmt = ["<"]
+        position = 0  # the format reads from the table's start
+        index = {}
+        for offset, i in present:
+            if offset < max(position, 4):  # 4: the table's offset to its vtable
+                raise ValueError("overlapping fields in a table")
+            code = self._codes[i]
+            fmt.append("%dx%s" % (offset - position, code))
+            position = offset + _SIZES[code]
+            index[i] = len(index)
+        if position > max(object_size, 4):
+            raise ValueError("a field past its table")
+        # Absent fields pick from the zeros appended to the unpacked values.
+        pick = operator.itemgetter(*[index.get(i, len(index) + i)
+                                     for i in range(len(self._codes))])
+        layout = (struct.Struct("".join(fmt)).unpack_from, pick, tuple(offsets))
+        if len(self._layouts) >= self._MAX_LAYOUTS:
+            self._layouts.clear()
+        self._layouts[bytes(vtable)] = layout
+        return layout
 
 
-def _scalar(buf, table, field_id, unpack):
-    at = _slot(buf, table, field_id)
-    return unpack(buf, at)[0] if at else 0
-
-
-def _ref(buf, table, field_id):
-    at = _slot(buf, table, field_id)
-    return at + _u32(buf, at)[0] if at else 0
-
-
-def _vector_bytes(buf, table, field_id):
-    at = _ref(buf, table, field_id)
-    if not at:
-        return b""
-    end = at + 4 + _u32(buf, at)[0]
-    if end > len(buf):
-        raise ValueError("vector past the end of the frame")
-    return bytes(buf[at + 4:end])
+# Response: request_id, status, message, result_type, result, retry_after_ms.
+_RESPONSE = _TableReader("QHIBIq")
+_VALUE_RESULT = _TableReader("IQQq")  # value, version, timestamp, expiry_unix_ms
+_WRITE_RESULT = _TableReader("QQQI")  # version, timestamp, sequence, shard
+_new_value = functools.partial(tuple.__new__, Value)
+_new_write = functools.partial(tuple.__new__, WriteResult)
 
 
 class Answer:
-    """One decoded Response frame: request_id and status at once; the message, the
-    result and retry_after_ms are read when asked for (most answers need only some)."""
+    """One decoded Response frame: request_id, status and where its result is at
+    once; the message and retry_after_ms are read when asked for (most answers
+    need neither)."""
 
-    __slots__ = ("request_id", "status", "_frame", "_root", "_generated")
+    __slots__ = ("request_id", "status", "result_type", "_frame", "_result", "_generated")
 
     @property
     def _response(self):
@@ -357,10 +417,6 @@ class Answer:
     def message(self):
         message = self._response.Message()
         return message.decode("utf-8", "replace") if message else ""
-
-    @property
-    def result_type(self):
-        return self._response.ResultType()
 
     @property
     def result(self):
@@ -378,22 +434,26 @@ class Answer:
 
 
 def decode(frame):
-    """Decodes one frame (length prefix included) as a Response.
+    """Decodes one frame (length prefix included, bytes) as a Response.
 
     Raises ProtocolError when the bytes are not a Response: the caller drops
     the connection, as the stream cannot be trusted any more.
     """
+    if type(frame) is not bytes:
+        frame = bytes(frame)
     try:
         root = 4 + _u32(frame, 4)[0]
-        answer = Answer()
-        answer._frame = frame
-        answer._root = root
-        answer._generated = None
-        answer.request_id = _scalar(frame, root, 0, _u64)
-        answer.status = _scalar(frame, root, 1, _u16)
-        return answer
+        values, offsets = _RESPONSE.read(frame, root)
     except (IndexError, struct.error, ValueError, TypeError) as error:
         raise errors.ProtocolError("the server sent a frame that is not a Response (%s)" % error)
+    answer = Answer()
+    answer._frame = frame
+    answer._generated = None
+    answer.request_id = values[0]
+    answer.status = values[1]
+    answer.result_type = values[3]
+    answer._result = root + offsets[4] + values[4] if offsets[4] else 0
+    return answer
 
 
 def stray(answer, last_id, address):
@@ -445,34 +505,35 @@ def _init(cls, tab):
     return obj
 
 
-def _result_table(answer, result_type, what):
-    frame, root = answer._frame, answer._root
-    table = 0
-    try:
-        if _scalar(frame, root, 3, _u8) == result_type:
-            table = _ref(frame, root, 4)
-    except (IndexError, struct.error, ValueError):
-        table = 0
-    if not table:
-        raise errors.ProtocolError("%s: the answer carries no %s" % (
-            what, _RESULT_NAMES.get(result_type, result_type)))
-    return frame, table
+def _no_result(result_type, what):
+    return errors.ProtocolError("%s: the answer carries no %s" % (
+        what, _RESULT_NAMES.get(result_type, result_type)))
 
 
 def to_value(answer, what="get"):
-    frame, t = _result_table(answer, g.Result.ValueResult, what)
+    frame, table = answer._frame, answer._result
+    if answer.result_type != g.Result.ValueResult or not table:
+        raise _no_result(g.Result.ValueResult, what)
     try:
-        return Value(_vector_bytes(frame, t, 0), _scalar(frame, t, 1, _u64),
-                     _scalar(frame, t, 2, _u64), _scalar(frame, t, 3, _i64))
+        values, offsets = _VALUE_RESULT.read(frame, table)
+        value = b""
+        if offsets[0]:
+            at = table + offsets[0] + values[0]
+            end = at + 4 + _u32(frame, at)[0]
+            if end > len(frame):
+                raise ValueError("vector past the end of the frame")
+            value = frame[at + 4:end]
     except (IndexError, struct.error, ValueError) as error:
         raise errors.ProtocolError("%s: a malformed ValueResult (%s)" % (what, error))
+    return _new_value((value,) + values[1:])
 
 
 def to_write(answer, what="put"):
-    frame, t = _result_table(answer, g.Result.WriteResult, what)
+    table = answer._result
+    if answer.result_type != g.Result.WriteResult or not table:
+        raise _no_result(g.Result.WriteResult, what)
     try:
-        return WriteResult(_scalar(frame, t, 0, _u64), _scalar(frame, t, 1, _u64),
-                           _scalar(frame, t, 2, _u64), _scalar(frame, t, 3, _u32))
+        return _new_write(_WRITE_RESULT.read(answer._frame, table)[0])
     except (IndexError, struct.error, ValueError) as error:
         raise errors.ProtocolError("%s: a malformed WriteResult (%s)" % (what, error))
 

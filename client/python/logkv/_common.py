@@ -1,6 +1,7 @@
 """Options, node addresses and routing shared by the sync and asyncio clients."""
 import threading
 
+from . import _codec as codec
 from . import errors
 from .placement import Ring
 
@@ -17,6 +18,10 @@ class Options:
         asyncio: requests are spread over them, each pipelined).
     route_to_owners: in a cluster, send each key's get/put/delete/get_version
         to its owners (placement.Ring), trying them in preference order.
+    max_in_flight: asyncio, requests awaiting their answer on one connection
+        at most; more wait for room (and writes wait while the transport's
+        buffer is above its high-water mark), so a pipeline of any length
+        buffers a bounded amount.
     read_retries: extra attempts of a read on the next node after a
         transport failure (writes are retried only when they were not sent,
         as a sent write may have been applied).
@@ -27,7 +32,7 @@ class Options:
     def __init__(self, nodes=("127.0.0.1:7070",), api_key=None, client_name="logkv-python",
                  connect_timeout=2.0, request_timeout=10.0, pool_size=2, route_to_owners=True,
                  read_retries=1, ssl=None, max_frame_bytes=64 << 20,
-                 watch_reconnect_timeout=10.0):
+                 watch_reconnect_timeout=10.0, max_in_flight=4096):
         if isinstance(nodes, str):
             nodes = [n for n in nodes.split(",") if n]
         if not nodes:
@@ -43,6 +48,7 @@ class Options:
         self.ssl = ssl
         self.max_frame_bytes = max_frame_bytes
         self.watch_reconnect_timeout = watch_reconnect_timeout
+        self.max_in_flight = max(1, max_in_flight)
 
 
 def parse_node(node):
@@ -100,6 +106,17 @@ class Router:
                   if o in address_of]
         return owners + [s for s in seeds if s not in owners]
 
+    def owner(self, key):
+        """The address of key's first owner (routing), else the preferred seed."""
+        with self._lock:
+            ring, address_of = self._ring, self._address_of
+        if ring is not None:
+            for node in ring.preference_list(key, len(ring.members)):
+                address = address_of.get(node)
+                if address is not None:
+                    return address
+        return self._options.nodes[self.preferred]
+
     def answered(self, address):
         try:
             self.preferred = self._options.nodes.index(address)
@@ -117,3 +134,126 @@ def transport_error(message, sent):
     error.transport = True
     error.sent = sent
     return error
+
+
+# ---- Answers to results (shared by the sync and asyncio clients) -------------
+
+def finisher(convert, what, absent_is_none=False):
+    """A function of an Answer: convert(answer) when Ok, None for NotFound when
+    absent_is_none, else the answer's typed error raised."""
+    def finish(answer):
+        status = answer.status
+        if status == 0:
+            return convert(answer)
+        if status == 1 and absent_is_none:
+            return None
+        raise answer.error(what)
+    return finish
+
+
+finish_get = finisher(codec.to_value, "get", absent_is_none=True)
+finish_get_version = finisher(lambda a: codec.to_value(a, "get_version"), "get_version",
+                              absent_is_none=True)
+finish_put = finisher(codec.to_write, "put")
+finish_delete = finisher(lambda a: codec.to_write(a, "delete"), "delete", absent_is_none=True)
+
+
+class Call:
+    """One request of a pipeline: what it is, how to encode it with a request id,
+    how its answer becomes a result, its key (routing) and whether it only reads."""
+
+    __slots__ = ("what", "encode", "finish", "key", "read")
+
+    def __init__(self, what, encode, finish, key, read):
+        self.what = what
+        self.encode = encode
+        self.finish = finish
+        self.key = key
+        self.read = read
+
+
+class PipelineBase:
+    """The queue of a pipeline: .get/.put/.delete add calls, execute() (in the
+    sync and asyncio subclasses) sends them and returns results in order."""
+
+    def __init__(self, client):
+        self._client = client
+        self._calls = []
+
+    def __len__(self):
+        return len(self._calls)
+
+    def get(self, key, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append(Call("get", lambda rid: codec.get(rid, key, consistency),
+                                finish_get, key, True))
+        return self
+
+    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append(Call("put", lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
+                                                             consistency),
+                                finish_put, key, False))
+        return self
+
+    def delete(self, key, if_version=None, consistency=None):
+        key = codec.as_bytes(key)
+        self._calls.append(Call("delete", lambda rid: codec.delete(rid, key, if_version,
+                                                                   consistency),
+                                finish_delete, key, False))
+        return self
+
+    def _take(self):
+        calls, self._calls = self._calls, []
+        return calls
+
+
+def plan(router, calls):
+    """[(address, [index of call])]: in a cluster each call goes to its key's
+    first owner; otherwise all go to the preferred seed."""
+    if not router.routing:
+        return [(router.candidates()[0], list(range(len(calls))))]
+    groups = {}
+    for index, call in enumerate(calls):
+        groups.setdefault(router.owner(call.key), []).append(index)
+    return list(groups.items())
+
+
+def finish_all(calls, answers, raise_on_error):
+    """Results of calls from their answers (an Answer or an exception each)."""
+    results = []
+    for call, answer in zip(calls, answers):
+        try:
+            if isinstance(answer, BaseException):
+                raise answer
+            results.append(call.finish(answer))
+        except errors.LogkvError as error:
+            if raise_on_error:
+                raise
+            results.append(error)
+    return results
+
+
+def after_transport_failure(call, error):
+    """For a call of a pipeline whose connection failed: None when it may be
+    sent again (to the next node), else the error to report for it (a write
+    that may have been applied is never sent twice)."""
+    if error.sent and not call.read:
+        return errors.UnavailableError("%s: %s" % (call.what, error.message))
+    return None
+
+
+def deadline_for(options, count):
+    """Seconds a pipeline of count calls may take: request_timeout per 1000."""
+    return options.request_timeout * max(1, count / 1000)
+
+
+def fresh_events(positions, events):
+    """The events not delivered before (a resumed watch may repeat some), while
+    moving positions (the last sequence delivered per shard) past them."""
+    for event in events:
+        if event.shard < len(positions):
+            if event.sequence <= positions[event.shard]:
+                continue
+            positions[event.shard] = event.sequence
+        yield event

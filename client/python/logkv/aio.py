@@ -6,6 +6,11 @@ the connection's protocol completes futures as answers arrive (in any
 order). A sweeper fails calls past their deadline, so a silent node never
 hangs a caller. Many calls in flight at once (asyncio.gather) are pipelined
 on one connection; pool_size connections per node share the load.
+
+Backpressure: a connection has at most max_in_flight requests awaiting
+answers, and sends nothing new while its transport's write buffer is above
+the high-water mark (pause_writing until resume_writing); callers beyond
+that wait for room, so a pipeline of any length buffers a bounded amount.
 """
 import asyncio
 import itertools
@@ -13,7 +18,9 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import Options, Router, is_transport, transport_error
+from ._common import (Options, PipelineBase, Router, after_transport_failure, deadline_for,
+                      finish_all, finish_delete, finish_get, finish_get_version, finish_put,
+                      finisher, fresh_events, is_transport, plan, transport_error)
 from .types import BatchOp
 
 _SWEEP_SECONDS = 0.1
@@ -32,6 +39,36 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc):
         self._conn._lost("the node closed the connection" if exc is None else str(exc))
 
+    def pause_writing(self):
+        self._conn._paused = True
+
+    def resume_writing(self):
+        self._conn._paused = False
+        self._conn._wake()
+
+
+class _Batch:
+    """The answers of many requests sent together, a future of all of them in order."""
+
+    __slots__ = ("answers", "remaining", "future")
+
+    def __init__(self, count, future):
+        self.answers = [None] * count
+        self.remaining = count
+        self.future = future
+
+    def add(self, index, answer):
+        self.answers[index] = answer
+        self.remaining -= 1
+        if not self.remaining and not self.future.done():
+            self.future.set_result(self.answers)
+
+    def done(self):
+        return self.future.done()
+
+    def set_exception(self, error):
+        self.future.set_exception(error)
+
 
 class AsyncConnection:
     """One connection that said Hello; any number of calls may be in flight on it."""
@@ -39,10 +76,16 @@ class AsyncConnection:
     def __init__(self, address, options):
         self.address = address
         self._options = options
-        self._ids = itertools.count(1)
         self.last_id = 0
         self._frames = codec.FrameBuffer(options.max_frame_bytes)
-        self._pending = {}  # request_id -> (future, deadline)
+        # request_id -> (sink, index, deadline): sink a future (index -1) or a _Batch.
+        self._pending = {}
+        self._paused = False  # the transport's buffer is above its high-water mark
+        self._waiters = []  # futures of callers waiting for room
+        # Counters for tests and monitoring: the most requests awaiting answers
+        # at once, and the largest write buffer the transport held.
+        self.peak_in_flight = 0
+        self.peak_write_buffer = 0
         self._streams = {}  # request_id -> callback(answer) for watches
         self._out = []
         self._transport = None
@@ -83,56 +126,127 @@ class AsyncConnection:
 
     # ---- sending ----
 
-    def call(self, encode, timeout):
-        """A future of the Answer to encode(request_id)."""
+    def _has_room(self):
+        return not self._paused and len(self._pending) < self._options.max_in_flight
+
+    def _wake(self):
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _room(self):
+        """Waits until a request may be sent (raises when the connection is lost)."""
+        while not self._has_room():
+            if self.closed:
+                raise transport_error("%s:%d: not connected" % self.address, sent=False)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
         if self.closed:
             raise transport_error("%s:%d: not connected" % self.address, sent=False)
-        rid = self.last_id = next(self._ids)
-        frame = encode(rid)
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending[rid] = (future, time.monotonic() + timeout)
+
+    def _send(self, frame):
         if not self._out:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(frame)
+        in_flight = len(self._pending)
+        if in_flight > self.peak_in_flight:
+            self.peak_in_flight = in_flight
         if self._sweeper is None:
-            self._sweeper = loop.call_later(_SWEEP_SECONDS, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
+
+    def call(self, encode, timeout):
+        """An awaitable of the Answer to encode(request_id)."""
+        if self.closed:
+            raise transport_error("%s:%d: not connected" % self.address, sent=False)
+        if not self._has_room():
+            return self._call_later(encode, timeout)
+        return self._call_now(encode, timeout)
+
+    async def _call_later(self, encode, timeout):
+        await self._room()
+        return await self._call_now(encode, timeout)
+
+    def _call_now(self, encode, timeout):
+        rid = self.last_id = self.last_id + 1
+        frame = encode(rid)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (future, -1, time.monotonic() + timeout)
+        self._send(frame)
         return future
+
+    async def call_many(self, encodes, timeout):
+        """The Answers of the requests encodes[i](request_id) makes, in order.
+
+        Sent in one write per turn of the event loop, as many at a time as
+        max_in_flight and the transport's buffer allow: a long pipeline
+        waits for answers to make room instead of buffering all of it.
+        """
+        future = asyncio.get_running_loop().create_future()
+        batch = _Batch(len(encodes), future)
+        pending = self._pending
+        limit = self._options.max_in_flight
+        index = 0
+        while index < len(encodes):
+            try:
+                await self._room()
+            except errors.UnavailableError as error:
+                if future.done():
+                    future.exception()  # the same loss; raised here
+                if index:
+                    raise transport_error(error.message, sent=True)
+                raise
+            deadline = time.monotonic() + timeout
+            room = min(limit - len(pending), len(encodes) - index)
+            rid = self.last_id
+            frames = []
+            for encode in encodes[index:index + room]:
+                rid += 1
+                frames.append(encode(rid))
+                pending[rid] = (batch, index, deadline)
+                index += 1
+            self.last_id = rid
+            self._send(b"".join(frames))
+            # Write now, so the transport's buffer (and pause_writing) see it.
+            self._flush()
+        return await future
 
     def stream(self, encode, on_answer):
         """Sends a streaming request (watch); on_answer gets every frame of it."""
-        rid = self.last_id = next(self._ids)
+        rid = self.last_id = self.last_id + 1
         self._streams[rid] = on_answer
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(encode(rid))
+        self._send(encode(rid))
         return rid
 
     def send_only(self, encode):
-        rid = self.last_id = next(self._ids)
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(encode(rid))
+        rid = self.last_id = self.last_id + 1
+        self._send(encode(rid))
 
     def _flush(self):
         out, self._out = self._out, []
         if out and not self.closed:
-            self._transport.write(b"".join(out) if len(out) > 1 else out[0])
+            transport = self._transport
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            size = transport.get_write_buffer_size()
+            if size > self.peak_write_buffer:
+                self.peak_write_buffer = size
 
     def _sweep(self):
         self._sweeper = None
         if self.closed or not self._pending:
             return
         now = time.monotonic()
-        expired = [rid for rid, (_, deadline) in self._pending.items() if deadline <= now]
+        expired = [rid for rid, (_, _, deadline) in self._pending.items() if deadline <= now]
         if expired:
             # As the C++ client: a node silent this long is given up, and its
             # late answers could not be told from new ones.
+            error = errors.DeadlineExceededError(
+                "no answer from %s:%d within the request timeout" % self.address)
             for rid in expired:
-                future, _ = self._pending.pop(rid)
-                if not future.done():
-                    future.set_exception(errors.DeadlineExceededError(
-                        "no answer from %s:%d within the request timeout" % self.address))
+                sink, _, _ = self._pending.pop(rid)
+                if not sink.done():
+                    sink.set_exception(error)
             self.close()
             return
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
@@ -146,8 +260,11 @@ class AsyncConnection:
                 answer = codec.decode(frame)
                 entry = self._pending.pop(answer.request_id, None)
                 if entry is not None:
-                    if not entry[0].done():
-                        entry[0].set_result(answer)
+                    sink, index, _ = entry
+                    if index >= 0:
+                        sink.add(index, answer)
+                    elif not sink.done():
+                        sink.set_result(answer)
                     continue
                 stream = self._streams.get(answer.request_id)
                 if stream is not None:
@@ -164,6 +281,8 @@ class AsyncConnection:
         except errors.ProtocolError as error:
             self._fail_all(transport_error("%s:%d: %s" % (self.address + (error.message,)),
                                            sent=True))
+        if self._waiters and self._has_room():
+            self._wake()
 
     def _fail_all(self, error):
         if self._transport is not None:
@@ -181,28 +300,19 @@ class AsyncConnection:
         if error is None:
             error = transport_error("%s:%d: %s" % (self.address + (message,)), sent=True)
         pending, self._pending = self._pending, {}
-        for future, _ in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for sink, _, _ in pending.values():
+            if not sink.done():
+                sink.set_exception(error)
+        self._wake()  # waiters see the connection closed
         streams, self._streams = self._streams, {}
         for on_answer in streams.values():
             on_answer(error)
 
 
-def _value_or_none(answer):
-    return codec.to_value(answer)
-
-
-def _write_or_none(answer):
-    return codec.to_write(answer, "delete")
-
-
-def _convert(answer, convert, what):
-    if answer.status == 1 and convert in (_value_or_none, _write_or_none):
-        return None
-    if answer.status != 0:
-        raise answer.error(what)
-    return convert(answer)
+_finish_ping = finisher(codec.to_none, "ping")
+_finish_batch = finisher(codec.to_batch, "batch")
+_finish_scan = finisher(codec.to_scan, "scan")
+_finish_stats = finisher(codec.to_stats, "stats")
 
 
 class AsyncClient:
@@ -280,23 +390,26 @@ class AsyncClient:
         conn = pool[0] if len(pool) == 1 else pool[next(self._next) % len(pool)]
         return None if conn.closed else conn
 
-    async def _call(self, what, encode, convert, key=None, read=False, timeout=None):
+    async def _call(self, what, encode, finish, key=None, read=False, timeout=None):
+        """finish(Answer) of the request encode(request_id) makes, sent to the
+        key's owners (or the seeds) with failover; finish None: the Answer."""
         timeout = self._options.request_timeout if timeout is None else timeout
         if key is None or not self._router.routing:
             # The common case: one node (or no ring yet), its connections open.
             conn = self._ready(self._options.nodes[self._router.preferred])
             if conn is not None:
                 try:
-                    return _convert(await conn.call(encode, timeout), convert, what)
+                    answer = await conn.call(encode, timeout)
+                    return answer if finish is None else finish(answer)
                 except errors.UnavailableError as error:
                     if not is_transport(error):
                         raise
                     if error.sent and not read:
                         # A write that may have reached the node is not sent again.
                         raise errors.UnavailableError("%s: %s" % (what, error.message))
-        return await self._call_slow(what, encode, convert, key, read, timeout)
+        return await self._call_slow(what, encode, finish, key, read, timeout)
 
-    async def _call_slow(self, what, encode, convert, key, read, timeout):
+    async def _call_slow(self, what, encode, finish, key, read, timeout):
         attempts_left = 1 + (self._options.read_retries if read else 0)
         last = None
         for address in self._router.candidates(key):
@@ -314,13 +427,13 @@ class AsyncClient:
                 continue
             if address in self._options.nodes:
                 self._router.answered(address)
-            return _convert(answer, convert, what)
+            return answer if finish is None else finish(answer)
         raise errors.UnavailableError("%s: %s" % (what, last.message if last else "no node"))
 
     # ---- operations ----
 
     async def ping(self, payload=b""):
-        await self._call("ping", lambda rid: codec.ping(rid, payload), codec.to_none, read=True)
+        await self._call("ping", lambda rid: codec.ping(rid, payload), _finish_ping, read=True)
 
     async def hello(self):
         return (await self._connection(None)).hello
@@ -339,35 +452,35 @@ class AsyncClient:
         """The key's Value, or None when it is absent."""
         key = codec.as_bytes(key)
         return await self._call("get", lambda rid: codec.get(rid, key, consistency),
-                                _value_or_none, key=key, read=True, timeout=timeout)
+                                finish_get, key=key, read=True, timeout=timeout)
 
     async def get_version(self, key, version, timeout=None):
         key = codec.as_bytes(key)
         return await self._call("get_version", lambda rid: codec.get_version(rid, key, version),
-                                _value_or_none, key=key, read=True, timeout=timeout)
+                                finish_get_version, key=key, read=True, timeout=timeout)
 
     async def put(self, key, value, ttl_ms=0, if_version=None, consistency=None, timeout=None):
         key = codec.as_bytes(key)
         return await self._call("put", lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
                                                              consistency),
-                                codec.to_write, key=key, timeout=timeout)
+                                finish_put, key=key, timeout=timeout)
 
     async def delete(self, key, if_version=None, consistency=None, timeout=None):
         key = codec.as_bytes(key)
         return await self._call("delete", lambda rid: codec.delete(rid, key, if_version,
                                                                    consistency),
-                                _write_or_none, key=key, timeout=timeout)
+                                finish_delete, key=key, timeout=timeout)
 
     async def batch(self, operations, consistency=None, timeout=None):
         operations = [op if isinstance(op, BatchOp) else BatchOp(*op) for op in operations]
         return await self._call("batch", lambda rid: codec.batch(rid, operations, consistency),
-                                codec.to_batch, timeout=timeout)
+                                _finish_batch, timeout=timeout)
 
     async def scan_page(self, prefix=b"", start_key=b"", end_key=b"", after_key=b"", limit=0,
                         keys_only=False, timeout=None):
         return await self._call("scan", lambda rid: codec.scan(rid, prefix, start_key, end_key,
                                                                after_key, limit, keys_only),
-                                codec.to_scan, read=True, timeout=timeout)
+                                _finish_scan, read=True, timeout=timeout)
 
     async def scan(self, prefix=b"", start_key=b"", end_key=b"", limit=0, keys_only=False):
         """Async iterator over pages (ScanPage) until the range is exhausted."""
@@ -381,8 +494,28 @@ class AsyncClient:
             after = page.next_cursor
 
     async def stats(self, timeout=None):
-        return await self._call("stats", codec.stats, codec.to_stats, read=True,
+        return await self._call("stats", codec.stats, _finish_stats, read=True,
                                 timeout=timeout)
+
+    async def _exchange_group(self, address, calls):
+        """The Answers (or errors) of calls sent together on one connection to address."""
+        try:
+            conn = await self._connection(address)
+            return await conn.call_many([call.encode for call in calls],
+                                        deadline_for(self._options, len(calls)))
+        except errors.UnavailableError as error:
+            if not is_transport(error):
+                raise
+            return [after_transport_failure(call, error) or await self._retry(call)
+                    for call in calls]
+
+    async def _retry(self, call):
+        """The Answer of one call of a pipeline, with failover (or its error)."""
+        try:
+            return await self._call_slow(call.what, call.encode, None, call.key, call.read,
+                                         self._options.request_timeout)
+        except errors.LogkvError as error:
+            return error
 
     def pipeline(self):
         """An AsyncPipeline: queue calls, then `await p.execute()` sends them together."""
@@ -393,58 +526,32 @@ class AsyncClient:
         return AsyncWatch(self, prefix, after_sequences)
 
 
-class AsyncPipeline:
-    """Queued calls sent in one write on one connection, their answers awaited together.
+class AsyncPipeline(PipelineBase):
+    """Queued calls sent together, their answers awaited together.
 
-    The same as gathering the calls, without a task per call. Results come in
-    order; a failed call's entry is its exception (raise_on_error=False) or
-    the first failure is raised. No per-key routing, as for the sync Pipeline.
+    The same as gathering the calls, without a task or future per call.
+    Results come in order; a failed call's entry is its exception
+    (raise_on_error=False) or the first failure is raised. In a cluster each
+    call goes to its key's owner (the nodes' batches in flight at once);
+    otherwise all go on one connection. Calls to a node that cannot be
+    reached are made one by one with failover, except writes that may have
+    reached it (their entry is the UnavailableError). At most max_in_flight
+    are in flight per connection: longer pipelines are sent as answers come.
     """
 
-    def __init__(self, client):
-        self._client = client
-        self._calls = []
-
-    def __len__(self):
-        return len(self._calls)
-
-    def get(self, key, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append((lambda rid: codec.get(rid, key, consistency), _value_or_none, "get"))
-        return self
-
-    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append((lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
-                                                  consistency), codec.to_write, "put"))
-        return self
-
-    def delete(self, key, if_version=None, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append((lambda rid: codec.delete(rid, key, if_version, consistency),
-                            _write_or_none, "delete"))
-        return self
-
     async def execute(self, raise_on_error=True):
-        calls, self._calls = self._calls, []
+        calls = self._take()
         if not calls:
             return []
-        client = self._client
-        conn = await client._connection(client._router.candidates()[0])
-        timeout = client._options.request_timeout * max(1, len(calls) / 1000)
-        futures = [conn.call(encode, timeout) for encode, _, _ in calls]
-        answers = await asyncio.gather(*futures, return_exceptions=True)
-        results = []
-        for (_, convert, what), answer in zip(calls, answers):
-            try:
-                if isinstance(answer, BaseException):
-                    raise answer
-                results.append(_convert(answer, convert, what))
-            except errors.LogkvError as error:
-                if raise_on_error:
-                    raise
-                results.append(error)
-        return results
+        groups = plan(self._client._router, calls)
+        got = await asyncio.gather(*(self._client._exchange_group(address,
+                                                                  [calls[i] for i in indexes])
+                                     for address, indexes in groups))
+        answers = [None] * len(calls)
+        for (_, indexes), group_answers in zip(groups, got):
+            for i, answer in zip(indexes, group_answers):
+                answers[i] = answer
+        return finish_all(calls, answers, raise_on_error)
 
 
 class AsyncWatch:
@@ -537,11 +644,7 @@ class AsyncWatch:
                 raise answer.error("watch")
             if answer.result_type == 0:
                 return  # Ok after Unwatch
-            for event in codec.to_events(answer):
-                if event.shard < len(self.positions):
-                    if event.sequence <= self.positions[event.shard]:
-                        continue
-                    self.positions[event.shard] = event.sequence
+            for event in fresh_events(self.positions, codec.to_events(answer)):
                 yield event
 
     async def start(self):

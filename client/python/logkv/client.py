@@ -6,7 +6,6 @@ A Pipeline sends many frames at once and reads their answers while it is
 still sending, so neither side's buffers fill up. A Client may be shared by
 threads: each call holds its own connection while it runs.
 """
-import itertools
 import selectors
 import socket
 import ssl
@@ -15,7 +14,9 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import Options, Router, is_transport, transport_error
+from ._common import (Options, PipelineBase, Router, after_transport_failure, deadline_for,
+                      finish_all, finish_delete, finish_get, finish_get_version, finish_put,
+                      finisher, is_transport, plan, transport_error)
 from .types import BatchOp
 
 _RECV_BYTES = 256 << 10
@@ -37,7 +38,6 @@ class Connection:
     def __init__(self, address, options, deadline):
         self.address = address
         self._options = options
-        self._ids = itertools.count(1)
         self.last_id = 0
         self._frames = codec.FrameBuffer(options.max_frame_bytes)
         self._ready = []  # answers read but not yet asked for (a watch's events)
@@ -74,8 +74,14 @@ class Connection:
         self.hello = codec.to_hello(answer)
 
     def next_id(self):
-        self.last_id = next(self._ids)
+        self.last_id += 1
         return self.last_id
+
+    def reserve(self, count):
+        """count fresh request ids, as a range."""
+        first = self.last_id + 1
+        self.last_id += count
+        return range(first, first + count)
 
     def close(self):
         if not self.closed:
@@ -196,18 +202,16 @@ class Connection:
             raise self._fail(error.message, True)
 
 
-class Pipeline:
+class Pipeline(PipelineBase):
     """Queues calls and sends them together: client.pipeline() as p; p.put(...); p.execute().
 
     execute() returns one result per call, in order; a failed call's entry is
     its exception (with raise_on_error=False) or the first failure is raised.
-    Calls go to one connection of the first node (no per-key routing): a
-    pipeline is about round trips, and any node coordinates any key.
+    In a cluster each call goes to its key's owner (one batch of frames per
+    node); otherwise all go on one connection. When a node cannot be reached,
+    its calls are made one by one with the client's failover, except writes
+    that may have reached it (their entry is the UnavailableError).
     """
-
-    def __init__(self, client):
-        self._client = client
-        self._calls = []  # (encode(request_id), convert, what)
 
     def __enter__(self):
         return self
@@ -215,63 +219,30 @@ class Pipeline:
     def __exit__(self, *exc):
         self._calls = []
 
-    def __len__(self):
-        return len(self._calls)
-
-    def get(self, key, consistency=None):
-        self._calls.append((lambda rid: codec.get(rid, key, consistency), _value_or_none, "get"))
-        return self
-
-    def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
-        self._calls.append((lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
-                                                  consistency), codec.to_write, "put"))
-        return self
-
-    def delete(self, key, if_version=None, consistency=None):
-        self._calls.append((lambda rid: codec.delete(rid, key, if_version, consistency),
-                            _write_or_none, "delete"))
-        return self
-
     def execute(self, raise_on_error=True):
-        calls, self._calls = self._calls, []
+        calls = self._take()
         if not calls:
             return []
         client = self._client
-        address = client._router.candidates()[0]
-        conn = client._acquire(address)
-        try:
-            ids = [conn.next_id() for _ in calls]
-            frames = [encode(rid) for (encode, _, _), rid in zip(calls, ids)]
-            deadline = time.monotonic() + client._options.request_timeout * max(
-                1, len(calls) / 1000)
-            answers = conn.exchange(frames, ids, deadline)
-        finally:
-            client._release(conn)
-        results = []
-        for (_, convert, what), rid in zip(calls, ids):
+        answers = [None] * len(calls)
+        for address, indexes in plan(client._router, calls):
+            group = [calls[i] for i in indexes]
             try:
-                results.append(_convert(answers[rid], convert, what))
-            except errors.LogkvError as error:
-                if raise_on_error:
+                got = client._exchange_group(address, group)
+            except errors.UnavailableError as error:
+                if not is_transport(error):
                     raise
-                results.append(error)
-        return results
+                got = [after_transport_failure(call, error) or client._retry(call)
+                       for call in group]
+            for i, answer in zip(indexes, got):
+                answers[i] = answer
+        return finish_all(calls, answers, raise_on_error)
 
 
-def _value_or_none(answer):
-    return codec.to_value(answer)
-
-
-def _write_or_none(answer):
-    return codec.to_write(answer, "delete")
-
-
-def _convert(answer, convert, what):
-    if answer.status == 1 and convert in (_value_or_none, _write_or_none):
-        return None
-    if answer.status != 0:
-        raise answer.error(what)
-    return convert(answer)
+_finish_ping = finisher(codec.to_none, "ping")
+_finish_batch = finisher(codec.to_batch, "batch")
+_finish_scan = finisher(codec.to_scan, "scan")
+_finish_stats = finisher(codec.to_stats, "stats")
 
 
 class Client:
@@ -348,7 +319,28 @@ class Client:
 
     # ---- calls ----
 
-    def _call(self, what, encode, convert, key=None, read=False, timeout=None):
+    def _exchange_group(self, address, calls):
+        """The Answers of calls sent together on one connection to address."""
+        conn = self._acquire(address)
+        try:
+            ids = conn.reserve(len(calls))
+            frames = [call.encode(rid) for call, rid in zip(calls, ids)]
+            got = conn.exchange(frames, ids, time.monotonic() + deadline_for(self._options,
+                                                                             len(calls)))
+        finally:
+            self._release(conn)
+        return [got[rid] for rid in ids]
+
+    def _retry(self, call):
+        """The Answer of one call of a pipeline, with failover (or its error)."""
+        try:
+            return self._call(call.what, call.encode, None, key=call.key, read=call.read)
+        except errors.LogkvError as error:
+            return error
+
+    def _call(self, what, encode, finish, key=None, read=False, timeout=None):
+        """finish(Answer) of the request encode(request_id) makes, sent to the
+        key's owners (or the seeds) with failover; finish None: the Answer."""
         timeout = self._options.request_timeout if timeout is None else timeout
         attempts_left = 1 + (self._options.read_retries if read else 0)
         last = None
@@ -360,7 +352,7 @@ class Client:
                 continue  # not sent: the next node is safe for any operation
             try:
                 rid = conn.next_id()
-                answer = conn.exchange([encode(rid)], [rid], time.monotonic() + timeout)[rid]
+                answer = conn.exchange([encode(rid)], (rid,), time.monotonic() + timeout)[rid]
             except errors.UnavailableError as error:
                 if not is_transport(error):
                     raise
@@ -374,11 +366,11 @@ class Client:
                 self._release(conn)
             if address in self._options.nodes:
                 self._router.answered(address)
-            return _convert(answer, convert, what)
+            return answer if finish is None else finish(answer)
         raise errors.UnavailableError("%s: %s" % (what, last.message if last else "no node"))
 
     def ping(self, payload=b""):
-        self._call("ping", lambda rid: codec.ping(rid, payload), codec.to_none, read=True)
+        self._call("ping", lambda rid: codec.ping(rid, payload), _finish_ping, read=True)
 
     def hello(self):
         """HelloInfo of a node (version, limits, cluster members)."""
@@ -400,41 +392,41 @@ class Client:
     def get(self, key, consistency=None, timeout=None):
         """The key's Value, or None when it is absent."""
         key = codec.as_bytes(key)
-        return self._call("get", lambda rid: codec.get(rid, key, consistency), _value_or_none,
+        return self._call("get", lambda rid: codec.get(rid, key, consistency), finish_get,
                           key=key, read=True, timeout=timeout)
 
     def get_version(self, key, version, timeout=None):
         """That version's Value if the server keeps it (--versions), else None."""
         key = codec.as_bytes(key)
         return self._call("get_version", lambda rid: codec.get_version(rid, key, version),
-                          _value_or_none, key=key, read=True, timeout=timeout)
+                          finish_get_version, key=key, read=True, timeout=timeout)
 
     def put(self, key, value, ttl_ms=0, if_version=None, consistency=None, timeout=None):
         """Writes; with if_version a compare-and-set (0 = must be absent), which raises
         FailedPreconditionError on mismatch. Returns a WriteResult."""
         key = codec.as_bytes(key)
         return self._call("put", lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
-                                                       consistency), codec.to_write, key=key,
+                                                       consistency), finish_put, key=key,
                           timeout=timeout)
 
     def delete(self, key, if_version=None, consistency=None, timeout=None):
         """Deletes; returns the WriteResult, or None when the key was absent."""
         key = codec.as_bytes(key)
         return self._call("delete", lambda rid: codec.delete(rid, key, if_version, consistency),
-                          _write_or_none, key=key, timeout=timeout)
+                          finish_delete, key=key, timeout=timeout)
 
     def batch(self, operations, consistency=None, timeout=None):
         """Applies BatchOp items in order (not atomic); one BatchItemResult each."""
         operations = [op if isinstance(op, BatchOp) else BatchOp(*op) for op in operations]
         return self._call("batch", lambda rid: codec.batch(rid, operations, consistency),
-                          codec.to_batch, timeout=timeout)
+                          _finish_batch, timeout=timeout)
 
     def scan_page(self, prefix=b"", start_key=b"", end_key=b"", after_key=b"", limit=0,
                   keys_only=False, timeout=None):
         """One page of keys in order; page.next_cursor continues it (b"" at the end)."""
         return self._call("scan", lambda rid: codec.scan(rid, prefix, start_key, end_key,
                                                          after_key, limit, keys_only),
-                          codec.to_scan, read=True, timeout=timeout)
+                          _finish_scan, read=True, timeout=timeout)
 
     def scan(self, prefix=b"", start_key=b"", end_key=b"", limit=0, keys_only=False):
         """Iterates over pages (ScanPage) until the range is exhausted."""
@@ -448,7 +440,7 @@ class Client:
             after = page.next_cursor
 
     def stats(self, timeout=None):
-        return self._call("stats", codec.stats, codec.to_stats, read=True, timeout=timeout)
+        return self._call("stats", codec.stats, _finish_stats, read=True, timeout=timeout)
 
     def pipeline(self):
         return Pipeline(self)

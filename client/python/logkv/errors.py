@@ -22,70 +22,34 @@ class LogkvError(Exception):
         return "%s: %s" % (type(self).__name__, self.message)
 
 
-class NotFoundError(LogkvError):
-    code = 1
+def _status(name, code, doc=None, bases=()):
+    """The error class of one wire status code."""
+    return type(name, (LogkvError,) + bases, {
+        "code": code, "__doc__": doc, "__module__": __name__, "__qualname__": name})
 
 
-class InvalidArgumentError(LogkvError):
-    code = 2
-
-
-class FailedPreconditionError(LogkvError):
-    """A compare-and-set whose if_version did not match, or an engine closed."""
-
-    code = 3
-
-
-class ResourceExhaustedError(LogkvError):
-    """A limit: frame, key, value, batch, watches, rate (see retry_after_ms)."""
-
-    code = 4
-
-
-class UnavailableError(LogkvError, ConnectionError):
-    """No node reachable, the connection broke, or the cluster lacks a quorum."""
-
-    code = 5
-
-
-class DataLossError(LogkvError):
-    code = 6
-
-
-class UnauthenticatedError(LogkvError):
-    code = 7
-
-
-class PermissionDeniedError(LogkvError):
-    code = 8
-
-
-class CompactedError(LogkvError):
-    """A watch resume point is gone (compacted away)."""
-
-    code = 9
-
-
-class InternalError(LogkvError):
-    code = 10
-
-
-class UnimplementedError(LogkvError):
-    code = 11
-
-
-class DeadlineExceededError(LogkvError, TimeoutError):
-    code = 12
-
-
-class AbortedError(LogkvError):
-    """A watch dropped by the server because its client fell behind."""
-
-    code = 13
-
-
-class InsufficientStorageError(LogkvError):
-    code = 14
+# One class per StatusCode of protocol/logkv.fbs (0 = Ok has none).
+NotFoundError = _status("NotFoundError", 1)
+InvalidArgumentError = _status("InvalidArgumentError", 2)
+FailedPreconditionError = _status(
+    "FailedPreconditionError", 3, "A compare-and-set whose if_version did not match, or an "
+    "engine closed.")
+ResourceExhaustedError = _status(
+    "ResourceExhaustedError", 4, "A limit: frame, key, value, batch, watches, rate (see "
+    "retry_after_ms).")
+UnavailableError = _status(
+    "UnavailableError", 5, "No node reachable, the connection broke, or the cluster lacks a "
+    "quorum.", (ConnectionError,))
+DataLossError = _status("DataLossError", 6)
+UnauthenticatedError = _status("UnauthenticatedError", 7)
+PermissionDeniedError = _status("PermissionDeniedError", 8)
+CompactedError = _status("CompactedError", 9, "A watch resume point is gone (compacted away).")
+InternalError = _status("InternalError", 10)
+UnimplementedError = _status("UnimplementedError", 11)
+DeadlineExceededError = _status("DeadlineExceededError", 12, None, (TimeoutError,))
+AbortedError = _status(
+    "AbortedError", 13, "A watch dropped by the server because its client fell behind.")
+InsufficientStorageError = _status("InsufficientStorageError", 14)
 
 
 class ProtocolError(UnavailableError):

@@ -11,7 +11,7 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import is_transport
+from ._common import fresh_events, is_transport
 
 
 class Watch:
@@ -70,12 +70,7 @@ class Watch:
             time.sleep(0.05)
 
     def _deliver(self, events):
-        for event in events:
-            if event.shard < len(self.positions):
-                if event.sequence <= self.positions[event.shard]:
-                    continue  # already delivered before a reconnect
-                self.positions[event.shard] = event.sequence
-            self._queue.append(event)
+        self._queue.extend(fresh_events(self.positions, events))
 
     def _on_frame(self, answer):
         if answer.request_id == 0 and answer.status != 0:

@@ -79,6 +79,34 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertIsInstance(mixed[0], logkv.InvalidArgumentError)
         self.assertIsInstance(mixed[1], logkv.WriteResult)
 
+    async def test_backpressure_bounds_a_long_pipeline(self):
+        """100,000 requests in one pipeline and as many gathered calls: the
+        connection never has more than max_in_flight awaiting answers, and its
+        write buffer stays near the transport's high-water mark plus one
+        window of frames instead of holding the whole pipeline."""
+        limit = 500
+        kv = await logkv.AsyncClient(self.server.address, request_timeout=60, pool_size=1,
+                                     max_in_flight=limit).connect()
+        try:
+            count = 100_000
+            p = kv.pipeline()
+            for i in range(count):
+                p.put(b"bp/%06d" % i, b"v")
+            writes = await p.execute()
+            self.assertEqual(len(writes), count)
+            self.assertTrue(all(isinstance(w, logkv.WriteResult) for w in writes))
+            conn = kv._pools[logkv._common.parse_node(self.server.address)][0]
+            self.assertEqual(conn.peak_in_flight, limit)
+            frame_bytes = len(logkv._codec.put(1 << 40, b"bp/000000", b"v"))
+            # 64 KiB: asyncio's default high-water mark of a transport.
+            self.assertLessEqual(conn.peak_write_buffer, 64 * 1024 + limit * frame_bytes)
+            self.assertLess(conn.peak_write_buffer, count * frame_bytes // 10)
+            values = await asyncio.gather(*(kv.get(b"bp/%06d" % i) for i in range(0, count, 5)))
+            self.assertTrue(all(v.value == b"v" for v in values))
+            self.assertEqual(conn.peak_in_flight, limit)
+        finally:
+            await kv.close()
+
     async def test_large_value(self):
         value = bytes(range(256)) * 4096
         await self.kv.put(b"a/large", value)

@@ -68,6 +68,63 @@ class ClusterTest(unittest.TestCase):
             expected[ring.preference_list(key, 1)[0]] += 1
         self.assertEqual({k: after[k] - before[k] for k in after}, expected)
 
+    def expected_counts(self, keys):
+        ring = Ring(["n0", "n1", "n2"])
+        expected = {n.node_id: 0 for n in self.cluster.nodes}
+        for key in keys:
+            expected[ring.preference_list(key, 1)[0]] += 1
+        self.assertTrue(all(expected.values()), expected)  # every node owns some
+        return expected
+
+    def requests(self, kind):
+        return {n.node_id: n.protocol_requests(kind) for n in self.cluster.nodes}
+
+    def test_pipeline_routes_each_key(self):
+        keys = [b"proute/%d" % i for i in range(90)]
+        expected = self.expected_counts(keys)
+        puts, gets = self.requests("Put"), self.requests("Get")
+        with logkv.Client(self.cluster.nodes[0].address) as kv:
+            with kv.pipeline() as p:
+                for key in keys:
+                    p.put(key, b"value of " + key)
+                writes = p.execute()
+            with kv.pipeline() as p:
+                for key in keys:
+                    p.get(key)
+                p.get(b"proute/absent")
+                values = p.execute()
+        self.assertTrue(all(isinstance(w, logkv.WriteResult) for w in writes))
+        self.assertEqual([v.value for v in values[:-1]], [b"value of " + k for k in keys])
+        self.assertIsNone(values[-1])
+        after_puts, after_gets = self.requests("Put"), self.requests("Get")
+        self.assertEqual({k: after_puts[k] - puts[k] for k in puts}, expected)
+        expected[Ring(["n0", "n1", "n2"]).preference_list(b"proute/absent", 1)[0]] += 1
+        self.assertEqual({k: after_gets[k] - gets[k] for k in gets}, expected)
+
+    def test_async_pipeline_routes_each_key(self):
+        keys = [b"aproute/%d" % i for i in range(90)]
+        expected = self.expected_counts(keys)
+        puts, gets = self.requests("Put"), self.requests("Get")
+
+        async def run():
+            kv = await logkv.AsyncClient(self.cluster.nodes[1].address).connect()
+            p = kv.pipeline()
+            for key in keys:
+                p.put(key, b"value of " + key)
+            writes = await p.execute()
+            for key in keys:
+                p.get(key)
+            values = await p.execute()
+            await kv.close()
+            return writes, values
+
+        writes, values = asyncio.run(run())
+        self.assertTrue(all(isinstance(w, logkv.WriteResult) for w in writes))
+        self.assertEqual([v.value for v in values], [b"value of " + k for k in keys])
+        after_puts, after_gets = self.requests("Put"), self.requests("Get")
+        self.assertEqual({k: after_puts[k] - puts[k] for k in puts}, expected)
+        self.assertEqual({k: after_gets[k] - gets[k] for k in gets}, expected)
+
 
 class FailoverTest(unittest.TestCase):
     def test_a_dead_node_is_skipped(self):
@@ -97,6 +154,26 @@ class FailoverTest(unittest.TestCase):
                 return got
 
             self.assertTrue(all(v.value == b"v2" for v in asyncio.run(run())))
+            # Pipelines too: the dead node's share goes to the others.
+            with kv.pipeline() as p:
+                for key in keys:
+                    p.put(key, b"v3")
+                self.assertTrue(all(isinstance(w, logkv.WriteResult) for w in p.execute()))
+                for key in keys:
+                    p.get(key)
+                self.assertEqual([v.value for v in p.execute()], [b"v3"] * len(keys))
+
+            async def run_pipeline():
+                client = await logkv.AsyncClient(addresses, connect_timeout=1).connect()
+                p = client.pipeline()
+                for key in keys:
+                    p.get(key)
+                got = await p.execute()
+                await client.close()
+                return got
+
+            self.assertEqual([v.value for v in asyncio.run(run_pipeline())],
+                             [b"v3"] * len(keys))
             kv.close()
             del akv
         finally:

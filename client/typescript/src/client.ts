@@ -7,6 +7,12 @@
 // together, and answers (in any order) complete the entry with the same id.
 // A sweeper fails calls past their deadline and drops the connection, whose
 // late answers could no longer be told apart.
+//
+// Backpressure: a connection has at most maxInFlight requests awaiting
+// answers and writes nothing new while the socket's buffer is full
+// (socket.write returned false, until 'drain'); calls beyond that wait in a
+// backlog, unencoded, so any number of calls in flight buffers a bounded
+// amount.
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 
@@ -48,6 +54,8 @@ export interface ClientOptions {
   maxFrameBytes?: number;
   /** How long a watch keeps trying to resume after its connection broke. */
   watchReconnectTimeoutMs?: number;
+  /** Requests awaiting their answer on one connection at most; more wait. */
+  maxInFlight?: number;
 }
 
 type Resolved = Required<Omit<ClientOptions, 'apiKey' | 'tls' | 'nodes'>> &
@@ -64,6 +72,7 @@ function resolveOptions(o: ClientOptions): Resolved {
     poolSize: Math.max(1, o.poolSize ?? 1), routeToOwners: o.routeToOwners ?? true,
     readRetries: o.readRetries ?? 1, maxFrameBytes: o.maxFrameBytes ?? 64 << 20,
     watchReconnectTimeoutMs: o.watchReconnectTimeoutMs ?? 10000,
+    maxInFlight: Math.max(1, o.maxInFlight ?? 4096),
   };
 }
 
@@ -97,6 +106,14 @@ export class Connection {
   private readonly streams = new Map<number, (answer: Answer | Error) => void>();
   private out: Buffer[] = [];
   private sweeper: NodeJS.Timeout | null = null;
+  // Calls waiting for room (maxInFlight, a full socket buffer), from backlogHead on.
+  private backlog: Array<{ encode: (id: number) => Buffer; entry: Pending }> = [];
+  private backlogHead = 0;
+  private blocked = false;  // socket.write returned false; waiting for 'drain'
+  /** The most requests awaiting answers at once (for tests and monitoring). */
+  peakInFlight = 0;
+  /** The largest number of bytes the socket held unsent. */
+  peakWriteBuffer = 0;
 
   private constructor(readonly address: string, private readonly options: Resolved) {
     this.reader = new FrameReader(options.maxFrameBytes);
@@ -177,8 +194,51 @@ export class Connection {
     const out = this.out;
     this.out = [];
     if (out.length && !this.closed) {
-      this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+      const room = this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+      this.peakWriteBuffer = Math.max(this.peakWriteBuffer, this.socket.writableLength);
+      if (!room && !this.blocked) {
+        this.blocked = true;
+        this.socket.once('drain', () => {
+          this.blocked = false;
+          this.pump();
+        });
+      }
     }
+  }
+
+  private hasRoom(): boolean {
+    return !this.blocked && this.pending.size < this.options.maxInFlight;
+  }
+
+  /** Sends calls of the backlog while there is room. */
+  private pump(): void {
+    const backlog = this.backlog;
+    while (this.backlogHead < backlog.length && this.hasRoom() && !this.closed) {
+      const { encode, entry } = backlog[this.backlogHead];
+      backlog[this.backlogHead++] = undefined as never;
+      this.send(encode, entry);
+    }
+    if (this.backlogHead === backlog.length) {
+      this.backlog = [];
+      this.backlogHead = 0;
+    } else if (this.backlogHead > 1024 && this.backlogHead * 2 > backlog.length) {
+      this.backlog = backlog.slice(this.backlogHead);
+      this.backlogHead = 0;
+    }
+  }
+
+  private send(encode: (id: number) => Buffer, entry: Pending): void {
+    const id = this.id();
+    let frame: Buffer;
+    try {
+      frame = encode(id);
+    } catch (error) {
+      entry.reject(error as Error);
+      return;
+    }
+    this.pending.set(id, entry);
+    if (this.pending.size > this.peakInFlight) this.peakInFlight = this.pending.size;
+    this.queue(frame);
   }
 
   /** The Answer to encode(requestId), or a rejection (transport, timeout). */
@@ -186,16 +246,13 @@ export class Connection {
     if (this.closed) {
       return Promise.reject(transportError(`${this.address}: not connected`, false));
     }
-    const id = this.id();
-    let frame: Buffer;
-    try {
-      frame = encode(id);
-    } catch (error) {
-      return Promise.reject(error);
-    }
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, deadline: Date.now() + timeoutMs });
-      this.queue(frame);
+      const entry = { resolve, reject, deadline: Date.now() + timeoutMs };
+      if (this.backlogHead < this.backlog.length || !this.hasRoom()) {
+        this.backlog.push({ encode, entry });
+      } else {
+        this.send(encode, entry);
+      }
       if (this.sweeper === null) {
         this.sweeper = setTimeout(() => this.sweep(), SWEEP_MS);
       }
@@ -216,7 +273,9 @@ export class Connection {
 
   private sweep(): void {
     this.sweeper = null;
-    if (this.closed || this.pending.size === 0) return;
+    if (this.closed || (this.pending.size === 0 && this.backlogHead === this.backlog.length)) {
+      return;
+    }
     const now = Date.now();
     let expired = false;
     for (const [id, entry] of this.pending) {
@@ -227,6 +286,9 @@ export class Connection {
         expired = true;
       }
     }
+    // A call still in the backlog at its deadline: the node is that slow.
+    const waiting = this.backlog[this.backlogHead];
+    if (waiting !== undefined && waiting.entry.deadline <= now) expired = true;
     if (expired) {
       this.close();
       return;
@@ -267,7 +329,9 @@ export class Connection {
       const e = error instanceof LogkvError ? error : new ProtocolError(String(error));
       const wrapped = transportError(`${this.address}: ${e.message}`, true);
       this.fail(wrapped);
+      return;
     }
+    if (this.backlogHead < this.backlog.length) this.pump();
   }
 
   private fail(error: LogkvError): void {
@@ -288,6 +352,12 @@ export class Connection {
     const streams = [...this.streams.values()];
     this.streams.clear();
     for (const onAnswer of streams) onAnswer(failure);
+    // Calls of the backlog were never sent: safe to send elsewhere.
+    const backlog = this.backlog.slice(this.backlogHead);
+    this.backlog = [];
+    this.backlogHead = 0;
+    const unsent = transportError(failure.message, false);
+    for (const { entry } of backlog) entry.reject(unsent);
   }
 }
 
@@ -573,9 +643,67 @@ export class Client {
                      { read: true, timeoutMs: o.timeoutMs });
   }
 
+  /** Calls queued, then sent together: `await kv.pipeline().put(k, v).get(k).exec()`. */
+  pipeline(): Pipeline {
+    return new Pipeline(this);
+  }
+
+  /** Connections to a node ("host:port") open now (for tests and monitoring). */
+  connections(address: string): readonly Connection[] {
+    return this.pools.get(address) ?? [];
+  }
+
   /** Events of keys with the prefix: `for await (const e of kv.watch('p/'))`. */
   watch(prefix: Bytes = '', afterSequences?: bigint[]): Watch {
     return new Watch(this.options, this.router, toBytes(prefix), afterSequences);
+  }
+}
+
+/**
+ * Calls queued and sent together by exec(), which resolves to their results
+ * in order. Each call takes the client's path: in a cluster it goes to its
+ * key's owner (the calls of one node leave in one write), with failover, and
+ * a connection's maxInFlight bounds how many are in flight at once.
+ */
+export class Pipeline {
+  private calls: Array<() => Promise<unknown>> = [];
+
+  constructor(private readonly client: Client) {}
+
+  get length(): number {
+    return this.calls.length;
+  }
+
+  get(key: Bytes, o: { consistency?: Consistency } = {}): this {
+    this.calls.push(() => this.client.get(key, o));
+    return this;
+  }
+
+  put(key: Bytes, value: Bytes, o: Omit<PutOptions, 'timeoutMs'> = {}): this {
+    this.calls.push(() => this.client.put(key, value, o));
+    return this;
+  }
+
+  delete(key: Bytes, o: { ifVersion?: bigint; consistency?: Consistency } = {}): this {
+    this.calls.push(() => this.client.delete(key, o));
+    return this;
+  }
+
+  /**
+   * Sends the queued calls; one result each, in order (Value | null for get,
+   * WriteResult for put, WriteResult | null for delete). A failure rejects
+   * with the first error in order, or with raiseOnError false is that
+   * call's entry.
+   */
+  async exec(o: { raiseOnError?: boolean } = {}): Promise<unknown[]> {
+    const calls = this.calls;
+    this.calls = [];
+    const settled = await Promise.allSettled(calls.map((call) => call()));
+    return settled.map((result) => {
+      if (result.status === 'fulfilled') return result.value;
+      if (o.raiseOnError ?? true) throw result.reason;
+      return result.reason;
+    });
   }
 }
 

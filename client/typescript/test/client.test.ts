@@ -132,6 +132,29 @@ test('10,000 pipelined calls', async () => {
   assert.deepEqual(values.map((v) => v?.value.toString()), keys.map((_, i) => `v${i}`));
 });
 
+test('backpressure bounds 100,000 calls in flight', async () => {
+  // The connection never has more than maxInFlight requests awaiting answers
+  // and stops writing while the socket's buffer is full, so its buffer holds
+  // about one window of frames, not all 100,000.
+  const limit = 500;
+  const bounded = await Client.connect({ nodes: [server.address], maxInFlight: limit });
+  const count = 100000;
+  const p = bounded.pipeline();
+  for (let i = 0; i < count; i++) p.put(`bp/${i}`, 'v');
+  const writes = await p.exec();
+  assert.equal(writes.length, count);
+  const values = await Promise.all(
+    Array.from({ length: count / 5 }, (_, i) => bounded.get(`bp/${i * 5}`)));
+  assert.ok(values.every((v) => v?.value.toString() === 'v'));
+  const [conn] = bounded.connections(server.address);
+  assert.equal(conn.peakInFlight, limit);
+  const frameBytes = conn.encoder.put(2 ** 40, Buffer.from('bp/99999'), Buffer.from('v')).length;
+  // 16 KiB: a socket's default high-water mark; then one window of frames at most.
+  assert.ok(conn.peakWriteBuffer <= 16 * 1024 + limit * frameBytes,
+            `peak write buffer ${conn.peakWriteBuffer}`);
+  await bounded.close();
+});
+
 test('a pool spreads calls', async () => {
   const pooled = await Client.connect({ nodes: [server.address], poolSize: 3 });
   await Promise.all(Array.from({ length: 300 }, (_, i) => pooled.put(`pool/${i}`, 'v')));

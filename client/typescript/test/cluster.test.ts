@@ -58,6 +58,29 @@ test('keys go to their first owner', async () => {
   await plain.close();
 });
 
+test('a pipeline routes each key to its owner, results in order', async () => {
+  const ring = new Ring(['n0', 'n1', 'n2']);
+  const keys = Array.from({ length: 90 }, (_, i) => `proute/${i}`);
+  const expected: Record<string, number> = { n0: 0, n1: 0, n2: 0 };
+  for (const key of keys) expected[ring.preferenceList(Buffer.from(key), 1)[0]]++;
+  assert.ok(Object.values(expected).every((n) => n > 0));
+  const diff = (a: Record<string, number>, b: Record<string, number>) =>
+    Object.fromEntries(Object.keys(a).map((k) => [k, a[k] - b[k]]));
+  const puts = await counts('Put');
+  const gets = await counts('Get');
+  const kv = await Client.connect({ nodes: [cluster.nodes[2].address] });
+  const p = kv.pipeline();
+  for (const key of keys) p.put(key, `value of ${key}`);
+  const writes = await p.exec();
+  assert.equal(writes.length, keys.length);
+  for (const key of keys) p.get(key);
+  const values = await p.exec() as Array<{ value: Buffer } | null>;
+  assert.deepEqual(values.map((v) => v?.value.toString()), keys.map((k) => `value of ${k}`));
+  assert.deepEqual(diff(await counts('Put'), puts), expected);
+  assert.deepEqual(diff(await counts('Get'), gets), expected);
+  await kv.close();
+});
+
 test('a dead node is skipped', async () => {
   const own = await Cluster.start(3);
   try {
@@ -71,6 +94,13 @@ test('a dead node is skipped', async () => {
     for (const key of keys) await kv.put(key, 'v2');
     const values = await Promise.all(keys.map((k) => kv.get(k)));
     assert.ok(values.every((v) => v?.value.toString() === 'v2'));
+    // Pipelines too: the dead node's share goes to the others.
+    const p = kv.pipeline();
+    for (const key of keys) p.put(key, 'v3');
+    assert.equal((await p.exec()).length, keys.length);
+    for (const key of keys) p.get(key);
+    const got = await p.exec() as Array<{ value: Buffer } | null>;
+    assert.ok(got.every((v) => v?.value.toString() === 'v3'));
     await kv.close();
   } finally {
     await own.close();
