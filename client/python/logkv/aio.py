@@ -13,6 +13,7 @@ the high-water mark (pause_writing until resume_writing); callers beyond
 that wait for room, so a pipeline of any length buffers a bounded amount.
 """
 import asyncio
+import collections
 import itertools
 import time
 
@@ -81,7 +82,7 @@ class AsyncConnection:
         # request_id -> (sink, index, deadline): sink a future (index -1) or a _Batch.
         self._pending = {}
         self._paused = False  # the transport's buffer is above its high-water mark
-        self._waiters = []  # futures of callers waiting for room
+        self._waiters = collections.deque()  # futures of callers waiting for room
         # Counters for tests and monitoring: the most requests awaiting answers
         # at once, and the largest write buffer the transport held.
         self.peak_in_flight = 0
@@ -130,10 +131,15 @@ class AsyncConnection:
         return not self._paused and len(self._pending) < self._options.max_in_flight
 
     def _wake(self):
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        """Wakes waiters for room: as many as can send (all when closed)."""
+        room = (len(self._waiters) if self.closed else
+                0 if self._paused else self._options.max_in_flight - len(self._pending))
+        waiters = self._waiters
+        while waiters and room > 0:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                room -= 1
 
     async def _room(self):
         """Waits until a request may be sent (raises when the connection is lost)."""
@@ -281,7 +287,9 @@ class AsyncConnection:
         except errors.ProtocolError as error:
             self._fail_all(transport_error("%s:%d: %s" % (self.address + (error.message,)),
                                            sent=True))
-        if self._waiters and self._has_room():
+        # Waiters wake at half the window, so they send in batches, not one by one.
+        if (self._waiters and not self._paused
+                and len(self._pending) <= self._options.max_in_flight // 2):
             self._wake()
 
     def _fail_all(self, error):
