@@ -10,7 +10,7 @@ import operator
 import struct
 
 import flatbuffers
-from flatbuffers import number_types, table
+from flatbuffers import number_types
 
 from . import errors
 from .types import (BatchItemResult, BatchOp, Event, HelloInfo, Member, ScanItem, ScanPage, Stats,

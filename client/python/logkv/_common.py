@@ -1,5 +1,6 @@
 """Options, node addresses and routing shared by the sync and asyncio clients."""
 import threading
+import time
 
 from . import _codec as codec
 from . import errors
@@ -241,6 +242,72 @@ def after_transport_failure(call, error):
     if error.sent and not call.read:
         return errors.UnavailableError("%s: %s" % (call.what, error.message))
     return None
+
+
+class Failover:
+    """The attempts of one call over the nodes it may go to: every node that
+    cannot be reached is skipped; after a transport failure of a sent request
+    a read is tried on read_retries more nodes, a write never (it may have
+    been applied)."""
+
+    def __init__(self, what, options, read):
+        self.what = what
+        self.attempts_left = 1 + (options.read_retries if read else 0)
+        self.last = None
+
+    def failed(self, error):
+        """Called in an except block: returns when the next node may be tried."""
+        if not is_transport(error):
+            raise error
+        self.last = error
+        if error.sent:
+            self.attempts_left -= 1
+            if self.attempts_left <= 0:
+                raise errors.UnavailableError("%s: %s" % (self.what, error.message))
+
+    def exhausted(self):
+        return errors.UnavailableError("%s: %s" % (
+            self.what, self.last.message if self.last else "no node"))
+
+
+class WatchBase:
+    """What the sync and asyncio watches keep: the prefix, the last sequence
+    delivered per shard (positions), the node followed and its connection."""
+
+    def __init__(self, client, prefix, after_sequences):
+        self._client = client
+        self.prefix = codec.as_bytes(prefix)
+        self.positions = list(after_sequences) if after_sequences else None
+        self.reconnects = 0
+        self.address = None  # the node the watch follows
+        self._conn = None
+        self._rid = 0
+        self._ended = None
+
+    def _first_answer(self, conn, answer):
+        """Checks the first answer of a request of a (re)subscription; the
+        server's refusal closes conn and is raised."""
+        if answer.status != 0:
+            conn.close()
+            raise answer.error("watch")
+        return answer
+
+    def _start_positions(self, conn, answer):
+        """Positions from the Stats answer of a watch started "from now"."""
+        self.positions = codec.to_stats(self._first_answer(conn, answer)).last_sequences
+
+    def _subscribed(self, conn, address, answer):
+        """Follows conn to address from now on; returns the Watch answer."""
+        self._first_answer(conn, answer)
+        self._conn = conn
+        self.address = address
+        return answer
+
+    @staticmethod
+    def _check_resume_deadline(deadline, last):
+        if time.monotonic() >= deadline:
+            raise errors.UnavailableError("watch: cannot resume: %s" % (
+                last.message if last else "no node"))
 
 
 def deadline_for(options, count):

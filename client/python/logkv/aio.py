@@ -19,7 +19,7 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import (Options, PipelineBase, Router, after_transport_failure, deadline_for,
+from ._common import (Failover, Options, PipelineBase, WatchBase, Router, after_transport_failure, deadline_for,
                       finish_all, finish_delete, finish_get, finish_get_version, finish_put,
                       finisher, fresh_events, is_transport, plan, transport_error)
 from .types import BatchOp
@@ -418,25 +418,18 @@ class AsyncClient:
         return await self._call_slow(what, encode, finish, key, read, timeout)
 
     async def _call_slow(self, what, encode, finish, key, read, timeout):
-        attempts_left = 1 + (self._options.read_retries if read else 0)
-        last = None
+        failover = Failover(what, self._options, read)
         for address in self._router.candidates(key):
             try:
                 conn = await self._connection(address)
                 answer = await conn.call(encode, timeout)
             except errors.UnavailableError as error:
-                if not is_transport(error):
-                    raise
-                last = error
-                if error.sent:
-                    attempts_left -= 1
-                    if attempts_left <= 0:
-                        raise errors.UnavailableError("%s: %s" % (what, error.message))
+                failover.failed(error)
                 continue
             if address in self._options.nodes:
                 self._router.answered(address)
             return answer if finish is None else finish(answer)
-        raise errors.UnavailableError("%s: %s" % (what, last.message if last else "no node"))
+        raise failover.exhausted()
 
     # ---- operations ----
 
@@ -562,19 +555,12 @@ class AsyncPipeline(PipelineBase):
         return finish_all(calls, answers, raise_on_error)
 
 
-class AsyncWatch:
+class AsyncWatch(WatchBase):
     """Async iterator of Events of keys with a prefix; see logkv.watch.Watch."""
 
     def __init__(self, client, prefix=b"", after_sequences=None):
-        self._client = client
-        self.prefix = codec.as_bytes(prefix)
-        self.positions = list(after_sequences) if after_sequences else None
-        self.reconnects = 0
-        self.address = None  # the node the watch follows
+        super().__init__(client, prefix, after_sequences)
         self._queue = asyncio.Queue()
-        self._conn = None
-        self._rid = 0
-        self._ended = None
         self._started = False
 
     async def _subscribe(self):
@@ -590,11 +576,8 @@ class AsyncWatch:
                     # A connection of its own, so a watch never shares the fate of calls.
                     conn = await AsyncConnection.open(address, options)
                     if self.positions is None:
-                        answer = await conn.call(codec.stats, options.request_timeout)
-                        if answer.status != 0:
-                            conn.close()
-                            raise answer.error("watch")
-                        self.positions = codec.to_stats(answer).last_sequences
+                        self._start_positions(conn, await conn.call(codec.stats,
+                                                                    options.request_timeout))
                 except errors.UnavailableError as error:
                     if not is_transport(error):
                         raise
@@ -618,16 +601,9 @@ class AsyncWatch:
                 if isinstance(answer, Exception):
                     last = answer
                     continue
-                if answer.status != 0:
-                    conn.close()
-                    raise answer.error("watch")
-                self._conn = conn
-                self.address = address
-                self._queue.put_nowait(answer)
+                self._queue.put_nowait(self._subscribed(conn, address, answer))
                 return
-            if time.monotonic() >= deadline:
-                raise errors.UnavailableError("watch: cannot resume: %s" % (
-                    last.message if last else "no node"))
+            self._check_resume_deadline(deadline, last)
             await asyncio.sleep(0.05)
 
     def __aiter__(self):

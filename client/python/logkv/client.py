@@ -14,7 +14,7 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import (Options, PipelineBase, Router, after_transport_failure, deadline_for,
+from ._common import (Failover, Options, PipelineBase, Router, after_transport_failure, deadline_for,
                       finish_all, finish_delete, finish_get, finish_get_version, finish_put,
                       finisher, is_transport, plan, transport_error)
 from .types import BatchOp
@@ -114,41 +114,58 @@ class Connection:
     def exchange(self, frames, ids, deadline, on_frame=None):
         """Sends frames and returns {request_id: Answer} for ids.
 
-        Reads while writing, so a long pipeline never deadlocks against the
+        frames is a list of frames, or an iterator of byte strings (frames
+        joined) that is advanced as each is sent, so a pipeline's later
+        frames are encoded while the node works on its first ones. Reads
+        while writing, so a long pipeline never deadlocks against the
         server's backpressure. Answers to other ids are passed to on_frame
         (or dropped: a late answer of a call that timed out). Raises a
         transport UnavailableError (the connection is closed), a
         DeadlineExceededError, or the server's connection-level error
         (request id 0).
         """
-        out = memoryview(b"".join(frames)) if len(frames) != 1 else memoryview(frames[0])
+        if isinstance(frames, list):
+            frames = iter((b"".join(frames) if len(frames) != 1 else frames[0],))
+        out = memoryview(b"")
         sent = 0
+        more = True  # frames has more to send
+        sent_any = False
         wanted = set(ids)
         answers = {}
         sock = self.sock
         selector = self._selector
         writing = False
         while True:
+            if more and sent == len(out):
+                chunk = next(frames, None)
+                if chunk is None:
+                    more = False
+                else:
+                    out = memoryview(chunk)
+                    sent = 0
             if sent < len(out):
                 try:
-                    sent += sock.send(out[sent:])
+                    count = sock.send(out[sent:])
+                    sent += count
+                    sent_any = sent_any or count > 0
                 except _AGAIN:
                     pass
                 except OSError as error:
-                    raise self._fail("send: %s" % (error.strerror or error), sent > 0)
+                    raise self._fail("send: %s" % (error.strerror or error), sent_any)
                 want_write = sent < len(out)
                 if want_write != writing:
                     selector.modify(sock, selectors.EVENT_READ | (
                         selectors.EVENT_WRITE if want_write else 0))
                     writing = want_write
-            if not wanted:
+            if not wanted and not more:
                 return answers
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.close()
                 raise errors.DeadlineExceededError(
                     "no answer from %s:%d within the request timeout" % self.address)
-            events = selector.select(remaining)
+            # With more to encode, only a look at what has come.
+            events = selector.select(0 if more and sent == len(out) else remaining)
             for _, mask in events:
                 if not mask & selectors.EVENT_READ:
                     continue
@@ -159,7 +176,7 @@ class Connection:
                 except OSError as error:
                     raise self._fail("recv: %s" % (error.strerror or error), True)
                 if not data:
-                    raise self._fail("the node closed the connection", sent > 0)
+                    raise self._fail("the node closed the connection", sent_any)
                 try:
                     frames_in = self._frames.feed(data)
                 except errors.ProtocolError as error:
@@ -237,6 +254,20 @@ class Pipeline(PipelineBase):
             for i, answer in zip(indexes, got):
                 answers[i] = answer
         return finish_all(calls, answers, raise_on_error)
+
+
+_FIRST_CHUNK = 16  # frames; each next chunk is twice as large, up to _MAX_CHUNK
+_MAX_CHUNK = 256
+
+
+def _encoded(calls, ids):
+    """The calls' frames in chunks: the first leaves soon, and the node works
+    on it while the next are encoded."""
+    start, size = 0, _FIRST_CHUNK
+    while start < len(calls):
+        end = start + size
+        yield b"".join([call.encode(rid) for call, rid in zip(calls[start:end], ids[start:end])])
+        start, size = end, min(2 * size, _MAX_CHUNK)
 
 
 _finish_ping = finisher(codec.to_none, "ping")
@@ -324,9 +355,8 @@ class Client:
         conn = self._acquire(address)
         try:
             ids = conn.reserve(len(calls))
-            frames = [call.encode(rid) for call, rid in zip(calls, ids)]
-            got = conn.exchange(frames, ids, time.monotonic() + deadline_for(self._options,
-                                                                             len(calls)))
+            got = conn.exchange(_encoded(calls, ids), ids,
+                                time.monotonic() + deadline_for(self._options, len(calls)))
         finally:
             self._release(conn)
         return [got[rid] for rid in ids]
@@ -342,32 +372,25 @@ class Client:
         """finish(Answer) of the request encode(request_id) makes, sent to the
         key's owners (or the seeds) with failover; finish None: the Answer."""
         timeout = self._options.request_timeout if timeout is None else timeout
-        attempts_left = 1 + (self._options.read_retries if read else 0)
-        last = None
+        failover = Failover(what, self._options, read)
         for address in self._router.candidates(key):
             try:
                 conn = self._acquire(address)
             except errors.UnavailableError as error:
-                last = error
+                failover.last = error
                 continue  # not sent: the next node is safe for any operation
             try:
                 rid = conn.next_id()
                 answer = conn.exchange([encode(rid)], (rid,), time.monotonic() + timeout)[rid]
             except errors.UnavailableError as error:
-                if not is_transport(error):
-                    raise
-                last = error
-                if error.sent:
-                    attempts_left -= 1
-                    if attempts_left <= 0:
-                        raise errors.UnavailableError("%s: %s" % (what, error.message))
+                failover.failed(error)
                 continue
             finally:
                 self._release(conn)
             if address in self._options.nodes:
                 self._router.answered(address)
             return answer if finish is None else finish(answer)
-        raise errors.UnavailableError("%s: %s" % (what, last.message if last else "no node"))
+        raise failover.exhausted()
 
     def ping(self, payload=b""):
         self._call("ping", lambda rid: codec.ping(rid, payload), _finish_ping, read=True)

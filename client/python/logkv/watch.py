@@ -11,20 +11,13 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import fresh_events, is_transport
+from ._common import WatchBase, fresh_events, is_transport
 
 
-class Watch:
+class Watch(WatchBase):
     def __init__(self, client, prefix=b"", after_sequences=None):
-        self._client = client
-        self.prefix = codec.as_bytes(prefix)
-        self.positions = list(after_sequences) if after_sequences else None
-        self.reconnects = 0
-        self.address = None  # the node the watch follows
-        self._conn = None
-        self._rid = 0
+        super().__init__(client, prefix, after_sequences)
         self._queue = []
-        self._ended = None
         self._subscribe(time.monotonic() + client._options.watch_reconnect_timeout)
 
     def _subscribe(self, deadline):
@@ -38,13 +31,9 @@ class Watch:
                     conn = client._acquire(address)
                     if self.positions is None:
                         rid = conn.next_id()
-                        answer = conn.exchange([codec.stats(rid)], [rid],
-                                               time.monotonic() +
-                                               client._options.request_timeout)[rid]
-                        if answer.status != 0:
-                            conn.close()
-                            raise answer.error("watch")
-                        self.positions = codec.to_stats(answer).last_sequences
+                        self._start_positions(conn, conn.exchange(
+                            [codec.stats(rid)], [rid],
+                            time.monotonic() + client._options.request_timeout)[rid])
                     rid = conn.next_id()
                     # Catch-up events may come in the same read as the first answer.
                     self._rid = rid
@@ -57,16 +46,9 @@ class Watch:
                         raise
                     last = error
                     continue
-                if answer.status != 0:
-                    conn.close()
-                    raise answer.error("watch")
-                self._conn = conn
-                self.address = address
-                self._deliver(codec.to_events(answer))
+                self._deliver(codec.to_events(self._subscribed(conn, address, answer)))
                 return
-            if time.monotonic() >= deadline:
-                raise errors.UnavailableError("watch: cannot resume: %s" % (
-                    last.message if last else "no node"))
+            self._check_resume_deadline(deadline, last)
             time.sleep(0.05)
 
     def _deliver(self, events):
