@@ -152,30 +152,65 @@ def finisher(convert, what, absent_is_none=False):
     return finish
 
 
-finish_get = finisher(codec.to_value, "get", absent_is_none=True)
+def finish_get(answer):
+    """The Value of a get's answer, None when absent (written out: every get
+    of a pipeline comes here)."""
+    status = answer.status
+    if status == 0:
+        return codec.to_value(answer)
+    if status == 1:
+        return None
+    raise answer.error("get")
+
+
+def finish_put(answer):
+    if answer.status:
+        raise answer.error("put")
+    return codec.to_write(answer)
+
+
 finish_get_version = finisher(lambda a: codec.to_value(a, "get_version"), "get_version",
                               absent_is_none=True)
-finish_put = finisher(codec.to_write, "put")
 finish_delete = finisher(lambda a: codec.to_write(a, "delete"), "delete", absent_is_none=True)
 
 
-class Call:
-    """One request of a pipeline: what it is, how to encode it with a request id,
-    how its answer becomes a result, its key (routing) and whether it only reads."""
+class Kind:
+    """What a kind of pipelined call is: its name, its encoder (request_id,
+    key, *arguments), how its answer becomes a result, and whether it only
+    reads."""
 
-    __slots__ = ("what", "encode", "finish", "key", "read")
+    __slots__ = ("what", "encode", "finish", "read")
 
-    def __init__(self, what, encode, finish, key, read):
+    def __init__(self, what, encode, finish, read):
         self.what = what
         self.encode = encode
         self.finish = finish
-        self.key = key
         self.read = read
+
+
+GET = Kind("get", codec.get, finish_get, True)
+PUT = Kind("put", codec.put, finish_put, False)
+DELETE = Kind("delete", codec.delete, finish_delete, False)
+
+
+def encoder(call):
+    """The function of a request id that encodes call, a (kind, key, arguments) tuple."""
+    kind, key, arguments = call
+    return lambda rid: kind.encode(rid, key, *arguments)
+
+
+def encode_all(calls, ids):
+    """The frames of calls with ids (a tight loop: pipelines spend their time here)."""
+    return [kind.encode(rid, key, *arguments)
+            for (kind, key, arguments), rid in zip(calls, ids)]
 
 
 class PipelineBase:
     """The queue of a pipeline: .get/.put/.delete add calls, execute() (in the
-    sync and asyncio subclasses) sends them and returns results in order."""
+    sync and asyncio subclasses) sends them and returns results in order.
+
+    A call is a (kind, key, arguments) tuple: no closure or object per call,
+    as a pipeline queues many."""
 
     def __init__(self, client):
         self._client = client
@@ -185,23 +220,19 @@ class PipelineBase:
         return len(self._calls)
 
     def get(self, key, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append(Call("get", lambda rid: codec.get(rid, key, consistency),
-                                finish_get, key, True))
+        self._calls.append((GET, codec.as_bytes(key), () if consistency is None
+                            else (consistency,)))
         return self
 
     def put(self, key, value, ttl_ms=0, if_version=None, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append(Call("put", lambda rid: codec.put(rid, key, value, ttl_ms, if_version,
-                                                             consistency),
-                                finish_put, key, False))
+        self._calls.append((PUT, codec.as_bytes(key), (value,) if (
+            not ttl_ms and if_version is None and consistency is None) else (
+                value, ttl_ms, if_version, consistency)))
         return self
 
     def delete(self, key, if_version=None, consistency=None):
-        key = codec.as_bytes(key)
-        self._calls.append(Call("delete", lambda rid: codec.delete(rid, key, if_version,
-                                                                   consistency),
-                                finish_delete, key, False))
+        self._calls.append((DELETE, codec.as_bytes(key), () if (
+            if_version is None and consistency is None) else (if_version, consistency)))
         return self
 
     def _take(self):
@@ -216,18 +247,18 @@ def plan(router, calls):
         return [(router.candidates()[0], list(range(len(calls))))]
     groups = {}
     for index, call in enumerate(calls):
-        groups.setdefault(router.owner(call.key), []).append(index)
+        groups.setdefault(router.owner(call[1]), []).append(index)
     return list(groups.items())
 
 
 def finish_all(calls, answers, raise_on_error):
     """Results of calls from their answers (an Answer or an exception each)."""
     results = []
-    for call, answer in zip(calls, answers):
+    for (kind, _, _), answer in zip(calls, answers):
         try:
             if isinstance(answer, BaseException):
                 raise answer
-            results.append(call.finish(answer))
+            results.append(kind.finish(answer))
         except errors.LogkvError as error:
             if raise_on_error:
                 raise
@@ -239,8 +270,9 @@ def after_transport_failure(call, error):
     """For a call of a pipeline whose connection failed: None when it may be
     sent again (to the next node), else the error to report for it (a write
     that may have been applied is never sent twice)."""
-    if error.sent and not call.read:
-        return errors.UnavailableError("%s: %s" % (call.what, error.message))
+    kind = call[0]
+    if error.sent and not kind.read:
+        return errors.UnavailableError("%s: %s" % (kind.what, error.message))
     return None
 
 

@@ -19,9 +19,10 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import (Failover, Options, PipelineBase, WatchBase, Router, after_transport_failure, deadline_for,
-                      finish_all, finish_delete, finish_get, finish_get_version, finish_put,
-                      finisher, fresh_events, is_transport, plan, transport_error)
+from ._common import (Failover, Options, PipelineBase, Router, WatchBase, after_transport_failure,
+                      deadline_for, encode_all, encoder, finish_all, finish_delete, finish_get,
+                      finish_get_version, finish_put, finisher, fresh_events, is_transport, plan,
+                      transport_error)
 from .types import BatchOp
 
 _SWEEP_SECONDS = 0.1
@@ -182,19 +183,19 @@ class AsyncConnection:
         self._send(frame)
         return future
 
-    async def call_many(self, encodes, timeout):
-        """The Answers of the requests encodes[i](request_id) makes, in order.
+    async def call_many(self, calls, timeout):
+        """The Answers of calls ((kind, key, arguments) tuples of a pipeline), in order.
 
         Sent in one write per turn of the event loop, as many at a time as
         max_in_flight and the transport's buffer allow: a long pipeline
         waits for answers to make room instead of buffering all of it.
         """
         future = asyncio.get_running_loop().create_future()
-        batch = _Batch(len(encodes), future)
+        batch = _Batch(len(calls), future)
         pending = self._pending
         limit = self._options.max_in_flight
         index = 0
-        while index < len(encodes):
+        while index < len(calls):
             try:
                 await self._room()
             except errors.UnavailableError as error:
@@ -204,16 +205,13 @@ class AsyncConnection:
                     raise transport_error(error.message, sent=True)
                 raise
             deadline = time.monotonic() + timeout
-            room = min(limit - len(pending), len(encodes) - index)
-            rid = self.last_id
-            frames = []
-            for encode in encodes[index:index + room]:
-                rid += 1
-                frames.append(encode(rid))
-                pending[rid] = (batch, index, deadline)
-                index += 1
-            self.last_id = rid
-            self._send(b"".join(frames))
+            room = min(limit - len(pending), len(calls) - index)
+            ids = range(self.last_id + 1, self.last_id + 1 + room)
+            self.last_id += room
+            for i, rid in enumerate(ids, index):
+                pending[rid] = (batch, i, deadline)
+            self._send(b"".join(encode_all(calls[index:index + room], ids)))
+            index += room
             # Write now, so the transport's buffer (and pause_writing) see it.
             self._flush()
         return await future
@@ -502,8 +500,7 @@ class AsyncClient:
         """The Answers (or errors) of calls sent together on one connection to address."""
         try:
             conn = await self._connection(address)
-            return await conn.call_many([call.encode for call in calls],
-                                        deadline_for(self._options, len(calls)))
+            return await conn.call_many(calls, deadline_for(self._options, len(calls)))
         except errors.UnavailableError as error:
             if not is_transport(error):
                 raise
@@ -513,7 +510,8 @@ class AsyncClient:
     async def _retry(self, call):
         """The Answer of one call of a pipeline, with failover (or its error)."""
         try:
-            return await self._call_slow(call.what, call.encode, None, call.key, call.read,
+            kind, key, _ = call
+            return await self._call_slow(kind.what, encoder(call), None, key, kind.read,
                                          self._options.request_timeout)
         except errors.LogkvError as error:
             return error

@@ -14,9 +14,10 @@ import time
 
 from . import _codec as codec
 from . import errors
-from ._common import (Failover, Options, PipelineBase, Router, after_transport_failure, deadline_for,
-                      finish_all, finish_delete, finish_get, finish_get_version, finish_put,
-                      finisher, is_transport, plan, transport_error)
+from ._common import (Failover, Options, PipelineBase, Router, after_transport_failure,
+                      deadline_for, encode_all, encoder, finish_all, finish_delete, finish_get,
+                      finish_get_version, finish_put, finisher, is_transport, plan,
+                      transport_error)
 from .types import BatchOp
 
 _RECV_BYTES = 256 << 10
@@ -114,58 +115,41 @@ class Connection:
     def exchange(self, frames, ids, deadline, on_frame=None):
         """Sends frames and returns {request_id: Answer} for ids.
 
-        frames is a list of frames, or an iterator of byte strings (frames
-        joined) that is advanced as each is sent, so a pipeline's later
-        frames are encoded while the node works on its first ones. Reads
-        while writing, so a long pipeline never deadlocks against the
+        Reads while writing, so a long pipeline never deadlocks against the
         server's backpressure. Answers to other ids are passed to on_frame
         (or dropped: a late answer of a call that timed out). Raises a
         transport UnavailableError (the connection is closed), a
         DeadlineExceededError, or the server's connection-level error
         (request id 0).
         """
-        if isinstance(frames, list):
-            frames = iter((b"".join(frames) if len(frames) != 1 else frames[0],))
-        out = memoryview(b"")
+        out = memoryview(b"".join(frames)) if len(frames) != 1 else memoryview(frames[0])
         sent = 0
-        more = True  # frames has more to send
-        sent_any = False
         wanted = set(ids)
         answers = {}
         sock = self.sock
         selector = self._selector
         writing = False
         while True:
-            if more and sent == len(out):
-                chunk = next(frames, None)
-                if chunk is None:
-                    more = False
-                else:
-                    out = memoryview(chunk)
-                    sent = 0
             if sent < len(out):
                 try:
-                    count = sock.send(out[sent:])
-                    sent += count
-                    sent_any = sent_any or count > 0
+                    sent += sock.send(out[sent:])
                 except _AGAIN:
                     pass
                 except OSError as error:
-                    raise self._fail("send: %s" % (error.strerror or error), sent_any)
+                    raise self._fail("send: %s" % (error.strerror or error), sent > 0)
                 want_write = sent < len(out)
                 if want_write != writing:
                     selector.modify(sock, selectors.EVENT_READ | (
                         selectors.EVENT_WRITE if want_write else 0))
                     writing = want_write
-            if not wanted and not more:
+            if not wanted:
                 return answers
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.close()
                 raise errors.DeadlineExceededError(
                     "no answer from %s:%d within the request timeout" % self.address)
-            # With more to encode, only a look at what has come.
-            events = selector.select(0 if more and sent == len(out) else remaining)
+            events = selector.select(remaining)
             for _, mask in events:
                 if not mask & selectors.EVENT_READ:
                     continue
@@ -176,7 +160,7 @@ class Connection:
                 except OSError as error:
                     raise self._fail("recv: %s" % (error.strerror or error), True)
                 if not data:
-                    raise self._fail("the node closed the connection", sent_any)
+                    raise self._fail("the node closed the connection", sent > 0)
                 try:
                     frames_in = self._frames.feed(data)
                 except errors.ProtocolError as error:
@@ -254,20 +238,6 @@ class Pipeline(PipelineBase):
             for i, answer in zip(indexes, got):
                 answers[i] = answer
         return finish_all(calls, answers, raise_on_error)
-
-
-_FIRST_CHUNK = 16  # frames; each next chunk is twice as large, up to _MAX_CHUNK
-_MAX_CHUNK = 256
-
-
-def _encoded(calls, ids):
-    """The calls' frames in chunks: the first leaves soon, and the node works
-    on it while the next are encoded."""
-    start, size = 0, _FIRST_CHUNK
-    while start < len(calls):
-        end = start + size
-        yield b"".join([call.encode(rid) for call, rid in zip(calls[start:end], ids[start:end])])
-        start, size = end, min(2 * size, _MAX_CHUNK)
 
 
 _finish_ping = finisher(codec.to_none, "ping")
@@ -355,7 +325,7 @@ class Client:
         conn = self._acquire(address)
         try:
             ids = conn.reserve(len(calls))
-            got = conn.exchange(_encoded(calls, ids), ids,
+            got = conn.exchange(encode_all(calls, ids), ids,
                                 time.monotonic() + deadline_for(self._options, len(calls)))
         finally:
             self._release(conn)
@@ -364,7 +334,8 @@ class Client:
     def _retry(self, call):
         """The Answer of one call of a pipeline, with failover (or its error)."""
         try:
-            return self._call(call.what, call.encode, None, key=call.key, read=call.read)
+            kind, key, _ = call
+            return self._call(kind.what, encoder(call), None, key=key, read=kind.read)
         except errors.LogkvError as error:
             return error
 
