@@ -67,7 +67,7 @@ PYTHONPATH="$root/client/python:$work/py" /usr/bin/python3 "$root/bench/clients/
   -P "$pipeline" -R "$rounds" >"$work/python.csv"
 
 # TypeScript: a build of the package (npm install into a temporary copy).
-ts_dir=${LOGKV_TS_DIR:-}
+ts_dir=${LOGKV_TS_DIR:+$(realpath "$LOGKV_TS_DIR")}
 if [[ -z $ts_dir ]]; then
   ts_dir=$work/ts
   bash "$root/tests/clients/typescript_build.sh" "$root/client/typescript" "$ts_dir" \
