@@ -3,8 +3,9 @@
 # the Redis clients of the same language, in the same run: pipelined SET then
 # GET of N keys (100-byte values, P requests per round trip), logkv clients
 # against one logkvd, Redis clients against one redis-server, on loopback.
-# Prints each client's rate and the ratio logkv/Redis per language, plus the
-# median time of reading one 1 MiB value.
+# Prints each client's rate and the ratio logkv/Redis per language (the median
+# and the lowest of the rounds' ratios), plus the median time of reading one
+# 1 MiB value.
 #
 #   bench/vs-redis-clients.sh                 # N=100000, P=100, R=3 rounds
 #   N=20000 R=1 bench/vs-redis-clients.sh     # a quick run

@@ -153,6 +153,8 @@ def main():
         print("%s (ops/s),%s,%.0f" % (client, op, statistics.median(values)))
     for (mode, op), values in ratios.items():
         print("ratio logkv/redis python %s,%s,%.2f" % (mode, op, statistics.median(values)))
+    for (mode, op), values in ratios.items():
+        print("lowest round's ratio python %s,%s,%.2f" % (mode, op, min(values)))
     for client, seconds in large.items():
         print("1 MiB GET median ms %s,GET,%.2f" % (client, seconds * 1000))
 
