@@ -44,11 +44,60 @@ function checkTtl(ttlMs: number) {
   }
 }
 
+const TEMPLATE_MAX_BYTES = 4096;  // larger requests: the builder's cost is in the copy anyway
+const MAX_TEMPLATES = 256;
+const TWO_32 = 2 ** 32;
+const MAX_ID = 0xFFFFFFFFFFFFFFFFn;  // a template's placeholder id: every byte set
+
+/**
+ * A request frame built once by the generated code, re-filled per call.
+ *
+ * The FlatBuffers builder lays a buffer out by the lengths of its vectors and
+ * by which fields differ from their defaults, never by the bytes in them. So
+ * a frame built with placeholder bytes of the same lengths (and a non-zero
+ * request id, as 0 would be left out) differs from the real one only in those
+ * bytes: a copy with the id, key and value written in is the frame the
+ * builder would make, without its allocations (BigInts, vtable search). The
+ * positions come from reading the frame back with the generated classes.
+ */
+interface Template {
+  frame: Buffer;
+  idAt: number;
+  keyAt: number;
+  valueAt: number;
+}
+
+function makeTemplate(frame: Buffer, operation: { bb: flatbuffers.ByteBuffer | null;
+                                                  bb_pos: number },
+                      hasValue: boolean): Template | null {
+  const bb = new flatbuffers.ByteBuffer(frame);
+  const request = p.Request.getSizePrefixedRootAsRequest(bb);
+  const idOffset = bb.__offset(request.bb_pos, 4);
+  if (!idOffset || request.requestId() !== MAX_ID) return null;
+  request.operation(operation);
+  const table = operation.bb_pos;
+  const keyAt = bb.__vector(table + bb.__offset(table, 4));
+  const valueAt = hasValue ? bb.__vector(table + bb.__offset(table, 6)) : 0;
+  return { frame: Buffer.from(frame), idAt: request.bb_pos + idOffset, keyAt, valueAt };
+}
+
+function fill(t: Template, id: number, key: Uint8Array, value?: Uint8Array): Buffer {
+  const frame = Buffer.allocUnsafe(t.frame.length);
+  t.frame.copy(frame);
+  frame.writeUInt32LE(id % TWO_32, t.idAt);
+  frame.writeUInt32LE(Math.floor(id / TWO_32), t.idAt + 4);
+  frame.set(key, t.keyAt);
+  if (value !== undefined) frame.set(value, t.valueAt);
+  return frame;
+}
+
 /** Builds request frames; one per connection, its buffer reused between requests. */
 export class Encoder {
   private readonly b = new flatbuffers.Builder(1024);
+  // Templates by shape: key length (get, delete), key and value lengths (put).
+  private readonly templates = new Map<number, Template | null>();
 
-  private finish(id: number, type: p.Operation, operation: flatbuffers.Offset): Buffer {
+  private finish(id: number | bigint, type: p.Operation, operation: flatbuffers.Offset): Buffer {
     const b = this.b;
     p.Request.startRequest(b);
     p.Request.addRequestId(b, BigInt(id));
@@ -83,38 +132,84 @@ export class Encoder {
     return this.finish(id, p.Operation.Ping, p.Ping.createPing(b, data));
   }
 
-  get(id: number, key: Uint8Array, consistency?: Consistency): Buffer {
-    const b = this.b;
-    b.clear();
-    const k = p.Get.createKeyVector(b, key);
-    return this.finish(id, p.Operation.Get, p.Get.createGet(b, k, consistencyOf(consistency)));
+  private template(shape: number, build: () => Buffer, operation: () => {
+    bb: flatbuffers.ByteBuffer | null; bb_pos: number; }, hasValue: boolean): Template | null {
+    let t = this.templates.get(shape);
+    if (t === undefined) {
+      if (this.templates.size >= MAX_TEMPLATES) this.templates.clear();
+      t = makeTemplate(build(), operation(), hasValue);
+      this.templates.set(shape, t);
+    }
+    return t;
   }
+
+  get(id: number, key: Uint8Array, consistency?: Consistency): Buffer {
+    if (consistency === undefined && key.length <= TEMPLATE_MAX_BYTES) {
+      // Shapes: 3 kinds of request, key lengths below 2^13, value lengths below 2^13.
+      const t = this.template(key.length * 3, () => this.built.get(
+        MAX_ID, new Uint8Array(key.length)), () => new p.Get(), false);
+      if (t !== null) return fill(t, id, key);
+    }
+    return this.built.get(id, key, consistency);
+  }
+
+  put(id: number, key: Uint8Array, value: Uint8Array, ttlMs = 0, ifVersion?: bigint,
+      consistency?: Consistency): Buffer {
+    if (!ttlMs && ifVersion === undefined && consistency === undefined &&
+        key.length + value.length <= TEMPLATE_MAX_BYTES) {
+      const t = this.template((key.length * 8192 + value.length) * 3 + 1, () => this.built.put(
+        MAX_ID, new Uint8Array(key.length), new Uint8Array(value.length)), () => new p.Put(),
+                              true);
+      if (t !== null) return fill(t, id, key, value);
+    }
+    return this.built.put(id, key, value, ttlMs, ifVersion, consistency);
+  }
+
+  delete(id: number, key: Uint8Array, ifVersion?: bigint, consistency?: Consistency): Buffer {
+    if (ifVersion === undefined && consistency === undefined &&
+        key.length <= TEMPLATE_MAX_BYTES) {
+      const t = this.template(key.length * 3 + 2, () => this.built.delete(
+        MAX_ID, new Uint8Array(key.length)), () => new p.Delete(), false);
+      if (t !== null) return fill(t, id, key);
+    }
+    return this.built.delete(id, key, ifVersion, consistency);
+  }
+
+  /** The same requests made by the generated builder every time (also the templates' source). */
+  readonly built = {
+    get: (id: number | bigint, key: Uint8Array, consistency?: Consistency): Buffer => {
+      const b = this.b;
+    b.clear();
+      b.clear();
+      const k = p.Get.createKeyVector(b, key);
+      return this.finish(id, p.Operation.Get, p.Get.createGet(b, k, consistencyOf(consistency)));
+    },
+    put: (id: number | bigint, key: Uint8Array, value: Uint8Array, ttlMs = 0,
+          ifVersion?: bigint, consistency?: Consistency): Buffer => {
+      checkTtl(ttlMs);
+      const b = this.b;
+      b.clear();
+      const v = p.Put.createValueVector(b, value);
+      const k = p.Put.createKeyVector(b, key);
+      return this.finish(id, p.Operation.Put, p.Put.createPut(
+        b, k, v, BigInt(ttlMs), ifVersion !== undefined, ifVersion ?? 0n,
+        consistencyOf(consistency)));
+    },
+    delete: (id: number | bigint, key: Uint8Array, ifVersion?: bigint,
+             consistency?: Consistency): Buffer => {
+      const b = this.b;
+      b.clear();
+      const k = p.Delete.createKeyVector(b, key);
+      return this.finish(id, p.Operation.Delete, p.Delete.createDelete(
+        b, k, ifVersion !== undefined, ifVersion ?? 0n, consistencyOf(consistency)));
+    },
+  };
 
   getVersion(id: number, key: Uint8Array, version: bigint): Buffer {
     const b = this.b;
     b.clear();
     const k = p.GetVersion.createKeyVector(b, key);
     return this.finish(id, p.Operation.GetVersion, p.GetVersion.createGetVersion(b, k, version));
-  }
-
-  put(id: number, key: Uint8Array, value: Uint8Array, ttlMs = 0, ifVersion?: bigint,
-      consistency?: Consistency): Buffer {
-    checkTtl(ttlMs);
-    const b = this.b;
-    b.clear();
-    const v = p.Put.createValueVector(b, value);
-    const k = p.Put.createKeyVector(b, key);
-    return this.finish(id, p.Operation.Put, p.Put.createPut(
-      b, k, v, BigInt(ttlMs), ifVersion !== undefined, ifVersion ?? 0n,
-      consistencyOf(consistency)));
-  }
-
-  delete(id: number, key: Uint8Array, ifVersion?: bigint, consistency?: Consistency): Buffer {
-    const b = this.b;
-    b.clear();
-    const k = p.Delete.createKeyVector(b, key);
-    return this.finish(id, p.Operation.Delete, p.Delete.createDelete(
-      b, k, ifVersion !== undefined, ifVersion ?? 0n, consistencyOf(consistency)));
   }
 
   batch(id: number, operations: BatchOp[], consistency?: Consistency): Buffer {
@@ -191,11 +286,12 @@ export function decode(frame: Uint8Array): Answer {
   try {
     const bb = new flatbuffers.ByteBuffer(frame);
     const response = p.Response.getSizePrefixedRootAsResponse(bb);
-    const id = response.requestId();
-    if (id > BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw new RangeError(`request id ${id}`);
-    }
-    return new Answer(response, Number(id), response.status(), response.message() ?? '');
+    // The request id as two 32-bit halves: a BigInt per answer costs more than the rest.
+    const at = bb.__offset(response.bb_pos, 4);
+    const high = at ? bb.readUint32(response.bb_pos + at + 4) : 0;
+    if (high >= 1 << 21) throw new RangeError(`request id ${response.requestId()}`);
+    const id = at ? high * TWO_32 + bb.readUint32(response.bb_pos + at) : 0;
+    return new Answer(response, id, response.status(), response.message() ?? '');
   } catch (error) {
     if (error instanceof LogkvError) throw error;
     throw new ProtocolError(`the server sent a frame that is not a Response (${String(error)})`);

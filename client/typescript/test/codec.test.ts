@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 
-import { decode, FrameReader } from '../src/codec.js';
+import { randomBytes } from 'node:crypto';
+
+import { decode, Encoder, FrameReader } from '../src/codec.js';
 import { toValue } from '../src/codec.js';
 import * as errors from '../src/errors.js';
 import { keyHash, Ring } from '../src/placement.js';
@@ -19,6 +21,32 @@ test('frames split anywhere', () => {
     assert.deepEqual(frames.map((f) => decode(f).requestId), [1, 2, 3]);
     assert.equal(reader.pendingBytes, 0);
     assert.deepEqual(toValue(decode(frames[1])).value, Buffer.alloc(200, 98));
+  }
+});
+
+test('re-filled request frames are byte for byte what the builder makes', () => {
+  const encoder = new Encoder();
+  for (const keyLength of [1, 2, 3, 4, 5, 8, 13, 100, 4000]) {
+    for (const valueLength of [0, 1, 7, 96, 100]) {
+      const key = randomBytes(keyLength);
+      const value = randomBytes(valueLength);
+      for (const id of [1, 77, 2 ** 40 + 3, Number.MAX_SAFE_INTEGER]) {
+        assert.deepEqual(encoder.put(id, key, value), encoder.built.put(id, key, value));
+        assert.deepEqual(encoder.get(id, key), encoder.built.get(id, key));
+        assert.deepEqual(encoder.delete(id, key), encoder.built.delete(id, key));
+      }
+    }
+  }
+  // Other shapes take the builder.
+  const key = Buffer.from('k');
+  assert.deepEqual(encoder.put(5, key, key, 10, 0n, 'strong'),
+                   encoder.built.put(5, key, key, 10, 0n, 'strong'));
+  assert.deepEqual(encoder.get(5, key, 'eventual'), encoder.built.get(5, key, 'eventual'));
+});
+
+test('request ids up to 2^53 - 1 are read without loss', () => {
+  for (const id of [1, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 3, Number.MAX_SAFE_INTEGER]) {
+    assert.equal(decode(statusAnswer(id)).requestId, id);
   }
 });
 
