@@ -273,8 +273,9 @@ export class Answer {
     return errorFor(this.status, message, Number(this.response.retryAfterMs()));
   }
 
-  result<T>(type: p.Result, make: () => T, what: string): T {
-    const found = this.response.resultType() === type ? this.response.result(make()) : null;
+  /** The result table of the type, read through into (an accessor object of that type). */
+  result<T>(type: p.Result, into: T, what: string): T {
+    const found = this.response.resultType() === type ? this.response.result(into) : null;
     if (found === null) {
       throw new ProtocolError(`${what}: the answer carries no ${p.Result[type]}`);
     }
@@ -300,9 +301,20 @@ export function decode(frame: Uint8Array): Answer {
 
 function bytesOut(view: Uint8Array | null): Buffer {
   if (view === null) return Buffer.alloc(0);
-  const buffer = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
-  return view.byteLength < COPY_BELOW_BYTES ? Buffer.from(buffer) : buffer;
+  // Small: one copy (Buffer.from of a typed array copies); large: a view.
+  return view.byteLength < COPY_BELOW_BYTES ? Buffer.from(view)
+    : Buffer.from(view.buffer, view.byteOffset, view.byteLength);
 }
+
+function malformed(what: string, error: unknown): Error {
+  if (error instanceof LogkvError) return error;
+  return new ProtocolError(`${what}: the answer is not well formed (${String(error)})`);
+}
+
+// One ValueResult and WriteResult reader each, re-pointed per answer: every get and
+// put reads one, and an object per answer is garbage to collect.
+const valueResult = new p.ValueResult();
+const writeResult = new p.WriteResult();
 
 function guard<T>(what: string, read: () => T): T {
   try {
@@ -314,24 +326,28 @@ function guard<T>(what: string, read: () => T): T {
 }
 
 export function toValue(a: Answer, what = 'get'): Value {
-  return guard(what, () => {
-    const r = a.result(p.Result.ValueResult, () => new p.ValueResult(), what);
+  try {
+    const r = a.result(p.Result.ValueResult, valueResult, what);
     return { value: bytesOut(r.valueArray()), version: r.version(), timestamp: r.timestamp(),
              expiryUnixMs: Number(r.expiryUnixMs()) };
-  });
+  } catch (error) {
+    throw malformed(what, error);
+  }
 }
 
 export function toWrite(a: Answer, what = 'put'): WriteResult {
-  return guard(what, () => {
-    const r = a.result(p.Result.WriteResult, () => new p.WriteResult(), what);
+  try {
+    const r = a.result(p.Result.WriteResult, writeResult, what);
     return { version: r.version(), timestamp: r.timestamp(), sequence: r.sequence(),
              shard: r.shard() };
-  });
+  } catch (error) {
+    throw malformed(what, error);
+  }
 }
 
 export function toBatch(a: Answer): BatchItemResult[] {
   return guard('batch', () => {
-    const r = a.result(p.Result.BatchResult, () => new p.BatchResult(), 'batch');
+    const r = a.result(p.Result.BatchResult, new p.BatchResult(), 'batch');
     const out: BatchItemResult[] = [];
     for (let i = 0; i < r.itemsLength(); i++) {
       const item = r.items(i)!;
@@ -346,7 +362,7 @@ export function toBatch(a: Answer): BatchItemResult[] {
 
 export function toScan(a: Answer): ScanPage {
   return guard('scan', () => {
-    const r = a.result(p.Result.ScanResult, () => new p.ScanResult(), 'scan');
+    const r = a.result(p.Result.ScanResult, new p.ScanResult(), 'scan');
     const items = [];
     for (let i = 0; i < r.itemsLength(); i++) {
       const item = r.items(i)!;
@@ -360,7 +376,7 @@ export function toScan(a: Answer): ScanPage {
 
 export function toEvents(a: Answer): Event[] {
   return guard('watch', () => {
-    const r = a.result(p.Result.WatchEvents, () => new p.WatchEvents(), 'watch');
+    const r = a.result(p.Result.WatchEvents, new p.WatchEvents(), 'watch');
     const out: Event[] = [];
     for (let i = 0; i < r.eventsLength(); i++) {
       const e = r.events(i)!;
@@ -375,7 +391,7 @@ export function toEvents(a: Answer): Event[] {
 
 export function toStats(a: Answer): Stats {
   return guard('stats', () => {
-    const r = a.result(p.Result.StatsResult, () => new p.StatsResult(), 'stats');
+    const r = a.result(p.Result.StatsResult, new p.StatsResult(), 'stats');
     const last: bigint[] = [];
     for (let i = 0; i < r.lastSequencesLength(); i++) last.push(r.lastSequences(i)!);
     return {
@@ -390,7 +406,7 @@ export function toStats(a: Answer): Stats {
 
 export function toHello(a: Answer): HelloInfo {
   return guard('hello', () => {
-    const r = a.result(p.Result.HelloResult, () => new p.HelloResult(), 'hello');
+    const r = a.result(p.Result.HelloResult, new p.HelloResult(), 'hello');
     const members = [];
     for (let i = 0; i < r.membersLength(); i++) {
       const m = r.members(i)!;
