@@ -3,11 +3,11 @@
 #   1. strong SET latency on a 3-node cluster: one client, one key (-c 1 -r 1), and
 #      50 clients over 100,000 keys, through node 0 (logkv-bench --consistency=strong);
 #   2. two nodes joining a 3-node cluster under load (a 5-node cluster at the end): the
-#      time from each new node's start to its being ready (it is ready once the
-#      leader added it to Raft and its activation is applied), the load's throughput
+#      time from each new node's start to its being ready (added to Raft, the epoch
+#      barrier, the fill of its keys, its activation applied), the load's throughput
 #      while they join beside the same load on the settled 5-node cluster, and the
-#      leader's mean proposal-to-applied time (logkv_control_apply_seconds_sum /
-#      logkv_control_proposals_total).
+#      leader's proposal-to-applied time: mean, and the p50 and p99 bucket bounds of
+#      the logkv_control_apply_seconds histogram.
 #
 #   bench/control-plane.sh                 # 100,000 requests per load
 #   N=20000 bench/control-plane.sh         # a quick run
@@ -65,6 +65,26 @@ metric() {
     awk -v m="$2" '$1 == m { print $2 }'
 }
 
+# The upper bound (ms) of the histogram bucket holding quantile $3 of metric $2 on node $1.
+quantile_ms() {
+  curl -fs "http://127.0.0.1:${https[$1]}/metrics?format=prometheus" |
+    awk -v m="$2_bucket" -v q="$3" '
+      index($1, m "{le=\"") == 1 {
+        le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+        bound[n] = le; count[n] = $2; n++
+      }
+      END {
+        total = count[n - 1]
+        for (i = 0; i < n; i++) {
+          if (total > 0 && count[i] >= q * total) {
+            if (bound[i] == "+Inf") { print "inf" } else { printf "%.1f", 1000 * bound[i] }
+            exit
+          }
+        }
+        print "n/a"
+      }'
+}
+
 # Runs logkv-bench against n0; prints "rps p50 p99" of its first test.
 load() {  # $@: logkv-bench flags
   "$bench" -h 127.0.0.1 -p "${ports[n0]}" -d 100 --csv "$@" 2>"$work/bench.err" |
@@ -101,6 +121,9 @@ done
 apply_sum=$(metric "$leader" logkv_control_apply_seconds_sum)
 [[ -n $apply_sum ]] || die "no logkv_control_apply_seconds_sum on $leader"
 proposals=$(metric "$leader" logkv_control_proposals_total)
+applied=$(metric "$leader" logkv_control_apply_seconds_count)
+apply_p50=$(quantile_ms "$leader" logkv_control_apply_seconds 0.5)
+apply_p99=$(quantile_ms "$leader" logkv_control_apply_seconds 0.99)
 epoch=$(metric n0 logkv_control_epoch)
 
 echo
@@ -108,4 +131,4 @@ echo "strong SET, 3 nodes, 1 client, 1 key:      ${one_rps} req/s, p50 ${one_p50
 echo "strong SET, 3 nodes, 50 clients:           ${many_rps} req/s, p50 ${many_p50} ms, p99 ${many_p99} ms"
 echo "join under load (eventual SET -P 16):      n3 ready in ${join3} s, n4 in ${join4} s (load still running after both: ${load_running_at_join})"
 echo "load throughput while joining / settled:   ${join_rps} / ${settled_rps} req/s ($(awk -v a="$join_rps" -v b="$settled_rps" 'BEGIN { printf "%.2f", a / b }')x)"
-echo "control plane on the leader ($leader):        ${proposals} proposals, mean apply $(awk -v s="$apply_sum" -v n="$proposals" 'BEGIN { printf "%.2f", (n > 0 ? 1000 * s / n : 0) }') ms; epoch ${epoch}"
+echo "control plane on the leader ($leader):        ${proposals} proposals, mean apply $(awk -v s="$apply_sum" -v n="$applied" 'BEGIN { printf "%.2f", (n > 0 ? 1000 * s / n : 0) }') ms over ${applied}, p50 <= ${apply_p50} ms, p99 <= ${apply_p99} ms; epoch ${epoch}"

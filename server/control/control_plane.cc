@@ -544,8 +544,12 @@ void ControlPlane::Impl::Propose(std::string command,
                                                         absl::StrCat("the control plane: ",
                                                                      raft_strerror(status))));
                                   if (status == 0) {
-                                    impl->apply_seconds_sum_ +=
+                                    const double seconds =
                                         absl::ToDoubleSeconds(absl::Now() - proposal->started);
+                                    impl->apply_seconds_sum_ += seconds;
+                                    if (impl->options_.on_applied) {
+                                      impl->options_.on_applied(seconds);
+                                    }
                                   } else {
                                     ++impl->proposals_failed_;
                                   }

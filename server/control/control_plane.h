@@ -76,6 +76,9 @@ struct ControlPlaneOptions {
       forward;
   // Called on the control thread after the configuration's epoch rose.
   std::function<void()> on_change;
+  // Called on the control thread when a command proposed on this leader is
+  // applied, with the seconds from its proposal.
+  std::function<void(double seconds)> on_applied;
 };
 
 // What `logkv nodes`, /members and the metrics show.
