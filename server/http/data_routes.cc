@@ -34,6 +34,12 @@ using nlohmann::json;
 
 namespace {
 
+// GET /v1/kv's page sizes.
+constexpr uint32_t kDefaultScanLimit = 100;
+constexpr uint32_t kMaxScanLimit = 1000;
+// Events read per shard per pass of a watch stream.
+constexpr uint32_t kWatchBatchEvents = 256;
+
 constexpr absl::string_view kOctetStream = "application/octet-stream";
 constexpr absl::string_view kJsonType = "application/json";
 
@@ -699,10 +705,201 @@ void Serve(const DataRoutesConfig& config, const DataRoutesDependencies& deps,
       });
 }
 
+// ---- Listing and watching keys (the console's data browser) ------------------------
+
+// A key or value as JSON: the text when it is UTF-8, else base64 beside
+// "<field>_encoding": "base64" (a JSON string cannot carry other bytes).
+void PutBytes(json* object, const char* field, absl::string_view bytes) {
+  if (IsValidUtf8(bytes)) {
+    (*object)[field] = std::string(bytes);
+  } else {
+    (*object)[field] = EncodeBase64(bytes);
+    (*object)[absl::StrCat(field, "_encoding")] = "base64";
+  }
+}
+
+// GET /v1/kv?prefix=&cursor=&limit=: a page of the caller's keys under
+// prefix, in key order, with next_cursor (null at the end) for the next page.
+// Keys held by this node's engine (every key on a single node).
+void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Responder responder) {
+  HttpResponse refusal;
+  absl::StatusOr<RequestContext> context = Authorize(deps.auth, request, &refusal);
+  if (!context.ok()) return responder.Send(std::move(refusal));
+  std::string prefix, after;
+  uint32_t limit = kDefaultScanLimit;
+  for (const char* name : {"prefix", "cursor", "limit"}) {
+    absl::StatusOr<std::optional<std::string>> value = StrictQueryParam(request, name);
+    if (!value.ok()) return responder.Send(ErrorFromStatus(value.status()));
+    if (!value->has_value()) continue;
+    if (absl::string_view(name) == "prefix") {
+      prefix = **value;
+    } else if (absl::string_view(name) == "cursor") {
+      std::optional<std::string> decoded = DecodeBase64(**value);
+      if (!decoded) {
+        return responder.Send(HttpResponse::Error(400, "cursor must be a next_cursor from an "
+                                                       "earlier page (base64)"));
+      }
+      after = *std::move(decoded);
+    } else if (!absl::SimpleAtoi(**value, &limit) || limit == 0 || limit > kMaxScanLimit) {
+      return responder.Send(HttpResponse::Error(
+          400, absl::StrCat("limit must be an integer from 1 to ", kMaxScanLimit)));
+    }
+  }
+  context->local_only = true;
+  flatbuffers::FlatBufferBuilder& builder = RequestBuilder();
+  // Values are read too: a keys-only scan has no versions, times or
+  // expiries to show, and a page's bytes are bounded by the frame limit.
+  auto scan = p::CreateScan(builder, Bytes(&builder, prefix), 0, 0, Bytes(&builder, after), limit,
+                            /*keys_only=*/false);
+  FinishRequest(&builder, p::Operation::Scan, scan);
+  Run(deps.service, *context, &builder, responder, [](const p::Response& response) {
+    const absl::Status status = p::StatusFromResponse(response);
+    if (!status.ok()) return ErrorFromStatus(status);
+    const p::ScanResult* page = response.result_as_ScanResult();
+    json keys = json::array();
+    if (page != nullptr && page->items() != nullptr) {
+      for (const p::ScanItem* item : *page->items()) {
+        json entry = {{"version", item->version()},
+                      {"timestamp", Rfc3339(TimestampMs(item->timestamp()))},
+                      {"size", item->value() != nullptr ? item->value()->size() : 0}};
+        PutBytes(&entry, "key", p::View(item->key()));
+        entry["expires_at"] =
+            item->expiry_unix_ms() > 0 ? json(Rfc3339(item->expiry_unix_ms())) : json(nullptr);
+        keys.push_back(std::move(entry));
+      }
+    }
+    const absl::string_view cursor = page != nullptr ? p::View(page->next_cursor()) : "";
+    json answer = {{"keys", keys},
+                   {"count", keys.size()},
+                   {"next_cursor", cursor.empty() ? json(nullptr) : json(EncodeBase64(cursor))}};
+    return HttpResponse::Json(200, Dump(answer));
+  });
+}
+
+// One open GET /v1/watch: the engine's events under the caller's prefix as
+// Server-Sent Events. Holds its place in WatchStreams until the connection
+// closes.
+class WatchStream final : public EventStream {
+ public:
+  WatchStream(Service* service, RequestContext context, Service::WatchCursor cursor,
+              std::function<void()> release)
+      : service_(service),
+        context_(std::move(context)),
+        cursor_(std::move(cursor)),
+        release_(std::move(release)) {}
+  ~WatchStream() override { release_(); }
+
+  bool Poll(const std::vector<uint64_t>& last_sequences, std::string* out, bool* more) override {
+    if (!opened_) {
+      // First call: tells the client that events from now on will reach it.
+      opened_ = true;
+      out->append("retry: 2000\nevent: ready\ndata: {}\n\n");
+    }
+    for (uint32_t shard = 0; shard < cursor_.after.size() && shard < last_sequences.size();
+         ++shard) {
+      if (last_sequences[shard] <= cursor_.after[shard]) continue;
+      builder_.Clear();
+      absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> events =
+          service_->ReadWatchEvents(context_, shard, kWatchBatchEvents, &cursor_, &builder_, more);
+      if (!events.ok()) {
+        absl::StrAppend(out, "event: error\ndata: ",
+                        Dump(json{{"error", std::string(events.status().message())}}), "\n\n");
+        return false;
+      }
+      if (events->empty()) continue;
+      builder_.Finish(p::CreateWatchEvents(builder_, builder_.CreateVector(*events)));
+      const p::WatchEvents* batch = flatbuffers::GetRoot<p::WatchEvents>(builder_.GetBufferPointer());
+      for (const p::Event* event : *batch->events()) {
+        const bool put = event->type() == p::EventType::Put;
+        json data = {{"type", put ? "put" : "delete"},
+                     {"version", event->version()},
+                     {"timestamp", Rfc3339(TimestampMs(event->timestamp()))}};
+        PutBytes(&data, "key", p::View(event->key()));
+        if (put) PutBytes(&data, "value", p::View(event->value()));
+        // id: where a client resumes is the shard and its sequence.
+        absl::StrAppend(out, "id: ", event->shard(), ":", event->sequence(),
+                        "\nevent: ", put ? "put" : "delete", "\ndata: ", Dump(data), "\n\n");
+      }
+    }
+    return true;
+  }
+
+ private:
+  Service* const service_;
+  const RequestContext context_;
+  Service::WatchCursor cursor_;
+  std::function<void()> release_;
+  flatbuffers::FlatBufferBuilder builder_{1024};
+  bool opened_ = false;
+};
+
 }  // namespace
 
+bool WatchStreams::Acquire(uint64_t user_id) {
+  absl::MutexLock lock(&mu_);
+  if (max_total_ != 0 && total_ >= max_total_) return false;
+  size_t& count = by_user_[user_id];
+  // User 0 is everyone with auth off: only the node's limit applies.
+  if (user_id != 0 && max_per_user_ != 0 && count >= max_per_user_) {
+    if (count == 0) by_user_.erase(user_id);
+    return false;
+  }
+  ++count;
+  ++total_;
+  return true;
+}
+
+void WatchStreams::Release(uint64_t user_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = by_user_.find(user_id);
+  if (it == by_user_.end()) return;
+  --total_;
+  if (--it->second == 0) by_user_.erase(it);
+}
+
+size_t WatchStreams::open() const {
+  absl::MutexLock lock(&mu_);
+  return total_;
+}
+
+void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
+  HttpResponse refusal;
+  absl::StatusOr<RequestContext> context = Authorize(deps_.auth, request, &refusal);
+  if (!context.ok()) return responder.Send(std::move(refusal));
+  absl::StatusOr<std::optional<std::string>> prefix = StrictQueryParam(request, "prefix");
+  if (!prefix.ok()) return responder.Send(ErrorFromStatus(prefix.status()));
+  // The user whose streams are counted: the API key's (auth on), else one
+  // shared count.
+  uint64_t user_id = 0;
+  if (deps_.auth.on()) {
+    absl::StatusOr<Session> session = AuthenticateKey(deps_.auth, request);
+    if (session.ok()) user_id = session->user_id;
+  }
+  flatbuffers::FlatBufferBuilder builder(256);
+  builder.Finish(p::CreateWatch(builder, Bytes(&builder, prefix->value_or(""))));
+  absl::StatusOr<Service::WatchCursor> cursor = deps_.service->OpenWatch(
+      *context, *flatbuffers::GetRoot<p::Watch>(builder.GetBufferPointer()));
+  if (!cursor.ok()) return responder.Send(ErrorFromStatus(cursor.status()));
+  if (!streams_.Acquire(user_id)) {
+    HttpResponse busy = HttpResponse::Error(
+        429, absl::StrCat("too many open watch streams (at most ", config_.max_watch_streams,
+                          " on this node, ", config_.max_watch_streams_per_user,
+                          " per user); close one first"));
+    busy.headers.emplace_back("Retry-After", "5");
+    return responder.Send(std::move(busy));
+  }
+  HttpResponse answer;
+  answer.content_type = "text/event-stream; charset=utf-8";
+  answer.stream = std::make_shared<WatchStream>(
+      deps_.service, *std::move(context), *std::move(cursor),
+      [streams = &streams_, user_id] { streams->Release(user_id); });
+  responder.Send(std::move(answer));
+}
+
 DataRoutes::DataRoutes(const DataRoutesConfig& config, const DataRoutesDependencies& dependencies)
-    : config_(config), deps_(dependencies) {
+    : config_(config),
+      deps_(dependencies),
+      streams_(config.max_watch_streams, config.max_watch_streams_per_user) {
   if (sodium_init() < 0) std::abort();
 }
 
@@ -717,6 +914,12 @@ void DataRoutes::AddTo(Router* router) {
           Writes(route.operation));
     }
   }
+  router->Add(Method::kGet, "/v1/kv", [this](HttpRequest& request, Responder responder) {
+    ServeScan(deps_, request, std::move(responder));
+  });
+  router->Add(Method::kGet, "/v1/watch", [this](HttpRequest& request, Responder responder) {
+    ServeWatch(request, std::move(responder));
+  });
 }
 
 }  // namespace logkv::server::http

@@ -13,6 +13,11 @@
 #define LOGKV_SERVER_HTTP_DATA_ROUTES_H_
 
 #include <cstddef>
+#include <cstdint>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 
 #include "server/http/json_body.h"
 #include "server/http/route_support.h"
@@ -30,6 +35,29 @@ struct DataRoutesConfig {
   // Deepest nesting of any JSON body, and of a stored value seed 003's
   // routes read back as JSON (json_body.h).
   size_t max_json_depth = kDefaultMaxJsonDepth;
+  // GET /v1/watch streams open at once, on this node and per user (0: no
+  // limit); one more is 429.
+  size_t max_watch_streams = 256;
+  size_t max_watch_streams_per_user = 8;
+};
+
+// The count of open watch streams, per user and in all (user 0, everyone
+// when auth is off, has only the limit in all). Any thread.
+class WatchStreams {
+ public:
+  WatchStreams(size_t max_total, size_t max_per_user)
+      : max_total_(max_total), max_per_user_(max_per_user) {}
+  // false: a limit is reached.
+  bool Acquire(uint64_t user_id) ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(uint64_t user_id) ABSL_LOCKS_EXCLUDED(mu_);
+  size_t open() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  const size_t max_total_;
+  const size_t max_per_user_;
+  mutable absl::Mutex mu_;
+  size_t total_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uint64_t, size_t> by_user_ ABSL_GUARDED_BY(mu_);
 };
 
 // Not owned; each must outlive the router's use of the routes.
@@ -53,11 +81,18 @@ class DataRoutes {
 
   // Adds every dialect's routes, the busiest first (the router searches its
   // table in order).
+  // Also GET /v1/kv (a page of keys by prefix) and GET /v1/watch (changes
+  // under a prefix as Server-Sent Events), the console's data browser's.
   void AddTo(Router* router);
 
+  const WatchStreams& watch_streams() const { return streams_; }
+
  private:
+  void ServeWatch(HttpRequest& request, Responder responder);
+
   const DataRoutesConfig config_;
   const DataRoutesDependencies deps_;
+  WatchStreams streams_;
 };
 
 }  // namespace logkv::server::http

@@ -43,12 +43,32 @@ struct HttpRequest {
   std::optional<std::string> QueryParam(absl::string_view name) const;
 };
 
+// The body of an answer that does not end: Server-Sent Events
+// (text/event-stream), written as the events come. The connection's loop
+// calls Poll when the engine appended events, and once when the stream
+// opens; the connection closes when Poll says the stream ended or the
+// client goes. Released on the loop's thread when the connection closes.
+class EventStream {
+ public:
+  virtual ~EventStream() = default;
+  // Appends the events after the stream's cursor to *out, reading up to
+  // last_sequences (the engine's last sequence per shard); sets *more when
+  // some are left for the next call. false: the stream ended (what it
+  // appended says why).
+  virtual bool Poll(const std::vector<uint64_t>& last_sequences, std::string* out,
+                    bool* more) = 0;
+};
+
 struct HttpResponse {
   int status = 200;
   // Must point at storage that outlives the response (a string literal).
   absl::string_view content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;  // extra headers
+  // Set (with status 200): the body is this stream, not `body`; it must be
+  // the request's answer given while its handler runs, and ends the
+  // connection's requests (nothing after it is read).
+  std::shared_ptr<EventStream> stream;
 
   // {"error": message} with that status.
   static HttpResponse Error(int status, absl::string_view message);

@@ -136,6 +136,8 @@ bool HttpSession::AdmitBody() {
 
 ProtocolSession::Expiry HttpSession::CheckExpiry(int64_t now_ms) const {
   const Connection& c = connection();
+  // An event stream is quiet while nothing changes; it ends with its client.
+  if (stream_ != nullptr) return Expiry::kNone;
   if (c.pending > 0 || c.owed_bytes() > 0) return Expiry::kNone;
   const int64_t timeout_ms = absl::ToInt64Milliseconds(config().http_idle_timeout);
   const bool slow_request = request_began_ms_ >= 0 && now_ms - request_began_ms_ > timeout_ms;
@@ -208,6 +210,24 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
     match.route->handler(request, http::Responder(answers_, c.id, sequence));
     answers_->set_inline_answer(nullptr);
   }
+  if (answer.answered && answer.response.stream != nullptr) {
+    if (config.http_observer) {
+      config.http_observer(match.route, answer.response.status,
+                           absl::GetCurrentTimeNanos() - start_ns,
+                           config.observe_subjects
+                               ? request.path.substr(0, kObservedSubjectBytes)
+                               : absl::string_view());
+    }
+    if (!owed_.empty() || head || answer.response.status != 200) {
+      // A stream cannot wait behind earlier answers, nor be a HEAD's.
+      answer.response.stream.reset();
+      answer.response = http::HttpResponse::Error(
+          400, head ? "an event stream has no HEAD" : "an event stream cannot be pipelined");
+    } else {
+      StartStream(std::move(answer.response));
+      return;
+    }
+  }
   if (answer.answered) {
     if (config.http_observer) {
       config.http_observer(match.route, answer.response.status,
@@ -244,6 +264,47 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
   assert(owed_.empty() || owed_.back().sequence < sequence);
   owed_.push_back(std::move(owed));
   ++c.pending;
+}
+
+void HttpSession::StartStream(http::HttpResponse response) {
+  Connection& c = connection();
+  // No Content-Length: the body ends when the connection does (RFC 9112
+  // section 6.3), which every SSE client (EventSource, curl -N) reads as it
+  // comes.
+  absl::StrAppend(&c.out, "HTTP/1.1 200 OK\r\nContent-Type: ", response.content_type,
+                  "\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n");
+  for (const auto& [name, value] : response.headers) {
+    absl::StrAppend(&c.out, name, ": ", value, "\r\n");
+  }
+  c.out.append("Connection: close\r\n\r\n");
+  stop_parsing_ = true;
+  begin_ = end_ = 0;
+  stream_ = std::move(response.stream);
+  // Reading goes on, so a client that goes away is noticed (its EOF); what
+  // it sends is dropped (Received).
+  loop().Subscribe(c);
+}
+
+bool HttpSession::OnEvents(EventsPass& pass) {
+  Connection& c = connection();
+  if (stream_ == nullptr || c.closing) return true;
+  bool ended = false;
+  if (c.owed_bytes() > config().max_output_bytes) {
+    // A client that does not read is dropped, not buffered without end.
+    absl::StrAppend(&c.out, "event: error\ndata: {\"error\":\"the client fell more than ",
+                    config().max_output_bytes,
+                    " bytes behind; watch again\"}\n\n");
+    ended = true;
+  } else {
+    ended = !stream_->Poll(pass.last_sequences, &c.out, &pass.more);
+  }
+  if (ended) {
+    loop().Unsubscribe(c);
+    stream_.reset();
+    c.closing = true;
+  }
+  // false: the Loop flushes what the stream said last and closes.
+  return !ended;
 }
 
 void HttpSession::Complete(uint64_t sequence, http::HttpResponse response) {

@@ -55,6 +55,12 @@ class HttpSession final : public ProtocolSession {
   char* ReadSpace(size_t min_bytes, size_t* available) override;
   void Received(size_t bytes) override {
     end_ += bytes;
+    if (stream_ != nullptr) {
+      // A client of an event stream has nothing more to ask: what it sends
+      // is dropped, never buffered.
+      begin_ = end_ = 0;
+      return;
+    }
     ProcessInput();
   }
   void ProcessInput() override;
@@ -66,6 +72,9 @@ class HttpSession final : public ProtocolSession {
   // as long is idle.
   Expiry CheckExpiry(int64_t now_ms) const override;
   void Expire() override;
+  // An event stream (http::EventStream) is written as the engine's events come.
+  bool OnEvents(EventsPass& pass) override;
+  void OnClose() override { stream_.reset(); }
 
   // The answer for sequence, given after its handler returned.
   void Complete(uint64_t sequence, http::HttpResponse response);
@@ -96,6 +105,8 @@ class HttpSession final : public ProtocolSession {
   // Answers status and closes once the answers owed before it are out;
   // retry_after_s > 0 adds Retry-After.
   void Refuse(int status, absl::string_view message, int retry_after_s = 0);
+  // Sends response's head and turns the connection into its event stream.
+  void StartStream(http::HttpResponse response);
 
   HttpAnswers* const answers_;
   http::HttpParser parser_;
@@ -107,6 +118,9 @@ class HttpSession final : public ProtocolSession {
   int64_t request_began_ms_ = -1;  // loop time the unfinished request began, -1: none
   std::deque<Owed> owed_;  // answers not yet in the output, oldest first
   uint64_t next_sequence_ = 0;
+  // Set once the connection answered with an event stream: it reads no more
+  // requests and ends when the stream or the client does.
+  std::shared_ptr<http::EventStream> stream_;
 };
 
 }  // namespace logkv::server::net
