@@ -2,7 +2,9 @@
 
 #include <sodium.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "nlohmann/json.hpp"
 #include "protocol/version.h"
 #include "server/cluster/cluster_node.h"
+#include "server/cluster/ring.h"
 #include "server/http/http_fetch.h"
 
 namespace logkv::server::http {
@@ -348,10 +351,14 @@ void ClusterRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
     answer.body = deps_.auth.metrics->RenderPrometheus();
     return responder.Send(std::move(answer));
   }
+  responder.Send(HttpResponse::Json(200, Dump(NodeFigures())));
+}
+
+nlohmann::json ClusterRoutes::NodeFigures() const {
   const engine::Stats stats = deps_.service->engine()->GetStats();
   const ReplicatorFigures replicator = ReadReplicatorFigures(*deps_.auth.metrics);
   ServerCounters* counters = deps_.service->counters();
-  json body = {
+  return json{
       {"node_id", NodeId()},
       // The clients' keys: the server's own records (accounts, hints) are not counted.
       {"key_count", stats.client_keys},
@@ -380,7 +387,6 @@ void ClusterRoutes::MetricsRoute(HttpRequest& request, Responder responder) {
       {"requests", counters->requests.load()},
       {"uptime_ms", absl::ToUnixMillis(absl::Now()) - counters->start_unix_ms},
   };
-  responder.Send(HttpResponse::Json(200, Dump(body)));
 }
 
 // Seed 003's ?server= names the node whose figures are wanted, by any name
@@ -721,6 +727,120 @@ void ClusterRoutes::Fault(HttpRequest& request, Responder responder) {
   responder.Send(HttpResponse::Json(200, Dump(json{{"dropped", dropped}})));
 }
 
+namespace {
+
+// "host:port" into its parts; false when it is not one.
+bool SplitHostPort(absl::string_view address, std::string* host, int* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) return false;
+  *host = std::string(address.substr(0, colon));
+  return absl::SimpleAtoi(address.substr(colon + 1), port) && *port > 0 && *port < 65536;
+}
+
+// The share of the hash space each member owns first, measured by placing
+// kOwnershipSamples evenly spaced hashes (within half a percent).
+constexpr uint64_t kOwnershipSamples = 4096;
+
+}  // namespace
+
+// GET /console/cluster: every member with its state, its share of the ring
+// and its figures (those of GET /metrics, asked of each member with the
+// caller's credential, off the loop), for the console's cluster page.
+void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
+  HttpResponse refusal;
+  absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
+  if (!caller.ok()) return responder.Send(std::move(refusal));
+  if (!caller->node_wide) {
+    return responder.Send(HttpResponse::Error(
+        403, "the cluster's figures need the operator credential (Authorization: Bearer "
+             "<cluster secret>)"));
+  }
+  const std::string self_id = NodeId();
+  json members = json::array();
+  std::vector<std::string> ring_members;
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr) {
+    const json control = ControlStatus();
+    for (const cluster::Member& member : MembersOf(deps_.cluster)) {
+      if (member.state == cluster::MemberState::kLeft) continue;
+      json entry = {{"id", member.node_id},
+                    {"http_address", member.http_address},
+                    {"binary_address", member.address},
+                    {"state", cluster::MemberStateName(member.state)},
+                    {"self", member.node_id == self_id}};
+      if (control.is_object() && control.contains("members") &&
+          control["members"].contains(member.node_id)) {
+        entry["role"] = control["members"][member.node_id].value("role", "none");
+        entry["leader"] = control.value("leader", "") == member.node_id;
+      }
+      if (member.state == cluster::MemberState::kAlive ||
+          member.state == cluster::MemberState::kSuspect) {
+        ring_members.push_back(member.node_id);
+      }
+      members.push_back(std::move(entry));
+    }
+  } else {
+    members.push_back({{"id", self_id},
+                       {"http_address", std::string(absl::StripPrefix(deps_.node_url->Get(),
+                                                                      "http://"))},
+                       {"state", "alive"},
+                       {"self", true}});
+    ring_members.push_back(self_id);
+  }
+  std::map<std::string, uint64_t> owned;
+  if (!ring_members.empty()) {
+    const cluster::Ring ring(ring_members);
+    const uint64_t step = ~uint64_t{0} / kOwnershipSamples;
+    for (uint64_t i = 0; i < kOwnershipSamples; ++i) {
+      std::vector<std::string> first = ring.PreferenceListOfHash(i * step + step / 2, 1);
+      if (!first.empty()) ++owned[first.front()];
+    }
+  }
+  for (json& entry : members) {
+    const std::string id = entry["id"];
+    entry["ownership"] = static_cast<double>(owned[id]) / kOwnershipSamples;
+    if (entry["self"]) entry["figures"] = NodeFigures();
+  }
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  auto answer = [self_id](const json& members) {
+    return HttpResponse::Json(200, Dump(json{{"node_id", self_id}, {"members", members}}));
+  };
+  BackgroundFunction background;
+  {
+    absl::MutexLock lock(&hooks_mu_);
+    background = background_;
+  }
+  if (!background || members.size() <= 1) return shared->Send(answer(members));
+  // The others' figures, asked of them with the caller's credential.
+  std::optional<absl::string_view> authorization = request.Header("Authorization");
+  background([shared, answer, members = std::move(members),
+              authorization = std::string(authorization.value_or(""))]() mutable {
+    for (json& entry : members) {
+      if (entry["self"] || entry["state"] == "dead") continue;
+      std::string host;
+      int port = 0;
+      if (!SplitHostPort(entry.value("http_address", ""), &host, &port)) continue;
+      FetchRequest fetch;
+      fetch.target = "/metrics";
+      fetch.timeout = absl::Seconds(2);
+      if (!authorization.empty()) fetch.headers.emplace_back("Authorization", authorization);
+      absl::StatusOr<FetchedResponse> figures = HttpFetch(host, port, fetch);
+      if (!figures.ok()) {
+        entry["error"] = std::string(figures.status().message());
+      } else if (figures->status != 200) {
+        entry["error"] = absl::StrCat("GET /metrics answered ", figures->status);
+      } else {
+        json parsed = json::parse(figures->body, nullptr, /*allow_exceptions=*/false);
+        if (parsed.is_object()) {
+          entry["figures"] = std::move(parsed);
+        } else {
+          entry["error"] = "GET /metrics answered no JSON object";
+        }
+      }
+    }
+    shared->Send(answer(members));
+  });
+}
+
 void ClusterRoutes::AddTo(Router* router) {
   using M = Method;
   struct NodeRoute {
@@ -733,6 +853,7 @@ void ClusterRoutes::AddTo(Router* router) {
   static constexpr NodeRoute kRoutes[] = {
       {M::kGet, "/health", &ClusterRoutes::Health},
       {M::kGet, "/metrics", &ClusterRoutes::MetricsRoute},
+      {M::kGet, "/console/cluster", &ClusterRoutes::ClusterSummary},
       {M::kGet, "/cache/stats", &ClusterRoutes::CacheStats},
       {M::kGet, "/db/stats", &ClusterRoutes::DbStats},
       {M::kGet, "/nodes", &ClusterRoutes::Nodes},

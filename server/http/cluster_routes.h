@@ -99,6 +99,9 @@ class ClusterRoutes {
   // Each takes the request and its Responder; see cluster_routes.cc.
   void Health(HttpRequest& request, Responder responder);
   void MetricsRoute(HttpRequest& request, Responder responder);
+  // GET /metrics' JSON: this node's figures.
+  nlohmann::json NodeFigures() const;
+  void ClusterSummary(HttpRequest& request, Responder responder);
   // Who may read node statistics, and how much: with auth off everyone
   // the node's; with auth on the operator (the operator secret) the node's,
   // a tenant (X-API-Key) its own, anyone else 401.
