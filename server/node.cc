@@ -40,6 +40,7 @@
 #include "server/log.h"
 #include "server/namespaces.h"
 #include "server/server.h"
+#include "server/web/web_routes.h"
 
 namespace logkv::server {
 namespace {
@@ -970,7 +971,11 @@ void Node::AddRoutes() {
       router_->Add(http::Method::kPost, pattern, accounts_off);
     }
     router_->Add(http::Method::kGet, "/apikeys", accounts_off);
+    router_->Add(http::Method::kDelete, "/apikeys/{id}", accounts_off);
   }
+  // The web console and API reference (docs/console.md).
+  web::AddWebRoutes(router_.get(), web::WebRoutesConfig{.auth = auth_store_ != nullptr,
+                                                        .version = BuildVersion()});
   // One metrics handle per route, found by the route's index at answer time.
   for (const auto& route : router_->routes()) {
     route_metrics_.push_back(metrics_.HttpRoute(route->pattern, http::MethodName(route->method)));

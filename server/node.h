@@ -222,6 +222,9 @@ class Node {
   // Node is destroyed.
   engine::Engine* engine() const { return engine_.get(); }
   ServerMetrics* metrics() { return &metrics_; }
+  // Every HTTP route (null before Start): the API reference's test checks
+  // /openapi.json against it.
+  const http::Router* router() const { return router_.get(); }
   // The backups (null before Start): a configuration reload (SIGHUP) changes
   // their schedule, retention and rate through BackupManager::Reconfigure.
   backup::BackupManager* backup_manager() const { return backup_manager_.get(); }

@@ -30,6 +30,8 @@ packages=(
   # the Python and TypeScript clients (client/python, client/typescript), their
   # tests and benchmarks: placement hash, Redis client to compare with, Node.js
   python3-xxhash python3-redis python3-venv python3-wheel nodejs openssl
+  # the web console's browser tests (tests/web/): headless Chromium and a font
+  chromium fonts-dejavu-core
 )
 
 missing=()

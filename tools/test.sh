@@ -17,7 +17,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-all}
 case "$mode" in
   all)
-    "$root/tools/build.sh" "$root/build"
+    # The web console is built (npm) and tested in a browser here, always.
+    "$root/tools/build.sh" "$root/build" -DLOGKV_WEB=ON
     "$root/tools/check-thread-safety.sh" "$root/build"
     cd "$root/build"
     ctest --output-on-failure -j 2 --timeout 900

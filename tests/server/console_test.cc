@@ -1,0 +1,274 @@
+// The web console's server side, on whole nodes in the test's process: the
+// API reference (/openapi.json) against the router, both ways, so neither
+// can change without the other; the console's files and their headers
+// (Content-Security-Policy, nosniff, ETag and 304); GET /v1/kv's pages of
+// keys; GET /v1/watch's Server-Sent Events; the limit on open streams.
+// Ports are chosen by the kernel; every wait is bounded.
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/http/data_routes.h"
+#include "server/http/router.h"
+#include "server/log.h"
+#include "server/node.h"
+#include "server/web/web_routes.h"
+#include "tests/engine/test_util.h"
+#include "tests/rest/http_client.h"
+
+namespace logkv::server {
+namespace {
+
+using ::logkv::test::Fetch;
+using ::logkv::test::HttpAnswer;
+using ::logkv::test::HttpConnection;
+using ::logkv::test::ScopedTempDir;
+
+NodeOptions TestOptions(const std::string& data_dir) {
+  NodeOptions options;
+  options.data_dir = data_dir;
+  options.listen = HostPort{"127.0.0.1", 0};
+  options.http = {HostPort{"127.0.0.1", 0}};
+  options.threads = 1;
+  options.shards = 2;
+  options.fsync = engine::FsyncPolicy::kNever;
+  return options;
+}
+
+class ConsoleTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetLogLevel(Level::kWarning); }
+
+  ScopedTempDir dir_;
+};
+
+// The router's "{name...}" is OpenAPI's "{name}".
+std::string OpenApiPath(const std::string& pattern) {
+  return absl::StrReplaceAll(pattern, {{"...}", "}"}});
+}
+
+std::string Lower(const char* method) {
+  std::string lower(method);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return lower;
+}
+
+void ExpectSpecMatchesRouter(const Node& node) {
+  absl::StatusOr<HttpAnswer> answer = Fetch(node.http_ports().front(), "GET", "/openapi.json");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  ASSERT_EQ(answer->status, 200);
+  EXPECT_EQ(answer->Header("content-type").value_or(""), "application/json");
+  const nlohmann::json spec = answer->Json();
+  ASSERT_TRUE(spec.is_object()) << answer->body.substr(0, 200);
+  EXPECT_EQ(spec.value("openapi", ""), "3.1.0");
+
+  std::set<std::pair<std::string, std::string>> routed;
+  for (const auto& route : node.router()->routes()) {
+    routed.emplace(Lower(http::MethodName(route->method)), OpenApiPath(route->pattern));
+  }
+  std::set<std::pair<std::string, std::string>> described;
+  std::set<std::string> operation_ids;
+  for (const auto& [path, item] : spec["paths"].items()) {
+    for (const auto& [method, operation] : item.items()) {
+      if (method == "parameters") continue;
+      // Served only by a fault-injection build run with --fault-injection.
+      const bool optional = operation.value("x-logkv-fault-injection", false);
+      if (!optional || routed.contains({method, path})) described.emplace(method, path);
+      EXPECT_TRUE(operation.contains("responses")) << method << " " << path;
+      EXPECT_TRUE(operation_ids.insert(operation.value("operationId", "")).second)
+          << "operationId of " << method << " " << path << " is not unique";
+    }
+  }
+  for (const auto& [method, path] : routed) {
+    EXPECT_TRUE(described.contains({method, path}))
+        << method << " " << path << " is routed but not in server/web/openapi.mjs";
+  }
+  for (const auto& [method, path] : described) {
+    EXPECT_TRUE(routed.contains({method, path}))
+        << method << " " << path << " is in server/web/openapi.mjs but not routed";
+  }
+}
+
+TEST_F(ConsoleTest, OpenApiDescribesEveryRouteAndNothingElse) {
+  {
+    NodeOptions options = TestOptions(dir_.Subdir("on"));
+    options.auth = AuthMode::kOn;
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    ExpectSpecMatchesRouter(node);
+  }
+  Node node(TestOptions(dir_.Subdir("off")));
+  ASSERT_TRUE(node.Start().ok());
+  ExpectSpecMatchesRouter(node);
+}
+
+TEST_F(ConsoleTest, ServesPagesWithStrictHeadersAndValidators) {
+  Node node(TestOptions(dir_.Subdir("data")));
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  for (const char* page : web::kPagePaths) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", page);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << page;
+    EXPECT_EQ(answer->Header("content-type").value_or(""), "text/html; charset=utf-8");
+    EXPECT_EQ(answer->Header("content-security-policy").value_or(""),
+              web::kContentSecurityPolicy);
+    EXPECT_EQ(answer->Header("x-content-type-options").value_or(""), "nosniff");
+    EXPECT_EQ(answer->Header("x-frame-options").value_or(""), "DENY");
+    EXPECT_NE(answer->body.find("<html"), std::string::npos);
+  }
+  // No inline script or style anywhere: the policy would refuse them.
+  EXPECT_EQ(std::string(web::kContentSecurityPolicy).find("unsafe"), std::string::npos);
+
+  absl::StatusOr<HttpAnswer> script = Fetch(port, "GET", "/assets/app.js");
+  ASSERT_TRUE(script.ok()) << script.status();
+  EXPECT_EQ(script->status, 200);
+  EXPECT_EQ(script->Header("content-type").value_or(""), "text/javascript; charset=utf-8");
+  const std::string etag = script->Header("etag").value_or("");
+  ASSERT_FALSE(etag.empty());
+  EXPECT_EQ(script->Header("cache-control").value_or(""), "no-cache");
+  absl::StatusOr<HttpAnswer> again =
+      Fetch(port, "GET", "/assets/app.js", {{"If-None-Match", etag}});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->status, 304);
+  EXPECT_TRUE(again->body.empty());
+
+  absl::StatusOr<HttpAnswer> missing = Fetch(port, "GET", "/assets/nothing.js");
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(missing->status, 404);
+  absl::StatusOr<HttpAnswer> docs = Fetch(port, "GET", "/docs");
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_EQ(docs->status, 200);
+  absl::StatusOr<HttpAnswer> info = Fetch(port, "GET", "/console/info");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->Json().value("auth", true), false);
+}
+
+TEST_F(ConsoleTest, ListsKeysByPrefixAPageAtATime) {
+  Node node(TestOptions(dir_.Subdir("data")));
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  for (const char* key : {"a/1", "a/2", "a/3", "a/4", "a/5", "b/1"}) {
+    const std::string ttl = absl::string_view(key) == "a/5" ? "?ttl=1h" : "";
+    absl::StatusOr<HttpAnswer> put =
+        Fetch(port, "PUT", absl::StrCat("/v1/kv/", key, ttl), {}, "v");
+    ASSERT_TRUE(put.ok()) << put.status();
+    ASSERT_EQ(put->status, 200) << put->body;
+  }
+  std::vector<std::string> seen;
+  std::string cursor;
+  for (int page = 0; page < 5; ++page) {
+    std::string target = "/v1/kv?prefix=a%2F&limit=2";
+    if (!cursor.empty()) {
+      target += "&cursor=" + absl::StrReplaceAll(cursor, {{"+", "%2B"}, {"/", "%2F"}, {"=", "%3D"}});
+    }
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", target);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    ASSERT_EQ(answer->status, 200) << answer->body;
+    const nlohmann::json body = answer->Json();
+    EXPECT_LE(body["keys"].size(), 2u);
+    for (const auto& item : body["keys"]) {
+      seen.push_back(item["key"]);
+      EXPECT_EQ(item.value("version", 0), 1) << item;
+      EXPECT_EQ(item.value("size", 0), 1) << item;
+      EXPECT_EQ(item["expires_at"].is_null(), item["key"] != "a/5") << item;
+    }
+    if (body["next_cursor"].is_null()) break;
+    cursor = body["next_cursor"];
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"a/1", "a/2", "a/3", "a/4", "a/5"}));
+
+  for (const char* bad : {"/v1/kv?limit=0", "/v1/kv?limit=1001", "/v1/kv?limit=x",
+                          "/v1/kv?cursor=%%%", "/v1/kv?cursor=***"}) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", bad);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 400) << bad << ": " << answer->body;
+  }
+}
+
+// Reads the stream until it holds text, within a bounded wait.
+bool StreamHolds(HttpConnection& stream, absl::string_view text) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!absl::StrContains(stream.buffered(), text)) {
+    if (absl::Now() > deadline) return false;
+    if (stream.WaitClosed(absl::Milliseconds(50))) return absl::StrContains(stream.buffered(), text);
+  }
+  return true;
+}
+
+TEST_F(ConsoleTest, WatchStreamsChangesUnderAPrefixAsServerSentEvents) {
+  Node node(TestOptions(dir_.Subdir("data")));
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(port);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE(stream->Send(test::BuildRequest("GET", "/v1/watch?prefix=w%2F")).ok());
+  ASSERT_TRUE(StreamHolds(*stream, "event: ready")) << stream->buffered();
+  EXPECT_TRUE(absl::StrContains(stream->buffered(), "Content-Type: text/event-stream"))
+      << stream->buffered();
+
+  for (const auto& [method, target] : {std::pair{"PUT", "/v1/kv/other"},
+                                       std::pair{"PUT", "/v1/kv/w/1"},
+                                       std::pair{"DELETE", "/v1/kv/w/1"}}) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, method, target, {}, "hello");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    ASSERT_EQ(answer->status, 200) << answer->body;
+  }
+  ASSERT_TRUE(StreamHolds(*stream, "event: delete")) << stream->buffered();
+  const std::string& events = stream->buffered();
+  EXPECT_TRUE(absl::StrContains(events, "event: put\ndata: {")) << events;
+  EXPECT_TRUE(absl::StrContains(events, "\"key\":\"w/1\"")) << events;
+  EXPECT_TRUE(absl::StrContains(events, "\"value\":\"hello\"")) << events;
+  EXPECT_FALSE(absl::StrContains(events, "other")) << events;
+
+  // The node keeps serving others while the stream is open, and the stream
+  // ends when its client goes.
+  stream->Close();
+  absl::StatusOr<HttpAnswer> health = Fetch(port, "GET", "/health");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST_F(ConsoleTest, WatchNeedsAnApiKeyWithAuthOn) {
+  NodeOptions options = TestOptions(dir_.Subdir("data"));
+  options.auth = AuthMode::kOn;
+  Node node(options);
+  ASSERT_TRUE(node.Start().ok());
+  for (const char* target : {"/v1/watch?prefix=a", "/v1/kv?prefix=a"}) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(node.http_ports().front(), "GET", target);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 401) << target << ": " << answer->body;
+  }
+  absl::StatusOr<HttpAnswer> info = Fetch(node.http_ports().front(), "GET", "/console/info");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->Json().value("auth", false), true);
+}
+
+TEST(WatchStreamsTest, LimitsStreamsPerUserAndInAll) {
+  http::WatchStreams streams(/*max_total=*/3, /*max_per_user=*/2);
+  EXPECT_TRUE(streams.Acquire(7));
+  EXPECT_TRUE(streams.Acquire(7));
+  EXPECT_FALSE(streams.Acquire(7));  // the user's two
+  EXPECT_TRUE(streams.Acquire(8));
+  EXPECT_FALSE(streams.Acquire(9));  // three in all
+  EXPECT_EQ(streams.open(), 3u);
+  streams.Release(7);
+  EXPECT_TRUE(streams.Acquire(9));
+  streams.Release(9);
+  streams.Release(8);
+  streams.Release(7);
+  EXPECT_EQ(streams.open(), 0u);
+  // With auth off everyone is user 0: only the limit in all applies.
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(streams.Acquire(0));
+  EXPECT_FALSE(streams.Acquire(0));
+}
+
+}  // namespace
+}  // namespace logkv::server

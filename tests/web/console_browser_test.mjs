@@ -1,0 +1,341 @@
+// The web console in a real browser: Debian's chromium, headless, driven by
+// puppeteer-core against logkvd processes this test starts on ports the
+// kernel picks (loopback only). One node with --auth=on: sign up (a weak
+// password refused inline first), create an API key, put a value, browse
+// it, watch a change appear, revoke the key and see the API refuse it, sign
+// out and in, the API reference. Then three nodes with auth off (--seeds):
+// the cluster page lists all three. Screenshots of each page go to the
+// artifacts directory. Every wait is bounded; every process is stopped.
+//
+//   node console_browser_test.mjs <logkvd> <node_modules dir> <artifacts dir>
+// Exit 77 (ctest: skipped) when no chromium is installed.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const [logkvd, modules, artifacts] = process.argv.slice(2);
+if (!artifacts) {
+  console.error('usage: node console_browser_test.mjs <logkvd> <node_modules dir> <artifacts dir>');
+  process.exit(2);
+}
+const chromium = [process.env.CHROMIUM, '/usr/bin/chromium', '/usr/bin/chromium-browser']
+  .find((candidate) => candidate && fs.existsSync(candidate));
+if (!chromium) {
+  console.log('SKIP: no chromium (tools/setup-deps.sh installs Debian\'s chromium); browser tests not run');
+  process.exit(77);
+}
+const puppeteer = createRequire(path.join(path.resolve(modules), 'noop.js'))('puppeteer-core');
+fs.mkdirSync(artifacts, { recursive: true });
+
+const processes = [];
+const temporary = fs.mkdtempSync(path.join(os.tmpdir(), 'logkv-console-'));
+let browser = null;
+let passed = 0;
+let failed = 0;
+
+// Stops every logkvd (bounded wait), then removes their data.
+async function cleanUp() {
+  await Promise.all(processes.map((child) => new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve(); }, 10000);
+    child.once('exit', () => { clearTimeout(timer); resolve(); });
+    child.kill('SIGTERM');
+  })));
+  processes.length = 0;
+  fs.rmSync(temporary, { recursive: true, force: true });
+}
+process.on('exit', () => { for (const child of processes) child.kill('SIGKILL'); });
+
+// Starts logkvd; resolves with its HTTP and binary ports, read from its log.
+function startNode(name, flags) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(logkvd, [`--data-dir=${path.join(temporary, name)}`, '--listen=127.0.0.1:0',
+      '--http=127.0.0.1:0', '--threads=1', '--shards=2', '--fsync=never', ...flags],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+    processes.push(child);
+    const ports = {};
+    let log = '';
+    const timer = setTimeout(() => reject(new Error(`${name} did not start in 20 s:\n${log}`)), 20000);
+    const read = (chunk) => {
+      log += chunk;
+      for (const match of log.matchAll(/listening on 127\.0\.0\.1:(\d+) \((HTTP|binary protocol)/g)) {
+        ports[match[2] === 'HTTP' ? 'http' : 'binary'] = Number(match[1]);
+      }
+      if (ports.http && ports.binary) {
+        clearTimeout(timer);
+        child.stdout.off('data', read);
+        child.stderr.off('data', read);
+        child.stdout.resume();
+        child.stderr.resume();
+        resolve({ ...ports, url: `http://127.0.0.1:${ports.http}` });
+      }
+    };
+    child.stdout.on('data', read);
+    child.stderr.on('data', read);
+    child.once('exit', (code) => reject(new Error(`${name} exited with ${code}:\n${log}`)));
+  });
+}
+
+// One request from outside the browser (as curl would): status and body.
+function call(url, method, headers = {}, body = '') {
+  return new Promise((resolve, reject) => {
+    const request = http.request(url, { method, headers, timeout: 10000 }, (response) => {
+      let text = '';
+      response.on('data', (chunk) => { text += chunk; });
+      response.on('end', () => resolve({ status: response.statusCode, body: text }));
+    });
+    request.on('error', reject);
+    request.on('timeout', () => request.destroy(new Error('timed out')));
+    request.end(body);
+  });
+}
+
+async function step(name, body) {
+  try {
+    await body();
+    passed += 1;
+    console.log(`ok   ${name}`);
+  } catch (error) {
+    failed += 1;
+    console.log(`FAIL ${name}: ${error.stack ?? error}`);
+  }
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(artifacts, `${name}.png`), fullPage: true });
+}
+
+async function textOf(page, selector) {
+  return page.$eval(selector, (element) => element.textContent ?? '');
+}
+
+// Page errors and refusals by the Content-Security-Policy fail the test.
+function watchForProblems(page, problems) {
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !/Failed to load resource/.test(message.text())) {
+      problems.push(message.text());
+    }
+    if (/Content.Security.Policy/i.test(message.text())) problems.push(message.text());
+  });
+  page.on('pageerror', (error) => problems.push(String(error)));
+}
+
+const wait = { timeout: 15000 };
+
+try {
+  browser = await puppeteer.launch({
+    executablePath: chromium,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run'],
+  });
+
+  // ---- One node, accounts on ----
+  // No rate limit: the test makes more requests with its key than a burst allows.
+  const node = await startNode('auth', ['--auth=on', '--rate-limit=0',
+    '--cluster-secret=operator-secret-for-tests']);
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  const problems = [];
+  watchForProblems(page, problems);
+  const email = 'ada@example.com';
+  const password = 'correct horse battery staple';
+  let apiKey = '';
+
+  await step('landing page', async () => {
+    await page.goto(`${node.url}/`, { waitUntil: 'networkidle0' });
+    await page.waitForSelector('h1', wait);
+    expect((await textOf(page, 'h1')) === 'logkv', 'landing heading');
+    const quickStart = await textOf(page, 'pre');
+    expect(quickStart.includes(`export LOGKV=${node.url}`), 'quick start names this node');
+    expect(quickStart.includes('X-API-Key'), 'quick start sends the API key');
+    await shot(page, '01-landing');
+  });
+
+  await step('sign up: a weak password is refused inline', async () => {
+    await page.goto(`${node.url}/signup`, { waitUntil: 'networkidle0' });
+    await page.type('input[name=email]', email);
+    await page.type('input[name=username]', 'ada');
+    await page.type('input[name=password]', 'short');
+    await page.click('form button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('#signup-error')?.textContent?.includes('at least 8'), wait);
+    await shot(page, '02-signup-error');
+  });
+
+  await step('sign up, signed in, on the keys page', async () => {
+    await page.$eval('input[name=password]', (input) => { input.value = ''; });
+    await page.type('input[name=password]', password);
+    await page.click('form button[type=submit]');
+    await page.waitForFunction(() => location.pathname === '/keys', wait);
+    await page.waitForFunction(() => document.querySelector('#account')?.textContent?.includes('ada@example.com'), wait);
+  });
+
+  await step('sign up again with the same email: inline duplicate error', async () => {
+    const other = await browser.newPage();
+    watchForProblems(other, problems);
+    await other.goto(`${node.url}/signup`, { waitUntil: 'networkidle0' });
+    await other.type('input[name=email]', email);
+    await other.type('input[name=username]', 'ada2');
+    await other.type('input[name=password]', password);
+    await other.click('form button[type=submit]');
+    await other.waitForFunction(() => document.querySelector('#signup-error')?.textContent?.includes('already exists'), wait);
+    await other.close();
+  });
+
+  await step('create an API key: shown once, with a copy button', async () => {
+    await page.waitForSelector('input[name=name]', wait);
+    await page.$eval('input[name=name]', (input) => { input.value = ''; });
+    await page.type('input[name=name]', 'browser test');
+    await page.click('form.stack button[type=submit]');
+    await page.waitForSelector('#new-key', wait);
+    apiKey = await textOf(page, '#new-key');
+    expect(/^ydht_/.test(apiKey), `a full key: ${apiKey}`);
+    expect(await page.$('#copy-key'), 'copy button');
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr').length >= 1 &&
+      document.querySelector('tbody')?.textContent?.includes('browser test'), wait);
+    await shot(page, '03-keys');
+  });
+
+  await step('put a value and browse it', async () => {
+    await page.click('a[href="/data"]');
+    await page.waitForSelector('input[name=key]', wait);
+    await page.type('input[name=key]', 'greeting/en');
+    await page.type('textarea[name=value]', '{"hello":"world","n":[1,2,3]}');
+    await page.type('input[name=ttl]', '1h');
+    await page.select('select[name=consistency]', 'strong');
+    await page.click('form.stack button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('[role=status]')?.textContent?.includes('Stored greeting/en'), wait);
+    await page.waitForFunction(() => document.querySelector('#value-view')?.textContent?.includes('world'), wait);
+    await page.click('button[data-mode=json]');
+    await page.waitForFunction(() => document.querySelector('#value-view')?.textContent?.includes('"hello": "world"'), wait);
+    await page.waitForFunction(() => document.querySelector('#versions li'), wait);
+    // The API sees it, with the key made in the browser.
+    const answer = await call(`${node.url}/v1/kv/greeting/en`, 'GET', { 'X-API-Key': apiKey });
+    expect(answer.status === 200 && answer.body.includes('world'), `GET with the key: ${answer.status}`);
+    await page.type('input[name=prefix]', 'greet');
+    await page.click('form.row button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('td.key-cell')?.textContent === 'greeting/en', wait);
+    await shot(page, '04-data');
+    await page.click('button[data-mode=hex]');
+    await page.waitForFunction(() => document.querySelector('#value-view')?.textContent?.startsWith('00000000'), wait);
+  });
+
+  await step('watch a change appear', async () => {
+    await page.click('a[href="/watch"]');
+    await page.waitForSelector('#watch-start', wait);
+    await page.type('input[name=prefix]', 'greeting/');
+    await page.click('#watch-start');
+    await page.waitForFunction(() => document.querySelector('#watch-state')?.textContent?.includes('Watching'), wait);
+    const put = await call(`${node.url}/v1/kv/greeting/fr`, 'PUT', { 'X-API-Key': apiKey }, 'bonjour');
+    expect(put.status === 200, `PUT: ${put.status} ${put.body}`);
+    await call(`${node.url}/v1/kv/other`, 'PUT', { 'X-API-Key': apiKey }, 'not watched');
+    await call(`${node.url}/v1/kv/greeting/fr`, 'DELETE', { 'X-API-Key': apiKey });
+    await page.waitForFunction(() => document.querySelector('#events')?.textContent?.includes('delete'), wait);
+    const events = await textOf(page, '#events');
+    expect(events.includes('greeting/fr = bonjour'), `the put: ${events}`);
+    expect(!events.includes('not watched'), 'only the prefix');
+    await shot(page, '05-watch');
+    await page.click('#watch-stop');
+  });
+
+  await step('revoke the key and see the API refuse it', async () => {
+    await page.click('a[href="/keys"]');
+    await page.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => b.textContent === 'Revoke'), wait);
+    await page.$$eval('button', (buttons) => buttons.find((b) => b.textContent === 'Revoke')?.click());
+    await page.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => b.textContent === 'Confirm revoke'), wait);
+    await page.$$eval('button', (buttons) => buttons.find((b) => b.textContent === 'Confirm revoke')?.click());
+    await page.waitForFunction(() => document.querySelector('tbody')?.textContent?.includes('revoked'), wait);
+    const answer = await call(`${node.url}/v1/kv/greeting/en`, 'GET', { 'X-API-Key': apiKey });
+    expect(answer.status === 401, `GET with the revoked key: ${answer.status} ${answer.body}`);
+    await shot(page, '06-keys-revoked');
+  });
+
+  await step('sign out, a wrong password inline, sign in', async () => {
+    await page.click('#sign-out');
+    await page.waitForFunction(() => location.pathname === '/login', wait);
+    await page.type('input[name=email]', email);
+    await page.type('input[name=password]', 'not the password');
+    await page.click('form button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('#login-error')?.textContent?.includes('Wrong email or password'), wait);
+    await shot(page, '07-login-error');
+    await page.$eval('input[name=password]', (input) => { input.value = ''; });
+    await page.type('input[name=password]', password);
+    await page.click('form button[type=submit]');
+    await page.waitForFunction(() => location.pathname === '/keys', wait);
+    await page.waitForFunction(() => document.querySelector('tbody')?.textContent?.includes('browser test'), wait);
+  });
+
+  await step('cluster page with the operator credential', async () => {
+    await page.click('a[href="/cluster"]');
+    await page.waitForSelector('input[name=operator]', wait);
+    await page.type('input[name=operator]', 'operator-secret-for-tests');
+    await page.click('form.row button[type=submit]');
+    await page.waitForFunction(() => document.querySelectorAll('#members tr').length === 1, wait);
+  });
+
+  await step('API reference', async () => {
+    await page.goto(`${node.url}/docs`, { waitUntil: 'networkidle0' });
+    await page.waitForSelector('.opblock', wait);
+    const paths = await page.$$eval('.opblock-summary-path', (elements) => elements.map((e) => e.textContent));
+    expect(paths.some((p) => p?.includes('/v1/watch')), 'the watch route is described');
+    await shot(page, '08-docs');
+  });
+
+  await step('phone width', async () => {
+    await page.setViewport({ width: 390, height: 844, isMobile: true });
+    await page.goto(`${node.url}/`, { waitUntil: 'networkidle0' });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    expect(overflow <= 1, `the landing page scrolls sideways by ${overflow}px`);
+    await shot(page, '09-phone-landing');
+    await page.goto(`${node.url}/data`, { waitUntil: 'networkidle0' });
+    const dataOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    expect(dataOverflow <= 1, `the data page scrolls sideways by ${dataOverflow}px`);
+    await shot(page, '10-phone-data');
+  });
+
+  await step('no script errors and no Content-Security-Policy refusals', async () => {
+    expect(problems.length === 0, problems.join('\n'));
+  });
+
+  // ---- Three nodes, accounts off ----
+  await step('cluster page on three nodes', async () => {
+    const first = await startNode('n1', ['--gossip-interval-ms=100']);
+    const seeds = `--seeds=127.0.0.1:${first.binary}`;
+    await startNode('n2', ['--gossip-interval-ms=100', seeds]);
+    await startNode('n3', ['--gossip-interval-ms=100', seeds]);
+    const cluster = await browser.newPage();
+    const clusterProblems = [];
+    watchForProblems(cluster, clusterProblems);
+    await cluster.setViewport({ width: 1280, height: 900 });
+    await cluster.goto(`${first.url}/cluster`, { waitUntil: 'networkidle0' });
+    await cluster.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('#members tr')];
+      return rows.length === 3 && rows.every((row) => row.textContent?.includes('alive') && row.textContent?.includes('%')) &&
+        rows.filter((row) => /\d+ B|KiB|MiB/.test(row.textContent ?? '')).length === 3;
+    }, { timeout: 30000 });
+    // A few samples for the charts.
+    await new Promise((resolve) => setTimeout(resolve, 4500));
+    await shot(cluster, '11-cluster');
+    const landing = await browser.newPage();
+    await landing.goto(`${first.url}/signup`, { waitUntil: 'networkidle0' });
+    const banner = await textOf(landing, '.banner');
+    expect(banner.includes('Accounts are off'), `auth off: ${banner}`);
+    await shot(landing, '12-signup-auth-off');
+    expect(clusterProblems.length === 0, clusterProblems.join('\n'));
+  });
+} catch (error) {
+  failed += 1;
+  console.log(`FAIL setup: ${error.stack ?? error}`);
+} finally {
+  if (browser) await browser.close();
+  await cleanUp();
+}
+console.log(`screenshots: ${artifacts}`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
