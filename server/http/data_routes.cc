@@ -781,13 +781,29 @@ void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Respond
 // closes.
 class WatchStream final : public EventStream {
  public:
+  // session: the API key's (auth on), rechecked while the stream is open;
+  // nullopt with auth off.
   WatchStream(Service* service, RequestContext context, Service::WatchCursor cursor,
+              const auth::Admission* admission, std::optional<Session> session,
               std::function<void()> release)
       : service_(service),
         context_(std::move(context)),
         cursor_(std::move(cursor)),
+        admission_(admission),
+        session_(std::move(session)),
         release_(std::move(release)) {}
   ~WatchStream() override { release_(); }
+
+  // A revoked or expired key ends the stream, as it ends a binary-protocol
+  // session and its watches.
+  bool CredentialsHold(std::string* out) override {
+    if (admission_ == nullptr || !session_) return true;
+    const absl::Status status = admission_->Recheck(&*session_);
+    if (status.ok()) return true;
+    absl::StrAppend(out, "event: error\ndata: ",
+                    Dump(json{{"error", absl::StrCat("watch ended: ", status.message())}}), "\n\n");
+    return false;
+  }
 
   bool Poll(const std::vector<uint64_t>& last_sequences, std::string* out, bool* more) override {
     if (!opened_) {
@@ -828,6 +844,8 @@ class WatchStream final : public EventStream {
   Service* const service_;
   const RequestContext context_;
   Service::WatchCursor cursor_;
+  const auth::Admission* const admission_;
+  std::optional<Session> session_;
   std::function<void()> release_;
   flatbuffers::FlatBufferBuilder builder_{1024};
   bool opened_ = false;
@@ -871,9 +889,14 @@ void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
   // The user whose streams are counted: the API key's (auth on), else one
   // shared count.
   uint64_t user_id = 0;
+  std::optional<Session> session;
   if (deps_.auth.on()) {
-    absl::StatusOr<Session> session = AuthenticateKey(deps_.auth, request);
-    if (session.ok()) user_id = session->user_id;
+    absl::StatusOr<Session> authenticated = AuthenticateKey(deps_.auth, request);
+    if (!authenticated.ok()) {
+      return responder.Send(HttpResponse::Error(401, authenticated.status().message()));
+    }
+    user_id = authenticated->user_id;
+    session = *std::move(authenticated);
   }
   flatbuffers::FlatBufferBuilder builder(256);
   builder.Finish(p::CreateWatch(builder, Bytes(&builder, prefix->value_or(""))));
@@ -891,8 +914,8 @@ void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
   HttpResponse answer;
   answer.content_type = "text/event-stream; charset=utf-8";
   answer.stream = std::make_shared<WatchStream>(
-      deps_.service, *std::move(context), *std::move(cursor),
-      [streams = &streams_, user_id] { streams->Release(user_id); });
+      deps_.service, *std::move(context), *std::move(cursor), deps_.auth.admission,
+      std::move(session), [streams = &streams_, user_id] { streams->Release(user_id); });
   responder.Send(std::move(answer));
 }
 

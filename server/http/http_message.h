@@ -57,6 +57,10 @@ class EventStream {
   // appended says why).
   virtual bool Poll(const std::vector<uint64_t>& last_sequences, std::string* out,
                     bool* more) = 0;
+  // Whether the credentials the stream was opened with still hold (asked on
+  // the loop's idle-timer passes and when credentials were revoked); false,
+  // with the stream's last event appended to *out, ends it.
+  virtual bool CredentialsHold(std::string* /*out*/) { return true; }
 };
 
 struct HttpResponse {

@@ -289,7 +289,9 @@ bool HttpSession::OnEvents(EventsPass& pass) {
   Connection& c = connection();
   if (stream_ == nullptr || c.closing) return true;
   bool ended = false;
-  if (c.owed_bytes() > config().max_output_bytes) {
+  if (!stream_->CredentialsHold(&c.out)) {
+    ended = true;
+  } else if (c.owed_bytes() > config().max_output_bytes) {
     // A client that does not read is dropped, not buffered without end.
     absl::StrAppend(&c.out, "event: error\ndata: {\"error\":\"the client fell more than ",
                     config().max_output_bytes,
@@ -298,13 +300,26 @@ bool HttpSession::OnEvents(EventsPass& pass) {
   } else {
     ended = !stream_->Poll(pass.last_sequences, &c.out, &pass.more);
   }
-  if (ended) {
-    loop().Unsubscribe(c);
-    stream_.reset();
-    c.closing = true;
-  }
+  if (ended) EndStream();
   // false: the Loop flushes what the stream said last and closes.
   return !ended;
+}
+
+bool HttpSession::CredentialsHold() {
+  Connection& c = connection();
+  if (stream_ == nullptr || c.closing || stream_->CredentialsHold(&c.out)) return true;
+  Log(Level::kInfo, "connection %d: an event stream's credentials no longer hold; ending it",
+      c.id);
+  EndStream();
+  return false;
+}
+
+void HttpSession::EndStream() {
+  Connection& c = connection();
+  loop().Unsubscribe(c);
+  stream_.reset();
+  loop().StopReading(c);
+  c.closing = true;
 }
 
 void HttpSession::Complete(uint64_t sequence, http::HttpResponse response) {

@@ -74,6 +74,8 @@ class HttpSession final : public ProtocolSession {
   void Expire() override;
   // An event stream (http::EventStream) is written as the engine's events come.
   bool OnEvents(EventsPass& pass) override;
+  // An event stream whose credentials stopped holding ends.
+  bool CredentialsHold() override;
   void OnClose() override { stream_.reset(); }
 
   // The answer for sequence, given after its handler returned.
@@ -107,6 +109,7 @@ class HttpSession final : public ProtocolSession {
   void Refuse(int status, absl::string_view message, int retry_after_s = 0);
   // Sends response's head and turns the connection into its event stream.
   void StartStream(http::HttpResponse response);
+  void EndStream();
 
   HttpAnswers* const answers_;
   http::HttpParser parser_;

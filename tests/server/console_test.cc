@@ -251,6 +251,42 @@ TEST_F(ConsoleTest, WatchNeedsAnApiKeyWithAuthOn) {
   EXPECT_EQ(info->Json().value("auth", false), true);
 }
 
+TEST_F(ConsoleTest, RevokingTheKeyEndsItsWatchStream) {
+  NodeOptions options = TestOptions(dir_.Subdir("data"));
+  options.auth = AuthMode::kOn;
+  Node node(options);
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  const test::HttpHeaders json_type = {{"Content-Type", "application/json"}};
+  absl::StatusOr<HttpAnswer> answer = Fetch(
+      port, "POST", "/signup", json_type,
+      R"({"email":"w@example.com","username":"w","password":"a long password"})");
+  ASSERT_TRUE(answer.ok() && answer->status == 201) << (answer.ok() ? answer->body : "");
+  answer = Fetch(port, "POST", "/login", json_type,
+                 R"({"email":"w@example.com","password":"a long password"})");
+  ASSERT_TRUE(answer.ok() && answer->status == 200) << (answer.ok() ? answer->body : "");
+  const std::string bearer = "Bearer " + answer->Json().value("access_token", "");
+  answer = Fetch(port, "POST", "/apikeys", {{"Authorization", bearer}, json_type[0]},
+                 R"({"name":"watch","scopes":["read","write"]})");
+  ASSERT_TRUE(answer.ok() && answer->status == 201) << (answer.ok() ? answer->body : "");
+  const std::string key = answer->Json().value("key", "");
+  const int64_t key_id = answer->Json().value("id", 0);
+
+  absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(port);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE(
+      stream->Send(test::BuildRequest("GET", "/v1/watch?prefix=", {{"X-API-Key", key}})).ok());
+  ASSERT_TRUE(StreamHolds(*stream, "event: ready")) << stream->buffered();
+  answer = Fetch(port, "PUT", "/v1/kv/mine", {{"X-API-Key", key}}, "v");
+  ASSERT_TRUE(answer.ok() && answer->status == 200);
+  ASSERT_TRUE(StreamHolds(*stream, "\"key\":\"mine\"")) << stream->buffered();
+
+  answer = Fetch(port, "DELETE", absl::StrCat("/apikeys/", key_id), {{"Authorization", bearer}});
+  ASSERT_TRUE(answer.ok() && answer->status == 200) << (answer.ok() ? answer->body : "");
+  ASSERT_TRUE(StreamHolds(*stream, "watch ended")) << stream->buffered();
+  EXPECT_TRUE(stream->WaitClosed(absl::Seconds(10)));
+}
+
 TEST(WatchStreamsTest, LimitsStreamsPerUserAndInAll) {
   http::WatchStreams streams(/*max_total=*/3, /*max_per_user=*/2);
   EXPECT_TRUE(streams.Acquire(7));
