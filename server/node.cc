@@ -973,7 +973,10 @@ void Node::AddRoutes() {
     router_->Add(http::Method::kGet, "/apikeys", accounts_off);
     router_->Add(http::Method::kDelete, "/apikeys/{id}", accounts_off);
   }
-  // The web console and API reference (docs/console.md).
+  // The web console and API reference (docs/console.md), and the routes
+  // behind its pages.
+  data_routes_->AddBrowseRoutesTo(router_.get());
+  cluster_routes_->AddConsoleRoutesTo(router_.get());
   web::AddWebRoutes(router_.get(), web::WebRoutesConfig{.auth = auth_store_ != nullptr,
                                                         .version = BuildVersion()});
   // One metrics handle per route, found by the route's index at answer time.

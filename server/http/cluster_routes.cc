@@ -841,6 +841,12 @@ void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
   });
 }
 
+void ClusterRoutes::AddConsoleRoutesTo(Router* router) {
+  router->Add(Method::kGet, "/console/cluster", [this](HttpRequest& request, Responder responder) {
+    ClusterSummary(request, std::move(responder));
+  });
+}
+
 void ClusterRoutes::AddTo(Router* router) {
   using M = Method;
   struct NodeRoute {
@@ -853,7 +859,6 @@ void ClusterRoutes::AddTo(Router* router) {
   static constexpr NodeRoute kRoutes[] = {
       {M::kGet, "/health", &ClusterRoutes::Health},
       {M::kGet, "/metrics", &ClusterRoutes::MetricsRoute},
-      {M::kGet, "/console/cluster", &ClusterRoutes::ClusterSummary},
       {M::kGet, "/cache/stats", &ClusterRoutes::CacheStats},
       {M::kGet, "/db/stats", &ClusterRoutes::DbStats},
       {M::kGet, "/nodes", &ClusterRoutes::Nodes},

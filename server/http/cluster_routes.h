@@ -63,6 +63,8 @@ class ClusterRoutes {
   ClusterRoutes& operator=(const ClusterRoutes&) = delete;
 
   void AddTo(Router* router);
+  // GET /console/cluster, the console's cluster page's figures of every member.
+  void AddConsoleRoutesTo(Router* router);
 
   // Whether the caller may change the membership (POST /join, /members/join,
   // /members/leave): X-Cluster-Secret equal to --cluster-secret, or, with

@@ -937,7 +937,16 @@ void DataRoutes::AddTo(Router* router) {
           Writes(route.operation));
     }
   }
+}
+
+void DataRoutes::AddBrowseRoutesTo(Router* router) {
   router->Add(Method::kGet, "/v1/kv", [this](HttpRequest& request, Responder responder) {
+    // Seed 000 has no GET /v1/kv: without a query it stays unknown (404);
+    // a listing names its prefix, cursor or limit.
+    if (request.query.empty()) {
+      return responder.Send(HttpResponse::Error(
+          404, "no route for GET /v1/kv; list keys with GET /v1/kv?prefix=&limit="));
+    }
     ServeScan(deps_, request, std::move(responder));
   });
   router->Add(Method::kGet, "/v1/watch", [this](HttpRequest& request, Responder responder) {

@@ -81,9 +81,10 @@ class DataRoutes {
 
   // Adds every dialect's routes, the busiest first (the router searches its
   // table in order).
-  // Also GET /v1/kv (a page of keys by prefix) and GET /v1/watch (changes
-  // under a prefix as Server-Sent Events), the console's data browser's.
   void AddTo(Router* router);
+  // GET /v1/kv?prefix= (a page of keys by prefix) and GET /v1/watch (changes
+  // under a prefix as Server-Sent Events): the console's data browser's.
+  void AddBrowseRoutesTo(Router* router);
 
   const WatchStreams& watch_streams() const { return streams_; }
 

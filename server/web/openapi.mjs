@@ -76,7 +76,7 @@ const paths = {
       { security: dataSecurity, parameters: [consistency] }),
   },
   '/v1/kv': {
-    get: op('kv (seed 000)', 'List keys by prefix, a page at a time', {
+    get: op('kv (seed 000)', 'List keys by prefix, a page at a time (with no query at all: 404, as seed 000 has it)', {
       200: json(object({
         keys: { type: 'array', items: object({
           key: str, key_encoding: { type: 'string', enum: ['base64'] }, version: int,
