@@ -97,6 +97,9 @@ void ExpectSpecMatchesRouter(const Node& node) {
 }
 
 TEST_F(ConsoleTest, OpenApiDescribesEveryRouteAndNothingElse) {
+#ifndef LOGKV_WEB_BUILT
+  GTEST_SKIP() << "the console was not built (LOGKV_WEB=OFF)";
+#endif
   {
     NodeOptions options = TestOptions(dir_.Subdir("on"));
     options.auth = AuthMode::kOn;
@@ -110,6 +113,9 @@ TEST_F(ConsoleTest, OpenApiDescribesEveryRouteAndNothingElse) {
 }
 
 TEST_F(ConsoleTest, ServesPagesWithStrictHeadersAndValidators) {
+#ifndef LOGKV_WEB_BUILT
+  GTEST_SKIP() << "the console was not built (LOGKV_WEB=OFF)";
+#endif
   Node node(TestOptions(dir_.Subdir("data")));
   ASSERT_TRUE(node.Start().ok());
   const int port = node.http_ports().front();
