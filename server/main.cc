@@ -112,7 +112,18 @@ ABSL_FLAG(uint64_t, max_watches_per_connection, 1024,
 ABSL_FLAG(uint64_t, max_watches_per_user, 10'000,
           "Watches one user may have open over all connections with --auth=on; 0 = no limit.");
 ABSL_FLAG(bool, insecure, false,
-          "Allow listening on a non-loopback address with --auth=off.");
+          "Allow listening on a non-loopback address without TLS (--tls-cert) or without "
+          "authenticated clients (--auth=on or --tls-client-auth=require).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate (then its chain) for TLS on the binary port and HTTPS on every --http "
+          "address; empty: plaintext. SIGHUP reads it (and --tls-key, --tls-ca) again.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA certificates that client certificates must chain to (--tls-client-auth).");
+ABSL_FLAG(std::string, tls_client_auth, "none",
+          "none | optional | require: whether clients must show a certificate of --tls-ca. "
+          "optional checks one that is shown.");
+ABSL_FLAG(std::string, tls_min_version, "1.3", "1.3 | 1.2: the oldest TLS version accepted.");
 ABSL_FLAG(std::string, log_level, "info",
           "debug | info | warning | error. SIGHUP applies a new value from the config file.");
 ABSL_FLAG(std::string, log_format, "text",
@@ -209,6 +220,7 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Network",
        {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
+      {"TLS", {"tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_min_version"}},
       {"Limits",
        {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
@@ -238,7 +250,8 @@ void PrintHelp() {
       "TOML, keys named as the flags: data-dir = \"/var/lib/logkv\"), a LOGKV_<NAME>\n"
       "environment variable (LOGKV_DATA_DIR), the command line (--data-dir or --data_dir).\n"
       "SIGHUP reads the config file again and applies --log-level, --rate-limit and\n"
-      "--rate-limit-burst; other changes are logged as needing a restart.\n";
+      "--rate-limit-burst; other changes are logged as needing a restart. It also reads\n"
+      "the TLS certificate, key and CA files again (new connections use them).\n";
   std::vector<std::string> listed;
   auto print = [&out, &listed](const char* name) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -658,6 +671,19 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.http_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_idle_timeout_ms));
   options.binary_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_binary_idle_timeout_ms));
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  absl::StatusOr<net::ClientAuth> client_auth =
+      net::ParseClientAuth(absl::GetFlag(FLAGS_tls_client_auth));
+  if (!client_auth.ok()) return client_auth.status();
+  options.tls.client_auth = *client_auth;
+  const std::string tls_min_version = absl::GetFlag(FLAGS_tls_min_version);
+  if (tls_min_version != "1.3" && tls_min_version != "1.2") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-min-version must be 1.3 or 1.2, not '", tls_min_version, "'"));
+  }
+  options.tls.allow_tls12 = tls_min_version == "1.2";
   options.read_only = absl::GetFlag(FLAGS_read_only);
   options.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
   options.rate_limit = absl::GetFlag(FLAGS_rate_limit);
@@ -800,6 +826,14 @@ int Main(int argc, char** argv) {
     }
     if (signal_number != SIGHUP) break;
     sd_notify(0, "RELOADING=1");
+    // The certificates first, with or without a config file: renewed files
+    // take effect for new connections; open ones keep theirs.
+    if (absl::Status tls = node.ReloadTls(); !tls.ok()) {
+      Log(Level::kError, "SIGHUP: TLS: %s; the certificate in use is kept", tls.message());
+    } else if (node.options().tls.enabled()) {
+      LogLine(Level::kInfo, absl::StrCat("SIGHUP: TLS certificate reloaded from ",
+                                         node.options().tls.cert_file));
+    }
     Reload(&settings, &node);
     sd_notify(0, "READY=1");
   }

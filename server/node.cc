@@ -432,15 +432,27 @@ absl::Status NodeOptions::Validate() const {
           absl::StrCat("--http: '", address.ToString(), "' is not host:port"));
     }
   }
-  if (auth == AuthMode::kOff && !insecure) {
+  if (absl::Status status = tls.Validate(); !status.ok()) return status;
+  // Clients that must show a certificate of the CA are authenticated by it.
+  const bool clients_authenticated =
+      auth != AuthMode::kOff || (tls.enabled() && tls.client_auth == net::ClientAuth::kRequire);
+  if (!insecure) {
     std::vector<std::string> hosts = {listen.host};
     for (const HostPort& address : http) hosts.push_back(address.host);
     for (const std::string& bound : hosts) {
       if (IsLoopback(bound)) continue;
-      return absl::FailedPreconditionError(absl::StrCat(
-          "refusing to listen on ", bound, " with --auth=off: anyone who can reach it could "
-          "read and write everything. Bind a loopback address, use --auth=on, or pass "
-          "--insecure to accept that."));
+      if (!clients_authenticated) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "refusing to listen on ", bound, " with --auth=off: anyone who can reach it could "
+            "read and write everything. Bind a loopback address, use --auth=on (or "
+            "--tls-client-auth=require), or pass --insecure to accept that."));
+      }
+      if (!tls.enabled()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "refusing to listen on ", bound, " without TLS: API keys, passwords and data "
+            "would cross the network in clear. Give --tls-cert and --tls-key (docs/tls.md), "
+            "bind a loopback address, or pass --insecure to accept that."));
+      }
     }
   }
   if (absl::StatusOr<backup::BackupFormat> format = backup::ParseBackupFormat(backup_format);
@@ -537,6 +549,11 @@ Node::Node(NodeOptions options) : options_(std::move(options)) {}
 
 // Stop logs a failure to close the engine; a destructor can do no more.
 Node::~Node() { (void)Stop(); }
+
+absl::Status Node::ReloadTls() {
+  if (tls_ == nullptr) return absl::OkStatus();
+  return tls_->Reload();
+}
 
 absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
   if (!running()) return absl::FailedPreconditionError("the node is not running");
@@ -1012,6 +1029,35 @@ void LogSlowRequest(absl::string_view operation, absl::string_view subject_name,
 
 absl::Status Node::StartServer() {
   ServerConfig config = ServerConfigFor(options_);
+  if (options_.tls.enabled()) {
+    absl::StatusOr<std::unique_ptr<net::TlsContext>> tls = net::TlsContext::Create(options_.tls);
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+    config.tls = tls_.get();
+    net::TlsContext* const context = tls_.get();
+    MetricsRegistry* const registry = metrics_.registry();
+    registry
+        ->AddGauge("logkv_tls_cert_expiry_seconds",
+                   "Seconds until the listeners' TLS certificate expires (negative: expired).")
+        ->SetCallback([context] {
+          return static_cast<double>(context->not_after_unix_seconds()) -
+                 absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+        });
+    registry
+        ->AddCounter("logkv_tls_handshake_failures_total",
+                     "TLS handshakes that failed, and plaintext clients refused, since start.")
+        ->SetCallback([context] { return context->handshake_failures(); });
+    const double days_left =
+        (static_cast<double>(context->not_after_unix_seconds()) -
+         absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch())) / 86400;
+    if (days_left < 0) {
+      Log(Level::kWarning, "TLS: the certificate %s has expired: clients will refuse it",
+          options_.tls.cert_file);
+    } else if (days_left < 14) {
+      Log(Level::kWarning, "TLS: the certificate %s expires in %.1f days",
+          options_.tls.cert_file, days_left);
+    }
+  }
   config.router = router_.get();
   // Zero turns the slow-request log off (and with it the copies of keys it needs).
   const int64_t slow_ns = absl::ToInt64Nanoseconds(options_.slow_request_threshold);
@@ -1776,12 +1822,13 @@ void Node::RunInBackground(std::function<void()> work) {
 void Node::LogListening() const {
   // Always printed, whatever the log level: scripts and tests wait for it.
   LogLine(Level::kInfo,
-          absl::StrFormat("listening on %s:%d (binary protocol, %d threads)",
-                          options_.listen.host, server_->port(), OnePerCore(options_.threads)));
+          absl::StrFormat("listening on %s:%d (binary protocol, %d threads%s)",
+                          options_.listen.host, server_->port(), OnePerCore(options_.threads),
+                          tls_ != nullptr ? ", TLS" : ""));
   for (size_t i = 0; i < options_.http.size(); ++i) {
     LogLine(Level::kInfo,
-            absl::StrFormat("listening on %s:%d (HTTP, auth %s)", options_.http[i].host,
-                            server_->http_ports()[i],
+            absl::StrFormat("listening on %s:%d (HTTP%s, auth %s)", options_.http[i].host,
+                            server_->http_ports()[i], tls_ != nullptr ? "S" : "",
                             options_.auth == AuthMode::kOn ? "on" : "off"));
   }
 }

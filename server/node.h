@@ -33,6 +33,7 @@
 #include "server/http/json_body.h"
 #include "server/cluster/ring.h"
 #include "server/metrics.h"
+#include "server/net/tls.h"
 #include "server/service.h"
 
 namespace logkv::server {
@@ -129,7 +130,10 @@ struct NodeOptions {
   int threads = 0;  // --threads, I/O loops; 0 = one per core
   absl::Duration http_idle_timeout = absl::Seconds(60);    // --http_idle_timeout_ms
   absl::Duration binary_idle_timeout = absl::Seconds(60);  // --binary_idle_timeout_ms
-  bool insecure = false;   // --insecure: non-loopback addresses with auth off
+  bool insecure = false;   // --insecure: non-loopback addresses without TLS or auth
+  // --tls-cert, --tls-key, --tls-ca, --tls-client-auth, --tls-min-version:
+  // TLS on every listener (docs/tls.md); no certificate: plaintext.
+  net::TlsOptions tls;
   bool read_only = false;  // --read_only
   // --slow_request_threshold: requests answered after at least this long
   // are logged (operation, key or path, duration, status); zero: none.
@@ -205,6 +209,10 @@ class Node {
   // running node, as logkvd does on SIGHUP. FailedPrecondition when the node
   // is not running or accounts are off (there are no users to limit).
   absl::Status SetRateLimit(int64_t requests_per_minute, int64_t burst);
+  // Reads the TLS certificate, key and CA files again (SIGHUP): connections
+  // accepted from then on use them, open ones keep theirs. On a failure the
+  // ones in use are kept. OK and nothing done without TLS.
+  absl::Status ReloadTls();
 
   // Whether the node runs and each of its network loops answered within
   // timeout (logkvd's systemd watchdog). From the thread that calls Stop.
@@ -327,6 +335,8 @@ class Node {
   std::vector<HttpRouteMetrics*> route_metrics_;
   HttpRouteMetrics* unrouted_metrics_ = nullptr;
   std::vector<ProtocolOperationMetrics*> operation_metrics_;
+  // With options().tls: the listeners' certificates (outlives server_).
+  std::unique_ptr<net::TlsContext> tls_;
   std::unique_ptr<Server> server_;
   bool server_started_ = false;
   // The control plane (Raft): started once the server bound its ports.

@@ -37,6 +37,7 @@ namespace logkv::server {
 
 namespace net {
 class Loop;
+class TlsContext;
 class WatchQuota;
 }  // namespace net
 
@@ -138,6 +139,11 @@ struct ServerConfig {
   // Null: this node answers ClusterHello with PermissionDenied. Must outlive
   // the Server.
   PeerHandler* peer_handler = nullptr;
+  // TLS on every listener, the binary one and the HTTP ones (net/tls.h):
+  // a client that does not begin with a TLS handshake is answered in
+  // plaintext that the port needs TLS, and closed. Null: plaintext. Must
+  // outlive the Server.
+  const net::TlsContext* tls = nullptr;
   // Hooks run on every loop's thread: loop_started once before the loop
   // runs; loop_turn on every turn, before the loop waits for I/O and after
   // it handled what came; loop_ending when the loop closes its handles.

@@ -10,6 +10,8 @@ packages=(
   # libraries named in docs/design (DESIGN.md)
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libxxhash-dev libmimalloc-dev
   libabsl-dev node-llhttp libsodium-dev nlohmann-json3-dev libzstd-dev
+  # TLS: listeners, peer links and clients (OpenSSL 3)
+  libssl-dev
   # backup archives (tar + zstd)
   libarchive-dev
   # Unicode normalisation of account names (NFKC_Casefold)

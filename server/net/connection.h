@@ -26,6 +26,7 @@ namespace logkv::server::net {
 
 class Loop;
 class ProtocolSession;
+class TlsStream;
 
 struct Connection {
   uv_tcp_t handle;  // handle.data points back here
@@ -33,7 +34,12 @@ struct Connection {
   uint64_t id = 0;
   bool http = false;  // accepted by an HTTP listener (session is an HttpSession)
   std::unique_ptr<ProtocolSession> session;  // set once accepted
-  std::string out;             // answers not yet handed to libuv
+  std::string out;             // answers not yet handed to libuv (plaintext)
+  // Accepted by a TLS listener: the connection's TLS, which turns out into
+  // wire_out (ciphertext) as it is flushed. Null for plaintext, whose
+  // answers go from out to the socket as they are.
+  std::unique_ptr<TlsStream> tls;
+  std::string wire_out;
   size_t in_flight_bytes = 0;  // handed to uv_write, not yet written
   bool reading = false;
   bool closing = false;        // close once everything owed is written
@@ -44,8 +50,11 @@ struct Connection {
   // Of ServerCounters::buffered_request_bytes, what the request now arriving holds.
   size_t reserved_bytes = 0;
 
+  ~Connection();  // net/loop.cc, where TlsStream is complete
+
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
-  size_t owed_bytes() const { return out.size() + in_flight_bytes; }
+  size_t owed_bytes() const { return out.size() + wire_out.size() + in_flight_bytes; }
+  bool unsent() const { return !out.empty() || !wire_out.empty(); }
 };
 
 // What one wake-up for engine events (Server::NotifyEvents) shares between

@@ -13,9 +13,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "protocol/frame.h"
 #include "server/log.h"
 #include "server/net/binary_session.h"
 #include "server/net/http_session.h"
+#include "server/net/tls.h"
 
 namespace logkv::server::net {
 
@@ -76,6 +78,8 @@ std::string PeerAddress(uv_tcp_t* handle) {
 
 }  // namespace
 
+Connection::~Connection() = default;
+
 Loop::Loop(const ServerConfig& config, Service* service, WatchQuota* watch_quota, int index)
     : config_(config), service_(service), watch_quota_(watch_quota), index_(index) {}
 
@@ -101,6 +105,7 @@ absl::Status Loop::Init(const sockaddr_in& address,
     listeners_.push_back(std::move(listener));
   }
   if (!http_addresses.empty()) http_answers_ = std::make_unique<HttpAnswers>(this);
+  if (config_.tls != nullptr) tls_read_buffer_ = std::make_unique<char[]>(kTlsReadBytes);
   uv_async_init(&loop_, &tasks_async_,
                 [](uv_async_t* async) { Of(reinterpret_cast<uv_handle_t*>(async)).DrainTasks(); });
   tasks_async_.data = this;
@@ -194,6 +199,16 @@ void Loop::OnConnection(Listener& listener, int status) {
     return;
   }
   uv_tcp_nodelay(&c->handle, 1);
+  if (config_.tls != nullptr) {
+    ssl_st* ssl = config_.tls->NewSsl(c->http);
+    if (ssl == nullptr) {
+      Log(Level::kError, "TLS: cannot make a session for a new connection");
+      uv_close(reinterpret_cast<uv_handle_t*>(&c->handle),
+               [](uv_handle_t* handle) { delete &ConnectionOf(handle); });
+      return;
+    }
+    c->tls = std::make_unique<TlsStream>(ssl);
+  }
   if (c->http) {
     c->session = std::make_unique<HttpSession>(*c, http_answers_.get(), PeerAddress(&c->handle));
   } else {
@@ -212,6 +227,10 @@ void Loop::StartReading(Connection& c) {
       c.stream(),
       [](uv_handle_t* handle, size_t suggested, uv_buf_t* buf) {
         Connection& conn = ConnectionOf(handle);
+        if (conn.tls != nullptr) {
+          *buf = uv_buf_init(conn.loop->tls_read_buffer_.get(), kTlsReadBytes);
+          return;
+        }
         size_t available;
         const size_t chunk = std::max(suggested, conn.loop->config_.read_chunk_bytes);
         char* space = conn.session->ReadSpace(chunk, &available);
@@ -237,24 +256,131 @@ void Loop::OnRead(Connection& c, ssize_t nread) {
       // The client is gone: nothing owed to it can be delivered.
       Log(Level::kDebug, "connection %d: read error %s", c.id, UvError(static_cast<int>(nread)));
       c.out.clear();
+      c.wire_out.clear();
       c.closing = true;
       FinishIfDone(c);
       return;
     }
-    // A half-close: requests already received are still answered (those
-    // held back by the output limits too), then the connection closes.
-    c.eof = true;
-    c.session->ProcessInput();
-    Flush(c);
-    CloseAfterEofIfDone(c);
-    FinishIfDone(c);
+    OnEof(c);
     return;
   }
   c.last_read_ms = now_ms();
-  c.session->Received(static_cast<size_t>(nread));
+  if (c.tls != nullptr) {
+    OnTlsRead(c, static_cast<size_t>(nread));
+    if (c.eof) return;  // the peer's close_notify: OnEof ran
+  } else {
+    c.session->Received(static_cast<size_t>(nread));
+  }
   Flush(c);
   ApplyBackpressure(c);
   FinishIfDone(c);
+}
+
+void Loop::OnEof(Connection& c) {
+  // A half-close: requests already received are still answered (those
+  // held back by the output limits too), then the connection closes.
+  StopReading(c);
+  c.eof = true;
+  c.session->ProcessInput();
+  Flush(c);
+  CloseAfterEofIfDone(c);
+  FinishIfDone(c);
+}
+
+// ---- TLS ------------------------------------------------------------------------
+
+void Loop::OnTlsRead(Connection& c, size_t nread) {
+  TlsStream& tls = *c.tls;
+  if (tls.failed()) return;
+  const char* data = tls_read_buffer_.get();
+  if (!tls.handshake_done()) {
+    // Only the first bytes of a connection can be a plaintext client's.
+    if (!tls.started() && !TlsStream::LooksLikeTls(data, nread)) {
+      RefusePlaintext(c);
+      return;
+    }
+    tls.Feed(data, nread);
+    const int handshake = tls.Handshake();
+    if (handshake < 0) {
+      FailTls(c);
+      return;
+    }
+    if (handshake == 0) return;  // its next message goes out with Flush
+  } else {
+    tls.Feed(data, nread);
+  }
+  // Everything the read brought is decrypted into the session at once: a
+  // record held in the TLS buffers would wait for the next read, which may
+  // never come. What the session does not answer yet waits in its input as
+  // a plaintext read's would.
+  constexpr size_t kRecordBytes = 16u << 10;  // the largest TLS record's plaintext
+  while (!c.closing) {
+    size_t available = 0;
+    char* space = c.session->ReadSpace(kRecordBytes, &available);
+    const ssize_t got = tls.Read(space, available);
+    if (got > 0) {
+      c.session->Received(static_cast<size_t>(got));
+      continue;
+    }
+    if (got == 0) break;
+    if (got == TlsStream::kPeerClosed) {
+      OnEof(c);
+    } else {
+      FailTls(c);
+    }
+    return;
+  }
+}
+
+void Loop::FailTls(Connection& c) {
+  config_.tls->CountHandshakeFailure();
+  Log(Level::kDebug, "connection %d: TLS %s failed: %s", c.id,
+      c.tls->handshake_done() ? "record" : "handshake", c.tls->error());
+  StopReading(c);
+  c.out.clear();  // it cannot be encrypted any more; the alert goes out
+  c.tls->DrainTo(&c.wire_out);
+  c.closing = true;
+}
+
+void Loop::RefusePlaintext(Connection& c) {
+  config_.tls->CountHandshakeFailure();
+  Log(Level::kDebug, "connection %d: a plaintext client on a TLS port; closing it", c.id);
+  StopReading(c);
+  c.out.clear();
+  c.tls->Abandon("a plaintext client");
+  if (c.http) {
+    static constexpr absl::string_view kBody =
+        "This port speaks HTTPS (TLS): use an https:// URL.\n";
+    absl::StrAppend(&c.wire_out,
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                    "Connection: close\r\nContent-Length: ",
+                    kBody.size(), "\r\n\r\n", kBody);
+  } else {
+    flatbuffers::FlatBufferBuilder builder(256);
+    protocol::BuildStatusResponse(
+        &builder, 0,
+        absl::FailedPreconditionError(
+            "this port speaks TLS: connect with TLS (logkv --tls, ClientOptions::tls)"));
+    const absl::string_view frame = protocol::FrameOf(builder);
+    c.wire_out.append(frame.data(), frame.size());
+  }
+  c.closing = true;
+}
+
+void Loop::SealOutput(Connection& c) {
+  TlsStream& tls = *c.tls;
+  if (tls.failed()) {
+    c.out.clear();
+    return;
+  }
+  if (!c.out.empty() && tls.handshake_done()) {
+    if (!tls.Write(c.out)) {
+      FailTls(c);
+      return;
+    }
+    c.out.clear();
+  }
+  tls.DrainTo(&c.wire_out);
 }
 
 bool Loop::ReserveInput(Connection& c, size_t total_bytes) {
@@ -281,25 +407,30 @@ void Loop::ReleaseInput(Connection& c) {
 }
 
 void Loop::Flush(Connection& c) {
-  if (c.closed || c.in_flight_bytes > 0 || c.out.empty()) return;
-  uv_buf_t buf = uv_buf_init(c.out.data(), static_cast<unsigned int>(c.out.size()));
+  if (c.closed || c.in_flight_bytes > 0) return;
+  if (c.tls != nullptr) SealOutput(c);
+  // What goes on the wire: the answers as they are, or their ciphertext.
+  std::string& wire = c.tls != nullptr ? c.wire_out : c.out;
+  if (wire.empty()) return;
+  uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned int>(wire.size()));
   const int written = uv_try_write(c.stream(), &buf, 1);
   if (written < 0 && written != UV_EAGAIN) {
     Log(Level::kDebug, "connection %d: write error %s", c.id, UvError(written));
     c.out.clear();
+    c.wire_out.clear();
     c.closing = true;
     FinishIfDone(c);
     return;
   }
-  if (written > 0) c.out.erase(0, static_cast<size_t>(written));
-  if (c.out.empty()) return;
+  if (written > 0) wire.erase(0, static_cast<size_t>(written));
+  if (wire.empty()) return;
   // The socket is full: hand the rest to libuv, which owns it until written.
   struct WriteRequest {
     uv_write_t request;
     std::string data;
   };
   auto* write = new WriteRequest;
-  write->data.swap(c.out);
+  write->data.swap(wire);
   write->request.data = &c;
   c.in_flight_bytes = write->data.size();
   uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
@@ -323,6 +454,7 @@ void Loop::OnWritten(Connection& c, int status) {
   c.in_flight_bytes = 0;
   if (status < 0) {
     c.out.clear();
+    c.wire_out.clear();
     c.closing = true;
   } else {
     Flush(c);
@@ -362,9 +494,9 @@ void Loop::CloseAfterEofIfDone(Connection& c) {
 void Loop::FinishIfDone(Connection& c) {
   if (!c.closing || c.closed) return;
   if (c.pending > 0 || c.in_flight_bytes > 0) return;
-  if (!c.out.empty()) {
+  if (c.unsent()) {
     Flush(c);
-    if (!c.out.empty() || c.in_flight_bytes > 0) return;
+    if (c.unsent() || c.in_flight_bytes > 0) return;
   }
   Close(c);
 }
@@ -373,6 +505,15 @@ void Loop::Close(Connection& c) {
   if (c.closed) return;
   c.closed = true;
   StopReading(c);
+  if (c.tls != nullptr && c.tls->handshake_done() && !c.tls->failed() && !c.eof) {
+    // close_notify, if the socket takes it at once: the peer learns the
+    // stream ended here and was not cut.
+    std::string notify;
+    c.tls->Shutdown();
+    c.tls->DrainTo(&notify);
+    uv_buf_t buf = uv_buf_init(notify.data(), static_cast<unsigned int>(notify.size()));
+    if (!notify.empty()) uv_try_write(c.stream(), &buf, 1);
+  }
   c.session->OnClose();
   Unsubscribe(c);
   ReleaseInput(c);
@@ -497,6 +638,7 @@ void Loop::BeginShutdown() {
         for (Connection* c : left) {
           c->pending = 0;
           c->out.clear();
+          c->wire_out.clear();
           loop.Close(*c);
         }
         loop.MaybeFinishShutdown();

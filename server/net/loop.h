@@ -114,6 +114,9 @@ class Loop {
     Loop* loop;
     bool http;
   };
+  // Ciphertext is read into one buffer per loop: each read is handed to its
+  // connection's TlsStream before the next one.
+  static constexpr size_t kTlsReadBytes = 64u << 10;
   static Loop& Of(uv_handle_t* handle) { return *static_cast<Loop*>(handle->data); }
   static Connection& ConnectionOf(uv_handle_t* handle) {
     return *static_cast<Connection*>(handle->data);
@@ -122,6 +125,17 @@ class Loop {
   void OnConnection(Listener& listener, int status);
   void StartReading(Connection& c);
   void OnRead(Connection& c, ssize_t nread);
+  // A half-close: what was received is still answered, then c closes.
+  void OnEof(Connection& c);
+  // TLS: nread bytes of ciphertext are in tls_read_buffer_.
+  void OnTlsRead(Connection& c, size_t nread);
+  // TLS: the handshake or a record failed; the alert for the peer goes out,
+  // then c closes.
+  void FailTls(Connection& c);
+  // TLS: a client began in plaintext; it is told, in plaintext, and closed.
+  void RefusePlaintext(Connection& c);
+  // TLS: encrypts c.out into c.wire_out, with any handshake message or alert.
+  void SealOutput(Connection& c);
   void OnWritten(Connection& c, int status);
   // After a half-close: closing once no complete request waits in the input
   // any more (only the output limits can hold one back).
@@ -141,6 +155,7 @@ class Loop {
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Where the HTTP connections' Responders answer; null without HTTP.
   std::unique_ptr<HttpAnswers> http_answers_;
+  std::unique_ptr<char[]> tls_read_buffer_;  // with TLS on: kTlsReadBytes
   std::thread::id thread_id_;
   uv_async_t tasks_async_;
   uv_async_t events_async_;

@@ -1,0 +1,271 @@
+#include "server/net/tls.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <time.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace logkv::server::net {
+
+namespace {
+
+// OpenSSL's queued errors as text (the queue is emptied), or fallback.
+std::string TakeErrors(absl::string_view fallback) {
+  std::string text;
+  while (unsigned long code = ERR_get_error()) {
+    char buffer[256];
+    ERR_error_string_n(code, buffer, sizeof(buffer));
+    // "error:0A000086:SSL routines::certificate verify failed": keep the reason.
+    absl::string_view line = buffer;
+    if (size_t colon = line.rfind(':'); colon != absl::string_view::npos) {
+      line.remove_prefix(colon + 1);
+    }
+    if (!text.empty()) absl::StrAppend(&text, "; ");
+    absl::StrAppend(&text, line);
+  }
+  return text.empty() ? std::string(fallback) : text;
+}
+
+// ALPN: the listener's protocol (SSL app data: non-null for HTTP) if the
+// client offered it; no_application_protocol if it offered only others.
+int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
+               const unsigned char* offered, unsigned int offered_length, void* /*arg*/) {
+  static const unsigned char kBinary[] = "\x05logkv";
+  static const unsigned char kHttp[] = "\x08http/1.1";
+  const bool http = SSL_get_app_data(ssl) != nullptr;
+  const unsigned char* ours = http ? kHttp : kBinary;
+  const unsigned int ours_length = http ? sizeof(kHttp) - 1 : sizeof(kBinary) - 1;
+  unsigned char* chosen = nullptr;
+  if (SSL_select_next_proto(&chosen, out_length, ours, ours_length, offered, offered_length) !=
+      OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
+  *out = chosen;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+int64_t NotAfter(const X509* certificate) {
+  const ASN1_TIME* not_after = X509_get0_notAfter(certificate);
+  struct tm tm {};
+  if (not_after == nullptr || ASN1_TIME_to_tm(not_after, &tm) != 1) return 0;
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+}  // namespace
+
+absl::StatusOr<ClientAuth> ParseClientAuth(absl::string_view text) {
+  if (text == "none") return ClientAuth::kNone;
+  if (text == "optional") return ClientAuth::kOptional;
+  if (text == "require") return ClientAuth::kRequire;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--tls-client-auth must be none, optional or require, not '", text, "'"));
+}
+
+absl::Status TlsOptions::Validate() const {
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together: give both (the certificate and its private key)");
+  }
+  if (cert_file.empty() && (!ca_file.empty() || client_auth != ClientAuth::kNone)) {
+    return absl::InvalidArgumentError(
+        "--tls-ca and --tls-client-auth need TLS on: give --tls-cert and --tls-key too");
+  }
+  if (client_auth != ClientAuth::kNone && ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-auth=optional|require needs --tls-ca: the CA client certificates must "
+        "chain to");
+  }
+  return absl::OkStatus();
+}
+
+void TlsContext::CtxFree::operator()(ssl_ctx_st* ctx) const { SSL_CTX_free(ctx); }
+
+TlsContext::~TlsContext() = default;
+
+absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(const TlsOptions& options) {
+  if (absl::Status status = options.Validate(); !status.ok()) return status;
+  std::unique_ptr<TlsContext> context(new TlsContext(options));
+  if (absl::Status status = context->Reload(); !status.ok()) return status;
+  return context;
+}
+
+absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
+  ERR_clear_error();
+  CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (ctx == nullptr) return absl::InternalError(TakeErrors("SSL_CTX_new failed"));
+  SSL_CTX_set_min_proto_version(ctx.get(),
+                                options_.allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), options_.cert_file.c_str()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls-cert ", options_.cert_file, ": ", TakeErrors("cannot read the certificate")));
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), options_.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls-key ", options_.key_file, ": ", TakeErrors("cannot read the private key")));
+  }
+  if (SSL_CTX_check_private_key(ctx.get()) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key ", options_.key_file, " is not the key of --tls-cert ",
+                     options_.cert_file, ": ", TakeErrors("they do not match")));
+  }
+  if (!options_.ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), options_.ca_file.c_str(), nullptr) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tls-ca ", options_.ca_file, ": ", TakeErrors("cannot read the CA certificates")));
+    }
+    // The CA names the server asks client certificates of.
+    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options_.ca_file.c_str())) {
+      SSL_CTX_set_client_CA_list(ctx.get(), names);
+    }
+  }
+  int mode = SSL_VERIFY_NONE;
+  if (options_.client_auth == ClientAuth::kOptional) mode = SSL_VERIFY_PEER;
+  if (options_.client_auth == ClientAuth::kRequire) {
+    mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+  }
+  SSL_CTX_set_verify(ctx.get(), mode, nullptr);
+  // Resumed sessions of verified clients need a context to be resumable in.
+  static const unsigned char kSessionContext[] = "logkv";
+  SSL_CTX_set_session_id_context(ctx.get(), kSessionContext, sizeof(kSessionContext) - 1);
+  SSL_CTX_set_alpn_select_cb(ctx.get(), SelectAlpn, nullptr);
+  // SSL_write takes the whole buffer at once into the memory BIO; answers are
+  // appended to a std::string that may move between calls.
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  *not_after = NotAfter(SSL_CTX_get0_certificate(ctx.get()));
+  return ctx;
+}
+
+absl::Status TlsContext::Reload() {
+  int64_t not_after = 0;
+  absl::StatusOr<CtxPtr> ctx = Build(&not_after);
+  if (!ctx.ok()) return ctx.status();
+  {
+    absl::MutexLock lock(&mu_);
+    ctx_ = *std::move(ctx);
+  }
+  not_after_.store(not_after, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+ssl_st* TlsContext::NewSsl(bool http) const {
+  SSL* ssl;
+  {
+    absl::MutexLock lock(&mu_);
+    ssl = SSL_new(ctx_.get());  // holds a reference to the context it was made from
+  }
+  if (ssl == nullptr) return nullptr;
+  SSL_set_app_data(ssl, http ? reinterpret_cast<void*>(1) : nullptr);
+  SSL_set_accept_state(ssl);
+  return ssl;
+}
+
+// ---- TlsStream ----------------------------------------------------------------
+
+TlsStream::TlsStream(ssl_st* ssl) : ssl_(ssl) {
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  // An empty input BIO means "more to come", not end of file.
+  BIO_set_mem_eof_return(in, -1);
+  BIO_set_mem_eof_return(out, -1);
+  SSL_set_bio(ssl_, in, out);  // the SSL owns both
+}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+bool TlsStream::LooksLikeTls(const char* data, size_t size) {
+  // A handshake record (22) of a TLS 1.x record version (3, x).
+  if (size == 0 || static_cast<unsigned char>(data[0]) != 0x16) return false;
+  return size < 2 || static_cast<unsigned char>(data[1]) == 0x03;
+}
+
+void TlsStream::Feed(const char* data, size_t size) {
+  started_ = true;
+  BIO_write(SSL_get_rbio(ssl_), data, static_cast<int>(size));
+}
+
+void TlsStream::Fail() {
+  failed_ = true;
+  std::string reason = TakeErrors("");
+  const long verify = SSL_get_verify_result(ssl_);
+  if (verify != X509_V_OK) {
+    reason = absl::StrCat("client certificate: ", X509_verify_cert_error_string(verify),
+                          reason.empty() ? "" : " (", reason, reason.empty() ? "" : ")");
+  }
+  error_ = reason.empty() ? "connection closed in the middle of a TLS record" : reason;
+}
+
+int TlsStream::Handshake() {
+  if (handshake_done_) return 1;
+  if (failed_) return -1;
+  ERR_clear_error();
+  const int rc = SSL_do_handshake(ssl_);
+  if (rc == 1) {
+    handshake_done_ = true;
+    return 1;
+  }
+  const int error = SSL_get_error(ssl_, rc);
+  if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return 0;
+  Fail();
+  return -1;
+}
+
+ssize_t TlsStream::Read(char* buffer, size_t size) {
+  if (failed_) return kFailed;
+  ERR_clear_error();
+  const int rc = SSL_read(ssl_, buffer, static_cast<int>(std::min<size_t>(size, 1u << 30)));
+  if (rc > 0) return rc;
+  const int error = SSL_get_error(ssl_, rc);
+  if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return 0;
+  if (error == SSL_ERROR_ZERO_RETURN) return kPeerClosed;
+  Fail();
+  return kFailed;
+}
+
+bool TlsStream::Write(absl::string_view plaintext) {
+  if (failed_) return false;
+  while (!plaintext.empty()) {
+    ERR_clear_error();
+    const int chunk = static_cast<int>(std::min<size_t>(plaintext.size(), 1u << 30));
+    const int rc = SSL_write(ssl_, plaintext.data(), chunk);
+    if (rc <= 0) {
+      Fail();
+      return false;
+    }
+    plaintext.remove_prefix(static_cast<size_t>(rc));
+  }
+  return true;
+}
+
+void TlsStream::Shutdown() {
+  if (!handshake_done_ || failed_) return;
+  ERR_clear_error();
+  SSL_shutdown(ssl_);
+  ERR_clear_error();
+}
+
+void TlsStream::DrainTo(std::string* out) {
+  BIO* bio = SSL_get_wbio(ssl_);
+  const size_t pending = BIO_ctrl_pending(bio);
+  if (pending == 0) return;
+  const size_t at = out->size();
+  out->resize(at + pending);
+  const int read = BIO_read(bio, out->data() + at, static_cast<int>(pending));
+  out->resize(at + static_cast<size_t>(read > 0 ? read : 0));
+}
+
+std::string TlsStream::alpn() const {
+  const unsigned char* name = nullptr;
+  unsigned int length = 0;
+  SSL_get0_alpn_selected(ssl_, &name, &length);
+  return std::string(reinterpret_cast<const char*>(name), length);
+}
+
+}  // namespace logkv::server::net

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Makes a CA and certificates signed by it with the openssl command, for
+# logkvd's TLS (docs/tls.md) and the tests. Keys are EC P-256, certificates
+# SHA-256. Nothing is sent anywhere; keys are written mode 0600.
+#
+#   tools/make-certs.sh DIR ca                       DIR/ca.pem, DIR/ca.key (10 years)
+#   tools/make-certs.sh DIR server NAME [SAN...]     DIR/NAME.pem, DIR/NAME.key: a server
+#                                                    (and peer) certificate for NAME and
+#                                                    each SAN (a DNS name or an IP address)
+#   tools/make-certs.sh DIR client NAME              a client certificate, CN=NAME
+#   tools/make-certs.sh DIR expired NAME [SAN...]    as server, valid only in 2020
+#
+# server certificates are usable as clients too (nodes dial each other with
+# theirs). DAYS (default 825) sets the validity of server and client ones.
+set -euo pipefail
+
+usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+dir=$1
+kind=$2
+shift 2
+mkdir -p "$dir"
+umask 077
+days=${DAYS:-825}
+
+new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# The subjectAltName list of NAME and the SANs: IPs as IP:, the rest as DNS:.
+san_list() {
+  local out="" name
+  for name in "$@"; do
+    if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then
+      out+="${out:+,}IP:$name"
+    else
+      out+="${out:+,}DNS:$name"
+    fi
+  done
+  printf '%s' "$out"
+}
+
+need_ca() {
+  [ -f "$dir/ca.pem" ] && [ -f "$dir/ca.key" ] || { echo "make-certs: no CA in $dir: run '$0 $dir ca' first" >&2; exit 1; }
+}
+
+# Signs DIR/$1.csr into DIR/$1.pem with the extensions in $2, valid from $3 to
+# $4 (openssl ca's date format) or for $days days when $3 is empty.
+sign() {
+  local name=$1 extensions=$2 start=${3:-} end=${4:-}
+  local work
+  work=$(mktemp -d)
+  : > "$work/index.txt"
+  printf '%s\n' "$(openssl rand -hex 16)" > "$work/serial"
+  cat > "$work/ca.cnf" <<EOF
+[ ca ]
+default_ca = logkv
+[ logkv ]
+database = $work/index.txt
+serial = $work/serial
+new_certs_dir = $work
+default_md = sha256
+policy = any
+copy_extensions = none
+unique_subject = no
+[ any ]
+commonName = supplied
+[ ext ]
+$extensions
+EOF
+  local dates=(-days "$days")
+  [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
+  openssl ca -batch -notext -config "$work/ca.cnf" -extensions ext -cert "$dir/ca.pem" \
+    -keyfile "$dir/ca.key" -in "$dir/$name.csr" -out "$dir/$name.pem" "${dates[@]}" \
+    2>"$work/log" || { cat "$work/log" >&2; rm -rf "$work"; exit 1; }
+  rm -rf "$work" "$dir/$name.csr"
+}
+
+case $kind in
+  ca)
+    new_key "$dir/ca.key"
+    openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 3650 -subj "/CN=logkv CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -out "$dir/ca.pem"
+    ;;
+  server|expired)
+    [ $# -ge 1 ] || usage
+    need_ca
+    name=$1
+    new_key "$dir/$name.key"
+    openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr"
+    ext="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth,clientAuth
+subjectAltName=$(san_list "$@")"
+    if [ "$kind" = expired ]; then
+      sign "$name" "$ext" 20200101000000Z 20201231000000Z
+    else
+      sign "$name" "$ext"
+    fi
+    ;;
+  client)
+    [ $# -eq 1 ] || usage
+    need_ca
+    name=$1
+    new_key "$dir/$name.key"
+    openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr"
+    sign "$name" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth"
+    ;;
+  *) usage ;;
+esac
