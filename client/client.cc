@@ -44,6 +44,7 @@
 #include "absl/time/clock.h"
 #include "protocol/frame.h"
 #include "protocol/placement.h"
+#include "tls_link.h"
 
 namespace logkv {
 
@@ -317,10 +318,57 @@ absl::StatusOr<T> Complete(const Reply& reply, absl::string_view what, Converter
 
 }  // namespace
 
+using client_internal::TlsConfig;
+using client_internal::TlsLink;
+
+// Sends data on fd, through tls when it is set.
+absl::Status SendOn(int fd, TlsLink* tls, absl::string_view data) {
+  return tls != nullptr ? tls->Send(fd, data) : SendAll(fd, data);
+}
+
+// One recv() from fd into decoder (decrypted when tls is set): OK with
+// *closed set when the node closed the connection, OK with nothing read on
+// EINTR / EAGAIN.
+absl::Status ReceiveOn(int fd, TlsLink* tls, p::FrameDecoder& decoder, bool* closed) {
+  *closed = false;
+  if (tls == nullptr) {
+    size_t available = 0;
+    char* space = decoder.WritableSpace(kReadChunkBytes, &available);
+    const ssize_t received = ::recv(fd, space, available, 0);
+    if (received == 0) *closed = true;
+    if (received < 0) {
+      if (errno == EINTR || errno == EAGAIN) return absl::OkStatus();
+      return absl::UnavailableError(ErrnoText(errno));
+    }
+    if (received > 0) decoder.Commit(static_cast<size_t>(received));
+    return absl::OkStatus();
+  }
+  thread_local std::unique_ptr<char[]> buffer(new char[kReadChunkBytes]);
+  const ssize_t received = ::recv(fd, buffer.get(), kReadChunkBytes, 0);
+  if (received == 0) *closed = true;
+  if (received < 0) {
+    if (errno == EINTR || errno == EAGAIN) return absl::OkStatus();
+    return absl::UnavailableError(ErrnoText(errno));
+  }
+  if (received == 0) return absl::OkStatus();
+  return tls->Receive(absl::string_view(buffer.get(), static_cast<size_t>(received)), decoder);
+}
+
 class Client::Impl {
  public:
   explicit Impl(const ClientOptions& options)
-      : options_(options), reader_([this] { ReaderMain(); }) {}
+      : options_(options), reader_([this] { ReaderMain(); }) {
+    if (options_.tls) {
+      absl::StatusOr<std::shared_ptr<TlsConfig>> config = TlsConfig::Create(
+          {options_.tls_ca_file, options_.tls_cert_file, options_.tls_key_file,
+           options_.tls_server_name});
+      if (config.ok()) {
+        tls_config_ = *std::move(config);
+      } else {
+        tls_config_status_ = config.status();
+      }
+    }
+  }
 
   ~Impl() {
     {
@@ -375,6 +423,7 @@ class Client::Impl {
   // A connection that said Hello successfully, ready to hand to the reader.
   struct Handshake {
     int fd;
+    std::shared_ptr<TlsLink> tls;  // null: plaintext
     std::unique_ptr<p::FrameDecoder> decoder;  // holds any bytes read past the Hello answer
     uint32_t max_frame_bytes;
     // The cluster's members as the node listed them (node id, address).
@@ -382,16 +431,21 @@ class Client::Impl {
   };
 
   absl::StatusOr<Handshake> Dial(size_t node_index);
-  absl::StatusOr<Handshake> SayHello(int fd, absl::Time deadline);
+  absl::StatusOr<Handshake> SayHello(int fd, std::shared_ptr<TlsLink> tls, absl::Time deadline);
 
   void ReaderMain();
-  absl::Status ReadConnection(int fd, const std::string& node, p::FrameDecoder& decoder);
+  absl::Status ReadConnection(int fd, TlsLink* tls, const std::string& node,
+                              p::FrameDecoder& decoder);
   void Dispatch(const p::Response& response, absl::string_view node) ABSL_LOCKS_EXCLUDED(mu_);
   void FailExpired(absl::string_view node) ABSL_LOCKS_EXCLUDED(mu_);
   void Teardown(int fd, const absl::Status& reason, const std::string& node);
 
   // Constant after construction.
   const ClientOptions options_;
+  // With options_.tls: the CAs and the client certificate, or why they
+  // could not be read (reported by the first connect).
+  std::shared_ptr<TlsConfig> tls_config_;
+  absl::Status tls_config_status_;
 
   // Serialises connection attempts, so concurrent callers make one.
   absl::Mutex connect_mu_;
@@ -411,6 +465,7 @@ class Client::Impl {
 
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_) = -1;             // -1: no socket (the reader has torn it down)
+  std::shared_ptr<TlsLink> tls_ ABSL_GUARDED_BY(mu_);  // fd_'s TLS; null: plaintext
   bool connected_ ABSL_GUARDED_BY(mu_) = false;  // fd_ works and the reader reads it
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   size_t node_index_ ABSL_GUARDED_BY(mu_) = 0;   // of the connected node
@@ -424,7 +479,9 @@ class Client::Impl {
   std::thread reader_;
 };
 
-absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Time deadline) {
+absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd,
+                                                               std::shared_ptr<TlsLink> tls,
+                                                               absl::Time deadline) {
   const uint64_t request_id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
   flatbuffers::FlatBufferBuilder builder(256);
   auto token = options_.auth_token.empty() ? 0 : builder.CreateString(options_.auth_token);
@@ -436,7 +493,7 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Tim
   auto operation = hello.Finish();
   builder.FinishSizePrefixed(
       p::CreateRequest(builder, request_id, p::Operation::Hello, operation.Union()));
-  if (absl::Status sent = SendAll(fd, p::FrameOf(builder)); !sent.ok()) {
+  if (absl::Status sent = SendOn(fd, tls.get(), p::FrameOf(builder)); !sent.ok()) {
     return absl::UnavailableError(absl::StrCat("Hello: ", sent.message()));
   }
 
@@ -453,6 +510,14 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Tim
         return absl::UnavailableError(
             absl::StrCat("answer to Hello: ", response.status().message()));
       }
+      if ((*response)->request_id() == 0) {
+        // The node refused the connection itself (a TLS port, a frame too large).
+        absl::Status status = p::StatusFromResponse(**response);
+        if (!status.ok()) {
+          return absl::Status(status.code(),
+                              absl::StrCat("the node refused the connection: ", status.message()));
+        }
+      }
       if ((*response)->request_id() != request_id) {
         return absl::UnavailableError(absl::StrCat("answer to Hello carries request_id ",
                                                    (*response)->request_id(), ", expected ",
@@ -468,7 +533,7 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Tim
             absl::StrCat("node speaks protocol version ", result->protocol_version(),
                          ", this client speaks ", p::kProtocolVersion));
       }
-      Handshake handshake{fd, std::move(decoder), result->max_frame_bytes(), {}};
+      Handshake handshake{fd, std::move(tls), std::move(decoder), result->max_frame_bytes(), {}};
       if (result->members() != nullptr) {
         for (const p::MemberInfo* member : *result->members()) {
           if (member->node_id() == nullptr || member->address() == nullptr) continue;
@@ -486,15 +551,11 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd, absl::Tim
           absl::StrCat("no answer to Hello within ", absl::FormatDuration(options_.connect_timeout),
                        " (connect_timeout)"));
     }
-    size_t available = 0;
-    char* space = decoder->WritableSpace(kReadChunkBytes, &available);
-    const ssize_t received = ::recv(fd, space, available, 0);
-    if (received == 0) return absl::UnavailableError("closed the connection during Hello");
-    if (received < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return absl::UnavailableError(absl::StrCat("recv: ", ErrnoText(errno)));
+    bool closed = false;
+    if (absl::Status received = ReceiveOn(fd, tls.get(), *decoder, &closed); !received.ok()) {
+      return absl::UnavailableError(absl::StrCat("answer to Hello: ", received.message()));
     }
-    decoder->Commit(static_cast<size_t>(received));
+    if (closed) return absl::UnavailableError("closed the connection during Hello");
   }
 }
 
@@ -542,7 +603,21 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::Dial(size_t node_index) {
         absl::ToTimeval(std::max(options_.request_timeout, absl::Milliseconds(1)));
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   }
-  absl::StatusOr<Handshake> handshake = SayHello(fd, deadline);
+  std::shared_ptr<TlsLink> tls;
+  if (options_.tls) {
+    if (!tls_config_status_.ok()) {
+      ::close(fd);
+      return tls_config_status_;
+    }
+    absl::StatusOr<std::shared_ptr<TlsLink>> link =
+        TlsLink::Handshake(*tls_config_, fd, host, deadline);
+    if (!link.ok()) {
+      ::close(fd);
+      return link.status();
+    }
+    tls = *std::move(link);
+  }
+  absl::StatusOr<Handshake> handshake = SayHello(fd, std::move(tls), deadline);
   if (!handshake.ok()) ::close(fd);
   return handshake;
 }
@@ -578,6 +653,7 @@ absl::Status Client::Impl::EnsureConnected() {
         return absl::CancelledError("the client is being destroyed");
       }
       fd_ = handshake->fd;
+      tls_ = std::move(handshake->tls);
       connected_ = true;
       node_index_ = index;
       server_max_frame_bytes_ = handshake->max_frame_bytes;
@@ -617,6 +693,7 @@ absl::StatusOr<uint64_t> Client::Impl::Send(absl::string_view what, BuildFn buil
 
     absl::MutexLock write_lock(&write_mu_);
     int fd;
+    std::shared_ptr<TlsLink> tls;
     {
       absl::MutexLock lock(&mu_);
       if (!connected_) {
@@ -638,8 +715,9 @@ absl::StatusOr<uint64_t> Client::Impl::Send(absl::string_view what, BuildFn buil
           streaming ? absl::InfiniteFuture() : absl::Now() + options_.request_timeout;
       pending_.insert_or_assign(request_id, Pending{std::move(handler), deadline, streaming});
       fd = fd_;
+      tls = tls_;
     }
-    if (absl::Status sent = SendAll(fd, frame); !sent.ok()) {
+    if (absl::Status sent = SendOn(fd, tls.get(), frame); !sent.ok()) {
       // The stream may hold half a frame now: drop the connection. The reader
       // notices, and fails this call with the others in flight.
       ::shutdown(fd, SHUT_RDWR);
@@ -783,6 +861,7 @@ absl::Status Client::Impl::Watch(absl::string_view prefix,
 void Client::Impl::ReaderMain() {
   while (true) {
     int fd;
+    std::shared_ptr<TlsLink> tls;
     std::string node;
     std::unique_ptr<p::FrameDecoder> decoder;
     {
@@ -792,16 +871,17 @@ void Client::Impl::ReaderMain() {
       mu_.Await(absl::Condition(&ready));
       if (!connected_) return;  // shutting down, nothing left to tear down
       fd = fd_;
+      tls = tls_;
       node = options_.nodes[node_index_];
       decoder = std::move(handover_decoder_);
     }
     if (decoder == nullptr) decoder = std::make_unique<p::FrameDecoder>(options_.max_frame_bytes);
-    const absl::Status reason = ReadConnection(fd, node, *decoder);
+    const absl::Status reason = ReadConnection(fd, tls.get(), node, *decoder);
     Teardown(fd, reason, node);
   }
 }
 
-absl::Status Client::Impl::ReadConnection(int fd, const std::string& node,
+absl::Status Client::Impl::ReadConnection(int fd, TlsLink* tls, const std::string& node,
                                           p::FrameDecoder& decoder) {
   absl::Time last_sweep = absl::Now();
   while (true) {
@@ -823,15 +903,11 @@ absl::Status Client::Impl::ReadConnection(int fd, const std::string& node,
       last_sweep = now;
     }
     if (ready <= 0) continue;
-    size_t available = 0;
-    char* space = decoder.WritableSpace(kReadChunkBytes, &available);
-    const ssize_t received = ::recv(fd, space, available, 0);
-    if (received == 0) return absl::UnavailableError("the node closed the connection");
-    if (received < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return absl::UnavailableError(ErrnoText(errno));
+    bool closed = false;
+    if (absl::Status received = ReceiveOn(fd, tls, decoder, &closed); !received.ok()) {
+      return received;
     }
-    decoder.Commit(static_cast<size_t>(received));
+    if (closed) return absl::UnavailableError("the node closed the connection");
   }
 }
 
@@ -896,6 +972,7 @@ void Client::Impl::Teardown(int fd, const absl::Status& reason, const std::strin
     absl::MutexLock lock(&mu_);
     ::close(fd);
     fd_ = -1;
+    tls_.reset();
     connected_ = false;
     failed.swap(pending_);
     shutting_down = shutting_down_;

@@ -17,6 +17,11 @@
 // answers, then sends the next P, until -n requests have been issued across
 // all connections (or --duration has passed). Latency is measured per request
 // from the moment its frame is handed to the socket until its answer is read.
+#include <arpa/inet.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <unistd.h>
 #include <uv.h>
@@ -112,6 +117,9 @@ struct Config {
   std::string fsync_mode;  // a label for the record, printed with the results
   // Sent in every Get and Put (a cluster's eventual or strong path).
   protocol::Consistency consistency = protocol::Consistency::Default;
+  // TLS, with redis-benchmark's flags: --tls --cacert --cert --key --sni.
+  bool tls = false;
+  std::string cacert, cert, key, sni;
 };
 
 constexpr absl::string_view kUsage = R"(Usage: logkv-bench [OPTIONS]
@@ -138,6 +146,12 @@ Load generator for logkvd with redis-benchmark's flags and output.
                     trailing "fsync_mode" CSV column
  --consistency <level>  default, eventual or strong: the consistency level sent
                     with every request (a cluster's W/R; default: the node's)
+ --tls              Connect with TLS (the server runs with --tls-cert)
+ --cacert <file>    With --tls: CA the server's certificate must chain to
+ --cert <file>      With --tls: client certificate (--tls-client-auth)
+ --key <file>       With --tls: private key of --cert
+ --sni <host>       With --tls: the name the server's certificate must carry
+                    (default: -h)
  --help             Output this help and exit
  --version          Output the version and exit
 )";
@@ -219,6 +233,10 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
       config.version = true;
       return config;
     }
+    if (flag == "--tls") {
+      config.tls = true;
+      continue;
+    }
     if (flag == "-q" || flag == "--csv") {
       if (inline_value.has_value()) {
         return absl::InvalidArgumentError(absl::StrCat(flag, " takes no value"));
@@ -281,6 +299,14 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
         status = absl::InvalidArgumentError(
             absl::StrCat("invalid --duration '", value, "': want a positive duration like 30s"));
       }
+    } else if (flag == "--cacert") {
+      config.cacert = std::string(value);
+    } else if (flag == "--cert") {
+      config.cert = std::string(value);
+    } else if (flag == "--key") {
+      config.key = std::string(value);
+    } else if (flag == "--sni") {
+      config.sni = std::string(value);
     } else if (flag == "--fsync-mode") {
       config.fsync_mode = std::string(value);
     } else if (flag == "--consistency") {
@@ -504,6 +530,7 @@ struct TestShared {
   const RequestTemplate* get_template;
   const KeyChooser* keys;
   const sockaddr* address;
+  SSL_CTX* tls = nullptr;  // --tls
   // Requests claimed so far across all connections (count mode only).
   alignas(64) std::atomic<int64_t> issued{0};
   // Set by the barrier once every thread has connected; read after it.
@@ -546,6 +573,10 @@ class Connection {
   void FillPipeline();
   // Hands pending_ to the socket unless a write is still in progress.
   void Flush();
+  // TLS: advances the handshake; true once it is done.
+  bool ContinueHandshake();
+  // TLS: hands the ciphertext waiting in the SSL's output to the socket.
+  void WriteCiphertext();
   // false: the connection failed and is closing.
   bool HandleFrame(absl::string_view frame, Clock::time_point now);
   void Fail(absl::string_view why);
@@ -570,6 +601,13 @@ class Connection {
   size_t pending_bytes_ = 0;
   std::vector<uint32_t> pending_slots_;
   std::vector<char> writing_;  // the bytes of the uv_write in progress
+  // --tls: the connection's SSL (memory BIOs), the ciphertext read, and
+  // the ciphertext not yet handed to the socket.
+  SSL* ssl_ = nullptr;
+  bool handshake_done_ = false;
+  std::vector<char> cipher_in_;
+  std::string cipher_out_;
+  std::string cipher_writing_;
 
   uint64_t next_serial_ = 0;
   uint64_t mixed_position_ = 0;
@@ -753,11 +791,81 @@ void Connection::OnConnect(uv_connect_t* request, int status) {
     if (rc != 0) {
       self->worker_->RecordConnectFailure(absl::StrCat("uv_read_start: ", uv_strerror(rc)));
       self->Close();
+    } else if (self->shared_->tls != nullptr) {
+      // Connected once the handshake is done (OnRead).
+      const Config& config = *self->shared_->config;
+      self->ssl_ = SSL_new(self->shared_->tls);
+      BIO* in = BIO_new(BIO_s_mem());
+      BIO* out = BIO_new(BIO_s_mem());
+      BIO_set_mem_eof_return(in, -1);
+      BIO_set_mem_eof_return(out, -1);
+      SSL_set_bio(self->ssl_, in, out);
+      SSL_set_connect_state(self->ssl_);
+      static const unsigned char kAlpn[] = "\x05logkv";
+      SSL_set_alpn_protos(self->ssl_, kAlpn, sizeof(kAlpn) - 1);
+      const std::string& name = config.sni.empty() ? config.host : config.sni;
+      unsigned char ip[16];
+      if (inet_pton(AF_INET, name.c_str(), ip) == 1 || inet_pton(AF_INET6, name.c_str(), ip) == 1) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(self->ssl_), name.c_str());
+      } else {
+        SSL_set_tlsext_host_name(self->ssl_, name.c_str());
+        SSL_set1_host(self->ssl_, name.c_str());
+      }
+      self->cipher_in_.resize(kReadChunkBytes);
+      self->ContinueHandshake();
+      return;
     } else {
       self->connected_ = true;
     }
   }
   self->worker_->OnConnectDone(/*from_callback=*/true);
+}
+
+bool Connection::ContinueHandshake() {
+  ERR_clear_error();
+  const int rc = SSL_do_handshake(ssl_);
+  WriteCiphertext();
+  if (rc == 1) {
+    handshake_done_ = true;
+    connected_ = true;
+    worker_->OnConnectDone(/*from_callback=*/true);
+    return true;
+  }
+  const int error = SSL_get_error(ssl_, rc);
+  if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+    char reason[256] = "the server closed the connection";
+    if (unsigned long code = ERR_get_error()) ERR_error_string_n(code, reason, sizeof(reason));
+    const long verify = SSL_get_verify_result(ssl_);
+    worker_->RecordConnectFailure(absl::StrCat(
+        "TLS handshake failed: ", reason,
+        verify != X509_V_OK ? absl::StrCat(" (", X509_verify_cert_error_string(verify), ")")
+                            : std::string()));
+    Close();
+    worker_->OnConnectDone(/*from_callback=*/true);
+  }
+  return false;
+}
+
+void Connection::WriteCiphertext() {
+  BIO* bio = SSL_get_wbio(ssl_);
+  if (const size_t pending = BIO_ctrl_pending(bio); pending > 0) {
+    const size_t at = cipher_out_.size();
+    cipher_out_.resize(at + pending);
+    const int read = BIO_read(bio, cipher_out_.data() + at, static_cast<int>(pending));
+    cipher_out_.resize(at + static_cast<size_t>(std::max(read, 0)));
+  }
+  if (write_in_progress_ || cipher_out_.empty() || closing_) return;
+  cipher_writing_.swap(cipher_out_);
+  cipher_out_.clear();
+  uv_buf_t buffer =
+      uv_buf_init(cipher_writing_.data(), static_cast<unsigned int>(cipher_writing_.size()));
+  const int rc =
+      uv_write(&write_request_, reinterpret_cast<uv_stream_t*>(&tcp_), &buffer, 1, OnWrite);
+  if (rc != 0) {
+    Fail(absl::StrCat("uv_write: ", uv_strerror(rc)));
+    return;
+  }
+  write_in_progress_ = true;
 }
 
 void Connection::Start() {
@@ -809,6 +917,22 @@ void Connection::FillPipeline() {
 }
 
 void Connection::Flush() {
+  if (ssl_ != nullptr) {
+    if (closing_) return;
+    if (pending_bytes_ > 0 && !write_in_progress_) {
+      const Clock::time_point now = Clock::now();
+      for (uint32_t slot_index : pending_slots_) slots_[slot_index].sent_at = now;
+      pending_slots_.clear();
+      ERR_clear_error();
+      if (SSL_write(ssl_, pending_.data(), static_cast<int>(pending_bytes_)) <= 0) {
+        Fail("TLS: SSL_write failed");
+        return;
+      }
+      pending_bytes_ = 0;
+    }
+    WriteCiphertext();
+    return;
+  }
   if (write_in_progress_ || pending_bytes_ == 0 || closing_) return;
   const Clock::time_point now = Clock::now();
   for (uint32_t slot_index : pending_slots_) slots_[slot_index].sent_at = now;
@@ -839,6 +963,10 @@ void Connection::OnWrite(uv_write_t* request, int status) {
 
 void Connection::OnAlloc(uv_handle_t* handle, size_t /*suggested_bytes*/, uv_buf_t* buffer) {
   auto* self = static_cast<Connection*>(handle->data);
+  if (self->ssl_ != nullptr) {
+    *buffer = uv_buf_init(self->cipher_in_.data(), static_cast<unsigned int>(kReadChunkBytes));
+    return;
+  }
   size_t available = 0;
   char* space = self->decoder_.WritableSpace(kReadChunkBytes, &available);
   *buffer = uv_buf_init(space, static_cast<unsigned int>(std::min<size_t>(available, 1u << 30)));
@@ -847,6 +975,13 @@ void Connection::OnAlloc(uv_handle_t* handle, size_t /*suggested_bytes*/, uv_buf
 void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t* /*buffer*/) {
   auto* self = static_cast<Connection*>(stream->data);
   if (self->closing_) return;
+  if (bytes_read < 0 && self->ssl_ != nullptr && !self->handshake_done_) {
+    self->worker_->RecordConnectFailure(
+        "TLS: the server closed the connection during the handshake (is its port TLS?)");
+    self->Close();
+    self->worker_->OnConnectDone(/*from_callback=*/true);
+    return;
+  }
   if (bytes_read < 0) {
     self->Fail(bytes_read == UV_EOF
                    ? std::string("the server closed the connection")
@@ -854,7 +989,31 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
     return;
   }
   if (bytes_read == 0) return;
-  self->decoder_.Commit(static_cast<size_t>(bytes_read));
+  if (self->ssl_ != nullptr) {
+    BIO_write(SSL_get_rbio(self->ssl_), self->cipher_in_.data(), static_cast<int>(bytes_read));
+    if (!self->handshake_done_) {
+      self->ContinueHandshake();
+      return;
+    }
+    while (true) {
+      size_t available = 0;
+      char* space = self->decoder_.WritableSpace(16 << 10, &available);
+      ERR_clear_error();
+      const int got = SSL_read(self->ssl_, space, static_cast<int>(std::min<size_t>(available, 1u << 30)));
+      if (got > 0) {
+        self->decoder_.Commit(static_cast<size_t>(got));
+        continue;
+      }
+      const int error = SSL_get_error(self->ssl_, got);
+      if (error == SSL_ERROR_WANT_READ) break;
+      char reason[256] = "the server closed the connection";
+      if (unsigned long code = ERR_get_error()) ERR_error_string_n(code, reason, sizeof(reason));
+      self->Fail(absl::StrCat("TLS: ", reason));
+      return;
+    }
+  } else {
+    self->decoder_.Commit(static_cast<size_t>(bytes_read));
+  }
   // Every answer in this read arrived together; one clock reading serves all.
   const Clock::time_point now = Clock::now();
   while (true) {
@@ -940,7 +1099,12 @@ void Connection::Close() {
 }
 
 void Connection::OnClose(uv_handle_t* handle) {
-  static_cast<Connection*>(handle->data)->worker_->OnConnectionClosed();
+  auto* self = static_cast<Connection*>(handle->data);
+  if (self->ssl_ != nullptr) {
+    SSL_free(self->ssl_);
+    self->ssl_ = nullptr;
+  }
+  self->worker_->OnConnectionClosed();
 }
 
 // ---- Running a test and reporting ---------------------------------------
@@ -989,7 +1153,7 @@ void PrintProgress(const Config& config, Workload workload, uint64_t done, doubl
 std::unique_ptr<TestResult> RunTest(const Config& config, Workload workload,
                                     const RequestTemplate& set_template,
                                     const RequestTemplate& get_template, const KeyChooser& keys,
-                                    const sockaddr* address) {
+                                    const sockaddr* address, SSL_CTX* tls) {
   TestShared shared;
   shared.config = &config;
   shared.workload = workload;
@@ -997,6 +1161,7 @@ std::unique_ptr<TestResult> RunTest(const Config& config, Workload workload,
   shared.get_template = &get_template;
   shared.keys = &keys;
   shared.address = address;
+  shared.tls = tls;
 
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i = 0; i < config.threads; ++i) {
@@ -1179,13 +1344,33 @@ int Main(int argc, char** argv) {
     }
   }
   const KeyChooser keys(config);
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> tls(nullptr, SSL_CTX_free);
+  if (config.tls) {
+    tls.reset(SSL_CTX_new(TLS_client_method()));
+    SSL_CTX_set_verify(tls.get(), SSL_VERIFY_PEER, nullptr);
+    const bool ca_read = config.cacert.empty()
+                             ? SSL_CTX_set_default_verify_paths(tls.get()) == 1
+                             : SSL_CTX_load_verify_locations(tls.get(), config.cacert.c_str(),
+                                                             nullptr) == 1;
+    if (!ca_read) {
+      absl::FPrintF(stderr, "logkv-bench: --cacert %s: cannot read it\n", config.cacert);
+      return 1;
+    }
+    if (!config.cert.empty() &&
+        (SSL_CTX_use_certificate_chain_file(tls.get(), config.cert.c_str()) != 1 ||
+         SSL_CTX_use_PrivateKey_file(tls.get(), config.key.c_str(), SSL_FILETYPE_PEM) != 1)) {
+      absl::FPrintF(stderr, "logkv-bench: --cert %s / --key %s: cannot read them\n", config.cert,
+                    config.key);
+      return 1;
+    }
+  }
 
   if (config.csv) PrintCsvHeader(config);
   uint64_t total_errors = 0;
   for (Workload workload : config.workloads) {
     std::unique_ptr<TestResult> result =
         RunTest(config, workload, *set_template, *get_template, keys,
-                reinterpret_cast<const sockaddr*>(&*address));
+                reinterpret_cast<const sockaddr*>(&*address), tls.get());
     // Figures from fewer connections than asked for would not compare with
     // anything, and the other tests could only fail the same way.
     if (result->connect_failures > 0) {

@@ -85,6 +85,20 @@ ABSL_FLAG(std::string, cluster_secret, "",
 ABSL_FLAG(bool, wait, true,
           "backup create: wait until the backup is finished and print it (--nowait: print its "
           "name and return).");
+ABSL_FLAG(bool, tls, false,
+          "Connect with TLS (the node runs with --tls-cert); default $LOGKV_TLS=1.");
+ABSL_FLAG(std::string, cacert, "",
+          "With --tls: PEM CA file the node's certificate must chain to (default $LOGKV_CACERT, "
+          "else the system's CAs).");
+ABSL_FLAG(std::string, cert, "",
+          "With --tls: PEM client certificate, for a node with --tls-client-auth (default "
+          "$LOGKV_CERT).");
+// --key is the key of put/get/del: the certificate's key is --tls-key.
+ABSL_FLAG(std::string, tls_key, "",
+          "With --tls: PEM private key of --cert (default $LOGKV_TLS_KEY).");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "With --tls: the name the node's certificate must carry (default: the host of "
+          "--target).");
 ABSL_FLAG(std::string, http_target, "",
           "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
           "127.0.0.1:8080).");
@@ -198,7 +212,10 @@ std::string Usage() {
                   "flags and an example.\n"
                   "\n"
                   "flags of every command (before or after the command; dashes or underscores):\n");
-  for (const char* name : {"target", "nodes", "json", "timeout", "token"}) AppendFlag(&out, name);
+  for (const char* name : {"target", "nodes", "json", "timeout", "token", "tls", "cacert", "cert",
+                           "tls_key", "tls_server_name"}) {
+    AppendFlag(&out, name);
+  }
   absl::StrAppend(&out,
                   "  --version\n      Print the version and exit.\n"
                   "\n"
@@ -216,7 +233,10 @@ std::string CommandUsage(const CommandHelp& command) {
   }
   if (command.connects) {
     absl::StrAppend(&out, "\nconnection flags:\n");
-    for (const char* name : {"target", "nodes", "timeout", "token"}) AppendFlag(&out, name);
+    for (const char* name : {"target", "nodes", "timeout", "token", "tls", "cacert", "cert",
+                             "tls_key", "tls_server_name"}) {
+      AppendFlag(&out, name);
+    }
   }
   if (command.http) {
     absl::StrAppend(&out, "\nconnection flags:\n");
@@ -394,6 +414,24 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
   options.request_timeout = timeout;
   options.auth_token = Token();
   options.client_name = "logkv-cli";
+  // A flag given wins; else the environment's LOGKV_<NAME>.
+  auto setting = [](const absl::Flag<std::string>& flag, const char* environment) {
+    std::string value = absl::GetFlag(flag);
+    if (value.empty()) {
+      if (const char* from_env = std::getenv(environment); from_env != nullptr) value = from_env;
+    }
+    return value;
+  };
+  const char* tls_env = std::getenv("LOGKV_TLS");
+  options.tls = absl::GetFlag(FLAGS_tls) ||
+                (tls_env != nullptr && (std::string(tls_env) == "1" || std::string(tls_env) == "true"));
+  options.tls_ca_file = setting(FLAGS_cacert, "LOGKV_CACERT");
+  options.tls_cert_file = setting(FLAGS_cert, "LOGKV_CERT");
+  options.tls_key_file = setting(FLAGS_tls_key, "LOGKV_TLS_KEY");
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (!options.tls && (!options.tls_ca_file.empty() || !options.tls_cert_file.empty())) {
+    options.tls = true;  // a CA or a certificate given means TLS
+  }
   return Client::Connect(options);
 }
 

@@ -50,6 +50,18 @@ struct ClientOptions {
   // members come with Hello), saving the coordinator a hop; a node that
   // cannot be reached falls back to the connected node, which coordinates.
   bool route_to_owners = true;
+
+  // TLS (the node runs with --tls-cert): the node's certificate must chain to
+  // a CA of tls_ca_file (empty: the system's CAs) and name the host of the
+  // address dialled, or tls_server_name when that is set. tls_cert_file and
+  // tls_key_file (PEM) are the client's certificate, for a node that asks for
+  // one (--tls-client-auth). Connecting fails with what to change when the
+  // CA, the name or a certificate's dates do not fit.
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;
 };
 
 struct Value {
