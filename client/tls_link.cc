@@ -230,7 +230,9 @@ absl::StatusOr<std::shared_ptr<TlsLink>> TlsLink::Handshake(const TlsConfig& con
     if (ready < 0 && errno == EINTR) continue;
     if (ready < 0) return absl::UnavailableError(absl::StrCat("poll: ", ErrnoText(errno)));
     if (ready == 0) {
-      return absl::DeadlineExceededError("TLS handshake not finished in time (connect_timeout)");
+      return absl::DeadlineExceededError(
+          "TLS handshake not finished in time (connect_timeout): is that port plaintext "
+          "(connect without --tls)?");
     }
     const ssize_t received = ::recv(fd, buffer, sizeof(buffer), 0);
     if (received == 0) {

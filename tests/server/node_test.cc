@@ -322,6 +322,59 @@ TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
   EXPECT_TRUE(insecure.Validate().ok());
 }
 
+// A non-loopback listener needs TLS as well as authenticated clients (API
+// keys, or client certificates of --tls-ca), unless --insecure.
+TEST(NodeOptionsTest, NonLoopbackNeedsTlsAndAuthenticatedClients) {
+  NodeOptions auth_without_tls;
+  auth_without_tls.listen.host = "0.0.0.0";
+  auth_without_tls.auth = AuthMode::kOn;
+  absl::Status status = auth_without_tls.Validate();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "refusing to listen on 0.0.0.0 without TLS"))
+      << status;
+  auth_without_tls.insecure = true;
+  EXPECT_TRUE(auth_without_tls.Validate().ok());
+
+  NodeOptions tls_and_auth;
+  tls_and_auth.http = {HostPort{"10.0.0.1", 443}};
+  tls_and_auth.auth = AuthMode::kOn;
+  tls_and_auth.tls.cert_file = "node.pem";
+  tls_and_auth.tls.key_file = "node.key";
+  EXPECT_TRUE(tls_and_auth.Validate().ok()) << tls_and_auth.Validate();
+
+  // Client certificates authenticate clients without accounts; TLS without
+  // them, and without accounts, does not.
+  NodeOptions mtls = tls_and_auth;
+  mtls.auth = AuthMode::kOff;
+  status = mtls.Validate();
+  EXPECT_TRUE(absl::StrContains(status.message(), "with --auth=off")) << status;
+  mtls.tls.ca_file = "ca.pem";
+  mtls.tls.client_auth = net::ClientAuth::kRequire;
+  EXPECT_TRUE(mtls.Validate().ok()) << mtls.Validate();
+
+  NodeOptions loopback;  // the default stays as it was: loopback, plaintext, no auth
+  EXPECT_TRUE(loopback.Validate().ok());
+}
+
+TEST(NodeOptionsTest, ChecksTlsFlagsTogether) {
+  NodeOptions cert_only;
+  cert_only.tls.cert_file = "node.pem";
+  EXPECT_EQ(cert_only.Validate().code(), absl::StatusCode::kInvalidArgument);
+  NodeOptions client_auth_without_ca;
+  client_auth_without_ca.tls.cert_file = "node.pem";
+  client_auth_without_ca.tls.key_file = "node.key";
+  client_auth_without_ca.tls.client_auth = net::ClientAuth::kOptional;
+  EXPECT_TRUE(absl::StrContains(client_auth_without_ca.Validate().message(), "needs --tls-ca"));
+  // The files are read when the node starts, with a message naming the file.
+  NodeOptions missing;
+  missing.tls.cert_file = "/nonexistent/node.pem";
+  missing.tls.key_file = "/nonexistent/node.key";
+  absl::StatusOr<std::unique_ptr<net::TlsContext>> context = net::TlsContext::Create(missing.tls);
+  ASSERT_FALSE(context.ok());
+  EXPECT_TRUE(absl::StrContains(context.status().message(), "--tls-cert /nonexistent/node.pem"))
+      << context.status();
+}
+
 TEST(NodeOptionsTest, ParsesSettingsAsLogkvdSpellsThem) {
   absl::StatusOr<HostPort> address = ParseHostPort("localhost:7070");
   ASSERT_TRUE(address.ok());

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# TLS end to end, with certificates made here by tools/make-certs.sh (no key
+# is committed): logkvd with --tls-client-auth=require, reached by curl,
+# openssl s_client, the C++ client (logkv) and logkv-bench; the refusals a
+# user must be able to act on (no client certificate, one of another CA, an
+# expired one, the wrong CA, a name the certificate lacks, an expired server
+# certificate, plaintext on a TLS port, HTTPS on the binary port); a
+# certificate reload on SIGHUP that keeps an open connection; the expiry metric.
+#   tls_test.sh LOGKVD LOGKV LOGKV_BENCH MAKE_CERTS
+set -euo pipefail
+logkvd=$1
+cli=$2
+bench=$3
+make_certs=$4
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+passed=0
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+
+certs=$work/certs
+other=$work/other
+"$make_certs" "$certs" ca
+"$make_certs" "$certs" server node localhost 127.0.0.1
+"$make_certs" "$certs" client alice
+"$make_certs" "$certs" expired old localhost 127.0.0.1
+"$make_certs" "$certs" expired oldclient
+"$make_certs" "$other" ca
+"$make_certs" "$other" client mallory
+
+# Starts logkvd with the flags given; sets port and http_port.
+start() {
+  local name=$1
+  shift
+  "$logkvd" --data_dir="$work/$name" --listen=127.0.0.1:0 --http=127.0.0.1:0 --threads=2 "$@" \
+    2>"$work/$name.log" &
+  pids+=($!)
+  port="" http_port=""
+  for _ in $(seq 1 200); do
+    port=$(grep -o 'listening on 127.0.0.1:[0-9]* (binary' "$work/$name.log" | head -1 | cut -d: -f2 | cut -d' ' -f1 || true)
+    http_port=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/$name.log" | head -1 | cut -d: -f2 | cut -d' ' -f1 || true)
+    [ -n "$port" ] && [ -n "$http_port" ] && return 0
+    sleep 0.05
+  done
+  cat "$work/$name.log" >&2
+  fail "logkvd $name did not start"
+}
+
+# cp, not the files themselves: the reload test replaces them.
+cp "$certs/node.pem" "$work/live.pem"
+cp "$certs/node.key" "$work/live.key"
+start main --tls-cert="$work/live.pem" --tls-key="$work/live.key" --tls-ca="$certs/ca.pem" \
+  --tls-client-auth=require
+grep -q "(binary protocol, 2 threads, TLS)" "$work/main.log" || fail "no TLS in the listening line"
+grep -q "(HTTPS, auth off)" "$work/main.log" || fail "no HTTPS in the listening line"
+mtls=(--tls --cacert="$certs/ca.pem" --cert="$certs/alice.pem" --tls-key="$certs/alice.key")
+target=--target=127.0.0.1:$port
+
+# ---- Handshakes that succeed -------------------------------------------------------
+"$cli" "$target" "${mtls[@]}" put greeting hello >/dev/null || fail "logkv put over mTLS"
+[ "$("$cli" --target=localhost:"$port" "${mtls[@]}" get greeting)" = hello ] || fail "logkv get over mTLS"
+ok "C++ client (logkv) over mutual TLS, by address and by name"
+
+body=$(curl -sS --cacert "$certs/ca.pem" --cert "$certs/alice.pem" --key "$certs/alice.key" \
+  "https://localhost:$http_port/kv/greeting") || fail "curl over HTTPS"
+[ "$body" = '"hello"' ] || [ "$body" = 'hello' ] || fail "curl read '$body'"
+curl -sS --cacert "$certs/ca.pem" --cert "$certs/alice.pem" --key "$certs/alice.key" \
+  -X PUT -d '"from curl"' "https://127.0.0.1:$http_port/kv/curl" >/dev/null || fail "curl PUT"
+[ "$("$cli" "$target" "${mtls[@]}" get curl)" = '"from curl"' ] || [ "$("$cli" "$target" "${mtls[@]}" get curl)" = 'from curl' ] || fail "curl's write not read back"
+ok "curl over HTTPS with a client certificate"
+
+out=$(openssl s_client -connect "127.0.0.1:$port" -servername localhost -CAfile "$certs/ca.pem" \
+  -cert "$certs/alice.pem" -key "$certs/alice.key" -alpn logkv </dev/null 2>&1 || true)
+grep -q "New, TLSv1.3" <<<"$out" || fail "s_client: $out"
+grep -q "Verify return code: 0 (ok)" <<<"$out" || fail "s_client did not verify: $out"
+grep -q "ALPN protocol: logkv" <<<"$out" || fail "s_client ALPN: $out"
+out=$(openssl s_client -connect "127.0.0.1:$http_port" -CAfile "$certs/ca.pem" \
+  -cert "$certs/alice.pem" -key "$certs/alice.key" -alpn h2,http/1.1 </dev/null 2>&1 || true)
+grep -q "ALPN protocol: http/1.1" <<<"$out" || fail "s_client HTTPS ALPN: $out"
+ok "openssl s_client: TLS 1.3, verified, ALPN logkv and http/1.1"
+
+out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_2 -brief </dev/null 2>&1 || true)
+grep -q "Protocol version: TLSv1.2" <<<"$out" && fail "TLS 1.2 accepted without --tls-min-version=1.2"
+ok "TLS 1.2 refused by default"
+
+"$bench" -p "$port" --tls --cacert "$certs/ca.pem" --cert "$certs/alice.pem" --key "$certs/alice.key" \
+  -c 4 -n 2000 -P 4 -t set,get -q >/dev/null || fail "logkv-bench over mTLS"
+ok "logkv-bench over mutual TLS"
+
+# ---- Refusals a user can act on ------------------------------------------------------
+expect_error() {  # DESCRIPTION PATTERN COMMAND...
+  local what=$1 pattern=$2
+  shift 2
+  local out
+  if out=$("$@" 2>&1); then fail "$what: succeeded: $out"; fi
+  grep -qi -- "$pattern" <<<"$out" || fail "$what: expected /$pattern/ in: $out"
+  ok "$what: $(tail -1 <<<"$out" | cut -c1-160)"
+}
+expect_error "no client certificate" "requires a client certificate" \
+  "$cli" "$target" --tls --cacert="$certs/ca.pem" get greeting
+expect_error "client certificate of another CA" "does not trust the client certificate" \
+  "$cli" "$target" --tls --cacert="$certs/ca.pem" --cert="$other/mallory.pem" \
+  --tls-key="$other/mallory.key" get greeting
+expect_error "expired client certificate" "expired" \
+  "$cli" "$target" --tls --cacert="$certs/ca.pem" --cert="$certs/oldclient.pem" \
+  --tls-key="$certs/oldclient.key" get greeting
+expect_error "curl without a client certificate" "alert\|certificate required\|error" \
+  curl -sS --cacert "$certs/ca.pem" "https://localhost:$http_port/kv/greeting"
+expect_error "wrong CA on the client" "not signed by a CA of --cacert" \
+  "$cli" "$target" --tls --cacert="$other/ca.pem" --cert="$certs/alice.pem" \
+  --tls-key="$certs/alice.key" get greeting
+expect_error "name mismatch" "does not name 'elsewhere.example'" \
+  "$cli" "$target" "${mtls[@]}" --tls-server-name=elsewhere.example get greeting
+expect_error "plaintext client on the TLS binary port" "this port speaks TLS" \
+  "$cli" "$target" get greeting
+out=$(curl -sS "http://127.0.0.1:$http_port/kv/greeting" || true)
+grep -q "This port speaks HTTPS" <<<"$out" || fail "plaintext HTTP on HTTPS port: $out"
+ok "plaintext HTTP on the HTTPS port: $out"
+expect_error "TLS client on the HTTPS port" "does not speak logkv's binary protocol" \
+  "$cli" --target=127.0.0.1:"$http_port" "${mtls[@]}" get greeting
+
+start expired --tls-cert="$certs/old.pem" --tls-key="$certs/old.key"
+grep -q "has expired" "$work/expired.log" || fail "no warning of an expired certificate"
+expect_error "expired server certificate" "certificate has expired" \
+  "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" get greeting
+
+start plain
+expect_error "TLS client on a plaintext port" "plaintext\|does not speak TLS\|is that port plaintext" \
+  "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" --timeout=1s get greeting
+plain_port=$port
+
+# ---- Reload on SIGHUP, keeping open connections -------------------------------------
+main_pid=${pids[0]}
+serial() {
+  openssl s_client -connect "127.0.0.1:$1" -CAfile "$certs/ca.pem" -cert "$certs/alice.pem" \
+    -key "$certs/alice.key" </dev/null 2>/dev/null | openssl x509 -noout -serial
+}
+main_port=$(grep -o 'listening on 127.0.0.1:[0-9]* (binary' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
+before=$(serial "$main_port")
+# A watch opened before the reload must see a write made after it.
+"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" watch --prefix=reload --count=1 \
+  >"$work/watch.out" 2>&1 &
+watch_pid=$!
+sleep 0.5
+"$make_certs" "$certs" server renewed localhost 127.0.0.1
+cp "$certs/renewed.pem" "$work/live.pem"
+cp "$certs/renewed.key" "$work/live.key"
+kill -HUP "$main_pid"
+for _ in $(seq 1 100); do
+  grep -q "SIGHUP: TLS certificate reloaded" "$work/main.log" && break
+  sleep 0.05
+done
+grep -q "SIGHUP: TLS certificate reloaded" "$work/main.log" || fail "no reload logged"
+after=$(serial "$main_port")
+[ "$before" != "$after" ] || fail "the certificate served did not change ($before)"
+"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" put reload:k v >/dev/null
+for _ in $(seq 1 100); do
+  kill -0 "$watch_pid" 2>/dev/null || break
+  sleep 0.05
+done
+if kill -0 "$watch_pid" 2>/dev/null; then kill "$watch_pid"; fail "the watch did not get the event"; fi
+wait "$watch_pid" || fail "the watch opened before the reload failed: $(cat "$work/watch.out")"
+grep -q "reload:k" "$work/watch.out" || fail "watch output: $(cat "$work/watch.out")"
+ok "SIGHUP reloads the certificate ($before -> $after); a watch opened before it goes on"
+
+# ---- Metrics -------------------------------------------------------------------------
+main_http=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
+metrics=$(curl -sS --cacert "$certs/ca.pem" --cert "$certs/alice.pem" --key "$certs/alice.key" \
+  "https://localhost:$main_http/metrics?format=prometheus")
+expiry=$(grep '^logkv_tls_cert_expiry_seconds ' <<<"$metrics" | awk '{print $2}')
+[ -n "$expiry" ] || fail "no logkv_tls_cert_expiry_seconds"
+awk -v e="$expiry" 'BEGIN { exit !(e > 86400 * 700) }' || fail "expiry $expiry"
+failures=$(grep '^logkv_tls_handshake_failures_total ' <<<"$metrics" | awk '{print $2}')
+[ "${failures:-0}" -ge 3 ] || fail "handshake failures counted: $failures"
+ok "metrics: logkv_tls_cert_expiry_seconds=$expiry, handshake failures=$failures"
+: "$plain_port"
+echo "$passed passed, 0 failed"
