@@ -124,6 +124,13 @@ ABSL_FLAG(std::string, tls_client_auth, "none",
           "none | optional | require: whether clients must show a certificate of --tls-ca. "
           "optional checks one that is shown.");
 ABSL_FLAG(std::string, tls_min_version, "1.3", "1.3 | 1.2: the oldest TLS version accepted.");
+ABSL_FLAG(std::string, peer_tls_cert, "",
+          "PEM certificate this node shows to its peers (node-to-node mutual TLS); default: "
+          "--tls-cert. Its subjectAltName must carry the host of --advertise.");
+ABSL_FLAG(std::string, peer_tls_key, "", "PEM private key of --peer-tls-cert.");
+ABSL_FLAG(std::string, peer_tls_ca, "",
+          "PEM cluster CA: peers' certificates must chain to it, both ways (a ClusterHello "
+          "without one is refused); default for dialling: --tls-ca.");
 ABSL_FLAG(std::string, log_level, "info",
           "debug | info | warning | error. SIGHUP applies a new value from the config file.");
 ABSL_FLAG(std::string, log_format, "text",
@@ -220,7 +227,9 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Network",
        {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
-      {"TLS", {"tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_min_version"}},
+      {"TLS",
+       {"tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_min_version", "peer_tls_cert",
+        "peer_tls_key", "peer_tls_ca"}},
       {"Limits",
        {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
@@ -684,6 +693,9 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
         absl::StrCat("--tls-min-version must be 1.3 or 1.2, not '", tls_min_version, "'"));
   }
   options.tls.allow_tls12 = tls_min_version == "1.2";
+  options.peer_tls_cert = absl::GetFlag(FLAGS_peer_tls_cert);
+  options.peer_tls_key = absl::GetFlag(FLAGS_peer_tls_key);
+  options.peer_tls_ca = absl::GetFlag(FLAGS_peer_tls_ca);
   options.read_only = absl::GetFlag(FLAGS_read_only);
   options.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
   options.rate_limit = absl::GetFlag(FLAGS_rate_limit);

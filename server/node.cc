@@ -257,6 +257,11 @@ cluster::ClusterNodeOptions ClusterOptionsFor(const NodeOptions& o) {
   options.require_secret = auth_on || !IsLoopback(o.listen.host);
   options.auth_on = auth_on;
   options.max_frame_bytes = o.max_frame_bytes;
+  // Peers dial each other's binary port: TLS when it speaks TLS.
+  options.tls = o.tls.enabled();
+  options.tls_ca_file = o.peer_tls_ca.empty() ? o.tls.ca_file : o.peer_tls_ca;
+  options.tls_cert_file = o.peer_tls_cert.empty() ? o.tls.cert_file : o.peer_tls_cert;
+  options.tls_key_file = o.peer_tls_key.empty() ? o.tls.key_file : o.peer_tls_key;
   return options;
 }
 
@@ -433,6 +438,14 @@ absl::Status NodeOptions::Validate() const {
     }
   }
   if (absl::Status status = tls.Validate(); !status.ok()) return status;
+  if ((!peer_tls_cert.empty() || !peer_tls_key.empty() || !peer_tls_ca.empty()) &&
+      !tls.enabled()) {
+    return absl::InvalidArgumentError(
+        "--peer-tls-* need --tls-cert and --tls-key: peers reach each other on the binary port");
+  }
+  if (peer_tls_cert.empty() != peer_tls_key.empty()) {
+    return absl::InvalidArgumentError("--peer-tls-cert and --peer-tls-key go together");
+  }
   // Clients that must show a certificate of the CA are authenticated by it.
   const bool clients_authenticated =
       auth != AuthMode::kOff || (tls.enabled() && tls.client_auth == net::ClientAuth::kRequire);
@@ -1030,7 +1043,9 @@ void LogSlowRequest(absl::string_view operation, absl::string_view subject_name,
 absl::Status Node::StartServer() {
   ServerConfig config = ServerConfigFor(options_);
   if (options_.tls.enabled()) {
-    absl::StatusOr<std::unique_ptr<net::TlsContext>> tls = net::TlsContext::Create(options_.tls);
+    net::TlsOptions tls_options = options_.tls;
+    tls_options.peer_ca_file = options_.peer_tls_ca;
+    absl::StatusOr<std::unique_ptr<net::TlsContext>> tls = net::TlsContext::Create(tls_options);
     if (!tls.ok()) return tls.status();
     tls_ = *std::move(tls);
     config.tls = tls_.get();

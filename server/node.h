@@ -134,6 +134,12 @@ struct NodeOptions {
   // --tls-cert, --tls-key, --tls-ca, --tls-client-auth, --tls-min-version:
   // TLS on every listener (docs/tls.md); no certificate: plaintext.
   net::TlsOptions tls;
+  // --peer-tls-cert, --peer-tls-key, --peer-tls-ca: node-to-node mutual TLS
+  // with the cluster's CA (needs --tls-cert: peers dial the binary port).
+  // Without them, peers dial with --tls-cert, --tls-key and --tls-ca.
+  std::string peer_tls_cert;
+  std::string peer_tls_key;
+  std::string peer_tls_ca;
   bool read_only = false;  // --read_only
   // --slow_request_threshold: requests answered after at least this long
   // are logged (operation, key or path, duration, status); zero: none.

@@ -24,6 +24,10 @@ PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   transport.connect_timeout = std::max(options.ping_timeout, absl::Milliseconds(100));
   transport.max_frame_bytes = options.max_frame_bytes;
   transport.allow_fault_injection = options.allow_fault_injection;
+  transport.tls = options.tls;
+  transport.tls_ca_file = options.tls_ca_file;
+  transport.tls_cert_file = options.tls_cert_file;
+  transport.tls_key_file = options.tls_key_file;
   return transport;
 }
 

@@ -59,6 +59,11 @@ struct ClusterNodeOptions {
   // Refuse peers when no cluster_secret is set (auth on, or a non-loopback
   // address): peers see every tenant's keys.
   bool require_secret = false;
+  // TLS to the peers (PeerTransportOptions::tls and its files).
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class ClusterNode : public PeerHandler {

@@ -3,6 +3,11 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -29,6 +34,22 @@ namespace p = ::logkv::protocol;
 namespace {
 
 std::string UvError(int code) { return absl::StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
+
+// OpenSSL's queued errors (reasons only), the queue emptied.
+std::string TlsErrors(absl::string_view fallback) {
+  std::string text;
+  while (unsigned long code = ERR_get_error()) {
+    char buffer[256];
+    ERR_error_string_n(code, buffer, sizeof(buffer));
+    absl::string_view line = buffer;
+    if (size_t colon = line.rfind(':'); colon != absl::string_view::npos) {
+      line.remove_prefix(colon + 1);
+    }
+    if (!text.empty()) absl::StrAppend(&text, "; ");
+    absl::StrAppend(&text, line);
+  }
+  return text.empty() ? std::string(fallback) : text;
+}
 
 // A failed connection attempt makes the peer wait this long (doubling up to
 // the maximum) before the next one; requests meanwhile fail at once.
@@ -117,7 +138,9 @@ absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std:
 class PeerTransport::Impl {
  public:
   Impl(const PeerTransportOptions& options, const std::atomic<uint64_t>* epoch)
-      : options_(options), epoch_(epoch) {}
+      : options_(options), epoch_(epoch) {
+    if (options_.tls) BuildTlsContext();
+  }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() { Stop(); }
@@ -187,6 +210,9 @@ class PeerTransport::Impl {
   // One TCP connection to a peer; freed once both its handles are closed.
   struct Connection {
     explicit Connection(uint32_t max_frame_bytes) : decoder(max_frame_bytes) {}
+    ~Connection() {
+      if (ssl != nullptr) SSL_free(ssl);
+    }
     Impl* impl = nullptr;
     Peer* peer = nullptr;  // null once detached (closing)
     uv_tcp_t tcp;
@@ -201,6 +227,11 @@ class PeerTransport::Impl {
     std::string handshake_out;
     bool authenticated = false;
     int open_handles = 0;
+    // With TLS: the connection's SSL (memory BIOs), whether its handshake
+    // is done, and where the socket's ciphertext is read.
+    SSL* ssl = nullptr;
+    bool tls_done = false;
+    std::unique_ptr<char[]> cipher_in;
   };
 
 
@@ -225,7 +256,14 @@ class PeerTransport::Impl {
   // and auth setting, then sends this node's proof and the queued requests.
   absl::Status OnChallenge(Connection* connection, const p::Response& response);
   void OnRead(Connection* connection, ssize_t nread);
+  // TLS: nread bytes of ciphertext arrived; false when the connection closed.
+  bool OnTlsRead(Connection* connection, ssize_t nread);
+  // TLS: writes what the SSL has for the peer (handshake, records, alerts).
+  void WriteCiphertext(Peer& peer, Connection* connection);
+  void BuildTlsContext();
   void Flush(Peer& peer);
+  // Hands data to libuv for the peer's connection.
+  void Write(Peer& peer, Connection* connection, std::string data);
   // Closes the peer's connection; every pending request gets status.
   void CloseConnection(Peer& peer, const absl::Status& status, bool failed_attempt);
   void ReleaseConnection(Connection* connection);
@@ -247,6 +285,9 @@ class PeerTransport::Impl {
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
 
   const PeerTransportOptions options_;
+  // With options_.tls: the client context, or why it could not be made.
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> tls_ctx_{nullptr, SSL_CTX_free};
+  absl::Status tls_status_;
   const std::atomic<uint64_t>* const epoch_;  // PeerTransport's
 
   uv_loop_t loop_;
@@ -738,10 +779,40 @@ void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
   connection->connected = true;
   uv_timer_stop(&connection->connect_timer);
   uv_tcp_nodelay(&connection->tcp, 1);
+  if (options_.tls) {
+    if (!tls_status_.ok()) {
+      CloseConnection(peer, tls_status_, true);
+      return;
+    }
+    SSL* ssl = SSL_new(tls_ctx_.get());
+    BIO* in = BIO_new(BIO_s_mem());
+    BIO* out = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(in, -1);
+    BIO_set_mem_eof_return(out, -1);
+    SSL_set_bio(ssl, in, out);
+    SSL_set_connect_state(ssl);
+    static const unsigned char kAlpn[] = "\x05logkv";
+    SSL_set_alpn_protos(ssl, kAlpn, sizeof(kAlpn) - 1);
+    // The peer's certificate must name the host of its address.
+    const std::string host(absl::string_view(peer.address).substr(0, peer.address.rfind(':')));
+    unsigned char ip[16];
+    if (inet_pton(AF_INET, host.c_str(), ip) == 1 || inet_pton(AF_INET6, host.c_str(), ip) == 1) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str());
+    } else {
+      SSL_set_tlsext_host_name(ssl, host.c_str());
+      SSL_set1_host(ssl, host.c_str());
+    }
+    connection->ssl = ssl;
+    connection->cipher_in = std::make_unique<char[]>(kReadChunkBytes);
+  }
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&connection->tcp),
       [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
         auto* c = static_cast<Connection*>(handle->data);
+        if (c->ssl != nullptr) {
+          *buf = uv_buf_init(c->cipher_in.get(), static_cast<unsigned int>(kReadChunkBytes));
+          return;
+        }
         size_t available;
         char* space = c->decoder.WritableSpace(kReadChunkBytes, &available);
         *buf = uv_buf_init(space, static_cast<unsigned int>(available));
@@ -764,7 +835,11 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
                     false);
     return;
   }
-  connection->decoder.Commit(static_cast<size_t>(nread));
+  if (connection->ssl != nullptr) {
+    if (!OnTlsRead(connection, nread)) return;
+  } else {
+    connection->decoder.Commit(static_cast<size_t>(nread));
+  }
   while (connection->peer != nullptr) {
     if (absl::StartsWith(connection->decoder.buffered(), "HTTP/")) {
       // An HTTP server answering the ClusterHello it could not parse.
@@ -827,15 +902,132 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
   }
 }
 
+void PeerTransport::Impl::BuildTlsContext() {
+  ERR_clear_error();
+  tls_ctx_.reset(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX* ctx = tls_ctx_.get();
+  if (ctx == nullptr) {
+    tls_status_ = absl::InternalError(TlsErrors("SSL_CTX_new failed"));
+    return;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  const bool ca_read =
+      options_.tls_ca_file.empty()
+          ? SSL_CTX_set_default_verify_paths(ctx) == 1
+          : SSL_CTX_load_verify_locations(ctx, options_.tls_ca_file.c_str(), nullptr) == 1;
+  if (!ca_read) {
+    tls_status_ = absl::FailedPreconditionError(absl::StrCat(
+        "peer TLS: cannot read the CA file ", options_.tls_ca_file, ": ", TlsErrors("")));
+    return;
+  }
+  if (!options_.tls_cert_file.empty() &&
+      (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_file.c_str()) != 1 ||
+       SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+       SSL_CTX_check_private_key(ctx) != 1)) {
+    tls_status_ = absl::FailedPreconditionError(
+        absl::StrCat("peer TLS: cannot use the certificate ", options_.tls_cert_file, " and key ",
+                     options_.tls_key_file, ": ", TlsErrors("")));
+  }
+}
+
+bool PeerTransport::Impl::OnTlsRead(Connection* connection, ssize_t nread) {
+  Peer& peer = *connection->peer;
+  SSL* ssl = connection->ssl;
+  BIO_write(SSL_get_rbio(ssl), connection->cipher_in.get(), static_cast<int>(nread));
+  auto fail = [&](absl::string_view what) {
+    const long verify = SSL_get_verify_result(ssl);
+    std::string reason = TlsErrors("the peer closed the connection");
+    if (verify != X509_V_OK) {
+      reason = absl::StrCat(X509_verify_cert_error_string(verify), " (", reason, ")");
+    }
+    WriteCiphertext(peer, connection);  // an alert, if any
+    CloseConnection(peer,
+                    absl::UnavailableError(absl::StrCat("TLS ", what, " with peer ",
+                                                        peer.address, " failed: ", reason)),
+                    true);
+    return false;
+  };
+  if (!connection->tls_done) {
+    ERR_clear_error();
+    const int rc = SSL_do_handshake(ssl);
+    if (rc != 1) {
+      const int error = SSL_get_error(ssl, rc);
+      if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) return fail("handshake");
+      WriteCiphertext(peer, connection);
+      return true;
+    }
+    connection->tls_done = true;
+    WriteCiphertext(peer, connection);
+    Flush(peer);  // the ClusterHello
+    if (connection->peer == nullptr) return false;
+  }
+  while (true) {
+    size_t available = 0;
+    char* space = connection->decoder.WritableSpace(16u << 10, &available);
+    ERR_clear_error();
+    const int got =
+        SSL_read(ssl, space, static_cast<int>(std::min<size_t>(available, 1u << 30)));
+    if (got > 0) {
+      connection->decoder.Commit(static_cast<size_t>(got));
+      continue;
+    }
+    const int error = SSL_get_error(ssl, got);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) break;
+    return fail("read");
+  }
+  WriteCiphertext(peer, connection);
+  return connection->peer != nullptr;
+}
+
+void PeerTransport::Impl::WriteCiphertext(Peer& peer, Connection* connection) {
+  BIO* bio = SSL_get_wbio(connection->ssl);
+  const size_t pending = BIO_ctrl_pending(bio);
+  if (pending == 0) return;
+  std::string data(pending, '\0');
+  const int read = BIO_read(bio, data.data(), static_cast<int>(pending));
+  data.resize(static_cast<size_t>(std::max(read, 0)));
+  Write(peer, connection, std::move(data));
+}
+
 void PeerTransport::Impl::Flush(Peer& peer) {
   assert(OnLoopThread());
   Connection* connection = peer.connection;
   if (connection == nullptr || !connection->connected) return;
+  if (connection->ssl != nullptr && !connection->tls_done) {
+    // The TLS handshake first (begun here, once connected).
+    if (SSL_in_before(connection->ssl)) {
+      ERR_clear_error();
+      SSL_do_handshake(connection->ssl);
+      WriteCiphertext(peer, connection);
+    }
+    return;
+  }
   // Until the peer proved the secret, only the handshake goes out.
   std::string& source = connection->authenticated ? peer.out : connection->handshake_out;
   if (source.empty()) return;
+  if (connection->ssl != nullptr) {
+    ERR_clear_error();
+    if (SSL_write(connection->ssl, source.data(), static_cast<int>(source.size())) <= 0) {
+      CloseConnection(peer, absl::UnavailableError(absl::StrCat(
+                                "TLS write to peer ", peer.address, " failed: ",
+                                TlsErrors(""))),
+                      false);
+      return;
+    }
+    source.clear();
+    WriteCiphertext(peer, connection);
+    return;
+  }
+  std::string data;
+  data.swap(source);
+  Write(peer, connection, std::move(data));
+}
+
+void PeerTransport::Impl::Write(Peer& peer, Connection* connection, std::string data) {
   auto* write = new WriteRequest;
-  write->data.swap(source);
+  write->data = std::move(data);
   write->peer = &peer;
   write->connection = connection;
   write->request.data = write;

@@ -35,6 +35,15 @@ struct PeerTransportOptions {
   uint32_t max_frame_bytes = 64u << 20;
   // Test builds only (LOGKV_FAULT_INJECTION): honour SetDropped.
   bool allow_fault_injection = false;
+  // TLS to the peers' binary ports (they run with --tls-cert): the peer's
+  // certificate must chain to tls_ca_file and name the host of its address;
+  // tls_cert_file and tls_key_file are this node's (--peer-tls-cert,
+  // --peer-tls-key), shown to peers that ask for one. A file that does not
+  // read fails every connection with the reason.
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class PeerTransport {

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "server/core/peer_handler.h"
 #include "server/log.h"
+#include "server/net/tls.h"
 
 namespace logkv::server::net {
 
@@ -302,6 +303,14 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
     return refuse(absl::PermissionDeniedError("this node does not accept cluster peers"));
   }
   if (is_peer_) return refuse(absl::FailedPreconditionError("ClusterHello sent twice"));
+  // Node-to-node mutual TLS: a peer shows a certificate of the cluster's CA.
+  if (const TlsContext* tls = config().tls; tls != nullptr && tls->peers_need_certificates()) {
+    if (c.tls == nullptr || !c.tls->PeerVerified(tls->options().peer_ca_file)) {
+      return refuse(absl::PermissionDeniedError(absl::StrCat(
+          "a cluster peer must show a certificate of the cluster CA: ",
+          c.tls != nullptr ? c.tls->error() : "no TLS")));
+    }
+  }
   const absl::string_view node_id = p::View(hello->node_id());
   if (peer_nonce_own_.empty()) {
     // Step 1: challenge the connecting node, proving this node's secret.

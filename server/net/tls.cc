@@ -126,8 +126,23 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
       SSL_CTX_set_client_CA_list(ctx.get(), names);
     }
   }
+  if (!options_.peer_ca_file.empty()) {
+    // Peers' certificates verify too (and are asked for, below).
+    if (SSL_CTX_load_verify_locations(ctx.get(), options_.peer_ca_file.c_str(), nullptr) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--peer-tls-ca ", options_.peer_ca_file,
+                                                     ": ", TakeErrors("cannot read it")));
+    }
+    STACK_OF(X509_NAME)* names = SSL_CTX_get_client_CA_list(ctx.get());
+    if (names == nullptr) {
+      names = sk_X509_NAME_new_null();
+      SSL_CTX_set_client_CA_list(ctx.get(), names);
+    }
+    SSL_add_file_cert_subjects_to_stack(names, options_.peer_ca_file.c_str());
+  }
   int mode = SSL_VERIFY_NONE;
-  if (options_.client_auth == ClientAuth::kOptional) mode = SSL_VERIFY_PEER;
+  if (options_.client_auth == ClientAuth::kOptional || !options_.peer_ca_file.empty()) {
+    mode = SSL_VERIFY_PEER;
+  }
   if (options_.client_auth == ClientAuth::kRequire) {
     mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
   }
@@ -259,6 +274,33 @@ void TlsStream::DrainTo(std::string* out) {
   out->resize(at + pending);
   const int read = BIO_read(bio, out->data() + at, static_cast<int>(pending));
   out->resize(at + static_cast<size_t>(read > 0 ? read : 0));
+}
+
+bool TlsStream::PeerVerified(const std::string& ca_file) {
+  X509* certificate = SSL_get1_peer_certificate(ssl_);
+  if (certificate == nullptr) {
+    error_ = "no client certificate (--peer-tls-cert)";
+    return false;
+  }
+  X509_STORE* store = X509_STORE_new();
+  X509_STORE_CTX* context = X509_STORE_CTX_new();
+  bool verified = false;
+  if (store != nullptr && context != nullptr &&
+      X509_STORE_load_file(store, ca_file.c_str()) == 1 &&
+      X509_STORE_CTX_init(context, store, certificate, SSL_get_peer_cert_chain(ssl_)) == 1) {
+    verified = X509_verify_cert(context) == 1;
+    if (!verified) {
+      error_ = absl::StrCat("its certificate does not chain to --peer-tls-ca: ",
+                            X509_verify_cert_error_string(X509_STORE_CTX_get_error(context)));
+    }
+  } else {
+    error_ = absl::StrCat("cannot read --peer-tls-ca ", ca_file);
+  }
+  X509_STORE_CTX_free(context);
+  X509_STORE_free(store);
+  X509_free(certificate);
+  ERR_clear_error();
+  return verified;
 }
 
 std::string TlsStream::alpn() const {

@@ -52,6 +52,10 @@ struct TlsOptions {
   std::string ca_file;    // PEM CAs that client certificates must chain to
   ClientAuth client_auth = ClientAuth::kNone;
   bool allow_tls12 = false;  // --tls-min-version=1.2 (else TLS 1.3 only)
+  // --peer-tls-ca: the cluster's CA. Client certificates are then asked for
+  // (at least optional), and a connection's ClusterHello is accepted only
+  // when its certificate chains to this CA (TlsStream::PeerVerified).
+  std::string peer_ca_file;
 
   bool enabled() const { return !cert_file.empty(); }
   // The flags' rules: a certificate needs its key, client authentication a CA.
@@ -84,6 +88,7 @@ class TlsContext {
     handshake_failures_.fetch_add(1, std::memory_order_relaxed);
   }
   const TlsOptions& options() const { return options_; }
+  bool peers_need_certificates() const { return !options_.peer_ca_file.empty(); }
 
  private:
   struct CtxFree {
@@ -146,6 +151,9 @@ class TlsStream {
   const std::string& error() const { return error_; }
   // The protocol ALPN chose ("" when the client offered none).
   std::string alpn() const;
+  // Whether the client showed a certificate that chains to the CAs of
+  // ca_file (the cluster's, --peer-tls-ca); error() says why not.
+  bool PeerVerified(const std::string& ca_file);
 
  private:
   void Fail();

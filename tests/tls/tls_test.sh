@@ -179,4 +179,54 @@ failures=$(grep '^logkv_tls_handshake_failures_total ' <<<"$metrics" | awk '{pri
 [ "${failures:-0}" -ge 3 ] || fail "handshake failures counted: $failures"
 ok "metrics: logkv_tls_cert_expiry_seconds=$expiry, handshake failures=$failures"
 : "$plain_port"
+
+# ---- A 3-node cluster over mutual TLS -------------------------------------------------
+# Peers dial each other's TLS binary port with their node certificates; each
+# refuses a ClusterHello without a certificate of the cluster CA.
+"$make_certs" "$certs" server peer localhost 127.0.0.1
+peer_flags=(--tls-cert="$certs/peer.pem" --tls-key="$certs/peer.key" --tls-ca="$certs/ca.pem"
+  --peer-tls-cert="$certs/peer.pem" --peer-tls-key="$certs/peer.key" --peer-tls-ca="$certs/ca.pem"
+  --cluster-secret=tls-test-secret --replicas=3 --gossip-interval-ms=100)
+start c1 "${peer_flags[@]}"
+seed=$port
+c1=$port
+start c2 "${peer_flags[@]}" --seeds=127.0.0.1:"$seed"
+c2=$port
+start c3 "${peer_flags[@]}" --seeds=127.0.0.1:"$seed"
+c3=$port
+peer_tls=(--tls --cacert="$certs/ca.pem")
+written=false
+for _ in $(seq 1 200); do
+  if "$cli" --target=127.0.0.1:"$c1" "${peer_tls[@]}" --timeout=2s put cluster:k replicated     >/dev/null 2>&1; then written=true; break; fi
+  sleep 0.1
+done
+$written || fail "no write through the TLS cluster: $(tail -5 "$work/c1.log")"
+read_back=""
+for _ in $(seq 1 100); do
+  read_back=$("$cli" --target=127.0.0.1:"$c3" "${peer_tls[@]}" get cluster:k 2>/dev/null || true)
+  [ "$read_back" = replicated ] && break
+  sleep 0.1
+done
+[ "$read_back" = replicated ] || fail "node 3 read '$read_back'"
+members=$(curl -sS --cacert "$certs/ca.pem"   "https://localhost:$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/c2.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)/members/")
+[ "$(grep -o '"127.0.0.1:[0-9]*"' <<<"$members" | sort -u | wc -l)" -ge 3 ] || fail "members: $members"
+: "$c2"
+ok "3-node cluster over mutual TLS: written on node 1, read on node 3"
+
+# A node without a certificate of the cluster CA is refused as a peer.
+"$logkvd" --data_dir="$work/c4" --listen=127.0.0.1:0 --http=127.0.0.1:0 --threads=1 \
+  --tls-cert="$certs/peer.pem" --tls-key="$certs/peer.key" --tls-ca="$certs/ca.pem" \
+  --peer-tls-cert="$other/mallory.pem" --peer-tls-key="$other/mallory.key" \
+  --peer-tls-ca="$certs/ca.pem" --cluster-secret=tls-test-secret --seeds=127.0.0.1:"$seed" \
+  --join-timeout-ms=3000 2>"$work/c4.log" &
+pids+=($!)
+c4_pid=${pids[-1]}
+for _ in $(seq 1 200); do
+  kill -0 "$c4_pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$c4_pid" 2>/dev/null && fail "a peer with another CA's certificate is still running"
+grep -q "could not join the cluster" "$work/c4.log" || fail "c4: $(tail -3 "$work/c4.log")"
+ok "a peer with a certificate of another CA is refused"
+
 echo "$passed passed, 0 failed"
