@@ -129,6 +129,13 @@ grep -q "has expired" "$work/expired.log" || fail "no warning of an expired cert
 expect_error "expired server certificate" "certificate has expired" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" get greeting
 
+start tls12 --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-min-version=1.2
+out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_2 -alpn logkv </dev/null 2>&1 || true)
+grep -q "New, TLSv1.2" <<<"$out" || fail "TLS 1.2 with --tls-min-version=1.2: $out"
+"$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" ping >/dev/null ||
+  fail "ping over TLS"
+ok "--tls-min-version=1.2 accepts TLS 1.2"
+
 start plain
 expect_error "TLS client on a plaintext port" "plaintext\|does not speak TLS\|is that port plaintext" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" --timeout=1s get greeting
@@ -150,6 +157,11 @@ sleep 0.5
 "$make_certs" "$certs" server renewed localhost 127.0.0.1
 cp "$certs/renewed.pem" "$work/live.pem"
 cp "$certs/renewed.key" "$work/live.key"
+# Load runs through the reload: no request may fail.
+"$bench" -p "$main_port" --tls --cacert "$certs/ca.pem" --cert "$certs/alice.pem" \
+  --key "$certs/alice.key" -c 8 -P 4 --duration 3s -t set -q >"$work/load.out" 2>&1 &
+load_pid=$!
+sleep 1
 kill -HUP "$main_pid"
 for _ in $(seq 1 100); do
   grep -q "SIGHUP: TLS certificate reloaded" "$work/main.log" && break
@@ -166,7 +178,8 @@ done
 if kill -0 "$watch_pid" 2>/dev/null; then kill "$watch_pid"; fail "the watch did not get the event"; fi
 wait "$watch_pid" || fail "the watch opened before the reload failed: $(cat "$work/watch.out")"
 grep -q "reload:k" "$work/watch.out" || fail "watch output: $(cat "$work/watch.out")"
-ok "SIGHUP reloads the certificate ($before -> $after); a watch opened before it goes on"
+wait "$load_pid" || fail "load during the reload failed: $(cat "$work/load.out")"
+ok "SIGHUP reloads the certificate ($before -> $after); a watch opened before it and load running through it go on"
 
 # ---- Metrics -------------------------------------------------------------------------
 main_http=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
