@@ -101,6 +101,13 @@ void ClusterNode::AddPeerOperationHandler(p::Operation operation, PeerOperationH
   handlers_[static_cast<uint8_t>(operation)] = std::move(handler);
 }
 
+std::string ClusterNode::MemberAddress(absl::string_view node_id) const {
+  const Membership* members = membership();
+  Member member;
+  if (members == nullptr || !members->Find(std::string(node_id), &member)) return "";
+  return member.address;
+}
+
 absl::StatusOr<PeerHandler::Challenge> ClusterNode::ChallengePeer(absl::string_view node_id,
                                                                 absl::string_view their_nonce,
                                                                 bool their_auth) {

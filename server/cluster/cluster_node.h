@@ -68,6 +68,7 @@ struct ClusterNodeOptions {
 
 class ClusterNode : public PeerHandler {
  public:
+  std::string MemberAddress(absl::string_view node_id) const override;
   // The handler of one cluster-internal operation: the contract of
   // Service::Handle (answer in builder, or defer and complete later).
   using PeerOperationHandler = std::function<Outcome(

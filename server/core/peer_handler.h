@@ -39,6 +39,10 @@ class PeerHandler {
   // over the two nonces shows it holds the secret (constant time).
   virtual bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
                           absl::string_view own_nonce, absl::string_view proof) = 0;
+  // The advertised binary-protocol address (host:port) of the member
+  // node_id, "" when it is not a member (yet): with node-to-node TLS a
+  // peer's certificate must name that host.
+  virtual std::string MemberAddress(absl::string_view /*node_id*/) const { return ""; }
 
   // A cluster-internal operation from an accepted peer; the contract of
   // Service::Handle (answer in builder, or defer and complete later).

@@ -310,6 +310,16 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
           "a cluster peer must show a certificate of the cluster CA: ",
           c.tls != nullptr ? c.tls->error() : "no TLS")));
     }
+    // A member is who its certificate names: the host it advertises.
+    const std::string address = handler->MemberAddress(p::View(hello->node_id()));
+    if (const size_t colon = address.rfind(':'); colon != std::string::npos) {
+      const std::string host = address.substr(0, colon);
+      if (!c.tls->PeerNames(host)) {
+        return refuse(absl::PermissionDeniedError(absl::StrCat(
+            "the certificate of cluster peer '", p::View(hello->node_id()),
+            "' does not name ", host, ", the host it advertises in the member list")));
+      }
+    }
   }
   const absl::string_view node_id = p::View(hello->node_id());
   if (peer_nonce_own_.empty()) {

@@ -303,6 +303,15 @@ bool TlsStream::PeerVerified(const std::string& ca_file) {
   return verified;
 }
 
+bool TlsStream::PeerNames(const std::string& host) const {
+  X509* certificate = SSL_get1_peer_certificate(ssl_);
+  if (certificate == nullptr) return false;
+  const bool named = X509_check_ip_asc(certificate, host.c_str(), 0) == 1 ||
+                     X509_check_host(certificate, host.data(), host.size(), 0, nullptr) == 1;
+  X509_free(certificate);
+  return named;
+}
+
 std::string TlsStream::alpn() const {
   const unsigned char* name = nullptr;
   unsigned int length = 0;

@@ -154,6 +154,9 @@ class TlsStream {
   // Whether the client showed a certificate that chains to the CAs of
   // ca_file (the cluster's, --peer-tls-ca); error() says why not.
   bool PeerVerified(const std::string& ca_file);
+  // Whether the client's certificate names host (a DNS name or an IP
+  // address) in its subjectAltName.
+  bool PeerNames(const std::string& host) const;
 
  private:
   void Fail();
