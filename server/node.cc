@@ -527,13 +527,6 @@ absl::Status NodeOptions::Validate() const {
           absl::StrCat("--seeds: '", seed, "' is not host:port (the binary-protocol address)"));
     }
   }
-  if (auth == AuthMode::kOn && !seeds.empty()) {
-    // Accounts are kept per node and tenant namespaces are built from user
-    // ids, which two nodes would hand out twice (docs/cluster.md).
-    return absl::FailedPreconditionError(
-        "--auth=on with --seeds is not supported yet: accounts are not replicated, so two "
-        "nodes would give different users the same namespace");
-  }
   if (!advertise.empty()) {
     absl::StatusOr<HostPort> parsed = ParseHostPort(advertise);
     if (!parsed.ok() || parsed->port == 0) {
@@ -573,8 +566,14 @@ absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
   if (rate_limiter_ == nullptr) {
     return absl::FailedPreconditionError("the rate limit applies only with --auth=on");
   }
-  rate_limiter_->Reconfigure(requests_per_minute, burst);
-  return absl::OkStatus();
+  // The cluster's setting: committed, then put in force on every node by
+  // the account state's listener (StartAuth).
+  control::ControlPlane* control = control_plane();
+  if (control == nullptr) return absl::FailedPreconditionError("the control plane is not running");
+  return SubmitUntilAnswered(
+             control, control::EncodeSetRateLimit(requests_per_minute, burst, false),
+             absl::Now() + absl::Seconds(10))
+      .status();
 }
 
 bool Node::Responsive(absl::Duration timeout) const {
@@ -624,6 +623,7 @@ absl::Status Node::Start() {
     status = StartServer();
   }
   if (status.ok()) status = StartClusterMember();
+  if (status.ok()) status = LoadAccounts();
   if (status.ok()) status = StartBackgroundWork();
   if (status.ok()) {
     RunInBackground([this] { CatchUpWithControlPlane(); });
@@ -803,13 +803,20 @@ absl::Status Node::StartAuth() {
   if (options_.auth != AuthMode::kOn) return absl::OkStatus();
   auth::AuthConfig config = AuthConfigFor(options_);
   // Binary sessions opened with a revoked key end at once, watches included.
+  // Binary sessions opened with a key revoked on any node end at once.
   config.on_revoked = [this] {
     if (Server* server = server_for_events_.load(std::memory_order_acquire)) {
       server->RecheckSessions();
     }
   };
+  // The rate limit is the cluster's (committed; the flags of the node that
+  // commits it first, then SetRateLimit).
+  config.on_rate_limit = [this](int64_t requests_per_minute, int64_t burst) {
+    rate_limiter_->Reconfigure(requests_per_minute, burst);
+  };
+  // The accounts live in the control plane, which starts later
+  // (LoadAccounts); the store answers Unavailable until then.
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
-  if (absl::Status status = auth_store_->Load(); !status.ok()) return status;
   // The limiter exists even when --rate-limit is 0 (then it admits
   // everything without a lock), so a reload can turn it on (SetRateLimit).
   auth::RateLimitConfig limit;
@@ -824,6 +831,49 @@ absl::Status Node::StartAuth() {
   // Failed logins per account and client address (POST /login).
   login_throttle_ = std::make_unique<auth::LoginThrottle>();
   return absl::OkStatus();
+}
+
+absl::Status Node::LoadAccounts() {
+  control::ControlPlane* const control = control_plane();
+  if (control == nullptr) return absl::FailedPreconditionError("the control plane is not running");
+  const bool auth_on = options_.auth == AuthMode::kOn;
+  if (!auth_on) {
+    // The first node commits "off", so that no node with accounts joins;
+    // a node with accounts off restarted into a cluster with them stops.
+    if (control->accounts()->Read([](const control::Accounts& a) {
+          return a.auth_mode == control::AuthModeCommitted::kOn;
+        })) {
+      return absl::FailedPreconditionError(
+          "the cluster runs with accounts on (--auth=on, committed when it was bootstrapped); "
+          "this node has --auth=off and cannot be part of it");
+    }
+    if (options_.seeds.empty()) {
+      control->Submit(control::EncodeSetAuthMode(false), [](absl::StatusOr<uint64_t> result) {
+        if (!result.ok()) {
+          Log(Level::kError, "committing the auth mode: %s", result.status().message());
+        }
+      });
+    }
+    return absl::OkStatus();
+  }
+  const std::atomic<bool>* const stopping = &accounts_stopping_;
+  auth_store_->UseControlPlane(
+      control->accounts(), [control, stopping](std::string command) -> absl::StatusOr<uint64_t> {
+        // At shutdown (the last last-use flush) one short try: the cluster
+        // may be stopping too.
+        if (stopping->load(std::memory_order_acquire)) {
+          return control->SubmitAndWait(std::move(command), absl::Seconds(1));
+        }
+        return SubmitUntilAnswered(control, command, absl::Now() + absl::Seconds(15));
+      });
+  const absl::Time started = absl::Now();
+  absl::Status status = auth_store_->Load(options_.rate_limit, options_.rate_limit_burst);
+  if (status.ok()) {
+    Log(Level::kInfo, "accounts loaded from the control plane (%d users) in %s",
+        static_cast<int64_t>(auth_store_->UserCount()),
+        absl::FormatDuration(absl::Now() - started));
+  }
+  return status;
 }
 
 absl::Status Node::BuildCluster() {
@@ -1363,7 +1413,10 @@ absl::Status Node::JoinControlPlane() {
   if (options_.seeds.empty()) return absl::OkStatus();  // the first node: it adds itself
   const absl::Time deadline = absl::Now() + options_.join_timeout;
   absl::Status last = absl::UnavailableError("no seed answered");
-  std::string command = control::EncodeAddMember(self);
+  // The cluster refuses a node of the other auth mode (docs/control-plane.md).
+  control::CommandOptions join_options;
+  join_options.requires_auth_on = options_.auth == AuthMode::kOn;
+  std::string command = control::EncodeAddMember(self, join_options);
   bool replacing = false;
   while (absl::Now() < deadline) {
     for (const std::string& seed : options_.seeds) {
@@ -1390,13 +1443,14 @@ absl::Status Node::JoinControlPlane() {
         Log(Level::kWarning,
             "--replace: taking the place of member %s (its data is refilled by anti-entropy)",
             self.node_id);
-        command = control::EncodeReplaceMember(self);
+        command = control::EncodeReplaceMember(self, join_options);
         replacing = true;
         last = absl::UnavailableError("replacing");
         break;
       }
       if (absl::IsPermissionDenied(last) || absl::IsUnauthenticated(last) ||
-          absl::IsInvalidArgument(last)) {
+          absl::IsInvalidArgument(last) ||
+          (absl::IsFailedPrecondition(last) && absl::StrContains(last.message(), "--auth="))) {
         return absl::FailedPreconditionError(
             absl::StrCat("cannot join the cluster through ", seed, ": ", last.message()));
       }
@@ -1924,6 +1978,11 @@ absl::Status Node::Stop() {
   }
   // Then the rest in the reverse order of the member list.
   if (flusher_ != nullptr) flusher_->Stop();
+  // Last-use times go to the control plane while it still runs.
+  accounts_stopping_.store(true, std::memory_order_release);
+  if (auth_store_ != nullptr && control_ != nullptr) {
+    LogLastUseFailure(auth_store_->FlushLastUsed());
+  }
   if (rejoin_worker_ != nullptr) rejoin_worker_->Stop();
   // The hooks earlier parts hold into later ones (anti-entropy, the
   // background threads), then the background threads.
@@ -1957,7 +2016,6 @@ absl::Status Node::Stop() {
   if (handoff_started_) handoff_->Stop();
   if (cluster_started_) cluster_->Stop();
   password_workers_.reset();
-  if (auth_store_ != nullptr) LogLastUseFailure(auth_store_->FlushLastUsed());
   if (engine_ != nullptr) stop_status_ = engine_->Close();
 
   if (was_running) {

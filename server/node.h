@@ -211,8 +211,9 @@ class Node {
   // logged). Idempotent; the later calls return the first one's status.
   absl::Status Stop();
 
-  // Changes the per-user rate limit (--rate-limit, --rate-limit-burst) of a
-  // running node, as logkvd does on SIGHUP. FailedPrecondition when the node
+  // Changes the per-user rate limit (--rate-limit, --rate-limit-burst), as
+  // logkvd does on SIGHUP: the cluster's setting, committed in the control
+  // plane and put in force on every node. FailedPrecondition when the node
   // is not running or accounts are off (there are no users to limit).
   absl::Status SetRateLimit(int64_t requests_per_minute, int64_t burst);
   // Reads the TLS certificate, key and CA files again (SIGHUP): connections
@@ -257,6 +258,9 @@ class Node {
   // The steps of Start, each undone by Stop when it was reached.
   absl::Status StartEngine();
   absl::Status StartAuth();
+  // Loads the accounts from the control plane (--auth=on), or commits that
+  // they are off (the first node).
+  absl::Status LoadAccounts();
   absl::Status BuildCluster();
   void AddRoutes();
   absl::Status StartServer();
@@ -322,6 +326,7 @@ class Node {
   std::unique_ptr<backup::BackupManager> backup_manager_;
   // Accounts and API keys (auth on; live in the engine, server/namespaces.h).
   std::unique_ptr<auth::AuthStore> auth_store_;
+  std::atomic<bool> accounts_stopping_{false};
   std::unique_ptr<auth::RateLimiter> rate_limiter_;
   std::unique_ptr<auth::Admission> admission_;  // of both protocols, with auth on
   std::unique_ptr<auth::WorkerPool> password_workers_;

@@ -37,8 +37,6 @@ constexpr size_t kKeyHashBytes = crypto_generichash_BYTES;
 static_assert(kKeyHashBytes == 32, "API keys are stored as BLAKE2b-256 hashes");
 constexpr size_t kGeneratedSecretBytes = 32;
 constexpr size_t kMinRecommendedSecretBytes = 32;
-// The engine refuses TTLs beyond 100 years (engine.cc); refresh TTLs are capped below.
-constexpr int64_t kMaxEngineTtlMs = 100ll * 365 * 24 * 3600 * 1000;
 constexpr int64_t kMillisPerDay = 24ll * 3600 * 1000;
 
 // Sub-namespaces of kAuthPrefix (see the layout in auth_store.h).
@@ -50,9 +48,6 @@ constexpr absl::string_view kApiKeyDir = "apikey/";
 constexpr absl::string_view kRevokedDir = "revoked/";
 
 std::string AuthKey(absl::string_view name) { return absl::StrCat(kAuthPrefix, name); }
-std::string IdKey(absl::string_view dir, uint64_t id) {
-  return absl::StrCat(kAuthPrefix, dir, absl::StrFormat("%020u", id));
-}
 // A reserved key made printable for messages.
 std::string Printable(absl::string_view key) { return absl::CHexEscape(key); }
 
@@ -173,22 +168,6 @@ std::string HashApiKey(absl::string_view key) {
                      reinterpret_cast<const unsigned char*>(key.data()), key.size(),
                      /*key=*/nullptr, 0);
   return hash;
-}
-
-// The engine's failure while writing an account record, as the status a
-// client should see: a full or read-only disk is worth retrying (503);
-// anything else is the server's fault (500), never the request's. The
-// engine's message names files of the server: it is logged, not answered.
-absl::Status WriteError(const absl::Status& status, absl::string_view key,
-                        const std::function<void(absl::string_view)>& log) {
-  log(absl::StrCat("storing account record ", Printable(key), " failed: ", status.ToString()));
-  const std::string message = absl::StrCat(
-      "storing the account record failed (", absl::StatusCodeToString(status.code()),
-      "); the server log has the details");
-  if (absl::IsUnavailable(status) || absl::IsResourceExhausted(status)) {
-    return absl::UnavailableError(message);
-  }
-  return absl::InternalError(message);
 }
 
 absl::Status Corrupt(absl::string_view key, absl::string_view why) {
@@ -316,14 +295,191 @@ Json ApiKeyJson(const ApiKeyInfo& info) {
 
 // ---- AuthStore -------------------------------------------------------------------
 
+namespace {
+
+constexpr absl::string_view kMovedName = "moved";
+// Per import command: about 300 KiB each, under kMaxImportCommandBytes.
+constexpr size_t kImportUsersPerCommand = 1000;
+constexpr size_t kImportKeysPerCommand = 2000;
+constexpr size_t kImportTokensPerCommand = 4000;
+constexpr size_t kTouchesPerCommand = 20000;
+
+uint8_t ScopeBits(const std::vector<std::string>& scopes) {
+  uint8_t bits = 0;
+  for (const std::string& scope : scopes) {
+    if (scope == "read") bits |= control::kScopeRead;
+    if (scope == "write") bits |= control::kScopeWrite;
+  }
+  return bits;
+}
+
+std::vector<std::string> ScopeNames(uint8_t bits) {
+  std::vector<std::string> names;
+  if (bits & control::kScopeRead) names.emplace_back("read");
+  if (bits & control::kScopeWrite) names.emplace_back("write");
+  return names;
+}
+
+User UserOf(const control::AccountUser& in) {
+  User user;
+  user.id = in.id;
+  user.email = in.email;
+  user.username = in.username;
+  user.is_active = in.is_active;
+  user.created_at_ms = in.created_at_ms;
+  return user;
+}
+
+ApiKeyInfo InfoOf(const control::AccountApiKey& key) {
+  ApiKeyInfo info;
+  info.id = key.id;
+  info.user_id = key.user_id;
+  info.name = key.name;
+  info.key_prefix = key.key_prefix;
+  info.scopes = ScopeNames(key.scopes);
+  info.is_active = key.is_active;
+  info.created_at_ms = key.created_at_ms;
+  info.expires_at_ms = key.expires_at_ms;
+  info.last_used_at_ms =
+      std::max(key.last_used_at_ms, key.local.used_at_ms.load(std::memory_order_acquire));
+  return info;
+}
+
+// The accounts an older version kept in one node's engine.
+struct LegacyAccounts {
+  std::vector<control::AccountUser> users;  // in id order
+  std::vector<control::AccountApiKey> keys;  // in id order
+  std::vector<std::pair<std::string, control::RevokedTokenEntry>> revoked;
+  std::string secret;
+  uint64_t next_user_id = 1;
+  uint64_t next_api_key_id = 1;
+  bool any = false;  // any record at all
+};
+
+// Reads one legacy record into `out`; DataLoss names a record that does not
+// parse (the rules of the version that wrote them).
+absl::Status ReadLegacyRecord(absl::string_view key, absl::string_view value, int64_t now_ms,
+                              LegacyAccounts& out,
+                              const std::function<void(absl::string_view)>& log) {
+  absl::string_view name = key.substr(kAuthPrefix.size());
+  out.any = true;
+  if (name == kSecretName) {
+    std::optional<Json> record = ParseRecord(value);
+    std::string encoded;
+    if (!record.has_value() || !ReadString(*record, "hs256_key", &encoded)) {
+      return Corrupt(key, "expected {\"v\":1,\"hs256_key\":...}");
+    }
+    std::optional<std::string> secret = Base64UrlDecode(encoded);
+    if (!secret.has_value() || secret->size() != kGeneratedSecretBytes) {
+      return Corrupt(key, "hs256_key is not 32 bytes of base64url");
+    }
+    out.secret = std::move(*secret);
+    return absl::OkStatus();
+  }
+  if (name == kNextUserName || name == kNextApiKeyName) {
+    uint64_t next = 0;
+    if (!absl::SimpleAtoi(value, &next) || next == 0) return Corrupt(key, "not a positive number");
+    uint64_t& counter = name == kNextUserName ? out.next_user_id : out.next_api_key_id;
+    counter = std::max(counter, next);
+    return absl::OkStatus();
+  }
+  std::optional<Json> record = ParseRecord(value);
+  if (absl::ConsumePrefix(&name, kUserDir)) {
+    uint64_t id = 0;
+    if (!ParseId(name, &id)) return Corrupt(key, "bad user id in the key");
+    control::AccountUser user;
+    if (!record.has_value() || !ReadUnsigned(*record, "id", &user.id) || user.id != id ||
+        !ReadString(*record, "email", &user.email) ||
+        !ReadString(*record, "username", &user.username) ||
+        !ReadString(*record, "password_hash", &user.password_hash) ||
+        !ReadBool(*record, "is_active", &user.is_active) ||
+        !ReadInteger(*record, "created_at_ms", &user.created_at_ms)) {
+      return Corrupt(key, "not a user record");
+    }
+    if (user.email.empty() || !IsValidUtf8(user.email) || user.username.empty() ||
+        !IsValidUtf8(user.username)) {
+      return Corrupt(key, "invalid email or username");
+    }
+    // Names that only NFKC_Casefold makes equal (an earlier version compared
+    // ASCII case only) were two accounts: both move, and the older keeps the
+    // name for sign-in.
+    user.email_key = IdentityKey(user.email);
+    user.username_key = IdentityKey(user.username);
+    out.next_user_id = std::max(out.next_user_id, id + 1);
+    out.users.push_back(std::move(user));
+    return absl::OkStatus();
+  }
+  if (absl::ConsumePrefix(&name, kApiKeyDir)) {
+    uint64_t id = 0;
+    if (!ParseId(name, &id)) return Corrupt(key, "bad API key id in the key");
+    control::AccountApiKey info;
+    std::string key_hash_hex;
+    std::vector<std::string> scopes;
+    if (!record.has_value() || !ReadUnsigned(*record, "id", &info.id) || info.id != id ||
+        !ReadUnsigned(*record, "user_id", &info.user_id) ||
+        !ReadString(*record, "name", &info.name) ||
+        !ReadString(*record, "key_prefix", &info.key_prefix) ||
+        !ReadString(*record, "key_hash", &key_hash_hex) ||
+        !ReadBool(*record, "is_active", &info.is_active) ||
+        !ReadInteger(*record, "created_at_ms", &info.created_at_ms) ||
+        !ReadInteger(*record, "expires_at_ms", &info.expires_at_ms) ||
+        !ReadInteger(*record, "last_used_at_ms", &info.last_used_at_ms)) {
+      return Corrupt(key, "not an API key record");
+    }
+    auto scopes_it = record->find("scopes");
+    if (scopes_it == record->end() || !scopes_it->is_array()) return Corrupt(key, "no scopes");
+    for (const Json& scope : *scopes_it) {
+      if (!scope.is_string()) return Corrupt(key, "a scope is not a string");
+      scopes.push_back(scope.get<std::string>());
+    }
+    absl::StatusOr<std::vector<std::string>> canonical = CanonicalScopes(scopes);
+    if (!canonical.ok()) return Corrupt(key, canonical.status().message());
+    info.scopes = ScopeBits(*canonical);
+    if (key_hash_hex.size() != 2 * kKeyHashBytes ||
+        !std::all_of(key_hash_hex.begin(), key_hash_hex.end(), absl::ascii_isxdigit)) {
+      return Corrupt(key, "key_hash is not 64 hex digits");
+    }
+    info.key_hash = absl::HexStringToBytes(key_hash_hex);
+    out.next_api_key_id = std::max(out.next_api_key_id, id + 1);
+    out.keys.push_back(std::move(info));
+    return absl::OkStatus();
+  }
+  if (absl::ConsumePrefix(&name, kRevokedDir)) {
+    int64_t expires_at_s = 0;
+    uint64_t user_id = 0;
+    if (!record.has_value() || !ReadInteger(*record, "exp", &expires_at_s)) {
+      return Corrupt(key, "not a revoked-token record");
+    }
+    (void)ReadUnsigned(*record, "user_id", &user_id);
+    // One that expired is simply not needed any more.
+    if (expires_at_s * 1000 > now_ms && !name.empty() && name.size() <= control::kMaxJtiBytes) {
+      out.revoked.emplace_back(std::string(name),
+                               control::RevokedTokenEntry{user_id, expires_at_s});
+    }
+    return absl::OkStatus();
+  }
+  if (name == kMovedName) return absl::OkStatus();
+  // A record a newer version wrote: leave it alone rather than refuse to start.
+  log(absl::StrCat("ignoring unknown account record ", Printable(key)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 AuthStore::AuthStore(engine::Engine* engine, AuthConfig config)
     : engine_(engine),
       config_(std::move(config)),
-      clock_(config_.clock != nullptr ? config_.clock : engine::SystemClock()) {
-  assert(engine_ != nullptr);
-}
+      clock_(config_.clock != nullptr ? config_.clock : engine::SystemClock()),
+      accounts_(config_.accounts != nullptr ? config_.accounts : &empty_accounts_),
+      propose_(config_.propose) {}
 
 AuthStore::~AuthStore() = default;
+
+void AuthStore::UseControlPlane(control::AccountState* accounts,
+                                std::function<absl::StatusOr<uint64_t>(std::string command)> propose) {
+  propose_ = std::move(propose);
+  accounts_.store(accounts, std::memory_order_release);
+}
 
 int64_t AuthStore::NowMs() const { return clock_->NowUnixMs(); }
 
@@ -335,55 +491,38 @@ void AuthStore::LogLine(absl::string_view message) const {
   }
 }
 
-absl::Status AuthStore::Write(absl::string_view key, absl::string_view value, int64_t ttl_ms) {
-  engine::WriteOptions options;
-  options.ttl_ms = ttl_ms;
-  absl::StatusOr<engine::WriteResult> result = engine_->Put(key, value, options);
+absl::Status AuthStore::NotReady() const {
+  return absl::UnavailableError("accounts are not loaded yet on this node; try again shortly");
+}
+
+uint64_t AuthStore::credentials_generation() const { return state()->revocation_generation(); }
+
+absl::StatusOr<uint64_t> AuthStore::ProposeAndAwait(
+    std::string command, const std::function<bool(const control::Accounts&, uint64_t)>& done) {
+  if (!propose_) return absl::UnavailableError("no control plane to propose to");
+  absl::StatusOr<uint64_t> result = propose_(std::move(command));
   if (!result.ok()) {
-    return WriteError(result.status(), key, [this](absl::string_view line) { LogLine(line); });
+    // The state machine's refusals are the request's; anything else (no
+    // leader, a timeout) is worth retrying.
+    const absl::StatusCode code = result.status().code();
+    if (code == absl::StatusCode::kDeadlineExceeded || code == absl::StatusCode::kUnknown ||
+        code == absl::StatusCode::kInternal || code == absl::StatusCode::kCancelled) {
+      return absl::UnavailableError(
+          absl::StrCat("the cluster did not apply the change: ", result.status().message()));
+    }
+    return result.status();
   }
-  return absl::OkStatus();
+  const uint64_t value = *result;
+  // Applied on the leader; this node applies it within a heartbeat.
+  if (!state()->Await([&](const control::Accounts& a) { return done(a, value); },
+                        absl::Now() + config_.apply_timeout)) {
+    return absl::UnavailableError(
+        "the change was committed but this node has not applied it yet; try again shortly");
+  }
+  return value;
 }
 
-absl::Status AuthStore::LoadSecret() {
-  if (!config_.jwt_secret.empty()) {
-    jwt_secret_ = config_.jwt_secret;
-    if (jwt_secret_.size() < kMinRecommendedSecretBytes) {
-      LogLine(absl::StrCat("warning: the JWT secret is ", jwt_secret_.size(),
-                           " bytes; use at least ", kMinRecommendedSecretBytes,
-                           " random bytes, or leave it unset to have one generated"));
-    }
-    return absl::OkStatus();
-  }
-  const std::string key = AuthKey(kSecretName);
-  absl::StatusOr<engine::Record> stored = engine_->Get(key);
-  if (stored.ok()) {
-    std::optional<Json> record = ParseRecord(stored->value);
-    std::string encoded;
-    if (!record.has_value() || !ReadString(*record, "hs256_key", &encoded)) {
-      return Corrupt(key, "expected {\"v\":1,\"hs256_key\":...}");
-    }
-    std::optional<std::string> secret = Base64UrlDecode(encoded);
-    if (!secret.has_value() || secret->size() != kGeneratedSecretBytes) {
-      return Corrupt(key, "hs256_key is not 32 bytes of base64url");
-    }
-    jwt_secret_ = std::move(*secret);
-    return absl::OkStatus();
-  }
-  if (!absl::IsNotFound(stored.status())) return stored.status();
-  // Generated rather than fixed, and persisted so that restarts do not log
-  // everyone out. Whoever can read the data directory can forge tokens with
-  // it, but such a reader already has every key and value.
-  std::string secret(kGeneratedSecretBytes, '\0');
-  randombytes_buf(secret.data(), secret.size());
-  const Json record = {{"v", kRecordVersion}, {"hs256_key", Base64UrlEncode(secret)}};
-  if (absl::Status status = Write(key, SerializeJson(record)); !status.ok()) return status;
-  jwt_secret_ = std::move(secret);
-  LogLine("no JWT secret configured: generated one and stored it in the data directory");
-  return absl::OkStatus();
-}
-
-absl::Status AuthStore::Load() {
+absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
   if (absl::Status status = InitSodium(); !status.ok()) return status;
   if (NfkcCasefold() == nullptr) {
     return absl::InternalError("ICU's NFKC_Casefold normaliser is unavailable (ICU data missing?)");
@@ -393,7 +532,6 @@ absl::Status AuthStore::Load() {
                                                    config_.access_token_ttl_s, " s, refresh ",
                                                    config_.refresh_token_ttl_s, " s"));
   }
-  if (absl::Status status = LoadSecret(); !status.ok()) return status;
   // An unknown email is checked against this hash so that it costs as much as
   // a known one: response time must not tell which emails have accounts.
   {
@@ -403,11 +541,71 @@ absl::Status AuthStore::Load() {
     if (!dummy.ok()) return dummy.status();
     dummy_password_hash_ = std::move(*dummy);
   }
+  state()->SetListener({.on_revoked = config_.on_revoked, .on_rate_limit = config_.on_rate_limit});
+  // The mode first: a node of the other mode stops here, before it changes
+  // anything. Proposed by every node that loads (accepted when equal), so
+  // the first one commits it; its answer comes after everything committed
+  // before it, which this node has then applied.
+  absl::StatusOr<uint64_t> mode = ProposeAndAwait(
+      control::EncodeSetAuthMode(true), [](const control::Accounts& a, uint64_t) {
+        return a.auth_mode == control::AuthModeCommitted::kOn;
+      });
+  if (!mode.ok()) return mode.status();
+  if (absl::Status status = MoveLegacyAccounts(); !status.ok()) return status;
+  if (absl::Status status = SettleSecret(); !status.ok()) return status;
+  absl::StatusOr<uint64_t> limit = ProposeAndAwait(
+      control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/true),
+      [](const control::Accounts& a, uint64_t) { return a.rate_limit_set; });
+  if (!limit.ok()) return limit.status();
+  if (config_.on_rate_limit) {
+    const auto [rpm, committed_burst] = state()->Read([](const control::Accounts& a) {
+      return std::make_pair(a.requests_per_minute, a.burst);
+    });
+    config_.on_rate_limit(rpm, committed_burst);
+  }
+  ready_.store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
 
-  absl::MutexLock write_lock(&write_mu_);
-  absl::MutexLock lock(&mu_);
-  assert(!loaded_);
-  loaded_ = true;
+absl::Status AuthStore::SettleSecret() {
+  std::string proposed = config_.jwt_secret;
+  if (proposed.empty()) {
+    proposed.assign(kGeneratedSecretBytes, '\0');
+    randombytes_buf(proposed.data(), proposed.size());
+  }
+  absl::StatusOr<uint64_t> set = ProposeAndAwait(
+      control::EncodeSetJwtSecret(proposed),
+      [](const control::Accounts& a, uint64_t) { return !a.jwt_secret.empty(); });
+  if (!set.ok() && absl::IsAlreadyExists(set.status())) {
+    if (!config_.jwt_secret.empty()) {
+      return absl::FailedPreconditionError(
+          "the configured JWT secret (--jwt-secret / JWT_SECRET) differs from the cluster's: give "
+          "every node the same secret, or none (the cluster then keeps the one it committed)");
+    }
+    // Another node's random secret came first: that one holds.
+  } else if (!set.ok()) {
+    return set.status();
+  }
+  jwt_secret_ = state()->Read([](const control::Accounts& a) { return a.jwt_secret; });
+  if (jwt_secret_.empty()) return absl::UnavailableError("the cluster's JWT secret is not applied yet");
+  if (jwt_secret_.size() < kMinRecommendedSecretBytes) {
+    LogLine(absl::StrCat("warning: the JWT secret is ", jwt_secret_.size(), " bytes; use at least ",
+                         kMinRecommendedSecretBytes,
+                         " random bytes, or leave it unset to have one generated"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AuthStore::MoveLegacyAccounts() {
+  if (engine_ == nullptr) return absl::OkStatus();
+  const std::string moved_key = AuthKey(kMovedName);
+  absl::StatusOr<engine::Record> moved = engine_->Get(moved_key);
+  if (moved.ok()) return absl::OkStatus();  // moved by an earlier start
+  if (!absl::IsNotFound(moved.status())) return moved.status();
+
+  LegacyAccounts legacy;
+  const int64_t now_ms = NowMs();
+  auto log = [this](absl::string_view line) { LogLine(line); };
   engine::ScanOptions options;
   options.prefix = std::string(kAuthPrefix);
   options.limit = engine::kMaxScanLimit;
@@ -415,217 +613,81 @@ absl::Status AuthStore::Load() {
     absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
     if (!page.ok()) return page.status();
     for (const engine::ScanItem& item : page->items) {
-      if (absl::Status status = LoadRecord(item.key, item.value); !status.ok()) return status;
+      if (absl::Status status = ReadLegacyRecord(item.key, item.value, now_ms, legacy, log);
+          !status.ok()) {
+        return status;
+      }
     }
     if (page->next_cursor.empty()) break;
     options.after_key = std::move(page->next_cursor);
   }
-  return absl::OkStatus();
-}
+  if (!legacy.any) return absl::OkStatus();  // a data directory that never had accounts
+  // A configured secret is the one in force (as it was before the move).
+  if (!config_.jwt_secret.empty()) legacy.secret.clear();
 
-absl::Status AuthStore::LoadRecord(absl::string_view key, absl::string_view value) {
-  absl::string_view name = key.substr(kAuthPrefix.size());
-  if (name == kSecretName) return absl::OkStatus();  // LoadSecret's
-
-  if (name == kNextUserName || name == kNextApiKeyName) {
-    uint64_t next = 0;
-    if (!absl::SimpleAtoi(value, &next) || next == 0) return Corrupt(key, "not a positive number");
-    uint64_t& counter = name == kNextUserName ? next_user_id_ : next_api_key_id_;
-    counter = std::max(counter, next);
-    return absl::OkStatus();
+  const auto [already_moved, has_other_accounts] =
+      state()->Read([this](const control::Accounts& a) {
+        return std::make_pair(a.import_done && a.import_source == config_.import_source,
+                              !a.empty() && a.import_source != config_.import_source);
+      });
+  if (!already_moved) {
+    if (has_other_accounts) {
+      if (legacy.users.empty() && legacy.keys.empty()) {
+        LogLine("this data directory's legacy account records hold no accounts; the cluster's "
+                "accounts are used");
+      } else {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "this data directory holds ", legacy.users.size(), " account(s) of its own (kept "
+            "by an older version in the node's engine) and the cluster already has accounts: "
+            "accounts cannot be merged. Start this node on a new data directory to join, or "
+            "start it alone to keep its accounts"));
+      }
+    } else {
+      // In a few commands: users, then keys (which name users), then used
+      // tokens; the last carries the secret and the counters.
+      const size_t chunks = std::max<size_t>(
+          {1, (legacy.users.size() + kImportUsersPerCommand - 1) / kImportUsersPerCommand,
+           (legacy.keys.size() + kImportKeysPerCommand - 1) / kImportKeysPerCommand,
+           (legacy.revoked.size() + kImportTokensPerCommand - 1) / kImportTokensPerCommand});
+      for (size_t i = 0; i < chunks; ++i) {
+        auto slice = [i](const auto& all, size_t per) {
+          const size_t begin = std::min(all.size(), i * per);
+          const size_t end = std::min(all.size(), begin + per);
+          return std::vector<typename std::decay_t<decltype(all)>::value_type>(
+              all.begin() + static_cast<std::ptrdiff_t>(begin),
+              all.begin() + static_cast<std::ptrdiff_t>(end));
+        };
+        const bool last = i + 1 == chunks;
+        std::string command = control::EncodeImportAccounts(
+            config_.import_source, slice(legacy.users, kImportUsersPerCommand),
+            slice(legacy.keys, kImportKeysPerCommand),
+            slice(legacy.revoked, kImportTokensPerCommand), last ? legacy.secret : "",
+            last ? legacy.next_user_id : 0, last ? legacy.next_api_key_id : 0, last);
+        absl::StatusOr<uint64_t> imported = ProposeAndAwait(
+            std::move(command), [last, this](const control::Accounts& a, uint64_t) {
+              return a.import_source == config_.import_source && (!last || a.import_done);
+            });
+        if (!imported.ok()) {
+          return absl::Status(imported.status().code(),
+                              absl::StrCat("moving this node's accounts into the cluster's "
+                                           "control plane: ",
+                                           imported.status().message()));
+        }
+      }
+      LogLine(absl::StrCat("moved ", legacy.users.size(), " account(s) and ", legacy.keys.size(),
+                           " API key(s) from this node's engine into the cluster's control "
+                           "plane; the engine's records are no longer read"));
+    }
   }
-
-  std::optional<Json> record = ParseRecord(value);
-  if (absl::ConsumePrefix(&name, kUserDir)) {
-    uint64_t id = 0;
-    if (!ParseId(name, &id)) return Corrupt(key, "bad user id in the key");
-    UserEntry entry;
-    if (!record.has_value() || !ReadUnsigned(*record, "id", &entry.user.id) ||
-        entry.user.id != id || !ReadString(*record, "email", &entry.user.email) ||
-        !ReadString(*record, "username", &entry.user.username) ||
-        !ReadString(*record, "password_hash", &entry.password_hash) ||
-        !ReadBool(*record, "is_active", &entry.user.is_active) ||
-        !ReadInteger(*record, "created_at_ms", &entry.user.created_at_ms)) {
-      return Corrupt(key, "not a user record");
-    }
-    // What any version's sign-up guaranteed. Later versions refuse more
-    // (format characters, control characters in passwords): accounts made
-    // before still load.
-    if (entry.user.email.empty() || !IsValidUtf8(entry.user.email) ||
-        entry.user.username.empty() || !IsValidUtf8(entry.user.username)) {
-      return Corrupt(key, "invalid email or username");
-    }
-    // Names that only NFKC_Casefold makes equal (an earlier version compared
-    // ASCII case only) were two accounts: both stay, and the older keeps the
-    // name for sign-in.
-    if (!user_by_email_.emplace(IdentityKey(entry.user.email), id).second) {
-      LogLine(absl::StrCat("user ", id, "'s email is another user's once normalised: signing in "
-                           "with it reaches the older account"));
-    }
-    if (!user_by_username_.emplace(IdentityKey(entry.user.username), id).second) {
-      LogLine(absl::StrCat("user ", id, "'s username is another user's once normalised"));
-    }
-    next_user_id_ = std::max(next_user_id_, id + 1);
-    users_.emplace(id, std::move(entry));
-    return absl::OkStatus();
-  }
-
-  if (absl::ConsumePrefix(&name, kApiKeyDir)) {
-    uint64_t id = 0;
-    if (!ParseId(name, &id)) return Corrupt(key, "bad API key id in the key");
-    auto entry = std::make_unique<ApiKeyEntry>();
-    ApiKeyInfo& info = entry->info;
-    std::string key_hash_hex;
-    std::vector<std::string> scopes;
-    int64_t last_used_at_ms = 0;
-    if (!record.has_value() || !ReadUnsigned(*record, "id", &info.id) || info.id != id ||
-        !ReadUnsigned(*record, "user_id", &info.user_id) ||
-        !ReadString(*record, "name", &info.name) ||
-        !ReadString(*record, "key_prefix", &info.key_prefix) ||
-        !ReadString(*record, "key_hash", &key_hash_hex) ||
-        !ReadBool(*record, "is_active", &info.is_active) ||
-        !ReadInteger(*record, "created_at_ms", &info.created_at_ms) ||
-        !ReadInteger(*record, "expires_at_ms", &info.expires_at_ms) ||
-        !ReadInteger(*record, "last_used_at_ms", &last_used_at_ms)) {
-      return Corrupt(key, "not an API key record");
-    }
-    auto scopes_it = record->find("scopes");
-    if (scopes_it == record->end() || !scopes_it->is_array()) return Corrupt(key, "no scopes");
-    for (const Json& scope : *scopes_it) {
-      if (!scope.is_string()) return Corrupt(key, "a scope is not a string");
-      scopes.push_back(scope.get<std::string>());
-    }
-    absl::StatusOr<std::vector<std::string>> canonical = CanonicalScopes(scopes);
-    if (!canonical.ok()) return Corrupt(key, canonical.status().message());
-    info.scopes = std::move(*canonical);
-    if (key_hash_hex.size() != 2 * kKeyHashBytes ||
-        !std::all_of(key_hash_hex.begin(), key_hash_hex.end(), absl::ascii_isxdigit)) {
-      return Corrupt(key, "key_hash is not 64 hex digits");
-    }
-    entry->key_hash = absl::HexStringToBytes(key_hash_hex);
-    entry->last_used_at_ms.store(last_used_at_ms, std::memory_order_relaxed);
-    if (api_key_by_hash_.contains(entry->key_hash)) {
-      return Corrupt(key, "the same key hash belongs to another API key");
-    }
-    next_api_key_id_ = std::max(next_api_key_id_, id + 1);
-    InsertApiKeyLocked(std::move(entry));
-    return absl::OkStatus();
-  }
-
-  if (absl::ConsumePrefix(&name, kRevokedDir)) {
-    int64_t expires_at_s = 0;
-    if (!record.has_value() || !ReadInteger(*record, "exp", &expires_at_s)) {
-      return Corrupt(key, "not a revoked-token record");
-    }
-    // The engine's TTL normally removes these first; one it has not swept yet
-    // is simply not needed any more.
-    if (expires_at_s * 1000 > NowMs()) revoked_jtis_.emplace(std::string(name), expires_at_s);
-    return absl::OkStatus();
-  }
-
-  // A record a newer version wrote: leave it alone rather than refuse to start.
-  LogLine(absl::StrCat("ignoring unknown account record ", Printable(key)));
-  return absl::OkStatus();
-}
-
-void AuthStore::InsertApiKeyLocked(std::unique_ptr<ApiKeyEntry> entry) {
-  ApiKeyEntry* raw = entry.get();
-  api_key_by_hash_.emplace(raw->key_hash, raw);
-  api_keys_by_user_[raw->info.user_id].push_back(raw->info.id);
-  // Load meets ids in increasing order and later ids are always larger, so
-  // each user's list stays oldest first.
-  api_keys_.emplace(raw->info.id, std::move(entry));
-}
-
-std::string AuthStore::UserRecord(const UserEntry& entry) const {
   const Json record = {{"v", kRecordVersion},
-                       {"id", entry.user.id},
-                       {"email", entry.user.email},
-                       {"username", entry.user.username},
-                       {"password_hash", entry.password_hash},
-                       {"is_active", entry.user.is_active},
-                       {"created_at_ms", entry.user.created_at_ms}};
-  return SerializeJson(record);
-}
-
-std::string AuthStore::ApiKeyRecord(const ApiKeyInfo& info, absl::string_view key_hash) const {
-  const Json record = {{"v", kRecordVersion},
-                       {"id", info.id},
-                       {"user_id", info.user_id},
-                       {"name", info.name},
-                       {"key_prefix", info.key_prefix},
-                       {"key_hash", absl::BytesToHexString(key_hash)},
-                       {"scopes", info.scopes},
-                       {"is_active", info.is_active},
-                       {"created_at_ms", info.created_at_ms},
-                       {"expires_at_ms", info.expires_at_ms},
-                       {"last_used_at_ms", info.last_used_at_ms}};
-  return SerializeJson(record);
-}
-
-ApiKeyInfo AuthStore::SnapshotLocked(const ApiKeyEntry& entry) const {
-  ApiKeyInfo info = entry.info;
-  info.last_used_at_ms = entry.last_used_at_ms.load(std::memory_order_acquire);
-  return info;
-}
-
-// ---- Users and tokens ----------------------------------------------------------
-
-absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_view username,
-                                       absl::string_view password) {
-  if (absl::Status status = ValidateEmail(email); !status.ok()) return status;
-  if (absl::Status status = ValidateUsername(username); !status.ok()) return status;
-  if (absl::Status status = ValidatePassword(password); !status.ok()) return status;
-  const std::string email_key = IdentityKey(email);
-  const std::string username_key = IdentityKey(username);
-  auto taken = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) -> absl::Status {
-    if (user_by_email_.contains(email_key)) {
-      return absl::AlreadyExistsError("email is already registered");
-    }
-    if (user_by_username_.contains(username_key)) {
-      return absl::AlreadyExistsError("username is already taken");
-    }
-    return absl::OkStatus();
-  };
-  // A quick answer for the common duplicate before paying for a hash; the
-  // check that counts is repeated under write_mu_ below.
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    if (absl::Status status = taken(); !status.ok()) return status;
+                       {"users", legacy.users.size()},
+                       {"api_keys", legacy.keys.size()}};
+  absl::StatusOr<engine::WriteResult> written = engine_->Put(moved_key, SerializeJson(record));
+  if (!written.ok()) {
+    // Harmless: the next start sees the import done and writes it then.
+    LogLine(absl::StrCat("noting the accounts' move failed: ", written.status().ToString()));
   }
-  // Hashing happens outside every lock: sign-ups must not queue behind one
-  // another's argon2 work.
-  absl::StatusOr<std::string> hash = HashPassword(password, config_.password_limits);
-  if (!hash.ok()) return hash.status();
-
-  absl::MutexLock write_lock(&write_mu_);
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    if (absl::Status status = taken(); !status.ok()) return status;
-  }
-  UserEntry entry;
-  entry.user.id = next_user_id_++;
-  entry.user.email = std::string(email);
-  entry.user.username = std::string(username);
-  entry.user.is_active = true;
-  entry.user.created_at_ms = NowMs();
-  entry.password_hash = std::move(*hash);
-  // The counter first: if the record write then fails, the id is skipped,
-  // never handed out twice.
-  if (absl::Status status = Write(AuthKey(kNextUserName), absl::StrCat(next_user_id_));
-      !status.ok()) {
-    return status;
-  }
-  if (absl::Status status = Write(IdKey(kUserDir, entry.user.id), UserRecord(entry));
-      !status.ok()) {
-    return status;
-  }
-  User user = entry.user;
-  absl::MutexLock lock(&mu_);
-  user_by_email_.emplace(email_key, user.id);
-  user_by_username_.emplace(username_key, user.id);
-  users_.emplace(user.id, std::move(entry));
-  return user;
+  return absl::OkStatus();
 }
 
 Tokens AuthStore::IssueTokens(const User& user) const {
@@ -647,18 +709,58 @@ Tokens AuthStore::IssueTokens(const User& user) const {
   return tokens;
 }
 
+// ---- Users and tokens ----------------------------------------------------------
+
+absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_view username,
+                                       absl::string_view password) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  if (absl::Status status = ValidateEmail(email); !status.ok()) return status;
+  if (absl::Status status = ValidateUsername(username); !status.ok()) return status;
+  if (absl::Status status = ValidatePassword(password); !status.ok()) return status;
+  control::AccountUser user;
+  user.email = std::string(email);
+  user.username = std::string(username);
+  user.email_key = IdentityKey(email);
+  user.username_key = IdentityKey(username);
+  // A quick answer for the common duplicate before paying for a hash; the
+  // check that counts is the state machine's, in log order.
+  absl::Status taken = state()->Read([&](const control::Accounts& a) {
+    if (a.user_by_email_key.contains(user.email_key)) {
+      return absl::AlreadyExistsError("email is already registered");
+    }
+    if (a.user_by_username_key.contains(user.username_key)) {
+      return absl::AlreadyExistsError("username is already taken");
+    }
+    return absl::OkStatus();
+  });
+  if (!taken.ok()) return taken;
+  // Hashing happens before proposing, off every lock and off Raft's loop.
+  absl::StatusOr<std::string> hash = HashPassword(password, config_.password_limits);
+  if (!hash.ok()) return hash.status();
+  user.password_hash = std::move(*hash);
+  user.created_at_ms = NowMs();
+  absl::StatusOr<uint64_t> id = ProposeAndAwait(
+      control::EncodeSignUp(user),
+      [](const control::Accounts& a, uint64_t id) { return a.users.contains(id); });
+  if (!id.ok()) return id.status();
+  return state()->Read([&](const control::Accounts& a) { return UserOf(*a.FindUser(*id)); });
+}
+
 absl::StatusOr<Tokens> AuthStore::Login(absl::string_view email, absl::string_view password) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
   const absl::Status invalid = absl::UnauthenticatedError("invalid email or password");
   std::optional<User> user;
   std::string hash;
-  if (email.size() <= kMaxEmailBytes && password.size() <= kMaxPasswordBytes) {
-    absl::ReaderMutexLock lock(&mu_);
-    auto id = IsValidUtf8(email) ? user_by_email_.find(IdentityKey(email)) : user_by_email_.end();
-    if (id != user_by_email_.end()) {
-      const UserEntry& entry = users_.at(id->second);
-      user = entry.user;
-      hash = entry.password_hash;
-    }
+  if (email.size() <= kMaxEmailBytes && password.size() <= kMaxPasswordBytes &&
+      IsValidUtf8(email)) {
+    const std::string email_key = IdentityKey(email);
+    state()->Read([&](const control::Accounts& a) {
+      auto id = a.user_by_email_key.find(email_key);
+      if (id == a.user_by_email_key.end()) return;
+      const control::AccountUser& found = a.users.at(id->second);
+      user = UserOf(found);
+      hash = found.password_hash;
+    });
   }
   if (!user.has_value()) {
     // Same work as a real check, same answer.
@@ -671,48 +773,41 @@ absl::StatusOr<Tokens> AuthStore::Login(absl::string_view email, absl::string_vi
 }
 
 absl::StatusOr<Tokens> AuthStore::Refresh(absl::string_view refresh_token) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
   const int64_t now_ms = NowMs();
   absl::StatusOr<JwtClaims> claims =
       VerifyJwt(jwt_secret_, refresh_token, TokenType::kRefresh, now_ms / 1000);
   if (!claims.ok()) return claims.status();
-
-  absl::MutexLock write_lock(&write_mu_);
-  User user;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    if (revoked_jtis_.contains(claims->jti)) {
-      return absl::UnauthenticatedError("refresh token already used or revoked");
-    }
-    auto it = users_.find(claims->user_id);
-    if (it == users_.end() || !it->second.user.is_active) {
+  auto user_of = [&](const control::Accounts& a) -> absl::StatusOr<User> {
+    const control::AccountUser* user = a.FindUser(claims->user_id);
+    if (user == nullptr || !user->is_active) {
       return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
     }
-    user = it->second.user;
-  }
-  // Persisted before new tokens exist, so a crash cannot make the old token
-  // usable again; the engine drops the record once the token would have expired anyway.
-  const int64_t ttl_ms =
-      std::clamp<int64_t>(claims->expires_at_s * 1000 - now_ms, 1, kMaxEngineTtlMs);
-  const Json record = {{"v", kRecordVersion}, {"user_id", user.id}, {"exp", claims->expires_at_s}};
-  if (absl::Status status =
-          Write(absl::StrCat(kAuthPrefix, kRevokedDir, claims->jti), SerializeJson(record), ttl_ms);
-      !status.ok()) {
-    return status;
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    revoked_jtis_.emplace(claims->jti, claims->expires_at_s);
-    if (revoked_jtis_.size() >= revoked_prune_size_) {
-      const int64_t now_s = now_ms / 1000;
-      absl::erase_if(revoked_jtis_, [now_s](const auto& entry) { return entry.second <= now_s; });
-      // Doubling the threshold keeps pruning amortised O(1) per refresh.
-      revoked_prune_size_ = std::max<size_t>(1024, 2 * revoked_jtis_.size());
+    return UserOf(*user);
+  };
+  absl::StatusOr<User> user = state()->Read([&](const control::Accounts& a) -> absl::StatusOr<User> {
+    if (a.revoked_tokens.contains(claims->jti)) {
+      return absl::UnauthenticatedError("refresh token already used or revoked");
     }
+    return user_of(a);
+  });
+  if (!user.ok()) return user.status();
+  // Committed before new tokens exist, and refused for a jti already used on
+  // any node: each refresh token works once in the whole cluster.
+  absl::StatusOr<uint64_t> revoked = ProposeAndAwait(
+      control::EncodeRevokeToken(claims->jti, user->id, claims->expires_at_s, now_ms / 1000),
+      [&](const control::Accounts& a, uint64_t) { return a.revoked_tokens.contains(claims->jti); });
+  if (!revoked.ok()) {
+    if (absl::IsAlreadyExists(revoked.status())) {
+      return absl::UnauthenticatedError("refresh token already used or revoked");
+    }
+    return revoked.status();
   }
-  return IssueTokens(user);
+  return IssueTokens(*user);
 }
 
 absl::StatusOr<User> AuthStore::AuthenticateBearer(absl::string_view authorization) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
   absl::string_view value = absl::StripAsciiWhitespace(authorization);
   constexpr absl::string_view kScheme = "Bearer ";
   // The scheme is case-insensitive (RFC 7235 section 2.1).
@@ -726,17 +821,28 @@ absl::StatusOr<User> AuthStore::AuthenticateBearer(absl::string_view authorizati
   absl::StatusOr<JwtClaims> claims =
       VerifyJwt(jwt_secret_, token, TokenType::kAccess, NowMs() / 1000);
   if (!claims.ok()) return claims.status();
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = users_.find(claims->user_id);
-  if (it == users_.end() || !it->second.user.is_active) {
-    return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
-  }
-  return it->second.user;
+  return state()->Read([&](const control::Accounts& a) -> absl::StatusOr<User> {
+    const control::AccountUser* user = a.FindUser(claims->user_id);
+    if (user == nullptr || !user->is_active) {
+      return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
+    }
+    return UserOf(*user);
+  });
+}
+
+absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  absl::StatusOr<uint64_t> done = ProposeAndAwait(
+      control::EncodeSetUserActive(user_id, active),
+      [user_id, active](const control::Accounts& a, uint64_t) {
+        const control::AccountUser* user = a.FindUser(user_id);
+        return user != nullptr && user->is_active == active;
+      });
+  return done.status();
 }
 
 size_t AuthStore::UserCount() const {
-  absl::ReaderMutexLock lock(&mu_);
-  return users_.size();
+  return state()->Read([](const control::Accounts& a) { return a.users.size(); });
 }
 
 // ---- API keys ------------------------------------------------------------------
@@ -744,6 +850,7 @@ size_t AuthStore::UserCount() const {
 absl::StatusOr<CreatedApiKey> AuthStore::CreateApiKey(uint64_t user_id, absl::string_view name,
                                                       const std::vector<std::string>& scopes,
                                                       int64_t expires_in_days) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
   if (name.empty() || name.size() > kMaxApiKeyNameBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("API key name must be 1 to ", kMaxApiKeyNameBytes, " bytes"));
@@ -757,7 +864,6 @@ absl::StatusOr<CreatedApiKey> AuthStore::CreateApiKey(uint64_t user_id, absl::st
     return absl::InvalidArgumentError(absl::StrCat(
         "expires_in_days must be 0 (never) to ", kMaxApiKeyExpiryDays, ", got ", expires_in_days));
   }
-
   unsigned char random[kApiKeyRandomBytes];
   randombytes_buf(random, sizeof(random));
   CreatedApiKey created;
@@ -766,97 +872,47 @@ absl::StatusOr<CreatedApiKey> AuthStore::CreateApiKey(uint64_t user_id, absl::st
       Base64UrlEncode(absl::string_view(reinterpret_cast<const char*>(random), sizeof(random))));
   sodium_memzero(random, sizeof(random));
   assert(created.key.size() == kApiKeyBytes);
-  auto entry = std::make_unique<ApiKeyEntry>();
-  entry->key_hash = HashApiKey(created.key);
-  ApiKeyInfo& info = entry->info;
-  info.user_id = user_id;
-  info.name = std::string(name);
-  info.key_prefix = created.key.substr(0, kApiKeyPrefixCharacters);
-  info.scopes = std::move(*canonical);
-  info.is_active = true;
-  info.created_at_ms = NowMs();
-  info.expires_at_ms =
-      expires_in_days == 0 ? 0 : info.created_at_ms + expires_in_days * kMillisPerDay;
-
-  absl::MutexLock write_lock(&write_mu_);
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto user = users_.find(user_id);
-    if (user == users_.end() || !user->second.user.is_active) {
-      return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist or is disabled"));
-    }
-    size_t active = 0;
-    if (auto ids = api_keys_by_user_.find(user_id); ids != api_keys_by_user_.end()) {
-      for (uint64_t id : ids->second) {
-        const ApiKeyInfo& other = api_keys_.at(id)->info;
-        if (other.is_active &&
-            (other.expires_at_ms == 0 || other.expires_at_ms > info.created_at_ms)) {
-          ++active;
-        }
-      }
-    }
-    if (active >= kMaxActiveApiKeysPerUser) {
-      return absl::ResourceExhaustedError(absl::StrCat("user ", user_id, " already has ", active,
-                                                       " active API keys; revoke one first"));
-    }
-    // 2^-256 odds, but a collision would let one key stand for another.
-    if (api_key_by_hash_.contains(entry->key_hash)) {
+  control::AccountApiKey key;
+  key.user_id = user_id;
+  key.name = std::string(name);
+  key.key_prefix = created.key.substr(0, kApiKeyPrefixCharacters);
+  key.key_hash = HashApiKey(created.key);
+  key.scopes = ScopeBits(*canonical);
+  key.created_at_ms = NowMs();
+  key.expires_at_ms = expires_in_days == 0 ? 0 : key.created_at_ms + expires_in_days * kMillisPerDay;
+  absl::StatusOr<uint64_t> id = ProposeAndAwait(
+      control::EncodeCreateApiKey(key),
+      [](const control::Accounts& a, uint64_t id) { return a.api_keys.contains(id); });
+  if (!id.ok()) {
+    if (absl::IsAlreadyExists(id.status())) {
       return absl::InternalError("generated an API key that already exists");
     }
+    return id.status();
   }
-  info.id = next_api_key_id_++;
-  if (absl::Status status = Write(AuthKey(kNextApiKeyName), absl::StrCat(next_api_key_id_));
-      !status.ok()) {
-    return status;
-  }
-  if (absl::Status status = Write(IdKey(kApiKeyDir, info.id), ApiKeyRecord(info, entry->key_hash));
-      !status.ok()) {
-    return status;
-  }
-  created.info = info;
-  absl::MutexLock lock(&mu_);
-  InsertApiKeyLocked(std::move(entry));
+  created.info = state()->Read([&](const control::Accounts& a) { return InfoOf(a.api_keys.at(*id)); });
   return created;
 }
 
 std::vector<ApiKeyInfo> AuthStore::ListApiKeys(uint64_t user_id) {
-  std::vector<ApiKeyInfo> keys;
-  absl::ReaderMutexLock lock(&mu_);
-  auto ids = api_keys_by_user_.find(user_id);
-  if (ids == api_keys_by_user_.end()) return keys;
-  keys.reserve(ids->second.size());
-  for (uint64_t id : ids->second) keys.push_back(SnapshotLocked(*api_keys_.at(id)));
-  return keys;
+  return state()->Read([user_id](const control::Accounts& a) {
+    std::vector<ApiKeyInfo> keys;
+    auto ids = a.api_keys_by_user.find(user_id);
+    if (ids == a.api_keys_by_user.end()) return keys;
+    keys.reserve(ids->second.size());
+    for (uint64_t id : ids->second) keys.push_back(InfoOf(a.api_keys.at(id)));
+    return keys;
+  });
 }
 
 absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id) {
-  absl::MutexLock write_lock(&write_mu_);
-  ApiKeyInfo info;
-  std::string key_hash;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = api_keys_.find(key_id);
-    // Someone else's key is "not found" too: ids must not reveal other users' keys.
-    if (it == api_keys_.end() || it->second->info.user_id != user_id) {
-      return absl::NotFoundError(absl::StrCat("API key ", key_id, " not found"));
-    }
-    if (!it->second->info.is_active) return absl::OkStatus();
-    info = SnapshotLocked(*it->second);
-    key_hash = it->second->key_hash;
-  }
-  info.is_active = false;
-  if (absl::Status status = Write(IdKey(kApiKeyDir, key_id), ApiKeyRecord(info, key_hash));
-      !status.ok()) {
-    return status;
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    api_keys_.at(key_id)->info.is_active = false;
-  }
-  // After the key is inactive: a session that sees the new generation finds it so.
-  credentials_generation_.fetch_add(1, std::memory_order_acq_rel);
-  if (config_.on_revoked) config_.on_revoked();
-  return absl::OkStatus();
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  absl::StatusOr<uint64_t> done = ProposeAndAwait(
+      control::EncodeRevokeApiKey(user_id, key_id),
+      [key_id](const control::Accounts& a, uint64_t) {
+        auto it = a.api_keys.find(key_id);
+        return it != a.api_keys.end() && !it->second.is_active;
+      });
+  return done.status();
 }
 
 absl::Status AuthStore::RecheckApiKey(Principal* principal) {
@@ -865,16 +921,18 @@ absl::Status AuthStore::RecheckApiKey(Principal* principal) {
   }
   const uint64_t generation = credentials_generation();
   if (generation == principal->generation) return absl::OkStatus();
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = api_keys_.find(principal->api_key_id);
-  if (it == api_keys_.end()) return absl::UnauthenticatedError("invalid API key");
-  if (!it->second->info.is_active) return absl::UnauthenticatedError("API key revoked");
-  auto user = users_.find(it->second->info.user_id);
-  if (user == users_.end() || !user->second.user.is_active) {
-    return absl::UnauthenticatedError("the API key's user is disabled");
-  }
-  principal->generation = generation;
-  return absl::OkStatus();
+  absl::Status status = state()->Read([principal](const control::Accounts& a) {
+    auto it = a.api_keys.find(principal->api_key_id);
+    if (it == a.api_keys.end()) return absl::UnauthenticatedError("invalid API key");
+    if (!it->second.is_active) return absl::UnauthenticatedError("API key revoked");
+    const control::AccountUser* user = a.FindUser(it->second.user_id);
+    if (user == nullptr || !user->is_active) {
+      return absl::UnauthenticatedError("the API key's user is disabled");
+    }
+    return absl::OkStatus();
+  });
+  if (status.ok()) principal->generation = generation;
+  return status;
 }
 
 absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
@@ -887,86 +945,89 @@ absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
                      key.size(), /*key=*/nullptr, 0);
   const absl::string_view hash_view(reinterpret_cast<const char*>(hash), sizeof(hash));
   const int64_t now_ms = NowMs();
-  bool newly_dirty = false;
   Principal principal;
   // Read before the key is: a revocation after this point changes it, so
   // RecheckApiKey looks again.
   principal.generation = credentials_generation();
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = api_key_by_hash_.find(hash_view);
-    if (it == api_key_by_hash_.end()) return invalid();
-    ApiKeyEntry& entry = *it->second;
+  absl::Status status = state()->Read([&](const control::Accounts& a) -> absl::Status {
+    const control::AccountApiKey* entry = a.FindApiKeyByHash(hash_view);
+    if (entry == nullptr) return invalid();
     // The table lookup already matched, but the comparison the decision rests
     // on is the constant-time one.
-    if (sodium_memcmp(entry.key_hash.data(), hash, sizeof(hash)) != 0) return invalid();
-    if (!entry.info.is_active) return absl::UnauthenticatedError("API key revoked");
-    if (entry.info.expires_at_ms != 0 && now_ms >= entry.info.expires_at_ms) {
+    if (sodium_memcmp(entry->key_hash.data(), hash, sizeof(hash)) != 0) return invalid();
+    if (!entry->is_active) return absl::UnauthenticatedError("API key revoked");
+    if (entry->expires_at_ms != 0 && now_ms >= entry->expires_at_ms) {
       return absl::UnauthenticatedError("API key expired");
     }
-    auto user = users_.find(entry.info.user_id);
-    if (user == users_.end() || !user->second.user.is_active) {
+    const control::AccountUser* user = a.FindUser(entry->user_id);
+    if (user == nullptr || !user->is_active) {
       return absl::UnauthenticatedError("the API key's user is disabled");
     }
-    principal.user_id = entry.info.user_id;
-    principal.api_key_id = entry.info.id;
-    principal.expires_at_ms = entry.info.expires_at_ms;
-    for (const std::string& scope : entry.info.scopes) {
-      if (scope == "read") principal.can_read = true;
-      if (scope == "write") principal.can_write = true;
-    }
+    principal.user_id = entry->user_id;
+    principal.api_key_id = entry->id;
+    principal.expires_at_ms = entry->expires_at_ms;
+    principal.can_read = (entry->scopes & control::kScopeRead) != 0;
+    principal.can_write = (entry->scopes & control::kScopeWrite) != 0;
     // A maximum, so racing readers cannot move the time backwards. The dirty
     // flag is set after the time: a flush that clears it reads this time or a later one.
-    int64_t seen = entry.last_used_at_ms.load(std::memory_order_relaxed);
-    while (seen < now_ms &&
-           !entry.last_used_at_ms.compare_exchange_weak(seen, now_ms, std::memory_order_release,
+    std::atomic<int64_t>& used = entry->local.used_at_ms;
+    int64_t seen = used.load(std::memory_order_relaxed);
+    while (seen < now_ms && !used.compare_exchange_weak(seen, now_ms, std::memory_order_release,
                                                         std::memory_order_relaxed)) {
     }
-    if (seen < now_ms) {
-      newly_dirty = !entry.last_used_dirty.exchange(true, std::memory_order_acq_rel);
-    }
-    if (newly_dirty) {
+    if (seen < now_ms && !entry->local.dirty.exchange(true, std::memory_order_acq_rel)) {
       absl::MutexLock dirty_lock(&dirty_mu_);
-      dirty_api_keys_.push_back(entry.info.id);
+      dirty_api_keys_.push_back(entry->id);
     }
-  }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
   return principal;
 }
 
 absl::StatusOr<size_t> AuthStore::FlushLastUsed() {
-  absl::MutexLock write_lock(&write_mu_);
+  if (!ready_.load(std::memory_order_acquire)) return 0;
+  absl::MutexLock flush_lock(&flush_mu_);
   std::vector<uint64_t> ids;
   {
     absl::MutexLock dirty_lock(&dirty_mu_);
     ids.swap(dirty_api_keys_);
   }
-  std::vector<std::pair<uint64_t, std::string>> records;  // (id, record)
-  records.reserve(ids.size());
-  {
-    absl::ReaderMutexLock lock(&mu_);
+  if (ids.empty()) return 0;
+  std::vector<std::pair<uint64_t, int64_t>> uses;
+  uses.reserve(ids.size());
+  state()->Read([&](const control::Accounts& a) {
     for (uint64_t id : ids) {
-      ApiKeyEntry& entry = *api_keys_.at(id);
+      auto it = a.api_keys.find(id);
+      if (it == a.api_keys.end()) continue;
       // Cleared before the time is read: a use after this point marks the
-      // key again and is written by the next flush.
-      if (!entry.last_used_dirty.exchange(false, std::memory_order_acq_rel)) continue;
-      records.emplace_back(id, ApiKeyRecord(SnapshotLocked(entry), entry.key_hash));
+      // key again and goes with the next flush.
+      if (!it->second.local.dirty.exchange(false, std::memory_order_acq_rel)) continue;
+      uses.emplace_back(id, it->second.local.used_at_ms.load(std::memory_order_acquire));
     }
-  }
-  for (size_t i = 0; i < records.size(); ++i) {
-    absl::Status status = Write(IdKey(kApiKeyDir, records[i].first), records[i].second);
-    if (status.ok()) continue;
-    // Whatever was not written is marked again for the next flush.
-    absl::ReaderMutexLock lock(&mu_);
-    for (size_t k = i; k < records.size(); ++k) {
-      ApiKeyEntry& entry = *api_keys_.at(records[k].first);
-      if (!entry.last_used_dirty.exchange(true, std::memory_order_acq_rel)) {
-        absl::MutexLock dirty_lock(&dirty_mu_);
-        dirty_api_keys_.push_back(records[k].first);
+  });
+  for (size_t begin = 0; begin < uses.size(); begin += kTouchesPerCommand) {
+    const size_t end = std::min(uses.size(), begin + kTouchesPerCommand);
+    std::vector<std::pair<uint64_t, int64_t>> batch(uses.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                    uses.begin() + static_cast<std::ptrdiff_t>(end));
+    absl::StatusOr<uint64_t> done =
+        propose_ ? propose_(control::EncodeTouchApiKeys(batch))
+                        : absl::StatusOr<uint64_t>(absl::UnavailableError("no control plane"));
+    if (done.ok()) continue;
+    // Whatever was not carried is marked again for the next flush.
+    state()->Read([&](const control::Accounts& a) {
+      for (size_t k = begin; k < uses.size(); ++k) {
+        auto it = a.api_keys.find(uses[k].first);
+        if (it == a.api_keys.end()) continue;
+        if (!it->second.local.dirty.exchange(true, std::memory_order_acq_rel)) {
+          absl::MutexLock dirty_lock(&dirty_mu_);
+          dirty_api_keys_.push_back(uses[k].first);
+        }
       }
-    }
-    return status;
+    });
+    return done.status();
   }
-  return records.size();
+  return uses.size();
 }
 
 }  // namespace logkv::server::auth

@@ -207,6 +207,8 @@ class ControlPlane::Impl {
   void Submit(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
   void ProposeLocal(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
 
+  AccountState& accounts() { return state_.accounts(); }
+
  private:
   struct Waiting {
     std::string command;
@@ -826,6 +828,8 @@ absl::Status ControlPlane::Start() {
 void ControlPlane::Stop() { impl_->Stop(); }
 
 std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
+
+AccountState* ControlPlane::accounts() { return &impl_->accounts(); }
 
 ControlStatus ControlPlane::Status() const { return impl_->Status(); }
 

@@ -126,6 +126,9 @@ class ControlPlane {
   // The configuration at the highest epoch applied here; never null once
   // started (epoch 0 before any command).
   std::shared_ptr<const ClusterConfig> config() const;
+  // The cluster's accounts as applied here (account_state.h); valid for the
+  // life of this object, filled as Raft applies.
+  AccountState* accounts();
   // This node as the control plane knows it (raft id, control address).
   const Member& self() const { return self_; }
   ControlStatus Status() const;

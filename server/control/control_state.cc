@@ -193,6 +193,7 @@ std::string EncodeCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBo
   command.add_body_type(type);
   command.add_body(body);
   if (options.if_epoch.has_value()) command.add_if_epoch(*options.if_epoch);
+  if (options.requires_auth_on.has_value()) command.add_requires_auth_on(*options.requires_auth_on);
   builder.Finish(command.Finish(), fb::CommandIdentifier());
   return Finish(builder);
 }
@@ -467,16 +468,57 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
   }
   const fb::Command* cmd = fb::GetCommand(bytes.data());
 
-  absl::MutexLock lock(&mu_);
-  if (cmd->if_epoch().has_value() && *cmd->if_epoch() != config_.epoch) {
-    return absl::AbortedError(absl::StrCat("the command is for epoch ", *cmd->if_epoch(),
-                                           "; the epoch is ", config_.epoch));
+  {
+    absl::MutexLock lock(&mu_);
+    if (cmd->if_epoch().has_value() && *cmd->if_epoch() != config_.epoch) {
+      return absl::AbortedError(absl::StrCat("the command is for epoch ", *cmd->if_epoch(),
+                                             "; the epoch is ", config_.epoch));
+    }
   }
   // The verifier accepts a union whose type is set and whose value is
   // absent (and unknown types, from newer writers): refuse both here.
   if (cmd->body_type() == fb::CommandBody::NONE || cmd->body() == nullptr) {
     return absl::InvalidArgumentError("command has no body");
   }
+  if (cmd->requires_auth_on().has_value()) {
+    const bool on = *cmd->requires_auth_on();
+    const AuthModeCommitted mode =
+        accounts_.Read([](const Accounts& a) { return a.auth_mode; });
+    if (mode != AuthModeCommitted::kUnset && (mode == AuthModeCommitted::kOn) != on) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the cluster runs with accounts ", on ? "off" : "on",
+          " (committed when it was bootstrapped); a node with --auth=", on ? "on" : "off",
+          " cannot join it"));
+    }
+  }
+  // Account commands take the accounts' lock only (their listeners run
+  // without ControlState's lock held); applies come from one thread, so
+  // nothing comes between the check above and them.
+  switch (cmd->body_type()) {
+    case fb::CommandBody::SetAuthMode:
+      return accounts_.Apply(*cmd->body_as_SetAuthMode());
+    case fb::CommandBody::SetJwtSecret:
+      return accounts_.Apply(*cmd->body_as_SetJwtSecret());
+    case fb::CommandBody::SetRateLimit:
+      return accounts_.Apply(*cmd->body_as_SetRateLimit());
+    case fb::CommandBody::SignUp:
+      return accounts_.Apply(*cmd->body_as_SignUp());
+    case fb::CommandBody::IssueApiKey:
+      return accounts_.Apply(*cmd->body_as_IssueApiKey());
+    case fb::CommandBody::RevokeApiKey:
+      return accounts_.Apply(*cmd->body_as_RevokeApiKey());
+    case fb::CommandBody::SetUserActive:
+      return accounts_.Apply(*cmd->body_as_SetUserActive());
+    case fb::CommandBody::RevokeToken:
+      return accounts_.Apply(*cmd->body_as_RevokeToken());
+    case fb::CommandBody::TouchApiKeys:
+      return accounts_.Apply(*cmd->body_as_TouchApiKeys());
+    case fb::CommandBody::ImportAccounts:
+      return accounts_.Apply(*cmd->body_as_ImportAccounts());
+    default:
+      break;
+  }
+  absl::MutexLock lock(&mu_);
   switch (cmd->body_type()) {
     case fb::CommandBody::AddMember:
       return ApplyAddMember(config_, *cmd->body_as_AddMember());
@@ -494,14 +536,16 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
       return ApplyReplaceMember(config_, *cmd->body_as_ReplaceMember());
     case fb::CommandBody::Barrier:
       return config_.epoch;
-    case fb::CommandBody::NONE:
+    default:
       break;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown command type ", static_cast<int>(cmd->body_type())));
 }
 
-std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
+namespace {
+
+std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* accounts) {
   flatbuffers::FlatBufferBuilder builder(256 + 128 * config.members.size());
   std::vector<flatbuffers::Offset<fb::Member>> members;
   members.reserve(config.members.size());
@@ -513,10 +557,28 @@ std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
         member.since_epoch, builder.CreateString(member.control_address)));
   }
   auto vector = builder.CreateVector(members);
+  flatbuffers::Offset<fb::Accounts> accounts_table;
+  if (accounts != nullptr) accounts_table = accounts->Encode(builder);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
-                                     config.replicas, config.vnodes_per_member, vector);
+                                     config.replicas, config.vnodes_per_member, vector,
+                                     accounts_table);
   builder.Finish(snapshot, fb::CommandIdentifier());
   return Finish(builder);
+}
+
+// The snapshot's root, verified, or why not.
+absl::StatusOr<const fb::Snapshot*> VerifiedSnapshot(const AlignedBytes& bytes) {
+  flatbuffers::Verifier verifier(bytes.data(), bytes.size(), VerifierOptions(bytes.size()));
+  if (!verifier.VerifyBuffer<fb::Snapshot>(fb::CommandIdentifier())) {
+    return absl::InvalidArgumentError("malformed snapshot");
+  }
+  return flatbuffers::GetRoot<fb::Snapshot>(bytes.data());
+}
+
+}  // namespace
+
+std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
+  return EncodeSnapshotWith(config, nullptr);
 }
 
 absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view snapshot) {
@@ -599,14 +661,25 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
 
 std::string ControlState::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return EncodeSnapshot(config_);
+  return EncodeSnapshotWith(config_, &accounts_);
 }
 
 absl::Status ControlState::Restore(absl::string_view snapshot) {
   absl::StatusOr<ClusterConfig> config = DecodeSnapshot(snapshot);
   if (!config.ok()) return config.status();
-  absl::MutexLock lock(&mu_);
-  config_ = *std::move(config);
+  AlignedBytes bytes(snapshot);
+  absl::StatusOr<const fb::Snapshot*> root = VerifiedSnapshot(bytes);
+  if (!root.ok()) return root.status();
+  absl::StatusOr<Accounts> accounts = AccountState::Decode((*root)->accounts());
+  if (!accounts.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot: accounts: ", accounts.status().message()));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    config_ = *std::move(config);
+  }
+  accounts_.Replace(*std::move(accounts));
   return absl::OkStatus();
 }
 

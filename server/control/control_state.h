@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/control/account_state.h"
 
 namespace logkv::server::control {
 
@@ -72,9 +73,12 @@ inline constexpr uint32_t kMaxVnodesPerMember = 4096;
 inline constexpr uint32_t kInitialReplicas = 1;
 inline constexpr uint32_t kInitialVnodesPerMember = 150;  // placement's default
 // Bytes a command or a snapshot may have; longer input is refused before it
-// is parsed.
-inline constexpr size_t kMaxCommandBytes = 4096;
-inline constexpr size_t kMaxSnapshotBytes = 4 << 20;
+// is parsed. A command is small but for an import of accounts (split into
+// commands of at most kMaxImportCommandBytes); a snapshot holds the accounts
+// too, whose counts are bounded (account_state.h) so that it stays below.
+inline constexpr size_t kMaxCommandBytes = 1 << 20;
+inline constexpr size_t kMaxImportCommandBytes = 512 << 10;
+inline constexpr size_t kMaxSnapshotBytes = 128 << 20;
 
 // The whole state, as a value.
 struct ClusterConfig {
@@ -93,6 +97,9 @@ struct ClusterConfig {
 // at exactly this epoch.
 struct CommandOptions {
   std::optional<uint64_t> if_epoch;
+  // Apply only if the committed auth mode is unset or this (FailedPrecondition
+  // otherwise): a node joins only a cluster of its own mode.
+  std::optional<bool> requires_auth_on;
 };
 std::string EncodeAddMember(const Member& member, CommandOptions options = {});  // id, addresses, role
 // The member of member.node_id (joining or active) gets member's raft id and
@@ -112,8 +119,10 @@ class ControlState {
   ControlState(const ControlState&) = delete;
   ControlState& operator=(const ControlState&) = delete;
 
-  // Applies one command from the log. Returns the epoch after it, or why it
-  // was refused (the state is then unchanged):
+  // Applies one command from the log. Returns the epoch after it (for an
+  // account command, which never changes the epoch: the user or API key id
+  // it assigned or named, else 0), or why it was refused (the state is then
+  // unchanged):
   //   InvalidArgument     malformed bytes, a field out of its limits
   //   AlreadyExists       a node id, Raft id or address already taken
   //   NotFound            no such member
@@ -121,10 +130,12 @@ class ControlState {
   //                       or N could not be held by the active members
   //   ResourceExhausted   kMaxMembers reached
   //   Aborted             if_epoch given and not the current epoch
+  // (account commands: account_state.h)
   // The result, message included, depends only on the state and the bytes.
   absl::StatusOr<uint64_t> Apply(absl::string_view command);
 
-  // The whole state, encoded; byte-identical on servers in the same state.
+  // The whole state (configuration and accounts), encoded; byte-identical on
+  // servers in the same state.
   std::string Snapshot() const;
   // Replaces the state with a snapshot's. Malformed or inconsistent input is
   // refused (InvalidArgument) and leaves the state as it was.
@@ -132,14 +143,20 @@ class ControlState {
 
   ClusterConfig Current() const;
   uint64_t epoch() const;
+  // The accounts, read in place by AuthStore.
+  AccountState& accounts() { return accounts_; }
+  const AccountState& accounts() const { return accounts_; }
 
-  // Decodes a snapshot without applying it (tools, tests).
+  // Decodes a snapshot's configuration without applying it (tools, tests).
   static absl::StatusOr<ClusterConfig> DecodeSnapshot(absl::string_view snapshot);
+  // The configuration alone (no accounts): `applied`, backups.
   static std::string EncodeSnapshot(const ClusterConfig& config);
 
  private:
   mutable absl::Mutex mu_;
   ClusterConfig config_ ABSL_GUARDED_BY(mu_);
+  // Its own lock; applied on the same thread as the configuration.
+  AccountState accounts_;
 };
 
 }  // namespace logkv::server::control
