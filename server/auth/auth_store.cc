@@ -568,32 +568,50 @@ absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
 }
 
 absl::Status AuthStore::SettleSecret() {
-  std::string proposed = config_.jwt_secret;
-  if (proposed.empty()) {
-    proposed.assign(kGeneratedSecretBytes, '\0');
-    randombytes_buf(proposed.data(), proposed.size());
-  }
-  absl::StatusOr<uint64_t> set = ProposeAndAwait(
-      control::EncodeSetJwtSecret(proposed),
-      [](const control::Accounts& a, uint64_t) { return !a.jwt_secret.empty(); });
-  if (!set.ok() && absl::IsAlreadyExists(set.status())) {
-    if (!config_.jwt_secret.empty()) {
-      return absl::FailedPreconditionError(
-          "the configured JWT secret (--jwt-secret / JWT_SECRET) differs from the cluster's: give "
-          "every node the same secret, or none (the cluster then keeps the one it committed)");
+  const std::string committed = state()->Read([](const control::Accounts& a) { return a.jwt_secret; });
+  const std::string& configured = config_.jwt_secret;
+  if (!configured.empty()) {
+    if (committed != configured) {
+      // A configured secret is put in force on every node: give every node
+      // the same one (a rolling restart with a new one changes it once).
+      if (!committed.empty()) {
+        LogLine("the configured JWT secret replaces the cluster's: tokens signed with the old "
+                "one are no longer accepted on any node");
+      }
+      absl::StatusOr<uint64_t> set =
+          ProposeAndAwait(control::EncodeSetJwtSecret(configured, /*replace=*/true),
+                          [&configured](const control::Accounts& a, uint64_t) {
+                            return a.jwt_secret == configured;
+                          });
+      if (!set.ok()) return set.status();
     }
-    // Another node's random secret came first: that one holds.
-  } else if (!set.ok()) {
-    return set.status();
+    if (configured.size() < kMinRecommendedSecretBytes) {
+      LogLine(absl::StrCat("warning: the JWT secret is ", configured.size(), " bytes; use at least ",
+                           kMinRecommendedSecretBytes,
+                           " random bytes, or leave it unset to have one generated"));
+    }
+    return absl::OkStatus();
   }
-  jwt_secret_ = state()->Read([](const control::Accounts& a) { return a.jwt_secret; });
-  if (jwt_secret_.empty()) return absl::UnavailableError("the cluster's JWT secret is not applied yet");
-  if (jwt_secret_.size() < kMinRecommendedSecretBytes) {
-    LogLine(absl::StrCat("warning: the JWT secret is ", jwt_secret_.size(), " bytes; use at least ",
-                         kMinRecommendedSecretBytes,
-                         " random bytes, or leave it unset to have one generated"));
+  if (!committed.empty()) return absl::OkStatus();
+  // Generated rather than fixed, and committed so that restarts and other
+  // nodes do not log everyone out. Whoever can read a node's control-plane
+  // files can forge tokens with it, but such a reader already has the data.
+  std::string secret(kGeneratedSecretBytes, '\0');
+  randombytes_buf(secret.data(), secret.size());
+  absl::StatusOr<uint64_t> set = ProposeAndAwait(
+      control::EncodeSetJwtSecret(secret, /*replace=*/false),
+      [](const control::Accounts& a, uint64_t) { return !a.jwt_secret.empty(); });
+  if (set.ok()) {
+    LogLine("no JWT secret configured: generated one and committed it to the cluster");
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  // Another node's came first: that one holds.
+  return absl::IsAlreadyExists(set.status()) ? absl::OkStatus() : set.status();
+}
+
+template <typename F>
+auto AuthStore::WithSecret(F&& f) const {
+  return state()->Read([&f](const control::Accounts& a) { return f(a.jwt_secret); });
 }
 
 absl::Status AuthStore::MoveLegacyAccounts() {
@@ -699,11 +717,15 @@ Tokens AuthStore::IssueTokens(const User& user) const {
   claims.expires_at_s = now_s + config_.access_token_ttl_s;
   claims.jti = NewJwtId();
   Tokens tokens;
-  tokens.access_token = SignJwt(jwt_secret_, claims);
-  claims.type = TokenType::kRefresh;
-  claims.expires_at_s = now_s + config_.refresh_token_ttl_s;
-  claims.jti = NewJwtId();
-  tokens.refresh_token = SignJwt(jwt_secret_, claims);
+  JwtClaims refresh = claims;
+  refresh.type = TokenType::kRefresh;
+  refresh.expires_at_s = now_s + config_.refresh_token_ttl_s;
+  refresh.jti = NewJwtId();
+  WithSecret([&](const std::string& secret) {
+    tokens.access_token = SignJwt(secret, claims);
+    tokens.refresh_token = SignJwt(secret, refresh);
+    return 0;
+  });
   tokens.expires_in_seconds = config_.access_token_ttl_s;
   tokens.user = user;
   return tokens;
@@ -775,8 +797,9 @@ absl::StatusOr<Tokens> AuthStore::Login(absl::string_view email, absl::string_vi
 absl::StatusOr<Tokens> AuthStore::Refresh(absl::string_view refresh_token) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   const int64_t now_ms = NowMs();
-  absl::StatusOr<JwtClaims> claims =
-      VerifyJwt(jwt_secret_, refresh_token, TokenType::kRefresh, now_ms / 1000);
+  absl::StatusOr<JwtClaims> claims = WithSecret([&](const std::string& secret) {
+    return VerifyJwt(secret, refresh_token, TokenType::kRefresh, now_ms / 1000);
+  });
   if (!claims.ok()) return claims.status();
   auto user_of = [&](const control::Accounts& a) -> absl::StatusOr<User> {
     const control::AccountUser* user = a.FindUser(claims->user_id);
@@ -818,8 +841,10 @@ absl::StatusOr<User> AuthStore::AuthenticateBearer(absl::string_view authorizati
   }
   const absl::string_view token = absl::StripAsciiWhitespace(value.substr(kScheme.size()));
   if (token.empty()) return absl::UnauthenticatedError("missing bearer token");
-  absl::StatusOr<JwtClaims> claims =
-      VerifyJwt(jwt_secret_, token, TokenType::kAccess, NowMs() / 1000);
+  const int64_t now_s = NowMs() / 1000;
+  absl::StatusOr<JwtClaims> claims = WithSecret([&](const std::string& secret) {
+    return VerifyJwt(secret, token, TokenType::kAccess, now_s);
+  });
   if (!claims.ok()) return claims.status();
   return state()->Read([&](const control::Accounts& a) -> absl::StatusOr<User> {
     const control::AccountUser* user = a.FindUser(claims->user_id);

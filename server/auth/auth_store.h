@@ -93,10 +93,11 @@ struct AuthConfig {
   // This data directory's name in the cluster (the node id), recorded with
   // an import of its legacy accounts.
   std::string import_source = "local";
-  // The HS256 secret. Empty: the cluster's (committed once, by the first
-  // node to load, generated at random). A node configured with a secret
-  // other than the committed one does not load. Secrets shorter than 32
-  // bytes are accepted (the seed's JWT_SECRET) with a warning.
+  // The HS256 secret. Empty: the cluster's (committed by the first node to
+  // load, generated at random). A configured secret other than the
+  // committed one replaces it on every node when this node loads: give
+  // every node the same. Secrets shorter than 32 bytes are accepted (the
+  // seed's JWT_SECRET) with a warning.
   std::string jwt_secret;
   int64_t access_token_ttl_s = 3600;  // the caller honours JWT_EXPIRATION
   int64_t refresh_token_ttl_s = 7 * 24 * 3600;
@@ -256,6 +257,10 @@ class AuthStore {
   [[nodiscard]] absl::Status MoveLegacyAccounts();
   [[nodiscard]] absl::Status SettleSecret();
   Tokens IssueTokens(const User& user) const;
+  // f(the cluster's JWT secret), under the account state's reader lock: a
+  // secret replaced on any node is in force here at once.
+  template <typename F>
+  auto WithSecret(F&& f) const;
 
   // Constant after construction.
   engine::Engine* const engine_;
@@ -267,7 +272,6 @@ class AuthStore {
   std::function<absl::StatusOr<uint64_t>(std::string command)> propose_;  // set before Load
 
   // Written by Load before ready_ turns true: constant afterwards.
-  std::string jwt_secret_;
   std::string dummy_password_hash_;  // verified for unknown emails, to equalise timing
   std::atomic<bool> ready_{false};
 

@@ -215,10 +215,10 @@ std::string EncodeSetAuthMode(bool on) {
   return EncodeBody(b, fb::CommandBody::SetAuthMode, fb::CreateSetAuthMode(b, on));
 }
 
-std::string EncodeSetJwtSecret(absl::string_view secret) {
+std::string EncodeSetJwtSecret(absl::string_view secret, bool replace) {
   flatbuffers::FlatBufferBuilder b(128 + secret.size());
   auto bytes = ByteVector(b, secret);
-  return EncodeBody(b, fb::CommandBody::SetJwtSecret, fb::CreateSetJwtSecret(b, bytes));
+  return EncodeBody(b, fb::CommandBody::SetJwtSecret, fb::CreateSetJwtSecret(b, bytes, replace));
 }
 
 std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset) {
@@ -361,7 +361,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetJwtSecret& cmd) {
     return s;
   }
   absl::MutexLock lock(&mu_);
-  if (accounts_.jwt_secret.empty()) {
+  if (accounts_.jwt_secret.empty() || cmd.replace()) {
     accounts_.jwt_secret = std::string(secret);
   } else if (accounts_.jwt_secret != secret) {
     return absl::AlreadyExistsError("the cluster's JWT secret is already set, to another value");
@@ -504,7 +504,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
     accounts_.revoked_tokens.emplace(std::string(jti),
                                      RevokedTokenEntry{cmd.user_id(), cmd.expires_at_s()});
   }
-  Notify(true, false);
+  // No session rests on a refresh token: nothing to recheck.
   return 0;
 }
 

@@ -161,7 +161,7 @@ struct Accounts {
 
 // The encoders of the account commands (the bytes to hand to Raft).
 std::string EncodeSetAuthMode(bool on);
-std::string EncodeSetJwtSecret(absl::string_view secret);
+std::string EncodeSetJwtSecret(absl::string_view secret, bool replace);
 std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset);
 std::string EncodeSignUp(const AccountUser& user);  // id and is_active ignored
 std::string EncodeCreateApiKey(const AccountApiKey& key);  // id, is_active, last use ignored

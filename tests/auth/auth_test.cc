@@ -28,6 +28,7 @@
 #include "server/auth/password.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
+#include "server/control/control_state.h"
 #include "server/http/account_routes.h"
 #include "server/http/router.h"
 #include "server/http/status_http.h"
@@ -481,6 +482,7 @@ TEST(WorkerPoolTest, ManyTasksOnManyThreads) {
 class AuthStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    state_ = std::make_unique<control::ControlState>();
     ASSERT_OK(OpenEngine());
     ASSERT_OK(OpenStore());
   }
@@ -510,6 +512,12 @@ class AuthStoreTest : public ::testing::Test {
       log_.emplace_back(line);
     };
     config.on_revoked = on_revoked_;
+    // The cluster's state machine, applied at once (one node leading itself).
+    config.accounts = &state_->accounts();
+    config.propose = [this](std::string command) {
+      proposals_.fetch_add(1);
+      return state_->Apply(command);
+    };
     return config;
   }
 
@@ -518,9 +526,13 @@ class AuthStoreTest : public ::testing::Test {
     return store_->Load();
   }
 
-  // Closes the store and the engine cleanly and opens both again.
+  // Closes the store and the engine cleanly and opens both again; the
+  // accounts come back from a snapshot of the control plane's state.
   absl::Status Restart() {
     store_.reset();
+    const std::string snapshot = state_->Snapshot();
+    state_ = std::make_unique<control::ControlState>();
+    if (absl::Status status = state_->Restore(snapshot); !status.ok()) return status;
     if (absl::Status status = engine_->Close(); !status.ok()) return status;
     engine_.reset();
     if (absl::Status status = OpenEngine(); !status.ok()) return status;
@@ -556,6 +568,8 @@ class AuthStoreTest : public ::testing::Test {
   std::function<void()> on_revoked_;
   absl::Mutex log_mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
+  std::atomic<int> proposals_{0};
+  std::unique_ptr<control::ControlState> state_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<AuthStore> store_;  // declared last: destroyed before the engine
 };
@@ -981,10 +995,10 @@ TEST_F(AuthStoreTest, SecretsAreStoredOnlyAsHashes) {
   ASSERT_OK_AND_ASSIGN(size_t flushed, store_->FlushLastUsed());
   EXPECT_EQ(flushed, 1u);
 
-  const std::vector<engine::ScanItem> records = AuthRecords();
-  ASSERT_FALSE(records.empty());
-  std::string everything;
-  for (const engine::ScanItem& item : records) absl::StrAppend(&everything, item.key, item.value);
+  // Everything the cluster keeps of the accounts: the control plane's state
+  // (its snapshot) and whatever is in the engine.
+  std::string everything = state_->Snapshot();
+  for (const engine::ScanItem& item : AuthRecords()) absl::StrAppend(&everything, item.key, item.value);
   EXPECT_FALSE(absl::StrContains(everything, "password123"));
   for (const std::string& key : keys) {
     // Neither the key nor its random part, in any record's key or value...
@@ -993,8 +1007,8 @@ TEST_F(AuthStoreTest, SecretsAreStoredOnlyAsHashes) {
     unsigned char hash[crypto_generichash_BYTES];
     crypto_generichash(hash, sizeof(hash), reinterpret_cast<const unsigned char*>(key.data()),
                        key.size(), nullptr, 0);
-    EXPECT_TRUE(absl::StrContains(everything, absl::BytesToHexString(absl::string_view(
-                                                  reinterpret_cast<char*>(hash), sizeof(hash)))))
+    EXPECT_TRUE(absl::StrContains(
+        everything, absl::string_view(reinterpret_cast<char*>(hash), sizeof(hash))))
         << key;
   }
 }
@@ -1058,18 +1072,18 @@ TEST_F(AuthStoreTest, LastUsedIsWrittenInBatches) {
   const CreatedApiKey second = MustCreateKey(user.id);
   EXPECT_EQ(store_->ListApiKeys(user.id)[0].last_used_at_ms, 0);
 
-  const uint64_t puts_before = engine_->GetStats().puts;
+  const int proposals_before = proposals_.load();
   for (int i = 0; i < 100; ++i) {
     clock_.AdvanceMs(10);
     ASSERT_OK(store_->AuthenticateApiKey(first.key));
   }
-  // Authentication never writes.
-  EXPECT_EQ(engine_->GetStats().puts, puts_before);
-  // In memory at once, on disk at the flush: one write for a hundred uses.
+  // Authentication never writes (proposes nothing to the cluster).
+  EXPECT_EQ(proposals_.load(), proposals_before);
+  // In memory at once, committed at the flush: one command for a hundred uses.
   EXPECT_EQ(store_->ListApiKeys(user.id)[0].last_used_at_ms, clock_.NowUnixMs());
   ASSERT_OK_AND_ASSIGN(size_t flushed, store_->FlushLastUsed());
   EXPECT_EQ(flushed, 1u);
-  EXPECT_EQ(engine_->GetStats().puts, puts_before + 1);
+  EXPECT_EQ(proposals_.load(), proposals_before + 1);
   ASSERT_OK_AND_ASSIGN(flushed, store_->FlushLastUsed());
   EXPECT_EQ(flushed, 0u);
 
@@ -1079,6 +1093,8 @@ TEST_F(AuthStoreTest, LastUsedIsWrittenInBatches) {
   ASSERT_OK(store_->AuthenticateApiKey(second.key));
   ASSERT_OK_AND_ASSIGN(flushed, store_->FlushLastUsed());
   EXPECT_EQ(flushed, 2u);
+  // Two keys, one command.
+  EXPECT_EQ(proposals_.load(), proposals_before + 2);
   const std::vector<ApiKeyInfo> keys = store_->ListApiKeys(user.id);
   EXPECT_EQ(keys[0].last_used_at_ms, clock_.NowUnixMs());
   EXPECT_EQ(keys[1].last_used_at_ms, clock_.NowUnixMs());
@@ -1114,6 +1130,116 @@ TEST_F(AuthStoreTest, ConcurrentAuthenticationAndFlushes) {
     EXPECT_GT(in_memory[i].last_used_at_ms, 0);
     EXPECT_EQ(on_disk[i].last_used_at_ms, in_memory[i].last_used_at_ms) << i;
   }
+}
+
+// A data directory an older version wrote: its accounts are records in the
+// engine. The first Load moves them into the control plane's state (ids,
+// hashes, scopes, revocations, the secret and the counters kept), notes the
+// move, and later Loads do not read the records again.
+TEST_F(AuthStoreTest, LegacyEngineAccountsAreMovedOnce) {
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  ASSERT_OK_AND_ASSIGN(std::string hash, HashPassword("password123", PasswordHashLimits::Minimum()));
+  const std::string secret(32, 'S');
+  const std::string key = "ydht_" + std::string(40, 'k');
+  unsigned char key_hash[crypto_generichash_BYTES];
+  crypto_generichash(key_hash, sizeof(key_hash), reinterpret_cast<const unsigned char*>(key.data()),
+                     key.size(), nullptr, 0);
+  auto put = [&](absl::string_view name, const Json& record) {
+    ASSERT_OK(engine_->Put(absl::StrCat(kAuthPrefix, name), record.dump()));
+  };
+  put("secret", Json{{"v", 1}, {"hs256_key", Base64UrlEncode(secret)}});
+  ASSERT_OK(engine_->Put(absl::StrCat(kAuthPrefix, "next/user"), "8"));
+  ASSERT_OK(engine_->Put(absl::StrCat(kAuthPrefix, "next/apikey"), "12"));
+  put("user/00000000000000000003",
+      Json{{"v", 1}, {"id", 3}, {"email", "old@example.com"}, {"username", "old"},
+           {"password_hash", hash}, {"is_active", true}, {"created_at_ms", kStartMs - 5000}});
+  put("user/00000000000000000005",
+      Json{{"v", 1}, {"id", 5}, {"email", "off@example.com"}, {"username", "off"},
+           {"password_hash", hash}, {"is_active", false}, {"created_at_ms", kStartMs - 4000}});
+  put("apikey/00000000000000000011",
+      Json{{"v", 1}, {"id", 11}, {"user_id", 3}, {"name", "legacy"}, {"key_prefix", key.substr(0, 8)},
+           {"key_hash", absl::BytesToHexString(absl::string_view(
+                            reinterpret_cast<const char*>(key_hash), sizeof(key_hash)))},
+           {"scopes", Json::array({"read"})}, {"is_active", true},
+           {"created_at_ms", kStartMs - 3000}, {"expires_at_ms", 0},
+           {"last_used_at_ms", kStartMs - 1000}});
+  put("revoked/used-jti", Json{{"v", 1}, {"user_id", 3}, {"exp", kStartS + 3600}});
+  ASSERT_OK(OpenStore());
+
+  const control::Accounts moved = state_->accounts().Current();
+  EXPECT_EQ(moved.users.size(), 2u);
+  EXPECT_EQ(moved.next_user_id, 8u);
+  EXPECT_EQ(moved.next_api_key_id, 12u);
+  EXPECT_EQ(moved.jwt_secret, secret);
+  EXPECT_TRUE(moved.import_done);
+  EXPECT_TRUE(moved.revoked_tokens.contains("used-jti"));
+  ASSERT_OK_AND_ASSIGN(Tokens tokens, store_->Login("OLD@example.com", "password123"));
+  EXPECT_EQ(tokens.user.id, 3u);
+  ASSERT_OK_AND_ASSIGN(JwtClaims claims,
+                       VerifyJwt(secret, tokens.access_token, TokenType::kAccess, kStartS));
+  EXPECT_EQ(claims.user_id, 3u);
+  EXPECT_EQ(store_->Login("off@example.com", "password123").status().message(),
+            "account is disabled");
+  ASSERT_OK_AND_ASSIGN(Principal principal, store_->AuthenticateApiKey(key));
+  EXPECT_EQ(principal.user_id, 3u);
+  EXPECT_TRUE(principal.can_read);
+  EXPECT_FALSE(principal.can_write);
+  EXPECT_EQ(store_->ListApiKeys(3)[0].last_used_at_ms, kStartMs);  // just used
+  // Ids continue after the old counters; names stay unique.
+  EXPECT_EQ(MustSignUp("new@example.com", "new").id, 8u);
+  EXPECT_STATUS_CODE(store_->SignUp("old@example.com", "x", "password123"),
+                     absl::StatusCode::kAlreadyExists);
+  ASSERT_OK(engine_->Get(absl::StrCat(kAuthPrefix, "moved")));
+
+  // The records are no longer authoritative: a change to them is not read,
+  // and the move is not made again.
+  const int proposals = proposals_.load();
+  put("user/00000000000000000003",
+      Json{{"v", 1}, {"id", 3}, {"email", "changed@example.com"}, {"username", "old"},
+           {"password_hash", hash}, {"is_active", true}, {"created_at_ms", kStartMs}});
+  ASSERT_OK(Restart());
+  EXPECT_EQ(store_->UserCount(), 3u);
+  EXPECT_OK(store_->Login("old@example.com", "password123"));
+  EXPECT_STATUS_CODE(store_->Login("changed@example.com", "password123"),
+                     absl::StatusCode::kUnauthenticated);
+  EXPECT_LE(proposals_.load() - proposals, 3);  // mode, secret, rate limit: no import
+}
+
+// A cluster that has accounts of its own refuses another directory's.
+TEST_F(AuthStoreTest, LegacyAccountsAreNotMergedIntoAnotherClustersAccounts) {
+  MustSignUp("cluster@example.com", "cluster");
+  store_.reset();
+  ASSERT_OK_AND_ASSIGN(std::string hash, HashPassword("password123", PasswordHashLimits::Minimum()));
+  ASSERT_OK(engine_->Put(
+      absl::StrCat(kAuthPrefix, "user/00000000000000000001"),
+      Json{{"v", 1}, {"id", 1}, {"email", "old@example.com"}, {"username", "old"},
+           {"password_hash", hash}, {"is_active", true}, {"created_at_ms", kStartMs}}
+          .dump()));
+  store_ = std::make_unique<AuthStore>(engine_.get(), Config());
+  absl::Status status = store_->Load();
+  EXPECT_STATUS_CODE(status, absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "cannot be merged")) << status;
+}
+
+TEST_F(AuthStoreTest, DisabledUserIsRefusedEverywhere) {
+  std::atomic<int> revocations{0};
+  on_revoked_ = [&revocations] { revocations.fetch_add(1); };
+  ASSERT_OK(Restart());
+  const User user = MustSignUp("user@example.com", "user");
+  const CreatedApiKey key = MustCreateKey(user.id);
+  ASSERT_OK_AND_ASSIGN(Tokens tokens, store_->Login("user@example.com", "password123"));
+  ASSERT_OK_AND_ASSIGN(Principal principal, store_->AuthenticateApiKey(key.key));
+  ASSERT_OK(store_->SetUserActive(user.id, false));
+  EXPECT_EQ(revocations.load(), 1);
+  EXPECT_STATUS_CODE(store_->RecheckApiKey(&principal), absl::StatusCode::kUnauthenticated);
+  EXPECT_STATUS_CODE(store_->AuthenticateApiKey(key.key), absl::StatusCode::kUnauthenticated);
+  EXPECT_STATUS_CODE(store_->AuthenticateBearer("Bearer " + tokens.access_token),
+                     absl::StatusCode::kUnauthenticated);
+  EXPECT_STATUS_CODE(store_->Refresh(tokens.refresh_token), absl::StatusCode::kUnauthenticated);
+  EXPECT_STATUS_CODE(store_->SetUserActive(99, false), absl::StatusCode::kNotFound);
+  ASSERT_OK(store_->SetUserActive(user.id, true));
+  EXPECT_OK(store_->AuthenticateApiKey(key.key));
 }
 
 TEST(RenderTest, RestShapes) {
