@@ -138,6 +138,24 @@ flatbuffers::Offset<fb::RevokedToken> BuildRevoked(flatbuffers::FlatBufferBuilde
   return fb::CreateRevokedToken(b, b.CreateString(jti), entry.user_id, entry.expires_at_s);
 }
 
+size_t BytesOf(const AccountUser& u) {
+  return kAccountRecordOverheadBytes + u.email.size() + u.username.size() + u.email_key.size() +
+         u.username_key.size() + u.password_hash.size();
+}
+size_t BytesOf(const AccountApiKey& k) {
+  return kAccountRecordOverheadBytes + k.name.size() + k.key_prefix.size() + k.key_hash.size();
+}
+size_t BytesOf(absl::string_view jti) { return kAccountRecordOverheadBytes + jti.size(); }
+
+absl::Status CheckRoom(const Accounts& a, size_t more) {
+  if (a.bytes + more > kMaxAccountBytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the cluster's accounts take the most bytes they may (", kMaxAccountBytes,
+                     "); free some (revoked keys stay) or raise the limit in a new version"));
+  }
+  return absl::OkStatus();
+}
+
 // Adds a user to the state and its indexes. A name another user holds stays
 // that user's (imports of accounts an older version made distinct only by
 // case); everywhere else the caller has refused duplicates.
@@ -145,6 +163,7 @@ void InsertUser(Accounts& a, AccountUser user) {
   a.user_by_email_key.emplace(user.email_key, user.id);
   a.user_by_username_key.emplace(user.username_key, user.id);
   a.next_user_id = std::max(a.next_user_id, user.id + 1);
+  a.bytes += BytesOf(user);
   const uint64_t id = user.id;
   a.users.insert_or_assign(id, std::move(user));
 }
@@ -153,6 +172,7 @@ void InsertKey(Accounts& a, AccountApiKey key) {
   a.api_key_by_hash.emplace(key.key_hash, key.id);
   a.api_keys_by_user[key.user_id].push_back(key.id);
   a.next_api_key_id = std::max(a.next_api_key_id, key.id + 1);
+  a.bytes += BytesOf(key);
   const uint64_t id = key.id;
   a.api_keys.insert_or_assign(id, std::move(key));
 }
@@ -413,6 +433,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SignUp& cmd) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the cluster has the most accounts it may have (", kMaxAccountUsers, ")"));
   }
+  if (absl::Status s = CheckRoom(accounts_, BytesOf(user)); !s.ok()) return s;
   user.id = accounts_.next_user_id;
   const uint64_t id = user.id;
   InsertUser(accounts_, std::move(user));
@@ -448,6 +469,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::IssueApiKey& cmd) {
   if (accounts_.api_key_by_hash.contains(key.key_hash)) {
     return absl::AlreadyExistsError("an API key with this hash already exists");
   }
+  if (absl::Status s = CheckRoom(accounts_, BytesOf(key)); !s.ok()) return s;
   key.id = accounts_.next_api_key_id;
   const uint64_t id = key.id;
   InsertKey(accounts_, std::move(key));
@@ -494,13 +516,21 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
     // Expired entries are dropped by the clock of the command, so that
     // every server drops the same ones.
     const int64_t now_s = cmd.now_s();
-    std::erase_if(accounts_.revoked_tokens,
-                   [now_s](const auto& entry) { return entry.second.expires_at_s <= now_s; });
+    for (auto it = accounts_.revoked_tokens.begin(); it != accounts_.revoked_tokens.end();) {
+      if (it->second.expires_at_s <= now_s) {
+        accounts_.bytes -= BytesOf(it->first);
+        it = accounts_.revoked_tokens.erase(it);
+      } else {
+        ++it;
+      }
+    }
     if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the cluster holds the most used refresh tokens it may (",
                        kMaxRevokedTokens, "); try again later"));
     }
+    if (absl::Status s = CheckRoom(accounts_, BytesOf(jti)); !s.ok()) return s;
+    accounts_.bytes += BytesOf(jti);
     accounts_.revoked_tokens.emplace(std::string(jti),
                                      RevokedTokenEntry{cmd.user_id(), cmd.expires_at_s()});
   }
@@ -553,12 +583,16 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::ImportAccounts& cmd) {
     for (const fb::RevokedToken* in : *cmd.revoked_tokens()) {
       const absl::string_view jti = View(in->jti());
       if (absl::Status s = CheckText("token id", jti, 1, kMaxJtiBytes); !s.ok()) return s;
-      next.revoked_tokens.insert_or_assign(std::string(jti),
-                                           RevokedTokenEntry{in->user_id(), in->expires_at_s()});
+      if (next.revoked_tokens
+              .insert_or_assign(std::string(jti),
+                                RevokedTokenEntry{in->user_id(), in->expires_at_s()})
+              .second) {
+        next.bytes += BytesOf(jti);
+      }
     }
   }
   if (next.users.size() > kMaxAccountUsers || next.api_keys.size() > kMaxAccountApiKeys ||
-      next.revoked_tokens.size() > kMaxRevokedTokens) {
+      next.revoked_tokens.size() > kMaxRevokedTokens || next.bytes > kMaxAccountBytes) {
     return absl::ResourceExhaustedError("the imported accounts exceed the cluster's limits");
   }
   const absl::string_view secret = Bytes(cmd.jwt_secret());
@@ -651,8 +685,10 @@ absl::StatusOr<Accounts> AccountState::Decode(const fb::Accounts* in) {
       }
       a.revoked_tokens.emplace_hint(a.revoked_tokens.end(), std::string(jti),
                                     RevokedTokenEntry{r->user_id(), r->expires_at_s()});
+      a.bytes += BytesOf(jti);
     }
   }
+  if (a.bytes > kMaxAccountBytes) return absl::InvalidArgumentError("the accounts are over their byte limit");
   // The counters only grow past what was handed out.
   if (in->next_user_id() < a.next_user_id || in->next_api_key_id() < a.next_api_key_id) {
     return absl::InvalidArgumentError("the next ids are below ids already handed out");

@@ -59,9 +59,13 @@ struct ImportAccounts;
 }  // namespace fb
 
 // Bounds of the account state, the same on every server (a refusal is as
-// deterministic as an acceptance). With them a snapshot stays well under
-// kMaxSnapshotBytes (control_state.h): a user takes about 300 bytes, a key
-// about 150, a used token about 60.
+// deterministic as an acceptance). Besides the counts, the bytes the
+// accounts take in a snapshot are bounded (kMaxAccountBytes, counted as
+// each record's fields plus kAccountRecordOverheadBytes), so that a snapshot
+// stays under kMaxSnapshotBytes (control_state.h) whatever the fields hold.
+// A typical user takes about 300 bytes, a key about 150, a used token 60.
+inline constexpr size_t kMaxAccountBytes = size_t{96} << 20;
+inline constexpr size_t kAccountRecordOverheadBytes = 64;
 inline constexpr size_t kMaxAccountUsers = 100000;
 inline constexpr size_t kMaxAccountApiKeys = 200000;       // revoked ones included
 inline constexpr size_t kMaxRevokedTokens = 200000;        // until they expire
@@ -151,6 +155,7 @@ struct Accounts {
   std::map<std::string, uint64_t> user_by_username_key;
   absl::flat_hash_map<std::string, uint64_t> api_key_by_hash;
   std::map<uint64_t, std::vector<uint64_t>> api_keys_by_user;
+  size_t bytes = 0;  // what the records take, as kMaxAccountBytes counts
 
   bool operator==(const Accounts&) const = default;
 

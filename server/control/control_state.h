@@ -99,7 +99,7 @@ struct CommandOptions {
   std::optional<uint64_t> if_epoch;
   // Apply only if the committed auth mode is unset or this (FailedPrecondition
   // otherwise): a node joins only a cluster of its own mode.
-  std::optional<bool> requires_auth_on;
+  std::optional<bool> requires_auth_on = std::nullopt;
 };
 std::string EncodeAddMember(const Member& member, CommandOptions options = {});  // id, addresses, role
 // The member of member.node_id (joining or active) gets member's raft id and
