@@ -428,6 +428,8 @@ class Client::Impl {
     uint32_t max_frame_bytes;
     // The cluster's members as the node listed them (node id, address).
     std::vector<std::pair<std::string, std::string>> members;
+    // What the node puts before this session's keys (the tenant's prefix).
+    std::string key_prefix;
   };
 
   absl::StatusOr<Handshake> Dial(size_t node_index);
@@ -452,13 +454,15 @@ class Client::Impl {
   // Held while a frame is sent, so frames never interleave and fd_ is not
   // closed under a sender.
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  void SetMembers(std::vector<std::pair<std::string, std::string>> members)
-      ABSL_LOCKS_EXCLUDED(route_mu_);
+  void SetMembers(std::vector<std::pair<std::string, std::string>> members,
+                  std::string key_prefix) ABSL_LOCKS_EXCLUDED(route_mu_);
 
   // Routing state (see RouteFor). Lock order: route_mu_ before an owner
   // Impl's own locks; never taken under mu_.
   mutable absl::Mutex route_mu_;
   std::unique_ptr<const placement::Ring> ring_ ABSL_GUARDED_BY(route_mu_);
+  // Keys are routed as the servers place them: placement::PlacementKey.
+  std::string key_prefix_ ABSL_GUARDED_BY(route_mu_);
   absl::flat_hash_map<std::string, std::string> member_address_ ABSL_GUARDED_BY(route_mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Impl>> owners_ ABSL_GUARDED_BY(route_mu_);
   bool is_owner_connection_ = false;  // constant: an Impl made by RouteFor does not route
@@ -533,7 +537,11 @@ absl::StatusOr<Client::Impl::Handshake> Client::Impl::SayHello(int fd,
             absl::StrCat("node speaks protocol version ", result->protocol_version(),
                          ", this client speaks ", p::kProtocolVersion));
       }
-      Handshake handshake{fd, std::move(tls), std::move(decoder), result->max_frame_bytes(), {}};
+      Handshake handshake{fd, std::move(tls), std::move(decoder), result->max_frame_bytes(), {}, {}};
+      if (result->key_prefix() != nullptr) {
+        handshake.key_prefix.assign(reinterpret_cast<const char*>(result->key_prefix()->data()),
+                                    result->key_prefix()->size());
+      }
       if (result->members() != nullptr) {
         for (const p::MemberInfo* member : *result->members()) {
           if (member->node_id() == nullptr || member->address() == nullptr) continue;
@@ -658,7 +666,7 @@ absl::Status Client::Impl::EnsureConnected() {
       node_index_ = index;
       server_max_frame_bytes_ = handshake->max_frame_bytes;
       handover_decoder_ = std::move(handshake->decoder);
-      SetMembers(std::move(handshake->members));
+      SetMembers(std::move(handshake->members), std::move(handshake->key_prefix));
       return absl::OkStatus();
     }
     const absl::Status& status = handshake.status();
@@ -992,9 +1000,11 @@ void Client::Impl::Teardown(int fd, const absl::Status& reason, const std::strin
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
-void Client::Impl::SetMembers(std::vector<std::pair<std::string, std::string>> members) {
+void Client::Impl::SetMembers(std::vector<std::pair<std::string, std::string>> members,
+                              std::string key_prefix) {
   if (is_owner_connection_) return;
   absl::MutexLock lock(&route_mu_);
+  key_prefix_ = std::move(key_prefix);
   if (members.size() < 2 || !options_.route_to_owners) {
     ring_.reset();
     return;
@@ -1013,7 +1023,8 @@ Client::Impl* Client::Impl::RouteFor(absl::string_view key) {
   {
     absl::MutexLock lock(&route_mu_);
     if (ring_ == nullptr) return this;
-    const std::vector<std::string> owners = ring_->PreferenceList(key, 1);
+    const std::vector<std::string> owners =
+        ring_->PreferenceList(placement::PlacementKey(key_prefix_, key), 1);
     if (owners.empty()) return this;
     auto it = member_address_.find(owners.front());
     if (it == member_address_.end()) return this;

@@ -9,6 +9,26 @@
 
 namespace logkv::placement {
 
+std::string PlacementKey(absl::string_view tenant_prefix, absl::string_view key) {
+  std::string out;
+  AppendPlacementKey(tenant_prefix, key, &out);
+  return out;
+}
+
+void AppendPlacementKey(absl::string_view tenant_prefix, absl::string_view key, std::string* out) {
+  out->reserve(out->size() + tenant_prefix.size() + key.size());
+  out->append(tenant_prefix.data(), tenant_prefix.size());
+  out->append(key.data(), key.size());
+}
+
+std::string TenantPrefix(uint64_t user_id) {
+  std::string prefix("\0t", 2);
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    prefix.push_back(static_cast<char>((user_id >> shift) & 0xff));
+  }
+  return prefix;
+}
+
 Ring::Ring(std::vector<std::string> members, int virtual_nodes) : members_(std::move(members)) {
   assert(virtual_nodes > 0);
   std::sort(members_.begin(), members_.end());

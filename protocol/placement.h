@@ -19,6 +19,17 @@ namespace logkv::placement {
 
 inline constexpr int kVirtualNodesPerMember = 150;
 
+// The key a key is placed by: the key as the servers store it, which with
+// accounts on is the tenant's prefix followed by the client's key. Servers
+// place with it (the coordinator's owners) and clients route with it, so
+// both pick the same owners. tenant_prefix: TenantPrefix(user id), or empty
+// (accounts off); a client learns its own from the answer to Hello.
+std::string PlacementKey(absl::string_view tenant_prefix, absl::string_view key);
+void AppendPlacementKey(absl::string_view tenant_prefix, absl::string_view key, std::string* out);
+// "\0t" and the user id, 8 bytes big-endian (server/namespaces.h's tenant
+// namespace).
+std::string TenantPrefix(uint64_t user_id);
+
 class Ring {
  public:
   // members: node ids (order does not matter; duplicates are ignored).

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "protocol/placement.h"
 #include "server/core/coordinator.h"
 #include "server/log.h"
 #include "server/namespaces.h"
@@ -130,8 +131,10 @@ absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl:
                                             std::string* scratch) {
   if (IsReservedKey(key)) return ReservedKeyError();
   if (context.key_prefix.empty()) return key;
-  scratch->assign(context.key_prefix);
-  scratch->append(key.data(), key.size());
+  // The engine key is the placement key: the coordinator places it, and
+  // clients route by the same function.
+  scratch->clear();
+  placement::AppendPlacementKey(context.key_prefix, key, scratch);
   return absl::string_view(*scratch);
 }
 
@@ -344,12 +347,17 @@ Service::Outcome Service::HandleOperation(const RequestContext& context, const p
       auto node = b->CreateString(NodeId());
       auto server_version =
           config_.server_version.empty() ? 0 : b->CreateString(config_.server_version);
+      auto key_prefix =
+          context.key_prefix.empty()
+              ? 0
+              : b->CreateVector(reinterpret_cast<const uint8_t*>(context.key_prefix.data()),
+                                context.key_prefix.size());
       auto hello = p::CreateHelloResult(*b, p::kProtocolVersion, node, engine_->ShardCount(),
                                         config_.limits.max_frame_bytes,
                                         config_.limits.max_key_bytes,
                                         config_.limits.max_value_bytes,
                                         config_.limits.max_batch_items, member_vector,
-                                        server_version);
+                                        server_version, key_prefix);
       p::FinishResponse(b, id, p::Result::HelloResult, hello.Union());
       return Outcome::kAnswered;
     }

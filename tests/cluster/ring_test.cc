@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "protocol/placement.h"
+#include "server/namespaces.h"
 
 namespace logkv::server::cluster {
 namespace {
@@ -36,6 +38,18 @@ void ExpectBalanced(int members) {
 }
 
 TEST(RingTest, BalancedWithThreeMembers) { ExpectBalanced(3); }
+
+// With accounts on, a key is placed (and routed by clients) as the engine
+// key: the tenant's prefix, then the client's key.
+TEST(RingTest, ThePlacementKeyIsTheTenantPrefixedEngineKey) {
+  for (uint64_t user : {uint64_t{1}, uint64_t{258}, ~uint64_t{0}}) {
+    EXPECT_EQ(placement::TenantPrefix(user), TenantPrefix(user));
+    EXPECT_EQ(placement::PlacementKey(TenantPrefix(user), "user:123"),
+              TenantPrefix(user) + "user:123");
+  }
+  EXPECT_EQ(placement::PlacementKey("", "user:123"), "user:123");
+  EXPECT_EQ(placement::TenantPrefix(258), std::string("\0t\0\0\0\0\0\0\x01\x02", 10));
+}
 TEST(RingTest, BalancedWithFiveMembers) { ExpectBalanced(5); }
 
 TEST(RingTest, AddingAMemberMovesAboutItsShare) {
