@@ -763,8 +763,9 @@ absl::Status Node::StartEngine() {
     if (control == nullptr) {
       return absl::UnavailableError("the control plane is not running yet");
     }
-    return backup::ExtraFile{"control/configuration-at-backup",
-                             control::ControlState::EncodeSnapshot(*control->config())};
+    // With the accounts: a node restored from it with no cluster to join
+    // takes them back (AuthStore's restored_state_file).
+    return backup::ExtraFile{"control/configuration-at-backup", control->StateSnapshot()};
   };
   backup_manager_ = std::make_unique<backup::BackupManager>(engine_ptr, std::move(backup_options));
   // Backups in the Prometheus output, to alert on failures or on a last
@@ -816,6 +817,9 @@ absl::Status Node::StartAuth() {
   };
   // The accounts live in the control plane, which starts later
   // (LoadAccounts); the store answers Unavailable until then.
+  config.import_source = ConfiguredNodeId(options_);
+  config.restored_state_file =
+      (std::filesystem::path(data_dir_) / "control" / "configuration-at-backup").string();
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
   // The limiter exists even when --rate-limit is 0 (then it admits
   // everything without a lock), so a reload can turn it on (SetRateLimit).

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cassert>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <utility>
 
@@ -23,6 +25,7 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "server/auth/jwt.h"
+#include "server/control/control_state.h"
 #include "server/http/json_body.h"
 #include "server/namespaces.h"
 
@@ -552,6 +555,7 @@ absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
       });
   if (!mode.ok()) return mode.status();
   if (absl::Status status = MoveLegacyAccounts(); !status.ok()) return status;
+  if (absl::Status status = ImportRestoredAccounts(); !status.ok()) return status;
   if (absl::Status status = SettleSecret(); !status.ok()) return status;
   absl::StatusOr<uint64_t> limit = ProposeAndAwait(
       control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/true),
@@ -661,36 +665,14 @@ absl::Status AuthStore::MoveLegacyAccounts() {
             "start it alone to keep its accounts"));
       }
     } else {
-      // In a few commands: users, then keys (which name users), then used
-      // tokens; the last carries the secret and the counters.
-      const size_t chunks = std::max<size_t>(
-          {1, (legacy.users.size() + kImportUsersPerCommand - 1) / kImportUsersPerCommand,
-           (legacy.keys.size() + kImportKeysPerCommand - 1) / kImportKeysPerCommand,
-           (legacy.revoked.size() + kImportTokensPerCommand - 1) / kImportTokensPerCommand});
-      for (size_t i = 0; i < chunks; ++i) {
-        auto slice = [i](const auto& all, size_t per) {
-          const size_t begin = std::min(all.size(), i * per);
-          const size_t end = std::min(all.size(), begin + per);
-          return std::vector<typename std::decay_t<decltype(all)>::value_type>(
-              all.begin() + static_cast<std::ptrdiff_t>(begin),
-              all.begin() + static_cast<std::ptrdiff_t>(end));
-        };
-        const bool last = i + 1 == chunks;
-        std::string command = control::EncodeImportAccounts(
-            config_.import_source, slice(legacy.users, kImportUsersPerCommand),
-            slice(legacy.keys, kImportKeysPerCommand),
-            slice(legacy.revoked, kImportTokensPerCommand), last ? legacy.secret : "",
-            last ? legacy.next_user_id : 0, last ? legacy.next_api_key_id : 0, last);
-        absl::StatusOr<uint64_t> imported = ProposeAndAwait(
-            std::move(command), [last, this](const control::Accounts& a, uint64_t) {
-              return a.import_source == config_.import_source && (!last || a.import_done);
-            });
-        if (!imported.ok()) {
-          return absl::Status(imported.status().code(),
-                              absl::StrCat("moving this node's accounts into the cluster's "
-                                           "control plane: ",
-                                           imported.status().message()));
-        }
+      if (absl::Status status =
+              ImportInCommands(config_.import_source, legacy.users, legacy.keys, legacy.revoked,
+                               legacy.secret, legacy.next_user_id, legacy.next_api_key_id);
+          !status.ok()) {
+        return absl::Status(status.code(),
+                            absl::StrCat("moving this node's accounts into the cluster's control "
+                                         "plane: ",
+                                         status.message()));
       }
       LogLine(absl::StrCat("moved ", legacy.users.size(), " account(s) and ", legacy.keys.size(),
                            " API key(s) from this node's engine into the cluster's control "
@@ -705,6 +687,74 @@ absl::Status AuthStore::MoveLegacyAccounts() {
     // Harmless: the next start sees the import done and writes it then.
     LogLine(absl::StrCat("noting the accounts' move failed: ", written.status().ToString()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status AuthStore::ImportInCommands(
+    const std::string& source, const std::vector<control::AccountUser>& users,
+    const std::vector<control::AccountApiKey>& keys,
+    const std::vector<std::pair<std::string, control::RevokedTokenEntry>>& revoked,
+    const std::string& secret, uint64_t next_user_id, uint64_t next_api_key_id) {
+  // In a few commands: users, then keys (which name users), then used
+  // tokens; the last carries the secret and the counters.
+  const size_t chunks = std::max<size_t>(
+      {1, (users.size() + kImportUsersPerCommand - 1) / kImportUsersPerCommand,
+       (keys.size() + kImportKeysPerCommand - 1) / kImportKeysPerCommand,
+       (revoked.size() + kImportTokensPerCommand - 1) / kImportTokensPerCommand});
+  for (size_t i = 0; i < chunks; ++i) {
+    auto slice = [i](const auto& all, size_t per) {
+      const size_t begin = std::min(all.size(), i * per);
+      const size_t end = std::min(all.size(), begin + per);
+      return std::vector<typename std::decay_t<decltype(all)>::value_type>(
+          all.begin() + static_cast<std::ptrdiff_t>(begin),
+          all.begin() + static_cast<std::ptrdiff_t>(end));
+    };
+    const bool last = i + 1 == chunks;
+    std::string command = control::EncodeImportAccounts(
+        source, slice(users, kImportUsersPerCommand), slice(keys, kImportKeysPerCommand),
+        slice(revoked, kImportTokensPerCommand), last ? secret : "", last ? next_user_id : 0,
+        last ? next_api_key_id : 0, last);
+    absl::StatusOr<uint64_t> imported = ProposeAndAwait(
+        std::move(command), [last, &source](const control::Accounts& a, uint64_t) {
+          return a.import_source == source && (!last || a.import_done);
+        });
+    if (!imported.ok()) return imported.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AuthStore::ImportRestoredAccounts() {
+  if (config_.restored_state_file.empty()) return absl::OkStatus();
+  std::ifstream in(config_.restored_state_file, std::ios::binary);
+  if (!in) return absl::OkStatus();  // not a restored data directory
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!state()->Read([](const control::Accounts& a) { return a.empty(); })) {
+    return absl::OkStatus();  // the cluster has accounts: they are the ones
+  }
+  control::ControlState restored;
+  if (absl::Status status = restored.Restore(bytes); !status.ok()) {
+    return absl::DataLossError(absl::StrCat("the control-plane state restored from a backup (",
+                                            config_.restored_state_file,
+                                            ") does not decode: ", status.message()));
+  }
+  const control::Accounts accounts = restored.accounts().Current();
+  if (accounts.empty()) return absl::OkStatus();
+  std::vector<control::AccountUser> users;
+  for (const auto& [id, user] : accounts.users) users.push_back(user);
+  std::vector<control::AccountApiKey> keys;
+  for (const auto& [id, key] : accounts.api_keys) keys.push_back(key);
+  std::vector<std::pair<std::string, control::RevokedTokenEntry>> revoked(
+      accounts.revoked_tokens.begin(), accounts.revoked_tokens.end());
+  if (absl::Status status =
+          ImportInCommands("backup", users, keys, revoked,
+                           config_.jwt_secret.empty() ? accounts.jwt_secret : "",
+                           accounts.next_user_id, accounts.next_api_key_id);
+      !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("taking back the accounts of a backup: ",
+                                                    status.message()));
+  }
+  LogLine(absl::StrCat("took back ", users.size(), " account(s) and ", keys.size(),
+                       " API key(s) from the restored backup's control-plane state"));
   return absl::OkStatus();
 }
 

@@ -93,6 +93,9 @@ struct AuthConfig {
   // This data directory's name in the cluster (the node id), recorded with
   // an import of its legacy accounts.
   std::string import_source = "local";
+  // A control-plane state restored from a backup (its accounts are taken
+  // back when the cluster has none); "" or a missing file: none.
+  std::string restored_state_file;
   // The HS256 secret. Empty: the cluster's (committed by the first node to
   // load, generated at random). A configured secret other than the
   // committed one replaces it on every node when this node loads: give
@@ -255,6 +258,14 @@ class AuthStore {
   absl::StatusOr<uint64_t> ProposeAndAwait(std::string command,
                                            const std::function<bool(const control::Accounts&, uint64_t)>& done);
   [[nodiscard]] absl::Status MoveLegacyAccounts();
+  [[nodiscard]] absl::Status ImportRestoredAccounts();
+  // Proposes accounts as ImportAccounts commands of a bounded size.
+  [[nodiscard]] absl::Status ImportInCommands(const std::string& source,
+                                              const std::vector<control::AccountUser>& users,
+                                              const std::vector<control::AccountApiKey>& keys,
+                                              const std::vector<std::pair<std::string, control::RevokedTokenEntry>>& revoked,
+                                              const std::string& secret, uint64_t next_user_id,
+                                              uint64_t next_api_key_id);
   [[nodiscard]] absl::Status SettleSecret();
   Tokens IssueTokens(const User& user) const;
   // f(the cluster's JWT secret), under the account state's reader lock: a

@@ -129,6 +129,9 @@ class ControlPlane {
   // The cluster's accounts as applied here (account_state.h); valid for the
   // life of this object, filled as Raft applies.
   AccountState* accounts();
+  // The whole state as applied here (configuration and accounts), in the
+  // snapshot encoding: what a backup keeps.
+  std::string StateSnapshot();
   // This node as the control plane knows it (raft id, control address).
   const Member& self() const { return self_; }
   ControlStatus Status() const;

@@ -5,6 +5,8 @@
 #include <sodium.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <cstdint>
 #include <future>
 #include <memory>
@@ -514,6 +516,7 @@ class AuthStoreTest : public ::testing::Test {
     config.on_revoked = on_revoked_;
     // The cluster's state machine, applied at once (one node leading itself).
     config.accounts = &state_->accounts();
+    config.restored_state_file = restored_state_file_;
     config.propose = [this](std::string command) {
       proposals_.fetch_add(1);
       return state_->Apply(command);
@@ -569,6 +572,7 @@ class AuthStoreTest : public ::testing::Test {
   absl::Mutex log_mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
   std::atomic<int> proposals_{0};
+  std::string restored_state_file_;
   std::unique_ptr<control::ControlState> state_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<AuthStore> store_;  // declared last: destroyed before the engine
@@ -1240,6 +1244,31 @@ TEST_F(AuthStoreTest, DisabledUserIsRefusedEverywhere) {
   EXPECT_STATUS_CODE(store_->SetUserActive(99, false), absl::StatusCode::kNotFound);
   ASSERT_OK(store_->SetUserActive(user.id, true));
   EXPECT_OK(store_->AuthenticateApiKey(key.key));
+}
+
+// A data directory restored from a backup holds the control-plane state of
+// the backup's time; a node that starts a new cluster from it takes the
+// accounts back (ids kept, so each tenant finds its data).
+TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
+  const User alice = MustSignUp("alice@example.com", "alice");
+  const CreatedApiKey key = MustCreateKey(alice.id);
+  std::filesystem::create_directories(dir_.Subdir("restored"));
+  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << state_->Snapshot();
+  }
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();  // a new cluster
+  restored_state_file_ = path;
+  ASSERT_OK(OpenStore());
+  ASSERT_OK_AND_ASSIGN(Principal principal, store_->AuthenticateApiKey(key.key));
+  EXPECT_EQ(principal.user_id, alice.id);
+  EXPECT_OK(store_->Login("alice@example.com", "password123"));
+  EXPECT_EQ(MustSignUp("bob@example.com", "bob").id, alice.id + 1);
+  // Once the cluster has accounts, the file is not read again.
+  ASSERT_OK(Restart());
+  EXPECT_EQ(store_->UserCount(), 2u);
 }
 
 TEST(RenderTest, RestShapes) {
