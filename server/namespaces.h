@@ -2,7 +2,9 @@
 // with byte 0x00 is reserved for the server itself: clients of every protocol
 // are refused such keys, so nothing they send can reach these namespaces.
 //
-//   "\0auth/..."               accounts, API keys and counters (server/auth)
+//   "\0auth/..."               accounts as an older version kept them, per node;
+//                              read once to move them into the control plane
+//                              (server/auth/auth_store.h), then a marker
 //   "\0t" + 8-byte user id     a tenant's keys when --auth=on: the client's key
 //                              follows the big-endian user id
 //   "\0hint/" + node id + "/"  hinted handoff: writes waiting for an unreachable
@@ -35,8 +37,8 @@ inline bool IsReservedKey(absl::string_view key) {
 }
 
 // Keys that belong to this node alone and never replicate: hints (addressed
-// to one owner), its view of the cluster and, for now, accounts (each node
-// keeps its own).
+// to one owner), its view of the cluster and the legacy account records
+// (the accounts themselves are the control plane's).
 inline bool IsNodeLocalKey(absl::string_view key) {
   return key.substr(0, kAuthPrefix.size()) == kAuthPrefix ||
          key.substr(0, kHintPrefix.size()) == kHintPrefix ||

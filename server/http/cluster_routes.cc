@@ -590,11 +590,13 @@ void ClusterRoutes::Join(HttpRequest& request, Responder responder, bool json_bo
     return responder.Send(std::move(refusal));
   }
   if (deps_.auth.on()) {
-    // Accounts are per node: a cluster of nodes with --auth=on would give
-    // two users the same namespace (docs/cluster.md).
+    // A running node with accounts already belongs to a cluster with its
+    // own accounts (its control plane), which cannot be merged into another
+    // cluster's (docs/control-plane.md, "Accounts").
     return responder.Send(HttpResponse::Error(
-        409, "joining a cluster with --auth=on is not supported yet: accounts are not "
-             "replicated"));
+        409, "a running node with --auth=on cannot be asked to join another cluster: its "
+             "cluster's accounts cannot be merged into another's; start it on a new data "
+             "directory with --seeds instead"));
   }
   if (deps_.cluster == nullptr || deps_.cluster->membership() == nullptr) {
     return responder.Send(

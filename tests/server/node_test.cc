@@ -284,12 +284,6 @@ TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
       {"seed", [](NodeOptions* o) { o->seeds = {"127.0.0.1:0"}; },
        absl::StatusCode::kInvalidArgument,
        "--seeds: '127.0.0.1:0' is not host:port (the binary-protocol address)"},
-      {"auth with seeds",
-       [](NodeOptions* o) {
-         o->auth = AuthMode::kOn;
-         o->seeds = {"127.0.0.1:7071"};
-       },
-       absl::StatusCode::kFailedPrecondition, "--auth=on with --seeds is not supported yet"},
       {"advertise", [](NodeOptions* o) { o->advertise = "nowhere"; },
        absl::StatusCode::kInvalidArgument, "--advertise: 'nowhere' is not host:port"},
       {"key size", [](NodeOptions* o) { o->max_key_bytes = 0; },
