@@ -913,6 +913,7 @@ absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active) {
         const control::AccountUser* user = a.FindUser(user_id);
         return user != nullptr && user->is_active == active;
       });
+  if (done.ok() && !active) SpreadCommit();
   return done.status();
 }
 
@@ -987,7 +988,17 @@ absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id) {
         auto it = a.api_keys.find(key_id);
         return it != a.api_keys.end() && !it->second.is_active;
       });
+  if (done.ok()) SpreadCommit();
   return done.status();
+}
+
+void AuthStore::SpreadCommit() {
+  // Followers learn that an entry is committed from the leader's next
+  // message, a heartbeat (100 ms) when nothing else is proposed. An empty
+  // command right behind a revocation carries its commit to every node at
+  // once (in about a round trip), so it takes effect there sooner. Its own
+  // answer does not matter.
+  if (propose_) (void)propose_(control::EncodeTouchApiKeys({}));
 }
 
 absl::Status AuthStore::RecheckApiKey(Principal* principal) {

@@ -257,6 +257,7 @@ class AuthStore {
   // Proposes a command and waits until this node has applied it (done).
   absl::StatusOr<uint64_t> ProposeAndAwait(std::string command,
                                            const std::function<bool(const control::Accounts&, uint64_t)>& done);
+  void SpreadCommit();
   [[nodiscard]] absl::Status MoveLegacyAccounts();
   [[nodiscard]] absl::Status ImportRestoredAccounts();
   // Proposes accounts as ImportAccounts commands of a bounded size.
