@@ -558,7 +558,9 @@ absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
   if (absl::Status status = ImportRestoredAccounts(); !status.ok()) return status;
   if (absl::Status status = SettleSecret(); !status.ok()) return status;
   absl::StatusOr<uint64_t> limit = ProposeAndAwait(
-      control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/true),
+      // The node's flags, as a reload commits them: with the same flags on
+      // every node (as they should be) a start changes nothing.
+      control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/false),
       [](const control::Accounts& a, uint64_t) { return a.rate_limit_set; });
   if (!limit.ok()) return limit.status();
   if (config_.on_rate_limit) {

@@ -185,8 +185,9 @@ class AuthStore {
   // the auth mode "on" (FailedPrecondition when the cluster committed "off"),
   // the legacy accounts of this node's engine (once; DataLoss names a record
   // that does not parse; FailedPrecondition when the cluster already has
-  // accounts of its own), the JWT secret, and the rate limit given
-  // (only_if_unset). Needs a leader: call it once the control plane runs.
+  // accounts of its own), the JWT secret, and the rate limit given (the
+  // node's flags, committed for the cluster). Needs a leader: call it once
+  // the control plane runs.
   [[nodiscard]] absl::Status Load(int64_t requests_per_minute = 0, int64_t burst = 0);
 
   // InvalidArgument for a malformed email, a username outside 1..64
