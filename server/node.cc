@@ -843,8 +843,12 @@ absl::Status Node::LoadAccounts() {
   const bool auth_on = options_.auth == AuthMode::kOn;
   if (!auth_on) {
     // The first node commits "off", so that no node with accounts joins;
-    // a node with accounts off restarted into a cluster with them stops.
-    if (control->accounts()->Read([](const control::Accounts& a) {
+    // a node with accounts off restarted into a cluster with them stops (a
+    // lone node may switch: it commits "off" below).
+    const std::shared_ptr<const control::ClusterConfig> config = control->config();
+    const size_t live = config->members.size() -
+                        config->CountInState(control::MemberState::kRemoved);
+    if (live > 1 && control->accounts()->Read([](const control::Accounts& a) {
           return a.auth_mode == control::AuthModeCommitted::kOn;
         })) {
       return absl::FailedPreconditionError(

@@ -359,10 +359,10 @@ void AccountState::Notify(bool revoked, bool rate_limit) {
   }
 }
 
-absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetAuthMode& cmd) {
+absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetAuthMode& cmd, bool may_switch) {
   const AuthModeCommitted mode = cmd.on() ? AuthModeCommitted::kOn : AuthModeCommitted::kOff;
   absl::MutexLock lock(&mu_);
-  if (accounts_.auth_mode == AuthModeCommitted::kUnset) {
+  if (accounts_.auth_mode == AuthModeCommitted::kUnset || may_switch) {
     accounts_.auth_mode = mode;
   } else if (accounts_.auth_mode != mode) {
     return absl::FailedPreconditionError(

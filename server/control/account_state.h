@@ -221,7 +221,9 @@ class AccountState {
   // ---- For ControlState ----
   // Each applies one command, or refuses it leaving the state as it was. The
   // value is the id assigned or named (user or key), 0 when none.
-  absl::StatusOr<uint64_t> Apply(const fb::SetAuthMode& cmd);
+  // may_switch: the cluster is a single member (or none), which may change
+  // its mode (a lone node restarted with the other --auth).
+  absl::StatusOr<uint64_t> Apply(const fb::SetAuthMode& cmd, bool may_switch);
   absl::StatusOr<uint64_t> Apply(const fb::SetJwtSecret& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::SetRateLimit& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::SignUp& cmd);

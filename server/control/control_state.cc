@@ -495,8 +495,14 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
   // without ControlState's lock held); applies come from one thread, so
   // nothing comes between the check above and them.
   switch (cmd->body_type()) {
-    case fb::CommandBody::SetAuthMode:
-      return accounts_.Apply(*cmd->body_as_SetAuthMode());
+    case fb::CommandBody::SetAuthMode: {
+      bool lone = false;
+      {
+        absl::MutexLock lock(&mu_);
+        lone = config_.members.size() - config_.CountInState(MemberState::kRemoved) <= 1;
+      }
+      return accounts_.Apply(*cmd->body_as_SetAuthMode(), lone);
+    }
     case fb::CommandBody::SetJwtSecret:
       return accounts_.Apply(*cmd->body_as_SetJwtSecret());
     case fb::CommandBody::SetRateLimit:

@@ -154,7 +154,28 @@ TEST(AccountStateTest, RevocationsMoveTheGenerationAndCallTheListener) {
 
 TEST(AccountStateTest, AuthModeAndSecretAreCommittedOnce) {
   ControlState state;
+  // A cluster of one may change its mode (a lone node restarted with the
+  // other --auth); a cluster of two may not.
+  for (const char* id : {"n1", "n2"}) {
+    Member member;
+    member.raft_id = id[1];
+    member.node_id = id;
+    member.binary_address = absl::StrCat("127.0.0.1:", static_cast<int>(id[1]));
+    ASSERT_TRUE(state.Apply(EncodeSetAuthMode(false)).ok()) << id;
+    ASSERT_TRUE(state.Apply(EncodeAddMember(member)).ok());
+  }
+  ASSERT_EQ(state.Apply(EncodeSetAuthMode(true)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(state.Apply(EncodeRemoveMember("n2")).ok());
   ASSERT_TRUE(state.Apply(EncodeSetAuthMode(true)).ok());
+  ASSERT_TRUE(state.Apply(EncodeAddMember([] {
+                Member m;
+                m.raft_id = 9;
+                m.node_id = "n9";
+                m.binary_address = "127.0.0.1:9";
+                return m;
+              }()))
+                  .ok());
   ASSERT_TRUE(state.Apply(EncodeSetAuthMode(true)).ok());
   absl::StatusOr<uint64_t> off = state.Apply(EncodeSetAuthMode(false));
   EXPECT_EQ(off.status().code(), absl::StatusCode::kFailedPrecondition);

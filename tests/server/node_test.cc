@@ -6,19 +6,25 @@
 // node is stopped by its destructor.
 #include "server/node.h"
 
+#include <sodium.h>
+
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "logkv/client.h"
+#include "nlohmann/json.hpp"
 #include "protocol/version.h"
+#include "server/auth/password.h"
+#include "server/namespaces.h"
 #include "server/cluster/cluster_node.h"
 #include "server/log.h"
 #include "tests/engine/test_util.h"
@@ -507,6 +513,71 @@ TEST_F(NodeTest, WithAuthOnUnauthenticatedRequestsAreRefused) {
     EXPECT_FALSE((*client)->Get("secret").ok());
   }
   EXPECT_EQ(node.engine()->GetStats().client_keys, 0u);
+}
+
+// A data directory an older version wrote with --auth=on: its accounts are
+// records in the engine (written here as that version wrote them). The
+// first start moves them into the control plane, keeping ids (the tenant's
+// data is found), and notes the move; later starts do not read them again.
+TEST_F(NodeTest, LegacyAccountsAreMovedIntoTheControlPlaneAtTheFirstStart) {
+  const std::string data = dir_.Subdir("legacy");
+  const std::string key = "ydht_" + std::string(40, 'k');
+  {
+    Node node(TestOptions(data));
+    ASSERT_TRUE(node.Start().ok());
+    absl::StatusOr<std::string> hash =
+        auth::HashPassword("securepass123", auth::PasswordHashLimits::Minimum());
+    ASSERT_TRUE(hash.ok());
+    unsigned char key_hash[crypto_generichash_BYTES];
+    crypto_generichash(key_hash, sizeof(key_hash),
+                       reinterpret_cast<const unsigned char*>(key.data()), key.size(), nullptr, 0);
+    using Json = nlohmann::json;
+    auto put = [&](absl::string_view name, const std::string& value) {
+      ASSERT_TRUE(node.engine()->Put(absl::StrCat(kAuthPrefix, name), value).ok());
+    };
+    put("next/user", "4");
+    put("next/apikey", "2");
+    put("user/00000000000000000003",
+        Json{{"v", 1}, {"id", 3}, {"email", "old@example.com"}, {"username", "old"},
+             {"password_hash", *hash}, {"is_active", true}, {"created_at_ms", 1700000000000}}
+            .dump());
+    put("apikey/00000000000000000001",
+        Json{{"v", 1}, {"id", 1}, {"user_id", 3}, {"name", "k"}, {"key_prefix", key.substr(0, 8)},
+             {"key_hash", absl::BytesToHexString(absl::string_view(
+                              reinterpret_cast<const char*>(key_hash), sizeof(key_hash)))},
+             {"scopes", Json::array({"read", "write"})}, {"is_active", true},
+             {"created_at_ms", 1700000000000}, {"expires_at_ms", 0}, {"last_used_at_ms", 0}}
+            .dump());
+    ASSERT_TRUE(node.engine()->Put(TenantPrefix(3) + "greeting", "hello").ok());
+    ASSERT_TRUE(node.Stop().ok());
+  }
+  NodeOptions options = TestOptions(data);
+  options.auth = AuthMode::kOn;
+  for (int start = 0; start < 2; ++start) {
+    SCOPED_TRACE(start);
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    const int port = node.http_ports().front();
+    absl::StatusOr<HttpAnswer> answer =
+        Fetch(port, "GET", "/v1/kv/greeting", {{"X-API-Key", key}});
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    EXPECT_EQ(answer->body, "hello");
+    answer = Fetch(port, "POST", "/login", {{"Content-Type", "application/json"}},
+                   R"({"email":"old@example.com","password":"securepass123"})");
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    EXPECT_TRUE(node.engine()->Get(absl::StrCat(kAuthPrefix, "moved")).ok());
+    // Ids continue after the old counter.
+    answer = Fetch(port, "POST", "/signup", {{"Content-Type", "application/json"}},
+                   absl::StrCat(R"({"email":"new)", start,
+                                R"(@example.com","username":"new)", start,
+                                R"(","password":"securepass123"})"));
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 201) << answer->body;
+    EXPECT_EQ(nlohmann::json::parse(answer->body, nullptr, false).value("id", 0), 4 + start);
+    ASSERT_TRUE(node.Stop().ok());
+  }
 }
 
 // A request whose headers arrive while an earlier answer is still owed
