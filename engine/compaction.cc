@@ -61,6 +61,30 @@ absl::Status Shard::WriteHint(const std::shared_ptr<Segment>& segment) {
   return absl::OkStatus();
 }
 
+absl::Status Shard::WriteMissingHints() {
+  // Under compaction_mu_, so a compaction never removes a segment (and its
+  // hint) while its hint is being written here.
+  absl::MutexLock compaction_lock(&compaction_mu_);
+  std::vector<std::shared_ptr<Segment>> need_hints;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (closed_) return absl::OkStatus();
+    for (const auto& [id, segment] : segments_) {
+      // Sealed: immutable, its size final, so the hint stays valid.
+      if (segment == active_ || segment->writable() || segment->has_hint || segment->damaged) {
+        continue;
+      }
+      need_hints.push_back(segment);
+    }
+  }
+  std::sort(need_hints.begin(), need_hints.end(),
+            [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  for (const std::shared_ptr<Segment>& segment : need_hints) {
+    if (absl::Status status = WriteHint(segment); !status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
 std::vector<std::shared_ptr<Segment>> Shard::PickCompactionVictims(bool force) {
   std::vector<std::shared_ptr<Segment>> victims;
   std::vector<std::shared_ptr<Segment>> small;

@@ -239,6 +239,7 @@ void Engine::MaintenanceLoop() {
   absl::Time next_sweep = absl::Now() + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
   absl::Time next_compaction =
       absl::Now() + absl::Milliseconds(s.options.compaction_check_interval_ms);
+  std::vector<bool> hint_failure_logged(s.shards.size(), false);
   while (true) {
     {
       absl::MutexLock lock(&s.mu);
@@ -248,7 +249,22 @@ void Engine::MaintenanceLoop() {
     }
     const absl::Time now = absl::Now();
     if (now >= next_sweep) {
-      for (auto& shard : s.shards) shard->SweepExpired();
+      for (auto& shard : s.shards) {
+        shard->SweepExpired();
+        // A segment sealed since the last tick gets its hint file now, not
+        // only at Close: after a kill -9 only the active segments are scanned.
+        // A failure (a full disk) is logged once until a round succeeds.
+        absl::Status status = shard->WriteMissingHints();
+        const bool logged = hint_failure_logged[shard->id()];
+        hint_failure_logged[shard->id()] = !status.ok();
+        if (!status.ok() && !logged) {
+          ShardContext context{&s.options, nullptr, nullptr, nullptr, nullptr};
+          context.Log(LogLevel::kWarning,
+                      absl::StrCat("shard ", shard->id(), ": writing a hint file failed (the "
+                                   "segment is scanned at the next start instead): ",
+                                   status.message()));
+        }
+      }
       next_sweep = now + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
     }
     if (now >= next_compaction) {
@@ -804,6 +820,14 @@ uint64_t Engine::SweepExpiredNow() {
   uint64_t swept = 0;
   for (auto& shard : state_->shards) swept += shard->SweepExpired();
   return swept;
+}
+
+absl::Status Engine::WriteHintsNow() {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  for (auto& shard : state_->shards) {
+    if (absl::Status status = shard->WriteMissingHints(); !status.ok()) return status;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace logkv::engine

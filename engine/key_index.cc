@@ -69,6 +69,17 @@ void KeyIndex::RebuildArenaIfWasteful() {
   arena_ = std::move(fresh);
 }
 
+void KeyIndex::Reserve(size_t n) {
+  table_.reserve(n);
+  chunks_.reserve((n + kChunkEntries - 1) >> kChunkShift);
+}
+
+void KeyIndex::ShrinkToFit() {
+  // absl keeps the table at most 7/8 full; a table more than four times
+  // larger than that needs is one a Reserve over-estimated.
+  if (table_.capacity() / 4 > table_.size() + table_.size() / 7 + 16) table_.rehash(0);
+}
+
 size_t KeyIndex::overhead_bytes() const {
   const size_t table_bytes = table_.capacity() * (sizeof(uint32_t) + 1);
   const size_t slab_bytes = chunks_.size() * kChunkEntries * sizeof(IndexEntry);

@@ -17,9 +17,16 @@ class Shard::RecoveryState {
  public:
   // Sequence number of each entry's current record, by entry id.
   std::vector<uint64_t> sequence_of;
-  // versions_kept > 1: older puts of each key, (sequence, item), from which
-  // FinishRecovery picks the key's history.
-  absl::flat_hash_map<uint32_t, std::vector<std::pair<uint64_t, HistoryItem>>> older_puts;
+  // versions_kept > 1: older puts of each key, from which FinishRecovery
+  // picks the key's history. One flat list sorted at the end: a map of
+  // per-key vectors cost an allocation and a random access per overwrite.
+  struct OlderPut {
+    uint32_t entry_id;
+    uint64_t sequence;
+    HistoryItem item;
+  };
+  std::vector<OlderPut> older_puts;
+  uint64_t records = 0;  // records applied so far
   uint64_t max_sequence = 0;
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
@@ -53,6 +60,7 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   segment->max_sequence = std::max(segment->max_sequence, record.sequence);
   state->max_sequence = std::max(state->max_sequence, record.sequence);
   state->max_timestamp = std::max(state->max_timestamp, record.timestamp);
+  ++state->records;
 
   const KeyRef ref{record.key, HashKey(record.key)};
   uint32_t id = index_.Find(ref);
@@ -61,7 +69,7 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   auto retire = [&](uint32_t entry_id, uint64_t sequence, bool tombstone,
                     const HistoryItem& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (keep_history && !tombstone) {
-      state->older_puts[entry_id].emplace_back(sequence, item);
+      state->older_puts.push_back(RecoveryState::OlderPut{entry_id, sequence, item});
     } else {
       MarkDead(item.location);
     }
@@ -187,13 +195,20 @@ void Shard::FinishRecovery(RecoveryState* state) {
     // versions count down by one; a version 1 began the key's current life (a
     // delete or an expiry ended the one before), so the run stops there. Puts
     // of earlier lives may linger on disk, and are dead.
-    for (auto& [id, puts] : state->older_puts) {
+    // By key, newest first.
+    std::vector<RecoveryState::OlderPut>& puts = state->older_puts;
+    std::sort(puts.begin(), puts.end(), [](const auto& a, const auto& b) {
+      return a.entry_id != b.entry_id ? a.entry_id < b.entry_id : a.sequence > b.sequence;
+    });
+    for (size_t begin = 0; begin < puts.size();) {
+      const uint32_t id = puts[begin].entry_id;
+      size_t end = begin;
+      while (end < puts.size() && puts[end].entry_id == id) ++end;
       const IndexEntry& entry = index_.at(id);
-      std::sort(puts.begin(), puts.end(),
-                [](const auto& a, const auto& b) { return a.first > b.first; });
       std::vector<HistoryItem> kept;
       uint64_t next_version = (entry.flags & kEntryTombstone) != 0 ? 1 : entry.version;
-      for (const auto& [sequence, item] : puts) {
+      for (size_t i = begin; i < end; ++i) {
+        const HistoryItem& item = puts[i].item;
         if (next_version > 1 && item.version == next_version - 1 &&
             kept.size() + 1 < options_.versions_kept) {
           kept.push_back(item);
@@ -205,9 +220,12 @@ void Shard::FinishRecovery(RecoveryState* state) {
       }
       if (!kept.empty()) {
         std::reverse(kept.begin(), kept.end());
+        kept.shrink_to_fit();
         history_[id] = std::move(kept);
       }
+      begin = end;
     }
+    std::vector<RecoveryState::OlderPut>().swap(puts);
   }
   // Keys whose newest record is a Forget leave the index now that no older
   // record can turn up; the Forget records stay on disk, not counted dead.
@@ -216,17 +234,21 @@ void Shard::FinishRecovery(RecoveryState* state) {
     if ((entry.flags & kEntryForgotten) != 0) forgotten.push_back(id);
   });
   for (const uint32_t id : forgotten) index_.Remove(id);
+  // Kept versions are counted from history_ itself: a lookup per entry would
+  // be a random access per key.
+  for (const auto& [id, items] : history_) {
+    CountsOf(index_.at(id).key()).kept_versions += items.size();
+  }
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
     mu_.AssertHeld();  // ForEach calls back before it returns
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
-    KeyCounts& counts = CountsOf(entry.key());
-    if (entry.present()) ++counts.live_keys;
-    if (auto it = history_.find(id); it != history_.end()) counts.kept_versions += it->second.size();
+    if (entry.present()) ++CountsOf(entry.key()).live_keys;
     if (entry.expiry_unix_ms != 0) {
       ++entries_with_expiry_;
       if (entry.present()) ttl_heap_.push(TtlItem{entry.expiry_unix_ms, id});
     }
   });
+  index_.ShrinkToFit();
   next_sequence_ = std::max(state->max_sequence + 1, state->max_base_sequence);
   next_sequence_ = std::max<uint64_t>(next_sequence_, 1);
   context_.hlc->Observe(state->max_timestamp);
@@ -329,12 +351,27 @@ absl::Status Shard::Open() {
     next_segment_id_ = std::max(next_segment_id_, id + 1);
   }
   const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
+  uint64_t total_bytes = 0;
+  for (const auto& [id, segment] : segments_) total_bytes += segment->size();
+  uint64_t loaded_bytes = 0;
+  bool reserved = false;
   for (uint32_t id : segment_ids) {
     auto it = segments_.find(id);
     if (it == segments_.end()) continue;
     if (absl::Status status = LoadSegment(it->second, id == newest_original, &state);
         !status.ok()) {
       return status;
+    }
+    loaded_bytes += it->second->size();
+    if (!reserved && state.records >= 1024 && loaded_bytes < total_bytes) {
+      // Size the index once from the records per byte seen so far, so that
+      // growing it never rehashes millions of keys (each rehash reads every
+      // key back from the arena). Overwrites make this an over-estimate of
+      // the keys; FinishRecovery gives back what is left unused.
+      reserved = true;
+      index_.Reserve(static_cast<size_t>(static_cast<double>(state.records) *
+                                         static_cast<double>(total_bytes) /
+                                         static_cast<double>(loaded_bytes)));
     }
   }
   for (const auto& [id, present] : state.hint_ids) {

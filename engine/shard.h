@@ -135,6 +135,11 @@ class Shard {
   void CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
                        std::vector<Engine::LeafKey>* out);
 
+  // Writes the hint file of every sealed segment that has none, so that a
+  // restart after a crash (no Close to write them) scans only the segments
+  // written since. Returns the first failure.
+  absl::Status WriteMissingHints() ABSL_LOCKS_EXCLUDED(mu_, compaction_mu_);
+
   // Rewrites eligible immutable segments (every immutable one when force).
   absl::Status Compact(bool force);
   bool NeedsCompaction();

@@ -258,7 +258,7 @@ class CrashTest : public ::testing::Test {
 
   // Rounds of random writes, each ended by a crash, under kAlways: every
   // acknowledged write must be there after each crash, and nothing else.
-  void RunAlwaysRounds(bool lose_unsynced_directory_entries) {
+  void RunAlwaysRounds(bool lose_unsynced_directory_entries, bool write_hints = false) {
     const uint64_t seed = test::TestSeed();
     SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
     Random random(seed);
@@ -289,6 +289,8 @@ class CrashTest : public ::testing::Test {
           absl::Status status = engine_->Delete(key).status();
           ASSERT_TRUE(status.ok() || absl::IsNotFound(status)) << status;
           oracle.erase(key);
+        } else if (write_hints && random.Percent(50)) {
+          ASSERT_OK(engine_->WriteHintsNow());
         } else {
           ASSERT_OK(engine_->CompactNow(/*force=*/random.Percent(50)));
         }
@@ -320,6 +322,52 @@ TEST_F(CrashTest, AlwaysKeepsEveryAcknowledgedWrite) {
 // are acknowledged, or a crash can lose the whole file.
 TEST_F(CrashTest, AlwaysKeepsEveryAcknowledgedWriteWhenDirectoryEntriesAreLost) {
   RunAlwaysRounds(/*lose_unsynced_directory_entries=*/true);
+}
+
+// Hint files written for sealed segments while the engine runs (not only at
+// Close) are used after a crash, and change nothing of what is recovered.
+TEST_F(CrashTest, AlwaysKeepsEveryAcknowledgedWriteWithHintsWrittenWhileRunning) {
+  RunAlwaysRounds(/*lose_unsynced_directory_entries=*/false, /*write_hints=*/true);
+}
+
+TEST_F(CrashTest, AlwaysKeepsEveryAcknowledgedWriteWithHintsWrittenWhileRunningAndLost) {
+  RunAlwaysRounds(/*lose_unsynced_directory_entries=*/true, /*write_hints=*/true);
+}
+
+TEST_F(CrashTest, HintsOfSealedSegmentsServeTheRestartAfterACrash) {
+  options_.versions_kept = 3;
+  ASSERT_OK(Open());
+  // Three versions of each key over many 64 KiB segments.
+  constexpr int kKeys = 300;
+  const std::string filler(400, 'v');
+  for (int version = 1; version <= 3; ++version) {
+    for (int i = 0; i < kKeys; ++i) {
+      ASSERT_OK(engine_->Put(KeyName(i), absl::StrCat(version, ":", filler)));
+    }
+  }
+  ASSERT_OK(engine_->Sync());
+  ASSERT_OK(engine_->WriteHintsNow());
+  const uint64_t segments = engine_->GetStats().segments;
+  const uint64_t shards = engine_->ShardCount();
+  ASSERT_GT(segments, 2 * shards) << "the test needs sealed segments";
+  EXPECT_FALSE(test::ListHintFiles(options_.data_dir, 0).empty());
+  EXPECT_FALSE(test::ListHintFiles(options_.data_dir, 1).empty());
+  ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
+
+  ASSERT_OK(Open());
+  const Stats stats = engine_->GetStats();
+  // Only the segments that were active at the crash (one per shard) are scanned.
+  EXPECT_LE(stats.recovered_by_scan, shards);
+  EXPECT_EQ(stats.recovered_from_hints + stats.recovered_by_scan, segments);
+  EXPECT_EQ(stats.keys, static_cast<uint64_t>(kKeys));
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), absl::StrCat(3, ":", filler));
+    for (uint64_t version = 1; version <= 3; ++version) {
+      absl::StatusOr<Record> record = engine_->GetVersion(KeyName(i), version);
+      ASSERT_OK(record.status()) << KeyName(i) << " version " << version;
+      EXPECT_EQ(record->value, absl::StrCat(version, ":", filler));
+    }
+  }
 }
 
 TEST_F(CrashTest, NeverRecoversAPrefixOfEachShardsWrites) {

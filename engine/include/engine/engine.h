@@ -460,6 +460,10 @@ class Engine {
   [[nodiscard]] absl::Status CompactNow(bool force = false);
   // Removes expired keys from the index; returns how many.
   uint64_t SweepExpiredNow();
+  // Writes the hint file of every sealed segment that has none (the
+  // maintenance thread does so every ttl_sweep_interval_ms), so that a
+  // restart after a crash scans only the segments written since.
+  [[nodiscard]] absl::Status WriteHintsNow();
   // Stops background work, syncs, writes hint files, closes files.
   [[nodiscard]] absl::Status Close();
 

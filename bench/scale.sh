@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Restart time, memory and disk at scale: logkvd beside redis-server (AOF, everysec) holding
+# the same workload.
+#
+#   bench/scale.sh                 # 1M keys
+#   KEYS=5M bench/scale.sh         # 1M, 5M, 10M or a plain number of keys
+#   KEYS=10M REPS=3 bench/scale.sh
+#
+# Workload: SET with random 16-byte keys ("key:%012d"), 100-byte values, 50 connections,
+# 16 requests in flight each (-P 16), 2x as many writes as the key space is large, so that
+# about KEYS distinct keys are written (the actual counts are printed) and a third of the
+# writes overwrite a key. logkv-bench loads logkvd, redis-benchmark loads Redis
+# (--appendonly yes --appendfsync everysec, no RDB); each server runs alone while loaded.
+#
+# Then each server is killed with SIGKILL (no clean shutdown: logkvd writes no hint files for
+# its active segments, Redis has no chance to rewrite its AOF) and restarted, REPS times, the
+# two in alternation. Measured, from exec to the first request served:
+#   logkvd kill -9   restart after SIGKILL (hint files of sealed segments, active ones scanned)
+#   logkvd no hints  the same with every hint file deleted first (every segment scanned)
+#   redis AOF        redis-server loading its AOF (ready = PING answers PONG)
+# and, after the restart: logkvd's RssAnon (/proc, what it pins beyond the page cache) beside
+# Redis's used_memory and RssAnon, logkvd's index bytes per key (metrics), and bytes on disk
+# (du) beside logkvd's live bytes (metrics).
+#
+# Environment: KEYS, REPS (default 2), LOGKVD, LOGKV_BENCH (default build-release/bin/...),
+# LOGKVD_ARGS (extra server flags), WORK (scratch directory, default a mktemp under TMPDIR;
+# 10M keys need about 5 GB).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bench_name=scale
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
+bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
+read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS-}"
+reps=${REPS:-2}
+case ${KEYS:-1M} in
+  *M) keys=$((${KEYS%M} * 1000000)) ;;
+  *k) keys=$((${KEYS%k} * 1000)) ;;
+  *) keys=${KEYS:-1000000} ;;
+esac
+[[ $keys =~ ^[1-9][0-9]*$ ]] || die "KEYS must be a number, or one with k or M, not '$KEYS'"
+# 2K writes over a key space of K/(1-e^-2) leave about K distinct keys.
+keyspace=$(awk -v k="$keys" 'BEGIN { printf "%d", k / (1 - exp(-2)) + 0.5 }')
+writes=$((2 * keyspace))
+
+for tool in redis-server redis-benchmark redis-cli ss curl; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+ensure_release_binaries "$logkvd" "$bench"
+
+work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/logkv-scale.XXXXXX")}
+mkdir -p "$work"
+logkvd_pid="" redis_pid=""
+cleanup() {
+  stop_pid "$logkvd_pid"
+  stop_pid "$redis_pid"
+  [[ -n ${WORK:-} ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ms() { date +%s%3N; }
+
+# The node id is the listen address, so logkvd keeps its ports across restarts.
+logkv_port=$(free_port)
+http_port=$(free_port)
+redis_port=$(free_port)
+
+start_logkvd() {  # starts logkvd on $work/logkvd; sets logkvd_pid and ready_ms (exec to listening)
+  local log=$work/logkvd.log start
+  : >"$log"
+  start=$(now_ms)
+  "$logkvd" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
+    --data_dir="$work/logkvd" "${logkvd_extra_args[@]}" 2>"$log" &
+  logkvd_pid=$!
+  for _ in $(seq 30000); do
+    grep -q 'listening on' "$log" && break
+    kill -0 "$logkvd_pid" 2>/dev/null || { tail "$log" >&2; die "logkvd exited"; }
+    sleep 0.01
+  done
+  grep -q 'listening on' "$log" || die "logkvd not ready after 300 s"
+  ready_ms=$(($(now_ms) - start))
+}
+
+start_redis() {  # sets redis_pid and ready_ms (exec to PONG)
+  local start
+  mkdir -p "$work/redis"
+  start=$(now_ms)
+  redis-server --bind 127.0.0.1 --port "$redis_port" --protected-mode yes --save '' \
+    --appendonly yes --appendfsync everysec --dir "$work/redis" --daemonize no \
+    --logfile "$work/redis/redis.log" &
+  redis_pid=$!
+  for _ in $(seq 30000); do
+    [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && break
+    kill -0 "$redis_pid" 2>/dev/null || die "redis-server exited"
+    sleep 0.01
+  done
+  [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] || die "redis not ready after 300 s"
+  ready_ms=$(($(now_ms) - start))
+}
+
+kill9() {  # $1: the pid variable's name
+  local pid=${!1}
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  printf -v "$1" '%s' ""
+}
+
+metric() { curl -s "http://127.0.0.1:$http_port/metrics?format=prometheus" | awk -v m="$1" '$1 == m { print $2 }'; }
+rss_anon_kb() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
+
+echo "scale: $keys keys: $writes SETs over $keyspace random keys, -d 100 -P 16 -c 50;" \
+  "work in $work; $(nproc) cores; load before: $(uptime | sed 's/.*load average: //')" >&2
+
+echo "scale: loading logkvd ..." >&2
+rm -rf "$work/logkvd" "$work/redis"
+start_logkvd
+"$bench" -p "$logkv_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q >&2
+sleep 2  # the maintenance thread writes the hint files of sealed segments within a second
+kill9 logkvd_pid
+echo "scale: loading redis ..." >&2
+start_redis
+redis-benchmark -p "$redis_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q |
+  tr '\r' '\n' | tail -n 1 >&2
+sleep 2  # appendfsync everysec
+kill9 redis_pid
+
+declare -a t_kill t_nohints t_redis
+for rep in $(seq "$reps"); do
+  start_logkvd
+  t_kill+=("$ready_ms")
+  cp "$work/logkvd.log" "$work/logkvd-kill9.log"
+  if [[ $rep == 1 ]]; then
+    logkv_keys=$(metric logkv_engine_keys)
+    index_bytes=$(metric logkv_engine_index_bytes)
+    live_bytes=$(metric logkv_live_bytes)
+    logkv_rss_kb=$(rss_anon_kb "$logkvd_pid")
+  fi
+  kill9 logkvd_pid
+
+  start_redis
+  t_redis+=("$ready_ms")
+  if [[ $rep == 1 ]]; then
+    redis_keys=$(redis-cli -p "$redis_port" dbsize)
+    redis_used=$(redis-cli -p "$redis_port" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }')
+    redis_rss_kb=$(rss_anon_kb "$redis_pid")
+  fi
+  kill9 redis_pid
+
+  find "$work/logkvd" -name '*.hint' -delete
+  start_logkvd
+  t_nohints+=("$ready_ms")
+  cp "$work/logkvd.log" "$work/logkvd-nohints.log"
+  kill9 logkvd_pid
+  echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms, no hints ${t_nohints[-1]} ms," \
+    "redis AOF ${t_redis[-1]} ms" >&2
+done
+# What the last restarts left is what is on disk now (the hint files of the last round's
+# kill -9 restart are back once a restart has run a while; du counts them when present).
+logkv_du=$(du -sb "$work/logkvd" | cut -f1)
+redis_du=$(du -sb "$work/redis" | cut -f1)
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+m_kill=$(median "${t_kill[@]}")
+m_nohints=$(median "${t_nohints[@]}")
+m_redis=$(median "${t_redis[@]}")
+
+echo
+echo "logkvd vs redis-server $(redis-server --version | awk '{print $3}'), $keys keys requested" \
+  "($writes SETs, -r $keyspace, -d 100, -P 16), $(nproc) cores, load after:" \
+  "$(uptime | sed 's/.*load average: //')"
+printf '%-34s %14s %14s %8s\n' "" logkvd redis ratio
+printf '%-34s %14s %14s\n' "keys" "${logkv_keys%.*}" "$redis_keys"
+awk -v k="$m_kill" -v n="$m_nohints" -v r="$m_redis" -v reps="$reps" 'BEGIN {
+  printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms (median of " reps ")", k, r, r / k
+  printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, r, r / n }'
+awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${logkv_keys%.*}" \
+  -v ib="${index_bytes%.*}" -v ld="$logkv_du" -v rd="$redis_du" -v live="${live_bytes%.*}" 'BEGIN {
+  printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB (redis: used_memory)", l / 1024, u / 1048576, (l * 1024) / u
+  printf "%-34s %14.1f %14.1f\n", "RssAnon MiB", l / 1024, rr / 1024
+  printf "%-34s %14.1f\n", "index bytes per key (metrics)", ib / keys
+  printf "%-34s %14.1f %14.1f %8.2f\n", "disk MiB (du)", ld / 1048576, rd / 1048576, ld / rd
+  printf "%-34s %14.1f %14s %8.2f\n", "live MiB (metrics), du / live", live / 1048576, "-", ld / live }'
+echo "times: logkvd kill -9 ${t_kill[*]}; no hints ${t_nohints[*]}; redis ${t_redis[*]} (ms)"
