@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/cord.h"
@@ -91,13 +92,21 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
   return absl::OkStatus();
 }
 
-// The active segment: a preallocated file mapped shared and writable. Appends
-// are memcpys into the page cache; nothing is lost if the process dies, and
-// fdatasync on the descriptor writes the dirtied pages back.
+// The first block reservation of a segment file; it doubles as the segment
+// fills, up to the segment's capacity.
+constexpr uint64_t kFirstReservationBytes = 1 << 20;
+
+// The active segment: a file of its full capacity mapped shared and
+// writable. Appends are memcpys into the page cache; nothing is lost if the
+// process dies, and fdatasync on the descriptor writes the dirtied pages
+// back. Disk blocks are reserved (fallocate) ahead of the appends in steps
+// that double, so a store of a few keys holds a megabyte per shard rather
+// than the whole capacity, and a full disk still fails in Append, never in a
+// page fault. The rest of the file is a hole, read as zeros.
 class PosixWritableFile final : public WritableFile {
  public:
-  PosixWritableFile(std::string path, int fd, char* base, uint64_t capacity)
-      : path_(std::move(path)), fd_(fd), base_(base), capacity_(capacity) {}
+  PosixWritableFile(std::string path, int fd, char* base, uint64_t capacity, uint64_t reserved)
+      : path_(std::move(path)), fd_(fd), base_(base), capacity_(capacity), reserved_(reserved) {}
   ~PosixWritableFile() override { (void)Close(); }
 
   absl::Status Append(absl::string_view data) override {
@@ -106,6 +115,15 @@ class PosixWritableFile final : public WritableFile {
       return absl::ResourceExhaustedError(absl::StrCat("append of ", data.size(), " bytes to ",
                                                        path_, " exceeds its capacity of ",
                                                        capacity_, " bytes"));
+    }
+    if (size_ + data.size() > reserved_) {
+      const uint64_t want = std::min(
+          capacity_, std::max(size_ + data.size(), std::max(kFirstReservationBytes, 2 * reserved_)));
+      const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved_),
+                                       static_cast<off_t>(want - reserved_));
+      if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
+      // Elsewhere (no fallocate support) pages are allocated as they are written.
+      reserved_ = want;
     }
     std::memcpy(base_ + size_, data.data(), data.size());
     size_ += data.size();
@@ -152,6 +170,7 @@ class PosixWritableFile final : public WritableFile {
   int fd_;
   char* base_;
   const uint64_t capacity_;
+  uint64_t reserved_;  // bytes from the start that have disk blocks
   uint64_t size_ = 0;
 };
 
@@ -205,19 +224,21 @@ class PosixFileSystem final : public FileSystem {
       ::unlink(path.c_str());
       return status;
     };
-    // Real blocks up front: appends never extend the file, so fdatasync does
-    // not have to write size metadata, and a full disk fails here, not in a
-    // page fault. Fall back to a sparse file where fallocate is unsupported.
-    int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(capacity_bytes));
-    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
-    if (rc != 0 && ::ftruncate(fd.get(), static_cast<off_t>(capacity_bytes)) != 0) {
+    // The file has its full size from the start: appends never extend it,
+    // so fdatasync does not have to write a new size. Real blocks for the
+    // first part up front (more as it fills, see PosixWritableFile), so a
+    // full disk fails here, not in a page fault.
+    if (::ftruncate(fd.get(), static_cast<off_t>(capacity_bytes)) != 0) {
       return fail(ErrnoStatus("ftruncate", path, errno));
     }
+    const uint64_t reserved = std::min(capacity_bytes, kFirstReservationBytes);
+    const int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(reserved));
+    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
     void* base =
         ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
-                                               capacity_bytes);
+                                               capacity_bytes, reserved);
   }
 
   absl::StatusOr<std::unique_ptr<ReadableFile>> NewReadableFile(const std::string& path) override {

@@ -452,7 +452,19 @@ absl::StatusOr<RecordLocation> Shard::AppendLocked(LogRecord* record) {
     }
   }
   auto offset = active_->Append(encode_buffer_);
-  if (!offset.ok()) return offset.status();
+  if (!offset.ok()) {
+    // Blocks are reserved as the segment fills, so a full disk can refuse
+    // an append too; the shard refuses writes until one succeeds.
+    if (IsNoSpace(offset.status())) {
+      if (out_of_space_.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat(offset.status().message(), "; shard ",
+                                                      shard_id_,
+                                                      " refuses writes until space is freed"));
+      }
+      out_of_space_ = offset.status();
+    }
+    return offset.status();
+  }
   if (!out_of_space_.ok()) {
     context_.Log(LogLevel::kInfo, absl::StrCat("shard ", shard_id_, " takes writes again"));
     out_of_space_ = absl::OkStatus();
