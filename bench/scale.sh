@@ -134,7 +134,7 @@ for rep in $(seq "$reps"); do
   cp "$work/logkvd.log" "$work/logkvd-kill9.log"
   if [[ $rep == 1 ]]; then
     logkv_keys=$(metric logkv_engine_keys)
-    index_bytes=$(metric logkv_engine_index_bytes)
+    index_per_key=$(metric logkv_engine_index_bytes_per_key)
     live_bytes=$(metric logkv_live_bytes)
     logkv_rss_kb=$(rss_anon_kb "$logkvd_pid")
   fi
@@ -177,10 +177,10 @@ awk -v k="$m_kill" -v n="$m_nohints" -v r="$m_redis" -v reps="$reps" 'BEGIN {
   printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms (median of " reps ")", k, r, r / k
   printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, r, r / n }'
 awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${logkv_keys%.*}" \
-  -v ib="${index_bytes%.*}" -v ld="$logkv_du" -v rd="$redis_du" -v live="${live_bytes%.*}" 'BEGIN {
+  -v ib="$index_per_key" -v ld="$logkv_du" -v rd="$redis_du" -v live="${live_bytes%.*}" 'BEGIN {
   printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB (redis: used_memory)", l / 1024, u / 1048576, (l * 1024) / u
   printf "%-34s %14.1f %14.1f\n", "RssAnon MiB", l / 1024, rr / 1024
-  printf "%-34s %14.1f\n", "index bytes per key (metrics)", ib / keys
+  printf "%-34s %14.1f\n", "index bytes per key (metrics)", ib
   printf "%-34s %14.1f %14.1f %8.2f\n", "disk MiB (du)", ld / 1048576, rd / 1048576, ld / rd
   printf "%-34s %14.1f %14s %8.2f\n", "live MiB (metrics), du / live", live / 1048576, "-", ld / live }'
 echo "times: logkvd kill -9 ${t_kill[*]}; no hints ${t_nohints[*]}; redis ${t_redis[*]} (ms)"

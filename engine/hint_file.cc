@@ -50,6 +50,13 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit) {
+  return ReadHintFile(fs, path, segment_id, segment_bytes, visit, [] {});
+}
+
+absl::Status ReadHintFile(
+    FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
+    absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit,
+    absl::FunctionRef<void()> after_last) {
   auto contents = fs->ReadFile(path);
   if (!contents.ok()) return contents.status();
   absl::string_view bytes = *contents;
@@ -107,6 +114,7 @@ absl::Status ReadHintFile(
       return absl::DataLossError(absl::StrCat(path, ": trailing bytes after the last entry"));
     }
   }
+  after_last();
   return absl::OkStatus();
 }
 

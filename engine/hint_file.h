@@ -35,6 +35,12 @@ class HintWriter {
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit);
+// The same; after_last runs once every entry was visited, while the records'
+// keys (views into the file's contents) are still valid.
+absl::Status ReadHintFile(
+    FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
+    absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit,
+    absl::FunctionRef<void()> after_last);
 
 }  // namespace logkv::engine
 

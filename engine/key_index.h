@@ -80,6 +80,8 @@ class KeyIndex {
   KeyIndex& operator=(const KeyIndex&) = delete;
 
   uint32_t Find(const KeyRef& key) const;
+  // Starts loading the table memory a Find or Insert of key will read.
+  void Prefetch(const KeyRef& key) const { table_.prefetch(key); }
   // REQUIRES: Find(key) == kNoEntry. Returns the new entry's id; its fields
   // other than the key are zero.
   uint32_t Insert(const KeyRef& key);

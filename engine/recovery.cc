@@ -1,6 +1,7 @@
 // Shard start-up: rebuild the index from hint files or by scanning segments,
 // truncate a torn tail, refuse (or, in repair mode, salvage) corruption.
 #include <algorithm>
+#include <array>
 #include <cassert>
 
 #include "absl/strings/match.h"
@@ -31,6 +32,19 @@ class Shard::RecoveryState {
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
   absl::flat_hash_map<uint32_t, bool> hint_ids;  // segment id -> hint file present
+
+  // Records queued by QueueRecovered, oldest at pending_head. The distance
+  // is about what it takes a prefetch to arrive while the records before it
+  // are applied.
+  struct Pending {
+    LogRecord record;
+    RecordLocation location;
+    uint64_t key_hash;
+  };
+  static constexpr size_t kPrefetchDistance = 8;
+  std::array<Pending, kPrefetchDistance> pending;
+  size_t pending_head = 0;
+  size_t pending_count = 0;
 };
 
 namespace {
@@ -54,15 +68,41 @@ uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
 
 }  // namespace
 
-void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& location,
+void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& location,
                            Segment* segment, RecoveryState* state) {
+  const uint64_t hash = HashKey(record.key);
+  index_.Prefetch(KeyRef{record.key, hash});
+  constexpr size_t kSlots = RecoveryState::kPrefetchDistance;
+  if (state->pending_count == kSlots) {
+    const RecoveryState::Pending& oldest = state->pending[state->pending_head];
+    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
+    state->pending_head = (state->pending_head + 1) % kSlots;
+    --state->pending_count;
+  }
+  state->pending[(state->pending_head + state->pending_count) % kSlots] =
+      RecoveryState::Pending{record, location, hash};
+  ++state->pending_count;
+}
+
+void Shard::DrainRecovered(Segment* segment, RecoveryState* state) {
+  constexpr size_t kSlots = RecoveryState::kPrefetchDistance;
+  for (; state->pending_count > 0; --state->pending_count) {
+    const RecoveryState::Pending& oldest = state->pending[state->pending_head];
+    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
+    state->pending_head = (state->pending_head + 1) % kSlots;
+  }
+  state->pending_head = 0;
+}
+
+void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& location,
+                           uint64_t key_hash, Segment* segment, RecoveryState* state) {
   segment->min_sequence = std::min(segment->min_sequence, record.sequence);
   segment->max_sequence = std::max(segment->max_sequence, record.sequence);
   state->max_sequence = std::max(state->max_sequence, record.sequence);
   state->max_timestamp = std::max(state->max_timestamp, record.timestamp);
   ++state->records;
 
-  const KeyRef ref{record.key, HashKey(record.key)};
+  const KeyRef ref{record.key, key_hash};
   uint32_t id = index_.Find(ref);
   const bool keep_history = options_.versions_kept > 1;
   // Remembers a record that is not (or no longer) the key's newest.
@@ -119,13 +159,15 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
     if (!bytes.ok()) return bytes.status();
     DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
     if (decoded.outcome == DecodeOutcome::kRecord) {
-      ApplyRecovered(decoded.record,
+      QueueRecovered(decoded.record,
                      RecordLocation{segment->id(), static_cast<uint32_t>(offset),
                                     static_cast<uint32_t>(decoded.record_bytes)},
                      segment.get(), state);
       offset += decoded.record_bytes;
       continue;
     }
+    // The queued records point into the mapping that a truncation replaces.
+    DrainRecovered(segment.get(), state);
     if (decoded.outcome == DecodeOutcome::kEnd && AllZero(*bytes)) {
       // Preallocated space never written: the segment was not closed cleanly.
       return segment->TruncateTo(context_.fs, offset);
@@ -161,6 +203,7 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
     if (next_valid == 0) break;
     offset = next_valid;
   }
+  DrainRecovered(segment.get(), state);
   return absl::OkStatus();
 }
 
@@ -174,8 +217,12 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
         context_.fs, hint_path, segment->id(), segment->size(),
         [&](const LogRecord& record, uint32_t offset, uint32_t record_bytes) {
           mu_.AssertHeld();  // ReadHintFile calls back before it returns
-          ApplyRecovered(record, RecordLocation{segment->id(), offset, record_bytes},
+          QueueRecovered(record, RecordLocation{segment->id(), offset, record_bytes},
                          segment.get(), state);
+        },
+        [&] {
+          mu_.AssertHeld();
+          DrainRecovered(segment.get(), state);
         });
     if (status.ok()) {
       segment->has_hint = true;

@@ -239,8 +239,14 @@ class Shard {
                            RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ScanSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
                            RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyRecovered(const LogRecord& record, const RecordLocation& location,
+  void ApplyRecovered(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
                       Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ApplyRecovered, a few records later: the record's index slot is
+  // prefetched now, and the records queued meanwhile are applied first (in
+  // order). The record's views must stay valid until DrainRecovered.
+  void QueueRecovered(const LogRecord& record, const RecordLocation& location, Segment* segment,
+                      RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DrainRecovered(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeFeedStart() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -80,6 +80,17 @@ void AddEngineMetrics(engine::Engine* engine, std::string data_dir, ServerMetric
   counter("logkv_tombstones_dropped_total", "Tombstones compaction dropped for good.",
           &engine::Stats::tombstones_dropped);
 
+  registry
+      ->AddGauge("logkv_engine_index_bytes_per_key",
+                 "Memory of the in-memory index, key bytes included, per key it holds (live "
+                 "keys and tombstones); the Merkle trees' fixed size is spread over them too.")
+      ->SetCallback([engine] {
+        const engine::Stats stats = engine->GetStats();
+        const uint64_t keys = stats.keys + stats.tombstones;
+        return keys == 0 ? 0.0
+                         : static_cast<double>(stats.index_bytes + stats.key_bytes) /
+                               static_cast<double>(keys);
+      });
   registry->AddGauge("logkv_live_bytes",
                      "Bytes of the log that hold current records (log bytes less dead bytes).")
       ->SetCallback([engine] {

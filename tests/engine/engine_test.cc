@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <sys/stat.h>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,30 @@ TEST_F(EngineTest, PutGetOverwriteDelete) {
   EXPECT_EQ(Get("alpha"), "NOT_FOUND");
   EXPECT_STATUS_CODE(engine_->Get("alpha", &value, &meta), absl::StatusCode::kNotFound);
   EXPECT_EQ(Get("never-written"), "NOT_FOUND");
+}
+
+// Disk blocks of the active segment: a few keys hold about a megabyte, not
+// the whole segment; a segment filled past its first reservation reserves more
+// and every record reads back, before and after a reopen.
+TEST_F(EngineTest, ActiveSegmentReservesDiskBlocksAsItFills) {
+  options_.shard_count = 1;
+  options_.segment_bytes = 64 << 20;
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("a", "b"));
+  auto allocated = [&] {
+    struct stat st;
+    const std::string path = options_.data_dir + "/shard-000/000000000001.log";
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  };
+  EXPECT_LE(allocated(), 2u << 20) << "a tiny store reserves a megabyte, not the segment";
+  const std::string value(1000, 'v');
+  for (int i = 0; i < 5000; ++i) ASSERT_OK(engine_->Put(absl::StrCat("key-", i), value));
+  EXPECT_GE(allocated(), 5000u * 1000);
+  EXPECT_LT(allocated(), 32u << 20);
+  ASSERT_OK(Reopen());
+  for (int i = 0; i < 5000; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), absl::StrCat("key-", i)), value);
+  EXPECT_EQ(GetOrStatus(engine_.get(), "a"), "b");
 }
 
 TEST_F(EngineTest, EmptyValuesAndBinaryBytesRoundTrip) {
