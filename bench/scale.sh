@@ -159,8 +159,8 @@ for rep in $(seq "$reps"); do
 done
 # What the last restarts left is what is on disk now (the hint files of the last round's
 # kill -9 restart are back once a restart has run a while; du counts them when present).
-logkv_du=$(du -sb "$work/logkvd" | cut -f1)
-redis_du=$(du -sb "$work/redis" | cut -f1)
+logkv_du=$(du -s -B1 "$work/logkvd" | cut -f1)
+redis_du=$(du -s -B1 "$work/redis" | cut -f1)
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 m_kill=$(median "${t_kill[@]}")
