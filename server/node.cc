@@ -1413,9 +1413,12 @@ absl::Status Node::JoinControlPlane() {
   {
     const std::shared_ptr<const control::ClusterConfig> config = control_->config();
     const control::Member* held = config->Find(self.node_id);
+    // A restart: the node holds its configuration. Not with --replace: a
+    // node restored from a copy holds an old one, in which its member may
+    // still have the raft id it had then; it takes its place again.
     if (held != nullptr && held->raft_id == self.raft_id &&
-        held->state != control::MemberState::kRemoved) {
-      return absl::OkStatus();  // a restart: the node holds its configuration
+        held->state != control::MemberState::kRemoved && !options_.replace) {
+      return absl::OkStatus();
     }
   }
   if (options_.seeds.empty()) return absl::OkStatus();  // the first node: it adds itself

@@ -567,6 +567,9 @@ TEST_F(ClusterTest, StrongNeedsAMajorityEventualDoesNot) {
       *cluster_, {0, 1, 2}, {{"majority-down", "eventual"}, {"minority-down", "m"}});
   ASSERT_OK(took);
   Report("missed_writes_delivered_after_restart", Ms(absl::Now() - restart));
+  // Restarted nodes serve strong operations once they caught up with the
+  // control plane.
+  ASSERT_OK(cluster_->WaitViewsConfirmed());
   get = cluster_->Get(2, "majority-down", Consistency::kStrong);
   EXPECT_TRUE(IsOk200(get) && get->body == "eventual") << Describe(get);
 }
