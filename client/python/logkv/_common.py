@@ -26,8 +26,9 @@ class Options:
     read_retries: extra attempts of a read on the next node after a
         transport failure (writes are retried only when they were not sent,
         as a sent write may have been applied).
-    ssl: an ssl.SSLContext to wrap connections in. logkvd has no TLS yet;
-        this is the hook for when it has (and for a TLS-terminating proxy).
+    ssl: an ssl.SSLContext to wrap connections in, for a logkvd serving TLS
+        (--tls-cert/--tls-key; docs/tls.md) or a TLS-terminating proxy. The
+        server's name is checked against the address's host.
     """
 
     def __init__(self, nodes=("127.0.0.1:7070",), api_key=None, client_name="logkv-python",

@@ -220,8 +220,8 @@ def _stop_all():
 
 
 class TlsProxy:
-    """A TLS-terminating proxy on loopback in front of a logkvd (which has no TLS
-    yet), with a self-signed certificate made by openssl: .address, .ca_file."""
+    """A TLS-terminating proxy on loopback in front of a plaintext logkvd (TLS
+    offloaded), with a self-signed certificate made by openssl: .address, .ca_file."""
 
     def __init__(self, target_port):
         import ssl

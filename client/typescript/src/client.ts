@@ -47,8 +47,8 @@ export interface ClientOptions {
   /** Extra attempts of a read on the next node after a transport failure. */
   readRetries?: number;
   /**
-   * TLS options: connections are made with tls.connect. logkvd has no TLS
-   * yet; this is the hook for when it has (or for a TLS-terminating proxy).
+   * TLS options: connections are made with tls.connect, for a logkvd serving
+   * TLS (--tls-cert/--tls-key; docs/tls.md) or a TLS-terminating proxy.
    */
   tls?: tls.ConnectionOptions;
   maxFrameBytes?: number;

@@ -1,6 +1,6 @@
-// The tls option (the TLS hook): logkvd has no TLS yet, so a TLS-terminating
-// proxy stands in front of it; the client talks TLS to it, verifying its
-// certificate, and refuses one it cannot verify.
+// The tls option: the client talks TLS to a logkvd serving it (--tls-cert,
+// --tls-key) and through a TLS-terminating proxy in front of a plaintext one,
+// verifying the certificate, and refuses one it cannot verify.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { Client, UnavailableError } from '../src/index.js';
 import { Server } from './harness.js';
 
 let server: Server;
+let tlsServer: Server;
 let proxy: tls.Server;
 let address: string;
 let ca: Buffer;
@@ -27,6 +28,8 @@ before(async () => {
                            '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
                { stdio: 'ignore', timeout: 60000 });
   ca = readFileSync(join(dir, 'cert.pem'));
+  tlsServer = await Server.start([`--tls-cert=${join(dir, 'cert.pem')}`,
+                                  `--tls-key=${join(dir, 'key.pem')}`]);
   proxy = tls.createServer({ key: readFileSync(join(dir, 'key.pem')), cert: ca }, (socket) => {
     const upstream = net.connect({ host: '127.0.0.1', port: server.port });
     socket.on('error', () => upstream.destroy());
@@ -41,6 +44,7 @@ before(async () => {
 after(async () => {
   await new Promise((resolve) => proxy?.close(resolve));
   await server?.close();
+  await tlsServer?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -61,4 +65,21 @@ test('an unverifiable certificate is refused', async () => {
   await assert.rejects(Client.connect({ nodes: [address], tls: {}, connectTimeoutMs: 2000 }),
                        (error: Error) => error instanceof UnavailableError &&
                          /self.signed|certificate/i.test(error.message));
+});
+
+test('calls to a logkvd serving TLS itself', async () => {
+  const kv = await Client.connect({ nodes: [`127.0.0.1:${tlsServer.port}`], tls: { ca } });
+  const value = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < value.length; i++) value[i] = i & 0xff;
+  await kv.put('server-tls/large', value);
+  assert.ok((await kv.get('server-tls/large'))!.value.equals(value));
+  const writes = await Promise.all(
+    Array.from({ length: 2000 }, (_, i) => kv.put(`server-tls/${i}`, 'v')));
+  assert.equal(writes.length, 2000);
+  assert.equal((await kv.get('server-tls/1999'))?.value.toString(), 'v');
+  await kv.close();
+  await assert.rejects(
+    Client.connect({ nodes: [`127.0.0.1:${tlsServer.port}`], tls: {}, connectTimeoutMs: 2000 }),
+    (error: Error) => error instanceof UnavailableError &&
+      /self.signed|certificate/i.test(error.message));
 });
