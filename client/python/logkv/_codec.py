@@ -589,11 +589,13 @@ def to_hello(answer):
         m = r.Members(i)
         members.append(Member((m.NodeId() or b"").decode(), (m.Address() or b"").decode()))
     version = r.ServerVersion()
+    key_prefix = bytes(r.KeyPrefix(i) for i in range(r.KeyPrefixLength()))
     return HelloInfo(protocol_version=r.ProtocolVersion(),
                      node_id=(r.NodeId() or b"").decode(), shard_count=r.ShardCount(),
                      max_frame_bytes=r.MaxFrameBytes(), max_key_bytes=r.MaxKeyBytes(),
                      max_value_bytes=r.MaxValueBytes(), max_batch_items=r.MaxBatchItems(),
-                     members=members, server_version=version.decode() if version else "")
+                     members=members, server_version=version.decode() if version else "",
+                     key_prefix=key_prefix)
 
 
 def to_none(answer):

@@ -78,9 +78,12 @@ class Router:
         self._ring = None
         self._address_of = {}
         self._members_key = None
+        self._key_prefix = b""
         self.preferred = 0  # index into nodes of the last seed that answered
 
-    def update(self, members):
+    def update(self, members, key_prefix=b""):
+        # The servers place the engine key: the tenant's prefix, then the key.
+        self._key_prefix = key_prefix
         if not self._options.route_to_owners or len(members) < 2:
             return
         key = tuple(sorted(members))
@@ -93,6 +96,14 @@ class Router:
             self._address_of = {m.node_id: parse_node(m.address) for m in members if m.address}
             self._members_key = key
 
+    def _placed(self, key):
+        """The key as the servers place it (placement::PlacementKey)."""
+        if not self._key_prefix:
+            return key
+        if isinstance(key, str):
+            key = key.encode()
+        return self._key_prefix + bytes(key)
+
     @property
     def routing(self):
         return self._ring is not None
@@ -104,7 +115,8 @@ class Router:
             ring, address_of = self._ring, self._address_of
         if key is None or ring is None:
             return list(seeds)
-        owners = [address_of[o] for o in ring.preference_list(key, len(ring.members))
+        owners = [address_of[o]
+                  for o in ring.preference_list(self._placed(key), len(ring.members))
                   if o in address_of]
         return owners + [s for s in seeds if s not in owners]
 
@@ -113,7 +125,7 @@ class Router:
         with self._lock:
             ring, address_of = self._ring, self._address_of
         if ring is not None:
-            for node in ring.preference_list(key, len(ring.members)):
+            for node in ring.preference_list(self._placed(key), len(ring.members)):
                 address = address_of.get(node)
                 if address is not None:
                     return address

@@ -290,7 +290,7 @@ class Client:
                 failures.append(str(error))
                 continue
             self.hello_info = conn.hello
-            self._router.update(conn.hello.members)
+            self._router.update(conn.hello.members, conn.hello.key_prefix)
             return conn
         raise transport_error("no node reachable (%s)" % "; ".join(failures), sent=False)
 

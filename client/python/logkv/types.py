@@ -93,3 +93,6 @@ class HelloInfo(NamedTuple):
     max_batch_items: int
     members: List[Member]
     server_version: str
+    # What the node puts before this session's keys (the tenant's prefix with
+    # auth on): keys are placed on the ring as key_prefix + key.
+    key_prefix: bytes = b""

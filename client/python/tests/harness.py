@@ -117,7 +117,9 @@ class Server:
     def protocol_requests(self, operation):
         """logkv_protocol_requests_total of an operation (all statuses), from /metrics."""
         url = "http://127.0.0.1:%d/metrics?format=prometheus" % self.http_port
-        with urllib.request.urlopen(url, timeout=10) as answer:
+        # With --auth=on the node's figures need the operator credential.
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer client-tests"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
             text = answer.read().decode()
         total = 0
         pattern = re.compile(r'^logkv_protocol_requests_total\{([^}]*)\} (\S+)$', re.M)
@@ -141,13 +143,13 @@ class Server:
 class Cluster:
     """Three logkvd nodes n0..n2: n0 first, the others seeded through it."""
 
-    def __init__(self, size=3, timeout=60.0):
+    def __init__(self, size=3, timeout=60.0, flags=()):
         self.nodes = []
         try:
-            first = Server(node_id="n0")
+            first = Server(*flags, node_id="n0")
             self.nodes.append(first)
             for i in range(1, size):
-                self.nodes.append(Server(node_id="n%d" % i, seeds=[first.address]))
+                self.nodes.append(Server(*flags, node_id="n%d" % i, seeds=[first.address]))
             self._wait_members(size, timeout)
         except BaseException:
             self.close()

@@ -1,6 +1,7 @@
 """A 3-node cluster: keys go to their owners (the servers' placement), and
 calls fail over to the other nodes when one is down."""
 import asyncio
+import time
 import unittest
 
 import harness
@@ -124,6 +125,50 @@ class ClusterTest(unittest.TestCase):
         after_puts, after_gets = self.requests("Put"), self.requests("Get")
         self.assertEqual({k: after_puts[k] - puts[k] for k in puts}, expected)
         self.assertEqual({k: after_gets[k] - gets[k] for k in gets}, expected)
+
+
+class TenantPlacementTest(unittest.TestCase):
+    """With --auth=on the servers place a key under its tenant's prefix
+    (placement::PlacementKey); the client learns the prefix from Hello and
+    routes each key to the owner of prefix + key."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(3, flags=("--auth=on", "--rate-limit=0"))
+        cls.key, _, _ = cls.cluster.nodes[0].api_key()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+
+    def connect(self, node):
+        # A key made on n0 reaches the other nodes with the next apply round.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return logkv.Client(node.address, api_key=self.key)
+            except logkv.UnauthenticatedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def test_keys_go_to_the_owner_of_their_placement_key(self):
+        nodes = self.cluster.nodes
+        with self.connect(nodes[1]) as kv:
+            prefix = kv.hello().key_prefix
+            self.assertTrue(prefix)
+            ring = Ring(["n0", "n1", "n2"])
+            keys = [b"tenant/%d" % i for i in range(60)]
+            expected = {n.node_id: 0 for n in nodes}
+            for key in keys:
+                expected[ring.preference_list(prefix + key, 1)[0]] += 1
+            self.assertTrue(all(expected.values()), expected)
+            before = {n.node_id: n.protocol_requests("Put") for n in nodes}
+            for key in keys:
+                kv.put(key, b"v")
+            after = {n.node_id: n.protocol_requests("Put") for n in nodes}
+            self.assertEqual({k: after[k] - before[k] for k in after}, expected)
+            self.assertEqual(kv.get(keys[0]).value, b"v")
 
 
 class FailoverTest(unittest.TestCase):

@@ -366,6 +366,7 @@ class Router {
   private ring: Ring | null = null;
   private addressOf = new Map<string, string>();
   private membersKey = '';
+  private keyPrefix: Uint8Array = new Uint8Array(0);
   preferred = 0;
 
   constructor(private readonly options: Resolved) {}
@@ -374,7 +375,9 @@ class Router {
     return this.ring !== null;
   }
 
-  update(members: Member[]): void {
+  update(members: Member[], keyPrefix: Uint8Array = new Uint8Array(0)): void {
+    // The servers place the engine key: the tenant's prefix, then the key.
+    this.keyPrefix = keyPrefix;
     if (!this.options.routeToOwners || members.length < 2) return;
     const key = members.map((m) => `${m.nodeId}=${m.address}`).sort().join(',');
     if (key === this.membersKey) return;
@@ -387,7 +390,8 @@ class Router {
     const nodes = this.options.nodes;
     const seeds = [...nodes.slice(this.preferred), ...nodes.slice(0, this.preferred)];
     if (key === undefined || this.ring === null) return seeds;
-    const owners = this.ring.preferenceList(key, this.ring.members.length)
+    const placed = this.keyPrefix.length === 0 ? key : Buffer.concat([this.keyPrefix, key]);
+    const owners = this.ring.preferenceList(placed, this.ring.members.length)
       .map((id) => this.addressOf.get(id)).filter((a): a is string => a !== undefined);
     return [...owners, ...seeds.filter((s) => !owners.includes(s))];
   }
@@ -484,7 +488,7 @@ export class Client {
         opening.then((conn) => {
           pool!.push(conn);
           this.helloInfo = conn.hello;
-          this.router.update(conn.hello.members);
+          this.router.update(conn.hello.members, conn.hello.keyPrefix);
         }, () => {}).finally(() => this.opening.delete(addr));
       } else if (pool.length > 0) {
         return pool[this.turn++ % pool.length];

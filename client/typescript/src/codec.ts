@@ -417,6 +417,7 @@ export function toHello(a: Answer): HelloInfo {
       maxFrameBytes: r.maxFrameBytes(), maxKeyBytes: r.maxKeyBytes(),
       maxValueBytes: r.maxValueBytes(), maxBatchItems: r.maxBatchItems(), members,
       serverVersion: r.serverVersion() ?? '',
+      keyPrefix: Uint8Array.from(r.keyPrefixArray() ?? []),
     };
   });
 }

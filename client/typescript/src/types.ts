@@ -75,4 +75,9 @@ export interface HelloInfo {
   maxBatchItems: number;
   members: Member[];
   serverVersion: string;
+  /**
+   * What the node puts before this session's keys (the tenant's prefix with
+   * auth on): keys are placed on the ring as keyPrefix + key.
+   */
+  keyPrefix: Uint8Array;
 }

@@ -109,3 +109,44 @@ test('a dead node is skipped', async () => {
     await own.close();
   }
 });
+
+// With --auth=on the servers place a key under its tenant's prefix
+// (placement::PlacementKey); the client learns the prefix from Hello and
+// sends each key to the owner of prefix + key.
+test('keys go to the owner of their placement key (tenant prefix)', async () => {
+  const auth = await Cluster.start(3, ['--auth=on', '--rate-limit=0']);
+  try {
+    const { key } = await auth.nodes[0].apiKey();
+    // A key made on n0 reaches the other nodes with the next apply round.
+    let kv: Client | undefined;
+    for (const deadline = Date.now() + 10000; kv === undefined;) {
+      try {
+        kv = await Client.connect({ nodes: [auth.nodes[1].address], apiKey: key });
+      } catch (error) {
+        if (Date.now() >= deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    const prefix = (await kv.hello()).keyPrefix;
+    assert.ok(prefix.length > 0);
+    const ring = new Ring(['n0', 'n1', 'n2']);
+    const keys = Array.from({ length: 60 }, (_, i) => `tenant/${i}`);
+    const expected: Record<string, number> = { n0: 0, n1: 0, n2: 0 };
+    for (const k of keys) {
+      expected[ring.preferenceList(Buffer.concat([prefix, Buffer.from(k)]), 1)[0]]++;
+    }
+    assert.ok(Object.values(expected).every((n) => n > 0));
+    const before: Record<string, number> = {};
+    for (const node of auth.nodes) before[node.nodeId!] = await node.protocolRequests('Put');
+    for (const k of keys) await kv.put(k, 'v');
+    const after: Record<string, number> = {};
+    for (const node of auth.nodes) {
+      after[node.nodeId!] = (await node.protocolRequests('Put')) - before[node.nodeId!];
+    }
+    assert.deepEqual(after, expected);
+    assert.equal((await kv.get(keys[0]))?.value.toString(), 'v');
+    await kv.close();
+  } finally {
+    await auth.close();
+  }
+});

@@ -124,8 +124,10 @@ export class Server {
   }
 
   async protocolRequests(operation: string): Promise<number> {
+    // With --auth=on the node's figures need the operator credential.
     const answer = await fetch(`http://127.0.0.1:${this.httpPort}/metrics?format=prometheus`,
-                               { signal: AbortSignal.timeout(10000) });
+                               { signal: AbortSignal.timeout(10000),
+                                 headers: { Authorization: 'Bearer client-tests' } });
     let total = 0;
     for (const m of (await answer.text()).matchAll(
       /^logkv_protocol_requests_total\{([^}]*)\} (\S+)$/gm)) {
@@ -148,13 +150,13 @@ export class Server {
 export class Cluster {
   readonly nodes: Server[] = [];
 
-  static async start(size = 3): Promise<Cluster> {
+  static async start(size = 3, flags: string[] = []): Promise<Cluster> {
     const cluster = new Cluster();
     try {
-      const first = await Server.start([], { nodeId: 'n0' });
+      const first = await Server.start(flags, { nodeId: 'n0' });
       cluster.nodes.push(first);
       for (let i = 1; i < size; i++) {
-        cluster.nodes.push(await Server.start([], { nodeId: `n${i}`, seeds: [first.address] }));
+        cluster.nodes.push(await Server.start(flags, { nodeId: `n${i}`, seeds: [first.address] }));
       }
       const deadline = Date.now() + 60000;
       for (;;) {
