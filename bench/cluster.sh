@@ -112,18 +112,25 @@ start_node() {  # $1: index, then extra flags
 
 # Waits until every node's GET /nodes lists all $nodes alive.
 wait_members() {
-  local i alive ok
+  local i alive ok settled
   for _ in $(seq 300); do
     ok=1
     for i in $(seq 0 $((nodes - 1))); do
       alive=$(curl -fs "http://127.0.0.1:${https[n$i]}/nodes" 2>/dev/null |
         jq '[.[] | select(.alive == true or .state == "alive")] | length' 2>/dev/null || echo 0)
       [[ ${alive:-0} -ge $nodes ]] || ok=0
+      # Settled: not still syncing (a node's first anti-entropy pass after the
+      # last join has run: until then it reads its keys from its peers) and,
+      # where the node says so, its view confirmed.
+      settled=$(curl -fs "http://127.0.0.1:${https[n$i]}/health" 2>/dev/null |
+        jq -r 'if .mode == "syncing" or .view_confirmed == false then "no" else "yes" end' \
+          2>/dev/null || echo no)
+      [[ $settled == yes ]] || ok=0
     done
     [[ $ok -eq 1 ]] && return 0
     sleep 0.1
   done
-  die "the cluster's membership did not converge in 30 s"
+  die "the cluster did not settle (membership, anti-entropy) in 30 s"
 }
 
 key_count() {  # $1: name; empty when the node does not answer

@@ -277,10 +277,23 @@ void AntiEntropy::PassTask() {
     ring_changed_ = false;
   }
   const bool all_ok = Pass();
-  absl::MutexLock lock(&mu_);
-  // A ring change during the pass calls for another one before catching up
-  // (the worker runs it: the change woke it).
-  if (all_ok && !ring_changed_) caught_up_.store(true, std::memory_order_release);
+  absl::Duration retry = absl::ZeroDuration();
+  {
+    absl::MutexLock lock(&mu_);
+    // A ring change during the pass calls for another one before catching
+    // up (the worker runs it: the change woke it).
+    if (all_ok && !ring_changed_) caught_up_.store(true, std::memory_order_release);
+    if (all_ok) {
+      retry_delay_ = absl::ZeroDuration();
+    } else {
+      // Not caught up means reads of this node's keys ask its peers first:
+      // try again soon rather than a whole interval later.
+      retry_delay_ =
+          std::min(std::max(retry_delay_ * 2, options_.initial_delay), options_.interval);
+      retry = retry_delay_;
+    }
+  }
+  if (retry > absl::ZeroDuration()) worker_.WakeAfter(retry);
 }
 
 bool AntiEntropy::Pass() {

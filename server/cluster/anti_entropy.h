@@ -248,6 +248,10 @@ class AntiEntropy {
   mutable absl::Mutex mu_;
   // A ring change since the pass in progress started.
   bool ring_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // After a pass that failed (a peer's round failed, e.g. refused while the
+  // two held different epochs for a moment), the next starts this soon:
+  // initial_delay, doubling up to interval while passes keep failing.
+  absl::Duration retry_delay_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   // Token bucket: the time at which the bytes accepted so far are paid for.
   absl::Time bucket_paid_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   AntiEntropyFigures totals_ ABSL_GUARDED_BY(mu_);

@@ -811,6 +811,13 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
                 });
 }
 
+std::vector<std::string> ReplicaCoordinator::NodesOf(const std::vector<Reply>& replies) {
+  std::vector<std::string> nodes;
+  nodes.reserve(replies.size());
+  for (const Reply& reply : replies) nodes.push_back(reply.node_id);
+  return nodes;
+}
+
 void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
                                 absl::StatusOr<VersionedRecord> record) {
   bool ask_next = false;
@@ -826,14 +833,9 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
     if (state->finished) return;
     // Unfinished: no candidate asked twice.
     assert(state->next <= state->candidates.size());
-    auto replied = [&state] {
-      std::vector<std::string> nodes;
-      for (const Reply& reply : state->replies) nodes.push_back(reply.node_id);
-      return nodes;
-    };
     if (record.ok()) {
       state->replies.push_back(Reply{node, *std::move(record)});
-      if (state->need.MetBy(replied())) {
+      if (state->need.MetBy(NodesOf(state->replies))) {
         state->finished = true;
         finish = std::move(state->replies);
       }
@@ -841,7 +843,7 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
       state->failures.push_back(absl::StrCat(node, ": ", record.status().message()));
       // Whether the replies, the owners still asked and those not asked yet
       // could still make the quorum.
-      std::vector<std::string> possible = replied();
+      std::vector<std::string> possible = NodesOf(state->replies);
       possible.insert(possible.end(), state->asked.begin(), state->asked.end());
       possible.insert(possible.end(), state->candidates.begin() + state->next,
                       state->candidates.end());

@@ -274,6 +274,8 @@ class ReplicaCoordinator final : public Coordinator {
   Placement CurrentPlacement() const;
   // A majority of each group.
   static Need Majorities(const KeyOwners& owners);
+  // The owners that answered.
+  static std::vector<std::string> NodesOf(const std::vector<Reply>& replies);
   // Counts an operation under epoch until the returned ticket is released.
   std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
