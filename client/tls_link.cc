@@ -17,26 +17,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "protocol/openssl_errors.h"
 
 namespace logkv::client_internal {
 
 namespace {
 
-// OpenSSL's queued errors, reasons only, and the queue emptied.
-std::string TakeErrors() {
-  std::string text;
-  while (unsigned long code = ERR_get_error()) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof(buffer));
-    absl::string_view line = buffer;
-    if (size_t colon = line.rfind(':'); colon != absl::string_view::npos) {
-      line.remove_prefix(colon + 1);
-    }
-    if (!text.empty()) absl::StrAppend(&text, "; ");
-    absl::StrAppend(&text, line);
-  }
-  return text;
-}
+using ::logkv::protocol::TakeOpenSslErrors;
 
 // What a TLS failure means for the user, from OpenSSL's reason text.
 std::string Explain(const std::string& reason) {
@@ -106,7 +93,7 @@ bool IsIpAddress(const std::string& host) {
 
 // The handshake's failure, with what to do about it.
 absl::Status HandshakeError(SSL* ssl, const std::string& name, const TlsSettings& settings) {
-  const std::string errors = TakeErrors();
+  const std::string errors = TakeOpenSslErrors();
   const long verify = SSL_get_verify_result(ssl);
   const std::string ca =
       settings.ca_file.empty() ? std::string("the system's CAs")
@@ -151,7 +138,7 @@ absl::Status HandshakeError(SSL* ssl, const std::string& name, const TlsSettings
 absl::StatusOr<std::shared_ptr<TlsConfig>> TlsConfig::Create(const TlsSettings& settings) {
   ERR_clear_error();
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-  if (ctx == nullptr) return absl::InternalError(absl::StrCat("TLS: ", TakeErrors()));
+  if (ctx == nullptr) return absl::InternalError(absl::StrCat("TLS: ", TakeOpenSslErrors()));
   std::shared_ptr<TlsConfig> config(new TlsConfig(settings, ctx));
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
@@ -160,7 +147,7 @@ absl::StatusOr<std::shared_ptr<TlsConfig>> TlsConfig::Create(const TlsSettings& 
     SSL_CTX_set_default_verify_paths(ctx);
   } else if (SSL_CTX_load_verify_locations(ctx, settings.ca_file.c_str(), nullptr) != 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("TLS: cannot read the CA file ", settings.ca_file, ": ", TakeErrors()));
+        absl::StrCat("TLS: cannot read the CA file ", settings.ca_file, ": ", TakeOpenSslErrors()));
   }
   if (settings.cert_file.empty() != settings.key_file.empty()) {
     return absl::InvalidArgumentError(
@@ -168,12 +155,13 @@ absl::StatusOr<std::shared_ptr<TlsConfig>> TlsConfig::Create(const TlsSettings& 
   }
   if (!settings.cert_file.empty()) {
     if (SSL_CTX_use_certificate_chain_file(ctx, settings.cert_file.c_str()) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TLS: cannot read the client certificate ", settings.cert_file, ": ", TakeErrors()));
+      return absl::InvalidArgumentError(absl::StrCat("TLS: cannot read the client certificate ",
+                                                     settings.cert_file, ": ",
+                                                     TakeOpenSslErrors()));
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, settings.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
       return absl::InvalidArgumentError(absl::StrCat("TLS: cannot read the client key ",
-                                                     settings.key_file, ": ", TakeErrors()));
+                                                     settings.key_file, ": ", TakeOpenSslErrors()));
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
       return absl::InvalidArgumentError(absl::StrCat("TLS: ", settings.key_file,
@@ -190,7 +178,7 @@ absl::StatusOr<std::shared_ptr<TlsLink>> TlsLink::Handshake(const TlsConfig& con
                                                             absl::Time deadline) {
   ERR_clear_error();
   SSL* ssl = SSL_new(config.ctx());
-  if (ssl == nullptr) return absl::InternalError(absl::StrCat("TLS: ", TakeErrors()));
+  if (ssl == nullptr) return absl::InternalError(absl::StrCat("TLS: ", TakeOpenSslErrors()));
   std::shared_ptr<TlsLink> link(new TlsLink(ssl));
   BIO* in = BIO_new(BIO_s_mem());
   BIO* out = BIO_new(BIO_s_mem());
@@ -267,7 +255,7 @@ absl::Status TlsLink::Send(int fd, absl::string_view plaintext) {
     while (!plaintext.empty()) {
       const int chunk = static_cast<int>(std::min<size_t>(plaintext.size(), 1u << 30));
       const int rc = SSL_write(ssl_, plaintext.data(), chunk);
-      if (rc <= 0) return absl::UnavailableError(absl::StrCat("TLS: ", TakeErrors()));
+      if (rc <= 0) return absl::UnavailableError(absl::StrCat("TLS: ", TakeOpenSslErrors()));
       plaintext.remove_prefix(static_cast<size_t>(rc));
     }
     Drain(ssl_, &wire);
@@ -296,7 +284,7 @@ absl::Status TlsLink::Receive(absl::string_view ciphertext, protocol::FrameDecod
     if (error == SSL_ERROR_ZERO_RETURN) {
       return absl::UnavailableError("the node closed the connection");
     }
-    const std::string errors = TakeErrors();
+    const std::string errors = TakeOpenSslErrors();
     return absl::UnavailableError(
         absl::StrCat("TLS: ", Explain(errors.empty() ? std::string("connection failed")
                                                      : errors)));

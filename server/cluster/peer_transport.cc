@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "protocol/openssl_errors.h"
 #include "server/cluster/peer_auth.h"
 
 namespace logkv::server::cluster {
@@ -33,23 +34,10 @@ namespace p = ::logkv::protocol;
 
 namespace {
 
+using ::logkv::protocol::TakeOpenSslErrors;
+
 std::string UvError(int code) { return absl::StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
 
-// OpenSSL's queued errors (reasons only), the queue emptied.
-std::string TlsErrors(absl::string_view fallback) {
-  std::string text;
-  while (unsigned long code = ERR_get_error()) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof(buffer));
-    absl::string_view line = buffer;
-    if (size_t colon = line.rfind(':'); colon != absl::string_view::npos) {
-      line.remove_prefix(colon + 1);
-    }
-    if (!text.empty()) absl::StrAppend(&text, "; ");
-    absl::StrAppend(&text, line);
-  }
-  return text.empty() ? std::string(fallback) : text;
-}
 
 // A failed connection attempt makes the peer wait this long (doubling up to
 // the maximum) before the next one; requests meanwhile fail at once.
@@ -907,7 +895,7 @@ void PeerTransport::Impl::BuildTlsContext() {
   tls_ctx_.reset(SSL_CTX_new(TLS_client_method()));
   SSL_CTX* ctx = tls_ctx_.get();
   if (ctx == nullptr) {
-    tls_status_ = absl::InternalError(TlsErrors("SSL_CTX_new failed"));
+    tls_status_ = absl::InternalError(TakeOpenSslErrors("SSL_CTX_new failed"));
     return;
   }
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -919,7 +907,7 @@ void PeerTransport::Impl::BuildTlsContext() {
           : SSL_CTX_load_verify_locations(ctx, options_.tls_ca_file.c_str(), nullptr) == 1;
   if (!ca_read) {
     tls_status_ = absl::FailedPreconditionError(absl::StrCat(
-        "peer TLS: cannot read the CA file ", options_.tls_ca_file, ": ", TlsErrors("")));
+        "peer TLS: cannot read the CA file ", options_.tls_ca_file, ": ", TakeOpenSslErrors("")));
     return;
   }
   if (!options_.tls_cert_file.empty() &&
@@ -928,7 +916,7 @@ void PeerTransport::Impl::BuildTlsContext() {
        SSL_CTX_check_private_key(ctx) != 1)) {
     tls_status_ = absl::FailedPreconditionError(
         absl::StrCat("peer TLS: cannot use the certificate ", options_.tls_cert_file, " and key ",
-                     options_.tls_key_file, ": ", TlsErrors("")));
+                     options_.tls_key_file, ": ", TakeOpenSslErrors("")));
   }
 }
 
@@ -938,7 +926,7 @@ bool PeerTransport::Impl::OnTlsRead(Connection* connection, ssize_t nread) {
   BIO_write(SSL_get_rbio(ssl), connection->cipher_in.get(), static_cast<int>(nread));
   auto fail = [&](absl::string_view what) {
     const long verify = SSL_get_verify_result(ssl);
-    std::string reason = TlsErrors("the peer closed the connection");
+    std::string reason = TakeOpenSslErrors("the peer closed the connection");
     if (verify != X509_V_OK) {
       reason = absl::StrCat(X509_verify_cert_error_string(verify), " (", reason, ")");
     }
@@ -1012,7 +1000,7 @@ void PeerTransport::Impl::Flush(Peer& peer) {
     if (SSL_write(connection->ssl, source.data(), static_cast<int>(source.size())) <= 0) {
       CloseConnection(peer, absl::UnavailableError(absl::StrCat(
                                 "TLS write to peer ", peer.address, " failed: ",
-                                TlsErrors(""))),
+                                TakeOpenSslErrors(""))),
                       false);
       return;
     }

@@ -11,27 +11,13 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "protocol/openssl_errors.h"
 
 namespace logkv::server::net {
 
 namespace {
 
-// OpenSSL's queued errors as text (the queue is emptied), or fallback.
-std::string TakeErrors(absl::string_view fallback) {
-  std::string text;
-  while (unsigned long code = ERR_get_error()) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof(buffer));
-    // "error:0A000086:SSL routines::certificate verify failed": keep the reason.
-    absl::string_view line = buffer;
-    if (size_t colon = line.rfind(':'); colon != absl::string_view::npos) {
-      line.remove_prefix(colon + 1);
-    }
-    if (!text.empty()) absl::StrAppend(&text, "; ");
-    absl::StrAppend(&text, line);
-  }
-  return text.empty() ? std::string(fallback) : text;
-}
+using ::logkv::protocol::TakeOpenSslErrors;
 
 // ALPN: the listener's protocol (SSL app data: non-null for HTTP) if the
 // client offered it; no_application_protocol if it offered only others.
@@ -99,27 +85,28 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(const TlsOptions&
 absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
   ERR_clear_error();
   CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
-  if (ctx == nullptr) return absl::InternalError(TakeErrors("SSL_CTX_new failed"));
+  if (ctx == nullptr) return absl::InternalError(TakeOpenSslErrors("SSL_CTX_new failed"));
   SSL_CTX_set_min_proto_version(ctx.get(),
                                 options_.allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
   SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), options_.cert_file.c_str()) != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-cert ", options_.cert_file, ": ", TakeErrors("cannot read the certificate")));
+        "--tls-cert ", options_.cert_file, ": ", TakeOpenSslErrors("cannot read the certificate")));
   }
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), options_.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-key ", options_.key_file, ": ", TakeErrors("cannot read the private key")));
+        "--tls-key ", options_.key_file, ": ", TakeOpenSslErrors("cannot read the private key")));
   }
   if (SSL_CTX_check_private_key(ctx.get()) != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tls-key ", options_.key_file, " is not the key of --tls-cert ",
-                     options_.cert_file, ": ", TakeErrors("they do not match")));
+                     options_.cert_file, ": ", TakeOpenSslErrors("they do not match")));
   }
   if (!options_.ca_file.empty()) {
     if (SSL_CTX_load_verify_locations(ctx.get(), options_.ca_file.c_str(), nullptr) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls-ca ", options_.ca_file, ": ", TakeErrors("cannot read the CA certificates")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-ca ", options_.ca_file, ": ",
+                       TakeOpenSslErrors("cannot read the CA certificates")));
     }
     // The CA names the server asks client certificates of.
     if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options_.ca_file.c_str())) {
@@ -130,7 +117,7 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
     // Peers' certificates verify too (and are asked for, below).
     if (SSL_CTX_load_verify_locations(ctx.get(), options_.peer_ca_file.c_str(), nullptr) != 1) {
       return absl::InvalidArgumentError(absl::StrCat("--peer-tls-ca ", options_.peer_ca_file,
-                                                     ": ", TakeErrors("cannot read it")));
+                                                     ": ", TakeOpenSslErrors("cannot read it")));
     }
     STACK_OF(X509_NAME)* names = SSL_CTX_get_client_CA_list(ctx.get());
     if (names == nullptr) {
@@ -208,7 +195,7 @@ void TlsStream::Feed(const char* data, size_t size) {
 
 void TlsStream::Fail() {
   failed_ = true;
-  std::string reason = TakeErrors("");
+  std::string reason = TakeOpenSslErrors("");
   const long verify = SSL_get_verify_result(ssl_);
   if (verify != X509_V_OK) {
     reason = absl::StrCat("client certificate: ", X509_verify_cert_error_string(verify),
