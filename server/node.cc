@@ -630,10 +630,12 @@ absl::Status Node::Start() {
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
     if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
-      // A new cluster's first node: ready once it is a member, or at once
-      // if its control plane cannot write (it serves alone meanwhile).
+      // A new cluster's first node: ready once it is a member (joining: it
+      // activates itself below; the reconciler may do so first), or after
+      // a bounded wait if its control plane cannot write (it serves alone
+      // meanwhile).
       if (absl::Status added = control_->WaitForSelf(
-              {control::MemberState::kActive},
+              {control::MemberState::kJoining, control::MemberState::kActive},
               absl::Now() + std::min(options_.join_timeout, absl::Seconds(5)));
           !added.ok()) {
         Log(Level::kWarning, "the control plane has not made this node a member yet: %s",
