@@ -226,8 +226,8 @@ TEST_F(ControlPlaneTest, ADuplicateNodeIdDoesNotEvictAMember) {
 }
 
 // A client connection (no ClusterHello with the cluster secret) that sends
-// a control-plane command is refused and nothing changes: ControlPropose is
-// a cluster-internal operation.
+// a control-plane command is refused and nothing changes: ControlPropose and
+// EpochBarrier are cluster-internal operations.
 TEST_F(ControlPlaneTest, AClientCannotProposeControlCommands) {
   ASSERT_OK(StartCluster(3));
   const uint64_t epoch = Epoch(0);
@@ -245,6 +245,22 @@ TEST_F(ControlPlaneTest, AClientCannotProposeControlCommands) {
     request.add_request_id(7);
     request.add_operation_type(protocol::Operation::ControlPropose);
     request.add_operation(propose.Union());
+    builder.FinishSizePrefixed(request.Finish());
+    ASSERT_TRUE(connection->SendBytes(protocol::FrameOf(builder)).ok());
+    absl::StatusOr<std::string> answer = connection->ReadFrame();
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    const protocol::Response* response =
+        flatbuffers::GetSizePrefixedRoot<protocol::Response>(answer->data());
+    EXPECT_EQ(response->status(), protocol::StatusCode::PermissionDenied);
+  }
+  // Nor may it ask a member about the epoch barrier of a membership change.
+  {
+    flatbuffers::FlatBufferBuilder builder(128);
+    auto barrier = protocol::CreateEpochBarrier(builder, epoch);
+    protocol::RequestBuilder request(builder);
+    request.add_request_id(8);
+    request.add_operation_type(protocol::Operation::EpochBarrier);
+    request.add_operation(barrier.Union());
     builder.FinishSizePrefixed(request.Finish());
     ASSERT_TRUE(connection->SendBytes(protocol::FrameOf(builder)).ok());
     absl::StatusOr<std::string> answer = connection->ReadFrame();
