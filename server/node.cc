@@ -1711,6 +1711,7 @@ absl::Status Node::FinishJoin(absl::Time deadline) {
   control::ControlPlane* control = control_plane();
   const control::Member self = control->self();
   absl::Status last = absl::OkStatus();
+  std::string last_said;
   while (true) {
     const std::shared_ptr<const control::ClusterConfig> config = control->config();
     const control::Member* held = config->Find(self.node_id);
@@ -1765,7 +1766,10 @@ absl::Status Node::FinishJoin(absl::Time deadline) {
       }
       last = activated.status();
     }
-    Log(Level::kInfo, "joining: %s; trying again", last.message());
+    if (std::string said(last.message()); said != last_said) {  // once per reason
+      Log(Level::kInfo, "joining: %s; trying again", said);
+      last_said = std::move(said);
+    }
     absl::SleepFor(absl::Milliseconds(100));
   }
 }
@@ -1808,6 +1812,7 @@ absl::Status Node::Leave(absl::Time deadline) {
     }
   }
   absl::Status last = absl::OkStatus();
+  std::string last_said;
   while (true) {
     const std::shared_ptr<const control::ClusterConfig> config = control->config();
     const control::Member* held = config->Find(self.node_id);
@@ -1856,7 +1861,10 @@ absl::Status Node::Leave(absl::Time deadline) {
       }
       last = removed.status();
     }
-    Log(Level::kInfo, "leaving: %s; trying again", last.message());
+    if (std::string said(last.message()); said != last_said) {  // once per reason
+      Log(Level::kInfo, "leaving: %s; trying again", said);
+      last_said = std::move(said);
+    }
     absl::SleepFor(absl::Milliseconds(100));
   }
 }
