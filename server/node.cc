@@ -1939,11 +1939,20 @@ void Node::RejoinIfLeft() {
     }
     return;
   }
-  // Removed, or leaving as far as this node applied: a removed node may not
-  // hear of its own removal (the leader stops sending it the log).
+  if (held != nullptr && held->raft_id == self.raft_id &&
+      held->state == control::MemberState::kLeaving && control_caught_up_.load()) {
+    // Leaving, and not (or no longer) being asked to by POST /members/leave:
+    // killed or restarted during a decommission, or the leave gave up at its
+    // deadline. A leave is committed: a crash does not cancel it, and the
+    // cluster must not stay in its joint configuration, so it goes on here
+    // until this node is removed.
+    ResumeLeave();
+    return;
+  }
+  // Removed, as far as this node applied: a removed node may not hear of its
+  // own removal (the leader stops sending it the log).
   if (held == nullptr || held->raft_id != self.raft_id ||
-      (held->state != control::MemberState::kRemoved &&
-       held->state != control::MemberState::kLeaving)) {
+      held->state != control::MemberState::kRemoved) {
     return;
   }
   // Through any live member: it passes the command to its leader.
@@ -1959,6 +1968,21 @@ void Node::RejoinIfLeft() {
     Log(Level::kWarning, "joining the control plane again through %s: %s", member.node_id,
         epoch.status().message());
   }
+}
+
+void Node::ResumeLeave() {
+  cluster::Membership* membership = cluster_->membership();
+  if (leaving_.exchange(true)) return;  // POST /members/leave runs it
+  Log(Level::kInfo, "leaving: this node was leaving the cluster; the leave goes on");
+  const absl::Status left = Leave(absl::Now() + absl::Seconds(40));
+  if (left.ok()) {
+    // As a leave asked for over HTTP ends: gossip says so.
+    membership->LeaveAsync([] {});
+    Log(Level::kInfo, "leaving: done, this node is no longer a member");
+  } else {
+    Log(Level::kWarning, "leaving: %s; trying again", left.message());
+  }
+  leaving_.store(false);
 }
 
 absl::Status Node::StartFlusher() {

@@ -276,6 +276,8 @@ class Node {
   // A node that left and was asked to join again (gossip joined) is added
   // to the committed configuration again (the rejoin worker's task).
   void RejoinIfLeft();
+  // Goes on with a committed leave nobody is running (RejoinIfLeft).
+  void ResumeLeave();
   // A joining member (this node) becomes active (docs/cluster.md,
   // "Membership changes"): the epoch barrier, the fill from the owners, then
   // ActivateMember. Returns once this node applied its activation.

@@ -685,8 +685,10 @@ void ClusterRoutes::Leave(HttpRequest& request, Responder responder) {
     if (!handed_off.ok()) {
       HttpResponse refused = HttpResponse::Error(
           handed_off.code() == absl::StatusCode::kFailedPrecondition ? 409 : 503,
-          absl::StrCat("not leaving: this node's keys could not be handed off (",
-                       handed_off.message(), ")"));
+          absl::StrCat("not left yet: this node's keys could not be handed off (",
+                       handed_off.message(),
+                       "); a leave the control plane committed goes on in the background "
+                       "until this node is removed (GET /members/ shows its state)"));
       if (refused.status == 503) refused.headers.emplace_back("Retry-After", "5");
       return shared->Send(std::move(refused));
     }

@@ -1228,6 +1228,118 @@ TEST_F(ClusterTest, StrongIsLinearizableThroughAJoinAndADecommission) {
   EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
 }
 
+// A member's committed state as node's GET /members/ shows it ("joining",
+// "active", "leaving"), or "" when node lists no such member.
+std::string CommittedState(const ClusterProcess& cluster, int node, const std::string& member) {
+  absl::StatusOr<HttpAnswer> answer =
+      HttpExchange(cluster.http_port(node), "GET", "/members/", {}, "", absl::Seconds(5));
+  if (!answer.ok() || answer->status != 200) return "?";
+  const nlohmann::json list = answer->Json();
+  if (!list.is_array()) return "?";
+  for (const nlohmann::json& item : list) {
+    if (item.is_object() && item.value("id", "") == member) return item.value("member_state", "");
+  }
+  return "";
+}
+
+// Polls (bounded) until node shows member in state ("" = not a member).
+absl::Status WaitCommittedState(const ClusterProcess& cluster, int node, const std::string& member,
+                                const std::string& state, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string seen;
+  while (absl::Now() < deadline) {
+    seen = CommittedState(cluster, node, member);
+    if (seen == state) return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(cluster.node_id(node), " shows ", member, " as '",
+                                                  seen, "', not '", state, "'"));
+}
+
+// The same while members are killed (SIGKILL) and restarted in the middle
+// of the changes: the joining node and an old owner during the join, the
+// leaving node once its leave is committed, and an owner that receives its
+// keys. The join finishes, the leave goes on after the leaving node's
+// restart until it is removed, strong operations stay linearizable, and no
+// key written before is lost.
+TEST_F(ClusterTest, StrongIsLinearizableWhenMembersAreKilledDuringAJoinAndADecommission) {
+  const uint64_t seed = TestSeedFromEnvironment(
+      "StrongIsLinearizableWhenMembersAreKilledDuringAJoinAndADecommission");
+  RecordProperty("seed", std::to_string(seed));
+  ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--fsync=always");
+  }));
+  constexpr int kKept = 200;
+  for (int i = 0; i < kKept; ++i) {
+    absl::StatusOr<HttpAnswer> put = cluster_->Put(i % 3, absl::StrCat("kept-", i),
+                                                   absl::StrCat("v", i), Consistency::kStrong);
+    ASSERT_TRUE(IsOk200(put)) << "kept-" << i << ": " << Describe(put);
+  }
+  std::mt19937_64 nemesis(seed);
+  auto pause = [&nemesis](int at_least_ms, int spread_ms) {
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(at_least_ms + static_cast<int>(nemesis() % spread_ms)));
+  };
+  std::vector<std::string> schedule;
+  auto crash = [&](int node, const std::string& when) {
+    cluster_->Kill(node);
+    schedule.push_back(absl::StrCat("kill ", cluster_->node_id(node), " ", when));
+    pause(100, 400);
+    return cluster_->RestartAsStarted(node);
+  };
+  StrongClients strong(cluster_.get(), seed,
+                       {"member-crash-a", "member-crash-b", "member-crash-c", "member-crash-d"},
+                       /*clients=*/6);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  const int joiner = *joined;
+  pause(0, 500);
+  ASSERT_OK(crash(joiner, "(joining)"));
+  pause(0, 500);
+  ASSERT_OK(crash(2, "(an owner, during the join)"));
+  ASSERT_OK(WaitCommittedState(*cluster_, 0, cluster_->node_id(joiner), "active",
+                               absl::Seconds(90)))
+      << cluster_->Describe();
+
+  const int leaving = 1;
+  const std::string leaving_id = cluster_->node_id(leaving);
+  std::thread leave([&] {
+    // Answered or cut off by the kill: either way the leave goes on.
+    (void)HttpExchange(cluster_->http_port(leaving), "POST", "/members/leave",
+                       {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
+  });
+  const absl::Status committed =
+      WaitCommittedState(*cluster_, 0, leaving_id, "leaving", absl::Seconds(30));
+  if (committed.ok()) {
+    pause(0, 300);
+    EXPECT_OK(crash(leaving, "(leaving)"));
+    pause(0, 300);
+    EXPECT_OK(crash(0, "(an owner, during the leave)"));
+  }
+  leave.join();
+  ASSERT_OK(committed);
+  for (int node : {0, 2, joiner}) {
+    ASSERT_OK(WaitCommittedState(*cluster_, node, leaving_id, "", absl::Seconds(90)))
+        << cluster_->Describe();
+  }
+  ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  strong.Stop();
+  std::cout << "nemesis schedule: " << absl::StrJoin(schedule, "; ") << std::endl;
+  const int completed = strong.Check(seed);
+  std::cout << completed << " strong operations completed" << std::endl;
+  EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
+  for (int i = 0; i < kKept; ++i) {
+    const int node = std::vector<int>{0, 2, joiner}[i % 3];
+    absl::StatusOr<HttpAnswer> got = cluster_->Get(node, absl::StrCat("kept-", i),
+                                                   Consistency::kStrong);
+    EXPECT_TRUE(IsOk200(got) && got->body == absl::StrCat("v", i))
+        << "kept-" << i << " via " << cluster_->node_id(node) << ": " << Describe(got);
+  }
+}
+
 TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {
   ASSERT_OK(StartCluster(3, 3));
   std::vector<double> before;
