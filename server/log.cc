@@ -113,4 +113,16 @@ std::string PrintableBytes(absl::string_view bytes, size_t max_bytes) {
   return absl::StrCat(absl::CHexEscape(bytes.substr(0, max_bytes)), "...");
 }
 
+bool LogLimiter::Allow(int64_t* held_back) {
+  const int64_t now = absl::GetCurrentTimeNanos();
+  int64_t next = next_ns_.load(std::memory_order_relaxed);
+  if (now < next || !next_ns_.compare_exchange_strong(next, now + interval_ns_,
+                                                      std::memory_order_relaxed)) {
+    held_back_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  *held_back = held_back_.exchange(0, std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace logkv::server

@@ -9,6 +9,7 @@
 #ifndef LOGKV_SERVER_LOG_H_
 #define LOGKV_SERVER_LOG_H_
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace logkv::server {
 
@@ -43,6 +45,26 @@ void LogLine(Level level, absl::string_view message, std::initializer_list<LogFi
 // after max_bytes of input with "..." appended, so a binary or huge key
 // neither breaks the line nor floods the log.
 std::string PrintableBytes(absl::string_view bytes, size_t max_bytes = 64);
+
+// Lets a message that can repeat at every request (a full disk fails every
+// write) through at most once per interval, counting what it held back.
+//
+// Thread-safety: Allow may be called from any thread at once.
+class LogLimiter {
+ public:
+  explicit LogLimiter(absl::Duration interval) : interval_ns_(absl::ToInt64Nanoseconds(interval)) {}
+  LogLimiter(const LogLimiter&) = delete;
+  LogLimiter& operator=(const LogLimiter&) = delete;
+
+  // Whether to log now; when so, *held_back is how many were not logged
+  // since the last line.
+  bool Allow(int64_t* held_back);
+
+ private:
+  const int64_t interval_ns_;
+  std::atomic<int64_t> next_ns_{0};
+  std::atomic<int64_t> held_back_{0};
+};
 
 template <typename... Args>
 void Log(Level level, const absl::FormatSpec<Args...>& format, const Args&... args) {

@@ -565,8 +565,14 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
       metrics_->replica_acks_failed()->Inc();
     }
   } else if (!status.ok()) {
-    Log(Level::kWarning, "cluster: local write of key %s failed: %s",
-        KeyForMessage(state->record->key), status.ToString());
+    // A full disk fails every write: a line a second says so.
+    static LogLimiter limiter(absl::Seconds(1));
+    if (int64_t held_back = 0; limiter.Allow(&held_back)) {
+      Log(Level::kWarning, "cluster: local write of key %s failed: %s%s",
+          KeyForMessage(state->record->key), status.ToString(),
+          held_back > 0 ? absl::StrCat(" (", held_back, " more failed since the last line)")
+                        : "");
+    }
   }
   std::optional<SendOutcome> finished;
   {

@@ -1340,6 +1340,65 @@ TEST_F(ClusterTest, StrongIsLinearizableWhenMembersAreKilledDuringAJoinAndADecom
   }
 }
 
+// A joining node whose disk fills up during its fill (its data directory is
+// a small tmpfs; needs the right to mount, skipped elsewhere) gives up at
+// its join timeout and exits, saying why; it stays a joining member, strong
+// operations stay linearizable and served by the others meanwhile, and once
+// its disk has room it is restarted, finishes the join, and every key is
+// read back through it.
+TEST_F(ClusterTest, AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoom) {
+  const uint64_t seed =
+      TestSeedFromEnvironment("AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoom");
+  RecordProperty("seed", std::to_string(seed));
+  ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--join_timeout_ms=12000");
+  }));
+  // The next node's data directory (ClusterProcess names it by node id).
+  const std::string next_dir =
+      std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
+  // Room to start (the control plane's log and the shards' first blocks take
+  // about 27 MiB) but not for the keys it will own.
+  ScopedTmpfs tmpfs(next_dir, "36m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
+  constexpr int kKeys = 1500;
+  const std::string padding(16 << 10, 'p');
+  for (int i = 0; i < kKeys; ++i) {
+    absl::StatusOr<HttpAnswer> put =
+        cluster_->Put(i % 3, absl::StrCat("full-", i), absl::StrCat("v", i, padding),
+                      Consistency::kEventual);
+    ASSERT_TRUE(IsOk200(put)) << "full-" << i << ": " << Describe(put);
+  }
+  StrongClients strong(cluster_.get(), seed, {"disk-a", "disk-b", "disk-c"}, /*clients=*/4);
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_FALSE(joined.ok()) << "the join finished on a disk too small for its keys";
+  const int joiner = 3;
+  ASSERT_EQ(cluster_->size(), 4);
+  ASSERT_EQ(cluster_->data_dir(joiner), next_dir);
+  const std::string said(joined.status().message());
+  EXPECT_NE(said.find("the join did not finish in time"), std::string::npos) << said;
+  EXPECT_NE(said.find("No space left on device"), std::string::npos) << said;
+  EXPECT_EQ(CommittedState(*cluster_, 0, cluster_->node_id(joiner)), "joining");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+
+  ASSERT_OK(tmpfs.Resize("512m"));
+  ASSERT_OK(cluster_->RestartAsStarted(joiner));
+  ASSERT_OK(WaitCommittedState(*cluster_, 0, cluster_->node_id(joiner), "active",
+                               absl::Seconds(60)))
+      << cluster_->Describe();
+  ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  strong.Stop();
+  const int completed = strong.Check(seed);
+  std::cout << completed << " strong operations completed" << std::endl;
+  EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
+  for (int i = 0; i < kKeys; ++i) {
+    absl::StatusOr<HttpAnswer> got =
+        cluster_->Get(joiner, absl::StrCat("full-", i), Consistency::kStrong);
+    ASSERT_TRUE(IsOk200(got) && got->body == absl::StrCat("v", i, padding))
+        << "full-" << i << ": " << (got.ok() ? got->status : 0);
+  }
+}
+
 TEST_F(ClusterTest, ClientRoutesEachKeyToAnOwner) {
   ASSERT_OK(StartCluster(3, 3));
   std::vector<double> before;

@@ -1,10 +1,14 @@
 #include "tests/engine/test_util.h"
 
 #include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -79,6 +83,34 @@ ScopedTempDir::~ScopedTempDir() {
 
 std::string ScopedTempDir::Subdir(absl::string_view name) const {
   return absl::StrCat(path_, "/", name);
+}
+
+// ---- ScopedTmpfs -------------------------------------------------------------------------
+
+ScopedTmpfs::ScopedTmpfs(const std::string& path, absl::string_view size) : path_(path) {
+  if (::mkdir(path.c_str(), 0755) != 0) {
+    error_ = std::strerror(errno);
+    return;
+  }
+  const std::string options = absl::StrCat("size=", size);
+  if (::mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) != 0) {
+    error_ = std::strerror(errno);
+    return;
+  }
+  mounted_ = true;
+}
+
+ScopedTmpfs::~ScopedTmpfs() {
+  if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
+}
+
+absl::Status ScopedTmpfs::Resize(absl::string_view size) {
+  const std::string options = absl::StrCat("size=", size);
+  if (!mounted_ || ::mount("tmpfs", path_.c_str(), "tmpfs", MS_REMOUNT, options.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("remount ", path_, " with ", options, ": ",
+                                            mounted_ ? std::strerror(errno) : "not mounted"));
+  }
+  return absl::OkStatus();
 }
 
 // ---- LogCapture ------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -35,6 +36,28 @@ class ScopedTempDir {
 
  private:
   std::string path_;
+};
+
+// A tmpfs of a given size mounted on path (made here), unmounted (lazily)
+// on destruction. Needs the right to mount: mounted() is false elsewhere,
+// and tests that need one skip.
+class ScopedTmpfs {
+ public:
+  ScopedTmpfs(const std::string& path, absl::string_view size);
+  ScopedTmpfs(const ScopedTmpfs&) = delete;
+  ScopedTmpfs& operator=(const ScopedTmpfs&) = delete;
+  ~ScopedTmpfs();
+
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+  // Grows (or shrinks) the mounted tmpfs in place ("64m"): a full disk
+  // given room again.
+  absl::Status Resize(absl::string_view size);
+
+ private:
+  std::string path_;
+  bool mounted_ = false;
+  std::string error_;
 };
 
 // A Clock that stands still until the test moves it. Safe from any thread.

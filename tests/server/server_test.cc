@@ -2,11 +2,6 @@
 // as a child process on a kernel-chosen loopback port, with its data in a
 // temporary directory, and is always stopped at the end.
 #include <signal.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-
-#include <cerrno>
-#include <cstring>
 
 #include <atomic>
 #include <map>
@@ -697,35 +692,6 @@ TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
     EXPECT_EQ(GetValue(check, absl::StrCat("s/", request - 1), id++), "v") << request;
   }
 }
-
-// A mounted tmpfs of a given size, unmounted (lazily) on destruction.
-class ScopedTmpfs {
- public:
-  ScopedTmpfs(const std::string& path, absl::string_view size) : path_(path) {
-    if (::mkdir(path.c_str(), 0755) != 0) {
-      error_ = std::strerror(errno);
-      return;
-    }
-    const std::string options = absl::StrCat("size=", size);
-    if (::mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) != 0) {
-      error_ = std::strerror(errno);
-      return;
-    }
-    mounted_ = true;
-  }
-  ScopedTmpfs(const ScopedTmpfs&) = delete;
-  ScopedTmpfs& operator=(const ScopedTmpfs&) = delete;
-  ~ScopedTmpfs() {
-    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string path_;
-  bool mounted_ = false;
-  std::string error_;
-};
 
 // A data directory on a small tmpfs that fills up (needs the right to
 // mount; skipped elsewhere): writes are refused as 507 over HTTP and
