@@ -136,22 +136,47 @@ struct ReplicaCoordinator::SendState {
 
 // ---- Quorums over one or two owner sets -----------------------------------------------
 
-ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(std::vector<std::string> members,
-                                                      size_t count) {
+ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(Names members, size_t count) {
   Need need;
   need.groups.push_back(Group{std::move(members), count});
   return need;
 }
 
+namespace {
+
+// Whether at least count of nodes (each named once, by name(node)) are members.
+template <typename Nodes, typename NameOf>
+bool CountReached(const std::vector<std::string>& members, size_t count, const Nodes& nodes,
+                  NameOf name) {
+  if (count == 0) return true;
+  size_t in_group = 0;
+  for (const auto& node : nodes) {
+    if (std::find(members.begin(), members.end(), name(node)) != members.end() &&
+        ++in_group >= count) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 bool ReplicaCoordinator::Need::MetBy(const std::vector<std::string>& nodes) const {
   for (const Group& group : groups) {
-    size_t in_group = 0;
-    for (const std::string& node : nodes) {
-      if (std::find(group.members.begin(), group.members.end(), node) != group.members.end()) {
-        ++in_group;
-      }
+    if (!CountReached(*group.members, group.count, nodes,
+                      [](const std::string& node) -> const std::string& { return node; })) {
+      return false;
     }
-    if (in_group < group.count) return false;
+  }
+  return true;
+}
+
+bool ReplicaCoordinator::Need::MetBy(const std::vector<Reply>& replies) const {
+  for (const Group& group : groups) {
+    if (!CountReached(*group.members, group.count, replies,
+                      [](const Reply& reply) -> const std::string& { return reply.node_id; })) {
+      return false;
+    }
   }
   return true;
 }
@@ -160,15 +185,15 @@ std::string ReplicaCoordinator::Need::Describe() const {
   std::vector<std::string> parts;
   for (const Group& group : groups) {
     parts.push_back(
-        absl::StrCat(group.count, " of [", absl::StrJoin(group.members, ", "), "]"));
+        absl::StrCat(group.count, " of [", absl::StrJoin(*group.members, ", "), "]"));
   }
   return absl::StrJoin(parts, " and ");
 }
 
 ReplicaCoordinator::Need ReplicaCoordinator::Majorities(const KeyOwners& owners) {
   Need need;
-  for (const std::vector<std::string>& group : owners.groups) {
-    need.groups.push_back(Need::Group{group, Majority(group.size())});
+  for (const Names& group : owners.groups) {
+    need.groups.push_back(Need::Group{group, Majority(group->size())});
   }
   return need;
 }
@@ -218,7 +243,15 @@ size_t ReplicaCoordinator::InFlightBefore(uint64_t epoch) const {
 std::shared_ptr<void> ReplicaCoordinator::Track(uint64_t epoch) {
   {
     absl::MutexLock lock(&in_flight_mu_);
-    ++in_flight_[epoch];
+    auto [it, added] = in_flight_.try_emplace(epoch, 0);
+    ++it->second;
+    // Counts that reached zero stay (no node made and freed per operation)
+    // until a newer epoch arrives; then those of older epochs go.
+    if (added) {
+      for (auto old = in_flight_.begin(); old != it;) {
+        old = old->second == 0 ? in_flight_.erase(old) : std::next(old);
+      }
+    }
   }
   // Released when the operation answers (the callback that holds it runs or
   // is destroyed).
@@ -226,7 +259,7 @@ std::shared_ptr<void> ReplicaCoordinator::Track(uint64_t epoch) {
     absl::MutexLock lock(&in_flight_mu_);
     auto it = in_flight_.find(epoch);
     assert(it != in_flight_.end() && it->second > 0);
-    if (--it->second == 0) in_flight_.erase(it);
+    --it->second;
   });
 }
 
@@ -303,17 +336,18 @@ std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
 ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& placement,
                                                           absl::string_view key) const {
   KeyOwners owners;
-  owners.all = OwnersOf(*placement.ring, key);
-  owners.groups.push_back(owners.all);
+  auto current = std::make_shared<const std::vector<std::string>>(OwnersOf(*placement.ring, key));
+  owners.all = current;
+  owners.groups.push_back(current);
   if (placement.next != nullptr && placement.next->size() > 0) {
     std::vector<std::string> next = OwnersOf(*placement.next, key);
-    if (next != owners.all) {
+    if (next != *current) {
+      std::vector<std::string> all = *current;
       for (const std::string& node : next) {
-        if (std::find(owners.all.begin(), owners.all.end(), node) == owners.all.end()) {
-          owners.all.push_back(node);
-        }
+        if (std::find(all.begin(), all.end(), node) == all.end()) all.push_back(node);
       }
-      owners.groups.push_back(std::move(next));
+      owners.all = std::make_shared<const std::vector<std::string>>(std::move(all));
+      owners.groups.push_back(std::make_shared<const std::vector<std::string>>(std::move(next)));
     }
   }
   return owners;
@@ -386,11 +420,11 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   Need need = consistency == p::Consistency::Strong
                   ? Majorities(key_owners)
                   : Need::Of(key_owners.groups.front(),
-                             WriteAcks(consistency, key_owners.groups.front().size()));
-  std::vector<std::string> owners = key_owners.all;
+                             WriteAcks(consistency, key_owners.groups.front()->size()));
+  Names owners = std::move(key_owners.all);
   // W is within [1, N]: a write waits for an owner at least, never for more than exist.
-  assert(!owners.empty() && need.groups.front().count >= 1 &&
-         need.groups.front().count <= need.groups.front().members.size());
+  assert(!owners->empty() && need.groups.front().count >= 1 &&
+         need.groups.front().count <= need.groups.front().members->size());
   const absl::Time deadline = absl::Now() + options_.write_wait;
   auto record = std::make_shared<VersionedRecord>();
   record->found = true;
@@ -401,13 +435,13 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
     record->expiry_unix_ms = clock->NowUnixMs() + ttl_ms;
   }
   record->key = std::move(key);
-  if (metrics_ != nullptr && owners.size() > 1) metrics_->replications()->Inc();
+  if (metrics_ != nullptr && owners->size() > 1) metrics_->replications()->Inc();
 
   if (consistency != p::Consistency::Strong) {
     // Stamp above what this node holds for the key (a write replicated here
     // from another coordinator may be ahead of our clock), so a write that
     // follows it is not lost to last-write-wins.
-    if (std::find(owners.begin(), owners.end(), self_) != owners.end()) {
+    if (std::find(owners->begin(), owners->end(), self_) != owners->end()) {
       absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
       if (local.ok() && local->found) clock_.Observe(local->timestamp);
     }
@@ -419,7 +453,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   // write is stamped above every write that completed before it began
   // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
   const std::string& read_key = record->key;
-  ReadQuorum(owners, read_key, /*with_value=*/false, need, deadline,
+  ReadQuorum(*owners, read_key, /*with_value=*/false, need, deadline,
              [this, owners, record, need, deadline,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
@@ -429,7 +463,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                      replies.status().message(), ")")));
                }
                // Phase 1 heard from a majority of each owner set.
-               assert(replies->size() <= owners.size());
+               assert(replies->size() <= owners->size());
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
                record->timestamp = clock_.Now();
                WriteStamped(std::move(owners), std::move(record), need, deadline,
@@ -437,24 +471,23 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
              });
 }
 
-void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
-                                      std::shared_ptr<VersionedRecord> record, Need need,
-                                      absl::Time deadline,
+void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
+                                      Need need, absl::Time deadline,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
   assert(timestamp != 0);  // stamped by the cluster clock before it is sent
-  const size_t owner_count = owners.size();
-  const std::string needed = need.Describe();
+  const size_t owner_count = owners->size();
+  const std::vector<std::string>& targets = *owners;
   SendToOwners(
-      owners, record, need, deadline, /*hint=*/true,
-      [this, owners, record, needed, timestamp, owner_count,
+      targets, record, need, deadline, /*hint=*/true,
+      [this, owners, record, need, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
         if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
               "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
-              " of ", owner_count, " owners, ", needed, " needed, within ",
+              " of ", owner_count, " owners, ", need.Describe(), " needed, within ",
               absl::FormatDuration(options_.write_wait), "; applied on [",
               absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
               absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
@@ -465,7 +498,7 @@ void ReplicaCoordinator::WriteStamped(std::vector<std::string> owners,
         }
         outcome.result.timestamp = timestamp;
         outcome.result.applied = true;
-        outcome.owners = owners;
+        outcome.owners = *owners;
         outcome.acknowledged = sent.applied.size();
         done(std::move(outcome));
       });
@@ -485,7 +518,7 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
   state->done = std::move(done);
   if (targets.empty()) {
     SendOutcome outcome;
-    outcome.reached = state->need.MetBy({});
+    outcome.reached = state->need.MetBy(std::vector<std::string>());
     state->done(std::move(outcome));
     return;
   }
@@ -594,7 +627,8 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
       } else if (state->answered == state->total) {
         state->finished = true;
       }
-      if (state->finished) finished = outcome;
+      // Nothing reads the outcome once finished (later answers are only counted).
+      if (state->finished) finished = std::move(outcome);
     }
     // Once every target answered the send is finished: done was called.
     assert(state->answered < state->total || state->finished);
@@ -629,10 +663,10 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
     owners.all = owners.groups.front();
   }
   Need need = strong ? Majorities(owners)
-                     : Need::Of(owners.all, ReadAcks(consistency, owners.all.size()));
+                     : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()));
   const absl::Time deadline = absl::Now() + options_.write_wait;
-  const std::vector<std::string> asked = owners.all;
-  ReadQuorum(asked, key, /*with_value=*/true, std::move(need), deadline,
+  const Names asked = owners.all;
+  ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline,
              [this, owners, strong, deadline, key,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
@@ -649,7 +683,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
                                     bool strong, absl::Time deadline,
                                     std::function<void(absl::StatusOr<ReadResult>)> done) {
   // A read finishes with at least one reply, at most one per owner.
-  assert(!replies.empty() && replies.size() <= owners.all.size());
+  assert(!replies.empty() && replies.size() <= owners.all->size());
   size_t newest_index = 0;
   for (size_t i = 1; i < replies.size(); ++i) {
     if (NewerThan(replies[i].record, replies[newest_index].record)) newest_index = i;
@@ -688,7 +722,9 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
   if (!strong) {
     if (!stale.empty()) {
       // Background repair: the answer does not wait for it.
-      SendToOwners(stale, newest, Need::Of(stale, stale.size()), deadline, /*hint=*/false,
+      const size_t count = stale.size();
+      auto targets = std::make_shared<const std::vector<std::string>>(std::move(stale));
+      SendToOwners(*targets, newest, Need::Of(targets, count), deadline, /*hint=*/false,
                    [](SendOutcome) {});
     }
     return done(std::move(result));
@@ -698,20 +734,21 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
   // read can return anything older.
   std::vector<std::string> holding;
   std::vector<std::string> targets;
-  for (const std::string& owner : owners.all) {
+  for (const std::string& owner : *owners.all) {
     bool holds = false;
     for (const Reply& reply : replies) {
       if (reply.node_id == owner && !NewerThan(*newest, reply.record)) holds = true;
     }
     (holds ? holding : targets).push_back(owner);
   }
-  Need need = Majorities(owners);
-  if (need.MetBy(holding)) return done(std::move(result));
-  const std::string needed = need.Describe();
+  const Need needed = Majorities(owners);
+  if (needed.MetBy(holding)) return done(std::move(result));
+  Need need = needed;
   for (Need::Group& group : need.groups) {
     size_t held = 0;
     for (const std::string& node : holding) {
-      if (std::find(group.members.begin(), group.members.end(), node) != group.members.end()) {
+      if (std::find(group.members->begin(), group.members->end(), node) !=
+          group.members->end()) {
         ++held;
       }
     }
@@ -723,7 +760,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
                  if (!sent.reached) {
                    return done(absl::UnavailableError(absl::StrCat(
                        "strong read of key ", KeyForMessage(key), ": the newest record is on ",
-                       holders + sent.applied.size(), " owners, ", needed,
+                       holders + sent.applied.size(), " owners, ", needed.Describe(),
                        " needed, within the write wait; not on [",
                        absl::StrJoin(sent.failures, "; "), "]")));
                  }
@@ -841,7 +878,7 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
     assert(state->next <= state->candidates.size());
     if (record.ok()) {
       state->replies.push_back(Reply{node, *std::move(record)});
-      if (state->need.MetBy(NodesOf(state->replies))) {
+      if (state->need.MetBy(state->replies)) {
         state->finished = true;
         finish = std::move(state->replies);
       }

@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -249,24 +250,29 @@ class ReplicaCoordinator final : public Coordinator {
   };
   using SendDone = std::function<void(SendOutcome outcome)>;
 
+  // A list of owners, shared (not copied) by an operation's states and
+  // callbacks.
+  using Names = std::shared_ptr<const std::vector<std::string>>;
   // The acknowledgements an operation needs: count of the members of each
   // group (one group; two, before and after, during a membership change).
   struct Need {
     struct Group {
-      std::vector<std::string> members;
+      Names members;
       size_t count = 0;
     };
-    std::vector<Group> groups;
+    absl::InlinedVector<Group, 2> groups;
 
-    static Need Of(std::vector<std::string> members, size_t count);
+    static Need Of(Names members, size_t count);
     bool MetBy(const std::vector<std::string>& nodes) const;
+    bool MetBy(const std::vector<Reply>& replies) const;  // by the replies' nodes
     std::string Describe() const;  // "2 of [a, b, c] and 2 of [a, b, d]"
   };
   // A key's owners under a placement: every owner once (the current ring's
-  // first, in preference order), and each ring's owners.
+  // first, in preference order), and each ring's owners (one group, the
+  // same list as all; or two during a change).
   struct KeyOwners {
-    std::vector<std::string> all;
-    std::vector<std::vector<std::string>> groups;  // one, or two during a change
+    Names all;
+    absl::InlinedVector<Names, 2> groups;
   };
 
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
@@ -307,7 +313,7 @@ class ReplicaCoordinator final : public Coordinator {
               uint64_t held_timestamp);
 
   // Sends a stamped write to its owners and answers once need applied it.
-  void WriteStamped(std::vector<std::string> owners, std::shared_ptr<VersionedRecord> record,
+  void WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
                     Need need, absl::Time deadline,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
   void FinishRead(KeyOwners owners, std::vector<Reply> replies, bool strong,
