@@ -1499,7 +1499,9 @@ cluster::Placement Node::CommittedPlacement() {
   if (control == nullptr) return {};
   std::shared_ptr<const control::ClusterConfig> config = control->config();
   absl::MutexLock lock(&ring_mu_);
-  if (ring_epoch_ == config->epoch) return placement_;
+  // A thread that read the configuration before another built a newer
+  // placement gets the newer one: placements never go back.
+  if (ring_epoch_ != ~uint64_t{0} && ring_epoch_ >= config->epoch) return placement_;
   // Owners before a membership change (active and leaving members) and
   // after it (active and joining ones).
   std::vector<std::string> before;
@@ -1627,7 +1629,10 @@ absl::Status Node::StartBackgroundWork() {
   // A graceful leave (Leave, bounded) commits the change in the control
   // plane before gossip says so.
   cluster_routes_->SetHandOff([this](std::function<void(absl::Status)> then) {
-    leaving_.store(true);
+    if (leaving_.exchange(true)) {
+      // The leave already runs (asked before, or resumed after a restart).
+      return then(absl::UnavailableError("this node is already leaving"));
+    }
     RunInBackground([this, then = std::move(then)] {
       absl::Status status = Leave(absl::Now() + absl::Seconds(40));
       if (!status.ok()) Log(Level::kWarning, "leaving: %s", status.message());
@@ -1639,6 +1644,12 @@ absl::Status Node::StartBackgroundWork() {
       leaving_.store(false);
     });
   });
+  cluster_routes_->SetRemoveMember(
+      [this](std::string node_id, std::function<void(absl::Status)> then) {
+        RunInBackground([this, node_id = std::move(node_id), then = std::move(then)] {
+          then(RemoveJoiningMember(node_id, absl::Now() + absl::Seconds(20)));
+        });
+      });
   if (absl::Status status = anti_entropy_->Start(); !status.ok()) return status;
   if (absl::Status status = purger_->Start(); !status.ok()) return status;
   return backup_manager_->Start(member->node_id());
@@ -1970,6 +1981,56 @@ void Node::RejoinIfLeft() {
   }
 }
 
+absl::Status Node::RemoveJoiningMember(const std::string& node_id, absl::Time deadline) {
+  control::ControlPlane* control = control_plane();
+  if (control == nullptr) return absl::UnavailableError("the control plane is not running");
+  const std::shared_ptr<const control::ClusterConfig> config = control->config();
+  const control::Member* held = config->Find(node_id);
+  if (held == nullptr || held->state == control::MemberState::kRemoved) {
+    return absl::NotFoundError(
+        absl::StrCat("no member ", node_id, " in the cluster's committed configuration"));
+  }
+  if (held->state != control::MemberState::kJoining) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "member ", node_id, " is ", control::MemberStateName(held->state),
+        ": only a member still joining is removed this way (an active member leaves with POST "
+        "/members/leave on itself; one that lost its data takes its place with --replace)"));
+  }
+  cluster::Membership* membership = cluster_->membership();
+  if (membership != nullptr && membership->IsAlive(node_id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "member ", node_id,
+        " is alive: it is still joining (being filled); stop it first, or let it finish"));
+  }
+  // A member that left (or is leaving) since this one began joining may have
+  // handed keys to it that the owners without both no longer all hold.
+  for (const auto& [id, member] : config->members) {
+    if (id != node_id && member.since_epoch > held->since_epoch &&
+        (member.state == control::MemberState::kLeaving ||
+         member.state == control::MemberState::kRemoved)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "member ", id, " left (or is leaving) since ", node_id,
+          " began joining, and may have handed keys to it: start ", node_id,
+          " again so that it finishes its join (or, if it lost its data, with --replace)"));
+    }
+  }
+  // Otherwise a joining member was never an owner alone: the owners before
+  // the change hold every key, and a quorum of the joint configuration is a
+  // quorum of theirs, so dropping it moves no data and needs no barrier.
+  control::CommandOptions at;
+  at.if_epoch = config->epoch;
+  absl::StatusOr<uint64_t> removed =
+      SubmitUntilAnswered(control, control::EncodeRemoveMember(node_id, at), deadline);
+  if (!removed.ok()) {
+    return absl::Status(removed.status().code(),
+                        absl::StrCat("the control plane did not remove ", node_id, ": ",
+                                     removed.status().message()));
+  }
+  Log(Level::kWarning, "member %s, joining and down, removed from the cluster at epoch %d",
+      node_id, static_cast<int64_t>(*removed));
+  return absl::OkStatus();
+}
+
 void Node::ResumeLeave() {
   cluster::Membership* membership = cluster_->membership();
   if (leaving_.exchange(true)) return;  // POST /members/leave runs it
@@ -2038,6 +2099,7 @@ absl::Status Node::Stop() {
   if (cluster_routes_ != nullptr) {
     cluster_routes_->SetControlStatus(nullptr);
     cluster_routes_->SetHandOff(nullptr);
+    cluster_routes_->SetRemoveMember(nullptr);
     cluster_routes_->SetBackground(nullptr);
     cluster_routes_->SetSyncing(nullptr);
   }

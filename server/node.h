@@ -278,6 +278,9 @@ class Node {
   void RejoinIfLeft();
   // Goes on with a committed leave nobody is running (RejoinIfLeft).
   void ResumeLeave();
+  // POST /members/remove: another member that is joining and down leaves
+  // the committed configuration.
+  absl::Status RemoveJoiningMember(const std::string& node_id, absl::Time deadline);
   // A joining member (this node) becomes active (docs/cluster.md,
   // "Membership changes"): the epoch barrier, the fill from the owners, then
   // ActivateMember. Returns once this node applied its activation.

@@ -9,6 +9,7 @@
 //   logkv [flags] stats
 //   logkv [flags] nodes              the cluster's members (HTTP GET /nodes)
 //   logkv [flags] leave              the node leaves the cluster (POST /members/leave)
+//   logkv [flags] remove-member ID   removes a member that died while joining
 //   logkv [flags] ping
 //   logkv help [COMMAND]             also logkv COMMAND --help
 //   logkv [flags] backup create      the node at --http_target takes a backup (POST /api/backup)
@@ -158,6 +159,13 @@ const std::vector<CommandHelp>& Commands() {
        "keys are handed to the others. Needs --cluster-secret, or --token with the "
        "administrator's key.",
        {}, false, true, "logkv leave --http-target=10.0.0.5:8080 --cluster-secret=S"},
+      {"remove-member", nullptr, "remove-member NODE_ID", "removes a member that died joining",
+       "Removes NODE_ID from the cluster's committed configuration, through the node at "
+       "--http-target (POST /members/remove). Only for a member that is still joining and is "
+       "down (it died before it was filled): an active member leaves with logkv leave on "
+       "itself. Needs --cluster-secret, or --token with the administrator's key.",
+       {}, false, true,
+       "logkv remove-member 10.0.0.9:7070 --http-target=10.0.0.5:8080 --cluster-secret=S"},
       {"backup", nullptr,
        "backup create | status | list DIR | verify PATH | restore PATH DATA_DIR",
        "takes, lists, checks and restores backups",
@@ -826,6 +834,23 @@ int Leave() {
   return kExitOk;
 }
 
+int RemoveMember(const std::vector<std::string>& positionals) {
+  if (positionals.size() != 2) {
+    return Fail("remove-member takes one argument, the member's node id");
+  }
+  const nlohmann::json request = {{"node_id", positionals[1]}};
+  absl::StatusOr<HttpResult> result = HttpCall("POST", "/members/remove", request.dump());
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status != 200) return Fail(HttpError(*result));
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json body = nlohmann::json::parse(result->body, nullptr, false);
+    PrintJson(body.is_discarded() ? nlohmann::json{{"removed", true}} : body);
+  } else {
+    std::printf("removed %s from the cluster\n", positionals[1].c_str());
+  }
+  return kExitOk;
+}
+
 // The backups: create and status ask the node over HTTP (the
 // administrator's: --cluster_secret or the admin's --token); list, verify
 // and restore work on the files here, without a node.
@@ -1077,6 +1102,7 @@ int Main(int argc, char** argv) {
   if (command == "scan") return Scan(arguments);
   if (command == "watch") return Watch(arguments);
   if (command == "backup") return Backup(arguments);
+  if (command == "remove-member") return RemoveMember(arguments.positionals);
   if (arguments.positionals.size() > 1) {
     return Fail(
         absl::StrCat("unexpected argument \"", arguments.positionals[1], "\" for ", command));

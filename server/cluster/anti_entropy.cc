@@ -353,10 +353,21 @@ absl::Status AntiEntropy::HandOff(absl::Time deadline, std::shared_ptr<const Rin
     return absl::FailedPreconditionError(
         "this node is the only member: there is no other member to hand its keys to");
   }
-  // Ownership as it will be once this node is gone.
+  // Ownership as it will be once this node is gone. Every member of that
+  // ring must be handed what it will own: one that is not alive fails the
+  // hand-off (a member the list of live ones lacks would be skipped unseen).
   absl::Status all = absl::OkStatus();
   int reached = 0;
-  for (const Member& member : live_members_()) {
+  const std::vector<Member> live = live_members_();
+  for (const std::string& owner : after->members()) {
+    if (owner == self_) continue;
+    if (std::none_of(live.begin(), live.end(),
+                     [&owner](const Member& member) { return member.node_id == owner; })) {
+      all.Update(absl::UnavailableError(
+          absl::StrCat("cannot hand keys off to ", owner, ": it is not alive")));
+    }
+  }
+  for (const Member& member : live) {
     if (member.node_id == self_) continue;
     ++reached;
     if (absl::Now() >= deadline) {

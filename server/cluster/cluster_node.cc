@@ -173,8 +173,10 @@ Outcome ClusterNode::HandlePeer(const p::Request& request,
     return Outcome::kAnswered;
   }
   // Fencing: a peer whose committed configuration is older than this
-  // node's places keys on a stale ring; its data operations are refused
-  // (it retries once it applied the newer one). Hinted writes are data
+  // node's places keys on a stale ring, and a strong operation placed under
+  // an older configuration than this node's may have missed its epoch
+  // barrier; their data operations are refused (the peer retries once it
+  // applied the newer one; the client retries the operation). Hinted writes are data
   // held for this node whatever the ring, and pass.
   if (const uint64_t local = transport_.epoch(); local != 0 && request.epoch() != 0 &&
                                                  request.epoch() < local) {
@@ -183,10 +185,11 @@ Outcome ClusterNode::HandlePeer(const p::Request& request,
     if (!hinted && (request.operation_type() == p::Operation::Replicate ||
                     request.operation_type() == p::Operation::ReadRecords)) {
       fenced_.fetch_add(1, std::memory_order_relaxed);
+      // Aborted: sent again under the same epoch it is refused again.
       p::BuildStatusResponse(
           builder, id,
-          absl::UnavailableError(absl::StrCat("stale configuration: the request is for epoch ",
-                                              request.epoch(), ", this node holds epoch ", local)));
+          absl::AbortedError(absl::StrCat("stale configuration: the request is for epoch ",
+                                          request.epoch(), ", this node holds epoch ", local)));
       return Outcome::kAnswered;
     }
   }

@@ -87,12 +87,13 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
 }  // namespace
 
 std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, p::Operation type,
-                              flatbuffers::Offset<void> operation) {
+                              flatbuffers::Offset<void> operation, uint64_t epoch) {
   p::RequestBuilder request(*builder);
   // Not the default, so the field is stored and PeerTransport can rewrite it.
   request.add_request_id(~uint64_t{0});
-  // The same: PeerTransport writes the sender's epoch into it.
-  request.add_epoch(~uint64_t{0});
+  // The same: PeerTransport writes the sender's epoch into kSenderEpoch. An
+  // epoch 0 (none known yet) is stored as such only when given.
+  request.add_epoch(epoch);
   request.add_operation_type(type);
   request.add_operation(operation);
   builder->FinishSizePrefixed(request.Finish());
@@ -564,8 +565,11 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
         "peer request frame has no request_id field to rewrite: build it with "
         "FinishPeerRequest (or a nonzero request_id)"));
   }
-  // Frames built elsewhere may lack the field: they carry no epoch.
-  (void)table->SetField<uint64_t>(p::Request::VT_EPOCH, epoch_->load(std::memory_order_acquire));
+  // Frames built elsewhere may lack the field: they carry no epoch. One
+  // placed under a given epoch keeps it (FinishPeerRequest).
+  if (table->GetField<uint64_t>(p::Request::VT_EPOCH, 0) == kSenderEpoch) {
+    (void)table->SetField<uint64_t>(p::Request::VT_EPOCH, epoch_->load(std::memory_order_acquire));
+  }
   auto* pending = new Pending;
   pending->impl = this;
   pending->peer = &peer;

@@ -148,10 +148,19 @@ inline PeerSendFunction SendThrough(PeerTransport* transport) {
 absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std::string& address,
                                         std::string request_frame, absl::Duration timeout);
 
+// A request's epoch (Request.epoch) that PeerTransport fills in with the
+// sender's when it sends the request.
+inline constexpr uint64_t kSenderEpoch = ~uint64_t{0};
+
 // Finishes a size-prefixed Request frame around an operation built in
 // builder, with a request_id field Send can rewrite; returns its bytes.
+// epoch: the epoch of the configuration the operation was placed under, for
+// an operation that must not reach replicas holding a newer one (a strong
+// operation: replicas refuse older epochs); kSenderEpoch: the sender's
+// epoch when it sends.
 std::string FinishPeerRequest(flatbuffers::FlatBufferBuilder* builder, protocol::Operation type,
-                              flatbuffers::Offset<void> operation);
+                              flatbuffers::Offset<void> operation,
+                              uint64_t epoch = kSenderEpoch);
 
 }  // namespace logkv::server::cluster
 

@@ -217,7 +217,7 @@ Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
 }
 
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records,
-                                  bool hinted) {
+                                  bool hinted, uint64_t epoch) {
   size_t bytes = 256;
   for (const VersionedRecord* record : records) {
     bytes += record->key.size() + record->value.size() + 64;
@@ -228,7 +228,7 @@ std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> recor
   for (const VersionedRecord* record : records) offsets.push_back(BuildRecord(&b, *record));
   auto vector = b.CreateVector(offsets);
   return FinishPeerRequest(&b, p::Operation::Replicate,
-                           p::CreateReplicate(b, vector, hinted).Union());
+                           p::CreateReplicate(b, vector, hinted).Union(), epoch);
 }
 
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted) {
@@ -238,7 +238,8 @@ std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, boo
   return ReplicateRequestFrame(absl::MakeConstSpan(pointers), hinted);
 }
 
-std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only) {
+std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only,
+                                    uint64_t epoch) {
   size_t bytes = 256;
   for (const std::string& key : keys) bytes += key.size() + 32;
   flatbuffers::FlatBufferBuilder b(bytes);
@@ -247,7 +248,7 @@ std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool met
   for (const std::string& key : keys) items.push_back(p::CreateKeyItem(b, Bytes(&b, key)));
   auto vector = b.CreateVector(items);
   return FinishPeerRequest(&b, p::Operation::ReadRecords,
-                           p::CreateReadRecords(b, vector, meta_only).Union());
+                           p::CreateReadRecords(b, vector, meta_only).Union(), epoch);
 }
 
 absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,

@@ -25,6 +25,7 @@
 #include "absl/types/span.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
+#include "server/cluster/peer_transport.h"
 #include "server/core/outcome.h"
 
 namespace logkv::server::cluster {
@@ -104,9 +105,13 @@ Outcome HandleReadRecords(engine::Engine* engine, const protocol::Request& reque
 // Frames are size-prefixed Request FlatBuffers with request_id 0 (the
 // PeerTransport numbers them).
 
+// epoch: as FinishPeerRequest's (the configuration a strong operation was
+// placed under, or the sender's).
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted);
-std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records, bool hinted);
-std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only);
+std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records, bool hinted,
+                                  uint64_t epoch = kSenderEpoch);
+std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only,
+                                    uint64_t epoch = kSenderEpoch);
 
 // A Replicate answer: per record, whether the replica holds that version or
 // a newer one, and the timestamp it holds (0: nothing, or not told).

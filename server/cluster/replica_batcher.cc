@@ -40,6 +40,15 @@ void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, Bytes
   if (!run.empty()) send_run(std::move(run));
 }
 
+// The lowest epoch of a run's items: a replica that holds a newer one
+// refuses the run (kSenderEpoch, the highest value, when none has one).
+template <typename Item>
+uint64_t LowestEpoch(const std::vector<Item>& items) {
+  uint64_t lowest = kSenderEpoch;
+  for (const Item& item : items) lowest = std::min(lowest, item.epoch);
+  return lowest;
+}
+
 template <typename Item>
 absl::Duration ShortestTimeout(const std::vector<Item>& items) {
   absl::Duration shortest = absl::InfiniteDuration();
@@ -56,8 +65,8 @@ ReplicaBatcher::ReplicaBatcher(SendFunction send, Limits limits)
 
 void ReplicaBatcher::Replicate(const std::string& address,
                                std::shared_ptr<const VersionedRecord> record,
-                               absl::Duration timeout, ReplicateDone done) {
-  ReplicateItem item{std::move(record), timeout, std::move(done)};
+                               absl::Duration timeout, ReplicateDone done, uint64_t epoch) {
+  ReplicateItem item{std::move(record), timeout, std::move(done), epoch};
   if (Holding()) {
     held_.pending[address].replicates.push_back(std::move(item));
     return;
@@ -68,8 +77,8 @@ void ReplicaBatcher::Replicate(const std::string& address,
 }
 
 void ReplicaBatcher::Read(const std::string& address, std::string key, bool meta_only,
-                          absl::Duration timeout, ReadDone done) {
-  ReadItem item{std::move(key), timeout, std::move(done)};
+                          absl::Duration timeout, ReadDone done, uint64_t epoch) {
+  ReadItem item{std::move(key), timeout, std::move(done), epoch};
   if (meta_only && Holding()) {
     held_.pending[address].reads.push_back(std::move(item));
     return;
@@ -124,7 +133,8 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
         std::vector<const VersionedRecord*> records;
         records.reserve(run.size());
         for (const ReplicateItem& item : run) records.push_back(item.record.get());
-        std::string frame = ReplicateRequestFrame(absl::MakeConstSpan(records), false);
+        std::string frame =
+            ReplicateRequestFrame(absl::MakeConstSpan(records), false, LowestEpoch(run));
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReplicateItem>>(std::move(run));
@@ -160,7 +170,7 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         std::vector<std::string> keys;
         keys.reserve(run.size());
         for (const ReadItem& item : run) keys.push_back(item.key);
-        std::string frame = ReadRecordsRequestFrame(keys, meta_only);
+        std::string frame = ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run));
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));

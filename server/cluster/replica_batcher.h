@@ -65,11 +65,13 @@ class ReplicaBatcher {
   ~ReplicaBatcher();
 
   // Replicates record to the peer at address; done is called exactly once.
+  // epoch: the configuration the operation was placed under (a batch goes
+  // with the lowest of its items'), or kSenderEpoch (FinishPeerRequest).
   void Replicate(const std::string& address, std::shared_ptr<const VersionedRecord> record,
-                 absl::Duration timeout, ReplicateDone done);
+                 absl::Duration timeout, ReplicateDone done, uint64_t epoch = kSenderEpoch);
   // Reads key's record from the peer (its value too unless meta_only).
   void Read(const std::string& address, std::string key, bool meta_only, absl::Duration timeout,
-            ReadDone done);
+            ReadDone done, uint64_t epoch = kSenderEpoch);
 
   // From now on this thread's requests wait for Flush (or the end of
   // holding). The thread must call Flush before it blocks. A thread holds
@@ -97,11 +99,13 @@ class ReplicaBatcher {
     std::shared_ptr<const VersionedRecord> record;
     absl::Duration timeout;
     ReplicateDone done;
+    uint64_t epoch = kSenderEpoch;
   };
   struct ReadItem {
     std::string key;
     absl::Duration timeout;
     ReadDone done;
+    uint64_t epoch = kSenderEpoch;
   };
   struct Pending {
     std::vector<ReplicateItem> replicates;

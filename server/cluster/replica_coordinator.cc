@@ -76,7 +76,11 @@ uint8_t AssignNodeTag(absl::string_view self, absl::Span<const std::string> memb
     used[tag] = true;
     if (member == self) return static_cast<uint8_t>(tag);
   }
-  return HashNodeTag(self);
+  // Not a member (a gateway that left, say): a tag no member has.
+  if (order.size() == kTags) return HashNodeTag(self);
+  size_t tag = HashNodeTag(self);
+  while (used[tag]) tag = (tag + 1) % kTags;
+  return static_cast<uint8_t>(tag);
 }
 
 uint64_t ClusterClock::Now() {
@@ -106,6 +110,7 @@ void ClusterClock::Observe(uint64_t timestamp) {
 struct ReplicaCoordinator::ReadState {
   std::string key;
   bool with_value = false;
+  uint64_t epoch = kSenderEpoch;
   Need need;
   absl::Time deadline;
   ReadDone done;
@@ -122,6 +127,7 @@ struct ReplicaCoordinator::ReadState {
 
 struct ReplicaCoordinator::SendState {
   std::shared_ptr<const VersionedRecord> record;
+  uint64_t epoch = kSenderEpoch;
   Need need;
   size_t total = 0;
   bool hint = false;  // a client write: failed owners get hints (and are retried)
@@ -365,11 +371,21 @@ std::string ReplicaCoordinator::HttpAddressOf(const std::string& node_id) const 
   return node_id;
 }
 
-void ReplicaCoordinator::RefreshTag(const std::shared_ptr<const Ring>& ring) {
+void ReplicaCoordinator::RefreshTag(const Placement& placement) {
   absl::MutexLock lock(&tag_mu_);
-  if (ring == tagged_ring_) return;
-  tagged_ring_ = ring;
-  const uint8_t tag = AssignNodeTag(self_, ring->members());
+  if (placement.ring == tagged_ring_ && placement.next == tagged_next_) return;
+  tagged_ring_ = placement.ring;
+  tagged_next_ = placement.next;
+  // Every member either ring names: a joining member coordinates too.
+  std::vector<std::string> members = placement.ring->members();
+  if (placement.next != nullptr) {
+    for (const std::string& member : placement.next->members()) {
+      if (std::find(members.begin(), members.end(), member) == members.end()) {
+        members.push_back(member);
+      }
+    }
+  }
+  const uint8_t tag = AssignNodeTag(self_, members);
   if (tag != clock_.tag()) {
     Log(Level::kInfo, "cluster: node %s stamps writes with tag %d (hash tag %d)", self_, tag,
         HashNodeTag(self_));
@@ -395,25 +411,41 @@ size_t ReplicaCoordinator::ReadAcks(p::Consistency consistency, size_t owners) c
 
 // ---- Writes -----------------------------------------------------------------------------
 
+Placement ReplicaCoordinator::TrackedPlacement(std::shared_ptr<void>* ticket) {
+  // Counted before the placement is final: an epoch barrier reads this
+  // node's epoch, then counts what runs under older ones (InFlightBefore);
+  // both sides take in_flight_mu_, so either it counts this operation or
+  // this operation, reading the placement again, sees the newer epoch.
+  Placement placement = CurrentPlacement();
+  *ticket = Track(placement.epoch);
+  while (true) {
+    Placement again = CurrentPlacement();
+    if (again.epoch == placement.epoch) return placement;
+    placement = std::move(again);
+    *ticket = Track(placement.epoch);
+  }
+}
+
 void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
                                p::Consistency consistency,
                                std::function<void(absl::StatusOr<WriteOutcome>)> done) {
-  const Placement placement = CurrentPlacement();
+  const bool quorum = NeedsQuorum(consistency, /*write=*/true);
+  std::shared_ptr<void> ticket;
+  const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
   if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
   }
-  const bool quorum = NeedsQuorum(consistency, /*write=*/true);
   if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
   }
   if (quorum) {
-    done = [done = std::move(done), ticket = Track(placement.epoch)](
+    done = [done = std::move(done), ticket = std::move(ticket)](
                absl::StatusOr<WriteOutcome> outcome) mutable {
       ticket.reset();
       done(std::move(outcome));
     };
   }
-  RefreshTag(placement.ring);
+  RefreshTag(placement);
   KeyOwners key_owners = OwnersOf(placement, key);
   // Every owner, before and after a membership change, is sent the write;
   // strong writes need a majority of each set, the others W of the current.
@@ -426,6 +458,10 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   assert(!owners->empty() && need.groups.front().count >= 1 &&
          need.groups.front().count <= need.groups.front().members->size());
   const absl::Time deadline = absl::Now() + options_.write_wait;
+  // A quorum write goes out under the epoch it was placed with: replicas
+  // that hold a newer configuration refuse it (a coordinator that missed an
+  // epoch barrier, stalled, cannot complete it on the old owners).
+  const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
   auto record = std::make_shared<VersionedRecord>();
   record->found = true;
   record->tombstone = !value.has_value();
@@ -446,15 +482,15 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
       if (local.ok() && local->found) clock_.Observe(local->timestamp);
     }
     record->timestamp = clock_.Now();
-    return WriteStamped(std::move(owners), std::move(record), std::move(need), deadline,
+    return WriteStamped(std::move(owners), std::move(record), std::move(need), deadline, epoch,
                         std::move(done));
   }
   // ABD, phase 1: learn the key's highest timestamp from a majority, so the
   // write is stamped above every write that completed before it began
   // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
   const std::string& read_key = record->key;
-  ReadQuorum(*owners, read_key, /*with_value=*/false, need, deadline,
-             [this, owners, record, need, deadline,
+  ReadQuorum(*owners, read_key, /*with_value=*/false, need, deadline, epoch,
+             [this, owners, record, need, deadline, epoch,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(absl::StrCat(
@@ -466,20 +502,20 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                assert(replies->size() <= owners->size());
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
                record->timestamp = clock_.Now();
-               WriteStamped(std::move(owners), std::move(record), need, deadline,
+               WriteStamped(std::move(owners), std::move(record), need, deadline, epoch,
                             std::move(done));
              });
 }
 
 void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
-                                      Need need, absl::Time deadline,
+                                      Need need, absl::Time deadline, uint64_t epoch,
                                       std::function<void(absl::StatusOr<WriteOutcome>)> done) {
   const uint64_t timestamp = record->timestamp;
   assert(timestamp != 0);  // stamped by the cluster clock before it is sent
   const size_t owner_count = owners->size();
   const std::vector<std::string>& targets = *owners;
   SendToOwners(
-      targets, record, need, deadline, /*hint=*/true,
+      targets, record, need, deadline, /*hint=*/true, epoch,
       [this, owners, record, need, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
         // Acknowledgements come from distinct owners, at most one each.
@@ -504,13 +540,24 @@ void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRec
       });
 }
 
+absl::Status ReplicaCoordinator::CheckEpoch(uint64_t epoch) const {
+  if (epoch == kSenderEpoch) return absl::OkStatus();
+  if (const uint64_t held = CurrentPlacement().epoch; held > epoch) {
+    return absl::AbortedError(absl::StrCat("stale configuration: the operation is for epoch ",
+                                           epoch, ", this node holds epoch ", held));
+  }
+  return absl::OkStatus();
+}
+
 void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
                                       std::shared_ptr<const VersionedRecord> record, Need need,
-                                      absl::Time deadline, bool hint, SendDone done) {
+                                      absl::Time deadline, bool hint, uint64_t epoch,
+                                      SendDone done) {
   // Each target is sent to once.
   assert(Distinct(targets));
   auto state = std::make_shared<SendState>();
   state->record = std::move(record);
+  state->epoch = epoch;
   state->need = std::move(need);
   state->total = targets.size();
   state->hint = hint;
@@ -528,6 +575,9 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
 void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
                                      const std::string& node) {
   if (node == self_) {
+    if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
+      return OnSent(state, node, current, std::nullopt, 0);
+    }
     ApplyLocally(local_, *state->record,
                  [this, state, node](absl::StatusOr<engine::WriteResult> result) {
                    OnSent(state, node, result.status(),
@@ -563,7 +613,8 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
           metrics_->replication_ack_seconds()->Observe(absl::ToDoubleSeconds(absl::Now() - sent));
         }
         OnSent(state, node, status, std::nullopt, held);
-      });
+      },
+      state->epoch);
 }
 
 void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
@@ -574,7 +625,10 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
   // there, as last-write-wins orders it); its timestamp moves this node's
   // clock so the next write it coordinates is stamped above.
   if (held_timestamp > state->record->timestamp) clock_.Observe(held_timestamp);
-  if (!status.ok() && node != self_ && state->hint && options_.run_after) {
+  // A refusal for a stale configuration is final: sent again, it is
+  // refused again.
+  if (!status.ok() && !absl::IsAborted(status) && node != self_ && state->hint &&
+      options_.run_after) {
     // The write still waits for acknowledgements, and has time: the owner
     // may be restarting, so it is asked again before it is given up.
     bool waiting;
@@ -640,16 +694,17 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
 
 void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
                              std::function<void(absl::StatusOr<ReadResult>)> done) {
-  const Placement placement = CurrentPlacement();
+  const bool quorum = NeedsQuorum(consistency, /*write=*/false);
+  std::shared_ptr<void> ticket;
+  const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
   if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
   }
-  const bool quorum = NeedsQuorum(consistency, /*write=*/false);
   if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
   }
   if (quorum) {
-    done = [done = std::move(done), ticket = Track(placement.epoch)](
+    done = [done = std::move(done), ticket = std::move(ticket)](
                absl::StatusOr<ReadResult> result) mutable {
       ticket.reset();
       done(std::move(result));
@@ -666,21 +721,22 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
                      : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()));
   const absl::Time deadline = absl::Now() + options_.write_wait;
   const Names asked = owners.all;
-  ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline,
-             [this, owners, strong, deadline, key,
+  const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
+  ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline, epoch,
+             [this, owners, strong, deadline, key, epoch,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(
                      absl::StrCat("read of key ", KeyForMessage(key), " failed: ",
                                   replies.status().message())));
                }
-               FinishRead(std::move(owners), *std::move(replies), strong, deadline,
+               FinishRead(std::move(owners), *std::move(replies), strong, deadline, epoch,
                           std::move(done));
              });
 }
 
 void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies,
-                                    bool strong, absl::Time deadline,
+                                    bool strong, absl::Time deadline, uint64_t epoch,
                                     std::function<void(absl::StatusOr<ReadResult>)> done) {
   // A read finishes with at least one reply, at most one per owner.
   assert(!replies.empty() && replies.size() <= owners.all->size());
@@ -725,7 +781,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
       const size_t count = stale.size();
       auto targets = std::make_shared<const std::vector<std::string>>(std::move(stale));
       SendToOwners(*targets, newest, Need::Of(targets, count), deadline, /*hint=*/false,
-                   [](SendOutcome) {});
+                   kSenderEpoch, [](SendOutcome) {});
     }
     return done(std::move(result));
   }
@@ -754,7 +810,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
     }
     group.count -= std::min(group.count, held);
   }
-  SendToOwners(targets, newest, std::move(need), deadline, /*hint=*/false,
+  SendToOwners(targets, newest, std::move(need), deadline, /*hint=*/false, epoch,
                [result = std::move(result), key = newest->key, needed, holders,
                 done = std::move(done)](SendOutcome sent) mutable {
                  if (!sent.reached) {
@@ -770,7 +826,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
 
 void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
                                     const std::string& key, bool with_value, Need need,
-                                    absl::Time deadline, ReadDone done) {
+                                    absl::Time deadline, uint64_t epoch, ReadDone done) {
   // R (or phase 1's majority) is within [1, N].
   assert(need.groups.front().count >= 1 && need.groups.front().count <= owners.size());
   // One owner set: R owners are asked, the next one when one fails. Two
@@ -779,6 +835,7 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   auto state = std::make_shared<ReadState>();
   state->key = key;
   state->with_value = with_value;
+  state->epoch = epoch;
   state->need = std::move(need);
   state->deadline = deadline;
   state->done = std::move(done);
@@ -834,6 +891,9 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
     spare = state->next < state->candidates.size();
   }
   if (node == self_) {
+    if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
+      return OnRead(state, node, current);
+    }
     absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(state->key, state->with_value);
     if (!record.ok()) return OnRead(state, node, record.status());
     return OnRead(state, node, FromKeyRecord(state->key, *std::move(record)));
@@ -851,7 +911,8 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
                 [this, state, node](absl::StatusOr<VersionedRecord> record) {
                   if (record.ok()) record->version = 0;  // a peer's counter means nothing here
                   OnRead(state, node, std::move(record));
-                });
+                },
+                state->epoch);
 }
 
 std::vector<std::string> ReplicaCoordinator::NodesOf(const std::vector<Reply>& replies) {

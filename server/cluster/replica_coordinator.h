@@ -107,8 +107,9 @@ inline constexpr uint64_t kNodeTagMask = (uint64_t{1} << kNodeTagBits) - 1;
 
 // XXH3-64(node_id) & 0xff.
 uint8_t HashNodeTag(absl::string_view node_id);
-// self's tag among members (see above); HashNodeTag(self) when self is not
-// a member.
+// self's tag among members (see above); when self is not a member (a node
+// that left and still coordinates as a gateway), the first tag from
+// HashNodeTag(self) on that no member has.
 uint8_t AssignNodeTag(absl::string_view self, absl::Span<const std::string> members);
 
 // Issues cluster timestamps: monotonic (each greater than every one issued
@@ -278,6 +279,9 @@ class ReplicaCoordinator final : public Coordinator {
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
   KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
   Placement CurrentPlacement() const;
+  // The placement of a quorum operation, counted (ticket) under its epoch
+  // so that an epoch barrier cannot miss it.
+  Placement TrackedPlacement(std::shared_ptr<void>* ticket) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   // A majority of each group.
   static Need Majorities(const KeyOwners& owners);
   // The owners that answered.
@@ -288,13 +292,16 @@ class ReplicaCoordinator final : public Coordinator {
   // Whether an operation of this consistency needs a quorum (and so a
   // confirmed view).
   bool NeedsQuorum(protocol::Consistency consistency, bool write) const;
-  void RefreshTag(const std::shared_ptr<const Ring>& ring);
+  void RefreshTag(const Placement& placement) ABSL_LOCKS_EXCLUDED(tag_mu_);
   size_t WriteAcks(protocol::Consistency consistency, size_t owners) const;
   size_t ReadAcks(protocol::Consistency consistency, size_t owners) const;
 
   // Reads key from need owners (candidates in order, the next on failure).
+  // epoch: the configuration a quorum operation was placed under (replicas,
+  // and this node, refuse it once they hold a newer one), or kSenderEpoch.
   void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
-                  bool with_value, Need need, absl::Time deadline, ReadDone done);
+                  bool with_value, Need need, absl::Time deadline, uint64_t epoch,
+                  ReadDone done);
   void ReadNext(const std::shared_ptr<ReadState>& state);
   void OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
               absl::StatusOr<VersionedRecord> record);
@@ -304,7 +311,10 @@ class ReplicaCoordinator final : public Coordinator {
   // newer write counts as having applied it (last write wins orders it).
   void SendToOwners(const std::vector<std::string>& targets,
                     std::shared_ptr<const VersionedRecord> record, Need need,
-                    absl::Time deadline, bool hint, SendDone done);
+                    absl::Time deadline, bool hint, uint64_t epoch, SendDone done);
+  // Whether an operation placed under epoch may still run here: not once
+  // this node holds a newer configuration (kSenderEpoch: always).
+  absl::Status CheckEpoch(uint64_t epoch) const;
   // Sends state's record to one owner (the local engine for this node).
   void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node);
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
@@ -314,10 +324,11 @@ class ReplicaCoordinator final : public Coordinator {
 
   // Sends a stamped write to its owners and answers once need applied it.
   void WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
-                    Need need, absl::Time deadline,
+                    Need need, absl::Time deadline, uint64_t epoch,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
   void FinishRead(KeyOwners owners, std::vector<Reply> replies, bool strong,
-                  absl::Time deadline, std::function<void(absl::StatusOr<ReadResult>)> done);
+                  absl::Time deadline, uint64_t epoch,
+                  std::function<void(absl::StatusOr<ReadResult>)> done);
 
   // Constant after construction.
   engine::Engine* const local_;
@@ -342,6 +353,7 @@ class ReplicaCoordinator final : public Coordinator {
   ClusterClock clock_;
   absl::Mutex tag_mu_;
   std::shared_ptr<const Ring> tagged_ring_ ABSL_GUARDED_BY(tag_mu_);
+  std::shared_ptr<const Ring> tagged_next_ ABSL_GUARDED_BY(tag_mu_);
 };
 
 }  // namespace logkv::server::cluster

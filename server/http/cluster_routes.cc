@@ -221,6 +221,11 @@ void ClusterRoutes::SetHandOff(HandOffFunction hand_off) {
   hand_off_ = std::move(hand_off);
 }
 
+void ClusterRoutes::SetRemoveMember(RemoveMemberFunction remove) {
+  absl::MutexLock lock(&hooks_mu_);
+  remove_member_ = std::move(remove);
+}
+
 // ---- Health and statistics -----------------------------------------------------------
 
 void ClusterRoutes::SetControlStatus(std::function<json()> status) {
@@ -711,6 +716,41 @@ void ClusterRoutes::Leave(HttpRequest& request, Responder responder) {
   leave(absl::OkStatus());
 }
 
+// POST /members/remove {"node_id": ID}: a member that died while it was
+// joining stays an owner after the change it began (writes go to it, and
+// hints pile up for it); this removes it from the committed configuration.
+void ClusterRoutes::RemoveMember(HttpRequest& request, Responder responder) {
+  if (HttpResponse refusal; !AuthorizeAdmin(request, &refusal)) {
+    return responder.Send(std::move(refusal));
+  }
+  absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
+  if (!body.ok() || !body->is_object() || !body->contains("node_id") ||
+      !(*body)["node_id"].is_string() || (*body)["node_id"].get<std::string>().empty()) {
+    return responder.Send(
+        HttpResponse::Error(400, "body must be {\"node_id\": \"the member's node id\"}"));
+  }
+  RemoveMemberFunction remove;
+  {
+    absl::MutexLock lock(&hooks_mu_);
+    remove = remove_member_;
+  }
+  if (!remove) {
+    return responder.Send(
+        HttpResponse::Error(501, "the control plane is not running on this node"));
+  }
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  std::string node_id = (*body)["node_id"].get<std::string>();
+  remove(node_id, [shared, node_id](absl::Status removed) {
+    if (!removed.ok()) {
+      const int status = absl::IsNotFound(removed)             ? 404
+                         : absl::IsFailedPrecondition(removed) ? 409
+                                                               : 503;
+      return shared->Send(HttpResponse::Error(status, removed.message()));
+    }
+    shared->Send(HttpResponse::Json(200, Dump(json{{"removed", true}, {"node_id", node_id}})));
+  });
+}
+
 void ClusterRoutes::Fault(HttpRequest& request, Responder responder) {
   absl::StatusOr<json> body = ParseJson(request.body, config_.max_json_depth);
   if (!body.ok() || !body->is_object() || !body->contains("drop") ||
@@ -872,6 +912,7 @@ void ClusterRoutes::AddTo(Router* router) {
       {M::kPost, "/join", &ClusterRoutes::JoinByText},
       {M::kPost, "/members/join", &ClusterRoutes::JoinByJson},
       {M::kPost, "/members/leave", &ClusterRoutes::Leave},
+      {M::kPost, "/members/remove", &ClusterRoutes::RemoveMember},
       {M::kPost, "/internal/fault", &ClusterRoutes::Fault, /*fault_injection=*/true},
   };
   for (const NodeRoute& route : kRoutes) {

@@ -84,6 +84,12 @@ class ClusterRoutes {
   // then gets the hand-off's outcome: the node leaves only when it is OK.
   using HandOffFunction = std::function<void(std::function<void(absl::Status)> then)>;
   void SetHandOff(HandOffFunction hand_off) ABSL_LOCKS_EXCLUDED(hooks_mu_);
+  // POST /members/remove: removes another member that is still joining and
+  // is down (it died before it was filled), off the loop; then gets the
+  // outcome. Null: 501.
+  using RemoveMemberFunction =
+      std::function<void(std::string node_id, std::function<void(absl::Status)> then)>;
+  void SetRemoveMember(RemoveMemberFunction remove) ABSL_LOCKS_EXCLUDED(hooks_mu_);
   // Runs blocking work off the network loops (on a thread the owner joins
   // at shutdown). Null: such work is refused (POST /join naming an HTTP URL
   // answers 503).
@@ -132,6 +138,7 @@ class ClusterRoutes {
   // Joins through a member's binary-protocol address; answers responder.
   void JoinThrough(const std::string& address, std::shared_ptr<Responder> responder);
   void Leave(HttpRequest& request, Responder responder);
+  void RemoveMember(HttpRequest& request, Responder responder);
   void Fault(HttpRequest& request, Responder responder);
 
   // This node's id: the cluster member's once it runs, else config.node_id.
@@ -143,6 +150,7 @@ class ClusterRoutes {
 
   mutable absl::Mutex hooks_mu_;
   HandOffFunction hand_off_ ABSL_GUARDED_BY(hooks_mu_);
+  RemoveMemberFunction remove_member_ ABSL_GUARDED_BY(hooks_mu_);
   BackgroundFunction background_ ABSL_GUARDED_BY(hooks_mu_);
   std::function<bool()> syncing_ ABSL_GUARDED_BY(hooks_mu_);
   std::function<nlohmann::json()> control_status_ ABSL_GUARDED_BY(hooks_mu_);

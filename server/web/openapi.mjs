@@ -188,6 +188,10 @@ const paths = {
     post: op('cluster', 'Leave the cluster gracefully', { 200: json(object({})), 409: error('The only member'), ...errors },
       { security: [{ clusterSecret: [] }, { apiKey: [] }] }),
   },
+  '/members/remove': {
+    post: op('cluster', 'Remove a member that died while joining (it is down and still joining)', { 200: json(object({ removed: bool, node_id: str })), 404: error('No such member'), 409: error('The member is not joining, or is alive'), ...errors },
+      { security: [{ clusterSecret: [] }, { apiKey: [] }], requestBody: jsonBody(object({ node_id: str }, ['node_id'])) }),
+  },
   '/internal/fault': {
     post: op('cluster', 'Tests only: cut links to members (fault-injection builds run with --fault-injection)', { 200: json(object({ dropped: { type: 'array', items: str } })), ...errors },
       { 'x-logkv-fault-injection': true, requestBody: jsonBody(object({ dropped: { type: 'array', items: str } })) }),

@@ -1242,14 +1242,15 @@ std::string CommittedState(const ClusterProcess& cluster, int node, const std::s
   return "";
 }
 
-// Polls (bounded) until node shows member in state ("" = not a member).
+// Polls (bounded) until node shows member in state ("" = no longer a
+// member: not listed, or listed as removed).
 absl::Status WaitCommittedState(const ClusterProcess& cluster, int node, const std::string& member,
                                 const std::string& state, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   std::string seen;
   while (absl::Now() < deadline) {
     seen = CommittedState(cluster, node, member);
-    if (seen == state) return absl::OkStatus();
+    if (seen == state || (state.empty() && seen == "removed")) return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(50));
   }
   return absl::DeadlineExceededError(absl::StrCat(cluster.node_id(node), " shows ", member, " as '",
@@ -1324,6 +1325,9 @@ TEST_F(ClusterTest, StrongIsLinearizableWhenMembersAreKilledDuringAJoinAndADecom
     ASSERT_OK(WaitCommittedState(*cluster_, node, leaving_id, "", absl::Seconds(90)))
         << cluster_->Describe();
   }
+  // The node that left is stopped, as an operator would (it may not hear of
+  // its own removal, and would stay at an older epoch than the members).
+  cluster_->Stop(leaving);
   ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   strong.Stop();
@@ -1396,6 +1400,56 @@ TEST_F(ClusterTest, AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoo
         cluster_->Get(joiner, absl::StrCat("full-", i), Consistency::kStrong);
     ASSERT_TRUE(IsOk200(got) && got->body == absl::StrCat("v", i, padding))
         << "full-" << i << ": " << (got.ok() ? got->status : 0);
+  }
+}
+
+// A member that dies while it is joining (here: its disk is too small for
+// its keys, so its join gives up and it exits) stays an owner after the
+// change it began; an operator removes it through any other node with
+// POST /members/remove, which refuses what is not a joining member that is
+// down, and the cluster goes on without it.
+TEST_F(ClusterTest, AMemberThatDiedJoiningIsRemovedByAnOperator) {
+  ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--join_timeout_ms=12000");
+  }));
+  const std::string next_dir =
+      std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
+  ScopedTmpfs tmpfs(next_dir, "36m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
+  const std::string padding(16 << 10, 'p');
+  for (int i = 0; i < 1500; ++i) {
+    ASSERT_TRUE(IsOk200(cluster_->Put(i % 3, absl::StrCat("stuck-", i), padding,
+                                      Consistency::kEventual)));
+  }
+  ASSERT_FALSE(cluster_->AddNode().ok()) << "the join finished on a disk too small for its keys";
+  const std::string stuck = cluster_->node_id(3);
+  ASSERT_EQ(CommittedState(*cluster_, 0, stuck), "joining");
+  // Refused while the others still think it alive (it may be filling up).
+  ASSERT_OK(cluster_->WaitNotAlive({0, 1, 2}, 3));
+
+  auto remove = [&](int through, const std::string& body, bool with_secret) {
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (with_secret) headers.emplace_back("X-Cluster-Secret", "cluster-test-secret");
+    absl::StatusOr<HttpAnswer> answer = HttpExchange(
+        cluster_->http_port(through), "POST", "/members/remove", headers, body, absl::Seconds(30));
+    return answer.ok() ? answer->status : -1;
+  };
+  const std::string body = nlohmann::json{{"node_id", stuck}}.dump();
+  EXPECT_EQ(remove(1, body, /*with_secret=*/false), 401);
+  EXPECT_EQ(remove(1, nlohmann::json{{"node_id", cluster_->node_id(0)}}.dump(), true), 409)
+      << "an active member is not removed this way";
+  EXPECT_EQ(remove(1, nlohmann::json{{"node_id", "nobody:1"}}.dump(), true), 404);
+  EXPECT_EQ(remove(1, "{}", true), 400);
+  EXPECT_EQ(remove(1, body, true), 200);
+  for (int node = 0; node < 3; ++node) {
+    ASSERT_OK(WaitCommittedState(*cluster_, node, stuck, "", absl::Seconds(30)));
+  }
+  ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
+  for (int node = 0; node < 3; ++node) {
+    const std::string key = absl::StrCat("after-removal-", node);
+    EXPECT_TRUE(IsOk200(cluster_->Put(node, key, "v", Consistency::kStrong))) << key;
+    absl::StatusOr<HttpAnswer> got = cluster_->Get((node + 1) % 3, key, Consistency::kStrong);
+    EXPECT_TRUE(IsOk200(got) && got->body == "v") << key << ": " << Describe(got);
   }
 }
 

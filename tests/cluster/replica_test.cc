@@ -364,6 +364,14 @@ TEST(ClusterClockTest, TagsAreUniqueAmongMembersEvenWhenHashesCollide) {
   EXPECT_EQ(tags.size(), members.size());
   // Without collisions a node's tag is its hash tag, whatever the others.
   EXPECT_EQ(AssignNodeTag("lonely", {"lonely"}), HashNodeTag("lonely"));
+  // A node that is not a member takes a tag none of them has.
+  for (int i = 0; i < 64; ++i) {
+    const std::string outsider = absl::StrCat("gateway-", i);
+    const uint8_t tag = AssignNodeTag(outsider, members);
+    for (const std::string& member : members) {
+      EXPECT_NE(tag, AssignNodeTag(member, members)) << outsider << " and " << member;
+    }
+  }
 }
 
 // ---- Hinted handoff ---------------------------------------------------------------------
