@@ -2044,7 +2044,7 @@ TEST_F(RestMembershipAuthTest, OnlyTheAdministratorOrTheSecretMayChangeTheMember
       {"a wrong secret", {{"X-Cluster-Secret", "not-the-secret"}}, 403},
       {"a revoked key", KeyHeader("ydht_" + std::string(40, 'x')), 401},
   };
-  for (const char* route : {"/members/leave", "/join", "/members/join"}) {
+  for (const char* route : {"/members/leave", "/join", "/members/join", "/members/remove"}) {
     for (const Caller& caller : refused) {
       SCOPED_TRACE(absl::StrCat(route, " by ", caller.who));
       const HttpAnswer answer = Call("POST", route, caller.headers, "{}");

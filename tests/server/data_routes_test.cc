@@ -131,6 +131,7 @@ TEST_F(DataRoutesTest, RouteTable) {
       {"GET", "/servers", false},           {"GET", "/members/", false},
       {"GET", "/internal/ping", false},     {"POST", "/join", false},
       {"POST", "/members/join", false},     {"POST", "/members/leave", false},
+      {"POST", "/members/remove", false},
   };
   std::vector<std::tuple<std::string, std::string, bool>> actual;
   for (const auto& route : router_.routes()) {
