@@ -54,6 +54,19 @@ inline std::string TenantPrefix(uint64_t user_id) {
   return prefix;
 }
 
+// The user whose tenant namespace key (or a prefix) is in; 0 when it is
+// not in one.
+inline uint64_t TenantOf(absl::string_view key) {
+  if (key.size() < kTenantPrefixBytes || key.substr(0, kTenantPrefix.size()) != kTenantPrefix) {
+    return 0;
+  }
+  uint64_t user_id = 0;
+  for (size_t i = kTenantPrefix.size(); i < kTenantPrefixBytes; ++i) {
+    user_id = (user_id << 8) | static_cast<uint8_t>(key[i]);
+  }
+  return user_id;
+}
+
 }  // namespace logkv::server
 
 #endif  // LOGKV_SERVER_NAMESPACES_H_

@@ -30,6 +30,7 @@
 #include "server/cluster/replica_coordinator.h"
 #include "server/control/control_plane.h"
 #include "server/core/periodic_worker.h"
+#include "server/http/access_routes.h"
 #include "server/http/account_routes.h"
 #include "server/http/backup_routes.h"
 #include "server/http/cluster_routes.h"
@@ -876,6 +877,9 @@ absl::Status Node::LoadAccounts() {
         }
         return SubmitUntilAnswered(control, command, absl::Now() + absl::Seconds(15));
       });
+  // Administrators, groups and ACLs: admission reads them on every request.
+  auth_store_->UseAccess(control->access());
+  admission_->UseAccess(control->access());
   const absl::Time started = absl::Now();
   absl::Status status = auth_store_->Load(options_.rate_limit, options_.rate_limit_burst);
   if (status.ok()) {
@@ -1052,7 +1056,21 @@ void Node::AddRoutes() {
     account_options.max_json_depth = options_.max_json_depth;
     http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
                            std::move(account_options));
+    // Users, groups and ACLs (docs/security.md).
+    http::AddAccessRoutes(
+        router_.get(),
+        http::AccessRoutesDependencies{
+            .store = auth_store_.get(),
+            .pool = password_workers_.get(),
+            .auth = api_key_auth,
+            .authorize_admin =
+                [admin](const http::HttpRequest& request, http::HttpResponse* refusal) {
+                  return admin->AuthorizeAdmin(request, refusal, "managing users and groups",
+                                               "manage users and groups");
+                },
+            .max_json_depth = options_.max_json_depth});
   } else {
+    http::AddAccessRoutesOff(router_.get());
     auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
       responder.Send(http::HttpResponse::Error(
           404, "accounts are off on this node: start logkvd with --auth=on"));

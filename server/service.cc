@@ -34,6 +34,37 @@ absl::Status ReservedKeyError() {
   return absl::InvalidArgumentError("keys beginning with byte 0x00 are reserved for the server");
 }
 
+// What the ACLs refuse (docs/security.md).
+absl::Status AccessDenied(absl::string_view what) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("the access control list does not let this user ", what, " this key"));
+}
+
+// Whether the ACLs (none: yes) let context's caller do all of need on
+// engine_key.
+bool Permits(const RequestContext& context, absl::string_view engine_key, uint32_t need) {
+  return context.access == nullptr ||
+         (context.access->Allowed(context.user_id, engine_key) & need) == need;
+}
+
+// For a scan or watch over engine_prefix: PermissionDenied when no key under
+// it may be read; *filter when keys must be checked one by one.
+absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_prefix,
+                       bool* filter) {
+  *filter = false;
+  if (context.access == nullptr) return absl::OkStatus();
+  uint32_t bits = 0;
+  if (!context.access->Uniform(context.user_id, engine_prefix, &bits)) {
+    *filter = true;
+    return absl::OkStatus();
+  }
+  if ((bits & kAccessRead) == 0) {
+    return absl::PermissionDeniedError(
+        "the access control list does not let this user read keys under this prefix");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status NotPermitted(absl::string_view what) {
   return absl::PermissionDeniedError(
       absl::StrCat("this API key may not ", what, " (missing scope)"));
@@ -188,6 +219,12 @@ absl::StatusOr<Service::WatchCursor> Service::OpenWatch(const RequestContext& co
   WatchCursor cursor;
   // The watch sees the caller's namespace only; keys go out without it.
   cursor.prefix = absl::StrCat(context.key_prefix, p::View(watch.prefix()));
+  // Refused when nothing under the prefix may be read; otherwise each event
+  // is checked as it is sent (a membership lost later ends what it sees).
+  bool filter = false;
+  if (absl::Status status = AdmitRead(context, cursor.prefix, &filter); !status.ok()) {
+    return status;
+  }
   if (watch.after_sequences() != nullptr && watch.after_sequences()->size() > 0) {
     if (watch.after_sequences()->size() != shards) {
       return absl::InvalidArgumentError(absl::StrCat("after_sequences has ",
@@ -222,6 +259,7 @@ absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> Service::ReadWatchEve
   for (const engine::Event& event : *events) {
     if (!absl::StartsWith(event.key, cursor->prefix)) continue;
     if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
+    if (!Permits(context, event.key, kAccessRead)) continue;
     auto key = builder->CreateVector(
         reinterpret_cast<const uint8_t*>(event.key.data()) + namespace_bytes,
         event.key.size() - namespace_bytes);
@@ -383,6 +421,10 @@ Service::Outcome Service::HandleOperation(const RequestContext& context, const p
         p::BuildStatusResponse(b, id, key.status());
         return Outcome::kAnswered;
       }
+      if (!Permits(context, *key, kAccessRead)) {
+        p::BuildStatusResponse(b, id, AccessDenied("read"));
+        return Outcome::kAnswered;
+      }
       absl::StatusOr<engine::Record> record = engine_->GetVersion(*key, get->version());
       if (!record.ok()) {
         p::BuildStatusResponse(b, id, record.status());
@@ -440,6 +482,11 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   // The answer must fit in a frame: half of one leaves room for the envelope
   // (the vectors' length fields and each item's table).
   options.max_bytes = config_.limits.max_frame_bytes / 2;
+  bool filter = false;
+  if (absl::Status status = AdmitRead(context, options.prefix, &filter); !status.ok()) {
+    p::BuildStatusResponse(b, id, status);
+    return Outcome::kAnswered;
+  }
   absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
   if (!page.ok()) {
     p::BuildStatusResponse(b, id, page.status());
@@ -450,6 +497,7 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   std::vector<flatbuffers::Offset<p::ScanItem>> items;
   items.reserve(page->items.size());
   for (const engine::ScanItem& item : page->items) {
+    if (filter && !Permits(context, item.key, kAccessRead)) continue;
     auto key = Bytes(b, strip(item.key));
     auto value = options.keys_only ? 0 : Bytes(b, item.value);
     items.push_back(p::CreateScanItem(*b, key, value, item.meta.version, item.meta.timestamp,
@@ -482,6 +530,10 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(get.key()), &scratch);
   if (!key.ok()) {
     p::BuildStatusResponse(b, id, key.status());
+    return Outcome::kAnswered;
+  }
+  if (!Permits(context, *key, kAccessRead)) {
+    p::BuildStatusResponse(b, id, AccessDenied("read"));
     return Outcome::kAnswered;
   }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
@@ -543,6 +595,13 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   key = *engine_key;
+  if (absl::Status status = is_put ? CheckPut(context, key, options.if_version)
+                            : Permits(context, key, kAccessDelete) ? absl::OkStatus()
+                                                                   : AccessDenied("delete");
+      !status.ok()) {
+    p::BuildStatusResponse(b, id, status);
+    return Outcome::kAnswered;
+  }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     if (options.if_version.has_value()) {
       p::BuildStatusResponse(b, id, CompareAndSetError());
@@ -580,6 +639,50 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
   BuildWriteResponse(b, id, is_put ? engine_->Put(key, value, options)
                                    : engine_->Delete(key, options));
   return Outcome::kAnswered;
+}
+
+absl::Status Service::CheckPut(const RequestContext& context, absl::string_view key,
+                               std::optional<uint64_t> if_version) const {
+  if (context.access == nullptr) return absl::OkStatus();
+  const uint32_t bits = context.access->Allowed(context.user_id, key);
+  const bool create = (bits & kAccessCreate) != 0;
+  const bool write = (bits & kAccessWrite) != 0;
+  if (create && write) return absl::OkStatus();
+  if (!create && !write) return AccessDenied("write");
+  // One of the two: whether the key exists decides.
+  if (if_version.has_value()) {
+    // Compare-and-set: version 0 asks for the key to be absent.
+    if (*if_version == 0 ? create : write) return absl::OkStatus();
+    return AccessDenied(create ? "overwrite" : "create");
+  }
+  if (ClusterFor(context) != nullptr) {
+    // This node may hold no copy of the key: it cannot tell. Refuse rather
+    // than guess (docs/security.md).
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the access control list lets this user ", create ? "create" : "overwrite",
+        " keys here but not ", create ? "overwrite" : "create",
+        " them, and in a cluster a node cannot tell whether the key exists; "
+        "the ACL needs both create and write"));
+  }
+  thread_local std::string value;
+  engine::ValueMeta meta;
+  const absl::Status found = engine_->Get(key, &value, &meta);
+  if (found.ok()) {
+    if (write) return absl::OkStatus();
+    return AccessDenied("overwrite");
+  }
+  if (!absl::IsNotFound(found)) return found;
+  if (create) return absl::OkStatus();
+  return AccessDenied("create");
+}
+
+absl::Status Service::BatchItemAccess(const RequestContext& context, absl::string_view key,
+                                      const p::BatchItem& item) const {
+  if (context.access == nullptr) return absl::OkStatus();
+  if (item.delete_()) {
+    return Permits(context, key, kAccessDelete) ? absl::OkStatus() : AccessDenied("delete");
+  }
+  return CheckPut(context, key, std::nullopt);
 }
 
 Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id,
@@ -634,6 +737,10 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(item->key()), &scratch);
     if (!key.ok()) {
       record(i, key.status());  // refused before the engine
+      continue;
+    }
+    if (absl::Status status = BatchItemAccess(context, *key, *item); !status.ok()) {
+      record(i, status);
       continue;
     }
     auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
@@ -695,6 +802,10 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         record(i, key.status());
         continue;
       }
+      if (absl::Status status = BatchItemAccess(context, *key, *item); !status.ok()) {
+        record(i, status);
+        continue;
+      }
       if (item->ttl_ms() < 0 || item->ttl_ms() > p::kMaxTtlMs) {
         record(i, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
         continue;
@@ -715,6 +826,12 @@ void Service::BuildStats(const RequestContext& context, uint64_t id,
   std::vector<uint64_t> last_sequences;
   for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
     last_sequences.push_back(engine_->LastSequence(shard));
+  }
+  if (context.access != nullptr && TenantOf(context.key_prefix) != context.user_id) {
+    // Another user's namespace: its figures are not this caller's.
+    p::BuildStatusResponse(b, id, absl::PermissionDeniedError(
+                                      "statistics are of the caller's own namespace only"));
+    return;
   }
   if (!context.key_prefix.empty()) {
     // A tenant sees its own key count and what resuming a watch needs; the

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -157,6 +158,14 @@ class Service {
   // (the status's and a BatchResult's items'); false when none needed it.
   // Otherwise *out holds the response rebuilt (frame must not point into it).
   bool ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const;
+  // Whether the ACLs (context.access) let context's caller put engine key
+  // `key`: create for a key that does not exist, write for one that does
+  // (with both, nothing is looked up). PermissionDenied otherwise.
+  absl::Status CheckPut(const RequestContext& context, absl::string_view key,
+                        std::optional<uint64_t> if_version) const;
+  // CheckPut for a put item, the delete permission for a delete item.
+  absl::Status BatchItemAccess(const RequestContext& context, absl::string_view key,
+                               const protocol::BatchItem& item) const;
   // The coordinator when the request goes through the cluster, else null.
   Coordinator* ClusterFor(const RequestContext& context) const;
   Outcome ClusterBatch(Coordinator* coordinator, const RequestContext& context,

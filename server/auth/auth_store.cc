@@ -525,6 +525,35 @@ absl::StatusOr<uint64_t> AuthStore::ProposeAndAwait(
   return value;
 }
 
+absl::StatusOr<uint64_t> AuthStore::ProposeAccess(
+    std::string command, const std::function<bool(const control::Access&, uint64_t)>& done) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  control::AclState* access = access_.load(std::memory_order_acquire);
+  if (access == nullptr || !propose_) {
+    return absl::UnavailableError("no control plane to propose to");
+  }
+  absl::StatusOr<uint64_t> result = propose_(std::move(command));
+  if (!result.ok()) {
+    const absl::StatusCode code = result.status().code();
+    if (code == absl::StatusCode::kDeadlineExceeded || code == absl::StatusCode::kUnknown ||
+        code == absl::StatusCode::kInternal || code == absl::StatusCode::kCancelled) {
+      return absl::UnavailableError(
+          absl::StrCat("the cluster did not apply the change: ", result.status().message()));
+    }
+    return result.status();
+  }
+  const uint64_t value = *result;
+  if (!access->Await([&](const control::Access& a) { return done(a, value); },
+                     absl::Now() + config_.apply_timeout)) {
+    return absl::UnavailableError(
+        "the change was committed but this node has not applied it yet; try again shortly");
+  }
+  // Carry the commit to the other nodes at once (a membership lost, an ACL
+  // narrowed), as after a revocation.
+  SpreadCommit();
+  return value;
+}
+
 absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
   if (absl::Status status = InitSodium(); !status.ok()) return status;
   if (NfkcCasefold() == nullptr) {
@@ -917,6 +946,35 @@ absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active) {
       });
   if (done.ok() && !active) SpreadCommit();
   return done.status();
+}
+
+std::vector<User> AuthStore::ListUsers() const {
+  return state()->Read([](const control::Accounts& a) {
+    std::vector<User> users;
+    users.reserve(a.users.size());
+    for (const auto& [id, user] : a.users) users.push_back(UserOf(user));
+    return users;
+  });
+}
+
+absl::StatusOr<User> AuthStore::GetUser(uint64_t user_id) const {
+  return state()->Read([user_id](const control::Accounts& a) -> absl::StatusOr<User> {
+    const control::AccountUser* user = a.FindUser(user_id);
+    if (user == nullptr) return absl::NotFoundError(absl::StrCat("user ", user_id, " not found"));
+    return UserOf(*user);
+  });
+}
+
+absl::StatusOr<size_t> AuthStore::RevokeAllApiKeys(uint64_t user_id) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  if (absl::StatusOr<User> user = GetUser(user_id); !user.ok()) return user.status();
+  size_t revoked = 0;
+  for (const ApiKeyInfo& key : ListApiKeys(user_id)) {
+    if (!key.is_active) continue;
+    if (absl::Status status = RevokeApiKey(user_id, key.id); !status.ok()) return status;
+    ++revoked;
+  }
+  return revoked;
 }
 
 size_t AuthStore::UserCount() const {

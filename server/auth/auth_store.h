@@ -58,6 +58,7 @@
 #include "nlohmann/json_fwd.hpp"
 #include "server/auth/password.h"
 #include "server/control/account_state.h"
+#include "server/control/acl_state.h"
 
 namespace logkv::server::auth {
 
@@ -251,6 +252,29 @@ class AuthStore {
 
   size_t UserCount() const;
 
+  // ---- Administration (the /api/users and /api/groups routes) ----
+  // Every user, by id.
+  std::vector<User> ListUsers() const;
+  // NotFound for an unknown id.
+  absl::StatusOr<User> GetUser(uint64_t user_id) const;
+  // Revokes every active API key of user_id (an administrator's reset);
+  // how many. NotFound for an unknown user.
+  absl::StatusOr<size_t> RevokeAllApiKeys(uint64_t user_id);
+
+  // The control plane's administrators, groups and ACLs (acl_state.h), for
+  // proposals to wait on; before Load, like UseControlPlane.
+  void UseAccess(control::AclState* access) { access_.store(access, std::memory_order_release); }
+  // The state as applied here; null until UseAccess.
+  const control::AclState* access() const { return access_.load(std::memory_order_acquire); }
+  // Proposes an access command (acl_state.h's encoders) and waits until
+  // this node has applied it: done(access, the command's value) holds. The
+  // state machine's refusal is returned as it is; no leader or a timeout is
+  // Unavailable.
+  absl::StatusOr<uint64_t> ProposeAccess(
+      std::string command, const std::function<bool(const control::Access&, uint64_t)>& done);
+  // The current time, as the store's clock gives it.
+  int64_t Now() const { return NowMs(); }
+
  private:
   int64_t NowMs() const;
   void LogLine(absl::string_view message) const;
@@ -282,6 +306,7 @@ class AuthStore {
   control::AccountState* state() const { return accounts_.load(std::memory_order_acquire); }
   control::AccountState empty_accounts_;  // until UseControlPlane
   std::atomic<control::AccountState*> accounts_;
+  std::atomic<control::AclState*> access_{nullptr};
   std::function<absl::StatusOr<uint64_t>(std::string command)> propose_;  // set before Load
 
   // Written by Load before ready_ turns true: constant afterwards.

@@ -208,6 +208,7 @@ class ControlPlane::Impl {
   void ProposeLocal(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
 
   AccountState& accounts() { return state_.accounts(); }
+  AclState& access() { return state_.access(); }
   std::string StateSnapshot() const { return state_.Snapshot(); }
 
  private:
@@ -831,6 +832,8 @@ void ControlPlane::Stop() { impl_->Stop(); }
 std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
 
 AccountState* ControlPlane::accounts() { return &impl_->accounts(); }
+
+AclState* ControlPlane::access() { return &impl_->access(); }
 
 std::string ControlPlane::StateSnapshot() { return impl_->StateSnapshot(); }
 

@@ -129,6 +129,9 @@ class ControlPlane {
   // The cluster's accounts as applied here (account_state.h); valid for the
   // life of this object, filled as Raft applies.
   AccountState* accounts();
+  // Administrators, groups and ACLs as applied here (acl_state.h); as
+  // accounts().
+  AclState* access();
   // The whole state as applied here (configuration and accounts), in the
   // snapshot encoding: what a backup keeps.
   std::string StateSnapshot();

@@ -524,6 +524,26 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
     default:
       break;
   }
+  // Access commands name users by id: the accounts say which exist.
+  auto user_exists = [this](uint64_t id) {
+    return accounts_.Read([id](const Accounts& a) { return a.FindUser(id) != nullptr; });
+  };
+  switch (cmd->body_type()) {
+    case fb::CommandBody::SetAdmin:
+      return access_.Apply(*cmd->body_as_SetAdmin(), user_exists);
+    case fb::CommandBody::NewGroup:
+      return access_.Apply(*cmd->body_as_NewGroup());
+    case fb::CommandBody::RenameGroup:
+      return access_.Apply(*cmd->body_as_RenameGroup());
+    case fb::CommandBody::DeleteGroup:
+      return access_.Apply(*cmd->body_as_DeleteGroup());
+    case fb::CommandBody::SetGroupMember:
+      return access_.Apply(*cmd->body_as_SetGroupMember(), user_exists);
+    case fb::CommandBody::SetAcl:
+      return access_.Apply(*cmd->body_as_SetAcl(), user_exists);
+    default:
+      break;
+  }
   absl::MutexLock lock(&mu_);
   switch (cmd->body_type()) {
     case fb::CommandBody::AddMember:
@@ -551,7 +571,8 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
 
 namespace {
 
-std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* accounts) {
+std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* accounts,
+                               const AclState* access) {
   flatbuffers::FlatBufferBuilder builder(256 + 128 * config.members.size());
   std::vector<flatbuffers::Offset<fb::Member>> members;
   members.reserve(config.members.size());
@@ -565,9 +586,11 @@ std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* 
   auto vector = builder.CreateVector(members);
   flatbuffers::Offset<fb::Accounts> accounts_table;
   if (accounts != nullptr) accounts_table = accounts->Encode(builder);
+  flatbuffers::Offset<fb::Access> access_table;
+  if (access != nullptr) access_table = access->Encode(builder);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
                                      config.replicas, config.vnodes_per_member, vector,
-                                     accounts_table);
+                                     accounts_table, access_table);
   builder.Finish(snapshot, fb::CommandIdentifier());
   return Finish(builder);
 }
@@ -584,7 +607,7 @@ absl::StatusOr<const fb::Snapshot*> VerifiedSnapshot(const AlignedBytes& bytes) 
 }  // namespace
 
 std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
-  return EncodeSnapshotWith(config, nullptr);
+  return EncodeSnapshotWith(config, nullptr, nullptr);
 }
 
 absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view snapshot) {
@@ -667,7 +690,7 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
 
 std::string ControlState::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return EncodeSnapshotWith(config_, &accounts_);
+  return EncodeSnapshotWith(config_, &accounts_, &access_);
 }
 
 absl::Status ControlState::Restore(absl::string_view snapshot) {
@@ -681,11 +704,17 @@ absl::Status ControlState::Restore(absl::string_view snapshot) {
     return absl::InvalidArgumentError(
         absl::StrCat("snapshot: accounts: ", accounts.status().message()));
   }
+  absl::StatusOr<Access> access = AclState::Decode((*root)->access());
+  if (!access.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot: access: ", access.status().message()));
+  }
   {
     absl::MutexLock lock(&mu_);
     config_ = *std::move(config);
   }
   accounts_.Replace(*std::move(accounts));
+  access_.Replace(*std::move(access));
   return absl::OkStatus();
 }
 

@@ -39,6 +39,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/control/account_state.h"
+#include "server/control/acl_state.h"
 
 namespace logkv::server::control {
 
@@ -146,6 +147,9 @@ class ControlState {
   // The accounts, read in place by AuthStore.
   AccountState& accounts() { return accounts_; }
   const AccountState& accounts() const { return accounts_; }
+  // Administrators, groups and ACLs, read in place by admission.
+  AclState& access() { return access_; }
+  const AclState& access() const { return access_; }
 
   // Decodes a snapshot's configuration without applying it (tools, tests).
   static absl::StatusOr<ClusterConfig> DecodeSnapshot(absl::string_view snapshot);
@@ -157,6 +161,8 @@ class ControlState {
   ClusterConfig config_ ABSL_GUARDED_BY(mu_);
   // Its own lock; applied on the same thread as the configuration.
   AccountState accounts_;
+  // Its own lock too; applied on the same thread, reading accounts_.
+  AclState access_;
 };
 
 }  // namespace logkv::server::control

@@ -198,9 +198,9 @@ bool ClusterRoutes::AuthorizeAdmin(const HttpRequest& request, HttpResponse* ref
     *refusal = HttpResponse::Error(401, session.status().message());
     return false;
   }
-  if (session->user_id != auth::kAdministratorUserId || !session->context.may_write) {
+  if (!deps_.auth.admission->IsAdmin(session->user_id) || !session->context.may_write) {
     *refusal = HttpResponse::Error(
-        403, absl::StrCat("only the administrator (the first account) may ", may));
+        403, absl::StrCat("only an administrator (the first account, or one made so) may ", may));
     return false;
   }
   return true;

@@ -681,7 +681,8 @@ void Serve(const DataRoutesConfig& config, const DataRoutesDependencies& deps,
            const Dialect& dialect, const DataRoute& route, HttpRequest& request,
            Responder responder) {
   HttpResponse refusal;
-  absl::StatusOr<RequestContext> context = Authorize(deps.auth, request, &refusal);
+  absl::StatusOr<RequestContext> context =
+      Authorize(deps.auth, request, &refusal, /*namespaces=*/true);
   if (!context.ok()) return responder.Send(std::move(refusal));
   if (Writes(route.operation) && !context->may_write) {
     // Refused before the query or body is looked at (the Service checks
@@ -723,7 +724,8 @@ void PutBytes(json* object, const char* field, absl::string_view bytes) {
 // Keys held by this node's engine (every key on a single node).
 void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Responder responder) {
   HttpResponse refusal;
-  absl::StatusOr<RequestContext> context = Authorize(deps.auth, request, &refusal);
+  absl::StatusOr<RequestContext> context =
+      Authorize(deps.auth, request, &refusal, /*namespaces=*/true);
   if (!context.ok()) return responder.Send(std::move(refusal));
   std::string prefix, after;
   uint32_t limit = kDefaultScanLimit;
@@ -882,7 +884,8 @@ size_t WatchStreams::open() const {
 
 void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
   HttpResponse refusal;
-  absl::StatusOr<RequestContext> context = Authorize(deps_.auth, request, &refusal);
+  absl::StatusOr<RequestContext> context =
+      Authorize(deps_.auth, request, &refusal, /*namespaces=*/true);
   if (!context.ok()) return responder.Send(std::move(refusal));
   absl::StatusOr<std::optional<std::string>> prefix = StrictQueryParam(request, "prefix");
   if (!prefix.ok()) return responder.Send(ErrorFromStatus(prefix.status()));

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -14,8 +15,16 @@
 namespace logkv::server::http {
 
 absl::StatusOr<RequestContext> Authorize(const ApiKeyAuth& auth, const HttpRequest& request,
-                                         HttpResponse* refusal) {
-  if (!auth.on()) return RequestContext{};
+                                         HttpResponse* refusal, bool namespaces) {
+  std::optional<absl::string_view> selector =
+      namespaces ? request.Header("x-namespace") : std::nullopt;
+  if (!auth.on()) {
+    if (selector.has_value()) {
+      *refusal = HttpResponse::Error(400, "X-Namespace needs accounts on (--auth=on)");
+      return absl::InvalidArgumentError("X-Namespace without accounts");
+    }
+    return RequestContext{};
+  }
   absl::StatusOr<Session> session = AuthenticateKey(auth, request);
   if (!session.ok()) {
     *refusal = HttpResponse::Error(401, session.status().message());
@@ -27,6 +36,18 @@ absl::StatusOr<RequestContext> Authorize(const ApiKeyAuth& auth, const HttpReque
     refusal->headers.emplace_back(
         "Retry-After", absl::StrCat(std::max<int64_t>(1, (retry_after_ms + 999) / 1000)));
     return admitted;
+  }
+  if (selector.has_value()) {
+    uint64_t namespace_user = 0;
+    if (!absl::SimpleAtoi(*selector, &namespace_user) || namespace_user == 0) {
+      *refusal = HttpResponse::Error(400, "X-Namespace is a user id (a positive integer)");
+      return absl::InvalidArgumentError("bad X-Namespace");
+    }
+    if (absl::Status status = auth::Admission::Address(&session->context, namespace_user);
+        !status.ok()) {
+      *refusal = HttpResponse::Error(400, status.message());
+      return status;
+    }
   }
   return std::move(session->context);
 }

@@ -38,9 +38,11 @@ struct ApiKeyAuth {
 // The caller's namespace and scopes (auth on: from X-API-Key, through the
 // Admission), or the answer refusing the request in *refusal: 401 without a
 // valid key, 429 with Retry-After when the key's user is over its rate.
-// Failures are counted in metrics.
+// Failures are counted in metrics. With namespaces (the data routes), an
+// `X-Namespace: <user id>` header addresses that user's namespace, where
+// the ACLs decide (docs/security.md); 400 for one that is not a user id.
 absl::StatusOr<RequestContext> Authorize(const ApiKeyAuth& auth, const HttpRequest& request,
-                                         HttpResponse* refusal);
+                                         HttpResponse* refusal, bool namespaces = false);
 // The session of the request's X-API-Key, without taking from its rate
 // (administrator checks); Unauthenticated for a missing or invalid key.
 absl::StatusOr<Session> AuthenticateKey(const ApiKeyAuth& auth, const HttpRequest& request);

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "server/core/peer_handler.h"
 #include "server/log.h"
+#include "server/namespaces.h"
 #include "server/net/tls.h"
 
 namespace logkv::server::net {
@@ -395,9 +396,25 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
       }
     }
   }
+  // Another user's namespace (Request.namespace_user): the ACLs decide.
+  RequestContext addressed;
+  const RequestContext* context = &session_.context;
+  if (request.namespace_user() != 0 && !is_peer_ && operation != p::Operation::Hello &&
+      operation != p::Operation::Ping && operation != p::Operation::Stats) {
+    if (!authenticated_) {
+      AppendStatus(request.request_id(), absl::InvalidArgumentError(
+                                             "namespace_user needs accounts on (--auth=on)"));
+      return true;
+    }
+    if (request.namespace_user() != session_.user_id) {
+      addressed = session_.context;
+      addressed.key_prefix = TenantPrefix(request.namespace_user());
+      context = &addressed;
+    }
+  }
   switch (operation) {
     case p::Operation::Watch:
-      AddWatch(request.request_id(), *request.operation_as_Watch());
+      AddWatch(request.request_id(), *request.operation_as_Watch(), *context);
       return true;
     case p::Operation::Unwatch:
       RemoveWatch(request.operation_as_Unwatch()->watch_request_id(), absl::OkStatus());
@@ -407,7 +424,7 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
       break;
   }
   Outcome outcome = loop().service()->Handle(
-      session_.context, request, &builder_,
+      *context, request, &builder_,
       [&]() -> Completion { return DeferOn(operation, start_ns, RequestSubject(config(), request)); });
   if (outcome != Outcome::kAnswered) return false;
   Append(p::FrameOf(builder_));
@@ -416,9 +433,10 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
 
 // ---- Watches --------------------------------------------------------------------
 
-void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
+void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch,
+                             const RequestContext& context) {
   Service* service = loop().service();
-  if (absl::Status status = service->AdmitWatch(session_.context); !status.ok()) {
+  if (absl::Status status = service->AdmitWatch(context); !status.ok()) {
     AppendStatus(request_id, status);
     return;
   }
@@ -433,7 +451,7 @@ void BinarySession::AddWatch(uint64_t request_id, const p::Watch& watch) {
                                  " watches (--max-watches-per-connection); unwatch one first")));
     return;
   }
-  absl::StatusOr<Service::WatchCursor> cursor = service->OpenWatch(session_.context, watch);
+  absl::StatusOr<Service::WatchCursor> cursor = service->OpenWatch(context, watch);
   if (!cursor.ok()) {
     AppendStatus(request_id, cursor.status());
     return;

@@ -101,7 +101,8 @@ class BinarySession final : public ProtocolSession {
   void Append(absl::string_view frame) { connection().out.append(frame.data(), frame.size()); }
   void AppendStatus(uint64_t request_id, const absl::Status& status);
 
-  void AddWatch(uint64_t request_id, const protocol::Watch& watch);
+  // context: the session's, or addressed to another namespace.
+  void AddWatch(uint64_t request_id, const protocol::Watch& watch, const RequestContext& context);
   // Finishes in builder_ the WatchEvents answer of watch_id around events
   // (built in builder_ since its Clear), and appends it.
   void AppendWatchEvents(
