@@ -120,6 +120,10 @@ struct Config {
   // TLS, with redis-benchmark's flags: --tls --cacert --cert --key --sni.
   bool tls = false;
   std::string cacert, cert, key, sni;
+  // With accounts on: the API key each connection sends in its Hello, and
+  // the user whose namespace the keys are in (0: the key's own).
+  std::string auth;
+  uint64_t namespace_user = 0;
 };
 
 constexpr absl::string_view kUsage = R"(Usage: logkv-bench [OPTIONS]
@@ -152,6 +156,8 @@ Load generator for logkvd with redis-benchmark's flags and output.
  --key <file>       With --tls: private key of --cert
  --sni <host>       With --tls: the name the server's certificate must carry
                     (default: -h)
+ -a <api key>       Authenticate each connection with this API key (Hello)
+ --namespace <id>   With -a: address this user's namespace (its ACLs apply)
  --help             Output this help and exit
  --version          Output the version and exit
 )";
@@ -307,6 +313,13 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
       config.key = std::string(value);
     } else if (flag == "--sni") {
       config.sni = std::string(value);
+    } else if (flag == "-a") {
+      config.auth = std::string(value);
+    } else if (flag == "--namespace") {
+      if (!absl::SimpleAtoi(value, &config.namespace_user) || config.namespace_user == 0) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat("invalid --namespace '", value, "': want a user id"));
+      }
     } else if (flag == "--fsync-mode") {
       config.fsync_mode = std::string(value);
     } else if (flag == "--consistency") {
@@ -455,6 +468,19 @@ static_assert(std::endian::native == std::endian::little,
 // Built with a nonzero request_id so FlatBuffers stores the field (a default
 // value would be left out and there would be nothing to patch).
 constexpr uint64_t kPlaceholderRequestId = ~uint64_t{0};
+// The Hello's (-a): no request slot has it.
+constexpr uint64_t kHelloRequestId = ~uint64_t{0} - 1;
+
+std::string BuildHello(const Config& config) {
+  if (config.auth.empty()) return "";
+  flatbuffers::FlatBufferBuilder builder(256);
+  auto token = builder.CreateString(config.auth);
+  auto name = builder.CreateString("logkv-bench");
+  auto hello = protocol::CreateHello(builder, protocol::kProtocolVersion, token, name);
+  builder.FinishSizePrefixed(
+      protocol::CreateRequest(builder, kHelloRequestId, protocol::Operation::Hello, hello.Union()));
+  return std::string(protocol::FrameOf(builder));
+}
 
 absl::StatusOr<RequestTemplate> BuildTemplate(Operation operation, const Config& config) {
   flatbuffers::FlatBufferBuilder builder(256 + static_cast<size_t>(config.value_bytes));
@@ -477,7 +503,8 @@ absl::StatusOr<RequestTemplate> BuildTemplate(Operation operation, const Config&
     body = protocol::CreateGet(builder, key_vector, config.consistency).Union();
     type = protocol::Operation::Get;
   }
-  builder.FinishSizePrefixed(protocol::CreateRequest(builder, kPlaceholderRequestId, type, body));
+  builder.FinishSizePrefixed(protocol::CreateRequest(builder, kPlaceholderRequestId, type, body,
+                                                     /*epoch=*/0, config.namespace_user));
 
   RequestTemplate result;
   result.frame = std::string(protocol::FrameOf(builder));
@@ -531,6 +558,7 @@ struct TestShared {
   const KeyChooser* keys;
   const sockaddr* address;
   SSL_CTX* tls = nullptr;  // --tls
+  std::string hello;       // -a: the Hello frame each connection sends first
   // Requests claimed so far across all connections (count mode only).
   alignas(64) std::atomic<int64_t> issued{0};
   // Set by the barrier once every thread has connected; read after it.
@@ -750,8 +778,8 @@ Connection::Connection(Worker* worker, const TestShared* shared)
   slots_.resize(pipeline);
   free_slots_.reserve(pipeline);
   for (int i = pipeline - 1; i >= 0; --i) free_slots_.push_back(static_cast<uint32_t>(i));
-  pending_.resize(frame_capacity_bytes_ * pipeline);
-  writing_.resize(frame_capacity_bytes_ * pipeline);
+  pending_.resize(frame_capacity_bytes_ * pipeline + shared->hello.size());
+  writing_.resize(frame_capacity_bytes_ * pipeline + shared->hello.size());
   pending_slots_.reserve(pipeline);
   tcp_.data = this;
   connect_request_.data = this;
@@ -869,6 +897,12 @@ void Connection::WriteCiphertext() {
 }
 
 void Connection::Start() {
+  // -a: the Hello goes first; the server answers in order, so the requests
+  // behind it are authenticated.
+  if (!shared_->hello.empty()) {
+    std::memcpy(pending_.data() + pending_bytes_, shared_->hello.data(), shared_->hello.size());
+    pending_bytes_ += shared_->hello.size();
+  }
   FillPipeline();
   CloseIfDone();
 }
@@ -1040,6 +1074,14 @@ bool Connection::HandleFrame(absl::string_view frame, Clock::time_point now) {
   }
   const protocol::Response& response = **decoded;
   const uint64_t request_id = response.request_id();
+  if (request_id == kHelloRequestId) {
+    if (response.status() != protocol::StatusCode::Ok) {
+      Fail(absl::StrCat("Hello refused: ", protocol::EnumNameStatusCode(response.status()), ": ",
+                        protocol::View(response.message())));
+      return false;
+    }
+    return true;
+  }
   const uint64_t slot_index = request_id & kSlotMask;
   if (slot_index >= slots_.size() || !slots_[slot_index].in_flight ||
       slots_[slot_index].request_id != request_id) {
@@ -1159,6 +1201,7 @@ std::unique_ptr<TestResult> RunTest(const Config& config, Workload workload,
   shared.workload = workload;
   shared.set_template = &set_template;
   shared.get_template = &get_template;
+  shared.hello = BuildHello(config);
   shared.keys = &keys;
   shared.address = address;
   shared.tls = tls;

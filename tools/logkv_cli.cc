@@ -104,6 +104,17 @@ ABSL_FLAG(std::string, http_target, "",
           "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
           "127.0.0.1:8080).");
 
+// Users, groups and ACLs (logkv user|group|acl; docs/security.md).
+ABSL_FLAG(bool, admin, false, "user create/update: make the user an administrator.");
+ABSL_FLAG(std::string, active, "", "user update: true or false (deactivate).");
+ABSL_FLAG(bool, reset_keys, false, "user update: revoke every API key of the user.");
+ABSL_FLAG(std::vector<std::string>, members, {}, "group create: user ids, comma-separated.");
+ABSL_FLAG(std::string, group, "", "acl set: the ACL's group (id or name).");
+ABSL_FLAG(uint64_t, owner, 0, "acl set: the ACL's owner (a user id; default the namespace's).");
+ABSL_FLAG(bool, audit, false, "acl set: audit data writes under the prefix.");
+ABSL_FLAG(uint64_t, namespace_user, 0,
+          "acl: the user whose namespace the prefix is in (default: the --token's user).");
+
 namespace logkv::cli {
 namespace {
 
@@ -176,6 +187,31 @@ const std::vector<CommandHelp>& Commands() {
        "directory, then start logkvd --data-dir=DATA_DIR. create and status need "
        "--cluster-secret, or --token with the administrator's key.",
        {"wait"}, false, true, "logkv backup verify /var/backups/logkv/NAME.tar.zst"},
+      {"user", nullptr,
+       "user list | show ID | create EMAIL USERNAME PASSWORD | update ID | deactivate ID",
+       "manages users (administrators)",
+       "list: every user (GET /api/users). show: one, with its API keys. create: a user "
+       "(--admin to make it an administrator). update: --active=true|false, --admin, "
+       "--reset-keys (revokes every key). deactivate: disables the user and revokes its keys. "
+       "Needs --token with an administrator's key (or --cluster-secret).",
+       {"admin", "active", "reset_keys"}, false, true, "logkv user update 7 --reset-keys"},
+      {"group", nullptr,
+       "group list | show ID | create NAME | rename ID NAME | delete ID | add ID USER | "
+       "remove ID USER",
+       "manages groups and their members (administrators)",
+       "Groups name sets of users that ACLs grant permissions to (GET/POST /api/groups, "
+       "/api/groups/{id}, /api/groups/{id}/members). create takes --members=ID,ID. Needs "
+       "--token with an administrator's key (or --cluster-secret).",
+       {"members"}, false, true, "logkv group add 3 7"},
+      {"acl", nullptr, "acl get PREFIX | set PREFIX MODE | rm PREFIX | list | check PREFIX",
+       "shows and sets the access control lists of key prefixes",
+       "MODE is owner, group and others, each \"cdwr\" (create, delete, write, read) or '-': "
+       "cdwrcdwr---r lets the owner and the group do everything and others read (3 hex "
+       "digits work too: ff1). set takes --group, --owner and --audit; --namespace-user "
+       "names another user's namespace (its user and administrators only). check prints what "
+       "the --token's user may do at PREFIX.",
+       {"group", "owner", "audit", "namespace_user"}, false, true,
+       "logkv acl set home/room/ cdwrcdwr---- --group=room"},
       {"ping", nullptr, "ping", "checks that the node answers",
        "Connects and pings the node; prints PONG.", {}, true, false, "logkv ping"},
       {"help", nullptr, "help [COMMAND]", "prints this list, or a command's help",
@@ -1038,6 +1074,169 @@ int Backup(const Arguments& arguments) {
   return BackupRestore(args[2], args[3]);
 }
 
+// ---- Users, groups and ACLs (HTTP: /api/users, /api/groups, /api/acl) ----
+
+// Calls the route and prints its JSON answer; an error answer fails.
+int CallAndPrint(absl::string_view method, const std::string& path, const nlohmann::json& body) {
+  absl::StatusOr<HttpResult> result =
+      HttpCall(method, path, body.is_null() ? std::string() : body.dump());
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status < 200 || result->status >= 300) {
+    const std::string message = HttpError(*result);
+    std::fprintf(stderr, "logkv: %s\n", message.c_str());
+    return result->status == 404 ? kExitNotFound : kExitError;
+  }
+  nlohmann::json answer = nlohmann::json::parse(result->body, nullptr, false);
+  if (answer.is_discarded()) {
+    PrintRaw(result->body);
+    std::fputc('\n', stdout);
+  } else if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(answer);
+  } else {
+    std::fputs(answer.dump(2).c_str(), stdout);
+    std::fputc('\n', stdout);
+  }
+  return kExitOk;
+}
+
+// A positive id argument, or nullopt after the error is printed.
+std::optional<uint64_t> IdArgument(const std::string& text, const char* what) {
+  uint64_t id = 0;
+  if (!absl::SimpleAtoi(text, &id) || id == 0) {
+    Fail(absl::StrCat(what, " is a positive integer, not \"", text, "\""));
+    return std::nullopt;
+  }
+  return id;
+}
+
+std::string QueryEscape(absl::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return out;
+}
+
+int Users(const Arguments& arguments) {
+  const std::vector<std::string>& args = arguments.positionals;
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  auto need = [&](size_t n, const char* usage) {
+    if (args.size() == n) return true;
+    Fail(absl::StrCat("usage: logkv user ", usage));
+    return false;
+  };
+  if (sub == "list") return need(2, "list") ? CallAndPrint("GET", "/api/users", nullptr) : kExitError;
+  if (sub == "show" || sub == "deactivate" || sub == "update") {
+    if (!need(3, absl::StrCat(sub, " ID").c_str())) return kExitError;
+    std::optional<uint64_t> id = IdArgument(args[2], "a user id");
+    if (!id) return kExitError;
+    const std::string path = absl::StrCat("/api/users/", *id);
+    if (sub == "show") return CallAndPrint("GET", path, nullptr);
+    if (sub == "deactivate") return CallAndPrint("DELETE", path, nullptr);
+    nlohmann::json body = nlohmann::json::object();
+    if (arguments.given.contains("admin")) body["is_admin"] = absl::GetFlag(FLAGS_admin);
+    if (arguments.given.contains("reset_keys")) body["reset_keys"] = absl::GetFlag(FLAGS_reset_keys);
+    if (arguments.given.contains("active")) {
+      const std::string active = absl::GetFlag(FLAGS_active);
+      if (active != "true" && active != "false") return Fail("--active is true or false");
+      body["is_active"] = active == "true";
+    }
+    if (body.empty()) return Fail("user update needs --active, --admin or --reset-keys");
+    return CallAndPrint("PUT", path, body);
+  }
+  if (sub == "create") {
+    if (!need(5, "create EMAIL USERNAME PASSWORD")) return kExitError;
+    return CallAndPrint("POST", "/api/users",
+                        {{"email", args[2]},
+                         {"username", args[3]},
+                         {"password", args[4]},
+                         {"is_admin", absl::GetFlag(FLAGS_admin)}});
+  }
+  return Fail("user needs list, show ID, create EMAIL USERNAME PASSWORD, update ID or "
+              "deactivate ID");
+}
+
+int Groups(const Arguments& arguments) {
+  const std::vector<std::string>& args = arguments.positionals;
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  auto need = [&](size_t n, const char* usage) {
+    if (args.size() == n) return true;
+    Fail(absl::StrCat("usage: logkv group ", usage));
+    return false;
+  };
+  if (sub == "list") return need(2, "list") ? CallAndPrint("GET", "/api/groups", nullptr) : kExitError;
+  if (sub == "create") {
+    if (!need(3, "create NAME")) return kExitError;
+    nlohmann::json members = nlohmann::json::array();
+    for (const std::string& member : absl::GetFlag(FLAGS_members)) {
+      std::optional<uint64_t> id = IdArgument(member, "each of --members");
+      if (!id) return kExitError;
+      members.push_back(*id);
+    }
+    return CallAndPrint("POST", "/api/groups", {{"name", args[2]}, {"members", members}});
+  }
+  if (sub == "show" || sub == "delete" || sub == "rename" || sub == "add" || sub == "remove") {
+    const bool two = sub == "rename" || sub == "add" || sub == "remove";
+    if (!need(two ? 4 : 3, two ? absl::StrCat(sub, " ID ", sub == "rename" ? "NAME" : "USER").c_str()
+                               : absl::StrCat(sub, " ID").c_str())) {
+      return kExitError;
+    }
+    std::optional<uint64_t> id = IdArgument(args[2], "a group id");
+    if (!id) return kExitError;
+    const std::string path = absl::StrCat("/api/groups/", *id);
+    if (sub == "show") return CallAndPrint("GET", path, nullptr);
+    if (sub == "delete") return CallAndPrint("DELETE", path, nullptr);
+    if (sub == "rename") return CallAndPrint("PUT", path, {{"name", args[3]}});
+    std::optional<uint64_t> user = IdArgument(args[3], "a user id");
+    if (!user) return kExitError;
+    if (sub == "add") return CallAndPrint("POST", path + "/members", {{"user_id", *user}});
+    return CallAndPrint("DELETE", absl::StrCat(path, "/members/", *user), nullptr);
+  }
+  return Fail("group needs list, show ID, create NAME, rename ID NAME, delete ID, add ID USER "
+              "or remove ID USER");
+}
+
+int Acl(const Arguments& arguments) {
+  const std::vector<std::string>& args = arguments.positionals;
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  std::string query;
+  if (const uint64_t ns = absl::GetFlag(FLAGS_namespace_user); ns != 0) {
+    query = absl::StrCat("namespace=", ns);
+  }
+  auto target = [&query](absl::string_view route, absl::string_view prefix) {
+    std::string path = absl::StrCat(route, "?prefix=", QueryEscape(prefix));
+    if (!query.empty()) absl::StrAppend(&path, "&", query);
+    return path;
+  };
+  if (sub == "list" && args.size() == 2) {
+    return CallAndPrint("GET", query.empty() ? "/api/acl" : absl::StrCat("/api/acl?", query),
+                        nullptr);
+  }
+  if ((sub == "get" || sub == "rm" || sub == "check") && args.size() == 3) {
+    if (sub == "get") return CallAndPrint("GET", target("/api/acl", args[2]), nullptr);
+    if (sub == "check") return CallAndPrint("GET", target("/api/acl/check", args[2]), nullptr);
+    return CallAndPrint("DELETE", target("/api/acl", args[2]), nullptr);
+  }
+  if (sub == "set" && args.size() == 4) {
+    nlohmann::json body = {{"mode", args[3]}, {"audit", absl::GetFlag(FLAGS_audit)}};
+    if (const uint64_t owner = absl::GetFlag(FLAGS_owner); owner != 0) body["owner"] = owner;
+    if (const std::string group = absl::GetFlag(FLAGS_group); !group.empty()) {
+      uint64_t id = 0;
+      if (absl::SimpleAtoi(group, &id)) {
+        body["group"] = id;
+      } else {
+        body["group"] = group;
+      }
+    }
+    return CallAndPrint("PUT", target("/api/acl", args[2]), body);
+  }
+  return Fail("usage: logkv acl get PREFIX | set PREFIX MODE | rm PREFIX | list | check PREFIX");
+}
+
 int Ping() {
   absl::StatusOr<std::unique_ptr<Client>> connected = ConnectFromFlags();
   if (!connected.ok()) return Fail(connected.status().ToString());
@@ -1103,6 +1302,9 @@ int Main(int argc, char** argv) {
   if (command == "watch") return Watch(arguments);
   if (command == "backup") return Backup(arguments);
   if (command == "remove-member") return RemoveMember(arguments.positionals);
+  if (command == "user") return Users(arguments);
+  if (command == "group") return Groups(arguments);
+  if (command == "acl") return Acl(arguments);
   if (arguments.positionals.size() > 1) {
     return Fail(
         absl::StrCat("unexpected argument \"", arguments.positionals[1], "\" for ", command));
