@@ -729,18 +729,27 @@ void AddAccessRoutesOff(Router* router) {
     responder.Send(HttpResponse::Error(
         404, "accounts are off on this node: users, groups and ACLs need --auth=on"));
   };
-  for (const char* pattern : {"/api/users", "/api/groups", "/api/acl"}) {
-    router->Add(Method::kGet, pattern, off);
-  }
-  router->Add(Method::kPost, "/api/users", off);
-  router->Add(Method::kPost, "/api/groups", off);
-  router->Add(Method::kPut, "/api/acl", off);
-  router->Add(Method::kDelete, "/api/acl", off);
-  for (const char* pattern : {"/api/users/{id}", "/api/groups/{id}"}) {
-    router->Add(Method::kGet, pattern, off);
-    router->Add(Method::kPut, pattern, off);
-    router->Add(Method::kDelete, pattern, off);
-  }
+  // The same routes as AddAccessRoutes: the router (and the API reference)
+  // know them in either mode.
+  const std::pair<Method, const char*> routes[] = {
+      {Method::kGet, "/api/users"},
+      {Method::kPost, "/api/users"},
+      {Method::kGet, "/api/users/{id}"},
+      {Method::kPut, "/api/users/{id}"},
+      {Method::kDelete, "/api/users/{id}"},
+      {Method::kGet, "/api/groups"},
+      {Method::kPost, "/api/groups"},
+      {Method::kGet, "/api/groups/{id}"},
+      {Method::kPut, "/api/groups/{id}"},
+      {Method::kDelete, "/api/groups/{id}"},
+      {Method::kPost, "/api/groups/{id}/members"},
+      {Method::kDelete, "/api/groups/{id}/members/{user}"},
+      {Method::kGet, "/api/acl"},
+      {Method::kPut, "/api/acl"},
+      {Method::kDelete, "/api/acl"},
+      {Method::kGet, "/api/acl/check"},
+  };
+  for (const auto& [method, pattern] : routes) router->Add(method, pattern, off);
 }
 
 }  // namespace logkv::server::http

@@ -51,6 +51,12 @@ const dataSecurity = [{ apiKey: [] }, {}];
 const accountSecurity = [{ bearer: [] }];
 const operatorSecurity = [{ operator: [] }, { apiKey: [] }, {}];
 
+const adminSecurity = [{ clusterSecret: [] }, { apiKey: [] }];
+const idParam = (name) => ({ name, in: 'path', required: true, schema: int });
+const aclPrefix = query('prefix', 'The key prefix (bytes, percent-encoded) the ACL is on');
+const aclPath = query('path', 'The prefix as a /kv/{path} path: its leading "/" is dropped');
+const aclNamespace = query('namespace', 'The user whose namespace it is (default: the caller)', int);
+
 function op(tag, summary, responses, extra = {}) {
   return { tags: [tag], summary, responses: { ...responses }, ...extra };
 }
@@ -236,6 +242,61 @@ const paths = {
     delete: op('accounts', 'Revoke an API key', { 200: json(object({ success: bool, id: int })), 404: error('No such key'), ...errors },
       { security: accountSecurity }),
   },
+  // ---- Users, groups and ACLs (docs/security.md; --auth=on, 404 when off) ----
+  '/api/users': {
+    get: op('access', 'Every user (administrators)', { 200: json(object({ users: { type: 'array', items: { $ref: '#/components/schemas/AdminUser' } } })), ...errors },
+      { security: adminSecurity }),
+    post: op('access', 'Create a user (administrators)', { 201: json({ $ref: '#/components/schemas/AdminUser' }), 409: error('The email or username is taken'), ...errors },
+      { security: adminSecurity, requestBody: jsonBody(object({ email: str, username: str, password: str, is_admin: bool }, ['email', 'username', 'password'])) }),
+  },
+  '/api/users/{id}': {
+    parameters: [idParam('id')],
+    get: op('access', 'A user with its API keys (administrators)', { 200: json({ $ref: '#/components/schemas/AdminUser' }), 404: error('No such user'), ...errors },
+      { security: adminSecurity }),
+    put: op('access', 'Deactivate or reactivate, make or unmake an administrator, revoke every key', { 200: json({ $ref: '#/components/schemas/AdminUser' }), 404: error('No such user'), 409: error('The first account stays an active administrator'), ...errors },
+      { security: adminSecurity, requestBody: jsonBody(object({ is_active: bool, is_admin: bool, reset_keys: bool })) }),
+    delete: op('access', 'Deactivate a user and revoke its keys', { 200: json({ $ref: '#/components/schemas/AdminUser' }), 404: error('No such user'), 409: error('The first account'), ...errors },
+      { security: adminSecurity }),
+  },
+  '/api/groups': {
+    get: op('access', 'Every group (administrators)', { 200: json(object({ groups: { type: 'array', items: { $ref: '#/components/schemas/Group' } } })), ...errors },
+      { security: adminSecurity }),
+    post: op('access', 'Create a group', { 201: json({ $ref: '#/components/schemas/Group' }), 409: error('The name is taken'), ...errors },
+      { security: adminSecurity, requestBody: jsonBody(object({ name: str, members: { type: 'array', items: int } }, ['name'])) }),
+  },
+  '/api/groups/{id}': {
+    parameters: [idParam('id')],
+    get: op('access', 'A group', { 200: json({ $ref: '#/components/schemas/Group' }), 404: error('No such group'), ...errors },
+      { security: adminSecurity }),
+    put: op('access', 'Rename a group, add and remove members', { 200: json({ $ref: '#/components/schemas/Group' }), 404: error('No such group or user'), ...errors },
+      { security: adminSecurity, requestBody: jsonBody(object({ name: str, add: { type: 'array', items: int }, remove: { type: 'array', items: int } })) }),
+    delete: op('access', 'Delete a group', { 200: json(object({ id: int, deleted: bool })), 404: error('No such group'), ...errors },
+      { security: adminSecurity }),
+  },
+  '/api/groups/{id}/members': {
+    parameters: [idParam('id')],
+    post: op('access', 'Add a member', { 200: json({ $ref: '#/components/schemas/Group' }), 404: error('No such group or user'), ...errors },
+      { security: adminSecurity, requestBody: jsonBody(object({ user_id: int }, ['user_id'])) }),
+  },
+  '/api/groups/{id}/members/{user}': {
+    parameters: [idParam('id'), idParam('user')],
+    delete: op('access', 'Remove a member', { 200: json({ $ref: '#/components/schemas/Group' }), 404: error('No such group'), ...errors },
+      { security: adminSecurity }),
+  },
+  '/api/acl': {
+    parameters: [aclPrefix, aclPath, aclNamespace],
+    get: op('access', 'The ACL at a prefix and the one deciding there; without a prefix, every entry of the namespace', { 200: json(object({ namespace: int, prefix: str, acl: { $ref: '#/components/schemas/AclEntry' }, effective: { $ref: '#/components/schemas/AclEntry' }, entries: { type: 'array', items: { $ref: '#/components/schemas/AclEntry' } } })), ...errors },
+      { security: dataSecurity }),
+    put: op('access', 'Set the ACL of a prefix (the namespace\'s user, administrators)', { 200: json({ $ref: '#/components/schemas/AclEntry' }), 404: error('No such owner or group'), ...errors },
+      { security: dataSecurity, requestBody: jsonBody(object({ mode: str, owner: int, group: any, audit: bool }, ['mode'])) }),
+    delete: op('access', 'Remove the ACL of a prefix', { 200: json(object({ prefix: str, namespace: int, removed: bool })), 404: error('No ACL on this prefix'), ...errors },
+      { security: dataSecurity }),
+  },
+  '/api/acl/check': {
+    parameters: [aclPrefix, aclNamespace],
+    get: op('access', 'What the caller may do at a prefix of a namespace', { 200: json(object({ namespace: int, user: int, permissions: str })), ...errors },
+      { security: dataSecurity }),
+  },
   // ---- The console ----
   '/': { get: op('console', 'The landing page', { 200: html }) },
   '/keys': { get: op('console', 'The API keys page', { 200: html }) },
@@ -276,14 +337,15 @@ export default {
     version: '1',
     description: 'Every route logkvd serves on its --http addresses: five REST dialects of one ' +
       'key-value store (seeds 000 to 004), listing and watching keys, the node\'s health, ' +
-      'figures and membership, backups, accounts and API keys (--auth=on), and the console. ' +
+      'figures and membership, backups, accounts and API keys (--auth=on), users, groups and ' +
+      'ACLs (--auth=on), and the console. ' +
       'Errors are {"error": "<why>"}. With --auth=on data routes need X-API-Key.',
   },
   servers: [{ url: '/' }],
   tags: [
     { name: 'kv (seed 000)' }, { name: 'kv (seed 001)' }, { name: 'kv (seed 002)' },
     { name: 'kv (seed 003)' }, { name: 'kv (seed 004)' }, { name: 'node' }, { name: 'cluster' },
-    { name: 'backup' }, { name: 'accounts' }, { name: 'console' },
+    { name: 'backup' }, { name: 'accounts' }, { name: 'access' }, { name: 'console' },
   ],
   paths,
   components: {
@@ -300,6 +362,19 @@ export default {
         id: int, name: str, key_prefix: str, key: { type: 'string', description: 'Only when created' },
         scopes: { type: 'array', items: str }, is_active: bool, last_used_at: { type: ['string', 'null'] },
         expires_at: { type: ['string', 'null'] }, created_at: str,
+      }),
+      AdminUser: object({
+        id: int, email: str, username: str, is_active: bool, is_admin: bool,
+        groups: { type: 'array', items: int }, created_at: str,
+        api_keys: { type: 'array', items: { $ref: '#/components/schemas/ApiKey' } },
+        api_keys_revoked: int,
+      }),
+      Group: object({ id: int, name: str, members: { type: 'array', items: int }, created_at: str }),
+      AclEntry: object({
+        prefix: str, prefix_encoding: { type: 'string', enum: ['base64'] }, owner: int,
+        group: { type: ['integer', 'null'] }, group_name: str,
+        mode: { type: 'string', description: 'owner, group, others: each "cdwr" or "-"' },
+        bits: int, audit: bool, default: bool,
       }),
     },
   },
