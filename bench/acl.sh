@@ -11,7 +11,8 @@
 # second user reads the owner's namespace through a group (X-Namespace /
 # --namespace): the path a shared namespace takes. Each is paired with the owner
 # on the node without ACLs. ROUNDS rounds (default 3); the medians and their
-# ratios are printed.
+# ratios are printed, for throughput and for the server's CPU time per request
+# (the steadier of the two on a machine shared with other work).
 #
 #   bench/acl.sh                      # N=200000, WRK_SECONDS=5, ROUNDS=3
 #   N=50000 WRK_SECONDS=2 bench/acl.sh
@@ -46,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-declare -A port http
+declare -A port http pid
 start_node() {  # $1: name
   local dir=$work/$1
   mkdir -p "$dir/data"
@@ -55,6 +56,7 @@ start_node() {  # $1: name
   "$logkvd" --listen="127.0.0.1:${port[$1]}" --http="127.0.0.1:${http[$1]}" \
     --data_dir="$dir/data" --auth=on --rate-limit=0 --threads=1 2>"$dir/logkvd.log" &
   pids+=($!)
+  pid[$1]=$!
   wait_ready "$!" "grep -q 'listening on .*HTTP' '$dir/logkvd.log'" "$dir/logkvd.log"
 }
 
@@ -77,6 +79,9 @@ for node in plain acl; do
   reader_key[$node]=$(new_user "$node" reader)  # user 3
   "$bench" -p "${port[$node]}" -a "${owner_key[$node]}" -t set -n "$keyspace" -r "$keyspace" \
     -c "$clients" -q >/dev/null
+  # The key the REST runs read (random keys above need not include it).
+  curl -sf -X PUT "http://127.0.0.1:${http[$node]}/v1/kv/key:000000000042" \
+    -H "X-API-Key: ${owner_key[$node]}" -d xxx >/dev/null || die "PUT on $node"
 done
 
 # 100 groups (the reader in every other one) and 1,000 prefixes on the owner's
@@ -98,21 +103,34 @@ curl -sf -X PUT "$base/api/acl?prefix=key:" -H "X-API-Key: ${owner_key[acl]}" \
 entries=$(curl -sf "$base/api/acl" -H "X-API-Key: ${owner_key[acl]}" | json '["entries"].__len__()')
 [[ $entries -eq 1000 ]] || die "expected 1000 ACL entries, found $entries"
 
+# The server's CPU time (user + system) so far, in clock ticks: on a machine
+# shared with other work, CPU time per request is the steadier figure.
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# Each prints "requests/s server-CPU-microseconds-per-request".
 url_key=key:000000000042
 rest_get() {  # $1: node, $2: API key, $3: namespace header or ""
   local headers=(-H "X-API-Key: $2")
   [[ -n $3 ]] && headers+=(-H "X-Namespace: $3")
-  local status
+  local status before out
   status=$(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:${http[$1]}/v1/kv/$url_key")
   [[ $status == 200 ]] || die "REST GET on $1 answered $status"
-  wrk -t1 -c "$clients" -d "${wrk_seconds}s" "${headers[@]}" \
-    "http://127.0.0.1:${http[$1]}/v1/kv/$url_key" | awk '/Requests\/sec/ { print $2 }'
+  before=$(cpu_ticks "${pid[$1]}")
+  out=$(wrk -t1 -c "$clients" -d "${wrk_seconds}s" "${headers[@]}" \
+    "http://127.0.0.1:${http[$1]}/v1/kv/$url_key")
+  awk -v used=$(($(cpu_ticks "${pid[$1]}") - before)) -v hz="$ticks" '
+    /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 }
+    END { printf "%s %.3f\n", rps, (n > 0 ? used / hz * 1e6 / n : 0) }' <<<"$out"
 }
 binary_get() {  # $1: node, $2: API key, $3: namespace or ""
-  local extra=()
+  local extra=() before rps
   [[ -n $3 ]] && extra=(--namespace "$3")
-  "$bench" -p "${port[$1]}" -a "$2" "${extra[@]}" -t get -n "$requests" -r "$keyspace" \
-    -c "$clients" --csv | tr -d '"' | awk -F, '$1 == "GET" { print $2 }'
+  before=$(cpu_ticks "${pid[$1]}")
+  rps=$("$bench" -p "${port[$1]}" -a "$2" "${extra[@]}" -t get -n "$requests" -r "$keyspace" \
+    -c "$clients" --csv | tr -d '"' | awk -F, '$1 == "GET" { print $2 }')
+  awk -v used=$(($(cpu_ticks "${pid[$1]}") - before)) -v hz="$ticks" -v n="$requests" \
+    -v rps="$rps" 'BEGIN { printf "%s %.3f\n", rps, used / hz * 1e6 / n }'
 }
 
 : >"$work/results"
@@ -134,14 +152,14 @@ python3 - "$work/results" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    proto, case, rps = line.split()
-    rows.setdefault((proto, case), []).append(float(rps))
-print(f"{'protocol':<8} {'case':<10} {'median rps':>12} {'vs none':>8}   rounds")
+    proto, case, rps, cpu = line.split()
+    rows.setdefault((proto, case), []).append((float(rps), float(cpu)))
+print(f"{'protocol':<8} {'case':<10} {'rps':>9} {'vs none':>8} {'CPU us/req':>11} {'vs none':>8}")
 for proto in ("rest", "binary"):
-    base = statistics.median(rows[(proto, "none")])
+    base = [statistics.median(v[i] for v in rows[(proto, "none")]) for i in (0, 1)]
     for case in ("none", "acl-own", "acl-group"):
-        values = rows[(proto, case)]
-        median = statistics.median(values)
-        print(f"{proto:<8} {case:<10} {median:>12.0f} {median / base:>8.3f}   "
-              + " ".join(f"{v:.0f}" for v in values))
+        med = [statistics.median(v[i] for v in rows[(proto, case)]) for i in (0, 1)]
+        print(f"{proto:<8} {case:<10} {med[0]:>9.0f} {med[0] / base[0]:>8.3f} "
+              f"{med[1]:>11.2f} {med[1] / base[1]:>8.3f}")
+print("(medians over the rounds; CPU: the server's user + system time per request)")
 EOF
