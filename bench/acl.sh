@@ -136,12 +136,14 @@ binary_get() {  # $1: node, $2: API key, $3: namespace or ""
 : >"$work/results"
 for round in $(seq "$rounds"); do
   echo "acl: round $round of $rounds ..." >&2
-  echo "rest none $(rest_get plain "${owner_key[plain]}" "")" >>"$work/results"
-  echo "rest acl-own $(rest_get acl "${owner_key[acl]}" "")" >>"$work/results"
-  echo "rest acl-group $(rest_get acl "${reader_key[acl]}" 2)" >>"$work/results"
-  echo "binary none $(binary_get plain "${owner_key[plain]}" "")" >>"$work/results"
-  echo "binary acl-own $(binary_get acl "${owner_key[acl]}" "")" >>"$work/results"
-  echo "binary acl-group $(binary_get acl "${reader_key[acl]}" 2)" >>"$work/results"
+  {
+    echo "rest none $(rest_get plain "${owner_key[plain]}" "")"
+    echo "rest acl-own $(rest_get acl "${owner_key[acl]}" "")"
+    echo "rest acl-group $(rest_get acl "${reader_key[acl]}" 2)"
+    echo "binary none $(binary_get plain "${owner_key[plain]}" "")"
+    echo "binary acl-own $(binary_get acl "${owner_key[acl]}" "")"
+    echo "binary acl-group $(binary_get acl "${reader_key[acl]}" 2)"
+  } >>"$work/results"
 done
 
 echo
