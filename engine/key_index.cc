@@ -1,21 +1,52 @@
 #include "engine/key_index.h"
 
 #include <cassert>
+#include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "engine/log_record.h"
 
 namespace logkv::engine {
 
-KeyIndex::KeyIndex() : table_(0, Hash{this}, Equal{this}) {}
+namespace {
+
+// Bytes [offset, offset + 8) of key as a big-endian number, zero-padded past
+// its end: comparing two such numbers compares those bytes as unsigned.
+uint64_t ChunkAt(absl::string_view key, size_t offset) {
+  uint64_t chunk = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    const size_t at = offset + i;
+    chunk = (chunk << 8) | (at < key.size() ? static_cast<uint8_t>(key[at]) : 0);
+  }
+  return chunk;
+}
+
+struct SortItem {
+  uint64_t chunk;  // ChunkAt(key, the offset being sorted on)
+  uint32_t id;
+  uint32_t key_size;
+};
+
+}  // namespace
+
+KeyIndex::KeyIndex(int group_bits)
+    : group_bits_(std::clamp(group_bits, 0, kMaxGroupBits)),
+      order_(KeyLess{this}, CountingAllocator<uint32_t>(&order_bytes_)) {
+  tables_.reserve(size_t{1} << group_bits_);
+  for (size_t i = 0; i < (size_t{1} << group_bits_); ++i) {
+    tables_.emplace_back(0, Hash{this}, Equal{this});
+  }
+}
 
 size_t KeyIndex::Hash::operator()(uint32_t id) const {
   return TableHash(HashKey(index->at(id).key()));
 }
 
 uint32_t KeyIndex::Find(const KeyRef& key) const {
-  auto it = table_.find(key);
-  return it == table_.end() ? kNoEntry : *it;
+  const Table& table = tables_[GroupOf(key.hash)];
+  auto it = table.find(key);
+  return it == table.end() ? kNoEntry : *it;
 }
 
 uint32_t KeyIndex::AllocateId() {
@@ -38,15 +69,24 @@ uint32_t KeyIndex::Insert(const KeyRef& key) {
   std::memset(&entry, 0, sizeof(entry));
   entry.key_data = arena_.Store(key.key);
   entry.key_size = static_cast<uint16_t>(key.key.size());
-  table_.lazy_emplace(key, [id](const auto& construct) { construct(id); });
+  tables_[GroupOf(key.hash)].lazy_emplace(key, [id](const auto& construct) { construct(id); });
+  ++size_;
+  if (ordered_) order_.insert(id);
   return id;
 }
 
 void KeyIndex::Remove(uint32_t id) {
   IndexEntry& entry = at(id);
-  const size_t erased = table_.erase(KeyRef{entry.key(), HashKey(entry.key())});
+  const uint64_t hash = HashKey(entry.key());
+  if (ordered_) {
+    const size_t unordered = order_.erase(id);
+    assert(unordered == 1);
+    (void)unordered;
+  }
+  const size_t erased = tables_[GroupOf(hash)].erase(KeyRef{entry.key(), hash});
   assert(erased == 1);
   (void)erased;
+  --size_;
   arena_.Release(entry.key_size);
   entry.key_data = nullptr;
   entry.key_size = 0;
@@ -58,34 +98,92 @@ void KeyIndex::RebuildArenaIfWasteful() {
   // Keys of removed entries stay in the arena as garbage. Once garbage is
   // most of it, copy the live keys into a fresh arena: O(keys) now and then,
   // so memory follows the live key set instead of every key ever written.
+  // The key bytes do not change, so neither the tables nor the order move.
   const size_t allocated = arena_.allocated_bytes();
   const size_t live = arena_.live_bytes();
   if (allocated < 4 * KeyArena::kBlockBytes || live * 2 > allocated) return;
   KeyArena fresh;
-  for (uint32_t id : table_) {
-    IndexEntry& entry = at(id);
-    entry.key_data = fresh.Store(entry.key());
+  for (uint32_t chunk = 0; chunk < chunks_.size(); ++chunk) {
+    IndexEntry* entries = chunks_[chunk].get();
+    const uint32_t count = std::min(kChunkEntries, next_id_ - (chunk << kChunkShift));
+    for (uint32_t i = 0; i < count; ++i) {
+      if (entries[i].key_data != nullptr) entries[i].key_data = fresh.Store(entries[i].key());
+    }
   }
   arena_ = std::move(fresh);
 }
 
+void KeyIndex::BuildOrder() {
+  if (ordered_) return;
+  // Sorting ids with KeyLess would read two random keys per comparison.
+  // Instead sort (8 key bytes, id) pairs, which sit together in memory, and
+  // only within a run of equal bytes read the next 8 bytes of those keys:
+  // a key is read once per 8 bytes of prefix it shares with another.
+  std::vector<SortItem> items;
+  items.reserve(size_);
+  ForEach([&](uint32_t id, const IndexEntry& entry) {
+    items.push_back(SortItem{ChunkAt(entry.key(), 0), id, entry.key_size});
+  });
+  std::vector<std::tuple<size_t, size_t, size_t>> todo;  // [begin, end) sorted from offset
+  todo.emplace_back(0, items.size(), 0);
+  while (!todo.empty()) {
+    const auto [begin, end, offset] = todo.back();
+    todo.pop_back();
+    SortItem* const first = items.data() + begin;
+    SortItem* const last = items.data() + end;
+    std::sort(first, last, [](const SortItem& a, const SortItem& b) { return a.chunk < b.chunk; });
+    for (SortItem* run = first; run != last;) {
+      SortItem* run_end = run + 1;
+      while (run_end != last && run_end->chunk == run->chunk) ++run_end;
+      if (run_end - run > 1) {
+        // Equal bytes up to offset + 8. A key that ends there is a prefix of
+        // every longer one (its padding equals their bytes): shorter first.
+        SortItem* longer = std::partition(
+            run, run_end, [&](const SortItem& item) { return item.key_size <= offset + 8; });
+        std::sort(run, longer,
+                  [](const SortItem& a, const SortItem& b) { return a.key_size < b.key_size; });
+        if (run_end - longer > 1) {
+          for (SortItem* item = longer; item != run_end; ++item) {
+            item->chunk = ChunkAt(at(item->id).key(), offset + 8);
+          }
+          todo.emplace_back(longer - items.data(), run_end - items.data(), offset + 8);
+        }
+      }
+      run = run_end;
+    }
+  }
+  order_.clear();
+  // In order, each insert lands at the end: O(1), and the nodes fill up.
+  // (An insert whose hint is wrong still goes to its place: the order never
+  // depends on the sort above being right, only the build's speed does.)
+  for (const SortItem& item : items) order_.insert(order_.end(), item.id);
+  ordered_ = true;
+}
+
 void KeyIndex::Reserve(size_t n) {
-  table_.reserve(n);
+  // Each group gets its share and a margin for the spread of a binomial
+  // draw (about four standard deviations), so that none rehashes.
+  const double share = static_cast<double>(n) / static_cast<double>(tables_.size());
+  const size_t per_table = static_cast<size_t>(share + 4 * std::sqrt(share) + 16);
+  for (Table& table : tables_) table.reserve(per_table);
   chunks_.reserve((n + kChunkEntries - 1) >> kChunkShift);
 }
 
 void KeyIndex::ShrinkToFit() {
-  // absl keeps the table at most 7/8 full; a table more than four times
+  // absl keeps a table at most 7/8 full; a table more than four times
   // larger than that needs is one a Reserve over-estimated.
-  if (table_.capacity() / 4 > table_.size() + table_.size() / 7 + 16) table_.rehash(0);
+  for (Table& table : tables_) {
+    if (table.capacity() / 4 > table.size() + table.size() / 7 + 16) table.rehash(0);
+  }
 }
 
 size_t KeyIndex::overhead_bytes() const {
-  const size_t table_bytes = table_.capacity() * (sizeof(uint32_t) + 1);
+  size_t table_bytes = tables_.capacity() * sizeof(Table);
+  for (const Table& table : tables_) table_bytes += table.capacity() * (sizeof(uint32_t) + 1);
   const size_t slab_bytes = chunks_.size() * kChunkEntries * sizeof(IndexEntry);
   const size_t free_list_bytes = free_ids_.capacity() * sizeof(uint32_t);
   const size_t arena_waste = arena_.allocated_bytes() - arena_.live_bytes();
-  return table_bytes + slab_bytes + free_list_bytes + arena_waste;
+  return table_bytes + slab_bytes + free_list_bytes + arena_waste + order_bytes_;
 }
 
 }  // namespace logkv::engine

@@ -1,10 +1,23 @@
 // The in-memory hash index of one shard: key -> newest record of the key.
 //
 // Layout, chosen for bytes per key: entries live in a chunked slab and are
-// named by a 32-bit id; the hash table stores only ids (4 bytes + 1 control
+// named by a 32-bit id; the hash tables store only ids (4 bytes + 1 control
 // byte a slot), hashing and comparing through the slab; key bytes live in a
 // KeyArena. The key's XXH3 hash, computed once per operation, is passed in
 // (KeyRef) so no lookup hashes twice.
+//
+// Two views besides lookup by key, both kept up to date by Insert and Remove:
+// - Groups: the table is split by the top bits of the key hash (the bits of
+//   the Merkle partition), one table per group, so the keys of one Merkle
+//   partition are found by walking its group's table alone (ForEachInGroup),
+//   not the whole index. No byte per key: the split tables hold the same ids.
+// - Key order: a B-tree of ids ordered by key bytes (4 bytes a key plus node
+//   slack), so a Scan page starts with a seek instead of a pass over every
+//   key. It is built on first use (BuildOrder, from the keys sorted by their
+//   bytes eight at a time) and kept from then on. Its comparisons read keys
+//   through the slab, two cache misses each, so keeping it makes an insert
+//   of a new key several times dearer: a store that is never scanned (an
+//   embedder, engine_bench) does not pay for it.
 //
 // Thread-safety: none; the owning shard's mutex guards it.
 #ifndef LOGKV_ENGINE_KEY_INDEX_H_
@@ -17,8 +30,9 @@
 
 #include <vector>
 
-#include "absl/strings/string_view.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/string_view.h"
 #include "engine/arena.h"
 
 namespace logkv::engine {
@@ -75,13 +89,18 @@ class KeyIndex {
  public:
   static constexpr uint32_t kNoEntry = UINT32_MAX;
 
-  KeyIndex();
+  // At most this many hash bits choose a key's group (256 tables a shard).
+  static constexpr int kMaxGroupBits = 8;
+
+  // group_bits: how many top bits of the key hash choose the table (capped
+  // at kMaxGroupBits); the shard passes the Merkle partition bits.
+  explicit KeyIndex(int group_bits = 0);
   KeyIndex(const KeyIndex&) = delete;
   KeyIndex& operator=(const KeyIndex&) = delete;
 
   uint32_t Find(const KeyRef& key) const;
   // Starts loading the table memory a Find or Insert of key will read.
-  void Prefetch(const KeyRef& key) const { table_.prefetch(key); }
+  void Prefetch(const KeyRef& key) const { tables_[GroupOf(key.hash)].prefetch(key); }
   // REQUIRES: Find(key) == kNoEntry. Returns the new entry's id; its fields
   // other than the key are zero.
   uint32_t Insert(const KeyRef& key);
@@ -93,7 +112,7 @@ class KeyIndex {
   IndexEntry& at(uint32_t id) { return chunks_[id >> kChunkShift][id & kChunkMask]; }
   const IndexEntry& at(uint32_t id) const { return chunks_[id >> kChunkShift][id & kChunkMask]; }
 
-  size_t size() const { return table_.size(); }
+  size_t size() const { return size_; }
   // Every id handed out so far is below it.
   uint32_t id_limit() const { return next_id_; }
   // Calls f(id, entry) for every entry, in id order: the slab (and, for
@@ -111,6 +130,60 @@ class KeyIndex {
       }
     }
   }
+
+  // The group of a key hash; groups() of them.
+  uint32_t GroupOf(uint64_t hash) const {
+    return group_bits_ == 0 ? 0 : static_cast<uint32_t>(hash >> (64 - group_bits_));
+  }
+  uint32_t groups() const { return static_cast<uint32_t>(tables_.size()); }
+  int group_bits() const { return group_bits_; }
+  // Calls f(id, entry) for every entry of one group, in no particular order.
+  template <typename F>
+  void ForEachInGroup(uint32_t group, F&& f) const {
+    for (const uint32_t id : tables_[group]) f(id, at(id));
+  }
+
+  // Key order. Compares ids by their keys' bytes (unsigned, shorter first on
+  // a common prefix); a key given as a string_view is compared the same way.
+  struct KeyLess {
+    using is_transparent = void;
+    const KeyIndex* index;
+    bool operator()(uint32_t a, uint32_t b) const { return index->at(a).key() < index->at(b).key(); }
+    bool operator()(uint32_t a, absl::string_view b) const { return index->at(a).key() < b; }
+    bool operator()(absl::string_view a, uint32_t b) const { return a < index->at(b).key(); }
+  };
+  // Counts the bytes the B-tree allocates, for overhead_bytes().
+  template <typename T>
+  struct CountingAllocator {
+    using value_type = T;
+    size_t* bytes;
+    explicit CountingAllocator(size_t* counter) : bytes(counter) {}
+    template <typename U>
+    CountingAllocator(const CountingAllocator<U>& other) : bytes(other.bytes) {}  // NOLINT
+    T* allocate(size_t n) {
+      *bytes += n * sizeof(T);
+      return std::allocator<T>().allocate(n);
+    }
+    void deallocate(T* p, size_t n) {
+      *bytes -= n * sizeof(T);
+      std::allocator<T>().deallocate(p, n);
+    }
+    template <typename U>
+    bool operator==(const CountingAllocator<U>& other) const { return bytes == other.bytes; }
+  };
+  using OrderedIds = absl::btree_set<uint32_t, KeyLess, CountingAllocator<uint32_t>>;
+  using OrderedIterator = OrderedIds::const_iterator;
+  // Until BuildOrder, Insert and Remove leave the key order alone; from
+  // then on they keep it. BuildOrder builds it from every entry (O(keys)
+  // cache misses plus a sort; nothing when already built).
+  void BuildOrder();
+  bool ordered() const { return ordered_; }
+  // REQUIRES: ordered(). The first id whose key is >= key (> key when
+  // after), and the end.
+  OrderedIterator OrderedFrom(absl::string_view key, bool after) const {
+    return after ? order_.upper_bound(key) : order_.lower_bound(key);
+  }
+  OrderedIterator OrderedEnd() const { return order_.end(); }
 
   // Makes room for n entries, so that loading them never rehashes (a rehash
   // reads every entry's key again to hash it).
@@ -146,14 +219,21 @@ class KeyIndex {
     bool operator()(const KeyRef& ref, uint32_t id) const { return index->at(id).key() == ref.key; }
   };
 
+  using Table = absl::flat_hash_set<uint32_t, Hash, Equal>;
+
   uint32_t AllocateId();
   void RebuildArenaIfWasteful();
 
+  const int group_bits_;
   std::vector<std::unique_ptr<IndexEntry[]>> chunks_;
   uint32_t next_id_ = 0;        // ids below it have been handed out
   std::vector<uint32_t> free_ids_;
   KeyArena arena_;
-  absl::flat_hash_set<uint32_t, Hash, Equal> table_;
+  std::vector<Table> tables_;  // by group
+  size_t size_ = 0;            // entries in all tables
+  size_t order_bytes_ = 0;     // what order_'s nodes take
+  bool ordered_ = false;       // order_ holds every entry (and is kept)
+  OrderedIds order_;
 };
 
 }  // namespace logkv::engine

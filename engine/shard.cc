@@ -1,6 +1,7 @@
 #include "engine/shard.h"
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 
 #include "absl/cleanup/cleanup.h"
@@ -31,7 +32,8 @@ Shard::Shard(const ShardContext& context, uint32_t shard_id, std::string directo
     : context_(context),
       options_(*context.options),
       shard_id_(shard_id),
-      directory_(std::move(directory)) {
+      directory_(std::move(directory)),
+      index_(std::countr_zero(context.merkle->partitions())) {
   recent_events_.assign(std::max<uint32_t>(1, options_.feed_recent_events), FeedMark{0, 0, 0});
 }
 
@@ -634,21 +636,41 @@ void Shard::StartWriteback() {
 void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
                             std::priority_queue<std::string>* heap) {
   const int64_t now = context_.clock->NowUnixMs();
+  // The page starts at the largest of the bounds: the prefix, start_key,
+  // and just after the cursor.
+  absl::string_view from = options.prefix;
+  bool after = false;
+  if (options.start_key > from) from = options.start_key;
+  if (!options.after_key.empty() && options.after_key >= from) {
+    from = options.after_key;
+    after = true;
+  }
+  bool ordered;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    ordered = index_.ordered();
+  }
+  if (!ordered) {
+    // The first scan builds the key order (O(keys), once); inserts and
+    // removals keep it from then on. A store never scanned never pays for
+    // it (docs/engine.md, "Index memory").
+    absl::MutexLock lock(&mu_);
+    index_.BuildOrder();
+  }
   absl::ReaderMutexLock lock(&mu_);
-  index_.ForEach([&](uint32_t, const IndexEntry& entry) {
-    if (!entry.present() || Expired(entry, now)) return;
+  for (auto it = index_.OrderedFrom(from, after); it != index_.OrderedEnd(); ++it) {
+    const IndexEntry& entry = index_.at(*it);
     const absl::string_view key = entry.key();
-    if (!absl::StartsWith(key, options.prefix)) return;
-    if (!options.start_key.empty() && key < options.start_key) return;
-    if (!options.end_key.empty() && key >= options.end_key) return;
-    if (!options.after_key.empty() && key <= options.after_key) return;
-    if (heap->size() < keep) {
-      heap->emplace(key);
-    } else if (key < heap->top()) {
-      heap->pop();
-      heap->emplace(key);
-    }
-  });
+    // Keys with the prefix are one run in key order: past it, nothing else matches.
+    if (!absl::StartsWith(key, options.prefix)) break;
+    if (!options.end_key.empty() && key >= options.end_key) break;
+    // Keys come in order: once the heap is full, a key not below its top
+    // would not be kept, and neither would any after it.
+    if (heap->size() >= keep && key >= heap->top()) break;
+    if (!entry.present() || Expired(entry, now)) continue;
+    if (heap->size() >= keep) heap->pop();
+    heap->emplace(key);
+  }
 }
 
 uint64_t Shard::LastSequence() {
@@ -737,13 +759,18 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
 
 void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
                             std::vector<Engine::LeafKey>* out) {
-  const uint32_t leaves = context_.merkle->leaves();
+  const MerkleForest& merkle = *context_.merkle;
+  const uint32_t leaves = merkle.leaves();
+  // The index groups keys by the top bits of their hash, the partition's
+  // bits (or the first kMaxGroupBits of them): only the partition's group
+  // is walked.
+  const int partition_bits = std::countr_zero(merkle.partitions());
+  const uint32_t group = partition >> (partition_bits - index_.group_bits());
   absl::ReaderMutexLock lock(&mu_);
-  index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+  index_.ForEachInGroup(group, [&](uint32_t, const IndexEntry& entry) {
     if (!Summarised(entry.key())) return;
     const uint64_t hash = HashKey(entry.key());
-    if (context_.merkle->PartitionOf(hash) != partition ||
-        !wanted[context_.merkle->LeafNodeOf(hash) - leaves]) {
+    if (merkle.PartitionOf(hash) != partition || !wanted[merkle.LeafNodeOf(hash) - leaves]) {
       return;
     }
     out->push_back(Engine::LeafKey{std::string(entry.key()), entry.timestamp,
