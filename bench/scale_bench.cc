@@ -1,0 +1,344 @@
+// scale_bench: what a Scan page and a wiped replica's refill cost as the store grows.
+//
+//   scale_bench --scan   [--sizes=100000,1000000,5000000] [--pages=200]
+//   scale_bench --refill [--sizes=100000,1000000]
+//
+// Each size gets a fresh store (2 shards, as logkvd on 2 cores; Merkle trees 64 x 1024 as
+// logkvd's; fsync never) filled in random order with 16-byte keys (the number n as 16 hex
+// digits) and 100-byte values. Times are the CPU time of the benchmark's thread
+// (CLOCK_THREAD_CPUTIME_ID), which other load on the machine disturbs less than wall time;
+// everything measured runs on that one thread.
+//
+// --scan, per size:
+//   page100   a Scan page of 100 items with values, from a random cursor (mean over --pages)
+//   page1000  a keys-only Scan page of 1,000 keys, from a random cursor
+//   get100    100 Gets of random keys: the reads a 100-item page makes anyway (reference)
+//   pass      one pass over the whole index (Engine::ListKeys to the end): what a page cost
+//             when Scan walked every key (reference)
+//   index B/key  Stats::index_bytes / keys
+// A page cost independent of the key count shows as a flat page100/get100 ratio.
+//
+// --refill, per size: node "b", empty, pulls everything from node "a" with one anti-entropy
+// round (the real AntiEntropy, unlimited rate, requests handed to a's handlers in-process, as
+// tests/cluster/anti_entropy_test does), against a reference in the same run: copying the same
+// keys with ListKeys, GetRecord and a timestamped Put into another empty store. The round's
+// time is split into a's answers to MerkleLeaf (listing a partition's keys) and the rest. A
+// refill linear in the keys shows as constant keys/s and a constant refill/copy ratio.
+//
+// The sources build against the engine's public API and the cluster library only, so the
+// same file compiled at an older commit measures the code before a change.
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "protocol/frame.h"
+#include "server/cluster/anti_entropy.h"
+#include "server/cluster/replica.h"
+
+namespace logkv::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using server::cluster::AntiEntropy;
+using server::cluster::AntiEntropyFigures;
+using server::cluster::AntiEntropyOptions;
+using server::cluster::Member;
+using server::cluster::PeerSendFunction;
+using server::cluster::PeerTransport;
+
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+double WallSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+[[noreturn]] void Die(const absl::Status& status, const char* what) {
+  std::fprintf(stderr, "scale_bench: %s: %s\n", what, status.ToString().c_str());
+  std::exit(1);
+}
+
+std::string KeyOf(uint64_t n) { return absl::StrFormat("%016x", n); }
+
+struct Store {
+  std::string dir;
+  std::unique_ptr<engine::Engine> engine;
+
+  explicit Store(const std::string& name) {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = absl::StrFormat("%s/scale_bench.%s.XXXXXX", tmp ? tmp : "/tmp", name);
+    if (mkdtemp(pattern.data()) == nullptr) Die(absl::InternalError("mkdtemp"), "temp dir");
+    dir = pattern;
+    engine::Options options;
+    options.data_dir = dir;
+    options.shard_count = 2;
+    options.fsync = engine::FsyncPolicy::kNever;
+    options.background_threads = false;
+    options.log = [](engine::LogLevel, absl::string_view) {};
+    auto opened = engine::Engine::Open(options);
+    if (!opened.ok()) Die(opened.status(), "open");
+    engine = *std::move(opened);
+  }
+  ~Store() {
+    if (engine != nullptr) (void)engine->Close();
+    engine.reset();
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+};
+
+// Puts keys 0..n-1 in a random order.
+void Fill(engine::Engine* engine, uint64_t n, uint64_t seed) {
+  std::vector<uint64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 random(seed);
+  std::shuffle(order.begin(), order.end(), random);
+  const std::string value(100, 'v');
+  for (const uint64_t i : order) {
+    absl::StatusOr<engine::WriteResult> put = engine->Put(KeyOf(i), value);
+    if (!put.ok()) Die(put.status(), "put");
+  }
+}
+
+void RunScan(const std::vector<uint64_t>& sizes, int pages) {
+  std::printf("| keys | page100 µs | page1000 µs | get100 µs | pass µs | page100/get100 | "
+              "pass/page100 | index B/key |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const uint64_t n : sizes) {
+    Store store("scan");
+    engine::Engine* engine = store.engine.get();
+    Fill(engine, n, n);
+    std::mt19937_64 random(42);
+    std::uniform_int_distribution<uint64_t> any(0, n - 1);
+    std::string value;
+    engine::ValueMeta meta;
+
+    auto time_pages = [&](uint32_t limit, bool keys_only) {
+      double total = 0;
+      for (int i = 0; i < pages; ++i) {
+        engine::ScanOptions options;
+        options.limit = limit;
+        options.keys_only = keys_only;
+        options.after_key = KeyOf(any(random));
+        const double start = ThreadCpuSeconds();
+        absl::StatusOr<engine::ScanResult> page = engine->Scan(options);
+        total += ThreadCpuSeconds() - start;
+        if (!page.ok()) Die(page.status(), "scan");
+      }
+      return total / pages * 1e6;
+    };
+    const double page100 = time_pages(100, false);
+    const double page1000 = time_pages(1000, true);
+    double gets = 0;
+    for (int i = 0; i < pages; ++i) {
+      std::vector<std::string> keys;
+      for (int k = 0; k < 100; ++k) keys.push_back(KeyOf(any(random)));
+      const double start = ThreadCpuSeconds();
+      for (const std::string& key : keys) {
+        if (absl::Status status = engine->Get(key, &value, &meta); !status.ok()) {
+          Die(status, "get");
+        }
+      }
+      gets += ThreadCpuSeconds() - start;
+    }
+    const double get100 = gets / pages * 1e6;
+    const int passes = n >= 1'000'000 ? 2 : 5;
+    double pass_total = 0;
+    for (int i = 0; i < passes; ++i) {
+      engine::Engine::KeyCursor cursor;
+      uint64_t listed = 0;
+      const double start = ThreadCpuSeconds();
+      while (!cursor.done) {
+        auto keys = engine->ListKeys(&cursor, engine::kMaxScanLimit);
+        if (!keys.ok()) Die(keys.status(), "list keys");
+        listed += keys->size();
+      }
+      pass_total += ThreadCpuSeconds() - start;
+      if (listed != n) Die(absl::InternalError(absl::StrCat("listed ", listed)), "list keys");
+    }
+    const double pass = pass_total / passes * 1e6;
+    const engine::Stats stats = engine->GetStats();
+    std::printf("| %" PRIu64 " | %.1f | %.1f | %.1f | %.0f | %.2f | %.0f | %.1f |\n", n, page100,
+                page1000, get100, pass, page100 / get100, pass / page100,
+                static_cast<double>(stats.index_bytes) / static_cast<double>(stats.keys));
+    std::fflush(stdout);
+  }
+}
+
+// Hands request frames to one node's handlers, timing each operation.
+class InProcessNetwork {
+ public:
+  explicit InProcessNetwork(engine::Engine* engine) : engine_(engine) {}
+
+  PeerSendFunction Sender() {
+    return [this](const std::string&, std::string frame, absl::Duration,
+                  PeerTransport::Callback done) { Deliver(frame, std::move(done)); };
+  }
+  double merkle_leaf_seconds() const { return merkle_leaf_seconds_; }
+  uint64_t merkle_leaf_requests() const { return merkle_leaf_requests_; }
+
+ private:
+  void Deliver(const std::string& frame, PeerTransport::Callback done) {
+    absl::StatusOr<const protocol::Request*> request =
+        protocol::VerifyRequest(frame, protocol::Limits{});
+    if (!request.ok()) return done(request.status());
+    const protocol::Request& r = **request;
+    flatbuffers::FlatBufferBuilder builder(1024);
+    switch (r.operation_type()) {
+      case protocol::Operation::MerkleHashes:
+        server::cluster::HandleMerkleHashes(engine_, r, &builder);
+        break;
+      case protocol::Operation::MerkleLeaf: {
+        const double start = ThreadCpuSeconds();
+        server::cluster::HandleMerkleLeaf(engine_, r, 64u << 20, &builder);
+        merkle_leaf_seconds_ += ThreadCpuSeconds() - start;
+        ++merkle_leaf_requests_;
+        break;
+      }
+      case protocol::Operation::ReadRecords:
+        server::cluster::HandleReadRecords(engine_, r, &builder);
+        break;
+      default:
+        return done(absl::InvalidArgumentError("not answered in this benchmark"));
+    }
+    done(std::string(protocol::FrameOf(builder)));
+  }
+
+  engine::Engine* const engine_;
+  double merkle_leaf_seconds_ = 0;
+  uint64_t merkle_leaf_requests_ = 0;
+};
+
+void RunRefill(const std::vector<uint64_t>& sizes) {
+  std::printf("| keys | refill s | of which MerkleLeaf s | copy s | refill keys/s | "
+              "copy keys/s | refill/copy |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const uint64_t n : sizes) {
+    Store a("a");
+    Fill(a.engine.get(), n, n);
+    // The reference: every key copied with its timestamp into an empty store.
+    double copy_seconds;
+    {
+      Store c("c");
+      const double start = ThreadCpuSeconds();
+      engine::Engine::KeyCursor cursor;
+      while (!cursor.done) {
+        auto keys = a.engine->ListKeys(&cursor, 128);
+        if (!keys.ok()) Die(keys.status(), "list keys");
+        for (const engine::Engine::LeafKey& key : *keys) {
+          absl::StatusOr<engine::KeyRecord> record = a.engine->GetRecord(key.key, true);
+          if (!record.ok()) Die(record.status(), "get record");
+          engine::WriteOptions options;
+          options.timestamp = record->timestamp;
+          absl::StatusOr<engine::WriteResult> put = c.engine->Put(key.key, record->value, options);
+          if (!put.ok()) Die(put.status(), "copy put");
+        }
+      }
+      copy_seconds = ThreadCpuSeconds() - start;
+      if (c.engine->GetStats().keys != n) Die(absl::InternalError("copy incomplete"), "copy");
+    }
+    Store b("b");
+    InProcessNetwork network(a.engine.get());
+    AntiEntropyOptions options;
+    options.bytes_per_second = 0;
+    options.interval = absl::Hours(1);
+    options.initial_delay = absl::Hours(1);
+    options.push = false;
+    Member peer;
+    peer.node_id = "a";
+    peer.address = "a:7070";
+    AntiEntropy ae(
+        b.engine.get(), network.Sender(), [] { return nullptr; },
+        [peer] { return std::vector<Member>{peer}; }, "b", nullptr, options);
+    const double start = ThreadCpuSeconds();
+    absl::StatusOr<AntiEntropyFigures> round = ae.RunOnce("a");
+    const double refill_seconds = ThreadCpuSeconds() - start;
+    if (!round.ok()) Die(round.status(), "anti-entropy round");
+    if (b.engine->GetStats().keys != n || round->keys_pulled != n) {
+      Die(absl::InternalError(absl::StrCat("refill holds ", b.engine->GetStats().keys, " of ", n,
+                                           " keys")),
+          "refill");
+    }
+    std::printf("| %" PRIu64 " | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f |\n", n, refill_seconds,
+                network.merkle_leaf_seconds(), copy_seconds,
+                static_cast<double>(n) / refill_seconds, static_cast<double>(n) / copy_seconds,
+                refill_seconds / copy_seconds);
+    std::fflush(stdout);
+  }
+}
+
+int Main(int argc, char** argv) {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  bool scan = false;
+  bool refill = false;
+  std::vector<uint64_t> sizes;
+  int pages = 200;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--scan") {
+      scan = true;
+    } else if (arg == "--refill") {
+      refill = true;
+    } else if (arg.rfind("--sizes=", 0) == 0) {
+      for (absl::string_view part : absl::StrSplit(arg.substr(8), ',')) {
+        uint64_t size;
+        if (!absl::SimpleAtoi(part, &size) || size == 0) {
+          std::fprintf(stderr, "scale_bench: bad size '%s'\n", std::string(part).c_str());
+          return 2;
+        }
+        sizes.push_back(size);
+      }
+    } else if (arg.rfind("--pages=", 0) == 0) {
+      if (!absl::SimpleAtoi(arg.substr(8), &pages) || pages <= 0) {
+        std::fprintf(stderr, "scale_bench: bad --pages\n");
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "usage: scale_bench --scan|--refill [--sizes=N,N,...] [--pages=N]\n");
+      return 2;
+    }
+  }
+  if (scan == refill) {
+    std::fprintf(stderr, "scale_bench: one of --scan and --refill\n");
+    return 2;
+  }
+  if (sizes.empty()) {
+    sizes = scan ? std::vector<uint64_t>{100'000, 1'000'000, 5'000'000}
+                 : std::vector<uint64_t>{100'000, 1'000'000};
+  }
+  const double start = WallSeconds();
+  if (scan) RunScan(sizes, pages);
+  if (refill) RunRefill(sizes);
+  std::fprintf(stderr, "scale_bench: %.1f s\n", WallSeconds() - start);
+  return 0;
+}
+
+}  // namespace
+}  // namespace logkv::bench
+
+int main(int argc, char** argv) { return logkv::bench::Main(argc, argv); }
