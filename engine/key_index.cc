@@ -127,7 +127,9 @@ void KeyIndex::BuildOrder() {
   std::vector<std::tuple<size_t, size_t, size_t>> todo;  // [begin, end) sorted from offset
   todo.emplace_back(0, items.size(), 0);
   while (!todo.empty()) {
-    const auto [begin, end, offset] = todo.back();
+    const size_t begin = std::get<0>(todo.back());
+    const size_t end = std::get<1>(todo.back());
+    const size_t offset = std::get<2>(todo.back());
     todo.pop_back();
     SortItem* const first = items.data() + begin;
     SortItem* const last = items.data() + end;

@@ -765,8 +765,8 @@ void Shard::CollectLeafKeys(uint32_t partition, const std::vector<bool>& wanted,
   // bits (or the first kMaxGroupBits of them): only the partition's group
   // is walked.
   const int partition_bits = std::countr_zero(merkle.partitions());
-  const uint32_t group = partition >> (partition_bits - index_.group_bits());
   absl::ReaderMutexLock lock(&mu_);
+  const uint32_t group = partition >> (partition_bits - index_.group_bits());
   index_.ForEachInGroup(group, [&](uint32_t, const IndexEntry& entry) {
     if (!Summarised(entry.key())) return;
     const uint64_t hash = HashKey(entry.key());
