@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cassert>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -48,8 +49,6 @@ uint64_t RefutingIncarnation(const Member& self, const Member& news, bool leavin
 }
 
 namespace {
-
-int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 
 MemberState FromWire(p::MemberState state) {
   switch (state) {
@@ -114,7 +113,9 @@ bool ReadMemberInfo(const p::MemberInfo* info, Member* member) {
 class Membership::Impl {
  public:
   Impl(const MembershipOptions& options, PeerTransport* transport)
-      : options_(options), transport_(transport) {}
+      : options_(options),
+        transport_(transport),
+        random_(options.random_seed != 0 ? options.random_seed : absl::BitGen()()) {}
 
   absl::Status Start();
   void Stop();
@@ -132,6 +133,8 @@ class Membership::Impl {
   bool ViewConfirmed() const;
   void OnChange(std::function<void()> callback);
   const Member& self() const { return options_.self; }
+  // One turn of Run's loop (MembershipOptions::manual_ticks).
+  void ManualTick();
 
  private:
   struct Entry {
@@ -140,7 +143,12 @@ class Membership::Impl {
     int64_t suspect_since_ms = 0;
   };
 
+  int64_t NowMs() const {
+    return options_.now_unix_ms ? options_.now_unix_ms() : absl::ToUnixMillis(absl::Now());
+  }
   void Run();
+  // The OnChange callbacks owed, and keeping the member list; from Run.
+  void RunCallbacks() ABSL_LOCKS_EXCLUDED(mu_);
   void Tick() ABSL_LOCKS_EXCLUDED(mu_);
   // Merges news about one member; true when anything changed.
   bool MergeLocked(const Member& news) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -191,7 +199,7 @@ class Membership::Impl {
   std::string persisted_;  // membership thread only: the state last written
   std::thread thread_;
   uint64_t ticks_ = 0;  // membership thread only
-  absl::BitGen random_;  // membership thread only
+  std::mt19937_64 random_;  // membership thread only
 };
 
 absl::Status Membership::Impl::Start() {
@@ -215,7 +223,7 @@ absl::Status Membership::Impl::Start() {
     ChangedLocked();
     UpdateConfirmedLocked();
   }
-  thread_ = std::thread([this] { Run(); });
+  if (!options_.manual_ticks) thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
 }
 
@@ -225,8 +233,8 @@ void Membership::Impl::Stop() {
     stop_ = true;
     wake_.SignalAll();
   }
-  if (thread_.joinable()) {
-    thread_.join();
+  if (thread_.joinable() || options_.manual_ticks) {
+    if (thread_.joinable()) thread_.join();
     PersistState();  // what changed after the thread's last turn
   }
   // Answers still to come name this object: wait for them (each is bounded
@@ -260,6 +268,24 @@ void Membership::Impl::Run() {
       next_tick = absl::Now() + options_.gossip_interval;
     }
   }
+}
+
+void Membership::Impl::RunCallbacks() {
+  std::vector<std::function<void()>> callbacks;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!changed_) return;
+    changed_ = false;
+    callbacks = callbacks_;
+  }
+  PersistState();
+  for (auto& callback : callbacks) callback();
+}
+
+void Membership::Impl::ManualTick() {
+  RunCallbacks();
+  Tick();
+  RunCallbacks();
 }
 
 void Membership::Impl::SetState(Entry& entry, MemberState state, int64_t now_ms) {
@@ -527,15 +553,19 @@ void Membership::Impl::SendGossip(const std::string& address, std::string frame,
     absl::MutexLock lock(&mu_);
     ++in_flight_;
   }
-  transport_->Send(address, std::move(frame), timeout,
-                   [this, address, target, done = std::move(done)](
-                       absl::StatusOr<std::string> answer) {
-                     absl::Status status = MergeAnswer(answer, target, address);
-                     if (done) done(status);
-                     absl::MutexLock lock(&mu_);
-                     assert(in_flight_ > 0);  // the transport calls back once per send
-                     --in_flight_;
-                   });
+  auto merge = [this, address, target, done = std::move(done)](
+                   absl::StatusOr<std::string> answer) {
+    absl::Status status = MergeAnswer(answer, target, address);
+    if (done) done(status);
+    absl::MutexLock lock(&mu_);
+    assert(in_flight_ > 0);  // the transport calls back once per send
+    --in_flight_;
+  };
+  if (options_.send) {
+    options_.send(address, std::move(frame), timeout, std::move(merge));
+  } else {
+    transport_->Send(address, std::move(frame), timeout, std::move(merge));
+  }
 }
 
 void Membership::Impl::Tick() {
@@ -773,5 +803,7 @@ void Membership::JoinThroughAsync(const std::string& address, absl::Duration tim
 void Membership::OnChange(std::function<void()> callback) {
   impl_->OnChange(std::move(callback));
 }
+
+void Membership::Tick() { impl_->ManualTick(); }
 
 }  // namespace logkv::server::cluster

@@ -75,11 +75,24 @@ struct MembershipOptions {
   // not kept (tests).
   std::function<absl::StatusOr<std::string>()> load_state;
   std::function<absl::Status(const std::string&)> save_state;
+
+  // For a deterministic simulation (bench/cluster_sim.cc); unset in logkvd.
+  // now_unix_ms: the clock (unset: the system's). send: how gossip goes out
+  // (unset: through the PeerTransport; set: the transport may be null).
+  // random_seed: the seed of the peer choices (0: random). manual_ticks:
+  // Start runs no thread; the caller calls Tick once per gossip interval.
+  std::function<int64_t()> now_unix_ms;
+  std::function<void(const std::string& address, std::string request_frame,
+                     absl::Duration timeout,
+                     std::function<void(absl::StatusOr<std::string> response_frame)> done)>
+      send;
+  uint64_t random_seed = 0;
+  bool manual_ticks = false;
 };
 
 class Membership {
  public:
-  // transport must outlive the Membership.
+  // transport must outlive the Membership (null with options.send).
   Membership(const MembershipOptions& options, PeerTransport* transport);
   Membership(const Membership&) = delete;
   Membership& operator=(const Membership&) = delete;
@@ -127,6 +140,10 @@ class Membership {
 
   // Called (from the membership thread) after every change of membership.
   void OnChange(std::function<void()> callback);
+
+  // With MembershipOptions::manual_ticks: one turn of the membership
+  // thread (the OnChange callbacks owed, then one gossip interval's work).
+  void Tick();
 
  private:
   class Impl;
