@@ -10,12 +10,13 @@
 // everything measured runs on that one thread.
 //
 // --scan, per size:
+//   first page  the store's first Scan (1 item): it builds the key order where a build keeps one
 //   page100   a Scan page of 100 items with values, from a random cursor (mean over --pages)
 //   page1000  a keys-only Scan page of 1,000 keys, from a random cursor
 //   get100    100 Gets of random keys: the reads a 100-item page makes anyway (reference)
 //   pass      one pass over the whole index (Engine::ListKeys to the end): what a page cost
 //             when Scan walked every key (reference)
-//   index B/key  Stats::index_bytes / keys
+//   index B/key  Stats::index_bytes / keys, before the first scan and after the pages
 // A page cost independent of the key count shows as a flat page100/get100 ratio.
 //
 // --refill, per size: node "b", empty, pulls everything from node "a" with one anti-entropy
@@ -24,6 +25,9 @@
 // keys with ListKeys, GetRecord and a timestamped Put into another empty store. The round's
 // time is split into a's answers to MerkleLeaf (listing a partition's keys) and the rest. A
 // refill linear in the keys shows as constant keys/s and a constant refill/copy ratio.
+// Then a drift round: one new key on a in each of the 64 Merkle partitions and one more
+// round (what a round under a write load meets: most partitions differ by a few keys);
+// its time, and a's share of it answering MerkleLeaf.
 //
 // The sources build against the engine's public API and the cluster library only, so the
 // same file compiled at an older commit measures the code before a change.
@@ -47,6 +51,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -125,9 +130,9 @@ void Fill(engine::Engine* engine, uint64_t n, uint64_t seed) {
 }
 
 void RunScan(const std::vector<uint64_t>& sizes, int pages) {
-  std::printf("| keys | page100 µs | page1000 µs | get100 µs | pass µs | page100/get100 | "
-              "pass/page100 | index B/key |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("| keys | first page ms | page100 µs | page1000 µs | get100 µs | pass µs | "
+              "page100/get100 | pass/page100 | index B/key before / after a scan |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const uint64_t n : sizes) {
     Store store("scan");
     engine::Engine* engine = store.engine.get();
@@ -137,6 +142,17 @@ void RunScan(const std::vector<uint64_t>& sizes, int pages) {
     std::string value;
     engine::ValueMeta meta;
 
+    const engine::Stats unscanned = engine->GetStats();
+    // The first scan of a store may build what later pages use.
+    double first_page_ms;
+    {
+      engine::ScanOptions options;
+      options.limit = 1;
+      const double start = ThreadCpuSeconds();
+      absl::StatusOr<engine::ScanResult> page = engine->Scan(options);
+      first_page_ms = (ThreadCpuSeconds() - start) * 1e3;
+      if (!page.ok()) Die(page.status(), "scan");
+    }
     auto time_pages = [&](uint32_t limit, bool keys_only) {
       double total = 0;
       for (int i = 0; i < pages; ++i) {
@@ -182,8 +198,10 @@ void RunScan(const std::vector<uint64_t>& sizes, int pages) {
     }
     const double pass = pass_total / passes * 1e6;
     const engine::Stats stats = engine->GetStats();
-    std::printf("| %" PRIu64 " | %.1f | %.1f | %.1f | %.0f | %.2f | %.0f | %.1f |\n", n, page100,
+    std::printf("| %" PRIu64 " | %.1f | %.1f | %.1f | %.1f | %.0f | %.2f | %.0f | %.1f / %.1f |\n", n,
+                first_page_ms, page100,
                 page1000, get100, pass, page100 / get100, pass / page100,
+                static_cast<double>(unscanned.index_bytes) / static_cast<double>(unscanned.keys),
                 static_cast<double>(stats.index_bytes) / static_cast<double>(stats.keys));
     std::fflush(stdout);
   }
@@ -235,8 +253,8 @@ class InProcessNetwork {
 
 void RunRefill(const std::vector<uint64_t>& sizes) {
   std::printf("| keys | refill s | of which MerkleLeaf s | copy s | refill keys/s | "
-              "copy keys/s | refill/copy |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+              "copy keys/s | refill/copy | drift round ms | of which MerkleLeaf ms |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const uint64_t n : sizes) {
     Store a("a");
     Fill(a.engine.get(), n, n);
@@ -283,10 +301,32 @@ void RunRefill(const std::vector<uint64_t>& sizes) {
                                            " keys")),
           "refill");
     }
-    std::printf("| %" PRIu64 " | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f |\n", n, refill_seconds,
-                network.merkle_leaf_seconds(), copy_seconds,
+    // Drift: one new key in every Merkle partition of a, then a round (what a
+    // round under a write load meets: most partitions differ, by a few keys).
+    const uint32_t partitions = a.engine->MerklePartitionCount();
+    std::vector<bool> written(partitions, false);
+    uint32_t left = partitions;
+    for (uint64_t i = 0; left > 0; ++i) {
+      const std::string key = absl::StrFormat("drift-%016x", i);
+      const uint32_t partition = a.engine->MerklePartitionOf(key);
+      if (written[partition]) continue;
+      written[partition] = true;
+      --left;
+      if (!a.engine->Put(key, "drift").ok()) Die(absl::InternalError("put"), "drift put");
+    }
+    const double leaf_before = network.merkle_leaf_seconds();
+    const double drift_start = ThreadCpuSeconds();
+    absl::StatusOr<AntiEntropyFigures> drift = ae.RunOnce("a");
+    const double drift_seconds = ThreadCpuSeconds() - drift_start;
+    if (!drift.ok()) Die(drift.status(), "drift round");
+    if (drift->keys_pulled != partitions) {
+      Die(absl::InternalError(absl::StrCat("drift pulled ", drift->keys_pulled)), "drift round");
+    }
+    std::printf("| %" PRIu64 " | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f | %.1f | %.1f |\n", n,
+                refill_seconds, leaf_before, copy_seconds,
                 static_cast<double>(n) / refill_seconds, static_cast<double>(n) / copy_seconds,
-                refill_seconds / copy_seconds);
+                refill_seconds / copy_seconds, drift_seconds * 1e3,
+                (network.merkle_leaf_seconds() - leaf_before) * 1e3);
     std::fflush(stdout);
   }
 }
