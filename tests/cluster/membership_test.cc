@@ -1,7 +1,19 @@
-// Membership merge rules (server/cluster/membership.h), as pure functions.
+// Membership merge rules (server/cluster/membership.h), as pure functions;
+// and whole Memberships driven by hand (manual ticks, an injected clock and
+// send function), as bench/cluster_sim.cc runs them.
 #include "server/cluster/membership.h"
 
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
 #include "gtest/gtest.h"
+#include "protocol/frame.h"
 
 namespace logkv::server::cluster {
 namespace {
@@ -75,6 +87,112 @@ TEST(MembershipMergeTest, StateNames) {
   EXPECT_STREQ(MemberStateName(kSuspect), "suspect");
   EXPECT_STREQ(MemberStateName(kDead), "dead");
   EXPECT_STREQ(MemberStateName(kLeft), "left");
+}
+
+// Three nodes with manual ticks: gossip goes through a queue the test
+// drains, time is a counter. They find each other through node 0, and a
+// node that stops answering becomes Suspect, then Dead, everywhere.
+class ManualMembershipTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 3; ++i) {
+      MembershipOptions options;
+      options.self.node_id = "n" + std::to_string(i);
+      options.self.address = "10.0.0." + std::to_string(i) + ":7070";
+      if (i > 0) options.seeds = {"10.0.0.0:7070"};
+      options.now_unix_ms = [this] { return now_ms_; };
+      options.send = [this](const std::string& address, std::string frame, absl::Duration,
+                            std::function<void(absl::StatusOr<std::string>)> done) {
+        queue_.push_back(Message{address, std::move(frame), std::move(done)});
+      };
+      options.random_seed = 7 + i;
+      options.manual_ticks = true;
+      auto membership = std::make_unique<Membership>(options, nullptr);
+      by_address_[options.self.address] = membership.get();
+      nodes_.push_back(std::move(membership));
+    }
+    for (auto& node : nodes_) ASSERT_TRUE(node->Start().ok());
+  }
+  void TearDown() override {
+    Deliver();  // nothing may stay in flight at Stop
+    for (auto& node : nodes_) node->Stop();
+  }
+
+  // Delivers every queued gossip (and those their answers cause).
+  void Deliver() {
+    while (!queue_.empty()) {
+      Message message = std::move(queue_.front());
+      queue_.pop_front();
+      Membership* target = by_address_.at(message.address);
+      if (down_.contains(message.address)) {
+        message.done(absl::DeadlineExceededError("down"));
+        continue;
+      }
+      absl::StatusOr<const protocol::Request*> request =
+          protocol::VerifyRequest(message.frame, protocol::Limits{});
+      ASSERT_TRUE(request.ok()) << request.status();
+      ASSERT_NE((*request)->operation_as_Gossip(), nullptr);
+      flatbuffers::FlatBufferBuilder builder(256);
+      target->HandleGossip(*(*request)->operation_as_Gossip(), &builder, 1);
+      message.done(std::string(protocol::FrameOf(builder)));
+    }
+  }
+
+  // One gossip interval: every node that is up ticks, then gossip settles.
+  void Round() {
+    now_ms_ += 500;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (!down_.contains(nodes_[i]->self().address)) nodes_[i]->Tick();
+    }
+    Deliver();
+  }
+
+  MemberState StateSeenBy(size_t observer, const std::string& node_id) {
+    Member member;
+    EXPECT_TRUE(nodes_[observer]->Find(node_id, &member)) << node_id;
+    return member.state;
+  }
+
+  struct Message {
+    std::string address;
+    std::string frame;
+    std::function<void(absl::StatusOr<std::string>)> done;
+  };
+  int64_t now_ms_ = 1'800'000'000'000;
+  std::deque<Message> queue_;
+  std::map<std::string, Membership*> by_address_;
+  std::set<std::string> down_;
+  std::vector<std::unique_ptr<Membership>> nodes_;
+};
+
+TEST_F(ManualMembershipTest, NodesFindEachOtherAndDetectAStoppedOne) {
+  // No thread ticks: nothing happens until the test ticks.
+  EXPECT_EQ(nodes_[1]->Members().size(), 1u);
+  for (int i = 0; i < 4; ++i) Round();
+  for (size_t observer = 0; observer < 3; ++observer) {
+    ASSERT_EQ(nodes_[observer]->Members().size(), 3u) << observer;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(StateSeenBy(observer, "n" + std::to_string(i)), MemberState::kAlive);
+    }
+    EXPECT_TRUE(nodes_[observer]->ViewConfirmed());
+  }
+  // Node 2 stops answering: missed pings make it Suspect, and after
+  // dead_after (10 s of the injected clock) Dead, at both others.
+  down_.insert("10.0.0.2:7070");
+  bool suspected = false;
+  for (int i = 0; i < 200 && !suspected; ++i) {
+    Round();
+    suspected = StateSeenBy(0, "n2") != MemberState::kAlive &&
+                StateSeenBy(1, "n2") != MemberState::kAlive;
+  }
+  ASSERT_TRUE(suspected);
+  for (int i = 0; i < 200 && (StateSeenBy(0, "n2") != MemberState::kDead ||
+                              StateSeenBy(1, "n2") != MemberState::kDead);
+       ++i) {
+    Round();
+  }
+  EXPECT_EQ(StateSeenBy(0, "n2"), MemberState::kDead);
+  EXPECT_EQ(StateSeenBy(1, "n2"), MemberState::kDead);
 }
 
 }  // namespace
