@@ -1031,7 +1031,12 @@ void Node::AddRoutes() {
                                    .auth = api_key_auth,
                                    .cluster = cluster_.get(),
                                    .coordinator = coordinator_.get(),
-                                   .node_url = node_url_.get()});
+                                   .node_url = node_url_.get(),
+                                   .wake_streams = [this] {
+                                     Server* server =
+                                         server_for_events_.load(std::memory_order_acquire);
+                                     if (server != nullptr) server->NotifyEvents();
+                                   }});
   data_routes_->AddTo(router_.get());
   cluster_routes_ = std::make_unique<http::ClusterRoutes>(
       ClusterRoutesConfigFor(options_),

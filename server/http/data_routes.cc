@@ -24,6 +24,7 @@
 #include "protocol/frame.h"
 #include "server/cluster/cluster_node.h"
 #include "server/core/coordinator.h"
+#include "server/http/cluster_browse.h"
 #include "server/http/status_http.h"
 #include "server/namespaces.h"
 
@@ -721,12 +722,15 @@ void PutBytes(json* object, const char* field, absl::string_view bytes) {
 
 // GET /v1/kv?prefix=&cursor=&limit=: a page of the caller's keys under
 // prefix, in key order, with next_cursor (null at the end) for the next page.
-// Keys held by this node's engine (every key on a single node).
+// Every live member is asked (cluster_browse.h): the keys of the cluster.
 void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Responder responder) {
   HttpResponse refusal;
   absl::StatusOr<RequestContext> context =
       Authorize(deps.auth, request, &refusal, /*namespaces=*/true);
   if (!context.ok()) return responder.Send(std::move(refusal));
+  if (!context->may_read) {
+    return responder.Send(HttpResponse::Error(403, "this API key may not read (missing scope)"));
+  }
   std::string prefix, after;
   uint32_t limit = kDefaultScanLimit;
   for (const char* name : {"prefix", "cursor", "limit"}) {
@@ -747,54 +751,69 @@ void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Respond
           400, absl::StrCat("limit must be an integer from 1 to ", kMaxScanLimit)));
     }
   }
-  context->local_only = true;
-  flatbuffers::FlatBufferBuilder& builder = RequestBuilder();
-  // Values are read too: a keys-only scan has no versions, times or
-  // expiries to show, and a page's bytes are bounded by the frame limit.
-  auto scan = p::CreateScan(builder, Bytes(&builder, prefix), 0, 0, Bytes(&builder, after), limit,
-                            /*keys_only=*/false);
-  FinishRequest(&builder, p::Operation::Scan, scan);
-  Run(deps.service, *context, &builder, responder, [](const p::Response& response) {
-    const absl::Status status = p::StatusFromResponse(response);
-    if (!status.ok()) return ErrorFromStatus(status);
-    const p::ScanResult* page = response.result_as_ScanResult();
-    json keys = json::array();
-    if (page != nullptr && page->items() != nullptr) {
-      for (const p::ScanItem* item : *page->items()) {
-        json entry = {{"version", item->version()},
-                      {"timestamp", Rfc3339(TimestampMs(item->timestamp()))},
-                      {"size", item->value() != nullptr ? item->value()->size() : 0}};
-        PutBytes(&entry, "key", p::View(item->key()));
-        entry["expires_at"] =
-            item->expiry_unix_ms() > 0 ? json(Rfc3339(item->expiry_unix_ms())) : json(nullptr);
-        keys.push_back(std::move(entry));
-      }
-    }
-    const absl::string_view cursor = page != nullptr ? p::View(page->next_cursor()) : "";
-    json answer = {{"keys", keys},
-                   {"count", keys.size()},
-                   {"next_cursor", cursor.empty() ? json(nullptr) : json(EncodeBase64(cursor))}};
-    return HttpResponse::Json(200, Dump(answer));
-  });
+  // Engine keys: the caller's namespace first.
+  const std::string& ns = context->key_prefix;
+  ListKeys(deps.service, deps.cluster, absl::StrCat(ns, prefix),
+           after.empty() ? std::string() : absl::StrCat(ns, after), limit,
+           [responder = std::make_shared<Responder>(std::move(responder)),
+            namespace_bytes = ns.size()](ListPage page) {
+             auto strip = [namespace_bytes](absl::string_view key) {
+               return key.substr(std::min(namespace_bytes, key.size()));
+             };
+             json keys = json::array();
+             for (const ListedKey& item : page.keys) {
+               json entry = {{"version", item.version},
+                             {"timestamp", Rfc3339(TimestampMs(item.timestamp))},
+                             {"size", item.size}};
+               PutBytes(&entry, "key", strip(item.key));
+               entry["expires_at"] = item.expiry_unix_ms > 0 ? json(Rfc3339(item.expiry_unix_ms))
+                                                              : json(nullptr);
+               keys.push_back(std::move(entry));
+             }
+             json answer = {{"keys", keys},
+                            {"count", keys.size()},
+                            {"next_cursor", page.more ? json(EncodeBase64(strip(page.keys.back().key)))
+                                                      : json(nullptr)}};
+             // Members that did not answer: their keys held nowhere else are missing.
+             if (!page.unreachable.empty()) answer["unreachable"] = page.unreachable;
+             responder->Send(HttpResponse::Json(200, Dump(answer)));
+           });
+}
+
+// An SSE event: its type and JSON data.
+void AppendEvent(std::string* out, absl::string_view type, const json& data) {
+  absl::StrAppend(out, "event: ", type, "\ndata: ", Dump(data), "\n\n");
 }
 
 // One open GET /v1/watch: the engine's events under the caller's prefix as
-// Server-Sent Events. Holds its place in WatchStreams until the connection
+// Server-Sent Events, this node's and (in a cluster) the other members'
+// (RemoteEvents). Holds its place in WatchStreams until the connection
 // closes.
 class WatchStream final : public EventStream {
  public:
   // session: the API key's (auth on), rechecked while the stream is open;
-  // nullopt with auth off.
+  // nullopt with auth off. remote: the other members' events (null: a
+  // single node). notes: reset events to send after ready (a resumed
+  // cursor this node could not follow).
   WatchStream(Service* service, RequestContext context, Service::WatchCursor cursor,
-              const auth::Admission* admission, std::optional<Session> session,
-              std::function<void()> release)
+              std::string node_id, std::shared_ptr<RemoteEvents> remote, ClusterCursor delivered,
+              bool resumed, std::vector<std::string> notes, const auth::Admission* admission,
+              std::optional<Session> session, std::function<void()> release)
       : service_(service),
         context_(std::move(context)),
         cursor_(std::move(cursor)),
+        node_id_(std::move(node_id)),
+        remote_(std::move(remote)),
+        delivered_(std::move(delivered)),
+        resumed_(resumed),
+        notes_(std::move(notes)),
         admission_(admission),
         session_(std::move(session)),
         release_(std::move(release)) {}
-  ~WatchStream() override { release_(); }
+  ~WatchStream() override {
+    if (remote_ != nullptr) remote_->Close();
+    release_();
+  }
 
   // A revoked or expired key ends the stream, as it ends a binary-protocol
   // session and its watches.
@@ -802,55 +821,117 @@ class WatchStream final : public EventStream {
     if (admission_ == nullptr || !session_) return true;
     const absl::Status status = admission_->Recheck(&*session_);
     if (status.ok()) return true;
-    absl::StrAppend(out, "event: error\ndata: ",
-                    Dump(json{{"error", absl::StrCat("watch ended: ", status.message())}}), "\n\n");
+    AppendEvent(out, "error", json{{"error", absl::StrCat("watch ended: ", status.message())}});
     return false;
   }
 
   bool Poll(const std::vector<uint64_t>& last_sequences, std::string* out, bool* more) override {
     if (!opened_) {
-      // First call: tells the client that events from now on will reach it.
+      // Every member's cursor must be known first: a change made after
+      // ready then reaches the stream, wherever it was written.
+      if (remote_ != nullptr && !remote_->Ready()) return true;
       opened_ = true;
-      out->append("retry: 2000\nevent: ready\ndata: {}\n\n");
+      json ready = {{"resumed", resumed_}};
+      if (remote_ != nullptr) {
+        if (std::vector<std::string> missing = remote_->Unreachable(); !missing.empty()) {
+          ready["unreachable"] = missing;
+        }
+      }
+      out->append("retry: 2000\n");
+      AppendEvent(out, "ready", ready);
+      for (const std::string& note : notes_) {
+        AppendEvent(out, "reset", json{{"error", note}});
+        changed_ = true;
+      }
+      notes_.clear();
     }
+    const size_t namespace_bytes = context_.key_prefix.size();
     for (uint32_t shard = 0; shard < cursor_.after.size() && shard < last_sequences.size();
          ++shard) {
       if (last_sequences[shard] <= cursor_.after[shard]) continue;
       builder_.Clear();
       absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> events =
           service_->ReadWatchEvents(context_, shard, kWatchBatchEvents, &cursor_, &builder_, more);
+      if (!events.ok() && events.status().code() == absl::StatusCode::kOutOfRange) {
+        // A resumed cursor older than the log holds: say what is lost and
+        // go on from the newest events.
+        AppendEvent(out, "reset",
+                    json{{"error", absl::StrCat("node ", node_id_, ": ", events.status().message())}});
+        cursor_.after[shard] = last_sequences[shard];
+        delivered_[node_id_] = cursor_.after;
+        changed_ = true;
+        continue;
+      }
       if (!events.ok()) {
-        absl::StrAppend(out, "event: error\ndata: ",
-                        Dump(json{{"error", std::string(events.status().message())}}), "\n\n");
+        AppendEvent(out, "error", json{{"error", std::string(events.status().message())}});
         return false;
       }
+      delivered_[node_id_] = cursor_.after;
       if (events->empty()) continue;
       builder_.Finish(p::CreateWatchEvents(builder_, builder_.CreateVector(*events)));
       const p::WatchEvents* batch = flatbuffers::GetRoot<p::WatchEvents>(builder_.GetBufferPointer());
       for (const p::Event* event : *batch->events()) {
-        const bool put = event->type() == p::EventType::Put;
-        json data = {{"type", put ? "put" : "delete"},
-                     {"version", event->version()},
-                     {"timestamp", Rfc3339(TimestampMs(event->timestamp()))}};
-        PutBytes(&data, "key", p::View(event->key()));
-        if (put) PutBytes(&data, "value", p::View(event->value()));
-        // id: where a client resumes is the shard and its sequence.
-        absl::StrAppend(out, "id: ", event->shard(), ":", event->sequence(),
-                        "\nevent: ", put ? "put" : "delete", "\ndata: ", Dump(data), "\n\n");
+        Emit(event->type() == p::EventType::Put, p::View(event->key()), p::View(event->value()),
+             event->version(), event->timestamp(), out);
       }
+    }
+    if (remote_ != nullptr) {
+      for (RemoteEvents::Batch& batch : remote_->Take()) {
+        if (!batch.reset.empty()) {
+          AppendEvent(out, "reset", json{{"error", batch.reset}});
+          changed_ = true;
+        }
+        for (const RemoteEvent& event : batch.events) {
+          // Engine keys: the caller's namespace is left out (ReadEvents
+          // sent only keys under it).
+          const absl::string_view key =
+              absl::string_view(event.key).substr(std::min(namespace_bytes, event.key.size()));
+          Emit(event.put, key, event.value, event.version, event.timestamp, out);
+        }
+        delivered_[batch.member] = std::move(batch.after);
+      }
+    }
+    if (changed_ && absl::EndsWith(*out, "\n\n")) {
+      // The id of the pass's last event: where every member's part of the
+      // stream stands, so a client that reconnects with Last-Event-ID
+      // resumes after it (on any node).
+      out->pop_back();
+      absl::StrAppend(out, "id: ", EncodeClusterCursor(delivered_), "\n\n");
+      changed_ = false;
     }
     return true;
   }
 
  private:
+  // One change, unless the same one came from another replica already (or
+  // a newer one of its key did).
+  void Emit(bool put, absl::string_view key, absl::string_view value, uint64_t version,
+            uint64_t timestamp, std::string* out) {
+    changed_ = true;
+    if (!recent_.Admit(std::string(key), timestamp)) return;
+    json data = {{"type", put ? "put" : "delete"},
+                 {"version", version},
+                 {"timestamp", Rfc3339(TimestampMs(timestamp))}};
+    PutBytes(&data, "key", key);
+    if (put) PutBytes(&data, "value", value);
+    AppendEvent(out, put ? "put" : "delete", data);
+  }
+
   Service* const service_;
   const RequestContext context_;
   Service::WatchCursor cursor_;
+  const std::string node_id_;
+  const std::shared_ptr<RemoteEvents> remote_;
+  ClusterCursor delivered_;  // what the next id says
+  const bool resumed_;
+  std::vector<std::string> notes_;
   const auth::Admission* const admission_;
   std::optional<Session> session_;
   std::function<void()> release_;
   flatbuffers::FlatBufferBuilder builder_{1024};
+  RecentChanges recent_;
   bool opened_ = false;
+  bool changed_ = false;  // events or resets went out since the last id
 };
 
 }  // namespace
@@ -889,6 +970,15 @@ void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
   if (!context.ok()) return responder.Send(std::move(refusal));
   absl::StatusOr<std::optional<std::string>> prefix = StrictQueryParam(request, "prefix");
   if (!prefix.ok()) return responder.Send(ErrorFromStatus(prefix.status()));
+  // A reconnecting client (EventSource does it by itself) resumes after
+  // the last event it had.
+  std::optional<ClusterCursor> resume;
+  if (std::optional<absl::string_view> last = request.Header("Last-Event-ID");
+      last.has_value() && !last->empty()) {
+    absl::StatusOr<ClusterCursor> decoded = DecodeClusterCursor(*last);
+    if (!decoded.ok()) return responder.Send(ErrorFromStatus(decoded.status()));
+    resume = *std::move(decoded);
+  }
   // The user whose streams are counted: the API key's (auth on), else one
   // shared count.
   uint64_t user_id = 0;
@@ -901,8 +991,35 @@ void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
     user_id = authenticated->user_id;
     session = *std::move(authenticated);
   }
+  const std::string node_id =
+      deps_.cluster != nullptr ? deps_.cluster->node_id() : deps_.service->NodeId();
+  std::vector<std::string> notes;
   flatbuffers::FlatBufferBuilder builder(256);
-  builder.Finish(p::CreateWatch(builder, Bytes(&builder, prefix->value_or(""))));
+  std::vector<uint64_t> local_after;
+  if (resume) {
+    if (auto it = resume->find(node_id); it == resume->end()) {
+      notes.push_back(absl::StrCat("node ", node_id,
+                                   " was not in the stream resumed: its changes until now are lost"));
+    } else if (it->second.size() != deps_.service->engine()->ShardCount()) {
+      notes.push_back(absl::StrCat("node ", node_id, " has ",
+                                   deps_.service->engine()->ShardCount(),
+                                   " shards, not the resumed cursor's ", it->second.size(),
+                                   ": its changes until now are lost"));
+    } else {
+      local_after = it->second;
+      for (uint32_t shard = 0; shard < local_after.size(); ++shard) {
+        const uint64_t last = deps_.service->engine()->LastSequence(shard);
+        if (local_after[shard] > last) {
+          notes.push_back(absl::StrCat("node ", node_id, ": shard ", shard, " is at sequence ",
+                                       last, ", before the resumed ", local_after[shard],
+                                       ": its log began again; its changes until now are lost"));
+          local_after[shard] = last;
+        }
+      }
+    }
+  }
+  builder.Finish(p::CreateWatch(builder, Bytes(&builder, prefix->value_or("")),
+                                local_after.empty() ? 0 : builder.CreateVector(local_after)));
   absl::StatusOr<Service::WatchCursor> cursor = deps_.service->OpenWatch(
       *context, *flatbuffers::GetRoot<p::Watch>(builder.GetBufferPointer()));
   if (!cursor.ok()) return responder.Send(ErrorFromStatus(cursor.status()));
@@ -914,10 +1031,25 @@ void DataRoutes::ServeWatch(HttpRequest& request, Responder responder) {
     busy.headers.emplace_back("Retry-After", "5");
     return responder.Send(std::move(busy));
   }
+  ClusterCursor delivered;
+  delivered[node_id] = cursor->after;
+  std::shared_ptr<RemoteEvents> remote;
+  if (deps_.cluster != nullptr && deps_.cluster->membership() != nullptr && deps_.wake_streams) {
+    RemoteEvents::Options options;
+    options.prefix = cursor->prefix;  // the caller's namespace included
+    options.wake = deps_.wake_streams;
+    remote = RemoteEvents::Start(deps_.cluster, std::move(options), resume ? &*resume : nullptr);
+    if (resume) {
+      for (const auto& [member, after] : *resume) {
+        if (member != node_id) delivered[member] = after;
+      }
+    }
+  }
   HttpResponse answer;
   answer.content_type = "text/event-stream; charset=utf-8";
   answer.stream = std::make_shared<WatchStream>(
-      deps_.service, *std::move(context), *std::move(cursor), deps_.auth.admission,
+      deps_.service, *std::move(context), *std::move(cursor), node_id, std::move(remote),
+      std::move(delivered), resume.has_value(), std::move(notes), deps_.auth.admission,
       std::move(session), [streams = &streams_, user_id] { streams->Release(user_id); });
   responder.Send(std::move(answer));
 }
@@ -927,6 +1059,8 @@ DataRoutes::DataRoutes(const DataRoutesConfig& config, const DataRoutesDependenc
       deps_(dependencies),
       streams_(config.max_watch_streams, config.max_watch_streams_per_user) {
   if (sodium_init() < 0) std::abort();
+  // Listings and watches of other members read this node's keys and events.
+  if (deps_.cluster != nullptr) AddBrowseHandlers(deps_.cluster, deps_.service);
 }
 
 void DataRoutes::AddTo(Router* router) {

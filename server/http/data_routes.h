@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -71,6 +72,10 @@ struct DataRoutesDependencies {
   // single node (this node, no replicas).
   Coordinator* coordinator = nullptr;
   const NodeUrl* node_url = nullptr;  // required: a single node's primary_node
+  // Wakes the loops' event streams (Server::NotifyEvents), from any thread:
+  // a watch stream's events of other members arrived. Null: watch streams
+  // see this node's engine only.
+  std::function<void()> wake_streams;
 };
 
 class DataRoutes {

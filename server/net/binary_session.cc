@@ -27,6 +27,8 @@ bool IsClusterOperation(p::Operation operation) {
     case p::Operation::MerkleLeaf:
     case p::Operation::ControlPropose:
     case p::Operation::EpochBarrier:
+    case p::Operation::ReadEvents:
+    case p::Operation::ReadKeys:
       return true;
     default:
       return false;

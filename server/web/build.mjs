@@ -3,13 +3,16 @@
 // The TypeScript is compiled with tsc; static files, the OpenAPI document
 // (openapi.mjs) and swagger-ui-dist's bundle are put beside it; then every
 // file of the out dir becomes one entry of a table of (URL path,
-// Content-Type, ETag, bytes).
+// Content-Type, ETag, bytes, and the bytes compressed with gzip and with
+// brotli when that makes them smaller), which logkvd serves by the
+// client's Accept-Encoding.
 // Nothing here is committed: the out dir and the .cc live in the build tree.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import zlib from 'node:zlib';
 
 const [source, modules, out, generated] = process.argv.slice(2);
 if (!generated) {
@@ -87,8 +90,31 @@ files.forEach((file, index) => {
   const type = types[path.extname(file)] ?? 'application/octet-stream';
   const etag = '"' + createHash('sha256').update(bytes).digest('hex').slice(0, 20) + '"';
   cc += `constexpr char kData${index}[] =\n${literal(bytes)};\n`;
+  // Compressed at the highest levels once, here: the files never change
+  // while logkvd runs. Kept only when at least a tenth smaller (images
+  // already compressed are not).
+  const variants = {
+    gzip: zlib.gzipSync(bytes, { level: 9 }),
+    br: zlib.brotliCompressSync(bytes, {
+      params: {
+        [zlib.constants.BROTLI_PARAM_QUALITY]: zlib.constants.BROTLI_MAX_QUALITY,
+        [zlib.constants.BROTLI_PARAM_SIZE_HINT]: bytes.length,
+        [zlib.constants.BROTLI_PARAM_MODE]: type.startsWith('text/') || type === 'application/json'
+          ? zlib.constants.BROTLI_MODE_TEXT : zlib.constants.BROTLI_MODE_GENERIC,
+      },
+    }),
+  };
+  const views = {};
+  for (const [name, compressed] of Object.entries(variants)) {
+    if (compressed.length * 10 <= bytes.length * 9) {
+      cc += `constexpr char kData${index}_${name}[] =\n${literal(compressed)};\n`;
+      views[name] = `std::string_view(kData${index}_${name}, ${compressed.length})`;
+    } else {
+      views[name] = 'std::string_view()';
+    }
+  }
   entries.push(`    {"${url}", "${type}", ${JSON.stringify(etag)}, ` +
-    `std::string_view(kData${index}, ${bytes.length})},`);
+    `std::string_view(kData${index}, ${bytes.length}), ${views.gzip}, ${views.br}},`);
 });
 cc += `}  // namespace
 

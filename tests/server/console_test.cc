@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/http/cluster_browse.h"
 #include "server/http/data_routes.h"
 #include "server/http/router.h"
 #include "server/log.h"
@@ -291,6 +292,152 @@ TEST_F(ConsoleTest, RevokingTheKeyEndsItsWatchStream) {
   ASSERT_TRUE(answer.ok() && answer->status == 200) << (answer.ok() ? answer->body : "");
   ASSERT_TRUE(StreamHolds(*stream, "watch ended")) << stream->buffered();
   EXPECT_TRUE(stream->WaitClosed(absl::Seconds(10)));
+}
+
+// The id of the last event the stream holds ("id: " to the end of its line).
+std::string LastEventId(const std::string& stream) {
+  const size_t at = stream.rfind("\nid: ");
+  if (at == std::string::npos) return "";
+  const size_t begin = at + 5;
+  return stream.substr(begin, stream.find('\n', begin) - begin);
+}
+
+TEST_F(ConsoleTest, WatchResumesAfterTheLastEventIdWithoutLoss) {
+  Node node(TestOptions(dir_.Subdir("data")));
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  auto put = [port](const std::string& key) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, "PUT", "/v1/kv/" + key, {}, "v-" + key);
+    ASSERT_TRUE(answer.ok() && answer->status == 200) << (answer.ok() ? answer->body : "");
+  };
+  absl::StatusOr<HttpConnection> first = HttpConnection::Connect(port);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(first->Send(test::BuildRequest("GET", "/v1/watch?prefix=r%2F")).ok());
+  ASSERT_TRUE(StreamHolds(*first, "event: ready")) << first->buffered();
+  put("r/1");
+  ASSERT_TRUE(StreamHolds(*first, "\"key\":\"r/1\"")) << first->buffered();
+  ASSERT_TRUE(StreamHolds(*first, "\nid: ")) << first->buffered();
+  const std::string id = LastEventId(first->buffered());
+  // The id says where the stream stands on each node, per shard.
+  const nlohmann::json cursor = nlohmann::json::parse(id, nullptr, false);
+  ASSERT_TRUE(cursor.is_object() && cursor.size() == 1) << id;
+  EXPECT_EQ(cursor.begin()->size(), 2u) << id;  // two shards
+  first->Close();
+
+  // Written while no stream is open: a resumed stream sends them, and not
+  // what came before its id.
+  put("r/2");
+  put("r/3");
+  absl::StatusOr<HttpConnection> second = HttpConnection::Connect(port);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(second->Send(test::BuildRequest("GET", "/v1/watch?prefix=r%2F",
+                                              {{"Last-Event-ID", id}})).ok());
+  ASSERT_TRUE(StreamHolds(*second, "\"key\":\"r/3\"")) << second->buffered();
+  ASSERT_TRUE(StreamHolds(*second, "\"key\":\"r/2\"")) << second->buffered();
+  EXPECT_TRUE(absl::StrContains(second->buffered(), "\"resumed\":true")) << second->buffered();
+  EXPECT_FALSE(absl::StrContains(second->buffered(), "\"key\":\"r/1\"")) << second->buffered();
+  EXPECT_FALSE(absl::StrContains(second->buffered(), "event: reset")) << second->buffered();
+
+  // A cursor this node cannot follow (here: ahead of its log, as after the
+  // data directory was wiped) is said so in a reset event; the stream goes
+  // on from the newest events.
+  nlohmann::json ahead = cursor;
+  for (auto& sequence : ahead.begin().value()) sequence = 1'000'000'000;
+  absl::StatusOr<HttpConnection> third = HttpConnection::Connect(port);
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_TRUE(third->Send(test::BuildRequest("GET", "/v1/watch?prefix=r%2F",
+                                             {{"Last-Event-ID", ahead.dump()}})).ok());
+  ASSERT_TRUE(StreamHolds(*third, "event: reset")) << third->buffered();
+  EXPECT_TRUE(absl::StrContains(third->buffered(), "are lost")) << third->buffered();
+  put("r/4");
+  ASSERT_TRUE(StreamHolds(*third, "\"key\":\"r/4\"")) << third->buffered();
+  EXPECT_FALSE(absl::StrContains(third->buffered(), "\"key\":\"r/3\"")) << third->buffered();
+
+  // An id of another node only: this node's part is unknown.
+  absl::StatusOr<HttpConnection> fourth = HttpConnection::Connect(port);
+  ASSERT_TRUE(fourth.ok()) << fourth.status();
+  ASSERT_TRUE(fourth->Send(test::BuildRequest("GET", "/v1/watch?prefix=r%2F",
+                                              {{"Last-Event-ID", R"({"elsewhere":[1,2]})"}}))
+                  .ok());
+  ASSERT_TRUE(StreamHolds(*fourth, "event: reset")) << fourth->buffered();
+  EXPECT_TRUE(absl::StrContains(fourth->buffered(), "was not in the stream resumed"))
+      << fourth->buffered();
+
+  for (const char* bad : {"nonsense", "[1,2]", R"({"n":[-1]})", R"({"n":"x"})"}) {
+    absl::StatusOr<HttpAnswer> answer =
+        Fetch(port, "GET", "/v1/watch?prefix=r%2F", {{"Last-Event-ID", bad}});
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->status, 400) << bad << ": " << answer->body;
+  }
+}
+
+http::ListedKey Listed(const std::string& key, uint64_t timestamp = 1) {
+  http::ListedKey listed;
+  listed.key = key;
+  listed.version = timestamp;
+  listed.timestamp = timestamp;
+  return listed;
+}
+
+http::MemberPage Page(std::vector<http::ListedKey> keys, bool more = false) {
+  http::MemberPage page;
+  page.keys = std::move(keys);
+  page.more = more;
+  return page;
+}
+
+std::vector<std::string> KeysOf(const http::ListPage& page) {
+  std::vector<std::string> keys;
+  for (const http::ListedKey& key : page.keys) keys.push_back(key.key);
+  return keys;
+}
+
+TEST(MergePagesTest, MergesMembersPagesInOrderOnceEach) {
+  // Replicas hold the same key: it comes once, the newest copy.
+  http::ListPage page = http::MergePages(
+      {Page({Listed("a"), Listed("c", 5)}), Page({Listed("b"), Listed("c", 9)})}, 10);
+  EXPECT_EQ(KeysOf(page), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(page.keys[2].timestamp, 9u);
+  EXPECT_FALSE(page.more);
+
+  // The limit ends the page.
+  page = http::MergePages({Page({Listed("a"), Listed("c")}), Page({Listed("b")})}, 2);
+  EXPECT_EQ(KeysOf(page), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(page.more);
+
+  // A member whose page ended early (on bytes) with more after "b": nothing
+  // past "b" is known of it, so the page ends at "b" and the next one goes on
+  // from there.
+  page = http::MergePages(
+      {Page({Listed("a"), Listed("b")}, /*more=*/true), Page({Listed("a"), Listed("c"), Listed("d")})},
+      10);
+  EXPECT_EQ(KeysOf(page), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(page.more);
+
+  page = http::MergePages({Page({}), Page({})}, 10);
+  EXPECT_TRUE(page.keys.empty());
+  EXPECT_FALSE(page.more);
+}
+
+TEST(RecentChangesTest, SendsEachChangeOnceAndNeverAnOlderOne) {
+  http::RecentChanges recent(/*capacity=*/2);
+  EXPECT_TRUE(recent.Admit("a", 10));
+  EXPECT_FALSE(recent.Admit("a", 10));  // the same change from another replica
+  EXPECT_FALSE(recent.Admit("a", 9));   // older than one sent
+  EXPECT_TRUE(recent.Admit("a", 11));
+  EXPECT_TRUE(recent.Admit("b", 1));
+  EXPECT_TRUE(recent.Admit("c", 1));   // "a" is forgotten (capacity 2)
+  EXPECT_TRUE(recent.Admit("a", 10));
+}
+
+TEST(ClusterCursorTest, EncodesAndDecodes) {
+  http::ClusterCursor cursor{{"n1", {1, 2}}, {"127.0.0.1:7000", {18446744073709551615u, 0}}};
+  const std::string text = http::EncodeClusterCursor(cursor);
+  EXPECT_EQ(text, R"({"127.0.0.1:7000":[18446744073709551615,0],"n1":[1,2]})");
+  absl::StatusOr<http::ClusterCursor> decoded = http::DecodeClusterCursor(text);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, cursor);
+  EXPECT_FALSE(http::DecodeClusterCursor("{\"n\":[1.5]}").ok());
 }
 
 TEST(WatchStreamsTest, LimitsStreamsPerUserAndInAll) {

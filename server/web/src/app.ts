@@ -740,10 +740,11 @@ function authOffNote(): HTMLElement {
 
 // ---- Watch -------------------------------------------------------------------------
 
-// One Server-Sent Event: its type and data.
+// One Server-Sent Event: its type, data and id ("" when it has none).
 interface SseEvent {
   event: string;
   data: string;
+  id: string;
 }
 
 // Reads GET /v1/watch's stream with fetch (EventSource cannot send the
@@ -760,15 +761,19 @@ async function readEvents(response: Response, onEvent: (event: SseEvent) => void
     while ((end = buffer.indexOf('\n\n')) >= 0) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      const event: SseEvent = { event: 'message', data: '' };
+      const event: SseEvent = { event: 'message', data: '', id: '' };
       for (const line of block.split('\n')) {
         if (line.startsWith('event:')) event.event = line.slice(6).trim();
         else if (line.startsWith('data:')) event.data += line.slice(5).trim();
+        else if (line.startsWith('id:')) event.id = line.slice(3).trim();
       }
       if (block.trim() && !block.startsWith(':')) onEvent(event);
     }
   }
 }
+
+// A lost stream is opened again this many times in a row at most, 2 s apart.
+const kWatchReconnects = 5;
 
 function renderWatch(): void {
   main().append(h('h1', {}, 'Watch changes'));
@@ -789,41 +794,75 @@ function renderWatch(): void {
   leavePage = stopWatching;
   stop.addEventListener('click', () => { stopWatching(); show(state, 'Stopped.'); });
   const form = h('form', { class: 'row' }, field('Prefix', prefix), start, stop);
+  const watching = () => `Watching ${prefix.value ? `keys under "${prefix.value}"` : 'every key'}`;
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     stopWatching();
     show(error, '');
-    controller = new AbortController();
+    const mine = new AbortController();
+    controller = mine;
     start.disabled = true;
     stop.disabled = false;
     const query = new URLSearchParams({ prefix: prefix.value });
+    // Where the stream stands (the last id it sent): a lost connection is
+    // resumed from there, so no change is missed (the node says so in a
+    // "reset" event when it cannot resume that far back).
+    let lastId = '';
+    let failures = 0;
     try {
-      const response = await fetch(`/v1/watch?${query}`, { headers: headersFor('apikey'), signal: controller.signal, cache: 'no-store' });
-      if (!response.ok) {
-        const body = await response.json().catch(() => ({ error: response.statusText }));
-        throw new ApiError(response.status, body.error, response.headers.get('Retry-After'));
+      while (!mine.signal.aborted) {
+        try {
+          const headers = headersFor('apikey');
+          if (lastId) headers['Last-Event-ID'] = lastId;
+          const response = await fetch(`/v1/watch?${query}`, { headers, signal: mine.signal, cache: 'no-store' });
+          if (!response.ok) {
+            const body = await response.json().catch(() => ({ error: response.statusText }));
+            throw new ApiError(response.status, body.error, response.headers.get('Retry-After'));
+          }
+          let ended = false;
+          await readEvents(response, (sse) => {
+            if (sse.id) lastId = sse.id;
+            if (sse.event === 'ready') {
+              failures = 0;
+              show(state, `${watching()}${JSON.parse(sse.data).resumed ? ' (resumed after a lost connection)' : ''}: changes appear below as they happen.`);
+              return;
+            }
+            if (sse.event === 'error') {
+              ended = true;
+              show(error, JSON.parse(sse.data).error);
+              return;
+            }
+            if (sse.event === 'reset') {
+              events.prepend(h('li', { class: 'reset' }, h('span', { class: 'tag reset' }, 'gap'), ' ',
+                `Some changes may be missing here: ${JSON.parse(sse.data).error}`));
+              return;
+            }
+            const change = JSON.parse(sse.data) as { type: string; key: string; value?: string; version: number; timestamp: string };
+            const value = change.value === undefined ? '' : change.value.length > 120 ? `${change.value.slice(0, 120)}…` : change.value;
+            events.prepend(h('li', {}, h('span', { class: `tag ${change.type}` }, change.type), ' ',
+              h('code', {}, change.key), change.type === 'put' ? ` = ${value}` : '',
+              h('span', { class: 'muted' }, ` · v${change.version} · ${new Date(change.timestamp).toLocaleTimeString()}`)));
+          });
+          if (ended) break;
+        } catch (caught) {
+          // A refusal (401, 429...) ends the watch; a lost connection does not.
+          if (caught instanceof ApiError || mine.signal.aborted) throw caught;
+        }
+        if (mine.signal.aborted) break;
+        if (++failures > kWatchReconnects) {
+          show(state, 'The stream ended and could not be resumed.');
+          break;
+        }
+        show(state, 'The connection was lost; resuming…');
+        await new Promise((resolve) => setTimeout(resolve, 2000));
       }
-      await readEvents(response, (sse) => {
-        if (sse.event === 'ready') {
-          show(state, `Watching ${prefix.value ? `keys under "${prefix.value}"` : 'every key'}: changes appear below as they happen.`);
-          return;
-        }
-        if (sse.event === 'error') {
-          show(error, JSON.parse(sse.data).error);
-          return;
-        }
-        const change = JSON.parse(sse.data) as { type: string; key: string; value?: string; version: number; timestamp: string };
-        const value = change.value === undefined ? '' : change.value.length > 120 ? `${change.value.slice(0, 120)}…` : change.value;
-        events.prepend(h('li', {}, h('span', { class: `tag ${change.type}` }, change.type), ' ',
-          h('code', {}, change.key), change.type === 'put' ? ` = ${value}` : '',
-          h('span', { class: 'muted' }, ` · v${change.version} · ${new Date(change.timestamp).toLocaleTimeString()}`)));
-      });
-      show(state, 'The stream ended.');
     } catch (caught) {
       if (!(caught instanceof DOMException && caught.name === 'AbortError')) show(error, describe(caught));
     } finally {
-      start.disabled = false;
-      stop.disabled = true;
+      if (controller === mine) {
+        start.disabled = false;
+        stop.disabled = true;
+      }
     }
   });
   main().append(

@@ -1,0 +1,243 @@
+// The console's data browser across a cluster of real logkvd processes
+// (docs/console.md): with --auth=on and two replicas of each key on three
+// nodes, keys written through node 0 are listed, a page at a time, through
+// node 2 (all of them, once each, only the caller's); a watch open on node 1
+// sees the changes written through node 0, once each, though node 1 holds
+// only some of the keys; and a stream resumed on node 2 with the last id
+// node 1's stream sent carries on without loss and without starting over.
+//
+// Ports are chosen at run time on loopback; every wait is bounded.
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/cluster/cluster_process.h"
+#include "tests/rest/http_client.h"
+
+namespace logkv::test {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr absl::Duration kWait = absl::Seconds(15);
+
+class ConsoleClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ClusterOptions options;
+    options.logkvd_binary = LOGKVD_PATH;
+    options.nodes = 3;
+    options.replicas = 2;
+    // Many requests of one user in a short while: no per-user rate limit.
+    options.extra_flags = {"--auth=on", "--rate-limit=0"};
+    cluster_ = std::make_unique<ClusterProcess>(options);
+    ASSERT_TRUE(cluster_->Start().ok()) << cluster_->Describe();
+    ASSERT_TRUE(cluster_->WaitAllAlive().ok()) << cluster_->Describe();
+  }
+
+  absl::StatusOr<HttpAnswer> Call(int node, absl::string_view method, absl::string_view target,
+                                  HttpHeaders headers = {}, absl::string_view body = "") const {
+    return HttpExchange(cluster_->http_port(node), method, target, headers, body,
+                        absl::Seconds(15));
+  }
+
+  // Polls until the call answers status (bounded); the last answer.
+  HttpAnswer CallUntil(int status, int node, absl::string_view method, absl::string_view target,
+                       const HttpHeaders& headers = {}, absl::string_view body = "") const {
+    const absl::Time deadline = absl::Now() + kWait;
+    HttpAnswer last;
+    while (true) {
+      absl::StatusOr<HttpAnswer> answer = Call(node, method, target, headers, body);
+      if (answer.ok()) last = *answer;
+      if (last.status == status || absl::Now() >= deadline) return last;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+  // A user signed up through node 0 and an API key of theirs (read, write).
+  std::string ApiKey(const std::string& name) {
+    const HttpHeaders json_type = {{"Content-Type", "application/json"}};
+    const Json signup = {{"email", name + "@example.com"},
+                         {"username", name},
+                         {"password", "securepass123"}};
+    HttpAnswer created = CallUntil(201, 0, "POST", "/signup", json_type, signup.dump());
+    EXPECT_EQ(created.status, 201) << created.body;
+    HttpAnswer login =
+        CallUntil(200, 0, "POST", "/login", json_type,
+                  Json{{"email", name + "@example.com"}, {"password", "securepass123"}}.dump());
+    EXPECT_EQ(login.status, 200) << login.body;
+    HttpAnswer key = CallUntil(
+        201, 0, "POST", "/apikeys",
+        {{"Authorization", "Bearer " + login.Json().value("access_token", "")}, json_type[0]},
+        Json{{"name", "console"}, {"scopes", {"read", "write"}}}.dump());
+    EXPECT_EQ(key.status, 201) << key.body;
+    return key.Json().value("key", "");
+  }
+
+  // PUT through node (a new key may need a moment to be known everywhere).
+  void Put(int node, const std::string& api_key, const std::string& key) {
+    HttpAnswer answer = CallUntil(200, node, "PUT", "/v1/kv/" + key, {{"X-API-Key", api_key}},
+                                  "value of " + key);
+    ASSERT_EQ(answer.status, 200) << key << ": " << answer.body;
+  }
+
+  // Whether node's engine holds key (GET /store reads the node's own copy).
+  bool Holds(int node, const std::string& api_key, const std::string& key) {
+    absl::StatusOr<HttpAnswer> answer = Call(node, "GET", "/store/" + key, {{"X-API-Key", api_key}});
+    return answer.ok() && answer->status == 200;
+  }
+
+  std::unique_ptr<ClusterProcess> cluster_;
+};
+
+// Reads the stream until it holds text, within a bounded wait.
+bool StreamHolds(HttpConnection& stream, absl::string_view text) {
+  const absl::Time deadline = absl::Now() + kWait;
+  while (!absl::StrContains(stream.buffered(), text)) {
+    if (absl::Now() > deadline) return false;
+    if (stream.WaitClosed(absl::Milliseconds(50))) return absl::StrContains(stream.buffered(), text);
+  }
+  return true;
+}
+
+size_t Count(absl::string_view text, absl::string_view what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != absl::string_view::npos;
+       at = text.find(what, at + what.size())) {
+    ++count;
+  }
+  return count;
+}
+
+std::string LastEventId(const std::string& stream) {
+  const size_t at = stream.rfind("\nid: ");
+  if (at == std::string::npos) return "";
+  const size_t begin = at + 5;
+  return stream.substr(begin, stream.find('\n', begin) - begin);
+}
+
+std::string KeyEvent(const std::string& key) { return absl::StrCat("\"key\":\"", key, "\""); }
+
+TEST_F(ConsoleClusterTest, ListsEveryKeyOfTheClusterPageByPageThroughAnyNode) {
+  const std::string alice = ApiKey("alice");
+  const std::string bob = ApiKey("bob");
+  std::vector<std::string> written;
+  for (int i = 0; i < 90; ++i) {
+    written.push_back(absl::StrFormat("list/%03d", i));
+    Put(0, alice, written.back());
+  }
+  Put(0, alice, "other/1");
+  Put(0, bob, "list/000");  // another user's key of the same name
+  Put(0, bob, "list/500");
+
+  // Node 2 holds only some of them (two replicas of three nodes): the
+  // listing must ask the others.
+  int elsewhere = 0;
+  for (const std::string& key : written) elsewhere += Holds(2, alice, key) ? 0 : 1;
+  EXPECT_GT(elsewhere, 0);
+
+  std::vector<std::string> listed;
+  std::string cursor;
+  for (int page = 0; page < 40; ++page) {
+    std::string target = "/v1/kv?prefix=list%2F&limit=7";
+    if (!cursor.empty()) {
+      target += "&cursor=" + absl::StrReplaceAll(cursor, {{"+", "%2B"}, {"/", "%2F"}, {"=", "%3D"}});
+    }
+    absl::StatusOr<HttpAnswer> answer = Call(2, "GET", target, {{"X-API-Key", alice}});
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    ASSERT_EQ(answer->status, 200) << answer->body;
+    const Json body = answer->Json();
+    EXPECT_LE(body["keys"].size(), 7u) << body;
+    EXPECT_FALSE(body.contains("unreachable")) << body;
+    for (const Json& item : body["keys"]) {
+      listed.push_back(item.value("key", ""));
+      EXPECT_EQ(item.value("size", 0), static_cast<int>(("value of " + listed.back()).size()));
+    }
+    if (body["next_cursor"].is_null()) break;
+    cursor = body["next_cursor"];
+  }
+  // All of them, in order, once each; none of the other user's.
+  EXPECT_EQ(listed, written);
+}
+
+TEST_F(ConsoleClusterTest, WatchOnOneNodeSeesWritesThroughAnotherAndResumesOnAThird) {
+  const std::string alice = ApiKey("alice");
+  const std::string bob = ApiKey("bob");
+  // A key written before the stream opens exists on every node (so the
+  // first PUTs below do not wait for the new tenant to be known).
+  Put(0, alice, "w/before");
+
+  absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(cluster_->http_port(1));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE(
+      stream->Send(BuildRequest("GET", "/v1/watch?prefix=w%2F", {{"X-API-Key", alice}})).ok());
+  ASSERT_TRUE(StreamHolds(*stream, "event: ready")) << stream->buffered();
+
+  std::vector<std::string> keys;
+  for (int i = 0; i < 10; ++i) {
+    keys.push_back(absl::StrCat("w/", i));
+    Put(0, alice, keys.back());
+  }
+  Put(0, bob, "w/bob");
+  for (const std::string& key : keys) {
+    ASSERT_TRUE(StreamHolds(*stream, KeyEvent(key))) << key << "\n" << stream->buffered();
+  }
+  // Node 1 holds only some of them: the others' changes came from the
+  // members that hold them.
+  int elsewhere = 0;
+  for (const std::string& key : keys) elsewhere += Holds(1, alice, key) ? 0 : 1;
+  EXPECT_GT(elsewhere, 0);
+  // Each once, though two replicas wrote each: a later put shows that
+  // everything before it was read from every member.
+  Put(0, alice, "w/last");
+  ASSERT_TRUE(StreamHolds(*stream, KeyEvent("w/last"))) << stream->buffered();
+  absl::SleepFor(absl::Milliseconds(600));  // a few polls more, for any duplicate
+  ASSERT_TRUE(StreamHolds(*stream, "\nid: ")) << stream->buffered();
+  const std::string events = stream->buffered();
+  for (const std::string& key : keys) EXPECT_EQ(Count(events, KeyEvent(key)), 1u) << key;
+  EXPECT_FALSE(absl::StrContains(events, "w/bob")) << events;
+  EXPECT_FALSE(absl::StrContains(events, "w/before")) << events;
+  EXPECT_FALSE(absl::StrContains(events, "event: reset")) << events;
+  const std::string id = LastEventId(events);
+  const Json cursor = Json::parse(id, nullptr, false);
+  ASSERT_TRUE(cursor.is_object()) << id;
+  EXPECT_EQ(cursor.size(), 3u) << id;  // every member's place
+  stream->Close();
+
+  // Written while no stream is open; resumed on another node with the id.
+  std::vector<std::string> later;
+  for (int i = 10; i < 15; ++i) {
+    later.push_back(absl::StrCat("w/", i));
+    Put(0, alice, later.back());
+  }
+  absl::StatusOr<HttpConnection> resumed = HttpConnection::Connect(cluster_->http_port(2));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE(resumed->Send(BuildRequest("GET", "/v1/watch?prefix=w%2F",
+                                         {{"X-API-Key", alice}, {"Last-Event-ID", id}}))
+                  .ok());
+  for (const std::string& key : later) {
+    ASSERT_TRUE(StreamHolds(*resumed, KeyEvent(key))) << key << "\n" << resumed->buffered();
+  }
+  Put(0, alice, "w/after");
+  ASSERT_TRUE(StreamHolds(*resumed, KeyEvent("w/after"))) << resumed->buffered();
+  const std::string resumed_events = resumed->buffered();
+  EXPECT_TRUE(absl::StrContains(resumed_events, "\"resumed\":true")) << resumed_events;
+  EXPECT_FALSE(absl::StrContains(resumed_events, "event: reset")) << resumed_events;
+  // Not from the beginning: what came before the first stream opened is
+  // not sent, and what it sent comes again at most once (a replica's copy
+  // the first stream had not read yet when it sent its last id).
+  EXPECT_FALSE(absl::StrContains(resumed_events, "w/before")) << resumed_events;
+  for (const std::string& key : keys) EXPECT_LE(Count(resumed_events, KeyEvent(key)), 1u) << key;
+  for (const std::string& key : later) EXPECT_EQ(Count(resumed_events, KeyEvent(key)), 1u) << key;
+}
+
+}  // namespace
+}  // namespace logkv::test
