@@ -3,9 +3,11 @@
 // kernel picks (loopback only). One node with --auth=on: sign up (a weak
 // password refused inline first), create an API key, put a value, browse
 // it, watch a change appear, revoke the key and see the API refuse it, sign
-// out and in, the API reference. Then three nodes with auth off (--seeds):
-// the cluster page lists all three. Screenshots of each page go to the
-// artifacts directory. Every wait is bounded; every process is stopped.
+// out and in, the API reference, phone width. Then three nodes with auth off
+// (--seeds) and one replica per key: the cluster page lists all three, the
+// data browser of the third pages through the keys written through the
+// first, and a watch on the second sees writes made through the first.
+// Screenshots of each page go to the artifacts directory. Every wait is bounded; every process is stopped.
 //
 //   node console_browser_test.mjs <logkvd> <node_modules dir> <artifacts dir>
 // Exit 77 (ctest: skipped) when no chromium is installed.
@@ -304,11 +306,14 @@ try {
   });
 
   // ---- Three nodes, accounts off ----
+  // One replica of each key: the keys are spread over the three nodes, so a
+  // node lists and watches the others' too (GET /v1/kv, GET /v1/watch).
+  let nodes = [];
   await step('cluster page on three nodes', async () => {
-    const first = await startNode('n1', ['--gossip-interval-ms=100']);
+    const first = await startNode('n1', ['--gossip-interval-ms=100', '--replicas=1']);
     const seeds = `--seeds=127.0.0.1:${first.binary}`;
-    await startNode('n2', ['--gossip-interval-ms=100', seeds]);
-    await startNode('n3', ['--gossip-interval-ms=100', seeds]);
+    nodes = [first, await startNode('n2', ['--gossip-interval-ms=100', '--replicas=1', seeds]),
+      await startNode('n3', ['--gossip-interval-ms=100', '--replicas=1', seeds])];
     const cluster = await browser.newPage();
     const clusterProblems = [];
     watchForProblems(cluster, clusterProblems);
@@ -319,6 +324,11 @@ try {
       return rows.length === 3 && rows.every((row) => row.textContent?.includes('alive') && row.textContent?.includes('%')) &&
         rows.filter((row) => /\d+ B|KiB|MiB/.test(row.textContent ?? '')).length === 3;
     }, { timeout: 30000 });
+    // Keys written through the first node land on all three.
+    for (let i = 0; i < 30; i++) {
+      const answer = await call(`${first.url}/v1/kv/fruit/${String(i).padStart(2, '0')}`, 'PUT', {}, `value ${i}`);
+      expect(answer.status === 200, `PUT fruit/${i}: ${answer.status} ${answer.body}`);
+    }
     // A few samples for the charts.
     await new Promise((resolve) => setTimeout(resolve, 4500));
     await shot(cluster, '11-cluster');
@@ -328,6 +338,59 @@ try {
     expect(banner.includes('Accounts are off'), `auth off: ${banner}`);
     await shot(landing, '12-signup-auth-off');
     expect(clusterProblems.length === 0, clusterProblems.join('\n'));
+    await cluster.close();
+    await landing.close();
+  });
+
+  await step('the data browser of the third node pages through every node\'s keys', async () => {
+    const data = await browser.newPage();
+    const dataProblems = [];
+    watchForProblems(data, dataProblems);
+    await data.setViewport({ width: 1280, height: 900 });
+    await data.goto(`${nodes[2].url}/data`, { waitUntil: 'networkidle0' });
+    await data.waitForSelector('input[name=prefix]', wait);
+    await data.type('input[name=prefix]', 'fruit/');
+    await data.select('select[name=limit]', '10');
+    await data.click('form.row button[type=submit]');
+    const listed = [];
+    for (let page = 1; page <= 5; page++) {
+      await data.waitForFunction((n) => document.querySelector('#pager')?.textContent?.includes(`Page ${n}`) ||
+        [...document.querySelectorAll('.muted')].some((e) => e.textContent?.includes(`Page ${n} `)), wait, page);
+      listed.push(...await data.$$eval('td.key-cell', (cells) => cells.map((cell) => cell.textContent)));
+      if (page === 1) await shot(data, '13-cluster-data');
+      if (!await data.$('#next-page')) break;
+      await data.click('#next-page');
+    }
+    const expected = Array.from({ length: 30 }, (_, i) => `fruit/${String(i).padStart(2, '0')}`);
+    expect(JSON.stringify(listed) === JSON.stringify(expected), `listed through node 3: ${listed.join(' ')}`);
+    expect(dataProblems.length === 0, dataProblems.join('\n'));
+    await data.close();
+  });
+
+  await step('a watch on the second node sees writes made through the first', async () => {
+    const watch = await browser.newPage();
+    const watchProblems = [];
+    watchForProblems(watch, watchProblems);
+    await watch.setViewport({ width: 1280, height: 900 });
+    await watch.goto(`${nodes[1].url}/watch`, { waitUntil: 'networkidle0' });
+    await watch.waitForSelector('#watch-start', wait);
+    await watch.type('input[name=prefix]', 'fruit/');
+    await watch.click('#watch-start');
+    await watch.waitForFunction(() => document.querySelector('#watch-state')?.textContent?.includes('Watching'), wait);
+    // Five keys: with one replica each, some live on other nodes than the second.
+    const written = ['apple', 'banana', 'cherry', 'damson', 'elder'];
+    for (const name of written) {
+      const answer = await call(`${nodes[0].url}/v1/kv/fruit/${name}`, 'PUT', {}, `a ${name}`);
+      expect(answer.status === 200, `PUT fruit/${name}: ${answer.status}`);
+    }
+    await watch.waitForFunction((names) => names.every((name) => document.querySelector('#events')?.textContent?.includes(`fruit/${name} = a ${name}`)),
+      wait, written);
+    const events = await watch.$$eval('#events li', (items) => items.map((item) => item.textContent));
+    expect(events.length === written.length, `each change once: ${events.join(' | ')}`);
+    await shot(watch, '14-cluster-watch');
+    await watch.click('#watch-stop');
+    expect(watchProblems.length === 0, watchProblems.join('\n'));
+    await watch.close();
   });
 } catch (error) {
   failed += 1;

@@ -28,6 +28,7 @@ interface ScanPage {
   keys: { key: string; key_encoding?: string; version: number; timestamp: string; expires_at: string | null; size: number }[];
   count: number;
   next_cursor: string | null;
+  unreachable?: string[];  // cluster members that did not answer
 }
 
 type Child = Node | string | null | undefined | false;
@@ -590,6 +591,10 @@ function renderData(): void {
       pager.replaceChildren(h('span', { class: 'muted' }, `Page ${page + 1} · ${answer.count} keys`));
       if (page > 0) pager.append(h('button', { type: 'button', class: 'secondary', onclick: () => void list(page - 1) }, 'Previous page'));
       if (answer.next_cursor) pager.append(h('button', { type: 'button', class: 'secondary', id: 'next-page', onclick: () => void list(page + 1) }, 'Next page'));
+      if (answer.unreachable?.length) {
+        pager.append(h('span', { class: 'error', role: 'alert' },
+          `Not answering: ${answer.unreachable.join(', ')}; keys held only there are missing from this page.`));
+      }
     } catch (caught) {
       show(listError, describe(caught));
     }
