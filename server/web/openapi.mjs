@@ -89,8 +89,9 @@ const paths = {
           timestamp: str, expires_at: { type: ['string', 'null'] }, size: int,
         }) },
         count: int,
-        next_cursor: { type: ['string', 'null'], description: 'Pass as ?cursor= for the next page; null at the end' },
-      }), 'A page of keys in key order (this node\'s engine)'),
+        next_cursor: { type: ['string', 'null'], description: 'Pass as ?cursor= for the next page (through any node); null at the end' },
+        unreachable: { type: 'array', items: str, description: 'Cluster members that did not answer (absent when all did)' },
+      }), 'A page of keys in key order, of every member of the cluster, each key once'),
       ...errors,
     }, {
       security: dataSecurity,
@@ -104,14 +105,24 @@ const paths = {
   '/v1/watch': {
     get: op('kv (seed 000)', 'Follow changes under a prefix (Server-Sent Events)', {
       200: {
-        description: 'A stream that does not end: "ready" once, then one "put" or "delete" event per ' +
-          'change, data {"type","key","value","version","timestamp"} (key_encoding/value_encoding ' +
-          '"base64" for bytes that are not UTF-8), id "<shard>:<sequence>"',
+        description: 'A stream that does not end: "ready" once (data {"resumed"}), then one "put" or ' +
+          '"delete" event per change written through any node of the cluster, data ' +
+          '{"type","key","value","version","timestamp"} (key_encoding/value_encoding "base64" for ' +
+          'bytes that are not UTF-8); "reset" (data {"error"}) where a resumed stream lost changes. ' +
+          'The id ending each batch, {"<node id>":[<sequence per shard>],...}, sent back as ' +
+          'Last-Event-ID resumes after it',
         content: { 'text/event-stream': { schema: str } },
       },
       429: error('Too many open watch streams on this node or for this user'),
       ...errors,
-    }, { security: dataSecurity, parameters: [query('prefix', 'Only keys beginning with it')] }),
+    }, {
+      security: dataSecurity,
+      parameters: [
+        query('prefix', 'Only keys beginning with it'),
+        { name: 'Last-Event-ID', in: 'header', required: false, schema: str,
+          description: 'The id of the last event a client had: the stream resumes after it (400 when it is not such an id)' },
+      ],
+    }),
   },
   '/store/{key}': {
     parameters: [restOfPath('key')],

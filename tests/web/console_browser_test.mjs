@@ -301,6 +301,30 @@ try {
     await shot(page, '10-phone-data');
   });
 
+  await step('every page: fields labelled, the skip link first, images described', async () => {
+    await page.setViewport({ width: 1280, height: 900 });
+    for (const target of ['/', '/keys', '/data', '/watch', '/cluster']) {
+      await page.goto(`${node.url}${target}`, { waitUntil: 'networkidle0' });
+      await page.waitForSelector('main h1', wait);
+      const unlabelled = await page.$$eval('input, select, textarea', (fields) => fields
+        .filter((f) => f.type !== 'hidden' && f.labels.length === 0 && !f.getAttribute('aria-label'))
+        .map((f) => f.outerHTML));
+      expect(unlabelled.length === 0, `${target}: fields without a label: ${unlabelled.join(' ')}`);
+      const unnamed = await page.$$eval('button, a[href]', (controls) => controls
+        .filter((c) => !(c.textContent ?? '').trim() && !c.getAttribute('aria-label')).map((c) => c.outerHTML));
+      expect(unnamed.length === 0, `${target}: controls without a name: ${unnamed.join(' ')}`);
+      const images = await page.$$eval('img, canvas', (elements) => elements
+        .filter((e) => !e.getAttribute('alt') && !e.getAttribute('aria-label') && e.getAttribute('role') !== 'presentation')
+        .map((e) => e.outerHTML));
+      expect(images.length === 0, `${target}: images without a text: ${images.join(' ')}`);
+      // Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+      await page.keyboard.press('Tab');
+      const first = await page.evaluate(() => document.activeElement?.className);
+      expect(first === 'skip', `${target}: the first Tab reaches ${first}, not the skip link`);
+      expect(await page.evaluate(() => document.documentElement.lang === 'en'), `${target}: the page's language`);
+    }
+  });
+
   await step('no script errors and no Content-Security-Policy refusals', async () => {
     expect(problems.length === 0, problems.join('\n'));
   });
