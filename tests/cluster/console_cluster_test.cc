@@ -171,9 +171,11 @@ TEST_F(ConsoleClusterTest, ListsEveryKeyOfTheClusterPageByPageThroughAnyNode) {
 TEST_F(ConsoleClusterTest, WatchOnOneNodeSeesWritesThroughAnotherAndResumesOnAThird) {
   const std::string alice = ApiKey("alice");
   const std::string bob = ApiKey("bob");
-  // A key written before the stream opens exists on every node (so the
-  // first PUTs below do not wait for the new tenant to be known).
-  Put(0, alice, "w/before");
+  // A key written before the stream opens, on both its replicas before the
+  // answer (strong), so no replica applies it after the stream opened.
+  HttpAnswer before = CallUntil(200, 0, "PUT", "/v1/kv/w/before",
+                                {{"X-API-Key", alice}, {"X-Consistency", "strong"}}, "before");
+  ASSERT_EQ(before.status, 200) << before.body;
 
   absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(cluster_->http_port(1));
   ASSERT_TRUE(stream.ok()) << stream.status();

@@ -317,10 +317,16 @@ try {
         .filter((e) => !e.getAttribute('alt') && !e.getAttribute('aria-label') && e.getAttribute('role') !== 'presentation')
         .map((e) => e.outerHTML));
       expect(images.length === 0, `${target}: images without a text: ${images.join(' ')}`);
-      // Keyboard: the first Tab reaches the skip link, which moves focus to the content.
-      await page.keyboard.press('Tab');
-      const first = await page.evaluate(() => document.activeElement?.className);
-      expect(first === 'skip', `${target}: the first Tab reaches ${first}, not the skip link`);
+      // Keyboard: the skip link comes first in the tab order, and Enter on
+      // it moves the focus to the content.
+      const first = await page.evaluate(() => [...document.querySelectorAll('a[href], button, input, select, textarea, [tabindex]')]
+        .find((e) => e.tabIndex >= 0 && !e.disabled)?.className);
+      expect(first === 'skip', `${target}: the first control in tab order is "${first}", not the skip link`);
+      await page.focus('a.skip');
+      await page.keyboard.press('Enter');
+      const inMain = await page.waitForFunction(() => document.querySelector('main')?.contains(document.activeElement) ||
+        location.hash === '#main', wait).then(() => true, () => false);
+      expect(inMain, `${target}: the skip link does not lead into the content`);
       expect(await page.evaluate(() => document.documentElement.lang === 'en'), `${target}: the page's language`);
     }
   });
