@@ -19,8 +19,10 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "protocol/frame.h"
 #include "tests/cluster/cluster_process.h"
 #include "tests/rest/http_client.h"
+#include "tests/server/logkvd_process.h"
 
 namespace logkv::test {
 namespace {
@@ -239,6 +241,34 @@ TEST_F(ConsoleClusterTest, WatchOnOneNodeSeesWritesThroughAnotherAndResumesOnATh
   EXPECT_FALSE(absl::StrContains(resumed_events, "w/before")) << resumed_events;
   for (const std::string& key : keys) EXPECT_LE(Count(resumed_events, KeyEvent(key)), 1u) << key;
   for (const std::string& key : later) EXPECT_EQ(Count(resumed_events, KeyEvent(key)), 1u) << key;
+}
+
+// ReadKeys and ReadEvents read every tenant's keys: a client connection
+// (no ClusterHello with the cluster secret) is refused them.
+TEST_F(ConsoleClusterTest, AClientCannotReadKeysOrEventsAsAPeer) {
+  absl::StatusOr<RawConnection> connection = RawConnection::Connect(cluster_->port(0));
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  auto status_of = [&connection](flatbuffers::FlatBufferBuilder& builder,
+                                 protocol::Operation type, flatbuffers::Offset<void> operation) {
+    protocol::RequestBuilder request(builder);
+    request.add_request_id(7);
+    request.add_operation_type(type);
+    request.add_operation(operation);
+    builder.FinishSizePrefixed(request.Finish());
+    EXPECT_TRUE(connection->SendBytes(protocol::FrameOf(builder)).ok());
+    absl::StatusOr<std::string> answer = connection->ReadFrame();
+    EXPECT_TRUE(answer.ok()) << answer.status();
+    if (!answer.ok()) return protocol::StatusCode::Ok;
+    return flatbuffers::GetSizePrefixedRoot<protocol::Response>(answer->data())->status();
+  };
+  flatbuffers::FlatBufferBuilder keys(128);
+  EXPECT_EQ(status_of(keys, protocol::Operation::ReadKeys,
+                      protocol::CreateReadKeys(keys, 0, 0, 10).Union()),
+            protocol::StatusCode::PermissionDenied);
+  flatbuffers::FlatBufferBuilder events(128);
+  EXPECT_EQ(status_of(events, protocol::Operation::ReadEvents,
+                      protocol::CreateReadEvents(events, 0, 0, 10).Union()),
+            protocol::StatusCode::PermissionDenied);
 }
 
 }  // namespace
