@@ -5,6 +5,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "flatbuffers/flatbuffers.h"
 #include "server/control/control_generated.h"
 
@@ -31,6 +32,8 @@ std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody 
   fb::CommandBuilder command(builder);
   command.add_body_type(type);
   command.add_body(body.Union());
+  // The proposer's clock: the time of the command's audit entry.
+  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
   builder.Finish(command.Finish(), fb::CommandIdentifier());
   return Finish(builder);
 }

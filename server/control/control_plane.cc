@@ -209,6 +209,8 @@ class ControlPlane::Impl {
 
   AccountState& accounts() { return state_.accounts(); }
   AclState& access() { return state_.access(); }
+  AuditState& audit() { return state_.audit(); }
+  AuditLog* audit_log() { return audit_log_.get(); }
   std::string StateSnapshot() const { return state_.Snapshot(); }
 
  private:
@@ -262,6 +264,7 @@ class ControlPlane::Impl {
 
   ControlState state_;
   RaftFsm fsm_{&state_};
+  std::unique_ptr<AuditLog> audit_log_;  // set in Start, before Raft applies
   std::unique_ptr<AuthenticatedTransport> transport_;
   struct raft_io io_ {};
   struct raft raft_ {};
@@ -351,6 +354,24 @@ absl::Status ControlPlane::Impl::Start() {
   {
     absl::MutexLock lock(&config_mu_);
     published_ = std::move(applied);
+  }
+
+  // The audit chain: the cluster's key, derived from the secret (every
+  // member holds it, nothing of it is written), and this node's file, fed
+  // by the state machine as Raft applies (replays included: skipped by seq).
+  {
+    audit::Signer signer = audit::Signer::FromClusterSecret(options_.cluster_secret);
+    state_.audit().SetSigner(signer);
+    audit_log_ = std::make_unique<AuditLog>(
+        AuditLogOptions{.dir = (dir_ / "audit").string(),
+                        .retention_entries = options_.audit_retention_entries,
+                        .retention_age = options_.audit_retention_age},
+        std::move(signer));
+    if (absl::Status s = audit_log_->Open(); !s.ok()) return s;
+    AuditLog* log = audit_log_.get();
+    state_.audit().SetListener(AuditState::Listener{
+        .on_entries = [log](const std::vector<audit::Entry>& entries) { log->Append(entries); },
+        .on_restore = [log](const AuditChainState& chain) { log->Restore(chain); }});
   }
 
   if (int rv = uv_loop_init(&loop_); rv != 0) {
@@ -832,6 +853,8 @@ void ControlPlane::Stop() { impl_->Stop(); }
 std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
 
 AccountState* ControlPlane::accounts() { return &impl_->accounts(); }
+AuditState* ControlPlane::audit() { return &impl_->audit(); }
+AuditLog* ControlPlane::audit_log() { return impl_->audit_log(); }
 
 AclState* ControlPlane::access() { return &impl_->access(); }
 

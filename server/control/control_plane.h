@@ -43,6 +43,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/control/audit_log.h"
 #include "server/control/control_state.h"
 
 namespace logkv::server::control {
@@ -74,6 +75,10 @@ struct ControlPlaneOptions {
   std::function<void(const std::string& binary_address, std::string command,
                      std::function<void(absl::StatusOr<uint64_t>)> done)>
       forward;
+  // The audit log's file on this node (<dir>/audit): its retention
+  // (audit_log.h). Its key is derived from cluster_secret.
+  size_t audit_retention_entries = 100000;
+  absl::Duration audit_retention_age = absl::ZeroDuration();
   // Called on the control thread after the configuration's epoch rose.
   std::function<void()> on_change;
   // Called on the control thread when a command proposed on this leader is
@@ -135,6 +140,10 @@ class ControlPlane {
   // The whole state as applied here (configuration and accounts), in the
   // snapshot encoding: what a backup keeps.
   std::string StateSnapshot();
+  // The audit chain as applied here (head, last entries) and this node's
+  // file of it; valid for the life of this object once started.
+  AuditState* audit();
+  AuditLog* audit_log();
   // This node as the control plane knows it (raft id, control address).
   const Member& self() const { return self_; }
   ControlStatus Status() const;

@@ -8,6 +8,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "flatbuffers/flatbuffers.h"
 #include "server/control/control_generated.h"
 
@@ -192,6 +194,7 @@ std::string EncodeCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBo
   fb::CommandBuilder command(builder);
   command.add_body_type(type);
   command.add_body(body);
+  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
   if (options.if_epoch.has_value()) command.add_if_epoch(*options.if_epoch);
   if (options.requires_auth_on.has_value()) command.add_requires_auth_on(*options.requires_auth_on);
   builder.Finish(command.Finish(), fb::CommandIdentifier());
@@ -456,6 +459,19 @@ std::string EncodeBarrier() {
   return EncodeCommand(builder, fb::CommandBody::Barrier, barrier.Finish().Union(), {});
 }
 
+std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events) {
+  flatbuffers::FlatBufferBuilder builder(128 + 96 * events.size());
+  std::vector<flatbuffers::Offset<fb::AuditEvent>> offsets;
+  offsets.reserve(events.size());
+  for (const AuditEventRecord& event : events) {
+    offsets.push_back(fb::CreateAuditEvent(builder, event.at_ms, builder.CreateString(event.kind),
+                                           builder.CreateString(event.actor),
+                                           builder.CreateString(event.detail)));
+  }
+  auto body = fb::CreateRecordAudit(builder, builder.CreateVector(offsets));
+  return EncodeCommand(builder, fb::CommandBody::RecordAudit, body.Union(), {});
+}
+
 absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
   if (command.size() > kMaxCommandBytes) {
     return absl::InvalidArgumentError(absl::StrCat("command of ", command.size(),
@@ -467,7 +483,14 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
     return absl::InvalidArgumentError("malformed command");
   }
   const fb::Command* cmd = fb::GetCommand(bytes.data());
+  absl::StatusOr<uint64_t> result = ApplyVerified(*cmd);
+  // Every accepted change becomes an audit entry, in the committed order.
+  if (result.ok()) audit_.RecordCommand(*cmd, command, 0, *result);
+  return result;
+}
 
+absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command) {
+  const fb::Command* cmd = &command;
   {
     absl::MutexLock lock(&mu_);
     if (cmd->if_epoch().has_value() && *cmd->if_epoch() != config_.epoch) {
@@ -562,6 +585,12 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
       return ApplyReplaceMember(config_, *cmd->body_as_ReplaceMember());
     case fb::CommandBody::Barrier:
       return config_.epoch;
+    case fb::CommandBody::RecordAudit: {
+      // Its entries are the audit state's (RecordCommand); the answer is
+      // the number of events.
+      const auto* events = cmd->body_as_RecordAudit()->events();
+      return events == nullptr ? 0 : events->size();
+    }
     default:
       break;
   }
@@ -572,7 +601,7 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
 namespace {
 
 std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* accounts,
-                               const AclState* access) {
+                               const AclState* access, const AuditState* audit) {
   flatbuffers::FlatBufferBuilder builder(256 + 128 * config.members.size());
   std::vector<flatbuffers::Offset<fb::Member>> members;
   members.reserve(config.members.size());
@@ -588,9 +617,11 @@ std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* 
   if (accounts != nullptr) accounts_table = accounts->Encode(builder);
   flatbuffers::Offset<fb::Access> access_table;
   if (access != nullptr) access_table = access->Encode(builder);
+  flatbuffers::Offset<fb::AuditChain> audit_table;
+  if (audit != nullptr) audit_table = audit->Encode(builder);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
                                      config.replicas, config.vnodes_per_member, vector,
-                                     accounts_table, access_table);
+                                     accounts_table, access_table, audit_table);
   builder.Finish(snapshot, fb::CommandIdentifier());
   return Finish(builder);
 }
@@ -607,7 +638,7 @@ absl::StatusOr<const fb::Snapshot*> VerifiedSnapshot(const AlignedBytes& bytes) 
 }  // namespace
 
 std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
-  return EncodeSnapshotWith(config, nullptr, nullptr);
+  return EncodeSnapshotWith(config, nullptr, nullptr, nullptr);
 }
 
 absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view snapshot) {
@@ -690,7 +721,7 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
 
 std::string ControlState::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return EncodeSnapshotWith(config_, &accounts_, &access_);
+  return EncodeSnapshotWith(config_, &accounts_, &access_, &audit_);
 }
 
 absl::Status ControlState::Restore(absl::string_view snapshot) {
@@ -709,12 +740,17 @@ absl::Status ControlState::Restore(absl::string_view snapshot) {
     return absl::InvalidArgumentError(
         absl::StrCat("snapshot: access: ", access.status().message()));
   }
+  absl::StatusOr<AuditChainState> audit = AuditState::Decode((*root)->audit());
+  if (!audit.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("snapshot: audit: ", audit.status().message()));
+  }
   {
     absl::MutexLock lock(&mu_);
     config_ = *std::move(config);
   }
   accounts_.Replace(*std::move(accounts));
   access_.Replace(*std::move(access));
+  audit_.Replace(*std::move(audit));
   return absl::OkStatus();
 }
 

@@ -32,6 +32,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -40,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/control/account_state.h"
 #include "server/control/acl_state.h"
+#include "server/control/audit_state.h"
 
 namespace logkv::server::control {
 
@@ -113,6 +115,15 @@ std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options = {});
 std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options = {});
 // Changes nothing; answered with the epoch where the log applies it.
 std::string EncodeBarrier();
+// Events that are not commands themselves (login failures, backups, audited
+// data writes): one audit entry each, in this order (audit_state.h).
+struct AuditEventRecord {
+  int64_t at_ms = 0;
+  std::string kind;
+  std::string actor;
+  std::string detail;
+};
+std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events);
 
 class ControlState {
  public:
@@ -150,6 +161,9 @@ class ControlState {
   // Administrators, groups and ACLs, read in place by admission.
   AclState& access() { return access_; }
   const AclState& access() const { return access_; }
+  // The audit chain (audit_state.h): its key, listener and entries.
+  AuditState& audit() { return audit_; }
+  const AuditState& audit() const { return audit_; }
 
   // Decodes a snapshot's configuration without applying it (tools, tests).
   static absl::StatusOr<ClusterConfig> DecodeSnapshot(absl::string_view snapshot);
@@ -159,10 +173,14 @@ class ControlState {
  private:
   mutable absl::Mutex mu_;
   ClusterConfig config_ ABSL_GUARDED_BY(mu_);
+  absl::StatusOr<uint64_t> ApplyVerified(const fb::Command& command);
+
   // Its own lock; applied on the same thread as the configuration.
   AccountState accounts_;
   // Its own lock too; applied on the same thread, reading accounts_.
   AclState access_;
+  // Its own lock too; recorded after each command, on the apply thread.
+  AuditState audit_;
 };
 
 }  // namespace logkv::server::control

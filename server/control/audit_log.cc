@@ -1,0 +1,246 @@
+#include "server/control/audit_log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/control/control_plane.h"
+
+namespace logkv::server::control {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path) {
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return absl::InternalError(absl::StrCat("write ", path, ": ", strerror(errno)));
+    written += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+}  // namespace
+
+AuditLog::AuditLog(AuditLogOptions options, audit::Signer signer)
+    : options_(std::move(options)), signer_(std::move(signer)) {}
+
+AuditLog::~AuditLog() {
+  absl::MutexLock lock(&mu_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status AuditLog::OpenForAppend() {
+  if (fd_ >= 0) ::close(fd_);
+  const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd_ < 0) return absl::InternalError(absl::StrCat("open ", path, ": ", strerror(errno)));
+  return absl::OkStatus();
+}
+
+absl::Status AuditLog::Open() {
+  absl::MutexLock lock(&mu_);
+  std::error_code error;
+  fs::create_directories(options_.dir, error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("audit log: creating ", options_.dir, ": ", error.message()));
+  }
+  last_hash_ = audit::ZeroHash();
+  const fs::path head_path = fs::path(options_.dir) / audit::kHeadFileName;
+  std::ifstream head_in(head_path, std::ios::binary);
+  if (head_in) {
+    std::stringstream text;
+    text << head_in.rdbuf();
+    absl::StatusOr<audit::HeadFile> head = audit::HeadFileFromJson(text.str());
+    if (!head.ok()) {
+      return absl::DataLossError(
+          absl::StrCat("audit log: ", head_path.string(), ": ", head.status().message()));
+    }
+    anchor_ = head->anchor;
+    if (anchor_.has_value()) {
+      last_seq_ = anchor_->seq;
+      last_hash_ = anchor_->hash;
+    }
+  }
+  // Where the file ends: its last entry that parses (a line cut by a crash
+  // is left for a check to report; new entries follow the last whole one).
+  const std::vector<std::string> lines =
+      ReadLines((fs::path(options_.dir) / audit::kLogFileName).string());
+  for (const std::string& line : lines) {
+    absl::StatusOr<audit::Entry> entry = audit::EntryFromJson(line);
+    if (!entry.ok()) continue;
+    if (anchor_.has_value() && entry->seq <= anchor_->seq) continue;
+    if (first_seq_ == 0) {
+      first_seq_ = entry->seq;
+      first_at_ms_ = entry->at_ms;
+    }
+    if (entry->seq > last_seq_) {
+      last_seq_ = entry->seq;
+      last_hash_ = entry->hash;
+      last_at_ms_ = entry->at_ms;
+    }
+  }
+  return OpenForAppend();
+}
+
+absl::Status AuditLog::WriteHead() {
+  audit::HeadFile head;
+  head.public_key = signer_.public_key();
+  head.anchor = anchor_;
+  if (last_seq_ > 0 && (!anchor_.has_value() || last_seq_ > anchor_->seq)) {
+    head.head = signer_.Head(last_seq_, last_hash_);
+  }
+  return WriteFileAtomically((fs::path(options_.dir) / audit::kHeadFileName).string(),
+                             audit::HeadFileToJson(head));
+}
+
+absl::Status AuditLog::AppendLocked(const std::vector<const audit::Entry*>& entries) {
+  std::string text;
+  for (const audit::Entry* entry : entries) {
+    absl::StrAppend(&text, audit::EntryToJson(*entry), "\n");
+    if (first_seq_ == 0) {
+      first_seq_ = entry->seq;
+      first_at_ms_ = entry->at_ms;
+    }
+    last_seq_ = entry->seq;
+    last_hash_ = entry->hash;
+    last_at_ms_ = entry->at_ms;
+  }
+  if (text.empty()) return absl::OkStatus();
+  const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
+  if (fd_ < 0) {
+    if (absl::Status s = OpenForAppend(); !s.ok()) return s;
+  }
+  if (absl::Status s = WriteAll(fd_, text, path); !s.ok()) return s;
+  if (::fdatasync(fd_) != 0) {
+    return absl::InternalError(absl::StrCat("fdatasync ", path, ": ", strerror(errno)));
+  }
+  if (absl::Status s = WriteHead(); !s.ok()) return s;
+  return ApplyRetention();
+}
+
+absl::Status AuditLog::ApplyRetention() {
+  if (first_seq_ == 0 || last_seq_ < first_seq_) return absl::OkStatus();
+  const uint64_t held = last_seq_ - first_seq_ + 1;
+  const size_t limit = options_.retention_entries;
+  const size_t slack = std::max<size_t>(64, limit / 8);
+  const bool over_count = limit > 0 && held > limit + slack;
+  // By age: against the newest entry's time (the command's), not a clock.
+  // An eighth past the age too, so a steady trickle does not rewrite the
+  // file for every entry.
+  const int64_t age_ms = absl::ToInt64Milliseconds(options_.retention_age);
+  const bool over_age = age_ms > 0 && last_at_ms_ - first_at_ms_ > age_ms + age_ms / 8;
+  if (!over_count && !over_age) return absl::OkStatus();
+  const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
+  std::vector<std::string> lines = ReadLines(path);
+  std::vector<audit::Entry> kept;
+  kept.reserve(lines.size());
+  for (const std::string& line : lines) {
+    absl::StatusOr<audit::Entry> entry = audit::EntryFromJson(line);
+    if (entry.ok() && (!anchor_.has_value() || entry->seq > anchor_->seq)) {
+      kept.push_back(*std::move(entry));
+    }
+  }
+  if (kept.empty()) return absl::OkStatus();
+  const int64_t newest_ms = kept.back().at_ms;
+  size_t drop = 0;
+  if (limit > 0 && kept.size() > limit) drop = kept.size() - limit;
+  if (age_ms > 0) {
+    while (drop < kept.size() - 1 && newest_ms - kept[drop].at_ms > age_ms) ++drop;
+  }
+  if (drop == 0) return absl::OkStatus();
+  // The anchor first: a crash before the log is cut leaves entries before
+  // it, which a check skips.
+  anchor_ = signer_.Anchor(kept[drop - 1].seq, kept[drop - 1].hash);
+  if (absl::Status s = WriteHead(); !s.ok()) return s;
+  std::string text;
+  for (size_t i = drop; i < kept.size(); ++i) {
+    absl::StrAppend(&text, audit::EntryToJson(kept[i]), "\n");
+  }
+  if (absl::Status s = WriteFileAtomically(path, text); !s.ok()) return s;
+  first_seq_ = kept[drop].seq;
+  first_at_ms_ = kept[drop].at_ms;
+  return OpenForAppend();
+}
+
+void AuditLog::Append(const std::vector<audit::Entry>& entries) {
+  absl::MutexLock lock(&mu_);
+  std::vector<const audit::Entry*> fresh;
+  for (const audit::Entry& entry : entries) {
+    if (entry.seq <= last_seq_) continue;  // a replay after a restart
+    fresh.push_back(&entry);
+  }
+  if (fresh.empty()) return;
+  if (fresh.front()->seq != last_seq_ + 1) {
+    // Entries this node never received (it was restored from a snapshot
+    // past them): the chain is anchored just before the new ones.
+    anchor_ = signer_.Anchor(fresh.front()->seq - 1, fresh.front()->prev_hash);
+    last_seq_ = anchor_->seq;
+    last_hash_ = anchor_->hash;
+    first_seq_ = 0;
+  }
+  if (absl::Status s = AppendLocked(fresh); !s.ok()) failed_ = true;
+}
+
+void AuditLog::Restore(const AuditChainState& state) {
+  Append(std::vector<audit::Entry>(state.window.begin(), state.window.end()));
+}
+
+absl::StatusOr<AuditLog::Page> AuditLog::Read(uint64_t since, size_t limit) const {
+  absl::MutexLock lock(&mu_);
+  Page page;
+  page.public_key = signer_.public_key();
+  page.anchor = anchor_;
+  if (last_seq_ > 0 && (!anchor_.has_value() || last_seq_ > anchor_->seq)) {
+    page.head = signer_.Head(last_seq_, last_hash_);
+  }
+  // Lines are returned as written (what the chain's hashes cover).
+  std::ifstream in((fs::path(options_.dir) / audit::kLogFileName).string(), std::ios::binary);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    absl::StatusOr<audit::Entry> entry = audit::EntryFromJson(line);
+    if (!entry.ok() || entry->seq <= since) continue;
+    if (anchor_.has_value() && entry->seq <= anchor_->seq) continue;
+    if (page.entries.size() >= limit) {
+      page.more = true;
+      break;
+    }
+    page.entries.push_back(std::move(line));
+  }
+  return page;
+}
+
+bool AuditLog::healthy() const {
+  absl::MutexLock lock(&mu_);
+  return !failed_;
+}
+
+uint64_t AuditLog::last_seq() const {
+  absl::MutexLock lock(&mu_);
+  return last_seq_;
+}
+
+}  // namespace logkv::server::control

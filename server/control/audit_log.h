@@ -1,0 +1,94 @@
+// One node's file of the audit chain (docs/security.md, "Audit log"):
+// `<data>/control/audit/log.jsonl`, one entry per line in seq order, and
+// `head.json`, the public key, the anchor (the last entry dropped by
+// retention, signed) and the head (the last entry written, signed). The
+// entries come from the state machine (audit_state.h) as commands apply,
+// so a restart, which replays the Raft log or restores a snapshot, hands
+// over entries the file already has: they are skipped by seq. A snapshot
+// whose entries start past the file's end (this node missed more than a
+// snapshot holds) moves the anchor to just before them.
+//
+// Retention: at most retention_entries entries (0: no limit) and none older
+// than retention_age before the newest entry's time (0: no limit), cut in
+// steps of an eighth (at least 64 entries) so the file is not rewritten
+// for every entry. The head file is written first (the new anchor), then
+// the log; a crash between leaves entries before the anchor, which a check
+// skips.
+//
+// Thread-safety: every method may be called from any thread.
+#ifndef LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
+#define LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/control/audit_chain.h"
+#include "server/control/audit_state.h"
+
+namespace logkv::server::control {
+
+struct AuditLogOptions {
+  std::string dir;
+  size_t retention_entries = 100000;  // 0: no limit by count
+  absl::Duration retention_age = absl::ZeroDuration();  // 0: no limit by age
+};
+
+class AuditLog {
+ public:
+  AuditLog(AuditLogOptions options, audit::Signer signer);
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+  ~AuditLog();
+
+  // Creates the directory or reads where the file stands.
+  absl::Status Open() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // From the state machine's listener.
+  void Append(const std::vector<audit::Entry>& entries) ABSL_LOCKS_EXCLUDED(mu_);
+  void Restore(const AuditChainState& state) ABSL_LOCKS_EXCLUDED(mu_);
+
+  struct Page {
+    std::string public_key;  // raw
+    std::optional<audit::ChainPoint> anchor;
+    std::optional<audit::ChainPoint> head;
+    std::vector<std::string> entries;  // JSON lines, seq > since
+    bool more = false;                 // entries remain past the limit
+  };
+  // The file's entries with seq > since, at most limit (GET /api/audit).
+  absl::StatusOr<Page> Read(uint64_t since, size_t limit) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  uint64_t last_seq() const ABSL_LOCKS_EXCLUDED(mu_);
+  // False once a write failed (the disk): the file then lags the chain.
+  bool healthy() const ABSL_LOCKS_EXCLUDED(mu_);
+  const std::string& dir() const { return options_.dir; }
+
+ private:
+  absl::Status AppendLocked(const std::vector<const audit::Entry*>& entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteHead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyRetention() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OpenForAppend() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AuditLogOptions options_;
+  const audit::Signer signer_;
+  mutable absl::Mutex mu_;
+  int fd_ ABSL_GUARDED_BY(mu_) = -1;
+  std::optional<audit::ChainPoint> anchor_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_seq_ ABSL_GUARDED_BY(mu_) = 0;  // 0: none written (then the anchor's)
+  std::string last_hash_ ABSL_GUARDED_BY(mu_);
+  uint64_t first_seq_ ABSL_GUARDED_BY(mu_) = 0;  // of the first line kept (0: none)
+  int64_t first_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a write failed: logged once
+};
+
+}  // namespace logkv::server::control
+
+#endif  // LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
