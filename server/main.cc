@@ -34,6 +34,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -204,6 +205,16 @@ ABSL_FLAG(bool, backup_hard_links, false,
           "With --backup-format=directory: hard-link sealed log segments into the backup "
           "instead of copying them (same file system only; the backup then shares their "
           "blocks with the data).");
+ABSL_FLAG(uint64_t, audit_retention, 100000,
+          "Audit log entries this node keeps in its file (the oldest are dropped, the chain "
+          "anchored at the last one dropped); 0 = all.");
+ABSL_FLAG(int64_t, audit_retention_hours, 0,
+          "Audit log entries older than this (before the newest entry) are dropped; 0 = no "
+          "limit by age.");
+ABSL_FLAG(std::string, audit_prefix, "",
+          "Data writes to keys with one of these prefixes (comma-separated, as stored in the "
+          "engine: with --auth=on a tenant's keys are \\0t<user id>/...) are recorded in the "
+          "audit log.");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -235,7 +246,8 @@ const std::vector<FlagGroup>& FlagGroups() {
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
         "max_watches_per_connection", "max_watches_per_user"}},
       {"Accounts and access",
-       {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst", "read_only"}},
+       {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst", "read_only",
+        "audit_retention", "audit_retention_hours", "audit_prefix"}},
       {"Cluster",
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
@@ -719,6 +731,15 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.slow_request_threshold = absl::GetFlag(FLAGS_slow_request_threshold);
   if (options.slow_request_threshold < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_request_threshold must not be negative");
+  }
+  options.audit_retention = static_cast<size_t>(absl::GetFlag(FLAGS_audit_retention));
+  options.audit_retention_age = absl::Hours(absl::GetFlag(FLAGS_audit_retention_hours));
+  for (absl::string_view prefix :
+       absl::StrSplit(absl::GetFlag(FLAGS_audit_prefix), ',', absl::SkipEmpty())) {
+    // C escapes allowed: --audit-prefix='\0t1/' names user 1's keys.
+    std::string unescaped;
+    if (!absl::CUnescape(prefix, &unescaped)) unescaped = std::string(prefix);
+    options.audit_prefixes.push_back(std::move(unescaped));
   }
   options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
   options.backup_schedule = absl::GetFlag(FLAGS_backup_schedule);

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,7 @@
 #include "server/core/periodic_worker.h"
 #include "server/http/access_routes.h"
 #include "server/http/account_routes.h"
+#include "server/http/audit_routes.h"
 #include "server/http/backup_routes.h"
 #include "server/http/cluster_routes.h"
 #include "server/http/data_routes.h"
@@ -1053,6 +1055,19 @@ void Node::AddRoutes() {
                                      "take or inspect backups");
       }});
   backup_routes_->AddTo(router_.get());
+  audit_routes_ = std::make_unique<http::AuditRoutes>(http::AuditRoutesDependencies{
+      .read = [this](uint64_t since, size_t limit) -> absl::StatusOr<std::string> {
+        control::ControlPlane* control = control_plane();
+        if (control == nullptr || control->audit_log() == nullptr) {
+          return absl::UnavailableError("the control plane is not running yet");
+        }
+        return control->audit_log()->ReadJson(since, limit);
+      },
+      .authorize_admin = [admin](const http::HttpRequest& request, http::HttpResponse* refusal) {
+        return admin->AuthorizeAdmin(request, refusal, "reading the audit log",
+                                     "read the audit log");
+      }});
+  audit_routes_->AddTo(router_.get());
   if (auth_store_ != nullptr) {
     http::AccountRoutesOptions account_options;
     account_options.login_throttle = login_throttle_.get();
@@ -1339,6 +1354,8 @@ absl::Status Node::StartControlPlane() {
   options.self.http_address = cluster_->options().http_advertise;
   options.bootstrap = options_.seeds.empty();
   options.max_voters = options_.control_voters;
+  options.audit_retention_entries = options_.audit_retention;
+  options.audit_retention_age = options_.audit_retention_age;
   cluster::ClusterNode* const member = cluster_.get();
   options.is_alive = [member](const std::string& node_id) {
     return member->membership() != nullptr && member->membership()->IsAlive(node_id);
@@ -2078,6 +2095,32 @@ absl::Status Node::StartFlusher() {
         std::make_unique<PeriodicWorker>("control-rejoin", [this] { RejoinIfLeft(); }, every_second);
     if (absl::Status status = rejoin_worker_->Start(); !status.ok()) return status;
   }
+  if (!options_.audit_prefixes.empty()) {
+    // Audited data writes: offered by the service, buffered here, proposed
+    // in batches. The policy today is --audit-prefix; an ACL's audit flag
+    // plugs in as another predicate.
+    std::vector<std::string> prefixes = options_.audit_prefixes;
+    service_->SetWriteAudit(Service::WriteAudit{
+        .audited =
+            [prefixes](absl::string_view engine_key) {
+              for (const std::string& prefix : prefixes) {
+                if (absl::StartsWith(engine_key, prefix)) return true;
+              }
+              return false;
+            },
+        .record =
+            [this](absl::string_view engine_key, bool is_put) {
+              RecordAuditEvent(is_put ? "data.put" : "data.delete", "",
+                               absl::StrCat("key=\"", absl::CHexEscape(engine_key.substr(0, 256)),
+                                            engine_key.size() > 256 ? "...\"" : "\""));
+            }});
+    PeriodicWorkerOptions every_100ms;
+    every_100ms.interval = absl::Milliseconds(100);
+    every_100ms.initial_delay = absl::Milliseconds(100);
+    audit_flusher_ = std::make_unique<PeriodicWorker>("audit-flush", [this] { FlushAuditEvents(); },
+                                                      every_100ms);
+    if (absl::Status status = audit_flusher_->Start(); !status.ok()) return status;
+  }
   if (auth_store_ == nullptr) return absl::OkStatus();
   // Last-use times of API keys are noted in memory and written in batches.
   PeriodicWorkerOptions every_5s;
@@ -2086,6 +2129,53 @@ absl::Status Node::StartFlusher() {
   flusher_ = std::make_unique<PeriodicWorker>(
       "key-last-use", [this] { LogLastUseFailure(auth_store_->FlushLastUsed()); }, every_5s);
   return flusher_->Start();
+}
+
+void Node::RecordAuditEvent(std::string kind, std::string actor, std::string detail) {
+  // Bounded: past this many pending events (the control plane cannot keep
+  // up), they are counted and the count is recorded instead.
+  constexpr size_t kMaxPendingAuditEvents = 20000;
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  absl::MutexLock lock(&audit_mu_);
+  if (audit_events_.size() >= kMaxPendingAuditEvents) {
+    ++audit_dropped_;
+    return;
+  }
+  audit_events_.push_back(
+      PendingAuditEvent{now_ms, std::move(kind), std::move(actor), std::move(detail)});
+}
+
+void Node::FlushAuditEvents() {
+  control::ControlPlane* control = control_plane();
+  if (control == nullptr) return;
+  std::vector<PendingAuditEvent> events;
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&audit_mu_);
+    events.swap(audit_events_);
+    std::swap(dropped, audit_dropped_);
+  }
+  if (dropped > 0) {
+    events.push_back(PendingAuditEvent{
+        absl::ToUnixMillis(absl::Now()), "audit.dropped", "",
+        absl::StrCat(dropped, " audited writes were not recorded (over the pending bound)")});
+  }
+  // Commands of at most 1000 events (each at most ~1.3 KiB: under the
+  // command limit).
+  constexpr size_t kEventsPerCommand = 1000;
+  for (size_t start = 0; start < events.size(); start += kEventsPerCommand) {
+    std::vector<control::AuditEventRecord> batch;
+    for (size_t i = start; i < std::min(events.size(), start + kEventsPerCommand); ++i) {
+      batch.push_back(control::AuditEventRecord{events[i].at_ms, std::move(events[i].kind),
+                                                std::move(events[i].actor),
+                                                std::move(events[i].detail)});
+    }
+    control->Submit(control::EncodeRecordAudit(batch), [](absl::StatusOr<uint64_t> result) {
+      if (!result.ok()) {
+        Log(Level::kWarning, "audit: recording events failed: %s", result.status().message());
+      }
+    });
+  }
 }
 
 absl::Status Node::Stop() {
@@ -2113,6 +2203,10 @@ absl::Status Node::Stop() {
     LogLastUseFailure(auth_store_->FlushLastUsed());
   }
   if (rejoin_worker_ != nullptr) rejoin_worker_->Stop();
+  if (audit_flusher_ != nullptr) {
+    audit_flusher_->Stop();
+    FlushAuditEvents();  // while the control plane still runs
+  }
   // The hooks earlier parts hold into later ones (anti-entropy, the
   // background threads), then the background threads.
   if (coordinator_ != nullptr) {

@@ -62,6 +62,7 @@ class BackupManager;
 }  // namespace backup
 namespace http {
 class BackupRoutes;
+class AuditRoutes;
 class ClusterRoutes;
 class DataRoutes;
 class NodeUrl;
@@ -187,6 +188,14 @@ struct NodeOptions {
   uint64_t backup_rate_limit = 32ull << 20;  // --backup_rate_limit, bytes/s; 0 = unlimited
   std::string backup_format = "archive";     // --backup_format: archive | directory
   bool backup_hard_links = false;            // --backup_hard_links (directory format)
+
+  // ---- Audit log (docs/security.md, "Audit log").
+  size_t audit_retention = 100000;  // --audit_retention: entries in this node's file; 0 = all
+  absl::Duration audit_retention_age = absl::ZeroDuration();  // --audit_retention_hours; 0 = none
+  // --audit_prefix: data writes whose engine key starts with one of these
+  // are audited (with accounts on, a tenant's keys are "\0t<user id>/..."
+  // in the engine; "" audits every write).
+  std::vector<std::string> audit_prefixes;
 
   // Every check logkvd makes of its flags before it opens anything, with
   // logkvd's messages (they name the flags). OK when the node may start.
@@ -347,6 +356,7 @@ class Node {
   std::unique_ptr<http::DataRoutes> data_routes_;
   std::unique_ptr<http::ClusterRoutes> cluster_routes_;
   std::unique_ptr<http::BackupRoutes> backup_routes_;
+  std::unique_ptr<http::AuditRoutes> audit_routes_;
   // Looked up once, found by index at answer time.
   std::vector<HttpRouteMetrics*> route_metrics_;
   HttpRouteMetrics* unrouted_metrics_ = nullptr;
@@ -379,6 +389,20 @@ class Node {
   std::unique_ptr<PeriodicWorker> flusher_;
   // Re-adds this node to the control plane after a leave and a join.
   std::unique_ptr<PeriodicWorker> rejoin_worker_;
+  // Audit events that are not commands (audited data writes), proposed to
+  // the control plane in batches (RecordAudit) every 100 ms.
+  struct PendingAuditEvent {
+    int64_t at_ms = 0;
+    std::string kind;
+    std::string actor;
+    std::string detail;
+  };
+  void RecordAuditEvent(std::string kind, std::string actor, std::string detail);
+  void FlushAuditEvents();
+  absl::Mutex audit_mu_;
+  std::vector<PendingAuditEvent> audit_events_ ABSL_GUARDED_BY(audit_mu_);
+  uint64_t audit_dropped_ ABSL_GUARDED_BY(audit_mu_) = 0;
+  std::unique_ptr<PeriodicWorker> audit_flusher_;
   // A leave is under way: the rejoin worker waits (it would otherwise add
   // back a node whose RemoveMember committed before gossip says it left).
   std::atomic<bool> leaving_{false};

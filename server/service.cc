@@ -558,6 +558,17 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   return Outcome::kAnswered;
 }
 
+void Service::SetWriteAudit(WriteAudit audit) {
+  owned_write_audit_ = std::make_unique<WriteAudit>(std::move(audit));
+  write_audit_.store(owned_write_audit_.get(), std::memory_order_release);
+}
+
+void Service::AuditWrite(absl::string_view engine_key, bool is_put) const {
+  const WriteAudit* audit = write_audit_.load(std::memory_order_acquire);
+  if (audit == nullptr || !audit->audited(engine_key)) return;
+  audit->record(engine_key, is_put);
+}
+
 Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id,
                                       const p::Request& request,
                                       flatbuffers::FlatBufferBuilder* b,
@@ -602,6 +613,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
   }
+  AuditWrite(key, is_put);
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     if (options.if_version.has_value()) {
       p::BuildStatusResponse(b, id, CompareAndSetError());
@@ -743,6 +755,7 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       record(i, status);
       continue;
     }
+    AuditWrite(*key, !item->delete_());
     auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
       record(i, std::move(result));
     };
@@ -810,6 +823,7 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         record(i, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
         continue;
       }
+      AuditWrite(*key, !item->delete_());
       std::optional<std::string> value;
       if (!item->delete_()) value.emplace(p::View(item->value()));
       coordinator->Write(std::string(*key), std::move(value), item->ttl_ms(), batch.consistency(),

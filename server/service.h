@@ -29,12 +29,14 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
@@ -132,6 +134,20 @@ class Service {
   void SetMembersSource(MembersFunction members) ABSL_LOCKS_EXCLUDED(node_id_mu_);
   std::string NodeId() const ABSL_LOCKS_EXCLUDED(node_id_mu_);
 
+  // Data-write auditing (docs/security.md, "Audit log"): each write the
+  // service accepts (a Put, a Delete, each item of a Batch; on every route,
+  // dialect and the binary protocol, which all come here), once its engine
+  // key is known and before its outcome, is offered to audited(engine_key),
+  // and recorded with record() when it says so. The predicate is the
+  // policy (today --audit-prefix; an ACL's audit flag later); it runs on
+  // the I/O loops, so it must be cheap and thread-safe. Set it once,
+  // before the first request; unset, a write pays one atomic load.
+  struct WriteAudit {
+    std::function<bool(absl::string_view engine_key)> audited;
+    std::function<void(absl::string_view engine_key, bool is_put)> record;
+  };
+  void SetWriteAudit(WriteAudit audit);
+
   engine::Engine* engine() const { return engine_; }
   ServerCounters* counters() const { return counters_; }
   const ServiceConfig& config() const { return config_; }
@@ -180,6 +196,10 @@ class Service {
   std::string node_id_ ABSL_GUARDED_BY(node_id_mu_);
   MembersFunction members_ ABSL_GUARDED_BY(node_id_mu_);
   std::atomic<Coordinator*> coordinator_{nullptr};
+  // Offers a write to the audit hook, if any.
+  void AuditWrite(absl::string_view engine_key, bool is_put) const;
+  std::unique_ptr<WriteAudit> owned_write_audit_;
+  std::atomic<const WriteAudit*> write_audit_{nullptr};
 };
 
 // The engine key of a client's key in context's namespace, built in *scratch

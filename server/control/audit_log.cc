@@ -233,6 +233,22 @@ absl::StatusOr<AuditLog::Page> AuditLog::Read(uint64_t since, size_t limit) cons
   return page;
 }
 
+absl::StatusOr<std::string> AuditLog::ReadJson(uint64_t since, size_t limit) const {
+  absl::StatusOr<Page> page = Read(since, limit);
+  if (!page.ok()) return page.status();
+  audit::HeadFile head{.public_key = page->public_key, .anchor = page->anchor, .head = page->head};
+  std::string text = audit::HeadFileToJson(head);
+  // {"public_key":..,"anchor":..,"head":..} + the entries as written.
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (!text.empty() && text.back() == '}') text.pop_back();  // the object's own
+  absl::StrAppend(&text, ",\"entries\":[");
+  for (size_t i = 0; i < page->entries.size(); ++i) {
+    absl::StrAppend(&text, i == 0 ? "" : ",", page->entries[i]);
+  }
+  absl::StrAppend(&text, "],\"more\":", page->more ? "true" : "false", "}");
+  return text;
+}
+
 bool AuditLog::healthy() const {
   absl::MutexLock lock(&mu_);
   return !failed_;

@@ -64,6 +64,11 @@ class AuditLog {
   // The file's entries with seq > since, at most limit (GET /api/audit).
   absl::StatusOr<Page> Read(uint64_t since, size_t limit) const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The same as GET /api/audit's body: {"public_key", "anchor", "head",
+  // "entries": [...], "more"}.
+  absl::StatusOr<std::string> ReadJson(uint64_t since, size_t limit) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   uint64_t last_seq() const ABSL_LOCKS_EXCLUDED(mu_);
   // False once a write failed (the disk): the file then lags the chain.
   bool healthy() const ABSL_LOCKS_EXCLUDED(mu_);
