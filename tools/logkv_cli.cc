@@ -17,6 +17,7 @@
 //   logkv backup list DIR            the backups in DIR (no node needed)
 //   logkv backup verify PATH         reads every byte, checks every checksum
 //   logkv backup restore PATH DIR    into an empty or new data directory
+//   logkv [flags] audit verify       checks the audit log (GET /api/audit, or --data-dir)
 //
 // Flags may stand before or after the command, as --name=value or --name
 // value, with dashes or underscores (--keys-only = --keys_only). The node is
@@ -38,8 +39,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,6 +62,7 @@
 #include "protocol/version.h"
 #include "nlohmann/json.hpp"
 #include "server/backup/backup.h"
+#include "server/control/audit_chain.h"
 #include "server/http/http_fetch.h"
 
 ABSL_FLAG(std::string, target, "",
@@ -100,6 +104,12 @@ ABSL_FLAG(std::string, tls_key, "",
 ABSL_FLAG(std::string, tls_server_name, "",
           "With --tls: the name the node's certificate must carry (default: the host of "
           "--target).");
+ABSL_FLAG(std::string, data_dir, "",
+          "audit verify: check the audit log of this data directory (offline) instead of "
+          "asking --http-target.");
+ABSL_FLAG(std::string, public_key, "",
+          "audit verify: the cluster's audit public key (64 hex digits) to check signatures "
+          "against; default: the key the log names (trust on first use).");
 ABSL_FLAG(std::string, http_target, "",
           "nodes/leave: the node's HTTP address, host:port (default $LOGKV_HTTP_TARGET, else "
           "127.0.0.1:8080).");
@@ -212,6 +222,15 @@ const std::vector<CommandHelp>& Commands() {
        "the --token's user may do at PREFIX.",
        {"group", "owner", "audit", "namespace_user"}, false, true,
        "logkv acl set home/room/ cdwrcdwr---- --group=room"},
+      {"audit", nullptr, "audit verify [--data-dir=DIR] [--public-key=HEX]",
+       "checks the audit log's chain and signatures",
+       "verify: reads the audit log of the node at --http-target (GET /api/audit, every page; "
+       "needs --cluster-secret, or --token with the administrator's key), or offline the file "
+       "in DIR/control/audit of a stopped node's --data-dir, and checks every entry's hash, "
+       "its link to the one before, its signature, the anchor and the head. Prints the chain "
+       "head, or names the first bad entry (exit code 2).",
+       {"data_dir", "public_key"}, false, true,
+       "logkv audit verify --data-dir=/var/lib/logkv --public-key=9f2c..."},
       {"ping", nullptr, "ping", "checks that the node answers",
        "Connects and pings the node; prints PONG.", {}, true, false, "logkv ping"},
       {"help", nullptr, "help [COMMAND]", "prints this list, or a command's help",
@@ -960,6 +979,88 @@ int BackupCreate() {
   }
 }
 
+int PrintAuditResult(const server::audit::VerifyResult& result, absl::string_view public_key) {
+  const std::string key = server::audit::Hex(public_key);
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json out = {{"ok", result.ok},
+                          {"entries", result.entries},
+                          {"first_seq", result.first_seq},
+                          {"last_seq", result.last_seq},
+                          {"head_hash", server::audit::Hex(result.last_hash)},
+                          {"public_key", key}};
+    if (!result.ok) {
+      out["bad_seq"] = result.bad_seq.value_or(0);
+      out["problem"] = result.problem;
+    }
+    PrintJson(out);
+  } else if (result.ok) {
+    std::printf("OK: %llu entries (%llu to %llu), head %s, key %s\n",
+                static_cast<unsigned long long>(result.entries),
+                static_cast<unsigned long long>(result.first_seq),
+                static_cast<unsigned long long>(result.last_seq),
+                server::audit::Hex(result.last_hash).c_str(), key.c_str());
+  }
+  if (!result.ok) {
+    return Fail(absl::StrCat("audit log: entry ", result.bad_seq.value_or(0), " is bad: ",
+                             result.problem));
+  }
+  return kExitOk;
+}
+
+int AuditVerify() {
+  std::string public_key;
+  if (const std::string hex = absl::GetFlag(FLAGS_public_key); !hex.empty()) {
+    absl::StatusOr<std::string> raw = server::audit::Unhex(hex, server::audit::kPublicKeyBytes);
+    if (!raw.ok()) return Fail("--public-key must be 64 hex digits");
+    public_key = *std::move(raw);
+  }
+  if (const std::string dir = absl::GetFlag(FLAGS_data_dir); !dir.empty()) {
+    const std::string audit_dir = absl::StrCat(dir, "/control/audit");
+    absl::StatusOr<server::audit::VerifyResult> result =
+        server::audit::VerifyDirectory(audit_dir, public_key);
+    if (!result.ok()) return Fail(result.status().message());
+    if (public_key.empty()) {
+      std::ifstream in(absl::StrCat(audit_dir, "/", server::audit::kHeadFileName));
+      std::stringstream text;
+      text << in.rdbuf();
+      absl::StatusOr<server::audit::HeadFile> head = server::audit::HeadFileFromJson(text.str());
+      if (head.ok()) public_key = head->public_key;
+    }
+    return PrintAuditResult(*result, public_key);
+  }
+  // Over HTTP: every page, then one check of the whole.
+  std::vector<std::string> lines;
+  std::optional<server::audit::ChainPoint> anchor;
+  std::optional<server::audit::ChainPoint> head;
+  std::string named_key;
+  uint64_t since = 0;
+  for (bool first = true;; first = false) {
+    absl::StatusOr<HttpResult> result =
+        HttpCall("GET", absl::StrCat("/api/audit?since=", since, "&limit=10000"), "");
+    if (!result.ok()) return Fail(result.status().ToString());
+    if (result->status != 200) return Fail(HttpError(*result));
+    nlohmann::json page = nlohmann::json::parse(result->body, nullptr, false);
+    if (!page.is_object() || !page.contains("entries") || !page["entries"].is_array()) {
+      return Fail("GET /api/audit answered something else than an audit page");
+    }
+    if (first) {
+      absl::StatusOr<server::audit::HeadFile> points =
+          server::audit::HeadFileFromJson(result->body);
+      if (!points.ok()) return Fail(absl::StrCat("GET /api/audit: ", points.status().message()));
+      anchor = points->anchor;
+      head = points->head;
+      named_key = points->public_key;
+    }
+    for (const nlohmann::json& entry : page["entries"]) {
+      lines.push_back(entry.dump());
+      since = entry.value("seq", since);
+    }
+    if (!page.value("more", false) || page["entries"].empty()) break;
+  }
+  if (public_key.empty()) public_key = named_key;
+  return PrintAuditResult(server::audit::VerifyLines(lines, anchor, head, public_key), public_key);
+}
+
 int BackupStatus() {
   absl::StatusOr<nlohmann::json> status = BackupStatusJson();
   if (!status.ok()) return Fail(status.status().message());
@@ -1305,6 +1406,11 @@ int Main(int argc, char** argv) {
   if (command == "user") return Users(arguments);
   if (command == "group") return Groups(arguments);
   if (command == "acl") return Acl(arguments);
+  if (command == "audit") {
+    const std::vector<std::string>& args = arguments.positionals;
+    if (args.size() != 2 || args[1] != "verify") return Fail("usage: logkv audit verify");
+    return AuditVerify();
+  }
   if (arguments.positionals.size() > 1) {
     return Fail(
         absl::StrCat("unexpected argument \"", arguments.positionals[1], "\" for ", command));

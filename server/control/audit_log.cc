@@ -83,6 +83,7 @@ absl::Status AuditLog::Open() {
       last_seq_ = anchor_->seq;
       last_hash_ = anchor_->hash;
     }
+    head_ = head->head;
   }
   // Where the file ends: its last entry that parses (a line cut by a crash
   // is left for a check to report; new entries follow the last whole one).
@@ -101,6 +102,13 @@ absl::Status AuditLog::Open() {
       last_hash_ = entry->hash;
       last_at_ms_ = entry->at_ms;
     }
+  }
+  // A log that ends before its head was cut while the node was down: new
+  // entries follow the head, so the check still names the missing ones
+  // (the file is never healed by moving the anchor).
+  if (head_.has_value() && head_->seq > last_seq_) {
+    last_seq_ = head_->seq;
+    last_hash_ = head_->hash;
   }
   return OpenForAppend();
 }
@@ -185,7 +193,9 @@ absl::Status AuditLog::ApplyRetention() {
   return OpenForAppend();
 }
 
-void AuditLog::Append(const std::vector<audit::Entry>& entries) {
+void AuditLog::Append(const std::vector<audit::Entry>& entries) { Add(entries, false); }
+
+void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot) {
   absl::MutexLock lock(&mu_);
   std::vector<const audit::Entry*> fresh;
   for (const audit::Entry& entry : entries) {
@@ -193,7 +203,7 @@ void AuditLog::Append(const std::vector<audit::Entry>& entries) {
     fresh.push_back(&entry);
   }
   if (fresh.empty()) return;
-  if (fresh.front()->seq != last_seq_ + 1) {
+  if (from_snapshot && fresh.front()->seq != last_seq_ + 1) {
     // Entries this node never received (it was restored from a snapshot
     // past them): the chain is anchored just before the new ones.
     anchor_ = signer_.Anchor(fresh.front()->seq - 1, fresh.front()->prev_hash);
@@ -205,7 +215,7 @@ void AuditLog::Append(const std::vector<audit::Entry>& entries) {
 }
 
 void AuditLog::Restore(const AuditChainState& state) {
-  Append(std::vector<audit::Entry>(state.window.begin(), state.window.end()));
+  Add(std::vector<audit::Entry>(state.window.begin(), state.window.end()), true);
 }
 
 absl::StatusOr<AuditLog::Page> AuditLog::Read(uint64_t since, size_t limit) const {

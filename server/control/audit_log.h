@@ -75,6 +75,7 @@ class AuditLog {
   const std::string& dir() const { return options_.dir; }
 
  private:
+  void Add(const std::vector<audit::Entry>& entries, bool from_snapshot) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status AppendLocked(const std::vector<const audit::Entry*>& entries)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteHead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -86,6 +87,7 @@ class AuditLog {
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_) = -1;
   std::optional<audit::ChainPoint> anchor_ ABSL_GUARDED_BY(mu_);
+  std::optional<audit::ChainPoint> head_ ABSL_GUARDED_BY(mu_);  // as read at Open
   uint64_t last_seq_ ABSL_GUARDED_BY(mu_) = 0;  // 0: none written (then the anchor's)
   std::string last_hash_ ABSL_GUARDED_BY(mu_);
   uint64_t first_seq_ ABSL_GUARDED_BY(mu_) = 0;  // of the first line kept (0: none)

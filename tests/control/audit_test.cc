@@ -401,6 +401,25 @@ TEST_F(AuditLogTest, ASnapshotPastTheFileAnchorsBeforeItsEntries) {
   EXPECT_EQ(result.last_seq, 5003u);
 }
 
+// A log cut while the node was down is not healed by the restart: new
+// entries follow the head, and the check names the first missing one.
+TEST_F(AuditLogTest, ALogCutWhileDownStaysCut) {
+  ControlState state;
+  {
+    std::unique_ptr<AuditLog> log = OpenLog(&state);
+    Record(state, 6);
+  }
+  std::vector<std::string> lines = absl::StrSplit(ReadLog(), '\n', absl::SkipEmpty());
+  lines.resize(4);
+  WriteLog(absl::StrCat(absl::StrJoin(lines, "\n"), "\n"));
+  ControlState again;
+  std::unique_ptr<AuditLog> log = OpenLog(&again);
+  Record(again, 8);
+  VerifyResult result = Verify();
+  EXPECT_FALSE(result.ok);
+  EXPECT_EQ(result.bad_seq, 5u) << result.problem;
+}
+
 TEST_F(AuditLogTest, OfflineEditsAreFoundAtTheRightEntry) {
   ControlState state;
   std::unique_ptr<AuditLog> log = OpenLog(&state);
