@@ -763,6 +763,13 @@ absl::Status Node::StartEngine() {
   // Raft ids and addresses, for restoring a cluster. A restored node does
   // not read it: it starts without control-plane state and joins (or takes
   // its member's place) through --seeds, or starts a new cluster.
+  backup_options.on_finished = [this](const std::string& name, const absl::Status& result,
+                                      uint64_t stored_bytes) {
+    RecordAuditEvent(result.ok() ? "backup.done" : "backup.failed", "",
+                     result.ok() ? absl::StrCat("name=\"", name, "\" stored_bytes=", stored_bytes)
+                                 : absl::StrCat("name=\"", name, "\" error=\"",
+                                                absl::CHexEscape(result.message()), "\""));
+  };
   backup_options.control_plane_snapshot = [this]() -> absl::StatusOr<backup::ExtraFile> {
     control::ControlPlane* control = control_plane();
     if (control == nullptr) {
@@ -1072,7 +1079,12 @@ void Node::AddRoutes() {
     http::AccountRoutesOptions account_options;
     account_options.login_throttle = login_throttle_.get();
     account_options.on_auth_failure = [this] { metrics_.auth_failures()->Inc(); };
-    account_options.on_throttled = [this] { metrics_.rate_limited()->Inc(); };
+    account_options.on_throttled = [this] {
+      metrics_.rate_limited()->Inc();
+      // Login failures past the throttle's free ones: counted here, recorded
+      // in the audit log as one entry a minute at most (FlushAuditEvents).
+      logins_throttled_.fetch_add(1, std::memory_order_relaxed);
+    };
     account_options.max_json_depth = options_.max_json_depth;
     http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
                            std::move(account_options));
@@ -2095,6 +2107,15 @@ absl::Status Node::StartFlusher() {
         std::make_unique<PeriodicWorker>("control-rejoin", [this] { RejoinIfLeft(); }, every_second);
     if (absl::Status status = rejoin_worker_->Start(); !status.ok()) return status;
   }
+  if (!options_.audit_prefixes.empty() || auth_store_ != nullptr ||
+      !options_.backup_dir.empty()) {
+    PeriodicWorkerOptions every_100ms;
+    every_100ms.interval = absl::Milliseconds(100);
+    every_100ms.initial_delay = absl::Milliseconds(100);
+    audit_flusher_ = std::make_unique<PeriodicWorker>("audit-flush", [this] { FlushAuditEvents(); },
+                                                      every_100ms);
+    if (absl::Status status = audit_flusher_->Start(); !status.ok()) return status;
+  }
   if (!options_.audit_prefixes.empty()) {
     // Audited data writes: offered by the service, buffered here, proposed
     // in batches. The policy today is --audit-prefix; an ACL's audit flag
@@ -2114,12 +2135,6 @@ absl::Status Node::StartFlusher() {
                                absl::StrCat("key=\"", absl::CHexEscape(engine_key.substr(0, 256)),
                                             engine_key.size() > 256 ? "...\"" : "\""));
             }});
-    PeriodicWorkerOptions every_100ms;
-    every_100ms.interval = absl::Milliseconds(100);
-    every_100ms.initial_delay = absl::Milliseconds(100);
-    audit_flusher_ = std::make_unique<PeriodicWorker>("audit-flush", [this] { FlushAuditEvents(); },
-                                                      every_100ms);
-    if (absl::Status status = audit_flusher_->Start(); !status.ok()) return status;
   }
   if (auth_store_ == nullptr) return absl::OkStatus();
   // Last-use times of API keys are noted in memory and written in batches.
@@ -2154,6 +2169,18 @@ void Node::FlushAuditEvents() {
     absl::MutexLock lock(&audit_mu_);
     events.swap(audit_events_);
     std::swap(dropped, audit_dropped_);
+  }
+  // Throttled logins: one entry a minute at most (and at the last flush),
+  // so that guessing passwords cannot flood the log.
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  if (logins_throttled_.load(std::memory_order_relaxed) > 0 &&
+      (now_ms - last_throttle_entry_ms_ >= 60'000 || stopping_.load())) {
+    const uint64_t throttled = logins_throttled_.exchange(0, std::memory_order_relaxed);
+    last_throttle_entry_ms_ = now_ms;
+    events.push_back(PendingAuditEvent{
+        now_ms, "login.throttled", "",
+        absl::StrCat(throttled, " login attempts refused by the throttle (failures past the "
+                                "free ones) on this node since the last such entry")});
   }
   if (dropped > 0) {
     events.push_back(PendingAuditEvent{

@@ -228,6 +228,10 @@ void BackupManager::RunOne(const std::string& name) {
     status_.last_error = std::string(created.status().message());
     Log(Level::kError, "backup %s failed: %s", name, created.status().message());
   }
+  if (options_.on_finished) {
+    options_.on_finished(name, created.ok() ? absl::OkStatus() : created.status(),
+                         created.ok() ? created->stored_bytes : 0);
+  }
 }
 
 }  // namespace logkv::server::backup

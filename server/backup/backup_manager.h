@@ -39,6 +39,12 @@ struct BackupManagerOptions {
   // The control plane's snapshot, stored beside the engine's files (the
   // Node gives "control/configuration-at-backup"); null: none.
   std::function<absl::StatusOr<ExtraFile>()> control_plane_snapshot;
+  // Called once each backup ends (success or failure), on the backup's
+  // thread, under the manager's lock: it must not call the manager (the
+  // audit log records it); null: none.
+  std::function<void(const std::string& name, const absl::Status& result,
+                     uint64_t stored_bytes)>
+      on_finished;
 };
 
 // Checks the options (the schedule parses, the format is known); the

@@ -25,6 +25,16 @@ absl::string_view Bytes(const flatbuffers::Vector<uint8_t>* v) {
 std::string Q(absl::string_view text) { return absl::StrCat("\"", absl::CHexEscape(text), "\""); }
 std::string Q(const flatbuffers::String* text) { return Q(View(text)); }
 
+// An event's text as given when it is printable ASCII (a node escapes what
+// it reports), else C-escaped whole: entries stay ASCII, so their JSON form
+// round-trips byte for byte.
+std::string Ascii(absl::string_view text) {
+  for (char c : text) {
+    if (c < 0x20 || c > 0x7e) return absl::CHexEscape(text);
+  }
+  return std::string(text);
+}
+
 // What an entry says of a command: its fields that matter to an auditor,
 // never a secret (the JWT secret, a password hash, a key's hash). A command
 // type not named here is still recorded, with its name and result.
@@ -154,9 +164,9 @@ void AuditState::RecordCommand(const fb::Command& command, absl::string_view byt
       for (const fb::AuditEvent* event : *events) {
         audit::Entry entry;
         entry.at_ms = event->at_ms();
-        entry.kind = absl::CHexEscape(View(event->kind()));
-        entry.actor = absl::CHexEscape(View(event->actor()));
-        entry.detail = absl::CHexEscape(View(event->detail()));
+        entry.kind = Ascii(View(event->kind()));
+        entry.actor = Ascii(View(event->actor()));
+        entry.detail = Ascii(View(event->detail()));
         entry.code = code;
         entry.value = value;
         entry.command_hash = command_hash;

@@ -218,12 +218,24 @@ TEST(AuditStateTest, AcceptedCommandsBecomeEntriesInOrderAlikeOnEveryServer) {
   EXPECT_EQ(chain.window[4].detail, "username=\"alice\"");
   EXPECT_EQ(chain.window[4].value, 1u);  // the user id assigned
   EXPECT_EQ(chain.window[5].actor, "user 7");
+  EXPECT_EQ(chain.window[5].detail, "key=\"a\"");  // printable ASCII: as given
   EXPECT_EQ(chain.window[5].at_ms, 1234);
   std::vector<std::string> lines;
   for (const Entry& entry : chain.window) lines.push_back(audit::EntryToJson(entry));
   VerifyResult result =
       audit::VerifyLines(lines, std::nullopt, std::nullopt, a.audit().public_key());
   EXPECT_TRUE(result.ok) << result.problem;
+}
+
+TEST(AuditStateTest, EventTextIsKeptAsciiSoItsJsonRoundTrips) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeRecordAudit({{1, "data.put", "", std::string("k\xff\n\0", 4)}}))
+                  .ok());
+  const Entry entry = state.audit().Current().window.back();
+  EXPECT_EQ(entry.detail, "k\\xff\\n\\x00");
+  absl::StatusOr<Entry> back = audit::EntryFromJson(audit::EntryToJson(entry));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, entry);
 }
 
 TEST(AuditStateTest, ARestoredSnapshotContinuesTheSameChain) {
