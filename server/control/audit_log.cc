@@ -47,8 +47,57 @@ AuditLog::AuditLog(AuditLogOptions options, audit::Signer signer)
     : options_(std::move(options)), signer_(std::move(signer)) {}
 
 AuditLog::~AuditLog() {
+  {
+    absl::MutexLock lock(&queue_mu_);
+    stopping_ = true;
+  }
+  if (writer_.joinable()) writer_.join();  // after writing what is queued
   absl::MutexLock lock(&mu_);
   if (fd_ >= 0) ::close(fd_);
+}
+
+void AuditLog::Enqueue(std::vector<audit::Entry> entries, bool from_snapshot) {
+  absl::MutexLock lock(&queue_mu_);
+  queue_.push_back(Queued{std::move(entries), from_snapshot});
+  ++queued_;
+}
+
+void AuditLog::Flush() {
+  absl::MutexLock lock(&queue_mu_);
+  const uint64_t target = queued_;
+  auto written = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+    return written_ >= target || !writer_.joinable();
+  };
+  queue_mu_.Await(absl::Condition(&written));
+}
+
+void AuditLog::WriterLoop() {
+  while (true) {
+    std::deque<Queued> batch;
+    {
+      absl::MutexLock lock(&queue_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+        return !queue_.empty() || stopping_;
+      };
+      queue_mu_.Await(absl::Condition(&ready));
+      if (queue_.empty()) return;  // stopping, nothing left
+      batch.swap(queue_);
+    }
+    // Consecutive commands' entries are written together: one fdatasync.
+    std::vector<audit::Entry> pending;
+    for (Queued& item : batch) {
+      if (item.from_snapshot) {
+        if (!pending.empty()) Add(pending, false);
+        pending.clear();
+        Add(item.entries, true);
+        continue;
+      }
+      for (audit::Entry& entry : item.entries) pending.push_back(std::move(entry));
+    }
+    if (!pending.empty()) Add(pending, false);
+    absl::MutexLock lock(&queue_mu_);
+    written_ += batch.size();
+  }
 }
 
 absl::Status AuditLog::OpenForAppend() {
@@ -110,7 +159,9 @@ absl::Status AuditLog::Open() {
     last_seq_ = head_->seq;
     last_hash_ = head_->hash;
   }
-  return OpenForAppend();
+  if (absl::Status s = OpenForAppend(); !s.ok()) return s;
+  writer_ = std::thread([this] { WriterLoop(); });
+  return absl::OkStatus();
 }
 
 absl::Status AuditLog::WriteHead() {
@@ -193,7 +244,7 @@ absl::Status AuditLog::ApplyRetention() {
   return OpenForAppend();
 }
 
-void AuditLog::Append(const std::vector<audit::Entry>& entries) { Add(entries, false); }
+void AuditLog::Append(const std::vector<audit::Entry>& entries) { Enqueue(entries, false); }
 
 void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot) {
   absl::MutexLock lock(&mu_);
@@ -215,7 +266,7 @@ void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot)
 }
 
 void AuditLog::Restore(const AuditChainState& state) {
-  Add(std::vector<audit::Entry>(state.window.begin(), state.window.end()), true);
+  Enqueue(std::vector<audit::Entry>(state.window.begin(), state.window.end()), true);
 }
 
 absl::StatusOr<AuditLog::Page> AuditLog::Read(uint64_t since, size_t limit) const {

@@ -20,8 +20,10 @@
 #define LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -50,9 +52,15 @@ class AuditLog {
   // Creates the directory or reads where the file stands.
   absl::Status Open() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // From the state machine's listener.
-  void Append(const std::vector<audit::Entry>& entries) ABSL_LOCKS_EXCLUDED(mu_);
-  void Restore(const AuditChainState& state) ABSL_LOCKS_EXCLUDED(mu_);
+  // From the state machine's listener, on Raft's apply thread: queued, and
+  // written (with its fdatasync and the head's rewrite) by the log's own
+  // thread, so that a slow disk never holds up Raft. A process killed
+  // before its queue is written loses nothing: the restart's replay hands
+  // the entries over again.
+  void Append(const std::vector<audit::Entry>& entries) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void Restore(const AuditChainState& state) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Waits until everything queued before the call is written (tests, Stop).
+  void Flush() ABSL_LOCKS_EXCLUDED(queue_mu_);
 
   struct Page {
     std::string public_key;  // raw
@@ -82,7 +90,21 @@ class AuditLog {
   absl::Status ApplyRetention() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status OpenForAppend() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  void WriterLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void Enqueue(std::vector<audit::Entry> entries, bool from_snapshot)
+      ABSL_LOCKS_EXCLUDED(queue_mu_);
+
   const AuditLogOptions options_;
+  struct Queued {
+    std::vector<audit::Entry> entries;
+    bool from_snapshot = false;
+  };
+  absl::Mutex queue_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(queue_mu_);
+  uint64_t queued_ ABSL_GUARDED_BY(queue_mu_) = 0;   // batches queued so far
+  uint64_t written_ ABSL_GUARDED_BY(queue_mu_) = 0;  // of which written
+  bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  std::thread writer_;  // started by Open
   const audit::Signer signer_;
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_) = -1;

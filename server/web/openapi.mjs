@@ -221,6 +221,16 @@ const paths = {
     get: op('backup', 'Backups: schedule, the last, the one running', { 200: json(object({})), ...errors },
       { security: [{ clusterSecret: [] }, { apiKey: [] }] }),
   },
+  '/api/audit': {
+    get: op('audit', 'The audit log: this node\'s signed, hash-chained entries after since (docs/security.md)', {
+      200: json(object({ public_key: str, anchor: object({}), head: object({}), entries: { type: 'array', items: object({}) }, more: bool })),
+      ...errors,
+    }, {
+      security: [{ clusterSecret: [] }, { apiKey: [] }],
+      parameters: [query('since', 'Entries with a larger seq (default 0)', int),
+        query('limit', 'At most this many entries (default 1000, at most 10000)', int)],
+    }),
+  },
   // ---- Accounts (--auth=on; 404 with a hint when off) ----
   '/signup': {
     get: op('console', 'The sign-up page', { 200: html }),
@@ -356,7 +366,7 @@ export default {
   tags: [
     { name: 'kv (seed 000)' }, { name: 'kv (seed 001)' }, { name: 'kv (seed 002)' },
     { name: 'kv (seed 003)' }, { name: 'kv (seed 004)' }, { name: 'node' }, { name: 'cluster' },
-    { name: 'backup' }, { name: 'accounts' }, { name: 'access' }, { name: 'console' },
+    { name: 'backup' }, { name: 'audit' }, { name: 'accounts' }, { name: 'access' }, { name: 'console' },
   ],
   paths,
   components: {

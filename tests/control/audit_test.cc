@@ -359,6 +359,7 @@ TEST_F(AuditLogTest, ALogThatRestartsAndReplaysVerifies) {
   {
     std::unique_ptr<AuditLog> log = OpenLog(&state);
     Record(state, 10);
+    log->Flush();
     EXPECT_EQ(log->last_seq(), 10u);
   }
   // A restart replays the whole log into a new state machine: nothing is
@@ -366,6 +367,7 @@ TEST_F(AuditLogTest, ALogThatRestartsAndReplaysVerifies) {
   ControlState again;
   std::unique_ptr<AuditLog> log = OpenLog(&again);
   Record(again, 12);
+  log->Flush();
   EXPECT_EQ(log->last_seq(), 12u);
   VerifyResult result = Verify();
   EXPECT_TRUE(result.ok) << result.problem;
@@ -381,6 +383,7 @@ TEST_F(AuditLogTest, RetentionAnchorsTheChain) {
   ControlState state;
   std::unique_ptr<AuditLog> log = OpenLog(&state, /*retention=*/10);
   Record(state, 200);
+  log->Flush();
   VerifyResult result = Verify();
   EXPECT_TRUE(result.ok) << result.problem;
   EXPECT_GT(result.first_seq, 1u);
@@ -407,6 +410,7 @@ TEST_F(AuditLogTest, ASnapshotPastTheFileAnchorsBeforeItsEntries) {
   std::unique_ptr<AuditLog> log = OpenLog(&follower);
   ASSERT_TRUE(follower.Restore(leader.Snapshot()).ok());
   for (int i = 5000; i < 5003; ++i) ASSERT_TRUE(follower.Apply(Command(i)).ok());
+  log->Flush();
   VerifyResult result = Verify();
   EXPECT_TRUE(result.ok) << result.problem;
   EXPECT_EQ(result.first_seq, 5000 - kAuditWindow + 1);
@@ -427,6 +431,7 @@ TEST_F(AuditLogTest, ALogCutWhileDownStaysCut) {
   ControlState again;
   std::unique_ptr<AuditLog> log = OpenLog(&again);
   Record(again, 8);
+  log->Flush();
   VerifyResult result = Verify();
   EXPECT_FALSE(result.ok);
   EXPECT_EQ(result.bad_seq, 5u) << result.problem;
