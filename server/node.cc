@@ -2163,12 +2163,29 @@ void Node::RecordAuditEvent(std::string kind, std::string actor, std::string det
 void Node::FlushAuditEvents() {
   control::ControlPlane* control = control_plane();
   if (control == nullptr) return;
+  // Commands of at most 1000 events (each at most ~1.3 KiB: under the
+  // command limit), and at most two in flight: the control plane is not
+  // handed more than it applies (the rest wait here, within their bound).
+  constexpr size_t kEventsPerCommand = 1000;
+  constexpr int kMaxInFlight = 2;
+  const bool last = stopping_.load();
+  int room = kMaxInFlight - audit_in_flight_.load(std::memory_order_acquire);
+  if (room <= 0 && !last) return;
+  room = std::max(room, 1);  // the last flush sends one command whatever is in flight
   std::vector<PendingAuditEvent> events;
   uint64_t dropped = 0;
   {
     absl::MutexLock lock(&audit_mu_);
-    events.swap(audit_events_);
+    const size_t take = std::min(audit_events_.size(), room * kEventsPerCommand);
+    events.assign(std::make_move_iterator(audit_events_.begin()),
+                  std::make_move_iterator(audit_events_.begin() + take));
+    audit_events_.erase(audit_events_.begin(), audit_events_.begin() + take);
     std::swap(dropped, audit_dropped_);
+    // The last flush: what cannot be sent now is counted, not lost unsaid.
+    if (last) {
+      dropped += audit_events_.size();
+      audit_events_.clear();
+    }
   }
   // Throttled logins: one entry a minute at most (and at the last flush),
   // so that guessing passwords cannot flood the log.
@@ -2185,11 +2202,9 @@ void Node::FlushAuditEvents() {
   if (dropped > 0) {
     events.push_back(PendingAuditEvent{
         absl::ToUnixMillis(absl::Now()), "audit.dropped", "",
-        absl::StrCat(dropped, " audited writes were not recorded (over the pending bound)")});
+        absl::StrCat(dropped, " audited events were not recorded (over the pending bound, or "
+                              "pending when the node stopped)")});
   }
-  // Commands of at most 1000 events (each at most ~1.3 KiB: under the
-  // command limit).
-  constexpr size_t kEventsPerCommand = 1000;
   for (size_t start = 0; start < events.size(); start += kEventsPerCommand) {
     std::vector<control::AuditEventRecord> batch;
     for (size_t i = start; i < std::min(events.size(), start + kEventsPerCommand); ++i) {
@@ -2197,7 +2212,9 @@ void Node::FlushAuditEvents() {
                                                 std::move(events[i].actor),
                                                 std::move(events[i].detail)});
     }
-    control->Submit(control::EncodeRecordAudit(batch), [](absl::StatusOr<uint64_t> result) {
+    audit_in_flight_.fetch_add(1, std::memory_order_acq_rel);
+    control->Submit(control::EncodeRecordAudit(batch), [this](absl::StatusOr<uint64_t> result) {
+      audit_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
       if (!result.ok()) {
         Log(Level::kWarning, "audit: recording events failed: %s", result.status().message());
       }
@@ -2233,6 +2250,12 @@ absl::Status Node::Stop() {
   if (audit_flusher_ != nullptr) {
     audit_flusher_->Stop();
     FlushAuditEvents();  // while the control plane still runs
+    // And wait (bounded) for their answers: libraft 0.15 was seen to crash
+    // in raft_close when proposals of tens of KiB were still in flight.
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (audit_in_flight_.load(std::memory_order_acquire) > 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
   }
   // The hooks earlier parts hold into later ones (anti-entropy, the
   // background threads), then the background threads.

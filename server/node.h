@@ -403,6 +403,7 @@ class Node {
   std::vector<PendingAuditEvent> audit_events_ ABSL_GUARDED_BY(audit_mu_);
   uint64_t audit_dropped_ ABSL_GUARDED_BY(audit_mu_) = 0;
   std::unique_ptr<PeriodicWorker> audit_flusher_;
+  std::atomic<int> audit_in_flight_{0};  // RecordAudit commands proposed, not answered
   std::atomic<uint64_t> logins_throttled_{0};  // since the last login.throttled entry
   int64_t last_throttle_entry_ms_ = 0;         // the flusher's thread (and Stop's, after it)
   // A leave is under way: the rejoin worker waits (it would otherwise add
