@@ -92,7 +92,7 @@ done
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "SET/s, median of $rounds rounds of $requests SETs (-c 50 -d 100 -r 100000), $(nproc) cores:"
-printf '%-10s %-5s %12s %8s %s\n' config load "SET/s" ratio "audit entries (median per run)"
+printf '%-10s %-5s %12s %8s %s\n' config load "SET/s" ratio "audit entries per logkvd run (P1 then P16)"
 for pipeline in P1 P16; do
   ref=$(awk -F, -v p="$pipeline" '$1 == "reference" && $2 == p { print $4 }' "$work/results.csv" | median)
   for config in reference unmatched audited; do
