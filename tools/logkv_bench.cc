@@ -58,6 +58,7 @@
 #include "absl/time/time.h"
 #include "protocol/frame.h"
 #include "protocol/logkv_generated.h"
+#include "protocol/tls_bio.h"
 #include "protocol/version.h"
 #include "tools/latency_histogram.h"
 
@@ -629,10 +630,12 @@ class Connection {
   size_t pending_bytes_ = 0;
   std::vector<uint32_t> pending_slots_;
   std::vector<char> writing_;  // the bytes of the uv_write in progress
-  // --tls: the connection's SSL (memory BIOs), the ciphertext read, and
-  // the ciphertext not yet handed to the socket.
+  // --tls: the connection's SSL (its BIO reads cipher_in_ in place and
+  // writes into tls_buffers_.out), the ciphertext read, and the ciphertext
+  // not yet handed to the socket.
   SSL* ssl_ = nullptr;
   bool handshake_done_ = false;
+  protocol::TlsBioBuffers tls_buffers_;
   std::vector<char> cipher_in_;
   std::string cipher_out_;
   std::string cipher_writing_;
@@ -823,11 +826,7 @@ void Connection::OnConnect(uv_connect_t* request, int status) {
       // Connected once the handshake is done (OnRead).
       const Config& config = *self->shared_->config;
       self->ssl_ = SSL_new(self->shared_->tls);
-      BIO* in = BIO_new(BIO_s_mem());
-      BIO* out = BIO_new(BIO_s_mem());
-      BIO_set_mem_eof_return(in, -1);
-      BIO_set_mem_eof_return(out, -1);
-      SSL_set_bio(self->ssl_, in, out);
+      protocol::AttachTlsBio(self->ssl_, &self->tls_buffers_);
       SSL_set_connect_state(self->ssl_);
       static const unsigned char kAlpn[] = "\x05logkv";
       SSL_set_alpn_protos(self->ssl_, kAlpn, sizeof(kAlpn) - 1);
@@ -875,12 +874,13 @@ bool Connection::ContinueHandshake() {
 }
 
 void Connection::WriteCiphertext() {
-  BIO* bio = SSL_get_wbio(ssl_);
-  if (const size_t pending = BIO_ctrl_pending(bio); pending > 0) {
-    const size_t at = cipher_out_.size();
-    cipher_out_.resize(at + pending);
-    const int read = BIO_read(bio, cipher_out_.data() + at, static_cast<int>(pending));
-    cipher_out_.resize(at + static_cast<size_t>(std::max(read, 0)));
+  if (!tls_buffers_.out.empty()) {
+    if (cipher_out_.empty()) {
+      cipher_out_.swap(tls_buffers_.out);
+    } else {
+      cipher_out_.append(tls_buffers_.out);
+      tls_buffers_.out.clear();
+    }
   }
   if (write_in_progress_ || cipher_out_.empty() || closing_) return;
   cipher_writing_.swap(cipher_out_);
@@ -957,7 +957,8 @@ void Connection::Flush() {
       const Clock::time_point now = Clock::now();
       for (uint32_t slot_index : pending_slots_) slots_[slot_index].sent_at = now;
       pending_slots_.clear();
-      ERR_clear_error();
+      // No ERR_clear_error before SSL_write and SSL_read: each costs as much
+      // as a small record's cipher, and an error ends the connection.
       if (SSL_write(ssl_, pending_.data(), static_cast<int>(pending_bytes_)) <= 0) {
         Fail("TLS: SSL_write failed");
         return;
@@ -1024,18 +1025,21 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
   }
   if (bytes_read == 0) return;
   if (self->ssl_ != nullptr) {
-    BIO_write(SSL_get_rbio(self->ssl_), self->cipher_in_.data(), static_cast<int>(bytes_read));
+    self->tls_buffers_.Feed(self->cipher_in_.data(), static_cast<size_t>(bytes_read));
     if (!self->handshake_done_) {
       self->ContinueHandshake();
-      return;
+      self->tls_buffers_.KeepUnread();
+      if (!self->handshake_done_ || self->tls_buffers_.unread() == 0) return;
+      // The first records arrived with the end of the handshake.
     }
     while (true) {
       size_t available = 0;
       char* space = self->decoder_.WritableSpace(16 << 10, &available);
-      ERR_clear_error();
       const int got = SSL_read(self->ssl_, space, static_cast<int>(std::min<size_t>(available, 1u << 30)));
       if (got > 0) {
         self->decoder_.Commit(static_cast<size_t>(got));
+        // Another SSL_read would only say it wants more: skip it.
+        if (SSL_pending(self->ssl_) == 0 && self->tls_buffers_.unread() == 0) break;
         continue;
       }
       const int error = SSL_get_error(self->ssl_, got);
@@ -1045,6 +1049,7 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
       self->Fail(absl::StrCat("TLS: ", reason));
       return;
     }
+    self->tls_buffers_.KeepUnread();
   } else {
     self->decoder_.Commit(static_cast<size_t>(bytes_read));
   }

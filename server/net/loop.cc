@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "protocol/frame.h"
@@ -293,6 +294,9 @@ void Loop::OnTlsRead(Connection& c, size_t nread) {
   TlsStream& tls = *c.tls;
   if (tls.failed()) return;
   const char* data = tls_read_buffer_.get();
+  // The stream reads the loop's buffer in place; the next read of any
+  // connection reuses it.
+  absl::Cleanup keep_unread = [&tls] { tls.KeepUnread(); };
   if (!tls.handshake_done()) {
     // Only the first bytes of a connection can be a plaintext client's.
     if (!tls.started() && !TlsStream::LooksLikeTls(data, nread)) {
@@ -320,6 +324,9 @@ void Loop::OnTlsRead(Connection& c, size_t nread) {
     const ssize_t got = tls.Read(space, available);
     if (got > 0) {
       c.session->Received(static_cast<size_t>(got));
+      // A read that could only say "more bytes needed" costs as much as one
+      // that decrypts a record: skip it.
+      if (!tls.has_more()) break;
       continue;
     }
     if (got == 0) break;

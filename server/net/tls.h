@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "protocol/tls_bio.h"
 
 struct ssl_st;
 struct ssl_ctx_st;
@@ -120,8 +121,15 @@ class TlsStream {
   // (a handshake record of TLS 1.x); a plaintext client's cannot.
   static bool LooksLikeTls(const char* data, size_t size);
 
-  // Ciphertext read from the socket.
+  // Ciphertext read from the socket, read in place: call KeepUnread before
+  // that buffer is reused.
   void Feed(const char* data, size_t size);
+  // Copies what the stream has not read of the bytes fed (none once Read or
+  // Handshake returned 0).
+  void KeepUnread() { buffers_.KeepUnread(); }
+  // Whether Read may return more without another Feed: plaintext of a record
+  // is left, or ciphertext fed is unread.
+  bool has_more() const;
   // Advances the handshake: 1 done, 0 more bytes needed, -1 failed (error()
   // says why; an alert for the peer waits in the output).
   int Handshake();
@@ -145,7 +153,7 @@ class TlsStream {
   // Queues close_notify.
   void Shutdown();
   // Appends the ciphertext waiting to be written (handshake messages,
-  // records, alerts) to out.
+  // records, alerts) to out (taking its buffer over when out is empty).
   void DrainTo(std::string* out);
   // Why the handshake or a record failed.
   const std::string& error() const { return error_; }
@@ -162,6 +170,8 @@ class TlsStream {
   void Fail();
 
   ssl_st* const ssl_;
+  // The SSL's BIO: ciphertext in, read in place, and out.
+  protocol::TlsBioBuffers buffers_;
   bool handshake_done_ = false;
   bool failed_ = false;
   bool started_ = false;
