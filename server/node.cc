@@ -1172,6 +1172,11 @@ absl::Status Node::StartServer() {
         ->AddCounter("logkv_tls_handshake_failures_total",
                      "TLS handshakes that failed, and plaintext clients refused, since start.")
         ->SetCallback([context] { return context->handshake_failures(); });
+    registry
+        ->AddCounter("logkv_tls_peer_refusals_total",
+                     "Cluster peers refused for their certificate (--peer-tls-ca): none, not of "
+                     "the cluster CA, or not naming the node they claim to be.")
+        ->SetCallback([context] { return context->peer_refusals(); });
     const double days_left =
         (static_cast<double>(context->not_after_unix_seconds()) -
          absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch())) / 86400;
@@ -1361,6 +1366,22 @@ absl::Status Node::StartControlPlane() {
     options.advertise_host = "127.0.0.1";
   }
   options.cluster_secret = options_.cluster_secret;
+  // Node-to-node mutual TLS covers the Raft transport too.
+  if (!options_.peer_tls_ca.empty()) {
+    options.peer_tls_cert =
+        options_.peer_tls_cert.empty() ? options_.tls.cert_file : options_.peer_tls_cert;
+    options.peer_tls_key =
+        options_.peer_tls_key.empty() ? options_.tls.key_file : options_.peer_tls_key;
+    options.peer_tls_ca = options_.peer_tls_ca;
+  }
+  Counter* const transport_refusals = metrics_.registry()->AddCounter(
+      "logkv_control_transport_refusals_total",
+      "Connections to the control plane's Raft transport refused: a failed TLS handshake, a "
+      "certificate that does not name the peer, a wrong proof of the cluster secret.");
+  options.on_transport_refused = [transport_refusals](const std::string& why) {
+    transport_refusals->Inc();
+    Log(Level::kWarning, "%s", why);
+  };
   options.self.node_id = cluster_->node_id();
   options.self.binary_address = cluster_->options().advertise;
   options.self.http_address = cluster_->options().http_advertise;

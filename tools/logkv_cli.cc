@@ -303,7 +303,8 @@ std::string CommandUsage(const CommandHelp& command) {
   }
   if (command.http) {
     absl::StrAppend(&out, "\nconnection flags:\n");
-    for (const char* name : {"http_target", "cluster_secret", "token", "timeout"}) {
+    for (const char* name : {"http_target", "cluster_secret", "token", "timeout", "tls", "cacert",
+                             "cert", "tls_key", "tls_server_name"}) {
       AppendFlag(&out, name);
     }
   }
@@ -457,6 +458,37 @@ std::string Token() {
   return token;
 }
 
+// --tls, --cacert, --cert, --tls-key and --tls-server-name (each flag given
+// wins over its LOGKV_<NAME>), for the binary protocol and HTTPS alike.
+struct TlsFlags {
+  bool on = false;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  std::string server_name;
+};
+
+TlsFlags ReadTlsFlags() {
+  auto setting = [](const absl::Flag<std::string>& flag, const char* environment) {
+    std::string value = absl::GetFlag(flag);
+    if (value.empty()) {
+      if (const char* from_env = std::getenv(environment); from_env != nullptr) value = from_env;
+    }
+    return value;
+  };
+  TlsFlags tls;
+  const char* tls_env = std::getenv("LOGKV_TLS");
+  tls.on = absl::GetFlag(FLAGS_tls) ||
+           (tls_env != nullptr && (std::string(tls_env) == "1" || std::string(tls_env) == "true"));
+  tls.ca_file = setting(FLAGS_cacert, "LOGKV_CACERT");
+  tls.cert_file = setting(FLAGS_cert, "LOGKV_CERT");
+  tls.key_file = setting(FLAGS_tls_key, "LOGKV_TLS_KEY");
+  tls.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  // A CA or a certificate given means TLS.
+  if (!tls.ca_file.empty() || !tls.cert_file.empty()) tls.on = true;
+  return tls;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
   ClientOptions options;
   options.nodes = absl::GetFlag(FLAGS_nodes);
@@ -477,24 +509,12 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectFromFlags() {
   options.request_timeout = timeout;
   options.auth_token = Token();
   options.client_name = "logkv-cli";
-  // A flag given wins; else the environment's LOGKV_<NAME>.
-  auto setting = [](const absl::Flag<std::string>& flag, const char* environment) {
-    std::string value = absl::GetFlag(flag);
-    if (value.empty()) {
-      if (const char* from_env = std::getenv(environment); from_env != nullptr) value = from_env;
-    }
-    return value;
-  };
-  const char* tls_env = std::getenv("LOGKV_TLS");
-  options.tls = absl::GetFlag(FLAGS_tls) ||
-                (tls_env != nullptr && (std::string(tls_env) == "1" || std::string(tls_env) == "true"));
-  options.tls_ca_file = setting(FLAGS_cacert, "LOGKV_CACERT");
-  options.tls_cert_file = setting(FLAGS_cert, "LOGKV_CERT");
-  options.tls_key_file = setting(FLAGS_tls_key, "LOGKV_TLS_KEY");
-  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
-  if (!options.tls && (!options.tls_ca_file.empty() || !options.tls_cert_file.empty())) {
-    options.tls = true;  // a CA or a certificate given means TLS
-  }
+  const TlsFlags tls = ReadTlsFlags();
+  options.tls = tls.on;
+  options.tls_ca_file = tls.ca_file;
+  options.tls_cert_file = tls.cert_file;
+  options.tls_key_file = tls.key_file;
+  options.tls_server_name = tls.server_name;
   return Client::Connect(options);
 }
 
@@ -805,6 +825,13 @@ absl::StatusOr<HttpResult> HttpCall(absl::string_view method, absl::string_view 
     return absl::InvalidArgumentError(absl::StrCat("--http_target '", target, "' is not host:port"));
   }
   server::http::FetchRequest request;
+  // HTTPS with the same flags as the binary protocol's TLS.
+  const TlsFlags tls = ReadTlsFlags();
+  request.tls = tls.on;
+  request.tls_ca_file = tls.ca_file;
+  request.tls_cert_file = tls.cert_file;
+  request.tls_key_file = tls.key_file;
+  request.tls_server_name = tls.server_name;
   request.method = std::string(method);
   request.target = std::string(path);
   request.body = std::string(body);

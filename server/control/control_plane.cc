@@ -385,10 +385,14 @@ absl::Status ControlPlane::Impl::Start() {
   tick_.data = this;
   uv_timer_init(&loop_, &tick_);
 
-  transport_ = std::make_unique<AuthenticatedTransport>(
-      &loop_, TransportOptions{.cluster_secret = options_.cluster_secret.empty()
-                                                     ? std::string(kPublicSecret)
-                                                     : options_.cluster_secret});
+  TransportOptions transport_options;
+  transport_options.cluster_secret =
+      options_.cluster_secret.empty() ? std::string(kPublicSecret) : options_.cluster_secret;
+  transport_options.tls_cert_file = options_.peer_tls_cert;
+  transport_options.tls_key_file = options_.peer_tls_key;
+  transport_options.tls_ca_file = options_.peer_tls_ca;
+  transport_options.on_refused = options_.on_transport_refused;
+  transport_ = std::make_unique<AuthenticatedTransport>(&loop_, std::move(transport_options));
   const std::string raft_dir = (dir_ / "raft").string();
   if (int rv = raft_uv_init(&io_, &loop_, raft_dir.c_str(), transport_->transport()); rv != 0) {
     return absl::InternalError(absl::StrCat("control plane: ", io_.errmsg));

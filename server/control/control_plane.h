@@ -54,6 +54,14 @@ struct ControlPlaneOptions {
   int port = 0;                   // 0: chosen at the first start, then kept
   std::string advertise_host;     // "" = listen_host
   std::string cluster_secret;     // "" = a public constant (loopback clusters)
+  // Mutual TLS on the Raft transport (--peer-tls-*): this node's certificate
+  // and key, and the cluster CA. Off while peer_tls_ca is empty.
+  std::string peer_tls_cert;
+  std::string peer_tls_key;
+  std::string peer_tls_ca;
+  // Called on the control thread with why the Raft transport refused a
+  // connection (TLS, a certificate not naming the peer, a wrong proof).
+  std::function<void(const std::string& why)> on_transport_refused;
   // This node as a member: node id, binary and HTTP addresses. The raft id
   // and control address are the control plane's own.
   Member self;

@@ -1,8 +1,16 @@
 #include "server/control/raft_transport.h"
 
+#include <arpa/inet.h>
 #include <endian.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <sodium.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -10,6 +18,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "protocol/openssl_errors.h"
+#include "protocol/tls_bio.h"
 
 namespace logkv::server::control {
 
@@ -23,6 +33,24 @@ static_assert(kMacBytes == 32);
 constexpr size_t kHelloFixedBytes = sizeof(kMagic) + kNonceBytes + 8 + 1;
 constexpr size_t kMaxAddressBytes = 255;
 constexpr int kListenBacklog = 128;
+// A tunnel stops reading one side while more than this waits to be written
+// to the other (a snapshot being sent), and reads again below a quarter.
+constexpr size_t kTunnelHighWaterBytes = 1u << 20;
+constexpr size_t kTunnelReadBytes = 64u << 10;
+
+// The host of "host:port".
+std::string HostOf(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  return std::string(colon == absl::string_view::npos ? address : address.substr(0, colon));
+}
+
+// Whether certificate names host (an IP address or a DNS name) in its
+// subjectAltName.
+bool CertificateNames(X509* certificate, const std::string& host) {
+  if (certificate == nullptr) return false;
+  return X509_check_ip_asc(certificate, host.c_str(), 0) == 1 ||
+         X509_check_host(certificate, host.data(), host.size(), 0, nullptr) == 1;
+}
 
 // "host:port" with an IPv4 host.
 bool ParseAddress(absl::string_view address, struct sockaddr_in* out) {
@@ -59,8 +87,13 @@ struct AuthenticatedTransport::Handshake {
   AuthenticatedTransport* transport = nullptr;
   bool connector = false;
   Phase phase = Phase::kConnecting;
-  // From raft_malloc: libraft frees it with raft_free once it owns it.
-  uv_tcp_t* tcp = nullptr;
+  // From raft_malloc: libraft frees it with raft_free once it owns it. A
+  // uv_tcp_t, or with TLS a uv_pipe_t (one end of the tunnel's socketpair).
+  uv_stream_t* stream = nullptr;
+  // With TLS: the tunnel, while both are open (each clears the other's
+  // pointer as it goes), and the certificate the peer showed (listener).
+  Tunnel* tunnel = nullptr;
+  X509* peer_certificate = nullptr;
   uv_timer_t timer{};
   uv_connect_t connect{};
   uv_write_t write{};
@@ -91,7 +124,7 @@ struct HandshakeOps {
   using Handshake = AuthenticatedTransport::Handshake;
   using Phase = Handshake::Phase;
 
-  static uv_stream_t* Stream(Handshake* h) { return reinterpret_cast<uv_stream_t*>(h->tcp); }
+  static uv_stream_t* Stream(Handshake* h) { return h->stream; }
 
   static void Release(Handshake* h) {
     if (--h->pending > 0) return;
@@ -100,7 +133,9 @@ struct HandshakeOps {
     if (h->req != nullptr && !h->handed_off) {
       h->connect_cb(h->req, nullptr, t->closing_ ? RAFT_CANCELED : RAFT_NOCONNECTION);
     }
-    if (!h->handed_off) raft_free(h->tcp);
+    if (!h->handed_off) raft_free(h->stream);
+    if (h->tunnel != nullptr) DetachTunnel(h);
+    X509_free(h->peer_certificate);
     delete h;
     t->MaybeFinishClose();
   }
@@ -114,9 +149,15 @@ struct HandshakeOps {
     if (h->failed || h->handed_off) return;
     h->failed = true;
     if (refused) ++h->transport->refused_;
-    uv_close(reinterpret_cast<uv_handle_t*>(h->tcp), &OnHandleClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(h->stream), &OnHandleClosed);
     uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), &OnHandleClosed);
+    // Its TLS connection goes too (a stuck TLS handshake included).
+    if (h->tunnel != nullptr) CloseTunnel(h);
   }
+
+  // Defined after TunnelOps.
+  static void DetachTunnel(Handshake* h);
+  static void CloseTunnel(Handshake* h);
 
   static void HandOff(Handshake* h) {
     AuthenticatedTransport* t = h->transport;
@@ -212,6 +253,20 @@ struct HandshakeOps {
       case Phase::kHelloAddress: {  // listener
         h->hello_bytes = kHelloFixedBytes + h->hello[kHelloFixedBytes - 1];
         h->hello[h->hello_bytes] = 0;  // the address as a C string, outside the MAC
+        if (h->transport->tls()) {
+          // The connector is who its certificate names: the host of the
+          // address it is known by in the Raft configuration.
+          const char* address = reinterpret_cast<const char*>(h->hello + kHelloFixedBytes);
+          const std::string host = HostOf(address);
+          if (!CertificateNames(h->peer_certificate, host)) {
+            h->transport->Refused(absl::StrCat(
+                "control-plane peer claiming ", address,
+                ": its certificate does not name ", host, " (--peer-tls-cert must name the "
+                "host the node advertises)"));
+            Fail(h, true);
+            return;
+          }
+        }
         randombytes_buf(h->challenge, kNonceBytes);
         Mac(secret, "listener", h->hello, h->hello_bytes, h->challenge, h->challenge + kNonceBytes);
         h->phase = Phase::kProof;
@@ -223,6 +278,10 @@ struct HandshakeOps {
         uint8_t expected[kMacBytes];
         Mac(secret, "connector", h->hello, h->hello_bytes, h->challenge, expected);
         if (sodium_memcmp(expected, h->proof, kMacBytes) != 0) {
+          h->transport->Refused(absl::StrCat(
+              "control-plane peer claiming ",
+              reinterpret_cast<const char*>(h->hello + kHelloFixedBytes),
+              ": wrong proof of the cluster secret"));
           Fail(h, true);
           return;
         }
@@ -251,18 +310,25 @@ struct HandshakeOps {
     Fail(static_cast<Handshake*>(timer->data), /*refused=*/true);
   }
 
-  // A handshake with its TCP handle and deadline timer initialised.
-  static Handshake* New(AuthenticatedTransport* t, bool connector) {
+  // A handshake with its stream and deadline timer initialised: a TCP
+  // handle, or (pipe_fd >= 0) a pipe on that end of a socketpair.
+  static Handshake* New(AuthenticatedTransport* t, bool connector, int pipe_fd = -1) {
     auto* h = new Handshake;
     h->transport = t;
     h->connector = connector;
-    h->tcp = static_cast<uv_tcp_t*>(raft_malloc(sizeof(uv_tcp_t)));
-    if (h->tcp == nullptr) {
+    h->stream = static_cast<uv_stream_t*>(raft_malloc(std::max(sizeof(uv_tcp_t), sizeof(uv_pipe_t))));
+    if (h->stream == nullptr) {
       delete h;
+      if (pipe_fd >= 0) ::close(pipe_fd);
       return nullptr;
     }
-    uv_tcp_init(t->loop_, h->tcp);
-    h->tcp->data = h;
+    if (pipe_fd >= 0) {
+      uv_pipe_init(t->loop_, reinterpret_cast<uv_pipe_t*>(h->stream), 0);
+      if (uv_pipe_open(reinterpret_cast<uv_pipe_t*>(h->stream), pipe_fd) != 0) ::close(pipe_fd);
+    } else {
+      uv_tcp_init(t->loop_, reinterpret_cast<uv_tcp_t*>(h->stream));
+    }
+    h->stream->data = h;
     uv_timer_init(t->loop_, &h->timer);
     h->timer.data = h;
     h->pending = 2;
@@ -274,6 +340,10 @@ struct HandshakeOps {
   static void OnConnection(uv_stream_t* server, int status) {
     auto* t = static_cast<AuthenticatedTransport*>(server->data);
     if (status < 0 || t->closing_) return;
+    if (t->tls()) {
+      OnTlsConnection(t, server);
+      return;
+    }
     Handshake* h = New(t, /*connector=*/false);
     if (h == nullptr) return;
     if (uv_accept(server, Stream(h)) != 0) {
@@ -283,6 +353,8 @@ struct HandshakeOps {
     h->phase = Phase::kHelloFixed;
     ReadExactly(h, h->hello, kHelloFixedBytes);
   }
+
+  static void OnTlsConnection(AuthenticatedTransport* t, uv_stream_t* server);
 
   static void OnConnected(uv_connect_t* req, int status) {
     auto* h = static_cast<Handshake*>(req->data);
@@ -311,6 +383,459 @@ struct HandshakeOps {
   }
 };
 
+// ---- TLS: the tunnels ---------------------------------------------------------
+
+struct AuthenticatedTransport::TlsContexts {
+  SSL_CTX* server = nullptr;  // for connections accepted
+  SSL_CTX* client = nullptr;  // for connections made
+  std::string error;          // why they could not be made
+  ~TlsContexts() {
+    SSL_CTX_free(server);
+    SSL_CTX_free(client);
+  }
+};
+
+// One TLS connection and the pipe libraft reads and writes in its place.
+struct AuthenticatedTransport::Tunnel {
+  AuthenticatedTransport* transport = nullptr;
+  Handshake* handshake = nullptr;  // until one of the two ends
+  bool connector = false;
+  std::string peer;  // the address dialled, or the one the connection came from
+  uv_tcp_t tcp{};
+  uv_pipe_t pipe{};
+  uv_connect_t connect{};
+  uv_shutdown_t shutdown{};
+  SSL* ssl = nullptr;
+  protocol::TlsBioBuffers buffers;
+  bool tls_done = false;
+  bool reported = false;  // connector: the handshake was told how TLS went
+  bool ending = false;    // one side ended: the other is written out, then closed
+  bool closing = false;
+  bool tcp_paused = false;   // while the pipe has too much to write
+  bool pipe_paused = false;  // while the TCP connection has
+  int open_handles = 2;
+  std::unique_ptr<char[]> tcp_in = std::make_unique<char[]>(kTunnelReadBytes);
+  std::unique_ptr<char[]> pipe_in = std::make_unique<char[]>(kTunnelReadBytes);
+  ~Tunnel() { SSL_free(ssl); }
+};
+
+struct TunnelOps {
+  using Tunnel = AuthenticatedTransport::Tunnel;
+  using Handshake = AuthenticatedTransport::Handshake;
+
+  static uv_stream_t* Tcp(Tunnel* u) { return reinterpret_cast<uv_stream_t*>(&u->tcp); }
+  static uv_stream_t* Pipe(Tunnel* u) { return reinterpret_cast<uv_stream_t*>(&u->pipe); }
+
+  // The contexts, or why not: every file is read when the transport is made.
+  static std::string BuildContext(const TransportOptions& o, bool server, SSL_CTX** out) {
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (ctx == nullptr) return protocol::TakeOpenSslErrors("SSL_CTX_new failed");
+    *out = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
+      return "--peer-tls-ca needs this node's certificate and key (--peer-tls-cert and "
+             "--peer-tls-key, or --tls-cert and --tls-key)";
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, o.tls_cert_file.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, o.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+      return absl::StrCat("cannot use the certificate ", o.tls_cert_file, " and key ",
+                          o.tls_key_file, ": ", protocol::TakeOpenSslErrors("they do not match"));
+    }
+    if (SSL_CTX_load_verify_locations(ctx, o.tls_ca_file.c_str(), nullptr) != 1) {
+      return absl::StrCat("cannot read the cluster CA ", o.tls_ca_file, ": ",
+                          protocol::TakeOpenSslErrors(""));
+    }
+    if (server) {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+      if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.tls_ca_file.c_str())) {
+        SSL_CTX_set_client_CA_list(ctx, names);
+      }
+      SSL_CTX_set_num_tickets(ctx, 0);  // a connection lasts; nothing to resume
+    } else {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    }
+    ERR_clear_error();
+    return "";
+  }
+
+  static Tunnel* New(AuthenticatedTransport* t, bool connector) {
+    SSL* ssl = SSL_new(connector ? t->tls_contexts_->client : t->tls_contexts_->server);
+    if (ssl == nullptr) {
+      ERR_clear_error();
+      return nullptr;
+    }
+    auto* u = new Tunnel;
+    u->transport = t;
+    u->connector = connector;
+    u->ssl = ssl;
+    if (!protocol::AttachTlsBio(ssl, &u->buffers)) {
+      delete u;
+      return nullptr;
+    }
+    if (connector) {
+      SSL_set_connect_state(ssl);
+    } else {
+      SSL_set_accept_state(ssl);
+    }
+    uv_tcp_init(t->loop_, &u->tcp);
+    u->tcp.data = u;
+    uv_pipe_init(t->loop_, &u->pipe, 0);
+    u->pipe.data = u;
+    u->connect.data = u;
+    t->tunnels_.insert(u);
+    return u;
+  }
+
+  // A socketpair: fds[0] for the handshake (then libraft), fds[1] the
+  // tunnel's pipe. false when none could be made.
+  static bool Pair(Tunnel* u, int fds[2]) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) {
+      return false;
+    }
+    if (uv_pipe_open(&u->pipe, fds[1]) != 0) {
+      ::close(fds[0]);
+      ::close(fds[1]);
+      return false;
+    }
+    return true;
+  }
+
+  static void Link(Tunnel* u, Handshake* h) {
+    u->handshake = h;
+    h->tunnel = u;
+  }
+
+  static void OnClosed(uv_handle_t* handle) {
+    auto* u = static_cast<Tunnel*>(handle->data);
+    if (--u->open_handles > 0) return;
+    AuthenticatedTransport* t = u->transport;
+    t->tunnels_.erase(u);
+    delete u;
+    t->MaybeFinishClose();
+  }
+
+  // Ends the tunnel: libraft (or the handshake) sees its pipe close.
+  static void Close(Tunnel* u) {
+    if (u->closing) return;
+    u->closing = true;
+    if (Handshake* h = u->handshake; h != nullptr) {
+      u->handshake = nullptr;
+      h->tunnel = nullptr;
+      if (u->connector && !u->reported && h->req != nullptr) {
+        u->reported = true;
+        HandshakeOps::OnConnected(&h->connect, UV_ECONNREFUSED);
+      }
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&u->tcp), &OnClosed);
+    uv_close(reinterpret_cast<uv_handle_t*>(&u->pipe), &OnClosed);
+  }
+
+  // The TLS handshake failed, or the peer's certificate is not who it
+  // should be: logged, counted as a refusal, the alert sent if it can be.
+  static void Refuse(Tunnel* u, const std::string& why) {
+    u->transport->Refused(why);
+    if (!u->buffers.out.empty()) {
+      uv_buf_t buf = uv_buf_init(u->buffers.out.data(), static_cast<unsigned>(u->buffers.out.size()));
+      uv_try_write(Tcp(u), &buf, 1);
+      u->buffers.out.clear();
+    }
+    if (Handshake* h = u->handshake; h != nullptr) HandshakeOps::Fail(h, /*refused=*/true);
+    Close(u);
+  }
+
+  struct Write {
+    uv_write_t request;
+    std::string data;
+    Tunnel* tunnel;
+  };
+
+  static void OnWritten(uv_write_t* request, int status) {
+    auto* w = reinterpret_cast<Write*>(request);
+    Tunnel* u = w->tunnel;
+    uv_stream_t* stream = request->handle;
+    delete w;
+    if (u->closing) return;
+    if (status < 0) {
+      Close(u);
+      return;
+    }
+    if (u->ending) return;
+    if (uv_stream_get_write_queue_size(stream) > kTunnelHighWaterBytes / 4) return;
+    if (stream == Pipe(u) && u->tcp_paused) {
+      u->tcp_paused = false;
+      StartTcpReading(u);
+    } else if (stream == Tcp(u) && u->pipe_paused) {
+      u->pipe_paused = false;
+      StartPipeReading(u);
+    }
+  }
+
+  static void WriteTo(Tunnel* u, uv_stream_t* stream, std::string data) {
+    auto* w = new Write{{}, std::move(data), u};
+    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    if (uv_write(&w->request, stream, &buf, 1, &OnWritten) != 0) {
+      delete w;
+      Close(u);
+      return;
+    }
+    if (uv_stream_get_write_queue_size(stream) <= kTunnelHighWaterBytes) return;
+    // The other side waits until this one has drained.
+    if (stream == Pipe(u)) {
+      u->tcp_paused = true;
+      uv_read_stop(Tcp(u));
+    } else {
+      u->pipe_paused = true;
+      uv_read_stop(Pipe(u));
+    }
+  }
+
+  // One side ended: what is still owed to stream is written, then the
+  // tunnel closes (closing at once would drop it: a peer's last message
+  // often comes with its close_notify).
+  static void EndAfterWrites(Tunnel* u, uv_stream_t* stream) {
+    if (u->closing || u->ending) return;
+    u->ending = true;
+    uv_read_stop(Tcp(u));
+    uv_read_stop(Pipe(u));
+    u->shutdown.data = u;
+    if (uv_shutdown(&u->shutdown, stream, [](uv_shutdown_t* request, int) {
+          Close(static_cast<Tunnel*>(request->data));
+        }) != 0) {
+      Close(u);
+    }
+  }
+
+  static void FlushTcp(Tunnel* u) {
+    if (u->buffers.out.empty() || u->closing) return;
+    std::string data;
+    data.swap(u->buffers.out);
+    WriteTo(u, Tcp(u), std::move(data));
+  }
+
+  static void StartTcpReading(Tunnel* u) {
+    uv_read_start(
+        Tcp(u),
+        [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+          auto* u = static_cast<Tunnel*>(handle->data);
+          *buf = uv_buf_init(u->tcp_in.get(), kTunnelReadBytes);
+        },
+        &OnTcpRead);
+  }
+
+  static void StartPipeReading(Tunnel* u) {
+    uv_read_start(
+        Pipe(u),
+        [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+          auto* u = static_cast<Tunnel*>(handle->data);
+          *buf = uv_buf_init(u->pipe_in.get(), kTunnelReadBytes);
+        },
+        &OnPipeRead);
+  }
+
+  // TLS is up: the peer's certificate goes to the handshake (the listener
+  // checks it names the address the hello claims), and plaintext flows.
+  static void OnTlsReady(Tunnel* u) {
+    u->tls_done = true;
+    Handshake* h = u->handshake;
+    if (h == nullptr) {
+      Close(u);
+      return;
+    }
+    if (!u->connector) h->peer_certificate = SSL_get1_peer_certificate(u->ssl);
+    StartPipeReading(u);
+    if (u->connector && h->req != nullptr && !u->reported) {
+      u->reported = true;
+      HandshakeOps::OnConnected(&h->connect, 0);  // the hello goes out through the pipe
+    }
+  }
+
+  // Advances the TLS handshake; false while it is not done (or failed).
+  static bool ContinueHandshake(Tunnel* u) {
+    ERR_clear_error();
+    const int rc = SSL_do_handshake(u->ssl);
+    if (rc == 1) {
+      FlushTcp(u);
+      OnTlsReady(u);
+      return !u->closing;
+    }
+    const int error = SSL_get_error(u->ssl, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      FlushTcp(u);
+      return false;
+    }
+    std::string reason = protocol::TakeOpenSslErrors("the connection closed");
+    const long verify = SSL_get_verify_result(u->ssl);
+    if (verify != X509_V_OK) {
+      reason = absl::StrCat(X509_verify_cert_error_string(verify), " (", reason, ")");
+    }
+    Refuse(u, absl::StrCat("control-plane TLS ", u->connector ? "to " : "from ", u->peer,
+                           " refused: ", reason));
+    return false;
+  }
+
+  static void OnTcpConnected(uv_connect_t* request, int status) {
+    auto* u = static_cast<Tunnel*>(request->data);
+    if (u->closing) return;
+    if (status != 0) {
+      Close(u);  // not a refusal: nobody answered
+      return;
+    }
+    uv_tcp_nodelay(&u->tcp, 1);
+    StartTcpReading(u);
+    ContinueHandshake(u);  // the ClientHello
+  }
+
+  static void OnTcpRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+    auto* u = static_cast<Tunnel*>(stream->data);
+    if (u->closing || u->ending || nread == 0) return;
+    if (nread < 0) {
+      // Closed before TLS was up: the listener cannot tell a refusal by the
+      // other end from a dropped connection, and counts neither here.
+      Close(u);
+      return;
+    }
+    u->buffers.Feed(u->tcp_in.get(), static_cast<size_t>(nread));
+    if (!u->tls_done && !ContinueHandshake(u)) {
+      u->buffers.KeepUnread();
+      return;
+    }
+    std::string plain;
+    bool ended = false;
+    while (!u->closing) {
+      constexpr size_t kChunk = 16u << 10;
+      const size_t at = plain.size();
+      plain.resize(at + kChunk);
+      ERR_clear_error();
+      const int rc = SSL_read(u->ssl, plain.data() + at, static_cast<int>(kChunk));
+      if (rc > 0) {
+        plain.resize(at + static_cast<size_t>(rc));
+        continue;
+      }
+      plain.resize(at);
+      const int error = SSL_get_error(u->ssl, rc);
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) break;
+      // close_notify, or a record that does not decrypt: the connection
+      // ends once libraft has what came before.
+      ERR_clear_error();
+      ended = true;
+      break;
+    }
+    u->buffers.KeepUnread();
+    if (u->closing) return;
+    FlushTcp(u);
+    if (!plain.empty()) WriteTo(u, Pipe(u), std::move(plain));
+    if (ended) EndAfterWrites(u, Pipe(u));
+  }
+
+  static void OnPipeRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+    auto* u = static_cast<Tunnel*>(stream->data);
+    if (u->closing || u->ending || nread == 0) return;
+    if (nread < 0) {
+      // libraft (or the handshake) closed its end: what it wrote before,
+      // then close_notify, then the connection closes.
+      ERR_clear_error();
+      if (u->tls_done) SSL_shutdown(u->ssl);
+      ERR_clear_error();
+      FlushTcp(u);
+      EndAfterWrites(u, Tcp(u));
+      return;
+    }
+    ERR_clear_error();
+    if (SSL_write(u->ssl, u->pipe_in.get(), static_cast<int>(nread)) <= 0) {
+      ERR_clear_error();
+      Close(u);
+      return;
+    }
+    FlushTcp(u);
+  }
+
+  static int Connect(AuthenticatedTransport* t, struct raft_uv_connect* req,
+                     const char* address, const struct sockaddr_in& peer,
+                     raft_uv_connect_cb cb) {
+    Tunnel* u = New(t, /*connector=*/true);
+    if (u == nullptr) return RAFT_NOMEM;
+    u->peer = address;
+    int fds[2];
+    if (!Pair(u, fds)) {
+      Close(u);
+      return RAFT_NOCONNECTION;
+    }
+    Handshake* h = HandshakeOps::New(t, /*connector=*/true, fds[0]);
+    if (h == nullptr) {
+      Close(u);
+      return RAFT_NOMEM;
+    }
+    Link(u, h);
+    h->connect.data = h;
+    // The listener must be who the connector dialled.
+    const std::string host = HostOf(address);
+    unsigned char ip[16];
+    if (::inet_pton(AF_INET, host.c_str(), ip) == 1 || ::inet_pton(AF_INET6, host.c_str(), ip) == 1) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(u->ssl), host.c_str());
+    } else {
+      SSL_set_tlsext_host_name(u->ssl, host.c_str());
+      SSL_set1_host(u->ssl, host.c_str());
+    }
+    if (uv_tcp_connect(&u->connect, &u->tcp, reinterpret_cast<const struct sockaddr*>(&peer),
+                       &OnTcpConnected) != 0) {
+      HandshakeOps::Fail(h, false);  // no callback: req stays unset (and closes the tunnel)
+      return RAFT_NOCONNECTION;
+    }
+    // Once TLS is up (or failed), the tunnel calls OnConnected, as a TCP
+    // connect would.
+    ++h->pending;
+    h->req = req;
+    h->connect_cb = cb;
+    return 0;
+  }
+
+  static void OnConnection(AuthenticatedTransport* t, uv_stream_t* server) {
+    Tunnel* u = New(t, /*connector=*/false);
+    if (u == nullptr) return;
+    if (uv_accept(server, Tcp(u)) != 0) {
+      Close(u);
+      return;
+    }
+    sockaddr_storage from;
+    int length = sizeof(from);
+    char text[INET6_ADDRSTRLEN] = "?";
+    if (uv_tcp_getpeername(&u->tcp, reinterpret_cast<sockaddr*>(&from), &length) == 0 &&
+        from.ss_family == AF_INET) {
+      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&from), text, sizeof(text));
+    }
+    u->peer = text;
+    int fds[2];
+    if (!Pair(u, fds)) {
+      Close(u);
+      return;
+    }
+    Handshake* h = HandshakeOps::New(t, /*connector=*/false, fds[0]);
+    if (h == nullptr) {
+      Close(u);
+      return;
+    }
+    Link(u, h);
+    uv_tcp_nodelay(&u->tcp, 1);
+    h->phase = Handshake::Phase::kHelloFixed;
+    HandshakeOps::ReadExactly(h, h->hello, kHelloFixedBytes);
+    StartTcpReading(u);
+  }
+};
+
+void HandshakeOps::DetachTunnel(Handshake* h) {
+  h->tunnel->handshake = nullptr;
+  h->tunnel = nullptr;
+}
+
+void HandshakeOps::CloseTunnel(Handshake* h) { TunnelOps::Close(h->tunnel); }
+
+void HandshakeOps::OnTlsConnection(AuthenticatedTransport* t, uv_stream_t* server) {
+  TunnelOps::OnConnection(t, server);
+}
+
+
 AuthenticatedTransport::AuthenticatedTransport(uv_loop_t* loop, TransportOptions options)
     : loop_(loop), options_(std::move(options)) {
   if (sodium_init() < 0) abort();  // libsodium unusable: nothing here can be safe
@@ -320,6 +845,21 @@ AuthenticatedTransport::AuthenticatedTransport(uv_loop_t* loop, TransportOptions
   transport_.listen = &AuthenticatedTransport::Listen;
   transport_.connect = &AuthenticatedTransport::Connect;
   transport_.close = &AuthenticatedTransport::Close;
+  if (tls()) {
+    tls_contexts_ = std::make_unique<TlsContexts>();
+    tls_contexts_->error = TunnelOps::BuildContext(options_, /*server=*/true,
+                                                   &tls_contexts_->server);
+    if (tls_contexts_->error.empty()) {
+      tls_contexts_->error = TunnelOps::BuildContext(options_, /*server=*/false,
+                                                     &tls_contexts_->client);
+    }
+  }
+}
+
+AuthenticatedTransport::~AuthenticatedTransport() = default;
+
+void AuthenticatedTransport::Refused(const std::string& why) {
+  if (options_.on_refused) options_.on_refused(why);
 }
 
 int AuthenticatedTransport::Init(struct raft_uv_transport* transport, raft_id id,
@@ -327,6 +867,11 @@ int AuthenticatedTransport::Init(struct raft_uv_transport* transport, raft_id id
   auto* t = static_cast<AuthenticatedTransport*>(transport->impl);
   if (t->options_.cluster_secret.empty()) {
     absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg), "no cluster secret");
+    return RAFT_INVALID;
+  }
+  if (t->tls_contexts_ != nullptr && !t->tls_contexts_->error.empty()) {
+    absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg), "peer TLS: %s",
+                   t->tls_contexts_->error);
     return RAFT_INVALID;
   }
   struct sockaddr_in parsed;
@@ -370,10 +915,12 @@ int AuthenticatedTransport::Connect(struct raft_uv_transport* transport,
   if (t->closing_) return RAFT_CANCELED;
   struct sockaddr_in peer;
   if (!ParseAddress(address, &peer)) return RAFT_NOCONNECTION;
+  if (t->tls()) return TunnelOps::Connect(t, req, address, peer, cb);
   AuthenticatedTransport::Handshake* h = HandshakeOps::New(t, /*connector=*/true);
   if (h == nullptr) return RAFT_NOMEM;
   h->connect.data = h;
-  int rv = uv_tcp_connect(&h->connect, h->tcp, reinterpret_cast<const struct sockaddr*>(&peer),
+  int rv = uv_tcp_connect(&h->connect, reinterpret_cast<uv_tcp_t*>(h->stream),
+                          reinterpret_cast<const struct sockaddr*>(&peer),
                           &HandshakeOps::OnConnected);
   if (rv != 0) {
     HandshakeOps::Fail(h, false);  // no callback: req stays unset
@@ -395,11 +942,17 @@ void AuthenticatedTransport::Close(struct raft_uv_transport* transport,
   }
   std::vector<Handshake*> open(t->handshakes_.begin(), t->handshakes_.end());
   for (Handshake* h : open) HandshakeOps::Fail(h, false);
+  // Tunnels already handed to libraft: it sees their pipes close.
+  std::vector<Tunnel*> tunnels(t->tunnels_.begin(), t->tunnels_.end());
+  for (Tunnel* u : tunnels) TunnelOps::Close(u);
   t->MaybeFinishClose();
 }
 
 void AuthenticatedTransport::MaybeFinishClose() {
-  if (!closing_ || listener_ != nullptr || !handshakes_.empty() || close_cb_ == nullptr) return;
+  if (!closing_ || listener_ != nullptr || !handshakes_.empty() || !tunnels_.empty() ||
+      close_cb_ == nullptr) {
+    return;
+  }
   raft_uv_transport_close_cb cb = std::exchange(close_cb_, nullptr);
   cb(&transport_);
 }

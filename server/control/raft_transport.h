@@ -24,6 +24,18 @@
 // fixed 300 bytes. A handshake that does not finish within the deadline is
 // dropped.
 //
+// With mutual TLS (TransportOptions::tls_ca_file, from --peer-tls-*), every
+// connection is TLS 1.3 first, both ends showing a certificate of the
+// cluster CA: the connector checks that the listener's names the host it
+// dialled, the listener that the connector's names the host of the address
+// its hello claims (its identity in the Raft configuration). The handshake
+// above then runs inside TLS. libraft wants a uv_stream_t it reads and
+// writes itself, so it is given one end of a socketpair (a uv_pipe_t) and a
+// Tunnel pumps the other end through the TLS connection on the same loop:
+// plaintext from libraft becomes records on the TCP connection and records
+// from it become plaintext for libraft. Control-plane traffic is small, so
+// the extra hop costs nothing that matters.
+//
 // Thread-safety: like everything of libraft's, used on its loop thread only.
 #ifndef LOGKV_SERVER_CONTROL_RAFT_TRANSPORT_H_
 #define LOGKV_SERVER_CONTROL_RAFT_TRANSPORT_H_
@@ -34,6 +46,8 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -44,6 +58,15 @@ namespace logkv::server::control {
 struct TransportOptions {
   std::string cluster_secret;         // shared by every member; must not be empty
   uint64_t handshake_deadline_ms = 5000;
+  // Mutual TLS: this node's certificate (then its chain) and key, and the
+  // cluster CA both ends' certificates must chain to. Off while tls_ca_file
+  // is empty; with it, cert and key are needed.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
+  // Told why a connection was refused (a failed TLS handshake, a
+  // certificate that does not name the peer, a wrong proof), on the loop.
+  std::function<void(const std::string& why)> on_refused;
 };
 
 class AuthenticatedTransport {
@@ -51,9 +74,12 @@ class AuthenticatedTransport {
   // loop: the loop libraft runs on. Pass transport() to raft_uv_init; libraft
   // closes it (through raft_uv's close), after which this object may be
   // destroyed.
+  // With TLS the files are read here; a file that does not read makes Init
+  // fail (with errmsg saying which).
   AuthenticatedTransport(uv_loop_t* loop, TransportOptions options);
   AuthenticatedTransport(const AuthenticatedTransport&) = delete;
   AuthenticatedTransport& operator=(const AuthenticatedTransport&) = delete;
+  ~AuthenticatedTransport();
 
   struct raft_uv_transport* transport() { return &transport_; }
 
@@ -62,8 +88,11 @@ class AuthenticatedTransport {
   uint64_t accepted() const { return accepted_; }
   uint64_t connected() const { return connected_; }
   uint64_t refused() const { return refused_; }
+  bool tls() const { return !options_.tls_ca_file.empty(); }
 
   struct Handshake;  // one connection being authenticated (raft_transport.cc)
+  struct Tunnel;     // with TLS: one connection's pump (raft_transport.cc)
+  struct TlsContexts;
 
  private:
   static int Init(struct raft_uv_transport* t, raft_id id, const char* address);
@@ -73,7 +102,9 @@ class AuthenticatedTransport {
   static void Close(struct raft_uv_transport* t, raft_uv_transport_close_cb cb);
 
   friend struct HandshakeOps;
+  friend struct TunnelOps;
   void MaybeFinishClose();
+  void Refused(const std::string& why);
 
   uv_loop_t* loop_;
   TransportOptions options_;
@@ -83,6 +114,8 @@ class AuthenticatedTransport {
   uv_tcp_t* listener_ = nullptr;  // from new; deleted in its close callback
   raft_uv_accept_cb accept_cb_ = nullptr;
   std::set<Handshake*> handshakes_;
+  std::set<Tunnel*> tunnels_;  // open until both their handles closed
+  std::unique_ptr<TlsContexts> tls_contexts_;  // with TLS
   bool closing_ = false;
   raft_uv_transport_close_cb close_cb_ = nullptr;
   uint64_t accepted_ = 0;

@@ -1,16 +1,22 @@
 #include "server/http/http_fetch.h"
 
+#include <arpa/inet.h>
 #include <llhttp.h>
 #include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "protocol/openssl_errors.h"
 
 namespace logkv::server::http {
 
@@ -51,6 +57,123 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_vie
     }
   }
 }
+
+// The TLS side of a fetch: a client SSL on the socket, driven with poll.
+class TlsChannel {
+ public:
+  ~TlsChannel() {
+    SSL_free(ssl_);
+    SSL_CTX_free(ctx_);
+  }
+
+  // The handshake with the node at host (where: host:port, for messages).
+  absl::Status Start(int fd, const std::string& host, const std::string& where,
+                     const FetchRequest& fetch, absl::Time deadline) {
+    ERR_clear_error();
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (ctx_ == nullptr) return Failed("TLS", protocol::TakeOpenSslErrors("SSL_CTX_new failed"));
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    const bool loaded =
+        fetch.tls_ca_file.empty()
+            ? SSL_CTX_set_default_verify_paths(ctx_) == 1
+            : SSL_CTX_load_verify_locations(ctx_, fetch.tls_ca_file.c_str(), nullptr) == 1;
+    if (!loaded) {
+      return Failed(absl::StrCat("TLS: cannot read the CA file ", fetch.tls_ca_file),
+                    protocol::TakeOpenSslErrors(""));
+    }
+    if (!fetch.tls_cert_file.empty() &&
+        (SSL_CTX_use_certificate_chain_file(ctx_, fetch.tls_cert_file.c_str()) != 1 ||
+         SSL_CTX_use_PrivateKey_file(ctx_, fetch.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+         SSL_CTX_check_private_key(ctx_) != 1)) {
+      return Failed(absl::StrCat("TLS: cannot use the client certificate ", fetch.tls_cert_file,
+                                 " and key ", fetch.tls_key_file),
+                    protocol::TakeOpenSslErrors(""));
+    }
+    ssl_ = SSL_new(ctx_);
+    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd) != 1) {
+      return Failed("TLS", protocol::TakeOpenSslErrors("SSL_new failed"));
+    }
+    static const unsigned char kAlpn[] = "\x08http/1.1";
+    SSL_set_alpn_protos(ssl_, kAlpn, sizeof(kAlpn) - 1);
+    const std::string& name = fetch.tls_server_name.empty() ? host : fetch.tls_server_name;
+    unsigned char ip[16];
+    if (::inet_pton(AF_INET, name.c_str(), ip) == 1 || ::inet_pton(AF_INET6, name.c_str(), ip) == 1) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), name.c_str());
+    } else {
+      SSL_set_tlsext_host_name(ssl_, name.c_str());
+      SSL_set1_host(ssl_, name.c_str());
+    }
+    while (true) {
+      ERR_clear_error();
+      const int rc = SSL_connect(ssl_);
+      if (rc == 1) return absl::OkStatus();
+      const int error = SSL_get_error(ssl_, rc);
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        if (absl::Status ready = WaitFor(fd, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
+                                         deadline, where);
+            !ready.ok()) {
+          return ready;
+        }
+        continue;
+      }
+      std::string reason = protocol::TakeOpenSslErrors("the node closed the connection");
+      const long verify = SSL_get_verify_result(ssl_);
+      if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+        reason = absl::StrCat("its certificate does not name '", name,
+                              "': use a name or address in it (or --tls-server-name)");
+      } else if (verify != X509_V_OK) {
+        reason = absl::StrCat("its certificate: ", X509_verify_cert_error_string(verify),
+                              fetch.tls_ca_file.empty()
+                                  ? std::string(" (give the CA that signed it: --cacert)")
+                                  : absl::StrCat(" (--cacert ", fetch.tls_ca_file, ")"));
+      } else if (reason.find("certificate required") != std::string::npos) {
+        reason += ": the node requires a client certificate (--cert and --tls-key)";
+      } else if (reason.find("wrong version number") != std::string::npos ||
+                 reason.find("packet length too long") != std::string::npos) {
+        reason += ": the node did not answer in TLS (an http:// port?)";
+      }
+      return absl::UnavailableError(absl::StrCat("TLS with ", where, " failed: ", reason));
+    }
+  }
+
+  // Like send(2) and recv(2) on the non-blocking socket: > 0 bytes, or -1
+  // with errno EAGAIN (*wants says which readiness to wait for) or another
+  // error; recv 0 at the end of the stream.
+  ssize_t Send(const char* data, size_t size, short* wants) {
+    ERR_clear_error();
+    const int rc = SSL_write(ssl_, data, static_cast<int>(size));
+    return rc > 0 ? rc : Retry(rc, wants);
+  }
+  ssize_t Recv(char* data, size_t size, short* wants) {
+    ERR_clear_error();
+    const int rc = SSL_read(ssl_, data, static_cast<int>(size));
+    if (rc > 0) return rc;
+    if (SSL_get_error(ssl_, rc) == SSL_ERROR_ZERO_RETURN) return 0;
+    return Retry(rc, wants);
+  }
+  // Plaintext OpenSSL holds already (no need to wait for the socket).
+  bool pending() const { return SSL_pending(ssl_) > 0; }
+
+ private:
+  static absl::Status Failed(const std::string& what, const std::string& why) {
+    return absl::UnavailableError(why.empty() ? what : absl::StrCat(what, ": ", why));
+  }
+  ssize_t Retry(int rc, short* wants) {
+    const int error = SSL_get_error(ssl_, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      *wants = error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+      errno = EAGAIN;
+      return -1;
+    }
+    ERR_clear_error();
+    errno = ECONNRESET;
+    return -1;
+  }
+
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+};
 
 }  // namespace
 
@@ -97,6 +220,25 @@ absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
     return absl::UnavailableError(absl::StrCat("cannot connect to ", where, ": ",
                                                std::strerror(error)));
   }
+  std::unique_ptr<TlsChannel> tls;
+  if (fetch.tls) {
+    tls = std::make_unique<TlsChannel>();
+    if (absl::Status started = tls->Start(fd.get(), host, where, fetch, deadline); !started.ok()) {
+      return started;
+    }
+  }
+  // What to wait for before the next send or recv (TLS may want the other).
+  short send_wants = POLLOUT;
+  short recv_wants = POLLIN;
+  auto send_some = [&](const char* data, size_t size) -> ssize_t {
+    send_wants = POLLOUT;
+    return tls != nullptr ? tls->Send(data, size, &send_wants)
+                          : ::send(fd.get(), data, size, MSG_NOSIGNAL);
+  };
+  auto recv_some = [&](char* data, size_t size) -> ssize_t {
+    recv_wants = POLLIN;
+    return tls != nullptr ? tls->Recv(data, size, &recv_wants) : ::recv(fd.get(), data, size, 0);
+  };
   std::string request = absl::StrCat(fetch.method, " ", fetch.target, " HTTP/1.1\r\nHost: ", where,
                                      "\r\nConnection: close\r\nContent-Length: ",
                                      fetch.body.size(), "\r\n");
@@ -104,8 +246,10 @@ absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
   absl::StrAppend(&request, "\r\n", fetch.body);
   size_t sent = 0;
   while (sent < request.size()) {
-    if (absl::Status ready = WaitFor(fd.get(), POLLOUT, deadline, where); !ready.ok()) return ready;
-    const ssize_t n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (absl::Status ready = WaitFor(fd.get(), send_wants, deadline, where); !ready.ok()) {
+      return ready;
+    }
+    const ssize_t n = send_some(request.data() + sent, request.size() - sent);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) {
       return absl::UnavailableError(absl::StrCat("sending to ", where, ": ", std::strerror(errno)));
@@ -137,8 +281,12 @@ absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
   parser.data = &state;
   char buffer[16 << 10];
   while (!state.complete) {
-    if (absl::Status ready = WaitFor(fd.get(), POLLIN, deadline, where); !ready.ok()) return ready;
-    const ssize_t n = ::recv(fd.get(), buffer, sizeof(buffer), 0);
+    if (tls == nullptr || !tls->pending()) {
+      if (absl::Status ready = WaitFor(fd.get(), recv_wants, deadline, where); !ready.ok()) {
+        return ready;
+      }
+    }
+    const ssize_t n = recv_some(buffer, sizeof(buffer));
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n < 0) {
       return absl::UnavailableError(absl::StrCat("reading from ", where, ": ", std::strerror(errno)));

@@ -306,21 +306,43 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
     return refuse(absl::PermissionDeniedError("this node does not accept cluster peers"));
   }
   if (is_peer_) return refuse(absl::FailedPreconditionError("ClusterHello sent twice"));
-  // Node-to-node mutual TLS: a peer shows a certificate of the cluster's CA.
+  // Node-to-node mutual TLS: a peer shows a certificate of the cluster's CA
+  // that names who it claims to be.
   if (const TlsContext* tls = config().tls; tls != nullptr && tls->peers_need_certificates()) {
+    const std::string claimed(p::View(hello->node_id()));
+    // Logged and counted (logkv_tls_peer_refusals_total): an operator
+    // wants to know of a node knocking with the wrong certificate.
+    auto refuse_peer = [&](const std::string& why) {
+      tls->CountPeerRefusal();
+      Log(Level::kWarning, "connection %d: refused cluster peer '%s': %s", c.id, claimed, why);
+      refuse(absl::PermissionDeniedError(why));
+    };
     if (c.tls == nullptr || !c.tls->PeerVerified(tls->options().peer_ca_file)) {
-      return refuse(absl::PermissionDeniedError(absl::StrCat(
-          "a cluster peer must show a certificate of the cluster CA: ",
-          c.tls != nullptr ? c.tls->error() : "no TLS")));
+      return refuse_peer(absl::StrCat("a cluster peer must show a certificate of the cluster CA: ",
+                                      c.tls != nullptr ? c.tls->error() : "no TLS"));
     }
-    // A member is who its certificate names: the host it advertises.
-    const std::string address = handler->MemberAddress(p::View(hello->node_id()));
+    const std::string address = handler->MemberAddress(claimed);
     if (const size_t colon = address.rfind(':'); colon != std::string::npos) {
+      // A member is who its certificate names: the host it advertises.
       const std::string host = address.substr(0, colon);
       if (!c.tls->PeerNames(host)) {
-        return refuse(absl::PermissionDeniedError(absl::StrCat(
-            "the certificate of cluster peer '", p::View(hello->node_id()),
-            "' does not name ", host, ", the host it advertises in the member list")));
+        return refuse_peer(absl::StrCat("the certificate of cluster peer '", claimed,
+                                        "' does not name ", host,
+                                        ", the host it advertises in the member list"));
+      }
+    } else if (address.empty() && !claimed.empty()) {
+      // Not a member (yet: a node joining). Its certificate must name the
+      // identity it claims: its node id, or the host of the node id when
+      // that is host:port (its advertised address, the default). A node
+      // that claims none yet (listening on port 0 before it knows its
+      // port) is held to the CA alone.
+      const size_t id_colon = claimed.rfind(':');
+      const std::string id_host =
+          id_colon == std::string::npos ? claimed : claimed.substr(0, id_colon);
+      if (!c.tls->PeerNames(claimed) && !c.tls->PeerNames(id_host)) {
+        return refuse_peer(absl::StrCat(
+            "node '", claimed, "' is not in the member list and its certificate does not name ",
+            id_host, " (a joining node's --peer-tls-cert must name its node id or advertised host)"));
       }
     }
   }

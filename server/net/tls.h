@@ -88,6 +88,10 @@ class TlsContext {
   void CountHandshakeFailure() const {
     handshake_failures_.fetch_add(1, std::memory_order_relaxed);
   }
+  // ClusterHellos refused for the certificate shown (--peer-tls-ca): none,
+  // not of the cluster CA, or not naming the node it claims to be.
+  uint64_t peer_refusals() const { return peer_refusals_.load(std::memory_order_relaxed); }
+  void CountPeerRefusal() const { peer_refusals_.fetch_add(1, std::memory_order_relaxed); }
   const TlsOptions& options() const { return options_; }
   bool peers_need_certificates() const { return !options_.peer_ca_file.empty(); }
 
@@ -105,6 +109,7 @@ class TlsContext {
   CtxPtr ctx_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> not_after_{0};
   mutable std::atomic<uint64_t> handshake_failures_{0};
+  mutable std::atomic<uint64_t> peer_refusals_{0};
 };
 
 // One connection's TLS, fed the ciphertext the socket read and drained of

@@ -1,8 +1,12 @@
 // The authenticated raft_uv_transport on loopback: the handshake alone
-// (right secret, wrong secret either way, garbage), and two real libraft
-// servers (libuv backend, temporary directories, ports chosen at run time)
-// electing a leader and replicating a command through it. Waits are bounded
-// in real time; nothing is asserted about how long anything takes.
+// (right secret, wrong secret either way, garbage), over mutual TLS (the
+// cluster CA both ways; refusals of another CA's certificate, of a
+// certificate that does not name the address a peer claims or dials, of a
+// plaintext peer), and two real libraft servers (libuv backend, temporary
+// directories, ports chosen at run time) electing a leader and replicating a
+// command through it, in plaintext and over TLS. Certificates are made at
+// run time by tools/make-certs.sh. Waits are bounded in real time; nothing
+// is asserted about how long anything takes.
 extern "C" {
 #include <raft.h>
 #include <raft/uv.h>
@@ -14,6 +18,7 @@ extern "C" {
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -28,6 +33,55 @@ namespace logkv::server::control {
 namespace {
 
 constexpr absl::Duration kBound = absl::Seconds(30);
+
+TransportOptions SecretOnly(const std::string& secret) {
+  TransportOptions options;
+  options.cluster_secret = secret;
+  return options;
+}
+
+// A CA with certificates made by tools/make-certs.sh in a temporary
+// directory: "node" names 127.0.0.1, "intruder" only intruder.example; the
+// other CA's "mallory" names 127.0.0.1.
+class Certificates {
+ public:
+  Certificates() {
+    std::string pattern = (std::filesystem::path(::testing::TempDir()) / "certs-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) return;
+    dir_ = pattern;
+    const std::string script = LOGKV_MAKE_CERTS;
+    const std::string d = dir_.string();
+    const std::string o = (dir_ / "other").string();
+    ok_ = std::system((script + " " + d + " ca >/dev/null 2>&1").c_str()) == 0 &&
+          std::system((script + " " + d + " server node 127.0.0.1 >/dev/null 2>&1").c_str()) == 0 &&
+          std::system((script + " " + d + " server intruder intruder.example >/dev/null 2>&1")
+                          .c_str()) == 0 &&
+          std::system((script + " " + o + " ca >/dev/null 2>&1").c_str()) == 0 &&
+          std::system((script + " " + o + " server mallory 127.0.0.1 >/dev/null 2>&1").c_str()) == 0;
+  }
+  ~Certificates() {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  bool ok() const { return ok_; }
+  // Options for a node showing certificate `name` (of the other CA when
+  // other), trusting the cluster CA.
+  TransportOptions Options(const std::string& secret, const std::string& name,
+                           bool other = false, std::vector<std::string>* refusals = nullptr) const {
+    TransportOptions options = SecretOnly(secret);
+    const std::filesystem::path dir = other ? dir_ / "other" : dir_;
+    options.tls_cert_file = (dir / (name + ".pem")).string();
+    options.tls_key_file = (dir / (name + ".key")).string();
+    options.tls_ca_file = (dir_ / "ca.pem").string();
+    if (refusals != nullptr) {
+      options.on_refused = [refusals](const std::string& why) { refusals->push_back(why); };
+    }
+    return options;
+  }
+
+ private:
+  std::filesystem::path dir_;
+  bool ok_ = false;
+};
 
 class LoopTest : public ::testing::Test {
  protected:
@@ -95,8 +149,11 @@ class TransportTest : public LoopTest {
   // A transport that has been through init (and listen, when listening).
   std::unique_ptr<AuthenticatedTransport> Make(raft_id id, const std::string& address,
                                                const std::string& secret, bool listen) {
-    auto transport = std::make_unique<AuthenticatedTransport>(
-        &loop_, TransportOptions{.cluster_secret = secret});
+    return Make(id, address, SecretOnly(secret), listen);
+  }
+  std::unique_ptr<AuthenticatedTransport> Make(raft_id id, const std::string& address,
+                                               TransportOptions options, bool listen) {
+    auto transport = std::make_unique<AuthenticatedTransport>(&loop_, std::move(options));
     struct raft_uv_transport* t = transport->transport();
     t->data = &accepted_;
     EXPECT_EQ(t->init(t, id, address.c_str()), 0);
@@ -216,6 +273,134 @@ TEST_F(TransportTest, GarbageIsRefusedAndClosed) {
   Close(*listener);
 }
 
+bool Mentions(const std::vector<std::string>& lines, const std::string& text) {
+  for (const std::string& line : lines) {
+    if (line.find(text) != std::string::npos) return true;
+  }
+  return false;
+}
+
+class TlsTransportTest : public TransportTest {
+ protected:
+  void SetUp() override {
+    TransportTest::SetUp();
+    ASSERT_TRUE(certs_.ok()) << "tools/make-certs.sh failed";
+  }
+  Certificates certs_;
+  std::vector<std::string> refusals_;
+};
+
+TEST_F(TlsTransportTest, ClusterCertificatesConnect) {
+  const std::string listener_address = Loopback(test::PickFreePort());
+  const std::string connector_address = Loopback(test::PickFreePort());
+  auto listener = Make(1, listener_address, certs_.Options("s", "node", false, &refusals_), true);
+  auto connector = Make(2, connector_address, certs_.Options("s", "node", false, &refusals_), false);
+  ASSERT_TRUE(listener->tls());
+
+  Connected connected;
+  connected.req.data = &connected;
+  struct raft_uv_transport* t = connector->transport();
+  ASSERT_EQ(t->connect(t, &connected.req, 1, listener_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return connected.done && accepted_.count == 1; }));
+  EXPECT_EQ(connected.status, 0);
+  EXPECT_EQ(accepted_.id, 2u);
+  EXPECT_EQ(accepted_.address, connector_address);
+  EXPECT_EQ(listener->refused() + connector->refused(), 0u);
+  EXPECT_TRUE(refusals_.empty()) << refusals_.front();
+  Close(*connector);
+  Close(*listener);
+}
+
+TEST_F(TlsTransportTest, AnotherCasCertificateIsRefused) {
+  const std::string listener_address = Loopback(test::PickFreePort());
+  auto listener = Make(1, listener_address, certs_.Options("s", "node", false, &refusals_), true);
+  // Mallory knows the secret, and her certificate names her address, but it
+  // is not of the cluster CA.
+  auto mallory = Make(2, Loopback(test::PickFreePort()), certs_.Options("s", "mallory", true), false);
+  Connected connected;
+  connected.req.data = &connected;
+  struct raft_uv_transport* t = mallory->transport();
+  ASSERT_EQ(t->connect(t, &connected.req, 1, listener_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return connected.done && listener->refused() == 1; }));
+  EXPECT_EQ(connected.status, RAFT_NOCONNECTION);
+  EXPECT_EQ(accepted_.count, 0);
+  ASSERT_FALSE(refusals_.empty());
+  EXPECT_TRUE(Mentions(refusals_, "control-plane TLS from 127.0.0.1 refused")) << refusals_[0];
+  Close(*mallory);
+  Close(*listener);
+}
+
+TEST_F(TlsTransportTest, ACertificateNotNamingTheClaimedAddressIsRefused) {
+  const std::string listener_address = Loopback(test::PickFreePort());
+  auto listener = Make(1, listener_address, certs_.Options("s", "node", false, &refusals_), true);
+  // Valid under the cluster CA, with the secret, but it names
+  // intruder.example, not the 127.0.0.1 its hello claims.
+  auto intruder = Make(2, Loopback(test::PickFreePort()), certs_.Options("s", "intruder"), false);
+  Connected connected;
+  connected.req.data = &connected;
+  struct raft_uv_transport* t = intruder->transport();
+  ASSERT_EQ(t->connect(t, &connected.req, 1, listener_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return connected.done && listener->refused() == 1; }));
+  EXPECT_EQ(connected.status, RAFT_NOCONNECTION);
+  EXPECT_EQ(accepted_.count, 0);
+  EXPECT_TRUE(Mentions(refusals_, "its certificate does not name 127.0.0.1"))
+      << (refusals_.empty() ? "no refusal reported" : refusals_[0]);
+  Close(*intruder);
+  Close(*listener);
+}
+
+TEST_F(TlsTransportTest, AListenerNotNamedAsDialledIsRefused) {
+  const std::string listener_address = Loopback(test::PickFreePort());
+  auto listener = Make(1, listener_address, certs_.Options("s", "intruder"), true);
+  auto connector = Make(2, Loopback(test::PickFreePort()),
+                        certs_.Options("s", "node", false, &refusals_), false);
+  Connected connected;
+  connected.req.data = &connected;
+  struct raft_uv_transport* t = connector->transport();
+  ASSERT_EQ(t->connect(t, &connected.req, 1, listener_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return connected.done; }));
+  EXPECT_EQ(connected.status, RAFT_NOCONNECTION);
+  EXPECT_EQ(connector->refused(), 1u);
+  EXPECT_TRUE(Mentions(refusals_, "control-plane TLS to " + listener_address + " refused"))
+      << (refusals_.empty() ? "no refusal reported" : refusals_[0]);
+  EXPECT_EQ(accepted_.count, 0);
+  Close(*connector);
+  Close(*listener);
+}
+
+TEST_F(TlsTransportTest, PlaintextPeersAreRefusedBothWays) {
+  const std::string tls_address = Loopback(test::PickFreePort());
+  const std::string plain_address = Loopback(test::PickFreePort());
+  auto tls = Make(1, tls_address, certs_.Options("s", "node", false, &refusals_), true);
+  auto plain = Make(2, plain_address, "s", true);
+
+  Connected from_plain;
+  from_plain.req.data = &from_plain;
+  struct raft_uv_transport* p = plain->transport();
+  ASSERT_EQ(p->connect(p, &from_plain.req, 1, tls_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return from_plain.done && tls->refused() >= 1; }));
+  EXPECT_EQ(from_plain.status, RAFT_NOCONNECTION);
+
+  Connected from_tls;
+  from_tls.req.data = &from_tls;
+  struct raft_uv_transport* t = tls->transport();
+  ASSERT_EQ(t->connect(t, &from_tls.req, 2, plain_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return from_tls.done; }));
+  EXPECT_EQ(from_tls.status, RAFT_NOCONNECTION);
+  EXPECT_EQ(accepted_.count, 0);
+  Close(*plain);
+  Close(*tls);
+}
+
+TEST_F(TlsTransportTest, UnreadableFilesFailInit) {
+  TransportOptions options = certs_.Options("s", "node");
+  options.tls_key_file = "/nonexistent/node.key";
+  AuthenticatedTransport transport(&loop_, std::move(options));
+  struct raft_uv_transport* t = transport.transport();
+  EXPECT_EQ(t->init(t, 1, Loopback(test::PickFreePort()).c_str()), RAFT_INVALID);
+  EXPECT_NE(std::string(t->errmsg).find("peer TLS"), std::string::npos) << t->errmsg;
+}
+
 // A libraft server on the libuv backend with the authenticated transport.
 struct Server {
   raft_id id = 0;
@@ -229,7 +414,8 @@ struct Server {
   bool closed = false;
 };
 
-class RaftOverTransportTest : public LoopTest {
+// Plaintext, and over mutual TLS.
+class RaftOverTransportTest : public LoopTest, public ::testing::WithParamInterface<bool> {
  protected:
   void Start(Server& server, raft_id id, const std::string& secret) {
     server.id = id;
@@ -237,8 +423,11 @@ class RaftOverTransportTest : public LoopTest {
     std::string pattern = (std::filesystem::path(::testing::TempDir()) / "raft-XXXXXX").string();
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
     server.dir = pattern;
+    if (GetParam()) {
+      ASSERT_TRUE(certs_.ok());
+    }
     server.transport = std::make_unique<AuthenticatedTransport>(
-        &loop_, TransportOptions{.cluster_secret = secret});
+        &loop_, GetParam() ? certs_.Options(secret, "node") : SecretOnly(secret));
     ASSERT_EQ(raft_uv_init(&server.io, &loop_, server.dir.c_str(), server.transport->transport()),
               0)
         << server.io.errmsg;
@@ -275,6 +464,8 @@ class RaftOverTransportTest : public LoopTest {
     }
     return nullptr;
   }
+
+  Certificates certs_;
 };
 
 struct Applied {
@@ -284,7 +475,7 @@ struct Applied {
   absl::StatusOr<uint64_t> result = absl::UnknownError("not applied");
 };
 
-TEST_F(RaftOverTransportTest, TwoServersElectAndReplicate) {
+TEST_P(RaftOverTransportTest, TwoServersElectAndReplicate) {
   Server a;
   Server b;
   Start(a, 1, "the secret");
@@ -318,9 +509,16 @@ TEST_F(RaftOverTransportTest, TwoServersElectAndReplicate) {
   EXPECT_GE(b.transport->accepted() + b.transport->connected(), 2u);
   EXPECT_EQ(a.transport->refused() + b.transport->refused(), 0u);
 
+  EXPECT_EQ(a.transport->tls(), GetParam());
+
   Stop(a);
   Stop(b);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transport, RaftOverTransportTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("MutualTls") : std::string("Plaintext");
+                         });
 
 }  // namespace
 }  // namespace logkv::server::control

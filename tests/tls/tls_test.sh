@@ -5,7 +5,12 @@
 # user must be able to act on (no client certificate, one of another CA, an
 # expired one, the wrong CA, a name the certificate lacks, an expired server
 # certificate, plaintext on a TLS port, HTTPS on the binary port); a
-# certificate reload on SIGHUP that keeps an open connection; the expiry metric.
+# certificate reload on SIGHUP that keeps an open connection and load running
+# through it; the expiry metric; a 3-node cluster over mutual TLS (the data
+# plane's peers and the control plane's Raft transport), managed by the CLI
+# over HTTPS (logkv nodes, logkv leave); peers refused for their certificate
+# (another CA's, or one of the cluster CA not naming the node it claims to
+# be), logged and counted.
 #   tls_test.sh LOGKVD LOGKV LOGKV_BENCH MAKE_CERTS
 set -euo pipefail
 logkvd=$1
@@ -200,13 +205,18 @@ ok "metrics: logkv_tls_cert_expiry_seconds=$expiry, handshake failures=$failures
 peer_flags=(--tls-cert="$certs/peer.pem" --tls-key="$certs/peer.key" --tls-ca="$certs/ca.pem"
   --peer-tls-cert="$certs/peer.pem" --peer-tls-key="$certs/peer.key" --peer-tls-ca="$certs/ca.pem"
   --cluster-secret=tls-test-secret --replicas=3 --gossip-interval-ms=100)
-start c1 "${peer_flags[@]}"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+c1_control=$(free_port)
+start c1 "${peer_flags[@]}" --control-port="$c1_control"
 seed=$port
 c1=$port
+c1_http=$http_port
 start c2 "${peer_flags[@]}" --seeds=127.0.0.1:"$seed"
 c2=$port
+c2_http=$http_port
 start c3 "${peer_flags[@]}" --seeds=127.0.0.1:"$seed"
 c3=$port
+c3_http=$http_port
 peer_tls=(--tls --cacert="$certs/ca.pem")
 written=false
 for _ in $(seq 1 200); do
@@ -240,6 +250,77 @@ for _ in $(seq 1 200); do
 done
 kill -0 "$c4_pid" 2>/dev/null && fail "a peer with another CA's certificate is still running"
 grep -q "could not join the cluster" "$work/c4.log" || fail "c4: $(tail -3 "$work/c4.log")"
-ok "a peer with a certificate of another CA is refused"
+ok "a peer with a certificate of another CA is refused (its TLS handshake fails)"
+
+# A certificate of the cluster CA is not enough: it must name the node the
+# peer claims to be. c5 joins with one naming only intruder.example (its
+# node id is its 127.0.0.1 address); c6 claims to be member c2.
+"$make_certs" "$certs" server intruder intruder.example
+refusals_before=$(curl -sS --cacert "$certs/ca.pem" "https://127.0.0.1:$c1_http/metrics?format=prometheus" |
+  awk '/^logkv_tls_peer_refusals_total / { print $2 }')
+c2_id=$("$cli" nodes --http-target=127.0.0.1:"$c2_http" --cacert="$certs/ca.pem" --json |
+  python3 -c 'import json, sys; print([n["id"] for n in json.load(sys.stdin)["nodes"] if n["address"].endswith(":'"$c2"'")][0])')
+for intruder in c5 c6; do
+  # A fixed port: the node id is then 127.0.0.1:port from the start.
+  id_flag=(--listen=127.0.0.1:"$(free_port)")
+  [ "$intruder" = c6 ] && id_flag+=(--node-id="$c2_id")
+  "$logkvd" --data_dir="$work/$intruder" --http=127.0.0.1:0 --threads=1 \
+    --tls-cert="$certs/peer.pem" --tls-key="$certs/peer.key" --tls-ca="$certs/ca.pem" \
+    --peer-tls-cert="$certs/intruder.pem" --peer-tls-key="$certs/intruder.key" \
+    --peer-tls-ca="$certs/ca.pem" --cluster-secret=tls-test-secret --seeds=127.0.0.1:"$seed" \
+    "${id_flag[@]}" --join-timeout-ms=3000 2>"$work/$intruder.log" &
+  pids+=($!)
+  intruder_pid=${pids[-1]}
+  for _ in $(seq 1 200); do
+    kill -0 "$intruder_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$intruder_pid" 2>/dev/null && fail "$intruder, whose certificate does not name it, is still running"
+  grep -q "join the cluster" "$work/$intruder.log" ||
+    fail "$intruder: $(tail -3 "$work/$intruder.log")"
+done
+grep -q "refused cluster peer '127.0.0.1:[0-9]*': node '127.0.0.1:[0-9]*' is not in the member list and its certificate does not name 127.0.0.1" "$work/c1.log" ||
+  fail "c5's refusal not logged: $(grep -i refused "$work/c1.log" | tail -3)"
+grep -q "refused cluster peer '$c2_id': the certificate of cluster peer '$c2_id' does not name 127.0.0.1" "$work/c1.log" ||
+  fail "c6's refusal not logged: $(grep -i refused "$work/c1.log" | tail -3)"
+refusals_after=$(curl -sS --cacert "$certs/ca.pem" "https://127.0.0.1:$c1_http/metrics?format=prometheus" |
+  awk '/^logkv_tls_peer_refusals_total / { print $2 }')
+[ "${refusals_after%.*}" -ge $(( ${refusals_before%.*} + 2 )) ] ||
+  fail "logkv_tls_peer_refusals_total $refusals_before -> $refusals_after"
+ok "peers with a certificate of the cluster CA not naming them are refused (logged; logkv_tls_peer_refusals_total $refusals_before -> $refusals_after)"
+
+# The control plane's Raft transport speaks mutual TLS too: a certificate of
+# the cluster CA completes the handshake, none is refused.
+out=$(openssl s_client -connect "127.0.0.1:$c1_control" -CAfile "$certs/ca.pem" \
+  -cert "$certs/peer.pem" -key "$certs/peer.key" </dev/null 2>&1 || true)
+grep -q "New, TLSv1.3" <<<"$out" || fail "control port TLS: $out"
+grep -q "Verify return code: 0 (ok)" <<<"$out" || fail "control port certificate: $out"
+# -ign_eof: stay for the server's answer to the client's Finished.
+out=$(timeout 10 openssl s_client -connect "127.0.0.1:$c1_control" -CAfile "$certs/ca.pem" -ign_eof \
+  </dev/null 2>&1 || true)
+grep -qi "alert certificate required\|alert handshake failure" <<<"$out" ||
+  fail "control port without a client certificate: $out"
+ok "the control plane's Raft transport is TLS 1.3 and wants a client certificate"
+
+# ---- The CLI's cluster commands over HTTPS -----------------------------------------------
+nodes=$("$cli" nodes --http-target=127.0.0.1:"$c2_http" --cacert="$certs/ca.pem") ||
+  fail "logkv nodes over HTTPS: $nodes"
+for p in "$c1" "$c2" "$c3"; do grep -q "127.0.0.1:$p" <<<"$nodes" || fail "logkv nodes lacks $p: $nodes"; done
+expect_error "logkv nodes in plaintext to an HTTPS port" "speaks HTTPS" \
+  "$cli" nodes --http-target=127.0.0.1:"$c2_http"
+expect_error "logkv nodes with the wrong CA" "certificate" \
+  "$cli" nodes --http-target=127.0.0.1:"$c2_http" --cacert="$other/ca.pem"
+"$cli" leave --http-target=127.0.0.1:"$c3_http" --cacert="$certs/ca.pem" \
+  --cluster-secret=tls-test-secret >"$work/leave.out" 2>&1 || fail "logkv leave over HTTPS: $(cat "$work/leave.out")"
+left=false
+for _ in $(seq 1 300); do
+  if ! "$cli" nodes --http-target=127.0.0.1:"$c1_http" --cacert="$certs/ca.pem" | grep -q "127.0.0.1:$c3 .*active"; then
+    left=true
+    break
+  fi
+  sleep 0.1
+done
+$left || fail "c3 is still active after logkv leave: $("$cli" nodes --http-target=127.0.0.1:"$c1_http" --cacert="$certs/ca.pem")"
+ok "logkv nodes and logkv leave over HTTPS (--cacert)"
 
 echo "$passed passed, 0 failed"
