@@ -34,6 +34,10 @@ std::string Explain(const std::string& reason) {
     return absl::StrCat(reason, ": the node does not trust the client certificate (--cert): "
                                 "use one signed by the CA of its --tls-ca");
   }
+  if (absl::StrContains(reason, "certificate revoked")) {
+    return absl::StrCat(reason, ": the node refused the client certificate (--cert): it has "
+                                "been revoked, use another");
+  }
   if (absl::StrContains(reason, "certificate expired")) {
     return absl::StrCat(reason, ": the node refused the client certificate (--cert): it has "
                                 "expired, renew it");

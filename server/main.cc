@@ -117,10 +117,14 @@ ABSL_FLAG(bool, insecure, false,
           "authenticated clients (--auth=on or --tls-client-auth=require).");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate (then its chain) for TLS on the binary port and HTTPS on every --http "
-          "address; empty: plaintext. SIGHUP reads it (and --tls-key, --tls-ca) again.");
+          "address; empty: plaintext. SIGHUP reads it (and --tls-key, --tls-ca, --tls-crl) "
+          "again.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert.");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA certificates that client certificates must chain to (--tls-client-auth).");
+ABSL_FLAG(std::string, tls_crl, "",
+          "PEM certificate revocation lists of --tls-ca's CAs: a client certificate they revoke "
+          "is refused (tools/make-certs.sh DIR revoke NAME makes one).");
 ABSL_FLAG(std::string, tls_client_auth, "none",
           "none | optional | require: whether clients must show a certificate of --tls-ca. "
           "optional checks one that is shown.");
@@ -239,7 +243,8 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
       {"TLS",
-       {"tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_min_version", "peer_tls_cert",
+       {"tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_client_auth", "tls_min_version",
+        "peer_tls_cert",
         "peer_tls_key", "peer_tls_ca"}},
       {"Limits",
        {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
@@ -695,6 +700,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.tls.crl_file = absl::GetFlag(FLAGS_tls_crl);
   absl::StatusOr<net::ClientAuth> client_auth =
       net::ParseClientAuth(absl::GetFlag(FLAGS_tls_client_auth));
   if (!client_auth.ok()) return client_auth.status();

@@ -9,12 +9,15 @@
 #                                                    each SAN (a DNS name or an IP address)
 #   tools/make-certs.sh DIR client NAME              a client certificate, CN=NAME
 #   tools/make-certs.sh DIR expired NAME [SAN...]    as server, valid only in 2020
+#   tools/make-certs.sh DIR revoke NAME...           revokes DIR/NAME.pem, and writes
+#                                                    DIR/crl.pem (the CA's revocation list,
+#                                                    for --tls-crl; 10 years)
 #
 # server certificates are usable as clients too (nodes dial each other with
 # theirs). DAYS (default 825) sets the validity of server and client ones.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 dir=$1
 kind=$2
@@ -106,6 +109,24 @@ subjectAltName=$(san_list "$@")"
     sign "$name" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
+    ;;
+  revoke)
+    [ $# -ge 1 ] || usage
+    need_ca
+    # The CA's revocation database lives in DIR/crl-db; each revoke adds to it.
+    db=$dir/crl-db
+    mkdir -p "$db"
+    [ -f "$db/index.txt" ] || : > "$db/index.txt"
+    [ -f "$db/crlnumber" ] || echo 01 > "$db/crlnumber"
+    printf '[ ca ]\ndefault_ca = logkv\n[ logkv ]\ndatabase = %s\ncrlnumber = %s\ndefault_md = sha256\ndefault_crl_days = 3650\n' \
+      "$db/index.txt" "$db/crlnumber" > "$db/ca.cnf"
+    for name in "$@"; do
+      [ -f "$dir/$name.pem" ] || { echo "make-certs: no $dir/$name.pem to revoke" >&2; exit 1; }
+      openssl ca -batch -config "$db/ca.cnf" -cert "$dir/ca.pem" -keyfile "$dir/ca.key" \
+        -revoke "$dir/$name.pem" 2>"$db/log" || { cat "$db/log" >&2; exit 1; }
+    done
+    openssl ca -batch -config "$db/ca.cnf" -cert "$dir/ca.pem" -keyfile "$dir/ca.key" -gencrl \
+      -out "$dir/crl.pem" 2>"$db/log" || { cat "$db/log" >&2; exit 1; }
     ;;
   *) usage ;;
 esac

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "protocol/openssl_errors.h"
@@ -39,6 +40,7 @@ class ScopedFd {
 
 struct ParseState {
   FetchedResponse response;
+  bool in_value = false;  // the last header callback was for a value
   size_t max_bytes = 0;
   bool complete = false;
   bool too_large = false;
@@ -268,6 +270,22 @@ absl::StatusOr<FetchedResponse> HttpFetch(const std::string& host, int port,
       return -1;
     }
     s->response.body.append(at, length);
+    return 0;
+  };
+  settings.on_header_field = [](llhttp_t* parser, const char* at, size_t length) -> int {
+    auto* s = static_cast<ParseState*>(parser->data);
+    if (s->response.headers.empty() || s->in_value) s->response.headers.emplace_back();
+    s->in_value = false;
+    for (size_t i = 0; i < length; ++i) {
+      s->response.headers.back().first.push_back(absl::ascii_tolower(at[i]));
+    }
+    return 0;
+  };
+  settings.on_header_value = [](llhttp_t* parser, const char* at, size_t length) -> int {
+    auto* s = static_cast<ParseState*>(parser->data);
+    if (s->response.headers.empty()) return 0;
+    s->in_value = true;
+    s->response.headers.back().second.append(at, length);
     return 0;
   };
   settings.on_message_complete = [](llhttp_t* parser) -> int {

@@ -23,6 +23,8 @@ namespace logkv::server::http {
 struct FetchedResponse {
   int status = 0;
   std::string body;
+  // The answer's headers, names lowercased, in order.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 struct FetchRequest {

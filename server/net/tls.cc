@@ -63,6 +63,11 @@ absl::Status TlsOptions::Validate() const {
     return absl::InvalidArgumentError(
         "--tls-ca and --tls-client-auth need TLS on: give --tls-cert and --tls-key too");
   }
+  if (!crl_file.empty() && ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-crl needs --tls-ca: the revocation lists are of the CAs client certificates "
+        "chain to");
+  }
   if (client_auth != ClientAuth::kNone && ca_file.empty()) {
     return absl::InvalidArgumentError(
         "--tls-client-auth=optional|require needs --tls-ca: the CA client certificates must "
@@ -114,6 +119,19 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
       return absl::InvalidArgumentError(
           absl::StrCat("--tls-ca ", options_.ca_file, ": ",
                        TakeOpenSslErrors("cannot read the CA certificates")));
+    }
+    if (!options_.crl_file.empty()) {
+      // Client certificates are checked against the lists (the leaf's
+      // issuer must have one); reread with the rest on SIGHUP.
+      X509_STORE* store = SSL_CTX_get_cert_store(ctx.get());
+      X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+      if (lookup == nullptr ||
+          X509_load_crl_file(lookup, options_.crl_file.c_str(), X509_FILETYPE_PEM) <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--tls-crl ", options_.crl_file, ": ",
+                         TakeOpenSslErrors("cannot read the revocation list")));
+      }
+      X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     }
     // The CA names the server asks client certificates of.
     if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options_.ca_file.c_str())) {

@@ -51,6 +51,7 @@ struct TlsOptions {
   std::string cert_file;  // PEM: the certificate, then its chain
   std::string key_file;   // PEM private key
   std::string ca_file;    // PEM CAs that client certificates must chain to
+  std::string crl_file;   // PEM CRLs of those CAs: revoked client certificates are refused
   ClientAuth client_auth = ClientAuth::kNone;
   bool allow_tls12 = false;  // --tls-min-version=1.2 (else TLS 1.3 only)
   // --peer-tls-ca: the cluster's CA. Client certificates are then asked for

@@ -14,7 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/http/http_fetch.h"
 
 namespace logkv::test {
 namespace {
@@ -59,9 +61,51 @@ const char* ConsistencyName(Consistency consistency) {
   return "";
 }
 
+namespace {
+
+absl::Mutex cluster_tls_mu;
+std::optional<ClusterTlsFiles> cluster_tls ABSL_GUARDED_BY(cluster_tls_mu);
+
+// HttpExchange over HTTPS, with the cluster's client certificate.
+absl::StatusOr<HttpAnswer> HttpsExchange(const ClusterTlsFiles& tls, int port,
+                                         absl::string_view method, absl::string_view target,
+                                         const HttpHeaders& headers, absl::string_view body,
+                                         absl::Duration timeout) {
+  server::http::FetchRequest request;
+  request.method = std::string(method);
+  request.target = std::string(target);
+  request.headers = headers;
+  request.body = std::string(body);
+  request.timeout = timeout;
+  request.max_bytes = 1u << 30;
+  request.tls = true;
+  request.tls_ca_file = tls.ca_file;
+  request.tls_cert_file = tls.cert_file;
+  request.tls_key_file = tls.key_file;
+  absl::StatusOr<server::http::FetchedResponse> fetched =
+      server::http::HttpFetch("127.0.0.1", port, request);
+  if (!fetched.ok()) return fetched.status();
+  HttpAnswer answer;
+  answer.status = fetched->status;
+  answer.status_line = absl::StrCat("HTTP/1.1 ", fetched->status);
+  answer.headers = std::move(fetched->headers);
+  answer.body = std::move(fetched->body);
+  return answer;
+}
+
+}  // namespace
+
+std::optional<ClusterTlsFiles> ClusterTls() {
+  absl::MutexLock lock(&cluster_tls_mu);
+  return cluster_tls;
+}
+
 absl::StatusOr<HttpAnswer> HttpExchange(int port, absl::string_view method,
                                         absl::string_view target, const HttpHeaders& headers,
                                         absl::string_view body, absl::Duration timeout) {
+  if (std::optional<ClusterTlsFiles> tls = ClusterTls(); tls.has_value() && method != "HEAD") {
+    return HttpsExchange(*tls, port, method, target, headers, body, timeout);
+  }
   const absl::Time deadline = absl::Now() + timeout;
   // A zero timeout makes Connect try once: a node that is down is refused
   // at once on loopback, and the caller sees Unavailable without waiting.
@@ -106,6 +150,21 @@ uint64_t TestSeedFromEnvironment(absl::string_view test_name) {
 
 ClusterProcess::ClusterProcess(ClusterOptions options) : options_(std::move(options)) {
   nodes_.reserve(kMaxNodes);
+  if (options_.mutual_tls) {
+    // One certificate serves every node (it names 127.0.0.1 and each node
+    // id, as a joining node's must) and the test's HTTPS client.
+    const std::string dir = root_.Subdir("certs");
+    std::string names = "127.0.0.1 localhost";
+    for (int i = 0; i < kMaxNodes; ++i) absl::StrAppend(&names, " n", i);
+    const std::string script = LOGKV_MAKE_CERTS;
+    tls_ready_ =
+        std::system(absl::StrCat(script, " ", dir, " ca >/dev/null 2>&1").c_str()) == 0 &&
+        std::system(absl::StrCat(script, " ", dir, " server node ", names, " >/dev/null 2>&1")
+                        .c_str()) == 0;
+    tls_files_ = {dir + "/ca.pem", dir + "/node.pem", dir + "/node.key"};
+    absl::MutexLock lock(&cluster_tls_mu);
+    cluster_tls = tls_files_;
+  }
   drainer_ = std::thread([this] {
     while (!stopping_.load()) {
       DrainOutputs();
@@ -115,6 +174,10 @@ ClusterProcess::ClusterProcess(ClusterOptions options) : options_(std::move(opti
 }
 
 ClusterProcess::~ClusterProcess() {
+  if (options_.mutual_tls) {
+    absl::MutexLock lock(&cluster_tls_mu);
+    cluster_tls.reset();
+  }
   stopping_.store(true);
   drainer_.join();
   // Stop in reverse so that node 0, the seed, goes last; each stop is bounded.
@@ -187,6 +250,13 @@ std::vector<std::string> ClusterProcess::Flags(const Node& node,
   }
   // A wiped node takes its own place again (it lost its data).
   if (node.wiped) flags.push_back("--replace");
+  if (options_.mutual_tls) {
+    for (const char* side : {"--tls", "--peer-tls"}) {
+      flags.push_back(absl::StrCat(side, "-cert=", tls_files_.cert_file));
+      flags.push_back(absl::StrCat(side, "-key=", tls_files_.key_file));
+      flags.push_back(absl::StrCat(side, "-ca=", tls_files_.ca_file));
+    }
+  }
   for (const std::string& flag : options_.extra_flags) flags.push_back(flag);
   return flags;
 }
@@ -218,6 +288,9 @@ absl::Status ClusterProcess::StartNode(int index, const std::vector<std::string>
 }
 
 absl::Status ClusterProcess::Start() {
+  if (options_.mutual_tls && !tls_ready_) {
+    return absl::FailedPreconditionError("tools/make-certs.sh could not make the certificates");
+  }
   for (int i = 0; i < options_.nodes; ++i) {
     absl::StatusOr<int> node = AddNode();
     if (!node.ok()) return node.status();

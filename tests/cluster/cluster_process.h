@@ -68,7 +68,22 @@ struct ClusterOptions {
   // Flags added to every node's command line (e.g. "--w=2").
   std::vector<std::string> extra_flags;
   absl::Duration start_timeout = absl::Seconds(20);
+  // All traffic over mutual TLS: certificates of one CA made at start
+  // (tools/make-certs.sh, naming 127.0.0.1 and every node id), TLS on the
+  // binary and HTTP ports (HttpExchange then speaks HTTPS with a client
+  // certificate), --peer-tls-* for the data plane's peers and the control
+  // plane's Raft transport.
+  bool mutual_tls = false;
 };
+
+// With a mutual-TLS cluster running: the files its clients use.
+struct ClusterTlsFiles {
+  std::string ca_file;
+  std::string cert_file;  // a client certificate of the cluster CA
+  std::string key_file;
+};
+// The files of the mutual-TLS cluster alive in this process, if any.
+std::optional<ClusterTlsFiles> ClusterTls();
 
 // One HTTP exchange with a deadline on all of it. Connecting is tried once,
 // so a node that is down fails at once with Unavailable (connection
@@ -186,6 +201,9 @@ class ClusterProcess {
 
   const ClusterOptions options_;
   ScopedTempDir root_;
+  // With options_.mutual_tls: the certificates, and whether they were made.
+  ClusterTlsFiles tls_files_;
+  bool tls_ready_ = false;
   // Reserved to kMaxNodes: adding a node never moves the others, so HTTP
   // helpers on other threads can read their ports meanwhile.
   std::vector<std::unique_ptr<Node>> nodes_;

@@ -351,6 +351,7 @@ class ClusterTest : public ::testing::Test {
     options.nodes = nodes;
     options.replicas = replicas;
     options.write_wait_ms = 1000;
+    options.mutual_tls = mutual_tls_;
     if (adjust) adjust(options);
     cluster_ = std::make_unique<ClusterProcess>(options);
     if (absl::Status status = cluster_->Start(); !status.ok()) return status;
@@ -366,7 +367,22 @@ class ClusterTest : public ::testing::Test {
   }
 
   std::unique_ptr<ClusterProcess> cluster_;
+  bool mutual_tls_ = false;  // ClusterOptions::mutual_tls
 };
+
+// The main cluster tests (replication, strong linearizability under
+// partitions, a join and a leave under load) run twice: in plaintext, and
+// with all traffic over mutual TLS (clients' HTTPS, the data plane's peers,
+// the control plane's Raft transport).
+class ClusterTransportTest : public ClusterTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override { mutual_tls_ = GetParam(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Transport, ClusterTransportTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("MutualTls") : std::string("Plaintext");
+                         });
 
 // ---- Harness ----------------------------------------------------------------
 
@@ -389,7 +405,7 @@ TEST(ClusterHarnessTest, StartUpErrorsFailFastWithTheNodeOutput) {
 
 // ---- Replication ------------------------------------------------------------
 
-TEST_F(ClusterTest, ReplicationIsVisibleOnEveryOwner) {
+TEST_P(ClusterTransportTest, ReplicationIsVisibleOnEveryOwner) {
   ASSERT_OK(StartCluster(3, 3));
   const std::vector<int> all = {0, 1, 2};
 
@@ -782,7 +798,7 @@ TEST_F(ClusterTest, WipedNodeIsRepairedByAntiEntropy) {
 
 // ---- Membership changes -----------------------------------------------------
 
-TEST_F(ClusterTest, JoinUnderLoadAndGracefulLeaveLoseNoKey) {
+TEST_P(ClusterTransportTest, JoinUnderLoadAndGracefulLeaveLoseNoKey) {
   const uint64_t seed = TestSeedFromEnvironment("JoinUnderLoadAndGracefulLeaveLoseNoKey");
   RecordProperty("seed", std::to_string(seed));
   ASSERT_OK(StartCluster(3, 3));
@@ -1018,7 +1034,7 @@ class StrongClients {
   std::vector<std::thread> threads_;
 };
 
-TEST_F(ClusterTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
+TEST_P(ClusterTransportTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
   const uint64_t seed =
       TestSeedFromEnvironment("StrongIsLinearizableAndEventualConvergesUnderPartitions");
   RecordProperty("seed", std::to_string(seed));

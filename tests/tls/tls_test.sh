@@ -3,7 +3,7 @@
 # is committed): logkvd with --tls-client-auth=require, reached by curl,
 # openssl s_client, the C++ client (logkv) and logkv-bench; the refusals a
 # user must be able to act on (no client certificate, one of another CA, an
-# expired one, the wrong CA, a name the certificate lacks, an expired server
+# expired one, a revoked one (--tls-crl), the wrong CA, a name the certificate lacks, an expired server
 # certificate, plaintext on a TLS port, HTTPS on the binary port); a
 # certificate reload on SIGHUP that keeps an open connection and load running
 # through it; the expiry metric; a 3-node cluster over mutual TLS (the data
@@ -133,6 +133,18 @@ start expired --tls-cert="$certs/old.pem" --tls-key="$certs/old.key"
 grep -q "has expired" "$work/expired.log" || fail "no warning of an expired certificate"
 expect_error "expired server certificate" "certificate has expired" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" get greeting
+
+# A client certificate its CA revoked (--tls-crl): refused, the others not.
+"$make_certs" "$certs" client revoked
+"$make_certs" "$certs" revoke revoked
+start crl --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-ca="$certs/ca.pem" \
+  --tls-client-auth=require --tls-crl="$certs/crl.pem"
+expect_error "revoked client certificate" "revoked" \
+  "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" --cert="$certs/revoked.pem" \
+  --tls-key="$certs/revoked.key" get greeting
+"$cli" --target=127.0.0.1:"$port" "${mtls[@]}" ping >/dev/null ||
+  fail "a certificate that is not revoked is refused with --tls-crl"
+ok "--tls-crl: a certificate that is not revoked is served"
 
 start tls12 --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-min-version=1.2
 out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_2 -alpn logkv </dev/null 2>&1 || true)
