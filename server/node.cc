@@ -2137,18 +2137,21 @@ absl::Status Node::StartFlusher() {
                                                       every_100ms);
     if (absl::Status status = audit_flusher_->Start(); !status.ok()) return status;
   }
-  if (!options_.audit_prefixes.empty()) {
+  // With accounts, an ACL's audit flag (docs/security.md) can ask for it.
+  control::AclState* access =
+      auth_store_ != nullptr && control_ != nullptr ? control_->access() : nullptr;
+  if (!options_.audit_prefixes.empty() || access != nullptr) {
     // Audited data writes: offered by the service, buffered here, proposed
-    // in batches. The policy today is --audit-prefix; an ACL's audit flag
-    // plugs in as another predicate.
+    // in batches: those under an --audit-prefix, and those an ACL entry
+    // with its audit flag decides for.
     std::vector<std::string> prefixes = options_.audit_prefixes;
     service_->SetWriteAudit(Service::WriteAudit{
         .audited =
-            [prefixes](absl::string_view engine_key) {
+            [prefixes, access](absl::string_view engine_key) {
               for (const std::string& prefix : prefixes) {
                 if (absl::StartsWith(engine_key, prefix)) return true;
               }
-              return false;
+              return access != nullptr && access->AuditsKey(engine_key);
             },
         .record =
             [this](absl::string_view engine_key, bool is_put) {

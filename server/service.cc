@@ -40,31 +40,6 @@ absl::Status AccessDenied(absl::string_view what) {
       absl::StrCat("the access control list does not let this user ", what, " this key"));
 }
 
-// Whether the ACLs (none: yes) let context's caller do all of need on
-// engine_key.
-bool Permits(const RequestContext& context, absl::string_view engine_key, uint32_t need) {
-  return context.access == nullptr ||
-         (context.access->Allowed(context.user_id, engine_key) & need) == need;
-}
-
-// For a scan or watch over engine_prefix: PermissionDenied when no key under
-// it may be read; *filter when keys must be checked one by one.
-absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_prefix,
-                       bool* filter) {
-  *filter = false;
-  if (context.access == nullptr) return absl::OkStatus();
-  uint32_t bits = 0;
-  if (!context.access->Uniform(context.user_id, engine_prefix, &bits)) {
-    *filter = true;
-    return absl::OkStatus();
-  }
-  if ((bits & kAccessRead) == 0) {
-    return absl::PermissionDeniedError(
-        "the access control list does not let this user read keys under this prefix");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status NotPermitted(absl::string_view what) {
   return absl::PermissionDeniedError(
       absl::StrCat("this API key may not ", what, " (missing scope)"));
@@ -157,6 +132,32 @@ void BuildBatchResponse(flatbuffers::FlatBufferBuilder* builder, uint64_t id,
 }
 
 }  // namespace
+
+// Whether the ACLs (none: yes) let context's caller do all of need on
+// engine_key.
+bool Permits(const RequestContext& context, absl::string_view engine_key, uint32_t need) {
+  return context.access == nullptr ||
+         (context.access->Allowed(context.user_id, engine_key) & need) == need;
+}
+
+// For a scan or watch over engine_prefix: PermissionDenied when no key under
+// it may be read; *filter when keys must be checked one by one.
+absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_prefix,
+                       bool* filter) {
+  *filter = false;
+  if (context.access == nullptr) return absl::OkStatus();
+  uint32_t bits = 0;
+  if (!context.access->Uniform(context.user_id, engine_prefix, &bits)) {
+    *filter = true;
+    return absl::OkStatus();
+  }
+  if ((bits & kAccessRead) == 0) {
+    return absl::PermissionDeniedError(
+        "the access control list does not let this user read keys under this prefix");
+  }
+  return absl::OkStatus();
+}
+
 
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
                                             std::string* scratch) {

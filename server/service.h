@@ -202,6 +202,15 @@ class Service {
   std::atomic<const WriteAudit*> write_audit_{nullptr};
 };
 
+// Whether the ACLs (none: yes) let context's caller do all of need (the
+// kAccess* bits) on engine_key.
+bool Permits(const RequestContext& context, absl::string_view engine_key, uint32_t need);
+// For a scan, listing or watch over engine_prefix: PermissionDenied when no
+// key under it may be read; *filter when keys must be checked one by one
+// (Permits).
+absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_prefix,
+                       bool* filter);
+
 // The engine key of a client's key in context's namespace, built in *scratch
 // when a prefix applies. InvalidArgument for a key in the reserved namespace.
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,

@@ -753,15 +753,23 @@ void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Respond
   }
   // Engine keys: the caller's namespace first.
   const std::string& ns = context->key_prefix;
-  ListKeys(deps.service, deps.cluster, absl::StrCat(ns, prefix),
+  const std::string engine_prefix = absl::StrCat(ns, prefix);
+  // The ACLs as a scan applies them: refused when no key under the prefix
+  // may be read, else the keys the caller may not read are left out.
+  bool filter = false;
+  if (absl::Status admitted = AdmitRead(*context, engine_prefix, &filter); !admitted.ok()) {
+    return responder.Send(ErrorFromStatus(admitted));
+  }
+  ListKeys(deps.service, deps.cluster, engine_prefix,
            after.empty() ? std::string() : absl::StrCat(ns, after), limit,
            [responder = std::make_shared<Responder>(std::move(responder)),
-            namespace_bytes = ns.size()](ListPage page) {
+            namespace_bytes = ns.size(), filter, context = *context](ListPage page) {
              auto strip = [namespace_bytes](absl::string_view key) {
                return key.substr(std::min(namespace_bytes, key.size()));
              };
              json keys = json::array();
              for (const ListedKey& item : page.keys) {
+               if (filter && !Permits(context, item.key, kAccessRead)) continue;
                json entry = {{"version", item.version},
                              {"timestamp", Rfc3339(TimestampMs(item.timestamp))},
                              {"size", item.size}};
