@@ -1862,6 +1862,7 @@ absl::Status Node::Leave(absl::Time deadline) {
   control::ControlPlane* control = control_plane();
   const control::Member self = control->self();
   cluster::Membership* membership = cluster_->membership();
+  left_.store(false);  // a new leave: until it removes this node
   {
     const std::shared_ptr<const control::ClusterConfig> config = control->config();
     const control::Member* held = config->Find(self.node_id);
@@ -1935,6 +1936,7 @@ absl::Status Node::Leave(absl::Time deadline) {
       if (removed.ok() || absl::StrContains(removed.status().message(), "it is removed")) {
         // This node keeps coordinating as a gateway: under the configuration
         // without it (its removal reaches it before Raft lets it go).
+        left_.store(true);
         if (absl::Status seen = control->WaitForSelf({control::MemberState::kRemoved},
                                                      absl::Now() + absl::Seconds(5));
             !seen.ok()) {
@@ -2024,19 +2026,22 @@ void Node::RejoinIfLeft() {
     return;
   }
   if (held != nullptr && held->raft_id == self.raft_id &&
-      held->state == control::MemberState::kLeaving && control_caught_up_.load()) {
+      held->state == control::MemberState::kLeaving && !left_.load()) {
     // Leaving, and not (or no longer) being asked to by POST /members/leave:
     // killed or restarted during a decommission, or the leave gave up at its
     // deadline. A leave is committed: a crash does not cancel it, and the
     // cluster must not stay in its joint configuration, so it goes on here
-    // until this node is removed.
-    ResumeLeave();
+    // until this node is removed (once it caught up with the control plane,
+    // so that it acts on what is committed).
+    if (control_caught_up_.load()) ResumeLeave();
     return;
   }
-  // Removed, as far as this node applied: a removed node may not hear of its
-  // own removal (the leader stops sending it the log).
+  // Removed, or leaving as far as this node applied after it left: a removed
+  // node may not hear of its own removal (the leader stops sending it the
+  // log).
   if (held == nullptr || held->raft_id != self.raft_id ||
-      held->state != control::MemberState::kRemoved) {
+      (held->state != control::MemberState::kRemoved &&
+       held->state != control::MemberState::kLeaving)) {
     return;
   }
   // Through any live member: it passes the command to its leader.

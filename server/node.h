@@ -409,6 +409,9 @@ class Node {
   // A leave is under way: the rejoin worker waits (it would otherwise add
   // back a node whose RemoveMember committed before gossip says it left).
   std::atomic<bool> leaving_{false};
+  // A leave of this process removed this node: a configuration that still
+  // says leaving is one the removal has not reached (RejoinIfLeft).
+  std::atomic<bool> left_{false};
 };
 
 }  // namespace logkv::server
