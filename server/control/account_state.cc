@@ -7,20 +7,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "flatbuffers/flatbuffers.h"
+#include "protocol/frame.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
 
 namespace {
 
-absl::string_view View(const flatbuffers::String* s) {
-  return s == nullptr ? absl::string_view() : absl::string_view(s->data(), s->size());
-}
-
-absl::string_view Bytes(const flatbuffers::Vector<uint8_t>* v) {
-  return v == nullptr ? absl::string_view()
-                      : absl::string_view(reinterpret_cast<const char*>(v->data()), v->size());
-}
+using protocol::View;
 
 std::string Finish(flatbuffers::FlatBufferBuilder& builder) {
   return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
@@ -107,7 +101,7 @@ AccountApiKey KeyFrom(const fb::ApiKey& in) {
   key.user_id = in.user_id();
   key.name = std::string(View(in.name()));
   key.key_prefix = std::string(View(in.key_prefix()));
-  key.key_hash = std::string(Bytes(in.key_hash()));
+  key.key_hash = std::string(View(in.key_hash()));
   key.scopes = in.scopes();
   key.is_active = in.is_active();
   key.created_at_ms = in.created_at_ms();
@@ -378,7 +372,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetAuthMode& cmd, bool ma
 }
 
 absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetJwtSecret& cmd) {
-  const absl::string_view secret = Bytes(cmd.secret());
+  const absl::string_view secret = View(cmd.secret());
   if (absl::Status s = CheckText("JWT secret", secret, kMinJwtSecretBytes, kMaxJwtSecretBytes);
       !s.ok()) {
     return s;
@@ -448,7 +442,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::IssueApiKey& cmd) {
   key.user_id = cmd.user_id();
   key.name = std::string(View(cmd.name()));
   key.key_prefix = std::string(View(cmd.key_prefix()));
-  key.key_hash = std::string(Bytes(cmd.key_hash()));
+  key.key_hash = std::string(View(cmd.key_hash()));
   key.scopes = cmd.scopes();
   key.created_at_ms = cmd.created_at_ms();
   key.expires_at_ms = cmd.expires_at_ms();
@@ -598,7 +592,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::ImportAccounts& cmd) {
       next.revoked_tokens.size() > kMaxRevokedTokens || next.bytes > kMaxAccountBytes) {
     return absl::ResourceExhaustedError("the imported accounts exceed the cluster's limits");
   }
-  const absl::string_view secret = Bytes(cmd.jwt_secret());
+  const absl::string_view secret = View(cmd.jwt_secret());
   if (!secret.empty()) {
     if (secret.size() > kMaxJwtSecretBytes) {
       return absl::InvalidArgumentError("imported JWT secret is too long");
@@ -644,7 +638,7 @@ absl::StatusOr<Accounts> AccountState::Decode(const fb::Accounts* in) {
     return absl::InvalidArgumentError(absl::StrCat("unknown auth mode ", in->auth_mode()));
   }
   a.auth_mode = static_cast<AuthModeCommitted>(in->auth_mode());
-  a.jwt_secret = std::string(Bytes(in->jwt_secret()));
+  a.jwt_secret = std::string(View(in->jwt_secret()));
   if (a.jwt_secret.size() > kMaxJwtSecretBytes) {
     return absl::InvalidArgumentError("the JWT secret is too long");
   }

@@ -10,20 +10,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "flatbuffers/flatbuffers.h"
+#include "protocol/frame.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
 
 namespace {
 
-absl::string_view View(const flatbuffers::String* s) {
-  return s == nullptr ? absl::string_view() : absl::string_view(s->data(), s->size());
-}
-
-absl::string_view View(const flatbuffers::Vector<uint8_t>* v) {
-  return v == nullptr ? absl::string_view()
-                      : absl::string_view(reinterpret_cast<const char*>(v->data()), v->size());
-}
+using protocol::View;
 
 template <typename T>
 std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,

@@ -5,20 +5,14 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "flatbuffers/flatbuffers.h"
+#include "protocol/frame.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
 
 namespace {
 
-absl::string_view View(const flatbuffers::String* s) {
-  return s == nullptr ? absl::string_view() : absl::string_view(s->data(), s->size());
-}
-
-absl::string_view Bytes(const flatbuffers::Vector<uint8_t>* v) {
-  return v == nullptr ? absl::string_view()
-                      : absl::string_view(reinterpret_cast<const char*>(v->data()), v->size());
-}
+using protocol::View;
 
 // Text from a command, quoted and C-escaped: entries are ASCII whatever the
 // command holds, so their JSON form round-trips byte for byte.
@@ -228,7 +222,7 @@ absl::StatusOr<AuditChainState> AuditState::Decode(const fb::AuditChain* chain) 
   AuditChainState state;
   if (chain == nullptr) return state;
   state.head_seq = chain->head_seq();
-  state.head_hash = std::string(Bytes(chain->head_hash()));
+  state.head_hash = std::string(View(chain->head_hash()));
   if (state.head_hash.size() != audit::kHashBytes) {
     return absl::InvalidArgumentError("audit head hash is not 32 bytes");
   }
@@ -250,10 +244,10 @@ absl::StatusOr<AuditChainState> AuditState::Decode(const fb::AuditChain* chain) 
     e.detail = std::string(View(r->detail()));
     e.code = r->code();
     e.value = r->value();
-    e.command_hash = std::string(Bytes(r->command_hash()));
-    e.prev_hash = std::string(Bytes(r->prev_hash()));
-    e.hash = std::string(Bytes(r->hash()));
-    e.signature = std::string(Bytes(r->signature()));
+    e.command_hash = std::string(View(r->command_hash()));
+    e.prev_hash = std::string(View(r->prev_hash()));
+    e.hash = std::string(View(r->hash()));
+    e.signature = std::string(View(r->signature()));
     if (e.seq != state.head_seq - count + 1 + i) {
       return absl::InvalidArgumentError("audit entries are not consecutive up to the head");
     }
