@@ -10,13 +10,19 @@
 #   single    one logkvd, no cluster
 #   eventual  the cluster through node 0, --consistency=eventual (W = R = 1)
 #   strong    the cluster through node 0, --consistency=strong (W = R = 2 of 3, ABD)
+#   consensus the cluster restarted with --consensus-prefix=key: (every benchmark key a
+#             consensus key: each SET one entry of the control plane's Raft log, each GET a
+#             KvSync entry and a local read; docs/cluster.md, "Compare-and-set"), P1 only,
+#             CONSENSUS_N requests, through node 0 (which leads the control plane) and
+#             through node 1 (a follower: forwarded to the leader)
 # Repair: node 2 is stopped, REPAIR_KEYS writes of new keys go to node 0, node 2 is wiped
 # and restarted; the time until its /metrics key_count reaches node 0's gives keys/s. (A
 # wiped node misses everything, so it also pulls the keys of the load above; the figure
 # is keys repaired over the time to repair them. Hints queued for node 2 while it was down
 # are delivered at the same time; the anti-entropy counters are printed beside.)
 #
-# Environment: N (requests per test), REPAIR_KEYS (default 100000), LOGKVD (default
+# Environment: N (requests per test), REPAIR_KEYS (default 100000), CONSENSUS_N (default
+# 20000; 0 skips the consensus runs), LOGKVD (default
 # build-release/bin/logkvd), LOGKV_BENCH (default build-release/bin/logkv-bench),
 # LOGKVD_ARGS (flags of every server, default "--threads=1"), REPAIR_TIMEOUT_S (default 600).
 # Missing default binaries are built (Release, build-release/).
@@ -31,6 +37,7 @@ bench_name=cluster-bench
 source "$root/bench/lib.sh"
 requests=${N:-200000}
 repair_keys=${REPAIR_KEYS:-100000}
+consensus_requests=${CONSENSUS_N:-20000}
 repair_timeout_s=${REPAIR_TIMEOUT_S:-600}
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
@@ -46,6 +53,7 @@ for tool in curl jq ss shuf; do
 done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 [[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
+[[ $consensus_requests =~ ^[0-9]+$ ]] || die "CONSENSUS_N must be a number"
 
 ensure_release_binaries "$logkvd" "$bench"
 "$bench" --help 2>&1 | grep -q -- --consistency ||
@@ -152,7 +160,8 @@ run() {  # $1: target label, $2: server name, $3: pipeline, $4...: extra logkv-b
   shift 3
   echo "cluster-bench: $target, P$pipeline ..." >&2
   local rc=0
-  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "$requests" -d "$value_bytes" \
+  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "${run_requests:-$requests}" \
+    -d "$value_bytes" \
     -r "$keyspace" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
     echo "cluster-bench: $target P$pipeline failed with status $rc:" >&2
@@ -220,6 +229,16 @@ for i in $(seq 0 $((nodes - 1))); do
 done
 own_rate=$(prometheus_sum n2 '^logkv_anti_entropy_repair_keys_per_second$')
 
+# ---- Consensus keys: the cluster again, every benchmark key a consensus key ----
+if [[ $consensus_requests -gt 0 ]]; then
+  for i in $(seq 0 $((nodes - 1))); do stop_server "n$i"; rm -rf "$work/n$i"; done
+  start_node 0 --consensus-prefix=key:
+  for i in $(seq 1 $((nodes - 1))); do start_node "$i" --consensus-prefix=key:; done
+  wait_members
+  run_requests=$consensus_requests run consensus n0 1 --consistency=strong
+  run_requests=$consensus_requests run consensus-via-follower n1 1 --consistency=strong
+fi
+
 # ---- Report ----
 echo
 echo "logkvd cluster ($nodes nodes, N=3, through n0) vs one logkvd, same run: -c $clients" \
@@ -245,6 +264,24 @@ awk -F, '
   }' "$work/results.csv"
 echo "(/1: the cluster's rps over the single node's)"
 echo
+if [[ $consensus_requests -gt 0 ]]; then
+  echo "consensus keys (P1, -n $consensus_requests) beside strong (ABD) keys, same run:"
+  awk -F, '
+    $2 == "P1" { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6 }
+    END {
+      printf "%-24s %-4s | %10s %7s %7s | %9s %9s\n", "target", "test", "rps", "p50", "p99",
+             "rps/strong", "p50/strong"
+      n = split("consensus consensus-via-follower", targets, " ")
+      for (i = 1; i <= n; i++) for (j = 1; j <= 2; j++) {
+        t = targets[i]; x = (j == 1 ? "SET" : "GET")
+        if (!((t, x) in rps)) continue
+        rr = (rps["strong", x] + 0 > 0 && rps[t, x] + 0 > 0) ? sprintf("%.2f", rps[t, x] / rps["strong", x]) : "-"
+        rl = (p50["strong", x] + 0 > 0 && p50[t, x] + 0 > 0) ? sprintf("%.2f", p50[t, x] / p50["strong", x]) : "-"
+        printf "%-24s %-4s | %10s %7s %7s | %9s %9s\n", t, x, rps[t, x], p50[t, x], p99[t, x], rr, rl
+      }
+    }' "$work/results.csv"
+  echo
+fi
 if [[ -n $repair_seconds ]]; then
   printf 'repair: n2 (wiped after missing %s writes) reached %s keys in %.2f s = %.0f keys/s\n' \
     "$repair_keys" "$target" "$repair_seconds" \

@@ -219,6 +219,12 @@ ABSL_FLAG(std::string, audit_prefix, "",
           "Data writes to keys with one of these prefixes (comma-separated, as stored in the "
           "engine: with --auth=on a tenant's keys are \\0t<user id>/...) are recorded in the "
           "audit log.");
+ABSL_FLAG(std::string, consensus_prefix, "",
+          "Keys whose name (a tenant's key, after its namespace) starts with one of these "
+          "prefixes (comma-separated, C escapes allowed) are consensus keys: every operation "
+          "on them goes through the control plane's Raft log, so compare-and-set (If-Match, "
+          "if_version) on them is linearizable with --replicas > 1. Committed by a new "
+          "cluster's first node; fixed for the cluster's life.");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -257,7 +263,7 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
         "anti_entropy_bytes_per_second", "purge_interval_ms", "purge_ring_stable_ms",
-        "control_port", "control_voters", "join_timeout_ms", "replace"}},
+        "control_port", "control_voters", "join_timeout_ms", "replace", "consensus_prefix"}},
       {"Backups",
        {"backup_dir", "backup_schedule", "backup_retention", "backup_rate_limit",
         "backup_format", "backup_hard_links"}},
@@ -746,6 +752,15 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
     std::string unescaped;
     if (!absl::CUnescape(prefix, &unescaped)) unescaped = std::string(prefix);
     options.audit_prefixes.push_back(std::move(unescaped));
+  }
+  for (absl::string_view prefix :
+       absl::StrSplit(absl::GetFlag(FLAGS_consensus_prefix), ',', absl::SkipEmpty())) {
+    std::string unescaped;
+    if (!absl::CUnescape(prefix, &unescaped)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--consensus_prefix: \"", prefix, "\" is not a valid C-escaped string"));
+    }
+    options.consensus_prefixes.push_back(std::move(unescaped));
   }
   options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
   options.backup_schedule = absl::GetFlag(FLAGS_backup_schedule);

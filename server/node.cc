@@ -441,6 +441,17 @@ absl::Status NodeOptions::Validate() const {
     }
   }
   if (absl::Status status = tls.Validate(); !status.ok()) return status;
+  if (consensus_prefixes.size() > control::kMaxConsensusPrefixes) {
+    return absl::InvalidArgumentError(absl::StrCat("--consensus_prefix: at most ",
+                                                   control::kMaxConsensusPrefixes, " prefixes"));
+  }
+  for (const std::string& prefix : consensus_prefixes) {
+    if (prefix.empty() || prefix.size() > control::kMaxConsensusPrefixBytes || prefix[0] == '\0') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--consensus_prefix: a prefix has 1 to ", control::kMaxConsensusPrefixBytes,
+          " bytes and does not begin with byte 0x00"));
+    }
+  }
   if ((!peer_tls_cert.empty() || !peer_tls_key.empty() || !peer_tls_ca.empty()) &&
       !tls.enabled()) {
     return absl::InvalidArgumentError(
@@ -630,6 +641,7 @@ absl::Status Node::Start() {
   if (status.ok()) status = StartBackgroundWork();
   if (status.ok()) {
     RunInBackground([this] { CatchUpWithControlPlane(); });
+    RunInBackground([this] { CommitConsensusPrefixes(); });
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
     if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
@@ -1430,6 +1442,9 @@ absl::Status Node::StartControlPlane() {
   control_ = std::make_unique<control::ControlPlane>(std::move(options));
   if (absl::Status status = control_->Start(); !status.ok()) return status;
   control_ptr_.store(control_.get(), std::memory_order_release);
+  consensus_ =
+      std::make_unique<ControlConsensusKeys>(control_.get(), options_.consensus_prefixes);
+  service_->set_consensus(consensus_.get());
   cluster_->transport()->SetEpoch(control_->config()->epoch);
   AddControlMetrics();
   return JoinControlPlane();
@@ -1987,6 +2002,41 @@ void Node::CatchUpWithControlPlane() {
       }
     }
     absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+void Node::CommitConsensusPrefixes() {
+  control::ControlPlane* const control = control_plane();
+  control::KvState* const kv = control->kv();
+  std::vector<std::string> wanted = options_.consensus_prefixes;
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  // A new cluster's first node commits its flag (a restarted one proposes
+  // it again: the same prefixes are accepted, others refused); the others
+  // wait (bounded) to learn what was committed.
+  const std::string command = control::EncodeSetConsensusPrefixes(wanted);
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (!stopping_.load() && !kv->committed() && absl::Now() < give_up) {
+    if (!options_.seeds.empty()) {
+      absl::SleepFor(absl::Milliseconds(100));
+      continue;
+    }
+    absl::StatusOr<uint64_t> committed = control->SubmitAndWait(command, absl::Seconds(2));
+    if (committed.ok() || absl::IsFailedPrecondition(committed.status())) break;
+    if (!absl::IsUnavailable(committed.status()) &&
+        !absl::IsDeadlineExceeded(committed.status())) {
+      Log(Level::kError, "committing the consensus prefixes: %s", committed.status().message());
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  if (!kv->committed()) return;
+  if (const std::vector<std::string> held = kv->prefixes(); held != wanted) {
+    Log(Level::kWarning,
+        "--consensus_prefix names %s but the cluster committed %s when it was bootstrapped: "
+        "the committed prefixes apply",
+        wanted.empty() ? "none" : absl::StrJoin(wanted, ","),
+        held.empty() ? "none" : absl::StrJoin(held, ","));
   }
 }
 

@@ -32,6 +32,7 @@
 #include "engine/engine.h"
 #include "server/http/json_body.h"
 #include "server/cluster/ring.h"
+#include "server/consensus_node.h"
 #include "server/metrics.h"
 #include "server/net/tls.h"
 #include "server/service.h"
@@ -197,6 +198,12 @@ struct NodeOptions {
   // in the engine; "" audits every write).
   std::vector<std::string> audit_prefixes;
 
+  // ---- Consensus keys (docs/cluster.md, "Compare-and-set").
+  // --consensus_prefix: keys whose client part starts with one of these go
+  // through the control plane's log. A new cluster's first node commits
+  // them; every node then follows the committed ones.
+  std::vector<std::string> consensus_prefixes;
+
   // Every check logkvd makes of its flags before it opens anything, with
   // logkvd's messages (they name the flags). OK when the node may start.
   absl::Status Validate() const;
@@ -277,6 +284,9 @@ class Node {
   absl::Status StartBackgroundWork();
   absl::Status StartFlusher();
   absl::Status StartControlPlane();
+  // A new cluster's first node commits --consensus_prefix; every node warns
+  // when its flag differs from what the cluster committed (background).
+  void CommitConsensusPrefixes();
   // The control plane's figures in the Prometheus output.
   void AddControlMetrics();
   // Adds this node to the cluster's control plane through its seeds (a new
@@ -367,6 +377,8 @@ class Node {
   bool server_started_ = false;
   // The control plane (Raft): started once the server bound its ports.
   std::unique_ptr<control::ControlPlane> control_;
+  // On control_; the Service's consensus keys (set after control_ starts).
+  std::unique_ptr<ControlConsensusKeys> consensus_;
   std::atomic<control::ControlPlane*> control_ptr_{nullptr};
   absl::Mutex ring_mu_;
   uint64_t ring_epoch_ ABSL_GUARDED_BY(ring_mu_) = ~uint64_t{0};

@@ -108,9 +108,17 @@ void BuildClusterWriteResponse(flatbuffers::FlatBufferBuilder* b, uint64_t id,
   BuildWriteResponse(b, id, write->result);
 }
 
+// Unimplemented rather than FailedPrecondition, which is a mismatch: a
+// client that re-reads and retries on a mismatch must not loop on this.
 absl::Status CompareAndSetError() {
-  return absl::FailedPreconditionError(
-      "compare-and-set (if_version) is not supported with replicas > 1: it needs consensus");
+  return absl::UnimplementedError(
+      "compare-and-set (if_version) is not supported with replicas > 1 outside the consensus "
+      "keys (keys under the cluster's --consensus-prefix, committed when it was bootstrapped)");
+}
+
+// What a consensus key does not have.
+absl::Status ConsensusTtlError() {
+  return absl::InvalidArgumentError("keys under a consensus prefix do not take a TTL");
 }
 
 // The BatchResult of a Batch: one item result per write, in order.
@@ -426,6 +434,9 @@ Service::Outcome Service::HandleOperation(const RequestContext& context, const p
         p::BuildStatusResponse(b, id, AccessDenied("read"));
         return Outcome::kAnswered;
       }
+      if (ConsensusKeys* consensus = ConsensusFor(*key); consensus != nullptr) {
+        return ConsensusGetVersion(consensus, id, std::string(*key), get->version(), b, defer);
+      }
       absl::StatusOr<engine::Record> record = engine_->GetVersion(*key, get->version());
       if (!record.ok()) {
         p::BuildStatusResponse(b, id, record.status());
@@ -511,6 +522,32 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   return Outcome::kAnswered;
 }
 
+ConsensusKeys* Service::ConsensusFor(absl::string_view engine_key) const {
+  ConsensusKeys* consensus = consensus_.load(std::memory_order_acquire);
+  return consensus != nullptr && consensus->Covers(engine_key) ? consensus : nullptr;
+}
+
+Service::Outcome Service::ConsensusGetVersion(ConsensusKeys* consensus, uint64_t id,
+                                              std::string key, uint64_t version,
+                                              flatbuffers::FlatBufferBuilder* b,
+                                              absl::FunctionRef<Completion()> defer) {
+  using Read = absl::StatusOr<Coordinator::ReadResult>;
+  auto build = [version](flatbuffers::FlatBufferBuilder* out, uint64_t request_id,
+                         const Read& read) {
+    if (read.ok() && read->found && read->version != version) {
+      return p::BuildStatusResponse(
+          out, request_id,
+          absl::NotFoundError(absl::StrCat("version ", version,
+                                           " is not kept: a consensus key keeps its current "
+                                           "version only (", read->version, ")")));
+    }
+    BuildReadResponse(out, request_id, read);
+  };
+  return RunCluster<Read>(id, b, defer, build, [&](std::function<void(Read)> finish) {
+    consensus->Get(std::move(key), std::move(finish));
+  });
+}
+
 Coordinator* Service::ClusterFor(const RequestContext& context) const {
   Coordinator* coordinator = coordinator_.load(std::memory_order_acquire);
   if (coordinator == nullptr || context.local_only || !coordinator->Active()) return nullptr;
@@ -536,6 +573,13 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   if (!Permits(context, *key, kAccessRead)) {
     p::BuildStatusResponse(b, id, AccessDenied("read"));
     return Outcome::kAnswered;
+  }
+  if (ConsensusKeys* consensus = ConsensusFor(*key); consensus != nullptr) {
+    using Read = absl::StatusOr<Coordinator::ReadResult>;
+    return RunCluster<Read>(id, b, defer, BuildReadResponse,
+                            [&](std::function<void(Read)> finish) {
+                              consensus->Get(std::string(*key), std::move(finish));
+                            });
   }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     using Read = absl::StatusOr<Coordinator::ReadResult>;
@@ -615,6 +659,19 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   AuditWrite(key, is_put);
+  if (ConsensusKeys* consensus = ConsensusFor(key); consensus != nullptr) {
+    if (options.ttl_ms != 0) {
+      p::BuildStatusResponse(b, id, ConsensusTtlError());
+      return Outcome::kAnswered;
+    }
+    using Written = absl::StatusOr<engine::WriteResult>;
+    return RunCluster<Written>(
+        id, b, defer, BuildWriteResponse, [&](std::function<void(Written)> finish) {
+          consensus->Write(std::string(key),
+                           is_put ? std::optional<std::string>(std::string(value)) : std::nullopt,
+                           options.if_version, std::move(finish));
+        });
+  }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     if (options.if_version.has_value()) {
       p::BuildStatusResponse(b, id, CompareAndSetError());
@@ -713,6 +770,15 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     return ClusterBatch(coordinator, context, id, batch, b, defer);
   }
   const auto& items = *batch.items();
+  if (consensus_.load(std::memory_order_acquire) != nullptr) {
+    std::string scratch;
+    for (const p::BatchItem* item : items) {
+      absl::StatusOr<absl::string_view> key = EngineKey(context, p::View(item->key()), &scratch);
+      if (key.ok() && ConsensusFor(*key) != nullptr) {
+        return ClusterBatch(nullptr, context, id, batch, b, defer);
+      }
+    }
+  }
   // Results are gathered here; the answer goes out when the last write is
   // durable (at once unless --fsync=always).
   struct Gather {
@@ -824,9 +890,35 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         record(i, absl::InvalidArgumentError("ttl_ms must be in [0, 100 years]"));
         continue;
       }
+      ConsensusKeys* const consensus = ConsensusFor(*key);
+      if (consensus != nullptr && item->ttl_ms() != 0) {
+        record(i, ConsensusTtlError());
+        continue;
+      }
       AuditWrite(*key, !item->delete_());
       std::optional<std::string> value;
       if (!item->delete_()) value.emplace(p::View(item->value()));
+      if (consensus != nullptr) {
+        consensus->Write(std::string(*key), std::move(value), std::nullopt,
+                         [record, i](absl::StatusOr<engine::WriteResult> written) {
+                           record(i, std::move(written));
+                         });
+        continue;
+      }
+      if (coordinator == nullptr) {
+        // A single node: this node's engine.
+        engine::WriteOptions options;
+        options.ttl_ms = item->ttl_ms();
+        auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
+          record(i, std::move(result));
+        };
+        if (value.has_value()) {
+          engine_->PutAsync(*key, *value, options, write_done);
+        } else {
+          engine_->DeleteAsync(*key, options, write_done);
+        }
+        continue;
+      }
       coordinator->Write(std::string(*key), std::move(value), item->ttl_ms(), batch.consistency(),
                          [record, i](absl::StatusOr<Coordinator::WriteOutcome> written) {
                            if (!written.ok()) return record(i, written.status());

@@ -10,7 +10,11 @@
 //                     node's configured W and R (eventual unless --w/--r).
 //   Put/Delete with if_version
 //                     FailedPrecondition: compare-and-set needs consensus
-//                     once there are replicas (DESIGN.md, Cluster).
+//                     once there are replicas, so it is refused outside
+//                     the consensus keys (below).
+//   Any operation on a consensus key (ConsensusKeys::Covers)
+//                     the consensus keys: the control plane's Raft log,
+//                     linearizable, compare-and-set included.
 //   Batch             each item through the coordinator with the batch's
 //                     consistency, one status per item (not atomic, as on
 //                     one node).
@@ -40,6 +44,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
+#include "server/core/consensus_keys.h"
 #include "server/core/coordinator.h"
 #include "server/core/outcome.h"
 #include "server/core/request_context.h"
@@ -125,6 +130,14 @@ class Service {
     return coordinator_.load(std::memory_order_acquire);
   }
 
+  // The cluster's consensus keys (null: none). Every single-key operation
+  // and batch item on a key it covers goes there, on every route, whatever
+  // the consistency asked for and whether or not the coordinator is active.
+  // It must outlive the Service's use of it; set it before the first request.
+  void set_consensus(ConsensusKeys* consensus) {
+    consensus_.store(consensus, std::memory_order_release);
+  }
+
   // This node's id as Hello answers it: config.node_id until set (the
   // cluster member's id is known only once the port is bound).
   void SetNodeId(std::string node_id) ABSL_LOCKS_EXCLUDED(node_id_mu_);
@@ -184,6 +197,14 @@ class Service {
                                const protocol::BatchItem& item) const;
   // The coordinator when the request goes through the cluster, else null.
   Coordinator* ClusterFor(const RequestContext& context) const;
+  // The consensus keys when engine_key is one of them, else null.
+  ConsensusKeys* ConsensusFor(absl::string_view engine_key) const;
+  // GetVersion of a consensus key: its current version only.
+  Outcome ConsensusGetVersion(ConsensusKeys* consensus, uint64_t id, std::string key,
+                              uint64_t version, flatbuffers::FlatBufferBuilder* b,
+                              absl::FunctionRef<Completion()> defer);
+  // A batch item by item: consensus keys to the consensus keys, others to
+  // the coordinator when there is one, else to this node's engine.
   Outcome ClusterBatch(Coordinator* coordinator, const RequestContext& context,
                        uint64_t id, const protocol::Batch& batch,
                        flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer);
@@ -196,6 +217,7 @@ class Service {
   std::string node_id_ ABSL_GUARDED_BY(node_id_mu_);
   MembersFunction members_ ABSL_GUARDED_BY(node_id_mu_);
   std::atomic<Coordinator*> coordinator_{nullptr};
+  std::atomic<ConsensusKeys*> consensus_{nullptr};
   // Offers a write to the audit hook, if any.
   void AuditWrite(absl::string_view engine_key, bool is_put) const;
   std::unique_ptr<WriteAudit> owned_write_audit_;

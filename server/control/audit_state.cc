@@ -89,6 +89,16 @@ std::string Describe(const fb::Command& command) {
                           " api_keys=", c.api_keys() == nullptr ? 0 : c.api_keys()->size(),
                           " last=", c.last() ? "true" : "false");
     }
+    case fb::CommandBody::SetConsensusPrefixes: {
+      std::string out = "prefixes=";
+      const auto* prefixes = command.body_as_SetConsensusPrefixes()->prefixes();
+      if (prefixes != nullptr) {
+        for (const flatbuffers::String* prefix : *prefixes) {
+          absl::StrAppend(&out, out.back() == '=' ? "" : ",", Q(prefix));
+        }
+      }
+      return out;
+    }
     default:
       return "";
   }
@@ -110,6 +120,10 @@ bool IsAuditedCommand(int body_type) {
     case fb::CommandBody::Barrier:
     case fb::CommandBody::TouchApiKeys:
     case fb::CommandBody::RevokeToken:
+    // Consensus keys' reads and writes are data, audited as data writes are
+    // (per prefix, by the service), not as control-plane changes.
+    case fb::CommandBody::KvWrite:
+    case fb::CommandBody::KvSync:
       return false;
     default:
       return true;

@@ -209,6 +209,7 @@ class ControlPlane::Impl {
 
   AccountState& accounts() { return state_.accounts(); }
   AclState& access() { return state_.access(); }
+  KvState& kv() { return state_.kv(); }
   AuditState& audit() { return state_.audit(); }
   AuditLog* audit_log() { return audit_log_.get(); }
   std::string StateSnapshot() const { return state_.Snapshot(); }
@@ -466,6 +467,8 @@ void ControlPlane::Impl::Stop() {
     });
     thread_.join();
     started_ = false;
+    // Reads waiting for this node to apply the log end here.
+    state_.kv().Stop();
   } else {
     // Start failed part way: close what it opened on this thread.
     if (raft_initialized_) {
@@ -616,6 +619,7 @@ void ControlPlane::Impl::OnApplied() {
 void ControlPlane::Impl::Tick() {
   if (closing_) return;
   UpdateStatus();
+  state_.kv().Expire(absl::Now());
   std::vector<Waiting> waiting;
   waiting.swap(waiting_);
   for (Waiting& submission : waiting) Route(std::move(submission));
@@ -861,6 +865,8 @@ AuditState* ControlPlane::audit() { return &impl_->audit(); }
 AuditLog* ControlPlane::audit_log() { return impl_->audit_log(); }
 
 AclState* ControlPlane::access() { return &impl_->access(); }
+
+KvState* ControlPlane::kv() { return &impl_->kv(); }
 
 std::string ControlPlane::StateSnapshot() { return impl_->StateSnapshot(); }
 

@@ -145,6 +145,8 @@ class ControlPlane {
   // Administrators, groups and ACLs as applied here (acl_state.h); as
   // accounts().
   AclState* access();
+  // The consensus keys as applied here (kv_state.h); as accounts().
+  KvState* kv();
   // The whole state as applied here (configuration and accounts), in the
   // snapshot encoding: what a backup keeps.
   std::string StateSnapshot();

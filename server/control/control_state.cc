@@ -547,6 +547,16 @@ absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command)
     default:
       break;
   }
+  switch (cmd->body_type()) {
+    case fb::CommandBody::SetConsensusPrefixes:
+      return kv_.Apply(*cmd->body_as_SetConsensusPrefixes());
+    case fb::CommandBody::KvWrite:
+      return kv_.Apply(*cmd->body_as_KvWrite(), cmd->at_ms());
+    case fb::CommandBody::KvSync:
+      return kv_.Sync();
+    default:
+      break;
+  }
   // Access commands name users by id: the accounts say which exist.
   auto user_exists = [this](uint64_t id) {
     return accounts_.Read([id](const Accounts& a) { return a.FindUser(id) != nullptr; });
@@ -601,7 +611,8 @@ absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command)
 namespace {
 
 std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* accounts,
-                               const AclState* access, const AuditState* audit) {
+                               const AclState* access, const AuditState* audit,
+                               const KvState* kv) {
   flatbuffers::FlatBufferBuilder builder(256 + 128 * config.members.size());
   std::vector<flatbuffers::Offset<fb::Member>> members;
   members.reserve(config.members.size());
@@ -619,9 +630,11 @@ std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* 
   if (access != nullptr) access_table = access->Encode(builder);
   flatbuffers::Offset<fb::AuditChain> audit_table;
   if (audit != nullptr) audit_table = audit->Encode(builder);
+  flatbuffers::Offset<fb::ConsensusKeys> kv_table;
+  if (kv != nullptr) kv_table = kv->Encode(builder);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
                                      config.replicas, config.vnodes_per_member, vector,
-                                     accounts_table, access_table, audit_table);
+                                     accounts_table, access_table, audit_table, kv_table);
   builder.Finish(snapshot, fb::CommandIdentifier());
   return Finish(builder);
 }
@@ -638,7 +651,7 @@ absl::StatusOr<const fb::Snapshot*> VerifiedSnapshot(const AlignedBytes& bytes) 
 }  // namespace
 
 std::string ControlState::EncodeSnapshot(const ClusterConfig& config) {
-  return EncodeSnapshotWith(config, nullptr, nullptr, nullptr);
+  return EncodeSnapshotWith(config, nullptr, nullptr, nullptr, nullptr);
 }
 
 absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view snapshot) {
@@ -721,7 +734,7 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
 
 std::string ControlState::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return EncodeSnapshotWith(config_, &accounts_, &access_, &audit_);
+  return EncodeSnapshotWith(config_, &accounts_, &access_, &audit_, &kv_);
 }
 
 absl::Status ControlState::Restore(absl::string_view snapshot) {
@@ -744,11 +757,17 @@ absl::Status ControlState::Restore(absl::string_view snapshot) {
   if (!audit.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("snapshot: audit: ", audit.status().message()));
   }
+  absl::StatusOr<ConsensusState> kv = KvState::Decode((*root)->consensus());
+  if (!kv.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot: consensus keys: ", kv.status().message()));
+  }
   {
     absl::MutexLock lock(&mu_);
     config_ = *std::move(config);
   }
   accounts_.Replace(*std::move(accounts));
+  kv_.Replace(*std::move(kv));
   access_.Replace(*std::move(access));
   audit_.Replace(*std::move(audit));
   return absl::OkStatus();

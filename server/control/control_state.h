@@ -42,6 +42,7 @@
 #include "server/control/account_state.h"
 #include "server/control/acl_state.h"
 #include "server/control/audit_state.h"
+#include "server/control/kv_state.h"
 
 namespace logkv::server::control {
 
@@ -164,6 +165,9 @@ class ControlState {
   // The audit chain (audit_state.h): its key, listener and entries.
   AuditState& audit() { return audit_; }
   const AuditState& audit() const { return audit_; }
+  // The consensus keys (kv_state.h), read in place by the data path.
+  KvState& kv() { return kv_; }
+  const KvState& kv() const { return kv_; }
 
   // Decodes a snapshot's configuration without applying it (tools, tests).
   static absl::StatusOr<ClusterConfig> DecodeSnapshot(absl::string_view snapshot);
@@ -181,6 +185,8 @@ class ControlState {
   AclState access_;
   // Its own lock too; recorded after each command, on the apply thread.
   AuditState audit_;
+  // Its own lock too; applied on the same thread.
+  KvState kv_;
 };
 
 }  // namespace logkv::server::control

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -83,6 +84,7 @@ struct AnswerInput {
   std::string stored;    // a value decoded from the body (seeds 002 and 003), else empty
   Placement placement;   // DataRoute::reports_placement
   size_t max_json_depth = 0;
+  bool conditional = false;  // If-Match / If-None-Match sent: a mismatch is 412
 };
 
 // One request as the generic handler decodes it.
@@ -92,6 +94,7 @@ struct DataCall {
   int64_t ttl_ms = 0;       // kPut: 0 never expires
   p::Consistency consistency = p::Consistency::Default;
   uint64_t version = 0;  // kGetVersion: 0 for the newest
+  std::optional<uint64_t> if_version;  // kPut, kDelete: compare-and-set
 };
 
 // Refuses a body as a whole before the query is looked at
@@ -194,6 +197,37 @@ absl::StatusOr<uint64_t> ParseVersion(const HttpRequest& request) {
   return version;
 }
 
+// A write's condition (compare-and-set on the key's version, which reads
+// answer as their ETag): If-Match: "N" (or N) writes only if the key is at
+// version N; If-None-Match: * only if it is absent. Other forms are 400:
+// a condition the server cannot check must not be dropped.
+absl::StatusOr<std::optional<uint64_t>> ParseCondition(const HttpRequest& request) {
+  const std::optional<absl::string_view> match = request.Header("if-match");
+  const std::optional<absl::string_view> none_match = request.Header("if-none-match");
+  if (match.has_value() && none_match.has_value()) {
+    return absl::InvalidArgumentError("give If-Match or If-None-Match, not both");
+  }
+  if (none_match.has_value()) {
+    if (absl::StripAsciiWhitespace(*none_match) != "*") {
+      return absl::InvalidArgumentError(
+          "If-None-Match on a write must be * (write only if the key is absent)");
+    }
+    return std::optional<uint64_t>(0);
+  }
+  if (!match.has_value()) return std::optional<uint64_t>();
+  absl::string_view tag = absl::StripAsciiWhitespace(*match);
+  if (tag.size() >= 2 && tag.front() == '"' && tag.back() == '"') {
+    tag = tag.substr(1, tag.size() - 2);
+  }
+  uint64_t version = 0;
+  if (!absl::SimpleAtoi(tag, &version) || version == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "If-Match must be a version the key is at, as its ETag shows (\"3\"), not '", *match,
+        "'"));
+  }
+  return std::optional<uint64_t>(version);
+}
+
 // The key, from where the route takes it (a kPath capture is moved out of
 // request.params).
 absl::Status TakeKey(KeyFrom from, HttpRequest& request, AnswerInput* input) {
@@ -230,6 +264,12 @@ absl::Status Decode(const DataRoutesConfig& config, const Dialect& dialect,
   }
   if (route.check_body != nullptr) {
     if (absl::Status status = route.check_body(request.body, config); !status.ok()) return status;
+  }
+  if (Writes(route.operation)) {
+    absl::StatusOr<std::optional<uint64_t>> condition = ParseCondition(request);
+    if (!condition.ok()) return condition.status();
+    call->if_version = *condition;
+    call->answer.conditional = condition->has_value();
   }
   if (route.operation == Operation::kPut) {
     absl::StatusOr<int64_t> ttl_ms = ParseTtlMs(request);
@@ -366,12 +406,14 @@ void BuildRequest(Operation operation, const DataCall& call, flatbuffers::FlatBu
     case Operation::kPut: {
       auto value = Bytes(b, call.value);
       FinishRequest(b, p::Operation::Put,
-                    p::CreatePut(*b, key, value, call.ttl_ms, false, 0, call.consistency));
+                    p::CreatePut(*b, key, value, call.ttl_ms, call.if_version.has_value(),
+                                 call.if_version.value_or(0), call.consistency));
       return;
     }
     case Operation::kDelete:
       FinishRequest(b, p::Operation::Delete,
-                    p::CreateDelete(*b, key, false, 0, call.consistency));
+                    p::CreateDelete(*b, key, call.if_version.has_value(),
+                                    call.if_version.value_or(0), call.consistency));
       return;
   }
 }
@@ -384,6 +426,8 @@ int DataStatusOf(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kResourceExhausted: return 413;
     case absl::StatusCode::kFailedPrecondition: return 409;
+    // Compare-and-set on a key that is not a consensus key, in a cluster.
+    case absl::StatusCode::kUnimplemented: return 501;
     default: return http::HttpStatusOf(status);
   }
 }
@@ -479,8 +523,23 @@ HttpResponse Answer(const Dialect& dialect, const DataRoute& route, const Answer
                                  absl::StrReplaceAll(dialect.not_found, {{"{key}", input.key}}));
     }
   }
+  // A condition that does not hold (the key is at another version).
+  if (input.conditional && absl::IsFailedPrecondition(status)) {
+    return HttpResponse::Error(412, status.message());
+  }
   if (!status.ok()) return ErrorFromStatus(status);
-  return route.encode_answer(input, response);
+  HttpResponse answer = route.encode_answer(input, response);
+  // The version, as a tag If-Match takes back.
+  uint64_t version = 0;
+  if (const p::ValueResult* value = response.result_as_ValueResult(); value != nullptr) {
+    version = value->version();
+  } else if (const p::WriteResult* written = response.result_as_WriteResult(); written != nullptr) {
+    version = written->version();
+  }
+  if (version != 0 && answer.status == 200) {
+    answer.headers.emplace_back("ETag", absl::StrCat("\"", version, "\""));
+  }
+  return answer;
 }
 
 // A value's bytes as they are (content_type must be a literal: HttpResponse

@@ -37,6 +37,18 @@ const consistency = {
   description: 'eventual or strong (seed 000\'s dialect only)',
   schema: { type: 'string', enum: ['eventual', 'strong'] },
 };
+const ifMatch = {
+  name: 'If-Match', in: 'header', required: false,
+  description: 'Compare-and-set: write only if the key is at this version (its ETag, "3"); 412 ' +
+    'otherwise. With replicas > 1 only on keys under the cluster\'s consensus prefixes (501 ' +
+    'elsewhere)',
+  schema: str,
+};
+const ifNoneMatch = {
+  name: 'If-None-Match', in: 'header', required: false,
+  description: '* : write only if the key is absent; 412 otherwise',
+  schema: { type: 'string', enum: ['*'] },
+};
 const rawBody = {
   required: true,
   content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
@@ -76,10 +88,10 @@ const paths = {
     parameters: [restOfPath('key')],
     get: op('kv (seed 000)', 'Read a key', { 200: rawValue, 404: error('Key not found'), ...errors },
       { security: dataSecurity, parameters: [consistency] }),
-    put: op('kv (seed 000)', 'Write a key', { 200: placed, 413: error('Key or value too large'), 507: error('Disk full'), ...errors },
-      { security: dataSecurity, parameters: [ttl, consistency], requestBody: rawBody }),
-    delete: op('kv (seed 000)', 'Delete a key (also when absent)', { 200: placed, ...errors },
-      { security: dataSecurity, parameters: [consistency] }),
+    put: op('kv (seed 000)', 'Write a key', { 200: placed, 412: error('If-Match or If-None-Match does not hold'), 413: error('Key or value too large'), 501: error('Compare-and-set on a replicated key outside the consensus prefixes'), 507: error('Disk full'), ...errors },
+      { security: dataSecurity, parameters: [ttl, consistency, ifMatch, ifNoneMatch], requestBody: rawBody }),
+    delete: op('kv (seed 000)', 'Delete a key (also when absent)', { 200: placed, 412: error('If-Match does not hold'), 501: error('Compare-and-set on a replicated key outside the consensus prefixes'), ...errors },
+      { security: dataSecurity, parameters: [consistency, ifMatch] }),
   },
   '/v1/kv': {
     get: op('kv (seed 000)', 'List keys by prefix, a page at a time (with no query at all: 404, as seed 000 has it)', {

@@ -47,6 +47,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -1213,6 +1214,304 @@ TEST_F(ClusterTest, StrongIsLinearizableWhileNodesAreKilledAndRestarted) {
   std::cout << completed << " strong operations completed" << std::endl;
   Report("strong_operations_completed", std::to_string(completed));
   EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
+}
+
+// ---- Compare-and-set on consensus keys ----------------------------------------
+
+// Clients doing gets (30%), compare-and-set puts (40%) and deletes (10%),
+// plain puts (10%) and plain deletes (10%) on consensus keys through random
+// nodes. A compare-and-set expects the version the client last saw of the
+// key (If-Match: "N", or If-None-Match: * when it saw none), so some match
+// and some do not; every answer's version (ETag) is recorded, and the
+// checker models versions.
+class CasClients {
+ public:
+  CasClients(const ClusterProcess* cluster, uint64_t seed, std::vector<std::string> keys,
+             int clients)
+      : cluster_(cluster), keys_(std::move(keys)), records_(clients) {
+    for (int client = 0; client < clients; ++client) {
+      threads_.emplace_back([this, seed, client] { Run(seed, client); });
+    }
+  }
+  ~CasClients() { Stop(); }
+
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+  // Checks every key's history (REQUIRES: stopped); *matched gets the count
+  // of compare-and-sets answered as done, *mismatched as a mismatch. The
+  // count of completed operations.
+  int Check(uint64_t seed, int* matched, int* mismatched) const {
+    std::map<std::string, std::vector<lin::Operation>> histories;
+    int completed = 0;
+    for (const std::vector<Recorded>& client_records : records_) {
+      for (const Recorded& record : client_records) {
+        histories[record.key].push_back(record.operation);
+        if (record.operation.outcome != lin::Outcome::kOk) continue;
+        ++completed;
+        if (record.operation.kind == lin::OperationKind::kCompareAndSet) {
+          ++*(record.operation.cas_matched ? matched : mismatched);
+        }
+      }
+    }
+    // With versions an ambiguous write cannot be left out even if nobody
+    // read its value, so the search may need more steps than for plain
+    // registers; a key it gives up on is reported, and at least two of the
+    // three must be decided.
+    lin::CheckOptions options;
+    options.max_steps = 60'000'000;
+    int decided = 0;
+    for (const auto& [key, history] : histories) {
+      const lin::CheckResult result = lin::Check(history, options);
+      std::cout << key << ": " << history.size() << " operations, "
+                << lin::VerdictName(result.verdict) << " (" << result.steps << " steps)"
+                << std::endl;
+      Report(absl::StrCat("linearizability_", key), lin::VerdictName(result.verdict));
+      if (result.verdict == lin::Verdict::kLinearizable) ++decided;
+      EXPECT_NE(result.verdict, lin::Verdict::kNotLinearizable)
+          << "key " << key << " (LOGKV_TEST_SEED=" << seed << ")\n"
+          << result.explanation << "history (the first " << kMaxHistoryLines
+          << " operations):\n"
+          << lin::FormatHistory(history, kMaxHistoryLines);
+    }
+    EXPECT_GE(decided, 2) << "the checker gave up on more than one key (LOGKV_TEST_SEED=" << seed
+                          << ")";
+    return completed;
+  }
+
+ private:
+  // The version an answer's ETag names; 0 when it has none.
+  static uint64_t VersionOf(const HttpAnswer& answer) {
+    std::optional<std::string> tag = answer.Header("etag");
+    uint64_t version = 0;
+    if (!tag || tag->size() < 3 || !absl::SimpleAtoi(tag->substr(1, tag->size() - 2), &version)) {
+      return 0;
+    }
+    return version;
+  }
+
+  absl::StatusOr<HttpAnswer> Send(int node, absl::string_view method, const std::string& key,
+                                  HttpHeaders headers, absl::string_view body) const {
+    // Longer than a node waits for a leader to be known (5 s) and then for
+    // the leader's answer (5 s): the node answers, rather than the client
+    // giving up, and a refusal that nothing was proposed is definite.
+    return HttpExchange(cluster_->http_port(node), method, absl::StrCat("/v1/kv/", key), headers,
+                        body, absl::Seconds(12));
+  }
+
+  // A write's outcome, with the failures that certainly applied nothing
+  // told apart: no connection made, no leader known, a leader that could
+  // not be reached or that refused to propose (not leading any more).
+  static lin::Outcome Outcome(const absl::StatusOr<HttpAnswer>& answer) {
+    const absl::string_view error =
+        !answer.ok() ? answer.status().message()
+                     : (answer->status == 503 ? absl::string_view(answer->body) : "");
+    for (const char* never_sent :
+         {"connect to port", "has no leader at the moment", "leader is not reachable",
+          "does not lead the control plane", "cannot connect to peer", "unreachable (last "}) {
+      if (absl::StrContains(error, never_sent)) return lin::Outcome::kFailed;
+    }
+    return WriteOutcome(answer);
+  }
+
+  void Run(uint64_t seed, int client) {
+    std::mt19937_64 random(seed * 37 + client);
+    const int nodes = cluster_->size();
+    std::map<std::string, uint64_t> seen;  // key: the last version this client saw (0: absent)
+    for (int n = 0; !stop_.load(); ++n) {
+      Recorded record;
+      record.key = keys_[random() % keys_.size()];
+      const int node = static_cast<int>(random() % nodes);
+      lin::Operation& operation = record.operation;
+      operation.client = client;
+      operation.where = cluster_->node_id(node);
+      uint64_t& last_seen = seen[record.key];
+      int choice = static_cast<int>(random() % 100);
+      if (choice >= 70 && choice < 80 && last_seen == 0) choice = 0;  // nothing to delete
+      operation.invoke_ns = MonotonicNs();
+      if (choice < 30) {
+        operation.kind = lin::OperationKind::kGet;
+        const auto answer = Send(node, "GET", record.key, {}, "");
+        if (answer.ok() && (answer->status == 200 || answer->status == 404)) {
+          operation.outcome = lin::Outcome::kOk;
+          operation.found = answer->status == 200;
+          if (operation.found) {
+            operation.value = answer->body;
+            operation.version = VersionOf(*answer);
+          }
+          last_seen = operation.version;
+        } else {
+          operation.outcome = lin::Outcome::kAmbiguous;
+        }
+      } else if (choice < 80) {
+        operation.kind = lin::OperationKind::kCompareAndSet;
+        operation.expected_version = last_seen;
+        operation.cas_delete = choice >= 70;
+        HttpHeaders headers;
+        if (last_seen == 0) {
+          headers.emplace_back("If-None-Match", "*");
+        } else {
+          headers.emplace_back("If-Match", absl::StrCat("\"", last_seen, "\""));
+        }
+        absl::StatusOr<HttpAnswer> answer;
+        if (operation.cas_delete) {
+          answer = Send(node, "DELETE", record.key, headers, "");
+        } else {
+          operation.value = absl::StrCat("c", client, "-", n);
+          answer = Send(node, "PUT", record.key, headers, operation.value);
+        }
+        if (answer.ok() && answer->status == 412) {
+          operation.outcome = lin::Outcome::kOk;
+          operation.cas_matched = false;
+        } else {
+          operation.outcome = Outcome(answer);
+          if (operation.outcome == lin::Outcome::kOk && !operation.cas_delete) {
+            operation.version = VersionOf(*answer);
+          }
+          if (operation.outcome == lin::Outcome::kOk) last_seen = operation.version;
+        }
+      } else if (choice < 90) {
+        operation.kind = lin::OperationKind::kPut;
+        operation.value = absl::StrCat("c", client, "-", n);
+        const auto answer = Send(node, "PUT", record.key, {}, operation.value);
+        operation.outcome = Outcome(answer);
+        if (operation.outcome == lin::Outcome::kOk) {
+          operation.version = VersionOf(*answer);
+          last_seen = operation.version;
+        }
+      } else {
+        operation.kind = lin::OperationKind::kDelete;
+        const auto answer = Send(node, "DELETE", record.key, {}, "");
+        operation.outcome = Outcome(answer);
+        if (operation.outcome == lin::Outcome::kOk) last_seen = 0;
+      }
+      operation.complete_ns = MonotonicNs();
+      records_[client].push_back(std::move(record));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  const ClusterProcess* const cluster_;
+  const std::vector<std::string> keys_;
+  std::vector<std::vector<Recorded>> records_;  // one per client, its own thread's
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+// The node that leads the control plane, as the live nodes say; -1 if none
+// does (an election under way).
+int ControlLeader(const ClusterProcess& cluster) {
+  for (int node = 0; node < cluster.size(); ++node) {
+    const auto answer =
+        HttpExchange(cluster.http_port(node), "GET", "/nodes", {}, "", absl::Seconds(1));
+    if (!answer.ok() || answer->status != 200) continue;
+    const nlohmann::json nodes = answer->Json();
+    if (!nodes.is_array()) continue;
+    for (const nlohmann::json& entry : nodes) {
+      if (!entry.is_object() || !entry.value("leader", false)) continue;
+      const std::string id = entry.value("id", "");
+      for (int i = 0; i < cluster.size(); ++i) {
+        if (cluster.node_id(i) == id) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+// Compare-and-set with replicas > 1 on consensus keys (--consensus-prefix):
+// linearizable, versions included, from clients on every node, while the
+// control plane's leader and its followers are each killed (SIGKILL) and
+// restarted in turn.
+TEST_F(ClusterTest, CompareAndSetOnConsensusKeysIsLinearizableWhenEachNodeIsKilledInEachRole) {
+  const uint64_t seed = TestSeedFromEnvironment(
+      "CompareAndSetOnConsensusKeysIsLinearizableWhenEachNodeIsKilledInEachRole");
+  RecordProperty("seed", std::to_string(seed));
+  constexpr int kNodes = 3;
+  ASSERT_OK(StartCluster(kNodes, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--fsync=always");
+    options.extra_flags.push_back("--consensus-prefix=cas/");
+  }));
+  // Outside the consensus keys compare-and-set stays refused (501), and a
+  // consensus key takes no TTL (400).
+  {
+    const auto refused = HttpExchange(cluster_->http_port(1), "PUT", "/v1/kv/plain",
+                                      {{"If-Match", "\"1\""}}, "v", kRequestTimeout);
+    ASSERT_OK(refused.status());
+    EXPECT_EQ(refused->status, 501) << refused->body;
+    const auto ttl = HttpExchange(cluster_->http_port(2), "PUT", "/v1/kv/cas/ttl?ttl=10s", {}, "v",
+                                  kRequestTimeout);
+    ASSERT_OK(ttl.status());
+    EXPECT_EQ(ttl->status, 400) << ttl->body;
+  }
+  CasClients clients(cluster_.get(), seed, {"cas/a", "cas/b", "cas/c"}, /*clients=*/5);
+  // The nemesis: the leader, then a follower (the one killed least), and so
+  // on; each down for 0.1 to 0.7 s and up for 1 to 2 s after.
+  std::mt19937_64 nemesis(seed);
+  std::vector<std::string> schedule;
+  std::vector<int> kills(kNodes, 0);
+  int leader_kills = 0;
+  int follower_kills = 0;
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(14);
+  for (int round = 0; std::chrono::steady_clock::now() < end || leader_kills == 0 ||
+                      follower_kills == 0;
+       ++round) {
+    if (round > 12) break;  // bounded, whatever the elections do
+    int victim = -1;
+    const int leader = ControlLeader(*cluster_);
+    const bool as_leader = round % 2 == 0 && leader >= 0;
+    if (as_leader) {
+      victim = leader;
+    } else {
+      for (int node = 0; node < kNodes; ++node) {
+        if (node == leader) continue;
+        if (victim < 0 || kills[node] < kills[victim]) victim = node;
+      }
+    }
+    cluster_->Kill(victim);
+    ++kills[victim];
+    ++(as_leader ? leader_kills : follower_kills);
+    const int down_ms = 100 + static_cast<int>(nemesis() % 600);
+    std::this_thread::sleep_for(std::chrono::milliseconds(down_ms));
+    const absl::Status restarted = cluster_->RestartAsStarted(victim);
+    schedule.push_back(absl::StrCat("kill ", as_leader ? "leader " : "follower ",
+                                    cluster_->node_id(victim), " for ", down_ms, " ms"));
+    if (!restarted.ok()) {
+      ADD_FAILURE() << "restarting " << cluster_->node_id(victim) << ": " << restarted;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000 + nemesis() % 1000));
+  }
+  std::cout << "nemesis schedule: " << absl::StrJoin(schedule, "; ") << std::endl;
+  ASSERT_OK(cluster_->WaitAllAlive(kMembershipTimeout));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  clients.Stop();
+  EXPECT_GT(leader_kills, 0) << "the control plane's leader was never killed";
+  EXPECT_GT(follower_kills, 0) << "no follower was killed";
+  int matched = 0;
+  int mismatched = 0;
+  const int completed = clients.Check(seed, &matched, &mismatched);
+  std::cout << completed << " operations completed, " << matched << " compare-and-sets done, "
+            << mismatched << " refused as mismatches" << std::endl;
+  Report("cas_operations_completed", std::to_string(completed));
+  EXPECT_GT(matched, 20) << "too few compare-and-sets succeeded to check anything";
+  EXPECT_GT(mismatched, 0) << "no compare-and-set met a concurrent write";
+  // Every node answers the same value and version for each key.
+  for (const std::string key : {"cas/a", "cas/b", "cas/c"}) {
+    std::set<std::pair<std::string, std::string>> answers;
+    for (int node = 0; node < kNodes; ++node) {
+      const auto answer = HttpExchange(cluster_->http_port(node), "GET",
+                                       absl::StrCat("/v1/kv/", key), {}, "", kRequestTimeout);
+      ASSERT_OK(answer.status());
+      answers.emplace(absl::StrCat(answer->status, " ", answer->body),
+                      answer->Header("etag").value_or(""));
+    }
+    EXPECT_EQ(answers.size(), 1u) << key << " reads differently on different nodes";
+  }
 }
 
 // Strong operations stay linearizable while the membership changes: a node

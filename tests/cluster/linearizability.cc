@@ -29,6 +29,24 @@ struct ModelOperation {
   // trying both orders would only multiply the search by their count.
   int group = -1;
   int rank = 0;
+  // With versions (Operation's fields of the same names).
+  uint64_t version = 0;
+  uint64_t expected_version = 0;
+  bool cas_delete = false;
+  bool cas_matched = true;
+};
+
+// The register: a value id (or kAbsent) and, when versions are modelled,
+// the key's version. The search knows states by small integers (interned).
+struct RegisterState {
+  int value_id = kAbsent;
+  uint64_t version = 0;
+
+  bool operator==(const RegisterState&) const = default;
+  template <typename H>
+  friend H AbslHashValue(H hash, const RegisterState& state) {
+    return H::combine(std::move(hash), state.value_id, state.version);
+  }
 };
 
 // One call or return entry of the doubly linked list. Index 0 is the head
@@ -57,31 +75,17 @@ struct Configuration {
   }
 };
 
-// The register's sequential specification: the state after the operation,
-// or false when the operation cannot happen in that state.
-bool Step(int state, const ModelOperation& operation, int* next_state) {
-  switch (operation.kind) {
-    case OperationKind::kPut:
-      *next_state = operation.value_id;
-      return true;
-    case OperationKind::kDelete:
-      *next_state = kAbsent;
-      return true;
-    case OperationKind::kGet:
-      *next_state = state;
-      return operation.value_id == state;
-  }
-  return false;
-}
-
 class Search {
  public:
   // intervals[i]: operation i's invocation and completion (kInfinityNs when
   // it may still take effect).
   Search(std::vector<ModelOperation> operations,
-         const std::vector<std::pair<int64_t, int64_t>>& intervals, int initial_state,
-         uint64_t max_steps)
-      : operations_(std::move(operations)), state_(initial_state), max_steps_(max_steps) {
+         const std::vector<std::pair<int64_t, int64_t>>& intervals, RegisterState initial_state,
+         bool versioned, uint64_t max_steps)
+      : operations_(std::move(operations)),
+        versioned_(versioned),
+        state_(Intern(initial_state)),
+        max_steps_(max_steps) {
     BuildList(intervals);
     int groups = 0;
     for (const ModelOperation& operation : operations_) {
@@ -145,6 +149,54 @@ class Search {
     int entry;           // the call entry linearized
     int previous_state;  // the state before it
   };
+
+  int Intern(const RegisterState& state) {
+    const auto [it, added] = state_ids_.try_emplace(state, static_cast<int>(states_.size()));
+    if (added) states_.push_back(state);
+    return it->second;
+  }
+
+  // The register's sequential specification: the state after the
+  // operation, or false when the operation cannot happen in that state.
+  bool Step(int state_id, const ModelOperation& operation, int* next_state) {
+    const RegisterState state = states_[static_cast<size_t>(state_id)];
+    const uint64_t current = state.value_id == kAbsent ? 0 : state.version;
+    RegisterState next = state;
+    auto put = [&](int value_id) {
+      next.value_id = value_id;
+      next.version = versioned_ ? current + 1 : 0;
+      return operation.version == 0 || operation.version == next.version;
+    };
+    auto remove = [&] {
+      next.value_id = kAbsent;
+      next.version = 0;
+      return true;
+    };
+    bool legal = false;
+    switch (operation.kind) {
+      case OperationKind::kPut:
+        legal = put(operation.value_id);
+        break;
+      case OperationKind::kDelete:
+        legal = remove();
+        break;
+      case OperationKind::kGet:
+        legal = operation.value_id == state.value_id &&
+                (operation.version == 0 || operation.version == current);
+        break;
+      case OperationKind::kCompareAndSet:
+        if (!operation.cas_matched) {
+          legal = current != operation.expected_version;
+        } else if (current == operation.expected_version) {
+          legal = operation.cas_delete ? state.value_id != kAbsent && remove()
+                                       : put(operation.value_id);
+        }
+        break;
+    }
+    if (!legal) return false;
+    *next_state = Intern(next);
+    return true;
+  }
 
   void SetBit(int operation, bool value) {
     uint64_t& word = linearized_[static_cast<size_t>(operation) / 64];
@@ -236,6 +288,9 @@ class Search {
   }
 
   std::vector<ModelOperation> operations_;
+  const bool versioned_;
+  std::vector<RegisterState> states_;
+  absl::flat_hash_map<RegisterState, int> state_ids_;
   std::vector<Entry> entries_;
   std::vector<uint64_t> linearized_;
   absl::flat_hash_set<Configuration> seen_;
@@ -271,15 +326,29 @@ std::string FormatOperation(const Operation& operation, int64_t origin_ns) {
   switch (operation.kind) {
     case OperationKind::kPut:
       call = absl::StrCat("put(\"", operation.value, "\")");
+      if (operation.version != 0) absl::StrAppend(&call, " -> v", operation.version);
       break;
     case OperationKind::kDelete:
       call = "delete()";
+      break;
+    case OperationKind::kCompareAndSet:
+      call = operation.cas_delete
+                 ? absl::StrCat("delete(if_version=", operation.expected_version, ")")
+                 : absl::StrCat("put(\"", operation.value, "\", if_version=",
+                                operation.expected_version, ")");
+      if (operation.outcome == Outcome::kOk) {
+        absl::StrAppend(&call, operation.cas_matched ? " -> done" : " -> mismatch");
+        if (operation.cas_matched && operation.version != 0) {
+          absl::StrAppend(&call, " v", operation.version);
+        }
+      }
       break;
     case OperationKind::kGet:
       if (operation.outcome != Outcome::kOk) {
         call = "get()";
       } else if (operation.found) {
         call = absl::StrCat("get() -> \"", operation.value, "\"");
+        if (operation.version != 0) absl::StrAppend(&call, " v", operation.version);
       } else {
         call = "get() -> absent";
       }
@@ -324,6 +393,16 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
   // And how many puts (that may have taken effect) write each value.
   absl::flat_hash_map<std::string, int64_t> last_read_of_ns;
   absl::flat_hash_map<std::string, int> writers_of;
+  // Versions are modelled when the history has any.
+  bool versioned = false;
+  for (const Operation& operation : history) {
+    versioned = versioned || operation.kind == OperationKind::kCompareAndSet ||
+                operation.version != 0;
+  }
+  auto writes_value = [](const Operation& operation) {
+    return operation.kind == OperationKind::kPut ||
+           (operation.kind == OperationKind::kCompareAndSet && !operation.cas_delete);
+  };
   for (const Operation& operation : history) {
     if (operation.kind == OperationKind::kGet && operation.outcome == Outcome::kOk &&
         operation.found) {
@@ -331,7 +410,7 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
           last_read_of_ns.try_emplace(operation.value, operation.complete_ns).first->second;
       last_ns = std::max(last_ns, operation.complete_ns);
     }
-    if (operation.kind == OperationKind::kPut && operation.outcome != Outcome::kFailed) {
+    if (writes_value(operation) && operation.outcome != Outcome::kFailed) {
       ++writers_of[operation.value];
     }
   }
@@ -353,12 +432,23 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
     model.value_id = kAbsent;
     model.required = operation.outcome == Outcome::kOk;
     model.source = i;
+    model.version = operation.version;
+    model.expected_version = operation.expected_version;
+    model.cas_delete = operation.cas_delete;
+    model.cas_matched = operation.cas_matched;
     int64_t complete_ns = model.required ? operation.complete_ns : kInfinityNs;
-    if (operation.kind == OperationKind::kPut && !model.required) {
+    if (writes_value(operation) && !model.required) {
       const auto read = last_read_of_ns.find(operation.value);
       // Nobody read its value: had it taken effect, no read could fall
       // between it and the next write, so leaving it out explains the same.
-      if (read == last_read_of_ns.end()) continue;
+      // Not with versions: it would still have moved the version on.
+      if (read == last_read_of_ns.end() && !versioned) continue;
+      if (read == last_read_of_ns.end()) {
+        origin_ns = std::min(origin_ns, operation.invoke_ns);
+        model.value_id = id_of(operation.value);
+        pending.push_back({model, operation.invoke_ns, kInfinityNs});
+        continue;
+      }
       // The only writer of a value that was read took effect before the
       // last read of it completed.
       const bool initial = options.initially_found && options.initial_value == operation.value;
@@ -367,7 +457,7 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
         complete_ns = read->second;
       }
     }
-    if (operation.kind == OperationKind::kPut || (is_read && operation.found)) {
+    if (writes_value(operation) || (is_read && operation.found)) {
       model.value_id = id_of(operation.value);
     }
     origin_ns = std::min(origin_ns, operation.invoke_ns);
@@ -381,7 +471,10 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
   std::vector<ModelOperation> operations;
   std::vector<std::pair<int64_t, int64_t>> intervals;
   for (Pending& item : pending) {
-    if (!item.model.required) {
+    // Only plain puts and deletes are interchangeable by their value alone.
+    const bool plain = item.model.kind == OperationKind::kPut ||
+                       item.model.kind == OperationKind::kDelete;
+    if (!item.model.required && plain && item.model.version == 0) {
       const auto [it, added] =
           group_of_value.try_emplace(item.model.value_id, static_cast<int>(group_size.size()));
       if (added) group_size.push_back(0);
@@ -393,8 +486,12 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
   }
   CheckResult result;
   result.operations = operations.size();
-  const int initial_state = options.initially_found ? id_of(options.initial_value) : kAbsent;
-  Search search(std::move(operations), intervals, initial_state, options.max_steps);
+  RegisterState initial_state;
+  if (options.initially_found) {
+    initial_state.value_id = id_of(options.initial_value);
+    initial_state.version = versioned ? options.initial_version : 0;
+  }
+  Search search(std::move(operations), intervals, initial_state, versioned, options.max_steps);
   result.verdict = search.Run();
   result.steps = search.steps();
   if (result.verdict == Verdict::kUnknown) {

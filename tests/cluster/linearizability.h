@@ -1,6 +1,10 @@
 // A linearizability checker for the history of one key seen as a register
 // with put(value), get() -> value | absent and delete(), as the cluster tests
-// record it against strong (X-Consistency: strong) operations.
+// record it against strong (X-Consistency: strong) operations; and, when the
+// history has versions, the key's version too (1 after a put to an absent
+// key, +1 per put, absent after a delete) with compare-and-set: a put or
+// delete that takes effect only if the key is at an expected version (0:
+// absent), and is answered either as done or as a mismatch.
 //
 // The search is Wing and Gong's ("Testing and verifying concurrent objects",
 // 1993) with the memoization of Lowe ("Testing for linearizability", 2017)
@@ -34,7 +38,7 @@
 
 namespace logkv::test::linearizability {
 
-enum class OperationKind { kPut, kGet, kDelete };
+enum class OperationKind { kPut, kGet, kDelete, kCompareAndSet };
 
 enum class Outcome {
   kOk,         // completed: the answer was received (a get's answer in found/value)
@@ -50,6 +54,16 @@ struct Operation {
   std::string value;
   // get: whether a value was read (false: the key was absent or deleted).
   bool found = false;
+  // The key's version a get read or a put (plain or compare-and-set) made;
+  // 0: not known (not checked). Any version in a history makes the checker
+  // model versions (as does any compare-and-set).
+  uint64_t version = 0;
+  // kCompareAndSet: the version the key had to be at (0: absent), whether it
+  // deletes (else it puts value), and whether it was answered as done
+  // (matched) or as a mismatch (which changed nothing).
+  uint64_t expected_version = 0;
+  bool cas_delete = false;
+  bool cas_matched = true;
   // Monotonic times in nanoseconds; complete_ns is ignored when the outcome is
   // kAmbiguous (the operation is pending until +infinity).
   // REQUIRES: invoke_ns <= complete_ns for completed operations.
@@ -69,6 +83,7 @@ struct CheckOptions {
   // The register's value before the history starts; absent unless set.
   bool initially_found = false;
   std::string initial_value;
+  uint64_t initial_version = 1;  // with versions, when initially_found
 };
 
 struct CheckResult {

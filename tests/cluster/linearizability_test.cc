@@ -292,6 +292,88 @@ TEST(LinearizabilityTest, ManyPendingAmbiguousWritesStayCheap) {
 
 // ---- Budget and explanations ----------------------------------------------
 
+// ---- Versions and compare-and-set ------------------------------------------
+
+// A compare-and-set put of value if the key is at expected (0: absent),
+// answered as done (matched) or as a mismatch.
+Operation Cas(int client, std::string value, uint64_t expected, bool matched, int64_t invoke_ns,
+              int64_t complete_ns, Outcome outcome = Outcome::kOk) {
+  Operation operation = Put(client, std::move(value), invoke_ns, complete_ns, outcome);
+  operation.kind = OperationKind::kCompareAndSet;
+  operation.expected_version = expected;
+  operation.cas_matched = matched;
+  return operation;
+}
+
+Operation CasDelete(int client, uint64_t expected, bool matched, int64_t invoke_ns,
+                    int64_t complete_ns, Outcome outcome = Outcome::kOk) {
+  Operation operation = Cas(client, "", expected, matched, invoke_ns, complete_ns, outcome);
+  operation.cas_delete = true;
+  return operation;
+}
+
+// A get that read value at version.
+Operation GetAt(int client, std::string value, uint64_t version, int64_t invoke_ns,
+                int64_t complete_ns) {
+  Operation operation = Get(client, std::move(value), invoke_ns, complete_ns);
+  operation.version = version;
+  return operation;
+}
+
+TEST(LinearizabilityCasTest, SequentialCompareAndSetsFollowTheVersion) {
+  ExpectLinearizable({Cas(0, "a", 0, true, 0, 1), GetAt(0, "a", 1, 2, 3),
+                      Cas(0, "b", 1, true, 4, 5), Cas(0, "c", 1, false, 6, 7),
+                      GetAt(0, "b", 2, 8, 9), CasDelete(0, 2, true, 10, 11),
+                      Get(0, std::nullopt, 12, 13), Cas(0, "d", 0, true, 14, 15),
+                      GetAt(0, "d", 1, 16, 17)});
+}
+
+TEST(LinearizabilityCasTest, TwoCompareAndSetsFromOneVersionCannotBothSucceed) {
+  // Both read version 1 and both were told they wrote: the lost update a
+  // compare-and-set exists to prevent.
+  ExpectNotLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 1, true, 2, 10),
+                         Cas(2, "c", 1, true, 3, 11)});
+  // One of them failing is fine, whichever.
+  ExpectLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 1, true, 2, 10),
+                      Cas(2, "c", 1, false, 3, 11)});
+  ExpectLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 1, false, 2, 10),
+                      Cas(2, "c", 1, true, 3, 11)});
+}
+
+TEST(LinearizabilityCasTest, AMismatchNeedsAnotherVersion) {
+  // Nothing wrote since version 1 was read: the mismatch cannot be explained.
+  ExpectNotLinearizable({Put(0, "a", 0, 1), GetAt(1, "a", 1, 2, 3),
+                         Cas(1, "b", 1, false, 4, 5)});
+  // A concurrent put moved the version on.
+  ExpectLinearizable({Put(0, "a", 0, 1), GetAt(1, "a", 1, 2, 3), Put(2, "x", 4, 6),
+                      Cas(1, "b", 1, false, 5, 7)});
+}
+
+TEST(LinearizabilityCasTest, VersionsReadMustMatchTheWritesCount) {
+  ExpectNotLinearizable({Put(0, "a", 0, 1), Put(0, "b", 2, 3), GetAt(1, "b", 1, 4, 5)});
+  ExpectLinearizable({Put(0, "a", 0, 1), Put(0, "b", 2, 3), GetAt(1, "b", 2, 4, 5)});
+  // After a delete the next put starts at 1 again.
+  ExpectLinearizable({Put(0, "a", 0, 1), Delete(0, 2, 3), Put(0, "b", 4, 5),
+                      GetAt(1, "b", 1, 6, 7)});
+}
+
+TEST(LinearizabilityCasTest, AnAmbiguousWriteNobodyReadStillMovesTheVersion) {
+  // The ambiguous put of "x" is never read, but only its taking effect
+  // explains version 3 (without versions it would be dropped).
+  ExpectLinearizable({Put(0, "a", 0, 1), Put(1, "x", 2, kNever, kAmbiguous),
+                      Put(0, "b", 3, 4), GetAt(2, "b", 3, 5, 6)});
+  // And an ambiguous compare-and-set takes effect only if it could match.
+  ExpectNotLinearizable({Put(0, "a", 0, 1), Cas(1, "x", 5, true, 2, kNever, kAmbiguous),
+                         GetAt(2, "x", 2, 3, 4)});
+  ExpectLinearizable({Put(0, "a", 0, 1), Cas(1, "x", 1, true, 2, kNever, kAmbiguous),
+                      GetAt(2, "x", 2, 3, 4)});
+}
+
+TEST(LinearizabilityCasTest, AFailedCompareAndSetChangesNothing) {
+  ExpectNotLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 7, false, 2, 3), GetAt(1, "b", 2, 4, 5)});
+  ExpectLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 7, false, 2, 3), GetAt(1, "a", 1, 4, 5)});
+}
+
 TEST(LinearizabilityTest, GivesUpWithUnknownBeyondTheBudget) {
   std::vector<Operation> history;
   for (int client = 0; client < 12; ++client) {

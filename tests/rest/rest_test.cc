@@ -327,6 +327,44 @@ TEST_F(RestTest, BadTtlIs400OnEveryWriteRoute) {
   }
 }
 
+// Compare-and-set over HTTP on one node: If-Match with the version a read's
+// ETag gave, If-None-Match: * for a key that must be absent; a condition
+// that does not hold is 412 and writes nothing, a malformed one 400.
+TEST_F(RestTest, IfMatchAndIfNoneMatchAreCompareAndSetOnEveryWriteRoute) {
+  const std::string key = TestName();
+  const std::string target = "/v1/kv/" + key;
+  const HttpAnswer created = Call("PUT", target, {{"If-None-Match", "*"}}, "one");
+  EXPECT_EQ(created.status, 200) << created.body;
+  EXPECT_EQ(created.Header("etag").value_or(""), "\"1\"");
+  ExpectError(Call("PUT", target, {{"If-None-Match", "*"}}, "again"), 412);
+  const HttpAnswer read = Call("GET", target);
+  EXPECT_EQ(read.body, "one");
+  EXPECT_EQ(read.Header("etag").value_or(""), "\"1\"");
+  // The tag as the ETag spells it, or bare.
+  EXPECT_EQ(Call("PUT", target, {{"If-Match", "\"1\""}}, "two").status, 200);
+  EXPECT_EQ(Call("PUT", target, {{"If-Match", "2"}}, "three").status, 200);
+  const HttpAnswer stale = Call("PUT", target, {{"If-Match", "\"1\""}}, "lost");
+  ExpectError(stale, 412);
+  EXPECT_TRUE(absl::StrContains(stale.body, "is at version 3")) << stale.body;
+  EXPECT_EQ(Call("GET", target).body, "three");
+  // Conditions that cannot be checked are refused, not dropped.
+  for (const HttpHeaders& bad : std::vector<HttpHeaders>{{{"If-Match", "*"}},
+                                                         {{"If-Match", "W/\"3\""}},
+                                                         {{"If-Match", "0"}},
+                                                         {{"If-Match", "x"}},
+                                                         {{"If-None-Match", "\"3\""}},
+                                                         {{"If-Match", "3"}, {"If-None-Match", "*"}}}) {
+    ExpectError(Call("PUT", target, bad, "bad"), 400, bad.front().first + ": " + bad.front().second);
+  }
+  ExpectError(Call("DELETE", target, {{"If-Match", "2"}}), 412);
+  EXPECT_EQ(Call("DELETE", target, {{"If-Match", "3"}}).status, 200);
+  ExpectError(Call("GET", target), 404);
+  // The other dialects' writes take the same headers.
+  const HttpAnswer seed001 = Call("PUT", "/kv?key=" + key + "-001", {{"If-None-Match", "*"}}, "v");
+  EXPECT_EQ(seed001.status, 200) << seed001.body;
+  ExpectError(Call("PUT", "/kv?key=" + key + "-001", {{"If-Match", "\"7\""}}, "v"), 412);
+}
+
 TEST_F(RestTest, V1KvConsistencyHeader) {
   const std::string target = "/v1/kv/" + TestName();
   for (const std::string level : {"strong", "eventual", "STRONG", "Eventual"}) {

@@ -1,0 +1,77 @@
+#include "server/consensus_node.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/control/control_plane.h"
+#include "server/control/kv_state.h"
+
+namespace logkv::server {
+
+ControlConsensusKeys::ControlConsensusKeys(control::ControlPlane* control,
+                                           std::vector<std::string> flag_prefixes,
+                                           absl::Duration read_wait)
+    : control_(control), flag_prefixes_(std::move(flag_prefixes)), read_wait_(read_wait) {}
+
+bool ControlConsensusKeys::Covers(absl::string_view engine_key) const {
+  const control::KvState* kv = control_->kv();
+  if (kv->committed()) return kv->Covers(engine_key);
+  return control::UnderConsensusPrefix(flag_prefixes_, engine_key);
+}
+
+void ControlConsensusKeys::Get(
+    std::string key, std::function<void(absl::StatusOr<Coordinator::ReadResult>)> done) {
+  control::KvState* const kv = control_->kv();
+  const absl::Duration wait = read_wait_;
+  control_->Submit(
+      control::EncodeKvSync(),
+      [kv, wait, key = std::move(key), done = std::move(done)](
+          absl::StatusOr<uint64_t> revision) mutable {
+        if (!revision.ok()) return done(revision.status());
+        // The read is answered from this node's copy once it holds every
+        // write committed before the KvSync.
+        kv->WhenAt(*revision, absl::Now() + wait,
+                   [kv, key = std::move(key), done = std::move(done)](absl::Status reached) {
+                     if (!reached.ok()) return done(reached);
+                     Coordinator::ReadResult read;
+                     absl::StatusOr<control::KvEntry> entry = kv->Get(key);
+                     if (entry.ok()) {
+                       read.found = true;
+                       read.value = std::move(entry->value);
+                       read.version = entry->version;
+                       read.timestamp = engine::TimestampAtUnixMs(entry->updated_at_ms);
+                     } else if (!absl::IsNotFound(entry.status())) {
+                       return done(entry.status());
+                     }
+                     done(std::move(read));
+                   });
+      });
+}
+
+void ControlConsensusKeys::Write(std::string key, std::optional<std::string> value,
+                                 std::optional<uint64_t> if_version,
+                                 std::function<void(absl::StatusOr<engine::WriteResult>)> done) {
+  // Refused here rather than by the log: a command is small.
+  if (key.size() > control::kMaxConsensusKeyBytes) {
+    return done(absl::InvalidArgumentError(absl::StrCat(
+        "a consensus key has at most ", control::kMaxConsensusKeyBytes, " bytes")));
+  }
+  if (value.has_value() && value->size() > control::kMaxConsensusValueBytes) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("a consensus key's value has at most ", control::kMaxConsensusValueBytes,
+                     " bytes, not ", value->size())));
+  }
+  const int64_t at_ms = absl::ToUnixMillis(absl::Now());
+  control_->Submit(control::EncodeKvWrite(key, value, if_version),
+                   [at_ms, done = std::move(done)](absl::StatusOr<uint64_t> version) {
+                     if (!version.ok()) return done(version.status());
+                     engine::WriteResult written;
+                     written.version = *version;
+                     written.timestamp = engine::TimestampAtUnixMs(at_ms);
+                     done(written);
+                   });
+}
+
+}  // namespace logkv::server
