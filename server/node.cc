@@ -2015,6 +2015,17 @@ void Node::CommitConsensusPrefixes() {
   // it again: the same prefixes are accepted, others refused); the others
   // wait (bounded) to learn what was committed.
   const std::string command = control::EncodeSetConsensusPrefixes(wanted);
+  // After the auth mode, which a new cluster's first node commits at the
+  // same time: one proposal at a time while nothing is committed yet. (A
+  // leader whose Raft log cannot be written, a full disk, crashes inside
+  // libraft 0.15 when two of its appends fail together.)
+  const absl::Time auth_wait = absl::Now() + absl::Seconds(5);
+  while (!stopping_.load() && absl::Now() < auth_wait &&
+         control->accounts()->Read([](const control::Accounts& a) {
+           return a.auth_mode == control::AuthModeCommitted::kUnset;
+         })) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
   while (!stopping_.load() && !kv->committed() && absl::Now() < give_up) {
     if (!options_.seeds.empty()) {
