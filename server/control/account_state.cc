@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "flatbuffers/flatbuffers.h"
 #include "protocol/frame.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
@@ -15,27 +16,6 @@ namespace logkv::server::control {
 namespace {
 
 using protocol::View;
-
-std::string Finish(flatbuffers::FlatBufferBuilder& builder) {
-  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
-}
-
-template <typename T>
-std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
-                       flatbuffers::Offset<T> body) {
-  fb::CommandBuilder command(builder);
-  command.add_body_type(type);
-  command.add_body(body.Union());
-  // The proposer's clock: the time of the command's audit entry.
-  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
-  builder.Finish(command.Finish(), fb::CommandIdentifier());
-  return Finish(builder);
-}
-
-flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
-                                                            absl::string_view bytes) {
-  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-}
 
 absl::Status CheckText(absl::string_view what, absl::string_view text, size_t min, size_t max) {
   if (text.size() < min || text.size() > max) {

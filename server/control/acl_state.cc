@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "flatbuffers/flatbuffers.h"
 #include "protocol/frame.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
@@ -18,16 +19,6 @@ namespace logkv::server::control {
 namespace {
 
 using protocol::View;
-
-template <typename T>
-std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
-                       flatbuffers::Offset<T> body) {
-  fb::CommandBuilder command(builder);
-  command.add_body_type(type);
-  command.add_body(body.Union());
-  builder.Finish(command.Finish(), fb::CommandIdentifier());
-  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
-}
 
 // Group names appear in URLs, logs and JSON: letters, digits, '.', '_', '-'.
 absl::Status CheckGroupName(absl::string_view name) {

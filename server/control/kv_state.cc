@@ -10,6 +10,7 @@
 #include "flatbuffers/flatbuffers.h"
 #include "protocol/frame.h"
 #include "server/control/acl_state.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
@@ -17,23 +18,6 @@ namespace logkv::server::control {
 namespace {
 
 using protocol::View;
-
-template <typename T>
-std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
-                       flatbuffers::Offset<T> body) {
-  fb::CommandBuilder command(builder);
-  command.add_body_type(type);
-  command.add_body(body.Union());
-  // The proposer's clock: the time a consensus key was last written.
-  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
-  builder.Finish(command.Finish(), fb::CommandIdentifier());
-  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
-}
-
-flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
-                                                            absl::string_view bytes) {
-  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-}
 
 // The client's part of an engine key: after a tenant's namespace; nothing
 // for the server's reserved keys.

@@ -943,20 +943,13 @@ lin::Outcome WriteOutcome(const absl::StatusOr<HttpAnswer>& answer) {
   return lin::Outcome::kAmbiguous;
 }
 
-// Clients doing strong gets (40%), puts (45%) and deletes (15%) on a few
-// keys through random nodes, each with its own seeded schedule, recording
-// every operation for the linearizability checker. A node that is down
-// answers with a refused connection, recorded as ambiguous.
-class StrongClients {
+// Client threads, each recording the operations it makes (for the
+// linearizability checker) in a vector of its own, until stopped.
+class RecordingClients {
  public:
-  StrongClients(const ClusterProcess* cluster, uint64_t seed, std::vector<std::string> keys,
-                int clients)
-      : cluster_(cluster), keys_(std::move(keys)), records_(clients) {
-    for (int client = 0; client < clients; ++client) {
-      threads_.emplace_back([this, seed, client] { Run(seed, client); });
-    }
-  }
-  ~StrongClients() { Stop(); }
+  RecordingClients(const RecordingClients&) = delete;
+  RecordingClients& operator=(const RecordingClients&) = delete;
+  virtual ~RecordingClients() { Stop(); }
 
   void Stop() {
     stop_.store(true);
@@ -964,6 +957,40 @@ class StrongClients {
       if (thread.joinable()) thread.join();
     }
   }
+
+ protected:
+  RecordingClients(const ClusterProcess* cluster, std::vector<std::string> keys, int clients)
+      : cluster_(cluster), keys_(std::move(keys)), records_(clients) {}
+
+  // Runs run(client) on a thread per client; derived classes call it last
+  // in their constructor.
+  void Start(const std::function<void(int client)>& run) {
+    for (int client = 0; client < static_cast<int>(records_.size()); ++client) {
+      threads_.emplace_back([run, client] { run(client); });
+    }
+  }
+
+  const ClusterProcess* const cluster_;
+  const std::vector<std::string> keys_;
+  std::vector<std::vector<Recorded>> records_;  // one per client, its own thread's
+  std::atomic<bool> stop_{false};
+
+ private:
+  std::vector<std::thread> threads_;
+};
+
+// Clients doing strong gets (40%), puts (45%) and deletes (15%) on a few
+// keys through random nodes, each with its own seeded schedule, recording
+// every operation for the linearizability checker. A node that is down
+// answers with a refused connection, recorded as ambiguous.
+class StrongClients : public RecordingClients {
+ public:
+  StrongClients(const ClusterProcess* cluster, uint64_t seed, std::vector<std::string> keys,
+                int clients)
+      : RecordingClients(cluster, std::move(keys), clients) {
+    Start([this, seed](int client) { Run(seed, client); });
+  }
+  ~StrongClients() override { Stop(); }
 
   // Checks every key's history (REQUIRES: stopped); the count of completed
   // operations.
@@ -1032,11 +1059,6 @@ class StrongClients {
     }
   }
 
-  const ClusterProcess* const cluster_;
-  const std::vector<std::string> keys_;
-  std::vector<std::vector<Recorded>> records_;  // one per client, its own thread's
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
 };
 
 TEST_P(ClusterTransportTest, StrongIsLinearizableAndEventualConvergesUnderPartitions) {
@@ -1228,23 +1250,14 @@ TEST_F(ClusterTest, StrongIsLinearizableWhileNodesAreKilledAndRestarted) {
 // key (If-Match: "N", or If-None-Match: * when it saw none), so some match
 // and some do not; every answer's version (ETag) is recorded, and the
 // checker models versions.
-class CasClients {
+class CasClients : public RecordingClients {
  public:
   CasClients(const ClusterProcess* cluster, uint64_t seed, std::vector<std::string> keys,
              int clients)
-      : cluster_(cluster), keys_(std::move(keys)), records_(clients) {
-    for (int client = 0; client < clients; ++client) {
-      threads_.emplace_back([this, seed, client] { Run(seed, client); });
-    }
+      : RecordingClients(cluster, std::move(keys), clients) {
+    Start([this, seed](int client) { Run(seed, client); });
   }
-  ~CasClients() { Stop(); }
-
-  void Stop() {
-    stop_.store(true);
-    for (std::thread& thread : threads_) {
-      if (thread.joinable()) thread.join();
-    }
-  }
+  ~CasClients() override { Stop(); }
 
   // Checks every key's history (REQUIRES: stopped); *matched gets the count
   // of compare-and-sets answered as done, *mismatched as a mismatch. The
@@ -1399,11 +1412,6 @@ class CasClients {
     }
   }
 
-  const ClusterProcess* const cluster_;
-  const std::vector<std::string> keys_;
-  std::vector<std::vector<Recorded>> records_;  // one per client, its own thread's
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
 };
 
 // The node that leads the control plane, as the live nodes say; -1 if none
