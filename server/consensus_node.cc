@@ -10,22 +10,34 @@
 
 namespace logkv::server {
 
-ControlConsensusKeys::ControlConsensusKeys(control::ControlPlane* control,
+namespace {
+
+absl::Status NotRunning() {
+  return absl::UnavailableError("this node's control plane is not running yet: try again");
+}
+
+}  // namespace
+
+ControlConsensusKeys::ControlConsensusKeys(std::function<control::ControlPlane*()> control,
                                            std::vector<std::string> flag_prefixes,
                                            absl::Duration read_wait)
-    : control_(control), flag_prefixes_(std::move(flag_prefixes)), read_wait_(read_wait) {}
+    : control_(std::move(control)),
+      flag_prefixes_(std::move(flag_prefixes)),
+      read_wait_(read_wait) {}
 
 bool ControlConsensusKeys::Covers(absl::string_view engine_key) const {
-  const control::KvState* kv = control_->kv();
-  if (kv->committed()) return kv->Covers(engine_key);
+  control::ControlPlane* const control = control_();
+  if (control != nullptr && control->kv()->committed()) return control->kv()->Covers(engine_key);
   return control::UnderConsensusPrefix(flag_prefixes_, engine_key);
 }
 
 void ControlConsensusKeys::Get(
     std::string key, std::function<void(absl::StatusOr<Coordinator::ReadResult>)> done) {
-  control::KvState* const kv = control_->kv();
+  control::ControlPlane* const control = control_();
+  if (control == nullptr) return done(NotRunning());
+  control::KvState* const kv = control->kv();
   const absl::Duration wait = read_wait_;
-  control_->Submit(
+  control->Submit(
       control::EncodeKvSync(),
       [kv, wait, key = std::move(key), done = std::move(done)](
           absl::StatusOr<uint64_t> revision) mutable {
@@ -63,8 +75,10 @@ void ControlConsensusKeys::Write(std::string key, std::optional<std::string> val
         absl::StrCat("a consensus key's value has at most ", control::kMaxConsensusValueBytes,
                      " bytes, not ", value->size())));
   }
+  control::ControlPlane* const control = control_();
+  if (control == nullptr) return done(NotRunning());
   const int64_t at_ms = absl::ToUnixMillis(absl::Now());
-  control_->Submit(control::EncodeKvWrite(key, value, if_version),
+  control->Submit(control::EncodeKvWrite(key, value, if_version),
                    [at_ms, done = std::move(done)](absl::StatusOr<uint64_t> version) {
                      if (!version.ok()) return done(version.status());
                      engine::WriteResult written;

@@ -4,9 +4,10 @@
 // (docs/cluster.md, "Compare-and-set").
 //
 // Which keys are covered: the committed prefixes once this node holds them;
-// before that (a new node that has not caught up with the log, a first node
-// committing them) the node's own --consensus_prefix, so that no key that
-// will be a consensus key is ever written to the data engines. A key the
+// before that (a node whose control plane has not started or caught up with
+// the log, a first node committing them) the node's own --consensus_prefix,
+// so that no key that will be a consensus key is ever written to the data
+// engines. A key the
 // guess covers wrongly is refused by the log (InvalidArgument), not lost.
 //
 // Thread-safety: as the interface.
@@ -30,9 +31,12 @@ class ControlPlane;
 
 class ControlConsensusKeys final : public ConsensusKeys {
  public:
-  // control must outlive this object. read_wait bounds how long a read
-  // waits for this node to apply the log up to its KvSync.
-  ControlConsensusKeys(control::ControlPlane* control, std::vector<std::string> flag_prefixes,
+  // control() is the node's control plane, null until it runs (then
+  // operations are refused as Unavailable; the flag decides what is
+  // covered); what it returns must outlive this object. read_wait bounds how
+  // long a read waits for this node to apply the log up to its KvSync.
+  ControlConsensusKeys(std::function<control::ControlPlane*()> control,
+                       std::vector<std::string> flag_prefixes,
                        absl::Duration read_wait = absl::Seconds(5));
 
   bool Covers(absl::string_view engine_key) const override;
@@ -43,7 +47,7 @@ class ControlConsensusKeys final : public ConsensusKeys {
              std::function<void(absl::StatusOr<engine::WriteResult>)> done) override;
 
  private:
-  control::ControlPlane* const control_;
+  const std::function<control::ControlPlane*()> control_;
   const std::vector<std::string> flag_prefixes_;
   const absl::Duration read_wait_;
 };

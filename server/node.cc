@@ -769,6 +769,12 @@ absl::Status Node::StartEngine() {
   counters_.start_unix_ms = absl::ToUnixMillis(absl::Now());
   service_ = std::make_unique<Service>(engine_ptr, ServiceConfigFor(options_, data_dir_),
                                        &counters_);
+  // Before the server serves anything: a consensus key must never reach the
+  // data engines, even before the control plane runs (until then its
+  // operations are refused as Unavailable).
+  consensus_ = std::make_unique<ControlConsensusKeys>([this] { return control_plane(); },
+                                                      options_.consensus_prefixes);
+  service_->set_consensus(consensus_.get());
   backup::BackupManagerOptions backup_options = BackupOptionsFor(options_);
   // The committed configuration this node held when the backup was taken
   // (ControlState's snapshot encoding): who the members were, with their
@@ -1442,9 +1448,6 @@ absl::Status Node::StartControlPlane() {
   control_ = std::make_unique<control::ControlPlane>(std::move(options));
   if (absl::Status status = control_->Start(); !status.ok()) return status;
   control_ptr_.store(control_.get(), std::memory_order_release);
-  consensus_ =
-      std::make_unique<ControlConsensusKeys>(control_.get(), options_.consensus_prefixes);
-  service_->set_consensus(consensus_.get());
   cluster_->transport()->SetEpoch(control_->config()->epoch);
   AddControlMetrics();
   return JoinControlPlane();

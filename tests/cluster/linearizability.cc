@@ -403,6 +403,16 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
     return operation.kind == OperationKind::kPut ||
            (operation.kind == OperationKind::kCompareAndSet && !operation.cas_delete);
   };
+  // The version reads saw each value at (values are written once each in
+  // the tests; a value read at two versions keeps none).
+  absl::flat_hash_map<std::string, uint64_t> version_read_of;
+  for (const Operation& operation : history) {
+    if (operation.kind == OperationKind::kGet && operation.outcome == Outcome::kOk &&
+        operation.found && operation.version != 0) {
+      const auto [it, added] = version_read_of.try_emplace(operation.value, operation.version);
+      if (!added && it->second != operation.version) it->second = 0;
+    }
+  }
   for (const Operation& operation : history) {
     if (operation.kind == OperationKind::kGet && operation.outcome == Outcome::kOk &&
         operation.found) {
@@ -455,6 +465,11 @@ CheckResult Check(const std::vector<Operation>& history, const CheckOptions& opt
       if (writers_of[operation.value] == 1 && !initial) {
         model.required = true;
         complete_ns = read->second;
+        // And it made the version its readers saw.
+        if (versioned && model.version == 0) {
+          const auto version = version_read_of.find(operation.value);
+          if (version != version_read_of.end()) model.version = version->second;
+        }
       }
     }
     if (writes_value(operation) || (is_read && operation.found)) {

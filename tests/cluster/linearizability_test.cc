@@ -369,6 +369,14 @@ TEST(LinearizabilityCasTest, AnAmbiguousWriteNobodyReadStillMovesTheVersion) {
                       GetAt(2, "x", 2, 3, 4)});
 }
 
+TEST(LinearizabilityCasTest, AnAmbiguousWriteThatWasReadMadeTheVersionItWasReadAt) {
+  ExpectLinearizable({Put(0, "a", 0, 1), Put(1, "x", 2, kNever, kAmbiguous),
+                      GetAt(2, "x", 2, 3, 4)});
+  // Only one write came before it: it cannot have made version 5.
+  ExpectNotLinearizable({Put(0, "a", 0, 1), Put(1, "x", 2, kNever, kAmbiguous),
+                         GetAt(2, "x", 5, 3, 4)});
+}
+
 TEST(LinearizabilityCasTest, AFailedCompareAndSetChangesNothing) {
   ExpectNotLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 7, false, 2, 3), GetAt(1, "b", 2, 4, 5)});
   ExpectLinearizable({Put(0, "a", 0, 1), Cas(1, "b", 7, false, 2, 3), GetAt(1, "a", 1, 4, 5)});
