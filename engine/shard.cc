@@ -650,6 +650,25 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
     absl::ReaderMutexLock lock(&mu_);
     ordered = index_.ordered();
   }
+  if (!ordered && !options.build_key_order) {
+    // A one-off scan (a start-up load) leaves the order unbuilt: one pass
+    // over every key, keeping the `keep` smallest that match.
+    absl::ReaderMutexLock lock(&mu_);
+    if (!index_.ordered()) {
+      index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+        const absl::string_view key = entry.key();
+        if (!absl::StartsWith(key, options.prefix)) return;
+        if (after ? key <= from : key < from) return;
+        if (!options.end_key.empty() && key >= options.end_key) return;
+        if (heap->size() >= keep && key >= heap->top()) return;
+        if (!entry.present() || Expired(entry, now)) return;
+        if (heap->size() >= keep) heap->pop();
+        heap->emplace(key);
+      });
+      return;
+    }
+    ordered = true;  // another scan built it meanwhile
+  }
   if (!ordered) {
     // The first scan builds the key order (O(keys), once); inserts and
     // removals keep it from then on. A store never scanned never pays for

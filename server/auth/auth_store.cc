@@ -662,6 +662,8 @@ absl::Status AuthStore::MoveLegacyAccounts() {
   engine::ScanOptions options;
   options.prefix = std::string(kAuthPrefix);
   options.limit = engine::kMaxScanLimit;
+  // Once, at the first start: no key order built for it (see HintedHandoff::Load).
+  options.build_key_order = false;
   for (;;) {
     absl::StatusOr<engine::ScanResult> page = engine_->Scan(options);
     if (!page.ok()) return page.status();

@@ -209,6 +209,13 @@ struct ScanOptions {
   // A page ends early, with a cursor, once its keys and values pass this many
   // bytes (at least one item is always returned). 0 = no byte budget.
   uint64_t max_bytes = 0;
+  // Whether a scan of a store that no scan has ordered yet builds the key
+  // order (and so makes every later insert of a new key dearer), or walks
+  // every key instead (O(keys) a page, the order left unbuilt). false is for
+  // a scan made once, such as a start-up load of a reserved prefix: a store
+  // that clients never scan then stays unordered. Once built, every scan
+  // uses the order.
+  bool build_key_order = true;
 };
 inline constexpr uint32_t kMaxScanLimit = 10'000;
 
