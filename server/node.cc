@@ -1039,7 +1039,14 @@ absl::Status Node::BuildCluster() {
   // members answered since the start) and the control plane's (this node
   // holds a committed configuration with itself as a member). Until then
   // the ring may be a view of one.
-  coordinator_->set_placement([this] { return CommittedPlacement(); });
+  // The placement changes only with the committed configuration's epoch:
+  // each thread keeps its copy until the epoch moves (0: no control plane
+  // yet, and no placement either).
+  coordinator_->set_placement([this] { return CommittedPlacement(); },
+                              [this]() -> uint64_t {
+                                const control::ControlPlane* control = control_plane();
+                                return control == nullptr ? 0 : control->epoch() + 1;
+                              });
   coordinator_->set_view_confirmed([this, member] {
     const cluster::Membership* membership = member->membership();
     return membership != nullptr && membership->ViewConfirmed() &&

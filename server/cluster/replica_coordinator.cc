@@ -47,6 +47,27 @@ size_t Majority(size_t n) { return n / 2 + 1; }
   return true;
 }
 
+// Coordinators' instance numbers (ReplicaCoordinator::instance_).
+std::atomic<uint64_t> next_instance{1};
+
+// A thread's placement (ReplicaCoordinator::CachedPlacement), of the
+// coordinator numbered instance, read under generation.
+struct ThreadPlacement {
+  uint64_t instance = 0;
+  uint64_t generation = 0;
+  Placement placement;
+};
+thread_local ThreadPlacement thread_placement;
+
+// The rings a thread last checked the node tag against (RefreshTag). They
+// are held, so a ring made later never has the address of one seen here.
+struct ThreadTagged {
+  uint64_t instance = 0;
+  std::shared_ptr<const Ring> ring;
+  std::shared_ptr<const Ring> next;
+};
+thread_local ThreadTagged thread_tagged;
+
 ReplicaBatcher::Limits BatchLimits(const ReplicaCoordinatorOptions& options) {
   ReplicaBatcher::Limits limits;
   limits.max_bytes = std::min<uint64_t>(limits.max_bytes, options.max_frame_bytes / 2);
@@ -119,7 +140,8 @@ struct ReplicaCoordinator::ReadState {
   std::vector<std::string> candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
   size_t next ABSL_GUARDED_BY(mu) = 0;                      // the next candidate to ask
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;
-  std::vector<std::string> asked ABSL_GUARDED_BY(mu);  // in flight
+  // In flight (at most every owner: no allocation for a usual N).
+  absl::InlinedVector<std::string, 3> asked ABSL_GUARDED_BY(mu);
   std::vector<Reply> replies ABSL_GUARDED_BY(mu);
   std::vector<std::string> failures ABSL_GUARDED_BY(mu);
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -219,6 +241,7 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
       metrics_(metrics),
       handoff_(handoff),
       options_(options),
+      instance_(next_instance.fetch_add(1, std::memory_order_relaxed)),
       clock_(options.clock != nullptr ? options.clock : engine::SystemClock(),
              HashNodeTag(self_)) {
   if (metrics_ != nullptr) {
@@ -226,11 +249,28 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
   }
 }
 
-void ReplicaCoordinator::set_placement(PlacementFunction placement) {
+void ReplicaCoordinator::set_placement(PlacementFunction placement,
+                                       GenerationFunction generation) {
   placement_ = std::move(placement);
+  generation_ = placement_ ? std::move(generation) : nullptr;
+}
+
+const Placement& ReplicaCoordinator::CachedPlacement() const {
+  assert(generation_);
+  ThreadPlacement& cached = thread_placement;
+  // The generation first: a placement read after it is at least as new, so
+  // the copy kept under it is never older than the generation says.
+  const uint64_t generation = generation_();
+  if (cached.instance != instance_ || cached.generation != generation) {
+    cached.placement = placement_();
+    cached.instance = instance_;
+    cached.generation = generation;
+  }
+  return cached.placement;
 }
 
 Placement ReplicaCoordinator::CurrentPlacement() const {
+  if (generation_) return CachedPlacement();
   if (placement_) return placement_();
   Placement placement;
   placement.ring = ring_();
@@ -305,12 +345,16 @@ bool ReplicaCoordinator::Active() const {
   // An unconfirmed view may be a view of one that is not the cluster's: it
   // still goes through the coordinator, which refuses quorum operations.
   if (!ViewConfirmed()) return true;
-  std::shared_ptr<const Ring> ring = ring_();
   // Served locally only by a ring of this node alone. A node that left
   // coordinates for the owners that remain (a gateway), and an empty ring
   // (every member left) is refused by the coordinator: nothing is served as
   // if alone by a node that owns nothing.
-  return ring != nullptr && (ring->size() != 1 || ring->members().front() != self_);
+  auto clustered = [this](const Ring* ring) {
+    return ring != nullptr && (ring->size() != 1 || ring->members().front() != self_);
+  };
+  // The placement's ring is the ring function's (set_placement).
+  if (generation_) return clustered(CachedPlacement().ring.get());
+  return clustered(ring_().get());
 }
 
 namespace {
@@ -372,8 +416,20 @@ std::string ReplicaCoordinator::HttpAddressOf(const std::string& node_id) const 
 }
 
 void ReplicaCoordinator::RefreshTag(const Placement& placement) {
+  // Each thread looks at the tag once per placement it meets, not per write.
+  ThreadTagged& seen = thread_tagged;
+  if (seen.instance == instance_ && seen.ring == placement.ring && seen.next == placement.next) {
+    return;
+  }
+  seen.instance = instance_;
+  seen.ring = placement.ring;
+  seen.next = placement.next;
   absl::MutexLock lock(&tag_mu_);
   if (placement.ring == tagged_ring_ && placement.next == tagged_next_) return;
+  // A thread that meets an older placement after a newer one was tagged
+  // (it read it just before the change) leaves the newer members' tag.
+  if (placement.epoch < tagged_epoch_) return;
+  tagged_epoch_ = placement.epoch;
   tagged_ring_ = placement.ring;
   tagged_next_ = placement.next;
   // Every member either ring names: a joining member coordinates too.
@@ -542,7 +598,8 @@ void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRec
 
 absl::Status ReplicaCoordinator::CheckEpoch(uint64_t epoch) const {
   if (epoch == kSenderEpoch) return absl::OkStatus();
-  if (const uint64_t held = CurrentPlacement().epoch; held > epoch) {
+  const uint64_t held = generation_ ? CachedPlacement().epoch : CurrentPlacement().epoch;
+  if (held > epoch) {
     return absl::AbortedError(absl::StrCat("stale configuration: the operation is for epoch ",
                                            epoch, ", this node holds epoch ", held));
   }
@@ -723,7 +780,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
   const Names asked = owners.all;
   const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
   ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline, epoch,
-             [this, owners, strong, deadline, key, epoch,
+             [this, owners = std::move(owners), strong, deadline, key, epoch,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(

@@ -168,6 +168,9 @@ class ReplicaCoordinator final : public Coordinator {
   using RingFunction = std::function<std::shared_ptr<const Ring>()>;
   // The placement of the committed configuration (ring.h).
   using PlacementFunction = std::function<Placement()>;
+  // A number that changes whenever the placement function's answer may
+  // (the committed configuration's epoch), read without a lock.
+  using GenerationFunction = std::function<uint64_t()>;
   // A member by node id; false when unknown.
   using PeerLookup = std::function<bool(const std::string& node_id, PeerInfo* info)>;
   using SendFunction = PeerSendFunction;
@@ -215,8 +218,17 @@ class ReplicaCoordinator final : public Coordinator {
 
   // Where Get and Write place keys: the committed configuration's rings
   // (two during a membership change) and its epoch. Unset: the ring
-  // function's ring alone, at epoch 0. REQUIRES: before any operation.
-  void set_placement(PlacementFunction placement);
+  // function's ring alone, at epoch 0.
+  //
+  // With generation, each thread keeps the placement it read last and calls
+  // placement again only once generation() differs from when it read it: no
+  // lock and no copy of the configuration per operation. generation must
+  // change no later than a newer placement can be learned any other way
+  // (an epoch barrier reads the epoch, then counts operations in flight:
+  // one counted after it must see the new generation). Active() then reads
+  // the placement's ring, which must be the ring function's.
+  // REQUIRES: before any operation.
+  void set_placement(PlacementFunction placement, GenerationFunction generation = nullptr);
 
   // Strong (quorum) operations placed under an epoch below this one that
   // have not answered yet.
@@ -279,6 +291,10 @@ class ReplicaCoordinator final : public Coordinator {
   std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
   KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
   Placement CurrentPlacement() const;
+  // REQUIRES: generation_ set. This thread's placement under the current
+  // generation, read again when the generation changed. The reference is
+  // good until this thread's next call (use it before calling out).
+  const Placement& CachedPlacement() const;
   // The placement of a quorum operation, counted (ticket) under its epoch
   // so that an epoch barrier cannot miss it.
   Placement TrackedPlacement(std::shared_ptr<void>* ticket) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
@@ -345,13 +361,18 @@ class ReplicaCoordinator final : public Coordinator {
   HintedHandoff* const handoff_;
   const ReplicaCoordinatorOptions options_;
 
-  PlacementFunction placement_;  // set before operations begin
+  PlacementFunction placement_;    // set before operations begin
+  GenerationFunction generation_;  // the same; unset: placement_ per operation
+  // Tells this coordinator's entries in a thread's caches from those of one
+  // destroyed before at the same address.
+  const uint64_t instance_;
 
   mutable absl::Mutex in_flight_mu_;
   std::map<uint64_t, size_t> in_flight_ ABSL_GUARDED_BY(in_flight_mu_);  // by epoch
 
   ClusterClock clock_;
   absl::Mutex tag_mu_;
+  uint64_t tagged_epoch_ ABSL_GUARDED_BY(tag_mu_) = 0;
   std::shared_ptr<const Ring> tagged_ring_ ABSL_GUARDED_BY(tag_mu_);
   std::shared_ptr<const Ring> tagged_next_ ABSL_GUARDED_BY(tag_mu_);
 };

@@ -182,6 +182,7 @@ class ControlPlane::Impl {
     absl::MutexLock lock(&config_mu_);
     return published_;
   }
+  uint64_t epoch() const { return published_epoch_.load(std::memory_order_acquire); }
   ControlStatus Status() const {
     absl::MutexLock lock(&status_mu_);
     ControlStatus status = status_;
@@ -274,6 +275,8 @@ class ControlPlane::Impl {
 
   mutable absl::Mutex config_mu_;
   std::shared_ptr<const ClusterConfig> published_ ABSL_GUARDED_BY(config_mu_);
+  // published_->epoch, stored under config_mu_ with it (epoch()).
+  std::atomic<uint64_t> published_epoch_{0};
 
   mutable absl::Mutex status_mu_;
   ControlStatus status_ ABSL_GUARDED_BY(status_mu_);
@@ -355,6 +358,7 @@ absl::Status ControlPlane::Impl::Start() {
   {
     absl::MutexLock lock(&config_mu_);
     published_ = std::move(applied);
+    published_epoch_.store(published_->epoch, std::memory_order_release);
   }
 
   // The audit chain: the cluster's key, derived from the secret (every
@@ -608,6 +612,7 @@ void ControlPlane::Impl::OnApplied() {
   {
     absl::MutexLock lock(&config_mu_);
     published_ = std::make_shared<ClusterConfig>(std::move(current));
+    published_epoch_.store(published_->epoch, std::memory_order_release);
   }
   // Kept before anyone acts on it, so that a restart finds at least this
   // epoch. A failure to keep it is logged by the caller's hook (the
@@ -859,6 +864,7 @@ absl::Status ControlPlane::Start() {
 void ControlPlane::Stop() { impl_->Stop(); }
 
 std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
+uint64_t ControlPlane::epoch() const { return impl_->epoch(); }
 
 AccountState* ControlPlane::accounts() { return &impl_->accounts(); }
 AuditState* ControlPlane::audit() { return &impl_->audit(); }

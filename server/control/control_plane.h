@@ -139,6 +139,10 @@ class ControlPlane {
   // The configuration at the highest epoch applied here; never null once
   // started (epoch 0 before any command).
   std::shared_ptr<const ClusterConfig> config() const;
+  // config()->epoch without a lock or a copy, for readers on every request.
+  // It is stored before config() returns the configuration of that epoch:
+  // whoever saw an epoch through config() reads it (or a newer one) here.
+  uint64_t epoch() const;
   // The cluster's accounts as applied here (account_state.h); valid for the
   // life of this object, filled as Raft applies.
   AccountState* accounts();

@@ -1180,6 +1180,83 @@ TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
   EXPECT_FALSE(members_.at("node-0").coordinator->Active());
 }
 
+TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
+  Start(3);
+  ReplicaCoordinator* coordinator = members_.at("node-0").coordinator.get();
+  std::atomic<uint64_t> generation{1};
+  std::atomic<int> reads{0};
+  absl::Mutex mu;
+  Placement placement{.epoch = 1, .ring = ring_};
+  coordinator->set_placement(
+      [&] {
+        reads.fetch_add(1);
+        absl::MutexLock lock(&mu);
+        return placement;
+      },
+      [&] { return generation.load(); });
+  for (int i = 0; i < 5; ++i) {
+    auto written = Write("node-0", absl::StrCat("k", i), "v", p::Consistency::Eventual);
+    ASSERT_OK(written);
+    EXPECT_EQ(written->owners.size(), 3u);
+  }
+  ASSERT_OK(Write("node-0", "strong", "v", p::Consistency::Strong));
+  ASSERT_OK(Read("node-0", "k0", p::Consistency::Strong));
+  EXPECT_TRUE(coordinator->Active());
+  EXPECT_EQ(reads.load(), 1);
+  // A new placement that the generation does not announce is not read.
+  {
+    absl::MutexLock lock(&mu);
+    placement = Placement{.epoch = 2,
+                          .ring = std::make_shared<const Ring>(
+                              std::vector<std::string>{"node-0", "node-1"})};
+  }
+  auto written = Write("node-0", "k", "v", p::Consistency::Eventual);
+  ASSERT_OK(written);
+  EXPECT_EQ(written->owners.size(), 3u);
+  EXPECT_EQ(reads.load(), 1);
+  // Announced, it is read once and used from then on.
+  generation.store(2);
+  for (int i = 0; i < 3; ++i) {
+    written = Write("node-0", "k", "v", p::Consistency::Strong);
+    ASSERT_OK(written);
+    EXPECT_EQ(written->owners.size(), 2u);
+  }
+  EXPECT_EQ(reads.load(), 2);
+  // Another thread reads its own copy.
+  std::thread([&] {
+    auto other = Write("node-0", "k", "v", p::Consistency::Eventual);
+    ASSERT_OK(other);
+    EXPECT_EQ(other->owners.size(), 2u);
+  }).join();
+  EXPECT_EQ(reads.load(), 3);
+  // What Active() reads follows too: a ring of this node alone serves locally.
+  {
+    absl::MutexLock lock(&mu);
+    placement = Placement{.epoch = 3,
+                          .ring = std::make_shared<const Ring>(std::vector<std::string>{"node-0"})};
+  }
+  EXPECT_TRUE(coordinator->Active());
+  generation.store(3);
+  EXPECT_FALSE(coordinator->Active());
+  // A coordinator made later (possibly at the same address) does not see
+  // this one's copies.
+  members_.at("node-0").coordinator.reset();
+  ReplicaCoordinatorOptions options;
+  options.clock = &clock_;
+  auto again = std::make_unique<ReplicaCoordinator>(
+      members_.at("node-0").node->engine(), Send(), [this] { return ring_; }, Lookup(), "node-0",
+      &metrics_, members_.at("node-0").handoff.get(), options);
+  int again_reads = 0;
+  again->set_placement(
+      [&] {
+        ++again_reads;
+        return Placement{.epoch = 3, .ring = ring_};
+      },
+      [&] { return generation.load(); });
+  EXPECT_TRUE(again->Active());
+  EXPECT_EQ(again_reads, 1);
+}
+
 // ---- The Service in front of a coordinator ------------------------------------------------
 
 // Answers from a script: inline, or later from another thread.
