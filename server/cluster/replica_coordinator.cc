@@ -333,6 +333,11 @@ bool ReplicaCoordinator::ViewConfirmed() const {
   return confirmed;
 }
 
+bool ReplicaCoordinator::LocalCopyComplete() const {
+  absl::ReaderMutexLock lock(&caught_up_mu_);
+  return !caught_up_ || caught_up_();
+}
+
 bool ReplicaCoordinator::NeedsQuorum(p::Consistency consistency, bool write) const {
   switch (consistency) {
     case p::Consistency::Strong: return true;
@@ -777,8 +782,23 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
   Need need = strong ? Majorities(owners)
                      : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()));
   const absl::Time deadline = absl::Now() + options_.write_wait;
-  const Names asked = owners.all;
   const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
+  if (!quorum && need.groups.size() == 1 && need.groups.front().count == 1 &&
+      std::find(owners.all->begin(), owners.all->end(), self_) != owners.all->end() &&
+      LocalCopyComplete()) {
+    // One answer, and this node's complete copy is the one ReadQuorum would
+    // ask first: it is read here, without the state of a read that may ask
+    // others. Should the engine fail, the read goes the usual way (this
+    // node is asked again, then the others).
+    absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(key, /*with_value=*/true);
+    if (record.ok()) {
+      std::vector<Reply> replies;
+      replies.push_back(Reply{self_, FromKeyRecord(key, *std::move(record))});
+      return FinishRead(std::move(owners), std::move(replies), strong, deadline, epoch,
+                        std::move(done));
+    }
+  }
+  const Names asked = owners.all;
   ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline, epoch,
              [this, owners = std::move(owners), strong, deadline, key, epoch,
               done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
@@ -899,11 +919,7 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   // The local engine first (no network), then live owners in preference
   // order; owners known dead are not asked. (The membership is asked
   // before taking the state's lock: no foreign lock is taken under it.)
-  bool complete = true;
-  {
-    absl::ReaderMutexLock lock(&caught_up_mu_);
-    if (caught_up_) complete = caught_up_();
-  }
+  const bool complete = LocalCopyComplete();
   std::vector<std::string> candidates;
   std::vector<std::string> failures;
   const bool self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();

@@ -305,6 +305,8 @@ class ReplicaCoordinator final : public Coordinator {
   // Counts an operation under epoch until the returned ticket is released.
   std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
+  // Whether this node's copy is complete (set_caught_up).
+  bool LocalCopyComplete() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
   // Whether an operation of this consistency needs a quorum (and so a
   // confirmed view).
   bool NeedsQuorum(protocol::Consistency consistency, bool write) const;

@@ -1180,6 +1180,38 @@ TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
   EXPECT_FALSE(members_.at("node-0").coordinator->Active());
 }
 
+TEST_F(CoordinatorTest, AnEventualReadThroughACompleteOwnerIsAnsweredByItsEngine) {
+  Start(3);
+  ASSERT_OK(Write("node-0", "k", "v", p::Consistency::Eventual));
+  auto sends = [this] {
+    absl::MutexLock lock(&mu_);
+    return sends_;
+  };
+  // The others are down: this node's copy answers, and no peer is asked.
+  Kill("node-1", /*known_dead=*/true);
+  Kill("node-2", /*known_dead=*/true);
+  const int before = sends();
+  for (p::Consistency consistency : {p::Consistency::Eventual, p::Consistency::Default}) {
+    auto read = Read("node-0", "k", consistency);
+    ASSERT_OK(read);
+    EXPECT_TRUE(read->found);
+    EXPECT_EQ(read->value, "v");
+    EXPECT_GE(read->version, 1u);  // this node's own version
+    auto missing = Read("node-0", "absent", consistency);
+    ASSERT_OK(missing);
+    EXPECT_FALSE(missing->found);
+  }
+  EXPECT_EQ(sends(), before);
+  // A copy still filling up is asked last: the others answer first.
+  Revive("node-1");
+  Revive("node-2");
+  members_.at("node-0").coordinator->set_caught_up([] { return false; });
+  auto read = Read("node-0", "k", p::Consistency::Eventual);
+  ASSERT_OK(read);
+  EXPECT_EQ(read->value, "v");
+  EXPECT_GT(sends(), before);
+}
+
 TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   Start(3);
   ReplicaCoordinator* coordinator = members_.at("node-0").coordinator.get();
