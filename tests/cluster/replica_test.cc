@@ -1218,7 +1218,7 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   std::atomic<uint64_t> generation{1};
   std::atomic<int> reads{0};
   absl::Mutex mu;
-  Placement placement{.epoch = 1, .ring = ring_};
+  Placement placement{.epoch = 1, .ring = ring_, .next = nullptr};
   coordinator->set_placement(
       [&] {
         reads.fetch_add(1);
@@ -1240,7 +1240,8 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
     absl::MutexLock lock(&mu);
     placement = Placement{.epoch = 2,
                           .ring = std::make_shared<const Ring>(
-                              std::vector<std::string>{"node-0", "node-1"})};
+                              std::vector<std::string>{"node-0", "node-1"}),
+                          .next = nullptr};
   }
   auto written = Write("node-0", "k", "v", p::Consistency::Eventual);
   ASSERT_OK(written);
@@ -1265,7 +1266,8 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   {
     absl::MutexLock lock(&mu);
     placement = Placement{.epoch = 3,
-                          .ring = std::make_shared<const Ring>(std::vector<std::string>{"node-0"})};
+                          .ring = std::make_shared<const Ring>(std::vector<std::string>{"node-0"}),
+                          .next = nullptr};
   }
   EXPECT_TRUE(coordinator->Active());
   generation.store(3);
@@ -1282,7 +1284,7 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   again->set_placement(
       [&] {
         ++again_reads;
-        return Placement{.epoch = 3, .ring = ring_};
+        return Placement{.epoch = 3, .ring = ring_, .next = nullptr};
       },
       [&] { return generation.load(); });
   EXPECT_TRUE(again->Active());
