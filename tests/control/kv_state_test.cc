@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/control/control_state.h"
@@ -86,7 +87,7 @@ TEST(KvPrefixTest, HostilePrefixesAreRefused) {
                 .code(),
             absl::StatusCode::kInvalidArgument);
   std::vector<std::string> many;
-  for (size_t i = 0; i <= kMaxConsensusPrefixes; ++i) many.push_back("p" + std::to_string(i));
+  for (size_t i = 0; i <= kMaxConsensusPrefixes; ++i) many.push_back(absl::StrCat("p", i));
   EXPECT_EQ(state.Apply(EncodeSetConsensusPrefixes(many)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(state.kv().committed());
@@ -122,7 +123,7 @@ TEST_F(KvStateTest, KeysOutsideThePrefixesAndOverLimitsAreRefused) {
   const std::string value(kMaxConsensusValueBytes, 'v');
   size_t written = 0;
   absl::StatusOr<uint64_t> last = 0;
-  while ((last = Put("locks/" + std::to_string(written), value)).ok()) ++written;
+  while ((last = Put(absl::StrCat("locks/", written), value)).ok()) ++written;
   EXPECT_EQ(last.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_GE(written * value.size(), kMaxConsensusBytes - 2 * kMaxConsensusValueBytes);
   EXPECT_LE(state_.kv().Current().bytes, kMaxConsensusBytes);
