@@ -136,6 +136,10 @@ ABSL_FLAG(std::string, peer_tls_key, "", "PEM private key of --peer-tls-cert.");
 ABSL_FLAG(std::string, peer_tls_ca, "",
           "PEM cluster CA: peers' certificates must chain to it, both ways (a ClusterHello "
           "without one is refused); default for dialling: --tls-ca.");
+ABSL_FLAG(std::string, peer_tls_crl, "",
+          "PEM certificate revocation lists of --peer-tls-ca: a peer certificate they revoke is "
+          "refused on every node-to-node link (the data plane's and the control plane's). "
+          "SIGHUP reads it again, with the other --peer-tls-* files.");
 ABSL_FLAG(std::string, log_level, "info",
           "debug | info | warning | error. SIGHUP applies a new value from the config file.");
 ABSL_FLAG(std::string, log_format, "text",
@@ -250,8 +254,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
       {"TLS",
        {"tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_client_auth", "tls_min_version",
-        "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca"}},
+        "peer_tls_cert", "peer_tls_key", "peer_tls_ca", "peer_tls_crl"}},
       {"Limits",
        {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
@@ -283,7 +286,8 @@ void PrintHelp() {
       "environment variable (LOGKV_DATA_DIR), the command line (--data-dir or --data_dir).\n"
       "SIGHUP reads the config file again and applies --log-level, --rate-limit and\n"
       "--rate-limit-burst; other changes are logged as needing a restart. It also reads\n"
-      "the TLS certificate, key and CA files again (new connections use them).\n";
+      "the TLS certificate, key, CA and CRL files again, the peer links' (--peer-tls-*)\n"
+      "too (new connections use them, open ones are kept).\n";
   std::vector<std::string> listed;
   auto print = [&out, &listed](const char* name) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -720,6 +724,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.peer_tls_cert = absl::GetFlag(FLAGS_peer_tls_cert);
   options.peer_tls_key = absl::GetFlag(FLAGS_peer_tls_key);
   options.peer_tls_ca = absl::GetFlag(FLAGS_peer_tls_ca);
+  options.peer_tls_crl = absl::GetFlag(FLAGS_peer_tls_crl);
   options.read_only = absl::GetFlag(FLAGS_read_only);
   options.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
   options.rate_limit = absl::GetFlag(FLAGS_rate_limit);
@@ -885,8 +890,15 @@ int Main(int argc, char** argv) {
     if (absl::Status tls = node.ReloadTls(); !tls.ok()) {
       Log(Level::kError, "SIGHUP: TLS: %s; the certificate in use is kept", tls.message());
     } else if (node.options().tls.enabled()) {
-      LogLine(Level::kInfo, absl::StrCat("SIGHUP: TLS certificate reloaded from ",
-                                         node.options().tls.cert_file));
+      const NodeOptions& o = node.options();
+      std::string peers;
+      if (!o.peer_tls_ca.empty()) {
+        peers = absl::StrCat(
+            "; peer links from ", o.peer_tls_cert.empty() ? o.tls.cert_file : o.peer_tls_cert,
+            ", CA ", o.peer_tls_ca, o.peer_tls_crl.empty() ? "" : ", CRL ", o.peer_tls_crl);
+      }
+      LogLine(Level::kInfo,
+              absl::StrCat("SIGHUP: TLS certificate reloaded from ", o.tls.cert_file, peers));
     }
     Reload(&settings, &node);
     sd_notify(0, "READY=1");

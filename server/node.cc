@@ -265,6 +265,7 @@ cluster::ClusterNodeOptions ClusterOptionsFor(const NodeOptions& o) {
   options.tls_ca_file = o.peer_tls_ca.empty() ? o.tls.ca_file : o.peer_tls_ca;
   options.tls_cert_file = o.peer_tls_cert.empty() ? o.tls.cert_file : o.peer_tls_cert;
   options.tls_key_file = o.peer_tls_key.empty() ? o.tls.key_file : o.peer_tls_key;
+  options.tls_crl_file = o.peer_tls_crl;
   return options;
 }
 
@@ -320,6 +321,12 @@ http::ClusterRoutesConfig ClusterRoutesConfigFor(const NodeOptions& o) {
   config.cluster_secret = o.cluster_secret;
   config.operator_secret = o.cluster_secret;
   config.max_json_depth = o.max_json_depth;
+  // POST /join through an https:// URL: the member is checked, and this
+  // node shown, as on the peer links.
+  config.join_https = o.tls.enabled();
+  config.join_tls_ca_file = o.peer_tls_ca.empty() ? o.tls.ca_file : o.peer_tls_ca;
+  config.join_tls_cert_file = o.peer_tls_cert.empty() ? o.tls.cert_file : o.peer_tls_cert;
+  config.join_tls_key_file = o.peer_tls_key.empty() ? o.tls.key_file : o.peer_tls_key;
   return config;
 }
 
@@ -460,6 +467,10 @@ absl::Status NodeOptions::Validate() const {
   if (peer_tls_cert.empty() != peer_tls_key.empty()) {
     return absl::InvalidArgumentError("--peer-tls-cert and --peer-tls-key go together");
   }
+  if (!peer_tls_crl.empty() && peer_tls_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "--peer-tls-crl needs --peer-tls-ca: the revocation lists are of the cluster CA");
+  }
   // Clients that must show a certificate of the CA are authenticated by it.
   const bool clients_authenticated =
       auth != AuthMode::kOff || (tls.enabled() && tls.client_auth == net::ClientAuth::kRequire);
@@ -480,6 +491,17 @@ absl::Status NodeOptions::Validate() const {
             "would cross the network in clear. Give --tls-cert and --tls-key (docs/tls.md), "
             "bind a loopback address, or pass --insecure to accept that."));
       }
+    }
+    // The peer links: the data plane's peers dial the binary port, checked
+    // above; the control plane's Raft transport listens on the --listen
+    // host too, and speaks TLS only with the cluster CA.
+    if (!IsLoopback(listen.host) && peer_tls_ca.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "refusing to run the control plane's Raft transport (--control-port) on ", listen.host,
+          " without TLS: the cluster's membership, accounts and their changes would cross the "
+          "network in clear. Give --peer-tls-ca (mutual TLS between nodes, with --tls-cert or "
+          "--peer-tls-cert; docs/tls.md), bind a loopback address, or pass --insecure to "
+          "accept that."));
     }
   }
   if (absl::StatusOr<backup::BackupFormat> format = backup::ParseBackupFormat(backup_format);
@@ -572,7 +594,27 @@ Node::~Node() { (void)Stop(); }
 
 absl::Status Node::ReloadTls() {
   if (tls_ == nullptr) return absl::OkStatus();
-  return tls_->Reload();
+  // Each part keeps what it has when its files do not read; the others
+  // reload regardless (they read mostly the same files, so an error is
+  // usually everyone's, and is reported once per part).
+  std::vector<std::string> errors;
+  if (absl::Status status = tls_->Reload(); !status.ok()) {
+    errors.push_back(std::string(status.message()));
+  }
+  // The peer links: the data plane's transport dials with --peer-tls-*,
+  // the control plane's Raft transport both dials and accepts with them.
+  if (cluster_ != nullptr) {
+    if (absl::Status status = cluster_->ReloadTls(); !status.ok()) {
+      errors.push_back(std::string(status.message()));
+    }
+  }
+  if (control::ControlPlane* control = control_plane(); control != nullptr) {
+    if (absl::Status status = control->ReloadTls(); !status.ok()) {
+      errors.push_back(std::string(status.message()));
+    }
+  }
+  if (!errors.empty()) return absl::FailedPreconditionError(absl::StrJoin(errors, "; "));
+  return absl::OkStatus();
 }
 
 absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
@@ -1180,6 +1222,7 @@ absl::Status Node::StartServer() {
   if (options_.tls.enabled()) {
     net::TlsOptions tls_options = options_.tls;
     tls_options.peer_ca_file = options_.peer_tls_ca;
+    tls_options.peer_crl_file = options_.peer_tls_crl;
     absl::StatusOr<std::unique_ptr<net::TlsContext>> tls = net::TlsContext::Create(tls_options);
     if (!tls.ok()) return tls.status();
     tls_ = *std::move(tls);
@@ -1398,6 +1441,7 @@ absl::Status Node::StartControlPlane() {
     options.peer_tls_key =
         options_.peer_tls_key.empty() ? options_.tls.key_file : options_.peer_tls_key;
     options.peer_tls_ca = options_.peer_tls_ca;
+    options.peer_tls_crl = options_.peer_tls_crl;
   }
   Counter* const transport_refusals = metrics_.registry()->AddCounter(
       "logkv_control_transport_refusals_total",

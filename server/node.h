@@ -132,16 +132,21 @@ struct NodeOptions {
   int threads = 0;  // --threads, I/O loops; 0 = one per core
   absl::Duration http_idle_timeout = absl::Seconds(60);    // --http_idle_timeout_ms
   absl::Duration binary_idle_timeout = absl::Seconds(60);  // --binary_idle_timeout_ms
-  bool insecure = false;   // --insecure: non-loopback addresses without TLS or auth
+  // --insecure: non-loopback addresses without TLS or auth (the client
+  // ports), and without mutual TLS between nodes (the control plane's port).
+  bool insecure = false;
   // --tls-cert, --tls-key, --tls-ca, --tls-client-auth, --tls-min-version:
   // TLS on every listener (docs/tls.md); no certificate: plaintext.
   net::TlsOptions tls;
   // --peer-tls-cert, --peer-tls-key, --peer-tls-ca: node-to-node mutual TLS
   // with the cluster's CA (needs --tls-cert: peers dial the binary port).
   // Without them, peers dial with --tls-cert, --tls-key and --tls-ca.
+  // --peer-tls-crl: CRLs of the cluster CA, checked on every peer link.
+  // SIGHUP rereads them all (Node::ReloadTls).
   std::string peer_tls_cert;
   std::string peer_tls_key;
   std::string peer_tls_ca;
+  std::string peer_tls_crl;
   bool read_only = false;  // --read_only
   // --slow_request_threshold: requests answered after at least this long
   // are logged (operation, key or path, duration, status); zero: none.
@@ -232,9 +237,11 @@ class Node {
   // plane and put in force on every node. FailedPrecondition when the node
   // is not running or accounts are off (there are no users to limit).
   absl::Status SetRateLimit(int64_t requests_per_minute, int64_t burst);
-  // Reads the TLS certificate, key and CA files again (SIGHUP): connections
-  // accepted from then on use them, open ones keep theirs. On a failure the
-  // ones in use are kept. OK and nothing done without TLS.
+  // Reads the TLS certificate, key, CA and CRL files again (SIGHUP), for the
+  // listeners and the peer links (the data plane's transport and the
+  // control plane's Raft transport): connections made or accepted from then
+  // on use them, open ones keep theirs. A part whose files do not read keeps
+  // the ones in use (the error names them). OK and nothing done without TLS.
   absl::Status ReloadTls();
 
   // Whether the node runs and each of its network loops answered within

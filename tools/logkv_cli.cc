@@ -9,6 +9,7 @@
 //   logkv [flags] stats
 //   logkv [flags] nodes              the cluster's members (HTTP GET /nodes)
 //   logkv [flags] leave              the node leaves the cluster (POST /members/leave)
+//   logkv [flags] join MEMBER        the node joins MEMBER's cluster (POST /join)
 //   logkv [flags] remove-member ID   removes a member that died while joining
 //   logkv [flags] ping
 //   logkv help [COMMAND]             also logkv COMMAND --help
@@ -180,6 +181,15 @@ const std::vector<CommandHelp>& Commands() {
        "keys are handed to the others. Needs --cluster-secret, or --token with the "
        "administrator's key.",
        {}, false, true, "logkv leave --http-target=10.0.0.5:8080 --cluster-secret=S"},
+      {"join", nullptr, "join MEMBER", "the node joins a cluster",
+       "The node at --http-target joins the cluster of MEMBER (POST /join): a member's "
+       "binary-protocol address (host:port) or the URL of its HTTP API (http://host:port, "
+       "https://host:port when the cluster serves TLS; the node checks the member's "
+       "certificate with its own peer CA). Needs --cluster-secret, or --token with the "
+       "administrator's key.",
+       {}, false, true,
+       "logkv join https://10.0.0.5:8080 --http-target=10.0.0.9:8080 --cacert=ca.pem "
+       "--cluster-secret=S"},
       {"remove-member", nullptr, "remove-member NODE_ID", "removes a member that died joining",
        "Removes NODE_ID from the cluster's committed configuration, through the node at "
        "--http-target (POST /members/remove). Only for a member that is still joining and is "
@@ -916,6 +926,28 @@ int Leave() {
   return kExitOk;
 }
 
+int Join(const std::vector<std::string>& positionals) {
+  if (positionals.size() != 2) {
+    return Fail("join takes one argument: a member's host:port or the URL of its HTTP API");
+  }
+  // A JSON string (the body is sent as JSON); /join takes it quoted or not.
+  absl::StatusOr<HttpResult> result =
+      HttpCall("POST", "/join", nlohmann::json(positionals[1]).dump());
+  if (!result.ok()) return Fail(result.status().ToString());
+  if (result->status != 200) return Fail(HttpError(*result));
+  nlohmann::json body = nlohmann::json::parse(result->body, nullptr, false);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(body.is_discarded() ? nlohmann::json{{"joined", true}} : body);
+    return kExitOk;
+  }
+  const size_t members =
+      body.is_object() && body.contains("members") && body["members"].is_array()
+          ? body["members"].size()
+          : 0;
+  std::printf("joined through %s (%zu members known)\n", positionals[1].c_str(), members);
+  return kExitOk;
+}
+
 int RemoveMember(const std::vector<std::string>& positionals) {
   if (positionals.size() != 2) {
     return Fail("remove-member takes one argument, the member's node id");
@@ -1430,6 +1462,7 @@ int Main(int argc, char** argv) {
   if (command == "watch") return Watch(arguments);
   if (command == "backup") return Backup(arguments);
   if (command == "remove-member") return RemoveMember(arguments.positionals);
+  if (command == "join") return Join(arguments.positionals);
   if (command == "user") return Users(arguments);
   if (command == "group") return Groups(arguments);
   if (command == "acl") return Acl(arguments);

@@ -3,21 +3,26 @@
 # logkvd's TLS (docs/tls.md) and the tests. Keys are EC P-256, certificates
 # SHA-256. Nothing is sent anywhere; keys are written mode 0600.
 #
-#   tools/make-certs.sh DIR ca                       DIR/ca.pem, DIR/ca.key (10 years)
+#   tools/make-certs.sh DIR ca [NAME]                DIR/ca.pem, DIR/ca.key (10 years),
+#                                                    CN=NAME (default "logkv CA"; a CA
+#                                                    that replaces another needs a name
+#                                                    of its own)
 #   tools/make-certs.sh DIR server NAME [SAN...]     DIR/NAME.pem, DIR/NAME.key: a server
 #                                                    (and peer) certificate for NAME and
 #                                                    each SAN (a DNS name or an IP address)
 #   tools/make-certs.sh DIR client NAME              a client certificate, CN=NAME
 #   tools/make-certs.sh DIR expired NAME [SAN...]    as server, valid only in 2020
-#   tools/make-certs.sh DIR revoke NAME...           revokes DIR/NAME.pem, and writes
+#   tools/make-certs.sh DIR revoke [NAME...]         revokes DIR/NAME.pem, and writes
 #                                                    DIR/crl.pem (the CA's revocation list,
-#                                                    for --tls-crl; 10 years)
+#                                                    for --tls-crl and --peer-tls-crl; 10
+#                                                    years); with no NAME, the list as it
+#                                                    stands (empty at first)
 #
 # server certificates are usable as clients too (nodes dial each other with
 # theirs). DAYS (default 825) sets the validity of server and client ones.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 dir=$1
 kind=$2
@@ -80,7 +85,7 @@ EOF
 case $kind in
   ca)
     new_key "$dir/ca.key"
-    openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 3650 -subj "/CN=logkv CA" \
+    openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 3650 -subj "/CN=${1:-logkv CA}" \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
       -out "$dir/ca.pem"
     ;;
@@ -111,7 +116,6 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
     ;;
   revoke)
-    [ $# -ge 1 ] || usage
     need_ca
     # The CA's revocation database lives in DIR/crl-db; each revoke adds to it.
     db=$dir/crl-db

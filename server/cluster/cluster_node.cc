@@ -16,8 +16,8 @@ namespace {
 
 PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   PeerTransportOptions transport;
-  // The id is informational in ClusterHello; a node whose id defaults to an
-  // address chosen at bind time sends its configured one ("" at worst).
+  // Start sets the id again once it is known (a node listening on port 0
+  // learns its address, the default id, when the port is bound).
   transport.node_id = options.node_id.empty() ? options.advertise : options.node_id;
   transport.cluster_secret = options.cluster_secret;
   transport.auth_on = options.auth_on;
@@ -26,6 +26,7 @@ PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   transport.allow_fault_injection = options.allow_fault_injection;
   transport.tls = options.tls;
   transport.tls_ca_file = options.tls_ca_file;
+  transport.tls_crl_file = options.tls_crl_file;
   transport.tls_cert_file = options.tls_cert_file;
   transport.tls_key_file = options.tls_key_file;
   return transport;
@@ -58,6 +59,9 @@ absl::Status ClusterNode::Start() {
     return absl::InvalidArgumentError("the cluster node needs an advertised address (--advertise)");
   }
   if (options_.node_id.empty()) options_.node_id = options_.advertise;
+  // The first ClusterHello claims the id: a peer checks a certificate
+  // against it (--peer-tls-ca).
+  transport_.SetNodeId(options_.node_id);
   if (options_.replicas < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--replicas must be at least 1 (got ", options_.replicas, ")"));

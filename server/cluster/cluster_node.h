@@ -62,6 +62,7 @@ struct ClusterNodeOptions {
   // TLS to the peers (PeerTransportOptions::tls and its files).
   bool tls = false;
   std::string tls_ca_file;
+  std::string tls_crl_file;
   std::string tls_cert_file;
   std::string tls_key_file;
 };
@@ -107,6 +108,8 @@ class ClusterNode : public PeerHandler {
   const ClusterNodeOptions& options() const { return options_; }
   const std::string& node_id() const { return options_.node_id; }
   PeerTransport* transport() { return &transport_; }
+  // Reads the peer transport's TLS files again (PeerTransport::ReloadTls).
+  absl::Status ReloadTls() { return transport_.ReloadTls(); }
   // Null before Start.
   Membership* membership() { return membership_.load(std::memory_order_acquire); }
   const Membership* membership() const { return membership_.load(std::memory_order_acquire); }

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 #include "server/cluster/peer_auth.h"
 
@@ -128,7 +129,15 @@ class PeerTransport::Impl {
  public:
   Impl(const PeerTransportOptions& options, const std::atomic<uint64_t>* epoch)
       : options_(options), epoch_(epoch) {
-    if (options_.tls) BuildTlsContext();
+    if (options_.tls) {
+      absl::StatusOr<CtxPtr> ctx = BuildTlsContext();
+      absl::MutexLock lock(&tls_mu_);
+      if (ctx.ok()) {
+        tls_ctx_ = *std::move(ctx);
+      } else {
+        tls_status_ = ctx.status();
+      }
+    }
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -142,6 +151,8 @@ class PeerTransport::Impl {
   void FlushHeldSends();
   void StopHoldingOnThisThread();
   void SetLoopHooks(LoopHooks hooks) { hooks_ = std::move(hooks); }
+  void SetNodeId(const std::string& node_id) { options_.node_id = node_id; }
+  absl::Status ReloadTls() ABSL_LOCKS_EXCLUDED(tls_mu_);
   void SetDropped(std::vector<std::string> addresses);
   bool IsDropped(const std::string& address) const;
 
@@ -249,7 +260,11 @@ class PeerTransport::Impl {
   bool OnTlsRead(Connection* connection, ssize_t nread);
   // TLS: writes what the SSL has for the peer (handshake, records, alerts).
   void WriteCiphertext(Peer& peer, Connection* connection);
-  void BuildTlsContext();
+  using CtxPtr = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
+  // A client context from the files of the options.
+  absl::StatusOr<CtxPtr> BuildTlsContext() const;
+  // A client SSL of the context in use, or why there is none.
+  absl::StatusOr<SSL*> NewSsl() ABSL_LOCKS_EXCLUDED(tls_mu_);
   void Flush(Peer& peer);
   // Hands data to libuv for the peer's connection.
   void Write(Peer& peer, Connection* connection, std::string data);
@@ -273,10 +288,14 @@ class PeerTransport::Impl {
   // only it touches).
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
 
-  const PeerTransportOptions options_;
-  // With options_.tls: the client context, or why it could not be made.
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> tls_ctx_{nullptr, SSL_CTX_free};
-  absl::Status tls_status_;
+  // Set before Start (node_id by SetNodeId), read-only from then on.
+  PeerTransportOptions options_;
+  // With options_.tls: the client context connections are made with, or why
+  // none could be made. ReloadTls swaps in a new one from any thread;
+  // connections made keep theirs (an SSL holds a reference to its context).
+  mutable absl::Mutex tls_mu_;
+  CtxPtr tls_ctx_ ABSL_GUARDED_BY(tls_mu_){nullptr, SSL_CTX_free};
+  absl::Status tls_status_ ABSL_GUARDED_BY(tls_mu_);
   const std::atomic<uint64_t>* const epoch_;  // PeerTransport's
 
   uv_loop_t loop_;
@@ -772,11 +791,12 @@ void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
   uv_timer_stop(&connection->connect_timer);
   uv_tcp_nodelay(&connection->tcp, 1);
   if (options_.tls) {
-    if (!tls_status_.ok()) {
-      CloseConnection(peer, tls_status_, true);
+    absl::StatusOr<SSL*> made = NewSsl();
+    if (!made.ok()) {
+      CloseConnection(peer, made.status(), true);
       return;
     }
-    SSL* ssl = SSL_new(tls_ctx_.get());
+    SSL* ssl = *made;
     BIO* in = BIO_new(BIO_s_mem());
     BIO* out = BIO_new(BIO_s_mem());
     BIO_set_mem_eof_return(in, -1);
@@ -894,14 +914,11 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
   }
 }
 
-void PeerTransport::Impl::BuildTlsContext() {
+absl::StatusOr<PeerTransport::Impl::CtxPtr> PeerTransport::Impl::BuildTlsContext() const {
   ERR_clear_error();
-  tls_ctx_.reset(SSL_CTX_new(TLS_client_method()));
-  SSL_CTX* ctx = tls_ctx_.get();
-  if (ctx == nullptr) {
-    tls_status_ = absl::InternalError(TakeOpenSslErrors("SSL_CTX_new failed"));
-    return;
-  }
+  CtxPtr made(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  SSL_CTX* ctx = made.get();
+  if (ctx == nullptr) return absl::InternalError(TakeOpenSslErrors("SSL_CTX_new failed"));
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -910,18 +927,47 @@ void PeerTransport::Impl::BuildTlsContext() {
           ? SSL_CTX_set_default_verify_paths(ctx) == 1
           : SSL_CTX_load_verify_locations(ctx, options_.tls_ca_file.c_str(), nullptr) == 1;
   if (!ca_read) {
-    tls_status_ = absl::FailedPreconditionError(absl::StrCat(
+    return absl::FailedPreconditionError(absl::StrCat(
         "peer TLS: cannot read the CA file ", options_.tls_ca_file, ": ", TakeOpenSslErrors("")));
-    return;
+  }
+  if (!options_.tls_crl_file.empty() &&
+      !p::LoadCrlFile(SSL_CTX_get_cert_store(ctx), options_.tls_crl_file)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("peer TLS: cannot read the revocation list ", options_.tls_crl_file, ": ",
+                     TakeOpenSslErrors("")));
   }
   if (!options_.tls_cert_file.empty() &&
       (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_file.c_str()) != 1 ||
        SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
        SSL_CTX_check_private_key(ctx) != 1)) {
-    tls_status_ = absl::FailedPreconditionError(
+    return absl::FailedPreconditionError(
         absl::StrCat("peer TLS: cannot use the certificate ", options_.tls_cert_file, " and key ",
                      options_.tls_key_file, ": ", TakeOpenSslErrors("")));
   }
+  return made;
+}
+
+absl::Status PeerTransport::Impl::ReloadTls() {
+  if (!options_.tls) return absl::OkStatus();
+  // Built on the caller's thread: the loop keeps dialling with the context
+  // in use meanwhile.
+  absl::StatusOr<CtxPtr> ctx = BuildTlsContext();
+  ERR_clear_error();
+  if (!ctx.ok()) return ctx.status();
+  absl::MutexLock lock(&tls_mu_);
+  tls_ctx_ = *std::move(ctx);
+  tls_status_ = absl::OkStatus();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SSL*> PeerTransport::Impl::NewSsl() {
+  absl::MutexLock lock(&tls_mu_);
+  if (!tls_status_.ok()) return tls_status_;
+  SSL* ssl = SSL_new(tls_ctx_.get());
+  if (ssl == nullptr) {
+    return absl::InternalError(absl::StrCat("peer TLS: ", TakeOpenSslErrors("SSL_new failed")));
+  }
+  return ssl;
 }
 
 bool PeerTransport::Impl::OnTlsRead(Connection* connection, ssize_t nread) {
@@ -1119,6 +1165,8 @@ bool PeerTransport::RunAfter(absl::Duration delay, std::function<void()> task) {
 void PeerTransport::HoldSendsOnThisThread() { impl_->HoldSendsOnThisThread(); }
 void PeerTransport::FlushHeldSends() { impl_->FlushHeldSends(); }
 void PeerTransport::SetLoopHooks(LoopHooks hooks) { impl_->SetLoopHooks(std::move(hooks)); }
+void PeerTransport::SetNodeId(const std::string& node_id) { impl_->SetNodeId(node_id); }
+absl::Status PeerTransport::ReloadTls() { return impl_->ReloadTls(); }
 void PeerTransport::StopHoldingOnThisThread() { impl_->StopHoldingOnThisThread(); }
 void PeerTransport::SetDropped(std::vector<std::string> addresses) {
   impl_->SetDropped(std::move(addresses));

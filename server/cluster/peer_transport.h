@@ -3,7 +3,8 @@
 // with ClusterHello (carrying --cluster-secret). Requests may be sent from
 // any thread; answers (or failures) come back through callbacks.
 //
-// Thread-safety: Send, SetDropped and Stop may be called from any thread.
+// Thread-safety: Send, SetDropped, ReloadTls and Stop may be called from any
+// thread.
 // Callbacks run on the transport's thread: they must not block (hand work
 // elsewhere, or finish quickly).
 #ifndef LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
@@ -38,10 +39,12 @@ struct PeerTransportOptions {
   // TLS to the peers' binary ports (they run with --tls-cert): the peer's
   // certificate must chain to tls_ca_file and name the host of its address;
   // tls_cert_file and tls_key_file are this node's (--peer-tls-cert,
-  // --peer-tls-key), shown to peers that ask for one. A file that does not
-  // read fails every connection with the reason.
+  // --peer-tls-key), shown to peers that ask for one; tls_crl_file the
+  // CRLs of the CA (--peer-tls-crl), "" for none. A file that does not read
+  // fails every connection with the reason (until ReloadTls reads it).
   bool tls = false;
   std::string tls_ca_file;
+  std::string tls_crl_file;
   std::string tls_cert_file;
   std::string tls_key_file;
 };
@@ -98,6 +101,17 @@ class PeerTransport {
     std::function<void()> loop_ending;
   };
   void SetLoopHooks(LoopHooks hooks);
+
+  // The node id sent in ClusterHello, when it was not known when the
+  // transport was made (a node listening on port 0 learns it once the port
+  // is bound). REQUIRES: before Start.
+  void SetNodeId(const std::string& node_id);
+
+  // Reads the TLS files of the options again (SIGHUP): connections made
+  // from then on use them, those open keep theirs (nothing is dropped). On
+  // a failure the files in use are kept and the reason returned. OK and
+  // nothing done without TLS. Any thread.
+  absl::Status ReloadTls();
 
   // The epoch of this node's committed configuration, written into every
   // request sent from now on (Request.epoch); peers fence data operations

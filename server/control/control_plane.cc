@@ -206,6 +206,9 @@ class ControlPlane::Impl {
   }
 
   void Submit(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
+  absl::Status ReloadTls() {
+    return transport_ != nullptr ? transport_->ReloadTls() : absl::OkStatus();
+  }
   void ProposeLocal(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done);
 
   AccountState& accounts() { return state_.accounts(); }
@@ -396,6 +399,7 @@ absl::Status ControlPlane::Impl::Start() {
   transport_options.tls_cert_file = options_.peer_tls_cert;
   transport_options.tls_key_file = options_.peer_tls_key;
   transport_options.tls_ca_file = options_.peer_tls_ca;
+  transport_options.tls_crl_file = options_.peer_tls_crl;
   transport_options.on_refused = options_.on_transport_refused;
   transport_ = std::make_unique<AuthenticatedTransport>(&loop_, std::move(transport_options));
   const std::string raft_dir = (dir_ / "raft").string();
@@ -862,6 +866,7 @@ absl::Status ControlPlane::Start() {
 }
 
 void ControlPlane::Stop() { impl_->Stop(); }
+absl::Status ControlPlane::ReloadTls() { return impl_->ReloadTls(); }
 
 std::shared_ptr<const ClusterConfig> ControlPlane::config() const { return impl_->config(); }
 uint64_t ControlPlane::epoch() const { return impl_->epoch(); }

@@ -59,6 +59,7 @@ struct ControlPlaneOptions {
   std::string peer_tls_cert;
   std::string peer_tls_key;
   std::string peer_tls_ca;
+  std::string peer_tls_crl;  // --peer-tls-crl: CRLs of the cluster CA; "" none
   // Called on the control thread with why the Raft transport refused a
   // connection (TLS, a certificate not naming the peer, a wrong proof).
   std::function<void(const std::string& why)> on_transport_refused;
@@ -161,6 +162,11 @@ class ControlPlane {
   // This node as the control plane knows it (raft id, control address).
   const Member& self() const { return self_; }
   ControlStatus Status() const;
+  // Reads the Raft transport's TLS files again (SIGHUP): connections made
+  // or accepted from then on use them, open ones keep theirs. OK and nothing
+  // done without TLS or before Start. Any thread; not concurrently with
+  // Start or Stop.
+  absl::Status ReloadTls();
 
   // Proposes a command (control_state.h's Encode*): done with the epoch
   // after it or why it was refused (the state machine's refusal, or

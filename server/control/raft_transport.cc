@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 #include "protocol/tls_bio.h"
 
@@ -422,6 +423,7 @@ struct AuthenticatedTransport::Tunnel {
 struct TunnelOps {
   using Tunnel = AuthenticatedTransport::Tunnel;
   using Handshake = AuthenticatedTransport::Handshake;
+  using TlsContexts = AuthenticatedTransport::TlsContexts;
 
   static uv_stream_t* Tcp(Tunnel* u) { return reinterpret_cast<uv_stream_t*>(&u->tcp); }
   static uv_stream_t* Pipe(Tunnel* u) { return reinterpret_cast<uv_stream_t*>(&u->pipe); }
@@ -447,6 +449,11 @@ struct TunnelOps {
       return absl::StrCat("cannot read the cluster CA ", o.tls_ca_file, ": ",
                           protocol::TakeOpenSslErrors(""));
     }
+    if (!o.tls_crl_file.empty() && !protocol::LoadCrlFile(SSL_CTX_get_cert_store(ctx),
+                                                          o.tls_crl_file)) {
+      return absl::StrCat("cannot read the revocation list ", o.tls_crl_file, ": ",
+                          protocol::TakeOpenSslErrors(""));
+    }
     if (server) {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
       if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.tls_ca_file.c_str())) {
@@ -460,8 +467,24 @@ struct TunnelOps {
     return "";
   }
 
+  // Both contexts from the files (error set when they do not read).
+  static std::shared_ptr<const TlsContexts> BuildContexts(const TransportOptions& o) {
+    auto contexts = std::make_shared<TlsContexts>();
+    contexts->error = BuildContext(o, /*server=*/true, &contexts->server);
+    if (contexts->error.empty()) {
+      contexts->error = BuildContext(o, /*server=*/false, &contexts->client);
+    }
+    return contexts;
+  }
+
   static Tunnel* New(AuthenticatedTransport* t, bool connector) {
-    SSL* ssl = SSL_new(connector ? t->tls_contexts_->client : t->tls_contexts_->server);
+    SSL* ssl = nullptr;
+    {
+      // The contexts in use (ReloadTls may swap them from another thread);
+      // the SSL keeps a reference to its own.
+      absl::MutexLock lock(&t->tls_mu_);
+      ssl = SSL_new(connector ? t->tls_contexts_->client : t->tls_contexts_->server);
+    }
     if (ssl == nullptr) {
       ERR_clear_error();
       return nullptr;
@@ -846,17 +869,26 @@ AuthenticatedTransport::AuthenticatedTransport(uv_loop_t* loop, TransportOptions
   transport_.connect = &AuthenticatedTransport::Connect;
   transport_.close = &AuthenticatedTransport::Close;
   if (tls()) {
-    tls_contexts_ = std::make_unique<TlsContexts>();
-    tls_contexts_->error = TunnelOps::BuildContext(options_, /*server=*/true,
-                                                   &tls_contexts_->server);
-    if (tls_contexts_->error.empty()) {
-      tls_contexts_->error = TunnelOps::BuildContext(options_, /*server=*/false,
-                                                     &tls_contexts_->client);
-    }
+    std::shared_ptr<const TlsContexts> contexts = TunnelOps::BuildContexts(options_);
+    absl::MutexLock lock(&tls_mu_);
+    tls_contexts_ = std::move(contexts);
   }
 }
 
 AuthenticatedTransport::~AuthenticatedTransport() = default;
+
+absl::Status AuthenticatedTransport::ReloadTls() {
+  if (!tls()) return absl::OkStatus();
+  std::shared_ptr<const TlsContexts> contexts = TunnelOps::BuildContexts(options_);
+  ERR_clear_error();
+  if (!contexts->error.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("control-plane TLS: ", contexts->error));
+  }
+  // The old contexts live on in the SSLs of the tunnels made with them.
+  absl::MutexLock lock(&tls_mu_);
+  tls_contexts_ = std::move(contexts);
+  return absl::OkStatus();
+}
 
 void AuthenticatedTransport::Refused(const std::string& why) {
   if (options_.on_refused) options_.on_refused(why);
@@ -869,9 +901,13 @@ int AuthenticatedTransport::Init(struct raft_uv_transport* transport, raft_id id
     absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg), "no cluster secret");
     return RAFT_INVALID;
   }
-  if (t->tls_contexts_ != nullptr && !t->tls_contexts_->error.empty()) {
-    absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg), "peer TLS: %s",
-                   t->tls_contexts_->error);
+  std::string tls_error;
+  {
+    absl::MutexLock lock(&t->tls_mu_);
+    if (t->tls_contexts_ != nullptr) tls_error = t->tls_contexts_->error;
+  }
+  if (!tls_error.empty()) {
+    absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg), "peer TLS: %s", tls_error);
     return RAFT_INVALID;
   }
   struct sockaddr_in parsed;

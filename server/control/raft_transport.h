@@ -36,7 +36,8 @@
 // from it become plaintext for libraft. Control-plane traffic is small, so
 // the extra hop costs nothing that matters.
 //
-// Thread-safety: like everything of libraft's, used on its loop thread only.
+// Thread-safety: like everything of libraft's, used on its loop thread only,
+// except ReloadTls (any thread).
 #ifndef LOGKV_SERVER_CONTROL_RAFT_TRANSPORT_H_
 #define LOGKV_SERVER_CONTROL_RAFT_TRANSPORT_H_
 
@@ -51,7 +52,10 @@ extern "C" {
 #include <set>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace logkv::server::control {
 
@@ -64,6 +68,9 @@ struct TransportOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_ca_file;
+  // PEM CRLs of the cluster CA (--peer-tls-crl): a certificate they revoke
+  // is refused, both ways. "" for none.
+  std::string tls_crl_file;
   // Told why a connection was refused (a failed TLS handshake, a
   // certificate that does not name the peer, a wrong proof), on the loop.
   std::function<void(const std::string& why)> on_refused;
@@ -90,6 +97,12 @@ class AuthenticatedTransport {
   uint64_t refused() const { return refused_; }
   bool tls() const { return !options_.tls_ca_file.empty(); }
 
+  // Reads the TLS files again (SIGHUP): connections made or accepted from
+  // then on use them, those open keep theirs. On a failure the ones in use
+  // are kept and the reason returned. OK and nothing done without TLS. Any
+  // thread (the one exception to the loop-thread rule).
+  absl::Status ReloadTls() ABSL_LOCKS_EXCLUDED(tls_mu_);
+
   struct Handshake;  // one connection being authenticated (raft_transport.cc)
   struct Tunnel;     // with TLS: one connection's pump (raft_transport.cc)
   struct TlsContexts;
@@ -115,7 +128,9 @@ class AuthenticatedTransport {
   raft_uv_accept_cb accept_cb_ = nullptr;
   std::set<Handshake*> handshakes_;
   std::set<Tunnel*> tunnels_;  // open until both their handles closed
-  std::unique_ptr<TlsContexts> tls_contexts_;  // with TLS
+  // With TLS: the contexts new connections use, swapped by ReloadTls.
+  absl::Mutex tls_mu_;
+  std::shared_ptr<const TlsContexts> tls_contexts_ ABSL_GUARDED_BY(tls_mu_);
   bool closing_ = false;
   raft_uv_transport_close_cb close_cb_ = nullptr;
   uint64_t accepted_ = 0;

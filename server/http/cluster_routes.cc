@@ -81,25 +81,31 @@ json NodesJson(const std::vector<cluster::Member>& members, const std::string& s
 }
 
 // A join target from a request body: host:port of a member's binary
-// protocol, or the URL of its HTTP API (http://host:port, seed 001's form).
-// Quotes and whitespace around it are ignored.
+// protocol, or the URL of its HTTP API (http://host:port, seed 001's form,
+// or https://host:port). Quotes and whitespace around it are ignored.
 struct JoinTarget {
   std::string address;  // host:port
   bool http = false;    // a URL: address is the member's HTTP address
+  bool https = false;   // an https:// URL
 };
 
-absl::StatusOr<JoinTarget> ParseJoinTarget(absl::string_view text) {
+absl::StatusOr<JoinTarget> ParseJoinTarget(absl::string_view text, bool https_allowed) {
   text = absl::StripAsciiWhitespace(text);
   if (text.size() >= 2 && text.front() == '"' && text.back() == '"') {
     text = absl::StripAsciiWhitespace(text.substr(1, text.size() - 2));
   }
   JoinTarget target;
-  if (absl::StartsWith(text, "https://")) {
+  if (!https_allowed && absl::StartsWith(text, "https://")) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "'", text, "': this node does not speak HTTPS to its peers; name a member's "
-        "http:// URL or its binary-protocol address, host:port"));
+        "'", text, "': this node runs without TLS (--tls-cert), so it cannot reach the members "
+        "of a cluster that serves HTTPS; name a member's http:// URL or its binary-protocol "
+        "address, host:port"));
   }
-  if (absl::ConsumePrefix(&text, "http://")) {
+  if (absl::ConsumePrefix(&text, "https://")) {
+    target.http = true;
+    target.https = true;
+    text = text.substr(0, text.find('/'));
+  } else if (absl::ConsumePrefix(&text, "http://")) {
     target.http = true;
     text = text.substr(0, text.find('/'));
   }
@@ -110,7 +116,7 @@ absl::StatusOr<JoinTarget> ParseJoinTarget(absl::string_view text) {
     return absl::InvalidArgumentError(absl::StrCat(
         "'", text, "' is not host:port: name a member's binary-protocol address "
         "(its --listen / --advertise address, e.g. 127.0.0.1:7070) or its HTTP URL "
-        "(http://127.0.0.1:8080)"));
+        "(http://127.0.0.1:8080, or https://)"));
   }
   std::string host(text.substr(0, colon));
   if (host == "localhost") host = "127.0.0.1";
@@ -119,21 +125,27 @@ absl::StatusOr<JoinTarget> ParseJoinTarget(absl::string_view text) {
 }
 
 // The binary-protocol address of the member whose HTTP API is at
-// http_address, asked of that member (GET /nodes). Blocks.
-absl::StatusOr<std::string> BinaryAddressOf(const std::string& http_address) {
+// http_address, asked of that member (GET /nodes; over HTTPS with
+// fetch.tls). Blocks.
+absl::StatusOr<std::string> BinaryAddressOf(const std::string& http_address,
+                                            FetchRequest fetch) {
   const size_t colon = http_address.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(http_address.substr(colon + 1), &port)) {
     return absl::InvalidArgumentError(absl::StrCat("'", http_address, "' is not host:port"));
   }
-  absl::StatusOr<FetchedResponse> answer =
-      HttpGet(http_address.substr(0, colon), port, "/nodes", absl::Seconds(3));
+  fetch.target = "/nodes";
+  fetch.headers.emplace_back("Accept", "application/json");
+  fetch.timeout = absl::Seconds(3);
+  absl::StatusOr<FetchedResponse> answer = HttpFetch(http_address.substr(0, colon), port, fetch);
   if (!answer.ok()) return answer.status();
   const json nodes = json::parse(answer->body, nullptr, false);
   if (answer->status != 200 || !nodes.is_array()) {
+    const bool https_port = absl::StrContains(answer->body, "speaks HTTPS");
     return absl::UnavailableError(absl::StrCat(
-        "http://", http_address, "/nodes answered ", answer->status,
-        " without a member list: is it a logkv node?"));
+        fetch.tls ? "https://" : "http://", http_address, "/nodes answered ", answer->status,
+        https_port ? ": the port speaks HTTPS, name it by an https:// URL"
+                   : " without a member list: is it a logkv node?"));
   }
   std::string any;
   for (const json& node : nodes) {
@@ -145,7 +157,7 @@ absl::StatusOr<std::string> BinaryAddressOf(const std::string& http_address) {
   // The member answered for others only (it names itself by another host):
   // any live member of its cluster will do.
   if (!any.empty()) return any;
-  return absl::UnavailableError(absl::StrCat("http://", http_address,
+  return absl::UnavailableError(absl::StrCat(fetch.tls ? "https://" : "http://", http_address,
                                              "/nodes names no live member to join through"));
 }
 
@@ -619,7 +631,7 @@ void ClusterRoutes::Join(HttpRequest& request, Responder responder, bool json_bo
     }
     text = (*body)["address"].get<std::string>();
   }
-  absl::StatusOr<JoinTarget> target = ParseJoinTarget(text);
+  absl::StatusOr<JoinTarget> target = ParseJoinTarget(text, config_.join_https);
   if (!target.ok()) return responder.Send(HttpResponse::Error(400, target.status().message()));
   auto shared = std::make_shared<Responder>(std::move(responder));
   if (!target->http) return JoinThrough(target->address, std::move(shared));
@@ -631,13 +643,20 @@ void ClusterRoutes::Join(HttpRequest& request, Responder responder, bool json_bo
   if (!background) {
     return shared->Send(HttpResponse::Error(503, "this node is stopping"));
   }
+  FetchRequest fetch;
+  if (target->https) {
+    fetch.tls = true;
+    fetch.tls_ca_file = config_.join_tls_ca_file;
+    fetch.tls_cert_file = config_.join_tls_cert_file;
+    fetch.tls_key_file = config_.join_tls_key_file;
+  }
   // Ask the member for its binary-protocol address, off the loop.
-  background([this, shared, http_address = target->address] {
-    absl::StatusOr<std::string> address = BinaryAddressOf(http_address);
+  background([this, shared, http_address = target->address, fetch = std::move(fetch)] {
+    absl::StatusOr<std::string> address = BinaryAddressOf(http_address, fetch);
     if (!address.ok()) {
       HttpResponse answer = HttpResponse::Error(
-          503, absl::StrCat("cannot join through http://", http_address, ": ",
-                            address.status().message()));
+          503, absl::StrCat("cannot join through ", fetch.tls ? "https://" : "http://",
+                            http_address, ": ", address.status().message()));
       answer.headers.emplace_back("Retry-After", "1");
       return shared->Send(std::move(answer));
     }

@@ -42,6 +42,17 @@ struct ClusterRoutesConfig {
   std::string operator_secret;
   // Deepest nesting of a JSON body (POST /members/join, /internal/fault).
   size_t max_json_depth = kDefaultMaxJsonDepth;
+  // POST /join naming a member by an https:// URL, taken when join_https
+  // (logkvd: with --tls-cert; a node without TLS could not reach the
+  // members of a cluster that serves it anyway): the member's certificate
+  // must chain to join_tls_ca_file (empty: the system's CAs) and name the
+  // URL's host; join_tls_cert_file and join_tls_key_file are shown when it
+  // asks for a client certificate. logkvd passes its peer-link files
+  // (--peer-tls-ca else --tls-ca, --peer-tls-cert else --tls-cert).
+  bool join_https = false;
+  std::string join_tls_ca_file;
+  std::string join_tls_cert_file;
+  std::string join_tls_key_file;
 };
 
 // Not owned; each must outlive the router's use of the routes.

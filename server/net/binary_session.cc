@@ -317,9 +317,15 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
       Log(Level::kWarning, "connection %d: refused cluster peer '%s': %s", c.id, claimed, why);
       refuse(absl::PermissionDeniedError(why));
     };
-    if (c.tls == nullptr || !c.tls->PeerVerified(tls->options().peer_ca_file)) {
+    if (c.tls == nullptr || !tls->VerifyPeer(c.tls.get())) {
       return refuse_peer(absl::StrCat("a cluster peer must show a certificate of the cluster CA: ",
                                       c.tls != nullptr ? c.tls->error() : "no TLS"));
+    }
+    if (claimed.empty()) {
+      // Every node knows its id before its first hello (one listening on
+      // port 0 once the port is bound): a hello claiming none is not a
+      // logkvd's, and its certificate could not be held to a name.
+      return refuse_peer("a cluster peer must claim its node id in its ClusterHello");
     }
     const std::string address = handler->MemberAddress(claimed);
     if (const size_t colon = address.rfind(':'); colon != std::string::npos) {
@@ -330,12 +336,10 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
                                         "' does not name ", host,
                                         ", the host it advertises in the member list"));
       }
-    } else if (address.empty() && !claimed.empty()) {
+    } else if (address.empty()) {
       // Not a member (yet: a node joining). Its certificate must name the
       // identity it claims: its node id, or the host of the node id when
-      // that is host:port (its advertised address, the default). A node
-      // that claims none yet (listening on port 0 before it knows its
-      // port) is held to the CA alone.
+      // that is host:port (its advertised address, the default).
       const size_t id_colon = claimed.rfind(':');
       const std::string id_host =
           id_colon == std::string::npos ? claimed : claimed.substr(0, id_colon);

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 
 namespace logkv::server::net {
@@ -123,15 +124,11 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
     if (!options_.crl_file.empty()) {
       // Client certificates are checked against the lists (the leaf's
       // issuer must have one); reread with the rest on SIGHUP.
-      X509_STORE* store = SSL_CTX_get_cert_store(ctx.get());
-      X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
-      if (lookup == nullptr ||
-          X509_load_crl_file(lookup, options_.crl_file.c_str(), X509_FILETYPE_PEM) <= 0) {
+      if (!protocol::LoadCrlFile(SSL_CTX_get_cert_store(ctx.get()), options_.crl_file)) {
         return absl::InvalidArgumentError(
             absl::StrCat("--tls-crl ", options_.crl_file, ": ",
                          TakeOpenSslErrors("cannot read the revocation list")));
       }
-      X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
     }
     // The CA names the server asks client certificates of.
     if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options_.ca_file.c_str())) {
@@ -150,6 +147,15 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
       SSL_CTX_set_client_CA_list(ctx.get(), names);
     }
     SSL_add_file_cert_subjects_to_stack(names, options_.peer_ca_file.c_str());
+    // With --tls-crl the handshake checks every client certificate's
+    // issuer for a list: the cluster CA's must be there too. (Without it,
+    // --peer-tls-crl is checked at the ClusterHello, PeerStore.)
+    if (!options_.crl_file.empty() && !options_.peer_crl_file.empty() &&
+        !protocol::LoadCrlFile(SSL_CTX_get_cert_store(ctx.get()), options_.peer_crl_file)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--peer-tls-crl ", options_.peer_crl_file, ": ",
+                       TakeOpenSslErrors("cannot read the revocation list")));
+    }
   }
   int mode = SSL_VERIFY_NONE;
   if (options_.client_auth == ClientAuth::kOptional || !options_.peer_ca_file.empty()) {
@@ -170,16 +176,53 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
   return ctx;
 }
 
+void TlsContext::StoreFree::operator()(x509_store_st* store) const { X509_STORE_free(store); }
+
+absl::StatusOr<TlsContext::StorePtr> TlsContext::BuildPeerStore() const {
+  if (options_.peer_ca_file.empty()) return StorePtr();
+  ERR_clear_error();
+  StorePtr store(X509_STORE_new());
+  if (store == nullptr) return absl::InternalError(TakeOpenSslErrors("X509_STORE_new failed"));
+  if (X509_STORE_load_file(store.get(), options_.peer_ca_file.c_str()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--peer-tls-ca ", options_.peer_ca_file, ": ", TakeOpenSslErrors("cannot read it")));
+  }
+  if (!options_.peer_crl_file.empty() &&
+      !protocol::LoadCrlFile(store.get(), options_.peer_crl_file)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--peer-tls-crl ", options_.peer_crl_file, ": ",
+                     TakeOpenSslErrors("cannot read the revocation list")));
+  }
+  return store;
+}
+
 absl::Status TlsContext::Reload() {
   int64_t not_after = 0;
   absl::StatusOr<CtxPtr> ctx = Build(&not_after);
   if (!ctx.ok()) return ctx.status();
+  absl::StatusOr<StorePtr> peer_store = BuildPeerStore();
+  if (!peer_store.ok()) return peer_store.status();
   {
     absl::MutexLock lock(&mu_);
     ctx_ = *std::move(ctx);
+    peer_store_ = *std::move(peer_store);
   }
   not_after_.store(not_after, std::memory_order_relaxed);
   return absl::OkStatus();
+}
+
+bool TlsContext::VerifyPeer(TlsStream* stream) const {
+  X509_STORE* store = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (peer_store_ != nullptr && X509_STORE_up_ref(peer_store_.get()) == 1) {
+      store = peer_store_.get();
+    }
+  }
+  // Verified outside the lock: a reload meanwhile frees its reference only.
+  const bool verified = stream->PeerVerified(store);
+  X509_STORE_free(store);
+  return verified;
 }
 
 ssl_st* TlsContext::NewSsl(bool http) const {
@@ -291,28 +334,32 @@ void TlsStream::DrainTo(std::string* out) {
   }
 }
 
-bool TlsStream::PeerVerified(const std::string& ca_file) {
+bool TlsStream::PeerVerified(x509_store_st* store) {
+  if (store == nullptr) {
+    error_ = "no cluster CA (--peer-tls-ca)";
+    return false;
+  }
   X509* certificate = SSL_get1_peer_certificate(ssl_);
   if (certificate == nullptr) {
     error_ = "no client certificate (--peer-tls-cert)";
     return false;
   }
-  X509_STORE* store = X509_STORE_new();
   X509_STORE_CTX* context = X509_STORE_CTX_new();
   bool verified = false;
-  if (store != nullptr && context != nullptr &&
-      X509_STORE_load_file(store, ca_file.c_str()) == 1 &&
+  if (context != nullptr &&
       X509_STORE_CTX_init(context, store, certificate, SSL_get_peer_cert_chain(ssl_)) == 1) {
     verified = X509_verify_cert(context) == 1;
     if (!verified) {
-      error_ = absl::StrCat("its certificate does not chain to --peer-tls-ca: ",
-                            X509_verify_cert_error_string(X509_STORE_CTX_get_error(context)));
+      const int error = X509_STORE_CTX_get_error(context);
+      error_ = error == X509_V_ERR_CERT_REVOKED
+                   ? std::string("its certificate is revoked (--peer-tls-crl)")
+                   : absl::StrCat("its certificate does not chain to --peer-tls-ca: ",
+                                  X509_verify_cert_error_string(error));
     }
   } else {
-    error_ = absl::StrCat("cannot read --peer-tls-ca ", ca_file);
+    error_ = "cannot verify its certificate";
   }
   X509_STORE_CTX_free(context);
-  X509_STORE_free(store);
   X509_free(certificate);
   ERR_clear_error();
   return verified;

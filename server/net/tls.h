@@ -37,6 +37,7 @@
 
 struct ssl_st;
 struct ssl_ctx_st;
+struct x509_store_st;
 
 namespace logkv::server::net {
 
@@ -58,11 +59,16 @@ struct TlsOptions {
   // (at least optional), and a connection's ClusterHello is accepted only
   // when its certificate chains to this CA (TlsStream::PeerVerified).
   std::string peer_ca_file;
+  // --peer-tls-crl: PEM CRLs of the cluster CA; a peer certificate they
+  // revoke is refused at its ClusterHello.
+  std::string peer_crl_file;
 
   bool enabled() const { return !cert_file.empty(); }
   // The flags' rules: a certificate needs its key, client authentication a CA.
   absl::Status Validate() const;
 };
+
+class TlsStream;
 
 class TlsContext {
  public:
@@ -72,8 +78,9 @@ class TlsContext {
   TlsContext& operator=(const TlsContext&) = delete;
   ~TlsContext();
 
-  // Reads the files again; on success new connections use them. On failure
-  // the certificate in use is kept. Any thread.
+  // Reads the files again (the cluster CA and its CRLs included); on success
+  // new connections use them. On failure the certificate in use is kept.
+  // Any thread.
   absl::Status Reload() ABSL_LOCKS_EXCLUDED(mu_);
 
   // A server-side SSL for a connection accepted by the binary listener
@@ -95,19 +102,30 @@ class TlsContext {
   void CountPeerRefusal() const { peer_refusals_.fetch_add(1, std::memory_order_relaxed); }
   const TlsOptions& options() const { return options_; }
   bool peers_need_certificates() const { return !options_.peer_ca_file.empty(); }
+  // Whether the client of stream showed a certificate of the cluster CA
+  // (--peer-tls-ca) that no CRL of --peer-tls-crl revokes, as last
+  // (re)loaded; stream->error() says why not. Any thread.
+  bool VerifyPeer(TlsStream* stream) const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct CtxFree {
     void operator()(ssl_ctx_st* ctx) const;
   };
   using CtxPtr = std::unique_ptr<ssl_ctx_st, CtxFree>;
+  struct StoreFree {
+    void operator()(x509_store_st* store) const;
+  };
+  using StorePtr = std::unique_ptr<x509_store_st, StoreFree>;
   explicit TlsContext(const TlsOptions& options) : options_(options) {}
   // A new SSL_CTX from the files, and its certificate's expiry.
   absl::StatusOr<CtxPtr> Build(int64_t* not_after) const;
+  // The store of PeerStore, from --peer-tls-ca and --peer-tls-crl.
+  absl::StatusOr<StorePtr> BuildPeerStore() const;
 
   const TlsOptions options_;
   mutable absl::Mutex mu_;
   CtxPtr ctx_ ABSL_GUARDED_BY(mu_);
+  StorePtr peer_store_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> not_after_{0};
   mutable std::atomic<uint64_t> handshake_failures_{0};
   mutable std::atomic<uint64_t> peer_refusals_{0};
@@ -165,9 +183,10 @@ class TlsStream {
   const std::string& error() const { return error_; }
   // The protocol ALPN chose ("" when the client offered none).
   std::string alpn() const;
-  // Whether the client showed a certificate that chains to the CAs of
-  // ca_file (the cluster's, --peer-tls-ca); error() says why not.
-  bool PeerVerified(const std::string& ca_file);
+  // Whether the client showed a certificate that chains to the CAs of store
+  // (TlsContext::PeerStore: the cluster's, --peer-tls-ca) and that none of
+  // its CRLs revokes; error() says why not.
+  bool PeerVerified(x509_store_st* store);
   // Whether the client's certificate names host (a DNS name or an IP
   // address) in its subjectAltName.
   bool PeerNames(const std::string& host) const;

@@ -1,7 +1,9 @@
 // The node-to-node transport (server/cluster/peer_transport.h) against real
 // logkvd processes and small in-test listeners: peer requests, the cluster
 // secret, timeouts, connection loss, reconnection, Stop and fault injection.
-// Also the server's side: cluster operations need a peer connection.
+// Also the server's side: cluster operations need a peer connection; and the
+// id a ClusterNode's first hello claims.
+#include "server/cluster/cluster_node.h"
 #include "server/cluster/peer_auth.h"
 #include "server/cluster/peer_transport.h"
 
@@ -598,6 +600,34 @@ TEST_F(PeerTransportTest, FrameWithoutRequestIdFieldIsRefused) {
   absl::StatusOr<std::string> answer = SendAndWait(
       transport, absl::StrCat("127.0.0.1:", server->port()), std::string(p::FrameOf(b)));
   EXPECT_EQ(answer.status().code(), absl::StatusCode::kInvalidArgument) << answer.status();
+}
+
+// A node whose id defaults to its advertised address, listening on port 0,
+// learns its id only once the port is bound (ClusterNode::SetAdvertise,
+// after the transport was made): its first ClusterHello must claim it all
+// the same, as peers check certificates against it (--peer-tls-ca). The
+// server names the node it refuses (here for a differing --auth), so its
+// log shows the id the hello claimed.
+TEST_F(PeerTransportTest, FirstHelloClaimsTheIdLearnedWhenThePortIsBound) {
+  auto server = StartServer();
+  ClusterNodeOptions options;  // no node id, no advertised address yet
+  options.cluster_secret = kSecret;
+  options.auth_on = true;  // the server runs with --auth=off: it refuses, naming the node
+  options.seeds = {absl::StrCat("127.0.0.1:", server->port())};
+  options.gossip_interval = absl::Milliseconds(50);
+  options.ping_timeout = absl::Milliseconds(500);
+  ClusterNode node(options);
+  node.SetAdvertise("127.0.0.1:45999", "");  // the port the listener was given
+  ASSERT_TRUE(node.Start().ok());
+  const std::string expected = "refused a peer connection from node '127.0.0.1:45999'";
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(server->Output(), expected) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  node.Stop();
+  const std::string output = server->Output();
+  EXPECT_TRUE(absl::StrContains(output, expected)) << output;
+  EXPECT_FALSE(absl::StrContains(output, "refused a peer connection from node ''")) << output;
 }
 
 }  // namespace

@@ -356,6 +356,53 @@ TEST(NodeOptionsTest, NonLoopbackNeedsTlsAndAuthenticatedClients) {
   EXPECT_TRUE(loopback.Validate().ok());
 }
 
+// The peer links obey the same rule. The control plane's Raft transport
+// listens on the --listen host: off loopback it needs mutual TLS between
+// nodes (--peer-tls-ca), unless --insecure. The data plane's peers dial the
+// binary port, so without TLS it is refused as the client ports are.
+TEST(NodeOptionsTest, NonLoopbackPeerLinksNeedTls) {
+  NodeOptions control;
+  control.listen.host = "10.0.0.1";
+  control.auth = AuthMode::kOn;
+  control.tls.cert_file = "node.pem";
+  control.tls.key_file = "node.key";
+  absl::Status status = control.Validate();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  for (const char* text : {"refusing to run the control plane's Raft transport (--control-port) "
+                           "on 10.0.0.1 without TLS",
+                           "--peer-tls-ca", "--insecure"}) {
+    EXPECT_TRUE(absl::StrContains(status.message(), text)) << text << ": " << status;
+  }
+  NodeOptions mutual = control;
+  mutual.peer_tls_ca = "ca.pem";
+  EXPECT_TRUE(mutual.Validate().ok()) << mutual.Validate();
+  NodeOptions insecure = control;
+  insecure.insecure = true;
+  EXPECT_TRUE(insecure.Validate().ok()) << insecure.Validate();
+  NodeOptions wildcard = mutual;
+  wildcard.listen.host = "0.0.0.0";
+  wildcard.peer_tls_ca.clear();
+  EXPECT_TRUE(absl::StrContains(wildcard.Validate().message(), "Raft transport")) << wildcard.Validate();
+
+  NodeOptions plaintext_peers;  // accounts on, no TLS: peers would dial in clear
+  plaintext_peers.listen.host = "10.0.0.1";
+  plaintext_peers.auth = AuthMode::kOn;
+  plaintext_peers.cluster_secret = "secret";
+  status = plaintext_peers.Validate();
+  EXPECT_TRUE(absl::StrContains(status.message(), "refusing to listen on 10.0.0.1 without TLS"))
+      << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "--insecure")) << status;
+
+  NodeOptions crl_without_ca = mutual;
+  crl_without_ca.peer_tls_crl = "crl.pem";
+  EXPECT_TRUE(crl_without_ca.Validate().ok()) << crl_without_ca.Validate();
+  crl_without_ca.peer_tls_ca.clear();
+  crl_without_ca.insecure = true;
+  EXPECT_TRUE(absl::StrContains(crl_without_ca.Validate().message(),
+                                "--peer-tls-crl needs --peer-tls-ca"))
+      << crl_without_ca.Validate();
+}
+
 TEST(NodeOptionsTest, ChecksTlsFlagsTogether) {
   NodeOptions cert_only;
   cert_only.tls.cert_file = "node.pem";
