@@ -267,7 +267,6 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 $revoked || fail "no peer link refused n2's revoked certificate"
-grep -qi "revoked" "$work/n2.log" || fail "n2 was not told its certificate is revoked"
 ok "after SIGHUP with --peer-tls-crl, a revoked peer is refused (Raft transport and data plane)"
 
 # An expired certificate of the cluster CA.
