@@ -291,6 +291,17 @@ out=$(control_handshake "$c1_control" "$ca1/n2.pem" "$ca1/n2.key")
 grep -qi "alert unknown ca" <<<"$out" || fail "n1's control port took a CA 1 certificate after CA 1 was dropped: $out"
 ok "a CA dropped from the bundle no longer passes after SIGHUP"
 
+# A file that does not read: the reload fails, names the file, and the
+# certificates in use stay (the control port still takes n3's).
+echo "not a revocation list" >"$work/n1.files/crl.pem"
+kill -HUP "${pid_of[n1]}"
+for _ in $(seq 1 200); do grep -q "SIGHUP: TLS:.*kept" "$work/n1.log" && break; sleep 0.05; done
+grep -q "SIGHUP: TLS: .*--peer-tls-crl $work/n1.files/crl.pem.*; the certificate in use is kept" "$work/n1.log" ||
+  fail "no failed reload logged: $(grep 'SIGHUP: TLS' "$work/n1.log" | tail -2)"
+out=$(control_handshake "$c1_control" "$ca2/n3.pem" "$ca2/n3.key")
+grep -qi "alert" <<<"$out" && fail "n1's control port refused n3 after a failed reload: $out"
+ok "a reload whose files do not read keeps the certificates in use: $(grep -o 'SIGHUP: TLS: .\{0,80\}' "$work/n1.log" | tail -1)"
+
 # ---- The control plane's port off loopback needs mutual TLS -----------------------
 # Validated before anything is bound: nothing listens, nothing is sent.
 out=$("$logkvd" --data_dir="$work/public" --listen=0.0.0.0:0 --http=127.0.0.1:0 --auth=on \
