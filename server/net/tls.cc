@@ -149,7 +149,7 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
     SSL_add_file_cert_subjects_to_stack(names, options_.peer_ca_file.c_str());
     // With --tls-crl the handshake checks every client certificate's
     // issuer for a list: the cluster CA's must be there too. (Without it,
-    // --peer-tls-crl is checked at the ClusterHello, PeerStore.)
+    // --peer-tls-crl is checked at the ClusterHello, VerifyPeer.)
     if (!options_.crl_file.empty() && !options_.peer_crl_file.empty() &&
         !protocol::LoadCrlFile(SSL_CTX_get_cert_store(ctx.get()), options_.peer_crl_file)) {
       return absl::InvalidArgumentError(

@@ -119,7 +119,7 @@ class TlsContext {
   explicit TlsContext(const TlsOptions& options) : options_(options) {}
   // A new SSL_CTX from the files, and its certificate's expiry.
   absl::StatusOr<CtxPtr> Build(int64_t* not_after) const;
-  // The store of PeerStore, from --peer-tls-ca and --peer-tls-crl.
+  // The store VerifyPeer checks with, from --peer-tls-ca and --peer-tls-crl.
   absl::StatusOr<StorePtr> BuildPeerStore() const;
 
   const TlsOptions options_;
@@ -184,7 +184,7 @@ class TlsStream {
   // The protocol ALPN chose ("" when the client offered none).
   std::string alpn() const;
   // Whether the client showed a certificate that chains to the CAs of store
-  // (TlsContext::PeerStore: the cluster's, --peer-tls-ca) and that none of
+  // (the cluster CA's, --peer-tls-ca; TlsContext::VerifyPeer) and that none of
   // its CRLs revokes; error() says why not.
   bool PeerVerified(x509_store_st* store);
   // Whether the client's certificate names host (a DNS name or an IP
