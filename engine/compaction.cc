@@ -25,6 +25,7 @@ namespace {
 
 constexpr size_t kCompactionBatchRecords = 256;
 constexpr uint64_t kCompactionBatchBytes = 1 << 20;
+constexpr uint64_t kCompactionWritebackBytes = 4 << 20;
 
 bool IsVictim(const Segment& segment, const Options& options, bool force) {
   const uint64_t data = segment.size() - format::kSegmentHeaderBytes;
@@ -86,14 +87,72 @@ absl::Status Shard::WriteMissingHints() {
 }
 
 std::vector<std::shared_ptr<Segment>> Shard::PickCompactionVictims(bool force) {
-  std::vector<std::shared_ptr<Segment>> victims;
+  struct Candidate {
+    std::shared_ptr<Segment> segment;
+    double dead_fraction;
+    bool urgent;  // damaged or empty: goes first
+  };
+  std::vector<Candidate> candidates;  // past a per-segment trigger
+  std::vector<Candidate> garbage;     // dead enough to help the space bound
   std::vector<std::shared_ptr<Segment>> small;
+  uint64_t log_bytes = 0;
+  uint64_t dead_bytes = 0;
   for (const auto& [id, segment] : segments_) {
+    log_bytes += segment->size();
+    dead_bytes += segment->dead_bytes;
     if (segment == active_ || segment->writable()) continue;
+    const uint64_t data = segment->size() - format::kSegmentHeaderBytes;
+    const double dead_fraction =
+        data == 0 ? 1.0 : static_cast<double>(segment->dead_bytes) / static_cast<double>(data);
     if (IsVictim(*segment, options_, force)) {
-      victims.push_back(segment);
+      candidates.push_back({segment, dead_fraction, segment->damaged || data == 0});
     } else if (segment->size() < options_.segment_bytes / 4) {
       small.push_back(segment);
+    } else if (dead_fraction >= options_.compaction_min_dead_fraction) {
+      garbage.push_back({segment, dead_fraction, false});
+    }
+  }
+  // The space bound: while the log is over compaction_space_amp times its
+  // live bytes, the segments with the most garbage join until rewriting them
+  // would bring it back under (dead bytes of the active segment count, but
+  // only a roll makes them reclaimable).
+  const uint64_t live_bytes = log_bytes - std::min(log_bytes, dead_bytes);
+  if (!force && options_.compaction_space_amp > 0 &&
+      static_cast<double>(log_bytes) >
+          options_.compaction_space_amp * static_cast<double>(live_bytes)) {
+    std::sort(garbage.begin(), garbage.end(), [](const Candidate& a, const Candidate& b) {
+      return a.dead_fraction > b.dead_fraction;
+    });
+    double excess = static_cast<double>(log_bytes) -
+                    options_.compaction_space_amp * static_cast<double>(live_bytes);
+    for (const Candidate& candidate : candidates) {
+      excess -= static_cast<double>(candidate.segment->dead_bytes);
+    }
+    for (Candidate& candidate : garbage) {
+      if (excess <= 0) break;
+      excess -= static_cast<double>(candidate.segment->dead_bytes);
+      candidates.push_back(std::move(candidate));
+    }
+  }
+
+  std::vector<std::shared_ptr<Segment>> victims;
+  if (force) {
+    for (Candidate& candidate : candidates) victims.push_back(std::move(candidate.segment));
+  } else {
+    // Small steps: one run copies about one segment of live data, so its
+    // victims go (and their space with them) before the next run starts,
+    // and the disk never holds much more than one run's output twice.
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [](const Candidate& a, const Candidate& b) {
+                       if (a.urgent != b.urgent) return a.urgent;
+                       return a.dead_fraction > b.dead_fraction;
+                     });
+    uint64_t live_to_copy = 0;
+    for (Candidate& candidate : candidates) {
+      if (!victims.empty() && !candidate.urgent && live_to_copy >= options_.segment_bytes) break;
+      live_to_copy +=
+          candidate.segment->size() - std::min(candidate.segment->size(), candidate.segment->dead_bytes);
+      victims.push_back(std::move(candidate.segment));
     }
   }
   if (small.size() >= std::max<uint32_t>(2, options_.compaction_small_segments)) {
@@ -176,36 +235,53 @@ absl::Status Shard::Compact(bool force) {
     return RecordLocation{output.id(), *new_offset, static_cast<uint32_t>(raw.size())};
   };
 
+  // A batch's records, decoded before the lock is taken: a victim is sealed
+  // (immutable) and compaction_mu_ keeps it from being removed, so reading
+  // and verifying it needs no lock; the exclusive section is left with the
+  // index look-ups, the copies and the index updates.
+  struct Decoded {
+    LogRecord record;
+    absl::string_view raw;
+    uint32_t offset;
+    uint64_t key_hash;
+  };
+  std::vector<Decoded> batch;
+  batch.reserve(kCompactionBatchRecords);
+  uint64_t written_since_writeback = 0;
+
   for (const std::shared_ptr<Segment>& victim : victims) {
     uint64_t offset = format::kSegmentHeaderBytes;
     while (offset < victim->size()) {
+      const uint64_t batch_start = offset;
+      batch.clear();
+      while (offset < victim->size() && batch.size() < kCompactionBatchRecords &&
+             offset - batch_start < kCompactionBatchBytes) {
+        auto bytes = victim->ReadToEnd(offset);
+        if (!bytes.ok()) return fail(bytes.status());
+        DecodeResult decoded =
+            DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+        if (decoded.outcome != DecodeOutcome::kRecord) {
+          if (!victim->damaged) {
+            return fail(absl::DataLossError(
+                absl::StrCat(victim->path(), " at offset ", offset, ": ", decoded.error)));
+          }
+          // Repair: skip to the next record that verifies (8-byte steps).
+          offset += format::kRecordAlignment;
+          continue;
+        }
+        batch.push_back({decoded.record, bytes->substr(0, decoded.record_bytes),
+                         static_cast<uint32_t>(offset), HashKey(decoded.record.key)});
+        offset += decoded.record_bytes;
+      }
       {
         absl::MutexLock lock(&mu_);
-        size_t records = 0;
-        const uint64_t batch_start = offset;
-        while (offset < victim->size() && records < kCompactionBatchRecords &&
-               offset - batch_start < kCompactionBatchBytes) {
-          auto bytes = victim->ReadToEnd(offset);
-          if (!bytes.ok()) return fail(bytes.status());
-          DecodeResult decoded =
-              DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
-          if (decoded.outcome != DecodeOutcome::kRecord) {
-            if (!victim->damaged) {
-              return fail(absl::DataLossError(absl::StrCat(victim->path(), " at offset ", offset,
-                                                           ": ", decoded.error)));
-            }
-            // Repair: skip to the next record that verifies (8-byte steps).
-            offset += format::kRecordAlignment;
-            continue;
-          }
-          ++records;
-          const LogRecord& record = decoded.record;
-          const RecordLocation old_location{victim->id(), static_cast<uint32_t>(offset),
-                                            static_cast<uint32_t>(decoded.record_bytes)};
-          absl::string_view raw = bytes->substr(0, decoded.record_bytes);
-          offset += decoded.record_bytes;
+        for (const Decoded& item : batch) {
+          const LogRecord& record = item.record;
+          const RecordLocation old_location{victim->id(), item.offset,
+                                            static_cast<uint32_t>(item.raw.size())};
+          absl::string_view raw = item.raw;
 
-          const uint32_t id = index_.Find(KeyRef{record.key, HashKey(record.key)});
+          const uint32_t id = index_.Find(KeyRef{record.key, item.key_hash});
           if (record.is_forget()) {
             // A Forget is kept while an older record of its key may remain
             // outside the victims (it would revive the key at start-up);
@@ -221,8 +297,8 @@ absl::Status Shard::Compact(bool force) {
           HistoryItem* history_item = nullptr;
           if (!is_current && keep_history) {
             if (auto it = history_.find(id); it != history_.end()) {
-              for (HistoryItem& item : it->second) {
-                if (item.location == old_location) history_item = &item;
+              for (HistoryItem& kept : it->second) {
+                if (kept.location == old_location) history_item = &kept;
               }
             }
           }
@@ -253,6 +329,7 @@ absl::Status Shard::Compact(bool force) {
 
           auto new_location = append_output(raw, copy);
           if (!new_location.ok()) return fail(new_location.status());
+          written_since_writeback += raw.size();
           if (is_current) {
             entry.set_location(*new_location);
             entry.flags &= static_cast<uint8_t>(~kEntryShadowCounted);
@@ -260,7 +337,14 @@ absl::Status Shard::Compact(bool force) {
             history_item->location = *new_location;
           }
         }
-        bytes_read += offset - batch_start;
+      }
+      bytes_read += offset - batch_start;
+      // Start the write-back of the output as it grows, so the sync at the
+      // end does not write a whole segment in one burst that the
+      // foreground's syncs queue behind.
+      if (written_since_writeback >= kCompactionWritebackBytes && !outputs.empty()) {
+        outputs.back()->StartWriteback();
+        written_since_writeback = 0;
       }
       counters_.compaction_progress_bytes.store(bytes_read);
       // Pace the copy: sleep off any lead over the configured rate.

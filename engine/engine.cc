@@ -25,6 +25,11 @@ namespace logkv::engine {
 
 namespace {
 
+// A compaction run is one small step (Shard::Compact); this many back to
+// back at most per shard before the next check, so a shard whose writers
+// keep making garbage cannot hold the maintenance thread forever.
+constexpr int kMaxCompactionRuns = 64;
+
 class RealClock final : public Clock {
  public:
   int64_t NowUnixMs() override { return absl::ToUnixMillis(absl::Now()); }
@@ -68,6 +73,12 @@ absl::Status ValidateOptions(const Options& o) {
   }
   if (!(o.compaction_dead_fraction > 0 && o.compaction_dead_fraction <= 1)) {
     return bad("compaction_dead_fraction must be in (0, 1]");
+  }
+  if (!(o.compaction_space_amp == 0 || o.compaction_space_amp > 1)) {
+    return bad("compaction_space_amp must be 0 (off) or above 1");
+  }
+  if (!(o.compaction_min_dead_fraction > 0 && o.compaction_min_dead_fraction <= 1)) {
+    return bad("compaction_min_dead_fraction must be in (0, 1]");
   }
   if (o.ttl_sweep_interval_ms <= 0 || o.compaction_check_interval_ms <= 0) {
     return bad("sweep and compaction check intervals must be positive");
@@ -268,8 +279,14 @@ void Engine::MaintenanceLoop() {
       next_sweep = now + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
     }
     if (now >= next_compaction) {
+      // Runs back to back while a shard has work, each a small step
+      // (Shard::Compact), checking for Close between them.
       for (auto& shard : s.shards) {
-        if (shard->NeedsCompaction()) (void)shard->Compact(/*force=*/false);  // logs failures
+        for (int run = 0; run < kMaxCompactionRuns && shard->NeedsCompaction(); ++run) {
+          if (!shard->Compact(/*force=*/false).ok()) break;  // logged
+          absl::MutexLock lock(&s.mu);
+          if (s.stop) return;
+        }
         absl::MutexLock lock(&s.mu);
         if (s.stop) return;
       }
@@ -810,7 +827,13 @@ absl::Status Engine::Sync() {
 absl::Status Engine::CompactNow(bool force) {
   if (state_->closed.load(std::memory_order_relaxed)) return Closed();
   for (auto& shard : state_->shards) {
-    if (absl::Status status = shard->Compact(force); !status.ok()) return status;
+    if (force) {
+      if (absl::Status status = shard->Compact(force); !status.ok()) return status;
+      continue;
+    }
+    for (int run = 0; run < kMaxCompactionRuns && shard->NeedsCompaction(); ++run) {
+      if (absl::Status status = shard->Compact(force); !status.ok()) return status;
+    }
   }
   return absl::OkStatus();
 }

@@ -93,8 +93,12 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
 }
 
 // The first block reservation of a segment file; it doubles as the segment
-// fills, up to the segment's capacity.
+// fills, up to the segment's capacity, in steps of at most
+// kMaxReservationStepBytes: the blocks reserved ahead of the data are disk
+// that du counts and nothing uses, so they stay a few MiB per active segment
+// (a doubling alone let a 33 MiB segment hold 64 MiB of blocks).
 constexpr uint64_t kFirstReservationBytes = 1 << 20;
+constexpr uint64_t kMaxReservationStepBytes = 4 << 20;
 
 // The active segment: a file of its full capacity mapped shared and
 // writable. Appends are memcpys into the page cache; nothing is lost if the
@@ -117,8 +121,8 @@ class PosixWritableFile final : public WritableFile {
                                                        capacity_, " bytes"));
     }
     if (size_ + data.size() > reserved_) {
-      const uint64_t want = std::min(
-          capacity_, std::max(size_ + data.size(), std::max(kFirstReservationBytes, 2 * reserved_)));
+      const uint64_t step = std::clamp(reserved_, kFirstReservationBytes, kMaxReservationStepBytes);
+      const uint64_t want = std::min(capacity_, std::max(size_ + data.size(), reserved_ + step));
       const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved_),
                                        static_cast<off_t>(want - reserved_));
       if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
@@ -164,6 +168,7 @@ class PosixWritableFile final : public WritableFile {
 
   uint64_t Size() const override { return size_; }
   uint64_t Capacity() const override { return capacity_; }
+  uint64_t Reserved() const override { return std::max(reserved_, size_); }
 
  private:
   const std::string path_;

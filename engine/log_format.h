@@ -122,6 +122,10 @@ struct HintEntry {  // followed by key_size bytes of key
   uint64_t version;
 };
 static_assert(sizeof(HintEntry) == 48);
+// Hint files of version 1 (kFormatVersion) hold their entries as they are;
+// version 2, written from then on, holds them as one zstd frame (with its
+// content size) after the header. Both are read.
+inline constexpr uint32_t kHintFormatVersion = 2;
 // The file ends with XXH3-64 of everything before it.
 inline constexpr size_t kHintTrailerBytes = sizeof(uint64_t);
 

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 
@@ -108,6 +109,10 @@ absl::StatusOr<std::unique_ptr<Segment>> Segment::Open(FileSystem* fs, const std
   segment->size_.store((*file)->Size(), std::memory_order_release);
   segment->readable_ = std::move(*file);
   return segment;
+}
+
+uint64_t Segment::reserved_ahead() const {
+  return writable_ == nullptr ? 0 : writable_->Reserved() - std::min(writable_->Reserved(), size());
 }
 
 uint64_t Segment::remaining() const {

@@ -80,6 +80,9 @@ class Segment {
   bool writable() const { return writable_ != nullptr; }
   uint64_t size() const { return size_.load(std::memory_order_acquire); }
   uint64_t remaining() const;
+  // Disk reserved ahead of the data while the segment is written (0 once
+  // sealed: Seal trims the file to its data).
+  uint64_t reserved_ahead() const;
 
   // ---- Accounting, guarded by the owning shard's mutex ----
   uint64_t dead_bytes = 0;      // bytes of records no longer referenced

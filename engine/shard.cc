@@ -831,6 +831,7 @@ void Shard::AddStats(Stats* stats) {
   for (const auto& [id, segment] : segments_) {
     stats->log_bytes += segment->size();
     stats->dead_bytes += segment->dead_bytes;
+    stats->reserved_bytes += segment->reserved_ahead();
   }
   stats->key_bytes += index_.key_bytes();
   size_t history_bytes = history_.capacity() * (sizeof(uint32_t) + sizeof(void*) * 3 + 1);

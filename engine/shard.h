@@ -140,7 +140,10 @@ class Shard {
   // written since. Returns the first failure.
   absl::Status WriteMissingHints() ABSL_LOCKS_EXCLUDED(mu_, compaction_mu_);
 
-  // Rewrites eligible immutable segments (every immutable one when force).
+  // One compaction run: rewrites eligible immutable segments (every
+  // immutable one when force). Without force a run is a small step, about
+  // one segment of live data, damaged segments and a batch of small ones
+  // excepted; callers repeat while NeedsCompaction.
   absl::Status Compact(bool force);
   bool NeedsCompaction();
   // Turns expired keys into expired tombstones; O(expired). Returns how many.

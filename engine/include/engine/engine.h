@@ -98,6 +98,14 @@ struct Options {
   // Small immutable segments (under segment_bytes / 4, left by restarts) are
   // merged once at least this many have accumulated.
   uint32_t compaction_small_segments = 4;
+  // Space amplification bound: while a shard's segments hold more than this
+  // many times its live bytes (log bytes / (log bytes - dead bytes)),
+  // segments with at least compaction_min_dead_fraction dead are rewritten
+  // too, the most garbage first, until the estimate is back under it. The
+  // per-segment triggers above alone let a log settle at up to
+  // 1 / (1 - compaction_dead_fraction) times its live bytes. 0 = off.
+  double compaction_space_amp = 1.25;
+  double compaction_min_dead_fraction = 0.1;
   uint64_t compaction_bytes_per_second = 128ull << 20;  // 0 = unlimited
   int64_t compaction_check_interval_ms = 10'000;
 
@@ -255,6 +263,10 @@ struct Stats {
   uint64_t segments = 0;
   uint64_t log_bytes = 0;        // bytes in all segments
   uint64_t dead_bytes = 0;       // bytes compaction could reclaim
+  // Disk blocks reserved ahead of the data of the segments being written
+  // (the active ones, a running compaction's outputs): on disk, not in
+  // log_bytes.
+  uint64_t reserved_bytes = 0;
   uint64_t key_bytes = 0;        // bytes of live keys in the index arena
   uint64_t index_bytes = 0;      // memory of the index beyond key bytes
   uint64_t puts = 0, deletes = 0, gets = 0;

@@ -50,6 +50,9 @@ class WritableFile {
 
   virtual uint64_t Size() const = 0;
   virtual uint64_t Capacity() const = 0;
+  // Bytes from the start that hold disk blocks (preallocated ahead of the
+  // data); Size() where nothing is reserved ahead.
+  virtual uint64_t Reserved() const { return Size(); }
 };
 
 // An immutable file opened for reading.
