@@ -3,19 +3,28 @@
 #
 #   bench/overwrite.sh                       # 10M SETs over 1M keys
 #   KEYS=200000 WRITES=2000000 bench/overwrite.sh
+#   LOGKVD_REF=/path/to/old/logkvd ROUNDS=2 bench/overwrite.sh   # old and new, alternating
 #
+# One run:
 # 1. Loads logkvd (default flags) with WRITES SETs of 100-byte values over KEYS random
 #    16-byte keys (logkv-bench -c 50 -P 16), printing du of the data directory against
-#    logkv_live_bytes, logkv_disk_allocated_bytes and logkv_dead_bytes every 5 s.
+#    logkv_live_bytes, logkv_disk_allocated_bytes, logkv_disk_reserved_bytes (blocks
+#    preallocated ahead of the data) and logkv_dead_bytes every 5 s.
 # 2. "during": right after the load, while compaction reclaims the dead bytes, a foreground
 #    load (logkv-bench -t set,get -c 50 -P 1, -n FG requests) and its p50/p99; the share of
 #    its samples with logkv_compaction_running = 1 is printed.
 # 3. Waits until compaction has been idle for 30 s (at most SETTLE seconds), prints the
 #    settled du / live, then "idle": the same foreground load again.
-# The ratio of the two p99s is the cost of compaction to the foreground.
+# The ratio of the two p99s is the cost of compaction to the foreground. Each run ends
+# with a "result" line: live MiB, du MiB, du/live, then per command p99 idle, p99 during
+# and during/idle.
+#
+# With LOGKVD_REF set, ROUNDS (default 2) rounds each run the reference binary, then
+# LOGKVD, on a fresh data directory each, and a table of the result lines follows: the
+# machine's load moves both alike, so compare within a round.
 #
 # Environment: KEYS, WRITES, FG (default 400000), SETTLE (default 300), LOGKVD, LOGKV_BENCH,
-# LOGKVD_ARGS, WORK.
+# LOGKVD_ARGS, LOGKVD_REF, ROUNDS, WORK.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +38,10 @@ keys=${KEYS:-1000000}
 writes=${WRITES:-10000000}
 fg=${FG:-400000}
 settle=${SETTLE:-300}
+reference=${LOGKVD_REF:-}
+rounds=${ROUNDS:-2}
 ensure_release_binaries "$logkvd" "$bench"
+[[ -z $reference || -x $reference ]] || die "no reference logkvd at $reference"
 
 work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/logkv-overwrite.XXXXXX")}
 mkdir -p "$work"
@@ -42,62 +54,93 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port=$(free_port)
-http_port=$(free_port)
-"$logkvd" --listen="127.0.0.1:$port" --http="127.0.0.1:$http_port" --data_dir="$work/data" \
-  "${logkvd_extra_args[@]}" 2>"$work/logkvd.log" &
-pid=$!
-wait_ready "$pid" "grep -q 'listening on' '$work/logkvd.log'" "$work/logkvd.log"
-
+http_port="" data=""
 metric() {
   curl -s "http://127.0.0.1:$http_port/metrics?format=prometheus" | awk -v m="$1" '$1 == m { print $2 }'
 }
-sample() {  # one line: seconds, du MiB, allocated MiB, live MiB, dead MiB, du/live, compacting
-  local du live alloc dead running
-  du=$(du -s -B1 "$work/data" | cut -f1)
+sample() {  # one line: seconds, du MiB, allocated, reserved, live, dead MiB, du/live, compacting
+  local du live alloc reserved dead running
+  du=$(du -s -B1 "$data" | cut -f1)
   live=$(metric logkv_live_bytes)
   alloc=$(metric logkv_disk_allocated_bytes)
+  reserved=$(metric logkv_disk_reserved_bytes)
   dead=$(metric logkv_dead_bytes)
   running=$(metric logkv_compaction_running)
-  awk -v t="$SECONDS" -v d="$du" -v l="$live" -v a="$alloc" -v x="$dead" -v r="$running" 'BEGIN {
-    printf "%5ds du %8.1f MiB  allocated %8.1f  live %8.1f  dead %8.1f  du/live %5.2f  compacting %s\n",
-      t, d / 1048576, a / 1048576, l / 1048576, x / 1048576, (l > 0 ? d / l : 0), r }'
+  awk -v t="$SECONDS" -v d="$du" -v l="$live" -v a="$alloc" -v p="${reserved:-0}" -v x="$dead" \
+    -v r="$running" 'BEGIN {
+    printf "%5ds du %8.1f MiB  allocated %8.1f  reserved %6.1f  live %8.1f  dead %8.1f  du/live %5.2f  compacting %s\n",
+      t, d / 1048576, a / 1048576, p / 1048576, l / 1048576, x / 1048576, (l > 0 ? d / l : 0), r }'
 }
 
-echo "overwrite: $writes SETs over $keys keys, -d 100 -P 16 -c 50; $(nproc) cores;" \
-  "load average $(uptime | sed 's/.*load average: //')"
-SECONDS=0
-(while true; do sample; sleep 5; done) &
-sampler=$!
-"$bench" -p "$port" -c 50 -P 16 -d 100 -r "$keys" -n "$writes" -t set -q
-kill "$sampler"; sampler=""
+# $1: the logkvd binary, $2: a label for the result line.
+run_one() {
+  local server=$1 label=$2 port
+  data="$work/data-$label"
+  rm -rf "$data"
+  port=$(free_port)
+  http_port=$(free_port)
+  "$server" --listen="127.0.0.1:$port" --http="127.0.0.1:$http_port" --data_dir="$data" \
+    "${logkvd_extra_args[@]}" 2>"$work/logkvd-$label.log" &
+  pid=$!
+  wait_ready "$pid" "grep -q 'listening on' '$work/logkvd-$label.log'" "$work/logkvd-$label.log"
 
-foreground() {  # $1: label; prints the CSV rows and how often compaction ran meanwhile
-  local samples=0 busy=0
-  "$bench" -p "$port" -c 50 -d 100 -r "$keys" -n "$fg" -t set,get --csv >"$work/fg-$1.csv" &
-  local load=$!
-  while kill -0 "$load" 2>/dev/null; do
-    samples=$((samples + 1))
-    [[ $(metric logkv_compaction_running) == 1 ]] && busy=$((busy + 1))
-    sleep 0.5
+  echo "== $label ($server): $writes SETs over $keys keys, -d 100 -P 16 -c 50; $(nproc) cores;" \
+    "load average $(uptime | sed 's/.*load average: //')"
+  SECONDS=0
+  (while true; do sample; sleep 5; done) &
+  sampler=$!
+  "$bench" -p "$port" -c 50 -P 16 -d 100 -r "$keys" -n "$writes" -t set -q
+  kill "$sampler"; sampler=""
+
+  foreground() {  # $1: phase; prints the CSV rows and how often compaction ran meanwhile
+    local samples=0 busy=0
+    "$bench" -p "$port" -c 50 -d 100 -r "$keys" -n "$fg" -t set,get --csv >"$work/fg-$label-$1.csv" &
+    local load=$!
+    while kill -0 "$load" 2>/dev/null; do
+      samples=$((samples + 1))
+      [[ $(metric logkv_compaction_running) == 1 ]] && busy=$((busy + 1))
+      sleep 0.5
+    done
+    wait "$load"
+    tr -d '"' <"$work/fg-$label-$1.csv" | awk -F, -v l="$1" -v b="$busy" -v s="$samples" \
+      'NR > 1 { printf "%-7s %-4s rps %10s  p50 %7s ms  p99 %7s ms  (compaction running in %d of %d samples)\n", l, $1, $2, $5, $7, b, s }'
+  }
+
+  sample
+  foreground during
+  sample
+  local idle_for=0
+  while ((idle_for < 30 && SECONDS < settle)); do
+    if [[ $(metric logkv_compaction_running) == 1 ]]; then idle_for=0; else idle_for=$((idle_for + 5)); fi
+    sleep 5
   done
-  wait "$load"
-  tr -d '"' <"$work/fg-$1.csv" | awk -F, -v l="$1" -v b="$busy" -v s="$samples" \
-    'NR > 1 { printf "%-7s %-4s rps %10s  p50 %7s ms  p99 %7s ms  (compaction running in %d of %d samples)\n", l, $1, $2, $5, $7, b, s }'
+  echo "settled:"
+  local settled
+  settled=$(sample)
+  echo "$settled"
+  foreground idle
+  local du_live p99s
+  du_live=$(awk '{ for (i = 1; i <= NF; i++) { if ($i == "du" && $(i + 2) == "MiB") d = $(i + 1);
+                   if ($i == "live") l = $(i + 1); if ($i == "du/live") r = $(i + 1) } }
+                 END { printf "live %.1f MiB du %.1f MiB du/live %.2f", l, d, r }' <<<"$settled")
+  p99s=$(paste -d' ' <(tr -d '"' <"$work/fg-$label-idle.csv" | awk -F, 'NR > 1 { print $1, $7 }') \
+    <(tr -d '"' <"$work/fg-$label-during.csv" | awk -F, 'NR > 1 { print $7 }') |
+    awk '{ printf "  %s p99 idle %s ms during %s ms during/idle %.2f", $1, $2, $3, ($2 > 0 ? $3 / $2 : 0) }')
+  echo "result $label: $du_live;$p99s; load average $(uptime | sed 's/.*load average: //')" |
+    tee -a "$work/results"
+  stop_pid "$pid"
+  pid=""
 }
 
-sample
-foreground during
-sample
-idle_for=0
-while ((idle_for < 30 && SECONDS < settle)); do
-  if [[ $(metric logkv_compaction_running) == 1 ]]; then idle_for=0; else idle_for=$((idle_for + 5)); fi
-  sleep 5
-done
-echo "settled:"
-sample
-foreground idle
-paste -d' ' <(tr -d '"' <"$work/fg-during.csv" | awk -F, 'NR > 1 { print $1, $7 }') \
-  <(tr -d '"' <"$work/fg-idle.csv" | awk -F, 'NR > 1 { print $7 }') |
-  awk '{ printf "%s p99 during / idle: %.2f\n", $1, ($3 > 0 ? $2 / $3 : 0) }'
-echo "load average at the end: $(uptime | sed 's/.*load average: //')"
+: >"$work/results"
+if [[ -z $reference ]]; then
+  run_one "$logkvd" new
+else
+  for round in $(seq "$rounds"); do
+    run_one "$reference" "reference-$round"
+    run_one "$logkvd" "new-$round"
+  done
+  echo
+  echo "results (reference and new alternating):"
+  cat "$work/results"
+fi

@@ -57,6 +57,10 @@ void AddEngineMetrics(engine::Engine* engine, std::string data_dir, ServerMetric
   gauge("logkv_engine_tombstones", "Deleted or expired keys still in the index.",
         &engine::Stats::tombstones);
   gauge("logkv_engine_segments", "Log segment files, every shard.", &engine::Stats::segments);
+  gauge("logkv_disk_reserved_bytes",
+        "Disk the segments being written hold ahead of their data (preallocated): in "
+        "logkv_disk_allocated_bytes, not in logkv_live_bytes.",
+        &engine::Stats::reserved_bytes);
   gauge("logkv_engine_index_bytes", "Memory of the in-memory index and Merkle trees.",
         &engine::Stats::index_bytes);
   gauge("logkv_engine_shards_refusing_writes",

@@ -82,7 +82,8 @@ TEST_F(ObservabilityTest, MetricsArePresentAndMoveWithOperations) {
         "logkv_compaction_bytes_read_total", "logkv_compaction_bytes_written_total",
         "logkv_compaction_bytes_reclaimed_total", "logkv_tombstones_dropped_total",
         "logkv_expired_swept_total", "logkv_log_bytes", "logkv_dead_bytes", "logkv_live_bytes",
-        "logkv_disk_allocated_bytes", "logkv_disk_available_bytes", "process_cpu_seconds_total",
+        "logkv_disk_allocated_bytes", "logkv_disk_reserved_bytes", "logkv_disk_available_bytes",
+        "process_cpu_seconds_total",
         "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
         "process_max_fds", "process_start_time_seconds"}) {
     EXPECT_TRUE(before.contains(name)) << name;
@@ -117,6 +118,8 @@ TEST_F(ObservabilityTest, MetricsArePresentAndMoveWithOperations) {
   EXPECT_GE(moved("logkv_live_bytes"), (kPuts - 5) * 3000.0);
   EXPECT_GT(moved("logkv_disk_allocated_bytes"), 0);
   EXPECT_GE(after["logkv_disk_allocated_bytes"], after["logkv_live_bytes"]);
+  // The active segment's blocks beyond its data: part of the allocated disk.
+  EXPECT_LE(after["logkv_disk_reserved_bytes"], after["logkv_disk_allocated_bytes"]);
   EXPECT_GT(after["logkv_disk_available_bytes"], 0);
   EXPECT_GE(moved("process_cpu_seconds_total"), 0);
   EXPECT_GT(after["process_resident_memory_bytes"], 0);
