@@ -10,11 +10,13 @@
 #    16-byte keys (logkv-bench -c 50 -P 16), printing du of the data directory against
 #    logkv_live_bytes, logkv_disk_allocated_bytes, logkv_disk_reserved_bytes (blocks
 #    preallocated ahead of the data) and logkv_dead_bytes every 5 s.
-# 2. "during": right after the load, while compaction reclaims the dead bytes, a foreground
-#    load (logkv-bench -t set,get -c 50 -P 1, -n FG requests) and its p50/p99; the share of
-#    its samples with logkv_compaction_running = 1 is printed.
-# 3. Waits until compaction has been idle for 30 s (at most SETTLE seconds), prints the
-#    settled du / live, then "idle": the same foreground load again.
+# 2. Waits until compaction has been idle for 30 s (at most SETTLE seconds) and prints the
+#    settled du / live.
+# 3. "idle": a foreground load (logkv-bench -t set,get -c 50 -P 1, -n FG requests) and its
+#    p50/p99.
+# 4. "during": BURST more SETs (default WRITES / 5) make new garbage; as soon as compaction
+#    runs (waiting at most 30 s), the same foreground load again. The share of its samples
+#    with logkv_compaction_running = 1 is printed.
 # The ratio of the two p99s is the cost of compaction to the foreground. Each run ends
 # with a "result" line: live MiB, du MiB, du/live, then per command p99 idle, p99 during
 # and during/idle.
@@ -23,8 +25,9 @@
 # LOGKVD, on a fresh data directory each, and a table of the result lines follows: the
 # machine's load moves both alike, so compare within a round.
 #
-# Environment: KEYS, WRITES, FG (default 400000), SETTLE (default 300), LOGKVD, LOGKV_BENCH,
-# LOGKVD_ARGS, LOGKVD_REF, ROUNDS, WORK.
+# Environment: KEYS, WRITES, FG (default 400000), SETTLE (default 300), BURST, LOGKVD, LOGKV_BENCH,
+# LOGKVD_ARGS, LOGKVD_REF, ROUNDS, WORK, KEEP_DATA (non-empty: keep each run's data directory
+# in WORK).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +41,7 @@ keys=${KEYS:-1000000}
 writes=${WRITES:-10000000}
 fg=${FG:-400000}
 settle=${SETTLE:-300}
+burst=${BURST:-$((writes / 5))}
 reference=${LOGKVD_REF:-}
 rounds=${ROUNDS:-2}
 ensure_release_binaries "$logkvd" "$bench"
@@ -107,10 +111,9 @@ run_one() {
   }
 
   sample
-  foreground during
-  sample
+  local deadline=$((SECONDS + settle))
   local idle_for=0
-  while ((idle_for < 30 && SECONDS < settle)); do
+  while ((idle_for < 30 && SECONDS < deadline)); do
     if [[ $(metric logkv_compaction_running) == 1 ]]; then idle_for=0; else idle_for=$((idle_for + 5)); fi
     sleep 5
   done
@@ -119,6 +122,17 @@ run_one() {
   settled=$(sample)
   echo "$settled"
   foreground idle
+  # New garbage for compaction to reclaim while the foreground runs: BURST more
+  # SETs, then the "during" load as soon as compaction starts (the maintenance
+  # thread checks every 10 s; at most 30 s of waiting).
+  "$bench" -p "$port" -c 50 -P 16 -d 100 -r "$keys" -n "$burst" -t set -q >/dev/null
+  deadline=$((SECONDS + 30))
+  while [[ $(metric logkv_compaction_running) != 1 ]] && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
+  sample
+  foreground during
+  sample
   local du_live p99s
   du_live=$(awk '{ for (i = 1; i <= NF; i++) { if ($i == "du" && $(i + 2) == "MiB") d = $(i + 1);
                    if ($i == "live") l = $(i + 1); if ($i == "du/live") r = $(i + 1) } }
@@ -130,6 +144,7 @@ run_one() {
     tee -a "$work/results"
   stop_pid "$pid"
   pid=""
+  [[ -n ${KEEP_DATA:-} ]] || rm -rf "$data"
 }
 
 : >"$work/results"
