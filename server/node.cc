@@ -627,7 +627,8 @@ absl::Status Node::SetRateLimit(int64_t requests_per_minute, int64_t burst) {
   control::ControlPlane* control = control_plane();
   if (control == nullptr) return absl::FailedPreconditionError("the control plane is not running");
   return SubmitUntilAnswered(
-             control, control::EncodeSetRateLimit(requests_per_minute, burst, false),
+             control, control::EncodeSetRateLimit(requests_per_minute, burst, false,
+                                               control::Actor::Node(node_id())),
              absl::Now() + absl::Seconds(10))
       .status();
 }
@@ -890,6 +891,8 @@ absl::Status Node::StartAuth() {
   // The accounts live in the control plane, which starts later
   // (LoadAccounts); the store answers Unavailable until then.
   config.import_source = ConfiguredNodeId(options_);
+  // Named as the proposing node in audit entries.
+  config.node_id = [this] { return node_id(); };
   config.restored_state_file =
       (std::filesystem::path(data_dir_) / "control" / "configuration-at-backup").string();
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
@@ -928,7 +931,8 @@ absl::Status Node::LoadAccounts() {
           "this node has --auth=off and cannot be part of it");
     }
     if (options_.seeds.empty()) {
-      control->Submit(control::EncodeSetAuthMode(false), [](absl::StatusOr<uint64_t> result) {
+      control->Submit(control::EncodeSetAuthMode(false, control::Actor::Node(node_id())),
+                      [](absl::StatusOr<uint64_t> result) {
         if (!result.ok()) {
           Log(Level::kError, "committing the auth mode: %s", result.status().message());
         }
@@ -1127,7 +1131,14 @@ void Node::AddRoutes() {
       .authorize_admin = [admin](const http::HttpRequest& request, http::HttpResponse* refusal) {
         return admin->AuthorizeAdmin(request, refusal, "taking or inspecting backups",
                                      "take or inspect backups");
-      }});
+      },
+      .on_requested =
+          [this, api_key_auth](const http::HttpRequest& request, const std::string& name) {
+            RecordAuditEvent(
+                "backup.requested",
+                control::DescribeActor(http::RequestActor(api_key_auth, request, node_id())),
+                absl::StrCat("name=\"", absl::CHexEscape(name), "\""));
+          }});
   backup_routes_->AddTo(router_.get());
   audit_routes_ = std::make_unique<http::AuditRoutes>(http::AuditRoutesDependencies{
       .read = [this](uint64_t since, size_t limit) -> absl::StatusOr<std::string> {
@@ -1153,6 +1164,7 @@ void Node::AddRoutes() {
       logins_throttled_.fetch_add(1, std::memory_order_relaxed);
     };
     account_options.max_json_depth = options_.max_json_depth;
+    account_options.node_id = [this] { return node_id(); };
     http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
                            std::move(account_options));
     // Users, groups and ACLs (docs/security.md).
@@ -1167,7 +1179,8 @@ void Node::AddRoutes() {
                   return admin->AuthorizeAdmin(request, refusal, "managing users and groups",
                                                "manage users and groups");
                 },
-            .max_json_depth = options_.max_json_depth});
+            .max_json_depth = options_.max_json_depth,
+            .node_id = [this] { return node_id(); }});
   } else {
     http::AddAccessRoutesOff(router_.get());
     auto accounts_off = [](http::HttpRequest&, http::Responder responder) {
@@ -1571,6 +1584,7 @@ absl::Status Node::JoinControlPlane() {
   // The cluster refuses a node of the other auth mode (docs/control-plane.md).
   control::CommandOptions join_options;
   join_options.requires_auth_on = options_.auth == AuthMode::kOn;
+  join_options.actor = control::Actor::Node(self.node_id);
   std::string command = control::EncodeAddMember(self, join_options);
   bool replacing = false;
   while (absl::Now() < deadline) {
@@ -1912,6 +1926,7 @@ absl::Status Node::FinishJoin(absl::Time deadline) {
     if (last.ok()) {
       control::CommandOptions at;
       at.if_epoch = epoch;
+      at.actor = control::Actor::Node(self.node_id);
       absl::StatusOr<uint64_t> activated = SubmitUntilAnswered(
           control, control::EncodeActivateMember(self.node_id, at), deadline);
       if (activated.ok()) {
@@ -1951,8 +1966,10 @@ absl::Status Node::Leave(absl::Time deadline) {
         return absl::FailedPreconditionError(
             "no other active member is alive: there is nobody to hand this node's keys to");
       }
-      absl::StatusOr<uint64_t> begun =
-          SubmitUntilAnswered(control, control::EncodeBeginLeave(self.node_id), deadline);
+      const control::CommandOptions by_self =
+          control::CommandOptions::By(control::Actor::Node(self.node_id));
+      absl::StatusOr<uint64_t> begun = SubmitUntilAnswered(
+          control, control::EncodeBeginLeave(self.node_id, by_self), deadline);
       if (!begun.ok() && !absl::StrContains(begun.status().message(), "it is leaving")) {
         return absl::Status(begun.status().code(),
                             absl::StrCat("the control plane refused the leave: ",
@@ -2000,6 +2017,7 @@ absl::Status Node::Leave(absl::Time deadline) {
     if (last.ok()) {
       control::CommandOptions at;
       at.if_epoch = epoch;
+      at.actor = control::Actor::Node(self.node_id);
       absl::StatusOr<uint64_t> removed =
           SubmitUntilAnswered(control, control::EncodeRemoveMember(self.node_id, at), deadline);
       if (removed.ok() || absl::StrContains(removed.status().message(), "it is removed")) {
@@ -2163,7 +2181,10 @@ void Node::RejoinIfLeft() {
   for (const cluster::Member& member : membership->LiveMembers()) {
     if (member.node_id == self.node_id) continue;
     absl::StatusOr<uint64_t> epoch = SendControlCommandAndWait(
-        cluster_->transport(), member.address, control::EncodeAddMember(self), absl::Seconds(5));
+        cluster_->transport(), member.address,
+        control::EncodeAddMember(self,
+                                 control::CommandOptions::By(control::Actor::Node(self.node_id))),
+        absl::Seconds(5));
     if (epoch.ok()) {
       Log(Level::kInfo, "joined the control plane again through %s", member.node_id);
       return;
@@ -2212,6 +2233,7 @@ absl::Status Node::RemoveJoiningMember(const std::string& node_id, absl::Time de
   // quorum of theirs, so dropping it moves no data and needs no barrier.
   control::CommandOptions at;
   at.if_epoch = config->epoch;
+  at.actor = control::Actor::Node(this->node_id());
   absl::StatusOr<uint64_t> removed =
       SubmitUntilAnswered(control, control::EncodeRemoveMember(node_id, at), deadline);
   if (!removed.ok()) {
@@ -2357,7 +2379,9 @@ void Node::FlushAuditEvents() {
                                                 std::move(events[i].detail)});
     }
     audit_in_flight_.fetch_add(1, std::memory_order_acq_rel);
-    control->Submit(control::EncodeRecordAudit(batch), [this](absl::StatusOr<uint64_t> result) {
+    control->Submit(control::EncodeRecordAudit(
+                        batch, control::CommandOptions::By(control::Actor::Node(node_id()))),
+                    [this](absl::StatusOr<uint64_t> result) {
       audit_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
       if (!result.ok()) {
         Log(Level::kWarning, "audit: recording events failed: %s", result.status().message());

@@ -579,7 +579,7 @@ absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
   // the first one commits it; its answer comes after everything committed
   // before it, which this node has then applied.
   absl::StatusOr<uint64_t> mode = ProposeAndAwait(
-      control::EncodeSetAuthMode(true), [](const control::Accounts& a, uint64_t) {
+      control::EncodeSetAuthMode(true, ActorOf({})), [](const control::Accounts& a, uint64_t) {
         return a.auth_mode == control::AuthModeCommitted::kOn;
       });
   if (!mode.ok()) return mode.status();
@@ -589,7 +589,8 @@ absl::Status AuthStore::Load(int64_t requests_per_minute, int64_t burst) {
   absl::StatusOr<uint64_t> limit = ProposeAndAwait(
       // The node's flags, as a reload commits them: with the same flags on
       // every node (as they should be) a start changes nothing.
-      control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/false),
+      control::EncodeSetRateLimit(requests_per_minute, burst, /*only_if_unset=*/false,
+                                  ActorOf({})),
       [](const control::Accounts& a, uint64_t) { return a.rate_limit_set; });
   if (!limit.ok()) return limit.status();
   if (config_.on_rate_limit) {
@@ -614,7 +615,7 @@ absl::Status AuthStore::SettleSecret() {
                 "one are no longer accepted on any node");
       }
       absl::StatusOr<uint64_t> set =
-          ProposeAndAwait(control::EncodeSetJwtSecret(configured, /*replace=*/true),
+          ProposeAndAwait(control::EncodeSetJwtSecret(configured, /*replace=*/true, ActorOf({})),
                           [&configured](const control::Accounts& a, uint64_t) {
                             return a.jwt_secret == configured;
                           });
@@ -634,7 +635,7 @@ absl::Status AuthStore::SettleSecret() {
   std::string secret(kGeneratedSecretBytes, '\0');
   randombytes_buf(secret.data(), secret.size());
   absl::StatusOr<uint64_t> set = ProposeAndAwait(
-      control::EncodeSetJwtSecret(secret, /*replace=*/false),
+      control::EncodeSetJwtSecret(secret, /*replace=*/false, ActorOf({})),
       [](const control::Accounts& a, uint64_t) { return !a.jwt_secret.empty(); });
   if (set.ok()) {
     LogLine("no JWT secret configured: generated one and committed it to the cluster");
@@ -746,7 +747,7 @@ absl::Status AuthStore::ImportInCommands(
     std::string command = control::EncodeImportAccounts(
         source, slice(users, kImportUsersPerCommand), slice(keys, kImportKeysPerCommand),
         slice(revoked, kImportTokensPerCommand), last ? secret : "", last ? next_user_id : 0,
-        last ? next_api_key_id : 0, last);
+        last ? next_api_key_id : 0, last, ActorOf({}));
     absl::StatusOr<uint64_t> imported = ProposeAndAwait(
         std::move(command), [last, &source](const control::Accounts& a, uint64_t) {
           return a.import_source == source && (!last || a.import_done);
@@ -814,10 +815,16 @@ Tokens AuthStore::IssueTokens(const User& user) const {
   return tokens;
 }
 
+control::Actor AuthStore::ActorOf(control::Actor actor) const {
+  if (actor.kind == control::Actor::Kind::kUnknown) actor.kind = control::Actor::Kind::kNode;
+  if (actor.node.empty() && config_.node_id) actor.node = config_.node_id();
+  return actor;
+}
+
 // ---- Users and tokens ----------------------------------------------------------
 
 absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_view username,
-                                       absl::string_view password) {
+                                       absl::string_view password, control::Actor actor) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   if (absl::Status status = ValidateEmail(email); !status.ok()) return status;
   if (absl::Status status = ValidateUsername(username); !status.ok()) return status;
@@ -845,7 +852,7 @@ absl::StatusOr<User> AuthStore::SignUp(absl::string_view email, absl::string_vie
   user.password_hash = std::move(*hash);
   user.created_at_ms = NowMs();
   absl::StatusOr<uint64_t> id = ProposeAndAwait(
-      control::EncodeSignUp(user),
+      control::EncodeSignUp(user, ActorOf(std::move(actor))),
       [](const control::Accounts& a, uint64_t id) { return a.users.contains(id); });
   if (!id.ok()) return id.status();
   return state()->Read([&](const control::Accounts& a) { return UserOf(*a.FindUser(*id)); });
@@ -938,10 +945,10 @@ absl::StatusOr<User> AuthStore::AuthenticateBearer(absl::string_view authorizati
   });
 }
 
-absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active) {
+absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active, control::Actor actor) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   absl::StatusOr<uint64_t> done = ProposeAndAwait(
-      control::EncodeSetUserActive(user_id, active),
+      control::EncodeSetUserActive(user_id, active, ActorOf(std::move(actor))),
       [user_id, active](const control::Accounts& a, uint64_t) {
         const control::AccountUser* user = a.FindUser(user_id);
         return user != nullptr && user->is_active == active;
@@ -967,13 +974,13 @@ absl::StatusOr<User> AuthStore::GetUser(uint64_t user_id) const {
   });
 }
 
-absl::StatusOr<size_t> AuthStore::RevokeAllApiKeys(uint64_t user_id) {
+absl::StatusOr<size_t> AuthStore::RevokeAllApiKeys(uint64_t user_id, control::Actor actor) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   if (absl::StatusOr<User> user = GetUser(user_id); !user.ok()) return user.status();
   size_t revoked = 0;
   for (const ApiKeyInfo& key : ListApiKeys(user_id)) {
     if (!key.is_active) continue;
-    if (absl::Status status = RevokeApiKey(user_id, key.id); !status.ok()) return status;
+    if (absl::Status status = RevokeApiKey(user_id, key.id, actor); !status.ok()) return status;
     ++revoked;
   }
   return revoked;
@@ -987,7 +994,8 @@ size_t AuthStore::UserCount() const {
 
 absl::StatusOr<CreatedApiKey> AuthStore::CreateApiKey(uint64_t user_id, absl::string_view name,
                                                       const std::vector<std::string>& scopes,
-                                                      int64_t expires_in_days) {
+                                                      int64_t expires_in_days,
+                                                      control::Actor actor) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   if (name.empty() || name.size() > kMaxApiKeyNameBytes) {
     return absl::InvalidArgumentError(
@@ -1019,7 +1027,7 @@ absl::StatusOr<CreatedApiKey> AuthStore::CreateApiKey(uint64_t user_id, absl::st
   key.created_at_ms = NowMs();
   key.expires_at_ms = expires_in_days == 0 ? 0 : key.created_at_ms + expires_in_days * kMillisPerDay;
   absl::StatusOr<uint64_t> id = ProposeAndAwait(
-      control::EncodeCreateApiKey(key),
+      control::EncodeCreateApiKey(key, ActorOf(std::move(actor))),
       [](const control::Accounts& a, uint64_t id) { return a.api_keys.contains(id); });
   if (!id.ok()) {
     if (absl::IsAlreadyExists(id.status())) {
@@ -1042,10 +1050,10 @@ std::vector<ApiKeyInfo> AuthStore::ListApiKeys(uint64_t user_id) {
   });
 }
 
-absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id) {
+absl::Status AuthStore::RevokeApiKey(uint64_t user_id, uint64_t key_id, control::Actor actor) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   absl::StatusOr<uint64_t> done = ProposeAndAwait(
-      control::EncodeRevokeApiKey(user_id, key_id),
+      control::EncodeRevokeApiKey(user_id, key_id, ActorOf(std::move(actor))),
       [key_id](const control::Accounts& a, uint64_t) {
         auto it = a.api_keys.find(key_id);
         return it != a.api_keys.end() && !it->second.is_active;

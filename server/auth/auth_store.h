@@ -117,6 +117,9 @@ struct AuthConfig {
   // Called when the cluster's committed rate limit changes (and once at
   // Load with the committed value).
   std::function<void(int64_t requests_per_minute, int64_t burst)> on_rate_limit;
+  // This node's id, named in the audit entries of the commands it proposes
+  // (control::Actor::node); unset: none named.
+  std::function<std::string()> node_id;
 };
 
 struct User {
@@ -197,8 +200,12 @@ class AuthStore {
   // than 8 or with a control character; AlreadyExists when the email or
   // username is taken, compared after Unicode NFKC_Casefold (case in any
   // script, fullwidth forms), across the cluster. Slow: hashes the password.
+  // actor: who asks (an anonymous sign-up, or an administrator), for the
+  // audit log; as every mutation below, its node is filled with this node's
+  // when empty (ActorOf).
   [[nodiscard]] absl::StatusOr<User> SignUp(absl::string_view email, absl::string_view username,
-                                            absl::string_view password);
+                                            absl::string_view password,
+                                            control::Actor actor = {});
 
   // Unauthenticated("invalid email or password") for an unknown email and a
   // wrong password alike, after the same amount of hashing. Slow.
@@ -216,17 +223,20 @@ class AuthStore {
   // 0..3650 (0: never expires); ResourceExhausted past 100 active keys.
   [[nodiscard]] absl::StatusOr<CreatedApiKey> CreateApiKey(uint64_t user_id, absl::string_view name,
                                                            const std::vector<std::string>& scopes,
-                                                           int64_t expires_in_days);
+                                                           int64_t expires_in_days,
+                                                           control::Actor actor = {});
 
   // user_id's keys, revoked ones included, oldest first.
   std::vector<ApiKeyInfo> ListApiKeys(uint64_t user_id);
 
   // NotFound unless key_id is one of user_id's keys. Revoking a revoked key is OK.
-  [[nodiscard]] absl::Status RevokeApiKey(uint64_t user_id, uint64_t key_id);
+  [[nodiscard]] absl::Status RevokeApiKey(uint64_t user_id, uint64_t key_id,
+                                          control::Actor actor = {});
 
   // Disables (or enables again) a user: a disabled user's tokens and keys
   // are refused on every node. NotFound for an unknown user.
-  [[nodiscard]] absl::Status SetUserActive(uint64_t user_id, bool active);
+  [[nodiscard]] absl::Status SetUserActive(uint64_t user_id, bool active,
+                                           control::Actor actor = {});
 
   // The hot path of every data request: no engine access, no round trip and
   // no allocation. Unauthenticated("invalid API key"), ("API key revoked"),
@@ -259,7 +269,7 @@ class AuthStore {
   absl::StatusOr<User> GetUser(uint64_t user_id) const;
   // Revokes every active API key of user_id (an administrator's reset);
   // how many. NotFound for an unknown user.
-  absl::StatusOr<size_t> RevokeAllApiKeys(uint64_t user_id);
+  absl::StatusOr<size_t> RevokeAllApiKeys(uint64_t user_id, control::Actor actor = {});
 
   // The control plane's administrators, groups and ACLs (acl_state.h), for
   // proposals to wait on; before Load, like UseControlPlane.
@@ -272,6 +282,9 @@ class AuthStore {
   // Unavailable.
   absl::StatusOr<uint64_t> ProposeAccess(
       std::string command, const std::function<bool(const control::Access&, uint64_t)>& done);
+  // actor with this node as its node when it names none; Actor::Node() for
+  // an actor of kind unknown (what the store proposes on its own).
+  control::Actor ActorOf(control::Actor actor) const;
   // The current time, as the store's clock gives it.
   int64_t Now() const { return NowMs(); }
 

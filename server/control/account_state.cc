@@ -17,6 +17,19 @@ namespace {
 
 using protocol::View;
 
+template <typename T>
+std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
+                       flatbuffers::Offset<T> body, const Actor& actor = {}) {
+  CommandOptions options;
+  options.actor = actor;
+  return FinishCommand(builder, type, body.Union(), options);
+}
+
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
+                                                            absl::string_view bytes) {
+  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
 absl::Status CheckText(absl::string_view what, absl::string_view text, size_t min, size_t max) {
   if (text.size() < min || text.size() > max) {
     return absl::InvalidArgumentError(
@@ -207,24 +220,24 @@ const AccountApiKey* Accounts::FindApiKeyByHash(absl::string_view hash) const {
 
 // ---- Encoders -------------------------------------------------------------------
 
-std::string EncodeSetAuthMode(bool on) {
+std::string EncodeSetAuthMode(bool on, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::SetAuthMode, fb::CreateSetAuthMode(b, on));
+  return EncodeBody(b, fb::CommandBody::SetAuthMode, fb::CreateSetAuthMode(b, on), actor);
 }
 
-std::string EncodeSetJwtSecret(absl::string_view secret, bool replace) {
+std::string EncodeSetJwtSecret(absl::string_view secret, bool replace, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128 + secret.size());
   auto bytes = ByteVector(b, secret);
-  return EncodeBody(b, fb::CommandBody::SetJwtSecret, fb::CreateSetJwtSecret(b, bytes, replace));
+  return EncodeBody(b, fb::CommandBody::SetJwtSecret, fb::CreateSetJwtSecret(b, bytes, replace), actor);
 }
 
-std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset) {
+std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
   return EncodeBody(b, fb::CommandBody::SetRateLimit,
-                    fb::CreateSetRateLimit(b, requests_per_minute, burst, only_if_unset));
+                    fb::CreateSetRateLimit(b, requests_per_minute, burst, only_if_unset), actor);
 }
 
-std::string EncodeSignUp(const AccountUser& user) {
+std::string EncodeSignUp(const AccountUser& user, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(512);
   auto email = b.CreateString(user.email);
   auto username = b.CreateString(user.username);
@@ -233,27 +246,27 @@ std::string EncodeSignUp(const AccountUser& user) {
   auto hash = b.CreateString(user.password_hash);
   return EncodeBody(b, fb::CommandBody::SignUp,
                     fb::CreateSignUp(b, email, username, email_key, username_key, hash,
-                                     user.created_at_ms));
+                                     user.created_at_ms), actor);
 }
 
-std::string EncodeCreateApiKey(const AccountApiKey& key) {
+std::string EncodeCreateApiKey(const AccountApiKey& key, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(256);
   auto name = b.CreateString(key.name);
   auto prefix = b.CreateString(key.key_prefix);
   auto hash = ByteVector(b, key.key_hash);
   return EncodeBody(b, fb::CommandBody::IssueApiKey,
                     fb::CreateIssueApiKey(b, key.user_id, name, prefix, hash, key.scopes,
-                                           key.created_at_ms, key.expires_at_ms));
+                                           key.created_at_ms, key.expires_at_ms), actor);
 }
 
-std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id) {
+std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::RevokeApiKey, fb::CreateRevokeApiKey(b, user_id, key_id));
+  return EncodeBody(b, fb::CommandBody::RevokeApiKey, fb::CreateRevokeApiKey(b, user_id, key_id), actor);
 }
 
-std::string EncodeSetUserActive(uint64_t user_id, bool active) {
+std::string EncodeSetUserActive(uint64_t user_id, bool active, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::SetUserActive, fb::CreateSetUserActive(b, user_id, active));
+  return EncodeBody(b, fb::CommandBody::SetUserActive, fb::CreateSetUserActive(b, user_id, active), actor);
 }
 
 std::string EncodeRevokeToken(absl::string_view jti, uint64_t user_id, int64_t expires_at_s,
@@ -277,7 +290,7 @@ std::string EncodeImportAccounts(absl::string_view source, const std::vector<Acc
                                  const std::vector<AccountApiKey>& keys,
                                  const std::vector<std::pair<std::string, RevokedTokenEntry>>& revoked,
                                  absl::string_view jwt_secret, uint64_t next_user_id,
-                                 uint64_t next_api_key_id, bool last) {
+                                 uint64_t next_api_key_id, bool last, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(1024 + 320 * users.size() + 160 * keys.size() +
                                    64 * revoked.size());
   auto source_offset = b.CreateString(source.data(), source.size());
@@ -293,7 +306,7 @@ std::string EncodeImportAccounts(absl::string_view source, const std::vector<Acc
   auto secret = ByteVector(b, jwt_secret);
   return EncodeBody(b, fb::CommandBody::ImportAccounts,
                     fb::CreateImportAccounts(b, source_offset, u, k, r, secret, next_user_id,
-                                             next_api_key_id, last));
+                                             next_api_key_id, last), actor);
 }
 
 // ---- AccountState -----------------------------------------------------------------

@@ -35,6 +35,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/control/command_options.h"
 
 namespace flatbuffers {
 template <typename T>
@@ -165,13 +166,16 @@ struct Accounts {
 };
 
 // The encoders of the account commands (the bytes to hand to Raft).
-std::string EncodeSetAuthMode(bool on);
-std::string EncodeSetJwtSecret(absl::string_view secret, bool replace);
-std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset);
-std::string EncodeSignUp(const AccountUser& user);  // id and is_active ignored
-std::string EncodeCreateApiKey(const AccountApiKey& key);  // id, is_active, last use ignored
-std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id);
-std::string EncodeSetUserActive(uint64_t user_id, bool active);
+std::string EncodeSetAuthMode(bool on, const Actor& actor = {});
+std::string EncodeSetJwtSecret(absl::string_view secret, bool replace, const Actor& actor = {});
+std::string EncodeSetRateLimit(int64_t requests_per_minute, int64_t burst, bool only_if_unset,
+                               const Actor& actor = {});
+std::string EncodeSignUp(const AccountUser& user,
+                         const Actor& actor = {});  // id and is_active ignored
+std::string EncodeCreateApiKey(const AccountApiKey& key,
+                               const Actor& actor = {});  // id, is_active, last use ignored
+std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& actor = {});
+std::string EncodeSetUserActive(uint64_t user_id, bool active, const Actor& actor = {});
 std::string EncodeRevokeToken(absl::string_view jti, uint64_t user_id, int64_t expires_at_s,
                               int64_t now_s);
 std::string EncodeTouchApiKeys(const std::vector<std::pair<uint64_t, int64_t>>& uses);
@@ -181,7 +185,8 @@ std::string EncodeImportAccounts(absl::string_view source, const std::vector<Acc
                                  const std::vector<AccountApiKey>& keys,
                                  const std::vector<std::pair<std::string, RevokedTokenEntry>>& revoked,
                                  absl::string_view jwt_secret, uint64_t next_user_id,
-                                 uint64_t next_api_key_id, bool last);
+                                 uint64_t next_api_key_id, bool last,
+                                 const Actor& actor = {});
 
 class AccountState {
  public:

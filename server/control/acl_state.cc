@@ -20,6 +20,14 @@ namespace {
 
 using protocol::View;
 
+template <typename T>
+std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
+                       flatbuffers::Offset<T> body, const Actor& actor = {}) {
+  CommandOptions options;
+  options.actor = actor;
+  return FinishCommand(builder, type, body.Union(), options);
+}
+
 // Group names appear in URLs, logs and JSON: letters, digits, '.', '_', '-'.
 absl::Status CheckGroupName(absl::string_view name) {
   if (name.empty() || name.size() > kMaxGroupNameBytes) {
@@ -139,46 +147,46 @@ uint32_t Access::Allowed(uint64_t user_id, absl::string_view key) const {
   return ClassBits(entry->mode, kOthersShift);
 }
 
-std::string EncodeSetAdmin(uint64_t user_id, bool admin) {
+std::string EncodeSetAdmin(uint64_t user_id, bool admin, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::SetAdmin, fb::CreateSetAdmin(b, user_id, admin));
+  return EncodeBody(b, fb::CommandBody::SetAdmin, fb::CreateSetAdmin(b, user_id, admin), actor);
 }
 
-std::string EncodeCreateGroup(absl::string_view name, int64_t created_at_ms) {
+std::string EncodeCreateGroup(absl::string_view name, int64_t created_at_ms, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128);
   auto n = b.CreateString(name.data(), name.size());
-  return EncodeBody(b, fb::CommandBody::NewGroup, fb::CreateNewGroup(b, n, created_at_ms));
+  return EncodeBody(b, fb::CommandBody::NewGroup, fb::CreateNewGroup(b, n, created_at_ms), actor);
 }
 
-std::string EncodeRenameGroup(uint64_t group_id, absl::string_view name) {
+std::string EncodeRenameGroup(uint64_t group_id, absl::string_view name, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128);
   auto n = b.CreateString(name.data(), name.size());
-  return EncodeBody(b, fb::CommandBody::RenameGroup, fb::CreateRenameGroup(b, group_id, n));
+  return EncodeBody(b, fb::CommandBody::RenameGroup, fb::CreateRenameGroup(b, group_id, n), actor);
 }
 
-std::string EncodeDeleteGroup(uint64_t group_id) {
+std::string EncodeDeleteGroup(uint64_t group_id, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::DeleteGroup, fb::CreateDeleteGroup(b, group_id));
+  return EncodeBody(b, fb::CommandBody::DeleteGroup, fb::CreateDeleteGroup(b, group_id), actor);
 }
 
-std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool member) {
+std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool member, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
   return EncodeBody(b, fb::CommandBody::SetGroupMember,
-                    fb::CreateSetGroupMember(b, group_id, user_id, member));
+                    fb::CreateSetGroupMember(b, group_id, user_id, member), actor);
 }
 
-std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry) {
+std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128 + prefix.size());
   auto p = b.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
   return EncodeBody(b, fb::CommandBody::SetAcl,
                     fb::CreateSetAcl(b, p, entry.owner, entry.group_id,
-                                     static_cast<uint16_t>(entry.mode), entry.audit, false));
+                                     static_cast<uint16_t>(entry.mode), entry.audit, false), actor);
 }
 
-std::string EncodeRemoveAcl(absl::string_view prefix) {
+std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128 + prefix.size());
   auto p = b.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
-  return EncodeBody(b, fb::CommandBody::SetAcl, fb::CreateSetAcl(b, p, 0, 0, 0, false, true));
+  return EncodeBody(b, fb::CommandBody::SetAcl, fb::CreateSetAcl(b, p, 0, 0, 0, false, true), actor);
 }
 
 Access AclState::Current() const {

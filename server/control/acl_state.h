@@ -38,6 +38,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/control/command_options.h"
 
 namespace flatbuffers {
 template <typename T>
@@ -137,14 +138,16 @@ std::string ModeString(uint32_t mode);
 absl::StatusOr<uint32_t> ParseMode(absl::string_view text);
 
 // The encoders of the access commands (the bytes to hand to Raft).
-std::string EncodeSetAdmin(uint64_t user_id, bool admin);
-std::string EncodeCreateGroup(absl::string_view name, int64_t created_at_ms);
-std::string EncodeRenameGroup(uint64_t group_id, absl::string_view name);
-std::string EncodeDeleteGroup(uint64_t group_id);
-std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool member);
+std::string EncodeSetAdmin(uint64_t user_id, bool admin, const Actor& actor = {});
+std::string EncodeCreateGroup(absl::string_view name, int64_t created_at_ms,
+                              const Actor& actor = {});
+std::string EncodeRenameGroup(uint64_t group_id, absl::string_view name, const Actor& actor = {});
+std::string EncodeDeleteGroup(uint64_t group_id, const Actor& actor = {});
+std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool member,
+                                 const Actor& actor = {});
 // prefix: the whole engine prefix, namespace included.
-std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry);
-std::string EncodeRemoveAcl(absl::string_view prefix);
+std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor = {});
+std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor = {});
 
 class AclState {
  public:

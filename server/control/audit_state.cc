@@ -99,6 +99,30 @@ std::string Describe(const fb::Command& command) {
       }
       return out;
     }
+    case fb::CommandBody::SetAdmin: {
+      const fb::SetAdmin& c = *command.body_as_SetAdmin();
+      return absl::StrCat("user_id=", c.user_id(), " admin=", c.admin() ? "true" : "false");
+    }
+    case fb::CommandBody::NewGroup:
+      return absl::StrCat("name=", Q(command.body_as_NewGroup()->name()));
+    case fb::CommandBody::RenameGroup: {
+      const fb::RenameGroup& c = *command.body_as_RenameGroup();
+      return absl::StrCat("group_id=", c.group_id(), " name=", Q(c.name()));
+    }
+    case fb::CommandBody::DeleteGroup:
+      return absl::StrCat("group_id=", command.body_as_DeleteGroup()->group_id());
+    case fb::CommandBody::SetGroupMember: {
+      const fb::SetGroupMember& c = *command.body_as_SetGroupMember();
+      return absl::StrCat("group_id=", c.group_id(), " user_id=", c.user_id(),
+                          " member=", c.member() ? "true" : "false");
+    }
+    case fb::CommandBody::SetAcl: {
+      const fb::SetAcl& c = *command.body_as_SetAcl();
+      if (c.remove()) return absl::StrCat("prefix=", Q(View(c.prefix())), " remove=true");
+      return absl::StrCat("prefix=", Q(View(c.prefix())), " owner=", c.owner(),
+                          " group_id=", c.group_id(), " mode=", c.mode(),
+                          " audit=", c.audit() ? "true" : "false");
+    }
     default:
       return "";
   }
@@ -158,7 +182,7 @@ void AuditState::Append(audit::Entry entry, std::vector<audit::Entry>* sealed) {
 }
 
 void AuditState::RecordCommand(const fb::Command& command, absl::string_view bytes, int32_t code,
-                               uint64_t value) {
+                               uint64_t value, absl::string_view actor) {
   if (!IsAuditedCommand(static_cast<int>(command.body_type()))) return;
   const int64_t at_ms = command.at_ms();
   const std::string command_hash = audit::HashBytes(bytes);
@@ -173,7 +197,8 @@ void AuditState::RecordCommand(const fb::Command& command, absl::string_view byt
         audit::Entry entry;
         entry.at_ms = event->at_ms();
         entry.kind = Ascii(View(event->kind()));
-        entry.actor = Ascii(View(event->actor()));
+        const absl::string_view event_actor = View(event->actor());
+        entry.actor = event_actor.empty() ? std::string(actor) : Ascii(event_actor);
         entry.detail = Ascii(View(event->detail()));
         entry.code = code;
         entry.value = value;
@@ -184,6 +209,7 @@ void AuditState::RecordCommand(const fb::Command& command, absl::string_view byt
       audit::Entry entry;
       entry.at_ms = at_ms;
       entry.kind = fb::EnumNameCommandBody(command.body_type());
+      entry.actor = std::string(actor);
       entry.detail = Describe(command);
       entry.code = code;
       entry.value = value;

@@ -73,9 +73,10 @@ class AuditState {
   void SetListener(Listener listener) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The entries of one applied command (none for routine ones): called by
-  // ControlState::Apply with its result.
+  // ControlState::Apply with its result and who asked for it (the text of
+  // the command's actor; events of a RecordAudit that name none take it).
   void RecordCommand(const fb::Command& command, absl::string_view bytes, int32_t code,
-                     uint64_t value) ABSL_LOCKS_EXCLUDED(mu_);
+                     uint64_t value, absl::string_view actor = "") ABSL_LOCKS_EXCLUDED(mu_);
 
   AuditChainState Current() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t head_seq() const ABSL_LOCKS_EXCLUDED(mu_);

@@ -1,41 +1,21 @@
-// What the encoders of the state machine's parts share (account_state,
-// acl_state, kv_state): a command around its body, with the proposer's clock,
-// and byte vectors. Private to logkv_control (it needs the generated header).
+// The one place a command's envelope (control.fbs, table Command) is
+// written: its body, the proposer's clock, its conditions and its actor.
+// Private to logkv_control: it names the generated FlatBuffers types.
 #ifndef LOGKV_SERVER_CONTROL_COMMAND_ENCODING_H_
 #define LOGKV_SERVER_CONTROL_COMMAND_ENCODING_H_
 
-#include <cstdint>
 #include <string>
 
-#include "absl/strings/string_view.h"
-#include "absl/time/clock.h"
 #include "flatbuffers/flatbuffers.h"
+#include "server/control/command_options.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
 
-inline std::string FinishedBytes(const flatbuffers::FlatBufferBuilder& builder) {
-  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
-}
-
-// A Command holding body, finished in builder, as the bytes to hand to Raft.
-template <typename T>
-std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
-                       flatbuffers::Offset<T> body) {
-  fb::CommandBuilder command(builder);
-  command.add_body_type(type);
-  command.add_body(body.Union());
-  // The proposer's clock: the time of the command's audit entry (and of a
-  // consensus key's write), so that applying reads no clock.
-  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
-  builder.Finish(command.Finish(), fb::CommandIdentifier());
-  return FinishedBytes(builder);
-}
-
-inline flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(
-    flatbuffers::FlatBufferBuilder& builder, absl::string_view bytes) {
-  return builder.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-}
+// Finishes builder with a Command of body (built in builder) and returns
+// the bytes to hand to Raft.
+std::string FinishCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
+                          flatbuffers::Offset<void> body, const CommandOptions& options = {});
 
 }  // namespace logkv::server::control
 

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "flatbuffers/flatbuffers.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
@@ -189,17 +190,6 @@ absl::Status CheckAddressesFree(const ClusterConfig& config, const Member& membe
   return absl::OkStatus();
 }
 
-std::string EncodeCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
-                          flatbuffers::Offset<void> body, const CommandOptions& options) {
-  fb::CommandBuilder command(builder);
-  command.add_body_type(type);
-  command.add_body(body);
-  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
-  if (options.if_epoch.has_value()) command.add_if_epoch(*options.if_epoch);
-  if (options.requires_auth_on.has_value()) command.add_requires_auth_on(*options.requires_auth_on);
-  builder.Finish(command.Finish(), fb::CommandIdentifier());
-  return Finish(builder);
-}
 
 std::string EncodeNodeIdCommand(absl::string_view node_id, fb::CommandBody type,
                                 const CommandOptions& options) {
@@ -217,7 +207,7 @@ std::string EncodeNodeIdCommand(absl::string_view node_id, fb::CommandBody type,
       body = fb::CreateRemoveMember(builder, id).Union();
       break;
   }
-  return EncodeCommand(builder, type, body, options);
+  return FinishCommand(builder, type, body, options);
 }
 
 // The commands, on a state already locked. Each checks everything before it
@@ -420,13 +410,13 @@ size_t ClusterConfig::CountInState(MemberState state) const {
 std::string EncodeAddMember(const Member& member, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(256);
   auto body = BuildAddMember(builder, member);
-  return EncodeCommand(builder, fb::CommandBody::AddMember, body.Union(), options);
+  return FinishCommand(builder, fb::CommandBody::AddMember, body.Union(), options);
 }
 
 std::string EncodeReplaceMember(const Member& member, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(256);
   auto body = fb::CreateReplaceMember(builder, BuildAddMember(builder, member));
-  return EncodeCommand(builder, fb::CommandBody::ReplaceMember, body.Union(), options);
+  return FinishCommand(builder, fb::CommandBody::ReplaceMember, body.Union(), options);
 }
 
 std::string EncodeActivateMember(absl::string_view node_id, CommandOptions options) {
@@ -444,22 +434,22 @@ std::string EncodeRemoveMember(absl::string_view node_id, CommandOptions options
 std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(64);
   auto body = fb::CreateSetReplicas(builder, replicas);
-  return EncodeCommand(builder, fb::CommandBody::SetReplicas, body.Union(), options);
+  return FinishCommand(builder, fb::CommandBody::SetReplicas, body.Union(), options);
 }
 
 std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(64);
   auto body = fb::CreateSetVnodes(builder, vnodes_per_member);
-  return EncodeCommand(builder, fb::CommandBody::SetVnodes, body.Union(), options);
+  return FinishCommand(builder, fb::CommandBody::SetVnodes, body.Union(), options);
 }
 
 std::string EncodeBarrier() {
   flatbuffers::FlatBufferBuilder builder(64);
   fb::BarrierBuilder barrier(builder);
-  return EncodeCommand(builder, fb::CommandBody::Barrier, barrier.Finish().Union(), {});
+  return FinishCommand(builder, fb::CommandBody::Barrier, barrier.Finish().Union(), {});
 }
 
-std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events) {
+std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(128 + 96 * events.size());
   std::vector<flatbuffers::Offset<fb::AuditEvent>> offsets;
   offsets.reserve(events.size());
@@ -469,7 +459,57 @@ std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events) {
                                            builder.CreateString(event.detail)));
   }
   auto body = fb::CreateRecordAudit(builder, builder.CreateVector(offsets));
-  return EncodeCommand(builder, fb::CommandBody::RecordAudit, body.Union(), {});
+  return FinishCommand(builder, fb::CommandBody::RecordAudit, body.Union(), options);
+}
+
+namespace {
+
+// Who asked for a command, as its audit entry says it (DescribeActor). The
+// username is the account's as applied here, so every server writes the
+// same text; a kind this version does not know is recorded as unknown.
+std::string ActorText(const fb::Command& command, const AccountState& accounts) {
+  Actor actor;
+  const auto kind = static_cast<uint8_t>(command.actor_kind());
+  if (kind <= static_cast<uint8_t>(Actor::Kind::kAnonymous)) {
+    actor.kind = static_cast<Actor::Kind>(kind);
+  }
+  actor.user_id = command.actor_user_id();
+  if (command.actor_node() != nullptr) {
+    actor.node.assign(command.actor_node()->data(), command.actor_node()->size());
+  }
+  std::string username;
+  if (actor.kind == Actor::Kind::kUser) {
+    accounts.Read([&](const Accounts& a) {
+      if (const AccountUser* user = a.FindUser(actor.user_id); user != nullptr) {
+        username = user->username;
+      }
+      return 0;
+    });
+  }
+  return DescribeActor(actor, username);
+}
+
+}  // namespace
+
+std::string FinishCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
+                          flatbuffers::Offset<void> body, const CommandOptions& options) {
+  // Strings first: a table's fields are written after what they point to.
+  flatbuffers::Offset<flatbuffers::String> node;
+  if (!options.actor.node.empty()) node = builder.CreateString(options.actor.node);
+  fb::CommandBuilder command(builder);
+  command.add_body_type(type);
+  command.add_body(body);
+  // The proposer's clock: the time of the command's audit entry.
+  command.add_at_ms(absl::ToUnixMillis(absl::Now()));
+  if (options.if_epoch.has_value()) command.add_if_epoch(*options.if_epoch);
+  if (options.requires_auth_on.has_value()) command.add_requires_auth_on(*options.requires_auth_on);
+  if (options.actor.kind != Actor::Kind::kUnknown) {
+    command.add_actor_kind(static_cast<fb::ActorKind>(options.actor.kind));
+  }
+  if (options.actor.user_id != 0) command.add_actor_user_id(options.actor.user_id);
+  if (!node.IsNull()) command.add_actor_node(node);
+  builder.Finish(command.Finish(), fb::CommandIdentifier());
+  return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()), builder.GetSize());
 }
 
 absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
@@ -485,7 +525,7 @@ absl::StatusOr<uint64_t> ControlState::Apply(absl::string_view command) {
   const fb::Command* cmd = fb::GetCommand(bytes.data());
   absl::StatusOr<uint64_t> result = ApplyVerified(*cmd);
   // Every accepted change becomes an audit entry, in the committed order.
-  if (result.ok()) audit_.RecordCommand(*cmd, command, 0, *result);
+  if (result.ok()) audit_.RecordCommand(*cmd, command, 0, *result, ActorText(*cmd, accounts_));
   return result;
 }
 

@@ -43,6 +43,7 @@
 #include "server/control/acl_state.h"
 #include "server/control/audit_state.h"
 #include "server/control/kv_state.h"
+#include "server/control/command_options.h"
 
 namespace logkv::server::control {
 
@@ -97,14 +98,8 @@ struct ClusterConfig {
   size_t CountInState(MemberState state) const;
 };
 
-// Encoders of the commands (the bytes to hand to Raft). if_epoch: apply only
-// at exactly this epoch.
-struct CommandOptions {
-  std::optional<uint64_t> if_epoch;
-  // Apply only if the committed auth mode is unset or this (FailedPrecondition
-  // otherwise): a node joins only a cluster of its own mode.
-  std::optional<bool> requires_auth_on = std::nullopt;
-};
+// Encoders of the commands (the bytes to hand to Raft), with their
+// conditions and actor (command_options.h).
 std::string EncodeAddMember(const Member& member, CommandOptions options = {});  // id, addresses, role
 // The member of member.node_id (joining or active) gets member's raft id and
 // addresses; its state and ring position stay.
@@ -124,7 +119,9 @@ struct AuditEventRecord {
   std::string actor;
   std::string detail;
 };
-std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events);
+// An event's actor "" stands for the command's actor (options.actor).
+std::string EncodeRecordAudit(const std::vector<AuditEventRecord>& events,
+                              CommandOptions options = {});
 
 class ControlState {
  public:

@@ -22,61 +22,21 @@ namespace {
 using Json = nlohmann::json;
 using Deps = std::shared_ptr<const AccessRoutesDependencies>;
 
-HttpResponse JsonAnswer(int status, const Json& json) {
-  return HttpResponse::Json(status, auth::SerializeJson(json));
-}
-
-// Runs work on the pool (it waits for a commit) and sends what it returns.
-// work must own copies of everything it reads: the request is gone by then.
+// Runs work on the pool: it waits for a commit.
 void OnPool(const Deps& deps, Responder responder, std::function<HttpResponse()> work) {
-  auto shared = std::make_shared<Responder>(std::move(responder));
-  const bool queued = deps->pool->Submit([shared, work = std::move(work)]() {
-    HttpResponse response;
-    try {
-      response = work();
-    } catch (const std::exception& error) {
-      response = HttpResponse::Error(500, absl::StrCat("internal error: ", error.what()));
-    }
-    shared->Send(std::move(response));
-  });
-  if (!queued) {
-    HttpResponse busy = HttpResponse::Error(503, "too many requests in progress; retry shortly");
-    busy.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
-    shared->Send(std::move(busy));
-  }
+  RunOnPool(deps->pool, std::move(responder), std::move(work));
 }
 
-Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler) {
-  return [handler = std::move(handler)](HttpRequest& request, Responder responder) {
-    try {
-      handler(request, responder);
-    } catch (const std::exception& error) {
-      if (!responder.answered()) {
-        responder.Send(HttpResponse::Error(500, absl::StrCat("internal error: ", error.what())));
-      }
-    }
-  };
+// Who asks (the cluster secret or an administrator's key), for the audit log.
+control::Actor AdminActor(const Deps& deps, const HttpRequest& request) {
+  return RequestActor(deps->auth, request, deps->node_id ? deps->node_id() : "");
 }
 
 // ---- Reading requests --------------------------------------------------------------
 
+// A body: a JSON object; an empty one is {}.
 absl::StatusOr<Json> Body(const Deps& deps, const HttpRequest& request) {
-  if (request.body.size() > kMaxAccountBodyBytes) {
-    return absl::OutOfRangeError(
-        absl::StrCat("request body exceeds ", kMaxAccountBodyBytes, " bytes"));
-  }
-  if (request.body.empty()) return Json::object();
-  absl::StatusOr<Json> json = ParseJson(request.body, deps->max_json_depth);
-  if (!json.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("request body is ", json.status().message()));
-  }
-  if (!json->is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
-  return json;
-}
-
-HttpResponse BodyError(const absl::Status& status) {
-  if (absl::IsOutOfRange(status)) return HttpResponse::Error(413, status.message());
-  return StatusResponse(status);
+  return ReadJsonObject(request, deps->max_json_depth, /*empty_is_object=*/true);
 }
 
 // A positive id from a path capture or a JSON value.
@@ -224,9 +184,10 @@ HttpResponse UserAnswer(const Deps& deps, uint64_t user_id, int status, Json ext
   return JsonAnswer(status, json);
 }
 
-absl::Status SetAdmin(const Deps& deps, uint64_t user_id, bool admin) {
+absl::Status SetAdmin(const Deps& deps, uint64_t user_id, bool admin,
+                      const control::Actor& actor) {
   return deps->store
-      ->ProposeAccess(control::EncodeSetAdmin(user_id, admin),
+      ->ProposeAccess(control::EncodeSetAdmin(user_id, admin, actor),
                       [user_id, admin](const control::Access& a, uint64_t) {
                         return a.IsAdmin(user_id) == admin;
                       })
@@ -253,11 +214,12 @@ void CreateUser(const Deps& deps, HttpRequest& request, Responder& responder) {
   if (!admin.ok()) return responder.Send(StatusResponse(admin.status()));
   OnPool(deps, std::move(responder),
          [deps, email = fields[0], username = fields[1], password = fields[2],
-          admin = admin->value_or(false)]() {
-           absl::StatusOr<auth::User> user = deps->store->SignUp(email, username, password);
+          admin = admin->value_or(false), actor = AdminActor(deps, request)]() {
+           absl::StatusOr<auth::User> user =
+               deps->store->SignUp(email, username, password, actor);
            if (!user.ok()) return StatusResponse(user.status());
            if (admin) {
-             if (absl::Status status = SetAdmin(deps, user->id, true); !status.ok()) {
+             if (absl::Status status = SetAdmin(deps, user->id, true, actor); !status.ok()) {
                return StatusResponse(status);
              }
            }
@@ -305,23 +267,24 @@ void ChangeUser(const Deps& deps, HttpRequest& request, Responder& responder, bo
         409, "the first account is the cluster's administrator: it cannot be deactivated "
              "or made an ordinary user"));
   }
-  OnPool(deps, std::move(responder), [deps, id = *id, active, admin, reset]() {
+  const control::Actor actor = AdminActor(deps, request);
+  OnPool(deps, std::move(responder), [deps, id = *id, active, admin, reset, actor]() {
     if (absl::StatusOr<auth::User> user = deps->store->GetUser(id); !user.ok()) {
       return StatusResponse(user.status());
     }
     if (active) {
-      if (absl::Status status = deps->store->SetUserActive(id, *active); !status.ok()) {
+      if (absl::Status status = deps->store->SetUserActive(id, *active, actor); !status.ok()) {
         return StatusResponse(status);
       }
     }
     if (admin) {
-      if (absl::Status status = SetAdmin(deps, id, *admin); !status.ok()) {
+      if (absl::Status status = SetAdmin(deps, id, *admin, actor); !status.ok()) {
         return StatusResponse(status);
       }
     }
     size_t revoked = 0;
     if (reset && *reset) {
-      absl::StatusOr<size_t> count = deps->store->RevokeAllApiKeys(id);
+      absl::StatusOr<size_t> count = deps->store->RevokeAllApiKeys(id, actor);
       if (!count.ok()) return StatusResponse(count.status());
       revoked = *count;
     }
@@ -341,9 +304,10 @@ HttpResponse GroupAnswer(const Deps& deps, uint64_t group_id, int status) {
   });
 }
 
-absl::Status SetMember(const Deps& deps, uint64_t group_id, uint64_t user_id, bool member) {
+absl::Status SetMember(const Deps& deps, uint64_t group_id, uint64_t user_id, bool member,
+                       const control::Actor& actor) {
   return deps->store
-      ->ProposeAccess(control::EncodeSetGroupMember(group_id, user_id, member),
+      ->ProposeAccess(control::EncodeSetGroupMember(group_id, user_id, member, actor),
                       [group_id, user_id, member](const control::Access& a, uint64_t) {
                         return !a.groups.contains(group_id) ||
                                a.InGroup(user_id, group_id) == member;
@@ -353,12 +317,16 @@ absl::Status SetMember(const Deps& deps, uint64_t group_id, uint64_t user_id, bo
 
 // Adds and removes members, in that order; the first refusal answers.
 absl::Status ChangeMembers(const Deps& deps, uint64_t group_id, const std::vector<uint64_t>& add,
-                           const std::vector<uint64_t>& remove) {
+                           const std::vector<uint64_t>& remove, const control::Actor& actor) {
   for (uint64_t user : add) {
-    if (absl::Status status = SetMember(deps, group_id, user, true); !status.ok()) return status;
+    if (absl::Status status = SetMember(deps, group_id, user, true, actor); !status.ok()) {
+      return status;
+    }
   }
   for (uint64_t user : remove) {
-    if (absl::Status status = SetMember(deps, group_id, user, false); !status.ok()) return status;
+    if (absl::Status status = SetMember(deps, group_id, user, false, actor); !status.ok()) {
+      return status;
+    }
   }
   return absl::OkStatus();
 }
@@ -393,12 +361,13 @@ void CreateGroup(const Deps& deps, HttpRequest& request, Responder& responder) {
   if (!name->has_value()) return responder.Send(HttpResponse::Error(400, "missing field \"name\""));
   absl::StatusOr<std::vector<uint64_t>> members = IdList(*body, "members");
   if (!members.ok()) return responder.Send(StatusResponse(members.status()));
-  OnPool(deps, std::move(responder), [deps, name = **name, members = *members]() {
+  const control::Actor actor = AdminActor(deps, request);
+  OnPool(deps, std::move(responder), [deps, name = **name, members = *members, actor]() {
     absl::StatusOr<uint64_t> id = deps->store->ProposeAccess(
-        control::EncodeCreateGroup(name, deps->store->Now()),
+        control::EncodeCreateGroup(name, deps->store->Now(), actor),
         [](const control::Access& a, uint64_t id) { return a.groups.contains(id); });
     if (!id.ok()) return StatusResponse(id.status());
-    if (absl::Status status = ChangeMembers(deps, *id, members, {}); !status.ok()) {
+    if (absl::Status status = ChangeMembers(deps, *id, members, {}, actor); !status.ok()) {
       return StatusResponse(status);
     }
     return GroupAnswer(deps, *id, 201);
@@ -430,16 +399,18 @@ void UpdateGroup(const Deps& deps, HttpRequest& request, Responder& responder) {
   absl::StatusOr<std::vector<uint64_t>> remove = IdList(*body, "remove");
   if (!remove.ok()) return responder.Send(StatusResponse(remove.status()));
   OnPool(deps, std::move(responder),
-         [deps, id = *id, name = *name, add = *add, remove = *remove]() {
+         [deps, id = *id, name = *name, add = *add, remove = *remove,
+          actor = AdminActor(deps, request)]() {
            if (name.has_value()) {
              absl::StatusOr<uint64_t> renamed = deps->store->ProposeAccess(
-                 control::EncodeRenameGroup(id, *name), [id, name](const control::Access& a, uint64_t) {
+                 control::EncodeRenameGroup(id, *name, actor),
+                 [id, name](const control::Access& a, uint64_t) {
                    auto it = a.groups.find(id);
                    return it == a.groups.end() || it->second.name == *name;
                  });
              if (!renamed.ok()) return StatusResponse(renamed.status());
            }
-           if (absl::Status status = ChangeMembers(deps, id, add, remove); !status.ok()) {
+           if (absl::Status status = ChangeMembers(deps, id, add, remove, actor); !status.ok()) {
              return StatusResponse(status);
            }
            return GroupAnswer(deps, id, 200);
@@ -452,9 +423,9 @@ void DeleteGroup(const Deps& deps, HttpRequest& request, Responder& responder) {
   }
   absl::StatusOr<uint64_t> id = IdOf(request.params[0], "a group id");
   if (!id.ok()) return responder.Send(StatusResponse(id.status()));
-  OnPool(deps, std::move(responder), [deps, id = *id]() {
+  OnPool(deps, std::move(responder), [deps, id = *id, actor = AdminActor(deps, request)]() {
     absl::StatusOr<uint64_t> deleted = deps->store->ProposeAccess(
-        control::EncodeDeleteGroup(id),
+        control::EncodeDeleteGroup(id, actor),
         [id](const control::Access& a, uint64_t) { return !a.groups.contains(id); });
     if (!deleted.ok()) return StatusResponse(deleted.status());
     return JsonAnswer(200, Json{{"id", id}, {"deleted", true}});
@@ -479,8 +450,9 @@ void ChangeMember(const Deps& deps, HttpRequest& request, Responder& responder, 
     user = IdOf(request.params[1], "a user id");
   }
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
-  OnPool(deps, std::move(responder), [deps, id = *id, user = *user, add]() {
-    if (absl::Status status = SetMember(deps, id, user, add); !status.ok()) {
+  const control::Actor actor = AdminActor(deps, request);
+  OnPool(deps, std::move(responder), [deps, id = *id, user = *user, add, actor]() {
+    if (absl::Status status = SetMember(deps, id, user, add, actor); !status.ok()) {
       return StatusResponse(status);
     }
     return GroupAnswer(deps, id, 200);
@@ -495,6 +467,7 @@ struct AclTarget {
   uint64_t namespace_user = 0;
   std::optional<std::string> prefix;
   std::string engine_prefix;  // with the namespace, when prefix is given
+  control::Actor actor;       // the caller, for the audit log
 };
 
 // The caller and target of an ACL route, or the refusal: 401 without a key,
@@ -506,6 +479,7 @@ std::optional<AclTarget> AclRequest(const Deps& deps, const HttpRequest& request
   if (!caller) return std::nullopt;
   AclTarget target;
   target.namespace_user = caller->user_id;
+  target.actor = control::Actor::User(caller->user_id, deps->node_id ? deps->node_id() : "");
   if (std::optional<std::string> ns = request.QueryParam("namespace"); ns.has_value()) {
     absl::StatusOr<uint64_t> id = IdOf(*ns, "?namespace= (a user id)");
     if (!id.ok()) {
@@ -639,7 +613,7 @@ void SetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   entry.audit = audit->value_or(false);
   OnPool(deps, std::move(responder), [deps, target = *target, entry]() {
     absl::StatusOr<uint64_t> set = deps->store->ProposeAccess(
-        control::EncodeSetAcl(target.engine_prefix, entry),
+        control::EncodeSetAcl(target.engine_prefix, entry, target.actor),
         [&target, &entry](const control::Access& a, uint64_t) {
           auto it = a.acls.find(target.engine_prefix);
           return it != a.acls.end() && it->second == entry;
@@ -659,7 +633,7 @@ void RemoveAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   if (!target) return responder.Send(std::move(refusal));
   OnPool(deps, std::move(responder), [deps, target = *target]() {
     absl::StatusOr<uint64_t> removed = deps->store->ProposeAccess(
-        control::EncodeRemoveAcl(target.engine_prefix),
+        control::EncodeRemoveAcl(target.engine_prefix, target.actor),
         [&target](const control::Access& a, uint64_t) {
           return !a.acls.contains(target.engine_prefix);
         });

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <string>
 
 #include "server/auth/auth_store.h"
 #include "server/auth/worker_pool.h"
@@ -34,6 +35,8 @@ struct AccessRoutesDependencies {
   // one); when not, fills the refusal (401 or 403).
   std::function<bool(const HttpRequest& request, HttpResponse* refusal)> authorize_admin;
   size_t max_json_depth = kDefaultMaxJsonDepth;
+  // The id of the node the routes run on, for the audit log; unset: none.
+  std::function<std::string()> node_id;
 };
 
 void AddAccessRoutes(Router* router, AccessRoutesDependencies deps);

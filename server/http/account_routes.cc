@@ -27,15 +27,6 @@ using Json = nlohmann::json;
 // Every reader answers InvalidArgument naming the field, never an exception:
 // nlohmann's throwing accessors are avoided, and the parse does not throw.
 
-absl::StatusOr<Json> ParseBody(absl::string_view body, size_t max_json_depth) {
-  absl::StatusOr<Json> json = ParseJson(body, max_json_depth);
-  if (!json.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("request body is ", json.status().message()));
-  }
-  if (!json->is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
-  return json;
-}
-
 absl::Status RequiredString(const Json& body, const char* name, std::string* out) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) {
@@ -83,65 +74,23 @@ absl::Status RequiredStringArray(const Json& body, const char* name,
   return absl::OkStatus();
 }
 
-// The body as a JSON object, or the answer to send instead.
-absl::StatusOr<Json> ReadBody(const HttpRequest& request, size_t max_json_depth) {
-  if (request.body.size() > kMaxAccountBodyBytes) {
-    return absl::OutOfRangeError(
-        absl::StrCat("request body exceeds ", kMaxAccountBodyBytes, " bytes"));
-  }
-  return ParseBody(request.body, max_json_depth);
-}
-
-HttpResponse BodyError(const absl::Status& status) {
-  if (absl::IsOutOfRange(status)) return HttpResponse::Error(413, status.message());
-  return StatusResponse(status);
-}
-
-HttpResponse JsonResponse(int status, const Json& json) {
-  return HttpResponse::Json(status, auth::SerializeJson(json));
-}
-
-// ---- Running handlers ----------------------------------------------------------
-
-HttpResponse InternalError(const std::exception& error) {
-  return HttpResponse::Error(500, absl::StrCat("internal error: ", error.what()));
-}
-
-// Runs work on the pool and sends what it returns. The request is gone by
-// then: work must own copies of everything it reads.
-void RunOnPool(auth::WorkerPool* pool, Responder responder, std::function<HttpResponse()> work) {
-  // A Responder is move-only and a pool task must be copyable.
-  auto shared = std::make_shared<Responder>(std::move(responder));
-  const bool queued = pool->Submit([shared, work = std::move(work)]() {
-    HttpResponse response;
-    try {
-      response = work();
-    } catch (const std::exception& error) {
-      response = InternalError(error);
-    }
-    shared->Send(std::move(response));
-  });
-  if (!queued) {
-    HttpResponse busy =
-        HttpResponse::Error(503, "too many account requests in progress; retry shortly");
-    busy.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
-    shared->Send(std::move(busy));
-  }
-}
-
-// A handler whose exceptions (bad_alloc, a nlohmann bug) become a 500 rather
-// than escaping into the loop.
-Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler) {
-  return [handler = std::move(handler)](HttpRequest& request, Responder responder) {
-    try {
-      handler(request, responder);
-    } catch (const std::exception& error) {
-      if (!responder.answered()) responder.Send(InternalError(error));
-    }
-  };
-}
-
 using Options = std::shared_ptr<const AccountRoutesOptions>;
+
+// An account request's body: a JSON object, never empty.
+absl::StatusOr<Json> Body(const HttpRequest& request, size_t max_json_depth) {
+  return ReadJsonObject(request, max_json_depth, /*empty_is_object=*/false);
+}
+
+// Runs work on the pool (route_support.h), naming the accounts when busy.
+void OnPool(auth::WorkerPool* pool, Responder responder, std::function<HttpResponse()> work) {
+  RunOnPool(pool, std::move(responder), std::move(work),
+            "too many account requests in progress; retry shortly");
+}
+
+// Who asks, for the audit log: a user of this node.
+control::Actor UserActor(const Options& options, uint64_t user_id) {
+  return control::Actor::User(user_id, options->node_id ? options->node_id() : "");
+}
 
 void NoteAuthFailure(const Options& options) {
   if (options->on_auth_failure) options->on_auth_failure();
@@ -161,9 +110,9 @@ absl::StatusOr<auth::User> Authenticate(auth::AuthStore* store, const Options& o
 
 // ---- Routes --------------------------------------------------------------------
 
-void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_depth,
+void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
             HttpRequest& request, Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request, max_json_depth);
+  absl::StatusOr<Json> body = Body(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string email, username, password;
   for (auto [name, out] : {std::pair{"email", &email}, std::pair{"username", &username},
@@ -172,18 +121,19 @@ void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, size_t max_json_dept
       return responder.Send(StatusResponse(status));
     }
   }
-  RunOnPool(pool, std::move(responder),
-            [store, email = std::move(email), username = std::move(username),
-             password = std::move(password)]() {
-              absl::StatusOr<auth::User> user = store->SignUp(email, username, password);
-              if (!user.ok()) return StatusResponse(user.status());
-              return JsonResponse(201, auth::UserJson(*user));
-            });
+  OnPool(pool, std::move(responder),
+         [store, email = std::move(email), username = std::move(username),
+          password = std::move(password),
+          actor = control::Actor::Anonymous(options->node_id ? options->node_id() : "")]() {
+           absl::StatusOr<auth::User> user = store->SignUp(email, username, password, actor);
+           if (!user.ok()) return StatusResponse(user.status());
+           return JsonAnswer(201, auth::UserJson(*user));
+         });
 }
 
 void Login(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
            HttpRequest& request, Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
+  absl::StatusOr<Json> body = Body(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string email, password;
   for (auto [name, out] : {std::pair{"email", &email}, std::pair{"password", &password}}) {
@@ -204,48 +154,48 @@ void Login(auth::AuthStore* store, auth::WorkerPool* pool, const Options& option
       return responder.Send(std::move(refused));
     }
   }
-  RunOnPool(pool, std::move(responder),
-            [store, options, email = std::move(email), password = std::move(password),
-             address = std::string(request.remote_address)]() {
-              absl::StatusOr<auth::Tokens> tokens = store->Login(email, password);
-              auth::LoginThrottle* throttle = options->login_throttle;
-              if (!tokens.ok()) {
-                if (absl::IsUnauthenticated(tokens.status())) {
-                  NoteAuthFailure(options);
-                  if (throttle != nullptr)
-                    throttle->RecordFailure(email, address, options->now_ms());
-                }
-                return StatusResponse(tokens.status());
-              }
-              if (throttle != nullptr) throttle->RecordSuccess(email);
-              return JsonResponse(200, auth::TokensJson(*tokens));
-            });
+  OnPool(pool, std::move(responder),
+         [store, options, email = std::move(email), password = std::move(password),
+          address = std::string(request.remote_address)]() {
+           absl::StatusOr<auth::Tokens> tokens = store->Login(email, password);
+           auth::LoginThrottle* throttle = options->login_throttle;
+           if (!tokens.ok()) {
+             if (absl::IsUnauthenticated(tokens.status())) {
+               NoteAuthFailure(options);
+               if (throttle != nullptr)
+                 throttle->RecordFailure(email, address, options->now_ms());
+             }
+             return StatusResponse(tokens.status());
+           }
+           if (throttle != nullptr) throttle->RecordSuccess(email);
+           return JsonAnswer(200, auth::TokensJson(*tokens));
+         });
 }
 
 void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
              HttpRequest& request, Responder& responder) {
-  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
+  absl::StatusOr<Json> body = Body(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string refresh_token;
   if (absl::Status status = RequiredString(*body, "refresh_token", &refresh_token); !status.ok()) {
     return responder.Send(StatusResponse(status));
   }
-  RunOnPool(pool, std::move(responder),
-            [store, options, refresh_token = std::move(refresh_token)]() {
-              absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
-              if (!tokens.ok()) {
-                if (absl::IsUnauthenticated(tokens.status())) NoteAuthFailure(options);
-                return StatusResponse(tokens.status());
-              }
-              return JsonResponse(200, auth::TokensJson(*tokens));
-            });
+  OnPool(pool, std::move(responder),
+         [store, options, refresh_token = std::move(refresh_token)]() {
+           absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
+           if (!tokens.ok()) {
+             if (absl::IsUnauthenticated(tokens.status())) NoteAuthFailure(options);
+             return StatusResponse(tokens.status());
+           }
+           return JsonAnswer(200, auth::TokensJson(*tokens));
+         });
 }
 
 void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
                   HttpRequest& request, Responder& responder) {
   absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
-  absl::StatusOr<Json> body = ReadBody(request, options->max_json_depth);
+  absl::StatusOr<Json> body = Body(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string name;
   std::vector<std::string> scopes;
@@ -254,14 +204,14 @@ void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options&
   if (status.ok()) status = RequiredStringArray(*body, "scopes", &scopes);
   if (status.ok()) status = OptionalInteger(*body, "expires_in_days", &expires_in_days);
   if (!status.ok()) return responder.Send(StatusResponse(status));
-  RunOnPool(pool, std::move(responder),
-            [store, user_id = user->id, name = std::move(name), scopes = std::move(scopes),
-             expires_in_days]() {
-              absl::StatusOr<auth::CreatedApiKey> created =
-                  store->CreateApiKey(user_id, name, scopes, expires_in_days);
-              if (!created.ok()) return StatusResponse(created.status());
-              return JsonResponse(201, auth::CreatedApiKeyJson(*created));
-            });
+  OnPool(pool, std::move(responder),
+         [store, user_id = user->id, name = std::move(name), scopes = std::move(scopes),
+          expires_in_days, actor = UserActor(options, user->id)]() {
+           absl::StatusOr<auth::CreatedApiKey> created =
+               store->CreateApiKey(user_id, name, scopes, expires_in_days, actor);
+           if (!created.ok()) return StatusResponse(created.status());
+           return JsonAnswer(201, auth::CreatedApiKeyJson(*created));
+         });
 }
 
 void ListApiKeys(auth::AuthStore* store, const Options& options, HttpRequest& request,
@@ -271,7 +221,7 @@ void ListApiKeys(auth::AuthStore* store, const Options& options, HttpRequest& re
   const std::vector<auth::ApiKeyInfo> keys = store->ListApiKeys(user->id);
   Json list = Json::array();
   for (const auth::ApiKeyInfo& key : keys) list.push_back(auth::ApiKeyJson(key));
-  responder.Send(JsonResponse(200, Json{{"api_keys", std::move(list)}, {"count", keys.size()}}));
+  responder.Send(JsonAnswer(200, Json{{"api_keys", std::move(list)}, {"count", keys.size()}}));
 }
 
 void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options& options,
@@ -282,25 +232,16 @@ void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options&
   if (request.params.size() != 1 || !absl::SimpleAtoi(request.params[0], &key_id) || key_id == 0) {
     return responder.Send(HttpResponse::Error(400, "API key id must be a positive integer"));
   }
-  RunOnPool(pool, std::move(responder), [store, user_id = user->id, key_id]() {
-    if (absl::Status status = store->RevokeApiKey(user_id, key_id); !status.ok()) {
-      return StatusResponse(status);
-    }
-    return JsonResponse(200, Json{{"success", true}, {"id", key_id}});
-  });
+  OnPool(pool, std::move(responder),
+         [store, user_id = user->id, key_id, actor = UserActor(options, user->id)]() {
+           if (absl::Status status = store->RevokeApiKey(user_id, key_id, actor); !status.ok()) {
+             return StatusResponse(status);
+           }
+           return JsonAnswer(200, Json{{"success", true}, {"id", key_id}});
+         });
 }
 
 }  // namespace
-
-HttpResponse StatusResponse(const absl::Status& status) {
-  const int http_status = http::HttpStatusOf(status);
-  HttpResponse response = HttpResponse::Error(http_status, status.message());
-  if (http_status == 401) response.headers.emplace_back("WWW-Authenticate", "Bearer");
-  if (http_status == 503) {
-    response.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
-  }
-  return response;
-}
 
 void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
                       AccountRoutesOptions account_options) {
@@ -311,7 +252,7 @@ void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* 
   // Routes that write the engine are refused under --read-only; login only reads.
   router->Add(Method::kPost, "/signup",
               Guarded([store, pool, options](HttpRequest& request, Responder& responder) {
-                SignUp(store, pool, options->max_json_depth, request, responder);
+                SignUp(store, pool, options, request, responder);
               }),
               /*is_write=*/true);
   router->Add(Method::kPost, "/login",

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "server/auth/auth_store.h"
@@ -19,14 +20,10 @@
 #include "server/auth/worker_pool.h"
 #include "server/http/http_message.h"
 #include "server/http/json_body.h"
+#include "server/http/route_support.h"
 #include "server/http/router.h"
 
 namespace logkv::server::http {
-
-// Account request bodies are a few small fields; anything bigger is refused with 413.
-inline constexpr size_t kMaxAccountBodyBytes = 64 << 10;
-// What a client is told to wait when the pool is full or the store unavailable.
-inline constexpr int kRetryAfterSeconds = 1;
 
 struct AccountRoutesOptions {
   // Failed logins per account and client address (429 with Retry-After
@@ -41,15 +38,13 @@ struct AccountRoutesOptions {
   std::function<int64_t()> now_ms;
   // Bodies nested deeper are refused with 400 (json_body.h).
   size_t max_json_depth = kDefaultMaxJsonDepth;
+  // The id of the node the routes run on, for the audit log; unset: none.
+  std::function<std::string()> node_id;
 };
 
 // store and pool must outlive router (the handlers keep the pointers).
 void AddAccountRoutes(Router* router, auth::AuthStore* store, auth::WorkerPool* pool,
                       AccountRoutesOptions options = {});
-
-// {"error": status.message()} with http::HttpStatusOf(status); 401s carry
-// WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().
-HttpResponse StatusResponse(const absl::Status& status);
 
 }  // namespace logkv::server::http
 

@@ -75,6 +75,7 @@ void BackupRoutes::Create(HttpRequest& request, Responder responder) {
     if (absl::IsUnavailable(status)) answer.headers.emplace_back("Retry-After", "5");
     return responder.Send(std::move(answer));
   }
+  if (deps_.on_requested) deps_.on_requested(request, *name);
   json body = {{"started", true}, {"name", *name}, {"status", "/api/backup/status"}};
   responder.Send(HttpResponse::Json(202, Dump(body)));
 }

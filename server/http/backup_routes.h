@@ -11,6 +11,7 @@
 #define LOGKV_SERVER_HTTP_BACKUP_ROUTES_H_
 
 #include <functional>
+#include <string>
 
 #include "server/backup/backup_manager.h"
 #include "server/http/http_message.h"
@@ -24,6 +25,9 @@ struct BackupRoutesDependencies {
   // refusal (401 without credentials, 403 with insufficient ones).
   // Required.
   std::function<bool(const HttpRequest& request, HttpResponse* refusal)> authorize_admin;
+  // Called once a backup (name) is started for request: the audit log
+  // records who asked. Optional.
+  std::function<void(const HttpRequest& request, const std::string& name)> on_requested;
 };
 
 class BackupRoutes {

@@ -3,6 +3,8 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <exception>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -10,9 +12,99 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "protocol/frame.h"
+#include "server/http/json_body.h"
+#include "server/http/status_http.h"
 #include "server/namespaces.h"
 
 namespace logkv::server::http {
+
+namespace {
+
+HttpResponse InternalError(const std::exception& error) {
+  return HttpResponse::Error(500, absl::StrCat("internal error: ", error.what()));
+}
+
+}  // namespace
+
+control::Actor RequestActor(const ApiKeyAuth& auth, const HttpRequest& request,
+                            absl::string_view node) {
+  if (std::optional<absl::string_view> secret = request.Header("x-cluster-secret");
+      secret.has_value() && !secret->empty()) {
+    return control::Actor::ClusterSecret(node);
+  }
+  if (auth.on()) {
+    if (absl::StatusOr<Session> session = AuthenticateKey(auth, request); session.ok()) {
+      return control::Actor::User(session->user_id, node);
+    }
+  }
+  control::Actor actor;
+  actor.node = std::string(node);
+  return actor;
+}
+
+Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler) {
+  return [handler = std::move(handler)](HttpRequest& request, Responder responder) {
+    try {
+      handler(request, responder);
+    } catch (const std::exception& error) {
+      if (!responder.answered()) responder.Send(InternalError(error));
+    }
+  };
+}
+
+void RunOnPool(auth::WorkerPool* pool, Responder responder, std::function<HttpResponse()> work,
+               absl::string_view busy) {
+  // A Responder is move-only and a pool task must be copyable.
+  auto shared = std::make_shared<Responder>(std::move(responder));
+  const bool queued = pool->Submit([shared, work = std::move(work)]() {
+    HttpResponse response;
+    try {
+      response = work();
+    } catch (const std::exception& error) {
+      response = InternalError(error);
+    }
+    shared->Send(std::move(response));
+  });
+  if (!queued) {
+    HttpResponse refused = HttpResponse::Error(503, busy);
+    refused.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
+    shared->Send(std::move(refused));
+  }
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonObject(const HttpRequest& request, size_t max_json_depth,
+                                              bool empty_is_object) {
+  if (request.body.size() > kMaxAccountBodyBytes) {
+    return absl::OutOfRangeError(
+        absl::StrCat("request body exceeds ", kMaxAccountBodyBytes, " bytes"));
+  }
+  if (request.body.empty() && empty_is_object) return nlohmann::json::object();
+  absl::StatusOr<nlohmann::json> json = ParseJson(request.body, max_json_depth);
+  if (!json.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("request body is ", json.status().message()));
+  }
+  if (!json->is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
+  return json;
+}
+
+HttpResponse BodyError(const absl::Status& status) {
+  if (absl::IsOutOfRange(status)) return HttpResponse::Error(413, status.message());
+  return StatusResponse(status);
+}
+
+HttpResponse JsonAnswer(int status, const nlohmann::json& json) {
+  return HttpResponse::Json(status, auth::SerializeJson(json));
+}
+
+HttpResponse StatusResponse(const absl::Status& status) {
+  const int http_status = HttpStatusOf(status);
+  HttpResponse response = HttpResponse::Error(http_status, status.message());
+  if (http_status == 401) response.headers.emplace_back("WWW-Authenticate", "Bearer");
+  if (http_status == 503) {
+    response.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
+  }
+  return response;
+}
 
 absl::StatusOr<RequestContext> Authorize(const ApiKeyAuth& auth, const HttpRequest& request,
                                          HttpResponse* refusal, bool namespaces) {

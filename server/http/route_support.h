@@ -1,14 +1,18 @@
 // What the data routes (data_routes.h) and the node routes
 // (cluster_routes.h) share: authorizing a caller by its X-API-Key, this
 // node's URL, and the encodings of their answers (JSON text, RFC 3339 times,
-// base64).
+// base64); and what the account and access routes (account_routes.h,
+// access_routes.h) share: handlers whose work runs on the worker pool, their
+// JSON bodies and answers.
 //
 // Thread-safety: every function may be called from any thread; NodeUrl is
 // internally synchronized.
 #ifndef LOGKV_SERVER_HTTP_ROUTE_SUPPORT_H_
 #define LOGKV_SERVER_HTTP_ROUTE_SUPPORT_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -19,7 +23,10 @@
 #include "nlohmann/json.hpp"
 #include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
+#include "server/auth/worker_pool.h"
+#include "server/control/command_options.h"
 #include "server/http/http_message.h"
+#include "server/http/router.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -46,6 +53,45 @@ absl::StatusOr<RequestContext> Authorize(const ApiKeyAuth& auth, const HttpReque
 // The session of the request's X-API-Key, without taking from its rate
 // (administrator checks); Unauthenticated for a missing or invalid key.
 absl::StatusOr<Session> AuthenticateKey(const ApiKeyAuth& auth, const HttpRequest& request);
+
+// Who a request speaks for, for the audit log (control::Actor): the
+// cluster secret when it carries a non-empty X-Cluster-Secret (one the
+// caller's authorization already checked), else the user of its X-API-Key
+// (kUnknown for neither); node is this node's id.
+control::Actor RequestActor(const ApiKeyAuth& auth, const HttpRequest& request,
+                            absl::string_view node);
+
+// ---- Routes that answer from the worker pool ---------------------------------
+
+// Account and access request bodies are a few small fields; anything bigger
+// is refused with 413.
+inline constexpr size_t kMaxAccountBodyBytes = 64 << 10;
+// What a client is told to wait when the pool is full or the store unavailable.
+inline constexpr int kRetryAfterSeconds = 1;
+
+// A handler whose exceptions (bad_alloc, a nlohmann bug) become a 500 rather
+// than escaping into the loop.
+Handler Guarded(std::function<void(HttpRequest&, Responder&)> handler);
+
+// Runs work on pool and sends what it returns (a 500 for an exception); a
+// 503 with Retry-After saying busy when the pool's queue is full. The
+// request is gone by then: work must own copies of everything it reads.
+void RunOnPool(auth::WorkerPool* pool, Responder responder, std::function<HttpResponse()> work,
+               absl::string_view busy = "too many requests in progress; retry shortly");
+
+// The request's body as a JSON object: OutOfRange past kMaxAccountBodyBytes,
+// InvalidArgument for anything but an object (an empty body is {} when
+// empty_is_object, else refused).
+absl::StatusOr<nlohmann::json> ReadJsonObject(const HttpRequest& request, size_t max_json_depth,
+                                              bool empty_is_object);
+// ReadJsonObject's refusal: 413 for OutOfRange, else StatusResponse.
+HttpResponse BodyError(const absl::Status& status);
+// json as the answer, with status.
+HttpResponse JsonAnswer(int status, const nlohmann::json& json);
+
+// {"error": status.message()} with http::HttpStatusOf(status); 401s carry
+// WWW-Authenticate: Bearer and 503s Retry-After. REQUIRES: !status.ok().
+HttpResponse StatusResponse(const absl::Status& status);
 
 // This node's "http://host:port": configured, then replaced once the server
 // has bound its first HTTP address (configured with port 0). Any thread.

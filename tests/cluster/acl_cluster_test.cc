@@ -12,6 +12,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -458,6 +459,51 @@ TEST_F(AclClusterTest, AnEntrysAuditFlagRecordsItsWrites) {
     if (!seen) absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_TRUE(seen) << "no data.put of ledger/entry in the audit log: " << entries;
+}
+
+// Each control change's audit entry names who asked and through which node
+// (docs/security.md, "Audit log"): a sign-up as anonymous, a user by id and
+// username, the cluster secret; read through a third node.
+TEST_F(AclClusterTest, AuditEntriesNameTheActorAndTheNode) {
+  ASSERT_EQ(Call(1, "POST", "/api/groups", As(admin_), R"({"name":"by-admin"})").status, 201);
+  ASSERT_EQ(Call(2, "POST", "/api/groups", {{"X-Cluster-Secret", "cluster-test-secret"}},
+                 R"({"name":"by-secret"})")
+                .status,
+            201);
+  SetAcl(0, owner_, "shared/", {{"mode", "cdwr---r---r"}});
+  auto quoted = [](const std::string& text) { return absl::StrCat("\"", text, "\""); };
+  const std::vector<std::pair<std::string, std::string>> wanted = {
+      // SetUp: "owner" signed up and made its key through node 1.
+      {"SignUp", absl::StrCat("by=anonymous node=", quoted(cluster_->node_id(1)))},
+      {"IssueApiKey", absl::StrCat("by=user user=", owner_.id, " username=\"owner\" node=",
+                                   quoted(cluster_->node_id(1)))},
+      {"NewGroup", absl::StrCat("by=user user=1 username=\"admin\" node=",
+                                quoted(cluster_->node_id(1)))},
+      {"NewGroup", absl::StrCat("by=cluster_secret node=", quoted(cluster_->node_id(2)))},
+      {"SetAcl", absl::StrCat("by=user user=", owner_.id, " username=\"owner\" node=",
+                              quoted(cluster_->node_id(0)))},
+      {"AddMember", absl::StrCat("by=node node=", quoted(cluster_->node_id(2)))},
+  };
+  std::vector<std::string> missing;
+  std::string seen;
+  const absl::Time deadline = absl::Now() + kPropagation;
+  do {
+    HttpAnswer audit = Call(0, "GET", "/api/audit?since=0&limit=1000", As(admin_));
+    ASSERT_EQ(audit.status, 200) << audit.body;
+    seen.clear();
+    for (const Json& entry : audit.Json().value("entries", Json::array())) {
+      absl::StrAppend(&seen, entry.value("kind", ""), " [", entry.value("actor", ""), "]\n");
+    }
+    missing.clear();
+    for (const auto& [kind, actor] : wanted) {
+      if (seen.find(absl::StrCat(kind, " [", actor, "]\n")) == std::string::npos) {
+        missing.push_back(absl::StrCat(kind, " [", actor, "]"));
+      }
+    }
+    if (!missing.empty()) absl::SleepFor(absl::Milliseconds(100));
+  } while (!missing.empty() && absl::Now() < deadline);
+  EXPECT_TRUE(missing.empty()) << "missing: " << absl::StrJoin(missing, ", ") << "\nlog:\n"
+                               << seen;
 }
 
 }  // namespace

@@ -227,6 +227,48 @@ TEST(AuditStateTest, AcceptedCommandsBecomeEntriesInOrderAlikeOnEveryServer) {
   EXPECT_TRUE(result.ok) << result.problem;
 }
 
+// Every entry of a control change names who asked and through which node,
+// as the command carried it; a user by id and by the username applied.
+TEST(AuditStateTest, EntriesNameTheActorAndTheNodeTheCommandCarried) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeAddMember(NewMember(1, "n1"),
+                                          CommandOptions::By(Actor::Node("n1"))))
+                  .ok());
+  ASSERT_TRUE(state.Apply(EncodeSetAuthMode(true, Actor::Node("n1"))).ok());
+  AccountUser user;
+  user.email = "a@example.com";
+  user.username = "Zo\xc3\xab";  // "Zoë": escaped in the entry
+  user.email_key = "a@example.com";
+  user.username_key = "zo\xc3\xab";
+  user.password_hash = "$argon2id$x";
+  ASSERT_TRUE(state.Apply(EncodeSignUp(user, Actor::Anonymous("n2"))).ok());
+  ASSERT_TRUE(state.Apply(EncodeCreateGroup("ops", 5, Actor::ClusterSecret("n2"))).ok());
+  ASSERT_TRUE(state.Apply(EncodeSetGroupMember(1, 1, true, Actor::User(1, "n3"))).ok());
+  ASSERT_TRUE(state.Apply(EncodeSetGroupMember(1, 1, false)).ok());  // no actor: an older node's
+  // An event without an actor of its own takes the command's.
+  ASSERT_TRUE(state.Apply(EncodeRecordAudit({{1, "backup.done", "", "name=\"b\""},
+                                             {2, "backup.requested", "by=user user=1", ""}},
+                                            CommandOptions::By(Actor::Node("n1"))))
+                  .ok());
+  std::vector<std::pair<std::string, std::string>> got;
+  for (const Entry& entry : state.audit().Current().window) got.emplace_back(entry.kind, entry.actor);
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, std::string>>{
+                     {"AddMember", "by=node node=\"n1\""},
+                     {"SetAuthMode", "by=node node=\"n1\""},
+                     {"SignUp", "by=anonymous node=\"n2\""},
+                     {"NewGroup", "by=cluster_secret node=\"n2\""},
+                     {"SetGroupMember", "by=user user=1 username=\"Zo\\xc3\\xab\" node=\"n3\""},
+                     {"SetGroupMember", ""},
+                     {"backup.done", "by=node node=\"n1\""},
+                     {"backup.requested", "by=user user=1"},
+                 }));
+  // The access commands say what they changed.
+  EXPECT_EQ(state.audit().Current().window[4].detail, "group_id=1 user_id=1 member=true");
+  std::vector<std::string> lines;
+  for (const Entry& entry : state.audit().Current().window) lines.push_back(audit::EntryToJson(entry));
+  EXPECT_TRUE(audit::VerifyLines(lines, std::nullopt, std::nullopt, state.audit().public_key()).ok);
+}
+
 TEST(AuditStateTest, EventTextIsKeptAsciiSoItsJsonRoundTrips) {
   ControlState state;
   ASSERT_TRUE(state.Apply(EncodeRecordAudit({{1, "data.put", "", std::string("k\xff\n\0", 4)}}))
