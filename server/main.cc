@@ -229,6 +229,10 @@ ABSL_FLAG(std::string, consensus_prefix, "",
           "on them goes through the control plane's Raft log, so compare-and-set (If-Match, "
           "if_version) on them is linearizable with --replicas > 1. Committed by a new "
           "cluster's first node; fixed for the cluster's life.");
+ABSL_FLAG(std::string, admins, "",
+          "Usernames (comma-separated) this node makes administrators, through the control "
+          "plane, once each exists (at start, or when it signs up); needs --auth=on. Only "
+          "grants: the administrators are the union over every node's flag.");
 ABSL_FLAG(bool, fault_injection, false,
           "Tests only: enables POST /internal/fault to drop traffic to chosen peers. Refused "
           "unless logkvd was built with -DLOGKV_FAULT_INJECTION=ON.");
@@ -261,7 +265,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "max_watches_per_connection", "max_watches_per_user"}},
       {"Accounts and access",
        {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst", "read_only",
-        "audit_retention", "audit_retention_hours", "audit_prefix"}},
+        "admins", "audit_retention", "audit_retention_hours", "audit_prefix"}},
       {"Cluster",
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
         "gossip_interval_ms", "dead_after_ms", "anti_entropy_interval_ms",
@@ -748,6 +752,10 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.slow_request_threshold = absl::GetFlag(FLAGS_slow_request_threshold);
   if (options.slow_request_threshold < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_request_threshold must not be negative");
+  }
+  for (absl::string_view name :
+       absl::StrSplit(absl::GetFlag(FLAGS_admins), ',', absl::SkipWhitespace())) {
+    options.admins.emplace_back(absl::StripAsciiWhitespace(name));
   }
   options.audit_retention = static_cast<size_t>(absl::GetFlag(FLAGS_audit_retention));
   options.audit_retention_age = absl::Hours(absl::GetFlag(FLAGS_audit_retention_hours));

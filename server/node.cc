@@ -8,6 +8,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -503,6 +504,9 @@ absl::Status NodeOptions::Validate() const {
           "--peer-tls-cert; docs/tls.md), bind a loopback address, or pass --insecure to "
           "accept that."));
     }
+  }
+  if (!admins.empty() && auth != AuthMode::kOn) {
+    return absl::InvalidArgumentError("--admins names accounts: it needs --auth=on");
   }
   if (absl::StatusOr<backup::BackupFormat> format = backup::ParseBackupFormat(backup_format);
       !format.ok()) {
@@ -2309,7 +2313,24 @@ absl::Status Node::StartFlusher() {
   every_5s.initial_delay = absl::Seconds(5);
   flusher_ = std::make_unique<PeriodicWorker>(
       "key-last-use", [this] { LogLastUseFailure(auth_store_->FlushLastUsed()); }, every_5s);
-  return flusher_->Start();
+  if (absl::Status status = flusher_->Start(); !status.ok()) return status;
+  if (options_.admins.empty()) return absl::OkStatus();
+  // --admins: each named user that exists is made an administrator once
+  // (this process); one not signed up yet, when it is (docs/security.md).
+  PeriodicWorkerOptions every_second;
+  every_second.interval = absl::Seconds(1);
+  admins_worker_ = std::make_unique<PeriodicWorker>(
+      "admins",
+      [this, granted = absl::flat_hash_set<uint64_t>(), failing = false]() mutable {
+        absl::Status status = auth_store_->GrantAdmins(options_.admins, &granted);
+        // Logged when it starts failing, not every second.
+        if (!status.ok() && !failing) {
+          Log(Level::kWarning, "--admins: %s (trying again)", status.message());
+        }
+        failing = !status.ok();
+      },
+      every_second);
+  return admins_worker_->Start();
 }
 
 void Node::RecordAuditEvent(std::string kind, std::string actor, std::string detail) {
@@ -2408,6 +2429,7 @@ absl::Status Node::Stop() {
     server_->Wait();
   }
   // Then the rest in the reverse order of the member list.
+  if (admins_worker_ != nullptr) admins_worker_->Stop();
   if (flusher_ != nullptr) flusher_->Stop();
   // Last-use times go to the control plane while it still runs.
   accounts_stopping_.store(true, std::memory_order_release);

@@ -158,6 +158,9 @@ struct NodeOptions {
   absl::Duration jwt_expiration = absl::Hours(1);  // --jwt_expiration
   int64_t rate_limit = 100;                    // --rate_limit per user a minute; 0 = off
   int64_t rate_limit_burst = 10;               // --rate_limit_burst
+  // --admins: usernames this node makes administrators through the control
+  // plane once they exist (docs/security.md, "Roles"); needs --auth=on.
+  std::vector<std::string> admins;
 
   // ---- Cluster.
   std::string node_id;         // --node_id; empty: the advertised address
@@ -406,6 +409,8 @@ class Node {
   std::vector<std::thread> background_threads_ ABSL_GUARDED_BY(background_mu_);
   // Writes API keys' last-use times in batches (auth on).
   std::unique_ptr<PeriodicWorker> flusher_;
+  // Grants --admins (every second, until every name is granted).
+  std::unique_ptr<PeriodicWorker> admins_worker_;
   // Re-adds this node to the control plane after a leave and a join.
   std::unique_ptr<PeriodicWorker> rejoin_worker_;
   // Audit events that are not commands (audited data writes), proposed to

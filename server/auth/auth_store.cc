@@ -815,6 +815,34 @@ Tokens AuthStore::IssueTokens(const User& user) const {
   return tokens;
 }
 
+absl::Status AuthStore::GrantAdmins(const std::vector<std::string>& usernames,
+                                    absl::flat_hash_set<uint64_t>* granted) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  const control::AclState* access = this->access();
+  if (access == nullptr) return absl::UnavailableError("no access state to grant in");
+  absl::Status first = absl::OkStatus();
+  for (const std::string& username : usernames) {
+    const std::string key = IdentityKey(username);
+    const uint64_t id = state()->Read([&key](const control::Accounts& a) -> uint64_t {
+      auto it = a.user_by_username_key.find(key);
+      return it == a.user_by_username_key.end() ? 0 : it->second;
+    });
+    if (id == 0 || granted->contains(id)) continue;
+    if (!access->IsAdmin(id)) {
+      absl::StatusOr<uint64_t> done = ProposeAccess(
+          control::EncodeSetAdmin(id, true, ActorOf({})),
+          [id](const control::Access& a, uint64_t) { return a.IsAdmin(id); });
+      if (!done.ok()) {
+        if (first.ok()) first = done.status();
+        continue;
+      }
+      LogLine(absl::StrCat("--admins: user ", id, " (", username, ") is an administrator"));
+    }
+    granted->insert(id);
+  }
+  return first;
+}
+
 control::Actor AuthStore::ActorOf(control::Actor actor) const {
   if (actor.kind == control::Actor::Kind::kUnknown) actor.kind = control::Actor::Kind::kNode;
   if (actor.node.empty() && config_.node_id) actor.node = config_.node_id();

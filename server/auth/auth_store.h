@@ -49,6 +49,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -282,6 +283,14 @@ class AuthStore {
   // Unavailable.
   absl::StatusOr<uint64_t> ProposeAccess(
       std::string command, const std::function<bool(const control::Access&, uint64_t)>& done);
+  // --admins (docs/security.md, "Roles"): makes each user named (by
+  // username, compared as sign-up compares them) an administrator, once per
+  // user id in *granted: a user not signed up yet is granted when it is, and
+  // an administrator's later revocation stands until *granted is new (the
+  // node restarts). Proposes nothing for a user already an administrator.
+  // The first failure is returned (the rest are tried again next time).
+  absl::Status GrantAdmins(const std::vector<std::string>& usernames,
+                           absl::flat_hash_set<uint64_t>* granted);
   // actor with this node as its node when it names none; Actor::Node() for
   // an actor of kind unknown (what the store proposes on its own).
   control::Actor ActorOf(control::Actor actor) const;

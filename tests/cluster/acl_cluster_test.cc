@@ -6,6 +6,7 @@
 //
 // Changes are made on one node and applied by the others within a
 // heartbeat: checks on other nodes poll (bounded), as a client would retry.
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@ class AclClusterTest : public ::testing::Test {
     options.nodes = kNodes;
     options.replicas = kNodes;
     options.extra_flags = {"--auth=on", "--rate-limit=0"};
+    Customize(&options);
     cluster_ = std::make_unique<ClusterProcess>(options);
     ASSERT_TRUE(cluster_->Start().ok()) << cluster_->Describe();
     admin_ = NewUser(0, "admin");
@@ -62,6 +64,9 @@ class AclClusterTest : public ::testing::Test {
       }
     }
   }
+
+  // Changes the cluster's options before it starts.
+  virtual void Customize(ClusterOptions*) {}
 
   HttpAnswer Call(int node, absl::string_view method, absl::string_view target,
                   HttpHeaders headers = {}, absl::string_view body = "") const {
@@ -504,6 +509,56 @@ TEST_F(AclClusterTest, AuditEntriesNameTheActorAndTheNode) {
   } while (!missing.empty() && absl::Now() < deadline);
   EXPECT_TRUE(missing.empty()) << "missing: " << absl::StrJoin(missing, ", ") << "\nlog:\n"
                                << seen;
+}
+
+// --admins (docs/security.md, "Roles"): nodes with different flags each
+// grant the users theirs names, through the control plane, so the
+// administrators are the union of the flags, on every node; a name not
+// signed up yet is granted when it signs up (through a node without the
+// flag), and compared as sign-up compares usernames.
+class AdminsFlagTest : public AclClusterTest {
+ protected:
+  void Customize(ClusterOptions* options) override {
+    options->node_flags = {{}, {"--admins=owner"}, {"--admins= MEMBER ,carol"}};
+  }
+};
+
+TEST_F(AdminsFlagTest, EveryNodesFlagGrantsThroughTheControlPlane) {
+  // "owner" by node 1's flag, "member" by node 2's; "other" by none.
+  for (int node = 0; node < kNodes; ++node) {
+    for (const User* user : {&owner_, &member_}) {
+      HttpAnswer users = CallUntil(200, node, "GET", "/api/users", As(*user));
+      EXPECT_EQ(users.status, 200) << "node " << node << " user " << user->id << ": " << users.body;
+    }
+    EXPECT_EQ(Call(node, "GET", "/api/users", As(other_)).status, 403) << "node " << node;
+  }
+  // Signed up after the nodes started, through a node without the flag.
+  const User carol = NewUser(0, "carol");
+  for (int node = 0; node < kNodes; ++node) {
+    HttpAnswer users = CallUntil(200, node, "GET", "/api/users", As(carol));
+    EXPECT_EQ(users.status, 200) << "node " << node << ": " << users.body;
+  }
+  // The grants are the nodes' own, in the audit log.
+  HttpAnswer audit = CallUntil(
+      [&](const HttpAnswer& a) {
+        return a.status == 200 && a.body.find(absl::StrCat("user_id=", carol.id, " admin=true")) !=
+                                      std::string::npos;
+      },
+      0, "GET", "/api/audit?since=0&limit=1000", As(admin_));
+  std::vector<std::string> grants;
+  for (const Json& entry : audit.Json().value("entries", Json::array())) {
+    if (entry.value("kind", "") != "SetAdmin") continue;
+    grants.push_back(absl::StrCat(entry.value("detail", ""), " ", entry.value("actor", "")));
+  }
+  auto by = [&](const User& user, int node) {
+    return absl::StrCat("user_id=", user.id, " admin=true by=node node=\"", cluster_->node_id(node),
+                        "\"");
+  };
+  // In whatever order the nodes' workers came to them.
+  std::vector<std::string> wanted = {by(owner_, 1), by(member_, 2), by(carol, 2)};
+  std::sort(grants.begin(), grants.end());
+  std::sort(wanted.begin(), wanted.end());
+  EXPECT_EQ(grants, wanted) << audit.body;
 }
 
 }  // namespace

@@ -258,6 +258,10 @@ std::vector<std::string> ClusterProcess::Flags(const Node& node,
     }
   }
   for (const std::string& flag : options_.extra_flags) flags.push_back(flag);
+  for (size_t i = 0; i < nodes_.size() && i < options_.node_flags.size(); ++i) {
+    if (nodes_[i].get() != &node) continue;
+    for (const std::string& flag : options_.node_flags[i]) flags.push_back(flag);
+  }
   return flags;
 }
 

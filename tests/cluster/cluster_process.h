@@ -67,6 +67,8 @@ struct ClusterOptions {
   int purge_ring_stable_ms = 1000;
   // Flags added to every node's command line (e.g. "--w=2").
   std::vector<std::string> extra_flags;
+  // Flags added to node i's command line only (node_flags[i]), after extra_flags.
+  std::vector<std::vector<std::string>> node_flags;
   absl::Duration start_timeout = absl::Seconds(20);
   // All traffic over mutual TLS: certificates of one CA made at start
   // (tools/make-certs.sh, naming 127.0.0.1 and every node id), TLS on the
