@@ -167,6 +167,13 @@ absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_p
 }
 
 
+absl::Status FilteredScanExhausted() {
+  return absl::PermissionDeniedError(absl::StrCat(
+      "the scan passed ", kMaxFilteredScanKeys,
+      " keys this user may not read without finding one it may: scan a prefix the access "
+      "control lists grant"));
+}
+
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,
                                             std::string* scratch) {
   if (IsReservedKey(key)) return ReservedKeyError();
@@ -508,15 +515,66 @@ Service::Outcome Service::HandleScan(const RequestContext& context, uint64_t id,
   b->Clear();
   std::vector<flatbuffers::Offset<p::ScanItem>> items;
   items.reserve(page->items.size());
-  for (const engine::ScanItem& item : page->items) {
-    if (filter && !Permits(context, item.key, kAccessRead)) continue;
+  auto add = [&](const engine::ScanItem& item) {
     auto key = Bytes(b, strip(item.key));
     auto value = options.keys_only ? 0 : Bytes(b, item.value);
     items.push_back(p::CreateScanItem(*b, key, value, item.meta.version, item.meta.timestamp,
                                       item.meta.expiry_unix_ms));
+  };
+  std::string next_cursor;  // engine key; "" at the end
+  if (!filter) {
+    for (const engine::ScanItem& item : page->items) add(item);
+    next_cursor = std::move(page->next_cursor);
+  } else {
+    // Keys checked one by one: on past the unreadable ones, in rounds, until
+    // the page is full (keys or bytes) or the keys end; the cursor is the
+    // last key returned (kMaxFilteredScanKeys).
+    const uint32_t limit = options.limit;
+    const uint64_t max_bytes = options.max_bytes;
+    uint64_t bytes = 0;
+    size_t scanned = 0;
+    std::string last_returned;
+    while (true) {
+      bool full = false;
+      for (const engine::ScanItem& item : page->items) {
+        ++scanned;
+        if (!Permits(context, item.key, kAccessRead)) continue;
+        const uint64_t size = item.key.size() + item.value.size();
+        if (items.size() == limit || (!items.empty() && bytes + size > max_bytes)) {
+          full = true;
+          break;
+        }
+        bytes += size;
+        add(item);
+        last_returned = item.key;
+      }
+      if (full || (!page->next_cursor.empty() && items.size() == limit)) {
+        next_cursor = std::move(last_returned);
+        break;
+      }
+      if (page->next_cursor.empty()) break;  // the end
+      if (scanned >= kMaxFilteredScanKeys) {
+        if (items.empty()) {
+          p::BuildStatusResponse(b, id, FilteredScanExhausted());
+          return Outcome::kAnswered;
+        }
+        next_cursor = std::move(last_returned);
+        break;
+      }
+      options.after_key = std::move(page->next_cursor);
+      options.limit = std::min(engine::kMaxScanLimit,
+                               std::max<uint32_t>(kFilteredScanRound,
+                                                  limit - static_cast<uint32_t>(items.size())));
+      options.max_bytes = max_bytes - bytes;
+      page = engine_->Scan(options);
+      if (!page.ok()) {
+        p::BuildStatusResponse(b, id, page.status());
+        return Outcome::kAnswered;
+      }
+    }
   }
   auto vector = b->CreateVector(items);
-  auto cursor = Bytes(b, strip(page->next_cursor));
+  auto cursor = Bytes(b, strip(next_cursor));
   auto result = p::CreateScanResult(*b, vector, cursor);
   p::FinishResponse(b, id, p::Result::ScanResult, result.Union());
   return Outcome::kAnswered;

@@ -233,6 +233,18 @@ bool Permits(const RequestContext& context, absl::string_view engine_key, uint32
 absl::Status AdmitRead(const RequestContext& context, absl::string_view engine_prefix,
                        bool* filter);
 
+// A scan or listing whose keys are checked one by one (AdmitRead's filter)
+// goes on past the keys the caller may not read within one request, so that
+// a page ends on a key it returns and its cursor never names a key the
+// caller may not read (docs/security.md). It passes at most this many keys
+// looking for readable ones; a page that found none by then is refused
+// (FilteredScanExhausted).
+inline constexpr size_t kMaxFilteredScanKeys = 10'000;
+// Each round of such a scan reads at least this many keys (more than the
+// page asks for: fewer round trips through unreadable runs).
+inline constexpr uint32_t kFilteredScanRound = 256;
+absl::Status FilteredScanExhausted();
+
 // The engine key of a client's key in context's namespace, built in *scratch
 // when a prefix applies. InvalidArgument for a key in the reserved namespace.
 absl::StatusOr<absl::string_view> EngineKey(const RequestContext& context, absl::string_view key,

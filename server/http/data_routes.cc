@@ -779,6 +779,86 @@ void PutBytes(json* object, const char* field, absl::string_view bytes) {
   }
 }
 
+// One GET /v1/kv listing. Unfiltered, it is one ListKeys page. When the
+// ACLs decide key by key (filter), it goes on past the keys the caller may
+// not read, page after page, until it holds limit keys or the keys end: its
+// cursor is then the last key it returns, never one the caller may not read
+// (kMaxFilteredScanKeys bounds the keys it passes).
+struct FilteredListing {
+  Service* service = nullptr;
+  cluster::ClusterNode* cluster = nullptr;
+  std::string engine_prefix;
+  uint32_t limit = 0;
+  bool filter = false;
+  RequestContext context;
+  std::shared_ptr<Responder> responder;
+  json keys = json::array();
+  std::string last_returned;  // engine key
+  size_t scanned = 0;
+  std::vector<std::string> unreachable;
+};
+
+void Answer(const FilteredListing& scan, const std::string& cursor) {
+  const size_t namespace_bytes = scan.context.key_prefix.size();
+  json answer = {{"keys", scan.keys},
+                 {"count", scan.keys.size()},
+                 {"next_cursor", cursor.empty() ? json(nullptr)
+                                                : json(EncodeBase64(absl::string_view(cursor).substr(
+                                                      std::min(namespace_bytes, cursor.size()))))}};
+  // Members that did not answer: their keys held nowhere else are missing.
+  if (!scan.unreachable.empty()) answer["unreachable"] = scan.unreachable;
+  scan.responder->Send(HttpResponse::Json(200, Dump(answer)));
+}
+
+void ListPageOf(std::shared_ptr<FilteredListing> scan, const std::string& after) {
+  const uint32_t want = scan->limit - static_cast<uint32_t>(scan->keys.size());
+  const uint32_t page_limit =
+      scan->filter ? std::min(kMaxScanLimit, std::max(kFilteredScanRound, want)) : want;
+  ListKeys(scan->service, scan->cluster, scan->engine_prefix, after, page_limit,
+           [scan](ListPage page) {
+             const size_t namespace_bytes = scan->context.key_prefix.size();
+             for (std::string& node : page.unreachable) {
+               if (std::find(scan->unreachable.begin(), scan->unreachable.end(), node) ==
+                   scan->unreachable.end()) {
+                 scan->unreachable.push_back(std::move(node));
+               }
+             }
+             bool full = false;
+             for (const ListedKey& item : page.keys) {
+               ++scan->scanned;
+               if (scan->filter && !Permits(scan->context, item.key, kAccessRead)) continue;
+               if (scan->keys.size() == scan->limit) {
+                 full = true;
+                 break;
+               }
+               json entry = {{"version", item.version},
+                             {"timestamp", Rfc3339(TimestampMs(item.timestamp))},
+                             {"size", item.size}};
+               PutBytes(&entry, "key",
+                        absl::string_view(item.key).substr(
+                            std::min(namespace_bytes, item.key.size())));
+               entry["expires_at"] = item.expiry_unix_ms > 0 ? json(Rfc3339(item.expiry_unix_ms))
+                                                              : json(nullptr);
+               scan->keys.push_back(std::move(entry));
+               scan->last_returned = item.key;
+             }
+             if (!scan->filter) {
+               return Answer(*scan, page.more ? page.keys.back().key : std::string());
+             }
+             if (full || (page.more && scan->keys.size() == scan->limit)) {
+               return Answer(*scan, scan->last_returned);
+             }
+             if (!page.more) return Answer(*scan, "");
+             if (scan->scanned >= kMaxFilteredScanKeys) {
+               if (scan->keys.empty()) {
+                 return scan->responder->Send(ErrorFromStatus(FilteredScanExhausted()));
+               }
+               return Answer(*scan, scan->last_returned);
+             }
+             ListPageOf(scan, page.keys.back().key);
+           });
+}
+
 // GET /v1/kv?prefix=&cursor=&limit=: a page of the caller's keys under
 // prefix, in key order, with next_cursor (null at the end) for the next page.
 // Every live member is asked (cluster_browse.h): the keys of the cluster.
@@ -819,32 +899,15 @@ void ServeScan(const DataRoutesDependencies& deps, HttpRequest& request, Respond
   if (absl::Status admitted = AdmitRead(*context, engine_prefix, &filter); !admitted.ok()) {
     return responder.Send(ErrorFromStatus(admitted));
   }
-  ListKeys(deps.service, deps.cluster, engine_prefix,
-           after.empty() ? std::string() : absl::StrCat(ns, after), limit,
-           [responder = std::make_shared<Responder>(std::move(responder)),
-            namespace_bytes = ns.size(), filter, context = *context](ListPage page) {
-             auto strip = [namespace_bytes](absl::string_view key) {
-               return key.substr(std::min(namespace_bytes, key.size()));
-             };
-             json keys = json::array();
-             for (const ListedKey& item : page.keys) {
-               if (filter && !Permits(context, item.key, kAccessRead)) continue;
-               json entry = {{"version", item.version},
-                             {"timestamp", Rfc3339(TimestampMs(item.timestamp))},
-                             {"size", item.size}};
-               PutBytes(&entry, "key", strip(item.key));
-               entry["expires_at"] = item.expiry_unix_ms > 0 ? json(Rfc3339(item.expiry_unix_ms))
-                                                              : json(nullptr);
-               keys.push_back(std::move(entry));
-             }
-             json answer = {{"keys", keys},
-                            {"count", keys.size()},
-                            {"next_cursor", page.more ? json(EncodeBase64(strip(page.keys.back().key)))
-                                                      : json(nullptr)}};
-             // Members that did not answer: their keys held nowhere else are missing.
-             if (!page.unreachable.empty()) answer["unreachable"] = page.unreachable;
-             responder->Send(HttpResponse::Json(200, Dump(answer)));
-           });
+  auto scan = std::make_shared<FilteredListing>();
+  scan->service = deps.service;
+  scan->cluster = deps.cluster;
+  scan->engine_prefix = engine_prefix;
+  scan->limit = limit;
+  scan->filter = filter;
+  scan->context = *context;
+  scan->responder = std::make_shared<Responder>(std::move(responder));
+  ListPageOf(std::move(scan), after.empty() ? std::string() : absl::StrCat(ns, after));
 }
 
 // An SSE event: its type and JSON data.

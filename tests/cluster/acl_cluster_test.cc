@@ -511,6 +511,86 @@ TEST_F(AclClusterTest, AuditEntriesNameTheActorAndTheNode) {
                                << seen;
 }
 
+// A scan through another user's namespace leaves out the keys the ACLs
+// keep from the caller, and pages so that every cursor is the last key the
+// page returned: never a key the caller may not read (docs/security.md),
+// over REST and the binary protocol, with pages of one key.
+TEST_F(AclClusterTest, ScanCursorsNeverNameAKeyTheCallerMayNotRead) {
+  SetAcl(0, owner_, "s/", {{"mode", "cdwr-------r"}});
+  const std::vector<std::string> hidden = {"a/hidden1", "a/hidden2", "t/hidden"};
+  const std::vector<std::string> shared = {"s/1", "s/2", "s/3"};
+  for (const std::vector<std::string>* keys : {&hidden, &shared}) {
+    for (const std::string& key : *keys) {
+      ASSERT_EQ(Call(0, "PUT", "/v1/kv/" + key, As(owner_), "v").status, 200) << key;
+    }
+  }
+  AwaitPermissions(1, other_, owner_.id, "s/", "---r");
+  for (int node = 0; node < kNodes; ++node) {
+    // REST: GET /v1/kv with cursors.
+    std::vector<std::string> listed;
+    std::string cursor;
+    for (int pages = 0; pages < 10; ++pages) {
+      std::string target = "/v1/kv?limit=1";
+      if (!cursor.empty()) absl::StrAppend(&target, "&cursor=", absl::Base64Escape(cursor));
+      HttpAnswer page = Call(node, "GET", target, As(other_, owner_.id));
+      ASSERT_EQ(page.status, 200) << page.body;
+      const Json json = page.Json();
+      std::string last;
+      for (const Json& key : json["keys"]) {
+        last = key.value("key", "");
+        listed.push_back(last);
+      }
+      if (json["next_cursor"].is_null()) break;
+      std::string decoded;
+      ASSERT_TRUE(absl::Base64Unescape(json["next_cursor"].get<std::string>(), &decoded));
+      EXPECT_EQ(decoded, last) << "node " << node << ": the cursor is not the last key returned";
+      cursor = decoded;
+    }
+    EXPECT_EQ(listed, shared) << "node " << node << " REST";
+
+    // Binary: Scan with after_key.
+    absl::StatusOr<RawConnection> c = RawConnection::Connect(cluster_->port(node));
+    ASSERT_TRUE(c.ok()) << c.status();
+    {
+      flatbuffers::FlatBufferBuilder b;
+      auto token = b.CreateString(other_.key);
+      auto name = b.CreateString("acl_cluster_test");
+      ASSERT_TRUE(c->SendBytes(Frame(b, 1, p::Operation::Hello,
+                                     p::CreateHello(b, p::kProtocolVersion, token, name).Union(),
+                                     0))
+                      .ok());
+      ASSERT_TRUE(c->ReadFrame().ok());
+    }
+    listed.clear();
+    cursor.clear();
+    for (uint64_t id = 2; id < 12; ++id) {
+      flatbuffers::FlatBufferBuilder b;
+      auto after = Bytes(b, cursor);
+      p::ScanBuilder scan(b);
+      scan.add_after_key(after);
+      scan.add_limit(1);
+      auto body = scan.Finish();
+      ASSERT_TRUE(c->SendBytes(Frame(b, id, p::Operation::Scan, body.Union(), owner_.id)).ok());
+      absl::StatusOr<std::string> answer = c->ReadFrame();
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      const p::Response* response = AsResponse(*answer);
+      ASSERT_NE(response, nullptr);
+      ASSERT_EQ(response->status(), p::StatusCode::Ok) << p::EnumNameStatusCode(response->status());
+      const p::ScanResult* result = response->result_as_ScanResult();
+      ASSERT_NE(result, nullptr);
+      std::string last;
+      for (const p::ScanItem* item : *result->items()) {
+        last = std::string(p::View(item->key()));
+        listed.push_back(last);
+      }
+      cursor = std::string(p::View(result->next_cursor()));
+      if (cursor.empty()) break;
+      EXPECT_EQ(cursor, last) << "node " << node << ": the cursor is not the last key returned";
+    }
+    EXPECT_EQ(listed, shared) << "node " << node << " binary";
+  }
+}
+
 // --admins (docs/security.md, "Roles"): nodes with different flags each
 // grant the users theirs names, through the control plane, so the
 // administrators are the union of the flags, on every node; a name not
