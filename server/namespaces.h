@@ -45,12 +45,19 @@ inline bool IsNodeLocalKey(absl::string_view key) {
          key.substr(0, kClusterPrefix.size()) == kClusterPrefix;
 }
 
+// Writes TenantPrefix(user_id) into *prefix, reusing its storage (the
+// hot path of a request addressing another user's namespace).
+inline void SetTenantPrefix(uint64_t user_id, std::string* prefix) {
+  prefix->assign(kTenantPrefix.data(), kTenantPrefix.size());
+  prefix->resize(kTenantPrefix.size() + sizeof(user_id));
+  char* id = prefix->data() + kTenantPrefix.size();
+  for (int i = 0; i < 8; ++i) id[i] = static_cast<char>((user_id >> (56 - 8 * i)) & 0xff);
+}
+
 // The prefix under which user_id's keys live.
 inline std::string TenantPrefix(uint64_t user_id) {
-  std::string prefix(kTenantPrefix);
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    prefix.push_back(static_cast<char>((user_id >> shift) & 0xff));
-  }
+  std::string prefix;
+  SetTenantPrefix(user_id, &prefix);
   return prefix;
 }
 

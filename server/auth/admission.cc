@@ -68,13 +68,13 @@ bool Admission::IsAdmin(uint64_t user_id) const {
 
 absl::Status Admission::Address(RequestContext* context, uint64_t namespace_user) {
   if (namespace_user == 0 || namespace_user == context->user_id) {
-    if (context->user_id != 0) context->key_prefix = TenantPrefix(context->user_id);
+    if (context->user_id != 0) SetTenantPrefix(context->user_id, &context->key_prefix);
     return absl::OkStatus();
   }
   if (context->access == nullptr) {
     return absl::InvalidArgumentError("another user's namespace needs accounts on (--auth=on)");
   }
-  context->key_prefix = TenantPrefix(namespace_user);
+  SetTenantPrefix(namespace_user, &context->key_prefix);
   return absl::OkStatus();
 }
 

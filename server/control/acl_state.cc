@@ -100,8 +100,7 @@ absl::StatusOr<uint32_t> ParseMode(absl::string_view text) {
 }
 
 bool Access::InGroup(uint64_t user_id, uint64_t group_id) const {
-  auto it = groups.find(group_id);
-  return it != groups.end() && it->second.members.contains(user_id);
+  return member_of.contains(std::make_pair(user_id, group_id));
 }
 
 const AclEntry* Access::Longest(absl::string_view key, absl::string_view* prefix) const {
@@ -289,6 +288,9 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::DeleteGroup& cmd) {
     return absl::NotFoundError(absl::StrCat("group ", cmd.group_id(), " not found"));
   }
   access_.memberships -= it->second.members.size();
+  for (uint64_t member : it->second.members) {
+    access_.member_of.erase(std::make_pair(member, it->first));
+  }
   access_.group_by_name.erase(it->second.name);
   access_.groups.erase(it);
   return cmd.group_id();
@@ -311,8 +313,10 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetGroupMember& cmd, UserExis
           "the cluster has ", kMaxGroupMemberships, " group memberships, the limit"));
     }
     group.members.insert(cmd.user_id());
+    access_.member_of.emplace(cmd.user_id(), group.id);
     ++access_.memberships;
   } else if (group.members.erase(cmd.user_id()) > 0) {
+    access_.member_of.erase(std::make_pair(cmd.user_id(), group.id));
     --access_.memberships;
   }
   return cmd.user_id();
@@ -428,6 +432,7 @@ absl::StatusOr<Access> AclState::Decode(const fb::Access* in) {
             return absl::InvalidArgumentError("group members are not sorted and distinct");
           }
           group.members.insert(member);
+          access.member_of.emplace(member, group.id);
           last = member;
         }
       }

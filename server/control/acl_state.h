@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -111,6 +112,9 @@ struct Access {
   // Derived (rebuilt on restore).
   absl::flat_hash_map<std::string, uint64_t> group_by_name;
   size_t memberships = 0;
+  // (user, group) of every membership: InGroup in one hash probe, on the
+  // path of every request a group's bits decide.
+  absl::flat_hash_set<std::pair<uint64_t, uint64_t>> member_of;
 
   bool operator==(const Access&) const = default;
 
