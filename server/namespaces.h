@@ -48,10 +48,9 @@ inline bool IsNodeLocalKey(absl::string_view key) {
 // Writes TenantPrefix(user_id) into *prefix, reusing its storage (the
 // hot path of a request addressing another user's namespace).
 inline void SetTenantPrefix(uint64_t user_id, std::string* prefix) {
-  prefix->assign(kTenantPrefix.data(), kTenantPrefix.size());
-  prefix->resize(kTenantPrefix.size() + sizeof(user_id));
-  char* id = prefix->data() + kTenantPrefix.size();
-  for (int i = 0; i < 8; ++i) id[i] = static_cast<char>((user_id >> (56 - 8 * i)) & 0xff);
+  char bytes[2 + sizeof(user_id)] = {kTenantPrefix[0], kTenantPrefix[1]};
+  for (int i = 0; i < 8; ++i) bytes[2 + i] = static_cast<char>((user_id >> (56 - 8 * i)) & 0xff);
+  prefix->assign(bytes, sizeof(bytes));
 }
 
 // The prefix under which user_id's keys live.
