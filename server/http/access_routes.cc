@@ -1,7 +1,7 @@
 #include "server/http/access_routes.h"
 
 #include <algorithm>
-#include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>

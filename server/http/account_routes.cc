@@ -1,7 +1,6 @@
 #include "server/http/account_routes.h"
 
 #include <algorithm>
-#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
