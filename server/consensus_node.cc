@@ -27,7 +27,14 @@ ControlConsensusKeys::ControlConsensusKeys(std::function<control::ControlPlane*(
 
 bool ControlConsensusKeys::Covers(absl::string_view engine_key) const {
   control::ControlPlane* const control = control_();
-  if (control != nullptr && control->kv()->committed()) return control->kv()->Covers(engine_key);
+  if (control != nullptr) {
+    if (control->kv()->committed()) return control->kv()->Covers(engine_key);
+    // Applied before the last stop, and not replayed yet: they never change.
+    if (const std::vector<std::string>* saved = control->saved_consensus_prefixes();
+        saved != nullptr) {
+      return control::UnderConsensusPrefix(*saved, engine_key);
+    }
+  }
   return control::UnderConsensusPrefix(flag_prefixes_, engine_key);
 }
 

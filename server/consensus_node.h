@@ -3,11 +3,12 @@
 // of this node's copy once it has applied the log that far
 // (docs/cluster.md, "Compare-and-set").
 //
-// Which keys are covered: the committed prefixes once this node holds them;
-// before that (a node whose control plane has not started or caught up with
-// the log, a first node committing them) the node's own --consensus_prefix,
-// so that no key that will be a consensus key is ever written to the data
-// engines. A key the
+// Which keys are covered: the committed prefixes once this node has applied
+// them; before that, those it had applied before its last stop (kept in the
+// control plane's directory; they never change); and on a node that never
+// applied them (a new node catching up with the log, a first node committing
+// them) its own --consensus_prefix, so that no key that will be a consensus
+// key is written to the data engines by a node started with the same flag. A key the
 // guess covers wrongly is refused by the log (InvalidArgument), not lost.
 //
 // Thread-safety: as the interface.

@@ -758,6 +758,9 @@ absl::Status Node::StartEngine() {
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine = engine::Engine::Open(options);
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
+  // Before anything is served: whether this node starts on an empty store
+  // (a new cluster's first node commits its consensus prefixes only then).
+  store_was_empty_ = engine_->GetStats().client_keys == 0;
   const engine::Stats stats = engine_->GetStats();
   Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", data_dir_,
       stats.keys, stats.segments, stats.recovery_ms);
@@ -2087,10 +2090,6 @@ void Node::CommitConsensusPrefixes() {
   std::vector<std::string> wanted = options_.consensus_prefixes;
   std::sort(wanted.begin(), wanted.end());
   wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  // A new cluster's first node commits its flag (a restarted one proposes
-  // it again: the same prefixes are accepted, others refused); the others
-  // wait (bounded) to learn what was committed.
-  const std::string command = control::EncodeSetConsensusPrefixes(wanted);
   // After the auth mode, which a new cluster's first node commits at the
   // same time: one proposal at a time while nothing is committed yet. (A
   // leader whose Raft log cannot be written, a full disk, crashes inside
@@ -2102,8 +2101,19 @@ void Node::CommitConsensusPrefixes() {
          })) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  while (!stopping_.load() && !kv->committed() && absl::Now() < give_up) {
+  // A node started without --seeds commits them, or (restarted) proposes
+  // them again: the same prefixes are accepted, others refused. Its flag
+  // counts only for a new cluster: alone in the configuration, on a store
+  // that was empty. A cluster that already holds data commits none, so no
+  // key it holds moves out of the data engines. The others wait to learn
+  // what was committed. Until then every node routes by its own flag, and
+  // the log refuses consensus writes as Unavailable.
+  const std::shared_ptr<const control::ClusterConfig> config = control->config();
+  const bool alone = config->members.size() - config->CountInState(control::MemberState::kRemoved) <= 1;
+  const std::vector<std::string> proposed =
+      alone && store_was_empty_ ? wanted : std::vector<std::string>();
+  const std::string command = control::EncodeSetConsensusPrefixes(proposed);
+  while (!stopping_.load() && !kv->committed()) {
     if (!options_.seeds.empty()) {
       absl::SleepFor(absl::Milliseconds(100));
       continue;
@@ -2117,11 +2127,16 @@ void Node::CommitConsensusPrefixes() {
     }
     absl::SleepFor(absl::Milliseconds(200));
   }
+  // Applied by the proposal's answer on the leader; here, soon after.
+  const absl::Time applied_wait = absl::Now() + absl::Seconds(10);
+  while (!stopping_.load() && !kv->committed() && absl::Now() < applied_wait) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   if (!kv->committed()) return;
   if (const std::vector<std::string> held = kv->prefixes(); held != wanted) {
     Log(Level::kWarning,
-        "--consensus_prefix names %s but the cluster committed %s when it was bootstrapped: "
-        "the committed prefixes apply",
+        "--consensus_prefix names %s but the cluster committed %s when it was created: the "
+        "committed prefixes apply",
         wanted.empty() ? "none" : absl::StrJoin(wanted, ","),
         held.empty() ? "none" : absl::StrJoin(held, ","));
   }

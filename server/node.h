@@ -389,6 +389,7 @@ class Node {
   std::unique_ptr<control::ControlPlane> control_;
   // On control_; the Service's consensus keys (set after control_ starts).
   std::unique_ptr<ControlConsensusKeys> consensus_;
+  bool store_was_empty_ = false;  // no client key when the engine opened
   std::atomic<control::ControlPlane*> control_ptr_{nullptr};
   absl::Mutex ring_mu_;
   uint64_t ring_epoch_ ABSL_GUARDED_BY(ring_mu_) = ~uint64_t{0};

@@ -783,9 +783,10 @@ absl::Status Service::CheckPut(const RequestContext& context, absl::string_view 
     if (*if_version == 0 ? create : write) return absl::OkStatus();
     return AccessDenied(create ? "overwrite" : "create");
   }
-  if (ClusterFor(context) != nullptr) {
-    // This node may hold no copy of the key: it cannot tell. Refuse rather
-    // than guess (docs/security.md).
+  if (ClusterFor(context) != nullptr || ConsensusFor(key) != nullptr) {
+    // This node may hold no copy of the key (a consensus key is never in
+    // the engine): it cannot tell. Refuse rather than guess
+    // (docs/security.md).
     return absl::PermissionDeniedError(absl::StrCat(
         "the access control list lets this user ", create ? "create" : "overwrite",
         " keys here but not ", create ? "overwrite" : "create",

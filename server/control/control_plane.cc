@@ -25,6 +25,7 @@ extern "C" {
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -214,6 +215,9 @@ class ControlPlane::Impl {
   AccountState& accounts() { return state_.accounts(); }
   AclState& access() { return state_.access(); }
   KvState& kv() { return state_.kv(); }
+  const std::optional<std::vector<std::string>>& saved_consensus_prefixes() const {
+    return saved_consensus_prefixes_;
+  }
   AuditState& audit() { return state_.audit(); }
   AuditLog* audit_log() { return audit_log_.get(); }
   std::string StateSnapshot() const { return state_.Snapshot(); }
@@ -253,6 +257,10 @@ class ControlPlane::Impl {
   ControlPlaneOptions options_;
   Member* self_;
   fs::path dir_;
+  // The consensus prefixes as kept in <dir>/consensus_prefixes at Start
+  // (nullopt: none kept); whether the file holds them (control thread).
+  std::optional<std::vector<std::string>> saved_consensus_prefixes_;
+  bool consensus_prefixes_saved_ = false;
 
   uv_loop_t loop_{};
   uv_async_t wake_{};
@@ -346,6 +354,23 @@ absl::Status ControlPlane::Impl::Start() {
       options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host;
   self_->raft_id = identity.raft_id;
   self_->control_address = absl::StrCat(host, ":", identity.port);
+
+  // The consensus prefixes, once committed and applied here (they never
+  // change): a restarted node routes by them before Raft has replayed.
+  if (absl::StatusOr<std::string> saved = ReadFile(dir_ / "consensus_prefixes"); saved.ok()) {
+    std::vector<std::string> prefixes;
+    for (absl::string_view line : absl::StrSplit(*saved, '\n', absl::SkipEmpty())) {
+      std::string prefix;
+      if (!absl::CUnescape(line, &prefix)) {
+        return absl::DataLossError(absl::StrCat("control plane: ",
+                                                (dir_ / "consensus_prefixes").string(),
+                                                ": a line is not C-escaped text"));
+      }
+      prefixes.push_back(std::move(prefix));
+    }
+    saved_consensus_prefixes_ = std::move(prefixes);
+    consensus_prefixes_saved_ = true;
+  }
 
   // What was applied before the last stop.
   std::shared_ptr<const ClusterConfig> applied = std::make_shared<ClusterConfig>();
@@ -607,6 +632,15 @@ void ControlPlane::Impl::Propose(std::string command,
 }
 
 void ControlPlane::Impl::OnApplied() {
+  if (!consensus_prefixes_saved_ && state_.kv().committed()) {
+    std::string lines;
+    for (const std::string& prefix : state_.kv().prefixes()) {
+      absl::StrAppend(&lines, absl::CHexEscape(prefix), "\n");
+    }
+    // A failure is not fatal: the prefixes come back from the Raft log.
+    consensus_prefixes_saved_ =
+        WriteFileAtomically((dir_ / "consensus_prefixes").string(), lines).ok();
+  }
   ClusterConfig current = state_.Current();
   {
     absl::MutexLock lock(&config_mu_);
@@ -878,6 +912,11 @@ AuditLog* ControlPlane::audit_log() { return impl_->audit_log(); }
 AclState* ControlPlane::access() { return &impl_->access(); }
 
 KvState* ControlPlane::kv() { return &impl_->kv(); }
+
+const std::vector<std::string>* ControlPlane::saved_consensus_prefixes() const {
+  const std::optional<std::vector<std::string>>& saved = impl_->saved_consensus_prefixes();
+  return saved.has_value() ? &*saved : nullptr;
+}
 
 std::string ControlPlane::StateSnapshot() { return impl_->StateSnapshot(); }
 

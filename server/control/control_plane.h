@@ -152,6 +152,10 @@ class ControlPlane {
   AclState* access();
   // The consensus keys as applied here (kv_state.h); as accounts().
   KvState* kv();
+  // The consensus prefixes this node had applied before it last stopped
+  // (kept in <dir>/consensus_prefixes once committed; they never change),
+  // or null; fixed once started.
+  const std::vector<std::string>* saved_consensus_prefixes() const;
   // The whole state as applied here (configuration and accounts), in the
   // snapshot encoding: what a backup keeps.
   std::string StateSnapshot();

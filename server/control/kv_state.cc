@@ -63,6 +63,12 @@ absl::StatusOr<std::vector<std::string>> CheckedPrefixes(
   return prefixes;
 }
 
+// What an entry takes in a snapshot: its key and value, and the table
+// around them.
+size_t EntryBytes(absl::string_view key, absl::string_view value) {
+  return key.size() + value.size() + kConsensusEntryOverheadBytes;
+}
+
 std::string Quoted(absl::string_view text) {
   return absl::StrCat("\"", absl::CHexEscape(text.substr(0, 64)), text.size() > 64 ? "..." : "",
                       "\"");
@@ -230,6 +236,11 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
   uint64_t version = 0;
   {
     absl::MutexLock lock(&mu_);
+    if (!state_.prefixes_set) {
+      // A node routed it by its own flag before the first node committed
+      // the prefixes: the client retries.
+      return absl::UnavailableError("the cluster's consensus prefixes are not committed yet");
+    }
     if (!UnderConsensusPrefix(state_.prefixes, key)) {
       return absl::InvalidArgumentError(
           absl::StrCat("key ", Quoted(key), " is not under a consensus prefix"));
@@ -242,14 +253,14 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
     }
     if (!is_put) {
       if (it == state_.entries.end()) return absl::NotFoundError("key not found");
-      state_.bytes -= key.size() + it->second.value.size();
+      state_.bytes -= EntryBytes(key, it->second.value);
       state_.entries.erase(it);
       ++state_.revision;
       version = current + 1;
     } else {
       const size_t old_bytes =
-          it == state_.entries.end() ? 0 : key.size() + it->second.value.size();
-      const size_t new_bytes = key.size() + value.size();
+          it == state_.entries.end() ? 0 : EntryBytes(key, it->second.value);
+      const size_t new_bytes = EntryBytes(key, value);
       if (it == state_.entries.end() && state_.entries.size() >= kMaxConsensusEntries) {
         return absl::ResourceExhaustedError(
             absl::StrCat("the cluster holds ", kMaxConsensusEntries, " consensus keys, its limit"));
@@ -318,7 +329,7 @@ absl::StatusOr<ConsensusState> KvState::Decode(const fb::ConsensusKeys* in) {
       state.entries.emplace_hint(state.entries.end(), std::string(key),
                                  KvEntry{std::string(value), entry->version(),
                                          entry->updated_at_ms()});
-      state.bytes += key.size() + value.size();
+      state.bytes += EntryBytes(key, value);
     }
   }
   if (state.bytes > kMaxConsensusBytes) {

@@ -65,8 +65,11 @@ inline constexpr size_t kMaxConsensusPrefixBytes = 256;
 inline constexpr size_t kMaxConsensusKeyBytes = 4096;       // the engine key
 inline constexpr size_t kMaxConsensusValueBytes = 64 << 10;
 inline constexpr size_t kMaxConsensusEntries = 100000;
-// Keys and values together: what a snapshot holds of them.
-inline constexpr size_t kMaxConsensusBytes = 32 << 20;
+// Keys and values together, each entry counted with the bytes a snapshot
+// spends on its table: with the accounts' bound (account_state.h) the
+// control plane's snapshot stays under kMaxSnapshotBytes.
+inline constexpr size_t kMaxConsensusBytes = 16 << 20;
+inline constexpr size_t kConsensusEntryOverheadBytes = 64;
 
 struct KvEntry {
   std::string value;
@@ -82,7 +85,7 @@ struct ConsensusState {
   bool prefixes_set = false;          // committed (even as none)
   uint64_t revision = 0;
   absl::btree_map<std::string, KvEntry> entries;
-  size_t bytes = 0;  // derived: keys and values
+  size_t bytes = 0;  // derived: keys, values and kConsensusEntryOverheadBytes each
 
   bool operator==(const ConsensusState&) const = default;
 };
@@ -133,7 +136,9 @@ class KvState {
   // FailedPrecondition when other prefixes are committed already (the same
   // ones again: accepted, 0). The answer is the number of prefixes.
   absl::StatusOr<uint64_t> Apply(const fb::SetConsensusPrefixes& cmd);
-  // KvWrite: the key's version after it (0 after a delete), or
+  // KvWrite: the key's version after it (a delete: the version it took, the
+  // old one plus one, as the engine answers), or
+  //   Unavailable         no prefixes committed yet
   //   InvalidArgument     a key or value out of its limits, a key not under
   //                       a consensus prefix
   //   FailedPrecondition  if_version is not the current version

@@ -207,6 +207,18 @@ absl::StatusOr<std::optional<uint64_t>> ParseCondition(const HttpRequest& reques
   if (match.has_value() && none_match.has_value()) {
     return absl::InvalidArgumentError("give If-Match or If-None-Match, not both");
   }
+  if (match.has_value() || none_match.has_value()) {
+    // Header() answers the first of several: a second condition would be
+    // dropped.
+    const absl::string_view name = match.has_value() ? "if-match" : "if-none-match";
+    const auto count = std::count_if(request.headers.begin(), request.headers.end(),
+                                     [name](const HttpHeader& header) {
+                                       return absl::EqualsIgnoreCase(header.name, name);
+                                     });
+    if (count > 1) {
+      return absl::InvalidArgumentError(absl::StrCat("give one ", match.has_value() ? "If-Match" : "If-None-Match", " header, not ", count));
+    }
+  }
   if (none_match.has_value()) {
     if (absl::StripAsciiWhitespace(*none_match) != "*") {
       return absl::InvalidArgumentError(

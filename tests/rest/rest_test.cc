@@ -353,7 +353,8 @@ TEST_F(RestTest, IfMatchAndIfNoneMatchAreCompareAndSetOnEveryWriteRoute) {
                                                          {{"If-Match", "0"}},
                                                          {{"If-Match", "x"}},
                                                          {{"If-None-Match", "\"3\""}},
-                                                         {{"If-Match", "3"}, {"If-None-Match", "*"}}}) {
+                                                         {{"If-Match", "3"}, {"If-None-Match", "*"}},
+                                                         {{"If-Match", "3"}, {"If-Match", "2"}}}) {
     ExpectError(Call("PUT", target, bad, "bad"), 400, bad.front().first + ": " + bad.front().second);
   }
   ExpectError(Call("DELETE", target, {{"If-Match", "2"}}), 412);

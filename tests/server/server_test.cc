@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <set>
@@ -11,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -690,6 +692,75 @@ TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
   uint64_t id = 1000;
   for (uint64_t request : acknowledged) {
     EXPECT_EQ(GetValue(check, absl::StrCat("s/", request - 1), id++), "v") << request;
+  }
+}
+
+// Consensus keys (docs/cluster.md, "Compare-and-set") on one node: they
+// live in the control plane's state, not the engine; a node restarted
+// without the flag still routes them there (the committed prefixes are kept
+// beside its control-plane state); and a store that already held data
+// commits no prefixes, so no key it holds is hidden.
+TEST_F(ServerTest, ConsensusPrefixesAreKeptAcrossRestartsAndNeverHideExistingKeys) {
+  auto get = [](const LogkvdProcess& server, const std::string& key) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(server.http_port(), "GET", "/v1/kv/" + key);
+    return answer.ok() ? absl::StrCat(answer->status, " ", answer->body) : answer.status().ToString();
+  };
+  {
+    auto server = StartServer({"--consensus-prefix=cfg/"});
+    ASSERT_TRUE(server->running());
+    // The first node commits its flag in the background: a write waits
+    // (bounded) for it.
+    absl::StatusOr<HttpAnswer> put;
+    for (int i = 0; i < 100; ++i) {
+      put = Fetch(server->http_port(), "PUT", "/v1/kv/cfg/a", {{"If-None-Match", "*"}}, "one");
+      if (put.ok() && put->status != 503) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->status, 200) << put->body;
+    EXPECT_EQ(get(*server, "cfg/a"), "200 one");
+    EXPECT_EQ(server->Stop(), 0);
+  }
+  std::string saved = ReadFileBytes(DataDir() + "/control/consensus_prefixes");
+  EXPECT_EQ(saved, "cfg/\n");
+  {
+    // Without the flag: still a consensus key, and a warning says so.
+    auto server = StartServer();
+    ASSERT_TRUE(server->running());
+    EXPECT_EQ(get(*server, "cfg/a"), "200 one");
+    absl::StatusOr<HttpAnswer> put =
+        Fetch(server->http_port(), "PUT", "/v1/kv/cfg/a", {{"If-Match", "\"1\""}}, "two");
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->status, 200) << put->body;
+    EXPECT_EQ(get(*server, "cfg/a"), "200 two");
+    server->Stop();
+    EXPECT_TRUE(absl::StrContains(server->Output(), "the committed prefixes apply"))
+        << server->Output();
+  }
+  // A store with data whose control-plane state is gone (a new cluster on
+  // old data): no prefixes are committed, and its keys stay readable.
+  const std::string other = dir_.path() + "/other";
+  {
+    auto server = StartServer({}, other);
+    ASSERT_TRUE(server->running());
+    absl::StatusOr<HttpAnswer> put = Fetch(server->http_port(), "PUT", "/v1/kv/cfg/old", {}, "kept");
+    ASSERT_TRUE(put.ok() && put->status == 200);
+    EXPECT_EQ(server->Stop(), 0);
+  }
+  std::filesystem::remove_all(other + "/control");
+  {
+    auto server = StartServer({"--consensus-prefix=cfg/"}, other);
+    ASSERT_TRUE(server->running());
+    EXPECT_EQ(get(*server, "cfg/old"), "200 kept");
+    // Once nothing is committed as consensus, the key stays the engine's.
+    bool warned = false;
+    for (int i = 0; i < 100 && !warned; ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+      warned = absl::StrContains(server->Output(), "the committed prefixes apply");
+    }
+    EXPECT_TRUE(warned) << server->Output();
+    EXPECT_EQ(get(*server, "cfg/old"), "200 kept");
+    EXPECT_EQ(ReadFileBytes(other + "/control/consensus_prefixes"), "");
   }
 }
 
