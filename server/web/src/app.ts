@@ -572,14 +572,19 @@ function renderData(): void {
   const tbody = h('tbody');
   const pager = h('div', { class: 'row' });
   let cursors: (string | null)[] = [null];  // the cursor of each page shown so far
+  let latest = 0;  // the last listing asked for: an answer to an earlier one is dropped
 
   async function list(page: number): Promise<void> {
     show(listError, '');
     const query = new URLSearchParams({ prefix: prefix.value, limit: limit.value });
     const cursor = cursors[page];
     if (cursor) query.set('cursor', cursor);
+    const asked = ++latest;
     try {
       const answer = await json<ScanPage>('GET', `/v1/kv?${query}`, 'apikey');
+      // A slower answer to an earlier listing (the first one on opening the
+      // page, a page clicked past) must not replace this one's rows.
+      if (asked !== latest) return;
       cursors = cursors.slice(0, page + 1);
       cursors.push(answer.next_cursor);
       tbody.replaceChildren(...answer.keys.map((item) => h('tr', {},
@@ -596,7 +601,7 @@ function renderData(): void {
           `Not answering: ${answer.unreachable.join(', ')}; keys held only there are missing from this page.`));
       }
     } catch (caught) {
-      show(listError, describe(caught));
+      if (asked === latest) show(listError, describe(caught));
     }
   }
 
