@@ -297,13 +297,21 @@ TEST_F(ControlPlaneTest, KillingTheLeaderKeepsTheControlPlaneWorking) {
   ASSERT_TRUE(added.ok()) << added.status() << "\n" << cluster_->Describe();
   ASSERT_OK(cluster_->RestartAsStarted(leader));
   ASSERT_OK(WaitAllActive({0, 1, 2, *added}, 4));
-  const json control = ControlOf(*cluster_, leader);
-  EXPECT_NE(control.value("leader", ""), "");
-  // Three voters at most; the fourth member is a standby that receives the log.
+  // Three voters at most; the fourth member is a standby that receives the
+  // log. The restarted node shows the roles once it has heard from the
+  // leader (bounded wait).
+  json control;
   std::map<std::string, int> roles;
-  for (const auto& [id, member] : CommittedMembers(*cluster_, leader)) {
-    ++roles[member.value("role", "")];
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    control = ControlOf(*cluster_, leader);
+    roles.clear();
+    for (const auto& [id, member] : CommittedMembers(*cluster_, leader)) {
+      ++roles[member.value("role", "")];
+    }
+    if (roles["voter"] == 3 && roles["standby"] == 1 && control.value("leader", "") != "") break;
+    absl::SleepFor(absl::Milliseconds(100));
   }
+  EXPECT_NE(control.value("leader", ""), "");
   EXPECT_EQ(roles["voter"], 3) << control.dump();
   EXPECT_EQ(roles["standby"], 1) << control.dump();
 }
