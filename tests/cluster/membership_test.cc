@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "protocol/frame.h"
 
@@ -97,8 +98,8 @@ class ManualMembershipTest : public ::testing::Test {
   void SetUp() override {
     for (int i = 0; i < 3; ++i) {
       MembershipOptions options;
-      options.self.node_id = "n" + std::to_string(i);
-      options.self.address = "10.0.0." + std::to_string(i) + ":7070";
+      options.self.node_id = absl::StrCat("n", i);
+      options.self.address = absl::StrCat("10.0.0.", i, ":7070");
       if (i > 0) options.seeds = {"10.0.0.0:7070"};
       options.now_unix_ms = [this] { return now_ms_; };
       options.send = [this](const std::string& address, std::string frame, absl::Duration,
@@ -172,7 +173,7 @@ TEST_F(ManualMembershipTest, NodesFindEachOtherAndDetectAStoppedOne) {
   for (size_t observer = 0; observer < 3; ++observer) {
     ASSERT_EQ(nodes_[observer]->Members().size(), 3u) << observer;
     for (int i = 0; i < 3; ++i) {
-      EXPECT_EQ(StateSeenBy(observer, "n" + std::to_string(i)), MemberState::kAlive);
+      EXPECT_EQ(StateSeenBy(observer, absl::StrCat("n", i)), MemberState::kAlive);
     }
     EXPECT_TRUE(nodes_[observer]->ViewConfirmed());
   }
