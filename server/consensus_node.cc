@@ -73,14 +73,10 @@ void ControlConsensusKeys::Write(std::string key, std::optional<std::string> val
                                  std::optional<uint64_t> if_version,
                                  std::function<void(absl::StatusOr<engine::WriteResult>)> done) {
   // Refused here rather than by the log: a command is small.
-  if (key.size() > control::kMaxConsensusKeyBytes) {
-    return done(absl::InvalidArgumentError(absl::StrCat(
-        "a consensus key has at most ", control::kMaxConsensusKeyBytes, " bytes")));
-  }
-  if (value.has_value() && value->size() > control::kMaxConsensusValueBytes) {
-    return done(absl::InvalidArgumentError(
-        absl::StrCat("a consensus key's value has at most ", control::kMaxConsensusValueBytes,
-                     " bytes, not ", value->size())));
+  const absl::string_view bytes = value.has_value() ? absl::string_view(*value) : "";
+  if (absl::Status status = control::CheckConsensusWrite(key, value.has_value() ? &bytes : nullptr);
+      !status.ok()) {
+    return done(status);
   }
   control::ControlPlane* const control = control_();
   if (control == nullptr) return done(NotRunning());

@@ -76,6 +76,19 @@ std::string Quoted(absl::string_view text) {
 
 }  // namespace
 
+absl::Status CheckConsensusWrite(absl::string_view key, const absl::string_view* value) {
+  if (key.empty() || key.size() > kMaxConsensusKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a consensus key has 1 to ", kMaxConsensusKeyBytes, " bytes"));
+  }
+  if (value != nullptr && value->size() > kMaxConsensusValueBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a consensus key's value has at most ",
+                                                   kMaxConsensusValueBytes, " bytes, not ",
+                                                   value->size()));
+  }
+  return absl::OkStatus();
+}
+
 bool UnderConsensusPrefix(const std::vector<std::string>& prefixes, absl::string_view engine_key) {
   if (prefixes.empty()) return false;
   const std::optional<absl::string_view> client = ClientPart(engine_key);
@@ -224,14 +237,8 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
   const absl::string_view key = View(cmd.key());
   const bool is_put = cmd.value() != nullptr;
   const absl::string_view value = is_put ? View(cmd.value()) : absl::string_view();
-  if (key.empty() || key.size() > kMaxConsensusKeyBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a consensus key has 1 to ", kMaxConsensusKeyBytes, " bytes"));
-  }
-  if (value.size() > kMaxConsensusValueBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("a consensus key's value has at most ",
-                                                   kMaxConsensusValueBytes, " bytes, not ",
-                                                   value.size()));
+  if (absl::Status status = CheckConsensusWrite(key, is_put ? &value : nullptr); !status.ok()) {
+    return status;
   }
   uint64_t version = 0;
   {

@@ -95,6 +95,10 @@ struct ConsensusState {
 // reserved namespace (a first byte 0 other than a tenant's) never do.
 bool UnderConsensusPrefix(const std::vector<std::string>& prefixes, absl::string_view engine_key);
 
+// A consensus write's key and value (null: a delete) within their limits, or
+// InvalidArgument: what KvWrite's apply checks, for a proposer to check first.
+absl::Status CheckConsensusWrite(absl::string_view key, const absl::string_view* value);
+
 // The encoders of the commands (the bytes to hand to Raft).
 std::string EncodeSetConsensusPrefixes(const std::vector<std::string>& prefixes);
 // value nullopt: a delete.
