@@ -688,7 +688,7 @@ absl::Status Node::Start() {
   if (status.ok()) status = StartBackgroundWork();
   if (status.ok()) {
     RunInBackground([this] { CatchUpWithControlPlane(); });
-    RunInBackground([this] { CommitConsensusPrefixes(); });
+    RunInBackground([this] { CommitClusterSettings(); });
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
     if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
@@ -983,6 +983,15 @@ absl::Status Node::BuildCluster() {
   };
   cluster_options.save_membership = [engine](const std::string& state) {
     return engine->Put(kClusterMembersKey, state).status();
+  };
+  // Peers are told this node's cluster id, and refused when they name
+  // another; until the control plane runs (it knows the id) they wait.
+  cluster_options.cluster_id = [this]() -> absl::StatusOr<std::string> {
+    control::ControlPlane* control = control_plane();
+    if (control == nullptr) {
+      return absl::UnavailableError("this node is starting (its control plane is not running)");
+    }
+    return control->cluster_id();
   };
   cluster_ = std::make_unique<cluster::ClusterNode>(cluster_options);
 
@@ -1655,6 +1664,10 @@ absl::Status Node::JoinControlPlane() {
   return absl::OkStatus();
 }
 
+size_t Node::ReplicasOf(const control::ClusterConfig& config) const {
+  return config.replicas != 0 ? config.replicas : static_cast<size_t>(std::max(1, options_.replicas));
+}
+
 cluster::Placement Node::CommittedPlacement() {
   // No ring (the coordinator refuses what needs owners) until the control
   // plane runs: a ring made up meanwhile would be a view of one.
@@ -1687,6 +1700,7 @@ cluster::Placement Node::CommittedPlacement() {
   }
   const int vnodes = static_cast<int>(config->vnodes_per_member);
   placement_.epoch = config->epoch;
+  placement_.replicas = ReplicasOf(*config);
   placement_.ring =
       before.empty() ? nullptr : std::make_shared<const cluster::Ring>(before, vnodes);
   placement_.next = nullptr;
@@ -1729,11 +1743,19 @@ absl::Status Node::StartBackgroundWork() {
   {
     // A committed change of the ring, the same.
     absl::MutexLock lock(&control_listener_mu_);
-    control_listener_ = [anti_entropy, purger, handoff] {
+    control_listener_ = [this, anti_entropy, purger, handoff] {
+      const size_t replicas = ReplicasOf(*control_plane()->config());
+      anti_entropy->SetReplicas(replicas);
+      purger->SetReplicas(replicas);
       anti_entropy->NotifyRingChanged();
       purger->NotifyRingChanged();
       handoff->Notify();
     };
+  }
+  // The committed N may have been applied before the listener was set.
+  if (control_ != nullptr) {
+    anti_entropy_->SetReplicas(ReplicasOf(*control_->config()));
+    purger_->SetReplicas(ReplicasOf(*control_->config()));
   }
   coordinator_->set_caught_up([anti_entropy] { return anti_entropy->caught_up(); });
   // Clients route to the committed ring's members that answer: a node
@@ -1780,6 +1802,10 @@ absl::Status Node::StartBackgroundWork() {
                           {"commit_index", status.commit_index},
                           {"applied_index", status.applied_index},
                           {"epoch", status.epoch},
+                          {"cluster_id", absl::BytesToHexString(control->cluster_id())},
+                          // 0: not committed yet (each node uses its --replicas).
+                          {"replicas", config->replicas},
+                          {"vnodes_per_member", config->vnodes_per_member},
                           {"leader", status.leader_node_id},
                           {"voters", status.voters},
                           {"leader_changes", status.leader_changes},
@@ -1919,7 +1945,7 @@ absl::Status Node::FinishJoin(absl::Time deadline) {
           down.push_back(member);
         }
       }
-      const size_t n = std::min<size_t>(std::max(options_.replicas, 1), placement.ring->size());
+      const size_t n = std::min(placement.replicas, placement.ring->size());
       if (down.size() > (n - 1) / 2) {
         last = absl::UnavailableError(absl::StrCat(
             "cannot fill from a majority of every key's owners: ", absl::StrJoin(down, ", "),
@@ -2084,12 +2110,9 @@ void Node::CatchUpWithControlPlane() {
   }
 }
 
-void Node::CommitConsensusPrefixes() {
+void Node::CommitClusterSettings() {
   control::ControlPlane* const control = control_plane();
   control::KvState* const kv = control->kv();
-  std::vector<std::string> wanted = options_.consensus_prefixes;
-  std::sort(wanted.begin(), wanted.end());
-  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
   // After the auth mode, which a new cluster's first node commits at the
   // same time: one proposal at a time while nothing is committed yet. (A
   // leader whose Raft log cannot be written, a full disk, crashes inside
@@ -2101,38 +2124,80 @@ void Node::CommitConsensusPrefixes() {
          })) {
     absl::SleepFor(absl::Milliseconds(20));
   }
-  // A node started without --seeds commits them, or (restarted) proposes
-  // them again: the same prefixes are accepted, others refused. Its flag
-  // counts only for a new cluster: alone in the configuration, on a store
-  // that was empty. A cluster that already holds data commits none, so no
-  // key it holds moves out of the data engines. The others wait to learn
-  // what was committed. Until then every node routes by its own flag, and
-  // the log refuses consensus writes as Unavailable.
+  // The first node (started without --seeds) proposes; the others wait to
+  // learn what was committed. A proposal is retried while the log cannot
+  // take it (no leader yet); a refusal means another value is committed.
+  auto commit = [this, control](const std::string& command, auto committed) {
+    while (!stopping_.load() && !committed()) {
+      if (!options_.seeds.empty()) {
+        absl::SleepFor(absl::Milliseconds(100));
+        continue;
+      }
+      absl::StatusOr<uint64_t> result = control->SubmitAndWait(command, absl::Seconds(2));
+      if (result.ok() || absl::IsFailedPrecondition(result.status())) break;
+      if (!absl::IsUnavailable(result.status()) && !absl::IsDeadlineExceeded(result.status())) {
+        return result.status();
+      }
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    // Applied by the proposal's answer on the leader; here, soon after.
+    const absl::Time applied_wait = absl::Now() + absl::Seconds(10);
+    while (!stopping_.load() && !committed() && absl::Now() < applied_wait) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return committed() ? absl::OkStatus()
+                       : absl::UnavailableError("not committed yet");
+  };
+
+  // The cluster's id: the one the first node drew at its first start (a
+  // cluster whose nodes ran before ids were committed gets a new one).
+  if (control->config()->cluster_id.empty() && options_.seeds.empty()) {
+    std::string id = control->cluster_id();
+    if (id.empty()) id = control::NewClusterId();
+    absl::Status committed = commit(control::EncodeSetClusterId(id),
+                                    [control] { return !control->config()->cluster_id.empty(); });
+    if (!committed.ok() && !absl::IsUnavailable(committed)) {
+      Log(Level::kError, "committing the cluster id: %s", committed.message());
+    }
+  }
+
+  // N: this node's --replicas, for a cluster that has none committed (a new
+  // one, or one whose nodes ran before N was committed: the flag is what
+  // they used). It never changes afterwards.
+  const uint32_t wanted_replicas = static_cast<uint32_t>(std::max(1, options_.replicas));
+  absl::Status replicas = commit(control::EncodeSetReplicas(wanted_replicas),
+                                 [control] { return control->config()->replicas != 0; });
+  if (!replicas.ok() && !absl::IsUnavailable(replicas)) {
+    Log(Level::kError, "committing the replication factor: %s", replicas.message());
+  }
+  if (const uint32_t held = control->config()->replicas; held != 0 && held != wanted_replicas) {
+    Log(Level::kWarning,
+        "--replicas is %d but the cluster committed %d when it was created: the committed "
+        "replication factor applies",
+        static_cast<int>(wanted_replicas), static_cast<int>(held));
+  }
+
+  // The consensus prefixes. The first node's flag counts only for a new
+  // cluster: alone in the configuration, on a store that was empty. A
+  // cluster that already holds data commits none, so no key it holds moves
+  // out of the data engines. Until they are committed every node routes by
+  // its own flag, and the log refuses consensus writes as Unavailable.
+  std::vector<std::string> wanted = options_.consensus_prefixes;
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
   const std::shared_ptr<const control::ClusterConfig> config = control->config();
-  const bool alone = config->members.size() - config->CountInState(control::MemberState::kRemoved) <= 1;
+  const bool alone =
+      config->members.size() - config->CountInState(control::MemberState::kRemoved) <= 1;
   const std::vector<std::string> proposed =
       alone && store_was_empty_ ? wanted : std::vector<std::string>();
-  const std::string command = control::EncodeSetConsensusPrefixes(proposed);
-  while (!stopping_.load() && !kv->committed()) {
-    if (!options_.seeds.empty()) {
-      absl::SleepFor(absl::Milliseconds(100));
-      continue;
+  absl::Status prefixes = commit(control::EncodeSetConsensusPrefixes(proposed),
+                                 [kv] { return kv->committed(); });
+  if (!prefixes.ok()) {
+    if (!absl::IsUnavailable(prefixes)) {
+      Log(Level::kError, "committing the consensus prefixes: %s", prefixes.message());
     }
-    absl::StatusOr<uint64_t> committed = control->SubmitAndWait(command, absl::Seconds(2));
-    if (committed.ok() || absl::IsFailedPrecondition(committed.status())) break;
-    if (!absl::IsUnavailable(committed.status()) &&
-        !absl::IsDeadlineExceeded(committed.status())) {
-      Log(Level::kError, "committing the consensus prefixes: %s", committed.status().message());
-      return;
-    }
-    absl::SleepFor(absl::Milliseconds(200));
+    return;
   }
-  // Applied by the proposal's answer on the leader; here, soon after.
-  const absl::Time applied_wait = absl::Now() + absl::Seconds(10);
-  while (!stopping_.load() && !kv->committed() && absl::Now() < applied_wait) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  if (!kv->committed()) return;
   if (const std::vector<std::string> held = kv->prefixes(); held != wanted) {
     Log(Level::kWarning,
         "--consensus_prefix names %s but the cluster committed %s when it was created: the "

@@ -50,6 +50,7 @@ class LoginThrottle;
 }  // namespace auth
 namespace control {
 class ControlPlane;
+struct ClusterConfig;
 }  // namespace control
 namespace cluster {
 class AntiEntropy;
@@ -294,9 +295,10 @@ class Node {
   absl::Status StartBackgroundWork();
   absl::Status StartFlusher();
   absl::Status StartControlPlane();
-  // A new cluster's first node commits --consensus_prefix; every node warns
-  // when its flag differs from what the cluster committed (background).
-  void CommitConsensusPrefixes();
+  // A new cluster's first node commits --replicas (N) and
+  // --consensus_prefix; every node warns when its flags differ from what
+  // the cluster committed (background).
+  void CommitClusterSettings();
   // The control plane's figures in the Prometheus output.
   void AddControlMetrics();
   // Adds this node to the cluster's control plane through its seeds (a new
@@ -332,6 +334,9 @@ class Node {
   // active and joining members; this node alone before any configuration.
   cluster::Placement CommittedPlacement() ABSL_LOCKS_EXCLUDED(ring_mu_);
   std::shared_ptr<const cluster::Ring> CommittedRing() { return CommittedPlacement().ring; }
+  // N: the cluster's committed replication factor, or --replicas before the
+  // first node commits it.
+  size_t ReplicasOf(const control::ClusterConfig& config) const;
   void LogListening() const;
   // Runs work on a thread joined by Stop (blocking work asked for over HTTP).
   void RunInBackground(std::function<void()> work) ABSL_LOCKS_EXCLUDED(background_mu_);

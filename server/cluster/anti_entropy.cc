@@ -190,6 +190,7 @@ AntiEntropy::AntiEntropy(engine::Engine* engine, PeerSendFunction send, RingFunc
       live_members_(std::move(live_members)),
       self_(std::move(self_node_id)),
       options_(options),
+      replicas_(options.replicas),
       worker_("anti-entropy", [this] { PassTask(); },
               PeriodicWorkerOptions{.interval = options.interval,
                                     .initial_delay = options.initial_delay,
@@ -261,6 +262,10 @@ std::map<std::string, AntiEntropy::PeerRound> AntiEntropy::PeerRounds() const {
 absl::Status AntiEntropy::Start() { return worker_.Start(); }
 
 void AntiEntropy::Stop() { worker_.Stop(); }
+
+void AntiEntropy::SetReplicas(size_t replicas) {
+  if (replicas_.exchange(replicas, std::memory_order_relaxed) != replicas) NotifyRingChanged();
+}
 
 void AntiEntropy::NotifyRingChanged() {
   {
@@ -627,7 +632,8 @@ absl::Status AntiEntropy::ComparePartition(Round* round, uint32_t partition,
     bool peer_owns = true;
     bool self_owns = true;
     if (round->ring != nullptr) {
-      const std::vector<std::string> owners = round->ring->PreferenceList(key, options_.replicas);
+      const std::vector<std::string> owners =
+          round->ring->PreferenceList(key, replicas_.load(std::memory_order_relaxed));
       peer_owns = std::find(owners.begin(), owners.end(), round->peer_id) != owners.end();
       self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();
     }

@@ -145,6 +145,9 @@ class AntiEntropy {
   // starts within initial_delay (the thread wakes for it), so a new owner
   // fills up and caught_up() waits for it.
   void NotifyRingChanged();
+  // N as the cluster committed it (options.replicas until then); a change
+  // counts as a ring change.
+  void SetReplicas(size_t replicas);
 
   // One round with this peer now, from the calling thread (not an I/O loop);
   // waits for a background round in progress first. The round's figures, or
@@ -222,6 +225,7 @@ class AntiEntropy {
   const MembersFunction live_members_;
   const std::string self_;
   const AntiEntropyOptions options_;
+  std::atomic<size_t> replicas_;  // N: options_.replicas until SetReplicas
   Counter* rounds_counter_ = nullptr;
   Counter* failed_rounds_counter_ = nullptr;
   Counter* pushed_counter_ = nullptr;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "server/cluster/peer_auth.h"
 #include "server/log.h"
@@ -21,6 +22,12 @@ PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   transport.node_id = options.node_id.empty() ? options.advertise : options.node_id;
   transport.cluster_secret = options.cluster_secret;
   transport.auth_on = options.auth_on;
+  if (options.cluster_id) {
+    transport.cluster_id = [source = options.cluster_id]() -> std::string {
+      absl::StatusOr<std::string> id = source();
+      return id.ok() ? *std::move(id) : "";
+    };
+  }
   transport.connect_timeout = std::max(options.ping_timeout, absl::Milliseconds(100));
   transport.max_frame_bytes = options.max_frame_bytes;
   transport.allow_fault_injection = options.allow_fault_injection;
@@ -112,9 +119,9 @@ std::string ClusterNode::MemberAddress(absl::string_view node_id) const {
   return member.address;
 }
 
-absl::StatusOr<PeerHandler::Challenge> ClusterNode::ChallengePeer(absl::string_view node_id,
-                                                                absl::string_view their_nonce,
-                                                                bool their_auth) {
+absl::StatusOr<PeerHandler::Challenge> ClusterNode::ChallengePeer(
+    absl::string_view node_id, absl::string_view their_nonce, bool their_auth,
+    absl::string_view their_cluster_id) {
   if (options_.cluster_secret.empty() && options_.require_secret) {
     Log(Level::kWarning,
         "refused a peer connection from node '%s': this node accepts peers only with "
@@ -134,6 +141,22 @@ absl::StatusOr<PeerHandler::Challenge> ClusterNode::ChallengePeer(absl::string_v
   }
   if (their_nonce.size() != kPeerNonceBytes) {
     return absl::InvalidArgumentError("ClusterHello without a nonce of 32 bytes");
+  }
+  absl::StatusOr<std::string> mine =
+      options_.cluster_id ? options_.cluster_id() : absl::StatusOr<std::string>("");
+  if (!mine.ok()) return mine.status();
+  if (!mine->empty() && !their_cluster_id.empty() && their_cluster_id != *mine) {
+    // One of the two is a wiped node that started a new cluster: its
+    // answers would count in the other cluster's quorums without its data.
+    Log(Level::kWarning,
+        "refused a peer connection from node '%s': it belongs to cluster %s, this node to %s "
+        "(a node whose data was wiped rejoins with --seeds and --replace)",
+        std::string(node_id), absl::BytesToHexString(their_cluster_id),
+        absl::BytesToHexString(*mine));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this node belongs to cluster ", absl::BytesToHexString(*mine), ", not ",
+        absl::BytesToHexString(their_cluster_id),
+        ": a node whose data was wiped rejoins with --seeds and --replace"));
   }
   Challenge challenge;
   challenge.nonce = NewPeerNonce();
@@ -207,12 +230,6 @@ Outcome ClusterNode::HandlePeer(const p::Request& request,
                              "cluster operation ", p::EnumNameOperation(request.operation_type()),
                              " is not handled by this node")));
   return Outcome::kAnswered;
-}
-
-size_t ClusterNode::EffectiveReplicas() const {
-  const Membership* membership = this->membership();
-  const size_t owners = membership == nullptr ? 1 : membership->ring()->size();
-  return std::min(static_cast<size_t>(std::max(1, options_.replicas)), std::max<size_t>(1, owners));
 }
 
 size_t ClusterNode::MemberCount() const {

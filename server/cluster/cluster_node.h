@@ -59,6 +59,11 @@ struct ClusterNodeOptions {
   // Refuse peers when no cluster_secret is set (auth on, or a non-loopback
   // address): peers see every tenant's keys.
   bool require_secret = false;
+  // This node's cluster id (sent in the ClusterHello; a peer naming another
+  // is refused): "" while it has none (joining); an error while it cannot
+  // tell yet (its control plane is starting), when peers are refused.
+  // Unset: no id, every peer accepted.
+  std::function<absl::StatusOr<std::string>()> cluster_id;
   // TLS to the peers (PeerTransportOptions::tls and its files).
   bool tls = false;
   std::string tls_ca_file;
@@ -97,8 +102,8 @@ class ClusterNode : public PeerHandler {
 
   // PeerHandler.
   absl::StatusOr<Challenge> ChallengePeer(absl::string_view node_id,
-                                          absl::string_view their_nonce,
-                                          bool their_auth) override;
+                                          absl::string_view their_nonce, bool their_auth,
+                                          absl::string_view their_cluster_id) override;
   bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,
                   absl::string_view own_nonce, absl::string_view proof) override;
   Outcome HandlePeer(const protocol::Request& request,
@@ -114,9 +119,6 @@ class ClusterNode : public PeerHandler {
   Membership* membership() { return membership_.load(std::memory_order_acquire); }
   const Membership* membership() const { return membership_.load(std::memory_order_acquire); }
 
-  // The replication factor in force: --replicas capped at the members that
-  // own data (Alive, Suspect or Dead; not Left).
-  size_t EffectiveReplicas() const;
   // Members known (this node included) and of them Alive or Suspect; 1 and
   // 1 before Start.
   size_t MemberCount() const;

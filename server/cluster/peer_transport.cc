@@ -51,7 +51,8 @@ constexpr uint64_t kHelloRequestId = 0;
 // A ClusterHello frame of the handshake: step 1 carries the nonce, step 3
 // the proof (protocol/logkv.fbs); the other is left out.
 std::string HelloFrame(absl::string_view node_id, absl::string_view nonce,
-                       absl::string_view proof, bool auth_on) {
+                       absl::string_view proof, bool auth_on,
+                       absl::string_view cluster_id = {}) {
   flatbuffers::FlatBufferBuilder builder(256);
   auto node_id_offset = builder.CreateString(node_id.data(), node_id.size());
   auto bytes = [&builder](absl::string_view data) {
@@ -59,11 +60,13 @@ std::string HelloFrame(absl::string_view node_id, absl::string_view nonce,
   };
   auto nonce_offset = nonce.empty() ? 0 : bytes(nonce);
   auto proof_offset = proof.empty() ? 0 : bytes(proof);
+  auto cluster_id_offset = cluster_id.empty() ? 0 : bytes(cluster_id);
   p::ClusterHelloBuilder hello(builder);
   hello.add_node_id(node_id_offset);
   if (!nonce.empty()) hello.add_nonce(nonce_offset);
   if (!proof.empty()) hello.add_proof(proof_offset);
   hello.add_auth(auth_on);
+  if (!cluster_id.empty()) hello.add_cluster_id(cluster_id_offset);
   auto hello_offset = hello.Finish();
   p::RequestBuilder request(builder);
   request.add_request_id(kHelloRequestId);
@@ -745,7 +748,9 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
   // The ClusterHello goes first; requests wait until the peer proved it
   // holds the secret (OnChallenge).
   connection->nonce = NewPeerNonce();
-  connection->handshake_out = HelloFrame(options_.node_id, connection->nonce, "", options_.auth_on);
+  connection->handshake_out =
+      HelloFrame(options_.node_id, connection->nonce, "", options_.auth_on,
+                 options_.cluster_id ? options_.cluster_id() : std::string());
 }
 
 absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::Response& response) {

@@ -29,6 +29,8 @@ struct PeerTransportOptions {
   // handshake (never sent; "" = none).
   std::string cluster_secret;
   bool auth_on = false;        // this node's --auth, checked by both ends
+  // This node's cluster id, sent in the ClusterHello ("" = none yet); unset: none.
+  std::function<std::string()> cluster_id;
   absl::Duration connect_timeout = absl::Seconds(1);
   // Bytes queued for one peer before Send fails at once with Unavailable
   // (a dead peer cannot make us buffer without end).

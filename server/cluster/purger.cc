@@ -44,6 +44,7 @@ Purger::Purger(engine::Engine* engine, PeerSendFunction send, RingFunction ring,
       members_(std::move(members)),
       self_(std::move(self_node_id)),
       options_(options),
+      replicas_(options.replicas),
       ring_changed_at_(absl::Now()),
       worker_("purger", [this] { SweepTask(); },
               PeriodicWorkerOptions{.interval = options.interval,
@@ -72,6 +73,10 @@ Purger::~Purger() { Stop(); }
 absl::Status Purger::Start() { return worker_.Start(); }
 
 void Purger::Stop() { worker_.Stop(); }
+
+void Purger::SetReplicas(size_t replicas) {
+  if (replicas_.exchange(replicas, std::memory_order_relaxed) != replicas) NotifyRingChanged();
+}
 
 void Purger::NotifyRingChanged() {
   {
@@ -167,8 +172,9 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
 
   // With no more members than replicas every member owns every key: only
   // tombstones can be candidates.
+  const size_t replicas = replicas_.load(std::memory_order_relaxed);
   const bool owns_all =
-      ring->size() <= options_.replicas &&
+      ring->size() <= replicas &&
       std::find(ring->members().begin(), ring->members().end(), self_) != ring->members().end();
   engine::Engine::KeyCursor cursor;
   std::vector<Candidate> candidates;
@@ -180,7 +186,7 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
     figures.keys_listed += page->size();
     for (engine::Engine::LeafKey& key : *page) {
       if (owns_all && !key.tombstone) continue;
-      std::vector<std::string> owners = ring->PreferenceList(key.key, options_.replicas);
+      std::vector<std::string> owners = ring->PreferenceList(key.key, replicas);
       auto self = std::find(owners.begin(), owners.end(), self_);
       const bool owned = self != owners.end();
       const bool grace_passed =
@@ -194,7 +200,7 @@ absl::StatusOr<PurgerFigures> Purger::Sweep() {
       // The owners to ask are the others, at most N - 1 of them when this
       // node is one; a key this node does not own has an owner to keep it.
       assert(std::find(owners.begin(), owners.end(), self_) == owners.end());
-      assert(owners.size() + (owned ? 1 : 0) <= options_.replicas);
+      assert(owners.size() + (owned ? 1 : 0) <= replicas);
       assert(owned ? grace_passed : !owners.empty());
       Candidate candidate;
       candidate.key = std::move(key.key);

@@ -25,6 +25,7 @@
 #ifndef LOGKV_SERVER_CLUSTER_PURGER_H_
 #define LOGKV_SERVER_CLUSTER_PURGER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -113,6 +114,9 @@ class Purger {
   // (sooner if one was due), so keys this node no longer owns go without
   // waiting for the next interval.
   void NotifyRingChanged();
+  // N as the cluster committed it (options.replicas until then); a change
+  // counts as a ring change.
+  void SetReplicas(size_t replicas);
 
   // One sweep now, from the calling thread (not an I/O loop); waits for a
   // background sweep in progress first. Skipped (sweeps_skipped = 1) while
@@ -155,6 +159,7 @@ class Purger {
   const MembersFunction members_;
   const std::string self_;
   const PurgerOptions options_;
+  std::atomic<size_t> replicas_;  // N: options_.replicas until SetReplicas
   Counter* sweeps_counter_ = nullptr;
   Counter* not_owned_counter_ = nullptr;
   Counter* tombstones_counter_ = nullptr;

@@ -378,9 +378,9 @@ absl::Status NotConfirmedError() {
 
 }  // namespace
 
-std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
-                                                      absl::string_view key) const {
-  const size_t n = std::min(std::max<size_t>(options_.replicas, 1), ring.size());
+std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring, absl::string_view key,
+                                                      size_t replicas) const {
+  const size_t n = std::min(std::max<size_t>(replicas, 1), ring.size());
   std::vector<std::string> owners = ring.PreferenceList(key, n);
   // A preference list holds N distinct members (fewer only in a smaller ring).
   assert(owners.size() == n);
@@ -391,11 +391,14 @@ std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring,
 ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& placement,
                                                           absl::string_view key) const {
   KeyOwners owners;
-  auto current = std::make_shared<const std::vector<std::string>>(OwnersOf(*placement.ring, key));
+  // The cluster's committed N, or (a placement without one) this node's own.
+  const size_t replicas = placement.replicas != 0 ? placement.replicas : options_.replicas;
+  auto current = std::make_shared<const std::vector<std::string>>(
+      OwnersOf(*placement.ring, key, replicas));
   owners.all = current;
   owners.groups.push_back(current);
   if (placement.next != nullptr && placement.next->size() > 0) {
-    std::vector<std::string> next = OwnersOf(*placement.next, key);
+    std::vector<std::string> next = OwnersOf(*placement.next, key, replicas);
     if (next != *current) {
       std::vector<std::string> all = *current;
       for (const std::string& node : next) {
@@ -409,9 +412,9 @@ ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& plac
 }
 
 std::vector<std::string> ReplicaCoordinator::Owners(absl::string_view key) const {
-  std::shared_ptr<const Ring> ring = ring_();
-  if (ring == nullptr || ring->size() == 0) return {self_};
-  return OwnersOf(*ring, key);
+  const Placement placement = CurrentPlacement();
+  if (placement.ring == nullptr || placement.ring->size() == 0) return {self_};
+  return *OwnersOf(placement, key).groups.front();
 }
 
 std::string ReplicaCoordinator::HttpAddressOf(const std::string& node_id) const {

@@ -288,7 +288,8 @@ class ReplicaCoordinator final : public Coordinator {
     absl::InlinedVector<Names, 2> groups;
   };
 
-  std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key) const;
+  std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key,
+                                    size_t replicas) const;
   KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
   Placement CurrentPlacement() const;
   // REQUIRES: generation_ set. This thread's placement under the current

@@ -22,6 +22,7 @@ struct Placement {
   uint64_t epoch = 0;                  // of the configuration (0: none)
   std::shared_ptr<const Ring> ring;    // null: no owners known yet
   std::shared_ptr<const Ring> next;    // null: no change under way
+  size_t replicas = 0;                 // N, committed (0: this node's --replicas)
 };
 
 }  // namespace logkv::server::cluster

@@ -89,6 +89,12 @@ std::string Describe(const fb::Command& command) {
                           " api_keys=", c.api_keys() == nullptr ? 0 : c.api_keys()->size(),
                           " last=", c.last() ? "true" : "false");
     }
+    case fb::CommandBody::SetClusterId: {
+      const auto* id = command.body_as_SetClusterId()->id();
+      if (id == nullptr) return std::string("cluster_id=");
+      return absl::StrCat("cluster_id=", absl::BytesToHexString(absl::string_view(
+                                             reinterpret_cast<const char*>(id->data()), id->size())));
+    }
     case fb::CommandBody::SetConsensusPrefixes: {
       std::string out = "prefixes=";
       const auto* prefixes = command.body_as_SetConsensusPrefixes()->prefixes();

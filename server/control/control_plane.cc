@@ -25,6 +25,7 @@ extern "C" {
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -218,6 +219,10 @@ class ControlPlane::Impl {
   const std::optional<std::vector<std::string>>& saved_consensus_prefixes() const {
     return saved_consensus_prefixes_;
   }
+  std::string cluster_id() const ABSL_LOCKS_EXCLUDED(cluster_id_mu_) {
+    absl::MutexLock lock(&cluster_id_mu_);
+    return cluster_id_;
+  }
   AuditState& audit() { return state_.audit(); }
   AuditLog* audit_log() { return audit_log_.get(); }
   std::string StateSnapshot() const { return state_.Snapshot(); }
@@ -261,6 +266,10 @@ class ControlPlane::Impl {
   // (nullopt: none kept); whether the file holds them (control thread).
   std::optional<std::vector<std::string>> saved_consensus_prefixes_;
   bool consensus_prefixes_saved_ = false;
+  // The cluster's id (ControlPlane::cluster_id), read by the transports'
+  // handshakes on other threads.
+  mutable absl::Mutex cluster_id_mu_;
+  std::string cluster_id_ ABSL_GUARDED_BY(cluster_id_mu_);
 
   uv_loop_t loop_{};
   uv_async_t wake_{};
@@ -320,6 +329,7 @@ absl::Status ControlPlane::Impl::Start() {
   }
   // The identity: made once, kept.
   const fs::path identity_path = dir_ / "identity";
+  bool new_identity = false;  // a first start on this directory
   Identity identity;
   absl::StatusOr<std::string> identity_text = ReadFile(identity_path);
   if (identity_text.ok()) {
@@ -333,6 +343,7 @@ absl::Status ControlPlane::Impl::Start() {
           ": the cluster knows it by that port; start with --control-port=", identity.port));
     }
   } else if (absl::IsNotFound(identity_text.status())) {
+    new_identity = true;
     if (sodium_init() < 0) return absl::InternalError("libsodium failed to initialise");
     while (identity.raft_id == 0) randombytes_buf(&identity.raft_id, sizeof(identity.raft_id));
     identity.port = options_.port;
@@ -370,6 +381,32 @@ absl::Status ControlPlane::Impl::Start() {
     }
     saved_consensus_prefixes_ = std::move(prefixes);
     consensus_prefixes_saved_ = true;
+  }
+
+  // The cluster's id: kept once known. A new cluster's first node draws it
+  // before anything else, so that from its first handshake it refuses
+  // peers of another cluster (it may be a wiped node of one).
+  if (absl::StatusOr<std::string> saved = ReadFile(dir_ / "cluster_id"); saved.ok()) {
+    const absl::string_view hex = absl::StripAsciiWhitespace(*saved);
+    if (hex.size() != 2 * kClusterIdBytes ||
+        !std::all_of(hex.begin(), hex.end(), [](char c) { return absl::ascii_isxdigit(c); })) {
+      return absl::DataLossError(absl::StrCat("control plane: ", (dir_ / "cluster_id").string(),
+                                              ": not a cluster id of ", kClusterIdBytes,
+                                              " bytes in hex"));
+    }
+    absl::MutexLock lock(&cluster_id_mu_);
+    cluster_id_ = absl::HexStringToBytes(hex);
+  } else if (!absl::IsNotFound(saved.status())) {
+    return saved.status();
+  } else if (options_.bootstrap && new_identity) {
+    std::string id = NewClusterId();
+    if (absl::Status s = WriteFileAtomically((dir_ / "cluster_id").string(),
+                                             absl::StrCat(absl::BytesToHexString(id), "\n"));
+        !s.ok()) {
+      return s;
+    }
+    absl::MutexLock lock(&cluster_id_mu_);
+    cluster_id_ = std::move(id);
   }
 
   // What was applied before the last stop.
@@ -426,6 +463,7 @@ absl::Status ControlPlane::Impl::Start() {
   transport_options.tls_ca_file = options_.peer_tls_ca;
   transport_options.tls_crl_file = options_.peer_tls_crl;
   transport_options.on_refused = options_.on_transport_refused;
+  transport_options.cluster_id = [this] { return cluster_id(); };
   transport_ = std::make_unique<AuthenticatedTransport>(&loop_, std::move(transport_options));
   const std::string raft_dir = (dir_ / "raft").string();
   if (int rv = raft_uv_init(&io_, &loop_, raft_dir.c_str(), transport_->transport()); rv != 0) {
@@ -645,6 +683,13 @@ void ControlPlane::Impl::OnApplied() {
   {
     absl::MutexLock lock(&config_mu_);
     if (current.epoch <= published_->epoch) return;  // a replay of what was published
+  }
+  if (!current.cluster_id.empty() && current.cluster_id != cluster_id()) {
+    // A failure is not fatal: the id comes back from the Raft log.
+    (void)WriteFileAtomically((dir_ / "cluster_id").string(),
+                              absl::StrCat(absl::BytesToHexString(current.cluster_id), "\n"));
+    absl::MutexLock lock(&cluster_id_mu_);
+    cluster_id_ = current.cluster_id;
   }
   const std::string bytes = ControlState::EncodeSnapshot(current);
   {
@@ -912,6 +957,8 @@ AuditLog* ControlPlane::audit_log() { return impl_->audit_log(); }
 AclState* ControlPlane::access() { return &impl_->access(); }
 
 KvState* ControlPlane::kv() { return &impl_->kv(); }
+
+std::string ControlPlane::cluster_id() const { return impl_->cluster_id(); }
 
 const std::vector<std::string>* ControlPlane::saved_consensus_prefixes() const {
   const std::optional<std::vector<std::string>>& saved = impl_->saved_consensus_prefixes();

@@ -156,6 +156,11 @@ class ControlPlane {
   // (kept in <dir>/consensus_prefixes once committed; they never change),
   // or null; fixed once started.
   const std::vector<std::string>* saved_consensus_prefixes() const;
+  // This node's cluster's id (kClusterIdBytes bytes): the committed one,
+  // else the one kept in <dir>/cluster_id (drawn by a new cluster's first
+  // node at its first start, saved by every node once committed), else ""
+  // (a node that has not joined yet). Peers of another cluster are refused.
+  std::string cluster_id() const;
   // The whole state as applied here (configuration and accounts), in the
   // snapshot encoding: what a backup keeps.
   std::string StateSnapshot();

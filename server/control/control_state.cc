@@ -1,5 +1,7 @@
 #include "server/control/control_state.h"
 
+#include <sodium.h>
+
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -146,10 +148,6 @@ absl::Status CheckMemberFields(const Member& member) {
   }
   return CheckAddress("control address", member.control_address, true);
 }
-
-// The one invariant between N and the members: the active members can hold
-// N replicas (N = 1 always can, an empty cluster included).
-bool CanHold(uint32_t replicas, size_t active) { return replicas == 1 || replicas <= active; }
 
 flatbuffers::Offset<fb::AddMember> BuildAddMember(flatbuffers::FlatBufferBuilder& builder,
                                                   const Member& member) {
@@ -324,11 +322,12 @@ absl::StatusOr<uint64_t> ApplyBeginLeave(ClusterConfig& config, const fb::BeginL
   absl::StatusOr<Member*> member =
       MemberIn(config, cmd.node_id(), {MemberState::kActive}, "begin the leave of");
   if (!member.ok()) return member.status();
-  size_t active_after = config.CountInState(MemberState::kActive) - 1;
-  if (active_after == 0 || !CanHold(config.replicas, active_after)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot begin the leave of ", Quoted((*member)->node_id), ": ", active_after,
-        " active members would remain for ", config.replicas, " replicas"));
+  // N is capped at the ring's size: fewer members than N each hold every
+  // key. The last one cannot leave: nobody would hold its keys.
+  if (config.CountInState(MemberState::kActive) == 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot begin the leave of ", Quoted((*member)->node_id),
+                     ": no other active member would hold its keys"));
   }
   return Transition(config, **member, MemberState::kLeaving);
 }
@@ -344,10 +343,13 @@ absl::StatusOr<uint64_t> ApplySetReplicas(ClusterConfig& config, const fb::SetRe
   uint32_t replicas = cmd.replicas();
   if (absl::Status s = CheckReplicasRange(replicas); !s.ok()) return s;
   if (replicas == config.replicas) return config.epoch;  // no change, no new epoch
-  size_t active = config.CountInState(MemberState::kActive);
-  if (!CanHold(replicas, active)) {
+  // Committed once, by a new cluster's first node. Changing N later would
+  // move keys between owner sets with no hand-off (owners missing what a
+  // quorum of the old ones held): refused, like a change of vnodes.
+  if (config.replicas != 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("replicas ", replicas, " needs as many active members; there are ", active));
+        absl::StrCat("the cluster's replication factor is ", config.replicas,
+                     ", committed when it was created; it cannot change to ", replicas));
   }
   config.replicas = replicas;
   return ++config.epoch;
@@ -366,6 +368,22 @@ absl::StatusOr<uint64_t> ApplySetVnodes(ClusterConfig& config, const fb::SetVnod
     }
   }
   config.vnodes_per_member = vnodes;
+  return ++config.epoch;
+}
+
+absl::StatusOr<uint64_t> ApplySetClusterId(ClusterConfig& config, const fb::SetClusterId& cmd) {
+  if (cmd.id() == nullptr || cmd.id()->size() != kClusterIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a cluster id is ", kClusterIdBytes, " bytes"));
+  }
+  const std::string id(reinterpret_cast<const char*>(cmd.id()->data()), cmd.id()->size());
+  if (id == config.cluster_id) return config.epoch;  // no change, no new epoch
+  if (!config.cluster_id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the cluster's id is ", absl::BytesToHexString(config.cluster_id),
+                     ", committed when it was created; it cannot change"));
+  }
+  config.cluster_id = id;
   return ++config.epoch;
 }
 
@@ -435,6 +453,19 @@ std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(64);
   auto body = fb::CreateSetReplicas(builder, replicas);
   return FinishCommand(builder, fb::CommandBody::SetReplicas, body.Union(), options);
+}
+
+std::string EncodeSetClusterId(absl::string_view id, CommandOptions options) {
+  flatbuffers::FlatBufferBuilder builder(64);
+  auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(id.data()), id.size());
+  auto body = fb::CreateSetClusterId(builder, bytes);
+  return FinishCommand(builder, fb::CommandBody::SetClusterId, body.Union(), options);
+}
+
+std::string NewClusterId() {
+  std::string id(kClusterIdBytes, '\0');
+  randombytes_buf(id.data(), id.size());
+  return id;
 }
 
 std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options) {
@@ -631,6 +662,8 @@ absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command)
       return ApplySetReplicas(config_, *cmd->body_as_SetReplicas());
     case fb::CommandBody::SetVnodes:
       return ApplySetVnodes(config_, *cmd->body_as_SetVnodes());
+    case fb::CommandBody::SetClusterId:
+      return ApplySetClusterId(config_, *cmd->body_as_SetClusterId());
     case fb::CommandBody::ReplaceMember:
       return ApplyReplaceMember(config_, *cmd->body_as_ReplaceMember());
     case fb::CommandBody::Barrier:
@@ -672,9 +705,15 @@ std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* 
   if (audit != nullptr) audit_table = audit->Encode(builder);
   flatbuffers::Offset<fb::ConsensusKeys> kv_table;
   if (kv != nullptr) kv_table = kv->Encode(builder);
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> cluster_id;
+  if (!config.cluster_id.empty()) {
+    cluster_id = builder.CreateVector(reinterpret_cast<const uint8_t*>(config.cluster_id.data()),
+                                      config.cluster_id.size());
+  }
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
-                                     config.replicas, config.vnodes_per_member, vector,
-                                     accounts_table, access_table, audit_table, kv_table);
+                                     config.vnodes_per_member, vector, accounts_table,
+                                     access_table, audit_table, kv_table, config.replicas,
+                                     cluster_id);
   builder.Finish(snapshot, fb::CommandIdentifier());
   return Finish(builder);
 }
@@ -712,9 +751,18 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
   }
   ClusterConfig config;
   config.epoch = root->epoch();
-  config.replicas = root->replicas();
+  config.replicas = root->replication_factor();
+  if (const auto* id = root->cluster_id(); id != nullptr) {
+    if (id->size() != kClusterIdBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("snapshot: a cluster id of ", id->size(), " bytes"));
+    }
+    config.cluster_id.assign(reinterpret_cast<const char*>(id->data()), id->size());
+  }
   config.vnodes_per_member = root->vnodes_per_member();
-  if (absl::Status s = CheckReplicasRange(config.replicas); !s.ok()) return s;
+  if (config.replicas != 0) {
+    if (absl::Status s = CheckReplicasRange(config.replicas); !s.ok()) return s;
+  }
   if (absl::Status s = CheckVnodesRange(config.vnodes_per_member); !s.ok()) return s;
   if (root->members() != nullptr) {
     if (root->members()->size() > kMaxMembers) {
@@ -764,10 +812,6 @@ absl::StatusOr<ClusterConfig> ControlState::DecodeSnapshot(absl::string_view sna
       }
       config.members.emplace_hint(config.members.end(), member.node_id, std::move(member));
     }
-  }
-  if (!CanHold(config.replicas, config.CountInState(MemberState::kActive))) {
-    return absl::InvalidArgumentError(absl::StrCat("snapshot: replicas ", config.replicas,
-                                                   " with fewer active members"));
   }
   return config;
 }

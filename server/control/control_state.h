@@ -74,8 +74,10 @@ inline constexpr size_t kMaxAddressBytes = 256;
 inline constexpr size_t kMaxMembers = 1024;  // tombstones included
 inline constexpr uint32_t kMaxReplicas = 16;
 inline constexpr uint32_t kMaxVnodesPerMember = 4096;
-// The state before any command: what a cluster starts from.
-inline constexpr uint32_t kInitialReplicas = 1;
+inline constexpr size_t kClusterIdBytes = 16;
+// The state before any command: what a cluster starts from. N is not
+// committed (0) until the first node commits its --replicas.
+inline constexpr uint32_t kInitialReplicas = 0;
 inline constexpr uint32_t kInitialVnodesPerMember = 150;  // placement's default
 // Bytes a command or a snapshot may have; longer input is refused before it
 // is parsed. A command is small but for an import of accounts (split into
@@ -88,8 +90,13 @@ inline constexpr size_t kMaxSnapshotBytes = 128 << 20;
 // The whole state, as a value.
 struct ClusterConfig {
   uint64_t epoch = 0;
+  // N, the length of a key's preference list (capped at the ring's size);
+  // fixed once committed. 0: not yet committed.
   uint32_t replicas = kInitialReplicas;
   uint32_t vnodes_per_member = kInitialVnodesPerMember;
+  // kClusterIdBytes random bytes drawn by the first node; fixed once
+  // committed. "": not yet committed.
+  std::string cluster_id;
   std::map<std::string, Member> members;  // by node id, removed ones included
 
   bool operator==(const ClusterConfig&) const = default;
@@ -109,6 +116,9 @@ std::string EncodeBeginLeave(absl::string_view node_id, CommandOptions options =
 std::string EncodeRemoveMember(absl::string_view node_id, CommandOptions options = {});
 std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options = {});
 std::string EncodeSetVnodes(uint32_t vnodes_per_member, CommandOptions options = {});
+std::string EncodeSetClusterId(absl::string_view id, CommandOptions options = {});
+// kClusterIdBytes random bytes: a new cluster's identity.
+std::string NewClusterId();
 // Changes nothing; answered with the epoch where the log applies it.
 std::string EncodeBarrier();
 // Events that are not commands themselves (login failures, backups, audited

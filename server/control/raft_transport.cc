@@ -15,24 +15,30 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 #include "protocol/tls_bio.h"
+#include "server/control/control_state.h"
 
 namespace logkv::server::control {
 
 namespace {
 
-constexpr char kMagic[8] = {'L', 'K', 'V', 'R', 'A', 'F', 'T', '1'};
+// Version 2: the fixed part is followed by the connector's cluster id (all
+// zero: it has none yet), then its address. Version 1 (older nodes) has
+// no cluster id.
+constexpr char kMagic[8] = {'L', 'K', 'V', 'R', 'A', 'F', 'T', '2'};
+constexpr char kMagicV1[8] = {'L', 'K', 'V', 'R', 'A', 'F', 'T', '1'};
 constexpr size_t kNonceBytes = 32;
 constexpr size_t kMacBytes = crypto_auth_hmacsha256_BYTES;
 static_assert(kMacBytes == 32);
 // magic, nonce, id, address length.
 constexpr size_t kHelloFixedBytes = sizeof(kMagic) + kNonceBytes + 8 + 1;
-constexpr size_t kMaxAddressBytes = 255;
+constexpr size_t kMaxHelloAddressBytes = 255;
 constexpr int kListenBacklog = 128;
 // A tunnel stops reading one side while more than this waits to be written
 // to the other (a snapshot being sent), and reads again below a quarter.
@@ -110,8 +116,10 @@ struct AuthenticatedTransport::Handshake {
   struct raft_uv_connect* req = nullptr;
   raft_uv_connect_cb connect_cb = nullptr;
 
-  uint8_t hello[kHelloFixedBytes + kMaxAddressBytes + 1] = {};  // +1: the address's NUL
+  // +1: the address's NUL.
+  uint8_t hello[kHelloFixedBytes + kClusterIdBytes + kMaxHelloAddressBytes + 1] = {};
   size_t hello_bytes = 0;
+  size_t address_at = kHelloFixedBytes;  // where the address starts (version 2: after the id)
   uint8_t challenge[kNonceBytes + kMacBytes] = {};
   uint8_t proof[kMacBytes] = {};
 
@@ -179,7 +187,7 @@ struct HandshakeOps {
       uint64_t id;
       std::memcpy(&id, h->hello + sizeof(kMagic) + kNonceBytes, sizeof(id));
       id = le64toh(id);
-      const char* address = reinterpret_cast<const char*>(h->hello + kHelloFixedBytes);
+      const char* address = reinterpret_cast<const char*>(h->hello + h->address_at);
       t->accept_cb_(&t->transport_, id, address, Stream(h));
     }
   }
@@ -238,7 +246,9 @@ struct HandshakeOps {
     const std::string& secret = h->transport->options_.cluster_secret;
     switch (h->phase) {
       case Phase::kHelloFixed: {  // listener
-        if (std::memcmp(h->hello, kMagic, sizeof(kMagic)) != 0) {
+        if (std::memcmp(h->hello, kMagic, sizeof(kMagic)) == 0) {
+          h->address_at = kHelloFixedBytes + kClusterIdBytes;
+        } else if (std::memcmp(h->hello, kMagicV1, sizeof(kMagicV1)) != 0) {
           Fail(h, true);
           return;
         }
@@ -248,16 +258,33 @@ struct HandshakeOps {
           return;
         }
         h->phase = Phase::kHelloAddress;
-        ReadExactly(h, h->hello + kHelloFixedBytes, address_bytes);
+        ReadExactly(h, h->hello + kHelloFixedBytes,
+                    h->address_at - kHelloFixedBytes + address_bytes);
         return;
       }
       case Phase::kHelloAddress: {  // listener
-        h->hello_bytes = kHelloFixedBytes + h->hello[kHelloFixedBytes - 1];
+        h->hello_bytes = h->address_at + h->hello[kHelloFixedBytes - 1];
         h->hello[h->hello_bytes] = 0;  // the address as a C string, outside the MAC
+        const char* address = reinterpret_cast<const char*>(h->hello + h->address_at);
+        if (h->address_at > kHelloFixedBytes) {
+          // A peer of another cluster: this node is a wiped one that started
+          // a new cluster, or the peer is (docs/control-plane.md).
+          const std::string theirs(reinterpret_cast<const char*>(h->hello + kHelloFixedBytes),
+                                   kClusterIdBytes);
+          const std::string mine = h->transport->cluster_id();
+          if (!mine.empty() && theirs != std::string(kClusterIdBytes, '\0') && theirs != mine) {
+            h->transport->Refused(absl::StrCat(
+                "control-plane peer claiming ", address, " belongs to cluster ",
+                absl::BytesToHexString(theirs), ", not this node's ",
+                absl::BytesToHexString(mine),
+                " (a node whose data was wiped rejoins with --seeds and --replace)"));
+            Fail(h, true);
+            return;
+          }
+        }
         if (h->transport->tls()) {
           // The connector is who its certificate names: the host of the
           // address it is known by in the Raft configuration.
-          const char* address = reinterpret_cast<const char*>(h->hello + kHelloFixedBytes);
           const std::string host = HostOf(address);
           if (!CertificateNames(h->peer_certificate, host)) {
             h->transport->Refused(absl::StrCat(
@@ -281,7 +308,7 @@ struct HandshakeOps {
         if (sodium_memcmp(expected, h->proof, kMacBytes) != 0) {
           h->transport->Refused(absl::StrCat(
               "control-plane peer claiming ",
-              reinterpret_cast<const char*>(h->hello + kHelloFixedBytes),
+              reinterpret_cast<const char*>(h->hello + h->address_at),
               ": wrong proof of the cluster secret"));
           Fail(h, true);
           return;
@@ -367,8 +394,12 @@ struct HandshakeOps {
       uint64_t id = htole64(t->id_);
       std::memcpy(h->hello + sizeof(kMagic) + kNonceBytes, &id, sizeof(id));
       h->hello[kHelloFixedBytes - 1] = static_cast<uint8_t>(t->address_.size());
-      std::memcpy(h->hello + kHelloFixedBytes, t->address_.data(), t->address_.size());
-      h->hello_bytes = kHelloFixedBytes + t->address_.size();
+      if (const std::string mine = t->cluster_id(); mine.size() == kClusterIdBytes) {
+        std::memcpy(h->hello + kHelloFixedBytes, mine.data(), kClusterIdBytes);
+      }  // else zero: none yet
+      h->address_at = kHelloFixedBytes + kClusterIdBytes;
+      std::memcpy(h->hello + h->address_at, t->address_.data(), t->address_.size());
+      h->hello_bytes = h->address_at + t->address_.size();
       h->phase = Phase::kChallenge;
       Write(h, h->hello, h->hello_bytes, false);
       if (!h->failed) ReadExactly(h, h->challenge, sizeof(h->challenge));
@@ -912,7 +943,7 @@ int AuthenticatedTransport::Init(struct raft_uv_transport* transport, raft_id id
   }
   struct sockaddr_in parsed;
   size_t length = std::strlen(address);
-  if (length == 0 || length > kMaxAddressBytes || !ParseAddress(address, &parsed)) {
+  if (length == 0 || length > kMaxHelloAddressBytes || !ParseAddress(address, &parsed)) {
     absl::SNPrintF(transport->errmsg, sizeof(transport->errmsg),
                    "address %s is not IPv4 host:port", address);
     return RAFT_INVALID;

@@ -74,6 +74,10 @@ struct TransportOptions {
   // Told why a connection was refused (a failed TLS handshake, a
   // certificate that does not name the peer, a wrong proof), on the loop.
   std::function<void(const std::string& why)> on_refused;
+  // This node's cluster id (control_state.h, kClusterIdBytes bytes; "" when
+  // it has none yet). A connector of another cluster is refused; one
+  // without an id (a node joining) is not.
+  std::function<std::string()> cluster_id;
 };
 
 class AuthenticatedTransport {
@@ -96,6 +100,7 @@ class AuthenticatedTransport {
   uint64_t connected() const { return connected_; }
   uint64_t refused() const { return refused_; }
   bool tls() const { return !options_.tls_ca_file.empty(); }
+  std::string cluster_id() const { return options_.cluster_id ? options_.cluster_id() : ""; }
 
   // Reads the TLS files again (SIGHUP): connections made or accepted from
   // then on use them, those open keep theirs. On a failure the ones in use

@@ -24,17 +24,18 @@ class PeerHandler {
   virtual ~PeerHandler() = default;
 
   // Step 1 of the handshake, the first ClusterHello: refuses a peer that
-  // may not connect (its --auth setting differs from this node's, or this
-  // node requires a cluster secret and has none), else answers with this
-  // node's nonce and its proof over both nonces.
+  // may not connect (its --auth setting differs from this node's, it names
+  // another cluster id than this node's, or this node requires a cluster
+  // secret and has none), else answers with this node's nonce and its proof
+  // over both nonces. their_cluster_id: "" when the peer sent none.
   struct Challenge {
     std::string nonce;
     std::string proof;
     bool auth = false;  // this node's --auth
   };
   virtual absl::StatusOr<Challenge> ChallengePeer(absl::string_view node_id,
-                                                  absl::string_view their_nonce,
-                                                  bool their_auth) = 0;
+                                                  absl::string_view their_nonce, bool their_auth,
+                                                  absl::string_view their_cluster_id) = 0;
   // Step 3, the second ClusterHello: whether the connecting node's proof
   // over the two nonces shows it holds the secret (constant time).
   virtual bool AcceptPeer(absl::string_view node_id, absl::string_view their_nonce,

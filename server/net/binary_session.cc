@@ -354,7 +354,8 @@ void BinarySession::HandleClusterHello(const p::Request& request) {
   if (peer_nonce_own_.empty()) {
     // Step 1: challenge the connecting node, proving this node's secret.
     absl::StatusOr<PeerHandler::Challenge> challenge =
-        handler->ChallengePeer(node_id, p::View(hello->nonce()), hello->auth());
+        handler->ChallengePeer(node_id, p::View(hello->nonce()), hello->auth(),
+                               p::View(hello->cluster_id()));
     if (!challenge.ok()) return refuse(challenge.status());
     peer_nonce_theirs_ = std::string(p::View(hello->nonce()));
     peer_nonce_own_ = challenge->nonce;

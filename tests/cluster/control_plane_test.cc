@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -198,6 +199,67 @@ TEST_F(ControlPlaneTest, AWipedNodeTakesItsPlaceAgain) {
   absl::StatusOr<HttpAnswer> put = cluster_->Put(wiped, "after-wipe", "v", Consistency::kStrong);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->status, 200) << put->body;
+}
+
+// The first node (started without --seeds) loses its data and is started
+// as it was first: it starts a cluster of its own, under a new cluster id.
+// The old cluster refuses it on both transports, so it never counts in the
+// old cluster's quorums without the data; started with --seeds (and
+// --replace) it takes its place in the old cluster again.
+TEST_F(ControlPlaneTest, AWipedFirstNodeIsFencedOffFromItsOldCluster) {
+  ASSERT_OK(StartCluster(3));
+  const std::string old_cluster = ControlOf(*cluster_, 1).value("cluster_id", "");
+  ASSERT_EQ(old_cluster.size(), 32u) << ControlOf(*cluster_, 1).dump();
+  for (int node = 0; node < 3; ++node) {
+    EXPECT_EQ(ControlOf(*cluster_, node).value("cluster_id", ""), old_cluster) << node;
+  }
+  cluster_->Kill(0);
+  ASSERT_OK(cluster_->Wipe(0));
+  ASSERT_OK(cluster_->RestartAsStarted(0));
+  std::string new_cluster;
+  for (const absl::Time deadline = absl::Now() + kPatience;
+       new_cluster.empty() && absl::Now() < deadline;) {
+    new_cluster = ControlOf(*cluster_, 0).value("cluster_id", "");
+    if (new_cluster.empty()) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_FALSE(new_cluster.empty()) << cluster_->Describe();
+  EXPECT_NE(new_cluster, old_cluster);
+
+  // The old cluster goes on with its two other nodes. A strong write
+  // through node 1 needs two of its three owners: nodes 1 and 2, never the
+  // empty node 0.
+  absl::StatusOr<HttpAnswer> put;
+  for (int i = 0; i < 10; ++i) {
+    const std::string key = absl::StrCat("after-wipe-", i);
+    for (const absl::Time deadline = absl::Now() + kPatience; absl::Now() < deadline;) {
+      put = cluster_->Put(1, key, "v", Consistency::kStrong);
+      if (put.ok() && put->status == 200) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(put.ok() && put->status == 200)
+        << (put.ok() ? put->body : put.status().ToString()) << cluster_->Describe();
+    absl::StatusOr<std::optional<std::string>> held = cluster_->StoreValue(0, key);
+    ASSERT_TRUE(held.ok()) << held.status();
+    EXPECT_FALSE(held->has_value()) << key << " reached the node of the other cluster";
+  }
+  // It says why. (It knows nothing of the old cluster, so only the old
+  // cluster's nodes knock; its Raft port is a new one, chosen again at its
+  // first start: raft_transport_test refuses another cluster's Raft hello.)
+  bool refused = false;
+  for (const absl::Time deadline = absl::Now() + kPatience; !refused && absl::Now() < deadline;) {
+    refused = absl::StrContains(
+        cluster_->Output(0),
+        absl::StrCat("it belongs to cluster ", old_cluster, ", this node to ", new_cluster));
+    if (!refused) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << cluster_->Describe(20);
+
+  // Started to rejoin, it takes its place again, under the old cluster id.
+  ASSERT_EQ(cluster_->Stop(0), 0);
+  ASSERT_OK(cluster_->Wipe(0));
+  ASSERT_OK(cluster_->Restart(0));
+  ASSERT_OK(WaitAllActive({0, 1, 2}, 3));
+  EXPECT_EQ(ControlOf(*cluster_, 0).value("cluster_id", ""), old_cluster);
 }
 
 // A second process under a live member's node id (a duplicated --node-id)

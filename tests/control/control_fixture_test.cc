@@ -342,7 +342,7 @@ TEST(ControlFixtureTest, KilledFollowerCatchesUpWhenRevived) {
   raft_fixture_kill(cluster.f(), 0);
   ASSERT_TRUE(cluster.StepUntilNewLeader(0));
   ASSERT_NE(cluster.leader(), 0u);
-  ASSERT_TRUE(cluster.Submit(EncodeSetReplicas(2)).ok());
+  ASSERT_TRUE(cluster.Submit(EncodeAddMember(NewMember(4))).ok());
   cluster.ExpectConverged({1, 2});
   raft_fixture_revive(cluster.f(), 0);
   cluster.ExpectConverged(cluster.All());
@@ -396,15 +396,16 @@ TEST(ControlFixtureTest, ServersAreAddedPromotedAndRemoved) {
   // The group of three ({0, 1, 3}) goes on without it, and survives losing
   // its leader: a quorum of the new configuration is two of those three.
   const raft_index removed_at = raft_last_applied(cluster.raft(2));
-  ASSERT_TRUE(cluster.Submit(EncodeSetReplicas(2)).ok());
+  ASSERT_TRUE(cluster.Submit(EncodeSetReplicas(3)).ok());
   cluster.ExpectConverged({0, 1, fourth});
   EXPECT_EQ(raft_last_applied(cluster.raft(2)), removed_at);
   raft_fixture_kill(cluster.f(), 0);
   ASSERT_TRUE(cluster.StepUntilNewLeader(0));
   ASSERT_TRUE(cluster.leader() == 1 || cluster.leader() == fourth);
-  ASSERT_TRUE(cluster.Submit(EncodeSetReplicas(3)).ok());
+  ASSERT_TRUE(cluster.Submit(EncodeAddMember(NewMember(5))).ok());
   cluster.ExpectConverged({1, fourth});
   EXPECT_EQ(cluster.state(fourth).Current().replicas, 3u);
+  EXPECT_NE(cluster.state(fourth).Current().Find(NewMember(5).node_id), nullptr);
 }
 
 TEST(ControlFixtureTest, LaggingServerIsCaughtUpBySnapshot) {

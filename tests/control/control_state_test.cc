@@ -65,22 +65,20 @@ TEST(ControlStateTest, MemberLifeAdvancesTheEpochByOneEachStep) {
   EXPECT_EQ(b->since_epoch, 4u);
   EXPECT_EQ(config.replicas, 2u);
 
-  // Two active members for N = 2: neither may leave until N drops.
-  absl::StatusOr<uint64_t> refused = state.Apply(EncodeBeginLeave("b"));
-  EXPECT_EQ(CodeOf(refused), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(refused.status().message(),
-            "cannot begin the leave of \"b\": 1 active members would remain for 2 replicas");
-  EXPECT_EQ(state.epoch(), 5u);
-  EXPECT_EQ(*state.Apply(EncodeSetReplicas(1)), 6u);
-  EXPECT_EQ(*state.Apply(EncodeBeginLeave("b")), 7u);
+  // N is capped at the ring's size: with two active members and N = 2 one
+  // may leave (the other then holds every key).
+  EXPECT_EQ(*state.Apply(EncodeBeginLeave("b")), 6u);
   EXPECT_EQ(state.Current().Find("b")->state, MemberState::kLeaving);
-  EXPECT_EQ(*state.Apply(EncodeRemoveMember("b")), 8u);
+  EXPECT_EQ(*state.Apply(EncodeRemoveMember("b")), 7u);
   EXPECT_EQ(state.Current().Find("b")->state, MemberState::kRemoved);
-  EXPECT_EQ(state.Current().Find("b")->since_epoch, 8u);
+  EXPECT_EQ(state.Current().Find("b")->since_epoch, 7u);
 
   // The last active member never leaves.
-  EXPECT_EQ(CodeOf(state.Apply(EncodeBeginLeave("a"))), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(state.epoch(), 8u);
+  absl::StatusOr<uint64_t> refused = state.Apply(EncodeBeginLeave("a"));
+  EXPECT_EQ(CodeOf(refused), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(refused.status().message(),
+            "cannot begin the leave of \"a\": no other active member would hold its keys");
+  EXPECT_EQ(state.epoch(), 7u);
 }
 
 // A Barrier changes nothing and is answered with the epoch where it applies
@@ -259,22 +257,32 @@ TEST(ControlStateTest, ReplaceMemberKeepsThePlaceWithANewRaftId) {
   EXPECT_EQ(state.epoch(), before.epoch + 1);
 }
 
-TEST(ControlStateTest, SetReplicasIsBoundedByActiveMembers) {
+TEST(ControlStateTest, ReplicasAreCommittedOnceAndCappedAtTheRing) {
   ControlState state;
   EXPECT_EQ(CodeOf(state.Apply(EncodeSetReplicas(0))), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CodeOf(state.Apply(EncodeSetReplicas(kMaxReplicas + 1))),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CodeOf(state.Apply(EncodeSetReplicas(2))), absl::StatusCode::kFailedPrecondition);
-  // The same N is no change: accepted at the same epoch.
-  EXPECT_EQ(*state.Apply(EncodeSetReplicas(1)), 0u);
-  AddActive(state, 3);
-  ASSERT_TRUE(state.Apply(EncodeAddMember(NewMember(4, "n4"))).ok());  // joining: not counted
-  absl::StatusOr<uint64_t> four = state.Apply(EncodeSetReplicas(4));
-  EXPECT_EQ(CodeOf(four), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(four.status().message(), "replicas 4 needs as many active members; there are 3");
-  EXPECT_EQ(*state.Apply(EncodeSetReplicas(3)), 8u);
-  EXPECT_EQ(*state.Apply(EncodeSetReplicas(3)), 8u);
+  // A new cluster's first node commits its --replicas before it is active:
+  // N is capped at the ring's size, so fewer members are no obstacle.
+  EXPECT_EQ(*state.Apply(EncodeSetReplicas(3)), 1u);
   EXPECT_EQ(state.Current().replicas, 3u);
+  // The same N is no change: accepted at the same epoch.
+  EXPECT_EQ(*state.Apply(EncodeSetReplicas(3)), 1u);
+  AddActive(state, 2);
+  // Another N would move keys to owners that never got them: refused.
+  absl::StatusOr<uint64_t> two = state.Apply(EncodeSetReplicas(2));
+  EXPECT_EQ(CodeOf(two), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(two.status().message(),
+            "the cluster's replication factor is 3, committed when it was created; it cannot "
+            "change to 2");
+  EXPECT_EQ(state.Current().replicas, 3u);
+  // Kept by snapshots; a configuration without it decodes as uncommitted.
+  absl::StatusOr<ClusterConfig> decoded = ControlState::DecodeSnapshot(state.Snapshot());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->replicas, 3u);
+  decoded = ControlState::DecodeSnapshot(ControlState().Snapshot());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->replicas, 0u);
 }
 
 TEST(ControlStateTest, VnodesChangeOnlyBeforeAnyMemberIsActive) {
@@ -354,7 +362,8 @@ TEST(ControlStateTest, SameCommandsGiveSameResultsAndSameSnapshotBytes) {
     }
     EXPECT_EQ(a.Snapshot(), b.Snapshot()) << i;
   }
-  EXPECT_EQ(a.epoch(), 13u);
+  // (n1's leave is accepted: N = 3 is capped at the two active members left.)
+  EXPECT_EQ(a.epoch(), 14u);
   EXPECT_EQ(a.Current(), b.Current());
 }
 
@@ -526,7 +535,8 @@ std::string RawSnapshot(uint32_t version, uint64_t epoch, uint32_t replicas, uin
                                        static_cast<fb::MemberState>(m.state), m.since_epoch));
   }
   auto vector = builder.CreateVector(offsets);
-  builder.Finish(fb::CreateSnapshot(builder, version, epoch, replicas, vnodes, vector),
+  builder.Finish(fb::CreateSnapshot(builder, version, epoch, vnodes, vector, /*accounts=*/0,
+                                    /*access=*/0, /*audit=*/0, /*consensus=*/0, replicas),
                  fb::CommandIdentifier());
   return std::string(reinterpret_cast<const char*>(builder.GetBufferPointer()),
                      builder.GetSize());
@@ -550,9 +560,7 @@ TEST(ControlStateHostileTest, InconsistentSnapshotsAreRefused) {
   std::vector<Case> cases = {
       {"format version 2", RawSnapshot(2, 2, 2, 150, {a, b})},
       {"format version 0", RawSnapshot(0, 2, 2, 150, {a, b})},
-      {"replicas 0", RawSnapshot(1, 2, 0, 150, {a, b})},
       {"replicas over the limit", RawSnapshot(1, 2, kMaxReplicas + 1, 150, {a, b})},
-      {"replicas over active members", RawSnapshot(1, 2, 3, 150, {a, b})},
       {"vnodes 0", RawSnapshot(1, 2, 2, 0, {a, b})},
       {"unsorted", RawSnapshot(1, 2, 2, 150, {b, a})},
       {"duplicate node id", RawSnapshot(1, 2, 1, 150, {a, a})},

@@ -20,6 +20,7 @@ extern "C" {
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -224,6 +225,52 @@ TEST_F(TransportTest, WrongSecretIsRefusedEitherWay) {
   EXPECT_EQ(right->accepted() + wrong->accepted() + right->connected() + wrong->connected(), 0u);
   Close(*wrong);
   Close(*right);
+}
+
+// The same secret but another cluster id (a wiped first node that started
+// a cluster of its own): refused by the listener, with the reason. A node
+// without an id yet (joining) is accepted, and accepts.
+TEST_F(TransportTest, AnotherClusterIdIsRefused) {
+  const std::string ours_address = Loopback(test::PickFreePort());
+  const std::string theirs_address = Loopback(test::PickFreePort());
+  const std::string joining_address = Loopback(test::PickFreePort());
+  std::vector<std::string> refusals;
+  auto with_id = [&refusals](std::string id) {
+    TransportOptions options = SecretOnly("the secret");
+    options.cluster_id = [id] { return id; };
+    options.on_refused = [&refusals](const std::string& why) { refusals.push_back(why); };
+    return options;
+  };
+  auto ours = Make(1, ours_address, with_id(std::string(16, 'a')), /*listen=*/true);
+  auto theirs = Make(2, theirs_address, with_id(std::string(16, 'b')), /*listen=*/true);
+  auto joining = Make(3, joining_address, with_id(""), /*listen=*/true);
+
+  Connected other;
+  other.req.data = &other;
+  struct raft_uv_transport* t = theirs->transport();
+  ASSERT_EQ(t->connect(t, &other.req, 1, ours_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return other.done && ours->refused() == 1; }));
+  EXPECT_EQ(other.status, RAFT_NOCONNECTION);
+  EXPECT_EQ(accepted_.count, 0);
+  ASSERT_FALSE(refusals.empty());
+  EXPECT_TRUE(absl::StrContains(refusals.front(), "belongs to cluster 62626262")) << refusals.front();
+
+  Connected from_joining;
+  from_joining.req.data = &from_joining;
+  struct raft_uv_transport* j = joining->transport();
+  ASSERT_EQ(j->connect(j, &from_joining.req, 1, ours_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return from_joining.done && accepted_.count == 1; }));
+  EXPECT_EQ(from_joining.status, 0);
+
+  Connected to_joining;
+  to_joining.req.data = &to_joining;
+  struct raft_uv_transport* o = ours->transport();
+  ASSERT_EQ(o->connect(o, &to_joining.req, 3, joining_address.c_str(), &OnConnect), 0);
+  ASSERT_TRUE(RunUntil([&] { return to_joining.done && accepted_.count == 2; }));
+  EXPECT_EQ(to_joining.status, 0);
+  Close(*joining);
+  Close(*theirs);
+  Close(*ours);
 }
 
 TEST_F(TransportTest, GarbageIsRefusedAndClosed) {

@@ -26,6 +26,7 @@
 #include "server/auth/password.h"
 #include "server/namespaces.h"
 #include "server/cluster/cluster_node.h"
+#include "server/control/control_plane.h"
 #include "server/log.h"
 #include "tests/engine/test_util.h"
 #include "tests/rest/http_client.h"
@@ -534,6 +535,77 @@ TEST_F(NodeTest, ThreeNodesFormAClusterAndOneRestarts) {
   read = first->Get("clustered", Consistency::kStrong);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->value, "v3");
+}
+
+// N is the cluster's, not each node's: the first node commits its
+// --replicas when it creates the cluster; nodes started with another value
+// (joining, or restarted) place keys by the committed one.
+TEST_F(NodeTest, TheFirstNodeCommitsTheReplicationFactorForEveryNode) {
+  constexpr int kNodes = 3;
+  std::vector<NodeOptions> options;
+  std::vector<std::unique_ptr<Node>> nodes;
+  for (int i = 0; i < kNodes; ++i) {
+    NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
+    node_options.node_id = absl::StrCat("n", i);
+    node_options.cluster_secret = "node-test-secret";
+    node_options.replicas = i == 0 ? 2 : 3;
+    if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes[0]->port())};
+    auto node = std::make_unique<Node>(node_options);
+    ASSERT_TRUE(node->Start().ok()) << "node " << i;
+    node_options.listen.port = node->port();
+    node_options.http = {HostPort{"127.0.0.1", node->http_ports().front()}};
+    options.push_back(node_options);
+    nodes.push_back(std::move(node));
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  for (const auto& node : nodes) {
+    ASSERT_TRUE(node->WaitViewConfirmed(deadline, kNodes).ok())
+        << node->WaitViewConfirmed(deadline, kNodes);
+    while (node->control_plane()->config()->replicas == 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    EXPECT_EQ(node->control_plane()->config()->replicas, 2u) << node->node_id();
+  }
+  // A strong write waits for a majority of its owners: both, with N = 2.
+  // Written through every node, each key is on exactly two of the three.
+  PutOptions strong_write;
+  strong_write.consistency = Consistency::kStrong;
+  auto write_and_count = [&](const std::string& prefix) {
+    for (int i = 0; i < kNodes; ++i) {
+      std::unique_ptr<Client> writer = Connect(nodes[i]->port());
+      ASSERT_NE(writer, nullptr);
+      for (int k = 0; k < 10; ++k) {
+        const std::string key = absl::StrCat(prefix, i, "-", k);
+        absl::StatusOr<WriteResult> written = writer->Put(key, "v", strong_write);
+        ASSERT_TRUE(written.ok()) << key << ": " << written.status();
+        int holders = 0;
+        for (const auto& node : nodes) holders += node->engine()->Get(key).ok() ? 1 : 0;
+        EXPECT_EQ(holders, 2) << key << " through " << nodes[i]->node_id();
+      }
+    }
+  };
+  write_and_count("before-");
+
+  // The first node restarted with another --replicas keeps the committed N.
+  ASSERT_TRUE(nodes[0]->Stop().ok());
+  nodes[0].reset();
+  options[0].replicas = 3;
+  absl::Status started;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);;) {
+    nodes[0] = std::make_unique<Node>(options[0]);
+    started = nodes[0]->Start();
+    // The port may still be held for a moment after the close.
+    if (started.ok() || !absl::IsUnavailable(started) || absl::Now() >= give_up) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(started.ok()) << started;
+  const absl::Time rejoin_deadline = absl::Now() + absl::Seconds(30);
+  for (const auto& node : nodes) {
+    ASSERT_TRUE(node->WaitViewConfirmed(rejoin_deadline, kNodes).ok())
+        << node->WaitViewConfirmed(rejoin_deadline, kNodes);
+  }
+  EXPECT_EQ(nodes[0]->control_plane()->config()->replicas, 2u);
+  write_and_count("after-");
 }
 
 TEST_F(NodeTest, WithAuthOnUnauthenticatedRequestsAreRefused) {
