@@ -25,11 +25,6 @@ std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody 
   return FinishCommand(builder, type, body.Union(), options);
 }
 
-flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
-                                                            absl::string_view bytes) {
-  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-}
-
 absl::Status CheckText(absl::string_view what, absl::string_view text, size_t min, size_t max) {
   if (text.size() < min || text.size() > max) {
     return absl::InvalidArgumentError(

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "flatbuffers/flatbuffers.h"
 #include "protocol/frame.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_generated.h"
 
 namespace logkv::server::control {
@@ -132,11 +133,6 @@ std::string Describe(const fb::Command& command) {
     default:
       return "";
   }
-}
-
-flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
-                                                            absl::string_view bytes) {
-  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "flatbuffers/flatbuffers.h"
 #include "server/control/command_options.h"
 #include "server/control/control_generated.h"
@@ -16,6 +17,12 @@ namespace logkv::server::control {
 // the bytes to hand to Raft.
 std::string FinishCommand(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody type,
                           flatbuffers::Offset<void> body, const CommandOptions& options = {});
+
+// A [ubyte] field's bytes.
+inline flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(
+    flatbuffers::FlatBufferBuilder& builder, absl::string_view bytes) {
+  return builder.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
 
 }  // namespace logkv::server::control
 

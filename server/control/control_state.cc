@@ -457,8 +457,7 @@ std::string EncodeSetReplicas(uint32_t replicas, CommandOptions options) {
 
 std::string EncodeSetClusterId(absl::string_view id, CommandOptions options) {
   flatbuffers::FlatBufferBuilder builder(64);
-  auto bytes = builder.CreateVector(reinterpret_cast<const uint8_t*>(id.data()), id.size());
-  auto body = fb::CreateSetClusterId(builder, bytes);
+  auto body = fb::CreateSetClusterId(builder, ByteVector(builder, id));
   return FinishCommand(builder, fb::CommandBody::SetClusterId, body.Union(), options);
 }
 
@@ -706,10 +705,7 @@ std::string EncodeSnapshotWith(const ClusterConfig& config, const AccountState* 
   flatbuffers::Offset<fb::ConsensusKeys> kv_table;
   if (kv != nullptr) kv_table = kv->Encode(builder);
   flatbuffers::Offset<flatbuffers::Vector<uint8_t>> cluster_id;
-  if (!config.cluster_id.empty()) {
-    cluster_id = builder.CreateVector(reinterpret_cast<const uint8_t*>(config.cluster_id.data()),
-                                      config.cluster_id.size());
-  }
+  if (!config.cluster_id.empty()) cluster_id = ByteVector(builder, config.cluster_id);
   auto snapshot = fb::CreateSnapshot(builder, kSnapshotFormatVersion, config.epoch,
                                      config.vnodes_per_member, vector, accounts_table,
                                      access_table, audit_table, kv_table, config.replicas,

@@ -25,11 +25,6 @@ std::string EncodeBody(flatbuffers::FlatBufferBuilder& builder, fb::CommandBody 
   return FinishCommand(builder, type, body.Union());
 }
 
-flatbuffers::Offset<flatbuffers::Vector<uint8_t>> ByteVector(flatbuffers::FlatBufferBuilder& b,
-                                                            absl::string_view bytes) {
-  return b.CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-}
-
 // The client's part of an engine key: after a tenant's namespace; nothing
 // for the server's reserved keys.
 std::optional<absl::string_view> ClientPart(absl::string_view engine_key) {
