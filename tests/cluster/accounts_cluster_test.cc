@@ -156,6 +156,63 @@ TEST_F(AccountsClusterTest, TwoUsersKeysAreIsolatedThroughEveryNode) {
   }
 }
 
+// Compare-and-set on consensus keys with accounts on: each tenant's keys
+// under the cluster's consensus prefix are its own, versioned through the
+// control plane, and If-Match / If-None-Match hold through every node; a
+// request without credentials is refused before any condition is read.
+TEST_F(AccountsClusterTest, ConsensusKeysAreCompareAndSetPerTenantThroughEveryNode) {
+  ClusterOptions options = AuthClusterOptions(3);
+  options.extra_flags.push_back("--consensus-prefix=lock:");
+  cluster_ = std::make_unique<ClusterProcess>(options);
+  ASSERT_TRUE(cluster_->Start().ok()) << cluster_->Describe();
+  const std::string alice_key = CreateKey(1, SignUpAndLogin(0, 1, "alice")).second;
+  const std::string bob_key = CreateKey(2, SignUpAndLogin(2, 0, "bob")).second;
+  auto with = [](const std::string& key, HttpHeaders more = {}) {
+    more.emplace_back("X-API-Key", key);
+    return more;
+  };
+  // Both create "lock:a" in their own namespace: neither sees the other's.
+  HttpAnswer alice_created =
+      CallUntil(200, 0, "PUT", "/v1/kv/lock:a", with(alice_key, {{"If-None-Match", "*"}}), "alice-1");
+  ASSERT_EQ(alice_created.status, 200) << alice_created.body << cluster_->Describe();
+  EXPECT_EQ(alice_created.Header("etag").value_or(""), "\"1\"");
+  HttpAnswer bob_created =
+      CallUntil(200, 1, "PUT", "/v1/kv/lock:a", with(bob_key, {{"If-None-Match", "*"}}), "bob-1");
+  ASSERT_EQ(bob_created.status, 200) << bob_created.body;
+  EXPECT_EQ(bob_created.Header("etag").value_or(""), "\"1\"");
+  // Alice's compare-and-set through node 2 wins; the same version again
+  // through node 1 is refused, as is an If-None-Match on a key she holds.
+  HttpAnswer swapped =
+      CallUntil(200, 2, "PUT", "/v1/kv/lock:a", with(alice_key, {{"If-Match", "\"1\""}}), "alice-2");
+  ASSERT_EQ(swapped.status, 200) << swapped.body;
+  EXPECT_EQ(swapped.Header("etag").value_or(""), "\"2\"");
+  EXPECT_EQ(Call(1, "PUT", "/v1/kv/lock:a", with(alice_key, {{"If-Match", "\"1\""}}), "lost")->status,
+            412);
+  EXPECT_EQ(Call(0, "PUT", "/v1/kv/lock:a", with(alice_key, {{"If-None-Match", "*"}}), "lost")->status,
+            412);
+  for (int node = 0; node < 3; ++node) {
+    SCOPED_TRACE(node);
+    absl::StatusOr<HttpAnswer> alice = Call(node, "GET", "/v1/kv/lock:a", with(alice_key));
+    ASSERT_TRUE(alice.ok());
+    EXPECT_EQ(alice->body, "alice-2");
+    EXPECT_EQ(alice->Header("etag").value_or(""), "\"2\"");
+    absl::StatusOr<HttpAnswer> bob = Call(node, "GET", "/v1/kv/lock:a", with(bob_key));
+    ASSERT_TRUE(bob.ok());
+    EXPECT_EQ(bob->body, "bob-1");
+    EXPECT_EQ(bob->Header("etag").value_or(""), "\"1\"");
+    // Without credentials: 401, whatever the condition says.
+    EXPECT_EQ(Call(node, "PUT", "/v1/kv/lock:a", {{"If-Match", "\"2\""}}, "anonymous")->status, 401);
+    EXPECT_EQ(Call(node, "GET", "/v1/kv/lock:a")->status, 401);
+  }
+  // Bob deletes his at his version; Alice's stays.
+  EXPECT_EQ(Call(2, "DELETE", "/v1/kv/lock:a", with(bob_key, {{"If-Match", "\"1\""}}))->status, 200);
+  EXPECT_EQ(Call(0, "GET", "/v1/kv/lock:a", with(bob_key))->status, 404);
+  EXPECT_EQ(Call(1, "GET", "/v1/kv/lock:a", with(alice_key))->body, "alice-2");
+  // Outside the prefix a replicated key has no compare-and-set: 501.
+  EXPECT_EQ(Call(0, "PUT", "/v1/kv/plain", with(alice_key, {{"If-None-Match", "*"}}), "x")->status,
+            501);
+}
+
 // A key revoked on node 0 is refused by every node; the time until node 2
 // refuses it is printed (no threshold: it depends on the machine).
 TEST_F(AccountsClusterTest, RevocationIsSeenOnEveryNode) {
