@@ -9,6 +9,7 @@ extern "C" {
 #include <netinet/in.h>
 #include <sodium.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -33,6 +34,7 @@ extern "C" {
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "protocol/frame.h"
 #include "server/control/raft_fsm.h"
 #include "server/control/raft_transport.h"
 
@@ -41,6 +43,10 @@ namespace logkv::server::control {
 namespace fs = std::filesystem;
 
 namespace {
+
+// Free space below which the leader proposes nothing: room for new Raft
+// segments (libraft prepares them 8 MiB at a time) and a snapshot.
+constexpr uint64_t kDiskReserveBytes = 32u << 20;
 
 // Without --cluster-secret (allowed only on loopback without accounts) the
 // transport still runs its handshake, keyed with this public constant: it
@@ -249,6 +255,8 @@ class ControlPlane::Impl {
   void Propose(std::string command, std::function<void(absl::StatusOr<uint64_t>)> done,
                bool from_reconciler);
   void OnApplied();
+  // OK while the file system of the Raft log has kDiskReserveBytes free.
+  absl::Status DiskRoom() const;
   void Tick();
   void Reconcile();
   bool StartChange(const char* what, int rv);
@@ -611,6 +619,16 @@ void ControlPlane::Impl::Route(Waiting submission) {
                   : "the control plane's leader is not reachable from this node"));
 }
 
+absl::Status ControlPlane::Impl::DiskRoom() const {
+  struct statvfs fs {};
+  if (::statvfs(dir_.c_str(), &fs) != 0) return absl::OkStatus();  // unknown: libraft will tell
+  const uint64_t available = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (available >= kDiskReserveBytes) return absl::OkStatus();
+  return protocol::InsufficientStorageError(absl::StrCat(
+      "the control plane's disk is full: ", available >> 20, " MiB free, and it keeps ",
+      kDiskReserveBytes >> 20, " MiB for its Raft log (free space, then retry)"));
+}
+
 void ControlPlane::Impl::ProposeLocal(std::string command,
                                       std::function<void(absl::StatusOr<uint64_t>)> done) {
   Post([this, command = std::move(command), done = std::move(done)]() mutable {
@@ -628,6 +646,15 @@ void ControlPlane::Impl::Propose(std::string command,
   if (raft_state(&raft_) != RAFT_LEADER) {
     if (from_reconciler) command_pending_ = false;
     done(absl::UnavailableError("this node does not lead the control plane"));
+    return;
+  }
+  // A disk about to fill is refused here, before libraft writes: libraft
+  // 0.15 crashes (SIGSEGV) when several of a leader's appends fail together,
+  // which concurrent proposals on a full disk make happen.
+  if (absl::Status room = DiskRoom(); !room.ok()) {
+    if (from_reconciler) command_pending_ = false;
+    ++proposals_failed_;
+    done(std::move(room));
     return;
   }
   auto* proposal = new Proposal;
