@@ -1327,21 +1327,25 @@ absl::Status Node::StartServer() {
   config.peer_handler = cluster_.get();
   // Peer requests made while a loop handles a turn go out together: the
   // coordinator's Replicate and ReadRecords of a turn as one request per
-  // peer and kind, and all of them to the transport with one wake-up of its
-  // thread. The transport's own loop batches what its callbacks send.
+  // peer and kind, written at the end of the turn on the loop's own
+  // connections to the peers, whose answers come back on the same thread
+  // (no other thread is woken for a request). The transport's own loop
+  // batches what its callbacks send.
   cluster::ReplicaBatcher* batcher = coordinator_->batcher();
   cluster::PeerTransport* transport = cluster_->transport();
-  config.loop_started = [transport, batcher] {
+  config.loop_started = [transport, batcher](uv_loop_s* loop) {
     batcher->HoldOnThisThread();
-    transport->HoldSendsOnThisThread();
+    transport->AttachLoopOnThisThread(loop);
   };
   config.loop_turn = [transport, batcher] {
-    batcher->Flush();
-    transport->FlushHeldSends();
+    // A request that failed at once may have held more in the batcher.
+    do {
+      batcher->Flush();
+    } while (transport->FlushHeldSends());
   };
   config.loop_ending = [transport, batcher] {
     batcher->StopHoldingOnThisThread();
-    transport->StopHoldingOnThisThread();
+    transport->DetachLoopOnThisThread();
   };
   transport->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
                            [batcher] { batcher->Flush(); },

@@ -33,6 +33,8 @@
 #include "server/http/router.h"
 #include "server/service.h"
 
+struct uv_loop_s;  // libuv's uv_loop_t
+
 namespace logkv::server {
 
 namespace net {
@@ -145,11 +147,13 @@ struct ServerConfig {
   // outlive the Server.
   const net::TlsContext* tls = nullptr;
   // Hooks run on every loop's thread: loop_started once before the loop
-  // runs; loop_turn on every turn, before the loop waits for I/O and after
-  // it handled what came; loop_ending when the loop closes its handles.
-  // logkvd uses them to hand a turn's peer requests to the peer transport at
-  // once (PeerTransport::HoldSendsOnThisThread). Each may be empty.
-  std::function<void()> loop_started;
+  // runs (with the loop); loop_turn on every turn, before the loop waits
+  // for I/O and after it handled what came; loop_ending when the loop
+  // closes its handles (handles the hooks opened on the loop must be closed
+  // then). logkvd uses them to send a turn's peer requests at once, on
+  // connections of the loop's own (PeerTransport::AttachLoopOnThisThread).
+  // Each may be empty.
+  std::function<void(uv_loop_s* loop)> loop_started;
   std::function<void()> loop_turn;
   std::function<void()> loop_ending;
 };

@@ -125,9 +125,11 @@ absl::StatusOr<std::string> SendAndWait(const PeerSendFunction& send, const std:
   return std::move(answer->frame);
 }
 
-// Everything below runs on the transport's loop thread, except Send,
-// SetDropped, IsDropped, Start and Stop, which only touch the mutex-guarded
-// inbox and uv_async_send.
+// Everything below runs on the thread of the loop it belongs to: the
+// transport's own loop and its lane, or a server loop and the lane attached
+// there (AttachLoopOnThisThread). Only Send, SetDropped, IsDropped, Start,
+// Stop and RunAfter cross threads, through the mutex-guarded inbox (or a
+// lane's wake-up) and uv_async_send.
 class PeerTransport::Impl {
  public:
   Impl(const PeerTransportOptions& options, const std::atomic<uint64_t>* epoch)
@@ -149,10 +151,14 @@ class PeerTransport::Impl {
   absl::Status Start();
   void Stop();
   bool RunAfter(absl::Duration delay, std::function<void()> task);
-  void Send(const std::string& address, std::string frame, absl::Duration timeout, Callback done);
+  // from_loop: SendFromThisLoop (a server loop's lane may take it).
+  void Send(const std::string& address, std::string frame, absl::Duration timeout, Callback done,
+            bool from_loop);
   void HoldSendsOnThisThread();
-  void FlushHeldSends();
+  bool FlushHeldSends();
   void StopHoldingOnThisThread();
+  void AttachLoopOnThisThread(uv_loop_t* loop);
+  void DetachLoopOnThisThread();
   void SetLoopHooks(LoopHooks hooks) { hooks_ = std::move(hooks); }
   void SetNodeId(const std::string& node_id) { options_.node_id = node_id; }
   absl::Status ReloadTls() ABSL_LOCKS_EXCLUDED(tls_mu_);
@@ -174,6 +180,15 @@ class PeerTransport::Impl {
   };
   static thread_local HeldSends held_sends;
 
+  class Lane;
+  // The lane of the loop that runs on this thread, and its transport (the
+  // transport's own thread, or a server loop attached to it).
+  struct ThreadLane {
+    Impl* impl = nullptr;
+    Lane* lane = nullptr;
+  };
+  static thread_local ThreadLane thread_lane;
+
   std::atomic<uint64_t> requests_sent{0};
   std::atomic<uint64_t> requests_failed{0};
 
@@ -183,7 +198,7 @@ class PeerTransport::Impl {
 
   // A request waiting for its answer; freed in its timer's close callback.
   struct Pending {
-    Impl* impl = nullptr;
+    Lane* lane = nullptr;
     Peer* peer = nullptr;
     uint64_t id = 0;
     Callback done;
@@ -199,13 +214,14 @@ class PeerTransport::Impl {
     int64_t next_attempt_ms = 0;       // loop time before which no connect is tried
     int64_t backoff_ms = 0;
     bool resolving = false;            // a host-name lookup runs on libuv's thread pool
+    bool to_flush = false;             // listed in the lane's to_flush_
   };
 
   // A host-name lookup in flight (uv_getaddrinfo on libuv's thread pool, so
   // a slow resolver never stalls this loop); freed by its callback.
   struct Resolve {
     uv_getaddrinfo_t request;
-    Impl* impl;
+    Lane* lane;
     std::string address;  // the peer's key in peers_
     int port;
   };
@@ -216,7 +232,7 @@ class PeerTransport::Impl {
     ~Connection() {
       if (ssl != nullptr) SSL_free(ssl);
     }
-    Impl* impl = nullptr;
+    Lane* lane = nullptr;
     Peer* peer = nullptr;  // null once detached (closing)
     uv_tcp_t tcp;
     uv_connect_t connect;
@@ -237,45 +253,100 @@ class PeerTransport::Impl {
     std::unique_ptr<char[]> cipher_in;
   };
 
-
   struct WriteRequest {
     uv_write_t request;
     std::string data;
-    Peer* peer;  // may have been detached from its connection; peers live until Stop
+    Peer* peer;  // may have been detached from its connection; peers live with their lane
     Connection* connection;
   };
 
+ public:
+  // The connections to the peers that one libuv loop owns, and the requests
+  // sent through them. Everything runs on that loop's thread. Peers (and
+  // the lane) stay allocated until the transport is destroyed: write
+  // callbacks of closed connections still name them.
+  class Lane {
+   public:
+    Lane(Impl* impl, uv_loop_t* loop) : impl_(impl), loop_(loop) {}
+    Lane(const Lane&) = delete;
+    Lane& operator=(const Lane&) = delete;
+
+    // Sends made on the lane's thread wait here until Drain.
+    void Queue(Outgoing outgoing) { queued_.push_back(std::move(outgoing)); }
+    // Sends what is queued (and what callbacks run meanwhile queue), then
+    // hands every peer's new frames to libuv. Returns whether a callback
+    // ran (a request failed at once): it may have held more requests
+    // elsewhere (a ReplicaBatcher).
+    bool Drain();
+    // Takes a request: a failure is answered at once (true), else the frame
+    // waits in its peer's out for FlushPeers.
+    bool Dispatch(Outgoing outgoing);
+    void FlushPeers();
+    // Closes the connections to addresses now cut off (fault injection).
+    void CloseDropped(const absl::flat_hash_set<std::string>& dropped);
+    // Fails everything queued and pending and closes every connection; the
+    // lane takes nothing more (Send fails at once instead).
+    void Shutdown(absl::string_view why);
+    bool closing() const { return closing_; }
+    uv_loop_t* loop() const { return loop_; }
+
+    // A server loop's lane wakes on its own handle when the transport
+    // stops or its dropped set changes.
+    uv_async_t wake;
+    bool attached = false;         // Impl::mu_: wake may be signalled
+    uint64_t seen_drop_generation = 0;  // the lane's thread
+
+   private:
+    friend class Impl;
+    void StartConnection(Peer& peer);
+    void OnResolved(Resolve* resolve, int status, addrinfo* result);
+    void Connect(Peer& peer, const sockaddr_storage& address);
+    void OnConnected(Connection* connection, int status);
+    // The accepting node's answer to the first ClusterHello: checks its proof
+    // and auth setting, then sends this node's proof and the queued requests.
+    absl::Status OnChallenge(Connection* connection, const p::Response& response);
+    void OnRead(Connection* connection, ssize_t nread);
+    // TLS: nread bytes of ciphertext arrived; false when the connection closed.
+    bool OnTlsRead(Connection* connection, ssize_t nread);
+    // TLS: writes what the SSL has for the peer (handshake, records, alerts).
+    void WriteCiphertext(Peer& peer, Connection* connection);
+    void Flush(Peer& peer);
+    // Hands data to libuv for the peer's connection.
+    void Write(Peer& peer, Connection* connection, std::string data);
+    // Closes the peer's connection; every pending request gets status.
+    void CloseConnection(Peer& peer, const absl::Status& status, bool failed_attempt);
+    void ReleaseConnection(Connection* connection);
+    void Complete(Pending* pending, absl::StatusOr<std::string> answer);
+    void FailAll(Peer& peer, const absl::Status& status);
+    int64_t Now() { return static_cast<int64_t>(uv_now(loop_)); }
+    bool OnLoopThread() const { return thread_lane.lane == this; }
+
+    Impl* const impl_;
+    uv_loop_t* const loop_;
+    std::vector<Outgoing> queued_;
+    std::vector<Peer*> to_flush_;  // peers whose out grew since FlushPeers
+    absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
+    absl::flat_hash_set<Resolve*> resolves_;  // lookups in flight (cancelled on shutdown)
+    uint64_t next_request_id_ = 1;
+    bool closing_ = false;
+  };
+
+ private:
   void Run();
   // Hands requests to the transport's thread (or fails them once stopped).
   void Enqueue(std::vector<Outgoing> items);
   void DrainInbox();
-  void Dispatch(Outgoing outgoing);
-  // Connects (an IPv4 literal at once, a host name after its lookup).
-  void StartConnection(Peer& peer);
-  void OnResolved(Resolve* resolve, int status, addrinfo* result);
-  void Connect(Peer& peer, const sockaddr_storage& address);
-  void OnConnected(Connection* connection, int status);
-  // The accepting node's answer to the first ClusterHello: checks its proof
-  // and auth setting, then sends this node's proof and the queued requests.
-  absl::Status OnChallenge(Connection* connection, const p::Response& response);
-  void OnRead(Connection* connection, ssize_t nread);
-  // TLS: nread bytes of ciphertext arrived; false when the connection closed.
-  bool OnTlsRead(Connection* connection, ssize_t nread);
-  // TLS: writes what the SSL has for the peer (handshake, records, alerts).
-  void WriteCiphertext(Peer& peer, Connection* connection);
+  // The transport's own loop turn: its hook, then its lane, again while a
+  // callback ran.
+  void OnOwnTurn();
+  // A server loop's lane was woken (stop, dropped set).
+  void OnLaneWake(Lane* lane);
+  bool stopping() const { return stopping_flag_.load(std::memory_order_acquire); }
   using CtxPtr = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
   // A client context from the files of the options.
   absl::StatusOr<CtxPtr> BuildTlsContext() const;
   // A client SSL of the context in use, or why there is none.
   absl::StatusOr<SSL*> NewSsl() ABSL_LOCKS_EXCLUDED(tls_mu_);
-  void Flush(Peer& peer);
-  // Hands data to libuv for the peer's connection.
-  void Write(Peer& peer, Connection* connection, std::string data);
-  // Closes the peer's connection; every pending request gets status.
-  void CloseConnection(Peer& peer, const absl::Status& status, bool failed_attempt);
-  void ReleaseConnection(Connection* connection);
-  void Complete(Pending* pending, absl::StatusOr<std::string> answer);
-  void FailAll(Peer& peer, const absl::Status& status);
   void ShutDownLoop();
   // A task of RunAfter waiting on its timer (loop thread); freed by the
   // timer's close callback.
@@ -286,10 +357,6 @@ class PeerTransport::Impl {
   };
   void StartDelayed(absl::Duration delay, std::function<void()> task);
   void FinishDelayed(DelayedTask* delayed);
-  int64_t Now() { return static_cast<int64_t>(uv_now(&loop_)); }
-  // Whether the caller runs on the transport's thread (whose state below
-  // only it touches).
-  bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_; }
 
   // Set before Start (node_id by SetNodeId), read-only from then on.
   PeerTransportOptions options_;
@@ -307,7 +374,7 @@ class PeerTransport::Impl {
   uv_check_t turn_check_;
   LoopHooks hooks_;  // set before Start
   std::thread thread_;
-  std::thread::id loop_thread_;  // set by the thread itself, read by it alone
+  Lane own_lane_{this, &loop_};  // the transport's own loop's
 
   mutable absl::Mutex mu_;
   std::deque<Outgoing> inbox_ ABSL_GUARDED_BY(mu_);
@@ -318,16 +385,21 @@ class PeerTransport::Impl {
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool drop_changed_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_set<std::string> dropped_ ABSL_GUARDED_BY(mu_);
+  // Raised with every change of dropped_ (lanes compare it with theirs).
+  uint64_t drop_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // Every lane attached to a server loop, attached or not any more (freed
+  // with the transport: their peers outlive the loop's last callbacks).
+  std::vector<std::unique_ptr<Lane>> lanes_ ABSL_GUARDED_BY(mu_);
+  // stopping_, for lanes to read without the mutex.
+  std::atomic<bool> stopping_flag_{false};
 
-  // Loop-thread state.
-  absl::flat_hash_map<std::string, std::unique_ptr<Peer>> peers_;
-  absl::flat_hash_set<Resolve*> resolves_;  // lookups in flight (cancelled on shutdown)
+  // Own-loop state.
   absl::flat_hash_set<DelayedTask*> delayed_;  // RunAfter tasks waiting (run on shutdown)
-  uint64_t next_request_id_ = 1;
   bool loop_closing_ = false;
 };
 
 thread_local PeerTransport::Impl::HeldSends PeerTransport::Impl::held_sends;
+thread_local PeerTransport::Impl::ThreadLane PeerTransport::Impl::thread_lane;
 
 absl::Status PeerTransport::Impl::Start() {
   absl::MutexLock lock(&mu_);
@@ -343,28 +415,35 @@ absl::Status PeerTransport::Impl::Start() {
   turn_prepare_.data = this;
   uv_check_init(&loop_, &turn_check_);
   turn_check_.data = this;
-  if (hooks_.loop_turn) {
-    uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
-      static_cast<Impl*>(prepare->data)->hooks_.loop_turn();
-    });
-    uv_check_start(&turn_check_, [](uv_check_t* check) {
-      static_cast<Impl*>(check->data)->hooks_.loop_turn();
-    });
-  }
+  // Every turn: the hook, and what the loop's own callbacks sent.
+  uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
+    static_cast<Impl*>(prepare->data)->OnOwnTurn();
+  });
+  uv_check_start(&turn_check_, [](uv_check_t* check) {
+    static_cast<Impl*>(check->data)->OnOwnTurn();
+  });
   started_ = true;
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
 }
 
 void PeerTransport::Impl::Run() {
-  loop_thread_ = std::this_thread::get_id();
+  thread_lane = ThreadLane{this, &own_lane_};
   if (hooks_.loop_started) hooks_.loop_started();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Sends from the hook fail at once now (the transport stopped).
   if (hooks_.loop_ending) hooks_.loop_ending();
+  thread_lane = ThreadLane{};
   uv_loop_close(&loop_);
+}
+
+void PeerTransport::Impl::OnOwnTurn() {
+  if (loop_closing_) return;
+  do {
+    if (hooks_.loop_turn) hooks_.loop_turn();
+  } while (own_lane_.Drain());
 }
 
 void PeerTransport::Impl::Stop() {
@@ -372,6 +451,11 @@ void PeerTransport::Impl::Stop() {
   bool not_started = false;
   {
     absl::MutexLock lock(&mu_);
+    stopping_flag_.store(true, std::memory_order_release);
+    // Server loops' lanes fail what they hold and close their connections.
+    for (const std::unique_ptr<Lane>& lane : lanes_) {
+      if (lane->attached) uv_async_send(&lane->wake);
+    }
     if (!started_) {
       stopped_ = true;
       not_started = true;
@@ -396,8 +480,16 @@ void PeerTransport::Impl::Stop() {
 }
 
 void PeerTransport::Impl::Send(const std::string& address, std::string frame,
-                               absl::Duration timeout, Callback done) {
+                               absl::Duration timeout, Callback done, bool from_loop) {
   requests_sent.fetch_add(1, std::memory_order_relaxed);
+  // On a loop with a lane of this transport (a server loop's, for the
+  // sends that asked for it; the transport's own): sent from this thread
+  // at the end of the loop's turn, no other thread involved.
+  if (thread_lane.impl == this && (from_loop || thread_lane.lane == &own_lane_) &&
+      !thread_lane.lane->closing()) {
+    thread_lane.lane->Queue(Outgoing{address, std::move(frame), timeout, std::move(done)});
+    return;
+  }
   if (held_sends.impl == this) {
     held_sends.items.push_back(Outgoing{address, std::move(frame), timeout, std::move(done)});
     return;
@@ -430,12 +522,15 @@ void PeerTransport::Impl::HoldSendsOnThisThread() {
   held_sends.impl = this;
 }
 
-void PeerTransport::Impl::FlushHeldSends() {
-  if (held_sends.items.empty()) return;
-  assert(held_sends.impl != nullptr);  // only a holding thread queues sends
-  std::vector<Outgoing> items;
-  items.swap(held_sends.items);
-  held_sends.impl->Enqueue(std::move(items));
+bool PeerTransport::Impl::FlushHeldSends() {
+  if (!held_sends.items.empty()) {
+    assert(held_sends.impl != nullptr);  // only a holding thread queues sends
+    std::vector<Outgoing> items;
+    items.swap(held_sends.items);
+    held_sends.impl->Enqueue(std::move(items));
+  }
+  if (thread_lane.impl != this) return false;
+  return thread_lane.lane->Drain();
 }
 
 void PeerTransport::Impl::StopHoldingOnThisThread() {
@@ -444,13 +539,75 @@ void PeerTransport::Impl::StopHoldingOnThisThread() {
   held_sends.impl = nullptr;
 }
 
+void PeerTransport::Impl::AttachLoopOnThisThread(uv_loop_t* loop) {
+  // One lane per thread: a thread's earlier one ends first.
+  if (thread_lane.lane != nullptr && thread_lane.impl != nullptr) {
+    if (thread_lane.impl != this) return;  // another transport's loop thread
+    DetachLoopOnThisThread();
+  }
+  auto lane = std::make_unique<Lane>(this, loop);
+  Lane* attached = lane.get();
+  uv_async_init(loop, &attached->wake, [](uv_async_t* async) {
+    auto* lane = static_cast<Lane*>(async->data);
+    lane->impl_->OnLaneWake(lane);
+  });
+  attached->wake.data = attached;
+  {
+    absl::MutexLock lock(&mu_);
+    attached->attached = true;
+    attached->seen_drop_generation = drop_generation_;
+    lanes_.push_back(std::move(lane));
+    // Stopped before the loop attached: the lane takes nothing.
+    if (stopping_flag_.load(std::memory_order_relaxed)) uv_async_send(&attached->wake);
+  }
+  thread_lane = ThreadLane{this, attached};
+}
+
+void PeerTransport::Impl::DetachLoopOnThisThread() {
+  if (thread_lane.impl != this || thread_lane.lane == &own_lane_) return;
+  Lane* lane = thread_lane.lane;
+  // What is queued goes through the transport's own thread instead; what is
+  // in flight on this loop's connections fails.
+  std::vector<Outgoing> queued;
+  queued.swap(lane->queued_);
+  {
+    absl::MutexLock lock(&mu_);
+    lane->attached = false;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&lane->wake), nullptr);
+  // On this thread still (callbacks run here), sending elsewhere from now on.
+  lane->Shutdown("the server loop that sent it stopped");
+  thread_lane = ThreadLane{};
+  Enqueue(std::move(queued));
+}
+
+void PeerTransport::Impl::OnLaneWake(Lane* lane) {
+  if (lane->closing()) return;
+  if (stopping()) {
+    lane->Shutdown("peer transport stopped");
+    return;
+  }
+  absl::flat_hash_set<std::string> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (lane->seen_drop_generation == drop_generation_) return;
+    lane->seen_drop_generation = drop_generation_;
+    dropped = dropped_;
+  }
+  lane->CloseDropped(dropped);
+}
+
 void PeerTransport::Impl::SetDropped(std::vector<std::string> addresses) {
   absl::MutexLock lock(&mu_);
   if (!options_.allow_fault_injection) return;
   dropped_.clear();
   dropped_.insert(addresses.begin(), addresses.end());
   drop_changed_ = true;
+  ++drop_generation_;
   if (started_ && !stopping_) uv_async_send(&async_);
+  for (const std::unique_ptr<Lane>& lane : lanes_) {
+    if (lane->attached) uv_async_send(&lane->wake);
+  }
 }
 
 bool PeerTransport::Impl::IsDropped(const std::string& address) const {
@@ -509,17 +666,7 @@ void PeerTransport::Impl::DrainInbox() {
     if (drop_changed) dropped = dropped_;
   }
   if (loop_closing_) return;
-  if (drop_changed) {
-    // Requests in flight to a peer now cut off are lost with the link.
-    for (auto& [address, peer] : peers_) {
-      if (dropped.contains(address) && (peer->connection != nullptr || !peer->pending.empty())) {
-        CloseConnection(*peer,
-                        absl::UnavailableError(absl::StrCat(
-                            "dropped by fault injection: traffic to ", address, " is cut")),
-                        false);
-      }
-    }
-  }
+  if (drop_changed) own_lane_.CloseDropped(dropped);
   for (auto& [delay, task] : delayed) {
     if (stopping) {
       task();
@@ -534,19 +681,90 @@ void PeerTransport::Impl::DrainInbox() {
           absl::StrCat("peer transport stopped; not sent to ", outgoing.address)));
       continue;
     }
-    Dispatch(std::move(outgoing));
+    own_lane_.Dispatch(std::move(outgoing));
   }
-  for (auto& [address, peer] : peers_) Flush(*peer);
+  own_lane_.FlushPeers();
   if (stopping) ShutDownLoop();
 }
 
-void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
+bool PeerTransport::Impl::Lane::Drain() {
+  assert(OnLoopThread());
+  bool called_back = false;
+  while (!queued_.empty()) {
+    std::vector<Outgoing> queued;
+    queued.swap(queued_);
+    for (Outgoing& outgoing : queued) {
+      if (closing_ || impl_->stopping()) {
+        impl_->requests_failed.fetch_add(1, std::memory_order_relaxed);
+        outgoing.done(absl::UnavailableError(
+            absl::StrCat("peer transport stopped; not sent to ", outgoing.address)));
+        called_back = true;
+        continue;
+      }
+      if (Dispatch(std::move(outgoing))) called_back = true;
+    }
+  }
+  FlushPeers();
+  return called_back;
+}
+
+void PeerTransport::Impl::Lane::FlushPeers() {
+  // Flush may close a connection, whose callbacks may dispatch again (to
+  // the queue, not here): to_flush_ is taken whole first.
+  while (!to_flush_.empty()) {
+    std::vector<Peer*> peers;
+    peers.swap(to_flush_);
+    for (Peer* peer : peers) {
+      peer->to_flush = false;
+      Flush(*peer);
+    }
+  }
+}
+
+void PeerTransport::Impl::Lane::CloseDropped(const absl::flat_hash_set<std::string>& dropped) {
+  // Requests in flight to a peer now cut off are lost with the link.
+  for (auto& [address, peer] : peers_) {
+    if (dropped.contains(address) && (peer->connection != nullptr || !peer->pending.empty())) {
+      CloseConnection(*peer,
+                      absl::UnavailableError(absl::StrCat(
+                          "dropped by fault injection: traffic to ", address, " is cut")),
+                      false);
+    }
+  }
+}
+
+void PeerTransport::Impl::Lane::Shutdown(absl::string_view why) {
+  if (closing_) return;
+  closing_ = true;
+  // Lookups in flight end with UV_ECANCELED (or finish first); either way
+  // their callbacks free them before the loop ends.
+  for (Resolve* resolve : resolves_) uv_cancel(reinterpret_cast<uv_req_t*>(&resolve->request));
+  // Callbacks may send again: to the transport's inbox (this lane is
+  // closing), where a stopped transport fails them at once.
+  while (!queued_.empty()) {
+    std::vector<Outgoing> queued;
+    queued.swap(queued_);
+    for (Outgoing& outgoing : queued) {
+      impl_->requests_failed.fetch_add(1, std::memory_order_relaxed);
+      outgoing.done(absl::UnavailableError(
+          absl::StrCat(why, "; not sent to ", outgoing.address)));
+    }
+  }
+  for (auto& [address, peer] : peers_) {
+    CloseConnection(*peer, absl::UnavailableError(absl::StrCat(why, " before ", address,
+                                                                " answered")),
+                    false);
+  }
+}
+
+bool PeerTransport::Impl::Lane::Dispatch(Outgoing outgoing) {
   assert(OnLoopThread());
   auto fail = [this, &outgoing](absl::Status status) {
-    requests_failed.fetch_add(1, std::memory_order_relaxed);
+    impl_->requests_failed.fetch_add(1, std::memory_order_relaxed);
     outgoing.done(std::move(status));
+    return true;
   };
-  if (IsDropped(outgoing.address)) {
+  if (impl_->IsDropped(outgoing.address)) {
     return fail(absl::UnavailableError(absl::StrCat(
         "dropped by fault injection: traffic to ", outgoing.address, " is cut")));
   }
@@ -561,10 +779,11 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
     slot->address = outgoing.address;
   }
   Peer& peer = *slot;
-  if (peer.out.size() + peer.in_flight_bytes + frame.size() > options_.max_queued_bytes_per_peer) {
+  if (peer.out.size() + peer.in_flight_bytes + frame.size() >
+      impl_->options_.max_queued_bytes_per_peer) {
     return fail(absl::UnavailableError(absl::StrCat(
         "queue to peer ", peer.address, " is full (", peer.out.size() + peer.in_flight_bytes,
-        " bytes; max_queued_bytes_per_peer ", options_.max_queued_bytes_per_peer, ")")));
+        " bytes; max_queued_bytes_per_peer ", impl_->options_.max_queued_bytes_per_peer, ")")));
   }
   if (peer.connection == nullptr && !peer.resolving) {
     if (Now() < peer.next_attempt_ms) {
@@ -590,25 +809,26 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
   // Frames built elsewhere may lack the field: they carry no epoch. One
   // placed under a given epoch keeps it (FinishPeerRequest).
   if (table->GetField<uint64_t>(p::Request::VT_EPOCH, 0) == kSenderEpoch) {
-    (void)table->SetField<uint64_t>(p::Request::VT_EPOCH, epoch_->load(std::memory_order_acquire));
+    (void)table->SetField<uint64_t>(p::Request::VT_EPOCH,
+                                    impl_->epoch_->load(std::memory_order_acquire));
   }
   auto* pending = new Pending;
-  pending->impl = this;
+  pending->lane = this;
   pending->peer = &peer;
   pending->id = id;
   pending->done = std::move(outgoing.done);
-  uv_timer_init(&loop_, &pending->timer);
+  uv_timer_init(loop_, &pending->timer);
   pending->timer.data = pending;
   const int64_t timeout_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(outgoing.timeout));
   uv_timer_start(
       &pending->timer,
       [](uv_timer_t* timer) {
         auto* pending = static_cast<Pending*>(timer->data);
-        Impl* impl = pending->impl;
+        Lane* lane = pending->lane;
         // The timer runs only while its request is pending (Complete stops it).
         [[maybe_unused]] const size_t erased = pending->peer->pending.erase(pending->id);
         assert(erased == 1);
-        impl->Complete(pending, absl::DeadlineExceededError(absl::StrCat(
+        lane->Complete(pending, absl::DeadlineExceededError(absl::StrCat(
                                     "no answer from peer ", pending->peer->address,
                                     " within the request timeout")));
       },
@@ -616,13 +836,18 @@ void PeerTransport::Impl::Dispatch(Outgoing outgoing) {
   [[maybe_unused]] const bool inserted = peer.pending.emplace(id, pending).second;
   assert(inserted);  // request ids are unique
   peer.out.append(frame);
+  if (!peer.to_flush) {
+    peer.to_flush = true;
+    to_flush_.push_back(&peer);
+  }
+  return false;
 }
 
-void PeerTransport::Impl::Complete(Pending* pending, absl::StatusOr<std::string> answer) {
+void PeerTransport::Impl::Lane::Complete(Pending* pending, absl::StatusOr<std::string> answer) {
   assert(OnLoopThread());
   // Completed once: whoever completes a request has taken it out of pending.
   assert(!pending->peer->pending.contains(pending->id));
-  if (!answer.ok()) requests_failed.fetch_add(1, std::memory_order_relaxed);
+  if (!answer.ok()) impl_->requests_failed.fetch_add(1, std::memory_order_relaxed);
   uv_timer_stop(&pending->timer);
   Callback done = std::move(pending->done);
   uv_close(reinterpret_cast<uv_handle_t*>(&pending->timer),
@@ -630,15 +855,15 @@ void PeerTransport::Impl::Complete(Pending* pending, absl::StatusOr<std::string>
   if (done) done(std::move(answer));
 }
 
-void PeerTransport::Impl::FailAll(Peer& peer, const absl::Status& status) {
+void PeerTransport::Impl::Lane::FailAll(Peer& peer, const absl::Status& status) {
   absl::flat_hash_map<uint64_t, Pending*> pending;
   pending.swap(peer.pending);
   for (auto& [id, request] : pending) Complete(request, status);
-  // The callbacks may send again (to the transport's inbox, not to pending).
+  // The callbacks may send again (to the lane's queue, not to pending).
   assert(peer.pending.empty());
 }
 
-void PeerTransport::Impl::StartConnection(Peer& peer) {
+void PeerTransport::Impl::Lane::StartConnection(Peer& peer) {
   // One connection (or lookup) per peer at a time.
   assert(peer.connection == nullptr && !peer.resolving);
   std::string host;
@@ -655,7 +880,7 @@ void PeerTransport::Impl::StartConnection(Peer& peer) {
     return;
   }
   auto* resolve = new Resolve;
-  resolve->impl = this;
+  resolve->lane = this;
   resolve->address = peer.address;
   resolve->port = port;
   resolve->request.data = resolve;
@@ -664,10 +889,10 @@ void PeerTransport::Impl::StartConnection(Peer& peer) {
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
   const int rc = uv_getaddrinfo(
-      &loop_, &resolve->request,
+      loop_, &resolve->request,
       [](uv_getaddrinfo_t* request, int status, addrinfo* result) {
         auto* r = static_cast<Resolve*>(request->data);
-        r->impl->OnResolved(r, status, result);
+        r->lane->OnResolved(r, status, result);
       },
       host.c_str(), nullptr, &hints);
   if (rc != 0) {
@@ -680,7 +905,7 @@ void PeerTransport::Impl::StartConnection(Peer& peer) {
   peer.resolving = true;
 }
 
-void PeerTransport::Impl::OnResolved(Resolve* resolve, int status, addrinfo* result) {
+void PeerTransport::Impl::Lane::OnResolved(Resolve* resolve, int status, addrinfo* result) {
   std::unique_ptr<Resolve> owned(resolve);
   resolves_.erase(resolve);
   sockaddr_storage address;
@@ -694,7 +919,7 @@ void PeerTransport::Impl::OnResolved(Resolve* resolve, int status, addrinfo* res
   }
   uv_freeaddrinfo(result);
   auto it = peers_.find(resolve->address);
-  if (it == peers_.end() || loop_closing_) return;  // shutting down: requests failed already
+  if (it == peers_.end() || closing_) return;  // shutting down: requests failed already
   Peer& peer = *it->second;
   peer.resolving = false;
   if (status != 0) {
@@ -709,13 +934,13 @@ void PeerTransport::Impl::OnResolved(Resolve* resolve, int status, addrinfo* res
   Connect(peer, address);
 }
 
-void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
-  auto* connection = new Connection(options_.max_frame_bytes);
-  connection->impl = this;
+void PeerTransport::Impl::Lane::Connect(Peer& peer, const sockaddr_storage& address) {
+  auto* connection = new Connection(impl_->options_.max_frame_bytes);
+  connection->lane = this;
   connection->peer = &peer;
-  uv_tcp_init(&loop_, &connection->tcp);
+  uv_tcp_init(loop_, &connection->tcp);
   connection->tcp.data = connection;
-  uv_timer_init(&loop_, &connection->connect_timer);
+  uv_timer_init(loop_, &connection->connect_timer);
   connection->connect_timer.data = connection;
   connection->open_handles = 2;
   connection->connect.data = connection;
@@ -723,7 +948,7 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
                                 reinterpret_cast<const sockaddr*>(&address),
                                 [](uv_connect_t* request, int status) {
                                   auto* c = static_cast<Connection*>(request->data);
-                                  c->impl->OnConnected(c, status);
+                                  c->lane->OnConnected(c, status);
                                 });
   peer.connection = connection;
   if (rc != 0) {
@@ -737,23 +962,23 @@ void PeerTransport::Impl::Connect(Peer& peer, const sockaddr_storage& address) {
       [](uv_timer_t* timer) {
         auto* c = static_cast<Connection*>(timer->data);
         if (c->peer == nullptr || c->connected) return;
-        c->impl->CloseConnection(*c->peer,
+        c->lane->CloseConnection(*c->peer,
                                  absl::UnavailableError(absl::StrCat(
                                      "cannot connect to peer ", c->peer->address,
                                      ": no answer within the connect timeout")),
                                  true);
       },
-      static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))),
+      static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Milliseconds(impl_->options_.connect_timeout))),
       0);
   // The ClusterHello goes first; requests wait until the peer proved it
   // holds the secret (OnChallenge).
   connection->nonce = NewPeerNonce();
   connection->handshake_out =
-      HelloFrame(options_.node_id, connection->nonce, "", options_.auth_on,
-                 options_.cluster_id ? options_.cluster_id() : std::string());
+      HelloFrame(impl_->options_.node_id, connection->nonce, "", impl_->options_.auth_on,
+                 impl_->options_.cluster_id ? impl_->options_.cluster_id() : std::string());
 }
 
-absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::Response& response) {
+absl::Status PeerTransport::Impl::Lane::OnChallenge(Connection* connection, const p::Response& response) {
   assert(connection->peer != nullptr && !connection->authenticated);  // one handshake
   Peer& peer = *connection->peer;
   const p::ClusterChallenge* challenge = response.result_as_ClusterChallenge();
@@ -761,29 +986,29 @@ absl::Status PeerTransport::Impl::OnChallenge(Connection* connection, const p::R
     return absl::UnauthenticatedError(absl::StrCat(
         "peer ", peer.address, " answered ClusterHello without a challenge (an older logkvd?)"));
   }
-  if (challenge->auth() != options_.auth_on) {
+  if (challenge->auth() != impl_->options_.auth_on) {
     return absl::FailedPreconditionError(absl::StrCat(
         "peer ", peer.address, " runs with --auth=", challenge->auth() ? "on" : "off",
-        ", this node with --auth=", options_.auth_on ? "on" : "off",
+        ", this node with --auth=", impl_->options_.auth_on ? "on" : "off",
         ": a cluster's nodes must all have auth on or all off"));
   }
-  const std::string expected = PeerProof(options_.cluster_secret, PeerRole::kAccepting,
+  const std::string expected = PeerProof(impl_->options_.cluster_secret, PeerRole::kAccepting,
                                          connection->nonce, p::View(challenge->nonce()));
   if (!PeerProofMatches(expected, p::View(challenge->proof()))) {
     return absl::UnauthenticatedError(absl::StrCat(
         "peer ", peer.address, " could not prove it holds the cluster secret: nothing is sent "
         "to it"));
   }
-  const std::string proof = PeerProof(options_.cluster_secret, PeerRole::kConnecting,
+  const std::string proof = PeerProof(impl_->options_.cluster_secret, PeerRole::kConnecting,
                                       p::View(challenge->nonce()), connection->nonce);
   // The proof goes first, the requests queued meanwhile right behind it.
-  peer.out.insert(0, HelloFrame(options_.node_id, "", proof, options_.auth_on));
+  peer.out.insert(0, HelloFrame(impl_->options_.node_id, "", proof, impl_->options_.auth_on));
   connection->authenticated = true;
   Flush(peer);
   return absl::OkStatus();
 }
 
-void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
+void PeerTransport::Impl::Lane::OnConnected(Connection* connection, int status) {
   if (connection->peer == nullptr) return;  // closed meanwhile (UV_ECANCELED)
   Peer& peer = *connection->peer;
   if (status != 0) {
@@ -795,8 +1020,8 @@ void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
   connection->connected = true;
   uv_timer_stop(&connection->connect_timer);
   uv_tcp_nodelay(&connection->tcp, 1);
-  if (options_.tls) {
-    absl::StatusOr<SSL*> made = NewSsl();
+  if (impl_->options_.tls) {
+    absl::StatusOr<SSL*> made = impl_->NewSsl();
     if (!made.ok()) {
       CloseConnection(peer, made.status(), true);
       return;
@@ -836,12 +1061,12 @@ void PeerTransport::Impl::OnConnected(Connection* connection, int status) {
       },
       [](uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
         auto* c = static_cast<Connection*>(stream->data);
-        c->impl->OnRead(c, nread);
+        c->lane->OnRead(c, nread);
       });
   Flush(peer);
 }
 
-void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
+void PeerTransport::Impl::Lane::OnRead(Connection* connection, ssize_t nread) {
   if (connection->peer == nullptr || nread == 0) return;
   Peer& peer = *connection->peer;
   if (nread < 0) {
@@ -876,7 +1101,7 @@ void PeerTransport::Impl::OnRead(Connection* connection, ssize_t nread) {
     }
     if (!frame->has_value()) return;
     absl::StatusOr<const p::Response*> response =
-        p::VerifyResponse(**frame, options_.max_frame_bytes);
+        p::VerifyResponse(**frame, impl_->options_.max_frame_bytes);
     if (!response.ok()) {
       CloseConnection(peer, absl::UnavailableError(absl::StrCat(
                                 "bad response from peer ", peer.address, ": ",
@@ -975,7 +1200,7 @@ absl::StatusOr<SSL*> PeerTransport::Impl::NewSsl() {
   return ssl;
 }
 
-bool PeerTransport::Impl::OnTlsRead(Connection* connection, ssize_t nread) {
+bool PeerTransport::Impl::Lane::OnTlsRead(Connection* connection, ssize_t nread) {
   Peer& peer = *connection->peer;
   SSL* ssl = connection->ssl;
   BIO_write(SSL_get_rbio(ssl), connection->cipher_in.get(), static_cast<int>(nread));
@@ -1024,7 +1249,7 @@ bool PeerTransport::Impl::OnTlsRead(Connection* connection, ssize_t nread) {
   return connection->peer != nullptr;
 }
 
-void PeerTransport::Impl::WriteCiphertext(Peer& peer, Connection* connection) {
+void PeerTransport::Impl::Lane::WriteCiphertext(Peer& peer, Connection* connection) {
   BIO* bio = SSL_get_wbio(connection->ssl);
   const size_t pending = BIO_ctrl_pending(bio);
   if (pending == 0) return;
@@ -1034,7 +1259,7 @@ void PeerTransport::Impl::WriteCiphertext(Peer& peer, Connection* connection) {
   Write(peer, connection, std::move(data));
 }
 
-void PeerTransport::Impl::Flush(Peer& peer) {
+void PeerTransport::Impl::Lane::Flush(Peer& peer) {
   assert(OnLoopThread());
   Connection* connection = peer.connection;
   if (connection == nullptr || !connection->connected) return;
@@ -1068,7 +1293,7 @@ void PeerTransport::Impl::Flush(Peer& peer) {
   Write(peer, connection, std::move(data));
 }
 
-void PeerTransport::Impl::Write(Peer& peer, Connection* connection, std::string data) {
+void PeerTransport::Impl::Lane::Write(Peer& peer, Connection* connection, std::string data) {
   auto* write = new WriteRequest;
   write->data = std::move(data);
   write->peer = &peer;
@@ -1085,7 +1310,7 @@ void PeerTransport::Impl::Write(Peer& peer, Connection* connection, std::string 
                             peer->in_flight_bytes -= write->data.size();
                             delete write;
                             if (status != 0 && c->peer == peer) {
-                              c->impl->CloseConnection(
+                              c->lane->CloseConnection(
                                   *peer,
                                   absl::UnavailableError(absl::StrCat(
                                       "write to peer ", peer->address, " failed: ",
@@ -1102,7 +1327,7 @@ void PeerTransport::Impl::Write(Peer& peer, Connection* connection, std::string 
   }
 }
 
-void PeerTransport::Impl::CloseConnection(Peer& peer, const absl::Status& status,
+void PeerTransport::Impl::Lane::CloseConnection(Peer& peer, const absl::Status& status,
                                           bool failed_attempt) {
   if (failed_attempt) {
     peer.backoff_ms =
@@ -1119,7 +1344,7 @@ void PeerTransport::Impl::CloseConnection(Peer& peer, const absl::Status& status
   FailAll(peer, status);
 }
 
-void PeerTransport::Impl::ReleaseConnection(Connection* connection) {
+void PeerTransport::Impl::Lane::ReleaseConnection(Connection* connection) {
   assert(connection->peer == nullptr);  // detached first: nothing reaches it any more
   auto on_close = [](uv_handle_t* handle) {
     auto* c = static_cast<Connection*>(handle->data);
@@ -1134,22 +1359,15 @@ void PeerTransport::Impl::ReleaseConnection(Connection* connection) {
 void PeerTransport::Impl::ShutDownLoop() {
   if (loop_closing_) return;
   loop_closing_ = true;
-  // Lookups in flight end with UV_ECANCELED (or finish first); either way
-  // their callbacks free them before the loop ends.
-  for (Resolve* resolve : resolves_) uv_cancel(reinterpret_cast<uv_req_t*>(&resolve->request));
   // Tasks still waiting run now; what they send fails (stopping).
   while (!delayed_.empty()) FinishDelayed(*delayed_.begin());
-  for (auto& [address, peer] : peers_) {
-    CloseConnection(*peer, absl::UnavailableError(absl::StrCat(
-                               "peer transport stopped before ", address, " answered")),
-                    false);
-  }
+  own_lane_.Shutdown("peer transport stopped");
   {
     absl::MutexLock lock(&mu_);
     stopped_ = true;
   }
   // Write callbacks (with ECANCELED) still name their peer: peers are freed
-  // with the Impl, after the loop has finished.
+  // with the Impl (and its lanes), after the loop has finished.
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&turn_prepare_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&turn_check_), nullptr);
@@ -1162,13 +1380,21 @@ absl::Status PeerTransport::Start() { return impl_->Start(); }
 void PeerTransport::Stop() { impl_->Stop(); }
 void PeerTransport::Send(const std::string& address, std::string request_frame,
                          absl::Duration timeout, Callback done) {
-  impl_->Send(address, std::move(request_frame), timeout, std::move(done));
+  impl_->Send(address, std::move(request_frame), timeout, std::move(done), /*from_loop=*/false);
+}
+void PeerTransport::SendFromThisLoop(const std::string& address, std::string request_frame,
+                                     absl::Duration timeout, Callback done) {
+  impl_->Send(address, std::move(request_frame), timeout, std::move(done), /*from_loop=*/true);
 }
 bool PeerTransport::RunAfter(absl::Duration delay, std::function<void()> task) {
   return impl_->RunAfter(delay, std::move(task));
 }
 void PeerTransport::HoldSendsOnThisThread() { impl_->HoldSendsOnThisThread(); }
-void PeerTransport::FlushHeldSends() { impl_->FlushHeldSends(); }
+bool PeerTransport::FlushHeldSends() { return impl_->FlushHeldSends(); }
+void PeerTransport::AttachLoopOnThisThread(uv_loop_s* loop) {
+  impl_->AttachLoopOnThisThread(loop);
+}
+void PeerTransport::DetachLoopOnThisThread() { impl_->DetachLoopOnThisThread(); }
 void PeerTransport::SetLoopHooks(LoopHooks hooks) { impl_->SetLoopHooks(std::move(hooks)); }
 void PeerTransport::SetNodeId(const std::string& node_id) { impl_->SetNodeId(node_id); }
 absl::Status PeerTransport::ReloadTls() { return impl_->ReloadTls(); }

@@ -1,12 +1,15 @@
 // Node-to-node requests over the binary protocol. One libuv loop on its own
-// thread owns a pipelined connection to each peer; every connection starts
-// with ClusterHello (carrying --cluster-secret). Requests may be sent from
-// any thread; answers (or failures) come back through callbacks.
+// thread owns a pipelined connection to each peer; a server loop may own
+// connections of its own (AttachLoopOnThisThread), so that what it sends,
+// and the answers, never leave its thread. Every connection starts with
+// ClusterHello (carrying --cluster-secret). Requests may be sent from any
+// thread; answers (or failures) come back through callbacks.
 //
 // Thread-safety: Send, SetDropped, ReloadTls and Stop may be called from any
 // thread.
-// Callbacks run on the transport's thread: they must not block (hand work
-// elsewhere, or finish quickly).
+// Callbacks run on the thread of the loop that sent the request: the
+// transport's own, or for SendFromThisLoop an attached server loop's. They
+// must not block (hand work elsewhere, or finish quickly).
 #ifndef LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
 #define LOGKV_SERVER_CLUSTER_PEER_TRANSPORT_H_
 
@@ -20,6 +23,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "protocol/frame.h"
+
+struct uv_loop_s;  // libuv's uv_loop_t
 
 namespace logkv::server::cluster {
 
@@ -75,6 +80,18 @@ class PeerTransport {
   // frames. A frame without it fails with InvalidArgument.
   void Send(const std::string& address, std::string request_frame, absl::Duration timeout,
             Callback done);
+  // Send, but on a server loop attached to this transport
+  // (AttachLoopOnThisThread) through the loop's own connections: done then
+  // runs on this thread, so the caller must never block waiting for it.
+  // Elsewhere the same as Send.
+  void SendFromThisLoop(const std::string& address, std::string request_frame,
+                        absl::Duration timeout, Callback done);
+
+  // Runs task once on the transport's thread after delay, or at its stop
+  // when it stops first (sends made by the task then fail with
+  // Unavailable). False, and task is not run, when the transport is not
+  // running (not started, stopping or stopped).
+  bool RunAfter(absl::Duration delay, std::function<void()> task);
 
   // Batching for a thread that runs an event loop of its own (a server
   // loop): once it holds, Send from that thread only queues, and
@@ -82,15 +99,28 @@ class PeerTransport {
   // (one wake-up per loop turn instead of one per request). Such a thread
   // must flush before it blocks; StopHoldingOnThisThread flushes and returns
   // the thread to immediate sends.
-  // Runs task once on the transport's thread after delay, or at its stop
-  // when it stops first (sends made by the task then fail with
-  // Unavailable). False, and task is not run, when the transport is not
-  // running (not started, stopping or stopped).
-  bool RunAfter(absl::Duration delay, std::function<void()> task);
-
   void HoldSendsOnThisThread();
-  void FlushHeldSends();
+  // Sends what this thread holds (above) or its lane queued (below).
+  // Returns whether a callback ran meanwhile (a request that failed at
+  // once): it may have held more requests elsewhere (a ReplicaBatcher), so
+  // the loop flushes those and calls this again.
+  bool FlushHeldSends();
   void StopHoldingOnThisThread();
+
+  // A server loop's own connections to the peers (its lane): from now on
+  // SendFromThisLoop on this thread (the one running loop) queues the
+  // request (Send still goes through the transport's thread), and
+  // FlushHeldSends, at the end of each loop turn, writes the turn's
+  // requests on this loop's connections; their answers and timeouts are
+  // handled, and callbacks run, on this thread. No other thread is woken
+  // for a request. The loop must call FlushHeldSends before
+  // it blocks, and DetachLoopOnThisThread while it still runs, before it
+  // ends (the lane's handles keep it running): requests queued then go
+  // through the transport's thread, those in flight fail with Unavailable.
+  // A stop of the transport fails what the lane holds, on its thread.
+  // REQUIRES: every loop detached before the transport is destroyed.
+  void AttachLoopOnThisThread(uv_loop_s* loop);
+  void DetachLoopOnThisThread();
 
   // Hooks run on the transport's own thread: loop_started once before its
   // loop runs, loop_turn before the loop waits for I/O and after it handled
@@ -154,6 +184,16 @@ inline PeerSendFunction SendThrough(PeerTransport* transport) {
   return [transport](const std::string& address, std::string request_frame, absl::Duration timeout,
                      PeerTransport::Callback done) {
     transport->Send(address, std::move(request_frame), timeout, std::move(done));
+  };
+}
+
+// The same, with PeerTransport::SendFromThisLoop: for senders that never
+// block for an answer (the coordinator), whose requests made on a server
+// loop so stay on that loop.
+inline PeerSendFunction SendFromLoops(PeerTransport* transport) {
+  return [transport](const std::string& address, std::string request_frame, absl::Duration timeout,
+                     PeerTransport::Callback done) {
+    transport->SendFromThisLoop(address, std::move(request_frame), timeout, std::move(done));
   };
 }
 

@@ -50,8 +50,10 @@
 //
 // Thread-safety: every method may be called from any thread at once;
 // callbacks run on the thread that completes the operation (the caller's
-// for answers from the local engine alone, else the transport's or the
-// engine's sync thread). No call blocks: each operation keeps a small state
+// for answers from the local engine alone, else the one whose loop got the
+// peers' answers: a server loop attached to the transport, which sent them
+// from its own connections, or the transport's thread; or the engine's
+// sync thread). No call blocks: each operation keeps a small state
 // object with its own mutex, and the write wait is the transport's
 // per-request timeout.
 #ifndef LOGKV_SERVER_CLUSTER_REPLICA_COORDINATOR_H_
@@ -182,7 +184,7 @@ class ReplicaCoordinator final : public Coordinator {
   ReplicaCoordinator(engine::Engine* local, PeerTransport* transport, RingFunction ring,
                      PeerLookup lookup, std::string self_node_id, ServerMetrics* metrics,
                      HintedHandoff* handoff, const ReplicaCoordinatorOptions& options)
-      : ReplicaCoordinator(local, SendThrough(transport), std::move(ring), std::move(lookup),
+      : ReplicaCoordinator(local, SendFromLoops(transport), std::move(ring), std::move(lookup),
                            std::move(self_node_id), metrics, handoff, options) {}
   ReplicaCoordinator(const ReplicaCoordinator&) = delete;
   ReplicaCoordinator& operator=(const ReplicaCoordinator&) = delete;

@@ -156,7 +156,7 @@ int Loop::BoundPort(int http_index) {
 
 void Loop::Run() {
   thread_id_ = std::this_thread::get_id();
-  if (config_.loop_started) config_.loop_started();
+  if (config_.loop_started) config_.loop_started(&loop_);
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle is closed by now; let their close callbacks run, then free.
   uv_run(&loop_, UV_RUN_DEFAULT);

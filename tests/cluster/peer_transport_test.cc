@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <atomic>
 #include <memory>
@@ -17,7 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -107,6 +110,112 @@ class SilentListener {
   int fd_ = -1;
   int port_ = 0;
 };
+
+// A libuv loop on its own thread, attached to a transport as a server loop
+// is (PeerTransport::AttachLoopOnThisThread): it flushes the transport at
+// every turn, runs tasks posted to it, and detaches when it ends.
+class AttachedLoop {
+ public:
+  explicit AttachedLoop(PeerTransport* transport) : transport_(transport) {
+    uv_loop_init(&loop_);
+    uv_async_init(&loop_, &tasks_, [](uv_async_t* async) {
+      static_cast<AttachedLoop*>(async->data)->RunTasks();
+    });
+    tasks_.data = this;
+    uv_prepare_init(&loop_, &prepare_);
+    prepare_.data = this;
+    uv_check_init(&loop_, &check_);
+    check_.data = this;
+    uv_prepare_start(&prepare_, [](uv_prepare_t* prepare) {
+      static_cast<AttachedLoop*>(prepare->data)->transport_->FlushHeldSends();
+    });
+    uv_check_start(&check_, [](uv_check_t* check) {
+      static_cast<AttachedLoop*>(check->data)->transport_->FlushHeldSends();
+    });
+    thread_ = std::thread([this] {
+      thread_id_ = std::this_thread::get_id();
+      transport_->AttachLoopOnThisThread(&loop_);
+      attached_.Notify();
+      uv_run(&loop_, UV_RUN_DEFAULT);
+      uv_run(&loop_, UV_RUN_DEFAULT);
+      uv_loop_close(&loop_);
+    });
+    attached_.WaitForNotification();
+  }
+  ~AttachedLoop() { End(); }
+
+  // Runs task on the loop's thread.
+  void Post(absl::AnyInvocable<void()> task) {
+    absl::MutexLock lock(&mu_);
+    tasks_queue_.push_back(std::move(task));
+    uv_async_send(&tasks_);
+  }
+  // Detaches and closes the loop's handles, then waits for its thread.
+  void End() {
+    if (!thread_.joinable()) return;
+    Post([this] {
+      transport_->DetachLoopOnThisThread();
+      absl::MutexLock lock(&mu_);
+      closing_ = true;
+      uv_close(reinterpret_cast<uv_handle_t*>(&tasks_), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&prepare_), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&check_), nullptr);
+    });
+    thread_.join();
+  }
+  std::thread::id thread_id() const { return thread_id_; }
+
+ private:
+  void RunTasks() {
+    std::vector<absl::AnyInvocable<void()>> tasks;
+    {
+      absl::MutexLock lock(&mu_);
+      if (closing_) return;
+      tasks.swap(tasks_queue_);
+    }
+    for (auto& task : tasks) task();
+  }
+
+  PeerTransport* const transport_;
+  uv_loop_t loop_;
+  uv_async_t tasks_;
+  uv_prepare_t prepare_;
+  uv_check_t check_;
+  std::thread thread_;
+  std::thread::id thread_id_;
+  absl::Notification attached_;
+  absl::Mutex mu_;
+  std::vector<absl::AnyInvocable<void()>> tasks_queue_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// What a send made on an attached loop came to, and the thread its
+// callback ran on.
+struct LoopOutcome {
+  absl::Notification done;
+  absl::StatusOr<std::string> answer;
+  std::thread::id thread;
+};
+
+std::shared_ptr<LoopOutcome> SendFromLoop(AttachedLoop& loop, PeerTransport& transport,
+                                          const std::string& address, std::string frame,
+                                          absl::Duration timeout, bool from_loop = true) {
+  auto outcome = std::make_shared<LoopOutcome>();
+  loop.Post([&transport, address, frame = std::move(frame), timeout, from_loop,
+             outcome]() mutable {
+    auto done = [outcome](absl::StatusOr<std::string> answer) {
+      outcome->thread = std::this_thread::get_id();
+      outcome->answer = std::move(answer);
+      outcome->done.Notify();
+    };
+    if (from_loop) {
+      transport.SendFromThisLoop(address, std::move(frame), timeout, std::move(done));
+    } else {
+      transport.Send(address, std::move(frame), timeout, std::move(done));
+    }
+  });
+  return outcome;
+}
 
 class PeerTransportTest : public ::testing::Test {
  protected:
@@ -303,6 +412,121 @@ TEST_F(PeerTransportTest, LoopHooksRunOnTheTransportsThread) {
   EXPECT_GT(turns.load(), 0);
   EXPECT_EQ(turns_elsewhere.load(), 0);
   EXPECT_EQ(ended.load(), 1);
+}
+
+// A loop attached to the transport sends SendFromThisLoop's requests on
+// connections of its own: their callbacks run on the loop's thread, while
+// Send from the same thread still goes through the transport's thread.
+TEST_F(PeerTransportTest, AnAttachedLoopSendsOnItsOwnConnections) {
+  auto server = StartServer();
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+  AttachedLoop loop(&transport);
+
+  std::vector<std::shared_ptr<LoopOutcome>> outcomes;
+  for (int i = 0; i < 50; ++i) {
+    outcomes.push_back(SendFromLoop(loop, transport, address,
+                                    PingFrame(absl::StrCat("lane-", i)), absl::Seconds(10)));
+  }
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(outcomes[i]->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    ASSERT_TRUE(outcomes[i]->answer.ok()) << outcomes[i]->answer.status();
+    EXPECT_EQ(p::View(Response(*outcomes[i]->answer)->result_as_PingResult()->payload()),
+              absl::StrCat("lane-", i));
+    EXPECT_EQ(outcomes[i]->thread, loop.thread_id()) << "called back off the loop";
+  }
+  std::shared_ptr<LoopOutcome> plain =
+      SendFromLoop(loop, transport, address, PingFrame("plain"), absl::Seconds(10),
+                   /*from_loop=*/false);
+  ASSERT_TRUE(plain->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(plain->answer.ok()) << plain->answer.status();
+  EXPECT_NE(plain->thread, loop.thread_id()) << "Send is the transport thread's";
+  // Off an attached loop SendFromThisLoop is Send.
+  absl::StatusOr<std::string> direct = SendAndWait(transport, address, PingFrame("direct"));
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  loop.End();
+  transport.Stop();
+}
+
+// A loop's requests still in flight fail when it detaches, and when the
+// transport stops first; timeouts and fault injection apply to them too.
+TEST_F(PeerTransportTest, AnAttachedLoopsRequestsFailWhenItDetachesOrTheTransportStops) {
+  SilentListener silent;
+  {
+    PeerTransport transport(Options());
+    ASSERT_TRUE(transport.Start().ok());
+    AttachedLoop loop(&transport);
+    std::shared_ptr<LoopOutcome> timed_out =
+        SendFromLoop(loop, transport, silent.address(), PingFrame("x"), absl::Milliseconds(200));
+    ASSERT_TRUE(timed_out->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(timed_out->answer.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << timed_out->answer.status();
+    EXPECT_EQ(timed_out->thread, loop.thread_id());
+
+    std::shared_ptr<LoopOutcome> detached =
+        SendFromLoop(loop, transport, silent.address(), PingFrame("x"), absl::Seconds(60));
+    // Sent (not only queued) before the loop ends: a ping of the loop's own
+    // answers after it.
+    auto server = StartServer();
+    const std::string address = absl::StrCat("127.0.0.1:", server->port());
+    std::shared_ptr<LoopOutcome> after =
+        SendFromLoop(loop, transport, address, PingFrame("after"), absl::Seconds(10));
+    ASSERT_TRUE(after->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    ASSERT_TRUE(after->answer.ok()) << after->answer.status();
+    EXPECT_FALSE(detached->done.HasBeenNotified());
+    loop.End();
+    ASSERT_TRUE(detached->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_EQ(detached->answer.status().code(), absl::StatusCode::kUnavailable)
+        << detached->answer.status();
+    transport.Stop();
+  }
+  {
+    PeerTransportOptions options = Options();
+    options.allow_fault_injection = true;
+    PeerTransport transport(options);
+    ASSERT_TRUE(transport.Start().ok());
+    AttachedLoop loop(&transport);
+    auto server = StartServer();
+    const std::string address = absl::StrCat("127.0.0.1:", server->port());
+    std::shared_ptr<LoopOutcome> first =
+        SendFromLoop(loop, transport, address, PingFrame("x"), absl::Seconds(10));
+    ASSERT_TRUE(first->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    ASSERT_TRUE(first->answer.ok()) << first->answer.status();
+    // In flight to a peer then cut off: lost with the link.
+    std::shared_ptr<LoopOutcome> cut =
+        SendFromLoop(loop, transport, silent.address(), PingFrame("x"), absl::Seconds(60));
+    std::shared_ptr<LoopOutcome> sync =
+        SendFromLoop(loop, transport, address, PingFrame("sync"), absl::Seconds(10));
+    ASSERT_TRUE(sync->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    transport.SetDropped({silent.address(), address});
+    ASSERT_TRUE(cut->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(cut->answer.status().code(), absl::StatusCode::kUnavailable) << cut->answer.status();
+    std::shared_ptr<LoopOutcome> dropped =
+        SendFromLoop(loop, transport, address, PingFrame("x"), absl::Seconds(10));
+    ASSERT_TRUE(dropped->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(dropped->answer.status().code(), absl::StatusCode::kUnavailable)
+        << dropped->answer.status();
+    transport.SetDropped({});
+
+    std::shared_ptr<LoopOutcome> pending =
+        SendFromLoop(loop, transport, silent.address(), PingFrame("x"), absl::Seconds(60));
+    std::shared_ptr<LoopOutcome> sync2 =
+        SendFromLoop(loop, transport, address, PingFrame("sync"), absl::Seconds(10));
+    ASSERT_TRUE(sync2->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    ASSERT_TRUE(sync2->answer.ok()) << sync2->answer.status();
+    transport.Stop();  // the loop still runs: its lane fails what it holds
+    ASSERT_TRUE(pending->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(pending->answer.status().code(), absl::StatusCode::kUnavailable)
+        << pending->answer.status();
+    EXPECT_EQ(pending->thread, loop.thread_id());
+    std::shared_ptr<LoopOutcome> late =
+        SendFromLoop(loop, transport, address, PingFrame("x"), absl::Seconds(10));
+    ASSERT_TRUE(late->done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(late->answer.status().code(), absl::StatusCode::kUnavailable)
+        << late->answer.status();
+    loop.End();
+  }
 }
 
 TEST_F(PeerTransportTest, WrongSecretIsUnauthenticated) {
