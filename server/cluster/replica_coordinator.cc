@@ -733,20 +733,21 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     // Every target answers once (a retried send counts only its last answer).
     assert(state->answered < state->total);
     ++state->answered;
-    if (status.ok()) {
-      outcome.applied.push_back(node);
-    } else {
-      outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
-    }
-    if (local.has_value()) outcome.local = local;
+    // Nothing reads the outcome once finished (later answers are only
+    // counted): an eventual write's replicas answer after it did.
     if (!state->finished) {
+      if (status.ok()) {
+        outcome.applied.push_back(node);
+      } else {
+        outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
+      }
+      if (local.has_value()) outcome.local = local;
       if (state->need.MetBy(outcome.applied)) {
         outcome.reached = true;
         state->finished = true;
       } else if (state->answered == state->total) {
         state->finished = true;
       }
-      // Nothing reads the outcome once finished (later answers are only counted).
       if (state->finished) finished = std::move(outcome);
     }
     // Once every target answered the send is finished: done was called.
@@ -943,6 +944,8 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   {
     absl::MutexLock lock(&state->mu);
     state->candidates = std::move(candidates);
+    // One allocation for the replies, however many come.
+    state->replies.reserve(state->candidates.size());
     state->failures = std::move(failures);
     if (!state->need.MetBy(state->candidates)) {
       state->finished = true;
