@@ -1068,12 +1068,12 @@ absl::Status Node::BuildCluster() {
   // port), else from the configuration.
   auto ring_of = [this]() -> std::shared_ptr<const cluster::Ring> { return CommittedRing(); };
   auto lookup = [this, member](const std::string& node_id, cluster::PeerInfo* info) {
-    cluster::Member found;
-    if (member->membership() != nullptr && member->membership()->Find(node_id, &found)) {
-      info->address = found.address;
-      info->http_address = found.http_address;
-      info->alive = found.state == cluster::MemberState::kAlive ||
-                    found.state == cluster::MemberState::kSuspect;
+    cluster::MemberState state;
+    if (member->membership() != nullptr &&
+        member->membership()->FindAddresses(node_id, &info->address, &info->http_address,
+                                            &state)) {
+      info->alive = state == cluster::MemberState::kAlive ||
+                    state == cluster::MemberState::kSuspect;
       return true;
     }
     control::ControlPlane* control = control_plane();

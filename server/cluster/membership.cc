@@ -129,6 +129,8 @@ class Membership::Impl {
   std::vector<Member> LiveMembers() const;
   std::shared_ptr<const Ring> ring() const;
   bool Find(const std::string& node_id, Member* member) const;
+  bool FindAddresses(const std::string& node_id, std::string* address,
+                     std::string* http_address, MemberState* state) const;
   bool HasLeft() const;
   bool ViewConfirmed() const;
   void OnChange(std::function<void()> callback);
@@ -735,6 +737,18 @@ bool Membership::Impl::Find(const std::string& node_id, Member* member) const {
   return true;
 }
 
+bool Membership::Impl::FindAddresses(const std::string& node_id, std::string* address,
+                                      std::string* http_address, MemberState* state) const {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(node_id);
+  if (it == members_.end()) return false;
+  const Member& member = it->second.member;
+  *address = member.address;
+  *http_address = member.http_address;
+  *state = member.state;
+  return true;
+}
+
 bool Membership::Impl::HasLeft() const {
   absl::MutexLock lock(&mu_);
   return left_;
@@ -766,6 +780,10 @@ std::vector<Member> Membership::LiveMembers() const { return impl_->LiveMembers(
 std::shared_ptr<const Ring> Membership::ring() const { return impl_->ring(); }
 bool Membership::Find(const std::string& node_id, Member* member) const {
   return impl_->Find(node_id, member);
+}
+bool Membership::FindAddresses(const std::string& node_id, std::string* address,
+                               std::string* http_address, MemberState* state) const {
+  return impl_->FindAddresses(node_id, address, http_address, state);
 }
 bool Membership::IsAlive(const std::string& node_id) const {
   Member member;

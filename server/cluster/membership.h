@@ -112,6 +112,10 @@ class Membership {
   std::shared_ptr<const Ring> ring() const;
   // A member by node id; false when unknown.
   bool Find(const std::string& node_id, Member* member) const;
+  // The same, only its addresses and state (what a coordinator asks of
+  // every owner of every request, without a copy of the rest).
+  bool FindAddresses(const std::string& node_id, std::string* address,
+                     std::string* http_address, MemberState* state) const;
   bool IsAlive(const std::string& node_id) const;
   // This node as configured (its id, addresses and join time never change;
   // for its current state and incarnation use Find(self().node_id)).

@@ -19,8 +19,19 @@ namespace {
 template <typename Item, typename BytesOf, typename SendRun>
 void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, BytesOf bytes_of,
             SendRun send_run) {
-  std::stable_sort(items.begin(), items.end(),
-                   [](const Item& a, const Item& b) { return a.timeout > b.timeout; });
+  // Usually every item has about the whole write wait left: when none has
+  // under half of the longest, no run would end for a timeout, and the
+  // items are taken as they came (moving them costs more than the rest).
+  absl::Duration shortest = absl::InfiniteDuration();
+  absl::Duration longest = -absl::InfiniteDuration();
+  for (const Item& item : items) {
+    shortest = std::min(shortest, item.timeout);
+    longest = std::max(longest, item.timeout);
+  }
+  if (shortest * 2 < longest) {
+    std::stable_sort(items.begin(), items.end(),
+                     [](const Item& a, const Item& b) { return a.timeout > b.timeout; });
+  }
   std::vector<Item> run;
   uint64_t run_bytes = 0;
   for (Item& item : items) {

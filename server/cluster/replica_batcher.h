@@ -12,8 +12,9 @@
 // Limits::max_items items or Limits::max_bytes of keys and values (a single
 // larger record goes alone), and its timeout is the shortest of its items';
 // items are grouped by timeout first (longest first, a new batch when one
-// is under half the batch's longest), so an item close to its deadline
-// cannot cut short the wait of items with plenty of time.
+// is under half the batch's longest; in the order they came when none is
+// under half of the longest), so an item close to its deadline cannot cut
+// short the wait of items with plenty of time.
 // A failed request fails each of its items with its status.
 //
 // Thread-safety: every method may be called from any thread. The held

@@ -196,5 +196,28 @@ TEST_F(ManualMembershipTest, NodesFindEachOtherAndDetectAStoppedOne) {
   EXPECT_EQ(StateSeenBy(1, "n2"), MemberState::kDead);
 }
 
+// FindAddresses answers what Find does of a member's addresses and state.
+TEST_F(ManualMembershipTest, FindAddressesAnswersAsFindDoes) {
+  for (int i = 0; i < 4; ++i) Round();
+  down_.insert("10.0.0.2:7070");
+  for (int i = 0; i < 10; ++i) Round();
+  for (size_t observer = 0; observer < 3; ++observer) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string node_id = absl::StrCat("n", i);
+      Member member;
+      ASSERT_TRUE(nodes_[observer]->Find(node_id, &member)) << node_id;
+      std::string address = "left over", http_address = "left over";
+      MemberState state = MemberState::kLeft;
+      ASSERT_TRUE(nodes_[observer]->FindAddresses(node_id, &address, &http_address, &state));
+      EXPECT_EQ(address, member.address);
+      EXPECT_EQ(http_address, member.http_address);
+      EXPECT_EQ(state, member.state);
+    }
+    std::string address, http_address;
+    MemberState state;
+    EXPECT_FALSE(nodes_[observer]->FindAddresses("nobody", &address, &http_address, &state));
+  }
+}
+
 }  // namespace
 }  // namespace logkv::server::cluster
