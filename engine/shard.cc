@@ -35,6 +35,13 @@ Shard::Shard(const ShardContext& context, uint32_t shard_id, std::string directo
       directory_(std::move(directory)),
       index_(std::countr_zero(context.merkle->partitions())) {
   recent_events_.assign(std::max<uint32_t>(1, options_.feed_recent_events), FeedMark{0, 0, 0});
+  for (const std::string& prefix : options_.merkle_excluded_prefixes) {
+    if (prefix.empty()) {
+      excluded_first_bytes_.fill(true);
+      break;
+    }
+    excluded_first_bytes_[static_cast<uint8_t>(prefix[0])] = true;
+  }
 }
 
 Shard::~Shard() = default;
@@ -388,19 +395,20 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   if (!appended.ok()) return appended.status();
   const RecordLocation location = *appended;
   const uint64_t sequence = record.sequence;
+  const bool summarised = Summarised(key.key);
 
   if (entry != nullptr) {
     // XOR the old state out.
-    if (Summarised(key.key)) context_.merkle->Update(key.hash, LeafHashOf(*entry));
+    if (summarised) context_.merkle->Update(key.hash, LeafHashOf(*entry));
     if (options_.versions_kept > 1 && type == RecordType::kPut && visible) {
       std::vector<HistoryItem>& items = history_[id];
       items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp,
                                   entry->expiry_unix_ms});
-      ++CountsOf(key.key).kept_versions;
+      ++CountsOf(summarised).kept_versions;
       while (items.size() > options_.versions_kept - 1) {
         MarkDead(items.front().location);
         items.erase(items.begin());
-        --CountsOf(key.key).kept_versions;
+        --CountsOf(summarised).kept_versions;
       }
     } else {
       ReleaseCurrentRecord(*entry);
@@ -416,9 +424,9 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   entry->timestamp = timestamp;
   entry->version = version;
   entry->expiry_unix_ms = expiry;
-  if (Summarised(key.key)) context_.merkle->Update(key.hash, LeafHashOf(*entry));
-  if (type == RecordType::kPut && !was_present) ++CountsOf(key.key).live_keys;
-  if (type == RecordType::kDelete && was_present) --CountsOf(key.key).live_keys;
+  if (summarised) context_.merkle->Update(key.hash, LeafHashOf(*entry));
+  if (type == RecordType::kPut && !was_present) ++CountsOf(summarised).live_keys;
+  if (type == RecordType::kDelete && was_present) --CountsOf(summarised).live_keys;
   if (expiry != 0) {
     ++entries_with_expiry_;
     PushTtl(expiry, id);

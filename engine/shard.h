@@ -10,6 +10,7 @@
 #ifndef LOGKV_ENGINE_SHARD_H_
 #define LOGKV_ENGINE_SHARD_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -80,7 +81,12 @@ class Shard {
   // FsyncPolicy::kAlways, else every appended one (UINT64_MAX).
   uint64_t ReadableThrough() ABSL_LOCKS_EXCLUDED(sync_mu_);
   // Whether the key is part of the Merkle summary (Options::merkle_excluded_prefixes).
+  // Every write asks (for the Merkle summary and the key counts), so a key
+  // whose first byte begins no excluded prefix (all of a client's keys, with
+  // the server's own prefixes starting with a NUL byte) is answered by one
+  // table lookup, without comparing prefixes.
   bool Summarised(absl::string_view key) const {
+    if (!key.empty() && !excluded_first_bytes_[static_cast<uint8_t>(key[0])]) return true;
     for (const std::string& prefix : options_.merkle_excluded_prefixes) {
       if (key.substr(0, prefix.size()) == prefix) return false;
     }
@@ -261,6 +267,9 @@ class Shard {
   // ---- Constant after construction ----
   const ShardContext context_;
   const Options& options_;
+  // The first bytes of Options::merkle_excluded_prefixes (all 256 when one
+  // of them is empty): a key that starts with another byte is Summarised.
+  std::array<bool, 256> excluded_first_bytes_{};
   const uint32_t shard_id_;
   const std::string directory_;
 
@@ -292,7 +301,10 @@ class Shard {
     uint64_t kept_versions = 0;
   };
   KeyCounts& CountsOf(absl::string_view key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return Summarised(key) ? client_counts_ : own_counts_;
+    return CountsOf(Summarised(key));
+  }
+  KeyCounts& CountsOf(bool summarised) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return summarised ? client_counts_ : own_counts_;
   }
   KeyCounts client_counts_ ABSL_GUARDED_BY(mu_);
   KeyCounts own_counts_ ABSL_GUARDED_BY(mu_);

@@ -187,6 +187,9 @@ class Service {
   // (the status's and a BatchResult's items'); false when none needed it.
   // Otherwise *out holds the response rebuilt (frame must not point into it).
   bool ScrubResponse(absl::string_view frame, flatbuffers::FlatBufferBuilder* out) const;
+  // False when ScrubResponse would surely leave the answer alone (OK, not a
+  // batch's): a check that costs no thread_local builder.
+  static bool MayNameFiles(absl::string_view frame);
   // Whether the ACLs (context.access) let context's caller put engine key
   // `key`: create for a key that does not exist, write for one that does
   // (with both, nothing is looked up). PermissionDenied otherwise.

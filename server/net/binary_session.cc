@@ -426,7 +426,9 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
     }
   }
   // Another user's namespace (Request.namespace_user): the ACLs decide.
-  RequestContext addressed;
+  // Built only for another user's namespace (rare): most requests use the
+  // session's context as it is, with no string made and freed per request.
+  std::optional<RequestContext> addressed;
   const RequestContext* context = &session_.context;
   if (request.namespace_user() != 0 && !is_peer_ && operation != p::Operation::Hello &&
       operation != p::Operation::Ping && operation != p::Operation::Stats) {
@@ -436,9 +438,9 @@ bool BinarySession::DispatchOperation(const p::Request& request, int64_t start_n
       return true;
     }
     if (request.namespace_user() != session_.user_id) {
-      addressed = session_.context;
-      addressed.key_prefix = TenantPrefix(request.namespace_user());
-      context = &addressed;
+      addressed.emplace(session_.context);
+      addressed->key_prefix = TenantPrefix(request.namespace_user());
+      context = &*addressed;
     }
   }
   switch (operation) {
