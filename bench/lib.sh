@@ -64,3 +64,29 @@ wait_ready() {
   tail -n 20 "$log" >&2
   die "the server was not ready after 30 s"
 }
+
+# Reads redis-benchmark's report (run without --csv, which has no 99.9th
+# percentile) on stdin and prints one line per test: test,rps,p50,p99,p999
+# (milliseconds). The p99.9 is the first row of its "Latency by percentile
+# distribution" at or above 99.9% (HdrHistogram steps: 99.902% with enough
+# requests), so it can only overstate Redis's.
+redis_benchmark_rows() {
+  tr '\r' '\n' | awk '
+    /^====== / { test = $2; p999 = ""; next }
+    /^Latency by percentile distribution/ { in_pct = 1; next }
+    in_pct && /^[0-9.]+% <= / {
+      pct = $1; sub(/%/, "", pct)
+      if (p999 == "" && pct + 0 >= 99.9) p999 = $3
+      next
+    }
+    { in_pct = 0 }
+    /throughput summary:/ { rps = $3 }
+    /avg +min +p50 +p95 +p99 +max/ { getline; print test "," rps "," $3 "," $5 "," p999 }'
+}
+
+# Reads logkv-bench --csv --csv-p999 on stdin and prints test,rps,p50,p99,p999.
+logkv_bench_rows() {
+  tr -d '"' | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    NF >= 9 { print $1 "," $2 "," $col["p50_latency_ms"] "," $col["p99_latency_ms"] "," \
+              $col["p999_latency_ms"] }'
+}

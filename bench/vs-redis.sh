@@ -79,31 +79,31 @@ start_logkvd() {  # $1: fsync mode
   wait_ready "$server_pid" "grep -q 'listening on' '$dir/logkvd.log'" "$dir/logkvd.log"
 }
 
-# Appends "mode,system,test,rps,p50,p99" rows to $work/results.csv; failures become a row of
-# "failed" so the table still shows everything else.
+# Appends "mode,system,test,rps,p50,p99,p999" rows to $work/results.csv; failures become a row
+# of "failed" so the table still shows everything else.
 failures=0
 run() {  # $1: mode label, $2: system (redis|logkv), $3: pipeline, $4: fsync label
   local mode=$1 system=$2 pipeline=$3 out=$work/$2-${1// /_}
   local args=(-h 127.0.0.1 -p "$port" -c "$clients" -n "$requests" -d "$value_bytes"
-    -r "$keyspace" -t set,get -P "$pipeline" --csv)
+    -r "$keyspace" -t set,get -P "$pipeline")
   echo "vs-redis: $system, $mode ..." >&2
   local rc=0
   if [[ $system == redis ]]; then
-    redis-benchmark "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
+    redis-benchmark "${args[@]}" >"$out.txt" 2>"$out.err" || rc=$?
+    redis_benchmark_rows <"$out.txt" >"$out.csv"
   else
-    "$bench" "${args[@]}" --fsync-mode "$4" >"$out.csv" 2>"$out.err" || rc=$?
+    "$bench" "${args[@]}" --csv --csv-p999 --fsync-mode "$4" >"$out.txt" 2>"$out.err" || rc=$?
+    logkv_bench_rows <"$out.txt" >"$out.csv"
   fi
-  if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
+  if [[ $rc -ne 0 ]] || ! grep -q '^SET,' "$out.csv" || ! grep -q '^GET,' "$out.csv"; then
     echo "vs-redis: $system ($mode) failed with status $rc:" >&2
     cat "$out.err" >&2
     failures=$((failures + 1))
-    printf '%s,%s,SET,failed,-,-\n%s,%s,GET,failed,-,-\n' "$mode" "$system" "$mode" "$system" \
-      >>"$work/results.csv"
+    printf '%s,%s,SET,failed,-,-,-\n%s,%s,GET,failed,-,-,-\n' "$mode" "$system" "$mode" \
+      "$system" >>"$work/results.csv"
     return 0
   fi
-  # Columns of redis-benchmark's CSV: test, rps, avg, min, p50, p95, p99, max (all quoted).
-  tr -d '"' <"$out.csv" | awk -F, -v mode="$mode" -v server="$system" \
-    'NR > 1 && NF >= 8 { print mode "," server "," $1 "," $2 "," $5 "," $7 }' >>"$work/results.csv"
+  awk -v prefix="$mode,$system," '{ print prefix $0 }' "$out.csv" >>"$work/results.csv"
 }
 
 : >"$work/results.csv"
@@ -128,21 +128,24 @@ echo
 echo "logkvd vs redis-server: -c $clients -n $requests -d $value_bytes -r $keyspace -t set,get," \
   "$(nproc) cores, $(redis-server --version | awk '{print $3}')"
 echo "interval = redis appendfsync everysec / logkvd --fsync=interval;" \
-  "always = appendfsync always / --fsync=always; latencies in ms"
+  "always = appendfsync always / --fsync=always; latencies in ms (Redis's p99.9: the first" \
+  "row of its percentile distribution at or above 99.9%)"
 echo
 awk -F, '
   { key = $1 SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
-    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6 }
+    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6; p999[key, $2] = $7 }
   END {
-    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s\n", "mode", "test", "redis rps", "logkv rps",
-           "logkv/redis", "redis p50", "redis p99", "logkv p50", "logkv p99"
+    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", "mode", "test", "redis rps",
+           "logkv rps", "logkv/redis", "redis p50", "redis p99", "redis p99.9", "logkv p50",
+           "logkv p99", "logkv p99.9"
     for (i = 1; i <= rows; i++) {
       k = order[i]
       r = rps[k, "redis"]; l = rps[k, "logkv"]
       ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
-      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
-             p50[k, "redis"], p99[k, "redis"], p50[k, "logkv"], p99[k, "logkv"]
+      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
+             p50[k, "redis"], p99[k, "redis"], p999[k, "redis"], p50[k, "logkv"], p99[k, "logkv"],
+             p999[k, "logkv"]
     }
   }' "$work/results.csv"
 

@@ -26,5 +26,10 @@ echo "$out"
 head -1 <<<"$out" | grep -qx '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"'
 grep -q '^"SET"' <<<"$out"
 grep -q '^"GET"' <<<"$out"
+# --csv-p999 adds the 99.9th percentile as the last column.
+out=$("$bench" -p "$port" -c 8 -n 2000 -d 100 -r 1000 -t set --csv --csv-p999)
+echo "$out"
+head -1 <<<"$out" | grep -qx '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms","p999_latency_ms"'
+grep -qx '"SET"\(,"[0-9.]*"\)\{8\}' <<<"$out"
 "$bench" -p "$port" -c 4 -n 2000 -P 8 --ratio 1:3 --zipf 0.99 -r 500 --threads 2 -q
 echo "logkv-bench smoke: ok"
