@@ -287,6 +287,44 @@ TEST_F(EngineTest, KeptVersionsSurviveReopenAndCompaction) {
   check("after reopen by scanning");
 }
 
+// A key is left out of the client counts (and the Merkle summary) by its
+// whole prefix, not its first byte, which only lets other keys skip the
+// comparison: keys that share a prefix's first byte still count, the
+// server's NUL-led prefixes included; an empty prefix leaves out every key.
+TEST_F(EngineTest, ExcludedPrefixesAreMatchedWholeNotByFirstByte) {
+  options_.merkle_excluded_prefixes = {std::string("\0own/", 5), "own/"};
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put(std::string("\0own/a", 6), "v"));     // excluded
+  ASSERT_OK(engine_->Put("own/b", "v"));                      // excluded
+  ASSERT_OK(engine_->Put(std::string("\0other", 6), "v"));    // same first byte: counted
+  ASSERT_OK(engine_->Put("owner", "v"));                      // same first bytes: counted
+  ASSERT_OK(engine_->Put("x", "v"));                          // counted
+  Stats stats = engine_->GetStats();
+  EXPECT_EQ(stats.keys, 5u);
+  EXPECT_EQ(stats.client_keys, 3u);
+  // A partition's root (node 1) moves with the keys it summarises only.
+  auto root_of = [&](absl::string_view key) {
+    return engine_->MerkleNodeHash(engine_->MerklePartitionOf(key), 1);
+  };
+  const uint64_t excluded_root = root_of("own/c");
+  ASSERT_OK(engine_->Put("own/c", "v"));
+  EXPECT_EQ(root_of("own/c"), excluded_root);
+  const uint64_t counted_root = root_of("ox");
+  ASSERT_OK(engine_->Put("ox", "v"));
+  EXPECT_NE(root_of("ox"), counted_root);
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+
+  options_.data_dir = dir_.Subdir("all-excluded");
+  options_.merkle_excluded_prefixes = {""};
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Put("a", "v"));
+  ASSERT_OK(engine_->Put(std::string("\0b", 2), "v"));
+  stats = engine_->GetStats();
+  EXPECT_EQ(stats.keys, 2u);
+  EXPECT_EQ(stats.client_keys, 0u);
+}
+
 // Stats::versions counts what the index holds (current versions and the
 // older ones kept), so a restart, with or without hint files, gives the same
 // figures; client_* leave out the store's own prefixes.
