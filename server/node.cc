@@ -689,6 +689,7 @@ absl::Status Node::Start() {
   if (status.ok()) {
     RunInBackground([this] { CatchUpWithControlPlane(); });
     RunInBackground([this] { CommitClusterSettings(); });
+    if (refilling_.load()) RunInBackground([this] { Refill(); });
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
     if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
@@ -761,6 +762,18 @@ absl::Status Node::StartEngine() {
   // Before anything is served: whether this node starts on an empty store
   // (a new cluster's first node commits its consensus prefixes only then).
   store_was_empty_ = engine_->GetStats().client_keys == 0;
+  {
+    // A node that lost its data refills before any quorum counts it; the
+    // mark outlives a crash during the refill.
+    const std::string mark = (std::filesystem::path(data_dir_) / "refilling").string();
+    if (options_.replace) {
+      if (absl::Status s = control::WriteFileAtomically(mark, "refilling after --replace\n");
+          !s.ok()) {
+        return s;
+      }
+    }
+    refilling_.store(options_.replace || std::filesystem::exists(mark), std::memory_order_release);
+  }
   const engine::Stats stats = engine_->GetStats();
   Log(Level::kInfo, "opened %s: %d keys in %d segments, recovered in %d ms", data_dir_,
       stats.keys, stats.segments, stats.recovery_ms);
@@ -1005,8 +1018,17 @@ absl::Status Node::BuildCluster() {
       });
   cluster_->AddPeerOperationHandler(
       p::Operation::ReadRecords,
-      [engine](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
-               absl::FunctionRef<Completion()>) {
+      [this, engine](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+                     absl::FunctionRef<Completion()>) {
+        if (refilling_.load(std::memory_order_acquire)) {
+          // What it holds may lack writes it acknowledged before it lost
+          // its data: the coordinator asks another owner.
+          p::BuildStatusResponse(
+              builder, request.request_id(),
+              absl::UnavailableError("this node lost its data and is being refilled from the "
+                                     "other owners: it answers no read until then"));
+          return Outcome::kAnswered;
+        }
         return cluster::HandleReadRecords(engine, request, builder);
       });
   cluster_->AddPeerOperationHandler(
@@ -1096,6 +1118,7 @@ absl::Status Node::BuildCluster() {
   coordinator_ = std::make_unique<cluster::ReplicaCoordinator>(
       engine, member->transport(), ring_of, lookup, cluster_options.node_id, &metrics_,
       handoff_.get(), coordinator_options);
+  coordinator_->SetRefilling(refilling_.load());
   service_->set_coordinator(coordinator_.get());
   // Quorum operations wait for both views: gossip's (a majority of the
   // members answered since the start) and the control plane's (this node
@@ -2208,6 +2231,47 @@ void Node::CommitClusterSettings() {
         "committed prefixes apply",
         wanted.empty() ? "none" : absl::StrJoin(wanted, ","),
         held.empty() ? "none" : absl::StrJoin(held, ","));
+  }
+}
+
+void Node::Refill() {
+  Log(Level::kWarning,
+      "this node lost its data: it answers no quorum read until it has pulled its keys from "
+      "every other owner");
+  std::string last_said;
+  while (!stopping_.load() && refilling_.load()) {
+    // Every other owner, not a majority: a write acknowledged by a quorum
+    // that included this node before it lost its data may now be on one
+    // of them alone.
+    const cluster::Placement placement = CommittedPlacement();
+    const std::shared_ptr<const cluster::Ring> ring =
+        placement.next != nullptr ? placement.next : placement.ring;
+    absl::Status status = absl::UnavailableError("no committed ring yet");
+    if (ring != nullptr) {
+      std::vector<std::string> others;
+      std::string down;
+      cluster::Membership* membership = cluster_->membership();
+      for (const std::string& member : ring->members()) {
+        if (member == node_id()) continue;
+        others.push_back(member);
+        if (membership == nullptr || !membership->IsAlive(member)) down = member;
+      }
+      status = !down.empty() ? absl::UnavailableError(absl::StrCat(down, " is down"))
+                             : anti_entropy_->Fill(ring, others, absl::Now() + absl::Seconds(60));
+    }
+    if (status.ok()) {
+      std::error_code ignored;
+      std::filesystem::remove(std::filesystem::path(data_dir_) / "refilling", ignored);
+      refilling_.store(false, std::memory_order_release);
+      coordinator_->SetRefilling(false);
+      Log(Level::kInfo, "refilled from every other owner: this node counts in quorums again");
+      return;
+    }
+    if (std::string said(status.message()); said != last_said) {  // once per reason
+      Log(Level::kInfo, "refilling: %s; trying again", said);
+      last_said = std::move(said);
+    }
+    absl::SleepFor(absl::Milliseconds(200));
   }
 }
 

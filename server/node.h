@@ -299,6 +299,9 @@ class Node {
   // --consensus_prefix; every node warns when its flags differ from what
   // the cluster committed (background).
   void CommitClusterSettings();
+  // Ends refilling_ once a pull from every other owner of this node's keys
+  // succeeded (background; retried while one of them is down).
+  void Refill();
   // The control plane's figures in the Prometheus output.
   void AddControlMetrics();
   // Adds this node to the cluster's control plane through its seeds (a new
@@ -402,6 +405,11 @@ class Node {
   // CatchUpWithControlPlane finished (then stays true).
   std::atomic<bool> control_caught_up_{false};
   std::atomic<bool> stopping_{false};  // Stop has begun
+  // This node lost its data and took its member's place (--replace, or a
+  // refill that had not finished when it stopped: <data>/refilling): until
+  // it pulled every key it owns from every other owner (Refill), it answers
+  // no quorum read and counts in none it coordinates.
+  std::atomic<bool> refilling_{false};
   // Told of every committed change (anti-entropy, purger, hand-off), from
   // the control plane's thread; set once they run, cleared by Stop.
   absl::Mutex control_listener_mu_;

@@ -926,7 +926,9 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   const bool complete = LocalCopyComplete();
   std::vector<std::string> candidates;
   std::vector<std::string> failures;
-  const bool self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end();
+  // A node refilling after it lost its data is no owner a quorum may count.
+  const bool self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end() &&
+                         !refilling_.load(std::memory_order_acquire);
   if (self_owns && complete) candidates.push_back(self_);
   for (const std::string& owner : owners) {
     PeerInfo info;

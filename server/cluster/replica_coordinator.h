@@ -211,6 +211,11 @@ class ReplicaCoordinator final : public Coordinator {
   // Unset: always complete.
   void set_caught_up(std::function<bool()> caught_up) ABSL_LOCKS_EXCLUDED(caught_up_mu_);
 
+  // This node lost its data (--replace) and is not refilled yet: its engine
+  // counts in no quorum it coordinates (it may miss writes it acknowledged
+  // before the loss, which a quorum of the other owners alone holds).
+  void SetRefilling(bool refilling) { refilling_.store(refilling, std::memory_order_release); }
+
   // Whether this node's membership view is confirmed (Membership::
   // ViewConfirmed). Until it is, the coordinator is Active (so nothing is
   // served from a view of one), operations that need a quorum (Strong, or
@@ -308,6 +313,7 @@ class ReplicaCoordinator final : public Coordinator {
   // Counts an operation under epoch until the returned ticket is released.
   std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
+  std::atomic<bool> refilling_{false};  // SetRefilling
   // Whether this node's copy is complete (set_caught_up).
   bool LocalCopyComplete() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
   // Whether an operation of this consistency needs a quorum (and so a

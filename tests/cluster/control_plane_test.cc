@@ -262,6 +262,65 @@ TEST_F(ControlPlaneTest, AWipedFirstNodeIsFencedOffFromItsOldCluster) {
   EXPECT_EQ(ControlOf(*cluster_, 0).value("cluster_id", ""), old_cluster);
 }
 
+// A node that lost its data and takes its place again (--replace) counts in
+// no quorum until it has pulled its keys from every other owner: a strong
+// write acknowledged by it and one other owner before the loss is then on
+// that owner alone. Node 1 writes while node 0 does not hear it (acked by 1
+// and 2); node 2 is wiped and replaced while node 1 is cut off from the
+// others; a strong read through node 0 must not count node 2's empty engine.
+TEST_F(ControlPlaneTest, AReplacedNodeCountsInNoQuorumUntilRefilled) {
+  ASSERT_OK(StartCluster(3));
+  ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
+  ASSERT_OK(cluster_->SetDropped(1, {0}));
+  absl::StatusOr<HttpAnswer> put = cluster_->Put(1, "acked-by-1-and-2", "v", Consistency::kStrong);
+  ASSERT_TRUE(put.ok() && put->status == 200)
+      << (put.ok() ? put->body : put.status().ToString()) << cluster_->Describe();
+  // Node 1 is cut off from both others on the data plane (the control
+  // plane still works: the replacement is committed).
+  ASSERT_OK(cluster_->SetDropped(1, {0, 2}));
+  ASSERT_OK(cluster_->SetDropped(0, {1}));
+  ASSERT_EQ(cluster_->Stop(2), 0);
+  ASSERT_OK(cluster_->Wipe(2));
+  ASSERT_OK(cluster_->Restart(2));  // --replace
+  ASSERT_OK(cluster_->SetDropped(2, {1}));
+  ASSERT_OK(WaitAllActive({0, 2}, 3));
+
+  // Nodes 0 and 2 are two of the key's three owners, but node 2 has not
+  // refilled: no quorum. Never "not found" for an acknowledged write.
+  for (int node : {0, 2}) {
+    absl::StatusOr<HttpAnswer> read =
+        cluster_->Get(node, "acked-by-1-and-2", Consistency::kStrong, absl::Seconds(10));
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_NE(read->status, 404) << "node " << node << ": the acknowledged write was lost\n"
+                                 << cluster_->Describe();
+    EXPECT_EQ(read->status, 503) << node << ": " << read->body;
+  }
+  EXPECT_TRUE(absl::StrContains(cluster_->Output(2), "lost its data")) << cluster_->Describe();
+
+  // Healed, node 2 pulls from both others and counts again.
+  ASSERT_OK(cluster_->Heal());
+  HttpAnswer read;
+  for (const absl::Time deadline = absl::Now() + kPatience; absl::Now() < deadline;) {
+    absl::StatusOr<HttpAnswer> answer =
+        cluster_->Get(0, "acked-by-1-and-2", Consistency::kStrong, absl::Seconds(10));
+    if (answer.ok()) read = *answer;
+    if (read.status == 200) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(read.status, 200) << read.body << cluster_->Describe();
+  EXPECT_EQ(read.body, "v");
+  for (const absl::Time deadline = absl::Now() + kPatience;
+       !absl::StrContains(cluster_->Output(2), "refilled from every other owner") &&
+       absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(absl::StrContains(cluster_->Output(2), "refilled from every other owner"))
+      << cluster_->Describe();
+  absl::StatusOr<std::optional<std::string>> held = cluster_->StoreValue(2, "acked-by-1-and-2");
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(held->value_or(""), "v");
+}
+
 // A second process under a live member's node id (a duplicated --node-id)
 // does not start: without --replace it may not take the member's place, and
 // the member keeps its Raft id.
