@@ -294,15 +294,14 @@ absl::Status Shard::Compact(bool force) {
           if (id == KeyIndex::kNoEntry) continue;
           IndexEntry& entry = index_.at(id);
           const bool is_current = entry.location() == old_location;
-          HistoryItem* history_item = nullptr;
+          uint32_t history_node = VersionChains::kNone;
           if (!is_current && keep_history) {
-            if (auto it = history_.find(id); it != history_.end()) {
-              for (HistoryItem& kept : it->second) {
-                if (kept.location == old_location) history_item = &kept;
-              }
-            }
+            history_.ForEach(id, [&](uint32_t node) {
+              mu_.AssertHeld();
+              if (history_.location(node) == old_location) history_node = node;
+            });
           }
-          if (!is_current && history_item == nullptr) continue;  // dead
+          if (!is_current && history_node == VersionChains::kNone) continue;  // dead
 
           LogRecord copy = record;
           if (is_current && !entry.present()) {
@@ -334,7 +333,7 @@ absl::Status Shard::Compact(bool force) {
             entry.set_location(*new_location);
             entry.flags &= static_cast<uint8_t>(~kEntryShadowCounted);
           } else {
-            history_item->location = *new_location;
+            history_.location(history_node) = *new_location;
           }
         }
       }

@@ -23,9 +23,11 @@ class Shard::RecoveryState {
   // per-key vectors cost an allocation and a random access per overwrite.
   struct OlderPut {
     uint32_t entry_id;
+    RecordLocation location;
     uint64_t sequence;
-    HistoryItem item;
+    uint64_t version;
   };
+  static_assert(sizeof(OlderPut) == 32);
   std::vector<OlderPut> older_puts;
   uint64_t records = 0;  // records applied so far
   uint64_t max_sequence = 0;
@@ -107,11 +109,12 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   const bool keep_history = options_.versions_kept > 1;
   // Remembers a record that is not (or no longer) the key's newest.
   auto retire = [&](uint32_t entry_id, uint64_t sequence, bool tombstone,
-                    const HistoryItem& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                    const RecordLocation& older, uint64_t version)
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (keep_history && !tombstone) {
-      state->older_puts.push_back(RecoveryState::OlderPut{entry_id, sequence, item});
+      state->older_puts.push_back(RecoveryState::OlderPut{entry_id, older, sequence, version});
     } else {
-      MarkDead(item.location);
+      MarkDead(older);
     }
   };
   auto assign = [&](IndexEntry& entry) {
@@ -140,13 +143,12 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
     return;
   }
   if (record.sequence > current) {
-    retire(id, current, (entry.flags & kEntryTombstone) != 0,
-           HistoryItem{entry.location(), entry.version, entry.timestamp, entry.expiry_unix_ms});
+    retire(id, current, (entry.flags & kEntryTombstone) != 0, entry.location(), entry.version);
     assign(entry);
     state->sequence_of[id] = record.sequence;
   } else {
-    retire(id, record.sequence, record.type != format::RecordType::kPut,
-           HistoryItem{location, record.version, record.timestamp, record.expiry_unix_ms});
+    retire(id, record.sequence, record.type != format::RecordType::kPut, location,
+           record.version);
   }
 }
 
@@ -247,29 +249,35 @@ void Shard::FinishRecovery(RecoveryState* state) {
     std::sort(puts.begin(), puts.end(), [](const auto& a, const auto& b) {
       return a.entry_id != b.entry_id ? a.entry_id < b.entry_id : a.sequence > b.sequence;
     });
+    history_.ReserveHeads(index_.id_limit());
     for (size_t begin = 0; begin < puts.size();) {
       const uint32_t id = puts[begin].entry_id;
       size_t end = begin;
       while (end < puts.size() && puts[end].entry_id == id) ++end;
       const IndexEntry& entry = index_.at(id);
-      std::vector<HistoryItem> kept;
+      size_t kept = 0;
+      uint32_t tail = VersionChains::kNone;
       uint64_t next_version = (entry.flags & kEntryTombstone) != 0 ? 1 : entry.version;
       for (size_t i = begin; i < end; ++i) {
-        const HistoryItem& item = puts[i].item;
-        if (next_version > 1 && item.version == next_version - 1 &&
-            kept.size() + 1 < options_.versions_kept) {
-          kept.push_back(item);
-          next_version = item.version;
+        const RecoveryState::OlderPut& put = puts[i];
+        if (i > begin && put.sequence == puts[i - 1].sequence) {
+          // The same event twice: compaction copied it and crashed before
+          // removing the original. Either copy serves; this one is dead (and
+          // must not break the run).
+          MarkDead(put.location);
+          continue;
+        }
+        if (next_version > 1 && put.version == next_version - 1 &&
+            kept + 1 < options_.versions_kept) {
+          history_.PushBack(id, put.location, &tail);
+          ++kept;
+          next_version = put.version;
         } else {
           next_version = 1;  // the run is broken: nothing older belongs to it
-          MarkDead(item.location);
+          MarkDead(put.location);
         }
       }
-      if (!kept.empty()) {
-        std::reverse(kept.begin(), kept.end());
-        kept.shrink_to_fit();
-        history_[id] = std::move(kept);
-      }
+      if (kept > 0) CountsOf(entry.key()).kept_versions += kept;
       begin = end;
     }
     std::vector<RecoveryState::OlderPut>().swap(puts);
@@ -281,11 +289,6 @@ void Shard::FinishRecovery(RecoveryState* state) {
     if ((entry.flags & kEntryForgotten) != 0) forgotten.push_back(id);
   });
   for (const uint32_t id : forgotten) index_.Remove(id);
-  // Kept versions are counted from history_ itself: a lookup per entry would
-  // be a random access per key.
-  for (const auto& [id, items] : history_) {
-    CountsOf(index_.at(id).key()).kept_versions += items.size();
-  }
   index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
     mu_.AssertHeld();  // ForEach calls back before it returns
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));

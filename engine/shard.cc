@@ -176,19 +176,15 @@ absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   ValueMeta meta{version, 0, entry.expiry_unix_ms};
   if (entry.version == version) {
     location = entry.location();
-    meta.timestamp = entry.timestamp;
   } else {
-    bool found = false;
-    if (auto it = history_.find(id); it != history_.end()) {
-      for (const HistoryItem& item : it->second) {
-        if (item.version == version) {
-          location = item.location;
-          meta.timestamp = item.timestamp;
-          found = true;
-        }
-      }
+    // The k-th older version (from 0) is version entry.version - 1 - k.
+    uint32_t node = version != 0 && version < entry.version ? history_.head(id)
+                                                            : VersionChains::kNone;
+    for (uint64_t v = entry.version - 1; node != VersionChains::kNone && v > version; --v) {
+      node = history_.next(node);
     }
-    if (!found) {
+    if (node != VersionChains::kNone) location = history_.location(node);
+    if (node == VersionChains::kNone) {
       return absl::NotFoundError(absl::StrCat("version ", version, " of key ",
                                               KeyForMessage(key.key), " is not kept (current ",
                                               entry.version, ", versions_kept ",
@@ -197,6 +193,11 @@ absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   }
   auto record = ReadRecord(location, key.key);
   if (!record.ok()) return record.status();
+  if (record->version != version) {
+    return absl::InternalError(absl::StrCat("version ", version, " of key ", KeyForMessage(key.key),
+                                            " points at a record of version ", record->version));
+  }
+  meta.timestamp = record->timestamp;
   meta.expiry_unix_ms = record->expiry_unix_ms;
   Record out{std::string(), meta};
   if (absl::Status status = ValueOf(*record, &out.value); !status.ok()) return status;
@@ -211,11 +212,12 @@ void Shard::MarkDead(const RecordLocation& location) {
 
 void Shard::DropHistory(uint32_t entry_id) {
   if (options_.versions_kept <= 1) return;
-  auto it = history_.find(entry_id);
-  if (it == history_.end()) return;
-  for (const HistoryItem& item : it->second) MarkDead(item.location);
-  CountsOf(index_.at(entry_id).key()).kept_versions -= it->second.size();
-  history_.erase(it);
+  const size_t dropped = history_.Truncate(
+      entry_id, 0, [&](const RecordLocation& location) {
+        mu_.AssertHeld();  // Truncate calls back before it returns
+        MarkDead(location);
+      });
+  CountsOf(index_.at(entry_id).key()).kept_versions -= dropped;
 }
 
 void Shard::PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) {
@@ -401,15 +403,15 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
     // XOR the old state out.
     if (summarised) context_.merkle->Update(key.hash, LeafHashOf(*entry));
     if (options_.versions_kept > 1 && type == RecordType::kPut && visible) {
-      std::vector<HistoryItem>& items = history_[id];
-      items.push_back(HistoryItem{entry->location(), entry->version, entry->timestamp,
-                                  entry->expiry_unix_ms});
-      ++CountsOf(summarised).kept_versions;
-      while (items.size() > options_.versions_kept - 1) {
-        MarkDead(items.front().location);
-        items.erase(items.begin());
-        --CountsOf(summarised).kept_versions;
-      }
+      history_.PushFront(id, entry->location());
+      const size_t dropped = history_.Truncate(
+          id, options_.versions_kept - 1,
+          [&](const RecordLocation& location) {
+            mu_.AssertHeld();  // Truncate calls back before it returns
+            MarkDead(location);
+          });
+      CountsOf(summarised).kept_versions += 1;
+      CountsOf(summarised).kept_versions -= dropped;
     } else {
       ReleaseCurrentRecord(*entry);
       DropHistory(id);
@@ -842,9 +844,7 @@ void Shard::AddStats(Stats* stats) {
     stats->reserved_bytes += segment->reserved_ahead();
   }
   stats->key_bytes += index_.key_bytes();
-  size_t history_bytes = history_.capacity() * (sizeof(uint32_t) + sizeof(void*) * 3 + 1);
-  for (const auto& [id, items] : history_) history_bytes += items.capacity() * sizeof(HistoryItem);
-  stats->index_bytes += index_.overhead_bytes() + history_bytes +
+  stats->index_bytes += index_.overhead_bytes() + history_.bytes() +
                         ttl_heap_.size() * sizeof(TtlItem) +
                         recent_events_.size() * sizeof(FeedMark);
 }
@@ -857,10 +857,11 @@ void Shard::AddPrefixStats(absl::string_view prefix, Engine::PrefixStats* stats)
     ++stats->keys;
     ++stats->versions;
     stats->record_bytes += entry.record_bytes;
-    if (auto it = history_.find(id); it != history_.end()) {
-      stats->versions += it->second.size();
-      for (const HistoryItem& item : it->second) stats->record_bytes += item.location.record_bytes;
-    }
+    history_.ForEach(id, [&](uint32_t node) {
+      mu_.AssertReaderHeld();
+      ++stats->versions;
+      stats->record_bytes += history_.location(node).record_bytes;
+    });
   });
 }
 

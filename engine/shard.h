@@ -32,6 +32,7 @@
 #include "engine/log_record.h"
 #include "engine/merkle.h"
 #include "engine/segment.h"
+#include "engine/version_chains.h"
 
 namespace logkv::engine {
 
@@ -185,12 +186,6 @@ class Shard {
   absl::Status WriteHealth() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  struct HistoryItem {  // an older version kept readable (versions_kept > 1)
-    RecordLocation location;
-    uint64_t version;
-    uint64_t timestamp;
-    int64_t expiry_unix_ms;
-  };
   struct FeedMark {  // where a recent event's record is
     uint64_t sequence;
     uint32_t segment_id;
@@ -289,7 +284,8 @@ class Shard {
   uint32_t next_segment_id_ ABSL_GUARDED_BY(mu_) = 1;
   // Events with sequence <= this are gone from the log (compacted).
   uint64_t compacted_through_sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_map<uint32_t, std::vector<HistoryItem>> history_ ABSL_GUARDED_BY(mu_);
+  // The older versions kept of each entry (versions_kept > 1).
+  VersionChains history_ ABSL_GUARDED_BY(mu_);
   std::priority_queue<TtlItem, std::vector<TtlItem>, std::greater<TtlItem>> ttl_heap_
       ABSL_GUARDED_BY(mu_);
   uint64_t entries_with_expiry_ ABSL_GUARDED_BY(mu_) = 0;
