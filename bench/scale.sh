@@ -22,9 +22,16 @@
 # Redis's used_memory and RssAnon, logkvd's index bytes per key (metrics), and bytes on disk
 # (du) beside logkvd's live bytes (metrics).
 #
+# Each logkvd open is also measured in CPU seconds (user + system of the process when it first
+# serves), which other work on the machine distorts less than wall time.
+#
+# LOGKVD_REF=<another logkvd> restarts that binary too, on the same directory, in alternation
+# with LOGKVD (which of the two goes first alternates by round), and prints both side by side:
+# open times, CPU seconds, RssAnon and index bytes per key. The data is loaded by LOGKVD.
+#
 # Environment: KEYS, REPS (default 2), LOGKVD, LOGKV_BENCH (default build-release/bin/...),
-# LOGKVD_ARGS (extra server flags), WORK (scratch directory, default a mktemp under TMPDIR;
-# 10M keys need about 5 GB).
+# LOGKVD_REF, LOGKVD_ARGS (extra server flags), WORK (scratch directory, default a mktemp under
+# TMPDIR; 10M keys need about 5 GB).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +40,7 @@ bench_name=scale
 source "$root/bench/lib.sh"
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
+logkvd_ref=${LOGKVD_REF:-}
 read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS-}"
 reps=${REPS:-2}
 case ${KEYS:-1M} in
@@ -49,6 +57,7 @@ for tool in redis-server redis-benchmark redis-cli ss curl; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
 ensure_release_binaries "$logkvd" "$bench"
+[[ -z $logkvd_ref || -x $logkvd_ref ]] || die "LOGKVD_REF $logkvd_ref is not an executable"
 
 work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/logkv-scale.XXXXXX")}
 mkdir -p "$work"
@@ -68,11 +77,15 @@ logkv_port=$(free_port)
 http_port=$(free_port)
 redis_port=$(free_port)
 
-start_logkvd() {  # starts logkvd on $work/logkvd; sets logkvd_pid and ready_ms (exec to listening)
-  local log=$work/logkvd.log start
+# CPU seconds (user + system) the process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+
+start_logkvd() {  # [binary]: starts logkvd on $work/logkvd; sets logkvd_pid, ready_ms (exec to
+  # listening) and ready_cpu (CPU seconds at that point)
+  local binary=${1:-$logkvd} log=$work/logkvd.log start
   : >"$log"
   start=$(now_ms)
-  "$logkvd" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
+  "$binary" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
     --data_dir="$work/logkvd" "${logkvd_extra_args[@]}" 2>"$log" &
   logkvd_pid=$!
   for _ in $(seq 30000); do
@@ -82,6 +95,7 @@ start_logkvd() {  # starts logkvd on $work/logkvd; sets logkvd_pid and ready_ms 
   done
   grep -q 'listening on' "$log" || die "logkvd not ready after 300 s"
   ready_ms=$(($(now_ms) - start))
+  ready_cpu=$(cpu_s "$logkvd_pid")
 }
 
 start_redis() {  # sets redis_pid and ready_ms (exec to PONG)
@@ -127,18 +141,48 @@ redis-benchmark -p "$redis_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" 
 sleep 2  # appendfsync everysec
 kill9 redis_pid
 
-declare -a t_kill t_nohints t_redis
-for rep in $(seq "$reps"); do
-  start_logkvd
-  t_kill+=("$ready_ms")
-  cp "$work/logkvd.log" "$work/logkvd-kill9.log"
-  if [[ $rep == 1 ]]; then
-    logkv_keys=$(metric logkv_engine_keys)
-    index_per_key=$(metric logkv_engine_index_bytes_per_key)
-    live_bytes=$(metric logkv_live_bytes)
-    logkv_rss_kb=$(rss_anon_kb "$logkvd_pid")
+declare -a t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints
+ref_rss_kb="" ref_index_per_key=""
+restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, recorded
+  start_logkvd "$1"
+  if [[ -n $2 ]]; then
+    r_kill+=("$ready_ms") rc_kill+=("$ready_cpu")
+    if [[ -z $ref_rss_kb ]]; then
+      ref_index_per_key=$(metric logkv_engine_index_bytes_per_key)
+      ref_rss_kb=$(rss_anon_kb "$logkvd_pid")
+    fi
+  else
+    t_kill+=("$ready_ms") c_kill+=("$ready_cpu")
+    cp "$work/logkvd.log" "$work/logkvd-kill9.log"
+    if [[ -z ${logkv_rss_kb:-} ]]; then
+      logkv_keys=$(metric logkv_engine_keys)
+      index_per_key=$(metric logkv_engine_index_bytes_per_key)
+      live_bytes=$(metric logkv_live_bytes)
+      logkv_rss_kb=$(rss_anon_kb "$logkvd_pid")
+    fi
   fi
   kill9 logkvd_pid
+}
+restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint files, recorded
+  find "$work/logkvd" -name '*.hint' -delete
+  start_logkvd "$1"
+  if [[ -n $2 ]]; then
+    r_nohints+=("$ready_ms") rc_nohints+=("$ready_cpu")
+  else
+    t_nohints+=("$ready_ms") c_nohints+=("$ready_cpu")
+    cp "$work/logkvd.log" "$work/logkvd-nohints.log"
+  fi
+  kill9 logkvd_pid
+}
+for rep in $(seq "$reps"); do
+  # With a reference binary, the two take turns going first.
+  if [[ -n $logkvd_ref && $((rep % 2)) == 0 ]]; then
+    restart_kill9 "$logkvd_ref" ref
+    restart_kill9 "$logkvd" ""
+  else
+    restart_kill9 "$logkvd" ""
+    [[ -z $logkvd_ref ]] || restart_kill9 "$logkvd_ref" ref
+  fi
 
   start_redis
   t_redis+=("$ready_ms")
@@ -149,13 +193,16 @@ for rep in $(seq "$reps"); do
   fi
   kill9 redis_pid
 
-  find "$work/logkvd" -name '*.hint' -delete
-  start_logkvd
-  t_nohints+=("$ready_ms")
-  cp "$work/logkvd.log" "$work/logkvd-nohints.log"
-  kill9 logkvd_pid
-  echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms, no hints ${t_nohints[-1]} ms," \
-    "redis AOF ${t_redis[-1]} ms" >&2
+  if [[ -n $logkvd_ref && $((rep % 2)) == 0 ]]; then
+    restart_nohints "$logkvd_ref" ref
+    restart_nohints "$logkvd" ""
+  else
+    restart_nohints "$logkvd" ""
+    [[ -z $logkvd_ref ]] || restart_nohints "$logkvd_ref" ref
+  fi
+  echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms (${c_kill[-1]} s CPU)," \
+    "no hints ${t_nohints[-1]} ms (${c_nohints[-1]} s CPU), redis AOF ${t_redis[-1]} ms" \
+    "${logkvd_ref:+; reference kill -9 ${r_kill[-1]} ms (${rc_kill[-1]} s CPU), no hints ${r_nohints[-1]} ms (${rc_nohints[-1]} s CPU)}" >&2
 done
 # What the last restarts left is what is on disk now (the hint files of the last round's
 # kill -9 restart are back once a restart has run a while; du counts them when present).
@@ -184,3 +231,23 @@ awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${log
   printf "%-34s %14.1f %14.1f %8.2f\n", "disk MiB (du)", ld / 1048576, rd / 1048576, ld / rd
   printf "%-34s %14.1f %14s %8.2f\n", "live MiB (metrics), du / live", live / 1048576, "-", ld / live }'
 echo "times: logkvd kill -9 ${t_kill[*]}; no hints ${t_nohints[*]}; redis ${t_redis[*]} (ms)"
+echo "CPU seconds of the open: logkvd kill -9 ${c_kill[*]}; no hints ${c_nohints[*]}"
+if [[ -n $logkvd_ref ]]; then
+  echo
+  echo "reference $logkvd_ref, restarted in alternation on the same directory:"
+  printf '%-34s %14s %14s %8s\n' "" logkvd reference "ref/new"
+  awk -v k="$m_kill" -v rk="$(median "${r_kill[@]}")" -v n="$m_nohints" \
+    -v rn="$(median "${r_nohints[@]}")" -v ck="$(median "${c_kill[@]}")" \
+    -v rck="$(median "${rc_kill[@]}")" -v cn="$(median "${c_nohints[@]}")" \
+    -v rcn="$(median "${rc_nohints[@]}")" -v l="$logkv_rss_kb" -v rl="$ref_rss_kb" \
+    -v ib="$index_per_key" -v rib="$ref_index_per_key" -v u="$redis_used" 'BEGIN {
+    printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms", k, rk, rk / k
+    printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", ck, rck, rck / ck
+    printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, rn, rn / n
+    printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", cn, rcn, rcn / cn
+    printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB", l / 1024, rl / 1024, rl / l
+    printf "%-34s %14.2f %14.2f\n", "RssAnon / redis used_memory", (l * 1024) / u, (rl * 1024) / u
+    printf "%-34s %14.1f %14.1f %8.2f\n", "index bytes per key (metrics)", ib, rib, rib / ib }'
+  echo "reference times: kill -9 ${r_kill[*]}; no hints ${r_nohints[*]} (ms);" \
+    "CPU seconds: kill -9 ${rc_kill[*]}; no hints ${rc_nohints[*]}"
+fi

@@ -1,5 +1,9 @@
 #include "engine/engine.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -212,6 +216,13 @@ absl::Status Engine::OpenFiles() {
   for (const absl::Status& status : results) {
     if (!status.ok()) return status;
   }
+#if defined(__GLIBC__)
+  // Recovery's scratch (each record's sequence, every older put, the index
+  // tables sized before the key count was known) was freed by the threads
+  // above, into their malloc arenas, which keep freed pages mapped below the
+  // top of a heap. Give them back, or the process pins them for good.
+  malloc_trim(0);
+#endif
   s.recovery_ms = static_cast<uint64_t>((absl::GetCurrentTimeNanos() - start_ns) / 1'000'000);
 
   if (s.options.repair) {

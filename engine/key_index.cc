@@ -2,6 +2,7 @@
 
 #include <cassert>
 #include <cmath>
+#include <array>
 #include <cstring>
 #include <tuple>
 
@@ -172,11 +173,45 @@ void KeyIndex::Reserve(size_t n) {
 }
 
 void KeyIndex::ShrinkToFit() {
-  // absl keeps a table at most 7/8 full; a table more than four times
-  // larger than that needs is one a Reserve over-estimated.
-  for (Table& table : tables_) {
-    if (table.capacity() / 4 > table.size() + table.size() / 7 + 16) table.rehash(0);
+  // absl keeps a table at most 7/8 full, in capacities of 2^k - 1. When the
+  // tables hold more than 1.5 times the slots their entries need (a Reserve
+  // that counted overwritten records as keys), they are built again at the
+  // size they need. Not by rehashing: that reads every entry and key in the
+  // table's order, two cache misses a key. The slab is read front to back
+  // instead (and the arena mostly so), each key hashed, and its new slot
+  // prefetched a few entries ahead.
+  size_t capacity = 0;
+  size_t needed = 0;
+  std::vector<size_t> sizes;
+  sizes.reserve(tables_.size());
+  for (const Table& table : tables_) {
+    capacity += table.capacity();
+    needed += std::bit_ceil(table.size() + table.size() / 7 + 1) - 1;
+    sizes.push_back(table.size());
   }
+  if (capacity * 2 <= needed * 3) return;
+  for (size_t group = 0; group < tables_.size(); ++group) {
+    tables_[group] = Table(0, Hash{this}, Equal{this});
+    tables_[group].reserve(sizes[group]);
+  }
+  constexpr size_t kAhead = 16;
+  std::array<KeyRef, kAhead> pending;
+  std::array<uint32_t, kAhead> pending_ids;
+  size_t count = 0;
+  auto insert = [&](size_t i) {
+    const uint32_t id = pending_ids[i];
+    tables_[GroupOf(pending[i].hash)].lazy_emplace(
+        pending[i], [id](const auto& construct) { construct(id); });
+  };
+  ForEach([&](uint32_t id, const IndexEntry& entry) {
+    const size_t slot = count % kAhead;
+    if (count >= kAhead) insert(slot);
+    pending[slot] = KeyRef{entry.key(), HashKey(entry.key())};
+    pending_ids[slot] = id;
+    tables_[GroupOf(pending[slot].hash)].prefetch(pending[slot]);
+    ++count;
+  });
+  for (size_t i = count > kAhead ? count - kAhead : 0; i < count; ++i) insert(i % kAhead);
 }
 
 size_t KeyIndex::overhead_bytes() const {
