@@ -197,6 +197,24 @@ class PosixReadableFile final : public ReadableFile {
     return absl::string_view(base_ + offset, n);
   }
   uint64_t Size() const override { return size_; }
+  void NextData(uint64_t offset, uint64_t* begin, uint64_t* end) const override {
+    // Asked once per segment scanned at start-up, so the file is opened
+    // again rather than every mapped file keeping a descriptor. Where
+    // SEEK_DATA is not supported it reports all of the file as data.
+    *begin = std::min(offset, size_);
+    *end = size_;
+    if (offset >= size_) return;
+    Fd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return;
+    const off_t data = ::lseek(fd.get(), static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) *begin = size_;  // only a hole follows
+      return;
+    }
+    *begin = std::min(static_cast<uint64_t>(data), size_);
+    const off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
+    if (hole >= data) *end = std::min(static_cast<uint64_t>(hole), size_);
+  }
 
  private:
   const std::string path_;

@@ -55,6 +55,29 @@ bool AllZero(absl::string_view bytes) {
   return std::all_of(bytes.begin(), bytes.end(), [](char c) { return c == 0; });
 }
 
+// Whether every byte of segment from offset on is zero. Only what the file
+// system may hold data for is read: after a crash the active segment's file
+// is mostly a hole (it has its full capacity from the start), and reading a
+// hole through the mapping makes the kernel zero a page-cache page for every
+// 4 KiB of it (up to 64 MiB a segment).
+bool TailIsZero(const Segment& segment, uint64_t offset) {
+  const uint64_t size = segment.size();
+  while (offset < size) {
+    uint64_t begin;
+    uint64_t end;
+    segment.NextData(offset, &begin, &end);
+    if (begin >= size) return true;
+    auto bytes = segment.Read(begin, end - begin);
+    if (!bytes.ok() || !AllZero(*bytes)) return false;
+    if (end <= offset) {  // no progress: read the rest
+      auto rest = segment.ReadToEnd(offset);
+      return rest.ok() && AllZero(*rest);
+    }
+    offset = end;
+  }
+  return true;
+}
+
 // The next 8-aligned offset after `from` where a record verifies, or 0.
 uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
   const uint64_t size = segment.size();
@@ -170,7 +193,7 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
     }
     // The queued records point into the mapping that a truncation replaces.
     DrainRecovered(segment.get(), state);
-    if (decoded.outcome == DecodeOutcome::kEnd && AllZero(*bytes)) {
+    if (decoded.outcome == DecodeOutcome::kEnd && TailIsZero(*segment, offset)) {
       // Preallocated space never written: the segment was not closed cleanly.
       return segment->TruncateTo(context_.fs, offset);
     }

@@ -142,6 +142,17 @@ absl::StatusOr<absl::string_view> Segment::ReadToEnd(uint64_t offset) const {
   return Read(offset, offset <= end ? end - offset : 0);
 }
 
+void Segment::NextData(uint64_t offset, uint64_t* begin, uint64_t* end) const {
+  if (readable_ != nullptr && writable_ == nullptr) {
+    readable_->NextData(offset, begin, end);
+    *end = std::min(*end, size());
+    *begin = std::min(*begin, *end);
+    return;
+  }
+  *begin = std::min(offset, size());
+  *end = size();
+}
+
 absl::Status Segment::CopyOut(uint64_t offset, size_t n, std::string* out) {
   absl::MutexLock lock(&file_mu_);
   auto bytes = Read(offset, n);

@@ -53,6 +53,9 @@ class Segment {
   absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n) const;
   // Everything from offset to the end of the data.
   absl::StatusOr<absl::string_view> ReadToEnd(uint64_t offset) const;
+  // ReadableFile::NextData of a sealed or recovered segment ([offset,
+  // size()) for the active one).
+  void NextData(uint64_t offset, uint64_t* begin, uint64_t* end) const;
 
   // Copies n bytes at offset into out (replacing it), without the shard
   // mutex: file_mu_ keeps Seal from swapping the file meanwhile. For an

@@ -10,8 +10,10 @@
 // length, an unknown record type, a damaged hint file and a bad segment
 // header. Each case parses the segment with the structs of log_format.h to
 // find the bytes to damage.
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cerrno>
@@ -834,6 +836,78 @@ TEST_F(CorruptionTest, ZeroFilledTailIsUnwrittenSpace) {
   Close();
   ASSERT_OK(Open());
   ExpectAllPresentExcept({});
+}
+
+// After a crash the active segment's file has its full capacity, mostly a
+// hole; start-up reads only what the file system holds data for, and still
+// sees bytes that follow a hole.
+void AppendAfterHole(const std::string& path, uint64_t hole_bytes, absl::string_view bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path;
+  const off_t at = static_cast<off_t>(test::FileSizeOf(path) + hole_bytes);
+  ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), at), static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+}
+
+TEST_F(CorruptionTest, AHoleAtTheEndIsUnwrittenSpace) {
+  ASSERT_NO_FATAL_FAILURE(Build(/*generations=*/1, /*keep_hints=*/false));
+  const std::string newest = segments_.back();
+  const uint64_t size = test::FileSizeOf(newest);
+  test::TruncateFileTo(newest, size + (8 << 20));
+  ASSERT_OK(Open());
+  ExpectAllPresentExcept({});
+  EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, 0u);
+  Close();
+  EXPECT_LT(test::FileSizeOf(newest), size + 4096) << "the unwritten space was trimmed";
+}
+
+TEST_F(CorruptionTest, BytesAfterAHoleInTheNewestSegmentAreATornTail) {
+  ASSERT_NO_FATAL_FAILURE(Build(/*generations=*/1, /*keep_hints=*/false));
+  const std::string newest = segments_.back();
+  const uint64_t size = test::FileSizeOf(newest);
+  ASSERT_NO_FATAL_FAILURE(AppendAfterHole(newest, 3 << 20, "garbage"));
+  ASSERT_OK(Open());
+  ExpectAllPresentExcept({});
+  EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, (3u << 20) + 7);
+  EXPECT_TRUE(log_.Contains(LogLevel::kWarning, BaseName(newest))) << log_.Dump();
+  Close();
+  EXPECT_LT(test::FileSizeOf(newest), size + 4096);
+}
+
+TEST_F(CorruptionTest, BytesAfterAHoleInAnOlderSegmentAreDataLoss) {
+  ASSERT_NO_FATAL_FAILURE(Build(/*generations=*/2, /*keep_hints=*/false));
+  const std::string older = segments_.front();
+  ASSERT_NO_FATAL_FAILURE(AppendAfterHole(older, 3 << 20, "garbage"));
+  ASSERT_NO_FATAL_FAILURE(ExpectDataLoss(older));
+}
+
+TEST(PosixFileSystemTest, NextDataSkipsHoles) {
+  test::ScopedTempDir dir;
+  FileSystem* fs = DefaultFileSystem();
+  const std::string path = dir.Subdir("file");
+  ASSERT_OK(fs->WriteFile(path, std::string(4096, 'a'), /*sync=*/false));
+  ASSERT_NO_FATAL_FAILURE(AppendAfterHole(path, (1 << 20) - 4096, std::string(4096, 'b')));
+  test::TruncateFileTo(path, 4 << 20);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ReadableFile> file, fs->NewReadableFile(path));
+  uint64_t begin;
+  uint64_t end;
+  file->NextData(0, &begin, &end);
+  EXPECT_EQ(begin, 0u);
+  EXPECT_GE(end, 4096u);
+  // A file system without SEEK_HOLE reports everything as data; ext4, xfs,
+  // btrfs and tmpfs report the holes.
+  if (end < (1u << 20)) {
+    file->NextData(end, &begin, &end);
+    EXPECT_EQ(begin, 1u << 20);
+    EXPECT_GE(end, (1u << 20) + 4096);
+    if (end < (4u << 20)) {
+      file->NextData(end, &begin, &end);
+      EXPECT_EQ(begin, file->Size()) << "only a hole follows";
+    }
+  }
+  file->NextData(5 << 20, &begin, &end);
+  EXPECT_EQ(begin, file->Size());
+  EXPECT_EQ(end, file->Size());
 }
 
 // A segment is created, preallocated, and only then given its header: a

@@ -64,6 +64,15 @@ class ReadableFile {
   [[nodiscard]] virtual absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n,
                                                               char* scratch) const = 0;
   virtual uint64_t Size() const = 0;
+  // The first range at or after offset whose bytes may not all be zeros, as
+  // [*begin, *end); *begin == Size() when only zeros follow. What the file
+  // system holds no data for (holes, blocks reserved and never written) reads
+  // as zeros, and a reader that only wants to know that need not read it. The
+  // default knows nothing: [offset, Size()).
+  virtual void NextData(uint64_t offset, uint64_t* begin, uint64_t* end) const {
+    *begin = offset < Size() ? offset : Size();
+    *end = Size();
+  }
 };
 
 class FileSystem {
