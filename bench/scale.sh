@@ -31,7 +31,8 @@
 #
 # Environment: KEYS, REPS (default 2), LOGKVD, LOGKV_BENCH (default build-release/bin/...),
 # LOGKVD_REF, LOGKVD_ARGS (extra server flags), WORK (scratch directory, default a mktemp under
-# TMPDIR; 10M keys need about 5 GB).
+# TMPDIR; 10M keys need about 7 GB, and it is kept when given), REUSE=1 (with WORK: restart the
+# data directories a run left there instead of loading again).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +74,17 @@ trap 'exit 130' INT TERM
 now_ms() { date +%s%3N; }
 
 # The node id is the listen address, so logkvd keeps its ports across restarts.
-logkv_port=$(free_port)
+# REUSE=1 (with WORK) skips the load when WORK holds a loaded run's data directories, and
+# restarts them.
+reuse=0
+if [[ ${REUSE:-0} == 1 && -n ${WORK:-} && -f $work/logkvd/control/node_id && -d $work/redis ]]; then
+  reuse=1
+fi
+if [[ $reuse == 1 ]]; then
+  logkv_port=$(sed 's/.*://' "$work/logkvd/control/node_id")
+else
+  logkv_port=$(free_port)
+fi
 http_port=$(free_port)
 redis_port=$(free_port)
 
@@ -82,18 +93,30 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($
 
 start_logkvd() {  # [binary]: starts logkvd on $work/logkvd; sets logkvd_pid, ready_ms (exec to
   # listening) and ready_cpu (CPU seconds at that point)
-  local binary=${1:-$logkvd} log=$work/logkvd.log start
-  : >"$log"
-  start=$(now_ms)
-  "$binary" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
-    --data_dir="$work/logkvd" "${logkvd_extra_args[@]}" 2>"$log" &
-  logkvd_pid=$!
-  for _ in $(seq 30000); do
+  local binary=${1:-$logkvd} log=$work/logkvd.log start attempt
+  # The ports are fixed for the run (the node id is the listen address); another program on the
+  # machine may hold one for a moment (an outgoing connection's ephemeral port): try again.
+  for attempt in $(seq 10); do
+    : >"$log"
+    start=$(now_ms)
+    "$binary" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
+      --data_dir="$work/logkvd" "${logkvd_extra_args[@]}" 2>"$log" &
+    logkvd_pid=$!
+    for _ in $(seq 60000); do
+      grep -q 'listening on' "$log" && break
+      kill -0 "$logkvd_pid" 2>/dev/null || break
+      sleep 0.01
+    done
     grep -q 'listening on' "$log" && break
-    kill -0 "$logkvd_pid" 2>/dev/null || { tail "$log" >&2; die "logkvd exited"; }
-    sleep 0.01
+    if ! kill -0 "$logkvd_pid" 2>/dev/null && grep -q 'port in use' "$log"; then
+      echo "scale: a port was in use (attempt $attempt), starting logkvd again" >&2
+      wait "$logkvd_pid" 2>/dev/null || true
+      sleep 1
+      continue
+    fi
+    tail "$log" >&2
+    die "logkvd exited or was not ready after 600 s"
   done
-  grep -q 'listening on' "$log" || die "logkvd not ready after 300 s"
   ready_ms=$(($(now_ms) - start))
   ready_cpu=$(cpu_s "$logkvd_pid")
 }
@@ -128,18 +151,22 @@ rss_anon_kb() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
 echo "scale: $keys keys: $writes SETs over $keyspace random keys, -d 100 -P 16 -c 50;" \
   "work in $work; $(nproc) cores; load before: $(uptime | sed 's/.*load average: //')" >&2
 
-echo "scale: loading logkvd ..." >&2
-rm -rf "$work/logkvd" "$work/redis"
-start_logkvd
-"$bench" -p "$logkv_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q >&2
-sleep 2  # the maintenance thread writes the hint files of sealed segments within a second
-kill9 logkvd_pid
-echo "scale: loading redis ..." >&2
-start_redis
-redis-benchmark -p "$redis_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q |
-  tr '\r' '\n' | tail -n 1 >&2
-sleep 2  # appendfsync everysec
-kill9 redis_pid
+if [[ $reuse == 1 ]]; then
+  echo "scale: REUSE=1: restarting the data directories in $work as they are" >&2
+else
+  echo "scale: loading logkvd ..." >&2
+  rm -rf "$work/logkvd" "$work/redis"
+  start_logkvd
+  "$bench" -p "$logkv_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q >&2
+  sleep 2  # the maintenance thread writes the hint files of sealed segments within a second
+  kill9 logkvd_pid
+  echo "scale: loading redis ..." >&2
+  start_redis
+  redis-benchmark -p "$redis_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q |
+    tr '\r' '\n' | tail -n 1 >&2
+  sleep 2  # appendfsync everysec
+  kill9 redis_pid
+fi
 
 declare -a t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints
 ref_rss_kb="" ref_index_per_key=""
