@@ -192,8 +192,9 @@ class KeyIndex {
   // Makes room for n entries, so that loading them never rehashes (a rehash
   // reads every entry's key again to hash it).
   void Reserve(size_t n);
-  // Gives back table capacity well beyond the entries held (after a Reserve
-  // that over-estimated).
+  // Builds the tables again at the size their entries need when they hold
+  // over 1.5 times that (after a Reserve that over-estimated), from the slab
+  // in id order. O(entries); the key order is not touched.
   void ShrinkToFit();
 
   size_t key_bytes() const { return arena_.live_bytes(); }
