@@ -9,6 +9,7 @@
 #include <sodium.h>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,7 +73,51 @@ class NodeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { SetLogLevel(Level::kWarning); }
 
+  // Starts nodes n0, n1... (the others seeded through n0) with --replicas
+  // replicas(i), and waits until each confirmed its view of all of them.
+  // options_ keeps each one's options with the ports it got: a restart
+  // comes back on them, and peers know it by them.
+  void StartCluster(int count, const std::function<int(int)>& replicas) {
+    for (int i = 0; i < count; ++i) {
+      NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
+      node_options.node_id = absl::StrCat("n", i);
+      node_options.cluster_secret = "node-test-secret";
+      node_options.replicas = replicas(i);
+      if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes_[0]->port())};
+      auto node = std::make_unique<Node>(node_options);
+      ASSERT_TRUE(node->Start().ok()) << "node " << i;
+      node_options.listen.port = node->port();
+      node_options.http = {HostPort{"127.0.0.1", node->http_ports().front()}};
+      options_.push_back(node_options);
+      nodes_.push_back(std::move(node));
+    }
+    WaitViewsConfirmed();
+  }
+
+  void WaitViewsConfirmed() {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    for (const auto& node : nodes_) {
+      ASSERT_TRUE(node->WaitViewConfirmed(deadline, nodes_.size()).ok())
+          << node->WaitViewConfirmed(deadline, nodes_.size());
+    }
+  }
+
+  // Starts node i again, stopped before (not a leave), in a new Node.
+  void StartAgain(int i) {
+    absl::Status started;
+    for (const absl::Time give_up = absl::Now() + absl::Seconds(10);;) {
+      nodes_[i] = std::make_unique<Node>(options_[i]);
+      started = nodes_[i]->Start();
+      // The port may still be held for a moment after the close.
+      if (started.ok() || !absl::IsUnavailable(started) || absl::Now() >= give_up) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(started.ok()) << started;
+  }
+
   ScopedTempDir dir_;
+  std::vector<NodeOptions> options_;
+  std::vector<std::unique_ptr<Node>> nodes_;
 };
 
 TEST_F(NodeTest, ServesClientAndHttpAndKeepsDataAcrossRestart) {
@@ -459,26 +504,9 @@ TEST_F(NodeTest, StartRefusesInvalidOptionsBeforeOpeningAnything) {
 // its ports and data.
 TEST_F(NodeTest, ThreeNodesFormAClusterAndOneRestarts) {
   constexpr int kNodes = 3;
-  std::vector<NodeOptions> options;
-  std::vector<std::unique_ptr<Node>> nodes;
-  for (int i = 0; i < kNodes; ++i) {
-    NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
-    node_options.node_id = absl::StrCat("n", i);
-    node_options.cluster_secret = "node-test-secret";
-    node_options.replicas = 3;
-    if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes[0]->port())};
-    auto node = std::make_unique<Node>(node_options);
-    ASSERT_TRUE(node->Start().ok()) << "node " << i;
-    // A restart comes back on the same ports: peers know it by them.
-    node_options.listen.port = node->port();
-    node_options.http = {HostPort{"127.0.0.1", node->http_ports().front()}};
-    options.push_back(node_options);
-    nodes.push_back(std::move(node));
-  }
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  StartCluster(kNodes, [](int) { return 3; });
+  std::vector<std::unique_ptr<Node>>& nodes = nodes_;
   for (const auto& node : nodes) {
-    ASSERT_TRUE(node->WaitViewConfirmed(deadline, kNodes).ok())
-        << node->WaitViewConfirmed(deadline, kNodes);
     EXPECT_EQ(node->cluster()->MemberCount(), static_cast<size_t>(kNodes));
   }
   EXPECT_EQ(nodes[2]->node_id(), "n2");
@@ -507,22 +535,9 @@ TEST_F(NodeTest, ThreeNodesFormAClusterAndOneRestarts) {
     absl::StatusOr<WriteResult> written = writer->Put("clustered", "v2", strong_write);
     ASSERT_TRUE(written.ok()) << written.status();
   }
-  nodes[2] = std::make_unique<Node>(options[2]);
-  absl::Status started = nodes[2]->Start();
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);
-       !started.ok() && absl::IsUnavailable(started) && absl::Now() < give_up;) {
-    // The port may still be held for a moment after the close.
-    absl::SleepFor(absl::Milliseconds(100));
-    nodes[2] = std::make_unique<Node>(options[2]);
-    started = nodes[2]->Start();
-  }
-  ASSERT_TRUE(started.ok()) << started;
+  StartAgain(2);
   EXPECT_EQ(nodes[2]->node_id(), "n2");
-  const absl::Time rejoin_deadline = absl::Now() + absl::Seconds(30);
-  for (const auto& node : nodes) {
-    ASSERT_TRUE(node->WaitViewConfirmed(rejoin_deadline, kNodes).ok())
-        << node->WaitViewConfirmed(rejoin_deadline, kNodes);
-  }
+  WaitViewsConfirmed();
   std::unique_ptr<Client> restarted = Connect(nodes[2]->port());
   ASSERT_NE(restarted, nullptr);
   absl::StatusOr<Value> read = restarted->Get("clustered", Consistency::kStrong);
@@ -542,25 +557,10 @@ TEST_F(NodeTest, ThreeNodesFormAClusterAndOneRestarts) {
 // (joining, or restarted) place keys by the committed one.
 TEST_F(NodeTest, TheFirstNodeCommitsTheReplicationFactorForEveryNode) {
   constexpr int kNodes = 3;
-  std::vector<NodeOptions> options;
-  std::vector<std::unique_ptr<Node>> nodes;
-  for (int i = 0; i < kNodes; ++i) {
-    NodeOptions node_options = TestOptions(dir_.Subdir(absl::StrCat("n", i)));
-    node_options.node_id = absl::StrCat("n", i);
-    node_options.cluster_secret = "node-test-secret";
-    node_options.replicas = i == 0 ? 2 : 3;
-    if (i > 0) node_options.seeds = {absl::StrCat("127.0.0.1:", nodes[0]->port())};
-    auto node = std::make_unique<Node>(node_options);
-    ASSERT_TRUE(node->Start().ok()) << "node " << i;
-    node_options.listen.port = node->port();
-    node_options.http = {HostPort{"127.0.0.1", node->http_ports().front()}};
-    options.push_back(node_options);
-    nodes.push_back(std::move(node));
-  }
+  StartCluster(kNodes, [](int i) { return i == 0 ? 2 : 3; });
+  std::vector<std::unique_ptr<Node>>& nodes = nodes_;
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   for (const auto& node : nodes) {
-    ASSERT_TRUE(node->WaitViewConfirmed(deadline, kNodes).ok())
-        << node->WaitViewConfirmed(deadline, kNodes);
     while (node->control_plane()->config()->replicas == 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(20));
     }
@@ -589,21 +589,9 @@ TEST_F(NodeTest, TheFirstNodeCommitsTheReplicationFactorForEveryNode) {
   // The first node restarted with another --replicas keeps the committed N.
   ASSERT_TRUE(nodes[0]->Stop().ok());
   nodes[0].reset();
-  options[0].replicas = 3;
-  absl::Status started;
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(10);;) {
-    nodes[0] = std::make_unique<Node>(options[0]);
-    started = nodes[0]->Start();
-    // The port may still be held for a moment after the close.
-    if (started.ok() || !absl::IsUnavailable(started) || absl::Now() >= give_up) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  ASSERT_TRUE(started.ok()) << started;
-  const absl::Time rejoin_deadline = absl::Now() + absl::Seconds(30);
-  for (const auto& node : nodes) {
-    ASSERT_TRUE(node->WaitViewConfirmed(rejoin_deadline, kNodes).ok())
-        << node->WaitViewConfirmed(rejoin_deadline, kNodes);
-  }
+  options_[0].replicas = 3;
+  StartAgain(0);
+  WaitViewsConfirmed();
   EXPECT_EQ(nodes[0]->control_plane()->config()->replicas, 2u);
   write_and_count("after-");
 }
