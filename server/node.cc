@@ -1972,7 +1972,7 @@ absl::Status Node::FinishJoin(absl::Time deadline) {
           down.push_back(member);
         }
       }
-      const size_t n = std::min(placement.replicas, placement.ring->size());
+      const size_t n = std::max<size_t>(1, std::min(placement.replicas, placement.ring->size()));
       if (down.size() > (n - 1) / 2) {
         last = absl::UnavailableError(absl::StrCat(
             "cannot fill from a majority of every key's owners: ", absl::StrJoin(down, ", "),
@@ -2243,6 +2243,12 @@ void Node::Refill() {
     // Every other owner, not a majority: a write acknowledged by a quorum
     // that included this node before it lost its data may now be on one
     // of them alone.
+    // Under the configuration the cluster holds now: a node restored from
+    // an old copy would be refused at its stale epoch, a round for nothing.
+    if (!control_caught_up_.load(std::memory_order_acquire)) {
+      absl::SleepFor(absl::Milliseconds(50));
+      continue;
+    }
     const cluster::Placement placement = CommittedPlacement();
     const std::shared_ptr<const cluster::Ring> ring =
         placement.next != nullptr ? placement.next : placement.ring;
