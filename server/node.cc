@@ -1719,9 +1719,15 @@ cluster::Placement Node::CommittedPlacement() {
       after.push_back(id);
     }
   }
-  // A new cluster's first node, before its own activation is applied: it
-  // is alone. A node joining has no ring until its configuration arrives.
-  if (before.empty() && config->epoch <= 1 && options_.seeds.empty()) {
+  // A new cluster's first node, before its own activation is applied (its
+  // cluster id and N may be committed before it adds itself): it is alone.
+  // A node joining has no ring until its configuration arrives.
+  const control::Member* self = config->Find(cluster_->node_id());
+  const bool only_self_joining =
+      config->members.empty() ||
+      (config->members.size() == 1 && self != nullptr &&
+       self->state == control::MemberState::kJoining);
+  if (before.empty() && only_self_joining && options_.seeds.empty()) {
     before.push_back(cluster_->node_id());
     after = before;
   }
