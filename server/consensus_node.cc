@@ -18,12 +18,43 @@ absl::Status NotRunning() {
 
 }  // namespace
 
+void SharedReadSyncs::Await(Propose propose, Done done) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (in_flight_) {
+      next_.push_back(std::move(done));
+      return;
+    }
+    in_flight_ = true;
+  }
+  std::vector<Done> group;
+  group.push_back(std::move(done));
+  Start(std::move(propose), std::move(group));
+}
+
+void SharedReadSyncs::Start(Propose propose, std::vector<Done> group) {
+  Propose again = propose;
+  propose([self = shared_from_this(), again = std::move(again),
+           group = std::move(group)](absl::StatusOr<uint64_t> revision) mutable {
+    std::vector<Done> next;
+    {
+      absl::MutexLock lock(&self->mu_);
+      next.swap(self->next_);
+      if (next.empty()) self->in_flight_ = false;
+    }
+    // Proposed after every read of the next group arrived.
+    if (!next.empty()) self->Start(std::move(again), std::move(next));
+    for (Done& done : group) done(revision);
+  });
+}
+
 ControlConsensusKeys::ControlConsensusKeys(std::function<control::ControlPlane*()> control,
                                            std::vector<std::string> flag_prefixes,
                                            absl::Duration read_wait)
     : control_(std::move(control)),
       flag_prefixes_(std::move(flag_prefixes)),
-      read_wait_(read_wait) {}
+      read_wait_(read_wait),
+      syncs_(std::make_shared<SharedReadSyncs>()) {}
 
 bool ControlConsensusKeys::Covers(absl::string_view engine_key) const {
   control::ControlPlane* const control = control_();
@@ -44,8 +75,11 @@ void ControlConsensusKeys::Get(
   if (control == nullptr) return done(NotRunning());
   control::KvState* const kv = control->kv();
   const absl::Duration wait = read_wait_;
-  control->Submit(
-      control::EncodeKvSync(),
+  // control outlives the callbacks of its proposals.
+  syncs_->Await(
+      [control](SharedReadSyncs::Done answer) {
+        control->Submit(control::EncodeKvSync(), std::move(answer));
+      },
       [kv, wait, key = std::move(key), done = std::move(done)](
           absl::StatusOr<uint64_t> revision) mutable {
         if (!revision.ok()) return done(revision.status());

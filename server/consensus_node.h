@@ -3,6 +3,13 @@
 // of this node's copy once it has applied the log that far
 // (docs/cluster.md, "Compare-and-set").
 //
+// Reads share KvSync commands: at most one of this node's is in flight, and
+// the reads that arrive meanwhile wait together for the next, proposed when
+// it completes. A read needs a KvSync proposed after it arrived (one proposed
+// before could be ordered before a write the read must see); the next one is,
+// for every read of its group. So N concurrent reads cost about two log
+// entries, not N.
+//
 // Which keys are covered: the committed prefixes once this node has applied
 // them; before that, those it had applied before its last stop (kept in the
 // control plane's directory; they never change); and on a node that never
@@ -17,10 +24,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/core/consensus_keys.h"
 
@@ -29,6 +40,30 @@ namespace logkv::server {
 namespace control {
 class ControlPlane;
 }  // namespace control
+
+// The KvSyncs of a node's reads, shared as the top of this file says.
+// Thread-safety: Await may be called from any thread; done runs where the
+// proposal's answer runs (the control plane's thread or the transport's), or
+// inline on the caller's thread when the control plane is stopping.
+class SharedReadSyncs final : public std::enable_shared_from_this<SharedReadSyncs> {
+ public:
+  using Done = std::function<void(absl::StatusOr<uint64_t>)>;
+  // Proposes one KvSync and calls its argument with the revision it answers.
+  using Propose = std::function<void(Done)>;
+
+  // done gets the revision of a KvSync proposed after this call, by propose
+  // (this call's or that of a call made while another was in flight).
+  // REQUIRES: owned by a shared_ptr (the proposals in flight keep it).
+  void Await(Propose propose, Done done) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  // REQUIRES: in_flight_, set by the caller for this group.
+  void Start(Propose propose, std::vector<Done> group) ABSL_LOCKS_EXCLUDED(mu_);
+
+  absl::Mutex mu_;
+  bool in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Done> next_ ABSL_GUARDED_BY(mu_);  // reads waiting for the next KvSync
+};
 
 class ControlConsensusKeys final : public ConsensusKeys {
  public:
@@ -51,6 +86,9 @@ class ControlConsensusKeys final : public ConsensusKeys {
   const std::function<control::ControlPlane*()> control_;
   const std::vector<std::string> flag_prefixes_;
   const absl::Duration read_wait_;
+  // Shared with the callbacks of the KvSyncs in flight, which may outlive
+  // this object.
+  const std::shared_ptr<SharedReadSyncs> syncs_;
 };
 
 }  // namespace logkv::server
