@@ -311,7 +311,10 @@ absl::StatusOr<int> ClusterProcess::AddNode() {
   node->node_id = absl::StrCat("n", index);
   node->port = PickUnusedPort();
   node->http_port = PickUnusedPort();
-  node->data_dir = root_.Subdir(node->node_id);
+  node->data_dir = static_cast<size_t>(index) < options_.node_data_dirs.size() &&
+                           !options_.node_data_dirs[index].empty()
+                       ? options_.node_data_dirs[index]
+                       : root_.Subdir(node->node_id);
   std::error_code error;
   std::filesystem::create_directories(node->data_dir, error);
   if (error) {

@@ -69,6 +69,9 @@ struct ClusterOptions {
   std::vector<std::string> extra_flags;
   // Flags added to node i's command line only (node_flags[i]), after extra_flags.
   std::vector<std::vector<std::string>> node_flags;
+  // Node i's data directory when node_data_dirs[i] is set (e.g. on a small
+  // file system); otherwise one under the cluster's temporary directory.
+  std::vector<std::string> node_data_dirs;
   absl::Duration start_timeout = absl::Seconds(20);
   // All traffic over mutual TLS: certificates of one CA made at start
   // (tools/make-certs.sh, naming 127.0.0.1 and every node id), TLS on the
