@@ -253,9 +253,16 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
       return absl::FailedPreconditionError(absl::StrCat("key ", Quoted(key), " is at version ",
                                                         current, ", not ", *cmd.if_version()));
     }
+    const uint64_t tenant = NamespaceUserOf(key);
     if (!is_put) {
       if (it == state_.entries.end()) return absl::NotFoundError("key not found");
-      state_.bytes -= EntryBytes(key, it->second.value);
+      const size_t old_bytes = EntryBytes(key, it->second.value);
+      state_.bytes -= old_bytes;
+      // Present: every key of a tenant is counted in tenants.
+      if (auto usage = state_.tenants.find(tenant); tenant != 0 && usage != state_.tenants.end()) {
+        usage->second.bytes -= old_bytes;
+        if (--usage->second.keys == 0) state_.tenants.erase(usage);
+      }
       state_.entries.erase(it);
       ++state_.revision;
       version = current + 1;
@@ -270,6 +277,23 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
       if (state_.bytes - old_bytes + new_bytes > kMaxConsensusBytes) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "consensus keys and values would take more than ", kMaxConsensusBytes, " bytes"));
+      }
+      if (tenant != 0) {
+        const auto usage = state_.tenants.find(tenant);
+        const ConsensusUsage held =
+            usage == state_.tenants.end() ? ConsensusUsage{} : usage->second;
+        if (it == state_.entries.end() && held.keys >= kMaxConsensusEntriesPerTenant) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "this tenant holds ", kMaxConsensusEntriesPerTenant, " consensus keys, its limit"));
+        }
+        if (held.bytes - old_bytes + new_bytes > kMaxConsensusBytesPerTenant) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("this tenant's consensus keys and values would take more than ",
+                           kMaxConsensusBytesPerTenant, " bytes, its limit"));
+        }
+        ConsensusUsage& updated = state_.tenants[tenant];
+        if (it == state_.entries.end()) ++updated.keys;
+        updated.bytes = updated.bytes - old_bytes + new_bytes;
       }
       if (it == state_.entries.end()) it = state_.entries.try_emplace(std::string(key)).first;
       it->second.value.assign(value.data(), value.size());
@@ -332,6 +356,13 @@ absl::StatusOr<ConsensusState> KvState::Decode(const fb::ConsensusKeys* in) {
                                  KvEntry{std::string(value), entry->version(),
                                          entry->updated_at_ms()});
       state.bytes += EntryBytes(key, value);
+      // A tenant over its share (kept by an older version) is taken as it
+      // is: the limit refuses only growth.
+      if (const uint64_t tenant = NamespaceUserOf(key); tenant != 0) {
+        ConsensusUsage& usage = state.tenants[tenant];
+        ++usage.keys;
+        usage.bytes += EntryBytes(key, value);
+      }
     }
   }
   if (state.bytes > kMaxConsensusBytes) {

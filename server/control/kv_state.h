@@ -40,6 +40,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -70,6 +71,13 @@ inline constexpr size_t kMaxConsensusEntries = 100000;
 // control plane's snapshot stays under kMaxSnapshotBytes.
 inline constexpr size_t kMaxConsensusBytes = 16 << 20;
 inline constexpr size_t kConsensusEntryOverheadBytes = 64;
+// One tenant's share (keys in its namespace, counted alike), so that no
+// tenant can fill the cluster's bound for the others. Keys outside every
+// tenant's namespace (a cluster without accounts) have only the cluster's.
+inline constexpr size_t kMaxConsensusEntriesPerTenant = kMaxConsensusEntries / 8;
+inline constexpr size_t kMaxConsensusBytesPerTenant = kMaxConsensusBytes / 8;
+static_assert(kMaxConsensusBytesPerTenant >= 16 * (kMaxConsensusValueBytes + kMaxConsensusKeyBytes),
+              "a tenant holds at least 16 keys of the largest size");
 
 struct KvEntry {
   std::string value;
@@ -79,6 +87,14 @@ struct KvEntry {
   bool operator==(const KvEntry&) const = default;
 };
 
+// What one tenant's keys take (derived from the entries).
+struct ConsensusUsage {
+  size_t keys = 0;
+  size_t bytes = 0;  // counted as ConsensusState::bytes
+
+  bool operator==(const ConsensusUsage&) const = default;
+};
+
 // The whole state, as a value.
 struct ConsensusState {
   std::vector<std::string> prefixes;  // sorted, distinct; empty: none
@@ -86,6 +102,8 @@ struct ConsensusState {
   uint64_t revision = 0;
   absl::btree_map<std::string, KvEntry> entries;
   size_t bytes = 0;  // derived: keys, values and kConsensusEntryOverheadBytes each
+  // Derived: per tenant (NamespaceUserOf the key), tenants with keys only.
+  absl::flat_hash_map<uint64_t, ConsensusUsage> tenants;
 
   bool operator==(const ConsensusState&) const = default;
 };
@@ -147,7 +165,8 @@ class KvState {
   //                       a consensus prefix
   //   FailedPrecondition  if_version is not the current version
   //   NotFound            a delete of an absent key
-  //   ResourceExhausted   kMaxConsensusEntries or kMaxConsensusBytes reached
+  //   ResourceExhausted   kMaxConsensusEntries or kMaxConsensusBytes reached, or
+  //                       the key's tenant's share of them
   absl::StatusOr<uint64_t> Apply(const fb::KvWrite& cmd, int64_t at_ms);
   // KvSync: the revision.
   uint64_t Sync() const { return revision(); }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -131,6 +132,40 @@ TEST_F(KvStateTest, KeysOutsideThePrefixesAndOverLimitsAreRefused) {
   EXPECT_TRUE(Put("locks/0", "small").ok());
   EXPECT_TRUE(Delete("locks/1").ok());
   EXPECT_TRUE(Put("locks/new", value).ok());
+}
+
+// A tenant can take its share of the cluster's bound, not all of it: the
+// others can still write, and so can it once it deleted.
+TEST_F(KvStateTest, ATenantCannotFillTheClusterForTheOthers) {
+  const std::string value(kMaxConsensusValueBytes, 'v');
+  size_t written = 0;
+  absl::StatusOr<uint64_t> last = 0;
+  while ((last = Put(absl::StrCat(Ns(7), "locks/", written), value)).ok()) ++written;
+  EXPECT_EQ(last.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(last.status().message(), "tenant")) << last.status();
+  EXPECT_LE(written * value.size(), kMaxConsensusBytesPerTenant);
+  EXPECT_GE(written * value.size(), kMaxConsensusBytesPerTenant - 2 * kMaxConsensusValueBytes);
+  EXPECT_LT(state_.kv().Current().bytes, kMaxConsensusBytes / 2);
+  // Another tenant, and keys of no tenant, are not held back.
+  EXPECT_TRUE(Put(Ns(8) + "locks/a", value).ok());
+  EXPECT_TRUE(Put("locks/a", value).ok());
+  // Overwrites within the share, and a put after a delete, work.
+  EXPECT_TRUE(Put(Ns(7) + "locks/0", "small").ok());
+  EXPECT_TRUE(Delete(Ns(7) + "locks/1").ok());
+  EXPECT_TRUE(Put(Ns(7) + "locks/again", value).ok());
+  // The count of keys is bounded too.
+  for (size_t i = 0; i < written; ++i) (void)Delete(absl::StrCat(Ns(7), "locks/", i));
+  (void)Delete(Ns(7) + "locks/again");
+  EXPECT_EQ(state_.kv().Current().tenants.count(7), 0u);
+  size_t keys = 0;
+  while ((last = Put(absl::StrCat(Ns(7), "ctr/", keys), "1")).ok()) ++keys;
+  EXPECT_EQ(keys, kMaxConsensusEntriesPerTenant) << last.status();
+  EXPECT_EQ(last.status().code(), absl::StatusCode::kResourceExhausted);
+  // The usage is derived: a snapshot restores it as it was.
+  ControlState restored;
+  ASSERT_TRUE(restored.Restore(state_.Snapshot()).ok());
+  EXPECT_EQ(restored.kv().Current(), state_.kv().Current());
+  EXPECT_EQ(restored.kv().Current().tenants.at(7).keys, kMaxConsensusEntriesPerTenant);
 }
 
 TEST_F(KvStateTest, ATenantsKeysAreCoveredInItsNamespace) {
