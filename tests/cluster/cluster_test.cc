@@ -1614,6 +1614,45 @@ TEST_F(ClusterTest, StrongIsLinearizableThroughAJoinAndADecommission) {
   EXPECT_GT(completed, 20) << "too few strong operations completed to check anything";
 }
 
+// Compare-and-set on consensus keys stays linearizable while the control
+// plane's membership changes: a fourth node joins (a new member of the Raft
+// group), then the control plane's leader is decommissioned (leadership
+// moves and another member becomes a voter), with clients on the three
+// first nodes throughout. Once the leader has left it no longer applies the
+// log: its operations fail and count as failed or ambiguous.
+TEST_F(ClusterTest, CompareAndSetOnConsensusKeysIsLinearizableThroughAJoinAndADecommission) {
+  const uint64_t seed = TestSeedFromEnvironment(
+      "CompareAndSetOnConsensusKeysIsLinearizableThroughAJoinAndADecommission");
+  RecordProperty("seed", std::to_string(seed));
+  ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--consensus-prefix=cas/");
+  }));
+  CasClients clients(cluster_.get(), seed, {"cas/a", "cas/b"}, /*clients=*/5);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  absl::StatusOr<int> joined = cluster_->AddNode();
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  const int leaving = ControlLeader(*cluster_);
+  ASSERT_GE(leaving, 0) << "no leader of the control plane";
+  absl::StatusOr<HttpAnswer> left = HttpExchange(
+      cluster_->http_port(leaving), "POST", "/members/leave",
+      {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_EQ(left->status, 200) << left->body;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  clients.Stop();
+  const int now_leading = ControlLeader(*cluster_);
+  EXPECT_GE(now_leading, 0);
+  EXPECT_NE(now_leading, leaving) << "the member that left still leads";
+  int matched = 0;
+  int mismatched = 0;
+  const int completed = clients.Check(seed, &matched, &mismatched);
+  std::cout << completed << " operations completed, " << matched << " compare-and-sets done, "
+            << mismatched << " refused as mismatches; " << cluster_->node_id(leaving)
+            << " (the leader) left" << std::endl;
+  EXPECT_GT(matched, 20) << "too few compare-and-sets succeeded to check anything";
+}
+
 // A member's committed state as node's GET /members/ shows it ("joining",
 // "active", "leaving"), or "" when node lists no such member.
 std::string CommittedState(const ClusterProcess& cluster, int node, const std::string& member) {
