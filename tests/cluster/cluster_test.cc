@@ -1585,6 +1585,28 @@ TEST_F(ClusterTest, CompareAndSetOnConsensusKeysIsLinearizableWhenEachNodeIsKill
   }
 }
 
+// The membership changes of the two tests below, under their clients' load:
+// after a second a fourth node joins; two seconds later the node pick names
+// then is decommissioned (POST /members/leave); two seconds more. Answers
+// the node that left.
+absl::StatusOr<int> JoinThenDecommission(ClusterProcess& cluster,
+                                         const std::function<int()>& pick) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  if (absl::StatusOr<int> joined = cluster.AddNode(); !joined.ok()) return joined.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  const int leaving = pick();
+  if (leaving < 0) return absl::FailedPreconditionError("no node to decommission");
+  absl::StatusOr<HttpAnswer> left =
+      HttpExchange(cluster.http_port(leaving), "POST", "/members/leave",
+                   {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
+  if (!left.ok()) return left.status();
+  if (left->status != 200) {
+    return absl::InternalError(absl::StrCat("the leave answered ", left->status, ": ", left->body));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  return leaving;
+}
+
 // Strong operations stay linearizable while the membership changes: a node
 // joins (the ring grows from three to four members, and the new one owns
 // keys it has to be filled with), then another is decommissioned (its keys
@@ -1597,17 +1619,7 @@ TEST_F(ClusterTest, StrongIsLinearizableThroughAJoinAndADecommission) {
   ASSERT_OK(StartCluster(3, 3));
   StrongClients strong(cluster_.get(), seed, {"member-a", "member-b", "member-c", "member-d"},
                        /*clients=*/6);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
-  absl::StatusOr<int> joined = cluster_->AddNode();
-  ASSERT_TRUE(joined.ok()) << joined.status();
-  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
-  const int leaving = 1;
-  absl::StatusOr<HttpAnswer> left = HttpExchange(
-      cluster_->http_port(leaving), "POST", "/members/leave",
-      {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
-  ASSERT_TRUE(left.ok()) << left.status();
-  EXPECT_EQ(left->status, 200) << left->body;
-  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  ASSERT_OK(JoinThenDecommission(*cluster_, [] { return 1; }).status());
   strong.Stop();
   const int completed = strong.Check(seed);
   std::cout << completed << " strong operations completed" << std::endl;
@@ -1628,27 +1640,18 @@ TEST_F(ClusterTest, CompareAndSetOnConsensusKeysIsLinearizableThroughAJoinAndADe
     options.extra_flags.push_back("--consensus-prefix=cas/");
   }));
   CasClients clients(cluster_.get(), seed, {"cas/a", "cas/b"}, /*clients=*/5);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
-  absl::StatusOr<int> joined = cluster_->AddNode();
-  ASSERT_TRUE(joined.ok()) << joined.status();
-  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
-  const int leaving = ControlLeader(*cluster_);
-  ASSERT_GE(leaving, 0) << "no leader of the control plane";
-  absl::StatusOr<HttpAnswer> left = HttpExchange(
-      cluster_->http_port(leaving), "POST", "/members/leave",
-      {{"X-Cluster-Secret", "cluster-test-secret"}}, "{}", absl::Seconds(60));
-  ASSERT_TRUE(left.ok()) << left.status();
-  EXPECT_EQ(left->status, 200) << left->body;
-  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  const absl::StatusOr<int> leaving =
+      JoinThenDecommission(*cluster_, [this] { return ControlLeader(*cluster_); });
+  ASSERT_OK(leaving.status());
   clients.Stop();
   const int now_leading = ControlLeader(*cluster_);
   EXPECT_GE(now_leading, 0);
-  EXPECT_NE(now_leading, leaving) << "the member that left still leads";
+  EXPECT_NE(now_leading, *leaving) << "the member that left still leads";
   int matched = 0;
   int mismatched = 0;
   const int completed = clients.Check(seed, &matched, &mismatched);
   std::cout << completed << " operations completed, " << matched << " compare-and-sets done, "
-            << mismatched << " refused as mismatches; " << cluster_->node_id(leaving)
+            << mismatched << " refused as mismatches; " << cluster_->node_id(*leaving)
             << " (the leader) left" << std::endl;
   EXPECT_GT(matched, 20) << "too few compare-and-sets succeeded to check anything";
 }
