@@ -12,7 +12,8 @@
 #   strong    the cluster through node 0, --consistency=strong (W = R = 2 of 3, ABD)
 #   consensus the cluster restarted with --consensus-prefix=key: (every benchmark key a
 #             consensus key: each SET one entry of the control plane's Raft log, each GET a
-#             KvSync entry and a local read; docs/cluster.md, "Compare-and-set"), P1 only,
+#             local read after a KvSync entry shared with the GETs that arrive while it is
+#             in flight; docs/cluster.md, "Compare-and-set"), P1 only,
 #             CONSENSUS_N requests, through node 0 (which leads the control plane) and
 #             through node 1 (a follower: forwarded to the leader)
 # Repair: node 2 is stopped, REPAIR_KEYS writes of new keys go to node 0, node 2 is wiped

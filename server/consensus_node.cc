@@ -40,10 +40,17 @@ void SharedReadSyncs::Start(Propose propose, std::vector<Done> group) {
     {
       absl::MutexLock lock(&self->mu_);
       next.swap(self->next_);
-      if (next.empty()) self->in_flight_ = false;
+      // A failure (no leader within the wait, the control plane stopping)
+      // ends the next group's reads too: a new proposal would likely wait
+      // as long again, and an error tells nothing stale.
+      if (next.empty() || !revision.ok()) self->in_flight_ = false;
     }
-    // Proposed after every read of the next group arrived.
-    if (!next.empty()) self->Start(std::move(again), std::move(next));
+    if (!revision.ok()) {
+      for (Done& done : next) done(revision.status());
+    } else if (!next.empty()) {
+      // Proposed after every read of the next group arrived.
+      self->Start(std::move(again), std::move(next));
+    }
     for (Done& done : group) done(revision);
   });
 }
@@ -75,10 +82,14 @@ void ControlConsensusKeys::Get(
   if (control == nullptr) return done(NotRunning());
   control::KvState* const kv = control->kv();
   const absl::Duration wait = read_wait_;
-  // control outlives the callbacks of its proposals.
+  // The control plane is asked for again at each proposal (a chain of
+  // groups proposes for reads that came later); it outlives the callbacks of
+  // its proposals.
   syncs_->Await(
-      [control](SharedReadSyncs::Done answer) {
-        control->Submit(control::EncodeKvSync(), std::move(answer));
+      [find = control_](SharedReadSyncs::Done answer) {
+        control::ControlPlane* const now = find();
+        if (now == nullptr) return answer(NotRunning());
+        now->Submit(control::EncodeKvSync(), std::move(answer));
       },
       [kv, wait, key = std::move(key), done = std::move(done)](
           absl::StatusOr<uint64_t> revision) mutable {

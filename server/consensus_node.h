@@ -8,7 +8,9 @@
 // it completes. A read needs a KvSync proposed after it arrived (one proposed
 // before could be ordered before a write the read must see); the next one is,
 // for every read of its group. So N concurrent reads cost about two log
-// entries, not N.
+// entries, not N. If the one in flight fails (no leader within 5 s), so do
+// the reads waiting for the next: every read ends within the wait, as a
+// write does.
 //
 // Which keys are covered: the committed prefixes once this node has applied
 // them; before that, those it had applied before its last stop (kept in the
@@ -44,15 +46,19 @@ class ControlPlane;
 // The KvSyncs of a node's reads, shared as the top of this file says.
 // Thread-safety: Await may be called from any thread; done runs where the
 // proposal's answer runs (the control plane's thread or the transport's), or
-// inline on the caller's thread when the control plane is stopping.
+// inline on the thread of whichever call proposed when the control plane is
+// stopping.
 class SharedReadSyncs final : public std::enable_shared_from_this<SharedReadSyncs> {
  public:
   using Done = std::function<void(absl::StatusOr<uint64_t>)>;
   // Proposes one KvSync and calls its argument with the revision it answers.
   using Propose = std::function<void(Done)>;
 
-  // done gets the revision of a KvSync proposed after this call, by propose
-  // (this call's or that of a call made while another was in flight).
+  // done gets the revision of a KvSync proposed after this call, or the
+  // error of the one in flight when it came (a failure ends the reads that
+  // wait for the next one too). A chain of proposals uses the propose of the
+  // call that started it (made when none was in flight); later calls' are
+  // not used, so every call must pass an equivalent one.
   // REQUIRES: owned by a shared_ptr (the proposals in flight keep it).
   void Await(Propose propose, Done done) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -112,6 +112,7 @@ std::string EncodeKvWrite(absl::string_view key, const std::optional<std::string
   write.add_key(k);
   if (value.has_value()) write.add_value(v);
   if (if_version.has_value()) write.add_if_version(*if_version);
+  write.add_tenant_share(true);
   return EncodeBody(b, fb::CommandBody::KvWrite, write.Finish());
 }
 
@@ -278,7 +279,10 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "consensus keys and values would take more than ", kMaxConsensusBytes, " bytes"));
       }
-      if (tenant != 0) {
+      // Only growth is refused: a tenant over its share (kept from before the
+      // share) may still overwrite with a value no larger, and delete.
+      const bool grows = it == state_.entries.end() || new_bytes > old_bytes;
+      if (tenant != 0 && cmd.tenant_share() && grows) {
         const auto usage = state_.tenants.find(tenant);
         const ConsensusUsage held =
             usage == state_.tenants.end() ? ConsensusUsage{} : usage->second;
@@ -291,6 +295,8 @@ absl::StatusOr<uint64_t> KvState::Apply(const fb::KvWrite& cmd, int64_t at_ms) {
               absl::StrCat("this tenant's consensus keys and values would take more than ",
                            kMaxConsensusBytesPerTenant, " bytes, its limit"));
         }
+      }
+      if (tenant != 0) {
         ConsensusUsage& updated = state_.tenants[tenant];
         if (it == state_.entries.end()) ++updated.keys;
         updated.bytes = updated.bytes - old_bytes + new_bytes;

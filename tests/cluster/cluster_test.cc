@@ -1277,8 +1277,8 @@ class CasClients : public RecordingClients {
     }
     // With versions an ambiguous write cannot be left out even if nobody
     // read its value, so the search may need more steps than for plain
-    // registers; a key it gives up on is reported, and at least two of the
-    // three must be decided.
+    // registers; a key it gives up on is reported, and at least two keys
+    // must be decided (the tests give three).
     lin::CheckOptions options;
     options.max_steps = 60'000'000;
     int decided = 0;
@@ -1639,7 +1639,7 @@ TEST_F(ClusterTest, CompareAndSetOnConsensusKeysIsLinearizableThroughAJoinAndADe
   ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
     options.extra_flags.push_back("--consensus-prefix=cas/");
   }));
-  CasClients clients(cluster_.get(), seed, {"cas/a", "cas/b"}, /*clients=*/5);
+  CasClients clients(cluster_.get(), seed, {"cas/a", "cas/b", "cas/c"}, /*clients=*/8);
   const absl::StatusOr<int> leaving =
       JoinThenDecommission(*cluster_, [this] { return ControlLeader(*cluster_); });
   ASSERT_OK(leaving.status());

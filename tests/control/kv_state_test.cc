@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_state.h"
 
 namespace logkv::server::control {
@@ -166,6 +167,41 @@ TEST_F(KvStateTest, ATenantCannotFillTheClusterForTheOthers) {
   ASSERT_TRUE(restored.Restore(state_.Snapshot()).ok());
   EXPECT_EQ(restored.kv().Current(), state_.kv().Current());
   EXPECT_EQ(restored.kv().Current().tenants.at(7).keys, kMaxConsensusEntriesPerTenant);
+}
+
+// A KvWrite as proposed before the tenants' share existed: without the
+// field that asks for it.
+std::string KvWriteWithoutShare(absl::string_view key, absl::string_view value) {
+  flatbuffers::FlatBufferBuilder b;
+  auto k = ByteVector(b, key);
+  auto v = ByteVector(b, value);
+  fb::KvWriteBuilder write(b);
+  write.add_key(k);
+  write.add_value(v);
+  return FinishCommand(b, fb::CommandBody::KvWrite, write.Finish().Union());
+}
+
+// Entries proposed before the share are replayed as they were applied then:
+// a tenant over its share that way is kept, may overwrite with values no
+// larger and delete, and only grows no further.
+TEST_F(KvStateTest, EntriesFromBeforeTheShareReplayAsTheyWereApplied) {
+  const std::string value(kMaxConsensusValueBytes - 16, 'v');
+  const size_t over = kMaxConsensusBytesPerTenant / value.size() + 4;
+  for (size_t i = 0; i < over; ++i) {
+    ASSERT_TRUE(state_.Apply(KvWriteWithoutShare(absl::StrCat(Ns(5), "locks/", i), value)).ok())
+        << i;
+  }
+  EXPECT_GT(state_.kv().Current().tenants.at(5).bytes, kMaxConsensusBytesPerTenant);
+  // Grows no further now.
+  EXPECT_EQ(Put(Ns(5) + "locks/new", "x").status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Put(Ns(5) + "locks/0", value + "more").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // But its counters and locks work: the same size, smaller, a delete.
+  EXPECT_TRUE(Put(Ns(5) + "locks/0", std::string(value.size(), 'w')).ok());
+  EXPECT_TRUE(Put(Ns(5) + "locks/1", "small").ok());
+  EXPECT_TRUE(Delete(Ns(5) + "locks/2").ok());
+  EXPECT_EQ(Put(Ns(5) + "locks/1", "small!").status().code(), absl::StatusCode::kResourceExhausted)
+      << "grew while still over its share";
 }
 
 TEST_F(KvStateTest, ATenantsKeysAreCoveredInItsNamespace) {

@@ -49,14 +49,18 @@ TEST(SharedReadSyncsTest, AReadArrivingDuringAKvSyncWaitsForTheNextOne) {
   EXPECT_EQ(c, std::vector<uint64_t>{9});
   EXPECT_EQ(proposed.size(), 2u) << "a proposal with nobody waiting for it";
 
-  // Nothing in flight: the next read proposes at once; a failure reaches
-  // its group, and the one after proposes again.
-  std::vector<uint64_t> d, e;
+  // Nothing in flight: the next read proposes at once. A failure reaches
+  // its group and the reads waiting for the next one (which would wait as
+  // long again), and the read after proposes anew.
+  std::vector<uint64_t> d, waiting, e;
   syncs->Await(propose, Record(&d));
   ASSERT_EQ(proposed.size(), 3u);
+  syncs->Await(propose, Record(&waiting));
   Done third = std::move(proposed[2]);
   third(absl::UnavailableError("no leader"));
   EXPECT_EQ(d, std::vector<uint64_t>{0});
+  EXPECT_EQ(waiting, std::vector<uint64_t>{0});
+  EXPECT_EQ(proposed.size(), 3u) << "proposed again after a failure";
   syncs->Await(propose, Record(&e));
   ASSERT_EQ(proposed.size(), 4u);
   Done fourth = std::move(proposed[3]);
