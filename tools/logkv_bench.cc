@@ -1032,7 +1032,10 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
     if (!self->handshake_done_) {
       self->ContinueHandshake();
       self->tls_buffers_.KeepUnread();
-      if (!self->handshake_done_ || self->tls_buffers_.unread() == 0) return;
+      if (!self->handshake_done_ ||
+          (SSL_has_pending(self->ssl_) == 0 && self->tls_buffers_.unread() == 0)) {
+        return;
+      }
       // The first records arrived with the end of the handshake.
     }
     while (true) {
@@ -1042,7 +1045,8 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
       if (got > 0) {
         self->decoder_.Commit(static_cast<size_t>(got));
         // Another SSL_read would only say it wants more: skip it.
-        if (SSL_pending(self->ssl_) == 0 && self->tls_buffers_.unread() == 0) break;
+        // (SSL_has_pending: read-ahead may hold whole records not yet decrypted.)
+        if (SSL_has_pending(self->ssl_) == 0 && self->tls_buffers_.unread() == 0) break;
         continue;
       }
       const int error = SSL_get_error(self->ssl_, got);
@@ -1401,6 +1405,9 @@ int Main(int argc, char** argv) {
   if (config.tls) {
     tls.reset(SSL_CTX_new(TLS_client_method()));
     SSL_CTX_set_verify(tls.get(), SSL_VERIFY_PEER, nullptr);
+    // One BIO call takes what a socket read brought, not two per record
+    // (the read loop asks SSL_has_pending for what it holds undecrypted).
+    SSL_CTX_set_read_ahead(tls.get(), 1);
     const bool ca_read = config.cacert.empty()
                              ? SSL_CTX_set_default_verify_paths(tls.get()) == 1
                              : SSL_CTX_load_verify_locations(tls.get(), config.cacert.c_str(),

@@ -172,6 +172,10 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
   // SSL_write takes the whole buffer at once into the memory BIO; answers are
   // appended to a std::string that may move between calls.
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Read-ahead: OpenSSL takes what a socket read brought into its record
+  // buffer in one BIO call, not a header and then a body per record; the
+  // records it holds still undecrypted count in has_more().
+  SSL_CTX_set_read_ahead(ctx.get(), 1);
   *not_after = NotAfter(SSL_CTX_get0_certificate(ctx.get()));
   return ctx;
 }
@@ -259,7 +263,11 @@ void TlsStream::Feed(const char* data, size_t size) {
   buffers_.Feed(data, size);
 }
 
-bool TlsStream::has_more() const { return SSL_pending(ssl_) > 0 || buffers_.unread() > 0; }
+bool TlsStream::has_more() const {
+  // SSL_has_pending, not SSL_pending: with read-ahead, records taken into
+  // OpenSSL's buffer and not yet decrypted are as good as unread ones.
+  return SSL_has_pending(ssl_) == 1 || buffers_.unread() > 0;
+}
 
 void TlsStream::Fail() {
   failed_ = true;

@@ -152,7 +152,8 @@ class TlsStream {
   // Handshake returned 0).
   void KeepUnread() { buffers_.KeepUnread(); }
   // Whether Read may return more without another Feed: plaintext of a record
-  // is left, or ciphertext fed is unread.
+  // is left, or ciphertext fed is not decrypted yet (in the BIO, or taken
+  // into OpenSSL's buffer by read-ahead).
   bool has_more() const;
   // Advances the handshake: 1 done, 0 more bytes needed, -1 failed (error()
   // says why; an alert for the peer waits in the output).
