@@ -272,15 +272,20 @@ absl::Status TlsLink::Send(int fd, absl::string_view plaintext) {
 
 absl::Status TlsLink::Receive(absl::string_view ciphertext, protocol::FrameDecoder& decoder) {
   absl::MutexLock lock(&mu_);
-  BIO_write(SSL_get_rbio(ssl_), ciphertext.data(), static_cast<int>(ciphertext.size()));
+  BIO* in = SSL_get_rbio(ssl_);
+  BIO_write(in, ciphertext.data(), static_cast<int>(ciphertext.size()));
+  // Once per batch of records: a successful SSL_read queues no error.
+  ERR_clear_error();
   while (true) {
     size_t available = 0;
     char* space = decoder.WritableSpace(16 << 10, &available);
-    ERR_clear_error();
     const int rc =
         SSL_read(ssl_, space, static_cast<int>(std::min<size_t>(available, 1u << 30)));
     if (rc > 0) {
       decoder.Commit(static_cast<size_t>(rc));
+      // Another SSL_read would only say it wants more bytes (a pass through
+      // OpenSSL's record layer and SSL_get_error): skip it when nothing is left.
+      if (SSL_has_pending(ssl_) == 0 && BIO_ctrl_pending(in) == 0) return absl::OkStatus();
       continue;
     }
     const int error = SSL_get_error(ssl_, rc);
