@@ -50,6 +50,17 @@ uint32_t KeyIndex::Find(const KeyRef& key) const {
   return it == table.end() ? kNoEntry : *it;
 }
 
+void KeyIndex::ForEachCandidate(const KeyRef& key,
+                                absl::FunctionRef<void(uint32_t id)> visit) const {
+  // The probe's comparisons all answer false, so find walks the probe to its
+  // end (the first group with an empty slot, nearly always the first group)
+  // and calls visit for every id whose control byte matches.
+  const Table& table = tables_[GroupOf(key.hash)];
+  const bool found = table.find(CandidateProbe{key.hash, visit}) != table.end();
+  assert(!found);
+  (void)found;
+}
+
 uint32_t KeyIndex::AllocateId() {
   if (!free_ids_.empty()) {
     uint32_t id = free_ids_.back();

@@ -32,6 +32,7 @@
 
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/string_view.h"
 #include "engine/arena.h"
 
@@ -101,6 +102,15 @@ class KeyIndex {
   uint32_t Find(const KeyRef& key) const;
   // Starts loading the table memory a Find or Insert of key will read.
   void Prefetch(const KeyRef& key) const { tables_[GroupOf(key.hash)].prefetch(key); }
+  // Calls visit(id) for each entry a Find of key would compare its key with
+  // (the ids in its probe whose control bits match the hash: the key's own
+  // entry if it has one, now and then another), without reading any entry or
+  // key. Start-up uses it to load, ahead of a Find, the memory that Find's
+  // comparisons read: after Prefetch the probe's table memory is cached, so
+  // this costs no cache miss itself, and visit prefetches the entries; a
+  // second call a few records later, with the entries cached, prefetches
+  // their keys. visit must not change the index.
+  void ForEachCandidate(const KeyRef& key, absl::FunctionRef<void(uint32_t id)> visit) const;
   // REQUIRES: Find(key) == kNoEntry. Returns the new entry's id; its fields
   // other than the key are zero.
   uint32_t Insert(const KeyRef& key);
@@ -210,11 +220,19 @@ class KeyIndex {
   // control byte) are independent of the bits that chose the shard.
   static size_t TableHash(uint64_t key_hash) { return std::rotr(key_hash, 32); }
 
+  // A lookup that matches nothing and shows visit every id it would have
+  // compared (ForEachCandidate).
+  struct CandidateProbe {
+    uint64_t hash;
+    absl::FunctionRef<void(uint32_t id)> visit;
+  };
+
   struct Hash {
     using is_transparent = void;
     const KeyIndex* index;
     size_t operator()(uint32_t id) const;
     size_t operator()(const KeyRef& ref) const { return TableHash(ref.hash); }
+    size_t operator()(const CandidateProbe& probe) const { return TableHash(probe.hash); }
   };
   struct Equal {
     using is_transparent = void;
@@ -222,6 +240,14 @@ class KeyIndex {
     bool operator()(uint32_t a, uint32_t b) const { return a == b; }
     bool operator()(uint32_t id, const KeyRef& ref) const { return index->at(id).key() == ref.key; }
     bool operator()(const KeyRef& ref, uint32_t id) const { return index->at(id).key() == ref.key; }
+    bool operator()(uint32_t id, const CandidateProbe& probe) const {
+      probe.visit(id);
+      return false;
+    }
+    bool operator()(const CandidateProbe& probe, uint32_t id) const {
+      probe.visit(id);
+      return false;
+    }
   };
 
   using Table = absl::flat_hash_set<uint32_t, Hash, Equal>;

@@ -35,16 +35,22 @@ class Shard::RecoveryState {
   uint64_t max_base_sequence = 0;
   absl::flat_hash_map<uint32_t, bool> hint_ids;  // segment id -> hint file present
 
-  // Records queued by QueueRecovered, oldest at pending_head. The distance
-  // is about what it takes a prefetch to arrive while the records before it
-  // are applied.
+  // Records queued by QueueRecovered, oldest at pending_head. A lookup of a
+  // key already in the index reads three places, each found through the one
+  // before: the table slot, the entry it names, the key bytes the entry
+  // points to (and, here, the entry's sequence number). Each is prefetched
+  // in its own step, kStageRecords records after the step before, so the
+  // cache misses of a dozen records overlap instead of each record stalling
+  // three times in a row. kStageRecords is about what a prefetch needs to
+  // arrive while the records before it are applied.
   struct Pending {
     LogRecord record;
     RecordLocation location;
     uint64_t key_hash;
   };
-  static constexpr size_t kPrefetchDistance = 8;
-  std::array<Pending, kPrefetchDistance> pending;
+  static constexpr size_t kStageRecords = 4;
+  static constexpr size_t kPending = 3 * kStageRecords;
+  std::array<Pending, kPending> pending;
   size_t pending_head = 0;
   size_t pending_count = 0;
 };
@@ -97,7 +103,8 @@ void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& locati
                            Segment* segment, RecoveryState* state) {
   const uint64_t hash = HashKey(record.key);
   index_.Prefetch(KeyRef{record.key, hash});
-  constexpr size_t kSlots = RecoveryState::kPrefetchDistance;
+  constexpr size_t kSlots = RecoveryState::kPending;
+  constexpr size_t kStage = RecoveryState::kStageRecords;
   if (state->pending_count == kSlots) {
     const RecoveryState::Pending& oldest = state->pending[state->pending_head];
     ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
@@ -107,10 +114,33 @@ void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& locati
   state->pending[(state->pending_head + state->pending_count) % kSlots] =
       RecoveryState::Pending{record, location, hash};
   ++state->pending_count;
+  // The record queued kStage records ago has its table memory cached by
+  // now: prefetch the entries its lookup will compare. The one queued twice
+  // that long ago has those entries cached: prefetch their keys and
+  // sequence numbers. Prefetches only: nothing here changes what a lookup
+  // finds, however the records in between change the index.
+  const size_t newest = state->pending_head + state->pending_count - 1;
+  if (state->pending_count > kStage) {
+    const RecoveryState::Pending& queued = state->pending[(newest - kStage) % kSlots];
+    index_.ForEachCandidate(KeyRef{queued.record.key, queued.key_hash}, [&](uint32_t id) {
+      mu_.AssertHeld();  // ForEachCandidate calls back before it returns
+      __builtin_prefetch(&index_.at(id));
+    });
+  }
+  if (state->pending_count > 2 * kStage) {
+    const RecoveryState::Pending& queued = state->pending[(newest - 2 * kStage) % kSlots];
+    index_.ForEachCandidate(KeyRef{queued.record.key, queued.key_hash}, [&](uint32_t id) {
+      mu_.AssertHeld();
+      const IndexEntry& entry = index_.at(id);
+      __builtin_prefetch(entry.key_data);
+      __builtin_prefetch(entry.key_data + entry.key_size - 1);
+      if (id < state->sequence_of.size()) __builtin_prefetch(&state->sequence_of[id]);
+    });
+  }
 }
 
 void Shard::DrainRecovered(Segment* segment, RecoveryState* state) {
-  constexpr size_t kSlots = RecoveryState::kPrefetchDistance;
+  constexpr size_t kSlots = RecoveryState::kPending;
   for (; state->pending_count > 0; --state->pending_count) {
     const RecoveryState::Pending& oldest = state->pending[state->pending_head];
     ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
@@ -442,9 +472,13 @@ absl::Status Shard::Open() {
       // key back from the arena). Overwrites make this an over-estimate of
       // the keys; FinishRecovery gives back what is left unused.
       reserved = true;
-      index_.Reserve(static_cast<size_t>(static_cast<double>(state.records) *
-                                         static_cast<double>(total_bytes) /
-                                         static_cast<double>(loaded_bytes)));
+      const size_t expected_records =
+          static_cast<size_t>(static_cast<double>(state.records) *
+                              static_cast<double>(total_bytes) / static_cast<double>(loaded_bytes));
+      index_.Reserve(expected_records);
+      // Each entry's sequence number too, so that growing it never copies
+      // it (with the page faults of each new copy).
+      state.sequence_of.reserve(expected_records);
     }
   }
   for (const auto& [id, present] : state.hint_ids) {

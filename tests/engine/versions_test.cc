@@ -252,6 +252,57 @@ TEST_P(VersionsTest, KeptVersionsSurviveCompactionRestartsAndCrashes) {
   }
 }
 
+// Start-up looks each record's key up a dozen records after it reads the
+// record (prefetching what the lookup reads in between), so records of one
+// key that come close together, several writes of a key in a row, are all in
+// flight at once. They must come out as written, whether the segments are
+// read through hint files or scanned.
+TEST_P(VersionsTest, WritesOfOneKeyInARowSurviveRestartsAndCrashes) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  Random random(seed);
+  options_.versions_kept = kept();
+  ASSERT_OK(Open());
+  for (int round = 0; round < 9; ++round) {
+    for (int burst = 0; burst < 300; ++burst) {
+      const std::string key = KeyName(static_cast<int>(random.Uniform(kKeys)));
+      Life& life = model_[key];
+      const uint64_t writes = 1 + random.Uniform(8);
+      for (uint64_t w = 0; w < writes; ++w) {
+        if (random.Percent(10)) {
+          absl::StatusOr<WriteResult> deleted = engine_->Delete(key);
+          if (life.values.empty()) {
+            EXPECT_TRUE(absl::IsNotFound(deleted.status())) << key << " " << deleted.status();
+          } else {
+            ASSERT_OK(deleted.status());
+          }
+          life = Life{};
+          continue;
+        }
+        const std::string value = absl::StrCat(key, "@", round, ".", burst, ".", w);
+        ASSERT_OK_AND_ASSIGN(WriteResult written, engine_->Put(key, value));
+        life.values.push_back(value);
+        life.timestamps.push_back(written.timestamp);
+        ASSERT_EQ(written.version, life.values.size()) << key;
+      }
+    }
+    ASSERT_NO_FATAL_FAILURE(Check(absl::StrCat("round ", round, " written")));
+    switch (round % 3) {
+      case 0:
+        ASSERT_OK(Reopen());
+        break;
+      case 1:
+        ASSERT_OK(engine_->WriteHintsNow());
+        ASSERT_OK(CrashAndOpen(/*remove_hints=*/false));
+        break;
+      case 2:
+        ASSERT_OK(CrashAndOpen(/*remove_hints=*/true));
+        break;
+    }
+    ASSERT_NO_FATAL_FAILURE(Check(absl::StrCat("round ", round, " after step ", round % 3)));
+  }
+}
+
 // A crash after a compaction made its outputs final and before it removed
 // the segments it copied from leaves every record twice: once in a victim
 // and once in an output. A crash before the outputs were renamed leaves a
