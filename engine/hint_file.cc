@@ -77,13 +77,13 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit) {
-  return ReadHintFile(fs, path, segment_id, segment_bytes, visit, [] {});
+  return ReadHintFile(fs, path, segment_id, segment_bytes, visit, [] {}, nullptr);
 }
 
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit,
-    absl::FunctionRef<void()> after_last) {
+    absl::FunctionRef<void()> after_last, std::string* scratch) {
   auto contents = fs->ReadFile(path);
   if (!contents.ok()) return contents.status();
   absl::string_view bytes = *contents;
@@ -111,7 +111,8 @@ absl::Status ReadHintFile(
   }
   // Version 2 holds its entries zstd-compressed (version 1, as they are):
   // from here on bytes is the header followed by the plain entries.
-  std::string plain;
+  std::string own_plain;
+  std::string& plain = scratch != nullptr ? *scratch : own_plain;
   if (header.format_version == format::kHintFormatVersion) {
     const absl::string_view stored = bytes.substr(sizeof(HintHeader));
     const unsigned long long plain_bytes = ZSTD_getFrameContentSize(stored.data(), stored.size());
@@ -121,14 +122,17 @@ absl::Status ReadHintFile(
         plain_bytes > header.entry_count * (sizeof(HintEntry) + format::kMaxKeyBytes)) {
       return absl::DataLossError(absl::StrCat(path, ": the compressed entries are unreadable"));
     }
-    plain.resize(sizeof(HintHeader) + plain_bytes);
+    // Grown, never shrunk: a reused buffer keeps its pages, and what lies
+    // past this file's entries is left out of the view below.
+    const size_t plain_size = sizeof(HintHeader) + plain_bytes;
+    if (plain.size() < plain_size) plain.resize(plain_size);
     std::memcpy(plain.data(), bytes.data(), sizeof(HintHeader));
     const size_t decompressed = ZSTD_decompress(plain.data() + sizeof(HintHeader), plain_bytes,
                                                 stored.data(), stored.size());
     if (ZSTD_isError(decompressed) || decompressed != plain_bytes) {
       return absl::DataLossError(absl::StrCat(path, ": the compressed entries are unreadable"));
     }
-    bytes = plain;
+    bytes = absl::string_view(plain.data(), plain_size);
   }
   // Two passes: validate every entry first, so a damaged file visits nothing
   // and the caller's fallback scan starts from a clean slate.

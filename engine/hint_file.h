@@ -36,11 +36,15 @@ absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit);
 // The same; after_last runs once every entry was visited, while the records'
-// keys (views into the file's contents) are still valid.
+// keys (views into the file's contents) are still valid. The entries are
+// decompressed into *scratch when it is given (its contents are replaced,
+// and it is never shrunk): start-up passes one buffer for all of a shard's
+// hint files, where a fresh buffer a file (tens of MiB for a full segment)
+// cost the kernel a zero-filled page for each 4 KiB of it, every time.
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit,
-    absl::FunctionRef<void()> after_last);
+    absl::FunctionRef<void()> after_last, std::string* scratch);
 
 }  // namespace logkv::engine
 

@@ -34,6 +34,8 @@ class Shard::RecoveryState {
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
   absl::flat_hash_map<uint32_t, bool> hint_ids;  // segment id -> hint file present
+  // The decompressed entries of the hint file being read, one buffer for all.
+  std::string hint_scratch;
 
   // Records queued by QueueRecovered, oldest at pending_head. A lookup of a
   // key already in the index reads three places, each found through the one
@@ -278,7 +280,8 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
         [&] {
           mu_.AssertHeld();
           DrainRecovered(segment.get(), state);
-        });
+        },
+        &state->hint_scratch);
     if (status.ok()) {
       segment->has_hint = true;
       counters_.recovered_from_hints.fetch_add(1, std::memory_order_relaxed);
