@@ -77,7 +77,8 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
 absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit) {
-  return ReadHintFile(fs, path, segment_id, segment_bytes, visit, [] {}, nullptr);
+  return ReadHintFile(
+      fs, path, segment_id, segment_bytes, visit, [] {}, nullptr);
 }
 
 absl::Status ReadHintFile(

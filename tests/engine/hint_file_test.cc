@@ -27,7 +27,9 @@ struct HintOf {
   int entries;
 };
 
-std::string KeyOf(uint32_t segment_id, int i) { return absl::StrCat("segment", segment_id, "/key", i); }
+std::string KeyOf(uint32_t segment_id, int i) {
+  return absl::StrCat("segment", segment_id, "/key", i);
+}
 
 HintOf WriteHint(const test::ScopedTempDir& dir, uint32_t segment_id, int entries) {
   HintWriter writer(segment_id);
