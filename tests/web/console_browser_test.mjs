@@ -384,8 +384,14 @@ try {
     await data.click('form.row button[type=submit]');
     const listed = [];
     for (let page = 1; page <= 5; page++) {
-      await data.waitForFunction((n) => document.querySelector('#pager')?.textContent?.includes(`Page ${n}`) ||
-        [...document.querySelectorAll('.muted')].some((e) => e.textContent?.includes(`Page ${n} `)), wait, page);
+      // The page's own first listing (no prefix, 25 a page) also says
+      // "Page 1": wait for the one asked for, at most 10 rows a page.
+      await data.waitForFunction((n) => {
+        const rows = document.querySelectorAll('td.key-cell').length;
+        const numbered = document.querySelector('#pager')?.textContent?.includes(`Page ${n}`) ||
+          [...document.querySelectorAll('.muted')].some((e) => e.textContent?.includes(`Page ${n} `));
+        return numbered && rows > 0 && rows <= 10;
+      }, wait, page);
       listed.push(...await data.$$eval('td.key-cell', (cells) => cells.map((cell) => cell.textContent)));
       if (page === 1) await shot(data, '13-cluster-data');
       if (!await data.$('#next-page')) break;
