@@ -138,7 +138,8 @@ struct Engine::State {
   absl::Mutex mu;
   bool stop ABSL_GUARDED_BY(mu) = false;
   absl::CondVar maintenance_cv;  // wakes the maintenance thread (only to stop)
-  std::vector<std::thread> sync_threads;  // one per shard
+  std::unique_ptr<GroupCommit> group_commit;  // kAlways only
+  std::vector<std::thread> sync_threads;  // one per shard, without a group commit
   std::thread maintenance_thread;
 
   Shard& ShardFor(uint64_t key_hash) { return *shards[key_hash % shards.size()]; }
@@ -197,6 +198,14 @@ absl::Status Engine::OpenFiles() {
   context.clock = s.clock;
   context.hlc = s.hlc.get();
   context.merkle = s.merkle.get();
+  if (s.options.fsync == FsyncPolicy::kAlways) {
+    s.group_commit = std::make_unique<GroupCommit>(manifest.shard_count, [&s](size_t part) {
+      // A failure is recorded by the shard (it then refuses writes) and
+      // reported to its waiting writers.
+      (void)s.shards[part]->SyncNow();
+    });
+    context.group_commit = s.group_commit.get();
+  }
   for (uint32_t i = 0; i < manifest.shard_count; ++i) {
     s.shards.push_back(std::make_unique<Shard>(context, i, ShardDirectory(dir, i)));
   }
@@ -243,9 +252,11 @@ absl::Status Engine::OpenFiles() {
                              " segment(s) with a damaged header set aside as *.damaged; ",
                              stats.keys, " keys salvaged"));
   }
-  // kAlways writers wait for the sync threads, so they run even when tests
+  // kAlways writers wait for the group commit, so it runs even when tests
   // turn the other background work off.
-  if (s.options.background_threads || s.options.fsync == FsyncPolicy::kAlways) {
+  if (s.group_commit != nullptr) {
+    s.group_commit->Start();
+  } else if (s.options.background_threads) {
     for (auto& shard : s.shards) {
       s.sync_threads.emplace_back([shard = shard.get()] { shard->SyncLoop(); });
     }
@@ -322,6 +333,7 @@ absl::Status Engine::Close() {
     s.stop = true;
     s.maintenance_cv.SignalAll();
   }
+  if (s.group_commit != nullptr) s.group_commit->Stop();
   for (auto& shard : s.shards) shard->StopSyncLoop();
   for (std::thread& thread : s.sync_threads) thread.join();
   if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
@@ -631,6 +643,13 @@ Stats Engine::GetStats() {
   Stats stats;
   stats.shard_count = static_cast<uint32_t>(state_->shards.size());
   stats.recovery_ms = state_->recovery_ms;
+  if (state_->group_commit != nullptr) {
+    const GroupCommit::Counts counts = state_->group_commit->counts();
+    stats.sync_rounds = counts.rounds;
+    stats.sync_round_writers = counts.writers;
+    stats.sync_round_waits = counts.waits;
+    stats.sync_round_waits_cut_short = counts.waits_cut_short;
+  }
   for (auto& shard : state_->shards) {
     shard->AddStats(&stats);
     const ShardCounters& c = shard->counters();

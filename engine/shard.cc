@@ -603,6 +603,10 @@ absl::Status Shard::SyncNow() {
 }
 
 void Shard::RequestSync() {
+  if (context_.group_commit != nullptr) {
+    context_.group_commit->Request();
+    return;
+  }
   absl::MutexLock lock(&sync_request_mu_);
   sync_requested_ = true;
   sync_request_cv_.Signal();

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
+#include "engine/group_commit.h"
 #include "engine/hlc.h"
 #include "engine/key_index.h"
 #include "engine/log_record.h"
@@ -43,6 +44,9 @@ struct ShardContext {
   Clock* clock;
   HybridClock* hlc;
   MerkleForest* merkle;
+  // Under kAlways, the engine's group commit, which syncs every shard in
+  // rounds; null otherwise (each shard's SyncLoop then syncs it).
+  GroupCommit* group_commit = nullptr;
   void Log(LogLevel level, absl::string_view message) const;
 };
 
@@ -119,10 +123,8 @@ class Shard {
   // Syncs what was appended and not yet synced. Called by the sync thread and
   // by Engine::Sync. Returns whether there were waiters or unsynced appends.
   absl::Status SyncNow();
-  // The shard's sync thread: syncs when a writer waits (kAlways) and every
-  // interval (kInterval), until StopSyncLoop. Each shard syncs on its own
-  // thread, so one shard's fdatasync never delays another's writers, and the
-  // file system can merge concurrent syncs into one journal commit.
+  // The shard's sync thread without a group commit (kInterval): syncs every
+  // interval, and when a writer waits, until StopSyncLoop.
   void SyncLoop();
   void StopSyncLoop();
   // Kicks off write-back of the active segment without waiting.

@@ -52,6 +52,18 @@ void AddEngineMetrics(engine::Engine* engine, std::string data_dir, ServerMetric
           &engine::Stats::gets);
   counter("logkv_engine_fsyncs_total", "fdatasync calls on log segments.",
           &engine::Stats::fsyncs);
+  counter("logkv_engine_sync_rounds_total",
+          "Group-commit rounds under --fsync=always (each syncs every shard with new writes).",
+          &engine::Stats::sync_rounds);
+  counter("logkv_engine_sync_round_writers_total",
+          "Writes made durable by group-commit rounds; over the rounds, the group size.",
+          &engine::Stats::sync_round_writers);
+  counter("logkv_engine_sync_round_waits_total",
+          "Group-commit rounds that waited for as many writers as a recent round served.",
+          &engine::Stats::sync_round_waits);
+  counter("logkv_engine_sync_round_waits_cut_short_total",
+          "Of those, the rounds that started at their time bound without all of them.",
+          &engine::Stats::sync_round_waits_cut_short);
   gauge("logkv_engine_keys", "Live keys, the node's own records included.",
         &engine::Stats::keys);
   gauge("logkv_engine_tombstones", "Deleted or expired keys still in the index.",

@@ -216,11 +216,14 @@ TEST_F(ConcurrencyTest, WritersReadersAndCompactionAgree) {
 }
 
 // Under kAlways concurrent writers share fdatasyncs (group commit): every
-// write is acknowledged, and there are fewer syncs than writes.
-TEST_F(ConcurrencyTest, GroupCommitSharesSyncs) {
+// write is acknowledged, and there are fewer syncs than writes, with one
+// shard and with several (whose rounds sync them side by side).
+class GroupCommitTest : public ConcurrencyTest, public ::testing::WithParamInterface<uint32_t> {};
+
+TEST_P(GroupCommitTest, SharesSyncs) {
   constexpr int kThreads = 8;
   constexpr int kPutsPerThread = 50;
-  options_.shard_count = 1;
+  options_.shard_count = GetParam();
   options_.fsync = FsyncPolicy::kAlways;
   // The sync thread that completes kAlways writes.
   options_.background_threads = true;
@@ -257,6 +260,8 @@ TEST_F(ConcurrencyTest, GroupCommitSharesSyncs) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shards, GroupCommitTest, ::testing::Values(1u, 4u));
 
 }  // namespace
 }  // namespace logkv::engine

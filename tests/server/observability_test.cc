@@ -76,7 +76,10 @@ TEST_F(ObservabilityTest, MetricsArePresentAndMoveWithOperations) {
   std::map<std::string, double> before = Scrape(server->http_port(), &families);
   for (const char* name :
        {"logkv_engine_puts_total", "logkv_engine_gets_total", "logkv_engine_deletes_total",
-        "logkv_engine_fsyncs_total", "logkv_engine_segments", "logkv_engine_tombstones",
+        "logkv_engine_fsyncs_total", "logkv_engine_sync_rounds_total",
+        "logkv_engine_sync_round_writers_total", "logkv_engine_sync_round_waits_total",
+        "logkv_engine_sync_round_waits_cut_short_total", "logkv_engine_segments",
+        "logkv_engine_tombstones",
         "logkv_engine_keys", "logkv_compactions_total", "logkv_compaction_running",
         "logkv_compaction_progress_bytes", "logkv_compaction_total_bytes",
         "logkv_compaction_bytes_read_total", "logkv_compaction_bytes_written_total",
@@ -112,6 +115,9 @@ TEST_F(ObservabilityTest, MetricsArePresentAndMoveWithOperations) {
   EXPECT_GE(moved("logkv_engine_gets_total"), 7);
   EXPECT_EQ(moved("logkv_engine_deletes_total"), 5);
   EXPECT_GE(moved("logkv_engine_fsyncs_total"), 1);
+  // One client, one write at a time: a group-commit round for each write.
+  EXPECT_GE(moved("logkv_engine_sync_rounds_total"), kPuts + 5);
+  EXPECT_GE(moved("logkv_engine_sync_round_writers_total"), kPuts + 5);
   EXPECT_GE(moved("logkv_engine_tombstones"), 5);
   EXPECT_GE(moved("logkv_engine_segments"), 3) << "300 KB in 64 KiB segments";
   EXPECT_GE(moved("logkv_engine_keys"), kPuts - 5);

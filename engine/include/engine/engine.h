@@ -272,6 +272,12 @@ struct Stats {
   uint64_t puts = 0, deletes = 0, gets = 0;
   uint64_t fsyncs = 0;
   uint64_t fsync_total_us = 0;
+  // Group commit (kAlways): rounds of syncs, the writers they served, and
+  // the rounds that waited for writers to gather (docs/engine.md).
+  uint64_t sync_rounds = 0;
+  uint64_t sync_round_writers = 0;
+  uint64_t sync_round_waits = 0;
+  uint64_t sync_round_waits_cut_short = 0;
   uint64_t compactions = 0;
   uint64_t compaction_bytes_read = 0;
   uint64_t compaction_bytes_written = 0;
