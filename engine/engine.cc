@@ -139,7 +139,7 @@ struct Engine::State {
   bool stop ABSL_GUARDED_BY(mu) = false;
   absl::CondVar maintenance_cv;  // wakes the maintenance thread (only to stop)
   std::unique_ptr<GroupCommit> group_commit;  // kAlways only
-  std::vector<std::thread> sync_threads;  // one per shard, without a group commit
+  std::vector<std::thread> sync_threads;      // one per shard, without a group commit
   std::thread maintenance_thread;
 
   Shard& ShardFor(uint64_t key_hash) { return *shards[key_hash % shards.size()]; }

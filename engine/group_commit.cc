@@ -9,17 +9,14 @@ namespace logkv::engine {
 GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync)
     : GroupCommit(parts, std::move(sync), Delay{}) {}
 
-GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync,
-                         Delay delay)
-    : parts_(std::max<size_t>(parts, 1)), sync_(std::move(sync)),
-      delay_(delay) {}
+GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync, Delay delay)
+    : parts_(std::max<size_t>(parts, 1)), sync_(std::move(sync)), delay_(delay) {}
 
 GroupCommit::~GroupCommit() { Stop(); }
 
 void GroupCommit::Start() {
   threads_.emplace_back([this] { Lead(); });
-  for (size_t part = 1; part < parts_; ++part)
-    threads_.emplace_back([this, part] { Help(part); });
+  for (size_t part = 1; part < parts_; ++part) threads_.emplace_back([this, part] { Help(part); });
 }
 
 void GroupCommit::Request() {
@@ -27,8 +24,7 @@ void GroupCommit::Request() {
   ++requests_;
   // The leader waits for the first request, or for its company: any other
   // wake-up would only put it back to sleep.
-  if (requests_ == 1 || requests_ >= company_)
-    requested_.Signal();
+  if (requests_ == 1 || requests_ >= company_) requested_.Signal();
 }
 
 void GroupCommit::Stop() {
@@ -38,8 +34,7 @@ void GroupCommit::Stop() {
     requested_.Signal();
     started_.SignalAll();
   }
-  for (std::thread &thread : threads_)
-    thread.join();
+  for (std::thread &thread : threads_) thread.join();
   threads_.clear();
 }
 
@@ -48,31 +43,23 @@ GroupCommit::Counts GroupCommit::counts() {
   return counts_;
 }
 
-uint64_t GroupCommit::Company() const {
-  return *std::max_element(recent_.begin(), recent_.end());
-}
+uint64_t GroupCommit::Company() const { return *std::max_element(recent_.begin(), recent_.end()); }
 
 void GroupCommit::Lead() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      while (!stop_ && requests_ == 0)
-        requested_.Wait(&mu_);
-      if (stop_)
-        return;
+      while (!stop_ && requests_ == 0) requested_.Wait(&mu_);
+      if (stop_) return;
       if (company_ > 1 && requests_ < company_) {
         ++counts_.waits;
         const absl::Time until =
-            absl::Now() + std::clamp(last_round_, delay_.min,
-                                     std::max(delay_.min, delay_.max));
+            absl::Now() + std::clamp(last_round_, delay_.min, std::max(delay_.min, delay_.max));
         while (!stop_ && requests_ < company_) {
-          if (requested_.WaitWithDeadline(&mu_, until))
-            break;
+          if (requested_.WaitWithDeadline(&mu_, until)) break;
         }
-        if (stop_)
-          return;
-        if (requests_ < company_)
-          ++counts_.waits_cut_short;
+        if (stop_) return;
+        if (requests_ < company_) ++counts_.waits_cut_short;
       }
       ++counts_.rounds;
       counts_.writers += requests_;
@@ -88,28 +75,24 @@ void GroupCommit::Lead() {
     sync_(0);
     absl::MutexLock lock(&mu_);
     // Helpers leave only between rounds, so this one is finished first.
-    while (helpers_busy_ > 0)
-      finished_.Wait(&mu_);
+    while (helpers_busy_ > 0) finished_.Wait(&mu_);
     last_round_ = absl::Now() - start;
   }
 }
 
 void GroupCommit::Help(size_t part) {
-  uint64_t done = 0; // the last round this helper took part in
+  uint64_t done = 0;  // the last round this helper took part in
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      while (!stop_ && round_ == done)
-        started_.Wait(&mu_);
-      if (round_ == done)
-        return; // stopping, and no round to finish
+      while (!stop_ && round_ == done) started_.Wait(&mu_);
+      if (round_ == done) return;  // stopping, and no round to finish
       done = round_;
     }
     sync_(part);
     absl::MutexLock lock(&mu_);
-    if (--helpers_busy_ == 0)
-      finished_.Signal();
+    if (--helpers_busy_ == 0) finished_.Signal();
   }
 }
 
-} // namespace logkv::engine
+}  // namespace logkv::engine

@@ -36,7 +36,7 @@
 namespace logkv::engine {
 
 class GroupCommit {
-public:
+ public:
   static constexpr size_t kCompanyWindow = 4;
   // How long the leader may wait for its company: the last round's
   // duration, within these bounds (tests fix it).
@@ -50,16 +50,16 @@ public:
   // part's to record and report.
   GroupCommit(size_t parts, std::function<void(size_t part)> sync);
   GroupCommit(size_t parts, std::function<void(size_t part)> sync, Delay delay);
-  ~GroupCommit(); // Stop()
+  ~GroupCommit();  // Stop()
   GroupCommit(const GroupCommit &) = delete;
   GroupCommit &operator=(const GroupCommit &) = delete;
 
   // What the rounds did, for metrics and tests.
   struct Counts {
     uint64_t rounds = 0;
-    uint64_t writers = 0;         // requests the rounds served
-    uint64_t waits = 0;           // rounds that waited for their company
-    uint64_t waits_cut_short = 0; // ... and started without all of it
+    uint64_t writers = 0;          // requests the rounds served
+    uint64_t waits = 0;            // rounds that waited for their company
+    uint64_t waits_cut_short = 0;  // ... and started without all of it
   };
   Counts counts();
 
@@ -71,7 +71,7 @@ public:
   // waiting are the caller's (Engine::Close syncs every shard once more).
   void Stop();
 
-private:
+ private:
   void Lead();
   void Help(size_t part);
   // The writers to wait for before a round: the largest recent round.
@@ -83,20 +83,20 @@ private:
   std::vector<std::thread> threads_;
 
   absl::Mutex mu_;
-  absl::CondVar requested_; // the leader waits here for writers
-  absl::CondVar started_;   // helpers wait here for a round
-  absl::CondVar finished_;  // the leader waits here for the helpers
+  absl::CondVar requested_;  // the leader waits here for writers
+  absl::CondVar started_;    // helpers wait here for a round
+  absl::CondVar finished_;   // the leader waits here for the helpers
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   Counts counts_ ABSL_GUARDED_BY(mu_);
-  uint64_t requests_ ABSL_GUARDED_BY(mu_) = 0; // since the last round started
-  uint64_t company_ ABSL_GUARDED_BY(mu_) = 0;  // Company(), kept for Request
+  uint64_t requests_ ABSL_GUARDED_BY(mu_) = 0;  // since the last round started
+  uint64_t company_ ABSL_GUARDED_BY(mu_) = 0;   // Company(), kept for Request
   std::array<uint64_t, kCompanyWindow> recent_ ABSL_GUARDED_BY(mu_) = {};
   size_t next_recent_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_round_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
-  uint64_t round_ ABSL_GUARDED_BY(mu_) = 0;      // rounds started
-  size_t helpers_busy_ ABSL_GUARDED_BY(mu_) = 0; // in the current round
+  uint64_t round_ ABSL_GUARDED_BY(mu_) = 0;       // rounds started
+  size_t helpers_busy_ ABSL_GUARDED_BY(mu_) = 0;  // in the current round
 };
 
-} // namespace logkv::engine
+}  // namespace logkv::engine
 
-#endif // LOGKV_ENGINE_GROUP_COMMIT_H_
+#endif  // LOGKV_ENGINE_GROUP_COMMIT_H_

@@ -20,22 +20,18 @@ namespace logkv::engine {
 namespace {
 
 constexpr absl::Duration kLongDelay = absl::Minutes(1);
-constexpr absl::Duration kPatience =
-    absl::Seconds(30); // far longer than any round here
+constexpr absl::Duration kPatience = absl::Seconds(30);  // far longer than any round here
 constexpr absl::Duration kWatch = absl::Milliseconds(200);
 
 // What each part's sync saw, and a gate per part the test may close.
 class Parts {
-public:
+ public:
   explicit Parts(size_t count) : synced_(count, 0), open_(count, true) {}
 
   void Sync(size_t part) {
     absl::MutexLock lock(&mu_);
-    if (part == 0)
-      seen_at_start_.push_back(requested_);
-    auto open = [this, part]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> bool {
-      return open_[part];
-    };
+    if (part == 0) seen_at_start_.push_back(requested_);
+    auto open = [this, part]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> bool { return open_[part]; };
     mu_.Await(absl::Condition(&open));
     ++synced_[part];
   }
@@ -65,9 +61,8 @@ public:
 
   bool AwaitSynced(size_t part, int times) {
     absl::MutexLock lock(&mu_);
-    auto done = [this, part, times]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return synced_[part] >= times;
-    };
+    auto done = [this, part, times]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return synced_[part] >= times; };
     return mu_.AwaitWithTimeout(absl::Condition(&done), kPatience);
   }
 
@@ -85,7 +80,7 @@ public:
     return synced_[part];
   }
 
-private:
+ private:
   absl::Mutex mu_;
   int requested_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<int> seen_at_start_ ABSL_GUARDED_BY(mu_);
@@ -109,8 +104,7 @@ TEST(GroupCommitTest, TheLeaderWaitsForAsManyWritersAsARecentRoundServed) {
   parts.SetOpen(0, false);
   parts.Request(group.get());
   ASSERT_TRUE(parts.AwaitRounds(1));
-  for (int i = 0; i < 3; ++i)
-    parts.Request(group.get());
+  for (int i = 0; i < 3; ++i) parts.Request(group.get());
   // Its company was one writer, so round 2 starts at once with all three.
   parts.SetOpen(0, true);
   ASSERT_TRUE(parts.AwaitRounds(2));
@@ -119,8 +113,7 @@ TEST(GroupCommitTest, TheLeaderWaitsForAsManyWritersAsARecentRoundServed) {
   // One writer of the next group arrives: the leader waits for the other two.
   parts.Request(group.get());
   absl::SleepFor(kWatch);
-  EXPECT_EQ(parts.rounds(), 2u)
-      << "a round started for 1 writer of a group of 3";
+  EXPECT_EQ(parts.rounds(), 2u) << "a round started for 1 writer of a group of 3";
   parts.Request(group.get());
   parts.Request(group.get());
   ASSERT_TRUE(parts.AwaitRounds(3));
@@ -140,10 +133,9 @@ TEST(GroupCommitTest, TheCompanyFollowsTheLoadDownWithinTheWindow) {
   parts.SetOpen(0, false);
   parts.Request(&group);
   ASSERT_TRUE(parts.AwaitRounds(1));
-  for (int i = 0; i < 3; ++i)
-    parts.Request(&group);
+  for (int i = 0; i < 3; ++i) parts.Request(&group);
   parts.SetOpen(0, true);
-  ASSERT_TRUE(parts.AwaitRounds(2)); // the group of three
+  ASSERT_TRUE(parts.AwaitRounds(2));  // the group of three
   ASSERT_TRUE(parts.AwaitSynced(0, 2));
   // Rounds 3 to 7: one writer each. Round 2's three are in the window of
   // the last four rounds when rounds 3 to 6 start, so those four wait;
@@ -204,7 +196,7 @@ TEST(GroupCommitTest, StopEndsALeaderWaitingForItsCompany) {
   parts.SetOpen(0, true);
   ASSERT_TRUE(parts.AwaitRounds(2));
   ASSERT_TRUE(parts.AwaitSynced(0, 2));
-  parts.Request(group.get()); // one of two: the leader waits (a minute)
+  parts.Request(group.get());  // one of two: the leader waits (a minute)
 
   absl::Notification stopped;
   std::thread stopper([&] {
@@ -216,5 +208,5 @@ TEST(GroupCommitTest, StopEndsALeaderWaitingForItsCompany) {
   EXPECT_EQ(parts.rounds(), 2u);
 }
 
-} // namespace
-} // namespace logkv::engine
+}  // namespace
+}  // namespace logkv::engine
