@@ -1,6 +1,7 @@
 #include "engine/group_commit.h"
 
 #include <algorithm>
+#include <cassert>
 
 #include "absl/time/clock.h"
 
@@ -10,7 +11,11 @@ GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync)
     : GroupCommit(parts, std::move(sync), Delay{}) {}
 
 GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync, Delay delay)
-    : parts_(std::max<size_t>(parts, 1)), sync_(std::move(sync)), delay_(delay) {}
+    : parts_(std::max<size_t>(parts, 1)),
+      sync_(std::move(sync)),
+      delay_(delay),
+      asked_(parts_, false),
+      go_(parts_, false) {}
 
 GroupCommit::~GroupCommit() { Stop(); }
 
@@ -19,9 +24,11 @@ void GroupCommit::Start() {
   for (size_t part = 1; part < parts_; ++part) threads_.emplace_back([this, part] { Help(part); });
 }
 
-void GroupCommit::Request() {
+void GroupCommit::Request(size_t part) {
+  assert(part < parts_);
   absl::MutexLock lock(&mu_);
   ++requests_;
+  asked_[part] = true;
   // The leader waits for the first request, or for its company: any other
   // wake-up would only put it back to sleep.
   if (requests_ == 1 || requests_ >= company_) requested_.Signal();
@@ -34,7 +41,7 @@ void GroupCommit::Stop() {
     requested_.Signal();
     started_.SignalAll();
   }
-  for (std::thread &thread : threads_) thread.join();
+  for (std::thread& thread : threads_) thread.join();
   threads_.clear();
 }
 
@@ -43,14 +50,14 @@ GroupCommit::Counts GroupCommit::counts() {
   return counts_;
 }
 
-uint64_t GroupCommit::Company() const { return *std::max_element(recent_.begin(), recent_.end()); }
-
 void GroupCommit::Lead() {
   while (true) {
+    bool sync_first;
     {
       absl::MutexLock lock(&mu_);
       while (!stop_ && requests_ == 0) requested_.Wait(&mu_);
       if (stop_) return;
+      bool cut_short = false;
       if (company_ > 1 && requests_ < company_) {
         ++counts_.waits;
         const absl::Time until =
@@ -59,20 +66,27 @@ void GroupCommit::Lead() {
           if (requested_.WaitWithDeadline(&mu_, until)) break;
         }
         if (stop_) return;
-        if (requests_ < company_) ++counts_.waits_cut_short;
+        cut_short = requests_ < company_;
+        if (cut_short) ++counts_.waits_cut_short;
       }
+      // Fewer came than the company: it becomes what came. Otherwise it
+      // keeps the largest group, so that a round that happens to gather
+      // a few less does not make the next one start early.
+      company_ = cut_short ? requests_ : std::max(company_, requests_);
       ++counts_.rounds;
       counts_.writers += requests_;
-      recent_[next_recent_] = requests_;
-      next_recent_ = (next_recent_ + 1) % recent_.size();
-      company_ = Company();
       requests_ = 0;
-      ++round_;
-      helpers_busy_ = parts_ - 1;
-      started_.SignalAll();
+      sync_first = asked_[0];
+      for (size_t part = 1; part < parts_; ++part) {
+        if (!asked_[part]) continue;
+        go_[part] = true;
+        ++helpers_busy_;
+      }
+      std::fill(asked_.begin(), asked_.end(), false);
+      if (helpers_busy_ > 0) started_.SignalAll();
     }
     const absl::Time start = absl::Now();
-    sync_(0);
+    if (sync_first) sync_(0);
     absl::MutexLock lock(&mu_);
     // Helpers leave only between rounds, so this one is finished first.
     while (helpers_busy_ > 0) finished_.Wait(&mu_);
@@ -81,13 +95,12 @@ void GroupCommit::Lead() {
 }
 
 void GroupCommit::Help(size_t part) {
-  uint64_t done = 0;  // the last round this helper took part in
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      while (!stop_ && round_ == done) started_.Wait(&mu_);
-      if (round_ == done) return;  // stopping, and no round to finish
-      done = round_;
+      while (!stop_ && !go_[part]) started_.Wait(&mu_);
+      if (!go_[part]) return;  // stopping, and no round to finish
+      go_[part] = false;
     }
     sync_(part);
     absl::MutexLock lock(&mu_);

@@ -1,10 +1,11 @@
 // Group commit for --fsync=always: the engine's shards are made durable
 // together, in rounds. A writer that waits for durability asks for a round
-// (Request). A leader thread waits for the first request and, when the last
-// rounds served more than one writer, for the group to gather (below); then
-// every shard with unsynced writes fdatasyncs its active segment, all at
-// once: the leader syncs part 0 and one helper thread per other part syncs
-// its own, so a round lasts as long as the slowest fdatasync, not the sum.
+// for its shard (Request). A leader thread waits for the first request and,
+// when the last round served more than one writer, for the group to gather
+// (below); then every shard a writer asked for fdatasyncs its active
+// segment, all at once: the leader syncs part 0 and one helper thread per
+// other part syncs its own, so a round lasts as long as the slowest
+// fdatasync, not the sum. Parts nobody asked for are left alone.
 //
 // Why one group for all shards, and why wait. Under a closed load (each
 // client sends its next write once the last is answered) the writers a
@@ -13,17 +14,24 @@
 // it would also split them by the shard their next key hashes to, so a
 // per-shard count never knows how many are coming. Counted for the whole
 // engine, the group that comes back is the one that left. So the leader
-// waits until as many writers wait as in the largest of the last few rounds
-// (kCompanyWindow), or until the last round's duration has passed (at most
-// a millisecond): a lone writer (company 1) never waits, and a load that
-// shrinks costs each round at most one round's time until the window forgets
-// the larger groups. Measured: docs/performance.md, "Group commit".
+// waits until as many writers wait as the company (the largest group
+// gathered since a wait last ended short of it), or until the last round's
+// duration has passed (at most a millisecond): a lone writer (company 1)
+// never waits, and when fewer come back (a client left, a burst of
+// asynchronous writes is over) one round waits to its bound and the company
+// becomes the group that round gathered. Measured: docs/performance.md,
+// "Group commit".
 //
-// Thread-safety: every method may be called from any thread.
+// A round's parts are synced by SyncNow, which takes no shard lock, so a
+// shard busy under its own lock (a first scan's key order, a sweep) does
+// not hold up the others' writers; a slow fdatasync does, for its round.
+//
+// Thread-safety: every method may be called from any thread. The sync
+// callback runs on the leader or a helper; what it runs (a shard answering
+// its writers) must not wait for a later round.
 #ifndef LOGKV_ENGINE_GROUP_COMMIT_H_
 #define LOGKV_ENGINE_GROUP_COMMIT_H_
 
-#include <array>
 #include <cstdint>
 #include <functional>
 #include <thread>
@@ -37,7 +45,6 @@ namespace logkv::engine {
 
 class GroupCommit {
  public:
-  static constexpr size_t kCompanyWindow = 4;
   // How long the leader may wait for its company: the last round's
   // duration, within these bounds (tests fix it).
   struct Delay {
@@ -51,8 +58,8 @@ class GroupCommit {
   GroupCommit(size_t parts, std::function<void(size_t part)> sync);
   GroupCommit(size_t parts, std::function<void(size_t part)> sync, Delay delay);
   ~GroupCommit();  // Stop()
-  GroupCommit(const GroupCommit &) = delete;
-  GroupCommit &operator=(const GroupCommit &) = delete;
+  GroupCommit(const GroupCommit&) = delete;
+  GroupCommit& operator=(const GroupCommit&) = delete;
 
   // What the rounds did, for metrics and tests.
   struct Counts {
@@ -65,8 +72,8 @@ class GroupCommit {
 
   // Starts the leader and the helpers.
   void Start();
-  // One writer waits for the next round.
-  void Request();
+  // One writer of part (< parts) waits for the next round.
+  void Request(size_t part);
   // Ends after the round in progress and joins the threads. Writers still
   // waiting are the caller's (Engine::Close syncs every shard once more).
   void Stop();
@@ -74,8 +81,6 @@ class GroupCommit {
  private:
   void Lead();
   void Help(size_t part);
-  // The writers to wait for before a round: the largest recent round.
-  uint64_t Company() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t parts_;
   const std::function<void(size_t)> sync_;
@@ -88,12 +93,11 @@ class GroupCommit {
   absl::CondVar finished_;   // the leader waits here for the helpers
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   Counts counts_ ABSL_GUARDED_BY(mu_);
-  uint64_t requests_ ABSL_GUARDED_BY(mu_) = 0;  // since the last round started
-  uint64_t company_ ABSL_GUARDED_BY(mu_) = 0;   // Company(), kept for Request
-  std::array<uint64_t, kCompanyWindow> recent_ ABSL_GUARDED_BY(mu_) = {};
-  size_t next_recent_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t requests_ ABSL_GUARDED_BY(mu_) = 0;    // since the last round started
+  std::vector<bool> asked_ ABSL_GUARDED_BY(mu_);  // per part, since then
+  uint64_t company_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_round_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
-  uint64_t round_ ABSL_GUARDED_BY(mu_) = 0;       // rounds started
+  std::vector<bool> go_ ABSL_GUARDED_BY(mu_);     // per helper: sync in this round
   size_t helpers_busy_ ABSL_GUARDED_BY(mu_) = 0;  // in the current round
 };
 

@@ -509,10 +509,10 @@ absl::Status Shard::Open() {
   }
   FinishRecovery(&state);
   ComputeFeedStart();
-  appended_sequence_ = next_sequence_ - 1;
+  appended_sequence_.store(next_sequence_ - 1, std::memory_order_release);
   {
     absl::MutexLock sync_lock(&sync_mu_);
-    durable_sequence_ = appended_sequence_;
+    durable_sequence_ = next_sequence_ - 1;
   }
   absl::Status status = RollActive(0);
   if (IsNoSpace(status)) {
@@ -529,12 +529,29 @@ absl::Status Shard::Open() {
 
 absl::Status Shard::Close() {
   std::vector<std::shared_ptr<Segment>> need_hints;
+  std::vector<DurableWaiter> ready;
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::OkStatus();
     closed_ = true;
     if (active_ != nullptr) {
-      if (absl::Status status = active_->Seal(context_.fs); !status.ok()) return status;
+      if (absl::Status status = active_->Seal(context_.fs); !status.ok()) {
+        SetFailed(status);  // answers the writers still waiting
+        return status;
+      }
+    }
+    {
+      // Every record is now in a sealed (synced) segment. A writer that
+      // appended after the engine's last sync and registers only now is
+      // answered at once, and those already waiting are answered here: the
+      // group commit has stopped.
+      absl::MutexLock sync_lock(&sync_mu_);
+      durable_sequence_ = std::max(durable_sequence_, next_sequence_ - 1);
+      for (DurableWaiter& waiter : durable_waiters_) ready.push_back(std::move(waiter));
+      durable_waiters_.clear();
+      durable_cv_.SignalAll();
+    }
+    if (active_ != nullptr) {
       if (active_->size() == format::kSegmentHeaderBytes && segments_.size() > 1) {
         // Nothing was written since start-up: drop the empty segment rather
         // than leave one per restart.
@@ -542,6 +559,7 @@ absl::Status Shard::Close() {
         segments_.erase(active_->id());
         original_ids_.pop_back();
         active_.reset();
+        active_for_sync_.store(nullptr, std::memory_order_release);
         if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
       }
     }
@@ -549,6 +567,7 @@ absl::Status Shard::Close() {
       if (!segment->has_hint && !segment->damaged) need_hints.push_back(segment);
     }
   }
+  for (DurableWaiter& waiter : ready) waiter.done(absl::OkStatus());
   for (const std::shared_ptr<Segment>& segment : need_hints) {
     if (absl::Status status = WriteHint(segment); !status.ok()) return status;
   }

@@ -307,6 +307,7 @@ absl::Status Shard::RollActive(uint64_t needed_bytes) {
                        status);
   }
   active_ = *segment;
+  active_for_sync_.store(active_, std::memory_order_release);
   original_ids_.push_back(active_->id());
   return absl::OkStatus();
 }
@@ -487,7 +488,7 @@ absl::StatusOr<RecordLocation> Shard::AppendLocked(LogRecord* record) {
   const RecordLocation location{active_->id(), *offset, static_cast<uint32_t>(record_bytes)};
   recent_events_[record->sequence % recent_events_.size()] =
       FeedMark{record->sequence, location.segment_id, location.offset};
-  appended_sequence_ = record->sequence;
+  appended_sequence_.store(record->sequence, std::memory_order_release);
   return location;
 }
 
@@ -554,13 +555,10 @@ void Shard::NotifyWhenDurable(uint64_t sequence, std::function<void(absl::Status
 }
 
 absl::Status Shard::SyncNow() {
-  std::shared_ptr<Segment> segment;
-  uint64_t target;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    segment = active_;
-    target = appended_sequence_;
-  }
+  // Without mu_: the order of these two loads is what makes it safe (see
+  // appended_sequence_).
+  const uint64_t target = appended_sequence_.load(std::memory_order_acquire);
+  const std::shared_ptr<Segment> segment = active_for_sync_.load(std::memory_order_acquire);
   {
     absl::MutexLock lock(&sync_mu_);
     if (!failed_.ok()) return failed_;
@@ -604,7 +602,7 @@ absl::Status Shard::SyncNow() {
 
 void Shard::RequestSync() {
   if (context_.group_commit != nullptr) {
-    context_.group_commit->Request();
+    context_.group_commit->Request(shard_id_);
     return;
   }
   absl::MutexLock lock(&sync_request_mu_);

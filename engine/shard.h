@@ -117,13 +117,15 @@ class Shard {
   uint32_t ListKeys(uint32_t from_id, size_t limit, std::vector<Engine::LeafKey>* out);
 
   // Durability (kAlways): block until sequence is synced, or register a
-  // callback run by the sync thread once it is.
+  // callback run once it is (by the group commit's round that synced it).
   absl::Status WaitDurable(uint64_t sequence);
   void NotifyWhenDurable(uint64_t sequence, std::function<void(absl::Status)> done);
-  // Syncs what was appended and not yet synced. Called by the sync thread and
+  // Syncs what was appended and not yet synced, without taking mu_. Called
+  // by the group commit, the interval sync thread and
   // by Engine::Sync. Returns whether there were waiters or unsynced appends.
   absl::Status SyncNow();
-  // The shard's sync thread without a group commit (kInterval): syncs every
+  // The shard's sync thread without a group commit (kInterval, and kNever
+  // with background threads, where it idles): syncs every
   // interval, and when a writer waits, until StopSyncLoop.
   void SyncLoop();
   void StopSyncLoop();
@@ -306,7 +308,14 @@ class Shard {
   }
   KeyCounts client_counts_ ABSL_GUARDED_BY(mu_);
   KeyCounts own_counts_ ABSL_GUARDED_BY(mu_);
-  uint64_t appended_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  // The last sequence appended, and the segment taking appends: written
+  // under mu_, read by SyncNow without it, so that a round of the group
+  // commit never waits for a shard's lock (a first scan's key order, a
+  // sweep). SyncNow reads the sequence first: every record up to it is then
+  // in the segment it reads next or in one sealed (synced) before that
+  // segment was published.
+  std::atomic<uint64_t> appended_sequence_{0};
+  std::atomic<std::shared_ptr<Segment>> active_for_sync_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::string encode_buffer_ ABSL_GUARDED_BY(mu_);
 
@@ -318,7 +327,8 @@ class Shard {
   absl::CondVar durable_cv_;
   std::atomic<bool> failed_flag_{false};  // failed_ is set; lets writers skip sync_mu_
 
-  // Wakes the sync thread. Taken after sync_mu_ by waiting writers.
+  // Asks the group commit (kAlways) or this shard's sync thread for a
+  // sync. Called under sync_mu_ by waiting writers.
   void RequestSync();
   absl::Mutex sync_request_mu_ ABSL_ACQUIRED_AFTER(sync_mu_);
   bool sync_requested_ ABSL_GUARDED_BY(sync_request_mu_) = false;

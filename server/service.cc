@@ -775,7 +775,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
   }
   if (always_sync_) {
     // The answer waits for the group commit's fdatasync, which completes on
-    // the engine's sync thread; the loop goes on serving others meanwhile.
+    // the engine's group commit; the loop goes on serving others meanwhile.
     Completion done = defer();
     auto callback = [id, done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
       flatbuffers::FlatBufferBuilder builder(256);

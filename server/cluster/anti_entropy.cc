@@ -783,7 +783,7 @@ absl::Status AntiEntropy::Pull(Round* round, absl::Span<const std::string> keys)
   for (VersionedRecord& record : *records) {
     KeepExpiredAsValue(&record);
     const bool counts = record.found;  // gone there meanwhile: nothing to apply
-    // Inline, or on the engine's sync thread under fsync=always.
+    // Inline, or on the engine's group-commit thread under fsync=always.
     ApplyLocally(engine_, record, [pending, counts](absl::StatusOr<engine::WriteResult> written) {
       const absl::Status& status = written.status();
       absl::MutexLock lock(&pending->mu);

@@ -118,7 +118,7 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
   }
   const size_t count = replicate->records() == nullptr ? 0 : replicate->records()->size();
   // Flags are gathered here; whoever records the last one answers (inline
-  // unless --fsync=always makes the engine finish on its sync thread).
+  // unless --fsync=always makes the engine finish on its group commit's thread).
   struct Gather {
     absl::Mutex mu;
     std::vector<bool> applied ABSL_GUARDED_BY(mu);

@@ -68,7 +68,7 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record);
 // Applies record to the local engine with last write wins (a Put with its
 // timestamp and absolute expiry, or a Delete for a tombstone). done runs
 // once the write is durable per the engine's fsync policy (on the engine's
-// sync thread under --fsync=always, inline otherwise) with the engine's
+// group commit's thread under --fsync=always, inline otherwise) with the engine's
 // result, whose timestamp is what the engine now holds for the key: the
 // record's own when it was applied (or was already there), a newer one when
 // the engine holds a newer write (applied false). A record that was not

@@ -37,12 +37,12 @@ class Parts {
   }
 
   // A writer's request, counted before the round it joins can start.
-  void Request(GroupCommit *group) {
+  void Request(GroupCommit *group, size_t part = 0) {
     {
       absl::MutexLock lock(&mu_);
       ++requested_;
     }
-    group->Request();
+    group->Request(part);
   }
 
   void SetOpen(size_t part, bool open) {
@@ -96,7 +96,7 @@ std::unique_ptr<GroupCommit> Start(Parts *parts, size_t count) {
   return group;
 }
 
-TEST(GroupCommitTest, TheLeaderWaitsForAsManyWritersAsARecentRoundServed) {
+TEST(GroupCommitTest, TheLeaderWaitsForItsCompany) {
   Parts parts(1);
   std::unique_ptr<GroupCommit> group = Start(&parts, 1);
 
@@ -121,10 +121,10 @@ TEST(GroupCommitTest, TheLeaderWaitsForAsManyWritersAsARecentRoundServed) {
   group->Stop();
 }
 
-// After a large group, rounds of one writer wait (to their bound, since
-// the rest never come) until the window of recent rounds forgets the large
-// one; then a lone writer no longer waits.
-TEST(GroupCommitTest, TheCompanyFollowsTheLoadDownWithinTheWindow) {
+// After a large group, a round of one writer waits for the rest, which
+// never come: cut short at its bound, it makes the company what came, so
+// the next lone writer does not wait.
+TEST(GroupCommitTest, AWaitCutShortMakesTheCompanyWhatCame) {
   Parts parts(1);
   GroupCommit group(
       1, [&parts](size_t part) { parts.Sync(part); },
@@ -137,19 +137,16 @@ TEST(GroupCommitTest, TheCompanyFollowsTheLoadDownWithinTheWindow) {
   parts.SetOpen(0, true);
   ASSERT_TRUE(parts.AwaitRounds(2));  // the group of three
   ASSERT_TRUE(parts.AwaitSynced(0, 2));
-  // Rounds 3 to 7: one writer each. Round 2's three are in the window of
-  // the last four rounds when rounds 3 to 6 start, so those four wait;
-  // round 7 does not.
-  for (size_t round = 3; round <= 7; ++round) {
+  for (size_t round = 3; round <= 5; ++round) {
     parts.Request(&group);
     ASSERT_TRUE(parts.AwaitRounds(round)) << "round " << round;
     ASSERT_TRUE(parts.AwaitSynced(0, static_cast<int>(round)));
   }
   const GroupCommit::Counts counts = group.counts();
-  EXPECT_EQ(counts.rounds, 7u);
-  EXPECT_EQ(counts.writers, 9u);
-  EXPECT_EQ(counts.waits, static_cast<uint64_t>(GroupCommit::kCompanyWindow));
-  EXPECT_EQ(counts.waits_cut_short, counts.waits);
+  EXPECT_EQ(counts.rounds, 5u);
+  EXPECT_EQ(counts.writers, 7u);
+  EXPECT_EQ(counts.waits, 1u) << "only round 3 waits";
+  EXPECT_EQ(counts.waits_cut_short, 1u);
   group.Stop();
 }
 
@@ -166,23 +163,36 @@ TEST(GroupCommitTest, ALoneWriterNeverWaits) {
   group->Stop();
 }
 
-TEST(GroupCommitTest, EveryPartSyncsInEachRoundAndTheRoundEndsWithTheSlowest) {
+// A round syncs the parts its writers asked for, side by side (part 0 ends
+// while part 2 is still syncing), and the next round waits for the slowest.
+// Requests are made while a held round runs, so each round's set is known.
+TEST(GroupCommitTest, ARoundSyncsThePartsAskedForSideBySideAndEndsWithTheSlowest) {
   Parts parts(3);
   std::unique_ptr<GroupCommit> group = Start(&parts, 3);
+  parts.SetOpen(0, false);
+  parts.Request(group.get(), 0);
+  ASSERT_TRUE(parts.AwaitRounds(1));  // round 1: part 0, held
   parts.SetOpen(2, false);
-  parts.Request(group.get());
-  ASSERT_TRUE(parts.AwaitSynced(0, 1));
-  ASSERT_TRUE(parts.AwaitSynced(1, 1));
-  // Part 2 still syncs: the next round waits for it.
-  parts.Request(group.get());
-  absl::SleepFor(kWatch);
-  EXPECT_EQ(parts.rounds(), 1u) << "a round started before the last one ended";
+  parts.Request(group.get(), 0);
+  parts.Request(group.get(), 2);
+  parts.SetOpen(0, true);
+  // Round 2 (parts 0 and 2): part 0 is done while part 2 still syncs.
+  ASSERT_TRUE(parts.AwaitSynced(0, 2));
   EXPECT_EQ(parts.synced(2), 0);
+  // The next round, for part 1's two writers (the company is two), waits.
+  parts.Request(group.get(), 1);
+  parts.Request(group.get(), 1);
+  absl::SleepFor(kWatch);
+  EXPECT_EQ(group->counts().rounds, 2u) << "a round started before the last one ended";
+  EXPECT_EQ(parts.synced(1), 0);
   parts.SetOpen(2, true);
-  for (size_t part = 0; part < 3; ++part) {
-    EXPECT_TRUE(parts.AwaitSynced(part, 2)) << "part " << part;
-  }
+  EXPECT_TRUE(parts.AwaitSynced(1, 1));
+  EXPECT_TRUE(parts.AwaitSynced(2, 1));
   group->Stop();
+  EXPECT_EQ(group->counts().rounds, 3u);
+  EXPECT_EQ(parts.synced(0), 2) << "round 3 did not ask for part 0";
+  EXPECT_EQ(parts.synced(1), 1) << "rounds 1 and 2 did not ask for part 1";
+  EXPECT_EQ(parts.synced(2), 1);
 }
 
 TEST(GroupCommitTest, StopEndsALeaderWaitingForItsCompany) {

@@ -268,7 +268,6 @@ class CrashTest : public ::testing::Test {
     SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
     Random random(seed);
     options_.fsync = FsyncPolicy::kAlways;
-    // The group-commit sync thread completes kAlways writes.
     options_.background_threads = true;
     constexpr int kKeys = 60;
     std::map<std::string, std::string> oracle;

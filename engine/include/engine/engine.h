@@ -386,7 +386,11 @@ class Engine {
                                                    const WriteOptions& options = {});
 
   // Asynchronous forms: done runs once the write is durable per the policy,
-  // inline for kNever/kInterval and on the shard's sync thread for kAlways.
+  // inline for kNever/kInterval and, for kAlways, on the thread of the group
+  // commit's round that synced the write (the leader or a helper). There
+  // done must not wait for durability itself (a synchronous Put under
+  // kAlways): that round cannot end, and no later one can start, until it
+  // returns. Keep it short: every shard's next round waits for it.
   // The caller never blocks on a disk sync.
   using WriteCallback = std::function<void(absl::StatusOr<WriteResult>)>;
   void PutAsync(absl::string_view key, absl::string_view value, const WriteOptions& options,
