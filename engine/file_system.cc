@@ -32,6 +32,12 @@ bool IsNoSpace(const absl::Status& status) {
   return absl::IsResourceExhausted(status) && status.GetPayload(kNoSpacePayloadUrl).has_value();
 }
 
+absl::StatusOr<std::unique_ptr<WritableFile>> FileSystem::ReopenWritableFile(
+    const std::string& path, uint64_t) {
+  return absl::UnimplementedError(
+      absl::StrCat("this file system cannot reopen ", path, " for appending"));
+}
+
 absl::Status WithContext(absl::string_view context, const absl::Status& status) {
   if (status.ok()) return status;
   absl::Status out(status.code(), absl::StrCat(context, status.message()));
@@ -109,8 +115,15 @@ constexpr uint64_t kMaxReservationStepBytes = 4 << 20;
 // page fault. The rest of the file is a hole, read as zeros.
 class PosixWritableFile final : public WritableFile {
  public:
-  PosixWritableFile(std::string path, int fd, char* base, uint64_t capacity, uint64_t reserved)
-      : path_(std::move(path)), fd_(fd), base_(base), capacity_(capacity), reserved_(reserved) {}
+  // size: bytes already in the file (appends go after them).
+  PosixWritableFile(std::string path, int fd, char* base, uint64_t capacity, uint64_t reserved,
+                    uint64_t size = 0)
+      : path_(std::move(path)),
+        fd_(fd),
+        base_(base),
+        capacity_(capacity),
+        reserved_(reserved),
+        size_(size) {}
   ~PosixWritableFile() override { (void)Close(); }
 
   absl::Status Append(absl::string_view data) override {
@@ -262,6 +275,40 @@ class PosixFileSystem final : public FileSystem {
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
                                                capacity_bytes, reserved);
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> ReopenWritableFile(
+      const std::string& path, uint64_t capacity_bytes) override {
+    Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.get() < 0) return ErrnoStatus("open", path, errno);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat", path, errno);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (capacity_bytes <= size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, " holds ", size, " bytes, no room below a capacity of ", capacity_bytes));
+    }
+    // What failed is undone: the file keeps its content and its size.
+    auto fail = [&](absl::Status status) {
+      if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+        status = WithContext(absl::StrCat("(and ", path, " keeps its reserved size) "), status);
+      }
+      return status;
+    };
+    // As NewWritableFile: the full size at once, blocks reserved ahead of
+    // the appends, the whole capacity mapped.
+    if (::ftruncate(fd.get(), static_cast<off_t>(capacity_bytes)) != 0) {
+      return fail(ErrnoStatus("ftruncate", path, errno));
+    }
+    const uint64_t reserved = std::min(capacity_bytes, size + kFirstReservationBytes);
+    const int rc = ::posix_fallocate(fd.get(), static_cast<off_t>(size),
+                                     static_cast<off_t>(reserved - size));
+    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
+    void* base =
+        ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
+    return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
+                                               capacity_bytes, reserved, size);
   }
 
   absl::StatusOr<std::unique_ptr<ReadableFile>> NewReadableFile(const std::string& path) override {

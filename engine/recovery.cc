@@ -303,7 +303,7 @@ void Shard::FinishRecovery(RecoveryState* state) {
     // By key, newest first.
     // Grouped by entry with a counting sort (the puts read in order, each
     // written straight to its entry's range: stores that do not wait for
-    // one another), then each entry's few puts sorted by sequence; a
+    // one another), then each entry's few puts sorted by sequence below; a
     // comparison sort of every put was O(n log n) moves of 32-byte items.
     std::vector<RecoveryState::OlderPut> puts;
     {
@@ -315,20 +315,17 @@ void Shard::FinishRecovery(RecoveryState* state) {
       for (const RecoveryState::OlderPut& put : unsorted) puts[next[put.entry_id]++] = put;
       std::vector<RecoveryState::OlderPut>().swap(unsorted);
     }
+    // One pass over the groups: each entry's puts are sorted while they are
+    // in the cache, and its history built from them at once.
+    history_.ReserveHeads(index_.id_limit());
     for (size_t begin = 0; begin < puts.size();) {
+      const uint32_t id = puts[begin].entry_id;
       size_t end = begin + 1;
-      while (end < puts.size() && puts[end].entry_id == puts[begin].entry_id) ++end;
+      while (end < puts.size() && puts[end].entry_id == id) ++end;
       if (end - begin > 1) {
         std::sort(puts.begin() + begin, puts.begin() + end,
                   [](const auto& a, const auto& b) { return a.sequence > b.sequence; });
       }
-      begin = end;
-    }
-    history_.ReserveHeads(index_.id_limit());
-    for (size_t begin = 0; begin < puts.size();) {
-      const uint32_t id = puts[begin].entry_id;
-      size_t end = begin;
-      while (end < puts.size() && puts[end].entry_id == id) ++end;
       const IndexEntry& entry = index_.at(id);
       size_t kept = 0;
       uint32_t tail = VersionChains::kNone;
@@ -514,7 +511,7 @@ absl::Status Shard::Open() {
     absl::MutexLock sync_lock(&sync_mu_);
     durable_sequence_ = next_sequence_ - 1;
   }
-  absl::Status status = RollActive(0);
+  absl::Status status = ContinueNewestSegment() ? absl::OkStatus() : RollActive(0);
   if (IsNoSpace(status)) {
     // A full disk need not keep the data from being read: the shard opens
     // without an active segment and its first write tries again.
@@ -525,6 +522,42 @@ absl::Status Shard::Open() {
     return absl::OkStatus();
   }
   return status;
+}
+
+bool Shard::ContinueNewestSegment() {
+  // After a crash (a kill), appending to the newest original segment where
+  // it ends, rather than starting a new one, keeps a store that is killed
+  // and restarted again and again from growing a segment per shard each
+  // time: a clean Close removes an empty active segment, a kill leaves it,
+  // and with it whatever the restart wrote. Recovery has already cut a torn
+  // tail off it, so the new records follow the last whole one, and it is
+  // still the only segment a crash can leave torn. A segment with a hint
+  // file was sealed by a clean Close (a running shard writes hints only for
+  // sealed segments): it stays sealed, so its hint stays true. A segment
+  // that is full, damaged (repair) or cannot be reopened is left sealed too,
+  // and a new one is started.
+  if (original_ids_.empty()) return false;
+  const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
+  if (newest->has_hint || newest->damaged || newest->writable() ||
+      newest->size() >= options_.segment_bytes) {
+    return false;
+  }
+  if (absl::Status status = newest->Reopen(context_.fs, options_.segment_bytes); !status.ok()) {
+    if (!absl::IsUnimplemented(status)) {
+      context_.Log(LogLevel::kWarning,
+                   absl::StrCat("starting a new segment: cannot continue ", newest->path(), ": ",
+                                status.message()));
+    }
+    return false;
+  }
+  active_ = newest;
+  // What the killed process appended may still be only in the page cache,
+  // and the shard counts every recovered record as durable from now on (a
+  // Sync with nothing new to sync does nothing): sync it now. A failure
+  // leaves the file's state unknown, as a failed sync of a running shard
+  // does, and the shard refuses writes.
+  if (absl::Status status = newest->Sync(); !status.ok()) SetFailed(status);
+  return true;
 }
 
 absl::Status Shard::Close() {

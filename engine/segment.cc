@@ -184,6 +184,24 @@ absl::Status Segment::Seal(FileSystem* fs) {
   return absl::OkStatus();
 }
 
+absl::Status Segment::Reopen(FileSystem* fs, uint64_t capacity_bytes) {
+  absl::MutexLock lock(&file_mu_);
+  assert(writable_ == nullptr);
+  assert(capacity_bytes > size());
+  auto file = fs->ReopenWritableFile(path_, capacity_bytes);
+  if (!file.ok()) return file.status();
+  if ((*file)->Size() != size()) {
+    const uint64_t found = (*file)->Size();
+    (void)(*file)->Close();  // trims it back to what it holds
+    return absl::DataLossError(absl::StrCat(path_, " holds ", found, " bytes, ", size(),
+                                            " were recovered: not reopened for appends"));
+  }
+  // The writable mapping covers the data too: the read-only one can go.
+  writable_ = std::move(*file);
+  readable_.reset();
+  return absl::OkStatus();
+}
+
 absl::Status Segment::Rename(FileSystem* fs, const std::string& new_path) {
   absl::MutexLock lock(&file_mu_);
   if (absl::Status status = fs->RenameFile(path_, new_path); !status.ok()) return status;

@@ -2,7 +2,7 @@
 // "original" segment of a shard is active (appended to); every other segment is
 // immutable. Compaction writes new segments flagged kSegmentFlagCompacted.
 //
-// Thread-safety: Append, Read, Seal and TruncateTo are called under the owning
+// Thread-safety: Append, Read, Seal, Reopen and TruncateTo are called under the owning
 // shard's mutex (Read shared, the others exclusive); the accounting fields are
 // guarded by it too. Sync may run without the shard mutex (a sync thread
 // fdatasyncs while writers append); file_mu_ orders it against Seal, the only
@@ -69,6 +69,12 @@ class Segment {
   // Syncs, trims the file to its data and reopens it read-only.
   absl::Status Seal(FileSystem* fs);
 
+  // Makes a segment that Open opened writable again, appends going after
+  // its data, up to capacity_bytes in all: a shard continues its newest
+  // segment after a restart. On failure it stays as it was (read-only).
+  // REQUIRES: !writable(), capacity_bytes > size().
+  absl::Status Reopen(FileSystem* fs, uint64_t capacity_bytes);
+
   // Renames the file (compaction's *.compacting output becoming *.log).
   absl::Status Rename(FileSystem* fs, const std::string& new_path);
 
@@ -101,8 +107,8 @@ class Segment {
   const format::SegmentHeader header_;
 
   absl::Mutex file_mu_;
-  // Exactly one is set. Changed only by Seal, holding file_mu_ and (by
-  // contract) the shard mutex exclusively.
+  // Exactly one is set. Changed only by Seal and Reopen, holding file_mu_
+  // and (by contract) the shard mutex exclusively.
   std::unique_ptr<WritableFile> writable_;
   std::unique_ptr<ReadableFile> readable_;
   std::atomic<uint64_t> size_{0};

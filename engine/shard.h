@@ -75,7 +75,8 @@ class Shard {
   Shard& operator=(const Shard&) = delete;
   ~Shard();
 
-  // Loads the shard from disk and starts a fresh active segment.
+  // Loads the shard from disk; appends continue in the newest segment when
+  // it has room, else in a fresh one.
   absl::Status Open();
   // Seals the active segment and writes missing hint files. No writes after.
   absl::Status Close();
@@ -256,6 +257,9 @@ class Shard {
                       RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DrainRecovered(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the newest original segment active again, appends going after its
+  // last record; false (nothing changed) if it is not fit to take appends.
+  bool ContinueNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeFeedStart() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Compaction (compaction.cc).

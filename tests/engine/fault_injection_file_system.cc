@@ -280,6 +280,35 @@ absl::StatusOr<std::unique_ptr<engine::WritableFile>> FaultInjectionFileSystem::
                                                       capacity_bytes, std::move(state));
 }
 
+absl::StatusOr<std::unique_ptr<engine::WritableFile>>
+FaultInjectionFileSystem::ReopenWritableFile(const std::string& path, uint64_t capacity_bytes) {
+  absl::ReaderMutexLock active_lock(&active_mu_);
+  if (!active_) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot reopen ", path, ": the file system is inactive"));
+  }
+  if (absl::Status status = CheckSpace("fallocate", path); !status.ok()) return status;
+  absl::StatusOr<std::unique_ptr<engine::WritableFile>> base_file =
+      base_->ReopenWritableFile(path, capacity_bytes);
+  if (!base_file.ok()) return base_file.status();
+  std::shared_ptr<FileState> state;
+  {
+    absl::MutexLock state_lock(&state_mu_);
+    std::shared_ptr<FileState>& slot = files_[Normalize(path)];
+    if (slot == nullptr) {
+      slot = std::make_shared<FileState>();
+      slot->size_bytes = (*base_file)->Size();
+      slot->synced_bytes = slot->size_bytes;
+      slot->ever_synced = true;
+      slot->entry_durable = true;
+    }
+    ++slot->open_writers;
+    state = slot;
+  }
+  return std::make_unique<FaultInjectionWritableFile>(this, path, *std::move(base_file),
+                                                      capacity_bytes, std::move(state));
+}
+
 absl::StatusOr<std::unique_ptr<engine::ReadableFile>> FaultInjectionFileSystem::NewReadableFile(
     const std::string& path) {
   return base_->NewReadableFile(path);

@@ -123,6 +123,11 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
 
   absl::StatusOr<std::unique_ptr<engine::WritableFile>> NewWritableFile(
       const std::string& path, uint64_t capacity_bytes) override;
+  // Reopening keeps the file's record (what of it is synced, whether its
+  // entry is durable); a file the wrapper never saw written counts as synced
+  // and durable as it is. While inactive it fails (Unavailable).
+  absl::StatusOr<std::unique_ptr<engine::WritableFile>> ReopenWritableFile(
+      const std::string& path, uint64_t capacity_bytes) override;
   absl::StatusOr<std::unique_ptr<engine::ReadableFile>> NewReadableFile(
       const std::string& path) override;
   absl::Status WriteFile(const std::string& path, absl::string_view data, bool sync) override;

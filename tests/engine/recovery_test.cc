@@ -23,6 +23,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <string>
@@ -428,6 +429,100 @@ TEST_F(CrashTest, HintsOfSealedSegmentsServeTheRestartAfterACrash) {
       EXPECT_EQ(record->value, absl::StrCat(version, ":", filler));
     }
   }
+}
+
+// A store killed and restarted again and again (no Close: each shard's
+// active segment is left unsealed and without a hint file, as a kill leaves
+// it) continues that segment at every restart instead of starting one more,
+// so the number of segments stays put however many kills there are; and the
+// writes, the older versions kept, the expiries and the deletes of every
+// round survive. Now and then the machine crashes instead, after a Sync:
+// the Sync must cover what the restarts before it recovered too (a segment
+// a kill left behind and the restart sealed was never synced). Once the
+// hint files are lost as well.
+TEST_F(CrashTest, RepeatedKillsDoNotAddSegments) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  Random random(seed);
+  options_.versions_kept = 2;
+  constexpr int kKeys = 40;
+  constexpr int kKills = 40;
+  struct Life {
+    std::vector<std::string> values;  // of the key's current life, oldest first
+    int64_t expiry_unix_ms = 0;       // of the newest value; 0: none
+  };
+  std::map<std::string, Life> model;
+  auto check = [&](const std::string& when) {
+    SCOPED_TRACE(when);
+    const int64_t now = clock_.NowUnixMs();
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = KeyName(i);
+      const Life& life = model[key];
+      const bool expired = life.expiry_unix_ms != 0 && life.expiry_unix_ms <= now;
+      if (life.values.empty() || expired) {
+        ASSERT_EQ(GetOrStatus(engine_.get(), key), "NOT_FOUND") << key;
+        continue;
+      }
+      ASSERT_EQ(GetOrStatus(engine_.get(), key), life.values.back()) << key;
+      if (life.values.size() >= 2) {
+        const uint64_t older = life.values.size() - 1;
+        absl::StatusOr<Record> record = engine_->GetVersion(key, older);
+        ASSERT_OK(record.status()) << key << " version " << older;
+        EXPECT_EQ(record->value, life.values[older - 1]) << key << " version " << older;
+      }
+    }
+  };
+  ASSERT_OK(Open());
+  std::vector<size_t> segments_at_start;
+  for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+    segments_at_start.push_back(test::ListSegmentFiles(options_.data_dir, shard).size());
+  }
+  uint64_t written_bytes = 0;
+  for (int kill = 0; kill < kKills; ++kill) {
+    for (int op = 0; op < 8; ++op) {
+      const std::string key = KeyName(random.Uniform(kKeys));
+      Life& life = model[key];
+      const bool visible = !life.values.empty() && (life.expiry_unix_ms == 0 ||
+                                                    life.expiry_unix_ms > clock_.NowUnixMs());
+      if (!visible) life = Life{};  // an expired key starts a new life
+      if (random.Percent(15)) {
+        absl::Status status = engine_->Delete(key).status();
+        ASSERT_TRUE(status.ok() || absl::IsNotFound(status)) << status;
+        life = Life{};
+        written_bytes += 64 + key.size();
+        continue;
+      }
+      const std::string value = absl::StrCat(key, "@", kill, ".", op);
+      WriteOptions write;
+      if (random.Percent(20)) write.ttl_ms = 1 + static_cast<int64_t>(random.Uniform(3000));
+      ASSERT_OK(engine_->Put(key, value, write));
+      life.values.push_back(value);
+      life.expiry_unix_ms = write.ttl_ms == 0 ? 0 : clock_.NowUnixMs() + write.ttl_ms;
+      written_bytes += 64 + key.size() + value.size();
+    }
+    clock_.AdvanceMs(1000);
+    ASSERT_NO_FATAL_FAILURE(check(absl::StrCat("kill ", kill, ", before")));
+    if (kill % 8 == 7) {
+      ASSERT_OK(engine_->Sync());
+      ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/kill % 16 == 15));
+      if (kill == 23) test::RemoveAllHintFiles(options_.data_dir);
+    } else {
+      // A kill: whatever was written is in the page cache, synced or not.
+      fs_.SetActive(false);
+      engine_.reset();
+      fs_.SetActive(true);
+    }
+    ASSERT_OK(Open());
+    for (uint32_t shard = 0; shard < engine_->ShardCount(); ++shard) {
+      ASSERT_EQ(test::ListSegmentFiles(options_.data_dir, shard).size(), segments_at_start[shard])
+          << "shard " << shard << " after kill " << kill;
+    }
+    ASSERT_NO_FATAL_FAILURE(check(absl::StrCat("kill ", kill, ", after")));
+  }
+  // Every write fitted in the segments the store started with.
+  ASSERT_LT(written_bytes, options_.segment_bytes / 2) << "the test must not fill a segment";
+  EXPECT_EQ(engine_->GetStats().segments,
+            std::accumulate(segments_at_start.begin(), segments_at_start.end(), uint64_t{0}));
 }
 
 TEST_F(CrashTest, NeverRecoversAPrefixOfEachShardsWrites) {

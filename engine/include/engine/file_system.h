@@ -85,6 +85,13 @@ class FileSystem {
       const std::string& path, uint64_t capacity_bytes) = 0;
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<ReadableFile>> NewReadableFile(
       const std::string& path) = 0;
+  // Opens the existing file at path for appends after its content: Size() is
+  // the file's size, and capacity_bytes (more than that) what it may grow to.
+  // A shard continues its newest segment this way after a restart instead of
+  // starting one more. On failure the file is as it was. The default refuses
+  // (Unimplemented); the engine then starts a new file instead.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<WritableFile>> ReopenWritableFile(
+      const std::string& path, uint64_t capacity_bytes);
 
   // Writes data to path, replacing it, and syncs the file if sync is set.
   [[nodiscard]] virtual absl::Status WriteFile(const std::string& path, absl::string_view data,
