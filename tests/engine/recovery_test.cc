@@ -438,8 +438,8 @@ TEST_F(CrashTest, HintsOfSealedSegmentsServeTheRestartAfterACrash) {
 // writes, the older versions kept, the expiries and the deletes of every
 // round survive. Now and then the machine crashes instead, after a Sync:
 // the Sync must cover what the restarts before it recovered too (a segment
-// a kill left behind and the restart sealed was never synced). Once the
-// hint files are lost as well.
+// a kill left behind and the restart sealed was never synced, nor was the
+// recovered part of a continued one). Once the hint files are lost as well.
 TEST_F(CrashTest, RepeatedKillsDoNotAddSegments) {
   const uint64_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
@@ -479,7 +479,11 @@ TEST_F(CrashTest, RepeatedKillsDoNotAddSegments) {
   }
   uint64_t written_bytes = 0;
   for (int kill = 0; kill < kKills; ++kill) {
-    for (int op = 0; op < 8; ++op) {
+    // A round that ends in a machine crash writes nothing, so its Sync finds
+    // nothing new to sync: what the kills before it left unsynced must have
+    // been synced by the opens after them.
+    const bool machine_crash = kill % 8 == 7;
+    for (int op = 0; op < (machine_crash ? 0 : 8); ++op) {
       const std::string key = KeyName(random.Uniform(kKeys));
       Life& life = model[key];
       const bool visible = !life.values.empty() && (life.expiry_unix_ms == 0 ||
@@ -502,7 +506,7 @@ TEST_F(CrashTest, RepeatedKillsDoNotAddSegments) {
     }
     clock_.AdvanceMs(1000);
     ASSERT_NO_FATAL_FAILURE(check(absl::StrCat("kill ", kill, ", before")));
-    if (kill % 8 == 7) {
+    if (machine_crash) {
       ASSERT_OK(engine_->Sync());
       ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/kill % 16 == 15));
       if (kill == 23) test::RemoveAllHintFiles(options_.data_dir);
