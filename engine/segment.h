@@ -5,8 +5,8 @@
 // Thread-safety: Append, Read, Seal, Reopen and TruncateTo are called under the owning
 // shard's mutex (Read shared, the others exclusive); the accounting fields are
 // guarded by it too. Sync may run without the shard mutex (a sync thread
-// fdatasyncs while writers append); file_mu_ orders it against Seal, the only
-// place the file objects change.
+// fdatasyncs while writers append); file_mu_ orders it against Seal and
+// Reopen, the only places the file objects change.
 #ifndef LOGKV_ENGINE_SEGMENT_H_
 #define LOGKV_ENGINE_SEGMENT_H_
 
