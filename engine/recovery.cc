@@ -550,7 +550,7 @@ bool Shard::ContinueNewestSegment() {
     }
     return false;
   }
-  active_ = newest;
+  SetActive(newest);
   // What the killed process appended may still be only in the page cache,
   // and the shard counts every recovered record as durable from now on (a
   // Sync with nothing new to sync does nothing): sync it now. A failure
@@ -591,8 +591,7 @@ absl::Status Shard::Close() {
         const std::string path = active_->path();
         segments_.erase(active_->id());
         original_ids_.pop_back();
-        active_.reset();
-        active_for_sync_.store(nullptr, std::memory_order_release);
+        SetActive(nullptr);
         if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
       }
     }

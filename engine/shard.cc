@@ -306,8 +306,7 @@ absl::Status Shard::RollActive(uint64_t needed_bytes) {
     return WithContext(absl::StrCat("shard ", shard_id_, " cannot start a new segment: "),
                        status);
   }
-  active_ = *segment;
-  active_for_sync_.store(active_, std::memory_order_release);
+  SetActive(*segment);
   original_ids_.push_back(active_->id());
   return absl::OkStatus();
 }

@@ -282,7 +282,7 @@ class Shard {
   absl::flat_hash_map<uint32_t, std::shared_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
   // Null only when start-up could not create a segment (a full disk); the
   // next write tries again.
-  std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(mu_);  // changed only by SetActive
   // NoSpace while the last append failed for lack of disk space, else OK.
   absl::Status out_of_space_ ABSL_GUARDED_BY(mu_);
   // Ids of the original (appended, not compacted) segments, ascending; the
@@ -320,6 +320,11 @@ class Shard {
   // segment was published.
   std::atomic<uint64_t> appended_sequence_{0};
   std::atomic<std::shared_ptr<Segment>> active_for_sync_;
+  // Sets active_ and publishes it to SyncNow: the only way active_ changes.
+  void SetActive(std::shared_ptr<Segment> segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    active_ = std::move(segment);
+    active_for_sync_.store(active_, std::memory_order_release);
+  }
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::string encode_buffer_ ABSL_GUARDED_BY(mu_);
 
