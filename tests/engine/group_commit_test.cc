@@ -96,19 +96,23 @@ std::unique_ptr<GroupCommit> Start(Parts *parts, size_t count) {
   return group;
 }
 
+// Rounds 1 and 2 on part 0: round 1 serves a lone writer, `group` more
+// arrive while it syncs, and round 2 (whose company was one) serves them at
+// once. The company is then `group`.
+void GatherACompany(Parts *parts, GroupCommit *group_commit, int group) {
+  parts->SetOpen(0, false);
+  parts->Request(group_commit);
+  ASSERT_TRUE(parts->AwaitRounds(1));
+  for (int i = 0; i < group; ++i) parts->Request(group_commit);
+  parts->SetOpen(0, true);
+  ASSERT_TRUE(parts->AwaitRounds(2));
+  ASSERT_TRUE(parts->AwaitSynced(0, 2));
+}
+
 TEST(GroupCommitTest, TheLeaderWaitsForItsCompany) {
   Parts parts(1);
   std::unique_ptr<GroupCommit> group = Start(&parts, 1);
-
-  // Round 1 serves a lone writer; three more arrive while it syncs.
-  parts.SetOpen(0, false);
-  parts.Request(group.get());
-  ASSERT_TRUE(parts.AwaitRounds(1));
-  for (int i = 0; i < 3; ++i) parts.Request(group.get());
-  // Its company was one writer, so round 2 starts at once with all three.
-  parts.SetOpen(0, true);
-  ASSERT_TRUE(parts.AwaitRounds(2));
-  ASSERT_TRUE(parts.AwaitSynced(0, 2));
+  ASSERT_NO_FATAL_FAILURE(GatherACompany(&parts, group.get(), 3));
 
   // One writer of the next group arrives: the leader waits for the other two.
   parts.Request(group.get());
@@ -130,13 +134,7 @@ TEST(GroupCommitTest, AWaitCutShortMakesTheCompanyWhatCame) {
       1, [&parts](size_t part) { parts.Sync(part); },
       GroupCommit::Delay{absl::Milliseconds(20), absl::Milliseconds(20)});
   group.Start();
-  parts.SetOpen(0, false);
-  parts.Request(&group);
-  ASSERT_TRUE(parts.AwaitRounds(1));
-  for (int i = 0; i < 3; ++i) parts.Request(&group);
-  parts.SetOpen(0, true);
-  ASSERT_TRUE(parts.AwaitRounds(2));  // the group of three
-  ASSERT_TRUE(parts.AwaitSynced(0, 2));
+  ASSERT_NO_FATAL_FAILURE(GatherACompany(&parts, &group, 3));
   for (size_t round = 3; round <= 5; ++round) {
     parts.Request(&group);
     ASSERT_TRUE(parts.AwaitRounds(round)) << "round " << round;
@@ -198,14 +196,7 @@ TEST(GroupCommitTest, ARoundSyncsThePartsAskedForSideBySideAndEndsWithTheSlowest
 TEST(GroupCommitTest, StopEndsALeaderWaitingForItsCompany) {
   Parts parts(2);
   std::unique_ptr<GroupCommit> group = Start(&parts, 2);
-  parts.SetOpen(0, false);
-  parts.Request(group.get());
-  ASSERT_TRUE(parts.AwaitRounds(1));
-  parts.Request(group.get());
-  parts.Request(group.get());
-  parts.SetOpen(0, true);
-  ASSERT_TRUE(parts.AwaitRounds(2));
-  ASSERT_TRUE(parts.AwaitSynced(0, 2));
+  ASSERT_NO_FATAL_FAILURE(GatherACompany(&parts, group.get(), 2));
   parts.Request(group.get());  // one of two: the leader waits (a minute)
 
   absl::Notification stopped;
