@@ -256,7 +256,7 @@ absl::Status Engine::OpenFiles() {
   // turn the other background work off.
   if (s.group_commit != nullptr) {
     s.group_commit->Start();
-  } else if (s.options.background_threads) {
+  } else if (s.options.background_threads && s.options.fsync == FsyncPolicy::kInterval) {
     for (auto& shard : s.shards) {
       s.sync_threads.emplace_back([shard = shard.get()] { shard->SyncLoop(); });
     }
@@ -405,7 +405,7 @@ absl::StatusOr<Record> Engine::GetVersion(absl::string_view key, uint64_t versio
 namespace {
 
 // Announces an applied write to the change feed, or under kAlways waits
-// until it is durable (the shard's sync thread announces it then).
+// until it is durable (the group commit's round announces it then).
 absl::StatusOr<WriteResult> FinishSync(Shard& shard, const Options& options,
                                        absl::StatusOr<WriteResult> result) {
   if (!result.ok() || !result->applied) return result;

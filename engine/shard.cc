@@ -600,28 +600,20 @@ absl::Status Shard::SyncNow() {
 }
 
 void Shard::RequestSync() {
-  if (context_.group_commit != nullptr) {
-    context_.group_commit->Request(shard_id_);
-    return;
-  }
-  absl::MutexLock lock(&sync_request_mu_);
-  sync_requested_ = true;
-  sync_request_cv_.Signal();
+  // Writers wait for durability only under kAlways, which has a group commit.
+  assert(context_.group_commit != nullptr);
+  context_.group_commit->Request(shard_id_);
 }
 
 void Shard::SyncLoop() {
-  const bool periodic = options_.fsync == FsyncPolicy::kInterval;
   while (true) {
     {
       absl::MutexLock lock(&sync_request_mu_);
-      const absl::Time deadline = periodic
-                                      ? absl::Now() + absl::Milliseconds(options_.fsync_interval_ms)
-                                      : absl::InfiniteFuture();
-      while (!sync_stop_ && !sync_requested_) {
+      const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.fsync_interval_ms);
+      while (!sync_stop_) {
         if (sync_request_cv_.WaitWithDeadline(&sync_request_mu_, deadline)) break;
       }
       if (sync_stop_) return;
-      sync_requested_ = false;
     }
     // A failure is recorded (the shard then refuses writes) and reported to
     // the writers waiting; the loop goes on for Close.

@@ -45,7 +45,7 @@ struct ShardContext {
   HybridClock* hlc;
   MerkleForest* merkle;
   // Under kAlways, the engine's group commit, which syncs every shard in
-  // rounds; null otherwise (each shard's SyncLoop then syncs it).
+  // rounds; null otherwise (under kInterval each shard's SyncLoop syncs it).
   GroupCommit* group_commit = nullptr;
   void Log(LogLevel level, absl::string_view message) const;
 };
@@ -125,9 +125,8 @@ class Shard {
   // by the group commit, the interval sync thread and
   // by Engine::Sync. Returns whether there were waiters or unsynced appends.
   absl::Status SyncNow();
-  // The shard's sync thread without a group commit (kInterval, and kNever
-  // with background threads, where it idles): syncs every
-  // interval, and when a writer waits, until StopSyncLoop.
+  // The shard's sync thread under kInterval (kAlways has the group commit
+  // instead): syncs every interval until StopSyncLoop.
   void SyncLoop();
   void StopSyncLoop();
   // Kicks off write-back of the active segment without waiting.
@@ -336,11 +335,10 @@ class Shard {
   absl::CondVar durable_cv_;
   std::atomic<bool> failed_flag_{false};  // failed_ is set; lets writers skip sync_mu_
 
-  // Asks the group commit (kAlways) or this shard's sync thread for a
-  // sync. Called under sync_mu_ by waiting writers.
+  // Asks the group commit for a round (writers wait only under kAlways).
+  // Called under sync_mu_ by waiting writers.
   void RequestSync();
   absl::Mutex sync_request_mu_ ABSL_ACQUIRED_AFTER(sync_mu_);
-  bool sync_requested_ ABSL_GUARDED_BY(sync_request_mu_) = false;
   bool sync_stop_ ABSL_GUARDED_BY(sync_request_mu_) = false;
   absl::CondVar sync_request_cv_;
 
