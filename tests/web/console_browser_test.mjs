@@ -274,9 +274,32 @@ try {
   });
 
   await step('cluster page with the operator credential', async () => {
-    await page.click('a[href="/cluster"]');
-    await page.waitForSelector('input[name=operator]', wait);
-    await page.type('input[name=operator]', 'operator-secret-for-tests');
+    // The page's first figures are held back while half the credential is
+    // typed, then let through: the page must not take the focus from the
+    // field when they arrive, or the rest of the typing is lost.
+    const secret = 'operator-secret-for-tests';
+    let held = null;
+    const hold = (request) => {
+      if (held === null && new URL(request.url()).pathname === '/health') held = request;
+      else void request.continue();
+    };
+    await page.setRequestInterception(true);
+    page.on('request', hold);
+    try {
+      await page.click('a[href="/cluster"]');
+      await page.waitForSelector('input[name=operator]', wait);
+      await page.type('input[name=operator]', secret.slice(0, 10));
+      for (let i = 0; held === null && i < 150; ++i) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(held !== null, 'the cluster page asked for /health');
+      await held.continue();
+      await page.waitForFunction(() => document.querySelector('#cluster-error')?.textContent?.includes('operator credential'), wait);
+      await page.keyboard.type(secret.slice(10));
+    } finally {
+      page.off('request', hold);
+      await page.setRequestInterception(false);
+    }
+    const typed = await page.$eval('input[name=operator]', (input) => input.value);
+    expect(typed === secret, `the field holds ${typed.length} of ${secret.length} characters: the page took the focus while they were typed`);
     await page.click('form.row button[type=submit]');
     await page.waitForFunction(() => document.querySelectorAll('#members tr').length === 1, wait);
   });

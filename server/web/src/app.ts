@@ -228,9 +228,11 @@ async function render(): Promise<void> {
   renderAccount();
   main().replaceChildren();
   await page.render();
-  // Keyboard and screen-reader users land on the new page's content.
+  // Keyboard and screen-reader users land on the new page's content, unless
+  // they already moved into it while its data loaded (typing in a field):
+  // taking the focus then would send the rest of their keystrokes nowhere.
   const heading = main().querySelector('h1');
-  if (heading) {
+  if (heading && !main().contains(document.activeElement)) {
     heading.setAttribute('tabindex', '-1');
     heading.focus();
   }
