@@ -511,7 +511,9 @@ absl::Status Shard::Open() {
     absl::MutexLock sync_lock(&sync_mu_);
     durable_sequence_ = next_sequence_ - 1;
   }
-  absl::Status status = ContinueNewestSegment() ? absl::OkStatus() : RollActive(0);
+  const bool continued = ContinueNewestSegment();
+  if (!continued) SyncNewestSegment();
+  absl::Status status = continued ? absl::OkStatus() : RollActive(0);
   if (IsNoSpace(status)) {
     // A full disk need not keep the data from being read: the shard opens
     // without an active segment and its first write tries again.
@@ -558,6 +560,21 @@ bool Shard::ContinueNewestSegment() {
   // does, and the shard refuses writes.
   if (absl::Status status = newest->Sync(); !status.ok()) SetFailed(status);
   return true;
+}
+
+void Shard::SyncNewestSegment() {
+  // The newest segment is the only one a killed process can have left with
+  // records in the page cache alone (a full one is sealed, and synced, before
+  // the next takes writes), and the shard counts every recovered record as
+  // durable. ContinueNewestSegment syncs the one it continues; one that stays
+  // sealed (full, damaged, or on a file system that cannot reopen files) is
+  // synced here. One with a hint was sealed by a clean Close.
+  if (original_ids_.empty()) return;
+  const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
+  if (newest->has_hint) return;
+  if (absl::Status status = context_.fs->SyncFile(newest->path()); !status.ok()) {
+    SetFailed(status);  // as a failed sync of a running shard: it refuses writes
+  }
 }
 
 absl::Status Shard::Close() {

@@ -259,6 +259,9 @@ class Shard {
   // Makes the newest original segment active again, appends going after its
   // last record; false (nothing changed) if it is not fit to take appends.
   bool ContinueNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Syncs the newest original segment when it is not continued (what a
+  // killed process wrote to it counts as durable from the open on).
+  void SyncNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeFeedStart() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Compaction (compaction.cc).

@@ -277,6 +277,10 @@ class PowerCutFileSystem final : public FileSystem {
     Step();
     return base_->SyncDir(path);
   }
+  absl::Status SyncFile(const std::string& path) override {
+    Step();
+    return base_->SyncFile(path);
+  }
   absl::StatusOr<std::unique_ptr<Lock>> LockFile(const std::string& path) override {
     return base_->LockFile(path);
   }

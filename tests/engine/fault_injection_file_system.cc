@@ -186,6 +186,11 @@ void FaultInjectionFileSystem::ClearFailures() {
   calls_before_failure_ = 0;
 }
 
+void FaultInjectionFileSystem::SetReopenUnsupported(bool unsupported) {
+  absl::MutexLock state_lock(&state_mu_);
+  reopen_unsupported_ = unsupported;
+}
+
 void FaultInjectionFileSystem::SetDiskFull(bool full) {
   absl::MutexLock state_lock(&state_mu_);
   disk_full_ = full;
@@ -286,6 +291,10 @@ FaultInjectionFileSystem::ReopenWritableFile(const std::string& path, uint64_t c
   if (!active_) {
     return absl::UnavailableError(
         absl::StrCat("cannot reopen ", path, ": the file system is inactive"));
+  }
+  {
+    absl::MutexLock state_lock(&state_mu_);
+    if (reopen_unsupported_) return absl::UnimplementedError("reopening files is not supported");
   }
   if (absl::Status status = CheckSpace("fallocate", path); !status.ok()) return status;
   absl::StatusOr<std::unique_ptr<engine::WritableFile>> base_file =
@@ -422,6 +431,29 @@ absl::Status FaultInjectionFileSystem::SyncDir(const std::string& path) {
   ++dir_sync_count_;
   for (auto& [file_path, state] : files_) {
     if (ParentOf(file_path) == dir) state->entry_durable = true;
+  }
+  return status;
+}
+
+absl::Status FaultInjectionFileSystem::SyncFile(const std::string& path) {
+  absl::ReaderMutexLock active_lock(&active_mu_);
+  if (!active_) return absl::OkStatus();
+  if (absl::Status status = MaybeInjectFailure("sync of", path); !status.ok()) return status;
+  std::shared_ptr<FileState> state;
+  {
+    absl::MutexLock state_lock(&state_mu_);
+    auto it = files_.find(Normalize(path));
+    if (it != files_.end()) state = it->second;
+  }
+  // Only bytes on disk before the sync began are certainly covered by it.
+  const uint64_t on_disk = state != nullptr ? AppendedBytes(state) : 0;
+  absl::Status status = base_->SyncFile(path);
+  if (!status.ok()) return status;
+  if (state != nullptr) {
+    RecordSync(state, on_disk);
+  } else {
+    absl::MutexLock state_lock(&state_mu_);
+    ++sync_count_;
   }
   return status;
 }

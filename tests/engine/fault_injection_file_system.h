@@ -104,6 +104,10 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   // full disk. false: space was freed.
   void SetDiskFull(bool full);
 
+  // true: ReopenWritableFile is Unimplemented, as on a file system that
+  // cannot reopen files (the engine then starts a new file instead).
+  void SetReopenUnsupported(bool unsupported);
+
   // ---- Observation -------------------------------------------------------------
 
   uint64_t append_count() const;       // successful WritableFile::Append calls
@@ -138,6 +142,10 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   absl::Status RenameFile(const std::string& from, const std::string& to) override;
   absl::Status TruncateFile(const std::string& path, uint64_t size) override;
   absl::StatusOr<uint64_t> FileSize(const std::string& path) override;
+  // Every byte of a tracked file on disk becomes durable; an untracked file
+  // already counts as durable. Counted in sync_count; FailWritesAfter fails
+  // it as it fails a WritableFile's Sync.
+  absl::Status SyncFile(const std::string& path) override;
   bool FileExists(const std::string& path) override;
   absl::Status SyncDir(const std::string& path) override;
   absl::StatusOr<std::unique_ptr<Lock>> LockFile(const std::string& path) override;
@@ -186,6 +194,7 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t dir_sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t injected_failures_ ABSL_GUARDED_BY(state_mu_) = 0;
   bool disk_full_ ABSL_GUARDED_BY(state_mu_) = false;
+  bool reopen_unsupported_ ABSL_GUARDED_BY(state_mu_) = false;
   uint64_t refused_creations_ ABSL_GUARDED_BY(state_mu_) = 0;
 };
 

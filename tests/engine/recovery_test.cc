@@ -529,6 +529,35 @@ TEST_F(CrashTest, RepeatedKillsDoNotAddSegments) {
             std::accumulate(segments_at_start.begin(), segments_at_start.end(), uint64_t{0}));
 }
 
+// A restart after a kill serves what the killed process wrote, synced or
+// not, so the open must make it durable first. Here the newest segment
+// cannot be continued (a file system that cannot reopen files): it stays
+// sealed, a new segment is started, and a machine crash follows.
+TEST_F(CrashTest, AMachineCrashAfterAKillKeepsWhatTheRestartServedWithoutAContinuedSegment) {
+  options_.fsync = FsyncPolicy::kNever;
+  fs_.SetReopenUnsupported(true);
+  constexpr int kKeys = 40;
+  ASSERT_OK(Open());
+  const std::vector<std::string> segments_before = test::ListSegmentFiles(options_.data_dir, 0);
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), absl::StrCat("v", i)));
+  // A kill: the writes are in the page cache only.
+  fs_.SetActive(false);
+  engine_.reset();
+  fs_.SetActive(true);
+  ASSERT_OK(Open());
+  ASSERT_GT(test::ListSegmentFiles(options_.data_dir, 0).size(), segments_before.size())
+      << "the newest segment was continued: this test needs a new one";
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(GetOrStatus(engine_.get(), KeyName(i)), absl::StrCat("v", i)) << KeyName(i);
+  }
+  ASSERT_OK(engine_->Sync());
+  ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), absl::StrCat("v", i)) << KeyName(i);
+  }
+}
+
 TEST_F(CrashTest, NeverRecoversAPrefixOfEachShardsWrites) {
   const uint64_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));

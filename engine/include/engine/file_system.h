@@ -110,6 +110,9 @@ class FileSystem {
   virtual bool FileExists(const std::string& path) = 0;
   // Makes the directory's entries (creations, renames, removals) durable.
   [[nodiscard]] virtual absl::Status SyncDir(const std::string& path) = 0;
+  // Makes the data of an existing file durable (fdatasync), whoever wrote
+  // it: a shard syncs what a killed process may have left in the page cache.
+  [[nodiscard]] virtual absl::Status SyncFile(const std::string& path) = 0;
 
   // Takes an exclusive advisory lock on path (created if missing), held until
   // the returned object is destroyed. Fails with FailedPrecondition if another
