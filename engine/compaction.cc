@@ -307,7 +307,7 @@ absl::Status Shard::Compact(bool force) {
           if (is_current && !entry.present()) {
             const bool tombstone = (entry.flags & kEntryTombstone) != 0;
             const int64_t gone_since_ms = tombstone ? HybridClock::PhysicalMs(entry.timestamp)
-                                                    : entry.expiry_unix_ms;
+                                                    : index_.expiry(id);
             if (record.sequence < min_sequence_outside &&
                 (!tombstone || options_.collect_tombstones || !Summarised(record.key)) &&
                 now - gone_since_ms >= options_.tombstone_grace_ms) {
@@ -439,7 +439,7 @@ uint64_t Shard::SweepExpired() {
     if (!index_.contains_id(item.entry_id)) continue;
     IndexEntry& entry = index_.at(item.entry_id);
     // Stale item: the key was overwritten, deleted or removed since.
-    if (!entry.present() || entry.expiry_unix_ms != item.expiry_unix_ms) continue;
+    if (!entry.present() || index_.expiry(item.entry_id) != item.expiry_unix_ms) continue;
     entry.flags |= kEntryExpired | kEntryShadowCounted;
     MarkDead(entry.location());
     DropHistory(item.entry_id);

@@ -70,6 +70,7 @@ uint32_t KeyIndex::AllocateId() {
   assert(next_id_ != kNoEntry);
   if ((next_id_ >> kChunkShift) == chunks_.size()) {
     chunks_.push_back(std::make_unique_for_overwrite<IndexEntry[]>(kChunkEntries));
+    expiry_chunks_.emplace_back();
   }
   return next_id_++;
 }
@@ -87,7 +88,25 @@ uint32_t KeyIndex::Insert(const KeyRef& key) {
   return id;
 }
 
+void KeyIndex::set_expiry(uint32_t id, int64_t expiry_unix_ms) {
+  IndexEntry& entry = at(id);
+  ExpiryChunk& chunk = expiry_chunks_[id >> kChunkShift];
+  if (expiry_unix_ms == 0) {
+    if ((entry.flags & kEntryHasExpiry) == 0) return;
+    entry.flags &= static_cast<uint8_t>(~kEntryHasExpiry);
+    chunk.values[id & kChunkMask] = 0;
+    if (--chunk.count == 0) chunk.values.reset();
+    return;
+  }
+  if ((entry.flags & kEntryHasExpiry) == 0) {
+    entry.flags |= kEntryHasExpiry;
+    if (chunk.count++ == 0) chunk.values = std::make_unique<int64_t[]>(kChunkEntries);
+  }
+  chunk.values[id & kChunkMask] = expiry_unix_ms;
+}
+
 void KeyIndex::Remove(uint32_t id) {
+  set_expiry(id, 0);
   IndexEntry& entry = at(id);
   const uint64_t hash = HashKey(entry.key());
   if (ordered_) {
@@ -181,6 +200,7 @@ void KeyIndex::Reserve(size_t n) {
   const size_t per_table = static_cast<size_t>(share + 4 * std::sqrt(share) + 16);
   for (Table& table : tables_) table.reserve(per_table);
   chunks_.reserve((n + kChunkEntries - 1) >> kChunkShift);
+  expiry_chunks_.reserve(chunks_.capacity());
 }
 
 void KeyIndex::ShrinkToFit() {
@@ -228,7 +248,11 @@ void KeyIndex::ShrinkToFit() {
 size_t KeyIndex::overhead_bytes() const {
   size_t table_bytes = tables_.capacity() * sizeof(Table);
   for (const Table& table : tables_) table_bytes += table.capacity() * (sizeof(uint32_t) + 1);
-  const size_t slab_bytes = chunks_.size() * kChunkEntries * sizeof(IndexEntry);
+  size_t slab_bytes = chunks_.size() * kChunkEntries * sizeof(IndexEntry) +
+                      expiry_chunks_.capacity() * sizeof(ExpiryChunk);
+  for (const ExpiryChunk& chunk : expiry_chunks_) {
+    if (chunk.values != nullptr) slab_bytes += kChunkEntries * sizeof(int64_t);
+  }
   const size_t free_list_bytes = free_ids_.capacity() * sizeof(uint32_t);
   const size_t arena_waste = arena_.allocated_bytes() - arena_.live_bytes();
   return table_bytes + slab_bytes + free_list_bytes + arena_waste + order_bytes_;

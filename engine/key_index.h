@@ -56,6 +56,9 @@ inline constexpr uint8_t kEntryShadowCounted = 1 << 2;
 // Recovery only: the newest record is a Forget; the entry is removed once
 // every segment is loaded (an older record read later must not revive it).
 inline constexpr uint8_t kEntryForgotten = 1 << 3;
+// The newest record has an expiry (KeyIndex::expiry). Set and cleared by
+// KeyIndex::set_expiry only.
+inline constexpr uint8_t kEntryHasExpiry = 1 << 4;
 
 struct IndexEntry {
   const char* key_data;  // in the arena; key_size bytes
@@ -67,7 +70,6 @@ struct IndexEntry {
   uint8_t unused;
   uint64_t timestamp;
   uint64_t version;
-  int64_t expiry_unix_ms;
 
   absl::string_view key() const { return {key_data, key_size}; }
   RecordLocation location() const { return {segment_id, offset, record_bytes}; }
@@ -79,7 +81,7 @@ struct IndexEntry {
   // A key a reader can see (ignoring expiry, which depends on the time).
   bool present() const { return (flags & (kEntryTombstone | kEntryExpired)) == 0; }
 };
-static_assert(sizeof(IndexEntry) == 48, "bytes per key are budgeted; see docs/performance.md");
+static_assert(sizeof(IndexEntry) == 40, "bytes per key are budgeted; see docs/performance.md");
 
 struct KeyRef {
   absl::string_view key;
@@ -121,6 +123,19 @@ class KeyIndex {
 
   IndexEntry& at(uint32_t id) { return chunks_[id >> kChunkShift][id & kChunkMask]; }
   const IndexEntry& at(uint32_t id) const { return chunks_[id >> kChunkShift][id & kChunkMask]; }
+
+  // The expiry of an entry's newest record (unix ms; 0: none). Expiries
+  // live beside the slab, not in the entry: in chunks of the slab's size,
+  // each allocated while some entry of its slab chunk has an expiry, so a
+  // store without TTLs pays nothing for them and one with a TTL on every
+  // key 8 bytes a key, as in the entry. The entry's kEntryHasExpiry flag
+  // says whether to look, so a key without one costs no second cache miss.
+  int64_t expiry(uint32_t id) const {
+    if ((at(id).flags & kEntryHasExpiry) == 0) return 0;
+    return expiry_chunks_[id >> kChunkShift].values[id & kChunkMask];
+  }
+  // Sets (or, with 0, clears) the expiry and the entry's flag.
+  void set_expiry(uint32_t id, int64_t expiry_unix_ms);
 
   size_t size() const { return size_; }
   // Every id handed out so far is below it.
@@ -255,8 +270,15 @@ class KeyIndex {
   uint32_t AllocateId();
   void RebuildArenaIfWasteful();
 
+  // The expiries of one slab chunk's entries (values is null while none has one).
+  struct ExpiryChunk {
+    std::unique_ptr<int64_t[]> values;
+    uint32_t count = 0;  // entries of the chunk with an expiry
+  };
+
   const int group_bits_;
   std::vector<std::unique_ptr<IndexEntry[]>> chunks_;
+  std::vector<ExpiryChunk> expiry_chunks_;  // by slab chunk, as many
   uint32_t next_id_ = 0;        // ids below it have been handed out
   std::vector<uint32_t> free_ids_;
   KeyArena arena_;

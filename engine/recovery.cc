@@ -172,20 +172,23 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
       MarkDead(older);
     }
   };
-  auto assign = [&](IndexEntry& entry) {
+  auto assign = [&](uint32_t entry_id) {
+    mu_.AssertHeld();  // called before ApplyRecovered returns
+    IndexEntry& entry = index_.at(entry_id);
     entry.set_location(location);
-    entry.flags = record.is_tombstone() ? kEntryTombstone
-                  : record.is_forget()  ? (kEntryTombstone | kEntryForgotten)
-                                        : 0;
+    entry.flags = (entry.flags & kEntryHasExpiry) |
+                  (record.is_tombstone() ? kEntryTombstone
+                   : record.is_forget()  ? (kEntryTombstone | kEntryForgotten)
+                                         : uint8_t{0});
     entry.timestamp = record.timestamp;
     entry.version = record.version;
-    entry.expiry_unix_ms = record.expiry_unix_ms;
+    index_.set_expiry(entry_id, record.expiry_unix_ms);
   };
 
   if (id == KeyIndex::kNoEntry) {
     id = index_.Insert(ref);
     if (state->sequence_of.size() <= id) state->sequence_of.resize(id + 1, 0);
-    assign(index_.at(id));
+    assign(id);
     state->sequence_of[id] = record.sequence;
     return;
   }
@@ -199,7 +202,7 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
   }
   if (record.sequence > current) {
     retire(id, current, (entry.flags & kEntryTombstone) != 0, entry.location(), entry.version);
-    assign(entry);
+    assign(id);
     state->sequence_of[id] = record.sequence;
   } else {
     retire(id, record.sequence, record.type != format::RecordType::kPut, location,
@@ -364,9 +367,9 @@ void Shard::FinishRecovery(RecoveryState* state) {
     mu_.AssertHeld();  // ForEach calls back before it returns
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
     if (entry.present()) ++CountsOf(entry.key()).live_keys;
-    if (entry.expiry_unix_ms != 0) {
+    if (const int64_t expiry = index_.expiry(id); expiry != 0) {
       ++entries_with_expiry_;
-      if (entry.present()) ttl_heap_.push(TtlItem{entry.expiry_unix_ms, id});
+      if (entry.present()) ttl_heap_.push(TtlItem{expiry, id});
     }
   });
   index_.ShrinkToFit();

@@ -131,7 +131,8 @@ absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* me
   if (id == KeyIndex::kNoEntry) return absl::NotFoundError("key not found");
   const IndexEntry& entry = index_.at(id);
   if (!entry.present()) return absl::NotFoundError("key not found");
-  if (entry.expiry_unix_ms != 0 && Expired(entry, context_.clock->NowUnixMs())) {
+  const int64_t expiry = index_.expiry(id);
+  if (expiry != 0 && expiry <= context_.clock->NowUnixMs()) {
     return absl::NotFoundError("key not found (expired)");
   }
   auto record = ReadRecord(entry.location(), key.key);
@@ -140,7 +141,7 @@ absl::Status Shard::Get(const KeyRef& key, std::string* value_out, ValueMeta* me
   if (meta != nullptr) {
     meta->version = entry.version;
     meta->timestamp = entry.timestamp;
-    meta->expiry_unix_ms = entry.expiry_unix_ms;
+    meta->expiry_unix_ms = expiry;
   }
   return absl::OkStatus();
 }
@@ -155,8 +156,8 @@ absl::StatusOr<KeyRecord> Shard::GetRecord(const KeyRef& key, bool with_value) {
   out.found = true;
   out.timestamp = entry.timestamp;
   out.version = entry.version;
-  out.expiry_unix_ms = entry.expiry_unix_ms;
-  out.tombstone = !entry.present() || Expired(entry, context_.clock->NowUnixMs());
+  out.expiry_unix_ms = index_.expiry(id);
+  out.tombstone = !entry.present() || Expired(id, context_.clock->NowUnixMs());
   if (out.tombstone || !with_value) return out;
   auto record = ReadRecord(entry.location(), key.key);
   if (!record.ok()) return record.status();
@@ -171,9 +172,9 @@ absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   const int64_t now = context_.clock->NowUnixMs();
   if (id == KeyIndex::kNoEntry) return absl::NotFoundError("key not found");
   const IndexEntry& entry = index_.at(id);
-  if (!entry.present() || Expired(entry, now)) return absl::NotFoundError("key not found");
+  if (!entry.present() || Expired(id, now)) return absl::NotFoundError("key not found");
   RecordLocation location;
-  ValueMeta meta{version, 0, entry.expiry_unix_ms};
+  ValueMeta meta{version, 0, index_.expiry(id)};
   if (entry.version == version) {
     location = entry.location();
   } else {
@@ -229,9 +230,9 @@ void Shard::PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) {
     std::vector<TtlItem> items;
     items.reserve(entries_with_expiry_);
     index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
-      if (entry.expiry_unix_ms != 0 && entry.present()) {
-        items.push_back(TtlItem{entry.expiry_unix_ms, id});
-      }
+      mu_.AssertHeld();  // ForEach calls back before it returns
+      const int64_t expiry = index_.expiry(id);
+      if (expiry != 0 && entry.present()) items.push_back(TtlItem{expiry, id});
     });
     ttl_heap_ = decltype(ttl_heap_)(std::greater<TtlItem>(), std::move(items));
   }
@@ -247,7 +248,7 @@ void Shard::RemoveEntry(uint32_t entry_id) {
   if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
   ReleaseCurrentRecord(entry);
   DropHistory(entry_id);
-  if (entry.expiry_unix_ms != 0) --entries_with_expiry_;
+  if ((entry.flags & kEntryHasExpiry) != 0) --entries_with_expiry_;
   index_.Remove(entry_id);
 }
 
@@ -340,7 +341,7 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
   uint32_t id = index_.Find(key);
   IndexEntry* entry = id == KeyIndex::kNoEntry ? nullptr : &index_.at(id);
   const bool was_present = entry != nullptr && entry->present();
-  const bool visible = was_present && !Expired(*entry, now);
+  const bool visible = was_present && !Expired(id, now);
   const uint64_t current_version = visible ? entry->version : 0;
   if (options.if_version.has_value() && *options.if_version != current_version) {
     return absl::FailedPreconditionError(absl::StrCat("key ", KeyForMessage(key.key),
@@ -416,16 +417,17 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
       ReleaseCurrentRecord(*entry);
       DropHistory(id);
     }
-    if (entry->expiry_unix_ms != 0) --entries_with_expiry_;
+    if ((entry->flags & kEntryHasExpiry) != 0) --entries_with_expiry_;
   } else {
     id = index_.Insert(key);
     entry = &index_.at(id);
   }
   entry->set_location(location);
-  entry->flags = type == RecordType::kDelete ? kEntryTombstone : 0;
+  entry->flags = (entry->flags & kEntryHasExpiry) |
+                 (type == RecordType::kDelete ? kEntryTombstone : uint8_t{0});
   entry->timestamp = timestamp;
   entry->version = version;
-  entry->expiry_unix_ms = expiry;
+  index_.set_expiry(id, expiry);
   if (summarised) context_.merkle->Update(key.hash, LeafHashOf(*entry));
   if (type == RecordType::kPut && !was_present) ++CountsOf(summarised).live_keys;
   if (type == RecordType::kDelete && was_present) --CountsOf(summarised).live_keys;
@@ -658,13 +660,14 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
     // over every key, keeping the `keep` smallest that match.
     absl::ReaderMutexLock lock(&mu_);
     if (!index_.ordered()) {
-      index_.ForEach([&](uint32_t, const IndexEntry& entry) {
+      index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
+        mu_.AssertReaderHeld();  // ForEach calls back before it returns
         const absl::string_view key = entry.key();
         if (!absl::StartsWith(key, options.prefix)) return;
         if (after ? key <= from : key < from) return;
         if (!options.end_key.empty() && key >= options.end_key) return;
         if (heap->size() >= keep && key >= heap->top()) return;
-        if (!entry.present() || Expired(entry, now)) return;
+        if (!entry.present() || Expired(id, now)) return;
         if (heap->size() >= keep) heap->pop();
         heap->emplace(key);
       });
@@ -689,7 +692,7 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
     // Keys come in order: once the heap is full, a key not below its top
     // would not be kept, and neither would any after it.
     if (heap->size() >= keep && key >= heap->top()) break;
-    if (!entry.present() || Expired(entry, now)) continue;
+    if (!entry.present() || Expired(*it, now)) continue;
     if (heap->size() >= keep) heap->pop();
     heap->emplace(key);
   }

@@ -207,8 +207,9 @@ class Shard {
   class RecoveryState;
 
   std::string PathOf(const std::string& file_name) const { return directory_ + "/" + file_name; }
-  bool Expired(const IndexEntry& entry, int64_t now_unix_ms) const {
-    return entry.expiry_unix_ms != 0 && entry.expiry_unix_ms <= now_unix_ms;
+  bool Expired(uint32_t entry_id, int64_t now_unix_ms) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    const int64_t expiry = index_.expiry(entry_id);
+    return expiry != 0 && expiry <= now_unix_ms;
   }
   absl::StatusOr<LogRecord> ReadRecord(const RecordLocation& location, absl::string_view key) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -1,7 +1,9 @@
 // KeyIndex's lookups without comparing keys (ForEachCandidate), which
 // start-up uses to prefetch what a lookup a few records later reads: every
 // id it shows is one a Find would have compared, a present key's own entry
-// is always among them, and it changes nothing in the index.
+// is always among them, and it changes nothing in the index. And the
+// expiries kept beside the slab: what is set is read back, a removed entry's
+// id starts again without one, and memory follows the entries that have one.
 #include "engine/key_index.h"
 
 #include <cstdint>
@@ -78,6 +80,51 @@ TEST(KeyIndexTest, ForEachCandidateAfterRemovalsShowsOnlyLiveEntries) {
     // A removed key's id is free (and not in any table) until reused.
     EXPECT_EQ(own, i % 2 == 1) << keys[i];
   }
+}
+
+TEST(KeyIndexTest, ExpiriesAreKeptBesideTheSlabOnlyWhereEntriesHaveThem) {
+  KeyIndex index;
+  constexpr int kKeys = 3 * 4096 + 100;  // four slab chunks
+  std::vector<uint32_t> ids;
+  for (int i = 0; i < kKeys; ++i) ids.push_back(index.Insert(Ref(absl::StrCat("key:", i))));
+  const size_t without = index.overhead_bytes();
+  for (const uint32_t id : ids) {
+    ASSERT_EQ(index.expiry(id), 0);
+    ASSERT_EQ(index.at(id).flags & kEntryHasExpiry, 0);
+  }
+  // One key in every chunk with an expiry: a chunk of expiries each.
+  for (int i = 0; i < kKeys; i += 4096) index.set_expiry(ids[i], 1000 + i);
+  const size_t with = index.overhead_bytes();
+  EXPECT_EQ(with - without, 4 * 4096 * sizeof(int64_t));
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(index.expiry(ids[i]), i % 4096 == 0 ? 1000 + i : 0) << i;
+    ASSERT_EQ((index.at(ids[i]).flags & kEntryHasExpiry) != 0, i % 4096 == 0) << i;
+  }
+  // Changed, then cleared: the chunk goes with its last expiry.
+  index.set_expiry(ids[0], 7);
+  EXPECT_EQ(index.expiry(ids[0]), 7);
+  EXPECT_EQ(index.overhead_bytes(), with);
+  index.set_expiry(ids[0], 0);
+  EXPECT_EQ(index.expiry(ids[0]), 0);
+  EXPECT_EQ(index.at(ids[0]).flags & kEntryHasExpiry, 0);
+  EXPECT_EQ(with - index.overhead_bytes(), 4096 * sizeof(int64_t));
+  index.set_expiry(ids[0], 0);  // clearing twice changes nothing
+  EXPECT_EQ(with - index.overhead_bytes(), 4096 * sizeof(int64_t));
+  // A removed entry's expiry goes with it; its id, reused, has none.
+  const std::string removed = absl::StrCat("key:", 4096);
+  index.Remove(ids[4096]);
+  const size_t removed_at = index.overhead_bytes();  // the chunk of expiries went with it:
+  index.set_expiry(ids[4097], 5);                    // a new one for its neighbour
+  EXPECT_EQ(index.overhead_bytes() - removed_at, 4096 * sizeof(int64_t));
+  index.set_expiry(ids[4097], 0);
+  EXPECT_EQ(index.overhead_bytes(), removed_at);
+  const uint32_t reused = index.Insert(Ref("new key"));
+  EXPECT_EQ(reused, ids[4096]);
+  EXPECT_EQ(index.expiry(reused), 0);
+  EXPECT_EQ(index.Find(Ref(removed)), KeyIndex::kNoEntry);
+  // Other flags do not disturb it.
+  index.at(ids[8192]).flags |= kEntryTombstone;
+  EXPECT_EQ(index.expiry(ids[8192]), 1000 + 8192);
 }
 
 }  // namespace
