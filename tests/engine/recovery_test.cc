@@ -790,6 +790,38 @@ TEST_F(DiskFullTest, OpenOnAFullDiskServesReads) {
   EXPECT_EQ(GetOrStatus(engine_.get(), "other"), "value");
 }
 
+// After a kill the open continues the newest segment, which reserves its
+// full size again: on a full disk that fails, and so does a new segment.
+// The store opens anyway and serves what the killed process wrote, synced at
+// open (a machine crash later keeps it); writes are refused until space is
+// freed, and go to a new segment then.
+TEST_F(DiskFullTest, AKilledStoreOpensOnAFullDiskAndKeepsWhatItServes) {
+  options_.fsync = FsyncPolicy::kNever;
+  ASSERT_OK(Open());
+  for (int i = 0; i < 10; ++i) ASSERT_OK(engine_->Put(KeyName(i), "before the kill"));
+  fs_.SetActive(false);  // a kill: the writes are in the page cache only
+  engine_.reset();
+  fs_.SetActive(true);
+
+  fs_.SetDiskFull(true);
+  ASSERT_OK(Open());
+  EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "cannot continue")) << log_.Dump();
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), "before the kill");
+  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
+  absl::Status refused = engine_->Put("other", "value").status();
+  EXPECT_TRUE(IsNoSpace(refused)) << refused;
+  EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
+
+  fs_.SetDiskFull(false);
+  ASSERT_OK(engine_->Put("other", "value"));
+  EXPECT_EQ(SegmentNames(), (std::vector<std::string>{"000000000001.log", "000000000002.log"}));
+  ASSERT_OK(engine_->Sync());
+  ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
+  ASSERT_OK(Open());
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), "before the kill");
+  EXPECT_EQ(GetOrStatus(engine_.get(), "other"), "value");
+}
+
 // The same on a real file system that fills up: a small tmpfs (needs the
 // right to mount, so it is skipped elsewhere). posix_fallocate fails with
 // ENOSPC there, after open(2) created the file.
