@@ -515,7 +515,9 @@ absl::Status Shard::Open() {
     durable_sequence_ = next_sequence_ - 1;
   }
   const bool continued = ContinueNewestSegment();
-  if (!continued) SyncNewestSegment();
+  if (!continued) {
+    if (absl::Status synced = SyncNewestSegment(); !synced.ok()) return synced;
+  }
   absl::Status status = continued ? absl::OkStatus() : RollActive(0);
   if (IsNoSpace(status)) {
     // A full disk need not keep the data from being read: the shard opens
@@ -565,19 +567,28 @@ bool Shard::ContinueNewestSegment() {
   return true;
 }
 
-void Shard::SyncNewestSegment() {
+absl::Status Shard::SyncNewestSegment() {
   // The newest segment is the only one a killed process can have left with
   // records in the page cache alone (a full one is sealed, and synced, before
   // the next takes writes), and the shard counts every recovered record as
   // durable. ContinueNewestSegment syncs the one it continues; one that stays
   // sealed (full, damaged, or on a file system that cannot reopen files) is
   // synced here. One with a hint was sealed by a clean Close.
-  if (original_ids_.empty()) return;
+  //
+  // A failure fails the open. Opening anyway, refusing writes, would start a
+  // new segment after this one (the next open's newest, synced instead of
+  // it) or write this one a hint at close (which tells the next open it was
+  // synced): no later open would sync it again. Failing leaves the
+  // directory as it was, and the next open tries again.
+  if (original_ids_.empty()) return absl::OkStatus();
   const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
-  if (newest->has_hint) return;
+  if (newest->has_hint) return absl::OkStatus();
   if (absl::Status status = context_.fs->SyncFile(newest->path()); !status.ok()) {
-    SetFailed(status);  // as a failed sync of a running shard: it refuses writes
+    return WithContext(absl::StrCat("shard ", shard_id_, ": syncing what the last run wrote "
+                                    "to its newest segment (the next open tries again): "),
+                       status);
   }
+  return absl::OkStatus();
 }
 
 absl::Status Shard::Close() {

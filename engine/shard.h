@@ -262,7 +262,7 @@ class Shard {
   bool ContinueNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Syncs the newest original segment when it is not continued (what a
   // killed process wrote to it counts as durable from the open on).
-  void SyncNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SyncNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ComputeFeedStart() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Compaction (compaction.cc).

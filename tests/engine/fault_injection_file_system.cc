@@ -191,6 +191,11 @@ void FaultInjectionFileSystem::SetReopenUnsupported(bool unsupported) {
   reopen_unsupported_ = unsupported;
 }
 
+void FaultInjectionFileSystem::SetSyncFileFails(bool fails) {
+  absl::MutexLock state_lock(&state_mu_);
+  sync_file_fails_ = fails;
+}
+
 void FaultInjectionFileSystem::SetDiskFull(bool full) {
   absl::MutexLock state_lock(&state_mu_);
   disk_full_ = full;
@@ -442,6 +447,10 @@ absl::Status FaultInjectionFileSystem::SyncFile(const std::string& path) {
   std::shared_ptr<FileState> state;
   {
     absl::MutexLock state_lock(&state_mu_);
+    if (sync_file_fails_) {
+      ++injected_failures_;
+      return absl::InternalError(absl::StrCat("injected failure: fdatasync of ", path));
+    }
     auto it = files_.find(Normalize(path));
     if (it != files_.end()) state = it->second;
   }

@@ -108,6 +108,9 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   // cannot reopen files (the engine then starts a new file instead).
   void SetReopenUnsupported(bool unsupported);
 
+  // true: SyncFile fails (InternalError, "injected"), as on a failing disk.
+  void SetSyncFileFails(bool fails);
+
   // ---- Observation -------------------------------------------------------------
 
   uint64_t append_count() const;       // successful WritableFile::Append calls
@@ -195,6 +198,7 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t injected_failures_ ABSL_GUARDED_BY(state_mu_) = 0;
   bool disk_full_ ABSL_GUARDED_BY(state_mu_) = false;
   bool reopen_unsupported_ ABSL_GUARDED_BY(state_mu_) = false;
+  bool sync_file_fails_ ABSL_GUARDED_BY(state_mu_) = false;
   uint64_t refused_creations_ ABSL_GUARDED_BY(state_mu_) = 0;
 };
 

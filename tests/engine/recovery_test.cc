@@ -558,6 +558,42 @@ TEST_F(CrashTest, AMachineCrashAfterAKillKeepsWhatTheRestartServedWithoutAContin
   }
 }
 
+// The same, with the open's sync failing: the open fails and leaves the
+// directory as it was (no new segment after the unsynced one, no hint
+// claiming it was synced), so the next open syncs it. A kill, then a clean
+// close, between the two opens must not change that.
+TEST_F(CrashTest, AFailedSyncOfTheNewestSegmentFailsTheOpenAndTheNextOpenSyncsIt) {
+  options_.fsync = FsyncPolicy::kNever;
+  fs_.SetReopenUnsupported(true);
+  constexpr int kKeys = 40;
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), absl::StrCat("v", i)));
+  fs_.SetActive(false);  // a kill
+  engine_.reset();
+  fs_.SetActive(true);
+  const std::vector<std::string> segments = test::ListSegmentFiles(options_.data_dir, 0);
+
+  fs_.SetSyncFileFails(true);
+  absl::Status failed = Open();
+  EXPECT_FALSE(failed.ok());
+  EXPECT_TRUE(absl::StrContains(failed.message(), "injected")) << failed;
+  EXPECT_TRUE(absl::StrContains(failed.message(), "next open tries again")) << failed;
+  EXPECT_EQ(test::ListSegmentFiles(options_.data_dir, 0), segments);
+  fs_.SetSyncFileFails(false);
+
+  // The next open, then a clean close and another open (which finds hint
+  // files), then a machine crash: nothing the killed process wrote is lost.
+  ASSERT_OK(Open());
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+  ASSERT_OK(Open());
+  ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), absl::StrCat("v", i)) << KeyName(i);
+  }
+}
+
 TEST_F(CrashTest, NeverRecoversAPrefixOfEachShardsWrites) {
   const uint64_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
