@@ -584,9 +584,11 @@ absl::Status Shard::SyncNewestSegment() {
   const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
   if (newest->has_hint) return absl::OkStatus();
   if (absl::Status status = context_.fs->SyncFile(newest->path()); !status.ok()) {
-    return WithContext(absl::StrCat("shard ", shard_id_, ": syncing what the last run wrote "
-                                    "to its newest segment (the next open tries again): "),
-                       status);
+    return WithContext(
+        absl::StrCat("shard ", shard_id_,
+                     ": syncing its newest segment, which the last run wrote (the next open "
+                     "tries again): "),
+        status);
   }
   return absl::OkStatus();
 }
