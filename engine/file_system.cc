@@ -106,6 +106,22 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
 constexpr uint64_t kFirstReservationBytes = 1 << 20;
 constexpr uint64_t kMaxReservationStepBytes = 4 << 20;
 
+// Maps a segment file shared and writable, without read-ahead. An append
+// that reaches a page not yet in the page cache faults it in, and the fault
+// "reads" it: for the reserved (unwritten) blocks ahead of the data that is
+// zeroing the page. With read-ahead that fault fills the whole read-ahead
+// window, which grows as the appends go on in order, up to the device's
+// read_ahead_kb (8 MiB on the machine this was measured on): one append now
+// and then zeroed megabytes, and the loop thread that made it stalled
+// 20-50 ms (docs/performance.md, "Runs against a warm server"). Without
+// it each fault zeroes the page it needs. The advice is only advice: a
+// kernel that refuses it maps the file all the same.
+void* MapWritable(int fd, uint64_t capacity_bytes) {
+  void* base = ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base != MAP_FAILED) (void)::madvise(base, capacity_bytes, MADV_RANDOM);
+  return base;
+}
+
 // The active segment: a file of its full capacity mapped shared and
 // writable. Appends are memcpys into the page cache; nothing is lost if the
 // process dies, and fdatasync on the descriptor writes the dirtied pages
@@ -270,8 +286,7 @@ class PosixFileSystem final : public FileSystem {
     const uint64_t reserved = std::min(capacity_bytes, kFirstReservationBytes);
     const int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(reserved));
     if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
-    void* base =
-        ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    void* base = MapWritable(fd.get(), capacity_bytes);
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
                                                capacity_bytes, reserved);
@@ -304,8 +319,7 @@ class PosixFileSystem final : public FileSystem {
     const int rc = ::posix_fallocate(fd.get(), static_cast<off_t>(size),
                                      static_cast<off_t>(reserved - size));
     if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
-    void* base =
-        ::mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    void* base = MapWritable(fd.get(), capacity_bytes);
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
                                                capacity_bytes, reserved, size);
