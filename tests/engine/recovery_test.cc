@@ -18,9 +18,9 @@
 
 #include <atomic>
 #include <cerrno>
-
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -32,8 +32,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "engine/file_system.h"
@@ -1162,6 +1164,52 @@ TEST(PosixFileSystemTest, NextDataSkipsHoles) {
   file->NextData(5 << 20, &begin, &end);
   EXPECT_EQ(begin, file->Size());
   EXPECT_EQ(end, file->Size());
+}
+
+// The VmFlags line of the mapping that holds address, from /proc/self/smaps
+// ("" if none holds it).
+std::string VmFlagsOf(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    const std::string first = line.substr(0, line.find(' '));
+    const std::vector<absl::string_view> range = absl::StrSplit(first, absl::MaxSplits('-', 1));
+    uint64_t begin = 0;
+    uint64_t end = 0;
+    if (range.size() == 2 && absl::SimpleHexAtoi(range[0], &begin) &&
+        absl::SimpleHexAtoi(range[1], &end)) {
+      inside = begin <= at && at < end;  // a mapping's first line
+      continue;
+    }
+    if (inside && absl::StartsWith(line, "VmFlags:")) return line;
+  }
+  return "";
+}
+
+// A segment's writable mapping has no read-ahead (madvise MADV_RANDOM, "rr"
+// in its VmFlags): with it, an append's fault on a reserved page zeroed the
+// whole read-ahead window on the writer's thread (docs/performance.md).
+// Created and reopened alike.
+TEST(PosixFileSystemTest, WritableMappingsHaveNoReadAhead) {
+  test::ScopedTempDir dir;
+  FileSystem* fs = DefaultFileSystem();
+  const std::string path = dir.Subdir("segment");
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file, fs->NewWritableFile(path, 1 << 20));
+    ASSERT_OK(file->Append("record"));
+    ASSERT_OK_AND_ASSIGN(absl::string_view mapped, file->Read(0, 6, nullptr));
+    const std::string flags = VmFlagsOf(mapped.data());
+    ASSERT_FALSE(flags.empty()) << "no mapping holds the file's bytes";
+    EXPECT_TRUE(absl::StrContains(flags, " rr")) << flags;
+    ASSERT_OK(file->Close());
+  }
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file, fs->ReopenWritableFile(path, 2 << 20));
+  ASSERT_OK_AND_ASSIGN(absl::string_view mapped, file->Read(0, 6, nullptr));
+  EXPECT_EQ(mapped, "record");
+  const std::string flags = VmFlagsOf(mapped.data());
+  EXPECT_TRUE(absl::StrContains(flags, " rr")) << flags;
+  ASSERT_OK(file->Close());
 }
 
 // A segment is created, preallocated, and only then given its header: a
