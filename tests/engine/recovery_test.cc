@@ -728,6 +728,18 @@ class DiskFullTest : public CrashTest {
     FAIL() << "1000 writes of 1000 bytes fit in one 64 KiB segment";
   }
 
+  // REQUIRES: the disk is full and the store open with segment 1 alone.
+  // Writes are refused (and leave no segment behind) until space is freed;
+  // then "other" is written.
+  void ExpectWritesRefusedUntilSpaceIsFreed() {
+    EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
+    absl::Status refused = engine_->Put("other", "value").status();
+    EXPECT_TRUE(IsNoSpace(refused)) << refused;
+    EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
+    fs_.SetDiskFull(false);
+    ASSERT_OK(engine_->Put("other", "value"));
+  }
+
   std::vector<std::string> SegmentNames() const {
     std::vector<std::string> names;
     for (const std::string& path : test::ListSegmentFiles(options_.data_dir, 0)) {
@@ -813,13 +825,7 @@ TEST_F(DiskFullTest, OpenOnAFullDiskServesReads) {
   fs_.SetDiskFull(true);
   ASSERT_OK(Open());
   EXPECT_EQ(GetOrStatus(engine_.get(), "key"), "value");
-  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
-  absl::Status refused = engine_->Put("other", "value").status();
-  EXPECT_TRUE(IsNoSpace(refused)) << refused;
-  EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
-
-  fs_.SetDiskFull(false);
-  ASSERT_OK(engine_->Put("other", "value"));
+  ASSERT_NO_FATAL_FAILURE(ExpectWritesRefusedUntilSpaceIsFreed());
   EXPECT_OK(engine_->WriteHealth());
   ASSERT_OK(engine_->Close());
   engine_.reset();
@@ -845,13 +851,7 @@ TEST_F(DiskFullTest, AKilledStoreOpensOnAFullDiskAndKeepsWhatItServes) {
   ASSERT_OK(Open());
   EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "cannot continue")) << log_.Dump();
   for (int i = 0; i < 10; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), "before the kill");
-  EXPECT_TRUE(IsNoSpace(engine_->WriteHealth())) << engine_->WriteHealth();
-  absl::Status refused = engine_->Put("other", "value").status();
-  EXPECT_TRUE(IsNoSpace(refused)) << refused;
-  EXPECT_EQ(SegmentNames(), std::vector<std::string>{"000000000001.log"});
-
-  fs_.SetDiskFull(false);
-  ASSERT_OK(engine_->Put("other", "value"));
+  ASSERT_NO_FATAL_FAILURE(ExpectWritesRefusedUntilSpaceIsFreed());
   EXPECT_EQ(SegmentNames(), (std::vector<std::string>{"000000000001.log", "000000000002.log"}));
   ASSERT_OK(engine_->Sync());
   ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
