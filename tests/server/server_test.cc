@@ -816,9 +816,11 @@ TEST_F(ServerTest, ConcurrentConsensusReadsShareTheirLogEntries) {
     after = again;
   }
   const int64_t entries = after - before;
-  // One entry a read without sharing; about two per wave of concurrent
-  // reads with it.
-  EXPECT_LT(entries, kClients * kReadsEach / 2)
+  // Without sharing every read is an entry of its own (131 entries for the
+  // 128 reads, measured); with it, reads that overlap share one. How many
+  // overlap depends on the machine's speed (81 entries under the
+  // sanitizers in one run), so the bound is the one sharing must beat.
+  EXPECT_LT(entries, kClients * kReadsEach)
       << entries << " log entries for " << kClients * kReadsEach << " reads";
   EXPECT_GT(entries, 0);
   EXPECT_EQ(server->Stop(), 0) << server->Output();
