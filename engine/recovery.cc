@@ -579,15 +579,18 @@ absl::Status Shard::SyncNewestSegment() {
   // new segment after this one (the next open's newest, synced instead of
   // it) or write this one a hint at close (which tells the next open it was
   // synced): no later open would sync it again. Failing leaves the
-  // directory as it was, and the next open tries again.
+  // directory as it was and the next open syncs again, which helps after a
+  // transient failure; after an I/O error Linux may have marked the pages
+  // clean (a later fdatasync then succeeds without writing them), so a disk
+  // that fails there needs an operator either way, and the failed open says so.
   if (original_ids_.empty()) return absl::OkStatus();
   const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
   if (newest->has_hint) return absl::OkStatus();
   if (absl::Status status = context_.fs->SyncFile(newest->path()); !status.ok()) {
     return WithContext(
         absl::StrCat("shard ", shard_id_,
-                     ": syncing its newest segment, which the last run wrote (the next open "
-                     "tries again): "),
+                     ": syncing its newest segment, which the last run wrote (the open "
+                     "failed; check the disk before starting again): "),
         status);
   }
   return absl::OkStatus();

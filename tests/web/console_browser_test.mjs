@@ -273,6 +273,19 @@ try {
     await page.waitForFunction(() => document.querySelector('tbody')?.textContent?.includes('browser test'), wait);
   });
 
+  await step('a page shown while the focus is on the page area itself focuses its heading', async () => {
+    // Clicking the page's text focuses <main> (tabindex -1), as clicking a
+    // link or button does in some browsers: that is no field being typed in.
+    await page.click('a[href="/data"]');
+    await page.waitForFunction(() => location.pathname === '/data', wait);
+    await page.waitForFunction(() => document.activeElement?.tagName === 'H1', wait);
+    await page.focus('main');
+    await page.evaluate(() => history.back());
+    await page.waitForFunction(() => location.pathname === '/keys', wait);
+    await page.waitForFunction(() => document.activeElement?.tagName === 'H1' &&
+      document.activeElement.closest('main') !== null, wait);
+  });
+
   await step('cluster page with the operator credential', async () => {
     // The page's first figures are held back while half the credential is
     // typed, then let through: the page must not take the focus from the

@@ -232,7 +232,10 @@ async function render(): Promise<void> {
   // they already moved into it while its data loaded (typing in a field):
   // taking the focus then would send the rest of their keystrokes nowhere.
   const heading = main().querySelector('h1');
-  if (heading && !main().contains(document.activeElement)) {
+  // (main itself takes the focus when a user clicks its text, and in some
+  // browsers when a link or button in it is clicked: that is no field.)
+  const focused = document.activeElement;
+  if (heading && (focused === main() || !main().contains(focused))) {
     heading.setAttribute('tabindex', '-1');
     heading.focus();
   }
