@@ -95,16 +95,60 @@ absl::StatusOr<std::string> ReadFile(const fs::path& path) {
   return contents.str();
 }
 
-// A port the kernel chooses for host (IPv4), free when asked. The control
-// transport binds it a moment later; the port is then kept in the identity
-// file, so the rare race is met once, at a node's first start, as a clear
-// bind error.
+// The ports the kernel hands out by itself, to bind(0) and to outgoing
+// connections (Linux's default is 32768-60999).
+std::pair<int, int> EphemeralPortRange() {
+  std::pair<int, int> range{32768, 60999};
+  absl::StatusOr<std::string> text = ReadFile("/proc/sys/net/ipv4/ip_local_port_range");
+  if (!text.ok()) return range;
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(*text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+  int low = 0;
+  int high = 0;
+  if (fields.size() == 2 && absl::SimpleAtoi(fields[0], &low) &&
+      absl::SimpleAtoi(fields[1], &high) && 0 < low && low <= high && high <= 65535) {
+    range = {low, high};
+  }
+  return range;
+}
+
+// Whether port is free on host now: a bind that is undone at once.
+bool PortIsFree(const sockaddr_in& host, int port) {
+  sockaddr_in address = host;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  return bound;
+}
+
+// A port free on host (IPv4) when asked, for the control transport, which
+// keeps it for the node's life (the Raft configuration names the node by
+// it). It is drawn from outside the kernel's ephemeral range: a port from
+// that range, free while the node is down, may be taken by any program's
+// bind(0) or outgoing connection, and the restart then cannot listen. Ports
+// above the range come first, those below it (where fixed services live)
+// next, and a port the kernel picks only if neither has a free one.
 absl::StatusOr<int> PickFreePort(const std::string& host) {
   sockaddr_in address{};
   address.sin_family = AF_INET;
   if (inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("control plane: '", host, "' is not an IPv4 address"));
+  }
+  if (sodium_init() < 0) return absl::InternalError("libsodium failed to initialise");
+  constexpr int kFirstUnprivileged = 1024;
+  constexpr int kTries = 64;
+  const auto [low, high] = EphemeralPortRange();
+  for (const auto& [first, last] :
+       {std::pair<int, int>{high + 1, 65535}, std::pair<int, int>{kFirstUnprivileged, low - 1}}) {
+    if (first > last) continue;
+    for (int i = 0; i < kTries; ++i) {
+      const int port =
+          first + static_cast<int>(randombytes_uniform(static_cast<uint32_t>(last - first + 1)));
+      if (PortIsFree(address, port)) return port;
+    }
   }
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
@@ -507,7 +551,12 @@ absl::Status ControlPlane::Impl::Start() {
     }
   }
   if (int rv = raft_start(&raft_); rv != 0) {
-    return absl::InternalError(absl::StrCat("control plane: raft_start: ", raft_errmsg(&raft_)));
+    // libraft leaves its message empty when the transport fails to listen:
+    // the transport's own message says why (a port taken, say).
+    std::string message = raft_errmsg(&raft_);
+    if (message.empty()) message = transport_->transport()->errmsg;
+    if (message.empty()) message = raft_strerror(rv);
+    return absl::InternalError(absl::StrCat("control plane: raft_start: ", message));
   }
   uv_timer_start(&tick_, [](uv_timer_t* timer) { static_cast<Impl*>(timer->data)->Tick(); },
                  kTickMs, kTickMs);

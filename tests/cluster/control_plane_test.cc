@@ -5,11 +5,16 @@
 // lost its data takes its place again; the control plane keeps working
 // when its leader is killed. Waits are bounded; nothing is asserted about
 // durations.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -19,7 +24,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -545,6 +552,59 @@ TEST_F(ControlPlaneTest, KillingTheLeaderKeepsTheControlPlaneWorking) {
   EXPECT_NE(control.value("leader", ""), "");
   EXPECT_EQ(roles["voter"], 3) << control.dump();
   EXPECT_EQ(roles["standby"], 1) << control.dump();
+}
+
+// A node keeps its control port for life (the Raft configuration names it
+// by it). The first start draws it from outside the kernel's ephemeral
+// range, where no bind(0) or outgoing connection on the machine can take it
+// while the node is down; a restart that finds it taken anyway fails naming
+// the port, and starts once it is free.
+TEST_F(ControlPlaneTest, TheControlPortAvoidsTheEphemeralRangeAndATakenOneIsNamed) {
+  ASSERT_OK(StartCluster(3));
+  int low = 32768;
+  int high = 60999;
+  {
+    std::vector<std::string> range =
+        absl::StrSplit(ReadFileBytes("/proc/sys/net/ipv4/ip_local_port_range"),
+                       absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+    ASSERT_EQ(range.size(), 2u);
+    ASSERT_TRUE(absl::SimpleAtoi(range[0], &low) && absl::SimpleAtoi(range[1], &high));
+  }
+  std::vector<int> ports;
+  for (int node = 0; node < 3; ++node) {
+    const std::string identity = ReadFileBytes(cluster_->data_dir(node) + "/control/identity");
+    int port = 0;
+    for (absl::string_view line : absl::StrSplit(identity, '\n')) {
+      if (absl::ConsumePrefix(&line, "port ")) {
+        ASSERT_TRUE(absl::SimpleAtoi(line, &port)) << line;
+      }
+    }
+    ASSERT_GT(port, 0) << identity;
+    EXPECT_TRUE(port < low || port > high) << port << " is in " << low << "-" << high;
+    ports.push_back(port);
+  }
+
+  // Node 2's port, taken while it is down.
+  cluster_->Kill(2);
+  const int squatter = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(squatter, 0);
+  const int reuse = 1;  // the killed node's connections linger in TIME_WAIT
+  ASSERT_EQ(::setsockopt(squatter, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse)), 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(ports[2]));
+  ASSERT_EQ(inet_pton(AF_INET, "127.0.0.1", &address.sin_addr), 1);
+  ASSERT_EQ(::bind(squatter, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0)
+      << strerror(errno);
+  ASSERT_EQ(::listen(squatter, 1), 0);
+  EXPECT_FALSE(cluster_->RestartAsStarted(2).ok());
+  const std::string output = cluster_->Output(2);
+  EXPECT_TRUE(absl::StrContains(output, absl::StrCat("listen on 127.0.0.1:", ports[2])) &&
+              absl::StrContains(output, "in use"))
+      << output;
+  ::close(squatter);
+  ASSERT_OK(cluster_->RestartAsStarted(2));
+  ASSERT_OK(WaitAllActive({0, 1, 2}, 3));
 }
 
 }  // namespace
