@@ -490,6 +490,13 @@ absl::StatusOr<RecordLocation> Shard::AppendLocked(LogRecord* record) {
   recent_events_[record->sequence % recent_events_.size()] =
       FeedMark{record->sequence, location.segment_id, location.offset};
   appended_sequence_.store(record->sequence, std::memory_order_release);
+  if (options_.fsync == FsyncPolicy::kInterval &&
+      active_->size() >= writeback_requested_at_ + kWritebackBytes) {
+    writeback_requested_at_ = active_->size();
+    absl::MutexLock lock(&sync_request_mu_);
+    writeback_requested_ = true;
+    sync_request_cv_.Signal();
+  }
   return location;
 }
 
@@ -608,18 +615,27 @@ void Shard::RequestSync() {
 }
 
 void Shard::SyncLoop() {
+  const absl::Duration interval = absl::Milliseconds(options_.fsync_interval_ms);
+  absl::Time next_sync = absl::Now() + interval;
   while (true) {
+    bool writeback = false;
     {
       absl::MutexLock lock(&sync_request_mu_);
-      const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.fsync_interval_ms);
-      while (!sync_stop_) {
-        if (sync_request_cv_.WaitWithDeadline(&sync_request_mu_, deadline)) break;
+      while (!sync_stop_ && !writeback_requested_) {
+        if (sync_request_cv_.WaitWithDeadline(&sync_request_mu_, next_sync)) break;
       }
       if (sync_stop_) return;
+      writeback = writeback_requested_;
+      writeback_requested_ = false;
     }
-    // A failure is recorded (the shard then refuses writes) and reported to
-    // the writers waiting; the loop goes on for Close.
-    (void)SyncNow();
+    if (absl::Now() >= next_sync) {
+      // A failure is recorded (the shard then refuses writes) and reported
+      // to the writers waiting; the loop goes on for Close.
+      (void)SyncNow();
+      next_sync = absl::Now() + interval;
+    } else if (writeback) {
+      StartWriteback();
+    }
   }
 }
 
@@ -630,11 +646,8 @@ void Shard::StopSyncLoop() {
 }
 
 void Shard::StartWriteback() {
-  std::shared_ptr<Segment> segment;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    segment = active_;
-  }
+  // Without mu_, which the writers hold.
+  const std::shared_ptr<Segment> segment = active_for_sync_.load(std::memory_order_acquire);
   if (segment != nullptr) segment->StartWriteback();
 }
 

@@ -126,11 +126,19 @@ class Shard {
   // by Engine::Sync. Returns whether there were waiters or unsynced appends.
   absl::Status SyncNow();
   // The shard's sync thread under kInterval (kAlways has the group commit
-  // instead): syncs every interval until StopSyncLoop.
+  // instead): syncs every interval until StopSyncLoop, and in between
+  // starts the write-back of every kWritebackBytes appended.
   void SyncLoop();
   void StopSyncLoop();
   // Kicks off write-back of the active segment without waiting.
   void StartWriteback();
+  // Appends between two write-backs started by the sync thread under
+  // kInterval. Left to the interval's fdatasync, a second of appends is
+  // written back at once (tens of MiB): the kernel's CPU work for it (each
+  // mapped page cleaned, its blocks mapped) competes with the writers for
+  // the cores, and a segment roll's fdatasync waits behind it. In steps of
+  // this size both stay short.
+  static constexpr uint64_t kWritebackBytes = uint64_t{4} << 20;
 
   // Appends the live items of this shard that match options to candidates,
   // keeping only the `keep` smallest keys (a bounded max-heap).
@@ -327,7 +335,11 @@ class Shard {
   void SetActive(std::shared_ptr<Segment> segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     active_ = std::move(segment);
     active_for_sync_.store(active_, std::memory_order_release);
+    writeback_requested_at_ = 0;
   }
+  // Under kInterval, the active segment's size when its write-back was last
+  // asked of the sync thread (SyncLoop).
+  uint64_t writeback_requested_at_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::string encode_buffer_ ABSL_GUARDED_BY(mu_);
 
@@ -344,6 +356,7 @@ class Shard {
   void RequestSync();
   absl::Mutex sync_request_mu_ ABSL_ACQUIRED_AFTER(sync_mu_);
   bool sync_stop_ ABSL_GUARDED_BY(sync_request_mu_) = false;
+  bool writeback_requested_ ABSL_GUARDED_BY(sync_request_mu_) = false;
   absl::CondVar sync_request_cv_;
 
   absl::Mutex compaction_mu_ ABSL_ACQUIRED_BEFORE(mu_);

@@ -84,7 +84,10 @@ class FaultInjectionFileSystem::FaultInjectionWritableFile final : public engine
 
   void StartWriteback() override {
     absl::ReaderMutexLock active_lock(&fs_->active_mu_);
-    if (fs_->active_ && base_ != nullptr) base_->StartWriteback();
+    if (!fs_->active_ || base_ == nullptr) return;
+    base_->StartWriteback();
+    absl::MutexLock state_lock(&fs_->state_mu_);
+    ++fs_->writeback_count_;
   }
 
   absl::Status Close() override {
@@ -223,6 +226,11 @@ uint64_t FaultInjectionFileSystem::dir_sync_count() const {
   return dir_sync_count_;
 }
 
+uint64_t FaultInjectionFileSystem::writeback_count() const {
+  absl::MutexLock state_lock(&state_mu_);
+  return writeback_count_;
+}
+
 uint64_t FaultInjectionFileSystem::injected_failures() const {
   absl::MutexLock state_lock(&state_mu_);
   return injected_failures_;
@@ -239,6 +247,7 @@ void FaultInjectionFileSystem::ResetCounters() {
   sync_count_ = 0;
   file_sync_count_ = 0;
   dir_sync_count_ = 0;
+  writeback_count_ = 0;
   injected_failures_ = 0;
   refused_creations_ = 0;
 }

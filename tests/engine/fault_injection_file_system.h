@@ -117,6 +117,7 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t sync_count() const;         // successful WritableFile::Sync calls
   uint64_t file_sync_count() const;    // successful WriteFile calls with sync = true
   uint64_t dir_sync_count() const;     // successful SyncDir calls
+  uint64_t writeback_count() const;    // WritableFile::StartWriteback calls while active
   uint64_t injected_failures() const;  // calls failed by FailWritesAfter
   uint64_t refused_creations() const;  // NewWritableFile and WriteFile calls failed by SetDiskFull
   void ResetCounters();
@@ -195,6 +196,7 @@ class FaultInjectionFileSystem final : public engine::FileSystem {
   uint64_t sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t file_sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t dir_sync_count_ ABSL_GUARDED_BY(state_mu_) = 0;
+  uint64_t writeback_count_ ABSL_GUARDED_BY(state_mu_) = 0;
   uint64_t injected_failures_ ABSL_GUARDED_BY(state_mu_) = 0;
   bool disk_full_ ABSL_GUARDED_BY(state_mu_) = false;
   bool reopen_unsupported_ ABSL_GUARDED_BY(state_mu_) = false;

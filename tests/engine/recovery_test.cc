@@ -680,6 +680,31 @@ TEST_F(CrashTest, SyncMakesEarlierWritesDurableUnderNever) {
   for (int i = 0; i < 50; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(i)), "synced");
 }
 
+// Under kInterval the sync thread starts the write-back of every few MiB
+// appended, without waiting for the interval (here an hour): left to the
+// interval's fdatasync, a second of appends is written back at once, and
+// that burst of the kernel's work stalls the writers.
+TEST_F(CrashTest, IntervalStartsTheWritebackAsAppendsGrowAndMakesNothingDurable) {
+  options_.fsync = FsyncPolicy::kInterval;
+  options_.fsync_interval_ms = 3'600'000;
+  options_.background_threads = true;
+  options_.shard_count = 1;
+  options_.segment_bytes = 64 << 20;  // no roll, whose seal syncs
+  ASSERT_OK(Open());
+  const std::string value(4096, 'v');
+  constexpr int kPuts = 3 * 1024;  // 12 MiB and more, in records of 4 KiB
+  for (int i = 0; i < kPuts; ++i) ASSERT_OK(engine_->Put(KeyName(i), value));
+  for (int wait = 0; wait < 3000 && fs_.writeback_count() < 2; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_GE(fs_.writeback_count(), 2u);
+  // Write-back is no sync: a crash may still lose every one of them.
+  EXPECT_EQ(fs_.sync_count(), 0u);
+  ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
+  ASSERT_OK(Open());
+  EXPECT_EQ(GetOrStatus(engine_.get(), KeyName(0)), "NOT_FOUND");
+}
+
 TEST_F(CrashTest, WriteErrorsAreReportedAndAcknowledgedWritesSurvive) {
   options_.fsync = FsyncPolicy::kAlways;
   options_.background_threads = true;
