@@ -95,11 +95,13 @@ void KeyIndex::set_expiry(uint32_t id, int64_t expiry_unix_ms) {
     if ((entry.flags & kEntryHasExpiry) == 0) return;
     entry.flags &= static_cast<uint8_t>(~kEntryHasExpiry);
     chunk.values[id & kChunkMask] = 0;
+    --with_expiry_;
     if (--chunk.count == 0) chunk.values.reset();
     return;
   }
   if ((entry.flags & kEntryHasExpiry) == 0) {
     entry.flags |= kEntryHasExpiry;
+    ++with_expiry_;
     if (chunk.count++ == 0) chunk.values = std::make_unique<int64_t[]>(kChunkEntries);
   }
   chunk.values[id & kChunkMask] = expiry_unix_ms;

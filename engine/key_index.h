@@ -73,6 +73,10 @@ struct IndexEntry {
 
   absl::string_view key() const { return {key_data, key_size}; }
   RecordLocation location() const { return {segment_id, offset, record_bytes}; }
+  // Sets the flags but kEntryHasExpiry, which KeyIndex::set_expiry owns.
+  void set_record_flags(uint8_t record_flags) {
+    flags = static_cast<uint8_t>((flags & kEntryHasExpiry) | (record_flags & ~kEntryHasExpiry));
+  }
   void set_location(const RecordLocation& l) {
     segment_id = l.segment_id;
     offset = l.offset;
@@ -136,6 +140,8 @@ class KeyIndex {
   }
   // Sets (or, with 0, clears) the expiry and the entry's flag.
   void set_expiry(uint32_t id, int64_t expiry_unix_ms);
+  // Entries with an expiry.
+  size_t with_expiry() const { return with_expiry_; }
 
   size_t size() const { return size_; }
   // Every id handed out so far is below it.
@@ -279,6 +285,7 @@ class KeyIndex {
   const int group_bits_;
   std::vector<std::unique_ptr<IndexEntry[]>> chunks_;
   std::vector<ExpiryChunk> expiry_chunks_;  // by slab chunk, as many
+  size_t with_expiry_ = 0;                   // the chunks' counts summed
   uint32_t next_id_ = 0;        // ids below it have been handed out
   std::vector<uint32_t> free_ids_;
   KeyArena arena_;

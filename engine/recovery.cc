@@ -176,10 +176,9 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
     mu_.AssertHeld();  // called before ApplyRecovered returns
     IndexEntry& entry = index_.at(entry_id);
     entry.set_location(location);
-    entry.flags = (entry.flags & kEntryHasExpiry) |
-                  (record.is_tombstone() ? kEntryTombstone
-                   : record.is_forget()  ? (kEntryTombstone | kEntryForgotten)
-                                         : uint8_t{0});
+    entry.set_record_flags(record.is_tombstone() ? kEntryTombstone
+                           : record.is_forget()  ? (kEntryTombstone | kEntryForgotten)
+                                                 : uint8_t{0});
     entry.timestamp = record.timestamp;
     entry.version = record.version;
     index_.set_expiry(entry_id, record.expiry_unix_ms);
@@ -367,9 +366,8 @@ void Shard::FinishRecovery(RecoveryState* state) {
     mu_.AssertHeld();  // ForEach calls back before it returns
     if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
     if (entry.present()) ++CountsOf(entry.key()).live_keys;
-    if (const int64_t expiry = index_.expiry(id); expiry != 0) {
-      ++entries_with_expiry_;
-      if (entry.present()) ttl_heap_.push(TtlItem{expiry, id});
+    if (const int64_t expiry = index_.expiry(id); expiry != 0 && entry.present()) {
+      ttl_heap_.push(TtlItem{expiry, id});
     }
   });
   index_.ShrinkToFit();

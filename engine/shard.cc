@@ -226,9 +226,9 @@ void Shard::PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) {
   // Overwritten keys leave stale heap items behind until their time comes.
   // Rebuild from the index when they dominate, so the heap tracks the keys
   // that have an expiry, not every TTL write ever made.
-  if (ttl_heap_.size() > 2 * entries_with_expiry_ + 1024) {
+  if (ttl_heap_.size() > 2 * index_.with_expiry() + 1024) {
     std::vector<TtlItem> items;
-    items.reserve(entries_with_expiry_);
+    items.reserve(index_.with_expiry());
     index_.ForEach([&](uint32_t id, const IndexEntry& entry) {
       mu_.AssertHeld();  // ForEach calls back before it returns
       const int64_t expiry = index_.expiry(id);
@@ -248,7 +248,6 @@ void Shard::RemoveEntry(uint32_t entry_id) {
   if (Summarised(entry.key())) context_.merkle->Update(HashKey(entry.key()), LeafHashOf(entry));
   ReleaseCurrentRecord(entry);
   DropHistory(entry_id);
-  if ((entry.flags & kEntryHasExpiry) != 0) --entries_with_expiry_;
   index_.Remove(entry_id);
 }
 
@@ -417,24 +416,19 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
       ReleaseCurrentRecord(*entry);
       DropHistory(id);
     }
-    if ((entry->flags & kEntryHasExpiry) != 0) --entries_with_expiry_;
   } else {
     id = index_.Insert(key);
     entry = &index_.at(id);
   }
   entry->set_location(location);
-  entry->flags = (entry->flags & kEntryHasExpiry) |
-                 (type == RecordType::kDelete ? kEntryTombstone : uint8_t{0});
+  entry->set_record_flags(type == RecordType::kDelete ? kEntryTombstone : uint8_t{0});
   entry->timestamp = timestamp;
   entry->version = version;
   index_.set_expiry(id, expiry);
   if (summarised) context_.merkle->Update(key.hash, LeafHashOf(*entry));
   if (type == RecordType::kPut && !was_present) ++CountsOf(summarised).live_keys;
   if (type == RecordType::kDelete && was_present) --CountsOf(summarised).live_keys;
-  if (expiry != 0) {
-    ++entries_with_expiry_;
-    PushTtl(expiry, id);
-  }
+  if (expiry != 0) PushTtl(expiry, id);
   (type == RecordType::kPut ? counters_.puts : counters_.deletes)
       .fetch_add(1, std::memory_order_relaxed);
   if (type == RecordType::kPut) {

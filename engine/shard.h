@@ -307,7 +307,6 @@ class Shard {
   VersionChains history_ ABSL_GUARDED_BY(mu_);
   std::priority_queue<TtlItem, std::vector<TtlItem>, std::greater<TtlItem>> ttl_heap_
       ABSL_GUARDED_BY(mu_);
-  uint64_t entries_with_expiry_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<FeedMark> recent_events_ ABSL_GUARDED_BY(mu_);  // ring
   // Live keys and the older versions kept for them (history_ items),
   // counted apart for Summarised keys (the clients') and the store's own.

@@ -96,6 +96,7 @@ TEST(KeyIndexTest, ExpiriesAreKeptBesideTheSlabOnlyWhereEntriesHaveThem) {
   for (int i = 0; i < kKeys; i += 4096) index.set_expiry(ids[i], 1000 + i);
   const size_t with = index.overhead_bytes();
   EXPECT_EQ(with - without, 4 * 4096 * sizeof(int64_t));
+  EXPECT_EQ(index.with_expiry(), 4u);
   for (int i = 0; i < kKeys; ++i) {
     ASSERT_EQ(index.expiry(ids[i]), i % 4096 == 0 ? 1000 + i : 0) << i;
     ASSERT_EQ((index.at(ids[i]).flags & kEntryHasExpiry) != 0, i % 4096 == 0) << i;
@@ -110,9 +111,11 @@ TEST(KeyIndexTest, ExpiriesAreKeptBesideTheSlabOnlyWhereEntriesHaveThem) {
   EXPECT_EQ(with - index.overhead_bytes(), 4096 * sizeof(int64_t));
   index.set_expiry(ids[0], 0);  // clearing twice changes nothing
   EXPECT_EQ(with - index.overhead_bytes(), 4096 * sizeof(int64_t));
+  EXPECT_EQ(index.with_expiry(), 3u);
   // A removed entry's expiry goes with it; its id, reused, has none.
   const std::string removed = absl::StrCat("key:", 4096);
   index.Remove(ids[4096]);
+  EXPECT_EQ(index.with_expiry(), 2u);
   const size_t removed_at = index.overhead_bytes();  // the chunk of expiries went with it:
   index.set_expiry(ids[4097], 5);                    // a new one for its neighbour
   EXPECT_EQ(index.overhead_bytes() - removed_at, 4096 * sizeof(int64_t));
@@ -122,9 +125,15 @@ TEST(KeyIndexTest, ExpiriesAreKeptBesideTheSlabOnlyWhereEntriesHaveThem) {
   EXPECT_EQ(reused, ids[4096]);
   EXPECT_EQ(index.expiry(reused), 0);
   EXPECT_EQ(index.Find(Ref(removed)), KeyIndex::kNoEntry);
-  // Other flags do not disturb it.
+  // Other flags do not disturb it, nor does setting the record's flags.
   index.at(ids[8192]).flags |= kEntryTombstone;
   EXPECT_EQ(index.expiry(ids[8192]), 1000 + 8192);
+  index.at(ids[8192]).set_record_flags(0);
+  EXPECT_EQ(index.at(ids[8192]).flags, kEntryHasExpiry);
+  EXPECT_EQ(index.expiry(ids[8192]), 1000 + 8192);
+  index.at(ids[0]).set_record_flags(kEntryTombstone | kEntryHasExpiry);  // not the bit's owner
+  EXPECT_EQ(index.at(ids[0]).flags, kEntryTombstone);
+  EXPECT_EQ(index.with_expiry(), 2u);
 }
 
 }  // namespace
