@@ -285,7 +285,7 @@ class KeyIndex {
   const int group_bits_;
   std::vector<std::unique_ptr<IndexEntry[]>> chunks_;
   std::vector<ExpiryChunk> expiry_chunks_;  // by slab chunk, as many
-  size_t with_expiry_ = 0;                   // the chunks' counts summed
+  size_t with_expiry_ = 0;                  // the chunks' counts summed
   uint32_t next_id_ = 0;        // ids below it have been handed out
   std::vector<uint32_t> free_ids_;
   KeyArena arena_;
