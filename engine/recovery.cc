@@ -2,7 +2,9 @@
 // truncate a torn tail, refuse (or, in repair mode, salvage) corruption.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cassert>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -37,19 +39,38 @@ class Shard::RecoveryState {
   // The decompressed entries of the hint file being read, one buffer for all.
   std::string hint_scratch;
 
-  // Records queued by QueueRecovered, oldest at pending_head. A lookup of a
-  // key already in the index reads three places, each found through the one
-  // before: the table slot, the entry it names, the key bytes the entry
-  // points to (and, here, the entry's sequence number). Each is prefetched
-  // in its own step, kStageRecords records after the step before, so the
-  // cache misses of a dozen records overlap instead of each record stalling
-  // three times in a row. kStageRecords is about what a prefetch needs to
-  // arrive while the records before it are applied.
+  // Records queued by QueueRecovered while `sort`, applied by
+  // DrainRecovered in the order of their index slots (KeyIndex::LocalityOf),
+  // found by a counting sort on the top bits of that order. A segment's (or
+  // hint file's) records are applied together: in log order each lookup
+  // went to a random slot of a table of millions. Tables of fewer than
+  // Options::recovery_sort_min_slots slots (5 bytes each) stay in the
+  // caches, and there the queue and the sort would cost more than they
+  // save: records go straight to the pipeline. Measured with
+  // bench/scale.sh, 2 shards: 5M keys (8M slots a shard) opened with 3.27 s
+  // of CPU sorted against 4.37 s in log order, 10M keys with 7.4 against
+  // 10.1 s; 1M keys (2M slots) with 0.83 against 0.72 s.
+  bool sort = false;
   struct Pending {
     LogRecord record;
     RecordLocation location;
     uint64_t key_hash;
   };
+  std::vector<Pending> queued;
+  std::vector<Pending> sorted;  // queued, in slot order, their keys in sorted_keys
+  std::string sorted_keys;
+  std::vector<uint32_t> bucket_of;  // by queued index
+  std::vector<uint32_t> bucket_starts;
+  std::vector<uint64_t> bucket_key_starts;
+
+  // Records in the prefetch pipeline (Pipeline), oldest at pending_head. A
+  // lookup of a key already in the index reads three places, each found
+  // through the one before: the table slot, the entry it names, the key
+  // bytes the entry points to (and, here, the entry's sequence number).
+  // Each is prefetched in its own step, kStageRecords records after the
+  // step before, so the cache misses of a dozen records overlap instead of
+  // each record stalling three times in a row. kStageRecords is about what
+  // a prefetch needs to arrive while the records before it are applied.
   static constexpr size_t kStageRecords = 4;
   static constexpr size_t kPending = 3 * kStageRecords;
   std::array<Pending, kPending> pending;
@@ -104,6 +125,72 @@ uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
 void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& location,
                            Segment* segment, RecoveryState* state) {
   const uint64_t hash = HashKey(record.key);
+  if (state->sort) {
+    state->queued.push_back(RecoveryState::Pending{record, location, hash});
+  } else {
+    Pipeline(record, location, hash, segment, state);
+  }
+}
+
+void Shard::UpdateRecoveryOrder(RecoveryState* state) {
+  state->sort = index_.table_slots() >= options_.recovery_sort_min_slots;
+}
+
+void Shard::DrainRecovered(Segment* segment, RecoveryState* state) {
+  SortAndApplyQueued(segment, state);
+  DrainPipeline(segment, state);
+  UpdateRecoveryOrder(state);
+}
+
+void Shard::SortAndApplyQueued(Segment* segment, RecoveryState* state) {
+  std::vector<RecoveryState::Pending>& queued = state->queued;
+  if (queued.empty()) return;
+  // A counting sort on the top bits of each record's slot order. The
+  // records, and their keys, are copied into that order, so that applying
+  // them reads both front to back (a key's bytes are compared, and copied
+  // into the arena): reading them through an order of indexes jumped about
+  // the segment instead. Stable: a key's records keep their log order (not
+  // that ApplyRecovered needs it).
+  const int bits = std::clamp(static_cast<int>(std::bit_width(queued.size())) - 2, 1, 16);
+  const size_t buckets = size_t{1} << bits;
+  std::vector<uint32_t>& starts = state->bucket_starts;          // records before each bucket
+  std::vector<uint64_t>& key_starts = state->bucket_key_starts;  // key bytes before it
+  starts.assign(buckets + 1, 0);
+  key_starts.assign(buckets + 1, 0);
+  state->bucket_of.resize(queued.size());
+  for (size_t i = 0; i < queued.size(); ++i) {
+    const uint32_t bucket =
+        static_cast<uint32_t>(index_.LocalityOf(queued[i].key_hash) >> (64 - bits));
+    state->bucket_of[i] = bucket;
+    ++starts[bucket + 1];
+    key_starts[bucket + 1] += queued[i].record.key.size();
+  }
+  for (size_t b = 1; b <= buckets; ++b) {
+    starts[b] += starts[b - 1];
+    key_starts[b] += key_starts[b - 1];
+  }
+  std::vector<RecoveryState::Pending>& sorted = state->sorted;
+  sorted.resize(queued.size());
+  state->sorted_keys.resize(key_starts[buckets]);
+  char* keys = state->sorted_keys.data();
+  for (size_t i = 0; i < queued.size(); ++i) {
+    const uint32_t bucket = state->bucket_of[i];
+    RecoveryState::Pending& to = sorted[starts[bucket]++];
+    to = queued[i];
+    const absl::string_view key = queued[i].record.key;
+    char* copy = keys + key_starts[bucket];
+    if (!key.empty()) std::memcpy(copy, key.data(), key.size());
+    key_starts[bucket] += key.size();
+    to.record.key = absl::string_view(copy, key.size());
+  }
+  for (const RecoveryState::Pending& pending : sorted) {
+    Pipeline(pending.record, pending.location, pending.key_hash, segment, state);
+  }
+  queued.clear();
+}
+
+void Shard::Pipeline(const LogRecord& record, const RecordLocation& location, uint64_t hash,
+                     Segment* segment, RecoveryState* state) {
   index_.Prefetch(KeyRef{record.key, hash});
   constexpr size_t kSlots = RecoveryState::kPending;
   constexpr size_t kStage = RecoveryState::kStageRecords;
@@ -141,7 +228,7 @@ void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& locati
   }
 }
 
-void Shard::DrainRecovered(Segment* segment, RecoveryState* state) {
+void Shard::DrainPipeline(Segment* segment, RecoveryState* state) {
   constexpr size_t kSlots = RecoveryState::kPending;
   for (; state->pending_count > 0; --state->pending_count) {
     const RecoveryState::Pending& oldest = state->pending[state->pending_head];
@@ -297,6 +384,10 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
 }
 
 void Shard::FinishRecovery(RecoveryState* state) {
+  std::vector<RecoveryState::Pending>().swap(state->queued);
+  std::vector<RecoveryState::Pending>().swap(state->sorted);
+  std::string().swap(state->sorted_keys);
+  std::vector<uint32_t>().swap(state->bucket_of);
   if (options_.versions_kept > 1) {
     // A key's history is the run of puts just before its current record whose
     // versions count down by one; a version 1 began the key's current life (a
@@ -451,6 +542,7 @@ absl::Status Shard::Open() {
   if (absl::Status status = RemoveTornCreations(&segment_ids); !status.ok()) return status;
 
   absl::MutexLock lock(&mu_);
+  UpdateRecoveryOrder(&state);
   for (uint32_t id : segment_ids) {
     auto segment = Segment::Open(context_.fs, PathOf(SegmentFileName(id)), shard_id_, id);
     if (!segment.ok()) {
@@ -495,6 +587,7 @@ absl::Status Shard::Open() {
           static_cast<size_t>(static_cast<double>(state.records) *
                               static_cast<double>(total_bytes) / static_cast<double>(loaded_bytes));
       index_.Reserve(expected_records);
+      UpdateRecoveryOrder(&state);
       // Each entry's sequence number too, so that growing it never copies
       // it (with the page faults of each new copy).
       state.sequence_of.reserve(expected_records);

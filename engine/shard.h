@@ -258,12 +258,23 @@ class Shard {
                            RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyRecovered(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
                       Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // ApplyRecovered, a few records later: the record's index slot is
-  // prefetched now, and the records queued meanwhile are applied first (in
-  // order). The record's views must stay valid until DrainRecovered.
+  // ApplyRecovered, for a record of segment, by DrainRecovered at the
+  // latest: with large tables the records are kept and applied in the order
+  // of their index slots (ApplyRecovered does not depend on the order).
+  // The record's views must stay valid until DrainRecovered.
   void QueueRecovered(const LogRecord& record, const RecordLocation& location, Segment* segment,
                       RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DrainRecovered(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SortAndApplyQueued(Segment* segment, RecoveryState* state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether QueueRecovered sorts, from the tables' size now.
+  void UpdateRecoveryOrder(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ApplyRecovered, a few records later: the record's index slot is
+  // prefetched now, and the records given meanwhile are applied first (in
+  // order); DrainPipeline applies the rest.
+  void Pipeline(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
+                Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DrainPipeline(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes the newest original segment active again, appends going after its
   // last record; false (nothing changed) if it is not fit to take appends.

@@ -129,6 +129,12 @@ struct Options {
   // scanning a segment from its start.
   uint32_t feed_recent_events = 4096;
 
+  // The open applies each segment's records in the order of their index
+  // slots (a sort) once a shard's hash tables have this many slots: larger
+  // tables miss the caches in log order. A matter of speed only (tests set
+  // 0 to sort always).
+  uint64_t recovery_sort_min_slots = 4ull << 20;
+
   // Salvage what verifies instead of refusing to open a damaged log; damaged
   // segments are rewritten without the bad bytes.
   bool repair = false;
