@@ -36,14 +36,7 @@ done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 ensure_release_binaries "$logkvd" "$bench"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-audit.XXXXXX")
-server_pid=""
-cleanup() {
-  stop_pid "$server_pid"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_scratch audit
 
 start_logkvd() {  # $1: configuration name, $2: --audit-prefix value
   local dir=$work/$1-$round

@@ -90,3 +90,13 @@ logkv_bench_rows() {
     NF >= 9 { print $1 "," $2 "," $col["p50_latency_ms"] "," $col["p99_latency_ms"] "," \
               $col["p999_latency_ms"] }'
 }
+
+# Makes the scratch directory $work (logkv-$1.XXXXXX under TMPDIR) and sets
+# $server_pid empty; on exit the server in $server_pid is stopped and $work
+# removed (an interrupt exits too, so that this runs).
+start_scratch() {
+  work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-$1.XXXXXX")
+  server_pid=""
+  trap 'stop_pid "$server_pid"; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+}

@@ -30,14 +30,7 @@ command -v ss >/dev/null || die "ss not found (apt-get install iproute2)"
 ensure_release_binaries "$logkvd_b" "$bench"
 [[ -x $logkvd_a ]] || die "no logkvd at $logkvd_a"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-p16-tail.XXXXXX")
-server_pid=""
-cleanup() {
-  stop_pid "$server_pid"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_scratch p16-tail
 
 # One run of build $2 (named $1): prints "name rps p50 p99 p99.9 max".
 run_one() {
