@@ -179,7 +179,14 @@ class PosixWritableFile final : public WritableFile {
   }
 
   void StartWriteback() override {
-    if (fd_ >= 0) ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+    // Whole pages only: the page being filled would be written now and again
+    // later, and where the device wants stable pages the next append into
+    // it would wait for that write.
+    static const uint64_t page_bytes = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t whole_pages_bytes = size_ / page_bytes * page_bytes;
+    if (fd_ >= 0 && whole_pages_bytes > 0) {
+      ::sync_file_range(fd_, 0, static_cast<off_t>(whole_pages_bytes), SYNC_FILE_RANGE_WRITE);
+    }
   }
 
   absl::Status Close() override {

@@ -125,11 +125,12 @@ bool PortIsFree(const sockaddr_in& host, int port) {
 
 // A port free on host (IPv4) when asked, for the control transport, which
 // keeps it for the node's life (the Raft configuration names the node by
-// it). It is drawn from outside the kernel's ephemeral range: a port from
+// it). It is drawn from above the kernel's ephemeral range: a port from
 // that range, free while the node is down, may be taken by any program's
-// bind(0) or outgoing connection, and the restart then cannot listen. Ports
-// above the range come first, those below it (where fixed services live)
-// next, and a port the kernel picks only if neither has a free one.
+// bind(0) or outgoing connection, and the restart then cannot listen. Below
+// the range live fixed services (databases, exporters, node ports), whose
+// port a down service would lose for good: not drawn from. Where nothing
+// lies above the range (a host that widened it to 65535), the kernel picks.
 absl::StatusOr<int> PickFreePort(const std::string& host) {
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -138,17 +139,13 @@ absl::StatusOr<int> PickFreePort(const std::string& host) {
         absl::StrCat("control plane: '", host, "' is not an IPv4 address"));
   }
   if (sodium_init() < 0) return absl::InternalError("libsodium failed to initialise");
-  constexpr int kFirstUnprivileged = 1024;
   constexpr int kTries = 64;
-  const auto [low, high] = EphemeralPortRange();
-  for (const auto& [first, last] :
-       {std::pair<int, int>{high + 1, 65535}, std::pair<int, int>{kFirstUnprivileged, low - 1}}) {
-    if (first > last) continue;
-    for (int i = 0; i < kTries; ++i) {
-      const int port =
-          first + static_cast<int>(randombytes_uniform(static_cast<uint32_t>(last - first + 1)));
-      if (PortIsFree(address, port)) return port;
-    }
+  const int first = EphemeralPortRange().second + 1;
+  constexpr int kLast = 65535;
+  for (int i = 0; first <= kLast && i < kTries; ++i) {
+    const int port =
+        first + static_cast<int>(randombytes_uniform(static_cast<uint32_t>(kLast - first + 1)));
+    if (PortIsFree(address, port)) return port;
   }
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
