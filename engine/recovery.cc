@@ -41,12 +41,13 @@ class Shard::RecoveryState {
 
   // Records queued by QueueRecovered while `sort`, applied by
   // DrainRecovered in the order of their index slots (KeyIndex::LocalityOf),
-  // found by a counting sort on the top bits of that order, in batches of up
-  // to kMaxQueued records of one segment (or hint file): in log order each
-  // lookup went to a random slot of a table of millions. Tables of fewer than
-  // Options::recovery_sort_min_slots slots (5 bytes each) stay in the
-  // caches, and there the queue and the sort would cost more than they
-  // save: records go straight to the pipeline. Measured with
+  // found by a counting sort on the top bits of that order, in batches of at
+  // most Options::recovery_sort_batch_records records of one segment (or
+  // hint file): in log order each lookup went to a random slot of a table
+  // of millions. Tables of fewer than Options::recovery_sort_min_slots
+  // slots (5 bytes each) stay in the caches, and there the queue and the
+  // sort would cost more than they save: records go straight to the
+  // pipeline. Measured with
   // bench/scale.sh, 2 shards: 5M keys (8M slots a shard) opened with 3.27 s
   // of CPU sorted against 4.37 s in log order, 10M keys with 7.4 against
   // 10.1 s; 1M keys (2M slots) with 0.83 against 0.72 s.
@@ -78,12 +79,12 @@ class Shard::RecoveryState {
     }
   };
   static_assert(sizeof(Queued) == 64);
-  // Records a batch: the queue and its sorted copy hold 128 bytes a record
-  // and its key twice, bounded by the batch (about 70 MB a shard at 16-byte
-  // keys); a whole segment of records of 130 bytes or more fits in one.
-  // Smaller batches spread the lookups wider: at 10M keys a cap of 2^18
-  // opened 12% slower than whole 64 MiB segments (about 480,000 records).
-  static constexpr size_t kMaxQueued = size_t{1} << 19;
+  // A batch is at most Options::recovery_sort_batch_records of them: the
+  // queue and its sorted copy hold 128 bytes a record and its key twice
+  // (about 70 MB a shard at the default 2^19 and 16-byte keys); a whole
+  // 64 MiB segment of records of 130 bytes or more fits in one. Smaller
+  // batches spread the lookups wider: at 10M keys batches of 2^18 opened
+  // 12% slower than whole segments (about 480,000 records).
   std::vector<Queued> queued;
   std::vector<Queued> sorted;  // queued, in slot order, their keys in sorted_keys
   std::string sorted_keys;
@@ -163,10 +164,11 @@ void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& locati
         RecoveryState::Queued{hash, record.sequence, record.timestamp, record.version,
                               record.expiry_unix_ms, record.key.data(), location,
                               static_cast<uint16_t>(record.key.size()), record.type, record.flags});
-    // Applied in batches: the queue and its sorted copy hold about 200
-    // bytes a record (plus its key), so a bounded batch bounds the memory
-    // the open needs beyond the index (about 55 MB a shard opening at once).
-    if (state->queued.size() >= RecoveryState::kMaxQueued) SortAndApplyQueued(segment, state);
+    // Applied in batches, which bounds the memory the open needs beyond
+    // the index (RecoveryState::Queued).
+    if (state->queued.size() >= options_.recovery_sort_batch_records) {
+      SortAndApplyQueued(segment, state);
+    }
   } else {
     Pipeline(record, location, hash, segment, state);
   }
@@ -225,6 +227,9 @@ void Shard::SortAndApplyQueued(Segment* segment, RecoveryState* state) {
   for (const RecoveryState::Queued& record : sorted) {
     Pipeline(record.Record(), record.location, record.key_hash, segment, state);
   }
+  // The pipeline's records point into sorted_keys, which the next batch
+  // overwrites.
+  DrainPipeline(segment, state);
   queued.clear();
 }
 

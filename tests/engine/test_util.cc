@@ -302,6 +302,8 @@ engine::Options TestOptions(const std::string& data_dir, engine::Clock* clock, L
   // The open's sorted order, which the default keeps for stores of
   // millions of keys (server and cluster tests open in log order).
   options.recovery_sort_min_slots = 0;
+  // In batches that end in the middle of a segment or hint file.
+  options.recovery_sort_batch_records = 97;
   options.clock = clock;
   if (log != nullptr) options.log = log->Callback();
   return options;

@@ -134,6 +134,10 @@ struct Options {
   // tables miss the caches in log order. A matter of speed only (tests set
   // 0 to sort always).
   uint64_t recovery_sort_min_slots = 4ull << 20;
+  // Records sorted together at most (each takes 128 bytes and its key
+  // twice while sorted: this bounds the memory the open needs beyond the
+  // index). Larger batches place the lookups closer together.
+  uint64_t recovery_sort_batch_records = 1ull << 19;
 
   // Salvage what verifies instead of refusing to open a damaged log; damaged
   // segments are rewritten without the bad bytes.
