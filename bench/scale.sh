@@ -97,6 +97,8 @@ start_logkvd() {  # [binary]: starts logkvd on $work/logkvd; sets logkvd_pid, re
   # The ports are fixed for the run (the node id is the listen address); another program on the
   # machine may hold one for a moment (an outgoing connection's ephemeral port): try again.
   for attempt in $(seq 10); do
+    # The HTTP port need not stay the same: a new one each attempt.
+    http_port=$(free_port)
     : >"$log"
     start=$(now_ms)
     "$binary" --listen="127.0.0.1:$logkv_port" --http="127.0.0.1:$http_port" \
@@ -168,7 +170,7 @@ else
   kill9 redis_pid
 fi
 
-declare -a t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints
+declare -a e_kill t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints
 ref_rss_kb="" ref_index_per_key=""
 restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, recorded
   start_logkvd "$1"
@@ -180,6 +182,7 @@ restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, rec
     fi
   else
     t_kill+=("$ready_ms") c_kill+=("$ready_cpu")
+    e_kill+=("$(sed -n 's/.*recovered in \([0-9]*\) ms.*/\1/p' "$work/logkvd.log")")
     cp "$work/logkvd.log" "$work/logkvd-kill9.log"
     if [[ -z ${logkv_rss_kb:-} ]]; then
       logkv_keys=$(metric logkv_engine_keys)
@@ -199,7 +202,22 @@ restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint fil
     t_nohints+=("$ready_ms") c_nohints+=("$ready_cpu")
     cp "$work/logkvd.log" "$work/logkvd-nohints.log"
   fi
+  wait_for_hints
   kill9 logkvd_pid
+}
+# The running logkvd writes the hint files of sealed segments again (within a second or so of
+# starting, one segment after another): the next round's kill -9 restart is to find them, as it
+# would after any run longer than a few seconds, not scan the segments a second time.
+wait_for_hints() {
+  local logs hints shards
+  shards=$(find "$work/logkvd" -maxdepth 1 -name 'shard-*' | wc -l)
+  for _ in $(seq 1200); do
+    logs=$(find "$work/logkvd" -name '*.log' | wc -l)
+    hints=$(find "$work/logkvd" -name '*.hint' | wc -l)
+    ((hints >= logs - shards)) && return 0
+    sleep 0.1
+  done
+  echo "scale: the hint files did not come back within 120 s ($hints of $logs segments)" >&2
 }
 for rep in $(seq "$reps"); do
   # With a reference binary, the two take turns going first.
@@ -227,7 +245,8 @@ for rep in $(seq "$reps"); do
     restart_nohints "$logkvd" ""
     [[ -z $logkvd_ref ]] || restart_nohints "$logkvd_ref" ref
   fi
-  echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms (${c_kill[-1]} s CPU)," \
+  echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms (${c_kill[-1]} s CPU; the engine's" \
+    "open ${e_kill[-1]} ms)," \
     "no hints ${t_nohints[-1]} ms (${c_nohints[-1]} s CPU), redis AOF ${t_redis[-1]} ms" \
     "${logkvd_ref:+; reference kill -9 ${r_kill[-1]} ms (${rc_kill[-1]} s CPU), no hints ${r_nohints[-1]} ms (${rc_nohints[-1]} s CPU)}" >&2
 done

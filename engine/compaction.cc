@@ -52,8 +52,8 @@ absl::Status Shard::WriteHint(const std::shared_ptr<Segment>& segment) {
                static_cast<uint32_t>(decoded.record_bytes));
     offset += decoded.record_bytes;
   }
-  if (absl::Status status =
-          writer.Finish(context_.fs, PathOf(HintFileName(segment->id())), segment->size());
+  if (absl::Status status = writer.Finish(context_.fs, PathOf(HintFileName(segment->id())),
+                                          segment->size(), IndexEntries());
       !status.ok()) {
     return status;
   }
@@ -371,7 +371,7 @@ absl::Status Shard::Compact(bool force) {
       }
     }
     if (absl::Status status = hints[i].Finish(context_.fs, PathOf(HintFileName(output->id())),
-                                              output->size());
+                                              output->size(), IndexEntries());
         !status.ok()) {
       return fail(status);
     }

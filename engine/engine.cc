@@ -672,6 +672,7 @@ Stats Engine::GetStats() {
     stats.forgotten += c.forgotten.load();
     stats.recovered_from_hints += c.recovered_from_hints.load();
     stats.recovered_by_scan += c.recovered_by_scan.load();
+    stats.recovery_reserved_entries += c.recovery_reserved_entries.load();
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();
     stats.torn_segments_removed += c.torn_segments_removed.load();
     stats.repaired_bytes_skipped += c.repaired_bytes_skipped.load();

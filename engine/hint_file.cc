@@ -3,6 +3,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -42,7 +43,8 @@ void HintWriter::Add(const LogRecord& record, uint32_t offset, uint32_t record_b
   ++count_;
 }
 
-absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_t segment_bytes) {
+absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_t segment_bytes,
+                                uint64_t index_entries) {
   HintHeader header;
   std::memset(&header, 0, sizeof(header));
   std::memcpy(header.magic, format::kHintMagic, sizeof(header.magic));
@@ -56,19 +58,18 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
   // spends per record, which would otherwise add a third to the disk of a
   // store of small values.
   header.format_version = format::kHintFormatVersion;
+  constexpr size_t kPrefix = sizeof(HintHeader) + format::kHintIndexEntriesBytes;
   const absl::string_view entries = absl::string_view(buffer_).substr(sizeof(HintHeader));
-  std::string file(sizeof(HintHeader) + ZSTD_compressBound(entries.size()) +
-                       format::kHintTrailerBytes,
-                   '\0');
-  const size_t compressed = ZSTD_compress(file.data() + sizeof(HintHeader),
-                                          file.size() - sizeof(HintHeader), entries.data(),
-                                          entries.size(), kHintCompressionLevel);
+  std::string file(kPrefix + ZSTD_compressBound(entries.size()) + format::kHintTrailerBytes, '\0');
+  const size_t compressed = ZSTD_compress(file.data() + kPrefix, file.size() - kPrefix,
+                                          entries.data(), entries.size(), kHintCompressionLevel);
   if (ZSTD_isError(compressed)) {
     return absl::InternalError(absl::StrCat("compressing the hint file ", path, ": ",
                                             ZSTD_getErrorName(compressed)));
   }
-  file.resize(sizeof(HintHeader) + compressed);
+  file.resize(kPrefix + compressed);
   std::memcpy(file.data(), &header, sizeof(header));
+  std::memcpy(file.data() + sizeof(header), &index_entries, sizeof(index_entries));
   const uint64_t checksum = XXH3_64bits(file.data(), file.size());
   file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
   return fs->WriteFile(path, file, /*sync=*/true);
@@ -102,20 +103,28 @@ absl::Status ReadHintFile(
   std::memcpy(&header, bytes.data(), sizeof(header));
   if (std::memcmp(header.magic, format::kHintMagic, sizeof(header.magic)) != 0 ||
       (header.format_version != format::kFormatVersion &&
+       header.format_version != format::kHintCompressedFormatVersion &&
        header.format_version != format::kHintFormatVersion) ||
       header.segment_id != segment_id) {
     return absl::DataLossError(absl::StrCat(path, ": not a hint file for segment ", segment_id));
+  }
+  // What precedes the entries (compressed or not).
+  const size_t prefix_bytes = header.format_version == format::kHintFormatVersion
+                                  ? sizeof(HintHeader) + format::kHintIndexEntriesBytes
+                                  : sizeof(HintHeader);
+  if (bytes.size() < prefix_bytes) {
+    return absl::DataLossError(absl::StrCat(path, ": ", bytes.size(), " bytes, truncated"));
   }
   if (header.segment_bytes != segment_bytes) {
     return absl::DataLossError(absl::StrCat(path, ": describes ", header.segment_bytes,
                                             " bytes of segment but it has ", segment_bytes));
   }
-  // Version 2 holds its entries zstd-compressed (version 1, as they are):
-  // from here on bytes is the header followed by the plain entries.
+  // Versions 2 and 3 hold their entries zstd-compressed (version 1, as they
+  // are): from here on bytes is the header followed by the plain entries.
   std::string own_plain;
   std::string& plain = scratch != nullptr ? *scratch : own_plain;
-  if (header.format_version == format::kHintFormatVersion) {
-    const absl::string_view stored = bytes.substr(sizeof(HintHeader));
+  if (header.format_version != format::kFormatVersion) {
+    const absl::string_view stored = bytes.substr(prefix_bytes);
     const unsigned long long plain_bytes = ZSTD_getFrameContentSize(stored.data(), stored.size());
     // Every entry is at least an entry header and a byte of key.
     if (plain_bytes == ZSTD_CONTENTSIZE_ERROR || plain_bytes == ZSTD_CONTENTSIZE_UNKNOWN ||
@@ -171,6 +180,35 @@ absl::Status ReadHintFile(
   }
   after_last();
   return absl::OkStatus();
+}
+
+absl::StatusOr<HintSummary> ReadHintSummary(FileSystem* fs, const std::string& path) {
+  auto file = fs->NewReadableFile(path);
+  if (!file.ok()) return file.status();
+  char prefix[sizeof(HintHeader) + format::kHintIndexEntriesBytes];
+  const uint64_t size = std::min<uint64_t>((*file)->Size(), sizeof(prefix));
+  auto bytes = (*file)->Read(0, size, prefix);
+  if (!bytes.ok()) return bytes.status();
+  HintHeader header;
+  if (bytes->size() < sizeof(header)) {
+    return absl::DataLossError(absl::StrCat(path, ": ", bytes->size(), " bytes, truncated"));
+  }
+  std::memcpy(&header, bytes->data(), sizeof(header));
+  if (std::memcmp(header.magic, format::kHintMagic, sizeof(header.magic)) != 0) {
+    return absl::DataLossError(absl::StrCat(path, ": not a hint file"));
+  }
+  HintSummary summary;
+  summary.segment_id = header.segment_id;
+  summary.segment_bytes = header.segment_bytes;
+  summary.entry_count = header.entry_count;
+  if (header.format_version == format::kHintFormatVersion) {
+    if (bytes->size() < sizeof(prefix)) {
+      return absl::DataLossError(absl::StrCat(path, ": ", bytes->size(), " bytes, truncated"));
+    }
+    std::memcpy(&summary.index_entries, bytes->data() + sizeof(header),
+                sizeof(summary.index_entries));
+  }
+  return summary;
 }
 
 }  // namespace logkv::engine

@@ -7,9 +7,9 @@
 #include <cstdint>
 #include <string>
 
-
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/file_system.h"
 #include "engine/log_record.h"
 
@@ -20,8 +20,10 @@ class HintWriter {
  public:
   explicit HintWriter(uint32_t segment_id);
   void Add(const LogRecord& record, uint32_t offset, uint32_t record_bytes);
-  // Writes and syncs path; segment_bytes is the size of the finished segment.
-  absl::Status Finish(FileSystem* fs, const std::string& path, uint64_t segment_bytes);
+  // Writes and syncs path; segment_bytes is the size of the finished segment,
+  // index_entries the entries of the shard's index now (HintSummary).
+  absl::Status Finish(FileSystem* fs, const std::string& path, uint64_t segment_bytes,
+                      uint64_t index_entries);
 
  private:
   uint32_t segment_id_;
@@ -45,6 +47,19 @@ absl::Status ReadHintFile(
     FileSystem* fs, const std::string& path, uint32_t segment_id, uint64_t segment_bytes,
     absl::FunctionRef<void(const LogRecord&, uint32_t offset, uint32_t record_bytes)> visit,
     absl::FunctionRef<void()> after_last, std::string* scratch);
+
+// What a hint file's first bytes say, read without the rest: for an
+// estimate only, since nothing is verified but the magic and the version
+// (ReadHintFile checks the whole file).
+struct HintSummary {
+  uint32_t segment_id = 0;
+  uint64_t segment_bytes = 0;
+  uint64_t entry_count = 0;
+  // The entries of the shard's index when the hint was written (0: a hint
+  // file of a version before 3, which does not say).
+  uint64_t index_entries = 0;
+};
+absl::StatusOr<HintSummary> ReadHintSummary(FileSystem* fs, const std::string& path);
 
 }  // namespace logkv::engine
 

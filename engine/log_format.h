@@ -123,9 +123,15 @@ struct HintEntry {  // followed by key_size bytes of key
 };
 static_assert(sizeof(HintEntry) == 48);
 // Hint files of version 1 (kFormatVersion) hold their entries as they are;
-// version 2, written from then on, holds them as one zstd frame (with its
-// content size) after the header. Both are read.
-inline constexpr uint32_t kHintFormatVersion = 2;
+// version 2 holds them as one zstd frame (with its content size) after the
+// header. Version 3, written from then on, is version 2 with a uint64 between
+// the header and the frame: the entries the shard's index held when the
+// hint was written, from which start-up sizes the index before it reads a
+// single entry (the records counted in the segments over-count the keys by
+// every overwrite). All three are read.
+inline constexpr uint32_t kHintFormatVersion = 3;
+inline constexpr uint32_t kHintCompressedFormatVersion = 2;
+inline constexpr size_t kHintIndexEntriesBytes = sizeof(uint64_t);  // version 3
 // The file ends with XXH3-64 of everything before it.
 inline constexpr size_t kHintTrailerBytes = sizeof(uint64_t);
 

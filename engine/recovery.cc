@@ -31,7 +31,7 @@ class Shard::RecoveryState {
   };
   static_assert(sizeof(OlderPut) == 32);
   std::vector<OlderPut> older_puts;
-  uint64_t records = 0;  // records applied so far
+  uint64_t records = 0;  // records queued or applied so far
   uint64_t max_sequence = 0;
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
@@ -39,34 +39,35 @@ class Shard::RecoveryState {
   // The decompressed entries of the hint file being read, one buffer for all.
   std::string hint_scratch;
 
-  // Records queued by QueueRecovered while `sort`, applied by
-  // DrainRecovered in the order of their index slots (KeyIndex::LocalityOf),
-  // found by a counting sort on the top bits of that order, in batches of at
-  // most Options::recovery_sort_batch_records records of one segment (or
-  // hint file): in log order each lookup went to a random slot of a table
-  // of millions. Tables of fewer than Options::recovery_sort_min_slots
-  // slots (5 bytes each) stay in the caches, and there the queue and the
-  // sort would cost more than they save: records go straight to the
-  // pipeline. Measured with
-  // bench/scale.sh, 2 shards: 5M keys (8M slots a shard) opened with 3.27 s
-  // of CPU sorted against 4.37 s in log order, 10M keys with 7.4 against
-  // 10.1 s; 1M keys (2M slots) with 0.83 against 0.72 s.
+  // Records queued by QueueRecovered while `sort`, applied in the order of
+  // their index slots (KeyIndex::LocalityOf), found by a counting sort on
+  // the top bits of that order, in batches of
+  // Options::recovery_sort_batch_records records (across hint files; the
+  // rest by DrainRecovered): in log order each lookup went to a random slot
+  // of a table of millions. Smaller tables than
+  // Options::recovery_sort_min_slots stay in the caches, and there the
+  // queue and the sort would cost more than they save: records go straight
+  // to the pipeline. Measured with bench/scale.sh, 2 shards, restarts
+  // alternating: 5M keys (4M slots a shard) opened in 1.56 s sorted against
+  // 3.09 s in log order, 3M keys (2M slots) in 0.99 against 1.49 s, 1M keys
+  // (1M slots) in 0.44 against 0.51 s.
   bool sort = false;
   // A queued record: what ApplyRecovered reads of it, in 64 bytes (a
-  // LogRecord with its location takes 104), its key still where it was read.
+  // LogRecord with its location takes 104), its key copied to queued_keys:
+  // a batch spans hint files, whose buffer the next one reuses.
   struct Queued {
     uint64_t key_hash;
     uint64_t sequence;
     uint64_t timestamp;
     uint64_t version;
     int64_t expiry_unix_ms;
-    const char* key_data;
+    uint64_t key_offset;  // in queued_keys
     RecordLocation location;
     uint16_t key_size;
     format::RecordType type;
     uint8_t flags;
 
-    LogRecord Record() const {
+    LogRecord Record(const char* keys) const {
       LogRecord record;
       record.type = type;
       record.timestamp = timestamp;
@@ -74,23 +75,21 @@ class Shard::RecoveryState {
       record.sequence = sequence;
       record.version = version;
       record.flags = flags;
-      record.key = absl::string_view(key_data, key_size);
+      record.key = absl::string_view(keys + key_offset, key_size);
       return record;
     }
   };
   static_assert(sizeof(Queued) == 64);
-  // A batch is at most Options::recovery_sort_batch_records of them: the
-  // queue and its sorted copy hold 128 bytes a record and its key twice
-  // (about 70 MB a shard at the default 2^19 and 16-byte keys); a whole
-  // 64 MiB segment of records of 130 bytes or more fits in one. Smaller
-  // batches spread the lookups wider: at 10M keys batches of 2^18 opened
-  // 12% slower than whole segments (about 480,000 records).
+  // A batch is at most Options::recovery_sort_batch_records of them, and
+  // their keys at most Options::recovery_sort_batch_key_bytes: 68 bytes a
+  // record and its key (about 85 MB a shard at the default 2^20 and
+  // 16-byte keys; at most 132 MB). The larger the batch, the closer together its
+  // lookups fall: at 10M keys, batches of 2^18 records opened 12% slower
+  // than of 2^19, and those about 6% slower than of 2^20 (bench/scale.sh).
   std::vector<Queued> queued;
-  std::vector<Queued> sorted;  // queued, in slot order, their keys in sorted_keys
-  std::string sorted_keys;
-  std::vector<uint32_t> bucket_of;  // by queued index
+  std::string queued_keys;
+  std::vector<uint32_t> order;  // indexes into queued, in slot order
   std::vector<uint32_t> bucket_starts;
-  std::vector<uint64_t> bucket_key_starts;
 
   // Records in the prefetch pipeline (Pipeline), oldest at pending_head. A
   // lookup of a key already in the index reads three places, each found
@@ -158,89 +157,84 @@ uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
 
 void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& location,
                            Segment* segment, RecoveryState* state) {
+  segment->min_sequence = std::min(segment->min_sequence, record.sequence);
+  segment->max_sequence = std::max(segment->max_sequence, record.sequence);
+  ++state->records;
   const uint64_t hash = HashKey(record.key);
   if (state->sort) {
     state->queued.push_back(
         RecoveryState::Queued{hash, record.sequence, record.timestamp, record.version,
-                              record.expiry_unix_ms, record.key.data(), location,
+                              record.expiry_unix_ms, state->queued_keys.size(), location,
                               static_cast<uint16_t>(record.key.size()), record.type, record.flags});
+    state->queued_keys.append(record.key.data(), record.key.size());
     // Applied in batches, which bounds the memory the open needs beyond
     // the index (RecoveryState::Queued).
-    if (state->queued.size() >= options_.recovery_sort_batch_records) {
-      SortAndApplyQueued(segment, state);
+    if (state->queued.size() >= options_.recovery_sort_batch_records ||
+        state->queued_keys.size() >= options_.recovery_sort_batch_key_bytes) {
+      SortAndApplyQueued(state);
     }
   } else {
-    Pipeline(record, location, hash, segment, state);
+    Pipeline(record, location, hash, state);
   }
 }
 
 void Shard::UpdateRecoveryOrder(RecoveryState* state) {
-  state->sort = index_.table_slots() >= options_.recovery_sort_min_slots;
+  // absl's tables have 2^k - 1 slots: counted as 2^k here, so that a
+  // power of two of a threshold takes in the tables of that size.
+  state->sort = index_.table_slots() + index_.groups() >= options_.recovery_sort_min_slots;
 }
 
-void Shard::DrainRecovered(Segment* segment, RecoveryState* state) {
-  SortAndApplyQueued(segment, state);
-  DrainPipeline(segment, state);
+void Shard::DrainRecovered(RecoveryState* state) {
+  SortAndApplyQueued(state);
+  DrainPipeline(state);
   UpdateRecoveryOrder(state);
 }
 
-void Shard::SortAndApplyQueued(Segment* segment, RecoveryState* state) {
+void Shard::SortAndApplyQueued(RecoveryState* state) {
   std::vector<RecoveryState::Queued>& queued = state->queued;
   if (queued.empty()) return;
-  // A counting sort on the top bits of each record's slot order. The
-  // records, and their keys, are copied into that order, so that applying
-  // them reads both front to back (a key's bytes are compared, and copied
-  // into the arena): reading them through an order of indexes jumped about
-  // the segment instead. Stable: a key's records keep their log order (not
-  // that ApplyRecovered needs it).
+  // A counting sort on the top bits of each record's slot order, of the
+  // records' indexes only; the records are read through it, each (and its
+  // key) prefetched a few records ahead. Stable: a key's records keep their
+  // log order (not that ApplyRecovered needs it).
   const int bits = std::clamp(static_cast<int>(std::bit_width(queued.size())) - 2, 1, 16);
   const size_t buckets = size_t{1} << bits;
-  std::vector<uint32_t>& starts = state->bucket_starts;          // records before each bucket
-  std::vector<uint64_t>& key_starts = state->bucket_key_starts;  // key bytes before it
+  std::vector<uint32_t>& starts = state->bucket_starts;  // records before each bucket
   starts.assign(buckets + 1, 0);
-  key_starts.assign(buckets + 1, 0);
-  state->bucket_of.resize(queued.size());
+  std::vector<uint32_t>& order = state->order;
+  for (const RecoveryState::Queued& record : queued) {
+    ++starts[(index_.LocalityOf(record.key_hash) >> (64 - bits)) + 1];
+  }
+  for (size_t b = 1; b <= buckets; ++b) starts[b] += starts[b - 1];
+  order.resize(queued.size());
   for (size_t i = 0; i < queued.size(); ++i) {
-    const uint32_t bucket =
-        static_cast<uint32_t>(index_.LocalityOf(queued[i].key_hash) >> (64 - bits));
-    state->bucket_of[i] = bucket;
-    ++starts[bucket + 1];
-    key_starts[bucket + 1] += queued[i].key_size;
+    order[starts[index_.LocalityOf(queued[i].key_hash) >> (64 - bits)]++] =
+        static_cast<uint32_t>(i);
   }
-  for (size_t b = 1; b <= buckets; ++b) {
-    starts[b] += starts[b - 1];
-    key_starts[b] += key_starts[b - 1];
+  const char* keys = state->queued_keys.data();
+  constexpr size_t kAhead = 16;
+  const size_t n = order.size();
+  for (size_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) __builtin_prefetch(&queued[order[j + kAhead]]);
+    if (j + kAhead / 2 < n) __builtin_prefetch(keys + queued[order[j + kAhead / 2]].key_offset);
+    const RecoveryState::Queued& record = queued[order[j]];
+    Pipeline(record.Record(keys), record.location, record.key_hash, state);
   }
-  std::vector<RecoveryState::Queued>& sorted = state->sorted;
-  sorted.resize(queued.size());
-  state->sorted_keys.resize(key_starts[buckets]);
-  char* keys = state->sorted_keys.data();
-  for (size_t i = 0; i < queued.size(); ++i) {
-    const uint32_t bucket = state->bucket_of[i];
-    RecoveryState::Queued& to = sorted[starts[bucket]++];
-    to = queued[i];
-    char* copy = keys + key_starts[bucket];
-    if (to.key_size > 0) std::memcpy(copy, to.key_data, to.key_size);
-    key_starts[bucket] += to.key_size;
-    to.key_data = copy;
-  }
-  for (const RecoveryState::Queued& record : sorted) {
-    Pipeline(record.Record(), record.location, record.key_hash, segment, state);
-  }
-  // The pipeline's records point into sorted_keys, which the next batch
+  // The pipeline's records point into queued_keys, which the next batch
   // overwrites.
-  DrainPipeline(segment, state);
+  DrainPipeline(state);
   queued.clear();
+  state->queued_keys.clear();
 }
 
 void Shard::Pipeline(const LogRecord& record, const RecordLocation& location, uint64_t hash,
-                     Segment* segment, RecoveryState* state) {
+                     RecoveryState* state) {
   index_.Prefetch(KeyRef{record.key, hash});
   constexpr size_t kSlots = RecoveryState::kPending;
   constexpr size_t kStage = RecoveryState::kStageRecords;
   if (state->pending_count == kSlots) {
     const RecoveryState::Pending& oldest = state->pending[state->pending_head];
-    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
+    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, state);
     state->pending_head = (state->pending_head + 1) % kSlots;
     --state->pending_count;
   }
@@ -272,23 +266,20 @@ void Shard::Pipeline(const LogRecord& record, const RecordLocation& location, ui
   }
 }
 
-void Shard::DrainPipeline(Segment* segment, RecoveryState* state) {
+void Shard::DrainPipeline(RecoveryState* state) {
   constexpr size_t kSlots = RecoveryState::kPending;
   for (; state->pending_count > 0; --state->pending_count) {
     const RecoveryState::Pending& oldest = state->pending[state->pending_head];
-    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, segment, state);
+    ApplyRecovered(oldest.record, oldest.location, oldest.key_hash, state);
     state->pending_head = (state->pending_head + 1) % kSlots;
   }
   state->pending_head = 0;
 }
 
 void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& location,
-                           uint64_t key_hash, Segment* segment, RecoveryState* state) {
-  segment->min_sequence = std::min(segment->min_sequence, record.sequence);
-  segment->max_sequence = std::max(segment->max_sequence, record.sequence);
+                           uint64_t key_hash, RecoveryState* state) {
   state->max_sequence = std::max(state->max_sequence, record.sequence);
   state->max_timestamp = std::max(state->max_timestamp, record.timestamp);
-  ++state->records;
 
   const KeyRef ref{record.key, key_hash};
   uint32_t id = index_.Find(ref);
@@ -356,8 +347,9 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
       offset += decoded.record_bytes;
       continue;
     }
-    // The queued records point into the mapping that a truncation replaces.
-    DrainRecovered(segment.get(), state);
+    // The pipeline's records point into the mapping that a truncation
+    // replaces.
+    DrainRecovered(state);
     if (decoded.outcome == DecodeOutcome::kEnd && TailIsZero(*segment, offset)) {
       // Preallocated space never written: the segment was not closed cleanly.
       return segment->TruncateTo(context_.fs, offset);
@@ -393,7 +385,7 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
     if (next_valid == 0) break;
     offset = next_valid;
   }
-  DrainRecovered(segment.get(), state);
+  DrainRecovered(state);
   return absl::OkStatus();
 }
 
@@ -412,7 +404,10 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
         },
         [&] {
           mu_.AssertHeld();
-          DrainRecovered(segment.get(), state);
+          // The pipeline's records point into the hint's buffer, which the
+          // next hint file reuses; queued ones have their keys copied, and
+          // their batch goes on.
+          if (!state->sort) DrainRecovered(state);
         },
         &state->hint_scratch);
     if (status.ok()) {
@@ -427,11 +422,37 @@ absl::Status Shard::LoadSegment(const std::shared_ptr<Segment>& segment, bool ne
   return ScanSegment(segment, newest_original, state);
 }
 
+uint64_t Shard::EntriesFromHints(const RecoveryState& state, uint64_t total_bytes) {
+  // The newest count any hint file gives is the largest one, near enough (a
+  // store that deletes keys does not drop their entries until a Forget or
+  // an expiry: an over-estimate, which FinishRecovery trims). The
+  // segments without a hint file add their records (estimated from the
+  // records per byte of the rest) as new keys at most. No estimate exceeds
+  // the records, which a damaged header could otherwise make it do.
+  uint64_t index_entries = 0;
+  uint64_t hinted_bytes = 0;
+  uint64_t hinted_records = 0;
+  for (const auto& [id, segment] : segments_) {
+    if (!state.hint_ids.contains(id)) continue;
+    absl::StatusOr<HintSummary> summary = ReadHintSummary(context_.fs, PathOf(HintFileName(id)));
+    if (!summary.ok() || summary->segment_id != id || summary->segment_bytes != segment->size()) {
+      continue;  // LoadSegment finds out and scans the segment
+    }
+    index_entries = std::max(index_entries, summary->index_entries);
+    hinted_bytes += summary->segment_bytes;
+    hinted_records += summary->entry_count;
+  }
+  if (index_entries == 0 || hinted_bytes == 0) return 0;
+  const uint64_t unhinted_records = static_cast<uint64_t>(
+      static_cast<double>(total_bytes - std::min(total_bytes, hinted_bytes)) *
+      static_cast<double>(hinted_records) / static_cast<double>(hinted_bytes));
+  return std::min(index_entries, hinted_records) + unhinted_records;
+}
+
 void Shard::FinishRecovery(RecoveryState* state) {
   std::vector<RecoveryState::Queued>().swap(state->queued);
-  std::vector<RecoveryState::Queued>().swap(state->sorted);
-  std::string().swap(state->sorted_keys);
-  std::vector<uint32_t>().swap(state->bucket_of);
+  std::string().swap(state->queued_keys);
+  std::vector<uint32_t>().swap(state->order);
   if (options_.versions_kept > 1) {
     // A key's history is the run of puts just before its current record whose
     // versions count down by one; a version 1 began the key's current life (a
@@ -613,6 +634,17 @@ absl::Status Shard::Open() {
   for (const auto& [id, segment] : segments_) total_bytes += segment->size();
   uint64_t loaded_bytes = 0;
   bool reserved = false;
+  // Size the index once, before a record is read, so that growing it never
+  // rehashes millions of keys (each rehash reads every key back from the
+  // arena) and the tables are no larger than the keys need: the fewer
+  // slots, the closer together the sorted batches' lookups fall.
+  if (const uint64_t entries = EntriesFromHints(state, total_bytes); entries > 0) {
+    reserved = true;
+    index_.Reserve(entries);
+    state.sequence_of.reserve(entries);
+    counters_.recovery_reserved_entries.store(entries, std::memory_order_relaxed);
+    UpdateRecoveryOrder(&state);
+  }
   for (uint32_t id : segment_ids) {
     auto it = segments_.find(id);
     if (it == segments_.end()) continue;
@@ -622,21 +654,22 @@ absl::Status Shard::Open() {
     }
     loaded_bytes += it->second->size();
     if (!reserved && state.records >= 1024 && loaded_bytes < total_bytes) {
-      // Size the index once from the records per byte seen so far, so that
-      // growing it never rehashes millions of keys (each rehash reads every
-      // key back from the arena). Overwrites make this an over-estimate of
-      // the keys; FinishRecovery gives back what is left unused.
+      // Without hint files that say, from the records per byte seen so far.
+      // Overwrites make this an over-estimate of the keys; FinishRecovery
+      // gives back what is left unused.
       reserved = true;
       const size_t expected_records =
           static_cast<size_t>(static_cast<double>(state.records) *
                               static_cast<double>(total_bytes) / static_cast<double>(loaded_bytes));
       index_.Reserve(expected_records);
+      counters_.recovery_reserved_entries.store(expected_records, std::memory_order_relaxed);
       UpdateRecoveryOrder(&state);
       // Each entry's sequence number too, so that growing it never copies
       // it (with the page faults of each new copy).
       state.sequence_of.reserve(expected_records);
     }
   }
+  DrainRecovered(&state);
   for (const auto& [id, present] : state.hint_ids) {
     if (!segments_.contains(id) && context_.fs->FileExists(PathOf(HintFileName(id)))) {
       (void)context_.fs->RemoveFile(PathOf(HintFileName(id)));  // orphan of a removed segment

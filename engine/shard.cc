@@ -705,6 +705,11 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
   }
 }
 
+uint64_t Shard::IndexEntries() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return index_.size();
+}
+
 uint64_t Shard::LastSequence() {
   const uint64_t readable = ReadableThrough();
   absl::ReaderMutexLock lock(&mu_);

@@ -60,6 +60,7 @@ struct ShardCounters {
   std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
   std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
   std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
+  std::atomic<uint64_t> recovery_reserved_entries{0};
   std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
   std::atomic<uint64_t> repaired_bytes_skipped{0}, repaired_segments{0},
       repaired_segments_set_aside{0};
@@ -257,25 +258,31 @@ class Shard {
   absl::Status ScanSegment(const std::shared_ptr<Segment>& segment, bool newest_original,
                            RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyRecovered(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
-                      Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                      RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ApplyRecovered, for a record of segment, by DrainRecovered at the
-  // latest: with large tables the records are kept and applied in the order
-  // of their index slots (ApplyRecovered does not depend on the order).
-  // The record's views must stay valid until DrainRecovered.
+  // latest: with large tables the records (their keys copied) are kept and
+  // applied in batches in the order of their index slots (ApplyRecovered
+  // does not depend on the order). Otherwise the record's views must stay
+  // valid until DrainRecovered.
   void QueueRecovered(const LogRecord& record, const RecordLocation& location, Segment* segment,
                       RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DrainRecovered(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SortAndApplyQueued(Segment* segment, RecoveryState* state)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DrainRecovered(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SortAndApplyQueued(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether QueueRecovered sorts, from the tables' size now.
   void UpdateRecoveryOrder(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ApplyRecovered, a few records later: the record's index slot is
   // prefetched now, and the records given meanwhile are applied first (in
   // order); DrainPipeline applies the rest.
   void Pipeline(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
-                Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DrainPipeline(Segment* segment, RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DrainPipeline(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The index entries the open is to make room for, from what the hint
+  // files say (HintSummary); 0 where they do not say.
+  uint64_t EntriesFromHints(const RecoveryState& state, uint64_t total_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The entries of the index now, for a hint file written outside mu_.
+  uint64_t IndexEntries() const ABSL_LOCKS_EXCLUDED(mu_);
   // Makes the newest original segment active again, appends going after its
   // last record; false (nothing changed) if it is not fit to take appends.
   bool ContinueNewestSegment() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -181,8 +181,9 @@ TEST_F(CompactionTest, WritersAndSpaceBoundCompactionsAgree) {
   check("after reopen");
 }
 
-// Hint files hold their entries zstd-compressed (version 2); the files of
-// version 1 (entries as they are, from earlier builds) still serve a restart.
+// Hint files hold their entries zstd-compressed (versions 2 and 3, which
+// puts the index's entry count before them); the files of version 1 (entries
+// as they are, from earlier builds) still serve a restart.
 TEST_F(CompactionTest, HintFilesAreCompressedAndVersionOneStillServes) {
   options_.shard_count = 1;
   ASSERT_OK(Open());
@@ -199,8 +200,12 @@ TEST_F(CompactionTest, HintFilesAreCompressedAndVersionOneStillServes) {
     format::HintHeader header;
     std::memcpy(&header, bytes.data(), sizeof(header));
     EXPECT_EQ(header.format_version, format::kHintFormatVersion);
-    const absl::string_view stored = absl::string_view(bytes).substr(
-        sizeof(header), bytes.size() - sizeof(header) - format::kHintTrailerBytes);
+    const size_t prefix = sizeof(header) + format::kHintIndexEntriesBytes;
+    uint64_t index_entries;
+    std::memcpy(&index_entries, bytes.data() + sizeof(header), sizeof(index_entries));
+    EXPECT_EQ(index_entries, static_cast<uint64_t>(kKeys));
+    const absl::string_view stored =
+        absl::string_view(bytes).substr(prefix, bytes.size() - prefix - format::kHintTrailerBytes);
     const unsigned long long plain_bytes = ZSTD_getFrameContentSize(stored.data(), stored.size());
     ASSERT_NE(plain_bytes, ZSTD_CONTENTSIZE_ERROR);
     ASSERT_NE(plain_bytes, ZSTD_CONTENTSIZE_UNKNOWN);

@@ -770,6 +770,60 @@ TEST_F(CrashTest, AnOpenThatTurnsToTheSlotOrderPartWayKeepsEveryKey) {
   }
 }
 
+// The open sizes the index from what the hint files say the index held
+// when they were written, not from the records: a store whose keys were
+// each written four times makes room for about as many entries as it has
+// keys. The summary it reads is not verified, so a damaged count can make
+// it reserve no more than there are records.
+TEST_F(CrashTest, TheOpenMakesRoomForTheKeysTheHintFilesCountNotForEveryRecord) {
+  options_.shard_count = 1;
+  options_.versions_kept = 1;
+  options_.segment_bytes = 64 << 10;
+  ASSERT_OK(Open());
+  constexpr uint64_t kKeys = 3000;
+  constexpr int kRounds = 4;
+  for (int round = 0; round < kRounds; ++round) {
+    for (uint64_t i = 0; i < kKeys; ++i) {
+      ASSERT_OK(engine_->Put(KeyName(static_cast<int>(i)), absl::StrCat("round", round)));
+    }
+  }
+  ASSERT_OK(engine_->Close());  // a hint file for every segment
+  engine_.reset();
+  auto expect_every_key = [&] {
+    for (uint64_t i = 0; i < kKeys; ++i) {
+      ASSERT_EQ(GetOrStatus(engine_.get(), KeyName(static_cast<int>(i))),
+                absl::StrCat("round", kRounds - 1));
+    }
+  };
+
+  ASSERT_OK(Open());
+  Stats stats = engine_->GetStats();
+  EXPECT_GT(stats.recovered_from_hints, 3u);
+  EXPECT_EQ(stats.recovered_by_scan, 0u);
+  EXPECT_EQ(stats.recovery_reserved_entries, kKeys);
+  ASSERT_NO_FATAL_FAILURE(expect_every_key());
+  ASSERT_OK(engine_->Close());
+  engine_.reset();
+
+  // Every hint file claims 2^60 entries (and fails its checksum, so each
+  // segment is scanned): the open reserves for the records at most.
+  const std::vector<std::string> hints = test::ListHintFiles(options_.data_dir, 0);
+  ASSERT_GT(hints.size(), 3u);
+  for (const std::string& path : hints) {
+    std::string bytes = test::ReadFileBytes(path);
+    const uint64_t claimed = uint64_t{1} << 60;
+    ASSERT_GT(bytes.size(), sizeof(format::HintHeader) + sizeof(claimed));
+    std::memcpy(bytes.data() + sizeof(format::HintHeader), &claimed, sizeof(claimed));
+    test::WriteFileBytes(path, bytes);
+  }
+  ASSERT_OK(Open());
+  stats = engine_->GetStats();
+  EXPECT_EQ(stats.recovered_from_hints, 0u);
+  EXPECT_GE(stats.recovery_reserved_entries, kKeys);
+  EXPECT_LE(stats.recovery_reserved_entries, kKeys * kRounds + 100);
+  ASSERT_NO_FATAL_FAILURE(expect_every_key());
+}
+
 TEST_F(CrashTest, WriteErrorsAreReportedAndAcknowledgedWritesSurvive) {
   options_.fsync = FsyncPolicy::kAlways;
   options_.background_threads = true;

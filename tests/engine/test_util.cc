@@ -302,8 +302,11 @@ engine::Options TestOptions(const std::string& data_dir, engine::Clock* clock, L
   // The open's sorted order, which the default keeps for stores of
   // millions of keys (server and cluster tests open in log order).
   options.recovery_sort_min_slots = 0;
-  // In batches that end in the middle of a segment or hint file.
+  // In batches that end in the middle of a segment or hint file, or span
+  // several hint files; by their records or, with keys longer than about
+  // 10 bytes, by their keys' bytes.
   options.recovery_sort_batch_records = 97;
+  options.recovery_sort_batch_key_bytes = 1000;
   options.clock = clock;
   if (log != nullptr) options.log = log->Callback();
   return options;
