@@ -92,6 +92,13 @@ absl::Status ValidateOptions(const Options& o) {
       std::countr_zero(o.merkle_partitions) + std::countr_zero(o.merkle_leaves) > 24) {
     return bad("merkle_partitions and merkle_leaves must be powers of two, product <= 2^24");
   }
+  // A batch's records are numbered by 32-bit indexes.
+  if (o.recovery_sort_batch_records == 0 || o.recovery_sort_batch_records > (1ull << 30) ||
+      o.recovery_sort_batch_key_bytes == 0 || o.recovery_sort_batch_key_bytes > (1ull << 36)) {
+    return bad(
+        "recovery_sort_batch_records must be in [1, 2^30], recovery_sort_batch_key_bytes "
+        "in [1, 2^36]");
+  }
   return absl::OkStatus();
 }
 

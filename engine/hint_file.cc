@@ -197,6 +197,11 @@ absl::StatusOr<HintSummary> ReadHintSummary(FileSystem* fs, const std::string& p
   if (std::memcmp(header.magic, format::kHintMagic, sizeof(header.magic)) != 0) {
     return absl::DataLossError(absl::StrCat(path, ": not a hint file"));
   }
+  if (header.format_version != format::kFormatVersion &&
+      header.format_version != format::kHintCompressedFormatVersion &&
+      header.format_version != format::kHintFormatVersion) {
+    return absl::DataLossError(absl::StrCat(path, ": hint file version ", header.format_version));
+  }
   HintSummary summary;
   summary.segment_id = header.segment_id;
   summary.segment_bytes = header.segment_bytes;

@@ -179,9 +179,16 @@ void Shard::QueueRecovered(const LogRecord& record, const RecordLocation& locati
 }
 
 void Shard::UpdateRecoveryOrder(RecoveryState* state) {
+  const bool was_sorting = state->sort;
   // absl's tables have 2^k - 1 slots: counted as 2^k here, so that a
   // power of two of a threshold takes in the tables of that size.
   state->sort = index_.table_slots() + index_.groups() >= options_.recovery_sort_min_slots;
+  if (state->sort && !was_sorting) {
+    // Room for a whole batch at once (pages are only taken as it fills): a
+    // buffer grown by doubling held up to twice the batch while it moved.
+    state->queued.reserve(options_.recovery_sort_batch_records);
+    state->queued_keys.reserve(options_.recovery_sort_batch_key_bytes + format::kMaxKeyBytes);
+  }
 }
 
 void Shard::DrainRecovered(RecoveryState* state) {
@@ -427,8 +434,10 @@ uint64_t Shard::EntriesFromHints(const RecoveryState& state, uint64_t total_byte
   // store that deletes keys does not drop their entries until a Forget or
   // an expiry: an over-estimate, which FinishRecovery trims). The
   // segments without a hint file add their records (estimated from the
-  // records per byte of the rest) as new keys at most. No estimate exceeds
-  // the records, which a damaged header could otherwise make it do.
+  // records per byte of the rest) as new keys at most. The counts are not
+  // verified yet (LoadSegment does that): no estimate exceeds the records
+  // the segments' sizes can hold, which a damaged header could otherwise
+  // make it do.
   uint64_t index_entries = 0;
   uint64_t hinted_bytes = 0;
   uint64_t hinted_records = 0;
@@ -438,15 +447,20 @@ uint64_t Shard::EntriesFromHints(const RecoveryState& state, uint64_t total_byte
     if (!summary.ok() || summary->segment_id != id || summary->segment_bytes != segment->size()) {
       continue;  // LoadSegment finds out and scans the segment
     }
+    const uint64_t most = segment->size() / format::RecordBytes(1, 0);  // one-byte keys
     index_entries = std::max(index_entries, summary->index_entries);
     hinted_bytes += summary->segment_bytes;
-    hinted_records += summary->entry_count;
+    hinted_records += std::min(summary->entry_count, most);
   }
   if (index_entries == 0 || hinted_bytes == 0) return 0;
-  const uint64_t unhinted_records = static_cast<uint64_t>(
+  const double unhinted_records =
       static_cast<double>(total_bytes - std::min(total_bytes, hinted_bytes)) *
-      static_cast<double>(hinted_records) / static_cast<double>(hinted_bytes));
-  return std::min(index_entries, hinted_records) + unhinted_records;
+      static_cast<double>(hinted_records) / static_cast<double>(hinted_bytes);
+  const double entries =
+      static_cast<double>(std::min(index_entries, hinted_records)) +
+      std::min(unhinted_records, static_cast<double>(total_bytes / format::RecordBytes(1, 0)));
+  // Entry ids are 32-bit.
+  return static_cast<uint64_t>(std::min(entries, static_cast<double>(KeyIndex::kNoEntry - 1)));
 }
 
 void Shard::FinishRecovery(RecoveryState* state) {

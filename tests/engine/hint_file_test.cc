@@ -105,6 +105,16 @@ TEST(HintFileTest, TheSummarySaysWhatTheIndexHeldWithoutReadingTheEntries) {
   const std::string other_path = dir.Subdir("other.hint");
   ASSERT_OK(DefaultFileSystem()->WriteFile(other_path, std::string(64, 'x'), /*sync=*/false));
   EXPECT_FALSE(ReadHintSummary(DefaultFileSystem(), other_path).ok());
+  // A version no build wrote: refused too.
+  auto contents = DefaultFileSystem()->ReadFile(hint.path);
+  ASSERT_OK(contents.status());
+  std::string future = *contents;
+  const uint32_t version = format::kHintFormatVersion + 1;
+  std::memcpy(future.data() + offsetof(format::HintHeader, format_version), &version,
+              sizeof(version));
+  const std::string future_path = dir.Subdir("future.hint");
+  ASSERT_OK(DefaultFileSystem()->WriteFile(future_path, future, /*sync=*/false));
+  EXPECT_FALSE(ReadHintSummary(DefaultFileSystem(), future_path).ok());
 }
 
 TEST(HintFileTest, AVersionTwoFileReadsAndItsSummarySaysNothingOfTheIndex) {

@@ -730,8 +730,11 @@ TEST_F(CrashTest, IntervalSyncsWhileWritebackRequestsKeepArriving) {
 
 // The open applies records in log order while a shard's tables are small
 // and in the order of their slots once they pass recovery_sort_min_slots,
-// here part way through: every key comes back with its newest value, by a
-// scan of the segments and then from their hint files.
+// here part way through a scan of the segments (sized from the records of
+// the first one, the tables pass it as they grow): every key comes back
+// with its newest value. Then from their hint files, which size the tables
+// right away: in log order (the pipeline's records point into the buffer
+// each hint file reuses) and sorted from the start.
 TEST_F(CrashTest, AnOpenThatTurnsToTheSlotOrderPartWayKeepsEveryKey) {
   const uint64_t seed = test::TestSeed();
   SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
@@ -756,9 +759,18 @@ TEST_F(CrashTest, AnOpenThatTurnsToTheSlotOrderPartWayKeepsEveryKey) {
   }
   ASSERT_OK(engine_->Sync());
   ASSERT_NO_FATAL_FAILURE(Crash(/*lose_unsynced_directory_entries=*/false));
-  for (const char* how : {"scanned", "from hint files"}) {
-    SCOPED_TRACE(how);
+  struct Round {
+    const char* how;
+    uint64_t min_slots;
+  };
+  for (const Round& round :
+       {Round{"scanned", 8192}, Round{"from hint files, in log order", UINT64_MAX},
+        Round{"from hint files, sorted", 8192}}) {
+    SCOPED_TRACE(round.how);
+    options_.recovery_sort_min_slots = round.min_slots;
     ASSERT_OK(Open());
+    const Stats stats = engine_->GetStats();
+    EXPECT_EQ(stats.recovered_by_scan > 0, round.how[0] == 's');
     for (int i = 0; i < kKeys; ++i) {
       auto it = oracle.find(KeyName(i));
       ASSERT_EQ(GetOrStatus(engine_.get(), KeyName(i)),
@@ -805,23 +817,40 @@ TEST_F(CrashTest, TheOpenMakesRoomForTheKeysTheHintFilesCountNotForEveryRecord) 
   ASSERT_OK(engine_->Close());
   engine_.reset();
 
-  // Every hint file claims 2^60 entries (and fails its checksum, so each
-  // segment is scanned): the open reserves for the records at most.
+  // Every hint file claims 2^60 entries in the index, and then 2^60 of its
+  // own too (each fails its checksum, so each segment is scanned): the
+  // open reserves for the records at most, then for what the segments'
+  // sizes can hold at most.
   const std::vector<std::string> hints = test::ListHintFiles(options_.data_dir, 0);
   ASSERT_GT(hints.size(), 3u);
-  for (const std::string& path : hints) {
-    std::string bytes = test::ReadFileBytes(path);
-    const uint64_t claimed = uint64_t{1} << 60;
-    ASSERT_GT(bytes.size(), sizeof(format::HintHeader) + sizeof(claimed));
-    std::memcpy(bytes.data() + sizeof(format::HintHeader), &claimed, sizeof(claimed));
-    test::WriteFileBytes(path, bytes);
+  uint64_t segment_bytes = 0;
+  for (const std::string& path : test::ListSegmentFiles(options_.data_dir, 0)) {
+    segment_bytes += test::FileSizeOf(path);
   }
-  ASSERT_OK(Open());
-  stats = engine_->GetStats();
-  EXPECT_EQ(stats.recovered_from_hints, 0u);
-  EXPECT_GE(stats.recovery_reserved_entries, kKeys);
-  EXPECT_LE(stats.recovery_reserved_entries, kKeys * kRounds + 100);
-  ASSERT_NO_FATAL_FAILURE(expect_every_key());
+  const uint64_t claimed = uint64_t{1} << 60;
+  for (const bool entry_count_too : {false, true}) {
+    SCOPED_TRACE(entry_count_too ? "index and entry counts damaged" : "index count damaged");
+    for (const std::string& path : test::ListHintFiles(options_.data_dir, 0)) {
+      std::string bytes = test::ReadFileBytes(path);
+      ASSERT_GT(bytes.size(), sizeof(format::HintHeader) + sizeof(claimed));
+      std::memcpy(bytes.data() + sizeof(format::HintHeader), &claimed, sizeof(claimed));
+      if (entry_count_too) {
+        std::memcpy(bytes.data() + offsetof(format::HintHeader, entry_count), &claimed,
+                    sizeof(claimed));
+      }
+      test::WriteFileBytes(path, bytes);
+    }
+    ASSERT_OK(Open());
+    stats = engine_->GetStats();
+    EXPECT_EQ(stats.recovered_from_hints, 0u);
+    EXPECT_GE(stats.recovery_reserved_entries, kKeys);
+    EXPECT_LE(stats.recovery_reserved_entries,
+              entry_count_too ? segment_bytes / format::RecordBytes(1, 0) : kKeys * kRounds + 100);
+    ASSERT_NO_FATAL_FAILURE(expect_every_key());
+    // Closed without a write: the hint files are written again, whole.
+    ASSERT_OK(engine_->Close());
+    engine_.reset();
+  }
 }
 
 TEST_F(CrashTest, WriteErrorsAreReportedAndAcknowledgedWritesSurvive) {
