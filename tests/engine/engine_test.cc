@@ -183,6 +183,13 @@ TEST_F(EngineTest, OpenRefusesOptionsBeyondHardLimits) {
       {"versions_kept of 0", [](Options& o) { o.versions_kept = 0; }},
       {"merkle_leaves not a power of two", [](Options& o) { o.merkle_leaves = 12; }},
       {"merkle_partitions not a power of two", [](Options& o) { o.merkle_partitions = 6; }},
+      {"recovery_sort_batch_records of 0", [](Options& o) { o.recovery_sort_batch_records = 0; }},
+      {"recovery_sort_batch_records above 2^30",
+       [](Options& o) { o.recovery_sort_batch_records = (1ull << 30) + 1; }},
+      {"recovery_sort_batch_key_bytes of 0",
+       [](Options& o) { o.recovery_sort_batch_key_bytes = 0; }},
+      {"recovery_sort_batch_key_bytes above 2^36",
+       [](Options& o) { o.recovery_sort_batch_key_bytes = (1ull << 36) + 1; }},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
