@@ -19,6 +19,18 @@ namespace {
 // reads them all); higher levels save little more on these entries.
 constexpr int kHintCompressionLevel = 1;
 
+bool KnownVersion(uint32_t version) {
+  return version == format::kFormatVersion || version == format::kHintCompressedFormatVersion ||
+         version == format::kHintFormatVersion;
+}
+
+// The bytes before a file's entries (compressed or not): the header, and in
+// version 3 the index's entry count.
+size_t PrefixBytes(uint32_t version) {
+  return version == format::kHintFormatVersion ? sizeof(HintHeader) + format::kHintIndexEntriesBytes
+                                               : sizeof(HintHeader);
+}
+
 }  // namespace
 
 HintWriter::HintWriter(uint32_t segment_id) : segment_id_(segment_id) {
@@ -48,7 +60,6 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
   HintHeader header;
   std::memset(&header, 0, sizeof(header));
   std::memcpy(header.magic, format::kHintMagic, sizeof(header.magic));
-  header.format_version = format::kFormatVersion;
   header.segment_id = segment_id_;
   header.segment_bytes = segment_bytes;
   header.entry_count = count_;
@@ -58,16 +69,16 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
   // spends per record, which would otherwise add a third to the disk of a
   // store of small values.
   header.format_version = format::kHintFormatVersion;
-  constexpr size_t kPrefix = sizeof(HintHeader) + format::kHintIndexEntriesBytes;
+  const size_t prefix = PrefixBytes(format::kHintFormatVersion);
   const absl::string_view entries = absl::string_view(buffer_).substr(sizeof(HintHeader));
-  std::string file(kPrefix + ZSTD_compressBound(entries.size()) + format::kHintTrailerBytes, '\0');
-  const size_t compressed = ZSTD_compress(file.data() + kPrefix, file.size() - kPrefix,
+  std::string file(prefix + ZSTD_compressBound(entries.size()) + format::kHintTrailerBytes, '\0');
+  const size_t compressed = ZSTD_compress(file.data() + prefix, file.size() - prefix,
                                           entries.data(), entries.size(), kHintCompressionLevel);
   if (ZSTD_isError(compressed)) {
     return absl::InternalError(absl::StrCat("compressing the hint file ", path, ": ",
                                             ZSTD_getErrorName(compressed)));
   }
-  file.resize(kPrefix + compressed);
+  file.resize(prefix + compressed);
   std::memcpy(file.data(), &header, sizeof(header));
   std::memcpy(file.data() + sizeof(header), &index_entries, sizeof(index_entries));
   const uint64_t checksum = XXH3_64bits(file.data(), file.size());
@@ -102,16 +113,10 @@ absl::Status ReadHintFile(
   HintHeader header;
   std::memcpy(&header, bytes.data(), sizeof(header));
   if (std::memcmp(header.magic, format::kHintMagic, sizeof(header.magic)) != 0 ||
-      (header.format_version != format::kFormatVersion &&
-       header.format_version != format::kHintCompressedFormatVersion &&
-       header.format_version != format::kHintFormatVersion) ||
-      header.segment_id != segment_id) {
+      !KnownVersion(header.format_version) || header.segment_id != segment_id) {
     return absl::DataLossError(absl::StrCat(path, ": not a hint file for segment ", segment_id));
   }
-  // What precedes the entries (compressed or not).
-  const size_t prefix_bytes = header.format_version == format::kHintFormatVersion
-                                  ? sizeof(HintHeader) + format::kHintIndexEntriesBytes
-                                  : sizeof(HintHeader);
+  const size_t prefix_bytes = PrefixBytes(header.format_version);
   if (bytes.size() < prefix_bytes) {
     return absl::DataLossError(absl::StrCat(path, ": ", bytes.size(), " bytes, truncated"));
   }
@@ -197,9 +202,7 @@ absl::StatusOr<HintSummary> ReadHintSummary(FileSystem* fs, const std::string& p
   if (std::memcmp(header.magic, format::kHintMagic, sizeof(header.magic)) != 0) {
     return absl::DataLossError(absl::StrCat(path, ": not a hint file"));
   }
-  if (header.format_version != format::kFormatVersion &&
-      header.format_version != format::kHintCompressedFormatVersion &&
-      header.format_version != format::kHintFormatVersion) {
+  if (!KnownVersion(header.format_version)) {
     return absl::DataLossError(absl::StrCat(path, ": hint file version ", header.format_version));
   }
   HintSummary summary;
@@ -207,7 +210,7 @@ absl::StatusOr<HintSummary> ReadHintSummary(FileSystem* fs, const std::string& p
   summary.segment_bytes = header.segment_bytes;
   summary.entry_count = header.entry_count;
   if (header.format_version == format::kHintFormatVersion) {
-    if (bytes->size() < sizeof(prefix)) {
+    if (bytes->size() < PrefixBytes(header.format_version)) {
       return absl::DataLossError(absl::StrCat(path, ": ", bytes->size(), " bytes, truncated"));
     }
     std::memcpy(&summary.index_entries, bytes->data() + sizeof(header),

@@ -648,17 +648,22 @@ absl::Status Shard::Open() {
   for (const auto& [id, segment] : segments_) total_bytes += segment->size();
   uint64_t loaded_bytes = 0;
   bool reserved = false;
-  // Size the index once, before a record is read, so that growing it never
-  // rehashes millions of keys (each rehash reads every key back from the
-  // arena) and the tables are no larger than the keys need: the fewer
-  // slots, the closer together the sorted batches' lookups fall.
-  if (const uint64_t entries = EntriesFromHints(state, total_bytes); entries > 0) {
+  // Sizes the index once, so that growing it never rehashes millions of
+  // keys (each rehash reads every key back from the arena), and each
+  // entry's sequence number too (growing it copies it, with the page faults
+  // of each new copy).
+  auto reserve = [&](uint64_t entries) {
+    mu_.AssertHeld();  // called before Open returns
     reserved = true;
     index_.Reserve(entries);
     state.sequence_of.reserve(entries);
     counters_.recovery_reserved_entries.store(entries, std::memory_order_relaxed);
     UpdateRecoveryOrder(&state);
-  }
+  };
+  // Before a record is read, from what the hint files say: the tables are
+  // then no larger than the keys need, and the fewer slots, the closer
+  // together the sorted batches' lookups fall.
+  if (const uint64_t entries = EntriesFromHints(state, total_bytes); entries > 0) reserve(entries);
   for (uint32_t id : segment_ids) {
     auto it = segments_.find(id);
     if (it == segments_.end()) continue;
@@ -671,16 +676,9 @@ absl::Status Shard::Open() {
       // Without hint files that say, from the records per byte seen so far.
       // Overwrites make this an over-estimate of the keys; FinishRecovery
       // gives back what is left unused.
-      reserved = true;
-      const size_t expected_records =
-          static_cast<size_t>(static_cast<double>(state.records) *
-                              static_cast<double>(total_bytes) / static_cast<double>(loaded_bytes));
-      index_.Reserve(expected_records);
-      counters_.recovery_reserved_entries.store(expected_records, std::memory_order_relaxed);
-      UpdateRecoveryOrder(&state);
-      // Each entry's sequence number too, so that growing it never copies
-      // it (with the page faults of each new copy).
-      state.sequence_of.reserve(expected_records);
+      reserve(static_cast<uint64_t>(static_cast<double>(state.records) *
+                                    static_cast<double>(total_bytes) /
+                                    static_cast<double>(loaded_bytes)));
     }
   }
   DrainRecovered(&state);
