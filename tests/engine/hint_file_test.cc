@@ -2,7 +2,9 @@
 // shard's: each file's entries come out exactly, whatever the buffer held
 // before (a larger file's entries stay in it past the smaller one's end).
 // The summary start-up sizes the index from, and the files of version 2,
-// which say nothing of the index, still read.
+// which say nothing of the index, still read. A file whose checksum holds
+// but whose counts claim more than its segment can hold is refused before
+// anything of that size is allocated.
 #include "engine/hint_file.h"
 
 #include <xxhash.h>
@@ -140,6 +142,40 @@ TEST(HintFileTest, AVersionTwoFileReadsAndItsSummarySaysNothingOfTheIndex) {
   ASSERT_OK(summary.status());
   EXPECT_EQ(summary->entry_count, 300u);
   EXPECT_EQ(summary->index_entries, 0u);
+}
+
+TEST(HintFileTest, AFileClaimingMoreEntriesThanItsSegmentHoldsIsRefusedUnallocated) {
+  // A checksum proves only that the file was written as it is, not that a
+  // build of logkv wrote it. This one claims 2^40 entries and a zstd frame
+  // of 2^40 x 49 bytes (the frame's header, RFC 8878 3.1.1: magic, then a
+  // descriptor for a single segment with an 8-byte content size), which
+  // the entry count alone would let through: reading it must fail as
+  // damaged, not try to allocate 53 TB.
+  test::ScopedTempDir dir;
+  const HintOf hint = WriteHint(dir, 12, 300);
+  auto contents = DefaultFileSystem()->ReadFile(hint.path);
+  ASSERT_OK(contents.status());
+  std::string file =
+      contents->substr(0, sizeof(format::HintHeader) + format::kHintIndexEntriesBytes);
+  const uint64_t entries = uint64_t{1} << 40;
+  std::memcpy(file.data() + offsetof(format::HintHeader, entry_count), &entries, sizeof(entries));
+  const uint32_t zstd_magic = 0xFD2FB528;
+  const uint8_t descriptor = 0xE0;  // content size in 8 bytes, single segment
+  const uint64_t content_bytes = entries * (sizeof(format::HintEntry) + 1);
+  file.append(reinterpret_cast<const char*>(&zstd_magic), sizeof(zstd_magic));
+  file.append(reinterpret_cast<const char*>(&descriptor), sizeof(descriptor));
+  file.append(reinterpret_cast<const char*>(&content_bytes), sizeof(content_bytes));
+  file.append(64, '\0');
+  const uint64_t checksum = XXH3_64bits(file.data(), file.size());
+  file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
+  ASSERT_OK(DefaultFileSystem()->WriteFile(hint.path, file, /*sync=*/false));
+
+  int visited = 0;
+  const absl::Status status =
+      ReadHintFile(DefaultFileSystem(), hint.path, hint.segment_id, hint.segment_bytes,
+                   [&](const LogRecord&, uint32_t, uint32_t) { ++visited; });
+  EXPECT_TRUE(absl::IsDataLoss(status)) << status;
+  EXPECT_EQ(visited, 0);
 }
 
 }  // namespace
