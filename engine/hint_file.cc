@@ -132,14 +132,13 @@ absl::Status ReadHintFile(
     const absl::string_view stored = bytes.substr(prefix_bytes);
     const unsigned long long plain_bytes = ZSTD_getFrameContentSize(stored.data(), stored.size());
     // Every entry is at least an entry header and a byte of key, and stands
-    // for a record of the segment, which holds its key: a file that claims
-    // more (its checksum proves only that it was written so) is refused
-    // before its claimed size is allocated.
-    const uint64_t most_entries = segment_bytes / format::RecordBytes(1, 0);
+    // for a record of the segment no smaller than it (a record's header is as
+    // long as an entry's, and holds the key too): a file that claims more
+    // bytes than its segment holds (its checksum proves only that it was
+    // written so) is refused before its claimed size is allocated.
+    static_assert(sizeof(HintEntry) == format::kRecordHeaderBytes);
     if (plain_bytes == ZSTD_CONTENTSIZE_ERROR || plain_bytes == ZSTD_CONTENTSIZE_UNKNOWN ||
-        header.entry_count > most_entries ||
-        header.entry_count > plain_bytes / (sizeof(HintEntry) + 1) ||
-        plain_bytes > header.entry_count * sizeof(HintEntry) + segment_bytes) {
+        header.entry_count > plain_bytes / (sizeof(HintEntry) + 1) || plain_bytes > segment_bytes) {
       return absl::DataLossError(absl::StrCat(path, ": the compressed entries are unreadable"));
     }
     // Grown, never shrunk: a reused buffer keeps its pages, and what lies

@@ -51,9 +51,11 @@ constexpr uint64_t kDiskReserveBytes = 32u << 20;
 // The size libraft gives a new open segment (a batch of entries larger than
 // that gets a segment of its own, which grows to hold it). Its default is
 // 8 MiB, and a start reads each of the two or three open segments it keeps
-// prepared whole: 24 MiB read on every restart, 50-70 ms of it, for a log of
-// entries of a few hundred bytes that a snapshot truncates every
-// snapshot_threshold entries (docs/control-plane.md, "Driven by libraft").
+// prepared whole: 24 MiB read on every restart, 50-65 ms of it. Most entries
+// are a few hundred bytes; a consensus key's value is at most 64 KiB (16 to a
+// segment) and a command at most kMaxCommandBytes; a snapshot truncates the
+// log every snapshot_threshold entries (docs/control-plane.md, "Driven by
+// libraft").
 constexpr size_t kRaftSegmentBytes = 1u << 20;
 
 // Without --cluster-secret (allowed only on loopback without accounts) the

@@ -3,8 +3,8 @@
 // before (a larger file's entries stay in it past the smaller one's end).
 // The summary start-up sizes the index from, and the files of version 2,
 // which say nothing of the index, still read. A file whose checksum holds
-// but whose counts claim more than its segment can hold is refused before
-// anything of that size is allocated.
+// but whose content size is more than its segment can hold is refused
+// before anything of that size is allocated.
 #include "engine/hint_file.h"
 
 #include <xxhash.h>
@@ -144,24 +144,21 @@ TEST(HintFileTest, AVersionTwoFileReadsAndItsSummarySaysNothingOfTheIndex) {
   EXPECT_EQ(summary->index_entries, 0u);
 }
 
-TEST(HintFileTest, AFileClaimingMoreEntriesThanItsSegmentHoldsIsRefusedUnallocated) {
-  // A checksum proves only that the file was written as it is, not that a
-  // build of logkv wrote it. This one claims 2^40 entries and a zstd frame
-  // of 2^40 x 49 bytes (the frame's header, RFC 8878 3.1.1: magic, then a
-  // descriptor for a single segment with an 8-byte content size), which
-  // the entry count alone would let through: reading it must fail as
-  // damaged, not try to allocate 53 TB.
-  test::ScopedTempDir dir;
-  const HintOf hint = WriteHint(dir, 12, 300);
+// A version-3 hint of hint's segment whose header claims `entries` entries
+// of a segment of `segment_bytes` and whose body is only a zstd frame header
+// declaring `content_bytes` (RFC 8878 3.1.1: the magic, then a descriptor for
+// a single segment with an 8-byte content size), its checksum recomputed.
+void WriteClaimingHint(const HintOf& hint, uint64_t segment_bytes, uint64_t entries,
+                       uint64_t content_bytes) {
   auto contents = DefaultFileSystem()->ReadFile(hint.path);
   ASSERT_OK(contents.status());
   std::string file =
       contents->substr(0, sizeof(format::HintHeader) + format::kHintIndexEntriesBytes);
-  const uint64_t entries = uint64_t{1} << 40;
+  std::memcpy(file.data() + offsetof(format::HintHeader, segment_bytes), &segment_bytes,
+              sizeof(segment_bytes));
   std::memcpy(file.data() + offsetof(format::HintHeader, entry_count), &entries, sizeof(entries));
   const uint32_t zstd_magic = 0xFD2FB528;
   const uint8_t descriptor = 0xE0;  // content size in 8 bytes, single segment
-  const uint64_t content_bytes = entries * (sizeof(format::HintEntry) + 1);
   file.append(reinterpret_cast<const char*>(&zstd_magic), sizeof(zstd_magic));
   file.append(reinterpret_cast<const char*>(&descriptor), sizeof(descriptor));
   file.append(reinterpret_cast<const char*>(&content_bytes), sizeof(content_bytes));
@@ -169,13 +166,46 @@ TEST(HintFileTest, AFileClaimingMoreEntriesThanItsSegmentHoldsIsRefusedUnallocat
   const uint64_t checksum = XXH3_64bits(file.data(), file.size());
   file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
   ASSERT_OK(DefaultFileSystem()->WriteFile(hint.path, file, /*sync=*/false));
+}
 
-  int visited = 0;
-  const absl::Status status =
-      ReadHintFile(DefaultFileSystem(), hint.path, hint.segment_id, hint.segment_bytes,
-                   [&](const LogRecord&, uint32_t, uint32_t) { ++visited; });
-  EXPECT_TRUE(absl::IsDataLoss(status)) << status;
-  EXPECT_EQ(visited, 0);
+TEST(HintFileTest, AFileClaimingMoreThanItsSegmentHoldsIsRefusedUnallocated) {
+  // A checksum proves only that the file was written as it is, not that a
+  // build of logkv wrote it. Each file here claims a content size that the
+  // entry count it also claims allows (at least an entry header and a byte
+  // of key an entry, at most an entry header and the longest key), but
+  // that its segment cannot hold: reading it must fail as damaged, not try
+  // to allocate what it claims (tens of terabytes: the test would die of
+  // it).
+  test::ScopedTempDir dir;
+  const HintOf hint = WriteHint(dir, 12, 300);
+  struct Claim {
+    const char* what;
+    uint64_t segment_bytes;
+    uint64_t entries;
+    uint64_t content_bytes;
+  };
+  constexpr uint64_t kEntries = uint64_t{1} << 40;
+  constexpr uint64_t kSegmentBytes = uint64_t{1} << 36;
+  constexpr uint64_t kMostEntries = kSegmentBytes / format::RecordBytes(1, 0);
+  for (const Claim& claim : {
+           // More entries than records fit in the segment, each with a
+           // one-byte key, in a segment of 300 records.
+           Claim{"entries", hint.segment_bytes, kEntries,
+                 kEntries * (sizeof(format::HintEntry) + 1)},
+           // As many entries as records fit in a segment of 64 GiB, each
+           // with the longest key there is.
+           Claim{"bytes", kSegmentBytes, kMostEntries,
+                 kMostEntries * (sizeof(format::HintEntry) + format::kMaxKeyBytes)},
+       }) {
+    SCOPED_TRACE(claim.what);
+    WriteClaimingHint(hint, claim.segment_bytes, claim.entries, claim.content_bytes);
+    int visited = 0;
+    const absl::Status status =
+        ReadHintFile(DefaultFileSystem(), hint.path, hint.segment_id, claim.segment_bytes,
+                     [&](const LogRecord&, uint32_t, uint32_t) { ++visited; });
+    EXPECT_TRUE(absl::IsDataLoss(status)) << status;
+    EXPECT_EQ(visited, 0);
+  }
 }
 
 }  // namespace
