@@ -1789,8 +1789,9 @@ TEST_F(ClusterTest, AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoo
   const std::string next_dir =
       std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
   // Room to start (the control plane's log and the shards' first blocks take
-  // about 27 MiB) but not for the keys it will own.
-  ScopedTmpfs tmpfs(next_dir, "36m");
+  // about 5 MiB) but not for the keys it will own (about 18 MiB: 3 of 4
+  // owners for each of 1,500 keys of 16 KiB).
+  ScopedTmpfs tmpfs(next_dir, "16m");
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
   constexpr int kKeys = 1500;
   const std::string padding(16 << 10, 'p');
@@ -1842,7 +1843,8 @@ TEST_F(ClusterTest, AMemberThatDiedJoiningIsRemovedByAnOperator) {
   }));
   const std::string next_dir =
       std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
-  ScopedTmpfs tmpfs(next_dir, "36m");
+  // As in AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoom.
+  ScopedTmpfs tmpfs(next_dir, "16m");
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
   const std::string padding(16 << 10, 'p');
   for (int i = 0; i < 1500; ++i) {
