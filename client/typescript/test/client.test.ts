@@ -136,8 +136,13 @@ test('backpressure bounds 100,000 calls in flight', async () => {
   // The connection never has more than maxInFlight requests awaiting answers
   // and stops writing while the socket's buffer is full, so its buffer holds
   // about one window of frames, not all 100,000.
+  // A call's deadline runs from when it is made, queue included: the last
+  // of 100,000 waits for 99,500 before it, which took over the default 10 s
+  // against a sanitizer build on a slow machine. What is tested here is
+  // memory, not time: the timeout is out of the way.
   const limit = 500;
-  const bounded = await Client.connect({ nodes: [server.address], maxInFlight: limit });
+  const bounded = await Client.connect({
+    nodes: [server.address], maxInFlight: limit, requestTimeoutMs: 600000 });
   const count = 100000;
   const p = bounded.pipeline();
   for (let i = 0; i < count; i++) p.put(`bp/${i}`, 'v');
