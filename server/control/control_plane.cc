@@ -529,8 +529,6 @@ absl::Status ControlPlane::Impl::Start() {
     return absl::InternalError(absl::StrCat("control plane: ", io_.errmsg));
   }
   raft_uv_set_segment_size(&io_, kRaftSegmentBytes);
-  const std::string listen_address = absl::StrCat(options_.listen_host, ":", identity.port);
-  (void)listen_address;
   fsm_.set_on_applied([this] { OnApplied(); });
   if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), identity.raft_id,
                          self_->control_address.c_str());

@@ -119,6 +119,12 @@ TEST(HintFileTest, TheSummarySaysWhatTheIndexHeldWithoutReadingTheEntries) {
   EXPECT_FALSE(ReadHintSummary(DefaultFileSystem(), future_path).ok());
 }
 
+// Ends a hint made or changed here with the checksum of what comes before.
+void AppendChecksum(std::string* file) {
+  const uint64_t checksum = XXH3_64bits(file->data(), file->size());
+  file->append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
+}
+
 TEST(HintFileTest, AVersionTwoFileReadsAndItsSummarySaysNothingOfTheIndex) {
   // Version 2 is version 3 without the index's entry count before the
   // compressed entries: made here from a version 3 file, its checksum
@@ -133,8 +139,7 @@ TEST(HintFileTest, AVersionTwoFileReadsAndItsSummarySaysNothingOfTheIndex) {
   const uint32_t version = format::kHintCompressedFormatVersion;
   std::memcpy(file.data() + offsetof(format::HintHeader, format_version), &version,
               sizeof(version));
-  const uint64_t checksum = XXH3_64bits(file.data(), file.size());
-  file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
+  AppendChecksum(&file);
   ASSERT_OK(DefaultFileSystem()->WriteFile(hint.path, file, /*sync=*/false));
 
   EXPECT_EQ(CountEntries(hint), 300);
@@ -163,8 +168,7 @@ void WriteClaimingHint(const HintOf& hint, uint64_t segment_bytes, uint64_t entr
   file.append(reinterpret_cast<const char*>(&descriptor), sizeof(descriptor));
   file.append(reinterpret_cast<const char*>(&content_bytes), sizeof(content_bytes));
   file.append(64, '\0');
-  const uint64_t checksum = XXH3_64bits(file.data(), file.size());
-  file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
+  AppendChecksum(&file);
   ASSERT_OK(DefaultFileSystem()->WriteFile(hint.path, file, /*sync=*/false));
 }
 
