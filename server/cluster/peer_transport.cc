@@ -1,18 +1,19 @@
 #include "server/cluster/peer_transport.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
-#include <arpa/inet.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cassert>
+#include <csignal>
 #include <cstring>
 #include <deque>
 #include <thread>
@@ -404,6 +405,10 @@ thread_local PeerTransport::Impl::ThreadLane PeerTransport::Impl::thread_lane;
 absl::Status PeerTransport::Impl::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) return absl::FailedPreconditionError("peer transport already started");
+  // A write to a peer that closed must fail with EPIPE, not end the process
+  // (libuv writes with plain writev), here too when no Node or logkvd's main
+  // set it: the transport's tests drive it alone.
+  ::signal(SIGPIPE, SIG_IGN);
   if (int rc = uv_loop_init(&loop_); rc != 0) {
     return absl::InternalError(absl::StrCat("peer transport loop: ", UvError(rc)));
   }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -893,6 +894,11 @@ void HandshakeOps::OnTlsConnection(AuthenticatedTransport* t, uv_stream_t* serve
 AuthenticatedTransport::AuthenticatedTransport(uv_loop_t* loop, TransportOptions options)
     : loop_(loop), options_(std::move(options)) {
   if (sodium_init() < 0) abort();  // libsodium unusable: nothing here can be safe
+  // A write to a peer (or to the TLS tunnel's pipe) that closed its end must
+  // fail with EPIPE, not end the process: libuv writes with plain writev. As
+  // logkvd's main and Node::Start do, for a transport run inside another
+  // program (the transport's tests drive it without a Node).
+  ::signal(SIGPIPE, SIG_IGN);
   transport_.data = nullptr;
   transport_.impl = this;
   transport_.init = &AuthenticatedTransport::Init;
