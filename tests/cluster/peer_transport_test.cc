@@ -3,8 +3,6 @@
 // secret, timeouts, connection loss, reconnection, Stop and fault injection.
 // Also the server's side: cluster operations need a peer connection; and the
 // id a ClusterNode's first hello claims.
-#include "server/cluster/cluster_node.h"
-#include "server/cluster/peer_auth.h"
 #include "server/cluster/peer_transport.h"
 
 #include <netinet/in.h>
@@ -13,6 +11,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <csignal>
 #include <memory>
 #include <string>
 #include <thread>
@@ -20,11 +19,13 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/cluster/cluster_node.h"
+#include "server/cluster/peer_auth.h"
 #include "tests/engine/test_util.h"
 #include "tests/server/logkvd_process.h"
 
@@ -233,6 +234,18 @@ class PeerTransportTest : public ::testing::Test {
   test::ScopedTempDir dir_;
   int servers_ = 0;
 };
+
+// A program that starts the transport without logkvd's main or a Node (as
+// these tests do) is not killed by SIGPIPE when a peer closes under a write:
+// the write fails with EPIPE instead.
+TEST_F(PeerTransportTest, StartingLeavesSigpipeIgnored) {
+  ASSERT_NE(::signal(SIGPIPE, SIG_DFL), SIG_ERR);
+  PeerTransport transport(Options());
+  ASSERT_TRUE(transport.Start().ok());
+  struct sigaction now {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
+}
 
 TEST_F(PeerTransportTest, PingAndGossipOverAPeerConnection) {
   auto server = StartServer();

@@ -13,6 +13,7 @@ extern "C" {
 }
 #include <uv.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -174,6 +175,17 @@ class TransportTest : public LoopTest {
 
   Accepted accepted_;
 };
+
+// A program that drives the transport without logkvd's main or a Node (as
+// these tests do) is not killed by SIGPIPE when a peer or the TLS tunnel's
+// pipe closes under a write: the write fails with EPIPE instead.
+TEST_F(LoopTest, ATransportLeavesSigpipeIgnored) {
+  ASSERT_NE(::signal(SIGPIPE, SIG_DFL), SIG_ERR);
+  { AuthenticatedTransport transport(&loop_, SecretOnly("s")); }
+  struct sigaction now {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
+}
 
 TEST_F(TransportTest, RightSecretConnects) {
   const std::string listener_address = Loopback(test::PickFreePort());
