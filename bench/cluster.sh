@@ -23,7 +23,9 @@
 # are delivered at the same time; the anti-entropy counters are printed beside.)
 #
 # Environment: N (requests per test), REPAIR_KEYS (default 100000), CONSENSUS_N (default
-# 20000; 0 skips the consensus runs), LOGKVD (default
+# 20000; 0 skips the consensus runs), CONSENSUS_VALUE_BYTES and CONSENSUS_KEYS (the
+# consensus runs' value size and key count, default 100 and 100000; a tenant holds at most
+# 2 MiB of consensus values: 16 keys of 65536 bytes, the largest value, fit), LOGKVD (default
 # build-release/bin/logkvd), LOGKV_BENCH (default build-release/bin/logkv-bench),
 # LOGKVD_ARGS (flags of every server, default "--threads=1"), REPAIR_TIMEOUT_S (default 600).
 # Missing default binaries are built (Release, build-release/).
@@ -39,6 +41,8 @@ source "$root/bench/lib.sh"
 requests=${N:-200000}
 repair_keys=${REPAIR_KEYS:-100000}
 consensus_requests=${CONSENSUS_N:-20000}
+consensus_value_bytes=${CONSENSUS_VALUE_BYTES:-100}
+consensus_keys=${CONSENSUS_KEYS:-100000}
 repair_timeout_s=${REPAIR_TIMEOUT_S:-600}
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
@@ -55,6 +59,8 @@ done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 [[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
 [[ $consensus_requests =~ ^[0-9]+$ ]] || die "CONSENSUS_N must be a number"
+[[ $consensus_value_bytes =~ ^[1-9][0-9]*$ ]] || die "CONSENSUS_VALUE_BYTES must be a positive integer"
+[[ $consensus_keys =~ ^[1-9][0-9]*$ ]] || die "CONSENSUS_KEYS must be a positive integer"
 
 ensure_release_binaries "$logkvd" "$bench"
 "$bench" --help 2>&1 | grep -q -- --consistency ||
@@ -162,8 +168,8 @@ run() {  # $1: target label, $2: server name, $3: pipeline, $4...: extra logkv-b
   echo "cluster-bench: $target, P$pipeline ..." >&2
   local rc=0
   "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "${run_requests:-$requests}" \
-    -d "$value_bytes" \
-    -r "$keyspace" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
+    -d "${run_value_bytes:-$value_bytes}" \
+    -r "${run_keyspace:-$keyspace}" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
     echo "cluster-bench: $target P$pipeline failed with status $rc:" >&2
     cat "$out.err" >&2
@@ -236,8 +242,10 @@ if [[ $consensus_requests -gt 0 ]]; then
   start_node 0 --consensus-prefix=key:
   for i in $(seq 1 $((nodes - 1))); do start_node "$i" --consensus-prefix=key:; done
   wait_members
-  run_requests=$consensus_requests run consensus n0 1 --consistency=strong
-  run_requests=$consensus_requests run consensus-via-follower n1 1 --consistency=strong
+  run_requests=$consensus_requests run_value_bytes=$consensus_value_bytes \
+    run_keyspace=$consensus_keys run consensus n0 1 --consistency=strong
+  run_requests=$consensus_requests run_value_bytes=$consensus_value_bytes \
+    run_keyspace=$consensus_keys run consensus-via-follower n1 1 --consistency=strong
 fi
 
 # ---- Report ----
@@ -266,7 +274,8 @@ awk -F, '
 echo "(/1: the cluster's rps over the single node's)"
 echo
 if [[ $consensus_requests -gt 0 ]]; then
-  echo "consensus keys (P1, -n $consensus_requests) beside strong (ABD) keys, same run:"
+  echo "consensus keys (P1, -n $consensus_requests -d $consensus_value_bytes -r $consensus_keys)" \
+    "beside strong (ABD) keys, same run:"
   awk -F, '
     $2 == "P1" { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6 }
     END {
