@@ -51,12 +51,13 @@ constexpr uint64_t kDiskReserveBytes = 32u << 20;
 // The size libraft gives a new open segment (a batch of entries larger than
 // that gets a segment of its own, which grows to hold it). Its default is
 // 8 MiB, and a start reads each of the two or three open segments it keeps
-// prepared whole: 24 MiB read on every restart, 50-65 ms of it. Most entries
-// are a few hundred bytes; a consensus key's value is at most 64 KiB (16 to a
-// segment) and a command at most kMaxCommandBytes; a snapshot truncates the
-// log every snapshot_threshold entries (docs/control-plane.md, "Driven by
-// libraft").
-constexpr size_t kRaftSegmentBytes = 1u << 20;
+// prepared whole: 24 MiB read on every restart, 50-65 ms of it. Smaller is
+// not free: every segment filled is closed and the next one prepared (a file
+// allocated and synced), and 64 KiB consensus-key values from 50 clients ran
+// at 0.57x of their rate with 8 MiB segments when segments were 1 MiB, 0.90x
+// at 4 MiB, whose start spends about 30 ms more than 1 MiB's and 50 ms less
+// than 8 MiB's (docs/control-plane.md, "Driven by libraft").
+constexpr size_t kRaftSegmentBytes = 4u << 20;
 
 // Without --cluster-secret (allowed only on loopback without accounts) the
 // transport still runs its handshake, keyed with this public constant: it

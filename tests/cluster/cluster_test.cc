@@ -1788,10 +1788,10 @@ TEST_F(ClusterTest, AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoo
   // The next node's data directory (ClusterProcess names it by node id).
   const std::string next_dir =
       std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
-  // Room to start (the control plane's log and the shards' first blocks take
-  // about 5 MiB) but not for the keys it will own (about 18 MiB: 3 of 4
-  // owners for each of 1,500 keys of 16 KiB).
-  ScopedTmpfs tmpfs(next_dir, "16m");
+  // Room to start (the control plane's log, three prepared segments of 4 MiB,
+  // and the shards' first blocks take about 14 MiB) but not for the keys it
+  // will own (about 18 MiB: 3 of 4 owners for each of 1,500 keys of 16 KiB).
+  ScopedTmpfs tmpfs(next_dir, "24m");
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
   constexpr int kKeys = 1500;
   const std::string padding(16 << 10, 'p');
@@ -1844,7 +1844,7 @@ TEST_F(ClusterTest, AMemberThatDiedJoiningIsRemovedByAnOperator) {
   const std::string next_dir =
       std::filesystem::path(cluster_->data_dir(0)).parent_path() / "n3";
   // As in AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoom.
-  ScopedTmpfs tmpfs(next_dir, "16m");
+  ScopedTmpfs tmpfs(next_dir, "24m");
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
   const std::string padding(16 << 10, 'p');
   for (int i = 0; i < 1500; ++i) {

@@ -156,7 +156,7 @@ TEST_F(ControlPlaneTest, StopsAndCrashesDoNotChangeTheRing) {
     }
   }
   // The Raft log's open segments, which every start reads whole, are
-  // prepared at 1 MiB, not libraft's default of 8 MiB (libraft prepares
+  // prepared at 4 MiB, not libraft's default of 8 MiB (libraft prepares
   // them in the background: looked at until there are some, bounded).
   for (int node = 0; node < 3; ++node) {
     std::vector<std::filesystem::path> open_segments;
@@ -174,7 +174,7 @@ TEST_F(ControlPlaneTest, StopsAndCrashesDoNotChangeTheRing) {
       std::error_code error;
       const uintmax_t bytes = std::filesystem::file_size(path, error);
       if (!error) {  // (unless libraft removed it since)
-        EXPECT_LE(bytes, 1u << 20) << path;
+        EXPECT_LE(bytes, 4u << 20) << path;
       }
     }
   }
@@ -425,7 +425,7 @@ TEST_F(ControlPlaneTest, AFollowerWithAFullDiskLivesAndCatchesUpOnceFreed) {
   const uint64_t held = ControlOf(*cluster_, 2).value("applied_index", uint64_t{0});
   EXPECT_LT(held, committed) << "node 2 kept up: its disk never filled, the test tests nothing";
   // The disk is full, near enough: libraft could not prepare its next
-  // segment (1 MiB), and the filler left less than 8 MiB to begin with.
+  // segment (4 MiB), and the filler left less than 8 MiB to begin with.
   EXPECT_LT(std::filesystem::space(dir.path() + "/tmpfs").available, 8u << 20);
   // Killed and restarted while its disk is still full: it starts (and
   // serves what it can) rather than stopping for want of space.
