@@ -7,10 +7,12 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <memory>
 
@@ -59,6 +61,39 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_vie
     }
   }
 }
+
+// Keeps SIGPIPE blocked on this thread while it lives, and takes back a
+// SIGPIPE a write raised meanwhile. OpenSSL's socket BIO writes with plain
+// write(2), so a node that closed under a request would end the calling
+// process (the CLI, a test) where the plaintext path, which sends with
+// MSG_NOSIGNAL, fails with EPIPE. A library must not change the process's
+// disposition; a thread's mask is its own.
+class SigpipeBlockedOnThisThread {
+ public:
+  SigpipeBlockedOnThisThread() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t before;
+    was_blocked_ =
+        pthread_sigmask(SIG_BLOCK, &pipe_, &before) != 0 || sigismember(&before, SIGPIPE) == 1;
+  }
+  SigpipeBlockedOnThisThread(const SigpipeBlockedOnThisThread&) = delete;
+  SigpipeBlockedOnThisThread& operator=(const SigpipeBlockedOnThisThread&) = delete;
+  ~SigpipeBlockedOnThisThread() {
+    if (was_blocked_) return;  // the caller's to handle, as before
+    sigset_t pending;
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+      const timespec now{};
+      while (sigtimedwait(&pipe_, nullptr, &now) < 0 && errno == EINTR) {
+      }
+    }
+    pthread_sigmask(SIG_UNBLOCK, &pipe_, nullptr);
+  }
+
+ private:
+  sigset_t pipe_;
+  bool was_blocked_ = false;
+};
 
 // The TLS side of a fetch: a client SSL on the socket, driven with poll.
 class TlsChannel {
@@ -173,6 +208,8 @@ class TlsChannel {
     return -1;
   }
 
+  // Declared first: unblocked after the SSL is freed.
+  SigpipeBlockedOnThisThread no_sigpipe_;
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
 };
