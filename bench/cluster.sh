@@ -24,8 +24,10 @@
 #
 # Environment: N (requests per test), REPAIR_KEYS (default 100000), CONSENSUS_N (default
 # 20000; 0 skips the consensus runs), CONSENSUS_VALUE_BYTES and CONSENSUS_KEYS (the
-# consensus runs' value size and key count, default 100 and 100000; a tenant holds at most
-# 2 MiB of consensus values: 16 keys of 65536 bytes, the largest value, fit), LOGKVD (default
+# consensus runs' value size, at most 65536, and key count, default 100 and 100000; the
+# cluster holds at most 16 MiB of consensus values in 100,000 keys, so 16 keys of 65536
+# bytes fit; the rps/strong and p50/strong columns are printed only when both are the
+# strong runs' 100 and 100000), LOGKVD (default
 # build-release/bin/logkvd), LOGKV_BENCH (default build-release/bin/logkv-bench),
 # LOGKVD_ARGS (flags of every server, default "--threads=1"), REPAIR_TIMEOUT_S (default 600).
 # Missing default binaries are built (Release, build-release/).
@@ -59,7 +61,8 @@ done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
 [[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
 [[ $consensus_requests =~ ^[0-9]+$ ]] || die "CONSENSUS_N must be a number"
-[[ $consensus_value_bytes =~ ^[1-9][0-9]*$ ]] || die "CONSENSUS_VALUE_BYTES must be a positive integer"
+[[ $consensus_value_bytes =~ ^[1-9][0-9]*$ && $consensus_value_bytes -le 65536 ]] ||
+  die "CONSENSUS_VALUE_BYTES must be a positive integer of at most 65536 (a consensus value's limit)"
 [[ $consensus_keys =~ ^[1-9][0-9]*$ ]] || die "CONSENSUS_KEYS must be a positive integer"
 
 ensure_release_binaries "$logkvd" "$bench"
@@ -276,7 +279,9 @@ echo
 if [[ $consensus_requests -gt 0 ]]; then
   echo "consensus keys (P1, -n $consensus_requests -d $consensus_value_bytes -r $consensus_keys)" \
     "beside strong (ABD) keys, same run:"
-  awk -F, '
+  comparable=0
+  [[ $consensus_value_bytes -eq $value_bytes && $consensus_keys -eq $keyspace ]] && comparable=1
+  awk -F, -v comparable="$comparable" '
     $2 == "P1" { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6 }
     END {
       printf "%-24s %-4s | %10s %7s %7s | %9s %9s\n", "target", "test", "rps", "p50", "p99",
@@ -285,8 +290,8 @@ if [[ $consensus_requests -gt 0 ]]; then
       for (i = 1; i <= n; i++) for (j = 1; j <= 2; j++) {
         t = targets[i]; x = (j == 1 ? "SET" : "GET")
         if (!((t, x) in rps)) continue
-        rr = (rps["strong", x] + 0 > 0 && rps[t, x] + 0 > 0) ? sprintf("%.2f", rps[t, x] / rps["strong", x]) : "-"
-        rl = (p50["strong", x] + 0 > 0 && p50[t, x] + 0 > 0) ? sprintf("%.2f", p50[t, x] / p50["strong", x]) : "-"
+        rr = (comparable && rps["strong", x] + 0 > 0 && rps[t, x] + 0 > 0) ? sprintf("%.2f", rps[t, x] / rps["strong", x]) : "-"
+        rl = (comparable && p50["strong", x] + 0 > 0 && p50[t, x] + 0 > 0) ? sprintf("%.2f", p50[t, x] / p50["strong", x]) : "-"
         printf "%-24s %-4s | %10s %7s %7s | %9s %9s\n", t, x, rps[t, x], p50[t, x], p99[t, x], rr, rl
       }
     }' "$work/results.csv"

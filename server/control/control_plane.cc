@@ -54,7 +54,7 @@ constexpr uint64_t kDiskReserveBytes = 32u << 20;
 // prepared whole: 24 MiB read on every restart, 50-65 ms of it. Smaller is
 // not free: every segment filled is closed and the next one prepared (a file
 // allocated and synced), and 64 KiB consensus-key values from 50 clients ran
-// at 0.57x of their rate with 8 MiB segments when segments were 1 MiB, 0.90x
+// at 0.58x of their rate with 8 MiB segments when segments were 1 MiB, 0.90x
 // at 4 MiB, whose start spends about 30 ms more than 1 MiB's and 50 ms less
 // than 8 MiB's (docs/control-plane.md, "Driven by libraft").
 constexpr size_t kRaftSegmentBytes = 4u << 20;
