@@ -425,7 +425,7 @@ TEST_F(ControlPlaneTest, AFollowerWithAFullDiskLivesAndCatchesUpOnceFreed) {
   const uint64_t held = ControlOf(*cluster_, 2).value("applied_index", uint64_t{0});
   EXPECT_LT(held, committed) << "node 2 kept up: its disk never filled, the test tests nothing";
   // The disk is full, near enough: libraft could not prepare its next
-  // segment (4 MiB), so less than that is left.
+  // segment (4 MiB), so less than that is left (checked with a margin).
   EXPECT_LT(std::filesystem::space(dir.path() + "/tmpfs").available, 8u << 20);
   // Killed and restarted while its disk is still full: it starts (and
   // serves what it can) rather than stopping for want of space.
