@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/flags/flag.h"
 #include "absl/flags/commandlineflag.h"
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
@@ -30,21 +30,22 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "protocol/version.h"
 #include "server/backup/backup_manager.h"
 #include "server/config_file.h"
 #include "server/http/json_body.h"
 #include "server/log.h"
-#include "protocol/version.h"
 #include "server/node.h"
+#include "server/sigpipe.h"
 
 ABSL_FLAG(std::string, data_dir, "./data", "Data directory (created if missing).");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "Binary protocol address, host:port.");
@@ -849,7 +850,7 @@ int Main(int argc, char** argv) {
   // nothing needs to be async-signal-safe); every other thread (engine,
   // loops) inherits the blocked mask. SIGPIPE is ignored: a closed socket is
   // an error return, not a death.
-  ::signal(SIGPIPE, SIG_IGN);
+  IgnoreSigpipeUnlessHandled();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

@@ -1,7 +1,6 @@
 #include "server/node.h"
 
 #include <algorithm>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -17,12 +16,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "protocol/version.h"
 #include "server/auth/admission.h"
 #include "server/auth/auth_store.h"
 #include "server/auth/login_throttle.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
-#include "protocol/version.h"
 #include "server/backup/backup_manager.h"
 #include "server/cluster/anti_entropy.h"
 #include "server/cluster/cluster_node.h"
@@ -32,6 +31,7 @@
 #include "server/cluster/replica_coordinator.h"
 #include "server/control/control_plane.h"
 #include "server/core/periodic_worker.h"
+#include "server/engine_metrics.h"
 #include "server/http/access_routes.h"
 #include "server/http/account_routes.h"
 #include "server/http/audit_routes.h"
@@ -40,10 +40,10 @@
 #include "server/http/data_routes.h"
 #include "server/http/route_support.h"
 #include "server/http/router.h"
-#include "server/engine_metrics.h"
 #include "server/log.h"
 #include "server/namespaces.h"
 #include "server/server.h"
+#include "server/sigpipe.h"
 #include "server/web/web_routes.h"
 
 namespace logkv::server {
@@ -671,10 +671,10 @@ absl::Status Node::Start() {
   if (started_.exchange(true)) {
     return absl::FailedPreconditionError("a Node starts once: make a new one to restart");
   }
-  // Writes to a peer that closed its socket must fail with EPIPE, not end
-  // the process (libuv writes with plain writev): as logkvd's main does,
-  // for a node run inside another program (tests, tools).
-  ::signal(SIGPIPE, SIG_IGN);
+  // A write to a closed socket fails with EPIPE instead of ending the process
+  // (server/sigpipe.h), for a node run inside another program (tests, tools)
+  // as in logkvd.
+  IgnoreSigpipeUnlessHandled();
   absl::Status status = options_.Validate();
   if (status.ok()) status = StartEngine();
   if (status.ok()) status = StartAuth();

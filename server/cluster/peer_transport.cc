@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cassert>
-#include <csignal>
 #include <cstring>
 #include <deque>
 #include <thread>
@@ -29,6 +28,7 @@
 #include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 #include "server/cluster/peer_auth.h"
+#include "server/sigpipe.h"
 
 namespace logkv::server::cluster {
 
@@ -405,10 +405,10 @@ thread_local PeerTransport::Impl::ThreadLane PeerTransport::Impl::thread_lane;
 absl::Status PeerTransport::Impl::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) return absl::FailedPreconditionError("peer transport already started");
-  // A write to a peer that closed must fail with EPIPE, not end the process
-  // (libuv writes with plain writev), here too when no Node or logkvd's main
-  // set it: the transport's tests drive it alone.
-  ::signal(SIGPIPE, SIG_IGN);
+  // A write to a peer that closed fails with EPIPE instead of ending the
+  // process (server/sigpipe.h), also when the transport runs without a Node
+  // or logkvd's main: its tests drive it alone.
+  IgnoreSigpipeUnlessHandled();
   if (int rc = uv_loop_init(&loop_); rc != 0) {
     return absl::InternalError(absl::StrCat("peer transport loop: ", UvError(rc)));
   }

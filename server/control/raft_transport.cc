@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -24,6 +23,7 @@
 #include "protocol/openssl_errors.h"
 #include "protocol/tls_bio.h"
 #include "server/control/control_state.h"
+#include "server/sigpipe.h"
 
 namespace logkv::server::control {
 
@@ -894,11 +894,10 @@ void HandshakeOps::OnTlsConnection(AuthenticatedTransport* t, uv_stream_t* serve
 AuthenticatedTransport::AuthenticatedTransport(uv_loop_t* loop, TransportOptions options)
     : loop_(loop), options_(std::move(options)) {
   if (sodium_init() < 0) abort();  // libsodium unusable: nothing here can be safe
-  // A write to a peer (or to the TLS tunnel's pipe) that closed its end must
-  // fail with EPIPE, not end the process: libuv writes with plain writev. As
-  // logkvd's main and Node::Start do, for a transport run inside another
-  // program (the transport's tests drive it without a Node).
-  ::signal(SIGPIPE, SIG_IGN);
+  // A write to a peer or to the TLS tunnel's pipe that closed fails with EPIPE
+  // instead of ending the process (server/sigpipe.h), also when the transport
+  // runs without a Node: its tests drive it alone.
+  IgnoreSigpipeUnlessHandled();
   transport_.data = nullptr;
   transport_.impl = this;
   transport_.init = &AuthenticatedTransport::Init;

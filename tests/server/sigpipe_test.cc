@@ -1,0 +1,91 @@
+// IgnoreSigpipeUnlessHandled (server/sigpipe.h): the default action
+// becomes ignored, a handler the program installed stays.
+#include "server/sigpipe.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include "gtest/gtest.h"
+
+namespace logkv::server {
+namespace {
+
+std::atomic<int> handled{0};
+
+void CountingHandler(int) { handled.fetch_add(1); }
+void CountingInfoHandler(int, siginfo_t*, void*) { handled.fetch_add(1); }
+
+struct sigaction Current() {
+  struct sigaction now {};
+  EXPECT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  return now;
+}
+
+void Install(void (*handler)(int), int flags = 0) {
+  struct sigaction action {};
+  action.sa_handler = handler;
+  action.sa_flags = flags;
+  sigemptyset(&action.sa_mask);
+  ASSERT_EQ(::sigaction(SIGPIPE, &action, nullptr), 0);
+}
+
+// Writes to a socket whose peer has closed; returns write's errno.
+int WriteToAClosedPeer() {
+  int fds[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  ::close(fds[1]);
+  const char byte = 'x';
+  const ssize_t written = ::write(fds[0], &byte, 1);
+  const int error = written < 0 ? errno : 0;
+  ::close(fds[0]);
+  return error;
+}
+
+TEST(SigpipeTest, TheDefaultBecomesIgnoredAndAWriteToAClosedPeerFails) {
+  Install(SIG_DFL);
+  IgnoreSigpipeUnlessHandled();
+  EXPECT_EQ(Current().sa_handler, SIG_IGN);
+  EXPECT_EQ(WriteToAClosedPeer(), EPIPE);  // the process lives
+  IgnoreSigpipeUnlessHandled();            // again: nothing changes
+  EXPECT_EQ(Current().sa_handler, SIG_IGN);
+}
+
+TEST(SigpipeTest, AHandlerTheProgramInstalledIsLeftInPlace) {
+  Install(&CountingHandler);
+  IgnoreSigpipeUnlessHandled();
+  EXPECT_EQ(Current().sa_handler, &CountingHandler);
+  handled = 0;
+  EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
+  EXPECT_EQ(handled.load(), 1);
+  Install(SIG_DFL);
+}
+
+TEST(SigpipeTest, AnInfoHandlerIsLeftInPlace) {
+  struct sigaction action {};
+  action.sa_sigaction = &CountingInfoHandler;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  ASSERT_EQ(::sigaction(SIGPIPE, &action, nullptr), 0);
+  IgnoreSigpipeUnlessHandled();
+  EXPECT_EQ(Current().sa_sigaction, &CountingInfoHandler);
+  handled = 0;
+  EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
+  EXPECT_EQ(handled.load(), 1);
+  Install(SIG_DFL);
+}
+
+// The default action with SA_SIGINFO among the flags still ends the process.
+TEST(SigpipeTest, TheDefaultWithInfoFlagsBecomesIgnored) {
+  Install(SIG_DFL, SA_SIGINFO);
+  IgnoreSigpipeUnlessHandled();
+  EXPECT_EQ(Current().sa_handler, SIG_IGN);
+  EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
+  Install(SIG_DFL);
+}
+
+}  // namespace
+}  // namespace logkv::server
