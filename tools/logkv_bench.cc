@@ -363,7 +363,7 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
 // 0.99 lies below that, so both are needed.
 class GrayZipfian {
  public:
-  GrayZipfian(uint64_t n, double theta) : n_(n), theta_(theta) {
+  GrayZipfian(uint64_t n, double theta) : n_(n) {
     zeta_n_ = Zeta(n, theta);
     alpha_ = 1.0 / (1.0 - theta);
     const double zeta_2 = Zeta(2, theta);
@@ -402,7 +402,6 @@ class GrayZipfian {
   }
 
   uint64_t n_;
-  double theta_;
   double zeta_n_;
   double alpha_;
   double eta_;

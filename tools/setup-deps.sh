@@ -22,9 +22,11 @@ packages=(
   libtomlplusplus-dev libsystemd-dev
   # the Debian package: man pages from --help, library dependencies (dpkg-shlibdeps)
   help2man dpkg-dev
-  # tests and benchmarks; clang for the thread-safety check
-  # (tools/check-thread-safety.sh) and, with its runtime, the libFuzzer targets
+  # tests and benchmarks; clang and its runtime for the sanitizer build, which
+  # checks the thread-safety annotations (LOGKV_THREAD_SAFETY), and the libFuzzer targets
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-flatbuffers
+  # the linker (lld links the tree's large binaries several times faster than GNU ld)
+  lld
   # side-by-side comparisons in bench/
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk nginx-light
   # HTTP client for the REST tests
