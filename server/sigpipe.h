@@ -13,7 +13,9 @@ namespace logkv::server {
 // left as it is. May be called from any thread, any number of times; the
 // look and the change are two steps, so a handler another thread installs
 // between them is replaced: a program with its own handler installs it
-// before it starts a Node or a transport.
+// before it starts a Node or a transport. (A handler installed with
+// SA_RESETHAND is the program's choice: after its first SIGPIPE the default
+// action, ending the process, is back.)
 void IgnoreSigpipeUnlessHandled();
 
 }  // namespace logkv::server

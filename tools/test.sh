@@ -23,13 +23,26 @@ case "$mode" in
     ctest --output-on-failure -j 2 --timeout 900
     ;;
   --sanitize)
-    # The compiler named on the command line, not only in CC/CXX (which CMake
-    # reads on a tree's first configure only), so a tree configured with g++
-    # before is configured again with clang. The benchmarks are built, for
-    # the thread-safety check, and not run.
-    CC=clang CXX=clang++ LOGKV_BUILD_TYPE=Debug "$root/tools/build.sh" "$root/build-sanitize" \
-      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-      -DLOGKV_SANITIZE=ON -DLOGKV_THREAD_SAFETY=ON
+    # CMake reads the compiler on a tree's first configure only, and a
+    # compiler changed later makes it start again from an empty cache that
+    # keeps none of the options given with the change: a tree configured with
+    # another compiler (g++, before) is configured afresh. The benchmarks are
+    # built, for the thread-safety check, and not run.
+    clang_c=$(command -v clang) clang_cxx=$(command -v clang++)
+    cache="$root/build-sanitize/CMakeCache.txt"
+    if [ -f "$cache" ] && ! grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=$clang_cxx" "$cache"; then
+      rm -rf "$cache" "$root/build-sanitize/CMakeFiles"
+    fi
+    CC="$clang_c" CXX="$clang_cxx" LOGKV_BUILD_TYPE=Debug "$root/tools/build.sh" \
+      "$root/build-sanitize" -DCMAKE_C_COMPILER="$clang_c" -DCMAKE_CXX_COMPILER="$clang_cxx" \
+      -DLOGKV_SANITIZE=ON -DLOGKV_THREAD_SAFETY=ON -DLOGKV_BUILD_BENCH=ON
+    for setting in CMAKE_BUILD_TYPE:STRING=Debug LOGKV_SANITIZE:BOOL=ON \
+        LOGKV_THREAD_SAFETY:BOOL=ON LOGKV_WERROR:BOOL=ON; do
+      if ! grep -qx "$setting" "$cache"; then
+        echo "test.sh: build-sanitize is not configured with $setting" >&2
+        exit 1
+      fi
+    done
     cd "$root/build-sanitize"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --output-on-failure -j 2 --timeout 1200 -LE bench -E 'client_install_check|package_check'

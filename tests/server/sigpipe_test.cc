@@ -36,7 +36,10 @@ void Install(void (*handler)(int), int flags = 0) {
 // Writes to a socket whose peer has closed; returns write's errno.
 int WriteToAClosedPeer() {
   int fds[2];
-  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {
+    ADD_FAILURE() << "socketpair: errno " << errno;
+    return 0;
+  }
   ::close(fds[1]);
   const char byte = 'x';
   const ssize_t written = ::write(fds[0], &byte, 1);
@@ -46,7 +49,7 @@ int WriteToAClosedPeer() {
 }
 
 TEST(SigpipeTest, TheDefaultBecomesIgnoredAndAWriteToAClosedPeerFails) {
-  Install(SIG_DFL);
+  ASSERT_NO_FATAL_FAILURE(Install(SIG_DFL));
   IgnoreSigpipeUnlessHandled();
   EXPECT_EQ(Current().sa_handler, SIG_IGN);
   EXPECT_EQ(WriteToAClosedPeer(), EPIPE);  // the process lives
@@ -55,13 +58,13 @@ TEST(SigpipeTest, TheDefaultBecomesIgnoredAndAWriteToAClosedPeerFails) {
 }
 
 TEST(SigpipeTest, AHandlerTheProgramInstalledIsLeftInPlace) {
-  Install(&CountingHandler);
+  ASSERT_NO_FATAL_FAILURE(Install(&CountingHandler));
   IgnoreSigpipeUnlessHandled();
   EXPECT_EQ(Current().sa_handler, &CountingHandler);
   handled = 0;
   EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
   EXPECT_EQ(handled.load(), 1);
-  Install(SIG_DFL);
+  ASSERT_NO_FATAL_FAILURE(Install(SIG_DFL));
 }
 
 TEST(SigpipeTest, AnInfoHandlerIsLeftInPlace) {
@@ -75,16 +78,16 @@ TEST(SigpipeTest, AnInfoHandlerIsLeftInPlace) {
   handled = 0;
   EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
   EXPECT_EQ(handled.load(), 1);
-  Install(SIG_DFL);
+  ASSERT_NO_FATAL_FAILURE(Install(SIG_DFL));
 }
 
 // The default action with SA_SIGINFO among the flags still ends the process.
 TEST(SigpipeTest, TheDefaultWithInfoFlagsBecomesIgnored) {
-  Install(SIG_DFL, SA_SIGINFO);
+  ASSERT_NO_FATAL_FAILURE(Install(SIG_DFL, SA_SIGINFO));
   IgnoreSigpipeUnlessHandled();
   EXPECT_EQ(Current().sa_handler, SIG_IGN);
   EXPECT_EQ(WriteToAClosedPeer(), EPIPE);
-  Install(SIG_DFL);
+  ASSERT_NO_FATAL_FAILURE(Install(SIG_DFL));
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 The configure step proves that clang refuses a canary with these flags; this
 proves that the flags reach each of our translation units and that nothing
 later on its command line turns them off (-w, -Wno-everything,
--Wno-thread-safety..., -Wno-error). Reads the build's compile_commands.json.
+-Wno-thread-safety..., -Wno-error), nor -w anywhere on it. Reads the build's
+compile_commands.json.
   thread_safety_flags.py SOURCE_DIR BUILD_DIR
 """
 import json
@@ -12,11 +13,18 @@ import os
 import shlex
 import sys
 
-REQUIRED = ("-Wthread-safety", "-Wthread-safety-beta", "-Werror=thread-safety")
+REQUIRED = ("-Wthread-safety", "-Wthread-safety-beta", "-Werror=thread-safety",
+            "-Werror=thread-safety-beta")
+
+
+def silences(arg):
+    """Turns every warning off, wherever it stands on the line."""
+    return arg in ("-w", "--no-warnings")
 
 
 def disables(arg):
-    return (arg in ("-w", "-Wno-everything", "-Wno-error")
+    """Turns the check off when it comes after the flags."""
+    return (arg in ("-Wno-everything", "-Wno-error")
             or arg.startswith(("-Wno-thread-safety", "-Wno-error=thread-safety")))
 
 
@@ -36,7 +44,7 @@ def main():
             problems.append("%s: missing %s" % (source, " ".join(missing)))
             continue
         first = min(argv.index(flag) for flag in REQUIRED)
-        off = [arg for arg in argv[first:] if disables(arg)]
+        off = [arg for arg in argv if silences(arg)] + [arg for arg in argv[first:] if disables(arg)]
         if off:
             problems.append("%s: turned off by %s" % (source, " ".join(off)))
             continue
