@@ -511,6 +511,10 @@ ServerMetrics::ServerMetrics()
       buffered_request_bytes_(registry_.AddGauge(
           "logkv_buffered_request_bytes",
           "Bytes reserved now by requests still arriving (frames and HTTP bodies over 64 KiB).")),
+      socket_writes_(registry_.AddCounter(
+          "logkv_socket_writes_total",
+          "Writes of answers handed to client sockets, both protocols: over the requests "
+          "answered, how many answers a write carries.")),
       rate_limited_(registry_.AddCounter("logkv_rate_limited_requests_total",
                                          "Requests refused by the rate limiter.")),
       auth_failures_(registry_.AddCounter("logkv_auth_failures_total",

@@ -469,6 +469,8 @@ class ServerMetrics {
   Gauge* http_connections() const { return http_connections_; }
   // logkv_buffered_request_bytes: held for requests still arriving.
   Gauge* buffered_request_bytes() const { return buffered_request_bytes_; }
+  // logkv_socket_writes_total: writes of answers to client sockets.
+  Counter* socket_writes() const { return socket_writes_; }
   Counter* rate_limited() const { return rate_limited_; }    // logkv_rate_limited_requests_total
   Counter* auth_failures() const { return auth_failures_; }  // logkv_auth_failures_total
 
@@ -516,6 +518,7 @@ class ServerMetrics {
   Gauge* const binary_connections_;
   Gauge* const http_connections_;
   Gauge* const buffered_request_bytes_;
+  Counter* const socket_writes_;
   Counter* const rate_limited_;
   Counter* const auth_failures_;
   Counter* const replications_;

@@ -825,6 +825,8 @@ absl::Status Node::StartEngine() {
   metrics_.buffered_request_bytes()->SetCallback([counters] {
     return static_cast<double>(counters->buffered_request_bytes.load(std::memory_order_relaxed));
   });
+  metrics_.socket_writes()->SetCallback(
+      [counters] { return counters->socket_writes.load(std::memory_order_relaxed); });
   metrics_.binary_connections()->SetCallback([counters] {
     return static_cast<double>(counters->connections.load() - counters->http_connections.load());
   });

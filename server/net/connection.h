@@ -46,6 +46,7 @@ struct Connection {
   bool eof = false;            // the client half-closed: nothing more will arrive
   bool closed = false;         // uv_close called
   int pending = 0;             // deferred answers still to come
+  bool answered = false;       // in Loop's list of connections to send answers to
   int64_t last_read_ms = 0;    // loop time of the last bytes received
   // Of ServerCounters::buffered_request_bytes, what the request now arriving holds.
   size_t reserved_bytes = 0;

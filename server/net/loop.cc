@@ -177,7 +177,29 @@ void Loop::DrainTasks() {
     absl::MutexLock lock(&tasks_mu_);
     tasks.swap(tasks_);
   }
+  draining_tasks_ = true;
   for (auto& task : tasks) task(*this);
+  draining_tasks_ = false;
+  std::vector<uint64_t> answered;
+  answered.swap(answered_);
+  for (uint64_t id : answered) {
+    // A task may have closed it since.
+    if (Connection* c = Find(id); c != nullptr) SendAnswered(*c);
+  }
+}
+
+void Loop::Answered(Connection& c) {
+  if (!draining_tasks_) return SendAnswered(c);
+  if (c.answered) return;
+  c.answered = true;
+  answered_.push_back(c.id);
+}
+
+void Loop::SendAnswered(Connection& c) {
+  c.answered = false;
+  Flush(c);
+  ApplyBackpressure(c);
+  FinishIfDone(c);
 }
 
 // ---- Connections ----------------------------------------------------------------
@@ -420,6 +442,7 @@ void Loop::Flush(Connection& c) {
   std::string& wire = c.tls != nullptr ? c.wire_out : c.out;
   if (wire.empty()) return;
   uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned int>(wire.size()));
+  counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   const int written = uv_try_write(c.stream(), &buf, 1);
   if (written < 0 && written != UV_EAGAIN) {
     Log(Level::kDebug, "connection %d: write error %s", c.id, UvError(written));
@@ -440,6 +463,7 @@ void Loop::Flush(Connection& c) {
   write->data.swap(wire);
   write->request.data = &c;
   c.in_flight_bytes = write->data.size();
+  counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
   const int rc =
       uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {

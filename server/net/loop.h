@@ -92,12 +92,10 @@ class Loop {
   // Closes c if it is closing and everything owed to it is written.
   void FinishIfDone(Connection& c);
   // Answers were appended to c's output outside a read (a deferred answer):
-  // send them, then as after a read.
-  void Answered(Connection& c) {
-    Flush(c);
-    ApplyBackpressure(c);
-    FinishIfDone(c);
-  }
+  // send them, then as after a read. Within the tasks of one wake-up they go
+  // once those tasks have run: the answers a batch of replies completed
+  // leave in one write per connection, not one each.
+  void Answered(Connection& c);
   // Reserves server-wide buffer space so that c's request now arriving
   // holds total_bytes; false when that would pass max_buffered_bytes.
   bool ReserveInput(Connection& c, size_t total_bytes);
@@ -144,6 +142,8 @@ class Loop {
   void CloseIdleConnections();
   void PumpEvents();
   void DrainTasks();
+  // Answered's work: c's output to the socket, then as after a read.
+  void SendAnswered(Connection& c);
   void MaybeFinishShutdown();
 
   const ServerConfig& config_;
@@ -171,6 +171,9 @@ class Loop {
 
   // Loop-thread state.
   absl::flat_hash_map<uint64_t, Connection*> connections_;
+  bool draining_tasks_ = false;
+  // Ids of the connections answered by the tasks now running, each once.
+  std::vector<uint64_t> answered_;
   uint64_t next_connection_id_ = 1;
   bool stopping_ = false;
   bool handles_closed_ = false;
