@@ -513,8 +513,8 @@ ServerMetrics::ServerMetrics()
           "Bytes reserved now by requests still arriving (frames and HTTP bodies over 64 KiB).")),
       socket_writes_(registry_.AddCounter(
           "logkv_socket_writes_total",
-          "Writes of answers handed to client sockets, both protocols: over the requests "
-          "answered, how many answers a write carries.")),
+          "Writes to the sockets of the connections the server accepted (answers, watch "
+          "events, TLS records), both protocols.")),
       rate_limited_(registry_.AddCounter("logkv_rate_limited_requests_total",
                                          "Requests refused by the rate limiter.")),
       auth_failures_(registry_.AddCounter("logkv_auth_failures_total",

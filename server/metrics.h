@@ -469,7 +469,7 @@ class ServerMetrics {
   Gauge* http_connections() const { return http_connections_; }
   // logkv_buffered_request_bytes: held for requests still arriving.
   Gauge* buffered_request_bytes() const { return buffered_request_bytes_; }
-  // logkv_socket_writes_total: writes of answers to client sockets.
+  // logkv_socket_writes_total: writes to the connections' sockets.
   Counter* socket_writes() const { return socket_writes_; }
   Counter* rate_limited() const { return rate_limited_; }    // logkv_rate_limited_requests_total
   Counter* auth_failures() const { return auth_failures_; }  // logkv_auth_failures_total

@@ -442,7 +442,6 @@ void Loop::Flush(Connection& c) {
   std::string& wire = c.tls != nullptr ? c.wire_out : c.out;
   if (wire.empty()) return;
   uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned int>(wire.size()));
-  counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   const int written = uv_try_write(c.stream(), &buf, 1);
   if (written < 0 && written != UV_EAGAIN) {
     Log(Level::kDebug, "connection %d: write error %s", c.id, UvError(written));
@@ -452,7 +451,10 @@ void Loop::Flush(Connection& c) {
     FinishIfDone(c);
     return;
   }
-  if (written > 0) wire.erase(0, static_cast<size_t>(written));
+  if (written > 0) {
+    counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
+    wire.erase(0, static_cast<size_t>(written));
+  }
   if (wire.empty()) return;
   // The socket is full: hand the rest to libuv, which owns it until written.
   struct WriteRequest {
@@ -463,7 +465,6 @@ void Loop::Flush(Connection& c) {
   write->data.swap(wire);
   write->request.data = &c;
   c.in_flight_bytes = write->data.size();
-  counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   uv_buf_t rest = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
   const int rc =
       uv_write(&write->request, c.stream(), &rest, 1, [](uv_write_t* request, int status) {
@@ -472,6 +473,7 @@ void Loop::Flush(Connection& c) {
         delete write;
         conn.loop->OnWritten(conn, status);
       });
+  if (rc == 0) counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   if (rc != 0) {
     // No callback will come: release the buffer and give the connection up.
     delete write;
