@@ -513,8 +513,8 @@ ServerMetrics::ServerMetrics()
           "Bytes reserved now by requests still arriving (frames and HTTP bodies over 64 KiB).")),
       socket_writes_(registry_.AddCounter(
           "logkv_socket_writes_total",
-          "Writes to the sockets of the connections the server accepted (answers, watch "
-          "events, TLS records), both protocols.")),
+          "Writes to the connections accepted on the binary and HTTP ports, clients' and "
+          "peers' (answers, watch and SSE events, TLS records).")),
       rate_limited_(registry_.AddCounter("logkv_rate_limited_requests_total",
                                          "Requests refused by the rate limiter.")),
       auth_failures_(registry_.AddCounter("logkv_auth_failures_total",

@@ -58,8 +58,9 @@ struct ServerCounters {
   std::atomic<uint64_t> requests{0};     // handled since start
   // Reserved now by requests still arriving (ServerConfig::max_buffered_bytes).
   std::atomic<uint64_t> buffered_request_bytes{0};
-  // Writes to the loops' connections: a uv_try_write that took bytes, or
-  // the rest handed to libuv when the socket was full.
+  // Writes to the loops' connections (the binary and HTTP ports'): a
+  // uv_try_write that took bytes, or the rest handed to libuv when the
+  // socket was full.
   std::atomic<uint64_t> socket_writes{0};
   int64_t start_unix_ms = 0;
 };

@@ -545,7 +545,9 @@ void Loop::Close(Connection& c) {
     c.tls->Shutdown();
     c.tls->DrainTo(&notify);
     uv_buf_t buf = uv_buf_init(notify.data(), static_cast<unsigned int>(notify.size()));
-    if (!notify.empty()) uv_try_write(c.stream(), &buf, 1);
+    if (!notify.empty() && uv_try_write(c.stream(), &buf, 1) > 0) {
+      counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
+    }
   }
   c.session->OnClose();
   Unsubscribe(c);
