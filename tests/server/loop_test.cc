@@ -1,8 +1,8 @@
 // net::Loop on its own thread with a real loopback socket: answers that
 // tasks of one wake-up complete (a batch of replies, a group commit) leave
-// in one write per connection, in order; a connection the same wake-up
-// closed is skipped; one closing after a half-close closes once its last
-// answer is written.
+// in one write per connection, in order, also when the socket cannot take
+// them at once; a connection the same wake-up closed is skipped; one closing
+// after a half-close closes once its last answer is written.
 #include "server/net/loop.h"
 
 #include <arpa/inet.h>
@@ -69,19 +69,33 @@ class LoopTest : public ::testing::Test {
     address.sin_port = htons(static_cast<uint16_t>(loop_->BoundPort()));
     EXPECT_EQ(::connect(client_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
     // The first connection a loop accepts is its connection 1.
-    for (int attempt = 0; attempt < 1000; ++attempt) {
-      absl::Notification checked;
-      bool accepted = false;
-      loop_->Post([&](Loop& l) {
-        accepted = l.Find(1) != nullptr;
-        checked.Notify();
-      });
-      checked.WaitForNotification();
-      if (accepted) return 1;
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    if (WaitOnLoop([](Loop& l) { return l.Find(1) != nullptr; })) return 1;
     ADD_FAILURE() << "the loop did not accept the connection";
     return 0;
+  }
+
+  // Runs check on the loop's thread, after whatever the loop was doing, and
+  // returns its result.
+  template <typename Check>
+  auto OnLoop(Check check) {
+    decltype(check(*loop_)) result{};
+    absl::Notification done;
+    loop_->Post([&](Loop& l) {
+      result = check(l);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return result;
+  }
+
+  // Whether check held on the loop's thread within 5 s (asked every 5 ms).
+  template <typename Check>
+  bool WaitOnLoop(Check check) {
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+      if (OnLoop(check)) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
   }
 
   // Holds the loop thread inside a task until the returned notification is
@@ -123,14 +137,7 @@ class LoopTest : public ::testing::Test {
   // Read on the loop's thread, after whatever it was doing: the count of a
   // write is added once the write returned, possibly after the client read it.
   uint64_t socket_writes() {
-    uint64_t writes = 0;
-    absl::Notification read;
-    loop_->Post([&](Loop&) {
-      writes = counters_.socket_writes.load();
-      read.Notify();
-    });
-    read.WaitForNotification();
-    return writes;
+    return OnLoop([this](Loop&) { return counters_.socket_writes.load(); });
   }
 
   test::ScopedTempDir dir_;
@@ -174,6 +181,32 @@ TEST_F(LoopTest, AnswersCompletedInOneWakeUpLeaveInOneWrite) {
   EXPECT_EQ(socket_writes() - writes_before, 2u);
 }
 
+TEST_F(LoopTest, AnswersLargerThanTheSocketTakesArriveWhole) {
+  const uint64_t id = Connect();
+  ASSERT_NE(id, 0u);
+  // 16 answers of 1 MiB, more than the loopback socket takes at once: the
+  // rest goes to libuv, reading stops past max_output_bytes, and everything
+  // arrives in order once the client reads.
+  std::unique_ptr<absl::Notification> release = HoldLoop();
+  std::string expected;
+  for (int i = 0; i < 16; ++i) {
+    const std::string answer(1u << 20, static_cast<char>('a' + i));
+    expected += answer;
+    loop_->Post([id, answer](Loop& l) { Answer(l, id, answer); });
+  }
+  release->Notify();
+  // The socket is full before the client reads anything.
+  ASSERT_TRUE(WaitOnLoop([id](Loop& l) {
+    Connection* c = l.Find(id);
+    return c != nullptr && c->in_flight_bytes > 0;
+  }));
+  EXPECT_EQ(Read(expected.size()), expected);
+  EXPECT_TRUE(WaitOnLoop([id](Loop& l) {
+    Connection* c = l.Find(id);
+    return c != nullptr && c->owed_bytes() == 0 && c->reading;
+  }));
+}
+
 TEST_F(LoopTest, AnAnswerAndTheShutdownInOneWakeUp) {
   const uint64_t id = Connect();
   ASSERT_NE(id, 0u);
@@ -192,30 +225,16 @@ TEST_F(LoopTest, AHalfClosedConnectionClosesOnceItsLastAnswerIsWritten) {
   ASSERT_NE(id, 0u);
   // An answer is owed (BinarySession::DeferOn counts it) when the client
   // half-closes: the connection stays open for it.
-  absl::Notification counted;
-  bool found = false;
-  loop_->Post([&, id](Loop& l) {
-    if (Connection* c = l.Find(id); c != nullptr) {
-      found = true;
-      ++c->pending;
-    }
-    counted.Notify();
-  });
-  counted.WaitForNotification();
-  ASSERT_TRUE(found);
+  ASSERT_TRUE(OnLoop([id](Loop& l) {
+    Connection* c = l.Find(id);
+    if (c != nullptr) ++c->pending;
+    return c != nullptr;
+  }));
   ASSERT_EQ(::shutdown(client_, SHUT_WR), 0);
-  bool eof_seen = false;
-  for (int attempt = 0; attempt < 1000 && !eof_seen; ++attempt) {
-    absl::Notification checked;
-    loop_->Post([&](Loop& l) {
-      Connection* c = l.Find(id);
-      eof_seen = c != nullptr && c->eof && c->closing;
-      checked.Notify();
-    });
-    checked.WaitForNotification();
-    if (!eof_seen) absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(eof_seen);
+  ASSERT_TRUE(WaitOnLoop([id](Loop& l) {
+    Connection* c = l.Find(id);
+    return c != nullptr && c->eof && c->closing;
+  }));
   loop_->Post([id](Loop& l) {
     Connection* c = l.Find(id);
     ASSERT_NE(c, nullptr);
