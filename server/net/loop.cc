@@ -452,7 +452,7 @@ void Loop::Flush(Connection& c) {
     return;
   }
   if (written > 0) {
-    counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
+    CountWrite();
     wire.erase(0, static_cast<size_t>(written));
   }
   if (wire.empty()) return;
@@ -473,14 +473,15 @@ void Loop::Flush(Connection& c) {
         delete write;
         conn.loop->OnWritten(conn, status);
       });
-  if (rc == 0) counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
   if (rc != 0) {
     // No callback will come: release the buffer and give the connection up.
     delete write;
     c.in_flight_bytes = 0;
     c.closing = true;
     FinishIfDone(c);
+    return;
   }
+  CountWrite();
 }
 
 void Loop::OnWritten(Connection& c, int status) {
@@ -545,9 +546,7 @@ void Loop::Close(Connection& c) {
     c.tls->Shutdown();
     c.tls->DrainTo(&notify);
     uv_buf_t buf = uv_buf_init(notify.data(), static_cast<unsigned int>(notify.size()));
-    if (!notify.empty() && uv_try_write(c.stream(), &buf, 1) > 0) {
-      counters()->socket_writes.fetch_add(1, std::memory_order_relaxed);
-    }
+    if (!notify.empty() && uv_try_write(c.stream(), &buf, 1) > 0) CountWrite();
   }
   c.session->OnClose();
   Unsubscribe(c);

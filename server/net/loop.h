@@ -144,6 +144,9 @@ class Loop {
   void DrainTasks();
   // Answered's work: c's output to the socket, then as after a read.
   void SendAnswered(Connection& c);
+  // A write to a connection's socket took bytes, or went to libuv whole
+  // (ServerCounters::socket_writes).
+  void CountWrite() { counters()->socket_writes.fetch_add(1, std::memory_order_relaxed); }
   void MaybeFinishShutdown();
 
   const ServerConfig& config_;
