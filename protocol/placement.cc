@@ -52,20 +52,31 @@ std::vector<std::string> Ring::PreferenceList(absl::string_view key, size_t n) c
 }
 
 std::vector<std::string> Ring::PreferenceListOfHash(uint64_t key_hash, size_t n) const {
+  if (points_.empty()) return {};
+  return PreferenceListAt(PointOf(key_hash), n);
+}
+
+size_t Ring::PointOf(uint64_t key_hash) const {
+  assert(!points_.empty());
+  auto start =
+      std::lower_bound(points_.begin(), points_.end(), key_hash,
+                       [](const Point& point, uint64_t hash) { return point.position < hash; });
+  // Past the last point: the first one, around the ring.
+  return start == points_.end() ? 0 : static_cast<size_t>(start - points_.begin());
+}
+
+std::vector<std::string> Ring::PreferenceListAt(size_t point, size_t n) const {
   std::vector<std::string> owners;
   const size_t wanted = std::min(n, members_.size());
   if (wanted == 0 || points_.empty()) return owners;
+  assert(point < points_.size());
   owners.reserve(wanted);
-  // The first point at or after the key's position, wrapping around.
-  auto start = std::lower_bound(points_.begin(), points_.end(), key_hash,
-                                [](const Point& point, uint64_t hash) { return point.position < hash; });
-  size_t index = static_cast<size_t>(start - points_.begin());
   std::vector<bool> taken(members_.size(), false);
   for (size_t step = 0; step < points_.size() && owners.size() < wanted; ++step) {
-    const Point& point = points_[(index + step) % points_.size()];
-    if (taken[point.member]) continue;
-    taken[point.member] = true;
-    owners.push_back(members_[point.member]);
+    const Point& at = points_[(point + step) % points_.size()];
+    if (taken[at.member]) continue;
+    taken[at.member] = true;
+    owners.push_back(members_[at.member]);
   }
   return owners;
 }

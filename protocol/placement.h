@@ -39,9 +39,17 @@ class Ring {
   std::vector<std::string> PreferenceList(absl::string_view key, size_t n) const;
   // The same from a key hash already computed (XXH3-64 of the key).
   std::vector<std::string> PreferenceListOfHash(uint64_t key_hash, size_t n) const;
+  // The point a key hash falls on (the first at or after it, wrapping
+  // around): every key on one point has the same preference list, so a
+  // caller may keep the lists it built by point. REQUIRES: point_count() > 0
+  // (a ring with a member).
+  size_t PointOf(uint64_t key_hash) const;
+  // The preference list of the keys on a point (PointOf).
+  std::vector<std::string> PreferenceListAt(size_t point, size_t n) const;
 
   const std::vector<std::string>& members() const { return members_; }
   size_t size() const { return members_.size(); }
+  size_t point_count() const { return points_.size(); }
 
  private:
   std::vector<std::string> members_;  // sorted, distinct

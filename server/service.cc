@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -26,8 +27,19 @@ flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferB
   return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
 
-std::string FrameCopy(const flatbuffers::FlatBufferBuilder& b) {
-  return std::string(p::FrameOf(b));
+// A deferred answer's frame, built by build(builder) in this thread's
+// builder: its buffer is kept for the next answer, so the builder allocates
+// nothing once warm; the string returned is the one allocation. After an
+// answer larger than kKeptBytes the buffer is freed (a thread keeps at most
+// about twice that).
+std::string BuildFrame(absl::FunctionRef<void(flatbuffers::FlatBufferBuilder*)> build) {
+  constexpr size_t kKeptBytes = 64 << 10;
+  thread_local flatbuffers::FlatBufferBuilder builder(1024);
+  builder.Clear();
+  build(&builder);
+  std::string frame(p::FrameOf(builder));
+  if (builder.GetSize() > kKeptBytes) builder.Reset();
+  return frame;
 }
 
 absl::Status ReservedKeyError() {
@@ -70,9 +82,8 @@ Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
       }
       completion = std::move(pending->completion);
     }
-    flatbuffers::FlatBufferBuilder builder(256);
-    build(&builder, id, result);
-    completion(FrameCopy(builder));
+    completion(
+        BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) { build(builder, id, result); }));
   });
   absl::MutexLock lock(&pending->mu);
   if (pending->result.has_value()) {
@@ -778,9 +789,9 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     // the engine's group commit; the loop goes on serving others meanwhile.
     Completion done = defer();
     auto callback = [id, done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
-      flatbuffers::FlatBufferBuilder builder(256);
-      BuildWriteResponse(&builder, id, result);
-      done(FrameCopy(builder));
+      done(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+        BuildWriteResponse(builder, id, result);
+      }));
     };
     if (is_put) {
       engine_->PutAsync(key, value, options, std::move(callback));
@@ -888,9 +899,9 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       if (--gather->remaining != 0 || !done) return;
       results = std::move(gather->results);
     }
-    flatbuffers::FlatBufferBuilder builder(1024);
-    BuildBatchResponse(&builder, id, results);
-    done(FrameCopy(builder));
+    done(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+      BuildBatchResponse(builder, id, results);
+    }));
   };
   for (size_t i = 0; i < items.size(); ++i) {
     const p::BatchItem* item = items.Get(i);

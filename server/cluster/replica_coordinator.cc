@@ -23,8 +23,8 @@ namespace {
 // wait is spent still gets one quick chance rather than none.
 constexpr absl::Duration kMinSendTimeout = absl::Milliseconds(1);
 
-absl::Duration Remaining(absl::Time deadline) {
-  return std::max(deadline - absl::Now(), kMinSendTimeout);
+absl::Duration Remaining(absl::Time deadline, absl::Time now) {
+  return std::max(deadline - now, kMinSendTimeout);
 }
 
 // A key for messages: printable, and short even when the key is not.
@@ -38,7 +38,7 @@ std::string KeyForMessage(absl::string_view key) {
 size_t Majority(size_t n) { return n / 2 + 1; }
 
 // Whether no node appears twice (owner lists are a few entries long).
-[[maybe_unused]] bool Distinct(const std::vector<std::string>& nodes) {
+[[maybe_unused]] bool Distinct(absl::Span<const std::string> nodes) {
   for (size_t i = 0; i < nodes.size(); ++i) {
     for (size_t j = i + 1; j < nodes.size(); ++j) {
       if (nodes[i] == nodes[j]) return false;
@@ -137,13 +137,14 @@ struct ReplicaCoordinator::ReadState {
   ReadDone done;
 
   absl::Mutex mu;
-  std::vector<std::string> candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
-  size_t next ABSL_GUARDED_BY(mu) = 0;                      // the next candidate to ask
+  NodeList candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
+  // Their binary addresses, as ReadQuorum looked them up ("" for this node).
+  NodeList addresses ABSL_GUARDED_BY(mu);
+  size_t next ABSL_GUARDED_BY(mu) = 0;  // the next candidate to ask
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;
-  // In flight (at most every owner: no allocation for a usual N).
-  absl::InlinedVector<std::string, 3> asked ABSL_GUARDED_BY(mu);
-  std::vector<Reply> replies ABSL_GUARDED_BY(mu);
-  std::vector<std::string> failures ABSL_GUARDED_BY(mu);
+  NodeList asked ABSL_GUARDED_BY(mu);  // in flight
+  Replies replies ABSL_GUARDED_BY(mu);
+  NodeList failures ABSL_GUARDED_BY(mu);
   bool finished ABSL_GUARDED_BY(mu) = false;
 };
 
@@ -173,9 +174,9 @@ ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(Names members, size_t coun
 namespace {
 
 // Whether at least count of nodes (each named once, by name(node)) are members.
-template <typename Nodes, typename NameOf>
-bool CountReached(const std::vector<std::string>& members, size_t count, const Nodes& nodes,
-                  NameOf name) {
+template <typename Node, typename NameOf>
+bool CountReached(const std::vector<std::string>& members, size_t count,
+                  absl::Span<const Node> nodes, NameOf name) {
   if (count == 0) return true;
   size_t in_group = 0;
   for (const auto& node : nodes) {
@@ -189,7 +190,7 @@ bool CountReached(const std::vector<std::string>& members, size_t count, const N
 
 }  // namespace
 
-bool ReplicaCoordinator::Need::MetBy(const std::vector<std::string>& nodes) const {
+bool ReplicaCoordinator::Need::MetBy(absl::Span<const std::string> nodes) const {
   for (const Group& group : groups) {
     if (!CountReached(*group.members, group.count, nodes,
                       [](const std::string& node) -> const std::string& { return node; })) {
@@ -199,7 +200,7 @@ bool ReplicaCoordinator::Need::MetBy(const std::vector<std::string>& nodes) cons
   return true;
 }
 
-bool ReplicaCoordinator::Need::MetBy(const std::vector<Reply>& replies) const {
+bool ReplicaCoordinator::Need::MetBy(absl::Span<const Reply> replies) const {
   for (const Group& group : groups) {
     if (!CountReached(*group.members, group.count, replies,
                       [](const Reply& reply) -> const std::string& { return reply.node_id; })) {
@@ -378,27 +379,23 @@ absl::Status NotConfirmedError() {
 
 }  // namespace
 
-std::vector<std::string> ReplicaCoordinator::OwnersOf(const Ring& ring, absl::string_view key,
-                                                      size_t replicas) const {
-  const size_t n = std::min(std::max<size_t>(replicas, 1), ring.size());
-  std::vector<std::string> owners = ring.PreferenceList(key, n);
-  // A preference list holds N distinct members (fewer only in a smaller ring).
-  assert(owners.size() == n);
-  assert(Distinct(owners));
-  return owners;
-}
-
-ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& placement,
-                                                          absl::string_view key) const {
+ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersAt(const Placement& placement,
+                                                           size_t replicas, size_t point,
+                                                           std::optional<size_t> next_point) {
+  auto list = [replicas](const Ring& ring, size_t at) {
+    const size_t n = std::min(std::max<size_t>(replicas, 1), ring.size());
+    std::vector<std::string> owners = ring.PreferenceListAt(at, n);
+    // A preference list holds N distinct members (fewer only in a smaller ring).
+    assert(owners.size() == n);
+    assert(Distinct(owners));
+    return owners;
+  };
   KeyOwners owners;
-  // The cluster's committed N, or (a placement without one) this node's own.
-  const size_t replicas = placement.replicas != 0 ? placement.replicas : options_.replicas;
-  auto current = std::make_shared<const std::vector<std::string>>(
-      OwnersOf(*placement.ring, key, replicas));
+  auto current = std::make_shared<const std::vector<std::string>>(list(*placement.ring, point));
   owners.all = current;
   owners.groups.push_back(current);
-  if (placement.next != nullptr && placement.next->size() > 0) {
-    std::vector<std::string> next = OwnersOf(*placement.next, key, replicas);
+  if (next_point.has_value()) {
+    std::vector<std::string> next = list(*placement.next, *next_point);
     if (next != *current) {
       std::vector<std::string> all = *current;
       for (const std::string& node : next) {
@@ -409,6 +406,66 @@ ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& plac
     }
   }
   return owners;
+}
+
+ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& placement,
+                                                           absl::string_view key) const {
+  assert(placement.ring != nullptr && placement.ring->size() > 0);
+  // The cluster's committed N, or (a placement without one) this node's own.
+  const size_t replicas = placement.replicas != 0 ? placement.replicas : options_.replicas;
+  const uint64_t hash = XXH3_64bits(key.data(), key.size());
+  const size_t point = placement.ring->PointOf(hash);
+  std::optional<size_t> next_point;
+  if (placement.next != nullptr && placement.next->size() > 0) {
+    next_point = placement.next->PointOf(hash);
+  }
+  // Every key on one point (of each ring) has the same owners, so each
+  // thread keeps the lists it built for the placement it last met, in a
+  // table of a slot per point, up to kMaxSlots (a few hundred KiB a thread
+  // at most): once a point's list is built, an operation on it finds its
+  // owners without building them (no allocation). A ring of up to 4,096
+  // points (27 members of 150 virtual nodes) fits whole; more points share
+  // slots, and a slot another point took is built again.
+  constexpr size_t kMaxSlots = 4096;
+  // During a change a key's pair of points picks the slot: any odd stride
+  // spreads the pairs (at most the two rings' points together: each point
+  // of either ring starts one), which may still collide.
+  constexpr size_t kNextPointStride = 7919;
+  struct Slot {
+    bool used = false;
+    size_t point = 0;
+    std::optional<size_t> next_point;
+    KeyOwners owners;
+  };
+  struct Cache {
+    uint64_t instance = 0;
+    // Held: a ring made later never has the address of one seen here.
+    std::shared_ptr<const Ring> ring;
+    std::shared_ptr<const Ring> next;
+    size_t replicas = 0;
+    std::vector<Slot> slots;
+  };
+  thread_local Cache cache;
+  if (cache.instance != instance_ || cache.ring != placement.ring || cache.next != placement.next ||
+      cache.replicas != replicas) {
+    cache.instance = instance_;
+    cache.ring = placement.ring;
+    cache.next = placement.next;
+    cache.replicas = replicas;
+    const size_t points = placement.ring->point_count() +
+                          (next_point.has_value() ? placement.next->point_count() : 0);
+    cache.slots.clear();
+    cache.slots.resize(std::min(points, kMaxSlots));
+  }
+  Slot& slot =
+      cache.slots[(point + next_point.value_or(0) * kNextPointStride) % cache.slots.size()];
+  if (!slot.used || slot.point != point || slot.next_point != next_point) {
+    slot.owners = OwnersAt(placement, replicas, point, next_point);
+    slot.used = true;
+    slot.point = point;
+    slot.next_point = next_point;
+  }
+  return slot.owners;
 }
 
 std::vector<std::string> ReplicaCoordinator::Owners(absl::string_view key) const {
@@ -555,7 +612,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   const std::string& read_key = record->key;
   ReadQuorum(*owners, read_key, /*with_value=*/false, need, deadline, epoch,
              [this, owners, record, need, deadline, epoch,
-              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
+              done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(absl::StrCat(
                      "strong write of key ", KeyForMessage(record->key),
@@ -566,7 +623,7 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                assert(replies->size() <= owners->size());
                for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
                record->timestamp = clock_.Now();
-               WriteStamped(std::move(owners), std::move(record), need, deadline, epoch,
+               WriteStamped(std::move(owners), std::move(record), std::move(need), deadline, epoch,
                             std::move(done));
              });
 }
@@ -598,7 +655,7 @@ void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRec
         }
         outcome.result.timestamp = timestamp;
         outcome.result.applied = true;
-        outcome.owners = *owners;
+        outcome.owners = std::move(owners);
         outcome.acknowledged = sent.applied.size();
         done(std::move(outcome));
       });
@@ -614,7 +671,7 @@ absl::Status ReplicaCoordinator::CheckEpoch(uint64_t epoch) const {
   return absl::OkStatus();
 }
 
-void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
+void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
                                       std::shared_ptr<const VersionedRecord> record, Need need,
                                       absl::Time deadline, bool hint, uint64_t epoch,
                                       SendDone done) {
@@ -630,15 +687,22 @@ void ReplicaCoordinator::SendToOwners(const std::vector<std::string>& targets,
   state->done = std::move(done);
   if (targets.empty()) {
     SendOutcome outcome;
-    outcome.reached = state->need.MetBy(std::vector<std::string>());
+    outcome.reached = state->need.MetBy(absl::Span<const std::string>());
     state->done(std::move(outcome));
     return;
   }
-  for (const std::string& node : targets) SendToOwner(state, node);
+  // The owners' sends share a clock reading (a write's sends leave within
+  // microseconds of each other), read again after this node's own write,
+  // which may have waited on its engine.
+  absl::Time now = absl::Now();
+  for (const std::string& node : targets) {
+    SendToOwner(state, node, now);
+    if (node == self_) now = absl::Now();
+  }
 }
 
 void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
-                                     const std::string& node) {
+                                     const std::string& node, absl::Time now) {
   if (node == self_) {
     if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
       return OnSent(state, node, current, std::nullopt, 0);
@@ -662,10 +726,9 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
     OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
     return;
   }
-  const absl::Time sent = absl::Now();
   batcher_.Replicate(
-      info.address, state->record, Remaining(state->deadline),
-      [this, state, node, sent](absl::StatusOr<ReplicaBatcher::Applied> applied) {
+      info.address, state->record, Remaining(state->deadline, now),
+      [this, state, node, sent = now](absl::StatusOr<ReplicaBatcher::Applied> applied) {
         absl::Status status = applied.status();
         uint64_t held = 0;
         if (status.ok() && !applied->applied) {
@@ -703,7 +766,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     }
     if (waiting && state->deadline - absl::Now() > options_.owner_retry_delay &&
         options_.run_after(options_.owner_retry_delay,
-                           [this, state, node] { SendToOwner(state, node); })) {
+                           [this, state, node] { SendToOwner(state, node, absl::Now()); })) {
       if (metrics_ != nullptr) metrics_->replica_retries()->Inc();
       return;
     }
@@ -796,7 +859,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
     // node is asked again, then the others).
     absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(key, /*with_value=*/true);
     if (record.ok()) {
-      std::vector<Reply> replies;
+      Replies replies;
       replies.push_back(Reply{self_, FromKeyRecord(key, *std::move(record))});
       return FinishRead(std::move(owners), std::move(replies), strong, deadline, epoch,
                         std::move(done));
@@ -805,7 +868,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
   const Names asked = owners.all;
   ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline, epoch,
              [this, owners = std::move(owners), strong, deadline, key, epoch,
-              done = std::move(done)](absl::StatusOr<std::vector<Reply>> replies) mutable {
+              done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(
                      absl::StrCat("read of key ", KeyForMessage(key), " failed: ",
@@ -816,8 +879,8 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
              });
 }
 
-void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies,
-                                    bool strong, absl::Time deadline, uint64_t epoch,
+void ReplicaCoordinator::FinishRead(KeyOwners owners, Replies replies, bool strong,
+                                    absl::Time deadline, uint64_t epoch,
                                     std::function<void(absl::StatusOr<ReadResult>)> done) {
   // A read finishes with at least one reply, at most one per owner.
   assert(!replies.empty() && replies.size() <= owners.all->size());
@@ -869,8 +932,8 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, std::vector<Reply> replies
   // ABD, the read's write-back: answer only once a majority (of each owner
   // set, during a membership change) holds the newest record, so no later
   // read can return anything older.
-  std::vector<std::string> holding;
-  std::vector<std::string> targets;
+  NodeList holding;
+  NodeList targets;
   for (const std::string& owner : *owners.all) {
     bool holds = false;
     for (const Reply& reply : replies) {
@@ -924,28 +987,37 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   // order; owners known dead are not asked. (The membership is asked
   // before taking the state's lock: no foreign lock is taken under it.)
   const bool complete = LocalCopyComplete();
-  std::vector<std::string> candidates;
-  std::vector<std::string> failures;
+  NodeList candidates;
+  NodeList addresses;
+  NodeList failures;
   // A node refilling after it lost its data is no owner a quorum may count.
   const bool self_owns = std::find(owners.begin(), owners.end(), self_) != owners.end() &&
                          !refilling_.load(std::memory_order_acquire);
-  if (self_owns && complete) candidates.push_back(self_);
+  if (self_owns && complete) {
+    candidates.push_back(self_);
+    addresses.emplace_back();
+  }
   for (const std::string& owner : owners) {
     PeerInfo info;
     if (owner != self_ && lookup_(owner, &info) && info.alive) {
       candidates.push_back(owner);
+      addresses.push_back(std::move(info.address));
     } else if (owner != self_) {
       failures.push_back(absl::StrCat(owner, ": down"));
     }
   }
   // Still filling up: asked last, when the others are not enough.
-  if (self_owns && !complete) candidates.push_back(self_);
+  if (self_owns && !complete) {
+    candidates.push_back(self_);
+    addresses.emplace_back();
+  }
   // Each owner is asked at most once.
   assert(Distinct(candidates) && candidates.size() <= owners.size());
   std::optional<std::string> unreachable;
   {
     absl::MutexLock lock(&state->mu);
     state->candidates = std::move(candidates);
+    state->addresses = std::move(addresses);
     // One allocation for the replies, however many come.
     state->replies.reserve(state->candidates.size());
     state->failures = std::move(failures);
@@ -957,15 +1029,17 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
     }
   }
   if (unreachable.has_value()) return state->done(absl::UnavailableError(*unreachable));
-  for (size_t i = 0; i < first_asks; ++i) ReadNext(state);
+  for (size_t i = 0; i < first_asks; ++i) ReadNext(state, /*looked_up=*/true);
 }
 
-void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
+void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool looked_up) {
   std::string node;
+  std::string address;
   bool spare;  // another owner could be asked if this one fails
   {
     absl::MutexLock lock(&state->mu);
     if (state->finished || state->next >= state->candidates.size()) return;
+    if (looked_up) address = state->addresses[state->next];
     node = state->candidates[state->next++];
     ++state->in_flight;
     state->asked.push_back(node);
@@ -979,26 +1053,31 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state) {
     if (!record.ok()) return OnRead(state, node, record.status());
     return OnRead(state, node, FromKeyRecord(state->key, *std::move(record)));
   }
-  PeerInfo info;
-  if (!lookup_(node, &info)) {
-    return OnRead(state, node, absl::UnavailableError("not a known member"));
+  if (!looked_up) {
+    // Asked after another failed, perhaps a while later: looked up again (a
+    // member that restarted may be on another port).
+    PeerInfo info;
+    if (!lookup_(node, &info)) {
+      return OnRead(state, node, absl::UnavailableError("not a known member"));
+    }
+    address = std::move(info.address);
   }
   // An owner that is alive but does not answer must not use up the whole
   // wait while another could still be asked: it gets half of what is left
   // (a strong write's second phase has the same deadline).
-  const absl::Duration remaining = Remaining(state->deadline);
-  batcher_.Read(info.address, state->key, !state->with_value,
-                spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
-                [this, state, node](absl::StatusOr<VersionedRecord> record) {
-                  if (record.ok()) record->version = 0;  // a peer's counter means nothing here
-                  OnRead(state, node, std::move(record));
-                },
-                state->epoch);
+  const absl::Duration remaining = Remaining(state->deadline, absl::Now());
+  batcher_.Read(
+      address, state->key, !state->with_value,
+      spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
+      [this, state, node](absl::StatusOr<VersionedRecord> record) {
+        if (record.ok()) record->version = 0;  // a peer's counter means nothing here
+        OnRead(state, node, std::move(record));
+      },
+      state->epoch);
 }
 
-std::vector<std::string> ReplicaCoordinator::NodesOf(const std::vector<Reply>& replies) {
-  std::vector<std::string> nodes;
-  nodes.reserve(replies.size());
+ReplicaCoordinator::NodeList ReplicaCoordinator::NodesOf(absl::Span<const Reply> replies) {
+  NodeList nodes;
   for (const Reply& reply : replies) nodes.push_back(reply.node_id);
   return nodes;
 }
@@ -1006,7 +1085,7 @@ std::vector<std::string> ReplicaCoordinator::NodesOf(const std::vector<Reply>& r
 void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
                                 absl::StatusOr<VersionedRecord> record) {
   bool ask_next = false;
-  std::optional<absl::StatusOr<std::vector<Reply>>> finish;
+  std::optional<absl::StatusOr<Replies>> finish;
   {
     absl::MutexLock lock(&state->mu);
     assert(state->in_flight > 0);  // one answer per request sent
@@ -1028,7 +1107,7 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
       state->failures.push_back(absl::StrCat(node, ": ", record.status().message()));
       // Whether the replies, the owners still asked and those not asked yet
       // could still make the quorum.
-      std::vector<std::string> possible = NodesOf(state->replies);
+      NodeList possible = NodesOf(state->replies);
       possible.insert(possible.end(), state->asked.begin(), state->asked.end());
       possible.insert(possible.end(), state->candidates.begin() + state->next,
                       state->candidates.end());
@@ -1043,7 +1122,7 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
     }
   }
   if (finish.has_value()) return state->done(*std::move(finish));
-  if (ask_next) ReadNext(state);
+  if (ask_next) ReadNext(state, /*looked_up=*/false);
 }
 
 }  // namespace logkv::server::cluster

@@ -256,16 +256,22 @@ class ReplicaCoordinator final : public Coordinator {
     std::string node_id;
     VersionedRecord record;
   };
+  // Nodes of one operation: at most its owners, which for the usual N of 3
+  // fit without an allocation.
+  using NodeList = absl::InlinedVector<std::string, 3>;
+  // Replies are moved from state to callback to callback: a vector moves
+  // by its pointer (inline storage would move each record).
+  using Replies = std::vector<Reply>;
   struct ReadState;
   struct SendState;
-  using ReadDone = std::function<void(absl::StatusOr<std::vector<Reply>>)>;
+  using ReadDone = std::function<void(absl::StatusOr<Replies>)>;
   // What a send to owners came to. reached: need acks arrived; applied: the
   // owners that applied (so far); failures: "node: why" of those that did
   // not (so far); local: this node's write, when it was a target.
   struct SendOutcome {
     bool reached = false;
-    std::vector<std::string> applied;
-    std::vector<std::string> failures;
+    NodeList applied;
+    NodeList failures;
     std::optional<engine::WriteResult> local;
   };
   using SendDone = std::function<void(SendOutcome outcome)>;
@@ -283,8 +289,8 @@ class ReplicaCoordinator final : public Coordinator {
     absl::InlinedVector<Group, 2> groups;
 
     static Need Of(Names members, size_t count);
-    bool MetBy(const std::vector<std::string>& nodes) const;
-    bool MetBy(const std::vector<Reply>& replies) const;  // by the replies' nodes
+    bool MetBy(absl::Span<const std::string> nodes) const;
+    bool MetBy(absl::Span<const Reply> replies) const;  // by the replies' nodes
     std::string Describe() const;  // "2 of [a, b, c] and 2 of [a, b, d]"
   };
   // A key's owners under a placement: every owner once (the current ring's
@@ -295,9 +301,13 @@ class ReplicaCoordinator final : public Coordinator {
     absl::InlinedVector<Names, 2> groups;
   };
 
-  std::vector<std::string> OwnersOf(const Ring& ring, absl::string_view key,
-                                    size_t replicas) const;
+  // REQUIRES: placement.ring has a member.
   KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
+  // The owners of the keys on a point of placement.ring and (next_point:
+  // during a change) one of placement.next (Ring::PointOf). REQUIRES: the
+  // points are those rings'.
+  static KeyOwners OwnersAt(const Placement& placement, size_t replicas, size_t point,
+                            std::optional<size_t> next_point);
   Placement CurrentPlacement() const;
   // REQUIRES: generation_ set. This thread's placement under the current
   // generation, read again when the generation changed. The reference is
@@ -309,7 +319,7 @@ class ReplicaCoordinator final : public Coordinator {
   // A majority of each group.
   static Need Majorities(const KeyOwners& owners);
   // The owners that answered.
-  static std::vector<std::string> NodesOf(const std::vector<Reply>& replies);
+  static NodeList NodesOf(absl::Span<const Reply> replies);
   // Counts an operation under epoch until the returned ticket is released.
   std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
@@ -329,21 +339,25 @@ class ReplicaCoordinator final : public Coordinator {
   void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
                   bool with_value, Need need, absl::Time deadline, uint64_t epoch,
                   ReadDone done);
-  void ReadNext(const std::shared_ptr<ReadState>& state);
+  // Asks the next candidate. looked_up: the candidates' addresses were
+  // looked up just now (ReadQuorum's first asks), else they are again.
+  void ReadNext(const std::shared_ptr<ReadState>& state, bool looked_up);
   void OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
               absl::StatusOr<VersionedRecord> record);
 
   // Sends record to targets; done once need of them applied it, or all
   // answered without. hint: failed owners get a hint. An owner holding a
   // newer write counts as having applied it (last write wins orders it).
-  void SendToOwners(const std::vector<std::string>& targets,
-                    std::shared_ptr<const VersionedRecord> record, Need need,
-                    absl::Time deadline, bool hint, uint64_t epoch, SendDone done);
+  void SendToOwners(absl::Span<const std::string> targets,
+                    std::shared_ptr<const VersionedRecord> record, Need need, absl::Time deadline,
+                    bool hint, uint64_t epoch, SendDone done);
   // Whether an operation placed under epoch may still run here: not once
   // this node holds a newer configuration (kSenderEpoch: always).
   absl::Status CheckEpoch(uint64_t epoch) const;
-  // Sends state's record to one owner (the local engine for this node).
-  void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node);
+  // Sends state's record to one owner (the local engine for this node); now
+  // is the time it is sent.
+  void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node,
+                   absl::Time now);
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
               const absl::Status& status, std::optional<engine::WriteResult> local,
@@ -353,9 +367,8 @@ class ReplicaCoordinator final : public Coordinator {
   void WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
                     Need need, absl::Time deadline, uint64_t epoch,
                     std::function<void(absl::StatusOr<WriteOutcome>)> done);
-  void FinishRead(KeyOwners owners, std::vector<Reply> replies, bool strong,
-                  absl::Time deadline, uint64_t epoch,
-                  std::function<void(absl::StatusOr<ReadResult>)> done);
+  void FinishRead(KeyOwners owners, Replies replies, bool strong, absl::Time deadline,
+                  uint64_t epoch, std::function<void(absl::StatusOr<ReadResult>)> done);
 
   // Constant after construction.
   engine::Engine* const local_;

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,8 +57,12 @@ class Coordinator {
 
   struct WriteOutcome {
     engine::WriteResult result;  // of the local apply, or the timestamp used
-    std::vector<std::string> owners;  // the preference list, primary first
-    size_t acknowledged = 0;          // owners that applied it
+    // Every owner the write was sent to: the ring's preference list, primary
+    // first, then (during a membership change) the next ring's other owners.
+    // Immutable and shared (the coordinator keeps it for other keys of the
+    // same owners), not copied per write; null if not reported.
+    std::shared_ptr<const std::vector<std::string>> owners;
+    size_t acknowledged = 0;  // owners that applied it
   };
   // value nullopt: delete. Unavailable (with the owners that did apply it in
   // the message) when fewer than W owners acknowledge within the write wait;

@@ -929,15 +929,15 @@ TEST_F(CoordinatorTest, EventualWriteReachesEveryOwner) {
   Start(3);
   auto written = Write("node-0", "k", "v", p::Consistency::Eventual);
   ASSERT_OK(written);
-  EXPECT_EQ(written->owners.size(), 3u);
+  EXPECT_EQ(written->owners->size(), 3u);
   EXPECT_GE(written->acknowledged, 1u);
   EXPECT_EQ(written->result.timestamp & kNodeTagMask,
             members_.at("node-0").coordinator->clock()->tag());
   for (const auto& [id, member] : members_) EXPECT_EQ(Local(id, "k"), "v") << id;
   EXPECT_TRUE(members_.at("node-1").coordinator->Active());
-  EXPECT_EQ(members_.at("node-1").coordinator->Owners("k"), written->owners);
-  EXPECT_EQ(members_.at("node-1").coordinator->HttpAddressOf(written->owners[0]),
-            absl::StrCat(written->owners[0], ":8080"));
+  EXPECT_EQ(members_.at("node-1").coordinator->Owners("k"), *written->owners);
+  EXPECT_EQ(members_.at("node-1").coordinator->HttpAddressOf(written->owners->at(0)),
+            absl::StrCat(written->owners->at(0), ":8080"));
   EXPECT_GE(metrics_.replica_acks_ok()->Value(), 2u);
   EXPECT_EQ(metrics_.replications()->Value(), 1u);
   for (const auto& [id, member] : members_) {
@@ -1174,7 +1174,7 @@ TEST_F(CoordinatorTest, ReplicasAreCappedAtTheClusterSizeAndNotActiveAlone) {
   Start(2, /*replicas=*/5);
   auto written = Write("node-0", "k", "v", p::Consistency::Strong);
   ASSERT_OK(written);
-  EXPECT_EQ(written->owners.size(), 2u);
+  EXPECT_EQ(written->owners->size(), 2u);
   EXPECT_EQ(written->acknowledged, 2u);
   ring_ = std::make_shared<const Ring>(std::vector<std::string>{"node-0"});
   EXPECT_FALSE(members_.at("node-0").coordinator->Active());
@@ -1229,7 +1229,7 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   for (int i = 0; i < 5; ++i) {
     auto written = Write("node-0", absl::StrCat("k", i), "v", p::Consistency::Eventual);
     ASSERT_OK(written);
-    EXPECT_EQ(written->owners.size(), 3u);
+    EXPECT_EQ(written->owners->size(), 3u);
   }
   ASSERT_OK(Write("node-0", "strong", "v", p::Consistency::Strong));
   ASSERT_OK(Read("node-0", "k0", p::Consistency::Strong));
@@ -1245,21 +1245,21 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
   }
   auto written = Write("node-0", "k", "v", p::Consistency::Eventual);
   ASSERT_OK(written);
-  EXPECT_EQ(written->owners.size(), 3u);
+  EXPECT_EQ(written->owners->size(), 3u);
   EXPECT_EQ(reads.load(), 1);
   // Announced, it is read once and used from then on.
   generation.store(2);
   for (int i = 0; i < 3; ++i) {
     written = Write("node-0", "k", "v", p::Consistency::Strong);
     ASSERT_OK(written);
-    EXPECT_EQ(written->owners.size(), 2u);
+    EXPECT_EQ(written->owners->size(), 2u);
   }
   EXPECT_EQ(reads.load(), 2);
   // Another thread reads its own copy.
   std::thread([&] {
     auto other = Write("node-0", "k", "v", p::Consistency::Eventual);
     ASSERT_OK(other);
-    EXPECT_EQ(other->owners.size(), 2u);
+    EXPECT_EQ(other->owners->size(), 2u);
   }).join();
   EXPECT_EQ(reads.load(), 3);
   // What Active() reads follows too: a ring of this node alone serves locally.
@@ -1289,6 +1289,49 @@ TEST_F(CoordinatorTest, APlacementIsReadAgainOnlyOnceItsGenerationChanged) {
       [&] { return generation.load(); });
   EXPECT_TRUE(again->Active());
   EXPECT_EQ(again_reads, 1);
+}
+
+// Each thread keeps a key's owners by ring point for the placement it last
+// met: a change under way (two rings), the change done (a new ring) and a
+// new N each give the owners that placement's rings name.
+TEST_F(CoordinatorTest, OwnersFollowAChangeItsEndAndANewN) {
+  Start(4, /*replicas=*/2);
+  ReplicaCoordinator* coordinator = members_.at("node-0").coordinator.get();
+  absl::Mutex mu;
+  Placement placement{.epoch = 1, .ring = ring_, .next = nullptr, .replicas = 2};
+  coordinator->set_placement([&] {
+    absl::MutexLock lock(&mu);
+    return placement;
+  });
+  auto use = [&](Placement next) {
+    absl::MutexLock lock(&mu);
+    placement = std::move(next);
+  };
+  // The owners a write goes to: the ring's list, then those only the next names.
+  auto expect_owners = [&](const Ring& ring, const Ring* next, size_t n) {
+    for (int i = 0; i < 300; ++i) {
+      const std::string key = absl::StrCat("key-", i);
+      std::vector<std::string> all = ring.PreferenceList(key, n);
+      if (next != nullptr) {
+        for (const std::string& node : next->PreferenceList(key, n)) {
+          if (std::find(all.begin(), all.end(), node) == all.end()) all.push_back(node);
+        }
+      }
+      auto written = Write("node-0", key, "v", p::Consistency::Eventual);
+      ASSERT_OK(written);
+      EXPECT_EQ(*written->owners, all) << key;
+      EXPECT_EQ(coordinator->Owners(key), ring.PreferenceList(key, n)) << key;
+    }
+  };
+  expect_owners(*ring_, nullptr, 2);
+  const auto three =
+      std::make_shared<const Ring>(std::vector<std::string>{"node-0", "node-1", "node-2"});
+  use({.epoch = 2, .ring = ring_, .next = three, .replicas = 2});
+  expect_owners(*ring_, three.get(), 2);
+  use({.epoch = 3, .ring = three, .next = nullptr, .replicas = 2});
+  expect_owners(*three, nullptr, 2);
+  use({.epoch = 4, .ring = three, .next = nullptr, .replicas = 3});
+  expect_owners(*three, nullptr, 3);
 }
 
 // ---- The Service in front of a coordinator ------------------------------------------------

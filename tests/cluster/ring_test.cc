@@ -2,6 +2,9 @@
 // preference lists (server/cluster/ring.h).
 #include "server/cluster/ring.h"
 
+#include <xxhash.h>
+
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -85,6 +88,72 @@ TEST(RingTest, PreferenceListsAreDistinctAndCapped) {
     const auto five = ring.PreferenceList(Key(i), 5);
     EXPECT_TRUE(std::equal(three.begin(), three.end(), five.begin()));
   }
+}
+
+// The ring's points computed apart, as placement.h defines them: each
+// member's 150 virtual nodes at XXH3-64("node#i"), by position then member.
+struct ReferencePoint {
+  uint64_t position;
+  std::string member;
+};
+std::vector<ReferencePoint> ReferencePoints(std::vector<std::string> members) {
+  std::sort(members.begin(), members.end());
+  std::vector<ReferencePoint> points;
+  for (const std::string& member : members) {
+    for (int i = 0; i < placement::kVirtualNodesPerMember; ++i) {
+      const std::string name = absl::StrCat(member, "#", i);
+      points.push_back({XXH3_64bits(name.data(), name.size()), member});
+    }
+  }
+  std::sort(points.begin(), points.end(), [](const ReferencePoint& a, const ReferencePoint& b) {
+    return a.position != b.position ? a.position < b.position : a.member < b.member;
+  });
+  return points;
+}
+
+// The first n distinct members clockwise from the first point at or after hash.
+std::vector<std::string> ReferenceList(const std::vector<ReferencePoint>& points, uint64_t hash,
+                                       size_t n) {
+  size_t start = 0;
+  while (start < points.size() && points[start].position < hash) ++start;
+  std::vector<std::string> owners;
+  for (size_t step = 0; step < points.size() && owners.size() < n; ++step) {
+    const std::string& member = points[(start + step) % points.size()].member;
+    if (std::find(owners.begin(), owners.end(), member) == owners.end()) owners.push_back(member);
+  }
+  return owners;
+}
+
+// A key's list is its point's (the coordinator keeps lists by point), as
+// computed apart; hashes on a point, between points and past the last one.
+TEST(RingTest, KeysOnOnePointShareTheirList) {
+  const std::vector<std::string> members = Nodes(4);
+  const Ring ring(members);
+  const std::vector<ReferencePoint> points = ReferencePoints(members);
+  ASSERT_EQ(ring.point_count(), points.size());
+  std::map<size_t, std::vector<std::string>> by_point;
+  for (int i = 0; i < 20'000; ++i) {
+    const std::string key = Key(i);
+    const uint64_t hash = XXH3_64bits(key.data(), key.size());
+    const size_t point = ring.PointOf(hash);
+    const std::vector<std::string> owners = ReferenceList(points, hash, 3);
+    EXPECT_EQ(ring.PreferenceList(key, 3), owners) << key;
+    EXPECT_EQ(ring.PreferenceListAt(point, 3), owners) << key;
+    auto [it, added] = by_point.try_emplace(point, owners);
+    if (!added) {
+      EXPECT_EQ(it->second, owners) << "point " << point;
+    }
+  }
+  // 4 members' 600 points: 20,000 keys land on most of them.
+  EXPECT_GT(by_point.size(), 500u);
+  // A hash on a point is that point's; past the last point, the first's.
+  for (size_t i = 0; i < points.size(); i += 37) {
+    EXPECT_EQ(ring.PointOf(points[i].position), i);
+    EXPECT_EQ(ring.PreferenceListAt(i, 1), std::vector<std::string>{points[i].member});
+  }
+  EXPECT_EQ(ring.PointOf(0), 0u);
+  EXPECT_EQ(ring.PointOf(points.back().position + 1), 0u);
+  EXPECT_EQ(ring.PreferenceListOfHash(points.back().position + 1, 3), ReferenceList(points, 0, 3));
 }
 
 TEST(RingTest, SameMembersSameRing) {
