@@ -421,11 +421,11 @@ ReplicaCoordinator::KeyOwners ReplicaCoordinator::OwnersOf(const Placement& plac
   }
   // Every key on one point (of each ring) has the same owners, so each
   // thread keeps the lists it built for the placement it last met, in a
-  // table of a slot per point, up to kMaxSlots (a few hundred KiB a thread
-  // at most): once a point's list is built, an operation on it finds its
-  // owners without building them (no allocation). A ring of up to 4,096
-  // points (27 members of 150 virtual nodes) fits whole; more points share
-  // slots, and a slot another point took is built again.
+  // table of a slot per point, up to kMaxSlots (for N = 3 about 1 MiB a
+  // thread at most, more during a change): once a point's list is built, an operation on it finds
+  // its owners without building them (no allocation). A ring of up to 4,096 points (27 members of
+  // 150 virtual nodes) fits whole; more points share slots, and a slot another point took is built
+  // again.
   constexpr size_t kMaxSlots = 4096;
   // During a change a key's pair of points picks the slot: any odd stride
   // spreads the pairs (at most the two rings' points together: each point
@@ -1013,6 +1013,7 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   }
   // Each owner is asked at most once.
   assert(Distinct(candidates) && candidates.size() <= owners.size());
+  assert(addresses.size() == candidates.size());
   std::optional<std::string> unreachable;
   {
     absl::MutexLock lock(&state->mu);
@@ -1039,7 +1040,9 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
   {
     absl::MutexLock lock(&state->mu);
     if (state->finished || state->next >= state->candidates.size()) return;
-    if (looked_up) address = state->addresses[state->next];
+    assert(state->addresses.size() == state->candidates.size());
+    // Each candidate is asked once: its address is not needed again.
+    if (looked_up) address = std::move(state->addresses[state->next]);
     node = state->candidates[state->next++];
     ++state->in_flight;
     state->asked.push_back(node);

@@ -256,8 +256,9 @@ class ReplicaCoordinator final : public Coordinator {
     std::string node_id;
     VersionedRecord record;
   };
-  // Nodes of one operation: at most its owners, which for the usual N of 3
-  // fit without an allocation.
+  // Node ids (or their addresses, or "node: why" lines) of one operation:
+  // one per owner, so for the usual N of 3 the list needs no allocation of
+  // its own (a longer list, as during a membership change, allocates).
   using NodeList = absl::InlinedVector<std::string, 3>;
   // Replies are moved from state to callback to callback: a vector moves
   // by its pointer (inline storage would move each record).
@@ -301,7 +302,8 @@ class ReplicaCoordinator final : public Coordinator {
     absl::InlinedVector<Names, 2> groups;
   };
 
-  // REQUIRES: placement.ring has a member.
+  // From this thread's owner lists by ring point (built on a miss); the
+  // lists are shared with that cache. REQUIRES: placement.ring has a member.
   KeyOwners OwnersOf(const Placement& placement, absl::string_view key) const;
   // The owners of the keys on a point of placement.ring and (next_point:
   // during a change) one of placement.next (Ring::PointOf). REQUIRES: the
@@ -339,8 +341,10 @@ class ReplicaCoordinator final : public Coordinator {
   void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
                   bool with_value, Need need, absl::Time deadline, uint64_t epoch,
                   ReadDone done);
-  // Asks the next candidate. looked_up: the candidates' addresses were
-  // looked up just now (ReadQuorum's first asks), else they are again.
+  // Asks the next candidate. looked_up: at the address ReadQuorum looked up
+  // moments before (its first asks); else (an ask after a failure) the
+  // candidate is looked up again, as a restarted member may be on another
+  // port.
   void ReadNext(const std::shared_ptr<ReadState>& state, bool looked_up);
   void OnRead(const std::shared_ptr<ReadState>& state, const std::string& node,
               absl::StatusOr<VersionedRecord> record);

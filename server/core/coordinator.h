@@ -59,8 +59,8 @@ class Coordinator {
     engine::WriteResult result;  // of the local apply, or the timestamp used
     // Every owner the write was sent to: the ring's preference list, primary
     // first, then (during a membership change) the next ring's other owners.
-    // Immutable and shared (the coordinator keeps it for other keys of the
-    // same owners), not copied per write; null if not reported.
+    // Immutable and shared (the coordinator keeps it for the other keys on
+    // the same ring points), not copied per write; null if not reported.
     std::shared_ptr<const std::vector<std::string>> owners;
     size_t acknowledged = 0;  // owners that applied it
   };

@@ -4,8 +4,11 @@
 // over an in-process fake transport that hands every request to the
 // target node's replica handlers, so quorum, hinting and repair are tested
 // without sockets; the cluster tests run the real thing.
+#include "server/cluster/replica.h"
+
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -22,7 +25,6 @@
 #include "gtest/gtest.h"
 #include "protocol/frame.h"
 #include "server/cluster/hinted_handoff.h"
-#include "server/cluster/replica.h"
 #include "server/cluster/replica_batcher.h"
 #include "server/cluster/replica_coordinator.h"
 #include "server/cluster/ring.h"
@@ -840,13 +842,22 @@ class CoordinatorTest : public ::testing::Test {
                   PeerTransport::Callback done) {
       bool down;
       bool hung;
+      std::string id;  // of the member at address ("" none)
+      std::function<void(const std::string&)> on_send;
       {
         absl::MutexLock lock(&mu_);
         ++sends_;
-        down = down_.contains(address);
-        hung = hung_.contains(address);
+        sent_to_.push_back(address);
+        for (const auto& [member, moved_to] : moved_) {
+          if (moved_to == address) id = member;
+        }
+        if (id.empty() && members_.contains(address) && !moved_.contains(address)) id = address;
+        down = id.empty() || down_.contains(id);
+        hung = hung_.contains(id);
         if (hung) hung_timeouts_.push_back(timeout);
+        on_send = on_send_;
       }
+      if (on_send) on_send(id);
       if (down) return done(absl::UnavailableError("connection refused"));
       if (hung) {
         // Alive, but no answer: the request times out, as the transport's would.
@@ -857,14 +868,16 @@ class CoordinatorTest : public ::testing::Test {
         });
         return;
       }
-      done(Dispatch(members_.at(address).node->engine(), false, frame));
+      done(Dispatch(members_.at(id).node->engine(), false, frame));
     };
   }
   ReplicaCoordinator::PeerLookup Lookup() {
     return [this](const std::string& id, PeerInfo* info) {
       if (!members_.contains(id)) return false;
       absl::MutexLock lock(&mu_);
-      info->address = id;  // the fake transport addresses nodes by id
+      // The fake transport addresses nodes by id, unless one moved.
+      auto moved = moved_.find(id);
+      info->address = moved != moved_.end() ? moved->second : id;
       info->http_address = absl::StrCat(id, ":8080");
       info->alive = !dead_.contains(id);
       return true;
@@ -923,6 +936,11 @@ class CoordinatorTest : public ::testing::Test {
   std::vector<absl::Duration> hung_timeouts_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> hung_threads_ ABSL_GUARDED_BY(mu_);
   int sends_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> sent_to_ ABSL_GUARDED_BY(mu_);  // the address of each send
+  // Members now at another address (a restart on another port), by id.
+  std::map<std::string, std::string> moved_ ABSL_GUARDED_BY(mu_);
+  // Called with the target's id ("" none) as each request is sent.
+  std::function<void(const std::string&)> on_send_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(CoordinatorTest, EventualWriteReachesEveryOwner) {
@@ -1136,6 +1154,39 @@ TEST_F(CoordinatorTest, AnOwnerThatHangsDoesNotUseUpAStrongWritesWait) {
   ASSERT_FALSE(hung_timeouts_.empty());
   // write_wait is 500 ms: the first-phase request had at most half.
   EXPECT_LE(hung_timeouts_.front(), absl::Milliseconds(250));
+}
+
+// A read asks an owner at the address the membership gave moments before;
+// the owner it asks after one failed is looked up again, so a member that
+// came back on another address is asked there.
+TEST_F(CoordinatorTest, AReadAsksAgainAtTheAddressAMemberMovedTo) {
+  Start(3);
+  ASSERT_OK(Write("node-0", "k", "v", p::Consistency::Strong));
+  const std::vector<std::string> owners = members_.at("node-0").coordinator->Owners("k");
+  // node-0 reads itself and the first peer; the second is asked once that fails.
+  std::vector<std::string> peers;
+  for (const std::string& owner : owners) {
+    if (owner != "node-0") peers.push_back(owner);
+  }
+  ASSERT_EQ(peers.size(), 2u);
+  {
+    absl::MutexLock lock(&mu_);
+    down_.insert(peers[0]);
+    moved_[peers[0]] = absl::StrCat("moved/", peers[0]);
+    sent_to_.clear();
+    // The second peer moves while the first is being asked.
+    on_send_ = [this, first = peers[0], second = peers[1]](const std::string& id) {
+      absl::MutexLock lock(&mu_);
+      if (id == first) moved_[second] = absl::StrCat("moved/", second);
+    };
+  }
+  auto read = Read("node-0", "k", p::Consistency::Strong);
+  ASSERT_OK(read);
+  EXPECT_TRUE(read->found);
+  EXPECT_EQ(read->value, "v");
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(sent_to_, (std::vector<std::string>{absl::StrCat("moved/", peers[0]),
+                                                absl::StrCat("moved/", peers[1])}));
 }
 
 // Strong writes coordinated while the thread holds (as a server loop does)
