@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <random>
 #include <string>
@@ -528,60 +529,82 @@ bool Mutate(std::mt19937_64& random, Mutation mutation, std::vector<Operation>* 
   }
   std::shuffle(reads.begin(), reads.end(), random);
   const std::vector<Operation>& h = *history;
-  for (size_t g : reads) {
-    const Operation& read = h[g];
-    switch (mutation) {
-      case Mutation::kStaleRead:
-        // put(v) completes before a completed write w starts, and w completes
-        // before the read starts: the read follows w, after which nothing
-        // writes v again, so it cannot return v.
-        for (size_t w = 0; w < h.size(); ++w) {
-          if (!IsCompletedWrite(h[w]) || h[w].complete_ns >= read.invoke_ns) continue;
-          for (size_t p = 0; p < h.size(); ++p) {
-            if (p == w || h[p].kind != OperationKind::kPut || h[p].outcome != Outcome::kOk ||
-                h[p].complete_ns >= h[w].invoke_ns) {
-              continue;
-            }
-            (*history)[g].found = true;
-            (*history)[g].value = h[p].value;
-            return true;
+  // Each search below looks at a read in O(operations), with what does not
+  // depend on the read worked out once per history: the histories have up to
+  // 600 operations, and a search of O(operations²) per read made this test's
+  // run time, not the checker's, under the sanitizers.
+  switch (mutation) {
+    case Mutation::kStaleRead: {
+      // put(v) completes before a completed write w starts, and w completes
+      // before the read starts: the read follows w, after which nothing
+      // writes v again, so it cannot return v. For each completed write, the
+      // first such put (h.size(): none).
+      std::vector<size_t> put_before(h.size(), h.size());
+      for (size_t w = 0; w < h.size(); ++w) {
+        if (!IsCompletedWrite(h[w])) continue;
+        for (size_t p = 0; p < h.size(); ++p) {
+          if (p != w && h[p].kind == OperationKind::kPut && h[p].outcome == Outcome::kOk &&
+              h[p].complete_ns < h[w].invoke_ns) {
+            put_before[w] = p;
+            break;
           }
         }
-        break;
-      case Mutation::kFutureRead:
-        // The only put of v starts after the read has completed.
+      }
+      for (size_t g : reads) {
+        for (size_t w = 0; w < h.size(); ++w) {
+          if (put_before[w] == h.size() || h[w].complete_ns >= h[g].invoke_ns) continue;
+          (*history)[g].found = true;
+          (*history)[g].value = h[put_before[w]].value;
+          return true;
+        }
+      }
+      return false;
+    }
+    case Mutation::kFutureRead:
+      // The only put of v starts after the read has completed.
+      for (size_t g : reads) {
         for (size_t p = 0; p < h.size(); ++p) {
           if (h[p].kind == OperationKind::kPut && h[p].outcome != Outcome::kFailed &&
-              h[p].invoke_ns > read.complete_ns) {
+              h[p].invoke_ns > h[g].complete_ns) {
             (*history)[g].found = true;
             (*history)[g].value = h[p].value;
             return true;
           }
         }
-        break;
-      case Mutation::kStaleAbsentRead:
-        // A completed put w precedes the read, and no delete can fall between
-        // them: every delete either completed before w started or started
-        // after the read completed (an ambiguous one is pending forever).
-        for (size_t w = 0; w < h.size(); ++w) {
-          if (h[w].kind != OperationKind::kPut || h[w].outcome != Outcome::kOk ||
-              h[w].complete_ns >= read.invoke_ns) {
+      }
+      return false;
+    case Mutation::kStaleAbsentRead:
+      // A completed put w precedes the read, and no delete can fall between
+      // them: every delete either completed before w started or started
+      // after the read completed (an ambiguous one is pending forever).
+      for (size_t g : reads) {
+        const Operation& read = h[g];
+        // The deletes that do not start after the read must all have
+        // completed before w started: none may be ambiguous, and w must
+        // start after the last of them completed.
+        bool ambiguous_delete = false;
+        int64_t last_delete_ns = std::numeric_limits<int64_t>::min();
+        for (const Operation& other : h) {
+          if (other.kind != OperationKind::kDelete || other.outcome == Outcome::kFailed ||
+              other.invoke_ns > read.complete_ns) {
             continue;
           }
-          bool delete_between = false;
-          for (const Operation& other : h) {
-            if (other.kind != OperationKind::kDelete || other.outcome == Outcome::kFailed) continue;
-            const bool before = other.outcome == Outcome::kOk && other.complete_ns < h[w].invoke_ns;
-            const bool after = other.invoke_ns > read.complete_ns;
-            if (!before && !after) delete_between = true;
+          if (other.outcome != Outcome::kOk) ambiguous_delete = true;
+          last_delete_ns = std::max(last_delete_ns, other.complete_ns);
+        }
+        if (ambiguous_delete) continue;
+        for (size_t w = 0; w < h.size(); ++w) {
+          if (h[w].kind != OperationKind::kPut || h[w].outcome != Outcome::kOk ||
+              h[w].complete_ns >= read.invoke_ns ||
+              last_delete_ns >= h[w].invoke_ns) {
+            continue;
           }
-          if (delete_between) continue;
           (*history)[g].found = false;
           (*history)[g].value.clear();
           return true;
         }
-        break;
-    }
+      }
+      return false;
   }
   return false;
 }
