@@ -15,11 +15,14 @@
 #include <cassert>
 #include <cstring>
 #include <deque>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -209,7 +212,9 @@ class PeerTransport::Impl {
   struct Peer {
     std::string address;
     Connection* connection = nullptr;  // null: none open
-    std::string out;                   // frames not yet handed to libuv
+    // Frames not yet handed to libuv, written as they are (one writev).
+    std::vector<std::string> out;
+    size_t out_bytes = 0;              // their bytes
     size_t in_flight_bytes = 0;        // handed to uv_write, not yet written
     absl::flat_hash_map<uint64_t, Pending*> pending;
     int64_t next_attempt_ms = 0;       // loop time before which no connect is tried
@@ -256,7 +261,8 @@ class PeerTransport::Impl {
 
   struct WriteRequest {
     uv_write_t request;
-    std::string data;
+    std::vector<std::string> data;
+    size_t bytes = 0;  // of data
     Peer* peer;  // may have been detached from its connection; peers live with their lane
     Connection* connection;
   };
@@ -313,7 +319,7 @@ class PeerTransport::Impl {
     void WriteCiphertext(Peer& peer, Connection* connection);
     void Flush(Peer& peer);
     // Hands data to libuv for the peer's connection.
-    void Write(Peer& peer, Connection* connection, std::string data);
+    void Write(Peer& peer, Connection* connection, std::vector<std::string> data);
     // Closes the peer's connection; every pending request gets status.
     void CloseConnection(Peer& peer, const absl::Status& status, bool failed_attempt);
     void ReleaseConnection(Connection* connection);
@@ -784,10 +790,10 @@ bool PeerTransport::Impl::Lane::Dispatch(Outgoing outgoing) {
     slot->address = outgoing.address;
   }
   Peer& peer = *slot;
-  if (peer.out.size() + peer.in_flight_bytes + frame.size() >
+  if (peer.out_bytes + peer.in_flight_bytes + frame.size() >
       impl_->options_.max_queued_bytes_per_peer) {
     return fail(absl::UnavailableError(absl::StrCat(
-        "queue to peer ", peer.address, " is full (", peer.out.size() + peer.in_flight_bytes,
+        "queue to peer ", peer.address, " is full (", peer.out_bytes + peer.in_flight_bytes,
         " bytes; max_queued_bytes_per_peer ", impl_->options_.max_queued_bytes_per_peer, ")")));
   }
   if (peer.connection == nullptr && !peer.resolving) {
@@ -840,7 +846,8 @@ bool PeerTransport::Impl::Lane::Dispatch(Outgoing outgoing) {
       static_cast<uint64_t>(timeout_ms), 0);
   [[maybe_unused]] const bool inserted = peer.pending.emplace(id, pending).second;
   assert(inserted);  // request ids are unique
-  peer.out.append(frame);
+  peer.out_bytes += frame.size();
+  peer.out.push_back(std::move(frame));
   if (!peer.to_flush) {
     peer.to_flush = true;
     to_flush_.push_back(&peer);
@@ -1007,7 +1014,9 @@ absl::Status PeerTransport::Impl::Lane::OnChallenge(Connection* connection, cons
   const std::string proof = PeerProof(impl_->options_.cluster_secret, PeerRole::kConnecting,
                                       p::View(challenge->nonce()), connection->nonce);
   // The proof goes first, the requests queued meanwhile right behind it.
-  peer.out.insert(0, HelloFrame(impl_->options_.node_id, "", proof, impl_->options_.auth_on));
+  std::string hello = HelloFrame(impl_->options_.node_id, "", proof, impl_->options_.auth_on);
+  peer.out_bytes += hello.size();
+  peer.out.insert(peer.out.begin(), std::move(hello));
   connection->authenticated = true;
   Flush(peer);
   return absl::OkStatus();
@@ -1258,9 +1267,9 @@ void PeerTransport::Impl::Lane::WriteCiphertext(Peer& peer, Connection* connecti
   BIO* bio = SSL_get_wbio(connection->ssl);
   const size_t pending = BIO_ctrl_pending(bio);
   if (pending == 0) return;
-  std::string data(pending, '\0');
-  const int read = BIO_read(bio, data.data(), static_cast<int>(pending));
-  data.resize(static_cast<size_t>(std::max(read, 0)));
+  std::vector<std::string> data(1, std::string(pending, '\0'));
+  const int read = BIO_read(bio, data[0].data(), static_cast<int>(pending));
+  data[0].resize(static_cast<size_t>(std::max(read, 0)));
   Write(peer, connection, std::move(data));
 }
 
@@ -1278,41 +1287,60 @@ void PeerTransport::Impl::Lane::Flush(Peer& peer) {
     return;
   }
   // Until the peer proved the secret, only the handshake goes out.
-  std::string& source = connection->authenticated ? peer.out : connection->handshake_out;
-  if (source.empty()) return;
+  std::vector<std::string> data;
+  if (connection->authenticated) {
+    data.swap(peer.out);
+    peer.out_bytes = 0;
+  } else if (!connection->handshake_out.empty()) {
+    data.push_back(std::move(connection->handshake_out));
+    connection->handshake_out.clear();
+  }
+  if (data.empty()) return;
   if (connection->ssl != nullptr) {
+    // One TLS record for what several frames hold.
+    if (data.size() > 1) {
+      std::string joined;
+      for (const std::string& frame : data) joined.append(frame);
+      data.resize(1);
+      data[0] = std::move(joined);
+    }
     ERR_clear_error();
-    if (SSL_write(connection->ssl, source.data(), static_cast<int>(source.size())) <= 0) {
+    if (SSL_write(connection->ssl, data[0].data(), static_cast<int>(data[0].size())) <= 0) {
       CloseConnection(peer, absl::UnavailableError(absl::StrCat(
                                 "TLS write to peer ", peer.address, " failed: ",
                                 TakeOpenSslErrors(""))),
                       false);
       return;
     }
-    source.clear();
     WriteCiphertext(peer, connection);
     return;
   }
-  std::string data;
-  data.swap(source);
   Write(peer, connection, std::move(data));
 }
 
-void PeerTransport::Impl::Lane::Write(Peer& peer, Connection* connection, std::string data) {
+void PeerTransport::Impl::Lane::Write(Peer& peer, Connection* connection,
+                                      std::vector<std::string> data) {
   auto* write = new WriteRequest;
   write->data = std::move(data);
   write->peer = &peer;
   write->connection = connection;
   write->request.data = write;
-  peer.in_flight_bytes += write->data.size();
-  uv_buf_t buf = uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
-  const int rc = uv_write(&write->request, reinterpret_cast<uv_stream_t*>(&connection->tcp), &buf,
-                          1, [](uv_write_t* request, int status) {
+  // uv_write copies the buffer list; the bytes stay in write->data.
+  absl::InlinedVector<uv_buf_t, 4> buffers;
+  buffers.reserve(write->data.size());
+  for (std::string& frame : write->data) {
+    buffers.push_back(uv_buf_init(frame.data(), static_cast<unsigned int>(frame.size())));
+    write->bytes += frame.size();
+  }
+  peer.in_flight_bytes += write->bytes;
+  const int rc = uv_write(&write->request, reinterpret_cast<uv_stream_t*>(&connection->tcp),
+                          buffers.data(), static_cast<unsigned int>(buffers.size()),
+                          [](uv_write_t* request, int status) {
                             auto* write = static_cast<WriteRequest*>(request->data);
                             Peer* peer = write->peer;
                             Connection* c = write->connection;
-                            assert(peer->in_flight_bytes >= write->data.size());
-                            peer->in_flight_bytes -= write->data.size();
+                            assert(peer->in_flight_bytes >= write->bytes);
+                            peer->in_flight_bytes -= write->bytes;
                             delete write;
                             if (status != 0 && c->peer == peer) {
                               c->lane->CloseConnection(
@@ -1324,7 +1352,7 @@ void PeerTransport::Impl::Lane::Write(Peer& peer, Connection* connection, std::s
                             }
                           });
   if (rc != 0) {
-    peer.in_flight_bytes -= write->data.size();
+    peer.in_flight_bytes -= write->bytes;
     delete write;
     CloseConnection(peer, absl::UnavailableError(absl::StrCat(
                               "write to peer ", peer.address, " failed: ", UvError(rc))),
@@ -1340,6 +1368,7 @@ void PeerTransport::Impl::Lane::CloseConnection(Peer& peer, const absl::Status& 
     peer.next_attempt_ms = Now() + peer.backoff_ms;
   }
   peer.out.clear();
+  peer.out_bytes = 0;
   if (Connection* connection = peer.connection; connection != nullptr) {
     assert(connection->peer == &peer);  // a peer's connection names it
     peer.connection = nullptr;

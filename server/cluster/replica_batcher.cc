@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cassert>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -67,6 +69,72 @@ absl::Duration ShortestTimeout(const std::vector<Item>& items) {
   return shortest;
 }
 
+// Whether two peers' held items make the same runs and the same frames: the
+// same records (the same shared objects) or keys, in the same order, with
+// the same timeouts and epochs. Every owner of a key gets the same items
+// from one write or read, so with N owners on few nodes most peers' lists
+// are the same.
+template <typename Item, typename Same>
+bool SameItems(const std::vector<Item>& a, const std::vector<Item>& b, Same same) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].timeout != b[i].timeout || a[i].epoch != b[i].epoch || !same(a[i], b[i])) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Sends each peer's list with send(address, items, shared): a list the same
+// as an earlier peer's takes the frames built for that peer's (shared is
+// null when no other peer has the same list).
+template <typename Frames, typename Item, typename Same, typename Send>
+void SendSharing(const std::vector<std::pair<const std::string*, std::vector<Item>*>>& lists,
+                 Same same, Send send) {
+  // For each list, the earlier list whose frames it takes (itself: none),
+  // and how many lists take each list's frames.
+  std::vector<size_t> leader(lists.size());
+  std::vector<size_t> takers(lists.size(), 0);
+  std::vector<size_t> leaders;
+  for (size_t i = 0; i < lists.size(); ++i) {
+    leader[i] = i;
+    for (size_t l : leaders) {
+      if (SameItems(*lists[l].second, *lists[i].second, same)) {
+        leader[i] = l;
+        ++takers[l];
+        break;
+      }
+    }
+    if (leader[i] == i) leaders.push_back(i);
+  }
+  std::vector<Frames> shared(lists.size());
+  for (size_t i = 0; i < lists.size(); ++i) {
+    const size_t l = leader[i];
+    Frames* frames = takers[l] == 0 ? nullptr : &shared[l];
+    if (frames != nullptr && l != i) {
+      frames->built = true;
+      frames->next = 0;
+      frames->last = --takers[l] == 0;
+    }
+    send(*lists[i].first, std::move(*lists[i].second), frames);
+  }
+}
+
+// The frame of a run: built, and kept for the peers that take it, or taken.
+template <typename Frames, typename Build>
+std::string FrameOf(Frames* shared, Build build) {
+  if (shared != nullptr && shared->built) {
+    assert(shared->next < shared->frames.size());  // the same runs
+    if (shared->next < shared->frames.size()) {
+      std::string& frame = shared->frames[shared->next++];
+      return shared->last ? std::move(frame) : frame;
+    }
+  }
+  std::string frame = build();
+  if (shared != nullptr && !shared->built) shared->frames.push_back(frame);
+  return frame;
+}
+
 }  // namespace
 
 thread_local ReplicaBatcher::Held ReplicaBatcher::held_;
@@ -113,10 +181,23 @@ void ReplicaBatcher::Flush() {
   while (!held_.pending.empty()) {
     PendingByAddress pending;
     pending.swap(held_.pending);
+    std::vector<std::pair<const std::string*, std::vector<ReadItem>*>> reads;
+    std::vector<std::pair<const std::string*, std::vector<ReplicateItem>*>> replicates;
     for (auto& [address, requests] : pending) {
-      if (!requests.reads.empty()) SendReads(address, std::move(requests.reads), true);
-      if (!requests.replicates.empty()) SendReplicates(address, std::move(requests.replicates));
+      if (!requests.reads.empty()) reads.emplace_back(&address, &requests.reads);
+      if (!requests.replicates.empty()) replicates.emplace_back(&address, &requests.replicates);
     }
+    SendSharing<SharedFrames>(
+        reads, [](const ReadItem& a, const ReadItem& b) { return a.key == b.key; },
+        [this](const std::string& address, std::vector<ReadItem> items, SharedFrames* shared) {
+          SendReads(address, std::move(items), true, shared);
+        });
+    SendSharing<SharedFrames>(
+        replicates,
+        [](const ReplicateItem& a, const ReplicateItem& b) { return a.record == b.record; },
+        [this](const std::string& address, std::vector<ReplicateItem> items, SharedFrames* shared) {
+          SendReplicates(address, std::move(items), shared);
+        });
   }
 }
 
@@ -134,18 +215,20 @@ void ReplicaBatcher::Count(size_t items) {
   if (items_counter_ != nullptr) items_counter_->Inc(items);
 }
 
-void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<ReplicateItem> items) {
+void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<ReplicateItem> items,
+                                    SharedFrames* reuse) {
   InRuns(
       std::move(items), limits_,
       [](const ReplicateItem& item) {
         return static_cast<uint64_t>(item.record->key.size() + item.record->value.size());
       },
-      [this, &address](std::vector<ReplicateItem> run) {
-        std::vector<const VersionedRecord*> records;
-        records.reserve(run.size());
-        for (const ReplicateItem& item : run) records.push_back(item.record.get());
-        std::string frame =
-            ReplicateRequestFrame(absl::MakeConstSpan(records), false, LowestEpoch(run));
+      [this, &address, reuse](std::vector<ReplicateItem> run) {
+        std::string frame = FrameOf(reuse, [&run] {
+          std::vector<const VersionedRecord*> records;
+          records.reserve(run.size());
+          for (const ReplicateItem& item : run) records.push_back(item.record.get());
+          return ReplicateRequestFrame(absl::MakeConstSpan(records), false, LowestEpoch(run));
+        });
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReplicateItem>>(std::move(run));
@@ -173,15 +256,16 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
 }
 
 void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem> items,
-                               bool meta_only) {
+                               bool meta_only, SharedFrames* reuse) {
   InRuns(
       std::move(items), limits_,
       [](const ReadItem& item) { return static_cast<uint64_t>(item.key.size()); },
-      [this, &address, meta_only](std::vector<ReadItem> run) {
+      [this, &address, meta_only, reuse](std::vector<ReadItem> run) {
         std::vector<std::string> keys;
         keys.reserve(run.size());
         for (const ReadItem& item : run) keys.push_back(item.key);
-        std::string frame = ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run));
+        std::string frame = FrameOf(
+            reuse, [&] { return ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run)); });
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));

@@ -119,10 +119,22 @@ class ReplicaBatcher {
   };
   static thread_local Held held_;
 
+  // The frames of one peer's runs, kept for peers whose held items are the
+  // same (SameItems): each run's frame is built once and copied to them.
+  struct SharedFrames {
+    std::vector<std::string> frames;  // one per run
+    bool built = false;               // frames holds every run's: take them
+    bool last = false;                // the last peer to take them: move them
+    size_t next = 0;                  // the next run's
+  };
+
   bool Holding() const { return held_.owner == this; }
   void Count(size_t items);
-  void SendReplicates(const std::string& address, std::vector<ReplicateItem> items);
-  void SendReads(const std::string& address, std::vector<ReadItem> items, bool meta_only);
+  // reuse: null, or the frames to keep (not built yet) or to take.
+  void SendReplicates(const std::string& address, std::vector<ReplicateItem> items,
+                      SharedFrames* reuse = nullptr);
+  void SendReads(const std::string& address, std::vector<ReadItem> items, bool meta_only,
+                 SharedFrames* reuse = nullptr);
 
   const SendFunction send_;
   const Limits limits_;

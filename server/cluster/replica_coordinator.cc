@@ -691,14 +691,20 @@ void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
     state->done(std::move(outcome));
     return;
   }
-  // The owners' sends share a clock reading (a write's sends leave within
-  // microseconds of each other), read again after this node's own write,
-  // which may have waited on its engine.
-  absl::Time now = absl::Now();
+  // The owners' sends share a clock reading (they leave within microseconds
+  // of each other). This node's own write comes last, so that one that
+  // waits on the engine delays no peer's send. (The peers of one write then
+  // get the same items, whose frames the batcher builds once.)
+  const absl::Time now = absl::Now();
+  bool to_self = false;
   for (const std::string& node : targets) {
+    if (node == self_) {
+      to_self = true;
+      continue;
+    }
     SendToOwner(state, node, now);
-    if (node == self_) now = absl::Now();
   }
+  if (to_self) SendToOwner(state, self_, now);
 }
 
 void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,

@@ -641,6 +641,7 @@ class ReplicaBatcherTest : public ::testing::Test {
         absl::MutexLock lock(&mu_);
         ++requests_[address];
         timeouts_.push_back(timeout);
+        frames_[address].push_back(frame);
       }
       if (address == "down") return done(absl::UnavailableError("connection refused"));
       done(Dispatch(address == "one" ? one_.engine() : two_.engine(), false, frame));
@@ -659,6 +660,7 @@ class ReplicaBatcherTest : public ::testing::Test {
   absl::Mutex mu_;
   std::map<std::string, int> requests_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Duration> timeouts_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<std::string>> frames_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(ReplicaBatcherTest, AHoldingThreadSendsOneRequestPerPeerAndKindPerFlush) {
@@ -756,6 +758,89 @@ TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
   for (const absl::Status& status : failed) {
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   }
+  batcher.StopHoldingOnThisThread();
+}
+
+// The owners of a key get the same items from one write: the batcher builds
+// their frames once. Each peer still gets every run's frame, whole, and its
+// own answers; a peer whose list differs gets frames of its own.
+TEST_F(ReplicaBatcherTest, PeersWithTheSameItemsGetTheSameFramesAndTheirOwnAnswers) {
+  std::map<std::string, std::vector<absl::Status>> answers;
+  ReplicaBatcher::Limits limits;
+  limits.max_items = 2;
+  ReplicaBatcher batcher(Send(), limits);
+  batcher.HoldOnThisThread();
+  auto answer_to = [&answers](const std::string& address) {
+    return [&answers, address](absl::StatusOr<ReplicaBatcher::Applied> result) {
+      answers[address].push_back(
+          result.ok() && !result->applied ? absl::InternalError("not applied") : result.status());
+    };
+  };
+  // Three peers with the same five records (three runs each; "down" fails
+  // them); then three each to "one" and "two", the last differing, and
+  // reads of one key from "one" and "down" (reads go first).
+  for (int i = 0; i < 5; ++i) {
+    auto record = std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1)));
+    for (const char* address : {"one", "two", "down"}) {
+      batcher.Replicate(address, record, absl::Seconds(2), answer_to(address));
+    }
+  }
+  batcher.Flush();
+  {
+    absl::MutexLock lock(&mu_);
+    ASSERT_EQ(frames_["one"].size(), 3u);
+    EXPECT_EQ(frames_["two"], frames_["one"]);
+    EXPECT_EQ(frames_["down"], frames_["one"]);
+    frames_.clear();
+  }
+  for (const char* address : {"one", "two", "down"}) {
+    ASSERT_EQ(answers[address].size(), 5u) << address;
+    for (const absl::Status& status : answers[address]) {
+      EXPECT_EQ(status.code(), std::string(address) == "down" ? absl::StatusCode::kUnavailable
+                                                              : absl::StatusCode::kOk)
+          << address << ": " << status;
+    }
+  }
+  answers.clear();
+  // As many records to "one" and "two", the last one differing.
+  for (int i = 5; i < 7; ++i) {
+    auto record = std::make_shared<VersionedRecord>(Put(Key(i), "w", Stamp(kMs, 2)));
+    batcher.Replicate("one", record, absl::Seconds(2), answer_to("one"));
+    batcher.Replicate("two", record, absl::Seconds(2), answer_to("two"));
+  }
+  batcher.Replicate("one", std::make_shared<VersionedRecord>(Put("only-one", "v", Stamp(kMs, 2))),
+                    absl::Seconds(2), answer_to("one"));
+  batcher.Replicate("two", std::make_shared<VersionedRecord>(Put("only-two", "v", Stamp(kMs, 2))),
+                    absl::Seconds(2), answer_to("two"));
+  std::vector<absl::StatusOr<VersionedRecord>> read;
+  for (const char* address : {"one", "down"}) {
+    batcher.Read(address, Key(0), /*meta_only=*/true, absl::Seconds(2),
+                 [&read](auto result) { read.push_back(std::move(result)); });
+  }
+  batcher.Flush();
+  {
+    absl::MutexLock lock(&mu_);
+    ASSERT_EQ(frames_["one"].size(), 3u) << "two Replicates and a ReadRecords";
+    ASSERT_EQ(frames_["two"].size(), 2u);
+    EXPECT_EQ(frames_["two"][0], frames_["one"][1]) << "the first run: the same two records";
+    EXPECT_NE(frames_["two"][1], frames_["one"][2]);
+  }
+  for (const char* address : {"one", "two"}) {
+    ASSERT_EQ(answers[address].size(), 3u) << address;
+    for (const absl::Status& status : answers[address]) EXPECT_OK(status) << address;
+  }
+  EXPECT_EQ(test::GetOrStatus(one_.engine(), "only-one"), "v");
+  EXPECT_EQ(test::GetOrStatus(one_.engine(), "only-two"), "NOT_FOUND");
+  EXPECT_EQ(test::GetOrStatus(two_.engine(), "only-two"), "v");
+  EXPECT_EQ(test::GetOrStatus(two_.engine(), "only-one"), "NOT_FOUND");
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_EQ(test::GetOrStatus(one_.engine(), Key(i)), i < 5 ? "v" : "w") << i;
+    EXPECT_EQ(test::GetOrStatus(two_.engine(), Key(i)), i < 5 ? "v" : "w") << i;
+  }
+  ASSERT_EQ(read.size(), 2u);
+  int found = 0;
+  for (const auto& result : read) found += result.ok() && result->found;
+  EXPECT_EQ(found, 1) << "\"one\" has the key; \"down\" fails";
   batcher.StopHoldingOnThisThread();
 }
 
