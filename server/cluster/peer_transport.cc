@@ -1297,7 +1297,7 @@ void PeerTransport::Impl::Lane::Flush(Peer& peer) {
   }
   if (data.empty()) return;
   if (connection->ssl != nullptr) {
-    // One TLS record for what several frames hold.
+    // One SSL_write for every frame (OpenSSL cuts records of 16 KiB at most).
     if (data.size() > 1) {
       std::string joined;
       for (const std::string& frame : data) joined.append(frame);

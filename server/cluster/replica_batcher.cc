@@ -91,6 +91,7 @@ bool SameItems(const std::vector<Item>& a, const std::vector<Item>& b, Same same
 template <typename Frames, typename Item, typename Same, typename Send>
 void SendSharing(const std::vector<std::pair<const std::string*, std::vector<Item>*>>& lists,
                  Same same, Send send) {
+  if (lists.size() == 1) return send(*lists[0].first, std::move(*lists[0].second), nullptr);
   // For each list, the earlier list whose frames it takes (itself: none),
   // and how many lists take each list's frames.
   std::vector<size_t> leader(lists.size());
@@ -223,7 +224,8 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
         return static_cast<uint64_t>(item.record->key.size() + item.record->value.size());
       },
       [this, &address, reuse](std::vector<ReplicateItem> run) {
-        std::string frame = FrameOf(reuse, [&run] {
+        std::string frame = FrameOf(reuse, [this, &run] {
+          frames_built_.fetch_add(1, std::memory_order_relaxed);
           std::vector<const VersionedRecord*> records;
           records.reserve(run.size());
           for (const ReplicateItem& item : run) records.push_back(item.record.get());
@@ -264,8 +266,10 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         std::vector<std::string> keys;
         keys.reserve(run.size());
         for (const ReadItem& item : run) keys.push_back(item.key);
-        std::string frame = FrameOf(
-            reuse, [&] { return ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run)); });
+        std::string frame = FrameOf(reuse, [&] {
+          frames_built_.fetch_add(1, std::memory_order_relaxed);
+          return ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run));
+        });
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));

@@ -88,6 +88,8 @@ class ReplicaBatcher {
   // Requests sent and items carried (figures, tests).
   uint64_t requests_sent() const { return requests_sent_.load(std::memory_order_relaxed); }
   uint64_t items_sent() const { return items_sent_.load(std::memory_order_relaxed); }
+  // Request frames built (tests): peers with the same items share them.
+  uint64_t frames_built() const { return frames_built_.load(std::memory_order_relaxed); }
   // Counters (/metrics) to add the same figures to; null: none. REQUIRES:
   // before the first request.
   void set_counters(Counter* requests, Counter* items) {
@@ -140,6 +142,7 @@ class ReplicaBatcher {
   const Limits limits_;
   std::atomic<uint64_t> requests_sent_{0};
   std::atomic<uint64_t> items_sent_{0};
+  std::atomic<uint64_t> frames_built_{0};
   Counter* requests_counter_ = nullptr;
   Counter* items_counter_ = nullptr;
 };

@@ -691,20 +691,18 @@ void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
     state->done(std::move(outcome));
     return;
   }
-  // The owners' sends share a clock reading (they leave within microseconds
-  // of each other). This node's own write comes last, so that one that
-  // waits on the engine delays no peer's send. (The peers of one write then
-  // get the same items, whose frames the batcher builds once.)
-  const absl::Time now = absl::Now();
-  bool to_self = false;
-  for (const std::string& node : targets) {
-    if (node == self_) {
-      to_self = true;
-      continue;
-    }
-    SendToOwner(state, node, now);
+  // This node's own write first: a peer that is down is then hinted at once
+  // when this write alone meets the need, and no peer meets it before this
+  // write began. The peers' sends share one clock reading, taken after it,
+  // so their time does not include it, and the peers of one write get the
+  // same items (whose frames the batcher builds once).
+  if (std::find(targets.begin(), targets.end(), self_) != targets.end()) {
+    SendToOwner(state, self_, /*now=*/absl::InfinitePast());  // used for peers only
   }
-  if (to_self) SendToOwner(state, self_, now);
+  const absl::Time now = absl::Now();
+  for (const std::string& node : targets) {
+    if (node != self_) SendToOwner(state, node, now);
+  }
 }
 
 void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,

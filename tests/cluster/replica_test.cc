@@ -786,6 +786,7 @@ TEST_F(ReplicaBatcherTest, PeersWithTheSameItemsGetTheSameFramesAndTheirOwnAnswe
     }
   }
   batcher.Flush();
+  EXPECT_EQ(batcher.frames_built(), 3u) << "three runs, each built once for the three peers";
   {
     absl::MutexLock lock(&mu_);
     ASSERT_EQ(frames_["one"].size(), 3u);
@@ -818,6 +819,7 @@ TEST_F(ReplicaBatcherTest, PeersWithTheSameItemsGetTheSameFramesAndTheirOwnAnswe
                  [&read](auto result) { read.push_back(std::move(result)); });
   }
   batcher.Flush();
+  EXPECT_EQ(batcher.frames_built(), 3u + 5u) << "each peer's own: the lists differ";
   {
     absl::MutexLock lock(&mu_);
     ASSERT_EQ(frames_["one"].size(), 3u) << "two Replicates and a ReadRecords";
@@ -912,6 +914,7 @@ class CoordinatorTest : public ::testing::Test {
       options.replicas = replicas;
       options.write_wait = absl::Milliseconds(500);
       options.clock = &clock_;
+      options.run_after = run_after_;
       member.coordinator = std::make_unique<ReplicaCoordinator>(
           member.node->engine(), Send(), [this] { return ring_; }, Lookup(), id, &metrics_,
           member.handoff.get(), options);
@@ -1026,6 +1029,8 @@ class CoordinatorTest : public ::testing::Test {
   std::map<std::string, std::string> moved_ ABSL_GUARDED_BY(mu_);
   // Called with the target's id ("" none) as each request is sent.
   std::function<void(const std::string&)> on_send_ ABSL_GUARDED_BY(mu_);
+  // The coordinators' run_after (ReplicaCoordinatorOptions), if set before Start.
+  std::function<bool(absl::Duration, std::function<void()>)> run_after_;
 };
 
 TEST_F(CoordinatorTest, EventualWriteReachesEveryOwner) {
@@ -1073,6 +1078,26 @@ TEST_F(CoordinatorTest, StrongWriteSucceedsWithAMajorityAndHintsTheRest) {
                 send, [](const std::string&) { return TargetState::kAlive; }),
             1u);
   EXPECT_EQ(Local("node-2", "k"), "v");
+}
+
+// A write writes on this node first: when that alone meets W, an owner
+// known to be down is hinted at once, whatever its place among the key's
+// owners, not sent again after a delay.
+TEST_F(CoordinatorTest, AnOwnerKnownDeadIsHintedAtOnceWhenThisNodesWriteMeetsW) {
+  std::vector<std::function<void()>> retries;  // held, never run
+  run_after_ = [&retries](absl::Duration, std::function<void()> task) {
+    retries.push_back(std::move(task));
+    return true;
+  };
+  Start(3);
+  Kill("node-2", /*known_dead=*/true);
+  constexpr int kKeys = 30;  // their owners come in several orders (the ring is fixed)
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_OK(Write("node-0", absl::StrCat("k", i), "v", p::Consistency::Eventual));
+  }
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), static_cast<size_t>(kKeys));
+  EXPECT_TRUE(retries.empty()) << retries.size() << " sends to node-2 put off";
+  EXPECT_EQ(Local("node-1", "k7"), "v");
 }
 
 TEST_F(CoordinatorTest, WithTwoOfThreeDownStrongFailsAndEventualSucceeds) {
