@@ -566,6 +566,8 @@ uint64_t Engine::LastSequence(uint32_t shard) {
   return shard < state_->shards.size() ? state_->shards[shard]->LastSequence() : 0;
 }
 
+bool Engine::WritesFinishInline() const { return state_->options.fsync != FsyncPolicy::kAlways; }
+
 uint32_t Engine::ShardCount() const { return static_cast<uint32_t>(state_->shards.size()); }
 
 uint32_t Engine::ShardOf(absl::string_view key) const {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,27 @@ flatbuffers::Offset<p::ReplicaRecord> BuildRecord(flatbuffers::FlatBufferBuilder
                                 record.tombstone, record.found);
 }
 
+// A replicated record's fields as ApplyLocally writes them, viewed where
+// they are (a VersionedRecord, or a Replicate request's frame).
+struct RecordView {
+  absl::string_view key;
+  absl::string_view value;
+  uint64_t timestamp = 0;
+  int64_t expiry_unix_ms = 0;
+  bool tombstone = false;
+  bool found = false;
+};
+
+RecordView ViewOf(const VersionedRecord& record) {
+  return RecordView{record.key,       record.value, record.timestamp, record.expiry_unix_ms,
+                    record.tombstone, record.found};
+}
+
+RecordView ViewOf(const p::ReplicaRecord& record) {
+  return RecordView{p::View(record.key()),   p::View(record.value()), record.timestamp(),
+                    record.expiry_unix_ms(), record.tombstone(),      record.found()};
+}
+
 VersionedRecord RecordOf(const p::ReplicaRecord& record) {
   VersionedRecord out;
   out.key = std::string(p::View(record.key()));
@@ -46,13 +68,55 @@ VersionedRecord RecordOf(const p::ReplicaRecord& record) {
   return out;
 }
 
+// The answer a record gets without a write: none (nullopt) when it is to be
+// written, with Options(record).
+std::optional<absl::StatusOr<engine::WriteResult>> AnswerWithoutWrite(const RecordView& record) {
+  if (!record.found) return engine::WriteResult{};
+  if (record.timestamp == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicated record of a ", record.key.size(),
+                     "-byte key has timestamp 0 (replicated writes must carry one)"));
+  }
+  return std::nullopt;
+}
+
+engine::WriteOptions Options(const RecordView& record) {
+  engine::WriteOptions options;
+  options.timestamp = record.timestamp;
+  // A replicated expiry is absolute, so every replica expires the key at
+  // the same moment; an expired record still beats older versions.
+  options.expiry_unix_ms = record.tombstone ? 0 : record.expiry_unix_ms;
+  return options;
+}
+
+// ApplyLocally's write, made before returning. REQUIRES: the engine's
+// writes finish inline (else this waits for the disk).
+absl::StatusOr<engine::WriteResult> ApplyNow(engine::Engine* engine, const RecordView& record) {
+  if (auto answer = AnswerWithoutWrite(record)) return *std::move(answer);
+  return record.tombstone ? engine->Delete(record.key, Options(record))
+                          : engine->Put(record.key, record.value, Options(record));
+}
+
+// ApplyLocally on the record's bytes, which need to live only until this
+// returns (the engine copies them into its log before it does).
+void ApplyAsync(engine::Engine* engine, const RecordView& record,
+                std::function<void(absl::StatusOr<engine::WriteResult>)> done) {
+  if (auto answer = AnswerWithoutWrite(record)) return done(*std::move(answer));
+  // applied == false in the result means the engine already holds
+  // something at least as new, whose timestamp the result carries.
+  if (record.tombstone) {
+    engine->DeleteAsync(record.key, Options(record), std::move(done));
+  } else {
+    engine->PutAsync(record.key, record.value, Options(record), std::move(done));
+  }
+}
+
+// Vectors of bool are vectors of bytes on the wire: applied holds 0 or 1.
 void BuildReplicateResult(flatbuffers::FlatBufferBuilder* b, uint64_t id,
                           const std::vector<uint64_t>& held_timestamps,
-                          const std::vector<bool>& applied) {
+                          const std::vector<uint8_t>& applied) {
   b->Clear();
-  std::vector<uint8_t> flags(applied.begin(), applied.end());
-  // Vectors of bool are vectors of bytes on the wire.
-  const auto flag_vector = b->CreateVector(flags);
+  const auto flag_vector = b->CreateVector(applied);
   const auto held_vector = b->CreateVector(held_timestamps);
   auto result = p::CreateReplicateResult(*b, flag_vector, held_vector);
   p::FinishResponse(b, id, p::Result::ReplicateResult, result.Union());
@@ -87,24 +151,13 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record) {
 
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
                   std::function<void(absl::StatusOr<engine::WriteResult>)> done) {
-  if (!record.found) return done(engine::WriteResult{});
-  if (record.timestamp == 0) {
-    return done(absl::InvalidArgumentError(
-        absl::StrCat("replicated record of a ", record.key.size(),
-                     "-byte key has timestamp 0 (replicated writes must carry one)")));
-  }
-  engine::WriteOptions options;
-  options.timestamp = record.timestamp;
-  // A replicated expiry is absolute, so every replica expires the key at
-  // the same moment; an expired record still beats older versions.
-  options.expiry_unix_ms = record.tombstone ? 0 : record.expiry_unix_ms;
-  // applied == false in the result means the engine already holds
-  // something at least as new, whose timestamp the result carries.
-  if (record.tombstone) {
-    engine->DeleteAsync(record.key, options, std::move(done));
-  } else {
-    engine->PutAsync(record.key, record.value, options, std::move(done));
-  }
+  ApplyAsync(engine, ViewOf(record), std::move(done));
+}
+
+absl::StatusOr<engine::WriteResult> ApplyLocallyNow(engine::Engine* engine,
+                                                    const VersionedRecord& record) {
+  assert(engine->WritesFinishInline());
+  return ApplyNow(engine, ViewOf(record));
 }
 
 Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
@@ -117,26 +170,46 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
     return Outcome::kAnswered;
   }
   const size_t count = replicate->records() == nullptr ? 0 : replicate->records()->size();
-  // Flags are gathered here; whoever records the last one answers (inline
-  // unless --fsync=always makes the engine finish on its group commit's thread).
+  if (!fsync_always) {
+    // The writes finish inline: each record is written from the request's
+    // bytes, and the flags are ready once the loop ends.
+    std::vector<uint8_t> applied(count, 0);
+    std::vector<uint64_t> held(count, 0);
+    for (size_t i = 0; i < count; ++i) {
+      const RecordView record = ViewOf(*replicate->records()->Get(i));
+      // Hints and accounts are each node's own: a peer may not write them.
+      if (IsNodeLocalKey(record.key)) continue;
+      absl::StatusOr<engine::WriteResult> written = ApplyNow(engine, record);
+      applied[i] = written.ok();
+      held[i] = written.ok() ? written->timestamp : 0;
+    }
+    BuildReplicateResult(b, id, held, applied);
+    return Outcome::kAnswered;
+  }
+  // Under fsync=always each write finishes on the group commit's thread:
+  // flags are gathered here, and whoever records the last one answers.
   struct Gather {
     absl::Mutex mu;
-    std::vector<bool> applied ABSL_GUARDED_BY(mu);
+    std::vector<uint8_t> applied ABSL_GUARDED_BY(mu);
     std::vector<uint64_t> held ABSL_GUARDED_BY(mu);
     size_t remaining ABSL_GUARDED_BY(mu) = 0;
-    Completion done;  // set before the first write when deferred
+    Completion done;  // set before the first write
   };
+  if (count == 0) {
+    BuildReplicateResult(b, id, {}, {});
+    return Outcome::kAnswered;
+  }
   auto gather = std::make_shared<Gather>();
   {
     absl::MutexLock lock(&gather->mu);
-    gather->applied.assign(count, false);
+    gather->applied.assign(count, 0);
     gather->held.assign(count, 0);
     gather->remaining = count;
   }
-  if (fsync_always && count > 0) gather->done = defer();
+  gather->done = defer();
   for (size_t i = 0; i < count; ++i) {
-    VersionedRecord record = RecordOf(*replicate->records()->Get(i));
-    // Records one flag; whoever records the last one answers a deferred request.
+    const RecordView record = ViewOf(*replicate->records()->Get(i));
+    // Records one flag; whoever records the last one answers.
     auto record_flag = [gather, i, id](bool applied_here, uint64_t held) {
       bool last;
       {
@@ -146,7 +219,7 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
         assert(gather->remaining > 0);  // every record's write calls back once
         last = --gather->remaining == 0;
       }
-      if (last && gather->done) {
+      if (last) {
         flatbuffers::FlatBufferBuilder builder(256);
         {
           absl::MutexLock lock(&gather->mu);
@@ -156,20 +229,14 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
       }
     };
     if (IsNodeLocalKey(record.key)) {
-      // Hints and accounts are each node's own: a peer may not write them.
       record_flag(false, 0);
       continue;
     }
-    ApplyLocally(engine, record, [record_flag](absl::StatusOr<engine::WriteResult> written) {
+    ApplyAsync(engine, record, [record_flag](absl::StatusOr<engine::WriteResult> written) {
       record_flag(written.ok(), written.ok() ? written->timestamp : 0);
     });
   }
-  if (gather->done) return Outcome::kDeferred;
-  absl::MutexLock lock(&gather->mu);
-  // Without fsync=always the engine calls back inline: every flag is in.
-  assert(gather->remaining == 0);
-  BuildReplicateResult(b, id, gather->held, gather->applied);
-  return Outcome::kAnswered;
+  return Outcome::kDeferred;
 }
 
 Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,

@@ -75,6 +75,10 @@ VersionedRecord FromKeyRecord(absl::string_view key, engine::KeyRecord record);
 // found is nothing to apply: an empty result (timestamp 0) at once.
 void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
                   std::function<void(absl::StatusOr<engine::WriteResult>)> done);
+// ApplyLocally's write and result, made before returning, without a
+// callback. REQUIRES: engine->WritesFinishInline() (not --fsync=always).
+absl::StatusOr<engine::WriteResult> ApplyLocallyNow(engine::Engine* engine,
+                                                    const VersionedRecord& record);
 
 // ---- The replica's handlers (registered for peer connections) -----------
 
@@ -85,11 +89,12 @@ void ApplyLocally(engine::Engine* engine, const VersionedRecord& record,
 // record is always answered, whatever its size.
 inline constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
 
-// Replicate: applies every record (ApplyLocally) and answers ReplicateResult
-// with one flag per record, true when the engine holds that version or a
-// newer one. With fsync_always the answer waits, through defer, for the
-// group commit's fdatasync (the contract of Service::Handle). engine must
-// outlive every deferred completion.
+// Replicate: applies every record (as ApplyLocally does, from the request's
+// bytes) and answers ReplicateResult with one flag per record, true when the
+// engine holds that version or a newer one. Without fsync_always it answers
+// at once; with it the answer waits, through defer, for the group commit's
+// fdatasync (the contract of Service::Handle). engine must outlive every
+// deferred completion.
 Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
                                  const protocol::Request& request,
                                  flatbuffers::FlatBufferBuilder* builder,

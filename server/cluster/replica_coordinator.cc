@@ -711,6 +711,12 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
     if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
       return OnSent(state, node, current, std::nullopt, 0);
     }
+    if (local_->WritesFinishInline()) {
+      // No callback to allocate: the result is here when the write returns.
+      absl::StatusOr<engine::WriteResult> result = ApplyLocallyNow(local_, *state->record);
+      if (!result.ok()) return OnSent(state, node, result.status(), std::nullopt, 0);
+      return OnSent(state, node, absl::OkStatus(), *result, result->timestamp);
+    }
     ApplyLocally(local_, *state->record,
                  [this, state, node](absl::StatusOr<engine::WriteResult> result) {
                    OnSent(state, node, result.status(),

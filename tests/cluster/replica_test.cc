@@ -256,6 +256,46 @@ TEST_F(ReplicaTest, FsyncAlwaysAnswersAfterTheSync) {
   EXPECT_EQ(test::GetOrStatus(node.engine(), "a"), "1");
 }
 
+// Without fsync=always a Replicate is written from the request's bytes and
+// answered at once; with it, each write finishes on the group commit's
+// thread and the answer is gathered. Both answer every kind of record alike.
+TEST_F(ReplicaTest, BothWaysOfApplyingAReplicateAnswerAlike) {
+  VersionedRecord unknown;
+  unknown.key = "unknown";  // found false: nothing to apply, acknowledged
+  VersionedRecord unstamped = Put("unstamped", "u", 0);
+  const std::vector<VersionedRecord> batch = {
+      Put("fresh", std::string(300, 'f'), Stamp(kMs, 5)),
+      Put("held", "older", Stamp(kMs, 3)),  // loses to what the node holds
+      Tombstone("gone", Stamp(kMs, 6)),
+      Put(absl::StrCat(kHintPrefix, "x"), "h", Stamp(kMs, 7)),  // a node's own key
+      unknown,
+      unstamped,
+  };
+  std::vector<ReplicateAnswer> answers;
+  std::vector<std::string> fresh;
+  for (engine::FsyncPolicy fsync : {engine::FsyncPolicy::kNever, engine::FsyncPolicy::kAlways}) {
+    const bool always = fsync == engine::FsyncPolicy::kAlways;
+    Node node(dir_.Subdir(always ? "always" : "never"), &clock_, fsync);
+    ASSERT_EQ(node.Replicate({Put("held", "newer", Stamp(kMs, 9))}, always),
+              std::vector<bool>{true});
+    absl::StatusOr<ReplicateAnswer> parsed = ParseReplicateAnswer(
+        Dispatch(node.engine(), always, ReplicateRequestFrame(batch, false)), batch.size());
+    ASSERT_OK(parsed);
+    answers.push_back(*std::move(parsed));
+    fresh.push_back(test::GetOrStatus(node.engine(), "fresh"));
+    EXPECT_EQ(test::GetOrStatus(node.engine(), "held"), "newer");
+    EXPECT_TRUE(node.Read("gone").tombstone);
+    EXPECT_EQ(test::GetOrStatus(node.engine(), absl::StrCat(kHintPrefix, "x")), "NOT_FOUND");
+    EXPECT_EQ(test::GetOrStatus(node.engine(), "unstamped"), "NOT_FOUND");
+  }
+  EXPECT_EQ(answers[0].applied, (std::vector<bool>{true, true, true, false, true, false}));
+  EXPECT_EQ(answers[0].held_timestamps,
+            (std::vector<uint64_t>{Stamp(kMs, 5), Stamp(kMs, 9), Stamp(kMs, 6), 0, 0, 0}));
+  EXPECT_EQ(answers[1].applied, answers[0].applied);
+  EXPECT_EQ(answers[1].held_timestamps, answers[0].held_timestamps);
+  EXPECT_EQ(fresh, (std::vector<std::string>(2, std::string(300, 'f'))));
+}
+
 TEST_F(ReplicaTest, RecordEncodingRoundTripsAndRejectsGarbage) {
   VersionedRecord record = Put(std::string("k\0ey", 4), std::string(1000, 'x'), Stamp(kMs, 7));
   record.expiry_unix_ms = 12345;

@@ -415,6 +415,10 @@ class Engine {
   void PutAsync(absl::string_view key, absl::string_view value, const WriteOptions& options,
                 WriteCallback done);
   void DeleteAsync(absl::string_view key, const WriteOptions& options, WriteCallback done);
+  // Whether a write returns before it is durable (every policy but kAlways):
+  // then Put and Delete never wait on a disk sync, and the asynchronous
+  // forms' done runs inline.
+  bool WritesFinishInline() const;
 
   // Drops the key from this store, as if it had never been written here, if
   // its newest record (tombstone or not) still has this timestamp; returns
