@@ -1013,10 +1013,9 @@ absl::Status Node::BuildCluster() {
   // Peers' operations on this node's engine.
   cluster_->AddPeerOperationHandler(
       p::Operation::Replicate,
-      [engine, fsync_always = options_.fsync == engine::FsyncPolicy::kAlways](
-          const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
-          absl::FunctionRef<Completion()> defer) {
-        return cluster::HandleReplicate(engine, fsync_always, request, builder, defer);
+      [engine](const p::Request& request, flatbuffers::FlatBufferBuilder* builder,
+               absl::FunctionRef<Completion()> defer) {
+        return cluster::HandleReplicate(engine, request, builder, defer);
       });
   cluster_->AddPeerOperationHandler(
       p::Operation::ReadRecords,

@@ -160,9 +160,8 @@ absl::StatusOr<engine::WriteResult> ApplyLocallyNow(engine::Engine* engine,
   return ApplyNow(engine, ViewOf(record));
 }
 
-Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
-                                 const p::Request& request, flatbuffers::FlatBufferBuilder* b,
-                                 absl::FunctionRef<Completion()> defer) {
+Outcome HandleReplicate(engine::Engine* engine, const p::Request& request,
+                        flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer) {
   const uint64_t id = request.request_id();
   const p::Replicate* replicate = request.operation_as_Replicate();
   if (replicate == nullptr) {
@@ -170,7 +169,7 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
     return Outcome::kAnswered;
   }
   const size_t count = replicate->records() == nullptr ? 0 : replicate->records()->size();
-  if (!fsync_always) {
+  if (engine->WritesFinishInline()) {
     // The writes finish inline: each record is written from the request's
     // bytes, and the flags are ready once the loop ends.
     std::vector<uint8_t> applied(count, 0);
@@ -186,8 +185,9 @@ Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
     BuildReplicateResult(b, id, held, applied);
     return Outcome::kAnswered;
   }
-  // Under fsync=always each write finishes on the group commit's thread:
-  // flags are gathered here, and whoever records the last one answers.
+  // Under --fsync=always a write that is made finishes on the group
+  // commit's thread (one refused or not made answers inline): flags are
+  // gathered here, and whoever records the last one answers.
   struct Gather {
     absl::Mutex mu;
     std::vector<uint8_t> applied ABSL_GUARDED_BY(mu);

@@ -91,14 +91,14 @@ inline constexpr uint64_t kMaxRecordsAnswerBytes = 4ull << 20;
 
 // Replicate: applies every record (as ApplyLocally does, from the request's
 // bytes) and answers ReplicateResult with one flag per record, true when the
-// engine holds that version or a newer one. Without fsync_always it answers
-// at once; with it the answer waits, through defer, for the group commit's
+// engine holds that version or a newer one. When the engine's writes finish
+// inline (Engine::WritesFinishInline) it answers at once; otherwise
+// (--fsync=always) the answer waits, through defer, for the group commit's
 // fdatasync (the contract of Service::Handle). engine must outlive every
 // deferred completion.
-Outcome HandleReplicate(engine::Engine* engine, bool fsync_always,
-                                 const protocol::Request& request,
-                                 flatbuffers::FlatBufferBuilder* builder,
-                                 absl::FunctionRef<Completion()> defer);
+Outcome HandleReplicate(engine::Engine* engine, const protocol::Request& request,
+                        flatbuffers::FlatBufferBuilder* builder,
+                        absl::FunctionRef<Completion()> defer);
 
 // ReadRecords: the engine's record of every key (tombstones included; no
 // values when meta_only) as a RecordsResult, in the order of the keys.

@@ -114,11 +114,10 @@ class FakeNetwork {
         HandleMerkleLeaf(engine, r, leaf_frame_bytes_, &builder);
         break;
       case protocol::Operation::Replicate: {
-        const Outcome outcome =
-            HandleReplicate(engine, false, r, &builder, []() -> Completion {
-              ADD_FAILURE() << "Replicate deferred without fsync=always";
-              return [](std::string) {};
-            });
+        const Outcome outcome = HandleReplicate(engine, r, &builder, []() -> Completion {
+          ADD_FAILURE() << "Replicate deferred without fsync=always";
+          return [](std::string) {};
+        });
         EXPECT_EQ(outcome, Outcome::kAnswered);
         break;
       }

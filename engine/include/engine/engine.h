@@ -416,8 +416,9 @@ class Engine {
                 WriteCallback done);
   void DeleteAsync(absl::string_view key, const WriteOptions& options, WriteCallback done);
   // Whether a write returns before it is durable (every policy but kAlways):
-  // then Put and Delete never wait on a disk sync, and the asynchronous
-  // forms' done runs inline.
+  // then Put and Delete never wait for a group commit's sync (a segment's
+  // roll still syncs the segment it seals), and the asynchronous forms'
+  // done runs inline.
   bool WritesFinishInline() const;
 
   // Drops the key from this store, as if it had never been written here, if
