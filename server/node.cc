@@ -1133,6 +1133,13 @@ absl::Status Node::BuildCluster() {
                                 const control::ControlPlane* control = control_plane();
                                 return control == nullptr ? 0 : control->epoch() + 1;
                               });
+  // The lookup's answers move with gossip (Membership::version) and, for
+  // members gossip has not heard of, with the committed configuration (the
+  // generation above).
+  coordinator_->set_peer_version([member]() -> uint64_t {
+    const cluster::Membership* membership = member->membership();
+    return membership == nullptr ? 0 : membership->version();
+  });
   coordinator_->set_view_confirmed([this, member] {
     const cluster::Membership* membership = member->membership();
     return membership != nullptr && membership->ViewConfirmed() &&

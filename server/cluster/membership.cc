@@ -134,6 +134,7 @@ class Membership::Impl {
   bool HasLeft() const;
   bool ViewConfirmed() const;
   void OnChange(std::function<void()> callback);
+  uint64_t version() const { return version_.load(std::memory_order_acquire); }
   const Member& self() const { return options_.self; }
   // One turn of Run's loop (MembershipOptions::manual_ticks).
   void ManualTick();
@@ -182,7 +183,32 @@ class Membership::Impl {
   const MembershipOptions options_;
   PeerTransport* const transport_;
 
+  // mu_ taken where the members may change (every non-const method takes
+  // it this way): the version moves before it is released, so a copy of an
+  // answer kept under the version it was read with (version()) is never
+  // kept past a change.
+  class ABSL_SCOPED_LOCKABLE ChangeLock {
+   public:
+    explicit ChangeLock(Impl* impl) ABSL_EXCLUSIVE_LOCK_FUNCTION(impl->mu_) : impl_(impl) {
+      impl_->mu_.Lock();
+    }
+    ~ChangeLock() ABSL_UNLOCK_FUNCTION() {
+      impl_->version_.store(next_version.fetch_add(1, std::memory_order_relaxed),
+                            std::memory_order_release);
+      impl_->mu_.Unlock();
+    }
+    ChangeLock(const ChangeLock&) = delete;
+    ChangeLock& operator=(const ChangeLock&) = delete;
+
+   private:
+    Impl* const impl_;
+  };
+  // One count for every Membership of the process, so no two of them (or
+  // one made where another was) ever show the same version.
+  static inline std::atomic<uint64_t> next_version{1};
+
   mutable absl::Mutex mu_;
+  std::atomic<uint64_t> version_{next_version.fetch_add(1, std::memory_order_relaxed)};
   absl::CondVar wake_;
   std::map<std::string, Entry> members_ ABSL_GUARDED_BY(mu_);  // by node id, self included
   std::shared_ptr<const Ring> ring_ ABSL_GUARDED_BY(mu_);
@@ -209,7 +235,7 @@ absl::Status Membership::Impl::Start() {
     return absl::InvalidArgumentError("membership needs this node's id and advertised address");
   }
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     if (started_) return absl::FailedPreconditionError("membership already started");
     started_ = true;
     Entry& self = SelfLocked();
@@ -231,7 +257,7 @@ absl::Status Membership::Impl::Start() {
 
 void Membership::Impl::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     stop_ = true;
     wake_.SignalAll();
   }
@@ -241,7 +267,7 @@ void Membership::Impl::Stop() {
   }
   // Answers still to come name this object: wait for them (each is bounded
   // by its request's timeout).
-  absl::MutexLock lock(&mu_);
+  ChangeLock lock(this);
   mu_.Await(absl::Condition(
       +[](int* in_flight) { return *in_flight == 0; }, &in_flight_));
 }
@@ -252,7 +278,7 @@ void Membership::Impl::Run() {
     std::vector<std::function<void()>> callbacks;
     bool changed = false;
     {
-      absl::MutexLock lock(&mu_);
+      ChangeLock lock(this);
       while (!stop_ && !changed_ && absl::Now() < next_tick) {
         wake_.WaitWithDeadline(&mu_, next_tick);
       }
@@ -275,7 +301,7 @@ void Membership::Impl::Run() {
 void Membership::Impl::RunCallbacks() {
   std::vector<std::function<void()>> callbacks;
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     if (!changed_) return;
     changed_ = false;
     callbacks = callbacks_;
@@ -375,7 +401,7 @@ void Membership::Impl::PersistState() {
   if (!options_.save_state) return;
   std::string state;
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     state = StateLocked();
   }
   if (state == persisted_) return;
@@ -477,7 +503,7 @@ bool Membership::Impl::MergeLocked(const Member& news) {
 void Membership::Impl::HandleGossip(const p::Gossip& gossip,
                                     flatbuffers::FlatBufferBuilder* builder,
                                     uint64_t request_id) {
-  absl::MutexLock lock(&mu_);
+  ChangeLock lock(this);
   bool changed = false;
   Member from;
   const bool has_from = ReadMemberInfo(gossip.from(), &from);
@@ -519,7 +545,7 @@ absl::Status Membership::Impl::MergeAnswer(const absl::StatusOr<std::string>& an
       }
     }
   }
-  absl::MutexLock lock(&mu_);
+  ChangeLock lock(this);
   if (!status.ok()) {
     auto it = members_.find(target);
     if (it != members_.end() && it->second.member.address == address) ++it->second.missed_pings;
@@ -552,14 +578,14 @@ void Membership::Impl::SendGossip(const std::string& address, std::string frame,
                                   const std::string& target, absl::Duration timeout,
                                   std::function<void(absl::Status)> done) {
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     ++in_flight_;
   }
   auto merge = [this, address, target, done = std::move(done)](
                    absl::StatusOr<std::string> answer) {
     absl::Status status = MergeAnswer(answer, target, address);
     if (done) done(status);
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     assert(in_flight_ > 0);  // the transport calls back once per send
     --in_flight_;
   };
@@ -578,7 +604,7 @@ void Membership::Impl::Tick() {
   std::vector<Target> targets;
   std::string frame;
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     if (left_ || stop_) return;
     ++ticks_;
     const int64_t now_ms = NowMs();
@@ -641,7 +667,7 @@ void Membership::Impl::LeaveAsync(std::function<void()> done) {
   std::vector<std::string> addresses;
   std::string frame;
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     if (!started_ || left_) {
       left_ = true;
     } else {
@@ -682,13 +708,13 @@ void Membership::Impl::JoinThroughAsync(const std::string& address, absl::Durati
   std::string frame;
   bool running;
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     running = started_ && !stop_;
   }
   // Outside the lock: done may call back into the membership.
   if (!running) return done(absl::UnavailableError("membership is not running on this node"));
   {
-    absl::MutexLock lock(&mu_);
+    ChangeLock lock(this);
     if (left_) {
       // Rejoining after a leave: a new incarnation outranks our Left.
       left_ = false;
@@ -760,7 +786,7 @@ bool Membership::Impl::ViewConfirmed() const {
 }
 
 void Membership::Impl::OnChange(std::function<void()> callback) {
-  absl::MutexLock lock(&mu_);
+  ChangeLock lock(this);
   callbacks_.push_back(std::move(callback));
 }
 
@@ -785,6 +811,7 @@ bool Membership::FindAddresses(const std::string& node_id, std::string* address,
                                std::string* http_address, MemberState* state) const {
   return impl_->FindAddresses(node_id, address, http_address, state);
 }
+uint64_t Membership::version() const { return impl_->version(); }
 bool Membership::IsAlive(const std::string& node_id) const {
   Member member;
   return impl_->Find(node_id, &member) && member.state == MemberState::kAlive;

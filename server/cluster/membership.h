@@ -117,6 +117,11 @@ class Membership {
   bool FindAddresses(const std::string& node_id, std::string* address,
                      std::string* http_address, MemberState* state) const;
   bool IsAlive(const std::string& node_id) const;
+  // A number that moves whenever what Find or FindAddresses answers may
+  // have (it moves on every change of the member list, and more often),
+  // read without a lock; no two Memberships of a process share one. An
+  // answer read after the version was read is at least as new as it.
+  uint64_t version() const;
   // This node as configured (its id, addresses and join time never change;
   // for its current state and incarnation use Find(self().node_id)).
   const Member& self() const;

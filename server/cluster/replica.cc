@@ -58,13 +58,14 @@ RecordView ViewOf(const p::ReplicaRecord& record) {
 }
 
 VersionedRecord RecordOf(const p::ReplicaRecord& record) {
+  const RecordView view = ViewOf(record);
   VersionedRecord out;
-  out.key = std::string(p::View(record.key()));
-  out.value = std::string(p::View(record.value()));
-  out.timestamp = record.timestamp();
-  out.expiry_unix_ms = record.expiry_unix_ms();
-  out.tombstone = record.tombstone();
-  out.found = record.found();
+  out.key = std::string(view.key);
+  out.value = std::string(view.value);
+  out.timestamp = view.timestamp;
+  out.expiry_unix_ms = view.expiry_unix_ms;
+  out.tombstone = view.tombstone;
+  out.found = view.found;
   return out;
 }
 

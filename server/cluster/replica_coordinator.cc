@@ -7,6 +7,7 @@
 #include <cassert>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -165,8 +166,10 @@ struct ReplicaCoordinator::SendState {
 
 // ---- Quorums over one or two owner sets -----------------------------------------------
 
-ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(Names members, size_t count) {
+ReplicaCoordinator::Need ReplicaCoordinator::Need::Of(Names members, size_t count,
+                                                      const Names& drawn_from) {
   Need need;
+  need.whole = members == drawn_from;
   need.groups.push_back(Group{std::move(members), count});
   return need;
 }
@@ -188,26 +191,30 @@ bool CountReached(const std::vector<std::string>& members, size_t count,
   return false;
 }
 
-}  // namespace
-
-bool ReplicaCoordinator::Need::MetBy(absl::Span<const std::string> nodes) const {
-  for (const Group& group : groups) {
-    if (!CountReached(*group.members, group.count, nodes,
-                      [](const std::string& node) -> const std::string& { return node; })) {
-      return false;
-    }
+// Whether each group's count of nodes are its members; whole: one group,
+// of which every node is a member (counting them is enough).
+template <typename Groups, typename Node, typename NameOf>
+bool MetByNodes(const Groups& groups, bool whole, absl::Span<const Node> nodes, NameOf name) {
+  if (whole && groups.size() == 1) {
+    assert(CountReached(*groups.front().members, nodes.size(), nodes, name));
+    return nodes.size() >= groups.front().count;
+  }
+  for (const auto& group : groups) {
+    if (!CountReached(*group.members, group.count, nodes, name)) return false;
   }
   return true;
 }
 
+}  // namespace
+
+bool ReplicaCoordinator::Need::MetBy(absl::Span<const std::string> nodes) const {
+  return MetByNodes(groups, whole, nodes,
+                    [](const std::string& node) -> const std::string& { return node; });
+}
+
 bool ReplicaCoordinator::Need::MetBy(absl::Span<const Reply> replies) const {
-  for (const Group& group : groups) {
-    if (!CountReached(*group.members, group.count, replies,
-                      [](const Reply& reply) -> const std::string& { return reply.node_id; })) {
-      return false;
-    }
-  }
-  return true;
+  return MetByNodes(groups, whole, replies,
+                    [](const Reply& reply) -> const std::string& { return reply.node_id; });
 }
 
 std::string ReplicaCoordinator::Need::Describe() const {
@@ -224,6 +231,7 @@ ReplicaCoordinator::Need ReplicaCoordinator::Majorities(const KeyOwners& owners)
   for (const Names& group : owners.groups) {
     need.groups.push_back(Need::Group{group, Majority(group->size())});
   }
+  need.whole = need.groups.size() == 1 && need.groups.front().members == owners.all;
   return need;
 }
 
@@ -254,6 +262,52 @@ void ReplicaCoordinator::set_placement(PlacementFunction placement,
                                        GenerationFunction generation) {
   placement_ = std::move(placement);
   generation_ = placement_ ? std::move(generation) : nullptr;
+}
+
+void ReplicaCoordinator::set_peer_version(GenerationFunction version) {
+  peer_version_ = std::move(version);
+}
+
+bool ReplicaCoordinator::Lookup(const std::string& node_id, std::string* address,
+                                bool* alive) const {
+  PeerInfo info;
+  if (!peer_version_) {
+    if (!lookup_(node_id, &info)) return false;
+    *address = std::move(info.address);
+    *alive = info.alive;
+    return true;
+  }
+  // Members looked up by this thread, by node id (unknown ones are not
+  // kept); at most one entry per member of the cluster.
+  struct Peer {
+    std::string address;
+    bool alive = false;
+  };
+  struct Cache {
+    uint64_t instance = 0;
+    uint64_t version = 0;
+    uint64_t generation = 0;
+    absl::flat_hash_map<std::string, Peer> peers;
+  };
+  thread_local Cache cache;
+  // Both numbers before the lookup: what it answers is at least as new.
+  const uint64_t version = peer_version_();
+  const uint64_t generation = generation_ ? generation_() : 0;
+  if (cache.instance != instance_ || cache.version != version ||
+      cache.generation != generation) {
+    cache.peers.clear();
+    cache.instance = instance_;
+    cache.version = version;
+    cache.generation = generation;
+  }
+  auto it = cache.peers.find(node_id);
+  if (it == cache.peers.end()) {
+    if (!lookup_(node_id, &info)) return false;
+    it = cache.peers.emplace(node_id, Peer{std::move(info.address), info.alive}).first;
+  }
+  *address = it->second.address;
+  *alive = it->second.alive;
+  return true;
 }
 
 const Placement& ReplicaCoordinator::CachedPlacement() const {
@@ -573,7 +627,8 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   Need need = consistency == p::Consistency::Strong
                   ? Majorities(key_owners)
                   : Need::Of(key_owners.groups.front(),
-                             WriteAcks(consistency, key_owners.groups.front()->size()));
+                             WriteAcks(consistency, key_owners.groups.front()->size()),
+                             key_owners.all);
   Names owners = std::move(key_owners.all);
   // W is within [1, N]: a write waits for an owner at least, never for more than exist.
   assert(!owners->empty() && need.groups.front().count >= 1 &&
@@ -610,8 +665,9 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   // write is stamped above every write that completed before it began
   // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
   const std::string& read_key = record->key;
-  ReadQuorum(*owners, read_key, /*with_value=*/false, need, deadline, epoch,
-             [this, owners, record, need, deadline, epoch,
+  Need read_need = need;
+  ReadQuorum(*owners, read_key, /*with_value=*/false, std::move(read_need), deadline, epoch,
+             [this, owners, record, need = std::move(need), deadline, epoch,
               done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(absl::StrCat(
@@ -636,15 +692,15 @@ void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRec
   const size_t owner_count = owners->size();
   const std::vector<std::string>& targets = *owners;
   SendToOwners(
-      targets, record, need, deadline, /*hint=*/true, epoch,
-      [this, owners, record, need, timestamp, owner_count,
+      targets, record, std::move(need), deadline, /*hint=*/true, epoch,
+      [this, owners, record, timestamp, owner_count,
        done = std::move(done)](SendOutcome sent) mutable {
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
         if (!sent.reached) {
           return done(absl::UnavailableError(absl::StrCat(
               "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
-              " of ", owner_count, " owners, ", need.Describe(), " needed, within ",
+              " of ", owner_count, " owners, ", sent.needed, " needed, within ",
               absl::FormatDuration(options_.write_wait), "; applied on [",
               absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
               absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
@@ -688,6 +744,7 @@ void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
   if (targets.empty()) {
     SendOutcome outcome;
     outcome.reached = state->need.MetBy(absl::Span<const std::string>());
+    if (!outcome.reached) outcome.needed = state->need.Describe();
     state->done(std::move(outcome));
     return;
   }
@@ -711,33 +768,29 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
     if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
       return OnSent(state, node, current, std::nullopt, 0);
     }
+    // No callback to allocate when the result is here as the write returns.
     if (local_->WritesFinishInline()) {
-      // No callback to allocate: the result is here when the write returns.
-      absl::StatusOr<engine::WriteResult> result = ApplyLocallyNow(local_, *state->record);
-      if (!result.ok()) return OnSent(state, node, result.status(), std::nullopt, 0);
-      return OnSent(state, node, absl::OkStatus(), *result, result->timestamp);
+      return OnWrittenHere(state, ApplyLocallyNow(local_, *state->record));
     }
     ApplyLocally(local_, *state->record,
-                 [this, state, node](absl::StatusOr<engine::WriteResult> result) {
-                   OnSent(state, node, result.status(),
-                          result.ok() ? std::optional<engine::WriteResult>(*result)
-                                      : std::nullopt,
-                          result.ok() ? result->timestamp : 0);
+                 [this, state](absl::StatusOr<engine::WriteResult> result) {
+                   OnWrittenHere(state, result);
                  });
     return;
   }
-  PeerInfo info;
-  if (!lookup_(node, &info)) {
+  std::string address;
+  bool alive = false;
+  if (!Lookup(node, &address, &alive)) {
     OnSent(state, node, absl::UnavailableError("not a known member"), std::nullopt, 0);
     return;
   }
-  if (!info.alive) {
+  if (!alive) {
     // Known dead: not sent; retried while the write waits, then hinted.
     OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
     return;
   }
   batcher_.Replicate(
-      info.address, state->record, Remaining(state->deadline, now),
+      address, state->record, Remaining(state->deadline, now),
       [this, state, node, sent = now](absl::StatusOr<ReplicaBatcher::Applied> applied) {
         absl::Status status = applied.status();
         uint64_t held = 0;
@@ -753,6 +806,12 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
         OnSent(state, node, status, std::nullopt, held);
       },
       state->epoch);
+}
+
+void ReplicaCoordinator::OnWrittenHere(const std::shared_ptr<SendState>& state,
+                                       const absl::StatusOr<engine::WriteResult>& result) {
+  if (!result.ok()) return OnSent(state, self_, result.status(), std::nullopt, 0);
+  OnSent(state, self_, absl::OkStatus(), *result, result->timestamp);
 }
 
 void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
@@ -820,6 +879,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
         state->finished = true;
       } else if (state->answered == state->total) {
         state->finished = true;
+        outcome.needed = state->need.Describe();
       }
       if (state->finished) finished = std::move(outcome);
     }
@@ -857,7 +917,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
     owners.all = owners.groups.front();
   }
   Need need = strong ? Majorities(owners)
-                     : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()));
+                     : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()), owners.all);
   const absl::Time deadline = absl::Now() + options_.write_wait;
   const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
   if (!quorum && need.groups.size() == 1 && need.groups.front().count == 1 &&
@@ -934,7 +994,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, Replies replies, bool stro
       // Background repair: the answer does not wait for it.
       const size_t count = stale.size();
       auto targets = std::make_shared<const std::vector<std::string>>(std::move(stale));
-      SendToOwners(*targets, newest, Need::Of(targets, count), deadline, /*hint=*/false,
+      SendToOwners(*targets, newest, Need::Of(targets, count, targets), deadline, /*hint=*/false,
                    kSenderEpoch, [](SendOutcome) {});
     }
     return done(std::move(result));
@@ -1008,10 +1068,11 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
     addresses.emplace_back();
   }
   for (const std::string& owner : owners) {
-    PeerInfo info;
-    if (owner != self_ && lookup_(owner, &info) && info.alive) {
+    std::string address;
+    bool alive = false;
+    if (owner != self_ && Lookup(owner, &address, &alive) && alive) {
       candidates.push_back(owner);
-      addresses.push_back(std::move(info.address));
+      addresses.push_back(std::move(address));
     } else if (owner != self_) {
       failures.push_back(absl::StrCat(owner, ": down"));
     }
@@ -1068,12 +1129,12 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
   }
   if (!looked_up) {
     // Asked after another failed, perhaps a while later: looked up again (a
-    // member that restarted may be on another port).
-    PeerInfo info;
-    if (!lookup_(node, &info)) {
+    // member that restarted may be on another port, which the membership's
+    // version then says).
+    bool alive = false;
+    if (!Lookup(node, &address, &alive)) {
       return OnRead(state, node, absl::UnavailableError("not a known member"));
     }
-    address = std::move(info.address);
   }
   // An owner that is alive but does not answer must not use up the whole
   // wait while another could still be asked: it gets half of what is left

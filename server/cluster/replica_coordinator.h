@@ -237,6 +237,14 @@ class ReplicaCoordinator final : public Coordinator {
   // REQUIRES: before any operation.
   void set_placement(PlacementFunction placement, GenerationFunction generation = nullptr);
 
+  // A number that moves whenever the lookup's answer for a node may
+  // (Membership::version), read without a lock; with generation (above)
+  // it keys each thread's copies of the lookup's answers, which are used
+  // until either moves. An answer looked up after both were read must be
+  // at least as new as they are. Unset: the lookup is asked every time.
+  // REQUIRES: before any operation.
+  void set_peer_version(GenerationFunction version);
+
   // Strong (quorum) operations placed under an epoch below this one that
   // have not answered yet.
   size_t InFlightBefore(uint64_t epoch) const ABSL_LOCKS_EXCLUDED(in_flight_mu_);
@@ -271,6 +279,7 @@ class ReplicaCoordinator final : public Coordinator {
   // not (so far); local: this node's write, when it was a target.
   struct SendOutcome {
     bool reached = false;
+    std::string needed;  // when not reached: what was (Need::Describe)
     NodeList applied;
     NodeList failures;
     std::optional<engine::WriteResult> local;
@@ -288,8 +297,14 @@ class ReplicaCoordinator final : public Coordinator {
       size_t count = 0;
     };
     absl::InlinedVector<Group, 2> groups;
+    // One group, and it lists every node the operation asks (the nodes
+    // MetBy is given are its members): MetBy counts them.
+    bool whole = false;
 
-    static Need Of(Names members, size_t count);
+    // drawn_from: the list the operation's nodes come from (whole when it
+    // is members itself).
+    static Need Of(Names members, size_t count, const Names& drawn_from);
+    // REQUIRES: nodes are distinct.
     bool MetBy(absl::Span<const std::string> nodes) const;
     bool MetBy(absl::Span<const Reply> replies) const;  // by the replies' nodes
     std::string Describe() const;  // "2 of [a, b, c] and 2 of [a, b, d]"
@@ -362,6 +377,13 @@ class ReplicaCoordinator final : public Coordinator {
   // is the time it is sent.
   void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node,
                    absl::Time now);
+  // The result of this node's own write of state's record, passed to OnSent.
+  void OnWrittenHere(const std::shared_ptr<SendState>& state,
+                     const absl::StatusOr<engine::WriteResult>& result);
+  // A member's binary address and whether it is alive (lookup_, through
+  // this thread's copies of its answers under peer_version_); false when
+  // unknown.
+  bool Lookup(const std::string& node_id, std::string* address, bool* alive) const;
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
               const absl::Status& status, std::optional<engine::WriteResult> local,
@@ -391,6 +413,7 @@ class ReplicaCoordinator final : public Coordinator {
 
   PlacementFunction placement_;    // set before operations begin
   GenerationFunction generation_;  // the same; unset: placement_ per operation
+  GenerationFunction peer_version_;  // set before operations begin, or never
   // Tells this coordinator's entries in a thread's caches from those of one
   // destroyed before at the same address.
   const uint64_t instance_;

@@ -127,6 +127,7 @@ class ManualMembershipTest : public ::testing::Test {
       Membership* target = by_address_.at(message.address);
       if (down_.contains(message.address)) {
         message.done(absl::DeadlineExceededError("down"));
+        if (after_each_) after_each_();
         continue;
       }
       absl::StatusOr<const protocol::Request*> request =
@@ -135,7 +136,9 @@ class ManualMembershipTest : public ::testing::Test {
       ASSERT_NE((*request)->operation_as_Gossip(), nullptr);
       flatbuffers::FlatBufferBuilder builder(256);
       target->HandleGossip(*(*request)->operation_as_Gossip(), &builder, 1);
+      if (after_each_) after_each_();
       message.done(std::string(protocol::FrameOf(builder)));
+      if (after_each_) after_each_();
     }
   }
 
@@ -144,6 +147,7 @@ class ManualMembershipTest : public ::testing::Test {
     now_ms_ += 500;
     for (size_t i = 0; i < nodes_.size(); ++i) {
       if (!down_.contains(nodes_[i]->self().address)) nodes_[i]->Tick();
+      if (after_each_) after_each_();
     }
     Deliver();
   }
@@ -159,6 +163,8 @@ class ManualMembershipTest : public ::testing::Test {
     std::string frame;
     std::function<void(absl::StatusOr<std::string>)> done;
   };
+  // Called after each tick, each gossip handled and each answer merged.
+  std::function<void()> after_each_;
   int64_t now_ms_ = 1'800'000'000'000;
   std::deque<Message> queue_;
   std::map<std::string, Membership*> by_address_;
@@ -217,6 +223,55 @@ TEST_F(ManualMembershipTest, FindAddressesAnswersAsFindDoes) {
     MemberState state;
     EXPECT_FALSE(nodes_[observer]->FindAddresses("nobody", &address, &http_address, &state));
   }
+}
+
+// Whatever FindAddresses answers of any member changes only with the
+// version: through joins, a member suspected, declared dead and back,
+// checked after each tick, each gossip handled and each answer merged.
+TEST_F(ManualMembershipTest, TheVersionMovesWheneverWhatFindAddressesAnswersDoes) {
+  struct Seen {
+    uint64_t version = 0;
+    std::vector<std::string> answers;  // per member: found, addresses, state
+  };
+  auto look = [this](size_t observer) {
+    Seen seen;
+    seen.version = nodes_[observer]->version();
+    for (int i = 0; i < 3; ++i) {
+      std::string address, http_address;
+      MemberState state = MemberState::kLeft;
+      const bool found =
+          nodes_[observer]->FindAddresses(absl::StrCat("n", i), &address, &http_address, &state);
+      seen.answers.push_back(absl::StrCat(found, " ", address, " ", http_address, " ",
+                                          MemberStateName(state)));
+    }
+    return seen;
+  };
+  std::vector<Seen> last;
+  for (size_t observer = 0; observer < 3; ++observer) last.push_back(look(observer));
+  // No two memberships share a version.
+  EXPECT_NE(last[0].version, last[1].version);
+  EXPECT_NE(last[1].version, last[2].version);
+  int changes = 0;
+  after_each_ = [&] {
+    for (size_t observer = 0; observer < 3; ++observer) {
+      Seen now = look(observer);
+      if (now.answers != last[observer].answers) {
+        ++changes;
+        EXPECT_NE(now.version, last[observer].version) << observer;
+      }
+      last[observer] = std::move(now);
+    }
+  };
+  for (int i = 0; i < 4; ++i) Round();
+  down_.insert("10.0.0.2:7070");
+  for (int i = 0; i < 60; ++i) Round();
+  EXPECT_EQ(StateSeenBy(0, "n2"), MemberState::kDead);
+  down_.erase("10.0.0.2:7070");
+  for (int i = 0; i < 20; ++i) Round();
+  after_each_ = nullptr;
+  EXPECT_EQ(StateSeenBy(0, "n2"), MemberState::kAlive);
+  // Joins, suspicion, death and return were all seen (each observer at least once).
+  EXPECT_GE(changes, 6);
 }
 
 }  // namespace

@@ -1023,6 +1023,7 @@ class CoordinatorTest : public ::testing::Test {
     return [this](const std::string& id, PeerInfo* info) {
       if (!members_.contains(id)) return false;
       absl::MutexLock lock(&mu_);
+      ++lookups_;
       // The fake transport addresses nodes by id, unless one moved.
       auto moved = moved_.find(id);
       info->address = moved != moved_.end() ? moved->second : id;
@@ -1084,6 +1085,7 @@ class CoordinatorTest : public ::testing::Test {
   std::vector<absl::Duration> hung_timeouts_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> hung_threads_ ABSL_GUARDED_BY(mu_);
   int sends_ ABSL_GUARDED_BY(mu_) = 0;
+  int lookups_ ABSL_GUARDED_BY(mu_) = 0;  // of members that exist
   std::vector<std::string> sent_to_ ABSL_GUARDED_BY(mu_);  // the address of each send
   // Members now at another address (a restart on another port), by id.
   std::map<std::string, std::string> moved_ ABSL_GUARDED_BY(mu_);
@@ -1357,6 +1359,53 @@ TEST_F(CoordinatorTest, AReadAsksAgainAtTheAddressAMemberMovedTo) {
   absl::MutexLock lock(&mu_);
   EXPECT_EQ(sent_to_, (std::vector<std::string>{absl::StrCat("moved/", peers[0]),
                                                 absl::StrCat("moved/", peers[1])}));
+}
+
+// With a peer version, each thread keeps what it looked up of the members
+// until the version moves: a member that moved is sent to at its new address
+// once the version says so, and the members are not looked up again before.
+TEST_F(CoordinatorTest, MembersAreLookedUpAgainOnlyOnceTheirVersionMoves) {
+  Start(3);
+  std::atomic<uint64_t> version{1};
+  members_.at("node-0").coordinator->set_peer_version([&version] { return version.load(); });
+  auto lookups = [this] {
+    absl::MutexLock lock(&mu_);
+    return lookups_;
+  };
+  auto sent_to = [this](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::find(sent_to_.begin(), sent_to_.end(), address) != sent_to_.end();
+  };
+  ASSERT_OK(Write("node-0", "k", "v1", p::Consistency::Strong));
+  const int looked_up = lookups();
+  EXPECT_EQ(looked_up, 2);  // each peer once, for both phases
+  ASSERT_OK(Write("node-0", "k", "v2", p::Consistency::Strong));
+  ASSERT_OK(Write("node-0", "k", "v3", p::Consistency::Eventual));
+  EXPECT_EQ(lookups(), looked_up);
+  {
+    // node-1 restarts on another port; the version has not moved yet.
+    absl::MutexLock lock(&mu_);
+    moved_["node-1"] = "moved/node-1";
+    sent_to_.clear();
+  }
+  ASSERT_OK(Write("node-0", "k", "v4", p::Consistency::Strong));
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_TRUE(sent_to("node-1"));
+    EXPECT_FALSE(sent_to("moved/node-1"));
+    sent_to_.clear();
+  }
+  EXPECT_EQ(lookups(), looked_up);
+  version.fetch_add(1);
+  ASSERT_OK(Write("node-0", "k", "v5", p::Consistency::Strong));
+  EXPECT_EQ(lookups(), looked_up + 2);
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_TRUE(sent_to("moved/node-1"));
+    EXPECT_FALSE(sent_to("node-1"));
+  }
+  auto read = Read("node-0", "k", p::Consistency::Strong);
+  ASSERT_OK(read);
+  EXPECT_EQ(read->value, "v5");
 }
 
 // Strong writes coordinated while the thread holds (as a server loop does)
