@@ -11,11 +11,13 @@
 // header. Each case parses the segment with the structs of log_format.h to
 // find the bytes to damage.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -1383,6 +1385,64 @@ TEST(PosixFileSystemTest, WritableMappingsHaveNoReadAhead) {
   const std::string flags = VmFlagsOf(mapped.data());
   EXPECT_TRUE(absl::StrContains(flags, " rr")) << flags;
   ASSERT_OK(file->Close());
+}
+
+// Starting a write-back maps the reserved pages ahead of the appends
+// (readable, so the appends that reach them fault less), no further than
+// the reservation, and changes nothing in the file: its size, its blocks
+// and every byte read back are as appended.
+TEST(PosixFileSystemTest, StartingAWritebackMapsTheReservedPagesAhead) {
+  test::ScopedTempDir dir;
+  FileSystem* fs = DefaultFileSystem();
+  const std::string path = dir.Subdir("segment");
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<WritableFile> file, fs->NewWritableFile(path, 64 << 20));
+  const std::string record(3000, 'r');
+  for (int i = 0; i < 100; ++i) ASSERT_OK(file->Append(record));
+  const uint64_t size = file->Size();
+  const uint64_t reserved = file->Reserved();
+  ASSERT_GT(reserved, size + 16 * page) << "the test needs reserved pages ahead";
+  ASSERT_LT(reserved, 64u << 20) << "and pages past the reservation";
+  ASSERT_OK_AND_ASSIGN(absl::string_view mapped, file->Read(0, 1, nullptr));
+  char* const base = const_cast<char*>(mapped.data());
+  // Resident pages of the mapping in [from, to), whole pages.
+  auto resident = [&](uint64_t from, uint64_t to) {
+    std::vector<unsigned char> in_core((to - from) / page);
+    EXPECT_EQ(::mincore(base + from, to - from, in_core.data()), 0) << std::strerror(errno);
+    return static_cast<uint64_t>(std::count_if(in_core.begin(), in_core.end(),
+                                               [](unsigned char c) { return (c & 1) != 0; }));
+  };
+  const uint64_t ahead_from = (size / page + 1) * page;
+  const uint64_t ahead_to = reserved / page * page;
+  struct stat before;
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  EXPECT_EQ(resident(ahead_from, ahead_to), 0u) << "nothing ahead is mapped before";
+  file->StartWriteback();
+  // A kernel without MADV_POPULATE_READ (before 5.14) maps nothing ahead.
+  void* probe = ::mmap(nullptr, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  const bool populates = ::madvise(probe, page, MADV_POPULATE_READ) == 0;
+  ::munmap(probe, page);
+  if (populates) {
+    EXPECT_EQ(resident(ahead_from, ahead_to), (ahead_to - ahead_from) / page);
+  }
+  EXPECT_EQ(resident(ahead_to + page, ahead_to + 17 * page), 0u) << "past the reservation";
+  struct stat after;
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(after.st_size, before.st_size);
+  EXPECT_EQ(after.st_blocks, before.st_blocks);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_OK(file->Append(record));  // into the pages mapped ahead
+  }
+  ASSERT_OK(file->Sync());
+  ASSERT_OK_AND_ASSIGN(absl::string_view all, file->Read(0, file->Size(), nullptr));
+  EXPECT_EQ(all, [&] {
+    std::string expected;
+    for (int i = 0; i < 200; ++i) expected += record;
+    return expected;
+  }());
+  ASSERT_OK(file->Close());
+  EXPECT_EQ(test::ReadFileBytes(path).size(), 200 * record.size());
 }
 
 // A segment is created, preallocated, and only then given its header: a
