@@ -57,24 +57,13 @@ ticks=$(getconf CLK_TCK)
 start() {  # $1: system, $2: transport; sets server_pid, port, client
   local system=$1 transport=$2 dir=$work/$1-$2
   rm -rf "$dir"
-  mkdir -p "$dir/data"
-  port=$(free_port)
   if [[ $system == redis ]]; then
-    local listen=(--port "$port") cli=(redis-cli -h 127.0.0.1 -p "$port")
-    if [[ $transport == tls ]]; then
-      listen=(--port 0 --tls-port "$port" --tls-cert-file "$certs/node.pem"
-        --tls-key-file "$certs/node.key" --tls-ca-cert-file "$certs/ca.pem"
-        --tls-auth-clients no --tls-protocols TLSv1.3)
-      cli+=(--tls --cacert "$certs/ca.pem")
-    fi
-    redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes --save '' \
-      --appendonly yes --appendfsync everysec --dir "$dir" --daemonize no \
-      --logfile "$dir/server.log" &
-    server_pid=$!
-    wait_ready "$server_pid" "[[ \$(${cli[*]} ping 2>/dev/null) == PONG ]]" "$dir/server.log"
+    start_redis_server "$dir" "$transport" "$certs"
     client=(redis-benchmark)
   else
     local http_port tls=() health
+    mkdir -p "$dir/data"
+    port=$(free_port)
     http_port=$(free_port)
     health="curl -fs http://127.0.0.1:$http_port/health >/dev/null"
     if [[ $transport == tls ]]; then

@@ -65,6 +65,29 @@ wait_ready() {
   die "the server was not ready after 30 s"
 }
 
+# Starts redis-server (appendonly yes, appendfsync everysec, no RDB) on a free loopback
+# port in directory $1, in plaintext ($2 = plain) or TLS 1.3 only ($2 = tls, with the
+# certificate $3/node.pem and CA $3/ca.pem, no client certificates), and waits until it
+# answers PING. Sets server_pid and port.
+start_redis_server() {
+  local dir=$1 transport=$2 certs=${3:-}
+  mkdir -p "$dir"
+  port=$(free_port) || exit 1
+  local listen=(--port "$port")
+  local cli=(redis-cli -h 127.0.0.1 -p "$port")
+  if [[ $transport == tls ]]; then
+    listen=(--port 0 --tls-port "$port" --tls-cert-file "$certs/node.pem"
+      --tls-key-file "$certs/node.key" --tls-ca-cert-file "$certs/ca.pem" --tls-auth-clients no
+      --tls-protocols TLSv1.3)
+    cli+=(--tls --cacert "$certs/ca.pem")
+  fi
+  redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes --save '' \
+    --appendonly yes --appendfsync everysec --dir "$dir" --daemonize no \
+    --logfile "$dir/redis.log" &
+  server_pid=$!
+  wait_ready "$server_pid" "[[ \$(${cli[*]} ping 2>/dev/null) == PONG ]]" "$dir/redis.log"
+}
+
 # Reads redis-benchmark's report (run without --csv, which has no 99.9th
 # percentile) on stdin and prints one line per test: test,rps,p50,p99,p999
 # (milliseconds). The p99.9 is the first row of its "Latency by percentile

@@ -60,22 +60,7 @@ certs=$work/certs
 "$root/tools/make-certs.sh" "$certs" server node localhost 127.0.0.1
 
 start_redis() {  # $1: plain | tls
-  local dir=$work/redis-$1
-  mkdir -p "$dir"
-  port=$(free_port) || exit 1
-  local listen=(--port "$port")
-  local cli=(redis-cli -h 127.0.0.1 -p "$port")
-  if [[ $1 == tls ]]; then
-    listen=(--port 0 --tls-port "$port" --tls-cert-file "$certs/node.pem"
-      --tls-key-file "$certs/node.key" --tls-ca-cert-file "$certs/ca.pem" --tls-auth-clients no
-      --tls-protocols TLSv1.3)
-    cli+=(--tls --cacert "$certs/ca.pem")
-  fi
-  redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes --save '' \
-    --appendonly yes --appendfsync everysec --dir "$dir" --daemonize no \
-    --logfile "$dir/redis.log" &
-  server_pid=$!
-  wait_ready "$server_pid" "[[ \$(${cli[*]} ping 2>/dev/null) == PONG ]]" "$dir/redis.log"
+  start_redis_server "$work/redis-$1" "$1" "$certs"
 }
 
 start_logkvd() {  # $1: plain | tls
