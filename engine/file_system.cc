@@ -223,19 +223,25 @@ class PosixWritableFile final : public WritableFile {
   // finds the page and zeroes it (docs/performance.md, "Where a pipelined
   // SET's CPU goes, beside Redis", has what it saved). Read, not write: the
   // pages stay clean (nothing more to write back), and an append's write to
-  // one takes only the lighter fault that marks it dirty. Only reserved pages
-  // (their blocks are allocated: a fault there never meets a full disk). A
-  // kernel without MADV_POPULATE_READ (before 5.14) refuses it; the appends
-  // then fault as before.
+  // one takes only the fault that makes it writable and dirty, as it did
+  // before (a read fault allocates no block, so the pages mapped ahead
+  // change nothing about a full disk). In steps of kPopulateStepBytes: the
+  // kernel holds the process's memory map for reading through each call,
+  // and a thread that maps or unmaps memory meanwhile waits for one step,
+  // not for all of it. A kernel without MADV_POPULATE_READ (before 5.14)
+  // refuses it; the appends then fault as before.
   void PopulateAhead(uint64_t from, uint64_t page_bytes) {
     const uint64_t reserved = reserved_.load(std::memory_order_acquire);
     const uint64_t to = std::min(reserved, from + kPopulateAheadBytes) / page_bytes * page_bytes;
-    if (base_ != nullptr && to > from) {
-      (void)::madvise(base_ + from, to - from, MADV_POPULATE_READ);
+    if (base_ == nullptr) return;
+    for (uint64_t at = from; at < to; at += kPopulateStepBytes) {
+      const uint64_t n = std::min(kPopulateStepBytes, to - at);
+      if (::madvise(base_ + at, n, MADV_POPULATE_READ) != 0) return;
     }
   }
   // More than is appended between two write-backs started (Shard::kWritebackBytes).
   static constexpr uint64_t kPopulateAheadBytes = uint64_t{8} << 20;
+  static constexpr uint64_t kPopulateStepBytes = uint64_t{256} << 10;
 
   const std::string path_;
   int fd_;

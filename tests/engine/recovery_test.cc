@@ -1401,7 +1401,7 @@ TEST(PosixFileSystemTest, StartingAWritebackMapsTheReservedPagesAhead) {
   for (int i = 0; i < 100; ++i) ASSERT_OK(file->Append(record));
   const uint64_t size = file->Size();
   const uint64_t reserved = file->Reserved();
-  ASSERT_GT(reserved, size + 16 * page) << "the test needs reserved pages ahead";
+  ASSERT_GT(reserved, size + 2 * page) << "the test needs reserved pages ahead";
   ASSERT_LT(reserved, 64u << 20) << "and pages past the reservation";
   ASSERT_OK_AND_ASSIGN(absl::string_view mapped, file->Read(0, 1, nullptr));
   char* const base = const_cast<char*>(mapped.data());
