@@ -123,6 +123,12 @@ void* MapWritable(int fd, uint64_t capacity_bytes) {
   return base;
 }
 
+uint64_t PageBytes() {
+  static const uint64_t page_bytes = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return page_bytes;
+}
+uint64_t WholePages(uint64_t bytes) { return bytes / PageBytes() * PageBytes(); }
+
 // The active segment: a file of its full capacity mapped shared and
 // writable. Appends are memcpys into the page cache; nothing is lost if the
 // process dies, and fdatasync on the descriptor writes the dirtied pages
@@ -178,6 +184,7 @@ class PosixWritableFile final : public WritableFile {
 
   absl::Status Sync() override {
     if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is closed"));
+    UnmapWritten(WholePages(size_.load(std::memory_order_acquire)));
     if (::fdatasync(fd_) != 0) return ErrnoStatus("fdatasync", path_, errno);
     return absl::OkStatus();
   }
@@ -186,13 +193,11 @@ class PosixWritableFile final : public WritableFile {
     // Whole pages only: the page being filled would be written now and again
     // later, and where the device wants stable pages the next append into
     // it would wait for that write.
-    static const uint64_t page_bytes = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-    const uint64_t whole_pages_bytes =
-        size_.load(std::memory_order_acquire) / page_bytes * page_bytes;
+    const uint64_t whole_pages_bytes = WholePages(size_.load(std::memory_order_acquire));
     if (fd_ >= 0 && whole_pages_bytes > 0) {
+      UnmapWritten(whole_pages_bytes);
       ::sync_file_range(fd_, 0, static_cast<off_t>(whole_pages_bytes), SYNC_FILE_RANGE_WRITE);
     }
-    PopulateAhead(whole_pages_bytes + page_bytes, page_bytes);
   }
 
   absl::Status Close() override {
@@ -217,31 +222,24 @@ class PosixWritableFile final : public WritableFile {
   }
 
  private:
-  // Maps the reserved pages from `from` on (whole pages, up to
-  // kPopulateAheadBytes) into this process, readable, so that the appends
-  // that reach them do not each stop their thread for a page fault that
-  // finds the page and zeroes it (docs/performance.md, "Where a pipelined
-  // SET's CPU goes, beside Redis", has what it saved). Read, not write: the
-  // pages stay clean (nothing more to write back), and an append's write to
-  // one takes only the fault that makes it writable and dirty, as it did
-  // before (a read fault allocates no block, so the pages mapped ahead
-  // change nothing about a full disk). In steps of kPopulateStepBytes: the
-  // kernel holds the process's memory map for reading through each call,
-  // and a thread that maps or unmaps memory meanwhile waits for one step,
-  // not for all of it. A kernel without MADV_POPULATE_READ (before 5.14)
-  // refuses it; the appends then fault as before.
-  void PopulateAhead(uint64_t from, uint64_t page_bytes) {
-    const uint64_t reserved = reserved_.load(std::memory_order_acquire);
-    const uint64_t to = std::min(reserved, from + kPopulateAheadBytes) / page_bytes * page_bytes;
-    if (base_ == nullptr) return;
-    for (uint64_t at = from; at < to; at += kPopulateStepBytes) {
-      const uint64_t n = std::min(kPopulateStepBytes, to - at);
-      if (::madvise(base_ + at, n, MADV_POPULATE_READ) != 0) return;
-    }
+  // Takes the appended pages below `to` (whole pages, never appended to
+  // again) out of this process's page tables before they are written back;
+  // the page cache keeps them, dirty, and a read maps them again, read-only.
+  // Writing back a page that is mapped writable and dirty write-protects it
+  // first, one page at a time, and each of those flushes the TLB of every
+  // core that runs one of this process's threads: an interrupt to the other
+  // core per page, on a virtual machine an exit to the hypervisor: 11% of
+  // logkvd's CPU time on pipelined SETs was spent there (docs/performance.md,
+  // "Appended pages leave the mapping before their write-back"). Taking the
+  // range out flushes once for all of it. Sync and StartWriteback are never
+  // called at the same time (a segment holds its file lock through both).
+  void UnmapWritten(uint64_t to) {
+    if (base_ == nullptr || to <= unmapped_) return;
+    (void)::madvise(base_ + unmapped_, to - unmapped_, MADV_DONTNEED);
+    unmapped_ = to;
   }
-  // More than is appended between two write-backs started (Shard::kWritebackBytes).
-  static constexpr uint64_t kPopulateAheadBytes = uint64_t{8} << 20;
-  static constexpr uint64_t kPopulateStepBytes = uint64_t{256} << 10;
+  // Below it the appended pages were taken out of the page tables.
+  uint64_t unmapped_ = 0;
 
   const std::string path_;
   int fd_;
