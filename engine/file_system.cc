@@ -145,13 +145,14 @@ class PosixWritableFile final : public WritableFile {
         fd_(fd),
         base_(base),
         capacity_(capacity),
+        unmapped_(WholePages(size)),
         reserved_(reserved),
         size_(size) {}
   ~PosixWritableFile() override { (void)Close(); }
 
   absl::Status Append(absl::string_view data) override {
     if (base_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(path_, " is closed"));
-    // One writer; StartWriteback reads both from another thread.
+    // One writer; StartWriteback and Sync read both from another thread.
     const uint64_t size = size_.load(std::memory_order_relaxed);
     const uint64_t reserved = reserved_.load(std::memory_order_relaxed);
     if (data.size() > capacity_ - size) {
@@ -228,25 +229,29 @@ class PosixWritableFile final : public WritableFile {
   // Writing back a page that is mapped writable and dirty write-protects it
   // first, one page at a time, and each of those flushes the TLB of every
   // core that runs one of this process's threads: an interrupt to the other
-  // core per page, on a virtual machine an exit to the hypervisor: 11% of
+  // core per page, on a virtual machine an exit to the hypervisor. 11% of
   // logkvd's CPU time on pipelined SETs was spent there (docs/performance.md,
-  // "Appended pages leave the mapping before their write-back"). Taking the
-  // range out flushes once for all of it. Sync and StartWriteback are never
-  // called at the same time (a segment holds its file lock through both).
+  // "Appended pages leave the mapping before their write-back"). Taken out
+  // as a range they cost a flush per page table (2 MiB), not per page. Sync,
+  // StartWriteback and Close are serialised by the owner (file_system.h).
+  // On tmpfs nothing is written back and this only costs the reads that map
+  // the pages again; it is done there too. A refusal (a locked mapping)
+  // loses only the saving.
   void UnmapWritten(uint64_t to) {
     if (base_ == nullptr || to <= unmapped_) return;
     (void)::madvise(base_ + unmapped_, to - unmapped_, MADV_DONTNEED);
     unmapped_ = to;
   }
-  // Below it the appended pages were taken out of the page tables.
-  uint64_t unmapped_ = 0;
 
   const std::string path_;
   int fd_;
   char* base_;
   const uint64_t capacity_;
+  // Below it the appended pages were taken out of the page tables (or,
+  // for a reopened file, were never mapped by it).
+  uint64_t unmapped_;
   // Bytes from the start that have disk blocks, and bytes appended: the
-  // writer changes them, StartWriteback (another thread) reads them.
+  // writer changes them, StartWriteback and Sync (another thread) read them.
   std::atomic<uint64_t> reserved_;
   std::atomic<uint64_t> size_{0};
 };

@@ -3,8 +3,10 @@
 // fails writes or tears records (tests/engine/fault_injection_file_system.h).
 //
 // Thread-safety: a FileSystem is safe to use from many threads. A WritableFile
-// has one writer at a time (the owner serialises Append/Sync/Close), but Read of
-// bytes already appended may run concurrently with Append. A ReadableFile is
+// has one writer at a time (the owner serialises Append/Close), and Read of
+// bytes already appended may run concurrently with Append. Sync and
+// StartWriteback may run on another thread, concurrently with Append and
+// Read, but never with each other or with Close (the owner serialises them). A ReadableFile is
 // immutable and safe to read from any thread.
 #ifndef LOGKV_ENGINE_FILE_SYSTEM_H_
 #define LOGKV_ENGINE_FILE_SYSTEM_H_
