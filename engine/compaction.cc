@@ -38,7 +38,7 @@ bool IsVictim(const Segment& segment, const Options& options, bool force) {
 }  // namespace
 
 absl::Status Shard::WriteHint(const std::shared_ptr<Segment>& segment) {
-  HintWriter writer(segment->id());
+  HintWriter writer(segment->id(), segment->size());
   uint64_t offset = format::kSegmentHeaderBytes;
   while (offset < segment->size()) {
     auto bytes = segment->ReadToEnd(offset);

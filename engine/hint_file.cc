@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 
@@ -33,7 +34,9 @@ size_t PrefixBytes(uint32_t version) {
 
 }  // namespace
 
-HintWriter::HintWriter(uint32_t segment_id) : segment_id_(segment_id) {
+HintWriter::HintWriter(uint32_t segment_id, uint64_t segment_bytes) : segment_id_(segment_id) {
+  static_assert(sizeof(HintEntry) <= format::kRecordHeaderBytes);
+  buffer_.reserve(sizeof(HintHeader) + segment_bytes);
   buffer_.resize(sizeof(HintHeader));
 }
 
@@ -71,19 +74,26 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
   header.format_version = format::kHintFormatVersion;
   const size_t prefix = PrefixBytes(format::kHintFormatVersion);
   const absl::string_view entries = absl::string_view(buffer_).substr(sizeof(HintHeader));
-  std::string file(prefix + ZSTD_compressBound(entries.size()) + format::kHintTrailerBytes, '\0');
-  const size_t compressed = ZSTD_compress(file.data() + prefix, file.size() - prefix,
-                                          entries.data(), entries.size(), kHintCompressionLevel);
+  // Not zero-filled: the bound is about the entries' size (tens of MiB for a
+  // full segment) and zstd writes a sixth of it; zeroing all of it cost a
+  // page fault for each 4 KiB.
+  const size_t bound = ZSTD_compressBound(entries.size());
+  const std::unique_ptr<char[]> file(new char[prefix + bound + format::kHintTrailerBytes]);
+  const size_t compressed =
+      ZSTD_compress(file.get() + prefix, bound, entries.data(), entries.size(),
+                    kHintCompressionLevel);
   if (ZSTD_isError(compressed)) {
     return absl::InternalError(absl::StrCat("compressing the hint file ", path, ": ",
                                             ZSTD_getErrorName(compressed)));
   }
-  file.resize(prefix + compressed);
-  std::memcpy(file.data(), &header, sizeof(header));
-  std::memcpy(file.data() + sizeof(header), &index_entries, sizeof(index_entries));
-  const uint64_t checksum = XXH3_64bits(file.data(), file.size());
-  file.append(reinterpret_cast<const char*>(&checksum), sizeof(checksum));
-  return fs->WriteFile(path, file, /*sync=*/true);
+  std::memcpy(file.get(), &header, sizeof(header));
+  std::memcpy(file.get() + sizeof(header), &index_entries, sizeof(index_entries));
+  const size_t checked = prefix + compressed;
+  const uint64_t checksum = XXH3_64bits(file.get(), checked);
+  static_assert(format::kHintTrailerBytes == sizeof(checksum));
+  std::memcpy(file.get() + checked, &checksum, sizeof(checksum));
+  return fs->WriteFile(path, absl::string_view(file.get(), checked + sizeof(checksum)),
+                       /*sync=*/true);
 }
 
 absl::Status ReadHintFile(
