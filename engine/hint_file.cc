@@ -86,6 +86,8 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
     return absl::InternalError(absl::StrCat("compressing the hint file ", path, ": ",
                                             ZSTD_getErrorName(compressed)));
   }
+  // Every byte before the entries is written here (the buffer is not zeroed).
+  static_assert(format::kHintIndexEntriesBytes == sizeof(index_entries));
   std::memcpy(file.get(), &header, sizeof(header));
   std::memcpy(file.get() + sizeof(header), &index_entries, sizeof(index_entries));
   const size_t checked = prefix + compressed;
