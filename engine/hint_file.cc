@@ -27,7 +27,7 @@ bool KnownVersion(uint32_t version) {
 
 // The bytes before a file's entries (compressed or not): the header, and in
 // version 3 the index's entry count.
-size_t PrefixBytes(uint32_t version) {
+constexpr size_t PrefixBytes(uint32_t version) {
   return version == format::kHintFormatVersion ? sizeof(HintHeader) + format::kHintIndexEntriesBytes
                                                : sizeof(HintHeader);
 }
@@ -36,7 +36,10 @@ size_t PrefixBytes(uint32_t version) {
 
 HintWriter::HintWriter(uint32_t segment_id, uint64_t segment_bytes) : segment_id_(segment_id) {
   static_assert(sizeof(HintEntry) <= format::kRecordHeaderBytes);
-  buffer_.reserve(sizeof(HintHeader) + segment_bytes);
+  // At most kMaxReservedBytes: a segment of large values (or of one record
+  // of hundreds of MiB) has few entries, and memory reserved for them would
+  // still count against a strict overcommit limit; past it the buffer grows.
+  buffer_.reserve(sizeof(HintHeader) + std::min(segment_bytes, kMaxReservedBytes));
   buffer_.resize(sizeof(HintHeader));
 }
 
@@ -78,7 +81,8 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
   // full segment) and zstd writes a sixth of it; zeroing all of it cost a
   // page fault for each 4 KiB.
   const size_t bound = ZSTD_compressBound(entries.size());
-  const std::unique_ptr<char[]> file(new char[prefix + bound + format::kHintTrailerBytes]);
+  const std::unique_ptr<char[]> file =
+      std::make_unique_for_overwrite<char[]>(prefix + bound + format::kHintTrailerBytes);
   const size_t compressed =
       ZSTD_compress(file.get() + prefix, bound, entries.data(), entries.size(),
                     kHintCompressionLevel);
@@ -87,7 +91,8 @@ absl::Status HintWriter::Finish(FileSystem* fs, const std::string& path, uint64_
                                             ZSTD_getErrorName(compressed)));
   }
   // Every byte before the entries is written here (the buffer is not zeroed).
-  static_assert(format::kHintIndexEntriesBytes == sizeof(index_entries));
+  static_assert(PrefixBytes(format::kHintFormatVersion) ==
+                sizeof(header) + sizeof(index_entries));
   std::memcpy(file.get(), &header, sizeof(header));
   std::memcpy(file.get() + sizeof(header), &index_entries, sizeof(index_entries));
   const size_t checked = prefix + compressed;

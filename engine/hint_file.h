@@ -20,9 +20,11 @@ class HintWriter {
  public:
   // segment_bytes, when known (a sealed segment's size), bounds the entries'
   // bytes (an entry is no larger than its record): room for them is reserved
-  // at once, so the buffer is never copied to grow, and the pages it does
-  // not use are never touched.
+  // at once (up to kMaxReservedBytes), so the buffer of a segment of the
+  // default size is never copied to grow, and the pages it does not use are
+  // never touched.
   explicit HintWriter(uint32_t segment_id, uint64_t segment_bytes = 0);
+  static constexpr uint64_t kMaxReservedBytes = uint64_t{64} << 20;
   void Add(const LogRecord& record, uint32_t offset, uint32_t record_bytes);
   // Writes and syncs path; segment_bytes is the size of the finished segment,
   // index_entries the entries of the shard's index now (HintSummary).
