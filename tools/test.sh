@@ -3,8 +3,9 @@
 # runs every test.
 #   tools/test.sh             the whole suite (build/, g++), plus a small run of the benchmark
 #   tools/test.sh --sanitize  every suite under AddressSanitizer and UBSan (build-sanitize/), but
-#                             the benchmark smoke run and the install check (a consumer built
-#                             without the sanitizers cannot link the sanitized library); built
+#                             the benchmark smoke run, the install check (a consumer built
+#                             without the sanitizers cannot link the sanitized library) and the
+#                             Python package's install (no C++ runs in it); built
 #                             with clang, which checks the thread-safety annotations as it
 #                             compiles (LOGKV_THREAD_SAFETY)
 #   tools/test.sh --fuzz      bounded libFuzzer runs of the frame decoder and the HTTP parser
@@ -27,7 +28,9 @@ case "$mode" in
     # compiler changed later makes it start again from an empty cache that
     # keeps none of the options given with the change: a tree configured with
     # another compiler (g++, before) is configured afresh. The benchmarks are
-    # built, for the thread-safety check, and not run.
+    # built, for the thread-safety check, and not run. The Python package's
+    # offline install into virtual environments runs no C++ and is left to
+    # the first suite.
     clang_c=$(command -v clang) clang_cxx=$(command -v clang++)
     cache="$root/build-sanitize/CMakeCache.txt"
     if [ -f "$cache" ] && ! grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=$clang_cxx" "$cache"; then
@@ -45,7 +48,8 @@ case "$mode" in
     done
     cd "$root/build-sanitize"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-      ctest --output-on-failure -j 2 --timeout 1200 -LE bench -E 'client_install_check|package_check'
+      ctest --output-on-failure -j 2 --timeout 1200 -LE bench \
+      -E 'client_install_check|package_check|python_client_venv_install'
     ;;
   --fuzz)
     # libFuzzer smoke run of the decoders of untrusted bytes, bounded in
