@@ -874,18 +874,28 @@ void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
   }
   if (!background || members.size() <= 1) return shared->Send(answer(members));
   // The others' figures, asked of them with the caller's credential.
+  // A node that serves HTTPS asks the others over HTTPS, checked as the
+  // peer links are (the credential, the cluster secret for an operator,
+  // never crosses the network in clear).
   std::optional<absl::string_view> authorization = request.Header("Authorization");
+  FetchRequest metrics;
+  metrics.target = "/metrics";
+  metrics.timeout = absl::Seconds(2);
+  if (authorization.has_value()) metrics.headers.emplace_back("Authorization", *authorization);
+  if (config_.join_https) {
+    metrics.tls = true;
+    metrics.tls_ca_file = config_.join_tls_ca_file;
+    metrics.tls_cert_file = config_.join_tls_cert_file;
+    metrics.tls_key_file = config_.join_tls_key_file;
+  }
   background([shared, answer, members = std::move(members),
-              authorization = std::string(authorization.value_or(""))]() mutable {
+              metrics = std::move(metrics)]() mutable {
     for (json& entry : members) {
       if (entry["self"] || entry["state"] == "dead") continue;
       std::string host;
       int port = 0;
       if (!SplitHostPort(entry.value("http_address", ""), &host, &port)) continue;
-      FetchRequest fetch;
-      fetch.target = "/metrics";
-      fetch.timeout = absl::Seconds(2);
-      if (!authorization.empty()) fetch.headers.emplace_back("Authorization", authorization);
+      const FetchRequest& fetch = metrics;
       absl::StatusOr<FetchedResponse> figures = HttpFetch(host, port, fetch);
       if (!figures.ok()) {
         entry["error"] = std::string(figures.status().message());

@@ -48,7 +48,9 @@ struct ClusterRoutesConfig {
   // must chain to join_tls_ca_file (empty: the system's CAs) and name the
   // URL's host; join_tls_cert_file and join_tls_key_file are shown when it
   // asks for a client certificate. logkvd passes its peer-link files
-  // (--peer-tls-ca else --tls-ca, --peer-tls-cert else --tls-cert).
+  // (--peer-tls-ca else --tls-ca, --peer-tls-cert else --tls-cert). With
+  // join_https the console's cluster page asks the other members for their
+  // figures over HTTPS, checked the same way.
   bool join_https = false;
   std::string join_tls_ca_file;
   std::string join_tls_cert_file;

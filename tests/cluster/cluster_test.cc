@@ -479,6 +479,28 @@ TEST_P(ClusterTransportTest, ReplicationIsVisibleOnEveryOwner) {
                             absl::Seconds(20)));
 }
 
+// The console's cluster page shows every member's figures, which the node
+// asks of the others with the caller's credential: over HTTPS when the
+// cluster serves it (the operator's credential, the cluster secret, never
+// crosses in clear; a plaintext request to a TLS port would be refused).
+TEST_P(ClusterTransportTest, TheConsoleClusterPageHasEveryMembersFigures) {
+  ASSERT_OK(StartCluster(2, 2, [](ClusterOptions& options) {
+    options.extra_flags.push_back("--auth=on");
+  }));
+  const HttpHeaders operator_credential = {
+      {"Authorization", absl::StrCat("Bearer ", ClusterOptions().cluster_secret)}};
+  absl::StatusOr<HttpAnswer> page = HttpExchange(cluster_->http_port(0), "GET",
+                                                 "/console/cluster", operator_credential, "",
+                                                 absl::Seconds(10));
+  ASSERT_TRUE(page.ok() && page->status == 200) << Describe(page);
+  const nlohmann::json members = page->Json()["members"];
+  ASSERT_EQ(members.size(), 2u) << page->body;
+  for (const nlohmann::json& member : members) {
+    EXPECT_FALSE(member.contains("error")) << member.dump();
+    EXPECT_TRUE(member.contains("figures") && member["figures"].is_object()) << member.dump();
+  }
+}
+
 TEST_F(ClusterTest, FiveNodesKeepEachKeyOnExactlyNOwners) {
   ASSERT_OK(StartCluster(5, 3));
   constexpr int kKeys = 30;
