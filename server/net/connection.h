@@ -48,6 +48,13 @@ struct Connection {
   int pending = 0;             // deferred answers still to come
   bool answered = false;       // in Loop's list of connections to send answers to
   int64_t last_read_ms = 0;    // loop time of the last bytes received
+  int64_t opened_ms = 0;       // loop time of the accept
+  // TLS: loop time since which ciphertext of a record has waited for the
+  // rest of the record (-1: none waits). A TLS handshake or record must
+  // arrive whole within the session's timeout, as a frame or a request
+  // must: bytes that trickle in keep the connection from being idle, not
+  // from timing out.
+  int64_t tls_partial_since_ms = -1;
   // Of ServerCounters::buffered_request_bytes, what the request now arriving holds.
   size_t reserved_bytes = 0;
 

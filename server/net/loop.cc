@@ -214,6 +214,7 @@ void Loop::OnConnection(Listener& listener, int status) {
   c->id = next_connection_id_++;
   c->http = listener.http;
   c->last_read_ms = now_ms();
+  c->opened_ms = c->last_read_ms;
   uv_tcp_init(&loop_, &c->handle);
   c->handle.data = c;
   if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener.handle), c->stream()) != 0) {
@@ -340,18 +341,32 @@ void Loop::OnTlsRead(Connection& c, size_t nread) {
   // never come. What the session does not answer yet waits in its input as
   // a plaintext read's would.
   constexpr size_t kRecordBytes = 16u << 10;  // the largest TLS record's plaintext
+  bool decrypted = false;
   while (!c.closing) {
     size_t available = 0;
     char* space = c.session->ReadSpace(kRecordBytes, &available);
     const ssize_t got = tls.Read(space, available);
     if (got > 0) {
+      decrypted = true;
       c.session->Received(static_cast<size_t>(got));
       // A read that could only say "more bytes needed" costs as much as one
       // that decrypts a record: skip it.
-      if (!tls.has_more()) break;
+      if (!tls.has_more()) {
+        c.tls_partial_since_ms = -1;
+        break;
+      }
       continue;
     }
-    if (got == 0) break;
+    if (got == 0) {
+      // Ciphertext still held is part of a record yet to come whole: its
+      // clock starts now if this read completed a record, else runs on.
+      if (!tls.has_more()) {
+        c.tls_partial_since_ms = -1;
+      } else if (decrypted || c.tls_partial_since_ms < 0) {
+        c.tls_partial_since_ms = now_ms();
+      }
+      break;
+    }
     if (got == TlsStream::kPeerClosed) {
       OnEof(c);
     } else {
@@ -583,8 +598,25 @@ void Loop::CloseIdleConnections() {
   const int64_t now = now_ms();
   std::vector<Connection*> timed_out;
   std::vector<Connection*> idle;
+  std::vector<Connection*> handshakes;
   for (auto& [id, c] : connections_) {
     if (c->closing) continue;
+    if (c->tls != nullptr && !c->tls->failed()) {
+      // TLS's own deadlines, with the session's timeout: a handshake must
+      // finish, and a record come whole, within it.
+      const int64_t timeout_ms = absl::ToInt64Milliseconds(
+          c->http ? config_.http_idle_timeout : config_.binary_idle_timeout);
+      if (!c->tls->handshake_done()) {
+        if (now - c->opened_ms > timeout_ms) handshakes.push_back(c);
+        continue;
+      }
+      // (Unless this side stopped reading it: the client's answers wait.)
+      if (c->reading && c->tls_partial_since_ms >= 0 &&
+          now - c->tls_partial_since_ms > timeout_ms) {
+        timed_out.push_back(c);
+        continue;
+      }
+    }
     switch (c->session->CheckExpiry(now)) {
       case ProtocolSession::Expiry::kNone:
         break;
@@ -602,6 +634,14 @@ void Loop::CloseIdleConnections() {
     FinishIfDone(*c);
   }
   for (Connection* c : idle) Close(*c);
+  for (Connection* c : handshakes) {
+    config_.tls->CountHandshakeFailure();
+    Log(Level::kDebug, "connection %d: the TLS handshake did not finish within %d ms; closing it",
+        c->id,
+        static_cast<int>(absl::ToInt64Milliseconds(c->http ? config_.http_idle_timeout
+                                                            : config_.binary_idle_timeout)));
+    Close(*c);
+  }
 }
 
 // ---- Engine events --------------------------------------------------------------

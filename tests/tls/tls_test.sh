@@ -4,7 +4,8 @@
 # openssl s_client, the C++ client (logkv) and logkv-bench; the refusals a
 # user must be able to act on (no client certificate, one of another CA, an
 # expired one, a revoked one (--tls-crl), the wrong CA, a name the certificate lacks, an expired server
-# certificate, plaintext on a TLS port, HTTPS on the binary port); a
+# certificate, plaintext on a TLS port, HTTPS on the binary port); handshakes
+# and records that trickle in, cut at the timeout; a
 # certificate reload on SIGHUP that keeps an open connection and load running
 # through it; the expiry metric; a 3-node cluster over mutual TLS (the data
 # plane's peers and the control plane's Raft transport), managed by the CLI
@@ -17,6 +18,7 @@ logkvd=$1
 cli=$2
 bench=$3
 make_certs=$4
+here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -173,6 +175,23 @@ start plain
 expect_error "TLS client on a plaintext port" "plaintext\|does not speak TLS\|is that port plaintext" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" --timeout=1s get greeting
 plain_port=$port
+
+# A handshake, or a record after it, that trickles in a byte at a time is
+# cut at the session's timeout: each byte keeps the connection from being
+# idle, not from timing out (the bound in trickle.py only stops a hang).
+start trickle --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" \
+  --http-idle-timeout-ms=1000 --binary-idle-timeout-ms=1000
+for side in "binary $port" "HTTPS $http_port"; do
+  read -r name side_port <<<"$side"
+  out=$(python3 "$here/trickle.py" handshake "$side_port") ||
+    fail "a handshake trickling into the $name port: $out"
+  ok "a handshake trickling into the $name port: $out"
+  out=$(python3 "$here/trickle.py" record "$side_port" "$certs/ca.pem") ||
+    fail "a record trickling into the $name port: $out"
+  ok "a record trickling into the $name port: $out"
+done
+"$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" ping >/dev/null ||
+  fail "ping over TLS after the trickles"
 
 # ---- Reload on SIGHUP, keeping open connections -------------------------------------
 main_pid=${pids[0]}
