@@ -11,6 +11,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "protocol/openssl_crl.h"
 #include "protocol/openssl_errors.h"
 
@@ -204,6 +206,18 @@ absl::Status TlsContext::Reload() {
   int64_t not_after = 0;
   absl::StatusOr<CtxPtr> ctx = Build(&not_after);
   if (!ctx.ok()) return ctx.status();
+  // A certificate already expired does not replace one still valid: every
+  // client would refuse it. (At the start there is none to keep: the node
+  // starts, and says so.)
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  const int64_t in_use = not_after_.load(std::memory_order_relaxed);
+  if (not_after < now && in_use >= now) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the certificate in ", options_.cert_file, " expired at ",
+        absl::FormatTime(absl::FromUnixSeconds(not_after), absl::UTCTimeZone()),
+        " and clients would refuse it; the one in use is valid until ",
+        absl::FormatTime(absl::FromUnixSeconds(in_use), absl::UTCTimeZone())));
+  }
   absl::StatusOr<StorePtr> peer_store = BuildPeerStore();
   if (!peer_store.ok()) return peer_store.status();
   {

@@ -79,7 +79,8 @@ class TlsContext {
   ~TlsContext();
 
   // Reads the files again (the cluster CA and its CRLs included); on success
-  // new connections use them. On failure the certificate in use is kept.
+  // new connections use them. On failure the certificate in use is kept;
+  // a certificate that has expired fails while the one in use has not.
   // Any thread.
   absl::Status Reload() ABSL_LOCKS_EXCLUDED(mu_);
 

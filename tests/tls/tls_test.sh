@@ -7,7 +7,7 @@
 # certificate, plaintext on a TLS port, HTTPS on the binary port); handshakes
 # and records that trickle in, cut at the timeout; a
 # certificate reload on SIGHUP that keeps an open connection and load running
-# through it; the expiry metric; a 3-node cluster over mutual TLS (the data
+# through it, and refuses an expired certificate; the expiry metric; a 3-node cluster over mutual TLS (the data
 # plane's peers and the control plane's Raft transport), managed by the CLI
 # over HTTPS (logkv nodes, logkv leave); peers refused for their certificate
 # (another CA's, or one of the cluster CA not naming the node it claims to
@@ -232,6 +232,22 @@ wait "$watch_pid" || fail "the watch opened before the reload failed: $(cat "$wo
 grep -q "reload:k" "$work/watch.out" || fail "watch output: $(cat "$work/watch.out")"
 wait "$load_pid" || fail "load during the reload failed: $(cat "$work/load.out")"
 ok "SIGHUP reloads the certificate ($before -> $after); a watch opened before it and load running through it go on"
+
+# An expired certificate does not replace a valid one: the reload fails,
+# says why, and the renewed certificate stays in use.
+cp "$certs/old.pem" "$work/live.pem"
+cp "$certs/old.key" "$work/live.key"
+kill -HUP "$main_pid"
+for _ in $(seq 1 100); do
+  grep -q "expired at .*the one in use is valid until" "$work/main.log" && break
+  sleep 0.05
+done
+grep -q "SIGHUP: TLS: .*expired at .*the certificate in use is kept" "$work/main.log" ||
+  fail "an expired certificate was reloaded: $(tail -3 "$work/main.log")"
+[ "$(serial "$main_port")" = "$after" ] || fail "the certificate served changed to an expired one"
+"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
+  fail "ping after a refused reload"
+ok "SIGHUP with an expired certificate keeps the one in use and says why"
 
 # ---- Metrics -------------------------------------------------------------------------
 main_http=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
