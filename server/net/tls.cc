@@ -71,6 +71,17 @@ absl::Status TlsOptions::Validate() const {
         "--tls-crl needs --tls-ca: the revocation lists are of the CAs client certificates "
         "chain to");
   }
+  // With revocation lists the handshake asks for one of the CA of every
+  // client certificate, the cluster CA's too: without it no peer could
+  // connect, and the refusal would only show at the peers.
+  if (!crl_file.empty() && !peer_ca_file.empty() && peer_ca_file != ca_file &&
+      peer_crl_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls-crl with a --peer-tls-ca of its own (", peer_ca_file,
+        ") needs --peer-tls-crl too: with revocation lists every client certificate's CA must "
+        "have one, the cluster CA's as well (a list that revokes nothing will do: "
+        "tools/make-certs.sh DIR revoke, with no name, writes DIR/crl.pem)"));
+  }
   if (client_auth != ClientAuth::kNone && ca_file.empty()) {
     return absl::InvalidArgumentError(
         "--tls-client-auth=optional|require needs --tls-ca: the CA client certificates must "
