@@ -136,6 +136,7 @@ void BinarySession::ProcessInput() {
       return;
     }
     frame_began_ms_ = -1;
+    framed_ = true;
     loop().ReleaseInput(c);
     absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, limits);
     if (!request.ok()) {
@@ -161,6 +162,19 @@ void BinarySession::RefuseFrame(const absl::Status& status) {
   c.closing = true;
 }
 
+namespace {
+
+// A TLS handshake record (22) of a TLS 1.x record version (3, 0-4) holding
+// a ClientHello (handshake type 1).
+bool LooksLikeClientHello(absl::string_view bytes) {
+  return bytes.size() >= 6 && static_cast<unsigned char>(bytes[0]) == 0x16 &&
+         static_cast<unsigned char>(bytes[1]) == 0x03 &&
+         static_cast<unsigned char>(bytes[2]) <= 0x04 &&
+         static_cast<unsigned char>(bytes[5]) == 0x01;
+}
+
+}  // namespace
+
 bool BinarySession::AdmitFrame() {
   const std::optional<uint32_t> announced = decoder_.NextFrameBytes();
   if (!announced.has_value()) return true;
@@ -176,6 +190,16 @@ bool BinarySession::AdmitFrame() {
     return false;
   }
   const bool incomplete = decoder_.buffered_bytes() < p::kFrameLengthBytes + *announced;
+  // A TLS client on this plaintext port: its ClientHello's record header
+  // reads as the length of a large first frame, whose bytes would be held
+  // for (and counted against --max-buffered-bytes) until the timeout.
+  if (incomplete && !framed_ && *announced > kUnreservedRequestBytes &&
+      connection().tls == nullptr && LooksLikeClientHello(decoder_.buffered())) {
+    RefuseFrame(absl::FailedPreconditionError(
+        "a TLS ClientHello on a port that speaks the binary protocol without TLS: connect "
+        "without TLS, or to a TLS port"));
+    return false;
+  }
   if (incomplete && *announced > kUnreservedRequestBytes &&
       !loop().ReserveInput(connection(), *announced)) {
     RefuseFrame(absl::ResourceExhaustedError(absl::StrCat(

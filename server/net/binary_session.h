@@ -123,6 +123,7 @@ class BinarySession final : public ProtocolSession {
   std::string peer_nonce_own_;
   // Loop time the frame now arriving began, -1: none.
   int64_t frame_began_ms_ = -1;
+  bool framed_ = false;  // a frame of this connection was taken
   // By the Watch request's id: adding, finding and removing one is O(1).
   absl::flat_hash_map<uint64_t, Watch> watches_;
 };

@@ -115,6 +115,12 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
   SSL_CTX_set_ciphersuites(ctx.get(),
                            "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                            "TLS_CHACHA20_POLY1305_SHA256");
+  // TLS 1.2 (--tls-min-version=1.2): forward-secret AEAD suites only, the
+  // same ciphers as 1.3's; not OpenSSL's default list, which keeps CBC
+  // suites with SHA-1 MACs.
+  if (SSL_CTX_set_cipher_list(ctx.get(), "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) {
+    return absl::InternalError(TakeOpenSslErrors("SSL_CTX_set_cipher_list failed"));
+  }
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), options_.cert_file.c_str()) != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--tls-cert ", options_.cert_file, ": ", TakeOpenSslErrors("cannot read the certificate")));

@@ -169,12 +169,25 @@ out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_
 grep -q "New, TLSv1.2" <<<"$out" || fail "TLS 1.2 with --tls-min-version=1.2: $out"
 "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" ping >/dev/null ||
   fail "ping over TLS"
-ok "--tls-min-version=1.2 accepts TLS 1.2"
+out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_2 \
+  -cipher ECDHE-ECDSA-AES128-SHA </dev/null 2>&1 || true)
+grep -q "Cipher is ECDHE-ECDSA-AES128-SHA" <<<"$out" && fail "a CBC suite with a SHA-1 MAC was accepted: $out"
+grep -qi "handshake failure\|no shared cipher\|alert" <<<"$out" ||
+  fail "no handshake failure for a CBC suite: $out"
+ok "--tls-min-version=1.2 accepts TLS 1.2, with AEAD suites only"
 
 start plain
 expect_error "TLS client on a plaintext port" "plaintext\|does not speak TLS\|is that port plaintext" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" --timeout=1s get greeting
 plain_port=$port
+# Its ClientHello is refused at once (not held as the start of a large
+# frame until the timeout, 60 s here; the bound only stops a hang).
+rc=0
+out=$(timeout 20 openssl s_client -connect "127.0.0.1:$plain_port" </dev/null 2>&1) || rc=$?
+[ "$rc" -ne 124 ] || fail "a TLS client on the plaintext binary port was held: $out"
+grep -q "a TLS ClientHello on a port that speaks the binary protocol without TLS" \
+  "$work/plain.log" || fail "no refusal of a ClientHello logged: $(tail -3 "$work/plain.log")"
+ok "a ClientHello on the plaintext binary port is refused at once"
 
 # A handshake, or a record after it, that trickles in a byte at a time is
 # cut at the session's timeout: each byte keeps the connection from being
