@@ -11,6 +11,7 @@
 #include <queue>
 #include <thread>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -394,6 +395,27 @@ absl::StatusOr<KeyRecord> Engine::GetRecord(absl::string_view key, bool with_val
   if (absl::Status status = CheckKey(key, state_->options); !status.ok()) return status;
   const KeyRef ref{key, HashKey(key)};
   return state_->ShardFor(ref.hash).GetRecord(ref, with_value);
+}
+
+void Engine::Prefetch(absl::Span<const absl::string_view> keys) {
+  if (state_->closed.load(std::memory_order_relaxed)) return;
+  // A pipelined batch: a few dozen keys at most are worth it (the first
+  // ones' memory must still be cached when their requests are served).
+  constexpr size_t kMaxKeys = 64;
+  absl::InlinedVector<KeyRef, kMaxKeys> refs;
+  for (absl::string_view key : keys.subspan(0, std::min(keys.size(), kMaxKeys))) {
+    if (CheckKey(key, state_->options).ok()) refs.push_back(KeyRef{key, HashKey(key)});
+  }
+  const size_t shards = state_->shards.size();
+  if (shards == 1) return state_->shards.front()->Prefetch(refs);
+  absl::InlinedVector<KeyRef, kMaxKeys> of_shard;
+  for (size_t shard = 0; shard < shards; ++shard) {
+    of_shard.clear();
+    for (const KeyRef& ref : refs) {
+      if (ref.hash % shards == shard) of_shard.push_back(ref);
+    }
+    if (!of_shard.empty()) state_->shards[shard]->Prefetch(of_shard);
+  }
 }
 
 absl::StatusOr<Record> Engine::Get(absl::string_view key) {

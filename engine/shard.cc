@@ -165,6 +165,27 @@ absl::StatusOr<KeyRecord> Shard::GetRecord(const KeyRef& key, bool with_value) {
   return out;
 }
 
+void Shard::Prefetch(absl::Span<const KeyRef> keys) {
+  // Three passes over the batch, each loading what the next one reads: the
+  // keys' table groups (control bytes and slots), then the index entries
+  // those slots name, then the key bytes the lookups compare. Prefetches
+  // only: no lookup's answer depends on them.
+  absl::ReaderMutexLock lock(&mu_);
+  for (const KeyRef& key : keys) index_.Prefetch(key);
+  for (const KeyRef& key : keys) {
+    index_.ForEachCandidate(key, [&](uint32_t id) {
+      mu_.AssertReaderHeld();  // ForEachCandidate calls back before it returns
+      __builtin_prefetch(&index_.at(id));
+    });
+  }
+  for (const KeyRef& key : keys) {
+    index_.ForEachCandidate(key, [&](uint32_t id) {
+      mu_.AssertReaderHeld();
+      __builtin_prefetch(index_.at(id).key_data);
+    });
+  }
+}
+
 absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
   counters_.gets.fetch_add(1, std::memory_order_relaxed);
   absl::ReaderMutexLock lock(&mu_);

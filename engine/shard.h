@@ -84,6 +84,8 @@ class Shard {
 
   absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
   absl::StatusOr<KeyRecord> GetRecord(const KeyRef& key, bool with_value);
+  // Engine::Prefetch for keys of this shard.
+  void Prefetch(absl::Span<const KeyRef> keys) ABSL_LOCKS_EXCLUDED(mu_);
   // The last sequence a change-feed reader may see: the durable one under
   // FsyncPolicy::kAlways, else every appended one (UINT64_MAX).
   uint64_t ReadableThrough() ABSL_LOCKS_EXCLUDED(sync_mu_);

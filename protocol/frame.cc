@@ -77,6 +77,22 @@ absl::StatusOr<std::optional<absl::string_view>> FrameDecoder::Next() {
   return absl::string_view(reinterpret_cast<const char*>(aligned_.data()), total);
 }
 
+void FrameDecoder::ForEachBufferedFrame(
+    absl::FunctionRef<bool(absl::string_view)> visit) const {
+  const char* base = reinterpret_cast<const char*>(storage_.data());
+  size_t at = begin_;
+  while (end_ - at >= kFrameLengthBytes) {
+    uint32_t length;
+    std::memcpy(&length, base + at, sizeof(length));
+    if (length == 0 || length > max_frame_bytes_) return;
+    const size_t total = kFrameLengthBytes + size_t{length};
+    const char* start = base + at;
+    if (end_ - at < total || reinterpret_cast<uintptr_t>(start) % alignof(uint64_t) != 0) return;
+    if (!visit(absl::string_view(start, total))) return;
+    at += total;
+  }
+}
+
 namespace {
 
 flatbuffers::Verifier::Options VerifierOptions(size_t frame_bytes) {

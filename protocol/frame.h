@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -63,6 +64,12 @@ class FrameDecoder {
     return absl::string_view(reinterpret_cast<const char*>(storage_.data()) + begin_,
                              end_ - begin_);
   }
+  // Calls visit with each complete frame buffered (length prefix included)
+  // that Next would return in place (8-byte aligned), in order, until visit
+  // returns false or a frame is incomplete, misaligned or of a length Next
+  // refuses. Consumes nothing; the views are valid until the next call to
+  // any method.
+  void ForEachBufferedFrame(absl::FunctionRef<bool(absl::string_view)> visit) const;
   // The length announced by the next frame's prefix (not counting the
   // prefix), once its 4 bytes have arrived; nullopt before. Lets the caller
   // apply its own limits (before authentication, on memory) before the

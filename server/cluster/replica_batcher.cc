@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
@@ -274,14 +275,23 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         Count(run.size());
         auto shared = std::make_shared<std::vector<ReadItem>>(std::move(run));
         send_(address, std::move(frame), timeout,
-              [shared, keys = std::move(keys)](absl::StatusOr<std::string> answer) {
+              [shared, keys = std::move(keys),
+               prefetch = prefetch_](absl::StatusOr<std::string> answer) {
                 std::vector<ReadItem>& items = *shared;
                 assert(!items.empty());  // called back once (cleared below)
                 absl::StatusOr<std::vector<VersionedRecord>> records =
                     answer.ok() ? ParseRecordsResult(*answer, keys)
                                 : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
                 assert(!records.ok() || records->size() == items.size());
+                constexpr size_t kWindow = 32;
                 for (size_t i = 0; i < items.size(); ++i) {
+                  if (prefetch != nullptr && records.ok() && i % kWindow == 0 &&
+                      items.size() - i > 1) {
+                    absl::InlinedVector<absl::string_view, kWindow> window(
+                        keys.begin() + static_cast<ptrdiff_t>(i),
+                        keys.begin() + static_cast<ptrdiff_t>(std::min(items.size(), i + kWindow)));
+                    (*prefetch)(window);
+                  }
                   if (!records.ok()) {
                     items[i].done(records.status());
                   } else {

@@ -32,6 +32,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
 #include "server/cluster/peer_transport.h"
 #include "server/cluster/replica.h"
@@ -96,6 +98,13 @@ class ReplicaBatcher {
     requests_counter_ = requests;
     items_counter_ = items;
   }
+  // Called with the keys of a batch of reads answered, before their
+  // callbacks run (which write the keys here, as a strong write's second
+  // phase does): the engine's Prefetch. REQUIRES: before the first request.
+  using PrefetchFunction = std::function<void(absl::Span<const absl::string_view> keys)>;
+  void set_prefetch(PrefetchFunction prefetch) {
+    prefetch_ = std::make_shared<const PrefetchFunction>(std::move(prefetch));
+  }
 
  private:
   struct ReplicateItem {
@@ -145,6 +154,8 @@ class ReplicaBatcher {
   std::atomic<uint64_t> frames_built_{0};
   Counter* requests_counter_ = nullptr;
   Counter* items_counter_ = nullptr;
+  // Shared with the answers' callbacks, which may outlive a reset of it.
+  std::shared_ptr<const PrefetchFunction> prefetch_;
 };
 
 }  // namespace logkv::server::cluster

@@ -256,6 +256,12 @@ ReplicaCoordinator::ReplicaCoordinator(engine::Engine* local, SendFunction send,
   if (metrics_ != nullptr) {
     batcher_.set_counters(metrics_->peer_batched_requests(), metrics_->peer_batched_items());
   }
+  // A strong write's second phase writes here the keys its first phase's
+  // answers bring, a batch at a time.
+  if (local_ != nullptr) {
+    batcher_.set_prefetch(
+        [local = local_](absl::Span<const absl::string_view> keys) { local->Prefetch(keys); });
+  }
 }
 
 void ReplicaCoordinator::set_placement(PlacementFunction placement,

@@ -116,13 +116,51 @@ void BinarySession::AppendStatus(uint64_t request_id, const absl::Status& status
   Append(p::FrameOf(builder_));
 }
 
+void BinarySession::PrefetchBufferedKeys(size_t frames) {
+  // One request is served at once: nothing to overlap (and nothing is
+  // verified twice).
+  size_t complete = 0;
+  decoder_.ForEachBufferedFrame([&](absl::string_view) { return ++complete < 2; });
+  if (complete < 2) return;
+  Service* service = loop().service();
+  const p::Limits& limits = service->config().limits;
+  const RequestContext& context = session_.context;
+  thread_local std::vector<absl::string_view> keys;
+  thread_local std::vector<std::string> prefixed;
+  if (prefixed.size() < frames) prefixed.resize(frames);
+  keys.clear();
+  size_t visited = 0;
+  decoder_.ForEachBufferedFrame([&](absl::string_view frame) {
+    if (visited++ == frames) return false;
+    absl::StatusOr<const p::Request*> request = p::VerifyRequest(frame, limits);
+    if (!request.ok()) return false;
+    // Requests to another user's namespace are rare: not looked ahead.
+    if ((*request)->namespace_user() != 0) return true;
+    absl::string_view key;
+    switch ((*request)->operation_type()) {
+      case p::Operation::Get: key = p::View((*request)->operation_as_Get()->key()); break;
+      case p::Operation::Put: key = p::View((*request)->operation_as_Put()->key()); break;
+      case p::Operation::Delete: key = p::View((*request)->operation_as_Delete()->key()); break;
+      default: return true;
+    }
+    absl::StatusOr<absl::string_view> engine_key = EngineKey(context, key, &prefixed[keys.size()]);
+    if (engine_key.ok()) keys.push_back(*engine_key);
+    return true;
+  });
+  if (keys.size() > 1) service->engine()->Prefetch(keys);
+}
+
 void BinarySession::ProcessInput() {
   Connection& c = connection();
   const ServerConfig& config = this->config();
   const p::Limits& limits = loop().service()->config().limits;
+  // The keys of the frames buffered, a window at a time.
+  constexpr size_t kPrefetchWindow = 32;
+  size_t taken = 0;
   // Stop answering once the answers owed pass the limit: the rest of the
   // frames wait in the decoder until the client reads (ApplyBackpressure).
   while (!c.closing && c.owed_bytes() <= config.max_output_bytes) {
+    if (!is_peer_ && taken++ % kPrefetchWindow == 0) PrefetchBufferedKeys(kPrefetchWindow);
     if (!AdmitFrame()) return;
     absl::StatusOr<std::optional<absl::string_view>> frame = decoder_.Next();
     if (!frame.ok()) {

@@ -74,6 +74,11 @@ class BinarySession final : public ProtocolSession {
 
   Loop& loop() { return *connection().loop; }
   const ServerConfig& config() const { return connection().loop->config(); }
+  // Asks the engine to start loading the index memory of the keys of the
+  // single-key requests among the next `frames` frames buffered (a
+  // pipelined batch), before they are served one by one: their cache
+  // misses then overlap.
+  void PrefetchBufferedKeys(size_t frames);
   // Limits on the frame whose prefix has arrived, before its bytes are
   // buffered: false when it was refused (the connection then closes).
   bool AdmitFrame();

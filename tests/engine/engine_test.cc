@@ -4,12 +4,14 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <set>
 #include <sys/stat.h>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -136,6 +138,40 @@ TEST_F(EngineTest, EmptyValuesAndBinaryBytesRoundTrip) {
   ASSERT_OK(Reopen());
   EXPECT_EQ(Get("empty"), "");
   EXPECT_EQ(Get(binary_key), binary_value);
+}
+
+// Prefetch is a hint: any keys (missing, empty, too long, repeated, more
+// than a batch) change nothing, on every shard, also while another thread
+// writes (the index's tables grow and move meanwhile).
+TEST_F(EngineTest, PrefetchChangesNothingWhateverTheKeys) {
+  options_.shard_count = 4;
+  options_.max_key_bytes = 40;
+  ASSERT_OK(Open());
+  std::vector<std::string> keys;
+  for (int i = 0; i < 500; ++i) keys.push_back(absl::StrCat("prefetched-", i));
+  for (size_t i = 0; i < keys.size(); i += 2) ASSERT_OK(engine_->Put(keys[i], keys[i]));
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      ASSERT_OK(engine_->Put(absl::StrCat("written-", i), "w"));
+    }
+  });
+  std::vector<absl::string_view> views(keys.begin(), keys.end());
+  views.push_back("");
+  views.push_back(std::string(41, 'k'));  // over max_key_bytes
+  views.push_back(keys[0]);
+  for (int round = 0; round < 200; ++round) {
+    engine_->Prefetch(views);
+    engine_->Prefetch(absl::MakeConstSpan(views).subspan(round % views.size()));
+    engine_->Prefetch({});
+  }
+  stop = true;
+  writer.join();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(Get(keys[i]), i % 2 == 0 ? keys[i] : "NOT_FOUND") << keys[i];
+  }
+  ASSERT_OK(engine_->Close());
+  engine_->Prefetch(views);  // closed: nothing to load
 }
 
 TEST_F(EngineTest, KeyAndValueLimitsAreEnforcedWithTheLimitNamed) {

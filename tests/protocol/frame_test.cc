@@ -57,6 +57,56 @@ TEST(FrameDecoderTest, ByteByByte) {
   EXPECT_EQ(**frame, a);
 }
 
+// ForEachBufferedFrame shows the whole frames buffered that Next would give
+// in place, in order, and consumes nothing.
+TEST(FrameDecoderTest, ForEachBufferedFrameShowsWholeAlignedFramesAndConsumesNothing) {
+  const std::string a = test::PutFrame(1, "key", std::string(300, 'a'));
+  const std::string b = test::GetFrame(2, "key");
+  const std::string c = test::GetFrame(3, "other");
+  ASSERT_EQ(a.size() % 8, 0u);
+  ASSERT_EQ(b.size() % 8, 0u);
+  FrameDecoder decoder(1 << 20);
+  decoder.Append(a + b + c.substr(0, c.size() - 1));  // c is not whole
+  std::vector<std::string> seen;
+  decoder.ForEachBufferedFrame([&](absl::string_view frame) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(frame.data()) % 8, 0u);
+    seen.emplace_back(frame);
+    return true;
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{a, b}));
+  // Stopped by the visitor after the first.
+  seen.clear();
+  decoder.ForEachBufferedFrame([&](absl::string_view frame) {
+    seen.emplace_back(frame);
+    return false;
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{a}));
+  // Nothing was consumed: Next gives the same frames, then c once whole.
+  decoder.Append(c.substr(c.size() - 1));
+  for (const std::string& expected : {a, b, c}) {
+    auto frame = decoder.Next();
+    ASSERT_TRUE(frame.ok() && frame->has_value());
+    EXPECT_EQ(**frame, expected);
+  }
+  // A frame that would be misaligned, one of length 0 and one over the
+  // limit end the walk (Next copies the first, refuses the others).
+  FrameDecoder odd(1024);
+  odd.Append(FrameBytes(3, "abc") + b);
+  seen.clear();
+  odd.ForEachBufferedFrame([&](absl::string_view frame) {
+    seen.emplace_back(frame);
+    return true;
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{FrameBytes(3, "abc")}));
+  for (uint32_t length : {0u, 1025u}) {
+    FrameDecoder refused(1024);
+    refused.Append(FrameBytes(length, std::string(length == 0 ? 0 : 1025, 'x')));
+    bool visited = false;
+    refused.ForEachBufferedFrame([&](absl::string_view) { return visited = true; });
+    EXPECT_FALSE(visited) << length;
+  }
+}
+
 TEST(FrameDecoderTest, RefusesOversizedLengthWithoutAllocatingIt) {
   FrameDecoder decoder(1024);
   decoder.Append(FrameBytes(1025, ""));

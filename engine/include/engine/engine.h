@@ -396,6 +396,12 @@ class Engine {
   [[nodiscard]] absl::StatusOr<KeyRecord> GetRecord(absl::string_view key, bool with_value);
   // Version n of key, if it is still kept (Options::versions_kept).
   [[nodiscard]] absl::StatusOr<Record> GetVersion(absl::string_view key, uint64_t version);
+  // Starts loading the index memory that lookups of these keys (a batch of
+  // requests about to be served) will read, in stages over the whole batch,
+  // so that their cache misses overlap instead of following one another.
+  // A hint only: it changes nothing a lookup finds; keys that are not valid
+  // keys are passed over.
+  void Prefetch(absl::Span<const absl::string_view> keys);
 
   // Returns once the write is durable per Options::fsync: for kAlways after
   // fdatasync; otherwise after the bytes are in the operating system's hands.
