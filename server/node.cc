@@ -472,13 +472,6 @@ absl::Status NodeOptions::Validate() const {
     return absl::InvalidArgumentError(
         "--peer-tls-crl needs --peer-tls-ca: the revocation lists are of the cluster CA");
   }
-  // The listeners' TLS with the cluster CA (the check that needs both).
-  if (tls.enabled()) {
-    net::TlsOptions listeners = tls;
-    listeners.peer_ca_file = peer_tls_ca;
-    listeners.peer_crl_file = peer_tls_crl;
-    if (absl::Status status = listeners.Validate(); !status.ok()) return status;
-  }
   // Clients that must show a certificate of the CA are authenticated by it.
   const bool clients_authenticated =
       auth != AuthMode::kOff || (tls.enabled() && tls.client_auth == net::ClientAuth::kRequire);

@@ -116,12 +116,13 @@ void BinarySession::AppendStatus(uint64_t request_id, const absl::Status& status
   Append(p::FrameOf(builder_));
 }
 
-void BinarySession::PrefetchBufferedKeys(size_t frames) {
-  // One request is served at once: nothing to overlap (and nothing is
-  // verified twice).
+size_t BinarySession::PrefetchBufferedKeys(size_t frames) {
+  // Not for a client still to authenticate.
+  if (config().authenticate && !authenticated_) return 0;
+  // One request is served at once: nothing to overlap.
   size_t complete = 0;
   decoder_.ForEachBufferedFrame([&](absl::string_view) { return ++complete < 2; });
-  if (complete < 2) return;
+  if (complete < 2) return complete;
   Service* service = loop().service();
   const p::Limits& limits = service->config().limits;
   const RequestContext& context = session_.context;
@@ -131,9 +132,12 @@ void BinarySession::PrefetchBufferedKeys(size_t frames) {
   keys.clear();
   size_t visited = 0;
   decoder_.ForEachBufferedFrame([&](absl::string_view frame) {
-    if (visited++ == frames) return false;
+    // Single-key requests are small: a large frame ends the look ahead
+    // (it is verified once, when served).
+    if (visited == frames || frame.size() > kUnreservedRequestBytes) return false;
     absl::StatusOr<const p::Request*> request = p::VerifyRequest(frame, limits);
     if (!request.ok()) return false;
+    ++visited;
     // Requests to another user's namespace are rare: not looked ahead.
     if ((*request)->namespace_user() != 0) return true;
     absl::string_view key;
@@ -148,19 +152,20 @@ void BinarySession::PrefetchBufferedKeys(size_t frames) {
     return true;
   });
   if (keys.size() > 1) service->engine()->Prefetch(keys);
+  return visited;
 }
 
 void BinarySession::ProcessInput() {
   Connection& c = connection();
   const ServerConfig& config = this->config();
   const p::Limits& limits = loop().service()->config().limits;
-  // The keys of the frames buffered, a window at a time.
+  // The keys of the frames buffered, a window at a time (each frame is
+  // looked at once, however many times the input is processed).
   constexpr size_t kPrefetchWindow = 32;
-  size_t taken = 0;
   // Stop answering once the answers owed pass the limit: the rest of the
   // frames wait in the decoder until the client reads (ApplyBackpressure).
   while (!c.closing && c.owed_bytes() <= config.max_output_bytes) {
-    if (!is_peer_ && taken++ % kPrefetchWindow == 0) PrefetchBufferedKeys(kPrefetchWindow);
+    if (!is_peer_ && looked_ahead_ == 0) looked_ahead_ = PrefetchBufferedKeys(kPrefetchWindow);
     if (!AdmitFrame()) return;
     absl::StatusOr<std::optional<absl::string_view>> frame = decoder_.Next();
     if (!frame.ok()) {
@@ -175,6 +180,7 @@ void BinarySession::ProcessInput() {
     }
     frame_began_ms_ = -1;
     framed_ = true;
+    if (looked_ahead_ > 0) --looked_ahead_;
     loop().ReleaseInput(c);
     absl::StatusOr<const p::Request*> request = p::VerifyRequest(**frame, limits);
     if (!request.ok()) {
@@ -217,6 +223,18 @@ bool BinarySession::AdmitFrame() {
   const std::optional<uint32_t> announced = decoder_.NextFrameBytes();
   if (!announced.has_value()) return true;
   const ServerConfig& config = this->config();
+  // A TLS client on this plaintext port: its ClientHello's record header
+  // reads as the length of a large first frame (beyond max_frame_bytes for
+  // a ClientHello of 1 KiB or more), whose bytes would otherwise be held
+  // for (and counted against --max-buffered-bytes) until the timeout.
+  if (!framed_ && *announced > kUnreservedRequestBytes && connection().tls == nullptr &&
+      decoder_.buffered_bytes() < p::kFrameLengthBytes + *announced &&
+      LooksLikeClientHello(decoder_.buffered())) {
+    RefuseFrame(absl::FailedPreconditionError(
+        "a TLS ClientHello on a port that speaks the binary protocol without TLS: connect "
+        "without TLS, or to a TLS port"));
+    return false;
+  }
   // Beyond max_frame_bytes: the decoder's own refusal.
   if (*announced > loop().service()->config().limits.max_frame_bytes) return true;
   if (config.authenticate && !authenticated_ && !is_peer_ &&
@@ -228,16 +246,6 @@ bool BinarySession::AdmitFrame() {
     return false;
   }
   const bool incomplete = decoder_.buffered_bytes() < p::kFrameLengthBytes + *announced;
-  // A TLS client on this plaintext port: its ClientHello's record header
-  // reads as the length of a large first frame, whose bytes would be held
-  // for (and counted against --max-buffered-bytes) until the timeout.
-  if (incomplete && !framed_ && *announced > kUnreservedRequestBytes &&
-      connection().tls == nullptr && LooksLikeClientHello(decoder_.buffered())) {
-    RefuseFrame(absl::FailedPreconditionError(
-        "a TLS ClientHello on a port that speaks the binary protocol without TLS: connect "
-        "without TLS, or to a TLS port"));
-    return false;
-  }
   if (incomplete && *announced > kUnreservedRequestBytes &&
       !loop().ReserveInput(connection(), *announced)) {
     RefuseFrame(absl::ResourceExhaustedError(absl::StrCat(

@@ -77,8 +77,8 @@ class BinarySession final : public ProtocolSession {
   // Asks the engine to start loading the index memory of the keys of the
   // single-key requests among the next `frames` frames buffered (a
   // pipelined batch), before they are served one by one: their cache
-  // misses then overlap.
-  void PrefetchBufferedKeys(size_t frames);
+  // misses then overlap. Returns how many frames it looked at.
+  size_t PrefetchBufferedKeys(size_t frames);
   // Limits on the frame whose prefix has arrived, before its bytes are
   // buffered: false when it was refused (the connection then closes).
   bool AdmitFrame();
@@ -129,6 +129,8 @@ class BinarySession final : public ProtocolSession {
   // Loop time the frame now arriving began, -1: none.
   int64_t frame_began_ms_ = -1;
   bool framed_ = false;  // a frame of this connection was taken
+  // Frames at the decoder's front that PrefetchBufferedKeys looked at.
+  size_t looked_ahead_ = 0;
   // By the Watch request's id: adding, finding and removing one is O(1).
   absl::flat_hash_map<uint64_t, Watch> watches_;
 };

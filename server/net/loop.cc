@@ -247,6 +247,8 @@ void Loop::OnConnection(Listener& listener, int status) {
 void Loop::StartReading(Connection& c) {
   if (c.reading || c.closing) return;
   c.reading = true;
+  // A record's clock stood while this side did not read: it goes on from now.
+  if (c.tls_partial_since_ms >= 0) c.tls_partial_since_ms = now_ms();
   uv_read_start(
       c.stream(),
       [](uv_handle_t* handle, size_t suggested, uv_buf_t* buf) {
@@ -592,6 +594,14 @@ void Loop::RecheckSessions() {
   }
 }
 
+namespace {
+
+// A handshake is given at least this long, however short the timeouts (a
+// loaded node verifying certificates and revocation lists, a slow link).
+constexpr int64_t kMinHandshakeMs = 10'000;
+
+}  // namespace
+
 void Loop::CloseIdleConnections() {
   // Expiry is noticed here for sessions that make no requests (watchers).
   RecheckSessions();
@@ -607,7 +617,7 @@ void Loop::CloseIdleConnections() {
       const int64_t timeout_ms = absl::ToInt64Milliseconds(
           c->http ? config_.http_idle_timeout : config_.binary_idle_timeout);
       if (!c->tls->handshake_done()) {
-        if (now - c->opened_ms > timeout_ms) handshakes.push_back(c);
+        if (now - c->opened_ms > std::max(timeout_ms, kMinHandshakeMs)) handshakes.push_back(c);
         continue;
       }
       // (Unless this side stopped reading it: the client's answers wait.)
@@ -636,10 +646,8 @@ void Loop::CloseIdleConnections() {
   for (Connection* c : idle) Close(*c);
   for (Connection* c : handshakes) {
     config_.tls->CountHandshakeFailure();
-    Log(Level::kDebug, "connection %d: the TLS handshake did not finish within %d ms; closing it",
-        c->id,
-        static_cast<int>(absl::ToInt64Milliseconds(c->http ? config_.http_idle_timeout
-                                                            : config_.binary_idle_timeout)));
+    Log(Level::kDebug, "connection %d: the TLS handshake did not finish in time; closing it",
+        c->id);
     Close(*c);
   }
 }

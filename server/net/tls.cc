@@ -2,6 +2,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -71,17 +72,6 @@ absl::Status TlsOptions::Validate() const {
         "--tls-crl needs --tls-ca: the revocation lists are of the CAs client certificates "
         "chain to");
   }
-  // With revocation lists the handshake asks for one of the CA of every
-  // client certificate, the cluster CA's too: without it no peer could
-  // connect, and the refusal would only show at the peers.
-  if (!crl_file.empty() && !peer_ca_file.empty() && peer_ca_file != ca_file &&
-      peer_crl_file.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-crl with a --peer-tls-ca of its own (", peer_ca_file,
-        ") needs --peer-tls-crl too: with revocation lists every client certificate's CA must "
-        "have one, the cluster CA's as well (a list that revokes nothing will do: "
-        "tools/make-certs.sh DIR revoke, with no name, writes DIR/crl.pem)"));
-  }
   if (client_auth != ClientAuth::kNone && ca_file.empty()) {
     return absl::InvalidArgumentError(
         "--tls-client-auth=optional|require needs --tls-ca: the CA client certificates must "
@@ -89,6 +79,48 @@ absl::Status TlsOptions::Validate() const {
   }
   return absl::OkStatus();
 }
+
+namespace {
+
+// With --tls-crl the handshake asks for a revocation list of the CA of
+// every client certificate: each CA of the cluster CA file (--peer-tls-ca)
+// must have one in store (from --tls-crl or --peer-tls-crl).
+absl::Status CheckCrlsCover(X509_STORE* store, const std::string& peer_ca_file) {
+  BIO* bio = BIO_new_file(peer_ca_file.c_str(), "r");
+  if (bio == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--peer-tls-ca ", peer_ca_file, ": ", TakeOpenSslErrors("cannot read it")));
+  }
+  absl::Status status;
+  while (X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    bool found = false;
+    STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
+    for (int i = 0; i < sk_X509_OBJECT_num(objects) && !found; ++i) {
+      const X509_OBJECT* object = sk_X509_OBJECT_value(objects, i);
+      if (X509_OBJECT_get_type(object) != X509_LU_CRL) continue;
+      // Issued by this CA: its name, and signed with its key (two CAs may
+      // share a name).
+      X509_CRL* crl = X509_OBJECT_get0_X509_CRL(object);
+      found = X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca)) == 0 &&
+              X509_CRL_verify(crl, X509_get0_pubkey(ca)) == 1;
+    }
+    if (!found && status.ok()) {
+      char name[256];
+      X509_NAME_oneline(X509_get_subject_name(ca), name, sizeof(name));
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "--tls-crl: no revocation list of the cluster CA ", name, " (--peer-tls-ca ",
+          peer_ca_file, "): with revocation lists the handshake asks for one of every client "
+          "certificate's CA, so no peer could connect; give --peer-tls-crl (a list that revokes "
+          "nothing will do: tools/make-certs.sh DIR revoke, with no name, writes DIR/crl.pem)"));
+    }
+    X509_free(ca);
+  }
+  ERR_clear_error();  // the end of the file reads as an error
+  BIO_free(bio);
+  return status;
+}
+
+}  // namespace
 
 void TlsContext::CtxFree::operator()(ssl_ctx_st* ctx) const { SSL_CTX_free(ctx); }
 
@@ -174,6 +206,15 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
       return absl::InvalidArgumentError(
           absl::StrCat("--peer-tls-crl ", options_.peer_crl_file, ": ",
                        TakeOpenSslErrors("cannot read the revocation list")));
+    }
+    // Without a list of a cluster CA no peer could connect, and only the
+    // peers would say why.
+    if (!options_.crl_file.empty()) {
+      if (absl::Status covered =
+              CheckCrlsCover(SSL_CTX_get_cert_store(ctx.get()), options_.peer_ca_file);
+          !covered.ok()) {
+        return covered;
+      }
     }
   }
   int mode = SSL_VERIFY_NONE;

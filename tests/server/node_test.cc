@@ -458,23 +458,6 @@ TEST(NodeOptionsTest, ChecksTlsFlagsTogether) {
   client_auth_without_ca.tls.key_file = "node.key";
   client_auth_without_ca.tls.client_auth = net::ClientAuth::kOptional;
   EXPECT_TRUE(absl::StrContains(client_auth_without_ca.Validate().message(), "needs --tls-ca"));
-  // Revocation lists for client certificates need one of the cluster CA
-  // too when it is a CA of its own: the handshake asks every CA for one.
-  NodeOptions crl_without_peer_crl;
-  crl_without_peer_crl.tls.cert_file = "node.pem";
-  crl_without_peer_crl.tls.key_file = "node.key";
-  crl_without_peer_crl.tls.ca_file = "clients-ca.pem";
-  crl_without_peer_crl.tls.crl_file = "clients-crl.pem";
-  crl_without_peer_crl.peer_tls_ca = "cluster-ca.pem";
-  EXPECT_TRUE(absl::StrContains(crl_without_peer_crl.Validate().message(),
-                                "needs --peer-tls-crl too"))
-      << crl_without_peer_crl.Validate();
-  NodeOptions same_ca = crl_without_peer_crl;
-  same_ca.peer_tls_ca = "clients-ca.pem";
-  EXPECT_TRUE(same_ca.Validate().ok()) << same_ca.Validate();
-  NodeOptions both_lists = crl_without_peer_crl;
-  both_lists.peer_tls_crl = "cluster-crl.pem";
-  EXPECT_TRUE(both_lists.Validate().ok()) << both_lists.Validate();
   // The files are read when the node starts, with a message naming the file.
   NodeOptions missing;
   missing.tls.cert_file = "/nonexistent/node.pem";

@@ -163,6 +163,21 @@ expect_error "revoked client certificate" "revoked" \
 "$cli" --target=127.0.0.1:"$port" "${mtls[@]}" ping >/dev/null ||
   fail "a certificate that is not revoked is refused with --tls-crl"
 ok "--tls-crl: a certificate that is not revoked is served"
+# With revocation lists every client certificate's CA needs one, a cluster
+# CA of its own (--peer-tls-ca) too: without it logkvd does not start (no
+# peer could connect); with one (here a list that revokes nothing) it does.
+rc=0
+timeout 20 "$logkvd" --data_dir="$work/crl-peer" --listen=127.0.0.1:0 --http=127.0.0.1:0 \
+  --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-ca="$certs/ca.pem" \
+  --tls-crl="$certs/crl.pem" --peer-tls-ca="$other/ca.pem" 2>"$work/crl-peer.log" || rc=$?
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "logkvd started (or hung) without the cluster CA's list"
+grep -q "no revocation list of the cluster CA" "$work/crl-peer.log" ||
+  fail "no reason given: $(tail -3 "$work/crl-peer.log")"
+ok "--tls-crl with a cluster CA of its own and no list of it: $(grep -o 'no revocation list of the cluster CA[^:]*' "$work/crl-peer.log" | head -1)"
+"$make_certs" "$other" revoke
+start crl-peer --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-ca="$certs/ca.pem" \
+  --tls-crl="$certs/crl.pem" --peer-tls-ca="$other/ca.pem" --peer-tls-crl="$other/crl.pem"
+ok "--tls-crl with --peer-tls-crl of the cluster CA starts"
 
 start tls12 --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-min-version=1.2
 out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -tls1_2 -alpn logkv </dev/null 2>&1 || true)
@@ -194,14 +209,19 @@ ok "a ClientHello on the plaintext binary port is refused at once"
 # idle, not from timing out (the bound in trickle.py only stops a hang).
 start trickle --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" \
   --http-idle-timeout-ms=1000 --binary-idle-timeout-ms=1000
+# (A handshake is given at least 10 s: the four trickles run at once.)
+trickles=()
 for side in "binary $port" "HTTPS $http_port"; do
   read -r name side_port <<<"$side"
-  out=$(python3 "$here/trickle.py" handshake "$side_port") ||
-    fail "a handshake trickling into the $name port: $out"
-  ok "a handshake trickling into the $name port: $out"
-  out=$(python3 "$here/trickle.py" record "$side_port" "$certs/ca.pem") ||
-    fail "a record trickling into the $name port: $out"
-  ok "a record trickling into the $name port: $out"
+  python3 "$here/trickle.py" handshake "$side_port" >"$work/trickle-handshake-$name" 2>&1 &
+  trickles+=("$!:a handshake trickling into the $name port:$work/trickle-handshake-$name")
+  python3 "$here/trickle.py" record "$side_port" "$certs/ca.pem" >"$work/trickle-record-$name" 2>&1 &
+  trickles+=("$!:a record trickling into the $name port:$work/trickle-record-$name")
+done
+for trickle in "${trickles[@]}"; do
+  IFS=: read -r pid what file <<<"$trickle"
+  wait "$pid" || fail "$what: $(cat "$file")"
+  ok "$what: $(cat "$file")"
 done
 "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" ping >/dev/null ||
   fail "ping over TLS after the trickles"
