@@ -616,13 +616,15 @@ void Loop::CloseIdleConnections() {
       // finish, and a record come whole, within it.
       const int64_t timeout_ms = absl::ToInt64Milliseconds(
           c->http ? config_.http_idle_timeout : config_.binary_idle_timeout);
+      // (A silent one is idle, as before, below.)
       if (!c->tls->handshake_done()) {
-        if (now - c->opened_ms > std::max(timeout_ms, kMinHandshakeMs)) handshakes.push_back(c);
-        continue;
-      }
-      // (Unless this side stopped reading it: the client's answers wait.)
-      if (c->reading && c->tls_partial_since_ms >= 0 &&
-          now - c->tls_partial_since_ms > timeout_ms) {
+        if (now - c->opened_ms > std::max(timeout_ms, kMinHandshakeMs)) {
+          handshakes.push_back(c);
+          continue;
+        }
+      } else if (c->reading && c->tls_partial_since_ms >= 0 &&
+                 now - c->tls_partial_since_ms > timeout_ms) {
+        // (Unless this side stopped reading it: the client's answers wait.)
         timed_out.push_back(c);
         continue;
       }
