@@ -643,13 +643,7 @@ void ClusterRoutes::Join(HttpRequest& request, Responder responder, bool json_bo
   if (!background) {
     return shared->Send(HttpResponse::Error(503, "this node is stopping"));
   }
-  FetchRequest fetch;
-  if (target->https) {
-    fetch.tls = true;
-    fetch.tls_ca_file = config_.join_tls_ca_file;
-    fetch.tls_cert_file = config_.join_tls_cert_file;
-    fetch.tls_key_file = config_.join_tls_key_file;
-  }
+  FetchRequest fetch = MemberFetch(target->https);
   // Ask the member for its binary-protocol address, off the loop.
   background([this, shared, http_address = target->address, fetch = std::move(fetch)] {
     absl::StatusOr<std::string> address = BinaryAddressOf(http_address, fetch);
@@ -878,16 +872,10 @@ void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
   // peer links are (the credential, the cluster secret for an operator,
   // never crosses the network in clear).
   std::optional<absl::string_view> authorization = request.Header("Authorization");
-  FetchRequest metrics;
+  FetchRequest metrics = MemberFetch(config_.join_https);
   metrics.target = "/metrics";
   metrics.timeout = absl::Seconds(2);
   if (authorization.has_value()) metrics.headers.emplace_back("Authorization", *authorization);
-  if (config_.join_https) {
-    metrics.tls = true;
-    metrics.tls_ca_file = config_.join_tls_ca_file;
-    metrics.tls_cert_file = config_.join_tls_cert_file;
-    metrics.tls_key_file = config_.join_tls_key_file;
-  }
   background([shared, answer, members = std::move(members),
               metrics = std::move(metrics)]() mutable {
     for (json& entry : members) {
@@ -912,6 +900,17 @@ void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
     }
     shared->Send(answer(members));
   });
+}
+
+FetchRequest ClusterRoutes::MemberFetch(bool https) const {
+  FetchRequest fetch;
+  if (https) {
+    fetch.tls = true;
+    fetch.tls_ca_file = config_.join_tls_ca_file;
+    fetch.tls_cert_file = config_.join_tls_cert_file;
+    fetch.tls_key_file = config_.join_tls_key_file;
+  }
+  return fetch;
 }
 
 void ClusterRoutes::AddConsoleRoutesTo(Router* router) {

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/http/http_fetch.h"
 #include "server/http/json_body.h"
 #include "server/http/route_support.h"
 #include "server/http/router.h"
@@ -123,6 +124,9 @@ class ClusterRoutes {
   // GET /metrics' JSON: this node's figures.
   nlohmann::json NodeFigures() const;
   void ClusterSummary(HttpRequest& request, Responder responder);
+  // A request to another member, over HTTPS checked with the peer links'
+  // files (join_tls_*) when https.
+  FetchRequest MemberFetch(bool https) const;
   // Who may read node statistics, and how much: with auth off everyone
   // the node's; with auth on the operator (the operator secret) the node's,
   // a tenant (X-API-Key) its own, anyone else 401.

@@ -208,12 +208,10 @@ void BinarySession::RefuseFrame(const absl::Status& status) {
 
 namespace {
 
-// A TLS handshake record (22) of a TLS 1.x record version (3, 0-4) holding
-// a ClientHello (handshake type 1).
+// A TLS handshake record (TlsStream::LooksLikeTls) holding a ClientHello
+// (handshake type 1).
 bool LooksLikeClientHello(absl::string_view bytes) {
-  return bytes.size() >= 6 && static_cast<unsigned char>(bytes[0]) == 0x16 &&
-         static_cast<unsigned char>(bytes[1]) == 0x03 &&
-         static_cast<unsigned char>(bytes[2]) <= 0x04 &&
+  return bytes.size() >= 6 && TlsStream::LooksLikeTls(bytes.data(), bytes.size()) &&
          static_cast<unsigned char>(bytes[5]) == 0x01;
 }
 
