@@ -7,7 +7,6 @@
 #include <optional>
 #include <utility>
 
-#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/cluster/peer_transport.h"
@@ -162,23 +161,6 @@ absl::StatusOr<engine::WriteResult> ApplyLocallyNow(engine::Engine* engine,
   return ApplyNow(engine, ViewOf(record));
 }
 
-namespace {
-
-// Before item `first` of a batch of count: starts loading the index memory
-// of the next kPrefetchWindow items' keys (Engine::Prefetch), whose
-// lookups then overlap their cache misses. key_at(i): item i's key.
-constexpr size_t kPrefetchWindow = 32;
-template <typename KeyAt>
-void PrefetchWindow(engine::Engine* engine, size_t first, size_t count, KeyAt key_at) {
-  if (first % kPrefetchWindow != 0 || count - first < 2) return;
-  absl::InlinedVector<absl::string_view, kPrefetchWindow> keys;
-  for (size_t i = first; i < count && keys.size() < kPrefetchWindow; ++i) {
-    keys.push_back(key_at(i));
-  }
-  engine->Prefetch(keys);
-}
-
-}  // namespace
 
 Outcome HandleReplicate(engine::Engine* engine, const p::Request& request,
                         flatbuffers::FlatBufferBuilder* b, absl::FunctionRef<Completion()> defer) {
@@ -196,7 +178,7 @@ Outcome HandleReplicate(engine::Engine* engine, const p::Request& request,
     std::vector<uint8_t> applied(count, 0);
     std::vector<uint64_t> held(count, 0);
     for (size_t i = 0; i < count; ++i) {
-      PrefetchWindow(engine, i, count, key_at);
+      PrefetchWindow(i, count, key_at, [engine](auto keys) { engine->Prefetch(keys); });
       const RecordView record = ViewOf(*replicate->records()->Get(i));
       // Hints and accounts are each node's own: a peer may not write them.
       if (IsNodeLocalKey(record.key)) continue;
@@ -230,7 +212,7 @@ Outcome HandleReplicate(engine::Engine* engine, const p::Request& request,
   }
   gather->done = defer();
   for (size_t i = 0; i < count; ++i) {
-    PrefetchWindow(engine, i, count, key_at);
+    PrefetchWindow(i, count, key_at, [engine](auto keys) { engine->Prefetch(keys); });
     const RecordView record = ViewOf(*replicate->records()->Get(i));
     // Records one flag; whoever records the last one answers.
     auto record_flag = [gather, i, id](bool applied_here, uint64_t held) {
@@ -278,8 +260,9 @@ Outcome HandleReadRecords(engine::Engine* engine, const p::Request& request,
   const uint64_t budget_bytes = kMaxRecordsAnswerBytes;
   uint64_t answer_bytes = 0;
   for (size_t i = 0; i < count; ++i) {
-    PrefetchWindow(engine, i, count,
-                   [read](size_t at) { return p::View(read->keys()->Get(at)->key()); });
+    PrefetchWindow(
+        i, count, [read](size_t at) { return p::View(read->keys()->Get(at)->key()); },
+        [engine](auto keys) { engine->Prefetch(keys); });
     const absl::string_view key = p::View(read->keys()->Get(i)->key());
     if (IsNodeLocalKey(key) || (answer_bytes > budget_bytes && !records.empty())) {
       VersionedRecord unknown;

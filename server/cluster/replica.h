@@ -15,10 +15,12 @@
 #ifndef LOGKV_SERVER_CLUSTER_REPLICA_H_
 #define LOGKV_SERVER_CLUSTER_REPLICA_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -145,6 +147,21 @@ absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
 std::string EncodeRecord(const VersionedRecord& record);
 // DataLoss when bytes do not verify as a ReplicaRecord.
 absl::StatusOr<VersionedRecord> DecodeRecord(absl::string_view bytes);
+
+// Before item `first` of a batch of count served in order: every
+// kPrefetchWindow items, calls prefetch with the next window's keys
+// (key_at(i): item i's key), so that their lookups overlap their cache
+// misses (engine::Engine::Prefetch).
+inline constexpr size_t kPrefetchWindow = 32;
+template <typename KeyAt, typename Prefetch>
+void PrefetchWindow(size_t first, size_t count, KeyAt key_at, Prefetch prefetch) {
+  if (first % kPrefetchWindow != 0 || count - first < 2) return;
+  absl::InlinedVector<absl::string_view, kPrefetchWindow> keys;
+  for (size_t i = first; i < count && keys.size() < kPrefetchWindow; ++i) {
+    keys.push_back(key_at(i));
+  }
+  prefetch(absl::Span<const absl::string_view>(keys));
+}
 
 }  // namespace logkv::server::cluster
 

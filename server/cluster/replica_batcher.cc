@@ -6,7 +6,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
@@ -283,14 +282,11 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
                     answer.ok() ? ParseRecordsResult(*answer, keys)
                                 : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
                 assert(!records.ok() || records->size() == items.size());
-                constexpr size_t kWindow = 32;
                 for (size_t i = 0; i < items.size(); ++i) {
-                  if (prefetch != nullptr && records.ok() && i % kWindow == 0 &&
-                      items.size() - i > 1) {
-                    absl::InlinedVector<absl::string_view, kWindow> window(
-                        keys.begin() + static_cast<ptrdiff_t>(i),
-                        keys.begin() + static_cast<ptrdiff_t>(std::min(items.size(), i + kWindow)));
-                    (*prefetch)(window);
+                  if (prefetch != nullptr && records.ok()) {
+                    PrefetchWindow(
+                        i, items.size(), [&keys](size_t at) { return absl::string_view(keys[at]); },
+                        *prefetch);
                   }
                   if (!records.ok()) {
                     items[i].done(records.status());
