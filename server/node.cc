@@ -1311,6 +1311,9 @@ absl::Status Node::StartServer() {
     if (days_left < 0) {
       Log(Level::kWarning, "TLS: the certificate %s has expired: clients will refuse it",
           options_.tls.cert_file);
+    } else if (context->not_before_unix_seconds() > absl::ToUnixSeconds(absl::Now())) {
+      Log(Level::kWarning, "TLS: the certificate %s is not valid yet: clients will refuse it",
+          options_.tls.cert_file);
     } else if (days_left < 14) {
       Log(Level::kWarning, "TLS: the certificate %s expires in %.1f days",
           options_.tls.cert_file, days_left);

@@ -12,6 +12,7 @@
 #                                                    each SAN (a DNS name or an IP address)
 #   tools/make-certs.sh DIR client NAME              a client certificate, CN=NAME
 #   tools/make-certs.sh DIR expired NAME [SAN...]    as server, valid only in 2020
+#   tools/make-certs.sh DIR future NAME [SAN...]     as server, valid only from 2090 on
 #   tools/make-certs.sh DIR revoke [NAME...]         revokes DIR/NAME.pem, and writes
 #                                                    DIR/crl.pem (the CA's revocation list,
 #                                                    for --tls-crl and --peer-tls-crl; 10
@@ -22,7 +23,7 @@
 # theirs). DAYS (default 825) sets the validity of server and client ones.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" >&2; exit 2; }
+usage() { sed -n '2,23p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 dir=$1
 kind=$2
@@ -89,7 +90,7 @@ case $kind in
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
       -out "$dir/ca.pem"
     ;;
-  server|expired)
+  server|expired|future)
     [ $# -ge 1 ] || usage
     need_ca
     name=$1
@@ -101,6 +102,8 @@ extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=$(san_list "$@")"
     if [ "$kind" = expired ]; then
       sign "$name" "$ext" 20200101000000Z 20201231000000Z
+    elif [ "$kind" = future ]; then
+      sign "$name" "$ext" 20900101000000Z 20901231000000Z
     else
       sign "$name" "$ext"
     fi

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -41,11 +42,15 @@ int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* out_length,
   return SSL_TLSEXT_ERR_OK;
 }
 
-int64_t NotAfter(const X509* certificate) {
-  const ASN1_TIME* not_after = X509_get0_notAfter(certificate);
+// A certificate's time as Unix seconds; 0 when there is none.
+int64_t UnixSeconds(const ASN1_TIME* time) {
   struct tm tm {};
-  if (not_after == nullptr || ASN1_TIME_to_tm(not_after, &tm) != 1) return 0;
+  if (time == nullptr || ASN1_TIME_to_tm(time, &tm) != 1) return 0;
   return static_cast<int64_t>(timegm(&tm));
+}
+
+std::string Utc(int64_t unix_seconds) {
+  return absl::FormatTime(absl::FromUnixSeconds(unix_seconds), absl::UTCTimeZone());
 }
 
 }  // namespace
@@ -133,7 +138,7 @@ absl::StatusOr<std::unique_ptr<TlsContext>> TlsContext::Create(const TlsOptions&
   return context;
 }
 
-absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
+absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(Validity* validity) const {
   ERR_clear_error();
   CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
   if (ctx == nullptr) return absl::InternalError(TakeOpenSslErrors("SSL_CTX_new failed"));
@@ -236,7 +241,9 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(int64_t* not_after) const {
   // buffer in one BIO call, not a header and then a body per record; the
   // records it holds still undecrypted count in has_more().
   SSL_CTX_set_read_ahead(ctx.get(), 1);
-  *not_after = NotAfter(SSL_CTX_get0_certificate(ctx.get()));
+  X509* certificate = SSL_CTX_get0_certificate(ctx.get());
+  validity->not_before = UnixSeconds(certificate == nullptr ? nullptr : X509_get0_notBefore(certificate));
+  validity->not_after = UnixSeconds(certificate == nullptr ? nullptr : X509_get0_notAfter(certificate));
   return ctx;
 }
 
@@ -261,20 +268,22 @@ absl::StatusOr<TlsContext::StorePtr> TlsContext::BuildPeerStore() const {
 }
 
 absl::Status TlsContext::Reload() {
-  int64_t not_after = 0;
-  absl::StatusOr<CtxPtr> ctx = Build(&not_after);
+  Validity validity;
+  absl::StatusOr<CtxPtr> ctx = Build(&validity);
   if (!ctx.ok()) return ctx.status();
-  // A certificate already expired does not replace one still valid: every
-  // client would refuse it. (At the start there is none to keep: the node
-  // starts, and says so.)
+  // A certificate that has expired, or is not valid yet, does not replace
+  // one valid now: every client would refuse it. (At the start there is
+  // none to keep: the node starts, and says so.)
   const int64_t now = absl::ToUnixSeconds(absl::Now());
-  const int64_t in_use = not_after_.load(std::memory_order_relaxed);
-  if (not_after < now && in_use >= now) {
+  const int64_t in_use_from = not_before_.load(std::memory_order_relaxed);
+  const int64_t in_use_until = not_after_.load(std::memory_order_relaxed);
+  if ((validity.not_after < now || validity.not_before > now) && in_use_from <= now &&
+      in_use_until >= now) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "the certificate in ", options_.cert_file, " expired at ",
-        absl::FormatTime(absl::FromUnixSeconds(not_after), absl::UTCTimeZone()),
-        " and clients would refuse it; the one in use is valid until ",
-        absl::FormatTime(absl::FromUnixSeconds(in_use), absl::UTCTimeZone())));
+        "the certificate in ", options_.cert_file,
+        validity.not_after < now ? " expired at " : " is not valid before ",
+        Utc(validity.not_after < now ? validity.not_after : validity.not_before),
+        " and clients would refuse it; the one in use is valid until ", Utc(in_use_until)));
   }
   absl::StatusOr<StorePtr> peer_store = BuildPeerStore();
   if (!peer_store.ok()) return peer_store.status();
@@ -283,7 +292,8 @@ absl::Status TlsContext::Reload() {
     ctx_ = *std::move(ctx);
     peer_store_ = *std::move(peer_store);
   }
-  not_after_.store(not_after, std::memory_order_relaxed);
+  not_before_.store(validity.not_before, std::memory_order_relaxed);
+  not_after_.store(validity.not_after, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 

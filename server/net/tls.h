@@ -80,7 +80,8 @@ class TlsContext {
 
   // Reads the files again (the cluster CA and its CRLs included); on success
   // new connections use them. On failure the certificate in use is kept;
-  // a certificate that has expired fails while the one in use has not.
+  // a certificate that has expired, or is not valid yet, fails while the
+  // one in use is valid.
   // Any thread.
   absl::Status Reload() ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -88,7 +89,9 @@ class TlsContext {
   // (http false) or an HTTP one. Any thread; the caller owns it.
   ssl_st* NewSsl(bool http) const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // When the certificate in use expires, as Unix seconds.
+  // When the certificate in use becomes valid, and when it expires, as Unix
+  // seconds.
+  int64_t not_before_unix_seconds() const { return not_before_.load(std::memory_order_relaxed); }
   int64_t not_after_unix_seconds() const { return not_after_.load(std::memory_order_relaxed); }
   // Handshakes that failed, and plaintext clients refused, since the start.
   uint64_t handshake_failures() const {
@@ -118,8 +121,13 @@ class TlsContext {
   };
   using StorePtr = std::unique_ptr<x509_store_st, StoreFree>;
   explicit TlsContext(const TlsOptions& options) : options_(options) {}
-  // A new SSL_CTX from the files, and its certificate's expiry.
-  absl::StatusOr<CtxPtr> Build(int64_t* not_after) const;
+  // When a certificate is valid, as Unix seconds.
+  struct Validity {
+    int64_t not_before = 0;
+    int64_t not_after = 0;
+  };
+  // A new SSL_CTX from the files, and when its certificate is valid.
+  absl::StatusOr<CtxPtr> Build(Validity* validity) const;
   // The store VerifyPeer checks with, from --peer-tls-ca and --peer-tls-crl.
   absl::StatusOr<StorePtr> BuildPeerStore() const;
 
@@ -127,6 +135,7 @@ class TlsContext {
   mutable absl::Mutex mu_;
   CtxPtr ctx_ ABSL_GUARDED_BY(mu_);
   StorePtr peer_store_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> not_before_{0};
   std::atomic<int64_t> not_after_{0};
   mutable std::atomic<uint64_t> handshake_failures_{0};
   mutable std::atomic<uint64_t> peer_refusals_{0};

@@ -37,6 +37,7 @@ other=$work/other
 "$make_certs" "$certs" client alice
 "$make_certs" "$certs" expired old localhost 127.0.0.1
 "$make_certs" "$certs" expired oldclient
+"$make_certs" "$certs" future later localhost 127.0.0.1
 "$make_certs" "$other" ca
 "$make_certs" "$other" client mallory
 
@@ -150,6 +151,10 @@ expect_error "TLS client on the HTTPS port" "does not speak logkv's binary proto
 start expired --tls-cert="$certs/old.pem" --tls-key="$certs/old.key"
 grep -q "has expired" "$work/expired.log" || fail "no warning of an expired certificate"
 expect_error "expired server certificate" "certificate has expired" \
+  "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" get greeting
+start later --tls-cert="$certs/later.pem" --tls-key="$certs/later.key"
+grep -q "is not valid yet" "$work/later.log" || fail "no warning of a certificate not valid yet"
+expect_error "server certificate not valid yet" "certificate is not valid yet" \
   "$cli" --target=127.0.0.1:"$port" --tls --cacert="$certs/ca.pem" get greeting
 
 # A client certificate its CA revoked (--tls-crl): refused, the others not.
@@ -281,6 +286,21 @@ grep -q "SIGHUP: TLS: .*expired at .*the certificate in use is kept" "$work/main
 "$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
   fail "ping after a refused reload"
 ok "SIGHUP with an expired certificate keeps the one in use and says why"
+
+# Nor does a certificate not valid yet.
+cp "$certs/later.pem" "$work/live.pem"
+cp "$certs/later.key" "$work/live.key"
+kill -HUP "$main_pid"
+for _ in $(seq 1 100); do
+  grep -q "is not valid before 2090-.*the one in use is valid until" "$work/main.log" && break
+  sleep 0.05
+done
+grep -q "SIGHUP: TLS: .*is not valid before 2090-.*the certificate in use is kept" "$work/main.log" ||
+  fail "a certificate not valid yet was reloaded: $(tail -3 "$work/main.log")"
+[ "$(serial "$main_port")" = "$after" ] || fail "the certificate served changed to one not valid yet"
+"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
+  fail "ping after a refused reload"
+ok "SIGHUP with a certificate not valid yet keeps the one in use and says why"
 
 # ---- Metrics -------------------------------------------------------------------------
 main_http=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
