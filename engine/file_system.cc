@@ -316,7 +316,7 @@ class PosixFileSystem final : public FileSystem {
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
       const std::string& path, uint64_t capacity_bytes) override {
     if (capacity_bytes == 0) return absl::InvalidArgumentError("capacity must be positive");
-    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (fd.get() < 0) return ErrnoStatus("open", path, errno);
     // A file that cannot be made whole is removed: a full disk must not
     // leave an empty file behind for every write it refuses.
@@ -389,7 +389,7 @@ class PosixFileSystem final : public FileSystem {
   }
 
   absl::Status WriteFile(const std::string& path, absl::string_view data, bool sync) override {
-    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (fd.get() < 0) return ErrnoStatus("open", path, errno);
     if (absl::Status s = WriteAll(fd.get(), data, path); !s.ok()) return s;
     if (sync && ::fdatasync(fd.get()) != 0) return ErrnoStatus("fdatasync", path, errno);
@@ -414,7 +414,7 @@ class PosixFileSystem final : public FileSystem {
   }
 
   absl::Status CreateDir(const std::string& path) override {
-    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
       return ErrnoStatus("mkdir", path, errno);
     }
     return absl::OkStatus();
@@ -473,7 +473,7 @@ class PosixFileSystem final : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<Lock>> LockFile(const std::string& path) override {
-    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (fd.get() < 0) return ErrnoStatus("open", path, errno);
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK) {

@@ -44,6 +44,20 @@ absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   return absl::InternalError(message);
 }
 
+// Creates path and the parents it lacks, each open to its owner alone: a
+// backup holds every tenant's data and the accounts' secrets (the control
+// state's snapshot), as the data directory does.
+absl::Status MakePrivateDirectories(const std::string& path) {
+  std::error_code error;
+  if (path.empty() || fs::is_directory(path, error)) return absl::OkStatus();
+  const std::string parent = fs::path(path).parent_path().string();
+  if (parent != path) {
+    if (absl::Status status = MakePrivateDirectories(parent); !status.ok()) return status;
+  }
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoError("cannot create", path);
+  return absl::OkStatus();
+}
+
 std::string Hex(uint64_t value) { return absl::StrCat(absl::Hex(value, absl::kZeroPad16)); }
 
 // A relative path inside a data directory: no absolute path, no "..", no
@@ -80,7 +94,7 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
 // Writes path atomically: a temporary file, synced, renamed over it.
 absl::Status WriteFileSynced(const std::string& path, absl::string_view data) {
   const std::string temporary = path + kTemporarySuffix;
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoError("cannot create", temporary);
   absl::Status status = WriteAll(fd, data, temporary);
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("cannot sync", temporary);
@@ -245,7 +259,7 @@ class DirectorySink final : public ChecksummingSink {
   }
 
   absl::Status Open() {
-    if (::mkdir(root_.c_str(), 0755) != 0) return ErrnoError("cannot create", root_);
+    if (::mkdir(root_.c_str(), 0700) != 0) return ErrnoError("cannot create", root_);
     directories_.push_back(root_);
     return absl::OkStatus();
   }
@@ -269,7 +283,7 @@ class DirectorySink final : public ChecksummingSink {
   absl::Status DoBegin(const std::string& relative_path, uint64_t) override {
     path_ = absl::StrCat(root_, "/", relative_path);
     if (absl::Status status = MakeParent(); !status.ok()) return status;
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd_ < 0) return ErrnoError("cannot create", path_);
     return absl::OkStatus();
   }
@@ -314,11 +328,7 @@ class DirectorySink final : public ChecksummingSink {
     if (std::find(directories_.begin(), directories_.end(), parent) != directories_.end()) {
       return absl::OkStatus();
     }
-    std::error_code error;
-    fs::create_directories(parent, error);
-    if (error) {
-      return absl::InternalError(absl::StrCat("cannot create ", parent, ": ", error.message()));
-    }
+    if (absl::Status status = MakePrivateDirectories(parent); !status.ok()) return status;
     directories_.push_back(parent);
     return absl::OkStatus();
   }
@@ -341,7 +351,7 @@ class ArchiveSink final : public ChecksummingSink {
   }
 
   absl::Status Open() {
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd_ < 0) return ErrnoError("cannot create", path_);
     archive_ = archive_write_new();
     if (archive_ == nullptr) return absl::ResourceExhaustedError("archive_write_new failed");
@@ -397,7 +407,7 @@ class ArchiveSink final : public ChecksummingSink {
     archive_entry_set_pathname(entry, relative_path.c_str());
     archive_entry_set_size(entry, static_cast<la_int64_t>(bytes));
     archive_entry_set_filetype(entry, AE_IFREG);
-    archive_entry_set_perm(entry, 0644);
+    archive_entry_set_perm(entry, 0600);
     archive_entry_set_mtime(entry, absl::ToUnixSeconds(absl::Now()), 0);
     const int result = archive_write_header(archive_, entry);
     archive_entry_free(entry);
@@ -672,14 +682,10 @@ class RestoringVisitor final : public CheckingVisitor {
     path_ = absl::StrCat(data_dir_, "/", relative_path);
     const std::string parent = fs::path(path_).parent_path().string();
     if (std::find(directories_.begin(), directories_.end(), parent) == directories_.end()) {
-      std::error_code error;
-      fs::create_directories(parent, error);
-      if (error) {
-        return absl::InternalError(absl::StrCat("cannot create ", parent, ": ", error.message()));
-      }
+      if (absl::Status status = MakePrivateDirectories(parent); !status.ok()) return status;
       directories_.push_back(parent);
     }
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd_ < 0) return ErrnoError("cannot create", path_);
     return absl::OkStatus();
   }
@@ -785,11 +791,7 @@ absl::StatusOr<CreatedBackup> CreateBackup(engine::Engine* engine, const CreateO
     return absl::InvalidArgumentError(
         absl::StrCat("a backup's name must start with ", kNamePrefix, " and name no directory"));
   }
-  std::error_code error;
-  fs::create_directories(options.dir, error);
-  if (error) {
-    return absl::InternalError(absl::StrCat("cannot create ", options.dir, ": ", error.message()));
-  }
+  if (absl::Status status = MakePrivateDirectories(options.dir); !status.ok()) return status;
   const bool archive = options.format == BackupFormat::kArchive;
   if (archive && options.hard_links) {
     return absl::InvalidArgumentError("hard links need the directory format");
@@ -797,6 +799,7 @@ absl::StatusOr<CreatedBackup> CreateBackup(engine::Engine* engine, const CreateO
   const std::string final_path =
       absl::StrCat(options.dir, "/", name, archive ? kArchiveSuffix : "");
   const std::string temporary = final_path + kTemporarySuffix;
+  std::error_code error;
   if (fs::exists(final_path, error) || fs::exists(temporary, error)) {
     return absl::AlreadyExistsError(absl::StrCat(final_path, " exists already"));
   }
@@ -917,10 +920,7 @@ absl::StatusOr<BackupManifest> RestoreBackup(const std::string& path,
           ": it is not empty (restore into an empty or new directory)"));
     }
   } else {
-    fs::create_directories(data_dir, error);
-    if (error) {
-      return absl::InternalError(absl::StrCat("cannot create ", data_dir, ": ", error.message()));
-    }
+    if (absl::Status status = MakePrivateDirectories(data_dir); !status.ok()) return status;
   }
   // On failure the directory is emptied again (it was empty before).
   auto empty_again = [&data_dir] {

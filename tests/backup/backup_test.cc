@@ -4,6 +4,8 @@
 // schedule; the manager's requests and status.
 #include "server/backup/backup.h"
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -271,6 +273,34 @@ TEST_P(BackupFormatTest, RestoreRefusesANonEmptyDirectory) {
   std::unique_ptr<engine::Engine> copy = OpenEngine(target);
   ASSERT_NE(copy, nullptr);
   EXPECT_EQ(copy->GetStats().keys, 2000u);
+}
+
+// Every file and directory under root, root included, is open to its
+// owner alone.
+void ExpectTheOwnersAlone(const std::string& root) {
+  constexpr fs::perms kOthers = fs::perms::group_all | fs::perms::others_all;
+  EXPECT_EQ(fs::status(root).permissions() & kOthers, fs::perms::none) << root;
+  for (const fs::directory_entry& entry : fs::recursive_directory_iterator(root)) {
+    EXPECT_EQ(fs::symlink_status(entry.path()).permissions() & kOthers, fs::perms::none)
+        << entry.path();
+  }
+}
+
+// A backup holds every tenant's data and, a node's, the accounts' secrets
+// (the control state's snapshot): the backup, a restore of it and the
+// engine's own files are the owner's alone, whatever the umask.
+TEST_P(BackupFormatTest, BackupsRestoresAndDataAreTheOwnersAlone) {
+  ScopedTempDir dir;
+  const mode_t umask_before = ::umask(0);
+  absl::StatusOr<CreatedBackup> created = SmallBackup(dir, GetParam());
+  ASSERT_TRUE(created.ok()) << created.status();
+  const std::string restored = dir.Subdir("restored");
+  absl::StatusOr<BackupManifest> manifest = RestoreBackup(created->path, restored + "/nested");
+  ::umask(umask_before);
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  ExpectTheOwnersAlone(dir.Subdir("data-"));
+  ExpectTheOwnersAlone(dir.Subdir("backups"));
+  ExpectTheOwnersAlone(restored);
 }
 
 TEST_P(BackupFormatTest, CancelledBackupLeavesNothing) {
