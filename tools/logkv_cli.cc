@@ -821,8 +821,9 @@ struct HttpResult {
   std::string body;
 };
 
+// max_bytes bounds the answer's body.
 absl::StatusOr<HttpResult> HttpCall(absl::string_view method, absl::string_view path,
-                                    absl::string_view body) {
+                                    absl::string_view body, size_t max_bytes = 1u << 20) {
   std::string target = absl::GetFlag(FLAGS_http_target);
   if (target.empty()) {
     const char* from_env = std::getenv("LOGKV_HTTP_TARGET");
@@ -846,6 +847,7 @@ absl::StatusOr<HttpResult> HttpCall(absl::string_view method, absl::string_view 
   request.target = std::string(path);
   request.body = std::string(body);
   request.timeout = absl::GetFlag(FLAGS_timeout);
+  request.max_bytes = max_bytes;
   if (!body.empty()) request.headers.emplace_back("Content-Type", "application/json");
   // Credentials for the routes that need them: the cluster secret (membership
   // changes, node-wide figures) and the API key of --token.
@@ -1093,9 +1095,11 @@ int AuditVerify() {
   std::optional<server::audit::ChainPoint> head;
   std::string named_key;
   uint64_t since = 0;
+  // Pages of 1,000 entries, the server's default: an entry names at most
+  // 256 bytes of a key, so a page stays some megabytes at most (16 MiB taken).
   for (bool first = true;; first = false) {
     absl::StatusOr<HttpResult> result =
-        HttpCall("GET", absl::StrCat("/api/audit?since=", since, "&limit=10000"), "");
+        HttpCall("GET", absl::StrCat("/api/audit?since=", since, "&limit=1000"), "", 16u << 20);
     if (!result.ok()) return Fail(result.status().ToString());
     if (result->status != 200) return Fail(HttpError(*result));
     nlohmann::json page = nlohmann::json::parse(result->body, nullptr, false);
