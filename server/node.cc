@@ -1518,6 +1518,18 @@ absl::Status Node::StartControlPlane() {
     transport_refusals->Inc();
     Log(Level::kWarning, "%s", why);
   };
+  Counter* const audit_write_failures = metrics_.registry()->AddCounter(
+      "logkv_audit_write_failures_total",
+      "Times this node's audit file started failing its writes (a full disk, say); the "
+      "entries wait in memory for the next write.");
+  options.on_audit_problem = [audit_write_failures](const std::string& why, size_t waiting) {
+    if (why.empty()) {
+      Log(Level::kWarning, "audit log: written again, nothing waits");
+      return;
+    }
+    audit_write_failures->Inc();
+    Log(Level::kError, "audit log: %s; %zu entries wait for the next write", why, waiting);
+  };
   options.self.node_id = cluster_->node_id();
   options.self.binary_address = cluster_->options().advertise;
   options.self.http_address = cluster_->options().http_advertise;

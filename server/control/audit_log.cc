@@ -1,6 +1,8 @@
 #include "server/control/audit_log.h"
 
 #include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,6 +102,43 @@ void AuditLog::WriterLoop() {
   }
 }
 
+namespace {
+
+// Cuts path after its last newline (a file that does not end with one
+// ends with a line cut short).
+absl::Status CutTornTail(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("open ", path, ": ", strerror(errno)));
+  }
+  struct stat info;
+  off_t end = 0;
+  if (::fstat(fd, &info) == 0) end = info.st_size;
+  char tail[4096];
+  off_t keep = end;
+  while (keep > 0) {
+    const off_t from = std::max<off_t>(0, keep - static_cast<off_t>(sizeof(tail)));
+    const ssize_t n = ::pread(fd, tail, static_cast<size_t>(keep - from), from);
+    if (n <= 0) break;
+    const char* newline = static_cast<const char*>(memrchr(tail, '\n', static_cast<size_t>(n)));
+    if (newline != nullptr) {
+      keep = from + (newline - tail) + 1;
+      break;
+    }
+    keep = from;
+  }
+  absl::Status status;
+  if (keep < end && (::ftruncate(fd, keep) != 0 || ::fdatasync(fd) != 0)) {
+    status = absl::InternalError(absl::StrCat("cutting the torn last line of ", path, ": ",
+                                              strerror(errno)));
+  }
+  ::close(fd);
+  return status;
+}
+
+}  // namespace
+
 absl::Status AuditLog::OpenForAppend() {
   if (fd_ >= 0) ::close(fd_);
   const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
@@ -134,10 +173,13 @@ absl::Status AuditLog::Open() {
     }
     head_ = head->head;
   }
-  // Where the file ends: its last entry that parses (a line cut by a crash
-  // is left for a check to report; new entries follow the last whole one).
-  const std::vector<std::string> lines =
-      ReadLines((fs::path(options_.dir) / audit::kLogFileName).string());
+  // A last line cut by a crash or a full disk is cut off: its entry was
+  // never written whole (so never synced), and the replay hands it over
+  // again. New entries written after it would share its line.
+  const std::string log_path = (fs::path(options_.dir) / audit::kLogFileName).string();
+  if (absl::Status s = CutTornTail(log_path); !s.ok()) return s;
+  // Where the file ends: its last entry that parses.
+  const std::vector<std::string> lines = ReadLines(log_path);
   for (const std::string& line : lines) {
     absl::StatusOr<audit::Entry> entry = audit::EntryFromJson(line);
     if (!entry.ok()) continue;
@@ -179,6 +221,31 @@ absl::Status AuditLog::AppendLocked(const std::vector<const audit::Entry*>& entr
   std::string text;
   for (const audit::Entry* entry : entries) {
     absl::StrAppend(&text, audit::EntryToJson(*entry), "\n");
+  }
+  if (text.empty()) return absl::OkStatus();
+  const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
+  if (fd_ < 0) {
+    if (absl::Status s = OpenForAppend(); !s.ok()) return s;
+  }
+  // The entries count as written once synced whole. A write or sync that
+  // fails leaves the file as it was (a partial write is cut off), so the
+  // next attempt appends after the last whole line.
+  struct stat before;
+  if (::fstat(fd_, &before) != 0) {
+    return absl::InternalError(absl::StrCat("fstat ", path, ": ", strerror(errno)));
+  }
+  absl::Status written = WriteAll(fd_, text, path);
+  if (written.ok() && ::fdatasync(fd_) != 0) {
+    written = absl::InternalError(absl::StrCat("fdatasync ", path, ": ", strerror(errno)));
+  }
+  if (!written.ok()) {
+    if (::ftruncate(fd_, before.st_size) != 0) {
+      return absl::InternalError(absl::StrCat(written.message(), "; and cutting the part written: ",
+                                              strerror(errno)));
+    }
+    return written;
+  }
+  for (const audit::Entry* entry : entries) {
     if (first_seq_ == 0) {
       first_seq_ = entry->seq;
       first_at_ms_ = entry->at_ms;
@@ -186,15 +253,6 @@ absl::Status AuditLog::AppendLocked(const std::vector<const audit::Entry*>& entr
     last_seq_ = entry->seq;
     last_hash_ = entry->hash;
     last_at_ms_ = entry->at_ms;
-  }
-  if (text.empty()) return absl::OkStatus();
-  const std::string path = (fs::path(options_.dir) / audit::kLogFileName).string();
-  if (fd_ < 0) {
-    if (absl::Status s = OpenForAppend(); !s.ok()) return s;
-  }
-  if (absl::Status s = WriteAll(fd_, text, path); !s.ok()) return s;
-  if (::fdatasync(fd_) != 0) {
-    return absl::InternalError(absl::StrCat("fdatasync ", path, ": ", strerror(errno)));
   }
   if (absl::Status s = WriteHead(); !s.ok()) return s;
   return ApplyRetention();
@@ -248,21 +306,61 @@ void AuditLog::Append(const std::vector<audit::Entry>& entries) { Enqueue(entrie
 
 void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot) {
   absl::MutexLock lock(&mu_);
+  // Past the entries a write could not take and that wait for the next.
+  if (overflowed_) return;
+  const uint64_t held = waiting_.empty() ? last_seq_ : waiting_.back().seq;
   std::vector<const audit::Entry*> fresh;
   for (const audit::Entry& entry : entries) {
-    if (entry.seq <= last_seq_) continue;  // a replay after a restart
+    if (entry.seq <= held) continue;  // a replay after a restart
     fresh.push_back(&entry);
   }
-  if (fresh.empty()) return;
-  if (from_snapshot && fresh.front()->seq != last_seq_ + 1) {
+  if (fresh.empty() && waiting_.empty()) return;
+  if (!fresh.empty() && from_snapshot && fresh.front()->seq != held + 1) {
     // Entries this node never received (it was restored from a snapshot
     // past them): the chain is anchored just before the new ones.
+    waiting_.clear();
     anchor_ = signer_.Anchor(fresh.front()->seq - 1, fresh.front()->prev_hash);
     last_seq_ = anchor_->seq;
     last_hash_ = anchor_->hash;
     first_seq_ = 0;
   }
-  if (absl::Status s = AppendLocked(fresh); !s.ok()) failed_ = true;
+  absl::Status status;
+  if (waiting_.empty()) {
+    status = AppendLocked(fresh);
+    if (!status.ok() && last_seq_ < fresh.back()->seq) {
+      for (const audit::Entry* entry : fresh) waiting_.push_back(*entry);
+    }
+  } else {
+    for (const audit::Entry* entry : fresh) waiting_.push_back(*entry);
+    std::vector<const audit::Entry*> all;
+    all.reserve(waiting_.size());
+    for (const audit::Entry& entry : waiting_) all.push_back(&entry);
+    status = AppendLocked(all);
+    if (last_seq_ >= waiting_.back().seq) waiting_.clear();  // written, whatever came after
+  }
+  if (status.ok()) {
+    if (failed_ && options_.on_problem) options_.on_problem("", 0);
+    failed_ = false;
+    return;
+  }
+  const bool first_failure = !failed_;
+  failed_ = true;
+  if (waiting_.size() > kMaxWaitingEntries) {
+    // Bounded: the file takes nothing more until a restart, whose replay
+    // hands every entry after the file's last over again.
+    waiting_.clear();
+    waiting_.shrink_to_fit();
+    overflowed_ = true;
+  }
+  // Said when writes start failing and when the file stops taking entries,
+  // not at every failed attempt between.
+  if (options_.on_problem && (first_failure || overflowed_)) {
+    options_.on_problem(
+        overflowed_ ? absl::StrCat(status.message(), "; more than ", kMaxWaitingEntries,
+                                   " entries waited, so the file takes none until a restart")
+                    : std::string(status.message()),
+        waiting_.size());
+  }
 }
 
 void AuditLog::Restore(const AuditChainState& state) {

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -40,6 +41,10 @@ struct AuditLogOptions {
   std::string dir;
   size_t retention_entries = 100000;  // 0: no limit by count
   absl::Duration retention_age = absl::ZeroDuration();  // 0: no limit by age
+  // Called on the log's thread when writes start failing, and when the
+  // entries waiting pass kMaxWaitingEntries (why, and the entries waiting),
+  // and with why empty when writes succeed again.
+  std::function<void(const std::string& why, size_t waiting)> on_problem;
 };
 
 class AuditLog {
@@ -78,8 +83,12 @@ class AuditLog {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   uint64_t last_seq() const ABSL_LOCKS_EXCLUDED(mu_);
-  // False once a write failed (the disk): the file then lags the chain.
+  // False while the last write failed (a full disk): the file lags the
+  // chain. The entries it could not write wait, in memory, for the next
+  // write (up to kMaxWaitingEntries; past that the file takes no entry until
+  // a restart, whose replay hands them over again).
   bool healthy() const ABSL_LOCKS_EXCLUDED(mu_);
+  static constexpr size_t kMaxWaitingEntries = 100000;
   const std::string& dir() const { return options_.dir; }
 
  private:
@@ -115,7 +124,10 @@ class AuditLog {
   uint64_t first_seq_ ABSL_GUARDED_BY(mu_) = 0;  // of the first line kept (0: none)
   int64_t first_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a write failed: logged once
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // the last write failed
+  // Entries after last_seq_ a failed write left, in order.
+  std::vector<audit::Entry> waiting_ ABSL_GUARDED_BY(mu_);
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;  // waiting_ was full: until a restart
 };
 
 }  // namespace logkv::server::control

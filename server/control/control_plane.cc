@@ -495,7 +495,8 @@ absl::Status ControlPlane::Impl::Start() {
     audit_log_ = std::make_unique<AuditLog>(
         AuditLogOptions{.dir = (dir_ / "audit").string(),
                         .retention_entries = options_.audit_retention_entries,
-                        .retention_age = options_.audit_retention_age},
+                        .retention_age = options_.audit_retention_age,
+                        .on_problem = options_.on_audit_problem},
         std::move(signer));
     if (absl::Status s = audit_log_->Open(); !s.ok()) return s;
     AuditLog* log = audit_log_.get();

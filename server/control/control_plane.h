@@ -63,6 +63,10 @@ struct ControlPlaneOptions {
   // Called on the control thread with why the Raft transport refused a
   // connection (TLS, a certificate not naming the peer, a wrong proof).
   std::function<void(const std::string& why)> on_transport_refused;
+  // Called on the audit log's thread when a write of this node's audit file
+  // fails (why, and the entries waiting in memory), and with why empty when
+  // writes succeed again (AuditLogOptions::on_problem).
+  std::function<void(const std::string& why, size_t waiting)> on_audit_problem;
   // This node as a member: node id, binary and HTTP addresses. The raft id
   // and control address are the control plane's own.
   Member self;

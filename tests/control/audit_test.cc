@@ -1,6 +1,7 @@
 // The audit chain (server/control/audit_chain.h), its part of the state
 // machine (audit_state.h) and a node's file of it (audit_log.h).
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -9,12 +10,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "server/control/account_state.h"
 #include "server/control/audit_chain.h"
 #include "server/control/audit_log.h"
 #include "server/control/audit_state.h"
 #include "server/control/control_state.h"
+#include "tests/engine/test_util.h"
 
 namespace logkv::server::control {
 namespace {
@@ -343,9 +346,15 @@ class AuditLogTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   // A state machine writing into a log at dir_.
-  std::unique_ptr<AuditLog> OpenLog(ControlState* state, size_t retention = 0) {
+  std::unique_ptr<AuditLog> OpenLog(
+      ControlState* state, size_t retention = 0,
+      std::function<void(const std::string&, size_t)> on_problem = nullptr) {
     auto log = std::make_unique<AuditLog>(
-        AuditLogOptions{.dir = dir_, .retention_entries = retention}, signer_);
+        AuditLogOptions{.dir = dir_,
+                        .retention_entries = retention,
+                        .retention_age = absl::ZeroDuration(),
+                        .on_problem = std::move(on_problem)},
+        signer_);
     EXPECT_TRUE(log->Open().ok());
     state->audit().SetSigner(signer_);
     AuditLog* raw = log.get();
@@ -392,8 +401,8 @@ const std::string& Command(int i) {
   return (*commands)[i];
 }
 
-void Record(ControlState& state, int count) {
-  for (int i = 0; i < count; ++i) ASSERT_TRUE(state.Apply(Command(i)).ok());
+void Record(ControlState& state, int count, int from = 0) {
+  for (int i = from; i < from + count; ++i) ASSERT_TRUE(state.Apply(Command(i)).ok());
 }
 
 TEST_F(AuditLogTest, ALogThatRestartsAndReplaysVerifies) {
@@ -457,6 +466,71 @@ TEST_F(AuditLogTest, ASnapshotPastTheFileAnchorsBeforeItsEntries) {
   EXPECT_TRUE(result.ok) << result.problem;
   EXPECT_EQ(result.first_seq, 5000 - kAuditWindow + 1);
   EXPECT_EQ(result.last_seq, 5003u);
+}
+
+// A full disk: the entries a write could not take wait in memory, the file
+// keeps no part of them, and the first write once there is room writes them
+// all, in order. Needs the right to mount a tmpfs (skipped elsewhere).
+TEST_F(AuditLogTest, AFullDiskLosesNoEntryAndLeavesNoTornLine) {
+  test::ScopedTmpfs tmpfs(dir_, "64k");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "no tmpfs: " << tmpfs.error();
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, size_t>> problems;
+  ControlState state;
+  std::unique_ptr<AuditLog> log =
+      OpenLog(&state, 0, [&mu, &problems](const std::string& why, size_t waiting) {
+        absl::MutexLock lock(&mu);
+        problems.emplace_back(why, waiting);
+      });
+  Record(state, 1000);  // some 300 KB of lines
+  log->Flush();
+  EXPECT_FALSE(log->healthy());
+  EXPECT_LT(log->last_seq(), 1000u);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(problems.size(), 1u);  // said once, not at every attempt
+    EXPECT_FALSE(problems[0].first.empty());
+  }
+  const std::string partial = ReadLog();
+  ASSERT_FALSE(partial.empty());
+  EXPECT_EQ(partial.back(), '\n');
+  VerifyResult result = Verify();
+  EXPECT_TRUE(result.ok) << result.problem;
+
+  ASSERT_TRUE(tmpfs.Resize("16m").ok());
+  Record(state, 1, 1000);
+  log->Flush();
+  EXPECT_TRUE(log->healthy());
+  EXPECT_EQ(log->last_seq(), 1001u);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(problems.size(), 2u);
+    EXPECT_TRUE(problems[1].first.empty());  // written again
+  }
+  result = Verify();
+  EXPECT_TRUE(result.ok) << result.problem;
+  EXPECT_EQ(result.entries, 1001u);
+  EXPECT_EQ(result.last_seq, 1001u);
+}
+
+// A last line cut short (a crash in a write) is cut off at the start: the
+// replay hands its entry over again, and the file verifies.
+TEST_F(AuditLogTest, ATornLastLineIsCutAtTheStart) {
+  ControlState state;
+  {
+    std::unique_ptr<AuditLog> log = OpenLog(&state);
+    Record(state, 5);
+  }
+  // The start of a sixth line, the write cut before its sync (and so
+  // before the head's rewrite).
+  WriteLog(absl::StrCat(ReadLog(), "{\"seq\":6,\"at_ms\":60"));
+  ControlState again;
+  std::unique_ptr<AuditLog> log = OpenLog(&again);
+  Record(again, 8);
+  log->Flush();
+  VerifyResult result = Verify();
+  EXPECT_TRUE(result.ok) << result.problem;
+  EXPECT_EQ(result.entries, 8u);
 }
 
 // A log cut while the node was down is not healed by the restart: new
