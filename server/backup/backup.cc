@@ -437,6 +437,21 @@ class FileVisitor {
   virtual absl::Status End() = 0;
 };
 
+// The manifests, the backup's and the engine's, are read into memory: a
+// file of either name larger than this is refused before any of it is read
+// (an archive of some kilobytes can inflate to gigabytes).
+constexpr uint64_t kMaxManifestBytes = 64u << 20;
+
+absl::Status CheckManifestSize(const std::string& where, const std::string& name,
+                               uint64_t bytes) {
+  if ((name == kManifestFileName || name == kEngineManifest) && bytes > kMaxManifestBytes) {
+    return absl::DataLossError(absl::StrCat(where, ": ", name, " is ", bytes,
+                                            " bytes, more than a manifest may be (",
+                                            kMaxManifestBytes >> 20, " MiB)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadArchive(const std::string& path, FileVisitor* visitor) {
   struct archive* archive = archive_read_new();
   if (archive == nullptr) return absl::ResourceExhaustedError("archive_read_new failed");
@@ -466,6 +481,7 @@ absl::Status ReadArchive(const std::string& path, FileVisitor* visitor) {
       return absl::DataLossError(absl::StrCat(path, ": holds a bad path ", name));
     }
     const uint64_t size = static_cast<uint64_t>(archive_entry_size(entry));
+    if (absl::Status status = CheckManifestSize(path, name, size); !status.ok()) return status;
     if (absl::Status status = visitor->Begin(name, size); !status.ok()) return status;
     uint64_t read = 0;
     while (true) {
@@ -500,7 +516,7 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
     }
     if (n == 0) break;
     out.append(buffer, static_cast<size_t>(n));
-    if (out.size() > (64u << 20)) {
+    if (out.size() > kMaxManifestBytes) {
       ::close(fd);
       return absl::DataLossError(absl::StrCat(path, " is too large for a manifest"));
     }
@@ -533,6 +549,11 @@ absl::Status ReadDirectory(const std::string& path, FileVisitor* visitor) {
     absl::Cleanup close_fd = [fd] { ::close(fd); };
     struct stat info;
     if (::fstat(fd, &info) != 0) return ErrnoError("cannot stat", file_path);
+    if (absl::Status status =
+            CheckManifestSize(path, file.path, static_cast<uint64_t>(info.st_size));
+        !status.ok()) {
+      return status;
+    }
     if (absl::Status status = visitor->Begin(file.path, static_cast<uint64_t>(info.st_size));
         !status.ok()) {
       return status;

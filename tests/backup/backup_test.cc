@@ -4,6 +4,8 @@
 // schedule; the manager's requests and status.
 #include "server/backup/backup.h"
 
+#include <archive.h>
+#include <archive_entry.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -12,6 +14,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -322,6 +325,50 @@ TEST_P(BackupFormatTest, CancelledBackupLeavesNothing) {
   EXPECT_TRUE(fs::is_empty(create.dir));
 }
 
+
+// A manifest larger than 64 MiB is refused from the archive's header,
+// before any of it is inflated or held: an archive of some kilobytes can
+// inflate to gigabytes (one of 36 KB held 4 GB in verify, list and a
+// node's retention pass).
+TEST(BackupTest, AnOversizedManifestIsRefusedUnread) {
+  ScopedTempDir dir;
+  const std::string backups = dir.Subdir("backups");
+  fs::create_directories(backups);
+  const std::string path = absl::StrCat(backups, "/", kNamePrefix, "huge", kArchiveSuffix);
+  {
+    archive* out = archive_write_new();
+    ASSERT_EQ(archive_write_set_format_pax_restricted(out), ARCHIVE_OK);
+    ASSERT_EQ(archive_write_add_filter_zstd(out), ARCHIVE_OK);
+    ASSERT_EQ(archive_write_open_filename(out, path.c_str()), ARCHIVE_OK);
+    archive_entry* entry = archive_entry_new();
+    archive_entry_set_pathname(entry, kManifestFileName);
+    archive_entry_set_size(entry, (64 << 20) + 1);
+    archive_entry_set_filetype(entry, AE_IFREG);
+    archive_entry_set_perm(entry, 0600);
+    ASSERT_EQ(archive_write_header(out, entry), ARCHIVE_OK);
+    const std::string spaces(1 << 20, ' ');
+    for (int i = 0; i <= 64; ++i) {
+      const size_t bytes = i < 64 ? spaces.size() : 1;
+      ASSERT_EQ(archive_write_data(out, spaces.data(), bytes), static_cast<la_ssize_t>(bytes));
+    }
+    archive_entry_free(entry);
+    ASSERT_EQ(archive_write_close(out), ARCHIVE_OK);
+    archive_write_free(out);
+  }
+  ASSERT_LT(fs::file_size(path), 1u << 20);
+  absl::StatusOr<BackupManifest> verified = VerifyBackup(path);
+  EXPECT_TRUE(absl::IsDataLoss(verified.status())) << verified.status();
+  EXPECT_TRUE(absl::StrContains(verified.status().message(), "more than a manifest may be"))
+      << verified.status();
+  absl::StatusOr<BackupManifest> restored = RestoreBackup(path, dir.Subdir("target"));
+  EXPECT_TRUE(absl::IsDataLoss(restored.status())) << restored.status();
+  absl::StatusOr<std::vector<ListedBackup>> listed = ListBackups(backups);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_FALSE((*listed)[0].complete);
+  EXPECT_TRUE(absl::StrContains((*listed)[0].error, "more than a manifest may be"))
+      << (*listed)[0].error;
+}
 
 TEST(BackupTest, HardLinkedDirectoryBackupSharesSealedSegments) {
   ScopedTempDir dir;
