@@ -789,6 +789,16 @@ absl::Status AuthStore::ImportRestoredAccounts() {
   }
   LogLine(absl::StrCat("took back ", users.size(), " account(s) and ", keys.size(),
                        " API key(s) from the restored backup's control-plane state"));
+  // The access table is not taken back yet: said, with what it held, so
+  // that an operator sets it again (docs/control-plane.md, "Backups").
+  const control::Access access = restored.access().Current();
+  if (!access.admins.empty() || !access.groups.empty() || !access.acls.empty()) {
+    LogLine(absl::StrCat(
+        "warning: the restored backup's ", access.admins.size(), " administrator grant(s), ",
+        access.groups.size(), " group(s) and ", access.acls.size(),
+        " ACL entr(ies) (their audit flags included) are not taken back: set them again "
+        "(PUT /api/users/ID, POST /api/groups, PUT /api/acl)"));
+  }
   return absl::OkStatus();
 }
 

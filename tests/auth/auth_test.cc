@@ -4,6 +4,7 @@
 // Time is a ManualClock throughout; no assertion depends on the wall clock.
 #include <sodium.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
@@ -30,6 +32,7 @@
 #include "server/auth/password.h"
 #include "server/auth/rate_limiter.h"
 #include "server/auth/worker_pool.h"
+#include "server/control/acl_state.h"
 #include "server/control/control_state.h"
 #include "server/http/account_routes.h"
 #include "server/http/router.h"
@@ -1252,6 +1255,7 @@ TEST_F(AuthStoreTest, DisabledUserIsRefusedEverywhere) {
 TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   const User alice = MustSignUp("alice@example.com", "alice");
   const CreatedApiKey key = MustCreateKey(alice.id);
+  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
   std::filesystem::create_directories(dir_.Subdir("restored"));
   const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
   {
@@ -1266,6 +1270,13 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   EXPECT_EQ(principal.user_id, alice.id);
   EXPECT_OK(store_->Login("alice@example.com", "password123"));
   EXPECT_EQ(MustSignUp("bob@example.com", "bob").id, alice.id + 1);
+  // The access table is not taken back, and the start says so.
+  {
+    absl::MutexLock lock(&log_mu_);
+    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
+      return absl::StrContains(line, "1 group(s)") && absl::StrContains(line, "not taken back");
+    })) << absl::StrJoin(log_, "\n");
+  }
   // Once the cluster has accounts, the file is not read again.
   ASSERT_OK(Restart());
   EXPECT_EQ(store_->UserCount(), 2u);
