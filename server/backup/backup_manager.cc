@@ -91,7 +91,8 @@ absl::StatusOr<std::string> BackupManager::RequestBackup() {
     return absl::FailedPreconditionError("backups are off: logkvd runs without --backup_dir");
   }
   absl::MutexLock lock(&mu_);
-  if (!started_ || stop_) return absl::UnavailableError("the node is stopping");
+  if (stop_) return absl::UnavailableError("the node is stopping");
+  if (!started_) return absl::UnavailableError("the node is starting: ask again shortly");
   if (status_.running || !requested_.empty()) {
     return absl::AlreadyExistsError(absl::StrCat(
         "a backup is running already: ", status_.running ? status_.running_name : requested_));

@@ -522,6 +522,10 @@ TEST(BackupManagerTest, RequestsStatusAndRetention) {
   options.node_id = "n1";
   fs::create_directories(absl::StrCat(options.dir, "/", kNamePrefix, "x", kTemporarySuffix));
   BackupManager manager(engine.get(), options);
+  // Before its start a request is told the node is starting, not stopping.
+  absl::StatusOr<std::string> early = manager.RequestBackup();
+  EXPECT_TRUE(absl::IsUnavailable(early.status())) << early.status();
+  EXPECT_TRUE(absl::StrContains(early.status().message(), "starting")) << early.status();
   ASSERT_TRUE(manager.Start().ok());
   // The leftover of a backup cut short is gone.
   EXPECT_FALSE(fs::exists(absl::StrCat(options.dir, "/", kNamePrefix, "x", kTemporarySuffix)));
@@ -546,7 +550,9 @@ TEST(BackupManagerTest, RequestsStatusAndRetention) {
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->size(), 2u);  // retention
   manager.Stop();
-  EXPECT_TRUE(absl::IsUnavailable(manager.RequestBackup().status()));
+  absl::StatusOr<std::string> late = manager.RequestBackup();
+  EXPECT_TRUE(absl::IsUnavailable(late.status())) << late.status();
+  EXPECT_TRUE(absl::StrContains(late.status().message(), "stopping")) << late.status();
 }
 
 TEST(BackupManagerTest, ASecondRequestWhileOneRunsIsRefused) {
