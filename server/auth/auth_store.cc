@@ -1130,6 +1130,9 @@ absl::Status AuthStore::RecheckApiKey(Principal* principal) {
 }
 
 absl::StatusOr<Principal> AuthStore::AuthenticateApiKey(absl::string_view key) {
+  // Before the accounts are loaded no key is known yet: "try again", not
+  // "invalid", which a client would take for a bad credential.
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
   // Made only when needed: a Status with a message allocates.
   auto invalid = [] { return absl::UnauthenticatedError("invalid API key"); };
   // Only the shape of our keys is worth a hash; anything else cannot match.

@@ -1249,6 +1249,19 @@ TEST_F(AuthStoreTest, DisabledUserIsRefusedEverywhere) {
   EXPECT_OK(store_->AuthenticateApiKey(key.key));
 }
 
+// A valid key shown before the node's accounts are loaded (at its start) is
+// told to try again, not that it is invalid.
+TEST_F(AuthStoreTest, AKeyBeforeTheAccountsAreLoadedIsToldToTryAgain) {
+  const User alice = MustSignUp("alice@example.com", "alice");
+  const CreatedApiKey key = MustCreateKey(alice.id);
+  store_ = std::make_unique<AuthStore>(engine_.get(), Config());
+  absl::StatusOr<Principal> early = store_->AuthenticateApiKey(key.key);
+  EXPECT_TRUE(absl::IsUnavailable(early.status())) << early.status();
+  ASSERT_OK(store_->Load());
+  ASSERT_OK_AND_ASSIGN(Principal principal, store_->AuthenticateApiKey(key.key));
+  EXPECT_EQ(principal.user_id, alice.id);
+}
+
 // A data directory restored from a backup holds the control-plane state of
 // the backup's time; a node that starts a new cluster from it takes the
 // accounts back (ids kept, so each tenant finds its data).
