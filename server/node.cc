@@ -437,6 +437,25 @@ absl::Status NodeOptions::Validate() const {
   if (absl::Status status = backup::ValidateBackupOptions(BackupOptionsFor(*this)); !status.ok()) {
     return status;
   }
+  // Backups kept inside the store they copy go with it, and a restore of
+  // the data directory would hold them.
+  if (!backup_dir.empty()) {
+    std::error_code error;
+    auto normal = [&error](const std::string& path) {
+      std::string text = std::filesystem::weakly_canonical(path, error).string();
+      while (text.size() > 1 && text.back() == '/') text.pop_back();
+      return text;
+    };
+    const std::string backups = normal(backup_dir);
+    const std::string data = normal(data_dir);
+    if (!error) {
+      if (backups == data || absl::StartsWith(backups, data == "/" ? data : data + "/")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--backup_dir ", backup_dir, " is inside --data_dir ", data_dir,
+                         ": keep backups outside the store they copy"));
+      }
+    }
+  }
   // Addresses built by hand rather than by ParseHostPort.
   if (listen.port < 0 || listen.port > 65535) {
     return absl::InvalidArgumentError(

@@ -26,6 +26,11 @@ absl::Status ValidateBackupOptions(const BackupManagerOptions& options) {
     if (options.dir.empty()) {
       return absl::InvalidArgumentError("--backup_schedule needs --backup_dir");
     }
+    // A day that no month has ("* * 31 2 *"): no backup would ever run.
+    if (schedule->Next(absl::Now()) == absl::InfiniteFuture()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--backup_schedule '", options.schedule, "' matches no time: no backup would run"));
+    }
   }
   if (options.hard_links && options.format != BackupFormat::kDirectory) {
     return absl::InvalidArgumentError("--backup_hard_links needs --backup_format=directory");

@@ -352,6 +352,24 @@ TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
       {"frame size", [](NodeOptions* o) { o->max_frame_bytes = o->max_value_bytes; },
        absl::StatusCode::kInvalidArgument,
        "--max_frame_bytes must exceed --max_value_bytes by at least 4096 bytes"},
+      {"backups in the data directory",
+       [](NodeOptions* o) {
+         o->data_dir = "/var/lib/logkv-test-data";
+         o->backup_dir = "/var/lib/logkv-test-data/";
+       },
+       absl::StatusCode::kInvalidArgument, "is inside --data_dir"},
+      {"backups under the data directory",
+       [](NodeOptions* o) {
+         o->data_dir = "/var/lib/logkv-test-data";
+         o->backup_dir = "/var/lib/logkv-test-data/../logkv-test-data/shard-000/b";
+       },
+       absl::StatusCode::kInvalidArgument, "is inside --data_dir"},
+      {"a schedule that never runs",
+       [](NodeOptions* o) {
+         o->backup_dir = "/var/lib/logkv-test-backups";
+         o->backup_schedule = "* * 31 2 *";
+       },
+       absl::StatusCode::kInvalidArgument, "matches no time"},
   };
   EXPECT_TRUE(NodeOptions().Validate().ok()) << NodeOptions().Validate();
   for (const Case& c : cases) {
@@ -361,6 +379,11 @@ TEST(NodeOptionsTest, ValidateRefusesWithLogkvdsMessages) {
     EXPECT_EQ(status.code(), c.code) << c.name << ": " << status;
     EXPECT_TRUE(absl::StrContains(status.message(), c.message)) << c.name << ": " << status;
   }
+  // Backups beside the data directory, whose name starts alike, are fine.
+  NodeOptions beside;
+  beside.data_dir = "/var/lib/logkv-test-data";
+  beside.backup_dir = "/var/lib/logkv-test-data-backups";
+  EXPECT_TRUE(beside.Validate().ok()) << beside.Validate();
   // With --insecure, a wildcard address is the operator's choice.
   NodeOptions insecure;
   insecure.listen.host = "0.0.0.0";
