@@ -271,36 +271,27 @@ grep -q "reload:k" "$work/watch.out" || fail "watch output: $(cat "$work/watch.o
 wait "$load_pid" || fail "load during the reload failed: $(cat "$work/load.out")"
 ok "SIGHUP reloads the certificate ($before -> $after); a watch opened before it and load running through it go on"
 
-# An expired certificate does not replace a valid one: the reload fails,
-# says why, and the renewed certificate stays in use.
-cp "$certs/old.pem" "$work/live.pem"
-cp "$certs/old.key" "$work/live.key"
-kill -HUP "$main_pid"
-for _ in $(seq 1 100); do
-  grep -q "expired at .*the one in use is valid until" "$work/main.log" && break
-  sleep 0.05
-done
-grep -q "SIGHUP: TLS: .*expired at .*the certificate in use is kept" "$work/main.log" ||
-  fail "an expired certificate was reloaded: $(tail -3 "$work/main.log")"
-[ "$(serial "$main_port")" = "$after" ] || fail "the certificate served changed to an expired one"
-"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
-  fail "ping after a refused reload"
-ok "SIGHUP with an expired certificate keeps the one in use and says why"
-
-# Nor does a certificate not valid yet.
-cp "$certs/later.pem" "$work/live.pem"
-cp "$certs/later.key" "$work/live.key"
-kill -HUP "$main_pid"
-for _ in $(seq 1 100); do
-  grep -q "is not valid before 2090-.*the one in use is valid until" "$work/main.log" && break
-  sleep 0.05
-done
-grep -q "SIGHUP: TLS: .*is not valid before 2090-.*the certificate in use is kept" "$work/main.log" ||
-  fail "a certificate not valid yet was reloaded: $(tail -3 "$work/main.log")"
-[ "$(serial "$main_port")" = "$after" ] || fail "the certificate served changed to one not valid yet"
-"$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
-  fail "ping after a refused reload"
-ok "SIGHUP with a certificate not valid yet keeps the one in use and says why"
+# A certificate that has expired, or is not valid yet, does not replace a
+# valid one: the reload fails, says why, and the renewed certificate stays
+# in use. $1: the certificate's name in $certs; $2: the reason logged; $3:
+# the certificate in words.
+reload_is_refused() {
+  cp "$certs/$1.pem" "$work/live.pem"
+  cp "$certs/$1.key" "$work/live.key"
+  kill -HUP "$main_pid"
+  for _ in $(seq 1 100); do
+    grep -q "$2.*the one in use is valid until" "$work/main.log" && break
+    sleep 0.05
+  done
+  grep -q "SIGHUP: TLS: .*$2.*the certificate in use is kept" "$work/main.log" ||
+    fail "$3 was reloaded: $(tail -3 "$work/main.log")"
+  [ "$(serial "$main_port")" = "$after" ] || fail "the certificate served changed to $3"
+  "$cli" --target=127.0.0.1:"$main_port" "${mtls[@]}" ping >/dev/null ||
+    fail "ping after a refused reload"
+  ok "SIGHUP with $3 keeps the one in use and says why"
+}
+reload_is_refused old "expired at" "an expired certificate"
+reload_is_refused later "is not valid before 2090-" "a certificate not valid yet"
 
 # ---- Metrics -------------------------------------------------------------------------
 main_http=$(grep -o 'listening on 127.0.0.1:[0-9]* (HTTP' "$work/main.log" | head -1 | cut -d: -f2 | cut -d' ' -f1)
