@@ -324,20 +324,13 @@ void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot)
     last_hash_ = anchor_->hash;
     first_seq_ = 0;
   }
-  absl::Status status;
-  if (waiting_.empty()) {
-    status = AppendLocked(fresh);
-    if (!status.ok() && last_seq_ < fresh.back()->seq) {
-      for (const audit::Entry* entry : fresh) waiting_.push_back(*entry);
-    }
-  } else {
-    for (const audit::Entry* entry : fresh) waiting_.push_back(*entry);
-    std::vector<const audit::Entry*> all;
-    all.reserve(waiting_.size());
-    for (const audit::Entry& entry : waiting_) all.push_back(&entry);
-    status = AppendLocked(all);
-    if (last_seq_ >= waiting_.back().seq) waiting_.clear();  // written, whatever came after
-  }
+  // What waits, then the new entries, in one write.
+  for (const audit::Entry* entry : fresh) waiting_.push_back(*entry);
+  std::vector<const audit::Entry*> all;
+  all.reserve(waiting_.size());
+  for (const audit::Entry& entry : waiting_) all.push_back(&entry);
+  const absl::Status status = AppendLocked(all);
+  if (last_seq_ >= waiting_.back().seq) waiting_.clear();  // written, whatever failed after
   if (status.ok()) {
     if (failed_ && options_.on_problem) options_.on_problem("", 0);
     failed_ = false;

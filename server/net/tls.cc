@@ -241,9 +241,11 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(Validity* validity) const {
   // buffer in one BIO call, not a header and then a body per record; the
   // records it holds still undecrypted count in has_more().
   SSL_CTX_set_read_ahead(ctx.get(), 1);
-  X509* certificate = SSL_CTX_get0_certificate(ctx.get());
-  validity->not_before = UnixSeconds(certificate == nullptr ? nullptr : X509_get0_notBefore(certificate));
-  validity->not_after = UnixSeconds(certificate == nullptr ? nullptr : X509_get0_notAfter(certificate));
+  *validity = Validity{};
+  if (X509* certificate = SSL_CTX_get0_certificate(ctx.get()); certificate != nullptr) {
+    validity->not_before = UnixSeconds(X509_get0_notBefore(certificate));
+    validity->not_after = UnixSeconds(X509_get0_notAfter(certificate));
+  }
   return ctx;
 }
 
