@@ -65,14 +65,19 @@ template <typename Result, typename Build, typename Start>
 Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
                             absl::FunctionRef<Service::Completion()> defer, Build build,
                             Start start) {
+  // Everything finish needs is here: a finish that holds one pointer needs
+  // no allocation of its own (Coordinator's callbacks are move-only).
   struct Pending {
+    Pending(Build build, uint64_t id) : build(std::move(build)), id(id) {}
+    const Build build;
+    const uint64_t id;
     absl::Mutex mu;
     bool returned ABSL_GUARDED_BY(mu) = false;  // Handle has returned kDeferred
     std::optional<Result> result ABSL_GUARDED_BY(mu);
     Service::Completion completion ABSL_GUARDED_BY(mu);
   };
-  auto pending = std::make_shared<Pending>();
-  start([pending, build, id](Result result) {
+  auto pending = std::make_shared<Pending>(std::move(build), id);
+  start([pending](Result result) {
     Service::Completion completion;
     {
       absl::MutexLock lock(&pending->mu);
@@ -82,12 +87,13 @@ Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
       }
       completion = std::move(pending->completion);
     }
-    completion(
-        BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) { build(builder, id, result); }));
+    completion(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+      pending->build(builder, pending->id, result);
+    }));
   });
   absl::MutexLock lock(&pending->mu);
   if (pending->result.has_value()) {
-    build(b, id, *pending->result);
+    pending->build(b, id, *pending->result);
     return Service::Outcome::kAnswered;
   }
   pending->completion = defer();
@@ -641,7 +647,7 @@ Service::Outcome Service::ConsensusGetVersion(ConsensusKeys* consensus, uint64_t
     }
     BuildReadResponse(out, request_id, read);
   };
-  return RunCluster<Read>(id, b, defer, build, [&](std::function<void(Read)> finish) {
+  return RunCluster<Read>(id, b, defer, build, [&](auto finish) {
     consensus->Get(std::move(key), std::move(finish));
   });
 }
@@ -675,14 +681,14 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   if (ConsensusKeys* consensus = ConsensusFor(*key); consensus != nullptr) {
     using Read = absl::StatusOr<Coordinator::ReadResult>;
     return RunCluster<Read>(id, b, defer, BuildReadResponse,
-                            [&](std::function<void(Read)> finish) {
+                            [&](auto finish) {
                               consensus->Get(std::string(*key), std::move(finish));
                             });
   }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     using Read = absl::StatusOr<Coordinator::ReadResult>;
     return RunCluster<Read>(id, b, defer, BuildReadResponse,
-                            [&](std::function<void(Read)> finish) {
+                            [&](auto finish) {
                               coordinator->Get(std::string(*key), get.consistency(),
                                                std::move(finish));
                             });
@@ -760,7 +766,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     }
     using Written = absl::StatusOr<engine::WriteResult>;
     return RunCluster<Written>(
-        id, b, defer, BuildWriteResponse, [&](std::function<void(Written)> finish) {
+        id, b, defer, BuildWriteResponse, [&](auto finish) {
           consensus->Write(std::string(key),
                            is_put ? std::optional<std::string>(std::string(value)) : std::nullopt,
                            options.if_version, std::move(finish));
@@ -777,7 +783,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     }
     using Written = absl::StatusOr<Coordinator::WriteOutcome>;
     return RunCluster<Written>(
-        id, b, defer, BuildClusterWriteResponse, [&](std::function<void(Written)> finish) {
+        id, b, defer, BuildClusterWriteResponse, [&](auto finish) {
           coordinator->Write(std::string(key),
                              is_put ? std::optional<std::string>(std::string(value))
                                     : std::nullopt,

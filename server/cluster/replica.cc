@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -26,6 +27,10 @@ constexpr uint32_t kMaxAnswerBytes = std::numeric_limits<int32_t>::max();
 flatbuffers::Offset<flatbuffers::Vector<uint8_t>> Bytes(flatbuffers::FlatBufferBuilder* b,
                                                         absl::string_view bytes) {
   return b->CreateVector(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+std::vector<absl::string_view> ViewsOf(absl::Span<const std::string> keys) {
+  return std::vector<absl::string_view>(keys.begin(), keys.end());
 }
 
 flatbuffers::Offset<p::ReplicaRecord> BuildRecord(flatbuffers::FlatBufferBuilder* b,
@@ -57,10 +62,10 @@ RecordView ViewOf(const p::ReplicaRecord& record) {
                     record.expiry_unix_ms(), record.tombstone(),      record.found()};
 }
 
-VersionedRecord RecordOf(const p::ReplicaRecord& record) {
+VersionedRecord RecordOf(const p::ReplicaRecord& record, bool with_key = true) {
   const RecordView view = ViewOf(record);
   VersionedRecord out;
-  out.key = std::string(view.key);
+  if (with_key) out.key = std::string(view.key);
   out.value = std::string(view.value);
   out.timestamp = view.timestamp;
   out.expiry_unix_ms = view.expiry_unix_ms;
@@ -313,17 +318,22 @@ std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, boo
   return ReplicateRequestFrame(absl::MakeConstSpan(pointers), hinted);
 }
 
-std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only,
+std::string ReadRecordsRequestFrame(absl::Span<const absl::string_view> keys, bool meta_only,
                                     uint64_t epoch) {
   size_t bytes = 256;
-  for (const std::string& key : keys) bytes += key.size() + 32;
+  for (absl::string_view key : keys) bytes += key.size() + 32;
   flatbuffers::FlatBufferBuilder b(bytes);
   std::vector<flatbuffers::Offset<p::KeyItem>> items;
   items.reserve(keys.size());
-  for (const std::string& key : keys) items.push_back(p::CreateKeyItem(b, Bytes(&b, key)));
+  for (absl::string_view key : keys) items.push_back(p::CreateKeyItem(b, Bytes(&b, key)));
   auto vector = b.CreateVector(items);
   return FinishPeerRequest(&b, p::Operation::ReadRecords,
                            p::CreateReadRecords(b, vector, meta_only).Union(), epoch);
+}
+
+std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only,
+                                    uint64_t epoch) {
+  return ReadRecordsRequestFrame(ViewsOf(keys), meta_only, epoch);
 }
 
 absl::StatusOr<ReplicateAnswer> ParseReplicateAnswer(absl::string_view frame,
@@ -360,6 +370,11 @@ absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view frame,
 
 absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
     absl::string_view frame, absl::Span<const std::string> keys) {
+  return ParseRecordsResult(frame, ViewsOf(keys));
+}
+
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
+    absl::string_view frame, absl::Span<const absl::string_view> keys, bool with_keys) {
   absl::StatusOr<const p::Response*> response = AnswerOf(frame, p::Result::RecordsResult);
   if (!response.ok()) return response.status();
   const auto* records = (*response)->result_as_RecordsResult()->records();
@@ -371,11 +386,12 @@ absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
   std::vector<VersionedRecord> out;
   out.reserve(count);
   for (size_t i = 0; i < count; ++i) {
-    out.push_back(RecordOf(*records->Get(i)));
-    if (out.back().key != keys[i]) {
+    const p::ReplicaRecord& record = *records->Get(i);
+    if (p::View(record.key()) != keys[i]) {
       return absl::InvalidArgumentError(absl::StrCat(
           "RecordsResult answered record ", i, " with another key than the one asked for"));
     }
+    out.push_back(RecordOf(record, with_keys));
   }
   return out;
 }

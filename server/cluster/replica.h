@@ -117,6 +117,8 @@ Outcome HandleReadRecords(engine::Engine* engine, const protocol::Request& reque
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord> records, bool hinted);
 std::string ReplicateRequestFrame(absl::Span<const VersionedRecord* const> records, bool hinted,
                                   uint64_t epoch = kSenderEpoch);
+std::string ReadRecordsRequestFrame(absl::Span<const absl::string_view> keys, bool meta_only,
+                                    uint64_t epoch = kSenderEpoch);
 std::string ReadRecordsRequestFrame(absl::Span<const std::string> keys, bool meta_only,
                                     uint64_t epoch = kSenderEpoch);
 
@@ -137,7 +139,11 @@ absl::StatusOr<std::vector<bool>> ParseReplicateResult(absl::string_view respons
                                                        size_t expected_count);
 // The records of a ReadRecords answer to a request for keys, in their order;
 // likewise InvalidArgument unless it holds one record per key, each of the
-// key asked for.
+// key asked for. with_keys false: the records' keys are left empty (the
+// caller has them: keys), which saves a copy of each.
+absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
+    absl::string_view response_frame, absl::Span<const absl::string_view> keys,
+    bool with_keys = true);
 absl::StatusOr<std::vector<VersionedRecord>> ParseRecordsResult(
     absl::string_view response_frame, absl::Span<const std::string> keys);
 

@@ -41,7 +41,7 @@ void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, Bytes
     if (!run.empty() && (run.size() >= limits.max_items || run_bytes + bytes > limits.max_bytes ||
                          item.timeout * 2 < run.front().timeout)) {
       send_run(std::move(run));
-      run = {};
+      run = std::vector<Item>();
       run_bytes = 0;
     }
     run_bytes += bytes;
@@ -156,8 +156,8 @@ void ReplicaBatcher::Replicate(const std::string& address,
   SendReplicates(address, std::move(one));
 }
 
-void ReplicaBatcher::Read(const std::string& address, std::string key, bool meta_only,
-                          absl::Duration timeout, ReadDone done, uint64_t epoch) {
+void ReplicaBatcher::Read(const std::string& address, std::shared_ptr<const std::string> key,
+                          bool meta_only, absl::Duration timeout, ReadDone done, uint64_t epoch) {
   ReadItem item{std::move(key), timeout, std::move(done), epoch};
   if (meta_only && Holding()) {
     held_.pending[address].reads.push_back(std::move(item));
@@ -189,7 +189,7 @@ void ReplicaBatcher::Flush() {
       if (!requests.replicates.empty()) replicates.emplace_back(&address, &requests.replicates);
     }
     SendSharing<SharedFrames>(
-        reads, [](const ReadItem& a, const ReadItem& b) { return a.key == b.key; },
+        reads, [](const ReadItem& a, const ReadItem& b) { return *a.key == *b.key; },
         [this](const std::string& address, std::vector<ReadItem> items, SharedFrames* shared) {
           SendReads(address, std::move(items), true, shared);
         });
@@ -261,11 +261,12 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
                                bool meta_only, SharedFrames* reuse) {
   InRuns(
       std::move(items), limits_,
-      [](const ReadItem& item) { return static_cast<uint64_t>(item.key.size()); },
+      [](const ReadItem& item) { return static_cast<uint64_t>(item.key->size()); },
       [this, &address, meta_only, reuse](std::vector<ReadItem> run) {
-        std::vector<std::string> keys;
+        // Views of the items' keys, which the items keep until answered.
+        std::vector<absl::string_view> keys;
         keys.reserve(run.size());
-        for (const ReadItem& item : run) keys.push_back(item.key);
+        for (const ReadItem& item : run) keys.push_back(*item.key);
         std::string frame = FrameOf(reuse, [&] {
           frames_built_.fetch_add(1, std::memory_order_relaxed);
           return ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run));
@@ -279,7 +280,7 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
                 std::vector<ReadItem>& items = *shared;
                 assert(!items.empty());  // called back once (cleared below)
                 absl::StatusOr<std::vector<VersionedRecord>> records =
-                    answer.ok() ? ParseRecordsResult(*answer, keys)
+                    answer.ok() ? ParseRecordsResult(*answer, keys, /*with_keys=*/false)
                                 : absl::StatusOr<std::vector<VersionedRecord>>(answer.status());
                 assert(!records.ok() || records->size() == items.size());
                 for (size_t i = 0; i < items.size(); ++i) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -50,8 +51,10 @@ class ReplicaBatcher {
     bool applied = false;
     uint64_t held_timestamp = 0;
   };
-  using ReplicateDone = std::function<void(absl::StatusOr<Applied>)>;
-  using ReadDone = std::function<void(absl::StatusOr<VersionedRecord>)>;
+  // Move-only: a callback that holds one shared pointer needs no allocation.
+  using ReplicateDone = absl::AnyInvocable<void(absl::StatusOr<Applied>)>;
+  // The record read has no key (it is the one asked for).
+  using ReadDone = absl::AnyInvocable<void(absl::StatusOr<VersionedRecord>)>;
   struct Limits {
     size_t max_items = 256;
     // Keys and values per request; a quarter of a ReadRecords answer's
@@ -72,9 +75,15 @@ class ReplicaBatcher {
   // with the lowest of its items'), or kSenderEpoch (FinishPeerRequest).
   void Replicate(const std::string& address, std::shared_ptr<const VersionedRecord> record,
                  absl::Duration timeout, ReplicateDone done, uint64_t epoch = kSenderEpoch);
-  // Reads key's record from the peer (its value too unless meta_only).
+  // Reads key's record from the peer (its value too unless meta_only). The
+  // key is shared, not copied, by the batches of the peers it goes to.
+  void Read(const std::string& address, std::shared_ptr<const std::string> key, bool meta_only,
+            absl::Duration timeout, ReadDone done, uint64_t epoch = kSenderEpoch);
   void Read(const std::string& address, std::string key, bool meta_only, absl::Duration timeout,
-            ReadDone done, uint64_t epoch = kSenderEpoch);
+            ReadDone done, uint64_t epoch = kSenderEpoch) {
+    Read(address, std::make_shared<const std::string>(std::move(key)), meta_only, timeout,
+         std::move(done), epoch);
+  }
 
   // From now on this thread's requests wait for Flush (or the end of
   // holding). The thread must call Flush before it blocks. A thread holds
@@ -114,7 +123,7 @@ class ReplicaBatcher {
     uint64_t epoch = kSenderEpoch;
   };
   struct ReadItem {
-    std::string key;
+    std::shared_ptr<const std::string> key;
     absl::Duration timeout;
     ReadDone done;
     uint64_t epoch = kSenderEpoch;

@@ -130,15 +130,25 @@ void ClusterClock::Observe(uint64_t timestamp) {
 // ---- Operation states ------------------------------------------------------------
 
 struct ReplicaCoordinator::ReadState {
-  std::string key;
+  // An ask of a candidate. A peer's answer callback holds a pointer to its
+  // ask that shares the state's ownership (aliasing), which fits in the
+  // callback without an allocation of its own.
+  struct Ask {
+    ReadState* state = nullptr;
+    size_t candidate = 0;  // index in candidates
+  };
+  ReplicaCoordinator* coordinator = nullptr;
+  std::shared_ptr<const std::string> key;
   bool with_value = false;
   uint64_t epoch = kSenderEpoch;
   Need need;
   absl::Time deadline;
-  ReadDone done;
+  RepliesDone done;
 
   absl::Mutex mu;
-  NodeList candidates ABSL_GUARDED_BY(mu);  // in the order to ask them
+  // In the order to ask them; fixed once ReadQuorum set them, as are asks.
+  NodeList candidates ABSL_GUARDED_BY(mu);
+  absl::InlinedVector<Ask, 3> asks ABSL_GUARDED_BY(mu);  // one per candidate
   // Their binary addresses, as ReadQuorum looked them up ("" for this node).
   NodeList addresses ABSL_GUARDED_BY(mu);
   size_t next ABSL_GUARDED_BY(mu) = 0;  // the next candidate to ask
@@ -149,7 +159,39 @@ struct ReplicaCoordinator::ReadState {
   bool finished ABSL_GUARDED_BY(mu) = false;
 };
 
+// A client write: its record, its owners and what it needs of them, and
+// whom to answer. The sends share the record through this object (one
+// allocation for both), and the callbacks hold only it, so they need no
+// allocation of their own.
+struct ReplicaCoordinator::WriteOp {
+  ReplicaCoordinator* coordinator = nullptr;
+  VersionedRecord record;
+  Names owners;
+  Need need;
+  absl::Time deadline;
+  uint64_t epoch = kSenderEpoch;
+  Ticket ticket;  // a quorum write: counted until it answers
+  WriteDone done;
+
+  // Answers once: the ticket is released first, as the write is over.
+  void Answer(absl::StatusOr<WriteOutcome> outcome) {
+    ticket.Release();
+    WriteDone answer = std::move(done);
+    answer(std::move(outcome));
+  }
+};
+
 struct ReplicaCoordinator::SendState {
+  // A target of the send. A peer's answer callback holds a pointer to its
+  // target that shares the state's ownership (aliasing), which fits in the
+  // callback without an allocation of its own.
+  struct Target {
+    SendState* state = nullptr;
+    std::string node;
+    absl::Time sent;  // of the last send to a peer (each waits for its answer)
+  };
+  ReplicaCoordinator* coordinator = nullptr;
+  absl::InlinedVector<Target, 3> targets;  // fixed once the first is sent to
   std::shared_ptr<const VersionedRecord> record;
   uint64_t epoch = kSenderEpoch;
   Need need;
@@ -347,7 +389,25 @@ size_t ReplicaCoordinator::InFlightBefore(uint64_t epoch) const {
   return count;
 }
 
-std::shared_ptr<void> ReplicaCoordinator::Track(uint64_t epoch) {
+ReplicaCoordinator::Ticket& ReplicaCoordinator::Ticket::operator=(Ticket&& other) noexcept {
+  if (this != &other) {
+    Release();
+    coordinator_ = std::exchange(other.coordinator_, nullptr);
+    epoch_ = other.epoch_;
+  }
+  return *this;
+}
+
+void ReplicaCoordinator::Ticket::Release() {
+  if (coordinator_ == nullptr) return;
+  absl::MutexLock lock(&coordinator_->in_flight_mu_);
+  auto it = coordinator_->in_flight_.find(epoch_);
+  assert(it != coordinator_->in_flight_.end() && it->second > 0);
+  --it->second;
+  coordinator_ = nullptr;
+}
+
+ReplicaCoordinator::Ticket ReplicaCoordinator::Track(uint64_t epoch) {
   {
     absl::MutexLock lock(&in_flight_mu_);
     auto [it, added] = in_flight_.try_emplace(epoch, 0);
@@ -362,12 +422,7 @@ std::shared_ptr<void> ReplicaCoordinator::Track(uint64_t epoch) {
   }
   // Released when the operation answers (the callback that holds it runs or
   // is destroyed).
-  return std::shared_ptr<void>(nullptr, [this, epoch](void*) {
-    absl::MutexLock lock(&in_flight_mu_);
-    auto it = in_flight_.find(epoch);
-    assert(it != in_flight_.end() && it->second > 0);
-    --it->second;
-  });
+  return Ticket(this, epoch);
 }
 
 void ReplicaCoordinator::set_caught_up(std::function<bool()> caught_up) {
@@ -592,7 +647,7 @@ size_t ReplicaCoordinator::ReadAcks(p::Consistency consistency, size_t owners) c
 
 // ---- Writes -----------------------------------------------------------------------------
 
-Placement ReplicaCoordinator::TrackedPlacement(std::shared_ptr<void>* ticket) {
+Placement ReplicaCoordinator::TrackedPlacement(Ticket* ticket) {
   // Counted before the placement is final: an epoch barrier reads this
   // node's epoch, then counts what runs under older ones (InFlightBefore);
   // both sides take in_flight_mu_, so either it counts this operation or
@@ -608,10 +663,9 @@ Placement ReplicaCoordinator::TrackedPlacement(std::shared_ptr<void>* ticket) {
 }
 
 void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
-                               p::Consistency consistency,
-                               std::function<void(absl::StatusOr<WriteOutcome>)> done) {
+                               p::Consistency consistency, WriteDone done) {
   const bool quorum = NeedsQuorum(consistency, /*write=*/true);
-  std::shared_ptr<void> ticket;
+  Ticket ticket;
   const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
   if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
@@ -619,95 +673,95 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
   }
-  if (quorum) {
-    done = [done = std::move(done), ticket = std::move(ticket)](
-               absl::StatusOr<WriteOutcome> outcome) mutable {
-      ticket.reset();
-      done(std::move(outcome));
-    };
-  }
   RefreshTag(placement);
   KeyOwners key_owners = OwnersOf(placement, key);
+  auto op = std::make_shared<WriteOp>();
+  op->coordinator = this;
+  op->ticket = std::move(ticket);
+  op->done = std::move(done);
   // Every owner, before and after a membership change, is sent the write;
   // strong writes need a majority of each set, the others W of the current.
-  Need need = consistency == p::Consistency::Strong
-                  ? Majorities(key_owners)
-                  : Need::Of(key_owners.groups.front(),
-                             WriteAcks(consistency, key_owners.groups.front()->size()),
-                             key_owners.all);
-  Names owners = std::move(key_owners.all);
+  op->need = consistency == p::Consistency::Strong
+                 ? Majorities(key_owners)
+                 : Need::Of(key_owners.groups.front(),
+                            WriteAcks(consistency, key_owners.groups.front()->size()),
+                            key_owners.all);
+  op->owners = std::move(key_owners.all);
   // W is within [1, N]: a write waits for an owner at least, never for more than exist.
-  assert(!owners->empty() && need.groups.front().count >= 1 &&
-         need.groups.front().count <= need.groups.front().members->size());
+  assert(!op->owners->empty() && op->need.groups.front().count >= 1 &&
+         op->need.groups.front().count <= op->need.groups.front().members->size());
   const absl::Time deadline = absl::Now() + options_.write_wait;
+  op->deadline = deadline;
   // A quorum write goes out under the epoch it was placed with: replicas
   // that hold a newer configuration refuse it (a coordinator that missed an
   // epoch barrier, stalled, cannot complete it on the old owners).
   const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
-  auto record = std::make_shared<VersionedRecord>();
-  record->found = true;
-  record->tombstone = !value.has_value();
-  if (value.has_value()) record->value = *std::move(value);
-  if (!record->tombstone && ttl_ms > 0) {
+  op->epoch = epoch;
+  VersionedRecord& record = op->record;
+  record.found = true;
+  record.tombstone = !value.has_value();
+  if (value.has_value()) record.value = *std::move(value);
+  if (!record.tombstone && ttl_ms > 0) {
     engine::Clock* clock = options_.clock != nullptr ? options_.clock : engine::SystemClock();
-    record->expiry_unix_ms = clock->NowUnixMs() + ttl_ms;
+    record.expiry_unix_ms = clock->NowUnixMs() + ttl_ms;
   }
-  record->key = std::move(key);
-  if (metrics_ != nullptr && owners->size() > 1) metrics_->replications()->Inc();
+  record.key = std::move(key);
+  if (metrics_ != nullptr && op->owners->size() > 1) metrics_->replications()->Inc();
 
   if (consistency != p::Consistency::Strong) {
     // Stamp above what this node holds for the key (a write replicated here
     // from another coordinator may be ahead of our clock), so a write that
     // follows it is not lost to last-write-wins.
-    if (std::find(owners->begin(), owners->end(), self_) != owners->end()) {
-      absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record->key, false);
+    if (std::find(op->owners->begin(), op->owners->end(), self_) != op->owners->end()) {
+      absl::StatusOr<engine::KeyRecord> local = local_->GetRecord(record.key, false);
       if (local.ok() && local->found) clock_.Observe(local->timestamp);
     }
-    record->timestamp = clock_.Now();
-    return WriteStamped(std::move(owners), std::move(record), std::move(need), deadline, epoch,
-                        std::move(done));
+    record.timestamp = clock_.Now();
+    return WriteStamped(std::move(op));
   }
   // ABD, phase 1: learn the key's highest timestamp from a majority, so the
   // write is stamped above every write that completed before it began
   // (docs/cluster.md, "Strong writes", has why one round trip is not enough).
-  const std::string& read_key = record->key;
-  Need read_need = need;
-  ReadQuorum(*owners, read_key, /*with_value=*/false, std::move(read_need), deadline, epoch,
-             [this, owners, record, need = std::move(need), deadline, epoch,
-              done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
+  // (What the call reads of op is taken before op moves into the callback.)
+  const Names owners = op->owners;
+  std::shared_ptr<const std::string> read_key(op, &op->record.key);
+  Need read_need = op->need;
+  ReadQuorum(*owners, std::move(read_key), /*with_value=*/false, std::move(read_need), deadline,
+             epoch, [op = std::move(op)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
-                 return done(absl::UnavailableError(absl::StrCat(
-                     "strong write of key ", KeyForMessage(record->key),
+                 return op->Answer(absl::UnavailableError(absl::StrCat(
+                     "strong write of key ", KeyForMessage(op->record.key),
                      " not attempted: a majority of its owners could not be read (",
                      replies.status().message(), ")")));
                }
                // Phase 1 heard from a majority of each owner set.
-               assert(replies->size() <= owners->size());
-               for (const Reply& reply : *replies) clock_.Observe(reply.record.timestamp);
-               record->timestamp = clock_.Now();
-               WriteStamped(std::move(owners), std::move(record), std::move(need), deadline, epoch,
-                            std::move(done));
+               assert(replies->size() <= op->owners->size());
+               ClusterClock& clock = op->coordinator->clock_;
+               for (const Reply& reply : *replies) clock.Observe(reply.record.timestamp);
+               op->record.timestamp = clock.Now();
+               op->coordinator->WriteStamped(std::move(op));
              });
 }
 
-void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
-                                      Need need, absl::Time deadline, uint64_t epoch,
-                                      std::function<void(absl::StatusOr<WriteOutcome>)> done) {
-  const uint64_t timestamp = record->timestamp;
-  assert(timestamp != 0);  // stamped by the cluster clock before it is sent
-  const size_t owner_count = owners->size();
-  const std::vector<std::string>& targets = *owners;
+void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
+  assert(op->record.timestamp != 0);  // stamped by the cluster clock before it is sent
+  // (What the call reads of op is taken before op moves into the callback.)
+  const Names owners = op->owners;
+  std::shared_ptr<const VersionedRecord> record(op, &op->record);
+  Need need = std::move(op->need);
+  const absl::Time deadline = op->deadline;
+  const uint64_t epoch = op->epoch;
   SendToOwners(
-      targets, record, std::move(need), deadline, /*hint=*/true, epoch,
-      [this, owners, record, timestamp, owner_count,
-       done = std::move(done)](SendOutcome sent) mutable {
+      *owners, std::move(record), std::move(need), deadline, /*hint=*/true, epoch,
+      [op = std::move(op)](SendOutcome sent) mutable {
+        const size_t owner_count = op->owners->size();
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
         if (!sent.reached) {
-          return done(absl::UnavailableError(absl::StrCat(
-              "write of key ", KeyForMessage(record->key), " reached ", sent.applied.size(),
+          return op->Answer(absl::UnavailableError(absl::StrCat(
+              "write of key ", KeyForMessage(op->record.key), " reached ", sent.applied.size(),
               " of ", owner_count, " owners, ", sent.needed, " needed, within ",
-              absl::FormatDuration(options_.write_wait), "; applied on [",
+              absl::FormatDuration(op->coordinator->options_.write_wait), "; applied on [",
               absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
               absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
         }
@@ -715,11 +769,11 @@ void ReplicaCoordinator::WriteStamped(Names owners, std::shared_ptr<VersionedRec
         if (sent.local.has_value()) {
           outcome.result = *sent.local;
         }
-        outcome.result.timestamp = timestamp;
+        outcome.result.timestamp = op->record.timestamp;
         outcome.result.applied = true;
-        outcome.owners = std::move(owners);
+        outcome.owners = op->owners;
         outcome.acknowledged = sent.applied.size();
-        done(std::move(outcome));
+        op->Answer(std::move(outcome));
       });
 }
 
@@ -740,6 +794,11 @@ void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
   // Each target is sent to once.
   assert(Distinct(targets));
   auto state = std::make_shared<SendState>();
+  state->coordinator = this;
+  state->targets.reserve(targets.size());
+  for (const std::string& node : targets) {
+    state->targets.push_back(SendState::Target{state.get(), node, absl::InfinitePast()});
+  }
   state->record = std::move(record);
   state->epoch = epoch;
   state->need = std::move(need);
@@ -759,17 +818,19 @@ void ReplicaCoordinator::SendToOwners(absl::Span<const std::string> targets,
   // write began. The peers' sends share one clock reading, taken after it,
   // so their time does not include it, and the peers of one write get the
   // same items (whose frames the batcher builds once).
-  if (std::find(targets.begin(), targets.end(), self_) != targets.end()) {
-    SendToOwner(state, self_, /*now=*/absl::InfinitePast());  // used for peers only
+  if (auto self = std::find(targets.begin(), targets.end(), self_); self != targets.end()) {
+    SendToOwner(state, self - targets.begin(), /*now=*/absl::InfinitePast());  // peers only
   }
   const absl::Time now = absl::Now();
-  for (const std::string& node : targets) {
-    if (node != self_) SendToOwner(state, node, now);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (targets[i] != self_) SendToOwner(state, i, now);
   }
 }
 
-void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
-                                     const std::string& node, absl::Time now) {
+void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state, size_t target,
+                                     absl::Time now) {
+  SendState::Target& to = state->targets[target];
+  const std::string& node = to.node;
   if (node == self_) {
     if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
       return OnSent(state, node, current, std::nullopt, 0);
@@ -795,9 +856,13 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
     OnSent(state, node, absl::UnavailableError("down"), std::nullopt, 0);
     return;
   }
+  to.sent = now;
   batcher_.Replicate(
       address, state->record, Remaining(state->deadline, now),
-      [this, state, node, sent = now](absl::StatusOr<ReplicaBatcher::Applied> applied) {
+      [to = std::shared_ptr<const SendState::Target>(state, &to)](
+          absl::StatusOr<ReplicaBatcher::Applied> applied) {
+        ReplicaCoordinator* self = to->state->coordinator;
+        ServerMetrics* metrics = self->metrics_;
         absl::Status status = applied.status();
         uint64_t held = 0;
         if (status.ok() && !applied->applied) {
@@ -805,14 +870,30 @@ void ReplicaCoordinator::SendToOwner(const std::shared_ptr<SendState>& state,
         } else if (status.ok()) {
           held = applied->held_timestamp;
         }
-        if (status.ok() && metrics_ != nullptr) {
-          metrics_->replica_acks_ok()->Inc();
-          metrics_->replication_ack_seconds()->Observe(absl::ToDoubleSeconds(absl::Now() - sent));
+        if (status.ok() && metrics != nullptr) {
+          metrics->replica_acks_ok()->Inc();
+          metrics->replication_ack_seconds()->Observe(
+              absl::ToDoubleSeconds(absl::Now() - to->sent));
         }
-        OnSent(state, node, status, std::nullopt, held);
+        self->OnSent(std::shared_ptr<SendState>(to, to->state), to->node, status, std::nullopt,
+                     held);
       },
       state->epoch);
 }
+
+namespace {
+
+// The index of node among a send's targets. REQUIRES: it is one.
+template <typename State>
+size_t TargetOf(const State& state, const std::string& node) {
+  for (size_t i = 0; i < state.targets.size(); ++i) {
+    if (state.targets[i].node == node) return i;
+  }
+  assert(false && "not a target of this send");
+  return 0;
+}
+
+}  // namespace
 
 void ReplicaCoordinator::OnWrittenHere(const std::shared_ptr<SendState>& state,
                                        const absl::StatusOr<engine::WriteResult>& result) {
@@ -841,7 +922,9 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     }
     if (waiting && state->deadline - absl::Now() > options_.owner_retry_delay &&
         options_.run_after(options_.owner_retry_delay,
-                           [this, state, node] { SendToOwner(state, node, absl::Now()); })) {
+                           [this, state, target = TargetOf(*state, node)] {
+                             SendToOwner(state, target, absl::Now());
+                           })) {
       if (metrics_ != nullptr) metrics_->replica_retries()->Inc();
       return;
     }
@@ -897,10 +980,9 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
 
 // ---- Reads ------------------------------------------------------------------------------
 
-void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
-                             std::function<void(absl::StatusOr<ReadResult>)> done) {
+void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDone done) {
   const bool quorum = NeedsQuorum(consistency, /*write=*/false);
-  std::shared_ptr<void> ticket;
+  Ticket ticket;
   const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
   if (placement.ring == nullptr || placement.ring->size() == 0) {
     return done(NoOwnersError());
@@ -911,7 +993,7 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
   if (quorum) {
     done = [done = std::move(done), ticket = std::move(ticket)](
                absl::StatusOr<ReadResult> result) mutable {
-      ticket.reset();
+      ticket.Release();
       done(std::move(result));
     };
   }
@@ -936,28 +1018,29 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency,
     absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(key, /*with_value=*/true);
     if (record.ok()) {
       Replies replies;
-      replies.push_back(Reply{self_, FromKeyRecord(key, *std::move(record))});
-      return FinishRead(std::move(owners), std::move(replies), strong, deadline, epoch,
+      replies.push_back(Reply{self_, FromKeyRecord(absl::string_view(), *std::move(record))});
+      return FinishRead(std::move(owners), key, std::move(replies), strong, deadline, epoch,
                         std::move(done));
     }
   }
   const Names asked = owners.all;
-  ReadQuorum(*asked, key, /*with_value=*/true, std::move(need), deadline, epoch,
-             [this, owners = std::move(owners), strong, deadline, key, epoch,
+  auto shared_key = std::make_shared<const std::string>(std::move(key));
+  ReadQuorum(*asked, shared_key, /*with_value=*/true, std::move(need), deadline, epoch,
+             [this, owners = std::move(owners), strong, deadline, key = shared_key, epoch,
               done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
                  return done(absl::UnavailableError(
-                     absl::StrCat("read of key ", KeyForMessage(key), " failed: ",
+                     absl::StrCat("read of key ", KeyForMessage(*key), " failed: ",
                                   replies.status().message())));
                }
-               FinishRead(std::move(owners), *std::move(replies), strong, deadline, epoch,
+               FinishRead(std::move(owners), *key, *std::move(replies), strong, deadline, epoch,
                           std::move(done));
              });
 }
 
-void ReplicaCoordinator::FinishRead(KeyOwners owners, Replies replies, bool strong,
-                                    absl::Time deadline, uint64_t epoch,
-                                    std::function<void(absl::StatusOr<ReadResult>)> done) {
+void ReplicaCoordinator::FinishRead(KeyOwners owners, absl::string_view key, Replies replies,
+                                    bool strong, absl::Time deadline, uint64_t epoch,
+                                    ReadDone done) {
   // A read finishes with at least one reply, at most one per owner.
   assert(!replies.empty() && replies.size() <= owners.all->size());
   size_t newest_index = 0;
@@ -965,6 +1048,7 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, Replies replies, bool stro
     if (NewerThan(replies[i].record, replies[newest_index].record)) newest_index = i;
   }
   auto newest = std::make_shared<VersionedRecord>(replies[newest_index].record);
+  newest->key = std::string(key);
   clock_.Observe(newest->timestamp);
   ReadResult result;
   result.found = newest->found && !newest->tombstone;
@@ -1045,15 +1129,17 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, Replies replies, bool stro
 }
 
 void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
-                                    const std::string& key, bool with_value, Need need,
-                                    absl::Time deadline, uint64_t epoch, ReadDone done) {
+                                    std::shared_ptr<const std::string> key, bool with_value,
+                                    Need need, absl::Time deadline, uint64_t epoch,
+                                    RepliesDone done) {
   // R (or phase 1's majority) is within [1, N].
   assert(need.groups.front().count >= 1 && need.groups.front().count <= owners.size());
   // One owner set: R owners are asked, the next one when one fails. Two
   // (a membership change): every owner at once.
   const size_t first_asks = need.groups.size() == 1 ? need.groups.front().count : owners.size();
   auto state = std::make_shared<ReadState>();
-  state->key = key;
+  state->coordinator = this;
+  state->key = std::move(key);
   state->with_value = with_value;
   state->epoch = epoch;
   state->need = std::move(need);
@@ -1095,6 +1181,9 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
   {
     absl::MutexLock lock(&state->mu);
     state->candidates = std::move(candidates);
+    for (size_t i = 0; i < state->candidates.size(); ++i) {
+      state->asks.push_back(ReadState::Ask{state.get(), i});
+    }
     state->addresses = std::move(addresses);
     // One allocation for the replies, however many come.
     state->replies.reserve(state->candidates.size());
@@ -1113,6 +1202,7 @@ void ReplicaCoordinator::ReadQuorum(const std::vector<std::string>& owners,
 void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool looked_up) {
   std::string node;
   std::string address;
+  const ReadState::Ask* ask;
   bool spare;  // another owner could be asked if this one fails
   {
     absl::MutexLock lock(&state->mu);
@@ -1120,6 +1210,7 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
     assert(state->addresses.size() == state->candidates.size());
     // Each candidate is asked once: its address is not needed again.
     if (looked_up) address = std::move(state->addresses[state->next]);
+    ask = &state->asks[state->next];
     node = state->candidates[state->next++];
     ++state->in_flight;
     state->asked.push_back(node);
@@ -1129,9 +1220,9 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
     if (absl::Status current = CheckEpoch(state->epoch); !current.ok()) {
       return OnRead(state, node, current);
     }
-    absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(state->key, state->with_value);
+    absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(*state->key, state->with_value);
     if (!record.ok()) return OnRead(state, node, record.status());
-    return OnRead(state, node, FromKeyRecord(state->key, *std::move(record)));
+    return OnRead(state, node, FromKeyRecord(absl::string_view(), *std::move(record)));
   }
   if (!looked_up) {
     // Asked after another failed, perhaps a while later: looked up again (a
@@ -1149,9 +1240,13 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
   batcher_.Read(
       address, state->key, !state->with_value,
       spare ? std::max(remaining / 2, kMinSendTimeout) : remaining,
-      [this, state, node](absl::StatusOr<VersionedRecord> record) {
+      [ask = std::shared_ptr<const ReadState::Ask>(state, ask)](
+          absl::StatusOr<VersionedRecord> record) {
         if (record.ok()) record->version = 0;  // a peer's counter means nothing here
-        OnRead(state, node, std::move(record));
+        ReadState* read = ask->state;
+        // Candidates are fixed once set: read without the lock.
+        const std::string& node = read->candidates[ask->candidate];
+        read->coordinator->OnRead(std::shared_ptr<ReadState>(ask, read), node, std::move(record));
       },
       state->epoch);
 }

@@ -66,10 +66,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -191,11 +193,9 @@ class ReplicaCoordinator final : public Coordinator {
   ~ReplicaCoordinator() override = default;
 
   bool Active() const override;
-  void Get(std::string key, protocol::Consistency consistency,
-           std::function<void(absl::StatusOr<ReadResult>)> done) override;
+  void Get(std::string key, protocol::Consistency consistency, ReadDone done) override;
   void Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
-             protocol::Consistency consistency,
-             std::function<void(absl::StatusOr<WriteOutcome>)> done) override;
+             protocol::Consistency consistency, WriteDone done) override;
   std::vector<std::string> Owners(absl::string_view key) const override;
 
   // Replaces the node id given at construction, for a node whose id is
@@ -260,6 +260,8 @@ class ReplicaCoordinator final : public Coordinator {
   ClusterClock* clock() { return &clock_; }
 
  private:
+  // One owner's answer to a read. The record has no key (the read's key:
+  // not copied for each answer).
   struct Reply {
     std::string node_id;
     VersionedRecord record;
@@ -273,7 +275,8 @@ class ReplicaCoordinator final : public Coordinator {
   using Replies = std::vector<Reply>;
   struct ReadState;
   struct SendState;
-  using ReadDone = std::function<void(absl::StatusOr<Replies>)>;
+  struct WriteOp;
+  using RepliesDone = absl::AnyInvocable<void(absl::StatusOr<Replies>)>;
   // What a send to owners came to. reached: need acks arrived; applied: the
   // owners that applied (so far); failures: "node: why" of those that did
   // not (so far); local: this node's write, when it was a target.
@@ -284,7 +287,7 @@ class ReplicaCoordinator final : public Coordinator {
     NodeList failures;
     std::optional<engine::WriteResult> local;
   };
-  using SendDone = std::function<void(SendOutcome outcome)>;
+  using SendDone = absl::AnyInvocable<void(SendOutcome outcome)>;
 
   // A list of owners, shared (not copied) by an operation's states and
   // callbacks.
@@ -330,15 +333,33 @@ class ReplicaCoordinator final : public Coordinator {
   // generation, read again when the generation changed. The reference is
   // good until this thread's next call (use it before calling out).
   const Placement& CachedPlacement() const;
+  // Counts an operation under its epoch (InFlightBefore) until it is
+  // released or destroyed. Move-only; an empty ticket counts nothing.
+  class Ticket {
+   public:
+    Ticket() = default;
+    Ticket(Ticket&& other) noexcept
+        : coordinator_(std::exchange(other.coordinator_, nullptr)), epoch_(other.epoch_) {}
+    Ticket& operator=(Ticket&& other) noexcept;
+    ~Ticket() { Release(); }
+    void Release();
+
+   private:
+    friend class ReplicaCoordinator;
+    Ticket(ReplicaCoordinator* coordinator, uint64_t epoch)
+        : coordinator_(coordinator), epoch_(epoch) {}
+    ReplicaCoordinator* coordinator_ = nullptr;
+    uint64_t epoch_ = 0;
+  };
   // The placement of a quorum operation, counted (ticket) under its epoch
   // so that an epoch barrier cannot miss it.
-  Placement TrackedPlacement(std::shared_ptr<void>* ticket) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
+  Placement TrackedPlacement(Ticket* ticket) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   // A majority of each group.
   static Need Majorities(const KeyOwners& owners);
   // The owners that answered.
   static NodeList NodesOf(absl::Span<const Reply> replies);
   // Counts an operation under epoch until the returned ticket is released.
-  std::shared_ptr<void> Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
+  Ticket Track(uint64_t epoch) ABSL_LOCKS_EXCLUDED(in_flight_mu_);
   bool ViewConfirmed() const ABSL_LOCKS_EXCLUDED(caught_up_mu_);
   std::atomic<bool> refilling_{false};  // SetRefilling
   // Whether this node's copy is complete (set_caught_up).
@@ -353,9 +374,10 @@ class ReplicaCoordinator final : public Coordinator {
   // Reads key from need owners (candidates in order, the next on failure).
   // epoch: the configuration a quorum operation was placed under (replicas,
   // and this node, refuse it once they hold a newer one), or kSenderEpoch.
-  void ReadQuorum(const std::vector<std::string>& owners, const std::string& key,
+  // key is shared with the requests to peers, not copied for each.
+  void ReadQuorum(const std::vector<std::string>& owners, std::shared_ptr<const std::string> key,
                   bool with_value, Need need, absl::Time deadline, uint64_t epoch,
-                  ReadDone done);
+                  RepliesDone done);
   // Asks the next candidate. looked_up: at the address ReadQuorum looked up
   // moments before (its first asks); else (an ask after a failure) the
   // candidate is looked up again, as a restarted member may be on another
@@ -373,10 +395,9 @@ class ReplicaCoordinator final : public Coordinator {
   // Whether an operation placed under epoch may still run here: not once
   // this node holds a newer configuration (kSenderEpoch: always).
   absl::Status CheckEpoch(uint64_t epoch) const;
-  // Sends state's record to one owner (the local engine for this node); now
-  // is the time it is sent.
-  void SendToOwner(const std::shared_ptr<SendState>& state, const std::string& node,
-                   absl::Time now);
+  // Sends state's record to one of its targets (the local engine for this
+  // node); now is the time it is sent.
+  void SendToOwner(const std::shared_ptr<SendState>& state, size_t target, absl::Time now);
   // The result of this node's own write of state's record, passed to OnSent.
   void OnWrittenHere(const std::shared_ptr<SendState>& state,
                      const absl::StatusOr<engine::WriteResult>& result);
@@ -389,12 +410,11 @@ class ReplicaCoordinator final : public Coordinator {
               const absl::Status& status, std::optional<engine::WriteResult> local,
               uint64_t held_timestamp);
 
-  // Sends a stamped write to its owners and answers once need applied it.
-  void WriteStamped(Names owners, std::shared_ptr<VersionedRecord> record,
-                    Need need, absl::Time deadline, uint64_t epoch,
-                    std::function<void(absl::StatusOr<WriteOutcome>)> done);
-  void FinishRead(KeyOwners owners, Replies replies, bool strong, absl::Time deadline,
-                  uint64_t epoch, std::function<void(absl::StatusOr<ReadResult>)> done);
+  // Sends op's stamped write to its owners and answers once its need
+  // applied it.
+  void WriteStamped(std::shared_ptr<WriteOp> op);
+  void FinishRead(KeyOwners owners, absl::string_view key, Replies replies, bool strong,
+                  absl::Time deadline, uint64_t epoch, ReadDone done);
 
   // Constant after construction.
   engine::Engine* const local_;

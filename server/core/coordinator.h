@@ -23,12 +23,12 @@
 #define LOGKV_SERVER_CORE_COORDINATOR_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
@@ -52,8 +52,10 @@ class Coordinator {
   // key is the engine key (tenant prefix included). NotFound is a ReadResult
   // with found = false, not an error; Unavailable when R owners cannot be
   // reached within the write wait.
-  virtual void Get(std::string key, protocol::Consistency consistency,
-                   std::function<void(absl::StatusOr<ReadResult>)> done) = 0;
+  // Callbacks are move-only: a callback that holds one shared state needs no
+  // allocation of its own.
+  using ReadDone = absl::AnyInvocable<void(absl::StatusOr<ReadResult>)>;
+  virtual void Get(std::string key, protocol::Consistency consistency, ReadDone done) = 0;
 
   struct WriteOutcome {
     engine::WriteResult result;  // of the local apply, or the timestamp used
@@ -67,9 +69,9 @@ class Coordinator {
   // value nullopt: delete. Unavailable (with the owners that did apply it in
   // the message) when fewer than W owners acknowledge within the write wait;
   // what was written is not rolled back.
+  using WriteDone = absl::AnyInvocable<void(absl::StatusOr<WriteOutcome>)>;
   virtual void Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
-                     protocol::Consistency consistency,
-                     std::function<void(absl::StatusOr<WriteOutcome>)> done) = 0;
+                     protocol::Consistency consistency, WriteDone done) = 0;
 
   // The owners of a key (primary first), for answers such as primary_node.
   virtual std::vector<std::string> Owners(absl::string_view key) const = 0;

@@ -1328,6 +1328,41 @@ TEST_F(CoordinatorTest, AnOwnerThatHangsDoesNotUseUpAStrongWritesWait) {
   EXPECT_LE(hung_timeouts_.front(), absl::Milliseconds(250));
 }
 
+// A strong write counts as in flight under its epoch (what an epoch barrier
+// waits for) from the start until it answers, whether it succeeds or fails,
+// and a strong read likewise.
+TEST_F(CoordinatorTest, AQuorumOperationCountsAsInFlightUntilItAnswers) {
+  Start(3);
+  ReplicaCoordinator* coordinator = members_.at("node-0").coordinator.get();
+  std::vector<size_t> counted;  // InFlightBefore(1) at each send to a peer
+  {
+    absl::MutexLock lock(&mu_);
+    on_send_ = [&counted, coordinator](const std::string&) {
+      counted.push_back(coordinator->InFlightBefore(1));
+    };
+  }
+  ASSERT_OK(Write("node-0", "k", "v", p::Consistency::Strong));
+  EXPECT_EQ(coordinator->InFlightBefore(1), 0u) << "released once answered";
+  ASSERT_OK(Read("node-0", "k", p::Consistency::Strong));
+  EXPECT_EQ(coordinator->InFlightBefore(1), 0u);
+  // Both peers down: the write fails, and is no longer counted either.
+  Kill("node-1", /*known_dead=*/false);
+  Kill("node-2", /*known_dead=*/false);
+  EXPECT_STATUS_CODE(Write("node-0", "k", "w", p::Consistency::Strong),
+                     absl::StatusCode::kUnavailable);
+  EXPECT_EQ(coordinator->InFlightBefore(1), 0u);
+  EXPECT_EQ(coordinator->InFlightBefore(0), 0u) << "only operations under an older epoch";
+  {
+    absl::MutexLock lock(&mu_);
+    on_send_ = nullptr;
+  }
+  // (This fake transport answers as it sends: a send after the majority
+  // answered finds the operation over.)
+  ASSERT_FALSE(counted.empty());
+  EXPECT_EQ(counted.front(), 1u) << "the write, at its first send";
+  for (size_t in_flight : counted) EXPECT_LE(in_flight, 1u);
+}
+
 // A read asks an owner at the address the membership gave moments before;
 // the owner it asks after one failed is looked up again, so a member that
 // came back on another address is asked there.
@@ -1610,19 +1645,20 @@ TEST_F(CoordinatorTest, OwnersFollowAChangeItsEndAndANewN) {
 class FakeCoordinator final : public Coordinator {
  public:
   bool Active() const override { return active; }
-  void Get(std::string key, p::Consistency consistency,
-           std::function<void(absl::StatusOr<ReadResult>)> done) override {
+  void Get(std::string key, p::Consistency consistency, ReadDone done) override {
     last_key = key;
     last_consistency = consistency;
     ReadResult result;
     result.found = key != "missing";
     result.value = "clustered";
     result.timestamp = 42;
-    Answer([done, result] { done(result); });
+    // Answer's function is copyable; the callback is move-only.
+    auto shared = std::make_shared<ReadDone>(std::move(done));
+    Answer([shared, result] { (*shared)(result); });
   }
   void Write(std::string key, std::optional<std::string> value, int64_t,
-             p::Consistency consistency,
-             std::function<void(absl::StatusOr<WriteOutcome>)> done) override {
+             p::Consistency consistency, WriteDone write_done) override {
+    auto done = std::make_shared<WriteDone>(std::move(write_done));
     last_key = key;
     last_consistency = consistency;
     ++writes;
@@ -1630,8 +1666,8 @@ class FakeCoordinator final : public Coordinator {
     outcome.result.timestamp = 7;
     outcome.result.version = value.has_value() ? 1 : 2;
     Answer([done, outcome, unavailable = this->unavailable] {
-      if (unavailable) return done(absl::UnavailableError("reached 1 of 3 owners"));
-      done(outcome);
+      if (unavailable) return (*done)(absl::UnavailableError("reached 1 of 3 owners"));
+      (*done)(outcome);
     });
   }
   std::vector<std::string> Owners(absl::string_view) const override { return {"a", "b"}; }
