@@ -148,8 +148,9 @@ Outcome HandleControlPropose(control::ControlPlane* control, const p::Request& r
     return Outcome::kAnswered;
   }
   std::string command(p::View(propose->command()));
-  Completion completion = defer();
-  auto answer = [id, completion = std::move(completion)](absl::StatusOr<uint64_t> result) {
+  // Shared: the control plane's callbacks are copyable, a completion is not.
+  auto completion = std::make_shared<Completion>(defer());
+  auto answer = [id, completion](absl::StatusOr<uint64_t> result) {
     flatbuffers::FlatBufferBuilder out(128);
     if (result.ok()) {
       p::FinishResponse(&out, id, p::Result::ControlResult,
@@ -157,7 +158,7 @@ Outcome HandleControlPropose(control::ControlPlane* control, const p::Request& r
     } else {
       p::BuildStatusResponse(&out, id, result.status());
     }
-    completion(std::string(p::FrameOf(out)));
+    (*completion)(std::string(p::FrameOf(out)));
   };
   if (propose->forwarded()) {
     control->ProposeLocal(std::move(command), std::move(answer));

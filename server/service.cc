@@ -62,13 +62,15 @@ absl::Status NotPermitted(absl::string_view what) {
 // finish(result) is called exactly once. An inline result is built straight
 // into b (kAnswered); a later one into a frame for the deferred completion.
 template <typename Result, typename Build, typename Start>
-Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
+Service::Outcome RunCluster(const Service& service, uint64_t id, flatbuffers::FlatBufferBuilder* b,
                             absl::FunctionRef<Service::Completion()> defer, Build build,
                             Start start) {
   // Everything finish needs is here: a finish that holds one pointer needs
   // no allocation of its own (Coordinator's callbacks are move-only).
   struct Pending {
-    Pending(Build build, uint64_t id) : build(std::move(build)), id(id) {}
+    Pending(const Service* service, Build build, uint64_t id)
+        : service(service), build(std::move(build)), id(id) {}
+    const Service* const service;
     const Build build;
     const uint64_t id;
     absl::Mutex mu;
@@ -76,7 +78,7 @@ Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
     std::optional<Result> result ABSL_GUARDED_BY(mu);
     Service::Completion completion ABSL_GUARDED_BY(mu);
   };
-  auto pending = std::make_shared<Pending>(std::move(build), id);
+  auto pending = std::make_shared<Pending>(&service, std::move(build), id);
   start([pending](Result result) {
     Service::Completion completion;
     {
@@ -87,9 +89,9 @@ Service::Outcome RunCluster(uint64_t id, flatbuffers::FlatBufferBuilder* b,
       }
       completion = std::move(pending->completion);
     }
-    completion(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
-      pending->build(builder, pending->id, result);
-    }));
+    pending->service->Deliver(completion, BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+                                pending->build(builder, pending->id, result);
+                              }));
   });
   absl::MutexLock lock(&pending->mu);
   if (pending->result.has_value()) {
@@ -330,17 +332,10 @@ absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> Service::ReadWatchEve
 Service::Outcome Service::Handle(const RequestContext& context, const p::Request& request,
                                  flatbuffers::FlatBufferBuilder* b,
                                  absl::FunctionRef<Completion()> defer) {
-  if (config_.data_dir.empty()) return HandleOperation(context, request, b, defer);
-  auto scrubbing_defer = [this, &defer]() -> Completion {
-    return [this, done = defer()](std::string frame) {
-      // Reused per thread: no allocation for the answers that name no file.
-      thread_local flatbuffers::FlatBufferBuilder scrubbed(256);
-      scrubbed.Clear();
-      if (ScrubResponse(frame, &scrubbed)) frame = std::string(p::FrameOf(scrubbed));
-      done(std::move(frame));
-    };
-  };
-  const Outcome outcome = HandleOperation(context, request, b, scrubbing_defer);
+  // A deferred answer is scrubbed as it is delivered (Deliver): every
+  // completion defer gives is called through it.
+  const Outcome outcome = HandleOperation(context, request, b, defer);
+  if (config_.data_dir.empty()) return outcome;
   if (outcome == Outcome::kAnswered && MayNameFiles(p::FrameOf(*b))) {
     // Rare (an error naming a file): the answer is copied out and rebuilt.
     thread_local flatbuffers::FlatBufferBuilder scrubbed(256);
@@ -352,6 +347,16 @@ Service::Outcome Service::Handle(const RequestContext& context, const p::Request
     }
   }
   return outcome;
+}
+
+void Service::Deliver(Completion& done, std::string frame) const {
+  if (!config_.data_dir.empty()) {
+    // Reused per thread: no allocation for the answers that name no file.
+    thread_local flatbuffers::FlatBufferBuilder scrubbed(256);
+    scrubbed.Clear();
+    if (ScrubResponse(frame, &scrubbed)) frame = std::string(p::FrameOf(scrubbed));
+  }
+  done(std::move(frame));
 }
 
 absl::Status Service::ClientStatus(const absl::Status& status) const {
@@ -647,7 +652,7 @@ Service::Outcome Service::ConsensusGetVersion(ConsensusKeys* consensus, uint64_t
     }
     BuildReadResponse(out, request_id, read);
   };
-  return RunCluster<Read>(id, b, defer, build, [&](auto finish) {
+  return RunCluster<Read>(*this, id, b, defer, build, [&](auto finish) {
     consensus->Get(std::move(key), std::move(finish));
   });
 }
@@ -680,14 +685,14 @@ Service::Outcome Service::HandleGet(const RequestContext& context, uint64_t id, 
   }
   if (ConsensusKeys* consensus = ConsensusFor(*key); consensus != nullptr) {
     using Read = absl::StatusOr<Coordinator::ReadResult>;
-    return RunCluster<Read>(id, b, defer, BuildReadResponse,
+    return RunCluster<Read>(*this, id, b, defer, BuildReadResponse,
                             [&](auto finish) {
                               consensus->Get(std::string(*key), std::move(finish));
                             });
   }
   if (Coordinator* coordinator = ClusterFor(context); coordinator != nullptr) {
     using Read = absl::StatusOr<Coordinator::ReadResult>;
-    return RunCluster<Read>(id, b, defer, BuildReadResponse,
+    return RunCluster<Read>(*this, id, b, defer, BuildReadResponse,
                             [&](auto finish) {
                               coordinator->Get(std::string(*key), get.consistency(),
                                                std::move(finish));
@@ -765,8 +770,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
       return Outcome::kAnswered;
     }
     using Written = absl::StatusOr<engine::WriteResult>;
-    return RunCluster<Written>(
-        id, b, defer, BuildWriteResponse, [&](auto finish) {
+    return RunCluster<Written>(*this, id, b, defer, BuildWriteResponse, [&](auto finish) {
           consensus->Write(std::string(key),
                            is_put ? std::optional<std::string>(std::string(value)) : std::nullopt,
                            options.if_version, std::move(finish));
@@ -782,8 +786,7 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
       return Outcome::kAnswered;
     }
     using Written = absl::StatusOr<Coordinator::WriteOutcome>;
-    return RunCluster<Written>(
-        id, b, defer, BuildClusterWriteResponse, [&](auto finish) {
+    return RunCluster<Written>(*this, id, b, defer, BuildClusterWriteResponse, [&](auto finish) {
           coordinator->Write(std::string(key),
                              is_put ? std::optional<std::string>(std::string(value))
                                     : std::nullopt,
@@ -793,11 +796,12 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
   if (always_sync_) {
     // The answer waits for the group commit's fdatasync, which completes on
     // the engine's group commit; the loop goes on serving others meanwhile.
-    Completion done = defer();
-    auto callback = [id, done = std::move(done)](absl::StatusOr<engine::WriteResult> result) {
-      done(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
-        BuildWriteResponse(builder, id, result);
-      }));
+    // Shared: the engine's callbacks are copyable, a completion is not.
+    auto done = std::make_shared<Completion>(defer());
+    auto callback = [this, id, done](absl::StatusOr<engine::WriteResult> result) {
+      Deliver(*done, BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+                BuildWriteResponse(builder, id, result);
+              }));
     };
     if (is_put) {
       engine_->PutAsync(key, value, options, std::move(callback));
@@ -894,20 +898,21 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
     gather->remaining = items.size();
   }
   const bool deferred = always_sync_;
-  Completion done = deferred ? defer() : Completion();
+  // Shared by the items' callbacks (copyable, as the engine's are).
+  auto done = deferred ? std::make_shared<Completion>(defer()) : nullptr;
   // Whoever records the last result answers (when the answer is deferred).
-  auto record = [gather, done, id](size_t i, absl::StatusOr<engine::WriteResult> result) {
+  auto record = [this, gather, done, id](size_t i, absl::StatusOr<engine::WriteResult> result) {
     std::vector<absl::StatusOr<engine::WriteResult>> results;
     {
       absl::MutexLock lock(&gather->mu);
       assert(i < gather->results.size() && gather->remaining > 0);  // each item once
       gather->results[i] = std::move(result);
-      if (--gather->remaining != 0 || !done) return;
+      if (--gather->remaining != 0 || done == nullptr) return;
       results = std::move(gather->results);
     }
-    done(BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
-      BuildBatchResponse(builder, id, results);
-    }));
+    Deliver(*done, BuildFrame([&](flatbuffers::FlatBufferBuilder* builder) {
+              BuildBatchResponse(builder, id, results);
+            }));
   };
   for (size_t i = 0; i < items.size(); ++i) {
     const p::BatchItem* item = items.Get(i);
@@ -945,7 +950,7 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
                                        const p::Batch& batch, flatbuffers::FlatBufferBuilder* b,
                                        absl::FunctionRef<Completion()> defer) {
   using Results = std::vector<absl::StatusOr<engine::WriteResult>>;
-  return RunCluster<Results>(id, b, defer, BuildBatchResponse,
+  return RunCluster<Results>(*this, id, b, defer, BuildBatchResponse,
                              [&](std::function<void(Results)> finish) {
     // Each item goes through the coordinator on its own; whoever records the
     // last result finishes.

@@ -94,6 +94,10 @@ class Service {
   // --fsync=always), so the common path allocates nothing.
   Outcome Handle(const RequestContext& context, const protocol::Request& request,
                  flatbuffers::FlatBufferBuilder* builder, absl::FunctionRef<Completion()> defer);
+  // Calls a deferred answer's completion with its frame, as every deferred
+  // answer of Handle is given: its messages scrubbed of the data
+  // directory's paths (ClientStatus) when the node has one.
+  void Deliver(Completion& done, std::string frame) const;
 
   // The Service's verdicts for what the network layers handle themselves,
   // with the status to answer when refused.

@@ -1244,8 +1244,8 @@ void ReplicaCoordinator::ReadNext(const std::shared_ptr<ReadState>& state, bool 
           absl::StatusOr<VersionedRecord> record) {
         if (record.ok()) record->version = 0;  // a peer's counter means nothing here
         ReadState* read = ask->state;
-        // Candidates are fixed once set: read without the lock.
-        const std::string& node = read->candidates[ask->candidate];
+        // Candidates are fixed once set (before any ask): read without the lock.
+        const std::string& node = ABSL_TS_UNCHECKED_READ(read->candidates)[ask->candidate];
         read->coordinator->OnRead(std::shared_ptr<ReadState>(ask, read), node, std::move(record));
       },
       state->epoch);

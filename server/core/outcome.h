@@ -4,8 +4,9 @@
 #ifndef LOGKV_SERVER_CORE_OUTCOME_H_
 #define LOGKV_SERVER_CORE_OUTCOME_H_
 
-#include <functional>
 #include <string>
+
+#include "absl/functional/any_invocable.h"
 
 namespace logkv::server {
 
@@ -15,7 +16,8 @@ enum class Outcome {
 };
 
 // Called at most once, from any thread, with a finished response frame.
-using Completion = std::function<void(std::string frame)>;
+// Move-only: a completion that holds one pointer needs no allocation.
+using Completion = absl::AnyInvocable<void(std::string frame)>;
 
 }  // namespace logkv::server
 

@@ -342,18 +342,29 @@ Completion BinarySession::DeferOn(p::Operation operation, int64_t start_ns,
                                   absl::string_view subject) {
   Connection& c = connection();
   ++c.pending;
-  Loop* loop = c.loop;
-  const uint64_t connection_id = c.id;
-  return [loop, connection_id, operation, start_ns,
-          subject = std::string(subject)](std::string frame) {
-    loop->Post([connection_id, operation, start_ns, subject = std::move(subject),
-                frame = std::move(frame)](Loop& l) {
-      ObserveAnswer(l.config(), operation, frame, start_ns, subject);
-      Connection* conn = l.Find(connection_id);
+  // One allocation carries the answer from the thread that completes it
+  // back to this loop: the completion and the task it posts hold only it.
+  struct Deferred {
+    Loop* loop;
+    uint64_t connection_id;
+    p::Operation operation;
+    int64_t start_ns;
+    std::string subject;
+    std::string frame;
+  };
+  auto deferred = std::make_unique<Deferred>(
+      Deferred{c.loop, c.id, operation, start_ns, std::string(subject), std::string()});
+  return [deferred = std::move(deferred)](std::string frame) mutable {
+    deferred->frame = std::move(frame);
+    Loop* loop = deferred->loop;
+    loop->Post([deferred = std::move(deferred)](Loop& l) {
+      ObserveAnswer(l.config(), deferred->operation, deferred->frame, deferred->start_ns,
+                    deferred->subject);
+      Connection* conn = l.Find(deferred->connection_id);
       if (conn == nullptr) return;  // the client is gone
       assert(conn->pending > 0);  // each deferred answer completes once
       --conn->pending;
-      conn->out.append(frame);
+      conn->out.append(deferred->frame);
       l.Answered(*conn);
     });
   };

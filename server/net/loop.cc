@@ -163,7 +163,7 @@ void Loop::Run() {
   if (uv_loop_close(&loop_) != 0) Log(Level::kWarning, "loop %d closed with handles open", index_);
 }
 
-void Loop::Post(std::function<void(Loop&)> task) {
+void Loop::Post(Task task) {
   absl::MutexLock lock(&tasks_mu_);
   // After shutdown nobody is left to answer: late completions are dropped.
   if (handles_closing_) return;
@@ -172,7 +172,7 @@ void Loop::Post(std::function<void(Loop&)> task) {
 }
 
 void Loop::DrainTasks() {
-  std::vector<std::function<void(Loop&)>> tasks;
+  std::vector<Task> tasks;
   {
     absl::MutexLock lock(&tasks_mu_);
     tasks.swap(tasks_);

@@ -30,6 +30,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "server/net/connection.h"
@@ -56,8 +57,10 @@ class Loop {
   // The port a listener is bound to: -1 the binary one, else that HTTP one.
   int BoundPort(int http_index = -1);
 
-  // Any thread: run task on this loop's thread.
-  void Post(std::function<void(Loop&)> task);
+  // Any thread: run task on this loop's thread. (Move-only: a task that
+  // holds one pointer needs no allocation.)
+  using Task = absl::AnyInvocable<void(Loop&)>;
+  void Post(Task task);
   // Any thread: engine events were appended; wake the subscribers.
   void WakeSubscribers() {
     if (subscriber_count_.load(std::memory_order_relaxed) == 0) return;
@@ -169,7 +172,7 @@ class Loop {
   uv_check_t turn_check_;
 
   absl::Mutex tasks_mu_;
-  std::vector<std::function<void(Loop&)>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
+  std::vector<Task> tasks_ ABSL_GUARDED_BY(tasks_mu_);
   bool handles_closing_ ABSL_GUARDED_BY(tasks_mu_) = false;
 
   // Loop-thread state.
