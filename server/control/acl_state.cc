@@ -57,6 +57,12 @@ absl::Status CheckAclPrefix(absl::string_view prefix) {
 
 }  // namespace
 
+absl::Status AuditFlagIsAdministrators() {
+  return absl::PermissionDeniedError(
+      "only an administrator may set, clear or remove an ACL entry's audit flag (audited writes "
+      "share the audit log's retention with the cluster's own entries)");
+}
+
 uint64_t NamespaceUserOf(absl::string_view key) {
   if (key.size() < kAclNamespaceBytes || key[0] != '\0' || key[1] != 't') return 0;
   uint64_t id = 0;
@@ -179,13 +185,18 @@ std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const 
   auto p = b.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
   return EncodeBody(b, fb::CommandBody::SetAcl,
                     fb::CreateSetAcl(b, p, entry.owner, entry.group_id,
-                                     static_cast<uint16_t>(entry.mode), entry.audit, false), actor);
+                                     static_cast<uint16_t>(entry.mode), entry.audit,
+                                     /*remove=*/false, /*audit_needs_admin=*/true),
+                    actor);
 }
 
 std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(128 + prefix.size());
   auto p = b.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
-  return EncodeBody(b, fb::CommandBody::SetAcl, fb::CreateSetAcl(b, p, 0, 0, 0, false, true), actor);
+  return EncodeBody(b, fb::CommandBody::SetAcl,
+                    fb::CreateSetAcl(b, p, 0, 0, 0, false, /*remove=*/true,
+                                     /*audit_needs_admin=*/true),
+                    actor);
 }
 
 Access AclState::Current() const {
@@ -322,13 +333,24 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetGroupMember& cmd, UserExis
   return cmd.user_id();
 }
 
-absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_exists) {
+absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_exists,
+                                         uint64_t actor_user) {
   const absl::string_view prefix = View(cmd.prefix());
   if (absl::Status s = CheckAclPrefix(prefix); !s.ok()) return s;
+  // Audited writes share the audit log's retention with the cluster's own
+  // entries: a user who could audit every write of theirs could push the
+  // history of every change out of the log, and one who could drop an
+  // administrator's flag could stop being audited. So the flag is an
+  // administrator's, checked here as well as by the route (which reads the
+  // entry before proposing: this closes the race with a change between).
+  auto refuses_audit_change = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return cmd.audit_needs_admin() && actor_user != 0 && !access_.IsAdmin(actor_user);
+  };
   if (cmd.remove()) {
     absl::MutexLock lock(&mu_);
     auto it = access_.acls.find(prefix);
     if (it == access_.acls.end()) return absl::NotFoundError("no ACL on this prefix");
+    if (it->second.audit && refuses_audit_change()) return AuditFlagIsAdministrators();
     access_.acls.erase(it);
     return 0;
   }
@@ -343,6 +365,8 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
     return absl::NotFoundError(absl::StrCat("group ", cmd.group_id(), " not found"));
   }
   auto it = access_.acls.find(prefix);
+  const bool audited = it != access_.acls.end() && it->second.audit;
+  if (cmd.audit() != audited && refuses_audit_change()) return AuditFlagIsAdministrators();
   if (it == access_.acls.end() && access_.acls.size() >= kMaxAclEntries) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the cluster has ", kMaxAclEntries, " ACL entries, the limit"));

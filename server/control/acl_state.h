@@ -151,6 +151,9 @@ std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool membe
                                  const Actor& actor = {});
 // prefix: the whole engine prefix, namespace included.
 std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor = {});
+// The refusal of an audit flag's change by a user who is not an
+// administrator (PermissionDenied), from the route and from the command.
+absl::Status AuditFlagIsAdministrators();
 std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor = {});
 
 class AclState {
@@ -194,7 +197,10 @@ class AclState {
   absl::StatusOr<uint64_t> Apply(const fb::RenameGroup& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::DeleteGroup& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::SetGroupMember& cmd, UserExists user_exists);
-  absl::StatusOr<uint64_t> Apply(const fb::SetAcl& cmd, UserExists user_exists);
+  // actor_user: the user who asked (0 when no user did: a node, the cluster
+  // secret); one who is not an administrator may not change audit flags.
+  absl::StatusOr<uint64_t> Apply(const fb::SetAcl& cmd, UserExists user_exists,
+                                 uint64_t actor_user);
 
   // The state as the snapshot's Access table (a null offset when it holds
   // nothing, so snapshots of clusters that never used it are unchanged),

@@ -468,6 +468,7 @@ struct AclTarget {
   std::optional<std::string> prefix;
   std::string engine_prefix;  // with the namespace, when prefix is given
   control::Actor actor;       // the caller, for the audit log
+  bool admin = false;         // the caller is an administrator
 };
 
 // The caller and target of an ACL route, or the refusal: 401 without a key,
@@ -480,6 +481,7 @@ std::optional<AclTarget> AclRequest(const Deps& deps, const HttpRequest& request
   AclTarget target;
   target.namespace_user = caller->user_id;
   target.actor = control::Actor::User(caller->user_id, deps->node_id ? deps->node_id() : "");
+  target.admin = caller->admin;
   if (std::optional<std::string> ns = request.QueryParam("namespace"); ns.has_value()) {
     absl::StatusOr<uint64_t> id = IdOf(*ns, "?namespace= (a user id)");
     if (!id.ok()) {
@@ -566,6 +568,15 @@ void GetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   responder.Send(JsonAnswer(200, json));
 }
 
+// Whether the entry at engine_prefix has the audit flag, as this node
+// applied it (the SetAcl command checks again as it applies).
+bool Audited(const Deps& deps, const std::string& engine_prefix) {
+  return Acls(deps).Read([&engine_prefix](const control::Access& a) {
+    auto it = a.acls.find(engine_prefix);
+    return it != a.acls.end() && it->second.audit;
+  });
+}
+
 // PUT {"mode", "owner"?, "group"?: id or name or null, "audit"?}.
 void SetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   HttpResponse refusal;
@@ -610,7 +621,13 @@ void SetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   }
   absl::StatusOr<std::optional<bool>> audit = OptionalBool(*body, "audit");
   if (!audit.ok()) return responder.Send(StatusResponse(audit.status()));
-  entry.audit = audit->value_or(false);
+  // Without "audit" the entry keeps the flag it has. Only an administrator
+  // may change it.
+  const bool audited = Audited(deps, target->engine_prefix);
+  entry.audit = audit->value_or(audited);
+  if (entry.audit != audited && !target->admin) {
+    return responder.Send(StatusResponse(control::AuditFlagIsAdministrators()));
+  }
   OnPool(deps, std::move(responder), [deps, target = *target, entry]() {
     absl::StatusOr<uint64_t> set = deps->store->ProposeAccess(
         control::EncodeSetAcl(target.engine_prefix, entry, target.actor),
@@ -631,6 +648,10 @@ void RemoveAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   HttpResponse refusal;
   std::optional<AclTarget> target = AclRequest(deps, request, true, &refusal);
   if (!target) return responder.Send(std::move(refusal));
+  const bool audited = Audited(deps, target->engine_prefix);
+  if (audited && !target->admin) {
+    return responder.Send(StatusResponse(control::AuditFlagIsAdministrators()));
+  }
   OnPool(deps, std::move(responder), [deps, target = *target]() {
     absl::StatusOr<uint64_t> removed = deps->store->ProposeAccess(
         control::EncodeRemoveAcl(target.engine_prefix, target.actor),

@@ -440,7 +440,28 @@ TEST_F(AclClusterTest, RemovedFromTheGroupLosesAccessOnEveryNode) {
 // audit log (docs/security.md), others are not; read back through another
 // node with the administrator's key.
 TEST_F(AclClusterTest, AnEntrysAuditFlagRecordsItsWrites) {
-  SetAcl(0, owner_, "ledger/", {{"mode", "cdwr--------"}, {"audit", true}});
+  // The flag is an administrator's: the namespace's user may neither set
+  // it, nor clear it, nor remove an entry that has it (its writes share the
+  // audit log's retention with the control plane's entries).
+  const std::string ledger = absl::StrCat("/api/acl?prefix=ledger/&namespace=", owner_.id);
+  const Json audited = {{"mode", "cdwr--------"}, {"audit", true}};
+  HttpAnswer refused = Call(0, "PUT", ledger, As(owner_), audited.dump());
+  EXPECT_EQ(refused.status, 403) << refused.body;
+  EXPECT_NE(refused.body.find("only an administrator"), std::string::npos) << refused.body;
+  ASSERT_EQ(Call(1, "PUT", ledger, As(admin_), audited.dump()).status, 200);
+  // Without "audit" the owner's change keeps the flag, on any node.
+  HttpAnswer kept =
+      CallUntil(200, 2, "PUT", ledger, As(owner_), Json{{"mode", "cdwrcdwr----"}}.dump());
+  ASSERT_EQ(kept.status, 200) << kept.body;
+  EXPECT_EQ(kept.Json()["audit"], true) << kept.body;
+  for (int node = 0; node < kNodes; ++node) {
+    EXPECT_EQ(Call(node, "PUT", ledger, As(owner_),
+                   Json{{"mode", "cdwr--------"}, {"audit", false}}.dump())
+                  .status,
+              403)
+        << "node " << node;
+    EXPECT_EQ(Call(node, "DELETE", ledger, As(owner_)).status, 403) << "node " << node;
+  }
   for (int node = 0; node < kNodes; ++node) {
     ASSERT_EQ(CallUntil(200, node, "PUT", "/v1/kv/ledger/entry", As(owner_), "v").status, 200)
         << "node " << node;

@@ -11,6 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/control/command_encoding.h"
+#include "server/control/control_generated.h"
 #include "server/control/control_state.h"
 
 namespace logkv::server::control {
@@ -154,6 +156,64 @@ TEST_F(AclStateTest, AuditFlagFollowsTheDecidingEntry) {
   EXPECT_TRUE(state_.access().AuditsKey(absl::StrCat(Ns(kOwner), "ledger/2024")));
   EXPECT_FALSE(state_.access().AuditsKey(absl::StrCat(Ns(kOwner), "ledger/scratch/x")));
   EXPECT_FALSE(state_.access().AuditsKey(absl::StrCat(Ns(kOwner), "other")));
+}
+
+// The audit flag is an administrator's (docs/security.md, "Access control"):
+// a user who is not one may neither set it, nor clear it, nor remove an
+// entry that has it; everything else of an audited entry stays theirs.
+TEST_F(AclStateTest, OnlyAnAdministratorChangesAnAuditFlag) {
+  const std::string prefix = absl::StrCat(Ns(kOwner), "ledger/");
+  const Actor owner = Actor::User(kOwner, "n1");
+  const Actor admin = Actor::User(kAdmin, "n1");
+  AclEntry entry;
+  entry.owner = kOwner;
+  entry.mode = 0xf00;
+  entry.audit = true;
+  EXPECT_TRUE(absl::IsPermissionDenied(state_.Apply(EncodeSetAcl(prefix, entry, owner)).status()));
+  EXPECT_FALSE(state_.access().AuditsKey(prefix + "x"));
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, admin)).ok());
+  EXPECT_TRUE(state_.access().AuditsKey(prefix + "x"));
+  // The owner changes the mode, keeping the flag; not the flag.
+  entry.mode = 0xf40;
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, owner)).ok());
+  EXPECT_EQ(state_.access().Current().acls.at(prefix).mode, 0xf40u);
+  entry.audit = false;
+  EXPECT_TRUE(absl::IsPermissionDenied(state_.Apply(EncodeSetAcl(prefix, entry, owner)).status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(state_.Apply(EncodeRemoveAcl(prefix, owner)).status()));
+  EXPECT_TRUE(state_.access().AuditsKey(prefix + "x"));
+  // Another user made an administrator may; so may the node and the
+  // cluster secret (no user asked).
+  ASSERT_TRUE(state_.Apply(EncodeSetAdmin(kOther, true)).ok());
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, Actor::User(kOther, "n2"))).ok());
+  EXPECT_FALSE(state_.access().AuditsKey(prefix + "x"));
+  entry.audit = true;
+  Actor node;
+  node.kind = Actor::Kind::kNode;
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, node)).ok());
+  ASSERT_TRUE(state_.Apply(EncodeRemoveAcl(prefix, admin)).ok());
+  // An entry without the flag: its owner sets and removes it as before.
+  entry.audit = false;
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, owner)).ok());
+  ASSERT_TRUE(state_.Apply(EncodeRemoveAcl(prefix, owner)).ok());
+}
+
+// A SetAcl committed by an older version carries no audit_needs_admin and
+// applies as it did then: replaying a log must rebuild the state it built.
+TEST_F(AclStateTest, AnOlderVersionsAuditedSetAclAppliesAsCommitted) {
+  const std::string prefix = absl::StrCat(Ns(kOwner), "ledger/");
+  flatbuffers::FlatBufferBuilder builder;
+  auto p = builder.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
+  fb::SetAclBuilder body(builder);
+  body.add_prefix(p);
+  body.add_owner(kOwner);
+  body.add_mode(0xf00);
+  body.add_audit(true);
+  CommandOptions options;
+  options.actor = Actor::User(kOwner, "n1");
+  const std::string command =
+      FinishCommand(builder, fb::CommandBody::SetAcl, body.Finish().Union(), options);
+  ASSERT_TRUE(state_.Apply(command).ok());
+  EXPECT_TRUE(state_.access().AuditsKey(prefix + "x"));
 }
 
 TEST_F(AclStateTest, CommandsAreValidated) {
