@@ -1886,6 +1886,12 @@ absl::Status Node::StartBackgroundWork() {
                           {"voters", status.voters},
                           {"leader_changes", status.leader_changes},
                           {"caught_up", control_caught_up_.load()},
+                          // "lagging": this node's audit file lags the chain
+                          // (its last write failed, a full disk); the entries
+                          // wait in memory and in the control plane's log.
+                          {"audit_log", control->audit_log() == nullptr ? "off"
+                                        : control->audit_log()->healthy() ? "ok"
+                                                                          : "lagging"},
                           {"members", std::move(members)}};
   });
   cluster_routes_->SetBackground([this](std::function<void()> work) {

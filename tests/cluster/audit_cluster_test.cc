@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_process.h"
+#include "tests/engine/test_util.h"
 
 namespace logkv::test {
 namespace {
@@ -125,6 +126,62 @@ TEST(AuditClusterTest, ALongLogVerifiesOverHttp) {
                              absl::StrCat("--cluster-secret=", kSecret)});
   EXPECT_EQ(online.exit_code, 0) << online.output;
   EXPECT_TRUE(absl::StartsWith(online.output, "OK: ")) << online.output;
+}
+
+// /health's control.audit_log of node 0: "ok", "lagging", or "" unreadable.
+std::string AuditLogHealth(int http) {
+  absl::StatusOr<HttpAnswer> health = HttpExchange(http, "GET", "/health", {}, "", absl::Seconds(5));
+  if (!health.ok() || health->status != 200) return "";
+  const nlohmann::json body = nlohmann::json::parse(health->body, nullptr, false);
+  if (!body.is_object() || !body.contains("control")) return "";
+  return body["control"].value("audit_log", "");
+}
+
+// A node whose audit file cannot be written (its file system is full) says
+// so in /health, "lagging", and "ok" again once the file has room and the
+// entries that waited are written.
+TEST(AuditClusterTest, HealthSaysWhileTheAuditFileLags) {
+  ScopedTempDir dir;
+  const std::string audit_dir = dir.path() + "/control/audit";
+  fs::create_directories(dir.path() + "/control");
+  ScopedTmpfs tmpfs(audit_dir, "64k");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << tmpfs.error();
+  ClusterOptions options = Options(1);
+  options.node_data_dirs = {dir.path()};
+  ClusterProcess cluster(options);
+  absl::Status started = cluster.Start();
+  ASSERT_TRUE(started.ok()) << started;
+  const int http = cluster.http_port(0);
+  ASSERT_EQ(AuditLogHealth(http), "ok");
+  // Audited writes of 300-byte keys: 64 KiB hold about 150 entries.
+  const std::string long_name(300, 'x');
+  int written = 0;
+  std::string state = "ok";
+  while (state != "lagging" && written < 5000) {
+    absl::StatusOr<HttpAnswer> put =
+        cluster.Put(0, absl::StrCat("audited/", long_name, written++), "v", Consistency::kDefault);
+    ASSERT_TRUE(put.ok()) << put.status();
+    ASSERT_EQ(put->status / 100, 2) << put->body;  // the data write is not refused
+    if (written % 50 == 0) {
+      for (int i = 0; i < 20 && (state = AuditLogHealth(http)) == "ok"; ++i) {
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+    }
+  }
+  ASSERT_EQ(state, "lagging") << "the audit file never filled its 64 KiB in " << written
+                              << " audited writes";
+  ASSERT_TRUE(tmpfs.Resize("64m").ok());
+  // The next entries to arrive are written with those that waited.
+  for (int i = 0; i < 400 && state != "ok"; ++i) {
+    if (i % 20 == 0) {
+      absl::StatusOr<HttpAnswer> put =
+          cluster.Put(0, absl::StrCat("audited/after", i), "v", Consistency::kDefault);
+      ASSERT_TRUE(put.ok()) << put.status();
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+    state = AuditLogHealth(http);
+  }
+  EXPECT_EQ(state, "ok");
 }
 
 TEST(AuditClusterTest, ARealLogVerifiesAndOfflineEditsAreNamed) {
