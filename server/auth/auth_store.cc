@@ -528,6 +528,11 @@ absl::StatusOr<uint64_t> AuthStore::ProposeAndAwait(
 absl::StatusOr<uint64_t> AuthStore::ProposeAccess(
     std::string command, const std::function<bool(const control::Access&, uint64_t)>& done) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  return ProposeAccessWhileLoading(std::move(command), done);
+}
+
+absl::StatusOr<uint64_t> AuthStore::ProposeAccessWhileLoading(
+    std::string command, const std::function<bool(const control::Access&, uint64_t)>& done) {
   control::AclState* access = access_.load(std::memory_order_acquire);
   if (access == nullptr || !propose_) {
     return absl::UnavailableError("no control plane to propose to");
@@ -762,15 +767,28 @@ absl::Status AuthStore::ImportRestoredAccounts() {
   std::ifstream in(config_.restored_state_file, std::ios::binary);
   if (!in) return absl::OkStatus();  // not a restored data directory
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!state()->Read([](const control::Accounts& a) { return a.empty(); })) {
-    return absl::OkStatus();  // the cluster has accounts: they are the ones
-  }
+  const bool has_accounts = !state()->Read([](const control::Accounts& a) { return a.empty(); });
+  control::AclState* access = access_.load(std::memory_order_acquire);
+  const bool access_done =
+      access == nullptr ||
+      access->Read([](const control::Access& a) { return !a.import_source.empty(); });
+  if (has_accounts && access_done) return absl::OkStatus();  // the cluster's are the ones
   control::ControlState restored;
   if (absl::Status status = restored.Restore(bytes); !status.ok()) {
     return absl::DataLossError(absl::StrCat("the control-plane state restored from a backup (",
                                             config_.restored_state_file,
                                             ") does not decode: ", status.message()));
   }
+  // The accounts first: the access table names their users. (Each part is
+  // taken back once; a start that stopped between the two finishes the
+  // second.)
+  if (!has_accounts) {
+    if (absl::Status status = ImportRestoredAccountsOf(restored); !status.ok()) return status;
+  }
+  return access_done ? absl::OkStatus() : ImportRestoredAccess(restored);
+}
+
+absl::Status AuthStore::ImportRestoredAccountsOf(const control::ControlState& restored) {
   const control::Accounts accounts = restored.accounts().Current();
   if (accounts.empty()) return absl::OkStatus();
   std::vector<control::AccountUser> users;
@@ -789,16 +807,45 @@ absl::Status AuthStore::ImportRestoredAccounts() {
   }
   LogLine(absl::StrCat("took back ", users.size(), " account(s) and ", keys.size(),
                        " API key(s) from the restored backup's control-plane state"));
-  // The access table is not taken back yet: said, with what it held, so
-  // that an operator sets it again (docs/control-plane.md, "Backups").
+  return absl::OkStatus();
+}
+
+absl::Status AuthStore::ImportRestoredAccess(const control::ControlState& restored) {
   const control::Access access = restored.access().Current();
-  if (!access.admins.empty() || !access.groups.empty() || !access.acls.empty()) {
-    LogLine(absl::StrCat(
-        "warning: the restored backup's ", access.admins.size(), " administrator grant(s), ",
-        access.groups.size(), " group(s) and ", access.acls.size(),
-        " ACL entr(ies) (their audit flags included) are not taken back: set them again "
-        "(PUT /api/users/ID, POST /api/groups, PUT /api/acl)"));
+  if (access.admins.empty() && access.groups.empty() && access.acls.empty()) {
+    return absl::OkStatus();
   }
+  const std::string what =
+      absl::StrCat(access.admins.size(), " administrator grant(s), ", access.groups.size(),
+                   " group(s) and ", access.acls.size(), " ACL entr(ies)");
+  std::string command = control::EncodeImportAccess("backup", access, ActorOf({}));
+  if (command.size() > control::kMaxCommandBytes) {
+    // Said, with what it held, so that an operator sets it again
+    // (docs/control-plane.md, "Backups").
+    LogLine(absl::StrCat("warning: the restored backup's ", what, " take ", command.size(),
+                         " bytes, more than one command of the control plane holds (",
+                         control::kMaxCommandBytes,
+                         "): not taken back; set them again (PUT /api/users/ID, POST "
+                         "/api/groups, PUT /api/acl)"));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<uint64_t> imported =
+      ProposeAccessWhileLoading(std::move(command), [](const control::Access& a, uint64_t) {
+        return !a.import_source.empty();
+      });
+  if (!imported.ok()) {
+    if (absl::IsFailedPrecondition(imported.status())) {
+      // The cluster set its own meanwhile: it is the one.
+      LogLine(absl::StrCat("the restored backup's ", what, " are not taken back: ",
+                           imported.status().message()));
+      return absl::OkStatus();
+    }
+    if (absl::IsAlreadyExists(imported.status())) return absl::OkStatus();
+    return absl::Status(imported.status().code(),
+                        absl::StrCat("taking back the access table of a backup: ",
+                                     imported.status().message()));
+  }
+  LogLine(absl::StrCat("took back ", what, " from the restored backup's control-plane state"));
   return absl::OkStatus();
 }
 

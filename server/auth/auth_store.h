@@ -61,6 +61,10 @@
 #include "server/control/account_state.h"
 #include "server/control/acl_state.h"
 
+namespace logkv::server::control {
+class ControlState;
+}  // namespace logkv::server::control
+
 namespace logkv::server::auth {
 
 // Limits on what clients may register (bytes unless said otherwise).
@@ -306,7 +310,13 @@ class AuthStore {
                                            const std::function<bool(const control::Accounts&, uint64_t)>& done);
   void SpreadCommit();
   [[nodiscard]] absl::Status MoveLegacyAccounts();
+  // ProposeAccess without waiting for Load (which calls it).
+  absl::StatusOr<uint64_t> ProposeAccessWhileLoading(
+      std::string command, const std::function<bool(const control::Access&, uint64_t)>& done);
+  // A restored backup's accounts, then its access table, each once.
   [[nodiscard]] absl::Status ImportRestoredAccounts();
+  [[nodiscard]] absl::Status ImportRestoredAccountsOf(const control::ControlState& restored);
+  [[nodiscard]] absl::Status ImportRestoredAccess(const control::ControlState& restored);
   // Proposes accounts as ImportAccounts commands of a bounded size.
   [[nodiscard]] absl::Status ImportInCommands(const std::string& source,
                                               const std::vector<control::AccountUser>& users,

@@ -199,6 +199,16 @@ std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor) {
                     actor);
 }
 
+std::string EncodeImportAccess(absl::string_view source, const Access& access,
+                               const Actor& actor) {
+  flatbuffers::FlatBufferBuilder b(1024);
+  Access sent = access;
+  sent.import_source.clear();  // the command's source says it
+  auto table = AclState::Encode(b, sent);
+  auto s = b.CreateString(source.data(), source.size());
+  return EncodeBody(b, fb::CommandBody::ImportAccess, fb::CreateImportAccess(b, s, table), actor);
+}
+
 Access AclState::Current() const {
   absl::ReaderMutexLock lock(&mu_);
   return access_;
@@ -386,16 +396,21 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
 
 flatbuffers::Offset<fb::Access> AclState::Encode(flatbuffers::FlatBufferBuilder& builder) const {
   absl::ReaderMutexLock lock(&mu_);
-  if (access_.admins.empty() && access_.groups.empty() && access_.acls.empty() &&
-      access_.next_group_id == 1) {
+  return Encode(builder, access_);
+}
+
+flatbuffers::Offset<fb::Access> AclState::Encode(flatbuffers::FlatBufferBuilder& builder,
+                                                 const Access& access) {
+  if (access.admins.empty() && access.groups.empty() && access.acls.empty() &&
+      access.next_group_id == 1 && access.import_source.empty()) {
     return 0;
   }
-  std::vector<uint64_t> admins(access_.admins.begin(), access_.admins.end());
+  std::vector<uint64_t> admins(access.admins.begin(), access.admins.end());
   std::sort(admins.begin(), admins.end());
   auto admin_vector = builder.CreateVector(admins);
   std::vector<flatbuffers::Offset<fb::Group>> groups;
-  groups.reserve(access_.groups.size());
-  for (const auto& [id, group] : access_.groups) {
+  groups.reserve(access.groups.size());
+  for (const auto& [id, group] : access.groups) {
     std::vector<uint64_t> members(group.members.begin(), group.members.end());
     std::sort(members.begin(), members.end());
     auto name = builder.CreateString(group.name);
@@ -404,14 +419,17 @@ flatbuffers::Offset<fb::Access> AclState::Encode(flatbuffers::FlatBufferBuilder&
   }
   auto group_vector = builder.CreateVector(groups);
   std::vector<flatbuffers::Offset<fb::AclEntry>> acls;
-  acls.reserve(access_.acls.size());
-  for (const auto& [prefix, entry] : access_.acls) {
+  acls.reserve(access.acls.size());
+  for (const auto& [prefix, entry] : access.acls) {
     auto p = builder.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
     acls.push_back(fb::CreateAclEntry(builder, p, entry.owner, entry.group_id,
                                       static_cast<uint16_t>(entry.mode), entry.audit));
   }
   auto acl_vector = builder.CreateVector(acls);
-  return fb::CreateAccess(builder, admin_vector, group_vector, acl_vector, access_.next_group_id);
+  auto import_source =
+      access.import_source.empty() ? 0 : builder.CreateString(access.import_source);
+  return fb::CreateAccess(builder, admin_vector, group_vector, acl_vector, access.next_group_id,
+                          import_source);
 }
 
 absl::StatusOr<Access> AclState::Decode(const fb::Access* in) {
@@ -419,6 +437,7 @@ absl::StatusOr<Access> AclState::Decode(const fb::Access* in) {
   if (in == nullptr) return access;
   access.next_group_id = in->next_group_id();
   if (access.next_group_id == 0) return absl::InvalidArgumentError("next group id is 0");
+  access.import_source = std::string(View(in->import_source()));
   if (in->admins() != nullptr) {
     if (in->admins()->size() > kMaxAdmins) {
       return absl::InvalidArgumentError("more administrators than the limit");
@@ -487,6 +506,25 @@ absl::StatusOr<Access> AclState::Decode(const fb::Access* in) {
     }
   }
   return access;
+}
+
+absl::StatusOr<uint64_t> AclState::Apply(const fb::ImportAccess& cmd) {
+  absl::StatusOr<Access> imported = Decode(cmd.access());
+  if (!imported.ok()) return imported.status();
+  std::string source(View(cmd.source()));
+  if (source.empty()) source = "import";
+  absl::MutexLock lock(&mu_);
+  if (!access_.import_source.empty()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("the access table was taken back already (from ", access_.import_source, ")"));
+  }
+  if (!access_.admins.empty() || !access_.groups.empty() || !access_.acls.empty()) {
+    return absl::FailedPreconditionError(
+        "the cluster has an access table of its own (administrators, groups or ACL entries)");
+  }
+  imported->import_source = std::move(source);
+  access_ = *std::move(imported);
+  return 0;
 }
 
 void AclState::Replace(Access access) {

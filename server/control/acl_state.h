@@ -57,6 +57,7 @@ struct RenameGroup;
 struct DeleteGroup;
 struct SetGroupMember;
 struct SetAcl;
+struct ImportAccess;
 }  // namespace fb
 
 // The four permissions of one class, as bits (a class's nibble of a mode).
@@ -109,6 +110,8 @@ struct Access {
   // longest-prefix match; heterogeneous look-ups by string_view.
   absl::btree_map<std::string, AclEntry> acls;
   uint64_t next_group_id = 1;
+  // Where the table was taken back from (ImportAccess), once; "" if never.
+  std::string import_source;
   // Derived (rebuilt on restore).
   absl::flat_hash_map<std::string, uint64_t> group_by_name;
   size_t memberships = 0;
@@ -155,6 +158,9 @@ std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const 
 // administrator (PermissionDenied), from the route and from the command.
 absl::Status AuditFlagIsAdministrators();
 std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor = {});
+// A restored backup's access table, taken back whole (ids kept).
+std::string EncodeImportAccess(absl::string_view source, const Access& access,
+                               const Actor& actor = {});
 
 class AclState {
  public:
@@ -201,11 +207,16 @@ class AclState {
   // secret); one who is not an administrator may not change audit flags.
   absl::StatusOr<uint64_t> Apply(const fb::SetAcl& cmd, UserExists user_exists,
                                  uint64_t actor_user);
+  // Once: AlreadyExists after a table was taken back, FailedPrecondition
+  // while this one holds administrators, groups or entries.
+  absl::StatusOr<uint64_t> Apply(const fb::ImportAccess& cmd);
 
   // The state as the snapshot's Access table (a null offset when it holds
   // nothing, so snapshots of clusters that never used it are unchanged),
   // and back. Decode checks everything and builds the indexes.
   flatbuffers::Offset<fb::Access> Encode(flatbuffers::FlatBufferBuilder& builder) const;
+  static flatbuffers::Offset<fb::Access> Encode(flatbuffers::FlatBufferBuilder& builder,
+                                                const Access& access);
   static absl::StatusOr<Access> Decode(const fb::Access* in);  // null: empty state
   void Replace(Access access);
 

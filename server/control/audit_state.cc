@@ -123,6 +123,14 @@ std::string Describe(const fb::Command& command) {
       return absl::StrCat("group_id=", c.group_id(), " user_id=", c.user_id(),
                           " member=", c.member() ? "true" : "false");
     }
+    case fb::CommandBody::ImportAccess: {
+      const fb::ImportAccess& c = *command.body_as_ImportAccess();
+      const fb::Access* a = c.access();
+      auto count = [](const auto* v) { return v == nullptr ? size_t{0} : size_t{v->size()}; };
+      return absl::StrCat("source=", Q(c.source()), " admins=", a ? count(a->admins()) : 0,
+                          " groups=", a ? count(a->groups()) : 0,
+                          " acls=", a ? count(a->acls()) : 0);
+    }
     case fb::CommandBody::SetAcl: {
       const fb::SetAcl& c = *command.body_as_SetAcl();
       if (c.remove()) return absl::StrCat("prefix=", Q(View(c.prefix())), " remove=true");

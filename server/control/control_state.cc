@@ -642,6 +642,8 @@ absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command)
       return access_.Apply(*cmd->body_as_DeleteGroup());
     case fb::CommandBody::SetGroupMember:
       return access_.Apply(*cmd->body_as_SetGroupMember(), user_exists);
+    case fb::CommandBody::ImportAccess:
+      return access_.Apply(*cmd->body_as_ImportAccess());
     case fb::CommandBody::SetAcl:
       return access_.Apply(*cmd->body_as_SetAcl(), user_exists,
                            cmd->actor_kind() == fb::ActorKind::User ? cmd->actor_user_id() : 0);

@@ -529,6 +529,9 @@ class AuthStoreTest : public ::testing::Test {
 
   absl::Status OpenStore() {
     store_ = std::make_unique<AuthStore>(engine_.get(), Config());
+    // Administrators, groups and ACLs, as the node gives them (without
+    // them, as a node of an older version did).
+    if (use_access_) store_->UseAccess(&state_->access());
     return store_->Load();
   }
 
@@ -576,6 +579,7 @@ class AuthStoreTest : public ::testing::Test {
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
   std::atomic<int> proposals_{0};
   std::string restored_state_file_;
+  bool use_access_ = true;  // OpenStore gives the store the access table
   std::unique_ptr<control::ControlState> state_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<AuthStore> store_;  // declared last: destroyed before the engine
@@ -1268,7 +1272,21 @@ TEST_F(AuthStoreTest, AKeyBeforeTheAccountsAreLoadedIsToldToTryAgain) {
 TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   const User alice = MustSignUp("alice@example.com", "alice");
   const CreatedApiKey key = MustCreateKey(alice.id);
-  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
+  const User bob = MustSignUp("bob@example.com", "bob");
+  // The access table: a group, an administrator besides the first user, an
+  // ACL entry (audited) naming the group.
+  ASSERT_OK_AND_ASSIGN(const uint64_t group,
+                       state_->Apply(control::EncodeCreateGroup("room", kStartMs)));
+  ASSERT_TRUE(state_->Apply(control::EncodeSetGroupMember(group, bob.id, true)).ok());
+  ASSERT_TRUE(state_->Apply(control::EncodeSetAdmin(bob.id, true)).ok());
+  control::AclEntry entry;
+  entry.owner = alice.id;
+  entry.group_id = group;
+  entry.mode = 0xf30;
+  entry.audit = true;
+  const std::string ledger = TenantPrefix(alice.id) + "ledger/";
+  ASSERT_TRUE(state_->Apply(control::EncodeSetAcl(ledger, entry)).ok());
+  const control::Access at_backup = state_->access().Current();
   std::filesystem::create_directories(dir_.Subdir("restored"));
   const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
   {
@@ -1282,17 +1300,79 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   ASSERT_OK_AND_ASSIGN(Principal principal, store_->AuthenticateApiKey(key.key));
   EXPECT_EQ(principal.user_id, alice.id);
   EXPECT_OK(store_->Login("alice@example.com", "password123"));
-  EXPECT_EQ(MustSignUp("bob@example.com", "bob").id, alice.id + 1);
-  // The access table is not taken back, and the start says so.
+  EXPECT_EQ(MustSignUp("carol@example.com", "carol").id, bob.id + 1);
+  // The access table too, ids kept, once.
+  control::Access taken = state_->access().Current();
+  EXPECT_EQ(taken.import_source, "backup");
+  taken.import_source.clear();
+  EXPECT_EQ(taken, at_backup);
+  EXPECT_TRUE(state_->access().IsAdmin(bob.id));
+  EXPECT_TRUE(state_->access().AuditsKey(ledger + "x"));
   {
     absl::MutexLock lock(&log_mu_);
     EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
-      return absl::StrContains(line, "1 group(s)") && absl::StrContains(line, "not taken back");
+      return absl::StrContains(line, "took back 1 administrator grant(s), 1 group(s) and 1 ACL");
     })) << absl::StrJoin(log_, "\n");
   }
-  // Once the cluster has accounts, the file is not read again.
+  // What the cluster changes since is its own: emptied, the table is not
+  // taken back again at a restart.
+  ASSERT_TRUE(state_->Apply(control::EncodeRemoveAcl(ledger)).ok());
+  ASSERT_TRUE(state_->Apply(control::EncodeSetAdmin(bob.id, false)).ok());
+  ASSERT_TRUE(state_->Apply(control::EncodeDeleteGroup(group)).ok());
   ASSERT_OK(Restart());
-  EXPECT_EQ(store_->UserCount(), 2u);
+  EXPECT_EQ(store_->UserCount(), 3u);
+  const control::Access after = state_->access().Current();
+  EXPECT_TRUE(after.admins.empty() && after.groups.empty() && after.acls.empty());
+  EXPECT_EQ(after.import_source, "backup");
+}
+
+// A start that took the accounts back but not the access table (it stopped
+// between, or was of a version that did not take tables back) takes the
+// table back at the next start; one whose cluster made a table of its own
+// meanwhile keeps that.
+TEST_F(AuthStoreTest, ARestoredAccessTableIsTakenBackAtTheNextStart) {
+  MustSignUp("alice@example.com", "alice");
+  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
+  std::filesystem::create_directories(dir_.Subdir("restored"));
+  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << state_->Snapshot();
+  }
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  restored_state_file_ = path;
+  use_access_ = false;
+  ASSERT_OK(OpenStore());
+  EXPECT_EQ(store_->UserCount(), 1u);
+  EXPECT_TRUE(state_->access().Current().groups.empty());
+  use_access_ = true;
+  ASSERT_OK(Restart());
+  EXPECT_EQ(store_->UserCount(), 1u);
+  control::Access taken = state_->access().Current();
+  ASSERT_EQ(taken.groups.size(), 1u);
+  EXPECT_EQ(taken.groups.begin()->second.name, "room");
+
+  // Another new cluster from the same backup, whose table is made before
+  // the start that would take it back: its own is kept.
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  use_access_ = false;
+  ASSERT_OK(OpenStore());
+  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("ours", kStartMs)).ok());
+  use_access_ = true;
+  ASSERT_OK(Restart());
+  taken = state_->access().Current();
+  ASSERT_EQ(taken.groups.size(), 1u);
+  EXPECT_EQ(taken.groups.begin()->second.name, "ours");
+  EXPECT_EQ(taken.import_source, "");
+  {
+    absl::MutexLock lock(&log_mu_);
+    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
+      return absl::StrContains(line, "not taken back") &&
+             absl::StrContains(line, "access table of its own");
+    })) << absl::StrJoin(log_, "\n");
+  }
 }
 
 TEST(RenderTest, RestShapes) {

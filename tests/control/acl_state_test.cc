@@ -30,18 +30,23 @@ constexpr uint64_t kMember = 3;  // in the group
 constexpr uint64_t kOther = 4;   // in no group
 constexpr uint64_t kAdmin = 1;   // the first account: no data rights from that
 
+// The accounts of the tests: admin (1), owner (2), member (3), other (4).
+void SignUpEveryone(ControlState* state) {
+  for (const char* name : {"admin", "owner", "member", "other"}) {
+    AccountUser user;
+    user.email = absl::StrCat(name, "@example.com");
+    user.username = name;
+    user.email_key = user.email;
+    user.username_key = user.username;
+    user.password_hash = "$argon2id$x";
+    ASSERT_TRUE(state->Apply(EncodeSignUp(user)).ok());
+  }
+}
+
 class AclStateTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* name : {"admin", "owner", "member", "other"}) {
-      AccountUser user;
-      user.email = absl::StrCat(name, "@example.com");
-      user.username = name;
-      user.email_key = user.email;
-      user.username_key = user.username;
-      user.password_hash = "$argon2id$x";
-      ASSERT_TRUE(state_.Apply(EncodeSignUp(user)).ok());
-    }
+    SignUpEveryone(&state_);
     absl::StatusOr<uint64_t> group = state_.Apply(EncodeCreateGroup("room", 1));
     ASSERT_TRUE(group.ok()) << group.status();
     group_ = *group;
@@ -214,6 +219,31 @@ TEST_F(AclStateTest, AnOlderVersionsAuditedSetAclAppliesAsCommitted) {
       FinishCommand(builder, fb::CommandBody::SetAcl, body.Finish().Union(), options);
   ASSERT_TRUE(state_.Apply(command).ok());
   EXPECT_TRUE(state_.access().AuditsKey(prefix + "x"));
+}
+
+// A restored backup's table is taken back whole, ids kept, once, and only
+// into a cluster whose table holds nothing; the snapshot keeps that it was.
+TEST_F(AclStateTest, AnImportedTableIsTakenOnceIntoAnEmptyOne) {
+  SetAcl("shared/", 0xf30);
+  const Access backup = state_.access().Current();
+  ControlState fresh;
+  SignUpEveryone(&fresh);
+  ASSERT_TRUE(fresh.Apply(EncodeImportAccess("backup", backup)).ok());
+  Access taken = fresh.access().Current();
+  EXPECT_EQ(taken.import_source, "backup");
+  taken.import_source.clear();
+  EXPECT_EQ(taken, backup);
+  EXPECT_EQ(fresh.access().Allowed(kMember, absl::StrCat(Ns(kOwner), "shared/a")), 3u);
+  EXPECT_TRUE(absl::IsAlreadyExists(fresh.Apply(EncodeImportAccess("backup", backup)).status()));
+  // Through a snapshot: still taken, so never again.
+  ControlState restored;
+  ASSERT_TRUE(restored.Restore(fresh.Snapshot()).ok());
+  EXPECT_EQ(restored.access().Current().import_source, "backup");
+  EXPECT_TRUE(
+      absl::IsAlreadyExists(restored.Apply(EncodeImportAccess("backup", backup)).status()));
+  // Into a table of its own: refused, the table unchanged.
+  EXPECT_TRUE(absl::IsFailedPrecondition(state_.Apply(EncodeImportAccess("backup", backup)).status()));
+  EXPECT_EQ(state_.access().Current(), backup);
 }
 
 TEST_F(AclStateTest, CommandsAreValidated) {
