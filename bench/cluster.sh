@@ -2,8 +2,17 @@
 # A 3-node logkvd cluster (N = 3) on this machine against a single logkvd, under the same
 # load, in one run; then the anti-entropy repair rate of a node that missed 100,000 writes.
 #
-#   bench/cluster.sh                 # 200,000 requests per test
-#   N=20000 REPAIR_KEYS=20000 bench/cluster.sh   # a quick run
+#   bench/cluster.sh                 # 200,000 requests per test, 1,000,000 pipelined, 3 rounds
+#   N=20000 ROUNDS=1 REPAIR_KEYS=20000 bench/cluster.sh   # a quick run
+#
+# Each of ROUNDS rounds starts the single node from an empty data directory and runs every
+# workload on it, stops it, then starts the cluster from empty directories and runs them
+# eventual, then strong, so that each round's ratios compare runs minutes apart at most and
+# no server's background work (compaction, anti-entropy) overlaps another's load. The table
+# gives each figure's median over the rounds and each ratio's median of the rounds' ratios;
+# every round's P16 SET figures are printed below it. (Pipelined tests run N_P16 requests: at 16 in flight a single node serves
+# several hundred thousand a second, and a run of under a second measures the machine's
+# moment more than the server.)
 #
 # Workloads (logkv-bench, binary protocol, 50 connections, 100-byte values, 100,000 random
 # keys, SET then GET, each without pipelining (P1) and with 16 requests in flight (P16)):
@@ -22,7 +31,8 @@
 # is keys repaired over the time to repair them. Hints queued for node 2 while it was down
 # are delivered at the same time; the anti-entropy counters are printed beside.)
 #
-# Environment: N (requests per test), REPAIR_KEYS (default 100000), CONSENSUS_N (default
+# Environment: N (requests per test), N_P16 (requests per pipelined test, default 5 x N),
+# ROUNDS (default 3), REPAIR_KEYS (default 100000), CONSENSUS_N (default
 # 20000; 0 skips the consensus runs), CONSENSUS_VALUE_BYTES and CONSENSUS_KEYS (the
 # consensus runs' value size, at most 65536, and key count, default 100 and 100000; the
 # cluster holds at most 16 MiB of consensus values in 100,000 keys, so 16 keys of 65536
@@ -41,6 +51,8 @@ bench_name=cluster-bench
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
 requests=${N:-200000}
+pipelined_requests=${N_P16:-$((requests * 5))}
+rounds=${ROUNDS:-3}
 repair_keys=${REPAIR_KEYS:-100000}
 consensus_requests=${CONSENSUS_N:-20000}
 consensus_value_bytes=${CONSENSUS_VALUE_BYTES:-100}
@@ -59,6 +71,9 @@ for tool in curl jq ss shuf; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
 [[ $requests =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, not '$requests'"
+[[ $pipelined_requests =~ ^[1-9][0-9]*$ ]] ||
+  die "N_P16 must be a positive integer, not '$pipelined_requests'"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$rounds'"
 [[ $repair_keys =~ ^[1-9][0-9]*$ ]] || die "REPAIR_KEYS must be a positive integer"
 [[ $consensus_requests =~ ^[0-9]+$ ]] || die "CONSENSUS_N must be a number"
 [[ $consensus_value_bytes =~ ^[1-9][0-9]*$ && $consensus_value_bytes -le 65536 ]] ||
@@ -163,43 +178,52 @@ prometheus_sum() {
                          END { if (found) printf "%.0f", sum; else printf "-" }'
 }
 
-# Appends "target,pipeline,test,rps,p50,p99" rows to $work/results.csv.
+# Appends "target,pipeline,test,rps,p50,p99,round" rows to $work/results.csv (round: $round).
 failures=0
+round=1
 run() {  # $1: target label, $2: server name, $3: pipeline, $4...: extra logkv-bench flags
-  local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3
+  local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3-$round
   shift 3
-  echo "cluster-bench: $target, P$pipeline ..." >&2
+  local n=$requests
+  [[ $pipeline == 1 ]] || n=$pipelined_requests
+  echo "cluster-bench: round $round: $target, P$pipeline ..." >&2
   local rc=0
-  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "${run_requests:-$requests}" \
+  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "${run_requests:-$n}" \
     -d "${run_value_bytes:-$value_bytes}" \
     -r "${run_keyspace:-$keyspace}" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
     echo "cluster-bench: $target P$pipeline failed with status $rc:" >&2
     cat "$out.err" >&2
     failures=$((failures + 1))
-    printf '%s,P%s,SET,failed,-,-\n%s,P%s,GET,failed,-,-\n' "$target" "$pipeline" "$target" \
-      "$pipeline" >>"$work/results.csv"
+    printf '%s,P%s,SET,failed,-,-,%s\n%s,P%s,GET,failed,-,-,%s\n' "$target" "$pipeline" "$round" \
+      "$target" "$pipeline" "$round" >>"$work/results.csv"
     return 0
   fi
   # redis-benchmark's CSV columns: test, rps, avg, min, p50, p95, p99, max (all quoted).
-  tr -d '"' <"$out.csv" | awk -F, -v target="$target" -v p="P$pipeline" \
-    'NR > 1 && NF >= 8 { print target "," p "," $1 "," $2 "," $5 "," $7 }' >>"$work/results.csv"
+  tr -d '"' <"$out.csv" | awk -F, -v target="$target" -v p="P$pipeline" -v r="$round" \
+    'NR > 1 && NF >= 8 { print target "," p "," $1 "," $2 "," $5 "," $7 "," r }' \
+    >>"$work/results.csv"
 }
 
 : >"$work/results.csv"
 
-# ---- Single node ----
-start_server single "$work/single"
-run single single 1
-run single single 16
-stop_server single
-
-# ---- Cluster ----
-for i in $(seq 0 $((nodes - 1))); do start_node "$i"; done
-wait_members
-for consistency in eventual strong; do
-  run "$consistency" n0 1 --consistency="$consistency"
-  run "$consistency" n0 16 --consistency="$consistency"
+# ---- The single node, then the cluster, in rounds, each from empty data directories ----
+for round in $(seq "$rounds"); do
+  rm -rf "$work/single"
+  start_server single "$work/single"
+  run single single 1
+  run single single 16
+  stop_server single
+  for i in $(seq 0 $((nodes - 1))); do rm -rf "$work/n$i"; start_node "$i"; done
+  wait_members
+  for consistency in eventual strong; do
+    run "$consistency" n0 1 --consistency="$consistency"
+    run "$consistency" n0 16 --consistency="$consistency"
+  done
+  # The last round's cluster stays for the repair below.
+  if [[ $round -lt $rounds ]]; then
+    for i in $(seq 0 $((nodes - 1))); do stop_server "n$i"; done
+  fi
 done
 
 # ---- Anti-entropy repair of a node that missed the writes ----
@@ -254,24 +278,69 @@ fi
 # ---- Report ----
 echo
 echo "logkvd cluster ($nodes nodes, N=3, through n0) vs one logkvd, same run: -c $clients" \
-  "-n $requests -d $value_bytes -r $keyspace -t set,get, $(nproc) cores," \
+  "-n $requests (P16: $pipelined_requests) -d $value_bytes -r $keyspace -t set,get, $(nproc) cores," \
   "server flags: ${logkvd_extra_args[*]}; latencies in ms"
 echo
-awk -F, '
-  { key = $2 SUBSEP $3
+awk -F, -v rounds="$rounds" '
+  # The median of a list of numbers separated by spaces (mawk has no sort).
+  function median(list,    n, a, i, j, t) {
+    n = split(list, a, " ")
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++) {
+      t = a[i] + 0
+      for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
+      a[j + 1] = t
+    }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  function fmt(x, f) { return x == "" ? "-" : sprintf(f, x) }
+  # The median of the rounds ratios of target t to the single node in row k.
+  function ratio(k, t,    r, list) {
+    list = ""
+    for (r = 1; r <= rounds; r++) {
+      if (one[k, "single", r] + 0 > 0 && one[k, t, r] + 0 > 0)
+        list = list " " one[k, t, r] / one[k, "single", r]
+    }
+    return median(list)
+  }
+  $1 == "single" || $1 == "eventual" || $1 == "strong" {
+    key = $2 SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; order[++rows] = key; pipe[key] = $2; test[key] = $3 }
-    rps[key, $1] = $4; p50[key, $1] = $5; p99[key, $1] = $6 }
+    if ($4 + 0 > 0) {
+      rps[key, $1] = rps[key, $1] " " $4; p50[key, $1] = p50[key, $1] " " $5
+      p99[key, $1] = p99[key, $1] " " $6; one[key, $1, $7] = $4
+    }
+  }
   END {
     printf "%-4s %-4s | %10s %7s %7s | %10s %7s %7s %6s | %10s %7s %7s %6s\n", "", "test",
            "single rps", "p50", "p99", "event. rps", "p50", "p99", "/1", "strong rps", "p50",
            "p99", "/1"
     for (i = 1; i <= rows; i++) {
-      k = order[i]; s = rps[k, "single"]; e = rps[k, "eventual"]; g = rps[k, "strong"]
-      re = (s + 0 > 0 && e + 0 > 0) ? sprintf("%.2f", e / s) : "-"
-      rg = (s + 0 > 0 && g + 0 > 0) ? sprintf("%.2f", g / s) : "-"
-      printf "%-4s %-4s | %10s %7s %7s | %10s %7s %7s %6s | %10s %7s %7s %6s\n", pipe[k], test[k],
-             s, p50[k, "single"], p99[k, "single"], e, p50[k, "eventual"], p99[k, "eventual"], re,
-             g, p50[k, "strong"], p99[k, "strong"], rg
+      k = order[i]
+      line = sprintf("%-4s %-4s", pipe[k], test[k])
+      n = split("single eventual strong", targets, " ")
+      for (j = 1; j <= n; j++) {
+        t = targets[j]
+        line = line sprintf(" | %10s %7s %7s", fmt(median(rps[k, t]), "%.0f"),
+                            fmt(median(p50[k, t]), "%.3f"), fmt(median(p99[k, t]), "%.3f"))
+        if (t != "single") line = line sprintf(" %6s", fmt(ratio(k, t), "%.2f"))
+      }
+      print line
+    }
+    if (rounds > 1) {
+      print "(medians of " rounds " rounds)"
+      k = "P16" SUBSEP "SET"
+      for (r = 1; r <= rounds; r++) {
+        line = sprintf("round %d, P16 SET rps:", r)
+        n = split("single eventual strong", targets, " ")
+        for (j = 1; j <= n; j++) {
+          t = targets[j]
+          line = line sprintf(" %s %s", t, one[k, t, r] == "" ? "-" : sprintf("%.0f", one[k, t, r]))
+          if (t != "single" && one[k, "single", r] + 0 > 0 && one[k, t, r] + 0 > 0)
+            line = line sprintf(" (%.2f)", one[k, t, r] / one[k, "single", r])
+        }
+        print line
+      }
     }
   }' "$work/results.csv"
 echo "(/1: the cluster's rps over the single node's)"
@@ -281,8 +350,9 @@ if [[ $consensus_requests -gt 0 ]]; then
     "beside strong (ABD) keys, same run:"
   comparable=0
   [[ $consensus_value_bytes -eq $value_bytes && $consensus_keys -eq $keyspace ]] && comparable=1
-  awk -F, -v comparable="$comparable" '
-    $2 == "P1" { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6 }
+  awk -F, -v comparable="$comparable" -v rounds="$rounds" '
+    # strong: its last round, the nearest in time to the consensus runs.
+    $2 == "P1" && ($1 != "strong" || $7 == rounds) { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6 }
     END {
       printf "%-24s %-4s | %10s %7s %7s | %9s %9s\n", "target", "test", "rps", "p50", "p99",
              "rps/strong", "p50/strong"

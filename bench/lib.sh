@@ -11,9 +11,16 @@ die() {
 # A loopback port that nothing uses at the moment (the server binds it right after;
 # a process that takes it in between makes the start fail, and the run says so).
 free_port() {
-  local port
+  # Below the kernel's ephemeral range, from which outgoing connections take
+  # their ports: a port picked inside it can be taken by one of them between
+  # the pick and the bind, or while a server restarts on it.
+  local port low=32768 top
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [[ $low =~ ^[0-9]+$ ]] || low=32768
+  top=$((low - 1))
+  [[ $top -ge 21000 ]] || top=60999
   for _ in $(seq 100); do
-    port=$(shuf -i 20000-60999 -n 1)
+    port=$(shuf -i "20000-$top" -n 1)
     if [[ -z $(ss -Htan "sport = :$port") ]]; then
       echo "$port"
       return 0
