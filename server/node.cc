@@ -937,6 +937,8 @@ absl::Status Node::StartAuth() {
   config.node_id = [this] { return node_id(); };
   config.restored_state_file =
       (std::filesystem::path(data_dir_) / "control" / "configuration-at-backup").string();
+  // A restored node that joins a cluster (--seeds) leaves its access table be.
+  config.restored_starts_cluster = options_.seeds.empty();
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
   // The limiter exists even when --rate-limit is 0 (then it admits
   // everything without a lock), so a reload can turn it on (SetRateLimit).
@@ -1889,9 +1891,7 @@ absl::Status Node::StartBackgroundWork() {
                           // "lagging": this node's audit file lags the chain
                           // (its last write failed, a full disk); the entries
                           // wait in memory and in the control plane's log.
-                          {"audit_log", control->audit_log() == nullptr ? "off"
-                                        : control->audit_log()->healthy() ? "ok"
-                                                                          : "lagging"},
+                          {"audit_log", control->audit_log()->healthy() ? "ok" : "lagging"},
                           {"members", std::move(members)}};
   });
   cluster_routes_->SetBackground([this](std::function<void()> work) {

@@ -766,26 +766,40 @@ absl::Status AuthStore::ImportRestoredAccounts() {
   if (config_.restored_state_file.empty()) return absl::OkStatus();
   std::ifstream in(config_.restored_state_file, std::ios::binary);
   if (!in) return absl::OkStatus();  // not a restored data directory
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const bool has_accounts = !state()->Read([](const control::Accounts& a) { return a.empty(); });
+  struct Taken {
+    bool empty = true;     // the cluster has no accounts
+    bool from_backup = false;  // its accounts are a backup's, all of them
+  };
+  auto taken = [this] {
+    return state()->Read([](const control::Accounts& a) {
+      return Taken{a.empty(), a.import_source == "backup" && a.import_done};
+    });
+  };
+  const Taken before = taken();
+  // The access table goes with the accounts: only into a cluster this node
+  // starts, whose accounts are the backup's, all of them (a half-finished
+  // import would leave users the table names to later sign-ups), once.
   control::AclState* access = access_.load(std::memory_order_acquire);
-  const bool access_done =
-      access == nullptr ||
-      access->Read([](const control::Access& a) { return !a.import_source.empty(); });
-  if (has_accounts && access_done) return absl::OkStatus();  // the cluster's are the ones
+  const bool access_wanted =
+      access != nullptr && config_.restored_starts_cluster &&
+      access->Read([](const control::Access& a) { return a.import_source.empty(); });
+  if (!before.empty && !(before.from_backup && access_wanted)) {
+    return absl::OkStatus();  // the cluster's are the ones
+  }
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   control::ControlState restored;
   if (absl::Status status = restored.Restore(bytes); !status.ok()) {
     return absl::DataLossError(absl::StrCat("the control-plane state restored from a backup (",
                                             config_.restored_state_file,
                                             ") does not decode: ", status.message()));
   }
-  // The accounts first: the access table names their users. (Each part is
-  // taken back once; a start that stopped between the two finishes the
-  // second.)
-  if (!has_accounts) {
+  // The accounts first: the access table names their users. (A start that
+  // stopped between the two takes the table at the next.)
+  if (before.empty) {
     if (absl::Status status = ImportRestoredAccountsOf(restored); !status.ok()) return status;
   }
-  return access_done ? absl::OkStatus() : ImportRestoredAccess(restored);
+  if (!access_wanted || !taken().from_backup) return absl::OkStatus();
+  return ImportRestoredAccess(restored);
 }
 
 absl::Status AuthStore::ImportRestoredAccountsOf(const control::ControlState& restored) {
@@ -834,16 +848,15 @@ absl::Status AuthStore::ImportRestoredAccess(const control::ControlState& restor
         return !a.import_source.empty();
       });
   if (!imported.ok()) {
-    if (absl::IsFailedPrecondition(imported.status())) {
-      // The cluster set its own meanwhile: it is the one.
-      LogLine(absl::StrCat("the restored backup's ", what, " are not taken back: ",
-                           imported.status().message()));
-      return absl::OkStatus();
-    }
     if (absl::IsAlreadyExists(imported.status())) return absl::OkStatus();
     return absl::Status(imported.status().code(),
                         absl::StrCat("taking back the access table of a backup: ",
                                      imported.status().message()));
+  }
+  if (*imported == control::kAccessKept) {
+    LogLine(absl::StrCat("the restored backup's ", what,
+                         " are not taken back: the cluster has an access table of its own"));
+    return absl::OkStatus();
   }
   LogLine(absl::StrCat("took back ", what, " from the restored backup's control-plane state"));
   return absl::OkStatus();

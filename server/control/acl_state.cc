@@ -57,10 +57,21 @@ absl::Status CheckAclPrefix(absl::string_view prefix) {
 
 }  // namespace
 
+bool AuditedAt(const Access& access, absl::string_view engine_prefix) {
+  const AclEntry* deciding = access.Longest(engine_prefix);
+  return deciding != nullptr && deciding->audit;
+}
+
+bool AuditedAbove(const Access& access, absl::string_view engine_prefix) {
+  return !engine_prefix.empty() &&
+         AuditedAt(access, engine_prefix.substr(0, engine_prefix.size() - 1));
+}
+
 absl::Status AuditFlagIsAdministrators() {
   return absl::PermissionDeniedError(
-      "only an administrator may set, clear or remove an ACL entry's audit flag (audited writes "
-      "share the audit log's retention with the cluster's own entries)");
+      "only an administrator may change whether keys are audited: an ACL entry set must carry "
+      "the audit flag that decides for its prefix, one removed the flag of the entry above it "
+      "(audited writes share the audit log's retention with the cluster's own entries)");
 }
 
 uint64_t NamespaceUserOf(absl::string_view key) {
@@ -180,13 +191,14 @@ std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool membe
                     fb::CreateSetGroupMember(b, group_id, user_id, member), actor);
 }
 
-std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor) {
+std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor,
+                         bool keep_audit) {
   flatbuffers::FlatBufferBuilder b(128 + prefix.size());
   auto p = b.CreateVector(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size());
   return EncodeBody(b, fb::CommandBody::SetAcl,
                     fb::CreateSetAcl(b, p, entry.owner, entry.group_id,
                                      static_cast<uint16_t>(entry.mode), entry.audit,
-                                     /*remove=*/false, /*audit_needs_admin=*/true),
+                                     /*remove=*/false, /*audit_needs_admin=*/true, keep_audit),
                     actor);
 }
 
@@ -352,7 +364,10 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
   // history of every change out of the log, and one who could drop an
   // administrator's flag could stop being audited. So the flag is an
   // administrator's, checked here as well as by the route (which reads the
-  // entry before proposing: this closes the race with a change between).
+  // entries before proposing: this closes the race with a change between).
+  // What counts is whether any key's audit changes: the longest entry
+  // decides, so a new entry under an audited one changes it unless it is
+  // audited too, and removing an entry hands its keys to the one above.
   auto refuses_audit_change = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return cmd.audit_needs_admin() && actor_user != 0 && !access_.IsAdmin(actor_user);
   };
@@ -360,7 +375,9 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
     absl::MutexLock lock(&mu_);
     auto it = access_.acls.find(prefix);
     if (it == access_.acls.end()) return absl::NotFoundError("no ACL on this prefix");
-    if (it->second.audit && refuses_audit_change()) return AuditFlagIsAdministrators();
+    if (it->second.audit != AuditedAbove(access_, prefix) && refuses_audit_change()) {
+      return AuditFlagIsAdministrators();
+    }
     access_.acls.erase(it);
     return 0;
   }
@@ -375,8 +392,9 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
     return absl::NotFoundError(absl::StrCat("group ", cmd.group_id(), " not found"));
   }
   auto it = access_.acls.find(prefix);
-  const bool audited = it != access_.acls.end() && it->second.audit;
-  if (cmd.audit() != audited && refuses_audit_change()) return AuditFlagIsAdministrators();
+  const bool decided = AuditedAt(access_, prefix);
+  const bool audit = cmd.keep_audit() ? decided : cmd.audit();
+  if (audit != decided && refuses_audit_change()) return AuditFlagIsAdministrators();
   if (it == access_.acls.end() && access_.acls.size() >= kMaxAclEntries) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the cluster has ", kMaxAclEntries, " ACL entries, the limit"));
@@ -385,7 +403,7 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::SetAcl& cmd, UserExists user_
   entry.owner = cmd.owner();
   entry.group_id = cmd.group_id();
   entry.mode = cmd.mode();
-  entry.audit = cmd.audit();
+  entry.audit = audit;
   if (it == access_.acls.end()) {
     access_.acls.emplace(std::string(prefix), entry);
   } else {
@@ -519,8 +537,10 @@ absl::StatusOr<uint64_t> AclState::Apply(const fb::ImportAccess& cmd) {
         absl::StrCat("the access table was taken back already (from ", access_.import_source, ")"));
   }
   if (!access_.admins.empty() || !access_.groups.empty() || !access_.acls.empty()) {
-    return absl::FailedPreconditionError(
-        "the cluster has an access table of its own (administrators, groups or ACL entries)");
+    // The cluster's own table stays, and that is final: a table emptied
+    // later does not take this one.
+    access_.import_source = absl::StrCat(source, ", not taken back");
+    return kAccessKept;
   }
   imported->import_source = std::move(source);
   access_ = *std::move(imported);

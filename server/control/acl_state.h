@@ -153,10 +153,21 @@ std::string EncodeDeleteGroup(uint64_t group_id, const Actor& actor = {});
 std::string EncodeSetGroupMember(uint64_t group_id, uint64_t user_id, bool member,
                                  const Actor& actor = {});
 // prefix: the whole engine prefix, namespace included.
-std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor = {});
+// keep_audit: the entry takes the flag that decides for prefix as the
+// command applies, not entry.audit.
+std::string EncodeSetAcl(absl::string_view prefix, const AclEntry& entry, const Actor& actor = {},
+                         bool keep_audit = false);
 // The refusal of an audit flag's change by a user who is not an
 // administrator (PermissionDenied), from the route and from the command.
 absl::Status AuditFlagIsAdministrators();
+// Whether the keys at engine_prefix are audited: the audit flag of the
+// longest entry whose prefix is a prefix of it (its own, or one above).
+bool AuditedAt(const Access& access, absl::string_view engine_prefix);
+// The same for the entries strictly above engine_prefix: what its keys
+// would be if its own entry were removed.
+bool AuditedAbove(const Access& access, absl::string_view engine_prefix);
+// ImportAccess's value when the cluster kept a table of its own.
+inline constexpr uint64_t kAccessKept = 1;
 std::string EncodeRemoveAcl(absl::string_view prefix, const Actor& actor = {});
 // A restored backup's access table, taken back whole (ids kept).
 std::string EncodeImportAccess(absl::string_view source, const Access& access,
@@ -207,8 +218,9 @@ class AclState {
   // secret); one who is not an administrator may not change audit flags.
   absl::StatusOr<uint64_t> Apply(const fb::SetAcl& cmd, UserExists user_exists,
                                  uint64_t actor_user);
-  // Once: AlreadyExists after a table was taken back, FailedPrecondition
-  // while this one holds administrators, groups or entries.
+  // Once: AlreadyExists after a table was taken back or kept. While this
+  // one holds administrators, groups or entries it is kept (kAccessKept),
+  // and that is recorded as final too.
   absl::StatusOr<uint64_t> Apply(const fb::ImportAccess& cmd);
 
   // The state as the snapshot's Access table (a null offset when it holds

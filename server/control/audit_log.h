@@ -19,6 +19,7 @@
 #ifndef LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
 #define LOGKV_SERVER_CONTROL_AUDIT_LOG_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -87,7 +88,7 @@ class AuditLog {
   // chain. The entries it could not write wait, in memory, for the next
   // write (up to kMaxWaitingEntries; past that the file takes no entry until
   // a restart, whose replay hands them over again).
-  bool healthy() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool healthy() const;
   static constexpr size_t kMaxWaitingEntries = 100000;
   const std::string& dir() const { return options_.dir; }
 
@@ -125,6 +126,9 @@ class AuditLog {
   int64_t first_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
   bool failed_ ABSL_GUARDED_BY(mu_) = false;  // the last write failed
+  // !failed_, read without mu_ (which a write holds through its fdatasync):
+  // /health asks on a network loop.
+  std::atomic<bool> healthy_{true};
   // Entries after last_seq_ a failed write left, in order.
   std::vector<audit::Entry> waiting_ ABSL_GUARDED_BY(mu_);
   bool overflowed_ ABSL_GUARDED_BY(mu_) = false;  // waiting_ was full: until a restart

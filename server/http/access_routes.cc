@@ -568,12 +568,13 @@ void GetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   responder.Send(JsonAnswer(200, json));
 }
 
-// Whether the entry at engine_prefix has the audit flag, as this node
-// applied it (the SetAcl command checks again as it applies).
-bool Audited(const Deps& deps, const std::string& engine_prefix) {
-  return Acls(deps).Read([&engine_prefix](const control::Access& a) {
-    auto it = a.acls.find(engine_prefix);
-    return it != a.acls.end() && it->second.audit;
+// Whether the keys at engine_prefix are audited, as this node applied the
+// entries (the command checks again as it applies): by its own entry, else
+// the longest above it; above: were its own entry removed.
+bool Audited(const Deps& deps, const std::string& engine_prefix, bool above = false) {
+  return Acls(deps).Read([&engine_prefix, above](const control::Access& a) {
+    return above ? control::AuditedAbove(a, engine_prefix)
+                 : control::AuditedAt(a, engine_prefix);
   });
 }
 
@@ -621,23 +622,28 @@ void SetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   }
   absl::StatusOr<std::optional<bool>> audit = OptionalBool(*body, "audit");
   if (!audit.ok()) return responder.Send(StatusResponse(audit.status()));
-  // Without "audit" the entry keeps the flag it has. Only an administrator
-  // may change it.
-  const bool audited = Audited(deps, target->engine_prefix);
-  entry.audit = audit->value_or(audited);
-  if (entry.audit != audited && !target->admin) {
+  // Without "audit" the entry takes the flag that decides for its prefix as
+  // the command applies (its own, or the one above): a change that names no
+  // flag changes none. Only an administrator changes whether keys are
+  // audited (the command checks again as it applies).
+  const bool keep_audit = !audit->has_value();
+  entry.audit = audit->value_or(false);
+  if (!keep_audit && entry.audit != Audited(deps, target->engine_prefix) && !target->admin) {
     return responder.Send(StatusResponse(control::AuditFlagIsAdministrators()));
   }
-  OnPool(deps, std::move(responder), [deps, target = *target, entry]() {
+  OnPool(deps, std::move(responder), [deps, target = *target, entry, keep_audit]() {
     absl::StatusOr<uint64_t> set = deps->store->ProposeAccess(
-        control::EncodeSetAcl(target.engine_prefix, entry, target.actor),
-        [&target, &entry](const control::Access& a, uint64_t) {
+        control::EncodeSetAcl(target.engine_prefix, entry, target.actor, keep_audit),
+        [&target, &entry, keep_audit](const control::Access& a, uint64_t) {
           auto it = a.acls.find(target.engine_prefix);
-          return it != a.acls.end() && it->second == entry;
+          return it != a.acls.end() && it->second.owner == entry.owner &&
+                 it->second.group_id == entry.group_id && it->second.mode == entry.mode &&
+                 (keep_audit || it->second.audit == entry.audit);
         });
     if (!set.ok()) return StatusResponse(set.status());
     Json json = Acls(deps).Read([&](const control::Access& access) {
-      return EntryJson(*target.prefix, entry, access);
+      auto it = access.acls.find(target.engine_prefix);
+      return EntryJson(*target.prefix, it != access.acls.end() ? it->second : entry, access);
     });
     json["namespace"] = target.namespace_user;
     return JsonAnswer(200, json);
@@ -648,8 +654,10 @@ void RemoveAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   HttpResponse refusal;
   std::optional<AclTarget> target = AclRequest(deps, request, true, &refusal);
   if (!target) return responder.Send(std::move(refusal));
-  const bool audited = Audited(deps, target->engine_prefix);
-  if (audited && !target->admin) {
+  // Removed, its keys are decided by the entry above it: only an
+  // administrator may change whether they are audited that way.
+  if (!target->admin &&
+      Audited(deps, target->engine_prefix) != Audited(deps, target->engine_prefix, true)) {
     return responder.Send(StatusResponse(control::AuditFlagIsAdministrators()));
   }
   OnPool(deps, std::move(responder), [deps, target = *target]() {

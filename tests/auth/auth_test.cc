@@ -1326,6 +1326,29 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   EXPECT_EQ(after.import_source, "backup");
 }
 
+// A node whose cluster has accounts of its own (one that joined it with
+// --seeds, or a cluster made since) takes nothing of a restored backup.
+TEST_F(AuthStoreTest, AClusterWithAccountsOfItsOwnTakesNothingBack) {
+  MustSignUp("alice@example.com", "alice");
+  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
+  std::filesystem::create_directories(dir_.Subdir("restored"));
+  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << state_->Snapshot();
+  }
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  ASSERT_OK(OpenStore());
+  MustSignUp("zoe@example.com", "zoe");  // the cluster's own account
+  restored_state_file_ = path;
+  ASSERT_OK(Restart());
+  EXPECT_EQ(store_->UserCount(), 1u);
+  const control::Access access = state_->access().Current();
+  EXPECT_TRUE(access.groups.empty());
+  EXPECT_EQ(access.import_source, "");
+}
+
 // A start that took the accounts back but not the access table (it stopped
 // between, or was of a version that did not take tables back) takes the
 // table back at the next start; one whose cluster made a table of its own
@@ -1365,7 +1388,7 @@ TEST_F(AuthStoreTest, ARestoredAccessTableIsTakenBackAtTheNextStart) {
   taken = state_->access().Current();
   ASSERT_EQ(taken.groups.size(), 1u);
   EXPECT_EQ(taken.groups.begin()->second.name, "ours");
-  EXPECT_EQ(taken.import_source, "");
+  EXPECT_EQ(taken.import_source, "backup, not taken back");
   {
     absl::MutexLock lock(&log_mu_);
     EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {

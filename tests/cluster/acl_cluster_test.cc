@@ -462,6 +462,14 @@ TEST_F(AclClusterTest, AnEntrysAuditFlagRecordsItsWrites) {
         << "node " << node;
     EXPECT_EQ(Call(node, "DELETE", ledger, As(owner_)).status, 403) << "node " << node;
   }
+  // Nor unaudit its keys by an entry under it: the longest entry decides.
+  const std::string under = absl::StrCat("/api/acl?prefix=ledger/a&namespace=", owner_.id);
+  HttpAnswer longer = Call(0, "PUT", under, As(owner_),
+                           Json{{"mode", "cdwr--------"}, {"audit", false}}.dump());
+  EXPECT_EQ(longer.status, 403) << longer.body;
+  HttpAnswer inherited = Call(0, "PUT", under, As(owner_), Json{{"mode", "cdwr--------"}}.dump());
+  ASSERT_EQ(inherited.status, 200) << inherited.body;
+  EXPECT_EQ(inherited.Json()["audit"], true) << inherited.body;
   for (int node = 0; node < kNodes; ++node) {
     ASSERT_EQ(CallUntil(200, node, "PUT", "/v1/kv/ledger/entry", As(owner_), "v").status, 200)
         << "node " << node;

@@ -202,6 +202,44 @@ TEST_F(AclStateTest, OnlyAnAdministratorChangesAnAuditFlag) {
   ASSERT_TRUE(state_.Apply(EncodeRemoveAcl(prefix, owner)).ok());
 }
 
+// The longest entry decides whether a key is audited, so the rule is about
+// keys, not entries: under an audited entry the owner's new entries are
+// audited too (a change that names no flag takes the one deciding there),
+// and an unaudited one, or the removal of one that differs from the entry
+// above it, is an administrator's.
+TEST_F(AclStateTest, EntriesUnderAnAuditedOneCannotUnauditItsKeys) {
+  const std::string ledger = absl::StrCat(Ns(kOwner), "ledger/");
+  const Actor owner = Actor::User(kOwner, "n1");
+  const Actor admin = Actor::User(kAdmin, "n1");
+  AclEntry entry;
+  entry.owner = kOwner;
+  entry.mode = 0xf00;
+  entry.audit = true;
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(ledger, entry, admin)).ok());
+  entry.audit = false;
+  EXPECT_TRUE(absl::IsPermissionDenied(
+      state_.Apply(EncodeSetAcl(ledger + "a", entry, owner)).status()));
+  EXPECT_TRUE(state_.access().AuditsKey(ledger + "a1"));
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(ledger + "a", entry, owner, /*keep_audit=*/true)).ok());
+  EXPECT_TRUE(state_.access().Current().acls.at(ledger + "a").audit);
+  EXPECT_TRUE(state_.access().AuditsKey(ledger + "a1"));
+  ASSERT_TRUE(state_.Apply(EncodeRemoveAcl(ledger + "a", owner)).ok());  // changes no key
+  // An unaudited entry an administrator put under it: the owner may keep
+  // it as it is, not remove it (its keys would become audited).
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(ledger + "scratch/", entry, admin)).ok());
+  entry.mode = 0xf40;
+  ASSERT_TRUE(
+      state_.Apply(EncodeSetAcl(ledger + "scratch/", entry, owner, /*keep_audit=*/true)).ok());
+  EXPECT_FALSE(state_.access().AuditsKey(ledger + "scratch/x"));
+  EXPECT_TRUE(absl::IsPermissionDenied(
+      state_.Apply(EncodeRemoveAcl(ledger + "scratch/", owner)).status()));
+  // Keep applies as the command does: an administrator's change that names
+  // no flag keeps the one set meanwhile.
+  entry.audit = false;
+  ASSERT_TRUE(state_.Apply(EncodeSetAcl(ledger, entry, admin, /*keep_audit=*/true)).ok());
+  EXPECT_TRUE(state_.access().AuditsKey(ledger + "b"));
+}
+
 // A SetAcl committed by an older version carries no audit_needs_admin and
 // applies as it did then: replaying a log must rebuild the state it built.
 TEST_F(AclStateTest, AnOlderVersionsAuditedSetAclAppliesAsCommitted) {
@@ -241,9 +279,37 @@ TEST_F(AclStateTest, AnImportedTableIsTakenOnceIntoAnEmptyOne) {
   EXPECT_EQ(restored.access().Current().import_source, "backup");
   EXPECT_TRUE(
       absl::IsAlreadyExists(restored.Apply(EncodeImportAccess("backup", backup)).status()));
-  // Into a table of its own: refused, the table unchanged.
-  EXPECT_TRUE(absl::IsFailedPrecondition(state_.Apply(EncodeImportAccess("backup", backup)).status()));
-  EXPECT_EQ(state_.access().Current(), backup);
+  // Into a table of its own: kept, and that is final (emptied, the table
+  // takes no import after).
+  absl::StatusOr<uint64_t> kept = state_.Apply(EncodeImportAccess("backup", backup));
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, kAccessKept);
+  Access own = state_.access().Current();
+  EXPECT_EQ(own.import_source, "backup, not taken back");
+  own.import_source.clear();
+  EXPECT_EQ(own, backup);
+  ASSERT_TRUE(state_.Apply(EncodeRemoveAcl(absl::StrCat(Ns(kOwner), "shared/"))).ok());
+  ASSERT_TRUE(state_.Apply(EncodeDeleteGroup(group_)).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(state_.Apply(EncodeImportAccess("backup", backup)).status()));
+}
+
+// A table that holds nothing but the record of an import (an imported
+// administrator since revoked) is still written to snapshots: the import is
+// not taken again after a restart.
+TEST_F(AclStateTest, TheRecordOfAnImportOutlivesAnEmptiedTable) {
+  Access backup;
+  backup.admins.insert(kOther);
+  ControlState fresh;
+  SignUpEveryone(&fresh);
+  ASSERT_TRUE(fresh.Apply(EncodeImportAccess("backup", backup)).ok());
+  EXPECT_TRUE(fresh.access().IsAdmin(kOther));
+  ASSERT_TRUE(fresh.Apply(EncodeSetAdmin(kOther, false)).ok());
+  ControlState restored;
+  ASSERT_TRUE(restored.Restore(fresh.Snapshot()).ok());
+  EXPECT_EQ(restored.access().Current().import_source, "backup");
+  EXPECT_TRUE(
+      absl::IsAlreadyExists(restored.Apply(EncodeImportAccess("backup", backup)).status()));
+  EXPECT_FALSE(restored.access().IsAdmin(kOther));
 }
 
 TEST_F(AclStateTest, CommandsAreValidated) {
