@@ -527,6 +527,16 @@ class AuthStoreTest : public ::testing::Test {
     return config;
   }
 
+  // The control plane's state now, as a backup's
+  // control/configuration-at-backup holds it; its path.
+  std::string WriteBackupState() {
+    std::filesystem::create_directories(dir_.Subdir("restored"));
+    const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << state_->Snapshot();
+    return path;
+  }
+
   absl::Status OpenStore() {
     store_ = std::make_unique<AuthStore>(engine_.get(), Config());
     // Administrators, groups and ACLs, as the node gives them (without
@@ -1287,12 +1297,7 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   const std::string ledger = TenantPrefix(alice.id) + "ledger/";
   ASSERT_TRUE(state_->Apply(control::EncodeSetAcl(ledger, entry)).ok());
   const control::Access at_backup = state_->access().Current();
-  std::filesystem::create_directories(dir_.Subdir("restored"));
-  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << state_->Snapshot();
-  }
+  const std::string path = WriteBackupState();
   store_.reset();
   state_ = std::make_unique<control::ControlState>();  // a new cluster
   restored_state_file_ = path;
@@ -1331,12 +1336,7 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
 TEST_F(AuthStoreTest, AClusterWithAccountsOfItsOwnTakesNothingBack) {
   MustSignUp("alice@example.com", "alice");
   ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
-  std::filesystem::create_directories(dir_.Subdir("restored"));
-  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << state_->Snapshot();
-  }
+  const std::string path = WriteBackupState();
   store_.reset();
   state_ = std::make_unique<control::ControlState>();
   ASSERT_OK(OpenStore());
@@ -1356,12 +1356,7 @@ TEST_F(AuthStoreTest, AClusterWithAccountsOfItsOwnTakesNothingBack) {
 TEST_F(AuthStoreTest, ARestoredAccessTableIsTakenBackAtTheNextStart) {
   MustSignUp("alice@example.com", "alice");
   ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
-  std::filesystem::create_directories(dir_.Subdir("restored"));
-  const std::string path = dir_.Subdir("restored") + "/configuration-at-backup";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out << state_->Snapshot();
-  }
+  const std::string path = WriteBackupState();
   store_.reset();
   state_ = std::make_unique<control::ControlState>();
   restored_state_file_ = path;

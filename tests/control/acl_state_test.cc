@@ -43,6 +43,15 @@ void SignUpEveryone(ControlState* state) {
   }
 }
 
+// The owner's, all permissions to the owner, audited.
+AclEntry AuditedEntry() {
+  AclEntry entry;
+  entry.owner = kOwner;
+  entry.mode = 0xf00;
+  entry.audit = true;
+  return entry;
+}
+
 class AclStateTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -170,10 +179,7 @@ TEST_F(AclStateTest, OnlyAnAdministratorChangesAnAuditFlag) {
   const std::string prefix = absl::StrCat(Ns(kOwner), "ledger/");
   const Actor owner = Actor::User(kOwner, "n1");
   const Actor admin = Actor::User(kAdmin, "n1");
-  AclEntry entry;
-  entry.owner = kOwner;
-  entry.mode = 0xf00;
-  entry.audit = true;
+  AclEntry entry = AuditedEntry();
   EXPECT_TRUE(absl::IsPermissionDenied(state_.Apply(EncodeSetAcl(prefix, entry, owner)).status()));
   EXPECT_FALSE(state_.access().AuditsKey(prefix + "x"));
   ASSERT_TRUE(state_.Apply(EncodeSetAcl(prefix, entry, admin)).ok());
@@ -210,11 +216,8 @@ TEST_F(AclStateTest, OnlyAnAdministratorChangesAnAuditFlag) {
 TEST_F(AclStateTest, EntriesUnderAnAuditedOneCannotUnauditItsKeys) {
   const std::string ledger = absl::StrCat(Ns(kOwner), "ledger/");
   const Actor owner = Actor::User(kOwner, "n1");
+  AclEntry entry = AuditedEntry();
   const Actor admin = Actor::User(kAdmin, "n1");
-  AclEntry entry;
-  entry.owner = kOwner;
-  entry.mode = 0xf00;
-  entry.audit = true;
   ASSERT_TRUE(state_.Apply(EncodeSetAcl(ledger, entry, admin)).ok());
   entry.audit = false;
   EXPECT_TRUE(absl::IsPermissionDenied(
