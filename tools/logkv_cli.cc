@@ -123,8 +123,8 @@ ABSL_FLAG(std::vector<std::string>, members, {}, "group create: user ids, comma-
 ABSL_FLAG(std::string, group, "", "acl set: the ACL's group (id or name).");
 ABSL_FLAG(uint64_t, owner, 0, "acl set: the ACL's owner (a user id; default the namespace's).");
 ABSL_FLAG(bool, audit, false,
-          "acl set: audit data writes under the prefix (--noaudit: not); an administrator's. "
-          "Without either the entry keeps its flag.");
+          "acl set: audit data writes under the prefix (--noaudit: not); an administrator's "
+          "to change. Without either the entry takes the flag deciding for its prefix.");
 ABSL_FLAG(uint64_t, namespace_user, 0,
           "acl: the user whose namespace the prefix is in (default: the --token's user).");
 
@@ -1388,7 +1388,7 @@ int Acl(const Arguments& arguments) {
     return CallAndPrint("DELETE", target("/api/acl", args[2]), nullptr);
   }
   if (sub == "set" && args.size() == 4) {
-    // Without --audit (or --noaudit) the entry keeps the audit flag it has.
+    // Without --audit (or --noaudit) the entry takes the flag deciding for its prefix.
     nlohmann::json body = {{"mode", args[3]}};
     if (arguments.given.contains("audit")) body["audit"] = absl::GetFlag(FLAGS_audit);
     if (const uint64_t owner = absl::GetFlag(FLAGS_owner); owner != 0) body["owner"] = owner;

@@ -763,25 +763,39 @@ absl::Status AuthStore::ImportInCommands(
 }
 
 absl::Status AuthStore::ImportRestoredAccounts() {
-  if (config_.restored_state_file.empty()) return absl::OkStatus();
+  // A restored node that joins a cluster (--seeds) takes nothing back: the
+  // cluster's accounts and table are the ones.
+  if (config_.restored_state_file.empty() || !config_.restored_starts_cluster) {
+    return absl::OkStatus();
+  }
   std::ifstream in(config_.restored_state_file, std::ios::binary);
   if (!in) return absl::OkStatus();  // not a restored data directory
   struct Taken {
-    bool empty = true;     // the cluster has no accounts
+    bool empty = true;         // the cluster has no accounts
     bool from_backup = false;  // its accounts are a backup's, all of them
+    bool unfinished = false;   // a backup's, not all of them
   };
   auto taken = [this] {
     return state()->Read([](const control::Accounts& a) {
-      return Taken{a.empty(), a.import_source == "backup" && a.import_done};
+      const bool backup = a.import_source == "backup";
+      return Taken{a.empty(), backup && a.import_done, backup && !a.import_done};
     });
   };
   const Taken before = taken();
+  if (before.unfinished) {
+    // Its chunks cannot be sent again (ids must rise), and the access table
+    // would name users still to come: said, not finished.
+    LogLine(
+        "warning: the accounts of the restored backup were taken back only in part (a start "
+        "stopped during the import); its access table is not taken back");
+    return absl::OkStatus();
+  }
   // The access table goes with the accounts: only into a cluster this node
   // starts, whose accounts are the backup's, all of them (a half-finished
   // import would leave users the table names to later sign-ups), once.
   control::AclState* access = access_.load(std::memory_order_acquire);
   const bool access_wanted =
-      access != nullptr && config_.restored_starts_cluster &&
+      access != nullptr &&
       access->Read([](const control::Access& a) { return a.import_source.empty(); });
   if (!before.empty && !(before.from_backup && access_wanted)) {
     return absl::OkStatus();  // the cluster's are the ones

@@ -103,7 +103,7 @@ struct AuthConfig {
   // back when the cluster has none); "" or a missing file: none.
   std::string restored_state_file;
   // This node starts a cluster of its own (no seeds): only then does it take
-  // a restored backup's access table back.
+  // a restored backup's accounts and access table back.
   bool restored_starts_cluster = true;
   // The HS256 secret. Empty: the cluster's (committed by the first node to
   // load, generated at random). A configured secret other than the

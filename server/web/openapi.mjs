@@ -320,9 +320,9 @@ const paths = {
     parameters: [aclPrefix, aclPath, aclNamespace],
     get: op('access', 'The ACL at a prefix and the one deciding there; without a prefix, every entry of the namespace', { 200: json(object({ namespace: int, prefix: str, acl: { $ref: '#/components/schemas/AclEntry' }, effective: { $ref: '#/components/schemas/AclEntry' }, entries: { type: 'array', items: { $ref: '#/components/schemas/AclEntry' } } })), ...errors },
       { security: dataSecurity }),
-    put: op('access', 'Set the ACL of a prefix (the namespace\'s user, administrators; a change of audit, which an entry keeps when the body has none, is an administrator\'s)', { 200: json({ $ref: '#/components/schemas/AclEntry' }), 404: error('No such owner or group'), ...errors },
+    put: op('access', 'Set the ACL of a prefix (the namespace\'s user, administrators; whether keys are audited is an administrator\'s to change: without audit the entry takes the flag deciding for its prefix)', { 200: json({ $ref: '#/components/schemas/AclEntry' }), 404: error('No such owner or group'), ...errors },
       { security: dataSecurity, requestBody: jsonBody(object({ mode: str, owner: int, group: any, audit: bool }, ['mode'])) }),
-    delete: op('access', 'Remove the ACL of a prefix (an entry with the audit flag: administrators)', { 200: json(object({ prefix: str, namespace: int, removed: bool })), 404: error('No ACL on this prefix'), ...errors },
+    delete: op('access', 'Remove the ACL of a prefix (one whose audit flag differs from the entry above it: administrators)', { 200: json(object({ prefix: str, namespace: int, removed: bool })), 404: error('No ACL on this prefix'), ...errors },
       { security: dataSecurity }),
   },
   '/api/acl/check': {

@@ -520,6 +520,7 @@ class AuthStoreTest : public ::testing::Test {
     // The cluster's state machine, applied at once (one node leading itself).
     config.accounts = &state_->accounts();
     config.restored_state_file = restored_state_file_;
+    config.restored_starts_cluster = restored_starts_cluster_;
     config.propose = [this](std::string command) {
       proposals_.fetch_add(1);
       return state_->Apply(command);
@@ -590,6 +591,7 @@ class AuthStoreTest : public ::testing::Test {
   std::atomic<int> proposals_{0};
   std::string restored_state_file_;
   bool use_access_ = true;  // OpenStore gives the store the access table
+  bool restored_starts_cluster_ = true;  // no --seeds
   std::unique_ptr<control::ControlState> state_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<AuthStore> store_;  // declared last: destroyed before the engine
@@ -1347,6 +1349,43 @@ TEST_F(AuthStoreTest, AClusterWithAccountsOfItsOwnTakesNothingBack) {
   const control::Access access = state_->access().Current();
   EXPECT_TRUE(access.groups.empty());
   EXPECT_EQ(access.import_source, "");
+}
+
+// A restored node that joins a cluster (--seeds) takes nothing back, even
+// from a cluster with no accounts; and a backup's accounts taken back in
+// part (a start stopped during the import) leave the table be, said.
+TEST_F(AuthStoreTest, AJoiningNodeOrAPartialImportTakesNoTableBack) {
+  MustSignUp("alice@example.com", "alice");
+  MustSignUp("bob@example.com", "bob");
+  ASSERT_TRUE(state_->Apply(control::EncodeCreateGroup("room", kStartMs)).ok());
+  const control::Accounts backup = state_->accounts().Current();
+  const std::string path = WriteBackupState();
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  restored_state_file_ = path;
+  restored_starts_cluster_ = false;
+  ASSERT_OK(OpenStore());
+  EXPECT_EQ(store_->UserCount(), 0u);
+  EXPECT_TRUE(state_->access().Current().groups.empty());
+
+  // The first of two chunks of the backup's accounts, as a start that
+  // stopped after it left them.
+  store_.reset();
+  state_ = std::make_unique<control::ControlState>();
+  std::vector<control::AccountUser> first = {backup.users.begin()->second};
+  ASSERT_TRUE(state_->Apply(control::EncodeImportAccounts("backup", first, {}, {}, "", 0, 0,
+                                                          /*last=*/false))
+                  .ok());
+  restored_starts_cluster_ = true;
+  ASSERT_OK(OpenStore());
+  EXPECT_EQ(store_->UserCount(), 1u);
+  EXPECT_TRUE(state_->access().Current().groups.empty());
+  {
+    absl::MutexLock lock(&log_mu_);
+    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
+      return absl::StrContains(line, "taken back only in part");
+    })) << absl::StrJoin(log_, "\n");
+  }
 }
 
 // A start that took the accounts back but not the access table (it stopped
