@@ -320,6 +320,8 @@ TEST_F(AclClusterTest, AdministratorRoutesRefuseOthers) {
     }
     EXPECT_EQ(Call(node, "GET", "/api/acl?prefix=x").status, 401);
     EXPECT_EQ(Call(node, "PUT", "/api/acl?prefix=x", {}, R"({"mode":"f00"})").status, 401);
+    EXPECT_EQ(Call(node, "DELETE", "/api/acl?prefix=x").status, 401);
+    EXPECT_EQ(Call(node, "GET", "/api/acl/check?prefix=x").status, 401);
     // Another user's namespace: its user's or an administrator's.
     EXPECT_EQ(Call(node, "GET", absl::StrCat("/api/acl?namespace=", owner_.id), As(other_)).status,
               403);
