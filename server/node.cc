@@ -937,7 +937,8 @@ absl::Status Node::StartAuth() {
   config.node_id = [this] { return node_id(); };
   config.restored_state_file =
       (std::filesystem::path(data_dir_) / "control" / "configuration-at-backup").string();
-  // A restored node that joins a cluster (--seeds) leaves its access table be.
+  // A restored node that joins a cluster (--seeds) takes neither the backup's
+  // accounts nor its access table.
   config.restored_starts_cluster = options_.seeds.empty();
   auth_store_ = std::make_unique<auth::AuthStore>(engine_.get(), std::move(config));
   // The limiter exists even when --rate-limit is 0 (then it admits

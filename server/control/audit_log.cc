@@ -332,14 +332,14 @@ void AuditLog::Add(const std::vector<audit::Entry>& entries, bool from_snapshot)
   const absl::Status status = AppendLocked(all);
   if (last_seq_ >= waiting_.back().seq) waiting_.clear();  // written, whatever failed after
   if (status.ok()) {
-    if (failed_ && options_.on_problem) options_.on_problem("", 0);
-    failed_ = false;
-    healthy_.store(true, std::memory_order_relaxed);
+    if (failed_.load(std::memory_order_relaxed) && options_.on_problem) {
+      options_.on_problem("", 0);
+    }
+    failed_.store(false, std::memory_order_relaxed);
     return;
   }
-  const bool first_failure = !failed_;
-  failed_ = true;
-  healthy_.store(false, std::memory_order_relaxed);
+  const bool first_failure = !failed_.load(std::memory_order_relaxed);
+  failed_.store(true, std::memory_order_relaxed);
   if (waiting_.size() > kMaxWaitingEntries) {
     // Bounded: the file takes nothing more until a restart, whose replay
     // hands every entry after the file's last over again.
@@ -403,7 +403,7 @@ absl::StatusOr<std::string> AuditLog::ReadJson(uint64_t since, size_t limit) con
   return text;
 }
 
-bool AuditLog::healthy() const { return healthy_.load(std::memory_order_relaxed); }
+bool AuditLog::healthy() const { return !failed_.load(std::memory_order_relaxed); }
 
 uint64_t AuditLog::last_seq() const {
   absl::MutexLock lock(&mu_);

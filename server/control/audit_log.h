@@ -125,10 +125,9 @@ class AuditLog {
   uint64_t first_seq_ ABSL_GUARDED_BY(mu_) = 0;  // of the first line kept (0: none)
   int64_t first_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_at_ms_ ABSL_GUARDED_BY(mu_) = 0;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // the last write failed
-  // !failed_, read without mu_ (which a write holds through its fdatasync):
-  // /health asks on a network loop.
-  std::atomic<bool> healthy_{true};
+  // The last write failed. Written under mu_, read without it too (a write
+  // holds mu_ through its fdatasync): /health asks on a network loop.
+  std::atomic<bool> failed_{false};
   // Entries after last_seq_ a failed write left, in order.
   std::vector<audit::Entry> waiting_ ABSL_GUARDED_BY(mu_);
   bool overflowed_ ABSL_GUARDED_BY(mu_) = false;  // waiting_ was full: until a restart

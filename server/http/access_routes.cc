@@ -570,12 +570,10 @@ void GetAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
 
 // Whether the keys at engine_prefix are audited, as this node applied the
 // entries (the command checks again as it applies): by its own entry, else
-// the longest above it; above: were its own entry removed.
-bool Audited(const Deps& deps, const std::string& engine_prefix, bool above = false) {
-  return Acls(deps).Read([&engine_prefix, above](const control::Access& a) {
-    return above ? control::AuditedAbove(a, engine_prefix)
-                 : control::AuditedAt(a, engine_prefix);
-  });
+// the longest above it.
+bool Audited(const Deps& deps, const std::string& engine_prefix) {
+  return Acls(deps).Read(
+      [&engine_prefix](const control::Access& a) { return control::AuditedAt(a, engine_prefix); });
 }
 
 // PUT {"mode", "owner"?, "group"?: id or name or null, "audit"?}.
@@ -656,8 +654,10 @@ void RemoveAcl(const Deps& deps, HttpRequest& request, Responder& responder) {
   if (!target) return responder.Send(std::move(refusal));
   // Removed, its keys are decided by the entry above it: only an
   // administrator may change whether they are audited that way.
-  if (!target->admin &&
-      Audited(deps, target->engine_prefix) != Audited(deps, target->engine_prefix, true)) {
+  if (!target->admin && Acls(deps).Read([&target](const control::Access& a) {
+        return control::AuditedAt(a, target->engine_prefix) !=
+               control::AuditedAbove(a, target->engine_prefix);
+      })) {
     return responder.Send(StatusResponse(control::AuditFlagIsAdministrators()));
   }
   OnPool(deps, std::move(responder), [deps, target = *target]() {
