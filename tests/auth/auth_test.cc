@@ -582,6 +582,17 @@ class AuthStoreTest : public ::testing::Test {
     return created.ok() ? *created : CreatedApiKey{};
   }
 
+  // How many lines the store logged that contain every one of `parts`; the
+  // log, for a failure's message.
+  int LogLines(std::initializer_list<absl::string_view> parts, std::string* log = nullptr) {
+    absl::MutexLock lock(&log_mu_);
+    if (log != nullptr) *log = absl::StrJoin(log_, "\n");
+    return static_cast<int>(std::count_if(log_.begin(), log_.end(), [&](const std::string& line) {
+      return std::all_of(parts.begin(), parts.end(),
+                         [&](absl::string_view part) { return absl::StrContains(line, part); });
+    }));
+  }
+
   ScopedTempDir dir_;
   ManualClock clock_;
   std::string jwt_secret_;  // empty: generated and persisted
@@ -831,13 +842,7 @@ TEST_F(AuthStoreTest, TokensAndRevocationsSurviveRestart) {
   EXPECT_OK(store_->AuthenticateBearer("Bearer " + second.access_token));
   EXPECT_STATUS_CODE(store_->Refresh(first.refresh_token), absl::StatusCode::kUnauthenticated);
   EXPECT_OK(store_->Refresh(second.refresh_token));
-  {
-    absl::MutexLock lock(&log_mu_);
-    EXPECT_EQ(std::count_if(
-                  log_.begin(), log_.end(),
-                  [](const std::string& line) { return absl::StrContains(line, "generated one"); }),
-              1);
-  }
+  EXPECT_EQ(LogLines({"generated one"}), 1);
 }
 
 TEST_F(AuthStoreTest, ConfiguredSecretSignsTokens) {
@@ -1315,12 +1320,8 @@ TEST_F(AuthStoreTest, AccountsOfARestoredBackupAreTakenBack) {
   EXPECT_EQ(taken, at_backup);
   EXPECT_TRUE(state_->access().IsAdmin(bob.id));
   EXPECT_TRUE(state_->access().AuditsKey(ledger + "x"));
-  {
-    absl::MutexLock lock(&log_mu_);
-    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
-      return absl::StrContains(line, "took back 1 administrator grant(s), 1 group(s) and 1 ACL");
-    })) << absl::StrJoin(log_, "\n");
-  }
+  std::string log;
+  EXPECT_EQ(LogLines({"took back 1 administrator grant(s), 1 group(s) and 1 ACL"}, &log), 1) << log;
   // What the cluster changes since is its own: emptied, the table is not
   // taken back again at a restart.
   ASSERT_TRUE(state_->Apply(control::EncodeRemoveAcl(ledger)).ok());
@@ -1380,12 +1381,8 @@ TEST_F(AuthStoreTest, AJoiningNodeOrAPartialImportTakesNoTableBack) {
   ASSERT_OK(OpenStore());
   EXPECT_EQ(store_->UserCount(), 1u);
   EXPECT_TRUE(state_->access().Current().groups.empty());
-  {
-    absl::MutexLock lock(&log_mu_);
-    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
-      return absl::StrContains(line, "taken back only in part");
-    })) << absl::StrJoin(log_, "\n");
-  }
+  std::string log;
+  EXPECT_GE(LogLines({"taken back only in part"}, &log), 1) << log;
 }
 
 // A start that took the accounts back but not the access table (it stopped
@@ -1423,13 +1420,8 @@ TEST_F(AuthStoreTest, ARestoredAccessTableIsTakenBackAtTheNextStart) {
   ASSERT_EQ(taken.groups.size(), 1u);
   EXPECT_EQ(taken.groups.begin()->second.name, "ours");
   EXPECT_EQ(taken.import_source, "backup, not taken back");
-  {
-    absl::MutexLock lock(&log_mu_);
-    EXPECT_TRUE(std::any_of(log_.begin(), log_.end(), [](const std::string& line) {
-      return absl::StrContains(line, "not taken back") &&
-             absl::StrContains(line, "access table of its own");
-    })) << absl::StrJoin(log_, "\n");
-  }
+  std::string log;
+  EXPECT_GE(LogLines({"not taken back", "access table of its own"}, &log), 1) << log;
 }
 
 TEST(RenderTest, RestShapes) {

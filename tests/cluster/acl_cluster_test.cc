@@ -117,6 +117,20 @@ class AclClusterTest : public ::testing::Test {
     return User{created.Json().value("id", uint64_t{0}), key.Json().value("key", "")};
   }
 
+  // A second key of user `name` (made by NewUser) holding the read scope only.
+  User ReadOnlyKey(int node, const User& user, const std::string& name) {
+    HttpAnswer login = CallUntil(200, node, "POST", "/login", {},
+                                 Json{{"email", name + "@example.com"},
+                                      {"password", "securepass123"}}
+                                     .dump());
+    EXPECT_EQ(login.status, 200) << login.body;
+    const std::string token = login.Json().value("access_token", "");
+    HttpAnswer key = CallUntil(201, node, "POST", "/apikeys", {{"Authorization", "Bearer " + token}},
+                               R"({"name":"read","scopes":["read"]})");
+    EXPECT_EQ(key.status, 201) << key.body;
+    return User{user.id, key.Json().value("key", "")};
+  }
+
   static HttpHeaders As(const User& user, uint64_t ns = 0) {
     HttpHeaders headers = {{"X-API-Key", user.key}};
     if (ns != 0) headers.emplace_back("X-Namespace", absl::StrCat(ns));
@@ -326,6 +340,17 @@ TEST_F(AclClusterTest, AdministratorRoutesRefuseOthers) {
     EXPECT_EQ(Call(node, "GET", absl::StrCat("/api/acl?namespace=", owner_.id), As(other_)).status,
               403);
     EXPECT_EQ(Call(node, "GET", "/v1/kv/x", {{"X-Namespace", "2"}}).status, 401);
+  }
+  // The namespace's user with a key of the read scope: sees its ACLs, changes none.
+  const User reader = ReadOnlyKey(0, owner_, "owner");
+  const std::string own = absl::StrCat("/api/acl?prefix=x&namespace=", owner_.id);
+  for (int node = 0; node < kNodes; ++node) {
+    EXPECT_EQ(CallUntil(200, node, "GET", own, As(reader)).status, 200) << node;
+    for (const char* method : {"PUT", "DELETE"}) {
+      HttpAnswer refused = Call(node, method, own, As(reader), R"({"mode":"cdwr--------"})");
+      EXPECT_EQ(refused.status, 403) << method << " " << refused.body;
+      EXPECT_NE(refused.body.find("missing scope"), std::string::npos) << refused.body;
+    }
   }
   // The administrator's, on any node: users, then a group and a member.
   HttpAnswer users = CallUntil(
