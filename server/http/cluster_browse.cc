@@ -306,8 +306,10 @@ void AddBrowseHandlers(cluster::ClusterNode* cluster, Service* service) {
             events_left = events_left > 0 ? events_left - 1 : 0;
             const uint64_t bytes = event.key.size() + event.value.size();
             bytes_left = bytes_left > bytes ? bytes_left - bytes : 0;
+            // The server's own keys only under a tenant's prefix (an empty
+            // one holds them too, as in ScanEngine).
             if (!absl::StartsWith(event.key, prefix) ||
-                (IsReservedKey(event.key) && !Browsable(prefix))) {
+                (IsReservedKey(event.key) && (prefix.empty() || !Browsable(prefix)))) {
               continue;
             }
             matching.push_back(p::CreateEvent(

@@ -1024,6 +1024,11 @@ class WatchStream final : public EventStream {
           changed_ = true;
         }
         for (const RemoteEvent& event : batch.events) {
+          // Each key is checked here as this node's own are (the member
+          // that sent it does not know the caller); without a namespace,
+          // the server's own keys are left out.
+          if (namespace_bytes == 0 && IsReservedKey(event.key)) continue;
+          if (!Permits(context_, event.key, kAccessRead)) continue;
           // Engine keys: the caller's namespace is left out (ReadEvents
           // sent only keys under it).
           const absl::string_view key =

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -39,11 +40,13 @@ class ConsoleClusterTest : public ::testing::Test {
     options.nodes = 3;
     options.replicas = 2;
     // Many requests of one user in a short while: no per-user rate limit.
-    options.extra_flags = {"--auth=on", "--rate-limit=0"};
+    options.extra_flags = {AuthOn() ? "--auth=on" : "--auth=off", "--rate-limit=0"};
     cluster_ = std::make_unique<ClusterProcess>(options);
     ASSERT_TRUE(cluster_->Start().ok()) << cluster_->Describe();
     ASSERT_TRUE(cluster_->WaitAllAlive().ok()) << cluster_->Describe();
   }
+
+  virtual bool AuthOn() const { return true; }
 
   absl::StatusOr<HttpAnswer> Call(int node, absl::string_view method, absl::string_view target,
                                   HttpHeaders headers = {}, absl::string_view body = "") const {
@@ -64,14 +67,16 @@ class ConsoleClusterTest : public ::testing::Test {
     }
   }
 
-  // A user signed up through node 0 and an API key of theirs (read, write).
-  std::string ApiKey(const std::string& name) {
+  // A user signed up through node 0 and an API key of theirs (read, write);
+  // *id the user's id.
+  std::string ApiKey(const std::string& name, uint64_t* id = nullptr) {
     const HttpHeaders json_type = {{"Content-Type", "application/json"}};
     const Json signup = {{"email", name + "@example.com"},
                          {"username", name},
                          {"password", "securepass123"}};
     HttpAnswer created = CallUntil(201, 0, "POST", "/signup", json_type, signup.dump());
     EXPECT_EQ(created.status, 201) << created.body;
+    if (id != nullptr) *id = created.Json().value("id", uint64_t{0});
     HttpAnswer login =
         CallUntil(200, 0, "POST", "/login", json_type,
                   Json{{"email", name + "@example.com"}, {"password", "securepass123"}}.dump());
@@ -86,8 +91,9 @@ class ConsoleClusterTest : public ::testing::Test {
 
   // PUT through node (a new key may need a moment to be known everywhere).
   void Put(int node, const std::string& api_key, const std::string& key) {
-    HttpAnswer answer = CallUntil(200, node, "PUT", "/v1/kv/" + key, {{"X-API-Key", api_key}},
-                                  "value of " + key);
+    HttpHeaders headers;
+    if (!api_key.empty()) headers.emplace_back("X-API-Key", api_key);
+    HttpAnswer answer = CallUntil(200, node, "PUT", "/v1/kv/" + key, headers, "value of " + key);
     ASSERT_EQ(answer.status, 200) << key << ": " << answer.body;
   }
 
@@ -241,6 +247,93 @@ TEST_F(ConsoleClusterTest, WatchOnOneNodeSeesWritesThroughAnotherAndResumesOnATh
   EXPECT_FALSE(absl::StrContains(resumed_events, "w/before")) << resumed_events;
   for (const std::string& key : keys) EXPECT_LE(Count(resumed_events, KeyEvent(key)), 1u) << key;
   for (const std::string& key : later) EXPECT_EQ(Count(resumed_events, KeyEvent(key)), 1u) << key;
+}
+
+// A watch of a namespace another user shares in part: the events of every
+// member are checked against the ACLs on the node the stream is open on, so
+// keys the caller may not read never reach it, however many members hold them.
+TEST_F(ConsoleClusterTest, AWatchOfASharedNamespaceCarriesOnlyWhatTheCallerMayRead) {
+  uint64_t alice_id = 0;
+  const std::string alice = ApiKey("alice", &alice_id);
+  const std::string bob = ApiKey("bob");
+  const HttpHeaders as_alice = {{"X-API-Key", alice}, {"Content-Type", "application/json"}};
+  ASSERT_EQ(CallUntil(200, 0, "PUT", "/api/acl?prefix=public/", as_alice,
+                      R"({"mode":"cdwr-------r"})")
+                .status,
+            200);
+  absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(cluster_->http_port(1));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  // Opened once node 1 knows the entry (until then the watch is refused).
+  const std::string check = absl::StrCat("/api/acl/check?prefix=public/&namespace=", alice_id);
+  const absl::Time deadline = absl::Now() + kWait;
+  HttpAnswer permissions;
+  do {
+    permissions = CallUntil(200, 1, "GET", check, {{"X-API-Key", bob}});
+    if (permissions.Json().value("permissions", "") == "---r") break;
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < deadline);
+  ASSERT_EQ(permissions.Json().value("permissions", ""), "---r") << permissions.body;
+  ASSERT_TRUE(stream
+                  ->Send(BuildRequest("GET", "/v1/watch",
+                                      {{"X-API-Key", bob}, {"X-Namespace", absl::StrCat(alice_id)}}))
+                  .ok());
+  ASSERT_TRUE(StreamHolds(*stream, "event: ready")) << stream->buffered();
+  std::vector<std::string> shared;
+  for (int i = 0; i < 12; ++i) {
+    Put(0, alice, absl::StrCat("private/", i));
+    shared.push_back(absl::StrCat("public/", i));
+    Put(0, alice, shared.back());
+  }
+  for (const std::string& key : shared) {
+    ASSERT_TRUE(StreamHolds(*stream, KeyEvent(key))) << key << "\n" << stream->buffered();
+  }
+  int elsewhere = 0;  // private keys node 1 does not hold: only a member's events name them
+  for (int i = 0; i < 12; ++i) {
+    elsewhere += Holds(1, alice, absl::StrCat("private/", i)) ? 0 : 1;
+  }
+  EXPECT_GT(elsewhere, 0);
+  Put(0, alice, "public/last");
+  ASSERT_TRUE(StreamHolds(*stream, KeyEvent("public/last"))) << stream->buffered();
+  absl::SleepFor(absl::Milliseconds(600));  // a few polls more
+  EXPECT_FALSE(absl::StrContains(stream->buffered(), "private/")) << stream->buffered();
+  EXPECT_FALSE(absl::StrContains(stream->buffered(), "value of private")) << stream->buffered();
+}
+
+// Without auth, a watch of every key carries no key of the server's own
+// (hints, membership) from any member, as none from the node it is open on.
+class ConsoleClusterAuthOffTest : public ConsoleClusterTest {
+ protected:
+  bool AuthOn() const override { return false; }
+};
+
+TEST_F(ConsoleClusterAuthOffTest, AWatchOfEveryKeyCarriesNoServerKeysOfAnyMember) {
+  absl::StatusOr<HttpConnection> stream = HttpConnection::Connect(cluster_->http_port(1));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE(stream->Send(BuildRequest("GET", "/v1/watch", {})).ok());
+  ASSERT_TRUE(StreamHolds(*stream, "event: ready")) << stream->buffered();
+  // Node 2 down: writes through node 0 to keys node 2 holds leave hints
+  // (server keys) on node 0.
+  cluster_->Kill(2);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 12; ++i) {
+    keys.push_back(absl::StrCat("k/", i));
+    Put(0, "", keys.back());
+  }
+  for (const std::string& key : keys) {
+    ASSERT_TRUE(StreamHolds(*stream, KeyEvent(key))) << key << "\n" << stream->buffered();
+  }
+  // Some of them wait as hints on a member the stream reads from.
+  absl::StatusOr<std::string> metrics = cluster_->MetricsText(0);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  bool hinted = false;
+  for (absl::string_view line : absl::StrSplit(*metrics, '\n')) {
+    hinted |= absl::StartsWith(line, "logkv_hinted_handoff_hints{") && !absl::EndsWith(line, " 0");
+  }
+  EXPECT_TRUE(hinted) << *metrics;
+  absl::SleepFor(absl::Milliseconds(600));  // a few polls more
+  const std::string events = stream->buffered();
+  EXPECT_FALSE(absl::StrContains(events, "\\u0000")) << events;
+  EXPECT_FALSE(absl::StrContains(events, "hint/")) << events;
 }
 
 // ReadKeys and ReadEvents read every tenant's keys: a client connection
