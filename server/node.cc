@@ -2339,7 +2339,17 @@ void Node::Refill() {
 
 void Node::RunInBackground(std::function<void()> work) {
   absl::MutexLock lock(&background_mu_);
-  background_threads_.emplace_back(std::move(work));
+  std::erase_if(background_threads_, [](BackgroundThread& finished) {
+    if (!finished.done->load(std::memory_order_acquire)) return false;
+    finished.thread.join();
+    return true;
+  });
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread thread([work = std::move(work), done] {
+    work();
+    done->store(true, std::memory_order_release);
+  });
+  background_threads_.push_back(BackgroundThread{std::move(done), std::move(thread)});
 }
 
 void Node::LogListening() const {
@@ -2673,7 +2683,7 @@ absl::Status Node::Stop() {
   if (service_ != nullptr) service_->SetMembersSource(nullptr);
   {
     absl::MutexLock lock(&background_mu_);
-    for (std::thread& thread : background_threads_) thread.join();
+    for (BackgroundThread& background : background_threads_) background.thread.join();
     background_threads_.clear();
   }
   {

@@ -419,8 +419,14 @@ class Node {
   std::unique_ptr<cluster::Purger> purger_;
   // Blocking work asked for over HTTP (a leave's hand-off, the lookup of a
   // join target named by its URL), never run on a loop.
+  // Each thread's flag is set as its work ends; the next RunInBackground
+  // joins those (a finished thread's stack stays mapped until it is joined).
+  struct BackgroundThread {
+    std::shared_ptr<std::atomic<bool>> done;
+    std::thread thread;
+  };
   absl::Mutex background_mu_;
-  std::vector<std::thread> background_threads_ ABSL_GUARDED_BY(background_mu_);
+  std::vector<BackgroundThread> background_threads_ ABSL_GUARDED_BY(background_mu_);
   // Writes API keys' last-use times in batches (auth on).
   std::unique_ptr<PeriodicWorker> flusher_;
   // Grants --admins (every second, until every name is granted).

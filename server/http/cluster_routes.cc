@@ -18,14 +18,17 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "protocol/frame.h"
 #include "protocol/version.h"
 #include "server/cluster/cluster_node.h"
+#include "server/cluster/peer_transport.h"
 #include "server/cluster/ring.h"
 #include "server/http/http_fetch.h"
 
 namespace logkv::server::http {
 
 using nlohmann::json;
+namespace p = ::logkv::protocol;
 
 namespace {
 
@@ -786,23 +789,79 @@ void ClusterRoutes::Fault(HttpRequest& request, Responder responder) {
 
 namespace {
 
-// "host:port" into its parts; false when it is not one.
-bool SplitHostPort(absl::string_view address, std::string* host, int* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0) return false;
-  *host = std::string(address.substr(0, colon));
-  return absl::SimpleAtoi(address.substr(colon + 1), port) && *port > 0 && *port < 65536;
-}
-
 // The share of the hash space each member owns first, measured by placing
 // kOwnershipSamples evenly spaced hashes (within half a percent).
 constexpr uint64_t kOwnershipSamples = 4096;
 
+// How long a member has to send its figures for the cluster page.
+constexpr absl::Duration kFiguresTimeout = absl::Seconds(2);
+
+// GET /console/cluster's answer: the members' entries, each other member's
+// figures added as its ReadFigures answer comes (on the peer transport's
+// thread); the last answer sends it.
+class FiguresGather {
+ public:
+  FiguresGather(std::string self_id, json members, size_t waiting, Responder responder)
+      : self_id_(std::move(self_id)),
+        members_(std::move(members)),
+        waiting_(waiting),
+        responder_(std::move(responder)) {}
+
+  void Add(size_t index, absl::StatusOr<std::string> answer) {
+    json figures;
+    std::string error;
+    if (!answer.ok()) {
+      error = std::string(answer.status().message());
+    } else {
+      const p::Response& response =
+          *flatbuffers::GetSizePrefixedRoot<p::Response>(answer->data());
+      const p::FiguresResult* result = response.result_as_FiguresResult();
+      if (absl::Status status = p::StatusFromResponse(response); !status.ok()) {
+        error = std::string(status.message());
+      } else if (result == nullptr || result->json() == nullptr) {
+        error = "the member sent no figures";
+      } else {
+        figures = json::parse(result->json()->string_view(), nullptr, /*allow_exceptions=*/false);
+        if (!figures.is_object()) error = "the member's figures are not a JSON object";
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      json& entry = members_[index];
+      if (error.empty()) {
+        entry["figures"] = std::move(figures);
+      } else {
+        entry["error"] = std::move(error);
+      }
+      if (--waiting_ > 0) return;
+    }
+    Finish();
+  }
+
+  // Sends the answer (every member's figures are in, or none was asked).
+  void Finish() {
+    json members;
+    {
+      absl::MutexLock lock(&mu_);
+      members = std::move(members_);
+    }
+    responder_.Send(HttpResponse::Json(
+        200, Dump(json{{"node_id", self_id_}, {"members", std::move(members)}})));
+  }
+
+ private:
+  const std::string self_id_;
+  absl::Mutex mu_;
+  json members_ ABSL_GUARDED_BY(mu_);
+  size_t waiting_ ABSL_GUARDED_BY(mu_);
+  Responder responder_;
+};
+
 }  // namespace
 
 // GET /console/cluster: every member with its state, its share of the ring
-// and its figures (those of GET /metrics, asked of each member with the
-// caller's credential, off the loop), for the console's cluster page.
+// and its figures (those of GET /metrics, asked of each member over the peer
+// links), for the console's cluster page.
 void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
   HttpResponse refusal;
   absl::StatusOr<StatsCaller> caller = AuthorizeStats(request, &refusal);
@@ -857,49 +916,44 @@ void ClusterRoutes::ClusterSummary(HttpRequest& request, Responder responder) {
     entry["ownership"] = static_cast<double>(owned[id]) / kOwnershipSamples;
     if (entry["self"]) entry["figures"] = NodeFigures();
   }
-  auto shared = std::make_shared<Responder>(std::move(responder));
-  auto answer = [self_id](const json& members) {
-    return HttpResponse::Json(200, Dump(json{{"node_id", self_id}, {"members", members}}));
-  };
-  BackgroundFunction background;
-  {
-    absl::MutexLock lock(&hooks_mu_);
-    background = background_;
-  }
-  if (!background || members.size() <= 1) return shared->Send(answer(members));
-  // The others' figures, asked of them with the caller's credential.
-  // A node that serves HTTPS asks the others over HTTPS, checked as the
-  // peer links are (the credential, the cluster secret for an operator,
-  // never crosses the network in clear).
-  std::optional<absl::string_view> authorization = request.Header("Authorization");
-  FetchRequest metrics = MemberFetch(config_.join_https);
-  metrics.target = "/metrics";
-  metrics.timeout = absl::Seconds(2);
-  if (authorization.has_value()) metrics.headers.emplace_back("Authorization", *authorization);
-  background([shared, answer, members = std::move(members),
-              metrics = std::move(metrics)]() mutable {
-    for (json& entry : members) {
+  // The others' figures, asked over the peer links (ReadFigures): the
+  // links prove the cluster secret by challenge, so no credential is sent
+  // for them, and the answers come on the transport's thread.
+  std::vector<std::pair<size_t, std::string>> asked;  // entry, binary address
+  if (deps_.cluster != nullptr) {
+    for (size_t i = 0; i < members.size(); ++i) {
+      const json& entry = members[i];
       if (entry["self"] || entry["state"] == "dead") continue;
-      std::string host;
-      int port = 0;
-      if (!SplitHostPort(entry.value("http_address", ""), &host, &port)) continue;
-      const FetchRequest& fetch = metrics;
-      absl::StatusOr<FetchedResponse> figures = HttpFetch(host, port, fetch);
-      if (!figures.ok()) {
-        entry["error"] = std::string(figures.status().message());
-      } else if (figures->status != 200) {
-        entry["error"] = absl::StrCat("GET /metrics answered ", figures->status);
-      } else {
-        json parsed = json::parse(figures->body, nullptr, /*allow_exceptions=*/false);
-        if (parsed.is_object()) {
-          entry["figures"] = std::move(parsed);
-        } else {
-          entry["error"] = "GET /metrics answered no JSON object";
-        }
-      }
+      asked.emplace_back(i, entry.value("binary_address", ""));
     }
-    shared->Send(answer(members));
-  });
+  }
+  auto gather = std::make_shared<FiguresGather>(self_id, std::move(members), asked.size(),
+                                                std::move(responder));
+  if (asked.empty()) return gather->Finish();
+  flatbuffers::FlatBufferBuilder builder(64);
+  const std::string frame = cluster::FinishPeerRequest(
+      &builder, p::Operation::ReadFigures, p::CreateReadFigures(builder).Union());
+  for (const auto& [index, address] : asked) {
+    deps_.cluster->transport()->Send(
+        address, frame, kFiguresTimeout,
+        [gather, index = index](absl::StatusOr<std::string> answer) {
+          gather->Add(index, std::move(answer));
+        });
+  }
+}
+
+void ClusterRoutes::AddPeerHandlers() {
+  if (deps_.cluster == nullptr) return;
+  deps_.cluster->AddPeerOperationHandler(
+      p::Operation::ReadFigures,
+      [this](const p::Request& request, flatbuffers::FlatBufferBuilder* b,
+             absl::FunctionRef<Completion()>) {
+        const std::string figures = Dump(NodeFigures());
+        b->Clear();
+        p::FinishResponse(b, request.request_id(), p::Result::FiguresResult,
+                          p::CreateFiguresResult(*b, b->CreateString(figures)).Union());
+        return Outcome::kAnswered;
+      });
 }
 
 FetchRequest ClusterRoutes::MemberFetch(bool https) const {
@@ -943,6 +997,7 @@ void ClusterRoutes::AddTo(Router* router) {
       {M::kPost, "/members/remove", &ClusterRoutes::RemoveMember},
       {M::kPost, "/internal/fault", &ClusterRoutes::Fault, /*fault_injection=*/true},
   };
+  AddPeerHandlers();
   for (const NodeRoute& route : kRoutes) {
     if (route.fault_injection &&
         (deps_.cluster == nullptr || !deps_.cluster->fault_injection_enabled())) {

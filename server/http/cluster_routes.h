@@ -49,9 +49,7 @@ struct ClusterRoutesConfig {
   // must chain to join_tls_ca_file (empty: the system's CAs) and name the
   // URL's host; join_tls_cert_file and join_tls_key_file are shown when it
   // asks for a client certificate. logkvd passes its peer-link files
-  // (--peer-tls-ca else --tls-ca, --peer-tls-cert else --tls-cert). With
-  // join_https the console's cluster page asks the other members for their
-  // figures over HTTPS, checked the same way.
+  // (--peer-tls-ca else --tls-ca, --peer-tls-cert else --tls-cert).
   bool join_https = false;
   std::string join_tls_ca_file;
   std::string join_tls_cert_file;
@@ -124,6 +122,9 @@ class ClusterRoutes {
   // GET /metrics' JSON: this node's figures.
   nlohmann::json NodeFigures() const;
   void ClusterSummary(HttpRequest& request, Responder responder);
+  // Answers the ReadFigures peer operation (NodeFigures) for the cluster
+  // page of another member; no-op without a cluster.
+  void AddPeerHandlers();
   // A request to another member, over HTTPS checked with the peer links'
   // files (join_tls_*) when https.
   FetchRequest MemberFetch(bool https) const;

@@ -29,6 +29,7 @@ bool IsClusterOperation(p::Operation operation) {
     case p::Operation::EpochBarrier:
     case p::Operation::ReadEvents:
     case p::Operation::ReadKeys:
+    case p::Operation::ReadFigures:
       return true;
     default:
       return false;

@@ -120,6 +120,10 @@ class ClusterProcess {
   std::string address(int node) const;
   int port(int node) const { return nodes_[node]->port; }
   int http_port(int node) const { return nodes_[node]->http_port; }
+  // The node's process id; -1 when it is not running.
+  pid_t pid(int node) const {
+    return nodes_[node]->process != nullptr ? nodes_[node]->process->pid() : -1;
+  }
   const std::string& data_dir(int node) const { return nodes_[node]->data_dir; }
 
   // SIGKILL (kill -9) and reap.

@@ -336,8 +336,9 @@ TEST_F(ConsoleClusterAuthOffTest, AWatchOfEveryKeyCarriesNoServerKeysOfAnyMember
   EXPECT_FALSE(absl::StrContains(events, "hint/")) << events;
 }
 
-// ReadKeys and ReadEvents read every tenant's keys: a client connection
-// (no ClusterHello with the cluster secret) is refused them.
+// ReadKeys and ReadEvents read every tenant's keys, ReadFigures the node's
+// figures: a client connection (no ClusterHello with the cluster secret) is
+// refused them.
 TEST_F(ConsoleClusterTest, AClientCannotReadKeysOrEventsAsAPeer) {
   absl::StatusOr<RawConnection> connection = RawConnection::Connect(cluster_->port(0));
   ASSERT_TRUE(connection.ok()) << connection.status();
@@ -361,6 +362,10 @@ TEST_F(ConsoleClusterTest, AClientCannotReadKeysOrEventsAsAPeer) {
   flatbuffers::FlatBufferBuilder events(128);
   EXPECT_EQ(status_of(events, protocol::Operation::ReadEvents,
                       protocol::CreateReadEvents(events, 0, 0, 10).Union()),
+            protocol::StatusCode::PermissionDenied);
+  flatbuffers::FlatBufferBuilder figures(64);
+  EXPECT_EQ(status_of(figures, protocol::Operation::ReadFigures,
+                      protocol::CreateReadFigures(figures).Union()),
             protocol::StatusCode::PermissionDenied);
 }
 
