@@ -228,6 +228,29 @@ try {
     await page.waitForFunction(() => document.querySelector('#value-view')?.textContent?.startsWith('00000000'), wait);
   });
 
+  await step('a key with ".." in it names itself when shown and deleted', async () => {
+    // Stored through the API as "dots/../greeting/en": a browser that
+    // resolved its ".." would show, and delete, greeting/en instead.
+    const planted = await call(`${node.url}/v1/kv/dots%2F..%2Fgreeting%2Fen`, 'PUT', { 'X-API-Key': apiKey }, 'planted');
+    expect(planted.status === 200, `PUT: ${planted.status} ${planted.body}`);
+    await page.$eval('input[name=prefix]', (input) => { input.value = ''; });
+    await page.type('input[name=prefix]', 'dots/');
+    await page.click('form.row button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('td.key-cell')?.textContent === 'dots/../greeting/en', wait);
+    await page.click('td.key-cell button');
+    await page.waitForFunction(() => document.querySelector('#value-view')?.getAttribute('aria-label') === 'Value of dots/../greeting/en', wait);
+    await page.click('button[data-mode=text]');
+    const shown = await textOf(page, '#value-view');
+    expect(shown === 'planted', `the value shown for dots/../greeting/en: ${shown}`);
+    await page.click('#delete-key');
+    await page.waitForFunction(() => [...document.querySelectorAll('[role=status]')]
+      .some((status) => status.textContent?.includes('Deleted dots/../greeting/en')), wait);
+    const gone = await call(`${node.url}/v1/kv/dots%2F..%2Fgreeting%2Fen`, 'GET', { 'X-API-Key': apiKey });
+    expect(gone.status === 404, `the planted key after its delete: ${gone.status} ${gone.body}`);
+    const kept = await call(`${node.url}/v1/kv/greeting/en`, 'GET', { 'X-API-Key': apiKey });
+    expect(kept.status === 200 && kept.body.includes('world'), `greeting/en after the delete: ${kept.status} ${kept.body}`);
+  });
+
   await step('watch a change appear', async () => {
     await page.click('a[href="/watch"]');
     await page.waitForSelector('#watch-start', wait);
@@ -365,6 +388,15 @@ try {
       expect(inMain, `${target}: the skip link does not lead into the content`);
       expect(await page.evaluate(() => document.documentElement.lang === 'en'), `${target}: the page's language`);
     }
+  });
+
+  await step('signing out forgets the operator credential too', async () => {
+    await page.goto(`${node.url}/cluster`, { waitUntil: 'networkidle0' });
+    expect(await page.evaluate(() => sessionStorage.getItem('logkv.operator')) !== null, 'the operator credential was kept');
+    await page.click('#sign-out');
+    await page.waitForSelector('input[name=password]', wait);
+    const left = await page.evaluate(() => Object.keys(sessionStorage).filter((name) => name.startsWith('logkv.')));
+    expect(left.length === 0, `kept after signing out: ${left.join(', ')}`);
   });
 
   await step('no script errors and no Content-Security-Policy refusals', async () => {

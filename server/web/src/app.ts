@@ -118,7 +118,7 @@ async function refreshTokens(): Promise<boolean> {
 }
 
 function signOut(): void {
-  for (const name of ['access', 'refresh', 'email', 'apikey']) session.set(name, null);
+  for (const name of ['access', 'refresh', 'email', 'apikey', 'operator']) session.set(name, null);
   if (refreshTimer !== undefined) clearTimeout(refreshTimer);
   navigate('/login');
 }
@@ -190,9 +190,16 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-// A key's path in the URL: each segment percent-encoded, the slashes kept.
+// A key as the last part of a URL's path: the whole key percent-encoded,
+// its slashes too (the routes decode them), so that a key holding "." or
+// ".." segments names itself and not the key or route the browser would
+// make of it. A key that is only "." or ".." cannot be named in a path
+// (a URL treats it, however encoded, as a step): said as an error.
 function keyPath(key: string): string {
-  return key.split('/').map(encodeURIComponent).join('/');
+  if (key === '.' || key === '..') {
+    throw new Error(`The key "${key}" cannot be named in a URL path; read or change it with the logkv CLI or PUT/GET/DELETE /kv?key=.`);
+  }
+  return encodeURIComponent(key);
 }
 
 // ---- Navigation ----------------------------------------------------------------
