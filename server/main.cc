@@ -74,6 +74,11 @@ ABSL_FLAG(uint32_t, max_frame_bytes, 64u << 20, "Largest protocol frame accepted
 ABSL_FLAG(uint32_t, max_batch_items, 10000, "Most operations in one Batch.");
 ABSL_FLAG(std::string, http, "127.0.0.1:8080",
           "HTTP (REST) addresses, comma-separated host:port list; empty: no HTTP.");
+ABSL_FLAG(std::string, http_allowed_hosts, "",
+          "Names HTTP requests may give in Host beside loopback addresses and localhost, "
+          "comma-separated; when set, others are refused (403). Unset: every name, except on a "
+          "node whose HTTP is loopback-only without --auth=on, where only loopback names are "
+          "served (a site made to resolve to 127.0.0.1 cannot read through a browser).");
 ABSL_FLAG(uint32_t, versions, 3,
           "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
@@ -255,7 +260,8 @@ const std::vector<FlagGroup>& FlagGroups() {
         "tombstone_grace_ms", "repair", "compression", "compression_level",
         "compression_min_bytes"}},
       {"Network",
-       {"listen", "http", "threads", "advertise", "http_advertise", "insecure",
+       {"listen", "http", "http_allowed_hosts", "threads", "advertise", "http_advertise",
+        "insecure",
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
       {"TLS",
        {"tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_client_auth", "tls_min_version",
@@ -661,6 +667,10 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
       return absl::InvalidArgumentError(absl::StrCat("--http: ", address.status().message()));
     }
     options.http.push_back(*std::move(address));
+  }
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_http_allowed_hosts), ',',
+                                               absl::SkipWhitespace())) {
+    options.http_allowed_hosts.push_back(absl::AsciiStrToLower(absl::StripAsciiWhitespace(name)));
   }
   const std::string jwt_expiration = absl::GetFlag(FLAGS_jwt_expiration);
   if (!absl::ParseDuration(jwt_expiration, &options.jwt_expiration) ||

@@ -349,6 +349,18 @@ ServerConfig ServerConfigFor(const NodeOptions& o) {
   config.max_buffered_bytes = static_cast<size_t>(o.max_buffered_bytes);
   config.max_watches_per_connection = static_cast<size_t>(o.max_watches_per_connection);
   config.max_watches_per_user = static_cast<size_t>(o.max_watches_per_user);
+  // A node that serves everything to whoever reaches it, on loopback only,
+  // answers loopback names only: a browser on this machine cannot be made
+  // to read it through a site whose name points here (docs/security.md).
+  const bool clients_authenticated =
+      o.auth != AuthMode::kOff ||
+      (o.tls.enabled() && o.tls.client_auth == net::ClientAuth::kRequire);
+  const bool loopback_only = std::all_of(o.http.begin(), o.http.end(), [](const HostPort& a) {
+    return IsLoopback(a.host);
+  });
+  config.http_allowed_hosts = o.http_allowed_hosts;
+  config.http_check_host =
+      !o.http_allowed_hosts.empty() || (!clients_authenticated && loopback_only);
   return config;
 }
 

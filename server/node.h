@@ -130,6 +130,10 @@ struct NodeOptions {
   HostPort listen{"127.0.0.1", 7070};  // --listen, the binary protocol
   // --http: every address serves the REST API; empty: no HTTP.
   std::vector<HostPort> http = {HostPort{"127.0.0.1", 8080}};
+  // --http_allowed_hosts: names HTTP requests may give in Host beside
+  // loopback ones (ServerConfig::http_check_host); empty: every name, except
+  // on a loopback-only node without authenticated clients.
+  std::vector<std::string> http_allowed_hosts;
   int threads = 0;  // --threads, I/O loops; 0 = one per core
   absl::Duration http_idle_timeout = absl::Seconds(60);    // --http_idle_timeout_ms
   absl::Duration binary_idle_timeout = absl::Seconds(60);  // --binary_idle_timeout_ms

@@ -123,6 +123,17 @@ struct ServerConfig {
   // connection closed, so requests already admitted can finish. 0: no limit
   // (still counted, in ServerCounters::buffered_request_bytes).
   size_t max_buffered_bytes = 256u << 20;
+  // Requests a browser can be made to send by a page of another site
+  // (docs/security.md, "Browsers"). An HTTP request whose Origin header
+  // names another origin than its Host is refused (403) unless its method
+  // is GET, HEAD or OPTIONS: another site's form or script cannot change
+  // anything here. With http_check_host, a request whose Host is neither a
+  // loopback address, "localhost" nor one of http_allowed_hosts (lower
+  // case, no port) is refused too (403): a site whose name was made to
+  // point at this machine (DNS rebinding) cannot read through the
+  // visitor's browser what this node serves without credentials.
+  bool http_check_host = false;
+  std::vector<std::string> http_allowed_hosts;
   // A connection whose unsent answers pass this stops being read until they
   // drain below half of it: a client that does not read cannot grow our memory.
   size_t max_output_bytes = 8u << 20;

@@ -1,11 +1,16 @@
 #include "server/net/http_session.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cassert>
 #include <cstring>
 #include <optional>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/http/status_http.h"
@@ -167,6 +172,61 @@ void HttpSession::Refuse(int status, absl::string_view message, int retry_after_
   EmitReady();
 }
 
+namespace {
+
+// host of a Host header ("name", "name:port", "[v6]:port"), lower case.
+std::string HostName(absl::string_view host) {
+  if (absl::StartsWith(host, "[")) {
+    host = host.substr(1, host.find(']') == absl::string_view::npos ? host.size() - 1
+                                                                    : host.find(']') - 1);
+  } else if (const size_t colon = host.rfind(':'); colon != absl::string_view::npos &&
+                                                   host.find(':') == colon) {
+    host = host.substr(0, colon);
+  }
+  return absl::AsciiStrToLower(host);
+}
+
+bool IsLoopbackName(const std::string& name) {
+  if (name == "localhost") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, name.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6;
+  return inet_pton(AF_INET6, name.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+// Why a browser's request must not be served (ServerConfig::http_check_host
+// and the Origin rule), or nothing.
+std::optional<http::HttpResponse> BrowserRefusal(const ServerConfig& config,
+                                                 const http::HttpRequest& request) {
+  const std::optional<absl::string_view> host = request.Header("host");
+  if (config.http_check_host && host.has_value()) {
+    const std::string name = HostName(*host);
+    if (!IsLoopbackName(name) &&
+        std::find(config.http_allowed_hosts.begin(), config.http_allowed_hosts.end(), name) ==
+            config.http_allowed_hosts.end()) {
+      return http::HttpResponse::Error(
+          403, absl::StrCat("this node does not answer to the name '", name,
+                            "': it serves loopback names and those of --http_allowed_hosts "
+                            "(docs/security.md, \"Browsers\")"));
+    }
+  }
+  const std::optional<absl::string_view> origin = request.Header("origin");
+  if (!origin.has_value() || request.method == http::Method::kGet ||
+      request.method == http::Method::kHead || request.method == http::Method::kOptions) {
+    return std::nullopt;
+  }
+  absl::string_view authority = *origin;
+  if (!absl::ConsumePrefix(&authority, "http://")) absl::ConsumePrefix(&authority, "https://");
+  if (host.has_value() && authority != *origin && absl::EqualsIgnoreCase(authority, *host)) {
+    return std::nullopt;
+  }
+  return http::HttpResponse::Error(
+      403, absl::StrCat("a request from the page of another site (Origin: ", *origin,
+                        ") may not change anything here"));
+}
+
+}  // namespace
+
 void HttpSession::Dispatch(http::HttpRequest& request) {
   Connection& c = connection();
   const ServerConfig& config = this->config();
@@ -185,7 +245,10 @@ void HttpSession::Dispatch(http::HttpRequest& request) {
   HttpAnswers::InlineAnswer answer;
   answer.connection_id = c.id;
   answer.sequence = sequence;
-  if (match.route == nullptr) {
+  if (std::optional<http::HttpResponse> refusal = BrowserRefusal(config, request)) {
+    answer.answered = true;
+    answer.response = *std::move(refusal);
+  } else if (match.route == nullptr) {
     answer.answered = true;
     if (match.status == 405) {
       answer.response = http::HttpResponse::Error(

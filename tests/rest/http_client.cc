@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -33,7 +34,12 @@ nlohmann::json HttpAnswer::Json() const {
 
 std::string BuildRequest(absl::string_view method, absl::string_view target,
                          const HttpHeaders& headers, absl::string_view body) {
-  std::string request = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+  // Host: 127.0.0.1 unless the headers name one.
+  const bool host_given = std::any_of(headers.begin(), headers.end(), [](const auto& header) {
+    return absl::EqualsIgnoreCase(header.first, "host");
+  });
+  std::string request = absl::StrCat(method, " ", target, " HTTP/1.1\r\n",
+                                     host_given ? "" : "Host: 127.0.0.1\r\n");
   for (const auto& [name, value] : headers) absl::StrAppend(&request, name, ": ", value, "\r\n");
   if (!body.empty() || method == "PUT" || method == "POST") {
     absl::StrAppend(&request, "Content-Length: ", body.size(), "\r\n");

@@ -920,7 +920,7 @@ TEST_F(RestTest, ChunkedRequestBody) {
   HttpConnection connection = Connect();
   ASSERT_TRUE(connection
                   .Send("PUT " + target +
-                        " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        " HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                         "5\r\nhello\r\n"
                         "7;ext=1\r\n, world\r\n" +
                         std::string("3\r\n\0\0!\r\n", 8) + "0\r\n\r\n")
@@ -931,7 +931,7 @@ TEST_F(RestTest, ChunkedRequestBody) {
   // Chunks sent in separate writes, on the same connection.
   ASSERT_TRUE(connection
                   .Send("PUT " + target +
-                        "-split HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+                        "-split HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
                   .ok());
   ASSERT_TRUE(connection.Send("cd\r\n2\r\nef\r\n0").ok());
   ASSERT_TRUE(connection.Send("\r\n\r\n").ok());
@@ -948,7 +948,7 @@ TEST_F(RestTest, ExpectContinue) {
   HttpConnection connection = Connect();
   ASSERT_TRUE(connection
                   .Send("PUT " + target +
-                        " HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n")
+                        " HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n")
                   .ok());
   absl::StatusOr<HttpAnswer> go_on = connection.Read();
   ASSERT_TRUE(go_on.ok()) << go_on.status();
@@ -964,7 +964,7 @@ TEST_F(RestTest, ExpectContinue) {
   ASSERT_TRUE(
       connection
           .Send("PUT " + target +
-                " HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\nnow")
+                " HTTP/1.1\r\nHost: localhost\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\nnow")
           .ok());
   absl::StatusOr<HttpAnswer> answer = connection.Read();
   ASSERT_TRUE(answer.ok()) << answer.status();
@@ -1108,11 +1108,11 @@ TEST_F(RestTest, NoLengthIsAnEmptyBody) {
   // empty; the request is answered on its merits and the connection stays.
   const std::string target = "/v1/kv/" + TestName();
   HttpConnection connection = Connect();
-  ASSERT_TRUE(connection.Send("PUT " + target + " HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  ASSERT_TRUE(connection.Send("PUT " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n").ok());
   absl::StatusOr<HttpAnswer> put = connection.Read();
   ASSERT_TRUE(put.ok()) << put.status();
   ExpectWriteAnswer(*put, TestName());
-  ASSERT_TRUE(connection.Send("POST /v0/kv HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  ASSERT_TRUE(connection.Send("POST /v0/kv HTTP/1.1\r\nHost: localhost\r\n\r\n").ok());
   absl::StatusOr<HttpAnswer> post = connection.Read();
   ASSERT_TRUE(post.ok()) << post.status();
   ExpectError(*post, 400, "POST /v0/kv without a body");
@@ -1135,7 +1135,7 @@ TEST_F(RestTest, LeaveWithoutABody) {
   ASSERT_NE(node, nullptr);
   absl::StatusOr<HttpConnection> connection = HttpConnection::Connect(node->http_port());
   ASSERT_TRUE(connection.ok()) << connection.status();
-  ASSERT_TRUE(connection->Send("POST /members/leave HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  ASSERT_TRUE(connection->Send("POST /members/leave HTTP/1.1\r\nHost: localhost\r\n\r\n").ok());
   absl::StatusOr<HttpAnswer> left = connection->Read(false, absl::Seconds(40));
   ASSERT_TRUE(left.ok()) << left.status();
   EXPECT_EQ(left->status, 409) << left->body;
@@ -2195,7 +2195,7 @@ TEST_F(RestStatsAuthTest, StatisticsNeedCredentialsAndShowEachCallerItsOwn) {
 // body (no 100 Continue), so nobody unknown holds the server's memory.
 TEST_F(RestAuthTest, LargeBodiesNeedAValidKeyBeforeTheyAreRead) {
   Account a = NewAccount("a");
-  const std::string head_only = "PUT /v1/kv/large HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n";
+  const std::string head_only = "PUT /v1/kv/large HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20000000\r\n";
   for (const std::string& credentials :
        {std::string(""), std::string("X-API-Key: ydht_not-a-key\r\n")}) {
     for (const char* expect : {"", "Expect: 100-continue\r\n"}) {

@@ -258,6 +258,82 @@ TEST_F(ConsoleTest, WatchNeedsAnApiKeyWithAuthOn) {
   EXPECT_EQ(info->Json().value("auth", false), true);
 }
 
+// A browser on this machine can be made to send requests here by any site
+// it visits: another site's page may change nothing (Origin), and a site
+// whose name was made to resolve to 127.0.0.1 reads nothing from a node
+// that serves everything on loopback without credentials (Host).
+TEST_F(ConsoleTest, PagesOfOtherSitesChangeNothingAndReadNothing) {
+  Node node(TestOptions(dir_.Subdir("data")));
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  const std::string self = absl::StrCat("127.0.0.1:", port);
+  auto status = [&](const char* method, const std::string& target,
+                    const ::logkv::test::HttpHeaders& headers, const std::string& body = "") {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, method, target, headers, body);
+    EXPECT_TRUE(answer.ok()) << answer.status();
+    return answer.ok() ? answer->status : 0;
+  };
+  for (const char* origin : {"http://evil.example", "null", "http://127.0.0.1:1", "127.0.0.1"}) {
+    const ::logkv::test::HttpHeaders from = {{"Host", self}, {"Origin", origin}};
+    EXPECT_EQ(status("PUT", "/v1/kv/x", from, "changed"), 403) << origin;
+    EXPECT_EQ(status("POST", "/put/x", from, R"({"value":"changed"})"), 403) << origin;
+    EXPECT_EQ(status("DELETE", "/v1/kv/x", from), 403) << origin;
+    EXPECT_EQ(status("POST", "/api/backup", from), 403) << origin;
+  }
+  EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", self}}), 404);  // nothing was written
+  // The node's own pages (same origin), and clients that send no Origin.
+  const ::logkv::test::HttpHeaders own = {{"Host", self}, {"Origin", "http://" + self}};
+  EXPECT_EQ(status("PUT", "/v1/kv/x", own, "v"), 200);
+  EXPECT_EQ(status("PUT", "/v1/kv/y", {}, "v"), 200);
+  EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", self}, {"Origin", "http://evil.example"}}), 200);
+  // Names: loopback ones only.
+  for (const std::string& host : {self, absl::StrCat("localhost:", port), absl::StrCat("[::1]:", port),
+                                 std::string("127.0.0.1"), absl::StrCat("LOCALHOST:", port)}) {
+    EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", host}}), 200) << host;
+  }
+  for (const std::string& host : {absl::StrCat("evil.example:", port), std::string("127.evil.example"),
+                                 absl::StrCat("localhost.evil.example:", port)}) {
+    EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", host}}), 403) << host;
+    EXPECT_EQ(status("GET", "/v1/kv?prefix=", {{"Host", host}}), 403) << host;
+  }
+}
+
+TEST_F(ConsoleTest, NamesAreCheckedWhenListedOrWhenNothingElseProtects) {
+  {
+    // Listed: those names and loopback ones, whatever else protects the node.
+    NodeOptions options = TestOptions(dir_.Subdir("listed"));
+    options.auth = AuthMode::kOn;
+    options.http_allowed_hosts = {"kv.example"};
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    const int port = node.http_ports().front();
+    for (const auto& [host, expected] : std::vector<std::pair<std::string, int>>{
+             {absl::StrCat("kv.example:", port), 200},
+             {"localhost", 200},
+             {absl::StrCat("other.example:", port), 403}}) {
+      absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", "/console/info", {{"Host", host}});
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      EXPECT_EQ(answer->status, expected) << host << ": " << answer->body;
+    }
+  }
+  // With accounts on and no list, any name: data needs credentials anyway.
+  NodeOptions options = TestOptions(dir_.Subdir("auth"));
+  options.auth = AuthMode::kOn;
+  Node node(options);
+  ASSERT_TRUE(node.Start().ok());
+  const int port = node.http_ports().front();
+  absl::StatusOr<HttpAnswer> answer =
+      Fetch(port, "GET", "/console/info", {{"Host", absl::StrCat("kv.example:", port)}});
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  // A form of another site is refused before its credentials are looked at.
+  answer = Fetch(port, "POST", "/signup",
+                 {{"Host", absl::StrCat("127.0.0.1:", port)}, {"Origin", "http://evil.example"}},
+                 R"({"email":"a@example.com","username":"a","password":"securepass123"})");
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->status, 403) << answer->body;
+}
+
 TEST_F(ConsoleTest, RevokingTheKeyEndsItsWatchStream) {
   NodeOptions options = TestOptions(dir_.Subdir("data"));
   options.auth = AuthMode::kOn;
