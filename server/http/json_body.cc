@@ -11,22 +11,24 @@ namespace {
 
 using nlohmann::json;
 
-// A SAX consumer that builds nothing: it counts open containers and stops
-// the parse at the first one past max_depth.
+// A SAX consumer that builds nothing: it counts open containers and values,
+// and stops the parse at the first container past max_depth or value past
+// max_values.
 class DepthCheck {
  public:
-  explicit DepthCheck(size_t max_depth) : max_depth_(max_depth) {}
+  DepthCheck(size_t max_depth, size_t max_values)
+      : max_depth_(max_depth), max_values_(max_values) {}
 
-  bool null() { return true; }
-  bool boolean(bool) { return true; }
-  bool number_integer(json::number_integer_t) { return true; }
-  bool number_unsigned(json::number_unsigned_t) { return true; }
-  bool number_float(json::number_float_t, const json::string_t&) { return true; }
-  bool string(json::string_t&) { return true; }
-  bool binary(json::binary_t&) { return true; }
+  bool null() { return Value(); }
+  bool boolean(bool) { return Value(); }
+  bool number_integer(json::number_integer_t) { return Value(); }
+  bool number_unsigned(json::number_unsigned_t) { return Value(); }
+  bool number_float(json::number_float_t, const json::string_t&) { return Value(); }
+  bool string(json::string_t&) { return Value(); }
+  bool binary(json::binary_t&) { return Value(); }
   bool key(json::string_t&) { return true; }
-  bool start_object(size_t) { return Enter(); }
-  bool start_array(size_t) { return Enter(); }
+  bool start_object(size_t) { return Value() && Enter(); }
+  bool start_array(size_t) { return Value() && Enter(); }
   bool end_object() { return Leave(); }
   bool end_array() { return Leave(); }
   bool parse_error(size_t position, const std::string&, const json::exception&) {
@@ -53,22 +55,33 @@ class DepthCheck {
     --depth_;
     return true;
   }
+  bool Value() {
+    if (values_ == max_values_) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrCat("JSON holds more values than the limit of ", max_values_));
+      return false;
+    }
+    ++values_;
+    return true;
+  }
 
   const size_t max_depth_;
+  const size_t max_values_;
   size_t depth_ = 0;
+  size_t values_ = 0;
   absl::Status status_;
 };
 
 }  // namespace
 
-absl::Status CheckJson(absl::string_view text, size_t max_depth) {
+absl::Status CheckJson(absl::string_view text, size_t max_depth, size_t max_values) {
   // nlohmann's lexer takes a NUL byte for the end of its input, and would
   // read "{}\0rest" as "{}": JSON text never holds a raw NUL.
   if (const size_t nul = text.find('\0'); nul != absl::string_view::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("not valid JSON (a NUL byte at byte ", nul + 1, ")"));
   }
-  DepthCheck check(max_depth);
+  DepthCheck check(max_depth, max_values);
   if (json::sax_parse(text.begin(), text.end(), &check)) return absl::OkStatus();
   // sax_parse fails only through a callback returning false, and both that
   // return false set a status; this one covers a change of that contract.
@@ -77,7 +90,9 @@ absl::Status CheckJson(absl::string_view text, size_t max_depth) {
 }
 
 absl::StatusOr<json> ParseJson(absl::string_view text, size_t max_depth) {
-  if (absl::Status status = CheckJson(text, max_depth); !status.ok()) return status;
+  if (absl::Status status = CheckJson(text, max_depth, kMaxJsonTreeValues); !status.ok()) {
+    return status;
+  }
   json value = json::parse(text.begin(), text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) return absl::InvalidArgumentError("not valid JSON");
   return value;

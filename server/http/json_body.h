@@ -13,6 +13,7 @@
 #define LOGKV_SERVER_HTTP_JSON_BODY_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -31,15 +32,27 @@ inline constexpr size_t kDefaultMaxJsonDepth = 64;
 inline constexpr size_t kMaxJsonDepthCeiling = 1'000;
 static_assert(kDefaultMaxJsonDepth <= kMaxJsonDepthCeiling);
 
-// OK when text is exactly one JSON value nested at most max_depth deep;
-// otherwise InvalidArgument saying why (naming the limit when it is the
-// depth). Builds no tree and stops at the first container too deep.
-absl::Status CheckJson(absl::string_view text, size_t max_depth);
+// The most values (scalars and containers, at any depth) a JSON text may
+// hold to be built into a tree. A tree takes up to about 80 bytes a value
+// (an empty object is a map of its own), more than 25 times the text of
+// `{},`: without a bound, a body of 22 MB held about 600 MB while it was
+// parsed. One million values bound a tree to about 80 MiB, and a loop
+// builds one at a time. Text that is only checked builds nothing and has
+// no such bound.
+inline constexpr size_t kMaxJsonTreeValues = 1'000'000;
 
-// The tree of text when it is one JSON value nested at most max_depth deep;
-// otherwise InvalidArgument, as CheckJson. CheckJson runs first, so a body
-// of a million '[' costs 65 levels of work, not a million-node tree (a
-// parser callback would discard the levels but still track each one).
+// OK when text is exactly one JSON value nested at most max_depth deep and
+// holding at most max_values values; otherwise InvalidArgument saying why
+// (naming the limit when it is one). Builds no tree and stops at the first
+// container too deep or value too many.
+absl::Status CheckJson(absl::string_view text, size_t max_depth,
+                       size_t max_values = SIZE_MAX);
+
+// The tree of text when it is one JSON value nested at most max_depth deep
+// and holding at most kMaxJsonTreeValues values; otherwise InvalidArgument,
+// as CheckJson. CheckJson runs first, so a body of a million '[' costs 65
+// levels of work, not a million-node tree (a parser callback would discard
+// the levels but still track each one).
 absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, size_t max_depth);
 
 // Whether bytes are well-formed UTF-8 (no overlong forms, surrogates or code

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
@@ -18,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "server/http/cluster_routes.h"
 #include "server/http/data_routes.h"
+#include "server/http/json_body.h"
 #include "server/http/route_support.h"
 #include "server/http/router.h"
 #include "server/metrics.h"
@@ -208,6 +210,34 @@ TEST_F(DataRoutesTest, Seed003Versions) {
   EXPECT_EQ(ErrorOf(Call(Method::kGet, "/get/none")), "Key 'none' not found");
   EXPECT_EQ(ErrorOf(Call(Method::kPut, "/put/v", R"({"other":1})")),
             "body must be JSON {\"value\": ...}");
+}
+
+// /get answers a stored JSON value as it is stored, never built into a tree:
+// numbers beyond a double's precision come back whole, and a value of many
+// small values costs its size, not many times it. A /put body is built into
+// a tree, so it may hold at most kMaxJsonTreeValues values.
+TEST_F(DataRoutesTest, Seed003JsonValuesAreAnsweredAsStored) {
+  ASSERT_EQ(Call(Method::kPut, "/v1/kv/big", "[123456789012345678901234, 1.50]").status, 200);
+  HttpResponse got = Call(Method::kGet, "/get/big");
+  ASSERT_EQ(got.status, 200) << got.body;
+  EXPECT_NE(got.body.find(R"("value":[123456789012345678901234, 1.50]})"), std::string::npos)
+      << got.body;
+  EXPECT_EQ(json::parse(got.body)["key"], "big");
+  std::string many = "[";
+  for (size_t i = 0; i < kMaxJsonTreeValues; ++i) absl::StrAppend(&many, i == 0 ? "" : ",", "{}");
+  many += "]";  // kMaxJsonTreeValues + 1 values, the array counted
+  ASSERT_EQ(Call(Method::kPut, "/v1/kv/many", many).status, 200);
+  got = Call(Method::kGet, "/get/many");
+  ASSERT_EQ(got.status, 200);
+  EXPECT_EQ(got.body.size(), many.size() + got.body.find("\"value\":") + 9) << got.body.substr(0, 200);
+  HttpResponse refused = Call(Method::kPut, "/put/many", absl::StrCat(R"({"value":)", many, "}"));
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(ErrorOf(refused), absl::StrCat("body must be JSON {\"value\": ...}: JSON holds more "
+                                           "values than the limit of ",
+                                           kMaxJsonTreeValues));
+  many.erase(many.size() - 7, 6);  // two {} fewer: the limit, with the body's object
+  EXPECT_EQ(Call(Method::kPut, "/put/fewer", absl::StrCat(R"({"value":)", many, "}")).status,
+            200);
 }
 
 TEST_F(DataRoutesTest, Seed004Documents) {

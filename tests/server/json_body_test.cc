@@ -58,6 +58,24 @@ TEST(JsonBodyTest, TheLimitIsTakenAndOneMoreIsRefused) {
   }
 }
 
+TEST(JsonBodyTest, ValuesAreCountedAtEveryDepth) {
+  // Scalars and containers count, keys do not: {"a":[1,{}]} holds 4.
+  EXPECT_TRUE(CheckJson(R"({"a":[1,{}]})", 8, 4).ok());
+  EXPECT_EQ(CheckJson(R"({"a":[1,{}]})", 8, 3),
+            absl::InvalidArgumentError("JSON holds more values than the limit of 3"));
+  EXPECT_TRUE(CheckJson("7", 8, 1).ok());
+  EXPECT_TRUE(CheckJson(std::string(10'000'000, ' ') + "[]", 8).ok());  // checked: no limit
+  // A tree is built only within kMaxJsonTreeValues.
+  std::string many(2 * kMaxJsonTreeValues + 1, ',');
+  for (size_t i = 1; i < many.size(); i += 2) many[i] = '0';
+  many.front() = '[';
+  many.back() = ']';  // an array of kMaxJsonTreeValues zeros: one value too many
+  EXPECT_EQ(ParseJson(many, 8).status(),
+            absl::InvalidArgumentError(
+                absl::StrCat("JSON holds more values than the limit of ", kMaxJsonTreeValues)));
+  EXPECT_TRUE(CheckJson(many, 8).ok());
+}
+
 TEST(JsonBodyTest, MixedNestingCountsEveryLevel) {
   // [{"a":[{"a":...}]}]: arrays and objects alternate.
   std::string text;
