@@ -219,6 +219,11 @@ absl::StatusOr<Record> Shard::GetVersion(const KeyRef& key, uint64_t version) {
     return absl::InternalError(absl::StrCat("version ", version, " of key ", KeyForMessage(key.key),
                                             " points at a record of version ", record->version));
   }
+  // An older version expires as it would have had it stayed the newest.
+  if (record->expiry_unix_ms != 0 && record->expiry_unix_ms <= now) {
+    return absl::NotFoundError(absl::StrCat("version ", version, " of key ",
+                                            KeyForMessage(key.key), " has expired"));
+  }
   meta.timestamp = record->timestamp;
   meta.expiry_unix_ms = record->expiry_unix_ms;
   Record out{std::string(), meta};

@@ -297,6 +297,25 @@ TEST_F(EngineTest, GetVersionReadsTheLastVersionsKept) {
   EXPECT_EQ(first.value, "reborn");
 }
 
+// An older version written with a TTL is gone at its expiry, as the newest
+// would be: overwriting a key does not make its earlier value outlive it.
+TEST_F(EngineTest, AnOlderVersionExpiresAtItsOwnTime) {
+  options_.versions_kept = 3;
+  ASSERT_OK(Open());
+  WriteOptions one_second;
+  one_second.ttl_ms = 1000;
+  ASSERT_OK(engine_->Put("token", "secret", one_second));
+  ASSERT_OK(engine_->Put("token", "public"));
+  ASSERT_OK_AND_ASSIGN(Record kept, engine_->GetVersion("token", 1));
+  EXPECT_EQ(kept.value, "secret");
+  clock_.AdvanceMs(1001);
+  const absl::StatusOr<Record> expired = engine_->GetVersion("token", 1);
+  EXPECT_STATUS_CODE(expired, absl::StatusCode::kNotFound);
+  EXPECT_EQ(expired.status().message(), "version 1 of key \"token\" has expired");
+  ASSERT_OK_AND_ASSIGN(Record newest, engine_->GetVersion("token", 2));
+  EXPECT_EQ(newest.value, "public");
+}
+
 TEST_F(EngineTest, KeptVersionsSurviveReopenAndCompaction) {
   options_.versions_kept = 3;
   options_.shard_count = 1;
