@@ -154,7 +154,13 @@ absl::StatusOr<int64_t> ParseTtlMs(const HttpRequest& request) {
   absl::StatusOr<std::optional<std::string>> parameter = StrictQueryParam(request, "ttl");
   if (!parameter.ok()) return parameter.status();
   const std::optional<std::string>& ttl = *parameter;
-  if (!ttl || ttl->empty()) return 0;
+  if (!ttl) return 0;
+  if (ttl->empty()) {
+    // Most likely a client's empty variable: a value kept forever would not
+    // be what it meant.
+    return absl::InvalidArgumentError(
+        "ttl is empty: give a duration, or leave ttl out for a value that does not expire");
+  }
   int64_t seconds = 0;
   absl::Duration duration;
   if (absl::SimpleAtoi(*ttl, &seconds)) {

@@ -265,10 +265,11 @@ TEST_F(RestTest, V1KvTtlFormats) {
     EXPECT_EQ(get.body, "kept");
   }
   for (const std::string ttl :
-       {"abc", "-5s", "0", "0s", "-1", "5x", "1.5.5h", "999999999h", "%zz", "1h%"}) {
+       {"abc", "-5s", "0", "0s", "-1", "5x", "1.5.5h", "999999999h", "%zz", "1h%", ""}) {
     const std::string target = base + "-bad";
     ExpectError(Call("PUT", target + "?ttl=" + ttl, {}, "never"), 400, "ttl=" + ttl);
   }
+  ExpectError(Call("PUT", base + "-bad?ttl", {}, "never"), 400, "ttl without a value");
   ExpectError(Call("GET", base + "-bad"), 404);
 }
 
