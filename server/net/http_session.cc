@@ -20,12 +20,15 @@ namespace logkv::server::net {
 
 namespace {
 
-// Serialises response into *out (HEAD: without the body).
+// Serialises response into *out (HEAD: without the body). Every answer
+// says its Content-Type is the one to use (nosniff): a stored value served
+// as application/octet-stream, or an error echoing a key, is never taken
+// for a page by a browser.
 void Serialize(const http::HttpResponse& response, bool keep_alive, bool head,
                std::string* out) {
   absl::StrAppend(out, "HTTP/1.1 ", response.status, " ", http::ReasonPhrase(response.status),
                   "\r\nContent-Type: ", response.content_type, "\r\nContent-Length: ",
-                  response.body.size(), "\r\n");
+                  response.body.size(), "\r\nX-Content-Type-Options: nosniff\r\n");
   for (const auto& [name, value] : response.headers) {
     absl::StrAppend(out, name, ": ", value, "\r\n");
   }
@@ -335,7 +338,8 @@ void HttpSession::StartStream(http::HttpResponse response) {
   // section 6.3), which every SSE client (EventSource, curl -N) reads as it
   // comes.
   absl::StrAppend(&c.out, "HTTP/1.1 200 OK\r\nContent-Type: ", response.content_type,
-                  "\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n");
+                  "\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n"
+                  "X-Content-Type-Options: nosniff\r\n");
   for (const auto& [name, value] : response.headers) {
     absl::StrAppend(&c.out, name, ": ", value, "\r\n");
   }

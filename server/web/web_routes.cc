@@ -37,7 +37,6 @@ using http::Responder;
 
 void AddSecurityHeaders(HttpResponse* response) {
   response->headers.emplace_back("Content-Security-Policy", kContentSecurityPolicy);
-  response->headers.emplace_back("X-Content-Type-Options", "nosniff");
   response->headers.emplace_back("Referrer-Policy", "no-referrer");
   response->headers.emplace_back("X-Frame-Options", "DENY");
   response->headers.emplace_back("Cross-Origin-Opener-Policy", "same-origin");

@@ -286,6 +286,12 @@ TEST_F(ConsoleTest, PagesOfOtherSitesChangeNothingAndReadNothing) {
   EXPECT_EQ(status("PUT", "/v1/kv/x", own, "v"), 200);
   EXPECT_EQ(status("PUT", "/v1/kv/y", {}, "v"), 200);
   EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", self}, {"Origin", "http://evil.example"}}), 200);
+  // Every answer, a value's and an error's, says its type is the one to use.
+  for (const char* target : {"/v1/kv/x", "/v1/kv/%3Cscript%3E", "/health"}) {
+    absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", target);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->Header("x-content-type-options").value_or(""), "nosniff") << target;
+  }
   // Names: loopback ones only.
   for (const std::string& host : {self, absl::StrCat("localhost:", port), absl::StrCat("[::1]:", port),
                                  std::string("127.0.0.1"), absl::StrCat("LOCALHOST:", port)}) {
