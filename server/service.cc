@@ -756,13 +756,15 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   key = *engine_key;
-  if (absl::Status status = is_put ? CheckPut(context, key, options.if_version)
+  std::optional<uint64_t> condition;
+  if (absl::Status status = is_put ? CheckPut(context, key, options.if_version, &condition)
                             : Permits(context, key, kAccessDelete) ? absl::OkStatus()
                                                                    : AccessDenied("delete");
       !status.ok()) {
     p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
   }
+  if (condition.has_value()) options.if_version = condition;  // this node's engine only
   AuditWrite(key, is_put);
   if (ConsensusKeys* consensus = ConsensusFor(key); consensus != nullptr) {
     if (options.ttl_ms != 0) {
@@ -816,7 +818,9 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
 }
 
 absl::Status Service::CheckPut(const RequestContext& context, absl::string_view key,
-                               std::optional<uint64_t> if_version) const {
+                               std::optional<uint64_t> if_version,
+                               std::optional<uint64_t>* condition) const {
+  condition->reset();
   if (context.access == nullptr) return absl::OkStatus();
   const uint32_t bits = context.access->Allowed(context.user_id, key);
   const bool create = (bits & kAccessCreate) != 0;
@@ -843,21 +847,25 @@ absl::Status Service::CheckPut(const RequestContext& context, absl::string_view 
   engine::ValueMeta meta;
   const absl::Status found = engine_->Get(key, &value, &meta);
   if (found.ok()) {
-    if (write) return absl::OkStatus();
-    return AccessDenied("overwrite");
+    if (!write) return AccessDenied("overwrite");
+    *condition = meta.version;
+    return absl::OkStatus();
   }
   if (!absl::IsNotFound(found)) return found;
-  if (create) return absl::OkStatus();
-  return AccessDenied("create");
+  if (!create) return AccessDenied("create");
+  *condition = 0;
+  return absl::OkStatus();
 }
 
 absl::Status Service::BatchItemAccess(const RequestContext& context, absl::string_view key,
-                                      const p::BatchItem& item) const {
+                                      const p::BatchItem& item,
+                                      std::optional<uint64_t>* condition) const {
+  condition->reset();
   if (context.access == nullptr) return absl::OkStatus();
   if (item.delete_()) {
     return Permits(context, key, kAccessDelete) ? absl::OkStatus() : AccessDenied("delete");
   }
-  return CheckPut(context, key, std::nullopt);
+  return CheckPut(context, key, std::nullopt, condition);
 }
 
 Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id,
@@ -924,10 +932,12 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       record(i, key.status());  // refused before the engine
       continue;
     }
-    if (absl::Status status = BatchItemAccess(context, *key, *item); !status.ok()) {
+    std::optional<uint64_t> condition;
+    if (absl::Status status = BatchItemAccess(context, *key, *item, &condition); !status.ok()) {
       record(i, status);
       continue;
     }
+    options.if_version = condition;
     AuditWrite(*key, !item->delete_());
     auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
       record(i, std::move(result));
@@ -988,7 +998,8 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         record(i, key.status());
         continue;
       }
-      if (absl::Status status = BatchItemAccess(context, *key, *item); !status.ok()) {
+      std::optional<uint64_t> condition;
+      if (absl::Status status = BatchItemAccess(context, *key, *item, &condition); !status.ok()) {
         record(i, status);
         continue;
       }
@@ -1015,6 +1026,7 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         // A single node: this node's engine.
         engine::WriteOptions options;
         options.ttl_ms = item->ttl_ms();
+        options.if_version = condition;
         auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
           record(i, std::move(result));
         };

@@ -1851,6 +1851,30 @@ TEST_F(RestAuthTest, ScopesLimitWhatAKeyMayDo) {
   ExpectError(Call("GET", "/v1/kv/scoped", reader), 404, "reader after delete");
 }
 
+// An ACL that gives others create without write, or write without create,
+// on a single node: whether the key exists decides, and the write is made on
+// condition that it still does as found (docs/security.md).
+TEST_F(RestAuthTest, CreateOnlyAndWriteOnlyEntriesTellNewKeysFromOld) {
+  Account owner = NewAccount("owner");
+  Account other = NewAccount("other");
+  const HttpHeaders as_owner = {{"X-API-Key", owner.api_key}, {"Content-Type", "application/json"}};
+  ASSERT_EQ(Call("PUT", "/api/acl?prefix=drop/", as_owner, R"({"mode":"cdwr----c---"})").status,
+            200);
+  ASSERT_EQ(Call("PUT", "/api/acl?prefix=edit/", as_owner, R"({"mode":"cdwr------w-"})").status,
+            200);
+  const HttpHeaders as_other = {{"X-API-Key", other.api_key},
+                                {"X-Namespace", absl::StrCat(owner.id)}};
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/drop/a", as_other, "first"), "drop/a");
+  ExpectError(Call("PUT", "/v1/kv/drop/a", as_other, "again"), 403, "create-only overwrite");
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/edit/b", KeyHeader(owner.api_key), "owner's"), "edit/b");
+  ExpectWriteAnswer(Call("PUT", "/v1/kv/edit/b", as_other, "changed"), "edit/b");
+  ExpectError(Call("PUT", "/v1/kv/edit/new", as_other, "made"), 403, "write-only create");
+  const HttpAnswer kept = Call("GET", "/v1/kv/drop/a", KeyHeader(owner.api_key));
+  EXPECT_EQ(kept.body, "first");
+  const HttpAnswer changed = Call("GET", "/v1/kv/edit/b", KeyHeader(owner.api_key));
+  EXPECT_EQ(changed.body, "changed");
+}
+
 TEST_F(RestAuthTest, ScopeIsCheckedBeforeTheRequestIsParsed) {
   Account owner = NewAccount("owner");
   const HttpAnswer read_key = CreateKey(owner.access_token, json::array({"read"}), "reader");
