@@ -716,6 +716,7 @@ Stats Engine::GetStats() {
     stats.values_decompressed += c.values_decompressed.load();
     stats.compress_cpu_ns += c.compress_cpu_ns.load();
     stats.decompress_cpu_ns += c.decompress_cpu_ns.load();
+    stats.feed_records_decoded += c.feed_records_decoded.load();
     if (!shard->WriteHealth().ok()) ++stats.shards_refusing_writes;
   }
   stats.unreadable_records_skipped = state_->unreadable_records_skipped.load();

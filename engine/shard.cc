@@ -767,7 +767,11 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
   // the original segment whose range holds `first`, from its beginning.
   size_t segment_index = 0;
   uint64_t offset = format::kSegmentHeaderBytes;
-  const FeedMark& mark = recent_events_[first % recent_events_.size()];
+  FeedMark mark = recent_events_[first % recent_events_.size()];
+  if (mark.sequence != first) {
+    absl::MutexLock resume_lock(&resume_mu_);
+    mark = resume_marks_[first % kResumeMarks];
+  }
   bool located = false;
   if (mark.sequence == first) {
     for (size_t i = 0; i < original_ids_.size(); ++i) {
@@ -779,6 +783,16 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       }
     }
   }
+  // Where the record after the last event returned begins: the read that
+  // goes on from that event (first = its sequence + 1) starts there.
+  size_t resume_segment = 0;
+  uint64_t resume_offset = 0;
+  const auto remember = [&] {
+    const uint64_t next = events.back().sequence + 1;
+    absl::MutexLock resume_lock(&resume_mu_);
+    resume_marks_[next % kResumeMarks] =
+        FeedMark{next, original_ids_[resume_segment], static_cast<uint32_t>(resume_offset)};
+  };
   if (!located) {
     for (size_t i = 0; i < original_ids_.size(); ++i) {
       if (segments_.at(original_ids_[i])->header().base_sequence <= first) segment_index = i;
@@ -791,6 +805,7 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       auto bytes = segment.ReadToEnd(offset);
       if (!bytes.ok()) return bytes.status();
       DecodeResult decoded = DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+      counters_.feed_records_decoded.fetch_add(1, std::memory_order_relaxed);
       if (decoded.outcome == DecodeOutcome::kEnd) break;
       if (decoded.outcome != DecodeOutcome::kRecord) {
         return absl::DataLossError(
@@ -801,7 +816,10 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       if (record.sequence >= first && !record.is_forget()) {  // a forget is no client event
         read_bytes += record.key.size() + PlainValueSize(record);
         // Over the byte budget: stop before this event (never before the first).
-        if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) return events;
+        if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) {
+          remember();
+          return events;
+        }
         Event event;
         event.sequence = record.sequence;
         event.type = record.is_tombstone() ? EventType::kDelete : EventType::kPut;
@@ -811,7 +829,12 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
         }
         event.meta = ValueMeta{record.version, record.timestamp, record.expiry_unix_ms};
         events.push_back(std::move(event));
-        if (events.size() >= limit) return events;
+        resume_segment = segment_index;
+        resume_offset = offset + decoded.record_bytes;
+        if (events.size() >= limit) {
+          remember();
+          return events;
+        }
       }
       offset += decoded.record_bytes;
     }

@@ -67,6 +67,7 @@ struct ShardCounters {
   std::atomic<uint64_t> value_bytes_in{0}, value_bytes_stored{0}, values_compressed{0},
       values_compression_skipped{0}, values_decompressed{0}, compress_cpu_ns{0},
       decompress_cpu_ns{0};
+  std::atomic<uint64_t> feed_records_decoded{0};
 };
 
 class Shard {
@@ -328,6 +329,15 @@ class Shard {
   std::priority_queue<TtlItem, std::vector<TtlItem>, std::greater<TtlItem>> ttl_heap_
       ABSL_GUARDED_BY(mu_);
   std::vector<FeedMark> recent_events_ ABSL_GUARDED_BY(mu_);  // ring
+  // Where the last reads of the feed stopped: the record a reader that goes
+  // on from there asks for first (by sequence % size). A reader resuming
+  // from before the ring starts there instead of at its segment's
+  // beginning, so reading a segment's events a batch at a time costs the
+  // segment once, not once a batch. Marks of segments gone are not found
+  // and cost nothing.
+  static constexpr size_t kResumeMarks = 64;
+  mutable absl::Mutex resume_mu_;
+  std::array<FeedMark, kResumeMarks> resume_marks_ ABSL_GUARDED_BY(resume_mu_){};
   // Live keys and the older versions kept for them (history_ items),
   // counted apart for Summarised keys (the clients') and the store's own.
   struct KeyCounts {

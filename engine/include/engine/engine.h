@@ -330,6 +330,9 @@ struct Stats {
   uint64_t values_decompressed = 0;
   uint64_t compress_cpu_ns = 0;
   uint64_t decompress_cpu_ns = 0;
+  // Records ReadEvents decoded, matching or not, since open (what reading the
+  // feed cost: about the records read, however many batches they took).
+  uint64_t feed_records_decoded = 0;
   // Shards refusing writes now: the last write failed for lack of disk
   // space, or a sync failed (see WriteHealth).
   uint32_t shards_refusing_writes = 0;
