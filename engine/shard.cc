@@ -373,6 +373,11 @@ absl::StatusOr<WriteResult> Shard::Write(RecordType type, const KeyRef& key,
                                                       " is at version ", current_version,
                                                       ", not ", *options.if_version));
   }
+  if (options.if_present.has_value() && *options.if_present != visible) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "key ", KeyForMessage(key.key), visible ? " exists" : " does not exist",
+        " now (it changed since this write's access check)"));
+  }
 
   uint64_t timestamp;
   if (options.timestamp != 0) {

@@ -75,10 +75,11 @@ ABSL_FLAG(uint32_t, max_batch_items, 10000, "Most operations in one Batch.");
 ABSL_FLAG(std::string, http, "127.0.0.1:8080",
           "HTTP (REST) addresses, comma-separated host:port list; empty: no HTTP.");
 ABSL_FLAG(std::string, http_allowed_hosts, "",
-          "Names HTTP requests may give in Host beside loopback addresses and localhost, "
-          "comma-separated; when set, others are refused (403). Unset: every name, except on a "
-          "node whose HTTP is loopback-only without --auth=on, where only loopback names are "
-          "served (a site made to resolve to 127.0.0.1 cannot read through a browser).");
+          "Host names HTTP requests may give beside addresses, localhost and the node's own "
+          "(--http, --advertise, --http_advertise), comma-separated, without ports; their pages "
+          "may also write (Origin). When set, other names are refused (403). Unset: other names "
+          "are refused on a node without authenticated clients (a site made to resolve to this "
+          "machine cannot read it through a browser), served otherwise.");
 ABSL_FLAG(uint32_t, versions, 3,
           "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
@@ -670,7 +671,15 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   }
   for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_http_allowed_hosts), ',',
                                                absl::SkipWhitespace())) {
-    options.http_allowed_hosts.push_back(absl::AsciiStrToLower(absl::StripAsciiWhitespace(name)));
+    name = absl::StripAsciiWhitespace(name);
+    // A name as Host gives it, without its port: "kv.example.com".
+    if (name.find_first_of(":/[] ") != absl::string_view::npos || absl::EndsWith(name, ".")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--http_allowed_hosts: '", name, "' is not a host name (give names such as "
+          "kv.example.com, without a port, a scheme or a trailing dot; addresses need no "
+          "listing)"));
+    }
+    options.http_allowed_hosts.push_back(absl::AsciiStrToLower(name));
   }
   const std::string jwt_expiration = absl::GetFlag(FLAGS_jwt_expiration);
   if (!absl::ParseDuration(jwt_expiration, &options.jwt_expiration) ||

@@ -1,6 +1,7 @@
 #include "server/node.h"
 
 #include <algorithm>
+#include <iterator>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -8,6 +9,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -349,18 +351,32 @@ ServerConfig ServerConfigFor(const NodeOptions& o) {
   config.max_buffered_bytes = static_cast<size_t>(o.max_buffered_bytes);
   config.max_watches_per_connection = static_cast<size_t>(o.max_watches_per_connection);
   config.max_watches_per_user = static_cast<size_t>(o.max_watches_per_user);
-  // A node that serves everything to whoever reaches it, on loopback only,
-  // answers loopback names only: a browser on this machine cannot be made
-  // to read it through a site whose name points here (docs/security.md).
+  // A node that serves everything to whoever reaches it answers addresses,
+  // localhost and the names it is given or goes by: a browser cannot be
+  // made to read it through a site whose name points at it
+  // (docs/security.md, "Browsers").
   const bool clients_authenticated =
       o.auth != AuthMode::kOff ||
       (o.tls.enabled() && o.tls.client_auth == net::ClientAuth::kRequire);
-  const bool loopback_only = std::all_of(o.http.begin(), o.http.end(), [](const HostPort& a) {
-    return IsLoopback(a.host);
-  });
+  config.http_check_host = !o.http_allowed_hosts.empty() || !clients_authenticated;
   config.http_allowed_hosts = o.http_allowed_hosts;
-  config.http_check_host =
-      !o.http_allowed_hosts.empty() || (!clients_authenticated && loopback_only);
+  std::vector<std::string> own;
+  for (const HostPort& address : o.http) own.push_back(address.host);
+  for (const std::string& advertised : {o.advertise, o.http_advertise}) {
+    absl::string_view host = advertised;
+    absl::ConsumePrefix(&host, "http://") || absl::ConsumePrefix(&host, "https://");
+    if (const size_t colon = host.rfind(':'); colon != absl::string_view::npos) {
+      host = host.substr(0, colon);
+    }
+    absl::ConsumePrefix(&host, "[") && absl::ConsumeSuffix(&host, "]");
+    if (!host.empty()) own.emplace_back(host);
+  }
+  for (std::string& host : own) {
+    host = absl::AsciiStrToLower(host);
+    if (!absl::c_linear_search(config.http_own_hosts, host)) {
+      config.http_own_hosts.push_back(std::move(host));
+    }
+  }
   return config;
 }
 
@@ -2350,18 +2366,25 @@ void Node::Refill() {
 }
 
 void Node::RunInBackground(std::function<void()> work) {
-  absl::MutexLock lock(&background_mu_);
-  std::erase_if(background_threads_, [](BackgroundThread& finished) {
-    if (!finished.done->load(std::memory_order_acquire)) return false;
-    finished.thread.join();
-    return true;
-  });
-  auto done = std::make_shared<std::atomic<bool>>(false);
-  std::thread thread([work = std::move(work), done] {
-    work();
-    done->store(true, std::memory_order_release);
-  });
-  background_threads_.push_back(BackgroundThread{std::move(done), std::move(thread)});
+  std::vector<BackgroundThread> finished;
+  {
+    absl::MutexLock lock(&background_mu_);
+    auto ended = std::partition(background_threads_.begin(), background_threads_.end(),
+                                [](const BackgroundThread& running) {
+                                  return !running.done->load(std::memory_order_acquire);
+                                });
+    std::move(ended, background_threads_.end(), std::back_inserter(finished));
+    background_threads_.erase(ended, background_threads_.end());
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::thread thread([work = std::move(work), done]() mutable {
+      work();
+      work = nullptr;  // what the work held goes before the thread counts as done
+      done->store(true, std::memory_order_release);
+    });
+    background_threads_.push_back(BackgroundThread{std::move(done), std::move(thread)});
+  }
+  // Joined outside the lock: each has ended its work, so this waits for no more than its exit.
+  for (BackgroundThread& ended : finished) ended.thread.join();
 }
 
 void Node::LogListening() const {

@@ -131,8 +131,8 @@ struct NodeOptions {
   // --http: every address serves the REST API; empty: no HTTP.
   std::vector<HostPort> http = {HostPort{"127.0.0.1", 8080}};
   // --http_allowed_hosts: names HTTP requests may give in Host beside
-  // loopback ones (ServerConfig::http_check_host); empty: every name, except
-  // on a loopback-only node without authenticated clients.
+  // addresses, localhost and the node's own (ServerConfig::http_check_host);
+  // empty: every name, except on a node without authenticated clients.
   std::vector<std::string> http_allowed_hosts;
   int threads = 0;  // --threads, I/O loops; 0 = one per core
   absl::Duration http_idle_timeout = absl::Seconds(60);    // --http_idle_timeout_ms

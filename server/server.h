@@ -126,14 +126,19 @@ struct ServerConfig {
   // Requests a browser can be made to send by a page of another site
   // (docs/security.md, "Browsers"). An HTTP request whose Origin header
   // names another origin than its Host is refused (403) unless its method
-  // is GET, HEAD or OPTIONS: another site's form or script cannot change
-  // anything here. With http_check_host, a request whose Host is neither a
-  // loopback address, "localhost" nor one of http_allowed_hosts (lower
-  // case, no port) is refused too (403): a site whose name was made to
-  // point at this machine (DNS rebinding) cannot read through the
-  // visitor's browser what this node serves without credentials.
+  // is GET, HEAD or OPTIONS, unless that origin's host is one of
+  // http_allowed_hosts: another site's form or script cannot change
+  // anything here. With http_check_host, a request whose Host is neither an
+  // address, "localhost" nor one of http_allowed_hosts (lower case, no
+  // port) is refused too (403): a site whose name was made to point at this
+  // machine (DNS rebinding) cannot read through the visitor's browser what
+  // this node serves without credentials.
   bool http_check_host = false;
   std::vector<std::string> http_allowed_hosts;
+  // Names the node goes by (its --http, --advertise and --http_advertise
+  // hosts, lower case): Host may give them too. Their other ports are other
+  // origins, so unlike http_allowed_hosts they do not admit an Origin.
+  std::vector<std::string> http_own_hosts;
   // A connection whose unsent answers pass this stops being read until they
   // drain below half of it: a client that does not read cannot grow our memory.
   size_t max_output_bytes = 8u << 20;

@@ -756,15 +756,15 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
     return Outcome::kAnswered;
   }
   key = *engine_key;
-  std::optional<uint64_t> condition;
-  if (absl::Status status = is_put ? CheckPut(context, key, options.if_version, &condition)
+  std::optional<bool> must_exist;
+  if (absl::Status status = is_put ? CheckPut(context, key, options.if_version, &must_exist)
                             : Permits(context, key, kAccessDelete) ? absl::OkStatus()
                                                                    : AccessDenied("delete");
       !status.ok()) {
     p::BuildStatusResponse(b, id, status);
     return Outcome::kAnswered;
   }
-  if (condition.has_value()) options.if_version = condition;  // this node's engine only
+  options.if_present = must_exist;  // set only where this node's engine takes the write
   AuditWrite(key, is_put);
   if (ConsensusKeys* consensus = ConsensusFor(key); consensus != nullptr) {
     if (options.ttl_ms != 0) {
@@ -819,8 +819,8 @@ Service::Outcome Service::HandleWrite(const RequestContext& context, uint64_t id
 
 absl::Status Service::CheckPut(const RequestContext& context, absl::string_view key,
                                std::optional<uint64_t> if_version,
-                               std::optional<uint64_t>* condition) const {
-  condition->reset();
+                               std::optional<bool>* must_exist) const {
+  must_exist->reset();
   if (context.access == nullptr) return absl::OkStatus();
   const uint32_t bits = context.access->Allowed(context.user_id, key);
   const bool create = (bits & kAccessCreate) != 0;
@@ -848,24 +848,24 @@ absl::Status Service::CheckPut(const RequestContext& context, absl::string_view 
   const absl::Status found = engine_->Get(key, &value, &meta);
   if (found.ok()) {
     if (!write) return AccessDenied("overwrite");
-    *condition = meta.version;
+    *must_exist = true;
     return absl::OkStatus();
   }
   if (!absl::IsNotFound(found)) return found;
   if (!create) return AccessDenied("create");
-  *condition = 0;
+  *must_exist = false;
   return absl::OkStatus();
 }
 
 absl::Status Service::BatchItemAccess(const RequestContext& context, absl::string_view key,
                                       const p::BatchItem& item,
-                                      std::optional<uint64_t>* condition) const {
-  condition->reset();
+                                      std::optional<bool>* must_exist) const {
+  must_exist->reset();
   if (context.access == nullptr) return absl::OkStatus();
   if (item.delete_()) {
     return Permits(context, key, kAccessDelete) ? absl::OkStatus() : AccessDenied("delete");
   }
-  return CheckPut(context, key, std::nullopt, condition);
+  return CheckPut(context, key, std::nullopt, must_exist);
 }
 
 Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id,
@@ -932,12 +932,12 @@ Service::Outcome Service::HandleBatch(const RequestContext& context, uint64_t id
       record(i, key.status());  // refused before the engine
       continue;
     }
-    std::optional<uint64_t> condition;
-    if (absl::Status status = BatchItemAccess(context, *key, *item, &condition); !status.ok()) {
+    std::optional<bool> must_exist;
+    if (absl::Status status = BatchItemAccess(context, *key, *item, &must_exist); !status.ok()) {
       record(i, status);
       continue;
     }
-    options.if_version = condition;
+    options.if_present = must_exist;
     AuditWrite(*key, !item->delete_());
     auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
       record(i, std::move(result));
@@ -998,8 +998,8 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         record(i, key.status());
         continue;
       }
-      std::optional<uint64_t> condition;
-      if (absl::Status status = BatchItemAccess(context, *key, *item, &condition); !status.ok()) {
+      std::optional<bool> must_exist;
+      if (absl::Status status = BatchItemAccess(context, *key, *item, &must_exist); !status.ok()) {
         record(i, status);
         continue;
       }
@@ -1026,7 +1026,7 @@ Service::Outcome Service::ClusterBatch(Coordinator* coordinator,
         // A single node: this node's engine.
         engine::WriteOptions options;
         options.ttl_ms = item->ttl_ms();
-        options.if_version = condition;
+        options.if_present = must_exist;
         auto write_done = [record, i](absl::StatusOr<engine::WriteResult> result) {
           record(i, std::move(result));
         };

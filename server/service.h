@@ -201,16 +201,17 @@ class Service {
   // Whether the ACLs (context.access) let context's caller put engine key
   // `key`: create for a key that does not exist, write for one that does
   // (with both, nothing is looked up). PermissionDenied otherwise. When the
-  // key's existence decided, *condition is the version the write must find
-  // (0: absent), so that a key created or deleted meanwhile by another
-  // writer fails the write instead of letting it do what the ACL does not.
+  // key's existence decided, *must_exist is what was found: the write is to
+  // be made on that condition (WriteOptions::if_present), so that a key
+  // created or deleted meanwhile by another writer fails the write instead
+  // of letting it do what the ACL does not.
   absl::Status CheckPut(const RequestContext& context, absl::string_view key,
                         std::optional<uint64_t> if_version,
-                        std::optional<uint64_t>* condition) const;
+                        std::optional<bool>* must_exist) const;
   // CheckPut for a put item, the delete permission for a delete item.
   absl::Status BatchItemAccess(const RequestContext& context, absl::string_view key,
                                const protocol::BatchItem& item,
-                               std::optional<uint64_t>* condition) const;
+                               std::optional<bool>* must_exist) const;
   // The coordinator when the request goes through the cluster, else null.
   Coordinator* ClusterFor(const RequestContext& context) const;
   // The consensus keys when engine_key is one of them, else null.

@@ -622,10 +622,14 @@ HttpResponse VersionedAnswer(absl::string_view key, absl::string_view stored, ui
   json answer = {{"key", std::string(key)},
                  {"version", version},
                  {"timestamp", Rfc3339(TimestampMs(timestamp))}};
+  // The JSON reader skips a leading UTF-8 byte order mark, which JSON text
+  // inside another may not hold: it is left out.
+  absl::string_view json_text = stored;
+  absl::ConsumePrefix(&json_text, "\xEF\xBB\xBF");
   if (CheckJson(stored, max_json_depth).ok()) {
     std::string body = Dump(answer);
     body.pop_back();  // the closing brace
-    absl::StrAppend(&body, ",\"value\":", stored, "}");
+    absl::StrAppend(&body, ",\"value\":", json_text, "}");
     return HttpResponse::Json(200, std::move(body));
   }
   if (IsValidUtf8(stored)) {

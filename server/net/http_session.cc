@@ -189,12 +189,19 @@ std::string HostName(absl::string_view host) {
   return absl::AsciiStrToLower(host);
 }
 
-bool IsLoopbackName(const std::string& name) {
+// Whether name (a Host's, lower case, no port) needs no listing: an
+// address, which no other site can make a browser send (DNS rebinding needs
+// a name of the attacker's), or localhost.
+bool IsAddressOrLocalhost(const std::string& name) {
   if (name == "localhost") return true;
   in_addr v4;
-  if (inet_pton(AF_INET, name.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
   in6_addr v6;
-  return inet_pton(AF_INET6, name.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+  return inet_pton(AF_INET, name.c_str(), &v4) == 1 ||
+         inet_pton(AF_INET6, name.c_str(), &v6) == 1;
+}
+
+bool Listed(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
 }
 
 // Why a browser's request must not be served (ServerConfig::http_check_host
@@ -204,13 +211,12 @@ std::optional<http::HttpResponse> BrowserRefusal(const ServerConfig& config,
   const std::optional<absl::string_view> host = request.Header("host");
   if (config.http_check_host && host.has_value()) {
     const std::string name = HostName(*host);
-    if (!IsLoopbackName(name) &&
-        std::find(config.http_allowed_hosts.begin(), config.http_allowed_hosts.end(), name) ==
-            config.http_allowed_hosts.end()) {
+    if (!IsAddressOrLocalhost(name) && !Listed(config.http_allowed_hosts, name) &&
+        !Listed(config.http_own_hosts, name)) {
       return http::HttpResponse::Error(
           403, absl::StrCat("this node does not answer to the name '", name,
-                            "': it serves loopback names and those of --http_allowed_hosts "
-                            "(docs/security.md, \"Browsers\")"));
+                            "': it serves addresses, localhost and the names of "
+                            "--http_allowed_hosts (docs/security.md, \"Browsers\")"));
     }
   }
   const std::optional<absl::string_view> origin = request.Header("origin");
@@ -219,9 +225,11 @@ std::optional<http::HttpResponse> BrowserRefusal(const ServerConfig& config,
     return std::nullopt;
   }
   absl::string_view authority = *origin;
-  if (!absl::ConsumePrefix(&authority, "http://")) absl::ConsumePrefix(&authority, "https://");
-  if (host.has_value() && authority != *origin && absl::EqualsIgnoreCase(authority, *host)) {
-    return std::nullopt;
+  if (absl::ConsumePrefix(&authority, "http://") || absl::ConsumePrefix(&authority, "https://")) {
+    // The node's own pages (the same authority as Host), or a listed name
+    // (a proxy in front of the node may give it another Host).
+    if (host.has_value() && absl::EqualsIgnoreCase(authority, *host)) return std::nullopt;
+    if (Listed(config.http_allowed_hosts, HostName(authority))) return std::nullopt;
   }
   return http::HttpResponse::Error(
       403, absl::StrCat("a request from the page of another site (Origin: ", *origin,

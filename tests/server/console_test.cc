@@ -292,7 +292,7 @@ TEST_F(ConsoleTest, PagesOfOtherSitesChangeNothingAndReadNothing) {
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_EQ(answer->Header("x-content-type-options").value_or(""), "nosniff") << target;
   }
-  // Names: loopback ones only.
+  // Names: addresses and localhost; other names are refused.
   for (const std::string& host : {self, absl::StrCat("localhost:", port), absl::StrCat("[::1]:", port),
                                  std::string("127.0.0.1"), absl::StrCat("LOCALHOST:", port)}) {
     EXPECT_EQ(status("GET", "/v1/kv/x", {{"Host", host}}), 200) << host;
@@ -321,6 +321,32 @@ TEST_F(ConsoleTest, NamesAreCheckedWhenListedOrWhenNothingElseProtects) {
       ASSERT_TRUE(answer.ok()) << answer.status();
       EXPECT_EQ(answer->status, expected) << host << ": " << answer->body;
     }
+  }
+  {
+    // Without accounts: addresses, localhost, the names the node goes by
+    // (--http_advertise) and those listed; a listed name's pages may write
+    // (a proxy in front of the node may give it another Host).
+    NodeOptions options = TestOptions(dir_.Subdir("advertised"));
+    options.http_advertise = "kvnode.test:8080";
+    options.http_allowed_hosts = {"kv.example"};
+    Node node(options);
+    ASSERT_TRUE(node.Start().ok());
+    const int port = node.http_ports().front();
+    for (const auto& [host, expected] : std::vector<std::pair<std::string, int>>{
+             {"kvnode.test:8080", 200},
+             {"KV.example", 200},
+             {"192.0.2.7:8080", 200},
+             {"[2001:db8::1]:8080", 200},
+             {"rebound.example:8080", 403}}) {
+      absl::StatusOr<HttpAnswer> answer = Fetch(port, "GET", "/console/info", {{"Host", host}});
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      EXPECT_EQ(answer->status, expected) << host << ": " << answer->body;
+    }
+    absl::StatusOr<HttpAnswer> proxied =
+        Fetch(port, "PUT", "/v1/kv/p", {{"Host", "10.0.0.5:8080"}, {"Origin", "https://kv.example"}},
+              "v");
+    ASSERT_TRUE(proxied.ok()) << proxied.status();
+    EXPECT_EQ(proxied->status, 200) << proxied->body;
   }
   // With accounts on and no list, any name: data needs credentials anyway.
   NodeOptions options = TestOptions(dir_.Subdir("auth"));

@@ -223,6 +223,12 @@ TEST_F(DataRoutesTest, Seed003JsonValuesAreAnsweredAsStored) {
   EXPECT_NE(got.body.find(R"("value":[123456789012345678901234, 1.50]})"), std::string::npos)
       << got.body;
   EXPECT_EQ(json::parse(got.body)["key"], "big");
+  // A byte order mark before stored JSON is not put in the answer.
+  ASSERT_EQ(Call(Method::kPut, "/v1/kv/marked", "\xEF\xBB\xBF{\"a\":1}").status, 200);
+  got = Call(Method::kGet, "/get/marked");
+  ASSERT_EQ(got.status, 200) << got.body;
+  EXPECT_NE(got.body.find(R"("value":{"a":1}})"), std::string::npos) << got.body;
+  EXPECT_EQ(json::parse(got.body, nullptr, false)["value"], json({{"a", 1}})) << got.body;
   std::string many = "[";
   for (size_t i = 0; i < kMaxJsonTreeValues; ++i) absl::StrAppend(&many, i == 0 ? "" : ",", "{}");
   many += "]";  // kMaxJsonTreeValues + 1 values, the array counted

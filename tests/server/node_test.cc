@@ -723,8 +723,8 @@ TEST_F(NodeTest, ContinueComesOnceEarlierAnswersAreOut) {
       test::HttpConnection::Connect(node.http_ports()[0]);
   ASSERT_TRUE(connection.ok()) << connection.status();
   ASSERT_TRUE(connection
-                  ->Send("PUT /v1/kv/first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA"
-                         "PUT /v1/kv/second HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  ->Send("PUT /v1/kv/first HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nA"
+                         "PUT /v1/kv/second HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                          "Content-Length: 5\r\n\r\n")
                   .ok());
   absl::StatusOr<HttpAnswer> first = connection->Read();

@@ -4,8 +4,10 @@
 // engine in a temporary directory.
 #include "server/service.h"
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -76,6 +78,72 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<Service> service_;
 };
+
+// The same bits on every key, for every user.
+class FixedPolicy : public AccessPolicy {
+ public:
+  explicit FixedPolicy(uint32_t bits) : bits_(bits) {}
+  uint32_t Allowed(uint64_t, absl::string_view) const override { return bits_; }
+  bool Uniform(uint64_t, absl::string_view, uint32_t* bits) const override {
+    *bits = bits_;
+    return true;
+  }
+
+ private:
+  const uint32_t bits_;
+};
+
+// With create but not write (or the reverse), whether the key exists
+// decides; another writer may create or delete it between the check and the
+// write (where the audit hook runs, which the test uses to be that writer):
+// the write then fails instead of doing what the ACL does not allow. A
+// write-only caller's write is held to the key existing, not to the version
+// it saw, so writes racing each other all go through.
+TEST_F(ServiceTest, ACreateOnlyOrWriteOnlyPutHoldsToWhatItsCheckFound) {
+  Open(/*read_only=*/false);
+  std::function<void()> meanwhile;
+  service_->SetWriteAudit(Service::WriteAudit{
+      .audited = [](absl::string_view) { return true; },
+      .record = [&](absl::string_view, bool) {
+        if (meanwhile) std::exchange(meanwhile, nullptr)();
+      }});
+  const FixedPolicy create_only(kAccessCreate), write_only(kAccessWrite);
+  RequestContext context;
+  context.user_id = 7;
+  const auto batch_status = [&](const std::string& key) {
+    const std::string frame = BatchFrame(key);
+    flatbuffers::FlatBufferBuilder builder(256);
+    service_->Handle(context,
+                     *flatbuffers::GetSizePrefixedRoot<p::Request>(
+                         reinterpret_cast<const uint8_t*>(frame.data())),
+                     &builder, []() -> Service::Completion { return [](std::string) {}; });
+    const auto* response = flatbuffers::GetSizePrefixedRoot<p::Response>(builder.GetBufferPointer());
+    const p::BatchResult* result = response->result_as_BatchResult();
+    return result != nullptr && result->items()->size() == 1 ? result->items()->Get(0)->status()
+                                                            : p::StatusCode::Internal;
+  };
+
+  context.access = &create_only;
+  meanwhile = [&] { ASSERT_OK(engine_->Put("raced", "theirs").status()); };
+  EXPECT_EQ(Run(PutFrame("raced"), context).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(test::GetOrStatus(engine_.get(), "raced"), "theirs");
+  meanwhile = [&] { ASSERT_OK(engine_->Put("raced-batch", "theirs").status()); };
+  EXPECT_EQ(batch_status("raced-batch"), p::StatusCode::FailedPrecondition);
+  EXPECT_EQ(test::GetOrStatus(engine_.get(), "raced-batch"), "theirs");
+  EXPECT_OK(Run(PutFrame("fresh"), context));  // nobody raced it
+  EXPECT_EQ(Run(PutFrame("fresh"), context).code(), absl::StatusCode::kPermissionDenied);
+
+  context.access = &write_only;
+  ASSERT_OK(engine_->Put("gone", "v1").status());
+  meanwhile = [&] { ASSERT_OK(engine_->Delete("gone").status()); };
+  EXPECT_EQ(Run(PutFrame("gone"), context).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(test::GetOrStatus(engine_.get(), "gone"), "NOT_FOUND");
+  ASSERT_OK(engine_->Put("shared", "v1").status());
+  meanwhile = [&] { ASSERT_OK(engine_->Put("shared", "another writer's").status()); };
+  EXPECT_OK(Run(PutFrame("shared"), context));
+  EXPECT_EQ(test::GetOrStatus(engine_.get(), "shared"), "v");
+  EXPECT_EQ(Run(PutFrame("never-made"), context).code(), absl::StatusCode::kPermissionDenied);
+}
 
 TEST_F(ServiceTest, AReadOnlyNodeRefusesWritesWithOneVerdict) {
   Open(/*read_only=*/true);

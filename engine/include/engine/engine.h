@@ -186,6 +186,11 @@ struct WriteOptions {
   // Compare-and-set: the write happens only if the key is at this version now
   // (0 = the key must be absent). Otherwise FailedPrecondition.
   std::optional<uint64_t> if_version;
+  // The write happens only if the key exists now (true) or does not
+  // (false); otherwise FailedPrecondition. For a check made before the write
+  // (an ACL that lets a caller create keys but not overwrite them, or the
+  // reverse), held while the write is made.
+  std::optional<bool> if_present;
   // Replication: apply with this timestamp instead of stamping a new one, and
   // only if it is newer than what the key has (last write wins). 0 = stamp.
   uint64_t timestamp = 0;
