@@ -793,6 +793,7 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
   size_t resume_segment = 0;
   uint64_t resume_offset = 0;
   const auto remember = [&] {
+    mu_.AssertReaderHeld();  // called from the loop below, under the lock
     const uint64_t next = events.back().sequence + 1;
     absl::MutexLock resume_lock(&resume_mu_);
     resume_marks_[next % kResumeMarks] =
