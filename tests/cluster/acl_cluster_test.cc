@@ -105,20 +105,17 @@ class AclClusterTest : public ::testing::Test {
                          {"password", "securepass123"}};
     HttpAnswer created = CallUntil(201, node, "POST", "/signup", {}, signup.dump());
     EXPECT_EQ(created.status, 201) << created.body;
-    HttpAnswer login = CallUntil(200, node, "POST", "/login", {},
-                                 Json{{"email", name + "@example.com"},
-                                      {"password", "securepass123"}}
-                                     .dump());
-    EXPECT_EQ(login.status, 200) << login.body;
-    const std::string token = login.Json().value("access_token", "");
-    HttpAnswer key = CallUntil(201, node, "POST", "/apikeys", {{"Authorization", "Bearer " + token}},
-                               R"({"name":"k","scopes":["read","write"]})");
-    EXPECT_EQ(key.status, 201) << key.body;
-    return User{created.Json().value("id", uint64_t{0}), key.Json().value("key", "")};
+    return User{created.Json().value("id", uint64_t{0}),
+                KeyOf(node, name, R"({"name":"k","scopes":["read","write"]})")};
   }
 
   // A second key of user `name` (made by NewUser) holding the read scope only.
   User ReadOnlyKey(int node, const User& user, const std::string& name) {
+    return User{user.id, KeyOf(node, name, R"({"name":"read","scopes":["read"]})")};
+  }
+
+  // A new API key of user `name` (POST /apikeys with `request`), signed in on node.
+  std::string KeyOf(int node, const std::string& name, absl::string_view request) {
     HttpAnswer login = CallUntil(200, node, "POST", "/login", {},
                                  Json{{"email", name + "@example.com"},
                                       {"password", "securepass123"}}
@@ -126,9 +123,9 @@ class AclClusterTest : public ::testing::Test {
     EXPECT_EQ(login.status, 200) << login.body;
     const std::string token = login.Json().value("access_token", "");
     HttpAnswer key = CallUntil(201, node, "POST", "/apikeys", {{"Authorization", "Bearer " + token}},
-                               R"({"name":"read","scopes":["read"]})");
+                               request);
     EXPECT_EQ(key.status, 201) << key.body;
-    return User{user.id, key.Json().value("key", "")};
+    return key.Json().value("key", "");
   }
 
   static HttpHeaders As(const User& user, uint64_t ns = 0) {
