@@ -9,6 +9,10 @@
 #   P1  interval   no pipelining; redis --appendfsync everysec, logkvd --fsync=interval
 #   P16 interval   16 requests in flight per connection; same durability
 #   P1  always     no pipelining; redis --appendfsync always, logkvd --fsync=always
+# Redis is also driven by logkv-bench itself (--resp: the same commands in Redis's protocol),
+# and a second table compares the two servers under that one client: the two tools differ in
+# speed, so at -c 50 they keep different numbers of requests at their servers, and a server's
+# latency follows that number.
 # Each server starts with an empty data directory in a temporary folder, listens on a free
 # loopback port and is stopped before the other one runs, so they never share the CPU.
 #
@@ -82,7 +86,7 @@ start_logkvd() {  # $1: fsync mode
 # Appends "mode,system,test,rps,p50,p99,p999" rows to $work/results.csv; failures become a row
 # of "failed" so the table still shows everything else.
 failures=0
-run() {  # $1: mode label, $2: system (redis|logkv), $3: pipeline, $4: fsync label
+run() {  # $1: mode label, $2: system (redis|redis-lb|logkv), $3: pipeline, $4: fsync label
   local mode=$1 system=$2 pipeline=$3 out=$work/$2-${1// /_}
   local args=(-h 127.0.0.1 -p "$port" -c "$clients" -n "$requests" -d "$value_bytes"
     -r "$keyspace" -t set,get -P "$pipeline")
@@ -91,6 +95,9 @@ run() {  # $1: mode label, $2: system (redis|logkv), $3: pipeline, $4: fsync lab
   if [[ $system == redis ]]; then
     redis-benchmark "${args[@]}" >"$out.txt" 2>"$out.err" || rc=$?
     redis_benchmark_rows <"$out.txt" >"$out.csv"
+  elif [[ $system == redis-lb ]]; then
+    "$bench" "${args[@]}" --resp --csv --csv-p999 --fsync-mode "$4" >"$out.txt" 2>"$out.err" || rc=$?
+    logkv_bench_rows <"$out.txt" >"$out.csv"
   else
     "$bench" "${args[@]}" --csv --csv-p999 --fsync-mode "$4" >"$out.txt" 2>"$out.err" || rc=$?
     logkv_bench_rows <"$out.txt" >"$out.csv"
@@ -111,6 +118,8 @@ run() {  # $1: mode label, $2: system (redis|logkv), $3: pipeline, $4: fsync lab
 start_redis everysec
 run "P1 interval" redis 1
 run "P16 interval" redis 16
+run "P1 interval" redis-lb 1 everysec
+run "P16 interval" redis-lb 16 everysec
 stop_server
 start_logkvd interval
 run "P1 interval" logkv 1 interval
@@ -119,6 +128,7 @@ stop_server
 
 start_redis always
 run "P1 always" redis 1
+run "P1 always" redis-lb 1 always
 stop_server
 start_logkvd always
 run "P1 always" logkv 1 always
@@ -146,6 +156,29 @@ awk -F, '
       printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
              p50[k, "redis"], p99[k, "redis"], p999[k, "redis"], p50[k, "logkv"], p99[k, "logkv"],
              p999[k, "logkv"]
+    }
+  }' "$work/results.csv"
+
+
+echo
+echo "The same client for both: logkv-bench against logkvd, and logkv-bench --resp against" \
+  "redis-server (same servers' settings as above)"
+echo
+awk -F, '
+  { key = $1 SUBSEP $3
+    if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
+    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6; p999[key, $2] = $7 }
+  END {
+    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", "mode", "test", "redis rps",
+           "logkv rps", "logkv/redis", "redis p50", "redis p99", "redis p99.9", "logkv p50",
+           "logkv p99", "logkv p99.9"
+    for (i = 1; i <= rows; i++) {
+      k = order[i]
+      r = rps[k, "redis-lb"]; l = rps[k, "logkv"]
+      ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
+      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
+             p50[k, "redis-lb"], p99[k, "redis-lb"], p999[k, "redis-lb"], p50[k, "logkv"],
+             p99[k, "logkv"], p999[k, "logkv"]
     }
   }' "$work/results.csv"
 

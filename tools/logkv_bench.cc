@@ -17,7 +17,14 @@
 // answers, then sends the next P, until -n requests have been issued across
 // all connections (or --duration has passed). Latency is measured per request
 // from the moment its frame is handed to the socket until its answer is read.
+//
+// --resp sends the same load to a Redis server in Redis's protocol (RESP2:
+// SET and GET commands, the replies read with hiredis's reader, as
+// redis-benchmark reads them), so that one client's figures compare the two
+// servers: two load tools that differ in speed keep different numbers of
+// requests at their servers, and latency follows that number.
 #include <arpa/inet.h>
+#include <hiredis/hiredis.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -126,11 +133,14 @@ struct Config {
   // the user whose namespace the keys are in (0: the key's own).
   std::string auth;
   uint64_t namespace_user = 0;
+  // --resp: Redis's protocol, for a Redis server.
+  bool resp = false;
 };
 
 constexpr absl::string_view kUsage = R"(Usage: logkv-bench [OPTIONS]
 
-Load generator for logkvd with redis-benchmark's flags and output.
+Load generator for logkvd with redis-benchmark's flags and output (and, with
+--resp, for redis-server).
 
  -h <hostname>      Server hostname (default 127.0.0.1)
  -p <port>          Server port (default 7070)
@@ -161,6 +171,10 @@ Load generator for logkvd with redis-benchmark's flags and output.
  --sni <host>       With --tls: the name the server's certificate must carry
                     (default: -h)
  -a <api key>       Authenticate each connection with this API key (Hello)
+ --resp             Speak Redis's protocol (RESP2) to a Redis server: SET and
+                    GET commands with the same keys, values and pipelining,
+                    so one client measures both servers (not with -a,
+                    --namespace or --consistency)
  --namespace <id>   With -a: address this user's namespace (its ACLs apply)
  --help             Output this help and exit
  --version          Output the version and exit
@@ -243,8 +257,11 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
       config.version = true;
       return config;
     }
-    if (flag == "--tls") {
-      config.tls = true;
+    if (flag == "--tls" || flag == "--resp") {
+      if (inline_value.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(flag, " takes no value"));
+      }
+      (flag == "--tls" ? config.tls : config.resp) = true;
       continue;
     }
     if (flag == "-q" || flag == "--csv" || flag == "--csv-p999") {
@@ -350,6 +367,12 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
   if (config.zipf_theta > 0 && config.keyspace == 0) {
     return absl::InvalidArgumentError("--zipf needs a keyspace: give -r too");
   }
+  if (config.resp && (!config.auth.empty() || config.namespace_user != 0 ||
+                      config.consistency != protocol::Consistency::Default)) {
+    return absl::InvalidArgumentError(
+        "--resp sends plain SET and GET commands: -a, --namespace and --consistency are "
+        "logkv's");
+  }
   // A thread without connections would only add an idle loop.
   config.threads = std::min(config.threads, config.clients);
   return config;
@@ -448,14 +471,17 @@ class KeyChooser {
 // the two share the machine.
 struct RequestTemplate {
   std::string frame;  // length prefix included
-  size_t request_id_offset = 0;
+  // None with --resp: Redis answers in order and a command carries no id.
+  std::optional<size_t> request_id_offset;
   std::optional<size_t> key_digits_offset;  // where "key:%012d"'s digits start; none without -r
 
   void WriteTo(char* out, uint64_t request_id, uint64_t key_number) const {
     std::memcpy(out, frame.data(), frame.size());
     // FlatBuffers scalars are little-endian; the static_assert below keeps
     // this memcpy honest.
-    std::memcpy(out + request_id_offset, &request_id, sizeof(request_id));
+    if (request_id_offset.has_value()) {
+      std::memcpy(out + *request_id_offset, &request_id, sizeof(request_id));
+    }
     if (key_digits_offset.has_value()) {
       char* digits = out + *key_digits_offset;
       for (int i = kKeyDigits - 1; i >= 0; --i) {
@@ -485,7 +511,28 @@ std::string BuildHello(const Config& config) {
   return std::string(protocol::FrameOf(builder));
 }
 
+// --resp: the command as redis-benchmark sends it (a RESP array of bulk
+// strings), its key's digits patched like a frame's.
+RequestTemplate BuildRespTemplate(Operation operation, const Config& config) {
+  const std::string key = config.keyspace > 0 ? std::string("key:") + std::string(kKeyDigits, '0')
+                                              : std::string("key:__rand_int__");
+  RequestTemplate result;
+  if (operation == Operation::kSet) {
+    result.frame = absl::StrCat("*3\r\n$3\r\nSET\r\n$", key.size(), "\r\n");
+  } else {
+    result.frame = absl::StrCat("*2\r\n$3\r\nGET\r\n$", key.size(), "\r\n");
+  }
+  if (config.keyspace > 0) result.key_digits_offset = result.frame.size() + 4;
+  absl::StrAppend(&result.frame, key, "\r\n");
+  if (operation == Operation::kSet) {
+    absl::StrAppend(&result.frame, "$", config.value_bytes, "\r\n",
+                    std::string(static_cast<size_t>(config.value_bytes), 'x'), "\r\n");
+  }
+  return result;
+}
+
 absl::StatusOr<RequestTemplate> BuildTemplate(Operation operation, const Config& config) {
+  if (config.resp) return BuildRespTemplate(operation, config);
   flatbuffers::FlatBufferBuilder builder(256 + static_cast<size_t>(config.value_bytes));
   const std::string key = config.keyspace > 0 ? std::string("key:") + std::string(kKeyDigits, '0')
                                               : std::string("key:__rand_int__");
@@ -577,6 +624,7 @@ class Worker;
 class Connection {
  public:
   Connection(Worker* worker, const TestShared* shared);
+  ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -608,8 +656,17 @@ class Connection {
   bool ContinueHandshake();
   // TLS: hands the ciphertext waiting in the SSL's output to the socket.
   void WriteCiphertext();
-  // false: the connection failed and is closing.
+  // Where the next plaintext read goes (the frame decoder, or with --resp
+  // the RESP reader's input), and the hand-over of what was read there.
+  char* PlainSpace(size_t* available);
+  bool CommitPlain(size_t bytes);  // false: the connection failed
+  // Takes every whole answer read so far; false: the connection failed and
+  // is closing.
+  bool HandleAnswers(Clock::time_point now);
   bool HandleFrame(absl::string_view frame, Clock::time_point now);
+  bool HandleReply(const redisReply& reply, Clock::time_point now);
+  // Counts an answer to the request in `slot_index`.
+  void Answered(uint32_t slot_index, Clock::time_point now);
   void Fail(absl::string_view why);
   void Close();
   void CloseIfDone();
@@ -641,6 +698,13 @@ class Connection {
   std::vector<char> cipher_in_;
   std::string cipher_out_;
   std::string cipher_writing_;
+  // --resp: the replies' parser, what a read brought for it, and the slots
+  // in the order their commands were sent (Redis answers in that order).
+  redisReader* resp_reader_ = nullptr;
+  std::vector<char> resp_in_;
+  std::vector<uint32_t> resp_order_;
+  size_t resp_head_ = 0;
+  size_t resp_count_ = 0;
 
   uint64_t next_serial_ = 0;
   uint64_t mixed_position_ = 0;
@@ -786,9 +850,18 @@ Connection::Connection(Worker* worker, const TestShared* shared)
   pending_.resize(frame_capacity_bytes_ * pipeline + shared->hello.size());
   writing_.resize(frame_capacity_bytes_ * pipeline + shared->hello.size());
   pending_slots_.reserve(pipeline);
+  if (shared->config->resp) {
+    resp_reader_ = redisReaderCreate();
+    resp_in_.resize(kReadChunkBytes);
+    resp_order_.resize(pipeline);
+  }
   tcp_.data = this;
   connect_request_.data = this;
   write_request_.data = this;
+}
+
+Connection::~Connection() {
+  if (resp_reader_ != nullptr) redisReaderFree(resp_reader_);
 }
 
 void Connection::Connect(uv_loop_t* loop) {
@@ -831,7 +904,7 @@ void Connection::OnConnect(uv_connect_t* request, int status) {
       protocol::AttachTlsBio(self->ssl_, &self->tls_buffers_);
       SSL_set_connect_state(self->ssl_);
       static const unsigned char kAlpn[] = "\x05logkv";
-      SSL_set_alpn_protos(self->ssl_, kAlpn, sizeof(kAlpn) - 1);
+      if (!config.resp) SSL_set_alpn_protos(self->ssl_, kAlpn, sizeof(kAlpn) - 1);
       const std::string& name = config.sni.empty() ? config.host : config.sni;
       unsigned char ip[16];
       if (inet_pton(AF_INET, name.c_str(), ip) == 1 || inet_pton(AF_INET6, name.c_str(), ip) == 1) {
@@ -937,6 +1010,9 @@ bool Connection::IssueOne() {
   request_template.WriteTo(pending_.data() + pending_bytes_, request_id, key);
   pending_bytes_ += request_template.frame.size();
   pending_slots_.push_back(slot_index);
+  if (resp_reader_ != nullptr) {
+    resp_order_[(resp_head_ + resp_count_++) % resp_order_.size()] = slot_index;
+  }
 
   Slot& slot = slots_[slot_index];
   slot.request_id = request_id;
@@ -1005,8 +1081,28 @@ void Connection::OnAlloc(uv_handle_t* handle, size_t /*suggested_bytes*/, uv_buf
     return;
   }
   size_t available = 0;
-  char* space = self->decoder_.WritableSpace(kReadChunkBytes, &available);
+  char* space = self->PlainSpace(&available);
   *buffer = uv_buf_init(space, static_cast<unsigned int>(std::min<size_t>(available, 1u << 30)));
+}
+
+char* Connection::PlainSpace(size_t* available) {
+  if (resp_reader_ != nullptr) {
+    *available = resp_in_.size();
+    return resp_in_.data();
+  }
+  return decoder_.WritableSpace(kReadChunkBytes, available);
+}
+
+bool Connection::CommitPlain(size_t bytes) {
+  if (resp_reader_ == nullptr) {
+    decoder_.Commit(bytes);
+    return true;
+  }
+  if (redisReaderFeed(resp_reader_, resp_in_.data(), bytes) != REDIS_OK) {
+    Fail("RESP: the reader took no more input");
+    return false;
+  }
+  return true;
 }
 
 void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t* /*buffer*/) {
@@ -1039,10 +1135,10 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
     }
     while (true) {
       size_t available = 0;
-      char* space = self->decoder_.WritableSpace(16 << 10, &available);
+      char* space = self->PlainSpace(&available);
       const int got = SSL_read(self->ssl_, space, static_cast<int>(std::min<size_t>(available, 1u << 30)));
       if (got > 0) {
-        self->decoder_.Commit(static_cast<size_t>(got));
+        if (!self->CommitPlain(static_cast<size_t>(got))) return;
         // Another SSL_read would only say it wants more: skip it.
         // (SSL_has_pending: read-ahead may hold whole records not yet decrypted.)
         if (SSL_has_pending(self->ssl_) == 0 && self->tls_buffers_.unread() == 0) break;
@@ -1056,24 +1152,72 @@ void Connection::OnRead(uv_stream_t* stream, ssize_t bytes_read, const uv_buf_t*
       return;
     }
     self->tls_buffers_.KeepUnread();
-  } else {
-    self->decoder_.Commit(static_cast<size_t>(bytes_read));
+  } else if (!self->CommitPlain(static_cast<size_t>(bytes_read))) {
+    return;
   }
   // Every answer in this read arrived together; one clock reading serves all.
-  const Clock::time_point now = Clock::now();
-  while (true) {
-    absl::StatusOr<std::optional<absl::string_view>> frame = self->decoder_.Next();
-    if (!frame.ok()) {
-      self->Fail(absl::StrCat("bad frame from the server: ", frame.status().ToString()));
-      return;
-    }
-    if (!frame->has_value()) break;
-    if (!self->HandleFrame(**frame, now)) return;
-  }
+  if (!self->HandleAnswers(Clock::now())) return;
   // Like redis-benchmark -P: a connection sends P requests, waits for all P
   // answers, then sends the next P, so the two tools' figures compare.
   if (self->in_flight_ == 0) self->FillPipeline();
   self->CloseIfDone();
+}
+
+bool Connection::HandleAnswers(Clock::time_point now) {
+  if (resp_reader_ != nullptr) {
+    while (true) {
+      void* reply = nullptr;
+      if (redisReaderGetReply(resp_reader_, &reply) != REDIS_OK) {
+        Fail(absl::StrCat("bad reply from the server: ", resp_reader_->errstr));
+        return false;
+      }
+      if (reply == nullptr) return true;
+      const bool ok = HandleReply(*static_cast<const redisReply*>(reply), now);
+      freeReplyObject(reply);
+      if (!ok) return false;
+    }
+  }
+  while (true) {
+    absl::StatusOr<std::optional<absl::string_view>> frame = decoder_.Next();
+    if (!frame.ok()) {
+      Fail(absl::StrCat("bad frame from the server: ", frame.status().ToString()));
+      return false;
+    }
+    if (!frame->has_value()) return true;
+    if (!HandleFrame(**frame, now)) return false;
+  }
+}
+
+bool Connection::HandleReply(const redisReply& reply, Clock::time_point now) {
+  if (resp_count_ == 0) {
+    Fail("a reply came with no command waiting for one");
+    return false;
+  }
+  const uint32_t slot_index = resp_order_[resp_head_];
+  resp_head_ = (resp_head_ + 1) % resp_order_.size();
+  --resp_count_;
+  const bool is_get = slots_[slot_index].operation == Operation::kGet;
+  Answered(slot_index, now);
+  const absl::string_view text(reply.str != nullptr ? reply.str : "", reply.len);
+  if (reply.type == REDIS_REPLY_ERROR) {
+    worker_->RecordError(absl::StrCat(is_get ? "GET" : "SET", " answered ", text));
+  } else if (is_get && reply.type == REDIS_REPLY_NIL) {
+    worker_->RecordMiss();
+  } else if (is_get ? reply.type != REDIS_REPLY_STRING
+                    : reply.type != REDIS_REPLY_STATUS || text != "OK") {
+    worker_->RecordError(absl::StrCat(is_get ? "GET" : "SET", " answered a reply of type ",
+                                      reply.type, " (", text, ")"));
+  }
+  return true;
+}
+
+void Connection::Answered(uint32_t slot_index, Clock::time_point now) {
+  Slot& slot = slots_[slot_index];
+  slot.in_flight = false;
+  free_slots_.push_back(slot_index);
+  --in_flight_;
+  const auto latency = std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.sent_at);
+  worker_->RecordAnswer(static_cast<uint64_t>(std::max<int64_t>(0, latency.count())), now);
 }
 
 bool Connection::HandleFrame(absl::string_view frame, Clock::time_point now) {
@@ -1099,14 +1243,9 @@ bool Connection::HandleFrame(absl::string_view frame, Clock::time_point now) {
     Fail(absl::StrCat("answer with request_id ", request_id, " matches no request in flight"));
     return false;
   }
-  Slot& slot = slots_[slot_index];
-  slot.in_flight = false;
-  free_slots_.push_back(static_cast<uint32_t>(slot_index));
-  --in_flight_;
-  const auto latency = std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot.sent_at);
-  worker_->RecordAnswer(static_cast<uint64_t>(std::max<int64_t>(0, latency.count())), now);
+  const bool is_get = slots_[slot_index].operation == Operation::kGet;
+  Answered(static_cast<uint32_t>(slot_index), now);
 
-  const bool is_get = slot.operation == Operation::kGet;
   switch (response.status()) {
     case protocol::StatusCode::Ok:
       if (is_get && response.result_type() != protocol::Result::ValueResult) {

@@ -29,6 +29,8 @@ packages=(
   lld
   # side-by-side comparisons in bench/
   librocksdb-dev libleveldb-dev redis-server redis-tools wrk nginx-light
+  # logkv-bench --resp reads Redis's replies with hiredis's reader
+  libhiredis-dev
   # HTTP client for the REST tests
   libcurl4-openssl-dev
   # the Python and TypeScript clients (client/python, client/typescript), their

@@ -7,8 +7,11 @@ logkvd=$1
 bench=$2
 work=$(mktemp -d)
 server_pid=""
+redis_pid=""
 cleanup() {
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  for pid in $server_pid $redis_pid; do
+    kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,4 +35,57 @@ echo "$out"
 head -1 <<<"$out" | grep -qx '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms","p999_latency_ms"'
 grep -qx '"SET"\(,"[0-9.]*"\)\{8\}' <<<"$out"
 "$bench" -p "$port" -c 4 -n 2000 -P 8 --ratio 1:3 --zipf 0.99 -r 500 --threads 2 -q
+# Flags that only logkv speaks are refused with --resp, before any connection.
+if "$bench" -p "$port" --resp -a some-key -n 10 2>"$work/err"; then
+  echo "--resp with -a was not refused"; exit 1
+fi
+grep -q -- "--resp sends plain SET and GET commands" "$work/err"
+# --resp against logkvd's binary port: its answers are not RESP, and the run
+# fails instead of counting them.
+if "$bench" -p "$port" --resp -c 1 -n 10 -t set -q 2>"$work/err"; then
+  echo "--resp against logkvd succeeded"; exit 1
+fi
+cat "$work/err"
+
+# --resp against a real redis-server (tools/setup-deps.sh installs it).
+if ! command -v redis-server >/dev/null; then
+  echo "logkv-bench smoke: no redis-server on PATH, --resp against Redis not tried"
+  echo "logkv-bench smoke: ok"
+  exit 0
+fi
+redis_port=""
+for _ in $(seq 1 20); do
+  # A port free a moment ago; redis-server says so when it was taken since.
+  candidate=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --port "$candidate" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$work" >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 1 100); do
+    if redis-cli -p "$candidate" ping 2>/dev/null | grep -q PONG; then redis_port=$candidate; break; fi
+    kill -0 "$redis_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  [ -n "$redis_port" ] && break
+  kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true
+  redis_pid=""
+done
+[ -n "$redis_port" ] || { echo "redis-server did not start:"; cat "$work/redis.log"; exit 1; }
+out=$("$bench" -p "$redis_port" --resp -c 8 -n 4000 -d 100 -r 1000 -P 4 -t set,get --csv)
+echo "$out"
+grep -qx '"SET"\(,"[0-9.]*"\)\{7\}' <<<"$out"
+grep -qx '"GET"\(,"[0-9.]*"\)\{7\}' <<<"$out"
+# It wrote keys, and a value as it was sent.
+[ "$(redis-cli -p "$redis_port" dbsize)" -gt 0 ]
+"$bench" -p "$redis_port" --resp -c 1 -n 1 -d 7 -r 1 -t set -q
+[ "$(redis-cli -p "$redis_port" get key:000000000000)" = "xxxxxxx" ]
+# A miss is counted as one, not as an error.
+redis-cli -p "$redis_port" flushall >/dev/null
+"$bench" -p "$redis_port" --resp -c 2 -n 100 -r 10 -t get | tee "$work/out"
+grep -q "get misses: 100" "$work/out"
+# An error reply fails the run and says what Redis answered.
+redis-cli -p "$redis_port" lpush key:000000000000 x >/dev/null
+if "$bench" -p "$redis_port" --resp -c 1 -n 5 -r 1 -t get -q 2>"$work/err"; then
+  echo "a WRONGTYPE reply was not counted as an error"; exit 1
+fi
+grep -q "GET answered WRONGTYPE" "$work/err"
 echo "logkv-bench smoke: ok"
