@@ -122,6 +122,12 @@ absl::Status Loop::Init(const sockaddr_in& address,
   turn_prepare_.data = this;
   uv_check_init(&loop_, &turn_check_);
   turn_check_.data = this;
+  // Reads happen in the turn's poll phase; check handles run right after it.
+  uv_check_init(&loop_, &answers_check_);
+  answers_check_.data = this;
+  uv_check_start(&answers_check_, [](uv_check_t* check) {
+    Of(reinterpret_cast<uv_handle_t*>(check)).SendAllAnswered();
+  });
   if (config_.loop_turn) {
     uv_prepare_start(&turn_prepare_, [](uv_prepare_t* prepare) {
       Of(reinterpret_cast<uv_handle_t*>(prepare)).config_.loop_turn();
@@ -180,11 +186,21 @@ void Loop::DrainTasks() {
   draining_tasks_ = true;
   for (auto& task : tasks) task(*this);
   draining_tasks_ = false;
+  SendAllAnswered();
+}
+
+void Loop::SendAllAnswered() {
+  if (answered_.empty()) return;
   std::vector<uint64_t> answered;
   answered.swap(answered_);
   for (uint64_t id : answered) {
-    // A task may have closed it since.
+    // Closed since (a task, or a later read's error), it is not in the table.
     if (Connection* c = Find(id); c != nullptr) SendAnswered(*c);
+  }
+  // Keep the vector's capacity for the next turn (SendAnswered adds none).
+  if (answered_.empty()) {
+    answered.clear();
+    answered_.swap(answered);
   }
 }
 
@@ -296,6 +312,16 @@ void Loop::OnRead(Connection& c, ssize_t nread) {
     if (c.eof) return;  // the peer's close_notify: OnEof ran
   } else {
     c.session->Received(static_cast<size_t>(nread));
+  }
+  // The answers go at the end of the turn's reads (answers_check_), unless
+  // the connection is closing or its output is past the limit: then as
+  // before, at once, so that reading stops now (ApplyBackpressure).
+  if (!c.closing && c.in_flight_bytes == 0 && c.owed_bytes() <= config_.max_output_bytes) {
+    if (c.unsent() && !c.answered) {
+      c.answered = true;
+      answered_.push_back(c.id);
+    }
+    return;
   }
   Flush(c);
   ApplyBackpressure(c);
@@ -745,6 +771,7 @@ void Loop::MaybeFinishShutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&idle_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&turn_prepare_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&turn_check_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&answers_check_), nullptr);
 }
 
 }  // namespace logkv::server::net

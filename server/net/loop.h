@@ -147,6 +147,8 @@ class Loop {
   void DrainTasks();
   // Answered's work: c's output to the socket, then as after a read.
   void SendAnswered(Connection& c);
+  // SendAnswered for every connection in answered_ (each once).
+  void SendAllAnswered();
   // A write to a connection's socket took bytes, or went to libuv whole
   // (ServerCounters::socket_writes).
   void CountWrite() { counters()->socket_writes.fetch_add(1, std::memory_order_relaxed); }
@@ -170,6 +172,11 @@ class Loop {
   // Run ServerConfig::loop_turn before the loop blocks and after I/O.
   uv_prepare_t turn_prepare_;
   uv_check_t turn_check_;
+  // Sends the answers of the turn's reads once every read callback of the
+  // turn has run (SendAllAnswered), as redis-server writes its replies
+  // before it sleeps: the load generator then finds many connections'
+  // answers at one wake-up, instead of one connection's at each.
+  uv_check_t answers_check_;
 
   absl::Mutex tasks_mu_;
   std::vector<Task> tasks_ ABSL_GUARDED_BY(tasks_mu_);
@@ -178,7 +185,8 @@ class Loop {
   // Loop-thread state.
   absl::flat_hash_map<uint64_t, Connection*> connections_;
   bool draining_tasks_ = false;
-  // Ids of the connections answered by the tasks now running, each once.
+  // Ids of the connections whose answers wait for the end of this turn's
+  // reads (answers_check_) or of the tasks now running (DrainTasks), each once.
   std::vector<uint64_t> answered_;
   uint64_t next_connection_id_ = 1;
   bool stopping_ = false;
