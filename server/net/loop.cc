@@ -317,7 +317,9 @@ void Loop::OnRead(Connection& c, ssize_t nread) {
   // the connection is closing or its output is past the limit: then as
   // before, at once, so that reading stops now (ApplyBackpressure).
   if (!c.closing && c.in_flight_bytes == 0 && c.owed_bytes() <= config_.max_output_bytes) {
-    if (c.unsent() && !c.answered) {
+    // Over TLS the stream may hold what to send (a handshake's next
+    // message) without any answer: Flush drains it.
+    if ((c.unsent() || c.tls != nullptr) && !c.answered) {
       c.answered = true;
       answered_.push_back(c.id);
     }
