@@ -11,7 +11,9 @@
 # Workloads, each as SET then GET, 50 connections, 100-byte values, 100,000 random keys:
 #   P1   no pipelining          P16  16 requests in flight per connection
 # logkv-bench against logkvd, redis-benchmark against redis-server (appendfsync everysec
-# vs --fsync=interval). With wrk installed, also HTTP GET of one key over HTTP and HTTPS
+# vs --fsync=interval); and logkv-bench --resp against redis-server too, so that the last two
+# columns compare the servers under one client (the two tools differ in speed, and a slower
+# tool keeps fewer requests at its server). With wrk installed, also HTTP GET of one key over HTTP and HTTPS
 # (wrk -c 50 for WRK_SECONDS, default 10).
 # Each server starts with an empty data directory, listens on a free loopback port and is
 # stopped before the next one runs. Both run one event-loop thread, as in vs-redis.sh.
@@ -78,7 +80,7 @@ start_logkvd() {  # $1: plain | tls
 
 # Appends "system,transport,mode,test,rps,p50,p99" rows to $work/results.csv.
 failures=0
-run() {  # $1: system (redis|logkv), $2: transport (plain|tls), $3: pipeline
+run() {  # $1: system (redis|redis-lb|logkv), $2: transport (plain|tls), $3: pipeline
   local system=$1 transport=$2 pipeline=$3 out=$work/$1-$2-P$3
   local n=$requests
   [[ $pipeline == 1 ]] || n=$pipelined_requests
@@ -89,6 +91,8 @@ run() {  # $1: system (redis|logkv), $2: transport (plain|tls), $3: pipeline
   local rc=0
   if [[ $system == redis ]]; then
     redis-benchmark "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
+  elif [[ $system == redis-lb ]]; then
+    "$bench" "${args[@]}" --resp >"$out.csv" 2>"$out.err" || rc=$?
   else
     "$bench" "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
   fi
@@ -120,6 +124,8 @@ for transport in plain tls; do
   start_redis "$transport"
   run redis "$transport" 1
   run redis "$transport" 16
+  run redis-lb "$transport" 1
+  run redis-lb "$transport" 16
   stop_server
   start_logkvd "$transport"
   run logkv "$transport" 1
@@ -139,15 +145,21 @@ awk -F, '
     rps[key, $1, $2] = $5 }
   function ratio(a, b) { return (a + 0 > 0 && b + 0 > 0) ? sprintf("%.2f", a / b) : "-" }
   END {
-    printf "%-4s %-8s %10s %10s %10s %10s %12s %12s\n", "mode", "test", "redis", "redis TLS",
-           "logkv", "logkv TLS", "TLS/redisTLS", "TLS/plain"
+    printf "%-4s %-8s %10s %10s %10s %10s %12s %12s %13s %13s\n", "mode", "test", "redis",
+           "redis TLS", "logkv", "logkv TLS", "TLS/redisTLS", "TLS/plain", "redisTLS(lb)",
+           "TLS/redisTLS"
     for (i = 1; i <= rows; i++) {
       k = order[i]; split(k, part, SUBSEP)
       rp = rps[k, "redis", "plain"]; rt = rps[k, "redis", "tls"]
       lp = rps[k, "logkv", "plain"]; lt = rps[k, "logkv", "tls"]
-      printf "%-4s %-8s %10s %10s %10s %10s %12s %12s\n", part[1], part[2],
-             rp == "" ? "-" : rp, rt == "" ? "-" : rt, lp, lt, ratio(lt, rt), ratio(lt, lp)
+      bt = rps[k, "redis-lb", "tls"]
+      printf "%-4s %-8s %10s %10s %10s %10s %12s %12s %13s %13s\n", part[1], part[2],
+             rp == "" ? "-" : rp, rt == "" ? "-" : rt, lp, lt, ratio(lt, rt), ratio(lt, lp),
+             bt == "" ? "-" : bt, ratio(lt, bt)
     }
+    print ""
+    print "redisTLS(lb): redis-server over TLS under logkv-bench --resp, the client logkvd has;"
+    print "the last column is logkv TLS against it."
   }' "$work/results.csv"
 
 [[ $failures -eq 0 ]] || die "$failures run(s) failed (see above)"

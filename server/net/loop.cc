@@ -708,6 +708,11 @@ void Loop::PumpEvents() {
     if (!c->closing) connections.push_back(c);
   }
   for (Connection* c : connections) {
+    // Answers a read of this turn left for the turn's end go first: a
+    // watch's limit counts what the client has not taken, not what is
+    // still to be handed to the socket.
+    Flush(*c);
+    if (c->closing) continue;  // the write failed (Flush finished it)
     if (!c->session->OnEvents(pass)) {
       Flush(*c);
       FinishIfDone(*c);
