@@ -140,46 +140,34 @@ echo "logkvd vs redis-server: -c $clients -n $requests -d $value_bytes -r $keysp
 echo "interval = redis appendfsync everysec / logkvd --fsync=interval;" \
   "always = appendfsync always / --fsync=always; latencies in ms (Redis's p99.9: the first" \
   "row of its percentile distribution at or above 99.9%)"
+# Prints the table of logkv's rows against those of system $1 (redis: redis-benchmark's runs;
+# redis-lb: logkv-bench --resp's).
+print_table() {
+  awk -F, -v ref="$1" '
+    { key = $1 SUBSEP $3
+      if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
+      rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6; p999[key, $2] = $7 }
+    END {
+      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", "mode", "test", "redis rps",
+             "logkv rps", "logkv/redis", "redis p50", "redis p99", "redis p99.9", "logkv p50",
+             "logkv p99", "logkv p99.9"
+      for (i = 1; i <= rows; i++) {
+        k = order[i]
+        r = rps[k, ref]; l = rps[k, "logkv"]
+        ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
+        printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
+               p50[k, ref], p99[k, ref], p999[k, ref], p50[k, "logkv"], p99[k, "logkv"],
+               p999[k, "logkv"]
+      }
+    }' "$work/results.csv"
+}
+
 echo
-awk -F, '
-  { key = $1 SUBSEP $3
-    if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
-    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6; p999[key, $2] = $7 }
-  END {
-    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", "mode", "test", "redis rps",
-           "logkv rps", "logkv/redis", "redis p50", "redis p99", "redis p99.9", "logkv p50",
-           "logkv p99", "logkv p99.9"
-    for (i = 1; i <= rows; i++) {
-      k = order[i]
-      r = rps[k, "redis"]; l = rps[k, "logkv"]
-      ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
-      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
-             p50[k, "redis"], p99[k, "redis"], p999[k, "redis"], p50[k, "logkv"], p99[k, "logkv"],
-             p999[k, "logkv"]
-    }
-  }' "$work/results.csv"
-
-
+print_table redis
 echo
 echo "The same client for both: logkv-bench against logkvd, and logkv-bench --resp against" \
   "redis-server (same servers' settings as above)"
 echo
-awk -F, '
-  { key = $1 SUBSEP $3
-    if (!(key in seen)) { seen[key] = 1; order[++rows] = key; mode[key] = $1; test[key] = $3 }
-    rps[key, $2] = $4; p50[key, $2] = $5; p99[key, $2] = $6; p999[key, $2] = $7 }
-  END {
-    printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", "mode", "test", "redis rps",
-           "logkv rps", "logkv/redis", "redis p50", "redis p99", "redis p99.9", "logkv p50",
-           "logkv p99", "logkv p99.9"
-    for (i = 1; i <= rows; i++) {
-      k = order[i]
-      r = rps[k, "redis-lb"]; l = rps[k, "logkv"]
-      ratio = (r + 0 > 0 && l + 0 > 0) ? sprintf("%.2f", l / r) : "-"
-      printf "%-13s %-4s %11s %11s %11s %9s %9s %9s %9s %9s %9s\n", mode[k], test[k], r, l, ratio,
-             p50[k, "redis-lb"], p99[k, "redis-lb"], p999[k, "redis-lb"], p50[k, "logkv"],
-             p99[k, "logkv"], p999[k, "logkv"]
-    }
-  }' "$work/results.csv"
+print_table redis-lb
 
 [[ $failures -eq 0 ]] || die "$failures run(s) failed (see above)"
