@@ -54,7 +54,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-same-client.XXXXXX")
 pids=()
 cleanup() {
   local pid
-  for pid in "${pids[@]}"; do stop_pid "$pid"; done
+  # server_pid: a redis-server that died waiting for its start (not in pids yet).
+  for pid in "${pids[@]}" "${server_pid:-}"; do stop_pid "$pid"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -88,17 +89,18 @@ for s in "${servers[@]}"; do
     >/dev/null || die "loading $s failed"
 done
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# User and system time, the process's and its reaped children's (Redis's AOF rewrites run in a
+# child).
+cpu_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 echo "round,test,server,rps,p50_ms,p99_ms,p999_ms,server_cpu_us_per_request" >"$work/rows.csv"
 echo "same-client: $rounds rounds of: $tests (-c 50 -d 100 -r 100000; P1 -n $n_p1, P16 -n $n_p16)" >&2
 for round in $(seq "$rounds"); do
-  order=("${servers[@]}")
-  if ((round % 2 == 0)); then
-    # Reverse the order every other round: no server always runs right after another.
-    order=()
-    for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
-  fi
+  # The order rotates by round: over as many rounds as servers, each server runs in each place.
+  order=()
+  for ((i = 0; i < ${#servers[@]}; i++)); do
+    order+=("${servers[(i + round - 1) % ${#servers[@]}]}")
+  done
   for t in $tests; do
     pipeline=${t%%:*} test=${t##*:}
     n=$n_p1

@@ -11,10 +11,11 @@
 # Workloads, each as SET then GET, 50 connections, 100-byte values, 100,000 random keys:
 #   P1   no pipelining          P16  16 requests in flight per connection
 # logkv-bench against logkvd, redis-benchmark against redis-server (appendfsync everysec
-# vs --fsync=interval); and logkv-bench --resp against redis-server too, so that the last two
-# columns compare the servers under one client (the two tools differ in speed, and a slower
-# tool keeps fewer requests at its server). With wrk installed, also HTTP GET of one key over HTTP and HTTPS
-# (wrk -c 50 for WRK_SECONDS, default 10).
+# vs --fsync=interval); and logkv-bench --resp against redis-server over TLS (restarted empty
+# for it), so that the last two columns compare the servers under one client (the two tools
+# differ in speed, and a slower tool keeps fewer requests at its server). With wrk
+# installed, also HTTP GET of one key over HTTP and HTTPS (wrk -c 50 for WRK_SECONDS,
+# default 10).
 # Each server starts with an empty data directory, listens on a free loopback port and is
 # stopped before the next one runs. Both run one event-loop thread, as in vs-redis.sh.
 #
@@ -61,8 +62,8 @@ certs=$work/certs
 "$root/tools/make-certs.sh" "$certs" ca
 "$root/tools/make-certs.sh" "$certs" server node localhost 127.0.0.1
 
-start_redis() {  # $1: plain | tls
-  start_redis_server "$work/redis-$1" "$1" "$certs"
+start_redis() {  # $1: plain | tls, $2: a name for a second, empty, directory
+  start_redis_server "$work/redis-$1${2:+-$2}" "$1" "$certs"
 }
 
 start_logkvd() {  # $1: plain | tls
@@ -124,9 +125,14 @@ for transport in plain tls; do
   start_redis "$transport"
   run redis "$transport" 1
   run redis "$transport" 16
-  run redis-lb "$transport" 1
-  run redis-lb "$transport" 16
   stop_server
+  if [[ $transport == tls ]]; then
+    # Started again, empty, as logkvd is for its runs.
+    start_redis "$transport" lb
+    run redis-lb "$transport" 1
+    run redis-lb "$transport" 16
+    stop_server
+  fi
   start_logkvd "$transport"
   run logkv "$transport" 1
   run logkv "$transport" 16

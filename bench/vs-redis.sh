@@ -62,8 +62,8 @@ trap cleanup EXIT
 # Turn an interrupt into a normal exit so the EXIT trap stops the servers.
 trap 'exit 130' INT TERM
 
-start_redis() {  # $1: appendfsync policy
-  local dir=$work/redis-$1
+start_redis() {  # $1: appendfsync policy, $2: a name for a second, empty, directory
+  local dir=$work/redis-$1${2:+-$2}
   mkdir -p "$dir"
   port=$(free_port) || exit 1
   redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --save '' \
@@ -118,6 +118,9 @@ run() {  # $1: mode label, $2: system (redis|redis-lb|logkv), $3: pipeline, $4: 
 start_redis everysec
 run "P1 interval" redis 1
 run "P16 interval" redis 16
+stop_server
+# Started again, empty, as logkvd is for its runs.
+start_redis everysec lb
 run "P1 interval" redis-lb 1 everysec
 run "P16 interval" redis-lb 16 everysec
 stop_server
@@ -128,6 +131,8 @@ stop_server
 
 start_redis always
 run "P1 always" redis 1
+stop_server
+start_redis always lb
 run "P1 always" redis-lb 1 always
 stop_server
 start_logkvd always

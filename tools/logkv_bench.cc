@@ -1190,7 +1190,10 @@ bool Connection::HandleAnswers(Clock::time_point now) {
 
 bool Connection::HandleReply(const redisReply& reply, Clock::time_point now) {
   if (resp_count_ == 0) {
-    Fail("a reply came with no command waiting for one");
+    // Redis refuses a connection this way (max clients, protected mode)
+    // before any command: say what it said.
+    Fail(absl::StrCat("a reply came with no command waiting for one: ",
+                      absl::string_view(reply.str != nullptr ? reply.str : "", reply.len)));
     return false;
   }
   const uint32_t slot_index = resp_order_[resp_head_];
@@ -1436,6 +1439,7 @@ void PrintHuman(const Config& config, const TestResult& result) {
     absl::PrintF("  ratio SET:GET %d:%d\n", config.ratio_set, config.ratio_get);
   }
   absl::PrintF("  keyspace: %s\n", KeyspaceDescription(config));
+  if (config.resp) absl::PrintF("  protocol: RESP (redis-server)\n");
   if (!config.fsync_mode.empty()) absl::PrintF("  fsync mode: %s\n", config.fsync_mode);
   if (config.consistency != protocol::Consistency::Default) {
     absl::PrintF("  consistency: %s\n", protocol::EnumNameConsistency(config.consistency));

@@ -46,12 +46,12 @@ if "$bench" -p "$port" --resp -c 1 -n 10 -t set -q 2>"$work/err"; then
   echo "--resp against logkvd succeeded"; exit 1
 fi
 cat "$work/err"
+grep -Eq "bad reply from the server|the server closed the connection" "$work/err"
 
 # --resp against a real redis-server (tools/setup-deps.sh installs it).
-if ! command -v redis-server >/dev/null; then
-  echo "logkv-bench smoke: no redis-server on PATH, --resp against Redis not tried"
-  echo "logkv-bench smoke: ok"
-  exit 0
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "logkv-bench smoke: no redis-server or redis-cli on PATH: --resp against Redis skipped"
+  exit 77  # SKIP_RETURN_CODE: ctest shows the test as skipped, not passed
 fi
 redis_port=""
 for _ in $(seq 1 20); do
@@ -74,8 +74,12 @@ out=$("$bench" -p "$redis_port" --resp -c 8 -n 4000 -d 100 -r 1000 -P 4 -t set,g
 echo "$out"
 grep -qx '"SET"\(,"[0-9.]*"\)\{7\}' <<<"$out"
 grep -qx '"GET"\(,"[0-9.]*"\)\{7\}' <<<"$out"
-# It wrote keys, and a value as it was sent.
-[ "$(redis-cli -p "$redis_port" dbsize)" -gt 0 ]
+# Each request's key digits were patched: 4,000 SETs over 1,000 keys leave
+# about 982 of them (fewer than 900 has a chance below 1e-30).
+keys=$(redis-cli -p "$redis_port" dbsize)
+echo "keys in Redis: $keys"
+[ "$keys" -ge 900 ] && [ "$keys" -le 1000 ]
+# A value as it was sent.
 "$bench" -p "$redis_port" --resp -c 1 -n 1 -d 7 -r 1 -t set -q
 [ "$(redis-cli -p "$redis_port" get key:000000000000)" = "xxxxxxx" ]
 # A miss is counted as one, not as an error.
