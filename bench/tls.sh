@@ -92,9 +92,8 @@ run() {  # $1: system (redis|redis-lb|logkv), $2: transport (plain|tls), $3: pip
   local rc=0
   if [[ $system == redis ]]; then
     redis-benchmark "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
-  elif [[ $system == redis-lb ]]; then
-    "$bench" "${args[@]}" --resp >"$out.csv" 2>"$out.err" || rc=$?
   else
+    [[ $system == redis-lb ]] && args+=(--resp)
     "$bench" "${args[@]}" >"$out.csv" 2>"$out.err" || rc=$?
   fi
   if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then

@@ -95,10 +95,8 @@ run() {  # $1: mode label, $2: system (redis|redis-lb|logkv), $3: pipeline, $4: 
   if [[ $system == redis ]]; then
     redis-benchmark "${args[@]}" >"$out.txt" 2>"$out.err" || rc=$?
     redis_benchmark_rows <"$out.txt" >"$out.csv"
-  elif [[ $system == redis-lb ]]; then
-    "$bench" "${args[@]}" --resp --csv --csv-p999 --fsync-mode "$4" >"$out.txt" 2>"$out.err" || rc=$?
-    logkv_bench_rows <"$out.txt" >"$out.csv"
   else
+    [[ $system == redis-lb ]] && args+=(--resp)
     "$bench" "${args[@]}" --csv --csv-p999 --fsync-mode "$4" >"$out.txt" 2>"$out.err" || rc=$?
     logkv_bench_rows <"$out.txt" >"$out.csv"
   fi
