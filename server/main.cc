@@ -136,6 +136,10 @@ ABSL_FLAG(std::string, tls_client_auth, "none",
           "none | optional | require: whether clients must show a certificate of --tls-ca. "
           "optional checks one that is shown.");
 ABSL_FLAG(std::string, tls_min_version, "1.3", "1.3 | 1.2: the oldest TLS version accepted.");
+ABSL_FLAG(std::string, tls_ciphersuites,
+          std::string(logkv::server::net::kDefaultCiphersuites),
+          "TLS 1.3 suites in the server's order of preference, OpenSSL's names separated by "
+          "':' (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256).");
 ABSL_FLAG(std::string, peer_tls_cert, "",
           "PEM certificate this node shows to its peers (node-to-node mutual TLS); default: "
           "--tls-cert. Its subjectAltName must carry the host of --advertise.");
@@ -266,7 +270,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "http_idle_timeout_ms", "binary_idle_timeout_ms"}},
       {"TLS",
        {"tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_client_auth", "tls_min_version",
-        "peer_tls_cert", "peer_tls_key", "peer_tls_ca", "peer_tls_crl"}},
+        "tls_ciphersuites", "peer_tls_cert", "peer_tls_key", "peer_tls_ca", "peer_tls_crl"}},
       {"Limits",
        {"max_key_bytes", "max_value_bytes", "max_frame_bytes", "max_batch_items",
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
@@ -745,6 +749,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
         absl::StrCat("--tls-min-version must be 1.3 or 1.2, not '", tls_min_version, "'"));
   }
   options.tls.allow_tls12 = tls_min_version == "1.2";
+  options.tls.ciphersuites = absl::GetFlag(FLAGS_tls_ciphersuites);
   options.peer_tls_cert = absl::GetFlag(FLAGS_peer_tls_cert);
   options.peer_tls_key = absl::GetFlag(FLAGS_peer_tls_key);
   options.peer_tls_ca = absl::GetFlag(FLAGS_peer_tls_ca);
