@@ -56,10 +56,16 @@ n_p16=${N_P16:-1000000}
 for n in "$n_p1" "$n_p16"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || die "N_P1 and N_P16 must be positive integers, not '$n'"
 done
+with_wrk=0
 for t in $tests; do
   [[ $t =~ ^[1-9][0-9]*:(get|set)$ || $t == wrk ]] ||
     die "TESTS takes pipeline:test pairs (16:get) and wrk, not '$t'"
-  [[ $t != wrk ]] || command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
+  if [[ $t == wrk ]]; then
+    with_wrk=1
+    for tool in wrk curl; do
+      command -v "$tool" >/dev/null || die "$tool not found (apt-get install $tool)"
+    done
+  fi
 done
 for tool in redis-server redis-cli ss; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install redis-server redis-tools iproute2)"
@@ -93,29 +99,31 @@ fi
 start_redis_server "$work/redis" "$transport" "$certs"
 pid_of[redis]=$server_pid port_of[redis]=$port pids+=("$server_pid")
 
+# Ports 0: the kernel picks them, and the log says which (an HTTP listener only for wrk).
 start_logkvd() {  # $1: name, $2: binary, then its own flags
-  local name=$1 binary=$2 dir=$work/$1 http_port tls_args=()
+  local name=$1 binary=$2 dir=$work/$1 http=() tls_args=() log
   shift 2
   mkdir -p "$dir/data"
-  port=$(free_port) || exit 1
-  http_port=$(free_port) || exit 1
+  log=$dir/logkvd.log
+  [[ $with_wrk == 1 ]] && http=(--http=127.0.0.1:0) || http=(--http=)
   [[ $tls == 1 && $name != plain ]] && tls_args=(--tls-cert="$certs/node.pem" --tls-key="$certs/node.key")
-  "$binary" --listen="127.0.0.1:$port" --http="127.0.0.1:$http_port" --data_dir="$dir/data" \
-    --fsync=interval --threads=1 "${tls_args[@]}" "${logkvd_extra_args[@]}" "$@" \
-    2>"$dir/logkvd.log" &
+  "$binary" --listen=127.0.0.1:0 "${http[@]}" --data_dir="$dir/data" --fsync=interval --threads=1 \
+    "${tls_args[@]}" "${logkvd_extra_args[@]}" "$@" 2>"$log" &
   pid_of[$name]=$!
-  port_of[$name]=$port
-  http_port_of[$name]=$http_port
   pids+=("$!")
-  wait_ready "$!" "grep -q 'listening on .*HTTP' '$dir/logkvd.log'" "$dir/logkvd.log"
+  wait_ready "$!" "grep -q 'listening on .*(binary' '$log' &&
+    { [[ $with_wrk == 0 ]] || grep -q 'listening on .*(HTTP' '$log'; }" "$log"
+  port_of[$name]=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\) (binary.*/\1/p' "$log" | head -1)
+  http_port_of[$name]=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\) (HTTP.*/\1/p' "$log" | head -1)
 }
 start_logkvd logkvd "$logkvd"
 [[ -n $logkvd_ref ]] && start_logkvd ref "$logkvd_ref" "${logkvd_ref_args[@]}"
 [[ $tls == 1 ]] && start_logkvd plain "$logkvd"
 
-client_flags() {  # $1: server
-  [[ $1 == redis ]] && echo --resp
-  [[ $tls == 1 && $1 != plain ]] && echo --tls --cacert "$certs/ca.pem"
+client_args() {  # $1: server; sets the array client
+  client=(-p "${port_of[$1]}")
+  [[ $1 == redis ]] && client+=(--resp)
+  [[ $tls == 1 && $1 != plain ]] && client+=(--tls --cacert "$certs/ca.pem")
   true
 }
 url_of() {  # $1: a logkvd server; the key wrk reads
@@ -124,10 +132,10 @@ url_of() {  # $1: a logkvd server; the key wrk reads
   echo "$scheme://127.0.0.1:${http_port_of[$1]}/kv/wrk"
 }
 for s in "${servers[@]}"; do
-  # shellcheck disable=SC2046
-  "$bench" -p "${port_of[$s]}" $(client_flags "$s") -c 50 -n 200000 -d 100 -r 100000 -t set -q \
-    >/dev/null || die "loading $s failed"
-  if [[ $s != redis ]]; then
+  client_args "$s"
+  "$bench" "${client[@]}" -c 50 -n 200000 -d 100 -r 100000 -t set -q >/dev/null ||
+    die "loading $s failed"
+  if [[ $with_wrk == 1 && $s != redis ]]; then
     curl -sSf -k -X PUT -d '"value"' "$(url_of "$s")" >/dev/null || die "writing $s's wrk key failed"
   fi
 done
@@ -165,13 +173,14 @@ for round in $(seq "$rounds"); do
       before=$(cpu_ticks "${pid_of[$s]}")
       if [[ $t == wrk ]]; then
         out=$(wrk -t1 -c 50 -d "${wrk_seconds}s" --latency "$(url_of "$s")") || die "$s wrk failed"
+        ! grep -q 'Non-2xx\|Socket errors' <<<"$out" || die "$s wrk: requests failed: $out"
         row=$(wrk_row <<<"$out") || die "$s wrk: no figures in: $out"
         n=$(awk '/requests in/ { print $1 }' <<<"$out")
         label=wrk
       else
-        # shellcheck disable=SC2046
-        out=$("$bench" -p "${port_of[$s]}" $(client_flags "$s") -c 50 -n "$n" -d 100 -r 100000 \
-          -P "$pipeline" -t "$test" --csv --csv-p999) || die "$s P$pipeline $test failed"
+        client_args "$s"
+        out=$("$bench" "${client[@]}" -c 50 -n "$n" -d 100 -r 100000 -P "$pipeline" -t "$test" \
+          --csv --csv-p999) || die "$s P$pipeline $test failed"
         row=$(logkv_bench_rows <<<"$out")  # test,rps,p50,p99,p999
         label="P$pipeline ${row%%,*}"
       fi
@@ -186,8 +195,8 @@ done
 echo
 echo "logkvd$([[ -n $logkvd_ref ]] && echo ", LOGKVD_REF") and redis-server $(redis-server --version |
   awk '{print $3}')$([[ $tls == 1 ]] && echo " over TLS 1.3, and logkvd in plaintext (plain),")" \
-  "under one client (logkv-bench; --resp for Redis), $rounds rounds, $(nproc) cores; medians over" \
-  "the rounds"
+  "under one client (logkv-bench; --resp for Redis$([[ $with_wrk == 1 ]] && echo "; the wrk rows: wrk")), $rounds" \
+  "rounds, $(nproc) cores; medians over the rounds"
 echo
 awk -F, -v servers="${servers[*]}" '
   function median(list,    n, a, i, j, t) {

@@ -270,6 +270,7 @@ cluster::ClusterNodeOptions ClusterOptionsFor(const NodeOptions& o) {
   options.tls_cert_file = o.peer_tls_cert.empty() ? o.tls.cert_file : o.peer_tls_cert;
   options.tls_key_file = o.peer_tls_key.empty() ? o.tls.key_file : o.peer_tls_key;
   options.tls_crl_file = o.peer_tls_crl;
+  options.tls_ciphersuites = o.tls.ciphersuites;
   return options;
 }
 
@@ -1560,6 +1561,7 @@ absl::Status Node::StartControlPlane() {
         options_.peer_tls_key.empty() ? options_.tls.key_file : options_.peer_tls_key;
     options.peer_tls_ca = options_.peer_tls_ca;
     options.peer_tls_crl = options_.peer_tls_crl;
+    options.peer_tls_ciphersuites = options_.tls.ciphersuites;
   }
   Counter* const transport_refusals = metrics_.registry()->AddCounter(
       "logkv_control_transport_refusals_total",

@@ -36,6 +36,7 @@ PeerTransportOptions TransportOptions(const ClusterNodeOptions& options) {
   transport.tls_crl_file = options.tls_crl_file;
   transport.tls_cert_file = options.tls_cert_file;
   transport.tls_key_file = options.tls_key_file;
+  transport.tls_ciphersuites = options.tls_ciphersuites;
   return transport;
 }
 

@@ -70,6 +70,7 @@ struct ClusterNodeOptions {
   std::string tls_crl_file;
   std::string tls_cert_file;
   std::string tls_key_file;
+  std::string tls_ciphersuites;
 };
 
 class ClusterNode : public PeerHandler {

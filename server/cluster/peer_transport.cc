@@ -1166,6 +1166,12 @@ absl::StatusOr<PeerTransport::Impl::CtxPtr> PeerTransport::Impl::BuildTlsContext
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (!options_.tls_ciphersuites.empty() &&
+      SSL_CTX_set_ciphersuites(ctx, options_.tls_ciphersuites.c_str()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("peer TLS: --tls-ciphersuites ",
+                                                   options_.tls_ciphersuites, ": ",
+                                                   TakeOpenSslErrors("refused")));
+  }
   const bool ca_read =
       options_.tls_ca_file.empty()
           ? SSL_CTX_set_default_verify_paths(ctx) == 1

@@ -54,6 +54,8 @@ struct PeerTransportOptions {
   std::string tls_crl_file;
   std::string tls_cert_file;
   std::string tls_key_file;
+  // The TLS 1.3 suites offered (--tls-ciphersuites); "" OpenSSL's default.
+  std::string tls_ciphersuites;
 };
 
 class PeerTransport {

@@ -523,6 +523,7 @@ absl::Status ControlPlane::Impl::Start() {
   transport_options.tls_key_file = options_.peer_tls_key;
   transport_options.tls_ca_file = options_.peer_tls_ca;
   transport_options.tls_crl_file = options_.peer_tls_crl;
+  transport_options.tls_ciphersuites = options_.peer_tls_ciphersuites;
   transport_options.on_refused = options_.on_transport_refused;
   transport_options.cluster_id = [this] { return cluster_id(); };
   transport_ = std::make_unique<AuthenticatedTransport>(&loop_, std::move(transport_options));

@@ -60,6 +60,7 @@ struct ControlPlaneOptions {
   std::string peer_tls_key;
   std::string peer_tls_ca;
   std::string peer_tls_crl;  // --peer-tls-crl: CRLs of the cluster CA; "" none
+  std::string peer_tls_ciphersuites;  // --tls-ciphersuites; "" OpenSSL's default
   // Called on the control thread with why the Raft transport refused a
   // connection (TLS, a certificate not naming the peer, a wrong proof).
   std::function<void(const std::string& why)> on_transport_refused;

@@ -467,6 +467,14 @@ struct TunnelOps {
     if (ctx == nullptr) return protocol::TakeOpenSslErrors("SSL_CTX_new failed");
     *out = ctx;
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    if (!o.tls_ciphersuites.empty()) {
+      if (SSL_CTX_set_ciphersuites(ctx, o.tls_ciphersuites.c_str()) != 1) {
+        return absl::StrCat("--tls-ciphersuites ", o.tls_ciphersuites, ": ",
+                            protocol::TakeOpenSslErrors("refused"));
+      }
+      // The suites in this node's order, as on its binary port.
+      if (server) SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    }
     if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
       return "--peer-tls-ca needs this node's certificate and key (--peer-tls-cert and "
              "--peer-tls-key, or --tls-cert and --tls-key)";

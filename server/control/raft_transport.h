@@ -71,6 +71,8 @@ struct TransportOptions {
   // PEM CRLs of the cluster CA (--peer-tls-crl): a certificate they revoke
   // is refused, both ways. "" for none.
   std::string tls_crl_file;
+  // The TLS 1.3 suites, in order (--tls-ciphersuites); "" OpenSSL's default.
+  std::string tls_ciphersuites;
   // Told why a connection was refused (a failed TLS handshake, a
   // certificate that does not name the peer, a wrong proof), on the loop.
   std::function<void(const std::string& why)> on_refused;

@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -83,9 +85,32 @@ absl::Status TlsOptions::Validate() const {
         "--tls-client-auth=optional|require needs --tls-ca: the CA client certificates must "
         "chain to");
   }
-  if (ciphersuites.empty()) {
+  return ValidateCiphersuites(ciphersuites);
+}
+
+absl::Status ValidateCiphersuites(absl::string_view list) {
+  const std::vector<absl::string_view> known = absl::StrSplit(kDefaultCiphersuites, ':');
+  const std::string known_text = absl::StrJoin(known, ", ");
+  if (list.empty()) {
     return absl::InvalidArgumentError(
-        "--tls-ciphersuites is empty: name at least one TLS 1.3 suite (TLS 1.3 is always on)");
+        absl::StrCat("--tls-ciphersuites is empty: name at least one of ", known_text));
+  }
+  std::vector<absl::string_view> seen;
+  for (absl::string_view name : absl::StrSplit(list, ':')) {
+    if (name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tls-ciphersuites '", list, "': an empty name (a ':' at an end, or two in a row)"));
+    }
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tls-ciphersuites '", list, "': '", name, "' is not one of the TLS 1.3 suites ",
+          known_text, " (names separated by ':', in the server's order of preference)"));
+    }
+    if (std::find(seen.begin(), seen.end(), name) != seen.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-ciphersuites '", list, "': '", name, "' is named twice"));
+    }
+    seen.push_back(name);
   }
   return absl::OkStatus();
 }
@@ -150,22 +175,9 @@ absl::StatusOr<TlsContext::CtxPtr> TlsContext::Build(Validity* validity) const {
   SSL_CTX_set_min_proto_version(ctx.get(),
                                 options_.allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
   SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-  // OpenSSL skips the names it does not know in a list that has one it
-  // does: each name is tried alone first, so that a misspelt one is an
-  // error, not a suite silently left out.
-  for (absl::string_view name : absl::StrSplit(options_.ciphersuites, ':')) {
-    if (name.empty() || SSL_CTX_set_ciphersuites(ctx.get(), std::string(name).c_str()) != 1) {
-      ERR_clear_error();
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls-ciphersuites '", options_.ciphersuites, "': '", name,
-          "' is not a TLS 1.3 suite OpenSSL knows (names such as TLS_AES_128_GCM_SHA256, "
-          "TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256, separated by ':')"));
-    }
-  }
+  // The list was checked by Validate (ValidateCiphersuites).
   if (SSL_CTX_set_ciphersuites(ctx.get(), options_.ciphersuites.c_str()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-ciphersuites '", options_.ciphersuites, "': ",
-        TakeOpenSslErrors("OpenSSL refused the list")));
+    return absl::InternalError(TakeOpenSslErrors("SSL_CTX_set_ciphersuites failed"));
   }
   // TLS 1.2 (--tls-min-version=1.2): forward-secret AEAD suites only, the
   // same ciphers as 1.3's default; not OpenSSL's default list, which keeps

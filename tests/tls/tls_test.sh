@@ -196,13 +196,14 @@ grep -qi "handshake failure\|no shared cipher\|alert" <<<"$out" ||
   fail "no handshake failure for a CBC suite: $out"
 ok "--tls-min-version=1.2 accepts TLS 1.2, with AEAD suites only"
 
-# --tls-ciphersuites: the suites offered, in the server's order.
+# --tls-ciphersuites: the suites offered, in the server's order. The client
+# offers AES-128-GCM first: ChaCha20-Poly1305 is chosen by the server's order.
 start suites --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" \
   --tls-ciphersuites=TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256
 out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -alpn logkv -brief \
-  </dev/null 2>&1 || true)
+  -ciphersuites TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 </dev/null 2>&1 || true)
 grep -q "Ciphersuite: TLS_CHACHA20_POLY1305_SHA256" <<<"$out" ||
-  fail "--tls-ciphersuites's first suite not chosen: $out"
+  fail "--tls-ciphersuites's first suite not chosen over the client's order: $out"
 out=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/ca.pem" -alpn logkv -brief \
   -ciphersuites TLS_AES_256_GCM_SHA384 </dev/null 2>&1 || true)
 grep -q "Ciphersuite: TLS_AES_256_GCM_SHA384" <<<"$out" &&
@@ -212,16 +213,29 @@ grep -qi "handshake failure\|alert" <<<"$out" ||
 "$bench" -p "$port" --tls --cacert "$certs/ca.pem" -c 2 -n 200 -t set,get -q >/dev/null ||
   fail "logkv-bench with --tls-ciphersuites"
 ok "--tls-ciphersuites: its first suite chosen over the client's order, the others refused"
-# (OpenSSL alone would skip a misspelt name in a list with a valid one.)
-for bad in "" "TLS_NO_SUCH_SUITE" "ECDHE-ECDSA-AES128-GCM-SHA256" "TLS_AES_128_GCM_SHA256:TLS_AES_128_GMC_SHA256" \
-  "TLS_AES_128_GCM_SHA256::TLS_AES_256_GCM_SHA384"; do
-  if out=$(timeout 30 "$logkvd" --data_dir="$work/badsuites" --listen=127.0.0.1:0 --http= \
-    --tls-cert="$certs/node.pem" --tls-key="$certs/node.key" --tls-ciphersuites="$bad" 2>&1); then
-    fail "--tls-ciphersuites='$bad' started"
-  fi
-  grep -q -- "--tls-ciphersuites\( is empty\)\? '\?$bad" <<<"$out" || fail "--tls-ciphersuites='$bad': $out"
+# Each refused at start-up, naming the flag (with TLS on or off). OpenSSL
+# alone would skip a misspelt name in a list with a valid one, and take
+# TLS 1.2 suites' standard names.
+bad_suites=(
+  "" "TLS_NO_SUCH_SUITE" "ECDHE-ECDSA-AES128-GCM-SHA256" "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+  "TLS_AES_128_GCM_SHA256:TLS_AES_128_GMC_SHA256" "TLS_AES_128_GCM_SHA256::TLS_AES_256_GCM_SHA384"
+  "TLS_AES_128_GCM_SHA256:" "TLS_AES_128_GCM_SHA256:TLS_AES_128_GCM_SHA256")
+for bad in "${bad_suites[@]}"; do
+  for tls_flags in "--tls-cert=$certs/node.pem --tls-key=$certs/node.key" ""; do
+    rc=0
+    # shellcheck disable=SC2086
+    out=$(timeout 30 "$logkvd" --data_dir="$work/badsuites" --listen=127.0.0.1:0 --http= \
+      $tls_flags --tls-ciphersuites="$bad" 2>&1) || rc=$?
+    [ "$rc" -eq 124 ] && fail "--tls-ciphersuites='$bad' ${tls_flags:+(TLS on) }started"
+    [ "$rc" -ne 0 ] || fail "--tls-ciphersuites='$bad' exited 0: $out"
+    want="--tls-ciphersuites"
+    [ -n "$bad" ] && want="--tls-ciphersuites '$bad'"
+    grep -qF -- "$want" <<<"$out" || fail "--tls-ciphersuites='$bad': $out"
+  done
 done
-ok "--tls-ciphersuites refuses an empty list and names that are not TLS 1.3 suites"
+grep -q -- "--tls-ciphersuites is empty" <<<"$(timeout 30 "$logkvd" --data_dir="$work/badsuites" \
+  --listen=127.0.0.1:0 --http= --tls-ciphersuites= 2>&1)" || fail "--tls-ciphersuites= not called empty"
+ok "--tls-ciphersuites refuses an empty list, empty or repeated names, and names that are not one of the three TLS 1.3 suites"
 
 start plain
 expect_error "TLS client on a plaintext port" "plaintext\|does not speak TLS\|is that port plaintext" \
@@ -338,7 +352,8 @@ ok "metrics: logkv_tls_cert_expiry_seconds=$expiry, handshake failures=$failures
 "$make_certs" "$certs" server peer localhost 127.0.0.1
 peer_flags=(--tls-cert="$certs/peer.pem" --tls-key="$certs/peer.key" --tls-ca="$certs/ca.pem"
   --peer-tls-cert="$certs/peer.pem" --peer-tls-key="$certs/peer.key" --peer-tls-ca="$certs/ca.pem"
-  --cluster-secret=tls-test-secret --replicas=3 --gossip-interval-ms=100)
+  --cluster-secret=tls-test-secret --replicas=3 --gossip-interval-ms=100
+  --tls-ciphersuites=TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 c1_control=$(free_port)
 start c1 "${peer_flags[@]}" --control-port="$c1_control"
@@ -435,6 +450,19 @@ out=$(timeout 10 openssl s_client -connect "127.0.0.1:$c1_control" -CAfile "$cer
 grep -qi "alert certificate required\|alert handshake failure" <<<"$out" ||
   fail "control port without a client certificate: $out"
 ok "the control plane's Raft transport is TLS 1.3 and wants a client certificate"
+
+# --tls-ciphersuites covers the Raft transport too (the peers' data-plane
+# links, which dial the binary ports, ran with it above).
+out=$(openssl s_client -connect "127.0.0.1:$c1_control" -CAfile "$certs/ca.pem" -cert "$certs/peer.pem" \
+  -key "$certs/peer.key" -ciphersuites TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 -brief \
+  </dev/null 2>&1 || true)
+grep -q "Ciphersuite: TLS_CHACHA20_POLY1305_SHA256" <<<"$out" ||
+  fail "control port: --tls-ciphersuites's first suite not chosen: $out"
+out=$(openssl s_client -connect "127.0.0.1:$c1_control" -CAfile "$certs/ca.pem" -cert "$certs/peer.pem" \
+  -key "$certs/peer.key" -ciphersuites TLS_AES_256_GCM_SHA384 -brief </dev/null 2>&1 || true)
+grep -q "Ciphersuite: TLS_AES_256_GCM_SHA384" <<<"$out" &&
+  fail "control port: a suite left out of --tls-ciphersuites was negotiated: $out"
+ok "the Raft transport follows --tls-ciphersuites: its order, and nothing else"
 
 # ---- The CLI's cluster commands over HTTPS -----------------------------------------------
 nodes=$("$cli" nodes --http-target=127.0.0.1:"$c2_http" --cacert="$certs/ca.pem") ||
