@@ -1192,8 +1192,9 @@ bool Connection::HandleReply(const redisReply& reply, Clock::time_point now) {
   if (resp_count_ == 0) {
     // Redis refuses a connection this way (max clients, protected mode)
     // before any command: say what it said.
-    Fail(absl::StrCat("a reply came with no command waiting for one: ",
-                      absl::string_view(reply.str != nullptr ? reply.str : "", reply.len)));
+    const absl::string_view said =
+        reply.str != nullptr ? absl::string_view(reply.str, reply.len) : absl::string_view();
+    Fail(absl::StrCat("a reply came with no command waiting for one: ", said));
     return false;
   }
   const uint32_t slot_index = resp_order_[resp_head_];

@@ -310,6 +310,10 @@ void Loop::OnRead(Connection& c, ssize_t nread) {
   if (c.tls != nullptr) {
     OnTlsRead(c, static_cast<size_t>(nread));
     if (c.eof) return;  // the peer's close_notify: OnEof ran
+    // What the stream has to send without an answer (a handshake's next
+    // message, a session ticket) waits with the answers' ciphertext, in
+    // the order the stream made it: Flush sends both.
+    c.tls->DrainTo(&c.wire_out);
   } else {
     c.session->Received(static_cast<size_t>(nread));
   }
@@ -317,9 +321,7 @@ void Loop::OnRead(Connection& c, ssize_t nread) {
   // the connection is closing or its output is past the limit: then as
   // before, at once, so that reading stops now (ApplyBackpressure).
   if (!c.closing && c.in_flight_bytes == 0 && c.owed_bytes() <= config_.max_output_bytes) {
-    // Over TLS the stream may hold what to send (a handshake's next
-    // message) without any answer: Flush drains it.
-    if ((c.unsent() || c.tls != nullptr) && !c.answered) {
+    if (c.unsent() && !c.answered) {
       c.answered = true;
       answered_.push_back(c.id);
     }
