@@ -19,6 +19,9 @@
 #   single    one logkvd, no cluster
 #   eventual  the cluster through node 0, --consistency=eventual (W = R = 1)
 #   strong    the cluster through node 0, --consistency=strong (W = R = 2 of 3, ABD)
+#   eventual-all, strong-all  the same, P16 only, with logkv-bench's connections spread
+#             over the three nodes (--hosts, round robin), as clients that reach every
+#             node load a cluster: each node coordinates a third of the writes
 #   consensus the cluster restarted with --consensus-prefix=key: (every benchmark key a
 #             consensus key: each SET one entry of the control plane's Raft log, each GET a
 #             local read after a KvSync entry shared with the GETs that arrive while it is
@@ -81,8 +84,8 @@ done
 [[ $consensus_keys =~ ^[1-9][0-9]*$ ]] || die "CONSENSUS_KEYS must be a positive integer"
 
 ensure_release_binaries "$logkvd" "$bench"
-"$bench" --help 2>&1 | grep -q -- --consistency ||
-  die "$bench has no --consistency flag: rebuild it (tools/logkv_bench.cc)"
+"$bench" --help 2>&1 | grep -q -- --hosts ||
+  die "$bench has no --hosts flag: rebuild it (tools/logkv_bench.cc)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/logkv-cluster-bench.XXXXXX")
 declare -A pids=()   # name -> pid of every server started
@@ -181,14 +184,19 @@ prometheus_sum() {
 # Appends "target,pipeline,test,rps,p50,p99,round" rows to $work/results.csv (round: $round).
 failures=0
 round=1
-run() {  # $1: target label, $2: server name, $3: pipeline, $4...: extra logkv-bench flags
-  local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3-$round
+run() {  # $1: target label, $2: server name (all: every node), $3: pipeline, $4...: extra flags
+  local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3-$round i
   shift 3
+  local servers=(-h 127.0.0.1 -p "${ports[$name]:-}")
+  if [[ $name == all ]]; then
+    servers=(--hosts "$(for i in $(seq 0 $((nodes - 1))); do printf '127.0.0.1:%s,' "${ports[n$i]}"; done)")
+    servers[1]=${servers[1]%,}
+  fi
   local n=$requests
   [[ $pipeline == 1 ]] || n=$pipelined_requests
   echo "cluster-bench: round $round: $target, P$pipeline ..." >&2
   local rc=0
-  "$bench" -h 127.0.0.1 -p "${ports[$name]}" -c "$clients" -n "${run_requests:-$n}" \
+  "$bench" "${servers[@]}" -c "$clients" -n "${run_requests:-$n}" \
     -d "${run_value_bytes:-$value_bytes}" \
     -r "${run_keyspace:-$keyspace}" -t set,get -P "$pipeline" --csv "$@" >"$out.csv" 2>"$out.err" || rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q '^"SET"' "$out.csv" || ! grep -q '^"GET"' "$out.csv"; then
@@ -219,6 +227,9 @@ for round in $(seq "$rounds"); do
   for consistency in eventual strong; do
     run "$consistency" n0 1 --consistency="$consistency"
     run "$consistency" n0 16 --consistency="$consistency"
+  done
+  for consistency in eventual strong; do
+    run "$consistency-all" all 16 --consistency="$consistency"
   done
   # The last round's cluster stays for the repair below.
   if [[ $round -lt $rounds ]]; then
@@ -303,7 +314,7 @@ awk -F, -v rounds="$rounds" '
     }
     return median(list)
   }
-  $1 == "single" || $1 == "eventual" || $1 == "strong" {
+  $1 == "single" || $1 == "eventual" || $1 == "strong" || $1 ~ /-all$/ {
     key = $2 SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; order[++rows] = key; pipe[key] = $2; test[key] = $3 }
     if ($4 + 0 > 0) {
@@ -327,12 +338,25 @@ awk -F, -v rounds="$rounds" '
       }
       print line
     }
+    printf "through all %s nodes (--hosts):", nodes
+    n = split("eventual-all strong-all", targets, " ")
+    for (i = 1; i <= rows; i++) {
+      k = order[i]
+      if (pipe[k] != "P16") continue
+      for (j = 1; j <= n; j++) {
+        t = targets[j]
+        printf "\n  %s %s %-12s %10s rps, p50 %s, p99 %s, /1 %s", pipe[k], test[k], t,
+               fmt(median(rps[k, t]), "%.0f"), fmt(median(p50[k, t]), "%.3f"),
+               fmt(median(p99[k, t]), "%.3f"), fmt(ratio(k, t), "%.2f")
+      }
+    }
+    print ""
     if (rounds > 1) {
       print "(medians of " rounds " rounds)"
       k = "P16" SUBSEP "SET"
       for (r = 1; r <= rounds; r++) {
         line = sprintf("round %d, P16 SET rps:", r)
-        n = split("single eventual strong", targets, " ")
+        n = split("single eventual strong eventual-all strong-all", targets, " ")
         for (j = 1; j <= n; j++) {
           t = targets[j]
           line = line sprintf(" %s %s", t, one[k, t, r] == "" ? "-" : sprintf("%.0f", one[k, t, r]))
@@ -342,7 +366,7 @@ awk -F, -v rounds="$rounds" '
         print line
       }
     }
-  }' "$work/results.csv"
+  }' nodes="$nodes" "$work/results.csv"
 echo "(/1: the cluster's rps over the single node's)"
 echo
 if [[ $consensus_requests -gt 0 ]]; then

@@ -105,10 +105,18 @@ const char* WorkloadName(Workload workload) {
 
 // ---- Command line --------------------------------------------------------
 
+// A server to connect to (-h and -p, or one of --hosts).
+struct Endpoint {
+  std::string host;
+  int port = 0;
+};
+
 struct Config {
   bool version = false;  // --version: print it and exit
   std::string host = "127.0.0.1";
   int port = 7070;
+  // --hosts: connection i goes to endpoints[i % size] (empty: -h and -p).
+  std::vector<Endpoint> endpoints;
   int clients = 50;
   int64_t requests = 100'000;
   int pipeline = 1;
@@ -144,6 +152,10 @@ Load generator for logkvd with redis-benchmark's flags and output (and, with
 
  -h <hostname>      Server hostname (default 127.0.0.1)
  -p <port>          Server port (default 7070)
+ --hosts <h:p,...>  Spread the connections over these servers (a cluster's
+                    nodes), round robin: connection i to the (i mod count)th;
+                    instead of -h and -p. Each test's figures are the whole
+                    load's. IPv6 addresses in brackets: [::1]:7070
  -c <clients>       Number of parallel connections (default 50)
  -n <requests>      Total number of requests per test (default 100000)
  -d <size>          Value size of SET in bytes (default 3)
@@ -227,9 +239,30 @@ absl::Status ParseWorkloads(absl::string_view text, std::vector<Workload>* out) 
 // redis-benchmark's flags are single letters whose value follows with or
 // without a space (-c 50, -c50), which absl flags cannot express, so the
 // command line is parsed here; long flags take "--flag value" or "--flag=value".
+// --hosts: "host:port" items separated by commas; an IPv6 host in brackets.
+absl::Status ParseEndpoints(absl::string_view value, std::vector<Endpoint>* endpoints) {
+  endpoints->clear();
+  for (absl::string_view item : absl::StrSplit(value, ',')) {
+    const size_t colon = item.rfind(':');
+    absl::string_view host =
+        colon == absl::string_view::npos ? absl::string_view() : item.substr(0, colon);
+    if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+      host = host.substr(1, host.size() - 2);
+    }
+    Endpoint endpoint{std::string(host), 0};
+    if (host.empty() ||
+        !ParseIntInto("--hosts", item.substr(colon + 1), 1, 65535, &endpoint.port).ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid --hosts item '", item, "': want host:port"));
+    }
+    endpoints->push_back(std::move(endpoint));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
   Config config;
-  bool have_tests = false, have_ratio = false;
+  bool have_tests = false, have_ratio = false, have_host_or_port = false;
   *help = false;
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
@@ -284,8 +317,12 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
     absl::Status status;
     if (flag == "-h") {
       config.host = std::string(value);
+      have_host_or_port = true;
     } else if (flag == "-p") {
       status = ParseIntInto(flag, value, 1, 65535, &config.port);
+      have_host_or_port = true;
+    } else if (flag == "--hosts") {
+      status = ParseEndpoints(value, &config.endpoints);
     } else if (flag == "-c") {
       status = ParseIntInto(flag, value, 1, 1'000'000, &config.clients);
     } else if (flag == "-n") {
@@ -363,6 +400,15 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
   if (!have_tests) {
     config.workloads = have_ratio ? std::vector<Workload>{Workload::kMixed}
                                   : std::vector<Workload>{Workload::kSet, Workload::kGet};
+  }
+  if (!config.endpoints.empty() && have_host_or_port) {
+    return absl::InvalidArgumentError("give the servers by --hosts or by -h and -p, not both");
+  }
+  if (config.endpoints.empty()) config.endpoints.push_back(Endpoint{config.host, config.port});
+  if (config.endpoints.size() > static_cast<size_t>(config.clients)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--hosts names ", config.endpoints.size(), " servers for ", config.clients,
+        " connections (-c): each server needs one at least"));
   }
   if (config.zipf_theta > 0 && config.keyspace == 0) {
     return absl::InvalidArgumentError("--zipf needs a keyspace: give -r too");
@@ -606,7 +652,8 @@ struct TestShared {
   const RequestTemplate* set_template;
   const RequestTemplate* get_template;
   const KeyChooser* keys;
-  const sockaddr* address;
+  // The servers' resolved addresses, one per Config::endpoints entry.
+  const std::vector<sockaddr_storage>* addresses;
   SSL_CTX* tls = nullptr;  // --tls
   std::string hello;       // -a: the Hello frame each connection sends first
   // Requests claimed so far across all connections (count mode only).
@@ -623,7 +670,9 @@ class Worker;
 // by its Worker, freed only after the loop has run every close callback.
 class Connection {
  public:
-  Connection(Worker* worker, const TestShared* shared);
+  // index: the connection's number across the test's threads, which picks
+  // its server (round robin over --hosts).
+  Connection(Worker* worker, const TestShared* shared, int index);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -706,6 +755,8 @@ class Connection {
   size_t resp_head_ = 0;
   size_t resp_count_ = 0;
 
+  // Which of Config::endpoints this connection talks to.
+  size_t endpoint_ = 0;
   uint64_t next_serial_ = 0;
   uint64_t mixed_position_ = 0;
   int in_flight_ = 0;
@@ -721,10 +772,12 @@ class Connection {
 // thread until Run returns; completed_ is read by the main thread for progress.
 class Worker {
  public:
-  Worker(TestShared* shared, int connection_count) : shared_(shared), keys_(*shared->keys) {
+  // Connections first_connection .. first_connection + connection_count - 1.
+  Worker(TestShared* shared, int first_connection, int connection_count)
+      : shared_(shared), keys_(*shared->keys) {
     connections_.reserve(connection_count);
     for (int i = 0; i < connection_count; ++i) {
-      connections_.push_back(std::make_unique<Connection>(this, shared));
+      connections_.push_back(std::make_unique<Connection>(this, shared, first_connection + i));
     }
   }
   Worker(const Worker&) = delete;
@@ -837,12 +890,13 @@ class Worker {
   std::optional<Clock::time_point> last_answer_at_;
 };
 
-Connection::Connection(Worker* worker, const TestShared* shared)
+Connection::Connection(Worker* worker, const TestShared* shared, int index)
     : worker_(worker),
       shared_(shared),
       frame_capacity_bytes_(
           std::max(shared->set_template->frame.size(), shared->get_template->frame.size())),
       decoder_(protocol::Limits{}.max_frame_bytes) {
+  endpoint_ = static_cast<size_t>(index) % shared->addresses->size();
   const int pipeline = shared->config->pipeline;
   slots_.resize(pipeline);
   free_slots_.reserve(pipeline);
@@ -873,7 +927,9 @@ void Connection::Connect(uv_loop_t* loop) {
     worker_->OnConnectDone(/*from_callback=*/false);
     return;
   }
-  const int rc = uv_tcp_connect(&connect_request_, &tcp_, shared_->address, OnConnect);
+  const int rc = uv_tcp_connect(
+      &connect_request_, &tcp_,
+      reinterpret_cast<const sockaddr*>(&(*shared_->addresses)[endpoint_]), OnConnect);
   if (rc != 0) {
     // No callback will come: account for the attempt here.
     worker_->RecordConnectFailure(absl::StrCat("connect: ", uv_strerror(rc)));
@@ -884,10 +940,13 @@ void Connection::Connect(uv_loop_t* loop) {
 
 void Connection::OnConnect(uv_connect_t* request, int status) {
   auto* self = static_cast<Connection*>(request->data);
+  const Endpoint& endpoint = self->shared_->config->endpoints[self->endpoint_];
   if (status != 0) {
     self->worker_->RecordConnectFailure(
-        absl::StrCat("could not connect to ", self->shared_->config->host, ":",
-                     self->shared_->config->port, ": ", uv_strerror(status)));
+        absl::StrCat("could not connect to ",
+                     absl::StrContains(endpoint.host, ':') ? absl::StrCat("[", endpoint.host, "]")
+                                                           : endpoint.host,
+                     ":", endpoint.port, ": ", uv_strerror(status)));
     self->Close();
   } else {
     // Small frames written while earlier ones are unacknowledged would
@@ -905,7 +964,7 @@ void Connection::OnConnect(uv_connect_t* request, int status) {
       SSL_set_connect_state(self->ssl_);
       static const unsigned char kAlpn[] = "\x05logkv";
       if (!config.resp) SSL_set_alpn_protos(self->ssl_, kAlpn, sizeof(kAlpn) - 1);
-      const std::string& name = config.sni.empty() ? config.host : config.sni;
+      const std::string& name = config.sni.empty() ? endpoint.host : config.sni;
       unsigned char ip[16];
       if (inet_pton(AF_INET, name.c_str(), ip) == 1 || inet_pton(AF_INET6, name.c_str(), ip) == 1) {
         X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(self->ssl_), name.c_str());
@@ -1349,7 +1408,8 @@ void PrintProgress(const Config& config, Workload workload, uint64_t done, doubl
 std::unique_ptr<TestResult> RunTest(const Config& config, Workload workload,
                                     const RequestTemplate& set_template,
                                     const RequestTemplate& get_template, const KeyChooser& keys,
-                                    const sockaddr* address, SSL_CTX* tls) {
+                                    const std::vector<sockaddr_storage>& addresses,
+                                    SSL_CTX* tls) {
   TestShared shared;
   shared.config = &config;
   shared.workload = workload;
@@ -1357,13 +1417,15 @@ std::unique_ptr<TestResult> RunTest(const Config& config, Workload workload,
   shared.get_template = &get_template;
   shared.hello = BuildHello(config);
   shared.keys = &keys;
-  shared.address = address;
+  shared.addresses = &addresses;
   shared.tls = tls;
 
   std::vector<std::unique_ptr<Worker>> workers;
+  int first_connection = 0;
   for (int i = 0; i < config.threads; ++i) {
     const int connections = config.clients / config.threads + (i < config.clients % config.threads);
-    workers.push_back(std::make_unique<Worker>(&shared, connections));
+    workers.push_back(std::make_unique<Worker>(&shared, first_connection, connections));
+    first_connection += connections;
   }
 
   absl::Notification started;
@@ -1484,21 +1546,21 @@ void PrintCsv(const Config& config, const TestResult& result) {
   absl::PrintF("\n");
 }
 
-absl::StatusOr<sockaddr_storage> Resolve(const Config& config) {
+absl::StatusOr<sockaddr_storage> Resolve(const Endpoint& endpoint) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   uv_getaddrinfo_t request;
-  const std::string port = absl::StrCat(config.port);
+  const std::string port = absl::StrCat(endpoint.port);
   // Without a callback uv_getaddrinfo answers synchronously.
   const int rc =
-      uv_getaddrinfo(&loop, &request, nullptr, config.host.c_str(), port.c_str(), &hints);
+      uv_getaddrinfo(&loop, &request, nullptr, endpoint.host.c_str(), port.c_str(), &hints);
   absl::StatusOr<sockaddr_storage> result;
   if (rc != 0 || request.addrinfo == nullptr) {
     result =
-        absl::UnavailableError(absl::StrCat("cannot resolve ", config.host, ": ", uv_strerror(rc)));
+        absl::UnavailableError(absl::StrCat("cannot resolve ", endpoint.host, ": ", uv_strerror(rc)));
   } else {
     sockaddr_storage address{};
     std::memcpy(&address, request.addrinfo->ai_addr, request.addrinfo->ai_addrlen);
@@ -1529,10 +1591,14 @@ int Main(int argc, char** argv) {
   // A server that closes a connection must show up as an error, not kill us.
   signal(SIGPIPE, SIG_IGN);
 
-  absl::StatusOr<sockaddr_storage> address = Resolve(config);
-  if (!address.ok()) {
-    absl::FPrintF(stderr, "logkv-bench: %s\n", address.status().message());
-    return 1;
+  std::vector<sockaddr_storage> addresses;
+  for (const Endpoint& endpoint : config.endpoints) {
+    absl::StatusOr<sockaddr_storage> address = Resolve(endpoint);
+    if (!address.ok()) {
+      absl::FPrintF(stderr, "logkv-bench: %s\n", address.status().message());
+      return 1;
+    }
+    addresses.push_back(*address);
   }
   absl::StatusOr<RequestTemplate> set_template = BuildTemplate(Operation::kSet, config);
   absl::StatusOr<RequestTemplate> get_template = BuildTemplate(Operation::kGet, config);
@@ -1573,7 +1639,7 @@ int Main(int argc, char** argv) {
   for (Workload workload : config.workloads) {
     std::unique_ptr<TestResult> result =
         RunTest(config, workload, *set_template, *get_template, keys,
-                reinterpret_cast<const sockaddr*>(&*address), tls.get());
+                addresses, tls.get());
     // Figures from fewer connections than asked for would not compare with
     // anything, and the other tests could only fail the same way.
     if (result->connect_failures > 0) {

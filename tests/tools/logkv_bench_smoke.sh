@@ -7,9 +7,10 @@ logkvd=$1
 bench=$2
 work=$(mktemp -d)
 server_pid=""
+second_pid=""
 redis_pid=""
 cleanup() {
-  for pid in $server_pid $redis_pid; do
+  for pid in $server_pid $second_pid $redis_pid; do
     kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   done
   rm -rf "$work"
@@ -47,6 +48,45 @@ if "$bench" -p "$port" --resp -c 1 -n 10 -t set -q 2>"$work/err"; then
 fi
 cat "$work/err"
 grep -Eq "bad reply from the server|the server closed the connection" "$work/err"
+
+# --hosts spreads the connections over servers, round robin: a second logkvd
+# beside the first, and each must receive a share of the SETs (requests are
+# claimed by whichever connection is ready, so the shares are not exact).
+"$logkvd" --data_dir="$work/second" --listen=127.0.0.1:0 --http=127.0.0.1:0 --threads=1 \
+  2>"$work/second.log" &
+second_pid=$!
+port_of() {  # $1: a logkvd's log, $2: binary or HTTP
+  local p=""
+  for _ in $(seq 1 200); do
+    p=$(grep -o "listening on 127.0.0.1:[0-9]* ($2" "$1" | head -1 | cut -d: -f2 | cut -d' ' -f1 || true)
+    [ -n "$p" ] && break
+    sleep 0.05
+  done
+  [ -n "$p" ] || { echo "no $2 port in $1:"; cat "$1"; exit 1; }
+  echo "$p"
+}
+second_port=$(port_of "$work/second.log" binary)
+puts_of() { curl -fs "http://127.0.0.1:$(port_of "$1" HTTP)/metrics" | jq .puts; }
+first_before=$(puts_of "$work/logkvd.log")
+second_before=$(puts_of "$work/second.log")
+"$bench" --hosts "127.0.0.1:$port,127.0.0.1:$second_port" -c 4 -n 4000 -d 10 -r 1000 -t set -q
+first_puts=$(($(puts_of "$work/logkvd.log") - first_before))
+second_puts=$(($(puts_of "$work/second.log") - second_before))
+echo "--hosts: SETs received: $first_puts and $second_puts"
+[ $((first_puts + second_puts)) -eq 4000 ] && [ "$first_puts" -ge 200 ] && [ "$second_puts" -ge 200 ]
+# A refused --hosts names what is wrong, before any connection.
+for args in "--hosts 127.0.0.1:$port -p $port" "--hosts 127.0.0.1" "--hosts 127.0.0.1:$port,:5" \
+  "--hosts 127.0.0.1:0" "--hosts 127.0.0.1:$port,127.0.0.1:$second_port -c 1"; do
+  # shellcheck disable=SC2086  # the arguments split on purpose
+  if "$bench" $args -n 10 -q 2>"$work/err"; then echo "logkv-bench $args was not refused"; exit 1; fi
+  cat "$work/err"
+  grep -Eq "hosts" "$work/err"
+done
+# A server of the list that is down fails the run and is named.
+if "$bench" --hosts "127.0.0.1:$port,127.0.0.1:1" -c 2 -n 10 -q 2>"$work/err"; then
+  echo "--hosts with a server down succeeded"; exit 1
+fi
+grep -q "could not connect to 127.0.0.1:1" "$work/err"
 
 # --resp against a real redis-server (tools/setup-deps.sh installs it).
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
