@@ -161,17 +161,32 @@ class PosixWritableFile final : public WritableFile {
                                                        capacity_, " bytes"));
     }
     if (size + data.size() > reserved) {
-      const uint64_t step = std::clamp(reserved, kFirstReservationBytes, kMaxReservationStepBytes);
-      const uint64_t want = std::min(capacity_, std::max(size + data.size(), reserved + step));
-      const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved),
-                                       static_cast<off_t>(want - reserved));
-      if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
-      // Elsewhere (no fallocate support) pages are allocated as they are written.
-      reserved_.store(want, std::memory_order_release);
+      if (absl::Status status = Reserve(size + data.size()); !status.ok()) return status;
     }
     std::memcpy(base_ + size, data.data(), data.size());
     size_.store(size + data.size(), std::memory_order_release);
     return absl::OkStatus();
+  }
+
+  void Prepare(uint64_t bytes) override {
+    if (base_ == nullptr) return;
+    const uint64_t size = size_.load(std::memory_order_relaxed);
+    const uint64_t end = std::min(capacity_, size + std::min(bytes, capacity_));
+    if (end <= size) return;
+    if (end > reserved_.load(std::memory_order_relaxed) && !Reserve(end).ok()) return;
+    // The pages from the one being filled to the one `end` falls in.
+    const uint64_t page = PageBytes();
+    const uint64_t first = size / page * page;
+    const uint64_t last = std::min(capacity_, (end + page - 1) / page * page);
+#ifdef MADV_POPULATE_WRITE
+    if (::madvise(base_ + first, last - first, MADV_POPULATE_WRITE) == 0) return;
+#endif
+    // Kernels before 5.14: a write fault on each page, writing back the byte
+    // it holds (zero past the data; nothing else writes here meanwhile).
+    for (uint64_t at = first; at < last; at += page) {
+      volatile char* byte = base_ + at;
+      *byte = *byte;
+    }
   }
 
   absl::StatusOr<absl::string_view> Read(uint64_t offset, size_t n, char*) const override {
@@ -237,6 +252,20 @@ class PosixWritableFile final : public WritableFile {
   // On tmpfs nothing is written back and this only costs the reads that map
   // the pages again; it is done there too. A refusal (a locked mapping)
   // loses only the saving.
+  // Disk blocks for the file up to at least `end`: from the reservation on,
+  // in steps that double up to kMaxReservationStepBytes.
+  absl::Status Reserve(uint64_t end) {
+    const uint64_t reserved = reserved_.load(std::memory_order_relaxed);
+    const uint64_t step = std::clamp(reserved, kFirstReservationBytes, kMaxReservationStepBytes);
+    const uint64_t want = std::min(capacity_, std::max(end, reserved + step));
+    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved),
+                                     static_cast<off_t>(want - reserved));
+    if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
+    // Elsewhere (no fallocate support) pages are allocated as they are written.
+    reserved_.store(want, std::memory_order_release);
+    return absl::OkStatus();
+  }
+
   void UnmapWritten(uint64_t to) {
     if (base_ == nullptr || to <= unmapped_) return;
     (void)::madvise(base_ + unmapped_, to - unmapped_, MADV_DONTNEED);

@@ -1,8 +1,12 @@
 #include "engine/group_commit.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cassert>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace logkv::engine {
@@ -20,8 +24,17 @@ GroupCommit::GroupCommit(size_t parts, std::function<void(size_t part)> sync, De
 GroupCommit::~GroupCommit() { Stop(); }
 
 void GroupCommit::Start() {
-  threads_.emplace_back([this] { Lead(); });
-  for (size_t part = 1; part < parts_; ++part) threads_.emplace_back([this, part] { Help(part); });
+  // Named for top -H, ps -L and perf.
+  threads_.emplace_back([this] {
+    pthread_setname_np(pthread_self(), "group-commit");
+    Lead();
+  });
+  for (size_t part = 1; part < parts_; ++part) {
+    threads_.emplace_back([this, part] {
+      pthread_setname_np(pthread_self(), absl::StrCat("commit-", part).substr(0, 15).c_str());
+      Help(part);
+    });
+  }
 }
 
 void GroupCommit::Request(size_t part) {

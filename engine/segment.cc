@@ -172,6 +172,11 @@ void Segment::StartWriteback() {
   if (writable_ != nullptr) writable_->StartWriteback();
 }
 
+void Segment::Prepare(uint64_t bytes) {
+  absl::MutexLock lock(&file_mu_);
+  if (writable_ != nullptr) writable_->Prepare(bytes);
+}
+
 absl::Status Segment::Seal(FileSystem* fs) {
   absl::MutexLock lock(&file_mu_);
   if (writable_ == nullptr) return absl::OkStatus();

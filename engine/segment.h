@@ -66,6 +66,10 @@ class Segment {
   // fdatasync. A sealed segment was synced when sealed: OK at once.
   absl::Status Sync();
   void StartWriteback();
+  // WritableFile::Prepare: the next `bytes` of appends without allocation or
+  // page faults. Without the shard mutex, by the segment's one writer (a
+  // compaction, for its output, before it takes the mutex for a batch).
+  void Prepare(uint64_t bytes) ABSL_LOCKS_EXCLUDED(file_mu_);
   // Syncs, trims the file to its data and reopens it read-only.
   absl::Status Seal(FileSystem* fs);
 

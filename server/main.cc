@@ -68,6 +68,10 @@ ABSL_FLAG(std::string, compression, "none",
 ABSL_FLAG(int, compression_level, 3, "zstd level for --compression=zstd, 1 (fastest) to 19.");
 ABSL_FLAG(uint32_t, compression_min_bytes, 128,
           "Values shorter than this are never compressed (--compression=zstd).");
+ABSL_FLAG(int, maintenance_nice, 10,
+          "Added to the nice value of the engine's maintenance thread (compaction, the TTL "
+          "sweep, hint files), 0 to 19: with every core busy, the threads that answer requests "
+          "get the larger share and shorter waits. 0 runs it at logkvd's priority.");
 ABSL_FLAG(uint32_t, max_key_bytes, 4096, "Largest key accepted.");
 ABSL_FLAG(uint32_t, max_value_bytes, 16u << 20, "Largest value accepted.");
 ABSL_FLAG(uint32_t, max_frame_bytes, 64u << 20, "Largest protocol frame accepted.");
@@ -263,7 +267,7 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Storage",
        {"data_dir", "fsync", "fsync_interval_ms", "shards", "segment_bytes", "versions",
         "tombstone_grace_ms", "repair", "compression", "compression_level",
-        "compression_min_bytes"}},
+        "compression_min_bytes", "maintenance_nice"}},
       {"Network",
        {"listen", "http", "http_allowed_hosts", "threads", "advertise", "http_advertise",
         "insecure",
@@ -701,6 +705,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.compression = *compression;
   options.compression_level = absl::GetFlag(FLAGS_compression_level);
   options.compression_min_bytes = absl::GetFlag(FLAGS_compression_min_bytes);
+  options.maintenance_nice = absl::GetFlag(FLAGS_maintenance_nice);
 
   options.node_id = absl::GetFlag(FLAGS_node_id);
   options.advertise = absl::GetFlag(FLAGS_advertise);

@@ -207,6 +207,7 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
   options.compression = o.compression;
   options.compression_level = o.compression_level;
   options.compression_min_bytes = o.compression_min_bytes;
+  options.maintenance_nice = o.maintenance_nice;
   // Hints, accounts and the member list are this node's own: they stay out
   // of the Merkle summary that replicas compare.
   options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix),
@@ -576,6 +577,10 @@ absl::Status NodeOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("--compression_min_bytes must be at most --max_value_bytes (",
                      max_value_bytes, "), not ", compression_min_bytes));
+  }
+  if (maintenance_nice < 0 || maintenance_nice > 19) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--maintenance_nice must be between 0 and 19, not ", maintenance_nice));
   }
   if (jwt_expiration < absl::Seconds(1)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -113,6 +113,7 @@ struct NodeOptions {
   engine::Compression compression = engine::Compression::kNone;  // --compression
   int compression_level = 3;             // --compression_level, 1..19
   uint32_t compression_min_bytes = 128;  // --compression_min_bytes
+  int maintenance_nice = 10;             // --maintenance_nice, 0..19 (engine::Options)
 
   // ---- Limits.
   uint32_t max_key_bytes = 4096;             // --max_key_bytes (as the client sends it)

@@ -305,6 +305,7 @@ class PowerCutFileSystem final : public FileSystem {
       return base_->Sync();
     }
     void StartWriteback() override { base_->StartWriteback(); }
+    void Prepare(uint64_t bytes) override { base_->Prepare(bytes); }
     absl::Status Close() override { return base_->Close(); }
     uint64_t Size() const override { return base_->Size(); }
     uint64_t Capacity() const override { return base_->Capacity(); }

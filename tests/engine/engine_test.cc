@@ -3,10 +3,16 @@
 // asynchronous writes, statistics, Merkle summaries and the directory lock.
 #include "engine/engine.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <sys/stat.h>
@@ -16,10 +22,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "engine/file_system.h"
 #include "engine/log_format.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_macros.h"
@@ -120,6 +129,36 @@ TEST_F(EngineTest, ActiveSegmentReservesDiskBlocksAsItFills) {
   ASSERT_OK(Reopen());
   for (int i = 0; i < 5000; ++i) EXPECT_EQ(GetOrStatus(engine_.get(), absl::StrCat("key-", i)), value);
   EXPECT_EQ(GetOrStatus(engine_.get(), "a"), "b");
+}
+
+// WritableFile::Prepare readies appends (blocks and pages) and changes
+// nothing a reader sees: not the size, not the bytes appended, not the zeros
+// after them; appends after it read back; past the capacity it stops there.
+TEST_F(EngineTest, PreparedAppendsChangeNothingButTheReservation) {
+  const std::string path = dir_.Subdir("prepare") + "/file";
+  ASSERT_OK(engine::DefaultFileSystem()->CreateDir(dir_.Subdir("prepare")));
+  constexpr uint64_t kCapacity = 8 << 20;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<engine::WritableFile> file,
+                       engine::DefaultFileSystem()->NewWritableFile(path, kCapacity));
+  const std::string first(5000, 'a');  // ends inside a page
+  ASSERT_OK(file->Append(first));
+  file->Prepare(3u << 20);  // past the first reservation step
+  EXPECT_EQ(file->Size(), first.size());
+  EXPECT_GE(file->Reserved(), first.size() + (3u << 20));
+  ASSERT_OK_AND_ASSIGN(absl::string_view read, file->Read(0, first.size(), nullptr));
+  EXPECT_EQ(read, first);
+  ASSERT_OK_AND_ASSIGN(absl::string_view after, file->Read(first.size(), 100000, nullptr));
+  EXPECT_EQ(after, std::string(100000, '\0'));
+  std::string appended;
+  for (int i = 0; i < 300; ++i) appended += absl::StrCat("record-", i, std::string(9000, 'x'));
+  ASSERT_OK(file->Append(appended));
+  file->Prepare(kCapacity * 2);  // clamped to the capacity
+  EXPECT_EQ(file->Reserved(), kCapacity);
+  EXPECT_EQ(file->Size(), first.size() + appended.size());
+  ASSERT_OK(file->Sync());
+  ASSERT_OK(file->Close());
+  ASSERT_OK_AND_ASSIGN(std::string whole, engine::DefaultFileSystem()->ReadFile(path));
+  EXPECT_EQ(whole, first + appended) << "closing trims the file to its data";
 }
 
 TEST_F(EngineTest, EmptyValuesAndBinaryBytesRoundTrip) {
@@ -226,6 +265,8 @@ TEST_F(EngineTest, OpenRefusesOptionsBeyondHardLimits) {
        [](Options& o) { o.recovery_sort_batch_key_bytes = 0; }},
       {"recovery_sort_batch_key_bytes above 2^36",
        [](Options& o) { o.recovery_sort_batch_key_bytes = (1ull << 36) + 1; }},
+      {"maintenance_nice below 0", [](Options& o) { o.maintenance_nice = -1; }},
+      {"maintenance_nice above 19", [](Options& o) { o.maintenance_nice = 20; }},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
@@ -233,6 +274,53 @@ TEST_F(EngineTest, OpenRefusesOptionsBeyondHardLimits) {
     c.apply(options);
     EXPECT_STATUS_CODE(Engine::Open(options), absl::StatusCode::kInvalidArgument);
   }
+}
+
+// ---- Background threads ---------------------------------------------------------------
+
+// The nice value of this process's thread named `name`, from /proc (nullopt
+// while there is none).
+std::optional<int> NiceOfThread(const std::string& name) {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string thread_name;
+    if (!std::getline(comm, thread_name) || thread_name != name) continue;
+    std::ifstream stat_file(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+    // Fields after the name's closing parenthesis: state is the 3rd, nice the 19th.
+    std::vector<std::string> fields = absl::StrSplit(stat.substr(stat.rfind(')') + 2), ' ');
+    int nice = 0;
+    if (fields.size() > 16 && absl::SimpleAtoi(fields[16], &nice)) return nice;
+  }
+  return std::nullopt;
+}
+
+std::optional<int> AwaitNiceOfThread(const std::string& name) {
+  for (int i = 0; i < 500; ++i) {  // the thread names itself as it starts
+    if (std::optional<int> nice = NiceOfThread(name)) return nice;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return std::nullopt;
+}
+
+TEST_F(EngineTest, MaintenanceThreadRunsAtLowerPriority) {
+  const int process_nice = getpriority(PRIO_PROCESS, 0);
+  options_.background_threads = true;
+  options_.fsync = FsyncPolicy::kInterval;
+  options_.maintenance_nice = 7;
+  ASSERT_OK(Open());
+  std::optional<int> nice = AwaitNiceOfThread("maintenance");
+  ASSERT_TRUE(nice.has_value()) << "no thread named maintenance";
+  EXPECT_EQ(*nice, std::min(19, process_nice + 7));
+  // The other engine threads keep the process's priority.
+  std::optional<int> sync_nice = AwaitNiceOfThread("sync-0");
+  ASSERT_TRUE(sync_nice.has_value()) << "no thread named sync-0";
+  EXPECT_EQ(*sync_nice, process_nice);
+  options_.maintenance_nice = 0;
+  ASSERT_OK(Reopen());
+  nice = AwaitNiceOfThread("maintenance");
+  ASSERT_TRUE(nice.has_value());
+  EXPECT_EQ(*nice, process_nice);
 }
 
 // ---- Compare-and-set ----------------------------------------------------------------

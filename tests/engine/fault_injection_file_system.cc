@@ -82,6 +82,11 @@ class FaultInjectionFileSystem::FaultInjectionWritableFile final : public engine
     return status;
   }
 
+  void Prepare(uint64_t bytes) override {
+    absl::ReaderMutexLock active_lock(&fs_->active_mu_);
+    if (fs_->active_ && base_ != nullptr) base_->Prepare(bytes);
+  }
+
   void StartWriteback() override {
     absl::ReaderMutexLock active_lock(&fs_->active_mu_);
     if (!fs_->active_ || base_ == nullptr) return;

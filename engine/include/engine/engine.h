@@ -108,6 +108,12 @@ struct Options {
   double compaction_min_dead_fraction = 0.1;
   uint64_t compaction_bytes_per_second = 128ull << 20;  // 0 = unlimited
   int64_t compaction_check_interval_ms = 10'000;
+  // Added to the maintenance thread's nice value (compaction, the TTL sweep,
+  // hint files), in [0, 19]: where the cores are all busy, the threads that
+  // answer requests get the larger share and the shorter waits, and the
+  // maintenance thread the rest (at 10, about a tenth of a core it shares
+  // with one busy thread). 0 leaves it at the process's priority.
+  int maintenance_nice = 10;
 
   int64_t ttl_sweep_interval_ms = 1000;
   // Tombstones (and swept expired records) are kept at least this long before

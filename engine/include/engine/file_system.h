@@ -47,6 +47,14 @@ class WritableFile {
   // a later Sync has less to do. Best effort.
   virtual void StartWriteback() {}
 
+  // Readies the next `bytes` of appends (up to Capacity()): their disk blocks
+  // reserved and their pages in memory and writable, so that Append then only
+  // copies (no allocation, no page fault). For a writer that appends under a
+  // lock others wait for and can prepare before taking it. Best effort: a
+  // reservation that fails here fails again, and is reported, in Append.
+  // REQUIRES: the appends' one writer calls it.
+  virtual void Prepare(uint64_t /*bytes*/) {}
+
   // Trims the reservation to Size() and closes. Does not sync.
   [[nodiscard]] virtual absl::Status Close() = 0;
 
