@@ -20,12 +20,23 @@
 # The ratio of the two p99s is the cost of compaction to the foreground. Each run ends
 # with a "result" line: live MiB, du MiB, du/live, then per command p99 idle, p99 during
 # and during/idle.
+# 5. "steady" (STEADY seconds, default 120; 0 skips it): a background writer overwrites
+#    the same keys at BG_RATE SETs a second (default 30000; logkv-bench --rate, 4
+#    connections, -P 16), so compaction starts again and again, while the foreground runs
+#    in samples of STEADY_SAMPLE per test (SET, then GET; -c 50 -P 1). logkv_compaction_running
+#    is read every 0.1 s during each sample: a sample where every reading says running is
+#    "compacting", one where none does is "not compacting", the others are left out. The
+#    "steady" line gives, per command, the median of each class's p99s and their ratio:
+#    the same write load on both sides, with and without compaction.
 #
 # With LOGKVD_REF set, ROUNDS (default 2) rounds each run the reference binary, then
 # LOGKVD, on a fresh data directory each, and a table of the result lines follows: the
 # machine's load moves both alike, so compare within a round.
 #
-# Environment: KEYS, WRITES, FG (default 400000), SETTLE (default 300), BURST, LOGKVD, LOGKV_BENCH,
+# Environment: KEYS, WRITES, FG (default 400000), SETTLE (default 300), BURST, STEADY, BG_RATE,
+# STEADY_SAMPLE (each steady sample's length, default 250ms: a compaction run of a 64 MiB
+# segment lasts about half a second, and a sample counts only when it falls inside one), LOGKVD, LOGKV_BENCH, LOGKVD_REF_ARGS
+# (flags of the reference's alone: with LOGKVD_REF set to LOGKVD, two settings of one binary),
 # LOGKVD_ARGS, LOGKVD_REF, ROUNDS, WORK, KEEP_DATA (non-empty: keep each run's data directory
 # in WORK).
 set -euo pipefail
@@ -37,11 +48,15 @@ source "$root/bench/lib.sh"
 logkvd=${LOGKVD:-$root/build-release/bin/logkvd}
 bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
 read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS-}"
+read -r -a reference_extra_args <<<"${LOGKVD_REF_ARGS-}"
 keys=${KEYS:-1000000}
 writes=${WRITES:-10000000}
 fg=${FG:-400000}
 settle=${SETTLE:-300}
 burst=${BURST:-$((writes / 5))}
+steady=${STEADY:-120}
+steady_sample=${STEADY_SAMPLE:-250ms}
+bg_rate=${BG_RATE:-30000}
 reference=${LOGKVD_REF:-}
 rounds=${ROUNDS:-2}
 ensure_release_binaries "$logkvd" "$bench"
@@ -49,9 +64,10 @@ ensure_release_binaries "$logkvd" "$bench"
 
 work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/logkv-overwrite.XXXXXX")}
 mkdir -p "$work"
-pid="" sampler=""
+pid="" sampler="" background=""
 cleanup() {
   [[ -z $sampler ]] || kill "$sampler" 2>/dev/null || true
+  [[ -z $background ]] || kill "$background" 2>/dev/null || true
   stop_pid "$pid"
   [[ -n ${WORK:-} ]] || rm -rf "$work"
 }
@@ -76,19 +92,79 @@ sample() {  # one line: seconds, du MiB, allocated, reserved, live, dead MiB, du
       t, d / 1048576, a / 1048576, p / 1048576, l / 1048576, x / 1048576, (l > 0 ? d / l : 0), r }'
 }
 
-# $1: the logkvd binary, $2: a label for the result line.
+# Waits for the load $1 (a background logkv-bench), reading logkv_compaction_running
+# every $2 seconds meanwhile: watched_readings and watched_busy say how often it was
+# read and how often it said running.
+watched_readings=0 watched_busy=0
+watch_compaction() {
+  watched_readings=0 watched_busy=0
+  while kill -0 "$1" 2>/dev/null; do
+    watched_readings=$((watched_readings + 1))
+    [[ $(metric logkv_compaction_running) == 1 ]] && watched_busy=$((watched_busy + 1))
+    sleep "$2"
+  done
+  wait "$1"
+}
+
+# The median of the numbers on stdin, one a line; "-" when there are none.
+median() {
+  sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2];
+                                      else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# Phase 5 (see the top): uses run_one's port, label and http_port.
+steady_phase() {
+  local samples=$work/steady-$label test csv readings busy class end
+  : >"$samples"
+  "$bench" -p "$port" -c 4 -P 16 -d 100 -r "$keys" --rate "$bg_rate" --duration "$((steady + 30))s" \
+    -t set -q >"$work/background-$label.out" 2>&1 &
+  background=$!
+  sleep 2
+  end=$((SECONDS + steady))
+  while ((SECONDS < end)); do
+    for test in set get; do
+      csv=$work/steady-sample.csv
+      "$bench" -p "$port" -c 50 -d 100 -r "$keys" --duration "$steady_sample" -t "$test" --csv >"$csv" &
+      watch_compaction $! 0.1
+      readings=$watched_readings busy=$watched_busy
+      class=mixed
+      ((busy == 0)) && class=idle
+      ((busy == readings && readings > 0)) && class=compacting
+      tr -d '"' <"$csv" | awk -F, -v c="$class" -v b="$busy" -v r="$readings" \
+        'NR > 1 { print c, $1, $7, b "/" r }' >>"$samples"
+    done
+  done
+  kill "$background" 2>/dev/null || true
+  wait "$background" 2>/dev/null || true
+  background=""
+  local line="steady $label: background $bg_rate SETs/s;" n_idle n_busy p_idle p_busy
+  for test in SET GET; do
+    n_idle=$(awk -v t="$test" '$1 == "idle" && $2 == t' "$samples" | wc -l)
+    n_busy=$(awk -v t="$test" '$1 == "compacting" && $2 == t' "$samples" | wc -l)
+    p_idle=$(awk -v t="$test" '$1 == "idle" && $2 == t { print $3 }' "$samples" | median)
+    p_busy=$(awk -v t="$test" '$1 == "compacting" && $2 == t { print $3 }' "$samples" | median)
+    line+=$(awk -v t="$test" -v a="$p_idle" -v b="$p_busy" -v na="$n_idle" -v nb="$n_busy" \
+      -v nm="$(awk -v t="$test" '$1 == "mixed" && $2 == t' "$samples" | wc -l)" 'BEGIN {
+      printf "  %s p99 (median of samples) not compacting %s ms (%d), compacting %s ms (%d), %s; %d mixed left out;",
+        t, a, na, b, nb, (a + 0 > 0 && b != "-") ? sprintf("compacting/not %.2f", b / a) : "no ratio", nm }')
+  done
+  echo "$line" | tee -a "$work/results"
+}
+
+# $1: the logkvd binary, $2: a label for the result line, then flags of its own.
 run_one() {
   local server=$1 label=$2 port
+  shift 2
   data="$work/data-$label"
   rm -rf "$data"
   port=$(free_port)
   http_port=$(free_port)
   "$server" --listen="127.0.0.1:$port" --http="127.0.0.1:$http_port" --data_dir="$data" \
-    "${logkvd_extra_args[@]}" 2>"$work/logkvd-$label.log" &
+    "${logkvd_extra_args[@]}" "$@" 2>"$work/logkvd-$label.log" &
   pid=$!
   wait_ready "$pid" "grep -q 'listening on' '$work/logkvd-$label.log'" "$work/logkvd-$label.log"
 
-  echo "== $label ($server): $writes SETs over $keys keys, -d 100 -P 16 -c 50; $(nproc) cores;" \
+  echo "== $label ($server${*:+ $*}): $writes SETs over $keys keys, -d 100 -P 16 -c 50; $(nproc) cores;" \
     "load average $(uptime | sed 's/.*load average: //')"
   SECONDS=0
   (while true; do sample; sleep 5; done) &
@@ -97,16 +173,10 @@ run_one() {
   kill "$sampler"; sampler=""
 
   foreground() {  # $1: phase; prints the CSV rows and how often compaction ran meanwhile
-    local samples=0 busy=0
     "$bench" -p "$port" -c 50 -d 100 -r "$keys" -n "$fg" -t set,get --csv >"$work/fg-$label-$1.csv" &
-    local load=$!
-    while kill -0 "$load" 2>/dev/null; do
-      samples=$((samples + 1))
-      [[ $(metric logkv_compaction_running) == 1 ]] && busy=$((busy + 1))
-      sleep 0.5
-    done
-    wait "$load"
-    tr -d '"' <"$work/fg-$label-$1.csv" | awk -F, -v l="$1" -v b="$busy" -v s="$samples" \
+    watch_compaction $! 0.5
+    tr -d '"' <"$work/fg-$label-$1.csv" |
+      awk -F, -v l="$1" -v b="$watched_busy" -v s="$watched_readings" \
       'NR > 1 { printf "%-7s %-4s rps %10s  p50 %7s ms  p99 %7s ms  (compaction running in %d of %d samples)\n", l, $1, $2, $5, $7, b, s }'
   }
 
@@ -142,6 +212,7 @@ run_one() {
     awk '{ printf "  %s p99 idle %s ms during %s ms during/idle %.2f", $1, $2, $3, ($2 > 0 ? $3 / $2 : 0) }')
   echo "result $label: $du_live;$p99s; load average $(uptime | sed 's/.*load average: //')" |
     tee -a "$work/results"
+  if ((steady > 0)); then steady_phase; fi
   stop_pid "$pid"
   pid=""
   [[ -n ${KEEP_DATA:-} ]] || rm -rf "$data"
@@ -152,7 +223,7 @@ if [[ -z $reference ]]; then
   run_one "$logkvd" new
 else
   for round in $(seq "$rounds"); do
-    run_one "$reference" "reference-$round"
+    run_one "$reference" "reference-$round" "${reference_extra_args[@]}"
     run_one "$logkvd" "new-$round"
   done
   echo

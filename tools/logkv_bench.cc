@@ -131,6 +131,7 @@ struct Config {
   int ratio_get = 1;
   double zipf_theta = 0;                           // 0: uniform
   absl::Duration duration = absl::ZeroDuration();  // zero: run -n requests
+  int64_t rate = 0;  // --rate: requests a second over all connections; 0: as fast as answered
   std::string fsync_mode;  // a label for the record, printed with the results
   // Sent in every Get and Put (a cluster's eventual or strong path).
   protocol::Consistency consistency = protocol::Consistency::Default;
@@ -172,6 +173,10 @@ Load generator for logkvd with redis-benchmark's flags and output (and, with
                     -t it selects the mixed test
  --zipf <theta>     Zipf-distributed keys over -r's keyspace (e.g. 0.99)
  --duration <time>  Run each test for this long instead of -n (e.g. 30s, 2m)
+ --rate <rps>       Send at most this many requests a second over all
+                    connections (a steady background load; default: as fast
+                    as the server answers). Latency is still from each
+                    request's send
  --fsync-mode <label>  Recorded with the results (e.g. interval); adds a
                     trailing "fsync_mode" CSV column
  --consistency <level>  default, eventual or strong: the consistency level sent
@@ -357,6 +362,8 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
         status = absl::InvalidArgumentError(
             absl::StrCat("invalid --zipf '", value, "': want theta > 0 and != 1 (YCSB uses 0.99)"));
       }
+    } else if (flag == "--rate") {
+      status = ParseIntInto(flag, value, 1, 100'000'000, &config.rate);
     } else if (flag == "--duration") {
       if (!absl::ParseDuration(value, &config.duration) ||
           config.duration <= absl::ZeroDuration()) {
@@ -680,6 +687,8 @@ class Connection {
   void Connect(uv_loop_t* loop);
   // Fills the pipeline; called once every thread has connected.
   void Start();
+  // --rate: sends what the rate allows now, after it held this connection back.
+  void Resume();
   bool connected() const { return connected_; }
 
  private:
@@ -807,12 +816,44 @@ class Worker {
       uv_timer_start(&deadline_timer_, OnDeadline, std::max<int64_t>(0, remaining.count()), 0);
       deadline_timer_open_ = true;
     }
+    if (shared.config->rate > 0 && open_connections_ > 0) {
+      // This worker's share of the rate, by its share of the connections.
+      rate_per_second_ = static_cast<double>(shared.config->rate) *
+                         static_cast<double>(connections_.size()) /
+                         static_cast<double>(shared.config->clients);
+      uv_timer_init(&loop_, &rate_timer_);
+      rate_timer_.data = this;
+      uv_timer_start(&rate_timer_, OnRateTimer, 1, 1);
+      rate_timer_open_ = true;
+    }
     for (auto& connection : connections_) {
       if (connection->connected()) connection->Start();
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
     const int rc = uv_loop_close(&loop_);
     if (rc != 0) RecordError(absl::StrCat("uv_loop_close: ", uv_strerror(rc)));
+  }
+
+  // --rate: whether this worker may send one more request now (its share of
+  // the rate, counted from the test's start); when not, the connection is
+  // filled again by the rate timer.
+  bool RateAllows(Connection* connection) {
+    if (rate_per_second_ <= 0) return true;
+    const double elapsed =
+        std::chrono::duration<double>(Clock::now() - shared_->start).count();
+    // One request of credit at the start, none saved up beyond it.
+    if (static_cast<double>(rate_sent_) < elapsed * rate_per_second_ + 1) {
+      ++rate_sent_;
+      return true;
+    }
+    if (std::find(throttled_.begin(), throttled_.end(), connection) == throttled_.end()) {
+      throttled_.push_back(connection);
+    }
+    return false;
+  }
+
+  bool Throttled(const Connection* connection) const {
+    return std::find(throttled_.begin(), throttled_.end(), connection) != throttled_.end();
   }
 
   // True while the test wants more requests; claims one in count mode.
@@ -846,8 +887,14 @@ class Worker {
   void OnConnectDone(bool from_callback) {
     if (--connect_pending_ == 0 && from_callback) uv_stop(&loop_);
   }
-  void OnConnectionClosed() {
-    if (--open_connections_ == 0 && deadline_timer_open_) CloseDeadlineTimer();
+  void OnConnectionClosed(Connection* connection) {
+    std::erase(throttled_, connection);
+    if (--open_connections_ > 0) return;
+    if (deadline_timer_open_) CloseDeadlineTimer();
+    if (rate_timer_open_) {
+      rate_timer_open_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&rate_timer_), nullptr);
+    }
   }
 
   uint64_t completed() const { return completed_.load(std::memory_order_relaxed); }
@@ -859,6 +906,10 @@ class Worker {
   std::optional<Clock::time_point> last_answer_at() const { return last_answer_at_; }
 
  private:
+  // Every millisecond under --rate: the connections the rate held back send
+  // what it allows now.
+  static void OnRateTimer(uv_timer_t* timer);
+
   static void OnDeadline(uv_timer_t* timer) {
     auto* self = static_cast<Worker*>(timer->data);
     // Connections stop issuing and close once their in-flight answers are in.
@@ -876,6 +927,11 @@ class Worker {
   uv_loop_t loop_;
   uv_timer_t deadline_timer_;
   bool deadline_timer_open_ = false;
+  uv_timer_t rate_timer_;
+  bool rate_timer_open_ = false;
+  double rate_per_second_ = 0;  // --rate: this worker's share; 0: none
+  uint64_t rate_sent_ = 0;
+  std::vector<Connection*> throttled_;  // held back by the rate, to fill again
   bool stopping_ = false;
   int connect_pending_ = 0;
   int open_connections_ = 0;
@@ -923,7 +979,7 @@ void Connection::Connect(uv_loop_t* loop) {
     // The handle does not exist, so there is nothing to close.
     closing_ = true;
     worker_->RecordConnectFailure(absl::StrCat("uv_tcp_init: ", uv_strerror(rc)));
-    worker_->OnConnectionClosed();
+    worker_->OnConnectionClosed(this);
     worker_->OnConnectDone(/*from_callback=*/false);
     return;
   }
@@ -1041,8 +1097,21 @@ void Connection::Start() {
   CloseIfDone();
 }
 
+void Connection::Resume() {
+  if (closing_) return;
+  FillPipeline();
+  CloseIfDone();
+}
+
+void Worker::OnRateTimer(uv_timer_t* timer) {
+  auto* self = static_cast<Worker*>(timer->data);
+  std::vector<Connection*> held;
+  held.swap(self->throttled_);
+  for (Connection* connection : held) connection->Resume();
+}
+
 bool Connection::IssueOne() {
-  if (free_slots_.empty() || !worker_->ClaimRequest()) return false;
+  if (free_slots_.empty() || !worker_->RateAllows(this) || !worker_->ClaimRequest()) return false;
   const uint32_t slot_index = free_slots_.back();
   free_slots_.pop_back();
 
@@ -1341,7 +1410,7 @@ void Connection::Fail(absl::string_view why) {
 }
 
 void Connection::CloseIfDone() {
-  if (!closing_ && in_flight_ == 0) Close();
+  if (!closing_ && in_flight_ == 0 && !worker_->Throttled(this)) Close();
 }
 
 void Connection::Close() {
@@ -1359,7 +1428,7 @@ void Connection::OnClose(uv_handle_t* handle) {
     SSL_free(self->ssl_);
     self->ssl_ = nullptr;
   }
-  self->worker_->OnConnectionClosed();
+  self->worker_->OnConnectionClosed(self);
 }
 
 // ---- Running a test and reporting ---------------------------------------

@@ -74,6 +74,19 @@ first_puts=$(($(puts_of "$work/logkvd.log") - first_before))
 second_puts=$(($(puts_of "$work/second.log") - second_before))
 echo "--hosts: SETs received: $first_puts and $second_puts"
 [ $((first_puts + second_puts)) -eq 4000 ] && [ "$first_puts" -ge 200 ] && [ "$second_puts" -ge 200 ]
+# --rate caps the requests a second: the run's own rate (its requests over its
+# own elapsed time; a slow machine only lowers it) stays at the cap, one
+# request of credit per thread aside.
+rate_rps=$("$bench" -p "$port" -c 4 --threads 2 --rate 1000 -n 500 -t set --csv | tr -d '"' |
+  awk -F, '$1 == "SET" { print $2 }')
+echo "--rate 1000: $rate_rps requests a second"
+awk -v r="$rate_rps" 'BEGIN { exit !(r > 0 && r <= 1100) }'
+for value in 0 -5 abc 100000001; do
+  if "$bench" -p "$port" --rate "$value" -n 10 -q 2>"$work/err"; then
+    echo "--rate $value was not refused"; exit 1
+  fi
+  grep -q -- "--rate" "$work/err"
+done
 # A refused --hosts names what is wrong, before any connection.
 for args in "--hosts 127.0.0.1:$port -p $port" "--hosts 127.0.0.1" "--hosts 127.0.0.1:$port,:5" \
   "--hosts 127.0.0.1:0" "--hosts 127.0.0.1:$port,127.0.0.1:$second_port -c 1"; do
