@@ -114,14 +114,15 @@ median() {
 
 # Phase 5 (see the top): uses run_one's port, label and http_port.
 steady_phase() {
-  local samples=$work/steady-$label test csv readings busy class end
+  local samples=$work/steady-$label test csv readings busy class
   : >"$samples"
-  "$bench" -p "$port" -c 4 -P 16 -d 100 -r "$keys" --rate "$bg_rate" --duration "$((steady + 30))s" \
+  # The writer runs for STEADY seconds and the samples while it does; its own
+  # rate is printed, and its failure (errors, a dead server) ends the run.
+  "$bench" -p "$port" -c 4 -P 16 -d 100 -r "$keys" --rate "$bg_rate" --duration "${steady}s" \
     -t set -q >"$work/background-$label.out" 2>&1 &
   background=$!
   sleep 2
-  end=$((SECONDS + steady))
-  while ((SECONDS < end)); do
+  while kill -0 "$background" 2>/dev/null; do
     for test in set get; do
       csv=$work/steady-sample.csv
       "$bench" -p "$port" -c 50 -d 100 -r "$keys" --duration "$steady_sample" -t "$test" --csv >"$csv" &
@@ -134,10 +135,14 @@ steady_phase() {
         'NR > 1 { print c, $1, $7, b "/" r }' >>"$samples"
     done
   done
-  kill "$background" 2>/dev/null || true
-  wait "$background" 2>/dev/null || true
+  if ! wait "$background"; then
+    cat "$work/background-$label.out" >&2
+    die "the steady phase's background writer failed (above)"
+  fi
   background=""
-  local line="steady $label: background $bg_rate SETs/s;" n_idle n_busy p_idle p_busy
+  local line n_idle n_busy p_idle p_busy
+  line="steady $label: background $bg_rate SETs/s asked, $(awk '/requests per second/ {
+    printf "%.0f", $2 }' "$work/background-$label.out") done;"
   for test in SET GET; do
     n_idle=$(awk -v t="$test" '$1 == "idle" && $2 == t' "$samples" | wc -l)
     n_busy=$(awk -v t="$test" '$1 == "compacting" && $2 == t' "$samples" | wc -l)

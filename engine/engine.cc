@@ -295,7 +295,6 @@ absl::Status Engine::OpenFiles() {
 
 void Engine::MaintenanceLoop() {
   State& s = *state_;
-  NameThisThread("maintenance");
   if (s.options.maintenance_nice > 0) {
     // Linux keeps a nice value per thread: PRIO_PROCESS with a thread's id
     // sets that thread's alone. Raising it needs no privilege.
@@ -310,6 +309,8 @@ void Engine::MaintenanceLoop() {
                                std::strerror(errno), " (it runs at the process's)"));
     }
   }
+  // Named once its priority is set: whoever finds the name finds that too.
+  NameThisThread("maintenance");
   absl::Time next_sweep = absl::Now() + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
   absl::Time next_compaction =
       absl::Now() + absl::Milliseconds(s.options.compaction_check_interval_ms);

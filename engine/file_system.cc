@@ -173,18 +173,23 @@ class PosixWritableFile final : public WritableFile {
     const uint64_t size = size_.load(std::memory_order_relaxed);
     const uint64_t end = std::min(capacity_, size + std::min(bytes, capacity_));
     if (end <= size) return;
-    if (end > reserved_.load(std::memory_order_relaxed) && !Reserve(end).ok()) return;
-    // The pages from the one being filled to the one `end` falls in.
+    // The pages from the one being filled to the one `end` falls in, each
+    // with its blocks reserved whole (a write fault on a page without them
+    // would be a SIGBUS on a full disk, not an error).
     const uint64_t page = PageBytes();
     const uint64_t first = size / page * page;
     const uint64_t last = std::min(capacity_, (end + page - 1) / page * page);
+    if (last > reserved_.load(std::memory_order_relaxed) && !Reserve(last).ok()) return;
 #ifdef MADV_POPULATE_WRITE
     if (::madvise(base_ + first, last - first, MADV_POPULATE_WRITE) == 0) return;
+    // Only a kernel without it (before 5.14) falls back; another error
+    // (EFAULT, ENOMEM) would fault the same way below.
+    if (errno != EINVAL) return;
 #endif
-    // Kernels before 5.14: a write fault on each page, writing back the byte
-    // it holds (zero past the data; nothing else writes here meanwhile).
+    // A write fault on each page, writing back the zero it holds: past the
+    // data, where no reader looks and only this writer writes.
     for (uint64_t at = first; at < last; at += page) {
-      volatile char* byte = base_ + at;
+      volatile char* byte = base_ + std::max(at, size);
       *byte = *byte;
     }
   }
@@ -238,6 +243,21 @@ class PosixWritableFile final : public WritableFile {
   }
 
  private:
+  // Disk blocks for the file up to at least `end` (at most the capacity):
+  // from the reservation on, in steps that double up to
+  // kMaxReservationStepBytes.
+  absl::Status Reserve(uint64_t end) {
+    const uint64_t reserved = reserved_.load(std::memory_order_relaxed);
+    const uint64_t step = std::clamp(reserved, kFirstReservationBytes, kMaxReservationStepBytes);
+    const uint64_t want = std::min(capacity_, std::max(end, reserved + step));
+    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved),
+                                     static_cast<off_t>(want - reserved));
+    if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
+    // Elsewhere (no fallocate support) pages are allocated as they are written.
+    reserved_.store(want, std::memory_order_release);
+    return absl::OkStatus();
+  }
+
   // Takes the appended pages below `to` (whole pages, never appended to
   // again) out of this process's page tables before they are written back;
   // the page cache keeps them, dirty, and a read maps them again, read-only.
@@ -252,20 +272,6 @@ class PosixWritableFile final : public WritableFile {
   // On tmpfs nothing is written back and this only costs the reads that map
   // the pages again; it is done there too. A refusal (a locked mapping)
   // loses only the saving.
-  // Disk blocks for the file up to at least `end`: from the reservation on,
-  // in steps that double up to kMaxReservationStepBytes.
-  absl::Status Reserve(uint64_t end) {
-    const uint64_t reserved = reserved_.load(std::memory_order_relaxed);
-    const uint64_t step = std::clamp(reserved, kFirstReservationBytes, kMaxReservationStepBytes);
-    const uint64_t want = std::min(capacity_, std::max(end, reserved + step));
-    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved),
-                                     static_cast<off_t>(want - reserved));
-    if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
-    // Elsewhere (no fallocate support) pages are allocated as they are written.
-    reserved_.store(want, std::memory_order_release);
-    return absl::OkStatus();
-  }
-
   void UnmapWritten(uint64_t to) {
     if (base_ == nullptr || to <= unmapped_) return;
     (void)::madvise(base_ + unmapped_, to - unmapped_, MADV_DONTNEED);

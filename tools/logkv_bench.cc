@@ -841,8 +841,14 @@ class Worker {
     if (rate_per_second_ <= 0) return true;
     const double elapsed =
         std::chrono::duration<double>(Clock::now() - shared_->start).count();
-    // One request of credit at the start, none saved up beyond it.
-    if (static_cast<double>(rate_sent_) < elapsed * rate_per_second_ + 1) {
+    const double allowed = elapsed * rate_per_second_ + 1;  // one request of credit at the start
+    // What a stalled server left unsent is not sent in a burst after it: at
+    // most a millisecond's worth (or one request) of credit is kept.
+    const double max_credit = std::max(1.0, rate_per_second_ / 1000);
+    if (allowed - static_cast<double>(rate_sent_) > max_credit) {
+      rate_sent_ = static_cast<uint64_t>(allowed - max_credit);
+    }
+    if (static_cast<double>(rate_sent_) < allowed) {
       ++rate_sent_;
       return true;
     }

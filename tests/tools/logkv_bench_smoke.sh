@@ -73,7 +73,9 @@ second_before=$(puts_of "$work/second.log")
 first_puts=$(($(puts_of "$work/logkvd.log") - first_before))
 second_puts=$(($(puts_of "$work/second.log") - second_before))
 echo "--hosts: SETs received: $first_puts and $second_puts"
-[ $((first_puts + second_puts)) -eq 4000 ] && [ "$first_puts" -ge 200 ] && [ "$second_puts" -ge 200 ]
+if [[ $((first_puts + second_puts)) -ne 4000 || $first_puts -lt 200 || $second_puts -lt 200 ]]; then
+  echo "--hosts did not spread the 4,000 SETs over both servers"; exit 1
+fi
 # --rate caps the requests a second: the run's own rate (its requests over its
 # own elapsed time; a slow machine only lowers it) stays at the cap, one
 # request of credit per thread aside.
