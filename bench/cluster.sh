@@ -187,10 +187,10 @@ round=1
 run() {  # $1: target label, $2: server name (all: every node), $3: pipeline, $4...: extra flags
   local target=$1 name=$2 pipeline=$3 out=$work/bench-$1-P$3-$round i
   shift 3
-  local servers=(-h 127.0.0.1 -p "${ports[$name]:-}")
+  local servers=(-h 127.0.0.1 -p "${ports[$name]:-}") every=()
   if [[ $name == all ]]; then
-    servers=(--hosts "$(for i in $(seq 0 $((nodes - 1))); do printf '127.0.0.1:%s,' "${ports[n$i]}"; done)")
-    servers[1]=${servers[1]%,}
+    for i in $(seq 0 $((nodes - 1))); do every+=("127.0.0.1:${ports[n$i]}"); done
+    servers=(--hosts "$(IFS=,; echo "${every[*]}")")
   fi
   local n=$requests
   [[ $pipeline == 1 ]] || n=$pipelined_requests

@@ -113,9 +113,8 @@ struct Endpoint {
 
 struct Config {
   bool version = false;  // --version: print it and exit
-  std::string host = "127.0.0.1";
-  int port = 7070;
-  // --hosts: connection i goes to endpoints[i % size] (empty: -h and -p).
+  // The servers, from --hosts or -h and -p (one): connection i goes to
+  // endpoints[i % size].
   std::vector<Endpoint> endpoints;
   int clients = 50;
   int64_t requests = 100'000;
@@ -268,6 +267,7 @@ absl::Status ParseEndpoints(absl::string_view value, std::vector<Endpoint>* endp
 absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
   Config config;
   bool have_tests = false, have_ratio = false, have_host_or_port = false;
+  Endpoint single{"127.0.0.1", 7070};  // -h and -p
   *help = false;
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
@@ -321,10 +321,10 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
 
     absl::Status status;
     if (flag == "-h") {
-      config.host = std::string(value);
+      single.host = std::string(value);
       have_host_or_port = true;
     } else if (flag == "-p") {
-      status = ParseIntInto(flag, value, 1, 65535, &config.port);
+      status = ParseIntInto(flag, value, 1, 65535, &single.port);
       have_host_or_port = true;
     } else if (flag == "--hosts") {
       status = ParseEndpoints(value, &config.endpoints);
@@ -411,7 +411,7 @@ absl::StatusOr<Config> ParseCommandLine(int argc, char** argv, bool* help) {
   if (!config.endpoints.empty() && have_host_or_port) {
     return absl::InvalidArgumentError("give the servers by --hosts or by -h and -p, not both");
   }
-  if (config.endpoints.empty()) config.endpoints.push_back(Endpoint{config.host, config.port});
+  if (config.endpoints.empty()) config.endpoints.push_back(std::move(single));
   if (config.endpoints.size() > static_cast<size_t>(config.clients)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--hosts names ", config.endpoints.size(), " servers for ", config.clients,
