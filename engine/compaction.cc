@@ -12,8 +12,15 @@
 #include <cassert>
 #include <thread>
 
+#include <xxhash.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "engine/hint_file.h"
 #include "engine/shard.h"
@@ -171,7 +178,14 @@ bool Shard::NeedsCompaction() {
 
 absl::Status Shard::Compact(bool force) {
   absl::MutexLock compaction_lock(&compaction_mu_);
-  std::vector<std::shared_ptr<Segment>> victims;
+  CompactionRun run;
+  absl::Status status = RunCompaction(force, &run);
+  if (!status.ok() && !run.victims_dropped && !run.outputs.empty()) AbandonOutputs(run);
+  return status;
+}
+
+absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
+  std::vector<std::shared_ptr<Segment>>& victims = run->victims;
   // A tombstone (or expired record) may be dropped only if no older record
   // of its key can exist outside the segments being compacted: every record
   // of a segment outside the set has a sequence >= that segment's minimum.
@@ -198,7 +212,7 @@ absl::Status Shard::Compact(bool force) {
   const int64_t now = context_.clock->NowUnixMs();
   const bool keep_history = options_.versions_kept > 1;
 
-  std::vector<std::shared_ptr<Segment>> outputs;
+  std::vector<std::shared_ptr<Segment>>& outputs = run->outputs;
   std::vector<HintWriter> hints;
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
@@ -417,6 +431,7 @@ absl::Status Shard::Compact(bool force) {
   {
     absl::MutexLock lock(&mu_);
     const int64_t locked_ns = absl::GetCurrentTimeNanos();
+    run->victims_dropped = true;
     for (const std::shared_ptr<Segment>& victim : victims) {
       reclaimed += victim->size();
       segments_.erase(victim->id());
@@ -431,18 +446,9 @@ absl::Status Shard::Compact(bool force) {
     for (const auto& output : outputs) reclaimed -= std::min(reclaimed, output->size());
     held(locked_ns, "dropping the victims");
   }
-  for (const std::shared_ptr<Segment>& victim : victims) {
-    if (absl::Status status = context_.fs->RemoveFile(victim->path()); !status.ok()) {
-      return fail(status);
-    }
-    const std::string hint_path = PathOf(HintFileName(victim->id()));
-    if (context_.fs->FileExists(hint_path)) {
-      if (absl::Status status = context_.fs->RemoveFile(hint_path); !status.ok()) {
-        return fail(status);
-      }
-    }
-  }
-  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return fail(status);
+  std::vector<uint32_t> victim_ids;
+  for (const std::shared_ptr<Segment>& victim : victims) victim_ids.push_back(victim->id());
+  if (absl::Status status = RemoveReplaced(victim_ids); !status.ok()) return fail(status);
 
   counters_.compactions.fetch_add(1);
   counters_.compaction_bytes_read.fetch_add(bytes_read);
@@ -459,6 +465,204 @@ absl::Status Shard::Compact(bool force) {
                             absl::StrFormat("%.2f", static_cast<double>(longest_hold_ns) / 1e6),
                             " ms at a stretch (", longest_hold_in, ")"));
   return absl::OkStatus();
+}
+
+void Shard::AbandonOutputs(const CompactionRun& run) {
+  const bool keep_history = options_.versions_kept > 1;
+  std::vector<uint32_t> output_ids;
+  for (const std::shared_ptr<Segment>& output : run.outputs) output_ids.push_back(output->id());
+  auto in_outputs = [&](const RecordLocation& location) {
+    return std::find(output_ids.begin(), output_ids.end(), location.segment_id) !=
+           output_ids.end();
+  };
+  // The sequence number of the copy at location (0 if none reads back).
+  auto sequence_at = [&](const RecordLocation& location) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    auto it = segments_.find(location.segment_id);
+    if (it == segments_.end()) return uint64_t{0};
+    auto bytes = it->second->ReadToEnd(location.offset);
+    if (!bytes.ok()) return uint64_t{0};
+    const DecodeResult decoded =
+        DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+    return decoded.outcome == DecodeOutcome::kRecord ? decoded.record.sequence : uint64_t{0};
+  };
+
+  // Every record the run moved came from a victim, read in the order the run
+  // read them: each victim's records are read again, and an entry or older
+  // version that points into an output at the same event (its sequence
+  // number) goes back to the victim's copy. Whatever a writer changed since
+  // points elsewhere and is left alone. In batches, as the run copied.
+  struct Item {
+    std::string key;
+    uint64_t key_hash;
+    uint64_t sequence;
+    RecordLocation location;
+  };
+  std::vector<Item> batch;
+  uint64_t restored = 0;
+  for (const std::shared_ptr<Segment>& victim : run.victims) {
+    uint64_t offset = format::kSegmentHeaderBytes;
+    bool readable = true;
+    while (readable && offset < victim->size()) {
+      batch.clear();
+      while (offset < victim->size() && batch.size() < kCompactionBatchRecords) {
+        auto bytes = victim->ReadToEnd(offset);
+        if (!bytes.ok()) {
+          readable = false;
+          break;
+        }
+        const DecodeResult decoded =
+            DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
+        if (decoded.outcome != DecodeOutcome::kRecord) {
+          // The run stopped where this victim stopped verifying (or, in
+          // repair mode, skipped ahead as here).
+          if (!victim->damaged) {
+            readable = false;
+            break;
+          }
+          offset += format::kRecordAlignment;
+          continue;
+        }
+        batch.push_back({std::string(decoded.record.key), HashKey(decoded.record.key),
+                         decoded.record.sequence,
+                         RecordLocation{victim->id(), static_cast<uint32_t>(offset),
+                                        static_cast<uint32_t>(decoded.record_bytes)}});
+        offset += decoded.record_bytes;
+      }
+      absl::MutexLock lock(&mu_);
+      for (const Item& item : batch) {
+        const uint32_t id = index_.Find(KeyRef{item.key, item.key_hash});
+        if (id == KeyIndex::kNoEntry) continue;
+        IndexEntry& entry = index_.at(id);
+        if (in_outputs(entry.location()) && sequence_at(entry.location()) == item.sequence) {
+          entry.set_location(item.location);
+          // Only an expired record is moved with the flag cleared, and the
+          // sweeper set it with kEntryExpired: the victim's copy is counted
+          // dead already.
+          if ((entry.flags & kEntryExpired) != 0) entry.flags |= kEntryShadowCounted;
+          ++restored;
+          continue;
+        }
+        if (!keep_history) continue;
+        history_.ForEach(id, [&](uint32_t node) {
+          mu_.AssertHeld();  // ForEach calls back before it returns
+          RecordLocation& location = history_.location(node);
+          if (in_outputs(location) && sequence_at(location) == item.sequence) {
+            location = item.location;
+            ++restored;
+          }
+        });
+      }
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (const uint32_t id : output_ids) segments_.erase(id);
+  }
+  // Nothing points into the outputs now. A file left behind is harmless:
+  // start-up removes a *.compacting one, and a renamed one holds copies of
+  // events the victims hold too, of which recovery keeps one.
+  for (const std::shared_ptr<Segment>& output : run.outputs) {
+    for (const std::string& path : {output->path(), PathOf(HintFileName(output->id()))}) {
+      if (!context_.fs->FileExists(path)) continue;
+      if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat("could not remove ", path, ": ",
+                                                      status.message()));
+      }
+    }
+  }
+  (void)context_.fs->SyncDir(directory_);
+  context_.Log(LogLevel::kWarning,
+               absl::StrCat("compaction of shard ", shard_id_, " undone: ", restored,
+                            " records point at their segments again, ", run.outputs.size(),
+                            " unfinished outputs dropped"));
+}
+
+namespace {
+
+std::string RemovalsBody(const std::vector<uint32_t>& ids) {
+  return absl::StrCat("logkv-removing\n", absl::StrJoin(ids, " "), "\n");
+}
+
+}  // namespace
+
+absl::Status Shard::RemoveReplaced(const std::vector<uint32_t>& ids) {
+  const std::string list = PathOf(format::kRemovalsName);
+  const std::string body = RemovalsBody(ids);
+  const std::string text =
+      absl::StrCat(body, "checksum ", absl::Hex(XXH3_64bits(body.data(), body.size()),
+                                                absl::kZeroPad16),
+                   "\n");
+  const std::string temporary = list + ".tmp";
+  if (absl::Status status = context_.fs->WriteFile(temporary, text, /*sync=*/true); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = context_.fs->RenameFile(temporary, list); !status.ok()) return status;
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  for (const uint32_t id : ids) {
+    for (const std::string& path : {PathOf(SegmentFileName(id)), PathOf(HintFileName(id))}) {
+      if (!context_.fs->FileExists(path)) continue;
+      if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
+    }
+  }
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  // Once the unlinks are durable the list has done its work; should its
+  // own removal be lost, start-up finds nothing left to remove.
+  return context_.fs->RemoveFile(list);
+}
+
+absl::Status Shard::FinishRemovals() {
+  const std::string list = PathOf(format::kRemovalsName);
+  if (context_.fs->FileExists(list + ".tmp")) {
+    // A list whose writing a crash cut short: nothing was removed after it.
+    if (absl::Status status = context_.fs->RemoveFile(list + ".tmp"); !status.ok()) return status;
+  }
+  if (!context_.fs->FileExists(list)) return absl::OkStatus();
+  auto text = context_.fs->ReadFile(list);
+  if (!text.ok()) return text.status();
+  // Written under a temporary name and renamed once synced: a list that
+  // does not verify was not written by this code.
+  std::vector<uint32_t> ids;
+  const size_t checksum_at = text->rfind("checksum ");
+  uint64_t checksum = 0;
+  bool valid = checksum_at != std::string::npos &&
+               absl::StartsWith(*text, "logkv-removing\n") &&
+               absl::SimpleHexAtoi(absl::StripAsciiWhitespace(
+                                       absl::string_view(*text).substr(checksum_at + 9)),
+                                   &checksum) &&
+               XXH3_64bits(text->data(), checksum_at) == checksum;
+  if (valid) {
+    const absl::string_view body = absl::string_view(*text).substr(0, checksum_at);
+    std::vector<absl::string_view> lines = absl::StrSplit(body, '\n', absl::SkipEmpty());
+    valid = lines.size() <= 2;
+    if (valid && lines.size() == 2) {
+      for (absl::string_view word : absl::StrSplit(lines[1], ' ', absl::SkipEmpty())) {
+        uint32_t id;
+        if (!absl::SimpleAtoi(word, &id)) valid = false;
+        ids.push_back(id);
+      }
+    }
+  }
+  if (!valid) {
+    if (!options_.repair) {
+      return absl::DataLossError(absl::StrCat(
+          list, " does not verify: it names segments a compaction replaced, and without it "
+                "some of them could revive deleted keys; --repair sets it aside"));
+    }
+    context_.Log(LogLevel::kWarning,
+                 absl::StrCat("repair: setting aside ", list, ", which does not verify"));
+    return context_.fs->RenameFile(list, list + ".damaged");
+  }
+  for (const uint32_t id : ids) {
+    for (const std::string& path : {PathOf(SegmentFileName(id)), PathOf(HintFileName(id))}) {
+      if (!context_.fs->FileExists(path)) continue;
+      context_.Log(LogLevel::kInfo,
+                   absl::StrCat("removing ", path, ", replaced by a compaction that a crash "
+                                                 "interrupted"));
+      if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
+    }
+  }
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  return context_.fs->RemoveFile(list);
 }
 
 uint64_t Shard::SweepExpired() {

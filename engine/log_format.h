@@ -142,6 +142,15 @@ inline constexpr size_t kHintTrailerBytes = sizeof(uint64_t);
 inline constexpr char kManifestName[] = "MANIFEST";
 inline constexpr char kLockName[] = "LOCK";
 
+// ---- REMOVING (in a shard's directory) ------------------------------------------
+// The segments a finished compaction replaced, written (to a temporary name,
+// synced, renamed, the directory synced) before the first of them is
+// unlinked and removed once all are: start-up unlinks what it names, so a
+// run's victims go all or none. Text:
+//   logkv-removing\n <segment ids, space-separated>\n checksum <16 hex digits>\n
+// where the checksum is XXH3-64 of the lines before it.
+inline constexpr char kRemovalsName[] = "REMOVING";
+
 }  // namespace logkv::engine::format
 
 #endif  // LOGKV_ENGINE_LOG_FORMAT_H_

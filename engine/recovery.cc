@@ -596,6 +596,7 @@ absl::Status Shard::RemoveTornCreations(std::vector<uint32_t>* segment_ids) {
 
 absl::Status Shard::Open() {
   if (absl::Status status = context_.fs->CreateDir(directory_); !status.ok()) return status;
+  if (absl::Status status = FinishRemovals(); !status.ok()) return status;
   auto names = context_.fs->ListDir(directory_);
   if (!names.ok()) return names.status();
 

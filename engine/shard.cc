@@ -326,7 +326,13 @@ absl::Status Shard::RollActive(uint64_t needed_bytes) {
     return WithContext(absl::StrCat("shard ", shard_id_, " cannot start a new segment: "),
                        segment.status());
   }
-  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) {
+  // The header is synced before the directory entry: a segment whose entry
+  // survives a power cut without its header is zeros, which start-up can
+  // take for a torn creation only when it is the newest file (a compaction's
+  // output made later has a higher id), and otherwise refuses to open.
+  absl::Status status = (*segment)->Sync();
+  if (status.ok()) status = context_.fs->SyncDir(directory_);
+  if (!status.ok()) {
     // Its directory entry might not survive a crash: do not write into it.
     DiscardNewSegment(*std::move(segment));
     return WithContext(absl::StrCat("shard ", shard_id_, " cannot start a new segment: "),

@@ -296,6 +296,31 @@ class Shard {
 
   // Compaction (compaction.cc).
   absl::Status WriteHint(const std::shared_ptr<Segment>& segment);
+  // What a compaction run has made so far, for Compact to undo if it stops.
+  struct CompactionRun {
+    std::vector<std::shared_ptr<Segment>> victims;
+    std::vector<std::shared_ptr<Segment>> outputs;
+    bool victims_dropped = false;  // the outputs replaced them in segments_
+  };
+  absl::Status RunCompaction(bool force, CompactionRun* run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // After a run that stopped before its victims went (a full disk, a failed
+  // sync): points every entry and older version it had moved into an output
+  // back at the victim's copy (the same event, found by its sequence number)
+  // and drops the outputs. Without it the index would keep pointing into an
+  // unsynced *.compacting file, which start-up deletes, while the victims'
+  // copies looked dead and went with the next run.
+  void AbandonOutputs(const CompactionRun& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes the files of the segments a finished run replaced. Their ids go
+  // first to a durable list (kRemovalsName) that start-up completes, so a
+  // crash or a failed unlink part way never leaves some of them: a tombstone
+  // the run dropped from one could otherwise let an older put left in
+  // another revive its key.
+  absl::Status RemoveReplaced(const std::vector<uint32_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // Start-up, before the directory is listed: finishes the removals named by
+  // a list RemoveReplaced left.
+  absl::Status FinishRemovals();
   std::vector<std::shared_ptr<Segment>> PickCompactionVictims(bool force)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 

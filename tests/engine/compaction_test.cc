@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/engine.h"
@@ -419,6 +420,169 @@ TEST_P(CompactionCrashTest, APowerCutAtAnyStepLosesNoAcknowledgedWrite) {
       EXPECT_GT(step, 3) << "the compaction took durable steps";
     }
   }
+}
+
+// A compaction that stops part way (a write of its output fails: a full or
+// failing disk) leaves the store as it was: the records it had already moved
+// are read from the segments they came from again, so the next run (which
+// removes those segments) and a restart (which removes the unfinished
+// output) lose nothing. Each failure point in turn, from the first append.
+TEST(CompactionFailureTest, ARunThatStopsPartWayLosesNothing) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  constexpr int kKeys = 300;
+  bool failed = true;
+  int stopped_runs = 0;
+  for (int n = 0; failed; n += 7) {
+    SCOPED_TRACE(absl::StrCat("writes fail after ", n, " more"));
+    test::ScopedTempDir dir;
+    test::ManualClock clock;
+    test::LogCapture log;
+    FaultInjectionFileSystem fs(DefaultFileSystem());
+    Options options = test::TestOptions(dir.Subdir("db"), &clock, &log);
+    options.file_system = &fs;
+    options.versions_kept = 2;
+    Random random(seed + n);
+    std::map<std::string, std::vector<std::string>> versions;  // oldest first
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+    for (int round = 0; round < 4; ++round) {
+      for (int i = 0; i < kKeys; ++i) {
+        if (round > 0 && !random.Percent(40)) continue;
+        const std::string key = KeyName(i);
+        const std::string value =
+            absl::StrCat(key, "@", round, ":", random.Bytes(100 + random.Uniform(200)));
+        ASSERT_OK(engine->Put(key, value));
+        versions[key].push_back(value);
+      }
+    }
+    ASSERT_OK(engine->Sync());
+    auto check = [&](const char* when) {
+      SCOPED_TRACE(when);
+      for (int i = 0; i < kKeys; ++i) {
+        const std::string key = KeyName(i);
+        const std::vector<std::string>& values = versions[key];
+        ASSERT_EQ(GetOrStatus(engine.get(), key), values.back()) << key;
+        if (values.size() >= 2) {
+          absl::StatusOr<Record> older = engine->GetVersion(key, values.size() - 1);
+          ASSERT_OK(older.status()) << key;
+          EXPECT_EQ(older->value, values[values.size() - 2]) << key;
+        }
+      }
+    };
+    fs.FailWritesAfter(n);
+    const absl::Status status = engine->CompactNow(/*force=*/true);
+    failed = !status.ok();
+    fs.ClearFailures();
+    if (failed) {
+      ++stopped_runs;
+      ASSERT_NO_FATAL_FAILURE(check("after the run that stopped"));
+      // The next run removes the segments the first one copied from.
+      ASSERT_OK(engine->CompactNow(/*force=*/true));
+    }
+    ASSERT_NO_FATAL_FAILURE(check("after a run that finished"));
+    ASSERT_OK(engine->Close());
+    ASSERT_OK_AND_ASSIGN(engine, Engine::Open(options));
+    ASSERT_NO_FATAL_FAILURE(check("after a restart"));
+    ASSERT_OK(engine->Close());
+  }
+  EXPECT_GT(stopped_runs, 3) << "runs stopped at several points";
+}
+
+// Segments a compaction replaced go all or none. Here a key's older put sits
+// in the output of an earlier compaction (a high segment id) and its
+// tombstone in an original segment written after it (a lower id); the second
+// compaction drops both. Had its removals stopped after the tombstone's
+// segment and before the output, the put would have come back at the next
+// start. Power is cut before each durable step of that second compaction.
+TEST(CompactionFailureTest, ReplacedSegmentsGoAllOrNone) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  constexpr int kKeys = 200;
+  bool cut_during_compaction = true;
+  for (int step = 0; cut_during_compaction; ++step) {
+    SCOPED_TRACE(absl::StrCat("power cut before step ", step, " of the second compaction"));
+    test::ScopedTempDir dir;
+    test::ManualClock clock;
+    test::LogCapture log;
+    FaultInjectionFileSystem fault_fs(DefaultFileSystem());
+    PowerCutFileSystem fs(&fault_fs);
+    Options options = test::TestOptions(dir.Subdir("db"), &clock, &log);
+    options.file_system = &fs;
+    options.tombstone_grace_ms = 0;
+    Random random(seed);
+    std::map<std::string, std::string> expected;  // absent: deleted
+    {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+      for (int i = 0; i < kKeys; ++i) {
+        const std::string key = KeyName(i);
+        expected[key] = absl::StrCat(key, ":", random.Bytes(900));
+        ASSERT_OK(engine->Put(key, expected[key]));
+      }
+      // The first compaction copies the puts of the sealed segments into
+      // outputs whose ids are above the active segment's.
+      ASSERT_OK(engine->CompactNow(/*force=*/true));
+      // Tombstones for half the keys, in the active segment (a lower id),
+      // then enough other writes to seal it.
+      for (int i = 0; i < kKeys; i += 2) {
+        ASSERT_OK(engine->Delete(KeyName(i)).status());
+        expected.erase(KeyName(i));
+      }
+      for (int i = 0; i < kKeys; ++i) {
+        const std::string key = absl::StrCat("filler-", i);
+        expected[key] = absl::StrCat(key, ":", random.Bytes(900));
+        ASSERT_OK(engine->Put(key, expected[key]));
+      }
+      ASSERT_OK(engine->Sync());
+      fs.CutBeforeStep(step);
+      const absl::Status status = engine->CompactNow(/*force=*/true);
+      cut_during_compaction = fs.cut();
+      if (!cut_during_compaction) {
+        ASSERT_OK(status);
+      }
+      fault_fs.SetActive(false);
+    }
+    ASSERT_OK(fault_fs.DropUnsyncedData());
+    fault_fs.SetActive(true);
+    fs.CutBeforeStep(-1);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = KeyName(i);
+      auto it = expected.find(key);
+      EXPECT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
+          << key;
+    }
+    ASSERT_OK(engine->Close());
+    if (!cut_during_compaction) {
+      EXPECT_GT(step, 6) << "the compaction took durable steps";
+    }
+  }
+}
+
+// A new segment's header is durable before its directory entry is relied
+// on: a segment that survives a power cut as zeros below a compaction's
+// output would keep the store from opening.
+TEST(CompactionFailureTest, ANewSegmentsHeaderIsSyncedWhenItIsMade) {
+  test::ScopedTempDir dir;
+  test::ManualClock clock;
+  test::LogCapture log;
+  FaultInjectionFileSystem fs(DefaultFileSystem());
+  Options options = test::TestOptions(dir.Subdir("db"), &clock, &log);
+  options.file_system = &fs;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+  // Open made each shard's first segment; the writes below roll to more.
+  for (int i = 0; i < 600; ++i) {
+    ASSERT_OK(engine->Put(KeyName(i), std::string(300, 'v')));
+  }
+  int segments = 0;
+  for (const std::string& path : fs.TrackedFiles()) {
+    if (!absl::EndsWith(path, ".log")) continue;
+    ++segments;
+    std::optional<FaultInjectionFileSystem::FileState> state = fs.GetFileState(path);
+    ASSERT_TRUE(state.has_value()) << path;
+    EXPECT_GE(state->synced_bytes, format::kSegmentHeaderBytes) << path;
+  }
+  EXPECT_GT(segments, 2);
+  ASSERT_OK(engine->Close());
 }
 
 INSTANTIATE_TEST_SUITE_P(DirectoryEntries, CompactionCrashTest, ::testing::Bool(),
