@@ -1268,6 +1268,7 @@ void Node::AddRoutes() {
       logins_throttled_.fetch_add(1, std::memory_order_relaxed);
     };
     account_options.max_json_depth = options_.max_json_depth;
+    account_options.admit = [this](uint64_t user_id) { return admission_->Admit(user_id); };
     account_options.node_id = [this] { return node_id(); };
     http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
                            std::move(account_options));

@@ -330,7 +330,22 @@ User UserOf(const control::AccountUser& in) {
   user.username = in.username;
   user.is_active = in.is_active;
   user.created_at_ms = in.created_at_ms;
+  user.session_generation = in.session_generation;
   return user;
+}
+
+// The user a token's claims name, if the token still stands for a session
+// of theirs.
+absl::StatusOr<User> TokenUser(const control::Accounts& a, const JwtClaims& claims) {
+  const control::AccountUser* user = a.FindUser(claims.user_id);
+  if (user == nullptr || !user->is_active) {
+    return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
+  }
+  if (claims.session_generation != user->session_generation) {
+    return absl::UnauthenticatedError(
+        "the token's session was ended (keys reset, or the account disabled); log in again");
+  }
+  return UserOf(*user);
 }
 
 ApiKeyInfo InfoOf(const control::AccountApiKey& key) {
@@ -880,6 +895,7 @@ Tokens AuthStore::IssueTokens(const User& user) const {
   const int64_t now_s = NowMs() / 1000;
   JwtClaims claims;
   claims.user_id = user.id;
+  claims.session_generation = user.session_generation;
   claims.issued_at_s = now_s;
   claims.type = TokenType::kAccess;
   claims.expires_at_s = now_s + config_.access_token_ttl_s;
@@ -996,27 +1012,31 @@ absl::StatusOr<Tokens> AuthStore::Login(absl::string_view email, absl::string_vi
   return IssueTokens(*user);
 }
 
-absl::StatusOr<Tokens> AuthStore::Refresh(absl::string_view refresh_token) {
+std::string AuthStore::LoginName(absl::string_view email) const {
+  if (email.size() > kMaxEmailBytes || !IsValidUtf8(email) || NfkcCasefold() == nullptr) {
+    return std::string(email);
+  }
+  return IdentityKey(email);
+}
+
+absl::StatusOr<Tokens> AuthStore::Refresh(
+    absl::string_view refresh_token, const std::function<absl::Status(uint64_t user_id)>& admit) {
   if (!ready_.load(std::memory_order_acquire)) return NotReady();
   const int64_t now_ms = NowMs();
   absl::StatusOr<JwtClaims> claims = WithSecret([&](const std::string& secret) {
     return VerifyJwt(secret, refresh_token, TokenType::kRefresh, now_ms / 1000);
   });
   if (!claims.ok()) return claims.status();
-  auto user_of = [&](const control::Accounts& a) -> absl::StatusOr<User> {
-    const control::AccountUser* user = a.FindUser(claims->user_id);
-    if (user == nullptr || !user->is_active) {
-      return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
-    }
-    return UserOf(*user);
-  };
   absl::StatusOr<User> user = state()->Read([&](const control::Accounts& a) -> absl::StatusOr<User> {
     if (a.revoked_tokens.contains(claims->jti)) {
       return absl::UnauthenticatedError("refresh token already used or revoked");
     }
-    return user_of(a);
+    return TokenUser(a, *claims);
   });
   if (!user.ok()) return user.status();
+  if (admit) {
+    if (absl::Status admitted = admit(user->id); !admitted.ok()) return admitted;
+  }
   // Committed before new tokens exist, and refused for a jti already used on
   // any node: each refresh token works once in the whole cluster.
   absl::StatusOr<uint64_t> revoked = ProposeAndAwait(
@@ -1028,6 +1048,13 @@ absl::StatusOr<Tokens> AuthStore::Refresh(absl::string_view refresh_token) {
     }
     return revoked.status();
   }
+  // Spending it may have ended the user's sessions (one account past its
+  // share of the used tokens, AccountState's kMaxUserRevokedTokens), and
+  // another command may have since: tokens are issued only to a session
+  // that still stands.
+  user = state()->Read(
+      [&](const control::Accounts& a) -> absl::StatusOr<User> { return TokenUser(a, *claims); });
+  if (!user.ok()) return user.status();
   return IssueTokens(*user);
 }
 
@@ -1048,13 +1075,8 @@ absl::StatusOr<User> AuthStore::AuthenticateBearer(absl::string_view authorizati
     return VerifyJwt(secret, token, TokenType::kAccess, now_s);
   });
   if (!claims.ok()) return claims.status();
-  return state()->Read([&](const control::Accounts& a) -> absl::StatusOr<User> {
-    const control::AccountUser* user = a.FindUser(claims->user_id);
-    if (user == nullptr || !user->is_active) {
-      return absl::UnauthenticatedError("the token's user no longer exists or is disabled");
-    }
-    return UserOf(*user);
-  });
+  return state()->Read(
+      [&](const control::Accounts& a) -> absl::StatusOr<User> { return TokenUser(a, *claims); });
 }
 
 absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active, control::Actor actor) {
@@ -1065,7 +1087,22 @@ absl::Status AuthStore::SetUserActive(uint64_t user_id, bool active, control::Ac
         const control::AccountUser* user = a.FindUser(user_id);
         return user != nullptr && user->is_active == active;
       });
-  if (done.ok() && !active) SpreadCommit();
+  if (done.ok()) SpreadCommit();
+  return done.status();
+}
+
+absl::Status AuthStore::EndSessions(uint64_t user_id, control::Actor actor) {
+  if (!ready_.load(std::memory_order_acquire)) return NotReady();
+  absl::StatusOr<User> user = GetUser(user_id);
+  if (!user.ok()) return user.status();
+  const uint64_t before = user->session_generation;
+  absl::StatusOr<uint64_t> done = ProposeAndAwait(
+      control::EncodeEndSessions(user_id, ActorOf(std::move(actor))),
+      [user_id, before](const control::Accounts& a, uint64_t) {
+        const control::AccountUser* found = a.FindUser(user_id);
+        return found != nullptr && found->session_generation > before;
+      });
+  if (done.ok()) SpreadCommit();
   return done.status();
 }
 

@@ -136,6 +136,7 @@ struct User {
   std::string username;
   bool is_active = true;
   int64_t created_at_ms = 0;
+  uint64_t session_generation = 0;  // the tokens issued now carry it
 };
 
 struct Tokens {
@@ -218,10 +219,19 @@ class AuthStore {
   // Unauthenticated("invalid email or password") for an unknown email and a
   // wrong password alike, after the same amount of hashing. Slow.
   [[nodiscard]] absl::StatusOr<Tokens> Login(absl::string_view email, absl::string_view password);
+  // The name under which Login finds email (its NFKC_Casefold form), for a
+  // throttle of failed logins: every spelling Login takes for one account
+  // (case, fullwidth letters, ignorable characters) counts as that account.
+  // An email Login cannot match (too long, not UTF-8) is returned as it is.
+  std::string LoginName(absl::string_view email) const;
 
   // New tokens for a valid, unused refresh token, whose jti is then revoked
-  // in the cluster, so each refresh token works once, on any node.
-  [[nodiscard]] absl::StatusOr<Tokens> Refresh(absl::string_view refresh_token);
+  // in the cluster, so each refresh token works once, on any node. admit,
+  // when given, is asked with the token's user before anything is proposed
+  // (a rate limit); its refusal is returned.
+  [[nodiscard]] absl::StatusOr<Tokens> Refresh(
+      absl::string_view refresh_token,
+      const std::function<absl::Status(uint64_t user_id)>& admit = nullptr);
 
   // The user an Authorization header value ("Bearer <access jwt>") speaks for.
   [[nodiscard]] absl::StatusOr<User> AuthenticateBearer(absl::string_view authorization);
@@ -245,6 +255,10 @@ class AuthStore {
   // are refused on every node. NotFound for an unknown user.
   [[nodiscard]] absl::Status SetUserActive(uint64_t user_id, bool active,
                                            control::Actor actor = {});
+  // Ends every session of user_id on every node: the access and refresh
+  // tokens issued so far are refused from then on (SetUserActive does the
+  // same when it changes anything). NotFound for an unknown user.
+  [[nodiscard]] absl::Status EndSessions(uint64_t user_id, control::Actor actor = {});
 
   // The hot path of every data request: no engine access, no round trip and
   // no allocation. Unauthenticated("invalid API key"), ("API key revoked"),

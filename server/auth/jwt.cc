@@ -107,7 +107,8 @@ std::string SignJwt(absl::string_view secret, const JwtClaims& claims) {
                         {"typ", std::string(TokenTypeName(claims.type))},
                         {"iat", claims.issued_at_s},
                         {"exp", claims.expires_at_s},
-                        {"jti", claims.jti}};
+                        {"jti", claims.jti},
+                        {"gen", claims.session_generation}};
   // Every string here is ASCII, so dump cannot meet invalid UTF-8 and throw.
   std::string token =
       absl::StrCat(Base64UrlEncode(header.dump()), ".", Base64UrlEncode(payload.dump()));
@@ -180,6 +181,13 @@ absl::StatusOr<JwtClaims> VerifyJwt(absl::string_view secret, absl::string_view 
     return Unauthenticated("token has no valid jti claim");
   }
   claims.jti = std::move(*jti);
+  if (payload->contains("gen")) {
+    std::optional<int64_t> generation = IntegerField(*payload, "gen");
+    if (!generation.has_value() || *generation < 0) {
+      return Unauthenticated("token has no valid gen claim");
+    }
+    claims.session_generation = static_cast<uint64_t>(*generation);
+  }
 
   if (now_s >= claims.expires_at_s) return Unauthenticated("token expired");
   if (claims.type != expected_type) {

@@ -8,6 +8,8 @@
 //        token is expected and the other way round
 //   iat, exp  issue and expiry times, seconds since the Unix epoch
 //   jti  a random id, so that a used refresh token can be revoked
+//   gen  the user's session generation when the token was issued (absent:
+//        0); a token is refused once the user's has moved on
 // The secret is used as the HMAC key as is, whatever its length, so tokens
 // interoperate with other HS256 implementations given the same JWT_SECRET.
 //
@@ -42,6 +44,7 @@ struct JwtClaims {
   int64_t issued_at_s = 0;
   int64_t expires_at_s = 0;
   std::string jti;  // REQUIRES: non-empty
+  uint64_t session_generation = 0;
 };
 
 // The signed token for claims. REQUIRES: secret is non-empty.

@@ -80,6 +80,7 @@ AccountUser UserFrom(const fb::User& in) {
   user.password_hash = std::string(View(in.password_hash()));
   user.is_active = in.is_active();
   user.created_at_ms = in.created_at_ms();
+  user.session_generation = in.session_generation();
   return user;
 }
 
@@ -105,7 +106,7 @@ flatbuffers::Offset<fb::User> BuildUser(flatbuffers::FlatBufferBuilder& b, const
   auto username_key = b.CreateString(u.username_key);
   auto hash = b.CreateString(u.password_hash);
   return fb::CreateUser(b, u.id, email, username, email_key, username_key, hash, u.is_active,
-                        u.created_at_ms);
+                        u.created_at_ms, u.session_generation);
 }
 
 flatbuffers::Offset<fb::ApiKey> BuildKey(flatbuffers::FlatBufferBuilder& b,
@@ -188,6 +189,51 @@ absl::Status CheckImportedKey(const Accounts& a, const AccountApiKey& key) {
   return CheckKeyFields(key);
 }
 
+void EraseKey(Accounts& a, uint64_t key_id) {
+  auto it = a.api_keys.find(key_id);
+  if (it == a.api_keys.end()) return;
+  const AccountApiKey& key = it->second;
+  a.api_key_by_hash.erase(key.key_hash);
+  if (auto ids = a.api_keys_by_user.find(key.user_id); ids != a.api_keys_by_user.end()) {
+    std::erase(ids->second, key_id);
+    if (ids->second.empty()) a.api_keys_by_user.erase(ids);
+  }
+  a.bytes -= std::min(a.bytes, BytesOf(key));
+  a.api_keys.erase(it);
+}
+
+// Makes room for one more retired key of user_id: the oldest retired ones
+// (revoked, or expired at at_ms) past kMaxUserRetiredApiKeys - 1 go.
+void PruneRetiredKeys(Accounts& a, uint64_t user_id, int64_t at_ms) {
+  auto ids = a.api_keys_by_user.find(user_id);
+  if (ids == a.api_keys_by_user.end()) return;
+  std::vector<uint64_t> retired;
+  for (uint64_t id : ids->second) {
+    const AccountApiKey& key = a.api_keys.at(id);
+    if (!key.is_active || (key.expires_at_ms != 0 && key.expires_at_ms <= at_ms)) {
+      retired.push_back(id);
+    }
+  }
+  if (retired.size() < kMaxUserRetiredApiKeys) return;
+  std::sort(retired.begin(), retired.end());  // ids grow: oldest first
+  const size_t excess = retired.size() - (kMaxUserRetiredApiKeys - 1);
+  for (size_t i = 0; i < excess; ++i) EraseKey(a, retired[i]);
+}
+
+// Ends user_id's sessions: its tokens carry the generation before this, and
+// its used refresh tokens need no keeping (no token of it passes any more).
+void EndSessionsOf(Accounts& a, uint64_t user_id) {
+  if (auto it = a.users.find(user_id); it != a.users.end()) ++it->second.session_generation;
+  for (auto it = a.revoked_tokens.begin(); it != a.revoked_tokens.end();) {
+    if (it->second.user_id == user_id) {
+      a.bytes -= std::min(a.bytes, BytesOf(it->first));
+      it = a.revoked_tokens.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 size_t ActiveKeys(const Accounts& a, uint64_t user_id, int64_t at_ms) {
   auto ids = a.api_keys_by_user.find(user_id);
   if (ids == a.api_keys_by_user.end()) return 0;
@@ -262,6 +308,11 @@ std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& a
 std::string EncodeSetUserActive(uint64_t user_id, bool active, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
   return EncodeBody(b, fb::CommandBody::SetUserActive, fb::CreateSetUserActive(b, user_id, active), actor);
+}
+
+std::string EncodeEndSessions(uint64_t user_id, const Actor& actor) {
+  flatbuffers::FlatBufferBuilder b(64);
+  return EncodeBody(b, fb::CommandBody::EndSessions, fb::CreateEndSessions(b, user_id), actor);
 }
 
 std::string EncodeRevokeToken(absl::string_view jti, uint64_t user_id, int64_t expires_at_s,
@@ -446,6 +497,8 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::IssueApiKey& cmd) {
     return absl::ResourceExhaustedError(absl::StrCat("user ", key.user_id, " already has ", active,
                                                      " active API keys; revoke one first"));
   }
+  // The user's own revoked and expired keys make room first.
+  PruneRetiredKeys(accounts_, key.user_id, key.created_at_ms);
   if (accounts_.api_keys.size() >= kMaxAccountApiKeys) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the cluster has the most API keys it may have (", kMaxAccountApiKeys, ")"));
@@ -485,8 +538,23 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetUserActive& cmd) {
     }
     if (it->second.is_active == cmd.active()) return cmd.user_id();
     it->second.is_active = cmd.active();
+    // A reactivated account does not bring back the tokens it had.
+    ++it->second.session_generation;
   }
-  if (!cmd.active()) Notify(true, false);
+  Notify(true, false);
+  return cmd.user_id();
+}
+
+absl::StatusOr<uint64_t> AccountState::Apply(const fb::EndSessions& cmd) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = accounts_.users.find(cmd.user_id());
+    if (it == accounts_.users.end()) {
+      return absl::NotFoundError(absl::StrCat("user ", cmd.user_id(), " not found"));
+    }
+    ++it->second.session_generation;
+  }
+  Notify(true, false);
   return cmd.user_id();
 }
 
@@ -501,18 +569,32 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
     // Expired entries are dropped by the clock of the command, so that
     // every server drops the same ones.
     const int64_t now_s = cmd.now_s();
+    absl::flat_hash_map<uint64_t, size_t> per_user;
     for (auto it = accounts_.revoked_tokens.begin(); it != accounts_.revoked_tokens.end();) {
       if (it->second.expires_at_s <= now_s) {
         accounts_.bytes -= BytesOf(it->first);
         it = accounts_.revoked_tokens.erase(it);
       } else {
+        ++per_user[it->second.user_id];
         ++it;
       }
     }
-    if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the cluster holds the most used refresh tokens it may (",
-                       kMaxRevokedTokens, "); try again later"));
+    // Past its share the user's sessions end, this refresh's token with them
+    // (AuthStore::Refresh then refuses it by its generation). When the table
+    // is full all the same, so do those of the user holding the most
+    // (the lowest id of those tied), whoever asks.
+    if (per_user[cmd.user_id()] + 1 >= kMaxUserRevokedTokens) {
+      EndSessionsOf(accounts_, cmd.user_id());
+    } else if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
+      uint64_t heaviest = 0;
+      size_t most = 0;
+      for (const auto& [user_id, count] : per_user) {
+        if (count > most || (count == most && user_id < heaviest)) {
+          heaviest = user_id;
+          most = count;
+        }
+      }
+      EndSessionsOf(accounts_, heaviest);
     }
     if (absl::Status s = CheckRoom(accounts_, BytesOf(jti)); !s.ok()) return s;
     accounts_.bytes += BytesOf(jti);

@@ -54,6 +54,7 @@ struct SignUp;
 struct IssueApiKey;
 struct RevokeApiKey;
 struct SetUserActive;
+struct EndSessions;
 struct RevokeToken;
 struct TouchApiKeys;
 struct ImportAccounts;
@@ -71,6 +72,16 @@ inline constexpr size_t kMaxAccountUsers = 100000;
 inline constexpr size_t kMaxAccountApiKeys = 200000;       // revoked ones included
 inline constexpr size_t kMaxRevokedTokens = 200000;        // until they expire
 inline constexpr size_t kMaxUserActiveApiKeys = 100;
+// Revoked and expired keys kept per user (listed as such); a new key makes
+// the oldest of them go past it, so churning keys cannot fill the table.
+inline constexpr size_t kMaxUserRetiredApiKeys = 100;
+// Used refresh tokens kept per user until they expire. A user past it has
+// its sessions ended (SetUserActive's way: its tokens are refused, its
+// entries go), and so has the user with the most when the table is full:
+// one account refreshing in a loop cannot fill the table for everyone.
+// Refreshing once an hour (the access tokens' default life) from six
+// devices stays under it within the refresh tokens' week.
+inline constexpr size_t kMaxUserRevokedTokens = 1000;
 inline constexpr size_t kMaxAccountEmailBytes = 254;
 inline constexpr size_t kMaxAccountUsernameBytes = 256;    // 64 characters of UTF-8
 inline constexpr size_t kMaxAccountNameKeyBytes = 1024;    // a normalised email or username
@@ -98,6 +109,9 @@ struct AccountUser {
   std::string password_hash;
   bool is_active = true;
   int64_t created_at_ms = 0;
+  // Moves on when the user's sessions end (EndSessions, SetUserActive): a
+  // token carries the value it was issued under.
+  uint64_t session_generation = 0;
 
   bool operator==(const AccountUser&) const = default;
 };
@@ -176,6 +190,7 @@ std::string EncodeCreateApiKey(const AccountApiKey& key,
                                const Actor& actor = {});  // id, is_active, last use ignored
 std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& actor = {});
 std::string EncodeSetUserActive(uint64_t user_id, bool active, const Actor& actor = {});
+std::string EncodeEndSessions(uint64_t user_id, const Actor& actor = {});
 std::string EncodeRevokeToken(absl::string_view jti, uint64_t user_id, int64_t expires_at_s,
                               int64_t now_s);
 std::string EncodeTouchApiKeys(const std::vector<std::pair<uint64_t, int64_t>>& uses);
@@ -235,6 +250,7 @@ class AccountState {
   absl::StatusOr<uint64_t> Apply(const fb::IssueApiKey& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::RevokeApiKey& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::SetUserActive& cmd);
+  absl::StatusOr<uint64_t> Apply(const fb::EndSessions& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::RevokeToken& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::TouchApiKeys& cmd);
   absl::StatusOr<uint64_t> Apply(const fb::ImportAccounts& cmd);

@@ -83,6 +83,8 @@ std::string Describe(const fb::Command& command) {
       const fb::SetUserActive& c = *command.body_as_SetUserActive();
       return absl::StrCat("user_id=", c.user_id(), " active=", c.active() ? "true" : "false");
     }
+    case fb::CommandBody::EndSessions:
+      return absl::StrCat("user_id=", command.body_as_EndSessions()->user_id());
     case fb::CommandBody::ImportAccounts: {
       const fb::ImportAccounts& c = *command.body_as_ImportAccounts();
       return absl::StrCat("source=", Q(c.source()),

@@ -608,6 +608,8 @@ absl::StatusOr<uint64_t> ControlState::ApplyVerified(const fb::Command& command)
       return accounts_.Apply(*cmd->body_as_RevokeApiKey());
     case fb::CommandBody::SetUserActive:
       return accounts_.Apply(*cmd->body_as_SetUserActive());
+    case fb::CommandBody::EndSessions:
+      return accounts_.Apply(*cmd->body_as_EndSessions());
     case fb::CommandBody::RevokeToken:
       return accounts_.Apply(*cmd->body_as_RevokeToken());
     case fb::CommandBody::TouchApiKeys:

@@ -287,6 +287,11 @@ void ChangeUser(const Deps& deps, HttpRequest& request, Responder& responder, bo
       absl::StatusOr<size_t> count = deps->store->RevokeAllApiKeys(id, actor);
       if (!count.ok()) return StatusResponse(count.status());
       revoked = *count;
+      // And the tokens: with a refresh token left working, whoever held the
+      // keys would mint new ones.
+      if (absl::Status status = deps->store->EndSessions(id, actor); !status.ok()) {
+        return StatusResponse(status);
+      }
     }
     return UserAnswer(deps, id, 200, Json{{"api_keys_revoked", revoked}});
   });

@@ -91,6 +91,11 @@ control::Actor UserActor(const Options& options, uint64_t user_id) {
   return control::Actor::User(user_id, options->node_id ? options->node_id() : "");
 }
 
+// The per-user rate limit's answer for one request of user_id.
+absl::Status Admit(const Options& options, uint64_t user_id) {
+  return options->admit ? options->admit(user_id) : absl::OkStatus();
+}
+
 void NoteAuthFailure(const Options& options) {
   if (options->on_auth_failure) options->on_auth_failure();
 }
@@ -141,10 +146,13 @@ void Login(auth::AuthStore* store, auth::WorkerPool* pool, const Options& option
     }
   }
   auth::LoginThrottle* throttle = options->login_throttle;
+  // Counted under the name Login looks up, not as spelled: another spelling
+  // of one account is the same account.
+  std::string account = store->LoginName(email);
   if (throttle != nullptr) {
     // Held back before any hashing: guessing costs the server nothing.
     int64_t retry_after_ms = 0;
-    if (!throttle->Allow(email, request.remote_address, options->now_ms(), &retry_after_ms)) {
+    if (!throttle->Allow(account, request.remote_address, options->now_ms(), &retry_after_ms)) {
       if (options->on_throttled) options->on_throttled();
       HttpResponse refused = HttpResponse::Error(
           429, "too many failed logins for this account or address; retry later");
@@ -155,18 +163,18 @@ void Login(auth::AuthStore* store, auth::WorkerPool* pool, const Options& option
   }
   OnPool(pool, std::move(responder),
          [store, options, email = std::move(email), password = std::move(password),
-          address = std::string(request.remote_address)]() {
+          account = std::move(account), address = std::string(request.remote_address)]() {
            absl::StatusOr<auth::Tokens> tokens = store->Login(email, password);
            auth::LoginThrottle* throttle = options->login_throttle;
            if (!tokens.ok()) {
              if (absl::IsUnauthenticated(tokens.status())) {
                NoteAuthFailure(options);
                if (throttle != nullptr)
-                 throttle->RecordFailure(email, address, options->now_ms());
+                 throttle->RecordFailure(account, address, options->now_ms());
              }
              return StatusResponse(tokens.status());
            }
-           if (throttle != nullptr) throttle->RecordSuccess(email);
+           if (throttle != nullptr) throttle->RecordSuccess(account);
            return JsonAnswer(200, auth::TokensJson(*tokens));
          });
 }
@@ -181,7 +189,8 @@ void Refresh(auth::AuthStore* store, auth::WorkerPool* pool, const Options& opti
   }
   OnPool(pool, std::move(responder),
          [store, options, refresh_token = std::move(refresh_token)]() {
-           absl::StatusOr<auth::Tokens> tokens = store->Refresh(refresh_token);
+           absl::StatusOr<auth::Tokens> tokens = store->Refresh(
+               refresh_token, [&options](uint64_t user_id) { return Admit(options, user_id); });
            if (!tokens.ok()) {
              if (absl::IsUnauthenticated(tokens.status())) NoteAuthFailure(options);
              return StatusResponse(tokens.status());
@@ -194,6 +203,9 @@ void CreateApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options&
                   HttpRequest& request, Responder& responder) {
   absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
+  if (absl::Status admitted = Admit(options, user->id); !admitted.ok()) {
+    return responder.Send(StatusResponse(admitted));
+  }
   absl::StatusOr<Json> body = Body(request, options->max_json_depth);
   if (!body.ok()) return responder.Send(BodyError(body.status()));
   std::string name;
@@ -227,6 +239,9 @@ void RevokeApiKey(auth::AuthStore* store, auth::WorkerPool* pool, const Options&
                   HttpRequest& request, Responder& responder) {
   absl::StatusOr<auth::User> user = Authenticate(store, options, request);
   if (!user.ok()) return responder.Send(StatusResponse(user.status()));
+  if (absl::Status admitted = Admit(options, user->id); !admitted.ok()) {
+    return responder.Send(StatusResponse(admitted));
+  }
   uint64_t key_id = 0;
   if (request.params.size() != 1 || !absl::SimpleAtoi(request.params[0], &key_id) || key_id == 0) {
     return responder.Send(HttpResponse::Error(400, "API key id must be a positive integer"));

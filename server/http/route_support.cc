@@ -103,6 +103,11 @@ HttpResponse StatusResponse(const absl::Status& status) {
   if (http_status == 503) {
     response.headers.emplace_back("Retry-After", absl::StrCat(kRetryAfterSeconds));
   }
+  if (const int64_t retry_after_ms = protocol::RetryAfterMs(status);
+      http_status == 429 && retry_after_ms > 0) {
+    response.headers.emplace_back("Retry-After",
+                                  absl::StrCat(std::max<int64_t>(1, (retry_after_ms + 999) / 1000)));
+  }
   return response;
 }
 

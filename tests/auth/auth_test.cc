@@ -115,7 +115,8 @@ Json ClaimsJson(const JwtClaims& claims) {
               {"typ", std::string(TokenTypeName(claims.type))},
               {"iat", claims.issued_at_s},
               {"exp", claims.expires_at_s},
-              {"jti", claims.jti}};
+              {"jti", claims.jti},
+              {"gen", claims.session_generation}};
 }
 
 TEST(JwtTest, RoundTrip) {
@@ -128,6 +129,29 @@ TEST(JwtTest, RoundTrip) {
   EXPECT_EQ(verified.issued_at_s, claims.issued_at_s);
   EXPECT_EQ(verified.expires_at_s, claims.expires_at_s);
   EXPECT_EQ(verified.jti, claims.jti);
+  EXPECT_EQ(verified.session_generation, 0u);
+  JwtClaims later = claims;
+  later.session_generation = 7;
+  ASSERT_OK_AND_ASSIGN(verified,
+                       VerifyJwt(kSecret, SignJwt(kSecret, later), TokenType::kAccess, kStartS));
+  EXPECT_EQ(verified.session_generation, 7u);
+}
+
+// The session generation: a token without one (issued before it existed)
+// has generation 0; one that is not a non-negative integer is refused.
+TEST(JwtTest, SessionGenerationClaim) {
+  Json claims = ClaimsJson(Claims());
+  claims.erase("gen");
+  const Json header = {{"alg", "HS256"}, {"typ", "JWT"}};
+  ASSERT_OK_AND_ASSIGN(JwtClaims verified, VerifyJwt(kSecret, ForgeToken(kSecret, header, claims),
+                                                     TokenType::kAccess, kStartS));
+  EXPECT_EQ(verified.session_generation, 0u);
+  for (const Json& bad : {Json(-1), Json("3"), Json(1.5), Json(nullptr), Json::array()}) {
+    claims["gen"] = bad;
+    absl::StatusOr<JwtClaims> refused =
+        VerifyJwt(kSecret, ForgeToken(kSecret, header, claims), TokenType::kAccess, kStartS);
+    EXPECT_EQ(refused.status().message(), "token has no valid gen claim") << bad.dump();
+  }
 }
 
 TEST(JwtTest, MatchesIndependentHs256) {

@@ -152,6 +152,88 @@ TEST(AccountStateTest, RevocationsMoveTheGenerationAndCallTheListener) {
   EXPECT_EQ(limits, (std::vector<std::pair<int64_t, int64_t>>{{60, 10}, {30, 5}}));
 }
 
+// A user's revoked and expired keys are kept up to kMaxUserRetiredApiKeys;
+// a new key makes the oldest go, so creating and revoking keys in a loop
+// neither grows the table nor takes another user's room.
+TEST(AccountStateTest, RetiredKeysAreKeptUpToTheirLimitOldestGoingFirst) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("alice"))).ok());
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("bob"))).ok());
+  AccountApiKey bobs = NewKey(2, 'b');
+  ASSERT_EQ(state.Apply(EncodeCreateApiKey(bobs)).value(), 1u);
+  constexpr uint64_t kChurn = kMaxUserRetiredApiKeys + 50;
+  for (uint64_t i = 0; i < kChurn; ++i) {
+    AccountApiKey key = NewKey(1, 'a');
+    key.key_hash[0] = static_cast<char>(i);
+    key.key_hash[1] = static_cast<char>(i >> 8);
+    absl::StatusOr<uint64_t> id = state.Apply(EncodeCreateApiKey(key));
+    ASSERT_TRUE(id.ok()) << i << " " << id.status();
+    ASSERT_TRUE(state.Apply(EncodeRevokeApiKey(1, *id)).ok());
+  }
+  // An expired key counts as retired too, once the new key's time is past its expiry.
+  AccountApiKey expired = NewKey(1, 'e');
+  expired.expires_at_ms = 2500;
+  ASSERT_EQ(state.Apply(EncodeCreateApiKey(expired)).value(), kChurn + 2);
+  AccountApiKey last = NewKey(1, 'l');
+  last.created_at_ms = 3000;
+  ASSERT_EQ(state.Apply(EncodeCreateApiKey(last)).value(), kChurn + 3);
+  const Accounts accounts = state.accounts().Current();
+  size_t alices = 0;
+  for (const auto& [id, key] : accounts.api_keys) alices += key.user_id == 1 ? 1 : 0;
+  // Room is made for a retired key to come: 99 retired and the last, active one.
+  EXPECT_EQ(alices, kMaxUserRetiredApiKeys);
+  EXPECT_FALSE(accounts.api_keys.contains(2)) << "the oldest retired key went";
+  EXPECT_TRUE(accounts.api_keys.contains(kChurn + 1)) << "the newest revoked one stays";
+  EXPECT_TRUE(accounts.api_keys.contains(kChurn + 2)) << "and the expired one";
+  EXPECT_TRUE(accounts.api_keys.contains(1)) << "bob's key is not alice's to drop";
+  EXPECT_EQ(accounts.api_keys_by_user.at(1).size(), alices);
+  EXPECT_EQ(accounts.api_key_by_hash.size(), accounts.api_keys.size());
+  // What the indexes and the byte count say matches a restored copy's.
+  ControlState restored;
+  ASSERT_TRUE(restored.Restore(state.Snapshot()).ok());
+  EXPECT_EQ(restored.accounts().Current(), accounts);
+}
+
+// A user's sessions end (their generation moves on) with EndSessions and
+// with every change of SetUserActive; a user past kMaxUserRevokedTokens used
+// refresh tokens ends its own, its entries going with them, and no one else's.
+TEST(AccountStateTest, SessionsEndOnRequestOnActivationChangesAndPastTheUsedTokensShare) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("alice"))).ok());
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("bob"))).ok());
+  auto generation = [&](uint64_t user) {
+    return state.accounts().Current().users.at(user).session_generation;
+  };
+  EXPECT_EQ(generation(1), 0u);
+  ASSERT_TRUE(state.Apply(EncodeEndSessions(1)).ok());
+  EXPECT_EQ(generation(1), 1u);
+  ASSERT_TRUE(state.Apply(EncodeSetUserActive(1, true)).ok());  // no change: no end
+  EXPECT_EQ(generation(1), 1u);
+  ASSERT_TRUE(state.Apply(EncodeSetUserActive(1, false)).ok());
+  ASSERT_TRUE(state.Apply(EncodeSetUserActive(1, true)).ok());
+  EXPECT_EQ(generation(1), 3u);
+  EXPECT_EQ(state.Apply(EncodeEndSessions(9)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(generation(2), 0u);
+
+  ASSERT_TRUE(state.Apply(EncodeRevokeToken("bob-1", 2, 100000, 0)).ok());
+  for (size_t i = 0; i + 1 < kMaxUserRevokedTokens; ++i) {
+    ASSERT_TRUE(state.Apply(EncodeRevokeToken(absl::StrCat("alice-", i), 1, 100000, 0)).ok());
+  }
+  EXPECT_EQ(generation(1), 3u);
+  EXPECT_EQ(state.accounts().Current().revoked_tokens.size(), kMaxUserRevokedTokens);
+  // Her share's last place: her sessions end, her entries go, this one is kept.
+  ASSERT_TRUE(state.Apply(EncodeRevokeToken("alice-last", 1, 100000, 0)).ok());
+  EXPECT_EQ(generation(1), 4u);
+  const Accounts accounts = state.accounts().Current();
+  EXPECT_EQ(accounts.revoked_tokens.size(), 2u);
+  EXPECT_TRUE(accounts.revoked_tokens.contains("alice-last"));
+  EXPECT_TRUE(accounts.revoked_tokens.contains("bob-1"));
+  EXPECT_EQ(generation(2), 0u);
+  ControlState restored;
+  ASSERT_TRUE(restored.Restore(state.Snapshot()).ok());
+  EXPECT_EQ(restored.accounts().Current(), accounts);
+}
+
 TEST(AccountStateTest, AuthModeAndSecretAreCommittedOnce) {
   ControlState state;
   // A cluster of one may change its mode (a lone node restarted with the
@@ -254,7 +336,7 @@ TEST(AccountStateTest, ApplyIsDeterministicAndSnapshotsRoundTrip) {
   std::mt19937_64 random(12);
   for (int i = 0; i < 300; ++i) {
     const uint64_t user = 1 + random() % 40;
-    switch (random() % 7) {
+    switch (random() % 8) {
       case 0:
       case 1:
         script.push_back(EncodeSignUp(NewUser(absl::StrCat("u", random() % 60))));
@@ -272,6 +354,10 @@ TEST(AccountStateTest, ApplyIsDeterministicAndSnapshotsRoundTrip) {
         break;
       case 5:
         script.push_back(EncodeTouchApiKeys({{1 + random() % 50, static_cast<int64_t>(i)}}));
+        break;
+      case 6:
+        script.push_back(random() % 2 == 0 ? EncodeEndSessions(user)
+                                           : EncodeSetUserActive(user, random() % 2 == 0));
         break;
       default:
         script.push_back(std::string(1 + random() % 64, static_cast<char>(random())));

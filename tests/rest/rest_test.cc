@@ -2421,6 +2421,19 @@ TEST_F(RestAuthTest, FailedLoginsAreThrottledAndCounted) {
   EXPECT_GE(wrong, 6);
   // Held back means held back: the right password is refused too, for now.
   EXPECT_EQ(Login(a.email, a.password).status, 429);
+  // And so is every other spelling under which login finds the account (one
+  // counter each would give an attacker as many guesses as spellings): a
+  // fullwidth first letter, an ignorable soft hyphen (U+00AD) after it.
+  const char first = a.email[0];
+  ASSERT_TRUE(absl::ascii_isalpha(first)) << a.email;
+  const std::string fullwidth =
+      absl::ascii_isupper(first)
+          ? absl::StrCat("\xEF\xBC", std::string(1, static_cast<char>(0xA1 + (first - 'A'))))
+          : absl::StrCat("\xEF\xBD", std::string(1, static_cast<char>(0x81 + (first - 'a'))));
+  ExpectError(Login(fullwidth + a.email.substr(1), "wrongpassword"), 429);
+  ExpectError(Login(absl::StrCat(a.email.substr(0, 1), "\xC2\xAD", a.email.substr(1)),
+                    "wrongpassword"),
+              429);
   // Another account is not affected.
   Account b = NewAccount("b");
   EXPECT_EQ(Login(b.email, b.password).status, 200);
@@ -2455,8 +2468,9 @@ SharedServer* RestRateLimitTest::shared_ = nullptr;
 TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
   Account a = NewAccount("a");
   Account b = NewAccount("b");
-  // The bucket starts full: the burst of 3 always passes.
-  for (int i = 0; i < 3; ++i) {
+  // The bucket starts full: the burst of 3 always passes, less the token
+  // NewAccount's key creation took.
+  for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(Call("GET", "/v1/kv/limited", KeyHeader(a.api_key)).status, 404) << "request " << i;
   }
   // The 4th is refused unless a second went by meanwhile (60/minute refills
@@ -2478,6 +2492,46 @@ TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
   EXPECT_EQ(Call("GET", "/health").status, 200);
   // And a's bucket refills (bounded wait).
   EXPECT_TRUE(PollUntilStatus("/v1/kv/limited", 404, KeyHeader(a.api_key)));
+}
+
+// Refreshing tokens and creating or revoking keys are commands of the
+// control plane; they take tokens from the same bucket, so a loop of them is
+// held back as a loop of data requests is.
+TEST_F(RestRateLimitTest, RefreshesAndKeyChangesShareTheUsersBucket) {
+  Account a = NewAccount("a");
+  HttpAnswer refused;
+  std::string refresh = a.refresh_token;
+  for (int i = 0; i < 20 && refused.status != 429; ++i) {
+    refused = Call("POST", "/refresh", {{"Content-Type", "application/json"}},
+                   json({{"refresh_token", refresh}}).dump());
+    if (refused.status == 200) refresh = refused.Json().value("refresh_token", "");
+  }
+  ExpectError(refused, 429);
+  int seconds = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(refused.Header("retry-after").value_or(""), &seconds));
+  EXPECT_GE(seconds, 1);
+  // The refused refresh token was not spent: it works once the bucket refills.
+  bool refreshed = false;
+  const absl::Time deadline = absl::Now() + kPollLimit;
+  while (!refreshed && absl::Now() < deadline) {
+    const HttpAnswer again = Call("POST", "/refresh", {{"Content-Type", "application/json"}},
+                                  json({{"refresh_token", refresh}}).dump());
+    refreshed = again.status == 200;
+    if (!refreshed) {
+      ASSERT_EQ(again.status, 429) << again.body;
+      absl::SleepFor(kPollInterval);
+    }
+  }
+  EXPECT_TRUE(refreshed);
+  // Creating keys (bounded: the bucket refills one a second).
+  HttpAnswer create;
+  for (int i = 0; i < 20 && create.status != 429; ++i) {
+    create = CreateKey(a.access_token, json::array({"read"}));
+    ASSERT_TRUE(create.status == 201 || create.status == 429) << create.body;
+  }
+  ExpectError(create, 429);
+  ExpectError(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token)),
+              429);
 }
 
 // Binary requests take tokens from the same per-user bucket: once HTTP has
@@ -2520,6 +2574,115 @@ TEST_F(RestRateLimitTest, BinaryRequestsShareTheUsersBucket) {
     if (!served) absl::SleepFor(kPollInterval);
   }
   EXPECT_TRUE(served);
+}
+
+// ==== Sessions ending ================================================================
+
+// An administrator's reset of a user's keys, and a deactivation, end the
+// user's sessions too: the access and refresh tokens issued before are
+// refused (a stolen refresh token would otherwise mint new keys), and so
+// they stay after a reactivation. Logging in again starts a new one.
+class RestSessionsTest : public RestAccountsBase {
+ protected:
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {
+    process_ = StartLogkvd(dir_.path() + "/data", {"--auth=on", "--rate-limit=0"});
+    ASSERT_NE(process_, nullptr);
+  }
+  HttpAnswer Refresh(const std::string& token) {
+    return Call("POST", "/refresh", {{"Content-Type", "application/json"}},
+                json({{"refresh_token", token}}).dump());
+  }
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestSessionsTest, AResetOrADeactivationEndsTheUsersSessions) {
+  Account admin = NewAccount("admin");
+  ASSERT_EQ(admin.id, 1u) << "the administrator is the first account";
+  Account user = NewAccount("user");
+  const std::string user_path = absl::StrCat("/api/users/", user.id);
+  auto ended = [](const HttpAnswer& answer) {
+    EXPECT_EQ(answer.status, 401) << answer.body;
+    EXPECT_NE(answer.body.find("session was ended"), std::string::npos) << answer.body;
+  };
+  // A refreshed pair works, as the first did.
+  const HttpAnswer refreshed = Refresh(user.refresh_token);
+  ASSERT_EQ(refreshed.status, 200) << refreshed.body;
+  const std::string access = refreshed.Json().value("access_token", "");
+  const std::string refresh = refreshed.Json().value("refresh_token", "");
+  ASSERT_EQ(Call("GET", "/apikeys", Bearer(access)).status, 200);
+
+  const HttpAnswer reset = Call("PUT", user_path, KeyHeader(admin.api_key), R"({"reset_keys":true})");
+  ASSERT_EQ(reset.status, 200) << reset.body;
+  EXPECT_EQ(reset.Json().value("api_keys_revoked", 0), 1);
+  ExpectError(Call("GET", "/v1/kv/k", KeyHeader(user.api_key)), 401);
+  ended(Call("GET", "/apikeys", Bearer(access)));
+  ExpectError(Call("POST", "/apikeys", Bearer(access),
+                   json({{"name", "again"}, {"scopes", {"read"}}}).dump()),
+              401);
+  ended(Refresh(refresh));
+  // The administrator's own session is untouched.
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(admin.access_token)).status, 200);
+
+  // A new login is a new session.
+  HttpAnswer login = Login(user.email, user.password);
+  ASSERT_EQ(login.status, 200) << login.body;
+  const std::string second = login.Json().value("access_token", "");
+  const std::string second_refresh = login.Json().value("refresh_token", "");
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(second)).status, 200);
+
+  // Disabled and enabled again: the tokens from before stay refused.
+  ASSERT_EQ(Call("PUT", user_path, KeyHeader(admin.api_key), R"({"is_active":false})").status,
+            200);
+  ExpectError(Call("GET", "/apikeys", Bearer(second)), 401);
+  ASSERT_EQ(Call("PUT", user_path, KeyHeader(admin.api_key), R"({"is_active":true})").status,
+            200);
+  ended(Call("GET", "/apikeys", Bearer(second)));
+  ended(Refresh(second_refresh));
+  login = Login(user.email, user.password);
+  ASSERT_EQ(login.status, 200) << login.body;
+  const std::string third = login.Json().value("access_token", "");
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(third)).status, 200);
+  // And a restart after SIGKILL keeps what ended ended (the generation is in
+  // the control plane's state).
+  process_->Kill();
+  ASSERT_TRUE(process_->Start().ok());
+  ended(Call("GET", "/apikeys", Bearer(second)));
+  EXPECT_EQ(Call("GET", "/apikeys", Bearer(third)).status, 200);
+}
+
+// Creating and revoking keys in a loop leaves at most a bounded number of
+// revoked keys listed, the newest; the active ones all stay.
+TEST_F(RestSessionsTest, RevokedKeysAreKeptUpToALimitNewestFirst) {
+  Account user = NewAccount("user");
+  constexpr int kChurn = 120;
+  uint64_t last_revoked = 0;
+  for (int i = 0; i < kChurn; ++i) {
+    const HttpAnswer created = CreateKey(user.access_token, json::array({"read"}));
+    ASSERT_EQ(created.status, 201) << i << " " << created.body;
+    last_revoked = created.Json().value("id", uint64_t{0});
+    ASSERT_EQ(Call("DELETE", absl::StrCat("/apikeys/", last_revoked), Bearer(user.access_token))
+                  .status,
+              200);
+  }
+  const HttpAnswer listed = Call("GET", "/apikeys", Bearer(user.access_token));
+  ASSERT_EQ(listed.status, 200) << listed.body;
+  const json body = listed.Json();
+  const json& keys = body["api_keys"];
+  size_t revoked = 0;
+  bool newest_listed = false;
+  bool own_listed = false;
+  for (const json& key : keys) {
+    if (!key.value("is_active", true)) ++revoked;
+    newest_listed |= key.value("id", uint64_t{0}) == last_revoked;
+    own_listed |= key.value("id", uint64_t{0}) == user.api_key_id;
+  }
+  EXPECT_LE(revoked, 100u) << listed.body;
+  EXPECT_GE(revoked, 90u) << listed.body;
+  EXPECT_TRUE(newest_listed);
+  EXPECT_TRUE(own_listed) << "an active key never goes";
+  EXPECT_EQ(Call("GET", "/v1/kv/k", KeyHeader(user.api_key)).status, 404);
 }
 
 // ==== Session token expiry ============================================================
