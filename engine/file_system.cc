@@ -67,6 +67,21 @@ absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int er
   }
 }
 
+// Disk blocks for [offset, offset + length) of fd: 0, or the error. A file
+// system without fallocate gets its pages allocated as they are written
+// (glibc writes a byte a block where the call is unsupported, and where even
+// that is refused there is nothing to reserve ahead): 0 there too. Any other
+// failure (an I/O error, a file too large) is returned: taking the range for
+// reserved would turn a later append into a write fault (SIGBUS) where the
+// blocks cannot be had. Interrupted calls are made again.
+int ReserveBlocks(int fd, uint64_t offset, uint64_t length) {
+  int rc;
+  do {
+    rc = ::posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (rc == EINTR);
+  return rc == EOPNOTSUPP || rc == ENOSYS ? 0 : rc;
+}
+
 // A file descriptor closed on destruction.
 class Fd {
  public:
@@ -250,10 +265,8 @@ class PosixWritableFile final : public WritableFile {
     const uint64_t reserved = reserved_.load(std::memory_order_relaxed);
     const uint64_t step = std::clamp(reserved, kFirstReservationBytes, kMaxReservationStepBytes);
     const uint64_t want = std::min(capacity_, std::max(end, reserved + step));
-    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(reserved),
-                                     static_cast<off_t>(want - reserved));
-    if (rc == ENOSPC || rc == EDQUOT) return ErrnoStatus("fallocate", path_, rc);
-    // Elsewhere (no fallocate support) pages are allocated as they are written.
+    const int rc = ReserveBlocks(fd_, reserved, want - reserved);
+    if (rc != 0) return ErrnoStatus("fallocate", path_, rc);
     reserved_.store(want, std::memory_order_release);
     return absl::OkStatus();
   }
@@ -367,8 +380,8 @@ class PosixFileSystem final : public FileSystem {
       return fail(ErrnoStatus("ftruncate", path, errno));
     }
     const uint64_t reserved = std::min(capacity_bytes, kFirstReservationBytes);
-    const int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(reserved));
-    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
+    const int rc = ReserveBlocks(fd.get(), 0, reserved);
+    if (rc != 0) return fail(ErrnoStatus("fallocate", path, rc));
     void* base = MapWritable(fd.get(), capacity_bytes);
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
@@ -399,9 +412,8 @@ class PosixFileSystem final : public FileSystem {
       return fail(ErrnoStatus("ftruncate", path, errno));
     }
     const uint64_t reserved = std::min(capacity_bytes, size + kFirstReservationBytes);
-    const int rc = ::posix_fallocate(fd.get(), static_cast<off_t>(size),
-                                     static_cast<off_t>(reserved - size));
-    if (rc == ENOSPC || rc == EDQUOT) return fail(ErrnoStatus("fallocate", path, rc));
+    const int rc = ReserveBlocks(fd.get(), size, reserved - size);
+    if (rc != 0) return fail(ErrnoStatus("fallocate", path, rc));
     void* base = MapWritable(fd.get(), capacity_bytes);
     if (base == MAP_FAILED) return fail(ErrnoStatus("mmap", path, errno));
     return std::make_unique<PosixWritableFile>(path, fd.release(), static_cast<char*>(base),
