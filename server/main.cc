@@ -104,6 +104,10 @@ ABSL_FLAG(int64_t, rate_limit, 100,
           "applies a new value from the config file.");
 ABSL_FLAG(int64_t, rate_limit_burst, 10,
           "Token bucket size of --rate_limit. SIGHUP applies a new value from the config file.");
+ABSL_FLAG(int64_t, signup_rate_limit, 1,
+          "Sign-ups (POST /signup) per minute per client address with --auth=on (token "
+          "bucket, on each node); 0 turns it off.");
+ABSL_FLAG(int64_t, signup_rate_limit_burst, 20, "Token bucket size of --signup_rate_limit.");
 ABSL_FLAG(uint32_t, max_document_bytes, 1u << 20, "Largest JSON document on PUT /kv/{path}.");
 ABSL_FLAG(uint32_t, max_json_depth, logkv::server::http::kDefaultMaxJsonDepth,
           "Deepest nesting of objects and arrays in any JSON body (400 beyond), and in a "
@@ -280,7 +284,8 @@ const std::vector<FlagGroup>& FlagGroups() {
         "max_document_bytes", "max_json_depth", "http_max_header_bytes", "max_buffered_bytes",
         "max_watches_per_connection", "max_watches_per_user"}},
       {"Accounts and access",
-       {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst", "read_only",
+       {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst",
+        "signup_rate_limit", "signup_rate_limit_burst", "read_only",
         "admins", "audit_retention", "audit_retention_hours", "audit_prefix"}},
       {"Cluster",
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
@@ -763,6 +768,8 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
   options.rate_limit = absl::GetFlag(FLAGS_rate_limit);
   options.rate_limit_burst = absl::GetFlag(FLAGS_rate_limit_burst);
+  options.signup_rate_limit = absl::GetFlag(FLAGS_signup_rate_limit);
+  options.signup_rate_limit_burst = absl::GetFlag(FLAGS_signup_rate_limit_burst);
   options.replicas = absl::GetFlag(FLAGS_replicas);
   options.write_quorum = absl::GetFlag(FLAGS_w);
   options.read_quorum = absl::GetFlag(FLAGS_r);

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -578,6 +579,16 @@ absl::Status NodeOptions::Validate() const {
         absl::StrCat("--compression_min_bytes must be at most --max_value_bytes (",
                      max_value_bytes, "), not ", compression_min_bytes));
   }
+  if (signup_rate_limit < 0 || signup_rate_limit > auth::kMaxRequestsPerMinute) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--signup_rate_limit must be between 0 (off) and ", auth::kMaxRequestsPerMinute,
+        " sign-ups a minute, not ", signup_rate_limit));
+  }
+  if (signup_rate_limit_burst < 1 || signup_rate_limit_burst > auth::kMaxBurst) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--signup_rate_limit_burst must be between 1 and ", auth::kMaxBurst,
+                     ", not ", signup_rate_limit_burst));
+  }
   if (maintenance_nice < 0 || maintenance_nice > 19) {
     return absl::InvalidArgumentError(
         absl::StrCat("--maintenance_nice must be between 0 and 19, not ", maintenance_nice));
@@ -988,6 +999,10 @@ absl::Status Node::StartAuth() {
   password_workers_ = std::make_unique<auth::WorkerPool>(2, 256);
   // Failed logins per account and client address (POST /login).
   login_throttle_ = std::make_unique<auth::LoginThrottle>();
+  auth::RateLimitConfig signups;
+  signups.requests_per_minute = options_.signup_rate_limit;
+  signups.burst = options_.signup_rate_limit_burst;
+  signup_limiter_ = std::make_unique<auth::RateLimiter>(signups);
   return absl::OkStatus();
 }
 
@@ -1269,6 +1284,20 @@ void Node::AddRoutes() {
     };
     account_options.max_json_depth = options_.max_json_depth;
     account_options.admit = [this](uint64_t user_id) { return admission_->Admit(user_id); };
+    account_options.admit_signup = [this](absl::string_view address) -> absl::Status {
+      int64_t retry_after_ms = 0;
+      if (signup_limiter_->Allow(absl::HashOf(address), absl::ToUnixMillis(absl::Now()),
+                                 &retry_after_ms)) {
+        return absl::OkStatus();
+      }
+      metrics_.rate_limited()->Inc();
+      return protocol::WithRetryAfter(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "too many sign-ups from this address (", options_.signup_rate_limit,
+              " a minute after ", options_.signup_rate_limit_burst,
+              ", --signup-rate-limit); retry after ", retry_after_ms, " ms")),
+          retry_after_ms);
+    };
     account_options.node_id = [this] { return node_id(); };
     http::AddAccountRoutes(router_.get(), auth_store_.get(), password_workers_.get(),
                            std::move(account_options));

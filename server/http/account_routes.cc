@@ -125,6 +125,13 @@ void SignUp(auth::AuthStore* store, auth::WorkerPool* pool, const Options& optio
       return responder.Send(StatusResponse(status));
     }
   }
+  // Each sign-up costs a password hash and a command of the control plane,
+  // and the cluster holds a bounded number of accounts.
+  if (options->admit_signup) {
+    if (absl::Status admitted = options->admit_signup(request.remote_address); !admitted.ok()) {
+      return responder.Send(StatusResponse(admitted));
+    }
+  }
   OnPool(pool, std::move(responder),
          [store, email = std::move(email), username = std::move(username),
           password = std::move(password),

@@ -44,6 +44,9 @@ struct AccountRoutesOptions {
   // the wait attached), asked before a refresh and before a key is created
   // or revoked, each a command of the control plane; unset: none.
   std::function<absl::Status(uint64_t user_id)> admit;
+  // Sign-ups per client address (ResourceExhausted with the wait attached),
+  // asked before the password is hashed; unset: none.
+  std::function<absl::Status(absl::string_view address)> admit_signup;
 };
 
 // store and pool must outlive router (the handlers keep the pointers).

@@ -2576,6 +2576,45 @@ TEST_F(RestRateLimitTest, BinaryRequestsShareTheUsersBucket) {
   EXPECT_TRUE(served);
 }
 
+// ==== Sign-ups per client address ======================================================
+
+// Each sign-up costs a password hash and a command of the control plane, and
+// the accounts the cluster holds are bounded: one address gets the burst,
+// then one a minute; refused before anything is hashed or proposed.
+class RestSignUpLimitTest : public RestAccountsBase {
+ protected:
+  LogkvdProcess* server() const override { return process_.get(); }
+  void SetUp() override {
+    process_ = StartLogkvd(dir_.path() + "/data", {"--auth=on", "--signup-rate-limit=1",
+                                                   "--signup-rate-limit-burst=2"});
+    ASSERT_NE(process_, nullptr);
+  }
+  ScopedTempDir dir_;
+  std::unique_ptr<LogkvdProcess> process_;
+};
+
+TEST_F(RestSignUpLimitTest, AnAddressGetsItsBurstThenWaits) {
+  for (int i = 0; i < 2; ++i) {
+    const std::string name = absl::StrCat(TestName(), "-", i);
+    const HttpAnswer signup = SignUp(name + "@example.com", name, "securepass123");
+    ASSERT_EQ(signup.status, 201) << signup.body;
+  }
+  // The third within the minute (bounded: a token comes back a minute later).
+  const std::string name = TestName() + "-refused";
+  const HttpAnswer refused = SignUp(name + "@example.com", name, "securepass123");
+  ExpectError(refused, 429);
+  EXPECT_NE(refused.body.find("too many sign-ups from this address"), std::string::npos)
+      << refused.body;
+  int seconds = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(refused.Header("retry-after").value_or(""), &seconds));
+  EXPECT_GE(seconds, 1);
+  EXPECT_LE(seconds, 60);
+  // Nothing was made: the name is free, and logging in with it fails.
+  EXPECT_EQ(Login(name + "@example.com", "securepass123").status, 401);
+  // A malformed request is answered as such, not counted as a sign-up.
+  ExpectError(Call("POST", "/signup", {{"Content-Type", "application/json"}}, "{}"), 400);
+}
+
 // ==== Sessions ending ================================================================
 
 // An administrator's reset of a user's keys, and a deactivation, end the

@@ -11,9 +11,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -23,7 +25,13 @@ namespace logkv::test {
 namespace p = ::logkv::protocol;
 
 LogkvdProcess::LogkvdProcess(std::string binary, std::vector<std::string> args)
-    : binary_(std::move(binary)), args_(std::move(args)) {}
+    : binary_(std::move(binary)), args_(std::move(args)) {
+  const bool limit_given = std::any_of(args_.begin(), args_.end(), [](const std::string& arg) {
+    return absl::StartsWith(arg, "--signup-rate-limit=") ||
+           absl::StartsWith(arg, "--signup_rate_limit=");
+  });
+  if (!limit_given) args_.push_back("--signup-rate-limit=0");
+}
 
 LogkvdProcess::~LogkvdProcess() {
   if (running()) Stop(absl::Seconds(10));

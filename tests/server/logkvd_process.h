@@ -22,6 +22,8 @@ namespace logkv::test {
 class LogkvdProcess {
  public:
   // binary: path of logkvd; args: extra flags (--data_dir is required).
+  // Unless args set --signup-rate-limit, it is 0 (off): the suites sign up
+  // dozens of accounts from one address, and the limit has its own test.
   LogkvdProcess(std::string binary, std::vector<std::string> args);
   LogkvdProcess(const LogkvdProcess&) = delete;
   LogkvdProcess& operator=(const LogkvdProcess&) = delete;
