@@ -10,10 +10,13 @@
 // old segments or both (recovery keeps one copy of each event).
 #include <algorithm>
 #include <cassert>
+#include <cstring>
+#include <optional>
 #include <thread>
 
 #include <xxhash.h>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -217,6 +220,9 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
   uint64_t dropped = 0;
+  // Entries whose tombstone (or expired record) the run leaves behind, and
+  // where it was: removed from the index when the victims go.
+  std::vector<std::pair<uint32_t, RecordLocation>> drops;
   std::string rewritten;
 
   auto fail = [&](absl::Status status) {
@@ -349,8 +355,10 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
             if (record.sequence < min_sequence_outside &&
                 (!tombstone || options_.collect_tombstones || !Summarised(record.key)) &&
                 now - gone_since_ms >= options_.tombstone_grace_ms) {
-              RemoveEntry(id);
-              ++dropped;
+              // Dropped once the run has finished (below): a run that stops
+              // before then leaves the entry, and its record in the victim,
+              // as they were.
+              drops.push_back({id, old_location});
               continue;
             }
             if (!tombstone && !record.value.empty()) {
@@ -426,11 +434,24 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
   // kNever or kInterval). Sync it before the old one is deleted, or a machine
   // crash would lose both.
   if (absl::Status status = SyncNow(); !status.ok()) return fail(status);
+  // The victims' ids go to the list start-up completes before the first of
+  // them leaves segments_: from here on they go all or none. A list that
+  // cannot be written stops the run, which is then undone.
+  std::vector<uint32_t> removals;
+  for (const std::shared_ptr<Segment>& victim : victims) removals.push_back(victim->id());
+  if (absl::Status status = ListRemovals(&removals); !status.ok()) return fail(status);
 
   uint64_t reclaimed = 0;
   {
     absl::MutexLock lock(&mu_);
     const int64_t locked_ns = absl::GetCurrentTimeNanos();
+    // An entry a writer changed since the run passed it keeps its new record.
+    for (const auto& [id, location] : drops) {
+      if (index_.contains_id(id) && index_.at(id).location() == location) {
+        RemoveEntry(id);
+        ++dropped;
+      }
+    }
     run->victims_dropped = true;
     for (const std::shared_ptr<Segment>& victim : victims) {
       reclaimed += victim->size();
@@ -446,9 +467,7 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
     for (const auto& output : outputs) reclaimed -= std::min(reclaimed, output->size());
     held(locked_ns, "dropping the victims");
   }
-  std::vector<uint32_t> victim_ids;
-  for (const std::shared_ptr<Segment>& victim : victims) victim_ids.push_back(victim->id());
-  if (absl::Status status = RemoveReplaced(victim_ids); !status.ok()) return fail(status);
+  if (absl::Status status = RemoveListed(removals); !status.ok()) return fail(status);
 
   counters_.compactions.fetch_add(1);
   counters_.compaction_bytes_read.fetch_add(bytes_read);
@@ -475,36 +494,60 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
     return std::find(output_ids.begin(), output_ids.end(), location.segment_id) !=
            output_ids.end();
   };
-  // The sequence number of the copy at location (0 if none reads back).
+  // A record's header, read without its checksum: the copies in the outputs
+  // are this run's own writes, and the sequence number is all that is asked.
+  auto header_at = [](const Segment& segment, uint64_t offset) {
+    std::optional<format::RecordHeader> header;
+    if (offset + format::kRecordHeaderBytes > segment.size()) return header;
+    auto bytes = segment.Read(offset, format::kRecordHeaderBytes);
+    if (!bytes.ok() || bytes->size() < format::kRecordHeaderBytes) return header;
+    header.emplace();
+    std::memcpy(&*header, bytes->data(), format::kRecordHeaderBytes);
+    return header;
+  };
+  // The events the run copied, by sequence number, and whether the copy of
+  // each is an expired record's shadow (written without its value): the
+  // outputs are read once, front to back, before anything changes.
+  absl::flat_hash_map<uint64_t, bool> moved;
+  for (const std::shared_ptr<Segment>& output : run.outputs) {
+    uint64_t offset = format::kSegmentHeaderBytes;
+    while (std::optional<format::RecordHeader> header = header_at(*output, offset)) {
+      if (header->type == 0) break;  // the end of what was appended
+      moved[header->sequence] = header->type == static_cast<uint8_t>(RecordType::kPut) &&
+                                header->value_size == 0;
+      offset += format::RecordBytes(header->key_size, header->value_size);
+    }
+  }
   auto sequence_at = [&](const RecordLocation& location) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     auto it = segments_.find(location.segment_id);
     if (it == segments_.end()) return uint64_t{0};
-    auto bytes = it->second->ReadToEnd(location.offset);
-    if (!bytes.ok()) return uint64_t{0};
-    const DecodeResult decoded =
-        DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
-    return decoded.outcome == DecodeOutcome::kRecord ? decoded.record.sequence : uint64_t{0};
+    std::optional<format::RecordHeader> header = header_at(*it->second, location.offset);
+    return header.has_value() ? header->sequence : uint64_t{0};
   };
 
   // Every record the run moved came from a victim, read in the order the run
   // read them: each victim's records are read again, and an entry or older
-  // version that points into an output at the same event (its sequence
-  // number) goes back to the victim's copy. Whatever a writer changed since
-  // points elsewhere and is left alone. In batches, as the run copied.
+  // version that points into an output at the same event goes back to the
+  // victim's copy. Whatever a writer changed since points elsewhere and is
+  // left alone. In batches, as the run copied.
   struct Item {
     std::string key;
     uint64_t key_hash;
     uint64_t sequence;
+    size_t value_size;
     RecordLocation location;
   };
   std::vector<Item> batch;
   uint64_t restored = 0;
+  uint64_t charged_back = 0;
   for (const std::shared_ptr<Segment>& victim : run.victims) {
     uint64_t offset = format::kSegmentHeaderBytes;
     bool readable = true;
     while (readable && offset < victim->size()) {
       batch.clear();
-      while (offset < victim->size() && batch.size() < kCompactionBatchRecords) {
+      const uint64_t batch_start = offset;
+      while (offset < victim->size() && batch.size() < kCompactionBatchRecords &&
+             offset - batch_start < kCompactionBatchBytes) {
         auto bytes = victim->ReadToEnd(offset);
         if (!bytes.ok()) {
           readable = false;
@@ -523,58 +566,100 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
           continue;
         }
         batch.push_back({std::string(decoded.record.key), HashKey(decoded.record.key),
-                         decoded.record.sequence,
+                         decoded.record.sequence, decoded.record.value.size(),
                          RecordLocation{victim->id(), static_cast<uint32_t>(offset),
                                         static_cast<uint32_t>(decoded.record_bytes)}});
         offset += decoded.record_bytes;
       }
       absl::MutexLock lock(&mu_);
       for (const Item& item : batch) {
+        const auto copy = moved.find(item.sequence);
+        if (copy == moved.end()) continue;  // not copied: as it was before the run
+        // The copy of a record expired before the run is its shadow, and the
+        // sweeper counted the victim's record dead then. (A put whose value
+        // is empty cannot be told apart: taken for expired since.)
+        const bool counted_before = copy->second && item.value_size > 0;
         const uint32_t id = index_.Find(KeyRef{item.key, item.key_hash});
-        if (id == KeyIndex::kNoEntry) continue;
-        IndexEntry& entry = index_.at(id);
-        if (in_outputs(entry.location()) && sequence_at(entry.location()) == item.sequence) {
-          entry.set_location(item.location);
-          // Only an expired record is moved with the flag cleared, and the
-          // sweeper set it with kEntryExpired: the victim's copy is counted
-          // dead already.
-          if ((entry.flags & kEntryExpired) != 0) entry.flags |= kEntryShadowCounted;
-          ++restored;
-          continue;
-        }
-        if (!keep_history) continue;
-        history_.ForEach(id, [&](uint32_t node) {
-          mu_.AssertHeld();  // ForEach calls back before it returns
-          RecordLocation& location = history_.location(node);
-          if (in_outputs(location) && sequence_at(location) == item.sequence) {
-            location = item.location;
+        bool referenced = false;
+        if (id != KeyIndex::kNoEntry) {
+          IndexEntry& entry = index_.at(id);
+          if (in_outputs(entry.location()) && sequence_at(entry.location()) == item.sequence) {
+            entry.set_location(item.location);
             ++restored;
           }
-        });
+          if (entry.location() == item.location) {
+            referenced = true;
+            if ((entry.flags & kEntryExpired) != 0) {
+              // Expired before the copy, the copy is its shadow and the
+              // victim's record is counted dead already; expired since, the
+              // sweeper counted the copy, and the victim's record is
+              // counted now.
+              if (!counted_before) {
+                MarkDead(item.location);
+                charged_back += item.location.record_bytes;
+              }
+              entry.flags |= kEntryShadowCounted;
+            }
+          } else if (keep_history) {
+            history_.ForEach(id, [&](uint32_t node) {
+              mu_.AssertHeld();  // ForEach calls back before it returns
+              RecordLocation& location = history_.location(node);
+              if (in_outputs(location) && sequence_at(location) == item.sequence) {
+                location = item.location;
+                ++restored;
+              }
+              referenced = referenced || location == item.location;
+            });
+          }
+        }
+        // Copied, then superseded, expired or dropped from the history while
+        // the run went on: what that counted dead was the copy's bytes.
+        if (!referenced && !counted_before) {
+          MarkDead(item.location);
+          charged_back += item.location.record_bytes;
+        }
       }
     }
   }
-  {
-    absl::MutexLock lock(&mu_);
-    for (const uint32_t id : output_ids) segments_.erase(id);
-  }
-  // Nothing points into the outputs now. A file left behind is harmless:
-  // start-up removes a *.compacting one, and a renamed one holds copies of
-  // events the victims hold too, of which recovery keeps one.
+  // Nothing points into the outputs now. An output still named *.compacting
+  // goes whatever happens (start-up removes one left behind). One already
+  // renamed must not stay on disk unknown to segments_: a later run would
+  // not count its records as outside, and could drop a tombstone whose older
+  // put it holds. So it leaves segments_ only once its file is gone, and
+  // otherwise stays, every byte of it dead, for a later run to take.
+  std::vector<uint32_t> kept;
   for (const std::shared_ptr<Segment>& output : run.outputs) {
+    const bool renamed = !absl::EndsWith(output->path(), ".compacting");
+    bool gone = true;
     for (const std::string& path : {output->path(), PathOf(HintFileName(output->id()))}) {
       if (!context_.fs->FileExists(path)) continue;
       if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) {
         context_.Log(LogLevel::kWarning, absl::StrCat("could not remove ", path, ": ",
                                                       status.message()));
+        if (path == output->path()) gone = false;
+      }
+    }
+    if (renamed && !gone) kept.push_back(output->id());
+  }
+  (void)context_.fs->SyncDir(directory_);
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::shared_ptr<Segment>& output : run.outputs) {
+      if (std::find(kept.begin(), kept.end(), output->id()) != kept.end()) {
+        output->dead_bytes = output->size() - format::kSegmentHeaderBytes;
+      } else {
+        segments_.erase(output->id());
       }
     }
   }
-  (void)context_.fs->SyncDir(directory_);
   context_.Log(LogLevel::kWarning,
                absl::StrCat("compaction of shard ", shard_id_, " undone: ", restored,
-                            " records point at their segments again, ", run.outputs.size(),
-                            " unfinished outputs dropped"));
+                            " records point at their segments again (", charged_back,
+                            " bytes of them counted dead), ", run.outputs.size() - kept.size(),
+                            " unfinished outputs dropped",
+                            kept.empty() ? std::string()
+                                         : absl::StrCat(", ", kept.size(),
+                                                        " kept whole (their files would not go)")));
 }
 
 namespace {
@@ -585,9 +670,51 @@ std::string RemovalsBody(const std::vector<uint32_t>& ids) {
 
 }  // namespace
 
-absl::Status Shard::RemoveReplaced(const std::vector<uint32_t>& ids) {
+absl::Status Shard::ReadRemovals(std::vector<uint32_t>* ids) {
   const std::string list = PathOf(format::kRemovalsName);
-  const std::string body = RemovalsBody(ids);
+  if (!context_.fs->FileExists(list)) return absl::OkStatus();
+  auto text = context_.fs->ReadFile(list);
+  if (!text.ok()) return text.status();
+  // Written under a temporary name and renamed once synced: a list that
+  // does not verify was not written by this code.
+  const size_t checksum_at = text->rfind("checksum ");
+  uint64_t checksum = 0;
+  bool valid = checksum_at != std::string::npos &&
+               absl::StartsWith(*text, "logkv-removing\n") &&
+               absl::SimpleHexAtoi(absl::StripAsciiWhitespace(
+                                       absl::string_view(*text).substr(checksum_at + 9)),
+                                   &checksum) &&
+               XXH3_64bits(text->data(), checksum_at) == checksum;
+  std::vector<uint32_t> read;
+  if (valid) {
+    const absl::string_view body = absl::string_view(*text).substr(0, checksum_at);
+    std::vector<absl::string_view> lines = absl::StrSplit(body, '\n', absl::SkipEmpty());
+    valid = lines.size() <= 2;
+    if (valid && lines.size() == 2) {
+      for (absl::string_view word : absl::StrSplit(lines[1], ' ', absl::SkipEmpty())) {
+        uint32_t id;
+        if (!absl::SimpleAtoi(word, &id)) valid = false;
+        read.push_back(id);
+      }
+    }
+  }
+  if (!valid) {
+    return absl::DataLossError(absl::StrCat(
+        list, " does not verify: it names segments a compaction replaced, and without it "
+              "some of them could revive deleted keys; --repair sets it aside"));
+  }
+  ids->insert(ids->end(), read.begin(), read.end());
+  return absl::OkStatus();
+}
+
+absl::Status Shard::ListRemovals(std::vector<uint32_t>* ids) {
+  // A list an earlier run left (its unlinks failed) is taken in, not
+  // replaced: what it names must still go.
+  if (absl::Status status = ReadRemovals(ids); !status.ok()) return status;
+  std::sort(ids->begin(), ids->end());
+  ids->erase(std::unique(ids->begin(), ids->end()), ids->end());
+  const std::string list = PathOf(format::kRemovalsName);
+  const std::string body = RemovalsBody(*ids);
   const std::string text =
       absl::StrCat(body, "checksum ", absl::Hex(XXH3_64bits(body.data(), body.size()),
                                                 absl::kZeroPad16),
@@ -597,7 +724,10 @@ absl::Status Shard::RemoveReplaced(const std::vector<uint32_t>& ids) {
     return status;
   }
   if (absl::Status status = context_.fs->RenameFile(temporary, list); !status.ok()) return status;
-  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
+  return context_.fs->SyncDir(directory_);
+}
+
+absl::Status Shard::RemoveListed(const std::vector<uint32_t>& ids) {
   for (const uint32_t id : ids) {
     for (const std::string& path : {PathOf(SegmentFileName(id)), PathOf(HintFileName(id))}) {
       if (!context_.fs->FileExists(path)) continue;
@@ -607,7 +737,7 @@ absl::Status Shard::RemoveReplaced(const std::vector<uint32_t>& ids) {
   if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
   // Once the unlinks are durable the list has done its work; should its
   // own removal be lost, start-up finds nothing left to remove.
-  return context_.fs->RemoveFile(list);
+  return context_.fs->RemoveFile(PathOf(format::kRemovalsName));
 }
 
 absl::Status Shard::FinishRemovals() {
@@ -617,37 +747,9 @@ absl::Status Shard::FinishRemovals() {
     if (absl::Status status = context_.fs->RemoveFile(list + ".tmp"); !status.ok()) return status;
   }
   if (!context_.fs->FileExists(list)) return absl::OkStatus();
-  auto text = context_.fs->ReadFile(list);
-  if (!text.ok()) return text.status();
-  // Written under a temporary name and renamed once synced: a list that
-  // does not verify was not written by this code.
   std::vector<uint32_t> ids;
-  const size_t checksum_at = text->rfind("checksum ");
-  uint64_t checksum = 0;
-  bool valid = checksum_at != std::string::npos &&
-               absl::StartsWith(*text, "logkv-removing\n") &&
-               absl::SimpleHexAtoi(absl::StripAsciiWhitespace(
-                                       absl::string_view(*text).substr(checksum_at + 9)),
-                                   &checksum) &&
-               XXH3_64bits(text->data(), checksum_at) == checksum;
-  if (valid) {
-    const absl::string_view body = absl::string_view(*text).substr(0, checksum_at);
-    std::vector<absl::string_view> lines = absl::StrSplit(body, '\n', absl::SkipEmpty());
-    valid = lines.size() <= 2;
-    if (valid && lines.size() == 2) {
-      for (absl::string_view word : absl::StrSplit(lines[1], ' ', absl::SkipEmpty())) {
-        uint32_t id;
-        if (!absl::SimpleAtoi(word, &id)) valid = false;
-        ids.push_back(id);
-      }
-    }
-  }
-  if (!valid) {
-    if (!options_.repair) {
-      return absl::DataLossError(absl::StrCat(
-          list, " does not verify: it names segments a compaction replaced, and without it "
-                "some of them could revive deleted keys; --repair sets it aside"));
-    }
+  if (absl::Status status = ReadRemovals(&ids); !status.ok()) {
+    if (!options_.repair || !absl::IsDataLoss(status)) return status;
     context_.Log(LogLevel::kWarning,
                  absl::StrCat("repair: setting aside ", list, ", which does not verify"));
     return context_.fs->RenameFile(list, list + ".damaged");
@@ -658,11 +760,9 @@ absl::Status Shard::FinishRemovals() {
       context_.Log(LogLevel::kInfo,
                    absl::StrCat("removing ", path, ", replaced by a compaction that a crash "
                                                  "interrupted"));
-      if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
     }
   }
-  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
-  return context_.fs->RemoveFile(list);
+  return RemoveListed(ids);
 }
 
 uint64_t Shard::SweepExpired() {

@@ -312,14 +312,20 @@ class Shard {
   // copies looked dead and went with the next run.
   void AbandonOutputs(const CompactionRun& run)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
-  // Removes the files of the segments a finished run replaced. Their ids go
-  // first to a durable list (kRemovalsName) that start-up completes, so a
-  // crash or a failed unlink part way never leaves some of them: a tombstone
-  // the run dropped from one could otherwise let an older put left in
-  // another revive its key.
-  absl::Status RemoveReplaced(const std::vector<uint32_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // The segments a finished run replaced go all or none: their ids (with
+  // those of a list an earlier run left, which *ids then holds too) go to a
+  // durable list (kRemovalsName) before the first leaves segments_, and
+  // start-up completes it. A tombstone a run dropped from one and the older
+  // put it hid in another would otherwise, cut between the two unlinks (a
+  // crash, a failed unlink), revive the key.
+  absl::Status ListRemovals(std::vector<uint32_t>* ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // Unlinks the listed segments and their hint files, then the list.
+  absl::Status RemoveListed(const std::vector<uint32_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends the ids the list names (none when there is none); DataLoss for
+  // a list that does not verify.
+  absl::Status ReadRemovals(std::vector<uint32_t>* ids);
   // Start-up, before the directory is listed: finishes the removals named by
-  // a list RemoveReplaced left.
+  // a list a run left.
   absl::Status FinishRemovals();
   std::vector<std::shared_ptr<Segment>> PickCompactionVictims(bool force)
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

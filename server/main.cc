@@ -104,6 +104,11 @@ ABSL_FLAG(int64_t, rate_limit, 100,
           "applies a new value from the config file.");
 ABSL_FLAG(int64_t, rate_limit_burst, 10,
           "Token bucket size of --rate_limit. SIGHUP applies a new value from the config file.");
+ABSL_FLAG(int64_t, account_rate_limit, 20,
+          "Token refreshes (POST /refresh) and key creations (POST /apikeys) per minute per "
+          "user with --auth=on (token bucket, on each node, apart from --rate_limit's); 0 "
+          "turns it off.");
+ABSL_FLAG(int64_t, account_rate_limit_burst, 20, "Token bucket size of --account_rate_limit.");
 ABSL_FLAG(int64_t, signup_rate_limit, 1,
           "Sign-ups (POST /signup) per minute per client address with --auth=on (token "
           "bucket, on each node); 0 turns it off.");
@@ -285,7 +290,8 @@ const std::vector<FlagGroup>& FlagGroups() {
         "max_watches_per_connection", "max_watches_per_user"}},
       {"Accounts and access",
        {"auth", "jwt_secret", "jwt_expiration", "rate_limit", "rate_limit_burst",
-        "signup_rate_limit", "signup_rate_limit_burst", "read_only",
+        "account_rate_limit", "account_rate_limit_burst", "signup_rate_limit",
+        "signup_rate_limit_burst", "read_only",
         "admins", "audit_retention", "audit_retention_hours", "audit_prefix"}},
       {"Cluster",
        {"node_id", "seeds", "cluster_secret", "replicas", "w", "r", "write_wait_ms",
@@ -768,6 +774,8 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.jwt_secret = absl::GetFlag(FLAGS_jwt_secret);
   options.rate_limit = absl::GetFlag(FLAGS_rate_limit);
   options.rate_limit_burst = absl::GetFlag(FLAGS_rate_limit_burst);
+  options.account_rate_limit = absl::GetFlag(FLAGS_account_rate_limit);
+  options.account_rate_limit_burst = absl::GetFlag(FLAGS_account_rate_limit_burst);
   options.signup_rate_limit = absl::GetFlag(FLAGS_signup_rate_limit);
   options.signup_rate_limit_burst = absl::GetFlag(FLAGS_signup_rate_limit_burst);
   options.replicas = absl::GetFlag(FLAGS_replicas);

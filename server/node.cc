@@ -579,6 +579,16 @@ absl::Status NodeOptions::Validate() const {
         absl::StrCat("--compression_min_bytes must be at most --max_value_bytes (",
                      max_value_bytes, "), not ", compression_min_bytes));
   }
+  if (account_rate_limit < 0 || account_rate_limit > auth::kMaxRequestsPerMinute) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--account_rate_limit must be between 0 (off) and ", auth::kMaxRequestsPerMinute,
+        " requests a minute, not ", account_rate_limit));
+  }
+  if (account_rate_limit_burst < 1 || account_rate_limit_burst > auth::kMaxBurst) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--account_rate_limit_burst must be between 1 and ", auth::kMaxBurst,
+                     ", not ", account_rate_limit_burst));
+  }
   if (signup_rate_limit < 0 || signup_rate_limit > auth::kMaxRequestsPerMinute) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--signup_rate_limit must be between 0 (off) and ", auth::kMaxRequestsPerMinute,
@@ -999,6 +1009,10 @@ absl::Status Node::StartAuth() {
   password_workers_ = std::make_unique<auth::WorkerPool>(2, 256);
   // Failed logins per account and client address (POST /login).
   login_throttle_ = std::make_unique<auth::LoginThrottle>();
+  auth::RateLimitConfig account_commands;
+  account_commands.requests_per_minute = options_.account_rate_limit;
+  account_commands.burst = options_.account_rate_limit_burst;
+  account_limiter_ = std::make_unique<auth::RateLimiter>(account_commands);
   auth::RateLimitConfig signups;
   signups.requests_per_minute = options_.signup_rate_limit;
   signups.burst = options_.signup_rate_limit_burst;
@@ -1283,7 +1297,19 @@ void Node::AddRoutes() {
       logins_throttled_.fetch_add(1, std::memory_order_relaxed);
     };
     account_options.max_json_depth = options_.max_json_depth;
-    account_options.admit = [this](uint64_t user_id) { return admission_->Admit(user_id); };
+    account_options.admit = [this](uint64_t user_id) -> absl::Status {
+      int64_t retry_after_ms = 0;
+      if (account_limiter_->Allow(user_id, absl::ToUnixMillis(absl::Now()), &retry_after_ms)) {
+        return absl::OkStatus();
+      }
+      metrics_.rate_limited()->Inc();
+      return protocol::WithRetryAfter(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "too many token refreshes and key creations for this user (",
+              options_.account_rate_limit, " a minute after ", options_.account_rate_limit_burst,
+              ", --account-rate-limit); retry after ", retry_after_ms, " ms")),
+          retry_after_ms);
+    };
     account_options.admit_signup = [this](absl::string_view address) -> absl::Status {
       int64_t retry_after_ms = 0;
       if (signup_limiter_->Allow(absl::HashOf(address), absl::ToUnixMillis(absl::Now()),

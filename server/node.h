@@ -164,6 +164,8 @@ struct NodeOptions {
   absl::Duration jwt_expiration = absl::Hours(1);  // --jwt_expiration
   int64_t rate_limit = 100;                    // --rate_limit per user a minute; 0 = off
   int64_t rate_limit_burst = 10;               // --rate_limit_burst
+  int64_t account_rate_limit = 20;             // --account_rate_limit per user a minute; 0 = off
+  int64_t account_rate_limit_burst = 20;       // --account_rate_limit_burst
   int64_t signup_rate_limit = 1;               // --signup_rate_limit per client address a minute; 0 = off
   int64_t signup_rate_limit_burst = 20;        // --signup_rate_limit_burst
   // --admins: usernames this node makes administrators through the control
@@ -377,6 +379,10 @@ class Node {
   std::unique_ptr<auth::AuthStore> auth_store_;
   std::atomic<bool> accounts_stopping_{false};
   std::unique_ptr<auth::RateLimiter> rate_limiter_;
+  // Refreshes and key creations per user (a bucket apart from the data
+  // requests', so a workload at its limit, or a leaked key, cannot lock its
+  // user out of them).
+  std::unique_ptr<auth::RateLimiter> account_limiter_;
   // Sign-ups per client address (POST /signup), keyed by the address's hash.
   std::unique_ptr<auth::RateLimiter> signup_limiter_;
   std::unique_ptr<auth::Admission> admission_;  // of both protocols, with auth on

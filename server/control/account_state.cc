@@ -1,6 +1,7 @@
 #include "server/control/account_state.h"
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "absl/strings/escaping.h"
@@ -133,8 +134,8 @@ size_t BytesOf(const AccountApiKey& k) {
 }
 size_t BytesOf(absl::string_view jti) { return kAccountRecordOverheadBytes + jti.size(); }
 
-absl::Status CheckRoom(const Accounts& a, size_t more) {
-  if (a.bytes + more > kMaxAccountBytes) {
+absl::Status CheckRoom(const Accounts& a, size_t more, size_t freed = 0) {
+  if (a.bytes - std::min(a.bytes, freed) + more > kMaxAccountBytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the cluster's accounts take the most bytes they may (", kMaxAccountBytes,
                      "); free some (revoked keys stay) or raise the limit in a new version"));
@@ -202,11 +203,11 @@ void EraseKey(Accounts& a, uint64_t key_id) {
   a.api_keys.erase(it);
 }
 
-// Makes room for one more retired key of user_id: the oldest retired ones
-// (revoked, or expired at at_ms) past kMaxUserRetiredApiKeys - 1 go.
-void PruneRetiredKeys(Accounts& a, uint64_t user_id, int64_t at_ms) {
+// The keys that make room for one more retired key of user_id: the oldest
+// retired ones (revoked, or expired at at_ms) past kMaxUserRetiredApiKeys - 1.
+std::vector<uint64_t> RetiredKeysToPrune(const Accounts& a, uint64_t user_id, int64_t at_ms) {
   auto ids = a.api_keys_by_user.find(user_id);
-  if (ids == a.api_keys_by_user.end()) return;
+  if (ids == a.api_keys_by_user.end()) return {};
   std::vector<uint64_t> retired;
   for (uint64_t id : ids->second) {
     const AccountApiKey& key = a.api_keys.at(id);
@@ -214,10 +215,19 @@ void PruneRetiredKeys(Accounts& a, uint64_t user_id, int64_t at_ms) {
       retired.push_back(id);
     }
   }
-  if (retired.size() < kMaxUserRetiredApiKeys) return;
+  if (retired.size() < kMaxUserRetiredApiKeys) return {};
   std::sort(retired.begin(), retired.end());  // ids grow: oldest first
-  const size_t excess = retired.size() - (kMaxUserRetiredApiKeys - 1);
-  for (size_t i = 0; i < excess; ++i) EraseKey(a, retired[i]);
+  retired.resize(retired.size() - (kMaxUserRetiredApiKeys - 1));
+  return retired;
+}
+
+// The bytes user_id's used refresh tokens take.
+size_t RevokedTokenBytesOf(const Accounts& a, uint64_t user_id) {
+  size_t bytes = 0;
+  for (const auto& [jti, entry] : a.revoked_tokens) {
+    if (entry.user_id == user_id) bytes += BytesOf(jti);
+  }
+  return bytes;
 }
 
 // Ends user_id's sessions: its tokens carry the generation before this, and
@@ -297,7 +307,9 @@ std::string EncodeCreateApiKey(const AccountApiKey& key, const Actor& actor) {
   auto hash = ByteVector(b, key.key_hash);
   return EncodeBody(b, fb::CommandBody::IssueApiKey,
                     fb::CreateIssueApiKey(b, key.user_id, name, prefix, hash, key.scopes,
-                                           key.created_at_ms, key.expires_at_ms), actor);
+                                           key.created_at_ms, key.expires_at_ms,
+                                           /*prune_retired=*/true),
+                    actor);
 }
 
 std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& actor) {
@@ -307,7 +319,8 @@ std::string EncodeRevokeApiKey(uint64_t user_id, uint64_t key_id, const Actor& a
 
 std::string EncodeSetUserActive(uint64_t user_id, bool active, const Actor& actor) {
   flatbuffers::FlatBufferBuilder b(64);
-  return EncodeBody(b, fb::CommandBody::SetUserActive, fb::CreateSetUserActive(b, user_id, active), actor);
+  return EncodeBody(b, fb::CommandBody::SetUserActive,
+                    fb::CreateSetUserActive(b, user_id, active, /*end_sessions=*/true), actor);
 }
 
 std::string EncodeEndSessions(uint64_t user_id, const Actor& actor) {
@@ -320,7 +333,8 @@ std::string EncodeRevokeToken(absl::string_view jti, uint64_t user_id, int64_t e
   flatbuffers::FlatBufferBuilder b(128);
   auto id = b.CreateString(jti.data(), jti.size());
   return EncodeBody(b, fb::CommandBody::RevokeToken,
-                    fb::CreateRevokeToken(b, id, user_id, expires_at_s, now_s));
+                    fb::CreateRevokeToken(b, id, user_id, expires_at_s, now_s,
+                                          /*bounded_per_user=*/true));
 }
 
 std::string EncodeTouchApiKeys(const std::vector<std::pair<uint64_t, int64_t>>& uses) {
@@ -497,9 +511,15 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::IssueApiKey& cmd) {
     return absl::ResourceExhaustedError(absl::StrCat("user ", key.user_id, " already has ", active,
                                                      " active API keys; revoke one first"));
   }
-  // The user's own revoked and expired keys make room first.
-  PruneRetiredKeys(accounts_, key.user_id, key.created_at_ms);
-  if (accounts_.api_keys.size() >= kMaxAccountApiKeys) {
+  // The user's own revoked and expired keys make room first (entries of
+  // the log from before the rule replay without it). Nothing changes
+  // unless the key is accepted.
+  const std::vector<uint64_t> prune =
+      cmd.prune_retired() ? RetiredKeysToPrune(accounts_, key.user_id, key.created_at_ms)
+                          : std::vector<uint64_t>{};
+  size_t freed = 0;
+  for (const uint64_t id : prune) freed += BytesOf(accounts_.api_keys.at(id));
+  if (accounts_.api_keys.size() - prune.size() >= kMaxAccountApiKeys) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the cluster has the most API keys it may have (", kMaxAccountApiKeys, ")"));
   }
@@ -507,7 +527,8 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::IssueApiKey& cmd) {
   if (accounts_.api_key_by_hash.contains(key.key_hash)) {
     return absl::AlreadyExistsError("an API key with this hash already exists");
   }
-  if (absl::Status s = CheckRoom(accounts_, BytesOf(key)); !s.ok()) return s;
+  if (absl::Status s = CheckRoom(accounts_, BytesOf(key), freed); !s.ok()) return s;
+  for (const uint64_t id : prune) EraseKey(accounts_, id);
   key.id = accounts_.next_api_key_id;
   const uint64_t id = key.id;
   InsertKey(accounts_, std::move(key));
@@ -538,8 +559,9 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetUserActive& cmd) {
     }
     if (it->second.is_active == cmd.active()) return cmd.user_id();
     it->second.is_active = cmd.active();
-    // A reactivated account does not bring back the tokens it had.
-    ++it->second.session_generation;
+    // A reactivated account does not bring back the tokens it had (log
+    // entries from before the rule replay without it).
+    if (cmd.end_sessions()) ++it->second.session_generation;
   }
   Notify(true, false);
   return cmd.user_id();
@@ -579,24 +601,37 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
         ++it;
       }
     }
-    // Past its share the user's sessions end, this refresh's token with them
-    // (AuthStore::Refresh then refuses it by its generation). When the table
-    // is full all the same, so do those of the user holding the most
-    // (the lowest id of those tied), whoever asks.
-    if (per_user[cmd.user_id()] + 1 >= kMaxUserRevokedTokens) {
-      EndSessionsOf(accounts_, cmd.user_id());
-    } else if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
-      uint64_t heaviest = 0;
-      size_t most = 0;
-      for (const auto& [user_id, count] : per_user) {
-        if (count > most || (count == most && user_id < heaviest)) {
-          heaviest = user_id;
-          most = count;
-        }
+    if (!cmd.bounded_per_user()) {
+      // Log entries from before the bound replay as they applied.
+      if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("the cluster holds the most used refresh tokens it may (",
+                         kMaxRevokedTokens, "); try again later"));
       }
-      EndSessionsOf(accounts_, heaviest);
+      if (absl::Status s = CheckRoom(accounts_, BytesOf(jti)); !s.ok()) return s;
+    } else {
+      // Past its share the user's sessions end, this refresh's token with
+      // them (AuthStore::Refresh then refuses it by its generation). When
+      // the table is full all the same, so do those of the user holding the
+      // most (the lowest id of those tied), whoever asks.
+      std::optional<uint64_t> ending;
+      if (per_user[cmd.user_id()] + 1 >= kMaxUserRevokedTokens) {
+        ending = cmd.user_id();
+      } else if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
+        uint64_t heaviest = 0;
+        size_t most = 0;
+        for (const auto& [user_id, count] : per_user) {
+          if (count > most || (count == most && user_id < heaviest)) {
+            heaviest = user_id;
+            most = count;
+          }
+        }
+        ending = heaviest;
+      }
+      const size_t freed = ending.has_value() ? RevokedTokenBytesOf(accounts_, *ending) : 0;
+      if (absl::Status s = CheckRoom(accounts_, BytesOf(jti), freed); !s.ok()) return s;
+      if (ending.has_value()) EndSessionsOf(accounts_, *ending);
     }
-    if (absl::Status s = CheckRoom(accounts_, BytesOf(jti)); !s.ok()) return s;
     accounts_.bytes += BytesOf(jti);
     accounts_.revoked_tokens.emplace(std::string(jti),
                                      RevokedTokenEntry{cmd.user_id(), cmd.expires_at_s()});

@@ -76,12 +76,13 @@ inline constexpr size_t kMaxUserActiveApiKeys = 100;
 // the oldest of them go past it, so churning keys cannot fill the table.
 inline constexpr size_t kMaxUserRetiredApiKeys = 100;
 // Used refresh tokens kept per user until they expire. A user past it has
-// its sessions ended (SetUserActive's way: its tokens are refused, its
-// entries go), and so has the user with the most when the table is full:
-// one account refreshing in a loop cannot fill the table for everyone.
-// Refreshing once an hour (the access tokens' default life) from six
-// devices stays under it within the refresh tokens' week.
-inline constexpr size_t kMaxUserRevokedTokens = 1000;
+// its sessions ended (its tokens are refused, its entries go), and so has
+// the user with the most when the table is full: one account refreshing in
+// a loop cannot fill the table for everyone. A used token is kept for about
+// the refresh tokens' week; the web console refreshes every 48 minutes (four
+// fifths of the access tokens' default hour), 210 a week a tab, so this is
+// some twenty tabs or devices refreshing all week.
+inline constexpr size_t kMaxUserRevokedTokens = 5000;
 inline constexpr size_t kMaxAccountEmailBytes = 254;
 inline constexpr size_t kMaxAccountUsernameBytes = 256;    // 64 characters of UTF-8
 inline constexpr size_t kMaxAccountNameKeyBytes = 1024;    // a normalised email or username

@@ -40,9 +40,9 @@ struct AccountRoutesOptions {
   size_t max_json_depth = kDefaultMaxJsonDepth;
   // The id of the node the routes run on, for the audit log; unset: none.
   std::function<std::string()> node_id;
-  // The per-user rate limit (auth::Admission::Admit: ResourceExhausted with
-  // the wait attached), asked before a refresh and before a key is created
-  // or revoked, each a command of the control plane; unset: none.
+  // A per-user rate limit (ResourceExhausted with the wait attached), asked
+  // before a refresh and before a key is created, each a command of the
+  // control plane; unset: none. Revocations are never held back.
   std::function<absl::Status(uint64_t user_id)> admit;
   // Sign-ups per client address (ResourceExhausted with the wait attached),
   // asked before the password is hashed; unset: none.

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "server/control/command_encoding.h"
 #include "server/control/control_state.h"
 
 namespace logkv::server::control {
@@ -232,6 +233,70 @@ TEST(AccountStateTest, SessionsEndOnRequestOnActivationChangesAndPastTheUsedToke
   ControlState restored;
   ASSERT_TRUE(restored.Restore(state.Snapshot()).ok());
   EXPECT_EQ(restored.accounts().Current(), accounts);
+}
+
+// Entries of the log written before a rule existed replay as they applied
+// then (each node replays its log from its own snapshot, some from before
+// an upgrade): the rules above apply only to commands that ask for them,
+// as every proposer now does.
+TEST(AccountStateTest, EntriesFromBeforeTheNewRulesReplayAsTheyApplied) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("alice"))).ok());
+  auto old_set_active = [](uint64_t user, bool active) {
+    flatbuffers::FlatBufferBuilder b(64);
+    return FinishCommand(b, fb::CommandBody::SetUserActive,
+                         fb::CreateSetUserActive(b, user, active).Union());
+  };
+  ASSERT_TRUE(state.Apply(old_set_active(1, false)).ok());
+  ASSERT_TRUE(state.Apply(old_set_active(1, true)).ok());
+  EXPECT_EQ(state.accounts().Current().users.at(1).session_generation, 0u);
+  // Retired keys past the limit stay when the command does not ask.
+  for (uint64_t i = 0; i < kMaxUserRetiredApiKeys + 5; ++i) {
+    AccountApiKey key = NewKey(1, 'a');
+    key.key_hash[0] = static_cast<char>(i);
+    flatbuffers::FlatBufferBuilder b(256);
+    const std::string old_issue = FinishCommand(
+        b, fb::CommandBody::IssueApiKey,
+        fb::CreateIssueApiKey(b, key.user_id, b.CreateString(key.name),
+                              b.CreateString(key.key_prefix), ByteVector(b, key.key_hash),
+                              key.scopes, key.created_at_ms, key.expires_at_ms)
+            .Union());
+    absl::StatusOr<uint64_t> id = state.Apply(old_issue);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_TRUE(state.Apply(EncodeRevokeApiKey(1, *id)).ok());
+  }
+  EXPECT_EQ(state.accounts().Current().api_keys.size(), kMaxUserRetiredApiKeys + 5);
+  // A used token past the user's share is kept, its sessions untouched.
+  for (size_t i = 0; i < kMaxUserRevokedTokens + 1; ++i) {
+    flatbuffers::FlatBufferBuilder b(128);
+    const std::string old_revoke =
+        FinishCommand(b, fb::CommandBody::RevokeToken,
+                      fb::CreateRevokeToken(b, b.CreateString(absl::StrCat("t", i)), 1, 100000, 0)
+                          .Union());
+    ASSERT_TRUE(state.Apply(old_revoke).ok()) << i;
+  }
+  EXPECT_EQ(state.accounts().Current().revoked_tokens.size(), kMaxUserRevokedTokens + 1);
+  EXPECT_EQ(state.accounts().Current().users.at(1).session_generation, 0u);
+}
+
+// A refused command changes nothing: a key refused for the byte budget or a
+// duplicate hash leaves the retired keys it would have pruned.
+TEST(AccountStateTest, ARefusedKeyPrunesNothing) {
+  ControlState state;
+  ASSERT_TRUE(state.Apply(EncodeSignUp(NewUser("alice"))).ok());
+  for (uint64_t i = 0; i < kMaxUserRetiredApiKeys; ++i) {
+    AccountApiKey key = NewKey(1, 'a');
+    key.key_hash[0] = static_cast<char>(i);
+    absl::StatusOr<uint64_t> id = state.Apply(EncodeCreateApiKey(key));
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_TRUE(state.Apply(EncodeRevokeApiKey(1, *id)).ok());
+  }
+  const Accounts before = state.accounts().Current();
+  AccountApiKey duplicate = NewKey(1, 'a');
+  duplicate.key_hash[0] = 5;  // the hash of key 6, revoked but kept
+  EXPECT_EQ(state.Apply(EncodeCreateApiKey(duplicate)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(state.accounts().Current(), before);
 }
 
 TEST(AccountStateTest, AuthModeAndSecretAreCommittedOnce) {

@@ -2468,9 +2468,8 @@ SharedServer* RestRateLimitTest::shared_ = nullptr;
 TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
   Account a = NewAccount("a");
   Account b = NewAccount("b");
-  // The bucket starts full: the burst of 3 always passes, less the token
-  // NewAccount's key creation took.
-  for (int i = 0; i < 2; ++i) {
+  // The bucket starts full: the burst of 3 always passes.
+  for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(Call("GET", "/v1/kv/limited", KeyHeader(a.api_key)).status, 404) << "request " << i;
   }
   // The 4th is refused unless a second went by meanwhile (60/minute refills
@@ -2494,44 +2493,76 @@ TEST_F(RestRateLimitTest, BurstThen429WithRetryAfter) {
   EXPECT_TRUE(PollUntilStatus("/v1/kv/limited", 404, KeyHeader(a.api_key)));
 }
 
-// Refreshing tokens and creating or revoking keys are commands of the
-// control plane; they take tokens from the same bucket, so a loop of them is
-// held back as a loop of data requests is.
-TEST_F(RestRateLimitTest, RefreshesAndKeyChangesShareTheUsersBucket) {
-  Account a = NewAccount("a");
+// Refreshing tokens and creating keys are commands of the control plane,
+// held back by a bucket of their own (--account-rate-limit): data requests
+// at their limit do not keep a user from refreshing, and revoking a key is
+// never held back (whoever else holds the key cannot stop its revocation).
+class RestAccountRateLimitTest : public RestAccountsBase {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new SharedServer({"--auth=on", "--rate-limit=60", "--rate-limit-burst=3",
+                                "--account-rate-limit=60", "--account-rate-limit-burst=3"});
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  LogkvdProcess* server() const override { return shared_->process.get(); }
+  HttpAnswer Refresh(const std::string& token) {
+    return Call("POST", "/refresh", {{"Content-Type", "application/json"}},
+                json({{"refresh_token", token}}).dump());
+  }
+  static SharedServer* shared_;
+};
+
+SharedServer* RestAccountRateLimitTest::shared_ = nullptr;
+
+TEST_F(RestAccountRateLimitTest, RefreshesAndKeyCreationsHaveABucketOfTheirOwn) {
+  Account a = NewAccount("a");  // its key's creation took one of the 3
+  // The data bucket drained (bounded: refills are one a second)...
+  HttpAnswer data;
+  for (int i = 0; i < 20 && data.status != 429; ++i) {
+    data = Call("GET", "/v1/kv/limited", KeyHeader(a.api_key));
+  }
+  ASSERT_EQ(data.status, 429);
+  // ...leaves refreshing alone.
+  HttpAnswer refreshed = Refresh(a.refresh_token);
+  ASSERT_EQ(refreshed.status, 200) << refreshed.body;
+  std::string refresh = refreshed.Json().value("refresh_token", "");
+  // Its own bucket drains in turn.
   HttpAnswer refused;
-  std::string refresh = a.refresh_token;
   for (int i = 0; i < 20 && refused.status != 429; ++i) {
-    refused = Call("POST", "/refresh", {{"Content-Type", "application/json"}},
-                   json({{"refresh_token", refresh}}).dump());
+    refused = Refresh(refresh);
     if (refused.status == 200) refresh = refused.Json().value("refresh_token", "");
   }
   ExpectError(refused, 429);
+  EXPECT_NE(refused.body.find("--account-rate-limit"), std::string::npos) << refused.body;
   int seconds = 0;
   ASSERT_TRUE(absl::SimpleAtoi(refused.Header("retry-after").value_or(""), &seconds));
   EXPECT_GE(seconds, 1);
   // The refused refresh token was not spent: it works once the bucket refills.
-  bool refreshed = false;
+  bool again = false;
   const absl::Time deadline = absl::Now() + kPollLimit;
-  while (!refreshed && absl::Now() < deadline) {
-    const HttpAnswer again = Call("POST", "/refresh", {{"Content-Type", "application/json"}},
-                                  json({{"refresh_token", refresh}}).dump());
-    refreshed = again.status == 200;
-    if (!refreshed) {
-      ASSERT_EQ(again.status, 429) << again.body;
+  while (!again && absl::Now() < deadline) {
+    const HttpAnswer answer = Refresh(refresh);
+    again = answer.status == 200;
+    if (!again) {
+      ASSERT_EQ(answer.status, 429) << answer.body;
       absl::SleepFor(kPollInterval);
     }
   }
-  EXPECT_TRUE(refreshed);
-  // Creating keys (bounded: the bucket refills one a second).
+  EXPECT_TRUE(again);
+  // Creating keys takes from it too (bounded, as above).
   HttpAnswer create;
   for (int i = 0; i < 20 && create.status != 429; ++i) {
     create = CreateKey(a.access_token, json::array({"read"}));
     ASSERT_TRUE(create.status == 201 || create.status == 429) << create.body;
   }
   ExpectError(create, 429);
-  ExpectError(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token)),
-              429);
+  // Revoking is never held back, with both buckets empty.
+  EXPECT_EQ(Call("DELETE", absl::StrCat("/apikeys/", a.api_key_id), Bearer(a.access_token)).status,
+            200);
+  ExpectError(Call("GET", "/v1/kv/limited", KeyHeader(a.api_key)), 401);
 }
 
 // Binary requests take tokens from the same per-user bucket: once HTTP has
@@ -2625,7 +2656,8 @@ class RestSessionsTest : public RestAccountsBase {
  protected:
   LogkvdProcess* server() const override { return process_.get(); }
   void SetUp() override {
-    process_ = StartLogkvd(dir_.path() + "/data", {"--auth=on", "--rate-limit=0"});
+    process_ = StartLogkvd(dir_.path() + "/data",
+                           {"--auth=on", "--rate-limit=0", "--account-rate-limit=0"});
     ASSERT_NE(process_, nullptr);
   }
   HttpAnswer Refresh(const std::string& token) {
