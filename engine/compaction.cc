@@ -441,17 +441,27 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
   for (const std::shared_ptr<Segment>& victim : victims) removals.push_back(victim->id());
   if (absl::Status status = ListRemovals(&removals); !status.ok()) return fail(status);
 
-  uint64_t reclaimed = 0;
-  {
+  // The entries left behind go, in batches as the copy went: the victims
+  // are still the shard's, so until an entry goes it still reads its
+  // tombstone there. An entry a writer changed since keeps its new record.
+  for (size_t first = 0; first < drops.size(); first += kCompactionBatchRecords) {
     absl::MutexLock lock(&mu_);
     const int64_t locked_ns = absl::GetCurrentTimeNanos();
-    // An entry a writer changed since the run passed it keeps its new record.
-    for (const auto& [id, location] : drops) {
+    const size_t end = std::min(drops.size(), first + kCompactionBatchRecords);
+    for (size_t i = first; i < end; ++i) {
+      const auto& [id, location] = drops[i];
       if (index_.contains_id(id) && index_.at(id).location() == location) {
         RemoveEntry(id);
         ++dropped;
       }
     }
+    held(locked_ns, "dropping tombstones");
+  }
+
+  uint64_t reclaimed = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    const int64_t locked_ns = absl::GetCurrentTimeNanos();
     run->victims_dropped = true;
     for (const std::shared_ptr<Segment>& victim : victims) {
       reclaimed += victim->size();
@@ -724,7 +734,14 @@ absl::Status Shard::ListRemovals(std::vector<uint32_t>* ids) {
     return status;
   }
   if (absl::Status status = context_.fs->RenameFile(temporary, list); !status.ok()) return status;
-  return context_.fs->SyncDir(directory_);
+  // Renamed, the list is what a start would read: the run can no longer be
+  // undone (its outputs hold what the list's segments held), so it goes on,
+  // and the sync of the unlinks that follows is tried again.
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) {
+    context_.Log(LogLevel::kWarning, absl::StrCat("syncing ", directory_, " after writing ",
+                                                  list, ": ", status.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Shard::RemoveListed(const std::vector<uint32_t>& ids) {
