@@ -518,11 +518,18 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
   // The events the run copied, by sequence number, and whether the copy of
   // each is an expired record's shadow (written without its value): the
   // outputs are read once, front to back, before anything changes.
+  // If any of it cannot be read, or a victim cannot be read again below,
+  // some entry may still point into an output: then the outputs stay.
+  bool complete = true;
   absl::flat_hash_map<uint64_t, bool> moved;
   for (const std::shared_ptr<Segment>& output : run.outputs) {
     uint64_t offset = format::kSegmentHeaderBytes;
-    while (std::optional<format::RecordHeader> header = header_at(*output, offset)) {
-      if (header->type == 0) break;  // the end of what was appended
+    while (offset < output->size()) {
+      std::optional<format::RecordHeader> header = header_at(*output, offset);
+      if (!header.has_value() || header->type == 0) {
+        complete = false;
+        break;
+      }
       moved[header->sequence] = header->type == static_cast<uint8_t>(RecordType::kPut) &&
                                 header->value_size == 0;
       offset += format::RecordBytes(header->key_size, header->value_size);
@@ -545,6 +552,7 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
     uint64_t key_hash;
     uint64_t sequence;
     size_t value_size;
+    RecordType type;
     RecordLocation location;
   };
   std::vector<Item> batch;
@@ -561,13 +569,14 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
         auto bytes = victim->ReadToEnd(offset);
         if (!bytes.ok()) {
           readable = false;
+          complete = false;
           break;
         }
         const DecodeResult decoded =
             DecodeRecord(*bytes, format::kMaxKeyBytes, format::kHardMaxValueBytes);
         if (decoded.outcome != DecodeOutcome::kRecord) {
           // The run stopped where this victim stopped verifying (or, in
-          // repair mode, skipped ahead as here).
+          // repair mode, skipped ahead as here): it copied nothing past it.
           if (!victim->damaged) {
             readable = false;
             break;
@@ -577,6 +586,7 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
         }
         batch.push_back({std::string(decoded.record.key), HashKey(decoded.record.key),
                          decoded.record.sequence, decoded.record.value.size(),
+                         decoded.record.type,
                          RecordLocation{victim->id(), static_cast<uint32_t>(offset),
                                         static_cast<uint32_t>(decoded.record_bytes)}});
         offset += decoded.record_bytes;
@@ -587,8 +597,14 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
         if (copy == moved.end()) continue;  // not copied: as it was before the run
         // The copy of a record expired before the run is its shadow, and the
         // sweeper counted the victim's record dead then. (A put whose value
-        // is empty cannot be told apart: taken for expired since.)
-        const bool counted_before = copy->second && item.value_size > 0;
+        // is empty cannot be told apart: taken for expired since.) A Forget
+        // is never counted dead while it is kept.
+        const bool counted_before =
+            (copy->second && item.value_size > 0) || item.type == RecordType::kForget;
+        // One copy an event: a second record of it in the victims (a copy
+        // an interrupted compaction left, counted dead when it was loaded)
+        // is as it was before the run.
+        moved.erase(copy);
         const uint32_t id = index_.Find(KeyRef{item.key, item.key_hash});
         bool referenced = false;
         if (id != KeyIndex::kNoEntry) {
@@ -637,6 +653,17 @@ void Shard::AbandonOutputs(const CompactionRun& run) {
   // not count its records as outside, and could drop a tombstone whose older
   // put it holds. So it leaves segments_ only once its file is gone, and
   // otherwise stays, every byte of it dead, for a later run to take.
+  if (!complete) {
+    // Entries may still point into the outputs: they stay, as segments the
+    // shard reads (a *.compacting one, unsynced, goes at the next start,
+    // when the victims it copied are read again).
+    context_.Log(LogLevel::kError,
+                 absl::StrCat("compaction of shard ", shard_id_, " undone only in part (",
+                              restored, " records point at their segments again): a segment "
+                              "could not be read back, and its ", run.outputs.size(),
+                              " outputs stay"));
+    return;
+  }
   std::vector<uint32_t> kept;
   for (const std::shared_ptr<Segment>& output : run.outputs) {
     const bool renamed = !absl::EndsWith(output->path(), ".compacting");
@@ -745,6 +772,8 @@ absl::Status Shard::ListRemovals(std::vector<uint32_t>* ids) {
 }
 
 absl::Status Shard::RemoveListed(const std::vector<uint32_t>& ids) {
+  // The list's entry must be durable before the first unlink is.
+  if (absl::Status status = context_.fs->SyncDir(directory_); !status.ok()) return status;
   for (const uint32_t id : ids) {
     for (const std::string& path : {PathOf(SegmentFileName(id)), PathOf(HintFileName(id))}) {
       if (!context_.fs->FileExists(path)) continue;

@@ -579,25 +579,29 @@ absl::Status NodeOptions::Validate() const {
         absl::StrCat("--compression_min_bytes must be at most --max_value_bytes (",
                      max_value_bytes, "), not ", compression_min_bytes));
   }
-  if (account_rate_limit < 0 || account_rate_limit > auth::kMaxRequestsPerMinute) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--account_rate_limit must be between 0 (off) and ", auth::kMaxRequestsPerMinute,
-        " requests a minute, not ", account_rate_limit));
+  // A token bucket's flags: the rate (0 turns it off) and the bucket's size.
+  auto check_bucket = [](absl::string_view flag, absl::string_view what, int64_t rate,
+                         int64_t burst) {
+    if (rate < 0 || rate > auth::kMaxRequestsPerMinute) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be between 0 (off) and ",
+                                                     auth::kMaxRequestsPerMinute, " ", what,
+                                                     " a minute, not ", rate));
+    }
+    if (burst < 1 || burst > auth::kMaxBurst) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, "_burst must be between 1 and ",
+                                                     auth::kMaxBurst, ", not ", burst));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status status = check_bucket("account_rate_limit", "requests", account_rate_limit,
+                                         account_rate_limit_burst);
+      !status.ok()) {
+    return status;
   }
-  if (account_rate_limit_burst < 1 || account_rate_limit_burst > auth::kMaxBurst) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--account_rate_limit_burst must be between 1 and ", auth::kMaxBurst,
-                     ", not ", account_rate_limit_burst));
-  }
-  if (signup_rate_limit < 0 || signup_rate_limit > auth::kMaxRequestsPerMinute) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--signup_rate_limit must be between 0 (off) and ", auth::kMaxRequestsPerMinute,
-        " sign-ups a minute, not ", signup_rate_limit));
-  }
-  if (signup_rate_limit_burst < 1 || signup_rate_limit_burst > auth::kMaxBurst) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--signup_rate_limit_burst must be between 1 and ", auth::kMaxBurst,
-                     ", not ", signup_rate_limit_burst));
+  if (absl::Status status = check_bucket("signup_rate_limit", "sign-ups", signup_rate_limit,
+                                         signup_rate_limit_burst);
+      !status.ok()) {
+    return status;
   }
   if (maintenance_nice < 0 || maintenance_nice > 19) {
     return absl::InvalidArgumentError(

@@ -10,11 +10,13 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -517,11 +519,15 @@ TEST(CompactionFailureTest, ARunThatStopsPartWayLosesNothing) {
 }
 
 // A file system whose removals of segment files fail while armed (a file a
-// failing disk will not let go), over another.
+// failing disk will not let go), over another; and which, when asked, calls
+// a hook once in place of the next directory sync (what it returns is the
+// sync's answer). A run's first directory sync comes after its outputs are
+// written, synced and renamed, with no lock of the shard held.
 class StubbornFileSystem final : public FileSystem {
  public:
   explicit StubbornFileSystem(FileSystem* base) : base_(base) {}
   void SetRemovalsFail(bool fail) { fail_ = fail; }
+  void SetDirSyncHook(std::function<absl::Status()> hook) { hook_ = std::move(hook); }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
                                                                 uint64_t capacity) override {
@@ -560,7 +566,12 @@ class StubbornFileSystem final : public FileSystem {
     return base_->FileSize(path);
   }
   bool FileExists(const std::string& path) override { return base_->FileExists(path); }
-  absl::Status SyncDir(const std::string& path) override { return base_->SyncDir(path); }
+  absl::Status SyncDir(const std::string& path) override {
+    if (hook_) {
+      if (absl::Status status = std::exchange(hook_, nullptr)(); !status.ok()) return status;
+    }
+    return base_->SyncDir(path);
+  }
   absl::Status SyncFile(const std::string& path) override { return base_->SyncFile(path); }
   absl::StatusOr<std::unique_ptr<Lock>> LockFile(const std::string& path) override {
     return base_->LockFile(path);
@@ -569,7 +580,133 @@ class StubbornFileSystem final : public FileSystem {
  private:
   FileSystem* const base_;
   bool fail_ = false;
+  std::function<absl::Status()> hook_;
 };
+
+// Writers go on while a run copies; when the run is undone, what they made
+// dead in the meantime (the copies' bytes, by then) is counted dead in the
+// victims: the undone store counts what a restart, reading every record
+// again, counts. Here the writes come after the copy, before the directory
+// sync that follows the outputs' renames, which then fails.
+TEST(CompactionFailureTest, AnUndoneRunCountsWhatWritersChangedMeanwhile) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  constexpr int kKeys = 300;
+  test::ScopedTempDir dir;
+  test::ManualClock clock;
+  test::LogCapture log;
+  StubbornFileSystem fs(DefaultFileSystem());
+  Options options = test::TestOptions(dir.Subdir("db"), &clock, &log);
+  options.file_system = &fs;
+  options.shard_count = 1;
+  options.versions_kept = 2;
+  Random random(seed);
+  std::map<std::string, std::string> expected;  // absent: deleted
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < kKeys; ++i) {
+      if (round > 0 && !random.Percent(40)) continue;
+      const std::string key = KeyName(i);
+      expected[key] = absl::StrCat(key, "@", round, ":", random.Bytes(150));
+      ASSERT_OK(engine->Put(key, expected[key]));
+    }
+  }
+  ASSERT_OK(engine->Sync());
+  fs.SetDirSyncHook([&]() -> absl::Status {
+    // Overwrites (the copy of the current record and of the older version
+    // kept become dead), deletes (the same, and the older versions go).
+    for (int i = 0; i < kKeys; i += 3) {
+      const std::string key = KeyName(i);
+      if (i % 2 == 0) {
+        expected[key] = absl::StrCat(key, "@meanwhile:", random.Bytes(150));
+        if (absl::Status status = engine->Put(key, expected[key]).status(); !status.ok()) {
+          return status;
+        }
+      } else {
+        if (absl::Status status = engine->Delete(key).status(); !status.ok()) return status;
+        expected.erase(key);
+      }
+    }
+    return absl::InternalError("injected: the directory's sync fails");
+  });
+  ASSERT_FALSE(engine->CompactNow(/*force=*/true).ok());
+  ASSERT_TRUE(log.Contains(LogLevel::kWarning, "undone")) << log.Dump();
+  EXPECT_FALSE(log.Contains(LogLevel::kWarning, "(0 bytes of them counted dead)")) << log.Dump();
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = KeyName(i);
+      auto it = expected.find(key);
+      ASSERT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
+          << key;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(check("after the undone run"));
+  const Stats undone = engine->GetStats();
+  ASSERT_OK(engine->Close());
+  ASSERT_OK_AND_ASSIGN(engine, Engine::Open(options));
+  ASSERT_NO_FATAL_FAILURE(check("after a restart"));
+  const Stats restarted = engine->GetStats();
+  EXPECT_EQ(undone.dead_bytes, restarted.dead_bytes);
+  ASSERT_OK(engine->Close());
+}
+
+// A key deleted before a run, whose tombstone the run leaves behind, and
+// written again while the run goes on keeps its new record: the run drops
+// the entry only where it still points at the tombstone.
+TEST(CompactionFailureTest, AKeyWrittenWhileTheRunGoesOnKeepsItsNewRecord) {
+  constexpr int kKeys = 200;
+  test::ScopedTempDir dir;
+  test::ManualClock clock;
+  test::LogCapture log;
+  StubbornFileSystem fs(DefaultFileSystem());
+  Options options = test::TestOptions(dir.Subdir("db"), &clock, &log);
+  options.file_system = &fs;
+  options.shard_count = 1;
+  options.tombstone_grace_ms = 0;
+  std::map<std::string, std::string> expected;  // absent: deleted
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string key = KeyName(i);
+    expected[key] = absl::StrCat(key, ":", std::string(300, 'v'));
+    ASSERT_OK(engine->Put(key, expected[key]));
+  }
+  for (int i = 0; i < kKeys; i += 2) {
+    ASSERT_OK(engine->Delete(KeyName(i)).status());
+    expected.erase(KeyName(i));
+  }
+  // Enough after them that the tombstones' segment is sealed.
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_OK(engine->Put(absl::StrCat("filler-", i), std::string(400, 'f')));
+  }
+  ASSERT_OK(engine->Sync());
+  fs.SetDirSyncHook([&]() -> absl::Status {
+    for (int i = 0; i < kKeys; i += 4) {
+      const std::string key = KeyName(i);
+      expected[key] = absl::StrCat(key, ":again");
+      if (absl::Status status = engine->Put(key, expected[key]).status(); !status.ok()) {
+        return status;
+      }
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_OK(engine->CompactNow(/*force=*/true));
+  EXPECT_GT(engine->GetStats().tombstones_dropped, 0u);
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = KeyName(i);
+      auto it = expected.find(key);
+      ASSERT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
+          << key;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(check("after the run"));
+  ASSERT_OK(engine->Close());
+  ASSERT_OK_AND_ASSIGN(engine, Engine::Open(options));
+  ASSERT_NO_FATAL_FAILURE(check("after a restart"));
+  ASSERT_OK(engine->Close());
+}
 
 // A segment file that will not be removed is neither forgotten nor relied
 // on: an undone run's renamed output that stays on disk stays a segment (all
