@@ -221,15 +221,6 @@ std::vector<uint64_t> RetiredKeysToPrune(const Accounts& a, uint64_t user_id, in
   return retired;
 }
 
-// The bytes user_id's used refresh tokens take.
-size_t RevokedTokenBytesOf(const Accounts& a, uint64_t user_id) {
-  size_t bytes = 0;
-  for (const auto& [jti, entry] : a.revoked_tokens) {
-    if (entry.user_id == user_id) bytes += BytesOf(jti);
-  }
-  return bytes;
-}
-
 // Ends user_id's sessions: its tokens carry the generation before this, and
 // its used refresh tokens need no keeping (no token of it passes any more).
 void EndSessionsOf(Accounts& a, uint64_t user_id) {
@@ -561,7 +552,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::SetUserActive& cmd) {
     it->second.is_active = cmd.active();
     // A reactivated account does not bring back the tokens it had (log
     // entries from before the rule replay without it).
-    if (cmd.end_sessions()) ++it->second.session_generation;
+    if (cmd.end_sessions()) EndSessionsOf(accounts_, cmd.user_id());
   }
   Notify(true, false);
   return cmd.user_id();
@@ -574,7 +565,7 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::EndSessions& cmd) {
     if (it == accounts_.users.end()) {
       return absl::NotFoundError(absl::StrCat("user ", cmd.user_id(), " not found"));
     }
-    ++it->second.session_generation;
+    EndSessionsOf(accounts_, cmd.user_id());
   }
   Notify(true, false);
   return cmd.user_id();
@@ -591,13 +582,19 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
     // Expired entries are dropped by the clock of the command, so that
     // every server drops the same ones.
     const int64_t now_s = cmd.now_s();
-    absl::flat_hash_map<uint64_t, size_t> per_user;
+    struct Held {
+      size_t count = 0;
+      size_t bytes = 0;
+    };
+    absl::flat_hash_map<uint64_t, Held> per_user;
     for (auto it = accounts_.revoked_tokens.begin(); it != accounts_.revoked_tokens.end();) {
       if (it->second.expires_at_s <= now_s) {
         accounts_.bytes -= BytesOf(it->first);
         it = accounts_.revoked_tokens.erase(it);
       } else {
-        ++per_user[it->second.user_id];
+        Held& held = per_user[it->second.user_id];
+        ++held.count;
+        held.bytes += BytesOf(it->first);
         ++it;
       }
     }
@@ -615,20 +612,20 @@ absl::StatusOr<uint64_t> AccountState::Apply(const fb::RevokeToken& cmd) {
       // the table is full all the same, so do those of the user holding the
       // most (the lowest id of those tied), whoever asks.
       std::optional<uint64_t> ending;
-      if (per_user[cmd.user_id()] + 1 >= kMaxUserRevokedTokens) {
+      if (per_user[cmd.user_id()].count + 1 >= kMaxUserRevokedTokens) {
         ending = cmd.user_id();
       } else if (accounts_.revoked_tokens.size() >= kMaxRevokedTokens) {
         uint64_t heaviest = 0;
         size_t most = 0;
-        for (const auto& [user_id, count] : per_user) {
-          if (count > most || (count == most && user_id < heaviest)) {
+        for (const auto& [user_id, held] : per_user) {
+          if (held.count > most || (held.count == most && user_id < heaviest)) {
             heaviest = user_id;
-            most = count;
+            most = held.count;
           }
         }
         ending = heaviest;
       }
-      const size_t freed = ending.has_value() ? RevokedTokenBytesOf(accounts_, *ending) : 0;
+      const size_t freed = ending.has_value() ? per_user[*ending].bytes : 0;
       if (absl::Status s = CheckRoom(accounts_, BytesOf(jti), freed); !s.ok()) return s;
       if (ending.has_value()) EndSessionsOf(accounts_, *ending);
     }

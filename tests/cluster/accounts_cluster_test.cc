@@ -242,6 +242,53 @@ TEST_F(AccountsClusterTest, RevocationIsSeenOnEveryNode) {
   }
 }
 
+// An administrator's key reset on one node ends the user's sessions on
+// every node: the access and refresh tokens issued before are refused
+// everywhere, also by a node killed with SIGKILL and started again; a new
+// login works.
+TEST_F(AccountsClusterTest, EndedSessionsAreEndedOnEveryNode) {
+  StartCluster();
+  const std::string admin_token = SignUpAndLogin(0, 0, "admin");  // the first: the administrator
+  const std::string admin_key = CreateKey(0, admin_token).second;
+  const Json signup = {{"email", "ended@example.com"},
+                       {"username", "ended"},
+                       {"password", "securepass123"}};
+  HttpAnswer created = CallUntil(201, 1, "POST", "/signup", {}, signup);
+  ASSERT_EQ(created.status, 201) << created.body;
+  const uint64_t user_id = created.Json().value("id", uint64_t{0});
+  HttpAnswer login = CallUntil(200, 2, "POST", "/login", {},
+                               {{"email", "ended@example.com"}, {"password", "securepass123"}});
+  ASSERT_EQ(login.status, 200) << login.body;
+  const HttpHeaders bearer = {{"Authorization", "Bearer " + login.Json().value("access_token", "")}};
+  const std::string refresh = login.Json().value("refresh_token", "");
+  for (int node = 0; node < 3; ++node) {
+    ASSERT_EQ(CallUntil(200, node, "GET", "/apikeys", bearer).status, 200) << node;
+  }
+  HttpAnswer reset = CallUntil(200, 0, "PUT", absl::StrCat("/api/users/", user_id),
+                               {{"X-API-Key", admin_key}}, {{"reset_keys", true}});
+  ASSERT_EQ(reset.status, 200) << reset.body;
+  for (int node = 0; node < 3; ++node) {
+    HttpAnswer refused = CallUntil(401, node, "GET", "/apikeys", bearer);
+    EXPECT_EQ(refused.status, 401) << node << " " << refused.body;
+    EXPECT_TRUE(absl::StrContains(refused.body, "session was ended")) << refused.body;
+  }
+  cluster_->Kill(1);
+  ASSERT_TRUE(cluster_->RestartAsStarted(1).ok()) << cluster_->Describe();
+  HttpAnswer after_restart = CallUntil(401, 1, "GET", "/apikeys", bearer);
+  EXPECT_EQ(after_restart.status, 401) << after_restart.body << cluster_->Describe();
+  EXPECT_TRUE(absl::StrContains(after_restart.body, "session was ended")) << after_restart.body;
+  HttpAnswer refresh_refused =
+      CallUntil(401, 1, "POST", "/refresh", {}, {{"refresh_token", refresh}});
+  EXPECT_EQ(refresh_refused.status, 401) << refresh_refused.body;
+  HttpAnswer again = CallUntil(200, 1, "POST", "/login", {},
+                               {{"email", "ended@example.com"}, {"password", "securepass123"}});
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(CallUntil(200, 2, "GET", "/apikeys",
+                      {{"Authorization", "Bearer " + again.Json().value("access_token", "")}})
+                .status,
+            200);
+}
+
 // Accounts are the cluster's committed state: a node stopped and started
 // again (and the first node too) knows every account and key.
 TEST_F(AccountsClusterTest, RestartedNodesKeepAccounts) {

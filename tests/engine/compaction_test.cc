@@ -427,6 +427,15 @@ TEST_P(CompactionCrashTest, APowerCutAtAnyStepLosesNoAcknowledgedWrite) {
   }
 }
 
+// Each of KeyName(0 .. keys - 1) reads as expected says (absent: NOT_FOUND).
+void ExpectKeys(Engine* engine, int keys, const std::map<std::string, std::string>& expected) {
+  for (int i = 0; i < keys; ++i) {
+    const std::string key = KeyName(i);
+    auto it = expected.find(key);
+    ASSERT_EQ(GetOrStatus(engine, key), it == expected.end() ? "NOT_FOUND" : it->second) << key;
+  }
+}
+
 // A compaction that stops part way (a write of its output fails: a full or
 // failing disk) leaves the store as it was: the records it had already moved
 // are read from the segments they came from again, so the next run (which
@@ -634,12 +643,7 @@ TEST(CompactionFailureTest, AnUndoneRunCountsWhatWritersChangedMeanwhile) {
   EXPECT_FALSE(log.Contains(LogLevel::kWarning, "(0 bytes of them counted dead)")) << log.Dump();
   auto check = [&](const char* when) {
     SCOPED_TRACE(when);
-    for (int i = 0; i < kKeys; ++i) {
-      const std::string key = KeyName(i);
-      auto it = expected.find(key);
-      ASSERT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
-          << key;
-    }
+    ExpectKeys(engine.get(), kKeys, expected);
   };
   ASSERT_NO_FATAL_FAILURE(check("after the undone run"));
   const Stats undone = engine->GetStats();
@@ -694,12 +698,7 @@ TEST(CompactionFailureTest, AKeyWrittenWhileTheRunGoesOnKeepsItsNewRecord) {
   EXPECT_GT(engine->GetStats().tombstones_dropped, 0u);
   auto check = [&](const char* when) {
     SCOPED_TRACE(when);
-    for (int i = 0; i < kKeys; ++i) {
-      const std::string key = KeyName(i);
-      auto it = expected.find(key);
-      ASSERT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
-          << key;
-    }
+    ExpectKeys(engine.get(), kKeys, expected);
   };
   ASSERT_NO_FATAL_FAILURE(check("after the run"));
   ASSERT_OK(engine->Close());
@@ -775,12 +774,7 @@ TEST(CompactionFailureTest, FilesThatWillNotGoAreNeitherForgottenNorReliedOn) {
     };
     auto check = [&](const char* when) {
       SCOPED_TRACE(when);
-      for (int i = 0; i < kKeys; ++i) {
-        const std::string key = KeyName(i);
-        auto it = expected.find(key);
-        ASSERT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
-            << key;
-      }
+      ExpectKeys(engine.get(), kKeys, expected);
     };
     fault_fs.FailWritesAfter(n);
     fs.SetRemovalsFail(true);
@@ -862,12 +856,7 @@ TEST(CompactionFailureTest, ReplacedSegmentsGoAllOrNone) {
     fault_fs.SetActive(true);
     fs.CutBeforeStep(-1);
     ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> engine, Engine::Open(options));
-    for (int i = 0; i < kKeys; ++i) {
-      const std::string key = KeyName(i);
-      auto it = expected.find(key);
-      EXPECT_EQ(GetOrStatus(engine.get(), key), it == expected.end() ? "NOT_FOUND" : it->second)
-          << key;
-    }
+    ExpectKeys(engine.get(), kKeys, expected);
     ASSERT_OK(engine->Close());
     if (!cut_during_compaction) {
       EXPECT_GT(step, 6) << "the compaction took durable steps";
