@@ -17,6 +17,8 @@
 # two in alternation. Measured, from exec to the first request served:
 #   logkvd kill -9   restart after SIGKILL (hint files of sealed segments, active ones scanned)
 #   logkvd no hints  the same with every hint file deleted first (every segment scanned)
+#   logkvd clean     restart after a clean stop (SIGTERM): the open loads the index snapshot
+#                    each shard's close wrote (the stop's own time is printed too)
 #   redis AOF        redis-server loading its AOF (ready = PING answers PONG)
 # and, after the restart: logkvd's RssAnon (/proc, what it pins beyond the page cache) beside
 # Redis's used_memory and RssAnon, logkvd's index bytes per key (metrics), and bytes on disk
@@ -170,7 +172,8 @@ else
   kill9 redis_pid
 fi
 
-declare -a e_kill t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints
+declare -a e_kill t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints \
+  e_clean t_clean c_clean t_stop r_clean rc_clean r_stop
 ref_rss_kb="" ref_index_per_key=""
 restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, recorded
   start_logkvd "$1"
@@ -205,6 +208,33 @@ restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint fil
   wait_for_hints
   kill9 logkvd_pid
 }
+restart_clean() {  # $1: binary, $2: "ref" or "": one restart after a clean stop, recorded
+  # A logkvd stopped by SIGTERM closes its engine, which writes each shard's index snapshot
+  # (docs/engine.md, "Index snapshots"); the next start loads it instead of the hint files.
+  local stop_start
+  start_logkvd "$1"
+  wait_for_hints
+  stop_start=$(now_ms)
+  kill -TERM "$logkvd_pid"
+  wait "$logkvd_pid" 2>/dev/null || true
+  if [[ -n $2 ]]; then
+    r_stop+=("$(($(now_ms) - stop_start))")
+  else
+    t_stop+=("$(($(now_ms) - stop_start))")
+    snapshot_bytes=$(find "$work/logkvd" -name index.snapshot -printf '%s\n' |
+      awk '{ s += $1 } END { print s + 0 }')
+  fi
+  start_logkvd "$1"
+  if [[ -n $2 ]]; then
+    r_clean+=("$ready_ms") rc_clean+=("$ready_cpu")
+  else
+    t_clean+=("$ready_ms") c_clean+=("$ready_cpu")
+    e_clean+=("$(sed -n 's/.*recovered in \([0-9]*\) ms.*/\1/p' "$work/logkvd.log")")
+    cp "$work/logkvd.log" "$work/logkvd-clean.log"
+  fi
+  wait_for_hints
+  kill9 logkvd_pid
+}
 # The running logkvd writes the hint files of sealed segments again (within a second or so of
 # starting, one segment after another): the next round's kill -9 restart is to find them, as it
 # would after any run longer than a few seconds, not scan the segments a second time.
@@ -219,15 +249,19 @@ wait_for_hints() {
   done
   echo "scale: the hint files did not come back within 120 s ($hints of $logs segments)" >&2
 }
-for rep in $(seq "$reps"); do
-  # With a reference binary, the two take turns going first.
+# Runs one kind of restart ($1) of LOGKVD and, with a reference binary, of it too: the two take
+# turns going first, round by round.
+in_turn() {
   if [[ -n $logkvd_ref && $((rep % 2)) == 0 ]]; then
-    restart_kill9 "$logkvd_ref" ref
-    restart_kill9 "$logkvd" ""
+    "$1" "$logkvd_ref" ref
+    "$1" "$logkvd" ""
   else
-    restart_kill9 "$logkvd" ""
-    [[ -z $logkvd_ref ]] || restart_kill9 "$logkvd_ref" ref
+    "$1" "$logkvd" ""
+    [[ -z $logkvd_ref ]] || "$1" "$logkvd_ref" ref
   fi
+}
+for rep in $(seq "$reps"); do
+  in_turn restart_kill9
 
   start_redis
   t_redis+=("$ready_ms")
@@ -238,13 +272,12 @@ for rep in $(seq "$reps"); do
   fi
   kill9 redis_pid
 
-  if [[ -n $logkvd_ref && $((rep % 2)) == 0 ]]; then
-    restart_nohints "$logkvd_ref" ref
-    restart_nohints "$logkvd" ""
-  else
-    restart_nohints "$logkvd" ""
-    [[ -z $logkvd_ref ]] || restart_nohints "$logkvd_ref" ref
-  fi
+  in_turn restart_nohints
+  in_turn restart_clean
+  echo "scale: round $rep: logkvd clean stop ${t_stop[-1]} ms, restart ${t_clean[-1]} ms" \
+    "(${c_clean[-1]} s CPU; the engine's open ${e_clean[-1]} ms)" \
+    "${logkvd_ref:+; reference clean stop ${r_stop[-1]} ms, restart ${r_clean[-1]} ms}" \
+    "${logkvd_ref:+(${rc_clean[-1]} s CPU)}" >&2
   echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms (${c_kill[-1]} s CPU; the engine's" \
     "open ${e_kill[-1]} ms)," \
     "no hints ${t_nohints[-1]} ms (${c_nohints[-1]} s CPU), redis AOF ${t_redis[-1]} ms" \
@@ -259,6 +292,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 
 m_kill=$(median "${t_kill[@]}")
 m_nohints=$(median "${t_nohints[@]}")
 m_redis=$(median "${t_redis[@]}")
+m_clean=$(median "${t_clean[@]}")
 
 echo
 echo "logkvd vs redis-server $(redis-server --version | awk '{print $3}'), $keys keys requested" \
@@ -266,9 +300,10 @@ echo "logkvd vs redis-server $(redis-server --version | awk '{print $3}'), $keys
   "$(uptime | sed 's/.*load average: //')"
 printf '%-34s %14s %14s %8s\n' "" logkvd redis ratio
 printf '%-34s %14s %14s\n' "keys" "${logkv_keys%.*}" "$redis_keys"
-awk -v k="$m_kill" -v n="$m_nohints" -v r="$m_redis" -v reps="$reps" 'BEGIN {
+awk -v k="$m_kill" -v n="$m_nohints" -v c="$m_clean" -v r="$m_redis" -v reps="$reps" 'BEGIN {
   printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms (median of " reps ")", k, r, r / k
-  printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, r, r / n }'
+  printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, r, r / n
+  printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, r, r / c }'
 awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${logkv_keys%.*}" \
   -v ib="$index_per_key" -v ld="$logkv_du" -v rd="$redis_du" -v live="${live_bytes%.*}" 'BEGIN {
   printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB (redis: used_memory)", l / 1024, u / 1048576, (l * 1024) / u
@@ -278,6 +313,9 @@ awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${log
   printf "%-34s %14.1f %14s %8.2f\n", "live MiB (metrics), du / live", live / 1048576, "-", ld / live }'
 echo "times: logkvd kill -9 ${t_kill[*]}; no hints ${t_nohints[*]}; redis ${t_redis[*]} (ms)"
 echo "CPU seconds of the open: logkvd kill -9 ${c_kill[*]}; no hints ${c_nohints[*]}"
+echo "clean stop (SIGTERM to exit) ${t_stop[*]} ms; restart after it ${t_clean[*]} ms (the" \
+  "engine's open ${e_clean[*]} ms; ${c_clean[*]} s CPU);" \
+  "index snapshots $((snapshot_bytes / 1048576)) MiB"
 if [[ -n $logkvd_ref ]]; then
   echo
   echo "reference $logkvd_ref, restarted in alternation on the same directory:"
@@ -285,15 +323,18 @@ if [[ -n $logkvd_ref ]]; then
   awk -v k="$m_kill" -v rk="$(median "${r_kill[@]}")" -v n="$m_nohints" \
     -v rn="$(median "${r_nohints[@]}")" -v ck="$(median "${c_kill[@]}")" \
     -v rck="$(median "${rc_kill[@]}")" -v cn="$(median "${c_nohints[@]}")" \
-    -v rcn="$(median "${rc_nohints[@]}")" -v l="$logkv_rss_kb" -v rl="$ref_rss_kb" \
+    -v rcn="$(median "${rc_nohints[@]}")" -v c="$m_clean" -v rc="$(median "${r_clean[@]}")" \
+    -v l="$logkv_rss_kb" -v rl="$ref_rss_kb" \
     -v ib="$index_per_key" -v rib="$ref_index_per_key" -v u="$redis_used" 'BEGIN {
     printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms", k, rk, rk / k
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", ck, rck, rck / ck
     printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, rn, rn / n
+    printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, rc, rc / c
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", cn, rcn, rcn / cn
     printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB", l / 1024, rl / 1024, rl / l
     printf "%-34s %14.2f %14.2f\n", "RssAnon / redis used_memory", (l * 1024) / u, (rl * 1024) / u
     printf "%-34s %14.1f %14.1f %8.2f\n", "index bytes per key (metrics)", ib, rib, rib / ib }'
   echo "reference times: kill -9 ${r_kill[*]}; no hints ${r_nohints[*]} (ms);" \
-    "CPU seconds: kill -9 ${rc_kill[*]}; no hints ${rc_nohints[*]}"
+    "CPU seconds: kill -9 ${rc_kill[*]}; no hints ${rc_nohints[*]};" \
+    "clean stop ${r_stop[*]} ms, restart after it ${r_clean[*]} ms"
 fi

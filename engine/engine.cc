@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <queue>
 #include <thread>
 
@@ -176,6 +177,32 @@ Engine::Engine(const Options& options) : state_(std::make_unique<State>()) {
   state_->merkle = std::make_unique<MerkleForest>(options.merkle_partitions, options.merkle_leaves);
 }
 
+namespace {
+
+// Runs work for every shard, one thread per core pulling the next shard;
+// the first failure in shard order, or OK.
+absl::Status ForEachShardInParallel(const std::vector<std::unique_ptr<Shard>>& shards,
+                                    const std::function<absl::Status(Shard*)>& work) {
+  if (shards.empty()) return absl::OkStatus();
+  std::atomic<uint32_t> next{0};
+  std::vector<absl::Status> results(shards.size());
+  auto pull = [&] {
+    for (uint32_t i = next++; i < shards.size(); i = next++) results[i] = work(shards[i].get());
+  };
+  const uint32_t workers = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1,
+                                                static_cast<uint32_t>(shards.size()));
+  std::vector<std::thread> threads;
+  for (uint32_t i = 1; i < workers; ++i) threads.emplace_back(pull);
+  pull();
+  for (std::thread& thread : threads) thread.join();
+  for (const absl::Status& status : results) {
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const Options& options) {
   if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
   std::unique_ptr<Engine> engine(new Engine(options));
@@ -233,20 +260,12 @@ absl::Status Engine::OpenFiles() {
     s.shards.push_back(std::make_unique<Shard>(context, i, ShardDirectory(dir, i)));
   }
 
-  // Shards recover independently: one thread per core pulls the next shard.
-  std::atomic<uint32_t> next{0};
-  std::vector<absl::Status> results(s.shards.size());
-  auto work = [&] {
-    for (uint32_t i = next++; i < s.shards.size(); i = next++) results[i] = s.shards[i]->Open();
-  };
-  const uint32_t workers = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1,
-                                                static_cast<uint32_t>(s.shards.size()));
-  std::vector<std::thread> threads;
-  for (uint32_t i = 1; i < workers; ++i) threads.emplace_back(work);
-  work();
-  for (std::thread& thread : threads) thread.join();
-  for (const absl::Status& status : results) {
-    if (!status.ok()) return status;
+  // Shards recover independently.
+  if (absl::Status status = ForEachShardInParallel(s.shards, [](Shard* shard) {
+        return shard->Open();
+      });
+      !status.ok()) {
+    return status;
   }
 #if defined(__GLIBC__)
   // Recovery's scratch (each record's sequence, every older put, the index
@@ -379,15 +398,14 @@ absl::Status Engine::Close() {
   for (auto& shard : s.shards) shard->StopSyncLoop();
   for (std::thread& thread : s.sync_threads) thread.join();
   if (s.maintenance_thread.joinable()) s.maintenance_thread.join();
-  absl::Status result;
-  for (auto& shard : s.shards) {
+  // Side by side: a shard's close writes its hint files and index snapshot.
+  absl::Status result = ForEachShardInParallel(s.shards, [](Shard* shard) {
     // A last sync completes every kAlways writer still waiting, so no
     // callback is left hanging.
     absl::Status status = shard->SyncNow();
-    if (result.ok() && !status.ok()) result = status;
-    status = shard->Close();
-    if (result.ok() && !status.ok()) result = status;
-  }
+    absl::Status closed = shard->Close();
+    return status.ok() ? closed : status;
+  });
   s.lock.reset();
   return result;
 }
@@ -736,6 +754,7 @@ Stats Engine::GetStats() {
     stats.tombstones_dropped += c.tombstones_dropped.load();
     stats.forgotten += c.forgotten.load();
     stats.recovered_from_hints += c.recovered_from_hints.load();
+    stats.recovered_from_snapshot += c.recovered_from_snapshot.load();
     stats.recovered_by_scan += c.recovered_by_scan.load();
     stats.recovery_reserved_entries += c.recovery_reserved_entries.load();
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();

@@ -195,6 +195,19 @@ void KeyIndex::BuildOrder() {
   ordered_ = true;
 }
 
+void KeyIndex::Clear() {
+  for (Table& table : tables_) Table(0, Hash{this}, Equal{this}).swap(table);
+  order_.clear();
+  ordered_ = false;
+  chunks_.clear();
+  expiry_chunks_.clear();
+  with_expiry_ = 0;
+  next_id_ = 0;
+  free_ids_.clear();
+  arena_ = KeyArena();
+  size_ = 0;
+}
+
 void KeyIndex::Reserve(size_t n) {
   // Each group gets its share and a margin for the spread of a binomial
   // draw (about four standard deviations), so that none rehashes.

@@ -162,6 +162,18 @@ class KeyIndex {
     }
   }
 
+  // Calls f(id, entry) for every entry in the order of the tables' slots,
+  // group by group (what LocalityOf orders): entries inserted in this order
+  // into tables of the same size fill each table front to back.
+  template <typename F>
+  void ForEachInSlotOrder(F&& f) const {
+    for (const Table& table : tables_) {
+      for (const uint32_t id : table) f(id, at(id));
+    }
+  }
+  // Removes every entry and gives back the memory (the group count stays).
+  void Clear();
+
   // Where a lookup of the key starts probing, as a fraction of the tables'
   // memory, most significant bits first. Lookups in the order of this number
   // walk each table front to back (absl probes from (hash >> 7) & capacity,

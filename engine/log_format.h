@@ -151,6 +151,66 @@ inline constexpr char kLockName[] = "LOCK";
 // where the checksum is XXH3-64 of the lines before it.
 inline constexpr char kRemovalsName[] = "REMOVING";
 
+// ---- index.snapshot (in a shard's directory) ----------------------------------
+// The shard's index as a clean Close left it, so that the next open loads it
+// instead of rebuilding it from every hint file (each key's records, in
+// order). Written last by Close (to kIndexSnapshotName + ".tmp", synced,
+// renamed, the directory synced), used by the next open only if it names
+// exactly the segments the directory holds, with their sizes and first
+// sequence numbers (any append, compaction or repair since changes one),
+// and removed by that open before anything is written. Layout: an
+// IndexSnapshotHeader, segment_count IndexSnapshotSegments, entry_count
+// entries (an IndexSnapshotEntry, an int64 expiry when the entry's flags
+// have kEntryHasExpiry, key_size bytes of key, history_count
+// IndexSnapshotLocations, newest first), then XXH3-64 of everything before.
+inline constexpr char kIndexSnapshotName[] = "index.snapshot";
+inline constexpr char kIndexSnapshotMagic[8] = {'L', 'O', 'G', 'K', 'V', 'I', 'D', 'X'};
+inline constexpr uint32_t kIndexSnapshotVersion = 1;
+
+struct IndexSnapshotHeader {
+  char magic[8];            // kIndexSnapshotMagic
+  uint32_t format_version;  // kIndexSnapshotVersion
+  uint32_t shard_id;
+  uint32_t versions_kept;   // Options::versions_kept of the run that wrote it
+  uint32_t segment_count;
+  uint64_t entry_count;
+  uint64_t history_count;   // older versions, all entries together
+  uint64_t next_sequence;
+  uint64_t max_timestamp;   // of the entries' records
+};
+static_assert(sizeof(IndexSnapshotHeader) == 56);
+
+struct IndexSnapshotSegment {
+  uint32_t id;
+  uint32_t unused;
+  uint64_t size;
+  uint64_t base_sequence;  // its header's
+  uint64_t min_sequence;   // of its records (UINT64_MAX: none)
+  uint64_t max_sequence;
+  uint64_t dead_bytes;
+};
+static_assert(sizeof(IndexSnapshotSegment) == 48);
+
+struct IndexSnapshotEntry {
+  uint64_t timestamp;
+  uint64_t version;
+  uint32_t segment_id;
+  uint32_t offset;
+  uint32_t record_bytes;
+  uint16_t key_size;
+  uint16_t history_count;  // older versions that follow the key (< versions_kept)
+  uint8_t flags;           // IndexEntry::flags
+  uint8_t unused[7];
+};
+static_assert(sizeof(IndexSnapshotEntry) == 40);
+
+struct IndexSnapshotLocation {
+  uint32_t segment_id;
+  uint32_t offset;
+  uint32_t record_bytes;
+};
+static_assert(sizeof(IndexSnapshotLocation) == 12);
+
 }  // namespace logkv::engine::format
 
 #endif  // LOGKV_ENGINE_LOG_FORMAT_H_

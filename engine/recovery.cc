@@ -525,6 +525,13 @@ void Shard::FinishRecovery(RecoveryState* state) {
       begin = end;
     }
   }
+  IndexLoaded();
+  next_sequence_ = std::max(state->max_sequence + 1, state->max_base_sequence);
+  next_sequence_ = std::max<uint64_t>(next_sequence_, 1);
+  context_.hlc->Observe(state->max_timestamp);
+}
+
+void Shard::IndexLoaded() {
   // Keys whose newest record is a Forget leave the index now that no older
   // record can turn up; the Forget records stay on disk, not counted dead.
   std::vector<uint32_t> forgotten;
@@ -541,9 +548,6 @@ void Shard::FinishRecovery(RecoveryState* state) {
     }
   });
   index_.ShrinkToFit();
-  next_sequence_ = std::max(state->max_sequence + 1, state->max_base_sequence);
-  next_sequence_ = std::max<uint64_t>(next_sequence_, 1);
-  context_.hlc->Observe(state->max_timestamp);
 }
 
 void Shard::ComputeFeedStart() {
@@ -602,12 +606,21 @@ absl::Status Shard::Open() {
 
   RecoveryState state;
   std::vector<uint32_t> segment_ids;
+  bool snapshot = false;
   for (const std::string& name : *names) {
     uint32_t id;
     if (ParseSegmentFileName(name, ".log", &id)) {
       segment_ids.push_back(id);
     } else if (ParseSegmentFileName(name, ".hint", &id)) {
       state.hint_ids[id] = true;
+    } else if (name == format::kIndexSnapshotName) {
+      snapshot = true;
+    } else if (name == absl::StrCat(format::kIndexSnapshotName, ".tmp")) {
+      // A close stopped while it wrote one; nothing needs it.
+      if (absl::Status status = context_.fs->RemoveFile(PathOf(name)); !status.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat("cannot remove ", PathOf(name), ": ",
+                                                      status.message()));
+      }
     } else if (absl::EndsWith(name, ".compacting")) {
       // An unfinished compaction's output: the segments it was copying from
       // are all still here.
@@ -644,51 +657,62 @@ absl::Status Shard::Open() {
     segments_[id] = shared;
     next_segment_id_ = std::max(next_segment_id_, id + 1);
   }
-  const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
-  uint64_t total_bytes = 0;
-  for (const auto& [id, segment] : segments_) total_bytes += segment->size();
-  uint64_t loaded_bytes = 0;
-  bool reserved = false;
-  // Sizes the index once, so that growing it never rehashes millions of
-  // keys (each rehash reads every key back from the arena), and each
-  // entry's sequence number too (growing it copies it, with the page faults
-  // of each new copy).
-  auto reserve = [&](uint64_t entries) {
-    mu_.AssertHeld();  // called before Open returns
-    reserved = true;
-    index_.Reserve(entries);
-    state.sequence_of.reserve(entries);
-    counters_.recovery_reserved_entries.store(entries, std::memory_order_relaxed);
-    UpdateRecoveryOrder(&state);
-  };
-  // Before a record is read, from what the hint files say: the tables are
-  // then no larger than the keys need, and the fewer slots, the closer
-  // together the sorted batches' lookups fall.
-  if (const uint64_t entries = EntriesFromHints(state, total_bytes); entries > 0) reserve(entries);
-  for (uint32_t id : segment_ids) {
-    auto it = segments_.find(id);
-    if (it == segments_.end()) continue;
-    if (absl::Status status = LoadSegment(it->second, id == newest_original, &state);
-        !status.ok()) {
-      return status;
+  // A clean Close left the index itself: loaded (or refused, and removed)
+  // before anything else reads the segments.
+  const bool from_snapshot = snapshot && LoadIndexSnapshot(state.hint_ids);
+  if (!from_snapshot) {
+    const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
+    uint64_t total_bytes = 0;
+    for (const auto& [id, segment] : segments_) total_bytes += segment->size();
+    uint64_t loaded_bytes = 0;
+    bool reserved = false;
+    // Sizes the index once, so that growing it never rehashes millions of
+    // keys (each rehash reads every key back from the arena), and each
+    // entry's sequence number too (growing it copies it, with the page faults
+    // of each new copy).
+    auto reserve = [&](uint64_t entries) {
+      mu_.AssertHeld();  // called before Open returns
+      reserved = true;
+      index_.Reserve(entries);
+      state.sequence_of.reserve(entries);
+      counters_.recovery_reserved_entries.store(entries, std::memory_order_relaxed);
+      UpdateRecoveryOrder(&state);
+    };
+    // Before a record is read, from what the hint files say: the tables are
+    // then no larger than the keys need, and the fewer slots, the closer
+    // together the sorted batches' lookups fall.
+    if (const uint64_t entries = EntriesFromHints(state, total_bytes); entries > 0) {
+      reserve(entries);
     }
-    loaded_bytes += it->second->size();
-    if (!reserved && state.records >= 1024 && loaded_bytes < total_bytes) {
-      // Without hint files that say, from the records per byte seen so far.
-      // Overwrites make this an over-estimate of the keys; FinishRecovery
-      // gives back what is left unused.
-      reserve(static_cast<uint64_t>(static_cast<double>(state.records) *
-                                    static_cast<double>(total_bytes) /
-                                    static_cast<double>(loaded_bytes)));
+    for (uint32_t id : segment_ids) {
+      auto it = segments_.find(id);
+      if (it == segments_.end()) continue;
+      if (absl::Status status = LoadSegment(it->second, id == newest_original, &state);
+          !status.ok()) {
+        return status;
+      }
+      loaded_bytes += it->second->size();
+      if (!reserved && state.records >= 1024 && loaded_bytes < total_bytes) {
+        // Without hint files that say, from the records per byte seen so far.
+        // Overwrites make this an over-estimate of the keys; FinishRecovery
+        // gives back what is left unused.
+        reserve(static_cast<uint64_t>(static_cast<double>(state.records) *
+                                      static_cast<double>(total_bytes) /
+                                      static_cast<double>(loaded_bytes)));
+      }
     }
+    DrainRecovered(&state);
   }
-  DrainRecovered(&state);
   for (const auto& [id, present] : state.hint_ids) {
     if (!segments_.contains(id) && context_.fs->FileExists(PathOf(HintFileName(id)))) {
       (void)context_.fs->RemoveFile(PathOf(HintFileName(id)));  // orphan of a removed segment
     }
   }
-  FinishRecovery(&state);
+  if (from_snapshot) {
+    IndexLoaded();
+  } else {
+    FinishRecovery(&state);
+  }
   ComputeFeedStart();
   appended_sequence_.store(next_sequence_ - 1, std::memory_order_release);
   {
@@ -819,6 +843,22 @@ absl::Status Shard::Close() {
   for (DurableWaiter& waiter : ready) waiter.done(absl::OkStatus());
   for (const std::shared_ptr<Segment>& segment : need_hints) {
     if (absl::Status status = WriteHint(segment); !status.ok()) return status;
+  }
+  // Not while a compaction run (Engine::CompactNow on another thread) is
+  // between renaming its outputs and removing its victims: the snapshot
+  // would list both.
+  if (compaction_mu_.TryLock()) {
+    absl::MutexLock lock(&mu_);
+    if (index_.size() >= options_.index_snapshot_min_entries) {
+      // The next open does without it (it reads the hint files), so a
+      // failure here (a full disk) does not fail the close.
+      if (absl::Status status = WriteIndexSnapshot(); !status.ok()) {
+        context_.Log(LogLevel::kWarning,
+                     absl::StrCat("shard ", shard_id_, ": no index snapshot written (the next "
+                                  "open reads the hint files instead): ", status.message()));
+      }
+    }
+    compaction_mu_.Unlock();
   }
   return context_.fs->SyncDir(directory_);
 }

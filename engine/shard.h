@@ -59,7 +59,7 @@ struct ShardCounters {
   std::atomic<bool> compaction_running{false};
   std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
   std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
-  std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0};
+  std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0}, recovered_from_snapshot{0};
   std::atomic<uint64_t> recovery_reserved_entries{0};
   std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
   std::atomic<uint64_t> repaired_bytes_skipped{0}, repaired_segments{0},
@@ -80,7 +80,8 @@ class Shard {
   // Loads the shard from disk; appends continue in the newest segment when
   // it has room, else in a fresh one.
   absl::Status Open();
-  // Seals the active segment and writes missing hint files. No writes after.
+  // Seals the active segment and writes missing hint files, then the index
+  // snapshot (Options::index_snapshot_min_entries). No writes after.
   absl::Status Close();
 
   absl::Status Get(const KeyRef& key, std::string* value_out, ValueMeta* meta);
@@ -280,6 +281,21 @@ class Shard {
                 RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DrainPipeline(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What every open does once the index holds each key's newest record:
+  // Forgotten keys leave it, and the Merkle summary, the key counts and the
+  // expiry heap are built from it.
+  void IndexLoaded() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Index snapshots (index_snapshot.cc).
+  // Writes the index to format::kIndexSnapshotName. REQUIRES: closed_, the
+  // active segment sealed, no compaction running (compaction_mu_ held).
+  absl::Status WriteIndexSnapshot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_, mu_);
+  // Loads the index, the segments' counts and next_sequence_ from the
+  // snapshot when it describes exactly the segments opened (segments_), and
+  // removes the file; false, with nothing loaded, when it does not (logged).
+  // REQUIRES: the index is empty.
+  bool LoadIndexSnapshot(const absl::flat_hash_map<uint32_t, bool>& hint_ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The index entries the open is to make room for, from what the hint
   // files say (HintSummary); 0 where they do not say.
   uint64_t EntriesFromHints(const RecoveryState& state, uint64_t total_bytes)

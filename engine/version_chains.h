@@ -83,6 +83,14 @@ class VersionChains {
     return count;
   }
 
+  // Drops every chain and gives back the memory.
+  void Clear() {
+    std::vector<uint32_t>().swap(heads_);
+    chunks_.clear();
+    next_node_ = 0;
+    free_ = kNone;
+    nodes_ = 0;
+  }
   // Makes room for a head slot per id below id_limit.
   void ReserveHeads(uint32_t id_limit);
   // Older versions kept in all.

@@ -86,6 +86,10 @@ ABSL_FLAG(std::string, http_allowed_hosts, "",
           "machine cannot read it through a browser), served otherwise.");
 ABSL_FLAG(uint32_t, versions, 3,
           "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
+ABSL_FLAG(uint64_t, index_snapshot_min_entries, 100000,
+          "A clean stop writes each shard's index to its directory when it holds at least this "
+          "many entries, and the next start loads it instead of reading every hint file; 0: "
+          "always; 18446744073709551615: never.");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
 ABSL_FLAG(bool, repair, false,
           "Open a damaged data directory by salvaging what verifies: unreadable records are "
@@ -276,7 +280,7 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Storage",
        {"data_dir", "fsync", "fsync_interval_ms", "shards", "segment_bytes", "versions",
         "tombstone_grace_ms", "repair", "compression", "compression_level",
-        "compression_min_bytes", "maintenance_nice"}},
+        "compression_min_bytes", "maintenance_nice", "index_snapshot_min_entries"}},
       {"Network",
        {"listen", "http", "http_allowed_hosts", "threads", "advertise", "http_advertise",
         "insecure",
@@ -737,6 +741,7 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.segment_bytes = absl::GetFlag(FLAGS_segment_bytes);
   options.versions = absl::GetFlag(FLAGS_versions);
   options.repair = absl::GetFlag(FLAGS_repair);
+  options.index_snapshot_min_entries = absl::GetFlag(FLAGS_index_snapshot_min_entries);
   options.tombstone_grace = absl::Milliseconds(absl::GetFlag(FLAGS_tombstone_grace_ms));
   options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);

@@ -203,6 +203,7 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
   options.max_value_bytes = o.max_value_bytes;
   options.versions_kept = o.versions;
   options.repair = o.repair;
+  options.index_snapshot_min_entries = o.index_snapshot_min_entries;
   options.fsync = o.fsync;
   options.fsync_interval_ms = absl::ToInt64Milliseconds(o.fsync_interval);
   options.compression = o.compression;

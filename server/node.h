@@ -107,6 +107,8 @@ struct NodeOptions {
   uint64_t segment_bytes = 64ull << 20;  // --segment_bytes
   uint32_t versions = 3;                 // --versions kept readable
   bool repair = false;                   // --repair: salvage a damaged directory
+  // --index_snapshot_min_entries (engine::Options::index_snapshot_min_entries)
+  uint64_t index_snapshot_min_entries = 100000;
   // Age before a tombstone may be collected (once every owner holds it).
   absl::Duration tombstone_grace = absl::Hours(24);  // --tombstone_grace_ms
   // Value compression (engine::Options::compression; docs/format.md).
