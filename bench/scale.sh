@@ -176,6 +176,9 @@ declare -a e_kill t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_
   e_clean t_clean c_clean t_stop r_clean rc_clean r_stop
 ref_rss_kb="" ref_index_per_key=""
 restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, recorded
+  # A run stopped by a signal stopped its logkvd cleanly, which left index snapshots: a kill
+  # leaves none.
+  find "$work/logkvd" -name index.snapshot -delete
   start_logkvd "$1"
   if [[ -n $2 ]]; then
     r_kill+=("$ready_ms") rc_kill+=("$ready_cpu")
@@ -211,12 +214,19 @@ restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint fil
 restart_clean() {  # $1: binary, $2: "ref" or "": one restart after a clean stop, recorded
   # A logkvd stopped by SIGTERM closes its engine, which writes each shard's index snapshot
   # (docs/engine.md, "Index snapshots"); the next start loads it instead of the hint files.
-  local stop_start
+  local stop_start status=0 snapshots shards
   start_logkvd "$1"
   wait_for_hints
   stop_start=$(now_ms)
-  kill -TERM "$logkvd_pid"
-  wait "$logkvd_pid" 2>/dev/null || true
+  kill -TERM "$logkvd_pid" || die "logkvd exited before its clean stop"
+  wait "$logkvd_pid" || status=$?
+  logkvd_pid=""
+  ((status == 0)) || die "logkvd's clean stop exited with status $status (see $work/logkvd.log)"
+  snapshots=$(find "$work/logkvd" -name index.snapshot | wc -l)
+  shards=$(find "$work/logkvd" -maxdepth 1 -name 'shard-*' | wc -l)
+  # (Shards of fewer than --index-snapshot-min-entries entries write none.)
+  ((snapshots == shards)) ||
+    echo "scale: the clean stop left $snapshots index snapshots for $shards shards" >&2
   if [[ -n $2 ]]; then
     r_stop+=("$(($(now_ms) - stop_start))")
   else
@@ -324,13 +334,15 @@ if [[ -n $logkvd_ref ]]; then
     -v rn="$(median "${r_nohints[@]}")" -v ck="$(median "${c_kill[@]}")" \
     -v rck="$(median "${rc_kill[@]}")" -v cn="$(median "${c_nohints[@]}")" \
     -v rcn="$(median "${rc_nohints[@]}")" -v c="$m_clean" -v rc="$(median "${r_clean[@]}")" \
+    -v cc="$(median "${c_clean[@]}")" -v rcc="$(median "${rc_clean[@]}")" \
     -v l="$logkv_rss_kb" -v rl="$ref_rss_kb" \
     -v ib="$index_per_key" -v rib="$ref_index_per_key" -v u="$redis_used" 'BEGIN {
     printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms", k, rk, rk / k
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", ck, rck, rck / ck
     printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, rn, rn / n
-    printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, rc, rc / c
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", cn, rcn, rcn / cn
+    printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, rc, rc / c
+    printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", cc, rcc, rcc / cc
     printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB", l / 1024, rl / 1024, rl / l
     printf "%-34s %14.2f %14.2f\n", "RssAnon / redis used_memory", (l * 1024) / u, (rl * 1024) / u
     printf "%-34s %14.1f %14.1f %8.2f\n", "index bytes per key (metrics)", ib, rib, rib / ib }'

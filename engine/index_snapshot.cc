@@ -118,14 +118,17 @@ absl::Status Shard::WriteIndexSnapshot() {
   buffer.reserve(kWriteChunkBytes + 4096);
   uint64_t written = 0;
   absl::Status failure;
+  // After a failure the rest is dropped as it comes (the buffer never grows
+  // past a chunk), and the walk stops at the next entry.
   auto flush = [&] {
-    if (buffer.empty() || !failure.ok()) return;
-    XXH3_64bits_update(checksum, buffer.data(), buffer.size());
-    written += buffer.size();
-    if (written > file_bytes) {
-      failure = absl::InternalError("the index changed while its snapshot was written");
-    } else {
-      failure = (*file)->Append(buffer);
+    if (!buffer.empty() && failure.ok()) {
+      XXH3_64bits_update(checksum, buffer.data(), buffer.size());
+      written += buffer.size();
+      if (written > file_bytes) {
+        failure = absl::InternalError("the index changed while its snapshot was written");
+      } else {
+        failure = (*file)->Append(buffer);
+      }
     }
     buffer.clear();
   };
@@ -163,6 +166,7 @@ absl::Status Shard::WriteIndexSnapshot() {
   index_.ForEachInSlotOrder([&](uint32_t id, const IndexEntry& entry) {
     mu_.AssertHeld();  // ForEachInSlotOrder calls back before it returns
     if (buffer.size() >= kWriteChunkBytes) flush();
+    if (!failure.ok()) return;
     IndexSnapshotEntry item;
     std::memset(&item, 0, sizeof(item));
     item.timestamp = entry.timestamp;

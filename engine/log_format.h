@@ -176,7 +176,7 @@ struct IndexSnapshotHeader {
   uint64_t entry_count;
   uint64_t history_count;   // older versions, all entries together
   uint64_t next_sequence;
-  uint64_t max_timestamp;   // of the entries' records
+  uint64_t max_timestamp;   // the clock's reading at the close (above every record's)
 };
 static_assert(sizeof(IndexSnapshotHeader) == 56);
 

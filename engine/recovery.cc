@@ -844,21 +844,28 @@ absl::Status Shard::Close() {
   for (const std::shared_ptr<Segment>& segment : need_hints) {
     if (absl::Status status = WriteHint(segment); !status.ok()) return status;
   }
-  // Not while a compaction run (Engine::CompactNow on another thread) is
-  // between renaming its outputs and removing its victims: the snapshot
-  // would list both.
-  if (compaction_mu_.TryLock()) {
-    absl::MutexLock lock(&mu_);
-    if (index_.size() >= options_.index_snapshot_min_entries) {
-      // The next open does without it (it reads the hint files), so a
-      // failure here (a full disk) does not fail the close.
-      if (absl::Status status = WriteIndexSnapshot(); !status.ok()) {
-        context_.Log(LogLevel::kWarning,
-                     absl::StrCat("shard ", shard_id_, ": no index snapshot written (the next "
-                                  "open reads the hint files instead): ", status.message()));
+  // Not while a compaction run (Engine::CompactNow on another thread) holds
+  // the compaction lock: between renaming its outputs and removing its
+  // victims the snapshot would list both. (WriteHintsNow takes it too.)
+  if (IndexEntries() >= options_.index_snapshot_min_entries) {
+    if (compaction_mu_.TryLock()) {
+      {
+        absl::MutexLock lock(&mu_);
+        // The next open does without it (it reads the hint files), so a
+        // failure here (a full disk) does not fail the close.
+        if (absl::Status status = WriteIndexSnapshot(); !status.ok()) {
+          context_.Log(LogLevel::kWarning,
+                       absl::StrCat("shard ", shard_id_, ": no index snapshot written (the next "
+                                    "open reads the hint files instead): ", status.message()));
+        }
       }
+      compaction_mu_.Unlock();
+    } else {
+      context_.Log(LogLevel::kWarning,
+                   absl::StrCat("shard ", shard_id_, ": no index snapshot written: a compaction "
+                                "or a hint-file pass is running (the next open reads the hint "
+                                "files instead)"));
     }
-    compaction_mu_.Unlock();
   }
   return context_.fs->SyncDir(directory_);
 }

@@ -101,6 +101,15 @@ Observed Observe(Engine* engine) {
 // is a key's newest record); an open from the hint files counts the first
 // dead once the key is written again, and the second once its sweeper
 // passes. The snapshot keeps the running store's count.
+// The texts of the keys that are not deleted.
+std::map<std::string, std::string> LiveOnly(const std::map<std::string, std::string>& texts) {
+  std::map<std::string, std::string> live;
+  for (const auto& [key, text] : texts) {
+    if (!text.starts_with("tombstone")) live.emplace(key, text);
+  }
+  return live;
+}
+
 // Names the keys whose texts differ (at most a few), rather than printing
 // both maps whole.
 void ExpectSameTexts(const std::map<std::string, std::string>& a,
@@ -257,9 +266,20 @@ TEST_P(IndexSnapshotEquivalenceTest, AnOpenFromTheSnapshotFindsWhatAnOpenFromThe
     if (round == 0) {
       EXPECT_EQ(engine_->GetStats().dead_bytes, running_dead);
     }
-    ASSERT_NO_FATAL_FAILURE(
-        ExpectSame(Observe(engine_.get()), Observe(from_hints.get()), /*dead_bytes=*/!markers,
-                   /*timestamps=*/round == 0));
+    const Observed opened = Observe(engine_.get());
+    const Observed reference = Observe(from_hints.get());
+    if (markers && round > 0) {
+      // The dead bytes differed from the first open on, so the rounds'
+      // compactions may have chosen other segments and dropped other
+      // tombstones: what the two agree on is what is live.
+      ExpectSameTexts(LiveOnly(opened.values), LiveOnly(reference.values));
+      EXPECT_EQ(opened.stats.keys, reference.stats.keys);
+      EXPECT_EQ(opened.stats.versions, reference.stats.versions);
+      EXPECT_EQ(opened.last_sequences, reference.last_sequences);
+    } else {
+      ASSERT_NO_FATAL_FAILURE(ExpectSame(opened, reference, /*dead_bytes=*/!markers,
+                                         /*timestamps=*/round == 0));
+    }
     // Both go on alike: the same writes, compactions and expiries.
     Random a(seed + round + 1);
     Random b(seed + round + 1);
@@ -273,9 +293,13 @@ TEST_P(IndexSnapshotEquivalenceTest, AnOpenFromTheSnapshotFindsWhatAnOpenFromThe
     from_hints->SweepExpiredNow();
     const Observed ours = Observe(engine_.get());
     const Observed theirs = Observe(from_hints.get());
-    ExpectSameTexts(ours.values, theirs.values);
+    if (markers) {
+      ExpectSameTexts(LiveOnly(ours.values), LiveOnly(theirs.values));
+    } else {
+      ExpectSameTexts(ours.values, theirs.values);
+      EXPECT_EQ(ours.stats.tombstones, theirs.stats.tombstones);
+    }
     EXPECT_EQ(ours.stats.keys, theirs.stats.keys);
-    EXPECT_EQ(ours.stats.tombstones, theirs.stats.tombstones);
     EXPECT_EQ(ours.stats.versions, theirs.stats.versions);
     EXPECT_EQ(ours.last_sequences, theirs.last_sequences);
     ASSERT_NO_FATAL_FAILURE(CloseEngine());
@@ -293,19 +317,27 @@ TEST_P(IndexSnapshotEquivalenceTest, AnOpenFromTheSnapshotFindsWhatAnOpenFromThe
   ASSERT_OK(Open());
   ASSERT_OK(Open(&from_hints, copy));
   EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 0u);
-  ExpectSameTexts(Observe(engine_.get()).values, Observe(from_hints.get()).values);
+  if (markers) {
+    ExpectSameTexts(LiveOnly(Observe(engine_.get()).values),
+                    LiveOnly(Observe(from_hints.get()).values));
+  } else {
+    ExpectSameTexts(Observe(engine_.get()).values, Observe(from_hints.get()).values);
+  }
   ASSERT_OK(from_hints->Close());
 }
 
 INSTANTIATE_TEST_SUITE_P(WithAndWithoutMarkers, IndexSnapshotEquivalenceTest, ::testing::Bool());
 
 TEST_F(IndexSnapshotTest, NoSnapshotBelowTheThreshold) {
-  options_.index_snapshot_min_entries = kKeys + 1;
-  ASSERT_OK(Open());
-  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "v").status());
-  ASSERT_NO_FATAL_FAILURE(CloseEngine());
-  for (uint32_t shard = 0; shard < options_.shard_count; ++shard) {
-    EXPECT_FALSE(std::filesystem::exists(SnapshotPath(options_.data_dir, shard)));
+  options_.shard_count = 1;
+  for (const uint64_t threshold : {uint64_t{kKeys} + 1, uint64_t{kKeys}}) {
+    SCOPED_TRACE(threshold);
+    std::filesystem::remove_all(options_.data_dir);
+    options_.index_snapshot_min_entries = threshold;
+    ASSERT_OK(Open());
+    for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "v").status());
+    ASSERT_NO_FATAL_FAILURE(CloseEngine());
+    EXPECT_EQ(std::filesystem::exists(SnapshotPath(options_.data_dir, 0)), threshold == kKeys);
   }
 }
 
@@ -475,6 +507,7 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   struct Case {
     std::string name;
     std::string file;
+    std::string reason;  // what the warning says
   };
   // The first entry twice (a writer's bug the checksum cannot catch): the
   // second copy is found only while the first is in the index.
@@ -488,30 +521,45 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   const uint64_t one_more = header.entry_count + 1;
   std::memcpy(twice.data() + offsetof(format::IndexSnapshotHeader, entry_count), &one_more,
               sizeof(one_more));
+  const uint64_t more_history = header.history_count + first.history_count;
+  std::memcpy(twice.data() + offsetof(format::IndexSnapshotHeader, history_count), &more_history,
+              sizeof(more_history));
   const uint64_t twice_sum = XXH3_64bits(twice.data(), twice.size() - sizeof(uint64_t));
   std::memcpy(twice.data() + twice.size() - sizeof(twice_sum), &twice_sum, sizeof(twice_sum));
   const std::vector<Case> cases = {
-      {"a key twice", twice},
-      {"a flipped byte", damaged(good.size() / 2, "\x5a", /*resum=*/false)},
-      {"cut short", good.substr(0, good.size() - 100)},
-      {"empty", ""},
+      {"a key twice", twice, "repeats a key"},
+      {"a flipped byte", damaged(good.size() / 2, "\x5a", /*resum=*/false), "checksum mismatch"},
+      {"cut short", good.substr(0, good.size() - 100), "checksum mismatch"},
+      {"empty", "", "truncated"},
       {"an entry count past the file",
-       damaged(offsetof(format::IndexSnapshotHeader, entry_count), u64(uint64_t{1} << 40), true)},
+       damaged(offsetof(format::IndexSnapshotHeader, entry_count), u64(uint64_t{1} << 40), true),
+       "counts larger than the file"},
       {"one entry too many",
        damaged(offsetof(format::IndexSnapshotHeader, entry_count), u64(header.entry_count + 1),
-               true)},
+               true),
+       "cut short"},
       {"an entry in a segment that is not there",
-       damaged(first_entry + offsetof(format::IndexSnapshotEntry, segment_id), u32(999999), true)},
+       damaged(first_entry + offsetof(format::IndexSnapshotEntry, segment_id), u32(999999), true),
+       "entry 0 is invalid"},
       {"an entry past its segment's end",
-       damaged(first_entry + offsetof(format::IndexSnapshotEntry, offset), u32(0x7fffffff), true)},
+       damaged(first_entry + offsetof(format::IndexSnapshotEntry, offset), u32(0x7ffffff8), true),
+       "entry 0 is invalid"},
+      {"an entry at an offset no record starts at",
+       damaged(first_entry + offsetof(format::IndexSnapshotEntry, offset), u32(first.offset + 4),
+               true),
+       "entry 0 is invalid"},
       {"a key of no bytes",
        damaged(first_entry + offsetof(format::IndexSnapshotEntry, key_size),
-               std::string(2, '\0'), true)},
+               std::string(2, '\0'), true),
+       "entry 0 is invalid"},
       {"an unknown flag",
-       damaged(first_entry + offsetof(format::IndexSnapshotEntry, flags), "\x80", true)},
-      {"another shard's", damaged(offsetof(format::IndexSnapshotHeader, shard_id), u32(5), true)},
+       damaged(first_entry + offsetof(format::IndexSnapshotEntry, flags), "\x80", true),
+       "entry 0 is invalid"},
+      {"another shard's", damaged(offsetof(format::IndexSnapshotHeader, shard_id), u32(5), true),
+       "not an index snapshot of shard 0"},
       {"a sequence behind its segments",
-       damaged(offsetof(format::IndexSnapshotHeader, next_sequence), u64(1), true)},
+       damaged(offsetof(format::IndexSnapshotHeader, next_sequence), u64(1), true),
+       "described wrongly"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -520,6 +568,7 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
     ASSERT_OK(Open());
     EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 0u);
     EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "not used")) << log_.Dump();
+    EXPECT_TRUE(log_.Contains(LogLevel::kWarning, c.reason)) << log_.Dump();
     EXPECT_FALSE(std::filesystem::exists(path));
     for (int i = 0; i < kKeys; ++i) {
       ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), "v1") << KeyName(i);
