@@ -84,16 +84,10 @@ absl::Status Shard::WriteIndexSnapshot() {
           absl::StrCat("segment ", id, " is damaged, open for appends or without a hint file"));
     }
   }
-  // One pass in id order (the slab front to back) for what the header says
-  // and the file's size.
-  uint64_t max_timestamp = 0;
-  uint64_t key_bytes = 0;
-  uint64_t expiries = 0;
-  index_.ForEach([&](uint32_t, const IndexEntry& entry) {
-    max_timestamp = std::max(max_timestamp, entry.timestamp);
-    key_bytes += entry.key_size;
-    if ((entry.flags & kEntryHasExpiry) != 0) ++expiries;
-  });
+  // The file's size from what the index counts as it goes (its live key
+  // bytes, its entries with an expiry): the walk below checks it.
+  const uint64_t key_bytes = index_.key_bytes();
+  const uint64_t expiries = index_.with_expiry();
   const uint64_t history = options_.versions_kept > 1 ? history_.nodes() : 0;
   const uint64_t file_bytes =
       sizeof(IndexSnapshotHeader) + segments_.size() * sizeof(IndexSnapshotSegment) +
@@ -146,10 +140,11 @@ absl::Status Shard::WriteIndexSnapshot() {
   header.entry_count = index_.size();
   header.history_count = history;
   header.next_sequence = next_sequence_;
-  // A record no entry names any more (a Forget's, one a compaction dropped)
-  // may be newer than every entry's: the clock's reading now is above all
-  // of them, and the next open's clock must not start below one it issued.
-  header.max_timestamp = std::max(max_timestamp, context_.hlc->Now());
+  // The clock's reading now is above every record's timestamp (it issued
+  // or observed each), also those no entry names any more (a Forget's, one
+  // a compaction dropped): the next open's clock must not start below one
+  // it issued.
+  header.max_timestamp = context_.hlc->Now();
   put(header);
   for (const auto& [id, segment] : segments_) {
     IndexSnapshotSegment item;
@@ -328,10 +323,10 @@ bool Shard::LoadIndexSnapshot(const absl::flat_hash_map<uint32_t, bool>& hint_id
           const KeyRef ref{key, HashKey(key)};
           // A key twice would be a bug of the writer, which walks the
           // tables; the file's checksum would not catch it.
-          if (index_.Find(ref) != KeyIndex::kNoEntry) {
+          id = index_.TryInsert(ref);
+          if (id == KeyIndex::kNoEntry) {
             return absl::DataLossError(absl::StrCat("entry ", i, " repeats a key"));
           }
-          id = index_.Insert(ref);
           IndexEntry& entry = index_.at(id);
           entry.set_location(RecordLocation{item.segment_id, item.offset, item.record_bytes});
           entry.set_record_flags(item.flags);

@@ -75,16 +75,26 @@ uint32_t KeyIndex::AllocateId() {
   return next_id_++;
 }
 
-uint32_t KeyIndex::Insert(const KeyRef& key) {
-  assert(Find(key) == kNoEntry);
-  const uint32_t id = AllocateId();
-  IndexEntry& entry = at(id);
-  std::memset(&entry, 0, sizeof(entry));
-  entry.key_data = arena_.Store(key.key);
-  entry.key_size = static_cast<uint16_t>(key.key.size());
-  tables_[GroupOf(key.hash)].lazy_emplace(key, [id](const auto& construct) { construct(id); });
+uint32_t KeyIndex::TryInsert(const KeyRef& key) {
+  // One probe: the entry is made only where the table has no such key.
+  uint32_t id = kNoEntry;
+  tables_[GroupOf(key.hash)].lazy_emplace(key, [&](const auto& construct) {
+    id = AllocateId();
+    IndexEntry& entry = at(id);
+    std::memset(&entry, 0, sizeof(entry));
+    entry.key_data = arena_.Store(key.key);
+    entry.key_size = static_cast<uint16_t>(key.key.size());
+    construct(id);
+  });
+  if (id == kNoEntry) return kNoEntry;
   ++size_;
   if (ordered_) order_.insert(id);
+  return id;
+}
+
+uint32_t KeyIndex::Insert(const KeyRef& key) {
+  const uint32_t id = TryInsert(key);
+  assert(id != kNoEntry);
   return id;
 }
 

@@ -120,6 +120,9 @@ class KeyIndex {
   // REQUIRES: Find(key) == kNoEntry. Returns the new entry's id; its fields
   // other than the key are zero.
   uint32_t Insert(const KeyRef& key);
+  // Insert where the key is absent; kNoEntry, and nothing changed, where it
+  // is present.
+  uint32_t TryInsert(const KeyRef& key);
   void Remove(uint32_t id);
 
   // Whether id names an entry now (ids of removed entries are reused later).
