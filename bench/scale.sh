@@ -15,8 +15,16 @@
 # Then each server is killed with SIGKILL (no clean shutdown: logkvd writes no hint files for
 # its active segments, Redis has no chance to rewrite its AOF) and restarted, REPS times, the
 # two in alternation. Measured, from exec to the first request served:
-#   logkvd kill -9   restart after SIGKILL (hint files of sealed segments, active ones scanned)
-#   logkvd no hints  the same with every hint file deleted first (every segment scanned)
+#   logkvd kill -9   restart after SIGKILL: the checkpoints (index snapshots) the running
+#                    shards wrote while they were loaded (--checkpoint_ratio), then the segments
+#                    written after them (hint files, the newest scanned). Each round restarts
+#                    from the checkpoints the load left (saved after it, put back before), so
+#                    that every round replays the writes after them (and the few segments the
+#                    restarts since added); the shards that used theirs are counted, and a
+#                    warning printed when one did not (a compaction since made it stale).
+#   logkvd hints     restart after SIGKILL with no checkpoint (every index.snapshot deleted
+#                    first): the hint files of sealed segments, the newest scanned
+#   logkvd no hints  the same with every hint file deleted too (every segment scanned)
 #   logkvd clean     restart after a clean stop (SIGTERM): the open loads the index snapshot
 #                    each shard's close wrote (the stop's own time is printed too)
 #   redis AOF        redis-server loading its AOF (ready = PING answers PONG)
@@ -164,6 +172,13 @@ else
   "$bench" -p "$logkv_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q >&2
   sleep 2  # the maintenance thread writes the hint files of sealed segments within a second
   kill9 logkvd_pid
+  cp "$work/logkvd.log" "$work/logkvd-load.log"
+  # The checkpoints the load left, for every kill -9 round to start from.
+  rm -rf "$work/checkpoints"
+  mkdir -p "$work/checkpoints"
+  for shard in "$work"/logkvd/shard-*; do
+    [[ ! -f $shard/index.snapshot ]] || cp "$shard/index.snapshot" "$work/checkpoints/${shard##*/}"
+  done
   echo "scale: loading redis ..." >&2
   start_redis
   redis-benchmark -p "$redis_port" -c 50 -P 16 -d 100 -r "$keyspace" -n "$writes" -t set -q |
@@ -173,23 +188,50 @@ else
 fi
 
 declare -a e_kill t_kill t_nohints t_redis c_kill c_nohints r_kill r_nohints rc_kill rc_nohints \
-  e_clean t_clean c_clean t_stop r_clean rc_clean r_stop
+  e_clean t_clean c_clean t_stop r_clean rc_clean r_stop e_hints t_hints c_hints r_hints rc_hints \
+  u_kill a_kill
 ref_rss_kb="" ref_index_per_key=""
-restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, recorded
-  # A run stopped by a signal stopped its logkvd cleanly, which left index snapshots: a kill
-  # leaves none.
+shards=$(find "$work/logkvd" -maxdepth 1 -name 'shard-*' | wc -l)
+[[ -d $work/checkpoints ]] ||
+  echo "scale: $work/checkpoints missing (a run before checkpoints): kill -9 restarts use none" >&2
+restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL from the load's
+  # checkpoints, recorded
   find "$work/logkvd" -name index.snapshot -delete
+  for saved in "$work"/checkpoints/shard-*; do
+    [[ ! -f $saved ]] || cp "$saved" "$work/logkvd/${saved##*/}/index.snapshot"
+  done
   start_logkvd "$1"
   if [[ -n $2 ]]; then
     r_kill+=("$ready_ms") rc_kill+=("$ready_cpu")
+  else
+    t_kill+=("$ready_ms") c_kill+=("$ready_cpu")
+    e_kill+=("$(sed -n 's/.*recovered in \([0-9]*\) ms.*/\1/p' "$work/logkvd.log")")
+    cp "$work/logkvd.log" "$work/logkvd-kill9.log"
+    # How many shards used their checkpoint, and the segments each then read after it.
+    u_kill+=("$(grep -c 'index loaded from' "$work/logkvd.log" || true)")
+    # A compaction since the load may have rewritten a segment a checkpoint describes: then
+    # that shard read its hint files, which is not what this row is to measure.
+    ((u_kill[-1] == shards)) || echo "scale: WARNING: the load's checkpoints served" \
+      "${u_kill[-1]} of $shards shards in this kill -9 restart (see $work/logkvd-kill9.log)" >&2
+    a_kill+=("$(sed -n 's/.*; \([0-9]*\) segments written after it to read.*/\1/p' \
+      "$work/logkvd.log" | awk '{ s += $1 } END { print s + 0 }')")
+  fi
+  kill9 logkvd_pid
+}
+restart_kill9_hints() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL without a
+  # checkpoint, recorded
+  find "$work/logkvd" -name index.snapshot -delete
+  start_logkvd "$1"
+  if [[ -n $2 ]]; then
+    r_hints+=("$ready_ms") rc_hints+=("$ready_cpu")
     if [[ -z $ref_rss_kb ]]; then
       ref_index_per_key=$(metric logkv_engine_index_bytes_per_key)
       ref_rss_kb=$(rss_anon_kb "$logkvd_pid")
     fi
   else
-    t_kill+=("$ready_ms") c_kill+=("$ready_cpu")
-    e_kill+=("$(sed -n 's/.*recovered in \([0-9]*\) ms.*/\1/p' "$work/logkvd.log")")
-    cp "$work/logkvd.log" "$work/logkvd-kill9.log"
+    t_hints+=("$ready_ms") c_hints+=("$ready_cpu")
+    e_hints+=("$(sed -n 's/.*recovered in \([0-9]*\) ms.*/\1/p' "$work/logkvd.log")")
+    cp "$work/logkvd.log" "$work/logkvd-hints.log"
     if [[ -z ${logkv_rss_kb:-} ]]; then
       logkv_keys=$(metric logkv_engine_keys)
       index_per_key=$(metric logkv_engine_index_bytes_per_key)
@@ -200,7 +242,7 @@ restart_kill9() {  # $1: binary, $2: "ref" or "": one restart after SIGKILL, rec
   kill9 logkvd_pid
 }
 restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint files, recorded
-  find "$work/logkvd" -name '*.hint' -delete
+  find "$work/logkvd" \( -name '*.hint' -o -name index.snapshot \) -delete
   start_logkvd "$1"
   if [[ -n $2 ]]; then
     r_nohints+=("$ready_ms") rc_nohints+=("$ready_cpu")
@@ -214,7 +256,7 @@ restart_nohints() {  # $1: binary, $2: "ref" or "": one restart without hint fil
 restart_clean() {  # $1: binary, $2: "ref" or "": one restart after a clean stop, recorded
   # A logkvd stopped by SIGTERM closes its engine, which writes each shard's index snapshot
   # (docs/engine.md, "Index snapshots"); the next start loads it instead of the hint files.
-  local stop_start status=0 snapshots shards
+  local stop_start status=0 snapshots
   start_logkvd "$1"
   wait_for_hints
   stop_start=$(now_ms)
@@ -223,7 +265,6 @@ restart_clean() {  # $1: binary, $2: "ref" or "": one restart after a clean stop
   logkvd_pid=""
   ((status == 0)) || die "logkvd's clean stop exited with status $status (see $work/logkvd.log)"
   snapshots=$(find "$work/logkvd" -name index.snapshot | wc -l)
-  shards=$(find "$work/logkvd" -maxdepth 1 -name 'shard-*' | wc -l)
   # (Shards of fewer than --index-snapshot-min-entries entries write none.)
   ((snapshots == shards)) ||
     echo "scale: the clean stop left $snapshots index snapshots for $shards shards" >&2
@@ -249,8 +290,7 @@ restart_clean() {  # $1: binary, $2: "ref" or "": one restart after a clean stop
 # starting, one segment after another): the next round's kill -9 restart is to find them, as it
 # would after any run longer than a few seconds, not scan the segments a second time.
 wait_for_hints() {
-  local logs hints shards
-  shards=$(find "$work/logkvd" -maxdepth 1 -name 'shard-*' | wc -l)
+  local logs hints
   for _ in $(seq 1200); do
     logs=$(find "$work/logkvd" -name '*.log' | wc -l)
     hints=$(find "$work/logkvd" -name '*.hint' | wc -l)
@@ -272,6 +312,7 @@ in_turn() {
 }
 for rep in $(seq "$reps"); do
   in_turn restart_kill9
+  in_turn restart_kill9_hints
 
   start_redis
   t_redis+=("$ready_ms")
@@ -289,7 +330,9 @@ for rep in $(seq "$reps"); do
     "${logkvd_ref:+; reference clean stop ${r_stop[-1]} ms, restart ${r_clean[-1]} ms}" \
     "${logkvd_ref:+(${rc_clean[-1]} s CPU)}" >&2
   echo "scale: round $rep: logkvd kill -9 ${t_kill[-1]} ms (${c_kill[-1]} s CPU; the engine's" \
-    "open ${e_kill[-1]} ms)," \
+    "open ${e_kill[-1]} ms; the checkpoint used by ${u_kill[-1]} of $shards shards, then" \
+    "${a_kill[-1]} segments read after it), hint files only ${t_hints[-1]} ms" \
+    "(${c_hints[-1]} s CPU; the engine's open ${e_hints[-1]} ms)," \
     "no hints ${t_nohints[-1]} ms (${c_nohints[-1]} s CPU), redis AOF ${t_redis[-1]} ms" \
     "${logkvd_ref:+; reference kill -9 ${r_kill[-1]} ms (${rc_kill[-1]} s CPU), no hints ${r_nohints[-1]} ms (${rc_nohints[-1]} s CPU)}" >&2
 done
@@ -300,6 +343,7 @@ redis_du=$(du -s -B1 "$work/redis" | cut -f1)
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 m_kill=$(median "${t_kill[@]}")
+m_hints=$(median "${t_hints[@]}")
 m_nohints=$(median "${t_nohints[@]}")
 m_redis=$(median "${t_redis[@]}")
 m_clean=$(median "${t_clean[@]}")
@@ -310,8 +354,10 @@ echo "logkvd vs redis-server $(redis-server --version | awk '{print $3}'), $keys
   "$(uptime | sed 's/.*load average: //')"
 printf '%-34s %14s %14s %8s\n' "" logkvd redis ratio
 printf '%-34s %14s %14s\n' "keys" "${logkv_keys%.*}" "$redis_keys"
-awk -v k="$m_kill" -v n="$m_nohints" -v c="$m_clean" -v r="$m_redis" -v reps="$reps" 'BEGIN {
+awk -v k="$m_kill" -v h="$m_hints" -v n="$m_nohints" -v c="$m_clean" -v r="$m_redis" \
+  -v reps="$reps" 'BEGIN {
   printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms (median of " reps ")", k, r, r / k
+  printf "%-34s %14s %14s %8.2f\n", "  the same, no checkpoint, ms", h, r, r / h
   printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, r, r / n
   printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, r, r / c }'
 awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${logkv_keys%.*}" \
@@ -321,8 +367,13 @@ awk -v l="$logkv_rss_kb" -v u="$redis_used" -v rr="$redis_rss_kb" -v keys="${log
   printf "%-34s %14.1f\n", "index bytes per key (metrics)", ib
   printf "%-34s %14.1f %14.1f %8.2f\n", "disk MiB (du)", ld / 1048576, rd / 1048576, ld / rd
   printf "%-34s %14.1f %14s %8.2f\n", "live MiB (metrics), du / live", live / 1048576, "-", ld / live }'
-echo "times: logkvd kill -9 ${t_kill[*]}; no hints ${t_nohints[*]}; redis ${t_redis[*]} (ms)"
-echo "CPU seconds of the open: logkvd kill -9 ${c_kill[*]}; no hints ${c_nohints[*]}"
+echo "times: logkvd kill -9 ${t_kill[*]}; no checkpoint ${t_hints[*]}; no hints ${t_nohints[*]};" \
+  "redis ${t_redis[*]} (ms)"
+echo "CPU seconds of the open: logkvd kill -9 ${c_kill[*]}; no checkpoint ${c_hints[*]};" \
+  "no hints ${c_nohints[*]}"
+echo "checkpoints written by the load: $(grep -c "checkpoint of" "$work/logkvd-load.log" 2>/dev/null || true);" \
+  "used by the kill -9 restarts: ${u_kill[*]} of $shards shards; segments read after them:" \
+  "${a_kill[*]}"
 echo "clean stop (SIGTERM to exit) ${t_stop[*]} ms; restart after it ${t_clean[*]} ms (the" \
   "engine's open ${e_clean[*]} ms; ${c_clean[*]} s CPU);" \
   "index snapshots $((snapshot_bytes / 1048576)) MiB"
@@ -330,7 +381,8 @@ if [[ -n $logkvd_ref ]]; then
   echo
   echo "reference $logkvd_ref, restarted in alternation on the same directory:"
   printf '%-34s %14s %14s %8s\n' "" logkvd reference "ref/new"
-  awk -v k="$m_kill" -v rk="$(median "${r_kill[@]}")" -v n="$m_nohints" \
+  awk -v k="$m_kill" -v rk="$(median "${r_kill[@]}")" -v h="$m_hints" \
+    -v rh="$(median "${r_hints[@]}")" -v n="$m_nohints" \
     -v rn="$(median "${r_nohints[@]}")" -v ck="$(median "${c_kill[@]}")" \
     -v rck="$(median "${rc_kill[@]}")" -v cn="$(median "${c_nohints[@]}")" \
     -v rcn="$(median "${rc_nohints[@]}")" -v c="$m_clean" -v rc="$(median "${r_clean[@]}")" \
@@ -339,6 +391,7 @@ if [[ -n $logkvd_ref ]]; then
     -v ib="$index_per_key" -v rib="$ref_index_per_key" -v u="$redis_used" 'BEGIN {
     printf "%-34s %14s %14s %8.2f\n", "restart after kill -9, ms", k, rk, rk / k
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", ck, rck, rck / ck
+    printf "%-34s %14s %14s %8.2f\n", "  no checkpoint, ms", h, rh, rh / h
     printf "%-34s %14s %14s %8.2f\n", "restart without hint files, ms", n, rn, rn / n
     printf "%-34s %14s %14s %8.2f\n", "  CPU seconds", cn, rcn, rcn / cn
     printf "%-34s %14s %14s %8.2f\n", "restart after a clean stop, ms", c, rc, rc / c
@@ -346,7 +399,8 @@ if [[ -n $logkvd_ref ]]; then
     printf "%-34s %14.1f %14.1f %8.2f\n", "RssAnon MiB", l / 1024, rl / 1024, rl / l
     printf "%-34s %14.2f %14.2f\n", "RssAnon / redis used_memory", (l * 1024) / u, (rl * 1024) / u
     printf "%-34s %14.1f %14.1f %8.2f\n", "index bytes per key (metrics)", ib, rib, rib / ib }'
-  echo "reference times: kill -9 ${r_kill[*]}; no hints ${r_nohints[*]} (ms);" \
+  echo "reference times: kill -9 ${r_kill[*]}; no checkpoint ${r_hints[*]};" \
+    "no hints ${r_nohints[*]} (ms);" \
     "CPU seconds: kill -9 ${rc_kill[*]}; no hints ${rc_nohints[*]};" \
     "clean stop ${r_stop[*]} ms, restart after it ${r_clean[*]} ms"
 fi

@@ -465,6 +465,9 @@ absl::Status Shard::RunCompaction(bool force, CompactionRun* run) {
     run->victims_dropped = true;
     for (const std::shared_ptr<Segment>& victim : victims) {
       reclaimed += victim->size();
+      // The index snapshot on disk describes it: the next open refuses
+      // that snapshot (NeedsCheckpoint then asks for another sooner).
+      if (victim->id() < snapshot_tail_id_) snapshot_stale_ = true;
       segments_.erase(victim->id());
       auto it = std::find(original_ids_.begin(), original_ids_.end(), victim->id());
       if (it != original_ids_.end()) {

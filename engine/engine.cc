@@ -359,7 +359,22 @@ void Engine::MaintenanceLoop() {
                                    status.message()));
         }
       }
-      next_sweep = now + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
+      // Then the checkpoints due (Options::checkpoint_ratio), which serve a
+      // restart after a crash as the hint files do: looked for as often.
+      for (auto& shard : s.shards) {
+        if (!shard->NeedsCheckpoint()) continue;
+        absl::Status status = shard->WriteCheckpoint([&s] { return s.closed.load(); });
+        if (!status.ok() && !absl::IsCancelled(status)) {
+          ShardContext context{&s.options, nullptr, nullptr, nullptr, nullptr};
+          context.Log(LogLevel::kWarning,
+                      absl::StrCat("shard ", shard->id(), ": writing a checkpoint failed (an "
+                                   "open after a crash reads the hint files instead): ",
+                                   status.message()));
+        }
+        absl::MutexLock lock(&s.mu);
+        if (s.stop) return;
+      }
+      next_sweep = absl::Now() + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
     }
     if (now >= next_compaction) {
       // Runs back to back while a shard has work, each a small step
@@ -755,6 +770,7 @@ Stats Engine::GetStats() {
     stats.forgotten += c.forgotten.load();
     stats.recovered_from_hints += c.recovered_from_hints.load();
     stats.recovered_from_snapshot += c.recovered_from_snapshot.load();
+    stats.checkpoints_written += c.checkpoints_written.load();
     stats.recovered_by_scan += c.recovered_by_scan.load();
     stats.recovery_reserved_entries += c.recovery_reserved_entries.load();
     stats.torn_bytes_truncated += c.torn_bytes_truncated.load();
@@ -959,6 +975,16 @@ uint64_t Engine::SweepExpiredNow() {
   uint64_t swept = 0;
   for (auto& shard : state_->shards) swept += shard->SweepExpired();
   return swept;
+}
+
+absl::Status Engine::CheckpointNow() {
+  if (state_->closed.load(std::memory_order_relaxed)) return Closed();
+  absl::Status result;  // the first failure; every shard is tried
+  for (auto& shard : state_->shards) {
+    absl::Status status = shard->WriteCheckpoint([this] { return state_->closed.load(); });
+    if (result.ok() && !status.ok()) result = status;
+  }
+  return result;
 }
 
 absl::Status Engine::WriteHintsNow() {

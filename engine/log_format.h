@@ -152,20 +152,33 @@ inline constexpr char kLockName[] = "LOCK";
 inline constexpr char kRemovalsName[] = "REMOVING";
 
 // ---- index.snapshot (in a shard's directory) ----------------------------------
-// The shard's index as a clean Close left it, so that the next open loads it
-// instead of rebuilding it from every hint file (each key's records, in
-// order). Written last by Close (to kIndexSnapshotName + ".tmp", synced,
-// renamed, the directory synced), used by the next open only if it names
-// exactly the segments the directory holds, with their sizes and first
-// sequence numbers (any append, compaction or repair since changes one),
-// and removed by that open before anything is written. Layout: an
-// IndexSnapshotHeader, segment_count IndexSnapshotSegments, entry_count
-// entries (an IndexSnapshotEntry, an int64 expiry when the entry's flags
-// have kEntryHasExpiry, key_size bytes of key, history_count
-// IndexSnapshotLocations, newest first), then XXH3-64 of everything before.
+// The shard's index at a point in its log, so that an open loads it instead
+// of rebuilding it from every hint file (each key's records, in order), and
+// replays only the records written after that point. Two writers: a clean
+// Close (every segment sealed, the index exact, nothing after it), and a
+// running shard's checkpoint (Shard::WriteCheckpoint: the active segment
+// sealed, then the entries copied about a thousand at a time while writes go
+// on; flag kIndexSnapshotFuzzy). Written to kIndexSnapshotName + ".tmp",
+// synced, renamed, the directory synced. An open uses it only if the
+// segments with ids below tail_segment_id are exactly those it describes,
+// with their sizes and first sequence numbers (a compaction or a repair
+// since changes that); the segments from tail_segment_id on hold the
+// records written after it, which the open reads as it would without a
+// snapshot. Layout: an IndexSnapshotHeader, segment_count
+// IndexSnapshotSegments, the entries (each an IndexSnapshotEntry, an int64
+// expiry when the entry's flags have kEntryHasExpiry, key_size bytes of key,
+// history_count IndexSnapshotLocations, newest first), an
+// IndexSnapshotFooter with their counts (a checkpoint learns them only as it
+// writes), then XXH3-64 of everything before.
 inline constexpr char kIndexSnapshotName[] = "index.snapshot";
 inline constexpr char kIndexSnapshotMagic[8] = {'L', 'O', 'G', 'K', 'V', 'I', 'D', 'X'};
-inline constexpr uint32_t kIndexSnapshotVersion = 1;
+inline constexpr uint32_t kIndexSnapshotVersion = 2;
+// The entries were copied while writes went on: each is the key's state at
+// the snapshot's point (one a later write had replaced by the time it was
+// copied is written from the put before the point in its chain of older
+// versions, or left out), but the segments' dead bytes are not; the open
+// counts them from the entries.
+inline constexpr uint32_t kIndexSnapshotFuzzy = 1;
 
 struct IndexSnapshotHeader {
   char magic[8];            // kIndexSnapshotMagic
@@ -173,12 +186,18 @@ struct IndexSnapshotHeader {
   uint32_t shard_id;
   uint32_t versions_kept;   // Options::versions_kept of the run that wrote it
   uint32_t segment_count;
-  uint64_t entry_count;
-  uint64_t history_count;   // older versions, all entries together
-  uint64_t next_sequence;
-  uint64_t max_timestamp;   // the clock's reading at the close (above every record's)
+  uint64_t next_sequence;   // at the snapshot's point
+  uint64_t max_timestamp;   // the clock's reading then (above every record's before it)
+  uint32_t tail_segment_id; // segments from this id on were written after the point
+  uint32_t flags;           // kIndexSnapshotFuzzy
 };
-static_assert(sizeof(IndexSnapshotHeader) == 56);
+static_assert(sizeof(IndexSnapshotHeader) == 48);
+
+struct IndexSnapshotFooter {
+  uint64_t entry_count;
+  uint64_t history_count;  // older versions, all entries together
+};
+static_assert(sizeof(IndexSnapshotFooter) == 16);
 
 struct IndexSnapshotSegment {
   uint32_t id;

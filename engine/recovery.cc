@@ -35,6 +35,15 @@ class Shard::RecoveryState {
   uint64_t max_sequence = 0;
   uint64_t max_timestamp = 0;
   uint64_t max_base_sequence = 0;
+  // After an index snapshot: its next_sequence. Every record written after
+  // it has at least this sequence number; one below it in a segment after
+  // the snapshot is a compaction's copy of a record before it (a run that
+  // stopped before removing its victims, which the snapshot then still
+  // describes), already accounted for by the snapshot.
+  uint64_t snapshot_sequence = 0;
+  // The sequence number every entry the snapshot gave counts as until a
+  // record after it replaces the entry (snapshot_sequence - 1).
+  uint64_t entries_sequence = 0;
   absl::flat_hash_map<uint32_t, bool> hint_ids;  // segment id -> hint file present
   // The decompressed entries of the hint file being read, one buffer for all.
   std::string hint_scratch;
@@ -285,6 +294,10 @@ void Shard::DrainPipeline(RecoveryState* state) {
 
 void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& location,
                            uint64_t key_hash, RecoveryState* state) {
+  if (record.sequence < state->snapshot_sequence) {
+    MarkDead(location);
+    return;
+  }
   state->max_sequence = std::max(state->max_sequence, record.sequence);
   state->max_timestamp = std::max(state->max_timestamp, record.timestamp);
 
@@ -329,7 +342,29 @@ void Shard::ApplyRecovered(const LogRecord& record, const RecordLocation& locati
     return;
   }
   if (record.sequence > current) {
-    retire(id, current, (entry.flags & kEntryTombstone) != 0, entry.location(), entry.version);
+    if (keep_history && current == state->entries_sequence && state->snapshot_sequence != 0) {
+      // The first record after the snapshot of a key it gave: the older
+      // versions it gave join the older puts, numbered below the entry's
+      // own, newest first, and a version less each (a kept history is such
+      // a run), so that FinishRecovery builds the key's history from both.
+      uint64_t older = 0;
+      history_.ForEach(id, [&](uint32_t node) {
+        mu_.AssertHeld();  // ForEach calls back before it returns
+        ++older;
+        state->older_puts.push_back(RecoveryState::OlderPut{
+            id, history_.location(node), current - older, entry.version - older});
+      });
+      if (older > 0) {
+        history_.Truncate(id, 0, [](const RecordLocation&) {});
+        CountsOf(entry.key()).kept_versions -= older;  // FinishRecovery counts what it keeps
+      }
+    }
+    // An entry a close's snapshot gave as expired by the sweeper: its
+    // record is counted dead already, and an expired put is no older
+    // version.
+    if ((entry.flags & kEntryShadowCounted) == 0) {
+      retire(id, current, (entry.flags & kEntryTombstone) != 0, entry.location(), entry.version);
+    }
     assign(id);
     state->sequence_of[id] = record.sequence;
   } else {
@@ -461,6 +496,20 @@ uint64_t Shard::EntriesFromHints(const RecoveryState& state, uint64_t total_byte
       std::min(unhinted_records, static_cast<double>(total_bytes / format::RecordBytes(1, 0)));
   // Entry ids are 32-bit.
   return static_cast<uint64_t>(std::min(entries, static_cast<double>(KeyIndex::kNoEntry - 1)));
+}
+
+void Shard::StartTailReplay(const SnapshotPoint& point, RecoveryState* state) {
+  // Every entry the snapshot gave is older than every record after it:
+  // each counts as the sequence number just below those.
+  const uint64_t entries_sequence = point.next_sequence - 1;
+  state->snapshot_sequence = point.next_sequence;
+  state->max_sequence = entries_sequence;
+  state->max_timestamp = point.max_timestamp;
+  state->entries_sequence = entries_sequence;
+  state->sequence_of.assign(index_.id_limit(), entries_sequence);
+  // Their older versions stay in their chains until a record replaces the
+  // entry (ApplyRecovered).
+  UpdateRecoveryOrder(state);
 }
 
 void Shard::FinishRecovery(RecoveryState* state) {
@@ -657,10 +706,35 @@ absl::Status Shard::Open() {
     segments_[id] = shared;
     next_segment_id_ = std::max(next_segment_id_, id + 1);
   }
-  // A clean Close left the index itself: loaded (or refused, and removed)
-  // before anything else reads the segments.
-  const bool from_snapshot = snapshot && LoadIndexSnapshot(state.hint_ids);
-  if (!from_snapshot) {
+  // A clean Close or a checkpoint left the index itself: loaded (or
+  // refused, and removed) before anything else reads the segments; then
+  // only the segments written after it are read, their records newer than
+  // every entry it gave (StartTailReplay).
+  const std::optional<SnapshotPoint> point =
+      snapshot ? LoadIndexSnapshot(state.hint_ids) : std::nullopt;
+  bool tail_read = false;
+  if (point.has_value()) {
+    snapshot_tail_id_ = point->tail_segment_id;
+    checkpoint_sequence_ = point->next_sequence;
+    // New segments come after the point, also when the segment just below it
+    // is gone (a clean close removes an empty active segment).
+    next_segment_id_ = std::max(next_segment_id_, point->tail_segment_id);
+    checkpoint_written_at_ = absl::Now();  // counts as written now (Options::checkpoint_stale_interval_ms)
+    const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
+    for (uint32_t id : segment_ids) {
+      auto it = segments_.find(id);
+      if (id < point->tail_segment_id || it == segments_.end()) continue;
+      if (!tail_read) {
+        tail_read = true;
+        StartTailReplay(*point, &state);
+      }
+      if (absl::Status status = LoadSegment(it->second, id == newest_original, &state);
+          !status.ok()) {
+        return status;
+      }
+    }
+    DrainRecovered(&state);
+  } else {
     const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
     uint64_t total_bytes = 0;
     for (const auto& [id, segment] : segments_) total_bytes += segment->size();
@@ -708,8 +782,8 @@ absl::Status Shard::Open() {
       (void)context_.fs->RemoveFile(PathOf(HintFileName(id)));  // orphan of a removed segment
     }
   }
-  if (from_snapshot) {
-    IndexLoaded();
+  if (point.has_value() && !tail_read) {
+    IndexLoaded();  // LoadIndexSnapshot set next_sequence_ and the clock
   } else {
     FinishRecovery(&state);
   }
@@ -748,7 +822,8 @@ bool Shard::ContinueNewestSegment() {
   // sealed segments): it stays sealed, so its hint stays true. A segment
   // that is full, damaged (repair) or cannot be reopened is left sealed too,
   // and a new one is started.
-  if (original_ids_.empty()) return false;
+  // A segment an index snapshot describes stays as it is described.
+  if (original_ids_.empty() || original_ids_.back() < snapshot_tail_id_) return false;
   const std::shared_ptr<Segment>& newest = segments_.at(original_ids_.back());
   if (newest->has_hint || newest->damaged || newest->writable() ||
       newest->size() >= options_.segment_bytes) {

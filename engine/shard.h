@@ -16,6 +16,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <queue>
 #include "absl/strings/string_view.h"
 #include <string>
@@ -26,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 #include "engine/group_commit.h"
 #include "engine/hlc.h"
@@ -60,7 +62,7 @@ struct ShardCounters {
   std::atomic<uint64_t> compaction_progress_bytes{0}, compaction_total_bytes{0};
   std::atomic<uint64_t> expired_swept{0}, tombstones_dropped{0}, forgotten{0};
   std::atomic<uint64_t> recovered_from_hints{0}, recovered_by_scan{0}, recovered_from_snapshot{0};
-  std::atomic<uint64_t> recovery_reserved_entries{0};
+  std::atomic<uint64_t> recovery_reserved_entries{0}, checkpoints_written{0};
   std::atomic<uint64_t> torn_bytes_truncated{0}, torn_segments_removed{0};
   std::atomic<uint64_t> repaired_bytes_skipped{0}, repaired_segments{0},
       repaired_segments_set_aside{0};
@@ -163,6 +165,16 @@ class Shard {
   // restart after a crash (no Close to write them) scans only the segments
   // written since. Returns the first failure.
   absl::Status WriteMissingHints() ABSL_LOCKS_EXCLUDED(mu_, compaction_mu_);
+  // Whether a checkpoint is due (Options::checkpoint_ratio).
+  bool NeedsCheckpoint() ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes a checkpoint (index_snapshot.cc): the active segment sealed, the
+  // index written to format::kIndexSnapshotName while writes go on, so that
+  // an open after a crash loads it and reads only the segments written
+  // since, as after a clean Close. Stops early once stopping() says so.
+  absl::Status WriteCheckpoint(const std::function<bool()>& stopping)
+      ABSL_LOCKS_EXCLUDED(mu_, compaction_mu_);
+  absl::Status WriteCheckpointLocked(const std::function<bool()>& stopping)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
 
   // One compaction run: rewrites eligible immutable segments (every
   // immutable one when force). Without force a run is a small step, about
@@ -280,6 +292,16 @@ class Shard {
   void Pipeline(const LogRecord& record, const RecordLocation& location, uint64_t key_hash,
                 RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DrainPipeline(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Where a loaded snapshot stands in the log: the segments from
+  // tail_segment_id on hold the records written after it.
+  struct SnapshotPoint {
+    uint32_t tail_segment_id = 0;
+    uint64_t next_sequence = 0;
+    uint64_t max_timestamp = 0;
+  };
+  // Readies state to read the segments written after a loaded snapshot.
+  void StartTailReplay(const SnapshotPoint& point, RecoveryState* state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRecovery(RecoveryState* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What every open does once the index holds each key's newest record:
   // Forgotten keys leave it, and the Merkle summary, the key counts and the
@@ -290,12 +312,13 @@ class Shard {
   // Writes the index to format::kIndexSnapshotName. REQUIRES: closed_, the
   // active segment sealed, no compaction running (compaction_mu_ held).
   absl::Status WriteIndexSnapshot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_, mu_);
-  // Loads the index, the segments' counts and next_sequence_ from the
-  // snapshot when it describes exactly the segments opened (segments_), and
-  // removes the file; false, with nothing loaded, when it does not (logged).
-  // REQUIRES: the index is empty.
-  bool LoadIndexSnapshot(const absl::flat_hash_map<uint32_t, bool>& hint_ids)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Loads the index, the counts of the segments it describes and
+  // next_sequence_ from the snapshot when the segments below its
+  // tail_segment_id are exactly those it describes; nothing, with nothing
+  // loaded and the file removed, when they are not (logged). The file is
+  // kept after a load. REQUIRES: the index is empty.
+  std::optional<SnapshotPoint> LoadIndexSnapshot(
+      const absl::flat_hash_map<uint32_t, bool>& hint_ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The index entries the open is to make room for, from what the hint
   // files say (HintSummary); 0 where they do not say.
   uint64_t EntriesFromHints(const RecoveryState& state, uint64_t total_bytes)
@@ -364,6 +387,17 @@ class Shard {
   std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(mu_);  // changed only by SetActive
   // NoSpace while the last append failed for lack of disk space, else OK.
   absl::Status out_of_space_ ABSL_GUARDED_BY(mu_);
+  // next_sequence_ at the newest snapshot on disk (0: none): a checkpoint is
+  // due once Options::checkpoint_ratio of the entries' count has been
+  // written since.
+  uint64_t checkpoint_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  // The tail_segment_id of the index snapshot on disk (0: none): the open
+  // never continues a segment below it, which the snapshot describes with
+  // its size. A compaction that removes one makes the snapshot stale (the
+  // next open refuses it).
+  uint32_t snapshot_tail_id_ ABSL_GUARDED_BY(mu_) = 0;
+  bool snapshot_stale_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time checkpoint_written_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Ids of the original (appended, not compacted) segments, ascending; the
   // change feed reads these. Their sequence ranges are increasing.
   std::vector<uint32_t> original_ids_ ABSL_GUARDED_BY(mu_);

@@ -95,6 +95,14 @@ void AddEngineMetrics(engine::Engine* engine, std::string data_dir, ServerMetric
           &engine::Stats::expired_swept);
   counter("logkv_tombstones_dropped_total", "Tombstones compaction dropped for good.",
           &engine::Stats::tombstones_dropped);
+  counter("logkv_engine_checkpoints_written_total",
+          "Index snapshots the running shards wrote (checkpoints: a start after a crash loads "
+          "the newest and reads only the segments written after it).",
+          &engine::Stats::checkpoints_written);
+  gauge("logkv_engine_shards_opened_from_snapshot",
+        "Shards whose last open loaded an index snapshot (a clean stop's or a checkpoint) "
+        "instead of every hint file.",
+        &engine::Stats::recovered_from_snapshot);
 
   registry
       ->AddGauge("logkv_engine_index_bytes_per_key",

@@ -87,9 +87,19 @@ ABSL_FLAG(std::string, http_allowed_hosts, "",
 ABSL_FLAG(uint32_t, versions, 3,
           "Versions of each key kept readable (GET /get/{key}?version=N, GetVersion).");
 ABSL_FLAG(uint64_t, index_snapshot_min_entries, 100000,
-          "A clean stop writes each shard's index to its directory when it holds at least this "
-          "many entries, and the next start loads it instead of reading every hint file; 0: "
-          "always; 18446744073709551615: never.");
+          "A clean stop, and a running shard's checkpoint, write the shard's index to its "
+          "directory when it holds at least this many entries, and a start loads it instead of "
+          "reading the hint files of the segments before it; 0: always; 18446744073709551615: "
+          "never.");
+ABSL_FLAG(double, checkpoint_ratio, 0.5,
+          "A running shard writes its index to its directory (a checkpoint, while writes go on) "
+          "once the writes since the last one reach this fraction of its index entries "
+          "(tombstones included), and it holds at least --index_snapshot_min_entries: a start "
+          "after a crash loads it and reads only the segments written since. 0: never.");
+ABSL_FLAG(int64_t, checkpoint_stale_interval_ms, 60000,
+          "When a compaction rewrote a segment the last checkpoint describes (a start would "
+          "refuse it), the next comes this long after the last at the latest, once anything "
+          "was written. 0: only by --checkpoint_ratio.");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
 ABSL_FLAG(bool, repair, false,
           "Open a damaged data directory by salvaging what verifies: unreadable records are "
@@ -280,7 +290,8 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Storage",
        {"data_dir", "fsync", "fsync_interval_ms", "shards", "segment_bytes", "versions",
         "tombstone_grace_ms", "repair", "compression", "compression_level",
-        "compression_min_bytes", "maintenance_nice", "index_snapshot_min_entries"}},
+        "compression_min_bytes", "maintenance_nice", "index_snapshot_min_entries",
+        "checkpoint_ratio", "checkpoint_stale_interval_ms"}},
       {"Network",
        {"listen", "http", "http_allowed_hosts", "threads", "advertise", "http_advertise",
         "insecure",
@@ -742,6 +753,9 @@ absl::StatusOr<NodeOptions> OptionsFromFlags() {
   options.versions = absl::GetFlag(FLAGS_versions);
   options.repair = absl::GetFlag(FLAGS_repair);
   options.index_snapshot_min_entries = absl::GetFlag(FLAGS_index_snapshot_min_entries);
+  options.checkpoint_ratio = absl::GetFlag(FLAGS_checkpoint_ratio);
+  options.checkpoint_stale_interval = absl::Milliseconds(
+      absl::GetFlag(FLAGS_checkpoint_stale_interval_ms));
   options.tombstone_grace = absl::Milliseconds(absl::GetFlag(FLAGS_tombstone_grace_ms));
   options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);

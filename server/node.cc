@@ -204,6 +204,8 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
   options.versions_kept = o.versions;
   options.repair = o.repair;
   options.index_snapshot_min_entries = o.index_snapshot_min_entries;
+  options.checkpoint_ratio = o.checkpoint_ratio;
+  options.checkpoint_stale_interval_ms = absl::ToInt64Milliseconds(o.checkpoint_stale_interval);
   options.fsync = o.fsync;
   options.fsync_interval_ms = absl::ToInt64Milliseconds(o.fsync_interval);
   options.compression = o.compression;
@@ -488,6 +490,14 @@ absl::Status NodeOptions::Validate() const {
                          ": keep backups outside the store they copy"));
       }
     }
+  }
+  if (checkpoint_stale_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--checkpoint_stale_interval_ms must be 0 or more");
+  }
+  if (!(checkpoint_ratio >= 0 && checkpoint_ratio <= 1e6)) {  // refuses NaN too
+    return absl::InvalidArgumentError(
+        absl::StrCat("--checkpoint_ratio must be between 0 (no checkpoints) and 1000000, not ",
+                     checkpoint_ratio));
   }
   // Addresses built by hand rather than by ParseHostPort.
   if (listen.port < 0 || listen.port > 65535) {

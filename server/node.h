@@ -109,6 +109,9 @@ struct NodeOptions {
   bool repair = false;                   // --repair: salvage a damaged directory
   // --index_snapshot_min_entries (engine::Options::index_snapshot_min_entries)
   uint64_t index_snapshot_min_entries = 100000;
+  double checkpoint_ratio = 0.5;  // --checkpoint_ratio (engine::Options::checkpoint_ratio)
+  // --checkpoint_stale_interval_ms (engine::Options::checkpoint_stale_interval_ms)
+  absl::Duration checkpoint_stale_interval = absl::Seconds(60);
   // Age before a tombstone may be collected (once every owner holds it).
   absl::Duration tombstone_grace = absl::Hours(24);  // --tombstone_grace_ms
   // Value compression (engine::Options::compression; docs/format.md).

@@ -1,9 +1,11 @@
-// Index snapshots: what a clean Close leaves for the next open. An open from
-// the snapshot must find what an open from the hint files finds (every key,
-// value, older version, count, dead byte and Merkle hash); a snapshot that
-// no longer describes the segments (an append, a compaction, a changed
-// option, damage) must be refused, removed, and the store opened from its
-// hint files with nothing lost.
+// Index snapshots: what a clean Close or a running shard's checkpoint leaves
+// for the next open. An open from the snapshot, and the segments written
+// after it, must find what an open from the hint files finds (every key,
+// value, older version, count, dead byte and Merkle hash), also when the
+// checkpoint was taken while writes went on; a snapshot that no longer
+// describes the segments before its point (a compaction, a changed option,
+// damage) must be refused, removed, and the store opened from its hint
+// files with nothing lost.
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -15,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "engine/log_format.h"
 #include "gtest/gtest.h"
@@ -179,7 +182,10 @@ class IndexSnapshotTest : public ::testing::Test {
 
   // Puts (some with a TTL, some over live keys, so older versions are
   // kept), deletes, forgets, expiries and compactions, the same for a seed.
-  void Workload(Engine* engine, Random* random, int operations, bool markers = true) {
+  // compactions: whether it compacts too (one would remove segments a
+  // checkpoint describes).
+  void Workload(Engine* engine, Random* random, int operations, bool markers = true,
+                bool compactions = true) {
     for (int op = 0; op < operations; ++op) {
       const std::string key = KeyName(random->Uniform(kKeys));
       const uint64_t dice = random->Uniform(100);
@@ -204,7 +210,7 @@ class IndexSnapshotTest : public ::testing::Test {
       } else if (dice < 95) {
         clock_.AdvanceMs(static_cast<int64_t>(random->Uniform(2000)));
         if (random->Percent(50)) engine->SweepExpiredNow();
-      } else {
+      } else if (compactions) {
         ASSERT_OK(engine->CompactNow(/*force=*/random->Percent(50)));
       }
     }
@@ -215,6 +221,27 @@ class IndexSnapshotTest : public ::testing::Test {
   LogCapture log_;
   FaultInjectionFileSystem fs_{DefaultFileSystem()};
   Options options_;
+  // The process is killed: nothing more reaches the disk, no Close runs.
+  void Kill() {
+    fs_.SetActive(false);
+    engine_.reset();
+    fs_.SetActive(true);
+  }
+
+  // A copy of the store without its snapshots, which opens from the hint
+  // files.
+  Options CopyWithoutSnapshots(const std::string& name) {
+    Options copy = options_;
+    copy.data_dir = dir_.Subdir(name);
+    std::filesystem::remove_all(copy.data_dir);
+    std::filesystem::copy(options_.data_dir, copy.data_dir,
+                          std::filesystem::copy_options::recursive);
+    for (uint32_t shard = 0; shard < copy.shard_count; ++shard) {
+      std::filesystem::remove(SnapshotPath(copy.data_dir, shard));
+    }
+    return copy;
+  }
+
   std::unique_ptr<Engine> engine_;  // declared last: destroyed before what it uses
 };
 
@@ -256,8 +283,8 @@ TEST_P(IndexSnapshotEquivalenceTest, AnOpenFromTheSnapshotFindsWhatAnOpenFromThe
     EXPECT_EQ(engine_->GetStats().recovered_from_hints, 0u);
     EXPECT_EQ(from_hints->GetStats().recovered_from_snapshot, 0u);
     for (uint32_t shard = 0; shard < options_.shard_count; ++shard) {
-      EXPECT_FALSE(std::filesystem::exists(SnapshotPath(options_.data_dir, shard)))
-          << "a snapshot serves one open";
+      EXPECT_TRUE(std::filesystem::exists(SnapshotPath(options_.data_dir, shard)))
+          << "a snapshot is kept for the next open";
     }
     // The open from the hint files finds expired keys live until the
     // sweeper passes (the running store had swept some): both sweep.
@@ -341,10 +368,11 @@ TEST_F(IndexSnapshotTest, NoSnapshotBelowTheThreshold) {
   }
 }
 
-// A snapshot put back after the store moved on (as a copy, or one whose
-// removal did not reach the disk) is refused: each change the open can meet
-// makes one of the segments it describes differ.
-TEST_F(IndexSnapshotTest, AStaleSnapshotIsRefusedAndNothingIsLost) {
+// A snapshot put back after the store moved on (as a copy, or an older one
+// the next close did not replace): the appends since went to segments after
+// its point, so it is used and they are read after it; a compaction or a
+// changed versions_kept makes it refused.
+TEST_F(IndexSnapshotTest, ASnapshotPutBackServesAfterAppendsAndIsRefusedAfterAChange) {
   enum class Change { kAppend, kCompaction, kVersionsKept, kAppendThenKill };
   for (const Change change :
        {Change::kAppend, Change::kCompaction, Change::kVersionsKept, Change::kAppendThenKill}) {
@@ -364,11 +392,11 @@ TEST_F(IndexSnapshotTest, AStaleSnapshotIsRefusedAndNothingIsLost) {
     }
     ASSERT_OK(Open());
     EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, options_.shard_count);
-    std::string expected = "first-2";
     switch (change) {
       case Change::kAppend:
       case Change::kAppendThenKill:
         for (int i = 0; i < kKeys; i += 2) ASSERT_OK(engine_->Put(KeyName(i), "second").status());
+        for (int i = 1; i < kKeys; i += 4) ASSERT_OK(engine_->Delete(KeyName(i)).status());
         break;
       case Change::kCompaction:
         ASSERT_OK(engine_->CompactNow(/*force=*/true));
@@ -377,11 +405,7 @@ TEST_F(IndexSnapshotTest, AStaleSnapshotIsRefusedAndNothingIsLost) {
         break;
     }
     if (change == Change::kAppendThenKill) {
-      // The process dies: nothing more reaches the disk, and no Close
-      // writes a snapshot.
-      fs_.SetActive(false);
-      engine_.reset();
-      fs_.SetActive(true);
+      Kill();
     } else {
       ASSERT_NO_FATAL_FAILURE(CloseEngine());
     }
@@ -391,22 +415,34 @@ TEST_F(IndexSnapshotTest, AStaleSnapshotIsRefusedAndNothingIsLost) {
     }
     log_.Clear();
     ASSERT_OK(Open());
-    EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 0u);
-    EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "not used")) << log_.Dump();
-    for (uint32_t shard = 0; shard < options_.shard_count; ++shard) {
-      EXPECT_FALSE(std::filesystem::exists(SnapshotPath(options_.data_dir, shard)));
-    }
     const bool appended = change == Change::kAppend || change == Change::kAppendThenKill;
+    EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, appended ? options_.shard_count : 0u);
+    EXPECT_EQ(log_.Contains(LogLevel::kWarning, "not used"), !appended) << log_.Dump();
+    for (uint32_t shard = 0; shard < options_.shard_count; ++shard) {
+      EXPECT_EQ(std::filesystem::exists(SnapshotPath(options_.data_dir, shard)), appended);
+    }
     for (int i = 0; i < kKeys; ++i) {
-      ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)),
-                appended && i % 2 == 0 ? "second" : expected)
-          << KeyName(i);
+      const std::string expected = !appended    ? "first-2"
+                                   : i % 2 == 0 ? "second"
+                                   : i % 4 == 1 ? "NOT_FOUND"
+                                                : "first-2";
+      ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), expected) << KeyName(i);
     }
     if (change == Change::kVersionsKept) {
       EXPECT_TRUE(absl::IsNotFound(engine_->GetVersion(KeyName(0), 1).status()));
     } else {
-      ASSERT_OK_AND_ASSIGN(Record older, engine_->GetVersion(KeyName(1), 2));
+      // Older versions from the snapshot, and the one a write after it
+      // pushed back.
+      ASSERT_OK_AND_ASSIGN(Record older, engine_->GetVersion(KeyName(3), 2));
       EXPECT_EQ(older.value, "first-1");
+      if (appended) {
+        ASSERT_OK_AND_ASSIGN(Record pushed, engine_->GetVersion(KeyName(0), 3));
+        EXPECT_EQ(pushed.value, "first-2");
+        ASSERT_OK_AND_ASSIGN(Record oldest, engine_->GetVersion(KeyName(0), 2));
+        EXPECT_EQ(oldest.value, "first-1");
+        EXPECT_TRUE(absl::IsNotFound(engine_->GetVersion(KeyName(0), 1).status()))
+            << "three versions kept: the current one and two older";
+      }
     }
     ASSERT_NO_FATAL_FAILURE(CloseEngine());
   }
@@ -478,6 +514,12 @@ TEST_F(IndexSnapshotTest, ASegmentThatGrewSinceTheCloseIsNotTheOneTheSnapshotDes
 TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   options_.shard_count = 1;
   ASSERT_OK(Open());
+  // Dead records, which no entry names: room in the segment for an entry
+  // twice (below).
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_OK(engine_->Put(absl::StrCat("filler-", i), "x").status());
+    ASSERT_OK(engine_->Delete(absl::StrCat("filler-", i)).status());
+  }
   for (int round = 0; round < 2; ++round) {
     for (int i = 0; i < kKeys; ++i) {
       WriteOptions write;
@@ -502,6 +544,11 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   auto u64 = [](uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), sizeof(v)); };
   format::IndexSnapshotHeader header;
   std::memcpy(&header, good.data(), sizeof(header));
+  // The footer's place, from the end (before the checksum).
+  constexpr size_t kFooterFromEnd = sizeof(format::IndexSnapshotFooter) + sizeof(uint64_t);
+  format::IndexSnapshotFooter footer;
+  std::memcpy(&footer, good.data() + good.size() - kFooterFromEnd, sizeof(footer));
+  const size_t footer_at = good.size() - kFooterFromEnd;
   const size_t first_entry =
       sizeof(header) + header.segment_count * sizeof(format::IndexSnapshotSegment);
   struct Case {
@@ -518,25 +565,35 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
                              first.history_count * sizeof(format::IndexSnapshotLocation);
   std::string twice = good;
   twice.insert(first_entry + first_bytes, good.substr(first_entry, first_bytes));
-  const uint64_t one_more = header.entry_count + 1;
-  std::memcpy(twice.data() + offsetof(format::IndexSnapshotHeader, entry_count), &one_more,
-              sizeof(one_more));
-  const uint64_t more_history = header.history_count + first.history_count;
-  std::memcpy(twice.data() + offsetof(format::IndexSnapshotHeader, history_count), &more_history,
-              sizeof(more_history));
+  const format::IndexSnapshotFooter one_more{footer.entry_count + 1,
+                                             footer.history_count + first.history_count};
+  std::memcpy(twice.data() + twice.size() - kFooterFromEnd, &one_more, sizeof(one_more));
   const uint64_t twice_sum = XXH3_64bits(twice.data(), twice.size() - sizeof(uint64_t));
   std::memcpy(twice.data() + twice.size() - sizeof(twice_sum), &twice_sum, sizeof(twice_sum));
+  // And a hundred times: the entries name more bytes of the segment than
+  // it holds records in, which the first pass finds.
+  std::string many = good;
+  for (int i = 0; i < 100; ++i) {
+    many.insert(first_entry + first_bytes, good.substr(first_entry, first_bytes));
+  }
+  const format::IndexSnapshotFooter hundred_more{footer.entry_count + 100,
+                                                 footer.history_count + 100 * first.history_count};
+  std::memcpy(many.data() + many.size() - kFooterFromEnd, &hundred_more, sizeof(hundred_more));
+  const uint64_t many_sum = XXH3_64bits(many.data(), many.size() - sizeof(uint64_t));
+  std::memcpy(many.data() + many.size() - sizeof(many_sum), &many_sum, sizeof(many_sum));
   const std::vector<Case> cases = {
       {"a key twice", twice, "repeats a key"},
+      {"a key a hundred times", many, "overlaps others"},
       {"a flipped byte", damaged(good.size() / 2, "\x5a", /*resum=*/false), "checksum mismatch"},
       {"cut short", good.substr(0, good.size() - 100), "checksum mismatch"},
       {"empty", "", "truncated"},
       {"an entry count past the file",
-       damaged(offsetof(format::IndexSnapshotHeader, entry_count), u64(uint64_t{1} << 40), true),
+       damaged(footer_at + offsetof(format::IndexSnapshotFooter, entry_count),
+               u64(uint64_t{1} << 40), true),
        "counts larger than the file"},
       {"one entry too many",
-       damaged(offsetof(format::IndexSnapshotHeader, entry_count), u64(header.entry_count + 1),
-               true),
+       damaged(footer_at + offsetof(format::IndexSnapshotFooter, entry_count),
+               u64(footer.entry_count + 1), true),
        "cut short"},
       {"an entry in a segment that is not there",
        damaged(first_entry + offsetof(format::IndexSnapshotEntry, segment_id), u32(999999), true),
@@ -613,7 +670,8 @@ TEST_F(IndexSnapshotTest, ASnapshotThatCannotBeWrittenFailsNothingAndAnUnfinishe
 
 // The snapshot is synced and its name made durable before the close
 // returns: a machine crash right after the close keeps it, and an open
-// from it followed by writes and a crash loses no acknowledged write.
+// from it followed by writes and a crash loses no acknowledged write (the
+// next open uses it again, and reads the segments written since).
 TEST_F(IndexSnapshotTest, ACrashAfterTheCloseOrAfterAnOpenFromTheSnapshotLosesNothing) {
   options_.fsync = FsyncPolicy::kAlways;
   options_.background_threads = true;
@@ -631,9 +689,324 @@ TEST_F(IndexSnapshotTest, ACrashAfterTheCloseOrAfterAnOpenFromTheSnapshotLosesNo
   ASSERT_OK(fs_.RemoveFilesCreatedAfterLastDirSync());
   fs_.SetActive(true);
   ASSERT_OK(Open());
-  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 0u);
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, options_.shard_count);
   for (int i = 0; i < kKeys; ++i) {
     ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i % 3 == 0 ? "after" : "before");
+  }
+}
+
+// ---- Checkpoints: the snapshot a running shard writes ----------------------
+
+class CheckpointEquivalenceTest : public IndexSnapshotTest,
+                                  public ::testing::WithParamInterface<bool> {};
+
+// Written with the shard idle between batches, and with writes (puts over
+// keys the walk has passed and keys it has not, new keys, deletes, forgets)
+// between every two batches of a few entries; with one version kept and
+// three; followed by a kill after more writes, or by a machine crash right
+// away (what was not synced is lost, FsyncPolicy::kNever): whichever, the
+// open from the checkpoint and the segments after it finds what an open
+// from the hint files of the same files finds.
+TEST_P(CheckpointEquivalenceTest, ACrashAfterACheckpointFindsWhatAnOpenFromTheHintFilesFinds) {
+  const bool markers = GetParam();
+  options_.tombstone_grace_ms = 0;
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed, " (rerun with LOGKV_TEST_SEED=", seed, ")"));
+  Random random(seed);
+  for (const uint32_t versions : {1u, kVersionsKept}) {
+    for (const bool writes_during : {false, true}) {
+      for (const bool power_cut : {false, true}) {
+        SCOPED_TRACE(absl::StrCat("versions kept ", versions, ", writes during the checkpoint ",
+                                  writes_during, ", power cut ", power_cut));
+        std::filesystem::remove_all(options_.data_dir);
+        options_.versions_kept = versions;
+        options_.checkpoint_batch_entries = 8;
+        int batches = 0;
+        options_.on_checkpoint_batch = [&](uint32_t, uint64_t) {
+          ++batches;
+          if (writes_during) {
+            ASSERT_NO_FATAL_FAILURE(Workload(engine_.get(), &random, 4, markers,
+                                             /*compactions=*/false));
+          }
+        };
+        ASSERT_OK(Open());
+        ASSERT_NO_FATAL_FAILURE(Workload(engine_.get(), &random, 2500, markers));
+        ASSERT_OK(engine_->CheckpointNow());
+        EXPECT_GT(batches, 10);
+        EXPECT_EQ(engine_->GetStats().checkpoints_written, options_.shard_count);
+        if (power_cut) {
+          fs_.SetActive(false);
+          engine_.reset();
+          ASSERT_OK(fs_.DropUnsyncedData());
+          ASSERT_OK(fs_.RemoveFilesCreatedAfterLastDirSync());
+          fs_.SetActive(true);
+        } else {
+          ASSERT_NO_FATAL_FAILURE(Workload(engine_.get(), &random, 800, markers, false));
+          Kill();
+        }
+        const Options copy = CopyWithoutSnapshots("copy");
+        std::unique_ptr<Engine> from_hints;
+        log_.Clear();
+        ASSERT_OK(Open());
+        ASSERT_OK(Open(&from_hints, copy));
+        EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, options_.shard_count)
+            << log_.Dump();
+        EXPECT_EQ(from_hints->GetStats().recovered_from_snapshot, 0u);
+        engine_->SweepExpiredNow();
+        from_hints->SweepExpiredNow();
+        // Dead bytes as well without Forgets and TTLs: with them the
+        // checkpoint counts every byte no entry names (a Forget record too).
+        ASSERT_NO_FATAL_FAILURE(ExpectSame(Observe(engine_.get()), Observe(from_hints.get()),
+                                           /*dead_bytes=*/!markers, /*timestamps=*/true));
+        // And both go on alike, compactions too.
+        Random a(seed + 7);
+        Random b(seed + 7);
+        const int64_t start = clock_.NowUnixMs();
+        ASSERT_NO_FATAL_FAILURE(Workload(engine_.get(), &a, 500, markers));
+        clock_.SetUnixMs(start);
+        ASSERT_NO_FATAL_FAILURE(Workload(from_hints.get(), &b, 500, markers));
+        engine_->SweepExpiredNow();
+        from_hints->SweepExpiredNow();
+        ExpectSameTexts(LiveOnly(Observe(engine_.get()).values),
+                        LiveOnly(Observe(from_hints.get()).values));
+        ASSERT_OK(from_hints->Close());
+        ASSERT_NO_FATAL_FAILURE(CloseEngine());
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WithAndWithoutMarkers, CheckpointEquivalenceTest, ::testing::Bool());
+
+// A checkpoint serves every open after it, however many kills, while the
+// segments it describes stay; a compaction that removes one makes the next
+// open refuse it (and remove it), and the open reads the hint files.
+TEST_F(IndexSnapshotTest, ACheckpointServesEachOpenUntilACompactionRemovesASegmentItDescribes) {
+  options_.shard_count = 1;
+  options_.versions_kept = 1;
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "v0").status());
+  ASSERT_OK(engine_->CheckpointNow());
+  const std::string path = SnapshotPath(options_.data_dir, 0);
+  for (int round = 1; round <= 3; ++round) {
+    SCOPED_TRACE(round);
+    for (int i = 0; i < kKeys; i += round + 1) {
+      ASSERT_OK(engine_->Put(KeyName(i), absl::StrCat("v", round)).status());
+    }
+    Kill();
+    ASSERT_OK(Open());
+    EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u);
+    EXPECT_EQ(engine_->GetStats().keys, static_cast<uint64_t>(kKeys));
+    EXPECT_TRUE(std::filesystem::exists(path));
+  }
+  auto expected = [](int i) {
+    for (int round = 3; round >= 1; --round) {
+      if (i % (round + 1) == 0) return absl::StrCat("v", round);
+    }
+    return std::string("v0");
+  };
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), expected(i)) << KeyName(i);
+  }
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  Kill();
+  log_.Clear();
+  ASSERT_OK(Open());
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 0u);
+  EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "not used")) << log_.Dump();
+  EXPECT_FALSE(std::filesystem::exists(path));
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), expected(i)) << KeyName(i);
+  }
+}
+
+// A checkpoint that cannot be written (its file cannot be created, as on a
+// full disk) fails alone: nothing is lost, the background thread tries the
+// next only once as many writes again have come (not every round), and the
+// open after a kill reads the hint files.
+TEST_F(IndexSnapshotTest, ACheckpointThatCannotBeWrittenIsTriedAgainAfterAsManyWrites) {
+  options_.shard_count = 1;
+  options_.versions_kept = 1;
+  options_.background_threads = true;
+  options_.ttl_sweep_interval_ms = 10;
+  // No compaction by the thread: one that rewrote a segment the checkpoint
+  // describes would make it stale (tested on its own below).
+  options_.compaction_check_interval_ms = 3'600'000;
+  options_.index_snapshot_min_entries = kKeys;
+  ASSERT_OK(Open());
+  const std::string path = SnapshotPath(options_.data_dir, 0);
+  std::filesystem::create_directory(path + ".tmp");
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "v").status());
+  auto failures = [&] {
+    size_t count = 0;
+    const std::string log = log_.Dump();
+    for (size_t at = log.find("writing a checkpoint failed"); at != std::string::npos;
+         at = log.find("writing a checkpoint failed", at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+  // Bounded waits: the thread looks every 10 ms.
+  for (int wait = 0; wait < 3000 && failures() == 0; ++wait) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(failures(), 1u) << log_.Dump();
+  absl::SleepFor(absl::Milliseconds(300));  // thirty rounds or so, and no write
+  EXPECT_EQ(failures(), 1u) << "tried again without new writes";
+  EXPECT_EQ(engine_->GetStats().checkpoints_written, 0u);
+  std::filesystem::remove(path + ".tmp");
+  // Half the keys' count again: due.
+  for (int i = 0; i < kKeys / 2; ++i) ASSERT_OK(engine_->Put(KeyName(i), "w").status());
+  for (int wait = 0; wait < 3000 && engine_->GetStats().checkpoints_written == 0; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(engine_->GetStats().checkpoints_written, 1u) << log_.Dump();
+  EXPECT_EQ(failures(), 1u);
+  Kill();
+  ASSERT_OK(Open());
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u);
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i < kKeys / 2 ? "w" : "v");
+  }
+}
+
+// A compaction that rewrites a segment the checkpoint describes makes it
+// stale: the next comes once Options::checkpoint_stale_interval_ms has
+// passed and anything was written, not only after checkpoint_ratio of the
+// keys again; the open after a kill uses it.
+TEST_F(IndexSnapshotTest, ACompactionThatMakesTheCheckpointStaleBringsTheNextSooner) {
+  options_.shard_count = 1;
+  options_.versions_kept = 1;
+  options_.background_threads = true;
+  options_.ttl_sweep_interval_ms = 10;
+  options_.compaction_check_interval_ms = 3'600'000;  // compactions by the test only
+  options_.index_snapshot_min_entries = kKeys;
+  options_.checkpoint_stale_interval_ms = 50;
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "v").status());
+  // Bounded waits: the thread looks every 10 ms.
+  auto wait_for = [&](uint64_t checkpoints) {
+    for (int wait = 0; wait < 3000 && engine_->GetStats().checkpoints_written < checkpoints;
+         ++wait) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  };
+  wait_for(1);
+  ASSERT_EQ(engine_->GetStats().checkpoints_written, 1u);
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  ASSERT_OK(engine_->Put(KeyName(0), "w").status());  // one write, far below half the keys
+  wait_for(2);
+  ASSERT_EQ(engine_->GetStats().checkpoints_written, 2u) << log_.Dump();
+  Kill();
+  log_.Clear();
+  ASSERT_OK(Open());
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u) << log_.Dump();
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i == 0 ? "w" : "v");
+  }
+}
+
+// A clean close that removes its empty active segment leaves a snapshot
+// whose point is past that segment's id: the next open's segments still come
+// after the point, and a kill after writes finds the snapshot usable.
+TEST_F(IndexSnapshotTest, AStartWithoutWritesBetweenTwoCleanClosesKeepsTheNextSnapshotUsable) {
+  options_.shard_count = 1;
+  ASSERT_OK(Open());
+  for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "a").status());
+  ASSERT_NO_FATAL_FAILURE(CloseEngine());
+  ASSERT_OK(Open());  // nothing written: the close removes the segment the open started
+  ASSERT_NO_FATAL_FAILURE(CloseEngine());
+  ASSERT_OK(Open());
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u);
+  for (int i = 0; i < kKeys; i += 2) ASSERT_OK(engine_->Put(KeyName(i), "b").status());
+  Kill();
+  log_.Clear();
+  ASSERT_OK(Open());
+  EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u) << log_.Dump();
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i % 2 == 0 ? "b" : "a");
+  }
+}
+
+// Keys the sweeper expired before a clean close, written again after the
+// open from its snapshot, then a kill: their expired records were counted
+// dead once (by the sweeper), and the open after the kill does not count
+// them again.
+TEST_F(IndexSnapshotTest, ExpiredKeysWrittenAfterTheSnapshotAreCountedDeadOnce) {
+  options_.shard_count = 1;
+  for (const uint32_t versions : {1u, kVersionsKept}) {
+    SCOPED_TRACE(versions);
+    std::filesystem::remove_all(options_.data_dir);
+    options_.versions_kept = versions;
+    ASSERT_OK(Open());
+    for (int i = 0; i < kKeys; ++i) {
+      WriteOptions write;
+      if (i % 2 == 0) write.ttl_ms = 1000;
+      ASSERT_OK(engine_->Put(KeyName(i), "first", write).status());
+    }
+    clock_.AdvanceMs(2000);
+    EXPECT_EQ(engine_->SweepExpiredNow(), static_cast<uint64_t>(kKeys / 2));
+    ASSERT_NO_FATAL_FAILURE(CloseEngine());
+    ASSERT_OK(Open());
+    ASSERT_EQ(engine_->GetStats().recovered_from_snapshot, 1u);
+    for (int i = 0; i < kKeys; i += 2) ASSERT_OK(engine_->Put(KeyName(i), "again").status());
+    const Stats running = engine_->GetStats();
+    Kill();
+    ASSERT_OK(Open());
+    EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u);
+    EXPECT_EQ(engine_->GetStats().dead_bytes, running.dead_bytes);
+    EXPECT_EQ(engine_->GetStats().versions, running.versions)
+        << "an expired put is no older version";
+    for (int i = 0; i < kKeys; ++i) {
+      ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i % 2 == 0 ? "again" : "first");
+    }
+    ASSERT_NO_FATAL_FAILURE(CloseEngine());
+  }
+}
+
+// The background thread writes a checkpoint once the writes since the last
+// reach Options::checkpoint_ratio of the keys, none with the ratio 0; a
+// machine crash right after one keeps it, and loses no acknowledged write.
+TEST_F(IndexSnapshotTest, TheBackgroundThreadWritesCheckpointsThatSurviveAMachineCrash) {
+  options_.shard_count = 1;
+  options_.fsync = FsyncPolicy::kAlways;
+  options_.background_threads = true;
+  options_.ttl_sweep_interval_ms = 10;
+  // No compaction by the thread: one that rewrote a segment the checkpoint
+  // describes would make it stale (tested on its own below).
+  options_.compaction_check_interval_ms = 3'600'000;
+  // None before the shard holds every key; then one (every write so far
+  // is since the last), and none for the third of them written again.
+  options_.index_snapshot_min_entries = kKeys;
+  for (const double ratio : {0.0, 0.5}) {
+    SCOPED_TRACE(ratio);
+    std::filesystem::remove_all(options_.data_dir);
+    options_.checkpoint_ratio = ratio;
+    ASSERT_OK(Open());
+    for (int i = 0; i < kKeys; ++i) ASSERT_OK(engine_->Put(KeyName(i), "before").status());
+    // Bounded: the thread looks every 10 ms (with the ratio 0, a few of
+    // its rounds pass).
+    const int waits = ratio == 0 ? 30 : 3000;
+    for (int wait = 0; wait < waits && engine_->GetStats().checkpoints_written == 0; ++wait) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (ratio == 0) {
+      EXPECT_EQ(engine_->GetStats().checkpoints_written, 0u);
+      ASSERT_NO_FATAL_FAILURE(CloseEngine());
+      continue;
+    }
+    ASSERT_EQ(engine_->GetStats().checkpoints_written, 1u);
+    for (int i = 0; i < kKeys; i += 3) ASSERT_OK(engine_->Put(KeyName(i), "after").status());
+    fs_.SetActive(false);
+    engine_.reset();
+    ASSERT_OK(fs_.DropUnsyncedData());
+    ASSERT_OK(fs_.RemoveFilesCreatedAfterLastDirSync());
+    fs_.SetActive(true);
+    ASSERT_OK(Open());
+    EXPECT_EQ(engine_->GetStats().recovered_from_snapshot, 1u) << log_.Dump();
+    for (int i = 0; i < kKeys; ++i) {
+      ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), i % 3 == 0 ? "after" : "before");
+    }
+    EXPECT_EQ(engine_->GetStats().checkpoints_written, 0u);
+    ASSERT_NO_FATAL_FAILURE(CloseEngine());
   }
 }
 

@@ -152,11 +152,28 @@ struct Options {
   uint64_t recovery_sort_batch_key_bytes = 64ull << 20;
   // A clean Close writes a shard's index to a file (index.snapshot) when
   // the shard holds at least this many index entries, and the next open
-  // loads it instead of rebuilding the index from every record's hint; an
-  // append, a compaction or a repair in between makes the open fall back to
-  // the hint files. Small shards open from their hint files about as fast.
+  // loads it instead of rebuilding the index from the hint files of the
+  // segments before it (and reads those written after it); a compaction or
+  // a repair that changes those segments makes the open fall back to the
+  // hint files. Small shards open from their hint files about as fast.
   // UINT64_MAX: never write one.
   uint64_t index_snapshot_min_entries = 100000;
+  // A running shard writes the same file as a checkpoint (taken while
+  // writes go on) once the records written since the last one reach this
+  // fraction of its index entries, and it holds at least
+  // index_snapshot_min_entries: an open after a crash then loads it and
+  // reads only the segments written since (docs/engine.md, "Index snapshots").
+  // Each writes the whole index (about 70 bytes a key): smaller fractions
+  // give faster restarts after a crash for more background writing. 0:
+  // none.
+  double checkpoint_ratio = 0.5;
+  // A compaction that rewrites a segment the snapshot on disk describes
+  // makes it stale (the next open refuses it and reads the hint files):
+  // then the next checkpoint comes this long after the last one at the
+  // latest, whatever was written since (at most one whole-index write per
+  // interval while compaction keeps rewriting old segments). 0: only by
+  // checkpoint_ratio.
+  int64_t checkpoint_stale_interval_ms = 60'000;
 
   // Salvage what verifies instead of refusing to open a damaged log; damaged
   // segments are rewritten without the bad bytes.
@@ -179,6 +196,14 @@ struct Options {
   // Called after every fdatasync of a log segment with its duration, on the
   // syncing thread (for latency histograms). May be empty.
   std::function<void(int64_t duration_ns)> on_fsync;
+  // A checkpoint copies this many index entries at a time under the shard's
+  // lock (writes to the shard wait for one batch at most), and calls
+  // on_checkpoint_batch between batches, outside the shard's lock but with
+  // its compaction lock held (it may write, not compact or checkpoint), with
+  // the entries visited so far, both passes counted (tests write there).
+  // May be empty.
+  uint32_t checkpoint_batch_entries = 1024;
+  std::function<void(uint32_t shard, uint64_t entries_visited)> on_checkpoint_batch;
 };
 
 // Every record carries a timestamp from a hybrid logical clock: unix
@@ -326,6 +351,7 @@ struct Stats {
   uint64_t recovered_from_hints = 0;  // segments loaded from hint files at open
   uint64_t recovered_by_scan = 0;     // segments scanned at open
   uint64_t recovered_from_snapshot = 0;  // shards whose index came from an index snapshot
+  uint64_t checkpoints_written = 0;      // index snapshots written while running
   // Index entries the open made room for before it read them (from what the
   // hint files say, or from the records of the first segment read).
   uint64_t recovery_reserved_entries = 0;
@@ -541,6 +567,9 @@ class Engine {
   [[nodiscard]] absl::Status CompactNow(bool force = false);
   // Removes expired keys from the index; returns how many.
   uint64_t SweepExpiredNow();
+  // Writes every shard's checkpoint now (Options::checkpoint_ratio says when
+  // the background thread does), whatever its size.
+  [[nodiscard]] absl::Status CheckpointNow();
   // Writes the hint file of every sealed segment that has none (the
   // maintenance thread does so every ttl_sweep_interval_ms), so that a
   // restart after a crash scans only the segments written since.
