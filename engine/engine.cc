@@ -102,6 +102,15 @@ absl::Status ValidateOptions(const Options& o) {
     return bad("sweep and compaction check intervals must be positive");
   }
   if (o.tombstone_grace_ms < 0) return bad("tombstone_grace_ms must not be negative");
+  if (!(o.checkpoint_ratio >= 0 && o.checkpoint_ratio <= 1e6)) {
+    return bad("checkpoint_ratio must be in [0, 1e6] (0: no checkpoints)");
+  }
+  if (o.checkpoint_stale_interval_ms < 0) {
+    return bad("checkpoint_stale_interval_ms must not be negative (0: none)");
+  }
+  if (o.checkpoint_batch_entries == 0 || o.checkpoint_batch_entries > (1u << 20)) {
+    return bad("checkpoint_batch_entries must be in [1, 2^20]");
+  }
   if (o.maintenance_nice < 0 || o.maintenance_nice > 19) {
     return bad(absl::StrCat("maintenance_nice must be in [0, 19], not ", o.maintenance_nice));
   }
@@ -342,6 +351,7 @@ void Engine::MaintenanceLoop() {
       if (s.stop) return;
     }
     const absl::Time now = absl::Now();
+    bool checkpoints_due = false;
     if (now >= next_sweep) {
       for (auto& shard : s.shards) {
         shard->SweepExpired();
@@ -359,21 +369,7 @@ void Engine::MaintenanceLoop() {
                                    status.message()));
         }
       }
-      // Then the checkpoints due (Options::checkpoint_ratio), which serve a
-      // restart after a crash as the hint files do: looked for as often.
-      for (auto& shard : s.shards) {
-        if (!shard->NeedsCheckpoint()) continue;
-        absl::Status status = shard->WriteCheckpoint([&s] { return s.closed.load(); });
-        if (!status.ok() && !absl::IsCancelled(status)) {
-          ShardContext context{&s.options, nullptr, nullptr, nullptr, nullptr};
-          context.Log(LogLevel::kWarning,
-                      absl::StrCat("shard ", shard->id(), ": writing a checkpoint failed (an "
-                                   "open after a crash reads the hint files instead): ",
-                                   status.message()));
-        }
-        absl::MutexLock lock(&s.mu);
-        if (s.stop) return;
-      }
+      checkpoints_due = true;
       next_sweep = absl::Now() + absl::Milliseconds(s.options.ttl_sweep_interval_ms);
     }
     if (now >= next_compaction) {
@@ -389,6 +385,25 @@ void Engine::MaintenanceLoop() {
         if (s.stop) return;
       }
       next_compaction = absl::Now() + absl::Milliseconds(s.options.compaction_check_interval_ms);
+    }
+    // Then, on the sweep's tick, the checkpoints due (Shard::NeedsCheckpoint),
+    // which serve a restart after a crash as the hint files do: looked for as
+    // often, and after this round's compactions (one that rewrote a segment
+    // a new checkpoint describes would make it stale at once).
+    if (checkpoints_due) {
+      for (auto& shard : s.shards) {
+        if (!shard->NeedsCheckpoint()) continue;
+        absl::Status status = shard->WriteCheckpoint([&s] { return s.closed.load(); });
+        if (!status.ok() && !absl::IsCancelled(status)) {
+          ShardContext context{&s.options, nullptr, nullptr, nullptr, nullptr};
+          context.Log(LogLevel::kWarning,
+                      absl::StrCat("shard ", shard->id(), ": writing a checkpoint failed (an "
+                                   "open after a crash reads the hint files instead): ",
+                                   status.message()));
+        }
+        absl::MutexLock lock(&s.mu);
+        if (s.stop) return;
+      }
     }
   }
 }

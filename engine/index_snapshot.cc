@@ -295,7 +295,7 @@ absl::Status Shard::WriteIndexSnapshot() {
 
 bool Shard::NeedsCheckpoint() {
   if (!(options_.checkpoint_ratio > 0)) return false;  // 0, negative or NaN: none
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   if (closed_ || active_ == nullptr || !out_of_space_.ok() ||
       failed_flag_.load(std::memory_order_acquire)) {
     return false;
@@ -308,13 +308,18 @@ bool Shard::NeedsCheckpoint() {
   const uint64_t entries = index_.size();
   if (entries == 0 || entries < options_.index_snapshot_min_entries) return false;
   const uint64_t since = next_sequence_ - std::min(next_sequence_, checkpoint_sequence_);
-  if (since == 0) return false;
+  const double due = options_.checkpoint_ratio * static_cast<double>(entries);
+  // A stale snapshot (a compaction rewrote a segment it describes) is
+  // replaced once the interval has passed and an eighth of the usual writes
+  // have come: not for a trickle of writes, whose own checkpoints would seal
+  // small segments that compaction rewrites, stale again, forever.
   if (snapshot_stale_ && options_.checkpoint_stale_interval_ms > 0 &&
+      static_cast<double>(since) >= std::max(1.0, due / 8) &&
       absl::Now() - checkpoint_written_at_ >=
           absl::Milliseconds(options_.checkpoint_stale_interval_ms)) {
     return true;
   }
-  return static_cast<double>(since) >= options_.checkpoint_ratio * static_cast<double>(entries);
+  return since > 0 && static_cast<double>(since) >= due;
 }
 
 absl::Status Shard::WriteCheckpoint(const std::function<bool()>& stopping) {
@@ -346,26 +351,57 @@ absl::Status Shard::WriteCheckpointLocked(const std::function<bool()>& stopping)
     if (failed_flag_.load(std::memory_order_acquire)) {
       return absl::FailedPreconditionError("a sync failed, so the segments' state is unknown");
     }
-    if (active_ == nullptr) return absl::FailedPreconditionError("no segment takes writes");
+    if (active_ == nullptr || !out_of_space_.ok()) {
+      return absl::FailedPreconditionError("no segment takes writes (a full disk)");
+    }
+    // Checked before anything is sealed: a checkpoint refused for it would
+    // otherwise leave a sealed segment each time it is tried.
+    for (const auto& [id, segment] : segments_) {
+      if (segment != active_ && (segment->damaged || segment->writable())) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("segment ", id, " is damaged or open for appends"));
+      }
+    }
     // The point: every record before it is in a sealed segment (immutable,
     // its size final), every record after it in a segment with a higher id.
-    // The active segment is sealed unless it is empty and the newest (a
-    // compaction's output, made later, has a higher id than it and records
-    // from before the point).
-    if (active_->size() > format::kSegmentHeaderBytes ||
-        active_->id() + 1 != next_segment_id_) {
-      if (absl::Status status = RollActive(0); !status.ok()) return status;
+    // The active segment is sealed, unless it is empty: if it is the newest,
+    // the point is its start; if a compaction's output (made later, with
+    // records from before the point) is newer, it goes, and a new segment
+    // takes its place (sealed, it would be an empty segment the checkpoint
+    // describes, which compaction removes first: stale at once).
+    absl::Status rolled;
+    if (active_->size() > format::kSegmentHeaderBytes) {
+      rolled = RollActive(0);
+    } else if (active_->id() + 1 != next_segment_id_) {
+      const std::string path = active_->path();
+      const uint32_t id = active_->id();
+      segments_.erase(id);
+      original_ids_.erase(std::remove(original_ids_.begin(), original_ids_.end(), id),
+                          original_ids_.end());
+      SetActive(nullptr);
+      // Its directory entry goes with the new segment's directory sync; if
+      // it cannot be removed, an empty segment is harmless.
+      if (absl::Status removed = context_.fs->RemoveFile(path); !removed.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat("cannot remove the empty segment ", path,
+                                                      ": ", removed.message()));
+      }
+      rolled = RollActive(0);
+    }
+    if (!rolled.ok()) {
+      // As a write that needed a new segment: a full disk refuses writes
+      // until space is freed (the old segment is sealed).
+      if (IsNoSpace(rolled) && out_of_space_.ok()) {
+        context_.Log(LogLevel::kWarning, absl::StrCat(rolled.message(), "; shard ", shard_id_,
+                                                      " refuses writes until space is freed"));
+        out_of_space_ = rolled;
+      }
+      return rolled;
     }
     header.tail_segment_id = active_->id();
     header.next_sequence = next_sequence_;
     header.max_timestamp = context_.hlc->Now();
     for (const auto& [id, segment] : segments_) {
-      if (id >= header.tail_segment_id) continue;
-      if (segment->damaged || segment->writable()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("segment ", id, " is damaged or open for appends"));
-      }
-      described.push_back(DescribeSegment(id, *segment));
+      if (id < header.tail_segment_id) described.push_back(DescribeSegment(id, *segment));
     }
     std::sort(described.begin(), described.end(),
               [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -464,73 +500,107 @@ absl::Status Shard::WriteCheckpointLocked(const std::function<bool()>& stopping)
                                        location.record_bytes});
     }
   };
+  // Entries written from an older version's put: noted under the lock, the
+  // put's header read after it (reading a sealed segment may wait for the
+  // disk, which writers are not to wait for). Compaction, whose lock is
+  // held, moves no put meanwhile.
+  struct FromOlder {
+    std::shared_ptr<Segment> segment;
+    RecordLocation location;
+    size_t key_offset;  // in from_older_keys
+    uint16_t key_size;
+    size_t history_offset;  // in from_older_history
+    size_t history_count;
+  };
+  std::vector<FromOlder> from_older;
+  std::string from_older_keys;
+  std::vector<RecordLocation> from_older_history;
+  if (options_.versions_kept > 1) {
+    from_older.reserve(batch);
+    from_older_keys.reserve(size_t{batch} * 64);
+    from_older_history.reserve(size_t{batch} * (options_.versions_kept - 1));
+  }
   for (size_t next = 0; next < order.size();) {
     if (absl::Status status = between_batches(order.size() + next); !status.ok()) return status;
     if (!writer.FlushIfFull()) break;  // Finish reports it
-    absl::ReaderMutexLock lock(&mu_);
-    const int64_t locked_ns = absl::GetCurrentTimeNanos();
-    absl::Cleanup held = [&] { held_since(locked_ns); };
-    if (closed_) return absl::CancelledError("the shard closed");
-    const size_t end = std::min(order.size(), next + batch);
-    for (; next < end; ++next) {
-      const uint32_t id = static_cast<uint32_t>(order[next]);
-      if (!index_.contains_id(id)) continue;
-      const IndexEntry& entry = index_.at(id);
-      history.clear();
-      if (options_.versions_kept > 1) {
-        history_.ForEach(id, [&](uint32_t node) {
-          mu_.AssertReaderHeld();  // ForEach calls back before it returns
-          history.push_back(history_.location(node));
-        });
+    from_older.clear();
+    from_older_keys.clear();
+    from_older_history.clear();
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      const int64_t locked_ns = absl::GetCurrentTimeNanos();
+      absl::Cleanup held = [&] { held_since(locked_ns); };
+      if (closed_) return absl::CancelledError("the shard closed");
+      const size_t end = std::min(order.size(), next + batch);
+      for (; next < end; ++next) {
+        const uint32_t id = static_cast<uint32_t>(order[next]);
+        if (!index_.contains_id(id)) continue;
+        const IndexEntry& entry = index_.at(id);
+        history.clear();
+        if (options_.versions_kept > 1) {
+          history_.ForEach(id, [&](uint32_t node) {
+            mu_.AssertReaderHeld();  // ForEach calls back before it returns
+            history.push_back(history_.location(node));
+          });
+        }
+        if (entry.segment_id < header.tail_segment_id) {
+          // Its older versions are before the point too, as its record is.
+          put_entry(DescribeEntry(entry),
+                    (entry.flags & kEntryHasExpiry) != 0 ? index_.expiry(id) : 0, entry.key(),
+                    absl::MakeConstSpan(history));
+          continue;
+        }
+        // A write after the point replaced it. Where older versions are
+        // kept, the put it replaced (the key's state at the point) and that
+        // one's older versions are in its chain, after those written since:
+        // the entry is written as that put left it.
+        size_t first_before = 0;
+        while (first_before < history.size() &&
+               history[first_before].segment_id >= header.tail_segment_id) {
+          ++first_before;
+        }
+        if (first_before == history.size()) continue;
+        const RecordLocation& location = history[first_before];
+        auto segment = segments_.find(location.segment_id);
+        if (segment == segments_.end()) {
+          return absl::InternalError(absl::StrCat("an older version is in segment ",
+                                                  location.segment_id, ", which does not exist"));
+        }
+        from_older.push_back(FromOlder{segment->second, location, from_older_keys.size(),
+                                       entry.key_size, from_older_history.size(),
+                                       history.size() - first_before - 1});
+        from_older_keys.append(entry.key_data, entry.key_size);
+        from_older_history.insert(from_older_history.end(), history.begin() + first_before + 1,
+                                  history.end());
       }
-      if (entry.segment_id < header.tail_segment_id) {
-        // Its older versions are before the point too, as its record is.
-        put_entry(DescribeEntry(entry),
-                  (entry.flags & kEntryHasExpiry) != 0 ? index_.expiry(id) : 0, entry.key(),
-                  absl::MakeConstSpan(history));
-        continue;
-      }
-      // A write after the point replaced it. Where older versions are kept,
-      // the put it replaced (the key's state at the point) and that one's
-      // older versions are in its chain, after those written since: the
-      // entry is written as that put left it, from the put's record.
-      size_t first_before = 0;
-      while (first_before < history.size() &&
-             history[first_before].segment_id >= header.tail_segment_id) {
-        ++first_before;
-      }
-      if (first_before == history.size()) continue;
-      // Its header is all that is needed (the value is neither read nor
-      // checked under the lock): the segment is sealed, and was read when
-      // the put went into the chain.
-      const RecordLocation& location = history[first_before];
-      auto segment = segments_.find(location.segment_id);
-      if (segment == segments_.end()) {
-        return absl::InternalError(absl::StrCat("an older version is in segment ",
-                                                location.segment_id, ", which does not exist"));
-      }
-      auto bytes = segment->second->Read(location.offset, format::kRecordHeaderBytes);
+    }
+    for (const FromOlder& older : from_older) {
+      // The put's header is all that is needed: the segment is sealed, and
+      // the put was read when it went into the chain.
+      auto bytes = older.segment->Read(older.location.offset, format::kRecordHeaderBytes);
       if (!bytes.ok()) return bytes.status();
       format::RecordHeader put;
       if (bytes->size() < sizeof(put)) return absl::DataLossError("an older version is cut short");
       std::memcpy(&put, bytes->data(), sizeof(put));
       if (put.type != static_cast<uint8_t>(format::RecordType::kPut) ||
-          put.key_size != entry.key_size) {
-        return absl::DataLossError(absl::StrCat(segment->second->path(), " at offset ",
-                                                location.offset,
+          put.key_size != older.key_size) {
+        return absl::DataLossError(absl::StrCat(older.segment->path(), " at offset ",
+                                                older.location.offset,
                                                 ": not the put an older version names"));
       }
       IndexSnapshotEntry item;
       std::memset(&item, 0, sizeof(item));
       item.timestamp = put.timestamp;
       item.version = put.version;
-      item.segment_id = location.segment_id;
-      item.offset = location.offset;
-      item.record_bytes = location.record_bytes;
-      item.key_size = entry.key_size;
+      item.segment_id = older.location.segment_id;
+      item.offset = older.location.offset;
+      item.record_bytes = older.location.record_bytes;
+      item.key_size = older.key_size;
       item.flags = put.expiry_unix_ms != 0 ? kEntryHasExpiry : 0;
-      put_entry(item, put.expiry_unix_ms, entry.key(),
-                absl::MakeConstSpan(history).subspan(first_before + 1));
+      put_entry(item, put.expiry_unix_ms,
+                absl::string_view(from_older_keys).substr(older.key_offset, older.key_size),
+                absl::MakeConstSpan(from_older_history)
+                    .subspan(older.history_offset, older.history_count));
     }
   }
   std::vector<uint64_t>().swap(order);

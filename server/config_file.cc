@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "toml++/toml.h"
 
@@ -61,6 +63,8 @@ const char* ExpectedName(SettingType type) {
     case SettingType::kUint32:
     case SettingType::kUint64:
       return "an integer (unquoted)";
+    case SettingType::kDouble:
+      return "a number (unquoted)";
   }
   return "a value";
 }
@@ -127,6 +131,21 @@ absl::StatusOr<std::string> ValueText(const toml::node& node, SettingType type) 
             absl::StrCat(value, " is out of range (", low, " to ", high, ")"));
       }
       return absl::StrCat(value);
+    }
+    case SettingType::kDouble: {
+      double value;
+      if (node.is_floating_point()) {
+        value = node.as_floating_point()->get();
+      } else if (node.is_integer()) {
+        value = static_cast<double>(node.as_integer()->get());
+      } else {
+        return wrong_type();
+      }
+      if (!std::isfinite(value)) {
+        return absl::InvalidArgumentError(absl::StrCat(value, " is not a finite number"));
+      }
+      // Round-trips: the flag parses back the same double.
+      return absl::StrFormat("%.17g", value);
     }
   }
   return wrong_type();

@@ -31,6 +31,7 @@ enum class SettingType {
   kInt64,
   kUint32,
   kUint64,
+  kDouble,  // a number: a TOML float or integer
 };
 
 // One setting of a file: the flag's name with underscores (data_dir) and

@@ -98,8 +98,8 @@ ABSL_FLAG(double, checkpoint_ratio, 0.5,
           "after a crash loads it and reads only the segments written since. 0: never.");
 ABSL_FLAG(int64_t, checkpoint_stale_interval_ms, 60000,
           "When a compaction rewrote a segment the last checkpoint describes (a start would "
-          "refuse it), the next comes this long after the last at the latest, once anything "
-          "was written. 0: only by --checkpoint_ratio.");
+          "refuse it), the next comes once this long has passed since the last and an eighth "
+          "of --checkpoint_ratio's writes have come. 0: only by --checkpoint_ratio.");
 ABSL_FLAG(bool, read_only, false, "Refuse every client write (403 / PermissionDenied).");
 ABSL_FLAG(bool, repair, false,
           "Open a damaged data directory by salvaging what verifies: unreadable records are "
@@ -457,6 +457,7 @@ std::optional<SettingType> FlagSettingType(absl::string_view name) {
   if (flag->IsOfType<int64_t>()) return SettingType::kInt64;
   if (flag->IsOfType<uint32_t>()) return SettingType::kUint32;
   if (flag->IsOfType<uint64_t>()) return SettingType::kUint64;
+  if (flag->IsOfType<double>()) return SettingType::kDouble;
   return std::nullopt;
 }
 

@@ -382,13 +382,24 @@ TEST_F(ServerTest, ARestartLoadsTheIndexACleanStopOrACheckpointLeft) {
     return found;
   };
   auto loaded = [](const std::string& output) {
-    size_t count = 0;
+    int count = 0;
     for (size_t at = output.find("index loaded from"); at != std::string::npos;
          at = output.find("index loaded from", at + 1)) {
       ++count;
     }
     return count;
   };
+  // The shards a run compacted (logkvd looks every 10 s): a compaction may
+  // have rewritten a segment their snapshot describes, which the next start
+  // then refuses (and reads the hint files instead).
+  auto compacted = [](const std::string& output) {
+    int count = 0;
+    for (int shard = 0; shard < 4; ++shard) {
+      if (output.find(absl::StrCat("compacted shard ", shard, ":")) != std::string::npos) ++count;
+    }
+    return count;
+  };
+  std::string previous;
   {
     auto server = StartServer(flags);
     RawConnection c = Connect(server->port());
@@ -399,18 +410,19 @@ TEST_F(ServerTest, ARestartLoadsTheIndexACleanStopOrACheckpointLeft) {
   EXPECT_EQ(snapshots(), 4);  // one a shard
   {
     auto server = StartServer(flags);
-    EXPECT_EQ(loaded(server->Output()), 4u) << server->Output();
+    EXPECT_EQ(loaded(server->Output()), 4) << server->Output();
     RawConnection c = Connect(server->port());
     for (int i = 0; i < 300; ++i) {
       ASSERT_EQ(GetValue(c, absl::StrCat("k", i), ++id), absl::StrCat(i % 2 == 0 ? "b" : "a", i));
     }
     ASSERT_NO_FATAL_FAILURE(put_all(c, "c", 3));
+    previous = server->Output();
     server->Kill();
   }
   EXPECT_EQ(snapshots(), 4) << "kept for the starts after";
   {
     auto server = StartServer(flags);
-    EXPECT_EQ(loaded(server->Output()), 4u) << server->Output();
+    EXPECT_EQ(loaded(server->Output()), 4 - compacted(previous)) << server->Output();
     RawConnection c = Connect(server->port());
     for (int i = 0; i < 300; ++i) {
       const char* round = i % 3 == 0 ? "c" : i % 2 == 0 ? "b" : "a";
@@ -427,10 +439,11 @@ TEST_F(ServerTest, ARestartLoadsTheIndexACleanStopOrACheckpointLeft) {
     ASSERT_EQ(snapshots(), 4) << server->Output();
     EXPECT_NE(server->Output().find("checkpoint of"), std::string::npos) << server->Output();
     ASSERT_NO_FATAL_FAILURE(put_all(c, "e", 5));
+    previous = server->Output();
     server->Kill();
   }
   auto server = StartServer(flags);
-  EXPECT_EQ(loaded(server->Output()), 4u) << server->Output();
+  EXPECT_GE(loaded(server->Output()), 4 - compacted(previous)) << server->Output();
   RawConnection c = Connect(server->port());
   for (int i = 0; i < 300; ++i) {
     ASSERT_EQ(GetValue(c, absl::StrCat("k", i), ++id), absl::StrCat(i % 5 == 0 ? "e" : "d", i));

@@ -16,6 +16,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -52,6 +53,7 @@ std::optional<SettingType> FakeLookup(absl::string_view name) {
   if (name == "threads") return SettingType::kInt32;
   if (name == "max_key_bytes") return SettingType::kUint32;
   if (name == "segment_bytes") return SettingType::kUint64;
+  if (name == "checkpoint_ratio") return SettingType::kDouble;
   return std::nullopt;
 }
 
@@ -63,10 +65,11 @@ TEST(ConfigFileTest, ReadsEveryType) {
       "repair = true\n"
       "threads = -1\n"
       "max_key_bytes = 4096\n"
-      "segment-bytes = 67_108_864\n",
+      "segment-bytes = 67_108_864\n"
+      "checkpoint-ratio = 0.25\n",
       "x.toml", FakeLookup);
   ASSERT_TRUE(settings.ok()) << settings.status();
-  ASSERT_EQ(settings->size(), 6u);
+  ASSERT_EQ(settings->size(), 7u);
   EXPECT_EQ((*settings)[0].name, "data_dir");
   EXPECT_EQ((*settings)[0].value, "/var/lib/logkv");
   EXPECT_EQ((*settings)[0].line, 2);
@@ -75,6 +78,26 @@ TEST(ConfigFileTest, ReadsEveryType) {
   EXPECT_EQ((*settings)[3].value, "-1");
   EXPECT_EQ((*settings)[4].name, "max_key_bytes");
   EXPECT_EQ((*settings)[5].value, "67108864");
+  EXPECT_EQ((*settings)[6].value, "0.25");
+  // An integer serves where a number is asked; text, infinity and NaN do not.
+  for (const auto& [line, expected] :
+       std::vector<std::pair<std::string, std::string>>{{"checkpoint-ratio = 1\n", ""},
+                                                        {"checkpoint-ratio = \"0.5\"\n",
+                                                         "expected a number"},
+                                                        {"checkpoint-ratio = inf\n",
+                                                         "not a finite number"},
+                                                        {"checkpoint-ratio = nan\n",
+                                                         "not a finite number"}}) {
+    SCOPED_TRACE(line);
+    absl::StatusOr<std::vector<ConfigSetting>> one = ParseConfig(line, "y.toml", FakeLookup);
+    if (expected.empty()) {
+      ASSERT_TRUE(one.ok()) << one.status();
+      EXPECT_EQ((*one)[0].value, "1");
+    } else {
+      ASSERT_FALSE(one.ok());
+      EXPECT_TRUE(absl::StrContains(one.status().message(), expected)) << one.status();
+    }
+  }
 }
 
 TEST(ConfigFileTest, NamesFileLineAndKeyOfEachProblem) {
@@ -240,13 +263,14 @@ TEST(LogkvdConfigTest, ConfigFromEnvironmentAndDashedFlags) {
   const std::string config = dir.Subdir("logkvd.toml");
   WriteFile(config,
             "log-level = \"warning\"\nhttp = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nrepair = true\n"
-            "jwt-secret = \"do-not-print-me\"\n");
+            "jwt-secret = \"do-not-print-me\"\ncheckpoint-ratio = 0.25\n");
   RunResult result = RunLogkvd({"--print-config", "--fsync-interval-ms=7"},
                                {"LOGKV_CONFIG=" + config});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_EQ(PrintedLine(result.out, "log-level"), "log-level = 'warning'  # config file");
   EXPECT_EQ(PrintedLine(result.out, "http"), "http = '127.0.0.1:1,127.0.0.1:2'  # config file");
   EXPECT_EQ(PrintedLine(result.out, "repair"), "repair = true  # config file");
+  EXPECT_EQ(PrintedLine(result.out, "checkpoint-ratio"), "checkpoint-ratio = 0.25  # config file");
   EXPECT_EQ(PrintedLine(result.out, "fsync-interval-ms"),
             "fsync-interval-ms = 7  # command line");
   EXPECT_FALSE(absl::StrContains(result.out, "do-not-print-me")) << result.out;

@@ -169,10 +169,10 @@ struct Options {
   double checkpoint_ratio = 0.5;
   // A compaction that rewrites a segment the snapshot on disk describes
   // makes it stale (the next open refuses it and reads the hint files):
-  // then the next checkpoint comes this long after the last one at the
-  // latest, whatever was written since (at most one whole-index write per
-  // interval while compaction keeps rewriting old segments). 0: only by
-  // checkpoint_ratio.
+  // then the next checkpoint comes once this long has passed since the last
+  // and an eighth of checkpoint_ratio's writes have come (at most one
+  // whole-index write per interval while compaction keeps rewriting old
+  // segments; none for a trickle of writes). 0: only by checkpoint_ratio.
   int64_t checkpoint_stale_interval_ms = 60'000;
 
   // Salvage what verifies instead of refusing to open a damaged log; damaged
