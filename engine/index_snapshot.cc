@@ -732,6 +732,14 @@ std::optional<Shard::SnapshotPoint> Shard::LoadIndexSnapshot(
     // snapshot's dead bytes are what is left).
     absl::flat_hash_map<uint32_t, uint64_t> named;
     uint64_t named_bytes = 0;
+    // Counts a record an entry names; false when its segment's records
+    // would then take more bytes than the segment holds.
+    auto name = [&](uint32_t segment_id, uint32_t record_bytes) {
+      uint64_t& bytes = named[segment_id];
+      bytes += record_bytes;
+      named_bytes += record_bytes;
+      return bytes <= described.at(segment_id).size - format::kSegmentHeaderBytes;
+    };
     // Two passes: every entry is checked before the first goes into the
     // index, which a refused snapshot then leaves untouched.
     const SnapshotReader entries_start = reader;
@@ -768,13 +776,8 @@ std::optional<Shard::SnapshotPoint> Shard::LoadIndexSnapshot(
              !valid_location(item.segment_id, item.offset, item.record_bytes))) {
           return absl::DataLossError(absl::StrCat("entry ", i, " is invalid"));
         }
-        if (checking) {
-          uint64_t& bytes = named[item.segment_id];
-          bytes += item.record_bytes;
-          named_bytes += item.record_bytes;
-          if (bytes > described.at(item.segment_id).size - format::kSegmentHeaderBytes) {
-            return absl::DataLossError(absl::StrCat("entry ", i, " overlaps others"));
-          }
+        if (checking && !name(item.segment_id, item.record_bytes)) {
+          return absl::DataLossError(absl::StrCat("entry ", i, " overlaps others"));
         }
         uint32_t id = KeyIndex::kNoEntry;
         uint32_t tail = VersionChains::kNone;
@@ -807,13 +810,8 @@ std::optional<Shard::SnapshotPoint> Shard::LoadIndexSnapshot(
           if (checking && !valid_location(older.segment_id, older.offset, older.record_bytes)) {
             return absl::DataLossError(absl::StrCat("entry ", i, " has an invalid older version"));
           }
-          if (checking) {
-            uint64_t& bytes = named[older.segment_id];
-            bytes += older.record_bytes;
-            named_bytes += older.record_bytes;
-            if (bytes > described.at(older.segment_id).size - format::kSegmentHeaderBytes) {
-              return absl::DataLossError(absl::StrCat("entry ", i, " overlaps others"));
-            }
+          if (checking && !name(older.segment_id, older.record_bytes)) {
+            return absl::DataLossError(absl::StrCat("entry ", i, " overlaps others"));
           }
           if (!checking) {
             history_.PushBack(id, RecordLocation{older.segment_id, older.offset,
