@@ -133,7 +133,8 @@ class SnapshotWriter {
     Put(footer);
     Flush();
     if (!failure_.ok()) return failure_;
-    if (exact_ ? written_ + sizeof(uint64_t) != expected_ : written_ + sizeof(uint64_t) > expected_) {
+    const uint64_t total = written_ + sizeof(uint64_t);
+    if (exact_ ? total != expected_ : total > expected_) {
       return absl::InternalError(absl::StrCat("the index snapshot came to ", written_,
                                               " bytes where ", expected_ - sizeof(uint64_t),
                                               " were counted"));

@@ -719,7 +719,8 @@ absl::Status Shard::Open() {
     // New segments come after the point, also when the segment just below it
     // is gone (a clean close removes an empty active segment).
     next_segment_id_ = std::max(next_segment_id_, point->tail_segment_id);
-    checkpoint_written_at_ = absl::Now();  // counts as written now (Options::checkpoint_stale_interval_ms)
+    // Counts as written now (Options::checkpoint_stale_interval_ms).
+    checkpoint_written_at_ = absl::Now();
     const uint32_t newest_original = original_ids_.empty() ? 0 : original_ids_.back();
     for (uint32_t id : segment_ids) {
       auto it = segments_.find(id);

@@ -435,7 +435,9 @@ TEST_F(ServerTest, ARestartLoadsTheIndexACleanStopOrACheckpointLeft) {
     ASSERT_NO_FATAL_FAILURE(put_all(c, "d", 1));
     // Each shard's writes since its open now exceed half its keys: its
     // checkpoint comes within a maintenance round (bounded wait).
-    for (int wait = 0; wait < 1500 && snapshots() < 4; ++wait) absl::SleepFor(absl::Milliseconds(20));
+    for (int wait = 0; wait < 1500 && snapshots() < 4; ++wait) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
     ASSERT_EQ(snapshots(), 4) << server->Output();
     EXPECT_NE(server->Output().find("checkpoint of"), std::string::npos) << server->Output();
     ASSERT_NO_FATAL_FAILURE(put_all(c, "e", 5));
