@@ -398,7 +398,8 @@ void Engine::MaintenanceLoop() {
           ShardContext context{&s.options, nullptr, nullptr, nullptr, nullptr};
           context.Log(LogLevel::kWarning,
                       absl::StrCat("shard ", shard->id(), ": writing a checkpoint failed (an "
-                                   "open after a crash reads the hint files instead): ",
+                                   "open after a crash uses the last index snapshot if it still "
+                                   "fits the segments, else the hint files): ",
                                    status.message()));
         }
         absl::MutexLock lock(&s.mu);

@@ -927,20 +927,23 @@ absl::Status Shard::Close() {
     if (compaction_mu_.TryLock()) {
       {
         absl::MutexLock lock(&mu_);
-        // The next open does without it (it reads the hint files), so a
-        // failure here (a full disk) does not fail the close.
+        // The next open does without it (it uses an older one that still
+        // fits the segments, else the hint files), so a failure here (a full
+        // disk) does not fail the close.
         if (absl::Status status = WriteIndexSnapshot(); !status.ok()) {
           context_.Log(LogLevel::kWarning,
                        absl::StrCat("shard ", shard_id_, ": no index snapshot written (the next "
-                                    "open reads the hint files instead): ", status.message()));
+                                    "open uses the last one if it still fits the segments, else "
+                                    "the hint files): ",
+                                    status.message()));
         }
       }
       compaction_mu_.Unlock();
     } else {
       context_.Log(LogLevel::kWarning,
                    absl::StrCat("shard ", shard_id_, ": no index snapshot written: a compaction "
-                                "or a hint-file pass is running (the next open reads the hint "
-                                "files instead)"));
+                                "or a hint-file pass is running (the next open uses the last one "
+                                "if it still fits the segments, else the hint files)"));
     }
   }
   return context_.fs->SyncDir(directory_);
