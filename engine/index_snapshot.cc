@@ -374,17 +374,11 @@ absl::Status Shard::WriteCheckpointLocked(const std::function<bool()>& stopping)
     if (active_->size() > format::kSegmentHeaderBytes) {
       rolled = RollActive(0);
     } else if (active_->id() + 1 != next_segment_id_) {
-      const std::string path = active_->path();
-      const uint32_t id = active_->id();
-      segments_.erase(id);
-      original_ids_.erase(std::remove(original_ids_.begin(), original_ids_.end(), id),
-                          original_ids_.end());
-      SetActive(nullptr);
       // Its directory entry goes with the new segment's directory sync; if
       // it cannot be removed, an empty segment is harmless.
-      if (absl::Status removed = context_.fs->RemoveFile(path); !removed.ok()) {
-        context_.Log(LogLevel::kWarning, absl::StrCat("cannot remove the empty segment ", path,
-                                                      ": ", removed.message()));
+      if (absl::Status removed = DropEmptyActive(); !removed.ok()) {
+        context_.Log(LogLevel::kWarning,
+                     absl::StrCat("cannot remove an empty segment: ", removed.message()));
       }
       rolled = RollActive(0);
     }

@@ -905,11 +905,7 @@ absl::Status Shard::Close() {
       if (active_->size() == format::kSegmentHeaderBytes && segments_.size() > 1) {
         // Nothing was written since start-up: drop the empty segment rather
         // than leave one per restart.
-        const std::string path = active_->path();
-        segments_.erase(active_->id());
-        original_ids_.pop_back();
-        SetActive(nullptr);
-        if (absl::Status status = context_.fs->RemoveFile(path); !status.ok()) return status;
+        if (absl::Status status = DropEmptyActive(); !status.ok()) return status;
       }
     }
     for (const auto& [id, segment] : segments_) {

@@ -307,6 +307,17 @@ void Shard::DiscardNewSegment(std::shared_ptr<Segment> segment) {
   }
 }
 
+absl::Status Shard::DropEmptyActive() {
+  assert(active_ != nullptr && active_->size() == format::kSegmentHeaderBytes);
+  const std::string path = active_->path();
+  const uint32_t id = active_->id();
+  segments_.erase(id);
+  original_ids_.erase(std::remove(original_ids_.begin(), original_ids_.end(), id),
+                      original_ids_.end());
+  SetActive(nullptr);
+  return context_.fs->RemoveFile(path);
+}
+
 absl::Status Shard::RollActive(uint64_t needed_bytes) {
   // Sealing syncs the old segment before the new one takes writes, so only
   // the newest segment can ever hold a torn tail after a crash; recovery

@@ -173,8 +173,6 @@ class Shard {
   // since, as after a clean Close. Stops early once stopping() says so.
   absl::Status WriteCheckpoint(const std::function<bool()>& stopping)
       ABSL_LOCKS_EXCLUDED(mu_, compaction_mu_);
-  absl::Status WriteCheckpointLocked(const std::function<bool()>& stopping)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
 
   // One compaction run: rewrites eligible immutable segments (every
   // immutable one when force). Without force a run is a small step, about
@@ -251,6 +249,13 @@ class Shard {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes a segment NewSegment just made that never took a record.
   void DiscardNewSegment(std::shared_ptr<Segment> segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the active segment, which holds no record (its header only): out
+  // of segments_ and original_ids_, no longer active, its file removed (the
+  // removal's status; the caller syncs the directory).
+  absl::Status DropEmptyActive() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // WriteCheckpoint's work, under the compaction lock.
+  absl::Status WriteCheckpointLocked(const std::function<bool()>& stopping)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(compaction_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void MarkDead(const RecordLocation& location) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropHistory(uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PushTtl(int64_t expiry_unix_ms, uint32_t entry_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
