@@ -780,13 +780,22 @@ absl::Status Node::Start() {
     RunInBackground([this] { CatchUpWithControlPlane(); });
     RunInBackground([this] { CommitClusterSettings(); });
     if (refilling_.load()) RunInBackground([this] { Refill(); });
+    // A new cluster's first node owns no keys until its control plane has
+    // made it an active member: until then its ports refuse connections
+    // (what they accepted would be refused, "no member owns keys"), and no
+    // one needs them (nobody else knows the node yet). Every other node
+    // accepts now: a joining one receives the writes of the keys it is
+    // taking on while it fills, and serves its clients as a gateway.
+    const bool first_node =
+        options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr;
+    if (!first_node) status = server_->StartAccepting();
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
-    if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
+    if (status.ok() && first_node) {
       // A new cluster's first node: ready once it is a member (joining: it
       // activates itself below; the reconciler may do so first), or after
-      // a bounded wait if its control plane cannot write (it serves alone
-      // meanwhile).
+      // a bounded wait if its control plane cannot write (it then accepts
+      // connections, and answers that it owns no keys until it is a member).
       if (absl::Status added = control_->WaitForSelf(
               {control::MemberState::kJoining, control::MemberState::kActive},
               absl::Now() + std::min(options_.join_timeout, absl::Seconds(5)));
@@ -804,6 +813,7 @@ absl::Status Node::Start() {
             static_cast<int64_t>(control_->config()->epoch));
       }
     }
+    if (status.ok() && first_node) status = server_->StartAccepting();
   }
   if (status.ok()) status = StartFlusher();
   if (status.ok()) {
@@ -1512,6 +1522,8 @@ absl::Status Node::StartServer() {
   transport->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
                            [batcher] { batcher->Flush(); },
                            [batcher] { batcher->StopHoldingOnThisThread(); }});
+  // Connections are accepted once the node can serve them (Start).
+  config.accept_at_start = false;
   server_ = std::make_unique<Server>(service_.get(), config);
   if (absl::Status status = server_->Start(); !status.ok()) return status;
   server_started_ = true;

@@ -12,7 +12,9 @@
 #include <cstring>
 #include <memory>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "server/net/binary_session.h"
 #include "server/net/loop.h"
@@ -98,10 +100,48 @@ absl::Status Server::Start() {
   for (const sockaddr_in& http_address : http_addresses) {
     http_ports_.push_back(ntohs(http_address.sin_port));
   }
+  if (config_.accept_at_start) {
+    for (auto& loop : loops_) {
+      if (absl::Status status = loop->Listen(); !status.ok()) return status;
+    }
+  }
   for (auto& loop : loops_) {
     threads_.emplace_back([loop = loop.get()] { loop->Run(); });
   }
   return absl::OkStatus();
+}
+
+absl::Status Server::StartAccepting() {
+  if (config_.accept_at_start) return absl::OkStatus();
+  struct Outcome {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu);
+    absl::Status status ABSL_GUARDED_BY(mu);
+  };
+  auto outcome = std::make_shared<Outcome>();
+  {
+    absl::MutexLock lock(&outcome->mu);
+    outcome->left = loops_.size();
+  }
+  for (auto& loop : loops_) {
+    loop->Post([outcome](net::Loop& l) {
+      absl::Status status = l.stopping() ? absl::CancelledError("the server is stopping")
+                                         : l.Listen();
+      absl::MutexLock lock(&outcome->mu);
+      outcome->status.Update(status);
+      --outcome->left;
+    });
+  }
+  absl::MutexLock lock(&outcome->mu);
+  // A loop that shut down before running its task never does: bounded.
+  // (The condition runs with outcome->mu held, which the analysis cannot see.)
+  if (!outcome->mu.AwaitWithTimeout(
+          absl::Condition(+[](Outcome* o) ABSL_NO_THREAD_SAFETY_ANALYSIS { return o->left == 0; },
+                          outcome.get()),
+          absl::Seconds(30))) {
+    return absl::DeadlineExceededError("the server's loops did not start accepting in 30 s");
+  }
+  return outcome->status;
 }
 
 void Server::RequestShutdown() {

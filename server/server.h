@@ -170,6 +170,9 @@ struct ServerConfig {
   // connections of the loop's own (PeerTransport::AttachLoopOnThisThread).
   // Each may be empty.
   std::function<void(uv_loop_s* loop)> loop_started;
+  // False: Start binds the ports (and runs the loops) but connections are
+  // refused until StartAccepting; a node listens once it can serve.
+  bool accept_at_start = true;
   std::function<void()> loop_turn;
   std::function<void()> loop_ending;
 };
@@ -190,6 +193,10 @@ class Server {
   // Binds every loop's listener and starts the loop threads. Fails with a
   // clear message when the port is taken or the address cannot be bound.
   absl::Status Start();
+  // With accept_at_start false: every loop accepts connections from now on.
+  // Returns once they all do (or with the first failure). Any thread but a
+  // loop's; after Start, before RequestShutdown.
+  absl::Status StartAccepting();
   int port() const { return port_; }
   // The bound port of each of config.http_addresses, in order.
   const std::vector<int>& http_ports() const { return http_ports_; }

@@ -46,18 +46,15 @@ absl::StatusOr<int> BindReusePort(const sockaddr_in& address) {
   return fd;
 }
 
-absl::Status Listen(uv_loop_t* loop, uv_tcp_t* listener, const sockaddr_in& address,
-                    uv_connection_cb on_connection) {
+// Bound, not yet listening: until Loop::Listen, a client's connection is
+// refused by the kernel.
+absl::Status Bind(uv_loop_t* loop, uv_tcp_t* listener, const sockaddr_in& address) {
   auto fd = BindReusePort(address);
   if (!fd.ok()) return fd.status();
   uv_tcp_init(loop, listener);
   if (int rc = uv_tcp_open(listener, *fd); rc != 0) {
     ::close(*fd);
     return absl::InternalError(absl::StrCat("uv_tcp_open: ", UvError(rc)));
-  }
-  if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), 1024, on_connection);
-      rc != 0) {
-    return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
   }
   return absl::OkStatus();
 }
@@ -89,16 +86,12 @@ Loop::~Loop() = default;
 absl::Status Loop::Init(const sockaddr_in& address,
                         const std::vector<sockaddr_in>& http_addresses) {
   if (int rc = uv_loop_init(&loop_); rc != 0) return absl::InternalError(UvError(rc));
-  auto on_connection = [](uv_stream_t* server, int status) {
-    auto* listener = static_cast<Listener*>(server->data);
-    listener->loop->OnConnection(*listener, status);
-  };
   for (size_t i = 0; i <= http_addresses.size(); ++i) {
     auto listener = std::make_unique<Listener>();
     listener->loop = this;
     listener->http = i > 0;
-    if (absl::Status status = Listen(&loop_, &listener->handle,
-                                     i == 0 ? address : http_addresses[i - 1], on_connection);
+    if (absl::Status status =
+            Bind(&loop_, &listener->handle, i == 0 ? address : http_addresses[i - 1]);
         !status.ok()) {
       return status;
     }
@@ -147,6 +140,21 @@ absl::Status Loop::Init(const sockaddr_in& address,
         &idle_timer_,
         [](uv_timer_t* timer) { Of(reinterpret_cast<uv_handle_t*>(timer)).CloseIdleConnections(); },
         period_ms, period_ms);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Loop::Listen() {
+  auto on_connection = [](uv_stream_t* server, int status) {
+    auto* listener = static_cast<Listener*>(server->data);
+    listener->loop->OnConnection(*listener, status);
+  };
+  for (auto& listener : listeners_) {
+    if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener->handle), 1024,
+                           on_connection);
+        rc != 0) {
+      return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));
+    }
   }
   return absl::OkStatus();
 }

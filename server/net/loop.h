@@ -51,8 +51,12 @@ class Loop {
   ~Loop();
 
   // On the owner's thread, before Run: binds the binary protocol's listener
-  // at address and one HTTP listener at each of http_addresses.
+  // at address and one HTTP listener at each of http_addresses (bound, the
+  // ports are taken; connections are accepted from Listen on).
   absl::Status Init(const sockaddr_in& address, const std::vector<sockaddr_in>& http_addresses);
+  // Accepts connections on every listener: on the owner's thread before
+  // Run, or on the loop's thread (a posted task) before BeginShutdown.
+  absl::Status Listen();
   void Run();
   // The port a listener is bound to: -1 the binary one, else that HTTP one.
   int BoundPort(int http_index = -1);

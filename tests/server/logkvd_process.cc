@@ -39,45 +39,10 @@ LogkvdProcess::~LogkvdProcess() {
 }
 
 absl::Status LogkvdProcess::Start(absl::Duration timeout) {
-  int pipe_fds[2];
-  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
-  std::vector<std::string> argv_storage = {binary_};
-  bool has_listen = false;
-  bool has_http = false;
-  for (const std::string& arg : args_) {
-    if (arg.rfind("--listen", 0) == 0) has_listen = true;
-    if (arg.rfind("--http=", 0) == 0) has_http = true;
-    argv_storage.push_back(arg);
-  }
-  if (!has_listen) argv_storage.push_back("--listen=127.0.0.1:0");
-  if (!has_http) argv_storage.push_back("--http=127.0.0.1:0");
+  if (absl::Status launched = Launch(); !launched.ok()) return launched;
   // An explicit empty --http= means no HTTP address: no line to wait for.
-  const bool expect_http = !has_http || std::find(args_.begin(), args_.end(),
-                                                  std::string("--http=")) == args_.end();
-  std::vector<char*> argv;
-  for (std::string& arg : argv_storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  output_.clear();
-  port_ = 0;
-  http_port_ = 0;
-  const pid_t parent = ::getpid();
-  pid_ = ::fork();
-  if (pid_ < 0) return absl::InternalError("fork failed");
-  if (pid_ == 0) {
-    // A test binary killed by ctest's timeout cannot run its destructors:
-    // the server dies with it instead of holding its ports and a core.
-    // (The signal follows the thread that forked: tests start servers from
-    // their main thread.)
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    ::dup2(pipe_fds[1], STDERR_FILENO);
-    ::execv(binary_.c_str(), argv.data());
-    ::_exit(127);
-  }
-  ::close(pipe_fds[1]);
-  if (stderr_fd_ >= 0) ::close(stderr_fd_);
-  stderr_fd_ = pipe_fds[0];
-  ::fcntl(stderr_fd_, F_SETFL, O_NONBLOCK);
+  const bool expect_http = std::find(args_.begin(), args_.end(), std::string("--http=")) ==
+                           args_.end();
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     DrainOutput(absl::Milliseconds(50));
@@ -107,6 +72,46 @@ absl::Status LogkvdProcess::Start(absl::Duration timeout) {
   }
   Kill();
   return absl::DeadlineExceededError(absl::StrCat("logkvd did not start in time:\n", output_));
+}
+
+absl::Status LogkvdProcess::Launch() {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+  std::vector<std::string> argv_storage = {binary_};
+  bool has_listen = false;
+  bool has_http = false;
+  for (const std::string& arg : args_) {
+    if (arg.rfind("--listen", 0) == 0) has_listen = true;
+    if (arg.rfind("--http=", 0) == 0) has_http = true;
+    argv_storage.push_back(arg);
+  }
+  if (!has_listen) argv_storage.push_back("--listen=127.0.0.1:0");
+  if (!has_http) argv_storage.push_back("--http=127.0.0.1:0");
+  std::vector<char*> argv;
+  for (std::string& arg : argv_storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  output_.clear();
+  port_ = 0;
+  http_port_ = 0;
+  const pid_t parent = ::getpid();
+  pid_ = ::fork();
+  if (pid_ < 0) return absl::InternalError("fork failed");
+  if (pid_ == 0) {
+    // A test binary killed by ctest's timeout cannot run its destructors:
+    // the server dies with it instead of holding its ports and a core.
+    // (The signal follows the thread that forked: tests start servers from
+    // their main thread.)
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    ::dup2(pipe_fds[1], STDERR_FILENO);
+    ::execv(binary_.c_str(), argv.data());
+    ::_exit(127);
+  }
+  ::close(pipe_fds[1]);
+  if (stderr_fd_ >= 0) ::close(stderr_fd_);
+  stderr_fd_ = pipe_fds[0];
+  ::fcntl(stderr_fd_, F_SETFL, O_NONBLOCK);
+  return absl::OkStatus();
 }
 
 void LogkvdProcess::DrainOutput(absl::Duration wait) {

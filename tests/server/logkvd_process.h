@@ -31,6 +31,9 @@ class LogkvdProcess {
 
   // Starts the process and waits (bounded) for its "listening on" line.
   absl::Status Start(absl::Duration timeout = absl::Seconds(20));
+  // Starts the process and returns at once (port() and http_port() stay 0:
+  // give --listen and --http a port).
+  absl::Status Launch();
   // SIGTERM and wait; returns the exit status (as from waitpid) or -1.
   int Stop(absl::Duration timeout = absl::Seconds(20));
   // SIGKILL and reap.

@@ -761,6 +761,32 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
   }
 }
 
+// A node accepts connections once it can serve them: the first request on
+// the first connection its port accepts is answered, on a new cluster's
+// first node (a member only moments after it bound its ports) and after a
+// restart, with a client that connects as soon as the port takes it.
+TEST_F(ServerTest, TheFirstConnectionAcceptedIsServed) {
+  const int port = PickFreePort();
+  for (int start = 0; start < 2; ++start) {
+    SCOPED_TRACE(start == 0 ? "new data directory" : "restart");
+    LogkvdProcess server(LOGKVD_PATH,
+                         {"--data_dir=" + DataDir(), "--threads=2", "--shards=4",
+                          "--log_level=info", absl::StrCat("--listen=127.0.0.1:", port)});
+    ASSERT_TRUE(server.Launch().ok());
+    absl::StatusOr<RawConnection> c = RawConnection::Connect(port, absl::Seconds(20));
+    ASSERT_TRUE(c.ok()) << c.status() << server.Output();
+    const std::string key = absl::StrCat("first-", start);
+    const std::string answer = Call(*c, PutFrame(1, key, "write"), 1);
+    EXPECT_EQ(CodeOf(answer), p::StatusCode::Ok)
+        << (AsResponse(answer) != nullptr && AsResponse(answer)->message() != nullptr
+                ? AsResponse(answer)->message()->str()
+                : "")
+        << server.Output();
+    EXPECT_EQ(GetValue(*c, key, 2), "write");
+    EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.Output();
+  }
+}
+
 TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
   auto server = StartServer({"--fsync=always"});
   RawConnection c = Connect(server->port());
