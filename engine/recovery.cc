@@ -149,6 +149,23 @@ bool TailIsZero(const Segment& segment, uint64_t offset) {
   return true;
 }
 
+// The file system's block: what a crash leaves unwritten comes in whole
+// blocks (a page of the page cache written back, or not).
+constexpr uint64_t kBlockBytes = 4096;
+
+// Whether [from, to) of segment holds a whole block of zeros: a block a
+// crash left unwritten (the segment's space is allocated when it is made, so
+// a later block may reach the disk before an earlier one, which then reads
+// as zeros).
+bool HoldsUnwrittenBlock(const Segment& segment, uint64_t from, uint64_t to) {
+  for (uint64_t block = (from + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+       block + kBlockBytes <= to; block += kBlockBytes) {
+    auto bytes = segment.Read(block, kBlockBytes);
+    if (bytes.ok() && AllZero(*bytes)) return true;
+  }
+  return false;
+}
+
 // The next 8-aligned offset after `from` where a record verifies, or 0.
 uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
   const uint64_t size = segment.size();
@@ -407,6 +424,22 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
       context_.Log(LogLevel::kWarning,
                    absl::StrCat("torn tail in ", segment->path(), " at offset ", offset,
                                 ": dropped ", dropped, " bytes (", reason, ")"));
+      counters_.torn_bytes_truncated.fetch_add(dropped, std::memory_order_relaxed);
+      return segment->TruncateTo(context_.fs, offset);
+    }
+    if (newest_original && HoldsUnwrittenBlock(*segment, offset, next_valid)) {
+      // Records follow a block a crash left unwritten. They were written
+      // after it, so no sync completed after them (a sync makes everything
+      // written before it durable, the block too): none was acknowledged as
+      // durable. They go with it: what the shard keeps is a prefix of its
+      // writes, not a log with a gap in it.
+      const uint64_t dropped = segment->size() - offset;
+      context_.Log(LogLevel::kWarning,
+                   absl::StrCat("torn tail in ", segment->path(), " at offset ", offset,
+                                ": a block of zeros a crash left unwritten, records after it at "
+                                "offset ",
+                                next_valid, "; dropped ", dropped,
+                                " bytes from the first damaged record on (", reason, ")"));
       counters_.torn_bytes_truncated.fetch_add(dropped, std::memory_order_relaxed);
       return segment->TruncateTo(context_.fs, offset);
     }

@@ -1321,6 +1321,77 @@ TEST_F(CorruptionTest, BytesAfterAHoleInAnOlderSegmentAreDataLoss) {
   ASSERT_NO_FATAL_FAILURE(ExpectDataLoss(older));
 }
 
+// A block of the newest segment a crash left unwritten (the segment's space
+// is allocated at its creation, so a later block can reach the disk before
+// an earlier one, which then reads as zeros): the records from the first one
+// it damaged on were written after it and never synced, and go with it, the
+// valid ones after it too; the shard keeps a prefix of its writes. In an
+// older segment (synced whole before the next was begun) it is damage, and
+// so is a block of anything but zeros in the newest.
+TEST_F(CorruptionTest, AnUnwrittenBlockInTheNewestSegmentEndsItsRecords) {
+  struct Case {
+    const char* name;  // and the data directory's
+    bool newest;
+    char fill;
+  };
+  for (const Case& c : {Case{"zeros-in-the-newest-segment", true, '\0'},
+                        Case{"zeros-in-an-older-segment", false, '\0'},
+                        Case{"garbage-in-the-newest-segment", true, '\x5a'}}) {
+    SCOPED_TRACE(c.name);
+    const bool newest = c.newest;
+    options_.data_dir = dir_.Subdir(c.name);
+    // About 26 records a block: the segments span a dozen blocks.
+    int next = 0;
+    for (int generation = 0; generation < 2; ++generation) {
+      ASSERT_OK(Open());
+      for (int i = 0; i < 300; ++i, ++next) {
+        ASSERT_OK(engine_->Put(KeyName(next), std::string(140, static_cast<char>('a' + next % 26))));
+      }
+      Close();
+    }
+    test::RemoveAllHintFiles(options_.data_dir);
+    segments_ = test::ListSegmentFiles(options_.data_dir, 0);
+    ASSERT_EQ(segments_.size(), 2u);
+    const std::string path = newest ? segments_.back() : segments_.front();
+    std::string bytes = test::ReadFileBytes(path);
+    absl::StatusOr<ParsedSegment> parsed = ParseSegment(bytes);
+    ASSERT_OK(parsed);
+    constexpr uint64_t kBlock = 4096;
+    const uint64_t hole = 5 * kBlock;
+    ASSERT_GT(parsed->data_end, hole + 2 * kBlock) << "records must follow the hole";
+    std::fill(bytes.begin() + hole, bytes.begin() + hole + kBlock, c.fill);
+    test::WriteFileBytes(path, bytes);
+    if (!newest || c.fill != '\0') {
+      ASSERT_NO_FATAL_FAILURE(ExpectDataLoss(path));
+      continue;
+    }
+    std::set<std::string> lost;
+    uint64_t first_damaged = 0;
+    for (const ParsedRecord& record : parsed->records) {
+      if (record.offset + record.record_bytes <= hole) continue;
+      if (first_damaged == 0) first_damaged = record.offset;
+      lost.insert(record.key);
+    }
+    ASSERT_GT(lost.size(), 26u);
+    ASSERT_OK(Open());
+    EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, bytes.size() - first_damaged);
+    EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "unwritten")) << log_.Dump();
+    for (int i = 0; i < next; ++i) {
+      const std::string key = KeyName(i);
+      EXPECT_EQ(GetOrStatus(engine_.get(), key),
+                lost.contains(key) ? "NOT_FOUND"
+                                   : std::string(140, static_cast<char>('a' + i % 26)))
+          << key;
+    }
+    // The next open finds the segment cut where the damage began.
+    Close();
+    EXPECT_EQ(test::FileSizeOf(path), first_damaged);
+    ASSERT_OK(Open());
+    EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, 0u);
+    Close();
+  }
+}
+
 TEST(PosixFileSystemTest, NextDataSkipsHoles) {
   test::ScopedTempDir dir;
   FileSystem* fs = DefaultFileSystem();
