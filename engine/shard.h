@@ -324,9 +324,14 @@ class Shard {
   // kept after a load. REQUIRES: the index is empty.
   std::optional<SnapshotPoint> LoadIndexSnapshot(
       const absl::flat_hash_map<uint32_t, bool>& hint_ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The index entries the open is to make room for, from what the hint
-  // files say (HintSummary); 0 where they do not say.
-  uint64_t EntriesFromHints(const RecoveryState& state, uint64_t total_bytes)
+  // The index entries the open is to make room for, and the records it is
+  // to read, from what the hint files say (HintSummary); 0 where they do
+  // not say.
+  struct OpenEstimate {
+    uint64_t entries = 0;
+    uint64_t records = 0;
+  };
+  OpenEstimate EstimateFromHints(const RecoveryState& state, uint64_t total_bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The entries of the index now, for a hint file written outside mu_.
   uint64_t IndexEntries() const ABSL_LOCKS_EXCLUDED(mu_);
