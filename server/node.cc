@@ -340,6 +340,12 @@ http::ClusterRoutesConfig ClusterRoutesConfigFor(const NodeOptions& o) {
   return config;
 }
 
+// Where a data directory keeps the id of the node it is (written when the
+// node first starts).
+std::filesystem::path NodeIdFile(const std::string& data_dir) {
+  return std::filesystem::path(data_dir) / "control" / "node_id";
+}
+
 ServerConfig ServerConfigFor(const NodeOptions& o) {
   ServerConfig config;
   config.host = o.listen.host;
@@ -780,18 +786,9 @@ absl::Status Node::Start() {
     RunInBackground([this] { CatchUpWithControlPlane(); });
     RunInBackground([this] { CommitClusterSettings(); });
     if (refilling_.load()) RunInBackground([this] { Refill(); });
-    // A new cluster's first node owns no keys until its control plane has
-    // made it an active member: until then its ports refuse connections
-    // (what they accepted would be refused, "no member owns keys"), and no
-    // one needs them (nobody else knows the node yet). Every other node
-    // accepts now: a joining one receives the writes of the keys it is
-    // taking on while it fills, and serves its clients as a gateway.
-    const bool first_node =
-        options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr;
-    if (!first_node) status = server_->StartAccepting();
     // A node that joins (or was joining when it stopped) owns keys once it
     // is filled with them and active.
-    if (status.ok() && first_node) {
+    if (options_.seeds.empty() && control_->config()->Find(cluster_->node_id()) == nullptr) {
       // A new cluster's first node: ready once it is a member (joining: it
       // activates itself below; the reconciler may do so first), or after
       // a bounded wait if its control plane cannot write (it then accepts
@@ -807,13 +804,17 @@ absl::Status Node::Start() {
     const std::shared_ptr<const control::ClusterConfig> config = control_->config();
     const control::Member* held = config->Find(cluster_->node_id());
     if (status.ok() && held != nullptr && held->state == control::MemberState::kJoining) {
-      status = FinishJoin(absl::Now() + options_.join_timeout);
+      // Joining an existing cluster, it takes the writes of the keys it is
+      // taking on while it fills: it accepts its peers now. (A new cluster's
+      // first node has no peers, and owns no keys until it is active.)
+      if (!options_.seeds.empty()) status = AcceptConnections();
+      if (status.ok()) status = FinishJoin(absl::Now() + options_.join_timeout);
       if (status.ok()) {
         Log(Level::kInfo, "active in the cluster at epoch %d",
             static_cast<int64_t>(control_->config()->epoch));
       }
     }
-    if (status.ok() && first_node) status = server_->StartAccepting();
+    if (status.ok()) status = AcceptConnections();
   }
   if (status.ok()) status = StartFlusher();
   if (status.ok()) {
@@ -1522,8 +1523,17 @@ absl::Status Node::StartServer() {
   transport->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
                            [batcher] { batcher->Flush(); },
                            [batcher] { batcher->StopHoldingOnThisThread(); }});
-  // Connections are accepted once the node can serve them (Start).
-  config.accept_at_start = false;
+  // Until the control plane has started and has the cluster's members, and
+  // on a new cluster's first node until it has made the node an active
+  // member, the node owns no keys: its clients' first requests would be
+  // refused ("no member owns keys"). Its connections wait in the kernel's
+  // queue until then (Start, AcceptConnections): moments. A node that joins
+  // a cluster for the first time accepts at once: the cluster knows it once
+  // it has asked to join, and it takes the writes of the keys it is taking
+  // on, and serves its clients as a gateway, while it joins and fills.
+  config.accept_at_start =
+      !options_.seeds.empty() && !std::filesystem::exists(NodeIdFile(data_dir_));
+  accepting_ = config.accept_at_start;
   server_ = std::make_unique<Server>(service_.get(), config);
   if (absl::Status status = server_->Start(); !status.ok()) return status;
   server_started_ = true;
@@ -1534,6 +1544,12 @@ absl::Status Node::StartServer() {
         absl::StrCat("http://", Reachable(options_.http.front().host, server_->http_ports().front())));
   }
   return absl::OkStatus();
+}
+
+absl::Status Node::AcceptConnections() {
+  if (accepting_) return absl::OkStatus();
+  accepting_ = true;
+  return server_->StartAccepting();
 }
 
 absl::Status Node::StartClusterMember() {
@@ -1554,8 +1570,7 @@ absl::Status Node::StartClusterMember() {
   }
   // The node id is kept with the data: a node restarted on other ports
   // (its id defaulting to its address) is still the member it was.
-  const std::filesystem::path node_id_file =
-      std::filesystem::path(data_dir_) / "control" / "node_id";
+  const std::filesystem::path node_id_file = NodeIdFile(data_dir_);
   std::string kept_node_id;
   {
     std::ifstream in(node_id_file);

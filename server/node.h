@@ -306,6 +306,8 @@ class Node {
   void AddRoutes();
   absl::Status StartServer();
   absl::Status StartClusterMember();
+  // The server accepts connections from now on (once; Start's thread).
+  absl::Status AcceptConnections();
   absl::Status StartBackgroundWork();
   absl::Status StartFlusher();
   absl::Status StartControlPlane();
@@ -413,6 +415,8 @@ class Node {
   std::unique_ptr<net::TlsContext> tls_;
   std::unique_ptr<Server> server_;
   bool server_started_ = false;
+  // Whether server_ accepts connections (StartServer, AcceptConnections).
+  bool accepting_ = false;
   // The control plane (Raft): started once the server bound its ports.
   std::unique_ptr<control::ControlPlane> control_;
   // On control_; the Service's consensus keys (set after control_ starts).

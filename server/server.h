@@ -170,8 +170,10 @@ struct ServerConfig {
   // connections of the loop's own (PeerTransport::AttachLoopOnThisThread).
   // Each may be empty.
   std::function<void(uv_loop_s* loop)> loop_started;
-  // False: Start binds the ports (and runs the loops) but connections are
-  // refused until StartAccepting; a node listens once it can serve.
+  // False: Start binds the ports and listens (and runs the loops), but the
+  // connections wait in the kernel's queue, unread, until StartAccepting: a
+  // node that cannot serve yet holds its clients' first requests instead of
+  // refusing them.
   bool accept_at_start = true;
   std::function<void()> loop_turn;
   std::function<void()> loop_ending;

@@ -46,11 +46,19 @@ absl::StatusOr<int> BindReusePort(const sockaddr_in& address) {
   return fd;
 }
 
-// Bound, not yet listening: until Loop::Listen, a client's connection is
-// refused by the kernel.
+constexpr int kBacklog = 1024;
+
+// Bound and listening, so that the port is this process's and a client's
+// connection is taken (the kernel queues it, up to kBacklog a loop) from
+// now on; the loop accepts the queued ones from Loop::Listen on.
 absl::Status Bind(uv_loop_t* loop, uv_tcp_t* listener, const sockaddr_in& address) {
   auto fd = BindReusePort(address);
   if (!fd.ok()) return fd.status();
+  if (::listen(*fd, kBacklog) != 0) {
+    const int error = errno;
+    ::close(*fd);
+    return absl::UnavailableError(absl::StrCat("listen: ", std::strerror(error)));
+  }
   uv_tcp_init(loop, listener);
   if (int rc = uv_tcp_open(listener, *fd); rc != 0) {
     ::close(*fd);
@@ -150,7 +158,7 @@ absl::Status Loop::Listen() {
     listener->loop->OnConnection(*listener, status);
   };
   for (auto& listener : listeners_) {
-    if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener->handle), 1024,
+    if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener->handle), kBacklog,
                            on_connection);
         rc != 0) {
       return absl::UnavailableError(absl::StrCat("listen: ", UvError(rc)));

@@ -51,11 +51,13 @@ class Loop {
   ~Loop();
 
   // On the owner's thread, before Run: binds the binary protocol's listener
-  // at address and one HTTP listener at each of http_addresses (bound, the
-  // ports are taken; connections are accepted from Listen on).
+  // at address and one HTTP listener at each of http_addresses, listening:
+  // the ports are taken, and the kernel queues the connections that arrive
+  // (completing their handshakes) until Listen.
   absl::Status Init(const sockaddr_in& address, const std::vector<sockaddr_in>& http_addresses);
-  // Accepts connections on every listener: on the owner's thread before
-  // Run, or on the loop's thread (a posted task) before BeginShutdown.
+  // Accepts connections on every listener, the queued ones first: on the
+  // owner's thread before Run, or on the loop's thread (a posted task)
+  // before BeginShutdown.
   absl::Status Listen();
   void Run();
   // The port a listener is bound to: -1 the binary one, else that HTTP one.

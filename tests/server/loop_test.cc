@@ -42,6 +42,7 @@ class LoopTest : public ::testing::Test {
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_OK(loop_->Init(address, {}));
+    ASSERT_OK(loop_->Listen());
     thread_ = std::thread([this] { loop_->Run(); });
   }
 
