@@ -166,6 +166,23 @@ bool HoldsUnwrittenBlock(const Segment& segment, uint64_t from, uint64_t to) {
   return false;
 }
 
+// Whether a crash explains the damage at offset, records verifying again
+// from next_valid on: a block between them left unwritten, which took the
+// start of a record after the damaged one (when its header says where it
+// ends). A damaged record whose own value holds a block of zeros, with the
+// record after it intact, does not pass for one.
+bool LostToAnUnwrittenBlock(const Segment& segment, uint64_t offset, uint64_t next_valid) {
+  auto header = segment.Read(offset, format::kRecordHeaderBytes);
+  if (!header.ok() || header->size() < format::kRecordHeaderBytes) return false;
+  if (!AllZero(*header)) {
+    const format::RecordHeader fields = PeekHeader(*header);
+    if (offset + format::RecordBytes(fields.key_size, fields.value_size) >= next_valid) {
+      return false;
+    }
+  }
+  return HoldsUnwrittenBlock(segment, offset, next_valid);
+}
+
 // The next 8-aligned offset after `from` where a record verifies, or 0.
 uint64_t FindNextValidRecord(const Segment& segment, uint64_t from) {
   const uint64_t size = segment.size();
@@ -427,12 +444,16 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
       counters_.torn_bytes_truncated.fetch_add(dropped, std::memory_order_relaxed);
       return segment->TruncateTo(context_.fs, offset);
     }
-    if (newest_original && HoldsUnwrittenBlock(*segment, offset, next_valid)) {
+    if (newest_original && !options_.repair && !state->hint_ids.contains(segment->id()) &&
+        LostToAnUnwrittenBlock(*segment, offset, next_valid)) {
       // Records follow a block a crash left unwritten. They were written
       // after it, so no sync completed after them (a sync makes everything
       // written before it durable, the block too): none was acknowledged as
-      // durable. They go with it: what the shard keeps is a prefix of its
-      // writes, not a log with a gap in it.
+      // durable (with --fsync=always; otherwise what came since the last
+      // sync may be lost to a crash anyway). They go with it: what the shard
+      // keeps is a prefix of its writes, not a log with a gap in it. (A
+      // segment with a hint file was synced whole when it was sealed; repair
+      // keeps every record that verifies.)
       const uint64_t dropped = segment->size() - offset;
       context_.Log(LogLevel::kWarning,
                    absl::StrCat("torn tail in ", segment->path(), " at offset ", offset,

@@ -1327,19 +1327,23 @@ TEST_F(CorruptionTest, BytesAfterAHoleInAnOlderSegmentAreDataLoss) {
 // it damaged on were written after it and never synced, and go with it, the
 // valid ones after it too; the shard keeps a prefix of its writes. In an
 // older segment (synced whole before the next was begun) it is damage, and
-// so is a block of anything but zeros in the newest.
+// so is a block of anything but zeros in the newest. Repair keeps every
+// record that verifies, those after the block too.
 TEST_F(CorruptionTest, AnUnwrittenBlockInTheNewestSegmentEndsItsRecords) {
   struct Case {
     const char* name;  // and the data directory's
     bool newest;
     char fill;
+    bool repair;
   };
-  for (const Case& c : {Case{"zeros-in-the-newest-segment", true, '\0'},
-                        Case{"zeros-in-an-older-segment", false, '\0'},
-                        Case{"garbage-in-the-newest-segment", true, '\x5a'}}) {
+  for (const Case& c : {Case{"zeros-in-the-newest-segment", true, '\0', false},
+                        Case{"zeros-in-an-older-segment", false, '\0', false},
+                        Case{"garbage-in-the-newest-segment", true, '\x5a', false},
+                        Case{"zeros-in-the-newest-segment-repaired", true, '\0', true}}) {
     SCOPED_TRACE(c.name);
     const bool newest = c.newest;
     options_.data_dir = dir_.Subdir(c.name);
+    options_.repair = false;
     // About 26 records a block: the segments span a dozen blocks.
     int next = 0;
     for (int generation = 0; generation < 2; ++generation) {
@@ -1369,11 +1373,26 @@ TEST_F(CorruptionTest, AnUnwrittenBlockInTheNewestSegmentEndsItsRecords) {
     uint64_t first_damaged = 0;
     for (const ParsedRecord& record : parsed->records) {
       if (record.offset + record.record_bytes <= hole) continue;
+      if (c.repair && record.offset >= hole + kBlock) continue;
       if (first_damaged == 0) first_damaged = record.offset;
       lost.insert(record.key);
     }
-    ASSERT_GT(lost.size(), 26u);
+    ASSERT_GT(lost.size(), c.repair ? 20u : 26u);
+    options_.repair = c.repair;
     ASSERT_OK(Open());
+    if (c.repair) {
+      EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, 0u);
+      EXPECT_GT(engine_->GetStats().repaired_bytes_skipped, kBlock);
+      for (int i = 0; i < next; ++i) {
+        const std::string key = KeyName(i);
+        EXPECT_EQ(GetOrStatus(engine_.get(), key),
+                  lost.contains(key) ? "NOT_FOUND"
+                                     : std::string(140, static_cast<char>('a' + i % 26)))
+            << key;
+      }
+      Close();
+      continue;
+    }
     EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, bytes.size() - first_damaged);
     EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "unwritten")) << log_.Dump();
     for (int i = 0; i < next; ++i) {
@@ -1390,6 +1409,27 @@ TEST_F(CorruptionTest, AnUnwrittenBlockInTheNewestSegmentEndsItsRecords) {
     EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, 0u);
     Close();
   }
+}
+
+// A damaged record whose own value holds blocks of zeros, the record after
+// it intact, is damage: no block a crash left unwritten took a record's
+// start, and the records after it may have been synced.
+TEST_F(CorruptionTest, ADamagedRecordHoldingZerosInTheNewestSegmentIsDataLoss) {
+  ASSERT_OK(Open());
+  for (int i = 0; i < 20; ++i) ASSERT_OK(engine_->Put(KeyName(i), "before"));
+  ASSERT_OK(engine_->Put("zeros", std::string(16 << 10, '\0')));
+  for (int i = 20; i < 40; ++i) ASSERT_OK(engine_->Put(KeyName(i), "after"));
+  Close();
+  test::RemoveAllHintFiles(options_.data_dir);
+  segments_ = test::ListSegmentFiles(options_.data_dir, 0);
+  std::string path;
+  ParsedRecord record;
+  ASSERT_NO_FATAL_FAILURE(Locate("zeros", &path, &record));
+  ASSERT_EQ(path, segments_.back());
+  std::string bytes = test::ReadFileBytes(path);
+  bytes[record.offset + format::kRecordHeaderBytes] ^= 0x01;  // its key
+  test::WriteFileBytes(path, bytes);
+  ASSERT_NO_FATAL_FAILURE(ExpectDataLoss(path, std::to_string(record.offset)));
 }
 
 TEST(PosixFileSystemTest, NextDataSkipsHoles) {
