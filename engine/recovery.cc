@@ -149,6 +149,27 @@ bool TailIsZero(const Segment& segment, uint64_t offset) {
   return true;
 }
 
+// Where segment's data ends, from offset on: after its last non-zero byte
+// (the rest of the file is its preallocated space). Reads only what the
+// file system may hold data for (TailIsZero).
+uint64_t DataEnd(const Segment& segment, uint64_t offset) {
+  const uint64_t size = segment.size();
+  uint64_t data_end = offset;
+  while (offset < size) {
+    uint64_t begin;
+    uint64_t end;
+    segment.NextData(offset, &begin, &end);
+    if (begin >= size) break;
+    if (end <= offset) end = size;  // no progress: the rest
+    auto bytes = segment.Read(begin, end - begin);
+    if (!bytes.ok()) return size;
+    const size_t last = bytes->find_last_not_of('\0');
+    if (last != absl::string_view::npos) data_end = begin + last + 1;
+    offset = end;
+  }
+  return data_end;
+}
+
 // The file system's block: what a crash leaves unwritten comes in whole
 // blocks (a page of the page cache written back, or not).
 constexpr uint64_t kBlockBytes = 4096;
@@ -459,8 +480,10 @@ absl::Status Shard::ScanSegment(const std::shared_ptr<Segment>& segment, bool ne
                    absl::StrCat("torn tail in ", segment->path(), " at offset ", offset,
                                 ": a block of zeros a crash left unwritten, records after it at "
                                 "offset ",
-                                next_valid, "; dropped ", dropped,
-                                " bytes from the first damaged record on (", reason, ")"));
+                                next_valid, "; dropped the ",
+                                DataEnd(*segment, offset) - offset,
+                                " bytes of data from the first damaged record on (", reason,
+                                ")"));
       counters_.torn_bytes_truncated.fetch_add(dropped, std::memory_order_relaxed);
       return segment->TruncateTo(context_.fs, offset);
     }

@@ -340,12 +340,6 @@ http::ClusterRoutesConfig ClusterRoutesConfigFor(const NodeOptions& o) {
   return config;
 }
 
-// Where a data directory keeps the id of the node it is (written when the
-// node first starts).
-std::filesystem::path NodeIdFile(const std::string& data_dir) {
-  return std::filesystem::path(data_dir) / "control" / "node_id";
-}
-
 ServerConfig ServerConfigFor(const NodeOptions& o) {
   ServerConfig config;
   config.host = o.listen.host;
@@ -805,8 +799,9 @@ absl::Status Node::Start() {
     const control::Member* held = config->Find(cluster_->node_id());
     if (status.ok() && held != nullptr && held->state == control::MemberState::kJoining) {
       // Joining an existing cluster, it takes the writes of the keys it is
-      // taking on while it fills: it accepts its peers now. (A new cluster's
-      // first node has no peers, and owns no keys until it is active.)
+      // taking on while it fills, and serves its clients as a gateway: it
+      // accepts now. (A new cluster's first node has no peers, and owns no
+      // keys until it is active.)
       if (!options_.seeds.empty()) status = AcceptConnections();
       if (status.ok()) status = FinishJoin(absl::Now() + options_.join_timeout);
       if (status.ok()) {
@@ -1523,17 +1518,13 @@ absl::Status Node::StartServer() {
   transport->SetLoopHooks({[batcher] { batcher->HoldOnThisThread(); },
                            [batcher] { batcher->Flush(); },
                            [batcher] { batcher->StopHoldingOnThisThread(); }});
-  // Until the control plane has started and has the cluster's members, and
-  // on a new cluster's first node until it has made the node an active
-  // member, the node owns no keys: its clients' first requests would be
-  // refused ("no member owns keys"). Its connections wait in the kernel's
-  // queue until then (Start, AcceptConnections): moments. A node that joins
-  // a cluster for the first time accepts at once: the cluster knows it once
-  // it has asked to join, and it takes the writes of the keys it is taking
-  // on, and serves its clients as a gateway, while it joins and fills.
-  config.accept_at_start =
-      !options_.seeds.empty() && !std::filesystem::exists(NodeIdFile(data_dir_));
-  accepting_ = config.accept_at_start;
+  // Until the control plane has started and has the cluster's members (a
+  // node joining for the first time: until it has joined the control
+  // plane), and on a new cluster's first node until it has made the node an
+  // active member, the node owns no keys: its clients' first requests would
+  // be refused ("no member owns keys"). Its connections wait in the kernel's
+  // queue until then (Start, AcceptConnections).
+  config.accept_at_start = false;
   server_ = std::make_unique<Server>(service_.get(), config);
   if (absl::Status status = server_->Start(); !status.ok()) return status;
   server_started_ = true;
@@ -1570,7 +1561,8 @@ absl::Status Node::StartClusterMember() {
   }
   // The node id is kept with the data: a node restarted on other ports
   // (its id defaulting to its address) is still the member it was.
-  const std::filesystem::path node_id_file = NodeIdFile(data_dir_);
+  const std::filesystem::path node_id_file =
+      std::filesystem::path(data_dir_) / "control" / "node_id";
   std::string kept_node_id;
   {
     std::ifstream in(node_id_file);

@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -23,9 +25,38 @@ namespace logkv::server {
 
 namespace {
 
+std::string AddressText(const sockaddr_in& address) {
+  char host[INET_ADDRSTRLEN];
+  ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof(host));
+  return absl::StrCat(host, ":", ntohs(address.sin_port));
+}
+
 // Sockets with SO_REUSEPORT share a port with any other such socket of the
 // same user, so a second logkvd would silently split the traffic. A plain
-// bind first proves the port is free.
+// bind first proves the port is free of every other program. Two logkvd
+// started at once could both pass that proof before either binds: each
+// also takes a lock of the address, a Unix socket in the abstract namespace
+// named after it (the network namespace's, as the port is), which the
+// kernel releases when the process ends. Returns the lock's descriptor.
+absl::StatusOr<int> LockPort(const sockaddr_in& address) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  sockaddr_un name{};
+  name.sun_family = AF_UNIX;
+  const std::string lock = absl::StrCat("logkv-listen-", AddressText(address));
+  std::memcpy(name.sun_path + 1, lock.data(), std::min(lock.size(), sizeof(name.sun_path) - 1));
+  const socklen_t length = static_cast<socklen_t>(
+      offsetof(sockaddr_un, sun_path) + 1 + std::min(lock.size(), sizeof(name.sun_path) - 1));
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&name), length) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", AddressText(address), ": ", std::strerror(error),
+        error == EADDRINUSE ? " (port in use by another logkvd)" : ""));
+  }
+  return fd;
+}
+
 absl::Status CheckPortFree(const sockaddr_in& address) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
@@ -35,10 +66,7 @@ absl::Status CheckPortFree(const sockaddr_in& address) {
   const int error = errno;
   ::close(fd);
   if (rc != 0) {
-    char host[INET_ADDRSTRLEN];
-    ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof(host));
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":",
-                                               ntohs(address.sin_port), ": ",
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", AddressText(address), ": ",
                                                std::strerror(error),
                                                error == EADDRINUSE ? " (port in use)" : ""));
   }
@@ -57,6 +85,13 @@ Server::~Server() {
   Wait();
 }
 
+absl::Status Server::ClaimPort(const sockaddr_in& address) {
+  absl::StatusOr<int> lock = LockPort(address);
+  if (!lock.ok()) return lock.status();
+  port_locks_.push_back(*lock);
+  return CheckPortFree(address);
+}
+
 absl::Status Server::Start() {
   sockaddr_in address;
   if (int rc = uv_ip4_addr(config_.host.c_str(), config_.port, &address); rc != 0) {
@@ -64,7 +99,7 @@ absl::Status Server::Start() {
         absl::StrCat("cannot listen on '", config_.host, "': not an IPv4 address"));
   }
   if (config_.port != 0) {
-    if (absl::Status status = CheckPortFree(address); !status.ok()) return status;
+    if (absl::Status status = ClaimPort(address); !status.ok()) return status;
   }
   if (!config_.http_addresses.empty() && config_.router == nullptr) {
     return absl::InvalidArgumentError("HTTP addresses given without a route table");
@@ -77,7 +112,7 @@ absl::Status Server::Start() {
           absl::StrCat("cannot serve HTTP on '", http.host, "': not an IPv4 address"));
     }
     if (http.port != 0) {
-      if (absl::Status status = CheckPortFree(http_address); !status.ok()) return status;
+      if (absl::Status status = ClaimPort(http_address); !status.ok()) return status;
     }
     http_addresses.push_back(http_address);
   }
@@ -153,6 +188,9 @@ void Server::Wait() {
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
+  // The loops have closed their listeners: the ports are free for the next.
+  for (const int fd : port_locks_) ::close(fd);
+  port_locks_.clear();
 }
 
 void Server::NotifyEvents() {

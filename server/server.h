@@ -15,6 +15,8 @@
 #ifndef LOGKV_SERVER_SERVER_H_
 #define LOGKV_SERVER_SERVER_H_
 
+#include <netinet/in.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -220,6 +222,10 @@ class Server {
   bool LoopsRespond(absl::Duration timeout);
 
  private:
+  // Takes the address's lock (no other logkvd listens there, or starts to)
+  // and checks that no other program does.
+  absl::Status ClaimPort(const sockaddr_in& address);
+
   Service* const service_;
   const ServerConfig config_;
   int port_ = 0;
@@ -229,6 +235,9 @@ class Server {
   const std::unique_ptr<net::WatchQuota> watch_quota_;
   std::vector<std::unique_ptr<net::Loop>> loops_;
   std::vector<std::thread> threads_;
+  // The locks of the fixed ports this server listens on (LockPort in
+  // server.cc), held for its life.
+  std::vector<int> port_locks_;
 };
 
 }  // namespace logkv::server

@@ -1395,6 +1395,11 @@ TEST_F(CorruptionTest, AnUnwrittenBlockInTheNewestSegmentEndsItsRecords) {
     }
     EXPECT_EQ(engine_->GetStats().torn_bytes_truncated, bytes.size() - first_damaged);
     EXPECT_TRUE(log_.Contains(LogLevel::kWarning, "unwritten")) << log_.Dump();
+    // The bytes of data dropped: to the last record's last non-zero byte.
+    const uint64_t data_dropped = bytes.find_last_not_of('\0') + 1 - first_damaged;
+    EXPECT_TRUE(log_.Contains(LogLevel::kWarning,
+                              absl::StrCat("dropped the ", data_dropped, " bytes of data")))
+        << log_.Dump();
     for (int i = 0; i < next; ++i) {
       const std::string key = KeyName(i);
       EXPECT_EQ(GetOrStatus(engine_.get(), key),

@@ -2,9 +2,14 @@
 // as a child process on a kernel-chosen loopback port, with its data in a
 // temporary directory, and is always stopped at the end.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -726,6 +731,27 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     EXPECT_FALSE(second.Start().ok());
     EXPECT_NE(second.Output().find("port in use"), std::string::npos) << second.Output();
   }
+  {  // Another logkvd is starting on the address: it holds the address's
+     // lock (an abstract Unix socket), its socket not yet bound.
+    const int port = PickFreePort();
+    const int lock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(lock, 0);
+    sockaddr_un name{};
+    name.sun_family = AF_UNIX;
+    const std::string lock_name = absl::StrCat("logkv-listen-127.0.0.1:", port);
+    std::memcpy(name.sun_path + 1, lock_name.data(), lock_name.size());
+    ASSERT_EQ(::bind(lock, reinterpret_cast<const sockaddr*>(&name),
+                     static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
+                                            lock_name.size())),
+              0)
+        << std::strerror(errno);
+    LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/racing",
+                                       absl::StrCat("--listen=127.0.0.1:", port)});
+    EXPECT_FALSE(second.Start().ok());
+    ::close(lock);
+    EXPECT_NE(second.Output().find("port in use by another logkvd"), std::string::npos)
+        << second.Output();
+  }
   {  // The data directory belongs to the running server.
     LogkvdProcess second(LOGKVD_PATH, {"--data_dir=" + DataDir()});
     EXPECT_FALSE(second.Start().ok());
@@ -785,6 +811,28 @@ TEST_F(ServerTest, TheFirstConnectionAcceptedIsServed) {
     EXPECT_EQ(GetValue(*c, key, 2), "write");
     EXPECT_EQ(WEXITSTATUS(server.Stop()), 0) << server.Output();
   }
+}
+
+// The same on a node joining a cluster for the first time: it owns no keys
+// (and knows no owner) until it has joined the cluster's control plane.
+TEST_F(ServerTest, TheFirstConnectionAJoiningNodeAcceptsIsServed) {
+  auto first = StartServer();
+  const int port = PickFreePort();
+  LogkvdProcess joining(LOGKVD_PATH,
+                        {"--data_dir=" + dir_.path() + "/joining", "--threads=2", "--shards=4",
+                         "--log_level=info", absl::StrCat("--listen=127.0.0.1:", port),
+                         absl::StrCat("--seeds=127.0.0.1:", first->port())});
+  ASSERT_TRUE(joining.Launch().ok());
+  absl::StatusOr<RawConnection> c = RawConnection::Connect(port, absl::Seconds(20));
+  ASSERT_TRUE(c.ok()) << c.status() << joining.Output();
+  const std::string answer = Call(*c, PutFrame(1, "joined", "write"), 1);
+  EXPECT_EQ(CodeOf(answer), p::StatusCode::Ok)
+      << (AsResponse(answer) != nullptr && AsResponse(answer)->message() != nullptr
+              ? AsResponse(answer)->message()->str()
+              : "")
+      << joining.Output();
+  EXPECT_EQ(GetValue(*c, "joined", 2), "write");
+  EXPECT_EQ(WEXITSTATUS(joining.Stop()), 0) << joining.Output();
 }
 
 TEST_F(ServerTest, ShutdownAnswersRequestsAlreadyRead) {
