@@ -800,9 +800,14 @@ absl::Status Node::Start() {
     if (status.ok() && held != nullptr && held->state == control::MemberState::kJoining) {
       // Joining an existing cluster, it takes the writes of the keys it is
       // taking on while it fills, and serves its clients as a gateway: it
-      // accepts now. (A new cluster's first node has no peers, and owns no
-      // keys until it is active.)
-      if (!options_.seeds.empty()) status = AcceptConnections();
+      // accepts now. (A new cluster's first node has no other member, and
+      // owns no keys until it is active.)
+      const bool others = std::any_of(
+          config->members.begin(), config->members.end(), [this](const auto& entry) {
+            return entry.first != cluster_->node_id() &&
+                   entry.second.state != control::MemberState::kRemoved;
+          });
+      if (others) status = AcceptConnections();
       if (status.ok()) status = FinishJoin(absl::Now() + options_.join_timeout);
       if (status.ok()) {
         Log(Level::kInfo, "active in the cluster at epoch %d",

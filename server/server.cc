@@ -35,15 +35,16 @@ std::string AddressText(const sockaddr_in& address) {
 // same user, so a second logkvd would silently split the traffic. A plain
 // bind first proves the port is free of every other program. Two logkvd
 // started at once could both pass that proof before either binds: each
-// also takes a lock of the address, a Unix socket in the abstract namespace
+// also takes a lock of the port, a Unix socket in the abstract namespace
 // named after it (the network namespace's, as the port is), which the
-// kernel releases when the process ends. Returns the lock's descriptor.
+// kernel releases when the process ends. Of the port, whatever the host:
+// 0.0.0.0:P and 127.0.0.1:P share it too. Returns the lock's descriptor.
 absl::StatusOr<int> LockPort(const sockaddr_in& address) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   sockaddr_un name{};
   name.sun_family = AF_UNIX;
-  const std::string lock = absl::StrCat("logkv-listen-", AddressText(address));
+  const std::string lock = absl::StrCat("logkv-listen-port-", ntohs(address.sin_port));
   std::memcpy(name.sun_path + 1, lock.data(), std::min(lock.size(), sizeof(name.sun_path) - 1));
   const socklen_t length = static_cast<socklen_t>(
       offsetof(sockaddr_un, sun_path) + 1 + std::min(lock.size(), sizeof(name.sun_path) - 1));
@@ -52,7 +53,7 @@ absl::StatusOr<int> LockPort(const sockaddr_in& address) {
     ::close(fd);
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", AddressText(address), ": ", std::strerror(error),
-        error == EADDRINUSE ? " (port in use by another logkvd)" : ""));
+        error == EADDRINUSE ? " (port in use by another logkvd, or given twice)" : ""));
   }
   return fd;
 }

@@ -222,7 +222,7 @@ class Server {
   bool LoopsRespond(absl::Duration timeout);
 
  private:
-  // Takes the address's lock (no other logkvd listens there, or starts to)
+  // Takes the port's lock (no other logkvd listens on it, or starts to)
   // and checks that no other program does.
   absl::Status ClaimPort(const sockaddr_in& address);
 

@@ -1824,6 +1824,9 @@ TEST_F(ClusterTest, AJoinThatFillsItsDiskExitsSayingWhyAndFinishesOnceThereIsRoo
   RecordProperty("seed", std::to_string(seed));
   ASSERT_OK(StartCluster(3, 3, [](ClusterOptions& options) {
     options.extra_flags.push_back("--join_timeout_ms=12000");
+    // The join gives up after 12 s of trying, which on a loaded machine
+    // can take the start past the usual 20 s: the start is given more.
+    options.start_timeout = absl::Seconds(45);
   }));
   // The next node's data directory (ClusterProcess names it by node id).
   const std::string next_dir =

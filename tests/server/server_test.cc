@@ -731,14 +731,14 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     EXPECT_FALSE(second.Start().ok());
     EXPECT_NE(second.Output().find("port in use"), std::string::npos) << second.Output();
   }
-  {  // Another logkvd is starting on the address: it holds the address's
-     // lock (an abstract Unix socket), its socket not yet bound.
+  {  // Another logkvd is starting on the port: it holds the port's lock
+     // (an abstract Unix socket), its socket not yet bound.
     const int port = PickFreePort();
     const int lock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(lock, 0);
     sockaddr_un name{};
     name.sun_family = AF_UNIX;
-    const std::string lock_name = absl::StrCat("logkv-listen-127.0.0.1:", port);
+    const std::string lock_name = absl::StrCat("logkv-listen-port-", port);
     std::memcpy(name.sun_path + 1, lock_name.data(), lock_name.size());
     ASSERT_EQ(::bind(lock, reinterpret_cast<const sockaddr*>(&name),
                      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
@@ -825,7 +825,12 @@ TEST_F(ServerTest, TheFirstConnectionAJoiningNodeAcceptsIsServed) {
   ASSERT_TRUE(joining.Launch().ok());
   absl::StatusOr<RawConnection> c = RawConnection::Connect(port, absl::Seconds(20));
   ASSERT_TRUE(c.ok()) << c.status() << joining.Output();
-  const std::string answer = Call(*c, PutFrame(1, "joined", "write"), 1);
+  // Answered once the node has joined the control plane (Raft's log sent
+  // to it): more than Call's 10 s on a loaded machine.
+  ASSERT_TRUE(c->SendBytes(PutFrame(1, "joined", "write")).ok());
+  absl::StatusOr<std::string> read = c->ReadFrame(absl::Seconds(60));
+  ASSERT_TRUE(read.ok()) << read.status() << joining.Output();
+  const std::string answer = *read;
   EXPECT_EQ(CodeOf(answer), p::StatusCode::Ok)
       << (AsResponse(answer) != nullptr && AsResponse(answer)->message() != nullptr
               ? AsResponse(answer)->message()->str()
