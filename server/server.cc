@@ -8,9 +8,9 @@
 #include <uv.h>
 
 #include <algorithm>
-#include <cstddef>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 
