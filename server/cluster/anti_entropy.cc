@@ -174,6 +174,8 @@ struct AntiEntropy::Round {
   std::string address;
   std::shared_ptr<const Ring> ring;  // null: every key is owned by both sides
   bool hand_off = false;  // pushes only (this node is leaving; ring is without it)
+  // A fill's: no request is sent after it, and none waits past it.
+  absl::Time deadline = absl::InfiniteFuture();
   uint32_t partitions = 0;
   uint32_t leaves = 0;
   AntiEntropyFigures figures;
@@ -406,11 +408,14 @@ absl::Status AntiEntropy::Fill(std::shared_ptr<const Ring> ring,
     if (it == live.end()) {
       return absl::UnavailableError(absl::StrCat("cannot fill from ", peer, ": it is not alive"));
     }
-    if (absl::Now() >= deadline) {
+    // A background round runs to its end: the fill waits for it no longer
+    // than its deadline.
+    if (!LockRoundsBefore(deadline)) {
       return absl::DeadlineExceededError("the fill did not reach every owner in time");
     }
-    absl::MutexLock lock(&round_mu_);
-    absl::StatusOr<AntiEntropyFigures> figures = RunRound(peer, it->second, ring);
+    absl::StatusOr<AntiEntropyFigures> figures =
+        RunRound(peer, it->second, ring, /*hand_off=*/false, deadline);
+    round_mu_.Unlock();
     if (!figures.ok()) return figures.status();
     pulled += figures->keys_pulled;
   }
@@ -419,10 +424,20 @@ absl::Status AntiEntropy::Fill(std::shared_ptr<const Ring> ring,
   return absl::OkStatus();
 }
 
+bool AntiEntropy::LockRoundsBefore(absl::Time deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  while (!round_mu_.TryLock()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  if (absl::Now() < deadline) return true;
+  round_mu_.Unlock();
+  return false;
+}
+
 absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer_id,
                                                          const std::string& address,
                                                          std::shared_ptr<const Ring> ring,
-                                                         bool hand_off) {
+                                                         bool hand_off, absl::Time deadline) {
   round_mu_.AssertHeld();  // rounds take turns
   assert(peer_id != self_);
   Round round;
@@ -430,6 +445,7 @@ absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer
   round.address = address;
   round.ring = ring != nullptr ? std::move(ring) : (ring_ ? ring_() : nullptr);
   round.hand_off = hand_off;
+  round.deadline = deadline;
   round.partitions = engine_->MerklePartitionCount();
   round.leaves = engine_->MerkleLeafCount();
   const absl::Time start = absl::Now();
@@ -476,11 +492,15 @@ void AntiEntropy::Account(const AntiEntropyFigures& round) {
 
 absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_frame) {
   if (worker_.stopping()) return absl::CancelledError("anti-entropy is stopping");
+  const absl::Duration left = round->deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError("the round ran out of time");
+  }
   const uint64_t sent_bytes = request_frame.size();
   round->figures.requests += 1;
   round->figures.bytes_sent += sent_bytes;
-  absl::StatusOr<std::string> answer =
-      SendAndWait(send_, round->address, std::move(request_frame), options_.request_timeout);
+  absl::StatusOr<std::string> answer = SendAndWait(send_, round->address, std::move(request_frame),
+                                                   std::min(options_.request_timeout, left));
   if (!answer.ok()) {
     Throttle(sent_bytes);
     return answer.status();

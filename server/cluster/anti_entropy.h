@@ -197,12 +197,16 @@ class AntiEntropy {
   void PassTask();
   // A pass over every live peer; true when every round succeeded.
   bool Pass();
-  // ring: ownership to use (null: the current ring); hand_off: push only.
+  // ring: ownership to use (null: the current ring); hand_off: push only;
+  // deadline: no request is sent after it, none waits past it.
   absl::StatusOr<AntiEntropyFigures> RunRound(const std::string& peer_id,
                                               const std::string& address,
                                               std::shared_ptr<const Ring> ring = nullptr,
-                                              bool hand_off = false)
+                                              bool hand_off = false,
+                                              absl::Time deadline = absl::InfiniteFuture())
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(round_mu_);
+  // Takes round_mu_ (another round may hold it) unless deadline passes first.
+  bool LockRoundsBefore(absl::Time deadline) ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true, round_mu_);
   absl::Status CompareTrees(Round* round);
   absl::Status ComparePartition(Round* round, uint32_t partition,
                                 const std::vector<uint32_t>& leaves);

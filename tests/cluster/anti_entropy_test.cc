@@ -381,6 +381,45 @@ TEST_F(AntiEntropyTest, PullFillsAWipedNode) {
   EXPECT_GT(totals.repair_keys_per_second, 0);
 }
 
+// A fill (a joining node's) keeps to its deadline: no request waits past it
+// (each is given the time left, not the request timeout), none is sent once
+// it has passed.
+TEST_F(AntiEntropyTest, AFillAsksNothingPastItsDeadline) {
+  for (int i = 0; i < 100; ++i) Put(a_.get(), Key(i), Value(i));
+  absl::Mutex mu;
+  std::vector<absl::Duration> timeouts;
+  PeerSendFunction sender = network_.Sender();
+  PeerSendFunction recording = [&](const std::string& address, std::string frame,
+                                   absl::Duration timeout, PeerTransport::Callback done) {
+    {
+      absl::MutexLock lock(&mu);
+      timeouts.push_back(timeout);
+    }
+    sender(address, std::move(frame), timeout, std::move(done));
+  };
+  AntiEntropyOptions options = TestOptions();
+  options.request_timeout = absl::Hours(1);
+  AntiEntropy filling(b_->engine.get(), recording, [] { return std::shared_ptr<const Ring>(); },
+                      [this] { return Members(); }, "b", nullptr, options);
+  const absl::Time deadline = absl::Now() + absl::Minutes(1);
+  const absl::Status filled = filling.Fill(nullptr, {"a"}, deadline);
+  ASSERT_TRUE(filled.ok()) << filled;
+  EXPECT_EQ(b_->engine->GetStats().keys, 100u);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_FALSE(timeouts.empty());
+    for (const absl::Duration timeout : timeouts) {
+      EXPECT_LE(timeout, absl::Minutes(1));
+      EXPECT_GT(timeout, absl::ZeroDuration());
+    }
+    timeouts.clear();
+  }
+  const absl::Status late = filling.Fill(nullptr, {"a"}, absl::Now() - absl::Seconds(1));
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(timeouts.empty());
+}
+
 TEST_F(AntiEntropyTest, LargeValuesArePulledAcrossSeveralAnswers) {
   // 200 values of 100 KB: 20 MB, far over what one ReadRecords answer
   // carries (a few MiB); the rest come from further requests in the round.
