@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "protocol/version.h"
 #include "server/auth/admission.h"
@@ -798,14 +799,15 @@ absl::Status Node::Start() {
     const std::shared_ptr<const control::ClusterConfig> config = control_->config();
     const control::Member* held = config->Find(cluster_->node_id());
     if (status.ok() && held != nullptr && held->state == control::MemberState::kJoining) {
-      // Joining an existing cluster, it takes the writes of the keys it is
-      // taking on while it fills, and serves its clients as a gateway: it
-      // accepts now. (A new cluster's first node has no other member, and
-      // owns no keys until it is active.)
+      // Joining a cluster whose keys others own, it takes the writes of the
+      // keys it is taking on while it fills, and serves its clients as a
+      // gateway: it accepts now. (Where no other member owns keys, as for a
+      // new cluster's first node, it would only refuse them until active.)
       const bool others = std::any_of(
           config->members.begin(), config->members.end(), [this](const auto& entry) {
             return entry.first != cluster_->node_id() &&
-                   entry.second.state != control::MemberState::kRemoved;
+                   (entry.second.state == control::MemberState::kActive ||
+                    entry.second.state == control::MemberState::kLeaving);
           });
       if (others) status = AcceptConnections();
       if (status.ok()) status = FinishJoin(absl::Now() + options_.join_timeout);

@@ -4,6 +4,7 @@
 #include <cassert>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/cluster/replica.h"
@@ -176,6 +177,8 @@ struct AntiEntropy::Round {
   bool hand_off = false;  // pushes only (this node is leaving; ring is without it)
   // A fill's: no request is sent after it, and none waits past it.
   absl::Time deadline = absl::InfiniteFuture();
+  // The background pass's: it ends at its next request while a fill runs.
+  bool yields_to_fills = false;
   uint32_t partitions = 0;
   uint32_t leaves = 0;
   AntiEntropyFigures figures;
@@ -308,10 +311,12 @@ bool AntiEntropy::Pass() {
   for (const Member& member : live_members_()) {
     if (member.node_id == self_ || member.state != MemberState::kAlive) continue;
     if (worker_.stopping()) return false;
+    if (fills_running_.load(std::memory_order_relaxed) > 0) return false;  // the next pass
     absl::StatusOr<AntiEntropyFigures> round;
     {
       absl::MutexLock lock(&round_mu_);
-      round = RunRound(member.node_id, member.address);
+      round = RunRound(member.node_id, member.address, /*ring=*/nullptr, /*hand_off=*/false,
+                       absl::InfiniteFuture(), /*yields_to_fills=*/true);
     }
     if (!round.ok()) {
       all_ok = false;
@@ -401,6 +406,8 @@ absl::Status AntiEntropy::Fill(std::shared_ptr<const Ring> ring,
                                const std::vector<std::string>& peers, absl::Time deadline) {
   std::map<std::string, std::string> live;  // node id -> address
   for (const Member& member : live_members_()) live[member.node_id] = member.address;
+  fills_running_.fetch_add(1, std::memory_order_relaxed);
+  absl::Cleanup done = [this] { fills_running_.fetch_sub(1, std::memory_order_relaxed); };
   uint64_t pulled = 0;
   for (const std::string& peer : peers) {
     if (peer == self_) continue;
@@ -437,7 +444,8 @@ bool AntiEntropy::LockRoundsBefore(absl::Time deadline) ABSL_NO_THREAD_SAFETY_AN
 absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer_id,
                                                          const std::string& address,
                                                          std::shared_ptr<const Ring> ring,
-                                                         bool hand_off, absl::Time deadline) {
+                                                         bool hand_off, absl::Time deadline,
+                                                         bool yields_to_fills) {
   round_mu_.AssertHeld();  // rounds take turns
   assert(peer_id != self_);
   Round round;
@@ -446,6 +454,7 @@ absl::StatusOr<AntiEntropyFigures> AntiEntropy::RunRound(const std::string& peer
   round.ring = ring != nullptr ? std::move(ring) : (ring_ ? ring_() : nullptr);
   round.hand_off = hand_off;
   round.deadline = deadline;
+  round.yields_to_fills = yields_to_fills;
   round.partitions = engine_->MerklePartitionCount();
   round.leaves = engine_->MerkleLeafCount();
   const absl::Time start = absl::Now();
@@ -492,6 +501,9 @@ void AntiEntropy::Account(const AntiEntropyFigures& round) {
 
 absl::StatusOr<std::string> AntiEntropy::Call(Round* round, std::string request_frame) {
   if (worker_.stopping()) return absl::CancelledError("anti-entropy is stopping");
+  if (round->yields_to_fills && fills_running_.load(std::memory_order_relaxed) > 0) {
+    return absl::AbortedError("a fill (a joining node's) goes first");
+  }
   const absl::Duration left = round->deadline - absl::Now();
   if (left <= absl::ZeroDuration()) {
     return absl::DeadlineExceededError("the round ran out of time");

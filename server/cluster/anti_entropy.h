@@ -198,12 +198,14 @@ class AntiEntropy {
   // A pass over every live peer; true when every round succeeded.
   bool Pass();
   // ring: ownership to use (null: the current ring); hand_off: push only;
-  // deadline: no request is sent after it, none waits past it.
+  // deadline: no request is sent after it, none waits past it;
+  // yields_to_fills: the round ends at its next request while a fill runs.
   absl::StatusOr<AntiEntropyFigures> RunRound(const std::string& peer_id,
                                               const std::string& address,
                                               std::shared_ptr<const Ring> ring = nullptr,
                                               bool hand_off = false,
-                                              absl::Time deadline = absl::InfiniteFuture())
+                                              absl::Time deadline = absl::InfiniteFuture(),
+                                              bool yields_to_fills = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(round_mu_);
   // Takes round_mu_ (another round may hold it) unless deadline passes first.
   bool LockRoundsBefore(absl::Time deadline) ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true, round_mu_);
@@ -252,6 +254,9 @@ class AntiEntropy {
 
   // Held for the length of a round: rounds take turns.
   absl::Mutex round_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Fills running (a joining node's): the background pass yields to them,
+  // ending its round at its next request and starting no other.
+  std::atomic<int> fills_running_{0};
 
   mutable absl::Mutex mu_;
   // A ring change since the pass in progress started.

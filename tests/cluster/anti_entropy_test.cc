@@ -16,12 +16,14 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "protocol/frame.h"
@@ -418,6 +420,37 @@ TEST_F(AntiEntropyTest, AFillAsksNothingPastItsDeadline) {
   EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
   absl::MutexLock lock(&mu);
   EXPECT_TRUE(timeouts.empty());
+}
+
+// A fill waits for a round in progress no longer than its deadline: here a
+// round whose peer does not answer holds the rounds' turn, and the fill
+// gives up at its deadline (it would otherwise wait for that round, and
+// then succeed).
+TEST_F(AntiEntropyTest, AFillWaitsForARoundInProgressNoLongerThanItsDeadline) {
+  for (int i = 0; i < 10; ++i) Put(a_.get(), Key(i), Value(i));
+  absl::Notification answering;
+  absl::Notification held;
+  PeerSendFunction sender = network_.Sender();
+  PeerSendFunction stalling = [&](const std::string& address, std::string frame,
+                                  absl::Duration timeout, PeerTransport::Callback done) {
+    if (!held.HasBeenNotified()) {  // the round's first request
+      held.Notify();
+      answering.WaitForNotificationWithTimeout(absl::Seconds(60));  // bounded
+    }
+    sender(address, std::move(frame), timeout, std::move(done));
+  };
+  AntiEntropy ae(b_->engine.get(), stalling, [] { return std::shared_ptr<const Ring>(); },
+                 [this] { return Members(); }, "b", nullptr, TestOptions());
+  std::thread round([&] { (void)ae.RunOnce("a"); });
+  held.WaitForNotification();  // the round holds the turn, its first request unanswered
+  const absl::Status filled = ae.Fill(nullptr, {"a"}, absl::Now() + absl::Milliseconds(200));
+  answering.Notify();
+  round.join();
+  EXPECT_EQ(filled.code(), absl::StatusCode::kDeadlineExceeded) << filled;
+  // Given up waiting for the turn, not after it (a round of its own cut
+  // short at its first request).
+  EXPECT_TRUE(absl::StrContains(filled.message(), "did not reach every owner in time"))
+      << filled;
 }
 
 TEST_F(AntiEntropyTest, LargeValuesArePulledAcrossSeveralAnswers) {
