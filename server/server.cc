@@ -44,10 +44,11 @@ absl::StatusOr<int> LockPort(const sockaddr_in& address) {
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   sockaddr_un name{};
   name.sun_family = AF_UNIX;
+  // At most 23 bytes: the name fits sun_path (108) after its leading NUL.
   const std::string lock = absl::StrCat("logkv-listen-port-", ntohs(address.sin_port));
-  std::memcpy(name.sun_path + 1, lock.data(), std::min(lock.size(), sizeof(name.sun_path) - 1));
-  const socklen_t length = static_cast<socklen_t>(
-      offsetof(sockaddr_un, sun_path) + 1 + std::min(lock.size(), sizeof(name.sun_path) - 1));
+  std::memcpy(name.sun_path + 1, lock.data(), lock.size());
+  const socklen_t length =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + lock.size());
   if (::bind(fd, reinterpret_cast<const sockaddr*>(&name), length) != 0) {
     const int error = errno;
     ::close(fd);
@@ -149,34 +150,22 @@ absl::Status Server::Start() {
 
 absl::Status Server::StartAccepting() {
   if (config_.accept_at_start) return absl::OkStatus();
+  // Shared with the tasks, which may run after this returns.
   struct Outcome {
     absl::Mutex mu;
-    size_t left ABSL_GUARDED_BY(mu);
     absl::Status status ABSL_GUARDED_BY(mu);
   };
   auto outcome = std::make_shared<Outcome>();
-  {
-    absl::MutexLock lock(&outcome->mu);
-    outcome->left = loops_.size();
-  }
-  for (auto& loop : loops_) {
-    loop->Post([outcome](net::Loop& l) {
-      absl::Status status = l.stopping() ? absl::CancelledError("the server is stopping")
-                                         : l.Listen();
-      absl::MutexLock lock(&outcome->mu);
-      outcome->status.Update(status);
-      --outcome->left;
-    });
-  }
+  const bool ran = RunOnEveryLoop(
+      [outcome](net::Loop& loop) {
+        absl::Status status =
+            loop.stopping() ? absl::CancelledError("the server is stopping") : loop.Listen();
+        absl::MutexLock lock(&outcome->mu);
+        outcome->status.Update(status);
+      },
+      absl::Seconds(30));
+  if (!ran) return absl::DeadlineExceededError("the server's loops did not start accepting in 30 s");
   absl::MutexLock lock(&outcome->mu);
-  // A loop that shut down before running its task never does: bounded.
-  // (The condition runs with outcome->mu held, which the analysis cannot see.)
-  if (!outcome->mu.AwaitWithTimeout(
-          absl::Condition(+[](Outcome* o) ABSL_NO_THREAD_SAFETY_ANALYSIS { return o->left == 0; },
-                          outcome.get()),
-          absl::Seconds(30))) {
-    return absl::DeadlineExceededError("the server's loops did not start accepting in 30 s");
-  }
   return outcome->status;
 }
 
@@ -202,22 +191,29 @@ void Server::RecheckSessions() {
   for (auto& loop : loops_) loop->Post([](net::Loop& l) { l.RecheckSessions(); });
 }
 
-bool Server::LoopsRespond(absl::Duration timeout) {
+bool Server::RunOnEveryLoop(std::function<void(net::Loop&)> task, absl::Duration timeout) {
   if (loops_.empty()) return false;
   // Shared with the tasks, which may run (or be dropped by a closing loop)
   // after this returns.
   struct Pending {
     std::atomic<size_t> left;
     absl::Notification answered;
+    std::function<void(net::Loop&)> task;
   };
   auto pending = std::make_shared<Pending>();
   pending->left.store(loops_.size());
+  pending->task = std::move(task);
   for (auto& loop : loops_) {
-    loop->Post([pending](net::Loop&) {
+    loop->Post([pending](net::Loop& l) {
+      pending->task(l);
       if (pending->left.fetch_sub(1) == 1) pending->answered.Notify();
     });
   }
   return pending->answered.WaitForNotificationWithTimeout(timeout);
+}
+
+bool Server::LoopsRespond(absl::Duration timeout) {
+  return RunOnEveryLoop([](net::Loop&) {}, timeout);
 }
 
 }  // namespace logkv::server

@@ -222,6 +222,9 @@ class Server {
   bool LoopsRespond(absl::Duration timeout);
 
  private:
+  // Runs task on every loop's thread; true when each ran it within timeout
+  // (it may still run later). Any thread but a loop's.
+  bool RunOnEveryLoop(std::function<void(net::Loop&)> task, absl::Duration timeout);
   // Takes the port's lock (no other logkvd listens on it, or starts to)
   // and checks that no other program does.
   absl::Status ClaimPort(const sockaddr_in& address);
