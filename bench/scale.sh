@@ -54,12 +54,13 @@ bench=${LOGKV_BENCH:-$root/build-release/bin/logkv-bench}
 logkvd_ref=${LOGKVD_REF:-}
 read -r -a logkvd_extra_args <<<"${LOGKVD_ARGS-}"
 reps=${REPS:-2}
-case ${KEYS:-1M} in
-  *M) keys=$((${KEYS%M} * 1000000)) ;;
-  *k) keys=$((${KEYS%k} * 1000)) ;;
-  *) keys=${KEYS:-1000000} ;;
+keys_arg=${KEYS:-1M}
+case $keys_arg in
+  *M) keys=$((${keys_arg%M} * 1000000)) ;;
+  *k) keys=$((${keys_arg%k} * 1000)) ;;
+  *) keys=$keys_arg ;;
 esac
-[[ $keys =~ ^[1-9][0-9]*$ ]] || die "KEYS must be a number, or one with k or M, not '$KEYS'"
+[[ $keys =~ ^[1-9][0-9]*$ ]] || die "KEYS must be a number, or one with k or M, not '$keys_arg'"
 # 2K writes over a key space of K/(1-e^-2) leave about K distinct keys.
 keyspace=$(awk -v k="$keys" 'BEGIN { printf "%d", k / (1 - exp(-2)) + 0.5 }')
 writes=$((2 * keyspace))
