@@ -2,6 +2,7 @@
 //
 //   scale_bench --scan   [--sizes=100000,1000000,5000000] [--pages=200]
 //   scale_bench --refill [--sizes=100000,1000000]
+//   scale_bench --own    [--sizes=100000,1000000,5000000] [--own-keys=50000]
 //
 // Each size gets a fresh store (2 shards, as logkvd on 2 cores; Merkle trees 64 x 1024 as
 // logkvd's; fsync never) filled in random order with 16-byte keys (the number n as 16 hex
@@ -28,6 +29,14 @@
 // Then a drift round: one new key on a in each of the 64 Merkle partitions and one more
 // round (what a round under a write load meets: most partitions differ by a few keys);
 // its time, and a's share of it answering MerkleLeaf.
+//
+// --own, per size: --own-keys more keys under a prefix of the store's own ("\0hint/", as
+// logkvd's hinted handoff), read in pages of 10,000 the way logkvd reads them at start-up
+// (ScanOptions::build_key_order false: a store clients never scan stays unordered), in two
+// stores filled alike: one whose Options::ordered_prefixes names that prefix (as logkvd's
+// does), and one without (the reference: every page walks every key). With the ordered prefix
+// a page costs its own keys' reads (Gets of their values, dearer in a larger index as every
+// Get is); walked, a pass over every key besides.
 //
 // The sources build against the engine's public API and the cluster library only, so the
 // same file compiled at an older commit measures the code before a change.
@@ -93,7 +102,7 @@ struct Store {
   std::string dir;
   std::unique_ptr<engine::Engine> engine;
 
-  explicit Store(const std::string& name) {
+  explicit Store(const std::string& name, std::vector<std::string> ordered_prefixes = {}) {
     const char* tmp = std::getenv("TMPDIR");
     std::string pattern = absl::StrFormat("%s/scale_bench.%s.XXXXXX", tmp ? tmp : "/tmp", name);
     if (mkdtemp(pattern.data()) == nullptr) Die(absl::InternalError("mkdtemp"), "temp dir");
@@ -104,6 +113,7 @@ struct Store {
     options.fsync = engine::FsyncPolicy::kNever;
     options.background_threads = false;
     options.log = [](engine::LogLevel, absl::string_view) {};
+    options.ordered_prefixes = std::move(ordered_prefixes);
     auto opened = engine::Engine::Open(options);
     if (!opened.ok()) Die(opened.status(), "open");
     engine = *std::move(opened);
@@ -203,6 +213,49 @@ void RunScan(const std::vector<uint64_t>& sizes, int pages) {
                 page1000, get100, pass, page100 / get100, pass / page100,
                 static_cast<double>(unscanned.index_bytes) / static_cast<double>(unscanned.keys),
                 static_cast<double>(stats.index_bytes) / static_cast<double>(stats.keys));
+    std::fflush(stdout);
+  }
+}
+
+void RunOwn(const std::vector<uint64_t>& sizes, uint64_t own_keys) {
+  const std::string prefix("\0hint/", 6);
+  std::printf("| keys | own keys | pages | ordered ms | walked ms | walked/ordered |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- |\n");
+  for (const uint64_t n : sizes) {
+    double ms[2];
+    uint64_t pages = 0;
+    for (const bool ordered : {true, false}) {
+      Store store(ordered ? "own-ordered" : "own-walked",
+                  ordered ? std::vector<std::string>{prefix} : std::vector<std::string>{});
+      engine::Engine* engine = store.engine.get();
+      Fill(engine, n, n);
+      for (uint64_t i = 0; i < own_keys; ++i) {
+        std::string key = prefix;
+        for (int b = 7; b >= 0; --b) key.push_back(static_cast<char>((i >> (8 * b)) & 0xff));
+        if (!engine->Put(key, std::string(100, 'h')).ok()) Die(absl::InternalError("put"), "put");
+      }
+      engine::ScanOptions options;
+      options.prefix = prefix;
+      options.limit = engine::kMaxScanLimit;
+      options.build_key_order = false;
+      uint64_t read = 0;
+      pages = 0;
+      const double start = ThreadCpuSeconds();
+      while (true) {
+        absl::StatusOr<engine::ScanResult> page = engine->Scan(options);
+        if (!page.ok()) Die(page.status(), "scan");
+        read += page->items.size();
+        ++pages;
+        if (page->next_cursor.empty()) break;
+        options.after_key = page->next_cursor;
+      }
+      ms[ordered ? 0 : 1] = (ThreadCpuSeconds() - start) * 1e3;
+      if (read != own_keys) {
+        Die(absl::InternalError(absl::StrCat("read ", read, " of ", own_keys)), "own scan");
+      }
+    }
+    std::printf("| %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %.1f | %.1f | %.1f |\n", n, own_keys,
+                pages, ms[0], ms[1], ms[1] / ms[0]);
     std::fflush(stdout);
   }
 }
@@ -335,6 +388,8 @@ int Main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   bool scan = false;
   bool refill = false;
+  bool own = false;
+  uint64_t own_keys = 50'000;
   std::vector<uint64_t> sizes;
   int pages = 200;
   for (int i = 1; i < argc; ++i) {
@@ -343,6 +398,13 @@ int Main(int argc, char** argv) {
       scan = true;
     } else if (arg == "--refill") {
       refill = true;
+    } else if (arg == "--own") {
+      own = true;
+    } else if (arg.rfind("--own-keys=", 0) == 0) {
+      if (!absl::SimpleAtoi(arg.substr(11), &own_keys) || own_keys == 0) {
+        std::fprintf(stderr, "scale_bench: bad --own-keys\n");
+        return 2;
+      }
     } else if (arg.rfind("--sizes=", 0) == 0) {
       for (absl::string_view part : absl::StrSplit(arg.substr(8), ',')) {
         uint64_t size;
@@ -359,21 +421,23 @@ int Main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: scale_bench --scan|--refill [--sizes=N,N,...] [--pages=N]\n");
+                   "usage: scale_bench --scan|--refill|--own [--sizes=N,N,...] [--pages=N] "
+                   "[--own-keys=N]\n");
       return 2;
     }
   }
-  if (scan == refill) {
-    std::fprintf(stderr, "scale_bench: one of --scan and --refill\n");
+  if (int{scan} + int{refill} + int{own} != 1) {
+    std::fprintf(stderr, "scale_bench: one of --scan, --refill and --own\n");
     return 2;
   }
   if (sizes.empty()) {
-    sizes = scan ? std::vector<uint64_t>{100'000, 1'000'000, 5'000'000}
-                 : std::vector<uint64_t>{100'000, 1'000'000};
+    sizes = refill ? std::vector<uint64_t>{100'000, 1'000'000}
+                   : std::vector<uint64_t>{100'000, 1'000'000, 5'000'000};
   }
   const double start = WallSeconds();
   if (scan) RunScan(sizes, pages);
   if (refill) RunRefill(sizes);
+  if (own) RunOwn(sizes, own_keys);
   std::fprintf(stderr, "scale_bench: %.1f s\n", WallSeconds() - start);
   return 0;
 }

@@ -102,6 +102,9 @@ absl::Status ValidateOptions(const Options& o) {
     return bad("sweep and compaction check intervals must be positive");
   }
   if (o.tombstone_grace_ms < 0) return bad("tombstone_grace_ms must not be negative");
+  for (const std::string& prefix : o.ordered_prefixes) {
+    if (prefix.empty()) return bad("ordered_prefixes must not hold an empty prefix");
+  }
   if (!(o.checkpoint_ratio >= 0 && o.checkpoint_ratio <= 1e6)) {
     return bad("checkpoint_ratio must be in [0, 1e6] (0: no checkpoints)");
   }

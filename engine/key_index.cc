@@ -31,9 +31,15 @@ struct SortItem {
 
 }  // namespace
 
-KeyIndex::KeyIndex(int group_bits)
+KeyIndex::KeyIndex(int group_bits, std::vector<std::string> ordered_prefixes)
     : group_bits_(std::clamp(group_bits, 0, kMaxGroupBits)),
-      order_(KeyLess{this}, CountingAllocator<uint32_t>(&order_bytes_)) {
+      order_(KeyLess{this}, CountingAllocator<uint32_t>(&order_bytes_)),
+      ordered_prefixes_(std::move(ordered_prefixes)),
+      prefix_order_(KeyLess{this}, CountingAllocator<uint32_t>(&order_bytes_)) {
+  for (const std::string& prefix : ordered_prefixes_) {
+    assert(!prefix.empty());
+    if (!prefix.empty()) ordered_first_bytes_[static_cast<uint8_t>(prefix[0])] = true;
+  }
   tables_.reserve(size_t{1} << group_bits_);
   for (size_t i = 0; i < (size_t{1} << group_bits_); ++i) {
     tables_.emplace_back(0, Hash{this}, Equal{this});
@@ -89,6 +95,7 @@ uint32_t KeyIndex::TryInsert(const KeyRef& key) {
   if (id == kNoEntry) return kNoEntry;
   ++size_;
   if (ordered_) order_.insert(id);
+  if (UnderOrderedPrefix(key.key)) prefix_order_.insert(id);
   return id;
 }
 
@@ -123,6 +130,11 @@ void KeyIndex::Remove(uint32_t id) {
   const uint64_t hash = HashKey(entry.key());
   if (ordered_) {
     const size_t unordered = order_.erase(id);
+    assert(unordered == 1);
+    (void)unordered;
+  }
+  if (UnderOrderedPrefix(entry.key())) {
+    const size_t unordered = prefix_order_.erase(id);
     assert(unordered == 1);
     (void)unordered;
   }
@@ -209,6 +221,7 @@ void KeyIndex::Clear() {
   for (Table& table : tables_) Table(0, Hash{this}, Equal{this}).swap(table);
   order_.clear();
   ordered_ = false;
+  prefix_order_.clear();
   chunks_.clear();
   expiry_chunks_.clear();
   with_expiry_ = 0;

@@ -17,17 +17,21 @@
 //   bytes eight at a time) and kept from then on. Its comparisons read keys
 //   through the slab, two cache misses each, so keeping it makes an insert
 //   of a new key several times dearer: a store that is never scanned (an
-//   embedder, engine_bench) does not pay for it.
+//   embedder, engine_bench) does not pay for it. The keys under the
+//   ordered prefixes the index is made with (a server's own few keys) are
+//   kept in an order of their own from the start, so that a scan of one of
+//   those prefixes never walks, nor orders, the rest.
 //
 // Thread-safety: none; the owning shard's mutex guards it.
 #ifndef LOGKV_ENGINE_KEY_INDEX_H_
 #define LOGKV_ENGINE_KEY_INDEX_H_
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <memory>
-
+#include <string>
 #include <vector>
 
 #include "absl/container/btree_set.h"
@@ -101,7 +105,9 @@ class KeyIndex {
 
   // group_bits: how many top bits of the key hash choose the table (capped
   // at kMaxGroupBits); the shard passes the Merkle partition bits.
-  explicit KeyIndex(int group_bits = 0);
+  // ordered_prefixes: keys under these (non-empty) prefixes are kept in an
+  // order of their own from the first insert (PrefixOrderedFrom).
+  explicit KeyIndex(int group_bits = 0, std::vector<std::string> ordered_prefixes = {});
   KeyIndex(const KeyIndex&) = delete;
   KeyIndex& operator=(const KeyIndex&) = delete;
 
@@ -259,6 +265,27 @@ class KeyIndex {
   }
   OrderedIterator OrderedEnd() const { return order_.end(); }
 
+  // The keys under the ordered prefixes the index was made with are kept in
+  // an order of their own whether or not the whole order is built: each
+  // insert and removal of one updates it. A scan whose prefix lies under one
+  // of them reads only those keys, where without it a store never ordered
+  // walks every key a page (or builds the whole order). For small namespaces
+  // (a server's own keys), read at every start.
+  bool UnderOrderedPrefix(absl::string_view key) const {
+    if (key.empty() || !ordered_first_bytes_[static_cast<uint8_t>(key[0])]) return false;
+    for (const std::string& prefix : ordered_prefixes_) {
+      if (key.substr(0, prefix.size()) == prefix) return true;
+    }
+    return false;
+  }
+  // REQUIRES: UnderOrderedPrefix(key), or key is before every key under the
+  // prefix scanned. The first such id whose key is >= key (> key when
+  // after), and the end.
+  OrderedIterator PrefixOrderedFrom(absl::string_view key, bool after) const {
+    return after ? prefix_order_.upper_bound(key) : prefix_order_.lower_bound(key);
+  }
+  OrderedIterator PrefixOrderedEnd() const { return prefix_order_.end(); }
+
   // Makes room for n entries, so that loading them never rehashes (a rehash
   // reads every entry's key again to hash it).
   void Reserve(size_t n);
@@ -330,9 +357,13 @@ class KeyIndex {
   KeyArena arena_;
   std::vector<Table> tables_;  // by group
   size_t size_ = 0;            // entries in all tables
-  size_t order_bytes_ = 0;     // what order_'s nodes take
+  size_t order_bytes_ = 0;     // what order_'s and prefix_order_'s nodes take
   bool ordered_ = false;       // order_ holds every entry (and is kept)
   OrderedIds order_;
+  // The keys under ordered_prefixes_ (UnderOrderedPrefix), always kept.
+  const std::vector<std::string> ordered_prefixes_;
+  std::array<bool, 256> ordered_first_bytes_{};
+  OrderedIds prefix_order_;
 };
 
 }  // namespace logkv::engine

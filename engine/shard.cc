@@ -33,7 +33,7 @@ Shard::Shard(const ShardContext& context, uint32_t shard_id, std::string directo
       options_(*context.options),
       shard_id_(shard_id),
       directory_(std::move(directory)),
-      index_(std::countr_zero(context.merkle->partitions())) {
+      index_(std::countr_zero(context.merkle->partitions()), context.options->ordered_prefixes) {
   recent_events_.assign(std::max<uint32_t>(1, options_.feed_recent_events), FeedMark{0, 0, 0});
   for (const std::string& prefix : options_.merkle_excluded_prefixes) {
     if (prefix.empty()) {
@@ -705,9 +705,32 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
     from = options.after_key;
     after = true;
   }
+  // Keeps the matching keys of an order (the whole key order, or the
+  // ordered prefixes' own) from `from` on.
+  auto collect_in_order = [&](KeyIndex::OrderedIterator it, KeyIndex::OrderedIterator end) {
+    mu_.AssertReaderHeld();  // called with the lock held
+    for (; it != end; ++it) {
+      const IndexEntry& entry = index_.at(*it);
+      const absl::string_view key = entry.key();
+      // Keys with the prefix are one run in key order: past it, nothing else matches.
+      if (!absl::StartsWith(key, options.prefix)) break;
+      if (!options.end_key.empty() && key >= options.end_key) break;
+      // Keys come in order: once the heap is full, a key not below its top
+      // would not be kept, and neither would any after it.
+      if (heap->size() >= keep && key >= heap->top()) break;
+      if (!entry.present() || Expired(*it, now)) continue;
+      if (heap->size() >= keep) heap->pop();
+      heap->emplace(key);
+    }
+  };
   bool ordered;
   {
     absl::ReaderMutexLock lock(&mu_);
+    if (index_.UnderOrderedPrefix(options.prefix)) {
+      // Every key the scan can match is in the ordered prefixes' order.
+      collect_in_order(index_.PrefixOrderedFrom(from, after), index_.PrefixOrderedEnd());
+      return;
+    }
     ordered = index_.ordered();
   }
   if (!ordered && !options.build_key_order) {
@@ -738,19 +761,7 @@ void Shard::CollectScanKeys(const ScanOptions& options, size_t keep,
     index_.BuildOrder();
   }
   absl::ReaderMutexLock lock(&mu_);
-  for (auto it = index_.OrderedFrom(from, after); it != index_.OrderedEnd(); ++it) {
-    const IndexEntry& entry = index_.at(*it);
-    const absl::string_view key = entry.key();
-    // Keys with the prefix are one run in key order: past it, nothing else matches.
-    if (!absl::StartsWith(key, options.prefix)) break;
-    if (!options.end_key.empty() && key >= options.end_key) break;
-    // Keys come in order: once the heap is full, a key not below its top
-    // would not be kept, and neither would any after it.
-    if (heap->size() >= keep && key >= heap->top()) break;
-    if (!entry.present() || Expired(*it, now)) continue;
-    if (heap->size() >= keep) heap->pop();
-    heap->emplace(key);
-  }
+  collect_in_order(index_.OrderedFrom(from, after), index_.OrderedEnd());
 }
 
 uint64_t Shard::IndexEntries() const {

@@ -217,6 +217,10 @@ engine::Options EngineOptionsFor(const NodeOptions& o, const std::string& data_d
   // of the Merkle summary that replicas compare.
   options.merkle_excluded_prefixes = {std::string(kAuthPrefix), std::string(kHintPrefix),
                                       std::string(kClusterPrefix)};
+  // The node's own namespaces are read in pages at every start (the hints
+  // waiting for other owners, the legacy accounts): in key order from the
+  // start, so that reading them never walks the clients' keys.
+  options.ordered_prefixes = options.merkle_excluded_prefixes;
   // Tombstones are collected by the purger once every owner holds them (a
   // single node's ring has no other owner to ask), never by compaction alone.
   options.tombstone_grace_ms =

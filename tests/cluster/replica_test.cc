@@ -107,6 +107,8 @@ class Node {
     options_.fsync = fsync;
     options_.compression = compression;
     options_.background_threads = fsync == engine::FsyncPolicy::kAlways;
+    // As logkvd's engine: the hints are read at start in an order of their own.
+    options_.ordered_prefixes = {std::string(kHintPrefix)};
     Open();
   }
   ~Node() {

@@ -513,7 +513,21 @@ TEST_F(IndexSnapshotTest, ASegmentThatGrewSinceTheCloseIsNotTheOneTheSnapshotDes
 // removed, and the store opened from its hint files.
 TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   options_.shard_count = 1;
+  // The keys' own order too (Options::ordered_prefixes): what a refused
+  // snapshot loaded of it is dropped with the rest.
+  options_.ordered_prefixes = {"key-"};
   ASSERT_OK(Open());
+  // A scan in that order: every key once, in order.
+  auto check_order = [&] {
+    ScanOptions scan;
+    scan.prefix = "key-";
+    scan.limit = kMaxScanLimit;
+    scan.keys_only = true;
+    scan.build_key_order = false;
+    ASSERT_OK_AND_ASSIGN(ScanResult page, engine_->Scan(scan));
+    ASSERT_EQ(page.items.size(), static_cast<size_t>(kKeys));
+    for (int i = 0; i < kKeys; ++i) ASSERT_EQ(page.items[i].key, KeyName(i));
+  };
   // Dead records, which no entry names: room in the segment for an entry
   // twice (below).
   for (int i = 0; i < 50; ++i) {
@@ -631,6 +645,7 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
       ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), "v1") << KeyName(i);
     }
     EXPECT_EQ(engine_->GetStats().keys, static_cast<uint64_t>(kKeys));
+    ASSERT_NO_FATAL_FAILURE(check_order());
     // Closed without a write: the same segments, and a snapshot like the
     // first (the same bytes, but for the order of the segment table).
     ASSERT_NO_FATAL_FAILURE(CloseEngine());
@@ -643,6 +658,7 @@ TEST_F(IndexSnapshotTest, ADamagedSnapshotIsRefused) {
   for (int i = 0; i < kKeys; ++i) {
     ASSERT_EQ(test::GetOrStatus(engine_.get(), KeyName(i)), "v1") << KeyName(i);
   }
+  ASSERT_NO_FATAL_FAILURE(check_order());
 }
 
 TEST_F(IndexSnapshotTest, ASnapshotThatCannotBeWrittenFailsNothingAndAnUnfinishedOneIsRemoved) {

@@ -6,10 +6,13 @@
 // bytes 0x00 and 0xff, long shared prefixes, keys that are prefixes of others.
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
@@ -224,6 +227,91 @@ TEST_P(OrderedIndexTest, ScansThatDoNotBuildTheOrderMatchTheOracle) {
   build_key_order_ = false;
   Mutate(&random, 500);
   CheckScans(&random);
+}
+
+// Keys under Options::ordered_prefixes are kept in an order of their own
+// from the start: scans within one of those prefixes (whether or not they
+// may build the whole order) read that order alone and find what the oracle
+// holds, across puts, deletes, forgets, reopens and a compaction; the rest of
+// the store stays unordered until a scan outside them builds its order.
+TEST_P(OrderedIndexTest, OrderedPrefixesKeepAnOrderOfTheirOwn) {
+  const uint64_t seed = test::TestSeed();
+  SCOPED_TRACE(absl::StrCat("LOGKV_TEST_SEED=", seed));
+  Random random(seed);
+  // Prefixes that RandomKey's keys fall under (or just beside): a long
+  // shared one, one a zero byte, one that is another key's prefix plus 0xff.
+  const std::vector<std::string> ordered = {"tenant/0123456789", std::string(1, '\x00'),
+                                            "a\xff"};
+  ASSERT_OK(engine_->Close());
+  options_.ordered_prefixes = ordered;
+  ASSERT_OK(Open());
+  // The prefixes scanned: each ordered one and longer ones under them, and
+  // (beside) shorter or neighbouring ones, which take the other paths.
+  std::vector<std::string> under = ordered;
+  std::vector<std::string> beside = {"a", "tenant/"};
+  for (const std::string& prefix : ordered) {
+    under.push_back(prefix + '\x00');
+    under.push_back(prefix + 'a');
+    beside.push_back(prefix.substr(0, prefix.size() - 1));
+  }
+  under.push_back("tenant/0123456789a");
+  auto check = [&](bool build_key_order, bool beside_too = true) {
+    build_key_order_ = build_key_order;
+    for (const std::string& prefix : under) {
+      ScanOptions bounds;
+      bounds.prefix = prefix;
+      for (uint32_t limit : {1u, 3u, 50u, kMaxScanLimit}) CheckScan(bounds, limit);
+      // With a start key inside the run, and an end key.
+      bounds.start_key = prefix + '\x01';
+      CheckScan(bounds, 2);
+      bounds.end_key = prefix + 'b';
+      CheckScan(bounds, 5);
+    }
+    // One page each: without the order every page walks every key.
+    for (const std::string& prefix : beside_too ? beside : std::vector<std::string>{}) {
+      ScanOptions bounds;
+      bounds.prefix = prefix;
+      CheckScan(bounds, kMaxScanLimit);
+    }
+  };
+  Mutate(&random, 3000);
+  size_t keys_under = 0;
+  for (const std::string& key : live_) {
+    for (const std::string& prefix : ordered) keys_under += absl::StartsWith(key, prefix) ? 1 : 0;
+  }
+  ASSERT_GT(keys_under, 20u) << "the random keys should fall under the ordered prefixes";
+  const uint64_t unordered_bytes = IndexBytes();
+  check(false);
+  // Within the ordered prefixes a scan that may build the whole order
+  // leaves it unbuilt: nothing else is ordered.
+  check(true, /*beside_too=*/false);
+  EXPECT_EQ(IndexBytes(), unordered_bytes);
+  Mutate(&random, 1000);
+  check(false);
+  ASSERT_OK(Reopen());
+  check(false);
+  Mutate(&random, 1000);
+  check(true);
+  ASSERT_OK(engine_->CompactNow(/*force=*/true));
+  ASSERT_OK(Reopen());
+  check(false);
+  // A scan outside them builds the whole order; both are kept from then on.
+  build_key_order_ = true;
+  CheckScans(&random);
+  Mutate(&random, 1000);
+  check(false);
+  CheckScans(&random);
+}
+
+TEST(OrderedPrefixesTest, AnEmptyPrefixIsRefused) {
+  test::ScopedTempDir dir;
+  Options options = test::TestOptions(dir.Subdir("db"));
+  options.ordered_prefixes = {std::string("\0hint/", 6), ""};
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(options);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(engine.status())) << engine.status();
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), "ordered_prefixes"))
+      << engine.status();
 }
 
 // Merkle partitions: one (no grouping), the test default, the engine's

@@ -193,6 +193,13 @@ struct Options {
   // of MerkleLeafKeys): data that belongs to this store alone and must not
   // make replicas' trees differ.
   std::vector<std::string> merkle_excluded_prefixes;
+  // Keys under these prefixes (each non-empty) are kept in key order from
+  // the start, each insert and removal of one updating it, so that a scan
+  // whose prefix lies under one of them reads only those keys: it neither
+  // walks every key (build_key_order false, the store never ordered) nor
+  // builds the whole order. For small namespaces a server reads in pages at
+  // every start (logkvd's hinted handoff), in a store of millions of keys.
+  std::vector<std::string> ordered_prefixes;
   // Called after every fdatasync of a log segment with its duration, on the
   // syncing thread (for latency histograms). May be empty.
   std::function<void(int64_t duration_ns)> on_fsync;
