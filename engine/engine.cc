@@ -233,6 +233,9 @@ absl::Status Engine::OpenFiles() {
   auto lock = s.fs->LockFile(absl::StrCat(dir, "/", format::kLockName));
   if (!lock.ok()) return lock.status();
   s.lock = std::move(*lock);
+  if (s.options.on_locked) {
+    if (absl::Status status = s.options.on_locked(); !status.ok()) return status;
+  }
 
   Manifest manifest;
   if (s.fs->FileExists(absl::StrCat(dir, "/", format::kManifestName))) {

@@ -285,6 +285,8 @@ class KeyIndex {
     return after ? prefix_order_.upper_bound(key) : prefix_order_.lower_bound(key);
   }
   OrderedIterator PrefixOrderedEnd() const { return prefix_order_.end(); }
+  // How many keys are under the ordered prefixes.
+  size_t prefix_ordered_keys() const { return prefix_order_.size(); }
 
   // Makes room for n entries, so that loading them never rehashes (a rehash
   // reads every entry's key again to hash it).

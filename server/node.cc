@@ -840,11 +840,35 @@ absl::Status Node::Start() {
   return status;
 }
 
+std::filesystem::path Node::NodeIdFile() const {
+  return std::filesystem::path(data_dir_) / "control" / "node_id";
+}
+
+absl::StatusOr<std::string> Node::KeptNodeId() const {
+  const std::filesystem::path node_id_file = NodeIdFile();
+  std::string kept_node_id;
+  {
+    std::ifstream in(node_id_file);
+    if (in) std::getline(in, kept_node_id);
+  }
+  if (!kept_node_id.empty() && !options_.node_id.empty() && options_.node_id != kept_node_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--node_id=", options_.node_id, ", but this data directory is node ", kept_node_id,
+        "'s (", node_id_file.string(), "): start it as --node_id=", kept_node_id,
+        ", or use another data directory for a new node"));
+  }
+  return kept_node_id;
+}
+
 absl::Status Node::StartEngine() {
   absl::StatusOr<std::string> data_dir = AbsoluteDataDir(options_.data_dir);
   if (!data_dir.ok()) return data_dir.status();
   data_dir_ = *std::move(data_dir);
   engine::Options options = EngineOptionsFor(options_, data_dir_);
+  // A node id other than the one the directory keeps is refused before the
+  // open's work (at millions of keys, seconds), once the directory is this
+  // process's (another logkvd's own directory says "locked").
+  options.on_locked = [this] { return KeptNodeId().status(); };
   options.log = [](engine::LogLevel engine_level, absl::string_view message) {
     const Level mapped = engine_level == engine::LogLevel::kError     ? Level::kError
                          : engine_level == engine::LogLevel::kWarning ? Level::kWarning
@@ -1572,22 +1596,11 @@ absl::Status Node::StartClusterMember() {
   }
   // The node id is kept with the data: a node restarted on other ports
   // (its id defaulting to its address) is still the member it was.
-  const std::filesystem::path node_id_file =
-      std::filesystem::path(data_dir_) / "control" / "node_id";
-  std::string kept_node_id;
-  {
-    std::ifstream in(node_id_file);
-    if (in) std::getline(in, kept_node_id);
-  }
-  if (!kept_node_id.empty()) {
-    if (!options_.node_id.empty() && options_.node_id != kept_node_id) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "--node_id=", options_.node_id, ", but this data directory is node ", kept_node_id,
-          "'s (", node_id_file.string(), "): start it as --node_id=", kept_node_id,
-          ", or use another data directory for a new node"));
-    }
-    cluster_->SetNodeId(kept_node_id);
-  }
+  const std::filesystem::path node_id_file = NodeIdFile();
+  absl::StatusOr<std::string> kept = KeptNodeId();
+  if (!kept.ok()) return kept.status();
+  const std::string kept_node_id = *std::move(kept);
+  if (!kept_node_id.empty()) cluster_->SetNodeId(kept_node_id);
   cluster_->SetAdvertise(advertise, http_advertise);
   if (kept_node_id.empty()) {
     std::error_code error;

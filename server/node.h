@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -306,6 +307,12 @@ class Node {
   void AddRoutes();
   absl::Status StartServer();
   absl::Status StartClusterMember();
+  // data_dir/control/node_id: the node id the directory keeps (written at
+  // the node's first start).
+  std::filesystem::path NodeIdFile() const;
+  // The node id the directory keeps ("" before the first start); an error
+  // when --node_id names another.
+  absl::StatusOr<std::string> KeptNodeId() const;
   // The server accepts connections from now on (once; Start's thread).
   absl::Status AcceptConnections();
   absl::Status StartBackgroundWork();

@@ -4,6 +4,7 @@
 // is always among them, and it changes nothing in the index. And the
 // expiries kept beside the slab: what is set is read back, a removed entry's
 // id starts again without one, and memory follows the entries that have one.
+// And the keys under ordered prefixes, kept in an order of their own.
 #include "engine/key_index.h"
 
 #include <cstdint>
@@ -80,6 +81,64 @@ TEST(KeyIndexTest, ForEachCandidateAfterRemovalsShowsOnlyLiveEntries) {
     // A removed key's id is free (and not in any table) until reused.
     EXPECT_EQ(own, i % 2 == 1) << keys[i];
   }
+}
+
+// The keys under the ordered prefixes, in key order, whatever else the index
+// holds, after removals whose ids new keys reuse, and after a Clear (what a
+// refused index snapshot's partial load is undone with).
+std::vector<std::string> UnderPrefix(const KeyIndex& index, const std::string& prefix) {
+  std::vector<std::string> keys;
+  for (auto it = index.PrefixOrderedFrom(prefix, false); it != index.PrefixOrderedEnd(); ++it) {
+    const std::string key(index.at(*it).key());
+    if (key.compare(0, prefix.size(), prefix) != 0) break;
+    keys.push_back(key);
+  }
+  return keys;
+}
+
+TEST(KeyIndexTest, OrderedPrefixesKeepTheirKeysInOrderThroughRemovalsAndClear) {
+  // Two prefixes sharing a first byte, as logkvd's own do, and one nested
+  // under a shorter key of another prefix's byte.
+  const std::string hints("\0hint/", 6);
+  const std::string auth("\0auth/", 6);
+  KeyIndex index(2, {hints, auth, "p/"});
+  EXPECT_TRUE(index.UnderOrderedPrefix(hints + "x"));
+  EXPECT_TRUE(index.UnderOrderedPrefix(auth));
+  EXPECT_FALSE(index.UnderOrderedPrefix(std::string("\0t", 2) + "x"));  // a tenant's key
+  EXPECT_FALSE(index.UnderOrderedPrefix("p"));
+  EXPECT_FALSE(index.UnderOrderedPrefix(""));
+  std::vector<uint32_t> ids;
+  for (const std::string& key :
+       std::vector<std::string>{hints + "b", std::string("\0t", 2) + "1", "p/b", hints + "a",
+                                auth + "z", "q", "p/a", hints + std::string(1, '\xff')}) {
+    ids.push_back(index.Insert(Ref(key)));
+  }
+  using Keys = std::vector<std::string>;
+  EXPECT_EQ(UnderPrefix(index, hints), (Keys{hints + "a", hints + "b", hints + "\xff"}));
+  EXPECT_EQ(UnderPrefix(index, auth), (Keys{auth + "z"}));
+  EXPECT_EQ(UnderPrefix(index, "p/"), (Keys{"p/a", "p/b"}));
+  EXPECT_EQ(index.prefix_ordered_keys(), 6u);
+  // Removed, and the id reused by a key outside the prefixes, then by one
+  // inside: the order follows.
+  index.Remove(ids[0]);  // \0hint/b
+  const uint32_t reused = index.Insert(Ref("r"));
+  EXPECT_EQ(reused, ids[0]);
+  EXPECT_EQ(UnderPrefix(index, hints), (Keys{hints + "a", hints + "\xff"}));
+  EXPECT_EQ(index.prefix_ordered_keys(), 5u);
+  index.Remove(reused);
+  EXPECT_EQ(index.Insert(Ref(hints + "c")), ids[0]);
+  EXPECT_EQ(UnderPrefix(index, hints), (Keys{hints + "a", hints + "c", hints + "\xff"}));
+  // Cleared, then filled again in another order: only the new keys.
+  index.Clear();
+  EXPECT_EQ(index.prefix_ordered_keys(), 0u);
+  EXPECT_EQ(UnderPrefix(index, hints), Keys{});
+  for (const std::string& key : std::vector<std::string>{"q", "p/c", hints + "d", "p/a"}) {
+    index.Insert(Ref(key));
+  }
+  EXPECT_EQ(UnderPrefix(index, "p/"), (Keys{"p/a", "p/c"}));
+  EXPECT_EQ(UnderPrefix(index, hints), (Keys{hints + "d"}));
+  EXPECT_EQ(UnderPrefix(index, auth), Keys{});
+  EXPECT_EQ(index.prefix_ordered_keys(), 3u);
 }
 
 TEST(KeyIndexTest, ExpiriesAreKeptBesideTheSlabOnlyWhereEntriesHaveThem) {

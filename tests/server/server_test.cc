@@ -757,6 +757,36 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     EXPECT_FALSE(second.Start().ok());
     EXPECT_NE(second.Output().find("locked"), std::string::npos) << second.Output();
   }
+  {  // A directory of another node id (the default id is the listen
+     // address, and the port changed): refused before the store is opened.
+    const std::string dir = dir_.path() + "/kept-id";
+    const int first_port = PickFreePort();
+    {
+      LogkvdProcess first(LOGKVD_PATH,
+                          {"--data_dir=" + dir, absl::StrCat("--listen=127.0.0.1:", first_port)});
+      const absl::Status started = first.Start();
+      ASSERT_TRUE(started.ok()) << started << first.Output();
+      ASSERT_EQ(WEXITSTATUS(first.Stop()), 0) << first.Output();
+    }
+    int other_port = PickFreePort();
+    for (int i = 0; i < 100 && other_port == first_port; ++i) other_port = PickFreePort();
+    ASSERT_NE(other_port, first_port);
+    LogkvdProcess second(LOGKVD_PATH,
+                         {"--data_dir=" + dir, absl::StrCat("--listen=127.0.0.1:", other_port)});
+    EXPECT_FALSE(second.Start().ok());
+    EXPECT_NE(second.Output().find(absl::StrCat("this data directory is node 127.0.0.1:",
+                                                first_port)),
+              std::string::npos)
+        << second.Output();
+    EXPECT_EQ(second.Output().find("opened "), std::string::npos) << second.Output();
+    // As that node, it starts.
+    LogkvdProcess third(LOGKVD_PATH,
+                        {"--data_dir=" + dir, absl::StrCat("--listen=127.0.0.1:", other_port),
+                         absl::StrCat("--node_id=127.0.0.1:", first_port)});
+    const absl::Status started = third.Start();
+    ASSERT_TRUE(started.ok()) << started << third.Output();
+    EXPECT_EQ(WEXITSTATUS(third.Stop()), 0) << third.Output();
+  }
   {  // A public address with auth off is refused.
     LogkvdProcess second(LOGKVD_PATH,
                          {"--data_dir=" + dir_.path() + "/third", "--listen=0.0.0.0:0"});

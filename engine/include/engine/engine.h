@@ -189,6 +189,13 @@ struct Options {
   // the writing thread, outside the engine's locks (for change-feed watchers:
   // it should only note the news and wake someone). May be empty.
   std::function<void(uint32_t shard, uint64_t sequence)> on_event;
+  // Called by Open once it holds the data directory's lock, before it reads
+  // anything there; a status other than OK ends the open with that status.
+  // For what an embedder checks of its own files in the directory before
+  // the open's work (logkvd: that the node id kept there is the one asked
+  // for, which a large store would otherwise tell only after its open).
+  // May be empty.
+  std::function<absl::Status()> on_locked;
   // Keys starting with one of these are left out of the Merkle summary (and
   // of MerkleLeafKeys): data that belongs to this store alone and must not
   // make replicas' trees differ.
