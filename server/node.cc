@@ -846,15 +846,21 @@ std::filesystem::path Node::NodeIdFile() const {
 
 absl::StatusOr<std::string> Node::KeptNodeId() const {
   const std::filesystem::path node_id_file = NodeIdFile();
-  std::string kept_node_id;
+  std::string line;
   {
     std::ifstream in(node_id_file);
-    if (in) std::getline(in, kept_node_id);
+    if (in) std::getline(in, line);
   }
+  // The file is written as the id and a newline; one edited by hand may end
+  // in a carriage return or spaces, which no id the node was started with
+  // had.
+  std::string kept_node_id(absl::StripAsciiWhitespace(line));
   if (!kept_node_id.empty() && !options_.node_id.empty() && options_.node_id != kept_node_id) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "--node_id=", options_.node_id, ", but this data directory is node ", kept_node_id,
-        "'s (", node_id_file.string(), "): start it as --node_id=", kept_node_id,
+        "this node's id is ", absl::CHexEscape(options_.node_id),
+        " (--node_id; by default the --listen address), but this data directory is node ",
+        absl::CHexEscape(kept_node_id), "'s (", node_id_file.string(),
+        "): start it with --node_id=", absl::CHexEscape(kept_node_id),
         ", or use another data directory for a new node"));
   }
   return kept_node_id;

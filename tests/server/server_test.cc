@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -786,6 +787,17 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     const absl::Status started = third.Start();
     ASSERT_TRUE(started.ok()) << started << third.Output();
     EXPECT_EQ(WEXITSTATUS(third.Stop()), 0) << third.Output();
+    // The id file edited by hand, ending in a carriage return and spaces:
+    // the id is still the node's.
+    {
+      std::ofstream edited(dir + "/control/node_id", std::ios::trunc);
+      edited << "127.0.0.1:" << first_port << " \r\n";
+    }
+    LogkvdProcess fourth(LOGKVD_PATH,
+                         {"--data_dir=" + dir, absl::StrCat("--listen=127.0.0.1:", first_port)});
+    const absl::Status restarted = fourth.Start();
+    EXPECT_TRUE(restarted.ok()) << restarted << fourth.Output();
+    EXPECT_EQ(WEXITSTATUS(fourth.Stop()), 0) << fourth.Output();
   }
   {  // A public address with auth off is refused.
     LogkvdProcess second(LOGKVD_PATH,
