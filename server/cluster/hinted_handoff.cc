@@ -23,10 +23,19 @@ constexpr size_t kSequenceBytes = 8;
 constexpr uint32_t kLoadPageItems = 10'000;
 constexpr uint64_t kLoadPageBytes = 16ull << 20;
 
-void IgnoreWrite(absl::StatusOr<engine::WriteResult> result) {
-  if (!result.ok() && !absl::IsNotFound(result.status())) {
-    Log(Level::kWarning, "hinted handoff: removing a hint failed: %s",
-        result.status().ToString());
+// Removes a delivered (or dropped) hint from the engine. Forgotten, not
+// deleted: a tombstone stays in the index until compaction may drop it,
+// which a store's older segments can put off for good, so every hint ever
+// written would keep an entry (and a place in the order the load reads); a
+// Forget takes the key out of the index at once. Should it fail, the hint
+// is loaded again at the next start and delivered again, which the
+// timestamps make harmless.
+void RemoveStored(engine::Engine* engine, const std::string& key) {
+  absl::StatusOr<engine::KeyRecord> record = engine->GetRecord(key, /*with_value=*/false);
+  absl::Status status = record.status();
+  if (record.ok() && record->found) status = engine->Forget(key, record->timestamp).status();
+  if (!status.ok() && !absl::IsNotFound(status)) {
+    Log(Level::kWarning, "hinted handoff: removing a hint failed: %s", status.ToString());
   }
 }
 
@@ -225,7 +234,7 @@ void HintedHandoff::DropOldest(const std::string& target_id, Target* target, boo
   target->hints.pop_front();
   target->bytes -= oldest.bytes;
   --queued_;
-  engine_->DeleteAsync(HintKey(target_id, oldest.sequence), engine::WriteOptions{}, IgnoreWrite);
+  RemoveStored(engine_, HintKey(target_id, oldest.sequence));
   if (metrics_ != nullptr) metrics_->replica_acks_failed()->Inc();
   if (overflow && target->dropped++ % 10'000 == 0) {
     Log(Level::kWarning,
@@ -409,7 +418,7 @@ bool HintedHandoff::DeliverBatch(const std::string& target, const SendFunction& 
     t.hints.pop_front();
     t.bytes -= hint.bytes;
     --queued_;
-    engine_->DeleteAsync(HintKey(target, hint.sequence), engine::WriteOptions{}, IgnoreWrite);
+    RemoveStored(engine_, HintKey(target, hint.sequence));
   }
   t.backoff = absl::ZeroDuration();
   t.next_attempt = absl::InfinitePast();

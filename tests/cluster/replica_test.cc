@@ -615,6 +615,45 @@ TEST_F(HintedHandoffTest, BoundedQueueDropsTheOldest) {
   EXPECT_EQ(test::GetOrStatus(remote.engine(), "k5"), "v");
 }
 
+// Hints delivered, dropped for the bounds or for a member that left leave
+// nothing in the engine's index: no tombstone a hint (which compaction could
+// put off for good, one for every hint ever written), and nothing for the
+// next start's load to step over; the hints still waiting are all it holds.
+TEST_F(HintedHandoffTest, RemovedHintsLeaveNoEntryBehind) {
+  Node local(dir_.Subdir("local"), &clock_);
+  Node remote(dir_.Subdir("remote"), &clock_);
+  HintedHandoffOptions options = Options();
+  options.max_hints_per_target = 50;
+  HintedHandoff handoff(local.engine(), options, nullptr);
+  ASSERT_OK(handoff.Load());
+  for (uint64_t i = 1; i <= 80; ++i) {  // 30 dropped for the bound
+    ASSERT_OK(handoff.Enqueue("remote", Put(absl::StrCat("k", i), "v", Stamp(kMs, i))));
+  }
+  for (uint64_t i = 1; i <= 10; ++i) {
+    ASSERT_OK(handoff.Enqueue("gone", Put(absl::StrCat("g", i), "v", Stamp(kMs, i))));
+    ASSERT_OK(handoff.Enqueue("away", Put(absl::StrCat("a", i), "v", Stamp(kMs, i))));
+  }
+  engine::Stats stats = local.engine()->GetStats();
+  EXPECT_EQ(stats.keys, 70u);
+  EXPECT_EQ(stats.tombstones, 0u);
+  gone_ = {"gone"};
+  unreachable_ = {"away"};
+  EXPECT_EQ(handoff.DeliverOnce(SendTo({{"remote", &remote}}), StateOf()), 50u);
+  EXPECT_EQ(handoff.Pending("away"), 10u);
+  stats = local.engine()->GetStats();
+  EXPECT_EQ(stats.keys, 10u);
+  EXPECT_EQ(stats.tombstones, 0u);
+  // And after a restart, only the waiting hints load.
+  local.Reopen();
+  stats = local.engine()->GetStats();
+  EXPECT_EQ(stats.keys, 10u);
+  EXPECT_EQ(stats.tombstones, 0u);
+  HintedHandoff reloaded(local.engine(), options, nullptr);
+  ASSERT_OK(reloaded.Load());
+  EXPECT_EQ(reloaded.Pending("away"), 10u);
+  EXPECT_EQ(reloaded.GetFigures().queued, 10u);
+}
+
 TEST_F(HintedHandoffTest, HintsOfAMemberThatLeftAreDropped) {
   Node local(dir_.Subdir("local"), &clock_);
   HintedHandoff handoff(local.engine(), Options(), nullptr);
