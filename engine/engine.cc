@@ -660,7 +660,8 @@ absl::StatusOr<ScanResult> Engine::Scan(const ScanOptions& options) {
 }
 
 absl::StatusOr<std::vector<Event>> Engine::ReadEvents(uint32_t shard, uint64_t after_sequence,
-                                                      uint32_t limit, uint64_t max_bytes) {
+                                                      uint32_t limit, uint64_t max_bytes,
+                                                      uint64_t* read_through) {
   if (state_->closed.load(std::memory_order_relaxed)) return Closed();
   if (shard >= state_->shards.size()) {
     return absl::InvalidArgumentError(
@@ -670,7 +671,11 @@ absl::StatusOr<std::vector<Event>> Engine::ReadEvents(uint32_t shard, uint64_t a
     return absl::InvalidArgumentError(
         absl::StrCat("event limit must be in [1, ", kMaxScanLimit, "], got ", limit));
   }
-  return state_->shards[shard]->ReadEvents(after_sequence, limit, max_bytes);
+  uint64_t through = after_sequence;
+  absl::StatusOr<std::vector<Event>> events =
+      state_->shards[shard]->ReadEvents(after_sequence, limit, max_bytes, &through);
+  if (read_through != nullptr) *read_through = through;
+  return events;
 }
 
 uint64_t Engine::LastSequence(uint32_t shard) {

@@ -782,8 +782,11 @@ uint64_t Shard::ReadableThrough() {
 }
 
 absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, uint32_t limit,
-                                                     uint64_t max_bytes) {
+                                                     uint64_t max_bytes, uint64_t* read_through) {
   std::vector<Event> events;
+  // Up to where the read went: past every record examined when it reaches
+  // the end, the last event's when a limit stops it.
+  *read_through = after_sequence;
   uint64_t read_bytes = 0;
   // Under kAlways only durable events are readable (see LastSequence).
   const uint64_t readable = ReadableThrough();
@@ -847,11 +850,13 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
       }
       const LogRecord& record = decoded.record;
       if (record.sequence > readable) return events;
+      if (record.sequence >= first) *read_through = std::max(*read_through, record.sequence);
       if (record.sequence >= first && !record.is_forget()) {  // a forget is no client event
         read_bytes += record.key.size() + PlainValueSize(record);
         // Over the byte budget: stop before this event (never before the first).
         if (max_bytes > 0 && read_bytes > max_bytes && !events.empty()) {
           remember();
+          *read_through = events.back().sequence;
           return events;
         }
         Event event;
@@ -867,6 +872,7 @@ absl::StatusOr<std::vector<Event>> Shard::ReadEvents(uint64_t after_sequence, ui
         resume_offset = offset + decoded.record_bytes;
         if (events.size() >= limit) {
           remember();
+          *read_through = events.back().sequence;
           return events;
         }
       }

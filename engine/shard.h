@@ -152,8 +152,9 @@ class Shard {
   void CollectScanKeys(const ScanOptions& options, size_t keep,
                        std::priority_queue<std::string>* heap);
 
+  // *read_through: Engine::ReadEvents.
   absl::StatusOr<std::vector<Event>> ReadEvents(uint64_t after_sequence, uint32_t limit,
-                                                uint64_t max_bytes);
+                                                uint64_t max_bytes, uint64_t* read_through);
   uint64_t LastSequence();
 
   // Appends the keys of partition whose leaf is wanted (indexed by leaf node

@@ -304,12 +304,17 @@ absl::StatusOr<std::vector<flatbuffers::Offset<p::Event>>> Service::ReadWatchEve
   std::vector<flatbuffers::Offset<p::Event>> matching;
   // Half a frame of keys and values leaves room for the envelope, so one
   // batch always fits in one frame.
-  absl::StatusOr<std::vector<engine::Event>> events = engine_->ReadEvents(
-      shard, cursor->after[shard], max_events, config_.limits.max_frame_bytes / 2);
+  uint64_t read_through = cursor->after[shard];
+  absl::StatusOr<std::vector<engine::Event>> events =
+      engine_->ReadEvents(shard, cursor->after[shard], max_events,
+                          config_.limits.max_frame_bytes / 2, &read_through);
   if (!events.ok()) return events.status();
+  // Past the records that are no events too (Forgets), which the next read
+  // then need not read again.
+  assert(read_through >= cursor->after[shard]);  // the feed moves forward
+  cursor->after[shard] = read_through;
   if (events->empty()) return matching;
-  assert(events->back().sequence > cursor->after[shard]);  // the feed moves forward
-  cursor->after[shard] = events->back().sequence;
+  assert(events->back().sequence <= cursor->after[shard]);
   if (engine_->LastSequence(shard) > cursor->after[shard]) *more = true;
   const size_t namespace_bytes = context.key_prefix.size();
   for (const engine::Event& event : *events) {

@@ -295,8 +295,9 @@ void AddBrowseHandlers(cluster::ClusterNode* cluster, Service* service) {
             more = true;
             break;
           }
+          uint64_t read_through = after[shard];
           absl::StatusOr<std::vector<engine::Event>> events =
-              engine->ReadEvents(shard, after[shard], events_left, bytes_left);
+              engine->ReadEvents(shard, after[shard], events_left, bytes_left, &read_through);
           if (!events.ok()) {
             p::BuildStatusResponse(b, id, events.status());
             return Outcome::kAnswered;
@@ -318,6 +319,11 @@ void AddBrowseHandlers(cluster::ClusterNode* cluster, Service* service) {
                 Bytes(b, event.key), Bytes(b, event.value), event.meta.version,
                 event.meta.timestamp));
           }
+          // Past the records that are no events (Forgets: delivered hints,
+          // purged tombstones): a shard whose newest records are those has
+          // nothing more to give, where the cursor left before them made the
+          // peer ask again at once, and again.
+          after[shard] = std::max(after[shard], read_through);
           if (engine->LastSequence(shard) > after[shard]) more = true;
         }
         auto events = b->CreateVector(matching);

@@ -822,6 +822,51 @@ TEST_F(EngineTest, ReadEventsReturnsAShardsEventsInOrder) {
   EXPECT_EQ(engine_->LastSequence(0), expected.back().result.sequence);
 }
 
+// A read tells how far it went: past the Forget records after the last event
+// (no events themselves) when it reached the end, so that a feed whose newest
+// records are Forgets (delivered hints, purged tombstones) does not read them
+// again on every poll; only to the last event when a limit stopped it.
+TEST_F(EngineTest, ReadEventsTellsHowFarItReadPastRecordsThatAreNoEvents) {
+  ASSERT_OK(Open());
+  const std::vector<std::string> keys = KeysInShard("feed-", 0, 3);
+  ASSERT_EQ(keys.size(), 3u);
+  ASSERT_OK_AND_ASSIGN(WriteResult first, engine_->Put(keys[0], "a"));
+  ASSERT_OK_AND_ASSIGN(WriteResult second, engine_->Put(keys[1], "b"));
+  ASSERT_OK_AND_ASSIGN(WriteResult third, engine_->Put(keys[2], "c"));
+  ASSERT_OK_AND_ASSIGN(bool forgot, engine_->Forget(keys[1], second.timestamp));
+  ASSERT_TRUE(forgot);
+  ASSERT_OK_AND_ASSIGN(forgot, engine_->Forget(keys[2], third.timestamp));
+  ASSERT_TRUE(forgot);
+  const uint64_t last = engine_->LastSequence(0);
+  ASSERT_EQ(last, third.sequence + 2);  // the two Forgets
+  uint64_t through = 0;
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> all, engine_->ReadEvents(0, 0, 100, 0, &through));
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(through, last);
+  // From the last event on: no event, and the read went past the Forgets.
+  through = 0;
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> none,
+                       engine_->ReadEvents(0, third.sequence, 100, 0, &through));
+  EXPECT_TRUE(none.empty());
+  EXPECT_EQ(through, last);
+  // Stopped by the limit, or by the byte budget: the last event returned.
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> limited, engine_->ReadEvents(0, 0, 2, 0, &through));
+  ASSERT_EQ(limited.size(), 2u);
+  EXPECT_EQ(through, second.sequence);
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> budget, engine_->ReadEvents(0, 0, 100, 1, &through));
+  ASSERT_EQ(budget.size(), 1u);
+  EXPECT_EQ(through, first.sequence);
+  // Past the end: where it was.
+  ASSERT_OK_AND_ASSIGN(std::vector<Event> after, engine_->ReadEvents(0, last, 100, 0, &through));
+  EXPECT_TRUE(after.empty());
+  EXPECT_EQ(through, last);
+  // The same from the log after a restart.
+  ASSERT_OK(Reopen());
+  ASSERT_OK_AND_ASSIGN(none, engine_->ReadEvents(0, third.sequence, 100, 0, &through));
+  EXPECT_TRUE(none.empty());
+  EXPECT_EQ(through, last);
+}
+
 TEST_F(EngineTest, ReadEventsIsOutOfRangeOnceCompactionRemovedEvents) {
   options_.shard_count = 1;
   // A short in-memory window, so the early events can only come from the log.

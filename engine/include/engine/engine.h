@@ -503,11 +503,16 @@ class Engine {
   // Change feed: events of one shard with sequence > after_sequence, in order,
   // at most limit, and no more than max_bytes of keys and values (but always at
   // least one event; 0 = no byte budget). OutOfRange ("compacted") when compaction already removed
-  // some of them.
+  // some of them. *read_through (when given) is the sequence the read went up
+  // to: the next read goes on after it. It is the last event's when a limit
+  // ended the read, and past the records that are no events (a Forget's)
+  // when the read reached the end, so that a feed whose newest records are
+  // those does not read them again and again.
   [[nodiscard]] absl::StatusOr<std::vector<Event>> ReadEvents(uint32_t shard,
                                                               uint64_t after_sequence,
                                                               uint32_t limit,
-                                                              uint64_t max_bytes = 0);
+                                                              uint64_t max_bytes = 0,
+                                                              uint64_t* read_through = nullptr);
   uint64_t LastSequence(uint32_t shard);
   uint32_t ShardCount() const;
   uint32_t ShardOf(absl::string_view key) const;
