@@ -50,9 +50,9 @@
 ABSL_FLAG(std::string, data_dir, "./data", "Data directory (created if missing).");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "Binary protocol address, host:port.");
 ABSL_FLAG(std::string, node_id, "",
-          "This node's id (default: the --listen address as given, or with --advertise the "
-          "advertised one; a data directory keeps the id of its first start, and refuses "
-          "another).");
+          "This node's id (default: the --listen address as given; with --advertise, or a "
+          "--listen port of 0, the id the data directory keeps, else the advertised address). "
+          "A data directory keeps the id of its first start and refuses another.");
 ABSL_FLAG(std::string, fsync, "interval",
           "never | interval | always. always answers writes only after fdatasync "
           "(group commit); interval syncs every --fsync_interval_ms.");

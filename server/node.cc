@@ -496,6 +496,16 @@ absl::Status NodeOptions::Validate() const {
       }
     }
   }
+  // The id is kept in the data directory as a line, read back without the
+  // whitespace around it: an id with some (an environment file's carriage
+  // return, say) could not be read back as itself.
+  if (node_id != absl::StripAsciiWhitespace(node_id) ||
+      std::any_of(node_id.begin(), node_id.end(),
+                  [](char c) { return absl::ascii_iscntrl(static_cast<unsigned char>(c)); })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node_id ", absl::CHexEscape(node_id),
+                     " must not begin or end with whitespace nor hold control characters"));
+  }
   if (checkpoint_stale_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--checkpoint_stale_interval_ms must be 0 or more");
   }

@@ -798,6 +798,12 @@ TEST_F(ServerTest, StartupErrorsAreClear) {
     const absl::Status restarted = fourth.Start();
     EXPECT_TRUE(restarted.ok()) << restarted << fourth.Output();
     EXPECT_EQ(WEXITSTATUS(fourth.Stop()), 0) << fourth.Output();
+    // An id that could not be read back as itself is refused.
+    LogkvdProcess spaced(LOGKVD_PATH, {"--data_dir=" + dir_.path() + "/spaced-id",
+                                       "--node_id=n1\r"});
+    EXPECT_FALSE(spaced.Start().ok());
+    EXPECT_NE(spaced.Output().find("must not begin or end with whitespace"), std::string::npos)
+        << spaced.Output();
   }
   {  // A public address with auth off is refused.
     LogkvdProcess second(LOGKVD_PATH,
