@@ -529,6 +529,10 @@ ServerMetrics::ServerMetrics()
       replica_acks_ok_(replica_acks_->WithLabelValues({"ok"})),
       replica_acks_failed_(replica_acks_->WithLabelValues({"failed"})),
       replica_acks_retried_(replica_acks_->WithLabelValues({"retried"})),
+      stale_retries_(registry_.AddCounter(
+          "logkv_stale_retries_total",
+          "Client operations an owner refused as placed under an older configuration than "
+          "its own, placed again once this node held a newer one.")),
       replication_queue_size_(registry_.AddGauge("logkv_replication_queue_size",
                                                  "Writes waiting to be sent to replicas.")),
       replication_ack_seconds_(

@@ -482,6 +482,7 @@ class ServerMetrics {
   Counter* replica_acks_ok() const { return replica_acks_ok_; }
   Counter* replica_acks_failed() const { return replica_acks_failed_; }
   Counter* replica_retries() const { return replica_acks_retried_; }
+  Counter* stale_retries() const { return stale_retries_; }
   Gauge* replication_queue_size() const { return replication_queue_size_; }
   Histogram* replication_ack_seconds() const { return replication_ack_seconds_; }
   Gauge* replication_lag_max_seconds() const { return replication_lag_max_seconds_; }
@@ -526,6 +527,7 @@ class ServerMetrics {
   Counter* const replica_acks_ok_;
   Counter* const replica_acks_failed_;
   Counter* const replica_acks_retried_;
+  Counter* const stale_retries_;
   Gauge* const replication_queue_size_;
   Histogram* const replication_ack_seconds_;
   Gauge* const replication_lag_max_seconds_;

@@ -203,8 +203,8 @@ Outcome ClusterNode::HandlePeer(const p::Request& request,
   // Fencing: a peer whose committed configuration is older than this
   // node's places keys on a stale ring, and a strong operation placed under
   // an older configuration than this node's may have missed its epoch
-  // barrier; their data operations are refused (the peer retries once it
-  // applied the newer one; the client retries the operation). Hinted writes are data
+  // barrier; their data operations are refused (the coordinator runs the
+  // operation again once it applied the newer one). Hinted writes are data
   // held for this node whatever the ring, and pass.
   if (const uint64_t local = transport_.epoch(); local != 0 && request.epoch() != 0 &&
                                                  request.epoch() < local) {

@@ -156,8 +156,22 @@ struct ReplicaCoordinator::ReadState {
   NodeList asked ABSL_GUARDED_BY(mu);  // in flight
   Replies replies ABSL_GUARDED_BY(mu);
   NodeList failures ABSL_GUARDED_BY(mu);
+  bool stale ABSL_GUARDED_BY(mu) = false;  // an owner refused it as placed under an older epoch
   bool finished ABSL_GUARDED_BY(mu) = false;
 };
+
+namespace {
+
+// Answers a client operation once: its ticket is released first, as the
+// operation is over.
+template <typename Ticket, typename Done, typename Result>
+void AnswerOnce(Ticket* ticket, Done* done, Result result) {
+  ticket->Release();
+  Done answer = std::move(*done);
+  answer(std::move(result));
+}
+
+}  // namespace
 
 // A client write: its record, its owners and what it needs of them, and
 // whom to answer. The sends share the record through this object (one
@@ -165,20 +179,33 @@ struct ReplicaCoordinator::ReadState {
 // allocation of their own.
 struct ReplicaCoordinator::WriteOp {
   ReplicaCoordinator* coordinator = nullptr;
-  VersionedRecord record;
+  p::Consistency consistency = p::Consistency::Default;
+  VersionedRecord record;  // timestamp 0 until stamped
   Names owners;
   Need need;
   absl::Time deadline;
-  uint64_t epoch = kSenderEpoch;
+  uint64_t epoch = kSenderEpoch;  // what its requests carry
+  uint64_t placed_epoch = 0;      // of the placement it was last placed under
+  bool placed = false;            // once: counted in the replications
   Ticket ticket;  // a quorum write: counted until it answers
   WriteDone done;
 
-  // Answers once: the ticket is released first, as the write is over.
   void Answer(absl::StatusOr<WriteOutcome> outcome) {
-    ticket.Release();
-    WriteDone answer = std::move(done);
-    answer(std::move(outcome));
+    AnswerOnce(&ticket, &done, std::move(outcome));
   }
+};
+
+// A client read that asks owners: its key (shared with the requests), and
+// what it needs to be asked again under a newer configuration.
+struct ReplicaCoordinator::ReadOp {
+  ReplicaCoordinator* coordinator = nullptr;
+  std::string key;
+  p::Consistency consistency = p::Consistency::Default;
+  absl::Time deadline;
+  Ticket ticket;  // a quorum read: counted until it answers
+  ReadDone done;
+
+  void Answer(absl::StatusOr<ReadResult> result) { AnswerOnce(&ticket, &done, std::move(result)); }
 };
 
 struct ReplicaCoordinator::SendState {
@@ -664,39 +691,11 @@ Placement ReplicaCoordinator::TrackedPlacement(Ticket* ticket) {
 
 void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value, int64_t ttl_ms,
                                p::Consistency consistency, WriteDone done) {
-  const bool quorum = NeedsQuorum(consistency, /*write=*/true);
-  Ticket ticket;
-  const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
-  if (placement.ring == nullptr || placement.ring->size() == 0) {
-    return done(NoOwnersError());
-  }
-  if (quorum && !ViewConfirmed()) {
-    return done(NotConfirmedError());
-  }
-  RefreshTag(placement);
-  KeyOwners key_owners = OwnersOf(placement, key);
   auto op = std::make_shared<WriteOp>();
   op->coordinator = this;
-  op->ticket = std::move(ticket);
+  op->consistency = consistency;
   op->done = std::move(done);
-  // Every owner, before and after a membership change, is sent the write;
-  // strong writes need a majority of each set, the others W of the current.
-  op->need = consistency == p::Consistency::Strong
-                 ? Majorities(key_owners)
-                 : Need::Of(key_owners.groups.front(),
-                            WriteAcks(consistency, key_owners.groups.front()->size()),
-                            key_owners.all);
-  op->owners = std::move(key_owners.all);
-  // W is within [1, N]: a write waits for an owner at least, never for more than exist.
-  assert(!op->owners->empty() && op->need.groups.front().count >= 1 &&
-         op->need.groups.front().count <= op->need.groups.front().members->size());
-  const absl::Time deadline = absl::Now() + options_.write_wait;
-  op->deadline = deadline;
-  // A quorum write goes out under the epoch it was placed with: replicas
-  // that hold a newer configuration refuse it (a coordinator that missed an
-  // epoch barrier, stalled, cannot complete it on the old owners).
-  const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
-  op->epoch = epoch;
+  op->deadline = absl::Now() + options_.write_wait;
   VersionedRecord& record = op->record;
   record.found = true;
   record.tombstone = !value.has_value();
@@ -706,9 +705,51 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
     record.expiry_unix_ms = clock->NowUnixMs() + ttl_ms;
   }
   record.key = std::move(key);
-  if (metrics_ != nullptr && op->owners->size() > 1) metrics_->replications()->Inc();
+  PlaceWrite(std::move(op));
+}
 
-  if (consistency != p::Consistency::Strong) {
+void ReplicaCoordinator::PlaceWrite(std::shared_ptr<WriteOp> op) {
+  const bool quorum = NeedsQuorum(op->consistency, /*write=*/true);
+  const Placement placement = quorum ? TrackedPlacement(&op->ticket) : CurrentPlacement();
+  if (placement.ring == nullptr || placement.ring->size() == 0) {
+    return op->Answer(NoOwnersError());
+  }
+  if (quorum && !ViewConfirmed()) {
+    return op->Answer(NotConfirmedError());
+  }
+  RefreshTag(placement);
+  KeyOwners key_owners = OwnersOf(placement, op->record.key);
+  // Every owner, before and after a membership change, is sent the write;
+  // strong writes need a majority of each set, the others W of the current.
+  op->need = op->consistency == p::Consistency::Strong
+                 ? Majorities(key_owners)
+                 : Need::Of(key_owners.groups.front(),
+                            WriteAcks(op->consistency, key_owners.groups.front()->size()),
+                            key_owners.all);
+  op->owners = std::move(key_owners.all);
+  // W is within [1, N]: a write waits for an owner at least, never for more than exist.
+  assert(!op->owners->empty() && op->need.groups.front().count >= 1 &&
+         op->need.groups.front().count <= op->need.groups.front().members->size());
+  // A quorum write goes out under the epoch it was placed with: replicas
+  // that hold a newer configuration refuse it (a coordinator that missed an
+  // epoch barrier, stalled, cannot complete it on the old owners).
+  op->epoch = quorum ? placement.epoch : kSenderEpoch;
+  op->placed_epoch = placement.epoch;
+  if (!op->placed) {
+    op->placed = true;
+    if (metrics_ != nullptr && op->owners->size() > 1) metrics_->replications()->Inc();
+  }
+  if (op->record.timestamp != 0) {
+    // Stamped under an older configuration and refused there as stale: sent
+    // with the same timestamp. A strong write's is above every write that
+    // completed before it began (its first phase read a majority that held
+    // no newer configuration, and so had seen every write completed under
+    // one); stamped again, a write already applied on some owners and read
+    // there could be read again after a newer write (docs/cluster.md).
+    return WriteStamped(std::move(op));
+  }
+  VersionedRecord& record = op->record;
+  if (op->consistency != p::Consistency::Strong) {
     // Stamp above what this node holds for the key (a write replicated here
     // from another coordinator may be ahead of our clock), so a write that
     // follows it is not lost to last-write-wins.
@@ -726,13 +767,19 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
   const Names owners = op->owners;
   std::shared_ptr<const std::string> read_key(op, &op->record.key);
   Need read_need = op->need;
+  const absl::Time deadline = op->deadline;
+  const uint64_t epoch = op->epoch;
   ReadQuorum(*owners, std::move(read_key), /*with_value=*/false, std::move(read_need), deadline,
              epoch, [op = std::move(op)](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
-                 return op->Answer(absl::UnavailableError(absl::StrCat(
+                 std::string why = absl::StrCat(
                      "strong write of key ", KeyForMessage(op->record.key),
                      " not attempted: a majority of its owners could not be read (",
-                     replies.status().message(), ")")));
+                     replies.status().message(), ")");
+                 if (absl::IsAborted(replies.status())) {
+                   return op->coordinator->PlaceWriteAgain(std::move(op), std::move(why));
+                 }
+                 return op->Answer(absl::UnavailableError(why));
                }
                // Phase 1 heard from a majority of each owner set.
                assert(replies->size() <= op->owners->size());
@@ -741,6 +788,33 @@ void ReplicaCoordinator::Write(std::string key, std::optional<std::string> value
                op->record.timestamp = clock.Now();
                op->coordinator->WriteStamped(std::move(op));
              });
+}
+
+void ReplicaCoordinator::PlaceWriteAgain(std::shared_ptr<WriteOp> op, std::string why) {
+  // Over under the configuration it was placed with: an epoch barrier here
+  // no longer waits for it.
+  op->ticket.Release();
+  const uint64_t placed_epoch = op->placed_epoch;
+  const absl::Time deadline = op->deadline;
+  AwaitNewerEpoch(placed_epoch, deadline,
+                  [op = std::move(op), why = std::move(why)](bool newer) mutable {
+                    if (!newer) return op->Answer(absl::UnavailableError(why));
+                    ReplicaCoordinator* self = op->coordinator;
+                    if (self->metrics_ != nullptr) self->metrics_->stale_retries()->Inc();
+                    self->PlaceWrite(std::move(op));
+                  });
+}
+
+void ReplicaCoordinator::AwaitNewerEpoch(uint64_t epoch, absl::Time deadline,
+                                         std::function<void(bool)> then) {
+  if (CurrentPlacement().epoch > epoch) return then(true);
+  if (!options_.run_after || deadline - absl::Now() <= options_.epoch_poll) return then(false);
+  // (run_after keeps its task; a copy of then goes with it.)
+  if (!options_.run_after(options_.epoch_poll, [this, epoch, deadline, then] {
+        AwaitNewerEpoch(epoch, deadline, then);
+      })) {
+    then(false);
+  }
 }
 
 void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
@@ -758,12 +832,14 @@ void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
         if (!sent.reached) {
-          return op->Answer(absl::UnavailableError(absl::StrCat(
+          std::string why = absl::StrCat(
               "write of key ", KeyForMessage(op->record.key), " reached ", sent.applied.size(),
               " of ", owner_count, " owners, ", sent.needed, " needed, within ",
               absl::FormatDuration(op->coordinator->options_.write_wait), "; applied on [",
               absl::StrJoin(sent.applied, ", "), "] (kept there, not rolled back)", "; not on [",
-              absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)")));
+              absl::StrJoin(sent.failures, "; "), "] (queued for hinted handoff)");
+          if (sent.stale) return op->coordinator->PlaceWriteAgain(std::move(op), std::move(why));
+          return op->Answer(absl::UnavailableError(why));
         }
         WriteOutcome outcome;
         if (sent.local.has_value()) {
@@ -909,8 +985,9 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
   // there, as last-write-wins orders it); its timestamp moves this node's
   // clock so the next write it coordinates is stamped above.
   if (held_timestamp > state->record->timestamp) clock_.Observe(held_timestamp);
-  // A refusal for a stale configuration is final: sent again, it is
-  // refused again.
+  // A refusal for a stale configuration is not sent again here (it would
+  // be refused again): the whole write is placed again once this node
+  // holds a newer configuration (PlaceWriteAgain).
   if (!status.ok() && !absl::IsAborted(status) && node != self_ && state->hint &&
       options_.run_after) {
     // The write still waits for acknowledgements, and has time: the owner
@@ -961,6 +1038,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
         outcome.applied.push_back(node);
       } else {
         outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
+        if (absl::IsAborted(status)) outcome.stale = true;
       }
       if (local.has_value()) outcome.local = local;
       if (state->need.MetBy(outcome.applied)) {
@@ -981,6 +1059,11 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
 // ---- Reads ------------------------------------------------------------------------------
 
 void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDone done) {
+  GetBy(std::move(key), consistency, absl::Now() + options_.write_wait, std::move(done));
+}
+
+void ReplicaCoordinator::GetBy(std::string key, p::Consistency consistency, absl::Time deadline,
+                               ReadDone done) {
   const bool quorum = NeedsQuorum(consistency, /*write=*/false);
   Ticket ticket;
   const Placement placement = quorum ? TrackedPlacement(&ticket) : CurrentPlacement();
@@ -989,13 +1072,6 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDo
   }
   if (quorum && !ViewConfirmed()) {
     return done(NotConfirmedError());
-  }
-  if (quorum) {
-    done = [done = std::move(done), ticket = std::move(ticket)](
-               absl::StatusOr<ReadResult> result) mutable {
-      ticket.Release();
-      done(std::move(result));
-    };
   }
   const bool strong = consistency == p::Consistency::Strong;
   KeyOwners owners = OwnersOf(placement, key);
@@ -1006,7 +1082,6 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDo
   }
   Need need = strong ? Majorities(owners)
                      : Need::Of(owners.all, ReadAcks(consistency, owners.all->size()), owners.all);
-  const absl::Time deadline = absl::Now() + options_.write_wait;
   const uint64_t epoch = quorum ? placement.epoch : kSenderEpoch;
   if (!quorum && need.groups.size() == 1 && need.groups.front().count == 1 &&
       std::find(owners.all->begin(), owners.all->end(), self_) != owners.all->end() &&
@@ -1014,7 +1089,8 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDo
     // One answer, and this node's complete copy is the one ReadQuorum would
     // ask first: it is read here, without the state of a read that may ask
     // others. Should the engine fail, the read goes the usual way (this
-    // node is asked again, then the others).
+    // node is asked again, then the others). (No owner is asked, so none
+    // refuses it as stale, and a background repair's answer is not waited for.)
     absl::StatusOr<engine::KeyRecord> record = local_->GetRecord(key, /*with_value=*/true);
     if (record.ok()) {
       Replies replies;
@@ -1023,19 +1099,50 @@ void ReplicaCoordinator::Get(std::string key, p::Consistency consistency, ReadDo
                         std::move(done));
     }
   }
+  auto op = std::make_shared<ReadOp>();
+  op->coordinator = this;
+  op->key = std::move(key);
+  op->consistency = consistency;
+  op->deadline = deadline;
+  op->ticket = std::move(ticket);
+  op->done = std::move(done);
   const Names asked = owners.all;
-  auto shared_key = std::make_shared<const std::string>(std::move(key));
-  ReadQuorum(*asked, shared_key, /*with_value=*/true, std::move(need), deadline, epoch,
-             [this, owners = std::move(owners), strong, deadline, key = shared_key, epoch,
-              done = std::move(done)](absl::StatusOr<Replies> replies) mutable {
+  std::shared_ptr<const std::string> shared_key(op, &op->key);
+  ReadQuorum(*asked, std::move(shared_key), /*with_value=*/true, std::move(need), deadline, epoch,
+             [this, owners = std::move(owners), strong, deadline, epoch, op,
+              placed_epoch = placement.epoch](absl::StatusOr<Replies> replies) mutable {
                if (!replies.ok()) {
-                 return done(absl::UnavailableError(
-                     absl::StrCat("read of key ", KeyForMessage(*key), " failed: ",
-                                  replies.status().message())));
+                 return AnswerRead(
+                     op, placed_epoch,
+                     absl::Status(replies.status().code() == absl::StatusCode::kAborted
+                                      ? absl::StatusCode::kAborted
+                                      : absl::StatusCode::kUnavailable,
+                                  absl::StrCat("read of key ", KeyForMessage(op->key),
+                                               " failed: ", replies.status().message())));
                }
-               FinishRead(std::move(owners), *key, *std::move(replies), strong, deadline, epoch,
-                          std::move(done));
+               FinishRead(std::move(owners), op->key, *std::move(replies), strong, deadline,
+                          epoch, [this, op, placed_epoch](absl::StatusOr<ReadResult> result) {
+                            AnswerRead(op, placed_epoch, std::move(result));
+                          });
              });
+}
+
+void ReplicaCoordinator::AnswerRead(const std::shared_ptr<ReadOp>& op, uint64_t placed_epoch,
+                                    absl::StatusOr<ReadResult> result) {
+  if (result.ok() || !absl::IsAborted(result.status())) return op->Answer(std::move(result));
+  // An owner refused it as stale: over under the configuration it was
+  // placed with (an epoch barrier here no longer waits for it), and read
+  // again from the start under a newer one, with what is left of its wait.
+  op->ticket.Release();
+  AwaitNewerEpoch(placed_epoch, op->deadline,
+                  [op, why = std::string(result.status().message())](bool newer) {
+                    if (!newer) return op->Answer(absl::UnavailableError(why));
+                    ReplicaCoordinator* self = op->coordinator;
+                    if (self->metrics_ != nullptr) self->metrics_->stale_retries()->Inc();
+                    // (The key is copied: requests of the first read may still hold it.)
+                    ReadDone done = std::move(op->done);
+                    self->GetBy(op->key, op->consistency, op->deadline, std::move(done));
+                  });
 }
 
 void ReplicaCoordinator::FinishRead(KeyOwners owners, absl::string_view key, Replies replies,
@@ -1118,11 +1225,13 @@ void ReplicaCoordinator::FinishRead(KeyOwners owners, absl::string_view key, Rep
                [result = std::move(result), key = newest->key, needed, holders,
                 done = std::move(done)](SendOutcome sent) mutable {
                  if (!sent.reached) {
-                   return done(absl::UnavailableError(absl::StrCat(
-                       "strong read of key ", KeyForMessage(key), ": the newest record is on ",
-                       holders + sent.applied.size(), " owners, ", needed.Describe(),
-                       " needed, within the write wait; not on [",
-                       absl::StrJoin(sent.failures, "; "), "]")));
+                   return done(absl::Status(
+                       sent.stale ? absl::StatusCode::kAborted : absl::StatusCode::kUnavailable,
+                       absl::StrCat("strong read of key ", KeyForMessage(key),
+                                    ": the newest record is on ", holders + sent.applied.size(),
+                                    " owners, ", needed.Describe(),
+                                    " needed, within the write wait; not on [",
+                                    absl::StrJoin(sent.failures, "; "), "]")));
                  }
                  done(std::move(result));
                });
@@ -1280,6 +1389,7 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
       }
     } else {
       state->failures.push_back(absl::StrCat(node, ": ", record.status().message()));
+      if (absl::IsAborted(record.status())) state->stale = true;
       // Whether the replies, the owners still asked and those not asked yet
       // could still make the quorum.
       NodeList possible = NodesOf(state->replies);
@@ -1288,9 +1398,13 @@ void ReplicaCoordinator::OnRead(const std::shared_ptr<ReadState>& state, const s
                       state->candidates.end());
       if (!state->need.MetBy(possible)) {
         state->finished = true;
-        finish = absl::UnavailableError(absl::StrCat(
-            state->replies.size(), " owners answered, ", state->need.Describe(),
-            " needed, within the write wait; [", absl::StrJoin(state->failures, "; "), "]"));
+        // Aborted when an owner refused it as stale: asked again under a
+        // newer configuration it may succeed.
+        finish = absl::Status(
+            state->stale ? absl::StatusCode::kAborted : absl::StatusCode::kUnavailable,
+            absl::StrCat(state->replies.size(), " owners answered, ", state->need.Describe(),
+                         " needed, within the write wait; [",
+                         absl::StrJoin(state->failures, "; "), "]"));
       } else {
         ask_next = true;
       }

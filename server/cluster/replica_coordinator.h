@@ -157,6 +157,13 @@ struct ReplicaCoordinatorOptions {
   // hint. Unset: an owner that fails is given up at once.
   std::function<bool(absl::Duration, std::function<void()>)> run_after;
   absl::Duration owner_retry_delay = absl::Milliseconds(100);
+  // With run_after: an operation an owner refused as placed under an older
+  // configuration than the owner's ("stale configuration") waits, looking
+  // every epoch_poll until the write wait ends, for this node to hold a
+  // newer one, and then runs again under it (reads from the start, writes
+  // with the timestamp they were stamped with). Unset run_after: the
+  // refusal is the answer.
+  absl::Duration epoch_poll = absl::Milliseconds(5);
 };
 
 // What the coordinator needs to know of a member.
@@ -276,6 +283,7 @@ class ReplicaCoordinator final : public Coordinator {
   struct ReadState;
   struct SendState;
   struct WriteOp;
+  struct ReadOp;
   using RepliesDone = absl::AnyInvocable<void(absl::StatusOr<Replies>)>;
   // What a send to owners came to. reached: need acks arrived; applied: the
   // owners that applied (so far); failures: "node: why" of those that did
@@ -286,6 +294,7 @@ class ReplicaCoordinator final : public Coordinator {
     NodeList applied;
     NodeList failures;
     std::optional<engine::WriteResult> local;
+    bool stale = false;  // a target refused it as placed under an older configuration
   };
   using SendDone = absl::AnyInvocable<void(SendOutcome outcome)>;
 
@@ -410,9 +419,31 @@ class ReplicaCoordinator final : public Coordinator {
               const absl::Status& status, std::optional<engine::WriteResult> local,
               uint64_t held_timestamp);
 
+  // Places op's write under the current configuration (its owners, what
+  // it needs of them, its epoch), stamps it unless it was stamped under an
+  // older one, and sends it.
+  void PlaceWrite(std::shared_ptr<WriteOp> op);
   // Sends op's stamped write to its owners and answers once its need
   // applied it.
   void WriteStamped(std::shared_ptr<WriteOp> op);
+  // A write an owner refused as stale: placed again once this node holds a
+  // newer configuration than the one it was placed under, else answered
+  // Unavailable with why.
+  void PlaceWriteAgain(std::shared_ptr<WriteOp> op, std::string why);
+  // Get with the deadline of the read's first attempt.
+  void GetBy(std::string key, protocol::Consistency consistency, absl::Time deadline,
+             ReadDone done);
+  // Answers op's read, or one an owner refused as stale (Aborted) reads
+  // again from the start once this node holds a newer configuration than
+  // placed_epoch, the one it was placed under.
+  void AnswerRead(const std::shared_ptr<ReadOp>& op, uint64_t placed_epoch,
+                  absl::StatusOr<ReadResult> result);
+  // then(true) once this node holds a configuration newer than epoch
+  // (looked at now, then every epoch_poll through run_after); then(false)
+  // when deadline comes first or nothing can run later.
+  void AwaitNewerEpoch(uint64_t epoch, absl::Time deadline, std::function<void(bool)> then);
+  // Answered Aborted when an owner's refusal as stale made it fail
+  // (AskAgainWhenStale), else Unavailable.
   void FinishRead(KeyOwners owners, absl::string_view key, Replies replies, bool strong,
                   absl::Time deadline, uint64_t epoch, ReadDone done);
 

@@ -1048,6 +1048,9 @@ class CoordinatorTest : public ::testing::Test {
       }
       if (on_send) on_send(id);
       if (down) return done(absl::UnavailableError("connection refused"));
+      if (std::optional<std::string> refusal = Fence(id, frame); refusal.has_value()) {
+        return done(*std::move(refusal));
+      }
       if (hung) {
         // Alive, but no answer: the request times out, as the transport's would.
         absl::MutexLock lock(&mu_);
@@ -1059,6 +1062,33 @@ class CoordinatorTest : public ::testing::Test {
       }
       done(Dispatch(members_.at(id).node->engine(), false, frame));
     };
+  }
+  // The answer of a member that holds a newer configuration than the
+  // request's epoch, as ClusterNode's fencing answers (kSenderEpoch: the
+  // sender's, sender_epoch_); nothing when it serves the request. Notes
+  // each record replicated.
+  std::optional<std::string> Fence(const std::string& id, const std::string& frame) {
+    const auto* request = flatbuffers::GetSizePrefixedRoot<p::Request>(frame.data());
+    absl::MutexLock lock(&mu_);
+    if (const p::Replicate* replicate = request->operation_as_Replicate();
+        replicate != nullptr && replicate->records() != nullptr) {
+      for (const p::ReplicaRecord* record : *replicate->records()) {
+        replicated_.emplace_back(std::string(p::View(record->key())), record->timestamp());
+      }
+    }
+    const uint64_t epoch = request->epoch() == kSenderEpoch ? sender_epoch_ : request->epoch();
+    auto fence = fence_.find(id);
+    if (fence == fence_.end() || epoch >= fence->second ||
+        (fenced_only_.has_value() && request->operation_type() != *fenced_only_)) {
+      return std::nullopt;
+    }
+    ++fenced_;
+    flatbuffers::FlatBufferBuilder builder(256);
+    p::BuildStatusResponse(
+        &builder, request->request_id(),
+        absl::AbortedError(absl::StrCat("stale configuration: the request is for epoch ", epoch,
+                                        ", this node holds epoch ", fence->second)));
+    return std::string(p::FrameOf(builder));
   }
   ReplicaCoordinator::PeerLookup Lookup() {
     return [this](const std::string& id, PeerInfo* info) {
@@ -1134,6 +1164,15 @@ class CoordinatorTest : public ::testing::Test {
   std::function<void(const std::string&)> on_send_ ABSL_GUARDED_BY(mu_);
   // The coordinators' run_after (ReplicaCoordinatorOptions), if set before Start.
   std::function<bool(absl::Duration, std::function<void()>)> run_after_;
+  // Members that hold a configuration of this epoch (by id): they refuse
+  // requests placed under an older one (Fence); only those of one operation
+  // when fenced_only_ says so.
+  std::map<std::string, uint64_t> fence_ ABSL_GUARDED_BY(mu_);
+  std::optional<p::Operation> fenced_only_ ABSL_GUARDED_BY(mu_);
+  uint64_t sender_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  int fenced_ ABSL_GUARDED_BY(mu_) = 0;  // requests refused so
+  // Each replicated record's key and timestamp, as sent to a peer.
+  std::vector<std::pair<std::string, uint64_t>> replicated_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(CoordinatorTest, EventualWriteReachesEveryOwner) {
@@ -1415,6 +1454,117 @@ TEST_F(CoordinatorTest, AQuorumOperationCountsAsInFlightUntilItAnswers) {
   EXPECT_STATUS_CODE(Write("node-0", "k", "w", p::Consistency::Strong),
                      absl::StatusCode::kUnavailable);
   EXPECT_EQ(coordinator->InFlightBefore(1), 0u);
+}
+
+// An owner that holds a newer configuration than the coordinator refuses
+// what the coordinator placed under its own as stale; the coordinator
+// waits, within the write wait, until it holds a newer configuration too
+// and runs the operation again under it: a strong write refused in its
+// first phase (stamped then) or in its second (sent with the timestamp it
+// had: stamped again, a write applied on some owners could be read, lose to
+// a newer write, and be read again), and a strong read. It is not counted
+// as in flight while it waits (an epoch barrier on this node would wait
+// for it), and with no newer configuration within the wait it is answered
+// Unavailable, naming the refusal.
+TEST_F(CoordinatorTest, AnOperationRefusedAsStaleRunsAgainUnderTheNewerConfiguration) {
+  absl::Mutex placement_mu;
+  Placement placement;
+  // The coordinator's delayed tasks run on threads of their own; the newer
+  // configuration arrives at the third look.
+  int looks = 0;
+  std::vector<size_t> in_flight_while_waiting;
+  ReplicaCoordinator* coordinator = nullptr;
+  uint64_t next_epoch = 0;  // what the third look brings (0: nothing)
+  run_after_ = [&](absl::Duration delay, std::function<void()> task) {
+    in_flight_while_waiting.push_back(coordinator->InFlightBefore(kSenderEpoch));
+    if (++looks == 3 && next_epoch != 0) {
+      absl::MutexLock lock(&placement_mu);
+      placement.epoch = next_epoch;
+      absl::MutexLock fence_lock(&mu_);
+      sender_epoch_ = next_epoch;
+    }
+    absl::MutexLock lock(&mu_);
+    hung_threads_.emplace_back([delay, task = std::move(task)] {
+      absl::SleepFor(delay);
+      task();
+    });
+    return true;
+  };
+  Start(3);
+  coordinator = members_.at("node-0").coordinator.get();
+  placement = Placement{.epoch = 1, .ring = ring_, .next = nullptr};
+  coordinator->set_placement([&] {
+    absl::MutexLock lock(&placement_mu);
+    return placement;
+  });
+  // Node-1 and node-2 hold epoch `epoch`; node-0 gets it at its third look
+  // (or never, with arrives false).
+  auto fence = [&](uint64_t epoch, std::optional<p::Operation> only, bool arrives) {
+    looks = 0;
+    next_epoch = arrives ? epoch : 0;
+    in_flight_while_waiting.clear();
+    absl::MutexLock lock(&mu_);
+    fence_ = {{"node-1", epoch}, {"node-2", epoch}};
+    fenced_only_ = only;
+    fenced_ = 0;
+    replicated_.clear();
+  };
+  auto fenced = [&] {
+    absl::MutexLock lock(&mu_);
+    return fenced_;
+  };
+  const double retried_before = metrics_.stale_retries()->Value();
+
+  // Refused in the first phase.
+  fence(2, std::nullopt, /*arrives=*/true);
+  auto written = Write("node-0", "k", "v1", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_EQ(fenced(), 2) << "both peers refused the first phase's reads";
+  EXPECT_EQ(looks, 3);
+  EXPECT_EQ(Local("node-1", "k"), "v1");
+  EXPECT_EQ(Local("node-2", "k"), "v1");
+  EXPECT_EQ(in_flight_while_waiting, std::vector<size_t>(3, 0u));
+  EXPECT_EQ(metrics_.stale_retries()->Value(), retried_before + 1);
+
+  // Refused in the second phase only: sent again with its timestamp.
+  fence(3, p::Operation::Replicate, /*arrives=*/true);
+  written = Write("node-0", "k", "v2", p::Consistency::Strong);
+  ASSERT_OK(written);
+  EXPECT_EQ(fenced(), 2);
+  EXPECT_EQ(Local("node-1", "k"), "v2");
+  EXPECT_EQ(Local("node-2", "k"), "v2");
+  {
+    absl::MutexLock lock(&mu_);
+    ASSERT_EQ(replicated_.size(), 4u) << "sent to both peers, refused, then again";
+    for (const auto& [key, timestamp] : replicated_) {
+      EXPECT_EQ(key, "k");
+      EXPECT_EQ(timestamp, written->result.timestamp) << "stamped once";
+    }
+  }
+  EXPECT_EQ(members_.at("node-0").node->engine()->GetRecord("k", false)->timestamp,
+            written->result.timestamp);
+  EXPECT_EQ(in_flight_while_waiting, std::vector<size_t>(3, 0u));
+
+  // A strong read: asked again from the start.
+  fence(4, p::Operation::ReadRecords, /*arrives=*/true);
+  auto read = Read("node-0", "k", p::Consistency::Strong);
+  ASSERT_OK(read);
+  EXPECT_EQ(read->value, "v2");
+  EXPECT_EQ(fenced(), 2);
+  EXPECT_EQ(metrics_.stale_retries()->Value(), retried_before + 3);
+
+  // No newer configuration here within the wait: the refusal is the answer.
+  fence(5, std::nullopt, /*arrives=*/false);
+  written = Write("node-0", "k", "v3", p::Consistency::Strong);
+  EXPECT_STATUS_CODE(written, absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(written.status().message(), "stale configuration"))
+      << written.status();
+  read = Read("node-0", "k", p::Consistency::Strong);
+  EXPECT_STATUS_CODE(read, absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(read.status().message(), "stale configuration")) << read.status();
+  EXPECT_GT(looks, 3) << "looked again until the wait ended";
+  EXPECT_EQ(coordinator->InFlightBefore(kSenderEpoch), 0u);
+  EXPECT_EQ(metrics_.stale_retries()->Value(), retried_before + 3);
 }
 
 // A read asks an owner at the address the membership gave moments before;
