@@ -195,7 +195,8 @@ ABSL_FLAG(std::string, config, "",
           "applies what can change at run time (--log-level, --rate-limit, --rate-limit-burst).");
 ABSL_FLAG(bool, print_config, false,
           "Print the settings in effect (defaults, config file, environment, flags) as a config "
-          "file, each with where it came from, and exit.");
+          "file, each with where it came from, check them as a start would, and exit (1 with "
+          "the error when logkvd would refuse them).");
 ABSL_FLAG(std::string, advertise, "",
           "Binary-protocol host:port peers reach this node at (default: the --listen address, "
           "with the bound port when it is 0).");
@@ -889,10 +890,10 @@ int Main(int argc, char** argv) {
   for (const std::string& name : SettingNames()) {
     settings.in_effect[name] = absl::FindCommandLineFlag(name)->CurrentValue();
   }
-  if (absl::GetFlag(FLAGS_print_config)) {
-    PrintConfig(settings);
-    return 0;
-  }
+  // --print-config prints the settings, then checks them as a start would
+  // (exit 1 with the error when logkvd would refuse them).
+  const bool print_config = absl::GetFlag(FLAGS_print_config);
+  if (print_config) PrintConfig(settings);
 
   // Debian's Abseil is built without NDEBUG, which leaves per-acquisition
   // deadlock detection on (a global lock): a server cannot pay for it.
@@ -912,6 +913,7 @@ int Main(int argc, char** argv) {
   absl::StatusOr<NodeOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());
   if (absl::Status status = options->Validate(); !status.ok()) return Fail(status);
+  if (print_config) return 0;
 
   // Signals are taken by this thread with sigwait (no handler runs, so
   // nothing needs to be async-signal-safe); every other thread (engine,

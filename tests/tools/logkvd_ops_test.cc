@@ -277,6 +277,21 @@ TEST(LogkvdConfigTest, ConfigFromEnvironmentAndDashedFlags) {
   EXPECT_TRUE(absl::StrContains(result.out, "# jwt-secret = (hidden)  # config file"));
 }
 
+// --print-config checks what it printed as a start would: settings logkvd
+// would refuse print, then exit 1 with the refusal.
+TEST(LogkvdConfigTest, PrintConfigSaysWhenTheSettingsWouldBeRefused) {
+  RunResult result = RunLogkvd({"--print-config", "--checkpoint-ratio=-1"}, {});
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_EQ(PrintedLine(result.out, "checkpoint-ratio"), "checkpoint-ratio = -1  # command line");
+  EXPECT_TRUE(absl::StrContains(result.err, "--checkpoint_ratio must be between")) << result.err;
+  result = RunLogkvd({"--print-config", "--log-level=loud"}, {});
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_TRUE(absl::StrContains(result.err, "--log_level must be")) << result.err;
+  result = RunLogkvd({"--print-config", "--tls-cert=/no/such.pem"}, {});
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_TRUE(absl::StrContains(result.err, "--tls-cert and --tls-key go together")) << result.err;
+}
+
 TEST(LogkvdConfigTest, TheDefaultConfigFileIsValid) {
   RunResult result =
       RunLogkvd({"--print-config", "--config=" PACKAGING_DIR "/logkvd.toml"}, {});
