@@ -531,8 +531,8 @@ ServerMetrics::ServerMetrics()
       replica_acks_retried_(replica_acks_->WithLabelValues({"retried"})),
       stale_retries_(registry_.AddCounter(
           "logkv_stale_retries_total",
-          "Client operations an owner refused as placed under an older configuration than "
-          "its own, placed again once this node held a newer one.")),
+          "Runs of client operations again under a newer configuration, after an owner "
+          "refused them as placed under an older one than its own.")),
       replication_queue_size_(registry_.AddGauge("logkv_replication_queue_size",
                                                  "Writes waiting to be sent to replicas.")),
       replication_ack_seconds_(

@@ -16,29 +16,36 @@ namespace {
 
 // Splits items into runs of at most limits' items and bytes (a single item
 // over the byte limit is a run of its own) and calls send on each run.
-// Items are taken longest timeout first, and a run also ends before an item
-// whose timeout is under half of the run's first (its longest).
+// Items of one epoch go together (a replica that holds a newer
+// configuration refuses a run placed under an older one, and an item must
+// not be refused for another's epoch), taken longest timeout first; a run
+// also ends before an item whose timeout is under half of the run's first
+// (its longest).
 template <typename Item, typename BytesOf, typename SendRun>
 void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, BytesOf bytes_of,
             SendRun send_run) {
-  // Usually every item has about the whole write wait left: when none has
-  // under half of the longest, no run would end for a timeout, and the
-  // items are taken as they came (moving them costs more than the rest).
+  // Usually every item has about the whole write wait left and the same
+  // epoch: no run would end for either, and the items are taken as they
+  // came (moving them costs more than the rest).
   absl::Duration shortest = absl::InfiniteDuration();
   absl::Duration longest = -absl::InfiniteDuration();
+  bool one_epoch = true;
   for (const Item& item : items) {
     shortest = std::min(shortest, item.timeout);
     longest = std::max(longest, item.timeout);
+    one_epoch = one_epoch && item.epoch == items.front().epoch;
   }
-  if (shortest * 2 < longest) {
-    std::stable_sort(items.begin(), items.end(),
-                     [](const Item& a, const Item& b) { return a.timeout > b.timeout; });
+  if (shortest * 2 < longest || !one_epoch) {
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+      return a.epoch != b.epoch ? a.epoch < b.epoch : a.timeout > b.timeout;
+    });
   }
   std::vector<Item> run;
   uint64_t run_bytes = 0;
   for (Item& item : items) {
     const uint64_t bytes = bytes_of(item);
     if (!run.empty() && (run.size() >= limits.max_items || run_bytes + bytes > limits.max_bytes ||
+                         item.epoch != run.front().epoch ||
                          item.timeout * 2 < run.front().timeout)) {
       send_run(std::move(run));
       run = std::vector<Item>();
@@ -53,13 +60,15 @@ void InRuns(std::vector<Item> items, const ReplicaBatcher::Limits& limits, Bytes
   if (!run.empty()) send_run(std::move(run));
 }
 
-// The lowest epoch of a run's items: a replica that holds a newer one
-// refuses the run (kSenderEpoch, the highest value, when none has one).
+// The epoch of a run's items (InRuns keeps to one): a replica that holds a
+// newer one refuses the run (kSenderEpoch: the sender's, which the
+// transport writes in).
 template <typename Item>
-uint64_t LowestEpoch(const std::vector<Item>& items) {
-  uint64_t lowest = kSenderEpoch;
-  for (const Item& item : items) lowest = std::min(lowest, item.epoch);
-  return lowest;
+uint64_t EpochOf(const std::vector<Item>& run) {
+  assert(!run.empty() && std::all_of(run.begin(), run.end(), [&run](const Item& item) {
+    return item.epoch == run.front().epoch;
+  }));
+  return run.front().epoch;
 }
 
 template <typename Item>
@@ -229,7 +238,7 @@ void ReplicaBatcher::SendReplicates(const std::string& address, std::vector<Repl
           std::vector<const VersionedRecord*> records;
           records.reserve(run.size());
           for (const ReplicateItem& item : run) records.push_back(item.record.get());
-          return ReplicateRequestFrame(absl::MakeConstSpan(records), false, LowestEpoch(run));
+          return ReplicateRequestFrame(absl::MakeConstSpan(records), false, EpochOf(run));
         });
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());
@@ -269,7 +278,7 @@ void ReplicaBatcher::SendReads(const std::string& address, std::vector<ReadItem>
         for (const ReadItem& item : run) keys.push_back(*item.key);
         std::string frame = FrameOf(reuse, [&] {
           frames_built_.fetch_add(1, std::memory_order_relaxed);
-          return ReadRecordsRequestFrame(keys, meta_only, LowestEpoch(run));
+          return ReadRecordsRequestFrame(keys, meta_only, EpochOf(run));
         });
         const absl::Duration timeout = ShortestTimeout(run);
         Count(run.size());

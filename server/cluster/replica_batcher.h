@@ -71,8 +71,9 @@ class ReplicaBatcher {
   ~ReplicaBatcher();
 
   // Replicates record to the peer at address; done is called exactly once.
-  // epoch: the configuration the operation was placed under (a batch goes
-  // with the lowest of its items'), or kSenderEpoch (FinishPeerRequest).
+  // epoch: the configuration the operation was placed under (items of
+  // different epochs go in different batches), or kSenderEpoch
+  // (FinishPeerRequest).
   void Replicate(const std::string& address, std::shared_ptr<const VersionedRecord> record,
                  absl::Duration timeout, ReplicateDone done, uint64_t epoch = kSenderEpoch);
   // Reads key's record from the peer (its value too unless meta_only). The

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cassert>
+#include <iterator>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -187,6 +188,11 @@ struct ReplicaCoordinator::WriteOp {
   uint64_t epoch = kSenderEpoch;  // what its requests carry
   uint64_t placed_epoch = 0;      // of the placement it was last placed under
   bool placed = false;            // once: counted in the replications
+  // This node's own write of the record: the first that applied it (placed
+  // again, the record is already here).
+  std::optional<engine::WriteResult> local;
+  // The owners that refused its last send as stale: hinted if it gives up.
+  std::vector<std::string> stale_peers;
   Ticket ticket;  // a quorum write: counted until it answers
   WriteDone done;
 
@@ -798,8 +804,11 @@ void ReplicaCoordinator::PlaceWriteAgain(std::shared_ptr<WriteOp> op, std::strin
   const absl::Time deadline = op->deadline;
   AwaitNewerEpoch(placed_epoch, deadline,
                   [op = std::move(op), why = std::move(why)](bool newer) mutable {
-                    if (!newer) return op->Answer(absl::UnavailableError(why));
                     ReplicaCoordinator* self = op->coordinator;
+                    if (!newer) {
+                      for (const std::string& node : op->stale_peers) self->Hint(node, op->record);
+                      return op->Answer(absl::UnavailableError(why));
+                    }
                     if (self->metrics_ != nullptr) self->metrics_->stale_retries()->Inc();
                     self->PlaceWrite(std::move(op));
                   });
@@ -807,14 +816,51 @@ void ReplicaCoordinator::PlaceWriteAgain(std::shared_ptr<WriteOp> op, std::strin
 
 void ReplicaCoordinator::AwaitNewerEpoch(uint64_t epoch, absl::Time deadline,
                                          std::function<void(bool)> then) {
+  // Less than a look's time left: not run again (its requests would have
+  // next to no time).
+  if (deadline - absl::Now() <= options_.epoch_poll) return then(false);
   if (CurrentPlacement().epoch > epoch) return then(true);
-  if (!options_.run_after || deadline - absl::Now() <= options_.epoch_poll) return then(false);
-  // (run_after keeps its task; a copy of then goes with it.)
-  if (!options_.run_after(options_.epoch_poll, [this, epoch, deadline, then] {
-        AwaitNewerEpoch(epoch, deadline, then);
-      })) {
-    then(false);
+  if (!options_.run_after) return then(false);
+  bool start;
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    waiters_.push_back(EpochWaiter{epoch, deadline, std::move(then)});
+    start = !std::exchange(polling_, true);
   }
+  if (start) SchedulePoll();
+}
+
+void ReplicaCoordinator::SchedulePoll() {
+  if (options_.run_after(options_.epoch_poll, [this] { PollEpoch(); })) return;
+  // Nothing runs later (the transport stops): each waiter is answered now.
+  std::vector<EpochWaiter> waiting;
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    waiting.swap(waiters_);
+    polling_ = false;
+  }
+  for (EpochWaiter& waiter : waiting) waiter.then(false);
+}
+
+void ReplicaCoordinator::PollEpoch() {
+  const uint64_t held = CurrentPlacement().epoch;
+  const absl::Time now = absl::Now();
+  std::vector<std::pair<std::function<void(bool)>, bool>> over;  // then, and whether newer
+  bool more;
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    auto waiting = std::partition(waiters_.begin(), waiters_.end(), [&](const EpochWaiter& w) {
+      return held <= w.epoch && w.deadline - now > options_.epoch_poll;
+    });
+    for (auto it = waiting; it != waiters_.end(); ++it) {
+      over.emplace_back(std::move(it->then), it->deadline - now > options_.epoch_poll);
+    }
+    waiters_.erase(waiting, waiters_.end());
+    more = !waiters_.empty();
+    polling_ = more;
+  }
+  for (auto& [then, newer] : over) then(newer);
+  if (more) SchedulePoll();
 }
 
 void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
@@ -831,6 +877,11 @@ void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
         const size_t owner_count = op->owners->size();
         // Acknowledgements come from distinct owners, at most one each.
         assert(sent.applied.size() <= owner_count);
+        if (sent.local.has_value() && (sent.local->applied || !op->local.has_value())) {
+          op->local = sent.local;
+        }
+        op->stale_peers.assign(std::make_move_iterator(sent.stale_peers.begin()),
+                               std::make_move_iterator(sent.stale_peers.end()));
         if (!sent.reached) {
           std::string why = absl::StrCat(
               "write of key ", KeyForMessage(op->record.key), " reached ", sent.applied.size(),
@@ -841,10 +892,9 @@ void ReplicaCoordinator::WriteStamped(std::shared_ptr<WriteOp> op) {
           if (sent.stale) return op->coordinator->PlaceWriteAgain(std::move(op), std::move(why));
           return op->Answer(absl::UnavailableError(why));
         }
+        for (const std::string& node : op->stale_peers) op->coordinator->Hint(node, op->record);
         WriteOutcome outcome;
-        if (sent.local.has_value()) {
-          outcome.result = *sent.local;
-        }
+        if (op->local.has_value()) outcome.result = *op->local;
         outcome.result.timestamp = op->record.timestamp;
         outcome.result.applied = true;
         outcome.owners = op->owners;
@@ -1006,16 +1056,19 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
       return;
     }
   }
+  // A peer's refusal as stale of a client write: hinted by the write once
+  // it is over (a write placed again reaches the owners of the newer
+  // configuration itself), or here when the send is over already.
+  const bool stale_peer = absl::IsAborted(status) && node != self_ && state->hint;
   if (!status.ok() && node != self_) {
-    if (state->hint && handoff_ != nullptr) {
-      if (absl::Status queued = handoff_->Enqueue(node, *state->record); !queued.ok()) {
-        Log(Level::kWarning, "cluster: %s", queued.ToString());
-      }
-    } else if (metrics_ != nullptr) {
-      metrics_->replica_acks_failed()->Inc();
+    if (!state->hint || handoff_ == nullptr) {
+      if (metrics_ != nullptr) metrics_->replica_acks_failed()->Inc();
+    } else if (!stale_peer) {
+      Hint(node, *state->record);
     }
-  } else if (!status.ok()) {
-    // A full disk fails every write: a line a second says so.
+  } else if (!status.ok() && !absl::IsAborted(status)) {
+    // A full disk fails every write: a line a second says so. (Refused as
+    // stale, the write is placed again.)
     static LogLimiter limiter(absl::Seconds(1));
     if (int64_t held_back = 0; limiter.Allow(&held_back)) {
       Log(Level::kWarning, "cluster: local write of key %s failed: %s%s",
@@ -1025,6 +1078,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
     }
   }
   std::optional<SendOutcome> finished;
+  bool hint_now = false;
   {
     absl::MutexLock lock(&state->mu);
     SendOutcome& outcome = state->outcome;
@@ -1039,6 +1093,7 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
       } else {
         outcome.failures.push_back(absl::StrCat(node, ": ", status.message()));
         if (absl::IsAborted(status)) outcome.stale = true;
+        if (stale_peer) outcome.stale_peers.push_back(node);
       }
       if (local.has_value()) outcome.local = local;
       if (state->need.MetBy(outcome.applied)) {
@@ -1049,11 +1104,21 @@ void ReplicaCoordinator::OnSent(const std::shared_ptr<SendState>& state, const s
         outcome.needed = state->need.Describe();
       }
       if (state->finished) finished = std::move(outcome);
+    } else {
+      hint_now = stale_peer;
     }
     // Once every target answered the send is finished: done was called.
     assert(state->answered < state->total || state->finished);
   }
+  if (hint_now) Hint(node, *state->record);
   if (finished.has_value()) state->done(*std::move(finished));
+}
+
+void ReplicaCoordinator::Hint(const std::string& node, const VersionedRecord& record) {
+  if (handoff_ == nullptr) return;
+  if (absl::Status queued = handoff_->Enqueue(node, record); !queued.ok()) {
+    Log(Level::kWarning, "cluster: %s", queued.ToString());
+  }
 }
 
 // ---- Reads ------------------------------------------------------------------------------

@@ -295,6 +295,9 @@ class ReplicaCoordinator final : public Coordinator {
     NodeList failures;
     std::optional<engine::WriteResult> local;
     bool stale = false;  // a target refused it as placed under an older configuration
+    // The peers among them, when the send is a client write's (hint): the
+    // write hints them once it is over, unless it is placed again.
+    NodeList stale_peers;
   };
   using SendDone = absl::AnyInvocable<void(SendOutcome outcome)>;
 
@@ -414,6 +417,8 @@ class ReplicaCoordinator final : public Coordinator {
   // this thread's copies of its answers under peer_version_); false when
   // unknown.
   bool Lookup(const std::string& node_id, std::string* address, bool* alive) const;
+  // Queues record for node in the hinted handoff (when there is one).
+  void Hint(const std::string& node, const VersionedRecord& record);
   // held_timestamp: what the owner holds for the key after the write (0 unknown).
   void OnSent(const std::shared_ptr<SendState>& state, const std::string& node,
               const absl::Status& status, std::optional<engine::WriteResult> local,
@@ -439,11 +444,19 @@ class ReplicaCoordinator final : public Coordinator {
   void AnswerRead(const std::shared_ptr<ReadOp>& op, uint64_t placed_epoch,
                   absl::StatusOr<ReadResult> result);
   // then(true) once this node holds a configuration newer than epoch
-  // (looked at now, then every epoch_poll through run_after); then(false)
-  // when deadline comes first or nothing can run later.
-  void AwaitNewerEpoch(uint64_t epoch, absl::Time deadline, std::function<void(bool)> then);
+  // (looked at now, then every epoch_poll by one task for every operation
+  // waiting, through run_after); then(false) when deadline comes first
+  // (less than an epoch_poll left) or nothing can run later.
+  void AwaitNewerEpoch(uint64_t epoch, absl::Time deadline, std::function<void(bool)> then)
+      ABSL_LOCKS_EXCLUDED(waiters_mu_);
+  // The epoch_poll task: answers the waiters whose wait is over, and runs
+  // again while some are left.
+  void PollEpoch() ABSL_LOCKS_EXCLUDED(waiters_mu_);
+  // Asks run_after for the next PollEpoch; when it will not run it, every
+  // waiter is answered.
+  void SchedulePoll() ABSL_LOCKS_EXCLUDED(waiters_mu_);
   // Answered Aborted when an owner's refusal as stale made it fail
-  // (AskAgainWhenStale), else Unavailable.
+  // (AnswerRead runs it again), else Unavailable.
   void FinishRead(KeyOwners owners, absl::string_view key, Replies replies, bool strong,
                   absl::Time deadline, uint64_t epoch, ReadDone done);
 
@@ -468,6 +481,16 @@ class ReplicaCoordinator final : public Coordinator {
   // Tells this coordinator's entries in a thread's caches from those of one
   // destroyed before at the same address.
   const uint64_t instance_;
+
+  // Operations waiting for a newer configuration (AwaitNewerEpoch).
+  struct EpochWaiter {
+    uint64_t epoch;  // newer than this
+    absl::Time deadline;
+    std::function<void(bool)> then;
+  };
+  absl::Mutex waiters_mu_;
+  std::vector<EpochWaiter> waiters_ ABSL_GUARDED_BY(waiters_mu_);
+  bool polling_ ABSL_GUARDED_BY(waiters_mu_) = false;  // a PollEpoch is scheduled
 
   mutable absl::Mutex in_flight_mu_;
   std::map<uint64_t, size_t> in_flight_ ABSL_GUARDED_BY(in_flight_mu_);  // by epoch

@@ -862,6 +862,41 @@ TEST_F(ReplicaBatcherTest, BatchesEndAtTheLimitsAndFailuresReachEveryItem) {
   batcher.StopHoldingOnThisThread();
 }
 
+// Items placed under different epochs go in different requests, each
+// carrying its items' epoch: a replica that holds a newer configuration
+// refuses a request placed under an older one, which must not take with it
+// an item of the newer one (or of the sender's, kSenderEpoch).
+TEST_F(ReplicaBatcherTest, ItemsOfDifferentEpochsGoInDifferentRequests) {
+  int ok = 0;
+  ReplicaBatcher batcher(Send());
+  batcher.HoldOnThisThread();
+  const uint64_t epochs[] = {7, kSenderEpoch, 6, 7, kSenderEpoch, 6, 7};
+  for (size_t i = 0; i < std::size(epochs); ++i) {
+    batcher.Replicate("one", std::make_shared<VersionedRecord>(Put(Key(i), "v", Stamp(kMs, 1))),
+                      absl::Seconds(1), [&ok](auto result) { ok += result.ok(); }, epochs[i]);
+    batcher.Read("one", Key(i), /*meta_only=*/true, absl::Seconds(1),
+                 [&ok](auto result) { ok += result.ok(); }, epochs[i]);
+  }
+  batcher.Flush();
+  EXPECT_EQ(ok, 14);
+  absl::MutexLock lock(&mu_);
+  ASSERT_EQ(frames_["one"].size(), 6u) << "three epochs, Replicate and ReadRecords";
+  std::map<std::pair<p::Operation, uint64_t>, size_t> items;  // by kind and epoch
+  for (const std::string& frame : frames_["one"]) {
+    const auto* request = flatbuffers::GetSizePrefixedRoot<p::Request>(frame.data());
+    const size_t count = request->operation_type() == p::Operation::Replicate
+                             ? request->operation_as_Replicate()->records()->size()
+                             : request->operation_as_ReadRecords()->keys()->size();
+    items[{request->operation_type(), request->epoch()}] += count;
+  }
+  const std::map<std::pair<p::Operation, uint64_t>, size_t> expected = {
+      {{p::Operation::Replicate, 6}, 2},   {{p::Operation::Replicate, 7}, 3},
+      {{p::Operation::Replicate, kSenderEpoch}, 2}, {{p::Operation::ReadRecords, 6}, 2},
+      {{p::Operation::ReadRecords, 7}, 3}, {{p::Operation::ReadRecords, kSenderEpoch}, 2}};
+  EXPECT_EQ(items, expected);
+  batcher.StopHoldingOnThisThread();
+}
+
 // The owners of a key get the same items from one write: the batcher builds
 // their frames once. Each peer still gets every run's frame, whole, and its
 // own answers; a peer whose list differs gets frames of its own.
@@ -1543,7 +1578,10 @@ TEST_F(CoordinatorTest, AnOperationRefusedAsStaleRunsAgainUnderTheNewerConfigura
   }
   EXPECT_EQ(members_.at("node-0").node->engine()->GetRecord("k", false)->timestamp,
             written->result.timestamp);
+  EXPECT_NE(written->result.sequence, 0u) << "this node's write, from the first send";
   EXPECT_EQ(in_flight_while_waiting, std::vector<size_t>(3, 0u));
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-1"), 0u) << "placed again, not hinted";
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), 0u);
 
   // A strong read: asked again from the start.
   fence(4, p::Operation::ReadRecords, /*arrives=*/true);
@@ -1565,6 +1603,13 @@ TEST_F(CoordinatorTest, AnOperationRefusedAsStaleRunsAgainUnderTheNewerConfigura
   EXPECT_GT(looks, 3) << "looked again until the wait ended";
   EXPECT_EQ(coordinator->InFlightBefore(kSenderEpoch), 0u);
   EXPECT_EQ(metrics_.stale_retries()->Value(), retried_before + 3);
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-1"), 0u) << "nothing was sent";
+  // Refused in its second phase, and given up: the owners that refused it get hints.
+  fence(5, p::Operation::Replicate, /*arrives=*/false);
+  written = Write("node-0", "k", "v4", p::Consistency::Strong);
+  EXPECT_STATUS_CODE(written, absl::StatusCode::kUnavailable);
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-1"), 1u);
+  EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), 1u);
 }
 
 // A read asks an owner at the address the membership gave moments before;
