@@ -1659,7 +1659,17 @@ absl::Status Node::StartClusterMember() {
         }
         member->transport()->Send(found.address, std::move(frame), timeout, std::move(done));
       },
-      [member](const std::string& target) {
+      [this, member](const std::string& target) {
+        // A member the committed configuration removed owns no key: its
+        // hints go. (Gossip says Left only of a member that left by itself;
+        // one removed while it was down, a joiner that died, never does.)
+        if (const control::ControlPlane* control = control_plane(); control != nullptr) {
+          const std::shared_ptr<const control::ClusterConfig> config = control->config();
+          const control::Member* held = config->Find(target);
+          if (held != nullptr && held->state == control::MemberState::kRemoved) {
+            return cluster::TargetState::kGone;
+          }
+        }
         cluster::Member found;
         if (!member->membership()->Find(target, &found)) {
           return cluster::TargetState::kUnreachable;

@@ -522,7 +522,8 @@ absl::Status NoOwnersError() {
 absl::Status NotConfirmedError() {
   return absl::UnavailableError(
       "this node has not yet confirmed the cluster's membership with a majority of its "
-      "members (it started moments ago, or cannot reach them): retry, or ask another node");
+      "members, or caught up with its control plane (it started moments ago, or cannot reach "
+      "them): retry, or ask another node");
 }
 
 }  // namespace
@@ -819,8 +820,17 @@ void ReplicaCoordinator::AwaitNewerEpoch(uint64_t epoch, absl::Time deadline,
   // Less than a look's time left: not run again (its requests would have
   // next to no time).
   if (deadline - absl::Now() <= options_.epoch_poll) return then(false);
-  if (CurrentPlacement().epoch > epoch) return then(true);
-  if (!options_.run_after) return then(false);
+  const Placement placement = CurrentPlacement();
+  if (placement.epoch > epoch) return then(true);
+  // A node the configuration no longer names (it left, and coordinates as a
+  // gateway) is sent no newer one: it does not wait for one.
+  auto names_self = [this](const std::shared_ptr<const Ring>& ring) {
+    return ring != nullptr &&
+           std::binary_search(ring->members().begin(), ring->members().end(), self_);
+  };
+  if (!options_.run_after || !(names_self(placement.ring) || names_self(placement.next))) {
+    return then(false);
+  }
   bool start;
   {
     absl::MutexLock lock(&waiters_mu_);

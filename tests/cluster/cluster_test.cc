@@ -1899,6 +1899,17 @@ TEST_F(ClusterTest, AMemberThatDiedJoiningIsRemovedByAnOperator) {
   ASSERT_EQ(CommittedState(*cluster_, 0, stuck), "joining");
   // Refused while the others still think it alive (it may be filling up).
   ASSERT_OK(cluster_->WaitNotAlive({0, 1, 2}, 3));
+  // Writes it owns after the change it began are hinted for it meanwhile.
+  const std::string hints = absl::StrCat("logkv_hinted_handoff_hints{peer=\"", stuck, "\"}");
+  auto hinted = [&](int node) {
+    absl::StatusOr<double> value = MetricValue(*cluster_, node, hints);
+    return value.ok() ? *value : 0.0;
+  };
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(IsOk200(cluster_->Put(i % 3, absl::StrCat("while-down-", i), "v",
+                                      Consistency::kEventual)));
+  }
+  EXPECT_GT(hinted(0) + hinted(1) + hinted(2), 0) << "no hint for the member that died";
 
   auto remove = [&](int through, const std::string& body, bool with_secret) {
     std::vector<std::pair<std::string, std::string>> headers;
@@ -1918,6 +1929,14 @@ TEST_F(ClusterTest, AMemberThatDiedJoiningIsRemovedByAnOperator) {
     ASSERT_OK(WaitCommittedState(*cluster_, node, stuck, "", absl::Seconds(30)));
   }
   ASSERT_OK(cluster_->WaitViewsConfirmed(absl::Seconds(30)));
+  // Removed, it owns nothing: its hints are dropped (it never gossips that
+  // it left, being down).
+  for (int node = 0; node < 3; ++node) {
+    for (int attempt = 0; attempt < 300 && hinted(node) > 0; ++attempt) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(hinted(node), 0) << cluster_->node_id(node) << " keeps hints for " << stuck;
+  }
   for (int node = 0; node < 3; ++node) {
     const std::string key = absl::StrCat("after-removal-", node);
     EXPECT_TRUE(IsOk200(cluster_->Put(node, key, "v", Consistency::kStrong))) << key;
