@@ -195,8 +195,8 @@ ABSL_FLAG(std::string, config, "",
           "applies what can change at run time (--log-level, --rate-limit, --rate-limit-burst).");
 ABSL_FLAG(bool, print_config, false,
           "Print the settings in effect (defaults, config file, environment, flags) as a config "
-          "file, each with where it came from, check them as a start would, and exit (1 with "
-          "the error when logkvd would refuse them).");
+          "file, each with where it came from, check them as a start does before it opens "
+          "anything, and exit (1 with the error when those checks refuse them).");
 ABSL_FLAG(std::string, advertise, "",
           "Binary-protocol host:port peers reach this node at (default: the --listen address, "
           "with the bound port when it is 0).");
@@ -890,10 +890,14 @@ int Main(int argc, char** argv) {
   for (const std::string& name : SettingNames()) {
     settings.in_effect[name] = absl::FindCommandLineFlag(name)->CurrentValue();
   }
-  // --print-config prints the settings, then checks them as a start would
-  // (exit 1 with the error when logkvd would refuse them).
+  // --print-config prints the settings, then checks them as a start does
+  // before it opens anything (exit 1 with the error when those checks
+  // refuse them).
   const bool print_config = absl::GetFlag(FLAGS_print_config);
-  if (print_config) PrintConfig(settings);
+  if (print_config) {
+    PrintConfig(settings);
+    std::fflush(stdout);  // before any error, which goes to stderr unbuffered
+  }
 
   // Debian's Abseil is built without NDEBUG, which leaves per-acquisition
   // deadlock detection on (a global lock): a server cannot pay for it.

@@ -1611,16 +1611,27 @@ TEST_F(CoordinatorTest, AnOperationRefusedAsStaleRunsAgainUnderTheNewerConfigura
   EXPECT_EQ(members_.at("node-0").handoff->Pending("node-1"), 1u);
   EXPECT_EQ(members_.at("node-0").handoff->Pending("node-2"), 1u);
 
-  // A node the configuration no longer names (it left) is sent no newer
-  // one: refused as stale, it answers at once.
+  // A node named by the ring after the change only (joining) waits as the others do.
   {
     absl::MutexLock lock(&placement_mu);
     placement = Placement{
         .epoch = 5,
         .ring = std::make_shared<const Ring>(std::vector<std::string>{"node-1", "node-2"}),
-        .next = nullptr};
+        .next = ring_};
   }
   fence(6, std::nullopt, /*arrives=*/true);
+  ASSERT_OK(Write("node-0", "joining", "v", p::Consistency::Strong));
+  EXPECT_EQ(looks, 3);
+  // A node the configuration no longer names (it left) is sent no newer
+  // one: refused as stale, it answers at once.
+  {
+    absl::MutexLock lock(&placement_mu);
+    placement = Placement{
+        .epoch = 6,
+        .ring = std::make_shared<const Ring>(std::vector<std::string>{"node-1", "node-2"}),
+        .next = nullptr};
+  }
+  fence(7, std::nullopt, /*arrives=*/true);
   written = Write("node-0", "gone", "v", p::Consistency::Strong);
   EXPECT_STATUS_CODE(written, absl::StatusCode::kUnavailable);
   EXPECT_TRUE(absl::StrContains(written.status().message(), "stale configuration"))

@@ -12,6 +12,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <ostream>
@@ -290,6 +291,12 @@ TEST(LogkvdConfigTest, PrintConfigSaysWhenTheSettingsWouldBeRefused) {
   result = RunLogkvd({"--print-config", "--tls-cert=/no/such.pem"}, {});
   EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
   EXPECT_TRUE(absl::StrContains(result.err, "--tls-cert and --tls-key go together")) << result.err;
+  // Settings that pass: exit 0, and nothing is opened or made.
+  ScopedTempDir dir;
+  const std::string data_dir = dir.Subdir("not-made");
+  result = RunLogkvd({"--print-config", "--data-dir=" + data_dir}, {});
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_FALSE(std::filesystem::exists(data_dir));
 }
 
 TEST(LogkvdConfigTest, TheDefaultConfigFileIsValid) {
