@@ -34,7 +34,10 @@
 // "Membership changes") this keeps strong operations linearizable through
 // joins and decommissions. Each strong operation is counted under the
 // epoch of the placement it used until it answers (InFlightBefore), so a
-// barrier can wait until none placed under an older epoch is left.
+// barrier can wait until none placed under an older epoch is left. An
+// operation an owner refuses as placed under an older configuration than
+// its own is run again once this node holds a newer one, within the write
+// wait (ReplicaCoordinatorOptions::epoch_poll).
 //
 // Strong is linearizable for single-key get, put and delete (ABD): a
 // strong write first reads the key's timestamps from a majority and is
